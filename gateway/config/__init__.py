@@ -1,0 +1,1 @@
+"""Configuration: YAML loading with positions, a validated schema, and collected errors."""

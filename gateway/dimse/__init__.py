@@ -1,0 +1,1 @@
+"""DIMSE messages (PS3.7), written sans-IO: command sets, PDV reassembly and statuses."""
