@@ -1,0 +1,590 @@
+"""DIMSE command sets: the C-ECHO and C-STORE messages, encoded and decoded by hand.
+
+A command set is a list of group 0000 elements, always encoded in Implicit VR
+Little Endian whatever transfer syntax the presentation context negotiated
+(PS3.7 6.3.1), sorted by ascending tag, starting with (0000,0000)
+CommandGroupLength (PS3.7 9.3, 9.1.5 and Annex E). This module encodes and
+decodes exactly that group, and nothing else, without pydicom: the decoder has
+to be strict (a hostile peer feeds it) and cheap (it runs once per instance).
+
+Decoding rules, with the reason each one exists:
+
+* every element header is 8 bytes: group (2), element (2), length (4), little
+  endian (PS3.5 7.1.2, Implicit VR); a header or value that runs past the end
+  of the buffer is a protocol error;
+* only group 0000 may appear (PS3.7 6.3.1: a command set holds command
+  elements only);
+* tags ascend strictly (PS3.5 7.1: elements are in ascending order; a
+  duplicate would let two readers disagree on a value, HARDENING D20);
+* undefined length (0xFFFFFFFF) is refused: no command element is a sequence;
+* (0000,0100) CommandField and (0000,0800) CommandDataSetType are mandatory
+  in every command (PS3.7 E.1), because without them the message can be
+  neither dispatched nor framed;
+* a request needs (0000,0110) MessageID and a response (0000,0120)
+  MessageIDBeingRespondedTo, otherwise no answer can be correlated (PS3.7
+  9.3, HARDENING D20); C-STORE-RQ needs (0000,1000) AffectedSOPInstanceUID
+  (PS3.7 9.3.1.1).
+
+Deliberate tolerance, to stay interoperable with old modalities:
+
+* (0000,0000) CommandGroupLength may be absent or wrong: the PDV framing
+  already delimits the command set, so the value is redundant and we ignore
+  it on receipt (we always send a correct one);
+* odd value lengths and unknown group 0000 tags (including retired ones such
+  as (0000,0001) CommandLengthToEnd) are accepted; unknown tags are kept in
+  :attr:`UnknownCommand.elements` only;
+* a missing AffectedSOPClassUID on C-ECHO-RQ or C-STORE-RQ decodes as ``""``,
+  so that the SCP can still answer with a status (e.g. 0x0122) instead of an
+  abort;
+* string values are decoded as Latin-1 (never fails) and stripped of their
+  padding; checking that a UID is conformant is the caller's job (HARDENING
+  decision 3).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Union
+
+from gateway.dimse.errors import DIMSEProtocolError
+from gateway.dimse.status import Status
+
+
+class CommandField(IntEnum):
+    """Values of (0000,0100) CommandField (PS3.7 E.1, Table E.1-1).
+
+    Requests have bit 15 clear, responses have it set. C-CANCEL-RQ is the
+    exception that carries MessageIDBeingRespondedTo (PS3.7 9.3.2.3).
+    """
+
+    C_STORE_RQ = 0x0001
+    C_STORE_RSP = 0x8001
+    C_GET_RQ = 0x0010
+    C_GET_RSP = 0x8010
+    C_FIND_RQ = 0x0020
+    C_FIND_RSP = 0x8020
+    C_MOVE_RQ = 0x0021
+    C_MOVE_RSP = 0x8021
+    C_ECHO_RQ = 0x0030
+    C_ECHO_RSP = 0x8030
+    N_EVENT_REPORT_RQ = 0x0100
+    N_EVENT_REPORT_RSP = 0x8100
+    N_GET_RQ = 0x0110
+    N_GET_RSP = 0x8110
+    N_SET_RQ = 0x0120
+    N_SET_RSP = 0x8120
+    N_ACTION_RQ = 0x0130
+    N_ACTION_RSP = 0x8130
+    N_CREATE_RQ = 0x0140
+    N_CREATE_RSP = 0x8140
+    N_DELETE_RQ = 0x0150
+    N_DELETE_RSP = 0x8150
+    C_CANCEL_RQ = 0x0FFF
+
+
+class Tag(IntEnum):
+    """The group 0000 command elements this module knows (PS3.7 E.1, Table E.1-1).
+
+    Values are the 32-bit tag ``(group << 16) | element``.
+    """
+
+    COMMAND_GROUP_LENGTH = 0x00000000  # UL
+    AFFECTED_SOP_CLASS_UID = 0x00000002  # UI
+    REQUESTED_SOP_CLASS_UID = 0x00000003  # UI
+    COMMAND_FIELD = 0x00000100  # US
+    MESSAGE_ID = 0x00000110  # US
+    MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120  # US
+    MOVE_DESTINATION = 0x00000600  # AE
+    PRIORITY = 0x00000700  # US
+    COMMAND_DATA_SET_TYPE = 0x00000800  # US
+    STATUS = 0x00000900  # US
+    OFFENDING_ELEMENT = 0x00000901  # AT, 1-n
+    ERROR_COMMENT = 0x00000902  # LO
+    ERROR_ID = 0x00000903  # US
+    AFFECTED_SOP_INSTANCE_UID = 0x00001000  # UI
+    REQUESTED_SOP_INSTANCE_UID = 0x00001001  # UI
+    MOVE_ORIGINATOR_AE_TITLE = 0x00001030  # AE
+    MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031  # US
+
+
+#: PS3.7 E.1: CommandDataSetType 0x0101 means "no data set"; any other value
+#: means a data set follows.
+DATA_SET_ABSENT = 0x0101
+#: The value we send when a data set follows (the same one pynetdicom sends).
+DATA_SET_PRESENT = 0x0001
+
+#: The 8-byte Implicit VR Little Endian element header: group, element, length (PS3.5 7.1.2).
+_HEADER = struct.Struct("<HHI")
+#: PS3.5 7.1.1: 0xFFFFFFFF is "undefined length", which no command element may use.
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: PS3.5 Table 6.2-1: maximum lengths of the string VRs used in command sets.
+_MAX_UI = 64
+_MAX_AE = 16
+_MAX_LO = 64
+
+
+def is_request(command_field: int) -> bool:
+    """Whether a Command Field value denotes a request that carries a MessageID.
+
+    PS3.7 E.1: responses have bit 15 set. C-CANCEL-RQ (0x0FFF) is a request
+    but identifies the operation it cancels with MessageIDBeingRespondedTo
+    (PS3.7 9.3.2.3), so it counts as "not a request" here.
+
+    :param command_field: the value of (0000,0100).
+    :returns: True when (0000,0110) MessageID is the identifying element.
+    """
+    return not command_field & 0x8000 and command_field != CommandField.C_CANCEL_RQ
+
+
+@dataclass(frozen=True)
+class CEchoRQ:
+    """C-ECHO-RQ (PS3.7 9.3.5.1).
+
+    :ivar has_dataset: from CommandDataSetType; a conformant C-ECHO-RQ has none.
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class CEchoRSP:
+    """C-ECHO-RSP (PS3.7 9.3.5.2).
+
+    :ivar affected_sop_class_uid: U(=) in the response, ``None`` when absent.
+    """
+
+    message_id_being_responded_to: int
+    affected_sop_class_uid: str | None
+    status: int
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class CStoreRQ:
+    """C-STORE-RQ (PS3.7 9.3.1.1).
+
+    :ivar priority: 0 medium, 1 high, 2 low (PS3.7 9.1.1.1.7); kept as sent.
+    :ivar move_originator_ae_title: set when the store is a C-MOVE sub-operation.
+    :ivar has_dataset: from CommandDataSetType; a C-STORE-RQ without a data
+        set decodes (``False``) so that the SCP can answer with a failure
+        status (HARDENING D19).
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    priority: int = 0
+    move_originator_ae_title: str | None = None
+    move_originator_message_id: int | None = None
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class CStoreRSP:
+    """C-STORE-RSP (PS3.7 9.3.1.2).
+
+    :ivar affected_sop_class_uid: U(=) in the response, ``None`` when absent.
+    :ivar affected_sop_instance_uid: U(=) in the response, ``None`` when absent.
+    :ivar offending_element: tags (as 32-bit ints) named by a failure, or ``None``.
+    """
+
+    message_id_being_responded_to: int
+    affected_sop_class_uid: str | None
+    affected_sop_instance_uid: str | None
+    status: int
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class UnknownCommand:
+    """Any command other than C-ECHO and C-STORE, kept raw.
+
+    The SCP uses it to answer a well-formed request it does not implement with
+    0x0211 (unrecognized operation, HARDENING D21), see
+    :func:`unrecognized_operation_response`.
+
+    :ivar command_field: the value of (0000,0100).
+    :ivar message_id: (0000,0110) MessageID for a request, or (0000,0120)
+        MessageIDBeingRespondedTo for a response or a C-CANCEL-RQ (see
+        :func:`is_request`).
+    :ivar elements: every other element of the command set, tag -> raw value
+        bytes (padding included), without (0000,0000), (0000,0100), the
+        message ID element and (0000,0800).
+    :ivar has_dataset: from CommandDataSetType.
+    """
+
+    command_field: int
+    message_id: int
+    elements: Mapping[int, bytes] = field(default_factory=dict)
+    has_dataset: bool = False
+
+
+#: Every decoded command.
+Command = Union[CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, UnknownCommand]
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+
+
+def _split_elements(data: bytes | memoryview) -> dict[int, bytes]:
+    """Split an Implicit VR LE group 0000 byte string into tag -> value bytes.
+
+    :raises DIMSEProtocolError: on truncation, a foreign group, undefined
+        length, or tags that are not strictly ascending (PS3.5 7.1, PS3.7 6.3.1).
+    """
+    view = memoryview(data)
+    size = len(view)
+    offset = 0
+    previous = -1
+    elements: dict[int, bytes] = {}
+    while offset < size:
+        # PS3.5 7.1.2: a header is 8 bytes; fewer left means a cut-off element.
+        if size - offset < _HEADER.size:
+            raise DIMSEProtocolError(
+                f"command set truncated: {size - offset} bytes left at offset {offset}, "
+                "need an 8-byte element header"
+            )
+        group, element, length = _HEADER.unpack_from(view, offset)
+        tag = (group << 16) | element
+        # PS3.7 6.3.1: a command set contains group 0000 elements only.
+        if group != 0x0000:
+            raise DIMSEProtocolError(f"tag ({group:04X},{element:04X}) outside group 0000 in command set")
+        # PS3.5 7.1: ascending order; equal means duplicate (HARDENING D20).
+        if tag == previous:
+            raise DIMSEProtocolError(f"duplicate command element (0000,{element:04X})")
+        if tag < previous:
+            raise DIMSEProtocolError(f"command element (0000,{element:04X}) out of ascending order")
+        # No command element is a sequence, so undefined length is never valid.
+        if length == _UNDEFINED_LENGTH:
+            raise DIMSEProtocolError(f"undefined length on command element (0000,{element:04X})")
+        offset += _HEADER.size
+        # The value must fit in what is left; checked before slicing (HARDENING R4).
+        if length > size - offset:
+            raise DIMSEProtocolError(
+                f"command element (0000,{element:04X}) length {length} exceeds the "
+                f"{size - offset} bytes left"
+            )
+        elements[tag] = bytes(view[offset : offset + length])
+        offset += length
+        previous = tag
+    return elements
+
+
+def _us(elements: Mapping[int, bytes], tag: Tag) -> int | None:
+    """Decode an optional US element (2 bytes, little endian, PS3.5 6.2).
+
+    :raises DIMSEProtocolError: if the value is not exactly 2 bytes.
+    """
+    raw = elements.get(tag)
+    if raw is None:
+        return None
+    if len(raw) != 2:
+        raise DIMSEProtocolError(f"{tag.name} has length {len(raw)}, a US needs 2")
+    value: int = int.from_bytes(raw, "little")
+    return value
+
+
+def _text(elements: Mapping[int, bytes], tag: Tag) -> str | None:
+    """Decode an optional UI, AE or LO element, padding removed.
+
+    UI pads with NUL, AE and LO with spaces (PS3.5 6.2); both are stripped at
+    either end, since leading spaces are insignificant for AE and LO too.
+    Latin-1 never fails, so a hostile value reaches policy code intact.
+    """
+    raw = elements.get(tag)
+    if raw is None:
+        return None
+    return raw.decode("latin-1").strip(" \x00")
+
+
+def _at(elements: Mapping[int, bytes], tag: Tag) -> tuple[int, ...] | None:
+    """Decode an optional AT element: pairs of little-endian uint16 (PS3.5 6.2).
+
+    :raises DIMSEProtocolError: if the length is not a multiple of 4.
+    """
+    raw = elements.get(tag)
+    if raw is None:
+        return None
+    if len(raw) % 4:
+        raise DIMSEProtocolError(f"{tag.name} has length {len(raw)}, not a multiple of 4")
+    values = struct.unpack(f"<{len(raw) // 2}H", raw)
+    return tuple((values[i] << 16) | values[i + 1] for i in range(0, len(values), 2))
+
+
+def _require(value: int | None, what: str, command_field: int) -> int:
+    """Return ``value`` or raise because a mandatory element is missing (HARDENING D20)."""
+    if value is None:
+        raise DIMSEProtocolError(f"{what} missing from command 0x{command_field:04X}")
+    return value
+
+
+def decode_command(data: bytes | memoryview) -> Command:
+    """Decode one complete command set (all its fragments joined).
+
+    :param data: the Implicit VR Little Endian command set.
+    :returns: a :class:`CEchoRQ`, :class:`CEchoRSP`, :class:`CStoreRQ`,
+        :class:`CStoreRSP`, or an :class:`UnknownCommand` for any other
+        Command Field; each carries ``has_dataset`` (PS3.7 E.1).
+    :raises DIMSEProtocolError: for any of the violations listed in the module
+        docstring; the association then ends in A-ABORT(0, 0).
+    """
+    elements = _split_elements(data)
+    # PS3.7 E.1: CommandField is mandatory in every message.
+    command_field = _us(elements, Tag.COMMAND_FIELD)
+    if command_field is None:
+        raise DIMSEProtocolError("CommandField (0000,0100) missing from command set")
+    # PS3.7 E.1: CommandDataSetType is mandatory; without it the message cannot be framed.
+    data_set_type = _require(_us(elements, Tag.COMMAND_DATA_SET_TYPE), "CommandDataSetType", command_field)
+    has_dataset = data_set_type != DATA_SET_ABSENT
+    # PS3.7 9.3 / 10.3: requests are identified by MessageID, responses by
+    # MessageIDBeingRespondedTo; without it no response can be correlated.
+    if is_request(command_field):
+        message_id = _require(_us(elements, Tag.MESSAGE_ID), "MessageID", command_field)
+    else:
+        message_id = _require(
+            _us(elements, Tag.MESSAGE_ID_BEING_RESPONDED_TO), "MessageIDBeingRespondedTo", command_field
+        )
+
+    if command_field == CommandField.C_ECHO_RQ:
+        # PS3.7 9.3.5.1.
+        return CEchoRQ(message_id, _text(elements, Tag.AFFECTED_SOP_CLASS_UID) or "", has_dataset)
+    if command_field == CommandField.C_STORE_RQ:
+        # PS3.7 9.3.1.1: the instance UID is mandatory; without it the RSP
+        # cannot name the instance and the spool cannot either (HARDENING D20).
+        instance_uid = _text(elements, Tag.AFFECTED_SOP_INSTANCE_UID)
+        if not instance_uid:
+            raise DIMSEProtocolError("AffectedSOPInstanceUID (0000,1000) missing from C-STORE-RQ")
+        priority = _us(elements, Tag.PRIORITY)
+        return CStoreRQ(
+            message_id=message_id,
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID) or "",
+            affected_sop_instance_uid=instance_uid,
+            priority=0 if priority is None else priority,
+            move_originator_ae_title=_text(elements, Tag.MOVE_ORIGINATOR_AE_TITLE),
+            move_originator_message_id=_us(elements, Tag.MOVE_ORIGINATOR_MESSAGE_ID),
+            has_dataset=has_dataset,
+        )
+    if command_field in (CommandField.C_ECHO_RSP, CommandField.C_STORE_RSP):
+        # PS3.7 9.3.1.2 / 9.3.5.2: Status is mandatory; a response without one
+        # cannot be interpreted by the requestor.
+        status = _require(_us(elements, Tag.STATUS), "Status", command_field)
+        if command_field == CommandField.C_ECHO_RSP:
+            return CEchoRSP(message_id, _text(elements, Tag.AFFECTED_SOP_CLASS_UID), status, has_dataset)
+        return CStoreRSP(
+            message_id_being_responded_to=message_id,
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID),
+            affected_sop_instance_uid=_text(elements, Tag.AFFECTED_SOP_INSTANCE_UID),
+            status=status,
+            error_comment=_text(elements, Tag.ERROR_COMMENT),
+            offending_element=_at(elements, Tag.OFFENDING_ELEMENT),
+            has_dataset=has_dataset,
+        )
+    # Anything else is kept raw; the identifying elements are already fields.
+    id_tag = Tag.MESSAGE_ID if is_request(command_field) else Tag.MESSAGE_ID_BEING_RESPONDED_TO
+    rest = {
+        tag: value
+        for tag, value in elements.items()
+        if tag not in (Tag.COMMAND_GROUP_LENGTH, Tag.COMMAND_FIELD, id_tag, Tag.COMMAND_DATA_SET_TYPE)
+    }
+    return UnknownCommand(command_field, message_id, rest, has_dataset)
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def _enc_us(value: int) -> bytes:
+    """Encode a US value (PS3.5 6.2).
+
+    :raises ValueError: if ``value`` does not fit in 16 bits.
+    """
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{value!r} does not fit in a US (0..65535)")
+    return value.to_bytes(2, "little")
+
+
+def _enc_ui(value: str) -> bytes:
+    """Encode a UI value, NUL-padded to even length (PS3.5 6.2, 9.1).
+
+    :raises ValueError: if the UID is not ASCII or longer than 64 bytes.
+    """
+    raw = value.encode("ascii")
+    if len(raw) > _MAX_UI:
+        raise ValueError(f"UID {value!r} is longer than {_MAX_UI} bytes")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _enc_ae(value: str) -> bytes:
+    """Encode an AE value, space-padded to even length (PS3.5 6.2).
+
+    :raises ValueError: if the title is not ASCII or longer than 16 bytes.
+    """
+    raw = value.encode("ascii")
+    if len(raw) > _MAX_AE:
+        raise ValueError(f"AE title {value!r} is longer than {_MAX_AE} bytes")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _enc_lo(value: str) -> bytes:
+    """Encode an LO value, sanitised, cut to 64 characters and space-padded (PS3.5 6.2).
+
+    An error comment is built from our own diagnostics, which may be long or
+    contain characters LO forbids (backslash is the value delimiter, control
+    characters are not in the default repertoire): a backslash becomes
+    ``/``, a control character a space and a non-ASCII character ``?``,
+    rather than making the response unencodable.
+    """
+    cleaned = "".join(
+        " " if (ch < " " or ch == "\x7f") else ("/" if ch == "\\" else ch) for ch in value
+    )
+    raw = cleaned.encode("ascii", "replace")[:_MAX_LO].rstrip(b" ")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _enc_at(tags: tuple[int, ...]) -> bytes:
+    """Encode an AT value: each tag as two little-endian uint16 (PS3.5 6.2)."""
+    return b"".join(struct.pack("<HH", (t >> 16) & 0xFFFF, t & 0xFFFF) for t in tags)
+
+
+def _assemble(elements: Mapping[int, bytes]) -> bytes:
+    """Sort elements, prepend (0000,0000) CommandGroupLength, and serialise (PS3.7 6.3.1, 9.1.5).
+
+    The group length counts every byte after its own element (PS3.5 7.2).
+    """
+    body = b"".join(
+        _HEADER.pack(0x0000, tag & 0xFFFF, len(value)) + value
+        for tag, value in sorted(elements.items())
+        if tag != Tag.COMMAND_GROUP_LENGTH
+    )
+    return _HEADER.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+
+
+def _data_set_type(has_dataset: bool) -> bytes:
+    """The CommandDataSetType value for a message (PS3.7 E.1)."""
+    return _enc_us(DATA_SET_PRESENT if has_dataset else DATA_SET_ABSENT)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Encode a command set in Implicit VR Little Endian with its group length first.
+
+    :param cmd: the command to encode.
+    :returns: the command set bytes (always of even length).
+    :raises ValueError: if a value cannot be encoded (UID not ASCII or too
+        long, AE title too long, message ID outside 0..65535).
+    """
+    el: dict[int, bytes] = {}
+    match cmd:
+        case CEchoRQ():
+            # PS3.7 9.3.5.1.
+            el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_ECHO_RQ)
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+        case CEchoRSP():
+            # PS3.7 9.3.5.2.
+            if cmd.affected_sop_class_uid is not None:
+                el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_ECHO_RSP)
+            el[Tag.MESSAGE_ID_BEING_RESPONDED_TO] = _enc_us(cmd.message_id_being_responded_to)
+            el[Tag.STATUS] = _enc_us(cmd.status)
+        case CStoreRQ():
+            # PS3.7 9.3.1.1.
+            el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_STORE_RQ)
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+            el[Tag.PRIORITY] = _enc_us(cmd.priority)
+            el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
+            if cmd.move_originator_ae_title is not None:
+                el[Tag.MOVE_ORIGINATOR_AE_TITLE] = _enc_ae(cmd.move_originator_ae_title)
+            if cmd.move_originator_message_id is not None:
+                el[Tag.MOVE_ORIGINATOR_MESSAGE_ID] = _enc_us(cmd.move_originator_message_id)
+        case CStoreRSP():
+            # PS3.7 9.3.1.2.
+            if cmd.affected_sop_class_uid is not None:
+                el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_STORE_RSP)
+            el[Tag.MESSAGE_ID_BEING_RESPONDED_TO] = _enc_us(cmd.message_id_being_responded_to)
+            el[Tag.STATUS] = _enc_us(cmd.status)
+            if cmd.offending_element:
+                el[Tag.OFFENDING_ELEMENT] = _enc_at(cmd.offending_element)
+            if cmd.error_comment is not None:
+                el[Tag.ERROR_COMMENT] = _enc_lo(cmd.error_comment)
+            if cmd.affected_sop_instance_uid is not None:
+                el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
+        case UnknownCommand():
+            # Raw elements as given, then the identifying ones on top.
+            el.update(cmd.elements)
+            el[Tag.COMMAND_FIELD] = _enc_us(cmd.command_field)
+            id_tag = Tag.MESSAGE_ID if is_request(cmd.command_field) else Tag.MESSAGE_ID_BEING_RESPONDED_TO
+            el[id_tag] = _enc_us(cmd.message_id)
+    el[Tag.COMMAND_DATA_SET_TYPE] = _data_set_type(cmd.has_dataset)
+    return _assemble(el)
+
+
+# ---------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------
+
+
+def echo_response(rq: CEchoRQ, status: int = Status.SUCCESS) -> CEchoRSP:
+    """Build the C-ECHO-RSP answering ``rq`` (PS3.7 9.3.5.2: SOP class echoed, U(=)).
+
+    :param rq: the request.
+    :param status: the status to answer, success by default.
+    :returns: the response.
+    """
+    return CEchoRSP(rq.message_id, rq.affected_sop_class_uid or None, status)
+
+
+def store_response(
+    rq: CStoreRQ,
+    status: int,
+    *,
+    error_comment: str | None = None,
+    offending_element: tuple[int, ...] | None = None,
+) -> CStoreRSP:
+    """Build the C-STORE-RSP answering ``rq`` (PS3.7 9.3.1.2: class and instance echoed).
+
+    :param rq: the request.
+    :param status: the status (see :mod:`gateway.dimse.status`).
+    :param error_comment: an optional (0000,0902) text; sanitised on encoding.
+    :param offending_element: optional (0000,0901) tags.
+    :returns: the response.
+    """
+    return CStoreRSP(
+        message_id_being_responded_to=rq.message_id,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        affected_sop_instance_uid=rq.affected_sop_instance_uid,
+        status=status,
+        error_comment=error_comment,
+        offending_element=offending_element,
+    )
+
+
+def unrecognized_operation_response(rq: UnknownCommand) -> UnknownCommand | None:
+    """Build the 0x0211 (unrecognized operation) response to an unknown request.
+
+    PS3.7 C.5: the response carries the request's Command Field with bit 15
+    set, MessageIDBeingRespondedTo, no data set, and echoes the Affected SOP
+    Class UID when the request had one (HARDENING D21).
+
+    :param rq: the decoded unknown command.
+    :returns: the response, or ``None`` when ``rq`` is itself a response or a
+        C-CANCEL-RQ (neither is ever answered).
+    """
+    if not is_request(rq.command_field):
+        return None
+    elements: dict[int, bytes] = {Tag.STATUS: _enc_us(Status.UNRECOGNIZED_OPERATION)}
+    sop_class = rq.elements.get(Tag.AFFECTED_SOP_CLASS_UID)
+    if sop_class is not None:
+        elements[Tag.AFFECTED_SOP_CLASS_UID] = sop_class
+    return UnknownCommand(rq.command_field | 0x8000, rq.message_id, elements, has_dataset=False)

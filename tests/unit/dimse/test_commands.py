@@ -1,0 +1,374 @@
+"""Tests for :mod:`gateway.dimse.commands` (PS3.7 9.3, E.1; HARDENING D19-D21).
+
+pydicom and pynetdicom serve as an independent encoder/decoder of the same
+command sets, so the codec is checked against software we did not write.
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pynetdicom import dsutils
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.dimse.commands import (
+    DATA_SET_ABSENT,
+    CEchoRQ,
+    CEchoRSP,
+    CommandField,
+    CStoreRQ,
+    CStoreRSP,
+    Tag,
+    UnknownCommand,
+    decode_command,
+    echo_response,
+    encode_command,
+    is_request,
+    store_response,
+    unrecognized_operation_response,
+)
+from gateway.dimse.errors import DIMSEProtocolError
+from gateway.dimse.status import Status
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+INSTANCE = "1.2.3.4.5.6.7"  # odd length: exercises NUL padding
+
+
+def element(tag: int, value: bytes) -> bytes:
+    """Encode one Implicit VR LE element by hand, for malformed inputs."""
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def us(value: int) -> bytes:
+    """A US value."""
+    return struct.pack("<H", value)
+
+
+def store_rq_elements(**drop: bool) -> list[bytes]:
+    """The elements of a C-STORE-RQ, minus those named in ``drop``, in order."""
+    parts = {
+        "class": element(Tag.AFFECTED_SOP_CLASS_UID, b"1.2.840.10008.5.1.4.1.1.2\x00"),
+        "field": element(Tag.COMMAND_FIELD, us(0x0001)),
+        "id": element(Tag.MESSAGE_ID, us(7)),
+        "priority": element(Tag.PRIORITY, us(0)),
+        "dstype": element(Tag.COMMAND_DATA_SET_TYPE, us(0x0001)),
+        "instance": element(Tag.AFFECTED_SOP_INSTANCE_UID, b"1.2.3.4.5.6.7\x00"),
+    }
+    return [v for k, v in parts.items() if not drop.get(k)]
+
+
+def pydicom_encode(ds: Dataset) -> bytes:
+    """Encode a command Dataset with pynetdicom (Implicit VR LE), group length added."""
+    body = dsutils.encode(ds, True, True)
+    assert body is not None
+    return element(Tag.COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
+
+
+def pydicom_decode(data: bytes) -> Dataset:
+    """Decode a command set with pynetdicom."""
+    return dsutils.decode(BytesIO(data), True, True)
+
+
+class RoundTripTests(SynchronousTestCase):
+    """encode_command and decode_command are inverses."""
+
+    def test_echo_rq_round_trip(self) -> None:
+        """A C-ECHO-RQ survives encode and decode unchanged."""
+        cmd = CEchoRQ(1, VERIFICATION)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_echo_rsp_round_trip(self) -> None:
+        """A C-ECHO-RSP survives encode and decode unchanged."""
+        cmd = CEchoRSP(1, VERIFICATION, 0x0000)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_store_rq_round_trip(self) -> None:
+        """A C-STORE-RQ with move originator fields survives encode and decode."""
+        cmd = CStoreRQ(65535, CT, INSTANCE, priority=2, move_originator_ae_title="MOVER",
+                       move_originator_message_id=9)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_store_rsp_round_trip(self) -> None:
+        """A C-STORE-RSP with error comment and offending elements survives encode and decode."""
+        cmd = CStoreRSP(3, CT, INSTANCE, 0xA900, error_comment="SOP class mismatch",
+                        offending_element=(0x00080016, 0x00080018))
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_encoding_has_even_length_and_correct_group_length(self) -> None:
+        """The set is even-length and (0000,0000) counts every byte after it (PS3.7 9.1.5)."""
+        data = encode_command(CStoreRQ(1, CT, INSTANCE))
+        self.assertEqual(len(data) % 2, 0)
+        self.assertEqual(data[:8], struct.pack("<HHI", 0, 0, 4))
+        self.assertEqual(struct.unpack_from("<I", data, 8)[0], len(data) - 12)
+
+    def test_uid_padded_with_nul_and_ae_with_space(self) -> None:
+        """UIDs pad with NUL and AE titles with a space to even length (PS3.5 6.2)."""
+        data = encode_command(CStoreRQ(1, CT, INSTANCE, move_originator_ae_title="ABC"))
+        self.assertIn(b"1.2.3.4.5.6.7\x00", data)
+        self.assertIn(b"ABC ", data)
+
+    def test_error_comment_is_sanitised_and_capped(self) -> None:
+        """An error comment loses backslashes and control characters and is cut to 64 chars."""
+        rsp = CStoreRSP(1, CT, INSTANCE, 0xC000, error_comment="a\\b\nc" + "x" * 100)
+        decoded = decode_command(encode_command(rsp))
+        assert isinstance(decoded, CStoreRSP)
+        assert decoded.error_comment is not None
+        self.assertEqual(decoded.error_comment[:5], "a/b c")
+        self.assertLessEqual(len(decoded.error_comment), 64)
+
+    def test_message_id_out_of_range_is_value_error(self) -> None:
+        """Encoding a message ID above 65535 is a caller error."""
+        self.assertRaises(ValueError, encode_command, CEchoRQ(70000, VERIFICATION))
+
+    def test_overlong_uid_is_value_error(self) -> None:
+        """Encoding a UID over 64 bytes is a caller error."""
+        self.assertRaises(ValueError, encode_command, CStoreRQ(1, CT, "1." * 40))
+
+
+class InteropTests(SynchronousTestCase):
+    """Our codec agrees with pydicom/pynetdicom on the same command sets."""
+
+    def test_decode_pynetdicom_store_rq(self) -> None:
+        """A C-STORE-RQ encoded by pydicom decodes to the expected dataclass."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = CT
+        ds.CommandField = 0x0001
+        ds.MessageID = 12
+        ds.Priority = 1
+        ds.CommandDataSetType = 0x0001
+        ds.AffectedSOPInstanceUID = INSTANCE
+        ds.MoveOriginatorApplicationEntityTitle = "ORIGIN"
+        ds.MoveOriginatorMessageID = 4
+        cmd = decode_command(pydicom_encode(ds))
+        self.assertEqual(cmd, CStoreRQ(12, CT, INSTANCE, 1, "ORIGIN", 4, True))
+
+    def test_pynetdicom_decodes_our_store_rsp(self) -> None:
+        """pydicom reads our C-STORE-RSP with the values we put in."""
+        data = encode_command(CStoreRSP(5, CT, INSTANCE, 0xB000, error_comment="coerced",
+                                        offending_element=(0x00100010,)))
+        ds = pydicom_decode(data)
+        self.assertEqual(ds.CommandGroupLength, len(data) - 12)
+        self.assertEqual(ds.CommandField, 0x8001)
+        self.assertEqual(ds.MessageIDBeingRespondedTo, 5)
+        self.assertEqual(ds.CommandDataSetType, DATA_SET_ABSENT)
+        self.assertEqual(ds.Status, 0xB000)
+        self.assertEqual(ds.AffectedSOPInstanceUID, INSTANCE)
+        self.assertEqual(ds.ErrorComment, "coerced")
+        self.assertEqual(ds.OffendingElement, 0x00100010)
+
+    def test_our_store_rq_matches_pydicom_bytes(self) -> None:
+        """Our C-STORE-RQ bytes equal pydicom's encoding of the same elements."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = CT
+        ds.CommandField = 0x0001
+        ds.MessageID = 1
+        ds.Priority = 0
+        ds.CommandDataSetType = 0x0001
+        ds.AffectedSOPInstanceUID = INSTANCE
+        self.assertEqual(encode_command(CStoreRQ(1, CT, INSTANCE)), pydicom_encode(ds))
+
+
+class DecodeTolerance(SynchronousTestCase):
+    """Deliberate tolerance that keeps old modalities working."""
+
+    def test_missing_group_length_is_accepted(self) -> None:
+        """A command set without (0000,0000) still decodes."""
+        cmd = decode_command(b"".join(store_rq_elements()))
+        self.assertIsInstance(cmd, CStoreRQ)
+
+    def test_wrong_group_length_is_ignored(self) -> None:
+        """A wrong (0000,0000) value is ignored: the PDV framing delimits the set."""
+        data = element(0, struct.pack("<I", 3)) + b"".join(store_rq_elements())
+        self.assertIsInstance(decode_command(data), CStoreRQ)
+
+    def test_missing_sop_class_decodes_as_empty(self) -> None:
+        """A C-STORE-RQ without Affected SOP Class UID decodes with "" so the SCP can answer 0x0122."""
+        cmd = decode_command(b"".join(store_rq_elements(**{"class": True})))
+        assert isinstance(cmd, CStoreRQ)
+        self.assertEqual(cmd.affected_sop_class_uid, "")
+
+    def test_store_rq_without_dataset_decodes(self) -> None:
+        """A C-STORE-RQ announcing no data set decodes with has_dataset False (HARDENING D19)."""
+        parts = store_rq_elements(dstype=True)
+        parts.insert(4, element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101)))
+        cmd = decode_command(b"".join(parts))
+        self.assertFalse(cmd.has_dataset)
+
+    def test_any_value_but_0101_means_dataset(self) -> None:
+        """CommandDataSetType 0x0000 or 0xFEFE both announce a data set (PS3.7 E.1)."""
+        for value in (0x0000, 0xFEFE):
+            parts = store_rq_elements(dstype=True)
+            parts.insert(4, element(Tag.COMMAND_DATA_SET_TYPE, us(value)))
+            self.assertTrue(decode_command(b"".join(parts)).has_dataset)
+
+    def test_unknown_group_0000_tag_is_ignored(self) -> None:
+        """A retired (0000,0001) CommandLengthToEnd does not stop decoding."""
+        data = element(0x00000001, struct.pack("<I", 0)) + b"".join(store_rq_elements())
+        self.assertIsInstance(decode_command(data), CStoreRQ)
+
+
+class DecodeErrors(SynchronousTestCase):
+    """Malformed command sets raise DIMSEProtocolError (HARDENING D20)."""
+
+    def assert_protocol_error(self, data: bytes, fragment: str) -> None:
+        """Decoding ``data`` raises DIMSEProtocolError whose message contains ``fragment``."""
+        exc = self.assertRaises(DIMSEProtocolError, decode_command, data)
+        self.assertIn(fragment, str(exc))
+
+    def test_truncated_header(self) -> None:
+        """Fewer than 8 bytes left for an element header is an error."""
+        self.assert_protocol_error(b"".join(store_rq_elements()) + b"\x00\x00\x00", "truncated")
+
+    def test_truncated_value(self) -> None:
+        """A value longer than the remaining bytes is an error."""
+        data = b"".join(store_rq_elements()) + struct.pack("<HHI", 0, 0x1001, 100) + b"1.2"
+        self.assert_protocol_error(data, "exceeds")
+
+    def test_huge_length_is_not_allocated(self) -> None:
+        """A length of 0xFFFFFFFE is refused before any slice is made."""
+        data = struct.pack("<HHI", 0, 2, 0xFFFFFFFE) + b"x"
+        self.assert_protocol_error(data, "exceeds")
+
+    def test_undefined_length(self) -> None:
+        """Undefined length is never valid in a command set."""
+        self.assert_protocol_error(struct.pack("<HHI", 0, 2, 0xFFFFFFFF), "undefined length")
+
+    def test_tag_outside_group_0000(self) -> None:
+        """A data set element inside a command set is an error."""
+        data = b"".join(store_rq_elements()) + element(0x00080016, b"1.2\x00")
+        self.assert_protocol_error(data, "outside group 0000")
+
+    def test_duplicate_tag(self) -> None:
+        """The same element twice is an error (two readers could disagree)."""
+        parts = store_rq_elements()
+        parts.insert(2, parts[1])
+        self.assert_protocol_error(b"".join(parts), "duplicate")
+
+    def test_non_ascending_tags(self) -> None:
+        """Elements out of ascending order are an error."""
+        parts = store_rq_elements()
+        parts[1], parts[2] = parts[2], parts[1]
+        self.assert_protocol_error(b"".join(parts), "ascending")
+
+    def test_missing_command_field(self) -> None:
+        """Without (0000,0100) the message cannot be dispatched."""
+        self.assert_protocol_error(b"".join(store_rq_elements(field=True)), "CommandField")
+
+    def test_missing_data_set_type(self) -> None:
+        """Without (0000,0800) the message cannot be framed."""
+        self.assert_protocol_error(b"".join(store_rq_elements(dstype=True)), "CommandDataSetType")
+
+    def test_missing_message_id_on_request(self) -> None:
+        """A request without MessageID cannot be answered."""
+        self.assert_protocol_error(b"".join(store_rq_elements(id=True)), "MessageID")
+
+    def test_missing_message_id_being_responded_to_on_response(self) -> None:
+        """A response without MessageIDBeingRespondedTo cannot be correlated."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x8001))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+            + element(Tag.STATUS, us(0))
+        )
+        self.assert_protocol_error(data, "MessageIDBeingRespondedTo")
+
+    def test_missing_status_on_response(self) -> None:
+        """A C-STORE-RSP without Status cannot be interpreted."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x8001))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(1))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        self.assert_protocol_error(data, "Status")
+
+    def test_missing_affected_sop_instance_uid_on_store_rq(self) -> None:
+        """A C-STORE-RQ without the instance UID is an error (HARDENING D20)."""
+        self.assert_protocol_error(b"".join(store_rq_elements(instance=True)), "AffectedSOPInstanceUID")
+
+    def test_empty_affected_sop_instance_uid_on_store_rq(self) -> None:
+        """An instance UID of only padding counts as missing."""
+        parts = store_rq_elements(instance=True)
+        parts.append(element(Tag.AFFECTED_SOP_INSTANCE_UID, b"\x00\x00"))
+        self.assert_protocol_error(b"".join(parts), "AffectedSOPInstanceUID")
+
+    def test_us_with_wrong_length(self) -> None:
+        """A US element that is not 2 bytes long is an error."""
+        parts = store_rq_elements(id=True)
+        parts.insert(2, element(Tag.MESSAGE_ID, b"\x01\x00\x00\x00"))
+        self.assert_protocol_error(b"".join(parts), "MESSAGE_ID")
+
+    def test_empty_input(self) -> None:
+        """An empty command set has no Command Field."""
+        self.assert_protocol_error(b"", "CommandField")
+
+
+class UnknownCommandTests(SynchronousTestCase):
+    """Commands other than C-ECHO and C-STORE (HARDENING D21)."""
+
+    def find_rq(self) -> bytes:
+        """A C-FIND-RQ command set."""
+        return (
+            element(Tag.AFFECTED_SOP_CLASS_UID, b"1.2.840.10008.5.1.4.1.2.1.1\x00")
+            + element(Tag.COMMAND_FIELD, us(0x0020))
+            + element(Tag.MESSAGE_ID, us(3))
+            + element(Tag.PRIORITY, us(0))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0000))
+        )
+
+    def test_find_rq_decodes_as_unknown(self) -> None:
+        """A C-FIND-RQ is kept raw, with its message ID and data set flag."""
+        cmd = decode_command(self.find_rq())
+        assert isinstance(cmd, UnknownCommand)
+        self.assertEqual((cmd.command_field, cmd.message_id, cmd.has_dataset), (0x0020, 3, True))
+        self.assertEqual(set(cmd.elements), {Tag.AFFECTED_SOP_CLASS_UID, Tag.PRIORITY})
+
+    def test_unrecognized_operation_response(self) -> None:
+        """The answer to an unknown request is 0x0211 with the response Command Field."""
+        cmd = decode_command(self.find_rq())
+        assert isinstance(cmd, UnknownCommand)
+        rsp = unrecognized_operation_response(cmd)
+        assert rsp is not None
+        ds = pydicom_decode(encode_command(rsp))
+        self.assertEqual(ds.CommandField, 0x8020)
+        self.assertEqual(ds.MessageIDBeingRespondedTo, 3)
+        self.assertEqual(ds.Status, Status.UNRECOGNIZED_OPERATION)
+        self.assertEqual(ds.CommandDataSetType, 0x0101)
+        self.assertEqual(ds.AffectedSOPClassUID, "1.2.840.10008.5.1.4.1.2.1.1")
+
+    def test_cancel_uses_message_id_being_responded_to(self) -> None:
+        """C-CANCEL-RQ is identified by MessageIDBeingRespondedTo and gets no response."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x0FFF))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(8))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        cmd = decode_command(data)
+        assert isinstance(cmd, UnknownCommand)
+        self.assertEqual(cmd.message_id, 8)
+        self.assertIsNone(unrecognized_operation_response(cmd))
+
+    def test_unknown_command_round_trip(self) -> None:
+        """An UnknownCommand re-encodes to an equal decoded value."""
+        cmd = decode_command(self.find_rq())
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_is_request(self) -> None:
+        """Requests have bit 15 clear, except C-CANCEL-RQ."""
+        self.assertTrue(is_request(CommandField.C_STORE_RQ))
+        self.assertFalse(is_request(CommandField.C_STORE_RSP))
+        self.assertFalse(is_request(CommandField.C_CANCEL_RQ))
+
+
+class ResponseHelperTests(SynchronousTestCase):
+    """echo_response and store_response echo the request's identifiers."""
+
+    def test_echo_response(self) -> None:
+        """The C-ECHO-RSP answers the request's message ID with success."""
+        self.assertEqual(echo_response(CEchoRQ(4, VERIFICATION)), CEchoRSP(4, VERIFICATION, 0))
+
+    def test_store_response(self) -> None:
+        """The C-STORE-RSP echoes message ID, SOP class and instance (PS3.7 9.3.1.2)."""
+        rsp = store_response(CStoreRQ(9, CT, INSTANCE), Status.OUT_OF_RESOURCES, error_comment="disk full")
+        self.assertEqual(rsp, CStoreRSP(9, CT, INSTANCE, 0xA700, "disk full"))
