@@ -100,6 +100,8 @@ def _fire(assoc: Association, event: Event) -> list[object]:
 
 def _role_for(event: Event, state: State) -> Role:
     """Evt2 exists only for a requestor and Evt5 only for an acceptor; others work with either."""
+    if event is Event.EVT5:
+        return Role.ACCEPTOR
     if event in (Event.EVT1, Event.EVT2, Event.EVT3, Event.EVT4) or state in (State.STA4, State.STA5):
         return Role.REQUESTOR
     return Role.ACCEPTOR

@@ -1,0 +1,501 @@
+"""The Twisted requestor: open an association to a remote AE and use it as an SCU.
+
+:func:`connect_tcp` connects, sends an A-ASSOCIATE-RQ and fires with a
+:class:`ClientAssociation` once the acceptor answers AC (or fails with
+:class:`AssociationRejected`). The association then offers :meth:`echo`
+(C-ECHO), :meth:`store` (C-STORE of a Part 10 file, streamed from disk in
+fragments sized to the peer's maximum PDU length, PS3.8 D.1), :meth:`release`
+and :meth:`abort`.
+
+Outstanding requests are kept in a ``{message_id: (Deferred, timeout)}`` map
+in the style of ``twisted.names.dns.DNSMixin``: each waits for its response
+for the DIMSE timeout, after which the association is aborted (the peer is
+then in an unknown state, and PS3.7 gives no way to cancel a C-STORE).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.dimse import commands as dimse
+from gateway.dimse.errors import DIMSEProtocolError
+from gateway.dimse.pdv import CommandComplete, Reassembler, fragment_command, max_fragment_size
+from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
+from gateway.ul import pdu as _pdu
+from gateway.ul.actions import Role, ULSettings
+from gateway.ul.association import Association
+from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
+from gateway.ul.outputs import (
+    AbortIndication,
+    AssociateAccepted,
+    AssociateRejected,
+    CloseTransport,
+    Output,
+    PDataIndication,
+    ReleaseConfirm,
+    ReleaseIndication,
+    Send,
+    StartArtim,
+    StopArtim,
+)
+
+#: The largest PDV data we ever put in one P-DATA-TF, whatever the peer allows.
+SEND_CAP = 1024 * 1024
+
+
+class AssociationError(Exception):
+    """Base class of requestor-side failures."""
+
+
+class AssociationRejected(AssociationError):
+    """The acceptor answered A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+
+    def __init__(self, rejection: _pdu.AAssociateRJ) -> None:
+        super().__init__(
+            f"association rejected: result {rejection.result}, source {rejection.source}, reason {rejection.reason}"
+        )
+        self.rejection = rejection
+
+
+class AssociationAborted(AssociationError):
+    """The association ended abnormally (A-ABORT, transport closed, or a timeout)."""
+
+
+class NoPresentationContext(AssociationError):
+    """No accepted presentation context fits the instance's SOP class and transfer syntax."""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The outcome of one C-STORE as the peer reported it (PS3.7 9.3.1.2)."""
+
+    status: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    size: int
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Part10Header:
+    """What :func:`read_part10_header` found in a file's meta information (PS3.10 7.1)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+    size: int
+
+
+def _meta_value(raw: bytes) -> str:
+    return raw.decode("latin-1").rstrip("\x00 ")
+
+
+def read_part10_header(path: str) -> Part10Header:
+    """Read a Part 10 file's meta group (Explicit VR LE, PS3.10 7.1) without pydicom.
+
+    :raises ValueError: when the file has no ``DICM`` prefix or its meta is malformed.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
+        values: dict[int, bytes] = {}
+        offset = 132
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            group, element = struct.unpack("<HH", header[:4])
+            if group != 0x0002:
+                break
+            vr = header[4:6]
+            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+                length = struct.unpack("<I", f.read(4))[0]
+                offset += 12 + length
+            else:
+                length = struct.unpack("<H", header[6:8])[0]
+                offset += 8 + length
+            values[(group << 16) | element] = f.read(length)
+    try:
+        return Part10Header(
+            sop_class_uid=_meta_value(values[0x00020002]),
+            sop_instance_uid=_meta_value(values[0x00020003]),
+            transfer_syntax_uid=_meta_value(values[0x00020010]),
+            dataset_offset=offset,
+            size=size - offset,
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: file meta lacks {e.args[0]:08X}") from None
+
+
+def proposals_for_files(paths: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts to propose for sending ``paths``: one per (SOP class, transfer syntax).
+
+    :returns: ``[(abstract_syntax, [transfer_syntax]), ...]``, at most 128 (PS3.8 9.3.2.2: odd IDs 1-255).
+    """
+    seen: dict[tuple[str, str], None] = {}
+    for path in paths:
+        header = read_part10_header(path)
+        seen[(header.sop_class_uid, header.transfer_syntax_uid)] = None
+    proposals = [(sop, [ts]) for sop, ts in seen]
+    if len(proposals) > 128:
+        raise ValueError("more than 128 SOP class / transfer syntax pairs; send in several associations")
+    return proposals
+
+
+@implementer(IPullProducer)
+class _FileSender:
+    """Streams one data set from a file as P-DATA-TF PDUs, one fragment per pull (PS3.8 9.3.5)."""
+
+    def __init__(self, protocol: "RequestorProtocol", fp: BinaryIO, context_id: int, size: int, fragment: int) -> None:
+        self._protocol = protocol
+        self._fp = fp
+        self._context_id = context_id
+        self._remaining = size
+        self._fragment = fragment
+        self.done: Deferred[None] = Deferred()
+
+    def resumeProducing(self) -> None:
+        """Send the next fragments; unregister after the last one."""
+        if self._remaining <= 0:
+            return
+        # A few fragments per pull keeps syscall overhead low without buffering much.
+        for _ in range(4):
+            chunk = self._fp.read(min(self._fragment, self._remaining))
+            if not chunk:
+                self._finish(AssociationAborted("file shrank while sending"))
+                return
+            self._remaining -= len(chunk)
+            control = 0x02 if self._remaining == 0 else 0x00
+            if not self._protocol.send_encoded(_pdu.pdata_pdu(self._context_id, control, chunk)):
+                self._finish(AssociationAborted("association ended while sending"))
+                return
+            if self._remaining == 0:
+                self._finish(None)
+                return
+
+    def stopProducing(self) -> None:
+        """The transport went away."""
+        self._finish(AssociationAborted("transport closed while sending"))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        self._fp.close()
+        self._protocol.transport.unregisterProducer()
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+
+
+class RequestorProtocol(Protocol):
+    """Our side of an outbound association: an adapter around the sans-IO core."""
+
+    log = Logger(namespace="gateway.associate")
+
+    def __init__(self, request: _pdu.AAssociateRQ, clock: IReactorTime, timeout: float, max_pdu_length: int) -> None:
+        self._request = request
+        self._clock = clock
+        self._timeout = timeout
+        self.association = Association(
+            Role.REQUESTOR, ULSettings(artim_timeout=timeout, max_pdu_length=max_pdu_length)
+        )
+        self.established: Deferred[ClientAssociation] = Deferred()
+        self._artim: IDelayedCall | None = None
+        self._acse: IDelayedCall | None = None
+        self._reassembler = Reassembler()
+        self._pending: dict[int, tuple[Deferred[Any], IDelayedCall | None]] = {}
+        self._released: Deferred[None] | None = None
+        self.client: ClientAssociation | None = None
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        """Evt1 then Evt2: send the A-ASSOCIATE-RQ, and wait at most the ACSE timeout."""
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self._run(self.association.request(self._request))
+        self._run(self.association.transport_connected())
+        self._acse = self._clock.callLater(self._timeout, self._acse_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the acceptor."""
+        self._run(self.association.receive_data(data))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Evt17, and fail whatever still waits."""
+        self.closed = True
+        self._run(self.association.transport_closed())
+        for call in (self._artim, self._acse):
+            if call is not None and call.active():
+                call.cancel()
+        self._fail_all(AssociationAborted("transport connection closed"))
+        if self._released is not None and not self._released.called:
+            self._released.callback(None)
+
+    def _acse_timeout(self) -> None:
+        self._acse = None
+        if not self.established.called:
+            self._run(self.association.abort(detail="ACSE timeout"))
+            self.transport.loseConnection()
+            self.established.errback(AssociationAborted("no A-ASSOCIATE response within the ACSE timeout"))
+
+    def _run(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                self.transport.write(out.data)
+            elif isinstance(out, StartArtim):
+                if self._artim is not None and self._artim.active():
+                    self._artim.cancel()
+                self._artim = self._clock.callLater(out.seconds, self._artim_fired)
+            elif isinstance(out, StopArtim):
+                if self._artim is not None and self._artim.active():
+                    self._artim.cancel()
+                self._artim = None
+            elif isinstance(out, CloseTransport):
+                self.transport.loseConnection()
+            elif isinstance(out, AssociateAccepted):
+                self._accepted(out.response)
+            elif isinstance(out, AssociateRejected):
+                self._cancel_acse()
+                self.established.errback(AssociationRejected(out.response))
+            elif isinstance(out, PDataIndication):
+                self._pdata(out.pdvs)
+            elif isinstance(out, ReleaseConfirm):
+                if self._released is not None and not self._released.called:
+                    self._released.callback(None)
+            elif isinstance(out, ReleaseIndication):
+                # The acceptor asked to release (or a collision): agree.
+                self._run(self.association.release_response())
+            elif isinstance(out, AbortIndication):
+                self._fail_all(AssociationAborted(out.detail or f"aborted ({out.source}, {out.reason})"))
+                if not self.established.called:
+                    self._cancel_acse()
+                    self.established.errback(AssociationAborted(out.detail or "aborted"))
+
+    def _artim_fired(self) -> None:
+        self._artim = None
+        self._run(self.association.artim_expired())
+
+    def _cancel_acse(self) -> None:
+        if self._acse is not None and self._acse.active():
+            self._acse.cancel()
+        self._acse = None
+
+    def _accepted(self, ac: _pdu.AAssociateAC) -> None:
+        self._cancel_acse()
+        negotiated = accepted_from_ac(self._request, ac)
+        self.client = ClientAssociation(self, negotiated.contexts, negotiated.peer_max_pdu)
+        self.established.callback(self.client)
+
+    def _pdata(self, pdvs: Sequence[_pdu.PDV]) -> None:
+        for pdv in pdvs:
+            try:
+                events = self._reassembler.feed(pdv)
+            except DIMSEProtocolError as e:
+                self.abort(str(e))
+                return
+            for event in events:
+                if isinstance(event, CommandComplete):
+                    self._response(event.command)
+
+    def _response(self, command: dimse.Command) -> None:
+        message_id = getattr(command, "message_id_being_responded_to", None)
+        entry = self._pending.pop(message_id, None) if message_id is not None else None
+        if entry is None:
+            self.abort(f"response to unknown message ID {message_id}")
+            return
+        d, timeout = entry
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        d.callback(command)
+
+    def _fail_all(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for d, timeout in pending.values():
+            if timeout is not None and timeout.active():
+                timeout.cancel()
+            if not d.called:
+                d.errback(error)
+
+    # -- used by ClientAssociation --------------------------------------------------------
+
+    def send_encoded(self, data: bytes) -> bool:
+        """Send pre-encoded P-DATA-TF bytes; false if the association is no longer established."""
+        if not self.association.is_established:
+            return False
+        self._run(self.association.send_pdata_encoded(data))
+        return True
+
+    def send_command(self, context_id: int, command: bytes, peer_max: int) -> None:
+        """Send a command set, fragmented to the peer's maximum."""
+        for pdv in fragment_command(context_id, command, peer_max):
+            self._run(self.association.send_pdata([pdv]))
+
+    def expect_response(self, message_id: int) -> Deferred[Any]:
+        """Register a pending request; the DIMSE timeout starts when :meth:`arm_timeout` is called."""
+        d: Deferred[Any] = Deferred()
+        self._pending[message_id] = (d, None)
+        return d
+
+    def arm_timeout(self, message_id: int) -> None:
+        """Start the DIMSE timeout for ``message_id`` (after its last fragment went out)."""
+        entry = self._pending.get(message_id)
+        if entry is not None:
+            self._pending[message_id] = (entry[0], self._clock.callLater(self._timeout, self._dimse_timeout, message_id))
+
+    def _dimse_timeout(self, message_id: int) -> None:
+        self.log.warn("no DIMSE response to message {message_id} within {timeout}s", message_id=message_id, timeout=self._timeout)
+        self.abort("DIMSE timeout")
+
+    def release(self) -> Deferred[None]:
+        """Evt11: A-RELEASE request; fires when the acceptor answers (or the connection closes)."""
+        if self._released is None:
+            self._released = Deferred()
+            if self.association.state.value == "Sta6":
+                self._run(self.association.release())
+            else:
+                self._released.callback(None)
+        return self._released
+
+    def abort(self, detail: str = "") -> None:
+        """Evt15: A-ABORT(0,0), then close the transport."""
+        self._run(self.association.abort(detail=detail))
+        self._fail_all(AssociationAborted(detail or "aborted by us"))
+        self.transport.loseConnection()
+
+
+class ClientAssociation:
+    """An established association on which we are the SCU."""
+
+    def __init__(self, protocol: RequestorProtocol, contexts: dict[int, AcceptedContext], peer_max_pdu: int) -> None:
+        self._protocol = protocol
+        self.contexts = contexts
+        self.peer_max_pdu = peer_max_pdu
+        self._message_ids = itertools.count(1)
+        self._busy: Deferred[Any] = succeed(None)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether requests can still be sent."""
+        return self._protocol.association.is_established and not self._protocol.closed
+
+    def context_for(self, sop_class_uid: str, transfer_syntax_uid: str) -> AcceptedContext | None:
+        """The accepted context for this SOP class in exactly this transfer syntax, if any."""
+        for context in self.contexts.values():
+            if context.abstract_syntax == sop_class_uid and context.transfer_syntax == transfer_syntax_uid:
+                return context
+        return None
+
+    def _next_id(self) -> int:
+        return next(self._message_ids) & 0xFFFF or next(self._message_ids)
+
+    async def echo(self) -> int:
+        """C-ECHO (PS3.7 9.1.5); returns the status."""
+        context = next((c for c in self.contexts.values() if c.abstract_syntax == VERIFICATION_SOP_CLASS), None)
+        if context is None:
+            raise NoPresentationContext("Verification was not accepted")
+        message_id = self._next_id()
+        d = self._protocol.expect_response(message_id)
+        self._protocol.send_command(
+            context.context_id, dimse.encode_command(dimse.CEchoRQ(message_id, VERIFICATION_SOP_CLASS)), self.peer_max_pdu
+        )
+        self._protocol.arm_timeout(message_id)
+        response = await d
+        return int(response.status)
+
+    async def store(self, path: str) -> StoreResult:
+        """C-STORE the Part 10 file at ``path`` (PS3.7 9.1.1), streaming its data set from disk.
+
+        :raises NoPresentationContext: when no accepted context carries its SOP class in its transfer syntax.
+        :raises AssociationAborted: when the association ends before the response.
+        """
+        header = read_part10_header(path)
+        context = self.context_for(header.sop_class_uid, header.transfer_syntax_uid)
+        if context is None:
+            raise NoPresentationContext(
+                f"no accepted presentation context for {header.sop_class_uid} in {header.transfer_syntax_uid}"
+            )
+        if not self.is_open:
+            raise AssociationAborted("association is not open")
+        message_id = self._next_id()
+        rq = dimse.CStoreRQ(message_id, header.sop_class_uid, header.sop_instance_uid)
+        d = self._protocol.expect_response(message_id)
+        self._protocol.send_command(context.context_id, dimse.encode_command(rq), self.peer_max_pdu)
+        fp = open(path, "rb")
+        fp.seek(header.dataset_offset)
+        sender = _FileSender(
+            self._protocol, fp, context.context_id, header.size, max_fragment_size(self.peer_max_pdu, SEND_CAP)
+        )
+        self._protocol.transport.registerProducer(sender, False)
+        await sender.done
+        self._protocol.arm_timeout(message_id)
+        response = await d
+        return StoreResult(
+            status=int(response.status),
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            size=header.size,
+            error_comment=getattr(response, "error_comment", None),
+        )
+
+    def release(self) -> Deferred[None]:
+        """A-RELEASE; fires when released."""
+        return self._protocol.release()
+
+    def abort(self) -> None:
+        """A-ABORT and close."""
+        self._protocol.abort()
+
+
+def connect_tcp(
+    reactor: Any,
+    host: str,
+    port: int,
+    *,
+    calling_ae_title: str,
+    called_ae_title: str,
+    proposals: Sequence[tuple[str, Sequence[str]]] | None,
+    max_pdu_length: int = 262144,
+    timeout: float = 30.0,
+) -> Deferred[ClientAssociation]:
+    """Connect to ``host:port`` and negotiate an association.
+
+    :param proposals: ``[(abstract_syntax, [transfer_syntaxes])]``; Verification is always added.
+    :returns: a Deferred firing with the :class:`ClientAssociation`, or failing with
+        :class:`AssociationRejected` / :class:`AssociationAborted` / a connection error.
+    """
+    wanted = list(proposals or [])
+    if not any(sop == VERIFICATION_SOP_CLASS for sop, _ in wanted):
+        wanted.insert(0, (VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LE, EXPLICIT_VR_LE]))
+    request = build_request(
+        calling_ae_title,
+        called_ae_title,
+        wanted,
+        max_pdu_length=max_pdu_length,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
+    if ":" in host:
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    protocol = RequestorProtocol(request, reactor, timeout, max_pdu_length)
+    connecting = connectProtocol(endpoint, protocol)
+    return connecting.addCallback(lambda _: protocol.established)

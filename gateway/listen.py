@@ -1,0 +1,365 @@
+"""The Twisted acceptor: a thin adapter between TCP and the sans-IO upper layer.
+
+:class:`AcceptorProtocol` feeds every byte it receives to an
+:class:`~gateway.ul.association.Association` and carries out the outputs it
+returns (``_run`` is the only place where outputs touch the world, as in
+``twisted.web._http2``). It owns the three timers of an acceptor: ARTIM
+(PS3.8 9.1.5, armed and cancelled by the machine's outputs), the network idle
+timeout, and nothing else; DIMSE work is the :class:`~gateway.receive.StorageService`'s.
+
+:class:`AcceptorFactory` holds what every connection of one listener shares:
+settings, the access policy, the spool, the clock, and the count of live
+associations behind the ``max_associations`` limit (PS3.8 9.1.4: we answer
+A-ASSOCIATE-RJ transient, local limit exceeded, rather than resetting TCP).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.access import AccessPolicy
+from gateway.dimse.pdv import fragment_command
+from gateway.receive import AssociationInfo, InstanceReport, StorageService
+from gateway.spool import Spool
+from gateway.ul import pdu as _pdu
+from gateway.ul.actions import Role, ULSettings
+from gateway.ul.association import Association
+from gateway.ul.errors import AbortReason, AbortSource, RejectResult, RejectSource
+from gateway.ul.errors import RejectReasonPresentation
+from gateway.ul.negotiate import AcceptorSettings, Negotiation, check_acse, negotiate_acceptor
+from gateway.ul.outputs import (
+    AbortIndication,
+    AssociateIndication,
+    CloseTransport,
+    Output,
+    PDataIndication,
+    ReleaseIndication,
+    Send,
+    StartArtim,
+    StopArtim,
+)
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_ids = itertools.count(1)
+
+
+def printable(text: str) -> str:
+    """Escape a peer-supplied string for a log line (HARDENING P10: no control or non-ASCII bytes in logs)."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{ord(c):02x}" for c in text)
+
+
+@dataclass(frozen=True)
+class AcceptorLimits:
+    """Per-listener limits, from the ``limits`` block of the configuration."""
+
+    max_associations: int = 64
+    acse_timeout: float = 30.0
+    network_timeout: float = 120.0
+
+
+class AcceptorProtocol(Protocol):
+    """One inbound transport connection, and the association it may carry."""
+
+    log = Logger(namespace="gateway.listen")
+
+    def __init__(self, factory: "AcceptorFactory") -> None:
+        self.factory = factory
+        self._clock = factory.clock
+        self.association = Association(Role.ACCEPTOR, factory.ul_settings)
+        self.assoc_id = f"A{next(_ids)}"
+        self._artim: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._service: StorageService | None = None
+        self._negotiation: Negotiation | None = None
+        self._counted = False
+        self._started = 0.0
+        self._peer = "?"
+        self._ending = "closed"
+        self._calling = ""
+        self._called = ""
+
+    # -- Twisted callbacks -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Evt5: a transport connection was accepted."""
+        self._started = self._clock.seconds()
+        peer = self.transport.getPeer()
+        self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        self.factory.connections.add(self)
+        self._reset_idle()
+        self._run(self.association.transport_connected())
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer: feed them to the upper layer."""
+        self._quickack()
+        self._reset_idle()
+        self._run(self.association.receive_data(data))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Evt17: the transport closed."""
+        self._run(self.association.transport_closed())
+        for call in (self._artim, self._idle):
+            if call is not None and call.active():
+                call.cancel()
+        self._artim = self._idle = None
+        if self._service is not None:
+            self._service.connection_lost()
+        self.factory.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self.factory.active -= 1
+        if self._calling or self._ending != "closed":
+            self._log_end()
+
+    # -- the only place outputs touch the world --------------------------------------------
+
+    def _run(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                self.transport.write(out.data)
+            elif isinstance(out, StartArtim):
+                self._cancel_artim()
+                self._artim = self._clock.callLater(out.seconds, self._artim_fired)
+            elif isinstance(out, StopArtim):
+                self._cancel_artim()
+            elif isinstance(out, CloseTransport):
+                self.transport.loseConnection()
+            elif isinstance(out, AssociateIndication):
+                self._associate(out.request)
+            elif isinstance(out, PDataIndication):
+                if self._service is not None:
+                    self._service.pdata(out.pdvs)
+            elif isinstance(out, ReleaseIndication):
+                self._ending = "released"
+                if self._service is not None:
+                    self._service.release_requested()
+                else:
+                    self._run(self.association.release_response())
+            elif isinstance(out, AbortIndication):
+                self._aborted(out)
+
+    def _cancel_artim(self) -> None:
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    def _artim_fired(self) -> None:
+        self._artim = None
+        if self.association.state.value == "Sta2":
+            self.factory.artim_expired += 1
+            self._ending = "ARTIM expired before A-ASSOCIATE-RQ"
+        self._run(self.association.artim_expired())
+
+    def _reset_idle(self) -> None:
+        timeout = self.factory.limits.network_timeout
+        if timeout <= 0:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(timeout)
+        else:
+            self._idle = self._clock.callLater(timeout, self._idle_fired)
+
+    def _idle_fired(self) -> None:
+        """No PDU for the network timeout: A-ABORT(0,0) and close (HARDENING P34)."""
+        self._idle = None
+        self._ending = "idle timeout"
+        self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "idle timeout"))
+        self.transport.loseConnection()
+
+    def _quickack(self) -> None:
+        """Re-arm TCP_QUICKACK (Linux) so a peer that leaves Nagle on is not held by delayed ACKs."""
+        if _TCP_QUICKACK is None:
+            return
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            try:
+                handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                pass
+
+    # -- association establishment ---------------------------------------------------------
+
+    def _associate(self, request: _pdu.AAssociateRQ) -> None:
+        """A-ASSOCIATE indication: apply the access policy, negotiate, accept or reject."""
+        self._calling = request.calling_ae_title
+        self._called = request.called_ae_title
+        rejection = self.factory.access.check(request)
+        if rejection is not None:
+            self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
+            self.factory.rejected += 1
+            self._run(self.association.reject(rejection))
+            return
+        negotiation = negotiate_acceptor(request, self.factory.acceptor_settings)
+        self._negotiation = negotiation
+        self._counted = True
+        self.factory.active += 1
+        self._ending = "open"
+        info = AssociationInfo(
+            assoc_id=self.assoc_id,
+            peer_address=self._peer,
+            calling_ae_title=request.calling_ae_title,
+            called_ae_title=request.called_ae_title,
+            listener=self.factory.name,
+            contexts=negotiation.contexts,
+        )
+        self._service = StorageService(self, info, self.factory.spool, self.factory.on_instance)
+        self._run(self.association.accept(negotiation.ac))
+        peer_max = request.user_information.max_length if request.user_information else None
+        if peer_max is None:
+            self.log.info(
+                "{assoc_id} peer sent no Maximum Length sub-item; sending P-DATA of at most 16 KiB",
+                assoc_id=self.assoc_id,
+            )
+        self.log.info(
+            "{assoc_id} association from {peer} {calling} -> {called}: {accepted}/{proposed} contexts accepted",
+            assoc_id=self.assoc_id,
+            peer=self._peer,
+            calling=printable(request.calling_ae_title),
+            called=printable(request.called_ae_title),
+            accepted=len(negotiation.contexts),
+            proposed=len(request.presentation_contexts),
+        )
+
+    def _aborted(self, indication: AbortIndication) -> None:
+        if indication.local:
+            self._ending = f"aborted by us ({indication.detail})"
+        elif indication.source is None:
+            if self._ending in ("open", "closed"):
+                self._ending = "transport closed by peer"
+        else:
+            self._ending = f"aborted by peer (source {indication.source}, reason {indication.reason})"
+        if self._service is not None:
+            self._service.connection_lost()
+
+    def _log_end(self) -> None:
+        service = self._service
+        self.log.info(
+            "{assoc_id} association from {peer} {calling} -> {called} ended: {how}; "
+            "{ok} instances stored, {failed} failed, {duration:.3f}s",
+            assoc_id=self.assoc_id,
+            peer=self._peer,
+            calling=printable(self._calling),
+            called=printable(self._called),
+            how=self._ending,
+            ok=service.instances_ok if service else 0,
+            failed=service.instances_failed if service else 0,
+            duration=self._clock.seconds() - self._started,
+        )
+
+    # -- IDIMSEPeer, for the StorageService ------------------------------------------------
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Send a DIMSE command set, fragmented to the peer's maximum PDU length."""
+        if not self.association.is_established:
+            return
+        assert self._negotiation is not None
+        for pdv in fragment_command(context_id, command, self._negotiation.peer_max_pdu):
+            self._run(self.association.send_pdata([pdv]))
+
+    def release_response(self) -> None:
+        """Answer A-RELEASE-RQ now that every response is out (AR-4)."""
+        self._run(self.association.release_response())
+
+    def abort_association(self, detail: str) -> None:
+        """A-ABORT(0,0) for a DIMSE violation (HARDENING R2), then close."""
+        self._ending = f"aborted by us ({detail})"
+        self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, detail))
+        self.transport.loseConnection()
+
+    def pause_reading(self) -> None:
+        """Stop reading while the spool catches up."""
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Resume reading."""
+        self.transport.resumeProducing()
+
+    def shutdown(self) -> None:
+        """Stop for a gateway shutdown: abort an open association, drop a partial instance, close."""
+        if self._service is not None:
+            self._service.connection_lost()
+        self._ending = "gateway shutting down"
+        self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "shutdown"))
+        self.transport.loseConnection()
+
+
+class AcceptorFactory(Factory):
+    """Builds an :class:`AcceptorProtocol` per connection of one listener.
+
+    :param name: the listener's name, for logs and routing context.
+    :param acceptor_settings: what we accept (AE title, SOP classes, transfer syntaxes, PDU sizes).
+    :param access: the calling/called AE title policy.
+    :param spool: where instances are written.
+    :param clock: the reactor's time interface, for every timer.
+    :param limits: association count and timeouts.
+    :param on_instance: called after each C-STORE with its report.
+    """
+
+    log = Logger(namespace="gateway.listen")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        acceptor_settings: AcceptorSettings,
+        access: AccessPolicy,
+        spool: Spool,
+        clock: IReactorTime,
+        limits: AcceptorLimits,
+        on_instance: Callable[[InstanceReport], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.acceptor_settings = acceptor_settings
+        self.access = access
+        self.spool = spool
+        self.clock = clock
+        self.limits = limits
+        self.on_instance = on_instance
+        self.active = 0
+        self.rejected = 0
+        self.artim_expired = 0
+        self.connections: set[AcceptorProtocol] = set()
+        self.ul_settings = ULSettings(
+            artim_timeout=limits.acse_timeout,
+            max_pdu_length=acceptor_settings.max_pdu_length,
+            provider_check=self._provider_check,
+        )
+
+    def buildProtocol(self, addr: object) -> AcceptorProtocol:
+        """A new connection: a new association."""
+        return AcceptorProtocol(self)
+
+    def _provider_check(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
+        """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4)."""
+        rejection = check_acse(request, self.acceptor_settings)
+        if rejection is not None:
+            self.rejected += 1
+            return rejection
+        if self.active >= self.limits.max_associations:
+            self.rejected += 1
+            self.log.warn(
+                "rejecting association from {calling}: {active} of {limit} associations in use",
+                calling=printable(request.calling_ae_title),
+                active=self.active,
+                limit=self.limits.max_associations,
+            )
+            return _pdu.AAssociateRJ(
+                result=RejectResult.TRANSIENT,
+                source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
+            )
+        return None

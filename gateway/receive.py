@@ -1,0 +1,371 @@
+"""The DICOM service user on the receiving side: Verification and Storage SCP.
+
+One :class:`StorageService` serves one accepted association. The Twisted
+acceptor (:mod:`gateway.listen`) hands it every P-DATA indication; it
+reassembles DIMSE messages (:mod:`gateway.dimse.pdv`), answers C-ECHO,
+streams each C-STORE data set into the :mod:`gateway.spool` as its
+fragments arrive, and answers C-STORE-RSP only once the spool has committed
+the instance durably (fsync of file, rename, fsync of directory; HARDENING
+decision 10). Memory therefore does not grow with instance size.
+
+Responses leave in the order the requests came, even when the commits of two
+instances finish out of order on the blocking runner's threads (PS3.7 9.1.1:
+with an asynchronous operations window of 1 there is one outstanding request
+at a time; a peer that sends more anyway is still answered in order, which
+is HARDENING P38's "handled one at a time").
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.dimse import commands as dimse
+from gateway.dimse.errors import DIMSEProtocolError
+from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler
+from gateway.dimse.status import Status
+from gateway.spool import InstanceMeta, Spool, SpooledInstance, SpoolError, SpoolWriter
+from gateway.ul.negotiate import AcceptedContext
+from gateway.ul.pdu import PDV
+
+#: Pause reading from the peer while this many commits are outstanding (DESIGN 4, backpressure).
+_PAUSE_AT = 4
+#: Resume once fewer than this many are outstanding.
+_RESUME_BELOW = 2
+
+
+class IDIMSEPeer(Protocol):
+    """What the service needs from the association it serves (implemented by the adapter)."""
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Send a command set (no data set) on ``context_id``, fragmented to the peer's maximum."""
+
+    def release_response(self) -> None:
+        """Answer the peer's A-RELEASE-RQ (Evt14)."""
+
+    def abort_association(self, detail: str) -> None:
+        """Send A-ABORT(0, 0) for a DIMSE-level violation (HARDENING R2) and close."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the transport (backpressure)."""
+
+    def resume_reading(self) -> None:
+        """Start reading from the transport again."""
+
+
+@dataclass(frozen=True)
+class AssociationInfo:
+    """Who is on the other end of an accepted association.
+
+    :ivar assoc_id: a short internal id for logs (never peer data).
+    :ivar contexts: the accepted presentation contexts by ID.
+    """
+
+    assoc_id: str
+    peer_address: str
+    calling_ae_title: str
+    called_ae_title: str
+    listener: str
+    contexts: Mapping[int, AcceptedContext]
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    """The outcome of one C-STORE, for logs and (later) metrics."""
+
+    assoc_id: str
+    calling_ae_title: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    size: int
+    status: int
+    comment: str = ""
+    spooled: SpooledInstance | None = None
+
+
+@dataclass
+class _Response:
+    """One response waiting for its turn (responses leave in request order)."""
+
+    context_id: int
+    command: bytes | None = None
+
+
+@dataclass
+class _Incoming:
+    """The C-STORE whose data set is arriving now."""
+
+    context_id: int
+    #: ``None`` while swallowing the data set of an operation we do not implement.
+    request: dimse.CStoreRQ | None
+    writer: SpoolWriter | None
+    #: A status decided before the data set arrived (e.g. 0x0122); its bytes are discarded.
+    early_status: int | None = None
+    early_comment: str = ""
+    size: int = 0
+    #: For an unimplemented operation: the response slot and the answer to put in it.
+    pending_answer: tuple[_Response, bytes] | None = None
+
+
+class StorageService:
+    """Verification and Storage SCP for one association.
+
+    :param peer: the adapter that sends and aborts.
+    :param info: the association's identity and accepted contexts.
+    :param spool: where instances are written.
+    :param on_instance: called with an :class:`InstanceReport` after each C-STORE.
+    """
+
+    log = Logger(namespace="gateway.receive")
+
+    def __init__(
+        self,
+        peer: IDIMSEPeer,
+        info: AssociationInfo,
+        spool: Spool,
+        on_instance: Callable[[InstanceReport], None] | None = None,
+    ) -> None:
+        self._peer = peer
+        self._info = info
+        self._spool = spool
+        self._on_instance = on_instance
+        self._reassembler = Reassembler()
+        self._incoming: _Incoming | None = None
+        self._responses: deque[_Response] = deque()
+        self._outstanding = 0
+        self._paused = False
+        self._release_requested = False
+        self._closed = False
+        self.instances_ok = 0
+        self.instances_failed = 0
+
+    # -- input from the adapter ------------------------------------------------------------
+
+    def pdata(self, pdvs: tuple[PDV, ...]) -> None:
+        """Handle one P-DATA indication."""
+        for pdv in pdvs:
+            if self._closed:
+                return
+            try:
+                events = self._reassembler.feed(pdv)
+            except DIMSEProtocolError as e:
+                self._protocol_violation(str(e))
+                return
+            for event in events:
+                if isinstance(event, CommandComplete):
+                    self._command(event)
+                else:
+                    self._fragment(event)
+
+    def release_requested(self) -> None:
+        """The peer sent A-RELEASE-RQ.
+
+        A release in the middle of a data set is a protocol violation: the
+        partial instance is discarded and never acknowledged (HARDENING P29).
+        Otherwise we answer once every outstanding response has been sent.
+        """
+        if self._incoming is not None:
+            self._protocol_violation("A-RELEASE-RQ in the middle of a data set")
+            return
+        self._release_requested = True
+        self._flush()
+
+    def connection_lost(self) -> None:
+        """The association ended (abort, close or release): discard any partial instance."""
+        self._closed = True
+        if self._incoming is not None and self._incoming.writer is not None:
+            self._incoming.writer.discard()
+        self._incoming = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether an instance is being received or committed right now."""
+        return self._incoming is not None or self._outstanding > 0
+
+    # -- DIMSE messages --------------------------------------------------------------------
+
+    def _command(self, event: CommandComplete) -> None:
+        command = event.command
+        context = self._info.contexts.get(event.context_id)
+        if context is None:  # the UL layer already refuses unaccepted contexts; be safe
+            self._protocol_violation(f"command on unaccepted presentation context {event.context_id}")
+            return
+        if isinstance(command, dimse.CEchoRQ):
+            response = dimse.encode_command(dimse.echo_response(command))
+            if command.has_dataset:
+                self._protocol_violation("C-ECHO-RQ announces a data set")
+                return
+            self._responses.append(_Response(event.context_id, response))
+            self._flush()
+        elif isinstance(command, dimse.CStoreRQ):
+            self._begin_store(event.context_id, command, context)
+        elif isinstance(command, dimse.UnknownCommand):
+            self._unknown(event.context_id, command)
+        else:
+            # A response (C-ECHO-RSP, C-STORE-RSP) sent to an SCP that issued no request.
+            self._protocol_violation(f"unexpected {type(command).__name__}")
+
+    def _unknown(self, context_id: int, command: dimse.UnknownCommand) -> None:
+        """Answer an operation we do not implement with 0x0211 (PS3.7 C.5.4, HARDENING D21)."""
+        answer = dimse.unrecognized_operation_response(command)
+        if answer is None:
+            return
+        slot = _Response(context_id)
+        self._responses.append(slot)
+        if command.has_dataset:
+            # Swallow its data set first, then answer.
+            self._incoming = _Incoming(
+                context_id, None, None, pending_answer=(slot, dimse.encode_command(answer))
+            )
+            return
+        slot.command = dimse.encode_command(answer)
+        self._flush()
+
+    def _begin_store(self, context_id: int, rq: dimse.CStoreRQ, context: AcceptedContext) -> None:
+        if not rq.has_dataset:
+            # PS3.7 9.3.1.1: a C-STORE-RQ always carries a data set (HARDENING D19, pinned 0xC000).
+            self._finish_store(_Incoming(context_id, rq, None), Status.CANNOT_UNDERSTAND, "C-STORE-RQ without a data set")
+            return
+        incoming = _Incoming(context_id, rq, None)
+        if rq.affected_sop_class_uid != context.abstract_syntax:
+            # The command names a SOP class other than the context's abstract
+            # syntax (HARDENING D07): refuse with 0x0122, discarding its data set.
+            incoming.early_status = Status.SOP_CLASS_NOT_SUPPORTED
+            incoming.early_comment = "SOP class differs from the presentation context"
+        else:
+            meta = InstanceMeta(
+                sop_class_uid=rq.affected_sop_class_uid,
+                sop_instance_uid=rq.affected_sop_instance_uid,
+                transfer_syntax_uid=context.transfer_syntax,
+                calling_ae_title=self._info.calling_ae_title,
+                called_ae_title=self._info.called_ae_title,
+            )
+            try:
+                incoming.writer = self._spool.begin(meta)
+            except SpoolError as e:
+                incoming.early_status, incoming.early_comment = e.status, e.comment
+        self._incoming = incoming
+
+    def _fragment(self, event: DatasetFragment) -> None:
+        incoming = self._incoming
+        if incoming is None:
+            self._protocol_violation("data set fragment with no C-STORE pending")
+            return
+        incoming.size += len(event.data)
+        if incoming.writer is not None and incoming.early_status is None:
+            incoming.writer.write(event.data)
+        if not event.last:
+            return
+        self._incoming = None
+        if incoming.pending_answer is not None:  # an unknown operation's data set
+            slot, answer = incoming.pending_answer
+            slot.command = answer
+            self._flush()
+            return
+        if incoming.early_status is not None or incoming.writer is None:
+            if incoming.writer is not None:
+                incoming.writer.discard()
+            self._finish_store(incoming, incoming.early_status or Status.OUT_OF_RESOURCES, incoming.early_comment)
+            return
+        self._commit(incoming)
+
+    def _commit(self, incoming: _Incoming) -> None:
+        """Commit the spooled instance, then answer in request order."""
+        assert incoming.writer is not None
+        slot = _Response(incoming.context_id)
+        self._responses.append(slot)
+        self._outstanding += 1
+        if self._outstanding >= _PAUSE_AT and not self._paused:
+            self._paused = True
+            self._peer.pause_reading()
+
+        def committed(spooled: SpooledInstance) -> None:
+            self._respond(slot, incoming, Status.SUCCESS, "", spooled)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(SpoolError):
+                error: SpoolError = failure.value  # type: ignore[assignment]
+                self._respond(slot, incoming, error.status, error.comment, None)
+            else:
+                self.log.failure("spool commit failed unexpectedly", failure)
+                self._respond(slot, incoming, Status.OUT_OF_RESOURCES, "internal error while storing", None)
+
+        d: Deferred[SpooledInstance] = incoming.writer.commit()
+        d.addCallbacks(committed, failed)
+
+    def _respond(
+        self, slot: _Response, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None
+    ) -> None:
+        self._outstanding -= 1
+        if self._paused and self._outstanding < _RESUME_BELOW:
+            self._paused = False
+            if not self._closed:
+                self._peer.resume_reading()
+        slot.command = self._store_response(incoming, status, comment)
+        self._report(incoming, status, comment, spooled)
+        self._flush()
+
+    def _finish_store(self, incoming: _Incoming, status: int, comment: str) -> None:
+        self._responses.append(_Response(incoming.context_id, self._store_response(incoming, status, comment)))
+        self._report(incoming, status, comment, None)
+        self._flush()
+
+    def _store_response(self, incoming: _Incoming, status: int, comment: str) -> bytes:
+        assert incoming.request is not None
+        response = dimse.store_response(incoming.request, status, error_comment=comment or None)
+        return dimse.encode_command(response)
+
+    def _report(self, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None) -> None:
+        rq = incoming.request
+        assert rq is not None
+        if status == Status.SUCCESS:
+            self.instances_ok += 1
+        else:
+            self.instances_failed += 1
+        self.log.info(
+            "{assoc_id} C-STORE {sop_instance_uid} ({sop_class_uid}) {size} bytes: status 0x{status:04X}{comment}",
+            assoc_id=self._info.assoc_id,
+            sop_class_uid=rq.affected_sop_class_uid,
+            sop_instance_uid=rq.affected_sop_instance_uid,
+            size=incoming.size,
+            status=status,
+            comment=f" ({comment})" if comment else "",
+        )
+        if self._on_instance is not None:
+            self._on_instance(
+                InstanceReport(
+                    assoc_id=self._info.assoc_id,
+                    calling_ae_title=self._info.calling_ae_title,
+                    sop_class_uid=rq.affected_sop_class_uid,
+                    sop_instance_uid=rq.affected_sop_instance_uid,
+                    size=incoming.size,
+                    status=status,
+                    comment=comment,
+                    spooled=spooled,
+                )
+            )
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send every response whose turn has come; answer a pending release when none is left."""
+        if self._closed:
+            return
+        while self._responses and self._responses[0].command is not None:
+            slot = self._responses.popleft()
+            assert slot.command is not None
+            self._peer.send_command(slot.context_id, slot.command)
+        if self._release_requested and not self._responses and self._incoming is None:
+            self._release_requested = False
+            self._peer.release_response()
+
+    def _protocol_violation(self, detail: str) -> None:
+        """A DIMSE encapsulation violation: discard the partial instance and A-ABORT(0,0) (HARDENING R2, P24)."""
+        self.log.warn("{assoc_id} DIMSE protocol error: {detail}", assoc_id=self._info.assoc_id, detail=detail)
+        self.connection_lost()
+        self._peer.abort_association(detail)
