@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from textwrap import dedent
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import load as load_module
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.load import load_config, load_config_text
-from gateway.config.schema import AcceptConfig, LimitsConfig, ListenerConfig
+from gateway.config.schema import AcceptConfig, GatewayConfig, LimitsConfig, ListenerConfig
 
 #: The repository root, found from this file (tests/unit/config/).
 REPO_ROOT = os.path.dirname(
@@ -32,6 +34,20 @@ listen:
   - host: 127.0.0.1
     port: 0
 spool: spool
+"""
+
+#: A valid configuration using every key, for mutation tests.
+VALID_FULL = MINIMAL + """\
+accept:
+  calling_ae_titles: ["CT_*", "MR?"]
+  unknown_sop_classes: true
+limits:
+  max_associations: 8
+  max_pdu_length: 16384
+  acse_timeout: 250ms
+  dimse_timeout: 2m
+  network_timeout: 90
+  max_instance_size: 500MB
 """
 
 
@@ -855,3 +871,40 @@ class SeveralErrorsTests(LoadTestCase):
         self.errors(MINIMAL.replace("port: 0", "port: x"))
         config = load_config_text(MINIMAL, "gw.yaml", BASE_DIR)
         self.assertEqual(config.ae_title, "GW")
+
+
+class NeverATracebackTests(SynchronousTestCase):
+    """Whatever the text, loading ends in a config or in ConfigErrors."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=200))
+    def test_arbitrary_text(self, text: str) -> None:
+        """Random text never raises anything but ConfigErrors."""
+        self.assertLoadsOrReportsErrors(text)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.integers(min_value=0, max_value=len(VALID_FULL)),
+        st.integers(min_value=0, max_value=len(VALID_FULL)),
+        st.text(alphabet=":-[]{}*&!#'\" \n\t0123456789abc", max_size=8),
+    )
+    def test_mutated_valid_file(self, start: int, end: int, insert: str) -> None:
+        """Splicing YAML punctuation into a valid file never raises anything but ConfigErrors."""
+        start, end = min(start, end), max(start, end)
+        self.assertLoadsOrReportsErrors(VALID_FULL[:start] + insert + VALID_FULL[end:])
+
+    def assertLoadsOrReportsErrors(self, text: str) -> None:
+        """Assert that ``text`` loads, or fails with located, non-empty errors.
+
+        :param text: The YAML text.
+        """
+        try:
+            config = load_config_text(text, "gw.yaml", BASE_DIR)
+        except ConfigErrors as raised:
+            self.assertTrue(raised.errors)
+            for error in raised.errors:
+                self.assertEqual(error.file, "gw.yaml")
+                self.assertTrue(error.message)
+                self.assertNotIn("\n", str(error))
+        else:
+            self.assertIsInstance(config, GatewayConfig)
