@@ -120,8 +120,6 @@ SOP_CLASS_EXTENDED_NEGOTIATION = 0x56
 SOP_CLASS_COMMON_EXTENDED_NEGOTIATION = 0x57
 USER_IDENTITY_RQ = 0x58
 USER_IDENTITY_AC = 0x59
-#: Related general SOP class identification, nested inside 0x57 (PS3.7 D.3.3.6).
-RELATED_GENERAL_SOP_CLASS = 0x31
 #: The user information item itself (PS3.8 9.3.2.3).
 USER_INFORMATION = 0x50
 
@@ -349,18 +347,20 @@ def decode_common_extended_negotiation(
 ) -> SOPClassCommonExtendedNegotiation:
     """Decode a SOP class common extended negotiation sub-item 0x57 (PS3.7 D.3.3.6).
 
-    Layout: SOP-class-uid-length (2), SOP-class-uid, service-class-uid-length
-    (2), service-class-uid, related-general-sop-class-identification-length
-    (2), then that many bytes of 0x31 sub-items (type, reserved, length (2),
-    UID).  The byte after the item type is the sub-item version (00H), not
-    tested on receipt.
+    Layout (PS3.7 Table D.3-12): SOP-class-uid-length (2), SOP-class-uid,
+    service-class-uid-length (2), service-class-uid, related-general-sop-
+    class-identification-length (2), then that many bytes of related general
+    SOP class identifications.  Each of those (Table D.3-13) is a UID length
+    (2) followed by the UID, with no item type or reserved byte; this is
+    also what pynetdicom and dcm4che read and write.  The byte after the
+    sub-item type is the sub-item version (00H), not tested on receipt.
 
     :param buf: the PDU body.
     :param start: first content byte.
     :param end: one past the last content byte.
     :returns: the decoded sub-item.
-    :raises PDUDecodeError: if any length overruns, a UID is empty, or bytes
-        trail the related-class list.
+    :raises PDUDecodeError: if any length overruns, a UID is empty, or the
+        related-class list does not fill the rest of the sub-item exactly.
     """
     sop_class, offset = _read_uid_with_length(buf, start, end, "common extended negotiation SOP class UID")
     service_class, offset = _read_uid_with_length(buf, offset, end, "common extended negotiation service class UID")
@@ -376,10 +376,10 @@ def decode_common_extended_negotiation(
             f"does not match the {end - offset} byte(s) left"
         )
     related: list[str] = []
-    for sub_type, sub_start, sub_end in iter_items(buf, offset, end, "related general SOP class list"):
-        # Only 0x31 is defined here (PS3.7 Table D.3-13); others are ignored.
-        if sub_type == RELATED_GENERAL_SOP_CLASS:
-            related.append(decode_uid(buf, sub_start, sub_end, "related general SOP class UID"))
+    while offset < end:
+        # Each entry is a length-prefixed UID (PS3.7 Table D.3-13).
+        uid, offset = _read_uid_with_length(buf, offset, end, "related general SOP class UID")
+        related.append(uid)
     return SOPClassCommonExtendedNegotiation(
         sop_class_uid=sop_class,
         service_class_uid=service_class,
@@ -593,15 +593,16 @@ def encode_extended_negotiation(negotiation: SOPClassExtendedNegotiation) -> byt
 def encode_common_extended_negotiation(negotiation: SOPClassCommonExtendedNegotiation) -> bytes:
     """Encode a SOP class common extended negotiation sub-item 0x57 (PS3.7 D.3.3.6).
 
-    The byte after the item type is the sub-item version, 00H.
+    The byte after the item type is the sub-item version, 00H; related
+    general SOP classes are written as length-prefixed UIDs (Table D.3-13).
 
     :param negotiation: the sub-item.
     :returns: the whole sub-item, header included.
     :raises ValueError: if a UID cannot be encoded or the item is too long.
     """
+    # PS3.7 Table D.3-13: each related class is a length-prefixed UID.
     related = b"".join(
-        item(RELATED_GENERAL_SOP_CLASS, encode_uid(uid, "related general SOP class UID"), "related class")
-        for uid in negotiation.related_general_sop_classes
+        _uid_with_length(uid, "related general SOP class UID") for uid in negotiation.related_general_sop_classes
     )
     if len(related) > MAX_ITEM_LENGTH:
         raise ValueError("common extended negotiation: related general SOP class list too long")
