@@ -1,0 +1,56 @@
+# dicom-gateway: the two commands an operator needs.
+#
+#   make run    create .venv, install the package (a real, non-editable install) and
+#               run the gateway in the foreground with etc/gateway.yaml
+#   make test   install DCMTK if missing, create .venv, install '.[test]' and run the
+#               whole test suite (unit, adapters, interop) against the source tree
+#
+# Dependency installation is keyed on setup.cfg/pyproject.toml through stamp files, so a
+# second run is quick; the package itself is reinstalled every time so the installed copy
+# is never stale.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+CONFIG ?= etc/gateway.yaml
+
+# Root runs apt-get directly; anyone else goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test dcmtk install install-test clean
+
+run: install
+	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
+
+test: dcmtk install-test
+	$(PY) -m tests.runner
+
+# DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
+dcmtk:
+	@command -v storescu >/dev/null 2>&1 || { \
+	    $(SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y dcmtk; }
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime dependencies plus the build backend, so later reinstalls need no build isolation.
+$(VENV)/.stamp-run: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install 'setuptools>=61' wheel
+	$(PIP) install .
+	touch $@
+
+$(VENV)/.stamp-test: setup.cfg pyproject.toml $(VENV)/.stamp-run
+	$(PIP) install '.[test]'
+	touch $@
+
+# Always refresh the installed copy of the package itself (no dependency resolution).
+install: $(VENV)/.stamp-run
+	$(PIP) install --quiet --no-deps --no-build-isolation --force-reinstall .
+
+install-test: $(VENV)/.stamp-test
+	$(PIP) install --quiet --no-deps --no-build-isolation --force-reinstall .
+
+clean:
+	rm -rf build _trial_temp* *.egg-info
