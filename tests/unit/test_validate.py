@@ -326,7 +326,7 @@ class MalformedTests(SynchronousTestCase):
             self.assertMalformed(HEAD + ex(0x00091010, vr, b"\x00" * 16, length=0xFFFFFFF0), "runs past the end")
 
     def test_undefined_length_on_non_sequence(self) -> None:
-        """Undefined length on LO-less long VRs other than SQ/UN/pixel data fails (D01)."""
+        """Undefined length on UT, or on OB outside Pixel Data, fails (D01)."""
         for vr in [b"UT", b"OB"]:
             self.assertMalformed(HEAD + ex(0x00091010, vr, length=UNDEFINED), "undefined length on VR")
 
@@ -412,6 +412,15 @@ class MalformedTests(SynchronousTestCase):
         """Encapsulated pixel data needs an explicit VR transfer syntax (PS3.5 A.4)."""
         data = im(0x00080016, uid(SOP_CLASS)) + im(0x7FE00010, marker(0xFFFEE000, 0), length=UNDEFINED)
         self.assertMalformed(data, "implicit VR", IMPLICIT)
+
+    def test_explicit_data_set_under_implicit_syntax(self) -> None:
+        """Explicit VR bytes walked as Implicit VR fail (D08)."""
+        self.assertRaises(MalformedDataset, walk, HEAD + ex(0x00100010, b"PN", b"DOE^J "), IMPLICIT)
+
+    def test_big_endian_data_set_under_little_endian_syntax(self) -> None:
+        """Big endian bytes walked as Explicit VR Little Endian fail (D08)."""
+        data = ex(0x00080016, b"UI", uid(SOP_CLASS), big=True) + ex(0x00080018, b"UI", uid(SOP_INSTANCE), big=True)
+        self.assertRaises(MalformedDataset, walk, data, EXPLICIT)
 
     def test_deep_nesting_poc_shape(self) -> None:
         """The 1,100-level nested sequence PoC fails at the depth limit, with no recursion (D02)."""
