@@ -244,6 +244,8 @@ class Spool:
     :param max_inflated_size: the largest inflated size of a deflated data
         set (D09); by default ``max_instance_size``, so a data set can be no
         larger inflated than it may be as received.
+    :param allow_odd_lengths: accept odd value lengths (PS3.5 7.1.1 forbids
+        them; this is for sites with a known broken modality).
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class Spool:
         max_depth: int = 64,
         max_elements: int = 1_000_000,
         max_inflated_size: int | None = None,
+        allow_odd_lengths: bool = False,
     ) -> None:
         self.root = root
         self.incoming_dir = os.path.join(root, INCOMING)
@@ -272,6 +275,7 @@ class Spool:
         self.max_inflated_size = (
             max_inflated_size if max_inflated_size is not None else max_instance_size
         )
+        self.allow_odd_lengths = allow_odd_lengths
         self._dirs_ready = False
 
     def _ensure_dirs(self) -> None:
@@ -535,6 +539,7 @@ class SpoolWriter:
                     max_depth=spool.max_depth,
                     max_elements=spool.max_elements,
                     max_inflated_size=spool.max_inflated_size,
+                    allow_odd_lengths=spool.allow_odd_lengths,
                 )
             except MalformedDataset as e:
                 raise SpoolError(

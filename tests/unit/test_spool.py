@@ -375,6 +375,15 @@ class FailureTests(SpoolTestMixin):
         self.assertEqual(error.reason, SpoolFailure.TOO_LARGE)
         self.assertSpoolEmpty(spool)
 
+    def test_odd_length_refused_unless_allowed(self) -> None:
+        """An odd value length is 0xC000 by default and stored when the spool allows it."""
+        data = make_dataset()
+        odd = data.replace(_element(0x00100010, b"PN", b"DOE^JOHN"), _element(0x00100010, b"PN", b"DOE^JON"))
+        self.assertEqual(self.refused(self.make_spool(), odd).status, Status.CANNOT_UNDERSTAND)
+        lenient = self.make_spool()
+        lenient.allow_odd_lengths = True
+        self.assertEqual(self.store(lenient, odd).summary.sop_instance_uid, INSTANCE_UID)
+
     def test_begin_failure_raises_out_of_resources(self) -> None:
         """If the temporary file cannot be created, begin() raises 0xA700."""
         spool = self.make_spool(RecordingFileOps(fail={"open": (1, errno.ENOSPC)}))
