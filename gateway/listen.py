@@ -333,6 +333,7 @@ class AcceptorFactory(Factory):
         self.rejected = 0
         self.artim_expired = 0
         self.connections: set[AcceptorProtocol] = set()
+        self.noisy = False
         self.ul_settings = ULSettings(
             artim_timeout=limits.acse_timeout,
             max_pdu_length=acceptor_settings.max_pdu_length,
