@@ -10,7 +10,10 @@ delivered the last fragment.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+
+import pydicom
 
 from pydicom.data import get_testdata_file
 from twisted.internet.address import IPv4Address
@@ -26,7 +29,7 @@ from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NA
 from gateway.listen import AcceptorFactory, AcceptorLimits, AcceptorProtocol
 from gateway.service import acceptor_settings
 from gateway.config.schema import AcceptConfig, GatewayConfig, LimitsConfig, ListenerConfig, SpoolConfig
-from gateway.spool import Spool
+from gateway.spool import FileOps, Spool
 from gateway.ul import pdu
 from gateway.ul.framing import PDUBuffer
 from gateway.ul.items import UserInformation
@@ -45,8 +48,6 @@ def ct_small() -> tuple[str, bytes]:
         raw = f.read()
     group_length = int.from_bytes(raw[140:144], "little")
     offset = 144 + group_length
-    import pydicom
-
     return str(pydicom.dcmread(path).SOPInstanceUID), raw[offset:]
 
 
@@ -103,7 +104,7 @@ class AcceptorTestsMixin:
 
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp()
-        self.addCleanup(__import__("shutil").rmtree, self.tmp, True)
+        self.addCleanup(shutil.rmtree, self.tmp, True)
         self.clock = Clock()
         self.factory = self.make_factory()
 
@@ -309,3 +310,35 @@ class StoreTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertEqual(first.command_field, 0x8020)
         self.assertEqual(first.elements[0x00000900], (0x0211).to_bytes(2, "little"))
         self.assertEqual(second.status, 0)
+
+
+class _DiskFull(FileOps):
+    """File operations whose writes fail with ENOSPC once ``budget`` bytes were written."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def write(self, fd: int, data: memoryview | bytes) -> int:
+        if len(data) > self.budget:
+            raise OSError(28, "No space left on device")
+        self.budget -= len(data)
+        return super().write(fd, data)
+
+
+class DiskFullTests(AcceptorTestsMixin, SynchronousTestCase):
+    """ENOSPC while spooling (HARDENING D11)."""
+
+    def test_disk_full_mid_instance_answers_a700_and_leaves_nothing(self) -> None:
+        """A write failing with ENOSPC gives 0xA700, no temp file, no instance, and the association stays usable."""
+        self.spool.fs = _DiskFull(budget=20000)
+        uid, data = ct_small()
+        modality = Modality()
+        proto, transport = self.establish(modality)
+        proto.dataReceived(modality.command(3, dimse.CStoreRQ(1, CT_IMAGE, uid)))
+        proto.dataReceived(modality.dataset(3, data, 4090))
+        (rsp,) = modality.responses(transport)
+        self.assertEqual(rsp.status, 0xA700)
+        self.assertEqual(self.committed(), [])
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "incoming")), [])
+        proto.dataReceived(modality.command(1, dimse.CEchoRQ(2, VERIFICATION)))
+        self.assertEqual([r.status for r in modality.responses(transport)], [0])
