@@ -386,7 +386,10 @@ def _encode_associate(pdu: AAssociateRQ | AAssociateAC) -> bytes:
     :raises ValueError: if any field cannot be encoded.
     """
     is_rq = isinstance(pdu, AAssociateRQ)
+    # Refuse what the decoder would refuse (HARDENING P12) before building anything.
     _check_context_ids([context.context_id for context in pdu.presentation_contexts])
+    # Fixed part (PS3.8 Table 9-11 / 9-17), then the application context
+    # item (9.3.2.1), which every RQ and AC carries exactly once.
     parts = [
         _ASSOCIATE_FIXED.pack(
             _check_protocol_version(pdu.protocol_version),
@@ -401,6 +404,7 @@ def _encode_associate(pdu: AAssociateRQ | AAssociateAC) -> bytes:
             "application context",
         ),
     ]
+    # Presentation contexts: 0x20 items in an RQ, 0x21 items in an AC.
     for context in pdu.presentation_contexts:
         if is_rq:
             assert isinstance(context, PresentationContextRQ)
@@ -408,8 +412,10 @@ def _encode_associate(pdu: AAssociateRQ | AAssociateAC) -> bytes:
         else:
             assert isinstance(context, PresentationContextAC)
             parts.append(_encode_presentation_context_ac(context))
+    # The user information item comes last (PS3.8 9.3.2.3); None omits it.
     if pdu.user_information is not None:
         parts.append(encode_user_information(pdu.user_information))
+    # One join: every part is copied once into the final body.
     body = b"".join(parts)
     return _header(PDUType.A_ASSOCIATE_RQ if is_rq else PDUType.A_ASSOCIATE_AC, len(body)) + body
 
@@ -440,9 +446,12 @@ def pdata_pdu(context_id: int, control: int, data: Buffer) -> bytes:
     :raises ValueError: if a field does not fit.
     """
     length = len(data)
-    # The PDU length counts the PDV header (4 + 2) and the data; it must fit 4 bytes.
+    # The PDV item length counts the context ID and control byte (+2);
+    # the PDU length counts the PDV header (4 + 2) and the data; it must fit 4 bytes.
     if length + PDV_HEADER_LENGTH > MAX_PDU_LENGTH:
         raise ValueError(f"PDV of {length} bytes does not fit one P-DATA-TF PDU")
+    # One struct call writes both headers: PDU (type, reserved, length) and
+    # PDV (length, context ID, control).
     header = _PDATA_SINGLE_HEADER.pack(
         PDUType.P_DATA_TF,
         0,
@@ -464,9 +473,11 @@ def _encode_pdata(pdu: PDataTF) -> bytes:
     # PS3.8 9.3.5: one or more PDV items (the decoder refuses zero, HARDENING P21).
     if not pdu.pdvs:
         raise ValueError("a P-DATA-TF needs at least one PDV item")
+    # The common case (one fragment per PDU) takes the single-header fast path.
     if len(pdu.pdvs) == 1:
         pdv = pdu.pdvs[0]
         return pdata_pdu(pdv.context_id, pdv.control, pdv.data)
+    # Slot 0 is a placeholder for the PDU header, known once the total is.
     parts: list[bytes] = [b""]
     total = 0
     for pdv in pdu.pdvs:
@@ -478,6 +489,7 @@ def _encode_pdata(pdu: PDataTF) -> bytes:
             )
         )
         parts.append(pdv.data)
+        # Each PDV adds its 4-byte length, context ID and control byte.
         total += PDV_HEADER_LENGTH + len(pdv.data)
     parts[0] = _header(PDUType.P_DATA_TF, total)
     return b"".join(parts)
@@ -493,6 +505,7 @@ def encode(pdu: PDU) -> bytes:
         syntax, a P-DATA-TF without PDV).  Anything ``encode`` accepts,
         ``decode`` gives back unchanged.
     """
+    # Dispatch on the dataclass; P-DATA-TF first since it is by far the most frequent.
     match pdu:
         case PDataTF():
             return _encode_pdata(pdu)
@@ -534,8 +547,10 @@ def decode_pdata(body: Buffer) -> PDataTF:
         P21), a PDV length is below 2 or overruns the body, or fewer than 6
         bytes trail the last PDV (P22).
     """
+    # A view makes the per-PDV slices free; only bytes() below copies.
     view = body if isinstance(body, memoryview) else memoryview(body)
     end = len(view)
+    # PS3.8 9.3.5: one or more PDV items (HARDENING P21, dicom-rs #828).
     if end == 0:
         raise invalid("P-DATA-TF with no PDV item")
     pdvs: list[PDV] = []
@@ -636,8 +651,10 @@ def _decode_associate(pdu_type: PDUType, body: Buffer) -> AAssociateRQ | AAssoci
     # HARDENING P06: the 68-byte fixed part must be there.
     if len(view) < ASSOCIATE_FIXED_LENGTH:
         raise invalid(f"{pdu_type.name} body of {len(view)} bytes; the fixed part alone is 68")
+    # Reserved fields are read but never tested (PS3.8 Table 9-11).
     version, _reserved, called, calling, _reserved32 = _ASSOCIATE_FIXED.unpack_from(view, 0)
     is_rq = pdu_type == PDUType.A_ASSOCIATE_RQ
+    # RQ carries 0x20 contexts, AC carries 0x21; the other kind is ignored.
     context_type = PRESENTATION_CONTEXT_RQ_ITEM if is_rq else PRESENTATION_CONTEXT_AC_ITEM
     application_context: str | None = None
     contexts: list[PresentationContextRQ | PresentationContextAC] = []
@@ -667,9 +684,13 @@ def _decode_associate(pdu_type: PDUType, body: Buffer) -> AAssociateRQ | AAssoci
                 raise invalid(f"{pdu_type.name}: two user information items")
             user_information = decode_user_information(view, s, e)
         # Anything else is an unknown item at PDU level: skipped (PS3.8 9.3.1).
+    # PS3.8 9.3.2: the application context item is mandatory.  Its *value*
+    # is the acceptor policy's business (RJ(1,1,2), HARDENING P09).
     if application_context is None:
         raise invalid(f"{pdu_type.name}: no application context item")
+    # Titles are decoded last, leniently: the policy judges them (P10).
     if is_rq:
+        # The filter only narrows the type: an RQ only ever collected 0x20 items.
         return AAssociateRQ(
             called_ae_title=decode_ae_title(called),
             calling_ae_title=decode_ae_title(calling),
@@ -698,7 +719,7 @@ def _four_bytes(pdu_type: PDUType, body: Buffer) -> tuple[int, int, int, int]:
     """
     if len(body) != SHORT_PDU_BODY_LENGTH:
         raise invalid(f"{pdu_type.name} body of {len(body)} bytes; it must be exactly 4")
-    return _FOUR_BYTES.unpack_from(body, 0)  # type: ignore[return-value]
+    return _FOUR_BYTES.unpack_from(body, 0)
 
 
 def decode(pdu_type: int, body: Buffer) -> PDU:

@@ -22,6 +22,7 @@ from gateway.ul.items import (
     UserInformation,
 )
 from gateway.ul.pdu import (
+    PDU,
     PDV,
     AAbort,
     AAssociateAC,
@@ -438,7 +439,7 @@ def presentation_context_rq_item(context_id: int, abstract: bytes, *syntaxes: by
 
 
 #: Every well-formed fixture with its PDU type byte and decoded form.
-ALL_FIXTURES: tuple[tuple[str, bytes, object], ...] = (
+ALL_FIXTURES: tuple[tuple[str, bytes, PDU], ...] = (
     ("echoscu A-ASSOCIATE-RQ", ECHOSCU_A_ASSOCIATE_RQ, ECHOSCU_A_ASSOCIATE_RQ_PDU),
     ("storescp A-ASSOCIATE-AC", STORESCP_A_ASSOCIATE_AC, STORESCP_A_ASSOCIATE_AC_PDU),
     ("echoscu P-DATA-TF", ECHOSCU_P_DATA_TF, ECHOSCU_P_DATA_TF_PDU),

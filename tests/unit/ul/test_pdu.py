@@ -82,7 +82,7 @@ class FixtureTests(SynchronousTestCase):
         for name, raw, expected in ALL_FIXTURES:
             if raw is ECHOSCU_A_ASSOCIATE_RQ:
                 continue
-            self.assertEqual(encode(expected), raw, name)  # type: ignore[arg-type]
+            self.assertEqual(encode(expected), raw, name)
 
     def test_echoscu_rq_differs_only_in_the_reserved_byte_dcmtk_sets(self) -> None:
         """DCMTK sends 0xFF in a reserved byte, which we ignore on receipt and write as 0x00."""
@@ -162,14 +162,15 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_short_pdus_round_trip(self) -> None:
         """RJ, release RQ/RP and abort round-trip with their field values."""
-        for pdu in [
+        short: list[PDU] = [
             AAssociateRJ(2, 3, 2),
             AAssociateRJ(0, 0, 0),
             AReleaseRQ(),
             AReleaseRP(),
             AAbort(0, 0),
             AAbort(2, 6),
-        ]:
+        ]
+        for pdu in short:
             self.assertEqual(_round_trip(pdu), pdu)
 
     def test_pdata_with_several_pdvs_round_trips(self) -> None:
@@ -251,7 +252,7 @@ class EncodeErrorTests(SynchronousTestCase):
 
     def test_non_pdu_is_a_type_error(self) -> None:
         """Passing something that is not a PDU is a caller bug."""
-        self.assertRaises(TypeError, encode, object())  # type: ignore[arg-type]
+        self.assertRaises(TypeError, encode, object())
 
 
 class DecodeErrorTests(SynchronousTestCase):
