@@ -1,0 +1,1 @@
+"""The durable forwarding queue: one entry per (instance, route, destination)."""

@@ -1,0 +1,243 @@
+"""The queue store's interface and the records it holds.
+
+The store is the gateway's journal of custody. Every instance acknowledged
+to a modality has an :class:`InstanceRecord` and one :class:`Entry` per
+(route, destination) its routes name, committed *before* the C-STORE-RSP
+(HARDENING decision 10). From then on each entry moves through
+:class:`EntryState`::
+
+    QUEUED --lease--> LEASED --complete--> DELIVERED
+      ^                 |  \\--dead_letter--> DEAD --requeue_dead--> QUEUED
+      |                 |
+      +----retry/release+        (DUPLICATE: never sent, see add_instance)
+
+``IQueueStore`` is synchronous and small on purpose: it runs on one
+dedicated thread through an :class:`~gateway.blocking.IBlockingRunner`
+(SQLite connections are not shared across threads), and the same test mixin
+runs against the SQLite store and the in-memory fake (Buildbot's verified
+fakes). Every method that changes state is one transaction: after a crash
+the store holds either all of it or none of it.
+
+Times are wall-clock seconds since the epoch (``float``), passed in by the
+caller (the caller owns the clock; the store never reads time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping, Sequence
+
+from zope.interface import Interface
+
+
+class EntryState(Enum):
+    """Where one (instance, route, destination) entry stands."""
+
+    QUEUED = "queued"  # waiting for its next attempt (next_attempt_at)
+    LEASED = "leased"  # taken by a worker; back to QUEUED if the lease expires (crash)
+    DELIVERED = "delivered"  # the destination answered success or warning
+    DEAD = "dead"  # given up; kept with its reason until an operator acts
+    DUPLICATE = "duplicate"  # an identical re-send within the window: acknowledged, not forwarded
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received (spooled) instance.
+
+    :ivar instance_id: the spool's internal id (file name stem); never peer data.
+    :ivar path: the spooled Part 10 file.
+    :ivar sha256: hex digest of the data set bytes as received (duplicate control).
+    :ivar received_at: wall-clock time of the commit.
+    :ivar correlation_id: ties the received instance to every forward attempt in logs.
+    """
+
+    instance_id: str
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+    received_at: float
+    correlation_id: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    calling_ae_title: str = ""
+    called_ae_title: str = ""
+    source_address: str = ""
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry to create with an instance.
+
+    :ivar path: the file to send, when the route morphed its own copy;
+        ``None`` means the instance's spooled file (shared, not copied).
+    """
+
+    route: str
+    destination: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One real send attempt (circuit probes are not attempts)."""
+
+    at: float
+    error: str
+    counted: bool = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry as the store returns it (with its instance)."""
+
+    entry_id: int
+    instance: InstanceRecord
+    route: str
+    destination: str
+    path: str
+    state: EntryState
+    attempts: int
+    enqueued_at: float
+    next_attempt_at: float
+    last_error: str = ""
+    delivered_at: float | None = None
+    dead_reason: str = ""
+    history: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What :meth:`IQueueStore.add_instance` did.
+
+    :ivar entry_ids: the new entries' ids, in the order given.
+    :ivar duplicates: destinations for which the entry was stored as DUPLICATE.
+    """
+
+    entry_ids: tuple[int, ...]
+    duplicates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DestinationStats:
+    """Per-destination figures for ``queue list``, the API and metrics."""
+
+    destination: str
+    queued: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    oldest_queued_at: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+    paused: bool = False
+
+
+class IQueueStore(Interface):
+    """The durable queue (implemented by ``SqliteQueueStore`` and ``MemoryQueueStore``)."""
+
+    def add_instance(
+        record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
+    ) -> AddResult:
+        """Record a received instance and its entries in one transaction.
+
+        An entry is stored as ``DUPLICATE`` (not forwarded) when the same
+        destination already has a non-DEAD entry, enqueued within
+        ``duplicate_window`` seconds before ``now``, for an instance with the
+        same SOP Instance UID **and** the same ``sha256`` (HARDENING decision 5).
+        A window of 0 disables the check.
+        """
+
+    def lease(destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:
+        """Take up to ``limit`` due QUEUED entries of ``destination``, oldest first (by entry id).
+
+        Due means ``next_attempt_at <= now``. Nothing is leased while the
+        destination is paused. With ``shard=(k, n)`` only entries whose study
+        hash (crc32 of the Study Instance UID) modulo ``n`` equals ``k`` are
+        leased, so a study always travels through the same association slot.
+        Leased entries become LEASED until ``now + lease_seconds``.
+        """
+
+    def complete(entry_ids: Sequence[int], now: float, warning: str = "") -> None:
+        """Mark leased entries DELIVERED (a warning status is kept as ``last_error``)."""
+
+    def retry(entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
+        """Return a leased entry to QUEUED for ``next_attempt_at``, recording the attempt.
+
+        ``counted=False`` records the error without counting an attempt (a
+        destination-wide fault: the instance itself was not tried).
+        """
+
+    def release(entry_ids: Sequence[int]) -> None:
+        """Return leased entries to QUEUED unchanged (shutdown, circuit opened before sending)."""
+
+    def dead_letter(entry_id: int, reason: str, now: float) -> None:
+        """Move an entry to DEAD with ``reason``; its file is kept."""
+
+    def requeue_dead(entry_id: int, now: float, destination: str | None = None) -> int:
+        """Operator retry of a DEAD entry: back to QUEUED at the tail of the queue.
+
+        With ``destination`` the entry is re-targeted there. Attempts restart
+        at 0; the history is kept. Returns the (possibly new) entry id.
+
+        :raises KeyError: no such entry, or it is not DEAD.
+        """
+
+    def requeue_instance(instance_id: str, destination: str, route: str, now: float) -> int:
+        """Operator replay: a new QUEUED entry for an instance (never treated as a duplicate)."""
+
+    def purge(entry_id: int) -> None:
+        """Delete a DEAD entry for good (operator decision).
+
+        :raises KeyError: no such entry, or it is not DEAD.
+        """
+
+    def get(entry_id: int) -> Entry:
+        """One entry with its history.
+
+        :raises KeyError: no such entry.
+        """
+
+    def entries(destination: str | None = None, state: EntryState | None = None, limit: int = 1000) -> list[Entry]:
+        """Entries filtered by destination and state, oldest first."""
+
+    def find(
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+    ) -> list[tuple[InstanceRecord, list[Entry]]]:
+        """Instances matching every given criterion, each with all its entries."""
+
+    def recover(now: float) -> int:
+        """On start: every LEASED entry back to QUEUED (its outcome is unknown). Returns the count."""
+
+    def stats(now: float) -> Mapping[str, DestinationStats]:
+        """Figures per destination that has entries or a paused flag."""
+
+    def set_paused(destination: str, paused: bool) -> None:
+        """Hold (or release) a destination: entries keep queueing but none are leased."""
+
+    def next_due(destination: str) -> float | None:
+        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None."""
+
+    def finished_instances(older_than: float, limit: int = 1000) -> list[InstanceRecord]:
+        """Instances received before ``older_than`` whose entries are all DELIVERED or DUPLICATE
+        (none queued, leased or dead), or that have no entries at all: their files may go."""
+
+    def forget_instance(instance_id: str) -> None:
+        """Delete an instance record and its entries (after its files were removed)."""
+
+    def instance_ids() -> set[str]:
+        """Every instance id on record (recovery compares them with the spool's files)."""
+
+    def close() -> None:
+        """Release resources (the SQLite connection)."""
