@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from gateway.access import AccessPolicy
 from gateway.dimse.pdv import fragment_command
-from gateway.receive import AssociationInfo, InstanceReport, StorageService
+from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
 from gateway.spool import Spool
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
@@ -216,7 +216,14 @@ class AcceptorProtocol(Protocol):
             listener=self.factory.name,
             contexts=negotiation.contexts,
         )
-        self._service = StorageService(self, info, self.factory.spool, self.factory.on_instance)
+        self._service = StorageService(
+            self,
+            info,
+            self.factory.spool,
+            self.factory.on_instance,
+            admit=self.factory.admit,
+            space_low=self.factory.space_low,
+        )
         self._run(self.association.accept(negotiation.ac))
         peer_max = request.user_information.max_length if request.user_information else None
         if peer_max is None:
@@ -307,6 +314,8 @@ class AcceptorFactory(Factory):
     :param clock: the reactor's time interface, for every timer.
     :param limits: association count and timeouts.
     :param on_instance: called after each C-STORE with its report.
+    :param admit: journals each committed instance before the ack (see :mod:`gateway.intake`).
+    :param space_low: true while the spool is below its free-space floor.
     """
 
     log = Logger(namespace="gateway.listen")
@@ -321,8 +330,12 @@ class AcceptorFactory(Factory):
         clock: IReactorTime,
         limits: AcceptorLimits,
         on_instance: Callable[[InstanceReport], None] | None = None,
+        admit: Admit | None = None,
+        space_low: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
+        self.admit = admit
+        self.space_low = space_low
         self.acceptor_settings = acceptor_settings
         self.access = access
         self.spool = spool
@@ -350,6 +363,15 @@ class AcceptorFactory(Factory):
         if rejection is not None:
             self.rejected += 1
             return rejection
+        if self.space_low():
+            # The spool is below its free-space floor: temporary congestion
+            # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.
+            self.rejected += 1
+            return _pdu.AAssociateRJ(
+                result=RejectResult.TRANSIENT,
+                source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
+            )
         if self.active >= self.limits.max_associations:
             self.rejected += 1
             self.log.warn(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -112,6 +112,12 @@ class _Incoming:
     pending_answer: tuple[_Response, bytes] | None = None
 
 
+#: Routes and journals a committed instance; fires with the status to answer
+#: (see :class:`gateway.intake.Intake`). ``None`` acknowledges once the spool
+#: has committed (no queue: the network-core configuration).
+Admit = Callable[[SpooledInstance, "AssociationInfo"], "Deferred[Any]"]
+
+
 class StorageService:
     """Verification and Storage SCP for one association.
 
@@ -119,6 +125,11 @@ class StorageService:
     :param info: the association's identity and accepted contexts.
     :param spool: where instances are written.
     :param on_instance: called with an :class:`InstanceReport` after each C-STORE.
+    :param admit: journals a committed instance before the ack (an
+        :class:`~gateway.intake.Intake`'s ``admit``); its result has
+        ``status`` and ``comment``.
+    :param space_low: returns true while the spool is below its free-space
+        floor; C-STOREs are then answered 0xA700 (out of resources) at once.
     """
 
     log = Logger(namespace="gateway.receive")
@@ -129,7 +140,11 @@ class StorageService:
         info: AssociationInfo,
         spool: Spool,
         on_instance: Callable[[InstanceReport], None] | None = None,
+        admit: Admit | None = None,
+        space_low: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._admit = admit
+        self._space_low = space_low
         self._peer = peer
         self._info = info
         self._spool = spool
@@ -237,6 +252,11 @@ class StorageService:
             # syntax (HARDENING D07): refuse with 0x0122, discarding its data set.
             incoming.early_status = Status.SOP_CLASS_NOT_SUPPORTED
             incoming.early_comment = "SOP class differs from the presentation context"
+        elif self._space_low():
+            # Below the spool's free-space floor: the modality keeps its copy
+            # and retries later (issue 3 "Disk"; HARDENING D11).
+            incoming.early_status = Status.OUT_OF_RESOURCES
+            incoming.early_comment = "Out of resources: spool below its free-space floor"
         else:
             meta = InstanceMeta(
                 sop_class_uid=rq.affected_sop_class_uid,
@@ -284,8 +304,19 @@ class StorageService:
             self._paused = True
             self._peer.pause_reading()
 
-        def committed(spooled: SpooledInstance) -> None:
-            self._respond(slot, incoming, Status.SUCCESS, "", spooled)
+        def committed(spooled: SpooledInstance) -> Any:
+            if self._admit is None:
+                self._respond(slot, incoming, Status.SUCCESS, "", spooled)
+                return None
+            # Custody: the queue journal commits before the ack (HARDENING decision 10).
+            d = self._admit(spooled, self._info)
+            d.addCallback(
+                lambda admission: self._respond(
+                    slot, incoming, admission.status, admission.comment, spooled if admission.status == 0 else None
+                )
+            )
+            d.addErrback(failed)
+            return d
 
         def failed(failure: Failure) -> None:
             if failure.check(SpoolError):

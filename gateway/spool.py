@@ -35,6 +35,7 @@ directory entry could not be made durable), so nothing unacknowledged stays.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ class SpooledInstance:
     :ivar size: the file's size in bytes, meta header included.
     :ivar summary: what the structure walk found.
     :ivar meta: the command-side metadata.
+    :ivar sha256: hex SHA-256 of the data set bytes as received (duplicate
+        control compares it, HARDENING decision 5).
     """
 
     instance_id: str
@@ -105,6 +108,7 @@ class SpooledInstance:
     size: int
     summary: DatasetSummary
     meta: InstanceMeta
+    sha256: str = ""
 
 
 class SpoolFailure(Enum):
@@ -498,6 +502,7 @@ class SpoolWriter:
             summary = self._walk()
             # 3. The data set against the command (D05, D04).
             self._check_uids(summary)
+            digest = self._digest()
             # 4. Durability, in this exact order (HARDENING decision 10).
             assert self._fd is not None
             fd, self._fd = self._fd, None
@@ -514,6 +519,7 @@ class SpoolWriter:
                 size=self._header_size + self.bytes_written,
                 summary=summary,
                 meta=self.meta,
+                sha256=digest,
             )
         except OSError as e:
             self._cleanup_after_failure(renamed)
@@ -545,6 +551,22 @@ class SpoolWriter:
                 raise SpoolError(
                     Status.CANNOT_UNDERSTAND, e.short_comment, SpoolFailure.MALFORMED
                 ) from e
+
+    def _digest(self) -> str:
+        """
+        SHA-256 of the data set bytes, read back from the page cache.
+
+        Done here, on the blocking runner, rather than per fragment on the
+        reactor thread: hashlib releases the GIL for large buffers.
+
+        :returns: the hex digest.
+        """
+        digest = hashlib.sha256()
+        with open(self.temp_path, "rb") as fp:
+            fp.seek(self._header_size)
+            while chunk := fp.read(1024 * 1024):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def _check_uids(self, summary: DatasetSummary) -> None:
         """

@@ -109,8 +109,20 @@ _SOP_INSTANCE_UID: Final = 0x00080018
 _MODALITY: Final = 0x00080060
 _STUDY_INSTANCE_UID: Final = 0x0020000D
 _SERIES_INSTANCE_UID: Final = 0x0020000E
+_ACCESSION_NUMBER: Final = 0x00080050
+_PATIENT_ID: Final = 0x00100020
+_STUDY_DATE: Final = 0x00080020
 _READ_TAGS: Final = frozenset(
-    {_SOP_CLASS_UID, _SOP_INSTANCE_UID, _MODALITY, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID}
+    {
+        _SOP_CLASS_UID,
+        _SOP_INSTANCE_UID,
+        _MODALITY,
+        _STUDY_INSTANCE_UID,
+        _SERIES_INSTANCE_UID,
+        _ACCESSION_NUMBER,
+        _PATIENT_ID,
+        _STUDY_DATE,
+    }
 )
 #: The largest of those values we read; UIDs are at most 64 bytes (PS3.5
 #: 9.1), and CS 16, but peers send nonconformant values (D06), so be lenient.
@@ -143,6 +155,9 @@ class DatasetSummary:
     :ivar study_instance_uid: top-level (0020,000D), or ``None``.
     :ivar series_instance_uid: top-level (0020,000E), or ``None``.
     :ivar modality: top-level (0008,0060), or ``None``.
+    :ivar accession_number: top-level (0008,0050), or ``None`` (for ``find``).
+    :ivar patient_id: top-level (0010,0020), or ``None`` (for ``find``).
+    :ivar study_date: top-level (0008,0020), or ``None``.
     :ivar element_count: element, item and delimiter headers walked.
     :ivar pixel_data_offset: offset in the file of the top-level (7FE0,0010)
         tag, or ``None`` if absent or if the data set is deflated (the offset
@@ -156,6 +171,9 @@ class DatasetSummary:
     modality: str | None
     element_count: int
     pixel_data_offset: int | None
+    accession_number: str | None = None
+    patient_id: str | None = None
+    study_date: str | None = None
 
 
 class MalformedDataset(Exception):
@@ -642,6 +660,9 @@ def _walk(
         study_instance_uid=values.get(_STUDY_INSTANCE_UID),
         series_instance_uid=values.get(_SERIES_INSTANCE_UID),
         modality=values.get(_MODALITY),
+        accession_number=values.get(_ACCESSION_NUMBER),
+        patient_id=values.get(_PATIENT_ID),
+        study_date=values.get(_STUDY_DATE),
         element_count=count,
         pixel_data_offset=pixel_data_offset,
     )

@@ -1,0 +1,256 @@
+"""Custody: what happens between "the spool has the file" and "the modality is told success".
+
+:class:`Intake` takes each instance the spool committed, routes it
+(:func:`gateway.route.evaluate`), and journals its queue entries in one store
+transaction. Only when that transaction has committed does the storage SCP
+answer C-STORE-RSP 0x0000 (HARDENING decision 10: fsync(file), rename,
+fsync(dir), **journal commit**, respond). If the journal cannot be written,
+the spooled file is removed and the modality gets 0xA700, so it keeps its
+copy and retries: nothing is acknowledged that the gateway does not hold.
+
+An instance that no route takes is moved to the spool's ``unrouted/`` folder
+(fsynced) and acknowledged: kept, logged and counted, never dropped silently.
+
+:class:`SpaceGuard` watches the spool's free space: below the configured
+floor the SCP answers 0xA700 and new associations are rejected with
+A-ASSOCIATE-RJ (2, 3, 1) temporary congestion; it accepts again once the
+free space is above the floor plus a margin (hysteresis, so it does not flap).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.blocking import IBlockingRunner
+from gateway.config.schema import RouteConfig
+from gateway.dimse.status import Status
+from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
+from gateway.receive import AssociationInfo
+from gateway.route import RoutingContext, RoutingDecision, evaluate
+from gateway.spool import SpooledInstance
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The intake's answer for one instance: the status to send, and what was recorded."""
+
+    status: int
+    comment: str = ""
+    entries: int = 0
+    duplicates: tuple[str, ...] = ()
+    unrouted: bool = False
+
+
+def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at: float) -> InstanceRecord:
+    """The queue's record of a spooled instance.
+
+    :param spooled: what the spool committed.
+    :param info: the association it came on.
+    :param received_at: wall-clock time of the commit.
+    """
+    summary = spooled.summary
+    return InstanceRecord(
+        instance_id=spooled.instance_id,
+        path=spooled.path,
+        sop_class_uid=spooled.meta.sop_class_uid,
+        sop_instance_uid=spooled.meta.sop_instance_uid,
+        transfer_syntax_uid=spooled.meta.transfer_syntax_uid,
+        size=spooled.size,
+        sha256=spooled.sha256,
+        received_at=received_at,
+        correlation_id=uuid.uuid4().hex[:16],
+        study_instance_uid=summary.study_instance_uid or "",
+        series_instance_uid=summary.series_instance_uid or "",
+        patient_id=summary.patient_id or "",
+        accession_number=summary.accession_number or "",
+        modality=summary.modality or "",
+        calling_ae_title=info.calling_ae_title,
+        called_ae_title=info.called_ae_title,
+        source_address=info.peer_address,
+    )
+
+
+class Intake:
+    """Routes committed instances and journals their queue entries before the ack.
+
+    :param store: the queue store (called only through ``store_runner``).
+    :param store_runner: the single thread the store lives on.
+    :param file_runner: runs file moves (unrouted instances, cleanup).
+    :param routes: returns the routes in force (they change on reload).
+    :param wall: wall-clock time for the records.
+    :param duplicate_window: seconds within which an identical re-send is not forwarded again.
+    :param unrouted_dir: where instances that match no route are kept.
+    :param on_enqueued: called with the destinations that got new entries (to wake their workers).
+    """
+
+    log = Logger(namespace="gateway.intake")
+
+    def __init__(
+        self,
+        *,
+        store: IQueueStore,
+        store_runner: IBlockingRunner,
+        file_runner: IBlockingRunner,
+        routes: Callable[[], Sequence[RouteConfig]],
+        wall: Callable[[], float],
+        duplicate_window: float,
+        unrouted_dir: str,
+        on_enqueued: Callable[[Sequence[str]], None] = lambda destinations: None,
+    ) -> None:
+        self._store = store
+        self._store_runner = store_runner
+        self._file_runner = file_runner
+        self._routes = routes
+        self._wall = wall
+        self.duplicate_window = duplicate_window
+        self._unrouted_dir = unrouted_dir
+        self._on_enqueued = on_enqueued
+        self.unrouted_total = 0
+        self.duplicates_total = 0
+
+    def admit(self, spooled: SpooledInstance, info: AssociationInfo) -> Deferred[Admission]:
+        """Route and journal one committed instance.
+
+        :returns: a Deferred that fires with the :class:`Admission`; it never fails.
+        """
+        context = RoutingContext(
+            calling_ae_title=info.calling_ae_title,
+            called_ae_title=info.called_ae_title,
+            source_address=info.peer_address.rsplit(":", 1)[0],
+            listener=info.listener,
+        )
+        decision = evaluate(spooled.summary, context, self._routes())
+        record = instance_record(spooled, info, self._wall())
+        if decision.unrouted:
+            return self._keep_unrouted(spooled, record)
+        entries = [NewEntry(route=route, destination=destination) for route, destination in decision.entries]
+        d = self._store_runner.run(self._store.add_instance, record, entries, self._wall(), self.duplicate_window)
+        d.addCallbacks(
+            lambda result: self._journaled(record, decision, result),
+            lambda failure: self._journal_failed(spooled, record, failure),
+        )
+        return d
+
+    def _journaled(self, record: InstanceRecord, decision: RoutingDecision, result: AddResult) -> Admission:
+        if result.duplicates:
+            self.duplicates_total += len(result.duplicates)
+            self.log.info(
+                "{correlation_id} {sop_instance_uid} is an identical re-send; not forwarded again to {destinations}",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                destinations=", ".join(result.duplicates),
+            )
+        fresh = sorted({dest for _, dest in decision.entries} - set(result.duplicates))
+        self.log.debug(
+            "{correlation_id} {sop_instance_uid} queued for {destinations}",
+            correlation_id=record.correlation_id,
+            sop_instance_uid=record.sop_instance_uid,
+            destinations=", ".join(fresh) or "(none: duplicates)",
+        )
+        if fresh:
+            self._on_enqueued(fresh)
+        return Admission(Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates)
+
+    def _journal_failed(self, spooled: SpooledInstance, record: InstanceRecord, failure: Failure) -> Deferred[Admission]:
+        """The journal could not be written: un-spool the file and answer 0xA700 (never 0x0000)."""
+        self.log.failure(
+            "{correlation_id} could not journal {sop_instance_uid}; answering 0xA700",
+            failure,
+            correlation_id=record.correlation_id,
+            sop_instance_uid=record.sop_instance_uid,
+        )
+
+        def remove() -> None:
+            try:
+                os.unlink(spooled.path)
+            except OSError:
+                pass
+
+        d = self._file_runner.run(remove)
+        d.addBoth(lambda _: Admission(Status.OUT_OF_RESOURCES, "Out of resources: queue journal not writable"))
+        return d
+
+    def _keep_unrouted(self, spooled: SpooledInstance, record: InstanceRecord) -> Deferred[Admission]:
+        """Move an instance that no route takes to ``unrouted/`` (durably) and acknowledge it."""
+
+        def move() -> str:
+            os.makedirs(self._unrouted_dir, exist_ok=True)
+            target = os.path.join(self._unrouted_dir, os.path.basename(spooled.path))
+            os.rename(spooled.path, target)
+            fd = os.open(self._unrouted_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return target
+
+        def moved(target: str) -> Admission:
+            self.unrouted_total += 1
+            self.log.warn(
+                "{correlation_id} {sop_instance_uid} from {calling_ae_title} matched no route; kept as {path}",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                calling_ae_title=record.calling_ae_title,
+                path=target,
+            )
+            return Admission(Status.SUCCESS, unrouted=True)
+
+        def failed(failure: Failure) -> Admission:
+            self.log.failure("could not keep an unrouted instance", failure)
+            return Admission(Status.OUT_OF_RESOURCES, "Out of resources: cannot keep unrouted instance")
+
+        d = self._file_runner.run(move)
+        d.addCallbacks(moved, failed)
+        return d
+
+
+class SpaceGuard:
+    """Free-space floor of the spool, with hysteresis.
+
+    :param free_bytes: returns the spool filesystem's free bytes (``Spool.free_bytes``).
+    :param clock: for caching the reading (``statvfs`` at most once per ``interval``).
+    :param min_free: below this many bytes we refuse work.
+    :param margin: we accept again only above ``min_free + margin``.
+    """
+
+    log = Logger(namespace="gateway.intake")
+
+    def __init__(
+        self, free_bytes: Callable[[], int], clock: IReactorTime, min_free: int, margin: int, interval: float = 1.0
+    ) -> None:
+        self._free_bytes = free_bytes
+        self._clock = clock
+        self.min_free = min_free
+        self.margin = margin
+        self._interval = interval
+        self._checked_at: float | None = None
+        self._low = False
+
+    def low(self) -> bool:
+        """Whether the spool is below its floor now (re-read at most once per interval)."""
+        now = self._clock.seconds()
+        if self._checked_at is None or now - self._checked_at >= self._interval:
+            self._checked_at = now
+            try:
+                free = self._free_bytes()
+            except OSError:
+                free = 0
+            if self._low and free > self.min_free + self.margin:
+                self._low = False
+                self.log.info("spool free space is back to {free} bytes; accepting again", free=free)
+            elif not self._low and free < self.min_free:
+                self._low = True
+                self.log.error(
+                    "spool free space {free} bytes is below the floor of {floor}; refusing instances",
+                    free=free,
+                    floor=self.min_free,
+                )
+        return self._low
