@@ -12,7 +12,9 @@ Names and fields here are a contract; new fields must come with defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,162 @@ class SpoolConfig:
 
     :param path: An absolute directory path (relative paths in the file are
         resolved against the configuration file's folder).
+    :param min_free_bytes: The free-space floor of the spool's filesystem.
+        Below it, C-STORE requests on open associations are answered 0xA700
+        (out of resources, PS3.4 Table B.2-1) and new associations are
+        rejected transient, reason 1 of source 3, temporary congestion
+        (PS3.8 9.3.4), so modalities keep their copies and retry.
+    :param resume_margin_bytes: Hysteresis: accepting resumes only once free
+        space is back above ``min_free_bytes + resume_margin_bytes``.
     """
 
     path: str
+    min_free_bytes: int = 512 * 1024**2
+    resume_margin_bytes: int = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How a destination retries an instance before giving up on it.
+
+    The delay before attempt *n* is ``initial_delay * multiplier**(n-1)``,
+    capped at ``max_delay``, then moved by up to ``jitter`` of itself either
+    way so that many queued items do not retry in lockstep.
+
+    :param initial_delay: The first delay, in seconds.
+    :param max_delay: The largest delay, in seconds; at least
+        ``initial_delay``.
+    :param multiplier: The growth factor between delays, at least 1.
+    :param jitter: The +/- fraction of each delay drawn at random, 0 to 1.
+    :param max_attempts: Real send attempts (circuit probes excluded) before
+        the instance is dead-lettered.
+    :param max_age: Seconds since the instance was queued before it is
+        dead-lettered; days by default, so a weekend outage never
+        dead-letters a backlog.
+    :param unknown_status_attempts: Attempts for a C-STORE status outside
+        the known classes before the instance is dead-lettered with it.
+    """
+
+    initial_delay: float = 1.0
+    max_delay: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    max_attempts: int = 50
+    max_age: float = 7 * 86400.0
+    unknown_status_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """When a destination is considered down as a whole.
+
+    :param failures: Consecutive destination-wide failures (connection
+        refused, timeouts, association rejected) that open the circuit; the
+        destination is then probed with C-ECHO at the backoff interval.
+    """
+
+    failures: int = 3
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM AE the gateway forwards to as a C-STORE SCU.
+
+    :param name: The destination's name: 1 to 64 characters of
+        ``[A-Za-z0-9_.-]`` (it labels metrics and is a CLI argument).
+    :param ae_title: The called AE title (PS3.5 6.2, VR AE).
+    :param host: The peer's host name or address.
+    :param port: The peer's TCP port, 1 to 65535.
+    :param calling_ae_title: The calling AE title we present; the loader
+        defaults it to the gateway's own ``ae_title``.
+    :param max_associations: Concurrent associations to this peer, 1 to 64.
+    :param batch_size: Instances sent on one association before it is
+        released and reopened, 1 to 10000.
+    :param idle_release: Seconds an association may stay idle before it is
+        released.
+    :param max_pdu_length: The Maximum Length we advertise (PS3.8 D.1).
+    :param connect_timeout: Seconds to wait for the TCP connection.
+    :param acse_timeout: Seconds to wait for the A-ASSOCIATE-AC or -RJ and
+        for the A-RELEASE-RP (the ARTIM timer, PS3.8 9.1.5).
+    :param dimse_timeout: Seconds to wait for each C-STORE response.
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    max_associations: int = 1
+    batch_size: int = 50
+    idle_release: float = 5.0
+    max_pdu_length: int = 262144
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+#: The fields a folder destination's ``pattern`` may use. The UIDs and IDs
+#: are taken from the instance's header and validated by the folder writer
+#: before use, so no value can name a path outside the folder.
+FOLDER_PATTERN_FIELDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "PatientID",
+    "AccessionNumber",
+    "Modality",
+    "StudyDate",
+    "calling_ae_title",
+)
+
+
+@dataclass(frozen=True)
+class FolderDestination:
+    """A folder the gateway writes Part 10 files into, atomically.
+
+    :param name: The destination's name, as for :class:`DicomDestination`.
+    :param path: The folder, absolute.
+    :param pattern: The relative file path of each instance, a template of
+        ``{Field}`` references to :data:`FOLDER_PATTERN_FIELDS`; never
+        absolute and never containing ``..``.
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker (a full or read-only disk is a
+        destination-wide failure).
+    """
+
+    name: str
+    path: str
+    pattern: str = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+#: Either kind of destination; tell them apart with ``isinstance``.
+Destination = Union[DicomDestination, FolderDestination]
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A route: which destinations receive which instances.
+
+    At this stage a route matches every instance; a later issue adds
+    ``match``, ``morph``, ``final``, ``drop`` and ``reject``.
+
+    :param name: The route's name, unique across the configuration file and
+        every route file.
+    :param forward: The names of the destinations, all configured, each
+        listed once.
+    :param origin: ``"file:line"`` where the route was defined, for messages.
+    """
+
+    name: str
+    forward: tuple[str, ...]
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,7 +249,19 @@ class GatewayConfig:
     :param listen: The listeners, at least one, with unique names.
     :param accept: The acceptance policy.
     :param limits: Resource limits and timers.
-    :param spool: The spool location.
+    :param spool: The spool location and free-space floor.
+    :param destinations: The destinations, in file order, with unique names.
+    :param routes: The routes: those of the configuration file first, then
+        those of each route file, in the order the files were loaded.
+    :param duplicate_window: Seconds during which a byte-identical re-send
+        of an instance a destination already has is not forwarded again
+        (key ``duplicates: {window: ...}``); 0 disables duplicate control.
+    :param keep_delivered: Seconds delivered spool files are kept for
+        replays (key ``retention: {keep_delivered: ...}``); 0 deletes them
+        once every destination has them.
+    :param queue_path: The queue journal's absolute path (key
+        ``queue: {path: ...}``); when empty it defaults to
+        ``<spool path>/queue.sqlite``.
     """
 
     source: str
@@ -103,3 +270,35 @@ class GatewayConfig:
     accept: AcceptConfig
     limits: LimitsConfig
     spool: SpoolConfig
+    destinations: tuple[Destination, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    duplicate_window: float = 3600.0
+    keep_delivered: float = 0.0
+    queue_path: str = ""
+
+    def __post_init__(self) -> None:
+        """Fill in the default queue path when none was given."""
+        if not self.queue_path:
+            object.__setattr__(
+                self, "queue_path", os.path.join(self.spool.path, "queue.sqlite")
+            )
+
+    def destination(self, name: str) -> Destination:
+        """Find a destination by name.
+
+        :param name: The destination's name.
+        :returns: The destination.
+        :raises KeyError: If no destination has that name.
+        """
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
+
+    def unused_destinations(self) -> tuple[str, ...]:
+        """Name the destinations no route forwards to (worth a log line, not an error).
+
+        :returns: Their names, in file order.
+        """
+        used = {name for route in self.routes for name in route.forward}
+        return tuple(d.name for d in self.destinations if d.name not in used)
