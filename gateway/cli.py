@@ -6,8 +6,14 @@ Subcommands:
   until SIGTERM or SIGINT (a clean stop: listeners close, open associations
   are aborted, partial instances discarded).
 * ``check -c CONFIG``: validate a configuration and exit 0 (valid) or 1.
-* ``echo``: send a C-ECHO to an AE (a Verification SCU, for testing a peer).
-* ``store``: send Part 10 files to an AE with C-STORE over one association.
+* ``echo DEST -c CONFIG`` or ``echo HOST PORT``: send a C-ECHO to a
+  configured destination or to any AE (a Verification SCU).
+* ``store HOST PORT FILE...``: send Part 10 files to an AE with C-STORE over one association.
+* ``queue list|show|retry|purge|pause|resume -c CONFIG``: inspect and act on
+  the forwarding queue and its dead letters (works while the gateway runs).
+* ``find -c CONFIG --study UID`` (or ``--accession``, ``--patient-id``,
+  ``--sop-instance``): where did each instance go.
+* ``replay -c CONFIG --study UID --to DEST``: send a kept study again.
 
 The command is thin: it parses arguments, builds objects and runs them under
 :func:`twisted.internet.task.react`.
@@ -47,15 +53,187 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("echo", "send a C-ECHO to an AE"), ("store", "send DICOM files to an AE")):
         scu = sub.add_parser(name, help=help_text)
-        scu.add_argument("host")
-        scu.add_argument("port", type=int)
+        if name == "echo":
+            scu.add_argument("host", help="a configured destination's name (with -c), or a host name")
+            scu.add_argument("port", type=int, nargs="?", help="the port, when HOST is a host")
+            scu.add_argument("-c", "--config", help="the gateway configuration, to echo a destination by name")
+        else:
+            scu.add_argument("host")
+            scu.add_argument("port", type=int)
         scu.add_argument("--aet", default="DICOMGW", help="our (calling) AE title")
         scu.add_argument("--aec", default="ANY-SCP", help="the called AE title")
         scu.add_argument("--max-pdu", type=int, default=262144, help="our maximum PDU length")
         scu.add_argument("--timeout", type=float, default=30.0, help="ACSE and DIMSE timeout, seconds")
         if name == "store":
             scu.add_argument("files", nargs="+", help="Part 10 files to send")
+    queue = sub.add_parser("queue", help="inspect and act on the forwarding queue")
+    queue.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
+    qsub = queue.add_subparsers(dest="action", required=True)
+    qlist = qsub.add_parser("list", help="per destination: queued, in flight, dead letters, oldest age, last error")
+    qlist.add_argument("--json", action="store_true")
+    qlist.add_argument("--dead", action="store_true", help="list the dead letters instead")
+    qlist.add_argument("--destination", help="only this destination (with --dead)")
+    qshow = qsub.add_parser("show", help="one entry with its attempt history")
+    qshow.add_argument("entry_id", type=int)
+    qshow.add_argument("--json", action="store_true")
+    qretry = qsub.add_parser("retry", help="send dead letters again (to the tail of the queue)")
+    qretry.add_argument("entry_ids", type=int, nargs="*")
+    qretry.add_argument("--all", action="store_true", help="every dead letter (of --destination, if given)")
+    qretry.add_argument("--destination", help="with --all: only this destination's dead letters")
+    qretry.add_argument("--to", help="re-target to another configured destination")
+    qpurge = qsub.add_parser("purge", help="delete dead letters for good")
+    qpurge.add_argument("entry_ids", type=int, nargs="+")
+    for action in ("pause", "resume"):
+        qp = qsub.add_parser(action, help=f"{action} a destination (items keep queueing)")
+        qp.add_argument("destination")
+
+    find = sub.add_parser("find", help="where did an instance go")
+    find.add_argument("-c", "--config", required=True)
+    find.add_argument("--study")
+    find.add_argument("--sop-instance")
+    find.add_argument("--patient-id")
+    find.add_argument("--accession")
+    find.add_argument("--json", action="store_true")
+
+    replay = sub.add_parser("replay", help="send a kept study again to a destination")
+    replay.add_argument("-c", "--config", required=True)
+    replay.add_argument("--study", required=True)
+    replay.add_argument("--to", required=True, dest="to")
     return parser
+
+
+def _open_store(config: Any) -> Any:
+    from gateway.queue.sqlite import SqliteQueueStore
+
+    return SqliteQueueStore(config.queue_path)
+
+
+def _known_destination(config: Any, name: str) -> None:
+    names = [d.name for d in config.destinations]
+    if name not in names:
+        print(f"unknown destination {name!r}; configured: {', '.join(names) or '(none)'}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    """``dicom-gateway queue ...``: operate on the journal directly."""
+    import time
+
+    from gateway import admin
+    from gateway.queue.interfaces import EntryState
+
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    now = time.time()
+    try:
+        if args.action == "list":
+            if args.dead:
+                entries = store.entries(destination=args.destination, state=EntryState.DEAD)
+                if args.json:
+                    print(admin.to_json([admin.entry_dict(e) for e in entries]))
+                else:
+                    for e in entries:
+                        print(f"{e.entry_id:>8}  {e.destination:<16} {e.instance.sop_instance_uid}  {e.dead_reason}")
+                    print(f"{len(entries)} dead letter(s)")
+                return 0
+            rows = admin.queue_rows(store, [d.name for d in config.destinations], now)
+            print(admin.to_json(rows) if args.json else admin.format_queue_rows(rows, now))
+            return 0
+        if args.action == "show":
+            try:
+                entry = store.get(args.entry_id)
+            except KeyError:
+                print(f"no entry {args.entry_id}", file=sys.stderr)
+                return 1
+            print(admin.to_json(admin.entry_dict(entry)) if args.json else admin.format_entry(entry))
+            return 0
+        if args.action == "retry":
+            if args.to:
+                _known_destination(config, args.to)
+            ids = list(args.entry_ids)
+            if args.all:
+                ids += [e.entry_id for e in store.entries(destination=args.destination, state=EntryState.DEAD, limit=10**9)]
+            if not ids:
+                print("nothing to retry: give entry ids or --all", file=sys.stderr)
+                return 1
+            failed = 0
+            for entry_id in ids:
+                try:
+                    new_id = store.requeue_dead(entry_id, now, destination=args.to)
+                except KeyError:
+                    print(f"entry {entry_id}: not a dead letter", file=sys.stderr)
+                    failed += 1
+                    continue
+                print(f"entry {entry_id}: queued again as {new_id}" + (f" for {args.to}" if args.to else ""))
+            return 1 if failed else 0
+        if args.action == "purge":
+            failed = 0
+            for entry_id in args.entry_ids:
+                try:
+                    store.purge(entry_id)
+                    print(f"entry {entry_id}: purged")
+                except KeyError:
+                    print(f"entry {entry_id}: not a dead letter", file=sys.stderr)
+                    failed += 1
+            return 1 if failed else 0
+        if args.action in ("pause", "resume"):
+            _known_destination(config, args.destination)
+            store.set_paused(args.destination, args.action == "pause")
+            print(f"{args.destination}: {'paused' if args.action == 'pause' else 'resumed'}")
+            return 0
+    finally:
+        store.close()
+    return 2
+
+
+def _find(args: argparse.Namespace) -> int:
+    from gateway import admin
+
+    if not (args.study or args.sop_instance or args.patient_id or args.accession):
+        print("give --study, --sop-instance, --patient-id or --accession", file=sys.stderr)
+        return 2
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    try:
+        results = store.find(
+            study_instance_uid=args.study,
+            sop_instance_uid=args.sop_instance,
+            patient_id=args.patient_id,
+            accession_number=args.accession,
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(admin.to_json([{"instance": r.__dict__, "entries": [admin.entry_dict(e) for e in es]} for r, es in results]))
+    else:
+        print(admin.format_find(results))
+    return 0 if results else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    config = _load_or_exit(args.config)
+    _known_destination(config, args.to)
+    store = _open_store(config)
+    queued = missing = 0
+    try:
+        for record, _entries in store.find(study_instance_uid=args.study):
+            if not os.path.exists(record.path):
+                missing += 1
+                continue
+            store.requeue_instance(record.instance_id, args.to, "replay", time.time())
+            queued += 1
+    finally:
+        store.close()
+    print(f"{queued} instance(s) of study {args.study} queued for {args.to}")
+    if missing:
+        print(
+            f"{missing} instance(s) no longer kept in the spool (set retention.keep_delivered to keep them)",
+            file=sys.stderr,
+        )
+    return 0 if queued else 1
 
 
 def _start_logging(level: str) -> None:
@@ -85,10 +263,27 @@ def _run(reactor: Any, config: Any) -> Deferred[None]:
 async def _echo(reactor: Any, args: argparse.Namespace) -> None:
     from gateway.associate import connect_tcp
 
-    assoc = await connect_tcp(
-        reactor, args.host, args.port, calling_ae_title=args.aet, called_ae_title=args.aec,
-        proposals=None, max_pdu_length=args.max_pdu, timeout=args.timeout,
-    )
+    host, port, calling, called = args.host, args.port, args.aet, args.aec
+    if port is None:
+        if not args.config:
+            print("give HOST PORT, or a destination name with -c CONFIG", file=sys.stderr)
+            raise SystemExit(2)
+        config = _load_or_exit(args.config)
+        _known_destination(config, args.host)
+        destination = config.destination(args.host)
+        if not hasattr(destination, "ae_title"):
+            print(f"{args.host} is a folder destination; nothing to echo", file=sys.stderr)
+            raise SystemExit(2)
+        host, port = destination.host, destination.port
+        calling, called = destination.calling_ae_title, destination.ae_title
+    try:
+        assoc = await connect_tcp(
+            reactor, host, port, calling_ae_title=calling, called_ae_title=called,
+            proposals=None, max_pdu_length=args.max_pdu, timeout=args.timeout,
+        )
+    except Exception as e:
+        print(f"C-ECHO to {called}@{host}:{port} failed: {e}")
+        raise SystemExit(1)
     status = await assoc.echo()
     await assoc.release()
     print(f"C-ECHO status 0x{status:04X}")
@@ -125,6 +320,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet.task import react
 
     args = _parser().parse_args(argv)
+    if args.command == "queue":
+        raise SystemExit(_queue(args))
+    if args.command == "find":
+        raise SystemExit(_find(args))
+    if args.command == "replay":
+        raise SystemExit(_replay(args))
     if args.command == "check":
         config = _load_or_exit(args.config)
         print(f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s))")
