@@ -19,6 +19,7 @@ free space is above the floor plus a margin (hysteresis, so it does not flap).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -254,3 +255,150 @@ class SpaceGuard:
                     floor=self.min_free,
                 )
         return self._low
+
+
+def _orphan_info(path: str) -> tuple[SpooledInstance, AssociationInfo]:
+    """Rebuild what ``admit`` needs for a spooled file that has no journal record.
+
+    Runs on a blocking runner: it reads the file's meta and walks its data set.
+
+    :raises ValueError: when the file is not a readable Part 10 file.
+    """
+    from gateway.associate import read_part10_header
+    from gateway.spool import InstanceMeta
+    from gateway.validate import MalformedDataset, walk_dataset
+
+    header = read_part10_header(path)
+    source_ae = ""
+    with open(path, "rb") as fp:
+        raw = fp.read(header.dataset_offset)
+        marker = raw.find(b"\x02\x00\x16\x00AE")
+        if marker >= 0:
+            length = int.from_bytes(raw[marker + 6 : marker + 8], "little")
+            source_ae = raw[marker + 8 : marker + 8 + length].decode("latin-1").strip()
+        fp.seek(header.dataset_offset)
+        try:
+            summary = walk_dataset(fp, header.transfer_syntax_uid, allow_odd_lengths=True)
+        except MalformedDataset as e:
+            raise ValueError(f"{path}: {e}") from e
+        fp.seek(header.dataset_offset)
+        digest = hashlib.sha256()
+        while chunk := fp.read(1024 * 1024):
+            digest.update(chunk)
+    meta = InstanceMeta(
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        calling_ae_title=source_ae,
+        called_ae_title="",
+    )
+    spooled = SpooledInstance(
+        instance_id=os.path.splitext(os.path.basename(path))[0],
+        path=path,
+        size=os.path.getsize(path),
+        summary=summary,
+        meta=meta,
+        sha256=digest.hexdigest(),
+    )
+    info = AssociationInfo(
+        assoc_id="recovery",
+        peer_address="",
+        calling_ae_title=source_ae,
+        called_ae_title="",
+        listener="recovery",
+        contexts={},
+    )
+    return spooled, info
+
+
+class Recovery:
+    """Start-up recovery and spool clean-up around an :class:`Intake`.
+
+    :param intake: re-admits orphan files.
+    :param store: the queue store (through ``store_runner``).
+    :param store_runner: the store's thread.
+    :param file_runner: file reads and deletions.
+    :param instances_dir: the spool's committed-instances folder.
+    :param wall: wall-clock time.
+    """
+
+    log = Logger(namespace="gateway.intake")
+
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        store: IQueueStore,
+        store_runner: IBlockingRunner,
+        file_runner: IBlockingRunner,
+        instances_dir: str,
+        wall: Callable[[], float],
+    ) -> None:
+        self._intake = intake
+        self._store = store
+        self._store_runner = store_runner
+        self._file_runner = file_runner
+        self._instances_dir = instances_dir
+        self._wall = wall
+
+    async def recover(self) -> tuple[int, int]:
+        """Put in-flight entries back in the queue and re-route spooled files the journal lacks.
+
+        A file in ``instances/`` with no journal record was committed by the
+        spool but the gateway stopped before its journal transaction (so the
+        modality was never told success and will likely re-send: duplicate
+        control absorbs that). Such files are routed again, never deleted
+        silently; one that cannot be read is reported and left in place.
+
+        :returns: (entries returned from in-flight, orphan files re-routed).
+        """
+        returned = await self._store_runner.run(self._store.recover, self._wall())
+        known = await self._store_runner.run(self._store.instance_ids)
+        names = await self._file_runner.run(
+            lambda: sorted(os.listdir(self._instances_dir)) if os.path.isdir(self._instances_dir) else []
+        )
+        rerouted = 0
+        for name in names:
+            if not name.endswith(".dcm") or name[:-4] in known:
+                continue
+            path = os.path.join(self._instances_dir, name)
+            try:
+                spooled, info = await self._file_runner.run(_orphan_info, path)
+            except (ValueError, OSError) as e:
+                self.log.error("spooled file {path} has no journal record and cannot be read: {error}", path=path, error=str(e))
+                continue
+            admission = await self._intake.admit(spooled, info)
+            if admission.status == 0:
+                rerouted += 1
+                self.log.warn(
+                    "spooled file {path} had no journal record (the gateway stopped before acknowledging it); routed again",
+                    path=path,
+                )
+        if returned:
+            self.log.info("{count} in-flight queue entries returned to the queue", count=returned)
+        return returned, rerouted
+
+    async def clean(self, keep_delivered: float) -> int:
+        """Delete spool files whose every entry is delivered (after ``keep_delivered`` seconds).
+
+        Dead letters keep their files; so do queued entries. Returns how many
+        instances were removed.
+        """
+        done = await self._store_runner.run(self._store.finished_instances, self._wall() - keep_delivered)
+        removed = 0
+        for record in done:
+
+            def remove(path: str = record.path) -> None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+            try:
+                await self._file_runner.run(remove)
+            except OSError as e:
+                self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
+                continue
+            await self._store_runner.run(self._store.forget_instance, record.instance_id)
+            removed += 1
+        return removed
