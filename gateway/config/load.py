@@ -29,9 +29,13 @@ tree can be moved as a whole; they come out absolute.
 from __future__ import annotations
 
 import difflib
+import glob
+import math
 import os
+import re
+import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields, replace
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
@@ -41,10 +45,16 @@ from yaml.constructor import SafeConstructor
 from gateway.config.durations import parse_duration, parse_size
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.schema import (
+    FOLDER_PATTERN_FIELDS,
     AcceptConfig,
+    CircuitConfig,
+    DicomDestination,
+    FolderDestination,
     GatewayConfig,
     LimitsConfig,
     ListenerConfig,
+    RetryConfig,
+    RouteConfig,
     SpoolConfig,
 )
 
@@ -86,17 +96,90 @@ class _Invalid(Enum):
 INVALID: Final = _Invalid.INVALID
 
 
+@dataclass(frozen=True)
+class _ForwardRef:
+    """A destination name a route forwards to, checked once all files are read.
+
+    :param ctx: The context of the file the reference is in.
+    :param node: The name's node, for the line.
+    :param key_path: The name's key path.
+    :param name: The destination name.
+    """
+
+    ctx: _Context
+    node: yaml.Node
+    key_path: str
+    name: str
+
+
+@dataclass(frozen=True)
+class _RouteName:
+    """A route name, checked for uniqueness across all files at the end.
+
+    :param ctx: The context of the file the route is in.
+    :param node: The name's node, for the line.
+    :param key_path: The name's key path.
+    :param name: The route name.
+    """
+
+    ctx: _Context
+    node: yaml.Node
+    key_path: str
+    name: str
+
+
+class _Shared:
+    """What the configuration file and its route files share during one load.
+
+    Cross-references (a route naming a destination, route names unique
+    across files) can only be checked once every file is read, so the
+    checkers record them here and :func:`_check_references` resolves them.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+        #: Files in the order they were read, for sorting errors by file.
+        self.files: list[str] = []
+        #: Absolute paths of the route files already read (a file matched
+        #: by two patterns is read once).
+        self.route_files: set[str] = set()
+        #: The configured destination names; ``None`` when the
+        #: ``destinations`` section is unreadable, so its names are unknown
+        #: and references to them are not reported as unknown.
+        self.destination_names: frozenset[str] | None = frozenset()
+        self.forward_refs: list[_ForwardRef] = []
+        self.route_names: list[_RouteName] = []
+
+
 class _Context:
-    """The state of one load: where the file is, and the errors found so far.
+    """The state of one load of one file: where it is, and the errors found so far.
 
     :param source_name: The file name used in error messages.
     :param base_dir: The absolute folder relative paths are resolved against.
+    :param display_dir: The folder other files' names are shown relative to
+        (the folder of ``source_name`` as the operator wrote it).
+    :param source_path: The file's absolute path, or ``""`` for text.
+    :param shared: The state shared with the other files of the same load;
+        a fresh one when not given.
     """
 
-    def __init__(self, source_name: str, base_dir: str) -> None:
+    def __init__(
+        self,
+        source_name: str,
+        base_dir: str,
+        *,
+        display_dir: str = "",
+        source_path: str = "",
+        shared: _Shared | None = None,
+    ) -> None:
         self.source_name = source_name
         self.base_dir = base_dir
-        self.errors: list[ConfigError] = []
+        self.display_dir = display_dir
+        self.source_path = source_path
+        self.shared = _Shared() if shared is None else shared
+        self.shared.files.append(source_name)
+        # One list for every file of the load, so errors are all collected.
+        self.errors: list[ConfigError] = self.shared.errors
         # Converts int/float/bool scalars exactly as safe_load would.
         self.constructor = SafeConstructor()
 
@@ -125,11 +208,14 @@ class _Field:
     :param required: Whether the key must be present.
     :param default: Makes the value when an optional key is absent; when
         ``None``, the absent key is left out and the dataclass default applies.
+    :param attr: The dataclass parameter the value goes to, when it is not
+        named like the key (``min_free`` -> ``min_free_bytes``).
     """
 
     check: Checker
     required: bool = False
     default: Callable[[], Any] | None = None
+    attr: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -324,11 +410,15 @@ def _scalar_python_value(node: yaml.Node, path: str, ctx: _Context) -> object:
     return None
 
 
-def _duration(minimum_exclusive: float, maximum: float) -> Checker:
+def _duration(
+    minimum_exclusive: float, maximum: float, *, zero_allowed: bool = False
+) -> Checker:
     """Make a checker for a duration, via :func:`parse_duration`.
 
     :param minimum_exclusive: Values must be greater than this.
     :param maximum: Values must be at most this many seconds.
+    :param zero_allowed: Accept 0 as well (it means "off" for windows and
+        retention periods).
     :returns: The checker; it yields float seconds.
     """
 
@@ -342,14 +432,51 @@ def _duration(minimum_exclusive: float, maximum: float) -> Checker:
             seconds = parse_duration(value)
         except ValueError as error:
             return ctx.error(node, path, str(error))
+        if zero_allowed and seconds == 0:
+            return seconds
         if not minimum_exclusive < seconds <= maximum:
+            lower = (
+                f"at least {minimum_exclusive:g}"
+                if zero_allowed and minimum_exclusive == 0
+                else f"more than {minimum_exclusive:g}"
+            )
             return ctx.error(
                 node,
                 path,
-                f"must be more than {minimum_exclusive:g} and at most {maximum:g} "
-                f"seconds, got {seconds:g}",
+                f"must be {lower} and at most {maximum:g} seconds, got {seconds:g}",
             )
         return seconds
+
+    return check
+
+
+def _number(minimum: float | None = None, maximum: float | None = None) -> Checker:
+    """Make a checker for a finite number (integer or fraction) within bounds.
+
+    :param minimum: The smallest accepted value, if any (inclusive).
+    :param maximum: The largest accepted value, if any (inclusive).
+    :returns: The checker; it yields a float.
+    """
+
+    def check(node: yaml.Node, path: str, ctx: _Context) -> float | _Invalid:
+        # Booleans and quoted numbers are refused, as for integers.
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT, _FLOAT):
+            return _expected(ctx, node, path, _range_phrase("a number", minimum, maximum))
+        value = _construct(node, path, ctx)
+        if value is INVALID:
+            return INVALID
+        assert isinstance(value, (int, float))
+        number = float(value)
+        # YAML spells infinity and NaN .inf and .nan; neither is a setting.
+        if math.isnan(number) or math.isinf(number):
+            return ctx.error(node, path, f"must be a finite number, got {node.value}")
+        if (minimum is not None and number < minimum) or (
+            maximum is not None and number > maximum
+        ):
+            return ctx.error(
+                node, path, f"must be {_range_phrase('a number', minimum, maximum)}, got {number:g}"
+            )
+        return number
 
     return check
 
@@ -534,6 +661,7 @@ def _check_fields(
     fields: Mapping[str, _Field],
     *,
     null_is_empty: bool = False,
+    foreign: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | _Invalid:
     """Check a mapping against a field table.
 
@@ -547,6 +675,9 @@ def _check_fields(
     :param fields: The allowed keys and their checkers.
     :param null_is_empty: Treat a null node as an empty mapping (so
         ``limits:`` with every entry commented out means the defaults).
+    :param foreign: Keys that are not allowed here but have a meaning
+        elsewhere, with the message explaining why (a DICOM destination's
+        key in a folder destination, a routing rule not supported yet).
     :returns: ``{key: value}`` for present keys and for absent keys with a
         default factory, or :data:`INVALID` if anything was wrong.
     """
@@ -559,7 +690,11 @@ def _check_fields(
         return INVALID
     assert isinstance(entries, dict)
     for key, (key_node, _value_node) in entries.items():
-        if key not in fields:
+        if key in fields:
+            continue
+        if foreign is not None and key in foreign:
+            ctx.error(key_node, _child(path, key), foreign[key])
+        else:
             ctx.error(key_node, _child(path, key), _unknown_key_message(key, fields))
     values: dict[str, Any] = {}
     for key, spec in fields.items():
@@ -590,6 +725,30 @@ def _unknown_key_message(key: str, fields: Mapping[str, _Field]) -> str:
     return f"unknown key {key!r}; expected one of: {', '.join(fields)}"
 
 
+def _by_attr(values: Mapping[str, Any], fields: Mapping[str, _Field]) -> dict[str, Any]:
+    """Rename checked values from their keys to their dataclass parameters.
+
+    :param values: ``{key: value}`` as :func:`_check_fields` returns it.
+    :param fields: The field table, whose ``attr`` entries give the names.
+    :returns: ``{parameter: value}``.
+    """
+    return {fields[key].attr or key: value for key, value in values.items()}
+
+
+def _value_node(node: yaml.Node, key: str) -> yaml.Node | None:
+    """Find the value node of a key in a mapping node, for error lines.
+
+    :param node: The mapping node (anything else has no keys).
+    :param key: The key.
+    :returns: The first value node of that key, or ``None``.
+    """
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return value_node
+    return None
+
+
 def _section(factory: Callable[..., Any], fields: Mapping[str, _Field]) -> Checker:
     """Make a checker that builds a dataclass from a mapping section.
 
@@ -604,7 +763,7 @@ def _section(factory: Callable[..., Any], fields: Mapping[str, _Field]) -> Check
         if values is INVALID:
             return INVALID
         assert isinstance(values, dict)
-        return factory(**values)
+        return factory(**_by_attr(values, fields))
 
     return check
 
@@ -695,6 +854,9 @@ _LIMITS_FIELDS: Final[Mapping[str, _Field]] = {
 
 _SPOOL_FIELDS: Final[Mapping[str, _Field]] = {
     "path": _Field(_check_path, required=True),
+    # 0 turns the free-space floor off (not advised; ENOSPC still gives 0xA700).
+    "min_free": _Field(_size(minimum=0), attr="min_free_bytes"),
+    "resume_margin": _Field(_size(minimum=0), attr="resume_margin_bytes"),
 }
 
 _check_spool_mapping: Final = _section(SpoolConfig, _SPOOL_FIELDS)
@@ -716,6 +878,527 @@ def _check_spool(node: yaml.Node, path: str, ctx: _Context) -> Any:
     return _expected(ctx, node, path, "a string (a path) or a mapping")
 
 
+# --------------------------------------------------------------------------
+# Destinations
+
+#: Destination names label metrics and are CLI arguments, so they are kept
+#: to characters that need no quoting anywhere.
+_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# The longest retry age and retention we accept: ten years. Longer is a typo.
+_MAX_AGE_SECONDS: Final = 3650 * 86400.0
+
+_RETRY_FIELDS: Final[Mapping[str, _Field]] = {
+    "initial_delay": _Field(_duration(0, _MAX_TIMER_SECONDS)),
+    "max_delay": _Field(_duration(0, _MAX_TIMER_SECONDS)),
+    "multiplier": _Field(_number(minimum=1)),
+    "jitter": _Field(_number(0, 1)),
+    "max_attempts": _Field(_integer(minimum=1)),
+    "max_age": _Field(_duration(0, _MAX_AGE_SECONDS)),
+    "unknown_status_attempts": _Field(_integer(minimum=1)),
+}
+
+_check_retry_fields: Final = _section(RetryConfig, _RETRY_FIELDS)
+
+
+def _check_retry(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a ``retry`` section; the first delay may not exceed the largest.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`RetryConfig`, or :data:`INVALID`.
+    """
+    retry = _check_retry_fields(node, path, ctx)
+    if retry is INVALID:
+        return INVALID
+    assert isinstance(retry, RetryConfig)
+    if retry.initial_delay > retry.max_delay:
+        # Point at whichever of the two the file gives (defaults fill the other).
+        where, key = _value_node(node, "initial_delay"), "initial_delay"
+        if where is None:
+            where, key = _value_node(node, "max_delay"), "max_delay"
+        return ctx.error(
+            where,
+            _child(path, key),
+            f"initial_delay ({retry.initial_delay:g}s) must not exceed "
+            f"max_delay ({retry.max_delay:g}s)",
+        )
+    return retry
+
+
+_CIRCUIT_FIELDS: Final[Mapping[str, _Field]] = {
+    "failures": _Field(_integer(minimum=1)),
+}
+
+_TIMEOUT_FIELDS: Final[Mapping[str, _Field]] = {
+    "connect": _Field(_duration(0, _MAX_TIMER_SECONDS), attr="connect_timeout"),
+    # The ARTIM timer of a requestor (PS3.8 9.1.5).
+    "acse": _Field(_duration(0, _MAX_TIMER_SECONDS), attr="acse_timeout"),
+    "dimse": _Field(_duration(0, _MAX_TIMER_SECONDS), attr="dimse_timeout"),
+}
+
+
+def _check_timeouts(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a DICOM destination's ``timeouts`` section.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: ``{parameter: seconds}`` for the keys given, or :data:`INVALID`.
+    """
+    values = _check_fields(node, path, ctx, _TIMEOUT_FIELDS, null_is_empty=True)
+    if values is INVALID:
+        return INVALID
+    assert isinstance(values, dict)
+    return _by_attr(values, _TIMEOUT_FIELDS)
+
+
+# The keys that make a destination one kind or the other.
+_DICOM_KIND_KEYS: Final = ("ae_title", "host", "port")
+_FOLDER_KIND_KEY: Final = "folder"
+
+_DICOM_FIELDS: Final[Mapping[str, _Field]] = {
+    "ae_title": _Field(_check_ae_title, required=True),
+    "host": _Field(_check_string, required=True),
+    "port": _Field(_integer(1, 65535), required=True),
+    "calling_ae_title": _Field(_check_ae_title),
+    "max_associations": _Field(_integer(1, 64)),
+    "batch_size": _Field(_integer(1, 10000)),
+    "idle_release": _Field(_duration(0, _MAX_TIMER_SECONDS)),
+    # As for the listeners (PS3.8 D.1).
+    "max_pdu_length": _Field(_integer(4096, 16777216)),
+    "timeouts": _Field(_check_timeouts),
+    "retry": _Field(_check_retry),
+    "circuit": _Field(_section(CircuitConfig, _CIRCUIT_FIELDS)),
+}
+
+
+def _check_pattern(node: yaml.Node, path: str, ctx: _Context) -> str | _Invalid:
+    """Accept a folder destination's file-name pattern.
+
+    The pattern is a relative path of literal text and ``{Field}`` references
+    to :data:`FOLDER_PATTERN_FIELDS` (``{{`` and ``}}`` are literal braces).
+    It may not be absolute, climb with ``..``, or end in a folder, so the
+    files it names stay inside the destination folder whatever the values;
+    the values themselves are validated by the folder writer.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The pattern, or :data:`INVALID`.
+    """
+    value = _check_string(node, path, ctx)
+    if value is INVALID:
+        return INVALID
+    assert isinstance(value, str)
+    problems: list[str] = []
+    if "\x00" in value:
+        problems.append("a pattern must not contain a NUL character")
+    # "/x", "\\x", "C:x" and "~/x" all leave the folder.
+    if value.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", value):
+        problems.append(f"the pattern {value!r} must be a relative path, not an absolute one")
+    # Both separators count: the folder may be on a Windows share.
+    components = re.split(r"[/\\]", value)
+    if ".." in components:
+        problems.append(f"the pattern {value!r} must not contain '..' components")
+    if components[-1] == "":
+        problems.append(f"the pattern {value!r} must end with a file name, not a '/'")
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as error:
+        problems.append(f"invalid pattern {value!r}: {error}; write literal braces as {{{{ and }}}}")
+        parsed = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in FOLDER_PATTERN_FIELDS:
+            # Two suggestions: "StudyUID" is as close to StudyDate as to
+            # StudyInstanceUID.
+            close = difflib.get_close_matches(name, FOLDER_PATTERN_FIELDS, n=2, cutoff=0.6)
+            hint = (
+                "did you mean " + " or ".join(f"{{{field}}}" for field in close) + "?"
+                if close
+                else "use one of " + ", ".join(f"{{{field}}}" for field in FOLDER_PATTERN_FIELDS)
+            )
+            problems.append(f"unknown field {{{name}}} in the pattern; {hint}")
+        elif spec or conversion:
+            problems.append(f"{{{name}}}: format specifications and conversions are not supported")
+    for problem in problems:
+        ctx.error(node, path, problem)
+    return INVALID if problems else value
+
+
+_FOLDER_FIELDS: Final[Mapping[str, _Field]] = {
+    _FOLDER_KIND_KEY: _Field(_check_path, required=True, attr="path"),
+    "pattern": _Field(_check_pattern),
+    "retry": _Field(_check_retry),
+    "circuit": _Field(_section(CircuitConfig, _CIRCUIT_FIELDS)),
+}
+
+# Keys of one kind found in a destination of the other kind get a message
+# that says so, rather than "unknown key".
+_ONLY_DICOM: Final[Mapping[str, str]] = {
+    key: f"{key!r} applies only to DICOM destinations (ae_title, host, port), "
+    "and this one is a folder destination"
+    for key in _DICOM_FIELDS
+    if key not in _FOLDER_FIELDS
+}
+_ONLY_FOLDER: Final[Mapping[str, str]] = {
+    key: f"{key!r} applies only to folder destinations, "
+    "and this one is a DICOM destination (it has ae_title, host, port)"
+    for key in _FOLDER_FIELDS
+    if key not in _DICOM_FIELDS
+}
+
+
+def _check_destination(
+    name: str, key_node: yaml.Node, node: yaml.Node, path: str, ctx: _Context
+) -> Any:
+    """Accept one destination, of whichever kind its keys say.
+
+    A destination with ``folder:`` is a folder; one with ``ae_title``,
+    ``host`` and ``port`` is a DICOM AE. Both at once, or neither, is an
+    error naming the destination (at its name's line).
+
+    :param name: The destination's name.
+    :param key_node: The name's node.
+    :param node: The destination's mapping node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`DicomDestination` (whose ``calling_ae_title`` is
+        ``""`` when not given; the caller fills it in), a
+        :class:`FolderDestination`, or :data:`INVALID`.
+    """
+    if not isinstance(node, yaml.MappingNode):
+        return _expected(ctx, node, path, "a mapping")
+    keys = {key.value for key, _value in node.value if isinstance(key, yaml.ScalarNode)}
+    dicom_keys = [key for key in _DICOM_KIND_KEYS if key in keys]
+    if _FOLDER_KIND_KEY in keys and dicom_keys:
+        return ctx.error(
+            key_node,
+            path,
+            f"destination {name!r} mixes a folder destination (folder) with DICOM keys "
+            f"({', '.join(dicom_keys)}); give either folder: or ae_title, host and port",
+        )
+    if _FOLDER_KIND_KEY in keys:
+        values = _check_fields(node, path, ctx, _FOLDER_FIELDS, foreign=_ONLY_DICOM)
+        if values is INVALID:
+            return INVALID
+        assert isinstance(values, dict)
+        return FolderDestination(name=name, **_by_attr(values, _FOLDER_FIELDS))
+    if not dicom_keys:
+        return ctx.error(
+            key_node,
+            path,
+            f"destination {name!r} is neither a folder (folder:) nor a DICOM AE "
+            "(ae_title, host and port); give one of them",
+        )
+    values = _check_fields(node, path, ctx, _DICOM_FIELDS, foreign=_ONLY_FOLDER)
+    if values is INVALID:
+        return INVALID
+    assert isinstance(values, dict)
+    timeouts = values.pop("timeouts", {})
+    values.setdefault("calling_ae_title", "")
+    return DicomDestination(name=name, **_by_attr(values, _DICOM_FIELDS), **timeouts)
+
+
+def _check_destinations(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept the ``destinations`` mapping of names to destinations.
+
+    The names are recorded for the routes' references even when a
+    destination is invalid, so one mistake is not reported again at every
+    route that names it.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of destinations in file order, or :data:`INVALID`.
+    """
+    if _is_null(node):
+        return ()
+    entries = _mapping_entries(node, path, ctx)
+    if entries is INVALID:
+        ctx.shared.destination_names = None
+        return INVALID
+    assert isinstance(entries, dict)
+    ctx.shared.destination_names = frozenset(entries)
+    destinations: list[Any] = []
+    for name, (key_node, value_node) in entries.items():
+        dest_path = _child(path, name)
+        if not _NAME_PATTERN.fullmatch(name):
+            ctx.error(
+                key_node,
+                dest_path,
+                f"invalid destination name {name!r}: use 1 to 64 letters, digits, "
+                "'_', '.' or '-' (names label metrics and are command arguments)",
+            )
+            destinations.append(INVALID)
+            continue
+        destinations.append(_check_destination(name, key_node, value_node, dest_path, ctx))
+    if any(destination is INVALID for destination in destinations):
+        return INVALID
+    return tuple(destinations)
+
+
+# --------------------------------------------------------------------------
+# Routes
+
+# Route keys that the routing-rules issue implements. Until then they are
+# errors: a gateway that silently ignored "drop" or "match" would forward
+# what the operator meant to hold back.
+_RULE_KEYS: Final = ("match", "morph", "final", "drop", "reject")
+
+_NOT_SUPPORTED: Final[Mapping[str, str]] = {
+    key: f"{key!r} is not supported yet (routing rules come in a later release); "
+    "remove it: the gateway does not ignore a rule it cannot apply"
+    for key in _RULE_KEYS
+}
+
+
+def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a route's ``forward`` list of destination names.
+
+    Each name is recorded for :func:`_check_references`, which checks it
+    against the configured destinations once every file is read.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of names, or :data:`INVALID`.
+    """
+    names = _list_of(
+        _check_string,
+        non_empty=True,
+        empty_message="must name at least one destination",
+    )(node, path, ctx)
+    if names is INVALID:
+        return INVALID
+    assert isinstance(node, yaml.SequenceNode)
+    first: dict[str, int] = {}
+    ok = True
+    for index, (name, item_node) in enumerate(zip(names, node.value)):
+        item_path = _item(path, index)
+        if name in first:
+            ok = False
+            ctx.error(
+                item_node,
+                item_path,
+                f"destination {name!r} is already listed ({_item(path, first[name])})",
+            )
+            continue
+        first[name] = index
+        ctx.shared.forward_refs.append(_ForwardRef(ctx, item_node, item_path, name))
+    return names if ok else INVALID
+
+
+_ROUTE_FIELDS: Final[Mapping[str, _Field]] = {
+    "name": _Field(_check_string, required=True),
+    "forward": _Field(_check_forward, required=True),
+}
+
+
+def _check_route(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept one route: a ``name`` and a ``forward`` list.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`RouteConfig` whose ``origin`` is ``file:line``, or
+        :data:`INVALID`.
+    """
+    values = _check_fields(node, path, ctx, _ROUTE_FIELDS, foreign=_NOT_SUPPORTED)
+    name_node = _value_node(node, "name")
+    if name_node is not None and isinstance(name_node, yaml.ScalarNode):
+        if name_node.tag == _STR and name_node.value.strip():
+            ctx.shared.route_names.append(
+                _RouteName(ctx, name_node, _child(path, "name"), name_node.value)
+            )
+    if values is INVALID:
+        return INVALID
+    assert isinstance(values, dict)
+    origin = f"{ctx.source_name}:{node.start_mark.line + 1}"
+    return RouteConfig(origin=origin, **values)
+
+
+def _check_routes(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a list of routes (null means none).
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of :class:`RouteConfig`, or :data:`INVALID`.
+    """
+    if _is_null(node):
+        return ()
+    return _list_of(_check_route, non_empty=False)(node, path, ctx)
+
+
+# Glob characters, as the glob module reads them.
+_GLOB_MAGIC: Final = re.compile(r"[*?[]")
+
+
+def _check_route_files(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept ``route_files`` and load the route files it names.
+
+    Each entry is a path or glob pattern relative to the configuration
+    file. A pattern matching nothing is fine (an empty ``routes/`` folder);
+    a plain path naming no file is an error. Matched files are read in
+    sorted order, each once, the configuration file itself excepted.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of the :class:`RouteConfig` of every file, or
+        :data:`INVALID`.
+    """
+    if _is_null(node):
+        return ()
+    patterns = _list_of(_check_string, non_empty=False)(node, path, ctx)
+    if patterns is INVALID:
+        return INVALID
+    assert isinstance(node, yaml.SequenceNode)
+    routes: list[RouteConfig] = []
+    ok = True
+    for index, (pattern, item_node) in enumerate(zip(patterns, node.value)):
+        item_path = _item(path, index)
+        if "\x00" in pattern:
+            ok = False
+            ctx.error(item_node, item_path, "a path must not contain a NUL character")
+            continue
+        full = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(pattern)))
+        if _GLOB_MAGIC.search(pattern):
+            # Folders matched by a pattern (routes/*) are skipped, not errors.
+            matches = [m for m in sorted(glob.glob(full, recursive=True)) if not os.path.isdir(m)]
+        elif not os.path.exists(full):
+            ok = False
+            ctx.error(item_node, item_path, f"route file {pattern!r} does not exist ({full})")
+            continue
+        elif os.path.isdir(full):
+            ok = False
+            ctx.error(
+                item_node,
+                item_path,
+                f"{pattern!r} is a folder; use a pattern such as '{pattern}/*.yaml'",
+            )
+            continue
+        else:
+            matches = [full]
+        for match in matches:
+            match = os.path.abspath(match)
+            if match == ctx.source_path or match in ctx.shared.route_files:
+                continue
+            ctx.shared.route_files.add(match)
+            file_routes = _load_route_file(match, ctx)
+            if file_routes is INVALID:
+                ok = False
+            else:
+                routes.extend(file_routes)
+    return tuple(routes) if ok else INVALID
+
+
+def _load_route_file(file_path: str, ctx: _Context) -> Any:
+    """Read one route file: a YAML list of routes (empty means none).
+
+    Errors name the route file, as the operator would reach it from where
+    the configuration file was named, and lines in it; key paths start at
+    ``routes[i]`` for the file's *i*-th route.
+
+    :param file_path: The file's absolute path.
+    :param ctx: The configuration file's context.
+    :returns: A tuple of :class:`RouteConfig`, or :data:`INVALID`.
+    """
+    shown = os.path.normpath(
+        os.path.join(ctx.display_dir, os.path.relpath(file_path, ctx.base_dir))
+    )
+    file_ctx = _Context(
+        shown,
+        os.path.dirname(file_path),
+        display_dir=os.path.dirname(shown),
+        source_path=file_path,
+        shared=ctx.shared,
+    )
+    text = _read_text(file_path, shown, "route file")
+    if isinstance(text, ConfigError):
+        file_ctx.errors.append(text)
+        return INVALID
+    errors_before = len(file_ctx.errors)
+    root = _compose(text, file_ctx)
+    if root is None:
+        # An empty file (or one with every route commented out) is fine.
+        return INVALID if len(file_ctx.errors) > errors_before else ()
+    if not isinstance(root, yaml.SequenceNode):
+        return file_ctx.error(
+            root, "", f"a route file must hold a list of routes, got {_describe(root)}"
+        )
+    return _list_of(_check_route, non_empty=False)(root, "routes", file_ctx)
+
+
+def _check_references(ctx: _Context) -> None:
+    """Check what spans sections and files: route names, forwarded destinations.
+
+    Route names are unique across the configuration file and every route
+    file (the first definition wins, later ones are errors). Every name in
+    a ``forward`` list must be a configured destination.
+
+    :param ctx: The configuration file's context (its shared state holds
+        what every file recorded).
+    """
+    shared = ctx.shared
+    first: dict[str, str] = {}
+    for route in shared.route_names:
+        where = f"{route.ctx.source_name}:{route.node.start_mark.line + 1}"
+        if route.name in first:
+            route.ctx.error(
+                route.node,
+                route.key_path,
+                f"duplicate route name {route.name!r} (first defined at {first[route.name]})",
+            )
+        else:
+            first[route.name] = where
+    names = shared.destination_names
+    if names is None:
+        return
+    for ref in shared.forward_refs:
+        if ref.name in names:
+            continue
+        close = difflib.get_close_matches(ref.name, sorted(names), n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {close[0]!r}?"
+        elif names:
+            hint = "configured destinations: " + ", ".join(sorted(names))
+        else:
+            hint = "no destinations are configured"
+        ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
+
+
+def _default_of(name: str) -> Any:
+    """Read a :class:`GatewayConfig` field's default, to keep it in one place.
+
+    :param name: The field's name.
+    :returns: Its default value.
+    """
+    for spec in dataclass_fields(GatewayConfig):
+        if spec.name == name:
+            return spec.default
+    raise KeyError(name)  # pragma: no cover - a programming error
+
+
+# Sections holding one value of GatewayConfig: {window: 1h} and the like.
+_check_duplicates: Final = _section(
+    lambda window=_default_of("duplicate_window"): window,
+    {"window": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
+)
+_check_retention: Final = _section(
+    lambda keep_delivered=_default_of("keep_delivered"): keep_delivered,
+    {"keep_delivered": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
+)
+# An empty path means the default, <spool>/queue.sqlite (GatewayConfig).
+_check_queue: Final = _section(
+    lambda path="": path, {"path": _Field(_check_path)}
+)
+
+
 #: The top-level sections. A new section is one more line here.
 _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "ae_title": _Field(_check_ae_title, required=True),
@@ -723,6 +1406,13 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "accept": _Field(_section(AcceptConfig, _ACCEPT_FIELDS), default=AcceptConfig),
     "limits": _Field(_section(LimitsConfig, _LIMITS_FIELDS), default=LimitsConfig),
     "spool": _Field(_check_spool, required=True),
+    "queue": _Field(_check_queue, attr="queue_path"),
+    "duplicates": _Field(_check_duplicates, attr="duplicate_window"),
+    "retention": _Field(_check_retention, attr="keep_delivered"),
+    "destinations": _Field(_check_destinations),
+    "routes": _Field(_check_routes),
+    # Read after "routes", so the configuration file's routes come first.
+    "route_files": _Field(_check_route_files),
 }
 
 
@@ -731,50 +1421,28 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
 
 
 def load_config(path: str) -> GatewayConfig:
-    """Read, parse and validate a configuration file.
+    """Read, parse and validate a configuration file and its route files.
 
-    :param path: The file's path; errors name it as given.
+    :param path: The file's path; errors name it as given, and name route
+        files relative to the same folder.
     :returns: The validated configuration, with ``source`` set to the
         file's absolute path and relative paths resolved against its folder.
     :raises ConfigErrors: If the file cannot be read, is not valid UTF-8 or
-        YAML, or fails validation; it holds every problem found.
+        YAML, or fails validation; it holds every problem found, in every
+        file.
     """
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ConfigErrors(
-            [ConfigError(path, None, "", f"cannot read the configuration file: {reason}")]
-        ) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    path,
-                    None,
-                    "",
-                    f"the configuration file is larger than {MAX_CONFIG_BYTES} bytes",
-                )
-            ]
-        )
-    try:
-        # utf-8-sig drops a byte-order mark some editors write.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    path,
-                    line,
-                    "",
-                    f"the file is not valid UTF-8 (byte 0x{data[error.start]:02x})",
-                )
-            ]
-        ) from None
+    text = _read_text(path, path, "configuration file")
+    if isinstance(text, ConfigError):
+        raise ConfigErrors([text])
     absolute = os.path.abspath(path)
-    return _load(text, path, os.path.dirname(absolute), absolute)
+    return _load(
+        text,
+        path,
+        os.path.dirname(absolute),
+        absolute,
+        display_dir=os.path.dirname(path),
+        source_path=absolute,
+    )
 
 
 def load_config_text(text: str, source_name: str, base_dir: str) -> GatewayConfig:
@@ -783,24 +1451,63 @@ def load_config_text(text: str, source_name: str, base_dir: str) -> GatewayConfi
     :param text: The YAML text.
     :param source_name: The name errors use for the text, and the
         resulting configuration's ``source``.
-    :param base_dir: The folder relative paths are resolved against.
+    :param base_dir: The folder relative paths are resolved against; route
+        files are named by their absolute paths in errors.
     :returns: The validated configuration.
     :raises ConfigErrors: If the text is not valid YAML or fails validation.
     """
-    return _load(text, source_name, os.path.abspath(base_dir), source_name)
+    base = os.path.abspath(base_dir)
+    return _load(text, source_name, base, source_name, display_dir=base, source_path="")
 
 
-def _load(text: str, source_name: str, base_dir: str, source: str) -> GatewayConfig:
-    """Compose the YAML text and validate the tree.
+def _read_text(path: str, shown: str, what: str) -> str | ConfigError:
+    """Read a YAML file as text, within :data:`MAX_CONFIG_BYTES`.
+
+    :param path: The file's path.
+    :param shown: The file's name in errors.
+    :param what: ``"configuration file"`` or ``"route file"``, for messages.
+    :returns: The text, or the one error that stops it being read.
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return ConfigError(shown, None, "", f"cannot read the {what}: {reason}")
+    if len(data) > MAX_CONFIG_BYTES:
+        return ConfigError(shown, None, "", f"the {what} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        # utf-8-sig drops a byte-order mark some editors write.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return ConfigError(
+            shown, line, "", f"the file is not valid UTF-8 (byte 0x{data[error.start]:02x})"
+        )
+
+
+def _load(
+    text: str,
+    source_name: str,
+    base_dir: str,
+    source: str,
+    *,
+    display_dir: str,
+    source_path: str,
+) -> GatewayConfig:
+    """Compose the YAML text and validate the tree, route files included.
 
     :param text: The YAML text.
     :param source_name: The file name for error messages.
     :param base_dir: The absolute folder for relative paths.
     :param source: The value of :attr:`GatewayConfig.source`.
+    :param display_dir: The folder route file names are shown relative to.
+    :param source_path: The file's absolute path (``""`` for text), which
+        a route file pattern never matches.
     :returns: The validated configuration.
     :raises ConfigErrors: With every problem found.
     """
-    ctx = _Context(source_name, base_dir)
+    ctx = _Context(source_name, base_dir, display_dir=display_dir, source_path=source_path)
     root = _compose(text, ctx)
     if root is None:
         if not ctx.errors:
@@ -818,11 +1525,38 @@ def _load(text: str, source_name: str, base_dir: str, source: str) -> GatewayCon
         ctx.error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
         raise ConfigErrors(ctx.errors)
     values = _check_fields(root, "", ctx, _TOP_LEVEL)
+    _check_references(ctx)
     if ctx.errors or values is INVALID:
-        # Errors in document order; the sort is stable within a line.
-        raise ConfigErrors(sorted(ctx.errors, key=lambda error: error.line or 0))
+        # The configuration file first, then route files in the order they
+        # were read; by line within a file (the sort is stable).
+        order = {name: index for index, name in reversed(list(enumerate(ctx.shared.files)))}
+        raise ConfigErrors(
+            sorted(ctx.errors, key=lambda error: (order.get(error.file, 0), error.line or 0))
+        )
     assert isinstance(values, dict)
-    return GatewayConfig(source=source, **values)
+    return _assemble(source, values)
+
+
+def _assemble(source: str, values: Mapping[str, Any]) -> GatewayConfig:
+    """Build the configuration from the checked top-level values.
+
+    :param source: The value of :attr:`GatewayConfig.source`.
+    :param values: ``{key: value}`` for the top-level keys, all valid.
+    :returns: The configuration, with the routes of route files after those
+        of the configuration file, and each DICOM destination's calling AE
+        title defaulted to the gateway's own.
+    """
+    arguments = _by_attr(values, _TOP_LEVEL)
+    file_routes = arguments.pop("route_files", ())
+    arguments["routes"] = tuple(arguments.get("routes", ())) + tuple(file_routes)
+    ae_title = arguments["ae_title"]
+    arguments["destinations"] = tuple(
+        replace(destination, calling_ae_title=ae_title)
+        if isinstance(destination, DicomDestination) and not destination.calling_ae_title
+        else destination
+        for destination in arguments.get("destinations", ())
+    )
+    return GatewayConfig(source=source, **arguments)
 
 
 def _compose(text: str, ctx: _Context) -> yaml.Node | None:

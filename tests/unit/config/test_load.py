@@ -313,7 +313,7 @@ class UnknownKeyTests(LoadTestCase):
     def test_unrelated_key_lists_the_known_ones(self) -> None:
         """With no near miss, the known keys of that level are listed."""
         error = self.assertOneError(
-            MINIMAL + "destinations: []\n", 6, "destinations", "unknown key 'destinations'"
+            MINIMAL + "plugins: []\n", 6, "plugins", "unknown key 'plugins'"
         )
         self.assertIn("ae_title, listen, accept, limits, spool", error.message)
 
