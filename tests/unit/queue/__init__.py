@@ -1,0 +1,1 @@
+"""Tests for :mod:`gateway.queue`: the store mixin and the SQLite-only cases."""

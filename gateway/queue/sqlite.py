@@ -1,0 +1,730 @@
+"""The durable queue store on SQLite (WAL, ``synchronous=FULL``).
+
+Theory of operation
+===================
+
+The store is the gateway's journal of custody (HARDENING decision 10): an
+instance acknowledged to a modality has, before the C-STORE-RSP leaves, one
+row in ``instances`` and one row per (route, destination) in ``entries``,
+written in **one** transaction. From then on each entry row moves through the
+states of :class:`~gateway.queue.interfaces.EntryState`; every transition is
+one transaction too, so after ``kill -9`` (or a power cut, thanks to
+``synchronous=FULL``) the file holds either all of a transition or none of it
+(HARDENING F14). The ``state`` column is one value with a ``CHECK``
+constraint: an entry cannot be in two states, or in none.
+
+Durability and concurrency
+--------------------------
+* ``journal_mode=WAL``: readers never block the writer and the writer never
+  blocks readers, so ``dicom-gateway queue list`` (another process) reads a
+  consistent snapshot while the gateway commits.
+* ``synchronous=FULL``: every commit is fsynced to the WAL before
+  :mod:`sqlite3` returns, which is what makes the acknowledgement safe.
+* ``busy_timeout``: a second writer (the CLI's ``pause``/``retry``/``purge``)
+  waits for the gateway's short transactions instead of failing at once.
+* Writes use ``BEGIN IMMEDIATE``: the write lock is taken at the start of the
+  transaction, so a read-then-write (``lease``: pick ids, then mark them) can
+  never interleave with another writer. This is what guarantees that ``lease``
+  never hands the same entry to two callers, even across processes.
+* One connection per store object, used from one thread at a time (the
+  gateway runs every call through a single-thread
+  :class:`~gateway.blocking.IBlockingRunner`); ``check_same_thread=False``
+  lets the owning thread differ from the one that opened the file.
+
+Schema and migrations
+---------------------
+``PRAGMA user_version`` holds the schema version. :data:`MIGRATIONS` is a
+list of functions; ``MIGRATIONS[i]`` takes a database from version ``i`` to
+``i + 1`` (version 0 is an empty file). On open, the store applies the
+missing ones inside one ``BEGIN IMMEDIATE`` transaction; a file whose version
+is newer than this code knows is refused (:class:`SchemaError`) rather than
+misread. A file that is already current is opened without taking the write
+lock, so the CLI can open it while the gateway holds a write transaction.
+
+Indexes (each serves a hot query with 100k+ entries)
+----------------------------------------------------
+* ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
+  ``lease`` walks a destination's QUEUED entries in id order (oldest first)
+  and filters due time and shard from the index alone, stopping after
+  ``limit`` hits; ``entries`` and ``stats`` use its prefix.
+* ``entries_due (destination, state, next_attempt_at)``: ``next_due``.
+* ``entries_instance (instance_id, state)``: an instance's entries for
+  ``find``, ``finished_instances``, ``forget_instance`` and duplicate lookup.
+* ``instances`` by SOP Instance UID, Study Instance UID, Patient ID,
+  Accession Number (``find``, duplicate lookup) and ``received_at``
+  (``finished_instances``).
+
+Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
+(the test mixin pins them for both):
+
+* ``attempts`` counts recorded failed attempts with ``counted=True``
+  (:meth:`retry`); ``complete`` does not change it.
+* ``dead_letter`` appends ``Attempt(now, reason, counted=False)`` to the
+  history, so the reason survives an operator's ``requeue_dead``.
+* ``requeue_dead`` always gives the entry a new id (the tail of the queue is
+  the highest id) with ``enqueued_at = next_attempt_at = now``.
+* A DUPLICATE entry never makes a later re-send a duplicate: the window runs
+  from the entry that was actually forwarded.
+* ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
+  raises :class:`KeyError` for an entry that is not LEASED and
+  ``dead_letter`` for one that is not QUEUED or LEASED.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from zope.interface import implementer
+
+from gateway.queue.interfaces import (
+    AddResult,
+    Attempt,
+    DestinationStats,
+    Entry,
+    EntryState,
+    InstanceRecord,
+    IQueueStore,
+    NewEntry,
+)
+
+__all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash"]
+
+#: How long a connection waits for another writer's lock, in milliseconds.
+BUSY_TIMEOUT_MS = 5000
+
+
+class SchemaError(Exception):
+    """The database file's schema version is one this code cannot use."""
+
+
+def study_hash(study_instance_uid: str) -> int:
+    """The shard key of a study: crc32 of its UID (stable across processes and runs).
+
+    :param study_instance_uid: the Study Instance UID (may be empty).
+    :returns: an unsigned 32-bit integer.
+    """
+    return zlib.crc32(study_instance_uid.encode())
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    """Create the first schema: instances, entries, destinations and their indexes.
+
+    :param conn: a connection inside a write transaction.
+    """
+    statements = [
+        """
+        CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL,
+            transfer_syntax_uid TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            correlation_id TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL DEFAULT '',
+            series_instance_uid TEXT NOT NULL DEFAULT '',
+            patient_id TEXT NOT NULL DEFAULT '',
+            accession_number TEXT NOT NULL DEFAULT '',
+            modality TEXT NOT NULL DEFAULT '',
+            calling_ae_title TEXT NOT NULL DEFAULT '',
+            called_ae_title TEXT NOT NULL DEFAULT '',
+            source_address TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        """
+        CREATE TABLE entries (
+            entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL REFERENCES instances(instance_id),
+            route TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            path TEXT,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'leased', 'delivered', 'dead', 'duplicate')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            enqueued_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            leased_until REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            delivered_at REAL,
+            dead_reason TEXT NOT NULL DEFAULT '',
+            history TEXT NOT NULL DEFAULT '[]',
+            study_hash INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE destinations (
+            name TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            last_error_at REAL,
+            last_success_at REAL
+        )
+        """,
+        # lease: equality on (destination, state), walk in entry_id order,
+        # filter due time and shard without touching the table.
+        "CREATE INDEX entries_lease ON entries (destination, state, entry_id, next_attempt_at, study_hash)",
+        "CREATE INDEX entries_due ON entries (destination, state, next_attempt_at)",
+        "CREATE INDEX entries_instance ON entries (instance_id, state)",
+        "CREATE INDEX instances_sop ON instances (sop_instance_uid)",
+        "CREATE INDEX instances_study ON instances (study_instance_uid)",
+        "CREATE INDEX instances_patient ON instances (patient_id)",
+        "CREATE INDEX instances_accession ON instances (accession_number)",
+        "CREATE INDEX instances_received ON instances (received_at)",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+#: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_INSTANCE_COLUMNS = (
+    "instance_id",
+    "path",
+    "sop_class_uid",
+    "sop_instance_uid",
+    "transfer_syntax_uid",
+    "size",
+    "sha256",
+    "received_at",
+    "correlation_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "patient_id",
+    "accession_number",
+    "modality",
+    "calling_ae_title",
+    "called_ae_title",
+    "source_address",
+)
+
+_ENTRY_COLUMNS = (
+    "entry_id",
+    "route",
+    "destination",
+    "path",
+    "state",
+    "attempts",
+    "enqueued_at",
+    "next_attempt_at",
+    "last_error",
+    "delivered_at",
+    "dead_reason",
+    "history",
+)
+
+# One SELECT shape for every Entry: the entry's columns, then its instance's.
+_ENTRY_SELECT = (
+    "SELECT "
+    + ", ".join("e." + c for c in _ENTRY_COLUMNS)
+    + ", "
+    + ", ".join("i." + c for c in _INSTANCE_COLUMNS)
+    + " FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
+)
+_INSTANCE_SELECT = "SELECT " + ", ".join(_INSTANCE_COLUMNS) + " FROM instances"
+
+
+def _record_from_row(row: Sequence[Any]) -> InstanceRecord:
+    """Build an :class:`InstanceRecord` from a row in ``_INSTANCE_COLUMNS`` order."""
+    return InstanceRecord(**dict(zip(_INSTANCE_COLUMNS, row)))
+
+
+def _history_from_json(text: str) -> tuple[Attempt, ...]:
+    """Parse the ``history`` column (a JSON list of objects) into attempts."""
+    return tuple(Attempt(at=item["at"], error=item["error"], counted=item["counted"]) for item in json.loads(text))
+
+
+def _history_append(text: str, attempt: Attempt) -> str:
+    """Return the ``history`` column with ``attempt`` appended."""
+    items = json.loads(text)
+    items.append({"at": attempt.at, "error": attempt.error, "counted": attempt.counted})
+    return json.dumps(items, separators=(",", ":"))
+
+
+def _entry_from_row(row: Sequence[Any]) -> Entry:
+    """Build an :class:`Entry` from a row of ``_ENTRY_SELECT``."""
+    n = len(_ENTRY_COLUMNS)
+    values = dict(zip(_ENTRY_COLUMNS, row[:n]))
+    instance = _record_from_row(row[n:])
+    return Entry(
+        entry_id=values["entry_id"],
+        instance=instance,
+        route=values["route"],
+        destination=values["destination"],
+        # The entry's own (morphed) copy if it has one, else the shared spool file.
+        path=values["path"] if values["path"] is not None else instance.path,
+        state=EntryState(values["state"]),
+        attempts=values["attempts"],
+        enqueued_at=values["enqueued_at"],
+        next_attempt_at=values["next_attempt_at"],
+        last_error=values["last_error"],
+        delivered_at=values["delivered_at"],
+        dead_reason=values["dead_reason"],
+        history=_history_from_json(values["history"]),
+    )
+
+
+@implementer(IQueueStore)
+class SqliteQueueStore:
+    """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
+
+    :param path: the database file (created with the current schema if absent).
+    :raises SchemaError: the file's schema is newer than this code.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # isolation_level=None: no implicit transactions; we issue BEGIN ourselves.
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _version(self) -> int:
+        """The file's ``PRAGMA user_version``."""
+        version: int = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION`, taking the write lock only if needed."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._write():
+            # Re-read under the lock: another process may have migrated meanwhile.
+            version = self._version()
+            if version > SCHEMA_VERSION:
+                raise SchemaError(f"{self.path}: schema version {version} is newer than {SCHEMA_VERSION}")
+            for migration in MIGRATIONS[version:]:
+                migration(self._conn)
+            # PRAGMA takes no parameters; the value is our own integer.
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE``, then COMMIT, or ROLLBACK on any error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: a consistent snapshot across several SELECTs."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _state_of(self, entry_id: int) -> str | None:
+        """The state column of one entry, or None if there is no such entry."""
+        row = self._conn.execute("SELECT state FROM entries WHERE entry_id = ?", (entry_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _touch_destination(self, name: str, **columns: Any) -> None:
+        """Create the destination's row if absent and set ``columns`` on it."""
+        self._conn.execute("INSERT OR IGNORE INTO destinations (name) VALUES (?)", (name,))
+        if columns:
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            self._conn.execute(f"UPDATE destinations SET {assignments} WHERE name = ?", (*columns.values(), name))
+
+    def _get(self, entry_id: int) -> Entry:
+        """One entry (inside the caller's transaction, if any)."""
+        row = self._conn.execute(_ENTRY_SELECT + " WHERE e.entry_id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise KeyError(entry_id)
+        return _entry_from_row(row)
+
+    def _insert_entry(
+        self,
+        instance_id: str,
+        route: str,
+        destination: str,
+        path: str | None,
+        state: EntryState,
+        now: float,
+        hash_: int,
+        history: str = "[]",
+    ) -> int:
+        """Insert one entry row and return its id (the highest so far: the tail)."""
+        cursor = self._conn.execute(
+            "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
+            " next_attempt_at, history, study_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (instance_id, route, destination, path, state.value, now, now, history, hash_),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    # -- IQueueStore: intake ----------------------------------------------------
+
+    def add_instance(
+        self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
+    ) -> AddResult:
+        """Record a received instance and its entries in one transaction.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.add_instance`.
+
+        :raises ValueError: an instance with this id is already recorded.
+        """
+        hash_ = study_hash(record.study_instance_uid)
+        ids: list[int] = []
+        duplicates: list[str] = []
+        with self._write() as conn:
+            # Destinations that already have this exact instance (same UID and
+            # bytes) from an entry forwarded within the window (HARDENING
+            # decision 5). Looked up before inserting: only earlier entries count.
+            already: set[str] = set()
+            if duplicate_window > 0:
+                rows = conn.execute(
+                    "SELECT DISTINCT e.destination FROM instances i"
+                    " JOIN entries e ON e.instance_id = i.instance_id"
+                    " WHERE i.sop_instance_uid = ? AND i.sha256 = ?"
+                    " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= ?",
+                    (record.sop_instance_uid, record.sha256, now - duplicate_window),
+                )
+                already = {row[0] for row in rows}
+            try:
+                conn.execute(
+                    "INSERT INTO instances (" + ", ".join(_INSTANCE_COLUMNS) + ") VALUES ("
+                    + ", ".join("?" * len(_INSTANCE_COLUMNS)) + ")",
+                    tuple(getattr(record, column) for column in _INSTANCE_COLUMNS),
+                )
+            except sqlite3.IntegrityError as e:
+                raise ValueError(f"instance {record.instance_id!r} is already recorded") from e
+            for new in entries:
+                state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
+                if state is EntryState.DUPLICATE:
+                    duplicates.append(new.destination)
+                ids.append(self._insert_entry(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
+        return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
+
+    # -- IQueueStore: the worker's cycle -------------------------------------
+
+    def lease(
+        self, destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None
+    ) -> list[Entry]:
+        """Take up to ``limit`` due QUEUED entries of ``destination``, oldest first.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.lease`.
+        """
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            paused = conn.execute("SELECT paused FROM destinations WHERE name = ?", (destination,)).fetchone()
+            if paused is not None and paused[0]:
+                return []
+            sql = (
+                "SELECT entry_id FROM entries INDEXED BY entries_lease"
+                " WHERE destination = ? AND state = 'queued' AND next_attempt_at <= ?"
+            )
+            params: list[Any] = [destination, now]
+            if shard is not None:
+                sql += " AND study_hash % ? = ?"
+                params += [shard[1], shard[0]]
+            sql += " ORDER BY entry_id LIMIT ?"
+            params.append(limit)
+            ids = [row[0] for row in conn.execute(sql, params)]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE entries SET state = 'leased', leased_until = ? WHERE entry_id IN ({marks})",
+                (now + lease_seconds, *ids),
+            )
+            rows = conn.execute(_ENTRY_SELECT + f" WHERE e.entry_id IN ({marks}) ORDER BY e.entry_id", ids).fetchall()
+        return [_entry_from_row(row) for row in rows]
+
+    def complete(self, entry_ids: Sequence[int], now: float, warning: str = "") -> None:
+        """Mark leased entries DELIVERED; ids that are not LEASED are skipped.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.complete`.
+        """
+        with self._write() as conn:
+            destinations: set[str] = set()
+            for entry_id in entry_ids:
+                row = conn.execute(
+                    "UPDATE entries SET state = 'delivered', delivered_at = ?, last_error = ?, leased_until = NULL"
+                    " WHERE entry_id = ? AND state = 'leased' RETURNING destination",
+                    (now, warning, entry_id),
+                ).fetchone()
+                if row is not None:
+                    destinations.add(row[0])
+            for name in sorted(destinations):
+                self._touch_destination(name, last_success_at=now)
+
+    def retry(self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
+        """Return a LEASED entry to QUEUED for ``next_attempt_at``, recording the attempt.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.retry`.
+
+        :raises KeyError: no such entry, or it is not LEASED.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT destination, history FROM entries WHERE entry_id = ? AND state = 'leased'", (entry_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(entry_id)
+            destination, history = row
+            conn.execute(
+                "UPDATE entries SET state = 'queued', leased_until = NULL, next_attempt_at = ?, last_error = ?,"
+                " attempts = attempts + ?, history = ? WHERE entry_id = ?",
+                (next_attempt_at, error, 1 if counted else 0, _history_append(history, Attempt(now, error, counted)), entry_id),
+            )
+            self._touch_destination(destination, last_error=error, last_error_at=now)
+
+    def release(self, entry_ids: Sequence[int]) -> None:
+        """Return LEASED entries to QUEUED unchanged; other ids are skipped.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.release`.
+        """
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ? AND state = 'leased'",
+                [(entry_id,) for entry_id in entry_ids],
+            )
+
+    def dead_letter(self, entry_id: int, reason: str, now: float) -> None:
+        """Move a QUEUED or LEASED entry to DEAD with ``reason``.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.dead_letter`.
+
+        :raises KeyError: no such entry, or it is not QUEUED or LEASED.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT destination, history FROM entries WHERE entry_id = ? AND state IN ('queued', 'leased')",
+                (entry_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(entry_id)
+            destination, history = row
+            conn.execute(
+                "UPDATE entries SET state = 'dead', leased_until = NULL, dead_reason = ?, last_error = ?,"
+                " history = ? WHERE entry_id = ?",
+                (reason, reason, _history_append(history, Attempt(now, reason, False)), entry_id),
+            )
+            self._touch_destination(destination, last_error=reason, last_error_at=now)
+
+    # -- IQueueStore: operator actions --------------------------------------
+
+    def requeue_dead(self, entry_id: int, now: float, destination: str | None = None) -> int:
+        """Operator retry of a DEAD entry: a new id at the tail of the queue.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.requeue_dead`.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT instance_id, route, destination, path, history, study_hash FROM entries"
+                " WHERE entry_id = ? AND state = 'dead'",
+                (entry_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(entry_id)
+            instance_id, route, old_destination, path, history, hash_ = row
+            conn.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
+            target = old_destination if destination is None else destination
+            return self._insert_entry(instance_id, route, target, path, EntryState.QUEUED, now, hash_, history)
+
+    def requeue_instance(self, instance_id: str, destination: str, route: str, now: float) -> int:
+        """Operator replay: a new QUEUED entry for an instance (never a duplicate).
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.requeue_instance`.
+
+        :raises KeyError: no such instance.
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT study_instance_uid FROM instances WHERE instance_id = ?", (instance_id,)).fetchone()
+            if row is None:
+                raise KeyError(instance_id)
+            return self._insert_entry(instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(row[0]))
+
+    def purge(self, entry_id: int) -> None:
+        """Delete a DEAD entry for good.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.purge`.
+        """
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM entries WHERE entry_id = ? AND state = 'dead'", (entry_id,))
+            if cursor.rowcount != 1:
+                raise KeyError(entry_id)
+
+    def set_paused(self, destination: str, paused: bool) -> None:
+        """Hold (or release) a destination.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.set_paused`.
+        """
+        with self._write():
+            self._touch_destination(destination, paused=1 if paused else 0)
+
+    # -- IQueueStore: reading -----------------------------------------------
+
+    def get(self, entry_id: int) -> Entry:
+        """One entry with its history.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.get`.
+        """
+        return self._get(entry_id)
+
+    def entries(self, destination: str | None = None, state: EntryState | None = None, limit: int = 1000) -> list[Entry]:
+        """Entries filtered by destination and state, oldest (lowest id) first.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.entries`.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        if destination is not None:
+            clauses.append("e.destination = ?")
+            params.append(destination)
+        if state is not None:
+            clauses.append("e.state = ?")
+            params.append(state.value)
+        sql = _ENTRY_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.entry_id LIMIT ?"
+        params.append(limit)
+        return [_entry_from_row(row) for row in self._conn.execute(sql, params)]
+
+    def find(
+        self,
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+    ) -> list[tuple[InstanceRecord, list[Entry]]]:
+        """Instances matching every given criterion (oldest received first), each with its entries.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.find`.
+        """
+        criteria = {
+            "study_instance_uid": study_instance_uid,
+            "sop_instance_uid": sop_instance_uid,
+            "patient_id": patient_id,
+            "accession_number": accession_number,
+        }
+        given = {column: value for column, value in criteria.items() if value is not None}
+        where = " WHERE " + " AND ".join(f"{column} = ?" for column in given) if given else ""
+        with self._read() as conn:
+            records = [
+                _record_from_row(row)
+                for row in conn.execute(_INSTANCE_SELECT + where + " ORDER BY received_at, instance_id", tuple(given.values()))
+            ]
+            result = []
+            for record in records:
+                rows = conn.execute(_ENTRY_SELECT + " WHERE e.instance_id = ? ORDER BY e.entry_id", (record.instance_id,))
+                result.append((record, [_entry_from_row(row) for row in rows]))
+        return result
+
+    def stats(self, now: float) -> Mapping[str, DestinationStats]:
+        """Figures per destination that has entries or a destinations row.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.stats`.
+        """
+        with self._read() as conn:
+            counts: dict[str, dict[str, int]] = {}
+            for name, state, count in conn.execute(
+                "SELECT destination, state, count(*) FROM entries GROUP BY destination, state"
+            ):
+                counts.setdefault(name, {})[state] = count
+            oldest = dict(
+                conn.execute(
+                    "SELECT destination, min(enqueued_at) FROM entries"
+                    " WHERE state IN ('queued', 'leased') GROUP BY destination"
+                ).fetchall()
+            )
+            rows = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    "SELECT name, paused, last_error, last_error_at, last_success_at FROM destinations"
+                )
+            }
+        result: dict[str, DestinationStats] = {}
+        for name in sorted(set(counts) | set(rows)):
+            by_state = counts.get(name, {})
+            paused, last_error, last_error_at, last_success_at = rows.get(name, (0, "", None, None))
+            result[name] = DestinationStats(
+                destination=name,
+                queued=by_state.get("queued", 0),
+                in_flight=by_state.get("leased", 0),
+                dead=by_state.get("dead", 0),
+                delivered=by_state.get("delivered", 0),
+                duplicates=by_state.get("duplicate", 0),
+                oldest_queued_at=oldest.get(name),
+                last_error=last_error,
+                last_error_at=last_error_at,
+                last_success_at=last_success_at,
+                paused=bool(paused),
+            )
+        return result
+
+    def next_due(self, destination: str) -> float | None:
+        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.next_due`.
+        """
+        row = self._conn.execute(
+            "SELECT min(next_attempt_at) FROM entries WHERE destination = ? AND state = 'queued'", (destination,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # -- IQueueStore: lifecycle ----------------------------------------------
+
+    def recover(self, now: float) -> int:
+        """Every LEASED entry back to QUEUED (one UPDATE); attempts are kept.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.recover`.
+        """
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE entries SET state = 'queued', leased_until = NULL WHERE state = 'leased'")
+            return cursor.rowcount
+
+    def finished_instances(self, older_than: float, limit: int = 1000) -> list[InstanceRecord]:
+        """Instances received before ``older_than`` with nothing queued, leased or dead.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.finished_instances`.
+        """
+        rows = self._conn.execute(
+            _INSTANCE_SELECT + " AS i WHERE i.received_at < ? AND NOT EXISTS ("
+            "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
+            " ORDER BY i.received_at, i.instance_id LIMIT ?",
+            (older_than, limit),
+        )
+        return [_record_from_row(row) for row in rows]
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Delete an instance record and its entries (nothing happens if it is unknown).
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.forget_instance`.
+        """
+        with self._write() as conn:
+            conn.execute("DELETE FROM entries WHERE instance_id = ?", (instance_id,))
+            conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+    def instance_ids(self) -> set[str]:
+        """Every instance id on record.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.instance_ids`.
+        """
+        return {row[0] for row in self._conn.execute("SELECT instance_id FROM instances")}
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite when the last one closes)."""
+        self._conn.close()

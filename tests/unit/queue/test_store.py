@@ -1,0 +1,734 @@
+"""The ``QueueStoreTests`` mixin, run against the SQLite store and the in-memory fake.
+
+Buildbot's ``Tests``/``RealTests`` idea: one set of behaviour tests, two
+implementations, so the fake the forwarder's tests use cannot drift from the
+durable store. Signature parity is checked as Buildbot's
+``assertArgSpecMatches`` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import zlib
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from gateway.queue.interfaces import (
+    AddResult,
+    Attempt,
+    DestinationStats,
+    EntryState,
+    InstanceRecord,
+    IQueueStore,
+    NewEntry,
+)
+from gateway.queue.memory import MemoryQueueStore
+from gateway.queue.sqlite import SqliteQueueStore
+
+T0 = 1_700_000_000.0
+STUDY = "1.2.826.0.1.3680043.8.498.10"
+
+
+def make_record(instance_id: str, **overrides: Any) -> InstanceRecord:
+    """An InstanceRecord with plausible defaults; keyword arguments override fields."""
+    values: dict[str, Any] = dict(
+        instance_id=instance_id,
+        path=f"/spool/{instance_id}.dcm",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        sop_instance_uid=f"1.2.826.0.1.3680043.8.498.{zlib.crc32(instance_id.encode())}",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        size=1234,
+        sha256="ab" * 32,
+        received_at=T0,
+        correlation_id=f"corr-{instance_id}",
+        study_instance_uid=STUDY,
+        series_instance_uid=STUDY + ".1",
+        patient_id="PID1",
+        accession_number="ACC1",
+        modality="CT",
+        calling_ae_title="MODALITY",
+        called_ae_title="GATEWAY",
+        source_address="192.0.2.1",
+    )
+    values.update(overrides)
+    return InstanceRecord(**values)
+
+
+class QueueStoreTests:
+    """Behaviour every IQueueStore must have; mixed into a TestCase with ``make_store``."""
+
+    # Provided by the concrete TestCase classes below.
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertRaises: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertGreater: Any
+    addCleanup: Any
+
+    def make_store(self) -> Any:
+        """Return a fresh, empty store (implemented by each concrete class)."""
+        raise NotImplementedError
+
+    def store(self) -> Any:
+        """A fresh store closed at cleanup."""
+        s = self.make_store()
+        self.addCleanup(s.close)
+        return s
+
+    def add(self, store: Any, instance_id: str, destinations: tuple[str, ...] = ("A",), now: float = T0, window: float = 0.0, **overrides: Any) -> AddResult:
+        """Add an instance routed by route ``r`` to each of ``destinations``."""
+        record = make_record(instance_id, received_at=now, **overrides)
+        return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
+
+    # -- interface ----------------------------------------------------------
+
+    def test_provides_the_interface(self) -> None:
+        """The store fully provides IQueueStore (every method with its signature)."""
+        self.assertTrue(verifyObject(IQueueStore, self.store()))
+
+    # -- add_instance -----------------------------------------------------------
+
+    def test_add_instance_creates_queued_entries_in_order(self) -> None:
+        """Each NewEntry becomes a QUEUED entry due now, ids returned in the order given."""
+        s = self.store()
+        result = self.add(s, "i1", ("A", "B", "C"))
+        self.assertEqual(len(result.entry_ids), 3)
+        self.assertEqual(result.duplicates, ())
+        entries = [s.get(i) for i in result.entry_ids]
+        self.assertEqual([e.destination for e in entries], ["A", "B", "C"])
+        for e in entries:
+            self.assertEqual(e.state, EntryState.QUEUED)
+            self.assertEqual((e.attempts, e.enqueued_at, e.next_attempt_at), (0, T0, T0))
+            self.assertEqual((e.route, e.last_error, e.delivered_at, e.dead_reason, e.history), ("r", "", None, "", ()))
+        self.assertEqual(sorted(result.entry_ids), list(result.entry_ids))
+
+    def test_entry_carries_its_full_instance_record(self) -> None:
+        """An entry returns the InstanceRecord exactly as it was added, every field."""
+        s = self.store()
+        record = make_record("i1", modality="MR", source_address="198.51.100.7")
+        ids = s.add_instance(record, [NewEntry("r", "A")], T0, 0.0).entry_ids
+        self.assertEqual(s.get(ids[0]).instance, record)
+
+    def test_entry_path_is_instance_path_unless_morphed(self) -> None:
+        """An unmorphed entry sends the spooled file; a morphed one its own copy."""
+        s = self.store()
+        record = make_record("i1")
+        ids = s.add_instance(record, [NewEntry("plain", "A"), NewEntry("morph", "B", "/spool/i1.morph.dcm")], T0, 0.0).entry_ids
+        self.assertEqual(s.get(ids[0]).path, record.path)
+        self.assertEqual(s.get(ids[1]).path, "/spool/i1.morph.dcm")
+
+    def test_add_instance_without_entries_records_the_instance(self) -> None:
+        """An unrouted instance is on record with no entries."""
+        s = self.store()
+        result = self.add(s, "i1", ())
+        self.assertEqual(result.entry_ids, ())
+        self.assertEqual(s.instance_ids(), {"i1"})
+
+    def test_add_instance_twice_is_refused_and_changes_nothing(self) -> None:
+        """A second add with the same instance id raises ValueError and adds no entries."""
+        s = self.store()
+        self.add(s, "i1", ("A",))
+        self.assertRaises(ValueError, self.add, s, "i1", ("B",))
+        self.assertEqual([e.destination for e in s.entries()], ["A"])
+
+    # -- duplicates (HARDENING decision 5) --------------------------------------
+
+    def test_identical_resend_within_window_is_duplicate(self) -> None:
+        """Same UID and same sha256 within the window: stored as DUPLICATE and reported."""
+        s = self.store()
+        self.add(s, "i1", ("A", "B"), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A", "B"), now=T0 + 60, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ("A", "B"))
+        self.assertEqual([s.get(i).state for i in result.entry_ids], [EntryState.DUPLICATE] * 2)
+        self.assertEqual((s.stats(T0)["A"].duplicates, s.stats(T0)["A"].queued), (1, 1))
+
+    def test_duplicate_is_never_leased(self) -> None:
+        """A DUPLICATE entry is not forwarded: only the original is leased."""
+        s = self.store()
+        first = self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        self.add(s, "i2", ("A",), now=T0 + 1, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual([e.entry_id for e in s.lease("A", 10, T0 + 2, 30)], list(first.entry_ids))
+
+    def test_duplicate_only_for_destinations_that_have_it(self) -> None:
+        """A destination without the earlier instance gets a QUEUED entry."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A", "B"), now=T0 + 1, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ("A",))
+        self.assertEqual(s.get(result.entry_ids[1]).state, EntryState.QUEUED)
+
+    def test_resend_after_window_is_queued(self) -> None:
+        """Past the window an identical re-send is forwarded again."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A",), now=T0 + 3600.5, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ())
+        self.assertEqual(s.get(result.entry_ids[0]).state, EntryState.QUEUED)
+
+    def test_resend_exactly_at_window_edge_is_duplicate(self) -> None:
+        """The window is inclusive: enqueued exactly ``window`` seconds ago still counts."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A",), now=T0 + 3600, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ("A",))
+
+    def test_resend_with_other_bytes_is_queued(self) -> None:
+        """Same UID with another sha256 (a corrected instance) is forwarded."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A",), now=T0 + 1, sop_instance_uid="1.2.3", sha256="cd" * 32, window=3600)
+        self.assertEqual(result.duplicates, ())
+
+    def test_resend_of_other_uid_with_same_bytes_is_queued(self) -> None:
+        """Same sha256 under another SOP Instance UID is not a duplicate."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        result = self.add(s, "i2", ("A",), now=T0 + 1, sop_instance_uid="1.2.4", window=3600)
+        self.assertEqual(result.duplicates, ())
+
+    def test_resend_after_dead_letter_is_queued(self) -> None:
+        """A DEAD previous entry does not make the re-send a duplicate (the archive lacks it)."""
+        s = self.store()
+        first = self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        s.dead_letter(first.entry_ids[0], "refused", T0 + 1)
+        result = self.add(s, "i2", ("A",), now=T0 + 2, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ())
+
+    def test_delivered_previous_entry_makes_duplicate(self) -> None:
+        """A DELIVERED previous entry within the window makes the re-send a duplicate."""
+        s = self.store()
+        first = self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=3600)
+        s.lease("A", 1, T0, 30)
+        s.complete(first.entry_ids, T0 + 1)
+        result = self.add(s, "i2", ("A",), now=T0 + 2, sop_instance_uid="1.2.3", window=3600)
+        self.assertEqual(result.duplicates, ("A",))
+
+    def test_duplicate_entry_does_not_extend_the_window(self) -> None:
+        """The window runs from the forwarded entry, not from a later DUPLICATE one."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3", window=100)
+        self.assertEqual(self.add(s, "i2", ("A",), now=T0 + 90, sop_instance_uid="1.2.3", window=100).duplicates, ("A",))
+        self.assertEqual(self.add(s, "i3", ("A",), now=T0 + 150, sop_instance_uid="1.2.3", window=100).duplicates, ())
+
+    def test_window_zero_disables_duplicate_control(self) -> None:
+        """With a window of 0 every re-send is queued."""
+        s = self.store()
+        self.add(s, "i1", ("A",), sop_instance_uid="1.2.3")
+        result = self.add(s, "i2", ("A",), sop_instance_uid="1.2.3", window=0)
+        self.assertEqual(result.duplicates, ())
+
+    # -- lease ----------------------------------------------------------------
+
+    def test_lease_takes_oldest_first_up_to_limit(self) -> None:
+        """Lease returns the lowest ids first, at most ``limit``, and marks them LEASED."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(5)]
+        leased = s.lease("A", 3, T0, 30)
+        self.assertEqual([e.entry_id for e in leased], ids[:3])
+        self.assertEqual({e.state for e in leased}, {EntryState.LEASED})
+        self.assertEqual(s.get(ids[0]).state, EntryState.LEASED)
+        self.assertEqual(s.get(ids[3]).state, EntryState.QUEUED)
+
+    def test_lease_never_hands_an_entry_twice(self) -> None:
+        """A second lease gets the next entries, never one already leased."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(5)]
+        first = [e.entry_id for e in s.lease("A", 3, T0, 30)]
+        second = [e.entry_id for e in s.lease("A", 3, T0, 30)]
+        self.assertEqual(second, ids[3:])
+        self.assertEqual(set(first) & set(second), set())
+        self.assertEqual(s.lease("A", 3, T0, 30), [])
+
+    def test_lease_only_its_destination(self) -> None:
+        """Entries of another destination are never leased."""
+        s = self.store()
+        result = self.add(s, "i1", ("A", "B"))
+        self.assertEqual([e.entry_id for e in s.lease("B", 10, T0, 30)], [result.entry_ids[1]])
+
+    def test_lease_respects_due_time(self) -> None:
+        """An entry whose next attempt is in the future is not leased until it is due."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.retry(entry_id, T0 + 100, "A700", T0 + 1)
+        self.assertEqual(s.lease("A", 1, T0 + 99.9, 30), [])
+        self.assertEqual([e.entry_id for e in s.lease("A", 1, T0 + 100, 30)], [entry_id])
+
+    def test_lease_skips_not_due_and_keeps_order(self) -> None:
+        """A backed-off head does not block later due entries, which come in id order."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(3)]
+        s.lease("A", 1, T0, 30)
+        s.retry(ids[0], T0 + 100, "A700", T0)
+        self.assertEqual([e.entry_id for e in s.lease("A", 5, T0 + 1, 30)], ids[1:])
+
+    def test_lease_zero_limit_takes_nothing(self) -> None:
+        """A limit of 0 leases nothing."""
+        s = self.store()
+        self.add(s, "i1")
+        self.assertEqual(s.lease("A", 0, T0, 30), [])
+        self.assertEqual(s.stats(T0)["A"].queued, 1)
+
+    def test_paused_destination_leases_nothing_and_keeps_queueing(self) -> None:
+        """While paused nothing is leased; entries keep arriving; resume leases them."""
+        s = self.store()
+        self.add(s, "i1")
+        s.set_paused("A", True)
+        self.add(s, "i2")
+        self.assertEqual(s.lease("A", 10, T0, 30), [])
+        self.assertTrue(s.stats(T0)["A"].paused)
+        self.assertEqual(s.stats(T0)["A"].queued, 2)
+        s.set_paused("A", False)
+        self.assertEqual(len(s.lease("A", 10, T0, 30)), 2)
+        self.assertFalse(s.stats(T0)["A"].paused)
+
+    def test_pause_is_per_destination(self) -> None:
+        """Pausing one destination does not hold another."""
+        s = self.store()
+        self.add(s, "i1", ("A", "B"))
+        s.set_paused("A", True)
+        self.assertEqual(len(s.lease("B", 10, T0, 30)), 1)
+
+    def test_shards_partition_by_study(self) -> None:
+        """With shard (k, n) each entry goes to exactly the slot crc32(study) % n."""
+        s = self.store()
+        studies = [f"1.2.3.{n}" for n in range(12)]
+        for n, study in enumerate(studies):
+            for m in range(2):
+                self.add(s, f"i{n}-{m}", study_instance_uid=study)
+        seen: dict[int, set[str]] = {}
+        for k in range(3):
+            for e in s.lease("A", 100, T0, 30, shard=(k, 3)):
+                self.assertEqual(zlib.crc32(e.instance.study_instance_uid.encode()) % 3, k)
+                seen.setdefault(k, set()).add(e.instance.study_instance_uid)
+        self.assertEqual(sum(len(v) for v in seen.values()), len(studies))
+        self.assertGreater(len(seen), 1)
+        self.assertEqual(s.stats(T0)["A"].in_flight, 24)
+
+    def test_shard_keeps_study_order(self) -> None:
+        """Within one shard a study's entries come oldest first."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", study_instance_uid="1.2.3.7").entry_ids[0] for n in range(4)]
+        k = zlib.crc32(b"1.2.3.7") % 4
+        self.assertEqual([e.entry_id for e in s.lease("A", 10, T0, 30, shard=(k, 4))], ids)
+        self.assertEqual(s.lease("A", 10, T0, 30, shard=((k + 1) % 4, 4)), [])
+
+    def test_leased_entry_carries_instance_and_history(self) -> None:
+        """A leased entry comes with its instance record and its history so far."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.retry(entry_id, T0, "A700", T0 + 1)
+        (e,) = s.lease("A", 1, T0 + 2, 30)
+        self.assertEqual(e.instance.instance_id, "i1")
+        self.assertEqual(e.history, (Attempt(T0 + 1, "A700", True),))
+        self.assertEqual(e.attempts, 1)
+
+    # -- complete / retry / release -------------------------------------------
+
+    def test_complete_marks_delivered(self) -> None:
+        """complete moves leased entries to DELIVERED with the time and records success."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(2)]
+        s.lease("A", 2, T0, 30)
+        s.complete(ids, T0 + 5)
+        for entry_id in ids:
+            e = s.get(entry_id)
+            self.assertEqual((e.state, e.delivered_at, e.last_error), (EntryState.DELIVERED, T0 + 5, ""))
+        self.assertEqual(s.stats(T0)["A"].last_success_at, T0 + 5)
+        self.assertEqual(s.stats(T0)["A"].delivered, 2)
+
+    def test_complete_with_warning_keeps_it(self) -> None:
+        """A warning status is delivered and kept as last_error."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.complete([entry_id], T0 + 1, warning="B000 coercion of data elements")
+        e = s.get(entry_id)
+        self.assertEqual((e.state, e.last_error), (EntryState.DELIVERED, "B000 coercion of data elements"))
+
+    def test_complete_skips_entries_not_leased(self) -> None:
+        """complete leaves a QUEUED entry QUEUED and ignores unknown ids."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.complete([entry_id, 999], T0)
+        self.assertEqual(s.get(entry_id).state, EntryState.QUEUED)
+        self.assertIsNone(s.stats(T0)["A"].last_success_at)
+
+    def test_retry_counts_attempt_and_records_history(self) -> None:
+        """retry returns a leased entry to QUEUED, counts the attempt and records it."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.retry(entry_id, T0 + 10, "A700 out of resources", T0 + 1)
+        e = s.get(entry_id)
+        self.assertEqual((e.state, e.attempts, e.next_attempt_at, e.last_error), (EntryState.QUEUED, 1, T0 + 10, "A700 out of resources"))
+        self.assertEqual(e.history, (Attempt(T0 + 1, "A700 out of resources", True),))
+        stats = s.stats(T0)["A"]
+        self.assertEqual((stats.last_error, stats.last_error_at), ("A700 out of resources", T0 + 1))
+
+    def test_retry_uncounted_records_without_counting(self) -> None:
+        """counted=False records the error in history but does not count an attempt."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.retry(entry_id, T0 + 10, "connection refused", T0 + 1, counted=False)
+        e = s.get(entry_id)
+        self.assertEqual(e.attempts, 0)
+        self.assertEqual(e.history, (Attempt(T0 + 1, "connection refused", False),))
+
+    def test_retry_history_accumulates_in_order(self) -> None:
+        """Successive retries append to the history in order."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        for n in range(3):
+            s.lease("A", 1, T0 + n, 30)
+            s.retry(entry_id, T0 + n + 1, f"err{n}", T0 + n, counted=n != 1)
+        e = s.get(entry_id)
+        self.assertEqual([a.error for a in e.history], ["err0", "err1", "err2"])
+        self.assertEqual(e.attempts, 2)
+
+    def test_retry_of_entry_not_leased_raises(self) -> None:
+        """retry of a QUEUED or unknown entry raises KeyError and changes nothing."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        self.assertRaises(KeyError, s.retry, entry_id, T0 + 1, "x", T0)
+        self.assertRaises(KeyError, s.retry, 999, T0 + 1, "x", T0)
+        self.assertEqual(s.get(entry_id).history, ())
+
+    def test_release_returns_unchanged(self) -> None:
+        """release puts leased entries back as they were: same attempts, due time and order."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(3)]
+        s.lease("A", 3, T0, 30)
+        s.release(ids[:2] + [999])
+        e = s.get(ids[0])
+        self.assertEqual((e.state, e.attempts, e.history, e.next_attempt_at), (EntryState.QUEUED, 0, (), T0))
+        self.assertEqual(s.get(ids[2]).state, EntryState.LEASED)
+        self.assertEqual([e.entry_id for e in s.lease("A", 5, T0, 30)], ids[:2])
+
+    # -- dead letters --------------------------------------------------------
+
+    def test_dead_letter_keeps_reason(self) -> None:
+        """dead_letter moves a leased entry to DEAD with its reason, recorded in history."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.dead_letter(entry_id, "no accepted presentation context", T0 + 1)
+        e = s.get(entry_id)
+        self.assertEqual((e.state, e.dead_reason), (EntryState.DEAD, "no accepted presentation context"))
+        self.assertEqual(e.history[-1], Attempt(T0 + 1, "no accepted presentation context", False))
+        self.assertEqual(e.attempts, 0)
+        self.assertEqual(s.stats(T0)["A"].dead, 1)
+        self.assertEqual(s.lease("A", 1, T0 + 2, 30), [])
+
+    def test_dead_letter_of_queued_entry(self) -> None:
+        """A QUEUED entry may be dead-lettered directly (for instance past max_age)."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.dead_letter(entry_id, "max_age", T0 + 1)
+        self.assertEqual(s.get(entry_id).state, EntryState.DEAD)
+
+    def test_dead_letter_of_delivered_or_unknown_raises(self) -> None:
+        """A DELIVERED entry cannot be dead-lettered; neither can an unknown id."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.complete([entry_id], T0)
+        self.assertRaises(KeyError, s.dead_letter, entry_id, "x", T0)
+        self.assertRaises(KeyError, s.dead_letter, 999, "x", T0)
+        self.assertEqual(s.get(entry_id).state, EntryState.DELIVERED)
+
+    def test_dead_letter_does_not_block_those_behind(self) -> None:
+        """After a poisoned head is dead-lettered, the next entry is leased."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(2)]
+        s.lease("A", 1, T0, 30)
+        s.dead_letter(ids[0], "C000", T0)
+        self.assertEqual([e.entry_id for e in s.lease("A", 1, T0, 30)], [ids[1]])
+
+    def test_requeue_dead_goes_to_the_tail(self) -> None:
+        """A requeued dead letter gets a new id after every other entry and restarts attempts."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(3)]
+        s.lease("A", 1, T0, 30)
+        s.retry(ids[0], T0, "A700", T0)
+        s.lease("A", 1, T0, 30)
+        s.dead_letter(ids[0], "C000", T0 + 1)
+        new_id = s.requeue_dead(ids[0], T0 + 50)
+        self.assertGreater(new_id, max(ids))
+        self.assertRaises(KeyError, s.get, ids[0])
+        e = s.get(new_id)
+        self.assertEqual((e.state, e.attempts, e.destination, e.enqueued_at, e.next_attempt_at), (EntryState.QUEUED, 0, "A", T0 + 50, T0 + 50))
+        self.assertEqual([a.error for a in e.history], ["A700", "C000"])
+        self.assertEqual([x.entry_id for x in s.lease("A", 10, T0 + 50, 30)], ids[1:] + [new_id])
+
+    def test_requeue_dead_retargets(self) -> None:
+        """With a destination the dead letter moves there, keeping route and path."""
+        s = self.store()
+        record = make_record("i1")
+        entry_id = s.add_instance(record, [NewEntry("morph", "A", "/spool/m.dcm")], T0, 0).entry_ids[0]
+        s.dead_letter(entry_id, "C000", T0)
+        new_id = s.requeue_dead(entry_id, T0 + 1, destination="B")
+        e = s.get(new_id)
+        self.assertEqual((e.destination, e.route, e.path, e.state), ("B", "morph", "/spool/m.dcm", EntryState.QUEUED))
+        self.assertEqual(s.stats(T0)["A"].dead, 0)
+        self.assertEqual([x.entry_id for x in s.lease("B", 10, T0 + 1, 30)], [new_id])
+
+    def test_requeue_dead_refuses_entries_not_dead(self) -> None:
+        """requeue_dead of a QUEUED or unknown entry raises KeyError."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        self.assertRaises(KeyError, s.requeue_dead, entry_id, T0)
+        self.assertRaises(KeyError, s.requeue_dead, 999, T0)
+        self.assertEqual(s.get(entry_id).state, EntryState.QUEUED)
+
+    def test_requeue_instance_is_never_a_duplicate(self) -> None:
+        """An operator replay adds a QUEUED entry even when the destination has the instance."""
+        s = self.store()
+        first = self.add(s, "i1", ("A",), window=3600)
+        s.lease("A", 1, T0, 30)
+        s.complete(first.entry_ids, T0)
+        new_id = s.requeue_instance("i1", "A", "replay", T0 + 1)
+        e = s.get(new_id)
+        self.assertEqual((e.state, e.route, e.path, e.destination), (EntryState.QUEUED, "replay", "/spool/i1.dcm", "A"))
+        self.assertEqual([x.entry_id for x in s.lease("A", 5, T0 + 1, 30)], [new_id])
+
+    def test_requeue_instance_of_unknown_instance_raises(self) -> None:
+        """Replaying an instance that is not on record raises KeyError."""
+        s = self.store()
+        self.assertRaises(KeyError, s.requeue_instance, "nope", "A", "replay", T0)
+        self.assertEqual(s.entries(), [])
+
+    def test_purge_deletes_a_dead_letter(self) -> None:
+        """purge removes a DEAD entry for good."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.dead_letter(entry_id, "C000", T0)
+        s.purge(entry_id)
+        self.assertRaises(KeyError, s.get, entry_id)
+        self.assertEqual(s.stats(T0)["A"].dead, 0)
+
+    def test_purge_refuses_entries_not_dead(self) -> None:
+        """purge of a QUEUED or unknown entry raises KeyError and deletes nothing."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        self.assertRaises(KeyError, s.purge, entry_id)
+        self.assertRaises(KeyError, s.purge, 999)
+        self.assertEqual(s.get(entry_id).state, EntryState.QUEUED)
+
+    # -- recover -------------------------------------------------------------
+
+    def test_recover_requeues_leased_keeping_attempts(self) -> None:
+        """recover returns every LEASED entry to QUEUED, keeps attempts, returns the count."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(3)]
+        s.lease("A", 1, T0, 30)
+        s.retry(ids[0][0], T0, "A700", T0)
+        s.lease("A", 2, T0, 30)
+        s.lease("B", 1, T0, 30)
+        s.lease("B", 1, T0, 30)
+        s.complete([ids[1][1]], T0)
+        self.assertEqual(s.recover(T0 + 100), 3)
+        self.assertEqual(s.get(ids[0][0]).attempts, 1)
+        self.assertEqual(s.get(ids[0][0]).state, EntryState.QUEUED)
+        self.assertEqual(s.get(ids[1][1]).state, EntryState.DELIVERED)
+        self.assertEqual(s.stats(T0)["A"].in_flight + s.stats(T0)["B"].in_flight, 0)
+        self.assertEqual(s.recover(T0 + 100), 0)
+
+    def test_recovered_entries_are_leased_first(self) -> None:
+        """After recovery the in-flight entries (the oldest) are leased again first."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(3)]
+        s.lease("A", 2, T0, 30)
+        s.recover(T0 + 1)
+        self.assertEqual([e.entry_id for e in s.lease("A", 3, T0 + 1, 30)], ids)
+
+    # -- reading ---------------------------------------------------------------
+
+    def test_get_unknown_raises(self) -> None:
+        """get of an unknown id raises KeyError."""
+        self.assertRaises(KeyError, self.store().get, 12345)
+
+    def test_entries_filters_and_orders(self) -> None:
+        """entries filters by destination and state, oldest first, up to limit."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(3)]
+        s.lease("A", 1, T0, 30)
+        self.assertEqual([e.entry_id for e in s.entries()], [i for pair in ids for i in pair])
+        self.assertEqual([e.entry_id for e in s.entries("A")], [p[0] for p in ids])
+        self.assertEqual([e.entry_id for e in s.entries("A", EntryState.QUEUED)], [p[0] for p in ids[1:]])
+        self.assertEqual([e.entry_id for e in s.entries(state=EntryState.LEASED)], [ids[0][0]])
+        self.assertEqual([e.entry_id for e in s.entries("B", limit=2)], [p[1] for p in ids[:2]])
+
+    def test_find_by_each_criterion(self) -> None:
+        """find matches by study, SOP instance, patient id and accession, each alone."""
+        s = self.store()
+        self.add(s, "i1", sop_instance_uid="1.1", study_instance_uid="9.1", patient_id="P1", accession_number="A1")
+        self.add(s, "i2", sop_instance_uid="1.2", study_instance_uid="9.1", patient_id="P2", accession_number="A2", now=T0 + 1)
+        self.add(s, "i3", sop_instance_uid="1.3", study_instance_uid="9.2", patient_id="P2", accession_number="A1", now=T0 + 2)
+        ids = lambda found: [r.instance_id for r, _ in found]  # noqa: E731
+        self.assertEqual(ids(s.find(study_instance_uid="9.1")), ["i1", "i2"])
+        self.assertEqual(ids(s.find(sop_instance_uid="1.3")), ["i3"])
+        self.assertEqual(ids(s.find(patient_id="P2")), ["i2", "i3"])
+        self.assertEqual(ids(s.find(accession_number="A1")), ["i1", "i3"])
+        self.assertEqual(ids(s.find(patient_id="P2", accession_number="A1")), ["i3"])
+        self.assertEqual(s.find(study_instance_uid="none"), [])
+
+    def test_find_returns_every_entry_with_its_state(self) -> None:
+        """find answers where an instance went: each destination and its state there."""
+        s = self.store()
+        ids = self.add(s, "i1", ("A", "B", "C"), sop_instance_uid="1.1").entry_ids
+        s.lease("A", 1, T0, 30)
+        s.complete([ids[0]], T0 + 1)
+        s.dead_letter(ids[1], "C000", T0 + 2)
+        ((record, entries),) = s.find(sop_instance_uid="1.1")
+        self.assertEqual(record.instance_id, "i1")
+        self.assertEqual([(e.destination, e.state) for e in entries], [("A", EntryState.DELIVERED), ("B", EntryState.DEAD), ("C", EntryState.QUEUED)])
+        self.assertEqual(entries[0].delivered_at, T0 + 1)
+        self.assertEqual(entries[1].dead_reason, "C000")
+
+    def test_stats_figures(self) -> None:
+        """stats counts each state and reports the oldest queued or in-flight enqueue time."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", ("A", "B"), now=T0 + n, sop_instance_uid=f"1.{n}").entry_ids for n in range(5)]
+        s.lease("A", 2, T0 + 10, 30)  # i0, i1 leased
+        s.complete([ids[0][0]], T0 + 11)  # i0 delivered
+        s.lease("A", 1, T0 + 10, 30)  # i2 leased
+        s.dead_letter(ids[2][0], "C000", T0 + 12)  # i2 dead
+        self.add(s, "dup", ("A",), now=T0 + 13, sop_instance_uid="1.4", window=100)
+        a = s.stats(T0 + 20)["A"]
+        self.assertEqual((a.queued, a.in_flight, a.dead, a.delivered, a.duplicates), (2, 1, 1, 1, 1))
+        self.assertEqual(a.oldest_queued_at, T0 + 1)
+        self.assertEqual((a.last_error, a.last_error_at, a.last_success_at), ("C000", T0 + 12, T0 + 11))
+        b = s.stats(T0 + 20)["B"]
+        self.assertEqual(b, DestinationStats("B", queued=5, oldest_queued_at=T0))
+
+    def test_stats_empty_destination_has_no_oldest(self) -> None:
+        """A destination with only delivered entries has no oldest queued time."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.lease("A", 1, T0, 30)
+        s.complete([entry_id], T0)
+        self.assertIsNone(s.stats(T0)["A"].oldest_queued_at)
+
+    def test_stats_lists_paused_destination_without_entries(self) -> None:
+        """A destination with only a pause flag appears in stats, and an unknown one does not."""
+        s = self.store()
+        self.assertEqual(dict(s.stats(T0)), {})
+        s.set_paused("X", True)
+        self.assertEqual(dict(s.stats(T0)), {"X": DestinationStats("X", paused=True)})
+
+    def test_next_due(self) -> None:
+        """next_due is the earliest due time among QUEUED entries, ignoring leased ones."""
+        s = self.store()
+        self.assertIsNone(s.next_due("A"))
+        ids = [self.add(s, f"i{n}", now=T0 + n).entry_ids[0] for n in range(2)]
+        self.assertEqual(s.next_due("A"), T0)
+        s.lease("A", 1, T0, 30)
+        self.assertEqual(s.next_due("A"), T0 + 1)
+        s.retry(ids[0], T0 + 500, "x", T0)
+        self.assertEqual(s.next_due("A"), T0 + 1)
+        s.lease("A", 1, T0 + 1, 30)
+        self.assertEqual(s.next_due("A"), T0 + 500)
+        self.assertIsNone(s.next_due("B"))
+
+    # -- retention -------------------------------------------------------------
+
+    def test_finished_instances(self) -> None:
+        """Only instances whose entries are all DELIVERED or DUPLICATE, or that have none, are finished."""
+        s = self.store()
+        done = self.add(s, "done", ("A", "B"), sop_instance_uid="1.1", window=10).entry_ids
+        dup = self.add(s, "dup", ("A",), sop_instance_uid="1.1", window=10, now=T0 + 1).entry_ids
+        self.add(s, "unrouted", (), now=T0 + 2)
+        queued = self.add(s, "queued", ("A",), now=T0 + 3).entry_ids
+        dead = self.add(s, "dead", ("B",), now=T0 + 4).entry_ids
+        self.assertEqual(s.get(dup[0]).state, EntryState.DUPLICATE)
+        s.lease("A", 1, T0, 30)
+        s.lease("B", 1, T0, 30)
+        s.complete(done, T0 + 5)
+        s.lease("B", 1, T0 + 5, 30)
+        s.dead_letter(dead[0], "C000", T0 + 5)
+        self.assertEqual(s.get(queued[0]).state, EntryState.QUEUED)
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 100)], ["done", "dup", "unrouted"])
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 1)], ["done"])
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 100, limit=2)], ["done", "dup"])
+
+    def test_purged_dead_letter_finishes_its_instance(self) -> None:
+        """Once its only dead letter is purged, an instance is finished."""
+        s = self.store()
+        entry_id = self.add(s, "i1").entry_ids[0]
+        s.dead_letter(entry_id, "C000", T0)
+        self.assertEqual(s.finished_instances(T0 + 1), [])
+        s.purge(entry_id)
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 1)], ["i1"])
+
+    def test_forget_instance(self) -> None:
+        """forget_instance removes the record and every entry; unknown ids are ignored."""
+        s = self.store()
+        ids = self.add(s, "i1", ("A", "B")).entry_ids
+        self.add(s, "i2")
+        s.forget_instance("i1")
+        s.forget_instance("never")
+        self.assertEqual(s.instance_ids(), {"i2"})
+        for entry_id in ids:
+            self.assertRaises(KeyError, s.get, entry_id)
+        self.assertEqual(s.find(sop_instance_uid=make_record("i1").sop_instance_uid), [])
+        self.assertEqual(s.stats(T0)["A"].queued, 1)
+
+    def test_instance_ids(self) -> None:
+        """instance_ids lists every instance on record, routed or not."""
+        s = self.store()
+        self.assertEqual(s.instance_ids(), set())
+        self.add(s, "i1")
+        self.add(s, "i2", ())
+        self.assertEqual(s.instance_ids(), {"i1", "i2"})
+
+
+class MemoryQueueStoreTests(QueueStoreTests, SynchronousTestCase):
+    """The mixin against the in-memory fake."""
+
+    def make_store(self) -> MemoryQueueStore:
+        """A fresh in-memory store."""
+        return MemoryQueueStore()
+
+
+class SqliteQueueStoreTests(QueueStoreTests, SynchronousTestCase):
+    """The mixin against the SQLite store in a temporary directory."""
+
+    def make_store(self) -> SqliteQueueStore:
+        """A fresh SQLite store in a new temporary directory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+
+
+class SignatureParityTests(SynchronousTestCase):
+    """Both stores expose every IQueueStore method with identical parameters."""
+
+    def test_every_interface_method_has_identical_signature(self) -> None:
+        """Each IQueueStore method has the same inspect.signature in both classes (assertArgSpecMatches)."""
+        names = sorted(IQueueStore.names())
+        self.assertIn("lease", names)
+        for name in names:
+            memory = inspect.signature(getattr(MemoryQueueStore, name))
+            sqlite = inspect.signature(getattr(SqliteQueueStore, name))
+            self.assertEqual(memory, sqlite, name)
+
+    def test_signatures_match_the_interface(self) -> None:
+        """Each method's parameter names and defaults are the interface's (after self)."""
+        for name in IQueueStore.names():
+            spec = IQueueStore[name].getSignatureInfo()
+            params = list(inspect.signature(getattr(SqliteQueueStore, name)).parameters)[1:]
+            self.assertEqual(params, list(spec["positional"]), name)
+            self.assertEqual(
+                {k: v for k, v in spec["optional"].items()},
+                {p.name: p.default for p in inspect.signature(getattr(SqliteQueueStore, name)).parameters.values() if p.default is not inspect.Parameter.empty},
+                name,
+            )
