@@ -1,0 +1,351 @@
+"""SQLite-only tests of :class:`gateway.queue.sqlite.SqliteQueueStore`.
+
+What the in-memory fake cannot show: the state survives closing and
+reopening; ``kill -9`` in the middle of transitions leaves a database that
+opens, passes ``PRAGMA integrity_check`` and holds each entry in exactly one
+state with every transaction whole (HARDENING F14); another process (the CLI)
+reads while the gateway holds a write transaction (WAL) and its writes are
+seen by the gateway's connection; the schema and its migration hook.
+
+Child processes are real (``python -c``); the parent waits for them by
+reading their output, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import gateway
+from gateway.queue import sqlite as sqlite_module
+from gateway.queue.interfaces import EntryState, NewEntry
+from gateway.queue.sqlite import SCHEMA_VERSION, SchemaError, SqliteQueueStore
+
+from tests.unit.queue.test_store import T0, make_record
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(gateway.__file__)))
+
+# The child of the kill -9 test: add an instance with two entries, lease,
+# complete some, retry or dead-letter others, forever; a line after each commit
+# of an instance tells the parent that instance is acknowledged.
+CHURN = """
+import sys
+from gateway.queue.interfaces import NewEntry
+from gateway.queue.sqlite import SqliteQueueStore
+from tests.unit.queue.test_store import make_record
+path, prefix = sys.argv[1], sys.argv[2]
+store = SqliteQueueStore(path)
+store.recover(0.0)
+n = 0
+while True:
+    now = 1000.0 + n
+    iid = f"{prefix}-{n}"
+    store.add_instance(make_record(iid, received_at=now), [NewEntry("r", "A"), NewEntry("r", "B")], now, 0.0)
+    print(iid, flush=True)
+    for e in store.lease("A", 3, now, 30.0):
+        if e.entry_id % 3:
+            store.complete([e.entry_id], now)
+        else:
+            store.retry(e.entry_id, now, "A700", now)
+    for e in store.lease("B", 2, now, 30.0):
+        if e.entry_id % 5 == 0:
+            store.dead_letter(e.entry_id, "C000", now)
+        elif e.entry_id % 2:
+            store.complete([e.entry_id], now, warning="B000")
+    n += 1
+"""
+
+
+def run_child(code: str, *args: str) -> str:
+    """Run ``python -c code args`` in the repository and return its stdout (fails on a non-zero exit)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"child failed ({result.returncode}): {result.stderr}")
+    return result.stdout
+
+
+class SqliteStoreTestCase(SynchronousTestCase):
+    """Common helpers: a database path in a fresh temporary directory."""
+
+    def db_path(self) -> str:
+        """An absolute path for a new database file (children run in the repository)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        return os.path.join(directory, "queue.sqlite")
+
+    def open(self, path: str) -> SqliteQueueStore:
+        """Open a store closed at cleanup."""
+        store = SqliteQueueStore(path)
+        self.addCleanup(store.close)
+        return store
+
+
+class PersistenceTests(SqliteStoreTestCase):
+    """The state survives closing and reopening."""
+
+    def test_state_survives_reopen(self) -> None:
+        """Every entry's state, history, and each destination's flags are read back after reopening."""
+        path = self.db_path()
+        store = SqliteQueueStore(path)
+        ids = store.add_instance(make_record("i1"), [NewEntry("r", "A"), NewEntry("r", "B", "/m.dcm")], T0, 0).entry_ids
+        store.lease("A", 1, T0, 30)
+        store.retry(ids[0], T0 + 9, "A700", T0 + 1)
+        store.dead_letter(ids[1], "C000", T0 + 2)
+        store.set_paused("B", True)
+        before = [store.get(i) for i in ids], dict(store.stats(T0))
+        store.close()
+        reopened = self.open(path)
+        self.assertEqual(([reopened.get(i) for i in ids], dict(reopened.stats(T0))), before)
+        self.assertEqual(reopened.get(ids[1]).path, "/m.dcm")
+
+    def test_ids_are_never_reused_after_reopen(self) -> None:
+        """A purged entry's id is not given out again, even after reopening (AUTOINCREMENT)."""
+        path = self.db_path()
+        store = SqliteQueueStore(path)
+        (first,) = store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0).entry_ids
+        store.dead_letter(first, "C000", T0)
+        store.purge(first)
+        store.close()
+        reopened = self.open(path)
+        (second,) = reopened.add_instance(make_record("i2"), [NewEntry("r", "A")], T0, 0).entry_ids
+        self.assertGreater(second, first)
+
+    def test_leased_entries_stay_leased_until_recover(self) -> None:
+        """A lease held when the store closed is still LEASED on reopen and recover requeues it."""
+        path = self.db_path()
+        store = SqliteQueueStore(path)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+        store.lease("A", 1, T0, 30)
+        store.close()
+        reopened = self.open(path)
+        self.assertEqual(reopened.stats(T0)["A"].in_flight, 1)
+        self.assertEqual(reopened.recover(T0 + 1), 1)
+        self.assertEqual(len(reopened.lease("A", 1, T0 + 1, 30)), 1)
+
+    def test_failed_transaction_leaves_nothing(self) -> None:
+        """An add_instance that fails (duplicate instance id) rolls back its entries."""
+        store = self.open(self.db_path())
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+        self.assertRaises(ValueError, store.add_instance, make_record("i1"), [NewEntry("r", "B")], T0, 0)
+        self.assertEqual([e.destination for e in store.entries()], ["A"])
+        # The connection is usable afterwards (no transaction left open).
+        store.set_paused("A", True)
+        self.assertTrue(store.stats(T0)["A"].paused)
+
+
+class SchemaTests(SqliteStoreTestCase):
+    """Pragmas, schema version, indexes and the migration hook."""
+
+    def test_pragmas(self) -> None:
+        """The connection runs WAL, synchronous=FULL, foreign keys on and a busy timeout."""
+        store = self.open(self.db_path())
+        conn = store._conn
+        self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(conn.execute("PRAGMA synchronous").fetchone()[0], 2)  # 2 = FULL
+        self.assertEqual(conn.execute("PRAGMA foreign_keys").fetchone()[0], 1)
+        self.assertGreaterEqual(conn.execute("PRAGMA busy_timeout").fetchone()[0], 1000)
+
+    def test_schema_version_is_recorded(self) -> None:
+        """A new file is at SCHEMA_VERSION in PRAGMA user_version."""
+        path = self.db_path()
+        self.open(path)
+        with sqlite3.connect(path) as conn:
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+        self.assertEqual(SCHEMA_VERSION, 1)
+
+    def test_entry_state_is_constrained(self) -> None:
+        """The state column refuses a value outside EntryState (one state, always a known one)."""
+        store = self.open(self.db_path())
+        (entry_id,) = store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0).entry_ids
+        with self.assertRaises(sqlite3.IntegrityError):
+            store._conn.execute("UPDATE entries SET state = 'limbo' WHERE entry_id = ?", (entry_id,))
+        self.assertEqual(store.get(entry_id).state, EntryState.QUEUED)
+
+    def test_entries_need_their_instance(self) -> None:
+        """The foreign key refuses an entry whose instance is not on record."""
+        store = self.open(self.db_path())
+        with self.assertRaises(sqlite3.IntegrityError):
+            store._conn.execute(
+                "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, study_hash)"
+                " VALUES ('ghost', 'r', 'A', 'queued', 0, 0, 0)"
+            )
+        self.assertEqual(store.entries(), [])
+
+    def test_hot_queries_use_indexes(self) -> None:
+        """lease, next_due, find and the duplicate lookup are index searches, not table scans."""
+        store = self.open(self.db_path())
+        conn = store._conn
+
+        def plan(sql: str, *params: Any) -> str:
+            return " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+        lease = plan(
+            "SELECT entry_id FROM entries INDEXED BY entries_lease WHERE destination = ? AND state = 'queued'"
+            " AND next_attempt_at <= ? AND study_hash % ? = ? ORDER BY entry_id LIMIT ?", "A", 0, 2, 1, 10
+        )
+        self.assertIn("USING COVERING INDEX entries_lease", lease)
+        self.assertNotIn("TEMP B-TREE", lease)
+        self.assertIn("entries_due", plan("SELECT min(next_attempt_at) FROM entries WHERE destination = ? AND state = 'queued'", "A"))
+        for column, index in [
+            ("study_instance_uid", "instances_study"),
+            ("sop_instance_uid", "instances_sop"),
+            ("patient_id", "instances_patient"),
+            ("accession_number", "instances_accession"),
+        ]:
+            self.assertIn(index, plan(f"SELECT * FROM instances WHERE {column} = ?", "x"))
+        self.assertIn("entries_instance", plan("SELECT * FROM entries WHERE instance_id = ?", "x"))
+
+    def test_newer_schema_is_refused(self) -> None:
+        """A file written by a newer version is refused rather than misread."""
+        path = self.db_path()
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        self.assertRaises(SchemaError, SqliteQueueStore, path)
+
+    def test_migration_hook_upgrades_in_place(self) -> None:
+        """A file at version 1 is taken to version 2 by the next migration, keeping its data."""
+        path = self.db_path()
+        store = SqliteQueueStore(path)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+        store.close()
+
+        def migrate_1_to_2(conn: sqlite3.Connection) -> None:
+            conn.execute("ALTER TABLE destinations ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+
+        self.patch(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (migrate_1_to_2,))
+        self.patch(sqlite_module, "SCHEMA_VERSION", 2)
+        upgraded = self.open(path)
+        self.assertEqual(upgraded._conn.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertIn("note", [row[1] for row in upgraded._conn.execute("PRAGMA table_info(destinations)")])
+        self.assertEqual([e.instance.instance_id for e in upgraded.entries()], ["i1"])
+
+
+class CrashTests(SqliteStoreTestCase):
+    """kill -9 at arbitrary instants (HARDENING F14)."""
+
+    def check_consistent(self, path: str, acknowledged: list[str]) -> None:
+        """Assert the file is intact, every transaction whole, every entry in exactly one valid state."""
+        conn = sqlite3.connect(path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+        self.assertEqual(conn.execute("PRAGMA foreign_key_check").fetchall(), [])
+        # add_instance is atomic: every instance has both of its entries, or is absent.
+        per_instance = dict(conn.execute("SELECT i.instance_id, count(e.entry_id) FROM instances i LEFT JOIN entries e USING (instance_id) GROUP BY i.instance_id"))
+        self.assertEqual(set(per_instance.values()) - {2}, set())
+        # Every instance the child reported as committed is there.
+        self.assertEqual(set(acknowledged) - set(per_instance), set())
+        states = {state for (state,) in conn.execute("SELECT DISTINCT state FROM entries")}
+        self.assertTrue(states <= {s.value for s in EntryState}, states)
+        # Each state's own columns agree with it (a half-applied transition would not).
+        incoherent = conn.execute(
+            "SELECT count(*) FROM entries WHERE"
+            " (state = 'leased') != (leased_until IS NOT NULL)"
+            " OR (state = 'delivered') != (delivered_at IS NOT NULL)"
+            " OR (state = 'dead') != (dead_reason != '')"
+            " OR attempts != (SELECT count(*) FROM json_each(history) WHERE json_extract(value, '$.counted'))"
+        ).fetchone()[0]
+        self.assertEqual(incoherent, 0)
+
+    def test_kill_9_in_a_loop_leaves_a_consistent_journal(self) -> None:
+        """A child killed with SIGKILL mid-churn, five times, always leaves a consistent, recoverable file."""
+        path = self.db_path()
+        acknowledged: list[str] = []
+        for round_ in range(5):
+            child = subprocess.Popen(
+                [sys.executable, "-c", CHURN, path, f"r{round_}"], cwd=REPO, stdout=subprocess.PIPE, text=True
+            )
+            assert child.stdout is not None
+            # Let it commit a round-dependent number of instances, then kill it wherever it is.
+            for _ in range(5 + 7 * round_):
+                line = child.stdout.readline()
+                self.assertTrue(line, "child exited early")
+                acknowledged.append(line.strip())
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+            self.assertEqual(child.returncode, -signal.SIGKILL)
+            self.check_consistent(path, acknowledged)
+        store = self.open(path)
+        store.recover(T0)
+        self.assertEqual(store.entries(state=EntryState.LEASED), [])
+        stats = store.stats(T0)
+        self.assertGreaterEqual(sum(s.delivered for s in stats.values()), 1)
+        self.assertEqual(
+            sum(s.queued + s.in_flight + s.dead + s.delivered + s.duplicates for s in stats.values()),
+            2 * len(store.instance_ids()),
+        )
+
+
+class ConcurrencyTests(SqliteStoreTestCase):
+    """A second process (the CLI) uses the same file while the gateway's store is open."""
+
+    def test_second_process_reads_stats_during_open_write_transaction(self) -> None:
+        """With a write transaction held open, another process opens the store and reads the committed stats."""
+        path = self.db_path()
+        store = self.open(path)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+        writer = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE entries SET state = 'dead', dead_reason = 'x'")
+        try:
+            out = run_child(
+                "import sys, json\n"
+                "from gateway.queue.sqlite import SqliteQueueStore\n"
+                "s = SqliteQueueStore(sys.argv[1])\n"
+                "a = s.stats(0.0)['A']\n"
+                "print(json.dumps([a.queued, a.dead]))\n",
+                path,
+            )
+        finally:
+            writer.execute("ROLLBACK")
+        self.assertEqual(json.loads(out), [1, 0])
+
+    def test_pause_from_second_process_is_seen(self) -> None:
+        """set_paused in another process stops the open store's leases, and resume restarts them."""
+        path = self.db_path()
+        store = self.open(path)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+        pause = "import sys\nfrom gateway.queue.sqlite import SqliteQueueStore\nSqliteQueueStore(sys.argv[1]).set_paused('A', sys.argv[2] == 'on')\n"
+        run_child(pause, path, "on")
+        self.assertTrue(store.stats(T0)["A"].paused)
+        self.assertEqual(store.lease("A", 1, T0, 30), [])
+        run_child(pause, path, "off")
+        self.assertEqual(len(store.lease("A", 1, T0, 30)), 1)
+
+    def test_two_processes_never_lease_the_same_entry(self) -> None:
+        """Two processes leasing one destination at once take disjoint sets covering every entry."""
+        path = self.db_path()
+        store = self.open(path)
+        for n in range(200):
+            store.add_instance(make_record(f"i{n}"), [NewEntry("r", "A")], T0, 0)
+        code = (
+            "import sys\n"
+            "from gateway.queue.sqlite import SqliteQueueStore\n"
+            "s = SqliteQueueStore(sys.argv[1])\n"
+            "while True:\n"
+            "    got = s.lease('A', 3, 2e9, 30.0)\n"
+            "    if not got: break\n"
+            "    print(*[e.entry_id for e in got], flush=True)\n"
+        )
+        children = [
+            subprocess.Popen([sys.executable, "-c", code, path], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        taken = []
+        for child in children:
+            out, _ = child.communicate(timeout=60)
+            self.assertEqual(child.returncode, 0)
+            taken.append([int(x) for x in out.split()])
+        self.assertEqual(set(taken[0]) & set(taken[1]), set())
+        self.assertEqual(sorted(taken[0] + taken[1]), [e.entry_id for e in store.entries(limit=1000)])
+        self.assertEqual(store.stats(T0)["A"].in_flight, 200)
