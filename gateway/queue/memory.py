@@ -97,7 +97,17 @@ class MemoryQueueStore:
             history=tuple(row.history),
         )
 
-    def _insert(self, instance_id: str, route: str, destination: str, path: str | None, state: EntryState, now: float, hash_: int, history: list[Attempt] | None = None) -> int:
+    def _insert(
+        self,
+        instance_id: str,
+        route: str,
+        destination: str,
+        path: str | None,
+        state: EntryState,
+        now: float,
+        hash_: int,
+        history: list[Attempt] | None = None,
+    ) -> int:
         """Add one row with the next id (the tail) and return the id."""
         entry_id = self._next_id
         self._next_id += 1

@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -131,6 +132,24 @@ class PersistenceTests(SqliteStoreTestCase):
         self.assertEqual(reopened.recover(T0 + 1), 1)
         self.assertEqual(len(reopened.lease("A", 1, T0 + 1, 30)), 1)
 
+    def test_store_may_be_used_from_another_thread(self) -> None:
+        """The connection is not tied to its creating thread (the gateway's runner thread owns it)."""
+        store = self.open(self.db_path())
+        results: list[object] = []
+
+        def work() -> None:
+            try:
+                store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
+                results.append(len(store.lease("A", 1, T0, 30)))
+            except Exception as e:  # reported to the main thread below
+                results.append(e)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        self.assertEqual(results, [1])
+        self.assertEqual(store.stats(T0)["A"].in_flight, 1)
+
     def test_failed_transaction_leaves_nothing(self) -> None:
         """An add_instance that fails (duplicate instance id) rolls back its entries."""
         store = self.open(self.db_path())
@@ -239,7 +258,12 @@ class CrashTests(SqliteStoreTestCase):
         self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
         self.assertEqual(conn.execute("PRAGMA foreign_key_check").fetchall(), [])
         # add_instance is atomic: every instance has both of its entries, or is absent.
-        per_instance = dict(conn.execute("SELECT i.instance_id, count(e.entry_id) FROM instances i LEFT JOIN entries e USING (instance_id) GROUP BY i.instance_id"))
+        per_instance = dict(
+            conn.execute(
+                "SELECT i.instance_id, count(e.entry_id) FROM instances i"
+                " LEFT JOIN entries e USING (instance_id) GROUP BY i.instance_id"
+            )
+        )
         self.assertEqual(set(per_instance.values()) - {2}, set())
         # Every instance the child reported as committed is there.
         self.assertEqual(set(acknowledged) - set(per_instance), set())

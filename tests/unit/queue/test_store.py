@@ -81,7 +81,15 @@ class QueueStoreTests:
         self.addCleanup(s.close)
         return s
 
-    def add(self, store: Any, instance_id: str, destinations: tuple[str, ...] = ("A",), now: float = T0, window: float = 0.0, **overrides: Any) -> AddResult:
+    def add(
+        self,
+        store: Any,
+        instance_id: str,
+        destinations: tuple[str, ...] = ("A",),
+        now: float = T0,
+        window: float = 0.0,
+        **overrides: Any,
+    ) -> AddResult:
         """Add an instance routed by route ``r`` to each of ``destinations``."""
         record = make_record(instance_id, received_at=now, **overrides)
         return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
