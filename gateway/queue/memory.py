@@ -29,7 +29,7 @@ from gateway.queue.interfaces import (
     IQueueStore,
     NewEntry,
 )
-from gateway.queue.sqlite import study_hash
+from gateway.queue.sqlite import check_shard, study_hash
 
 __all__ = ["MemoryQueueStore"]
 
@@ -171,6 +171,7 @@ class MemoryQueueStore:
 
     def lease(self, destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:
         """Take up to ``limit`` due QUEUED entries, oldest first (see the interface)."""
+        check_shard(shard)
         if limit <= 0 or self._destination_paused(destination):
             return []
         taken: list[_Row] = []
@@ -275,7 +276,7 @@ class MemoryQueueStore:
         """Entries filtered by destination and state, oldest first (see the interface)."""
         result: list[Entry] = []
         for row in self._rows.values():
-            if len(result) >= limit:
+            if len(result) >= max(limit, 0):
                 break
             if (destination is None or row.destination == destination) and (state is None or row.state is state):
                 result.append(self._entry(row))
@@ -352,7 +353,7 @@ class MemoryQueueStore:
             (r for r in self._instances.values() if r.received_at < older_than and r.instance_id not in open_ids),
             key=lambda r: (r.received_at, r.instance_id),
         )
-        return finished[:limit]
+        return finished[: max(limit, 0)]
 
     def forget_instance(self, instance_id: str) -> None:
         """Delete an instance and its entries; unknown ids are ignored (see the interface)."""

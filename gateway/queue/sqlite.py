@@ -68,6 +68,11 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
 * ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
   raises :class:`KeyError` for an entry that is not LEASED and
   ``dead_letter`` for one that is not QUEUED or LEASED.
+* ``add_instance`` of an instance id already on record raises
+  :class:`ValueError`; ``forget_instance`` of an unknown id does nothing.
+* ``lease`` refuses a shard ``(k, n)`` without ``0 <= k < n``
+  (:class:`ValueError`); a ``limit`` of 0 or less returns nothing everywhere.
+* ``find`` returns instances oldest received first; with no criterion, all.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ from gateway.queue.interfaces import (
     NewEntry,
 )
 
-__all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash"]
+__all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash", "check_shard"]
 
 #: How long a connection waits for another writer's lock, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -108,6 +113,16 @@ def study_hash(study_instance_uid: str) -> int:
     :returns: an unsigned 32-bit integer.
     """
     return zlib.crc32(study_instance_uid.encode())
+
+
+def check_shard(shard: tuple[int, int] | None) -> None:
+    """Refuse a shard that names no slot: ``(k, n)`` needs ``0 <= k < n``.
+
+    :param shard: the shard argument of ``lease``.
+    :raises ValueError: the shard is malformed.
+    """
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard!r}: need (k, n) with 0 <= k < n")
 
 
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
@@ -427,6 +442,7 @@ class SqliteQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.lease`.
         """
+        check_shard(shard)
         if limit <= 0:
             return []
         with self._write() as conn:
@@ -591,6 +607,8 @@ class SqliteQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.entries`.
         """
+        if limit <= 0:
+            return []
         clauses: list[str] = []
         params: list[Any] = []
         if destination is not None:
@@ -701,6 +719,8 @@ class SqliteQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.finished_instances`.
         """
+        if limit <= 0:
+            return []
         rows = self._conn.execute(
             _INSTANCE_SELECT + " AS i WHERE i.received_at < ? AND NOT EXISTS ("
             "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"

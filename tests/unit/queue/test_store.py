@@ -327,6 +327,24 @@ class QueueStoreTests:
         self.assertEqual([e.entry_id for e in s.lease("A", 10, T0, 30, shard=(k, 4))], ids)
         self.assertEqual(s.lease("A", 10, T0, 30, shard=((k + 1) % 4, 4)), [])
 
+    def test_malformed_shard_is_refused(self) -> None:
+        """A shard (k, n) without 0 <= k < n raises ValueError and leases nothing."""
+        s = self.store()
+        self.add(s, "i1")
+        for shard in [(0, 0), (3, 3), (-1, 2)]:
+            self.assertRaises(ValueError, s.lease, "A", 10, T0, 30, shard)
+        self.assertEqual(s.stats(T0)["A"].in_flight, 0)
+
+    def test_non_positive_limits_return_nothing(self) -> None:
+        """A limit of 0 or less gives an empty list from entries and finished_instances."""
+        s = self.store()
+        self.add(s, "i1", ())
+        self.add(s, "i2")
+        for limit in (0, -1):
+            self.assertEqual(s.entries(limit=limit), [])
+            self.assertEqual(s.finished_instances(T0 + 1, limit=limit), [])
+        self.assertEqual(len(s.entries(limit=1)), 1)
+
     def test_leased_entry_carries_instance_and_history(self) -> None:
         """A leased entry comes with its instance record and its history so far."""
         s = self.store()
