@@ -9,11 +9,34 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.config.errors import ConfigError, ConfigErrors
 from gateway.config.schema import (
     AcceptConfig,
+    CircuitConfig,
+    DicomDestination,
+    FolderDestination,
     GatewayConfig,
     LimitsConfig,
     ListenerConfig,
+    RetryConfig,
+    RouteConfig,
     SpoolConfig,
 )
+
+
+def _gateway(**changes: object) -> GatewayConfig:
+    """Make a small GatewayConfig, with some fields changed.
+
+    :param changes: Keyword arguments overriding the defaults used here.
+    :returns: The configuration.
+    """
+    arguments: dict[str, object] = dict(
+        source="/etc/gw.yaml",
+        ae_title="GW",
+        listen=(ListenerConfig("h", 1),),
+        accept=AcceptConfig(),
+        limits=LimitsConfig(),
+        spool=SpoolConfig("/var/spool"),
+    )
+    arguments.update(changes)
+    return GatewayConfig(**arguments)  # type: ignore[arg-type]
 
 
 class ListenerConfigTests(SynchronousTestCase):
@@ -56,6 +79,103 @@ class DefaultsTests(SynchronousTestCase):
         )
 
 
+class ForwardingDefaultsTests(SynchronousTestCase):
+    """The documented defaults of the store-and-forward configuration."""
+
+    def test_retry_defaults(self) -> None:
+        """Backoff from 1 s to 5 min, x2, 20% jitter; 50 attempts, 7 days, 3 unknown."""
+        self.assertEqual(
+            RetryConfig(),
+            RetryConfig(
+                initial_delay=1.0,
+                max_delay=300.0,
+                multiplier=2.0,
+                jitter=0.2,
+                max_attempts=50,
+                max_age=7 * 86400.0,
+                unknown_status_attempts=3,
+            ),
+        )
+
+    def test_circuit_defaults(self) -> None:
+        """Three consecutive destination-wide failures open the circuit."""
+        self.assertEqual(CircuitConfig().failures, 3)
+
+    def test_dicom_destination_defaults(self) -> None:
+        """One association, batches of 50, the usual timers, default retry and circuit."""
+        destination = DicomDestination("pacs", "PACS", "h", 104, "GW")
+        self.assertEqual(
+            (
+                destination.max_associations,
+                destination.batch_size,
+                destination.idle_release,
+                destination.max_pdu_length,
+                destination.connect_timeout,
+                destination.acse_timeout,
+                destination.dimse_timeout,
+            ),
+            (1, 50, 5.0, 262144, 10.0, 30.0, 60.0),
+        )
+        self.assertEqual((destination.retry, destination.circuit), (RetryConfig(), CircuitConfig()))
+
+    def test_folder_destination_default_pattern(self) -> None:
+        """Files go to study/series/instance.dcm by default."""
+        self.assertEqual(
+            FolderDestination("f", "/out").pattern,
+            "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm",
+        )
+
+    def test_spool_free_space_defaults(self) -> None:
+        """The floor is 512 MiB and the resume margin 256 MiB."""
+        spool = SpoolConfig("/s")
+        self.assertEqual(
+            (spool.min_free_bytes, spool.resume_margin_bytes), (512 * 1024**2, 256 * 1024**2)
+        )
+
+    def test_gateway_forwarding_defaults(self) -> None:
+        """No destinations or routes, a one-hour duplicate window, nothing retained."""
+        config = _gateway()
+        self.assertEqual((config.destinations, config.routes), ((), ()))
+        self.assertEqual((config.duplicate_window, config.keep_delivered), (3600.0, 0.0))
+
+    def test_queue_path_defaults_into_the_spool(self) -> None:
+        """An empty queue path becomes queue.sqlite in the spool folder."""
+        self.assertEqual(_gateway().queue_path, "/var/spool/queue.sqlite")
+
+    def test_given_queue_path_is_kept(self) -> None:
+        """An explicit queue path wins over the default."""
+        self.assertEqual(_gateway(queue_path="/q/j.db").queue_path, "/q/j.db")
+
+
+class DestinationLookupTests(SynchronousTestCase):
+    """GatewayConfig.destination and unused_destinations."""
+
+    def test_destination_by_name(self) -> None:
+        """A configured destination is found by its name."""
+        folder = FolderDestination("f", "/out")
+        pacs = DicomDestination("pacs", "PACS", "h", 104, "GW")
+        config = _gateway(destinations=(folder, pacs))
+        self.assertIs(config.destination("pacs"), pacs)
+        self.assertIs(config.destination("f"), folder)
+
+    def test_unknown_destination_raises_key_error(self) -> None:
+        """An unknown name raises KeyError carrying the name."""
+        error = self.assertRaises(KeyError, _gateway().destination, "nope")
+        self.assertEqual(error.args, ("nope",))
+
+    def test_unused_destinations(self) -> None:
+        """Destinations no route forwards to are listed in file order."""
+        config = _gateway(
+            destinations=(
+                FolderDestination("a", "/a"),
+                FolderDestination("b", "/b"),
+                FolderDestination("c", "/c"),
+            ),
+            routes=(RouteConfig("r", ("b",)),),
+        )
+        self.assertEqual(config.unused_destinations(), ("a", "c"))
+
+
 class FrozenTests(SynchronousTestCase):
     """Configuration objects are immutable and comparable."""
 
@@ -75,6 +195,12 @@ class FrozenTests(SynchronousTestCase):
             (config.accept, "unknown_sop_classes"),
             (config.limits, "max_pdu_length"),
             (config.spool, "path"),
+            (config, "routes"),
+            (RetryConfig(), "jitter"),
+            (CircuitConfig(), "failures"),
+            (DicomDestination("p", "P", "h", 1, "GW"), "port"),
+            (FolderDestination("f", "/f"), "pattern"),
+            (RouteConfig("r", ("a",)), "forward"),
         ):
             self.assertRaises(dataclasses.FrozenInstanceError, setattr, obj, field, 1)
 
