@@ -882,8 +882,9 @@ def _check_spool(node: yaml.Node, path: str, ctx: _Context) -> Any:
 # Destinations
 
 #: Destination names label metrics and are CLI arguments, so they are kept
-#: to characters that need no quoting anywhere.
-_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: to characters that need no quoting anywhere. The first character may not
+#: be '.' or '-', so a name is never "..", a hidden file, or an option.
+_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 # The longest retry age and retention we accept: ten years. Longer is a typo.
 _MAX_AGE_SECONDS: Final = 3650 * 86400.0
@@ -1131,7 +1132,8 @@ def _check_destinations(node: yaml.Node, path: str, ctx: _Context) -> Any:
                 key_node,
                 dest_path,
                 f"invalid destination name {name!r}: use 1 to 64 letters, digits, "
-                "'_', '.' or '-' (names label metrics and are command arguments)",
+                "'_', '.' or '-', not starting with '.' or '-' (names label metrics "
+                "and are command arguments)",
             )
             destinations.append(INVALID)
             continue
@@ -1372,6 +1374,37 @@ def _check_references(ctx: _Context) -> None:
         ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
 
 
+def _check_folders_outside_spool(
+    root: yaml.Node, values: Mapping[str, Any], ctx: _Context
+) -> None:
+    """Refuse folder destinations inside the spool.
+
+    On start the gateway walks the spool for files with no queue entry and
+    re-routes them; files written there by a folder destination would be
+    taken for received instances and sent again.
+
+    :param root: The configuration file's root node, to find lines.
+    :param values: The checked top-level values.
+    :param ctx: The load context.
+    """
+    spool = values.get("spool")
+    if not isinstance(spool, SpoolConfig):
+        return
+    for destination in values.get("destinations", ()):
+        if not isinstance(destination, FolderDestination):
+            continue
+        if os.path.commonpath([destination.path, spool.path]) != spool.path:
+            continue
+        path = _child(_child("destinations", destination.name), _FOLDER_KIND_KEY)
+        node = _value_node(_value_node(root, "destinations") or root, destination.name)
+        ctx.error(
+            _value_node(node, _FOLDER_KIND_KEY) if node is not None else None,
+            path,
+            f"the folder {destination.path} is inside the spool ({spool.path}); "
+            "the spool's recovery would take its files for received instances",
+        )
+
+
 def _default_of(name: str) -> Any:
     """Read a :class:`GatewayConfig` field's default, to keep it in one place.
 
@@ -1526,6 +1559,9 @@ def _load(
         raise ConfigErrors(ctx.errors)
     values = _check_fields(root, "", ctx, _TOP_LEVEL)
     _check_references(ctx)
+    if values is not INVALID:
+        assert isinstance(values, dict)
+        _check_folders_outside_spool(root, values, ctx)
     if ctx.errors or values is INVALID:
         # The configuration file first, then route files in the order they
         # were read; by line within a file (the sort is stable).

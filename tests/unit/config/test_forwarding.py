@@ -328,6 +328,32 @@ class DestinationErrorTests(LoadTestCase):
         )
         self.assertEqual(config.destinations[0].name, "a" * 64)
 
+    def test_destination_name_cannot_start_with_dot_or_dash(self) -> None:
+        """'..' and '-x' are refused: a name must be safe as a path part and an argument."""
+        for name, shown in (('".."', ".."), ('"-x"', "-x"), (".hidden", ".hidden")):
+            self.assertOneError(
+                MINIMAL + f"destinations:\n  {name}: {{folder: x}}\n",
+                7,
+                f"destinations.{shown}",
+                "not starting with '.' or '-'",
+            )
+
+    def test_folder_inside_the_spool(self) -> None:
+        """A folder destination in the spool folder is refused at its folder key."""
+        self.assertOneError(
+            MINIMAL + "destinations:\n  f:\n    folder: spool/out\n",
+            8,
+            "destinations.f.folder",
+            "is inside the spool",
+        )
+
+    def test_folder_next_to_the_spool_is_fine(self) -> None:
+        """A sibling folder whose name starts like the spool's is not inside it."""
+        config = load_config_text(
+            MINIMAL + "destinations:\n  f: {folder: spool2}\n", "gw.yaml", BASE_DIR
+        )
+        self.assertEqual(config.destinations[0].path, os.path.join(BASE_DIR, "spool2"))
+
     def test_mixed_kinds(self) -> None:
         """folder with ae_title/host is refused, naming the destination and the keys."""
         error = self.assertOneError(
