@@ -745,7 +745,8 @@ def _value_node(node: yaml.Node, key: str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-                return value_node
+                found: yaml.Node = value_node
+                return found
     return None
 
 
@@ -1008,7 +1009,9 @@ def _check_pattern(node: yaml.Node, path: str, ctx: _Context) -> str | _Invalid:
     try:
         parsed = list(string.Formatter().parse(value))
     except ValueError as error:
-        problems.append(f"invalid pattern {value!r}: {error}; write literal braces as {{{{ and }}}}")
+        problems.append(
+            f"invalid pattern {value!r}: {error}; write literal braces as {{{{ and }}}}"
+        )
         parsed = []
     for _literal, name, spec, conversion in parsed:
         if name is None:

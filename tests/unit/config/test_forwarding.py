@@ -246,7 +246,9 @@ class ValidTests(LoadTestCase):
     def test_unused_destination_is_not_an_error(self) -> None:
         """A destination no route names loads, and is reported as unused."""
         config = load_config_text(
-            WITH_FOLDER.replace("  archive: {folder: out}\n", "  archive: {folder: out}\n  spare: {folder: s}\n"),
+            WITH_FOLDER.replace(
+                "  archive: {folder: out}\n", "  archive: {folder: out}\n  spare: {folder: s}\n"
+            ),
             "gw.yaml",
             BASE_DIR,
         )
@@ -293,7 +295,9 @@ class ValidTests(LoadTestCase):
             BASE_DIR,
         )
         self.assertEqual((config.duplicate_window, config.keep_delivered), (0.0, 7 * 86400.0))
-        self.assertEqual(config.queue_path, os.path.join(os.path.dirname(BASE_DIR), "q", "queue.db"))
+        self.assertEqual(
+            config.queue_path, os.path.join(os.path.dirname(BASE_DIR), "q", "queue.db")
+        )
 
 
 class DestinationErrorTests(LoadTestCase):
@@ -360,7 +364,8 @@ class DestinationErrorTests(LoadTestCase):
             MINIMAL + "destinations:\n  both:\n    folder: x\n    ae_title: A\n    host: h\n",
             7,
             "destinations.both",
-            "destination 'both' mixes a folder destination (folder) with DICOM keys (ae_title, host)",
+            "destination 'both' mixes a folder destination (folder) "
+            "with DICOM keys (ae_title, host)",
         )
         self.assertIn("give either folder: or ae_title, host and port", error.message)
 
@@ -665,11 +670,15 @@ class RouteErrorTests(LoadTestCase):
             + "      - archve\n"
         )
         error = self.assertOneError(
-            text, 15, "routes[2].forward[1]", "unknown destination 'archve'; did you mean 'archive'?"
+            text,
+            15,
+            "routes[2].forward[1]",
+            "unknown destination 'archve'; did you mean 'archive'?",
         )
         self.assertEqual(
             str(error),
-            "gw.yaml:15: routes[2].forward[1]: unknown destination 'archve'; did you mean 'archive'?",
+            "gw.yaml:15: routes[2].forward[1]: "
+            "unknown destination 'archve'; did you mean 'archive'?",
         )
 
     def test_unknown_destination_lists_configured_ones(self) -> None:
@@ -934,7 +943,10 @@ class RouteFileTests(SynchronousTestCase):
     def test_duplicate_route_name_across_files(self) -> None:
         """A route file reusing a main-file route name points at the first definition."""
         self.write_config()
-        self.write("routes/x.yaml", "- name: ok\n  forward: [archive]\n- name: main\n  forward: [archive]\n")
+        self.write(
+            "routes/x.yaml",
+            "- name: ok\n  forward: [archive]\n- name: main\n  forward: [archive]\n",
+        )
         [error] = self.load_errors()
         self.assertEqual(
             (error.file, error.line, error.key_path),
@@ -1016,7 +1028,9 @@ class RouteFileTests(SynchronousTestCase):
         self.write_config()
         self.replace_in_config('"../routes/*.yaml"', '"../routes"')
         [error] = self.load_errors()
-        self.assertEqual((error.file, error.line, error.key_path), (self.config_path, 8, "route_files[0]"))
+        self.assertEqual(
+            (error.file, error.line, error.key_path), (self.config_path, 8, "route_files[0]")
+        )
         self.assertIn("is a folder", error.message)
 
     def test_text_load_names_route_files_absolutely(self) -> None:
@@ -1065,6 +1079,7 @@ class ShippedForwardingConfigTests(SynchronousTestCase):
         config = load_config(self.path)
         archive = config.destination("archive")
         self.assertIsInstance(archive, FolderDestination)
+        assert isinstance(archive, FolderDestination)  # for the type checker
         self.assertEqual(archive.path, os.path.join(REPO_ROOT, "var", "archive"))
         self.assertIn(
             "archive", [name for route in config.routes for name in route.forward]
