@@ -17,10 +17,23 @@ never stops at the first problem: every section is checked, every error is
 collected, and the loader raises :class:`ConfigErrors` holding all of them,
 sorted by line. Only a file with no errors becomes a :class:`GatewayConfig`.
 
-Adding a section (``destinations``, ``routes``, ``http``, ``log``...) means
-writing its dataclass in :mod:`gateway.config.schema`, a field table and a
-checker built with :func:`_section` (or a hand-written checker for unusual
-shapes, like :func:`_check_spool`), and one line in :data:`_TOP_LEVEL`.
+Adding a section (``http``, ``log``...) means writing its dataclass in
+:mod:`gateway.config.schema`, a field table and a checker built with
+:func:`_section` (or a hand-written checker for unusual shapes, like
+:func:`_check_spool` or :func:`_check_destination`), and one line in
+:data:`_TOP_LEVEL`; a field's ``attr`` maps a key to a differently named
+dataclass parameter (``min_free`` -> ``min_free_bytes``).
+
+Route files (``route_files``) are YAML lists of routes, each composed and
+checked with its own :class:`_Context`, so its errors name that file and its
+lines, but sharing one :class:`_Shared` state with the configuration file:
+one error list, and the cross-references that only make sense once every
+file is read. Checkers record those (each destination named in a
+``forward`` list, each route name) and :func:`_check_references` resolves
+them at the end, so a route in ``routes/ct.yaml`` naming a misspelt
+destination is reported in ``routes/ct.yaml`` with a suggestion, and a
+route name reused across files points at its first definition. Errors are
+sorted by file (the configuration file first) and then by line.
 
 Paths in the file are relative to the file's own folder, so a configuration
 tree can be moved as a whole; they come out absolute.
