@@ -13,6 +13,8 @@ import os
 import zlib
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -758,3 +760,114 @@ class SignatureParityTests(SynchronousTestCase):
                 {p.name: p.default for p in inspect.signature(getattr(SqliteQueueStore, name)).parameters.values() if p.default is not inspect.Parameter.empty},
                 name,
             )
+
+
+# One random operation: (name, arguments) applied identically to both stores.
+_DESTINATIONS = st.sampled_from(["A", "B"])
+_TIMES = st.integers(min_value=0, max_value=50).map(lambda n: T0 + n)
+_LEASE_TIMES = st.one_of(_TIMES, st.just(T0 + 100))  # often: everything is due
+_IDS = st.integers(min_value=1, max_value=12)
+_ADD = st.tuples(
+        st.just("add"),
+        st.integers(min_value=0, max_value=3),  # which SOP Instance UID
+        st.booleans(),  # other bytes
+        st.lists(_DESTINATIONS, max_size=2),
+        _TIMES,
+        st.sampled_from([0.0, 10.0]),
+)
+_LEASE = st.tuples(st.just("lease"), _DESTINATIONS, st.integers(0, 5), _LEASE_TIMES, st.sampled_from([None, (0, 2), (1, 2)]))
+# Adds and leases weigh more, so sequences reach interesting states.
+_OPERATIONS = st.one_of(
+    _ADD,
+    _ADD,
+    _ADD,
+    _LEASE,
+    _LEASE,
+    st.tuples(st.just("complete"), st.lists(_IDS, max_size=3), _TIMES),
+    st.tuples(st.just("retry"), _IDS, _TIMES, st.booleans()),
+    st.tuples(st.just("release"), st.lists(_IDS, max_size=3)),
+    # The forwarder's usual calls: complete or release everything it holds.
+    st.tuples(st.just("complete_leased"), _TIMES, st.sampled_from(["", "B000"])),
+    st.tuples(st.just("release_leased")),
+    st.tuples(st.just("dead_letter"), _IDS, _TIMES),
+    st.tuples(st.just("requeue_dead"), _IDS, _TIMES, st.sampled_from([None, "B"])),
+    st.tuples(st.just("purge"), _IDS),
+    st.tuples(st.just("pause"), _DESTINATIONS, st.booleans()),
+    st.tuples(st.just("recover"), _TIMES),
+    st.tuples(st.just("forget"), st.integers(0, 15)),
+)
+
+
+def _apply(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
+    """Apply one generated operation; return its result or the exception type it raised."""
+    name, *args = op
+    try:
+        if name == "add":
+            uid, other_bytes, destinations, now, window = args
+            counter[0] += 1
+            record = make_record(
+                f"i{counter[0]}", sop_instance_uid=f"1.2.{uid}", sha256=("cd" if other_bytes else "ab") * 32,
+                received_at=now, study_instance_uid=f"9.{uid}",
+            )
+            return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
+        if name == "lease":
+            destination, limit, now, shard = args
+            return store.lease(destination, limit, now, 30.0, shard)
+        if name == "complete":
+            return store.complete(args[0], args[1], "")
+        if name == "retry":
+            entry_id, now, counted = args
+            return store.retry(entry_id, now + 5, "A700", now, counted)
+        if name == "release":
+            return store.release(args[0])
+        if name == "complete_leased":
+            held = [e.entry_id for e in store.entries(state=EntryState.LEASED)]
+            return store.complete(held, args[0], args[1])
+        if name == "release_leased":
+            return store.release([e.entry_id for e in store.entries(state=EntryState.LEASED)])
+        if name == "dead_letter":
+            return store.dead_letter(args[0], "C000", args[1])
+        if name == "requeue_dead":
+            return store.requeue_dead(*args)
+        if name == "purge":
+            return store.purge(args[0])
+        if name == "pause":
+            return store.set_paused(*args)
+        if name == "recover":
+            return store.recover(args[0])
+        if name == "forget":
+            return store.forget_instance(f"i{args[0]}")
+    except (KeyError, ValueError) as e:
+        return type(e)
+    raise AssertionError(name)
+
+
+def _observe(store: Any) -> Any:
+    """Everything a caller can see of a store's state."""
+    return (
+        store.entries(limit=10_000),
+        dict(store.stats(T0)),
+        sorted(store.instance_ids()),
+        store.finished_instances(T0 + 100),
+        [store.next_due(d) for d in ("A", "B")],
+        store.find(study_instance_uid="9.1"),
+    )
+
+
+class VerifiedFakeTests(SynchronousTestCase):
+    """Random operation sequences give the same results and state in both stores."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_OPERATIONS, min_size=10, max_size=40))
+    def test_random_operations_agree(self, operations: list[tuple[Any, ...]]) -> None:
+        """After each operation both stores returned the same thing and look the same."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        memory, real = MemoryQueueStore(), SqliteQueueStore(os.path.join(directory, "q.sqlite"))
+        try:
+            counters = ([0], [0])
+            for op in operations:
+                self.assertEqual(_apply(memory, op, counters[0]), _apply(real, op, counters[1]), op)
+                self.assertEqual(_observe(memory), _observe(real), op)
+        finally:
+            real.close()
