@@ -581,6 +581,18 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(set(self.states().values()), {EntryState.QUEUED})
 
+    def test_stop_while_the_circuit_is_open_completes(self) -> None:
+        """With the circuit open and slots waiting for it, stopService fires and nothing stays leased."""
+        self.enqueue(self.instance())
+        peer = FakePeer()
+        peer.refuse = ConnectionRefusedError()
+        worker = self.worker(self.destination(max_associations=2), peer)
+        self.clock.pump([1.0, 2.0])
+        self.assertEqual(worker.status().circuit, "open")
+        d = worker.stopService()
+        self.successResultOf(d)
+        self.assertEqual(set(self.states().values()), {EntryState.QUEUED})
+
 
 class ProposalTests(SynchronousTestCase):
     """Presentation contexts proposed for a batch."""
