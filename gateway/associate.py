@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,6 +38,7 @@ from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
 from gateway.ul.association import Association
 from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
+from gateway.tcp import quickack, set_no_delay
 from gateway.ul.outputs import (
     AbortIndication,
     AssociateAccepted,
@@ -71,7 +72,14 @@ class AssociationRejected(AssociationError):
 
 
 class AssociationAborted(AssociationError):
-    """The association ended abnormally (A-ABORT, transport closed, or a timeout)."""
+    """The association ended abnormally (A-ABORT, transport closed, or a timeout).
+
+    :ivar data_sent: for a failed C-STORE, whether the data set's last
+        fragment had gone out (the destination may then hold the instance:
+        an ambiguous outcome, HARDENING F06/F07); ``None`` when not known.
+    """
+
+    data_sent: bool | None = None
 
 
 class NoPresentationContext(AssociationError):
@@ -209,10 +217,18 @@ class RequestorProtocol(Protocol):
 
     log = Logger(namespace="gateway.associate")
 
-    def __init__(self, request: _pdu.AAssociateRQ, clock: IReactorTime, timeout: float, max_pdu_length: int) -> None:
+    def __init__(
+        self,
+        request: _pdu.AAssociateRQ,
+        clock: IReactorTime,
+        timeout: float,
+        max_pdu_length: int,
+        dimse_timeout: float | None = None,
+    ) -> None:
         self._request = request
         self._clock = clock
-        self._timeout = timeout
+        self._acse_timeout = timeout
+        self._timeout = dimse_timeout if dimse_timeout is not None else timeout
         self.association = Association(
             Role.REQUESTOR, ULSettings(artim_timeout=timeout, max_pdu_length=max_pdu_length)
         )
@@ -227,15 +243,14 @@ class RequestorProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Evt1 then Evt2: send the A-ASSOCIATE-RQ, and wait at most the ACSE timeout."""
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        set_no_delay(self.transport)
         self._run(self.association.request(self._request))
         self._run(self.association.transport_connected())
-        self._acse = self._clock.callLater(self._timeout, self._acse_timeout)
+        self._acse = self._clock.callLater(self._acse_timeout, self._acse_expired)
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the acceptor."""
+        quickack(self.transport)
         self._run(self.association.receive_data(data))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -249,7 +264,7 @@ class RequestorProtocol(Protocol):
         if self._released is not None and not self._released.called:
             self._released.callback(None)
 
-    def _acse_timeout(self) -> None:
+    def _acse_expired(self) -> None:
         self._acse = None
         if not self.established.called:
             self._run(self.association.abort(detail="ACSE timeout"))
@@ -444,9 +459,19 @@ class ClientAssociation:
             self._protocol, fp, context.context_id, header.size, max_fragment_size(self.peer_max_pdu, SEND_CAP)
         )
         self._protocol.transport.registerProducer(sender, False)
-        await sender.done
+        try:
+            await sender.done
+        except AssociationAborted as e:
+            d.addErrback(lambda _: None)  # the same abort fails the response too
+            e.data_sent = False
+            raise
         self._protocol.arm_timeout(message_id)
-        response = await d
+        try:
+            response = await d
+        except AssociationAborted as e:
+            # The last fragment went out: the peer may have stored it (ambiguous).
+            e.data_sent = True
+            raise
         return StoreResult(
             status=int(response.status),
             sop_class_uid=header.sop_class_uid,
@@ -462,6 +487,40 @@ class ClientAssociation:
     def abort(self) -> None:
         """A-ABORT and close."""
         self._protocol.abort()
+
+
+class _QuietFactory(Factory):
+    """A client factory that hands out one protocol and logs nothing (one per association)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        """The prepared protocol."""
+        return self._protocol
+
+
+def open_association(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint,
+    request: _pdu.AAssociateRQ,
+    *,
+    acse_timeout: float,
+    dimse_timeout: float,
+    max_pdu_length: int,
+) -> Deferred[ClientAssociation]:
+    """Connect ``endpoint`` and negotiate ``request``.
+
+    :param acse_timeout: seconds to wait for the A-ASSOCIATE answer (and for release).
+    :param dimse_timeout: seconds to wait for each DIMSE response.
+    :returns: a Deferred firing with the :class:`ClientAssociation`, or failing with
+        :class:`AssociationRejected` / :class:`AssociationAborted` / a connection error.
+    """
+    protocol = RequestorProtocol(request, reactor, acse_timeout, max_pdu_length, dimse_timeout=dimse_timeout)
+    connecting = endpoint.connect(_QuietFactory(protocol))
+    return connecting.addCallback(lambda _: protocol.established)
 
 
 def connect_tcp(
@@ -496,6 +555,6 @@ def connect_tcp(
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     else:
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    protocol = RequestorProtocol(request, reactor, timeout, max_pdu_length)
-    connecting = connectProtocol(endpoint, protocol)
-    return connecting.addCallback(lambda _: protocol.established)
+    return open_association(
+        reactor, endpoint, request, acse_timeout=timeout, dimse_timeout=timeout, max_pdu_length=max_pdu_length
+    )

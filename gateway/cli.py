@@ -66,25 +66,28 @@ def _parser() -> argparse.ArgumentParser:
         scu.add_argument("--timeout", type=float, default=30.0, help="ACSE and DIMSE timeout, seconds")
         if name == "store":
             scu.add_argument("files", nargs="+", help="Part 10 files to send")
+    config_arg = argparse.ArgumentParser(add_help=False)
+    config_arg.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
     queue = sub.add_parser("queue", help="inspect and act on the forwarding queue")
-    queue.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
     qsub = queue.add_subparsers(dest="action", required=True)
-    qlist = qsub.add_parser("list", help="per destination: queued, in flight, dead letters, oldest age, last error")
+    qlist = qsub.add_parser(
+        "list", parents=[config_arg], help="per destination: queued, in flight, dead letters, oldest age, last error"
+    )
     qlist.add_argument("--json", action="store_true")
     qlist.add_argument("--dead", action="store_true", help="list the dead letters instead")
     qlist.add_argument("--destination", help="only this destination (with --dead)")
-    qshow = qsub.add_parser("show", help="one entry with its attempt history")
+    qshow = qsub.add_parser("show", parents=[config_arg], help="one entry with its attempt history")
     qshow.add_argument("entry_id", type=int)
     qshow.add_argument("--json", action="store_true")
-    qretry = qsub.add_parser("retry", help="send dead letters again (to the tail of the queue)")
+    qretry = qsub.add_parser("retry", parents=[config_arg], help="send dead letters again (to the tail of the queue)")
     qretry.add_argument("entry_ids", type=int, nargs="*")
     qretry.add_argument("--all", action="store_true", help="every dead letter (of --destination, if given)")
     qretry.add_argument("--destination", help="with --all: only this destination's dead letters")
     qretry.add_argument("--to", help="re-target to another configured destination")
-    qpurge = qsub.add_parser("purge", help="delete dead letters for good")
+    qpurge = qsub.add_parser("purge", parents=[config_arg], help="delete dead letters for good")
     qpurge.add_argument("entry_ids", type=int, nargs="+")
     for action in ("pause", "resume"):
-        qp = qsub.add_parser(action, help=f"{action} a destination (items keep queueing)")
+        qp = qsub.add_parser(action, parents=[config_arg], help=f"{action} a destination (items keep queueing)")
         qp.add_argument("destination")
 
     find = sub.add_parser("find", help="where did an instance go")
@@ -254,9 +257,13 @@ def _load_or_exit(path: str) -> Any:
 def _run(reactor: Any, config: Any) -> Deferred[None]:
     from gateway.service import GatewayService
 
+    import signal
+
     service = GatewayService(reactor, config)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(service.reload, load_config))
     return Deferred()  # fires never: the gateway runs until the reactor is stopped by a signal
 
 

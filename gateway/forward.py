@@ -59,11 +59,11 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -72,7 +72,7 @@ from gateway.associate import (
     ClientAssociation,
     NoPresentationContext,
     Part10Header,
-    RequestorProtocol,
+    open_association,
     read_part10_header,
 )
 from gateway.blocking import IBlockingRunner
@@ -222,26 +222,23 @@ def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Propos
     )
     endpoint_type = TCP6ClientEndpoint if ":" in destination.host else TCP4ClientEndpoint
     endpoint = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)
-    protocol = RequestorProtocol(request, reactor, destination.acse_timeout, destination.max_pdu_length)
-
-    def established(client: ClientAssociation) -> ClientAssociation:
-        # RequestorProtocol has one timeout for ACSE and DIMSE; switch it to
-        # the DIMSE timeout once the association is up (see the report:
-        # associate.py should take both).
-        protocol._timeout = destination.dimse_timeout
-        return client
-
-    connecting = connectProtocol(endpoint, protocol)
-    return connecting.addCallback(lambda _: protocol.established).addCallback(established)
+    return open_association(
+        reactor,
+        endpoint,
+        request,
+        acse_timeout=destination.acse_timeout,
+        dimse_timeout=destination.dimse_timeout,
+        max_pdu_length=destination.max_pdu_length,
+    )
 
 
 def _data_went_out(exc: BaseException) -> bool:
     """Whether the data set's last fragment had been sent when ``exc`` ended the send.
 
-    :class:`~gateway.associate.ClientAssociation.store` fails with "... while
-    sending" (or "not open") before the last fragment, and with other texts
-    (DIMSE timeout, transport closed, A-ABORT) after it. An explicit
-    ``data_sent`` attribute wins when the exception has one.
+    :meth:`~gateway.associate.ClientAssociation.store` sets ``data_sent`` on
+    the :class:`~gateway.associate.AssociationAborted` it raises. Without the
+    attribute the text decides: "... while sending" and "not open" come
+    before the last fragment, other texts (DIMSE timeout, A-ABORT) after it.
     """
     explicit = getattr(exc, "data_sent", None)
     if isinstance(explicit, bool):

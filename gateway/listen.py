@@ -16,7 +16,6 @@ A-ASSOCIATE-RJ transient, local limit exceeded, rather than resetting TCP).
 from __future__ import annotations
 
 import itertools
-import socket
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +28,7 @@ from gateway.access import AccessPolicy
 from gateway.dimse.pdv import fragment_command
 from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
 from gateway.spool import Spool
+from gateway.tcp import quickack, set_no_delay
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
 from gateway.ul.association import Association
@@ -47,7 +47,6 @@ from gateway.ul.outputs import (
     StopArtim,
 )
 
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _ids = itertools.count(1)
 
 
@@ -93,19 +92,14 @@ class AcceptorProtocol(Protocol):
         self._started = self._clock.seconds()
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
+        set_no_delay(self.transport)
         self.factory.connections.add(self)
         self._reset_idle()
         self._run(self.association.transport_connected())
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer: feed them to the upper layer."""
-        self._quickack()
+        quickack(self.transport)
         self._reset_idle()
         self._run(self.association.receive_data(data))
 
@@ -179,17 +173,6 @@ class AcceptorProtocol(Protocol):
         self._ending = "idle timeout"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "idle timeout"))
         self.transport.loseConnection()
-
-    def _quickack(self) -> None:
-        """Re-arm TCP_QUICKACK (Linux) so a peer that leaves Nagle on is not held by delayed ACKs."""
-        if _TCP_QUICKACK is None:
-            return
-        handle = getattr(self.transport, "getHandle", lambda: None)()
-        if isinstance(handle, socket.socket):
-            try:
-                handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                pass
 
     # -- association establishment ---------------------------------------------------------
 

@@ -18,7 +18,7 @@ is HARDENING P38's "handled one at a time").
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred

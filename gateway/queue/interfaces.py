@@ -24,7 +24,7 @@ caller (the caller owns the clock; the store never reads time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping, Sequence
 

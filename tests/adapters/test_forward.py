@@ -15,9 +15,8 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
