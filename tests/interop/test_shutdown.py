@@ -1,0 +1,55 @@
+"""SIGTERM while a modality is sending: a clean stop that leaves no partial file.
+
+Issue 2: ``dicom-gateway run`` stops cleanly on SIGTERM, aborting open
+associations and never leaving a partial instance behind. The sender is
+DCMTK's ``storescu`` streaming a large multi-frame instance; the gateway is a
+real process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.datasets import write_multiframe
+from tests.support.dcmtk import require_tool
+from tests.support.gateway_process import wait_until
+from tests.support.interop import GatewayTestMixin, shared_dir
+
+
+class ShutdownTests(GatewayTestMixin, TestCase):
+    """Stopping the gateway in the middle of a transfer."""
+
+    timeout = 180
+
+    def test_sigterm_mid_transfer_exits_cleanly_and_keeps_no_partial_file(self) -> None:
+        """SIGTERM while a 200 MB instance arrives: exit 0, the sender fails, incoming/ and instances/ stay empty."""
+        storescu = require_tool("storescu")
+        big = shared_dir("shutdown") / "multiframe-200mb.dcm"
+        if not big.exists():
+            write_multiframe(big, 200 * 1024 * 1024)
+        gateway = self.start_gateway()
+        incoming = gateway.spool / "incoming"
+        sender = subprocess.Popen(
+            [storescu, "-aec", "DICOMGW", gateway.host, str(gateway.port), str(big)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: sender.poll() is None and sender.kill())
+
+        def partial_is_growing() -> bool:
+            parts = list(incoming.glob("*.part")) if incoming.is_dir() else []
+            return any(p.stat().st_size > 10 * 1024 * 1024 for p in parts)
+
+        wait_until(partial_is_growing, timeout=60, message="a partial instance of more than 10 MB in incoming/")
+        started = time.monotonic()
+        status = gateway.stop(timeout=30)
+        self.assertEqual(status, 0, gateway.log_text())
+        self.assertLess(time.monotonic() - started, 30)
+        output, _ = sender.communicate(timeout=60)
+        self.assertNotEqual(sender.returncode, 0, output)
+        self.assertEqual(list(incoming.glob("*")), [])
+        self.assertEqual(list((gateway.spool / "instances").glob("*")), [])
+        self.assertIn("shutting down", gateway.log_text())
