@@ -9,10 +9,13 @@ is the contract's: the listen port accepts TCP connections.
 from __future__ import annotations
 
 import os
+import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +24,15 @@ import yaml
 
 from tests.support.ports import free_port, port_is_open
 
-__all__ = ["REPO_ROOT", "GatewayProcess", "default_config"]
+__all__ = [
+    "REPO_ROOT",
+    "wait_until",
+    "CliResult",
+    "GatewayProcess",
+    "default_config",
+    "dicom_destination",
+    "folder_destination",
+]
 
 #: The repository root: the directory holding ``gateway/``.
 REPO_ROOT: Path = Path(__file__).resolve().parents[2]
@@ -47,6 +58,118 @@ def default_config(port: int, spool: Path) -> dict[str, Any]:
             "network_timeout": "120s",
         },
     }
+
+
+def dicom_destination(
+    port: int,
+    ae_title: str = "STORESCP",
+    *,
+    host: str = "127.0.0.1",
+    initial_delay: str = "200ms",
+    max_delay: str = "2s",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Build a DICOM AE destination with short timers for interop tests.
+
+    The retry delays are short (``initial_delay`` 200 ms, ``max_delay`` 2 s)
+    so retries and circuit probes happen within a test's bounded waits.
+
+    :param port: the destination's port.
+    :param ae_title: its AE title (the called AE title we present).
+    :param host: its address.
+    :param initial_delay: ``retry.initial_delay``.
+    :param max_delay: ``retry.max_delay``.
+    :param overrides: more destination keys (``max_associations``, ``batch_size``,
+        ``retry``: merged into the retry mapping, ...).
+    :returns: a mapping for ``destinations.<name>``.
+    """
+    retry: dict[str, Any] = {"initial_delay": initial_delay, "max_delay": max_delay}
+    retry.update(overrides.pop("retry", {}))
+    destination: dict[str, Any] = {
+        "ae_title": ae_title,
+        "host": host,
+        "port": port,
+        "max_associations": 2,
+        "batch_size": 50,
+        "idle_release": "1s",
+        "timeouts": {"connect": "5s", "acse": "10s", "dimse": "20s"},
+        "retry": retry,
+        "circuit": {"failures": 3},
+    }
+    destination.update(overrides)
+    return destination
+
+
+def folder_destination(folder: str | os.PathLike[str], **overrides: Any) -> dict[str, Any]:
+    """Build a folder destination writing ``Study/Series/SOP.dcm`` files.
+
+    :param folder: the destination folder (absolute; outside the spool).
+    :param overrides: more keys (``pattern``).
+    :returns: a mapping for ``destinations.<name>``.
+    """
+    return {"folder": os.fspath(folder), **overrides}
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """The outcome of one ``python -m gateway ...`` administration command.
+
+    :param returncode: the exit status.
+    :param stdout: what it printed on stdout.
+    :param stderr: what it printed on stderr.
+    :param argv: the command that ran.
+    """
+
+    returncode: int
+    stdout: str
+    stderr: str
+    argv: tuple[str, ...]
+
+    def json(self) -> Any:
+        """Parse stdout as JSON (for ``--json`` commands).
+
+        :returns: the parsed value.
+        :raises AssertionError: if the command failed or printed no JSON.
+        """
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            raise AssertionError(f"not JSON:\n{self.describe()}") from None
+
+    def describe(self) -> str:
+        """Render the command and its output for an assertion message.
+
+        :returns: a multi-line description.
+        """
+        return (f"$ {' '.join(self.argv)}\n(exit {self.returncode})\n"
+                f"{self.stdout}\n{self.stderr}")
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    message: str | Callable[[], str] = "condition",
+    interval: float = 0.1,
+) -> Any:
+    """Poll ``predicate`` until it returns something true, or fail.
+
+    :param predicate: called repeatedly; its first true result is returned.
+    :param timeout: seconds before giving up.
+    :param message: what was awaited (or a callable building it, for details
+        such as a log tail), for the assertion message.
+    :param interval: seconds between polls.
+    :returns: the predicate's first true result.
+    :raises AssertionError: on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}")
+        time.sleep(interval)
 
 
 class GatewayProcess:
@@ -105,11 +228,7 @@ class GatewayProcess:
         :returns: this object.
         :raises RuntimeError: if the process exits or never listens.
         """
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        env["PYTHONUNBUFFERED"] = "1"
+        env = self._env()
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(
@@ -175,6 +294,76 @@ class GatewayProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def _env(self) -> dict[str, str]:
+        """Build the environment of a gateway command (this checkout first).
+
+        :returns: the environment.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def cli(self, *args: str, timeout: float = 60.0) -> CliResult:
+        """Run an administration command against this gateway's config.
+
+        ``-c CONFIG`` is appended, so ``gw.cli("queue", "list", "--json")``
+        runs ``python -m gateway queue list --json -c CONFIG``.
+
+        :param args: the command and its arguments.
+        :param timeout: seconds before the command is killed.
+        :returns: its exit status and output.
+        """
+        argv = [sys.executable, "-m", "gateway", *args, "-c", str(self.config_path)]
+        proc = subprocess.run(argv, cwd=REPO_ROOT, env=self._env(), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr, tuple(argv))
+
+    def queue_rows(self) -> dict[str, dict[str, Any]]:
+        """Read ``queue list --json`` as rows by destination name.
+
+        :returns: ``{destination: row}``.
+        :raises AssertionError: if the command fails.
+        """
+        result = self.cli("queue", "list", "--json")
+        if result.returncode != 0:
+            raise AssertionError(result.describe())
+        return {row["destination"]: row for row in result.json()}
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Read ``queue list --dead --json``.
+
+        :returns: one dict per dead-lettered entry.
+        :raises AssertionError: if the command fails.
+        """
+        result = self.cli("queue", "list", "--dead", "--json")
+        if result.returncode != 0:
+            raise AssertionError(result.describe())
+        rows: list[dict[str, Any]] = result.json()
+        return rows
+
+    def rewrite_config(self, **overrides: Any) -> None:
+        """Replace top-level config keys and rewrite the file (not reloaded).
+
+        Unlike the constructor, values replace keys whole (no merging), so a
+        test can drop a destination or a route.
+
+        :param overrides: config keys to replace.
+        """
+        self.config = {**self.config, **overrides}
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def reload(self) -> None:
+        """Send SIGHUP: the gateway re-reads routes and destinations.
+
+        :raises RuntimeError: if it is not running.
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("the gateway is not running")
+        self._proc.send_signal(signal.SIGHUP)
 
     def instances(self) -> list[Path]:
         """List committed instances, ``<spool>/instances/*.dcm``, oldest first.
