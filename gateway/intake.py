@@ -117,9 +117,16 @@ class Intake:
         self.unrouted_total = 0
         self.duplicates_total = 0
 
-    def admit(self, spooled: SpooledInstance, info: AssociationInfo) -> Deferred[Admission]:
+    def admit(
+        self, spooled: SpooledInstance, info: AssociationInfo, *, keep_file_on_failure: bool = False
+    ) -> Deferred[Admission]:
         """Route and journal one committed instance.
 
+        :param spooled: what the spool committed.
+        :param info: the association it came on.
+        :param keep_file_on_failure: leave the spooled file in place when the
+            journal cannot be written (start-up recovery: an orphan is never
+            deleted, it is tried again at the next start).
         :returns: a Deferred that fires with the :class:`Admission`; it never fails.
         """
         context = RoutingContext(
@@ -136,7 +143,7 @@ class Intake:
         d = self._store_runner.run(self._store.add_instance, record, entries, self._wall(), self.duplicate_window)
         d.addCallbacks(
             lambda result: self._journaled(record, decision, result),
-            lambda failure: self._journal_failed(spooled, record, failure),
+            lambda failure: self._journal_failed(spooled, record, failure, keep_file_on_failure),
         )
         return d
 
@@ -160,8 +167,13 @@ class Intake:
             self._on_enqueued(fresh)
         return Admission(Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates)
 
-    def _journal_failed(self, spooled: SpooledInstance, record: InstanceRecord, failure: Failure) -> Deferred[Admission]:
-        """The journal could not be written: un-spool the file and answer 0xA700 (never 0x0000)."""
+    def _journal_failed(
+        self, spooled: SpooledInstance, record: InstanceRecord, failure: Failure, keep_file: bool = False
+    ) -> Deferred[Admission]:
+        """The journal could not be written: un-spool the file and answer 0xA700 (never 0x0000).
+
+        With ``keep_file`` (recovery) the file stays where it is.
+        """
         self.log.failure(
             "{correlation_id} could not journal {sop_instance_uid}; answering 0xA700",
             failure,
@@ -170,6 +182,8 @@ class Intake:
         )
 
         def remove() -> None:
+            if keep_file:
+                return
             try:
                 os.unlink(spooled.path)
             except OSError:
@@ -364,11 +378,20 @@ class Recovery:
             path = os.path.join(self._instances_dir, name)
             try:
                 spooled, info = await self._file_runner.run(_orphan_info, path)
-            except (ValueError, OSError) as e:
+            except Exception as e:
+                # Any failure to read one file (ValueError, OSError, a
+                # struct.error from a meta cut short) is that file's problem:
+                # report it, leave it, and go on recovering the others.
                 self.log.error("spooled file {path} has no journal record and cannot be read: {error}", path=path, error=str(e))
                 continue
-            admission = await self._intake.admit(spooled, info)
-            if admission.status == 0:
+            admission = await self._intake.admit(spooled, info, keep_file_on_failure=True)
+            if admission.status != 0:
+                self.log.error(
+                    "spooled file {path} has no journal record and could not be routed again ({comment}); left in place",
+                    path=path,
+                    comment=admission.comment,
+                )
+            else:
                 rerouted += 1
                 self.log.warn(
                     "spooled file {path} had no journal record (the gateway stopped before acknowledging it); routed again",
