@@ -366,14 +366,20 @@ class GatewayProcess:
         self._proc.send_signal(signal.SIGHUP)
 
     def instances(self) -> list[Path]:
-        """List committed instances, ``<spool>/instances/*.dcm``, oldest first.
+        """List committed instances still in the spool, oldest first.
+
+        These are ``<spool>/instances/*.dcm`` (routed, not yet delivered
+        everywhere or kept by retention) and ``<spool>/unrouted/*.dcm``
+        (acknowledged instances that matched no route, which the gateway
+        keeps; the receive-only tests run without routes).
 
         :returns: paths of committed Part 10 files.
         """
-        folder = self.spool / "instances"
-        if not folder.is_dir():
-            return []
-        return sorted(folder.glob("*.dcm"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        paths = [path
+                 for name in ("instances", "unrouted")
+                 if (self.spool / name).is_dir()
+                 for path in (self.spool / name).glob("*.dcm")]
+        return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def incoming(self) -> list[Path]:
         """List temporary files in ``<spool>/incoming/``.
