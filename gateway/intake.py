@@ -23,9 +23,9 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -116,6 +116,11 @@ class Intake:
         self._on_enqueued = on_enqueued
         self.unrouted_total = 0
         self.duplicates_total = 0
+        # Group commit: journal requests that arrive while a transaction is
+        # running wait here and go together in the next one (one fsync for
+        # many associations' instances).
+        self._pending: list[tuple[InstanceRecord, list[NewEntry], Deferred[AddResult]]] = []
+        self._journaling = False
 
     def admit(
         self, spooled: SpooledInstance, info: AssociationInfo, *, keep_file_on_failure: bool = False
@@ -140,12 +145,55 @@ class Intake:
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
         entries = [NewEntry(route=route, destination=destination) for route, destination in decision.entries]
-        d = self._store_runner.run(self._store.add_instance, record, entries, self._wall(), self.duplicate_window)
+        d = self._journal(record, entries)
         d.addCallbacks(
             lambda result: self._journaled(record, decision, result),
             lambda failure: self._journal_failed(spooled, record, failure, keep_file_on_failure),
         )
         return d
+
+    def _journal(self, record: InstanceRecord, entries: list[NewEntry]) -> Deferred[AddResult]:
+        """Queue one journal write; it joins the next transaction (group commit)."""
+        d: Deferred[AddResult] = Deferred()
+        self._pending.append((record, entries, d))
+        if not self._journaling:
+            self._commit_pending()
+        return d
+
+    def _commit_pending(self) -> None:
+        """Write every pending instance in one transaction on the store's thread.
+
+        If the batch fails (one bad record spoils a transaction), each is
+        retried alone, so one instance's failure never fails another's ack.
+        """
+        batch, self._pending = self._pending, []
+        self._journaling = True
+        items = [(record, entries) for record, entries, _ in batch]
+        run = self._store_runner.run(self._store.add_instances, items, self._wall(), self.duplicate_window)
+
+        def committed(results: list[AddResult]) -> None:
+            for (_, _, d), result in zip(batch, results):
+                d.callback(result)
+
+        def failed(failure: Failure) -> Deferred[Any] | None:
+            if len(batch) == 1:
+                batch[0][2].errback(failure)
+                return None
+            singles = []
+            for record, entries, d in batch:
+                single = self._store_runner.run(
+                    self._store.add_instance, record, entries, self._wall(), self.duplicate_window
+                )
+                single.chainDeferred(d)
+                singles.append(single)
+            return DeferredList(singles, consumeErrors=True)
+
+        def next_batch(_: object) -> None:
+            self._journaling = False
+            if self._pending:
+                self._commit_pending()
+
+        run.addCallbacks(committed, failed).addBoth(next_batch)
 
     def _journaled(self, record: InstanceRecord, decision: RoutingDecision, result: AddResult) -> Admission:
         if result.duplicates:

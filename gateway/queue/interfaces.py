@@ -156,6 +156,17 @@ class IQueueStore(Interface):
         A window of 0 disables the check.
         """
 
+    def add_instances(
+        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+    ) -> list[AddResult]:
+        """Several :meth:`add_instance` calls in one transaction (group commit): all or nothing.
+
+        Instances of the batch are added in order, so a later one sees the
+        entries of an earlier one (an identical re-send within the same batch
+        is a duplicate). If any one fails, nothing of the batch is recorded
+        and the error is raised.
+        """
+
     def lease(destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:
         """Take up to ``limit`` due QUEUED entries of ``destination``, oldest first (by entry id).
 

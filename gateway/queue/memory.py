@@ -169,6 +169,18 @@ class MemoryQueueStore:
             ids.append(self._insert(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
+    def add_instances(
+        self, batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+    ) -> list[AddResult]:
+        """Several instances, all or nothing (see the interface).
+
+        :raises ValueError: an instance id is already recorded, or repeated in the batch.
+        """
+        ids = [record.instance_id for record, _ in batch]
+        if len(set(ids)) != len(ids) or any(i in self._instances for i in ids):
+            raise ValueError("an instance of the batch is already recorded")
+        return [self.add_instance(record, entries, now, duplicate_window) for record, entries in batch]
+
     def lease(self, destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:
         """Take up to ``limit`` due QUEUED entries, oldest first (see the interface)."""
         check_shard(shard)

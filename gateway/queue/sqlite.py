@@ -401,36 +401,59 @@ class SqliteQueueStore:
 
         :raises ValueError: an instance with this id is already recorded.
         """
+        with self._write() as conn:
+            return self._add_one(conn, record, entries, now, duplicate_window)
+
+    def add_instances(
+        self, batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+    ) -> list[AddResult]:
+        """Several instances in one transaction: one fsync for all (group commit).
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.add_instances`.
+
+        :raises ValueError: an instance id is already recorded (nothing is kept).
+        """
+        with self._write() as conn:
+            return [self._add_one(conn, record, entries, now, duplicate_window) for record, entries in batch]
+
+    def _add_one(
+        self,
+        conn: sqlite3.Connection,
+        record: InstanceRecord,
+        entries: Sequence[NewEntry],
+        now: float,
+        duplicate_window: float,
+    ) -> AddResult:
+        """Insert one instance and its entries inside the caller's transaction."""
         hash_ = study_hash(record.study_instance_uid)
         ids: list[int] = []
         duplicates: list[str] = []
-        with self._write() as conn:
-            # Destinations that already have this exact instance (same UID and
-            # bytes) from an entry forwarded within the window (HARDENING
-            # decision 5). Looked up before inserting: only earlier entries count.
-            already: set[str] = set()
-            if duplicate_window > 0:
-                rows = conn.execute(
-                    "SELECT DISTINCT e.destination FROM instances i"
-                    " JOIN entries e ON e.instance_id = i.instance_id"
-                    " WHERE i.sop_instance_uid = ? AND i.sha256 = ?"
-                    " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= ?",
-                    (record.sop_instance_uid, record.sha256, now - duplicate_window),
-                )
-                already = {row[0] for row in rows}
-            try:
-                conn.execute(
-                    "INSERT INTO instances (" + ", ".join(_INSTANCE_COLUMNS) + ") VALUES ("
-                    + ", ".join("?" * len(_INSTANCE_COLUMNS)) + ")",
-                    tuple(getattr(record, column) for column in _INSTANCE_COLUMNS),
-                )
-            except sqlite3.IntegrityError as e:
-                raise ValueError(f"instance {record.instance_id!r} is already recorded") from e
-            for new in entries:
-                state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
-                if state is EntryState.DUPLICATE:
-                    duplicates.append(new.destination)
-                ids.append(self._insert_entry(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
+        # Destinations that already have this exact instance (same UID and
+        # bytes) from an entry forwarded within the window (HARDENING
+        # decision 5). Looked up before inserting: only earlier entries count.
+        already: set[str] = set()
+        if duplicate_window > 0:
+            rows = conn.execute(
+                "SELECT DISTINCT e.destination FROM instances i"
+                " JOIN entries e ON e.instance_id = i.instance_id"
+                " WHERE i.sop_instance_uid = ? AND i.sha256 = ?"
+                " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= ?",
+                (record.sop_instance_uid, record.sha256, now - duplicate_window),
+            )
+            already = {row[0] for row in rows}
+        try:
+            conn.execute(
+                "INSERT INTO instances (" + ", ".join(_INSTANCE_COLUMNS) + ") VALUES ("
+                + ", ".join("?" * len(_INSTANCE_COLUMNS)) + ")",
+                tuple(getattr(record, column) for column in _INSTANCE_COLUMNS),
+            )
+        except sqlite3.IntegrityError as e:
+            raise ValueError(f"instance {record.instance_id!r} is already recorded") from e
+        for new in entries:
+            state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
+            if state is EntryState.DUPLICATE:
+                duplicates.append(new.destination)
+            ids.append(self._insert_entry(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
     # -- IQueueStore: the worker's cycle -------------------------------------

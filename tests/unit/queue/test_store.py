@@ -718,6 +718,28 @@ class QueueStoreTests:
         self.add(s, "i2", ())
         self.assertEqual(s.instance_ids(), {"i1", "i2"})
 
+    # -- group commit -------------------------------------------------------
+
+    def test_add_instances_records_a_batch_in_order(self) -> None:
+        """add_instances records every instance of the batch, and a later identical one in it is a duplicate."""
+        s = self.store()
+        first = make_record("g1", received_at=T0, sha256="aa", sop_instance_uid="1.2.3.4")
+        second = make_record("g2", received_at=T0, sha256="aa", sop_instance_uid="1.2.3.4")
+        results = s.add_instances([(first, [NewEntry("r", "A")]), (second, [NewEntry("r", "A")])], T0, 3600.0)
+        self.assertEqual(len(results), 2)
+        self.assertEqual(results[0].duplicates, ())
+        self.assertEqual(results[1].duplicates, ("A",))
+        self.assertEqual(s.instance_ids(), {"g1", "g2"})
+
+    def test_add_instances_is_all_or_nothing(self) -> None:
+        """A batch with an already recorded instance raises ValueError and records none of the batch."""
+        s = self.store()
+        self.add(s, "old")
+        batch = [(make_record("new"), [NewEntry("r", "A")]), (make_record("old"), [NewEntry("r", "A")])]
+        self.assertRaises(ValueError, s.add_instances, batch, T0, 0.0)
+        self.assertEqual(s.instance_ids(), {"old"})
+        self.assertEqual(len(s.entries(destination="A")), 1)
+
 
 class MemoryQueueStoreTests(QueueStoreTests, SynchronousTestCase):
     """The mixin against the in-memory fake."""
