@@ -16,11 +16,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Sequence
 from unittest import mock
 
 import pydicom
 from pydicom.data import get_testdata_file
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -324,14 +325,10 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         )
 
     def recover(self) -> tuple[int, int]:
-        from twisted.internet.defer import Deferred
-
-        result = self.successResultOf(Deferred.fromCoroutine(self.recovery.recover()))
+        result: tuple[int, int] = self.successResultOf(Deferred.fromCoroutine(self.recovery.recover()))
         return result
 
     def clean(self, keep: float) -> int:
-        from twisted.internet.defer import Deferred
-
         removed: int = self.successResultOf(Deferred.fromCoroutine(self.recovery.clean(keep)))
         return removed
 
@@ -402,8 +399,6 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         )
         path = os.path.join(self.instances_dir, "orphan1.dcm")
         shutil.copy(get_testdata_file("CT_small.dcm"), path)
-        from twisted.internet.defer import Deferred
-
         self.assertEqual(self.successResultOf(Deferred.fromCoroutine(recovery.recover())), (0, 0))
         self.assertTrue(os.path.exists(path))
         self.flushLoggedErrors(OSError)
