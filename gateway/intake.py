@@ -449,27 +449,44 @@ class Recovery:
             self.log.info("{count} in-flight queue entries returned to the queue", count=returned)
         return returned, rerouted
 
-    async def clean(self, keep_delivered: float) -> int:
-        """Delete spool files whose every entry is delivered (after ``keep_delivered`` seconds).
+    async def clean(self, keep_delivered: float, duplicate_window: float = 0.0) -> int:
+        """Delete spool files whose every entry is delivered, after ``keep_delivered`` seconds.
 
-        Dead letters keep their files; so do queued entries. Returns how many
-        instances were removed.
+        Dead letters keep their files; so do queued entries. The record of an
+        instance outlives its file until the duplicate window has passed too,
+        so an identical re-send is still recognised after the file is gone
+        (HARDENING decision 5). Returns how many files were removed.
+
+        :param keep_delivered: seconds a delivered instance's file is kept (``retention``).
+        :param duplicate_window: seconds the record must be kept for duplicate control.
         """
-        done = await self._store_runner.run(self._store.finished_instances, self._wall() - keep_delivered)
+        now = self._wall()
         removed = 0
+        done = await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True)
         for record in done:
-
-            def remove(path: str = record.path) -> None:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-
             try:
-                await self._file_runner.run(remove)
+                await self._file_runner.run(_unlink_if_present, record.path)
             except OSError as e:
                 self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
                 continue
-            await self._store_runner.run(self._store.forget_instance, record.instance_id)
+            await self._store_runner.run(self._store.file_removed, record.instance_id)
             removed += 1
+        horizon = now - max(keep_delivered, duplicate_window)
+        expired = await self._store_runner.run(self._store.finished_instances, horizon, 1000, None)
+        for record in expired:
+            if record.path:
+                try:
+                    await self._file_runner.run(_unlink_if_present, record.path)
+                except OSError:
+                    continue
+                removed += 1
+            await self._store_runner.run(self._store.forget_instance, record.instance_id)
         return removed
+
+
+def _unlink_if_present(path: str) -> None:
+    """Remove ``path``; a file already gone is fine (a crash between unlink and the journal)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -285,7 +285,7 @@ class GatewayService(MultiService):
             self._reactor.stop()
 
     async def _clean_once(self) -> None:
-        removed = await self.recovery.clean(self.config.keep_delivered)
+        removed = await self.recovery.clean(self.config.keep_delivered, self.config.duplicate_window)
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
 

@@ -240,9 +240,21 @@ class IQueueStore(Interface):
     def next_due(destination: str) -> float | None:
         """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None."""
 
-    def finished_instances(older_than: float, limit: int = 1000) -> list[InstanceRecord]:
+    def finished_instances(older_than: float, limit: int = 1000, has_file: bool | None = None) -> list[InstanceRecord]:
         """Instances received before ``older_than`` whose entries are all DELIVERED or DUPLICATE
-        (none queued, leased or dead), or that have no entries at all: their files may go."""
+        (none queued, leased or dead), or that have no entries at all: their files may go.
+
+        ``has_file=True`` returns only those whose file was not yet removed
+        (see :meth:`file_removed`), ``False`` only those whose file was, and
+        ``None`` both. Oldest first.
+        """
+
+    def file_removed(instance_id: str) -> None:
+        """Note that an instance's spooled file was deleted (its ``path`` becomes ``""``).
+
+        The record stays, so duplicate control still knows the instance for
+        the rest of its window after the file is gone.
+        """
 
     def forget_instance(instance_id: str) -> None:
         """Delete an instance record and its entries (after its files were removed)."""

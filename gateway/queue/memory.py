@@ -14,7 +14,7 @@ this store's version of "one transaction".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from zope.interface import implementer
@@ -358,14 +358,28 @@ class MemoryQueueStore:
                 count += 1
         return count
 
-    def finished_instances(self, older_than: float, limit: int = 1000) -> list[InstanceRecord]:
+    def finished_instances(
+        self, older_than: float, limit: int = 1000, has_file: bool | None = None
+    ) -> list[InstanceRecord]:
         """Instances whose files may go (see the interface)."""
         open_ids = {row.instance_id for row in self._rows.values() if row.state in _OPEN}
         finished = sorted(
-            (r for r in self._instances.values() if r.received_at < older_than and r.instance_id not in open_ids),
+            (
+                r
+                for r in self._instances.values()
+                if r.received_at < older_than
+                and r.instance_id not in open_ids
+                and (has_file is None or bool(r.path) == has_file)
+            ),
             key=lambda r: (r.received_at, r.instance_id),
         )
         return finished[: max(limit, 0)]
+
+    def file_removed(self, instance_id: str) -> None:
+        """Clear an instance's path once its file is deleted; unknown ids are ignored (see the interface)."""
+        record = self._instances.get(instance_id)
+        if record is not None:
+            self._instances[instance_id] = replace(record, path="")
 
     def forget_instance(self, instance_id: str) -> None:
         """Delete an instance and its entries; unknown ids are ignored (see the interface)."""

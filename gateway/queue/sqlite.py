@@ -737,20 +737,31 @@ class SqliteQueueStore:
             cursor = conn.execute("UPDATE entries SET state = 'queued', leased_until = NULL WHERE state = 'leased'")
             return cursor.rowcount
 
-    def finished_instances(self, older_than: float, limit: int = 1000) -> list[InstanceRecord]:
+    def finished_instances(
+        self, older_than: float, limit: int = 1000, has_file: bool | None = None
+    ) -> list[InstanceRecord]:
         """Instances received before ``older_than`` with nothing queued, leased or dead.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.finished_instances`.
         """
         if limit <= 0:
             return []
+        file_filter = {None: "", True: " AND i.path != ''", False: " AND i.path = ''"}[has_file]
         rows = self._conn.execute(
-            _INSTANCE_SELECT + " AS i WHERE i.received_at < ? AND NOT EXISTS ("
+            _INSTANCE_SELECT + " AS i WHERE i.received_at < ?" + file_filter + " AND NOT EXISTS ("
             "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
             " ORDER BY i.received_at, i.instance_id LIMIT ?",
             (older_than, limit),
         )
         return [_record_from_row(row) for row in rows]
+
+    def file_removed(self, instance_id: str) -> None:
+        """Clear an instance's ``path`` once its file is deleted (unknown ids are ignored).
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.file_removed`.
+        """
+        with self._write() as conn:
+            conn.execute("UPDATE instances SET path = '' WHERE instance_id = ?", (instance_id,))
 
     def forget_instance(self, instance_id: str) -> None:
         """Delete an instance record and its entries (nothing happens if it is unknown).
