@@ -23,12 +23,23 @@ from gateway.validate import DatasetSummary
 
 @dataclass(frozen=True)
 class RoutingContext:
-    """The association an instance arrived on (what routes may look at besides the header)."""
+    """The association an instance arrived on (what routes may look at besides the header).
+
+    :ivar source_address: the peer's IP address (no port).
+    :ivar listener: the listener's name; ``listener_port`` its port.
+    :ivar tls_subject: the peer certificate's subject (RFC 4514 string) on a
+        TLS listener, empty otherwise.
+    :ivar received_at: wall-clock time the instance was received (for
+        time-of-day and weekday windows, evaluated in local time).
+    """
 
     calling_ae_title: str
     called_ae_title: str
     source_address: str
     listener: str
+    listener_port: int = 0
+    tls_subject: str = ""
+    received_at: float = 0.0
 
 
 @dataclass(frozen=True)
