@@ -1,0 +1,55 @@
+"""Plugin interfaces for the rule engine: custom match predicates (and, later, morph actions).
+
+Routes name plugins the way they name built-ins. A plugin is an object
+providing one of these ``zope.interface`` interfaces, found by
+``twisted.plugin`` discovery (``getPlugins(IMatchPredicate, package)``) in the
+``plugins/`` folder and on the Python path. A plugin module declares it as
+Twisted plugins are declared::
+
+    from twisted.plugin import IPlugin
+    from zope.interface import implementer
+    from gateway.interfaces import IMatchPredicate
+
+    @implementer(IPlugin, IMatchPredicate)
+    class StudySize:
+        name = "study_size"
+
+        def compile(self, arguments):
+            ...  # validate, raise ValueError on bad arguments
+            return MinInstances(int(arguments["min_instances"]))
+
+    study_size = StudySize()
+
+and a route uses it with ``match: {plugin: study_size, min_instances: 3}``.
+
+Interfaces for other kinds of plugin (morph actions) live in this module too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from zope.interface import Attribute, Interface
+
+
+class IMatchPredicate(Interface):
+    """A named factory of match predicates, usable in a route's ``match``.
+
+    The object returned by :meth:`compile` must satisfy
+    :class:`gateway.match.Predicate`: a frozen (hashable, comparable)
+    dataclass with ``matches(dataset, context) -> bool`` and
+    ``describe() -> str``. ``matches`` must never raise (HARDENING D17); a
+    predicate that cannot decide answers ``False``.
+    """
+
+    name = Attribute("The plugin's name as routes write it (``plugin: NAME``), a str.")
+
+    def compile(arguments: Mapping[str, Any]) -> Any:  # type: ignore[misc]
+        """Build a predicate from the route's arguments (every key but ``plugin``).
+
+        :param arguments: the plain YAML values (str, int, float, bool, None,
+            lists and mappings of them) given next to ``plugin``.
+        :returns: a :class:`gateway.match.Predicate`.
+        :raises ValueError: when the arguments are wrong; the message becomes a
+            configuration error naming the line of the ``plugin`` key.
+        """
