@@ -212,7 +212,13 @@ class Intake:
             destinations=", ".join(fresh) or "(none: duplicates)",
         )
         if fresh:
-            self._on_enqueued(fresh)
+            try:
+                self._on_enqueued(fresh)
+            except Exception:
+                # The journal has committed: the instance is in custody and
+                # must be acknowledged 0x0000. A worker that failed to wake
+                # finds the entries at its next poll.
+                self.log.failure("could not wake the workers of {destinations}", destinations=", ".join(fresh))
         return Admission(Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates)
 
     def _journal_failed(

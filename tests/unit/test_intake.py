@@ -182,6 +182,18 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         self.admit(self.spooled("i1"))
         self.assertEqual(self.admit(self.spooled("i2")).duplicates, ())
 
+    def test_failing_wake_up_still_acknowledges_a_journaled_instance(self) -> None:
+        """If waking a worker raises after the journal committed, the answer is still 0x0000 (custody is held)."""
+
+        def broken(destinations: Sequence[str]) -> None:
+            raise RuntimeError("worker gone")
+
+        intake = self.make_intake(self.store)
+        intake._on_enqueued = broken  # type: ignore[method-assign]
+        admission = self.admit(self.spooled("i1"), intake)
+        self.assertEqual((admission.status, admission.entries), (Status.SUCCESS, 2))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_journal_failure_answers_a700_and_removes_the_spooled_file(self) -> None:
         """When add_instance raises, the answer is 0xA700 (never 0x0000) and the spooled file is gone."""
         intake = self.make_intake(_FailingStore())
