@@ -118,6 +118,17 @@ AMBIGUOUS_PREFIX = "ambiguous: "
 _MAX_CONTEXTS = 127
 
 
+class PrepareError(Exception):
+    """A destination's copy of an instance cannot be made (a morph failure): a permanent fault of that copy."""
+
+
+#: Makes the copy an entry sends: returns the entry itself (unmorphed) or one
+#: whose ``path`` (and ``instance`` UIDs) are those of its route's morphed copy.
+#: Raises :class:`PrepareError` when the copy cannot be made (HARDENING D15:
+#: that route's copy is dead-lettered, never sent half-made or unmorphed).
+Prepare = Callable[[Entry], "Deferred[Entry]"]
+
+
 class ForwardObserver:
     """Events of a worker, for metrics and alerts; every method is a no-op here.
 
@@ -299,6 +310,7 @@ class DestinationWorker(Service):
         grace: float = 10.0,
         poll_interval: float = 1.0,
         scratch_dir: str | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -318,6 +330,7 @@ class DestinationWorker(Service):
         self.grace = grace
         self.poll_interval = poll_interval
         self.scratch_dir = scratch_dir
+        self.prepare = prepare
         self.folder = FolderWriter(config.path, config.pattern) if isinstance(config, FolderDestination) else None
         count = config.max_associations if isinstance(config, DicomDestination) else 1
         self._slots = [_Slot(k) for k in range(count)]
@@ -508,6 +521,8 @@ class DestinationWorker(Service):
     async def _send_batch(self, slot: _Slot) -> None:
         """Send the slot's leased entries one by one, recording each outcome."""
         headers: dict[int, Part10Header] = {}
+        if self.prepare is not None:
+            await self._prepare_all(slot)
         if self.folder is None:
             for entry in list(slot.leased):
                 try:
@@ -526,6 +541,20 @@ class DestinationWorker(Service):
             await self._record(slot, entry, outcome, started)
             if isinstance(outcome, DestinationDown):
                 break
+
+    async def _prepare_all(self, slot: _Slot) -> None:
+        """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""
+        assert self.prepare is not None
+        prepared: list[Entry] = []
+        for entry in list(slot.leased):
+            try:
+                prepared.append(await self.prepare(entry))
+            except PrepareError as e:
+                await self._record(slot, entry, DeadLetter(f"morph: {e}"), self.clock.seconds())
+            except Exception as e:  # a bug or an I/O error: try again later, never send unmorphed
+                self.log.failure("preparing {entry_id} for {destination} failed", entry_id=entry.entry_id, destination=self.name)
+                await self._record(slot, entry, Retry(f"could not prepare the copy: {e}"), self.clock.seconds())
+        slot.leased = prepared
 
     async def _record(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
         """Write one entry's outcome to the journal and tell the observer."""

@@ -240,7 +240,9 @@ class WorkerTestsMixin:
         )
         return dataclasses.replace(base, **overrides)
 
-    def worker(self, config: DicomDestination | FolderDestination, peer: FakePeer | None = None) -> DestinationWorker:
+    def worker(
+        self, config: DicomDestination | FolderDestination, peer: FakePeer | None = None, prepare: Any = None
+    ) -> DestinationWorker:
         """A started worker; stopped at cleanup."""
         worker = DestinationWorker(
             config,
@@ -253,6 +255,7 @@ class WorkerTestsMixin:
             observer=self.observer,
             wall=self.clock.seconds,
             scratch_dir=self.tmp,
+            prepare=prepare,
         )
         worker.startService()
         self.addCleanup(self.stop, worker)  # type: ignore[attr-defined]
@@ -646,6 +649,48 @@ class FolderWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(worker.status().circuit, "closed")
         self.assertEqual(self.states(), {record.sop_instance_uid: EntryState.DELIVERED})
         self.assertEqual(self.store.get(1).attempts, 0)
+
+
+class PrepareTests(WorkerTestsMixin, SynchronousTestCase):
+    """The hook that swaps in a route's morphed copy before sending (HARDENING decision 4, D15)."""
+
+    def test_the_prepared_copy_is_what_is_sent(self) -> None:
+        """A prepared entry's path and UIDs are used by a folder destination, not the received file's."""
+        root = os.path.join(self.tmp, "archive")
+        os.mkdir(root)
+        original = self.instance(study="1.2.3")
+        morphed = self.instance(study="9.9.9")
+        self.store.forget_instance(morphed.instance_id)
+        self.enqueue(original)
+
+        def prepare(entry: Any) -> Any:
+            return succeed(dataclasses.replace(entry, path=morphed.path, instance=morphed))
+
+        self.worker(FolderDestination(name="archive", path=root, retry=RETRY), prepare=prepare)
+        written = os.path.join(root, "9.9.9", "9.9.9.1", morphed.sop_instance_uid + ".dcm")
+        with open(written, "rb") as f, open(morphed.path, "rb") as g:
+            self.assertEqual(f.read(), g.read())
+        self.assertFalse(os.path.exists(os.path.join(root, "1.2.3")))
+
+    def test_a_copy_that_cannot_be_made_is_dead_lettered_and_never_sent(self) -> None:
+        """PrepareError dead-letters the entry with a 'morph:' reason; the next entry still goes."""
+        from gateway.forward import PrepareError
+
+        bad, good = self.instance(), self.instance()
+        self.enqueue(bad)
+        self.enqueue(good)
+
+        def prepare(entry: Any) -> Any:
+            if entry.instance.instance_id == bad.instance_id:
+                return fail(PrepareError("PatientName: value too long for PN"))
+            return succeed(entry)
+
+        peer = FakePeer()
+        self.worker(self.destination(), peer, prepare=prepare)
+        self.assertEqual(peer.uids(), [good.sop_instance_uid])
+        dead = self.store.entries("archive", EntryState.DEAD)
+        self.assertEqual([e.instance.instance_id for e in dead], [bad.instance_id])
+        self.assertTrue(dead[0].dead_reason.startswith("morph: PatientName"))
 
 
 class RealRequestorTests(AcceptorTestsMixin, WorkerTestsMixin, SynchronousTestCase):
