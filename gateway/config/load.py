@@ -64,7 +64,11 @@ from gateway.config.schema import (
     DicomDestination,
     FolderDestination,
     GatewayConfig,
+    HttpConfig,
     LimitsConfig,
+    LogConfig,
+    MetricsConfig,
+    RotateConfig,
     ListenerConfig,
     RetryConfig,
     RouteConfig,
@@ -1448,6 +1452,48 @@ _check_queue: Final = _section(
 )
 
 
+def _check_log_format(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    value = _check_string(node, path, ctx)
+    if value is not INVALID and value not in ("text", "json"):
+        return ctx.error(node, path, f"must be 'text' or 'json', not {value!r}")
+    return value
+
+
+def _check_log_level(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    value = _check_string(node, path, ctx)
+    if value is not INVALID and value not in ("debug", "info", "warn", "error"):
+        return ctx.error(node, path, f"must be one of debug, info, warn, error, not {value!r}")
+    return value
+
+
+_ROTATE_FIELDS: Final[Mapping[str, _Field]] = {
+    "size": _Field(_size(minimum=1024)),
+    "keep": _Field(_integer(0, 1000)),
+}
+
+_LOG_FIELDS: Final[Mapping[str, _Field]] = {
+    "format": _Field(_check_log_format),
+    "file": _Field(_check_path),
+    "level": _Field(_check_log_level),
+    "rotate": _Field(_section(RotateConfig, _ROTATE_FIELDS)),
+}
+
+_HTTP_FIELDS: Final[Mapping[str, _Field]] = {
+    "enabled": _Field(_check_boolean),
+    "host": _Field(_check_string),
+    "port": _Field(_integer(0, 65535)),
+    "token": _Field(_check_string),
+}
+
+_METRICS_FIELDS: Final[Mapping[str, _Field]] = {
+    "calling_ae_titles": _Field(_list_of(_check_string, non_empty=False)),
+}
+
+_check_plugins: Final = _section(
+    lambda folders=(): folders, {"folders": _Field(_list_of(_check_path, non_empty=False))}
+)
+
+
 #: The top-level sections. A new section is one more line here.
 _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "ae_title": _Field(_check_ae_title, required=True),
@@ -1462,6 +1508,10 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "routes": _Field(_check_routes),
     # Read after "routes", so the configuration file's routes come first.
     "route_files": _Field(_check_route_files),
+    "http": _Field(_section(HttpConfig, _HTTP_FIELDS)),
+    "log": _Field(_section(LogConfig, _LOG_FIELDS)),
+    "metrics": _Field(_section(MetricsConfig, _METRICS_FIELDS)),
+    "plugins": _Field(_check_plugins, attr="plugin_folders"),
 }
 
 

@@ -239,6 +239,65 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP endpoint: metrics, health and the admin API.
+
+    :param enabled: Whether to serve it at all.
+    :param host: The interface to bind; loopback by default.
+    :param port: The TCP port; 0 means any free port (tests).
+    :param token: When not empty, ``/api`` requests need
+        ``Authorization: Bearer <token>``; ``/metrics`` and the health
+        endpoints stay open.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9102
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class RotateConfig:
+    """Size-based rotation of a log or audit file.
+
+    :param size: Bytes after which the file is rotated.
+    :param keep: How many rotated files are kept.
+    """
+
+    size: int = 100 * 1024**2
+    keep: int = 10
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where and how the gateway logs.
+
+    :param format: ``text`` (one line per event) or ``json`` (one JSON object per line).
+    :param file: A file to log to (absolute); empty means standard output.
+    :param level: The lowest level logged: debug, info, warn, error.
+    :param rotate: Rotation of ``file``.
+    """
+
+    format: str = "text"
+    file: str = ""
+    level: str = "info"
+    rotate: RotateConfig = field(default_factory=RotateConfig)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Metric label policy.
+
+    :param calling_ae_titles: Calling AE titles that get their own label
+        value; every other title is counted as ``other`` (bounded cardinality,
+        whatever a peer sends). Literal entries of ``accept.calling_ae_titles``
+        are added to these.
+    """
+
+    calling_ae_titles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration.
 
@@ -262,6 +321,12 @@ class GatewayConfig:
     :param queue_path: The queue journal's absolute path (key
         ``queue: {path: ...}``); when empty it defaults to
         ``<spool path>/queue.sqlite``.
+    :param http: The metrics, health and admin API endpoint.
+    :param log: Logging.
+    :param metrics: Metric label policy.
+    :param plugin_folders: Folders searched for drop-in plugins (absolute;
+        key ``plugins: {folders: [...]}``, default ``../plugins`` beside the
+        configuration file when it exists).
     """
 
     source: str
@@ -275,6 +340,10 @@ class GatewayConfig:
     duplicate_window: float = 3600.0
     keep_delivered: float = 0.0
     queue_path: str = ""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    plugin_folders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Fill in the default queue path when none was given."""

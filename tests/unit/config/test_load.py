@@ -313,7 +313,7 @@ class UnknownKeyTests(LoadTestCase):
     def test_unrelated_key_lists_the_known_ones(self) -> None:
         """With no near miss, the known keys of that level are listed."""
         error = self.assertOneError(
-            MINIMAL + "plugins: []\n", 6, "plugins", "unknown key 'plugins'"
+            MINIMAL + "xyzzy: []\n", 6, "xyzzy", "unknown key 'xyzzy'"
         )
         self.assertIn("ae_title, listen, accept, limits, spool", error.message)
 
