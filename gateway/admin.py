@@ -55,6 +55,9 @@ def queue_rows(store: IQueueStore, destinations: Iterable[str], now: float) -> l
                 "last_error_at": s.last_error_at,
                 "last_success_at": s.last_success_at,
                 "paused": s.paused,
+                "circuit": "open" if s.circuit_open else "closed",
+                "circuit_reason": s.circuit_reason,
+                "circuit_since": s.circuit_since,
             }
         )
     return rows
@@ -62,14 +65,18 @@ def queue_rows(store: IQueueStore, destinations: Iterable[str], now: float) -> l
 
 def format_queue_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
     """A fixed-width table of :func:`queue_rows` for a terminal."""
-    header = f"{'DESTINATION':<20} {'QUEUED':>7} {'IN-FLIGHT':>9} {'DEAD':>6} {'DELIVERED':>9} {'OLDEST':>7}  STATE   LAST ERROR"
+    header = (
+        f"{'DESTINATION':<20} {'QUEUED':>7} {'IN-FLIGHT':>9} {'DEAD':>6} {'DELIVERED':>9} {'OLDEST':>7}"
+        "  STATE   CIRCUIT  LAST ERROR"
+    )
     lines = [header]
     for r in rows:
         oldest = "-" if r["oldest_age_seconds"] is None else _age(now, now - r["oldest_age_seconds"])
         state = "paused" if r["paused"] else "active"
+        error = r["circuit_reason"] if r["circuit"] == "open" else r["last_error"]
         lines.append(
             f"{r['destination']:<20} {r['queued']:>7} {r['in_flight']:>9} {r['dead']:>6} {r['delivered']:>9} "
-            f"{oldest:>7}  {state:<7} {r['last_error'][:60]}"
+            f"{oldest:>7}  {state:<7} {r['circuit']:<8} {error[:60]}"
         )
     return "\n".join(lines)
 

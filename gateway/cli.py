@@ -106,9 +106,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_store(config: Any) -> Any:
+    """Open the gateway's journal; before the gateway's first run it is created empty."""
+    import os
+
     from gateway.queue.sqlite import SqliteQueueStore
 
-    return SqliteQueueStore(config.queue_path)
+    os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
+    try:
+        return SqliteQueueStore(config.queue_path)
+    except Exception as e:
+        print(f"cannot open the queue journal {config.queue_path}: {e}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _known_destination(config: Any, name: str) -> None:

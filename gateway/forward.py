@@ -655,6 +655,7 @@ class DestinationWorker(Service):
             "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=outcome.reason
         )
         self.observer.destination_down(self.name, outcome.reason, outcome.permanent)
+        self._note_circuit(True, outcome.reason)
         self._probe = Deferred.fromCoroutine(self._probe_loop())
         self._probe.addErrback(self._crashed, "probe")
 
@@ -700,12 +701,18 @@ class DestinationWorker(Service):
             return DestinationDown(f"C-ECHO status 0x{status:04X}")
         return None
 
+    def _note_circuit(self, circuit_open: bool, reason: str) -> None:
+        """Write the circuit state to the journal, where ``queue list`` (another process) reads it."""
+        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall())
+        d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
+
     def _close_circuit(self) -> None:
         self._circuit_open = False
         self._probe = None
         self._destination_ok()
         self.log.info("destination {destination} is up, circuit closed", destination=self.name)
         self.observer.destination_up(self.name)
+        self._note_circuit(False, "")
         waiting, self._circuit_closed = self._circuit_closed, []
         for d in waiting:
             d.callback(None)

@@ -139,6 +139,9 @@ class DestinationStats:
     last_error_at: float | None = None
     last_success_at: float | None = None
     paused: bool = False
+    circuit_open: bool = False
+    circuit_reason: str = ""
+    circuit_since: float | None = None
 
 
 class IQueueStore(Interface):
@@ -237,6 +240,9 @@ class IQueueStore(Interface):
     def set_paused(destination: str, paused: bool) -> None:
         """Hold (or release) a destination: entries keep queueing but none are leased."""
 
+    def set_circuit(destination: str, circuit_open: bool, reason: str, now: float) -> None:
+        """Record a destination's circuit state (open: down as a whole, being probed), for ``queue list``."""
+
     def next_due(destination: str) -> float | None:
         """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None."""
 
@@ -246,7 +252,9 @@ class IQueueStore(Interface):
 
         ``has_file=True`` returns only those whose file was not yet removed
         (see :meth:`file_removed`), ``False`` only those whose file was, and
-        ``None`` both. Oldest first.
+        ``None`` both. Oldest first. An instance's age counts from its last
+        delivery (or its reception, when it has no delivered entry), so
+        ``retention.keep_delivered`` keeps it that long after it was delivered.
         """
 
     def file_removed(instance_id: str) -> None:

@@ -65,6 +65,9 @@ class _Destination:
     last_error: str = ""
     last_error_at: float | None = None
     last_success_at: float | None = None
+    circuit_open: bool = False
+    circuit_reason: str = ""
+    circuit_since: float | None = None
 
 
 @implementer(IQueueStore)
@@ -280,6 +283,11 @@ class MemoryQueueStore:
         """Hold (or release) a destination (see the interface)."""
         self._destination(destination).paused = paused
 
+    def set_circuit(self, destination: str, circuit_open: bool, reason: str, now: float) -> None:
+        """Record a destination's circuit state (see the interface)."""
+        d = self._destination(destination)
+        d.circuit_open, d.circuit_reason, d.circuit_since = circuit_open, (reason if circuit_open else ""), now
+
     def get(self, entry_id: int) -> Entry:
         """One entry with its history (see the interface)."""
         return self._entry(self._rows[entry_id])
@@ -340,6 +348,9 @@ class MemoryQueueStore:
                 last_error_at=d.last_error_at,
                 last_success_at=d.last_success_at,
                 paused=d.paused,
+                circuit_open=d.circuit_open,
+                circuit_reason=d.circuit_reason,
+                circuit_since=d.circuit_since,
             )
         return result
 
@@ -367,13 +378,22 @@ class MemoryQueueStore:
             (
                 r
                 for r in self._instances.values()
-                if r.received_at < older_than
+                if self._age_mark(r) < older_than
                 and r.instance_id not in open_ids
                 and (has_file is None or bool(r.path) == has_file)
             ),
             key=lambda r: (r.received_at, r.instance_id),
         )
         return finished[: max(limit, 0)]
+
+    def _age_mark(self, record: InstanceRecord) -> float:
+        """The last delivery time of an instance's entries, or its reception time."""
+        delivered = [
+            row.delivered_at
+            for row in self._rows.values()
+            if row.instance_id == record.instance_id and row.delivered_at is not None
+        ]
+        return max(delivered) if delivered else record.received_at
 
     def file_removed(self, instance_id: str) -> None:
         """Clear an instance's path once its file is deleted; unknown ids are ignored (see the interface)."""

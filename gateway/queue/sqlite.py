@@ -196,8 +196,15 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2: each destination's circuit state, so ``queue list`` shows it from another process."""
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_open INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_reason TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_since REAL")
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -616,6 +623,19 @@ class SqliteQueueStore:
         with self._write():
             self._touch_destination(destination, paused=1 if paused else 0)
 
+    def set_circuit(self, destination: str, circuit_open: bool, reason: str, now: float) -> None:
+        """Record a destination's circuit state.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.set_circuit`.
+        """
+        with self._write():
+            self._touch_destination(
+                destination,
+                circuit_open=1 if circuit_open else 0,
+                circuit_reason=reason if circuit_open else "",
+                circuit_since=now,
+            )
+
     # -- IQueueStore: reading -----------------------------------------------
 
     def get(self, entry_id: int) -> Entry:
@@ -694,13 +714,16 @@ class SqliteQueueStore:
             rows = {
                 row[0]: row[1:]
                 for row in conn.execute(
-                    "SELECT name, paused, last_error, last_error_at, last_success_at FROM destinations"
+                    "SELECT name, paused, last_error, last_error_at, last_success_at,"
+                    " circuit_open, circuit_reason, circuit_since FROM destinations"
                 )
             }
         result: dict[str, DestinationStats] = {}
         for name in sorted(set(counts) | set(rows)):
             by_state = counts.get(name, {})
-            paused, last_error, last_error_at, last_success_at = rows.get(name, (0, "", None, None))
+            paused, last_error, last_error_at, last_success_at, circuit_open, circuit_reason, circuit_since = rows.get(
+                name, (0, "", None, None, 0, "", None)
+            )
             result[name] = DestinationStats(
                 destination=name,
                 queued=by_state.get("queued", 0),
@@ -713,6 +736,9 @@ class SqliteQueueStore:
                 last_error_at=last_error_at,
                 last_success_at=last_success_at,
                 paused=bool(paused),
+                circuit_open=bool(circuit_open),
+                circuit_reason=circuit_reason,
+                circuit_since=circuit_since,
             )
         return result
 
@@ -748,7 +774,8 @@ class SqliteQueueStore:
             return []
         file_filter = {None: "", True: " AND i.path != ''", False: " AND i.path = ''"}[has_file]
         rows = self._conn.execute(
-            _INSTANCE_SELECT + " AS i WHERE i.received_at < ?" + file_filter + " AND NOT EXISTS ("
+            _INSTANCE_SELECT + " AS i WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"
+            " WHERE d.instance_id = i.instance_id), i.received_at) < ?" + file_filter + " AND NOT EXISTS ("
             "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
             " ORDER BY i.received_at, i.instance_id LIMIT ?",
             (older_than, limit),

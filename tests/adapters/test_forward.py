@@ -388,6 +388,9 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.clock.advance(2.0)  # third try after 2 s: the circuit opens
         self.assertEqual(worker.status().circuit, "open")
         self.assertEqual(self.observer.kinds("down"), [("down", "archive", True)])
+        journal = self.store.stats(self.clock.seconds())["archive"]
+        self.assertTrue(journal.circuit_open, "the open circuit is recorded for queue list")
+        self.assertIn("rejected", journal.circuit_reason)
         tries = len(peer.proposals)
         self.assertEqual(tries, 3)
         self.clock.advance(59.0)
@@ -398,6 +401,7 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         peer.refuse = None
         self.clock.advance(60.0)
         self.assertEqual(worker.status().circuit, "closed")
+        self.assertFalse(self.store.stats(self.clock.seconds())["archive"].circuit_open)
         self.assertEqual(self.observer.kinds("up"), [("up", "archive")])
         self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
         self.assertEqual(self.observer.kinds("dead"), [])

@@ -179,7 +179,21 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 1)
+        self.assertEqual(SCHEMA_VERSION, 2)
+
+    def test_version_1_file_gains_the_circuit_columns(self) -> None:
+        """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
+        path = self.db_path()
+        conn = sqlite3.connect(path)
+        sqlite_module.MIGRATIONS[0](conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO destinations (name, paused) VALUES ('A', 1)")
+        conn.commit()
+        conn.close()
+        store = self.open(path)
+        stats = store.stats(T0)["A"]
+        self.assertTrue(stats.paused)
+        self.assertFalse(stats.circuit_open)
 
     def test_entry_state_is_constrained(self) -> None:
         """The state column refuses a value outside EntryState (one state, always a known one)."""
@@ -231,19 +245,20 @@ class SchemaTests(SqliteStoreTestCase):
         self.assertRaises(SchemaError, SqliteQueueStore, path)
 
     def test_migration_hook_upgrades_in_place(self) -> None:
-        """A file at version 1 is taken to version 2 by the next migration, keeping its data."""
+        """A file at the current version is taken one version further by a new migration, keeping its data."""
         path = self.db_path()
         store = SqliteQueueStore(path)
         store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0)
         store.close()
 
-        def migrate_1_to_2(conn: sqlite3.Connection) -> None:
+        def migrate_next(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE destinations ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-        self.patch(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (migrate_1_to_2,))
-        self.patch(sqlite_module, "SCHEMA_VERSION", 2)
+        following = SCHEMA_VERSION + 1
+        self.patch(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (migrate_next,))
+        self.patch(sqlite_module, "SCHEMA_VERSION", following)
         upgraded = self.open(path)
-        self.assertEqual(upgraded._conn.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(upgraded._conn.execute("PRAGMA user_version").fetchone()[0], following)
         self.assertIn("note", [row[1] for row in upgraded._conn.execute("PRAGMA table_info(destinations)")])
         self.assertEqual([e.instance.instance_id for e in upgraded.entries()], ["i1"])
 

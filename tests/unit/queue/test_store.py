@@ -685,7 +685,9 @@ class QueueStoreTests:
         s.dead_letter(dead[0], "C000", T0 + 5)
         self.assertEqual(s.get(queued[0]).state, EntryState.QUEUED)
         self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 100)], ["done", "dup", "unrouted"])
-        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 1)], ["done"])
+        # "done" was delivered at T0 + 5: its age counts from then (retention after delivery).
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 3)], ["dup", "unrouted"])
+        self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 6)], ["done", "dup", "unrouted"])
         self.assertEqual([r.instance_id for r in s.finished_instances(T0 + 100, limit=2)], ["done", "dup"])
 
     def test_purged_dead_letter_finishes_its_instance(self) -> None:
@@ -717,6 +719,16 @@ class QueueStoreTests:
         self.add(s, "i1")
         self.add(s, "i2", ())
         self.assertEqual(s.instance_ids(), {"i1", "i2"})
+
+    def test_circuit_state_is_recorded(self) -> None:
+        """set_circuit shows in stats (open with its reason and time), and closing clears the reason."""
+        s = self.store()
+        s.set_circuit("A", True, "association rejected (1, 1, 7)", T0)
+        stats = s.stats(T0)["A"]
+        self.assertEqual((stats.circuit_open, stats.circuit_reason, stats.circuit_since), (True, "association rejected (1, 1, 7)", T0))
+        s.set_circuit("A", False, "", T0 + 5)
+        stats = s.stats(T0 + 5)["A"]
+        self.assertEqual((stats.circuit_open, stats.circuit_reason, stats.circuit_since), (False, "", T0 + 5))
 
     # -- group commit -------------------------------------------------------
 
