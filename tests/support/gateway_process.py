@@ -107,7 +107,7 @@ def folder_destination(folder: str | os.PathLike[str], **overrides: Any) -> dict
     :param overrides: more keys (``pattern``).
     :returns: a mapping for ``destinations.<name>``.
     """
-    return {"folder": os.fspath(folder), **overrides}
+    return {"folder": str(Path(folder).resolve()), **overrides}
 
 
 @dataclass(frozen=True)

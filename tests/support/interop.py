@@ -223,7 +223,7 @@ class ForwardTestMixin(GatewayTestMixin):
         :param kwargs: more :class:`~tests.support.dcmtk.Storescp` arguments.
         :returns: the peer.
         """
-        scp = dcmtk.Storescp(Path(self.mktemp()) / name, **kwargs)  # type: ignore[attr-defined]
+        scp = dcmtk.Storescp(Path(self.mktemp()).resolve() / name, **kwargs)  # type: ignore[attr-defined]
         self.addCleanup(scp.stop)  # type: ignore[attr-defined]
         if start:
             scp.start()
