@@ -1042,7 +1042,8 @@ def _check_pattern(node: yaml.Node, path: str, ctx: _Context) -> str | _Invalid:
                 if close
                 else "use one of " + ", ".join(f"{{{field}}}" for field in FOLDER_PATTERN_FIELDS)
             )
-            problems.append(f"unknown field {{{name}}} in the pattern; {hint}")
+            shown = name.encode("unicode_escape").decode("ascii")
+            problems.append(f"unknown field {{{shown}}} in the pattern; {hint}")
         elif spec or conversion:
             problems.append(f"{{{name}}}: format specifications and conversions are not supported")
     for problem in problems:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 
 @dataclass(frozen=True)
@@ -231,11 +231,22 @@ class RouteConfig:
     :param forward: The names of the destinations, all configured, each
         listed once.
     :param origin: ``"file:line"`` where the route was defined, for messages.
+    :param match: The compiled condition (:mod:`gateway.match`), or ``None``
+        for every instance.
+    :param morph: The compiled :class:`~gateway.morph.MorphPlan`, or ``None``.
+    :param final: Stop evaluating routes after this one when it matches.
+    :param drop: Discard matching instances explicitly (acknowledged, not kept).
+    :param reject: Answer matching instances with this C-STORE failure status.
     """
 
     name: str
     forward: tuple[str, ...]
     origin: str = ""
+    match: Any = None
+    morph: Any = None
+    final: bool = False
+    drop: bool = False
+    reject: int | None = None
 
 
 @dataclass(frozen=True)

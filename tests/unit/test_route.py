@@ -32,7 +32,9 @@ class EvaluateTests(SynchronousTestCase):
     def test_one_route_gives_one_pair_per_destination_in_order(self) -> None:
         """A route forwarding to two destinations yields both pairs, in the route's order."""
         decision = evaluate(SUMMARY, CONTEXT, [RouteConfig("all", ("b", "a"))])
-        self.assertEqual(decision, RoutingDecision(entries=(("all", "b"), ("all", "a")), unrouted=False))
+        self.assertEqual(
+            decision, RoutingDecision(entries=(("all", "b"), ("all", "a")), unrouted=False, matched=("all",))
+        )
 
     def test_fan_out_across_routes_keeps_every_pair(self) -> None:
         """Two routes naming the same destination give two entries (one per route), routes in order."""
