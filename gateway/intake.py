@@ -23,7 +23,7 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -35,7 +35,8 @@ from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
-from gateway.route import RoutingContext, RoutingDecision, evaluate
+from gateway.parse import read_header
+from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
 from gateway.spool import SpooledInstance
 
 
@@ -48,6 +49,8 @@ class Admission:
     entries: int = 0
     duplicates: tuple[str, ...] = ()
     unrouted: bool = False
+    dropped: bool = False
+    matched: tuple[str, ...] = ()
 
 
 def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at: float) -> InstanceRecord:
@@ -90,6 +93,7 @@ class Intake:
     :param duplicate_window: seconds within which an identical re-send is not forwarded again.
     :param unrouted_dir: where instances that match no route are kept.
     :param on_enqueued: called with the destinations that got new entries (to wake their workers).
+    :param destinations: returns the configured destination names (templated forwards are checked against them).
     """
 
     log = Logger(namespace="gateway.intake")
@@ -105,7 +109,9 @@ class Intake:
         duplicate_window: float,
         unrouted_dir: str,
         on_enqueued: Callable[[Sequence[str]], None] = lambda destinations: None,
+        destinations: Callable[[], Collection[str]] = lambda: (),
     ) -> None:
+        self._destinations = destinations
         self._store = store
         self._store_runner = store_runner
         self._file_runner = file_runner
@@ -116,6 +122,10 @@ class Intake:
         self._on_enqueued = on_enqueued
         self.unrouted_total = 0
         self.duplicates_total = 0
+        self.dropped_total = 0
+        self.rejected_total = 0
+        self.routing_errors_total = 0
+        self.route_matches: dict[str, int] = {}
         # Group commit: journal requests that arrive while a transaction is
         # running wait here and go together in the next one (one fsync for
         # many associations' instances).
@@ -134,14 +144,83 @@ class Intake:
             deleted, it is tried again at the next start).
         :returns: a Deferred that fires with the :class:`Admission`; it never fails.
         """
+        received_at = self._wall()
         context = RoutingContext(
             calling_ae_title=info.calling_ae_title,
             called_ae_title=info.called_ae_title,
             source_address=info.peer_address.rsplit(":", 1)[0],
             listener=info.listener,
+            listener_port=info.listener_port,
+            tls_subject=info.tls_subject,
+            received_at=received_at,
         )
-        decision = evaluate(spooled.summary, context, self._routes())
-        record = instance_record(spooled, info, self._wall())
+        routes = tuple(self._routes())
+        record = instance_record(spooled, info, received_at)
+        if not needs_header(routes):
+            return self._route(spooled, record, None, context, routes, keep_file_on_failure)
+        # Conditions and templated forwards need the header: read it (no pixel
+        # data) off the reactor thread. One that pydicom cannot read is kept
+        # as unrouted with the reason: never lost, never guessed.
+        d = self._file_runner.run(read_header, spooled.path)
+
+        def unreadable(failure: Failure) -> Any:
+            self.routing_errors_total += 1
+            self.log.error(
+                "{correlation_id} header of {sop_instance_uid} cannot be read for routing: {error}",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                error=failure.getErrorMessage(),
+            )
+            return None
+
+        d.addCallbacks(lambda header: header.dataset, unreadable)
+        d.addCallback(
+            lambda dataset: self._route(spooled, record, dataset, context, routes, keep_file_on_failure)
+            if dataset is not None
+            else self._keep_unrouted(spooled, record)
+        )
+        return d
+
+    def _route(
+        self,
+        spooled: SpooledInstance,
+        record: InstanceRecord,
+        dataset: Any,
+        context: RoutingContext,
+        routes: Sequence[RouteConfig],
+        keep_file_on_failure: bool,
+    ) -> Deferred[Admission]:
+        """Apply the routing decision: reject, drop, keep as unrouted, or journal its entries."""
+        decision = evaluate(dataset, context, routes, self._destinations())
+        for name in decision.matched:
+            self.route_matches[name] = self.route_matches.get(name, 0) + 1
+        for error in decision.errors:
+            self.routing_errors_total += 1
+            self.log.error(
+                "{correlation_id} routing error for {sop_instance_uid}: {error}",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                error=error,
+            )
+        if decision.reject is not None:
+            self.rejected_total += 1
+            self.log.info(
+                "{correlation_id} {sop_instance_uid} rejected by route {route} with status 0x{status:04X}",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                route=decision.reject_route,
+                status=decision.reject,
+            )
+            return self._discard(spooled, Admission(decision.reject, f"Rejected by route {decision.reject_route}", matched=decision.matched))
+        if decision.dropped:
+            self.dropped_total += 1
+            self.log.info(
+                "{correlation_id} {sop_instance_uid} dropped by a drop route ({routes})",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                routes=", ".join(decision.matched),
+            )
+            return self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched))
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
         entries = [NewEntry(route=route, destination=destination) for route, destination in decision.entries]
@@ -219,7 +298,9 @@ class Intake:
                 # must be acknowledged 0x0000. A worker that failed to wake
                 # finds the entries at its next poll.
                 self.log.failure("could not wake the workers of {destinations}", destinations=", ".join(fresh))
-        return Admission(Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates)
+        return Admission(
+            Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates, matched=decision.matched
+        )
 
     def _journal_failed(
         self, spooled: SpooledInstance, record: InstanceRecord, failure: Failure, keep_file: bool = False
@@ -245,6 +326,17 @@ class Intake:
 
         d = self._file_runner.run(remove)
         d.addBoth(lambda _: Admission(Status.OUT_OF_RESOURCES, "Out of resources: queue journal not writable"))
+        return d
+
+    def _discard(self, spooled: SpooledInstance, admission: Admission) -> Deferred[Admission]:
+        """Remove a rejected or dropped instance's spooled file, then answer ``admission``."""
+        d = self._file_runner.run(_unlink_if_present, spooled.path)
+
+        def failed(failure: Failure) -> Admission:
+            self.log.failure("could not remove a discarded spool file", failure)
+            return admission
+
+        d.addCallbacks(lambda _: admission, failed)
         return d
 
     def _keep_unrouted(self, spooled: SpooledInstance, record: InstanceRecord) -> Deferred[Admission]:

@@ -198,6 +198,7 @@ class AcceptorProtocol(Protocol):
             called_ae_title=request.called_ae_title,
             listener=self.factory.name,
             contexts=negotiation.contexts,
+            listener_port=getattr(self.transport.getHost(), "port", 0),
         )
         self._service = StorageService(
             self,

@@ -72,6 +72,8 @@ class AssociationInfo:
     called_ae_title: str
     listener: str
     contexts: Mapping[int, AcceptedContext]
+    listener_port: int = 0
+    tls_subject: str = ""
 
 
 @dataclass(frozen=True)

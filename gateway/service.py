@@ -185,6 +185,7 @@ class GatewayService(MultiService):
             duplicate_window=config.duplicate_window,
             unrouted_dir=os.path.join(config.spool.path, "unrouted"),
             on_enqueued=self._poke,
+            destinations=lambda: [d.name for d in self.config.destinations],
         )
         self.recovery = Recovery(
             intake=self.intake,
