@@ -200,11 +200,13 @@ class ErrorSink(Protocol):
 # --------------------------------------------------------------------------
 
 #: VRs whose values are binary numbers or decimal/integer strings.
-NUMERIC_VRS: frozenset[str] = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+NUMERIC_VRS: frozenset[str] = frozenset(
+    {"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"}  # PS3.6 ambiguous "US or SS" too
+)
 #: Date and time VRs (PS3.5 6.2: DA, TM, DT).
 TEMPORAL_VRS: frozenset[str] = frozenset({"DA", "TM", "DT"})
 #: Binary VRs: only ``present`` and ``empty`` apply.
-BINARY_VRS: frozenset[str] = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW", "US or OW"})
+BINARY_VRS: frozenset[str] = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW", "US or OW", "US or SS or OW"})
 #: String VRs where a numeric-looking value may be compared numerically.
 _NUMERIC_TEXT_VRS: frozenset[str] = frozenset({"SH", "LO", "CS", "UN", "UC"})
 #: VRs whose leading spaces are significant (PS3.5 6.2: ST, LT, UT keep them).

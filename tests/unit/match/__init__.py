@@ -1,0 +1,1 @@
+"""Tests for the match language of routing rules (gateway.match)."""
