@@ -53,3 +53,28 @@ class IMatchPredicate(Interface):
         :raises ValueError: when the arguments are wrong; the message becomes a
             configuration error naming the line of the ``plugin`` key.
         """
+
+
+class IMorphAction(Interface):
+    """A named factory of morph actions, usable in a route's ``morph`` list.
+
+    A route writes ``- {plugin: NAME, key: value, ...}``. The object returned by
+    :meth:`compile` must have ``apply(dataset, context) -> list[gateway.morph.Change]``,
+    changing the pydicom ``Dataset`` in place (header only) and raising
+    :class:`gateway.morph.MorphError` for a failure on one instance (any other
+    exception is wrapped into one). It should be a frozen dataclass (hashable,
+    comparable) so a reload can compare routes. Optionally it has
+    ``touches_tail: bool`` and ``drops_tail(tag) -> bool`` to remove
+    elements stored after the pixel data.
+    """
+
+    name = Attribute("The plugin's name as routes write it (``plugin: NAME``), a str.")
+
+    def compile(arguments: Mapping[str, Any]) -> Any:  # type: ignore[misc]
+        """Build an action from the route's arguments (every key but ``plugin``).
+
+        :param arguments: the plain YAML values given next to ``plugin``.
+        :returns: the action.
+        :raises ValueError: when the arguments are wrong; the message becomes a
+            configuration error naming the line of the action.
+        """
