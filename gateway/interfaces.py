@@ -44,7 +44,7 @@ class IMatchPredicate(Interface):
 
     name = Attribute("The plugin's name as routes write it (``plugin: NAME``), a str.")
 
-    def compile(arguments: Mapping[str, Any]) -> Any:  # type: ignore[misc]
+    def compile(arguments: Mapping[str, Any]) -> Any:
         """Build a predicate from the route's arguments (every key but ``plugin``).
 
         :param arguments: the plain YAML values (str, int, float, bool, None,
@@ -70,7 +70,7 @@ class IMorphAction(Interface):
 
     name = Attribute("The plugin's name as routes write it (``plugin: NAME``), a str.")
 
-    def compile(arguments: Mapping[str, Any]) -> Any:  # type: ignore[misc]
+    def compile(arguments: Mapping[str, Any]) -> Any:
         """Build an action from the route's arguments (every key but ``plugin``).
 
         :param arguments: the plain YAML values given next to ``plugin``.
