@@ -1,0 +1,1 @@
+"""Tests for morphing, the splice writer and de-identification."""
