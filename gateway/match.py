@@ -47,7 +47,8 @@ A key is one of
     ``Fri-Mon``; full names and any case are accepted);
 
   time windows are evaluated on ``context.received_at`` in the gateway's
-  local time;
+  local time; an empty AE title or TLS subject (no TLS) matches no string
+  pattern;
 * a combinator: ``all: [{...}, ...]``, ``any: [{...}, ...]``, ``not: {...}``,
   nesting freely (``any: []`` and ``all: []`` are errors: they are always
   a mistake);
@@ -230,10 +231,6 @@ _NULL = "tag:yaml.org,2002:null"
 # --------------------------------------------------------------------------
 
 
-class _Undecodable(Exception):
-    """A value that cannot be read as text (internal signal)."""
-
-
 def _strip(text: str, vr: str) -> str:
     """Remove DICOM padding: spaces (and NUL for UI) around a value (PS3.5 6.2).
 
@@ -285,6 +282,8 @@ def _values(element: DataElement) -> list[object]:
                 result.append(stripped)
         elif isinstance(item, (bytes, bytearray)):
             continue  # a text value pydicom could not convert
+        elif isinstance(item, PersonName) and not str(item).strip(" \x00="):
+            continue  # an empty name (PS3.5 6.2 PN: "" or only group delimiters)
         elif item is not None:
             result.append(item)
     return result
@@ -1132,7 +1131,8 @@ class _Compiler:
             self.error(node, path, f"'{key}' takes a list of conditions, got {_shown(node)}")
             return None
         if not node.value:
-            self.error(node, path, f"'{key}: []' is empty (it would match {'nothing' if key == 'any' else 'everything'})")
+            outcome = "nothing" if key == "any" else "everything"
+            self.error(node, path, f"'{key}: []' is empty (it would match {outcome})")
             return None
         items = [self.conditions(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
         if any(item is None for item in items):
@@ -1164,7 +1164,8 @@ class _Compiler:
         plugin = self.plugins.get(name)
         if plugin is None:
             found = ", ".join(sorted(self.plugins)) or "none"
-            self.error(name_node, plugin_path, f"unknown match plugin '{name}'{_suggest(name, self.plugins)} (plugins found: {found})")
+            hint = _suggest(name, self.plugins)
+            self.error(name_node, plugin_path, f"unknown match plugin '{name}'{hint} (plugins found: {found})")
             return None
         if not ok:
             return None
@@ -1197,7 +1198,9 @@ class _Compiler:
             try:
                 networks.append(ipaddress.ip_network(item.value.strip(), strict=False))
             except ValueError:
-                self.error(item, item_path, f"invalid network {item.value!r}; expected a CIDR such as 10.0.0.0/8 or fd00::/8")
+                self.error(
+                    item, item_path, f"invalid network {item.value!r}; expected a CIDR such as 10.0.0.0/8 or fd00::/8"
+                )
                 ok = False
         return SourceIp(tuple(networks)) if ok else None
 
@@ -1238,11 +1241,12 @@ class _Compiler:
         times: list[int] = []
         for index, bound in enumerate(bounds):
             try:
-                when = _parse_when(bound.value.strip(), "TM", literal=True) if isinstance(bound, yaml.ScalarNode) else None
+                when = _parse_when(bound.value.strip(), "TM", literal=True)
             except ValueError:
                 when = None
             if not isinstance(when, int):
-                self.error(bound, f"{path}.between[{index}]", f"invalid time {_shown(bound)}; expected HH:MM such as \"07:00\"")
+                message = f"invalid time {_shown(bound)}; expected HH:MM such as \"07:00\""
+                self.error(bound, f"{path}.between[{index}]", message)
             else:
                 times.append(when)
         if len(times) != 2:
@@ -1266,7 +1270,8 @@ class _Compiler:
             parts = text.split("-") if isinstance(text, str) else []
             numbers = [self.day_number(part) for part in parts]
             if not parts or len(parts) > 2 or None in numbers:
-                self.error(item, item_path, f"invalid weekday {_shown(item)}; expected Mon..Sun or a range such as Mon-Fri")
+                message = f"invalid weekday {_shown(item)}; expected Mon..Sun or a range such as Mon-Fri"
+                self.error(item, item_path, message)
                 ok = False
                 continue
             first, last = numbers[0], numbers[-1]
@@ -1312,7 +1317,9 @@ class _Compiler:
             for key_node, value_node in node.value:
                 key = str(key_node.value)
                 if key not in _STRING_OPERATORS:
-                    self.error(key_node, _child(path, key), f"unknown string operator '{key}'{_suggest(key, _STRING_OPERATORS)} (use equals, glob or regex)")
+                    hint = _suggest(key, _STRING_OPERATORS)
+                    message = f"unknown string operator '{key}'{hint} (use equals, glob or regex)"
+                    self.error(key_node, _child(path, key), message)
                     ok = False
                     continue
                 test = self.string_operator(key, value_node, _child(path, key))
@@ -1368,7 +1375,8 @@ class _Compiler:
             return AnyOf(tuple(item for item in items if item is not None))
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _NULL:
-                self.error(node, path, "expected a value pattern, got nothing (null); write {present: true} or {empty: true}")
+                message = "expected a value pattern, got nothing (null); write {present: true} or {empty: true}"
+                self.error(node, path, message)
                 return None
             if not self.values_allowed(node, path, vr, "a value"):
                 return None
@@ -1379,7 +1387,8 @@ class _Compiler:
     def values_allowed(self, node: yaml.Node, path: str, vr: str | None, what: str) -> bool:
         """Refuse value tests on sequences and binary VRs (only present/empty apply)."""
         if vr == "SQ" or vr in BINARY_VRS:
-            self.error(node, path, f"{what} cannot be compared with a {vr} element; use {{present: ...}} or {{empty: ...}}")
+            message = f"{what} cannot be compared with a {vr} element; use {{present: ...}} or {{empty: ...}}"
+            self.error(node, path, message)
             return False
         return True
 
@@ -1393,7 +1402,8 @@ class _Compiler:
             op_path = _child(path, key)
             if key not in _OPERATORS:
                 hint = _suggest(key, _OPERATORS)
-                self.error(key_node, op_path, f"unknown pattern operator '{key}'{hint}" + ("" if hint else f" (operators: {', '.join(_OPERATORS)})"))
+                listing = "" if hint else f" (operators: {', '.join(_OPERATORS)})"
+                self.error(key_node, op_path, f"unknown pattern operator '{key}'{hint}{listing}")
                 ok = False
                 continue
             if key in ("present", "empty"):

@@ -177,6 +177,12 @@ class PresenceTests(SynchronousTestCase):
         """An empty element has no values: even a ``*`` glob is false."""
         self.assertFalse(check('AccessionNumber: "*"', dataset(AccessionNumber="")))
 
+    def test_empty_person_name_has_no_values(self) -> None:
+        """An empty PN is empty and matches no glob."""
+        ds = dataset(PatientName="")
+        self.assertFalse(check('PatientName: "*"', ds))
+        self.assertTrue(check("PatientName: {empty: true}", ds))
+
     def test_empty_sequence_is_empty_and_present(self) -> None:
         """A sequence with no items is present and empty."""
         ds = dataset(ReferencedSeriesSequence=[])
