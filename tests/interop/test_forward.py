@@ -115,6 +115,8 @@ class FanOutTests(ForwardTestMixin, TestCase):
         # The circuit probe runs at the capped backoff (max_delay 2 s).
         self.wait_for(gateway, lambda: len(late.files()) == 100, 60, "100 files at 'late'")
         self.assertEqual(gateway.queue_rows()["late"]["dead"], 0)
+        self.wait_for(gateway, lambda: gateway.queue_rows()["late"]["circuit"] == "closed", 10,
+                      "the circuit of 'late' to close once it answers")
 
 
 class DuplicateTests(ForwardTestMixin, TestCase):

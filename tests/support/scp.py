@@ -232,9 +232,16 @@ class RecordingScp:
         return self
 
     def stop(self) -> None:
-        """Stop listening and end open associations; safe to call twice."""
+        """Stop listening and abort open associations; safe to call twice.
+
+        pynetdicom's ``shutdown`` only stops accepting: an association the
+        gateway keeps open (until ``idle_release``) would still reach the old
+        behaviour, so each is aborted, as a restarted archive would.
+        """
         server, self._server = self._server, None
         if server is not None:
+            for assoc in server.active_associations:
+                assoc.abort()
             server.shutdown()
 
     def __enter__(self) -> RecordingScp:
