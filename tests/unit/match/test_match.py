@@ -647,6 +647,16 @@ class ConfigErrorTests(SynchronousTestCase):
         """Value patterns on SQ and OB elements are errors."""
         self.assertEqual(len(errors_of("RequestAttributesSequence: X\nEncapsulatedDocument: {regex: a}")), 2)
 
+    def test_within_needs_a_date_element_and_a_duration(self) -> None:
+        """``within`` on TM, or with a bad duration, is an error."""
+        errors = errors_of("StudyTime: {within: 7d}\nStudyDate: {within: soon}")
+        self.assertEqual([path for _, path, _ in errors], ["routes[0].match.StudyTime.within", "routes[0].match.StudyDate.within"])
+
+    def test_reversed_between_and_duplicate_keys(self) -> None:
+        """Reversed bounds and a key given twice are errors."""
+        errors = errors_of("SeriesNumber: {between: [5, 1]}\nModality: CT\nModality: MR")
+        self.assertEqual([line for line, _, _ in errors], [1, 3])
+
     def test_all_errors_are_reported_in_one_run(self) -> None:
         """Errors in nested combinators are all found, each with its own path."""
         errors = errors_of("any:\n  - Modalty: CT\n  - not: {StudyDate: {gt: x}}\n  - source_ip: nope\n")
