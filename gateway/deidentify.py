@@ -56,7 +56,7 @@ Options (PS3.15 E.3, the columns where K and C live), selected by name:
 * ``retain_patient_characteristics`` (E.3.7, 113108): the patient
   characteristics listed in :data:`_PATIENT_CHARACTERISTICS` are kept;
 * ``retain_device_identity`` (E.3.8, 113109): :data:`_DEVICE_IDENTITY` kept;
-* ``retain_institution_identity`` (E.3.12?, 113112): :data:`_INSTITUTION_IDENTITY` kept.
+* ``retain_institution_identity`` (E.3.11, 113112): :data:`_INSTITUTION_IDENTITY` kept.
 
 ``retain_safe_private`` and the ``clean_*`` options need per-attribute
 knowledge (a safe private list, free-text cleaning) that this gateway does
@@ -289,9 +289,11 @@ class DeidentifyAction:
                 continue
             if code == "Z":
                 element.value = _empty_value(element.VR)
-            elif code == "D" and element.VR != "SQ":
+            elif code == "D" and element.VR not in ("SQ", "UI"):
                 element.value = dummy_value(element.VR)
-            elif code == "U" and element.VR == "UI":
+            elif code in ("U", "D") and element.VR == "UI":
+                # A dummy UID (D on a UI element) is made the U way, so
+                # references to it stay consistent.
                 texts = [str(v) for v in (element.value if element.VM > 1 else [element.value])] if element.value else []
                 new = remap_values(texts, self.salt, self.root)
                 element.value = new[0] if len(new) == 1 else new
