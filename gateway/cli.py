@@ -14,6 +14,7 @@ Subcommands:
 * ``find -c CONFIG --study UID`` (or ``--accession``, ``--patient-id``,
   ``--sop-instance``): where did each instance go.
 * ``replay -c CONFIG --study UID --to DEST``: send a kept study again.
+* ``tls init DIR``: a development CA, gateway and client certificate (see ``tls/README.md``).
 
 The command is thin: it parses arguments, builds objects and runs them under
 :func:`twisted.internet.task.react`.
@@ -102,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", required=True)
     replay.add_argument("--study", required=True)
     replay.add_argument("--to", required=True, dest="to")
+
+    tls = sub.add_parser("tls", help="TLS material for development and tests")
+    tls_sub = tls.add_subparsers(dest="tls_action", required=True)
+    tls_init = tls_sub.add_parser("init", help="create a development CA, gateway and client certificate")
+    tls_init.add_argument("directory")
+    tls_init.add_argument("--name", action="append", default=[], help="a DNS name or IP of the gateway (repeatable)")
+    tls_init.add_argument("--force", action="store_true", help="replace existing files")
     return parser
 
 
@@ -341,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_find(args))
     if args.command == "replay":
         raise SystemExit(_replay(args))
+    if args.command == "tls":
+        from gateway.tlsinit import run_tls_init
+
+        raise SystemExit(run_tls_init(args.directory, args.name, args.force))
     if args.command == "check":
         config = _load_or_exit(args.config)
         print(f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s))")

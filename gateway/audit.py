@@ -1,0 +1,590 @@
+"""The audit trail: who sent what where, shaped after the PS3.15 A.5.3 audit messages.
+
+Every association (accepted or rejected), every failed TLS handshake, every
+user identity decision and every instance (received, forwarded, exported to
+a folder, dead-lettered, dropped) produces one :class:`AuditRecord`. Records
+are written as JSON lines to a file of their own, rotated by size like the
+logs, and may also be sent as RFC 5424 syslog messages over TLS (RFC 5425,
+the transport IHE ATNA uses). The audit trail is the *only* place patient
+identifiers go (DESIGN: no PHI in logs or metric labels), so its file is
+created with mode 0600.
+
+Record shape
+------------
+PS3.15 A.5.1 defines audit messages as RFC 3881 / DICOM XML: an *Event*
+(EventID, EventActionCode, EventOutcomeIndicator, EventTypeCode), one or
+more *ActiveParticipants* (UserID, AlternativeUserID, NetworkAccessPointID,
+UserIsRequestor, RoleIDCode) and *ParticipantObjects* (studies, patients).
+We keep those names in snake case in JSON, and the codes of PS3.16 CID 400-403:
+
+=============================== ========= ===================================
+record (PS3.15)                 event_id  used for
+=============================== ========= ===================================
+Application Activity (A.5.3.1)  110100    start, stop, reload
+DICOM Instances Transferred     110104    received, forwarded, dead-lettered,
+(A.5.3.7)                                 dropped instances
+Data Export (A.5.3.5)           110106    an instance written to a folder
+Security Alert (A.5.3.11)       110113    rejected associations, TLS failures,
+                                          access-control denials
+User Authentication (A.5.3.14)  110114    accepted associations (login of the
+                                          calling AE), user identity checks
+=============================== ========= ===================================
+
+Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
+8 serious failure, 12 major failure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+
+
+class Outcome(IntEnum):
+    """EventOutcomeIndicator (PS3.15 A.5.1; RFC 3881 5.1.4)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded value (code, scheme, meaning), as PS3.16 gives it.
+
+    :ivar code: the code value.
+    :ivar meaning: the code meaning.
+    :ivar scheme: the coding scheme designator.
+    """
+
+    code: str
+    meaning: str
+    scheme: str = "DCM"
+
+
+# PS3.16 CID 400 Audit Event ID.
+APPLICATION_ACTIVITY = Code("110100", "Application Activity")
+INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+DATA_EXPORT = Code("110106", "Export")
+SECURITY_ALERT = Code("110113", "Security Alert")
+USER_AUTHENTICATION = Code("110114", "User Authentication")
+
+# PS3.16 CID 401 Audit Event Type Code.
+APPLICATION_START = Code("110120", "Application Start")
+APPLICATION_STOP = Code("110121", "Application Stop")
+LOGIN = Code("110122", "Login")
+NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")
+USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
+
+# PS3.16 CID 402 Audit Active Participant Role ID.
+SOURCE = Code("110153", "Source Role ID")
+DESTINATION = Code("110152", "Destination Role ID")
+APPLICATION = Code("110150", "Application")
+APPLICATION_LAUNCHER = Code("110151", "Application Launcher")
+
+
+@dataclass(frozen=True)
+class Participant:
+    """An ActiveParticipant (PS3.15 A.5.2.2).
+
+    :ivar user_id: the AE title (or process, or user name).
+    :ivar role: the role code (source, destination, application).
+    :ivar network_access_point: the peer's address, ``host:port`` or a path.
+    :ivar requestor: whether this participant started the event (UserIsRequestor).
+    :ivar certificate_subject: the verified TLS certificate subject, if any.
+    :ivar alternative_user_id: e.g. the user identity user name.
+    """
+
+    user_id: str
+    role: str = ""
+    network_access_point: str = ""
+    requestor: bool = False
+    certificate_subject: str = ""
+    alternative_user_id: str = ""
+
+
+@dataclass(frozen=True)
+class ParticipantObject:
+    """A ParticipantObject (PS3.15 A.5.2.5): a study or a patient.
+
+    :ivar kind: ``study`` or ``patient``.
+    :ivar id: the Study Instance UID or the Patient ID.
+    :ivar sop_class_uid: the instance's SOP class (studies only).
+    :ivar sop_instance_uids: the instances (studies only).
+    """
+
+    kind: str
+    id: str
+    sop_class_uid: str = ""
+    sop_instance_uids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit message.
+
+    :ivar time: the event time, ISO 8601 UTC (EventDateTime).
+    :ivar event: the event ID's meaning (``"Security Alert"``).
+    :ivar event_id: the event ID code (CID 400).
+    :ivar action: EventActionCode: C, R, U, D or E.
+    :ivar outcome: EventOutcomeIndicator.
+    :ivar event_type: the event type code (CID 401), or ``""``.
+    :ivar description: EventOutcomeDescription: what happened, why it failed.
+    :ivar disposition: for instances: ``received``, ``forwarded``,
+        ``exported``, ``dead_letter`` or ``dropped``; for associations
+        ``accepted`` or ``rejected``; else ``""``.
+    :ivar participants: the active participants.
+    :ivar objects: the participant objects.
+    :ivar source: the audit source (our AE title and host; A.5.2.3).
+    :ivar extra: further fields (listener, destination name, reason label).
+    """
+
+    time: str
+    event: str
+    event_id: str
+    action: str
+    outcome: int
+    event_type: str = ""
+    description: str = ""
+    disposition: str = ""
+    participants: tuple[Participant, ...] = ()
+    objects: tuple[ParticipantObject, ...] = ()
+    source: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """One JSON line, keys in a stable order, empty fields left out.
+
+        :returns: the line, without its newline.
+        """
+        data = asdict(self)
+        data["participants"] = [_compact(p) for p in data["participants"]]
+        data["objects"] = [_compact(o) for o in data["objects"]]
+        return json.dumps(_compact(data), separators=(",", ":"), ensure_ascii=True)
+
+
+def _compact(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Drop empty strings, empty sequences and false flags from a record's mapping."""
+    return {key: value for key, value in mapping.items() if value not in ("", (), [], {}, None, False)}
+
+
+def _now(wall: Callable[[], float]) -> str:
+    """``wall()`` as an ISO 8601 UTC time with milliseconds."""
+    moment = datetime.datetime.fromtimestamp(wall(), tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class IAuditSink(Protocol):
+    """Where records go (a file, syslog, a list in tests)."""
+
+    def write(self, record: AuditRecord) -> None:
+        """Store or send one record.
+
+        :param record: the record.
+        """
+
+
+class MemorySink:
+    """Keeps records in a list (tests)."""
+
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    def write(self, record: AuditRecord) -> None:
+        """Append the record.
+
+        :param record: the record.
+        """
+        self.records.append(record)
+
+
+class JsonLinesFile:
+    """Appends records as JSON lines to a file, rotating it by size.
+
+    Rotation renames ``file`` to ``file.1`` (and ``file.1`` to ``file.2``
+    and so on, keeping ``keep`` old files), as the log files do. Each line
+    is written and flushed at once, so a crash loses at most the line being
+    written; the audit trail is not fsync'ed per record (it would double the
+    per-instance cost) and custody does not depend on it.
+
+    :param path: the file (created with mode 0600).
+    :param max_bytes: rotate when the file would grow past this size; 0 never.
+    :param keep: rotated files kept.
+    """
+
+    log = Logger(namespace="gateway.audit")
+
+    def __init__(self, path: str, max_bytes: int = 100 * 1024**2, keep: int = 10) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._stream = self._open()
+
+    def _open(self) -> Any:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding="ascii", newline="\n")
+
+    def write(self, record: AuditRecord) -> None:
+        """Append one record, rotating first when it would not fit.
+
+        :param record: the record.
+        """
+        line = record.to_json() + "\n"
+        try:
+            if self.max_bytes and self._stream.tell() + len(line) > self.max_bytes and self._stream.tell() > 0:
+                self._rotate()
+            self._stream.write(line)
+            self._stream.flush()
+        except OSError as error:
+            self.log.error("cannot write the audit trail {path}: {error}", path=self.path, error=error)
+
+    def _rotate(self) -> None:
+        self._stream.close()
+        if self.keep <= 0:
+            os.unlink(self.path)
+        else:
+            for index in range(self.keep - 1, 0, -1):
+                older = f"{self.path}.{index}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.path}.{index + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._stream = self._open()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._stream.close()
+
+
+#: RFC 5424 6.2.1: facility 10 is security/authorization (authpriv), as ATNA uses.
+SYSLOG_FACILITY = 10
+
+#: Severity per outcome (RFC 5424 Table 2): notice for success, warning/error for failures.
+_SEVERITY = {Outcome.SUCCESS: 5, Outcome.MINOR_FAILURE: 4, Outcome.SERIOUS_FAILURE: 3, Outcome.MAJOR_FAILURE: 3}
+
+
+def format_rfc5424(record: AuditRecord, hostname: str, app_name: str = "dicom-gateway", procid: str = "-") -> bytes:
+    """Format a record as an RFC 5424 syslog message with RFC 5425 octet-counting framing.
+
+    ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG``, where MSGID is
+    ``DICOM+RFC3881`` as IHE ATNA asks and MSG (UTF-8 with BOM, RFC 5424
+    6.4) is the record's JSON. The frame is ``LEN SP MSG`` (RFC 5425 4.3).
+
+    :param record: the record.
+    :param hostname: our host name (at most 255 printable characters).
+    :param app_name: the APP-NAME field.
+    :param procid: the PROCID field.
+    :returns: the framed message.
+    """
+    severity = _SEVERITY.get(Outcome(record.outcome), 4) if record.outcome in iter(Outcome) else 4
+    priority = SYSLOG_FACILITY * 8 + severity
+    header = f"<{priority}>1 {record.time} {_field(hostname, 255)} {_field(app_name, 48)} {_field(procid, 128)} DICOM+RFC3881 -"
+    message = header.encode("ascii") + b" \xef\xbb\xbf" + record.to_json().encode("utf-8")
+    return str(len(message)).encode("ascii") + b" " + message
+
+
+def _field(value: str, limit: int) -> str:
+    """An RFC 5424 header field: printable US-ASCII without spaces, ``-`` when empty."""
+    cleaned = "".join(c for c in value if "!" <= c <= "~")[:limit]
+    return cleaned or "-"
+
+
+class AuditTrail:
+    """Builds audit records and hands them to the sinks.
+
+    :param sinks: where records go; none means records are only counted.
+    :param ae_title: our AE title, the audit source and our participant ID.
+    :param wall: wall-clock time.
+    :param hostname: our host name, for the audit source.
+    """
+
+    log = Logger(namespace="gateway.audit")
+
+    def __init__(
+        self,
+        sinks: list[IAuditSink] | None = None,
+        ae_title: str = "",
+        wall: Callable[[], float] | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        import time
+
+        self.sinks = list(sinks or [])
+        self.ae_title = ae_title
+        self._wall = wall or time.time
+        self.hostname = hostname if hostname is not None else socket.gethostname()
+        #: Records emitted, by event.
+        self.counts: dict[str, int] = {}
+
+    def emit(
+        self,
+        event_id: Code,
+        action: str,
+        outcome: Outcome,
+        *,
+        event_type: Code | None = None,
+        description: str = "",
+        disposition: str = "",
+        participants: tuple[Participant, ...] = (),
+        objects: tuple[ParticipantObject, ...] = (),
+        extra: dict[str, str] | None = None,
+    ) -> AuditRecord:
+        """Build one record and write it to every sink (a failing sink does not stop the others).
+
+        :returns: the record.
+        """
+        record = AuditRecord(
+            time=_now(self._wall),
+            event=event_id.meaning,
+            event_id=event_id.code,
+            action=action,
+            outcome=int(outcome),
+            event_type=event_type.meaning if event_type is not None else "",
+            description=description,
+            disposition=disposition,
+            participants=participants,
+            objects=objects,
+            source=f"{self.ae_title}@{self.hostname}",
+            extra=dict(extra or {}),
+        )
+        self.counts[record.event] = self.counts.get(record.event, 0) + 1
+        for sink in self.sinks:
+            try:
+                sink.write(record)
+            except Exception as error:  # noqa: BLE001 - the audit trail must not stop the gateway
+                self.log.error("audit sink {sink} failed: {error}", sink=type(sink).__name__, error=error)
+        return record
+
+    def _us(self, role: Code = APPLICATION, requestor: bool = False) -> Participant:
+        return Participant(user_id=self.ae_title, role=role.meaning, network_access_point=self.hostname, requestor=requestor)
+
+    # -- Application Activity (A.5.3.1) ---------------------------------------------------------
+
+    def application_activity(self, what: str, description: str = "", outcome: Outcome = Outcome.SUCCESS) -> AuditRecord:
+        """The gateway started, stopped or reloaded its configuration (PS3.15 A.5.3.1).
+
+        :param what: ``start``, ``stop`` or ``reload``.
+        :param description: details (the version, what changed, why a reload was refused).
+        :param outcome: the outcome (a refused reload is a minor failure).
+        :returns: the record.
+        """
+        event_type = {"start": APPLICATION_START, "stop": APPLICATION_STOP}.get(what, SOFTWARE_CONFIGURATION)
+        return self.emit(
+            APPLICATION_ACTIVITY,
+            "E",
+            outcome,
+            event_type=event_type,
+            description=description,
+            disposition=what,
+            participants=(self._us(APPLICATION, requestor=True),),
+        )
+
+    # -- associations ------------------------------------------------------------------------
+
+    def association_accepted(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        called_ae_title: str,
+        listener: str,
+        certificate_subject: str = "",
+        username: str = "",
+    ) -> AuditRecord:
+        """An association was accepted: the calling AE authenticated (User Authentication, Login; A.5.3.14).
+
+        :returns: the record.
+        """
+        return self.emit(
+            USER_AUTHENTICATION,
+            "E",
+            Outcome.SUCCESS,
+            event_type=LOGIN,
+            description="association accepted",
+            disposition="accepted",
+            participants=(
+                Participant(
+                    user_id=calling_ae_title,
+                    role=SOURCE.meaning,
+                    network_access_point=peer,
+                    requestor=True,
+                    certificate_subject=certificate_subject,
+                    alternative_user_id=username,
+                ),
+                Participant(user_id=called_ae_title, role=DESTINATION.meaning, network_access_point=self.hostname),
+            ),
+            extra={"listener": listener},
+        )
+
+    def association_rejected(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        called_ae_title: str,
+        listener: str,
+        reason: str,
+        rejection: tuple[int, int, int] | None = None,
+        certificate_subject: str = "",
+    ) -> AuditRecord:
+        """An association was rejected by the access policy or the provider (Security Alert; A.5.3.11).
+
+        :param reason: why, in words ("calling AE title not allowed from 10.0.0.5").
+        :param rejection: the A-ASSOCIATE-RJ (result, source, reason).
+        :returns: the record.
+        """
+        extra = {"listener": listener}
+        if rejection is not None:
+            extra["rejection"] = "{},{},{}".format(*rejection)
+        return self.emit(
+            SECURITY_ALERT,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION,
+            description=reason,
+            disposition="rejected",
+            participants=(
+                Participant(
+                    user_id=calling_ae_title,
+                    role=SOURCE.meaning,
+                    network_access_point=peer,
+                    requestor=True,
+                    certificate_subject=certificate_subject,
+                ),
+                Participant(user_id=called_ae_title, role=DESTINATION.meaning, network_access_point=self.hostname),
+            ),
+            extra=extra,
+        )
+
+    def tls_failure(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord:
+        """A TLS handshake failed (Security Alert, Node Authentication; A.5.3.11).
+
+        :param reason: the reason label (``unknown_ca``, ``expired``...).
+        :param detail: OpenSSL's words.
+        :returns: the record.
+        """
+        return self.emit(
+            SECURITY_ALERT,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=NODE_AUTHENTICATION,
+            description=f"TLS handshake failed: {reason}" + (f" ({detail})" if detail else ""),
+            disposition="tls_failure",
+            participants=(
+                Participant(user_id="", role=SOURCE.meaning, network_access_point=peer, requestor=True),
+                self._us(DESTINATION),
+            ),
+            extra={"listener": listener, "reason": reason},
+        )
+
+    def user_authentication(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        username: str,
+        identity_type: int,
+        success: bool,
+        description: str,
+        listener: str,
+    ) -> AuditRecord:
+        """A user identity (PS3.7 D.3.3.7) was checked (User Authentication, Login; A.5.3.14; HARDENING decision 7).
+
+        :param username: the user name given (never the passcode or token).
+        :param identity_type: 1 username, 2 username+passcode, 3 Kerberos, 4 SAML, 5 JWT.
+        :param success: whether it was accepted.
+        :param description: why it was refused, or ``"accepted"``.
+        :returns: the record.
+        """
+        return self.emit(
+            USER_AUTHENTICATION,
+            "E",
+            Outcome.SUCCESS if success else Outcome.MINOR_FAILURE,
+            event_type=LOGIN,
+            description=description,
+            disposition="user_identity",
+            participants=(
+                Participant(
+                    user_id=calling_ae_title,
+                    role=SOURCE.meaning,
+                    network_access_point=peer,
+                    requestor=True,
+                    alternative_user_id=username,
+                ),
+                self._us(DESTINATION),
+            ),
+            extra={"listener": listener, "identity_type": str(identity_type)},
+        )
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def instance(
+        self,
+        disposition: str,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str = "",
+        study_uid: str = "",
+        patient_id: str = "",
+        source: Participant,
+        destination: Participant,
+        outcome: Outcome = Outcome.SUCCESS,
+        description: str = "",
+        extra: dict[str, str] | None = None,
+    ) -> AuditRecord:
+        """One instance moved, or failed to (DICOM Instances Transferred, A.5.3.7; Data Export, A.5.3.5).
+
+        :param disposition: ``received`` (action C, we are the destination),
+            ``forwarded`` (action R, we are the source), ``exported`` (to a
+            folder: Data Export), ``dead_letter`` or ``dropped``.
+        :returns: the record.
+        """
+        event = DATA_EXPORT if disposition == "exported" else INSTANCES_TRANSFERRED
+        action = "C" if disposition == "received" else "R"
+        objects = [
+            ParticipantObject(
+                kind="study",
+                id=study_uid,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uids=(sop_instance_uid,),
+            )
+        ]
+        if patient_id:
+            objects.append(ParticipantObject(kind="patient", id=patient_id))
+        return self.emit(
+            event,
+            action,
+            outcome,
+            description=description,
+            disposition=disposition,
+            participants=(source, destination),
+            objects=tuple(objects),
+            extra=extra,
+        )
+
+    def us(self, role: str) -> Participant:
+        """Ourselves as a participant.
+
+        :param role: ``source`` or ``destination``.
+        :returns: the participant.
+        """
+        return self._us(SOURCE if role == "source" else DESTINATION)
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """Read an audit file back (tests, tools).
+
+    :param path: the JSON-lines file.
+    :returns: one mapping per line.
+    """
+    with open(path, encoding="ascii") as stream:
+        return [json.loads(line) for line in stream if line.strip()]

@@ -1,0 +1,608 @@
+"""DICOM TLS: secure transport connection profiles, peer identity and reloadable contexts (PS3.15 Annex B).
+
+This module is the only place that talks to pyOpenSSL. It builds:
+
+* **server contexts** for TLS listeners (:func:`build_server_context`), held by
+  a :class:`ServerTLS` that Twisted asks for one ``SSL.Connection`` per
+  accepted connection, and that can :meth:`~ServerTLS.reload` its
+  certificate and key on SIGHUP without touching connections already made
+  (each ``SSL.Connection`` keeps the context it was created from);
+* **client connection creators** for TLS destinations
+  (:func:`client_creator`), built on Twisted's ``optionsForClientTLS`` so the
+  server's certificate is verified against the configured CA *and* its name
+  checked with service-identity (RFC 6125; HARDENING T12);
+* a **wrapping factory** (:class:`TLSListenerFactory`) that puts TLS under an
+  acceptor factory, closes connections whose handshake does not finish by a
+  deadline (HARDENING T13: no half-open TLS connection outlives ARTIM) and
+  reports every failed handshake with a short reason label (T04-T09).
+
+Profiles (PS3.15 Annex B)
+-------------------------
+Only two profiles are offered; both refuse SSLv3, TLS 1.0 and TLS 1.1 at any
+security level, because the minimum protocol version is set on the context
+itself (not left to the OpenSSL configuration file):
+
+* ``bcp195-nd``, the default: the *Non-Downgrading BCP 195 TLS Secure
+  Transport Connection Profile* (PS3.15 B.10). TLS 1.2 and 1.3 only; the
+  BCP 195 (RFC 7525 section 4.2) recommended suites, all with forward
+  secrecy and AEAD encryption: ECDHE or DHE with AES-GCM, plus
+  ChaCha20-Poly1305 (RFC 7905), which OpenSSL offers under the same rules.
+* ``bcp195-extended``: the *Extended BCP 195 TLS Profile* (PS3.15 B.11):
+  TLS 1.2 and 1.3, ECDHE only, with AES-GCM suites for ECDSA and RSA keys.
+
+The plain BCP 195 profile (PS3.15 B.9), which allows a fallback to older
+versions, is deliberately not offered. TLS 1.3's own suites are all AEAD
+with forward secrecy (RFC 8446 section 9.1), so both profiles allow the
+three standard ones. Compression (CRIME) and client-initiated renegotiation
+are disabled on every context (HARDENING T14).
+
+Peer identity
+-------------
+:func:`peer_identity` reads a verified peer certificate into a
+:class:`PeerIdentity`: the subject as an RFC 4514 string (``CN=ct1,O=Site``),
+which access control maps to calling AE titles and routing sees as
+``tls_subject``, and the subject alternative names.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl as _tssl
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+class TLSProfile(Enum):
+    """The secure transport connection profiles we offer (PS3.15 Annex B)."""
+
+    #: Non-Downgrading BCP 195 TLS Secure Transport Connection Profile (PS3.15 B.10).
+    BCP195_ND = "bcp195-nd"
+    #: Extended BCP 195 TLS Profile (PS3.15 B.11).
+    BCP195_EXTENDED = "bcp195-extended"
+
+
+#: OpenSSL cipher strings for TLS 1.2, per profile. BCP 195 (RFC 7525 4.2)
+#: recommends ECDHE/DHE with AES-GCM; ChaCha20-Poly1305 (RFC 7905) has the
+#: same properties (forward secrecy, AEAD). No CBC, RC4, 3DES, NULL,
+#: anonymous or export suite can ever be negotiated (HARDENING T09).
+PROFILE_CIPHERS: dict[TLSProfile, str] = {
+    TLSProfile.BCP195_ND: ":".join(
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            "DHE-RSA-AES128-GCM-SHA256",
+            "DHE-RSA-AES256-GCM-SHA384",
+        )
+    ),
+    # PS3.15 B.11: ECDHE key exchange with AES-GCM only.
+    TLSProfile.BCP195_EXTENDED: ":".join(
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+        )
+    ),
+}
+
+#: TLS 1.3 suites (RFC 8446 9.1): every one is AEAD with forward secrecy.
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+
+#: Options set on every context: no SSLv2/3, TLS 1.0/1.1 (belt and braces
+#: with the minimum version), no compression (CRIME), no renegotiation
+#: (HARDENING T14), fresh ephemeral keys, our cipher order.
+_CONTEXT_OPTIONS = (
+    SSL.OP_NO_SSLv2
+    | SSL.OP_NO_SSLv3
+    | SSL.OP_NO_TLSv1
+    | SSL.OP_NO_TLSv1_1
+    | SSL.OP_NO_COMPRESSION
+    | SSL.OP_NO_RENEGOTIATION
+    | SSL.OP_SINGLE_DH_USE
+    | SSL.OP_SINGLE_ECDH_USE
+    | SSL.OP_CIPHER_SERVER_PREFERENCE
+)
+
+#: X.509 verification error numbers (OpenSSL ``X509_V_ERR_*``) -> reason labels.
+_VERIFY_REASONS: dict[int, str] = {
+    2: "unknown_ca",  # unable to get issuer certificate
+    9: "not_yet_valid",
+    10: "expired",
+    18: "unknown_ca",  # self-signed leaf
+    19: "unknown_ca",  # self-signed certificate in chain
+    20: "unknown_ca",  # unable to get local issuer certificate
+    21: "unknown_ca",  # unable to verify the first certificate
+    23: "revoked",
+    24: "invalid_ca",
+    26: "wrong_key_usage",  # invalid purpose
+    68: "weak_key",  # EE key too small (X509_V_ERR_EE_KEY_TOO_SMALL)
+    67: "weak_key",  # CA key too small
+    66: "weak_signature",  # CA md too weak
+}
+
+
+class TLSConfigError(Exception):
+    """A certificate, key or CA file cannot be used (missing, unreadable, mismatched)."""
+
+
+@dataclass(frozen=True)
+class ServerTLSSettings:
+    """What a TLS listener needs; built from the ``tls`` block of a ``listen`` entry.
+
+    :ivar certificate: PEM file with the gateway's certificate (and chain).
+    :ivar private_key: PEM file with its private key.
+    :ivar ca: PEM file of CA certificates that client certificates must chain
+        to; empty means client certificates are neither asked for nor checked.
+    :ivar require_client_certificate: fail the handshake of a client that
+        presents no certificate signed by ``ca``.
+    :ivar profile: the secure transport connection profile.
+    """
+
+    certificate: str
+    private_key: str
+    ca: str = ""
+    require_client_certificate: bool = False
+    profile: TLSProfile = TLSProfile.BCP195_ND
+
+
+@dataclass(frozen=True)
+class ClientTLSSettings:
+    """What a TLS destination needs; built from a destination's ``tls`` block.
+
+    :ivar ca: PEM file of CA certificates the server's certificate must chain to.
+    :ivar server_name: the name (DNS name or IP address) the server's
+        certificate must carry (RFC 6125); the destination's host by default.
+    :ivar certificate: our client certificate for mutual authentication, if any.
+    :ivar private_key: its private key.
+    :ivar profile: the secure transport connection profile.
+    """
+
+    ca: str
+    server_name: str = ""
+    certificate: str = ""
+    private_key: str = ""
+    profile: TLSProfile = TLSProfile.BCP195_ND
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """The identity a verified peer certificate carries.
+
+    :ivar subject: the subject distinguished name, RFC 4514 string.
+    :ivar issuer: the issuer distinguished name, RFC 4514 string.
+    :ivar sans: subject alternative names as ``DNS:name``, ``IP:addr``,
+        ``email:addr`` or ``URI:uri``.
+    :ivar serial: the certificate's serial number, hexadecimal.
+    """
+
+    subject: str
+    issuer: str = ""
+    sans: tuple[str, ...] = field(default=())
+    serial: str = ""
+
+
+def peer_identity(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
+    """Read the identity of a peer certificate.
+
+    :param certificate: the certificate, from ``transport.getPeerCertificate()``
+        or parsed by ``cryptography``.
+    :returns: its subject, issuer, serial and subject alternative names.
+    """
+    cert = certificate.to_cryptography() if isinstance(certificate, crypto.X509) else certificate
+    sans: list[str] = []
+    try:
+        extension = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    except x509.ExtensionNotFound:
+        extension = None
+    if extension is not None:
+        names = extension.value
+        assert isinstance(names, x509.SubjectAlternativeName)
+        sans.extend(f"DNS:{name}" for name in names.get_values_for_type(x509.DNSName))
+        sans.extend(f"IP:{address}" for address in names.get_values_for_type(x509.IPAddress))
+        sans.extend(f"email:{mail}" for mail in names.get_values_for_type(x509.RFC822Name))
+        sans.extend(f"URI:{uri}" for uri in names.get_values_for_type(x509.UniformResourceIdentifier))
+    return PeerIdentity(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        sans=tuple(sans),
+        serial=format(cert.serial_number, "x"),
+    )
+
+
+def transport_peer_identity(transport: Any) -> PeerIdentity | None:
+    """The verified peer identity of a TLS transport, or ``None`` (plain TCP, or no client certificate).
+
+    :param transport: a Twisted transport; TLS transports have ``getPeerCertificate``.
+    :returns: the identity or ``None``.
+    """
+    get = getattr(transport, "getPeerCertificate", None)
+    if get is None:
+        return None
+    try:
+        certificate = get()
+    except (SSL.Error, AttributeError):
+        return None
+    if certificate is None:
+        return None
+    return peer_identity(certificate)
+
+
+def key_mode_problem(path: str) -> str | None:
+    """Check that a private key file is not readable by group or others (HARDENING T16).
+
+    :param path: the key file.
+    :returns: a warning to log, or ``None`` when the mode is 0600 or stricter.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return f"cannot stat private key {path}: {error.strerror or error}"
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"private key {path} has mode {stat.S_IMODE(mode):04o}; it should be 0600 (readable by its owner only)"
+    return None
+
+
+def _read(path: str, what: str) -> bytes:
+    """Read a PEM file, turning ``OSError`` into :class:`TLSConfigError`."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise TLSConfigError(f"cannot read the {what} {path}: {error.strerror or error}") from error
+
+
+def _base_context(method_profile: TLSProfile) -> SSL.Context:
+    """A context with the profile's versions, suites and options, and nothing else.
+
+    PS3.15 B.10/B.11: TLS 1.2 is the minimum, TLS 1.3 preferred when both
+    sides have it (OpenSSL always picks the highest common version).
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    # The floor is set here, not by the OpenSSL configuration file, so a
+    # "MinProtocol = TLSv1" in /etc/ssl/openssl.cnf cannot lower it (T08).
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(_CONTEXT_OPTIONS)
+    context.set_cipher_list(PROFILE_CIPHERS[method_profile].encode("ascii"))
+    context.set_tls13_ciphersuites(TLS13_SUITES.encode("ascii"))
+    return context
+
+
+def _load_key_pair(context: SSL.Context, certificate: str, private_key: str) -> None:
+    """Load a certificate chain and its key into ``context``, checking they belong together."""
+    chain = _read(certificate, "certificate")
+    key = _read(private_key, "private key")
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError as error:
+        raise TLSConfigError(f"{certificate} holds no usable PEM certificate: {error}") from error
+    try:
+        pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, key)
+    except crypto.Error as error:
+        raise TLSConfigError(f"{private_key} holds no usable PEM private key") from error
+    try:
+        context.use_certificate(crypto.X509.from_cryptography(certs[0]))
+        for extra in certs[1:]:
+            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        context.use_privatekey(pkey)
+        context.check_privatekey()
+    except SSL.Error as error:
+        raise TLSConfigError(
+            f"the key {private_key} does not match the certificate {certificate}, "
+            f"or one of them is too weak: {_ssl_reason(error)}"
+        ) from error
+
+
+def _load_ca(context: SSL.Context, ca: str) -> None:
+    """Trust the CA certificates of a PEM file, and name them to clients."""
+    data = _read(ca, "CA file")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as error:
+        raise TLSConfigError(f"{ca} holds no usable PEM certificate: {error}") from error
+    store = context.get_cert_store()
+    assert store is not None
+    for cert in certs:
+        store.add_cert(crypto.X509.from_cryptography(cert))
+        # The CertificateRequest lists acceptable issuers (RFC 8446 4.2.4).
+        context.add_client_ca(crypto.X509.from_cryptography(cert))
+
+
+def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    """Keep OpenSSL's verdict, remembering why a certificate failed for the failure's reason label."""
+    if not ok:
+        holder = connection.get_app_data()
+        errors = getattr(holder, "verify_errors", None)
+        if isinstance(errors, list):
+            errors.append(errno)
+    return bool(ok)
+
+
+def build_server_context(settings: ServerTLSSettings) -> SSL.Context:
+    """Build the context of a TLS listener.
+
+    With ``ca`` set, clients are asked for a certificate that must chain to
+    it; with ``require_client_certificate`` also set, a client without one
+    fails the handshake (HARDENING T05).
+
+    :param settings: the listener's TLS settings.
+    :returns: a ready context.
+    :raises TLSConfigError: when a file is missing or unusable, or the key
+        does not match the certificate.
+    """
+    context = _base_context(settings.profile)
+    _load_key_pair(context, settings.certificate, settings.private_key)
+    if settings.ca:
+        _load_ca(context, settings.ca)
+        mode = SSL.VERIFY_PEER
+        if settings.require_client_certificate:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(mode, _verify_callback)
+    elif settings.require_client_certificate:
+        raise TLSConfigError("require_client_certificate needs a 'ca' to check client certificates against")
+    # Session tickets would outlive a certificate reload; sessions are cheap to renegotiate.
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_id(b"dicom-gateway")
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """The TLS side of one listener, whose certificate and key can be reloaded.
+
+    Twisted calls :meth:`serverConnectionForTLS` once per accepted
+    connection; that connection keeps the context it was made from, so a
+    :meth:`reload` changes what *new* handshakes see and leaves running
+    associations alone (HARDENING T16).
+
+    :param settings: the listener's TLS settings.
+    :raises TLSConfigError: when the initial context cannot be built.
+    """
+
+    log = Logger(namespace="gateway.tls")
+
+    def __init__(self, settings: ServerTLSSettings) -> None:
+        self.settings = settings
+        self._context = build_server_context(settings)
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        """Make the ``SSL.Connection`` of one accepted connection.
+
+        :param protocol: the TLS wrapper protocol; kept as the connection's
+            app data so the verify callback can record why verification failed.
+        :returns: the connection, using the current context.
+        """
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(protocol)
+        return connection
+
+    def reload(self, settings: ServerTLSSettings | None = None) -> str | None:
+        """Re-read the certificate, key and CA; keep the old context when they are unusable.
+
+        :param settings: new settings, or ``None`` to re-read the same files.
+        :returns: ``None`` when the new context is in use, else the error
+            (logged by the caller); the old context then stays.
+        """
+        wanted = self.settings if settings is None else settings
+        try:
+            context = build_server_context(wanted)
+        except TLSConfigError as error:
+            return str(error)
+        self._context = context
+        self.settings = wanted
+        return None
+
+
+def _ssl_reason(error: BaseException) -> str:
+    """The OpenSSL reason strings of an ``SSL.Error`` (``"no shared cipher"``), or its text."""
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], list):
+        parts = [entry[2] for entry in args[0] if isinstance(entry, tuple) and len(entry) == 3 and entry[2]]
+        if parts:
+            return "; ".join(parts)
+    return str(error) or type(error).__name__
+
+
+def classify_handshake_failure(error: BaseException | None, verify_errors: list[int]) -> str:
+    """A short reason label for a failed handshake, for logs, metrics and the audit trail.
+
+    :param error: the exception that ended the connection, if any.
+    :param verify_errors: X.509 verification error numbers seen during the handshake.
+    :returns: one of ``unknown_ca``, ``expired``, ``not_yet_valid``,
+        ``revoked``, ``wrong_key_usage``, ``weak_key``, ``no_certificate``,
+        ``protocol_version``, ``no_shared_cipher``, ``not_tls``,
+        ``certificate_rejected`` (the peer refused *our* certificate),
+        ``closed`` (the peer went away) or ``other``.
+    """
+    for errno in verify_errors:
+        if errno in _VERIFY_REASONS:
+            return _VERIFY_REASONS[errno]
+    text = _ssl_reason(error).lower() if error is not None else ""
+    if "peer did not return a certificate" in text or "certificate required" in text:
+        return "no_certificate"
+    if "unsupported protocol" in text or "protocol version" in text or "version too low" in text:
+        return "protocol_version"
+    if "no shared cipher" in text or "no cipher" in text or "handshake failure" in text:
+        return "no_shared_cipher"
+    if "wrong version number" in text or "http request" in text or "unknown protocol" in text or "record layer" in text:
+        return "not_tls"
+    if "unknown ca" in text or "bad certificate" in text or "certificate unknown" in text:
+        return "certificate_rejected"
+    if "certificate verify failed" in text:
+        return "unknown_ca"
+    if error is None or not text or "connection" in text or "eof" in text:
+        return "closed"
+    return "other"
+
+
+#: ``on_failure(peer_address, reason_label, detail)``: a handshake failed.
+HandshakeFailureHook = Callable[[str, str, str], None]
+
+
+class _ListenerTLSProtocol(BufferingTLSTransport):
+    """The server side of one TLS connection: a handshake deadline and failure reports."""
+
+    factory: "TLSListenerFactory"
+
+    def makeConnection(self, transport: Any) -> None:
+        """Start the handshake and its deadline (HARDENING T13)."""
+        self.verify_errors: list[int] = []
+        self._deadline: IDelayedCall | None = None
+        self._reported = False
+        peer = transport.getPeer()
+        self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        super().makeConnection(transport)
+        if not self._handshakeDone and not self._aborted and self.factory.handshake_timeout > 0:
+            self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout, self._deadline_passed)
+
+    def handshake_done(self) -> bool:
+        """Whether the TLS handshake completed."""
+        return bool(self._handshakeDone)
+
+    def _deadline_passed(self) -> None:
+        """The handshake is late: report it and drop the connection without ceremony."""
+        self._deadline = None
+        if not self._handshakeDone:
+            self._report("timeout", "handshake not finished within the deadline")
+            self.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Feed TLS records; stop the deadline as soon as the handshake is done."""
+        super().dataReceived(data)
+        if self._handshakeDone and self._deadline is not None:
+            self._cancel_deadline()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _report(self, label: str, detail: str) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self.factory.handshake_failed(self.peer_address, label, detail)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        """A connection that ends before its handshake finished is a handshake failure."""
+        self._cancel_deadline()
+        if not self._handshakeDone:
+            error = self._reason.value if self._reason is not None else reason.value
+            label = classify_handshake_failure(error if isinstance(error, SSL.Error) else None, self.verify_errors)
+            if isinstance(error, SSL.Error) or self.verify_errors:
+                self._report(label, _ssl_reason(error))
+            else:
+                self._report("closed", "connection closed before the TLS handshake finished")
+        super().connectionLost(reason)
+
+
+class TLSListenerFactory(TLSMemoryBIOFactory):
+    """Puts TLS under an acceptor factory, with a handshake deadline.
+
+    The wrapped protocol (the DICOM acceptor) is connected at once, so its
+    ARTIM timer also runs during the handshake; the deadline here is
+    normally shorter and closes a silent or half-finished handshake without
+    any DICOM processing (HARDENING T01, T13).
+
+    :param creator: the listener's :class:`ServerTLS`.
+    :param wrapped: the acceptor factory.
+    :param clock: for the deadline.
+    :param handshake_timeout: seconds a handshake may take; 0 disables the deadline.
+    :param on_failure: called with ``(peer, reason_label, detail)`` for each failed handshake.
+    """
+
+    protocol = _ListenerTLSProtocol
+    log = Logger(namespace="gateway.tls")
+
+    def __init__(
+        self,
+        creator: ServerTLS,
+        wrapped: IProtocolFactory,
+        clock: IReactorTime,
+        handshake_timeout: float,
+        on_failure: HandshakeFailureHook | None = None,
+    ) -> None:
+        super().__init__(creator, False, wrapped, clock)
+        self.creator = creator
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.on_failure = on_failure
+        #: Failed handshakes by reason label (for metrics).
+        self.failures: dict[str, int] = {}
+
+    def handshake_failed(self, peer: str, label: str, detail: str) -> None:
+        """Count, log and report one failed handshake.
+
+        :param peer: ``host:port`` of the peer.
+        :param label: the reason label (:func:`classify_handshake_failure`).
+        :param detail: OpenSSL's words, for the log.
+        """
+        self.failures[label] = self.failures.get(label, 0) + 1
+        if label != "closed":
+            self.log.warn("TLS handshake from {peer} failed: {label} ({detail})", peer=peer, label=label, detail=detail)
+        if self.on_failure is not None:
+            self.on_failure(peer, label, detail)
+
+
+def client_creator(settings: ClientTLSSettings, host: str) -> Any:
+    """The client connection creator of a TLS destination.
+
+    The server certificate must chain to ``settings.ca`` and carry
+    ``settings.server_name`` (or ``host``) as a DNS or IP subject alternative
+    name, checked by service-identity (RFC 6125; HARDENING T12). Our client
+    certificate is presented when configured. There is no plaintext fallback:
+    a failure fails the connection.
+
+    :param settings: the destination's TLS settings.
+    :param host: the destination's host, the default name to check.
+    :returns: an ``IOpenSSLClientConnectionCreator``.
+    :raises TLSConfigError: when a file is missing or unusable.
+    """
+    ca_pem = _read(settings.ca, "CA file")
+    try:
+        trust = _tssl.trustRootFromCertificates(
+            [_tssl.Certificate.loadPEM(cert.public_bytes(_pem())) for cert in x509.load_pem_x509_certificates(ca_pem)]
+        )
+    except ValueError as error:
+        raise TLSConfigError(f"{settings.ca} holds no usable PEM certificate: {error}") from error
+    client_certificate = None
+    if settings.certificate:
+        cert_pem = _read(settings.certificate, "certificate")
+        key_pem = _read(settings.private_key, "private key") if settings.private_key else cert_pem
+        try:
+            client_certificate = _tssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
+        except (crypto.Error, SSL.Error, ValueError) as error:
+            raise TLSConfigError(
+                f"cannot use the client certificate {settings.certificate} with {settings.private_key}: {error}"
+            ) from error
+    name = settings.server_name or host
+    return _tssl.optionsForClientTLS(
+        name,
+        trustRoot=trust,
+        clientCertificate=client_certificate,
+        extraCertificateOptions={
+            "raiseMinimumTo": _tssl.TLSVersion.TLSv1_2,
+            "acceptableCiphers": _tssl.AcceptableCiphers.fromOpenSSLCipherString(PROFILE_CIPHERS[settings.profile]),
+        },
+    )
+
+
+def _pem() -> Any:
+    """The PEM encoding constant of ``cryptography``."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.PEM
