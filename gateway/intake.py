@@ -51,6 +51,8 @@ class Admission:
     unrouted: bool = False
     dropped: bool = False
     matched: tuple[str, ...] = ()
+    #: The instance's correlation id (logged with the receipt and every forward attempt).
+    correlation_id: str = ""
 
 
 def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at: float) -> InstanceRecord:
@@ -299,7 +301,11 @@ class Intake:
                 # finds the entries at its next poll.
                 self.log.failure("could not wake the workers of {destinations}", destinations=", ".join(fresh))
         return Admission(
-            Status.SUCCESS, entries=len(result.entry_ids), duplicates=result.duplicates, matched=decision.matched
+            Status.SUCCESS,
+            entries=len(result.entry_ids),
+            duplicates=result.duplicates,
+            matched=decision.matched,
+            correlation_id=record.correlation_id,
         )
 
     def _journal_failed(
@@ -362,7 +368,7 @@ class Intake:
                 calling_ae_title=record.calling_ae_title,
                 path=target,
             )
-            return Admission(Status.SUCCESS, unrouted=True)
+            return Admission(Status.SUCCESS, unrouted=True, correlation_id=record.correlation_id)
 
         def failed(failure: Failure) -> Admission:
             self.log.failure("could not keep an unrouted instance", failure)

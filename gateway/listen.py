@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -116,6 +116,8 @@ class AcceptorProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.active -= 1
+            if self.factory.observer is not None:
+                self.factory.observer.association_ended(self.factory.name, self._calling, self._ending == "released")
         if self._calling or self._ending != "closed":
             self._log_end()
 
@@ -155,6 +157,8 @@ class AcceptorProtocol(Protocol):
         self._artim = None
         if self.association.state.value == "Sta2":
             self.factory.artim_expired += 1
+            if self.factory.observer is not None:
+                self.factory.observer.artim_expired(self.factory.name)
             self._ending = "ARTIM expired before A-ASSOCIATE-RQ"
         self._run(self.association.artim_expired())
 
@@ -183,13 +187,15 @@ class AcceptorProtocol(Protocol):
         rejection = self.factory.access.check(request)
         if rejection is not None:
             self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
-            self.factory.rejected += 1
+            self.factory.count_rejection(request)
             self._run(self.association.reject(rejection))
             return
         negotiation = negotiate_acceptor(request, self.factory.acceptor_settings)
         self._negotiation = negotiation
         self._counted = True
         self.factory.active += 1
+        if self.factory.observer is not None:
+            self.factory.observer.association_accepted(self.factory.name, request.calling_ae_title)
         self._ending = "open"
         info = AssociationInfo(
             assoc_id=self.assoc_id,
@@ -267,6 +273,8 @@ class AcceptorProtocol(Protocol):
 
     def abort_association(self, detail: str) -> None:
         """A-ABORT(0,0) for a DIMSE violation (HARDENING R2), then close."""
+        if self.factory.observer is not None:
+            self.factory.observer.dimse_protocol_error(self.factory.name)
         self._ending = f"aborted by us ({detail})"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, detail))
         self.transport.loseConnection()
@@ -300,6 +308,9 @@ class AcceptorFactory(Factory):
     :param on_instance: called after each C-STORE with its report.
     :param admit: journals each committed instance before the ack (see :mod:`gateway.intake`).
     :param space_low: true while the spool is below its free-space floor.
+    :param observer: told of association outcomes (metrics; a
+        :class:`~gateway.observe.GatewayMetrics` or anything with its
+        ``association_*``, ``artim_expired`` and ``dimse_protocol_error`` methods).
     """
 
     log = Logger(namespace="gateway.listen")
@@ -316,8 +327,10 @@ class AcceptorFactory(Factory):
         on_instance: Callable[[InstanceReport], None] | None = None,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
+        observer: Any = None,
     ) -> None:
         self.name = name
+        self.observer = observer
         self.admit = admit
         self.space_low = space_low
         self.acceptor_settings = acceptor_settings
@@ -341,23 +354,29 @@ class AcceptorFactory(Factory):
         """A new connection: a new association."""
         return AcceptorProtocol(self)
 
+    def count_rejection(self, request: _pdu.AAssociateRQ) -> None:
+        """Count one A-ASSOCIATE-RJ (and tell the observer)."""
+        self.rejected += 1
+        if self.observer is not None:
+            self.observer.association_rejected(self.name, request.calling_ae_title)
+
     def _provider_check(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
         """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4)."""
         rejection = check_acse(request, self.acceptor_settings)
         if rejection is not None:
-            self.rejected += 1
+            self.count_rejection(request)
             return rejection
         if self.space_low():
             # The spool is below its free-space floor: temporary congestion
             # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.
-            self.rejected += 1
+            self.count_rejection(request)
             return _pdu.AAssociateRJ(
                 result=RejectResult.TRANSIENT,
                 source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
                 reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
             )
         if self.active >= self.limits.max_associations:
-            self.rejected += 1
+            self.count_rejection(request)
             self.log.warn(
                 "rejecting association from {calling}: {active} of {limit} associations in use",
                 calling=printable(request.calling_ae_title),

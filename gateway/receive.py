@@ -88,6 +88,8 @@ class InstanceReport:
     status: int
     comment: str = ""
     spooled: SpooledInstance | None = None
+    #: Ties this receipt to the instance's forward attempts (empty when not journaled).
+    correlation_id: str = ""
 
 
 @dataclass
@@ -314,7 +316,12 @@ class StorageService:
             d = self._admit(spooled, self._info)
             d.addCallback(
                 lambda admission: self._respond(
-                    slot, incoming, admission.status, admission.comment, spooled if admission.status == 0 else None
+                    slot,
+                    incoming,
+                    admission.status,
+                    admission.comment,
+                    spooled if admission.status == 0 else None,
+                    getattr(admission, "correlation_id", ""),
                 )
             )
             d.addErrback(failed)
@@ -332,7 +339,13 @@ class StorageService:
         d.addCallbacks(committed, failed)
 
     def _respond(
-        self, slot: _Response, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None
+        self,
+        slot: _Response,
+        incoming: _Incoming,
+        status: int,
+        comment: str,
+        spooled: SpooledInstance | None,
+        correlation_id: str = "",
     ) -> None:
         self._outstanding -= 1
         if self._paused and self._outstanding < _RESUME_BELOW:
@@ -340,7 +353,7 @@ class StorageService:
             if not self._closed:
                 self._peer.resume_reading()
         slot.command = self._store_response(incoming, status, comment)
-        self._report(incoming, status, comment, spooled)
+        self._report(incoming, status, comment, spooled, correlation_id)
         self._flush()
 
     def _finish_store(self, incoming: _Incoming, status: int, comment: str) -> None:
@@ -353,7 +366,9 @@ class StorageService:
         response = dimse.store_response(incoming.request, status, error_comment=comment or None)
         return dimse.encode_command(response)
 
-    def _report(self, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None) -> None:
+    def _report(
+        self, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None, correlation_id: str = ""
+    ) -> None:
         rq = incoming.request
         assert rq is not None
         if status == Status.SUCCESS:
@@ -368,6 +383,7 @@ class StorageService:
             size=incoming.size,
             status=status,
             comment=f" ({comment})" if comment else "",
+            correlation_id=correlation_id,
         )
         if self._on_instance is not None:
             self._on_instance(
@@ -380,6 +396,7 @@ class StorageService:
                     status=status,
                     comment=comment,
                     spooled=spooled,
+                    correlation_id=correlation_id,
                 )
             )
 

@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any, Callable
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -38,6 +39,7 @@ from gateway.forward import DestinationWorker, ForwardObserver
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake, Recovery, SpaceGuard
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
+from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
 from gateway.queue.interfaces import IQueueStore
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
@@ -130,7 +132,8 @@ class GatewayService(MultiService):
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
     :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
     :param store: the queue store; SQLite at ``config.queue_path`` by default.
-    :param observer: receives forwarding events (metrics).
+    :param observer: receives forwarding events; by default the metrics' observer.
+    :param metrics: the Prometheus metrics; by default a new set in a private registry.
     :param wall: wall-clock time for the journal.
     """
 
@@ -145,12 +148,18 @@ class GatewayService(MultiService):
         store: IQueueStore | None = None,
         observer: ForwardObserver | None = None,
         wall: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
         self.config = config
         self._wall = wall
-        self._observer = observer
+        self.metrics = metrics or GatewayMetrics(
+            CollectorRegistry(),
+            allowlisted_titles(config.accept.calling_ae_titles, config.metrics.calling_ae_titles),
+            wall=wall,
+        )
+        self._observer = observer or self.metrics.forward_observer()
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
         self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
         os.makedirs(config.spool.path, exist_ok=True)
@@ -214,8 +223,10 @@ class GatewayService(MultiService):
                 spool=self.spool,
                 clock=reactor,
                 limits=limits,
-                admit=self.intake.admit,
+                admit=self._admit,
                 space_low=self.space.low,
+                observer=self.metrics,
+                on_instance=self.metrics.instance_reported,
             )
             service = ListenerService(reactor, listener, factory)
             service.setServiceParent(self)
@@ -223,6 +234,19 @@ class GatewayService(MultiService):
         self._janitor = LoopingCall(self._clean)
         self._janitor.clock = reactor
         self.ready: Deferred[None] = Deferred()
+        # Scrape-time gauges read a snapshot renewed on the store's thread (never at scrape time).
+        self.refresher = StateRefresher(
+            metrics=self.metrics,
+            store=store,
+            store_runner=self.store_runner,
+            file_runner=self.blocking,
+            spool_root=config.spool.path,
+            destinations=lambda: [d.name for d in self.config.destinations],
+            down=lambda: [name for name, w in self.workers.items() if w.status().circuit == "open"],
+            clock=reactor,
+            wall=wall,
+        )
+        self._declare_metrics()
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -241,6 +265,19 @@ class GatewayService(MultiService):
         self.workers[destination.name] = worker
         worker.setServiceParent(self)
         return worker
+
+    def _admit(self, spooled: Any, info: Any) -> Deferred[Any]:
+        """The intake's ``admit``, with its outcome counted (routes, unrouted, duplicates)."""
+        d = self.intake.admit(spooled, info)
+        d.addCallback(self.metrics.admitted)
+        return d
+
+    def _declare_metrics(self) -> None:
+        self.metrics.declare(
+            [d.name for d in self.config.destinations],
+            [r.name for r in self.config.routes],
+            [listener.name for listener in self.config.listen],
+        )
 
     def _poke(self, destinations: Any) -> None:
         for name in destinations:
@@ -278,6 +315,7 @@ class GatewayService(MultiService):
             if not service.running:
                 service.startService()
         self._janitor.start(CLEAN_INTERVAL, now=False)
+        self.refresher.start()
         self.ready.callback(None)
 
     def _start_failed(self, failure: Any) -> None:
@@ -300,6 +338,7 @@ class GatewayService(MultiService):
         self.log.info("dicom-gateway stopping")
         if self._janitor.running:
             self._janitor.stop()
+        self.refresher.stop()
         d = super().stopService()
         d.addBoth(lambda _: self.store_runner.run(self.store.close))
         d.addErrback(lambda f: self.log.failure("closing the queue journal failed", f))
@@ -323,6 +362,7 @@ class GatewayService(MultiService):
             new = load(self.config.source)
         except ConfigErrors as errors:
             self.log.error("configuration reload refused; keeping the running one:\n{errors}", errors=str(errors))
+            self.metrics.config_reloaded(False)
             return succeed(False)
         old = self.config
         for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
@@ -350,6 +390,8 @@ class GatewayService(MultiService):
                 n=len(new.destinations),
                 r=len(new.routes),
             )
+            self._declare_metrics()
+            self.metrics.config_reloaded(True)
             return True
 
         done.addCallback(start_new)

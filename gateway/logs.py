@@ -1,0 +1,214 @@
+"""Log observers for ``log: {format, file, level, rotate}``, and the size-rotating writer.
+
+The gateway logs with :class:`twisted.logger.Logger` and keyword fields
+(``assoc_id``, ``correlation_id``, ``destination``, ``attempt``; DESIGN 7).
+This module turns those events into lines:
+
+* ``text``: one line per event, ``<time> [<namespace>#<level>] <message>``,
+  with ``[cid <correlation_id>]`` appended when the event carries a
+  correlation id its message does not show, so a grep for the id finds the
+  receipt and every forward attempt of an instance;
+* ``json``: one JSON object per line with the formatted ``message`` and the
+  event's own fields (``time``, ``level``, ``namespace`` and every
+  JSON-able key that does not start with ``log_``).
+
+Output goes to standard output, or to ``log.file`` through
+:class:`RotatingFile`, which rotates at ``rotate.size`` bytes and keeps
+``rotate.keep`` old files (``file.1`` newest). The audit trail reuses
+:class:`RotatingFile`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import IO, Any, Callable
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from zope.interface import implementer
+
+__all__ = ["RotatingFile", "text_observer", "json_observer", "build_observer", "format_text", "format_json"]
+
+
+class RotatingFile:
+    """An append-only text file rotated by size: ``path`` -> ``path.1`` -> ... -> ``path.<keep>``.
+
+    Writes are serialised by a lock (the audit trail may write from a
+    thread). A line is never split across two files: rotation happens before
+    a write that would cross ``max_bytes``.
+
+    :param path: the file (its directory is created if needed).
+    :param max_bytes: rotate once the file would grow beyond this; 0 never rotates.
+    :param keep: how many rotated files to keep; 0 keeps none (the file is truncated).
+    """
+
+    def __init__(self, path: str, max_bytes: int, keep: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        self._size = self._file.tell()
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (normally whole lines), rotating first when it would cross the limit."""
+        data_size = len(text.encode("utf-8"))
+        with self._lock:
+            if self.max_bytes and self._size and self._size + data_size > self.max_bytes:
+                self._rotate()
+            self._file.write(text)
+            self._file.flush()
+            self._size += data_size
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.keep > 0:
+            oldest = f"{self.path}.{self.keep}"
+            if os.path.exists(oldest):
+                os.remove(oldest)
+            for n in range(self.keep - 1, 0, -1):
+                if os.path.exists(f"{self.path}.{n}"):
+                    os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "w", encoding="utf-8")
+        self._size = 0
+
+    def rotated_files(self) -> list[str]:
+        """The rotated files that exist, newest first."""
+        return [f"{self.path}.{n}" for n in range(1, self.keep + 1) if os.path.exists(f"{self.path}.{n}")]
+
+    def flush(self) -> None:
+        """Flush buffered text."""
+        with self._lock:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def _timestamp(event: dict[str, Any]) -> str:
+    when = event.get("log_time")
+    if when is None:
+        return "-"
+    return datetime.fromtimestamp(when, timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+def _level_name(event: dict[str, Any]) -> str:
+    level = event.get("log_level")
+    return level.name if isinstance(level, type(LogLevel.info)) else "-"
+
+
+def format_text(event: dict[str, Any]) -> str | None:
+    """One text line for an event, with its correlation id when the message does not show it.
+
+    :param event: a twisted.logger event.
+    :returns: the line (with a newline), or ``None`` for an event with nothing to say.
+    """
+    message = formatEvent(event)
+    if not message and "log_failure" not in event:
+        return None
+    if "log_failure" in event:
+        try:
+            message += "\n" + event["log_failure"].getTraceback()
+        except Exception:  # a broken Failure must never break logging
+            pass
+    correlation = event.get("correlation_id")
+    if correlation and str(correlation) not in message:
+        message += f" [cid {correlation}]"
+    namespace = event.get("log_namespace", "-")
+    message = message.replace("\n", "\n\t")
+    return f"{_timestamp(event)} [{namespace}#{_level_name(event)}] {message}\n"
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def format_json(event: dict[str, Any]) -> str:
+    """One JSON line for an event: time, level, namespace, message and every plain field.
+
+    :param event: a twisted.logger event.
+    :returns: the line, with a newline.
+    """
+    record: dict[str, Any] = {
+        "time": _timestamp(event),
+        "level": _level_name(event),
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record or key in ("format", "message"):
+            continue
+        if _jsonable(value):
+            record[key] = value
+    if "log_failure" in event:
+        try:
+            record["traceback"] = event["log_failure"].getTraceback()
+        except Exception:
+            record["traceback"] = "(unavailable)"
+    return json.dumps(record, sort_keys=False, default=str) + "\n"
+
+
+@implementer(ILogObserver)
+class _LineObserver:
+    """Writes each event as a line produced by ``formatter`` to ``out``."""
+
+    def __init__(self, out: Any, formatter: Callable[[dict[str, Any]], str | None]) -> None:
+        self._out = out
+        self._formatter = formatter
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        line = self._formatter(event)
+        if line:
+            self._out.write(line)
+            flush = getattr(self._out, "flush", None)
+            if flush is not None:
+                flush()
+
+
+def text_observer(out: Any) -> ILogObserver:
+    """An observer writing :func:`format_text` lines to ``out`` (a text stream or :class:`RotatingFile`)."""
+    return _LineObserver(out, format_text)
+
+
+def json_observer(out: Any) -> ILogObserver:
+    """An observer writing :func:`format_json` lines to ``out``."""
+    return _LineObserver(out, format_json)
+
+
+def build_observer(log_config: Any, stdout: IO[str] | io.TextIOBase | None = None, level: str | None = None) -> ILogObserver:
+    """The observer for a ``log`` configuration, filtered by level.
+
+    :param log_config: a :class:`~gateway.config.schema.LogConfig`.
+    :param stdout: where to write when ``log.file`` is empty; ``sys.stdout`` by default.
+    :param level: overrides ``log.level`` (the ``--log-level`` option).
+    :returns: an observer to begin logging to.
+    :raises ValueError: an unknown format.
+    """
+    if log_config.file:
+        out: Any = RotatingFile(log_config.file, log_config.rotate.size, log_config.rotate.keep)
+    else:
+        out = stdout if stdout is not None else sys.stdout
+    if log_config.format == "json":
+        observer = json_observer(out)
+    elif log_config.format == "text":
+        observer = text_observer(out)
+    else:
+        raise ValueError(f"unknown log format {log_config.format!r}")
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level or log_config.level))
+    return FilteringLogObserver(observer, [predicate])

@@ -1,0 +1,557 @@
+"""Prometheus metrics of the gateway: the ``dicom_gateway_*`` contract (issue 6, HARDENING decision 11).
+
+:class:`GatewayMetrics` owns every metric, registered in a
+:class:`~prometheus_client.CollectorRegistry` handed to it (never the
+global ``REGISTRY``: tests build their own, as prometheus-client's own
+tests do). Its methods are named for the events that move the metrics
+(``association_accepted``, ``instance_reported``, ``route_matched``...);
+the adapters call them and never touch a metric object.
+
+Counters move at events. The gauges that describe the queue and the spool
+(queue depth, oldest age, dead letters, destination up, spool free/used
+bytes) are computed from a cached :class:`StateSnapshot` that
+:class:`StateRefresher` renews every few seconds through the store's own
+runner thread; a scrape only reads that snapshot, so ``/metrics`` never
+blocks on SQLite or on a walk of the spool (HARDENING L8: scrape < 1 s with a
+1M backlog).
+
+Label values are bounded (HARDENING P10): destination and route names come
+from the configuration; calling AE titles are kept only when they are
+allow-listed (literal entries of ``accept.calling_ae_titles`` or
+``metrics.calling_ae_titles``), every other title becomes ``other``;
+modality is one of the defined terms of PS3.3 C.7.3.1.1.1, else ``other``;
+store failure statuses are the gateway's own answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway import __version__
+from gateway.blocking import IBlockingRunner
+from gateway.forward import ForwardObserver
+from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore
+
+#: Every metric name starts with this.
+PREFIX = "dicom_gateway"
+
+#: The label value for anything outside a bounded set.
+OTHER = "other"
+
+#: Modality defined terms (PS3.3 C.7.3.1.1.1, current and retired ones still
+#: seen in the field). Anything else is counted as ``other``.
+MODALITIES = frozenset(
+    {
+        "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CR", "CT", "CTPROTOCOL", "DG", "DOC", "DX", "ECG",
+        "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN", "LS",
+        "MG", "MR", "M3D", "NM", "OAM", "OCT", "OP", "OPM", "OPT", "OPTBSV", "OPTENF", "OPV", "OSS",
+        "OT", "PLAN", "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTINTENT",
+        "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR",
+        "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA", "XA", "XC",
+        # Retired terms (PS3.3 C.7.3.1.1.1 note) that older modalities still send.
+        "DS", "DF", "CF", "CD", "DM", "EC", "FA", "FS", "LP", "MA", "MS", "OPR", "ST", "VF",
+    }
+)
+
+#: Buckets of ``forward_duration_seconds`` (one instance to one destination).
+FORWARD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Buckets of ``end_to_end_seconds`` (receipt to delivery, retries and outages included).
+END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+
+#: C-STORE statuses that are not failures (PS3.4 B.2.3: success and the warnings 0xB000, 0xB006, 0xB007).
+_NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+
+
+def fold_modality(modality: str | None) -> str:
+    """The modality label: a defined term of PS3.3 C.7.3.1.1.1, ``unknown`` when absent, else ``other``.
+
+    :param modality: the instance's Modality (0008,0060), as read.
+    :returns: a bounded label value.
+    """
+    if not modality:
+        return "unknown"
+    value = modality.strip().upper()
+    return value if value in MODALITIES else OTHER
+
+
+def allowlisted_titles(accept_titles: Iterable[str], metrics_titles: Iterable[str]) -> frozenset[str]:
+    """The calling AE titles that get their own label value.
+
+    :param accept_titles: ``accept.calling_ae_titles`` (globs; only literal entries count).
+    :param metrics_titles: ``metrics.calling_ae_titles`` (all literal).
+    :returns: the stripped titles.
+    """
+    literal = {t for t in accept_titles if not any(c in t for c in "*?[")}
+    return frozenset(t.strip() for t in (*literal, *metrics_titles) if t.strip())
+
+
+class AELabels:
+    """Folds a peer-supplied calling AE title to a bounded label value.
+
+    :param allowed: titles kept as they are (leading/trailing spaces are not
+        significant in an AE title, PS3.5 6.2).
+    """
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self._allowed = frozenset(t.strip() for t in allowed)
+
+    def __call__(self, title: str) -> str:
+        """The label for ``title``: itself when allow-listed, else ``other``."""
+        stripped = title.strip()
+        return stripped if stripped in self._allowed else OTHER
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """One destination's figures at snapshot time.
+
+    :ivar depth: entries waiting or being sent (queued + in flight).
+    :ivar oldest_age: seconds since the oldest waiting entry was queued (0 when none).
+    :ivar dead: dead letters.
+    :ivar up: whether the destination's circuit is closed (its last attempt or probe succeeded).
+    """
+
+    name: str
+    depth: int
+    oldest_age: float
+    dead: int
+    up: bool
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """What the scrape-time gauges report; replaced as a whole by :class:`StateRefresher`.
+
+    :ivar taken_at: wall time of the snapshot (0 before the first one).
+    """
+
+    destinations: tuple[DestinationState, ...] = ()
+    spool_free_bytes: int | None = None
+    spool_used_bytes: int | None = None
+    spool_capacity_bytes: int | None = None
+    taken_at: float = 0.0
+
+
+def destination_states(
+    stats: Mapping[str, DestinationStats], names: Sequence[str], now: float, down: Iterable[str] = ()
+) -> tuple[DestinationState, ...]:
+    """Per-destination figures from the store's statistics.
+
+    :param stats: :meth:`IQueueStore.stats` output.
+    :param names: the configured destinations (each gets a row, even with no entries).
+    :param now: wall time, for ages.
+    :param down: destinations whose circuit is open now (from the workers);
+        the journal's ``circuit_open`` is used as well.
+    :returns: one state per configured destination, in configuration order.
+    """
+    down_set = set(down)
+    states = []
+    for name in names:
+        s = stats.get(name, DestinationStats(destination=name))
+        oldest = 0.0 if s.oldest_queued_at is None else max(0.0, now - s.oldest_queued_at)
+        states.append(
+            DestinationState(
+                name=name,
+                depth=s.queued + s.in_flight,
+                oldest_age=oldest,
+                dead=s.dead,
+                up=not (s.circuit_open or name in down_set),
+            )
+        )
+    return tuple(states)
+
+
+def spool_usage(root: str) -> tuple[int, int, int]:
+    """Free, used and total bytes of a spool (blocking: statvfs and a walk; run it off the reactor).
+
+    :param root: the spool directory.
+    :returns: ``(free, used, capacity)``: free is what an unprivileged
+        process may still write, used is the size of the files under ``root``,
+        capacity is the size of the filesystem.
+    """
+    st = os.statvfs(root)
+    used = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                for item in it:
+                    try:
+                        if item.is_dir(follow_symlinks=False):
+                            stack.append(item.path)
+                        elif item.is_file(follow_symlinks=False):
+                            used += item.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue  # removed while we walked
+        except OSError:
+            continue
+    return st.f_bavail * st.f_frsize, used, st.f_blocks * st.f_frsize
+
+
+class SnapshotCollector(Collector):
+    """Yields the state gauges from the current snapshot; never does I/O (a scrape must not block).
+
+    :param snapshot: returns the latest :class:`StateSnapshot`.
+    """
+
+    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Any]:
+        """No description: the collector is called at scrape time only (prometheus-client custom collectors)."""
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges, labelled by destination."""
+        snap = self._snapshot()
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Entries queued or in flight per destination.", labels=["destination"])
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_age_seconds", "Age of the oldest queued entry per destination.", labels=["destination"]
+        )
+        dead = GaugeMetricFamily(f"{PREFIX}_dead_letters", "Dead letters per destination.", labels=["destination"])
+        up = GaugeMetricFamily(
+            f"{PREFIX}_destination_up", "1 when the destination's last attempt or probe succeeded.", labels=["destination"]
+        )
+        for state in snap.destinations:
+            depth.add_metric([state.name], state.depth)
+            oldest.add_metric([state.name], state.oldest_age)
+            dead.add_metric([state.name], state.dead)
+            up.add_metric([state.name], 1.0 if state.up else 0.0)
+        yield from (depth, oldest, dead, up)
+        if snap.spool_free_bytes is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_spool_free_bytes", "Free bytes on the spool's filesystem.", value=snap.spool_free_bytes)
+        if snap.spool_used_bytes is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_spool_used_bytes", "Bytes of files in the spool.", value=snap.spool_used_bytes)
+        if snap.spool_capacity_bytes is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_spool_capacity_bytes", "Size of the spool's filesystem.", value=snap.spool_capacity_bytes
+            )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_state_snapshot_timestamp_seconds",
+            "Wall time of the queue/spool snapshot behind the state gauges.",
+            value=snap.taken_at,
+        )
+
+
+class GatewayMetrics:
+    """Every ``dicom_gateway_*`` metric, and the events that move them.
+
+    :param registry: where the metrics are registered (inject one per test).
+    :param calling_ae_titles: titles that keep their own ``calling_ae``
+        label value (see :func:`allowlisted_titles`); others are ``other``.
+    :param wall: wall-clock time, for end-to-end latency.
+    :param version: reported by ``build_info``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        calling_ae_titles: Iterable[str] = (),
+        *,
+        wall: Callable[[], float] = time.time,
+        version: str = __version__,
+    ) -> None:
+        self.registry = registry
+        self.calling_ae = AELabels(calling_ae_titles)
+        self.wall = wall
+        self.snapshot = StateSnapshot()
+        p, r = PREFIX, registry
+        # -- intake (associations and instances) --
+        self.associations = Counter(f"{p}_associations", "Associations by outcome.", ["listener", "calling_ae", "result"], registry=r)
+        self.associations_active = Gauge(f"{p}_associations_active", "Associations open now.", ["listener"], registry=r)
+        self.artim = Counter(f"{p}_artim_expired", "Connections closed by ARTIM before an A-ASSOCIATE-RQ (PS3.8 9.1.5).", ["listener"], registry=r)
+        self.dimse_errors = Counter(f"{p}_dimse_protocol_errors", "Associations aborted for a DIMSE protocol error.", ["listener"], registry=r)
+        self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
+        self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
+        self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
+        # -- routing --
+        self.route_matches = Counter(f"{p}_route_matches", "Instances taken by each route.", ["route"], registry=r)
+        self.unrouted = Counter(f"{p}_instances_unrouted", "Instances no route took (kept in unrouted/).", registry=r)
+        self.morph_errors = Counter(f"{p}_morph_errors", "Copies a route's morph could not make.", ["route"], registry=r)
+        # -- delivery --
+        self.forwarded = Counter(f"{p}_forwarded", "Instances delivered per destination.", ["destination"], registry=r)
+        self.forwarded_with_warning = Counter(
+            f"{p}_delivered_with_warning", "Deliveries answered with a warning status.", ["destination"], registry=r
+        )
+        self.forward_failures = Counter(
+            f"{p}_forward_failures", "Failed deliveries by kind (transient, permanent).", ["destination", "kind"], registry=r
+        )
+        self.retries = Counter(f"{p}_retries", "Entries scheduled for another attempt.", ["destination"], registry=r)
+        self.duplicates = Counter(f"{p}_duplicates", "Identical re-sends not forwarded again.", ["destination"], registry=r)
+        self.redeliveries = Counter(
+            f"{p}_redeliveries", "Deliveries after an ambiguous attempt (the destination may hold two copies).", ["destination"], registry=r
+        )
+        self.circuit_opened = Counter(f"{p}_destination_down_events", "Times a destination's circuit opened.", ["destination"], registry=r)
+        self.forward_duration = Histogram(
+            f"{p}_forward_duration_seconds", "Time to send one instance.", ["destination"], buckets=FORWARD_BUCKETS, registry=r
+        )
+        self.end_to_end = Histogram(
+            f"{p}_end_to_end_seconds",
+            "From receipt of the instance to the destination's success.",
+            ["destination"],
+            buckets=END_TO_END_BUCKETS,
+            registry=r,
+        )
+        # -- process --
+        self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
+        self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
+        self.build_info.info({"version": version})
+        registry.register(SnapshotCollector(lambda: self.snapshot))
+
+    # -- destinations and routes known in advance (so a series exists at 0) -----------------
+
+    def declare(self, destinations: Iterable[str], routes: Iterable[str], listeners: Iterable[str]) -> None:
+        """Create the labelled series of configured names at zero, so rates and alerts see them from the start.
+
+        :param destinations: destination names.
+        :param routes: route names.
+        :param listeners: listener names.
+        """
+        for name in destinations:
+            for metric in (self.forwarded, self.retries, self.duplicates, self.redeliveries):
+                metric.labels(name)
+            for kind in ("transient", "permanent"):
+                self.forward_failures.labels(name, kind)
+        for route in routes:
+            self.route_matches.labels(route)
+            self.morph_errors.labels(route)
+        for listener in listeners:
+            self.associations_active.labels(listener)
+            for result in ("accepted", "rejected", "aborted"):
+                self.associations.labels(listener, OTHER, result)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+
+    # -- associations (gateway.listen) -----------------------------------------------------
+
+    def association_accepted(self, listener: str, calling_ae: str) -> None:
+        """A-ASSOCIATE-AC sent: counted and open."""
+        self.associations.labels(listener, self.calling_ae(calling_ae), "accepted").inc()
+        self.associations_active.labels(listener).inc()
+
+    def association_rejected(self, listener: str, calling_ae: str) -> None:
+        """A-ASSOCIATE-RJ sent (access policy, ACSE check, limit or low spool)."""
+        self.associations.labels(listener, self.calling_ae(calling_ae), "rejected").inc()
+
+    def association_ended(self, listener: str, calling_ae: str, released: bool) -> None:
+        """An accepted association ended; one that was not released counts as ``aborted``.
+
+        :param released: true for an orderly A-RELEASE.
+        """
+        self.associations_active.labels(listener).dec()
+        if not released:
+            self.associations.labels(listener, self.calling_ae(calling_ae), "aborted").inc()
+
+    def artim_expired(self, listener: str) -> None:
+        """ARTIM fired before any A-ASSOCIATE-RQ arrived (a port scan or a stuck peer)."""
+        self.artim.labels(listener).inc()
+
+    def dimse_protocol_error(self, listener: str) -> None:
+        """An association was aborted for a DIMSE protocol violation."""
+        self.dimse_errors.labels(listener).inc()
+
+    # -- instances (gateway.receive) -------------------------------------------------------
+
+    def instance_reported(self, report: Any) -> None:
+        """One C-STORE answered (a :class:`~gateway.receive.InstanceReport`).
+
+        A success counts the instance and its bytes; a failure status
+        counts under its hexadecimal code (PS3.4 B.2.3); warnings are successes.
+        """
+        status = int(report.status)
+        if status in _NOT_FAILURES:
+            calling = self.calling_ae(report.calling_ae_title)
+            spooled = getattr(report, "spooled", None)
+            modality = fold_modality(spooled.summary.modality if spooled is not None else None)
+            self.instances.labels(calling, modality).inc()
+            self.received_bytes.labels(calling).inc(report.size)
+        else:
+            self.store_failures.labels(f"0x{status:04X}").inc()
+
+    # -- routing (gateway.intake) ----------------------------------------------------------
+
+    def route_matched(self, route: str) -> None:
+        """A route took an instance."""
+        self.route_matches.labels(route).inc()
+
+    def instance_unrouted(self) -> None:
+        """No route took an instance."""
+        self.unrouted.inc()
+
+    def duplicate_skipped(self, destination: str) -> None:
+        """An identical re-send was not queued again for ``destination``."""
+        self.duplicates.labels(destination).inc()
+
+    def admitted(self, admission: Any) -> Any:
+        """The intake's outcome for one instance (an :class:`~gateway.intake.Admission`): routes, unrouted, duplicates.
+
+        :param admission: the admission; returned unchanged (use it as a Deferred callback).
+        """
+        if getattr(admission, "unrouted", False):
+            self.instance_unrouted()
+        for route in dict.fromkeys(getattr(admission, "matched", ())):
+            self.route_matched(route)
+        for destination in getattr(admission, "duplicates", ()):
+            self.duplicate_skipped(destination)
+        return admission
+
+    # -- process ---------------------------------------------------------------------------
+
+    def config_reloaded(self, applied: bool) -> None:
+        """A reload (SIGHUP or API) was applied or refused."""
+        self.reloads.labels("success" if applied else "failure").inc()
+
+    def forward_observer(self) -> "MetricsForwardObserver":
+        """The :class:`~gateway.forward.ForwardObserver` feeding the delivery metrics."""
+        return MetricsForwardObserver(self)
+
+
+class MetricsForwardObserver(ForwardObserver):
+    """Turns the workers' events into delivery metrics.
+
+    :param metrics: the metrics to move.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def delivered(self, entry: Entry, duration: float, warning: str) -> None:
+        """Count the delivery; observe its send time and its age since receipt."""
+        m, name = self.metrics, entry.destination
+        m.forwarded.labels(name).inc()
+        if warning:
+            m.forwarded_with_warning.labels(name).inc()
+        m.forward_duration.labels(name).observe(max(0.0, duration))
+        m.end_to_end.labels(name).observe(max(0.0, m.wall() - entry.instance.received_at))
+
+    def retried(self, entry: Entry, reason: str) -> None:
+        """A failed attempt that will be tried again: a transient failure and a retry."""
+        self.metrics.forward_failures.labels(entry.destination, "transient").inc()
+        self.metrics.retries.labels(entry.destination).inc()
+
+    def dead_lettered(self, entry: Entry, reason: str) -> None:
+        """A permanent failure; a morph failure is counted for its route as well."""
+        self.metrics.forward_failures.labels(entry.destination, "permanent").inc()
+        if reason.startswith("morph:"):
+            self.metrics.morph_errors.labels(entry.route).inc()
+
+    def destination_down(self, name: str, reason: str, permanent: bool) -> None:
+        """The circuit opened: a destination-wide failure of the kind the worker decided."""
+        self.metrics.forward_failures.labels(name, "permanent" if permanent else "transient").inc()
+        self.metrics.circuit_opened.labels(name).inc()
+        self._set_up(name, False)
+
+    def destination_up(self, name: str) -> None:
+        """The circuit closed again."""
+        self._set_up(name, True)
+
+    def redelivered(self, entry: Entry) -> None:
+        """A delivery that may have made a second copy."""
+        self.metrics.redeliveries.labels(entry.destination).inc()
+
+    def duplicate(self, entry: Entry) -> None:
+        """An identical re-send was not forwarded."""
+        self.metrics.duplicate_skipped(entry.destination)
+
+    def _set_up(self, name: str, up: bool) -> None:
+        # The snapshot is refreshed every few seconds; reflect a circuit change at once.
+        snap = self.metrics.snapshot
+        states = tuple(
+            DestinationState(s.name, s.depth, s.oldest_age, s.dead, up) if s.name == name else s for s in snap.destinations
+        )
+        self.metrics.snapshot = StateSnapshot(
+            states, snap.spool_free_bytes, snap.spool_used_bytes, snap.spool_capacity_bytes, snap.taken_at
+        )
+
+
+@dataclass
+class StateRefresher:
+    """Renews :attr:`GatewayMetrics.snapshot` every ``interval`` seconds.
+
+    The store is read only through ``store_runner`` (the thread it lives on)
+    and the spool through ``file_runner``; a refresh still running when the
+    next one is due is not doubled. The spool walk for ``used`` bytes is
+    slower than a statvfs, so it runs every ``walk_every`` refreshes.
+
+    :param metrics: whose snapshot to renew.
+    :param store: the queue store.
+    :param store_runner: the store's thread.
+    :param file_runner: the blocking runner for the spool.
+    :param spool_root: the spool directory.
+    :param destinations: returns the configured destination names (they change on reload).
+    :param down: returns the destinations whose circuit is open now.
+    :param clock: the reactor (for the LoopingCall).
+    :param wall: wall-clock time.
+    """
+
+    metrics: GatewayMetrics
+    store: IQueueStore
+    store_runner: IBlockingRunner
+    file_runner: IBlockingRunner
+    spool_root: str
+    destinations: Callable[[], Sequence[str]]
+    down: Callable[[], Iterable[str]]
+    clock: Any
+    wall: Callable[[], float] = time.time
+    interval: float = 5.0
+    walk_every: int = 6
+    _loop: LoopingCall | None = field(default=None, init=False)
+    _busy: bool = field(default=False, init=False)
+    _count: int = field(default=0, init=False)
+    _used: int | None = field(default=None, init=False)
+
+    log = Logger(namespace="gateway.observe")
+
+    def start(self) -> None:
+        """Refresh now and then every ``interval`` seconds."""
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        """Stop refreshing."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def refresh(self) -> Deferred[None] | None:
+        """One refresh; errors are logged (the previous snapshot stays).
+
+        :returns: a Deferred firing when the snapshot is replaced, or ``None`` if one is already running.
+        """
+        if self._busy:
+            return None
+        self._busy = True
+        d = Deferred.fromCoroutine(self._refresh())
+
+        def done(result: object) -> None:
+            self._busy = False
+
+        d.addErrback(lambda f: self.log.failure("metrics snapshot refresh failed", f))
+        d.addBoth(done)
+        return d
+
+    async def _refresh(self) -> None:
+        now = self.wall()
+        stats = await self.store_runner.run(self.store.stats, now)
+        walk = self._count % self.walk_every == 0 or self._used is None
+        self._count += 1
+        if walk:
+            free, used, capacity = await self.file_runner.run(spool_usage, self.spool_root)
+            self._used = used
+        else:
+            st = await self.file_runner.run(os.statvfs, self.spool_root)
+            free, capacity = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        states = destination_states(stats, list(self.destinations()), now, self.down())
+        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now)
