@@ -70,6 +70,14 @@ from gateway.config.schema import (
     MetricsConfig,
     RotateConfig,
     ListenerConfig,
+    AuditConfig,
+    DestinationTLSConfig,
+    ListenerAccessConfig,
+    ListenerTLSConfig,
+    SyslogConfig,
+    TLS_PROFILES,
+    USER_IDENTITY_POLICIES,
+    UserIdentityConfig,
     RetryConfig,
     RouteConfig,
     SpoolConfig,
@@ -166,6 +174,8 @@ class _Shared:
         self.destination_names: frozenset[str] | None = frozenset()
         self.forward_refs: list[_ForwardRef] = []
         self.route_names: list[_RouteName] = []
+        #: The drop-in plugins (:mod:`gateway.plugins`), found before routes are compiled.
+        self.plugins: Any = None
 
 
 class _Context:
@@ -789,14 +799,186 @@ def _section(factory: Callable[..., Any], fields: Mapping[str, _Field]) -> Check
 # --------------------------------------------------------------------------
 # Sections
 
+def _one_of(choices: tuple[str, ...]) -> Checker:
+    """Make a checker for a string that must be one of ``choices``.
+
+    :param choices: The allowed values.
+    :returns: The checker.
+    """
+
+    def check(node: yaml.Node, path: str, ctx: _Context) -> Any:
+        value = _check_string(node, path, ctx)
+        if value is not INVALID and value not in choices:
+            return ctx.error(node, path, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+# PS3.15 Annex B: the profiles gateway.tls implements.
+_check_tls_profile: Final = _one_of(TLS_PROFILES)
+
+_LISTENER_TLS_FIELDS: Final[Mapping[str, _Field]] = {
+    "certificate": _Field(_check_path, required=True),
+    "private_key": _Field(_check_path, required=True),
+    "ca": _Field(_check_path),
+    "require_client_certificate": _Field(_check_boolean),
+    "profile": _Field(_check_tls_profile),
+    "handshake_timeout": _Field(_duration(0, 300.0)),
+}
+
+_check_listener_tls_fields: Final = _section(ListenerTLSConfig, _LISTENER_TLS_FIELDS)
+
+
+def _check_listener_tls(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a listener's ``tls`` block; a required client certificate needs a ``ca``.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`ListenerTLSConfig`, or :data:`INVALID`.
+    """
+    tls = _check_listener_tls_fields(node, path, ctx)
+    if tls is INVALID:
+        return INVALID
+    if tls.require_client_certificate and not tls.ca:
+        return ctx.error(
+            _value_node(node, "require_client_certificate"),
+            _child(path, "require_client_certificate"),
+            "needs 'ca': client certificates are checked against it",
+        )
+    return tls
+
+
+def _check_network(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a source network in CIDR notation (``10.1.0.0/16``, ``::1``).
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The normalised network text, or :data:`INVALID`.
+    """
+    import ipaddress
+
+    value = _check_string(node, path, ctx)
+    if value is INVALID:
+        return INVALID
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as error:
+        return ctx.error(node, path, f"not a network in CIDR notation: {error}")
+
+
+def _check_certificate_map(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept ``certificates``: certificate subject patterns mapped to calling AE title patterns.
+
+    :param node: The value node (a mapping).
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of ``(subject pattern, (AE patterns...))``, or :data:`INVALID`.
+    """
+    entries = _mapping_entries(node, path, ctx)
+    if entries is INVALID:
+        return INVALID
+    assert isinstance(entries, dict)
+    check_titles = _list_of(_check_ae_pattern, non_empty=True, empty_message="list at least one calling AE title pattern")
+    pairs = []
+    ok = True
+    for subject, (_key_node, value_node) in entries.items():
+        if isinstance(value_node, yaml.ScalarNode) and value_node.tag == _STR:
+            titles = _check_ae_pattern(value_node, _child(path, subject), ctx)
+            titles = INVALID if titles is INVALID else (titles,)
+        else:
+            titles = check_titles(value_node, _child(path, subject), ctx)
+        if titles is INVALID:
+            ok = False
+            continue
+        pairs.append((subject, titles))
+    return tuple(pairs) if ok else INVALID
+
+
+_ACCESS_FIELDS: Final[Mapping[str, _Field]] = {
+    "calling_ae_titles": _Field(_list_of(_check_ae_pattern, non_empty=True)),
+    "networks": _Field(_list_of(_check_network, non_empty=True)),
+    "certificates": _Field(_check_certificate_map),
+}
+
+
+def _check_verifiers(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept ``verifiers``: identity types (``kerberos``, ``saml``, ``jwt`` or 3-5) mapped to plugin names.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A tuple of ``(type, plugin name)``, or :data:`INVALID`.
+    """
+    names = {"kerberos": 3, "saml": 4, "jwt": 5, "3": 3, "4": 4, "5": 5}
+    entries = _mapping_entries(node, path, ctx)
+    if entries is INVALID:
+        return INVALID
+    assert isinstance(entries, dict)
+    pairs = []
+    ok = True
+    for key, (key_node, value_node) in entries.items():
+        kind = names.get(key.lower())
+        plugin = _check_string(value_node, _child(path, key), ctx)
+        if kind is None:
+            ctx.error(key_node, _child(path, key), "must be kerberos, saml or jwt (user identity types 3 to 5, PS3.7 D.3.3.7)")
+            ok = False
+        elif plugin is INVALID:
+            ok = False
+        else:
+            pairs.append((kind, plugin))
+    return tuple(pairs) if ok else INVALID
+
+
+_USER_IDENTITY_FIELDS: Final[Mapping[str, _Field]] = {
+    "policy": _Field(_one_of(USER_IDENTITY_POLICIES)),
+    "users_file": _Field(_check_path),
+    "verifiers": _Field(_check_verifiers),
+}
+
 _LISTENER_FIELDS: Final[Mapping[str, _Field]] = {
     "host": _Field(_check_string, required=True),
     # Port 0 asks the system for any free port, which tests rely on.
     "port": _Field(_integer(0, 65535), required=True),
     "name": _Field(_check_string),
+    "tls": _Field(_check_listener_tls),
+    "access": _Field(_section(ListenerAccessConfig, _ACCESS_FIELDS)),
+    "user_identity": _Field(_section(UserIdentityConfig, _USER_IDENTITY_FIELDS)),
 }
 
-_check_listener_item: Final = _section(ListenerConfig, _LISTENER_FIELDS)
+_check_listener_fields: Final = _section(ListenerConfig, _LISTENER_FIELDS)
+
+
+def _check_listener_item(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept one ``listen`` entry; certificate rules need TLS, passcodes need a users file.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`ListenerConfig`, or :data:`INVALID`.
+    """
+    listener = _check_listener_fields(node, path, ctx)
+    if listener is INVALID:
+        return INVALID
+    ok = True
+    if listener.access.certificates and listener.tls is None:
+        ok = False
+        ctx.error(
+            _value_node(_value_node(node, "access") or node, "certificates"),
+            _child(_child(path, "access"), "certificates"),
+            "certificate rules need a TLS listener (add 'tls')",
+        )
+    identity = listener.user_identity
+    if identity.policy != "off" and not identity.users_file and not identity.verifiers:
+        ok = False
+        ctx.error(
+            _value_node(node, "user_identity"),
+            _child(path, "user_identity"),
+            "a user identity policy needs 'users_file' or 'verifiers' to check identities against",
+        )
+    return listener if ok else INVALID
 
 
 def _check_listeners(node: yaml.Node, path: str, ctx: _Context) -> Any:
@@ -990,6 +1172,19 @@ _DICOM_FIELDS: Final[Mapping[str, _Field]] = {
     "timeouts": _Field(_check_timeouts),
     "retry": _Field(_check_retry),
     "circuit": _Field(_section(CircuitConfig, _CIRCUIT_FIELDS)),
+    # TLS to the destination (PS3.15 Annex B); no plain-TCP fallback.
+    "tls": _Field(
+        _section(
+            DestinationTLSConfig,
+            {
+                "ca": _Field(_check_path, required=True),
+                "server_name": _Field(_check_string),
+                "certificate": _Field(_check_path),
+                "private_key": _Field(_check_path),
+                "profile": _Field(_check_tls_profile),
+            },
+        )
+    ),
 }
 
 
@@ -1170,15 +1365,6 @@ def _check_destinations(node: yaml.Node, path: str, ctx: _Context) -> Any:
 # Route keys that the routing-rules issue implements. Until then they are
 # errors: a gateway that silently ignored "drop" or "match" would forward
 # what the operator meant to hold back.
-_RULE_KEYS: Final = ("match", "morph", "final", "drop", "reject")
-
-_NOT_SUPPORTED: Final[Mapping[str, str]] = {
-    key: f"{key!r} is not supported yet (routing rules come in a later release); "
-    "remove it: the gateway does not ignore a rule it cannot apply"
-    for key in _RULE_KEYS
-}
-
-
 def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept a route's ``forward`` list of destination names.
 
@@ -1215,9 +1401,67 @@ def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
     return names if ok else INVALID
 
 
+def _check_match(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Compile a route's ``match`` condition (:func:`gateway.match.compile_match`).
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context (the compiler reports errors through it).
+    :returns: A predicate, or :data:`INVALID`.
+    """
+    from gateway.match import compile_match
+
+    plugins = ctx.shared.plugins
+    predicate = compile_match(node, path, ctx, plugins.match if plugins else {})
+    return INVALID if predicate is None else predicate
+
+
+def _check_morph(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Compile a route's ``morph`` actions (:func:`gateway.morph.compile_morph`).
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context (the compiler reports errors through it).
+    :returns: A morph plan, or :data:`INVALID`.
+    """
+    from gateway.morph import compile_morph
+
+    plugins = ctx.shared.plugins
+    plan = compile_morph(node, path, ctx, plugins.morph if plugins else {}, base_dir=ctx.base_dir)
+    return INVALID if plan is None else plan
+
+
+def _check_reject(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a route's ``reject`` status: a C-STORE failure status (PS3.4 B.2.3, PS3.7 C).
+
+    Written as a YAML integer (``0xA700`` or ``42752``) or a hex string (``"A700"``).
+    """
+    from gateway.dimse.status import StatusCategory, category
+
+    value: Any = None
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == "tag:yaml.org,2002:int":
+            value = ctx.constructor.construct_object(node)
+        elif node.tag == _STR:
+            text = node.value.strip().lower()
+            text = text[2:] if text.startswith("0x") else text
+            if re.fullmatch(r"[0-9a-f]{4}", text):
+                value = int(text, 16)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 0xFFFF:
+        return ctx.error(node, path, "must be a C-STORE status such as 0xA700 or 0xC000")
+    if category(value) is not StatusCategory.FAILURE:
+        return ctx.error(node, path, f"0x{value:04X} is not a failure status; reject needs one (e.g. 0xA700, 0xA900, 0xC000)")
+    return value
+
+
 _ROUTE_FIELDS: Final[Mapping[str, _Field]] = {
     "name": _Field(_check_string, required=True),
-    "forward": _Field(_check_forward, required=True),
+    "forward": _Field(_check_forward),
+    "match": _Field(_check_match),
+    "morph": _Field(_check_morph),
+    "final": _Field(_check_boolean),
+    "drop": _Field(_check_boolean),
+    "reject": _Field(_check_reject),
 }
 
 
@@ -1230,7 +1474,12 @@ def _check_route(node: yaml.Node, path: str, ctx: _Context) -> Any:
     :returns: A :class:`RouteConfig` whose ``origin`` is ``file:line``, or
         :data:`INVALID`.
     """
-    values = _check_fields(node, path, ctx, _ROUTE_FIELDS, foreign=_NOT_SUPPORTED)
+    values = _check_fields(node, path, ctx, _ROUTE_FIELDS)
+    if isinstance(node, yaml.MappingNode) and all(
+        _value_node(node, key) is None for key in ("forward", "drop", "reject")
+    ):
+        ctx.error(node, path, "a route needs 'forward' (a list of destinations), 'drop: true' or 'reject: STATUS'")
+        values = INVALID
     name_node = _value_node(node, "name")
     if name_node is not None and isinstance(name_node, yaml.ScalarNode):
         if name_node.tag == _STR and name_node.value.strip():
@@ -1240,6 +1489,15 @@ def _check_route(node: yaml.Node, path: str, ctx: _Context) -> Any:
     if values is INVALID:
         return INVALID
     assert isinstance(values, dict)
+    if values.get("drop") and values.get("reject") is not None:
+        return ctx.error(node, path, "a route cannot both drop and reject; choose one")
+    if (values.get("drop") or values.get("reject") is not None) and values.get("forward"):
+        return ctx.error(_value_node(node, "forward"), _child(path, "forward"), "a route that drops or rejects forwards nothing; remove 'forward'")
+    if values.get("morph") is not None and not values.get("forward"):
+        return ctx.error(_value_node(node, "morph"), _child(path, "morph"), "a route that forwards nothing has nothing to morph")
+    if not values.get("forward") and not values.get("drop") and values.get("reject") is None:
+        return ctx.error(node, path, "a route that neither drops nor rejects needs a non-empty 'forward'")
+    values.setdefault("forward", ())
     origin = f"{ctx.source_name}:{node.start_mark.line + 1}"
     return RouteConfig(origin=origin, **values)
 
@@ -1494,6 +1752,21 @@ _check_plugins: Final = _section(
     lambda folders=(): folders, {"folders": _Field(_list_of(_check_path, non_empty=False))}
 )
 
+_SYSLOG_FIELDS: Final[Mapping[str, _Field]] = {
+    "host": _Field(_check_string, required=True),
+    "port": _Field(_integer(1, 65535)),
+    "ca": _Field(_check_path, required=True),
+    "server_name": _Field(_check_string),
+    "certificate": _Field(_check_path),
+    "private_key": _Field(_check_path),
+}
+
+_AUDIT_FIELDS: Final[Mapping[str, _Field]] = {
+    "file": _Field(_check_path),
+    "rotate": _Field(_section(RotateConfig, _ROTATE_FIELDS)),
+    "syslog": _Field(_section(SyslogConfig, _SYSLOG_FIELDS)),
+}
+
 
 #: The top-level sections. A new section is one more line here.
 _TOP_LEVEL: Final[Mapping[str, _Field]] = {
@@ -1513,6 +1786,7 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "log": _Field(_section(LogConfig, _LOG_FIELDS)),
     "metrics": _Field(_section(MetricsConfig, _METRICS_FIELDS)),
     "plugins": _Field(_check_plugins, attr="plugin_folders"),
+    "audit": _Field(_section(AuditConfig, _AUDIT_FIELDS)),
 }
 
 
@@ -1624,6 +1898,7 @@ def _load(
     if not isinstance(root, yaml.MappingNode):
         ctx.error(root, "", f"expected a mapping at the top level, got {_describe(root)}")
         raise ConfigErrors(ctx.errors)
+    _discover_plugins(root, ctx)
     values = _check_fields(root, "", ctx, _TOP_LEVEL)
     _check_references(ctx)
     if values is not INVALID:
@@ -1638,6 +1913,30 @@ def _load(
         )
     assert isinstance(values, dict)
     return _assemble(source, values)
+
+
+def _plugin_folders(root: yaml.MappingNode, ctx: _Context) -> tuple[str, ...]:
+    """The plugin folders: ``plugins.folders``, or ``../plugins`` beside the configuration file."""
+    node = _value_node(root, "plugins")
+    if node is None:
+        default = os.path.normpath(os.path.join(ctx.base_dir, "..", "plugins"))
+        return (default,) if os.path.isdir(default) else ()
+    # Read the folders with a scratch context: errors in the section are
+    # reported once, by the regular check of the "plugins" key.
+    scratch = _Context(ctx.source_name, ctx.base_dir)
+    folders = _check_plugins(node, "plugins", scratch)
+    return tuple(folders) if isinstance(folders, tuple) else ()
+
+
+def _discover_plugins(root: yaml.MappingNode, ctx: _Context) -> None:
+    """Load drop-in plugins before any route is compiled; a plugin that fails is a configuration error."""
+    from gateway.plugins import discover
+
+    folders = _plugin_folders(root, ctx)
+    ctx.shared.plugins = discover(list(folders))
+    node = _value_node(root, "plugins")
+    for message in ctx.shared.plugins.errors:
+        ctx.error(node, "plugins", message)
 
 
 def _assemble(source: str, values: Mapping[str, Any]) -> GatewayConfig:

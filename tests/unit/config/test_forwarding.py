@@ -720,7 +720,7 @@ class RouteErrorTests(LoadTestCase):
             [(error.line, error.key_path, error.message) for error in errors],
             [
                 (10, "routes[1].name", "required key is missing"),
-                (10, "routes[1].forward", "required key is missing"),
+                (10, "routes[1]", "a route needs 'forward' (a list of destinations), 'drop: true' or 'reject: STATUS'"),
             ],
         )
 
@@ -761,16 +761,47 @@ class RouteErrorTests(LoadTestCase):
         )
         self.assertIn("did you mean 'name'?", error.message)
 
-    def test_rule_keys_are_not_supported_yet(self) -> None:
-        """match, morph, final, drop and reject are errors, never silently ignored."""
-        for key in ("match", "morph", "final", "drop", "reject"):
-            error = self.assertOneError(
+    def test_rule_keys_are_compiled_and_checked(self) -> None:
+        """match, morph and reject of the wrong shape are located errors; drop and reject forward nothing."""
+        for key, fragment in (
+            ("match", "expected a mapping"),
+            ("morph", "list"),
+            ("reject", "must be a C-STORE status"),
+        ):
+            self.assertOneError(
                 WITH_FOLDER + f"  - name: x\n    forward: [archive]\n    {key}: true\n",
                 12,
                 f"routes[1].{key}",
-                f"'{key}' is not supported yet",
+                fragment,
             )
-            self.assertIn("does not ignore a rule", error.message)
+        self.assertOneError(
+            WITH_FOLDER + "  - name: x\n    forward: [archive]\n    drop: true\n",
+            11,
+            "routes[1].forward",
+            "forwards nothing",
+        )
+        self.assertOneError(
+            WITH_FOLDER + "  - name: x\n    reject: 0x0001\n",
+            11,
+            "routes[1].reject",
+            "not a failure status",
+        )
+
+    def test_rule_routes_load(self) -> None:
+        """A route with match, morph and final, a drop route and a reject route load as written."""
+        config = self.load(
+            WITH_FOLDER
+            + "  - name: ct\n    match: {Modality: CT}\n    morph: [{delete: [PatientBirthDate]}]\n"
+            + "    forward: [archive]\n    final: true\n"
+            + "  - {name: sr, match: {Modality: SR}, drop: true}\n"
+            + "  - {name: us, match: {Modality: US}, reject: 0xA900}\n"
+        )
+        ct, sr, us = config.routes[1:]
+        self.assertTrue(ct.final)
+        self.assertIsNotNone(ct.match)
+        self.assertIsNotNone(ct.morph)
+        self.assertEqual((sr.drop, sr.forward), (True, ()))
+        self.assertEqual(us.reject, 0xA900)
 
 
 class SectionErrorTests(LoadTestCase):
@@ -954,12 +985,13 @@ class RouteFileTests(SynchronousTestCase):
         )
         self.assertIn(f"first defined at {self.config_path}:7", error.message)
 
-    def test_rule_keys_refused_in_route_files(self) -> None:
-        """A not-yet-supported rule in a route file is an error in that file."""
+    def test_rule_errors_in_route_files_name_that_file(self) -> None:
+        """A bad condition in a route file is an error located in that file."""
         self.write_config()
-        self.write("routes/m.yaml", "- name: m\n  forward: [archive]\n  morph: []\n")
+        self.write("routes/m.yaml", "- name: m\n  forward: [archive]\n  match: {Modalty: CT}\n")
         [error] = self.load_errors()
-        self.assertEqual((error.line, error.key_path), (3, "routes[0].morph"))
+        self.assertEqual((error.line, error.key_path), (3, "routes[0].match.Modalty"))
+        self.assertIn("did you mean Modality", error.message)
         self.assertTrue(error.file.endswith("m.yaml"))
 
     def test_route_file_must_hold_a_list(self) -> None:
