@@ -27,13 +27,7 @@ import sys
 from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import globalLogBeginner
 
 from gateway import __version__
 from gateway.config.errors import ConfigErrors
@@ -47,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway in the foreground")
     run.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    run.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warn", "error"], help="overrides log.level"
+    )
 
     check = sub.add_parser("check", help="validate a configuration")
     check.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
@@ -255,9 +251,10 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if queued else 1
 
 
-def _start_logging(level: str) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
+def _start_logging(config: Any, level: str | None) -> None:
+    from gateway.logs import build_observer
+
+    observer = build_observer(config.log, sys.stdout, level)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -276,6 +273,13 @@ def _run(reactor: Any, config: Any) -> Deferred[None]:
     import signal
 
     service = GatewayService(reactor, config)
+    if config.http.enabled:
+        from gateway.http import http_service
+
+        # Up before recovery, so /healthz answers and /readyz says why it is not ready yet.
+        http = http_service(reactor, service, service.metrics, load_config)
+        http.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", http.stopService)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if hasattr(signal, "SIGHUP"):
@@ -359,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "run":
         config = _load_or_exit(args.config)
-        _start_logging(args.log_level)
+        _start_logging(config, args.log_level)
         react(_run, [config])
     elif args.command == "echo":
         react(lambda reactor: Deferred.fromCoroutine(_echo(reactor, args)))

@@ -318,6 +318,13 @@ class ReloadResource(_Leaf):
         )
 
 
+class _QuietSite(Site):
+    """A site without an access log line per request (a scrape every few seconds would flood the log)."""
+
+    def log(self, request: Request) -> None:
+        """No access log."""
+
+
 def build_site(registry: CollectorRegistry, backend: Backend, token: str = "") -> Site:
     """The whole HTTP tree.
 
@@ -337,7 +344,7 @@ def build_site(registry: CollectorRegistry, backend: Backend, token: str = "") -
     v1.putChild(b"dead-letters", DeadLettersResource(backend))
     v1.putChild(b"reload", ReloadResource(backend))
     root.putChild(b"api", api)
-    site = Site(root)
+    site = _QuietSite(root)
     site.noisy = False
     site.displayTracebacks = False
     return site
