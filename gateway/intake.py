@@ -499,7 +499,9 @@ class Recovery:
         file_runner: IBlockingRunner,
         instances_dir: str,
         wall: Callable[[], float],
+        morphed_dir: str = "",
     ) -> None:
+        self._morphed_dir = morphed_dir
         self._intake = intake
         self._store = store
         self._store_runner = store_runner
@@ -573,6 +575,7 @@ class Recovery:
             except OSError as e:
                 self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
                 continue
+            await self._remove_copies(record.instance_id)
             await self._store_runner.run(self._store.file_removed, record.instance_id)
             removed += 1
         horizon = now - max(keep_delivered, duplicate_window)
@@ -584,8 +587,16 @@ class Recovery:
                 except OSError:
                     continue
                 removed += 1
+            await self._remove_copies(record.instance_id)
             await self._store_runner.run(self._store.forget_instance, record.instance_id)
         return removed
+
+    async def _remove_copies(self, instance_id: str) -> None:
+        """Delete the routes' morphed copies of an instance along with it."""
+        if self._morphed_dir:
+            from gateway.prepare import remove_copies
+
+            await self._file_runner.run(remove_copies, self._morphed_dir, instance_id)
 
 
 def _unlink_if_present(path: str) -> None:

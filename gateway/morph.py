@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol, Sequenc
 import yaml
 from yaml.constructor import SafeConstructor
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
@@ -65,7 +65,6 @@ from pydicom.multival import MultiValue
 
 from gateway.parse import (
     RawParseError,
-    element_end,
     encoding_of,
     is_deflated,
     iter_raw_elements,
