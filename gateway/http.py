@@ -149,6 +149,7 @@ class HealthResource(_Leaf):
 
     def render_GET(self, request: Request) -> bytes:
         """Always 200 (liveness)."""
+        request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
         return b'{"alive": true}\n'
 

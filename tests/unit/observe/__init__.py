@@ -1,0 +1,1 @@
+"""Tests of metrics, logs and the snapshot behind the state gauges."""
