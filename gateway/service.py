@@ -1,0 +1,411 @@
+"""The running gateway: a Twisted MultiService built from a validated configuration.
+
+:class:`GatewayService` is the one place that turns a
+:class:`~gateway.config.schema.GatewayConfig` into live objects: the spool and
+its free-space guard, the queue journal, the intake (route + journal before
+the ack), one TCP listener per ``listen`` entry and one
+:class:`~gateway.forward.DestinationWorker` per destination. Everything with
+time or I/O is handed the reactor explicitly (DESIGN 1.2).
+
+Start-up order matters for custody: the spool's leftover temp files are
+removed, in-flight queue entries go back to the queue, spooled files the
+journal does not know are routed again; only then do workers start sending
+and listeners accept. ``reload`` (SIGHUP) validates a new configuration and,
+if it is valid, swaps routes and restarts the workers whose destination
+changed; an invalid one is refused with a logged error and the running
+configuration stays.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway import __version__
+from gateway.access import AccessPolicy
+from gateway.blocking import IBlockingRunner, ThreadPoolRunner
+from gateway.config.errors import ConfigErrors
+from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
+from gateway.forward import DestinationWorker, ForwardObserver
+from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.intake import Intake, Recovery, SpaceGuard
+from gateway.prepare import CopyMaker
+from gateway.listen import AcceptorFactory, AcceptorLimits, printable
+from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
+from gateway.queue.interfaces import IQueueStore
+from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from gateway.spool import Spool
+from gateway.ul.negotiate import AcceptorSettings
+
+#: How often delivered spool files are cleaned up.
+CLEAN_INTERVAL = 30.0
+
+
+def acceptor_settings(config: GatewayConfig) -> AcceptorSettings:
+    """What the listeners accept, from the configuration.
+
+    :param config: the validated configuration.
+    :returns: the negotiation settings shared by every listener.
+    """
+    return AcceptorSettings(
+        ae_title=config.ae_title,
+        max_pdu_length=config.limits.max_pdu_length,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        abstract_syntaxes=frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION_SOP_CLASS},
+        transfer_syntaxes=tuple(ACCEPTED_TRANSFER_SYNTAXES),
+        accept_unknown_abstract_syntaxes=config.accept.unknown_sop_classes,
+    )
+
+
+class ListenerService(Service):
+    """Listens on one address with an :class:`~gateway.listen.AcceptorFactory`."""
+
+    log = Logger(namespace="gateway.service")
+
+    def __init__(self, reactor: Any, listener: ListenerConfig, factory: AcceptorFactory) -> None:
+        self._reactor = reactor
+        self.listener = listener
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.setName(f"listen:{listener.name}")
+
+    def startService(self) -> None:
+        """Bind the port; a failure to bind is logged and stops the gateway."""
+        super().startService()
+        host = self.listener.host
+        if ":" in host:
+            endpoint = TCP6ServerEndpoint(self._reactor, self.listener.port, backlog=128, interface=host)
+        else:
+            endpoint = TCP4ServerEndpoint(self._reactor, self.listener.port, backlog=128, interface=host)
+        self._listening = endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._bound, self._bind_failed)
+
+    def _bound(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        self.log.info(
+            "listening on {host}:{port} as {ae_title}",
+            host=address.host,
+            port=address.port,
+            ae_title=self.factory.acceptor_settings.ae_title,
+        )
+        return port
+
+    def _bind_failed(self, failure: Any) -> None:
+        self.log.critical(
+            "cannot listen on {host}:{port}: {error}; stopping",
+            host=self.listener.host,
+            port=self.listener.port,
+            error=failure.getErrorMessage(),
+        )
+        if self._reactor.running:
+            self._reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, then abort open associations (partial instances are discarded)."""
+        super().stopService()
+        for protocol in list(self.factory.connections):
+            protocol.shutdown()
+        if self.port is not None:
+            return Deferred.fromCoroutine(self._stop_listening())
+        return succeed(None)
+
+    async def _stop_listening(self) -> None:
+        assert self.port is not None
+        await self.port.stopListening()
+
+
+class GatewayService(MultiService):
+    """The whole gateway: listeners, intake, queue journal and forwarding workers.
+
+    :param reactor: the reactor (time, TCP, threads).
+    :param config: the validated configuration.
+    :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
+    :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
+    :param store: the queue store; SQLite at ``config.queue_path`` by default.
+    :param observer: receives forwarding events; by default the metrics' observer.
+    :param metrics: the Prometheus metrics; by default a new set in a private registry.
+    :param wall: wall-clock time for the journal.
+    """
+
+    log = Logger(namespace="gateway.service")
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: GatewayConfig,
+        blocking: IBlockingRunner | None = None,
+        store_runner: IBlockingRunner | None = None,
+        store: IQueueStore | None = None,
+        observer: ForwardObserver | None = None,
+        wall: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.config = config
+        self._wall = wall
+        self.metrics = metrics or GatewayMetrics(
+            CollectorRegistry(),
+            allowlisted_titles(config.accept.calling_ae_titles, config.metrics.calling_ae_titles),
+            wall=wall,
+        )
+        self._observer = observer or self.metrics.forward_observer()
+        self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
+        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
+        os.makedirs(config.spool.path, exist_ok=True)
+        for destination in config.destinations:
+            # A folder destination's root is created once here, so the example
+            # configuration works on a fresh checkout; a root that disappears
+            # later is a destination-wide fault the worker reports.
+            if isinstance(destination, FolderDestination):
+                os.makedirs(destination.path, exist_ok=True)
+        if store is None:
+            from gateway.queue.sqlite import SqliteQueueStore
+
+            os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
+            store = SqliteQueueStore(config.queue_path)
+        self.store = store
+        self.spool = Spool(
+            config.spool.path,
+            self.blocking,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            max_instance_size=config.limits.max_instance_size,
+        )
+        self.space = SpaceGuard(
+            self.spool.free_bytes, reactor, config.spool.min_free_bytes, config.spool.resume_margin_bytes
+        )
+        self.intake = Intake(
+            store=store,
+            store_runner=self.store_runner,
+            file_runner=self.blocking,
+            routes=lambda: self.config.routes,
+            wall=wall,
+            duplicate_window=config.duplicate_window,
+            unrouted_dir=os.path.join(config.spool.path, "unrouted"),
+            on_enqueued=self._poke,
+            destinations=lambda: [d.name for d in self.config.destinations],
+        )
+        self.recovery = Recovery(
+            intake=self.intake,
+            store=store,
+            store_runner=self.store_runner,
+            file_runner=self.blocking,
+            instances_dir=self.spool.instances_dir,
+            wall=wall,
+            morphed_dir=os.path.join(config.spool.path, "morphed"),
+        )
+        self.morph_errors: dict[str, int] = {}
+        self.copies = CopyMaker(
+            lambda: self.config.routes,
+            self.blocking,
+            os.path.join(config.spool.path, "morphed"),
+            on_error=self._morph_failed,
+        )
+        self.workers: dict[str, DestinationWorker] = {}
+        for destination in config.destinations:
+            self._add_worker(destination)
+        self.listeners: list[ListenerService] = []
+        settings = acceptor_settings(config)
+        self.access = AccessPolicy(config.ae_title, config.accept.calling_ae_titles)
+        limits = AcceptorLimits(
+            max_associations=config.limits.max_associations,
+            acse_timeout=config.limits.acse_timeout,
+            network_timeout=config.limits.network_timeout,
+        )
+        for listener in config.listen:
+            factory = AcceptorFactory(
+                name=listener.name,
+                acceptor_settings=settings,
+                access=self.access,
+                spool=self.spool,
+                clock=reactor,
+                limits=limits,
+                admit=self._admit,
+                space_low=self.space.low,
+                observer=self.metrics,
+                on_instance=self.metrics.instance_reported,
+            )
+            service = ListenerService(reactor, listener, factory)
+            service.setServiceParent(self)
+            self.listeners.append(service)
+        self._janitor = LoopingCall(self._clean)
+        self._janitor.clock = reactor
+        self.ready: Deferred[None] = Deferred()
+        # Scrape-time gauges read a snapshot renewed on the store's thread (never at scrape time).
+        self.refresher = StateRefresher(
+            metrics=self.metrics,
+            store=store,
+            store_runner=self.store_runner,
+            file_runner=self.blocking,
+            spool_root=config.spool.path,
+            destinations=lambda: [d.name for d in self.config.destinations],
+            down=lambda: [name for name, w in self.workers.items() if w.status().circuit == "open"],
+            clock=reactor,
+            wall=wall,
+        )
+        self._declare_metrics()
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _add_worker(self, destination: Any) -> DestinationWorker:
+        worker = DestinationWorker(
+            destination,
+            self.store,
+            self.store_runner,
+            self.blocking,
+            self._reactor,
+            observer=self._observer,
+            wall=self._wall,
+            reactor=self._reactor,
+            scratch_dir=os.path.join(self.config.spool.path, "scratch"),
+            prepare=self.copies,
+        )
+        self.workers[destination.name] = worker
+        worker.setServiceParent(self)
+        return worker
+
+    def _admit(self, spooled: Any, info: Any) -> Deferred[Any]:
+        """The intake's ``admit``, with its outcome counted (routes, unrouted, duplicates)."""
+        d = self.intake.admit(spooled, info)
+        d.addCallback(self.metrics.admitted)
+        return d
+
+    def _declare_metrics(self) -> None:
+        self.metrics.declare(
+            [d.name for d in self.config.destinations],
+            [r.name for r in self.config.routes],
+            [listener.name for listener in self.config.listen],
+        )
+
+    def _morph_failed(self, route: str) -> None:
+        self.morph_errors[route] = self.morph_errors.get(route, 0) + 1
+
+    def _poke(self, destinations: Any) -> None:
+        for name in destinations:
+            worker = self.workers.get(name)
+            if worker is not None:
+                worker.poke()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Recover the spool and the journal, then start workers and listeners."""
+        Service.startService(self)
+        self.log.info(
+            "dicom-gateway {version} starting: AE title {ae_title}, spool {spool}, {n} destination(s), {r} route(s)",
+            version=__version__,
+            ae_title=printable(self.config.ae_title),
+            spool=self.config.spool.path,
+            n=len(self.config.destinations),
+            r=len(self.config.routes),
+        )
+        for name in self.config.unused_destinations():
+            self.log.warn("destination {name} is named by no route", name=name)
+        d = Deferred.fromCoroutine(self._start())
+        d.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        for path in self.spool.recover():
+            self.log.warn("removed incomplete spool file {path} left by an earlier run", path=path)
+        returned, rerouted = await self.recovery.recover()
+        if rerouted:
+            self.log.warn("{count} spooled file(s) without a journal record were routed again", count=rerouted)
+        if not self.running:
+            return
+        for service in list(self):
+            if not service.running:
+                service.startService()
+        self._janitor.start(CLEAN_INTERVAL, now=False)
+        self.refresher.start()
+        self.ready.callback(None)
+
+    def _start_failed(self, failure: Any) -> None:
+        self.log.failure("start-up recovery failed; stopping", failure)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    async def _clean_once(self) -> None:
+        removed = await self.recovery.clean(self.config.keep_delivered, self.config.duplicate_window)
+        if removed:
+            self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
+
+    def _clean(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._clean_once())
+        d.addErrback(lambda f: self.log.failure("spool clean-up failed", f))
+        return d
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listeners and workers (workers finish in-flight sends within their grace), close the journal."""
+        self.log.info("dicom-gateway stopping")
+        if self._janitor.running:
+            self._janitor.stop()
+        self.refresher.stop()
+        d = super().stopService()
+        d.addBoth(lambda _: self.store_runner.run(self.store.close))
+        d.addErrback(lambda f: self.log.failure("closing the queue journal failed", f))
+        return d
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def reload(self, load: Callable[[str], GatewayConfig]) -> Deferred[bool]:
+        """Re-read the configuration (SIGHUP) and apply what can change while running.
+
+        Routes, the duplicate window, retention and destinations are applied;
+        a worker is replaced only when its destination's configuration
+        changed (Buildbot's reconfigure by name). Listener, spool and limit
+        changes need a restart and are reported. Associations in progress
+        finish under the configuration they started with.
+
+        :param load: the configuration loader (``load_config``).
+        :returns: a Deferred firing with whether the new configuration was applied.
+        """
+        try:
+            new = load(self.config.source)
+        except ConfigErrors as errors:
+            self.log.error("configuration reload refused; keeping the running one:\n{errors}", errors=str(errors))
+            self.metrics.config_reloaded(False)
+            return succeed(False)
+        old = self.config
+        for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
+            if getattr(old, what) != getattr(new, what):
+                self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
+        self.config = new
+        self.intake.duplicate_window = new.duplicate_window
+        old_destinations = {d.name: d for d in old.destinations}
+        new_destinations = {d.name: d for d in new.destinations}
+        stopping = []
+        for name, destination in old_destinations.items():
+            if new_destinations.get(name) != destination:
+                worker = self.workers.pop(name)
+                stopping.append(worker.disownServiceParent() or succeed(None))
+        done = DeferredList(stopping, consumeErrors=True)
+
+        def start_new(_: object) -> bool:
+            for name, destination in new_destinations.items():
+                if name not in self.workers:
+                    worker = self._add_worker(destination)
+                    if self.running and not worker.running:
+                        worker.startService()
+            self.log.info(
+                "configuration reloaded: {n} destination(s), {r} route(s)",
+                n=len(new.destinations),
+                r=len(new.routes),
+            )
+            self._declare_metrics()
+            self.metrics.config_reloaded(True)
+            return True
+
+        done.addCallback(start_new)
+        return done
