@@ -45,8 +45,16 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default=None, choices=["debug", "info", "warn", "error"], help="overrides log.level"
     )
 
-    check = sub.add_parser("check", help="validate a configuration")
+    check = sub.add_parser(
+        "check", help="validate a configuration; with files, show what the routes would do with them"
+    )
     check.add_argument("-c", "--config", required=True, help="the gateway configuration (YAML)")
+    check.add_argument("files", nargs="*", help="DICOM files (or folders) to route as the gateway would")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--calling-ae", default="", help="the calling AE title of the association")
+    check.add_argument("--called-ae", default="", help="the called AE title (default: ours)")
+    check.add_argument("--source-ip", default="127.0.0.1", help="the peer's IP address")
+    check.add_argument("--listener", default="", help="the listener's name (default: the first)")
 
     for name, help_text in (("echo", "send a C-ECHO to an AE"), ("store", "send DICOM files to an AE")):
         scu = sub.add_parser(name, help=help_text)
@@ -259,10 +267,14 @@ def _start_logging(config: Any, level: str | None) -> None:
 
 
 def _load_or_exit(path: str) -> Any:
+    import warnings
+
     try:
-        return load_config(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_config(path)
     except ConfigErrors as errors:
-        print(f"{path}: invalid configuration:", file=sys.stderr)
+        print(f"{path}: invalid configuration ({len(errors.errors)} error(s)):", file=sys.stderr)
         print(str(errors), file=sys.stderr)
         raise SystemExit(1)
 
@@ -359,7 +371,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(run_tls_init(args.directory, args.name, args.force))
     if args.command == "check":
         config = _load_or_exit(args.config)
-        print(f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s))")
+        if not args.files:
+            message = (
+                f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s), "
+                f"{len(config.destinations)} destination(s), {len(config.routes)} route(s))"
+            )
+            if args.json:
+                from gateway.admin import to_json
+
+                print(to_json({"config": args.config, "valid": True}))
+            else:
+                print(message)
+            return
+        from gateway.check import check_files, format_report
+
+        reports = check_files(
+            config,
+            args.files,
+            calling_ae_title=args.calling_ae,
+            called_ae_title=args.called_ae,
+            source_ip=args.source_ip,
+            listener=args.listener,
+        )
+        if args.json:
+            from gateway.admin import to_json
+
+            print(to_json(reports))
+        else:
+            print("\n\n".join(format_report(r) for r in reports))
+        if any("error" in r for r in reports):
+            raise SystemExit(1)
         return
     if args.command == "run":
         config = _load_or_exit(args.config)
