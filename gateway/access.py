@@ -16,10 +16,22 @@ rules look at AE titles only:
    (:func:`fnmatch.fnmatchcase`, so case-sensitive, ``*`` allows everyone)
    -> otherwise RJ(1, 1, 3).
 
-Issue 5 will add rules on the peer's network address (CIDR) and TLS
-certificate subject. They will take the same shape, an :class:`AccessRule`
-reading the request and a :class:`Peer`, so adding them does not change
-:meth:`AccessPolicy.check`'s callers.
+Per listener (issue 5), further rules of the same shape follow:
+
+4. the listener's own calling AE title patterns, when it has any
+   (:class:`CallingAETitleRule` again) -> RJ(1, 1, 3);
+5. the peer's address must be in one of the listener's networks
+   (:class:`NetworkRule`) -> RJ(1, 1, 1): the calling AE title may be
+   fine, the place it calls from is not, and PS3.8 Table 9-21 has no reason
+   code for addresses;
+6. on TLS listeners with certificate rules, the peer's verified
+   certificate subject must match a pattern, and the calling AE title must be
+   one that pattern may use (:class:`CertificateRule`; HARDENING T07: "policy
+   binding of certificate to AE") -> RJ(1, 1, 3), so a stolen AE title alone
+   does not get in.
+
+Each rule also says why in words (:func:`explain`), for the log line and the
+audit record.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+import ipaddress
 from typing import Protocol
 
 from gateway.ul.errors import RejectReasonUser, RejectResult, RejectSource
@@ -142,9 +155,114 @@ class AccessPolicy:
         :param peer: what the transport knows about the peer, if anything.
         :returns: ``None`` to go on, or the A-ASSOCIATE-RJ to send.
         """
+        return self.judge(rq, peer)[0]
+
+    def judge(self, rq: AAssociateRQ, peer: Peer | None = None) -> tuple[AAssociateRJ | None, str]:
+        """Like :meth:`check`, and say why.
+
+        :param rq: the A-ASSOCIATE-RQ received.
+        :param peer: what the transport knows about the peer, if anything.
+        :returns: ``(None, "")`` to go on, or the A-ASSOCIATE-RJ and the reason in words.
+        """
         who = Peer() if peer is None else peer
         for rule in self.rules:
             rejection = rule(rq, who)
             if rejection is not None:
-                return rejection
+                return rejection, explain(rule, rq, who)
+        return None, ""
+
+    def with_rules(self, extra_rules: Sequence[AccessRule]) -> "AccessPolicy":
+        """A policy with the same AE title rules and ``extra_rules`` after this one's.
+
+        :param extra_rules: a listener's own rules.
+        :returns: the new policy.
+        """
+        return AccessPolicy(self.ae_title, self.calling_ae_titles, (*self.rules[2:], *extra_rules))
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    """Rule 5: the peer's address is in one of the allowed networks.
+
+    An unknown address (no IP transport) never matches. IPv4-mapped IPv6
+    addresses (``::ffff:10.0.0.1``) are compared as IPv4.
+
+    :ivar networks: CIDR networks, e.g. ``("10.1.0.0/16", "::1/128")``.
+    """
+
+    networks: tuple[str, ...]
+
+    def __call__(self, rq: AAssociateRQ, peer: Peer) -> AAssociateRJ | None:
+        """Reject with RJ(1, 1, 1) a peer outside every network (PS3.8 Table 9-21, no reason given)."""
+        if peer.address is None or not address_in_networks(peer.address, self.networks):
+            return _reject_user(RejectReasonUser.NO_REASON)
         return None
+
+
+def address_in_networks(address: str, networks: Sequence[str]) -> bool:
+    """Whether an IP address lies in any of ``networks``.
+
+    :param address: the address (``host`` or ``host:port`` for IPv4; IPv6 without brackets).
+    :param networks: CIDR networks.
+    :returns: ``False`` for an address that does not parse.
+    """
+    host = address
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for network in networks:
+        net = ipaddress.ip_network(network, strict=False)
+        if ip.version == net.version and ip in net:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class CertificateRule:
+    """Rule 6: the peer's certificate subject may use the calling AE title (HARDENING T07).
+
+    :ivar bindings: ``(subject pattern, (AE title patterns...))`` pairs;
+        subject patterns are :func:`fnmatch.fnmatchcase` globs over the RFC
+        4514 subject string (``CN=ct1,O=Radiology``); the calling AE title
+        must match a title pattern of *some* subject pattern the subject matches.
+    """
+
+    bindings: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __call__(self, rq: AAssociateRQ, peer: Peer) -> AAssociateRJ | None:
+        """Reject with RJ(1, 1, 3) a peer without a certificate, or whose certificate may not use this AE title."""
+        subject = peer.certificate_subject
+        if subject is None:
+            return _reject_user(RejectReasonUser.CALLING_AE_TITLE_NOT_RECOGNIZED)
+        calling = rq.calling_ae_title.strip(" ")
+        for pattern, titles in self.bindings:
+            if fnmatchcase(subject, pattern) and any(fnmatchcase(calling, title) for title in titles):
+                return None
+        return _reject_user(RejectReasonUser.CALLING_AE_TITLE_NOT_RECOGNIZED)
+
+
+def explain(rule: AccessRule, rq: AAssociateRQ, peer: Peer) -> str:
+    """Say in words why ``rule`` rejected a request (for the log and the audit trail; no raw peer bytes).
+
+    :param rule: the rule that objected.
+    :param rq: the request.
+    :param peer: the peer.
+    :returns: a short sentence.
+    """
+    calling = "".join(c if " " <= c <= "~" else "?" for c in rq.calling_ae_title.strip(" "))
+    if isinstance(rule, CalledAETitleRule):
+        return "called AE title is not ours"
+    if isinstance(rule, CallingAETitleRule):
+        return f"calling AE title {calling!r} is not allowed"
+    if isinstance(rule, NetworkRule):
+        return f"address {peer.address} is not in an allowed network"
+    if isinstance(rule, CertificateRule):
+        if peer.certificate_subject is None:
+            return f"no client certificate for calling AE title {calling!r}"
+        return f"certificate {peer.certificate_subject!r} may not use calling AE title {calling!r}"
+    return f"rejected by {type(rule).__name__}"

@@ -232,7 +232,18 @@ def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Propos
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
     )
     endpoint_type = TCP6ClientEndpoint if ":" in destination.host else TCP4ClientEndpoint
-    endpoint = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)
+    endpoint: Any = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)
+    if destination.tls is not None:
+        # PS3.15 Annex B: the server is verified against the destination's CA
+        # and name (RFC 6125, service-identity); never a plain-TCP fallback.
+        # A verification failure ends the connection before the A-ASSOCIATE-AC,
+        # a destination-wide fault (HARDENING decision 9, T12).
+        from twisted.internet.endpoints import wrapClientTLS
+
+        from gateway.security import client_tls_settings
+        from gateway.tls import client_creator
+
+        endpoint = wrapClientTLS(client_creator(client_tls_settings(destination.tls), destination.host), endpoint)
     return open_association(
         reactor,
         endpoint,

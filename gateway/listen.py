@@ -24,11 +24,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.access import AccessPolicy
+from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import fragment_command
 from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
+from gateway.tls import transport_peer_identity
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
 from gateway.ul.association import Association
@@ -184,13 +185,70 @@ class AcceptorProtocol(Protocol):
         """A-ASSOCIATE indication: apply the access policy, negotiate, accept or reject."""
         self._calling = request.calling_ae_title
         self._called = request.called_ae_title
-        rejection = self.factory.access.check(request)
+        # Issue 5: the access rules see the peer's address and verified
+        # certificate subject (TLS listeners), not only the AE titles.
+        identity = transport_peer_identity(self.transport)
+        subject = identity.subject if identity is not None else None
+        host = getattr(self.transport.getPeer(), "host", None)
+        peer = Peer(address=host, certificate_subject=subject)
+        judge = getattr(self.factory.access, "judge", None)
+        if judge is not None:
+            rejection, why = judge(request, peer)
+        else:
+            rejection, why = self.factory.access.check(request, peer), "rejected by the access policy"
+        user_ac = None
+        username = ""
+        if rejection is None and self.factory.user_identity is not None:
+            # PS3.7 D.3.3.7; HARDENING decision 7: an audit record in every case.
+            outcome = self.factory.user_identity.check(request)
+            if outcome.verdict is not None:
+                username = outcome.verdict.username
+                if self.factory.audit is not None:
+                    self.factory.audit.user_authentication(
+                        peer=self._peer,
+                        calling_ae_title=printable(request.calling_ae_title),
+                        username=printable(username),
+                        identity_type=outcome.identity_type,
+                        success=outcome.rejection is None,
+                        description=outcome.verdict.reason,
+                        listener=self.factory.name,
+                    )
+            rejection, user_ac = outcome.rejection, outcome.ac_item
+            if rejection is not None:
+                why = f"user identity refused: {outcome.verdict.reason if outcome.verdict else 'invalid'}"
         if rejection is not None:
             self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
             self.factory.count_rejection(request)
+            self.log.info(
+                "{assoc_id} association from {peer} {calling} -> {called} rejected: {why}",
+                assoc_id=self.assoc_id,
+                peer=self._peer,
+                calling=printable(request.calling_ae_title),
+                called=printable(request.called_ae_title),
+                why=why,
+            )
+            if self.factory.audit is not None:
+                self.factory.audit.association_rejected(
+                    peer=self._peer,
+                    calling_ae_title=printable(request.calling_ae_title),
+                    called_ae_title=printable(request.called_ae_title),
+                    listener=self.factory.name,
+                    reason=why,
+                    rejection=(rejection.result, rejection.source, rejection.reason),
+                    certificate_subject=subject or "",
+                )
             self._run(self.association.reject(rejection))
             return
-        negotiation = negotiate_acceptor(request, self.factory.acceptor_settings)
+        if self.factory.audit is not None:
+            self.factory.audit.association_accepted(
+                peer=self._peer,
+                calling_ae_title=printable(request.calling_ae_title),
+                called_ae_title=printable(request.called_ae_title),
+                listener=self.factory.name,
+                certificate_subject=subject or "",
+                username=printable(username),
+            )
+        negotiation = negotiate_acceptor(request, self.factory.acceptor_settings, user_ac)
         self._negotiation = negotiation
         self._counted = True
         self.factory.active += 1
@@ -205,6 +263,7 @@ class AcceptorProtocol(Protocol):
             listener=self.factory.name,
             contexts=negotiation.contexts,
             listener_port=getattr(self.transport.getHost(), "port", 0),
+            tls_subject=subject or "",
         )
         self._service = StorageService(
             self,
@@ -311,6 +370,9 @@ class AcceptorFactory(Factory):
     :param observer: told of association outcomes (metrics; a
         :class:`~gateway.observe.GatewayMetrics` or anything with its
         ``association_*``, ``artim_expired`` and ``dimse_protocol_error`` methods).
+    :param audit: the audit trail (accepted and rejected associations, user identity).
+    :param user_identity: the listener's user identity policy
+        (:class:`~gateway.identity_check.UserIdentityChecker`), or ``None``.
     """
 
     log = Logger(namespace="gateway.listen")
@@ -328,9 +390,13 @@ class AcceptorFactory(Factory):
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
         observer: Any = None,
+        audit: Any = None,
+        user_identity: Any = None,
     ) -> None:
         self.name = name
         self.observer = observer
+        self.audit = audit
+        self.user_identity = user_identity
         self.admit = admit
         self.space_low = space_low
         self.acceptor_settings = acceptor_settings

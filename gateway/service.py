@@ -32,6 +32,16 @@ from twisted.logger import Logger
 
 from gateway import __version__
 from gateway.access import AccessPolicy
+from gateway.audit import Outcome
+from gateway.security import (
+    AuditingForwardObserver,
+    audit_received,
+    build_audit,
+    listener_access,
+    listener_identity,
+    server_tls,
+    server_tls_settings,
+)
 from gateway.blocking import IBlockingRunner, ThreadPoolRunner
 from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
@@ -72,10 +82,21 @@ class ListenerService(Service):
 
     log = Logger(namespace="gateway.service")
 
-    def __init__(self, reactor: Any, listener: ListenerConfig, factory: AcceptorFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listener: ListenerConfig,
+        factory: AcceptorFactory,
+        tls: Any = None,
+        on_tls_failure: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self._reactor = reactor
         self.listener = listener
         self.factory = factory
+        #: The listener's reloadable TLS context (:class:`gateway.tls.ServerTLS`), or ``None``.
+        self.tls = tls
+        self._on_tls_failure = on_tls_failure
+        self.tls_factory: Any = None
         self.port: IListeningPort | None = None
         self.setName(f"listen:{listener.name}")
 
@@ -87,17 +108,28 @@ class ListenerService(Service):
             endpoint = TCP6ServerEndpoint(self._reactor, self.listener.port, backlog=128, interface=host)
         else:
             endpoint = TCP4ServerEndpoint(self._reactor, self.listener.port, backlog=128, interface=host)
-        self._listening = endpoint.listen(self.factory)
+        factory: Any = self.factory
+        if self.tls is not None and self.listener.tls is not None:
+            from gateway.tls import TLSListenerFactory
+
+            # PS3.15 Annex B: TLS under the DICOM acceptor; the handshake
+            # deadline never exceeds ARTIM (HARDENING T13).
+            deadline = min(self.listener.tls.handshake_timeout, self.factory.limits.acse_timeout)
+            factory = self.tls_factory = TLSListenerFactory(
+                self.tls, self.factory, self._reactor, deadline, self._on_tls_failure
+            )
+        self._listening = endpoint.listen(factory)
         self._listening.addCallbacks(self._bound, self._bind_failed)
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         address = port.getHost()
         self.log.info(
-            "listening on {host}:{port} as {ae_title}",
+            "listening on {host}:{port} as {ae_title}{tls}",
             host=address.host,
             port=address.port,
             ae_title=self.factory.acceptor_settings.ae_title,
+            tls=" (TLS)" if self.tls is not None else "",
         )
         return port
 
@@ -161,6 +193,11 @@ class GatewayService(MultiService):
             wall=wall,
         )
         self._observer = observer or self.metrics.forward_observer()
+        # Issue 5: the audit trail, fed by listeners, intake and workers.
+        self.audit = build_audit(config, wall)
+        self._observer = AuditingForwardObserver(
+            self._observer, self.audit, lambda: {d.name: d for d in self.config.destinations}
+        )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
         self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
         os.makedirs(config.spool.path, exist_ok=True)
@@ -228,16 +265,20 @@ class GatewayService(MultiService):
             factory = AcceptorFactory(
                 name=listener.name,
                 acceptor_settings=settings,
-                access=self.access,
+                access=listener_access(config, listener),
                 spool=self.spool,
                 clock=reactor,
                 limits=limits,
                 admit=self._admit,
                 space_low=self.space.low,
                 observer=self.metrics,
-                on_instance=self.metrics.instance_reported,
+                on_instance=self._instance_reported,
+                audit=self.audit,
+                user_identity=listener_identity(listener),
             )
-            service = ListenerService(reactor, listener, factory)
+            service = ListenerService(
+                reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name)
+            )
             service.setServiceParent(self)
             self.listeners.append(service)
         self._janitor = LoopingCall(self._clean)
@@ -292,6 +333,18 @@ class GatewayService(MultiService):
     def _morph_failed(self, route: str) -> None:
         self.morph_errors[route] = self.morph_errors.get(route, 0) + 1
 
+    def _instance_reported(self, report: Any) -> None:
+        self.metrics.instance_reported(report)
+        audit_received(self.audit, report)
+
+    def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
+        def failed(peer: str, reason: str, detail: str) -> None:
+            # Security Alert for every failed handshake but a silent close.
+            if reason != "closed":
+                self.audit.tls_failure(peer=peer, listener=listener, reason=reason, detail=detail)
+
+        return failed
+
     def _poke(self, destinations: Any) -> None:
         for name in destinations:
             worker = self.workers.get(name)
@@ -313,6 +366,7 @@ class GatewayService(MultiService):
         )
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
+        self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())
         d.addErrback(self._start_failed)
 
@@ -349,6 +403,7 @@ class GatewayService(MultiService):
     def stopService(self) -> Deferred[Any]:
         """Stop listeners and workers (workers finish in-flight sends within their grace), close the journal."""
         self.log.info("dicom-gateway stopping")
+        self.audit.application_activity("stop", f"dicom-gateway {__version__}")
         if self._janitor.running:
             self._janitor.stop()
         self.refresher.stop()
@@ -358,6 +413,29 @@ class GatewayService(MultiService):
         return d
 
     # -- reload ----------------------------------------------------------------------------
+
+    def _reload_tls(self, new: GatewayConfig) -> None:
+        """Re-read each TLS listener's certificate and key (HARDENING T16).
+
+        New handshakes get the new pair; running associations keep theirs.
+        A pair that cannot be used is refused with a logged error and the
+        old one stays.
+        """
+        by_name = {listener.name: listener for listener in new.listen}
+        for service in self.listeners:
+            now = by_name.get(service.listener.name)
+            if service.tls is None or now is None or now.tls is None:
+                continue
+            error = service.tls.reload(server_tls_settings(now.tls))
+            if error is None:
+                self.log.info("listener {name}: TLS certificate and key reloaded", name=now.name)
+            else:
+                self.log.error(
+                    "listener {name}: new TLS certificate refused, keeping the running one: {error}",
+                    name=now.name,
+                    error=error,
+                )
+                self.audit.application_activity("reload", f"TLS certificate of {now.name} refused: {error}", Outcome.MINOR_FAILURE)
 
     def reload(self, load: Callable[[str], GatewayConfig]) -> Deferred[bool]:
         """Re-read the configuration (SIGHUP) and apply what can change while running.
@@ -376,8 +454,10 @@ class GatewayService(MultiService):
         except ConfigErrors as errors:
             self.log.error("configuration reload refused; keeping the running one:\n{errors}", errors=str(errors))
             self.metrics.config_reloaded(False)
+            self.audit.application_activity("reload", "configuration refused", Outcome.MINOR_FAILURE)
             return succeed(False)
         old = self.config
+        self._reload_tls(new)
         for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
@@ -405,6 +485,7 @@ class GatewayService(MultiService):
             )
             self._declare_metrics()
             self.metrics.config_reloaded(True)
+            self.audit.application_activity("reload", "configuration reloaded")
             return True
 
         done.addCallback(start_new)

@@ -17,6 +17,75 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 
+#: The TLS profiles a listener or destination may name (PS3.15 Annex B):
+#: the Non-Downgrading BCP 195 profile (B.10, the default) and the Extended
+#: BCP 195 profile (B.11). See :mod:`gateway.tls`.
+TLS_PROFILES: tuple[str, ...] = ("bcp195-nd", "bcp195-extended")
+
+
+@dataclass(frozen=True)
+class ListenerTLSConfig:
+    """TLS on a listener (key ``listen[i].tls``).
+
+    :param certificate: PEM file with the gateway's certificate (and chain), absolute.
+    :param private_key: PEM file with its private key, absolute.
+    :param ca: PEM file of the CAs client certificates must chain to;
+        empty means clients are not asked for a certificate.
+    :param require_client_certificate: Fail the handshake of a client
+        without a certificate signed by ``ca`` (needs ``ca``).
+    :param profile: One of :data:`TLS_PROFILES`.
+    :param handshake_timeout: Seconds a TLS handshake may take before the
+        connection is closed (never more than the ARTIM timer).
+    """
+
+    certificate: str
+    private_key: str
+    ca: str = ""
+    require_client_certificate: bool = False
+    profile: str = "bcp195-nd"
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ListenerAccessConfig:
+    """Per-listener access rules, on top of the global ``accept`` block (key ``listen[i].access``).
+
+    :param calling_ae_titles: Glob patterns of calling AE titles allowed on
+        this listener; empty means the global list alone decides.
+    :param networks: Source address networks (CIDR, ``10.1.0.0/16``,
+        ``::1/128``) allowed; empty allows any address.
+    :param certificates: On TLS listeners, ``(subject pattern, (AE title
+        patterns...))`` pairs: a peer must present a certificate whose
+        RFC 4514 subject matches a pattern, and may then only use the calling
+        AE titles listed for it. Empty disables the check.
+    """
+
+    calling_ae_titles: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    certificates: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+#: User identity policies (PS3.7 D.3.3.7): see :mod:`gateway.identity_check`.
+USER_IDENTITY_POLICIES: tuple[str, ...] = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class UserIdentityConfig:
+    """User identity negotiation on a listener (key ``listen[i].user_identity``).
+
+    :param policy: ``off`` (ignored), ``optional`` (checked when given) or
+        ``required``.
+    :param users_file: Absolute path of a ``user:scrypt$...`` file for user
+        name and user name + passcode identities (types 1 and 2).
+    :param verifiers: ``(identity type, plugin name)`` pairs for Kerberos
+        (3), SAML (4) and JWT (5) assertions.
+    """
+
+    policy: str = "off"
+    users_file: str = ""
+    verifiers: tuple[tuple[int, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One address the gateway accepts associations on.
@@ -25,11 +94,17 @@ class ListenerConfig:
     :param port: The TCP port; 0 means any free port (for tests).
     :param name: A label for logs and metrics; the loader defaults it to
         ``f"{host}:{port}"`` and keeps names unique.
+    :param tls: TLS settings; ``None`` for plain TCP.
+    :param access: Per-listener access rules.
+    :param user_identity: User identity negotiation.
     """
 
     host: str
     port: int
     name: str = ""
+    tls: ListenerTLSConfig | None = None
+    access: ListenerAccessConfig = field(default_factory=ListenerAccessConfig)
+    user_identity: UserIdentityConfig = field(default_factory=UserIdentityConfig)
 
     def __post_init__(self) -> None:
         """Fill in the default name when none was given."""
@@ -138,6 +213,25 @@ class CircuitConfig:
 
 
 @dataclass(frozen=True)
+class DestinationTLSConfig:
+    """TLS to a destination (key ``destinations.<name>.tls``); never a plain-TCP fallback.
+
+    :param ca: PEM file of the CAs the server's certificate must chain to, absolute.
+    :param server_name: The name the server's certificate must carry
+        (RFC 6125); the destination's ``host`` when empty.
+    :param certificate: Our client certificate (PEM), for mutual authentication.
+    :param private_key: Its private key (PEM).
+    :param profile: One of :data:`TLS_PROFILES`.
+    """
+
+    ca: str
+    server_name: str = ""
+    certificate: str = ""
+    private_key: str = ""
+    profile: str = "bcp195-nd"
+
+
+@dataclass(frozen=True)
 class DicomDestination:
     """A DICOM AE the gateway forwards to as a C-STORE SCU.
 
@@ -160,6 +254,7 @@ class DicomDestination:
     :param dimse_timeout: Seconds to wait for each C-STORE response.
     :param retry: The retry policy.
     :param circuit: The circuit breaker.
+    :param tls: TLS settings; ``None`` for plain TCP.
     """
 
     name: str
@@ -176,6 +271,7 @@ class DicomDestination:
     dimse_timeout: float = 60.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    tls: DestinationTLSConfig | None = None
 
 
 #: The fields a folder destination's ``pattern`` may use. The UIDs and IDs
@@ -309,6 +405,40 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SyslogConfig:
+    """Audit records sent as RFC 5424 syslog over TLS (RFC 5425; key ``audit.syslog``).
+
+    :param host: The collector's host; empty disables syslog.
+    :param port: Its port (6514 is the RFC 5425 port).
+    :param ca: PEM file of the CAs the collector's certificate must chain to.
+    :param server_name: The name its certificate must carry; ``host`` when empty.
+    :param certificate: Our client certificate (PEM), if the collector wants one.
+    :param private_key: Its private key.
+    """
+
+    host: str = ""
+    port: int = 6514
+    ca: str = ""
+    server_name: str = ""
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (key ``audit``): PS3.15 A.5.3-shaped JSON lines.
+
+    :param file: The JSON-lines file (absolute); empty disables the file.
+    :param rotate: Its rotation.
+    :param syslog: Optional syslog over TLS.
+    """
+
+    file: str = ""
+    rotate: RotateConfig = field(default_factory=lambda: RotateConfig())
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration.
 
@@ -338,6 +468,7 @@ class GatewayConfig:
     :param plugin_folders: Folders searched for drop-in plugins (absolute;
         key ``plugins: {folders: [...]}``, default ``../plugins`` beside the
         configuration file when it exists).
+    :param audit: The audit trail.
     """
 
     source: str
@@ -355,6 +486,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugin_folders: tuple[str, ...] = ()
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         """Fill in the default queue path when none was given."""

@@ -43,7 +43,7 @@ from gateway.ul.errors import (
     RejectResult,
     RejectSource,
 )
-from gateway.ul.items import SCPSCURoleSelection, UserInformation
+from gateway.ul.items import SCPSCURoleSelection, UserIdentityAC, UserInformation
 from gateway.ul.pdu import (
     DICOM_APPLICATION_CONTEXT,
     AAssociateAC,
@@ -229,7 +229,9 @@ def _first_role_items(user_information: UserInformation | None) -> dict[str, SCP
     return items
 
 
-def negotiate_acceptor(rq: AAssociateRQ, settings: AcceptorSettings) -> Negotiation:
+def negotiate_acceptor(
+    rq: AAssociateRQ, settings: AcceptorSettings, user_identity: UserIdentityAC | None = None
+) -> Negotiation:
     """Answer every presentation context and build the A-ASSOCIATE-AC (PS3.8 9.3.3).
 
     Call :func:`check_acse` (and the access policy) first; this function
@@ -250,6 +252,10 @@ def negotiate_acceptor(rq: AAssociateRQ, settings: AcceptorSettings) -> Negotiat
 
     :param rq: the A-ASSOCIATE-RQ that passed :func:`check_acse`.
     :param settings: our acceptor settings.
+    :param user_identity: the User Identity sub-item 0x59 to return, decided
+        by the caller's user identity policy (PS3.7 D.3.3.7.2: only when the
+        requestor asked for a positive response and its identity was
+        accepted); ``None`` leaves it out.
     :returns: the AC, the accepted contexts and the peer's sending limit.
     """
     transfer_syntaxes = frozenset(settings.transfer_syntaxes)
@@ -306,6 +312,9 @@ def negotiate_acceptor(rq: AAssociateRQ, settings: AcceptorSettings) -> Negotiat
         async_ops=_SYNCHRONOUS_WINDOW if proposed_window is not None else None,
         # PS3.7 D.3.3.4: omitted when the requestor sent none.
         role_selections=tuple(role_replies.values()),
+        # PS3.7 D.3.3.7.2: present only for an accepted identity whose
+        # positive response was requested (the caller decides).
+        user_identity_ac=user_identity,
     )
     ac = AAssociateAC(
         # PS3.8 9.3.3: the AE titles are echoed from the RQ.

@@ -1,0 +1,226 @@
+"""Glue from the configuration to the security pieces: TLS, access rules, user identity, audit.
+
+:class:`~gateway.service.GatewayService` calls these builders so that it
+stays a list of wiring steps; each takes validated configuration
+(:mod:`gateway.config.schema`) and returns the live object of
+:mod:`gateway.tls`, :mod:`gateway.access`, :mod:`gateway.identity_check` or
+:mod:`gateway.audit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from gateway.access import AccessPolicy, AccessRule, CalledAETitleRule, CallingAETitleRule, CertificateRule, NetworkRule
+from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile
+from gateway.config.schema import DestinationTLSConfig, GatewayConfig, ListenerConfig, ListenerTLSConfig
+from gateway.identity_check import IdentityPolicy, UserIdentityChecker, UsersFileError, load_users
+from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, key_mode_problem
+
+log = Logger(namespace="gateway.security")
+
+
+def server_tls_settings(config: ListenerTLSConfig) -> ServerTLSSettings:
+    """The :mod:`gateway.tls` settings of a listener's ``tls`` block.
+
+    :param config: the block.
+    :returns: the settings.
+    """
+    return ServerTLSSettings(
+        certificate=config.certificate,
+        private_key=config.private_key,
+        ca=config.ca,
+        require_client_certificate=config.require_client_certificate,
+        profile=TLSProfile(config.profile),
+    )
+
+
+def client_tls_settings(config: DestinationTLSConfig) -> ClientTLSSettings:
+    """The :mod:`gateway.tls` settings of a destination's ``tls`` block.
+
+    :param config: the block.
+    :returns: the settings.
+    """
+    return ClientTLSSettings(
+        ca=config.ca,
+        server_name=config.server_name,
+        certificate=config.certificate,
+        private_key=config.private_key,
+        profile=TLSProfile(config.profile),
+    )
+
+
+def server_tls(listener: ListenerConfig) -> ServerTLS | None:
+    """The reloadable TLS context of a listener, after checking its key file's mode (HARDENING T16).
+
+    :param listener: the listener.
+    :returns: ``None`` for a plain listener.
+    :raises gateway.tls.TLSConfigError: when the files cannot be used.
+    """
+    if listener.tls is None:
+        return None
+    problem = key_mode_problem(listener.tls.private_key)
+    if problem is not None:
+        log.warn("listener {name}: {problem}", name=listener.name, problem=problem)
+    return ServerTLS(server_tls_settings(listener.tls))
+
+
+def listener_access(config: GatewayConfig, listener: ListenerConfig) -> AccessPolicy:
+    """The access policy of one listener: the global ``accept`` rules, then the listener's own.
+
+    :param config: the configuration (our AE title, the global calling AE titles).
+    :param listener: the listener.
+    :returns: the policy.
+    """
+    extra: list[AccessRule] = []
+    access = listener.access
+    if access.calling_ae_titles:
+        extra.append(CallingAETitleRule(tuple(pattern.strip(" ") for pattern in access.calling_ae_titles)))
+    if access.networks:
+        extra.append(NetworkRule(access.networks))
+    if access.certificates:
+        extra.append(CertificateRule(access.certificates))
+    return AccessPolicy(config.ae_title, config.accept.calling_ae_titles, extra)
+
+
+def listener_identity(listener: ListenerConfig, verifiers: dict[int, Any] | None = None) -> UserIdentityChecker | None:
+    """The user identity checker of one listener.
+
+    :param listener: the listener.
+    :param verifiers: assertion verifier plugins by identity type (types 3-5).
+    :returns: ``None`` when the policy is ``off``.
+    :raises UsersFileError: when the users file cannot be read.
+    """
+    settings = listener.user_identity
+    if settings.policy == "off":
+        return None
+    users = load_users(settings.users_file) if settings.users_file else {}
+    return UserIdentityChecker(IdentityPolicy(settings.policy), users, dict(verifiers or {}))
+
+
+def build_audit(config: GatewayConfig, wall: Callable[[], float], extra_sinks: list[IAuditSink] | None = None) -> AuditTrail:
+    """The audit trail the configuration asks for (the file, and later syslog).
+
+    :param config: the configuration.
+    :param wall: wall-clock time.
+    :param extra_sinks: further sinks (tests).
+    :returns: the trail; without a file it still counts records.
+    """
+    sinks: list[IAuditSink] = list(extra_sinks or [])
+    if config.audit.file:
+        sinks.append(JsonLinesFile(config.audit.file, config.audit.rotate.size, config.audit.rotate.keep))
+    return AuditTrail(sinks, ae_title=config.ae_title, wall=wall)
+
+
+__all__ = [
+    "CalledAETitleRule",
+    "UsersFileError",
+    "build_audit",
+    "client_tls_settings",
+    "listener_access",
+    "listener_identity",
+    "server_tls",
+    "server_tls_settings",
+]
+
+
+class AuditingForwardObserver:
+    """A forward observer that also writes the audit trail, then passes each event on.
+
+    Delivered instances become DICOM Instances Transferred records (action R,
+    we are the source; PS3.15 A.5.3.7) or, for folder destinations, Data
+    Export records (A.5.3.5); dead-lettered ones the same record with a
+    serious-failure outcome and the reason.
+
+    :param inner: the observer events are passed to (metrics).
+    :param audit: the audit trail.
+    :param destinations: returns the current destination configuration by name.
+    """
+
+    def __init__(self, inner: Any, audit: AuditTrail, destinations: Callable[[], dict[str, Any]]) -> None:
+        self._inner = inner
+        self._audit = audit
+        self._destinations = destinations
+
+    def __getattr__(self, name: str) -> Any:
+        """Every other observer event goes to the inner observer unchanged."""
+        return getattr(self._inner, name)
+
+    def _record(self, entry: Any, disposition: str, outcome: Any, description: str) -> None:
+        from gateway.audit import Participant
+
+        destination = self._destinations().get(entry.destination)
+        folder = destination is not None and not hasattr(destination, "ae_title")
+        if destination is None:
+            target = Participant(user_id=entry.destination, role="Destination Role ID")
+        elif folder:
+            target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=destination.path)
+        else:
+            target = Participant(
+                user_id=destination.ae_title,
+                role="Destination Role ID",
+                network_access_point=f"{destination.host}:{destination.port}",
+                alternative_user_id=entry.destination,
+            )
+        instance = entry.instance
+        self._audit.instance(
+            "exported" if folder and disposition == "forwarded" else disposition,
+            sop_instance_uid=instance.sop_instance_uid,
+            sop_class_uid=instance.sop_class_uid,
+            study_uid=instance.study_instance_uid,
+            patient_id=instance.patient_id,
+            source=self._audit.us("source"),
+            destination=target,
+            outcome=outcome,
+            description=description,
+            extra={"destination": entry.destination, "route": entry.route, "correlation_id": instance.correlation_id},
+        )
+
+    def delivered(self, entry: Any, duration: float, warning: str) -> None:
+        """Audit, then pass on: an instance reached its destination."""
+        from gateway.audit import Outcome
+
+        self._record(entry, "forwarded", Outcome.SUCCESS, warning)
+        self._inner.delivered(entry, duration, warning)
+
+    def dead_lettered(self, entry: Any, reason: str) -> None:
+        """Audit, then pass on: an instance was given up on."""
+        from gateway.audit import Outcome
+
+        self._record(entry, "dead_letter", Outcome.SERIOUS_FAILURE, reason)
+        self._inner.dead_lettered(entry, reason)
+
+
+def audit_received(audit: AuditTrail, report: Any, peer: str = "") -> None:
+    """Audit one received instance (DICOM Instances Transferred, action C; PS3.15 A.5.3.7).
+
+    Only committed instances are recorded as received; a refused C-STORE is
+    the modality's to retry and leaves no instance behind.
+
+    :param audit: the audit trail.
+    :param report: the :class:`~gateway.receive.InstanceReport`.
+    :param peer: the sender's address, when known.
+    """
+    from gateway.audit import Participant
+
+    spooled = report.spooled
+    if spooled is None:
+        return
+    summary = spooled.summary
+    audit.instance(
+        "received",
+        sop_instance_uid=report.sop_instance_uid,
+        sop_class_uid=report.sop_class_uid,
+        study_uid=summary.study_instance_uid or "",
+        patient_id=summary.patient_id or "",
+        source=Participant(
+            user_id="".join(c if " " <= c <= "~" else "?" for c in report.calling_ae_title),
+            role="Source Role ID",
+            network_access_point=peer,
+            requestor=True,
+        ),
+        destination=audit.us("destination"),
+        extra={"correlation_id": report.correlation_id} if report.correlation_id else None,
+    )
