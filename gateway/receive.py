@@ -308,35 +308,44 @@ class StorageService:
             self._paused = True
             self._peer.pause_reading()
 
+        answered = False
+
+        def answer(status: int, comment: str, spooled: SpooledInstance | None, correlation_id: str = "") -> None:
+            # Exactly one response per request, whatever fails after it.
+            nonlocal answered
+            if not answered:
+                answered = True
+                self._respond(slot, incoming, status, comment, spooled, correlation_id)
+
         def committed(spooled: SpooledInstance) -> Any:
             if self._admit is None:
-                self._respond(slot, incoming, Status.SUCCESS, "", spooled)
+                answer(Status.SUCCESS, "", spooled)
                 return None
             # Custody: the queue journal commits before the ack (HARDENING decision 10).
-            d = self._admit(spooled, self._info)
-            d.addCallback(
-                lambda admission: self._respond(
-                    slot,
-                    incoming,
+            admitted = self._admit(spooled, self._info)
+            admitted.addCallback(
+                lambda admission: answer(
                     admission.status,
                     admission.comment,
                     spooled if admission.status == 0 else None,
                     getattr(admission, "correlation_id", ""),
                 )
             )
-            d.addErrback(failed)
-            return d
+            return admitted
 
         def failed(failure: Failure) -> None:
             if failure.check(SpoolError):
                 error: SpoolError = failure.value  # type: ignore[assignment]
-                self._respond(slot, incoming, error.status, error.comment, None)
+                answer(error.status, error.comment, None)
             else:
-                self.log.failure("spool commit failed unexpectedly", failure)
-                self._respond(slot, incoming, Status.OUT_OF_RESOURCES, "internal error while storing", None)
+                self.log.failure("storing an instance failed unexpectedly", failure)
+                # Never 0x0000 unless custody is certain: the modality keeps its copy.
+                answer(Status.OUT_OF_RESOURCES, "internal error while storing", None)
 
         d: Deferred[SpooledInstance] = incoming.writer.commit()
-        d.addCallbacks(committed, failed)
+        d.addCallback(committed)
+        d.addErrback(failed)
+        d.addErrback(lambda f: self.log.failure("answering a C-STORE failed", f))
 
     def _respond(
         self,
