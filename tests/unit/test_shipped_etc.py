@@ -1,0 +1,126 @@
+"""The shipped operations files: Prometheus config and alert rules (promtool), the Grafana dashboard, the systemd unit."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from gateway.forward import DestinationWorker
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+PROMETHEUS = ETC / "prometheus"
+DASHBOARD = ETC / "grafana" / "dicom-gateway.json"
+UNIT = ETC / "systemd" / "dicom-gateway.service"
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel of the shipped dashboard."""
+    data = json.loads(DASHBOARD.read_text())
+    found = []
+    for panel in data["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                found.append((inner["title"], target["expr"]))
+    return found
+
+
+def substitute(expr: str, instance: str = ".*", rate_interval: str = "1m") -> str:
+    """Replace the dashboard's variables as Grafana would."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$instance", instance)
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise SkipTest("promtool not installed (make test installs the Debian package prometheus)")
+    return subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60)
+
+
+class PromtoolTests(SynchronousTestCase):
+    """promtool accepts the shipped Prometheus files and the alert unit tests pass."""
+
+    def test_check_config(self) -> None:
+        """promtool check config on prometheus.yml (which loads alerts.yml)."""
+        result = _promtool("check", "config", "prometheus.yml")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_check_rules(self) -> None:
+        """promtool check rules on alerts.yml."""
+        result = _promtool("check", "rules", "alerts.yml")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_alert_unit_tests(self) -> None:
+        """promtool test rules on alerts_test.yml passes."""
+        result = _promtool("test", "rules", "alerts_test.yml")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_every_alert_has_a_unit_test_and_annotations(self) -> None:
+        """Each alert has summary and description and appears in alerts_test.yml."""
+        import yaml
+
+        rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
+        tests = (PROMETHEUS / "alerts_test.yml").read_text()
+        self.assertEqual(len(rules), 6)
+        for rule in rules:
+            self.assertEqual(set(rule["annotations"]), {"summary", "description"}, rule["alert"])
+            self.assertIn(f"alertname: {rule['alert']}", tests)
+
+
+class DashboardTests(SynchronousTestCase):
+    """The dashboard parses, uses its variables, and covers the five rows."""
+
+    def test_rows_and_variables(self) -> None:
+        """Rows intake, delivery, backlog, latency and capacity; datasource and instance variables."""
+        data = json.loads(DASHBOARD.read_text())
+        rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
+        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity"])
+        variables = {v["name"]: v["type"] for v in data["templating"]["list"]}
+        self.assertEqual(variables, {"datasource": "datasource", "instance": "query"})
+
+    def test_every_expression_uses_the_instance_variable_and_contract_metrics(self) -> None:
+        """Each expression filters on $instance and names only dicom_gateway_* metrics."""
+        exprs = dashboard_expressions()
+        self.assertGreater(len(exprs), 15)
+        for title, expr in exprs:
+            self.assertIn('instance=~"$instance"', expr, title)
+            for name in re.findall(r"\b([a-z_]+)\{", expr):
+                self.assertTrue(name.startswith("dicom_gateway_"), (title, name))
+
+    def test_latency_percentiles_from_histograms(self) -> None:
+        """p50, p95 and p99 of end_to_end_seconds are on the dashboard."""
+        exprs = " ".join(e for _, e in dashboard_expressions())
+        for q in ("0.5", "0.95", "0.99"):
+            self.assertIn(f"histogram_quantile({q}, sum by (le, destination) (rate(dicom_gateway_end_to_end_seconds_bucket", exprs)
+
+
+class SystemdUnitTests(SynchronousTestCase):
+    """The unit runs unprivileged, reloads with SIGHUP, stops with SIGTERM beyond the grace, restarts on failure."""
+
+    def setUp(self) -> None:
+        self.unit = configparser.ConfigParser(strict=False, interpolation=None)
+        self.unit.optionxform = str  # type: ignore[assignment,method-assign]
+        self.unit.read_string(UNIT.read_text())
+
+    def test_unprivileged_and_hardened(self) -> None:
+        """A non-root user, no new privileges, a read-only system."""
+        service = self.unit["Service"]
+        self.assertNotIn(service["User"], ("", "root"))
+        self.assertEqual(service["NoNewPrivileges"], "yes")
+        self.assertEqual(service["ProtectSystem"], "strict")
+
+    def test_reload_stop_restart(self) -> None:
+        """SIGHUP reload, SIGTERM stop with a timeout longer than the workers' grace, restart on failure."""
+        service = self.unit["Service"]
+        self.assertEqual(service["ExecReload"], "/bin/kill -HUP $MAINPID")
+        self.assertEqual(service["KillSignal"], "SIGTERM")
+        import inspect
+
+        grace = inspect.signature(DestinationWorker.__init__).parameters["grace"].default
+        self.assertGreater(int(service["TimeoutStopSec"]), grace)
+        self.assertEqual(service["Restart"], "on-failure")
