@@ -173,8 +173,12 @@ class AuditRecord:
 
 
 def _compact(mapping: dict[str, Any]) -> dict[str, Any]:
-    """Drop empty strings, empty sequences and false flags from a record's mapping."""
-    return {key: value for key, value in mapping.items() if value not in ("", (), [], {}, None, False)}
+    """Drop empty strings, empty collections, ``None`` and false flags (never a 0 outcome) from a mapping."""
+    return {
+        key: value
+        for key, value in mapping.items()
+        if not (value is None or value is False or (isinstance(value, (str, tuple, list, dict)) and not value))
+    }
 
 
 def _now(wall: Callable[[], float]) -> str:
