@@ -26,6 +26,9 @@ from twisted.plugin import getPlugins
 
 import gateway.dropins
 
+#: The drop-in package's own path (installed plugin paths), before any folder is added.
+_BASE_PATH: tuple[str, ...] = tuple(gateway.dropins.__path__)
+
 
 @dataclass
 class Plugins:
@@ -45,11 +48,15 @@ def discover(folders: list[str]) -> Plugins:
     from gateway.interfaces import IMatchPredicate, IMorphAction
 
     found = Plugins()
+    # The package path is rebuilt on every discovery: the installed drop-in
+    # paths plus exactly these folders. Appending only would keep the
+    # folders of an earlier configuration (before a SIGHUP, or another
+    # configuration in the same process), whose plugins and broken modules
+    # would then still be found.
+    gateway.dropins.__path__[:] = [*_BASE_PATH, *(f for f in dict.fromkeys(folders) if os.path.isdir(f))]
     for folder in folders:
         if not os.path.isdir(folder):
             continue
-        if folder not in gateway.dropins.__path__:
-            gateway.dropins.__path__.append(folder)
         for name in sorted(os.listdir(folder)):
             if not name.endswith(".py") or name.startswith("_"):
                 continue
