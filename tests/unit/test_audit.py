@@ -1,0 +1,232 @@
+"""Tests for :mod:`gateway.audit` (PS3.15 A.5.3-shaped records; RFC 5424/5425 framing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.audit import (
+    AuditTrail,
+    JsonLinesFile,
+    MemorySink,
+    Outcome,
+    Participant,
+    format_rfc5424,
+    read_records,
+)
+from gateway.security import AuditingForwardObserver
+
+
+def trail(*sinks: object) -> AuditTrail:
+    """An audit trail at a fixed time and host."""
+    return AuditTrail(list(sinks), ae_title="GW", wall=lambda: 1700000000.25, hostname="gwhost")  # type: ignore[arg-type]
+
+
+class RecordShapeTests(SynchronousTestCase):
+    """The records follow the PS3.15 A.5.3 messages' codes and fields."""
+
+    def test_application_start_record(self) -> None:
+        """Start is Application Activity 110100 with type Application Start, outcome 0 kept."""
+        sink = MemorySink()
+        record = trail(sink).application_activity("start", "v1")
+        data = json.loads(record.to_json())
+        self.assertEqual(data["event_id"], "110100")
+        self.assertEqual(data["event_type"], "Application Start")
+        self.assertEqual(data["outcome"], 0)
+        self.assertEqual(data["time"], "2023-11-14T22:13:20.250Z")
+        self.assertEqual(sink.records, [record])
+
+    def test_reload_refused_is_a_minor_failure(self) -> None:
+        """A refused reload is recorded with outcome 4."""
+        data = json.loads(trail().application_activity("reload", "bad", Outcome.MINOR_FAILURE).to_json())
+        self.assertEqual((data["outcome"], data["disposition"]), (4, "reload"))
+
+    def test_rejected_association_is_a_security_alert(self) -> None:
+        """A rejected association is Security Alert 110113 with the RJ triple and the peer."""
+        record = trail().association_rejected(
+            peer="10.0.0.1:5000",
+            calling_ae_title="CT1",
+            called_ae_title="GW",
+            listener="secure",
+            reason="address not allowed",
+            rejection=(1, 1, 1),
+        )
+        data = json.loads(record.to_json())
+        self.assertEqual(data["event_id"], "110113")
+        self.assertEqual(data["extra"]["rejection"], "1,1,1")
+        self.assertEqual(data["participants"][0]["network_access_point"], "10.0.0.1:5000")
+        self.assertTrue(data["participants"][0]["requestor"])
+
+    def test_received_instance_has_study_and_patient_objects(self) -> None:
+        """A received instance is 110104 action C with study (and its SOP instance) and patient objects."""
+        t = trail()
+        record = t.instance(
+            "received",
+            sop_instance_uid="1.2.3.4",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            study_uid="1.2.3",
+            patient_id="PID1",
+            source=Participant("CT1", "Source Role ID", "10.0.0.1", True),
+            destination=t.us("destination"),
+        )
+        data = json.loads(record.to_json())
+        self.assertEqual((data["event_id"], data["action"]), ("110104", "C"))
+        self.assertEqual(data["objects"][0], {"kind": "study", "id": "1.2.3", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uids": ["1.2.3.4"]})
+        self.assertEqual(data["objects"][1], {"kind": "patient", "id": "PID1"})
+
+    def test_exported_instance_is_data_export(self) -> None:
+        """A folder delivery is Data Export 110106, action R."""
+        t = trail()
+        record = t.instance("exported", sop_instance_uid="1", source=t.us("source"), destination=Participant("f"))
+        self.assertEqual((record.event_id, record.action), ("110106", "R"))
+
+    def test_failing_sink_does_not_stop_the_others(self) -> None:
+        """A sink that raises is logged; the next sink still gets the record."""
+
+        class Broken:
+            def write(self, record: object) -> None:
+                raise RuntimeError("disk gone")
+
+        sink = MemorySink()
+        trail(Broken(), sink).application_activity("stop")
+        self.assertEqual(len(sink.records), 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
+class JsonLinesFileTests(SynchronousTestCase):
+    """The JSON-lines file: mode 0600, one record per line, rotation."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = os.path.join(self.dir, "audit", "audit.jsonl")
+
+    def test_file_is_created_owner_only(self) -> None:
+        """The audit file holds PHI, so it is created 0600 (its folder is created too)."""
+        sink = JsonLinesFile(self.path)
+        self.addCleanup(sink.close)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_records_are_lines_read_back(self) -> None:
+        """Each record is one line; read_records gives them back in order."""
+        sink = JsonLinesFile(self.path)
+        self.addCleanup(sink.close)
+        t = trail(sink)
+        t.application_activity("start")
+        t.application_activity("stop")
+        self.assertEqual([r["disposition"] for r in read_records(self.path)], ["start", "stop"])
+
+    def test_rotation_keeps_the_configured_number_of_files(self) -> None:
+        """Past the size limit the file rotates to .1, .2; older ones are dropped."""
+        sink = JsonLinesFile(self.path, max_bytes=1000, keep=2)
+        self.addCleanup(sink.close)
+        t = trail(sink)
+        for _ in range(12):
+            t.application_activity("reload", "x" * 100)
+        self.assertTrue(os.path.exists(self.path + ".1"))
+        self.assertTrue(os.path.exists(self.path + ".2"))
+        self.assertFalse(os.path.exists(self.path + ".3"))
+        self.assertLessEqual(os.path.getsize(self.path), 1000)
+
+
+class SyslogFormatTests(SynchronousTestCase):
+    """RFC 5424 messages with RFC 5425 octet counting."""
+
+    def test_frame_length_and_header(self) -> None:
+        """The frame is 'LEN SP MSG' with the authpriv priority and the ATNA MSGID."""
+        record = trail().application_activity("start")
+        frame = format_rfc5424(record, "gw host", procid="42")
+        length, _, message = frame.partition(b" ")
+        self.assertEqual(int(length), len(message))
+        self.assertTrue(message.startswith(b"<85>1 2023-11-14T22:13:20.250Z gwhost dicom-gateway 42 DICOM+RFC3881 - \xef\xbb\xbf{"))
+
+    def test_failure_raises_severity(self) -> None:
+        """A minor failure is a warning (severity 4): priority 84."""
+        record = trail().application_activity("reload", "", Outcome.MINOR_FAILURE)
+        self.assertIn(b"<84>1 ", format_rfc5424(record, "h"))
+
+
+@dataclass(frozen=True)
+class _Instance:
+    sop_instance_uid: str = "1.2.3.4"
+    sop_class_uid: str = "1.2.840.10008.5.1.4.1.1.2"
+    study_instance_uid: str = "1.2.3"
+    patient_id: str = "PID"
+    correlation_id: str = "c1"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    destination: str
+    route: str = "all"
+    instance: _Instance = _Instance()
+
+
+@dataclass(frozen=True)
+class _Dicom:
+    ae_title: str = "ARCHIVE"
+    host: str = "archive.example"
+    port: int = 104
+
+
+@dataclass(frozen=True)
+class _Folder:
+    path: str = "/data/out"
+
+
+class _Inner:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def delivered(self, entry: object, duration: float, warning: str) -> None:
+        self.calls.append("delivered")
+
+    def dead_lettered(self, entry: object, reason: str) -> None:
+        self.calls.append("dead_lettered")
+
+    def retried(self, entry: object, reason: str) -> None:
+        self.calls.append("retried")
+
+
+class ForwardAuditTests(SynchronousTestCase):
+    """Forwarding events become audit records and still reach the metrics observer."""
+
+    def setUp(self) -> None:
+        self.sink = MemorySink()
+        self.inner = _Inner()
+        self.observer = AuditingForwardObserver(
+            self.inner, trail(self.sink), lambda: {"pacs": _Dicom(), "disk": _Folder()}
+        )
+
+    def test_delivery_to_dicom_is_instances_transferred(self) -> None:
+        """A delivery to a DICOM AE: 110104 action R, destination AE and address."""
+        self.observer.delivered(_Entry("pacs"), 0.1, "")
+        record = self.sink.records[0]
+        self.assertEqual((record.event_id, record.action, record.disposition), ("110104", "R", "forwarded"))
+        self.assertEqual(record.participants[1].network_access_point, "archive.example:104")
+        self.assertEqual(self.inner.calls, ["delivered"])
+
+    def test_delivery_to_folder_is_data_export(self) -> None:
+        """A delivery to a folder: Data Export with the folder as access point."""
+        self.observer.delivered(_Entry("disk"), 0.1, "")
+        record = self.sink.records[0]
+        self.assertEqual((record.event_id, record.disposition), ("110106", "exported"))
+        self.assertEqual(record.participants[1].network_access_point, "/data/out")
+
+    def test_dead_letter_is_a_serious_failure(self) -> None:
+        """A dead letter: outcome 8 with the reason."""
+        self.observer.dead_lettered(_Entry("pacs"), "0xA900 dataset does not match")
+        record = self.sink.records[0]
+        self.assertEqual((record.outcome, record.disposition), (8, "dead_letter"))
+        self.assertIn("0xA900", record.description)
+
+    def test_other_events_pass_through_unaudited(self) -> None:
+        """A retry reaches the inner observer and writes no record."""
+        self.observer.retried(_Entry("pacs"), "x")
+        self.assertEqual((self.inner.calls, self.sink.records), (["retried"], []))
