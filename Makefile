@@ -18,12 +18,12 @@ CONFIG ?= etc/gateway.yaml
 # Root runs apt-get directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test dcmtk install install-test clean
+.PHONY: run test dcmtk prometheus install install-test clean
 
 run: install
 	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
 
-test: dcmtk install-test
+test: dcmtk prometheus install-test
 	$(PY) -m tests.runner
 
 # DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
@@ -34,6 +34,12 @@ dcmtk:
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# Prometheus and promtool check the shipped rules and scrape the gateway in the interop tests.
+prometheus:
+	@{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || { \
+	    $(SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus; }
 
 # Runtime dependencies plus the build backend, so later reinstalls need no build isolation.
 $(VENV)/.stamp-run: setup.cfg pyproject.toml | $(PY)
