@@ -57,6 +57,8 @@ def default_config(port: int, spool: Path) -> dict[str, Any]:
             "dimse_timeout": "60s",
             "network_timeout": "120s",
         },
+        # Any free port: concurrent test gateways must not compete for 9102.
+        "http": {"host": "127.0.0.1", "port": 0},
     }
 
 
