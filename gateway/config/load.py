@@ -1397,6 +1397,17 @@ def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
             )
             continue
         first[name] = index
+        if "{" in name or "}" in name:
+            # A template resolved per instance (issue 4): its fields must
+            # parse now; _check_references checks it can name a destination.
+            from gateway.template import Template
+
+            try:
+                Template.parse(name)
+            except ValueError as e:
+                ok = False
+                ctx.error(item_node, item_path, str(e))
+                continue
         ctx.shared.forward_refs.append(_ForwardRef(ctx, item_node, item_path, name))
     return names if ok else INVALID
 
@@ -1643,6 +1654,9 @@ def _check_references(ctx: _Context) -> None:
     for ref in shared.forward_refs:
         if ref.name in names:
             continue
+        if "{" in ref.name or "}" in ref.name:
+            _check_forward_template(ref, names)
+            continue
         close = difflib.get_close_matches(ref.name, sorted(names), n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {close[0]!r}?"
@@ -1651,6 +1665,34 @@ def _check_references(ctx: _Context) -> None:
         else:
             hint = "no destinations are configured"
         ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
+
+
+def _check_forward_template(ref: _ForwardRef, names: frozenset[str]) -> None:
+    """Refuse a templated ``forward`` entry that can never name a configured destination.
+
+    Each field may render any text, so the template's shape (its literal
+    text around the fields) must fit at least one destination name; which
+    one is decided per instance, and a result naming none is a routing
+    error counted and kept at run time (:mod:`gateway.route`).
+
+    :param ref: The templated reference (it parsed).
+    :param names: The configured destination names.
+    """
+    from gateway.template import Template
+
+    template = Template.parse(ref.name)
+    shape = re.compile("".join(re.escape(text) if kind == "text" else ".*" for kind, text in template.parts))
+    if template.is_literal:
+        literal = "".join(text for _, text in template.parts)
+        if literal in names:
+            return
+    elif any(shape.fullmatch(name) for name in names):
+        return
+    listed = ", ".join(sorted(names)) if names else "none"
+    ref.ctx.error(
+        ref.node, ref.key_path,
+        f"forward template {ref.name!r} can never name a configured destination (configured: {listed})",
+    )
 
 
 def _check_folders_outside_spool(
