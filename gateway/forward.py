@@ -145,6 +145,9 @@ class ForwardObserver:
     def dead_lettered(self, entry: Entry, reason: str) -> None:
         """An entry went to the dead letters."""
 
+    def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
+        """One destination-wide fault (connection refused, association rejected, ...), circuit open or not."""
+
     def destination_down(self, name: str, reason: str, permanent: bool) -> None:
         """The circuit of destination ``name`` opened."""
 
@@ -647,6 +650,7 @@ class DestinationWorker(Service):
         self._consecutive += 1
         self._last_error = outcome.reason
         self._permanent = outcome.permanent
+        self.observer.destination_fault(self.name, outcome.reason, outcome.permanent)
         self.log.warn(
             "destination {destination} failed ({count} in a row): {reason}",
             destination=self.name,

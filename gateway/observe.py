@@ -446,9 +446,12 @@ class MetricsForwardObserver(ForwardObserver):
         if reason.startswith("morph:"):
             self.metrics.morph_errors.labels(entry.route).inc()
 
-    def destination_down(self, name: str, reason: str, permanent: bool) -> None:
-        """The circuit opened: a destination-wide failure of the kind the worker decided."""
+    def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
+        """Each destination-wide fault is a failed delivery attempt of the kind the worker decided."""
         self.metrics.forward_failures.labels(name, "permanent" if permanent else "transient").inc()
+
+    def destination_down(self, name: str, reason: str, permanent: bool) -> None:
+        """The circuit opened."""
         self.metrics.circuit_opened.labels(name).inc()
         self._set_up(name, False)
 

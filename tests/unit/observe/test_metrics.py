@@ -196,6 +196,14 @@ class ForwardMetricTests(MetricsTestCase):
         self.observer.destination_up("pacs")
         self.assertEqual(self.value("dicom_gateway_destination_up", destination="pacs"), 1)
 
+    def test_every_destination_wide_fault_counts_a_failure_of_its_kind(self) -> None:
+        """Each fault counts, not only the one that opens the circuit: two refusals and a permanent rejection."""
+        self.observer.destination_fault("pacs", "refused", permanent=False)
+        self.observer.destination_fault("pacs", "refused", permanent=False)
+        self.observer.destination_fault("pacs", "rejected (1, 1, 7)", permanent=True)
+        self.assertEqual(self.value("dicom_gateway_forward_failures_total", destination="pacs", kind="transient"), 2)
+        self.assertEqual(self.value("dicom_gateway_forward_failures_total", destination="pacs", kind="permanent"), 1)
+
     def test_redelivery(self) -> None:
         """A delivery after an ambiguous attempt counts a redelivery."""
         self.observer.redelivered(_entry())
