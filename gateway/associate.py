@@ -36,6 +36,7 @@ from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NA
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
+from gateway.tls import describe_tls_failure
 from gateway.ul.association import Association
 from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
 from gateway.tcp import quickack, set_no_delay
@@ -256,11 +257,14 @@ class RequestorProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17, and fail whatever still waits."""
         self.closed = True
+        # A TLS failure (unknown CA, wrong name) ends the connection before
+        # any PDU; say so, so the queue's last error and the log name it.
+        self._tls_failure = describe_tls_failure(reason.value if reason is not None else None)
         self._run(self.association.transport_closed())
         for call in (self._artim, self._acse):
             if call is not None and call.active():
                 call.cancel()
-        self._fail_all(AssociationAborted("transport connection closed"))
+        self._fail_all(AssociationAborted(self._tls_failure or "transport connection closed"))
         if self._released is not None and not self._released.called:
             self._released.callback(None)
 
@@ -299,10 +303,11 @@ class RequestorProtocol(Protocol):
                 # The acceptor asked to release (or a collision): agree.
                 self._run(self.association.release_response())
             elif isinstance(out, AbortIndication):
-                self._fail_all(AssociationAborted(out.detail or f"aborted ({out.source}, {out.reason})"))
+                tls_failure = getattr(self, "_tls_failure", None)
+                self._fail_all(AssociationAborted(tls_failure or out.detail or f"aborted ({out.source}, {out.reason})"))
                 if not self.established.called:
                     self._cancel_acse()
-                    self.established.errback(AssociationAborted(out.detail or "aborted"))
+                    self.established.errback(AssociationAborted(tls_failure or out.detail or "aborted"))
 
     def _artim_fired(self) -> None:
         self._artim = None

@@ -606,3 +606,27 @@ def _pem() -> Any:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return Encoding.PEM
+
+
+def describe_tls_failure(error: BaseException | None) -> str | None:
+    """Say why a client-side TLS connection failed, when it was TLS that failed.
+
+    A destination whose certificate does not verify, or names another host,
+    ends the connection before any PDU; this turns the exception the
+    transport reports into a reason for the queue's ``last_error`` and the
+    log (HARDENING T12, decision 9).
+
+    :param error: the exception the connection was lost with.
+    :returns: ``"TLS failure: ..."``, or ``None`` when the error is not TLS.
+    """
+    if error is None:
+        return None
+    try:
+        from service_identity import VerificationError
+    except ImportError:  # pragma: no cover - service_identity is a dependency
+        VerificationError = ()  # type: ignore[assignment,misc]
+    if isinstance(error, VerificationError):
+        return f"TLS failure: server certificate does not match the expected name ({error})"
+    if isinstance(error, SSL.Error):
+        return f"TLS failure: {_ssl_reason(error)}"
+    return None
