@@ -289,3 +289,64 @@ class ExampleConfigTests(SynchronousTestCase):
         code, out, err = run_check("-c", EXAMPLE, path)
         self.assertEqual(code, 0, err)
         self.assertIn("  route everything -> archive", out.splitlines())
+
+
+def uncomment(text: str, first_line: str) -> str:
+    """Uncomment the block of ``"#  "`` lines starting at ``first_line`` (each loses its ``#``).
+
+    :param text: the file's text.
+    :param first_line: the block's first line, exactly.
+    :returns: the text with the block uncommented.
+    """
+    lines = text.split("\n")
+    index = lines.index(first_line)
+    while index < len(lines) and lines[index].startswith("#  "):
+        lines[index] = lines[index][1:]
+        index += 1
+    return "\n".join(lines)
+
+
+class ExampleRuleTests(SynchronousTestCase):
+    """The commented rule examples of etc/gateway.yaml load and do what their comments say."""
+
+    def setUp(self) -> None:
+        """Load etc/gateway.yaml with the rule examples uncommented."""
+        with open(EXAMPLE, encoding="utf-8") as stream:
+            text = stream.read()
+        text = uncomment(text, "#  - name: ct-edited")
+        text = uncomment(text, "#  - name: no-test-patients")
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "etc"))
+        self.path = os.path.join(root, "etc", "gateway.yaml")
+        with open(self.path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        self.folder = os.path.join(root, "files")
+        os.makedirs(self.folder)
+
+    def test_uncommented_rule_examples_are_valid(self) -> None:
+        """The configuration loads with the four routes in file order."""
+        config = load_config(self.path)
+        self.assertEqual([r.name for r in config.routes][:4],
+                         ["everything", "ct-edited", "no-test-patients", "discard-sr"])
+
+    def test_ct_edited_route_changes_what_it_says(self) -> None:
+        """From CT1, a CT file's ct-edited copy has the institution, station, birth date and accession changed."""
+        path = write_file(self.folder, "ct.dcm", AccessionNumber="0042", PatientBirthDate="19700101")
+        code, out, err = run_check("-c", self.path, "--json", "--calling-ae", "CT1", path)
+        self.assertEqual(code, 0, err)
+        routes = {r["route"]: r for r in json.loads(out)[0]["routes"]}
+        self.assertEqual(sorted(routes)[:2], ["ct-edited", "everything"])
+        self.assertEqual({(c["path"], c["old"], c["new"]) for c in routes["ct-edited"]["changes"]}, {
+            ("InstitutionName", None, "Example Hospital"),
+            ("StationName", None, "CT1"),
+            ("PatientBirthDate", "19700101", None),
+            ("AccessionNumber", "0042", "42"),
+        })
+
+    def test_test_patients_are_rejected_over_every_other_route(self) -> None:
+        """PatientID TEST1 is rejected with 0xA900 although 'everything' matched first."""
+        path = write_file(self.folder, "test.dcm", PatientID="TEST1")
+        code, out, err = run_check("-c", self.path, "--json", path)
+        self.assertEqual(code, 0, err)
+        report = json.loads(out)[0]
+        self.assertEqual(report["rejected"], "0xA900 by route no-test-patients")
