@@ -281,6 +281,10 @@ class _Slot:
     index: int
     association: ClientAssociation | None = None
     proposed: frozenset[tuple[str, str]] = frozenset()
+    #: (SOP class, transfer syntax) pairs this association refused: an entry
+    #: needing one gets a fresh association (the archive may have been fixed,
+    #: e.g. before an operator's retry of its dead letter).
+    refused: set[tuple[str, str]] = field(default_factory=set)
     sent: int = 0
     last_used: float = 0.0
     leased: list[Entry] = field(default_factory=list)
@@ -378,6 +382,9 @@ class DestinationWorker(Service):
         """Start every slot."""
         Service.startService(self)
         self._stopping = False
+        # A new worker starts with its circuit closed: say so in the journal,
+        # replacing whatever an earlier worker (before a reload or restart) left.
+        self._note_circuit(False, "")
         for slot in self._slots:
             slot.done = Deferred.fromCoroutine(self._run_slot(slot))
             slot.done.addErrback(self._crashed, f"slot {slot.index}")
@@ -757,7 +764,8 @@ class DestinationWorker(Service):
         ]
         association = slot.association
         if association is not None:
-            if association.is_open and slot.sent < self.batch_size and set(pairs[:1]) <= slot.proposed:
+            first = set(pairs[:1])
+            if association.is_open and slot.sent < self.batch_size and first <= slot.proposed and not first & slot.refused:
                 return None
             await self._close_association(slot)
         proposals = proposals_for(pairs)
@@ -773,6 +781,7 @@ class DestinationWorker(Service):
         finally:
             slot.connecting = None
         slot.proposed = frozenset((sop, ts) for sop, syntaxes in proposals for ts in syntaxes if ts == syntaxes[0])
+        slot.refused = set()
         slot.sent = 0
         slot.last_used = self.clock.seconds()
         self._destination_ok()
@@ -793,6 +802,7 @@ class DestinationWorker(Service):
         if association.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
             target = self._fallback_syntax(association, header)
             if target is None:
+                slot.refused.add((header.sop_class_uid, header.transfer_syntax_uid))
                 return classify_error(
                     NoPresentationContext(
                         f"no accepted presentation context for {header.sop_class_uid} in {header.transfer_syntax_uid}"

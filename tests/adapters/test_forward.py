@@ -366,6 +366,28 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(states[last.sop_instance_uid], EntryState.DELIVERED)
         self.assertIn("no accepted presentation context", self.store.entries("archive", EntryState.DEAD)[0].dead_reason)
 
+    def test_retried_dead_letter_gets_a_fresh_association(self) -> None:
+        """After the archive is fixed, an operator's retry is not sent down the association that refused its class."""
+        mr = self.instance(sop_class=MR)
+        self.enqueue(mr)
+        peer = FakePeer()
+        peer.rejected_sop_classes.add(MR)
+        worker = self.worker(self.destination(idle_release=300.0), peer)
+        (dead,) = self.store.entries("archive", EntryState.DEAD)
+        self.assertEqual(len(peer.associations), 1)
+        peer.rejected_sop_classes.clear()
+        self.store.requeue_dead(dead.entry_id, self.clock.seconds())
+        worker.poke()
+        self.assertEqual(peer.uids(), [mr.sop_instance_uid])
+        self.assertEqual(len(peer.associations), 2)
+        self.assertEqual(self.states()[mr.sop_instance_uid], EntryState.DELIVERED)
+
+    def test_a_new_worker_records_a_closed_circuit(self) -> None:
+        """A worker that replaces one whose circuit was open (reload) records the circuit closed in the journal."""
+        self.store.set_circuit("archive", True, "association rejected (1, 1, 7)", self.clock.seconds())
+        self.worker(self.destination(), FakePeer())
+        self.assertFalse(self.store.stats(self.clock.seconds())["archive"].circuit_open)
+
     def test_permanent_failure_status_is_dead_lettered_at_once(self) -> None:
         """0xA900 dead-letters the instance on its first attempt, naming the status."""
         record = self.instance()
