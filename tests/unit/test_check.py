@@ -350,3 +350,18 @@ class ExampleRuleTests(SynchronousTestCase):
         self.assertEqual(code, 0, err)
         report = json.loads(out)[0]
         self.assertEqual(report["rejected"], "0xA900 by route no-test-patients")
+
+
+class ReadmeExampleTests(SynchronousTestCase):
+    """The full example of the README's "Routing rules and morphing" section is a valid configuration."""
+
+    def test_readme_rules_example_loads(self) -> None:
+        """The first YAML block of the section loads from etc/ with its five routes."""
+        with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as stream:
+            text = stream.read()
+        section = text[text.index("## Routing rules and morphing"):]
+        block = section[section.index("```yaml") + len("```yaml"):]
+        block = block[: block.index("```")]
+        config = load_config_text(block, "README.md", os.path.join(REPO_ROOT, "etc"))
+        self.assertEqual([r.name for r in config.routes],
+                         ["no-test-patients", "discard-sr", "ct-to-archive", "per-station", "research"])
