@@ -19,6 +19,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -77,6 +78,9 @@ class AcceptorProtocol(Protocol):
         self.assoc_id = f"A{next(_ids)}"
         self._artim: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
+        self._grace: IDelayedCall | None = None
+        #: Waiters for the connection's end (``None`` once it has ended).
+        self._lost: list[Deferred[None]] | None = []
         self._service: StorageService | None = None
         self._negotiation: Negotiation | None = None
         self._counted = False
@@ -107,10 +111,13 @@ class AcceptorProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17: the transport closed."""
         self._run(self.association.transport_closed())
-        for call in (self._artim, self._idle):
+        for call in (self._artim, self._idle, self._grace):
             if call is not None and call.active():
                 call.cancel()
-        self._artim = self._idle = None
+        self._artim = self._idle = self._grace = None
+        waiters, self._lost = self._lost or [], None
+        for waiter in waiters:
+            waiter.callback(None)
         if self._service is not None:
             self._service.connection_lost()
         self.factory.connections.discard(self)
@@ -346,9 +353,35 @@ class AcceptorProtocol(Protocol):
         """Resume reading."""
         self.transport.resumeProducing()
 
-    def shutdown(self) -> None:
-        """Stop for a gateway shutdown: abort an open association, drop a partial instance, close."""
+    def shutdown(self, grace: float = 0.0) -> Deferred[None]:
+        """Stop for a gateway shutdown; fires once the connection is closed.
+
+        An instance being received (or committed) may finish within ``grace``
+        seconds: the modality gets its C-STORE-RSP, then the association is
+        aborted (an acceptor cannot release, PS3.8 7.2). After ``grace``, or
+        at once when nothing is in progress, the association is aborted and a
+        partial instance is discarded, never left half-written.
+        """
+        lost: Deferred[None] = Deferred()
+        if self._lost is None:
+            lost.callback(None)
+            return lost
+        self._lost.append(lost)
+        service = self._service
+        if service is not None and service.busy and grace > 0:
+            self._ending = "gateway shutting down (after its in-flight instance)"
+            service.on_idle = self._abort_for_shutdown
+            self._grace = self._clock.callLater(grace, self._abort_for_shutdown)
+        else:
+            self._abort_for_shutdown()
+        return lost
+
+    def _abort_for_shutdown(self) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
         if self._service is not None:
+            self._service.on_idle = None
             self._service.connection_lost()
         self._ending = "gateway shutting down"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "shutdown"))

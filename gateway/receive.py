@@ -160,6 +160,8 @@ class StorageService:
         self._paused = False
         self._release_requested = False
         self._closed = False
+        #: Called once nothing is in progress and every response is sent (a draining shutdown).
+        self.on_idle: Callable[[], None] | None = None
         self.instances_ok = 0
         self.instances_failed = 0
 
@@ -422,6 +424,8 @@ class StorageService:
         if self._release_requested and not self._responses and self._incoming is None:
             self._release_requested = False
             self._peer.release_response()
+        if self.on_idle is not None and not self.busy and not self._responses:
+            self.on_idle()
 
     def _protocol_violation(self, detail: str) -> None:
         """A DIMSE encapsulation violation: discard the partial instance and A-ABORT(0,0) (HARDENING R2, P24)."""

@@ -56,6 +56,9 @@ from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, 
 from gateway.spool import Spool
 from gateway.ul.negotiate import AcceptorSettings
 
+#: Seconds an association may take to finish its in-flight instance when the gateway stops (SIGTERM).
+SHUTDOWN_GRACE = 10.0
+
 #: How often delivered spool files are cleaned up.
 CLEAN_INTERVAL = 30.0
 
@@ -144,17 +147,16 @@ class ListenerService(Service):
             self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
-        """Stop accepting, then abort open associations (partial instances are discarded)."""
+        """Stop accepting; let each association finish its in-flight instance within the grace period, then abort it."""
         super().stopService()
-        for protocol in list(self.factory.connections):
-            protocol.shutdown()
-        if self.port is not None:
-            return Deferred.fromCoroutine(self._stop_listening())
-        return succeed(None)
+        return Deferred.fromCoroutine(self._stop())
 
-    async def _stop_listening(self) -> None:
-        assert self.port is not None
-        await self.port.stopListening()
+    async def _stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+        closing = [protocol.shutdown(SHUTDOWN_GRACE) for protocol in list(self.factory.connections)]
+        if closing:
+            await DeferredList(closing, consumeErrors=True)
 
 
 class GatewayService(MultiService):
@@ -194,7 +196,7 @@ class GatewayService(MultiService):
         )
         self._observer = observer or self.metrics.forward_observer()
         # Issue 5: the audit trail, fed by listeners, intake and workers.
-        self.audit = build_audit(config, wall)
+        self.audit = build_audit(config, wall, reactor=reactor)
         self._observer = AuditingForwardObserver(
             self._observer, self.audit, lambda: {d.name: d for d in self.config.destinations}
         )
@@ -404,6 +406,10 @@ class GatewayService(MultiService):
         """Stop listeners and workers (workers finish in-flight sends within their grace), close the journal."""
         self.log.info("dicom-gateway stopping")
         self.audit.application_activity("stop", f"dicom-gateway {__version__}")
+        for sink in self.audit.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None and not hasattr(sink, "path"):
+                close()  # syslog; the audit file stays open for the last records
         if self._janitor.running:
             self._janitor.stop()
         self.refresher.stop()

@@ -342,3 +342,51 @@ class DiskFullTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(os.path.join(self.tmp, "incoming")), [])
         proto.dataReceived(modality.command(1, dimse.CEchoRQ(2, VERIFICATION)))
         self.assertEqual([r.status for r in modality.responses(transport)], [0])
+
+
+class ShutdownTests(AcceptorTestsMixin, SynchronousTestCase):
+    """A gateway stop lets the in-flight instance finish within the grace period (issue 3)."""
+
+    def test_in_flight_instance_finishes_then_the_association_is_aborted(self) -> None:
+        """Shutdown mid data set waits; the last fragment is stored and answered 0x0000, then A-ABORT."""
+        uid, data = ct_small()
+        modality = Modality()
+        proto, transport = self.establish(modality)
+        proto.dataReceived(modality.command(3, dimse.CStoreRQ(1, CT_IMAGE, uid)))
+        fragments = modality.dataset(3, data, 1000)
+        proto.dataReceived(fragments[: 3 * 1012])
+        closed = proto.shutdown(grace=10.0)
+        self.assertNoResult(closed)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(fragments[3 * 1012 :])
+        replies = modality.responses(transport)
+        self.assertEqual([getattr(r, "status", None) for r in replies], [0, None])
+        self.assertEqual(replies[1], pdu.AAbort(0, 0))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.committed()), 1)
+        proto.connectionLost(None)
+        self.successResultOf(closed)
+
+    def test_grace_expiry_aborts_and_keeps_no_partial_file(self) -> None:
+        """A sender that stalls past the grace period is aborted and its partial instance discarded."""
+        uid, data = ct_small()
+        modality = Modality()
+        proto, transport = self.establish(modality)
+        proto.dataReceived(modality.command(3, dimse.CStoreRQ(1, CT_IMAGE, uid)))
+        proto.dataReceived(modality.dataset(3, data, 1000)[: 2 * 1012])
+        proto.shutdown(grace=10.0)
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(modality.read(transport), [pdu.AAbort(0, 0)])
+        self.assertEqual(self.committed(), [])
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "incoming")), [])
+
+    def test_idle_association_is_aborted_at_once(self) -> None:
+        """With nothing in progress the association is aborted immediately."""
+        modality = Modality()
+        proto, transport = self.establish(modality)
+        proto.shutdown(grace=10.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(modality.read(transport), [pdu.AAbort(0, 0)])
