@@ -592,3 +592,80 @@ def read_records(path: str) -> list[dict[str, Any]]:
     """
     with open(path, encoding="ascii") as stream:
         return [json.loads(line) for line in stream if line.strip()]
+
+
+class SyslogTLSSink:
+    """Sends audit records to a collector as RFC 5424 messages over TLS (RFC 5425).
+
+    The connection is kept by a Twisted ``ClientService`` (reconnecting with
+    backoff); records written while it is down wait in a bounded buffer, the
+    oldest dropped first (counted in :attr:`dropped`): the JSON-lines file
+    stays the record of truth, syslog is a copy for the site's SIEM.
+
+    :param reactor: the reactor (time).
+    :param endpoint: a client endpoint, normally TLS-wrapped (see
+        :func:`gateway.security.build_audit`).
+    :param hostname: our host name for the messages' HOSTNAME field.
+    :param max_pending: records buffered while disconnected.
+    """
+
+    log = Logger(namespace="gateway.audit")
+
+    def __init__(self, reactor: Any, endpoint: Any, hostname: str, max_pending: int = 10000) -> None:
+        from collections import deque
+
+        from twisted.application.internet import ClientService, backoffPolicy
+        from twisted.internet.protocol import Factory, Protocol
+
+        sink = self
+
+        class _Sender(Protocol):
+            def connectionMade(self) -> None:
+                sink._connected(self)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                sink._lost(self)
+
+        self.hostname = hostname
+        self._pending: Any = deque(maxlen=max_pending)
+        self._protocol: Any = None
+        self.dropped = 0
+        self.sent = 0
+        self._service = ClientService(
+            endpoint, Factory.forProtocol(_Sender), retryPolicy=backoffPolicy(maxDelay=60.0), clock=reactor
+        )
+
+    def start(self) -> None:
+        """Start connecting (and reconnecting)."""
+        self._service.startService()
+
+    def close(self) -> Any:
+        """Stop the connection; buffered records are dropped.
+
+        :returns: a Deferred that fires when the connection is closed.
+        """
+        return self._service.stopService()
+
+    def write(self, record: AuditRecord) -> None:
+        """Send one record now, or buffer it until the collector is reachable.
+
+        :param record: the record.
+        """
+        frame = format_rfc5424(record, self.hostname, procid=str(os.getpid()))
+        if self._protocol is not None:
+            self._protocol.transport.write(frame)
+            self.sent += 1
+            return
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        self._pending.append(frame)
+
+    def _connected(self, protocol: Any) -> None:
+        self._protocol = protocol
+        while self._pending:
+            protocol.transport.write(self._pending.popleft())
+            self.sent += 1
+
+    def _lost(self, protocol: Any) -> None:
+        if self._protocol is protocol:
+            self._protocol = None

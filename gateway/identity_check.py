@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Mapping, Protocol
 
+from zope.interface import Attribute, Interface
+
 from gateway.ul.errors import RejectReasonUser, RejectResult, RejectSource
 from gateway.ul.items import UserIdentityAC, UserIdentityRQ
 from gateway.ul.pdu import AAssociateRJ, AAssociateRQ
@@ -85,6 +87,24 @@ class IAssertionVerifier(Protocol):
 
         :param identity: the 0x58 sub-item.
         :returns: the verdict.
+        """
+
+
+class IUserIdentityVerifier(Interface):
+    """A drop-in plugin checking Kerberos tickets, SAML assertions or JWTs (types 3 to 5).
+
+    Declared as a Twisted plugin in a plugin folder (``@implementer(IPlugin,
+    IUserIdentityVerifier)``) and named by a listener's
+    ``user_identity.verifiers`` (``{jwt: my_jwt_plugin}``).
+    """
+
+    name = Attribute("The plugin's name as the configuration writes it, a str.")
+
+    def verify(identity: UserIdentityRQ) -> Verdict:  # type: ignore[misc]
+        """Check one identity.
+
+        :param identity: the 0x58 sub-item.
+        :returns: the verdict (with the 0x59 server response on success).
         """
 
 

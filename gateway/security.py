@@ -97,21 +97,66 @@ def listener_identity(listener: ListenerConfig, verifiers: dict[int, Any] | None
     if settings.policy == "off":
         return None
     users = load_users(settings.users_file) if settings.users_file else {}
-    return UserIdentityChecker(IdentityPolicy(settings.policy), users, dict(verifiers or {}))
+    found = dict(verifiers or {})
+    if settings.verifiers and verifiers is None:
+        found = _verifier_plugins(dict(settings.verifiers))
+    return UserIdentityChecker(IdentityPolicy(settings.policy), users, found)
 
 
-def build_audit(config: GatewayConfig, wall: Callable[[], float], extra_sinks: list[IAuditSink] | None = None) -> AuditTrail:
-    """The audit trail the configuration asks for (the file, and later syslog).
+def _verifier_plugins(wanted: dict[int, str]) -> dict[int, Any]:
+    """Find the user identity verifier plugins a listener names, by identity type.
+
+    :param wanted: ``{identity type: plugin name}``.
+    :returns: ``{identity type: plugin}``.
+    :raises UsersFileError: naming a plugin that is not installed.
+    """
+    from twisted.plugin import getPlugins
+
+    import gateway.dropins
+    from gateway.identity_check import IUserIdentityVerifier
+
+    available = {getattr(plugin, "name", ""): plugin for plugin in getPlugins(IUserIdentityVerifier, gateway.dropins)}
+    missing = sorted(name for name in wanted.values() if name not in available)
+    if missing:
+        raise UsersFileError(f"user identity verifier plugin(s) not found: {', '.join(missing)}")
+    return {kind: available[name] for kind, name in wanted.items()}
+
+
+def build_audit(
+    config: GatewayConfig,
+    wall: Callable[[], float],
+    extra_sinks: list[IAuditSink] | None = None,
+    reactor: Any = None,
+) -> AuditTrail:
+    """The audit trail the configuration asks for: the JSON-lines file, and syslog over TLS.
 
     :param config: the configuration.
     :param wall: wall-clock time.
     :param extra_sinks: further sinks (tests).
+    :param reactor: needed for syslog; without it syslog is not started.
     :returns: the trail; without a file it still counts records.
+    :raises gateway.tls.TLSConfigError: when the syslog TLS files cannot be used.
     """
     sinks: list[IAuditSink] = list(extra_sinks or [])
     if config.audit.file:
         sinks.append(JsonLinesFile(config.audit.file, config.audit.rotate.size, config.audit.rotate.keep))
-    return AuditTrail(sinks, ae_title=config.ae_title, wall=wall)
+    trail = AuditTrail(sinks, ae_title=config.ae_title, wall=wall)
+    syslog = config.audit.syslog
+    if syslog.host and reactor is not None:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        from gateway.audit import SyslogTLSSink
+        from gateway.tls import client_creator
+
+        # RFC 5425: syslog over TLS, the server verified like a destination.
+        creator = client_creator(
+            ClientTLSSettings(syslog.ca, syslog.server_name, syslog.certificate, syslog.private_key), syslog.host
+        )
+        endpoint = wrapClientTLS(creator, HostnameEndpoint(reactor, syslog.host, syslog.port, timeout=10))
+        sink = SyslogTLSSink(reactor, endpoint, trail.hostname)
+        sink.start()
+        trail.sinks.append(sink)
+    return trail
 
 
 __all__ = [

@@ -8,8 +8,10 @@ import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.audit import (
     AuditTrail,
@@ -230,3 +232,60 @@ class ForwardAuditTests(SynchronousTestCase):
         """A retry reaches the inner observer and writes no record."""
         self.observer.retried(_Entry("pacs"), "x")
         self.assertEqual((self.inner.calls, self.sink.records), (["retried"], []))
+
+
+class SyslogOverTLSTests(TestCase):
+    """Records reach a TLS syslog collector (RFC 5425), buffered until it is reachable."""
+
+    timeout = 30
+
+    def test_records_written_before_the_connection_arrive_framed(self) -> None:
+        """Two records written at once arrive, in order, as octet-counted RFC 5424 messages over TLS."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        from gateway.config.load import load_config_text
+        from gateway.security import build_audit
+        from gateway.tls import ServerTLS, ServerTLSSettings
+        from tests.support.certs import material
+
+        m = material()
+        received = bytearray()
+
+        class Collector(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+
+        server = ServerTLS(ServerTLSSettings(m.server, m.server_key))
+        endpoint = SSL4ServerEndpoint(reactor, 0, server, interface="127.0.0.1")  # type: ignore[arg-type]
+
+        async def run() -> None:
+            port = await endpoint.listen(Factory.forProtocol(Collector))
+            self.addCleanup(port.stopListening)
+            config = load_config_text(
+                "ae_title: GW\nspool: /tmp/s\nlisten: [{host: 127.0.0.1, port: 0}]\n"
+                f"audit: {{syslog: {{host: 127.0.0.1, port: {port.getHost().port}, ca: {m.ca}}}}}\n",
+                "t.yaml",
+                "/tmp",
+            )
+            t = build_audit(config, lambda: 1700000000.0, reactor=reactor)
+            sink = t.sinks[-1]
+            self.addCleanup(sink.close)  # type: ignore[attr-defined]
+            t.application_activity("start")
+            t.application_activity("stop")
+            for _ in range(200):
+                if received.count(b"DICOM+RFC3881") == 2:
+                    break
+                d: Any = Deferred()
+                reactor.callLater(0.05, d.callback, None)  # type: ignore[attr-defined]
+                await d
+            frames = []
+            rest = bytes(received)
+            while rest:
+                length, _, rest = rest.partition(b" ")
+                frames.append(rest[: int(length)])
+                rest = rest[int(length):]
+            self.assertEqual([json.loads(f.split(b"\xef\xbb\xbf", 1)[1])["disposition"] for f in frames], ["start", "stop"])
+
+        return Deferred.fromCoroutine(run())
