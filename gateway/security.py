@@ -269,3 +269,57 @@ def audit_received(audit: AuditTrail, report: Any, peer: str = "") -> None:
         destination=audit.us("destination"),
         extra={"correlation_id": report.correlation_id} if report.correlation_id else None,
     )
+
+
+def audit_admission(audit: AuditTrail, admission: Any, spooled: Any, info: Any) -> Any:
+    """Audit one instance as the intake admitted it: received, and dropped when a drop route took it.
+
+    Called with the intake's :class:`~gateway.intake.Admission` once the
+    instance is journaled (before the C-STORE response), with the
+    association's peer address and TLS subject at hand. An instance a route
+    rejected (a failure status to the modality) is not received: it is left
+    out, and the modality keeps its copy.
+
+    :param audit: the audit trail.
+    :param admission: the intake's answer.
+    :param spooled: the :class:`~gateway.spool.SpooledInstance`.
+    :param info: the :class:`~gateway.receive.AssociationInfo`.
+    :returns: ``admission``, unchanged (a Deferred callback).
+    """
+    from gateway.audit import Outcome, Participant
+
+    status = getattr(admission, "status", 0)
+    if status not in (0x0000, 0x0001, 0x0107, 0x0116) and not 0xB000 <= status <= 0xBFFF:
+        return admission
+    summary = spooled.summary
+    calling = "".join(c if " " <= c <= "~" else "?" for c in info.calling_ae_title.strip(" "))
+    source = Participant(
+        user_id=calling,
+        role="Source Role ID",
+        network_access_point=info.peer_address,
+        requestor=True,
+        certificate_subject=info.tls_subject,
+    )
+    common = dict(
+        sop_instance_uid=summary.sop_instance_uid or "",
+        sop_class_uid=summary.sop_class_uid or "",
+        study_uid=summary.study_instance_uid or "",
+        patient_id=summary.patient_id or "",
+    )
+    extra = {"listener": info.listener}
+    correlation = getattr(admission, "correlation_id", "")
+    if correlation:
+        extra["correlation_id"] = correlation
+    audit.instance("received", source=source, destination=audit.us("destination"), extra=extra, **common)
+    if getattr(admission, "dropped", False):
+        matched = ", ".join(getattr(admission, "matched", ()))
+        audit.instance(
+            "dropped",
+            source=audit.us("source"),
+            destination=Participant(user_id="", role="Destination Role ID"),
+            outcome=Outcome.SUCCESS,
+            description=f"dropped by route(s) {matched}" if matched else "dropped by a drop route",
+            extra=extra,
+            **common,
+        )
+    return admission

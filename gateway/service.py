@@ -35,7 +35,7 @@ from gateway.access import AccessPolicy
 from gateway.audit import Outcome
 from gateway.security import (
     AuditingForwardObserver,
-    audit_received,
+    audit_admission,
     build_audit,
     listener_access,
     listener_identity,
@@ -323,6 +323,7 @@ class GatewayService(MultiService):
         """The intake's ``admit``, with its outcome counted (routes, unrouted, duplicates)."""
         d = self.intake.admit(spooled, info)
         d.addCallback(self.metrics.admitted)
+        d.addCallback(lambda admission: audit_admission(self.audit, admission, spooled, info))
         return d
 
     def _declare_metrics(self) -> None:
@@ -337,7 +338,6 @@ class GatewayService(MultiService):
 
     def _instance_reported(self, report: Any) -> None:
         self.metrics.instance_reported(report)
-        audit_received(self.audit, report)
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
         def failed(peer: str, reason: str, detail: str) -> None:

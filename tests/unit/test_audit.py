@@ -289,3 +289,66 @@ class SyslogOverTLSTests(TestCase):
             self.assertEqual([json.loads(f.split(b"\xef\xbb\xbf", 1)[1])["disposition"] for f in frames], ["start", "stop"])
 
         return Deferred.fromCoroutine(run())
+
+
+@dataclass(frozen=True)
+class _Summary:
+    sop_instance_uid: str = "1.2.3.4"
+    sop_class_uid: str = "1.2.840.10008.5.1.4.1.1.2"
+    study_instance_uid: str = "1.2.3"
+    patient_id: str = "PID"
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    summary: _Summary = _Summary()
+
+
+@dataclass(frozen=True)
+class _Info:
+    calling_ae_title: str = "CT1 "
+    peer_address: str = "10.0.0.9:4000"
+    tls_subject: str = "CN=modality1"
+    listener: str = "secure"
+
+
+@dataclass(frozen=True)
+class _Admission:
+    status: int = 0
+    dropped: bool = False
+    matched: tuple[str, ...] = ()
+    correlation_id: str = "c9"
+
+
+class AdmissionAuditTests(SynchronousTestCase):
+    """Received and dropped instances are audited at admission, with the sender's address and certificate."""
+
+    def test_received_instance_names_its_sender(self) -> None:
+        """A journaled instance: one received record with the peer, certificate subject and patient."""
+        from gateway.security import audit_admission
+
+        sink = MemorySink()
+        admission = _Admission()
+        self.assertIs(audit_admission(trail(sink), admission, _Spooled(), _Info()), admission)
+        (record,) = sink.records
+        self.assertEqual(record.disposition, "received")
+        self.assertEqual(record.participants[0].user_id, "CT1")
+        self.assertEqual(record.participants[0].certificate_subject, "CN=modality1")
+        self.assertEqual(record.objects[1].id, "PID")
+
+    def test_dropped_instance_is_received_then_dropped(self) -> None:
+        """A drop route: received, then dropped with the route named."""
+        from gateway.security import audit_admission
+
+        sink = MemorySink()
+        audit_admission(trail(sink), _Admission(dropped=True, matched=("junk",)), _Spooled(), _Info())
+        self.assertEqual([r.disposition for r in sink.records], ["received", "dropped"])
+        self.assertIn("junk", sink.records[1].description)
+
+    def test_route_rejection_is_not_a_receipt(self) -> None:
+        """A failure status (a reject route) records nothing: the modality keeps the instance."""
+        from gateway.security import audit_admission
+
+        sink = MemorySink()
+        audit_admission(trail(sink), _Admission(status=0xA700), _Spooled(), _Info())
+        self.assertEqual(sink.records, [])
