@@ -460,6 +460,20 @@ class AcceptorFactory(Factory):
             self.observer.association_rejected(self.name, request.calling_ae_title)
 
     def _provider_check(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
+        """AE-6's service-provider test, with every rejection audited (issue 5: every association is)."""
+        rejection = self._provider_rejection(request)
+        if rejection is not None and self.audit is not None:
+            self.audit.association_rejected(
+                peer="",
+                calling_ae_title=printable(request.calling_ae_title),
+                called_ae_title=printable(request.called_ae_title),
+                listener=self.name,
+                reason="rejected by the service provider (ACSE rules, spool space or association limit)",
+                rejection=(int(rejection.result), int(rejection.source), int(rejection.reason)),
+            )
+        return rejection
+
+    def _provider_rejection(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
         """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4)."""
         rejection = check_acse(request, self.acceptor_settings)
         if rejection is not None:

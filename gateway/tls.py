@@ -501,7 +501,7 @@ class _ListenerTLSProtocol(BufferingTLSTransport):
         """A connection that ends before its handshake finished is a handshake failure."""
         self._cancel_deadline()
         if not self._handshakeDone:
-            error = self._reason.value if self._reason is not None else reason.value
+            error = self._reason.value if self._reason is not None else getattr(reason, "value", None)
             label = classify_handshake_failure(error if isinstance(error, SSL.Error) else None, self.verify_errors)
             if isinstance(error, SSL.Error) or self.verify_errors:
                 self._report(label, _ssl_reason(error))
