@@ -279,6 +279,20 @@ def _load_or_exit(path: str) -> Any:
         raise SystemExit(1)
 
 
+def _check_material_or_exit(path: str, config: Any) -> Any:
+    """For ``run`` and ``check``: open the TLS and identity files the configuration names."""
+    from gateway.security import check_material
+
+    # TLS certificates, keys and users files are opened here, so a missing
+    # or mismatched file is one line per problem, not a start-up traceback.
+    problems = check_material(config)
+    if problems:
+        print(f"{path}: unusable TLS or identity files ({len(problems)} problem(s)):", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
+        raise SystemExit(1)
+    return config
+
+
 def _run(reactor: Any, config: Any) -> Deferred[None]:
     from gateway.service import GatewayService
 
@@ -370,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         raise SystemExit(run_tls_init(args.directory, args.name, args.force))
     if args.command == "check":
-        config = _load_or_exit(args.config)
+        config = _check_material_or_exit(args.config, _load_or_exit(args.config))
         if not args.files:
             message = (
                 f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s), "
@@ -403,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(1)
         return
     if args.command == "run":
-        config = _load_or_exit(args.config)
+        config = _check_material_or_exit(args.config, _load_or_exit(args.config))
         _start_logging(config, args.log_level)
         react(_run, [config])
     elif args.command == "echo":

@@ -323,3 +323,42 @@ def audit_admission(audit: AuditTrail, admission: Any, spooled: Any, info: Any) 
             **common,
         )
     return admission
+
+
+def check_material(config: GatewayConfig) -> list[str]:
+    """Try every certificate, key, CA and users file the configuration names (for ``run`` and ``check``).
+
+    The loader checks the shape of the configuration; this opens the files,
+    so a missing certificate or a key that does not match is reported as
+    one line per problem instead of a traceback at start-up.
+
+    :param config: the validated configuration.
+    :returns: the problems, empty when every file is usable.
+    """
+    from gateway.tls import TLSConfigError, client_creator
+
+    problems: list[str] = []
+    for listener in config.listen:
+        try:
+            server_tls(listener)
+        except TLSConfigError as error:
+            problems.append(f"listener {listener.name}: {error}")
+        try:
+            listener_identity(listener)
+        except UsersFileError as error:
+            problems.append(f"listener {listener.name}: {error}")
+    for destination in config.destinations:
+        tls = getattr(destination, "tls", None)
+        if tls is None:
+            continue
+        try:
+            client_creator(client_tls_settings(tls), destination.host)  # type: ignore[union-attr]
+        except TLSConfigError as error:
+            problems.append(f"destination {destination.name}: {error}")
+    syslog = config.audit.syslog
+    if syslog.host:
+        try:
+            client_creator(ClientTLSSettings(syslog.ca, syslog.server_name, syslog.certificate, syslog.private_key), syslog.host)
+        except TLSConfigError as error:
+            problems.append(f"audit syslog: {error}")
+    return problems

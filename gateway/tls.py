@@ -56,6 +56,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as _tssl
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -585,7 +586,7 @@ def client_creator(settings: ClientTLSSettings, host: str) -> Any:
         key_pem = _read(settings.private_key, "private key") if settings.private_key else cert_pem
         try:
             client_certificate = _tssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
-        except (crypto.Error, SSL.Error, ValueError) as error:
+        except (crypto.Error, SSL.Error, ValueError, VerifyError) as error:
             raise TLSConfigError(
                 f"cannot use the client certificate {settings.certificate} with {settings.private_key}: {error}"
             ) from error

@@ -144,3 +144,39 @@ destinations:
     def test_audit_defaults_to_no_file(self) -> None:
         """Without the section there is no audit file."""
         self.assertEqual(load("listen: [{host: 0.0.0.0, port: 1}]\n").audit.file, "")
+
+
+class MaterialCheckTests(SynchronousTestCase):
+    """``run`` and ``check`` open every TLS and identity file before starting (no start-up traceback)."""
+
+    def test_missing_and_mismatched_files_are_listed(self) -> None:
+        """A missing listener certificate and a destination key that does not match are both reported."""
+        from gateway.security import check_material
+        from tests.support.certs import material
+
+        m = material()
+        config = load(
+            f"""
+listen:
+  - {{host: 0.0.0.0, port: 1, tls: {{certificate: /nonexistent.pem, private_key: {m.server_key}}}}}
+  - {{host: 0.0.0.0, port: 2, user_identity: {{policy: required, users_file: /nonexistent-users}}}}
+destinations:
+  pacs: {{ae_title: P, host: h, port: 1, tls: {{ca: {m.ca}, certificate: {m.server}, private_key: {m.client_key}}}}}
+"""
+        )
+        problems = check_material(config)
+        self.assertEqual(len(problems), 3, problems)
+        self.assertIn("cannot read the certificate /nonexistent.pem", problems[0])
+        self.assertIn("cannot read the users file", problems[1])
+        self.assertTrue(problems[2].startswith("destination pacs:"))
+
+    def test_good_files_pass(self) -> None:
+        """The test material passes."""
+        from gateway.security import check_material
+        from tests.support.certs import material
+
+        m = material()
+        config = load(
+            f"listen: [{{host: 0.0.0.0, port: 1, tls: {{certificate: {m.server}, private_key: {m.server_key}, ca: {m.ca}}}}}]\n"
+        )
+        self.assertEqual(check_material(config), [])
