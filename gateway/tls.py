@@ -131,9 +131,9 @@ _VERIFY_REASONS: dict[int, str] = {
     23: "revoked",
     24: "invalid_ca",
     26: "wrong_key_usage",  # invalid purpose
-    68: "weak_key",  # EE key too small (X509_V_ERR_EE_KEY_TOO_SMALL)
-    67: "weak_key",  # CA key too small
-    66: "weak_signature",  # CA md too weak
+    66: "weak_key",  # X509_V_ERR_EE_KEY_TOO_SMALL
+    67: "weak_key",  # X509_V_ERR_CA_KEY_TOO_SMALL
+    68: "weak_signature",  # X509_V_ERR_CA_MD_TOO_WEAK
 }
 
 
@@ -433,6 +433,10 @@ def classify_handshake_failure(error: BaseException | None, verify_errors: list[
         if errno in _VERIFY_REASONS:
             return _VERIFY_REASONS[errno]
     text = _ssl_reason(error).lower() if error is not None else ""
+    if "key too small" in text:
+        return "weak_key"
+    if "md too weak" in text or "digest too weak" in text:
+        return "weak_signature"
     if "peer did not return a certificate" in text or "certificate required" in text:
         return "no_certificate"
     if "unsupported protocol" in text or "protocol version" in text or "version too low" in text:

@@ -152,6 +152,7 @@ def issue(
     organisation: str = "dicom-gateway",
     days: int = DEFAULT_DAYS,
     not_before: datetime.datetime | None = None,
+    key_bits: int = 2048,
 ) -> Issued:
     """An end-entity certificate signed by ``ca``.
 
@@ -164,9 +165,10 @@ def issue(
     :param days: validity in days.
     :param not_before: start of validity; an hour ago by default (give a
         past date and few days for an expired certificate).
+    :param key_bits: the RSA key size (tests make weak 1024-bit keys).
     :returns: the certificate and key.
     """
-    key = new_key()
+    key = new_key(key_bits)
     start, end = _window(not_before, days)
     usages = []
     if server:

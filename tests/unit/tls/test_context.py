@@ -317,3 +317,33 @@ class WriteHelpersTests(SynchronousTestCase):
         write_certificate(path, leaf, ca)
         with open(path) as stream:
             self.assertEqual(stream.read().count("BEGIN CERTIFICATE"), 2)
+
+
+class WeakKeyTests(SynchronousTestCase):
+    """Weak keys are refused on both sides (HARDENING T11; PS3.15 B.10/B.11 key lengths)."""
+
+    def setUp(self) -> None:
+        self.m = material()
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        ca = make_ca("weak test CA")
+        self.ca_path = os.path.join(self.dir, "ca.pem")
+        write_certificate(self.ca_path, ca)
+        weak = issue(ca, "weak", names=("localhost",), key_bits=1024)
+        self.cert = os.path.join(self.dir, "weak.pem")
+        self.key = os.path.join(self.dir, "weak-key.pem")
+        write_certificate(self.cert, weak)
+        write_key(self.key, weak)
+
+    def test_weak_server_key_is_a_config_error(self) -> None:
+        """A 1024-bit RSA gateway key is refused when the context is built."""
+        error = self.assertRaises(TLSConfigError, build_server_context, ServerTLSSettings(self.cert, self.key))
+        self.assertIn("too weak", str(error))
+
+    def test_weak_client_key_fails_the_handshake(self) -> None:
+        """A client presenting a 1024-bit RSA certificate fails with reason weak_key."""
+        server_tls = ServerTLS(ServerTLSSettings(self.m.server, self.m.server_key, self.ca_path, True))
+        client = _client_context(None, cert=self.cert, key=self.key, ciphers="DEFAULT:@SECLEVEL=0")
+        server, _client, error = handshake(server_tls, client)
+        self.assertIsNotNone(error)
+        self.assertEqual(classify_handshake_failure(error, server.verify_errors), "weak_key")  # type: ignore[attr-defined]
