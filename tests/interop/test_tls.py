@@ -233,6 +233,44 @@ class WrongProtocolTests(TLSGatewayMixin, TestCase):
         self.assert_still_serving()
 
 
+class GarbageInsideTLSTests(TLSGatewayMixin, TestCase):
+    """TLS does not change upper-layer behaviour (HARDENING T17)."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.start_tls_gateway()
+
+    @staticmethod
+    def exchange(sock: Any, data: bytes) -> bytes:
+        """Send ``data`` and read the answer: an A-ABORT PDU is 10 bytes (PS3.8 9.3.8); stop there or at close."""
+        sock.sendall(data)
+        received = b""
+        while len(received) < 10:
+            try:
+                chunk = sock.recv(4096)
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+    def test_unknown_pdu_inside_tls_is_answered_as_on_plain_tcp(self) -> None:
+        """An unknown PDU type gets the same A-ABORT over TLS as over plain TCP."""
+        garbage = b"\x09\x00\x00\x00\x00\x04abcd"
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=10) as plain:
+            plain_answer = self.exchange(plain, garbage)
+        context = ssl.create_default_context(cafile=self.m.ca)
+        context.load_cert_chain(self.m.client, self.m.client_key)
+        with socket.create_connection(("127.0.0.1", self.tls_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls_answer = self.exchange(tls, garbage)
+        self.assertEqual(plain_answer[:1], b"\x07")  # A-ABORT
+        self.assertEqual(tls_answer, plain_answer)
+        self.assert_still_serving()
+
+
 class ReloadTests(TLSGatewayMixin, TestCase):
     """SIGHUP with a renewed certificate (T16)."""
 

@@ -42,11 +42,7 @@ class Material:
 
     def __getattr__(self, name: str) -> str:
         """``m.client`` -> ``.../client.pem``, ``m.client_key`` -> ``.../client-key.pem``."""
-        stem = name.replace("_", "-")
-        if stem.endswith("-key"):
-            path = self.dir / f"{stem}.pem"
-        else:
-            path = self.dir / f"{stem}.pem"
+        path = self.dir / f"{name.replace('_', '-')}.pem"
         if not path.exists():
             raise AttributeError(name)
         return str(path)
