@@ -297,29 +297,47 @@ class ReloadTests(TLSGatewayMixin, TestCase):
         return dict(item[0] for item in cert["subject"])["commonName"]
 
     def test_renewed_certificate_is_served_while_a_running_association_completes(self) -> None:
-        """An association opened before SIGHUP keeps working after it; new handshakes see the renewed certificate."""
+        """A transfer on an association opened before SIGHUP goes on after it; new handshakes see the renewed certificate."""
+        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        from tests.support.datasets import ct_dataset
+
+        def instance(seed: int) -> Any:
+            from pydicom.dataset import FileMetaDataset
+
+            ds = ct_dataset(128, 128, seed=seed)
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            return ds
 
         self.assertEqual(self.served_subject(), "dicom-gateway")
         ae = AE(ae_title="PYNET")
         ae.add_requested_context(Verification)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         context = ssl.create_default_context(cafile=self.m.ca)
         context.load_cert_chain(self.m.client, self.m.client_key)
         assoc = ae.associate("127.0.0.1", self.tls_port, ae_title="DICOMGW", tls_args=(context, "localhost"))
         self.assertTrue(assoc.is_established)
         try:
-            self.assertEqual(assoc.send_c_echo().Status, 0)
+            # Half the transfer before the renewal...
+            for seed in range(5):
+                self.assertEqual(assoc.send_c_store(instance(seed)).Status, 0)
             shutil.copy(self.m.server2, self.cert)
             shutil.copy(self.m.server2_key, self.key)
             os.kill(self.gw.pid, signal.SIGHUP)
             wait_until(lambda: "TLS certificate and key reloaded" in self.gw.log_text(), 10, self.gw.log_text)
             self.assertEqual(self.served_subject(), "dicom-gateway-renewed")
-            # The association that began under the old certificate carries on.
-            self.assertEqual(assoc.send_c_echo().Status, 0)
+            # ...and the rest after it, on the association that began under the old certificate.
+            for seed in range(5, 10):
+                self.assertEqual(assoc.send_c_store(instance(seed)).Status, 0)
         finally:
             assoc.release()
         self.assertFalse(assoc.is_aborted)
+        received = [r for r in self.audit() if r.get("disposition") == "received"]
+        self.assertEqual(len(received), 10)
+        self.assertEqual({r["participants"][0]["certificate_subject"] for r in received}, {self.m.subject("client")})
 
     def test_bad_new_certificate_is_refused_and_the_old_one_stays(self) -> None:
         """A renewed certificate without its key is refused with a logged error; the old pair keeps serving."""
