@@ -66,6 +66,8 @@ class TLSGatewayMixin(ForwardTestMixin):
         self.m = material()
         gw = GatewayProcess(self.mktemp(), http={"enabled": False}, **overrides)  # type: ignore[attr-defined]
         self.tls_port = free_port("127.0.0.1")
+        while self.tls_port == gw.port:  # neither is bound yet: do not pick the same one twice
+            self.tls_port = free_port("127.0.0.1")
         listener = tls_listener(self.tls_port, self.m, **(tls or {}))
         if access:
             listener["access"] = access
