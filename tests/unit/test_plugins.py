@@ -366,9 +366,17 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, "plugins/dropin.cache is not gitignored")
 
     def test_a_read_only_plugin_folder_still_loads(self) -> None:
-        """When dropin.cache cannot be written the plugins are still found."""
-        if os.geteuid() == 0:
-            raise self.skipTest("root can write into a read-only folder")
+        """When dropin.cache cannot be written (EACCES injected: tests run as root) the plugins are still found."""
+        from twisted.python.filepath import FilePath
+
+        real_set_content = FilePath.setContent
+
+        def refuse_cache(path: FilePath, content: bytes, ext: bytes = b".new") -> None:
+            if path.basename() == "dropin.cache":
+                raise PermissionError(13, "Permission denied", path.path)
+            real_set_content(path, content, ext)
+
+        self.patch(FilePath, "setContent", refuse_cache)
         folder = os.path.abspath(self.mktemp())
         self.write_plugin(
             folder,
@@ -395,8 +403,6 @@ class DiscoveryTests(SynchronousTestCase):
             never = NeverPlugin()
             ''',
         )
-        os.chmod(folder, 0o555)
-        self.addCleanup(os.chmod, folder, 0o755)
         config = load(
             "  - {name: a, match: {plugin: never_for_test}, forward: [archive]}\n",
             [folder],
