@@ -1,0 +1,1 @@
+The gateway speaks the DICOM upper layer and DIMSE itself and receives C-ECHO and C-STORE into a durable spool: the success status is sent only after the instance is fsynced, renamed into place and its folder fsynced.

@@ -1,0 +1,1 @@
+Store and forward: every acknowledged instance is journaled per destination and delivered with retry, backoff, a circuit breaker and dead letters; `dicom-gateway queue`, `find` and `replay` let operators see and act on the queue.
