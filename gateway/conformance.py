@@ -416,7 +416,7 @@ roles. It does not query, retrieve, print, manage worklists or commit storage.
 | Networking SOP Classes | User of Service (SCU) | Provider of Service (SCP) |
 |---|---|---|
 | *Transfer* | | |
-| Storage SOP Classes (the list in 2.2.1.1, section 3) | Yes | Yes |
+| Storage SOP Classes (Table 4.2-2) | Yes | Yes |
 | *Verification* | | |
 | Verification SOP Class | Yes | Yes |
 
@@ -541,7 +541,7 @@ The DICOM Application Context Name is the only one proposed and accepted:
 |---|---|
 
 The Maximum PDU length announced is `limits.max_pdu_length` as SCP and
-`destinations.NAME.max_pdu_length` as SCU (both 262144 bytes by default, 4.4.2). The gateway
+`destinations.NAME.max_pdu_length` as SCU (defaults in 4.4.2). The gateway
 sends P-DATA-TF PDUs no larger than the peer announced; a peer that announces 0 (no limit)
 still gets PDUs no larger than our own cap, and a peer that sends no Maximum Length sub-item
 gets PDUs of at most 16 KiB (HARDENING decision 2). A peer announcing a non-zero maximum below
@@ -551,8 +551,8 @@ gets PDUs of at most 16 KiB (HARDENING decision 2). A peer announcing a non-zero
 
 | Role | Maximum number of simultaneous associations |
 |---|---|
-| Acceptor (SCP) | `limits.max_associations` (default 64) in total over all listeners |
-| Initiator (SCU) | `destinations.NAME.max_associations` per destination (default 1) |
+| Acceptor (SCP) | `limits.max_associations` in total over all listeners (defaults in 4.4.2) |
+| Initiator (SCU) | `destinations.NAME.max_associations` per destination |
 
 The association beyond the acceptor limit is rejected at once with A-ASSOCIATE-RJ transient,
 source service-provider (presentation), reason local-limit-exceeded (RJ 2, 3, 2; PS3.8 9.3.4),
@@ -667,7 +667,8 @@ answered with A-RELEASE-RP once the pending responses are sent.
 
 **Accepted presentation contexts.** Abstract syntaxes: Verification and every storage SOP
 class of Table 4.2-2. Transfer syntaxes: those of Table 4.2-3. Role: SCP. Extended
-negotiation: none (SOP Class Extended and Common Extended Negotiation sub-items are ignored).
+negotiation: none (SOP Class Extended and Common Extended Negotiation sub-items are read and
+not answered, PS3.7 D.3.3.5-D.3.3.6).
 
 Per proposed context (PS3.8 Table 9-18): an abstract syntax not supported gets result 3; no
 acceptable transfer syntax, result 4; a context for which the requestor proposed only the SCP
@@ -716,12 +717,12 @@ No warning status (0xB000, 0xB006, 0xB007) is ever returned: nothing is coerced 
 at reception. Failures of C-STORE carry an Error Comment (0000,0902) saying why.
 
 **Instances over the maximum size.** An instance whose data set exceeds
-`limits.max_instance_size` (default 4 GiB) is read to its end without being written and
+`limits.max_instance_size` (4.4.2) is read to its end without being written and
 answered 0xC000 with the comment "Instance larger than N bytes". The failure is deliberately
 permanent, so that the sender does not retry it forever (HARDENING decision 8).
 
 **Duplicates.** An instance re-sent with the same SOP Instance UID and identical bytes within
-`duplicates.window` (default 1 hour) is answered 0x0000 and not forwarded again to a
+`duplicates.window` (4.4.2) is answered 0x0000 and not forwarded again to a
 destination that already has it (counted). With other bytes, or after the window, it is
 forwarded again: re-sending a study to repair an archive is never ignored (HARDENING
 decision 5).
