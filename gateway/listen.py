@@ -5,7 +5,17 @@
 returns (``_run`` is the only place where outputs touch the world, as in
 ``twisted.web._http2``). It owns the three timers of an acceptor: ARTIM
 (PS3.8 9.1.5, armed and cancelled by the machine's outputs), the network idle
-timeout, and nothing else; DIMSE work is the :class:`~gateway.receive.StorageService`'s.
+timeout, and the write timeout; DIMSE work is the :class:`~gateway.receive.StorageService`'s.
+
+Outbound data is bounded (HARDENING P35): the protocol registers itself as a
+streaming producer of its own transport, so when the transport's write buffer
+fills (a peer that sends requests but never reads our responses) Twisted
+calls :meth:`AcceptorProtocol.pauseProducing`; we then stop reading, so the
+peer gets no more responses to queue, and arm the write timeout
+(``network_timeout``).  If the buffer has not drained when it fires, the
+connection is aborted (``abortConnection``: a FIN could never be delivered
+through a closed window).  Because Twisted does not close a transport whose
+registered producer is paused, every close unregisters the producer first.
 
 :class:`AcceptorFactory` holds what every connection of one listener shares:
 settings, the access policy, the spool, the clock, and the count of live
@@ -79,6 +89,12 @@ class AcceptorProtocol(Protocol):
         self._artim: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
+        # Write timeout, armed while the transport's write buffer is full (P35).
+        self._write_stall: IDelayedCall | None = None
+        # Why reading is paused: the spool catching up, a full write buffer, or both.
+        self._paused_for_spool = False
+        self._paused_for_writes = False
+        self._producing = False
         #: Waiters for the connection's end (``None`` once it has ended).
         self._lost: list[Deferred[None]] | None = []
         self._service: StorageService | None = None
@@ -98,6 +114,9 @@ class AcceptorProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         set_no_delay(self.transport)
+        # HARDENING P35: be told when our own write buffer fills and drains.
+        self.transport.registerProducer(self, True)
+        self._producing = True
         self.factory.connections.add(self)
         self._reset_idle()
         self._run(self.association.transport_connected())
@@ -111,10 +130,10 @@ class AcceptorProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17: the transport closed."""
         self._run(self.association.transport_closed())
-        for call in (self._artim, self._idle, self._grace):
+        for call in (self._artim, self._idle, self._grace, self._write_stall):
             if call is not None and call.active():
                 call.cancel()
-        self._artim = self._idle = self._grace = None
+        self._artim = self._idle = self._grace = self._write_stall = None
         waiters, self._lost = self._lost or [], None
         for waiter in waiters:
             waiter.callback(None)
@@ -141,7 +160,7 @@ class AcceptorProtocol(Protocol):
             elif isinstance(out, StopArtim):
                 self._cancel_artim()
             elif isinstance(out, CloseTransport):
-                self.transport.loseConnection()
+                self._lose_connection()
             elif isinstance(out, AssociateIndication):
                 self._associate(out.request)
             elif isinstance(out, PDataIndication):
@@ -184,7 +203,7 @@ class AcceptorProtocol(Protocol):
         self._idle = None
         self._ending = "idle timeout"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "idle timeout"))
-        self.transport.loseConnection()
+        self._lose_connection()
 
     # -- association establishment ---------------------------------------------------------
 
@@ -343,15 +362,64 @@ class AcceptorProtocol(Protocol):
             self.factory.observer.dimse_protocol_error(self.factory.name)
         self._ending = f"aborted by us ({detail})"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, detail))
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def pause_reading(self) -> None:
         """Stop reading while the spool catches up."""
+        self._paused_for_spool = True
         self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        """Resume reading."""
-        self.transport.resumeProducing()
+        """Resume reading (unless the write buffer is still full)."""
+        self._paused_for_spool = False
+        if not self._paused_for_writes:
+            self.transport.resumeProducing()
+
+    # -- IPushProducer, towards our own transport (HARDENING P35) ---------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: stop reading and arm the write timeout."""
+        if self._paused_for_writes:
+            return
+        self._paused_for_writes = True
+        self.transport.pauseProducing()
+        timeout = self.factory.limits.network_timeout
+        if timeout > 0:
+            self._write_stall = self._clock.callLater(timeout, self._write_timed_out)
+
+    def resumeProducing(self) -> None:
+        """The write buffer drained: disarm the write timeout and read again."""
+        if not self._paused_for_writes:
+            return
+        self._paused_for_writes = False
+        if self._write_stall is not None and self._write_stall.active():
+            self._write_stall.cancel()
+        self._write_stall = None
+        if not self._paused_for_spool:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; :meth:`connectionLost` does the cleanup."""
+
+    def _write_timed_out(self) -> None:
+        """The peer has not read our data for ``network_timeout``: abort the connection (P35)."""
+        self._write_stall = None
+        self._ending = "write timeout (the peer does not read)"
+        self.log.warn("{assoc_id} peer {peer} has not read for {timeout}s; aborting",
+                      assoc_id=self.assoc_id, peer=self._peer, timeout=self.factory.limits.network_timeout)
+        # connectionLost follows at once and discards a partial instance.
+        self._unregister_producer()
+        self.transport.abortConnection()
+
+    def _unregister_producer(self) -> None:
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+
+    def _lose_connection(self) -> None:
+        """Close after flushing; Twisted never closes while a registered producer is paused."""
+        self._unregister_producer()
+        self.transport.loseConnection()
 
     def shutdown(self, grace: float = 0.0) -> Deferred[None]:
         """Stop for a gateway shutdown; fires once the connection is closed.
@@ -385,7 +453,7 @@ class AcceptorProtocol(Protocol):
             self._service.connection_lost()
         self._ending = "gateway shutting down"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "shutdown"))
-        self.transport.loseConnection()
+        self._lose_connection()
 
 
 class AcceptorFactory(Factory):
