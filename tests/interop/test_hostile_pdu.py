@@ -39,7 +39,6 @@ from tests.support.interop import shared_dir
 from tests.support.rawpeer import (
     APPLICATION_CONTEXT_ITEM,
     CT_IMAGE_STORAGE,
-    EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     VERIFICATION,
     RawPeer,
@@ -200,6 +199,14 @@ class HostileMixin:
             wait_until(lambda: response_commands(peer), 5, "C-ECHO-RSP")
             peer.close()
 
+    def assert_logged(self, text: str, timeout: float = 5.0) -> None:
+        """Wait until the gateway's log contains ``text`` (lines are written as connections end).
+
+        :param text: the expected fragment.
+        :param timeout: seconds to wait.
+        """
+        wait_until(lambda: text in self.gateway.log_text(), timeout, f"{text!r} in the gateway log")
+
     def instance_count(self) -> int:
         """Count committed instances in the spool.
 
@@ -261,7 +268,7 @@ class PreAssociationTests(HostileMixin, TestCase):
         self.assertGreaterEqual(at, ARTIM - 0.05)
         self.assertLess(at, ARTIM + SLACK)
         self.assertEqual(peer.received, b"")
-        self.assertIn("ARTIM expired before A-ASSOCIATE-RQ", self.gateway.log_text())
+        self.assert_logged("ARTIM expired before A-ASSOCIATE-RQ")
         self.assert_healthy()
 
     def test_p02_trickled_associate_rq_closed_at_artim_from_accept(self) -> None:
@@ -288,14 +295,14 @@ class PreAssociationTests(HostileMixin, TestCase):
         self.assertLess(at, ARTIM + SLACK)
         rss_after = rss_kib(self.gateway.pid)
         self.assertLess(rss_after - rss_before, 4 * 1024, f"RSS grew from {rss_before} to {rss_after} KiB")
-        self.assertIn("unrecognized PDU type 0x47", self.gateway.log_text())
+        self.assert_logged("unrecognized PDU type 0x47")
         self.assert_healthy()
 
     def test_p04_tls_client_hello_on_plain_port_aborted_2_1_and_logged(self) -> None:
         """P04: a TLS ClientHello (first byte 0x16) on the plain port gets A-ABORT(2,1), logged as unrecognised."""
         hello = bytes.fromhex("16030102000100 01fc0303".replace(" ", "")) + os.urandom(508)
         self.abort_cases({"client hello": hello}, (2, 1))
-        self.assertIn("unrecognized PDU type 0x16", self.gateway.log_text())
+        self.assert_logged("unrecognized PDU type 0x16")
 
     def test_p05_huge_associate_rq_lengths_aborted_2_6_without_allocating(self) -> None:
         """P05: RQ lengths 0xFFFFFFFF, 0x80000000 and 0xFFFFFFF5 get A-ABORT(2,6) and are never allocated."""
@@ -358,10 +365,10 @@ class PreAssociationTests(HostileMixin, TestCase):
             rq = raw_associate_rq(APPLICATION_CONTEXT_ITEM + raw_context(1) + raw_user_information(),
                                   called=called)
             self.assert_rejected(self.peer(), rq, (1, 1, 7))
+        self.assert_logged("A\\x00B\\x07")
         log = self.gateway.log_text()
         self.assertNotIn("\x00", log)
         self.assertNotIn("\x07", log)
-        self.assertIn("A\\x00B\\x07", log)
         self.assertFalse(any("etc" in p.name for p in self.gateway.spool.rglob("*")))
         self.assert_healthy()
 
@@ -374,8 +381,8 @@ class PreAssociationTests(HostileMixin, TestCase):
             rq = raw_associate_rq(APPLICATION_CONTEXT_ITEM + raw_context(1) + raw_user_information(),
                                   calling=calling)
             self.assert_rejected(self.peer(), rq, (1, 1, 3))
+        self.assert_logged("\\x1b[31mRED")
         self.assertNotIn("\x1b", self.gateway.log_text())
-        self.assertIn("\\x1b[31mRED", self.gateway.log_text())
         result = dcmtk.echoscu(self.gateway.port, called_ae="DICOMGW", calling_ae="CT1", timeout=20) \
             if dcmtk.find_tool("echoscu") else None
         if result is not None:
@@ -398,7 +405,7 @@ class PreAssociationTests(HostileMixin, TestCase):
             peer.send(release_rq())
             peer.wait_pdu(_pdu.AReleaseRP, 3)
             peer.close()
-        self.assertIn("sending P-DATA of at most 16 KiB", self.gateway.log_text())
+        self.assert_logged("sending P-DATA of at most 16 KiB")
         self.assert_healthy()
 
     def test_p12_bad_presentation_context_ids_aborted_2_6(self) -> None:
@@ -633,7 +640,8 @@ class EstablishedTests(HostileMixin, TestCase):
         self.assert_closed_by_gateway(peer, 2.0)
         self.assertEqual(response_commands(peer), [])
         self.assert_nothing_spooled(before)
-        self.assertIn("aborted by peer", self.gateway.log_text())
+        wait_until(lambda: "ended: aborted by peer (source 0, reason 0)" in self.gateway.log_text(), 5,
+                   "the peer's abort to be logged")
         self.assert_healthy()
 
     def test_p33_fin_or_reset_mid_dataset_discards_partial(self) -> None:
