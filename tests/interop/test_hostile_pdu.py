@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
 import select
 import struct
 import time
@@ -83,12 +84,53 @@ def shared_gateway() -> GatewayProcess:
     gateway = _shared.get("gw")
     if gateway is not None and gateway.returncode is None:
         return gateway
-    gateway = GatewayProcess(shared_dir("hostile") / f"gw{len(_shared)}", limits=LIMITS,
-                             http={"enabled": False})
+    gateway = GatewayProcess(shared_dir("hostile") / f"gw{len(_shared)}", limits=LIMITS)
     gateway.start()
     atexit.register(gateway.stop, 10)
     _shared["gw"] = gateway
     return gateway
+
+
+def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """Scrape the gateway's ``/metrics`` and sum one metric's samples matching ``labels``.
+
+    :param gateway: a gateway started with its HTTP endpoint (port 0: read from its log).
+    :param name: the sample name, e.g. ``dicom_gateway_artim_expired_total``.
+    :param labels: label values the samples must carry.
+    :returns: the sum (0 when there is no such sample).
+    """
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = re.search(r"on http://([0-9.]+):(\d+)/", gateway.log_text())
+    if found is None:
+        raise AssertionError("the gateway logged no HTTP address")
+    with urlopen(f"http://{found.group(1)}:{found.group(2)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value
+               for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def label_values(gateway: GatewayProcess, label: str) -> set[str]:
+    """Collect every value one label takes in the gateway's ``/metrics``.
+
+    :param gateway: the gateway (HTTP enabled).
+    :param label: the label name.
+    :returns: the distinct values.
+    """
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = re.search(r"on http://([0-9.]+):(\d+)/", gateway.log_text())
+    assert found is not None
+    with urlopen(f"http://{found.group(1)}:{found.group(2)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {sample.labels[label] for family in text_string_to_metric_families(text)
+            for sample in family.samples if label in sample.labels}
 
 
 def rss_kib(pid: int) -> int:
@@ -263,12 +305,14 @@ class PreAssociationTests(HostileMixin, TestCase):
 
     def test_p01_silent_connection_closed_at_artim_with_nothing_sent(self) -> None:
         """P01: a connection that sends nothing is closed at ARTIM (AA-2) and receives zero bytes."""
+        expired = metric(self.gateway, "dicom_gateway_artim_expired_total")
         peer = self.peer()
         at = self.assert_closed_by_gateway(peer, ARTIM + 3)
         self.assertGreaterEqual(at, ARTIM - 0.05)
         self.assertLess(at, ARTIM + SLACK)
         self.assertEqual(peer.received, b"")
         self.assert_logged("ARTIM expired before A-ASSOCIATE-RQ")
+        self.assertEqual(metric(self.gateway, "dicom_gateway_artim_expired_total"), expired + 1)
         self.assert_healthy()
 
     def test_p02_trickled_associate_rq_closed_at_artim_from_accept(self) -> None:
@@ -370,6 +414,8 @@ class PreAssociationTests(HostileMixin, TestCase):
         self.assertNotIn("\x00", log)
         self.assertNotIn("\x07", log)
         self.assertFalse(any("etc" in p.name for p in self.gateway.spool.rglob("*")))
+        # No peer-chosen AE title becomes a metric label (only allow-listed literals do).
+        self.assertLessEqual(label_values(self.gateway, "calling_ae"), {"other"})
         self.assert_healthy()
 
     def test_p10_calling_ae_not_allow_listed_rejected_1_1_3(self) -> None:
@@ -461,8 +507,7 @@ class PreAssociationTests(HostileMixin, TestCase):
 
     def test_p16_association_over_the_limit_rejected_2_3_2_fast_not_reset(self) -> None:
         """P16: with max_associations 2, the third association gets RJ(2,3,2) within 100 ms, not a reset."""
-        self.gateway = GatewayProcess(self.mktemp(), limits={**LIMITS, "max_associations": 2},
-                                      http={"enabled": False}).start()
+        self.gateway = GatewayProcess(self.mktemp(), limits={**LIMITS, "max_associations": 2}).start()
         self.addCleanup(self.gateway.stop, 10)
         held = [self.established(), self.established()]
         peer = self.peer()
@@ -470,6 +515,7 @@ class PreAssociationTests(HostileMixin, TestCase):
         self.assert_rejected(peer, associate_rq(), (2, 3, 2))
         self.assertLess(time.monotonic() - start, 0.1)
         self.assertTrue(peer.closed is None or not peer.closed.reset, "RJ followed by a reset")
+        self.assertEqual(metric(self.gateway, "dicom_gateway_associations_total", result="rejected"), 1)
         for h in held:
             h.send(release_rq())
             h.wait_pdu(_pdu.AReleaseRP, 3)
@@ -546,7 +592,9 @@ class EstablishedTests(HostileMixin, TestCase):
                                                    pdv(ECHO_CONTEXT, 0x02, data[40:])),
             "odd-length fragment": pdata(pdv(CT_CONTEXT, 0x03, cmd + b"\x00")),
         }
+        errors = metric(self.gateway, "dicom_gateway_dimse_protocol_errors_total")
         self.abort_cases(cases, (0, 0), setup=self.established)
+        self.assertEqual(metric(self.gateway, "dicom_gateway_dimse_protocol_errors_total"), errors + len(cases))
 
     def test_p25_control_header_bits_2_to_7_ignored_store_succeeds(self) -> None:
         """P25: control header bits 2-7 set are ignored (PS3.8 E.2): the store succeeds and is spooled."""
