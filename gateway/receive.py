@@ -18,7 +18,7 @@ is HARDENING P38's "handled one at a time").
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred
@@ -375,7 +375,16 @@ class StorageService:
     def _store_response(self, incoming: _Incoming, status: int, comment: str) -> bytes:
         assert incoming.request is not None
         response = dimse.store_response(incoming.request, status, error_comment=comment or None)
-        return dimse.encode_command(response)
+        try:
+            return dimse.encode_command(response)
+        except ValueError:
+            # A peer's UID we cannot encode again (over 64 bytes, HARDENING D06):
+            # the Affected SOP Class and Instance UIDs of a C-STORE-RSP are
+            # U(=), optional (PS3.7 9.3.1.2), so leave them out rather than
+            # leave the request unanswered.
+            return dimse.encode_command(
+                replace(response, affected_sop_class_uid=None, affected_sop_instance_uid=None)
+            )
 
     def _report(
         self, incoming: _Incoming, status: int, comment: str, spooled: SpooledInstance | None, correlation_id: str = ""
