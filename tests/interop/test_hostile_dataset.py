@@ -158,6 +158,19 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
             assoc.dul.send_pdu(pdata)
 
     @staticmethod
+    def resume(assoc: Any) -> None:
+        """Let pynetdicom's reactor run again, and wait until it has.
+
+        Without the wait, the next :meth:`send` could see the stale paused
+        flag, and the reactor would then take the next response off the queue.
+
+        :param assoc: the association.
+        """
+        assoc._reactor_checkpoint.set()
+        wait_until(lambda: not assoc._is_paused or not assoc.is_alive(), 10,
+                   "pynetdicom reactor resumed", interval=0.0005)
+
+    @staticmethod
     def response(assoc: Any) -> tuple[int, str] | None:
         """Wait for the next DIMSE response.
 
@@ -167,7 +180,7 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
         try:
             _context, msg = assoc.dimse.get_msg(block=True)
         finally:
-            assoc._reactor_checkpoint.set()
+            HostileDatasetTests.resume(assoc)
         if msg is None:
             return None
         return int(msg.Status), str(getattr(msg, "ErrorComment", "") or "")
@@ -503,7 +516,7 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
             context_id = self.context(assoc, raw.CT_IMAGE_STORAGE, raw.EXPLICIT_VR_LE)
             self.send(assoc, context_id, raw.c_store_rq(uid, **switches), raw.minimal(uid))
             wait_until(lambda: aborts, 20, f"abort for {name}")
-            assoc._reactor_checkpoint.set()
+            self.resume(assoc)
             self.assertEqual(len(aborts), 1, name)
             self.assertEqual((aborts[0].source, aborts[0].reason_diagnostic), (0, 0), name)
             self.assertNotIn(uid, self.spooled_uids())
@@ -528,7 +541,7 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
                                                         data_set_type=0x0101 if data is None else 0),
                       data)
             wait_until(lambda: received, 20, "a response to command field 0x0ABC")
-            assoc._reactor_checkpoint.set()
+            self.resume(assoc)
             self.assertEqual((received[0][0x00000900], received[0][0x00000100]), (0x0211, 0x8ABC))
         # A command pynetdicom knows (C-FIND-RQ) shows the association continuing.
         assoc = self.associate()
