@@ -19,7 +19,7 @@ from tests.unit.fuzz import (
     target_reassembler,
 )
 
-_SETTINGS = settings(max_examples=2000, deadline=None,
+_SETTINGS = settings(max_examples=4000, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

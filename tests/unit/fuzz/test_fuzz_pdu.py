@@ -14,7 +14,7 @@ from gateway.ul.framing import PDUBuffer
 from gateway.ul.pdu import PDU
 from tests.unit.fuzz import arbitrary, mutated, pdu_seeds, target_pdu_decode, target_pdu_stream
 
-_SETTINGS = settings(max_examples=1500, deadline=None, derandomize=False,
+_SETTINGS = settings(max_examples=3000, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

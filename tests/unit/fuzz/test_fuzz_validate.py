@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.validate import walk_dataset
 from tests.unit.fuzz import SYNTAXES, arbitrary, dataset_seeds, mutated, target_walk_dataset
 
-_SETTINGS = settings(max_examples=1500, deadline=None,
+_SETTINGS = settings(max_examples=6000, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
