@@ -479,14 +479,14 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
     def test_d18_many_elements_and_long_sequences_stay_within_budget(self) -> None:
         """D18: 100,000 private elements and a 10,000-item sequence are answered (0x0000) within seconds each."""
         assoc = self.associate()
-        for extra in (raw.private_elements(100_000), raw.long_sequence(10_000)):
+        # Private groups from 0x0021 up, so they follow every standard element of minimal().
+        for extra in (raw.private_elements(100_000, group=0x0021), raw.long_sequence(10_000)):
             uid = _uid()
             started = time.monotonic()
             status, comment = self.store(assoc, raw.minimal(uid, extra=[extra]), uid)
             elapsed = time.monotonic() - started
-            self.assertIn(status, {0x0000} | set(CANNOT_UNDERSTAND), comment)
-            if status != 0x0000:
-                self.assertTrue(comment)
+            # Within the gateway's element budget (1,000,000 headers), so accepted.
+            self.assertEqual(status, 0x0000, comment)
             self.assertLess(elapsed, 20.0)
 
     def test_d19_c_store_without_data_set_gets_c000_and_the_association_continues(self) -> None:
