@@ -92,16 +92,17 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
 
     # -- helpers -------------------------------------------------------------
 
-    def associate(self, *, handlers: list[Any] | None = None) -> Any:
+    def associate(self, *, handlers: list[Any] | None = None, calling: str = "HOSTILE") -> Any:
         """Open an association proposing CT in four syntaxes and MR in one.
 
         Context IDs: CT implicit 1, CT explicit LE 3, CT explicit BE 5,
         CT deflated 7, MR explicit LE 9 (PS3.8 9.3.2.2: odd, in order).
 
         :param handlers: pynetdicom event handlers to bind.
+        :param calling: the calling AE title.
         :returns: the established association, released in a cleanup.
         """
-        ae = AE(ae_title="HOSTILE")
+        ae = AE(ae_title=calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
         for syntax in (raw.IMPLICIT_VR_LE, raw.EXPLICIT_VR_LE, raw.EXPLICIT_VR_BE, raw.DEFLATED):
             ae.add_requested_context(raw.CT_IMAGE_STORAGE, [syntax])
@@ -312,7 +313,8 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
 
     def test_d06_hostile_uids_and_ids_are_stored_under_internal_names(self) -> None:
         """D06: path-like, NUL-bearing, overlong and lettered UIDs and IDs get 0x0000 and nothing is written outside the spool."""
-        assoc = self.associate()
+        # An AE title with path characters as well (PS3.5 allows "/" and ".").
+        assoc = self.associate(calling="../../tmp/x")
         hostile = ["../../x", "/etc/cron.d/x", "..\\..\\x", "C:\\x", "1.2\x003.4",
                    "1." + "2" * 80, "1.2.ABC.def"]
         home = self.gateway.dir
@@ -320,7 +322,8 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
         parent_before = set(os.listdir(home.parent))
         for value in hostile:
             data = raw.minimal(value, study=value, series=value,
-                               patient_id=value.encode("latin-1"))
+                               patient_id=value.encode("latin-1"),
+                               patient_name=value.encode("latin-1"))
             status, comment = self.store(assoc, data, value)
             self.assertEqual(status, 0x0000, f"{value!r}: {comment}")
         # Storage names are internal: hex digests or UUIDs, never peer data.
@@ -329,6 +332,7 @@ class HostileDatasetTests(GatewayTestMixin, TestCase):
             self.assertRegex(stem, r"^[0-9a-zA-Z_-]+$")
             self.assertEqual(path.resolve().parent.parent, self.gateway.spool.resolve())
         self.assertFalse(Path("/etc/cron.d/x").exists())
+        self.assertFalse(Path("/tmp/x").exists())
         self.assertEqual({p for p in home.rglob("*") if self.gateway.spool not in p.parents},
                          outside_before)
         self.assertEqual(set(os.listdir(home.parent)), parent_before)
