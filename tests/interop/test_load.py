@@ -4,8 +4,8 @@
   threads, all established before any stores), each storing 20 instances,
   every one acknowledged 0x0000 and committed to the spool; while all of
   them are held, the next association gets A-ASSOCIATE-RJ (2,3,2) within
-  100 ms, never a TCP reset; and a C-ECHO on another association during the
-  load is answered in under a second.  The same load is then sent by 64
+  100 ms, never a TCP reset; and ``echoscu`` runs during the load each
+  complete in under a second.  The same load is then sent by 64
   ``storescu`` processes started together (a real peer).  pynetdicom is not
   used: 64 of its associations in one test process stall on pynetdicom's
   side (every socket idle in both directions, the gateway's responses read),
@@ -90,7 +90,8 @@ class ConcurrentAssociationTests(GatewayTestMixin, TestCase):
     timeout = 180
 
     def test_64_concurrent_associations_store_all_while_the_next_is_rejected_and_echo_is_fast(self) -> None:
-        """L1/P16/P39: 64 held associations x 20 instances all acknowledged; the 66th gets RJ(2,3,2) in < 100 ms; C-ECHO < 1 s under load."""
+        """L1/P16/P39: 64 held associations x 20 instances all acknowledged; the 66th gets RJ(2,3,2) in < 100 ms; echoscu < 1 s under load."""
+        dcmtk.require_tool("echoscu")
         # 64 storing associations plus one echo association fill the limit exactly.
         gateway = self.start_gateway(limits={"max_associations": ASSOCIATIONS + 1, "acse_timeout": f"{ARTIM:g}s",
                                              "network_timeout": "30s"},
@@ -122,8 +123,8 @@ class ConcurrentAssociationTests(GatewayTestMixin, TestCase):
                     uid = generate_uid()
                     peer.send(command_pdata(CT_CONTEXT, store_rq_command(uid, i + 1))
                               + pdata(pdv(CT_CONTEXT, 0x02, tiny_dataset(uid))))
-                    wait_until(lambda: len(response_commands(peer)) > i, 30, f"RSP {i + 1} on {n}",
-                               interval=0.005)
+                    # PDU 0 is the A-ASSOCIATE-AC; each C-STORE-RSP is one P-DATA-TF.
+                    peer.wait_pdu(_pdu.PDataTF, 30, start=i + 1)
                     rsp = response_commands(peer)[i]
                     result.append((rsp.message_id_being_responded_to, rsp.status,  # type: ignore[union-attr]
                                    rsp.affected_sop_instance_uid == uid and uid))  # type: ignore[union-attr]
@@ -151,18 +152,24 @@ class ConcurrentAssociationTests(GatewayTestMixin, TestCase):
         self.assertTrue(extra.closed is None or not extra.closed.reset, "RJ followed by a reset")
         extra.close()
 
-        # P39: C-ECHOs on the held association while the 64 associations store.
+        # The held echo association answers before the load starts, then frees its slot.
+        echo_peer.send(command_pdata(1, echo_rq_command(1)))
+        echo_peer.wait_pdu(_pdu.PDataTF, 5)
+        self.assertTrue(all(isinstance(r, CEchoRSP) and r.status == 0 for r in response_commands(echo_peer)))
+        echo_peer.send(release_rq())
+        echo_peer.wait_pdu(_pdu.AReleaseRP, 5)
+        echo_peer.close()
+
+        # P39: whole echoscu runs (association, C-ECHO, release; a separate
+        # process, so this test's threads do not skew the figure) while the
+        # 64 associations store.
         go.set()
         latencies: list[float] = []
-        message_id = 0
         while any(t.is_alive() for t in threads):
-            message_id += 1
             sent = time.monotonic()
-            echo_peer.send(command_pdata(1, echo_rq_command(message_id)))
-            wait_until(lambda: len(response_commands(echo_peer)) >= message_id, 5, f"C-ECHO-RSP {message_id}",
-                       interval=0.005)
+            echo = dcmtk.echoscu(gateway.port, called_ae="DICOMGW", timeout=20)
             latencies.append(time.monotonic() - sent)
-            time.sleep(0.05)
+            self.assertEqual(echo.returncode, 0, echo.describe())
         for thread in threads:
             thread.join(60)
         self.assertEqual(errors, [])
@@ -172,10 +179,7 @@ class ConcurrentAssociationTests(GatewayTestMixin, TestCase):
                              [(i + 1, 0, True) for i in range(INSTANCES)], f"association {n}")
         self.assertEqual(len(gateway.instances()), ASSOCIATIONS * INSTANCES)
         self.assertGreater(len(latencies), 0)
-        self.assertTrue(all(isinstance(r, CEchoRSP) and r.status == 0 for r in response_commands(echo_peer)))
-        self.assertLess(max(latencies), 1.0, f"C-ECHO latencies under load: {sorted(latencies)[-5:]}")
-        echo_peer.send(release_rq())
-        echo_peer.wait_pdu(_pdu.AReleaseRP, 5)
+        self.assertLess(max(latencies), 1.0, f"echoscu times under load: {sorted(latencies)[-5:]}")
 
     def test_64_storescu_processes_at_once_all_acknowledged(self) -> None:
         """L1 with a real peer: 64 storescu processes started together, 20 instances each, all exit 0 and all 1280 are spooled."""
@@ -212,7 +216,9 @@ class IdleConnectionTests(GatewayTestMixin, TestCase):
     def test_idle_connections_closed_at_artim_while_storescu_completes_and_fds_return(self) -> None:
         """L6: 200 silent connections (scaled down from 500) are closed at ARTIM, storescu meanwhile completes promptly, fds and RSS return to baseline."""
         dcmtk.require_tool("storescu")
-        gateway = self.start_gateway(limits={"max_associations": 64, "acse_timeout": f"{ARTIM:g}s",
+        # A longer ARTIM than elsewhere: storescu must finish while all idle connections are still open.
+        artim = 2 * ARTIM
+        gateway = self.start_gateway(limits={"max_associations": 64, "acse_timeout": f"{artim:g}s",
                                              "network_timeout": "10s"},
                                      http={"enabled": False})
         folder = Path(self.mktemp())
@@ -240,15 +246,15 @@ class IdleConnectionTests(GatewayTestMixin, TestCase):
         took = time.monotonic() - start
         self.assertEqual(result.returncode, 0, result.describe())
         self.assertLess(took, ARTIM, f"storescu took {took:.2f}s among {IDLE_CONNECTIONS} idle connections")
-        self.assertLess(time.monotonic() - opened, ARTIM, "storescu did not run while the idle ones were open")
+        self.assertLess(time.monotonic() - opened, artim, "storescu did not run while the idle ones were open")
         # 10 instances of this send plus the warm-up one.
         self.assertEqual(len(gateway.instances()), len(files) + 1)
 
         for peer in peers:
-            closed = peer.wait_closed(ARTIM + 5)
+            closed = peer.wait_closed(artim + 5)
             self.assertFalse(closed.reset)
-            self.assertGreaterEqual(closed.at, ARTIM - 0.05)
-            self.assertLess(closed.at, ARTIM + 2.0)
+            self.assertGreaterEqual(closed.at, artim - 0.05)
+            self.assertLess(closed.at, artim + 2.0)
             self.assertEqual(peer.received, b"")
         wait_until(lambda: fd_count(gateway.pid) <= fds_before, 5,
                    lambda: f"fds back to {fds_before} (now {fd_count(gateway.pid)})")
