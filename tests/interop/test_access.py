@@ -102,11 +102,23 @@ class UserIdentityTests(ForwardTestMixin, TestCase):
         self.addCleanup(lambda: assoc.release() if assoc.is_established else None)
         return assoc
 
-    def audited(self) -> list[dict[str, Any]]:
-        """The user identity audit records."""
-        from gateway.audit import read_records
+    def audited(self, at_least: int = 1) -> list[dict[str, Any]]:
+        """The user identity audit records, once at least ``at_least`` are written.
 
-        return [r for r in read_records(str(self.gw.dir / "audit.jsonl")) if r.get("disposition") == "user_identity"]
+        The gateway writes the record right after it answers, so the peer may
+        see the answer first: poll briefly instead of reading once.
+        """
+        from gateway.audit import read_records
+        from tests.support.gateway_process import wait_until
+
+        def records() -> list[dict[str, Any]]:
+            path = self.gw.dir / "audit.jsonl"
+            if not path.exists():
+                return []
+            return [r for r in read_records(str(path)) if r.get("disposition") == "user_identity"]
+
+        wait_until(lambda: len(records()) >= at_least, 10, f"{at_least} user identity audit record(s)")
+        return records()
 
     def test_right_passcode_with_positive_response_requested(self) -> None:
         """Type 2 with the right passcode: accepted, the AC carries a 0x59 sub-item, audited as success."""
