@@ -319,6 +319,9 @@ class AcceptorProtocol(Protocol):
     def _aborted(self, indication: AbortIndication) -> None:
         if indication.local:
             self._ending = f"aborted by us ({indication.detail})"
+            if indication.source == AbortSource.SERVICE_PROVIDER and self.factory.observer is not None:
+                # The peer sent a PDU we could not accept (HARDENING P37: every such end is counted).
+                self.factory.observer.pdu_protocol_error(self.factory.name, indication.reason)
         elif indication.source is None:
             if self._ending in ("open", "closed"):
                 self._ending = "transport closed by peer"

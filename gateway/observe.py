@@ -272,6 +272,12 @@ class GatewayMetrics:
         self.associations_active = Gauge(f"{p}_associations_active", "Associations open now.", ["listener"], registry=r)
         self.artim = Counter(f"{p}_artim_expired", "Connections closed by ARTIM before an A-ASSOCIATE-RQ (PS3.8 9.1.5).", ["listener"], registry=r)
         self.dimse_errors = Counter(f"{p}_dimse_protocol_errors", "Associations aborted for a DIMSE protocol error.", ["listener"], registry=r)
+        self.pdu_errors = Counter(
+            f"{p}_pdu_protocol_errors",
+            "Connections we aborted for an invalid or unexpected PDU (PS3.8 A-ABORT reason).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
         self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
         self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
@@ -360,6 +366,20 @@ class GatewayMetrics:
     def dimse_protocol_error(self, listener: str) -> None:
         """An association was aborted for a DIMSE protocol violation."""
         self.dimse_errors.labels(listener).inc()
+
+    #: A-ABORT reasons (PS3.8 Table 9-26) as bounded label values.
+    _ABORT_REASONS = {
+        0: "not_specified",
+        1: "unrecognized_pdu",
+        2: "unexpected_pdu",
+        4: "unrecognized_parameter",
+        5: "unexpected_parameter",
+        6: "invalid_parameter_value",
+    }
+
+    def pdu_protocol_error(self, listener: str, reason: int) -> None:
+        """We aborted a connection for a bad PDU (garbage, oversized, unexpected in its state; HARDENING P37)."""
+        self.pdu_errors.labels(listener, self._ABORT_REASONS.get(reason, "other")).inc()
 
     # -- instances (gateway.receive) -------------------------------------------------------
 

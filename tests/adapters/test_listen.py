@@ -208,6 +208,24 @@ class AssociationTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
         self.assertEqual(self.factory.artim_expired, 1)
 
+    def test_garbage_before_an_association_is_counted(self) -> None:
+        """An HTTP request on the DICOM port is aborted (2,1) and counted in pdu_protocol_errors (HARDENING P37)."""
+        from prometheus_client import CollectorRegistry
+
+        from gateway.observe import GatewayMetrics
+
+        registry = CollectorRegistry()
+        self.factory.observer = GatewayMetrics(registry, [])
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(Modality().read(transport), [pdu.AAbort(2, 1)])
+        self.assertEqual(
+            registry.get_sample_value(
+                "dicom_gateway_pdu_protocol_errors_total", {"listener": "test", "reason": "unrecognized_pdu"}
+            ),
+            1,
+        )
+
     def test_idle_association_is_aborted(self) -> None:
         """An association silent for the network timeout gets A-ABORT(0,0) and is closed (HARDENING P34)."""
         self.factory = self.make_factory(network_timeout=60.0)

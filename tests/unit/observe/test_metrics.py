@@ -118,6 +118,21 @@ class AssociationMetricTests(MetricsTestCase):
         self.assertEqual(self.value("dicom_gateway_dimse_protocol_errors_total", listener="main"), 1)
 
 
+class PduErrorMetricTests(MetricsTestCase):
+    """Connections aborted for bad PDUs (HARDENING P37)."""
+
+    def test_each_abort_reason_is_its_own_bounded_label(self) -> None:
+        """Reasons 1 and 6 are named; an unknown reason is folded into 'other'."""
+        self.metrics.pdu_protocol_error("main", 1)
+        self.metrics.pdu_protocol_error("main", 6)
+        self.metrics.pdu_protocol_error("main", 6)
+        self.metrics.pdu_protocol_error("main", 99)
+        value = lambda reason: self.registry.get_sample_value(  # noqa: E731
+            "dicom_gateway_pdu_protocol_errors_total", {"listener": "main", "reason": reason}
+        )
+        self.assertEqual((value("unrecognized_pdu"), value("invalid_parameter_value"), value("other")), (1, 2, 1))
+
+
 class InstanceMetricTests(MetricsTestCase):
     """instances_received_total, received_bytes_total, store_failures_total."""
 
