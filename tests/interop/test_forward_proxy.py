@@ -1,0 +1,235 @@
+"""Store-and-forward through a misbehaving network path (HARDENING C: F06-F09, F22).
+
+The gateway's destination is pointed at :class:`~tests.support.faultproxy.FaultProxy`,
+which forwards to the recording pynetdicom SCP of :mod:`tests.support.scp` and
+swallows a response, cuts the connection at a chosen point, throttles the
+bandwidth or watches PDU sizes.  The modality is DCMTK ``storescu``.
+
+After each test the HARDENING C invariant is checked: every instance the
+gateway acknowledged is at the destination or in the dead letters with a
+reason, and duplicates at the destination never exceed the ambiguous faults
+injected (at-least-once delivery).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.support import dcmtk
+from tests.support.faultproxy import P_DATA_TF, FaultPlan, FaultProxy, first_connections
+from tests.support.gateway_process import GatewayProcess, dicom_destination
+from tests.support.interop import (
+    ForwardTestMixin,
+    digests_by_sop_instance,
+    make_series,
+    part10_files,
+)
+from tests.support.scp import RecordingScp
+
+
+class ProxyForwardTestMixin(ForwardTestMixin):
+    """Start fault proxies and check the HARDENING C invariant."""
+
+    def proxy(self, target: RecordingScp, plan: FaultPlan | None = None, *,
+              once: bool = True) -> FaultProxy:
+        """Start a proxy to ``target``, stopped in a cleanup.
+
+        :param target: the SCP behind the proxy.
+        :param plan: the faults (``None``: none).
+        :param once: apply them to the first connection only (else to all).
+        :returns: the running proxy.
+        """
+        plan = plan or FaultPlan()
+        chooser = first_connections(plan) if once else (lambda _n: plan)
+        proxy = FaultProxy(target.port, chooser)
+        self.addCleanup(proxy.stop)  # type: ignore[attr-defined]
+        return proxy.start()
+
+    def send_series(self, gateway: GatewayProcess, count: int, size: int) -> dict[str, str]:
+        """Write a new series and send it to the gateway with ``storescu``.
+
+        :param gateway: the gateway.
+        :param count: number of instances.
+        :param size: approximate size of each, in bytes.
+        :returns: SOP Instance UID -> data set digest of what was sent.
+        """
+        source = Path(self.mktemp()).resolve()  # type: ignore[attr-defined]
+        make_series(source, count, size)
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())  # type: ignore[attr-defined]
+        return digests_by_sop_instance(part10_files(source))
+
+    def assert_nothing_lost(self, gateway: GatewayProcess, name: str, scp: RecordingScp,
+                            sent: dict[str, str]) -> None:
+        """Check every acknowledged instance is at ``scp`` (bytes intact) or dead with a reason.
+
+        :param gateway: the gateway.
+        :param name: the destination's name.
+        :param scp: the destination's SCP.
+        :param sent: SOP Instance UID -> digest of what the modality sent.
+        """
+        dead: dict[str, dict[str, object]] = {}
+        for letter in gateway.dead_letters():
+            if letter["destination"] == name:
+                self.assertTrue(letter.get("dead_reason"), letter)  # type: ignore[attr-defined]
+                dead[str(letter["instance"]["sop_instance_uid"])] = letter
+        acknowledged = {r.sop_instance_uid: r.digest for r in scp.receipts
+                        if r.status is not None and (r.status == 0 or r.status >> 12 == 0xB)}
+        for uid, digest in sent.items():
+            if uid in acknowledged:
+                self.assertEqual(acknowledged[uid], digest, uid)  # type: ignore[attr-defined]
+            else:
+                self.assertIn(uid, dead, f"{uid} neither delivered nor dead")  # type: ignore[attr-defined]
+
+
+class AmbiguousOutcomeTests(ProxyForwardTestMixin, TestCase):
+    """A send whose outcome the gateway cannot know is retried, with at most one duplicate."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 60
+
+    def _send_with_fault(self, plan: FaultPlan) -> tuple[RecordingScp, FaultProxy]:
+        """Send 3 instances through a proxy faulting the first connection; all must be delivered.
+
+        :param plan: the fault of the first connection.
+        :returns: the SCP and the proxy, for more checks.
+        """
+        recorder = self.recorder()
+        proxy = self.proxy(recorder, plan)
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(
+                proxy.port, recorder.ae_title, max_associations=1,
+                timeouts={"connect": "5s", "acse": "10s", "dimse": "2s"})},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+        sent = self.send_series(gateway, 3, 8 * 1024)
+        self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        rows = self.wait_for(gateway, lambda: (r := gateway.queue_rows())["pacs"]["delivered"] == 3
+                             and r, 40, "3 delivered")
+        self.assertEqual(rows["pacs"]["dead"], 0)
+        self.assertEqual(set(recorder.successes()), set(sent))
+        # One ambiguous fault injected: at most one extra copy at the SCP.
+        self.assertLessEqual(recorder.duplicates(), 1)
+        self.assertGreaterEqual(proxy.connections, 2)
+        self.assert_nothing_lost(gateway, "pacs", recorder, sent)
+        return recorder, proxy
+
+    def test_swallowed_store_response_times_out_and_is_retried_with_at_most_one_duplicate(self) -> None:
+        """F06: the SCP gets the data set but its C-STORE-RSP never arrives; DIMSE timeout, retry, delivered."""
+        recorder, proxy = self._send_with_fault(FaultPlan(drop_reply_after_pdus=1))
+        self.assertEqual(proxy.swallowed, 1)
+        # The swallowed instance did reach the SCP on the first association.
+        self.assertEqual(recorder.receipts[0].association, 1)
+
+    def test_connection_closed_after_the_last_fragment_is_retried_with_at_most_one_duplicate(self) -> None:
+        """F07: TCP closed right after the data set's last fragment, before the RSP: retried, delivered."""
+        _recorder, proxy = self._send_with_fault(FaultPlan(cut_after_last_data_fragment=True))
+        self.assertEqual(proxy.cuts, 1)
+
+
+class SlowDestinationTests(ProxyForwardTestMixin, TestCase):
+    """A throttled destination does not hold back a healthy one."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 90
+
+    def test_destination_throttled_to_50_kb_per_second_does_not_delay_a_healthy_one(self) -> None:
+        """F08: the healthy destination gets all 20 instances while the 50 KB/s one is still far from done."""
+        slow_scp = self.recorder(ae_title="SLOW")
+        fast_scp = self.recorder(ae_title="FAST")
+        proxy = self.proxy(slow_scp, FaultPlan(bandwidth=50_000), once=False)
+        gateway = self.start_gateway(
+            destinations={"slow": dicom_destination(proxy.port, slow_scp.ae_title),
+                          "fast": dicom_destination(fast_scp.port, fast_scp.ae_title)},
+            routes=[{"name": "all", "forward": ["slow", "fast"]}],
+        )
+        start = time.monotonic()
+        # 20 x 40 KB = 800 KB: at least 8 s at 50 KB/s even over two associations.
+        sent = self.send_series(gateway, 20, 40 * 1024)
+        self.wait_for(gateway, lambda: len(fast_scp.successes()) == 20, 15,
+                      "the healthy destination to get 20 instances")
+        fast_done = time.monotonic() - start
+        self.assertLess(len(slow_scp.successes()), 20)
+        self.wait_for(gateway, lambda: len(slow_scp.successes()) == 20, 60,
+                      "the slow destination to get 20 instances")
+        slow_done = time.monotonic() - start
+        self.assertLess(fast_done, slow_done / 2, (fast_done, slow_done))
+        rows = self.wait_for(gateway, lambda: (r := gateway.queue_rows())["slow"]["delivered"] == 20
+                             and r["fast"]["delivered"] == 20 and r, 10, "40 delivered")
+        self.assertEqual((rows["slow"]["dead"], rows["fast"]["dead"]), (0, 0))
+        self.assertEqual((slow_scp.duplicates(), fast_scp.duplicates()), (0, 0))
+        self.assert_nothing_lost(gateway, "slow", slow_scp, sent)
+        self.assert_nothing_lost(gateway, "fast", fast_scp, sent)
+
+
+class SmallPduScp(RecordingScp):
+    """A :class:`RecordingScp` advertising a maximum PDU length of 4096 bytes."""
+
+    def start(self) -> SmallPduScp:
+        """Start, then make every association advertise 4096 (PS3.8 D.1 Maximum Length).
+
+        :returns: this object.
+        """
+        super().start()
+        # pynetdicom reads the AE's setting for each association it accepts.
+        self._server.ae.maximum_pdu_size = 4096
+        return self
+
+
+class FragmentationTests(ProxyForwardTestMixin, TestCase):
+    """The gateway honours the destination's maximum PDU length."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 60
+
+    def test_destination_max_pdu_4096_gets_no_larger_p_data_and_identical_bytes(self) -> None:
+        """F09: every P-DATA-TF from the gateway is <= 4096 bytes long and the data sets arrive byte-identical."""
+        scp = SmallPduScp()
+        self.addCleanup(scp.stop)
+        scp.start()
+        proxy = self.proxy(scp)
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(proxy.port, scp.ae_title)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        sent = self.send_series(gateway, 3, 20 * 1024)
+        self.wait_for(gateway, lambda: len(scp.successes()) == 3, 30, "3 instances")
+        p_data = [pdu.length for pdu in proxy.client_pdus if pdu.pdu_type == P_DATA_TF]
+        # 3 x 20 KB cannot fit in fewer than 15 PDUs of 4 KB.
+        self.assertGreaterEqual(len(p_data), 15)
+        self.assertLessEqual(max(p_data), 4096)
+        self.assertEqual({r.sop_instance_uid: r.digest for r in scp.receipts}, sent)
+        self.assertEqual(scp.duplicates(), 0)
+        self.assert_nothing_lost(gateway, "pacs", scp, sent)
+
+
+class PeerQuirkTests(ProxyForwardTestMixin, TestCase):
+    """A peer closing the connection after every instance loses nothing."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 90
+
+    def test_connection_closed_after_each_store_response_delivers_all_20(self) -> None:
+        """F22: TCP closed after every C-STORE-RSP: 20 instances arrive once each, one per association, none dead."""
+        recorder = self.recorder()
+        proxy = self.proxy(recorder, FaultPlan(close_after_response=True), once=False)
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(proxy.port, recorder.ae_title)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        sent = self.send_series(gateway, 20, 8 * 1024)
+        rows = self.wait_for(gateway, lambda: (r := gateway.queue_rows())["pacs"]["delivered"] == 20
+                             and r, 75, "20 delivered")
+        self.assertEqual(rows["pacs"]["dead"], 0)
+        self.assertEqual(gateway.dead_letters(), [])
+        self.assertEqual(set(recorder.successes()), set(sent))
+        # The cut comes after the response, so no instance is ambiguous: no duplicate.
+        self.assertEqual(recorder.duplicates(), 0)
+        # Each association carried exactly one instance.
+        self.assertEqual(len({r.association for r in recorder.receipts}), 20)
+        self.assertGreaterEqual(proxy.cuts, 20)
+        self.assert_nothing_lost(gateway, "pacs", recorder, sent)
