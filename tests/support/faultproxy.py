@@ -42,7 +42,7 @@ from types import TracebackType
 
 from tests.support.ports import free_port
 
-__all__ = ["FaultPlan", "FaultProxy", "PduRecord", "first_connections"]
+__all__ = ["NO_FAULT", "P_DATA_TF", "FaultPlan", "FaultProxy", "PduRecord", "first_connections"]
 
 #: PDU type of P-DATA-TF (PS3.8 9.3.5).
 P_DATA_TF: int = 0x04
