@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -166,17 +167,29 @@ class SlowDestinationTests(ProxyForwardTestMixin, TestCase):
         self.assert_nothing_lost(gateway, "fast", fast_scp, sent)
 
 
-class SmallPduScp(RecordingScp):
-    """A :class:`RecordingScp` advertising a maximum PDU length of 4096 bytes."""
+#: The gateway's own cap on a P-DATA-TF variable field (``gateway.associate.SEND_CAP``).
+GATEWAY_SEND_CAP = 1024 * 1024
 
-    def start(self) -> SmallPduScp:
-        """Start, then make every association advertise 4096 (PS3.8 D.1 Maximum Length).
+
+class MaxPduScp(RecordingScp):
+    """A :class:`RecordingScp` advertising a chosen maximum PDU length.
+
+    :param max_pdu: the Maximum Length to announce (PS3.8 D.1; 0 = no limit).
+    :param kwargs: :class:`RecordingScp` arguments.
+    """
+
+    def __init__(self, max_pdu: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_pdu = max_pdu
+
+    def start(self) -> MaxPduScp:
+        """Start, then make every association announce :attr:`max_pdu`.
 
         :returns: this object.
         """
         super().start()
         # pynetdicom reads the AE's setting for each association it accepts.
-        self._server.ae.maximum_pdu_size = 4096
+        self._server.ae.maximum_pdu_size = self.max_pdu
         return self
 
 
@@ -186,9 +199,14 @@ class FragmentationTests(ProxyForwardTestMixin, TestCase):
     skip = dcmtk.skip_reason("storescu")
     timeout = 60
 
-    def test_destination_max_pdu_4096_gets_no_larger_p_data_and_identical_bytes(self) -> None:
-        """F09: every P-DATA-TF from the gateway is <= 4096 bytes long and the data sets arrive byte-identical."""
-        scp = SmallPduScp()
+    def _send_through(self, max_pdu: int, size: int) -> tuple[list[int], MaxPduScp, dict[str, str]]:
+        """Send 3 instances to an SCP announcing ``max_pdu``, through a watching proxy.
+
+        :param max_pdu: the SCP's Maximum Length.
+        :param size: approximate size of each instance.
+        :returns: the P-DATA-TF lengths the gateway sent, the SCP, what was sent.
+        """
+        scp = MaxPduScp(max_pdu)
         self.addCleanup(scp.stop)
         scp.start()
         proxy = self.proxy(scp)
@@ -196,15 +214,27 @@ class FragmentationTests(ProxyForwardTestMixin, TestCase):
             destinations={"pacs": dicom_destination(proxy.port, scp.ae_title)},
             routes=[{"name": "all", "forward": ["pacs"]}],
         )
-        sent = self.send_series(gateway, 3, 20 * 1024)
+        sent = self.send_series(gateway, 3, size)
         self.wait_for(gateway, lambda: len(scp.successes()) == 3, 30, "3 instances")
-        p_data = [pdu.length for pdu in proxy.client_pdus if pdu.pdu_type == P_DATA_TF]
-        # 3 x 20 KB cannot fit in fewer than 15 PDUs of 4 KB.
-        self.assertGreaterEqual(len(p_data), 15)
-        self.assertLessEqual(max(p_data), 4096)
         self.assertEqual({r.sop_instance_uid: r.digest for r in scp.receipts}, sent)
         self.assertEqual(scp.duplicates(), 0)
         self.assert_nothing_lost(gateway, "pacs", scp, sent)
+        return [pdu.length for pdu in proxy.client_pdus if pdu.pdu_type == P_DATA_TF], scp, sent
+
+    def test_destination_max_pdu_zero_gets_p_data_within_the_gateway_own_cap(self) -> None:
+        """F09: a peer announcing 0 (no limit) gets P-DATA-TF PDUs no larger than the gateway's own 1 MiB cap."""
+        p_data, _scp, _sent = self._send_through(0, 1536 * 1024)
+        self.assertLessEqual(max(p_data), GATEWAY_SEND_CAP, sorted(set(p_data)))
+        # 1.5 MB data sets need more than one PDU each under a 1 MiB cap.
+        self.assertGreater(len(p_data), 6)
+
+    def test_destination_max_pdu_4096_gets_no_larger_p_data_and_identical_bytes(self) -> None:
+        """F09: every P-DATA-TF from the gateway is <= 4096 bytes long and the data sets arrive byte-identical."""
+        p_data, scp, sent = self._send_through(4096, 20 * 1024)
+        # 3 x 20 KB cannot fit in fewer than 15 PDUs of 4 KB.
+        self.assertGreaterEqual(len(p_data), 15)
+        self.assertLessEqual(max(p_data), 4096)
+        self.assertEqual(len(scp.receipts), len(sent))
 
 
 class PeerQuirkTests(ProxyForwardTestMixin, TestCase):
