@@ -13,7 +13,9 @@ injected (at-least-once delivery).
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,22 @@ from tests.support.interop import (
     make_series,
     part10_files,
 )
+from tests.support.ports import free_port
 from tests.support.scp import RecordingScp
+
+
+def redeliveries(http_port: int, destination: str) -> float:
+    """Read ``dicom_gateway_redeliveries_total`` for one destination from ``/metrics``.
+
+    :param http_port: the gateway's HTTP port.
+    :param destination: the destination's name.
+    :returns: the counter's value (0 when absent).
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r'^dicom_gateway_redeliveries_total\{destination="%s"\} (\S+)$'
+                      % re.escape(destination), text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 class ProxyForwardTestMixin(ForwardTestMixin):
@@ -100,7 +117,9 @@ class AmbiguousOutcomeTests(ProxyForwardTestMixin, TestCase):
         """
         recorder = self.recorder()
         proxy = self.proxy(recorder, plan)
+        http_port = free_port()
         gateway = self.start_gateway(
+            http={"host": "127.0.0.1", "port": http_port},
             destinations={"pacs": dicom_destination(
                 proxy.port, recorder.ae_title, max_associations=1,
                 timeouts={"connect": "5s", "acse": "10s", "dimse": "2s"})},
@@ -116,6 +135,8 @@ class AmbiguousOutcomeTests(ProxyForwardTestMixin, TestCase):
         # One ambiguous fault injected: at most one extra copy at the SCP.
         self.assertLessEqual(recorder.duplicates(), 1)
         self.assertGreaterEqual(proxy.connections, 2)
+        # The ambiguous attempt is counted as a redelivery once delivered (HARDENING F06, F07).
+        self.assertEqual(redeliveries(http_port, "pacs"), 1.0)
         self.assert_nothing_lost(gateway, "pacs", recorder, sent)
         return recorder, proxy
 
@@ -163,6 +184,9 @@ class SlowDestinationTests(ProxyForwardTestMixin, TestCase):
                              and r["fast"]["delivered"] == 20 and r, 10, "40 delivered")
         self.assertEqual((rows["slow"]["dead"], rows["fast"]["dead"]), (0, 0))
         self.assertEqual((slow_scp.duplicates(), fast_scp.duplicates()), (0, 0))
+        # The slow destination's concurrency cap (max_associations: 2) held.
+        self.assertLessEqual(proxy.peak_open, 2)
+        self.assertGreaterEqual(proxy.connections, 1)
         self.assert_nothing_lost(gateway, "slow", slow_scp, sent)
         self.assert_nothing_lost(gateway, "fast", fast_scp, sent)
 

@@ -144,6 +144,7 @@ class _Connection:
         self.plan = plan
         self.cut = threading.Event()
         self._lock = threading.Lock()
+        self._pumps_done = 0
         self._upstream = threading.Thread(target=self._pump, args=(True,), daemon=True)
         self._downstream = threading.Thread(target=self._pump, args=(False,), daemon=True)
 
@@ -242,6 +243,11 @@ class _Connection:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+            with self._lock:
+                self._pumps_done += 1
+                ended = self._pumps_done == 2
+            if ended:
+                self.proxy._ended()
 
     def _send(self, dst: socket.socket, data: bytes, upstream: bool) -> None:
         """Send bytes, honouring the bandwidth cap upstream.
@@ -283,6 +289,8 @@ class FaultProxy:
         self.swallowed = 0
         self._lock = threading.Lock()
         self._pdus: list[PduRecord] = []
+        self._open = 0
+        self._peak = 0
         self._connections: list[_Connection] = []
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -304,6 +312,22 @@ class FaultProxy:
         """
         with self._lock:
             return len(self._connections)
+
+    @property
+    def peak_open(self) -> int:
+        """The largest number of connections open at the same time so far.
+
+        A connection is open from its accept until both directions ended.
+
+        :returns: the number.
+        """
+        with self._lock:
+            return self._peak
+
+    def _ended(self) -> None:
+        """Note that one connection ended in both directions."""
+        with self._lock:
+            self._open -= 1
 
     def _record(self, record: PduRecord) -> None:
         """Remember one client->server PDU header.
@@ -346,6 +370,8 @@ class FaultProxy:
                 ordinal = len(self._connections) + 1
                 connection = _Connection(self, ordinal, client, server, self.plan_for(ordinal))
                 self._connections.append(connection)
+                self._open += 1
+                self._peak = max(self._peak, self._open)
             connection.start()
 
     def stop(self) -> None:
