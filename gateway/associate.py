@@ -107,6 +107,7 @@ class Part10Header:
     transfer_syntax_uid: str
     dataset_offset: int
     size: int
+    source_ae_title: str = ""
 
 
 def _meta_value(raw: bytes) -> str:
@@ -147,6 +148,7 @@ def read_part10_header(path: str) -> Part10Header:
             transfer_syntax_uid=_meta_value(values[0x00020010]),
             dataset_offset=offset,
             size=size - offset,
+            source_ae_title=_meta_value(values.get(0x00020016, b"")),
         )
     except KeyError as e:
         raise ValueError(f"{path}: file meta lacks {e.args[0]:08X}") from None

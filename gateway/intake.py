@@ -19,7 +19,6 @@ free space is above the floor plus a margin (hysteresis, so it does not flap).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -431,26 +430,17 @@ def _orphan_info(path: str) -> tuple[SpooledInstance, AssociationInfo]:
     :raises ValueError: when the file is not a readable Part 10 file.
     """
     from gateway.associate import read_part10_header
-    from gateway.spool import InstanceMeta
+    from gateway.spool import InstanceMeta, dataset_sha256
     from gateway.validate import MalformedDataset, walk_dataset
 
     header = read_part10_header(path)
-    source_ae = ""
+    source_ae = header.source_ae_title
     with open(path, "rb") as fp:
-        raw = fp.read(header.dataset_offset)
-        marker = raw.find(b"\x02\x00\x16\x00AE")
-        if marker >= 0:
-            length = int.from_bytes(raw[marker + 6 : marker + 8], "little")
-            source_ae = raw[marker + 8 : marker + 8 + length].decode("latin-1").strip()
         fp.seek(header.dataset_offset)
         try:
             summary = walk_dataset(fp, header.transfer_syntax_uid, allow_odd_lengths=True)
         except MalformedDataset as e:
             raise ValueError(f"{path}: {e}") from e
-        fp.seek(header.dataset_offset)
-        digest = hashlib.sha256()
-        while chunk := fp.read(1024 * 1024):
-            digest.update(chunk)
     meta = InstanceMeta(
         sop_class_uid=header.sop_class_uid,
         sop_instance_uid=header.sop_instance_uid,
@@ -464,7 +454,7 @@ def _orphan_info(path: str) -> tuple[SpooledInstance, AssociationInfo]:
         size=os.path.getsize(path),
         summary=summary,
         meta=meta,
-        sha256=digest.hexdigest(),
+        sha256=dataset_sha256(path, header.dataset_offset),
     )
     info = AssociationInfo(
         assoc_id="recovery",

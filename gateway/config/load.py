@@ -122,29 +122,13 @@ INVALID: Final = _Invalid.INVALID
 
 
 @dataclass(frozen=True)
-class _ForwardRef:
-    """A destination name a route forwards to, checked once all files are read.
+class _NameRef:
+    """A name checked once every file is read: a forwarded destination, or a route name.
 
-    :param ctx: The context of the file the reference is in.
+    :param ctx: The context of the file the name is in.
     :param node: The name's node, for the line.
     :param key_path: The name's key path.
-    :param name: The destination name.
-    """
-
-    ctx: _Context
-    node: yaml.Node
-    key_path: str
-    name: str
-
-
-@dataclass(frozen=True)
-class _RouteName:
-    """A route name, checked for uniqueness across all files at the end.
-
-    :param ctx: The context of the file the route is in.
-    :param node: The name's node, for the line.
-    :param key_path: The name's key path.
-    :param name: The route name.
+    :param name: The name.
     """
 
     ctx: _Context
@@ -172,8 +156,8 @@ class _Shared:
         #: ``destinations`` section is unreadable, so its names are unknown
         #: and references to them are not reported as unknown.
         self.destination_names: frozenset[str] | None = frozenset()
-        self.forward_refs: list[_ForwardRef] = []
-        self.route_names: list[_RouteName] = []
+        self.forward_refs: list[_NameRef] = []
+        self.route_names: list[_NameRef] = []
         #: The drop-in plugins (:mod:`gateway.plugins`), found before routes are compiled.
         self.plugins: Any = None
 
@@ -1408,7 +1392,7 @@ def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
                 ok = False
                 ctx.error(item_node, item_path, str(e))
                 continue
-        ctx.shared.forward_refs.append(_ForwardRef(ctx, item_node, item_path, name))
+        ctx.shared.forward_refs.append(_NameRef(ctx, item_node, item_path, name))
     return names if ok else INVALID
 
 
@@ -1495,7 +1479,7 @@ def _check_route(node: yaml.Node, path: str, ctx: _Context) -> Any:
     if name_node is not None and isinstance(name_node, yaml.ScalarNode):
         if name_node.tag == _STR and name_node.value.strip():
             ctx.shared.route_names.append(
-                _RouteName(ctx, name_node, _child(path, "name"), name_node.value)
+                _NameRef(ctx, name_node, _child(path, "name"), name_node.value)
             )
     if values is INVALID:
         return INVALID
@@ -1667,7 +1651,7 @@ def _check_references(ctx: _Context) -> None:
         ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
 
 
-def _check_forward_template(ref: _ForwardRef, names: frozenset[str]) -> None:
+def _check_forward_template(ref: _NameRef, names: frozenset[str]) -> None:
     """Refuse a templated ``forward`` entry that can never name a configured destination.
 
     Each field may render any text, so the template's shape (its literal
