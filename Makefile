@@ -18,12 +18,12 @@ CONFIG ?= etc/gateway.yaml
 # Root runs apt-get directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test dcmtk prometheus install install-test clean
+.PHONY: run test dcmtk prometheus peers install install-test clean
 
 run: install
 	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
 
-test: dcmtk prometheus install-test
+test: dcmtk prometheus peers install-test
 	$(PY) -m tests.runner
 
 # DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
@@ -34,6 +34,16 @@ dcmtk:
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# The other independent peers of the interop matrix and the fault tests: Orthanc (archive and
+# source, REST API), PixelMed (Java SCU/SCP), strace (F12: order of durable operations) and
+# libfaketime (F19: wall-clock jumps under a running gateway).
+peers:
+	@{ command -v Orthanc >/dev/null 2>&1 && [ -f /usr/share/java/pixelmed.jar ] && \
+	   command -v strace >/dev/null 2>&1 && command -v faketime >/dev/null 2>&1; } || { \
+	    $(SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	        orthanc pixelmed-apps default-jre-headless strace faketime; }
 
 # Prometheus and promtool check the shipped rules and scrape the gateway in the interop tests.
 prometheus:
