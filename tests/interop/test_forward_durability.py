@@ -1,0 +1,357 @@
+"""Custody of acknowledged instances across power cuts, kills and a full journal disk (HARDENING F12-F15).
+
+- F12: a power cut after the C-STORE-RSP loses the page cache, which
+  ``kill -9`` does not, so the test checks the order of the system calls
+  instead (HARDENING decision 10): the gateway runs under ``strace -f`` while
+  ``storescu`` sends one instance, and the trace must show fsync(spool file)
+  -> rename(incoming -> instances) -> fsync(instances/) -> the journal's WAL
+  write naming the instance -> fsync/fdatasync of the WAL -> the P-DATA-TF
+  carrying the C-STORE-RSP on the association's socket.
+- F13: ``kill -9`` between the destination's 0x0000 and the journal's
+  "delivered": the recording SCP holds its answer until the test has killed
+  the gateway, so the window is hit every time; after the restart the
+  instance is sent again (at-least-once) and ``dicom_gateway_redeliveries_total``
+  counts it.
+- F14: ``kill -9`` again and again while a queue drains: after each restart
+  nothing stays leased, everything arrives, the journal passes
+  ``PRAGMA integrity_check``.
+- F15: the journal on a tiny filesystem that fills while forwarding: the
+  gateway stops dequeuing (fails closed), stays up, shows it in ``/readyz``
+  or its log, and delivers everything once space frees, journal intact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support import dcmtk
+from tests.support.gateway_process import REPO_ROOT, GatewayProcess, dicom_destination, folder_destination
+from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
+from tests.support.ports import free_port, port_is_open
+
+#: The system calls F12 watches (``writev``/``sendmsg`` in case the reactor gathers buffers).
+_TRACED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "close", "write", "writev",
+           "sendto", "sendmsg", "pwrite64", "accept", "accept4")
+
+#: PS3.8 9.3.1: the PDU type of a P-DATA-TF is 0x04; the C-STORE-RSP travels in one.
+P_DATA_TF = 0x04
+
+
+def metrics_text(http_port: int) -> str:
+    """Scrape ``/metrics``.
+
+    :param http_port: the gateway's HTTP port.
+    :returns: the exposition text.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum the samples of one metric in an exposition text, filtered by labels.
+
+    :param text: ``/metrics`` output.
+    :param name: the sample name.
+    :param labels: label values the samples must carry.
+    :returns: the sum (0 when absent).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def integrity(path: Path) -> str:
+    """Run ``PRAGMA integrity_check`` on a journal (read-only, from the test).
+
+    :param path: the SQLite file.
+    :returns: ``ok`` or the problems found.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return "\n".join(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
+    finally:
+        conn.close()
+
+
+def leased_rows(path: Path) -> int:
+    """Count entries in state ``leased`` in a journal.
+
+    :param path: the SQLite file.
+    :returns: the count.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT count(*) FROM entries WHERE state = 'leased'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- strace parsing (F12) ------------------------------------------------------------------
+
+_LINE = re.compile(r"^(?P<pid>\d+)\s+\S+\s+(?P<rest>.*)$")
+_CALL = re.compile(r"^(?P<name>\w+)\((?P<args>.*)$")
+_RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<args>.*)$")
+_RESULT = re.compile(r"\)\s+=\s+(?P<ret>-?\d+|\?)(?:\s.*)?$")
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})|\\([0-7]{1,3})|\\(.)")
+_SIMPLE = {"n": 10, "t": 9, "r": 13, "v": 11, "f": 12, "\\": 92, '"': 34}
+
+
+def unescape(text: str) -> bytes:
+    """Decode one string argument as ``strace -x`` prints it.
+
+    :param text: the characters between the quotes.
+    :returns: the bytes.
+    """
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(text):
+        out += text[pos:m.start()].encode("latin-1")
+        if m.group(1):
+            out.append(int(m.group(1), 16))
+        elif m.group(2):
+            out.append(int(m.group(2), 8) & 0xFF)
+        else:
+            out.append(_SIMPLE.get(m.group(3), ord(m.group(3))))
+        pos = m.end()
+    out += text[pos:].encode("latin-1")
+    return bytes(out)
+
+
+@dataclass
+class Syscall:
+    """One completed system call from an ``strace -f`` log.
+
+    :ivar start: line number where the call was entered.
+    :ivar end: line number where it returned (``start`` when printed whole).
+    """
+
+    pid: int
+    name: str
+    args: str
+    ret: int | None
+    start: int
+    end: int
+    fd: int | None = None
+    path: str = ""
+    strings: list[bytes] = field(default_factory=list)
+
+
+def parse_strace(text: str) -> list[Syscall]:
+    """Parse an ``strace -f -tt -x`` log into completed calls, in order of return.
+
+    Threads interleave as ``name(args <unfinished ...>`` then
+    ``<... name resumed>args) = ret``; both halves are joined. The file
+    descriptor table (shared by the threads of one process) is replayed
+    from ``openat``/``accept4``/``close`` so each call on a descriptor
+    carries the path it was opened with (``socket`` for accepted ones).
+
+    :param text: the log.
+    :returns: the calls, ordered by the line where each returned.
+    """
+    pending: dict[int, tuple[str, str, int]] = {}
+    calls: list[Syscall] = []
+    for number, line in enumerate(text.splitlines()):
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        pid, rest = int(m.group("pid")), m.group("rest")
+        resumed = _RESUMED.match(rest)
+        if rest.endswith("<unfinished ...>"):
+            call = _CALL.match(rest)
+            if call is not None:
+                pending[pid] = (call.group("name"), call.group("args")[: -len("<unfinished ...>")], number)
+            continue
+        if resumed is not None:
+            if pid not in pending:
+                continue
+            name, head, start = pending.pop(pid)
+            args = head + resumed.group("args")
+        else:
+            call = _CALL.match(rest)
+            if call is None:
+                continue
+            name, args, start = call.group("name"), call.group("args"), number
+        result = _RESULT.search(args)
+        ret = None if result is None or result.group("ret") == "?" else int(result.group("ret"))
+        body = args[: result.start()] if result else args
+        calls.append(Syscall(pid, name, body, ret, start, number,
+                             strings=[unescape(s) for s in re.findall(r'"((?:[^"\\]|\\.)*)"', body)]))
+    fds: dict[int, str] = {}
+    for call in calls:
+        first = call.args.split(",", 1)[0].strip()
+        if call.name in ("openat",) and call.ret is not None and call.ret >= 0 and call.strings:
+            fds[call.ret] = call.strings[0].decode("latin-1")
+            continue
+        if call.name in ("accept", "accept4") and call.ret is not None and call.ret >= 0:
+            fds[call.ret] = "socket"
+            continue
+        if first.isdigit():
+            call.fd = int(first)
+            call.path = fds.get(call.fd, "")
+            if call.name == "close":
+                fds.pop(call.fd, None)
+    return calls
+
+
+class TracedGateway(GatewayProcess):
+    """A :class:`GatewayProcess` started under a wrapper command (``strace``).
+
+    ``pid`` is the wrapper's; :meth:`stop` signals the gateway itself (the
+    wrapper's child), since ``strace`` outlives a SIGTERM sent to it.
+
+    :param tmpdir: as for :class:`GatewayProcess`.
+    :param prefix: the wrapper's argv, put before ``python -m gateway run``.
+    :param overrides: config keys.
+    """
+
+    def __init__(self, tmpdir: str | os.PathLike[str], prefix: list[str], **overrides: Any) -> None:
+        super().__init__(tmpdir, **overrides)
+        self.prefix = prefix
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        """Start the wrapped process and wait until the port accepts connections.
+
+        :param timeout: seconds to wait for readiness.
+        :returns: this object.
+        :raises RuntimeError: if it exits or never listens.
+        """
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                cwd=REPO_ROOT, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"exited with {self._proc.returncode}:\n{self.log_text()}")
+            if port_is_open(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"did not listen on {self.port}:\n{self.log_text()}")
+
+    def _children(self) -> list[int]:
+        """The wrapper's child processes.
+
+        :returns: their pids.
+        """
+        children: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                children += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return children
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM the gateway under the wrapper, then wait for the wrapper.
+
+        :param timeout: seconds before SIGKILL.
+        :returns: the wrapper's exit status.
+        """
+        proc = self._proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            for child in self._children():
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for child in self._children():
+                    try:
+                        os.kill(child, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+class DurableOrderTests(ForwardTestMixin, TestCase):
+    """F12: the system-call order before the C-STORE-RSP, read from ``strace -f``."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 120
+
+    def setUp(self) -> None:
+        """Skip only when strace is missing (``make test`` installs it)."""
+        if not os.path.exists("/usr/bin/strace"):
+            raise SkipTest("strace not installed (make test installs it)")
+
+    def test_rsp_leaves_after_fsync_rename_dir_fsync_and_journal_commit(self) -> None:
+        """One instance: fsync(file) < rename < fsync(instances/) < WAL write + sync < P-DATA-TF with the RSP."""
+        tmp = Path(self.mktemp()).resolve()
+        trace = tmp / "strace.log"
+        tmp.mkdir(parents=True)
+        gateway = TracedGateway(
+            tmp / "gw",
+            ["strace", "-f", "-tt", "-x", "-s", "8192", "-e", "trace=" + ",".join(_TRACED), "-o", str(trace)],
+            destinations={"archive": folder_destination(tmp / "archive")},
+            routes=[{"name": "all", "forward": ["archive"]}],
+        )
+        self.addCleanup(gateway.stop)
+        gateway.start()
+        source = tmp / "source"
+        make_series(source, 1, 16 * 1024)
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.wait_for(gateway, lambda: any((tmp / "archive").rglob("*.dcm")), 30, "the instance in the folder")
+        gateway.stop()
+        calls = parse_strace(trace.read_text(errors="replace"))
+        self.check_order(calls)
+
+    def check_order(self, calls: list[Syscall]) -> None:
+        """Assert decision 10's order on the parsed trace.
+
+        :param calls: the parsed trace.
+        """
+        renames = [c for c in calls if c.name.startswith("rename") and c.ret == 0
+                   and len(c.strings) == 2 and "/incoming/" in c.strings[0].decode()
+                   and "/instances/" in c.strings[1].decode()]
+        self.assertEqual(len(renames), 1, [c.strings for c in calls if c.name.startswith("rename")])
+        rename = renames[0]
+        temp, final = (s.decode() for s in rename.strings)
+        instance_id = Path(final).stem
+        syncs = [c for c in calls if c.name in ("fsync", "fdatasync") and c.ret == 0]
+        file_sync = [c for c in syncs if c.path == temp and c.end < rename.start]
+        self.assertTrue(file_sync, f"no fsync of {temp} before its rename")
+        instances_dir = str(Path(final).parent)
+        dir_sync = [c for c in syncs if c.path.rstrip("/") == instances_dir and c.start > rename.end]
+        self.assertTrue(dir_sync, f"no fsync of {instances_dir} after the rename")
+        dir_synced = dir_sync[0].end
+        # The journal: the WAL frame naming the instance, then the WAL's sync (synchronous=FULL).
+        wal_writes = [c for c in calls if c.name in ("pwrite64", "write") and c.path.endswith("-wal")
+                      and c.start > dir_synced and any(instance_id.encode() in s for s in c.strings)]
+        self.assertTrue(wal_writes, f"no WAL write naming {instance_id} after the directory fsync")
+        commit = [c for c in syncs if c.path.endswith("-wal") and c.start > wal_writes[0].end]
+        self.assertTrue(commit, "no fsync/fdatasync of the WAL after the instance's frame")
+        # PS3.8 9.3.5: the C-STORE-RSP goes out in a P-DATA-TF (type 0x04) on the association's socket;
+        # one instance was sent, so the first P-DATA-TF the gateway writes on an accepted socket is it.
+        responses = [c for c in calls if c.name in ("write", "writev", "sendto", "sendmsg") and c.path == "socket"
+                     and c.strings and c.strings[0][:1] == bytes([P_DATA_TF])]
+        self.assertTrue(responses, "no P-DATA-TF written on an accepted socket")
+        rsp = responses[0]
+        self.assertLess(file_sync[0].end, rename.start)
+        self.assertLess(rename.end, dir_sync[0].start)
+        self.assertLess(dir_synced, wal_writes[0].start)
+        self.assertLess(wal_writes[0].end, commit[0].start)
+        self.assertLess(commit[0].end, rsp.start,
+                        f"the RSP (line {rsp.start}) left before the journal commit returned (line {commit[0].end})")
