@@ -84,6 +84,13 @@ class NewEntry:
     path: str | None = None
 
 
+#: The error recorded by ``recover`` on the entry of each lease that may have
+#: been on the wire when the gateway died (HARDENING F13). It starts like the
+#: forward worker's ambiguous attempts (``"ambiguous: "``), so a later delivery
+#: counts as a redelivery: the destination may hold two copies.
+RECOVERED_IN_FLIGHT = "ambiguous: in flight when the gateway stopped"
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One real send attempt (circuit probes are not attempts)."""
@@ -232,7 +239,15 @@ class IQueueStore(Interface):
         """Instances matching every given criterion, each with all its entries."""
 
     def recover(now: float) -> int:
-        """On start: every LEASED entry back to QUEUED (its outcome is unknown). Returns the count."""
+        """On start: every LEASED entry back to QUEUED (its outcome is unknown). Returns the count.
+
+        A worker sends a lease's entries one at a time in id order, recording
+        each outcome before the next send, so of the entries one ``lease``
+        call took (same destination, same ``leased_until``) only the lowest
+        id still LEASED can have reached the destination. That one gets an
+        uncounted attempt :data:`RECOVERED_IN_FLIGHT` (history and
+        ``last_error``), so its eventual delivery is counted as a redelivery.
+        """
 
     def stats(now: float) -> Mapping[str, DestinationStats]:
         """Figures per destination that has entries or a paused flag."""

@@ -28,6 +28,7 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    RECOVERED_IN_FLIGHT,
 )
 from gateway.queue.sqlite import check_shard, study_hash
 
@@ -362,6 +363,13 @@ class MemoryQueueStore:
     def recover(self, now: float) -> int:
         """Every LEASED entry back to QUEUED (see the interface)."""
         count = 0
+        first: dict[tuple[str, float | None], _Row] = {}
+        for row in sorted(self._rows.values(), key=lambda r: r.entry_id):
+            if row.state is EntryState.LEASED:
+                first.setdefault((row.destination, row.leased_until), row)
+        for row in first.values():
+            row.last_error = RECOVERED_IN_FLIGHT
+            row.history.append(Attempt(now, RECOVERED_IN_FLIGHT, False))
         for row in self._rows.values():
             if row.state is EntryState.LEASED:
                 row.state = EntryState.QUEUED

@@ -94,6 +94,7 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    RECOVERED_IN_FLIGHT,
 )
 
 __all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash", "check_shard"]
@@ -755,11 +756,24 @@ class SqliteQueueStore:
     # -- IQueueStore: lifecycle ----------------------------------------------
 
     def recover(self, now: float) -> int:
-        """Every LEASED entry back to QUEUED (one UPDATE); attempts are kept.
+        """Every LEASED entry back to QUEUED; attempts are kept, each lease's first entry noted ambiguous.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.recover`.
         """
         with self._write() as conn:
+            # The lowest id of each lease (destination, leased_until) may have
+            # been on the wire: note it as an ambiguous attempt (HARDENING F13).
+            first: dict[tuple[str, float], tuple[int, str]] = {}
+            for entry_id, destination, until, history in conn.execute(
+                "SELECT entry_id, destination, leased_until, history FROM entries"
+                " WHERE state = 'leased' ORDER BY entry_id"
+            ):
+                first.setdefault((destination, until), (entry_id, history))
+            for entry_id, history in first.values():
+                conn.execute(
+                    "UPDATE entries SET last_error = ?, history = ? WHERE entry_id = ?",
+                    (RECOVERED_IN_FLIGHT, _history_append(history, Attempt(now, RECOVERED_IN_FLIGHT, False)), entry_id),
+                )
             cursor = conn.execute("UPDATE entries SET state = 'queued', leased_until = NULL WHERE state = 'leased'")
             return cursor.rowcount
 

@@ -355,3 +355,56 @@ class DurableOrderTests(ForwardTestMixin, TestCase):
         self.assertLess(wal_writes[0].end, commit[0].start)
         self.assertLess(commit[0].end, rsp.start,
                         f"the RSP (line {rsp.start}) left before the journal commit returned (line {commit[0].end})")
+
+
+class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):
+    """F13: ``kill -9`` after the destination's 0x0000, before the journal records the delivery."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 120
+
+    def test_success_never_recorded_is_resent_after_restart_and_counted_as_redelivery(self) -> None:
+        """The archive answered 0x0000 (swallowed by a proxy), the gateway died: after restart it is sent again, redeliveries_total is 1.
+
+        Three instances of one study go in one lease (one association slot);
+        only the first was on the wire, so only it may be doubled: the
+        journal's recovery notes just that one as ambiguous.
+        """
+        from tests.support.faultproxy import FaultPlan, FaultProxy, first_connections
+
+        recorder = self.recorder()
+        # Connection 1: the A-ASSOCIATE-AC passes, every DIMSE response is swallowed.
+        proxy = FaultProxy(recorder.port, first_connections(FaultPlan(drop_reply_after_pdus=1))).start()
+        self.addCleanup(proxy.stop)
+        http_port = free_port()
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(proxy.port, recorder.ae_title, max_associations=1,
+                                                    batch_size=10)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+            http={"host": "127.0.0.1", "port": http_port},
+        )
+        self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+        source = Path(self.mktemp()).resolve()
+        make_series(source, 3, 8 * 1024)
+        uids = {sop_instance_uid(p) for p in source.iterdir()}
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        self.wait_for(gateway, lambda: proxy.swallowed >= 1 and len(recorder.successes()) == 1, 30,
+                      "the archive's 0x0000 for the first instance, swallowed by the proxy")
+        first = recorder.receipts[0]
+        self.assertEqual(first.status, 0x0000)
+        self.assertEqual(sample(metrics_text(http_port), "dicom_gateway_redeliveries_total", destination="pacs"), 0)
+        journal = gateway.spool / "queue.sqlite"
+        self.assertEqual(leased_rows(journal), 3, "the delivery must not be recorded yet")
+        gateway.kill()
+        gateway.start()
+        self.wait_for(gateway, lambda: set(recorder.successes()) == uids and self.idle(gateway), 60,
+                      "all 3 instances acknowledged after the restart")
+        counts = recorder.counts()
+        self.assertEqual(counts[first.sop_instance_uid], 2, "at-least-once: the unrecorded one is sent again")
+        self.assertEqual(recorder.duplicates(), 1, counts)
+        self.wait_for(gateway, lambda: sample(metrics_text(http_port), "dicom_gateway_redeliveries_total",
+                                              destination="pacs") == 1, 15, "redeliveries_total == 1")
+        rows = gateway.queue_rows()
+        self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (3, 0))

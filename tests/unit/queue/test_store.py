@@ -26,6 +26,7 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    RECOVERED_IN_FLIGHT,
 )
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.sqlite import SqliteQueueStore
@@ -569,6 +570,23 @@ class QueueStoreTests:
         self.assertEqual(s.get(ids[1][1]).state, EntryState.DELIVERED)
         self.assertEqual(s.stats(T0)["A"].in_flight + s.stats(T0)["B"].in_flight, 0)
         self.assertEqual(s.recover(T0 + 100), 0)
+
+    def test_recover_notes_only_the_first_entry_of_each_lease_as_ambiguous(self) -> None:
+        """recover marks the lowest leased id of each lease ambiguous (it may be at the destination), not the rest (F13)."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(4)]
+        s.lease("A", 2, T0, 30)  # ids[0][0], ids[1][0]: one lease
+        s.lease("A", 2, T0 + 1, 30)  # ids[2][0], ids[3][0]: another (another slot)
+        s.complete([ids[2][0]], T0 + 1)  # its first was delivered: ids[3][0] is the one in flight
+        s.lease("B", 1, T0, 30)
+        s.recover(T0 + 100)
+        ambiguous = {e.entry_id for e in s.entries(limit=100)
+                     if any(a.error == RECOVERED_IN_FLIGHT and not a.counted for a in e.history)}
+        self.assertEqual(ambiguous, {ids[0][0], ids[3][0], ids[0][1]})
+        self.assertTrue(RECOVERED_IN_FLIGHT.startswith("ambiguous: "))
+        self.assertEqual(s.get(ids[0][0]).last_error, RECOVERED_IN_FLIGHT)
+        self.assertEqual(s.get(ids[0][0]).attempts, 0)
+        self.assertEqual(s.get(ids[1][0]).history, ())
 
     def test_recovered_entries_are_leased_first(self) -> None:
         """After recovery the in-flight entries (the oldest) are leased again first."""
