@@ -408,3 +408,61 @@ class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):
                                               destination="pacs") == 1, 15, "redeliveries_total == 1")
         rows = gateway.queue_rows()
         self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (3, 0))
+
+
+class RepeatedKillTests(ForwardTestMixin, TestCase):
+    """F14: ``kill -9`` again and again while leases are taken and outcomes recorded."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 180
+
+    def test_three_kills_while_draining_200_leave_nothing_leased_and_an_intact_journal(self) -> None:
+        """After each kill: integrity_check ok; after each restart no lease survives; finally all 200 delivered.
+
+        The destination is slowed by a proxy (5 ms per PDU) so kills land
+        in the middle of leases, sends and journal writes. Duplicates are
+        bounded by one in-flight instance per slot per kill.
+        """
+        from tests.support.faultproxy import FaultPlan, FaultProxy
+
+        recorder = self.recorder()
+        proxy = FaultProxy(recorder.port, lambda _n: FaultPlan(delay=0.005)).start()
+        self.addCleanup(proxy.stop)
+        slots = 2
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(proxy.port, recorder.ae_title, max_associations=slots,
+                                                    batch_size=10)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+        source = Path(self.mktemp()).resolve()
+        for i in range(4):
+            make_series(source, 50, 4 * 1024, prefix=f"s{i}-")
+        uids = {sop_instance_uid(p) for p in source.iterdir()}
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        journal = gateway.spool / "queue.sqlite"
+        kills = 0
+        for threshold in (30, 70, 110):
+            self.wait_for(gateway, lambda: len(recorder.receipts) >= threshold, 60, f"{threshold} receipts")
+            gateway.kill()
+            kills += 1
+            self.assertEqual(integrity(journal), "ok")
+            self.assertLess(len(set(recorder.successes())), 200, "the kill came after the end")
+            # Hold the queue so the restarted gateway's state right after recovery can be read.
+            self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+            gateway.start()
+            self.wait_for(gateway, lambda: leased_rows(journal) == 0, 10,
+                          "no entry left leased after the restart (paused: nothing new is leased)")
+            rows = gateway.queue_rows()["pacs"]
+            self.assertEqual(rows["in_flight"], 0)
+            self.assertEqual(rows["queued"] + rows["delivered"] + rows["dead"], 200, rows)
+            self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        self.wait_for(gateway, lambda: set(recorder.successes()) == uids and self.idle(gateway), 90,
+                      "all 200 instances at the destination")
+        rows = gateway.queue_rows()["pacs"]
+        self.assertEqual((rows["delivered"], rows["dead"], rows["in_flight"]), (200, 0, 0))
+        self.assertLessEqual(recorder.duplicates(), kills * slots, recorder.counts().most_common(5))
+        gateway.stop()
+        self.assertEqual(integrity(journal), "ok")
