@@ -391,7 +391,8 @@ def _lifetime_stats(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     by_lifetime: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
-        if s["phase"] == "traffic" and "rss_kib" in s:
+        # Only samples of a serving gateway: a process still starting (no /metrics yet) is not comparable.
+        if s["phase"] == "traffic" and "rss_kib" in s and any(k.startswith("queue_depth[") for k in s):
             by_lifetime[s["lifetime"]].append(s)
     for lifetime, group in sorted(by_lifetime.items()):
         rss = [s["rss_kib"] for s in group]
@@ -529,9 +530,11 @@ def run(args: argparse.Namespace) -> int:
         scp.stop()
 
     lifetimes = _lifetime_stats(soak.samples)
-    traffic = [s for s in soak.samples if s["phase"] == "traffic" and "rss_kib" in s]
+    traffic = [s for s in soak.samples if s["phase"] == "traffic" and "rss_kib" in s
+               and any(k.startswith("queue_depth[") for k in s)]
     first = lifetimes[0]["rss_end_median_kib"] if lifetimes else None
-    drifts = [round(100.0 * (row["rss_end_median_kib"] - first) / first, 1)
+    # Drift is only meaningful for lifetimes with at least 3 samples (a short last lifetime gets None).
+    drifts = [round(100.0 * (row["rss_end_median_kib"] - first) / first, 1) if row["samples"] >= 3 else None
               for row in lifetimes] if first else []
     summary: dict[str, Any] = {
         "workdir": str(work),
@@ -590,7 +593,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for row, drift in zip(s["lifetimes"], s["rss_drift_percent"]):
         mib = [row[k] / 1024 for k in ("rss_first_kib", "rss_last_kib", "rss_max_kib", "rss_end_median_kib")]
         print(f"{row['lifetime']:>8} {row['samples']:>8}  {mib[0]:7.1f} {mib[1]:7.1f} {mib[2]:7.1f} {mib[3]:7.1f}"
-              f"          {drift:>6}  {row['fds_min']:>4}-{row['fds_max']:<6} "
+              f"          {str(drift):>6}  {row['fds_min']:>4}-{row['fds_max']:<6} "
               f"{row['threads_min']:>4}-{row['threads_max']}")
     print(f"fds {s['fds']}, threads {s['threads']}; result: {'OK' if s['ok'] else 'FAILED'}")
 
