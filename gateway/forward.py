@@ -118,6 +118,10 @@ AMBIGUOUS_PREFIX = "ambiguous: "
 _MAX_CONTEXTS = 127
 
 
+class JournalRefused(Exception):
+    """The journal did not take an entry's outcome (disk full, I/O error); it is written again later."""
+
+
 class PrepareError(Exception):
     """A destination's copy of an instance cannot be made (a morph failure): a permanent fault of that copy."""
 
@@ -169,6 +173,8 @@ class WorkerStatus:
     :ivar consecutive_failures: destination-wide faults since the last success.
     :ivar last_error: the latest fault, empty if none.
     :ivar active_associations: associations open now.
+    :ivar journal_error: why outcomes cannot be written to the journal now
+        (the worker has stopped dequeuing), empty when they can.
     """
 
     destination: str
@@ -176,6 +182,7 @@ class WorkerStatus:
     consecutive_failures: int
     last_error: str
     active_associations: int
+    journal_error: str = ""
 
 
 def _native_fallbacks(transfer_syntax: str) -> tuple[str, ...]:
@@ -290,6 +297,12 @@ class _Slot:
     leased: list[Entry] = field(default_factory=list)
     done: "Deferred[None] | None" = None
     connecting: "Deferred[ClientAssociation] | None" = None
+    #: Outcomes the journal refused (ENOSPC, I/O error), recorded again before
+    #: the slot leases more, and leases it could not give back (HARDENING F15).
+    unrecorded: list[tuple[Entry, Outcome, float]] = field(default_factory=list)
+    unreleased: list[int] = field(default_factory=list)
+    #: The journal's last refusal on this slot's turn, empty once a turn succeeds.
+    journal_error: str = ""
 
 
 class DestinationWorker(Service):
@@ -437,6 +450,7 @@ class DestinationWorker(Service):
             consecutive_failures=self._consecutive,
             last_error=self._last_error,
             active_associations=sum(1 for s in self._slots if s.association is not None and s.association.is_open),
+            journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
         )
 
     # -- waiting -------------------------------------------------------------------------
@@ -474,6 +488,13 @@ class DestinationWorker(Service):
         result: _T = await self.store_runner.run(f, *args, **kwargs)
         return result
 
+    async def _journal(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a store method that writes the worker's bookkeeping; its failure is a :class:`JournalRefused`."""
+        try:
+            return await self._store(f, *args, **kwargs)
+        except Exception as e:
+            raise JournalRefused(f"{type(e).__name__}: {e}") from e
+
     async def _file(self, f: Callable[..., _T], *args: Any) -> _T:
         """Run file work through the file runner."""
         result: _T = await self.file_runner.run(f, *args)
@@ -485,20 +506,36 @@ class DestinationWorker(Service):
         while not self._stopping:
             try:
                 await self._slot_step(slot)
-            except Exception:
+            except Exception as e:
                 # A failing store (ENOSPC, a locked database) or a bug: stop
                 # dequeuing for a while, never spin (HARDENING F15).
+                if isinstance(e, JournalRefused):
+                    slot.journal_error = str(e)
                 self.log.failure("forward {destination} slot {slot} failed", destination=self.name, slot=slot.index)
                 await self._sleep(self.poll_interval, pokeable=False)
+            else:
+                slot.journal_error = ""
         await self._close_association(slot)
 
     async def _slot_step(self, slot: _Slot) -> None:
         """One turn of a slot: wait for the circuit, lease, send or idle."""
         n = len(self._slots)
+        if slot.unrecorded or slot.unreleased:
+            # Fail closed: nothing new is leased until the journal takes the
+            # outcomes it refused (a delivered entry must become DELIVERED,
+            # not be sent again after a lease that never expires).
+            while slot.unrecorded:
+                entry, outcome, started = slot.unrecorded.pop(0)
+                await self._record(slot, entry, outcome, started)
+            if slot.unreleased:
+                await self._journal(self.store.release, slot.unreleased)
+                slot.unreleased = []
+            self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
+            return
         if self._circuit_open:
             await self._until_circuit_closed()
             return
-        entries = await self._store(
+        entries = await self._journal(
             self.store.lease, self.name, self.batch_size, self.wall(), self.lease_seconds, shard=(slot.index, n)
         )
         if not entries:
@@ -512,7 +549,11 @@ class DestinationWorker(Service):
                 # Whatever is still leased here was never tried (stop, circuit, error).
                 rest = [e.entry_id for e in slot.leased]
                 slot.leased = []
-                await self._store(self.store.release, rest)
+                try:
+                    await self._journal(self.store.release, rest)
+                except JournalRefused:
+                    slot.unreleased.extend(rest)
+                    raise
 
     async def _idle(self, slot: _Slot) -> None:
         """Nothing due: release an idle association when its time comes, and sleep."""
@@ -578,8 +619,20 @@ class DestinationWorker(Service):
         slot.leased = prepared
 
     async def _record(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
-        """Write one entry's outcome to the journal and tell the observer."""
+        """Write one entry's outcome to the journal and tell the observer.
+
+        If the journal refuses it, the outcome is kept on the slot and
+        written again before the slot leases anything else (HARDENING F15).
+        """
         slot.leased = [e for e in slot.leased if e.entry_id != entry.entry_id]
+        try:
+            await self._record_outcome(slot, entry, outcome, started)
+        except JournalRefused:
+            slot.unrecorded.append((entry, outcome, started))
+            raise
+
+    async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
+        """The body of :meth:`_record`."""
         now = self.wall()
         fields = dict(
             destination=self.name,
@@ -589,7 +642,7 @@ class DestinationWorker(Service):
             attempt=entry.attempts + 1,
         )
         if isinstance(outcome, Delivered):
-            await self._store(self.store.complete, [entry.entry_id], now, outcome.warning)
+            await self._journal(self.store.complete, [entry.entry_id], now, outcome.warning)
             self._destination_ok()
             if outcome.warning:
                 # (not "warning": a log event with that key looks like a Python warning to legacy observers)
@@ -616,22 +669,26 @@ class DestinationWorker(Service):
                 jitter=retry.jitter,
                 rand=self.rand,
             )
-            await self._store(self.store.retry, entry.entry_id, now + delay, reason, now)
+            await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now)
             self.log.info("retrying {sop_instance_uid} to {destination} in {delay:.1f}s: {reason}", delay=delay, reason=reason, **fields)
             self.observer.retried(entry, reason)
         elif isinstance(outcome, DeadLetter):
             await self._dead_letter(entry, outcome.reason, now, fields)
         else:
             # Destination-wide: this entry was not really tried, the rest go back unchanged.
-            await self._store(self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False)
+            await self._journal(self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False)
             rest = [e.entry_id for e in slot.leased]
             slot.leased = []
             if rest:
-                await self._store(self.store.release, rest)
+                try:
+                    await self._journal(self.store.release, rest)
+                except JournalRefused:
+                    slot.unreleased.extend(rest)
+                    raise
             await self._destination_fault(outcome)
 
     async def _dead_letter(self, entry: Entry, reason: str, now: float, fields: dict[str, Any]) -> None:
-        await self._store(self.store.dead_letter, entry.entry_id, reason, now)
+        await self._journal(self.store.dead_letter, entry.entry_id, reason, now)
         self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=reason, **fields)
         self.observer.dead_lettered(entry, reason)
 

@@ -385,6 +385,11 @@ class ServiceBackend:
         for listener in service.listeners:
             if listener.port is None:
                 reasons.append(f"listener {listener.listener.name} not bound")
+        for name, worker in sorted(getattr(service, "workers", {}).items()):
+            # HARDENING F15: outcomes the journal refused; the worker stopped dequeuing.
+            error = worker.status().journal_error
+            if error:
+                reasons.append(f"destination {name}: journal not writable, not dequeuing ({error})")
         d = service.blocking.run(self._probe, service.config.spool.path)
 
         def probed(_: object) -> list[str]:

@@ -622,6 +622,59 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(set(self.states().values()), {EntryState.QUEUED})
 
 
+class FullJournal(MemoryQueueStore):
+    """A memory store whose outcome writes fail with ENOSPC while ``full`` is set."""
+
+    full = False
+
+    def _refuse(self) -> None:
+        if self.full:
+            raise OSError(28, "No space left on device")
+
+    def complete(self, entry_ids: Any, now: float, warning: str = "") -> None:
+        self._refuse()
+        super().complete(entry_ids, now, warning)
+
+    def release(self, entry_ids: Any) -> None:
+        self._refuse()
+        super().release(entry_ids)
+
+    def lease(self, *args: Any, **kwargs: Any) -> list[Entry]:
+        self.leases = getattr(self, "leases", 0) + 1
+        return super().lease(*args, **kwargs)
+
+
+class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
+    """HARDENING F15: the journal refuses outcomes (ENOSPC): fail closed, record them when space returns."""
+
+    def test_refused_completion_stops_dequeuing_and_is_recorded_not_resent_when_space_returns(self) -> None:
+        """complete() failing with ENOSPC: no more leases or sends; once it works the delivery is recorded, nothing sent twice."""
+        self.store = FullJournal()
+        self.store.full = True
+        records = [self.instance() for _ in range(3)]
+        for record in records:
+            self.enqueue(record)
+        peer = FakePeer()
+        worker = self.worker(self.destination(), peer)
+        self.assertEqual(peer.uids(), [records[0].sop_instance_uid])
+        self.assertIn("No space left", worker.status().journal_error)
+        leases = self.store.leases
+        self.clock.advance(10)
+        self.assertEqual(peer.uids(), [records[0].sop_instance_uid], "sent again while the journal was full")
+        self.assertEqual(self.store.leases, leases, "leased again while the journal was full")
+        self.store.full = False
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
+        self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
+        self.assertEqual(worker.status().journal_error, "")
+        self.assertEqual(len(self.observer.kinds("delivered")), 3)
+        from gateway.forward import JournalRefused
+
+        self.assertTrue(self.flushLoggedErrors(JournalRefused))
+        self.flushLoggedErrors(OSError)
+
+
 class ProposalTests(SynchronousTestCase):
     """Presentation contexts proposed for a batch."""
 

@@ -257,6 +257,17 @@ class ReadinessTests(SynchronousTestCase):
         self.assertIn("listener main not bound", reasons)
         self.assertIn("start-up recovery not finished", reasons)
 
+    def test_worker_whose_journal_refuses_outcomes_is_a_reason(self) -> None:
+        """A worker reporting a journal error (ENOSPC, HARDENING F15) makes /readyz name it."""
+        from gateway.forward import WorkerStatus
+
+        service = _Service(self.spool)
+        status = WorkerStatus("pacs", "closed", 0, "", 0, journal_error="OSError: database or disk is full")
+        service.workers = {"pacs": type("W", (), {"status": lambda self: status})()}
+        reasons = self.successResultOf(ServiceBackend(service, load=lambda path: None).readiness())
+        self.assertEqual(reasons, ["destination pacs: journal not writable, not dequeuing "
+                                   "(OSError: database or disk is full)"])
+
 
 class LoopbackTests(TestCase):
     """HttpService serves the site on a real loopback port."""

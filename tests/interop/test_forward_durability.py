@@ -466,3 +466,103 @@ class RepeatedKillTests(ForwardTestMixin, TestCase):
         self.assertLessEqual(recorder.duplicates(), kills * slots, recorder.counts().most_common(5))
         gateway.stop()
         self.assertEqual(integrity(journal), "ok")
+
+
+def _readyz(http_port: int) -> tuple[int, str]:
+    """Ask ``/readyz``.
+
+    :param http_port: the gateway's HTTP port.
+    :returns: (status code, body).
+    """
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _fill(folder: Path) -> Path:
+    """Fill a filesystem to the last byte with one file.
+
+    :param folder: a directory on it.
+    :returns: the filler file (delete it to free the space).
+    """
+    filler = folder / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:
+        block = b"\0" * 65536
+        try:
+            while True:
+                f.write(block)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return filler
+
+
+class JournalFullTests(ForwardTestMixin, TestCase):
+    """F15: the journal's filesystem fills while forwarding."""
+
+    skip = dcmtk.skip_reason("storescu")
+    timeout = 120
+
+    def test_full_journal_stops_dequeuing_shows_in_readyz_and_recovers_without_loss(self) -> None:
+        """Journal on a 4 MiB filesystem filled mid-forwarding: dequeuing stops, /readyz says why, the process lives; freed, all 30 arrive, journal ok."""
+        from tests.interop.test_forward_crash import _mount_small_filesystem
+        from tests.support.faultproxy import FaultPlan, FaultProxy
+
+        recorder = self.recorder()
+        proxy = FaultProxy(recorder.port, lambda _n: FaultPlan(delay=0.05)).start()
+        self.addCleanup(proxy.stop)
+        http_port = free_port()
+        gateway = GatewayProcess(
+            self.mktemp(),
+            destinations={"pacs": dicom_destination(proxy.port, recorder.ae_title, max_associations=1,
+                                                    batch_size=5)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+            http={"host": "127.0.0.1", "port": http_port},
+        )
+        journal_dir = gateway.dir / "journal"
+        journal_dir.mkdir()
+        how = _mount_small_filesystem(journal_dir, 4)
+        self.addCleanup(subprocess.run, ["umount", "-l", str(journal_dir)], check=False)
+        journal = journal_dir / "queue.sqlite"
+        gateway.rewrite_config(queue={"path": str(journal)})
+        self.addCleanup(gateway.stop)
+        gateway.start()
+        self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+        source = Path(self.mktemp()).resolve()
+        make_series(source, 30, 4 * 1024)
+        uids = {sop_instance_uid(p) for p in source.iterdir()}
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        self.wait_for(gateway, lambda: len(recorder.receipts) >= 3, 30, "3 instances forwarded")
+        filler = _fill(journal_dir)
+        status, body = self.wait_for(
+            gateway, lambda: (r := _readyz(http_port))[0] == 503 and "journal" in r[1] and r, 30,
+            f"/readyz to report the full journal ({how})")
+        self.assertIn("pacs", body)
+        # Fail closed: once refused, nothing more is dequeued while the disk stays full.
+        settled = len(recorder.receipts)
+        self.assertLess(len(set(recorder.successes())), 30, "the disk filled after the end")
+        for _ in range(20):
+            time.sleep(0.1)
+            self.assertIsNone(gateway.returncode, gateway.log_text()[-2000:])
+        self.assertLessEqual(len(recorder.receipts), settled + 1, "kept sending while the journal was full")
+        # The alert: the refusal is logged (SQLite's words for ENOSPC).
+        self.assertIn("database or disk is full", gateway.log_text())
+        filler.unlink()
+        self.wait_for(gateway, lambda: set(recorder.successes()) == uids and self.idle(gateway), 60,
+                      "all 30 instances at the destination after space returned")
+        self.wait_for(gateway, lambda: _readyz(http_port)[0] == 200, 15, "/readyz 200 again")
+        rows = gateway.queue_rows()["pacs"]
+        self.assertEqual((rows["delivered"], rows["dead"]), (30, 0))
+        self.assertEqual(recorder.duplicates(), 0, recorder.counts().most_common(3))
+        gateway.stop()
+        self.assertEqual(integrity(journal), "ok")
