@@ -1,0 +1,130 @@
+"""A poison instance, a restart with a big queue, and wall-clock jumps (HARDENING F16, F18, F19).
+
+- F16: one instance whose route's morph fails every time, at the head of a
+  study's queue: it is dead-lettered at its first attempt with a ``morph:``
+  reason, the 19 behind it are delivered, and ``/metrics`` counts it
+  (``dicom_gateway_dead_letters{destination}``, ``dicom_gateway_morph_errors_total{route}``).
+- F18 (CI scale, decision 12): 10,000 entries queued offline with the
+  gateway's own store API (:func:`bench.backlog.build_backlog`) for a
+  destination that never answers; the real process listens and dequeues in
+  under 60 s and its first state snapshot in ``/metrics`` already shows the
+  10,000. Full size (100k, 1M) is ``bench/backlog.py``.
+- F19: the gateway runs under libfaketime with the offset read from a file
+  at every call (``FAKETIME_NO_CACHE``) and the monotonic clock left real
+  (``FAKETIME_DONT_FAKE_MONOTONIC``); its destination accepts TCP and closes
+  at once, so the worker's circuit probes arrive every ``max_delay``.
+  After a +1 h jump the probes keep their pace (no burst); after a -1 h
+  jump they keep coming (no stall).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.interop.test_forward_durability import metrics_text, sample
+from tests.support import dcmtk
+from tests.support.datasets import ct_dataset
+from tests.support.gateway_process import GatewayProcess, dicom_destination
+from tests.support.interop import ForwardTestMixin, pynetdicom_store
+from tests.support.ports import free_port
+
+#: Where the Debian ``libfaketime`` package puts the preload library.
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+class PoisonInstanceTests(ForwardTestMixin, TestCase):
+    """F16: a copy the morph can never make does not block the ones behind it."""
+
+    timeout = 120
+
+    def test_poison_at_the_head_is_dead_lettered_once_and_the_rest_flow(self) -> None:
+        """The first of 20 (one study, one slot) fails its morph: dead at attempt 1 with 'morph:'; 19 delivered; metrics count it."""
+        recorder = self.recorder()
+        http_port = free_port()
+        gateway = self.start_gateway(
+            destinations={"pacs": dicom_destination(recorder.port, recorder.ae_title, max_associations=1,
+                                                    batch_size=10)},
+            # PatientID is LO (64 chars, PS3.5 6.2): three 30-char descriptions cannot fit.
+            routes=[{"name": "all", "forward": ["pacs"],
+                     "morph": [{"set": {"PatientID": "{StudyDescription}{StudyDescription}{StudyDescription}"}}]}],
+            http={"host": "127.0.0.1", "port": http_port},
+        )
+        self.assertEqual(gateway.cli("queue", "pause", "pacs").returncode, 0)
+        study = "1.2.826.0.1.3680043.8.498.16016"
+        datasets = []
+        for i in range(20):
+            ds = ct_dataset(8, 8, study_instance_uid=study, seed=i)
+            ds.PatientID = "P16"
+            ds.StudyDescription = "X" * 30 if i == 0 else "ok"
+            datasets.append(ds)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets), [0x0000] * 20)
+        poison = str(datasets[0].SOPInstanceUID)
+        others = {str(ds.SOPInstanceUID) for ds in datasets[1:]}
+        self.assertEqual(gateway.cli("queue", "resume", "pacs").returncode, 0)
+        self.wait_for(gateway, lambda: set(recorder.successes()) == others and self.idle(gateway), 30,
+                      "the 19 healthy instances delivered")
+        [dead] = gateway.dead_letters()
+        self.assertTrue(dead["dead_reason"].startswith("morph: "), dead["dead_reason"])
+        self.assertLessEqual(dead["attempts"], 1)
+        self.assertNotIn(poison, recorder.counts(), "a copy the morph could not make was sent")
+        self.assertEqual(recorder.duplicates(), 0)
+        text = self.wait_for(gateway, lambda: (t := metrics_text(http_port)) and sample(
+            t, "dicom_gateway_dead_letters", destination="pacs") == 1 and t, 15, "dead_letters{pacs} == 1")
+        self.assertEqual(sample(text, "dicom_gateway_morph_errors_total", route="all"), 1)
+        self.assertEqual(sample(text, "dicom_gateway_forward_failures_total", destination="pacs",
+                                kind="permanent"), 1)
+        self.assertEqual(sample(text, "dicom_gateway_forwarded_total", destination="pacs"), 19)
+
+
+class BigQueueRestartTests(TestCase):
+    """F18 (CI scale): start with 10,000 queued entries."""
+
+    timeout = 180
+
+    def test_ten_thousand_queued_ready_in_under_60s_and_metrics_right_at_once(self) -> None:
+        """10,000 entries built offline: listening and dequeuing < 60 s; the first snapshot in /metrics shows depth 10,000."""
+        from bench.backlog import FirstConnection, build_backlog
+
+        count = 10_000
+        destination = FirstConnection()
+        self.addCleanup(destination.close)
+        http_port = free_port()
+        gateway = GatewayProcess(
+            self.mktemp(),
+            destinations={"pacs": dicom_destination(destination.port, "PACS",
+                                                    timeouts={"connect": "5s", "acse": "60s", "dimse": "60s"})},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+            http={"host": "127.0.0.1", "port": http_port},
+        )
+        build_backlog(gateway.spool, count)
+        self.addCleanup(gateway.kill)
+        started = time.monotonic()
+        gateway.start(timeout=60)
+        listening = time.monotonic() - started
+        deadline = started + 60
+        while destination.at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIsNotNone(destination.at, "the worker never dequeued (no connection at the destination)")
+        assert destination.at is not None
+        dequeuing = destination.at - started
+        # The first scrape carrying a snapshot (timestamp > 0) must already be right.
+        while True:
+            text = metrics_text(http_port)
+            if sample(text, "dicom_gateway_state_snapshot_timestamp_seconds") > 0:
+                break
+            self.assertLess(time.monotonic(), deadline, "no state snapshot within 60 s")
+            time.sleep(0.05)
+        print(f"F18 CI: {count} queued: listening {listening:.2f} s, dequeuing {dequeuing:.2f} s")
+        self.assertLess(listening, 60)
+        self.assertLess(dequeuing, 60)
+        self.assertEqual(sample(text, "dicom_gateway_queue_depth", destination="pacs"), count)
+        self.assertEqual(sample(text, "dicom_gateway_dead_letters", destination="pacs"), 0)
+        rows = {row["destination"]: row for row in gateway.cli("queue", "list", "--json").json()}
+        self.assertEqual(rows["pacs"]["queued"] + rows["pacs"]["in_flight"], count)
