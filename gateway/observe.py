@@ -278,6 +278,12 @@ class GatewayMetrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.tls_failures = Counter(
+            f"{p}_tls_handshake_failures",
+            "TLS handshakes that failed at a listener, by reason (PS3.15 Annex B; HARDENING T04-T15).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
         self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
         self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
@@ -380,6 +386,18 @@ class GatewayMetrics:
     def pdu_protocol_error(self, listener: str, reason: int) -> None:
         """We aborted a connection for a bad PDU (garbage, oversized, unexpected in its state; HARDENING P37)."""
         self.pdu_errors.labels(listener, self._ABORT_REASONS.get(reason, "other")).inc()
+
+    def tls_handshake_failed(self, listener: str, reason: str) -> None:
+        """A TLS handshake failed at a listener (or a renegotiation was refused).
+
+        :param listener: the listener's name (from the configuration).
+        :param reason: the label of :func:`gateway.tls.classify_handshake_failure`;
+            anything outside :data:`gateway.tls.HANDSHAKE_FAILURE_REASONS` is
+            counted as ``other`` (bounded labels, HARDENING P10).
+        """
+        from gateway.tls import HANDSHAKE_FAILURE_REASONS
+
+        self.tls_failures.labels(listener, reason if reason in HANDSHAKE_FAILURE_REASONS else OTHER).inc()
 
     # -- instances (gateway.receive) -------------------------------------------------------
 

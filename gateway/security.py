@@ -34,6 +34,7 @@ def server_tls_settings(config: ListenerTLSConfig) -> ServerTLSSettings:
         ca=config.ca,
         require_client_certificate=config.require_client_certificate,
         profile=TLSProfile(config.profile),
+        crl=config.crl,
     )
 
 

@@ -341,6 +341,7 @@ class GatewayService(MultiService):
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
         def failed(peer: str, reason: str, detail: str) -> None:
+            self.metrics.tls_handshake_failed(listener, reason)
             # Security Alert for every failed handshake but a silent close.
             if reason != "closed":
                 self.audit.tls_failure(peer=peer, listener=listener, reason=reason, detail=detail)

@@ -14,7 +14,8 @@ This module is the only place that talks to pyOpenSSL. It builds:
 * a **wrapping factory** (:class:`TLSListenerFactory`) that puts TLS under an
   acceptor factory, closes connections whose handshake does not finish by a
   deadline (HARDENING T13: no half-open TLS connection outlives ARTIM) and
-  reports every failed handshake with a short reason label (T04-T09).
+  reports every failed handshake with a short reason label (T04-T09), out of
+  the bounded set :data:`HANDSHAKE_FAILURE_REASONS` (metric label values).
 
 Profiles (PS3.15 Annex B)
 -------------------------
@@ -34,7 +35,32 @@ The plain BCP 195 profile (PS3.15 B.9), which allows a fallback to older
 versions, is deliberately not offered. TLS 1.3's own suites are all AEAD
 with forward secrecy (RFC 8446 section 9.1), so both profiles allow the
 three standard ones. Compression (CRIME) and client-initiated renegotiation
-are disabled on every context (HARDENING T14).
+are disabled on every context (HARDENING T14); a refused renegotiation
+attempt is reported like a failed handshake (reason ``renegotiation``).
+
+Key strength (HARDENING T11) is pinned with ``@SECLEVEL=2`` in the cipher
+string, whatever the system OpenSSL configuration says: RSA and DH keys of
+at least 2048 bits, ECC of 224, and no MD5- or SHA1-signed certificate
+(OpenSSL counts SHA1 below 80 bits of security), for the gateway's own
+certificate at load and for client certificates at the handshake. PS3.15
+B.10/B.11 point to BCP 195, which asks for 2048-bit RSA/DH at least
+(RFC 7525 section 4.5).
+
+Revocation
+----------
+A listener's optional ``crl`` file (PEM, one or more CRLs of the CAs in
+``ca``) is loaded into the context's X509 store with ``CRL_CHECK``: a
+client certificate whose issuer has no CRL in the file, or that the CRL
+lists, fails the handshake (``crl_unavailable`` / ``revoked``). It is read
+again with the certificate on SIGHUP.
+
+Bounded handshakes
+------------------
+A client that sends more than :data:`MAX_HANDSHAKE_BYTES` before its
+handshake finishes (a 100 KB ClientHello, a huge certificate chain) is
+aborted with the reason ``oversized`` before OpenSSL buffers it (HARDENING
+T15); a legitimate handshake, client certificate chain included, is a few
+kilobytes.
 
 Peer identity
 -------------
@@ -53,6 +79,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as _tssl
@@ -119,9 +146,50 @@ _CONTEXT_OPTIONS = (
     | SSL.OP_CIPHER_SERVER_PREFERENCE
 )
 
+#: Bytes a client may send before its handshake completes (HARDENING T15).
+#: ClientHello and client certificate chain together are normally under
+#: 10 KiB; OpenSSL itself would buffer a ClientHello of up to 128 KiB and a
+#: certificate chain of up to 100 KiB per connection.
+MAX_HANDSHAKE_BYTES = 64 * 1024
+
+#: Every reason label :func:`classify_handshake_failure` and the listener
+#: report: the bounded value set of the ``reason`` label of
+#: ``dicom_gateway_tls_handshake_failures_total``.
+HANDSHAKE_FAILURE_REASONS: frozenset[str] = frozenset(
+    {
+        "unknown_ca",
+        "invalid_ca",
+        "expired",
+        "not_yet_valid",
+        "revoked",
+        "crl_unavailable",
+        "wrong_key_usage",
+        "weak_key",
+        "weak_signature",
+        "no_certificate",
+        "protocol_version",
+        "no_shared_cipher",
+        "not_tls",
+        "certificate_rejected",
+        "timeout",
+        "oversized",
+        "renegotiation",
+        "closed",
+        "other",
+    }
+)
+
+#: OpenSSL alert description no_renegotiation (RFC 5246 7.2.2), sent by a
+#: context with ``OP_NO_RENEGOTIATION`` to a client asking to renegotiate.
+_ALERT_NO_RENEGOTIATION = 100
+
 #: X.509 verification error numbers (OpenSSL ``X509_V_ERR_*``) -> reason labels.
 _VERIFY_REASONS: dict[int, str] = {
     2: "unknown_ca",  # unable to get issuer certificate
+    3: "crl_unavailable",  # unable to get certificate CRL (CRL_CHECK, no CRL of that issuer)
+    8: "crl_unavailable",  # CRL signature failure
+    11: "crl_unavailable",  # CRL is not yet valid
+    12: "crl_unavailable",  # CRL has expired
     9: "not_yet_valid",
     10: "expired",
     18: "unknown_ca",  # self-signed leaf
@@ -152,6 +220,8 @@ class ServerTLSSettings:
     :ivar require_client_certificate: fail the handshake of a client that
         presents no certificate signed by ``ca``.
     :ivar profile: the secure transport connection profile.
+    :ivar crl: PEM file of certificate revocation lists of the CAs in
+        ``ca``; empty means no revocation check.
     """
 
     certificate: str
@@ -159,6 +229,7 @@ class ServerTLSSettings:
     ca: str = ""
     require_client_certificate: bool = False
     profile: TLSProfile = TLSProfile.BCP195_ND
+    crl: str = ""
 
 
 @dataclass(frozen=True)
@@ -278,19 +349,51 @@ def _base_context(method_profile: TLSProfile) -> SSL.Context:
     # "MinProtocol = TLSv1" in /etc/ssl/openssl.cnf cannot lower it (T08).
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_CONTEXT_OPTIONS)
-    context.set_cipher_list(PROFILE_CIPHERS[method_profile].encode("ascii"))
+    # @SECLEVEL=2 (HARDENING T11): 2048-bit RSA/DH at least, no MD5/SHA1
+    # certificate signatures, even if the system configuration asks for less.
+    context.set_cipher_list(f"{PROFILE_CIPHERS[method_profile]}:@SECLEVEL=2".encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_SUITES.encode("ascii"))
     return context
 
 
+#: Signature hashes no certificate of ours may be signed with (HARDENING T11).
+_WEAK_SIGNATURE_HASHES = frozenset({"md5", "sha1", "md5-sha1", "md4", "md2"})
+
+
+def _weak_signature(cert: x509.Certificate) -> str | None:
+    """The name of a weak hash ``cert`` is signed with (MD5, SHA1), or ``None``.
+
+    OpenSSL's security level refuses such *peer* certificates during
+    verification, but not our own when it is loaded; a self-signed
+    certificate's signature protects nothing and is not checked.
+    """
+    if cert.issuer == cert.subject:
+        return None
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None
+    if algorithm is not None and algorithm.name in _WEAK_SIGNATURE_HASHES:
+        return algorithm.name.upper()
+    return None
+
+
 def _load_key_pair(context: SSL.Context, certificate: str, private_key: str) -> None:
-    """Load a certificate chain and its key into ``context``, checking they belong together."""
+    """Load a certificate chain and its key into ``context``, checking they belong together and are strong enough."""
     chain = _read(certificate, "certificate")
     key = _read(private_key, "private key")
     try:
         certs = x509.load_pem_x509_certificates(chain)
     except ValueError as error:
         raise TLSConfigError(f"{certificate} holds no usable PEM certificate: {error}") from error
+    for cert in certs:
+        weak = _weak_signature(cert)
+        if weak is not None:
+            # PS3.15 B.10/B.11 via BCP 195 (RFC 7525 4.5): SHA-256 or better.
+            raise TLSConfigError(
+                f"{certificate}: the certificate {cert.subject.rfc4514_string()} is signed with {weak}, "
+                "which is too weak (SHA-256 or better is needed)"
+            )
     try:
         pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, key)
     except crypto.Error as error:
@@ -323,6 +426,52 @@ def _load_ca(context: SSL.Context, ca: str) -> None:
         context.add_client_ca(crypto.X509.from_cryptography(cert))
 
 
+def _load_crl(context: SSL.Context, crl: str, ca: str) -> None:
+    """Load the CRLs of a PEM file into the context's store and turn revocation checking on.
+
+    Each CRL must be issued and signed by one of the CAs of ``ca``: a CRL of
+    another CA would leave every client certificate without a CRL, and
+    each handshake would then fail with ``crl_unavailable``.
+
+    :param context: the server context (its CA certificates already loaded).
+    :param crl: the CRL file.
+    :param ca: the CA file, for the issuer check.
+    :raises TLSConfigError: when the file holds no usable CRL, or a CRL that
+        none of the CAs issued.
+    """
+    data = _read(crl, "CRL file")
+    blocks = [
+        b"-----BEGIN X509 CRL-----" + part.split(b"-----END X509 CRL-----")[0] + b"-----END X509 CRL-----\n"
+        for part in data.split(b"-----BEGIN X509 CRL-----")[1:]
+    ]
+    if not blocks:
+        raise TLSConfigError(f"{crl} holds no PEM certificate revocation list (-----BEGIN X509 CRL-----)")
+    authorities = x509.load_pem_x509_certificates(_read(ca, "CA file"))
+    store = context.get_cert_store()
+    assert store is not None
+    for index, block in enumerate(blocks, 1):
+        try:
+            revocations = x509.load_pem_x509_crl(block)
+        except ValueError as error:
+            raise TLSConfigError(f"{crl}: CRL {index} cannot be read: {error}") from error
+        issuers = [cert for cert in authorities if cert.subject == revocations.issuer]
+        if not any(revocations.is_signature_valid(cert.public_key()) for cert in issuers):  # type: ignore[arg-type]
+            raise TLSConfigError(
+                f"{crl}: CRL {index} (issuer {revocations.issuer.rfc4514_string()}) is not signed by a CA of {ca}"
+            )
+        store.add_crl(revocations)
+    # RFC 5280 6.3: check the end-entity certificate against its issuer's CRL.
+    store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+
+
+def _info_callback(connection: SSL.Connection, where: int, ret: int) -> None:
+    """Note a refused renegotiation: OpenSSL answers a ClientHello after the handshake with no_renegotiation (T14)."""
+    if where & SSL.SSL_CB_WRITE_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
+        holder = connection.get_app_data()
+        if holder is not None and hasattr(holder, "renegotiation_refused"):
+            holder.renegotiation_refused = True
+
+
 def _verify_callback(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
     """Keep OpenSSL's verdict, remembering why a certificate failed for the failure's reason label."""
     if not ok:
@@ -353,8 +502,13 @@ def build_server_context(settings: ServerTLSSettings) -> SSL.Context:
         if settings.require_client_certificate:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         context.set_verify(mode, _verify_callback)
+        if settings.crl:
+            _load_crl(context, settings.crl, settings.ca)
     elif settings.require_client_certificate:
         raise TLSConfigError("require_client_certificate needs a 'ca' to check client certificates against")
+    elif settings.crl:
+        raise TLSConfigError("a 'crl' needs a 'ca' to check client certificates against")
+    context.set_info_callback(_info_callback)
     # Session tickets would outlive a certificate reload; sessions are cheap to renegotiate.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_id(b"dicom-gateway")
@@ -423,16 +577,20 @@ def classify_handshake_failure(error: BaseException | None, verify_errors: list[
 
     :param error: the exception that ended the connection, if any.
     :param verify_errors: X.509 verification error numbers seen during the handshake.
-    :returns: one of ``unknown_ca``, ``expired``, ``not_yet_valid``,
-        ``revoked``, ``wrong_key_usage``, ``weak_key``, ``no_certificate``,
-        ``protocol_version``, ``no_shared_cipher``, ``not_tls``,
-        ``certificate_rejected`` (the peer refused *our* certificate),
-        ``closed`` (the peer went away) or ``other``.
+    :returns: one of ``unknown_ca``, ``invalid_ca``, ``expired``,
+        ``not_yet_valid``, ``revoked``, ``crl_unavailable``,
+        ``wrong_key_usage``, ``weak_key``, ``weak_signature``,
+        ``no_certificate``, ``protocol_version``, ``no_shared_cipher``,
+        ``not_tls``, ``oversized``, ``certificate_rejected`` (the peer
+        refused *our* certificate), ``closed`` (the peer went away) or
+        ``other``: all in :data:`HANDSHAKE_FAILURE_REASONS`.
     """
     for errno in verify_errors:
         if errno in _VERIFY_REASONS:
             return _VERIFY_REASONS[errno]
     text = _ssl_reason(error).lower() if error is not None else ""
+    if "excessive message size" in text or "too long" in text:
+        return "oversized"
     if "key too small" in text:
         return "weak_key"
     if "md too weak" in text or "digest too weak" in text:
@@ -466,6 +624,9 @@ class _ListenerTLSProtocol(BufferingTLSTransport):
     def makeConnection(self, transport: Any) -> None:
         """Start the handshake and its deadline (HARDENING T13)."""
         self.verify_errors: list[int] = []
+        #: Set by the info callback when OpenSSL refused a renegotiation (T14).
+        self.renegotiation_refused = False
+        self._handshake_bytes = 0
         self._deadline: IDelayedCall | None = None
         self._reported = False
         peer = transport.getPeer()
@@ -486,10 +647,24 @@ class _ListenerTLSProtocol(BufferingTLSTransport):
             self.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        """Feed TLS records; stop the deadline as soon as the handshake is done."""
+        """Feed TLS records; stop the deadline as soon as the handshake is done.
+
+        Until then, at most :data:`MAX_HANDSHAKE_BYTES` are accepted: more is
+        an oversized ClientHello or certificate chain, aborted before
+        OpenSSL buffers it (HARDENING T15, rule R4 applied to TLS).
+        """
+        if not self._handshakeDone:
+            self._handshake_bytes += len(data)
+            if self._handshake_bytes > MAX_HANDSHAKE_BYTES:
+                self._report("oversized", f"more than {MAX_HANDSHAKE_BYTES} bytes before the handshake finished")
+                self.abortConnection()
+                return
         super().dataReceived(data)
         if self._handshakeDone and self._deadline is not None:
             self._cancel_deadline()
+        if self.renegotiation_refused and not self._reported:
+            # The session goes on (no_renegotiation is a warning alert); the attempt is reported once.
+            self._report("renegotiation", "client-initiated renegotiation refused")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():

@@ -809,6 +809,7 @@ _LISTENER_TLS_FIELDS: Final[Mapping[str, _Field]] = {
     "require_client_certificate": _Field(_check_boolean),
     "profile": _Field(_check_tls_profile),
     "handshake_timeout": _Field(_duration(0, 300.0)),
+    "crl": _Field(_check_path),
 }
 
 _check_listener_tls_fields: Final = _section(ListenerTLSConfig, _LISTENER_TLS_FIELDS)
@@ -830,6 +831,12 @@ def _check_listener_tls(node: yaml.Node, path: str, ctx: _Context) -> Any:
             _value_node(node, "require_client_certificate"),
             _child(path, "require_client_certificate"),
             "needs 'ca': client certificates are checked against it",
+        )
+    if tls.crl and not tls.ca:
+        return ctx.error(
+            _value_node(node, "crl"),
+            _child(path, "crl"),
+            "needs 'ca': the CRLs are those of the CAs client certificates chain to",
         )
     return tls
 

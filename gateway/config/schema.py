@@ -36,6 +36,9 @@ class ListenerTLSConfig:
     :param profile: One of :data:`TLS_PROFILES`.
     :param handshake_timeout: Seconds a TLS handshake may take before the
         connection is closed (never more than the ARTIM timer).
+    :param crl: PEM file of certificate revocation lists of the CAs in
+        ``ca``, absolute; client certificates they list are refused
+        (RFC 5280); empty means no revocation check. Re-read on SIGHUP.
     """
 
     certificate: str
@@ -44,6 +47,7 @@ class ListenerTLSConfig:
     require_client_certificate: bool = False
     profile: str = "bcp195-nd"
     handshake_timeout: float = 10.0
+    crl: str = ""
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,131 @@ def material() -> Material:
     _write(folder, "expired-client", issue(ca, "modality1", server=False, organisation=ORG, days=1, not_before=past))
     _cached = Material(folder)
     return _cached
+
+
+_hardening_cached: Material | None = None
+
+
+def _openssl_issue(folder: Path, stem: str, common_name: str, *, digest: str = "sha256", bits: int = 2048,
+                   server: bool = False) -> None:
+    """Issue ``<stem>.pem`` from the test CA with the openssl command line.
+
+    ``cryptography`` refuses to sign with MD5 or SHA1 and to make RSA keys
+    under 1024 bits, which is just what the weak-key cases need (T11).
+    """
+    import secrets
+    import subprocess
+
+    key, csr, ext = folder / f"{stem}-key.pem", folder / f"{stem}.csr", folder / f"{stem}.ext"
+    usage = "serverAuth,clientAuth" if server else "clientAuth"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\n" + ("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else "")
+    )
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("genrsa", "-out", str(key), str(bits))
+    run("req", "-new", "-key", str(key), "-subj", f"/O={ORG}/CN={common_name}", "-out", str(csr))
+    ca = material()
+    run("x509", "-req", "-in", str(csr), "-CA", ca.ca, "-CAkey", ca.ca_key, "-set_serial", str(secrets.randbelow(2**63) + 1),
+        "-days", "30", f"-{digest}", "-extfile", str(ext), "-out", str(folder / f"{stem}.pem"))
+
+
+def hardening_material() -> Material:
+    """Generate (once per process) the certificates of the TLS hardening rows T06, T11, T15 and F20.
+
+    In a folder of its own, all issued by :func:`material`'s CA unless said otherwise:
+
+    * ``notyet-client``: valid from 30 days from now (T06);
+    * ``revoked-client`` with ``crl-revoked.pem`` (a CRL of the CA listing it)
+      and ``crl-empty.pem`` (a CRL listing nothing); ``other-crl.pem`` is a
+      CRL of the other CA (T06);
+    * ``serveronly-client``: extended key usage serverAuth only (T06);
+    * ``certsign-client``: key usage keyCertSign only, clientAuth (T06);
+    * ``rsa1024-client``, ``rsa512-client``, ``sha1-client``, ``md5-client``
+      and ``rsa1024-server``, ``sha1-server`` (T11);
+    * ``big-client``: a valid client certificate made about 100 KB by a
+      non-critical private extension (T15);
+    * ``expired-server``: the gateway names, expired a year ago (F20);
+      ``otherca-server``: the gateway names, issued by the other CA (F20);
+    * ``dh1024.pem``: 1024-bit DH parameters for an ``openssl s_server`` (T11).
+
+    :returns: the paths (``m.crl_revoked`` -> ``.../crl-revoked.pem``).
+    """
+    global _hardening_cached
+    if _hardening_cached is not None:
+        return _hardening_cached
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+    from gateway.tlsinit import new_key
+
+    base = material()
+    folder = Path(tempfile.mkdtemp(prefix="gw-tls-hard-"))
+
+    def load(stem: str, where: Path = base.dir) -> Issued:
+        return Issued(
+            x509.load_pem_x509_certificate((where / f"{stem}.pem").read_bytes()),
+            serialization.load_pem_private_key((where / f"{stem}-key.pem").read_bytes(), None),  # type: ignore[arg-type]
+        )
+
+    ca, other = load("ca"), load("other-ca")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = ("localhost", "127.0.0.1")
+    _write(folder, "notyet-client", issue(ca, "modality1", server=False, organisation=ORG,
+                                          not_before=now + datetime.timedelta(days=30)))
+    revoked = issue(ca, "modality1", server=False, organisation=ORG)
+    _write(folder, "revoked-client", revoked)
+    _write(folder, "serveronly-client", issue(ca, "modality1", client=False, organisation=ORG))
+    _write(folder, "rsa1024-client", issue(ca, "modality1", server=False, organisation=ORG, key_bits=1024))
+    _write(folder, "rsa1024-server", issue(ca, "dicom-gateway", names=names, organisation=ORG, key_bits=1024))
+    _write(folder, "expired-server", issue(ca, "dicom-gateway", names=names, organisation=ORG, days=1,
+                                           not_before=now - datetime.timedelta(days=365)))
+    _write(folder, "otherca-server", issue(other, "dicom-gateway", names=names, organisation=ORG))
+
+    def crl(issuer: Issued, serials: tuple[int, ...]) -> bytes:
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.certificate.subject)
+                   .last_update(now - datetime.timedelta(hours=1)).next_update(now + datetime.timedelta(days=7)))
+        for serial in serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - datetime.timedelta(hours=1)).build()
+            )
+        return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    (folder / "crl-revoked.pem").write_bytes(crl(ca, (revoked.certificate.serial_number,)))
+    (folder / "crl-empty.pem").write_bytes(crl(ca, ()))
+    (folder / "other-crl.pem").write_bytes(crl(other, ()))
+
+    def custom(stem: str, usage: x509.KeyUsage, extra: x509.ExtensionType | None = None) -> None:
+        key = new_key()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name.from_rfc4514_string(f"CN=modality1,O={ORG}"))
+            .issuer_name(ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if extra is not None:
+            builder = builder.add_extension(extra, critical=False)
+        _write(folder, stem, Issued(builder.sign(ca.key, hashes.SHA256()), key))
+
+    flags = dict(content_commitment=False, data_encipherment=False, key_agreement=False, crl_sign=False,
+                 encipher_only=False, decipher_only=False)
+    custom("certsign-client", x509.KeyUsage(digital_signature=False, key_encipherment=False, key_cert_sign=True, **flags))
+    custom("big-client", x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False, **flags),
+           x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.15"), b"\x04\x83\x01\x86\xa0" + b"A" * 100000))
+    _openssl_issue(folder, "rsa512-client", "modality1", bits=512)
+    _openssl_issue(folder, "sha1-client", "modality1", digest="sha1")
+    _openssl_issue(folder, "md5-client", "modality1", digest="md5")
+    _openssl_issue(folder, "sha1-server", "dicom-gateway", digest="sha1", server=True)
+    subprocess.run(["openssl", "dhparam", "-dsaparam", "-out", str(folder / "dh1024.pem"), "1024"],
+                   check=True, capture_output=True)
+    _hardening_cached = Material(folder)
+    return _hardening_cached
