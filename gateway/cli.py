@@ -317,6 +317,7 @@ async def _echo(reactor: Any, args: argparse.Namespace) -> None:
     from gateway.associate import connect_tcp
 
     host, port, calling, called = args.host, args.port, args.aet, args.aec
+    destination: Any = None
     if port is None:
         if not args.config:
             print("give HOST PORT, or a destination name with -c CONFIG", file=sys.stderr)
@@ -330,10 +331,18 @@ async def _echo(reactor: Any, args: argparse.Namespace) -> None:
         host, port = destination.host, destination.port
         calling, called = destination.calling_ae_title, destination.ae_title
     try:
-        assoc = await connect_tcp(
-            reactor, host, port, calling_ae_title=calling, called_ae_title=called,
-            proposals=None, max_pdu_length=args.max_pdu, timeout=args.timeout,
-        )
+        if destination is not None:
+            # A configured destination is reached exactly as its worker and circuit
+            # probe reach it: its timeouts, its max PDU and, when it has ``tls``, DICOM
+            # TLS (PS3.15 Annex B) with its CA and server name, never plain TCP.
+            from gateway.forward import connect_dicom
+
+            assoc = await connect_dicom(reactor, destination, [])
+        else:
+            assoc = await connect_tcp(
+                reactor, host, port, calling_ae_title=calling, called_ae_title=called,
+                proposals=None, max_pdu_length=args.max_pdu, timeout=args.timeout,
+            )
     except Exception as e:
         print(f"C-ECHO to {called}@{host}:{port} failed: {e}")
         raise SystemExit(1)

@@ -401,6 +401,26 @@ class EchoTests(CliTestCase):
         self.assertIn("archive is a folder destination", err)
         self.assertNotIn("Traceback", err)
 
+    def test_echo_to_a_configured_destination_connects_as_its_worker_does(self) -> None:
+        """``echo DEST`` opens the association with the worker's ``connect_dicom`` (its TLS settings included), not plain TCP."""
+        from twisted.internet.defer import Deferred, fail
+
+        from gateway import associate, cli, forward
+
+        calls: list[object] = []
+
+        def connect_dicom(reactor: object, destination: object, proposals: object) -> Deferred[object]:
+            calls.append(destination)
+            return fail(ConnectionRefusedError("refused"))
+
+        self.patch(forward, "connect_dicom", connect_dicom)
+        self.patch(associate, "connect_tcp", lambda *a, **k: self.fail("echo DEST must not use plain connect_tcp"))
+        args = cli._parser().parse_args(["echo", "pacs", "-c", self.config_path])
+        done = Deferred.fromCoroutine(cli._echo(object(), args))
+        failure = self.failureResultOf(done, SystemExit)
+        self.assertEqual(failure.value.code, 1)
+        self.assertEqual(calls, [self.config.destination("pacs")])
+
     def test_echo_unknown_destination_is_refused(self) -> None:
         """An unconfigured destination name is refused with the configured names."""
         code, out, err = self.run_cli("echo", "nowhere", "-c", self.config_path)
