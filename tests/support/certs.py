@@ -95,6 +95,30 @@ def material() -> Material:
     return _cached
 
 
+def peer(stem: str, common_name: str) -> tuple[str, str]:
+    """Issue (once per process) a certificate from the test CA for an interop peer.
+
+    The certificate names ``localhost`` and ``127.0.0.1`` and allows both TLS
+    server and client authentication, as a peer such as Orthanc presents the
+    same pair as an SCP and as an SCU.  It is written next to :func:`material`'s
+    files as ``<stem>.pem`` and ``<stem>-key.pem``.
+
+    :param stem: the file stem, e.g. ``orthanc``.
+    :param common_name: the subject's CN.
+    :returns: (certificate path, private key path).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    folder = material().dir
+    certificate, key = folder / f"{stem}.pem", folder / f"{stem}-key.pem"
+    if not certificate.exists():
+        ca = Issued(x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes()),
+                    serialization.load_pem_private_key((folder / "ca-key.pem").read_bytes(), None))  # type: ignore[arg-type]
+        _write(folder, stem, issue(ca, common_name, names=("localhost", "127.0.0.1"), organisation=ORG))
+    return str(certificate), str(key)
+
+
 _hardening_cached: Material | None = None
 
 

@@ -1,0 +1,387 @@
+"""Run a private Orthanc (Debian ``orthanc``) as an interop peer and drive it through its REST API.
+
+Orthanc is a DICOM archive we did not write: the interoperability matrix of
+issue 7 uses it both as a destination (the gateway's C-STORE SCU stores into
+it; the test reads back what it kept through ``GET /instances``) and as a
+source (the test uploads a file with ``POST /instances`` and has Orthanc push it
+to the gateway with ``POST /modalities/GW/store``).
+
+:class:`Orthanc` starts one ``Orthanc`` process with a generated JSON
+configuration in its own folder: free DICOM and HTTP ports, its own storage
+and index folders, no plugins, no authentication, ``RemoteAccessAllowed``
+false (the tests talk to it over 127.0.0.1 only) and no saved jobs.  Readiness
+is its REST API answering ``GET /system``.  REST calls use ``urllib`` only.
+
+Notes on the Debian build (Orthanc 1.10.1), found by trying:
+
+- DICOM TLS (``DicomTlsEnabled``, new in 1.9.0) is compiled in.  With it, the
+  DICOM port speaks TLS only (a plain ``echoscu`` is refused), so a test that
+  needs a plain and a TLS archive starts two processes.  ``DicomTlsCertificate``
+  and ``DicomTlsPrivateKey`` are also the client certificate Orthanc presents
+  when it is the SCU towards a modality declared with ``"UseDicomTls": true``,
+  and ``DicomTlsTrustedCertificates`` is what it trusts in both roles.
+- Orthanc 1.10.1 has no option to bind its DICOM or HTTP server to one address:
+  both listen on every interface; only loopback traffic is ever sent.
+- As an SCU, Orthanc keeps an association open ``DicomAssociationCloseDelay``
+  seconds (default 5) after a store; it is set to 0 here so associations to the
+  gateway end with the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.support.ports import free_port
+
+__all__ = ["ORTHANC", "Orthanc", "OrthancError", "OrthancTLS", "skip_reason"]
+
+#: The Orthanc server binary of the Debian package (``/usr/sbin`` is not always on ``PATH``).
+ORTHANC: str | None = shutil.which("Orthanc") or (
+    "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
+
+
+def skip_reason() -> str | None:
+    """Explain why Orthanc tests cannot run here, for a class's ``skip``.
+
+    :returns: a reason, or ``None`` when the binary is installed.
+    """
+    if ORTHANC is None:
+        return "Orthanc is not installed (run `make test`, or `apt-get install orthanc`)"
+    return None
+
+
+class OrthancError(AssertionError):
+    """A REST call failed or Orthanc did not reach the expected state."""
+
+
+@dataclass(frozen=True)
+class OrthancTLS:
+    """DICOM TLS settings of an Orthanc process (PS3.15 Annex B, Orthanc >= 1.9.0).
+
+    :param certificate: PEM certificate Orthanc presents (as SCP and as SCU).
+    :param private_key: its PEM private key.
+    :param trusted: PEM file of the CA certificates Orthanc trusts.
+    :param require_client_certificate: ``DicomTlsRemoteCertificateRequired``.
+    """
+
+    certificate: str
+    private_key: str
+    trusted: str
+    require_client_certificate: bool = True
+
+
+class Orthanc:
+    """One private Orthanc process on free loopback ports, as a context manager.
+
+    :param workdir: a folder for the configuration, storage, index and log (created).
+    :param aet: Orthanc's own AE title (``DicomAet``): the called AE title of
+        stores into it and the calling AE title of its pushes.
+    :param tls: DICOM TLS settings; ``None`` for a plain DICOM port.
+    :param extra: more configuration keys, overriding the defaults.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], *, aet: str = "ORTHANC",
+                 tls: OrthancTLS | None = None, extra: dict[str, Any] | None = None) -> None:
+        self.dir = Path(workdir).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.aet = aet
+        self.tls = tls
+        self.host = "127.0.0.1"
+        self.dicom_port = free_port(self.host)
+        self.http_port = free_port(self.host)
+        while self.http_port == self.dicom_port:  # neither is bound yet
+            self.http_port = free_port(self.host)
+        storage = self.dir / "storage"
+        storage.mkdir(exist_ok=True)
+        config: dict[str, Any] = {
+            "Name": f"dicom-gateway tests {aet}",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "StorageCompression": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": True,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": {},
+            "DicomAssociationCloseDelay": 0,
+            "DicomScuTimeout": 20,
+            "UnknownSopClassAccepted": False,
+            "SaveJobs": False,
+            "ConcurrentJobs": 2,
+            "LoadPrivateDictionary": False,
+            "ExecuteLuaEnabled": False,
+        }
+        if tls is not None:
+            config.update({
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": tls.certificate,
+                "DicomTlsPrivateKey": tls.private_key,
+                "DicomTlsTrustedCertificates": tls.trusted,
+                "DicomTlsRemoteCertificateRequired": tls.require_client_certificate,
+            })
+        config.update(extra or {})
+        self.config = config
+        self.config_path = self.dir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.log_path = self.dir / "orthanc.log"
+        self.base_url = f"http://{self.host}:{self.http_port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- process ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Tell whether the process was started and has not exited.
+
+        :returns: ``True`` while it runs.
+        """
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> Orthanc:
+        """Start Orthanc and wait until its REST API answers ``GET /system``.
+
+        :param timeout: seconds to wait for readiness.
+        :returns: this object.
+        :raises RuntimeError: if it is not installed, exits or never answers.
+        """
+        if ORTHANC is None:
+            raise RuntimeError(skip_reason())
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen([ORTHANC, "--verbose", str(self.config_path)],
+                                          cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self._proc.returncode}:\n{self.log_text()}")
+            try:
+                system = self.get("/system", timeout=2)
+            except (OSError, OrthancError):
+                time.sleep(0.1)
+                continue
+            if system.get("DicomPort") == self.dicom_port:
+                return self
+        self.stop()
+        raise RuntimeError(f"Orthanc's REST API did not answer on {self.http_port}:\n{self.log_text()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Stop Orthanc with SIGTERM (its clean shutdown), SIGKILL after ``timeout``; safe twice.
+
+        :param timeout: seconds to wait after SIGTERM.
+        :returns: the exit status (0 when it was never started).
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log_text(self) -> str:
+        """Read what Orthanc has logged so far.
+
+        :returns: its combined stdout and stderr.
+        """
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Orthanc:
+        """Start the process.
+
+        :returns: this object.
+        """
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Stop the process.
+
+        :param exc_type: unused.
+        :param exc: unused.
+        :param tb: unused.
+        """
+        self.stop()
+
+    # -- REST ------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bool = False,
+                timeout: float = 30.0) -> Any:
+        """Call the REST API.
+
+        :param method: ``GET``, ``POST``, ``PUT`` or ``DELETE``.
+        :param path: the path, e.g. ``/instances``.
+        :param body: ``bytes`` sent as they are, anything else as JSON; ``None``
+            for no body.
+        :param raw: return the answer's bytes instead of parsing JSON.
+        :param timeout: seconds for the whole call.
+        :returns: the parsed JSON answer (or bytes with ``raw``).
+        :raises OrthancError: on an HTTP error status, with Orthanc's explanation.
+        """
+        data: bytes | None
+        if body is None:
+            data = None
+        elif isinstance(body, bytes):
+            data = body
+        else:
+            data = json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type",
+                           "application/dicom" if isinstance(body, bytes) else "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                payload: bytes = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+            raise OrthancError(f"{method} {path}: HTTP {error.code}: {detail}") from None
+        if raw:
+            return payload
+        return json.loads(payload) if payload.strip() else None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        """``GET path`` (see :meth:`request`).
+
+        :param path: the path.
+        :param kwargs: :meth:`request` options.
+        :returns: the parsed answer.
+        """
+        return self.request("GET", path, **kwargs)
+
+    def instances(self) -> list[str]:
+        """List the Orthanc identifiers of every stored instance (``GET /instances``).
+
+        :returns: the identifiers.
+        """
+        result: list[str] = self.get("/instances")
+        return result
+
+    def instance_file(self, instance_id: str) -> bytes:
+        """Download an instance as Orthanc stored it (``GET /instances/{id}/file``).
+
+        :param instance_id: the Orthanc identifier.
+        :returns: the Part 10 file's bytes.
+        """
+        data: bytes = self.get(f"/instances/{instance_id}/file", raw=True)
+        return data
+
+    def simplified_tags(self, instance_id: str) -> dict[str, Any]:
+        """Read an instance's main tags by keyword (``GET /instances/{id}/simplified-tags``).
+
+        :param instance_id: the Orthanc identifier.
+        :returns: ``{keyword: value}``.
+        """
+        tags: dict[str, Any] = self.get(f"/instances/{instance_id}/simplified-tags")
+        return tags
+
+    def metadata(self, instance_id: str) -> dict[str, str]:
+        """Read what Orthanc recorded about an instance's reception (``?expand``).
+
+        :param instance_id: the Orthanc identifier.
+        :returns: e.g. ``{"TransferSyntax": ..., "RemoteAET": ..., "CalledAET": ...}``.
+        """
+        values: dict[str, str] = self.get(f"/instances/{instance_id}/metadata?expand")
+        return values
+
+    def find_instance(self, sop_instance_uid: str) -> str | None:
+        """Find an instance by SOP Instance UID (``POST /tools/lookup``).
+
+        :param sop_instance_uid: the UID.
+        :returns: its Orthanc identifier, or ``None`` when Orthanc does not have it.
+        """
+        for hit in self.request("POST", "/tools/lookup", sop_instance_uid.encode()):
+            if hit.get("Type") == "Instance":
+                return str(hit["ID"])
+        return None
+
+    def upload(self, data: bytes) -> str:
+        """Store a Part 10 file through the REST API (``POST /instances``).
+
+        :param data: the file's bytes.
+        :returns: the new instance's Orthanc identifier.
+        :raises OrthancError: if Orthanc did not store it.
+        """
+        answer = self.request("POST", "/instances", data)
+        if answer.get("Status") not in ("Success", "AlreadyStored"):
+            raise OrthancError(f"upload refused: {answer}")
+        return str(answer["ID"])
+
+    def declare_modality(self, name: str, aet: str, port: int, *, host: str = "127.0.0.1",
+                         use_tls: bool = False) -> None:
+        """Declare a remote DICOM modality (``PUT /modalities/{name}``).
+
+        :param name: Orthanc's name for it, used in ``/modalities/{name}/...``.
+        :param aet: its AE title (the called AE title of Orthanc's associations).
+        :param port: its DICOM port.
+        :param host: its address.
+        :param use_tls: ``UseDicomTls`` (new in 1.9.0): associate over TLS,
+            presenting ``DicomTlsCertificate`` and trusting ``DicomTlsTrustedCertificates``.
+        """
+        self.request("PUT", f"/modalities/{name}", {
+            "AET": aet, "Host": host, "Port": port, "UseDicomTls": use_tls,
+            "AllowEcho": True, "AllowStore": True,
+        })
+
+    def echo(self, modality: str, timeout: int = 10) -> None:
+        """Have Orthanc send a C-ECHO to a declared modality (``POST /modalities/{name}/echo``).
+
+        :param modality: the declared name.
+        :param timeout: Orthanc's association timeout, in seconds.
+        :raises OrthancError: if the echo failed (Orthanc answers an HTTP error).
+        """
+        self.request("POST", f"/modalities/{modality}/echo", {"Timeout": timeout},
+                     timeout=timeout + 30)
+
+    def store(self, modality: str, instance_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
+        """Push instances to a declared modality as a job (``POST /modalities/{name}/store``).
+
+        The job runs asynchronously; this polls ``GET /jobs/{id}`` until it ends.
+
+        :param modality: the declared name.
+        :param instance_ids: Orthanc identifiers of the instances to send.
+        :param timeout: seconds to wait for the job to end.
+        :returns: the finished job (``State`` is ``Success``; ``Content`` holds
+            ``InstancesCount``, ``FailedInstancesCount``, ``RemoteAet``...).
+        :raises OrthancError: if the job failed or did not end in time.
+        """
+        started = self.request("POST", f"/modalities/{modality}/store",
+                               {"Resources": instance_ids, "Asynchronous": True, "Timeout": 20})
+        job_id = started["ID"]
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.get(f"/jobs/{job_id}")
+            if job.get("State") == "Success":
+                return job
+            if job.get("State") == "Failure":
+                raise OrthancError(f"store job to {modality} failed: {job}\n{self.log_text()[-3000:]}")
+            if time.monotonic() >= deadline:
+                raise OrthancError(f"store job to {modality} still {job.get('State')} after {timeout}s")
+            time.sleep(0.1)
