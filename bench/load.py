@@ -16,8 +16,8 @@ instance, which would flatter the gateway).
   meanwhile) and to ``storescp --fork``.  Targets: >= 100/s in total, >= 40/s
   on one association (on 4 vCPU).
 - ``l3``: C-STORE-RSP latency (p50, p90, p99, max) of 512 KiB instances sent
-  at 80% of the gateway's L2 rate with 4 associations, by paced pynetdicom
-  SCUs (one process per association, each timing send -> RSP); the same
+  at 80% of the gateway's L2 rate with 4 associations, by paced raw-socket
+  SCUs (one process per association, each timing RQ -> RSP); the same
   paced load against ``storescp --fork``.  Target: p99 <= 250 ms.
 - ``l4``: one ``--l4-mib`` (2048) MiB multi-frame instance, generated into a
   temporary file and deleted afterwards, received by the gateway and by
@@ -267,80 +267,117 @@ def run_l2(args: argparse.Namespace, work: Path) -> dict[int, float]:
 # -- L3 ------------------------------------------------------------------------------------------
 
 
-def _paced_sender(port: int, called_ae: str, files: list[str], rate: float, start_at: float,
-                  nodelay: bool) -> list[float]:
-    """Send files in one pynetdicom association at a fixed rate; time each send -> RSP.
+def _read_pdu(sock: Any) -> tuple[int, bytes]:
+    """Read one whole PDU (PS3.8 9.3.1: type, reserved, 4-byte big-endian length).
 
-    Runs in its own process (one per association, so the senders do not
-    share a GIL).  Sends are scheduled at ``start_at + k / rate`` (wall
-    clock, shared by the processes); a send that falls behind goes at once,
-    and its latency still counts from its own start.
+    :param sock: a blocking socket.
+    :returns: (PDU type, body).
+    :raises ConnectionError: if the peer closed.
+    """
+    def exactly(n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = sock.recv(min(n - got, 1 << 20))
+            if not chunk:
+                raise ConnectionError("closed by the peer")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    header = exactly(6)
+    return header[0], exactly(int.from_bytes(header[2:6], "big"))
+
+
+def _paced_sender(port: int, called_ae: str, files: list[str], rate: float, start_at: float) -> list[float]:
+    """Send files in one association at a fixed rate; time each C-STORE-RQ -> C-STORE-RSP.
+
+    Runs in its own process (one per association, so senders do not share a
+    GIL).  A plain blocking socket with ``TCP_NODELAY``, the PDUs built by the
+    gateway's own encoder (:mod:`tests.support.rawpeer`): pynetdicom was the
+    first choice, but at about 300/s some of its associations stalled against
+    both receivers until its DIMSE timeout, which measured pynetdicom.  Sends
+    are scheduled at ``start_at + k / rate`` (wall clock, shared by the
+    processes); one that falls behind goes at once, its latency counted from
+    its own start.  Each data set is read before its clock starts.
 
     :param port: the receiver's port.
     :param called_ae: its AE title.
-    :param files: Part 10 files, sent as they are (no re-encoding).
+    :param files: Part 10 files of CT Image Storage in Explicit VR Little Endian.
     :param rate: instances per second for this association.
     :param start_at: ``time.time()`` of the first send.
-    :param nodelay: set ``TCP_NODELAY`` on the sender's socket (as the DCMTK peers get).
     :returns: latencies in seconds (``-1`` for a failure status or no response).
     """
     import socket
 
-    from pynetdicom import AE, _config
-    from pynetdicom.transport import AssociationSocket
+    from gateway.dimse.commands import decode_command
+    from gateway.ul import pdu as _pdu
+    from tests.support.datasets import dataset_bytes
+    from tests.support.interop import sop_instance_uid
+    from tests.support.rawpeer import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, associate_rq, command_pdata, \
+        pdata, pdv, release_rq, store_rq_command
 
-    # Send the file's data set bytes as they are, read in chunks (no decode and re-encode).
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    if nodelay:
-        # pynetdicom leaves Nagle on: its small command PDU then waits for a delayed ACK
-        # from storescp (about 40 ms); the gateway ACKs at once, which would flatter it.
-        create = AssociationSocket._create_socket
-
-        def create_nodelay(self: AssociationSocket, address: Any) -> socket.socket:
-            sock = create(self, address)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-
-        AssociationSocket._create_socket = create_nodelay  # type: ignore[method-assign]
-    ae = AE(ae_title="PACED")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-    if not assoc.is_established:
-        return [-1.0] * len(files)
-    latencies = []
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    latencies: list[float] = []
     try:
+        sock.sendall(associate_rq(called=called_ae, calling="PACED",
+                                  contexts=((1, CT_IMAGE_STORAGE, (EXPLICIT_VR_LE,)),), max_length=65536))
+        kind, body = _read_pdu(sock)
+        ac = _pdu.decode(kind, body)
+        if not isinstance(ac, _pdu.AAssociateAC) or ac.presentation_contexts[0].result != 0:
+            return [-1.0] * len(files)
+        peer_max = (ac.user_information.max_length if ac.user_information else 0) or (1 << 20)
+        # PS3.8 9.3.5: a PDV item (4-byte length, context ID, control header) must fit the peer's maximum.
+        step = min(peer_max, 1 << 20) - 6
         for k, path in enumerate(files):
+            data = dataset_bytes(path)
+            uid = sop_instance_uid(path)
+            fragments = [data[i:i + step] for i in range(0, len(data), step)]
+            message = command_pdata(1, store_rq_command(uid, k + 1)) + b"".join(
+                # PS3.8 E.2: bit 0 clear (data set), bit 1 set on the last fragment.
+                pdata(pdv(1, 0x02 if i == len(fragments) - 1 else 0x00, f)) for i, f in enumerate(fragments))
             delay = start_at + k / rate - time.time()
             if delay > 0:
                 time.sleep(delay)
             sent = time.perf_counter()
-            rsp = assoc.send_c_store(path)
+            try:
+                sock.sendall(message)
+                command = b""
+                while True:
+                    kind, body = _read_pdu(sock)
+                    if kind != 0x04:
+                        raise ConnectionError(f"PDU type {kind:#x} instead of a C-STORE-RSP")
+                    pdus = _pdu.decode_pdata(body).pdvs
+                    command += b"".join(item.data for item in pdus)
+                    if pdus[-1].control & 0x02:
+                        break
+            except (OSError, ConnectionError):
+                latencies.extend([-1.0] * (len(files) - k))
+                return latencies
             took = time.perf_counter() - sent
-            ok = "Status" in rsp and int(rsp.Status) == 0
-            latencies.append(took if ok else -1.0)
+            status = getattr(decode_command(command), "status", None)
+            latencies.append(took if status == 0 else -1.0)
+        sock.sendall(release_rq())
+        _read_pdu(sock)
     finally:
-        if assoc.is_established:
-            assoc.release()
+        sock.close()
     return latencies
 
 
-def paced_latencies(port: int, called_ae: str, folders: list[Path], rate: float,
-                    nodelay: bool) -> list[float]:
+def paced_latencies(port: int, called_ae: str, folders: list[Path], rate: float) -> list[float]:
     """Run one paced sender process per folder, ``rate`` instances/s in total.
 
     :param port: the receiver's port.
     :param called_ae: its AE title.
     :param folders: one folder per association.
     :param rate: total instances per second.
-    :param nodelay: set ``TCP_NODELAY`` on the senders' sockets.
     :returns: every latency (``-1`` for failures).
     """
     context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 3.0  # after every process has imported pynetdicom and associated
+    start_at = time.time() + 3.0  # after every process has started and associated
     with context.Pool(len(folders)) as pool:
         jobs = [pool.apply_async(_paced_sender, (port, called_ae, sorted(map(str, f.iterdir())),
-                                                 rate / len(folders), start_at, nodelay)) for f in folders]
+                                                 rate / len(folders), start_at)) for f in folders]
         results = [job.get(3600) for job in jobs]
     return [x for result in results for x in result]
 
@@ -383,7 +420,7 @@ def run_l3(args: argparse.Namespace, work: Path, l2_rate: float | None) -> None:
     count = max(n * 20, int(rate * args.l3_seconds))
     count -= count % n
     banner("L3", f"C-STORE-RSP latency, {count} x {args.kib} KiB paced at {rate:.1f}/s "
-                 f"over {n} pynetdicom associations")
+                 f"over {n} associations")
     series = work / "l3-series"
     make_series(series, count, args.kib * 1024, studies=n)
     folders = split(series, n, work / "l3-parts")
@@ -392,12 +429,20 @@ def run_l3(args: argparse.Namespace, work: Path, l2_rate: float | None) -> None:
                               routes=[{"name": "all", "forward": ["archive"]}], http={"enabled": False})
     gateway.cli("queue", "pause", "archive")
     try:
-        print(describe_latencies("gateway", paced_latencies(gateway.port, "DICOMGW", folders, rate, not args.nagle)), flush=True)
+        latencies = paced_latencies(gateway.port, "DICOMGW", folders, rate)
+        print(describe_latencies("gateway", latencies), flush=True)
+        if min(latencies) < 0:
+            print("   gateway log, lines about ends and failures:\n" + "\n".join(
+                line for line in gateway.log_text().splitlines()
+                if "abort" in line or ("status 0x" in line and "status 0x0000" not in line))[-3000:])
     finally:
         discard(gateway)
     scp = storescp(work / "l3-scp", args)
     try:
-        print(describe_latencies("storescp", paced_latencies(scp.port, scp.ae_title, folders, rate, not args.nagle)), flush=True)
+        latencies = paced_latencies(scp.port, scp.ae_title, folders, rate)
+        print(describe_latencies("storescp", latencies), flush=True)
+        if min(latencies) < 0:
+            print("   storescp log tail:\n" + scp.log_text()[-1500:])
     finally:
         scp.stop()
         shutil.rmtree(scp.outdir, ignore_errors=True)
