@@ -428,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "run":
         config = _check_material_or_exit(args.config, _load_or_exit(args.config))
         _start_logging(config, args.log_level)
+        from twisted.internet import reactor
+
+        from gateway.clock import use_monotonic_clock
+
+        # HARDENING F19: timers must not stall or burst when the wall clock jumps.
+        use_monotonic_clock(reactor)
         react(_run, [config])
     elif args.command == "echo":
         react(lambda reactor: Deferred.fromCoroutine(_echo(reactor, args)))

@@ -128,3 +128,101 @@ class BigQueueRestartTests(TestCase):
         self.assertEqual(sample(text, "dicom_gateway_dead_letters", destination="pacs"), 0)
         rows = {row["destination"]: row for row in gateway.cli("queue", "list", "--json").json()}
         self.assertEqual(rows["pacs"]["queued"] + rows["pacs"]["in_flight"], count)
+
+
+class _Knocks:
+    """A TCP listener that accepts and closes at once, noting when each connection came (test monotonic time)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port: int = self._sock.getsockname()[1]
+        self.times: list[float] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.times.append(time.monotonic())
+            conn.close()
+
+    def since(self, start: float) -> list[float]:
+        """Connections at or after ``start``."""
+        return [t for t in self.times if t >= start]
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()
+
+
+class FakedTimeGateway(GatewayProcess):
+    """A gateway process under libfaketime whose wall-clock offset is read from a file at every call."""
+
+    def __init__(self, tmpdir: str, **overrides: object) -> None:
+        super().__init__(tmpdir, **overrides)
+        self.offset_file = self.dir / "faketime"
+        self.shift("+0")
+
+    def shift(self, offset: str) -> None:
+        """Set the wall-clock offset (``+3600``, ``-3600``): only ``CLOCK_REALTIME`` moves."""
+        self.offset_file.write_text(offset + "\n")
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        env.update(LD_PRELOAD=LIBFAKETIME, FAKETIME_TIMESTAMP_FILE=str(self.offset_file), FAKETIME_NO_CACHE="1",
+                   FAKETIME_DONT_FAKE_MONOTONIC="1")
+        return env
+
+
+class WallClockJumpTests(TestCase):
+    """F19: a wall-clock jump of +1 h or -1 h under a running gateway."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        """The destination knocks, the faked gateway, probes every ~1 s once its circuit is open."""
+        if not os.path.exists(LIBFAKETIME):
+            raise SkipTest("libfaketime not installed (make test installs it)")
+        self.knocks = _Knocks()
+        self.addCleanup(self.knocks.close)
+        self.gateway = FakedTimeGateway(
+            self.mktemp(),
+            destinations={"pacs": dicom_destination(self.knocks.port, "PACS", initial_delay="1s", max_delay="1s",
+                                                    retry={"jitter": 0}, circuit={"failures": 1})},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        self.addCleanup(self.gateway.stop)
+        self.gateway.start()
+        # Something to forward, so the circuit opens and probes run.
+        pynetdicom_store(self.gateway.port, [ct_dataset(8, 8)])
+        self.wait_knocks(3, 30)
+
+    def wait_knocks(self, n: int, timeout: float, start: float = 0.0) -> list[float]:
+        """Wait for ``n`` connections after ``start``."""
+        deadline = time.monotonic() + timeout
+        while len(self.knocks.since(start)) < n:
+            self.assertLess(time.monotonic(), deadline,
+                            f"{len(self.knocks.since(start))} of {n} connections\n{self.gateway.log_text()[-3000:]}")
+            time.sleep(0.05)
+        return self.knocks.since(start)
+
+    def test_minus_one_hour_does_not_stall_retries(self) -> None:
+        """After -1 h, connection attempts keep coming about every second (5 within 15 s)."""
+        jumped = time.monotonic()
+        self.gateway.shift("-3600")
+        self.wait_knocks(5, 15, jumped)
+        self.assertIsNone(self.gateway.returncode)
+
+    def test_plus_one_hour_does_not_burst(self) -> None:
+        """After +1 h, the attempts keep their pace: at most 4 in the next 3 s (about 1 per second), none missing."""
+        jumped = time.monotonic()
+        self.gateway.shift("+3600")
+        time.sleep(3)
+        burst = self.knocks.since(jumped)
+        self.assertLessEqual(len(burst), 4, [round(t - jumped, 2) for t in burst])
+        self.assertGreaterEqual(len(burst), 1, "no attempt after the jump")
+        self.wait_knocks(len(burst) + 3, 10, jumped)
