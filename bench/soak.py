@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# bench/queue.py would shadow the standard library's queue (pynetdicom needs it): drop bench/ from the path.
+# Scripts in bench/ run with bench/ first on sys.path; keep it off so no file there can shadow a module.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))

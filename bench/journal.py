@@ -15,8 +15,8 @@ Prints, for :class:`~gateway.queue.sqlite.SqliteQueueStore` on a real file:
 
 Usage::
 
-    .venv/bin/python bench/queue.py                  # 100k backlog
-    .venv/bin/python bench/queue.py --backlog 10000  # quick run
+    .venv/bin/python bench/journal.py                  # 100k backlog
+    .venv/bin/python bench/journal.py --backlog 10000  # quick run
 
 ``--tmpdir`` puts the database on the disk you want to measure (fsync cost
 depends on it entirely).
