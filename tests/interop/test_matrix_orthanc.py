@@ -22,6 +22,8 @@ Baseline), so the shared processes never see one instance twice.
 from __future__ import annotations
 
 import atexit
+import functools
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,21 @@ SAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 _shared: dict[str, Any] = {}
+_runs = itertools.count()
+#: Processes of the current shared environment, stopped before a restart and at exit.
+_started: list[Orthanc | GatewayProcess] = []
+
+
+def _stop_started() -> None:
+    """Stop what an earlier (failed, or since dead) start of the environment left running."""
+    while _started:
+        _started.pop().stop()
+
+
+@functools.cache
+def _stop_at_exit() -> None:
+    """Register :func:`_stop_started` once, after :func:`shared_dir` (exit handlers run last first: stop, then remove)."""
+    atexit.register(_stop_started)
 
 
 def fresh_copies(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -83,15 +100,18 @@ def environment() -> dict[str, Any]:
     gw = _shared.get("gw")
     if gw is not None and gw.returncode is None:
         return _shared
-    root = shared_dir("matrix-orthanc") / f"run{len(_shared)}"
+    _stop_started()
+    _shared.clear()
+    root = shared_dir("matrix-orthanc") / f"run{next(_runs)}"  # a fresh folder if an earlier start failed
+    _stop_at_exit()
     m = material()
     orthanc_cert, orthanc_key = peer("orthanc", "orthanc")
     plain = Orthanc(root / "orthanc", aet="ORTHANC")
     tls = Orthanc(root / "orthanc-tls", aet="ORTHANCTLS",
                   tls=OrthancTLS(certificate=orthanc_cert, private_key=orthanc_key, trusted=m.ca))
     for archive in (plain, tls):
+        _started.append(archive)
         archive.start()
-        atexit.register(archive.stop)
     gw = GatewayProcess(root / "gw", http={"enabled": False})
     tls_port = free_port()
     while tls_port in (gw.port, plain.dicom_port, tls.dicom_port):  # none bound by us yet
@@ -125,8 +145,8 @@ def environment() -> dict[str, Any]:
          "forward": ["inbox"], "final": True},
     ]
     gw.rewrite_config()
+    _started.append(gw)
     gw.start()
-    atexit.register(gw.stop, 15)
     wait_until(lambda: port_is_open("127.0.0.1", tls_port), 15, gw.log_text)
     # Orthanc's names for the gateway: GW on the plain listener, GWTLS on the TLS one.
     for archive in (plain, tls):

@@ -20,6 +20,8 @@ refusal in both directions, with PixelMed-to-PixelMed TLS as the control.
 from __future__ import annotations
 
 import atexit
+import functools
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,21 @@ from tests.support.pixelmed import StorageScp
 from tests.support.ports import free_port, port_is_open
 
 _shared: dict[str, Any] = {}
+_runs = itertools.count()
+#: Processes of the current shared environment, stopped before a restart and at exit.
+_started: list[StorageScp | GatewayProcess] = []
+
+
+def _stop_started() -> None:
+    """Stop what an earlier (failed, or since dead) start of the environment left running."""
+    while _started:
+        _started.pop().stop()
+
+
+@functools.cache
+def _stop_at_exit() -> None:
+    """Register :func:`_stop_started` once, after :func:`shared_dir` (exit handlers run last first: stop, then remove)."""
+    atexit.register(_stop_started)
 
 
 def environment() -> dict[str, Any]:
@@ -47,7 +64,10 @@ def environment() -> dict[str, Any]:
     gw = _shared.get("gw")
     if gw is not None and gw.returncode is None:
         return _shared
-    root = shared_dir("matrix-pixelmed") / f"run{len(_shared)}"
+    _stop_started()
+    _shared.clear()
+    root = shared_dir("matrix-pixelmed") / f"run{next(_runs)}"  # a fresh folder if an earlier start failed
+    _stop_at_exit()
     m = material()
     # PixelMed's SECURE SCP presents the gateway test CA's server certificate (localhost).
     server_tls = pixelmed.tls_properties(root / "scp-stores", m.server, m.server_key, m.ca)
@@ -55,8 +75,8 @@ def environment() -> dict[str, Any]:
     scp = StorageScp(root / "pixelmed-in")
     secure_scp = StorageScp(root / "pixelmed-tls-in", ae_title="PIXELMEDTLS", secure=True, properties=server_tls)
     for peer in (scp, secure_scp):
+        _started.append(peer)
         peer.start()
-        atexit.register(peer.stop)
     gw = GatewayProcess(root / "gw", http={"enabled": False})
     tls_port = free_port()
     while tls_port in (gw.port, scp.port, secure_scp.port):
@@ -84,8 +104,8 @@ def environment() -> dict[str, Any]:
         {"name": "from-pixelmed", "match": {"calling_ae_title": "PIXELMED"}, "forward": ["inbox"], "final": True},
     ]
     gw.rewrite_config()
+    _started.append(gw)
     gw.start()
-    atexit.register(gw.stop, 15)
     wait_until(lambda: port_is_open("127.0.0.1", tls_port), 15, gw.log_text)
     _shared.update(gw=gw, tls_port=tls_port, scp=scp, secure_scp=secure_scp, client_tls=client_tls, dir=root)
     return _shared
