@@ -41,6 +41,7 @@ from gateway import __version__
 from gateway.blocking import IBlockingRunner
 from gateway.forward import ForwardObserver
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore
+from gateway.queue.policy import dead_letter_reason
 
 #: Every metric name starts with this.
 PREFIX = "dicom_gateway"
@@ -291,6 +292,12 @@ class GatewayMetrics:
         self.route_matches = Counter(f"{p}_route_matches", "Instances taken by each route.", ["route"], registry=r)
         self.unrouted = Counter(f"{p}_instances_unrouted", "Instances no route took (kept in unrouted/).", registry=r)
         self.morph_errors = Counter(f"{p}_morph_errors", "Copies a route's morph could not make.", ["route"], registry=r)
+        self.dead_lettered = Counter(
+            f"{p}_dead_lettered",
+            "Entries moved to the dead letters, by destination and reason class (morph, refused, gave_up, ...).",
+            ["destination", "reason"],
+            registry=r,
+        )
         # -- delivery --
         self.forwarded = Counter(f"{p}_forwarded", "Instances delivered per destination.", ["destination"], registry=r)
         self.forwarded_with_warning = Counter(
@@ -481,6 +488,7 @@ class MetricsForwardObserver(ForwardObserver):
     def dead_lettered(self, entry: Entry, reason: str) -> None:
         """A permanent failure; a morph failure is counted for its route as well."""
         self.metrics.forward_failures.labels(entry.destination, "permanent").inc()
+        self.metrics.dead_lettered.labels(entry.destination, dead_letter_reason(reason)).inc()
         if reason.startswith("morph:"):
             self.metrics.morph_errors.labels(entry.route).inc()
 

@@ -44,6 +44,8 @@ __all__ = [
     "classify_status",
     "classify_error",
     "give_up",
+    "DEAD_LETTER_REASONS",
+    "dead_letter_reason",
 ]
 
 
@@ -290,3 +292,46 @@ def give_up(entry: Entry, now: float, retry_config: RetrySettings) -> str | None
     if age >= retry_config.max_age:
         return f"gave up after {age:.0f}s in the queue (max_age {retry_config.max_age:.0f}s)"
     return None
+
+
+#: The bounded set of reason classes a dead letter is counted under (HARDENING F16:
+#: ``dlq{reason="morph"}``); never the free text, which may hold UIDs.
+DEAD_LETTER_REASONS = (
+    "morph",
+    "unreadable",
+    "unsafe_path",
+    "conversion",
+    "no_context",
+    "refused",
+    "gave_up",
+    "other",
+)
+
+_REASON_PREFIXES = (
+    ("morph:", "morph"),
+    ("unreadable Part 10 file", "unreadable"),
+    ("unsafe path", "unsafe_path"),
+    ("cannot convert to", "conversion"),
+    ("no accepted presentation context", "no_context"),
+    ("data set does not match SOP class", "refused"),
+    ("cannot understand", "refused"),
+    ("refused (status", "refused"),
+    ("unknown status", "refused"),
+)
+
+
+def dead_letter_reason(reason: str) -> str:
+    """The class of a dead letter's reason text, one of :data:`DEAD_LETTER_REASONS`.
+
+    A retry that ran out of attempts or age ("...; gave up after ...") is
+    ``gave_up`` whatever the last failure was.
+
+    :param reason: the text stored with the dead letter.
+    :returns: the class.
+    """
+    if "gave up after" in reason:
+        return "gave_up"
+    for prefix, kind in _REASON_PREFIXES:
+        if reason.startswith(prefix):
+            return kind
+    return "other"

@@ -78,6 +78,7 @@ class PoisonInstanceTests(ForwardTestMixin, TestCase):
         text = self.wait_for(gateway, lambda: (t := metrics_text(http_port)) and sample(
             t, "dicom_gateway_dead_letters", destination="pacs") == 1 and t, 15, "dead_letters{pacs} == 1")
         self.assertEqual(sample(text, "dicom_gateway_morph_errors_total", route="all"), 1)
+        self.assertEqual(sample(text, "dicom_gateway_dead_lettered_total", destination="pacs", reason="morph"), 1)
         self.assertEqual(sample(text, "dicom_gateway_forward_failures_total", destination="pacs",
                                 kind="permanent"), 1)
         self.assertEqual(sample(text, "dicom_gateway_forwarded_total", destination="pacs"), 19)

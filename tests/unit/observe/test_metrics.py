@@ -169,6 +169,15 @@ class RoutingMetricTests(MetricsTestCase):
         self.metrics.forward_observer().dead_lettered(_entry(route="anon"), "morph: bad template")
         self.assertEqual(self.value("dicom_gateway_morph_errors_total", route="anon"), 1)
 
+    def test_dead_letters_are_counted_by_reason_class(self) -> None:
+        """dead_lettered_total carries the bounded reason class, never the free text."""
+        observer = self.metrics.forward_observer()
+        observer.dead_lettered(_entry(route="anon"), "morph: bad template 1.2.3.4")
+        observer.dead_lettered(_entry(route="anon"), "refused (status 0x0122)")
+        entry = _entry(route="anon")
+        self.assertEqual(self.value("dicom_gateway_dead_lettered_total", destination=entry.destination, reason="morph"), 1)
+        self.assertEqual(self.value("dicom_gateway_dead_lettered_total", destination=entry.destination, reason="refused"), 1)
+
 
 class ForwardMetricTests(MetricsTestCase):
     """The forward observer feeds the delivery metrics."""

@@ -20,6 +20,8 @@ from gateway.queue.policy import (
     backoff,
     classify_error,
     classify_status,
+    dead_letter_reason,
+    DEAD_LETTER_REASONS,
     give_up,
 )
 from gateway.ul import pdu
@@ -185,3 +187,39 @@ class GiveUpTests(SynchronousTestCase):
         reason = give_up(entry(attempts=0, enqueued_at=0.0), 1000.0, RETRY)
         self.assertIsNotNone(reason)
         self.assertIn("max_age", str(reason))
+
+
+class DeadLetterReasonTests(SynchronousTestCase):
+    """The bounded reason classes of dead letters (HARDENING F16)."""
+
+    def test_every_status_dead_letter_is_refused(self) -> None:
+        """Each permanent status classify_status produces is counted as ``refused``."""
+        for status in (0xA900, 0xC000, 0x0122, 0x0211, 0xD123):
+            outcome = classify_status(status, 99, RETRY)
+            self.assertIsInstance(outcome, DeadLetter, hex(status))
+            assert isinstance(outcome, DeadLetter)
+            self.assertEqual(dead_letter_reason(outcome.reason), "refused", outcome.reason)
+
+    def test_no_presentation_context(self) -> None:
+        """A SOP class the destination refused is ``no_context``."""
+        outcome = classify_error(NoPresentationContext("no accepted presentation context"), data_sent=False)
+        assert isinstance(outcome, DeadLetter)
+        self.assertEqual(dead_letter_reason(outcome.reason), "no_context")
+
+    def test_given_up_wins_over_the_last_failure(self) -> None:
+        """A retry that ran out of attempts is ``gave_up``, whatever its last failure text."""
+        reason = give_up(entry(attempts=4), 10.0, RETRY)
+        self.assertEqual(dead_letter_reason(f"out of resources (status 0xA700); {reason}"), "gave_up")
+
+    def test_the_workers_own_reasons(self) -> None:
+        """The texts the worker writes map to their classes; unknown text is ``other``."""
+        cases = {
+            "morph: template {Nope} failed": "morph",
+            "unreadable Part 10 file: truncated": "unreadable",
+            "unsafe path: ../x": "unsafe_path",
+            "cannot convert to 1.2.840.10008.1.2: no codec": "conversion",
+            "something new": "other",
+        }
+        for text, kind in cases.items():
+            self.assertEqual(dead_letter_reason(text), kind, text)
+            self.assertIn(kind, DEAD_LETTER_REASONS)
