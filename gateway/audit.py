@@ -490,6 +490,36 @@ class AuditTrail:
             extra={"listener": listener, "reason": reason},
         )
 
+    def tls_destination_failure(
+        self, *, destination: str, ae_title: str, address: str, reason: str, detail: str = ""
+    ) -> AuditRecord:
+        """A TLS destination failed authentication: our handshake with it failed (Security Alert, Node Authentication; A.5.3.11).
+
+        Written for each failed attempt (HARDENING F20): an expired or
+        untrusted certificate, or one for another name (RFC 6125). The
+        destination's entries stay queued; nothing went out in clear.
+
+        :param destination: the destination's configured name.
+        :param ae_title: its AE title.
+        :param address: ``host:port``.
+        :param reason: a short label (``wrong_name``, ``expired``, ``unknown_ca``, ``verify_failed``...).
+        :param detail: the failure as the queue records it.
+        :returns: the record.
+        """
+        return self.emit(
+            SECURITY_ALERT,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=NODE_AUTHENTICATION,
+            description=f"TLS handshake with destination {destination} failed: {reason}" + (f" ({detail})" if detail else ""),
+            disposition="tls_failure",
+            participants=(
+                self._us(SOURCE, requestor=True),
+                Participant(user_id=ae_title, role=DESTINATION.meaning, network_access_point=address),
+            ),
+            extra={"destination": destination, "reason": reason},
+        )
+
     def user_authentication(
         self,
         *,

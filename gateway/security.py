@@ -231,6 +231,22 @@ class AuditingForwardObserver:
         self._record(entry, "forwarded", Outcome.SUCCESS, warning)
         self._inner.delivered(entry, duration, warning)
 
+    def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
+        """Audit a TLS failure of a destination as a Security Alert (HARDENING F20), then pass the fault on."""
+        from gateway.tls import destination_failure_label
+
+        label = destination_failure_label(reason)
+        destination = self._destinations().get(name)
+        if label is not None and destination is not None:
+            self._audit.tls_destination_failure(
+                destination=name,
+                ae_title=getattr(destination, "ae_title", ""),
+                address=f"{getattr(destination, 'host', '')}:{getattr(destination, 'port', '')}",
+                reason=label,
+                detail=reason,
+            )
+        self._inner.destination_fault(name, reason, permanent)
+
     def dead_lettered(self, entry: Any, reason: str) -> None:
         """Audit, then pass on: an instance was given up on."""
         from gateway.audit import Outcome

@@ -84,7 +84,13 @@ from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as _tssl
 from twisted.internet.error import VerifyError
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -770,15 +776,102 @@ def client_creator(settings: ClientTLSSettings, host: str) -> Any:
                 f"cannot use the client certificate {settings.certificate} with {settings.private_key}: {error}"
             ) from error
     name = settings.server_name or host
-    return _tssl.optionsForClientTLS(
-        name,
+    options = _tssl.CertificateOptions(
         trustRoot=trust,
-        clientCertificate=client_certificate,
-        extraCertificateOptions={
-            "raiseMinimumTo": _tssl.TLSVersion.TLSv1_2,
-            "acceptableCiphers": _tssl.AcceptableCiphers.fromOpenSSLCipherString(PROFILE_CIPHERS[settings.profile]),
-        },
+        privateKey=client_certificate.privateKey.original if client_certificate is not None else None,
+        certificate=client_certificate.original if client_certificate is not None else None,
+        raiseMinimumTo=_tssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=_tssl.AcceptableCiphers.fromOpenSSLCipherString(PROFILE_CIPHERS[settings.profile]),
     )
+    context = options.getContext()
+    # What optionsForClientTLS would leave to the system: the security
+    # level (DH and RSA keys of 2048 bits at least, no MD5/SHA1 signatures;
+    # HARDENING T11 outbound).
+    context.set_cipher_list(f"{PROFILE_CIPHERS[settings.profile]}:@SECLEVEL=2".encode("ascii"))
+    return _ClientCreator(context, name)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientCreator:
+    """Client connections of a TLS destination: our context, the server name sent (SNI) and checked (RFC 6125).
+
+    Twisted's ``optionsForClientTLS`` does the same, but its connections
+    report every failed certificate as "certificate verify failed"; here
+    the X.509 reason is kept (HARDENING F20: expired, unknown CA, another
+    name), for the queue's ``last_error``, the log and the audit trail.
+
+    :param context: the client context (verification on, trust set).
+    :param name: the DNS name or IP address the server certificate must carry.
+    """
+
+    def __init__(self, context: SSL.Context, name: str) -> None:
+        self._context = context
+        self._name = name
+        self._is_ip = _is_ip_address(name)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """One client connection; its verify callback fails the protocol with the reason.
+
+        :param tlsProtocol: Twisted's TLS protocol (``failVerification`` ends it with our reason).
+        :returns: the connection.
+        """
+        connection = SSL.Connection(self._context, None)
+        if not self._is_ip:
+            connection.set_tlsext_host_name(self._name.encode("idna"))
+        name, is_ip = self._name, self._is_ip
+
+        def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+            from service_identity import VerificationError
+            from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+
+            if not ok:
+                reason = _VERIFY_TEXT.get(errno, f"X.509 error {errno}")
+                tlsProtocol.failVerification(
+                    Failure(SSL.Error([("X509 certificate routines", "", f"certificate verify failed: {reason}")]))
+                )
+                return False
+            if depth == 0:
+                check = verify_certificate_ip_address if is_ip else verify_certificate_hostname
+                try:
+                    check(cert.to_cryptography(), name)
+                except VerificationError as error:
+                    tlsProtocol.failVerification(Failure(error))
+                    return False
+            return True
+
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return connection
+
+
+def _is_ip_address(name: str) -> bool:
+    """Whether ``name`` is an IPv4 or IPv6 address (checked as an IP subject alternative name, not sent as SNI)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+#: OpenSSL's words for the X.509 errors a destination's certificate typically fails with.
+_VERIFY_TEXT: dict[int, str] = {
+    2: "unable to get issuer certificate",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+    66: "EE certificate key too small",
+    67: "CA certificate key too small",
+    68: "CA signature digest algorithm too weak",
+}
+
+
 
 
 def _pem() -> Any:
@@ -810,3 +903,30 @@ def describe_tls_failure(error: BaseException | None) -> str | None:
     if isinstance(error, SSL.Error):
         return f"TLS failure: {_ssl_reason(error)}"
     return None
+
+
+def destination_failure_label(reason: str) -> str | None:
+    """A short label for a destination fault that :func:`describe_tls_failure` described, else ``None``.
+
+    :param reason: the fault's reason (a queue ``last_error``).
+    :returns: ``wrong_name`` (RFC 6125 name check), ``expired``,
+        ``not_yet_valid``, ``unknown_ca``, ``weak_key``, or
+        ``verify_failed`` / ``other`` when OpenSSL says no more; ``None``
+        when the fault is not a TLS failure.
+    """
+    if "TLS failure" not in reason:
+        return None
+    text = reason.lower()
+    if "expected name" in text:
+        return "wrong_name"
+    if "certificate has expired" in text:
+        return "expired"
+    if "not yet valid" in text:
+        return "not_yet_valid"
+    if "unable to get local issuer" in text or "self-signed" in text or "self signed" in text or "unknown ca" in text:
+        return "unknown_ca"
+    if "too small" in text or "too weak" in text:
+        return "weak_key"
+    if "certificate verify failed" in text:
+        return "verify_failed"
+    return "other"

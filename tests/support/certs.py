@@ -241,7 +241,27 @@ def hardening_material() -> Material:
     _openssl_issue(folder, "sha1-client", "modality1", digest="sha1")
     _openssl_issue(folder, "md5-client", "modality1", digest="md5")
     _openssl_issue(folder, "sha1-server", "dicom-gateway", digest="sha1", server=True)
-    subprocess.run(["openssl", "dhparam", "-dsaparam", "-out", str(folder / "dh1024.pem"), "1024"],
-                   check=True, capture_output=True)
+    # DSA-style generation is fast but writes X9.42 parameters, which s_server does not load:
+    # rewrite p and g as PKCS#3 DHParameter ::= SEQUENCE { prime INTEGER, base INTEGER } by hand.
+    import base64
+    import re as _re
+
+    text = subprocess.run(["openssl", "dhparam", "-dsaparam", "-noout", "-text", "1024"],
+                          check=True, capture_output=True, text=True).stdout
+    p_hex = "".join(_re.search(r"P:\s*\n((?:\s+[0-9a-f:]+\n)+)", text).group(1).split()).replace(":", "")  # type: ignore[union-attr]
+    g_hex = "".join(_re.search(r"G:\s*\n((?:\s+[0-9a-f:]+\n)+)", text).group(1).split()).replace(":", "")  # type: ignore[union-attr]
+
+    def der(tag: int, body: bytes) -> bytes:
+        size = len(body)
+        head = bytes([size]) if size < 128 else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes((size.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + head + body
+
+    def integer(value: int) -> bytes:
+        return der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+    sequence = der(0x30, integer(int(p_hex, 16)) + integer(int(g_hex, 16)))
+    encoded = base64.encodebytes(sequence).decode().replace("\n", "")
+    lines = "\n".join(encoded[i:i + 64] for i in range(0, len(encoded), 64))
+    (folder / "dh1024.pem").write_text(f"-----BEGIN DH PARAMETERS-----\n{lines}\n-----END DH PARAMETERS-----\n")
     _hardening_cached = Material(folder)
     return _hardening_cached

@@ -353,3 +353,52 @@ class BoundedHandshakeTests(SynchronousTestCase):
 
         error = SSL.Error([("SSL routines", "", "excessive message size")])
         self.assertEqual(classify_handshake_failure(error, []), "oversized")
+
+
+class DestinationFailureAuditTests(SynchronousTestCase):
+    """A TLS failure of a destination is a Security Alert with a reason label (F20)."""
+
+    def test_labels_of_destination_failures(self) -> None:
+        """Expired, unknown CA and wrong name are told apart; a non-TLS fault has no label."""
+        from gateway.tls import destination_failure_label
+
+        self.assertEqual(destination_failure_label("TLS failure: certificate verify failed: certificate has expired"), "expired")
+        self.assertEqual(
+            destination_failure_label("TLS failure: certificate verify failed: unable to get local issuer certificate"),
+            "unknown_ca",
+        )
+        self.assertEqual(
+            destination_failure_label("TLS failure: server certificate does not match the expected name (x)"), "wrong_name"
+        )
+        self.assertEqual(destination_failure_label("TLS failure: dh key too small"), "weak_key")
+        self.assertIsNone(destination_failure_label("ConnectionRefusedError: connection refused"))
+
+    def test_tls_fault_is_audited_and_passed_on_other_faults_only_passed_on(self) -> None:
+        """The auditing observer writes one Security Alert per TLS fault and none for a refused connection; both reach the metrics."""
+        from dataclasses import dataclass
+
+        from gateway.audit import AuditTrail, MemorySink
+        from gateway.security import AuditingForwardObserver
+
+        @dataclass
+        class Destination:
+            ae_title: str = "ARCHIVE"
+            host: str = "10.0.0.9"
+            port: int = 2762
+
+        faults: list[str] = []
+
+        class Inner:
+            def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
+                faults.append(reason)
+
+        sink = MemorySink()
+        observer = AuditingForwardObserver(Inner(), AuditTrail([sink], ae_title="GW"), lambda: {"pacs": Destination()})
+        observer.destination_fault("pacs", "TLS failure: certificate verify failed: certificate has expired", False)
+        observer.destination_fault("pacs", "ConnectionRefusedError: refused", False)
+        self.assertEqual(len(faults), 2)
+        self.assertEqual(len(sink.records), 1)
+        record = sink.records[0]
+        self.assertEqual((record.event, record.event_type, record.disposition), ("Security Alert", "Node Authentication", "tls_failure"))
+        self.assertEqual(record.extra, {"destination": "pacs", "reason": "expired"})
+        self.assertEqual(record.participants[1].network_access_point, "10.0.0.9:2762")
