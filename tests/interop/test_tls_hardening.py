@@ -20,7 +20,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
