@@ -294,7 +294,7 @@ class OversizedHandshakeTests(HardeningGatewayMixin, TestCase):
         self.assertEqual(answer, b"")  # never an A-RELEASE-RP or A-ABORT: no DICOM behind a failed handshake
 
     def test_oversized_hello_and_certificate_fail_cleanly_with_bounded_memory(self) -> None:
-        """20 x 100 KB ClientHellos and 20 x 100 KB certificates: each closed as oversized, RSS grows < 4 MiB, echo still works."""
+        """20 x 100 KB ClientHellos and 20 x 100 KB certificates: each closed as oversized, RSS grows < 6 MiB, echo still works."""
         hello = client_hello(100 * 1024)
         self.assertGreater(len(hello), 100 * 1024)
         # Warm-up: one of each, so allocator pools exist before the baseline.
@@ -311,7 +311,7 @@ class OversizedHandshakeTests(HardeningGatewayMixin, TestCase):
         grown = rss_kib(self.gw.pid) - baseline
         self.assertEqual(set(reasons), {"oversized"}, reasons)
         self.assertEqual(metric(self.gw, "oversized"), 2 + 2 * rounds)
-        self.assertLess(grown, 4 * 1024, f"RSS grew by {grown} KiB")
+        self.assertLess(grown, 6 * 1024, f"RSS grew by {grown} KiB")
         self.assert_still_serving()
         self.assertIsNone(self.gw.returncode)
 
