@@ -305,6 +305,11 @@ class _Slot:
     journal_error: str = ""
 
 
+#: A difference between wall-clock and monotonic progress at least this large
+#: (seconds) between two turns is a step of the wall clock, not drift.
+WALL_CLOCK_STEP = 30.0
+
+
 class DestinationWorker(Service):
     """Forwards one destination's queue (see the module docstring).
 
@@ -318,6 +323,7 @@ class DestinationWorker(Service):
     :param rand: floats in [0, 1) for the backoff jitter.
     :param observer: receives events (see :class:`ForwardObserver`).
     :param wall: wall-clock time for the journal (``time.time``).
+    :param monotonic: a clock no one can set (``time.monotonic``), to notice steps of ``wall``.
     :param reactor: the reactor for the default ``connect``.
     :param grace: seconds :meth:`stopService` lets in-flight sends finish.
     :param poll_interval: the longest idle sleep (the CLI changes the store from outside).
@@ -342,6 +348,7 @@ class DestinationWorker(Service):
         poll_interval: float = 1.0,
         scratch_dir: str | None = None,
         prepare: Prepare | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -358,6 +365,8 @@ class DestinationWorker(Service):
         self.rand = rand
         self.observer = observer or ForwardObserver()
         self.wall = wall
+        self.monotonic = monotonic
+        self._clock_anchor: tuple[float, float] | None = None
         self.grace = grace
         self.poll_interval = poll_interval
         self.scratch_dir = scratch_dir
@@ -535,6 +544,7 @@ class DestinationWorker(Service):
         if self._circuit_open:
             await self._until_circuit_closed()
             return
+        await self._follow_wall_clock()
         entries = await self._journal(
             self.store.lease, self.name, self.batch_size, self.wall(), self.lease_seconds, shard=(slot.index, n)
         )
@@ -554,6 +564,33 @@ class DestinationWorker(Service):
                 except JournalRefused:
                     slot.unreleased.extend(rest)
                     raise
+
+    async def _follow_wall_clock(self) -> None:
+        """Keep the journal's due times in step with the wall clock (HARDENING F19).
+
+        Due times are wall-clock times, so they survive a restart. When the wall
+        clock steps (an operator, NTP after a long drift, a VM resumed), the
+        queued entries due in the future move by the same step, so a retry keeps
+        the delay it had left: no burst after a step forward, no stall after a
+        step back. At the first turn, a step made while the gateway was stopped
+        is bounded instead: nothing stays due later than ``max_delay`` from now.
+        """
+        wall, mono = self.wall(), self.monotonic()
+        anchor, self._clock_anchor = self._clock_anchor, (wall, mono)
+        if anchor is None:
+            latest = wall + self.config.retry.max_delay
+            await self._journal(self.store.shift_schedule, self.name, wall, 0.0, latest)
+            return
+        step = (wall - anchor[0]) - (mono - anchor[1])
+        if abs(step) < WALL_CLOCK_STEP:
+            return
+        moved = await self._journal(self.store.shift_schedule, self.name, wall - step, step)
+        self.log.warn(
+            "forward {destination}: wall clock stepped by {step:+.0f}s, {moved} queued entries moved with it",
+            destination=self.name,
+            step=step,
+            moved=moved,
+        )
 
     async def _idle(self, slot: _Slot) -> None:
         """Nothing due: release an idle association when its time comes, and sleep."""

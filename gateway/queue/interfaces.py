@@ -261,6 +261,14 @@ class IQueueStore(Interface):
     def next_due(destination: str) -> float | None:
         """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None."""
 
+    def shift_schedule(destination: str, after: float, delta: float, latest: float | None = None) -> int:
+        """Move the due times of ``destination``'s QUEUED entries after a wall-clock step (HARDENING F19).
+
+        Entries due later than ``after`` get ``delta`` seconds added, so a retry keeps the delay
+        it had left; then, with ``latest``, no entry stays due later than ``latest``.
+        Returns the number of entries changed.
+        """
+
     def finished_instances(older_than: float, limit: int = 1000, has_file: bool | None = None) -> list[InstanceRecord]:
         """Instances received before ``older_than`` whose entries are all DELIVERED or DUPLICATE
         (none queued, leased or dead), or that have no entries at all: their files may go.

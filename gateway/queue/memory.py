@@ -360,6 +360,20 @@ class MemoryQueueStore:
         times = [r.next_attempt_at for r in self._rows.values() if r.destination == destination and r.state is EntryState.QUEUED]
         return min(times) if times else None
 
+    def shift_schedule(self, destination: str, after: float, delta: float, latest: float | None = None) -> int:
+        """Move due times after a wall-clock step, then cap them (see the interface)."""
+        changed = 0
+        for row in self._rows.values():
+            if row.destination != destination or row.state is not EntryState.QUEUED:
+                continue
+            if delta and row.next_attempt_at > after:
+                row.next_attempt_at += delta
+                changed += 1
+            if latest is not None and row.next_attempt_at > latest:
+                row.next_attempt_at = latest
+                changed += 1
+        return changed
+
     def recover(self, now: float) -> int:
         """Every LEASED entry back to QUEUED (see the interface)."""
         count = 0

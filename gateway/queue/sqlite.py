@@ -753,6 +753,27 @@ class SqliteQueueStore:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    def shift_schedule(self, destination: str, after: float, delta: float, latest: float | None = None) -> int:
+        """Move due times after a wall-clock step, then cap them at ``latest``.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.shift_schedule`.
+        """
+        with self._write() as conn:
+            changed = 0
+            if delta:
+                changed += conn.execute(
+                    "UPDATE entries SET next_attempt_at = next_attempt_at + ?"
+                    " WHERE destination = ? AND state = 'queued' AND next_attempt_at > ?",
+                    (delta, destination, after),
+                ).rowcount
+            if latest is not None:
+                changed += conn.execute(
+                    "UPDATE entries SET next_attempt_at = ?"
+                    " WHERE destination = ? AND state = 'queued' AND next_attempt_at > ?",
+                    (latest, destination, latest),
+                ).rowcount
+            return changed
+
     # -- IQueueStore: lifecycle ----------------------------------------------
 
     def recover(self, now: float) -> int:

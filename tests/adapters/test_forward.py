@@ -181,6 +181,8 @@ class WorkerTestsMixin:
         self.store = MemoryQueueStore()
         self.observer = Recorder()
         self.count = 0
+        #: Added to the wall clock the worker reads, to step it (HARDENING F19).
+        self.wall_offset = 0.0
 
     def instance(self, *, study: str = "1.2.3", sop_class: str = CT, ts: str = EXPLICIT_VR_LE, sop_uid: str | None = None) -> InstanceRecord:
         """Write a small Part 10 file and return its record."""
@@ -253,7 +255,8 @@ class WorkerTestsMixin:
             connect=peer.connect if peer is not None else None,
             rand=neutral,
             observer=self.observer,
-            wall=self.clock.seconds,
+            wall=lambda: self.clock.seconds() + self.wall_offset,
+            monotonic=self.clock.seconds,
             scratch_dir=self.tmp,
             prepare=prepare,
         )
@@ -341,6 +344,49 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(entry.attempts, 2)
         self.assertEqual(len(self.observer.kinds("retried")), 2)
         self.assertEqual(self.observer.kinds("redelivered"), [])
+
+    def retry_in_20s_then_step(self, step: float) -> tuple[FakePeer, int]:
+        """One 0xA700 schedules a retry 20 s ahead; then the wall clock steps by ``step``."""
+        record = self.instance()
+        (entry_id,) = self.enqueue(record)
+        peer = FakePeer()
+        peer.script[record.sop_instance_uid] = [0xA700, 0]
+        self.worker(self.destination(retry=dataclasses.replace(RETRY, initial_delay=20.0, jitter=0.0)), peer)
+        self.assertEqual(len(peer.received), 1)
+        self.wall_offset = step
+        return peer, entry_id
+
+    def test_wall_clock_step_back_does_not_stall_a_retry(self) -> None:
+        """F19: after the wall clock steps back 1 h, a retry due in 20 s is still sent after 20 s."""
+        peer, entry_id = self.retry_in_20s_then_step(-3600.0)
+        for _ in range(19):
+            self.clock.advance(1.0)
+        self.assertEqual(len(peer.received), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(peer.received), 2)
+        self.assertEqual(self.store.get(entry_id).state, EntryState.DELIVERED)
+
+    def test_wall_clock_step_forward_does_not_fire_a_retry_early(self) -> None:
+        """F19: after the wall clock steps forward 1 h, a retry due in 20 s is not sent at once."""
+        peer, entry_id = self.retry_in_20s_then_step(3600.0)
+        for _ in range(19):
+            self.clock.advance(1.0)
+        self.assertEqual(len(peer.received), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(peer.received), 2)
+        self.assertEqual(self.store.get(entry_id).state, EntryState.DELIVERED)
+
+    def test_retry_scheduled_far_ahead_before_a_restart_is_capped_at_max_delay(self) -> None:
+        """F19: a due time beyond max_delay (the clock stepped back while stopped) is pulled in at start."""
+        record = self.instance()
+        (entry_id,) = self.enqueue(record)
+        self.store.lease("archive", 1, self.clock.seconds(), 30)
+        self.store.retry(entry_id, self.clock.seconds() + 3600, "stepped", self.clock.seconds())
+        peer = FakePeer()
+        self.worker(self.destination(), peer)
+        self.assertEqual(self.store.get(entry_id).next_attempt_at, self.clock.seconds() + RETRY.max_delay)
+        self.clock.pump([1.0] * int(RETRY.max_delay))
+        self.assertEqual(peer.uids(), [record.sop_instance_uid])
 
     def test_warning_status_counts_as_delivered(self) -> None:
         """0xB000 is delivered, with the warning passed to the observer."""
@@ -813,6 +859,7 @@ class RealRequestorTests(AcceptorTestsMixin, WorkerTestsMixin, SynchronousTestCa
             rand=neutral,
             observer=self.observer,
             wall=self.clock.seconds,
+            monotonic=self.clock.seconds,
         )
         worker.startService()
         for _ in range(20):

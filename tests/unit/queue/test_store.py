@@ -685,6 +685,24 @@ class QueueStoreTests:
         self.assertEqual(s.next_due("A"), T0 + 500)
         self.assertIsNone(s.next_due("B"))
 
+    def test_shift_schedule_moves_future_retries_and_caps_them(self) -> None:
+        """A clock step moves only QUEUED entries due after ``after`` of that destination; ``latest`` caps them."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(3)]
+        s.lease("A", 3, T0, 30)
+        s.retry(ids[0][0], T0 + 100, "x", T0)
+        s.retry(ids[1][0], T0 + 5000, "x", T0)
+        # ids[2][0] stays leased; the B entries are due at T0.
+        self.assertEqual(s.shift_schedule("A", T0 + 10, -3600.0), 2)
+        self.assertEqual(s.get(ids[0][0]).next_attempt_at, T0 + 100 - 3600)
+        self.assertEqual(s.get(ids[1][0]).next_attempt_at, T0 + 5000 - 3600)
+        self.assertEqual(s.get(ids[2][0]).state, EntryState.LEASED)
+        self.assertEqual(s.get(ids[0][1]).next_attempt_at, T0)
+        self.assertEqual(s.shift_schedule("A", T0, 0.0, latest=T0 + 60), 1)
+        self.assertEqual(s.next_due("A"), T0 + 100 - 3600)
+        self.assertEqual(s.get(ids[1][0]).next_attempt_at, T0 + 60)
+        self.assertEqual(s.shift_schedule("B", T0 + 1, 10.0), 0)
+
     # -- retention -------------------------------------------------------------
 
     def test_finished_instances(self) -> None:
