@@ -227,3 +227,52 @@ class WallClockJumpTests(TestCase):
         self.assertLessEqual(len(burst), 4, [round(t - jumped, 2) for t in burst])
         self.assertGreaterEqual(len(burst), 1, "no attempt after the jump")
         self.wait_knocks(len(burst) + 3, 10, jumped)
+
+
+class RetryScheduleJumpTests(TestCase):
+    """F19 for one instance's retry: its due time is in the journal, in wall-clock time."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        """A destination that answers 0xA700 to the first attempt; the retry is due 8 s later."""
+        if not os.path.exists(LIBFAKETIME):
+            raise SkipTest("libfaketime not installed (make test installs it)")
+        from tests.support.scp import RecordingScp
+
+        self.scp = RecordingScp("PACS", status_for=lambda uid, attempt: 0xA700 if attempt == 1 else 0x0000).start()
+        self.addCleanup(self.scp.stop)
+        self.gateway = FakedTimeGateway(
+            self.mktemp(),
+            destinations={"pacs": dicom_destination(self.scp.port, "PACS", initial_delay="8s", max_delay="8s",
+                                                    retry={"jitter": 0})},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        self.addCleanup(self.gateway.stop)
+        self.gateway.start()
+        pynetdicom_store(self.gateway.port, [ct_dataset(8, 8)])
+        deadline = time.monotonic() + 30
+        while len(self.scp.receipts) < 1:
+            self.assertLess(time.monotonic(), deadline, self.gateway.log_text()[-3000:])
+            time.sleep(0.05)
+        self.first = time.monotonic()
+
+    def second_attempt_after(self, limit: float) -> float:
+        """Seconds from the first attempt to the second, failing after ``limit`` s."""
+        deadline = self.first + limit
+        while len(self.scp.receipts) < 2:
+            self.assertLess(time.monotonic(), deadline,
+                            f"no retry within {limit}s\n{self.gateway.log_text()[-3000:]}")
+            time.sleep(0.05)
+        return time.monotonic() - self.first
+
+    def test_plus_one_hour_does_not_fire_the_retry_early(self) -> None:
+        """After +1 h, the 0xA700 retry still comes about 8 s after the first attempt, not at once."""
+        self.gateway.shift("+3600")
+        self.assertGreater(self.second_attempt_after(30), 6.0)
+        self.assertEqual(self.scp.successes()[self.scp.receipts[0].sop_instance_uid], 1)
+
+    def test_minus_one_hour_does_not_stall_the_retry(self) -> None:
+        """After -1 h, the 0xA700 retry comes within seconds of its due time, not an hour later."""
+        self.gateway.shift("-3600")
+        self.assertLess(self.second_attempt_after(30), 25.0)
