@@ -546,7 +546,7 @@ class DestinationWorker(Service):
             return
         await self._follow_wall_clock()
         entries = await self._journal(
-            self.store.lease, self.name, self.batch_size, self.wall(), self.lease_seconds, shard=(slot.index, n)
+            self.store.lease, self.name, self.batch_size, self._schedule_now(), self.lease_seconds, shard=(slot.index, n)
         )
         if not entries:
             await self._idle(slot)
@@ -564,6 +564,16 @@ class DestinationWorker(Service):
                 except JournalRefused:
                     slot.unreleased.extend(rest)
                     raise
+
+    def _schedule_now(self) -> float:
+        """The time due times are written and compared in: the wall clock as of the
+        last turn that checked it, advanced by the monotonic clock since. A due time
+        written between a step and the turn that notices it is thus in the old
+        timeline, like the rest of the journal, and moves with it."""
+        if self._clock_anchor is None:
+            return self.wall()
+        wall, mono = self._clock_anchor
+        return wall + (self.monotonic() - mono)
 
     async def _follow_wall_clock(self) -> None:
         """Keep the journal's due times in step with the wall clock (HARDENING F19).
@@ -603,10 +613,10 @@ class DestinationWorker(Service):
             else:
                 delay = min(delay, idle_left)
         due = await self._store(self.store.next_due, self.name)
-        if due is not None and due > self.wall():
+        if due is not None and due > self._schedule_now():
             # An entry comes due before the next poll. (One already due that
             # lease did not return is paused or another slot's: poll.)
-            delay = min(delay, due - self.wall())
+            delay = min(delay, due - self._schedule_now())
         if not self._stopping:
             await self._sleep(delay, pokeable=True)
 
@@ -670,7 +680,7 @@ class DestinationWorker(Service):
 
     async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
         """The body of :meth:`_record`."""
-        now = self.wall()
+        now = self._schedule_now()
         fields = dict(
             destination=self.name,
             entry_id=entry.entry_id,
