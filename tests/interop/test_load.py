@@ -1,4 +1,4 @@
-"""Load rows against the real gateway process (HARDENING L1, L2, L4, L6, P16, P39; issue 7 "Load").
+"""Load rows against the real gateway process (HARDENING L1, L2, L3, L4, L6, P16, P39; issue 7 "Load").
 
 - **L1 / P16 / P39**: 64 concurrent inbound associations (raw peers in
   threads, all established before any stores), each storing 20 instances,
@@ -607,6 +607,39 @@ class ParallelAssociationTests(GatewayTestMixin, TestCase):
                                           "JOIN entries e ON e.instance_id = i.instance_id")
         self.assertEqual(sorted(journaled), sorted((uid, "archive") for uid in sent))
         self.assertEqual(digests_by_sop_instance(part10_files(archive)), sent)
+
+
+class LatencyTests(GatewayTestMixin, TestCase):
+    """L3 scaled for CI (decision 12): a paced load, every RSP timed; ``bench/load.py l3`` runs 80% of L2."""
+
+    timeout = 120
+
+    def test_paced_load_on_4_associations_every_rsp_success_and_p99_within_1_s(self) -> None:
+        """L3 (scaled): 4 paced associations at 40/s in total of 256 KiB instances: all 120 answered 0x0000, p99 RQ->RSP < 1 s.
+
+        The row's target is 250 ms at 80% of the L2 rate on a quiet 4-core machine;
+        a CI runner shares 2 cores with the other test job, hence 4 times the bound
+        at a tenth of the rate. A stall behind another association's fsync or a
+        journal commit held for a whole batch would show here.
+        """
+        from tests.support.paced import paced_latencies
+
+        work = Path(self.mktemp()).resolve()
+        archive = work / "archive"
+        gateway = self.start_gateway(destinations={"archive": folder_destination(archive)},
+                                     routes=[{"name": "all", "forward": ["archive"]}],
+                                     http={"enabled": False})
+        folders = [work / f"a{n}" for n in range(4)]
+        for folder in folders:
+            make_series(folder, 30, 256 * 1024)
+        latencies = paced_latencies(gateway.port, "DICOMGW", folders, rate=40.0)
+        self.assertEqual(len(latencies), 120)
+        self.assertNotIn(-1.0, latencies, "a C-STORE failed or went unanswered")
+        ordered = sorted(latencies)
+        p99 = ordered[int(0.99 * (len(ordered) - 1))]
+        self.assertLess(p99, 1.0, f"p99 {p99 * 1000:.0f} ms; slowest {[round(x * 1000) for x in ordered[-5:]]} ms")
+        wait_until(lambda: journal_rows(gateway, "SELECT count(*) FROM entries WHERE state = 'delivered'")[0][0]
+                   == 120, 60, "120 delivered entries")
 
 
 class LargeInstanceTests(GatewayTestMixin, TestCase):
