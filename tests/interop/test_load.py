@@ -1,4 +1,4 @@
-"""Load rows against the real gateway process (HARDENING L1, L2, L3, L4, L6, P16, P39; issue 7 "Load").
+"""Load rows against the real gateway process (HARDENING L1, L2, L3, L4, L5, L6, P16, P39; issue 7 "Load").
 
 - **L1 / P16 / P39**: 64 concurrent inbound associations (raw peers in
   threads, all established before any stores), each storing 20 instances,
@@ -56,7 +56,7 @@ from gateway.dimse.commands import CEchoRSP
 from gateway.ul import pdu as _pdu
 from tests.support import dcmtk
 from tests.support.datasets import dataset_digest, dataset_offset, write_instance, write_multiframe
-from tests.support.gateway_process import GatewayProcess, folder_destination, wait_until
+from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
 from tests.support.interop import GatewayTestMixin, digests_by_sop_instance, make_series, part10_files
 from tests.support.rawpeer import (
     RawPeer,
@@ -640,6 +640,46 @@ class LatencyTests(GatewayTestMixin, TestCase):
         self.assertLess(p99, 1.0, f"p99 {p99 * 1000:.0f} ms; slowest {[round(x * 1000) for x in ordered[-5:]]} ms")
         wait_until(lambda: journal_rows(gateway, "SELECT count(*) FROM entries WHERE state = 'delivered'")[0][0]
                    == 120, 60, "120 delivered entries")
+
+
+class ParallelForwardTests(GatewayTestMixin, TestCase):
+    """L5 scaled for CI (decision 12): forwarding over N parallel associations; ``bench/load.py l5`` gives MB/s.
+
+    The other half of L5 (a slow destination costs a healthy one little) is F08 in
+    ``tests.interop.test_forward_proxy``.
+    """
+
+    timeout = 120
+
+    def test_queue_of_8_studies_forwards_over_up_to_4_parallel_associations_byte_identical(self) -> None:
+        """L5 (scaled): 40 queued instances of 8 studies go out over >= 2 and <= 4 simultaneous associations, each once, byte-identical."""
+        from tests.support.faultproxy import FaultProxy, NO_FAULT
+        from tests.support.scp import RecordingScp
+
+        work = Path(self.mktemp()).resolve()
+        scp = RecordingScp("ARCHIVE").start()
+        self.addCleanup(scp.stop)
+        proxy = FaultProxy(scp.port, lambda _n: NO_FAULT).start()
+        self.addCleanup(proxy.stop)
+        destination = dicom_destination(proxy.port, "ARCHIVE", max_associations=4, batch_size=5)
+        gateway = self.start_gateway(destinations={"archive": destination},
+                                     routes=[{"name": "all", "forward": ["archive"]}],
+                                     http={"enabled": False})
+        paused = gateway.cli("queue", "pause", "archive")
+        self.assertEqual(paused.returncode, 0, paused.describe())
+        folders = [work / f"s{n}" for n in range(8)]
+        for folder in folders:
+            make_series(folder, 5, 64 * 1024)
+        failed = finish_storescus(start_storescus(gateway.port, folders), timeout=90)
+        self.assertEqual(failed, [])
+        resumed = gateway.cli("queue", "resume", "archive")
+        self.assertEqual(resumed.returncode, 0, resumed.describe())
+        wait_until(lambda: len(scp.successes()) == 40, 60, lambda: f"{len(scp.successes())} of 40 delivered")
+        self.assertGreaterEqual(proxy.peak_open, 2, "the queue went out over one association")
+        self.assertLessEqual(proxy.peak_open, 4, "more associations than max_associations")
+        self.assertEqual(scp.duplicates(), 0)
+        received = {r.sop_instance_uid: r.digest for r in scp.receipts}
+        self.assertEqual(received, digests_by_sop_instance(p for f in folders for p in f.iterdir()))
 
 
 class LargeInstanceTests(GatewayTestMixin, TestCase):
