@@ -34,6 +34,7 @@ from tests.support.interop import (
     pynetdicom_store,
     shared_series,
 )
+from tests.support.invariants import check_forward_invariants
 
 
 class FanOutTests(ForwardTestMixin, TestCase):
@@ -84,6 +85,8 @@ class FanOutTests(ForwardTestMixin, TestCase):
             row["delivered"] == 100 for row in r.values()) and r, 10, "delivered == 100 everywhere")
         self.assertEqual({name: row["dead"] for name, row in rows.items()},
                          {"first": 0, "second": 0, "folder": 0})
+        check_forward_invariants(self, gateway, destinations={"first": first, "second": second,
+                                                              "folder": folder}, accepted=100)
 
     def test_destination_started_late_gets_everything_without_delaying_the_others(self) -> None:
         """A destination down for 10 s receives every instance later; the other two were not held back."""
@@ -117,6 +120,8 @@ class FanOutTests(ForwardTestMixin, TestCase):
         self.assertEqual(gateway.queue_rows()["late"]["dead"], 0)
         self.wait_for(gateway, lambda: gateway.queue_rows()["late"]["circuit"] == "closed", 10,
                       "the circuit of 'late' to close once it answers")
+        check_forward_invariants(self, gateway, destinations={"early": early, "late": late,
+                                                              "folder": folder}, accepted=100)
 
 
 class DuplicateTests(ForwardTestMixin, TestCase):

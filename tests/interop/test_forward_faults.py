@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from tests.support import dcmtk
 from tests.support.gateway_process import dicom_destination
 from tests.support.interop import ForwardTestMixin, make_series, shared_series
+from tests.support.invariants import check_forward_invariants
 
 #: C-STORE status "Refused: Out of Resources" (PS3.4 Annex B.2.3).
 OUT_OF_RESOURCES = 0xA700
@@ -60,6 +61,7 @@ class TransientFaultTests(ForwardTestMixin, TestCase):
                              and r, 10, "5 delivered")
         self.assertEqual(rows["pacs"]["dead"], 0)
         self.assertEqual(gateway.dead_letters(), [])
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=5)
 
     def test_abort_in_the_middle_of_a_batch_resends_the_rest_and_loses_nothing(self) -> None:
         """An SCP aborting on its 5th receipt of a 20-instance batch gets all 20, with at most the cut one twice.
@@ -95,6 +97,9 @@ class TransientFaultTests(ForwardTestMixin, TestCase):
                          {aborted.sop_instance_uid} if recorder.duplicates() else set())
         rows = gateway.queue_rows()
         self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (20, 0))
+        # One ambiguous fault: the A-ABORT after the 5th data set was read.
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": 1}, accepted=20)
 
 
 class PermanentInstanceFaultTests(ForwardTestMixin, TestCase):
@@ -129,6 +134,7 @@ class PermanentInstanceFaultTests(ForwardTestMixin, TestCase):
         self.wait_for(gateway, lambda: len(fixed.successes()) == 3, 30, "3 instances after the retry")
         self.assertEqual(set(fixed.counts().values()), {1})
         self.wait_for(gateway, lambda: gateway.dead_letters() == [], 10, "no dead letters left")
+        check_forward_invariants(self, gateway, destinations={"pacs": fixed}, accepted=3)
 
 
 class DestinationFaultTests(ForwardTestMixin, TestCase):
@@ -166,3 +172,4 @@ class DestinationFaultTests(ForwardTestMixin, TestCase):
         # Deliveries succeed again, so queue list must stop reporting the circuit open.
         self.wait_for(gateway, lambda: gateway.queue_rows()["pacs"]["circuit"] == "closed", 10,
                       "queue list to show the circuit closed after successful deliveries")
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=10)
