@@ -32,6 +32,7 @@ from tests.support.interop import (
     pynetdicom_store,
     sop_instance_uid,
 )
+from tests.support.invariants import check_forward_invariants
 
 #: C-STORE status "Refused: Out of Resources" (PS3.4 Annex B.2.3).
 OUT_OF_RESOURCES = 0xA700
@@ -101,6 +102,9 @@ class KillTests(ForwardTestMixin, TestCase):
         self.wait_for(gateway, lambda: set(recorder.successes()) == uids and self.idle(gateway),
                       90, "all 150 instances acknowledged by the destination")
         self.assertLessEqual(recorder.duplicates(), 2, recorder.counts().most_common(5))
+        # Killed once with max_associations 2: at most 2 sends in flight (ambiguous).
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": 2}, restarted=True)
 
     def test_kill_while_forwarding_a_queue_of_500_loses_nothing(self) -> None:
         """Killed while draining 500 queued instances: after restart all 500 arrive; duplicates <= in-flight bound.
@@ -140,6 +144,8 @@ class KillTests(ForwardTestMixin, TestCase):
         self.assertLessEqual(duplicates, 2 * 1, recorder.counts().most_common(5))
         rows = gateway.queue_rows()
         self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (500, 0))
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": 2}, accepted=500, restarted=True)
 
 
 def _mount_small_filesystem(target: Path, megabytes: int) -> str:
@@ -220,3 +226,4 @@ class SpoolFullTests(ForwardTestMixin, TestCase):
         all_uids = {str(ds.SOPInstanceUID) for ds in datasets}
         self.wait_for(gateway, lambda: set(recorder.successes()) == all_uids, 60,
                       "all 16 instances at the destination")
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=16)

@@ -40,6 +40,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support import dcmtk
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess, dicom_destination, folder_destination
 from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
+from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port, port_is_open
 
 #: The system calls F12 watches (``writev``/``sendmsg`` in case the reactor gathers buffers).
@@ -408,6 +409,8 @@ class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):
                                               destination="pacs") == 1, 15, "redeliveries_total == 1")
         rows = gateway.queue_rows()
         self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (3, 0))
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": 1}, accepted=3, restarted=True)
 
 
 class RepeatedKillTests(ForwardTestMixin, TestCase):
@@ -464,6 +467,8 @@ class RepeatedKillTests(ForwardTestMixin, TestCase):
         rows = gateway.queue_rows()["pacs"]
         self.assertEqual((rows["delivered"], rows["dead"], rows["in_flight"]), (200, 0, 0))
         self.assertLessEqual(recorder.duplicates(), kills * slots, recorder.counts().most_common(5))
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": kills * slots}, accepted=200, restarted=True)
         gateway.stop()
         self.assertEqual(integrity(journal), "ok")
 
@@ -564,5 +569,6 @@ class JournalFullTests(ForwardTestMixin, TestCase):
         rows = gateway.queue_rows()["pacs"]
         self.assertEqual((rows["delivered"], rows["dead"]), (30, 0))
         self.assertEqual(recorder.duplicates(), 0, recorder.counts().most_common(3))
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=30)
         gateway.stop()
         self.assertEqual(integrity(journal), "ok")

@@ -30,6 +30,7 @@ from tests.support.interop import (
     make_series,
     part10_files,
 )
+from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port
 from tests.support.scp import RecordingScp
 
@@ -138,6 +139,8 @@ class AmbiguousOutcomeTests(ProxyForwardTestMixin, TestCase):
         # The ambiguous attempt is counted as a redelivery once delivered (HARDENING F06, F07).
         self.assertEqual(redeliveries(http_port, "pacs"), 1.0)
         self.assert_nothing_lost(gateway, "pacs", recorder, sent)
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder},
+                                 ambiguous_faults={"pacs": 1}, accepted=3)
         return recorder, proxy
 
     def test_swallowed_store_response_times_out_and_is_retried_with_at_most_one_duplicate(self) -> None:
@@ -189,6 +192,8 @@ class SlowDestinationTests(ProxyForwardTestMixin, TestCase):
         self.assertGreaterEqual(proxy.connections, 1)
         self.assert_nothing_lost(gateway, "slow", slow_scp, sent)
         self.assert_nothing_lost(gateway, "fast", fast_scp, sent)
+        check_forward_invariants(self, gateway, destinations={"slow": slow_scp, "fast": fast_scp},
+                                 accepted=20)
 
 
 #: The gateway's own cap on a P-DATA-TF variable field (``gateway.associate.SEND_CAP``).
@@ -243,6 +248,7 @@ class FragmentationTests(ProxyForwardTestMixin, TestCase):
         self.assertEqual({r.sop_instance_uid: r.digest for r in scp.receipts}, sent)
         self.assertEqual(scp.duplicates(), 0)
         self.assert_nothing_lost(gateway, "pacs", scp, sent)
+        check_forward_invariants(self, gateway, destinations={"pacs": scp}, accepted=3)
         return [pdu.length for pdu in proxy.client_pdus if pdu.pdu_type == P_DATA_TF], scp, sent
 
     def test_destination_max_pdu_zero_gets_p_data_within_the_gateway_own_cap(self) -> None:
@@ -287,3 +293,4 @@ class PeerQuirkTests(ProxyForwardTestMixin, TestCase):
         self.assertEqual(len({r.association for r in recorder.receipts}), 20)
         self.assertGreaterEqual(proxy.cuts, 20)
         self.assert_nothing_lost(gateway, "pacs", recorder, sent)
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=20)

@@ -33,6 +33,7 @@ from tests.support import dcmtk
 from tests.support.datasets import ct_dataset
 from tests.support.gateway_process import GatewayProcess, dicom_destination
 from tests.support.interop import ForwardTestMixin, pynetdicom_store
+from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port
 
 #: Where the Debian ``libfaketime`` package puts the preload library.
@@ -82,6 +83,7 @@ class PoisonInstanceTests(ForwardTestMixin, TestCase):
         self.assertEqual(sample(text, "dicom_gateway_forward_failures_total", destination="pacs",
                                 kind="permanent"), 1)
         self.assertEqual(sample(text, "dicom_gateway_forwarded_total", destination="pacs"), 19)
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=20)
 
 
 class BigQueueRestartTests(TestCase):

@@ -37,13 +37,16 @@ the journal's; ``redelivery_total`` is then the number of delivered entries
 whose history holds an ``ambiguous:`` attempt, which is exactly what the
 gateway counts as a redelivery (``gateway.forward``, and the journal keeps
 that history across restarts).  Without a restart the counters must equal the
-journal's figures.
+journal's figures, and extra copies must equal ``redelivery_total``.  After a
+``kill -9`` the journal marks the send that was in flight as ambiguous
+without knowing whether it reached the destination (it cannot), so there the
+check is ``extra copies <= redelivery_total <= ambiguous faults``.
 
 A destination that is down keeps its entries queued: invariant 1 holds with
 ``queue_depth > 0``, and invariant 2 then asks that each queued entry's spool
-file is still there (custody).  Delivered entries of a morphed copy (the
-entry has its own file) are matched by SOP Instance UID, and by digest while
-the copy's file is still in the spool.
+file is still there (custody).  When a route morphs (``<spool>/morphed/``
+exists) a delivered copy is matched by the digest of its morphed file while
+that is still in the spool, else by SOP Instance UID only.
 
 The state gauges come from a snapshot renewed every 5 s, so the check polls
 until the counters, the gauges and the journal agree and nothing is leased,
@@ -278,6 +281,7 @@ def check_forward_invariants(
                     figure.metrics[term], figure.journal[term],
                     f"{name}: /metrics {term} = {figure.metrics[term]:g} but the journal has "
                     f"{figure.journal[term]} entries {term} (journal {dict(figure.journal)}, metrics {figure.metrics})")
+    morphed_dir = gateway.spool / "morphed"
     by_destination: dict[str, list[dict[str, Any]]] = {name: [] for name in destinations}
     for row in rows:
         if row["destination"] in by_destination:
@@ -308,19 +312,21 @@ def check_forward_invariants(
         known: dict[str, set[str]] = {}
         for row in entries:
             uid, digest, state = row["sop_instance_uid"], row["sha256"], row["state"]
-            morphed = row["entry_path"] is not None and row["entry_path"] != row["instance_path"]
-            if morphed:
-                # A route's morph changed the copy: its digest is the copy's, while the file exists.
-                copy = Path(row["entry_path"])
-                digest = dataset_digest(copy) if copy.is_file() else None
-            known.setdefault(uid, set()).add(digest or "*")
-            where = f"{name}: {uid} (entry {row['entry_id']}, {state}, sha256 {str(digest)[:12]})"
+            digests = {digest}
+            if morphed_dir.is_dir():
+                # A route's morph changed the copy sent: its digest is the copy's
+                # (<spool>/morphed/<instance id>.<plan>.dcm) while the file exists, else unknown.
+                copies_made = sorted(morphed_dir.glob(f"{row['instance_id']}.*.dcm"))
+                digests = {dataset_digest(c) for c in copies_made} or {"*"}
+            known.setdefault(uid, set()).update(digests)
+            where = f"{name}: {uid} (entry {row['entry_id']}, {state}, sha256 {digest[:12]})"
             if state in ("delivered", "duplicate"):
                 copies = held_by_uid.get(uid, Counter())
                 test.assertTrue(copies, f"{where}: {state} in the journal but not at the destination")
-                if digest is not None:
-                    test.assertIn(digest, copies,
-                                  f"{where}: the destination holds other bytes: {sorted(copies)}")
+                if "*" not in digests:
+                    test.assertTrue(digests & set(copies),
+                                    f"{where}: the destination holds other bytes: {sorted(copies)}"
+                                    f" (expected {sorted(digests)})")
             elif state == "dead":
                 test.assertTrue(row["dead_reason"].strip(), f"{where}: dead letter without a reason")
             else:
@@ -343,10 +349,18 @@ def check_forward_invariants(
             test.assertEqual(figure.metrics["redelivered"], figure.redelivered,
                              f"{name}: redeliveries_total {figure.metrics['redelivered']:g} != "
                              f"{figure.redelivered} delivered entries with an ambiguous attempt in the journal")
-        if isinstance(source, RecordingScp):
+        if isinstance(source, RecordingScp) and samples is None:
+            # After a kill the journal marks the send in flight as ambiguous without
+            # knowing whether it reached the destination: it may count one it did not.
+            test.assertLessEqual(extra, redelivered,
+                                 f"{name}: {extra} extra copies at the destination > redelivery_total "
+                                 f"{redelivered:g} (journal: the gateway restarted)")
+            test.assertLessEqual(redelivered, injected,
+                                 f"{name}: redelivery_total {redelivered:g} > {injected} ambiguous faults "
+                                 f"(journal: the gateway restarted)")
+        elif isinstance(source, RecordingScp):
             test.assertEqual(extra, redelivered,
-                             f"{name}: {extra} extra copies at the destination != redelivery_total "
-                             f"{redelivered:g}{' (journal: the gateway restarted)' if samples is None else ''}")
+                             f"{name}: {extra} extra copies at the destination != redelivery_total {redelivered:g}")
         else:
             # storescp and folders overwrite a second copy: only the bound is checkable.
             test.assertLessEqual(redelivered, injected,
