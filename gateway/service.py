@@ -59,7 +59,7 @@ from gateway.ul.negotiate import AcceptorSettings
 #: Seconds an association may take to finish its in-flight instance when the gateway stops (SIGTERM).
 SHUTDOWN_GRACE = 10.0
 
-#: How often delivered spool files are cleaned up.
+#: How often delivered spool files are cleaned up (the default of ``spool.clean_interval``).
 CLEAN_INTERVAL = 30.0
 
 
@@ -384,7 +384,7 @@ class GatewayService(MultiService):
         for service in list(self):
             if not service.running:
                 service.startService()
-        self._janitor.start(CLEAN_INTERVAL, now=False)
+        self._janitor.start(self.config.spool.clean_interval, now=False)
         self.refresher.start()
         self.ready.callback(None)
 

@@ -1048,6 +1048,7 @@ _SPOOL_FIELDS: Final[Mapping[str, _Field]] = {
     # 0 turns the free-space floor off (not advised; ENOSPC still gives 0xA700).
     "min_free": _Field(_size(minimum=0), attr="min_free_bytes"),
     "resume_margin": _Field(_size(minimum=0), attr="resume_margin_bytes"),
+    "clean_interval": _Field(_duration(0, 86400)),
 }
 
 _check_spool_mapping: Final = _section(SpoolConfig, _SPOOL_FIELDS)

@@ -166,11 +166,15 @@ class SpoolConfig:
         (PS3.8 9.3.4), so modalities keep their copies and retry.
     :param resume_margin_bytes: Hysteresis: accepting resumes only once free
         space is back above ``min_free_bytes + resume_margin_bytes``.
+    :param clean_interval: Seconds between two runs of the spool clean-up
+        (delivered files past ``retention.keep_delivered``, records past the
+        duplicate window); read at start.
     """
 
     path: str
     min_free_bytes: int = 512 * 1024**2
     resume_margin_bytes: int = 256 * 1024**2
+    clean_interval: float = 30.0
 
 
 @dataclass(frozen=True)

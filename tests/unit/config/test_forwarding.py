@@ -284,6 +284,22 @@ class ValidTests(LoadTestCase):
         )
         self.assertEqual((config.spool.min_free_bytes, config.spool.resume_margin_bytes), (0, 0))
 
+    def test_spool_clean_interval_is_a_duration_defaulting_to_30s(self) -> None:
+        """spool.clean_interval is read as a duration; absent it is 30 s; 0 is refused."""
+        config = load_config_text(
+            MINIMAL.replace("spool: spool", "spool: {path: sp, clean_interval: 2s}"), "gw.yaml", BASE_DIR
+        )
+        self.assertEqual(config.spool.clean_interval, 2.0)
+        self.assertEqual(load_config_text(MINIMAL, "gw.yaml", BASE_DIR).spool.clean_interval, 30.0)
+        errors = self.assertRaises(
+            ConfigErrors,
+            load_config_text,
+            MINIMAL.replace("spool: spool", "spool: {path: sp, clean_interval: 0s}"),
+            "gw.yaml",
+            BASE_DIR,
+        ).errors
+        self.assertEqual([e.key_path for e in errors], ["spool.clean_interval"])
+
     def test_duplicates_retention_and_queue(self) -> None:
         """The window, the retention and a relative queue path are read."""
         config = load_config_text(
