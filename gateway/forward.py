@@ -802,6 +802,32 @@ class DestinationWorker(Service):
             self._permanent = error.permanent
             attempt += 1
             self.log.info("probe of {destination} failed: {reason}", destination=self.name, reason=error.reason)
+            await self._expire_while_down()
+
+    async def _expire_while_down(self) -> None:
+        """Apply ``max_age`` to the entries of a destination that is down as a whole.
+
+        Its entries make no attempts while the circuit is open (HARDENING
+        decision 9), so :func:`give_up` never sees them: without this, a
+        destination that never comes back would keep their spool files forever
+        (F17: "kept until all are done or dead-lettered").
+        """
+        max_age = self.config.retry.max_age
+        now = self._schedule_now()
+        reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self._last_error}"
+        try:
+            expired = await self._journal(self.store.expire, self.name, now - max_age, reason, now)
+        except JournalRefused:
+            return
+        for entry in expired:
+            self.observer.dead_lettered(entry, reason)
+        if expired:
+            self.log.warn(
+                "dead-lettered {count} entries for {destination} older than max_age {max_age:.0f}s (destination down)",
+                count=len(expired),
+                destination=self.name,
+                max_age=max_age,
+            )
 
     async def _probe_once(self) -> DestinationDown | None:
         """One probe: C-ECHO for a DICOM AE, a write test for a folder; ``None`` on success."""

@@ -203,6 +203,14 @@ class IQueueStore(Interface):
     def dead_letter(entry_id: int, reason: str, now: float) -> None:
         """Move an entry to DEAD with ``reason``; its file is kept."""
 
+    def expire(destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
+        """Dead-letter up to ``limit`` QUEUED entries of ``destination`` enqueued before ``enqueued_before``.
+
+        ``max_age`` for a destination that is down as a whole: its entries make no
+        attempts, so :func:`gateway.queue.policy.give_up` never sees them.
+        Returns the entries, now DEAD.
+        """
+
     def requeue_dead(entry_id: int, now: float, destination: str | None = None) -> int:
         """Operator retry of a DEAD entry: back to QUEUED at the tail of the queue.
 

@@ -260,6 +260,17 @@ class MemoryQueueStore:
         destination.last_error = reason
         destination.last_error_at = now
 
+    def expire(self, destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
+        """Dead-letter old QUEUED entries of ``destination`` (see the interface)."""
+        rows = sorted(
+            (r for r in self._rows.values()
+             if r.destination == destination and r.state is EntryState.QUEUED and r.enqueued_at < enqueued_before),
+            key=lambda r: r.entry_id,
+        )[:limit]
+        for row in rows:
+            self.dead_letter(row.entry_id, reason, now)
+        return [self._entry(row) for row in rows]
+
     def requeue_dead(self, entry_id: int, now: float, destination: str | None = None) -> int:
         """Operator retry of a DEAD entry: a new id at the tail (see the interface)."""
         row = self._row_in(entry_id, (EntryState.DEAD,))

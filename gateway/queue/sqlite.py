@@ -573,6 +573,27 @@ class SqliteQueueStore:
             )
             self._touch_destination(destination, last_error=reason, last_error_at=now)
 
+    def expire(self, destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
+        """Dead-letter QUEUED entries of ``destination`` enqueued before ``enqueued_before``.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.expire`.
+        """
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT entry_id, history FROM entries WHERE destination = ? AND state = 'queued' AND enqueued_at < ?"
+                " ORDER BY entry_id LIMIT ?",
+                (destination, enqueued_before, limit),
+            ).fetchall()
+            for entry_id, history in rows:
+                conn.execute(
+                    "UPDATE entries SET state = 'dead', leased_until = NULL, dead_reason = ?, last_error = ?,"
+                    " history = ? WHERE entry_id = ?",
+                    (reason, reason, _history_append(history, Attempt(now, reason, False)), entry_id),
+                )
+            if rows:
+                self._touch_destination(destination, last_error=reason, last_error_at=now)
+            return [self._get(entry_id) for entry_id, _ in rows]
+
     # -- IQueueStore: operator actions --------------------------------------
 
     def requeue_dead(self, entry_id: int, now: float, destination: str | None = None) -> int:

@@ -444,6 +444,26 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         (dead,) = self.store.entries("archive", EntryState.DEAD)
         self.assertIn("0xA900", dead.dead_reason)
 
+    def test_destination_down_past_max_age_dead_letters_its_entries_at_a_probe(self) -> None:
+        """F17: entries of a destination down for longer than max_age are dead-lettered (gave_up) by the probe loop."""
+        records = [self.instance() for _ in range(3)]
+        for record in records:
+            self.enqueue(record)
+        peer = FakePeer()
+        peer.refuse = ConnectionRefusedError()
+        retry = dataclasses.replace(RETRY, max_age=120.0, jitter=0.0)
+        self.worker(self.destination(retry=retry), peer)
+        self.clock.pump([1.0] * 100)
+        self.assertEqual(set(self.states().values()), {EntryState.QUEUED}, "dead before max_age")
+        self.clock.pump([1.0] * 100)
+        self.assertEqual(set(self.states().values()), {EntryState.DEAD})
+        reasons = {e.dead_reason for e in self.store.entries("archive")}
+        self.assertEqual(len(reasons), 1)
+        (reason,) = reasons
+        self.assertIn("max_age", reason)
+        self.assertIn("ConnectionRefusedError", reason)
+        self.assertEqual(len(self.observer.kinds("dead")), 3)
+
     def test_permanent_rejection_opens_the_circuit_without_dead_letters(self) -> None:
         """RJ(1,1,7) three times opens the circuit; probes at max_delay; a fixed peer gets everything."""
         records = [self.instance() for _ in range(4)]

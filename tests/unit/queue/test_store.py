@@ -703,6 +703,22 @@ class QueueStoreTests:
         self.assertEqual(s.get(ids[1][0]).next_attempt_at, T0 + 60)
         self.assertEqual(s.shift_schedule("B", T0 + 1, 10.0), 0)
 
+    def test_expire_dead_letters_only_old_queued_entries_of_the_destination(self) -> None:
+        """expire takes QUEUED entries of one destination enqueued before the cut, oldest first, up to the limit."""
+        s = self.store()
+        old = [self.add(s, f"o{n}", ("A", "B"), now=T0 + n).entry_ids for n in range(3)]
+        young = self.add(s, "y", ("A",), now=T0 + 100).entry_ids
+        s.lease("A", 1, T0 + 200, 30)  # o0's A entry is leased: in flight, not expired
+        expired = s.expire("A", T0 + 50, "gave up: down", T0 + 200, limit=1)
+        self.assertEqual([e.entry_id for e in expired], [old[1][0]])
+        self.assertEqual(expired[0].state, EntryState.DEAD)
+        self.assertEqual(expired[0].dead_reason, "gave up: down")
+        self.assertEqual([e.entry_id for e in s.expire("A", T0 + 50, "gave up: down", T0 + 200)], [old[2][0]])
+        self.assertEqual(s.get(old[0][0]).state, EntryState.LEASED)
+        self.assertEqual(s.get(young[0]).state, EntryState.QUEUED)
+        self.assertEqual({s.get(ids[1]).state for ids in old}, {EntryState.QUEUED})
+        self.assertEqual(s.expire("A", T0 + 50, "x", T0 + 200), [])
+
     # -- retention -------------------------------------------------------------
 
     def test_finished_instances(self) -> None:
