@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from tests.support.peerprocess import PeerProcess
 from tests.support.ports import free_port, port_is_open
 
 __all__ = [
@@ -196,7 +195,7 @@ def storescu(
     return _run(argv, timeout, env)
 
 
-class Storescp:
+class Storescp(PeerProcess):
     """A ``storescp`` process on a free loopback port, as a context manager.
 
     By default it writes bit-preserving (``+B``) Part 10 files into
@@ -236,19 +235,7 @@ class Storescp:
         ]
         self._env = dict(os.environ)
         self._env.update(env or {})
-        self._log_path = self.outdir.parent / f"{self.outdir.name}.storescp.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        """The process id of the running ``storescp``.
-
-        :returns: the pid.
-        :raises RuntimeError: if it is not running.
-        """
-        if self._proc is None:
-            raise RuntimeError("storescp is not running")
-        return self._proc.pid
+        super().__init__("storescp", self.outdir.parent / f"{self.outdir.name}.storescp.log")
 
     def start(self, timeout: float = 15.0) -> None:
         """Start ``storescp`` and wait until its port accepts connections.
@@ -256,40 +243,9 @@ class Storescp:
         :param timeout: seconds to wait for the port.
         :raises RuntimeError: if it exits or never listens.
         """
-        import time
-
         self.outdir.mkdir(parents=True, exist_ok=True)
-        log = open(self._log_path, "wb")
-        try:
-            self._proc = subprocess.Popen(
-                self._argv, stdout=log, stderr=subprocess.STDOUT, env=self._env
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"storescp exited early:\n{self.log_text()}")
-            if port_is_open("127.0.0.1", self.port):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"storescp did not listen on {self.port}:\n{self.log_text()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop ``storescp`` (SIGTERM, then SIGKILL); safe to call twice.
-
-        :param timeout: seconds to wait after SIGTERM.
-        """
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.spawn(self._argv, lambda: port_is_open("127.0.0.1", self.port), timeout, env=self._env,
+                   what=f"listen on {self.port}")
 
     def files(self) -> list[Path]:
         """List the files received so far, sorted by name.
@@ -297,35 +253,3 @@ class Storescp:
         :returns: paths of received files.
         """
         return sorted(p for p in self.outdir.iterdir() if p.is_file())
-
-    def log_text(self) -> str:
-        """Read what ``storescp`` has logged so far.
-
-        :returns: its combined stdout and stderr.
-        """
-        try:
-            return self._log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def __enter__(self) -> Storescp:
-        """Start the process.
-
-        :returns: this object.
-        """
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the process.
-
-        :param exc_type: unused.
-        :param exc: unused.
-        :param tb: unused.
-        """
-        self.stop()

@@ -32,16 +32,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from tests.support.peerprocess import PeerProcess
 from tests.support.ports import free_port
 
 __all__ = ["ORTHANC", "Orthanc", "OrthancError", "OrthancTLS", "skip_reason"]
@@ -81,7 +79,7 @@ class OrthancTLS:
     require_client_certificate: bool = True
 
 
-class Orthanc:
+class Orthanc(PeerProcess):
     """One private Orthanc process on free loopback ports, as a context manager.
 
     :param workdir: a folder for the configuration, storage, index and log (created).
@@ -142,19 +140,10 @@ class Orthanc:
         self.config = config
         self.config_path = self.dir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
-        self.log_path = self.dir / "orthanc.log"
         self.base_url = f"http://{self.host}:{self.http_port}"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__("Orthanc", self.dir / "orthanc.log")
 
     # -- process ---------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        """Tell whether the process was started and has not exited.
-
-        :returns: ``True`` while it runs.
-        """
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> Orthanc:
         """Start Orthanc and wait until its REST API answers ``GET /system``.
@@ -165,26 +154,16 @@ class Orthanc:
         """
         if ORTHANC is None:
             raise RuntimeError(skip_reason())
-        log = open(self.log_path, "ab")
-        try:
-            self._proc = subprocess.Popen([ORTHANC, "--verbose", str(self.config_path)],
-                                          cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self._proc.returncode}:\n{self.log_text()}")
+
+        def ready() -> bool:
             try:
-                system = self.get("/system", timeout=2)
+                return bool(self.get("/system", timeout=2).get("DicomPort") == self.dicom_port)
             except (OSError, OrthancError):
-                time.sleep(0.1)
-                continue
-            if system.get("DicomPort") == self.dicom_port:
-                return self
-        self.stop()
-        raise RuntimeError(f"Orthanc's REST API did not answer on {self.http_port}:\n{self.log_text()}")
+                return False
+
+        self.spawn([ORTHANC, "--verbose", str(self.config_path)], ready, timeout, cwd=self.dir,
+                   what=f"answer on its REST API (port {self.http_port})")
+        return self
 
     def stop(self, timeout: float = 20.0) -> int:
         """Stop Orthanc with SIGTERM (its clean shutdown), SIGKILL after ``timeout``; safe twice.
@@ -192,44 +171,7 @@ class Orthanc:
         :param timeout: seconds to wait after SIGTERM.
         :returns: the exit status (0 when it was never started).
         """
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def log_text(self) -> str:
-        """Read what Orthanc has logged so far.
-
-        :returns: its combined stdout and stderr.
-        """
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def __enter__(self) -> Orthanc:
-        """Start the process.
-
-        :returns: this object.
-        """
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        """Stop the process.
-
-        :param exc_type: unused.
-        :param exc: unused.
-        :param tb: unused.
-        """
-        self.stop()
+        return super().stop(timeout)
 
     # -- REST ------------------------------------------------------------------
 

@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from tests.support.peerprocess import PeerProcess
 from tests.support.ports import free_port, port_is_open
 
 __all__ = [
@@ -196,7 +194,7 @@ def storage_scu(port: int, files: Iterable[str | os.PathLike[str]], *, called_ae
     return _run(_java("com.pixelmed.network.StorageSOPClassSCU", args), timeout, stdin=names)
 
 
-class StorageScp:
+class StorageScp(PeerProcess):
     """A ``StorageSOPClassSCPDispatcher`` on a free port, as a context manager.
 
     :param outdir: the folder received files are written to (created).
@@ -213,8 +211,7 @@ class StorageScp:
         self._argv = _java("com.pixelmed.network.StorageSOPClassSCPDispatcher",
                            [str(self.port), ae_title, str(self.outdir),
                             "SECURE" if secure else "NONSECURE", "ANY"], properties)
-        self.log_path = self.outdir.parent / f"{self.outdir.name}.pixelmed.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__("PixelMed SCP", self.outdir.parent / f"{self.outdir.name}.pixelmed.log")
 
     def start(self, timeout: float = 60.0) -> StorageScp:
         """Start the JVM and wait until the port accepts connections.
@@ -224,36 +221,8 @@ class StorageScp:
         :raises RuntimeError: if it exits or never listens.
         """
         self.outdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        try:
-            self._proc = subprocess.Popen(self._argv, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"PixelMed SCP exited with {self._proc.returncode}:\n{self.log_text()}")
-            if port_is_open("127.0.0.1", self.port):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"PixelMed SCP did not listen on {self.port}:\n{self.log_text()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the JVM (SIGTERM, then SIGKILL); safe to call twice.
-
-        :param timeout: seconds to wait after SIGTERM.
-        """
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.spawn(self._argv, lambda: port_is_open("127.0.0.1", self.port), timeout, what=f"listen on {self.port}")
+        return self
 
     def files(self) -> list[Path]:
         """List the received files (any ``*.tmp`` name is left out, in case one is being written).
@@ -263,30 +232,3 @@ class StorageScp:
         if not self.outdir.is_dir():
             return []
         return sorted(p for p in self.outdir.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
-
-    def log_text(self) -> str:
-        """Read what the SCP has logged so far.
-
-        :returns: its combined stdout and stderr.
-        """
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def __enter__(self) -> StorageScp:
-        """Start the SCP.
-
-        :returns: this object.
-        """
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        """Stop the SCP.
-
-        :param exc_type: unused.
-        :param exc: unused.
-        :param tb: unused.
-        """
-        self.stop()
