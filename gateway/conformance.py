@@ -272,6 +272,7 @@ _CONFIGURATION_ROWS: Final = (
     ("destinations.NAME.circuit.failures", "CircuitConfig", "failures", "", "destination-wide failures that open the circuit"),
     ("listen[i].tls.profile", "ListenerTLSConfig", "profile", "", "TLS profile of a listener"),
     ("listen[i].tls.handshake_timeout", "ListenerTLSConfig", "handshake_timeout", "s", "TLS handshake deadline"),
+    ("listen[i].tls.crl", "ListenerTLSConfig", "crl", "", "PEM file of CRLs checked for client certificates (empty: no revocation check)"),
 )
 
 
@@ -802,7 +803,10 @@ The Non-Downgrading BCP 195 (PS3.15 B.10, the default) and Extended BCP 195 (PS3
 Secure Transport Connection Profiles, on listeners and destinations (4.3.4). A listener may
 require a client certificate signed by its CA; a destination's server certificate must chain
 to its configured CA and carry its name (RFC 6125). Failed handshakes are logged and audited
-with a reason (unknown CA, expired, no shared cipher, protocol version, not TLS, timeout, ...).
+with a reason (unknown CA, expired, not yet valid, revoked (with `listen[i].tls.crl`), wrong key
+usage, weak key or signature, no shared cipher, protocol version, not TLS, oversized, timeout, ...)
+and counted in `dicom_gateway_tls_handshake_failures_total{listener,reason}`. Keys under 2048
+bits and MD5/SHA-1 signatures are refused both ways (OpenSSL security level 2).
 
 ### 7.2 Association Level Security
 
