@@ -292,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"destination settings (defaults): {json.dumps(settings)}")
     cap_bound = retry.max_delay  # backoff() never exceeds max_delay, jitter included
     sampler: Sampler | None = None
-    timings: dict[str, float | None] = {"first_delivery_s": None, "all_delivered_s": None, "drained_s": None}
+    timings: dict[str, float | None] = {"first_delivery_s": None, "all_delivered_s": None, "drained_s": None,
+                                        "metrics_drained_s": None}
     try:
         gateway.start(timeout=60)
         t0 = time.time()
@@ -344,7 +345,14 @@ def run(args: argparse.Namespace) -> int:
                     timings["drained_s"] = round(time.monotonic() - up_mono, 2)
                     break
             time.sleep(0.1)
-        after = sampler.sample()
+        # The queue gauges come from a snapshot the store renews every few seconds: wait for it.
+        metrics_deadline = time.monotonic() + 30
+        while True:
+            after = sampler.sample()
+            if after.get("queue_depth") == 0 or time.monotonic() >= metrics_deadline:
+                break
+            time.sleep(0.5)
+        timings["metrics_drained_s"] = round(time.monotonic() - up_mono, 2) if after.get("queue_depth") == 0 else None
         sampler.stop_event.set()
         sampler.join(30)
         rows = gateway.queue_rows()
@@ -377,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [uid for uid in acknowledged if uid not in found]
     extra = [uid for uid in found if uid not in set(acknowledged)]
     duplicates = sum(n - 1 for n in found.values() if n > 1)
-    at_cap = [i for i in intervals if i >= retry.max_delay * (1 - retry.jitter) - 0.5]
+    # Intervals whose delay before jitter is the cap (jitter can only shorten them: backoff() clips at max_delay).
+    at_cap = [k for k, n in enumerate(nominal[:len(intervals)]) if n >= retry.max_delay]
     first = timings["first_delivery_s"]
     within = first is not None and first <= cap_bound + RECOVERY_MARGIN
     summary: dict[str, Any] = {
@@ -398,8 +407,9 @@ def run(args: argparse.Namespace) -> int:
         "nominal_intervals_s": [round(n, 2) for n in nominal],
         "interval_min_s": min(intervals) if intervals else None,
         "interval_max_s": max(intervals) if intervals else None,
-        "intervals_at_cap": len(at_cap),
-        "cap_reached_after_s": (round(attempts[intervals.index(at_cap[0]) + 1] - t0, 1) if at_cap else None),
+        "intervals_at_cap": [intervals[k] for k in at_cap],
+        "intervals_exactly_max_delay": sum(1 for k in at_cap if intervals[k] >= retry.max_delay - 0.05),
+        "cap_reached_after_s": round(attempts[at_cap[0]] - t0, 1) if at_cap else None,
         "last_wait_s": last_wait,
         "retries_logged_during_outage": sum(1 for e in down if e["kind"] == "retry"),
         "before_recovery": {k: before.get(k) for k in sorted(before) if k not in ("wall",)},
@@ -410,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
         "first_delivery_s": first,
         "all_delivered_s": timings["all_delivered_s"],
         "drained_s": timings["drained_s"],
+        "metrics_drained_s": timings.get("metrics_drained_s"),
         "delivered": len(acknowledged) - len(missing),
         "missing": len(missing),
         "missing_examples": missing[:5],
@@ -457,13 +468,15 @@ def print_summary(s: dict[str, Any]) -> None:
           f"{s['circuit_opened_at_s']} s; entries rescheduled as attempts: {s['retries_logged_during_outage']}")
     print(f"intervals (s): {s['intervals_s']}")
     print(f"nominal (s):   {s['nominal_intervals_s']} (before +-jitter; the last one is the wait the recovery ended)")
-    print(f"interval min/max {s['interval_min_s']}/{s['interval_max_s']} s; {s['intervals_at_cap']} at the cap "
-          f"(first reached {s['cap_reached_after_s']} s into the outage); last wait (last refusal -> "
-          f"successful probe) {s['last_wait_s']} s")
+    print(f"interval min/max {s['interval_min_s']}/{s['interval_max_s']} s; at the cap: {s['intervals_at_cap']} "
+          f"({s['intervals_exactly_max_delay']} exactly max_delay; first capped wait began "
+          f"{s['cap_reached_after_s']} s into the outage); last wait (last refusal -> successful probe) "
+          f"{s['last_wait_s']} s")
     print(f"before recovery: queue_depth {s['queue_depth_before_recovery']}, oldest age "
           f"{s['oldest_age_before_recovery_s']} s, destination_up {s['destination_up_before_recovery']}")
     print(f"after recovery: circuit closed {s['recovery_probe_s']} s, first delivery {s['first_delivery_s']} s, "
-          f"all delivered {s['all_delivered_s']} s, queue drained {s['drained_s']} s")
+          f"all delivered {s['all_delivered_s']} s, queue drained {s['drained_s']} s (queue list), "
+          f"{s['metrics_drained_s']} s (/metrics queue_depth 0)")
     print(f"delivered {s['delivered']}/{s['acknowledged']}, missing {s['missing']}, duplicates {s['duplicates']}, "
           f"unexpected {s['unexpected_uids']}, unreadable {s['unreadable_files']}, dead letters {s['dead_letters']}")
     print(f"gateway RSS MiB: start {mib(rss['gateway_start'])}, outage start {mib(rss['outage_start'])}, "
