@@ -61,6 +61,7 @@ import pydicom  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian  # noqa: E402
 
 from gateway.config.load import load_config  # noqa: E402
+from gateway.config.schema import DicomDestination  # noqa: E402
 from tests.support import dcmtk  # noqa: E402
 from tests.support.datasets import ct_dataset  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
@@ -284,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     )
     config = load_config(str(gateway.config_path))
     destination = next(d for d in config.destinations if d.name == DEST)
+    assert isinstance(destination, DicomDestination)
     settings = {"retry": asdict(destination.retry), "circuit": asdict(destination.circuit),
                 "max_associations": destination.max_associations, "batch_size": destination.batch_size,
                 "connect_timeout": destination.connect_timeout, "acse_timeout": destination.acse_timeout}
@@ -317,9 +319,9 @@ def run(args: argparse.Namespace) -> int:
             if now - last_report >= 60:
                 last_report = now
                 events = parse_log(gateway.log_path)
-                attempts = sum(1 for e in events if e["kind"] in ("failed", "probe_failed"))
+                so_far = sum(1 for e in events if e["kind"] in ("failed", "probe_failed"))
                 s = sampler.samples[-1]
-                log(f"{(now - t0_mono) / 60:.1f} min: attempts {attempts}, queue_depth {s.get('queue_depth')}, "
+                log(f"{(now - t0_mono) / 60:.1f} min: attempts {so_far}, queue_depth {s.get('queue_depth')}, "
                     f"oldest {s.get('queue_oldest_age_seconds')} s, up {s.get('destination_up')}, "
                     f"rss {s.get('rss_kib')} KiB")
             time.sleep(min(1.0, max(0.0, outage_end - now)))
