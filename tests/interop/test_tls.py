@@ -26,7 +26,7 @@ from tests.support import dcmtk
 from tests.support.certs import material
 from tests.support.datasets import write_instance
 from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
-from tests.support.interop import ForwardTestMixin
+from tests.support.interop import ForwardTestMixin, digests_by_sop_instance
 from tests.support.ports import free_port, port_is_open
 
 OPENSSL = shutil.which("openssl")
@@ -386,6 +386,38 @@ class DestinationTLSTests(TLSGatewayMixin, TestCase):
         self.wait_for(self.gw, lambda: len(scp.files()) == 1, 60, "the instance at storescp")
         self.wait_for(self.gw, lambda: any(r.get("disposition") == "forwarded" for r in self.audit()), 10,
                       "the forwarded audit record")
+
+    def test_forward_to_pynetdicom_scp_over_mutual_tls(self) -> None:
+        """Matrix: an instance forwarded to a pynetdicom SCP over mutual TLS arrives byte-identical, over TLS 1.2+ only."""
+        import ssl
+
+        from tests.support.scp import RecordingScp
+
+        self.m = material()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.m.server, self.m.server_key)
+        context.load_verify_locations(self.m.ca)
+        context.verify_mode = ssl.CERT_REQUIRED  # the gateway must present its certificate
+        scp = RecordingScp("PYNETTLS", ssl_context=context).start()
+        self.addCleanup(scp.stop)
+        settings = {"ca": self.m.ca, "certificate": self.m.server, "private_key": self.m.server_key,
+                    "server_name": "localhost"}
+        self.start_tls_gateway(
+            destinations={"pacs": dicom_destination(scp.port, scp.ae_title, tls=settings)},
+            routes=[{"name": "all", "forward": ["pacs"]}],
+        )
+        source = Path(self.mktemp())
+        source.mkdir()
+        write_instance(source / "ct.dcm", "1.2.840.10008.1.2.1", 20000, seed=11)
+        result = dcmtk.storescu(self.gw.port, [source / "ct.dcm"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.wait_for(self.gw, lambda: len(scp.successes()) == 1, 60, "the instance at the pynetdicom TLS SCP")
+        self.assertEqual({r.sop_instance_uid: r.digest for r in scp.receipts},
+                         digests_by_sop_instance([source / "ct.dcm"]))
+        # A plain-TCP association to the same port gets nowhere: the SCP speaks TLS only.
+        plain = dcmtk.echoscu(scp.port, called_ae=scp.ae_title)
+        self.assertNotEqual(plain.returncode, 0, plain.describe())
 
     def test_wrong_server_name_is_refused_and_retried(self) -> None:
         """storescp with a certificate for another name: nothing sent in clear, the entry stays queued and is retried."""

@@ -96,6 +96,8 @@ class RecordingScp:
     :param require_called_aet: reject associations whose called AE title is not ``ae_title``.
     :param echo: accept the Verification SOP Class (C-ECHO).
     :param port: the port (a free one by default); kept across restarts.
+    :param ssl_context: a server-side :class:`ssl.SSLContext`: the SCP then
+        speaks DICOM over TLS (pynetdicom's own TLS support, PS3.15 B.9-B.11).
     """
 
     def __init__(
@@ -108,8 +110,10 @@ class RecordingScp:
         require_called_aet: bool = True,
         echo: bool = True,
         port: int | None = None,
+        ssl_context: Any = None,
     ) -> None:
         self.ae_title = ae_title
+        self.ssl_context = ssl_context
         self.abstract_syntaxes = [UID(s) for s in abstract_syntaxes]
         self.status_for = status_for
         self.abort_on = frozenset(abort_on)
@@ -228,7 +232,7 @@ class RecordingScp:
         handlers = [(evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_ESTABLISHED, self._on_established)]
         self._server = ae.start_server((self.host, self.port), block=False,
-                                       evt_handlers=handlers)
+                                       evt_handlers=handlers, ssl_context=self.ssl_context)
         return self
 
     def stop(self) -> None:
