@@ -119,7 +119,12 @@ def failed_tests(output: str) -> list[str]:
     :returns: test ids such as ``tests.interop.test_echo.EchoTests.test_accept``.
     """
     ids: list[str] = []
-    for raw in output.splitlines():
+    lines = output.splitlines()
+    # Only the report after trial's first "=====" rule: before it, the tree of
+    # results lists module names (``tests.unit.queue.test_policy``) that look
+    # like test ids.
+    start = next((n for n, raw in enumerate(lines) if raw.startswith("=" * 20)), len(lines))
+    for raw in lines[start:]:
         match = _TEST_ID.match(raw.strip())
         if match and match.group(1) not in ids:
             ids.append(match.group(1))

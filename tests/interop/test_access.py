@@ -137,10 +137,17 @@ class UserIdentityTests(ForwardTestMixin, TestCase):
         self.assertEqual((record["outcome"], record["description"]), (4, "wrong passcode"))
 
     def test_missing_identity_is_rejected_when_required(self) -> None:
-        """No identity under policy required: rejected, and audited too."""
+        """No identity under policy required: A-ASSOCIATE-RJ(1,1,1), and audited too.
+
+        The gateway sends the RJ and pynetdicom closes the connection at once;
+        pynetdicom now and then reports that as an abort rather than a
+        rejection (seen once in CI), so the RJ itself is read from the
+        gateway's association log line.
+        """
         assoc = self.associate(None)
-        self.assertTrue(assoc.is_rejected)
+        self.assertFalse(assoc.is_established)
         self.assertEqual(len(self.audited()), 1)
+        self.assertIn("PYNET -> DICOMGW ended: rejected (1,1,1)", self.gw.log_text())
 
 
 class AuditTrailTests(ForwardTestMixin, TestCase):

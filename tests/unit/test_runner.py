@@ -10,6 +10,12 @@ FAILED_OUTPUT = """\
 tests.interop.test_echo
   EchoTests
     test_accept ...                                                        [FAIL]
+tests.unit.queue.test_policy
+  PolicyTests
+    test_backoff ...                                                         [OK]
+tests.interop.test_echo
+  EchoTests
+    test_accept ...                                                        [FAIL]
 ===============================================================================
 [FAIL]
 Traceback (most recent call last):
@@ -41,7 +47,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(summary.line(), "1 passed, 2 failed")
 
     def test_failed_ids_are_listed_once_in_order(self) -> None:
-        """Each failed test id appears once, in the order trial reported it."""
+        """Each failed test id appears once, in the order trial reported it; module names in the result tree are not ids."""
         self.assertEqual(
             runner.failed_tests(FAILED_OUTPUT),
             ["tests.interop.test_echo.EchoTests.test_accept", "tests.unit.test_x.XTests.test_y"],
