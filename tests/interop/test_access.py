@@ -147,7 +147,10 @@ class UserIdentityTests(ForwardTestMixin, TestCase):
         assoc = self.associate(None)
         self.assertFalse(assoc.is_established)
         self.assertEqual(len(self.audited()), 1)
-        self.assertIn("PYNET -> DICOMGW ended: rejected (1,1,1)", self.gw.log_text())
+        from tests.support.gateway_process import wait_until
+
+        wait_until(lambda: "PYNET -> DICOMGW ended: rejected (1,1,1)" in self.gw.log_text(), 10,
+                   lambda: f"the RJ(1,1,1) in the gateway's log:\n{self.gw.log_text()[-2000:]}")
 
 
 class AuditTrailTests(ForwardTestMixin, TestCase):
