@@ -143,6 +143,9 @@ class _Connection:
         self.server = server
         self.plan = plan
         self.cut = threading.Event()
+        #: Set just before a response that ends the connection goes to the client:
+        #: from then on nothing more goes upstream (the cut is *after* the response).
+        self.closing = threading.Event()
         self._lock = threading.Lock()
         self._pumps_done = 0
         self._upstream = threading.Thread(target=self._pump, args=(True,), daemon=True)
@@ -229,6 +232,10 @@ class _Connection:
                                 pass
                             return
                         continue
+                    if upstream and self.closing.is_set():
+                        continue  # the client's next request, after the closing response: never forwarded
+                    if not upstream and command_end and plan.close_after_response:
+                        self.closing.set()
                     self._send(dst, pdu, upstream)
                     forwarded += len(pdu)
                     if upstream and data_end and plan.cut_after_last_data_fragment:
