@@ -68,16 +68,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from tests.interop.test_load import (  # noqa: E402
     ConnectStorm,
     ProcessSampler,
-    fd_count,
-    fd_limit,
     finish_storescus,
-    rss_kib,
     scrape_metric,
     start_storescus,
-    vm_hwm_kib,
 )
 from tests.support import dcmtk  # noqa: E402
 from tests.support.paced import paced_latencies  # noqa: E402
+from tests.support.procstat import fd_count, fd_limit, rss_kib, vm_hwm_kib  # noqa: E402
 from tests.support.datasets import write_instance, write_multiframe  # noqa: E402
 from tests.support.faultproxy import FaultPlan, FaultProxy  # noqa: E402
 from tests.support.gateway_process import (  # noqa: E402

@@ -66,6 +66,7 @@ from tests.support import dcmtk  # noqa: E402
 from tests.support.datasets import ct_dataset  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.procstat import rss_kib  # noqa: E402
 
 #: C-STORE-RSP status Success (PS3.4 Annex B.2.3); the only status that counts as acknowledged.
 SUCCESS = 0x0000
@@ -92,10 +93,9 @@ def _rss_kib(pid: int) -> int | None:
     :returns: KiB, or ``None`` if it is gone.
     """
     try:
-        match = re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
-    except OSError:
+        return rss_kib(pid)
+    except (OSError, AssertionError):
         return None
-    return int(match.group(1)) if match else None
 
 
 def _metrics(http_port: int) -> dict[str, float]:

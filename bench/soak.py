@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import statistics
@@ -65,6 +64,7 @@ from tests.support.gateway_process import (  # noqa: E402
     folder_destination,
 )
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.procstat import fd_count, rss_kib, thread_count  # noqa: E402
 
 #: C-STORE-RSP status Success (PS3.4 Annex B.2.3); the only status that counts as acknowledged.
 SUCCESS = 0x0000
@@ -260,13 +260,9 @@ def _proc_status(pid: int) -> dict[str, int]:
     :returns: ``{"rss_kib", "threads", "fds"}``; empty if the process is gone.
     """
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
-        rss = int(re.search(r"^VmRSS:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
-        threads = int(re.search(r"^Threads:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, AttributeError):
+        return {"rss_kib": rss_kib(pid), "threads": thread_count(pid), "fds": fd_count(pid)}
+    except (OSError, AssertionError):
         return {}
-    return {"rss_kib": rss, "threads": threads, "fds": fds}
 
 
 def _metrics(http_port: int) -> dict[str, float]:

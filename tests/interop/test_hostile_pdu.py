@@ -36,6 +36,7 @@ from gateway.dimse.commands import CEchoRSP, CStoreRSP
 from gateway.ul import pdu as _pdu
 from tests.support import dcmtk
 from tests.support.gateway_process import GatewayProcess, wait_until
+from tests.support.procstat import fd_count, rss_kib
 from tests.support.interop import shared_dir
 from tests.support.rawpeer import (
     APPLICATION_CONTEXT_ITEM,
@@ -131,28 +132,6 @@ def label_values(gateway: GatewayProcess, label: str) -> set[str]:
         text = response.read().decode()
     return {sample.labels[label] for family in text_string_to_metric_families(text)
             for sample in family.samples if label in sample.labels}
-
-
-def rss_kib(pid: int) -> int:
-    """Read a process's resident set size.
-
-    :param pid: the process.
-    :returns: VmRSS in KiB.
-    """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def fd_count(pid: int) -> int:
-    """Count a process's open file descriptors.
-
-    :param pid: the process.
-    :returns: the number of entries in ``/proc/PID/fd``.
-    """
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def store_pdus(uid: str, context_id: int = CT_CONTEXT, message_id: int = 1) -> tuple[bytes, bytes]:

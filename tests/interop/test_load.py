@@ -57,6 +57,7 @@ from gateway.ul import pdu as _pdu
 from tests.support import dcmtk
 from tests.support.datasets import dataset_digest, dataset_offset, write_instance, write_multiframe
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
+from tests.support.procstat import fd_count, rss_kib, vm_hwm_kib
 from tests.support.interop import GatewayTestMixin, digests_by_sop_instance, make_series, part10_files
 from tests.support.rawpeer import (
     RawPeer,
@@ -81,54 +82,6 @@ IDLE_CONNECTIONS = int(os.environ.get("GATEWAY_LOAD_IDLE_CONNECTIONS", "200"))
 CT_CONTEXT = 3
 #: ARTIM of the gateways under test, seconds.
 ARTIM = 2.0
-
-
-def rss_kib(pid: int) -> int:
-    """Read a process's resident set size.
-
-    :param pid: the process.
-    :returns: VmRSS in KiB.
-    """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def fd_count(pid: int) -> int:
-    """Count a process's open file descriptors.
-
-    :param pid: the process.
-    :returns: entries in ``/proc/PID/fd``.
-    """
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """Read a process's peak resident set size since it started.
-
-    :param pid: the process.
-    :returns: VmHWM in KiB.
-    """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
-def fd_limit(pid: int) -> int:
-    """Read a process's soft limit on open file descriptors.
-
-    :param pid: the process.
-    :returns: the ``Max open files`` soft limit from ``/proc/PID/limits``.
-    """
-    with open(f"/proc/{pid}/limits") as limits:
-        for line in limits:
-            if line.startswith("Max open files"):
-                return int(line.split()[3])
-    raise AssertionError(f"no open-files limit for {pid}")
 
 
 class ProcessSampler:

@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 from twisted.trial.unittest import TestCase
 
 from tests.support import dcmtk, orthanc
-from tests.support.certs import material, peer
+from tests.support.certs import destination_tls, material, peer, tls_listener
 from tests.support.datasets import bundled, dataset_bytes
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
 from tests.support.interop import part10_files, shared_dir
@@ -118,16 +118,14 @@ def environment() -> dict[str, Any]:
         tls_port = free_port()
     gw.config["listen"] = [
         {"host": "127.0.0.1", "port": gw.port, "name": "plain"},
-        {"host": "127.0.0.1", "port": tls_port, "name": "tls",
-         "tls": {"certificate": m.server, "private_key": m.server_key, "ca": m.ca,
-                 "require_client_certificate": True, "handshake_timeout": "5s"}},
+        tls_listener(tls_port, m, handshake_timeout="5s"),
     ]
     gw.config["audit"] = {"file": str(gw.dir / "audit.jsonl")}
     gw.config["destinations"] = {
         "orthanc": dicom_destination(plain.dicom_port, "ORTHANC"),
         "orthanc-tls": dicom_destination(
             tls.dicom_port, "ORTHANCTLS",
-            tls={"ca": m.ca, "certificate": m.server, "private_key": m.server_key, "server_name": "localhost"}),
+            tls=destination_tls(m)),
         "mirror": folder_destination(gw.dir / "mirror"),
         "inbox": folder_destination(gw.dir / "inbox"),
         "inbox-tls": folder_destination(gw.dir / "inbox-tls"),

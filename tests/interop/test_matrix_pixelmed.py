@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 from gateway.audit import read_records
 from tests.interop.test_matrix_orthanc import SAMPLES, fresh_copies
 from tests.support import dcmtk, pixelmed
-from tests.support.certs import material
+from tests.support.certs import destination_tls, material, tls_listener
 from tests.support.datasets import dataset_bytes
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
 from tests.support.interop import part10_files, shared_dir
@@ -83,16 +83,14 @@ def environment() -> dict[str, Any]:
         tls_port = free_port()
     gw.config["listen"] = [
         {"host": "127.0.0.1", "port": gw.port, "name": "plain"},
-        {"host": "127.0.0.1", "port": tls_port, "name": "tls",
-         "tls": {"certificate": m.server, "private_key": m.server_key, "ca": m.ca,
-                 "require_client_certificate": True, "handshake_timeout": "5s"}},
+        tls_listener(tls_port, m, handshake_timeout="5s"),
     ]
     gw.config["audit"] = {"file": str(gw.dir / "audit.jsonl")}
     gw.config["destinations"] = {
         "pixelmed": dicom_destination(scp.port, "PIXELMED"),
         "pixelmed-tls": dicom_destination(
             secure_scp.port, "PIXELMEDTLS",
-            tls={"ca": m.ca, "certificate": m.server, "private_key": m.server_key, "server_name": "localhost"}),
+            tls=destination_tls(m)),
         "mirror": folder_destination(gw.dir / "mirror"),
         "inbox": folder_destination(gw.dir / "inbox"),
     }

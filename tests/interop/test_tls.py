@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.audit import read_records
 from tests.support import dcmtk
-from tests.support.certs import material
+from tests.support.certs import destination_tls, material, tls_listener
 from tests.support.datasets import write_instance
 from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
 from tests.support.interop import ForwardTestMixin, digests_by_sop_instance
@@ -31,24 +31,6 @@ from tests.support.ports import free_port, port_is_open
 
 OPENSSL = shutil.which("openssl")
 
-
-def tls_listener(port: int, m: Any, **tls: Any) -> dict[str, Any]:
-    """A ``listen`` entry with TLS on ``port`` using the test material.
-
-    :param port: the port.
-    :param m: the test material.
-    :param tls: keys replacing the defaults (mutual TLS required).
-    :returns: the entry.
-    """
-    settings = {
-        "certificate": m.server,
-        "private_key": m.server_key,
-        "ca": m.ca,
-        "require_client_certificate": True,
-        "handshake_timeout": "2s",
-    }
-    settings.update(tls)
-    return {"host": "127.0.0.1", "port": port, "name": "tls", "tls": settings}
 
 
 class TLSGatewayMixin(ForwardTestMixin):
@@ -401,10 +383,8 @@ class DestinationTLSTests(TLSGatewayMixin, TestCase):
         context.verify_mode = ssl.CERT_REQUIRED  # the gateway must present its certificate
         scp = RecordingScp("PYNETTLS", ssl_context=context).start()
         self.addCleanup(scp.stop)
-        settings = {"ca": self.m.ca, "certificate": self.m.server, "private_key": self.m.server_key,
-                    "server_name": "localhost"}
         self.start_tls_gateway(
-            destinations={"pacs": dicom_destination(scp.port, scp.ae_title, tls=settings)},
+            destinations={"pacs": dicom_destination(scp.port, scp.ae_title, tls=destination_tls(self.m))},
             routes=[{"name": "all", "forward": ["pacs"]}],
         )
         source = Path(self.mktemp())

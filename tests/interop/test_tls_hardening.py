@@ -27,10 +27,11 @@ from typing import Any
 import yaml
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.interop.test_tls import OPENSSL, TLSGatewayMixin, tls_listener
+from tests.interop.test_tls import OPENSSL, TLSGatewayMixin
 from tests.support import dcmtk
-from tests.support.certs import hardening_material, material
+from tests.support.certs import destination_tls, hardening_material, material, tls_listener
 from tests.support.datasets import write_instance
+from tests.support.procstat import rss_kib
 from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
 from tests.support.ports import free_port, port_is_open
 
@@ -51,14 +52,6 @@ def metric(gw: GatewayProcess, reason: str, listener: str = "tls") -> float:
         if sample.name == "dicom_gateway_tls_handshake_failures_total"
         and sample.labels == {"listener": listener, "reason": reason}
     )
-
-
-def rss_kib(pid: int) -> int:
-    """The resident set size of a process, in KiB (``VmRSS`` of ``/proc/PID/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class HardeningGatewayMixin(TLSGatewayMixin):
@@ -362,10 +355,7 @@ class DestinationTLSFailureTests(HardeningGatewayMixin, TestCase):
 
     def destination(self, port: int, ae_title: str = "STORESCP", **tls: str) -> dict[str, Any]:
         """A TLS destination trusting the test CA, presenting the gateway's certificate; circuit opens after 2 faults."""
-        settings = {"ca": self.m.ca, "certificate": self.m.server, "private_key": self.m.server_key,
-                    "server_name": "localhost"}
-        settings.update(tls)
-        return dicom_destination(port, ae_title, tls=settings, circuit={"failures": 2})
+        return dicom_destination(port, ae_title, tls=destination_tls(self.m, **tls), circuit={"failures": 2})
 
     def alerts(self, destination: str) -> list[dict[str, Any]]:
         """The destination's Security Alert records."""

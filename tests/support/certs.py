@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,3 +266,35 @@ def hardening_material() -> Material:
     (folder / "dh1024.pem").write_text(f"-----BEGIN DH PARAMETERS-----\n{lines}\n-----END DH PARAMETERS-----\n")
     _hardening_cached = Material(folder)
     return _hardening_cached
+
+
+def tls_listener(port: int, m: Material, **tls: Any) -> dict[str, Any]:
+    """A ``listen`` entry named ``tls`` on ``port``, serving ``m.server`` and requiring a client certificate from ``m.ca``.
+
+    :param port: the port.
+    :param m: the test material.
+    :param tls: keys replacing the defaults (``handshake_timeout`` 2 s).
+    :returns: the entry.
+    """
+    settings: dict[str, Any] = {
+        "certificate": m.server,
+        "private_key": m.server_key,
+        "ca": m.ca,
+        "require_client_certificate": True,
+        "handshake_timeout": "2s",
+    }
+    settings.update(tls)
+    return {"host": "127.0.0.1", "port": port, "name": "tls", "tls": settings}
+
+
+def destination_tls(m: Material, **tls: Any) -> dict[str, Any]:
+    """A destination's ``tls`` block: trust ``m.ca``, present ``m.server``, expect the name ``localhost``.
+
+    :param m: the test material.
+    :param tls: keys replacing the defaults.
+    :returns: the block.
+    """
+    settings: dict[str, Any] = {"ca": m.ca, "certificate": m.server, "private_key": m.server_key,
+                                "server_name": "localhost"}
+    settings.update(tls)
+    return settings
