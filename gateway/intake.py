@@ -559,17 +559,18 @@ class Recovery:
         now = self._wall()
         removed = 0
         done = await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True)
+        await self._remove_copies([record.instance_id for record in done])
         for record in done:
             try:
                 await self._file_runner.run(_unlink_if_present, record.path)
             except OSError as e:
                 self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
                 continue
-            await self._remove_copies(record.instance_id)
             await self._store_runner.run(self._store.file_removed, record.instance_id)
             removed += 1
         horizon = now - max(keep_delivered, duplicate_window)
         expired = await self._store_runner.run(self._store.finished_instances, horizon, 1000, None)
+        await self._remove_copies([record.instance_id for record in expired])
         for record in expired:
             if record.path:
                 try:
@@ -577,16 +578,15 @@ class Recovery:
                 except OSError:
                     continue
                 removed += 1
-            await self._remove_copies(record.instance_id)
             await self._store_runner.run(self._store.forget_instance, record.instance_id)
         return removed
 
-    async def _remove_copies(self, instance_id: str) -> None:
-        """Delete the routes' morphed copies of an instance along with it."""
-        if self._morphed_dir:
+    async def _remove_copies(self, instance_ids: list[str]) -> None:
+        """Delete the routes' morphed copies of these finished instances (one folder scan)."""
+        if self._morphed_dir and instance_ids:
             from gateway.prepare import remove_copies
 
-            await self._file_runner.run(remove_copies, self._morphed_dir, instance_id)
+            await self._file_runner.run(remove_copies, self._morphed_dir, instance_ids)
 
 
 def _unlink_if_present(path: str) -> None:

@@ -496,6 +496,25 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertFalse(os.path.exists(spooled.path))
         self.assertEqual(self.store.instance_ids(), set())
 
+    def test_clean_removes_the_morphed_copies_of_finished_instances_only(self) -> None:
+        """The clean pass deletes a delivered instance's morphed copies with its file; a queued one's copies stay."""
+        morphed = os.path.join(os.path.dirname(self.instances_dir), "morphed")
+        os.makedirs(morphed, exist_ok=True)
+        recovery = Recovery(intake=self.intake, store=self.store, store_runner=SynchronousRunner(),
+                            file_runner=SynchronousRunner(), instances_dir=self.instances_dir,
+                            wall=lambda: self.now, morphed_dir=morphed)
+        self.admit(self.spooled("i1"))
+        self.admit(self.spooled("i2", sop_instance_uid="7.7"))  # stays queued
+        for name in ("i1.aaaa.dcm", "i1.bbbb.dcm", "i2.aaaa.dcm"):
+            with open(os.path.join(morphed, name), "wb"):
+                pass
+        for destination in ("pacs", "folder"):
+            entry = next(e for e in self.store.lease(destination, 10, self.now, 600) if e.instance.instance_id == "i1")
+            self.store.complete([entry.entry_id], self.now)
+        self.now += 1
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(recovery.clean(0))), 1)
+        self.assertEqual(os.listdir(morphed), ["i2.aaaa.dcm"])
+
     def test_clean_keeps_dead_letters_and_queued_entries(self) -> None:
         """An instance with a dead letter (or anything still queued) keeps its file and record."""
         spooled = self.spooled("i1")
