@@ -27,8 +27,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -38,10 +36,10 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import dcmtk
-from tests.support.gateway_process import REPO_ROOT, GatewayProcess, dicom_destination, folder_destination
+from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination
 from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
 from tests.support.invariants import check_forward_invariants
-from tests.support.ports import free_port, port_is_open
+from tests.support.ports import free_port
 
 #: The system calls F12 watches (``writev``/``sendmsg`` in case the reactor gathers buffers).
 _TRACED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "close", "write", "writev",
@@ -223,27 +221,20 @@ class TracedGateway(GatewayProcess):
         super().__init__(tmpdir, **overrides)
         self.prefix = prefix
 
+    def command(self) -> list[str]:
+        """``python -m gateway run`` under the wrapper.
+
+        :returns: the argv.
+        """
+        return [*self.prefix, *super().command()]
+
     def start(self, timeout: float = 60.0) -> GatewayProcess:
-        """Start the wrapped process and wait until the port accepts connections.
+        """Start the wrapped process (a wrapper like strace needs longer to get going).
 
         :param timeout: seconds to wait for readiness.
         :returns: this object.
-        :raises RuntimeError: if it exits or never listens.
         """
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
-                cwd=REPO_ROOT, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"exited with {self._proc.returncode}:\n{self.log_text()}")
-            if port_is_open(self.host, self.port):
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"did not listen on {self.port}:\n{self.log_text()}")
+        return super().start(timeout)
 
     def _children(self) -> list[int]:
         """The wrapper's child processes.

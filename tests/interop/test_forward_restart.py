@@ -23,13 +23,10 @@ import os
 import socket
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.interop.test_forward_durability import metrics_text, sample
-from tests.support import dcmtk
 from tests.support.datasets import ct_dataset
 from tests.support.gateway_process import GatewayProcess, dicom_destination
 from tests.support.interop import ForwardTestMixin, pynetdicom_store

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
+from tests.support.peerprocess import PeerProcess
 from tests.support.ports import free_port, port_is_open
 
 __all__ = [
@@ -174,7 +174,7 @@ def wait_until(
         time.sleep(interval)
 
 
-class GatewayProcess:
+class GatewayProcess(PeerProcess):
     """One gateway process with its own config, port and spool under a directory.
 
     Keyword overrides replace top-level config keys; for mapping-valued keys
@@ -201,27 +201,14 @@ class GatewayProcess:
         self.config = config
         self.config_path = self.dir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log_path = self.dir / "gateway.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__("gateway", self.dir / "gateway.log", stop_timeout=20.0)
 
-    @property
-    def pid(self) -> int:
-        """The gateway's process id.
+    def command(self) -> list[str]:
+        """The command that runs the gateway: this checkout's ``python -m gateway run``.
 
-        :returns: the pid.
-        :raises RuntimeError: if it was never started.
+        :returns: the argv.
         """
-        if self._proc is None:
-            raise RuntimeError("the gateway was not started")
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once the process has ended.
-
-        :returns: the status, or ``None`` while it runs.
-        """
-        return None if self._proc is None else self._proc.poll()
+        return [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)]
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         """Start the process and wait until its port accepts connections.
@@ -230,72 +217,9 @@ class GatewayProcess:
         :returns: this object.
         :raises RuntimeError: if the process exits or never listens.
         """
-        env = self._env()
-        log = open(self.log_path, "ab")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {self._proc.returncode} before listening:\n"
-                    + self.log_text()
-                )
-            if port_is_open(self.host, self.port):
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"gateway did not listen on {self.port}:\n{self.log_text()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """Send SIGTERM and wait for a clean exit (SIGKILL after ``timeout``).
-
-        :param timeout: seconds to wait after SIGTERM.
-        :returns: the exit status (``-9`` when it had to be killed).
-        """
-        proc = self._proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def kill(self) -> int:
-        """Kill the process with SIGKILL (the power-cut stand-in).
-
-        :returns: the exit status.
-        """
-        proc = self._proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        return proc.returncode
-
-    def log_text(self) -> str:
-        """Read what the gateway has logged so far.
-
-        :returns: its stdout and stderr.
-        """
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        self.spawn(self.command(), lambda: port_is_open(self.host, self.port), timeout,
+                   env=self._env(), cwd=REPO_ROOT, what=f"listen on {self.port}")
+        return self
 
     def _env(self) -> dict[str, str]:
         """Build the environment of a gateway command (this checkout first).
@@ -390,24 +314,3 @@ class GatewayProcess:
         """
         folder = self.spool / "incoming"
         return sorted(folder.iterdir()) if folder.is_dir() else []
-
-    def __enter__(self) -> GatewayProcess:
-        """Start the gateway.
-
-        :returns: this object.
-        """
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the gateway.
-
-        :param exc_type: unused.
-        :param exc: unused.
-        :param tb: unused.
-        """
-        self.stop()

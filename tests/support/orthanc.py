@@ -141,7 +141,7 @@ class Orthanc(PeerProcess):
         self.config_path = self.dir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.base_url = f"http://{self.host}:{self.http_port}"
-        super().__init__("Orthanc", self.dir / "orthanc.log")
+        super().__init__("Orthanc", self.dir / "orthanc.log", stop_timeout=20.0)
 
     # -- process ---------------------------------------------------------------
 
@@ -164,14 +164,6 @@ class Orthanc(PeerProcess):
         self.spawn([ORTHANC, "--verbose", str(self.config_path)], ready, timeout, cwd=self.dir,
                    what=f"answer on its REST API (port {self.http_port})")
         return self
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """Stop Orthanc with SIGTERM (its clean shutdown), SIGKILL after ``timeout``; safe twice.
-
-        :param timeout: seconds to wait after SIGTERM.
-        :returns: the exit status (0 when it was never started).
-        """
-        return super().stop(timeout)
 
     # -- REST ------------------------------------------------------------------
 

@@ -27,11 +27,13 @@ class PeerProcess:
 
     :param name: what the errors call it (``storescp``, ``Orthanc``...).
     :param log_path: the file its stdout and stderr go to (appended).
+    :param stop_timeout: seconds :meth:`stop` waits after SIGTERM by default.
     """
 
-    def __init__(self, name: str, log_path: str | os.PathLike[str]) -> None:
+    def __init__(self, name: str, log_path: str | os.PathLike[str], stop_timeout: float = 10.0) -> None:
         self.name = name
         self.log_path = Path(log_path)
+        self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,6 +46,14 @@ class PeerProcess:
         if self._proc is None:
             raise RuntimeError(f"{self.name} is not running")
         return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended.
+
+        :returns: the status, or ``None`` while it runs (or was never started).
+        """
+        return None if self._proc is None else self._proc.poll()
 
     @property
     def running(self) -> bool:
@@ -84,22 +94,38 @@ class PeerProcess:
         """Start the peer and wait until it is ready (subclasses)."""
         raise NotImplementedError
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float | None = None) -> int:
         """Stop it with SIGTERM (its clean shutdown), SIGKILL after ``timeout``; safe twice.
 
-        :param timeout: seconds to wait after SIGTERM.
+        The process object is kept, so :attr:`pid` and :attr:`returncode` still
+        answer afterwards.
+
+        :param timeout: seconds to wait after SIGTERM (``stop_timeout`` by default).
         :returns: the exit status (0 when it was never started).
         """
-        proc, self._proc = self._proc, None
+        proc = self._proc
         if proc is None:
             return 0
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout)
+                proc.wait(self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        return proc.returncode
+
+    def kill(self) -> int:
+        """Kill the process with SIGKILL at once.
+
+        :returns: the exit status (0 when it was never started).
+        """
+        proc = self._proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         return proc.returncode
 
     def log_text(self) -> str:
