@@ -28,7 +28,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from tests.support import dcmtk
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination
 from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
 from tests.support.invariants import check_forward_invariants
+from tests.support.metrics import metrics_text, sample
 from tests.support.ports import free_port
 
 #: The system calls F12 watches (``writev``/``sendmsg`` in case the reactor gathers buffers).
@@ -47,30 +47,6 @@ _TRACED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "c
 
 #: PS3.8 9.3.1: the PDU type of a P-DATA-TF is 0x04; the C-STORE-RSP travels in one.
 P_DATA_TF = 0x04
-
-
-def metrics_text(http_port: int) -> str:
-    """Scrape ``/metrics``.
-
-    :param http_port: the gateway's HTTP port.
-    :returns: the exposition text.
-    """
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
-        return response.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """Sum the samples of one metric in an exposition text, filtered by labels.
-
-    :param text: ``/metrics`` output.
-    :param name: the sample name.
-    :param labels: label values the samples must carry.
-    :returns: the sum (0 when absent).
-    """
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def integrity(path: Path) -> str:

@@ -28,17 +28,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
 from tests.interop.test_forward_crash import _mount_small_filesystem
-from tests.interop.test_forward_durability import metrics_text, sample
 from tests.support.datasets import ct_dataset
 from tests.support.gateway_process import GatewayProcess, dicom_destination
 from tests.support.interop import ForwardTestMixin, pynetdicom_store
 from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port
+from tests.support.metrics import metrics_text, sample
 
 #: C-STORE "Error: Cannot understand" (PS3.4 Annex B.2.3): a failure of this instance.
 CANNOT_UNDERSTAND = 0xC000

@@ -26,12 +26,12 @@ import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.interop.test_forward_durability import metrics_text, sample
 from tests.support.datasets import ct_dataset
 from tests.support.gateway_process import GatewayProcess, dicom_destination
 from tests.support.interop import ForwardTestMixin, pynetdicom_store
 from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port
+from tests.support.metrics import metrics_text, sample
 
 #: Where the Debian ``libfaketime`` package puts the preload library.
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"

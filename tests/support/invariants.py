@@ -58,7 +58,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ from tests.support.datasets import dataset_digest
 from tests.support.gateway_process import GatewayProcess
 from tests.support.interop import part10_files, sop_instance_uid
 from tests.support.scp import RecordingScp
+from tests.support.metrics import metrics_text, parse
 
 __all__ = [
     "DestinationFigures",
@@ -124,12 +124,7 @@ def metrics_samples(port: int) -> list[tuple[str, dict[str, str], float]]:
     :param port: the gateway's HTTP port.
     :returns: ``(name, labels, value)`` per sample.
     """
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return [(s.name, dict(s.labels), float(s.value))
-            for family in text_string_to_metric_families(text) for s in family.samples]
+    return parse(metrics_text(port))
 
 
 def _metric(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
