@@ -37,13 +37,15 @@ $(PY):
 
 # The other independent peers of the interop matrix and the fault tests: Orthanc (archive and
 # source, REST API), PixelMed (Java SCU/SCP), strace (F12: order of durable operations) and
-# libfaketime (F19: wall-clock jumps under a running gateway).
+# libfaketime (F19: wall-clock jumps under a running gateway), and the openssl command line
+# (TLS probes: s_client, certificates), which a minimal Debian does not always have.
 peers:
 	@{ command -v Orthanc >/dev/null 2>&1 && [ -f /usr/share/java/pixelmed.jar ] && \
-	   command -v strace >/dev/null 2>&1 && command -v faketime >/dev/null 2>&1; } || { \
+	   command -v strace >/dev/null 2>&1 && command -v faketime >/dev/null 2>&1 && \
+	   command -v openssl >/dev/null 2>&1; } || { \
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
-	        orthanc pixelmed-apps default-jre-headless strace faketime; }
+	        orthanc pixelmed-apps default-jre-headless strace faketime libfaketime openssl; }
 
 # Prometheus and promtool check the shipped rules and scrape the gateway in the interop tests.
 prometheus:

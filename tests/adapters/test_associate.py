@@ -29,8 +29,8 @@ from gateway.ul.negotiate import build_request
 from tests.adapters.loopback import Loopback
 from tests.adapters.test_listen import AcceptorTestsMixin
 
-CT_SMALL = get_testdata_file("CT_small.dcm")
-MR_SMALL = get_testdata_file("MR_small.dcm")
+CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
+MR_SMALL = get_testdata_file("MR_small.dcm", download=False)
 
 
 class RequestorTests(AcceptorTestsMixin, SynchronousTestCase):

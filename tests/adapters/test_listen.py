@@ -43,7 +43,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 
 def ct_small() -> tuple[str, bytes]:
     """CT_small.dcm's SOP instance UID and its data set bytes (Explicit VR LE), after the file meta."""
-    path = get_testdata_file("CT_small.dcm")
+    path = get_testdata_file("CT_small.dcm", download=False)
     with open(path, "rb") as f:
         raw = f.read()
     group_length = int.from_bytes(raw[140:144], "little")

@@ -111,7 +111,7 @@ class ServiceTestCase(TestCase):
         folder = os.path.join(self.tmp, "spool", "instances")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, name + ".dcm")
-        shutil.copy(get_testdata_file("CT_small.dcm"), path)
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), path)
         return path
 
 
@@ -162,7 +162,7 @@ class StartTests(ServiceTestCase):
     async def test_received_instance_is_journaled_for_its_route(self) -> None:
         """A C-STORE through the listener is answered 0x0000 and journaled for the routed destination only."""
         service = self.start()
-        status = await self.send(service, get_testdata_file("CT_small.dcm"))
+        status = await self.send(service, get_testdata_file("CT_small.dcm", download=False))
         self.assertEqual(status, 0)
         self.assertEqual([e.destination for e in self.store.entries()], ["one"])
 
@@ -208,7 +208,7 @@ class ReloadTests(ServiceTestCase):
     async def test_new_route_changes_routing_of_the_next_instance(self) -> None:
         """After a reload adding a route, the next received instance is journaled for both destinations."""
         service = self.start()
-        path = get_testdata_file("CT_small.dcm")
+        path = get_testdata_file("CT_small.dcm", download=False)
         self.assertEqual(await self.send(service, path), 0)
         self.assertIs(self.successResultOf(service.reload(lambda source: self.config(ROUTES_BOTH))), True)
         self.assertEqual(await self.send(service, path), 0)

@@ -14,15 +14,21 @@
   (``FAKETIME_DONT_FAKE_MONOTONIC``); its destination accepts TCP and closes
   at once, so the worker's circuit probes arrive every ``max_delay``.
   After a +1 h jump the probes keep their pace (no burst); after a -1 h
-  jump they keep coming (no stall).
+  jump they keep coming (no stall). Each test also proves the preload took
+  effect (a control that can fail): after the jump it asks the gateway to
+  reload (SIGHUP) and reads the wall time the gateway stamped on its
+  "configuration reloaded" log line, which must be off by the jump.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
 import threading
 import time
+from datetime import datetime
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -33,8 +39,33 @@ from tests.support.invariants import check_forward_invariants
 from tests.support.ports import free_port
 from tests.support.metrics import metrics_text, sample
 
-#: Where the Debian ``libfaketime`` package puts the preload library.
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+def find_libfaketime() -> str | None:
+    """Locate the ``libfaketime.so.1`` preload library on any architecture.
+
+    Debian's ``libfaketime`` package installs it under the multiarch folder
+    (``/usr/lib/<triplet>/faketime/``), so it is looked up in the package's
+    file list (``dpkg -L``) first, then in the dynamic linker's cache.
+
+    :returns: the library's path, or ``None`` if neither knows it.
+    """
+    for argv, pattern in ((["dpkg", "-L", "libfaketime"], r"^(/\S*/libfaketime\.so\.1)$"),
+                          (["ldconfig", "-p"], r"=>\s*(/\S*/libfaketime\.so\.1)$")):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in out.splitlines():
+            match = re.search(pattern, line.strip())
+            if match and os.path.exists(match.group(1)):
+                return match.group(1)
+    return None
+
+
+#: The preload library, found once per test run.
+LIBFAKETIME: str | None = find_libfaketime()
+
+#: The text log's line for an applied reload, with the wall time the gateway stamped on it.
+_RELOADED = re.compile(r"^(\S+) \[[^\]]*\] configuration reloaded", re.M)
 
 
 class PoisonInstanceTests(ForwardTestMixin, TestCase):
@@ -181,20 +212,56 @@ class FakedTimeGateway(GatewayProcess):
 
     def _env(self) -> dict[str, str]:
         env = super()._env()
+        assert LIBFAKETIME is not None
         env.update(LD_PRELOAD=LIBFAKETIME, FAKETIME_TIMESTAMP_FILE=str(self.offset_file), FAKETIME_NO_CACHE="1",
                    FAKETIME_DONT_FAKE_MONOTONIC="1")
         return env
 
+    def wall_clock_offset(self, timeout: float = 30.0) -> float:
+        """How far the gateway's wall clock is from ours, read from the gateway itself.
 
-class WallClockJumpTests(TestCase):
+        Sends SIGHUP and waits for the next ``configuration reloaded`` line;
+        its timestamp is the gateway's ``time.time()`` at that moment.
+
+        :param timeout: seconds to wait for the line.
+        :returns: the gateway's wall time minus ours, in seconds.
+        """
+        before = len(_RELOADED.findall(self.log_text()))
+        asked = time.time()
+        self.reload()
+        deadline = time.monotonic() + timeout
+        while True:
+            stamps = _RELOADED.findall(self.log_text())
+            if len(stamps) > before:
+                return datetime.fromisoformat(stamps[before]).timestamp() - asked
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no reload line within {timeout}s\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+
+class FakedTimeMixin:
+    """The control of every F19 test: the gateway really runs on the shifted wall clock."""
+
+    gateway: FakedTimeGateway
+
+    def assert_gateway_clock_shifted(self, seconds: float) -> None:
+        """Fail unless the gateway's wall clock is ``seconds`` away from ours (within a minute).
+
+        :param seconds: the jump the test made (``3600`` or ``-3600``).
+        """
+        offset = self.gateway.wall_clock_offset()
+        assert abs(offset - seconds) < 60, f"gateway clock offset {offset:.1f}s, expected {seconds}s: preload inactive?"
+
+
+class WallClockJumpTests(FakedTimeMixin, TestCase):
     """F19: a wall-clock jump of +1 h or -1 h under a running gateway."""
 
     timeout = 120
 
     def setUp(self) -> None:
         """The destination knocks, the faked gateway, probes every ~1 s once its circuit is open."""
-        if not os.path.exists(LIBFAKETIME):
-            raise SkipTest("libfaketime not installed (make test installs it)")
+        if LIBFAKETIME is None:
+            raise SkipTest("libfaketime not found by dpkg -L or ldconfig (make test installs it)")
         self.knocks = _Knocks()
         self.addCleanup(self.knocks.close)
         self.gateway = FakedTimeGateway(
@@ -224,6 +291,7 @@ class WallClockJumpTests(TestCase):
         self.gateway.shift("-3600")
         self.wait_knocks(5, 15, jumped)
         self.assertIsNone(self.gateway.returncode)
+        self.assert_gateway_clock_shifted(-3600)
 
     def test_plus_one_hour_does_not_burst(self) -> None:
         """After +1 h, the attempts keep their pace: at most 4 in the next 3 s (about 1 per second), none missing."""
@@ -234,17 +302,18 @@ class WallClockJumpTests(TestCase):
         self.assertLessEqual(len(burst), 4, [round(t - jumped, 2) for t in burst])
         self.assertGreaterEqual(len(burst), 1, "no attempt after the jump")
         self.wait_knocks(len(burst) + 3, 10, jumped)
+        self.assert_gateway_clock_shifted(3600)
 
 
-class RetryScheduleJumpTests(TestCase):
+class RetryScheduleJumpTests(FakedTimeMixin, TestCase):
     """F19 for one instance's retry: its due time is in the journal, in wall-clock time."""
 
     timeout = 120
 
     def setUp(self) -> None:
         """A destination that answers 0xA700 to the first attempt; the retry is due 8 s later."""
-        if not os.path.exists(LIBFAKETIME):
-            raise SkipTest("libfaketime not installed (make test installs it)")
+        if LIBFAKETIME is None:
+            raise SkipTest("libfaketime not found by dpkg -L or ldconfig (make test installs it)")
         from tests.support.scp import RecordingScp
 
         self.scp = RecordingScp("PACS", status_for=lambda uid, attempt: 0xA700 if attempt == 1 else 0x0000).start()
@@ -278,8 +347,10 @@ class RetryScheduleJumpTests(TestCase):
         self.gateway.shift("+3600")
         self.assertGreater(self.second_attempt_after(30), 6.0)
         self.assertEqual(self.scp.successes()[self.scp.receipts[0].sop_instance_uid], 1)
+        self.assert_gateway_clock_shifted(3600)
 
     def test_minus_one_hour_does_not_stall_the_retry(self) -> None:
         """After -1 h, the 0xA700 retry comes within seconds of its due time, not an hour later."""
         self.gateway.shift("-3600")
         self.assertLess(self.second_attempt_after(30), 25.0)
+        self.assert_gateway_clock_shifted(-3600)

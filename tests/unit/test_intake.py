@@ -420,7 +420,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
 
     def test_orphan_part10_file_is_routed_again(self) -> None:
         """A committed .dcm the journal lacks (a real Part 10 file) gets a record and entries; the file stays."""
-        source = get_testdata_file("CT_small.dcm")
+        source = get_testdata_file("CT_small.dcm", download=False)
         path = os.path.join(self.instances_dir, "orphan1.dcm")
         shutil.copy(source, path)
         self.assertEqual(self.recover(), (0, 1))
@@ -434,7 +434,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
 
     def test_known_instances_are_not_routed_twice(self) -> None:
         """A spool file the journal already knows is left alone by recovery."""
-        shutil.copy(get_testdata_file("CT_small.dcm"), os.path.join(self.instances_dir, "orphan1.dcm"))
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "orphan1.dcm"))
         self.assertEqual(self.recover(), (0, 1))
         self.assertEqual(self.recover(), (0, 0))
         self.assertEqual(len(self.store.entries()), 2)
@@ -444,7 +444,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         bad = os.path.join(self.instances_dir, "bad.dcm")
         with open(bad, "wb") as f:
             f.write(b"not dicom at all")
-        shutil.copy(get_testdata_file("CT_small.dcm"), os.path.join(self.instances_dir, "good.dcm"))
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "good.dcm"))
         self.assertEqual(self.recover(), (0, 1))
         self.assertTrue(os.path.exists(bad))
         self.assertEqual(self.store.instance_ids(), {"good"})
@@ -459,7 +459,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
 
     def test_non_dcm_files_are_ignored(self) -> None:
         """Files without the .dcm suffix in instances/ are not routed."""
-        shutil.copy(get_testdata_file("CT_small.dcm"), os.path.join(self.instances_dir, "notes.txt"))
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "notes.txt"))
         self.assertEqual(self.recover(), (0, 0))
         self.assertEqual(self.store.instance_ids(), set())
 
@@ -476,7 +476,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
             wall=lambda: self.now,
         )
         path = os.path.join(self.instances_dir, "orphan1.dcm")
-        shutil.copy(get_testdata_file("CT_small.dcm"), path)
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), path)
         self.assertEqual(self.successResultOf(Deferred.fromCoroutine(recovery.recover())), (0, 0))
         self.assertTrue(os.path.exists(path))
         self.flushLoggedErrors(OSError)

@@ -8,6 +8,9 @@
 - No ``time.sleep`` under ``tests/unit/`` or ``tests/adapters/``.
 - Every ``test_*`` method of a ``TestCase`` class under ``tests/`` has a
   docstring.
+- Every call of pydicom's ``get_testdata_file``/``get_testdata_files`` under
+  ``tests/`` and ``bench/`` passes ``download=False``: the suite uses only
+  the files pydicom bundles and never reaches for the network.
 
 Each rule has a checker function that returns violations as text, tested
 here against small snippets (so the rule itself can fail) and then run over
@@ -198,6 +201,38 @@ def sleep_violations(source: str, name: str = "<string>") -> list[str]:
     return found
 
 
+#: pydicom's test-data look-ups, which download missing files unless told not to.
+TESTDATA_FUNCTIONS: frozenset[str] = frozenset({"get_testdata_file", "get_testdata_files"})
+
+
+def download_violations(source: str, name: str = "<string>") -> list[str]:
+    """Find calls of pydicom's test-data look-ups that may download.
+
+    A call passes only with the keyword ``download=False`` written out: the
+    default (``True``) fetches a file pydicom does not bundle from the network.
+
+    :param source: module source text.
+    :param name: a name for messages.
+    :returns: one message per violation.
+    """
+    tree = ast.parse(source, filename=name)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if called not in TESTDATA_FUNCTIONS:
+            continue
+        ok = any(
+            k.arg == "download" and isinstance(k.value, ast.Constant) and k.value.value is False
+            for k in node.keywords
+        )
+        if not ok:
+            found.append(f"{name}:{node.lineno}: {called}() without download=False")
+    return found
+
+
 def _looks_like_test_case(cls: ast.ClassDef) -> bool:
     """Guess whether a class is a test case from its bases or name.
 
@@ -377,3 +412,23 @@ class TestDocstringTests(SynchronousTestCase):
         files = python_files("tests")
         self.assertTrue(files)
         self.assertEqual(_check_tree(docstring_violations, files), [])
+
+
+class NoDownloadTests(SynchronousTestCase):
+    """Test data comes from what pydicom bundles, never from the network."""
+
+    def test_checker_flags_calls_that_may_download(self) -> None:
+        """A call without ``download``, or with ``download=True``, is reported; ``download=False`` is not."""
+        source = (
+            "get_testdata_file('a.dcm')\n"
+            "pydicom.data.get_testdata_files('*.dcm', download=True)\n"
+            "get_testdata_file('b.dcm', download=False)\n"
+        )
+        found = download_violations(source)
+        self.assertEqual(len(found), 2, found)
+        self.assertIn(":1:", found[0])
+        self.assertIn(":2:", found[1])
+
+    def test_tests_and_benches_never_download(self) -> None:
+        """No file under tests/ or bench/ calls get_testdata_file(s) without download=False."""
+        self.assertEqual(_check_tree(download_violations, python_files("tests", "bench")), [])

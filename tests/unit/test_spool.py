@@ -211,7 +211,7 @@ class RoundTripTests(SpoolTestMixin):
     def test_real_files_round_trip(self) -> None:
         """pydicom's CT_small (explicit LE) and image_dfl (deflated) data sets commit and read back."""
         for name in ["CT_small.dcm", "image_dfl.dcm"]:
-            path = get_testdata_file(name)
+            path = get_testdata_file(name, download=False)
             ds = pydicom.dcmread(path)
             with open(path, "rb") as fp:
                 raw = fp.read()

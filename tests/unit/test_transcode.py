@@ -17,11 +17,11 @@ from gateway.associate import read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.transcode import TranscodeError, transcode
 
-MR_SMALL = get_testdata_file("MR_small.dcm")  # Explicit VR LE, 16-bit OW pixels
-MR_SMALL_BE = get_testdata_file("MR_small_bigendian.dcm")
-MR_SMALL_IMPLICIT = get_testdata_file("MR_small_implicit.dcm")
-CT_SMALL = get_testdata_file("CT_small.dcm")
-JPEG2K = get_testdata_file("MR_small_jp2klossless.dcm")
+MR_SMALL = get_testdata_file("MR_small.dcm", download=False)  # Explicit VR LE, 16-bit OW pixels
+MR_SMALL_BE = get_testdata_file("MR_small_bigendian.dcm", download=False)
+MR_SMALL_IMPLICIT = get_testdata_file("MR_small_implicit.dcm", download=False)
+CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
+JPEG2K = get_testdata_file("MR_small_jp2klossless.dcm", download=False)
 
 OTHER_VRS = {"OW", "OF", "OL", "OD", "OV", "OB or OW"}
 

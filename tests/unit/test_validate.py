@@ -133,7 +133,7 @@ class PydicomFilesTests(SynchronousTestCase):
 
     def _walk_file(self, name: str) -> tuple[DatasetSummary, pydicom.Dataset, bytes]:
         """Walk one bundled file after its meta; return summary, pydicom's reading, bytes."""
-        path = get_testdata_file(name)
+        path = get_testdata_file(name, download=False)
         with open(path, "rb") as fp:
             ts = skip_file_meta(fp)
             summary = walk_dataset(fp, ts)
@@ -183,14 +183,14 @@ class PydicomFilesTests(SynchronousTestCase):
     def test_truncated_files_are_malformed(self) -> None:
         """pydicom's truncated samples fail with an element running past the end."""
         for name in ["MR_truncated.dcm", "rtplan_truncated.dcm"]:
-            with open(get_testdata_file(name), "rb") as fp:
+            with open(get_testdata_file(name, download=False), "rb") as fp:
                 ts = skip_file_meta(fp)
                 e = self.assertRaises(MalformedDataset, walk_dataset, fp, ts)
             self.assertIn("runs past the end", e.comment, name)
 
     def test_data_set_in_another_transfer_syntax_is_malformed(self) -> None:
         """An implicit VR data set labelled JPEG Baseline (explicit VR) fails (D08)."""
-        with open(get_testdata_file("SC_rgb_jpeg.dcm"), "rb") as fp:
+        with open(get_testdata_file("SC_rgb_jpeg.dcm", download=False), "rb") as fp:
             ts = skip_file_meta(fp)
             self.assertEqual(ts, JPEG_BASELINE)
             e = self.assertRaises(MalformedDataset, walk_dataset, fp, ts)

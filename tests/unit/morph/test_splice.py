@@ -43,7 +43,7 @@ class SpliceTests(SynchronousTestCase):
 
     def check_file(self, name: str) -> None:
         src = os.path.join(self.folder, "src-" + name)
-        shutil.copy(get_testdata_file(name), src)
+        shutil.copy(get_testdata_file(name, download=False), src)
         before = _digest(src)
         dst = os.path.join(self.folder, name)
         changes = write_morphed(src, dst, plan_of(_PLAN), CONTEXT)
@@ -84,19 +84,19 @@ class SpliceTests(SynchronousTestCase):
         """A deflated data set is a MorphError and leaves no output."""
         dst = os.path.join(self.folder, "out.dcm")
         with self.assertRaises(MorphError):
-            write_morphed(get_testdata_file("image_dfl.dcm"), dst, plan_of(_PLAN), CONTEXT)
+            write_morphed(get_testdata_file("image_dfl.dcm", download=False), dst, plan_of(_PLAN), CONTEXT)
         self.assertFalse(os.path.exists(dst) or os.path.exists(dst + ".tmp"))
 
     def test_runtime_failure_leaves_no_output(self) -> None:
         """A value invalid at run time raises MorphError and writes nothing."""
         dst = os.path.join(self.folder, "out.dcm")
         with self.assertRaises(MorphError):
-            write_morphed(get_testdata_file("CT_small.dcm"), dst, plan_of("- set: {StudyDate: '{PatientID}'}\n"), CONTEXT)
+            write_morphed(get_testdata_file("CT_small.dcm", download=False), dst, plan_of("- set: {StudyDate: '{PatientID}'}\n"), CONTEXT)
         self.assertEqual(os.listdir(self.folder), [])
 
     def _with_trailer(self) -> tuple[str, int]:
         """CT_small cut after its pixel data, then a private group 7FE1 and (FFFA,FFFA) appended."""
-        src = get_testdata_file("CT_small.dcm")
+        src = get_testdata_file("CT_small.dcm", download=False)
         header = read_header(src)
         with open(src, "rb") as f:
             pixel_end = element_end(f, header.pixel_offset or 0, implicit=False, little=True).end
@@ -136,7 +136,7 @@ class SpliceTests(SynchronousTestCase):
 
     def test_large_file_morphs_in_bounded_memory(self) -> None:
         """A 200 MB instance morphs with well under 32 MB of Python allocations."""
-        src = get_testdata_file("CT_small.dcm")
+        src = get_testdata_file("CT_small.dcm", download=False)
         header = read_header(src)
         big = os.path.join(self.folder, "big.dcm")
         size = 200 * 1024 * 1024
