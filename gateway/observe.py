@@ -288,6 +288,10 @@ class GatewayMetrics:
         self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
         self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
         self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
+        # HARDENING D11, D12: the 0xA700 series exists at 0 from the start, so
+        # the shipped DicomGatewayStoresRefused alert (an increase()) sees the
+        # first refusal; a series born at 1 has no increase for Prometheus.
+        self.store_failures.labels(f"0x{0xA700:04X}")
         # -- routing --
         self.route_matches = Counter(f"{p}_route_matches", "Instances taken by each route.", ["route"], registry=r)
         self.unrouted = Counter(f"{p}_instances_unrouted", "Instances no route took (kept in unrouted/).", registry=r)
