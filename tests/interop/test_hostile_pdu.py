@@ -74,6 +74,9 @@ PEAK_BOUND_KIB = 1024
 #: A-ASSOCIATE-RJ (PS3.8 9.3.4) result 2 (transient), source 3 (service-provider,
 #: presentation), reason 2 (local limit exceeded): the whole PDU, byte for byte.
 RJ_2_3_2 = bytes.fromhex("03 00 00000004 00 02 03 02")
+#: A-ASSOCIATE-RJ result 1 (permanent), source 1 (service-user), reason 1
+#: (no reason given): a refused user identity (PS3.7 D.3.3.7, HARDENING P18).
+RJ_1_1_1 = bytes.fromhex("03 00 00000004 00 01 01 01")
 #: The CT context of :func:`associate_rq`'s default request (Explicit VR LE accepted).
 CT_CONTEXT = 3
 #: The Verification context of the default request.
@@ -538,12 +541,46 @@ class PreAssociationTests(HostileMixin, TestCase):
         self.assert_rejected(self.peer(), associate_rq(), (2, 3, 1))
         self.assert_rejected(self.peer(), associate_rq(), (2, 3, 1))
 
-    def test_p18_user_identity_is_covered_by_test_access(self) -> None:
-        """P18: user identity outcomes are tested against the real process in ``tests.interop.test_access``."""
-        from tests.interop import test_access
+    def test_p18_identity_absent_or_wrong_while_required_rejected_exactly_1_1_1(self) -> None:
+        """P18: under policy ``required``, no identity and a wrong type-2 passcode each get exactly RJ(1,1,1), then a FIN.
 
-        names = [n for n in dir(test_access.UserIdentityTests) if n.startswith("test_")]
-        self.assertGreaterEqual(len(names), 3)
+        PS3.7 D.3.3.7 and decision 7: a refused user identity is an
+        A-ASSOCIATE-RJ, result 1 (rejected-permanent), source 1 (service-user),
+        reason 1 (no-reason-given); the identity types and the audit records
+        are tested with pynetdicom in ``tests.interop.test_access``.
+        """
+        from gateway.identity_check import hash_passcode
+
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("alice:" + hash_passcode("right", n=2**10) + "\n")
+        self.gateway = GatewayProcess(self.mktemp(), limits=LIMITS)
+        self.gateway.rewrite_config(listen=[{"host": "127.0.0.1", "port": self.gateway.port, "user_identity": {
+            "policy": "required", "users_file": os.path.abspath(users)}}])
+        self.gateway.start()
+        self.addCleanup(self.gateway.stop, 10)
+
+        def identity(kind: int, primary: bytes, secondary: bytes = b"") -> bytes:
+            # PS3.7 D.3.3.7.1: type, positive-response-requested, primary and secondary fields.
+            return item(0x58, struct.pack(">BBH", kind, 1, len(primary)) + primary
+                        + struct.pack(">H", len(secondary)) + secondary)
+
+        items = APPLICATION_CONTEXT_ITEM + raw_context(1)
+        cases = {
+            "absent": raw_associate_rq(items + raw_user_information()),
+            "wrong passcode": raw_associate_rq(items + raw_user_information(identity(2, b"alice", b"wrong"))),
+        }
+        for label, rq in cases.items():
+            peer = self.peer()
+            peer.send(rq)
+            closed = peer.wait_closed(ARTIM + 3)
+            self.assertFalse(closed.reset, f"{label}: RJ followed by a reset")
+            self.assertEqual(peer.received, RJ_1_1_1, label)
+        self.assertEqual(metric(self.gateway, "dicom_gateway_associations_rejected_total", reason="identity"), 2)
+        # Control: the right passcode is accepted on the same listener.
+        peer = self.peer()
+        answer = peer.associate(raw_associate_rq(items + raw_user_information(identity(2, b"alice", b"right"))))
+        self.assertIsInstance(answer, _pdu.AAssociateAC)
 
 
 class EstablishedTests(HostileMixin, TestCase):
