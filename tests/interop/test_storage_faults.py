@@ -395,8 +395,9 @@ class FilesystemFaultTests(StorageFaultMixin, TestCase):
         gateway = self.new_gateway()
         gateway.spool.mkdir(parents=True)
         _mount_tmpfs(gateway.spool, 16)
-        # Registered after the gateway's stop, so it runs first... lazily: the
-        # stop happens later and a lazy unmount waits for the last file to close.
+        # Cleanups run last-in first-out: this one runs before the gateway's
+        # stop, so the unmount is lazy (it completes once the gateway has
+        # closed its last file there).
         self.addCleanup(subprocess.run, ["umount", "-l", str(gateway.spool)], check=False)
         self.gateway_config(gateway, **spool)
         gateway.start()
