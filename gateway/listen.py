@@ -224,6 +224,8 @@ class AcceptorProtocol(Protocol):
             rejection, why = self.factory.access.check(request, peer), "rejected by the access policy"
         user_ac = None
         username = ""
+        # The associations_rejected_total reason (HARDENING P16).
+        label = "access"
         if rejection is None and self.factory.user_identity is not None:
             # PS3.7 D.3.3.7; HARDENING decision 7: an audit record in every case.
             outcome = self.factory.user_identity.check(request)
@@ -241,10 +243,11 @@ class AcceptorProtocol(Protocol):
                     )
             rejection, user_ac = outcome.rejection, outcome.ac_item
             if rejection is not None:
+                label = "identity"
                 why = f"user identity refused: {outcome.verdict.reason if outcome.verdict else 'invalid'}"
         if rejection is not None:
             self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
-            self.factory.count_rejection(request)
+            self.factory.count_rejection(request, label)
             self.log.info(
                 "{assoc_id} association from {peer} {calling} -> {called} rejected: {why}",
                 assoc_id=self.assoc_id,
@@ -524,11 +527,15 @@ class AcceptorFactory(Factory):
         """A new connection: a new association."""
         return AcceptorProtocol(self)
 
-    def count_rejection(self, request: _pdu.AAssociateRQ) -> None:
-        """Count one A-ASSOCIATE-RJ (and tell the observer)."""
+    def count_rejection(self, request: _pdu.AAssociateRQ, reason: str = "other") -> None:
+        """Count one A-ASSOCIATE-RJ (and tell the observer).
+
+        :param request: the refused request.
+        :param reason: the ``reason`` label (:data:`gateway.observe.REJECT_REASONS`, HARDENING P16).
+        """
         self.rejected += 1
         if self.observer is not None:
-            self.observer.association_rejected(self.name, request.calling_ae_title)
+            self.observer.association_rejected(self.name, request.calling_ae_title, reason)
 
     def _provider_check(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
         """AE-6's service-provider test, with every rejection audited (issue 5: every association is)."""
@@ -548,19 +555,19 @@ class AcceptorFactory(Factory):
         """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4)."""
         rejection = check_acse(request, self.acceptor_settings)
         if rejection is not None:
-            self.count_rejection(request)
+            self.count_rejection(request, "acse")
             return rejection
         if self.space_low():
             # The spool is below its free-space floor: temporary congestion
             # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.
-            self.count_rejection(request)
+            self.count_rejection(request, "space")
             return _pdu.AAssociateRJ(
                 result=RejectResult.TRANSIENT,
                 source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
                 reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
             )
         if self.active >= self.limits.max_associations:
-            self.count_rejection(request)
+            self.count_rejection(request, "limit")
             self.log.warn(
                 "rejecting association from {calling}: {active} of {limit} associations in use",
                 calling=printable(request.calling_ae_title),

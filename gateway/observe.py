@@ -72,6 +72,13 @@ END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300
 #: C-STORE statuses that are not failures (PS3.4 B.2.3: success and the warnings 0xB000, 0xB006, 0xB007).
 _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 
+#: The ``reason`` label of ``associations_rejected_total`` (HARDENING P16):
+#: ``limit`` (max_associations, RJ 2,3,2), ``space`` (below spool.min_free,
+#: RJ 2,3,1), ``acse`` (PS3.8 ACSE checks: version, application context,
+#: called AE title, no context), ``access`` (the calling AE, address or
+#: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``other``.
+REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "other")
+
 
 def fold_modality(modality: str | None) -> str:
     """The modality label: a defined term of PS3.3 C.7.3.1.1.1, ``unknown`` when absent, else ``other``.
@@ -270,6 +277,13 @@ class GatewayMetrics:
         p, r = PREFIX, registry
         # -- intake (associations and instances) --
         self.associations = Counter(f"{p}_associations", "Associations by outcome.", ["listener", "calling_ae", "result"], registry=r)
+        # HARDENING P16: why associations were rejected (bounded: REJECT_REASONS).
+        self.associations_rejected = Counter(
+            f"{p}_associations_rejected",
+            "A-ASSOCIATE-RJ sent, by reason (limit, space, acse, access, identity).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.associations_active = Gauge(f"{p}_associations_active", "Associations open now.", ["listener"], registry=r)
         self.artim = Counter(f"{p}_artim_expired", "Connections closed by ARTIM before an A-ASSOCIATE-RQ (PS3.8 9.1.5).", ["listener"], registry=r)
         self.dimse_errors = Counter(f"{p}_dimse_protocol_errors", "Associations aborted for a DIMSE protocol error.", ["listener"], registry=r)
@@ -288,6 +302,10 @@ class GatewayMetrics:
         self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
         self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
         self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
+        # HARDENING D11, D12: the 0xA700 series exists at 0 from the start, so
+        # the shipped DicomGatewayStoresRefused alert (an increase()) sees the
+        # first refusal; a series born at 1 has no increase for Prometheus.
+        self.store_failures.labels(f"0x{0xA700:04X}")
         # -- routing --
         self.route_matches = Counter(f"{p}_route_matches", "Instances taken by each route.", ["route"], registry=r)
         self.unrouted = Counter(f"{p}_instances_unrouted", "Instances no route took (kept in unrouted/).", registry=r)
@@ -349,6 +367,8 @@ class GatewayMetrics:
             self.associations_active.labels(listener)
             for result in ("accepted", "rejected", "aborted"):
                 self.associations.labels(listener, OTHER, result)
+            for reason in REJECT_REASONS:
+                self.associations_rejected.labels(listener, reason)
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
@@ -359,9 +379,13 @@ class GatewayMetrics:
         self.associations.labels(listener, self.calling_ae(calling_ae), "accepted").inc()
         self.associations_active.labels(listener).inc()
 
-    def association_rejected(self, listener: str, calling_ae: str) -> None:
-        """A-ASSOCIATE-RJ sent (access policy, ACSE check, limit or low spool)."""
+    def association_rejected(self, listener: str, calling_ae: str, reason: str = OTHER) -> None:
+        """A-ASSOCIATE-RJ sent (access policy, ACSE check, limit or low spool).
+
+        :param reason: one of :data:`REJECT_REASONS` (anything else counts as ``other``).
+        """
         self.associations.labels(listener, self.calling_ae(calling_ae), "rejected").inc()
+        self.associations_rejected.labels(listener, reason if reason in REJECT_REASONS else OTHER).inc()
 
     def association_ended(self, listener: str, calling_ae: str, released: bool) -> None:
         """An accepted association ended; one that was not released counts as ``aborted``.

@@ -30,6 +30,13 @@ HARDENING decision 10):
 
 A failed commit removes the temporary file (and a renamed file whose
 directory entry could not be made durable), so nothing unacknowledged stays.
+
+Health (HARDENING D11, D12): every operating-system failure while creating,
+writing or committing an instance is kept in :attr:`Spool.fault` until a
+later commit, or :meth:`Spool.probe`, succeeds. Readiness reads that
+attribute (no disk access per request) and runs the probe now and then, so
+a fault that no store is hitting (EIO on rename, a read-only remount, a full
+disk with no traffic) still shows, and clears once the disk is back.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ __all__ = [
     "SpoolFailure",
     "SpoolWriter",
     "SpooledInstance",
+    "StorageFault",
 ]
 
 #: The sub-directory of files being received.
@@ -67,6 +75,8 @@ INSTANCES: Final = "instances"
 PART_SUFFIX: Final = ".part"
 #: The suffix of committed instances.
 DCM_SUFFIX: Final = ".dcm"
+#: The suffix a probe file is renamed to (see :meth:`Spool.probe`).
+PROBE_SUFFIX: Final = ".probe"
 
 #: PS3.7 C.4.2.1.2: Error Comment (0000,0902) is LO, at most 64 characters.
 _MAX_COMMENT: Final = 64
@@ -109,6 +119,36 @@ class SpooledInstance:
     summary: DatasetSummary
     meta: InstanceMeta
     sha256: str = ""
+
+
+@dataclass(frozen=True)
+class StorageFault:
+    """The spool's last file-system failure (HARDENING D11, D12).
+
+    :ivar operation: what failed: ``create``, ``write``, ``commit`` (fsync,
+        rename or the directory fsync) or ``probe``.
+    :ivar error: the errno's name (``EIO``, ``ENOSPC``, ``EROFS``...).
+    :ivar message: the operating system's words for it.
+    """
+
+    operation: str
+    error: str
+    message: str
+
+    @classmethod
+    def from_error(cls, operation: str, error: OSError) -> "StorageFault":
+        """
+        Describe an :class:`OSError`.
+
+        :param operation: what was being done.
+        :param error: the failure.
+        :returns: the fault.
+        """
+        return cls(operation, errno.errorcode.get(error.errno or 0, "EIO"), error.strerror or str(error))
+
+    def __str__(self) -> str:
+        """One line for a readiness reason or a log (no path)."""
+        return f"{self.operation} failed: {self.message} ({self.error})"
 
 
 class SpoolFailure(Enum):
@@ -281,6 +321,8 @@ class Spool:
         )
         self.allow_odd_lengths = allow_odd_lengths
         self._dirs_ready = False
+        #: The last storage failure, ``None`` once a commit or probe has succeeded since.
+        self.fault: StorageFault | None = None
 
     def _ensure_dirs(self) -> None:
         """Create ``incoming/`` and ``instances/`` (mode 0700) if missing."""
@@ -302,7 +344,7 @@ class Spool:
         self._ensure_dirs()
         removed = []
         for name in sorted(os.listdir(self.incoming_dir)):
-            if not name.endswith(PART_SUFFIX):
+            if not name.endswith((PART_SUFFIX, PROBE_SUFFIX)):
                 continue
             path = os.path.join(self.incoming_dir, name)
             try:
@@ -321,6 +363,49 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def probe(self) -> None:
+        """
+        Prove the spool can commit, with the commit's own system calls (blocking; run it on a runner).
+
+        A small file is created in ``incoming/`` (``O_EXCL | O_NOFOLLOW``),
+        written, fsynced, renamed, both folders fsynced, then removed: the
+        calls a commit makes, so EIO on rename or a read-only filesystem
+        show here as they would on the next instance. Success clears
+        :attr:`fault`; failure sets it (HARDENING D11, D12).
+
+        :raises OSError: the spool cannot commit now.
+        """
+        name = "probe-" + uuid.uuid4().hex
+        temp = os.path.join(self.incoming_dir, name + PART_SUFFIX)
+        final = os.path.join(self.incoming_dir, name + PROBE_SUFFIX)
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._ensure_dirs()
+            fd = self.fs.open(temp, flags, 0o600)
+            try:
+                if self.fs.write(fd, b"probe\n") != 6:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.rename(temp, final)
+            for folder in (self.incoming_dir, self.instances_dir):
+                dir_fd = self.fs.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    self.fs.fsync(dir_fd)
+                finally:
+                    self.fs.close(dir_fd)
+            self.fs.unlink(final)
+        except OSError as e:
+            self.fault = StorageFault.from_error("probe", e)
+            for path in (temp, final):
+                try:
+                    self.fs.unlink(path)
+                except OSError:
+                    pass
+            raise
+        self.fault = None
+
     def begin(self, meta: InstanceMeta) -> "SpoolWriter":
         """
         Start receiving one instance.
@@ -337,6 +422,7 @@ class Spool:
             # Mode 0600: stored instances are never executable nor world-readable (D16).
             fd = self.fs.open(temp_path, flags, 0o600)
         except OSError as e:
+            self.fault = StorageFault.from_error("create", e)
             raise SpoolError.out_of_resources(e, SpoolFailure.WRITE_FAILED) from e
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid,
@@ -420,6 +506,7 @@ class SpoolWriter:
                 view = view[n:]
         except OSError as e:
             self._error = e
+            self._spool.fault = StorageFault.from_error("write", e)
             self._remove_temp()
 
     def write(self, chunk: bytes) -> None:
@@ -528,6 +615,8 @@ class SpoolWriter:
             self._fs.rename(self.temp_path, self.final_path)
             renamed = True
             self._fsync_directory(self._spool.instances_dir)
+            # Durable: the disk works again (D12 readiness clears).
+            self._spool.fault = None
             return SpooledInstance(
                 instance_id=self.instance_id,
                 path=self.final_path,
@@ -538,6 +627,7 @@ class SpoolWriter:
             )
         except OSError as e:
             self._cleanup_after_failure(renamed)
+            self._spool.fault = StorageFault.from_error("commit", e)
             raise SpoolError.out_of_resources(e, SpoolFailure.NOT_DURABLE) from e
         except BaseException:
             self._cleanup_after_failure(renamed)

@@ -198,6 +198,41 @@ class AssociationTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertEqual(Modality().read(transport), [pdu.AAssociateRJ(2, 3, 2)])
         self.assertFalse(transport.disconnecting)
 
+    def test_rejections_are_counted_by_reason(self) -> None:
+        """Each RJ counts under its reason: limit (2,3,2), space (2,3,1), acse (1,2,2), access (1,1,7) (HARDENING P16)."""
+        from prometheus_client import CollectorRegistry
+
+        from gateway.observe import GatewayMetrics
+
+        registry = CollectorRegistry()
+        low = [False]
+        self.factory = self.make_factory(max_associations=1)
+        self.factory.observer = GatewayMetrics(registry, [])
+        self.factory.space_low = lambda: low[0]
+        self.establish(Modality())
+        proto, transport = self.connect()
+        proto.dataReceived(Modality().associate_rq())
+        self.assertEqual(Modality().read(transport), [pdu.AAssociateRJ(2, 3, 2)])
+        # ACSE rules come first (PS3.8 9.3.2: protocol version without bit 0).
+        rq = bytearray(Modality().associate_rq())
+        rq[6:8] = b"\x00\x02"
+        proto, transport = self.connect()
+        proto.dataReceived(bytes(rq))
+        self.assertEqual(Modality().read(transport), [pdu.AAssociateRJ(1, 2, 2)])
+        low[0] = True
+        proto, transport = self.connect()
+        proto.dataReceived(Modality().associate_rq())
+        self.assertEqual(Modality().read(transport), [pdu.AAssociateRJ(2, 3, 1)])
+        self.factory.limits = AcceptorLimits(max_associations=10)
+        low[0] = False
+        proto, transport = self.connect()
+        proto.dataReceived(Modality(called="OTHER").associate_rq())
+        self.assertEqual(Modality().read(transport), [pdu.AAssociateRJ(1, 1, 7)])
+        counts = {reason: registry.get_sample_value("dicom_gateway_associations_rejected_total",
+                                                    {"listener": "test", "reason": reason})
+                  for reason in ("limit", "space", "acse", "access", "identity")}
+        self.assertEqual(counts, {"limit": 1, "space": 1, "acse": 1, "access": 1, "identity": None})
+
     def test_silent_connection_closes_at_artim(self) -> None:
         """A connection that sends nothing is closed when ARTIM expires, with nothing written (HARDENING P01)."""
         proto, transport = self.connect()

@@ -416,7 +416,10 @@ class ConcurrentAssociationTests(GatewayTestMixin, TestCase):
         self.assertIsInstance(answer, _pdu.AAssociateRJ)
         self.assertEqual((answer.result, answer.source, answer.reason), (2, 3, 2))  # type: ignore[union-attr]
         self.assertLess(elapsed, 0.1, f"RJ took {elapsed * 1000:.0f} ms")
-        self.assertTrue(extra.closed is None or not extra.closed.reset, "RJ followed by a reset")
+        # Not a reset (PS3.8 9.1.4): the RJ bytes, then a FIN at ARTIM (AE-8, Sta13); silence fails too.
+        closed = extra.wait_closed(ARTIM + 3)
+        self.assertFalse(closed.reset, "RJ followed by a reset")
+        self.assertEqual(extra.received, bytes.fromhex("03 00 00000004 00 02 03 02"))
         extra.close()
 
         # The held echo association answers before the load starts, then frees its slot.

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.blocking import SynchronousRunner
 from gateway.dimse.status import Status
 from gateway.meta import encode_file_meta
-from gateway.spool import FileOps, InstanceMeta, Spool, SpooledInstance, SpoolError, SpoolFailure
+from gateway.spool import FileOps, InstanceMeta, Spool, SpooledInstance, SpoolError, SpoolFailure, StorageFault
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -479,3 +479,52 @@ class LifecycleTests(SpoolTestMixin):
         self.assertIn("inflates past", error.comment)
         self.assertSpoolEmpty(spool)
 
+
+
+class HealthTests(SpoolTestMixin):
+    """``Spool.fault`` and ``Spool.probe``: the spool's health for readiness (HARDENING D11, D12)."""
+
+    def test_write_failure_sets_fault_and_a_later_commit_clears_it(self) -> None:
+        """ENOSPC on a write is kept as the spool's fault until an instance commits again."""
+        fs = RecordingFileOps(fail={"write": (2, errno.ENOSPC)})
+        spool = self.make_spool(fs)
+        self.assertIsNone(spool.fault)
+        self.refused(spool, make_dataset())
+        self.assertEqual(spool.fault, StorageFault("write", "ENOSPC", os.strerror(errno.ENOSPC)))
+        self.assertNotIn(spool.root, str(spool.fault))
+        self.store(spool, make_dataset())
+        self.assertIsNone(spool.fault)
+
+    def test_commit_and_create_failures_set_fault(self) -> None:
+        """EIO on rename is a ``commit`` fault; EROFS when creating the file is a ``create`` fault."""
+        spool = self.make_spool(RecordingFileOps(fail={"rename": (1, errno.EIO)}))
+        self.refused(spool, make_dataset())
+        self.assertEqual((spool.fault.operation, spool.fault.error), ("commit", "EIO"))  # type: ignore[union-attr]
+        spool = self.make_spool(RecordingFileOps(fail={"open": (1, errno.EROFS)}))
+        self.assertRaises(SpoolError, spool.begin, make_meta())
+        self.assertEqual((spool.fault.operation, spool.fault.error), ("create", "EROFS"))  # type: ignore[union-attr]
+
+    def test_probe_makes_the_commit_calls_clears_fault_and_leaves_nothing(self) -> None:
+        """The probe creates, writes, fsyncs, renames and fsyncs both folders, then removes its file; success clears the fault."""
+        fs = RecordingFileOps()
+        spool = self.make_spool(fs)
+        spool.fault = StorageFault("write", "EIO", "Input/output error")
+        spool.probe()
+        self.assertIsNone(spool.fault)
+        ops = [op for op, _ in fs.calls if op != "close"]
+        self.assertEqual(ops, ["open", "write", "fsync", "rename", "open", "fsync", "open", "fsync", "unlink"])
+        self.assertSpoolEmpty(spool)
+
+    def test_probe_failure_sets_fault_raises_and_leaves_nothing(self) -> None:
+        """EIO on the probe's rename: OSError, fault ``probe``/``EIO``, no file left in incoming/."""
+        spool = self.make_spool(RecordingFileOps(fail={"rename": (1, errno.EIO)}))
+        self.assertRaises(OSError, spool.probe)
+        self.assertEqual((spool.fault.operation, spool.fault.error), ("probe", "EIO"))  # type: ignore[union-attr]
+        self.assertSpoolEmpty(spool)
+
+    def test_recover_removes_a_stale_probe_file(self) -> None:
+        """A probe file left by a crash is removed at start like a ``.part`` file."""
+        spool = self.make_spool()
+        stale = os.path.join(spool.incoming_dir, "probe-1.probe")
+        open(stale, "wb").close()
+        self.assertEqual(spool.recover(), [stale])

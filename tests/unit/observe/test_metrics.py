@@ -101,6 +101,16 @@ class AssociationMetricTests(MetricsTestCase):
         self.assertEqual(self.value("dicom_gateway_associations_total", listener="main", calling_ae="other", result="rejected"), 1)
         self.assertNotIn(b"%s%n", generate_latest(self.registry))
 
+    def test_rejection_counts_under_its_reason(self) -> None:
+        """HARDENING P16: associations_rejected_total{reason="limit"}; an unknown reason is folded into other."""
+        self.metrics.declare([], [], ["main"])
+        self.assertEqual(self.value("dicom_gateway_associations_rejected_total", listener="main", reason="limit"), 0)
+        self.metrics.association_rejected("main", "CT01", "limit")
+        self.metrics.association_rejected("main", "CT01", "%s../x")
+        self.assertEqual(self.value("dicom_gateway_associations_rejected_total", listener="main", reason="limit"), 1)
+        self.assertEqual(self.value("dicom_gateway_associations_rejected_total", listener="main", reason="other"), 1)
+        self.assertNotIn(b"%s../x", generate_latest(self.registry))
+
     def test_abort_counts_aborted_and_release_does_not(self) -> None:
         """An association that ends without A-RELEASE counts as aborted; both close the active gauge."""
         for _ in range(2):
@@ -255,6 +265,11 @@ class ProcessMetricTests(MetricsTestCase):
         self.assertEqual(self.value("dicom_gateway_forwarded_total", destination="pacs"), 0)
         self.assertEqual(self.value("dicom_gateway_route_matches_total", route="r1"), 0)
         self.assertEqual(self.value("dicom_gateway_associations_active", listener="main"), 0)
+
+    def test_out_of_resources_series_exists_at_zero(self) -> None:
+        """HARDENING D11/D12: store_failures_total{status="0xA700"} is 0 before any failure, so increase() sees the first."""
+        self.assertEqual(self.value("dicom_gateway_store_failures_total", status="0xA700"), 0)
+        self.assertIn(b'dicom_gateway_store_failures_total{status="0xA700"} 0.0', generate_latest(self.registry))
 
 
 class _StatsStore:
