@@ -62,11 +62,19 @@ from tests.support.rawpeer import (
 )
 
 #: ARTIM (``acse_timeout``) of the gateways under test, in seconds.
-ARTIM = 2.0
-#: Idle timeout (``network_timeout``), in seconds.
-IDLE = 3.0
-#: Slack allowed around a timer on a loaded 2-core CI box, in seconds.
-SLACK = 0.8
+ARTIM = 3.0
+#: Idle timeout (``network_timeout``), in seconds: far enough from ARTIM that the
+#: two timers' windows (each ``SLACK`` wide) cannot be mistaken for one another.
+IDLE = 5.0
+#: Slack allowed after a timer on a loaded 2-core CI box, in seconds. The closes at
+#: ARTIM measured in one run of this module with 7 sessions sharing the 2 cores (load
+#: average 7.7) came 1-10 ms late (the ``closed by the gateway at`` lines in trial's
+#: test.log); 1.5 s is over 100 times that and still ends before IDLE.
+SLACK = 1.5
+#: The bound for a reaction that needs no timer (an A-ABORT answering a PDU): half of
+#: ARTIM, the first timer that could otherwise have produced it. The failure mode is
+#: waiting for that timer, not being a few hundred milliseconds slow.
+AT_ONCE = ARTIM / 2
 #: The limits every gateway of this module runs with.
 LIMITS: dict[str, Any] = {"acse_timeout": f"{ARTIM:g}s", "network_timeout": f"{IDLE:g}s"}
 #: HARDENING P03/P05: what the peak resident size may grow while a hostile length is refused, KiB.
@@ -214,6 +222,8 @@ class HostileMixin:
         """
         closed = peer.wait_closed(within)
         self.assertFalse(closed.reset, "the gateway reset the connection instead of closing it")  # type: ignore[attr-defined]
+        # The timer windows (SLACK) are set from these figures, in trial's test.log.
+        print(f"closed by the gateway at {closed.at:.3f} s (ARTIM {ARTIM:g} s)")
         return closed.at
 
     def assert_healthy(self) -> None:
@@ -325,7 +335,7 @@ class PreAssociationTests(HostileMixin, TestCase):
         peer = self.peer()
         peer.send(b"GET / HTTP/1.1\r\nHost: gateway\r\nUser-Agent: probe\r\n\r\n" + b"x" * 4096)
         abort_at = self.assert_aborted(peer, 2, 1)
-        self.assertLess(abort_at, 1.0)
+        self.assertLess(abort_at, AT_ONCE)
         at = self.assert_closed_by_gateway(peer, ARTIM + 3)
         self.assertGreaterEqual(at, ARTIM - 0.05)
         self.assertLess(at, ARTIM + SLACK)
@@ -672,8 +682,8 @@ class EstablishedTests(HostileMixin, TestCase):
                 cases[f"type {t} length {n}"] = struct.pack(">BBI", t, 0, n) + b"\x00" * n
         self.abort_cases(cases, (2, 6), setup=self.established)
 
-    def test_p29_release_during_partial_store_aborted_within_1s_not_stored(self) -> None:
-        """P29: an A-RELEASE-RQ while a C-STORE's data set is incomplete ends in A-ABORT within 1 s; nothing stored or acknowledged."""
+    def test_p29_release_during_partial_store_aborted_at_once_not_stored(self) -> None:
+        """P29: an A-RELEASE-RQ while a C-STORE's data set is incomplete ends in A-ABORT before half of ARTIM; nothing stored or acknowledged."""
         before = self.instance_count()
         peer = self.established()
         uid = generate_uid()
@@ -684,7 +694,7 @@ class EstablishedTests(HostileMixin, TestCase):
         peer.send(release_rq())
         abort = peer.wait_pdu(_pdu.AAbort, 2)
         abort_at = [t for t, p in peer.pdu_times() if isinstance(p, _pdu.AAbort)][0]
-        self.assertLess(abort_at - sent_at, 1.0)
+        self.assertLess(abort_at - sent_at, AT_ONCE)
         self.assertNotIn(_pdu.AReleaseRP(), peer.pdus())
         self.assertEqual(response_commands(peer), [])
         self.assertIsInstance(abort, _pdu.AAbort)
@@ -762,7 +772,7 @@ class EstablishedTests(HostileMixin, TestCase):
         self.assertGreaterEqual(abort_at, IDLE - 0.1)
         self.assertLess(abort_at, IDLE + SLACK)
         at = self.assert_closed_by_gateway(peer, 3)
-        self.assertLess(at - abort_at, 1.0)
+        self.assertLess(at - abort_at, AT_ONCE)
         self.assert_healthy()
 
     def test_p35_peer_never_reading_responses_is_bounded_then_aborted(self) -> None:
