@@ -778,7 +778,7 @@ def build_site(
     return site
 
 
-_PATH = re.compile(r"'?/[^\s'\"]*'?")
+_PATH = re.compile(r"(?<![\w.])'?/[^\s'\"]*'?")
 
 
 def _no_paths(text: str) -> str:
