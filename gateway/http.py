@@ -20,8 +20,9 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
 
 ``/api`` is never open (issue 11): every request needs
 ``Authorization: Bearer <token>`` (compared in constant time with every
-configured token; 401 otherwise), a ``Host`` the gateway serves (403
-otherwise: DNS rebinding), and, when it changes something,
+configured token; 401 otherwise), a ``Host`` the gateway serves and, when a
+browser sends one, an ``Origin`` of the same hosts (403 otherwise: DNS
+rebinding, cross-site requests), and, when it changes something,
 ``Content-Type: application/json`` (415 otherwise: a browser cannot send
 that cross-origin without a CORS preflight, which we never grant). The
 token's name goes with the action to the audit trail. ``/metrics`` and the
@@ -520,6 +521,14 @@ def _host_name(header: bytes | None) -> str | None:
     return match.group("host").strip("[]").rstrip(".") or None
 
 
+def _origin_host(origin: bytes) -> str | None:
+    """The host of an ``Origin`` header (RFC 6454: ``scheme://host[:port]``), or ``None`` (``null``, malformed)."""
+    scheme, separator, rest = origin.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https") or b"/" in rest:
+        return None
+    return _host_name(rest)
+
+
 def _address(request: Request) -> str:
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
@@ -563,6 +572,10 @@ class _Guarded(Resource):
     def _refusal(self, request: Request) -> Resource | None:
         if _host_name(request.getHeader(b"host")) not in self._hosts:
             return _Error(403, "this Host is not served (add it to http.allowed_hosts)")
+        origin = request.getHeader(b"origin")
+        if origin is not None and _origin_host(origin) not in self._hosts:
+            # A browser page of another site (CSRF); "null" (sandboxed pages, files) included.
+            return _Error(403, "requests from other origins are refused")
         holder = self._holder(request)
         if holder is None:
             return _Error(401, "unauthorized", [(b"www-authenticate", b'Bearer realm="dicom-gateway"')])

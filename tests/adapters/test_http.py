@@ -105,6 +105,7 @@ def render(
     body: bytes = b"",
     host: str | None = "127.0.0.1:9102",
     content_type: str | None = "application/json",
+    extra: dict[bytes, bytes] | None = None,
 ) -> DummyRequest:
     """Render one request through the tree; returns the finished DummyRequest.
 
@@ -126,6 +127,8 @@ def render(
         request.requestHeaders.addRawHeader(b"host", host.encode())
     if content_type is not None and method not in (b"GET", b"HEAD"):
         request.requestHeaders.addRawHeader(b"content-type", content_type.encode())
+    for name, value in (extra or {}).items():
+        request.requestHeaders.addRawHeader(name, value)
     resource = getChildForRequest(site.resource, request)
     try:
         result = resource.render(request)
@@ -260,6 +263,16 @@ class HostTests(SynchronousTestCase):
         """The listen address, localhost, 127.0.0.1, [::1] and http.allowed_hosts, with or without a port."""
         for host in ("192.0.2.10:9102", "localhost", "LOCALHOST:9102", "127.0.0.1", "[::1]:9102", "gw.example.org"):
             self.assertEqual(render(self.site, b"GET", "/api/v1/queues", host=host).responseCode, 200, host)
+
+    def test_foreign_origin_is_403(self) -> None:
+        """A browser request from another site's page (or a sandboxed one, Origin: null) is refused; our own origin is not."""
+        for origin in ("https://attacker.example", "null", "http://localhost.evil:9102", "file://"):
+            self.assertEqual(
+                render(self.site, b"POST", "/api/v1/reload", extra={b"origin": origin.encode()}).responseCode, 403, origin
+            )
+        self.assertEqual(self.backend.calls, [])
+        request = render(self.site, b"POST", "/api/v1/reload", extra={b"origin": b"http://127.0.0.1:9102"})
+        self.assertEqual(request.responseCode, 200)
 
     def test_wildcard_listen_address_adds_no_name(self) -> None:
         """Listening on 0.0.0.0 does not make "0.0.0.0" a served name."""
