@@ -206,7 +206,8 @@ class GuardedRequest(Request):
 
         :param data: the piece.
         """
-        assert self.content is not None
+        if self.content is None:
+            return  # refused at the headers: nothing is stored
         if self.content.tell() + len(data) > MAX_BODY_BYTES:
             channel = self.channel
             if isinstance(channel, GuardedChannel):
