@@ -51,7 +51,6 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
