@@ -143,6 +143,7 @@ def render(
 
 
 def body_of(request: DummyRequest) -> Any:
+    """The JSON body a rendered request wrote."""
     return json.loads(b"".join(request.written))
 
 
@@ -377,6 +378,7 @@ class JsonBodyTests(SynchronousTestCase):
         self.site = build_site(CollectorRegistry(), self.backend, ALICE)
 
     def assert_json_400(self, body: bytes) -> None:
+        """POST ``body`` to a retry and check the answer is a 400 with a JSON error."""
         request = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=body)
         self.assertEqual(request.responseCode, 400, body[:40])
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
@@ -427,6 +429,7 @@ class ChannelTests(SynchronousTestCase):
         return channel, transport
 
     def head(self, method: str, path: str, *headers: str) -> bytes:
+        """A request head with a local Host, Alice's token and a JSON content type."""
         lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1:9102", f"Authorization: Bearer {TOKEN}",
                  "Content-Type: application/json", *headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
@@ -572,6 +575,7 @@ class ReadinessTests(SynchronousTestCase):
         self.clock = Clock()
 
     def backend(self, service: Any, probe: Any = spool_probe) -> ServiceBackend:
+        """A started ServiceBackend probing every 5 s of the test clock."""
         backend = ServiceBackend(service, load=lambda path: None, probe=probe, clock=self.clock, interval=5.0)
         backend.start()
         self.addCleanup(backend.stop)
@@ -679,6 +683,7 @@ class AuditTests(SynchronousTestCase):
         self.site = build_site(CollectorRegistry(), self.backend, ALICE)
 
     def records(self) -> list[dict[str, Any]]:
+        """The audit records written so far, as JSON."""
         return [json.loads(r.to_json()) for r in self.service.audit_sink.records]
 
     def test_retry_purge_pause_resume_reload_are_audited(self) -> None:
@@ -718,6 +723,7 @@ class StartupWarningTests(SynchronousTestCase):
     """HttpService warns loudly when it serves a non-loopback address without TLS."""
 
     def start(self, host: str, tls: Any = None) -> list[dict[str, Any]]:
+        """Start an HttpService on ``host`` over a memory reactor; returns its critical log events."""
         events: list[dict[str, Any]] = []
         service = HttpService(MemoryReactorClock(), host, 0, build_site(CollectorRegistry(), FakeBackend(), ALICE), tls=tls)
         service.log = Logger(namespace="gateway.http", observer=events.append)

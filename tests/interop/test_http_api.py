@@ -44,6 +44,7 @@ class _Gateway(GatewayProcess):
         super().__init__(tmpdir, **overrides)
 
     def _env(self) -> dict[str, str]:
+        """The usual environment, plus :attr:`extra_env`."""
         env = super()._env()
         env.update(self.extra_env)
         return env
@@ -117,6 +118,7 @@ class HttpApiInteropTests(TestCase):
         return gateway
 
     def start(self, gateway: GatewayProcess) -> None:
+        """Start ``gateway`` and wait for its HTTP port."""
         gateway.start()
         wait_for_port("127.0.0.1", self.http_port)
 
