@@ -38,7 +38,7 @@ from gateway.queue.interfaces import DestinationStats, Entry, EntryState, Instan
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 
 #: The operator actions the audit trail knows.
-OPERATOR_ACTIONS = ("retry", "retarget", "purge", "pause", "resume", "reload")
+OPERATOR_ACTIONS = ("retry", "retarget", "replay", "purge", "pause", "resume", "reload")
 
 #: At most this many entry ids are listed in one record (``retry --all`` on a big backlog).
 MAX_AUDITED_IDS = 500
@@ -213,7 +213,7 @@ def audit_operator_action(
 ) -> AuditRecord:
     """Write one operator action to the audit trail.
 
-    Re-queueing a dead letter is DICOM Instances Accessed with action U, a
+    Re-queueing a dead letter (or replaying a kept study) is DICOM Instances Accessed with action U, a
     purge the same with action D (PS3.15 A.5.3.3; CID 400 110103); pause,
     resume and reload change how the application works: Application
     Activity, event type Software Configuration (A.5.3.1; CID 401 110131).
@@ -230,7 +230,7 @@ def audit_operator_action(
     :param description: what happened, or why it failed.
     :returns: the record.
     """
-    if action in ("retry", "retarget", "purge"):
+    if action in ("retry", "retarget", "replay", "purge"):
         event, code, event_type = INSTANCES_ACCESSED, ("D" if action == "purge" else "U"), None
     else:
         event, code, event_type = APPLICATION_ACTIVITY, "E", SOFTWARE_CONFIGURATION
@@ -276,3 +276,14 @@ def cli_audit_trail(config: Any) -> AuditTrail:
     if config.audit.file:
         sinks.append(JsonLinesFile(config.audit.file, max_bytes=0, keep=config.audit.rotate.keep))
     return AuditTrail(sinks, ae_title=config.ae_title)
+
+
+def close_audit_trail(trail: AuditTrail) -> None:
+    """Close the files of a :func:`cli_audit_trail` (the command is about to exit).
+
+    :param trail: the trail.
+    """
+    for sink in trail.sinks:
+        close = getattr(sink, "close", None)
+        if close is not None:
+            close()

@@ -171,10 +171,7 @@ def _queue(args: argparse.Namespace) -> int:
         try:
             admin.audit_operator_action(trail, action, operator, **details)
         finally:
-            for sink in trail.sinks:
-                close = getattr(sink, "close", None)
-                if close is not None:
-                    close()
+            admin.close_audit_trail(trail)
 
     try:
         if args.action == "list":
@@ -364,19 +361,30 @@ def _replay(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from gateway import admin
+
     config = _load_or_exit(args.config)
     _known_destination(config, args.to)
     store = _open_store(config)
     queued = missing = 0
+    new_ids: list[int] = []
     try:
         for record, _entries in store.find(study_instance_uid=args.study):
             if not os.path.exists(record.path):
                 missing += 1
                 continue
-            store.requeue_instance(record.instance_id, args.to, "replay", time.time())
+            new_ids.append(int(store.requeue_instance(record.instance_id, args.to, "replay", time.time())))
             queued += 1
     finally:
         store.close()
+    if new_ids:
+        # A re-target of kept copies: audited with who asked (issue 11).
+        trail = admin.cli_audit_trail(config)
+        admin.audit_operator_action(
+            trail, "replay", admin.local_operator(), entry_ids=new_ids, to=args.to,
+            description=f"replay of study {args.study} to {args.to}",
+        )
+        admin.close_audit_trail(trail)
     print(f"{queued} instance(s) of study {args.study} queued for {args.to}")
     if missing:
         print(

@@ -322,6 +322,17 @@ class QueueAuditTests(CliTestCase):
         self.assertEqual((records[2]["extra"]["entry_ids"], records[2]["extra"]["to"]), (str(dead), "backup"))  # type: ignore[index]
         self.assertEqual(records[3]["extra"]["destination"], "pacs")  # type: ignore[index]
 
+    def test_replay_is_audited_as_a_retarget_of_the_new_entries(self) -> None:
+        """``replay --to`` writes one record with the OS user, the target and the new entry ids."""
+        self.instance("a", study="1.2.3")
+        code, _out, err = self.run_cli("replay", "-c", self.config_path, "--study", "1.2.3", "--to", "backup")
+        self.assertEqual(code, 0, err)
+        (record,) = self.records()
+        (entry,) = self.store.entries(destination="backup")
+        self.assertEqual((record["extra"]["action"], record["extra"]["to"], record["extra"]["entry_ids"]),  # type: ignore[index]
+                         ("replay", "backup", str(entry.entry_id)))
+        self.assertEqual(record["participants"][0]["user_id"], self.user)  # type: ignore[index]
+
     def test_refused_actions_are_audited_as_failures(self) -> None:
         """A retry of an entry that is not a dead letter, or a pause of an unknown destination, is a minor failure record."""
         self.queue("retry", "999")
