@@ -302,10 +302,14 @@ class GuardedChannel(HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
-        """The response is sent; a kept-alive connection gets a new deadline for its next request."""
-        super().requestDone(request)
+        """The response is sent; a kept-alive connection gets a new deadline for its next request.
+
+        The deadline starts before the channel replays any pipelined bytes,
+        so a next request already received whole cancels it at once.
+        """
         if self.persistent and not self._refused:
             self._start_deadline()
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         """Forget the connection."""
