@@ -286,19 +286,22 @@ class HttpApiInteropTests(TestCase):
         self.assertIn("http.tls", line)
 
     def test_connection_cap_and_request_deadline(self) -> None:
-        """Of 70 idle connections, 6 are answered 503 at once; a request still incomplete is closed by the deadline."""
+        """Of 70 idle connections, those past 64 are answered 503 at once; a request still incomplete is closed by the deadline."""
         self.gateway()
         sockets = [socket.create_connection(("127.0.0.1", self.http_port), timeout=30) for _ in range(70)]
         try:
             started = time.monotonic()
             refused: list[socket.socket] = []
-            while time.monotonic() - started < 5 and len(refused) < 6:
+            while time.monotonic() - started < 5 and len(refused) < len(sockets) - 64:
                 readable, _, _ = select.select([s for s in sockets if s not in refused], [], [], 0.5)
                 refused.extend(readable)
             time.sleep(0.5)
             readable, _, _ = select.select([s for s in sockets if s not in refused], [], [], 0)
             refused.extend(readable)
-            self.assertEqual(len(refused), 6)
+            # At most 64 open at once: ours, plus any readiness-check connection the gateway has not yet seen close.
+            accepted = len(sockets) - len(refused)
+            self.assertLessEqual(accepted, 64)
+            self.assertGreaterEqual(accepted, 62)
             for sock in refused:
                 self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 503 "))
             survivor = next(s for s in sockets if s not in refused)
