@@ -1,20 +1,47 @@
-"""Operator views and actions on the queue, shared by the CLI (and the HTTP API later).
+"""Operator views and actions on the queue, shared by the CLI and the HTTP API.
 
 Everything here works on an :class:`~gateway.queue.interfaces.IQueueStore`
 opened on the same journal the gateway uses, so ``dicom-gateway queue ...``
 answers while the gateway runs (SQLite WAL lets a second process read and
 write) and while it is stopped. Changes made here (pause, retry, purge) are
 picked up by the running gateway's workers at their next poll.
+
+Every operator action (retry, re-target, purge, pause, resume, reload),
+whether it comes through the API or the command line, is written to the
+audit trail with who asked (the API token's name, or the local OS user),
+from where, and the entry ids (:func:`audit_operator_action`, issue 11).
+The command line opens the journal itself, so it appends its records to the
+configured audit file itself (:func:`cli_audit_trail`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
+from gateway.audit import (
+    APPLICATION,
+    APPLICATION_ACTIVITY,
+    SOFTWARE_CONFIGURATION,
+    AuditRecord,
+    AuditTrail,
+    Code,
+    Outcome,
+    Participant,
+)
 from gateway.queue.interfaces import DestinationStats, Entry, EntryState, InstanceRecord, IQueueStore
+
+# PS3.16 CID 400: a dead letter re-queued (action U) or purged (action D) by an operator.
+INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
+
+#: The operator actions the audit trail knows.
+OPERATOR_ACTIONS = ("retry", "retarget", "replay", "purge", "pause", "resume", "reload")
+
+#: At most this many entry ids are listed in one record (``retry --all`` on a big backlog).
+MAX_AUDITED_IDS = 500
 
 
 def _age(now: float, then: float | None) -> str:
@@ -142,3 +169,121 @@ def format_find(results: Sequence[tuple[InstanceRecord, list[Entry]]]) -> str:
 def to_json(data: Any) -> str:
     """JSON for ``--json`` output."""
     return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who asked for an operator action, for the audit trail.
+
+    :param who: the API token's name, or the local OS user of the command line.
+    :param address: the source address (``host:port`` for the API, ``local`` for the CLI).
+    :param via: ``api`` or ``cli``.
+    """
+
+    who: str
+    address: str
+    via: str
+
+
+def local_operator() -> Operator:
+    """The local OS user running a ``dicom-gateway queue ...`` command.
+
+    :returns: the operator, named by the password database (the uid when it has no entry).
+    """
+    import pwd
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return Operator(who=name, address="local", via="cli")
+
+
+def audit_operator_action(
+    trail: AuditTrail,
+    action: str,
+    operator: Operator,
+    *,
+    entry_ids: Sequence[int] = (),
+    destination: str = "",
+    to: str = "",
+    outcome: Outcome = Outcome.SUCCESS,
+    description: str = "",
+) -> AuditRecord:
+    """Write one operator action to the audit trail.
+
+    Re-queueing a dead letter (or replaying a kept study) is DICOM Instances Accessed with action U, a
+    purge the same with action D (PS3.15 A.5.3.3; CID 400 110103); pause,
+    resume and reload change how the application works: Application
+    Activity, event type Software Configuration (A.5.3.1; CID 401 110131).
+    The operator is the requesting ActiveParticipant (A.5.2.2: UserID,
+    NetworkAccessPointID, UserIsRequestor).
+
+    :param trail: the audit trail (the gateway's, or :func:`cli_audit_trail`).
+    :param action: one of :data:`OPERATOR_ACTIONS`.
+    :param operator: who asked, from where.
+    :param entry_ids: the queue entries acted on.
+    :param destination: the destination paused or resumed, when there is one.
+    :param to: the new destination of a re-target.
+    :param outcome: a refused or failed action is a minor failure.
+    :param description: what happened, or why it failed.
+    :returns: the record.
+    """
+    if action in ("retry", "retarget", "replay", "purge"):
+        event, code, event_type = INSTANCES_ACCESSED, ("D" if action == "purge" else "U"), None
+    else:
+        event, code, event_type = APPLICATION_ACTIVITY, "E", SOFTWARE_CONFIGURATION
+    ids = list(entry_ids)
+    extra = {"action": action, "via": operator.via}
+    if ids:
+        shown = ",".join(str(i) for i in ids[:MAX_AUDITED_IDS])
+        extra["entry_ids"] = shown + (f",... ({len(ids)} in all)" if len(ids) > MAX_AUDITED_IDS else "")
+    if destination:
+        extra["destination"] = destination
+    if to:
+        extra["to"] = to
+    return trail.emit(
+        event,
+        code,
+        outcome,
+        event_type=event_type,
+        description=description or f"{action} by {operator.who} ({operator.via}, {operator.address})",
+        disposition=action,
+        participants=(
+            Participant(user_id=operator.who, network_access_point=operator.address, requestor=True),
+            Participant(user_id=trail.ae_title, role=APPLICATION.meaning, network_access_point=trail.hostname),
+        ),
+        extra=extra,
+    )
+
+
+def cli_audit_trail(config: Any) -> AuditTrail:
+    """The audit trail a ``dicom-gateway queue ...`` command writes its actions to.
+
+    The configured audit file is appended to with the gateway's own writer,
+    opened ``O_APPEND`` and never rotated from here (the running gateway
+    rotates it): each record is one ``write`` of one line, so lines from the
+    gateway and from the command never interleave. Without an audit file,
+    records are only counted, as in the gateway.
+
+    :param config: the configuration.
+    :returns: the trail.
+    """
+    from gateway.audit import JsonLinesFile
+
+    sinks: list[Any] = []
+    if config.audit.file:
+        sinks.append(JsonLinesFile(config.audit.file, max_bytes=0, keep=config.audit.rotate.keep))
+    return AuditTrail(sinks, ae_title=config.ae_title)
+
+
+def close_audit_trail(trail: AuditTrail) -> None:
+    """Close the files of a :func:`cli_audit_trail` (the command is about to exit).
+
+    :param trail: the trail.
+    """
+    for sink in trail.sinks:
+        close = getattr(sink, "close", None)
+        if close is not None:
+            close()

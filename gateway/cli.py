@@ -10,7 +10,11 @@ Subcommands:
   configured destination or to any AE (a Verification SCU).
 * ``store HOST PORT FILE...``: send Part 10 files to an AE with C-STORE over one association.
 * ``queue list|show|retry|purge|pause|resume -c CONFIG``: inspect and act on
-  the forwarding queue and its dead letters (works while the gateway runs).
+  the forwarding queue and its dead letters (works while the gateway runs);
+  each action is written to the audit trail with the local OS user.
+* ``api METHOD PATH -c CONFIG [--data JSON]`` and ``reload -c CONFIG``: call
+  the running gateway's admin API with its token (``http.token``,
+  ``http.token_file``, or the one generated in the spool at first start).
 * ``find -c CONFIG --study UID`` (or ``--accession``, ``--patient-id``,
   ``--sop-instance``): where did each instance go.
 * ``replay -c CONFIG --study UID --to DEST``: send a kept study again.
@@ -95,6 +99,16 @@ def _parser() -> argparse.ArgumentParser:
         qp = qsub.add_parser(action, parents=[config_arg], help=f"{action} a destination (items keep queueing)")
         qp.add_argument("destination")
 
+    api = sub.add_parser("api", parents=[config_arg], help="call the running gateway's admin API with its token")
+    api.add_argument("method", choices=["GET", "POST", "DELETE"], type=str.upper)
+    api.add_argument("path", help="e.g. /api/v1/queues")
+    api.add_argument("--data", default=None, help="a JSON body (sent as application/json)")
+    api.add_argument("--token-name", default="", help="which token of http.token_file to use (default: the first)")
+    api.add_argument("--ca", default="", help="with http.tls: the CA file to verify the gateway with (default: its own certificate)")
+    reload = sub.add_parser("reload", parents=[config_arg], help="ask the running gateway to reload its configuration (as SIGHUP)")
+    reload.add_argument("--token-name", default="", help="which token of http.token_file to use (default: the first)")
+    reload.add_argument("--ca", default="", help="with http.tls: the CA file to verify the gateway with")
+
     find = sub.add_parser("find", help="where did an instance go")
     find.add_argument("-c", "--config", required=True)
     find.add_argument("--study")
@@ -139,15 +153,26 @@ def _known_destination(config: Any, name: str) -> None:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    """``dicom-gateway queue ...``: operate on the journal directly."""
+    """``dicom-gateway queue ...``: operate on the journal directly; actions are audited."""
     import time
 
     from gateway import admin
+    from gateway.audit import Outcome
     from gateway.queue.interfaces import EntryState
 
     config = _load_or_exit(args.config)
     store = _open_store(config)
     now = time.time()
+    operator = admin.local_operator()
+
+    def audit(action: str, **details: Any) -> None:
+        # The journal is written here, not by the gateway: so is the audit record (issue 11).
+        trail = admin.cli_audit_trail(config)
+        try:
+            admin.audit_operator_action(trail, action, operator, **details)
+        finally:
+            admin.close_audit_trail(trail)
+
     try:
         if args.action == "list":
             if args.dead:
@@ -171,7 +196,10 @@ def _queue(args: argparse.Namespace) -> int:
             print(admin.to_json(admin.entry_dict(entry)) if args.json else admin.format_entry(entry))
             return 0
         if args.action == "retry":
-            if args.to:
+            action = "retarget" if args.to else "retry"
+            if args.to and args.to not in [d.name for d in config.destinations]:
+                audit(action, entry_ids=list(args.entry_ids), to=args.to, outcome=Outcome.MINOR_FAILURE,
+                      description=f"{action} refused: unknown destination {args.to!r}")
                 _known_destination(config, args.to)
             ids = list(args.entry_ids)
             if args.all:
@@ -179,34 +207,130 @@ def _queue(args: argparse.Namespace) -> int:
             if not ids:
                 print("nothing to retry: give entry ids or --all", file=sys.stderr)
                 return 1
-            failed = 0
+            done: list[int] = []
+            failed: list[int] = []
             for entry_id in ids:
                 try:
                     new_id = store.requeue_dead(entry_id, now, destination=args.to)
                 except KeyError:
                     print(f"entry {entry_id}: not a dead letter", file=sys.stderr)
-                    failed += 1
+                    failed.append(entry_id)
                     continue
+                done.append(entry_id)
                 print(f"entry {entry_id}: queued again as {new_id}" + (f" for {args.to}" if args.to else ""))
+            if done:
+                audit(action, entry_ids=done, to=args.to or "")
+            if failed:
+                audit(action, entry_ids=failed, to=args.to or "", outcome=Outcome.MINOR_FAILURE,
+                      description=f"{action} refused: not dead letters")
             return 1 if failed else 0
         if args.action == "purge":
-            failed = 0
+            purged: list[int] = []
+            missing: list[int] = []
             for entry_id in args.entry_ids:
                 try:
                     store.purge(entry_id)
+                    purged.append(entry_id)
                     print(f"entry {entry_id}: purged")
                 except KeyError:
                     print(f"entry {entry_id}: not a dead letter", file=sys.stderr)
-                    failed += 1
-            return 1 if failed else 0
+                    missing.append(entry_id)
+            if purged:
+                audit("purge", entry_ids=purged)
+            if missing:
+                audit("purge", entry_ids=missing, outcome=Outcome.MINOR_FAILURE, description="purge refused: not dead letters")
+            return 1 if missing else 0
         if args.action in ("pause", "resume"):
+            if args.destination not in [d.name for d in config.destinations]:
+                audit(args.action, destination=args.destination, outcome=Outcome.MINOR_FAILURE,
+                      description=f"{args.action} refused: unknown destination")
             _known_destination(config, args.destination)
             store.set_paused(args.destination, args.action == "pause")
+            audit(args.action, destination=args.destination)
             print(f"{args.destination}: {'paused' if args.action == 'pause' else 'resumed'}")
             return 0
     finally:
         store.close()
     return 2
+
+
+def _api_call(config: Any, method: str, path: str, body: bytes | None, token_name: str = "", ca: str = "") -> tuple[int, bytes]:
+    """Call the running gateway's admin API with its token.
+
+    :param config: the configuration (``http`` section and spool).
+    :param method: GET, POST or DELETE.
+    :param path: the path, ``/api/...``.
+    :param body: a JSON body, or ``None``.
+    :param token_name: which token of ``http.token_file``.
+    :param ca: with ``http.tls``: a CA file; by default the gateway's own certificate is trusted as is.
+    :returns: ``(status, body)``.
+    :raises SystemExit: no token, or the gateway does not answer.
+    """
+    import http.client
+    import ssl
+
+    from gateway.apitokens import TokenFileError, client_token
+
+    http_config = config.http
+    if not http_config.enabled or not http_config.port:
+        print("the HTTP endpoint is disabled or has no fixed port (http.port)", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        token = client_token(http_config, config.spool.path, token_name)
+    except TokenFileError as error:
+        print(f"no admin API token: {error}", file=sys.stderr)
+        raise SystemExit(1)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http_config.host, http_config.host)
+    connection: http.client.HTTPConnection
+    if http_config.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if ca:
+            context.load_verify_locations(ca)
+        else:
+            # Trust exactly the gateway's own certificate (read from its configuration).
+            context.load_verify_locations(http_config.tls.certificate)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            context.check_hostname = False
+        connection = http.client.HTTPSConnection(host, http_config.port, timeout=60, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, http_config.port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    if method != "GET":
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as error:
+        print(f"cannot reach the gateway's API at {host}:{http_config.port}: {error}", file=sys.stderr)
+        raise SystemExit(1)
+    finally:
+        connection.close()
+
+
+def _api(args: argparse.Namespace) -> int:
+    """``dicom-gateway api METHOD PATH``: print the answer; exit 0 for 2xx, 1 otherwise."""
+    config = _load_or_exit(args.config)
+    body = args.data.encode("utf-8") if args.data is not None else None
+    status, answer = _api_call(config, args.method, args.path, body, args.token_name, args.ca)
+    sys.stdout.write(answer.decode("utf-8", "replace"))
+    if status >= 300:
+        print(f"HTTP {status}", file=sys.stderr)
+    return 0 if 200 <= status < 300 else 1
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """``dicom-gateway reload``: POST /api/v1/reload."""
+    config = _load_or_exit(args.config)
+    status, _answer = _api_call(config, "POST", "/api/v1/reload", None, args.token_name, args.ca)
+    if status == 200:
+        print("configuration reloaded")
+        return 0
+    if status == 409:
+        print("the gateway refused the new configuration and keeps the running one (see its log)", file=sys.stderr)
+        return 1
+    print(f"reload failed: HTTP {status}", file=sys.stderr)
+    return 1
 
 
 def _find(args: argparse.Namespace) -> int:
@@ -237,19 +361,30 @@ def _replay(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from gateway import admin
+
     config = _load_or_exit(args.config)
     _known_destination(config, args.to)
     store = _open_store(config)
     queued = missing = 0
+    new_ids: list[int] = []
     try:
         for record, _entries in store.find(study_instance_uid=args.study):
             if not os.path.exists(record.path):
                 missing += 1
                 continue
-            store.requeue_instance(record.instance_id, args.to, "replay", time.time())
+            new_ids.append(int(store.requeue_instance(record.instance_id, args.to, "replay", time.time())))
             queued += 1
     finally:
         store.close()
+    if new_ids:
+        # A re-target of kept copies: audited with who asked (issue 11).
+        trail = admin.cli_audit_trail(config)
+        admin.audit_operator_action(
+            trail, "replay", admin.local_operator(), entry_ids=new_ids, to=args.to,
+            description=f"replay of study {args.study} to {args.to}",
+        )
+        admin.close_audit_trail(trail)
     print(f"{queued} instance(s) of study {args.study} queued for {args.to}")
     if missing:
         print(
@@ -286,6 +421,14 @@ def _check_material_or_exit(path: str, config: Any) -> Any:
     # TLS certificates, keys and users files are opened here, so a missing
     # or mismatched file is one line per problem, not a start-up traceback.
     problems = check_material(config)
+    if config.http.enabled and config.http.tls is not None:
+        from gateway.security import server_tls_settings
+        from gateway.tls import ServerTLS, TLSConfigError
+
+        try:
+            ServerTLS(server_tls_settings(config.http.tls))
+        except TLSConfigError as error:
+            problems.append(f"http.tls: {error}")
     if problems:
         print(f"{path}: unusable TLS or identity files ({len(problems)} problem(s)):", file=sys.stderr)
         print("\n".join(problems), file=sys.stderr)
@@ -300,10 +443,15 @@ def _run(reactor: Any, config: Any) -> Deferred[None]:
 
     service = GatewayService(reactor, config)
     if config.http.enabled:
+        from gateway.apitokens import TokenFileError
         from gateway.http import http_service
 
         # Up before recovery, so /healthz answers and /readyz says why it is not ready yet.
-        http = http_service(reactor, service, service.metrics, load_config)
+        try:
+            http = http_service(reactor, service, service.metrics, load_config)
+        except TokenFileError as error:
+            print(f"the admin API token file in the spool folder ({config.spool.path}) is unusable: {error}", file=sys.stderr)
+            raise SystemExit(1)
         http.startService()
         reactor.addSystemEventTrigger("before", "shutdown", http.stopService)
     service.startService()
@@ -386,6 +534,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_queue(args))
     if args.command == "find":
         raise SystemExit(_find(args))
+    if args.command == "api":
+        raise SystemExit(_api(args))
+    if args.command == "reload":
+        raise SystemExit(_reload(args))
     if args.command == "replay":
         raise SystemExit(_replay(args))
     if args.command == "tls":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
@@ -468,6 +469,9 @@ class GatewayService(MultiService):
         for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
+        # API tokens apply at once (read per request); the HTTP listener itself needs a restart.
+        if replace(old.http, token="", token_file="", tokens=()) != replace(new.http, token="", token_file="", tokens=()):
+            self.log.warn("configuration reload: 'http' changed; restart the gateway to apply it (tokens apply now)")
         self.config = new
         self.intake.duplicate_window = new.duplicate_window
         old_destinations = {d.name: d for d in old.destinations}

@@ -1771,12 +1771,82 @@ _LOG_FIELDS: Final[Mapping[str, _Field]] = {
     "rotate": _Field(_section(RotateConfig, _ROTATE_FIELDS)),
 }
 
+def _check_http_token(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept ``http.token``: long enough to resist guessing, printable ASCII without spaces.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The token, or :data:`INVALID`.
+    """
+    from gateway.apitokens import token_problem
+
+    value = _check_string(node, path, ctx)
+    if value is INVALID:
+        return INVALID
+    problem = token_problem(value)
+    return value if problem is None else ctx.error(node, path, problem)
+
+
+def _check_host_name(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a ``Host`` header name for ``http.allowed_hosts`` (no port, no scheme), lower-cased.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The name, or :data:`INVALID`.
+    """
+    value = _check_string(node, path, ctx)
+    if value is INVALID:
+        return INVALID
+    name = value.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not re.fullmatch(r"[a-z0-9._:-]+", name):
+        return ctx.error(node, path, f"expected a host name or IP address without port or scheme, got {value!r}")
+    return name
+
+
 _HTTP_FIELDS: Final[Mapping[str, _Field]] = {
     "enabled": _Field(_check_boolean),
     "host": _Field(_check_string),
     "port": _Field(_integer(0, 65535)),
-    "token": _Field(_check_string),
+    "token": _Field(_check_http_token),
+    "token_file": _Field(_check_path),
+    "allowed_hosts": _Field(_list_of(_check_host_name, non_empty=False)),
+    "tls": _Field(_check_listener_tls),
 }
+
+_check_http_fields: Final = _section(HttpConfig, _HTTP_FIELDS)
+
+
+def _check_http(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept the ``http`` section; read ``token_file`` now, so a bad line is named with its number.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: An :class:`HttpConfig`, or :data:`INVALID`.
+    """
+    from gateway.apitokens import read_token_file
+
+    http = _check_http_fields(node, path, ctx)
+    if http is INVALID:
+        return INVALID
+    if http.token and http.token_file:
+        return ctx.error(
+            _value_node(node, "token_file"), _child(path, "token_file"), "give 'token' or 'token_file', not both"
+        )
+    if not http.token_file:
+        return http
+    tokens, problems = read_token_file(http.token_file)
+    for problem in problems:
+        # The token file's own line when there is one, else the key's line here.
+        if problem.line is not None:
+            ctx.errors.append(ConfigError(http.token_file, problem.line, _child(path, "token_file"), problem.message))
+        else:
+            ctx.error(_value_node(node, "token_file"), _child(path, "token_file"), f"{http.token_file}: {problem.message}")
+    return INVALID if problems else replace(http, tokens=tokens)
 
 _METRICS_FIELDS: Final[Mapping[str, _Field]] = {
     "calling_ae_titles": _Field(_list_of(_check_string, non_empty=False)),
@@ -1816,7 +1886,7 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "routes": _Field(_check_routes),
     # Read after "routes", so the configuration file's routes come first.
     "route_files": _Field(_check_route_files),
-    "http": _Field(_section(HttpConfig, _HTTP_FIELDS)),
+    "http": _Field(_check_http),
     "log": _Field(_section(LogConfig, _LOG_FIELDS)),
     "metrics": _Field(_section(MetricsConfig, _METRICS_FIELDS)),
     "plugins": _Field(_check_plugins, attr="plugin_folders"),

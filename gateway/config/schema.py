@@ -354,21 +354,50 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    """One bearer token of the admin API, with the name audit records give its holder.
+
+    :param name: Who holds it (``alice``, ``ris-integration``); written to
+        the audit trail for every action taken with it.
+    :param token: The secret itself; never logged (left out of ``repr``).
+    """
+
+    name: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The HTTP endpoint: metrics, health and the admin API.
+
+    ``/api`` is never open: with neither ``token`` nor ``token_file``, the
+    gateway generates a token at first start into ``<spool>/http-token``
+    (mode 0600) and the ``dicom-gateway`` commands that call the API read it
+    from there.
 
     :param enabled: Whether to serve it at all.
     :param host: The interface to bind; loopback by default.
     :param port: The TCP port; 0 means any free port (tests).
-    :param token: When not empty, ``/api`` requests need
-        ``Authorization: Bearer <token>``; ``/metrics`` and the health
+    :param token: One bearer token for ``/api`` (its holder is named
+        ``http.token`` in the audit trail); ``/metrics`` and the health
         endpoints stay open.
+    :param token_file: A file of ``NAME:TOKEN`` lines (absolute), read at
+        load and on reload; each name is what the audit trail records.
+    :param tokens: The tokens of ``token`` or ``token_file``, as loaded.
+    :param allowed_hosts: Further ``Host`` header names ``/api`` answers
+        (besides the listen address, ``localhost``, ``127.0.0.1`` and
+        ``::1``); any other is refused with 403 (DNS rebinding).
+    :param tls: Serve HTTPS with the same settings as a DICOM listener's ``tls``.
     """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9102
-    token: str = ""
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    tokens: tuple[ApiToken, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    tls: ListenerTLSConfig | None = None
 
 
 @dataclass(frozen=True)

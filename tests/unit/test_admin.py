@@ -135,3 +135,33 @@ class AdminTests(SynchronousTestCase):
         """Every entry state serialises to its string value."""
         for state in EntryState:
             self.assertEqual(json.loads(admin.to_json({"s": state.value}))["s"], state.value)
+
+
+class OperatorAuditTests(SynchronousTestCase):
+    """:func:`gateway.admin.audit_operator_action`: one PS3.15-shaped record per operator action."""
+
+    def test_record_shape_per_action(self) -> None:
+        """Re-queue and purge are DICOM Instances Accessed (U, D); pause, resume and reload Application Activity."""
+        from gateway.audit import AuditTrail, MemorySink, Outcome
+
+        sink = MemorySink()
+        trail = AuditTrail([sink], ae_title="GW", hostname="host")
+        operator = admin.Operator("alice", "10.0.0.9:5000", "api")
+        admin.audit_operator_action(trail, "retarget", operator, entry_ids=[3, 4], to="backup")
+        admin.audit_operator_action(trail, "purge", operator, entry_ids=[5], outcome=Outcome.MINOR_FAILURE)
+        admin.audit_operator_action(trail, "pause", operator, destination="pacs")
+        retarget, purge, pause = (json.loads(r.to_json()) for r in sink.records)
+        self.assertEqual((retarget["event_id"], retarget["action"], retarget["disposition"]), ("110103", "U", "retarget"))
+        self.assertEqual(retarget["extra"], {"action": "retarget", "via": "api", "entry_ids": "3,4", "to": "backup"})
+        self.assertEqual(retarget["participants"][0], {"user_id": "alice", "network_access_point": "10.0.0.9:5000", "requestor": True})
+        self.assertEqual((purge["action"], purge["outcome"]), ("D", 4))
+        self.assertEqual((pause["event_id"], pause["event_type"], pause["extra"]["destination"]),
+                         ("110100", "Software Configuration", "pacs"))
+
+    def test_local_operator_is_the_os_user(self) -> None:
+        """The command line acts as the password database's name for the current uid, from "local"."""
+        import os
+        import pwd
+
+        operator = admin.local_operator()
+        self.assertEqual((operator.who, operator.address, operator.via), (pwd.getpwuid(os.getuid()).pw_name, "local", "cli"))

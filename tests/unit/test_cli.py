@@ -279,6 +279,98 @@ class QueueRetryPurgeTests(CliTestCase):
         self.assertEqual(self.store.get(pacs).state, EntryState.QUEUED)
 
 
+class QueueAuditTests(CliTestCase):
+    """Every ``queue`` action is appended to the configured audit file with the local OS user (issue 11)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        with open(self.config_path, "a") as f:
+            f.write("audit: {file: audit.jsonl}\n")
+        self.audit_path = os.path.join(self.tmp, "audit.jsonl")
+        import pwd
+
+        self.user = pwd.getpwuid(os.getuid()).pw_name
+
+    def records(self) -> list[dict[str, object]]:
+        """The audit file's records."""
+        with open(self.audit_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def test_retry_retarget_purge_pause_resume_are_audited_with_the_os_user(self) -> None:
+        """Each action is one record: who (the OS user), from where (local), which entries or destination."""
+        (pacs_a, _) = self.instance("a")
+        (pacs_b, _) = self.instance("b")
+        (pacs_c, _) = self.instance("c")
+        (dead, _) = self.instance("d")
+        for entry_id in (pacs_a, pacs_b, pacs_c, dead):
+            self.dead(entry_id, "pacs")
+        self.assertEqual(self.queue("retry", str(pacs_a), str(pacs_b))[0], 0)
+        self.assertEqual(self.queue("purge", str(pacs_c))[0], 0)
+        self.assertEqual(self.queue("retry", str(dead), "--to", "backup")[0], 0)
+        self.assertEqual(self.queue("pause", "pacs")[0], 0)
+        self.assertEqual(self.queue("resume", "pacs")[0], 0)
+        records = self.records()
+        self.assertEqual(
+            [(r["extra"]["action"], r["action"]) for r in records],  # type: ignore[index]
+            [("retry", "U"), ("purge", "D"), ("retarget", "U"), ("pause", "E"), ("resume", "E")],
+        )
+        for record in records:
+            self.assertEqual(record["participants"][0], {"user_id": self.user, "network_access_point": "local", "requestor": True})  # type: ignore[index]
+            self.assertEqual(record["extra"]["via"], "cli")  # type: ignore[index]
+        self.assertEqual(records[0]["extra"]["entry_ids"], f"{pacs_a},{pacs_b}")  # type: ignore[index]
+        self.assertEqual(records[1]["extra"]["entry_ids"], str(pacs_c))  # type: ignore[index]
+        self.assertEqual((records[2]["extra"]["entry_ids"], records[2]["extra"]["to"]), (str(dead), "backup"))  # type: ignore[index]
+        self.assertEqual(records[3]["extra"]["destination"], "pacs")  # type: ignore[index]
+
+    def test_replay_is_audited_as_a_retarget_of_the_new_entries(self) -> None:
+        """``replay --to`` writes one record with the OS user, the target and the new entry ids."""
+        self.instance("a", study="1.2.3")
+        code, _out, err = self.run_cli("replay", "-c", self.config_path, "--study", "1.2.3", "--to", "backup")
+        self.assertEqual(code, 0, err)
+        (record,) = self.records()
+        (entry,) = self.store.entries(destination="backup")
+        self.assertEqual((record["extra"]["action"], record["extra"]["to"], record["extra"]["entry_ids"]),  # type: ignore[index]
+                         ("replay", "backup", str(entry.entry_id)))
+        self.assertEqual(record["participants"][0]["user_id"], self.user)  # type: ignore[index]
+
+    def test_refused_actions_are_audited_as_failures(self) -> None:
+        """A retry of an entry that is not a dead letter, or a pause of an unknown destination, is a minor failure record."""
+        self.queue("retry", "999")
+        self.queue("pause", "nowhere")
+        retry, pause = self.records()
+        self.assertEqual((retry["outcome"], retry["extra"]["entry_ids"]), (4, "999"))  # type: ignore[index]
+        self.assertEqual((pause["outcome"], pause["extra"]["destination"]), (4, "nowhere"))  # type: ignore[index]
+
+    def test_records_are_appended_to_the_gateways_file(self) -> None:
+        """The command appends after the records the gateway wrote, never truncating or rotating them."""
+        with open(self.audit_path, "w") as f:
+            f.write('{"event":"written by the gateway"}\n')
+        os.chmod(self.audit_path, 0o600)
+        self.queue("pause", "pacs")
+        records = self.records()
+        self.assertEqual(records[0], {"event": "written by the gateway"})
+        self.assertEqual(records[1]["extra"]["action"], "pause")  # type: ignore[index]
+
+    def test_listing_is_not_audited(self) -> None:
+        """Reading the queue changes nothing and writes no record."""
+        self.queue("list")
+        self.queue("list", "--dead")
+        self.assertFalse(os.path.exists(self.audit_path))
+
+
+class ApiCommandTests(CliTestCase):
+    """``dicom-gateway api`` and ``reload`` read the API token like the gateway writes it."""
+
+    def test_without_a_token_file_the_command_says_to_start_the_gateway(self) -> None:
+        """Before the gateway's first start there is no generated token: a clear message, exit 1."""
+        with open(self.config_path, "a") as f:
+            f.write("http: {port: 1}\n")
+        code, out, err = self.run_cli("reload", "-c", self.config_path)
+        self.assertEqual(code, 1)
+        self.assertIn("no admin API token", err)
+        self.assertIn("http-token does not exist yet", err)
+
+
 class QueuePauseTests(CliTestCase):
     """``queue pause`` and ``queue resume``."""
 
