@@ -813,7 +813,11 @@ class ServiceBackend:
 
     :param service: the running gateway.
     :param load: the configuration loader used by ``reload``.
-    :param probe: proves the spool writable (blocking; run on the service's blocking runner).
+    :param probe: proves the spool writable (blocking; run on the service's blocking runner);
+        by default the spool's own :meth:`~gateway.spool.Spool.probe`, which makes a commit's
+        system calls (create, write, fsync, rename, folder fsyncs), so EIO on rename or a
+        read-only filesystem fails readiness as it would fail the next instance (HARDENING
+        D11, D12); :func:`spool_probe` where the service has no spool object.
     :param wall: wall-clock time.
     :param clock: schedules the periodic probe; the global reactor by default.
     :param interval: seconds between spool probes.
@@ -823,7 +827,7 @@ class ServiceBackend:
         self,
         service: Any,
         load: Callable[[str], Any],
-        probe: Callable[[str], None] = spool_probe,
+        probe: Callable[[str], None] | None = None,
         wall: Callable[[], float] | None = None,
         clock: Any = None,
         interval: float = PROBE_INTERVAL,
@@ -867,7 +871,13 @@ class ServiceBackend:
         if self._probing or config is None:
             return succeed(None)
         self._probing = True
-        d = self._service.blocking.run(self._probe, config.spool.path)
+        spool = getattr(self._service, "spool", None)
+        if self._probe is not None:
+            d = self._service.blocking.run(self._probe, config.spool.path)
+        elif spool is not None and hasattr(spool, "probe"):
+            d = self._service.blocking.run(spool.probe)
+        else:
+            d = self._service.blocking.run(spool_probe, config.spool.path)
 
         def probed(_: object) -> None:
             self.spool_error = ""
@@ -904,6 +914,16 @@ class ServiceBackend:
             reasons.append("spool not checked yet")
         elif self.spool_error:
             reasons.append(f"spool not writable: {self.spool_error}")
+        else:
+            # HARDENING D11/D12: an instance's write, fsync or rename failed since the last
+            # good probe; the next probe clears it once the spool commits again.
+            fault = getattr(getattr(service, "spool", None), "fault", None)
+            if fault is not None:
+                reasons.append(f"spool failing: {_no_paths(str(fault))}")
+        space = getattr(service, "space", None)
+        if space is not None and space.low():
+            # D11: below spool.min_free new work is refused (RJ(2,3,1), 0xA700).
+            reasons.append("spool below its free-space floor (spool.min_free)")
         return succeed(reasons)
 
     # -- views ----------------------------------------------------------------------------

@@ -300,8 +300,9 @@ class ShimFaultTests(StorageFaultMixin, TestCase):
         :param op: the shim operation (``write``, ``fsync``, ``rename``).
         :param error: the errno injected.
         :param after_bytes: for ``write``: bytes each file may take first.
-        :param probe_fails: whether the fault also hits today's /readyz
-            probe (a small file written and fsynced in the spool root).
+        :param probe_fails: whether the fault also hits the /readyz probe (a
+            small commit in the spool: a fault armed only after 40 KB of a
+            file never reaches the probe's 6 bytes).
         """
         gateway = self.start()
         committed = len(gateway.instances())
@@ -333,13 +334,13 @@ class ShimFaultTests(StorageFaultMixin, TestCase):
         """D12: fsync() failing with EIO (the write-back error surfacing): 0xA700, no partial file, /readyz 503, alert, recovery."""
         self.fault_case("fsync", errno.EIO)
 
-    def test_d12_eio_on_rename_answers_a700_removes_partial_alerts_recovers(self) -> None:
-        """D12: rename() into instances/ failing with EIO: 0xA700, nothing in incoming/ or instances/, alert, recovery.
+    def test_d12_eio_on_rename_answers_a700_removes_partial_fails_readyz_alerts_recovers(self) -> None:
+        """D12: rename() into instances/ failing with EIO: 0xA700, nothing in incoming/ or instances/, /readyz 503, alert, recovery.
 
-        Today's /readyz probe writes and fsyncs a file but renames nothing,
-        so it cannot see this fault; readiness is checked in the other cases.
+        The readiness probe is the spool's own commit (create, write, fsync,
+        rename, folder fsyncs), so a failing rename fails it too.
         """
-        self.fault_case("rename", errno.EIO, probe_fails=False)
+        self.fault_case("rename", errno.EIO)
 
     def test_d11_enospc_mid_write_answers_a700_removes_partial_alerts_recovers(self) -> None:
         """D11: ENOSPC after 40 KB of the file: 0xA700, the partial file removed, later stores 0xA700, alert, recovery."""
@@ -467,6 +468,8 @@ class FilesystemFaultTests(StorageFaultMixin, TestCase):
         after = self.scrape_low(before)
         self.assert_alert([before, after])
         self.assert_alert([before, after], name="DicomGatewaySpoolLow")
+        # Below the floor the gateway refuses work, so it is not ready either.
+        self.assertEqual(readyz(self.http_port), 503)
         release(held)
         filler.unlink()
         wait_until(lambda: rejected() is None, 10, "associations accepted once space is back")
