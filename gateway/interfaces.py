@@ -2,7 +2,7 @@
 
 Routes name plugins the way they name built-ins. A plugin is an object
 providing one of these ``zope.interface`` interfaces, found by
-``twisted.plugin`` discovery (``getPlugins(IMatchPredicate, package)``) in the
+``gateway.plugins`` discovery (module-level IPlugin providers, as ``getPlugins``) in the
 ``plugins/`` folder and on the Python path. A plugin module declares it as
 Twisted plugins are declared::
 

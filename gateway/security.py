@@ -111,12 +111,11 @@ def _verifier_plugins(wanted: dict[int, str]) -> dict[int, Any]:
     :returns: ``{identity type: plugin}``.
     :raises UsersFileError: naming a plugin that is not installed.
     """
-    from twisted.plugin import getPlugins
-
-    import gateway.dropins
     from gateway.identity_check import IUserIdentityVerifier
+    from gateway.plugins import providers
 
-    available = {getattr(plugin, "name", ""): plugin for plugin in getPlugins(IUserIdentityVerifier, gateway.dropins)}
+    # Only the configured plugin folders, as loaded with the configuration (no twisted getPlugins).
+    available = {getattr(plugin, "name", ""): plugin for plugin in providers(IUserIdentityVerifier)}
     missing = sorted(name for name in wanted.values() if name not in available)
     if missing:
         raise UsersFileError(f"user identity verifier plugin(s) not found: {', '.join(missing)}")
