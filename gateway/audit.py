@@ -37,14 +37,20 @@ Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
 from __future__ import annotations
 
 import datetime
+import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
+import threading
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.logger import Logger
+
+from gateway.private import make_private_dirs, open_private
 
 
 class Outcome(IntEnum):
@@ -211,8 +217,52 @@ class MemorySink:
         self.records.append(record)
 
 
+#: The key each line of the audit file carries: the SHA-256 of the line before it.
+CHAIN_KEY = "prev_sha256"
+#: What the first record of a trail links to (there is no line before it).
+CHAIN_START = "0" * 64
+
+
+def line_digest(line: bytes) -> str:
+    """The link to a line: the hex SHA-256 of its bytes, without the newline.
+
+    :param line: one line of the audit file, as stored.
+    :returns: the value the next record's ``prev_sha256`` holds.
+    """
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def lock_path(path: str) -> str:
+    """The lock file of an audit file: hidden beside it, so ``audit.jsonl*`` does not match it.
+
+    :param path: the audit file.
+    :returns: ``<folder>/.<name>.lock``.
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.lock")
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last non-empty line of the first ``size`` bytes of an open file, read from the end.
+
+    :returns: the line without its newline, or ``None`` for an empty file.
+    """
+    block = 4096
+    end = size
+    tail = b""
+    while end > 0:
+        start = max(0, end - block)
+        tail = os.pread(fd, end - start, start) + tail
+        end = start
+        stripped = tail.rstrip(b"\n")
+        if b"\n" in stripped or (end == 0 and stripped):
+            return stripped.rsplit(b"\n", 1)[-1]
+        block *= 2
+    return None
+
+
 class JsonLinesFile:
-    """Appends records as JSON lines to a file, rotating it by size.
+    """Appends records as JSON lines to a file, hash-chained, rotating it by size.
 
     Rotation renames ``file`` to ``file.1`` (and ``file.1`` to ``file.2``
     and so on, keeping ``keep`` old files), as the log files do. Each line
@@ -220,7 +270,29 @@ class JsonLinesFile:
     written; the audit trail is not fsync'ed per record (it would double the
     per-instance cost) and custody does not depend on it.
 
-    :param path: the file (created with mode 0600).
+    Tamper evidence: every line carries ``prev_sha256``, the SHA-256 of the
+    line before it, so editing, inserting or deleting a record breaks the
+    next link (:func:`verify_chain`, ``dicom-gateway audit verify``). The
+    chain runs across rotations (the first line of a new file links to the
+    last line of ``file.1``) and across restarts: the link is always taken
+    from the last line *on disk*, never from memory alone.
+
+    Several processes append to the same file (the gateway, and the
+    ``dicom-gateway`` commands that audit an operator's action), so
+    read-last-line, rotate and append happen under an exclusive
+    :func:`fcntl.flock` on ``.file.lock`` (:func:`lock_path`), a file that is never rotated
+    (a lock on the data file itself would be on the old inode after another
+    process rotated it). Under the lock a writer whose descriptor no longer
+    names ``file`` (another process rotated it) reopens it, and takes the
+    link from the file's current last line, which another process may have
+    written; when the file has not changed since its own last write it uses
+    the digest it remembers instead of reading the line back.
+
+    A chain shows that records were changed, not by whom: anyone able to
+    rewrite the whole file can recompute it. Against that, the copy sent to a
+    syslog collector (:class:`SyslogTLSSink`) is the record kept elsewhere.
+
+    :param path: the file (created with mode 0600, its folder 0700).
     :param max_bytes: rotate when the file would grow past this size; 0 never.
     :param keep: rotated files kept.
     """
@@ -231,29 +303,77 @@ class JsonLinesFile:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._stream = self._open()
-
-    def _open(self) -> Any:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "a", encoding="ascii", newline="\n")
+        self._lock = threading.Lock()
+        folder = os.path.dirname(path)
+        if folder:
+            make_private_dirs(folder, tighten_existing=False)
+        self._lock_fd = open_private(lock_path(path), os.O_RDWR)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        #: (inode, size, digest of the last line) after this writer's last append.
+        self._last: tuple[int, int, str] | None = None
 
     def write(self, record: AuditRecord) -> None:
-        """Append one record, rotating first when it would not fit.
+        """Append one record, linked to the line before it, rotating first when it would not fit.
 
         :param record: the record.
         """
-        line = record.to_json() + "\n"
+        body = record.to_json()
         try:
-            if self.max_bytes and self._stream.tell() + len(line) > self.max_bytes and self._stream.tell() > 0:
-                self._rotate()
-            self._stream.write(line)
-            self._stream.flush()
+            with self._lock:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                try:
+                    self._append(body)
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         except OSError as error:
             self.log.error("cannot write the audit trail {path}: {error}", path=self.path, error=error)
 
+    def _append(self, body: str) -> None:
+        """Under the lock: reopen if rotated elsewhere, find the link, rotate if needed, append."""
+        st = os.fstat(self._fd)
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (st.st_dev, st.st_ino):
+            os.close(self._fd)
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            st = os.fstat(self._fd)
+        previous = self._previous_digest(st.st_ino, st.st_size)
+        st = os.fstat(self._fd)  # a torn last line may have been ended
+        line = (body[:-1] + f',"{CHAIN_KEY}":"{previous}"}}\n').encode("ascii")
+        if self.max_bytes and st.st_size and st.st_size + len(line) > self.max_bytes:
+            self._rotate()
+            st = os.fstat(self._fd)
+        os.write(self._fd, line)
+        self._last = (st.st_ino, st.st_size + len(line), line_digest(line))
+
+    def _previous_digest(self, inode: int, size: int) -> str:
+        """The digest of the last line on disk: of this file, else of ``file.1``, else the chain start."""
+        if self._last is not None and self._last[:2] == (inode, size):
+            return self._last[2]
+        if size:
+            with open(self.path, "rb") as stream:
+                last = _last_line(stream.fileno(), size)
+                torn = os.pread(stream.fileno(), 1, size - 1) != b"\n"
+            if torn:
+                # A torn line (a crash mid-write): end it, so this record
+                # starts a line of its own; verify reports the torn one.
+                os.write(self._fd, b"\n")
+            if last is not None:
+                return line_digest(last)
+        try:
+            fd = os.open(f"{self.path}.1", os.O_RDONLY)
+        except FileNotFoundError:
+            return CHAIN_START
+        try:
+            last = _last_line(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return line_digest(last) if last is not None else CHAIN_START
+
     def _rotate(self) -> None:
-        self._stream.close()
+        os.close(self._fd)
         if self.keep <= 0:
             os.unlink(self.path)
         else:
@@ -262,11 +382,16 @@ class JsonLinesFile:
                 if os.path.exists(older):
                     os.replace(older, f"{self.path}.{index + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._stream = self._open()
+        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
         """Close the file."""
-        self._stream.close()
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 #: RFC 5424 6.2.1: facility 10 is security/authorization (authpriv), as ATNA uses.
@@ -622,6 +747,98 @@ def read_records(path: str) -> list[dict[str, Any]]:
     """
     with open(path, encoding="ascii") as stream:
         return [json.loads(line) for line in stream if line.strip()]
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`verify_chain` found.
+
+    :ivar records: the records whose link was checked and held.
+    :ivar files: the files read.
+    :ivar broken_file: the file of the first broken link, ``""`` when none.
+    :ivar broken_line: its line number (from 1).
+    :ivar reason: why the link is broken.
+    """
+
+    records: int
+    files: int
+    broken_file: str = ""
+    broken_line: int = 0
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every link held."""
+        return not self.broken_file
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"OK: {self.records} record(s) in {self.files} file(s), the chain is unbroken"
+        return f"{self.broken_file}:{self.broken_line}: broken link: {self.reason}"
+
+
+def rotation_order(paths: Sequence[str]) -> list[str]:
+    """Sort audit files oldest first: ``audit.jsonl.3``, ``.2``, ``.1``, then ``audit.jsonl``.
+
+    :param paths: files as given (a shell glob sorts ``.10`` before ``.2``).
+    :returns: the files, each rotation set by decreasing suffix, the live file last.
+    """
+
+    def key(path: str) -> tuple[str, int]:
+        match = re.fullmatch(r"(.*)\.(\d+)", path)
+        return (match.group(1), -int(match.group(2))) if match else (path, 0)
+
+    return sorted(paths, key=key)
+
+
+def verify_chain(paths: Sequence[str]) -> ChainReport:
+    """Check the hash chain of audit files, oldest first, and report the first broken link.
+
+    Each line's ``prev_sha256`` must be the SHA-256 of the line before it,
+    the line before the first line of a file being the last line of the file
+    before it in ``paths``. The first line of the first file is taken as it
+    is: the lines it links to were rotated away.
+
+    :param paths: the files, oldest first (see :func:`rotation_order`).
+    :returns: the report.
+    :raises OSError: when a file cannot be read.
+    """
+    expected: str | None = None
+    records = 0
+    for path in paths:
+        with open(path, "rb") as stream:
+            for number, line in enumerate(stream, start=1):
+                try:
+                    data = json.loads(line)
+                    link = data[CHAIN_KEY] if isinstance(data, dict) else None
+                except (ValueError, KeyError):
+                    link = None
+                if not isinstance(link, str):
+                    reason = "not a chained audit record (torn, edited, or written before the chain existed)"
+                    return ChainReport(records, len(paths), path, number, reason)
+                if expected is not None and link != expected:
+                    reason = f"{CHAIN_KEY} is {link[:16]}..., the line before it hashes to {expected[:16]}..."
+                    return ChainReport(records, len(paths), path, number, reason)
+                expected = line_digest(line)
+                records += 1
+    return ChainReport(records, len(paths))
+
+
+def verify_command(paths: Sequence[str]) -> int:
+    """``dicom-gateway audit verify FILE...``: print the report, return the exit status.
+
+    :param paths: the files (put in rotation order first).
+    :returns: 0 when the chain holds, 1 at the first broken link, 2 when a file cannot be read.
+    """
+    import sys
+
+    try:
+        report = verify_chain(rotation_order(paths))
+    except OSError as error:
+        print(f"cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    print(report, file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 class SyslogTLSSink:
