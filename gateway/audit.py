@@ -36,6 +36,7 @@ Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -427,13 +428,56 @@ def _field(value: str, limit: int) -> str:
     return cleaned or "-"
 
 
+#: Seconds over which repeated refusals of one kind from one address are summed (HARDENING H11).
+AGGREGATION_WINDOW = 60.0
+
+#: Summary windows open at once. Beyond, refusals from further addresses
+#: share one window (address ``*``), so a flood from many addresses cannot
+#: grow this table or write a full record per address.
+MAX_WINDOWS = 1024
+
+
+@dataclass
+class _Window:
+    """Refusals of one kind from one address, counted after the first was written."""
+
+    what: str
+    description: str
+    event_type: Code
+    disposition: str
+    address: str
+    extra: dict[str, str]
+    started: str
+    event: Code = SECURITY_ALERT
+    count: int = 0
+    last: str = ""
+    call: Any = None
+
+
+def _address(peer: str) -> str:
+    """The host of ``host:port`` (the port changes with every connection; the address does not)."""
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer
+
+
 class AuditTrail:
     """Builds audit records and hands them to the sinks.
+
+    Refusals are aggregated (HARDENING H11: 24,000 rejected associations in
+    10 s from one client would otherwise rotate the retained history away):
+    per source address and reason, the first rejected association, failed
+    TLS handshake or failed user identity in a window of
+    :data:`AGGREGATION_WINDOW` seconds is written as it happens; the next
+    ones in that window are only counted, and one summary record with the
+    count is written when the window ends (on ``clock``), or at stop.
+    Accepted associations, admissions, transfers and exports are never
+    aggregated. Without a ``clock`` nothing is aggregated.
 
     :param sinks: where records go; none means records are only counted.
     :param ae_title: our AE title, the audit source and our participant ID.
     :param wall: wall-clock time.
     :param hostname: our host name, for the audit source.
+    :param clock: ends aggregation windows (the reactor; a ``task.Clock`` in tests).
+    :param window: the aggregation window, seconds.
     """
 
     log = Logger(namespace="gateway.audit")
@@ -444,6 +488,8 @@ class AuditTrail:
         ae_title: str = "",
         wall: Callable[[], float] | None = None,
         hostname: str | None = None,
+        clock: Any = None,
+        window: float = AGGREGATION_WINDOW,
     ) -> None:
         import time
 
@@ -451,8 +497,67 @@ class AuditTrail:
         self.ae_title = ae_title
         self._wall = wall or time.time
         self.hostname = hostname if hostname is not None else socket.gethostname()
+        self._clock = clock
+        self._window = window
+        self._windows: dict[tuple[str, ...], _Window] = {}
         #: Records emitted, by event.
         self.counts: dict[str, int] = {}
+        #: Refusals counted into summaries instead of written, in total.
+        self.aggregated = 0
+
+    # -- aggregation of refusals (HARDENING H11) ---------------------------------------------
+
+    def _counted(self, key: tuple[str, ...], window: _Window) -> bool:
+        """Whether this refusal only counts towards its window's summary (else: write it, open the window).
+
+        :param key: (kind, address, reason...).
+        :param window: the window to open if none is: what the summary will say.
+        :returns: ``True`` when the record must not be written now.
+        """
+        if self._clock is None:
+            return False
+        if key not in self._windows and len(self._windows) >= MAX_WINDOWS:
+            key = (key[0], "*", *key[2:])
+            window = dataclasses.replace(window, address="*")
+        open_window = self._windows.get(key)
+        if open_window is None:
+            window.call = self._clock.callLater(self._window, self._close, key)
+            self._windows[key] = window
+            return False
+        open_window.count += 1
+        open_window.last = _now(self._wall)
+        self.aggregated += 1
+        return True
+
+    def _close(self, key: tuple[str, ...]) -> None:
+        """End a window: write its summary when anything was counted."""
+        window = self._windows.pop(key)
+        if window.call is not None and window.call.active():
+            window.call.cancel()
+        if not window.count:
+            return
+        self.emit(
+            window.event,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=window.event_type,
+            description=(
+                f"{window.count} more {window.what} from {window.address or 'an unknown address'} "
+                f"({window.description}) in the {self._window:.0f} s after the first, "
+                "summarised in this record"
+            ),
+            disposition=window.disposition,
+            participants=(
+                Participant(user_id="", role=SOURCE.meaning, network_access_point=window.address, requestor=True),
+                self._us(DESTINATION),
+            ),
+            extra={**window.extra, "aggregated": str(window.count), "first": window.started, "last": window.last},
+        )
+
+    def flush(self) -> None:
+        """Write the summaries of every open window now (at stop)."""
+        for key in list(self._windows):
+            self._close(key)
 
     def emit(
         self,
@@ -507,6 +612,8 @@ class AuditTrail:
         :returns: the record.
         """
         event_type = {"start": APPLICATION_START, "stop": APPLICATION_STOP}.get(what, SOFTWARE_CONFIGURATION)
+        if what == "stop":
+            self.flush()  # the counted refusals are written before the stop record
         return self.emit(
             APPLICATION_ACTIVITY,
             "E",
@@ -564,21 +671,30 @@ class AuditTrail:
         reason: str,
         rejection: tuple[int, int, int] | None = None,
         certificate_subject: str = "",
-    ) -> AuditRecord:
+    ) -> AuditRecord | None:
         """An association was rejected by the access policy or the provider (Security Alert; A.5.3.11).
+
+        Aggregated per address, listener and A-ASSOCIATE-RJ (the calling AE
+        title a flooding peer sends may change with each attempt; the
+        rejection does not).
 
         :param reason: why, in words ("calling AE title not allowed from 10.0.0.5").
         :param rejection: the A-ASSOCIATE-RJ (result, source, reason).
-        :returns: the record.
+        :returns: the record, or ``None`` when it was counted into a summary.
         """
         extra = {"listener": listener}
         if rejection is not None:
             extra["rejection"] = "{},{},{}".format(*rejection)
+        event_type = NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION
+        label = f"A-ASSOCIATE-RJ {extra['rejection']}" if rejection is not None else reason
+        window = _Window("rejected associations", label, event_type, "rejected", _address(peer), extra, _now(self._wall))
+        if self._counted(("rejected", _address(peer), listener, label), window):
+            return None
         return self.emit(
             SECURITY_ALERT,
             "E",
             Outcome.MINOR_FAILURE,
-            event_type=NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION,
+            event_type=event_type,
             description=reason,
             disposition="rejected",
             participants=(
@@ -594,13 +710,19 @@ class AuditTrail:
             extra=extra,
         )
 
-    def tls_failure(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord:
+    def tls_failure(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord | None:
         """A TLS handshake failed (Security Alert, Node Authentication; A.5.3.11).
+
+        Aggregated per address, listener and reason label.
 
         :param reason: the reason label (``unknown_ca``, ``expired``...).
         :param detail: OpenSSL's words.
-        :returns: the record.
+        :returns: the record, or ``None`` when it was counted into a summary.
         """
+        extra = {"listener": listener, "reason": reason}
+        window = _Window("failed TLS handshakes", reason, NODE_AUTHENTICATION, "tls_failure", _address(peer), extra, _now(self._wall))
+        if self._counted(("tls", _address(peer), listener, reason), window):
+            return None
         return self.emit(
             SECURITY_ALERT,
             "E",
@@ -655,15 +777,26 @@ class AuditTrail:
         success: bool,
         description: str,
         listener: str,
-    ) -> AuditRecord:
+    ) -> AuditRecord | None:
         """A user identity (PS3.7 D.3.3.7) was checked (User Authentication, Login; A.5.3.14; HARDENING decision 7).
 
         :param username: the user name given (never the passcode or token).
         :param identity_type: 1 username, 2 username+passcode, 3 Kerberos, 4 SAML, 5 JWT.
         :param success: whether it was accepted.
         :param description: why it was refused, or ``"accepted"``.
-        :returns: the record.
+        :returns: the record, or ``None`` when a refusal was counted into a
+            summary (aggregated per address, listener and identity type,
+            never per user name, which the peer chooses).
         """
+        if not success:
+            extra = {"listener": listener, "identity_type": str(identity_type)}
+            label = f"user identity type {identity_type} refused"
+            window = _Window(
+                "refused user identities", label, LOGIN, "user_identity", _address(peer), extra, _now(self._wall),
+                event=USER_AUTHENTICATION,
+            )
+            if self._counted(("user", _address(peer), listener, str(identity_type)), window):
+                return None
         return self.emit(
             USER_AUTHENTICATION,
             "E",
@@ -841,43 +974,101 @@ def verify_command(paths: Sequence[str]) -> int:
     return 0 if report.ok else 1
 
 
+#: Records a :class:`SyslogTLSSink` holds while the collector is away or slow.
+SYSLOG_MAX_PENDING = 10000
+
+
 class SyslogTLSSink:
     """Sends audit records to a collector as RFC 5424 messages over TLS (RFC 5425).
 
     The connection is kept by a Twisted ``ClientService`` (reconnecting with
-    backoff); records written while it is down wait in a bounded buffer, the
-    oldest dropped first (counted in :attr:`dropped`): the JSON-lines file
-    stays the record of truth, syslog is a copy for the site's SIEM.
+    backoff). Memory is bounded whether the collector is down or merely slow
+    (HARDENING H11): records wait in one buffer of ``max_pending`` records,
+    the oldest dropped first,
+
+    * while disconnected, and until the TLS handshake completes (a
+      collector that accepts TCP and never finishes the handshake would
+      otherwise fill the TLS layer's own, unbounded, pre-handshake buffer);
+    * while connected but paused: the sink is a streaming producer of its
+      transport, which pauses it when the collector reads slower than we
+      write (Twisted's write buffer high-water mark), so the transport's
+      buffer stays bounded too, and the sink's buffer takes the excess.
+
+    Dropped records are counted in :attr:`dropped`, in the
+    ``dicom_gateway_audit_syslog_dropped_total`` counter when a registry is
+    given, and in the next record sent (``extra.syslog_dropped``: the records
+    lost just before it), so the collector sees the gap. The JSON-lines file
+    stays the record of truth; syslog is a copy for the site's SIEM.
 
     :param reactor: the reactor (time).
     :param endpoint: a client endpoint, normally TLS-wrapped (see
         :func:`gateway.security.build_audit`).
     :param hostname: our host name for the messages' HOSTNAME field.
-    :param max_pending: records buffered while disconnected.
+    :param max_pending: records buffered while disconnected, handshaking or paused.
+    :param registry: where the dropped-records counter is registered (none: not exported).
     """
 
     log = Logger(namespace="gateway.audit")
 
-    def __init__(self, reactor: Any, endpoint: Any, hostname: str, max_pending: int = 10000) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: Any,
+        hostname: str,
+        max_pending: int = SYSLOG_MAX_PENDING,
+        registry: Any = None,
+    ) -> None:
         from collections import deque
 
         from twisted.application.internet import ClientService, backoffPolicy
+        from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
         from twisted.internet.protocol import Factory, Protocol
+        from zope.interface import implementer
 
         sink = self
 
+        @implementer(IHandshakeListener, IPushProducer)
         class _Sender(Protocol):
             def connectionMade(self) -> None:
+                sink._attached = self
+                self.transport.registerProducer(self, True)
+                if not ISSLTransport.providedBy(self.transport):
+                    sink._connected(self)
+
+            def handshakeCompleted(self) -> None:
                 sink._connected(self)
 
             def connectionLost(self, reason: Any = None) -> None:
                 sink._lost(self)
 
+            def pauseProducing(self) -> None:
+                sink._paused = True
+
+            def resumeProducing(self) -> None:
+                sink._paused = False
+                sink._drain()
+
+            def stopProducing(self) -> None:
+                sink._paused = True
+
         self.hostname = hostname
         self._pending: Any = deque(maxlen=max_pending)
         self._protocol: Any = None
+        self._attached: Any = None
+        self._paused = False
+        self._unreported = 0
         self.dropped = 0
         self.sent = 0
+        self._counter: Any = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self._counter = Counter(
+                "dicom_gateway_audit_syslog_dropped",
+                "Audit records not sent to the syslog collector because its buffer was full "
+                "(collector down, handshaking or slow); the audit file still has them.",
+                registry=registry,
+            )
         self._service = ClientService(
             endpoint, Factory.forProtocol(_Sender), retryPolicy=backoffPolicy(maxDelay=60.0), clock=reactor
         )
@@ -891,28 +1082,57 @@ class SyslogTLSSink:
 
         :returns: a Deferred that fires when the connection is closed.
         """
+        if self._attached is not None:
+            # TLS closes only once no producer is registered.
+            self._attached.transport.unregisterProducer()
+            self._attached = None
         return self._service.stopService()
 
+    @property
+    def pending(self) -> int:
+        """Records waiting in the buffer."""
+        return len(self._pending)
+
     def write(self, record: AuditRecord) -> None:
-        """Send one record now, or buffer it until the collector is reachable.
+        """Send one record now, or buffer it until the collector is reachable and reading.
 
         :param record: the record.
         """
-        frame = format_rfc5424(record, self.hostname, procid=str(os.getpid()))
-        if self._protocol is not None:
-            self._protocol.transport.write(frame)
-            self.sent += 1
+        if self._protocol is not None and not self._paused and not self._pending:
+            self._send(record)
             return
         if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1
-        self._pending.append(frame)
+            self._drop()
+        self._pending.append(record)
+
+    def _drop(self) -> None:
+        """Count one record dropped from the buffer (its oldest)."""
+        self.dropped += 1
+        self._unreported += 1
+        if self._counter is not None:
+            self._counter.inc()
+
+    def _send(self, record: AuditRecord) -> None:
+        """Write one record to the collector, telling it how many were dropped just before."""
+        if self._unreported:
+            record = dataclasses.replace(record, extra={**record.extra, "syslog_dropped": str(self._unreported)})
+            self._unreported = 0
+        self._protocol.transport.write(format_rfc5424(record, self.hostname, procid=str(os.getpid())))
+        self.sent += 1
+
+    def _drain(self) -> None:
+        """Send buffered records until the buffer is empty or the transport pauses us."""
+        while self._pending and self._protocol is not None and not self._paused:
+            self._send(self._pending.popleft())
 
     def _connected(self, protocol: Any) -> None:
         self._protocol = protocol
-        while self._pending:
-            protocol.transport.write(self._pending.popleft())
-            self.sent += 1
+        self._paused = False
+        self._drain()
 
     def _lost(self, protocol: Any) -> None:
+        if self._attached is protocol:
+            self._attached = None
         if self._protocol is protocol:
             self._protocol = None
+            self._paused = False
