@@ -47,7 +47,7 @@ import socket
 import threading
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -462,15 +462,20 @@ def _address(peer: str) -> str:
 class AuditTrail:
     """Builds audit records and hands them to the sinks.
 
-    Refusals are aggregated (HARDENING H11: 24,000 rejected associations in
-    10 s from one client would otherwise rotate the retained history away):
-    per source address and reason, the first rejected association, failed
-    TLS handshake or failed user identity in a window of
+    Rejected associations are aggregated (HARDENING H11: 24,000 in 10 s from
+    one client would otherwise rotate the retained history away): per source
+    address and reason, the first rejection in a window of
     :data:`AGGREGATION_WINDOW` seconds is written as it happens; the next
     ones in that window are only counted, and one summary record with the
     count is written when the window ends (on ``clock``), or at stop.
     Accepted associations, admissions, transfers and exports are never
     aggregated. Without a ``clock`` nothing is aggregated.
+
+    Failed TLS handshakes (``"tls"``) and refused user identities
+    (``"user"``) can be aggregated the same way through ``aggregate``; they
+    are not by default, as operators (and the TLS tests) read one record per
+    failed handshake and per identity check. An association refused for its
+    identity or certificate subject still yields an aggregated rejection.
 
     :param sinks: where records go; none means records are only counted.
     :param ae_title: our AE title, the audit source and our participant ID.
@@ -478,6 +483,8 @@ class AuditTrail:
     :param hostname: our host name, for the audit source.
     :param clock: ends aggregation windows (the reactor; a ``task.Clock`` in tests).
     :param window: the aggregation window, seconds.
+    :param aggregate: what is aggregated: ``"rejected"`` (associations),
+        ``"tls"``, ``"user"``.
     """
 
     log = Logger(namespace="gateway.audit")
@@ -490,6 +497,7 @@ class AuditTrail:
         hostname: str | None = None,
         clock: Any = None,
         window: float = AGGREGATION_WINDOW,
+        aggregate: Collection[str] = ("rejected",),
     ) -> None:
         import time
 
@@ -499,6 +507,7 @@ class AuditTrail:
         self.hostname = hostname if hostname is not None else socket.gethostname()
         self._clock = clock
         self._window = window
+        self._aggregate = frozenset(aggregate)
         self._windows: dict[tuple[str, ...], _Window] = {}
         #: Records emitted, by event.
         self.counts: dict[str, int] = {}
@@ -514,7 +523,7 @@ class AuditTrail:
         :param window: the window to open if none is: what the summary will say.
         :returns: ``True`` when the record must not be written now.
         """
-        if self._clock is None:
+        if self._clock is None or key[0] not in self._aggregate:
             return False
         if key not in self._windows and len(self._windows) >= MAX_WINDOWS:
             key = (key[0], "*", *key[2:])

@@ -123,8 +123,18 @@ class AggregationTests(SynchronousTestCase):
         self.clock.advance(60.0)
         self.assertEqual(len(self.sink.records), 15)
 
-    def test_tls_failures_and_refused_identities_are_aggregated(self) -> None:
-        """Failed handshakes (per reason) and refused user identities (whatever the user name) are summed too; accepted identities are not."""
+    def test_tls_failures_and_refused_identities_are_not_aggregated_by_default(self) -> None:
+        """By default every failed handshake and refused identity is its own record."""
+        for n in range(3):
+            self.trail.tls_failure(peer=f"10.0.0.9:{n}", listener="secure", reason="unknown_ca")
+            self.trail.user_authentication(peer=f"10.0.0.9:{n}", calling_ae_title="CT", username=f"user{n}",
+                                           identity_type=2, success=False, description="refused", listener="main")
+        self.assertEqual(len(self.sink.records), 6)
+
+    def test_tls_failures_and_refused_identities_can_be_aggregated(self) -> None:
+        """With aggregate tls and user, failed handshakes (per reason) and refused identities (whatever the user name) are summed; accepted identities are not."""
+        self.trail = AuditTrail([self.sink], ae_title="GW", wall=self.clock.seconds, hostname="gw", clock=self.clock,
+                                aggregate=("rejected", "tls", "user"))
         for n in range(3):
             self.trail.tls_failure(peer=f"10.0.0.9:{n}", listener="secure", reason="unknown_ca")
             self.trail.user_authentication(peer=f"10.0.0.9:{n}", calling_ae_title="CT", username=f"user{n}",
