@@ -449,6 +449,7 @@ class _Window:
     extra: dict[str, str]
     started: str
     event: Code = SECURITY_ALERT
+    certificate_subject: str = ""
     count: int = 0
     last: str = ""
     call: Any = None
@@ -557,7 +558,13 @@ class AuditTrail:
             ),
             disposition=window.disposition,
             participants=(
-                Participant(user_id="", role=SOURCE.meaning, network_access_point=window.address, requestor=True),
+                Participant(
+                    user_id="",
+                    role=SOURCE.meaning,
+                    network_access_point=window.address,
+                    requestor=True,
+                    certificate_subject=window.certificate_subject,
+                ),
                 self._us(DESTINATION),
             ),
             extra={**window.extra, "aggregated": str(window.count), "first": window.started, "last": window.last},
@@ -683,9 +690,10 @@ class AuditTrail:
     ) -> AuditRecord | None:
         """An association was rejected by the access policy or the provider (Security Alert; A.5.3.11).
 
-        Aggregated per address, listener and A-ASSOCIATE-RJ (the calling AE
-        title a flooding peer sends may change with each attempt; the
-        rejection does not).
+        Aggregated per address, listener, A-ASSOCIATE-RJ and verified
+        certificate subject (the calling AE title a flooding peer sends may
+        change with each attempt, the rejection does not; a new certificate
+        subject needs a certificate from a trusted CA, so each is kept apart).
 
         :param reason: why, in words ("calling AE title not allowed from 10.0.0.5").
         :param rejection: the A-ASSOCIATE-RJ (result, source, reason).
@@ -696,8 +704,11 @@ class AuditTrail:
             extra["rejection"] = "{},{},{}".format(*rejection)
         event_type = NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION
         label = f"A-ASSOCIATE-RJ {extra['rejection']}" if rejection is not None else reason
-        window = _Window("rejected associations", label, event_type, "rejected", _address(peer), extra, _now(self._wall))
-        if self._counted(("rejected", _address(peer), listener, label), window):
+        window = _Window(
+            "rejected associations", label, event_type, "rejected", _address(peer), extra, _now(self._wall),
+            certificate_subject=certificate_subject,
+        )
+        if self._counted(("rejected", _address(peer), listener, label, certificate_subject), window):
             return None
         return self.emit(
             SECURITY_ALERT,

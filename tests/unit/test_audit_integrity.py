@@ -95,6 +95,17 @@ class AggregationTests(SynchronousTestCase):
         self.assertIsNotNone(reject(self.trail))
         self.assertEqual([r.extra.get("aggregated") for r in self.sink.records], [None, "1", None])
 
+    def test_certificate_subjects_are_counted_apart(self) -> None:
+        """Two verified certificates refused from one address are two records; a repeat of one is counted into its summary."""
+        for subject in ("CN=modality1", "CN=modality2", "CN=modality1"):
+            self.trail.association_rejected(peer="127.0.0.1:1", calling_ae_title="CT1", called_ae_title="GW",
+                                            listener="tls", reason="not mapped", rejection=(1, 1, 3),
+                                            certificate_subject=subject)
+        self.assertEqual([r.participants[0].certificate_subject for r in self.sink.records], ["CN=modality1", "CN=modality2"])
+        self.clock.advance(60.0)
+        self.assertEqual(self.sink.records[-1].participants[0].certificate_subject, "CN=modality1")
+        self.assertEqual(self.sink.records[-1].extra["aggregated"], "1")
+
     def test_a_lone_rejection_writes_no_summary(self) -> None:
         """A window with nothing counted closes without a record."""
         reject(self.trail)
