@@ -9,6 +9,13 @@ the transport IHE ATNA uses). The audit trail is the *only* place patient
 identifiers go (DESIGN: no PHI in logs or metric labels), so its file is
 created with mode 0600.
 
+The trail cannot be flushed away nor quietly edited (HARDENING H11): a flood
+of rejected associations from one address is written as its first record
+and one summary a minute (:class:`AuditTrail`), and every line of the file
+carries the SHA-256 of the line before it, across rotations, restarts and
+concurrent writers (:class:`JsonLinesFile`), which ``dicom-gateway audit
+verify`` checks (:func:`verify_chain`).
+
 Record shape
 ------------
 PS3.15 A.5.1 defines audit messages as RFC 3881 / DICOM XML: an *Event*

@@ -14,8 +14,15 @@ This module turns those events into lines:
 
 Output goes to standard output, or to ``log.file`` through
 :class:`RotatingFile`, which rotates at ``rotate.size`` bytes and keeps
-``rotate.keep`` old files (``file.1`` newest). The audit trail reuses
-:class:`RotatingFile`.
+``rotate.keep`` old files (``file.1`` newest). Log files and the folder
+created for them are owner-only (0600, 0700) whatever the umask: they name
+AE titles, addresses and spool paths.
+
+Text lines escape every control character of the rendered message
+(:func:`escape_controls`): the values in it come from peers, and a line
+feed or an ECMA-48 escape sequence in a UID must neither forge a log line
+nor reach the terminal that shows the log (HARDENING H09). JSON lines are
+escaped by the JSON encoding itself.
 """
 
 from __future__ import annotations
