@@ -1079,7 +1079,7 @@ class SyslogTLSSink:
                 sink._paused = True
 
         self.hostname = hostname
-        self._pending: Any = deque(maxlen=max_pending)
+        self._pending: Any = deque(maxlen=max(1, max_pending))
         self._protocol: Any = None
         self._attached: Any = None
         self._paused = False
@@ -1125,12 +1125,10 @@ class SyslogTLSSink:
 
         :param record: the record.
         """
-        if self._protocol is not None and not self._paused and not self._pending:
-            self._send(record)
-            return
         if len(self._pending) == self._pending.maxlen:
             self._drop()
         self._pending.append(record)
+        self._drain()  # at once, when connected and not paused
 
     def _drop(self) -> None:
         """Count one record dropped from the buffer (its oldest)."""
