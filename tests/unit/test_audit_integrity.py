@@ -23,7 +23,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from gateway.audit import (
@@ -447,3 +447,75 @@ class SyslogBufferTests(SynchronousTestCase):
         self.assertEqual((endpoint.transports[0].value(), sink.pending, sink.dropped), (b"", 5, 2))
         endpoint.protocol.handshakeCompleted()
         self.assertEqual(len(frames(endpoint.transports[0].value())), 5)
+
+
+class SyslogOverRealTLSTests(TestCase):
+    """Over a real TLS connection to a collector that stops reading, the sink is paused and its buffer stays bounded."""
+
+    timeout = 60
+
+    def test_a_collector_that_stops_reading_pauses_the_sink(self) -> None:
+        """2,000 records to a collector that reads nothing: the TLS transport pauses the sink, at most max_pending wait, the rest are counted; once it reads, the gap is reported."""
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+        from twisted.internet.endpoints import HostnameEndpoint, SSL4ServerEndpoint, wrapClientTLS
+        from twisted.internet.protocol import Factory, Protocol
+
+        from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, client_creator
+        from tests.support.certs import material
+
+        m = material()
+        received = bytearray()
+        collectors: list[Any] = []
+
+        class Collector(Protocol):
+            def connectionMade(self) -> None:
+                collectors.append(self)
+
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+
+        server = ServerTLS(ServerTLSSettings(m.server, m.server_key))
+        endpoint = SSL4ServerEndpoint(reactor, 0, server, interface="127.0.0.1")  # type: ignore[arg-type]
+
+        async def pause(seconds: float) -> None:
+            d: Deferred[None] = Deferred()
+            reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+            await d
+
+        async def run() -> None:
+            port = await endpoint.listen(Factory.forProtocol(Collector))
+            self.addCleanup(port.stopListening)
+            creator = client_creator(ClientTLSSettings(m.ca, "localhost"), "localhost")
+            client = wrapClientTLS(creator, HostnameEndpoint(reactor, "127.0.0.1", port.getHost().port))
+            registry = CollectorRegistry()
+            sink = SyslogTLSSink(reactor, client, "gw", max_pending=100, registry=registry)
+            trail = AuditTrail([sink], ae_title="GW", wall=lambda: 1700000000.0, hostname="gw")
+            sink.start()
+            self.addCleanup(sink.close)
+            trail.application_activity("start")
+            for _ in range(200):
+                if received and collectors:
+                    break
+                await pause(0.05)
+            self.assertTrue(received, "the first record never arrived (no handshake?)")
+            collectors[0].transport.pauseProducing()  # the collector stops reading
+            for n in range(2000):
+                trail.application_activity("reload", f"record {n} " + "x" * 400)
+            self.assertTrue(sink._paused, "the TLS transport never paused the sink")
+            self.assertEqual(sink.pending, 100)
+            self.assertLess(sink.sent, 1000)
+            dropped = sink.dropped
+            self.assertEqual(sink.sent + sink.pending + dropped, 2001)
+            self.assertEqual(registry.get_sample_value("dicom_gateway_audit_syslog_dropped_total"), float(dropped))
+            collectors[0].transport.resumeProducing()
+            for _ in range(400):
+                if sink.pending == 0 and received.count(b"record 1999 ") == 1:
+                    break
+                await pause(0.05)
+            messages = frames(bytes(received))
+            self.assertEqual(len(messages), 2001 - dropped)
+            gap = [msg for msg in messages if "syslog_dropped" in msg.get("extra", {})]
+            self.assertEqual([int(msg["extra"]["syslog_dropped"]) for msg in gap], [dropped])
+
+        return Deferred.fromCoroutine(run())
