@@ -9,6 +9,13 @@ the transport IHE ATNA uses). The audit trail is the *only* place patient
 identifiers go (DESIGN: no PHI in logs or metric labels), so its file is
 created with mode 0600.
 
+The trail cannot be flushed away nor quietly edited (HARDENING H11): a flood
+of rejected associations from one address is written as its first record
+and one summary a minute (:class:`AuditTrail`), and every line of the file
+carries the SHA-256 of the line before it, across rotations, restarts and
+concurrent writers (:class:`JsonLinesFile`), which ``dicom-gateway audit
+verify`` checks (:func:`verify_chain`).
+
 Record shape
 ------------
 PS3.15 A.5.1 defines audit messages as RFC 3881 / DICOM XML: an *Event*
@@ -36,15 +43,22 @@ Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
+import threading
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 from twisted.logger import Logger
+
+from gateway.private import make_private_dirs, open_private
 
 
 class Outcome(IntEnum):
@@ -211,8 +225,52 @@ class MemorySink:
         self.records.append(record)
 
 
+#: The key each line of the audit file carries: the SHA-256 of the line before it.
+CHAIN_KEY = "prev_sha256"
+#: What the first record of a trail links to (there is no line before it).
+CHAIN_START = "0" * 64
+
+
+def line_digest(line: bytes) -> str:
+    """The link to a line: the hex SHA-256 of its bytes, without the newline.
+
+    :param line: one line of the audit file, as stored.
+    :returns: the value the next record's ``prev_sha256`` holds.
+    """
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def lock_path(path: str) -> str:
+    """The lock file of an audit file: hidden beside it, so ``audit.jsonl*`` does not match it.
+
+    :param path: the audit file.
+    :returns: ``<folder>/.<name>.lock``.
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.lock")
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last non-empty line of the first ``size`` bytes of an open file, read from the end.
+
+    :returns: the line without its newline, or ``None`` for an empty file.
+    """
+    block = 4096
+    end = size
+    tail = b""
+    while end > 0:
+        start = max(0, end - block)
+        tail = os.pread(fd, end - start, start) + tail
+        end = start
+        stripped = tail.rstrip(b"\n")
+        if b"\n" in stripped or (end == 0 and stripped):
+            return stripped.rsplit(b"\n", 1)[-1]
+        block *= 2
+    return None
+
+
 class JsonLinesFile:
-    """Appends records as JSON lines to a file, rotating it by size.
+    """Appends records as JSON lines to a file, hash-chained, rotating it by size.
 
     Rotation renames ``file`` to ``file.1`` (and ``file.1`` to ``file.2``
     and so on, keeping ``keep`` old files), as the log files do. Each line
@@ -220,7 +278,29 @@ class JsonLinesFile:
     written; the audit trail is not fsync'ed per record (it would double the
     per-instance cost) and custody does not depend on it.
 
-    :param path: the file (created with mode 0600).
+    Tamper evidence: every line carries ``prev_sha256``, the SHA-256 of the
+    line before it, so editing, inserting or deleting a record breaks the
+    next link (:func:`verify_chain`, ``dicom-gateway audit verify``). The
+    chain runs across rotations (the first line of a new file links to the
+    last line of ``file.1``) and across restarts: the link is always taken
+    from the last line *on disk*, never from memory alone.
+
+    Several processes append to the same file (the gateway, and the
+    ``dicom-gateway`` commands that audit an operator's action), so
+    read-last-line, rotate and append happen under an exclusive
+    :func:`fcntl.flock` on ``.file.lock`` (:func:`lock_path`), a file that is never rotated
+    (a lock on the data file itself would be on the old inode after another
+    process rotated it). Under the lock a writer whose descriptor no longer
+    names ``file`` (another process rotated it) reopens it, and takes the
+    link from the file's current last line, which another process may have
+    written; when the file has not changed since its own last write it uses
+    the digest it remembers instead of reading the line back.
+
+    A chain shows that records were changed, not by whom: anyone able to
+    rewrite the whole file can recompute it. Against that, the copy sent to a
+    syslog collector (:class:`SyslogTLSSink`) is the record kept elsewhere.
+
+    :param path: the file (created with mode 0600, its folder 0700).
     :param max_bytes: rotate when the file would grow past this size; 0 never.
     :param keep: rotated files kept.
     """
@@ -231,29 +311,77 @@ class JsonLinesFile:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._stream = self._open()
-
-    def _open(self) -> Any:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "a", encoding="ascii", newline="\n")
+        self._lock = threading.Lock()
+        folder = os.path.dirname(path)
+        if folder:
+            make_private_dirs(folder, tighten_existing=False)
+        self._lock_fd = open_private(lock_path(path), os.O_RDWR)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        #: (inode, size, digest of the last line) after this writer's last append.
+        self._last: tuple[int, int, str] | None = None
 
     def write(self, record: AuditRecord) -> None:
-        """Append one record, rotating first when it would not fit.
+        """Append one record, linked to the line before it, rotating first when it would not fit.
 
         :param record: the record.
         """
-        line = record.to_json() + "\n"
+        body = record.to_json()
         try:
-            if self.max_bytes and self._stream.tell() + len(line) > self.max_bytes and self._stream.tell() > 0:
-                self._rotate()
-            self._stream.write(line)
-            self._stream.flush()
+            with self._lock:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                try:
+                    self._append(body)
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         except OSError as error:
             self.log.error("cannot write the audit trail {path}: {error}", path=self.path, error=error)
 
+    def _append(self, body: str) -> None:
+        """Under the lock: reopen if rotated elsewhere, find the link, rotate if needed, append."""
+        st = os.fstat(self._fd)
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (st.st_dev, st.st_ino):
+            os.close(self._fd)
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            st = os.fstat(self._fd)
+        previous = self._previous_digest(st.st_ino, st.st_size)
+        st = os.fstat(self._fd)  # a torn last line may have been ended
+        line = (body[:-1] + f',"{CHAIN_KEY}":"{previous}"}}\n').encode("ascii")
+        if self.max_bytes and st.st_size and st.st_size + len(line) > self.max_bytes:
+            self._rotate()
+            st = os.fstat(self._fd)
+        os.write(self._fd, line)
+        self._last = (st.st_ino, st.st_size + len(line), line_digest(line))
+
+    def _previous_digest(self, inode: int, size: int) -> str:
+        """The digest of the last line on disk: of this file, else of ``file.1``, else the chain start."""
+        if self._last is not None and self._last[:2] == (inode, size):
+            return self._last[2]
+        if size:
+            with open(self.path, "rb") as stream:
+                last = _last_line(stream.fileno(), size)
+                torn = os.pread(stream.fileno(), 1, size - 1) != b"\n"
+            if torn:
+                # A torn line (a crash mid-write): end it, so this record
+                # starts a line of its own; verify reports the torn one.
+                os.write(self._fd, b"\n")
+            if last is not None:
+                return line_digest(last)
+        try:
+            fd = os.open(f"{self.path}.1", os.O_RDONLY)
+        except FileNotFoundError:
+            return CHAIN_START
+        try:
+            last = _last_line(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return line_digest(last) if last is not None else CHAIN_START
+
     def _rotate(self) -> None:
-        self._stream.close()
+        os.close(self._fd)
         if self.keep <= 0:
             os.unlink(self.path)
         else:
@@ -262,11 +390,16 @@ class JsonLinesFile:
                 if os.path.exists(older):
                     os.replace(older, f"{self.path}.{index + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._stream = self._open()
+        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
         """Close the file."""
-        self._stream.close()
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 #: RFC 5424 6.2.1: facility 10 is security/authorization (authpriv), as ATNA uses.
@@ -302,13 +435,64 @@ def _field(value: str, limit: int) -> str:
     return cleaned or "-"
 
 
+#: Seconds over which repeated refusals of one kind from one address are summed (HARDENING H11).
+AGGREGATION_WINDOW = 60.0
+
+#: Summary windows open at once. Beyond, refusals from further addresses
+#: share one window (address ``*``), so a flood from many addresses cannot
+#: grow this table or write a full record per address.
+MAX_WINDOWS = 1024
+
+
+@dataclass
+class _Window:
+    """Refusals of one kind from one address, counted after the first was written."""
+
+    what: str
+    description: str
+    event_type: Code
+    disposition: str
+    address: str
+    extra: dict[str, str]
+    started: str
+    event: Code = SECURITY_ALERT
+    certificate_subject: str = ""
+    count: int = 0
+    last: str = ""
+    call: Any = None
+
+
+def _address(peer: str) -> str:
+    """The host of ``host:port`` (the port changes with every connection; the address does not)."""
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer
+
+
 class AuditTrail:
     """Builds audit records and hands them to the sinks.
+
+    Rejected associations are aggregated (HARDENING H11: 24,000 in 10 s from
+    one client would otherwise rotate the retained history away): per source
+    address and reason, the first rejection in a window of
+    :data:`AGGREGATION_WINDOW` seconds is written as it happens; the next
+    ones in that window are only counted, and one summary record with the
+    count is written when the window ends (on ``clock``), or at stop.
+    Accepted associations, admissions, transfers and exports are never
+    aggregated. Without a ``clock`` nothing is aggregated.
+
+    Failed TLS handshakes (``"tls"``) and refused user identities
+    (``"user"``) can be aggregated the same way through ``aggregate``; they
+    are not by default, as operators (and the TLS tests) read one record per
+    failed handshake and per identity check. An association refused for its
+    identity or certificate subject still yields an aggregated rejection.
 
     :param sinks: where records go; none means records are only counted.
     :param ae_title: our AE title, the audit source and our participant ID.
     :param wall: wall-clock time.
     :param hostname: our host name, for the audit source.
+    :param clock: ends aggregation windows (the reactor; a ``task.Clock`` in tests).
+    :param window: the aggregation window, seconds.
+    :param aggregate: what is aggregated: ``"rejected"`` (associations),
+        ``"tls"``, ``"user"``.
     """
 
     log = Logger(namespace="gateway.audit")
@@ -319,6 +503,9 @@ class AuditTrail:
         ae_title: str = "",
         wall: Callable[[], float] | None = None,
         hostname: str | None = None,
+        clock: Any = None,
+        window: float = AGGREGATION_WINDOW,
+        aggregate: Collection[str] = ("rejected",),
     ) -> None:
         import time
 
@@ -326,8 +513,74 @@ class AuditTrail:
         self.ae_title = ae_title
         self._wall = wall or time.time
         self.hostname = hostname if hostname is not None else socket.gethostname()
+        self._clock = clock
+        self._window = window
+        self._aggregate = frozenset(aggregate)
+        self._windows: dict[tuple[str, ...], _Window] = {}
         #: Records emitted, by event.
         self.counts: dict[str, int] = {}
+        #: Refusals counted into summaries instead of written, in total.
+        self.aggregated = 0
+
+    # -- aggregation of refusals (HARDENING H11) ---------------------------------------------
+
+    def _counted(self, key: tuple[str, ...], window: _Window) -> bool:
+        """Whether this refusal only counts towards its window's summary (else: write it, open the window).
+
+        :param key: (kind, address, reason...).
+        :param window: the window to open if none is: what the summary will say.
+        :returns: ``True`` when the record must not be written now.
+        """
+        if self._clock is None or key[0] not in self._aggregate:
+            return False
+        if key not in self._windows and len(self._windows) >= MAX_WINDOWS:
+            key = (key[0], "*", *key[2:])
+            window = dataclasses.replace(window, address="*")
+        open_window = self._windows.get(key)
+        if open_window is None:
+            window.call = self._clock.callLater(self._window, self._close, key)
+            self._windows[key] = window
+            return False
+        open_window.count += 1
+        open_window.last = _now(self._wall)
+        self.aggregated += 1
+        return True
+
+    def _close(self, key: tuple[str, ...]) -> None:
+        """End a window: write its summary when anything was counted."""
+        window = self._windows.pop(key)
+        if window.call is not None and window.call.active():
+            window.call.cancel()
+        if not window.count:
+            return
+        self.emit(
+            window.event,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=window.event_type,
+            description=(
+                f"{window.count} more {window.what} from {window.address or 'an unknown address'} "
+                f"({window.description}) in the {self._window:.0f} s after the first, "
+                "summarised in this record"
+            ),
+            disposition=window.disposition,
+            participants=(
+                Participant(
+                    user_id="",
+                    role=SOURCE.meaning,
+                    network_access_point=window.address,
+                    requestor=True,
+                    certificate_subject=window.certificate_subject,
+                ),
+                self._us(DESTINATION),
+            ),
+            extra={**window.extra, "aggregated": str(window.count), "first": window.started, "last": window.last},
+        )
+
+    def flush(self) -> None:
+        """Write the summaries of every open window now (at stop)."""
+        for key in list(self._windows):
+            self._close(key)
 
     def emit(
         self,
@@ -382,6 +635,8 @@ class AuditTrail:
         :returns: the record.
         """
         event_type = {"start": APPLICATION_START, "stop": APPLICATION_STOP}.get(what, SOFTWARE_CONFIGURATION)
+        if what == "stop":
+            self.flush()  # the counted refusals are written before the stop record
         return self.emit(
             APPLICATION_ACTIVITY,
             "E",
@@ -439,21 +694,34 @@ class AuditTrail:
         reason: str,
         rejection: tuple[int, int, int] | None = None,
         certificate_subject: str = "",
-    ) -> AuditRecord:
+    ) -> AuditRecord | None:
         """An association was rejected by the access policy or the provider (Security Alert; A.5.3.11).
+
+        Aggregated per address, listener, A-ASSOCIATE-RJ and verified
+        certificate subject (the calling AE title a flooding peer sends may
+        change with each attempt, the rejection does not; a new certificate
+        subject needs a certificate from a trusted CA, so each is kept apart).
 
         :param reason: why, in words ("calling AE title not allowed from 10.0.0.5").
         :param rejection: the A-ASSOCIATE-RJ (result, source, reason).
-        :returns: the record.
+        :returns: the record, or ``None`` when it was counted into a summary.
         """
         extra = {"listener": listener}
         if rejection is not None:
             extra["rejection"] = "{},{},{}".format(*rejection)
+        event_type = NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION
+        label = f"A-ASSOCIATE-RJ {extra['rejection']}" if rejection is not None else reason
+        window = _Window(
+            "rejected associations", label, event_type, "rejected", _address(peer), extra, _now(self._wall),
+            certificate_subject=certificate_subject,
+        )
+        if self._counted(("rejected", _address(peer), listener, label, certificate_subject), window):
+            return None
         return self.emit(
             SECURITY_ALERT,
             "E",
             Outcome.MINOR_FAILURE,
-            event_type=NODE_AUTHENTICATION if certificate_subject else USE_OF_RESTRICTED_FUNCTION,
+            event_type=event_type,
             description=reason,
             disposition="rejected",
             participants=(
@@ -469,13 +737,19 @@ class AuditTrail:
             extra=extra,
         )
 
-    def tls_failure(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord:
+    def tls_failure(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord | None:
         """A TLS handshake failed (Security Alert, Node Authentication; A.5.3.11).
+
+        Aggregated per address, listener and reason label.
 
         :param reason: the reason label (``unknown_ca``, ``expired``...).
         :param detail: OpenSSL's words.
-        :returns: the record.
+        :returns: the record, or ``None`` when it was counted into a summary.
         """
+        extra = {"listener": listener, "reason": reason}
+        window = _Window("failed TLS handshakes", reason, NODE_AUTHENTICATION, "tls_failure", _address(peer), extra, _now(self._wall))
+        if self._counted(("tls", _address(peer), listener, reason), window):
+            return None
         return self.emit(
             SECURITY_ALERT,
             "E",
@@ -530,15 +804,26 @@ class AuditTrail:
         success: bool,
         description: str,
         listener: str,
-    ) -> AuditRecord:
+    ) -> AuditRecord | None:
         """A user identity (PS3.7 D.3.3.7) was checked (User Authentication, Login; A.5.3.14; HARDENING decision 7).
 
         :param username: the user name given (never the passcode or token).
         :param identity_type: 1 username, 2 username+passcode, 3 Kerberos, 4 SAML, 5 JWT.
         :param success: whether it was accepted.
         :param description: why it was refused, or ``"accepted"``.
-        :returns: the record.
+        :returns: the record, or ``None`` when a refusal was counted into a
+            summary (aggregated per address, listener and identity type,
+            never per user name, which the peer chooses).
         """
+        if not success:
+            extra = {"listener": listener, "identity_type": str(identity_type)}
+            label = f"user identity type {identity_type} refused"
+            window = _Window(
+                "refused user identities", label, LOGIN, "user_identity", _address(peer), extra, _now(self._wall),
+                event=USER_AUTHENTICATION,
+            )
+            if self._counted(("user", _address(peer), listener, str(identity_type)), window):
+                return None
         return self.emit(
             USER_AUTHENTICATION,
             "E",
@@ -624,43 +909,193 @@ def read_records(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in stream if line.strip()]
 
 
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`verify_chain` found.
+
+    :ivar records: the records whose link was checked and held.
+    :ivar files: the files read.
+    :ivar broken_file: the file of the first broken link, ``""`` when none.
+    :ivar broken_line: its line number (from 1).
+    :ivar reason: why the link is broken.
+    """
+
+    records: int
+    files: int
+    broken_file: str = ""
+    broken_line: int = 0
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every link held."""
+        return not self.broken_file
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"OK: {self.records} record(s) in {self.files} file(s), the chain is unbroken"
+        return f"{self.broken_file}:{self.broken_line}: broken link: {self.reason}"
+
+
+def rotation_order(paths: Sequence[str]) -> list[str]:
+    """Sort audit files oldest first: ``audit.jsonl.3``, ``.2``, ``.1``, then ``audit.jsonl``.
+
+    :param paths: files as given (a shell glob sorts ``.10`` before ``.2``).
+    :returns: the files, each rotation set by decreasing suffix, the live file last.
+    """
+
+    def key(path: str) -> tuple[str, int]:
+        match = re.fullmatch(r"(.*)\.(\d+)", path)
+        return (match.group(1), -int(match.group(2))) if match else (path, 0)
+
+    return sorted(paths, key=key)
+
+
+def verify_chain(paths: Sequence[str]) -> ChainReport:
+    """Check the hash chain of audit files, oldest first, and report the first broken link.
+
+    Each line's ``prev_sha256`` must be the SHA-256 of the line before it,
+    the line before the first line of a file being the last line of the file
+    before it in ``paths``. The first line of the first file is taken as it
+    is: the lines it links to were rotated away.
+
+    :param paths: the files, oldest first (see :func:`rotation_order`).
+    :returns: the report.
+    :raises OSError: when a file cannot be read.
+    """
+    expected: str | None = None
+    records = 0
+    for path in paths:
+        with open(path, "rb") as stream:
+            for number, line in enumerate(stream, start=1):
+                try:
+                    data = json.loads(line)
+                    link = data[CHAIN_KEY] if isinstance(data, dict) else None
+                except (ValueError, KeyError):
+                    link = None
+                if not isinstance(link, str):
+                    reason = "not a chained audit record (torn, edited, or written before the chain existed)"
+                    return ChainReport(records, len(paths), path, number, reason)
+                if expected is not None and link != expected:
+                    reason = f"{CHAIN_KEY} is {link[:16]}..., the line before it hashes to {expected[:16]}..."
+                    return ChainReport(records, len(paths), path, number, reason)
+                expected = line_digest(line)
+                records += 1
+    return ChainReport(records, len(paths))
+
+
+def verify_command(paths: Sequence[str]) -> int:
+    """``dicom-gateway audit verify FILE...``: print the report, return the exit status.
+
+    :param paths: the files (put in rotation order first).
+    :returns: 0 when the chain holds, 1 at the first broken link, 2 when a file cannot be read.
+    """
+    import sys
+
+    try:
+        report = verify_chain(rotation_order(paths))
+    except OSError as error:
+        print(f"cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    print(report, file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+#: Records a :class:`SyslogTLSSink` holds while the collector is away or slow.
+SYSLOG_MAX_PENDING = 10000
+
+
 class SyslogTLSSink:
     """Sends audit records to a collector as RFC 5424 messages over TLS (RFC 5425).
 
     The connection is kept by a Twisted ``ClientService`` (reconnecting with
-    backoff); records written while it is down wait in a bounded buffer, the
-    oldest dropped first (counted in :attr:`dropped`): the JSON-lines file
-    stays the record of truth, syslog is a copy for the site's SIEM.
+    backoff). Memory is bounded whether the collector is down or merely slow
+    (HARDENING H11): records wait in one buffer of ``max_pending`` records,
+    the oldest dropped first,
+
+    * while disconnected, and until the TLS handshake completes (a
+      collector that accepts TCP and never finishes the handshake would
+      otherwise fill the TLS layer's own, unbounded, pre-handshake buffer);
+    * while connected but paused: the sink is a streaming producer of its
+      transport, which pauses it when the collector reads slower than we
+      write (Twisted's write buffer high-water mark), so the transport's
+      buffer stays bounded too, and the sink's buffer takes the excess.
+
+    Dropped records are counted in :attr:`dropped`, in the
+    ``dicom_gateway_audit_syslog_dropped_total`` counter when a registry is
+    given, and in the next record sent (``extra.syslog_dropped``: the records
+    lost just before it), so the collector sees the gap. The JSON-lines file
+    stays the record of truth; syslog is a copy for the site's SIEM.
 
     :param reactor: the reactor (time).
     :param endpoint: a client endpoint, normally TLS-wrapped (see
         :func:`gateway.security.build_audit`).
     :param hostname: our host name for the messages' HOSTNAME field.
-    :param max_pending: records buffered while disconnected.
+    :param max_pending: records buffered while disconnected, handshaking or paused.
+    :param registry: where the dropped-records counter is registered (none: not exported).
     """
 
     log = Logger(namespace="gateway.audit")
 
-    def __init__(self, reactor: Any, endpoint: Any, hostname: str, max_pending: int = 10000) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: Any,
+        hostname: str,
+        max_pending: int = SYSLOG_MAX_PENDING,
+        registry: Any = None,
+    ) -> None:
         from collections import deque
 
         from twisted.application.internet import ClientService, backoffPolicy
+        from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
         from twisted.internet.protocol import Factory, Protocol
+        from zope.interface import implementer
 
         sink = self
 
+        @implementer(IHandshakeListener, IPushProducer)
         class _Sender(Protocol):
             def connectionMade(self) -> None:
+                sink._attached = self
+                self.transport.registerProducer(self, True)
+                if not ISSLTransport.providedBy(self.transport):
+                    sink._connected(self)
+
+            def handshakeCompleted(self) -> None:
                 sink._connected(self)
 
             def connectionLost(self, reason: Any = None) -> None:
                 sink._lost(self)
 
+            def pauseProducing(self) -> None:
+                sink._paused = True
+
+            def resumeProducing(self) -> None:
+                sink._paused = False
+                sink._drain()
+
+            def stopProducing(self) -> None:
+                sink._paused = True
+
         self.hostname = hostname
-        self._pending: Any = deque(maxlen=max_pending)
+        self._pending: Any = deque(maxlen=max(1, max_pending))
         self._protocol: Any = None
+        self._attached: Any = None
+        self._paused = False
+        self._unreported = 0
         self.dropped = 0
         self.sent = 0
+        self._counter: Any = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self._counter = Counter(
+                "dicom_gateway_audit_syslog_dropped",
+                "Audit records not sent to the syslog collector because its buffer was full "
+                "(collector down, handshaking or slow); the audit file still has them.",
+                registry=registry,
+            )
         self._service = ClientService(
             endpoint, Factory.forProtocol(_Sender), retryPolicy=backoffPolicy(maxDelay=60.0), clock=reactor
         )
@@ -674,28 +1109,55 @@ class SyslogTLSSink:
 
         :returns: a Deferred that fires when the connection is closed.
         """
+        if self._attached is not None:
+            # TLS closes only once no producer is registered.
+            self._attached.transport.unregisterProducer()
+            self._attached = None
         return self._service.stopService()
 
+    @property
+    def pending(self) -> int:
+        """Records waiting in the buffer."""
+        return len(self._pending)
+
     def write(self, record: AuditRecord) -> None:
-        """Send one record now, or buffer it until the collector is reachable.
+        """Send one record now, or buffer it until the collector is reachable and reading.
 
         :param record: the record.
         """
-        frame = format_rfc5424(record, self.hostname, procid=str(os.getpid()))
-        if self._protocol is not None:
-            self._protocol.transport.write(frame)
-            self.sent += 1
-            return
         if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1
-        self._pending.append(frame)
+            self._drop()
+        self._pending.append(record)
+        self._drain()  # at once, when connected and not paused
+
+    def _drop(self) -> None:
+        """Count one record dropped from the buffer (its oldest)."""
+        self.dropped += 1
+        self._unreported += 1
+        if self._counter is not None:
+            self._counter.inc()
+
+    def _send(self, record: AuditRecord) -> None:
+        """Write one record to the collector, telling it how many were dropped just before."""
+        if self._unreported:
+            record = dataclasses.replace(record, extra={**record.extra, "syslog_dropped": str(self._unreported)})
+            self._unreported = 0
+        self._protocol.transport.write(format_rfc5424(record, self.hostname, procid=str(os.getpid())))
+        self.sent += 1
+
+    def _drain(self) -> None:
+        """Send buffered records until the buffer is empty or the transport pauses us."""
+        while self._pending and self._protocol is not None and not self._paused:
+            self._send(self._pending.popleft())
 
     def _connected(self, protocol: Any) -> None:
         self._protocol = protocol
-        while self._pending:
-            protocol.transport.write(self._pending.popleft())
-            self.sent += 1
+        self._paused = False
+        self._drain()
 
     def _lost(self, protocol: Any) -> None:
+        if self._attached is protocol:
+            self._attached = None
         if self._protocol is protocol:
             self._protocol = None
+            self._paused = False

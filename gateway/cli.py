@@ -18,6 +18,7 @@ Subcommands:
 * ``find -c CONFIG --study UID`` (or ``--accession``, ``--patient-id``,
   ``--sop-instance``): where did each instance go.
 * ``replay -c CONFIG --study UID --to DEST``: send a kept study again.
+* ``audit verify FILE...``: check the audit files' hash chain.
 * ``tls init DIR``: a development CA, gateway and client certificate (see ``tls/README.md``).
 
 The command is thin: it parses arguments, builds objects and runs them under
@@ -121,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", required=True)
     replay.add_argument("--study", required=True)
     replay.add_argument("--to", required=True, dest="to")
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_action", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of audit files; report the first broken link")
+    verify.add_argument("files", nargs="+", help="audit files (rotated ones too; checked oldest first)")
 
     tls = sub.add_parser("tls", help="TLS material for development and tests")
     tls_sub = tls.add_subparsers(dest="tls_action", required=True)
@@ -540,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_reload(args))
     if args.command == "replay":
         raise SystemExit(_replay(args))
+    if args.command == "audit":
+        from gateway.audit import verify_command
+
+        raise SystemExit(verify_command(args.files))
     if args.command == "tls":
         from gateway.tlsinit import run_tls_init
 

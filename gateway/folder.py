@@ -19,6 +19,13 @@ dead letter for that instance. Writes are atomic and durable: a temporary
 file in the target directory, fsync, rename, fsync of the directory (the
 same order as the spool, HARDENING decision 10). A re-delivery overwrites
 the same path with the same bytes.
+
+Files are written with mode 0600 and the folders the gateway creates under
+the root with mode 0700, whatever the umask (HARDENING H08): an export is
+patient data. The root itself is the operator's, never created nor changed
+here; a reader that runs as another account is the site's decision to make
+(run the gateway as that account, or hand the files on), not a wider
+default of the gateway.
 """
 
 from __future__ import annotations
@@ -155,7 +162,11 @@ class FolderWriter:
             current = parent
         for path in reversed(missing):
             try:
-                os.mkdir(path, 0o755)
+                # Owner only, as the spool (HARDENING H08): the export is
+                # patient data, and the umask is the operator's. Sharing it
+                # with a reader is a decision made on the root folder (its
+                # owner, or a bind mount), not a default of the gateway.
+                os.mkdir(path, 0o700)
             except FileExistsError:
                 pass
             _fsync_dir(os.path.dirname(path))

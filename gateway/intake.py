@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
+from gateway.private import make_private_dirs
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
 from gateway.parse import read_header
@@ -348,7 +349,7 @@ class Intake:
         """Move an instance that no route takes to ``unrouted/`` (durably) and acknowledge it."""
 
         def move() -> str:
-            os.makedirs(self._unrouted_dir, exist_ok=True)
+            make_private_dirs(self._unrouted_dir)  # HARDENING H08
             target = os.path.join(self._unrouted_dir, os.path.basename(spooled.path))
             os.rename(spooled.path, target)
             fd = os.open(self._unrouted_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -2,8 +2,8 @@
 
 Routes name plugins the way they name built-ins. A plugin is an object
 providing one of these ``zope.interface`` interfaces, found by
-``twisted.plugin`` discovery (``getPlugins(IMatchPredicate, package)``) in the
-``plugins/`` folder and on the Python path. A plugin module declares it as
+:func:`gateway.plugins.discover` (module-level IPlugin providers, as
+``getPlugins`` finds them) in the configured plugin folders only. A plugin module declares it as
 Twisted plugins are declared::
 
     from twisted.plugin import IPlugin

@@ -14,8 +14,15 @@ This module turns those events into lines:
 
 Output goes to standard output, or to ``log.file`` through
 :class:`RotatingFile`, which rotates at ``rotate.size`` bytes and keeps
-``rotate.keep`` old files (``file.1`` newest). The audit trail reuses
-:class:`RotatingFile`.
+``rotate.keep`` old files (``file.1`` newest). Log files and the folder
+created for them are owner-only (0600, 0700) whatever the umask: they name
+AE titles, addresses and spool paths.
+
+Text lines escape every control character of the rendered message
+(:func:`escape_controls`): the values in it come from peers, and a line
+feed or an ECMA-48 escape sequence in a UID must neither forge a log line
+nor reach the terminal that shows the log (HARDENING H09). JSON lines are
+escaped by the JSON encoding itself.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 import threading
 from datetime import datetime, timezone
@@ -37,7 +45,17 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["RotatingFile", "text_observer", "json_observer", "build_observer", "format_text", "format_json"]
+from gateway.private import make_private_dirs, open_private
+
+__all__ = [
+    "RotatingFile",
+    "text_observer",
+    "json_observer",
+    "build_observer",
+    "escape_controls",
+    "format_text",
+    "format_json",
+]
 
 
 class RotatingFile:
@@ -59,9 +77,14 @@ class RotatingFile:
         self._lock = threading.Lock()
         folder = os.path.dirname(path)
         if folder:
-            os.makedirs(folder, exist_ok=True)
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
+            # A folder the gateway creates is its own: 0700 (HARDENING H08).
+            make_private_dirs(folder, tighten_existing=False)
+        self._file: IO[str] = self._open(os.O_APPEND)
         self._size = self._file.tell()
+
+    def _open(self, flags: int) -> IO[str]:
+        """Open the file for writing, created 0600 whatever the umask (logs name AE titles and paths)."""
+        return os.fdopen(open_private(self.path, os.O_WRONLY | flags), "a", encoding="utf-8")
 
     def write(self, text: str) -> None:
         """Append ``text`` (normally whole lines), rotating first when it would cross the limit."""
@@ -83,7 +106,7 @@ class RotatingFile:
                 if os.path.exists(f"{self.path}.{n}"):
                     os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._file = open(self.path, "w", encoding="utf-8")
+        self._file = self._open(os.O_TRUNC)
         self._size = 0
 
     def rotated_files(self) -> list[str]:
@@ -113,25 +136,63 @@ def _level_name(event: dict[str, Any]) -> str:
     return level.name if isinstance(level, type(LogLevel.info)) else "-"
 
 
+#: Characters a text log never shows raw: C0 (CR, LF, ESC...), DEL and C1
+#: (NEL U+0085, CSI U+009B...), which could end a line early (a forged log
+#: line) or drive the terminal that displays the log (ECMA-48 escape and
+#: control sequences), plus the Unicode line and paragraph separators that
+#: some viewers break lines on.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """Replace every control character of ``text`` by a visible escape (HARDENING H09, P10).
+
+    Line feed, carriage return and tab become a backslash and ``n``, ``r``
+    or ``t``; the other C0 characters, DEL and C1 become ``\\xNN`` (ESC is
+    ``\\x1b``, NEL ``\\x85``); U+2028/U+2029 become ``\\uNNNN``. Printable
+    text, non-ASCII letters included, is kept.
+
+    :param text: any text, e.g. a rendered log message holding peer values.
+    :returns: the text on one line with no control characters.
+    """
+    return _CONTROLS.sub(_escape_control, text)
+
+
 def format_text(event: dict[str, Any]) -> str | None:
     """One text line for an event, with its correlation id when the message does not show it.
+
+    The rendered message is escaped as a whole (:func:`escape_controls`):
+    its fields carry values a peer chose (AE titles, UIDs, tag values, TLS
+    subjects, HTTP paths), and escaping after rendering also covers values
+    reached through attributes and format specs. A traceback keeps its lines,
+    each escaped and indented by a tab, so no peer value can start a line.
 
     :param event: a twisted.logger event.
     :returns: the line (with a newline), or ``None`` for an event with nothing to say.
     """
-    message = formatEvent(event)
+    message = escape_controls(formatEvent(event))
     if not message and "log_failure" not in event:
         return None
     if "log_failure" in event:
         try:
-            message += "\n" + event["log_failure"].getTraceback()
+            traceback = event["log_failure"].getTraceback()
         except Exception:  # a broken Failure must never break logging
-            pass
+            traceback = ""
+        lines = traceback.rstrip("\n").split("\n") if traceback else []
+        message = "\n\t".join([message, *(escape_controls(line) for line in lines)])
     correlation = event.get("correlation_id")
     if correlation and str(correlation) not in message:
-        message += f" [cid {correlation}]"
-    namespace = event.get("log_namespace", "-")
-    message = message.replace("\n", "\n\t")
+        message += f" [cid {escape_controls(str(correlation))}]"
+    namespace = escape_controls(str(event.get("log_namespace", "-")))
     return f"{_timestamp(event)} [{namespace}#{_level_name(event)}] {message}\n"
 
 

@@ -70,6 +70,7 @@ from gateway.parse import (
     iter_raw_elements,
     read_header,
 )
+from gateway.private import open_private
 from gateway.tags import TagPath, containers, find, parse_path, parse_tag_ref
 from gateway.template import Template, render_value
 from gateway.uidremap import check_root, is_valid_uid, keyed_digest, remap_uid
@@ -900,7 +901,8 @@ def write_morphed(src_path: str, dst_path: str, plan: MorphPlan, context: Any) -
     implicit, little = encoding_of(syntax)
     tmp_path = dst_path + ".tmp"
     try:
-        with open(tmp_path, "wb") as out:
+        # HARDENING H08: the copy carries patient data; 0600 whatever the umask.
+        with os.fdopen(open_private(tmp_path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
             # PS3.10 7.1: a zero preamble (HARDENING D16) and the prefix.
             out.write(b"\x00" * 128 + b"DICM")
             fp = DicomFileLike(out)

@@ -88,10 +88,11 @@ def make_copy(record: InstanceRecord, route: RouteConfig, morphed_dir: str) -> I
     """
     from gateway.morph import MorphError, write_morphed
     from gateway.parse import read_header
+    from gateway.private import make_private_dirs
 
     path = copy_path(morphed_dir, record.instance_id, route.morph)
     if not os.path.exists(path):
-        os.makedirs(morphed_dir, exist_ok=True)
+        make_private_dirs(morphed_dir)  # HARDENING H08: 0700 whatever the umask
         context = RoutingContext(
             calling_ae_title=record.calling_ae_title,
             called_ae_title=record.called_ae_title,

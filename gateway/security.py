@@ -111,12 +111,11 @@ def _verifier_plugins(wanted: dict[int, str]) -> dict[int, Any]:
     :returns: ``{identity type: plugin}``.
     :raises UsersFileError: naming a plugin that is not installed.
     """
-    from twisted.plugin import getPlugins
-
-    import gateway.dropins
     from gateway.identity_check import IUserIdentityVerifier
+    from gateway.plugins import providers
 
-    available = {getattr(plugin, "name", ""): plugin for plugin in getPlugins(IUserIdentityVerifier, gateway.dropins)}
+    # Only the configured plugin folders, as loaded with the configuration (no twisted getPlugins).
+    available = {getattr(plugin, "name", ""): plugin for plugin in providers(IUserIdentityVerifier)}
     missing = sorted(name for name in wanted.values() if name not in available)
     if missing:
         raise UsersFileError(f"user identity verifier plugin(s) not found: {', '.join(missing)}")
@@ -128,20 +127,24 @@ def build_audit(
     wall: Callable[[], float],
     extra_sinks: list[IAuditSink] | None = None,
     reactor: Any = None,
+    registry: Any = None,
 ) -> AuditTrail:
     """The audit trail the configuration asks for: the JSON-lines file, and syslog over TLS.
 
     :param config: the configuration.
     :param wall: wall-clock time.
     :param extra_sinks: further sinks (tests).
-    :param reactor: needed for syslog; without it syslog is not started.
+    :param reactor: needed for syslog, and the clock of the aggregated
+        refusals (HARDENING H11); without it syslog is not started and nothing
+        is aggregated.
+    :param registry: the metrics registry (syslog's dropped-records counter).
     :returns: the trail; without a file it still counts records.
     :raises gateway.tls.TLSConfigError: when the syslog TLS files cannot be used.
     """
     sinks: list[IAuditSink] = list(extra_sinks or [])
     if config.audit.file:
         sinks.append(JsonLinesFile(config.audit.file, config.audit.rotate.size, config.audit.rotate.keep))
-    trail = AuditTrail(sinks, ae_title=config.ae_title, wall=wall)
+    trail = AuditTrail(sinks, ae_title=config.ae_title, wall=wall, clock=reactor)
     syslog = config.audit.syslog
     if syslog.host and reactor is not None:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -154,7 +157,7 @@ def build_audit(
             ClientTLSSettings(syslog.ca, syslog.server_name, syslog.certificate, syslog.private_key), syslog.host
         )
         endpoint = wrapClientTLS(creator, HostnameEndpoint(reactor, syslog.host, syslog.port, timeout=10))
-        sink = SyslogTLSSink(reactor, endpoint, trail.hostname)
+        sink = SyslogTLSSink(reactor, endpoint, trail.hostname, registry=registry)
         sink.start()
         trail.sinks.append(sink)
     return trail

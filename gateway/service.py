@@ -197,7 +197,7 @@ class GatewayService(MultiService):
         )
         self._observer = observer or self.metrics.forward_observer()
         # Issue 5: the audit trail, fed by listeners, intake and workers.
-        self.audit = build_audit(config, wall, reactor=reactor)
+        self.audit = build_audit(config, wall, reactor=reactor, registry=self.metrics.registry)
         self._observer = AuditingForwardObserver(
             self._observer, self.audit, lambda: {d.name: d for d in self.config.destinations}
         )

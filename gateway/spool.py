@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred
 from gateway.blocking import IBlockingRunner
 from gateway.dimse.status import Status
 from gateway.meta import encode_file_meta
+from gateway.private import make_private_dirs
 from gateway.validate import DatasetSummary, MalformedDataset, walk_dataset
 
 __all__ = [
@@ -325,10 +326,16 @@ class Spool:
         self.fault: StorageFault | None = None
 
     def _ensure_dirs(self) -> None:
-        """Create ``incoming/`` and ``instances/`` (mode 0700) if missing."""
+        """Create the root, ``incoming/`` and ``instances/`` (mode 0700) if missing.
+
+        The root is created by the service with the process umask, or by the
+        operator; it and both folders lose any group or other access here
+        (HARDENING H08), once per process.
+        """
         if not self._dirs_ready:
-            os.makedirs(self.incoming_dir, mode=0o700, exist_ok=True)
-            os.makedirs(self.instances_dir, mode=0o700, exist_ok=True)
+            make_private_dirs(self.root)
+            make_private_dirs(self.incoming_dir)
+            make_private_dirs(self.instances_dir)
             self._dirs_ready = True
 
     def recover(self) -> list[str]:

@@ -24,8 +24,7 @@ never becomes a rule that silently matches nothing.
 
 How it is found: ``gateway.plugins.discover`` imports every module of the
 plugin folders (``plugins/`` beside ``etc/`` by default) as part of the
-:mod:`gateway.dropins` package, and :func:`twisted.plugin.getPlugins` picks
-up the module-level object :data:`body_part`, which provides
+:mod:`gateway.dropins` package, and picks up the module-level object :data:`body_part`, which provides
 :class:`~twisted.plugin.IPlugin` and
 :class:`~gateway.interfaces.IMatchPredicate`.
 """
@@ -114,5 +113,5 @@ class BodyPartPlugin:
         return BodyPart(tuple(cleaned), description)
 
 
-#: Found by ``twisted.plugin.getPlugins(IMatchPredicate, gateway.dropins)``.
+#: Found by :func:`gateway.plugins.discover`: a module-level IPlugin provider.
 body_part = BodyPartPlugin()

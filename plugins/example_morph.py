@@ -21,8 +21,8 @@ Accession Number (0008,0050)::
 
 How it is found: like ``example_match``, the module-level object
 :data:`prefix_accession` provides :class:`~twisted.plugin.IPlugin` and
-:class:`~gateway.interfaces.IMorphAction`; :func:`twisted.plugin.getPlugins`
-discovers it through :mod:`gateway.dropins`.
+:class:`~gateway.interfaces.IMorphAction`; :func:`gateway.plugins.discover`
+finds it among the module's objects.
 """
 
 from __future__ import annotations
@@ -103,5 +103,5 @@ class PrefixAccessionPlugin:
         return PrefixAccession(prefix, empty == "prefix")
 
 
-#: Found by ``twisted.plugin.getPlugins(IMorphAction, gateway.dropins)``.
+#: Found by :func:`gateway.plugins.discover`: a module-level IPlugin provider.
 prefix_accession = PrefixAccessionPlugin()

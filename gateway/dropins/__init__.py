@@ -1,13 +1,11 @@
-"""The plugin namespace for drop-in match predicates and morph actions (twisted.plugin).
+"""The package plugin modules are loaded into (``gateway.dropins.<module>``).
 
-Modules placed in a configured plugin folder (``plugins/`` beside the
-configuration by default) are found here: at load, the configuration appends
-each folder to this package's ``__path__``, and
-:func:`twisted.plugin.getPlugins` iterates that live path. See
-:mod:`gateway.plugins`.
+It searches nothing by itself: :func:`gateway.plugins.discover` loads each
+module of the configured plugin folders from its file and sets this
+package's ``__path__`` to exactly those folders. Unlike
+:func:`twisted.plugin.pluginPackagePaths`, no ``gateway/dropins`` folder
+elsewhere on ``sys.path`` (the working directory included) is searched.
 """
 
-from twisted.plugin import pluginPackagePaths
-
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__path__: list[str] = []  # type: ignore[no-redef]
 __all__: list[str] = []

@@ -78,6 +78,7 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import zlib
 from contextlib import contextmanager
@@ -85,6 +86,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
+from gateway.private import FILE_MODE, open_private, tighten
 from gateway.queue.interfaces import (
     AddResult,
     Attempt,
@@ -296,6 +298,22 @@ def _entry_from_row(row: Sequence[Any]) -> Entry:
     )
 
 
+def _make_private(path: str) -> None:
+    """Create the journal file 0600 before SQLite opens it, and tighten an older one (HARDENING H08).
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the permissions of
+    the database file (its unix VFS copies them from the main file), so a
+    database created 0600 here keeps all three private whatever the umask.
+    A journal and companions left group- or world-readable by an earlier
+    version are tightened at open.
+
+    :param path: the database file.
+    """
+    os.close(open_private(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm"):
+        tighten(path + suffix, FILE_MODE)
+
+
 @implementer(IQueueStore)
 class SqliteQueueStore:
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
@@ -306,6 +324,8 @@ class SqliteQueueStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if path != ":memory:" and not path.startswith("file:"):
+            _make_private(path)
         # isolation_level=None: no implicit transactions; we issue BEGIN ourselves.
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
 import warnings
 
@@ -410,3 +411,142 @@ class DiscoveryTests(SynchronousTestCase):
         )
         self.assertFalse(config.routes[0].match.matches(header(), CONTEXT))
         self.assertFalse(os.path.exists(os.path.join(folder, "dropin.cache")))
+
+
+#: A match plugin module named ``name`` (its ``plugin:`` key), for the folder-safety tests.
+ALWAYS_SOURCE = '''
+from dataclasses import dataclass
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from gateway.interfaces import IMatchPredicate
+
+@dataclass(frozen=True)
+class Always:
+    def matches(self, dataset, context):
+        return True
+    def describe(self):
+        return "always"
+
+@implementer(IPlugin, IMatchPredicate)
+class AlwaysPlugin:
+    name = "{name}"
+    def compile(self, arguments):
+        return Always()
+
+always = AlwaysPlugin()
+'''
+
+
+class PluginFolderSafetyTests(SynchronousTestCase):
+    """Plugins come only from the configured folders, only when group and others cannot write them."""
+
+    def folder(self, mode: int = 0o755, plugin: str = "safe_for_test", file_mode: int = 0o644) -> str:
+        """A plugin folder holding one match plugin.
+
+        :param mode: the folder's mode.
+        :param plugin: the plugin's name (also its module's name).
+        :param file_mode: the module's mode.
+        :returns: the folder.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, f"{plugin}.py")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(ALWAYS_SOURCE.replace("{name}", plugin))
+        os.chmod(path, file_mode)
+        os.chmod(folder, mode)
+        return folder
+
+    def test_group_writable_folder_is_refused_naming_it_and_its_mode(self) -> None:
+        """A 0775 plugin folder is a configuration error naming the folder and 0775; its plugin is not loaded."""
+        folder = self.folder(0o775, "groupw_for_test")
+        errors = errors_of(
+            "  - {name: a, match: {plugin: groupw_for_test}, forward: [archive]}\n", [folder], os.path.dirname(folder)
+        )
+        self.assertIn(f"plugin folder {folder} is writable by group or others (mode 0775)", errors[0])
+        self.assertTrue(any("unknown match plugin 'groupw_for_test'" in e for e in errors), errors)
+
+    def test_world_writable_folder_is_refused(self) -> None:
+        """A sticky world-writable folder (1777, like /tmp) is refused too."""
+        from gateway.plugins import discover
+
+        folder = self.folder(0o1777, "worldw_for_test")
+        found = discover([folder])
+        self.assertEqual(found.match, {})
+        self.assertEqual(found.errors, [f"plugin folder {folder} is writable by group or others (mode 1777); "
+                                        f"plugins run inside the gateway, so it must not be (chmod go-w {folder})"])
+
+    def test_group_writable_module_is_refused(self) -> None:
+        """A 0664 module in a safe folder is refused by name and mode; the folder's other modules still load."""
+        from gateway.plugins import discover
+
+        folder = self.folder(0o755, "modw_for_test", file_mode=0o664)
+        with open(os.path.join(folder, "fine_for_test.py"), "w", encoding="utf-8") as stream:
+            stream.write(ALWAYS_SOURCE.replace("{name}", "fine_for_test"))
+        found = discover([folder])
+        self.assertEqual(sorted(found.match), ["fine_for_test"])
+        self.assertEqual(len(found.errors), 1, found.errors)
+        self.assertIn(f"plugin module {os.path.join(folder, 'modw_for_test.py')} is writable by group or others (mode 0664)",
+                      found.errors[0])
+
+    def test_nothing_is_written_into_the_plugin_folder(self) -> None:
+        """Loading and using a folder's plugins writes no dropin.cache and no __pycache__ into it."""
+        folder = self.folder(0o755, "quiet_for_test")
+        before = sorted(os.listdir(folder))
+        config = load("  - {name: a, match: {plugin: quiet_for_test}, forward: [archive]}\n", [folder],
+                      os.path.dirname(folder))
+        self.assertTrue(config.routes[0].match.matches(header(), CONTEXT))
+        self.assertEqual(sorted(os.listdir(folder)), before)
+
+    def test_identity_verifiers_come_from_the_configured_folders(self) -> None:
+        """providers(IUserIdentityVerifier) lists the verifier plugins of the folders the last discovery loaded."""
+        from gateway.identity_check import IUserIdentityVerifier
+        from gateway.plugins import discover, providers
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "jwt_for_test.py"), "w", encoding="utf-8") as stream:
+            stream.write(textwrap.dedent('''
+                from twisted.plugin import IPlugin
+                from zope.interface import implementer
+                from gateway.identity_check import IUserIdentityVerifier
+
+                @implementer(IPlugin, IUserIdentityVerifier)
+                class Verifier:
+                    name = "jwt_for_test"
+                    def verify(self, identity):
+                        return None
+
+                verifier = Verifier()
+            '''))
+        self.assertEqual(sorted(discover([folder]).verifiers), ["jwt_for_test"])
+        self.assertEqual([p.name for p in providers(IUserIdentityVerifier)], ["jwt_for_test"])
+        discover([])
+        self.assertEqual(providers(IUserIdentityVerifier), [])
+
+    def test_a_plugin_in_the_working_directory_is_not_found(self) -> None:
+        """A gateway/dropins/ module under the working directory (first on sys.path) provides no plugin."""
+        cwd = os.path.abspath(self.mktemp())
+        planted = os.path.join(cwd, "gateway", "dropins")
+        os.makedirs(planted)
+        with open(os.path.join(planted, "planted.py"), "w", encoding="utf-8") as stream:
+            stream.write(ALWAYS_SOURCE.replace("{name}", "from_cwd"))
+        etc = os.path.join(cwd, "etc")
+        os.makedirs(etc)
+        with open(os.path.join(etc, "gateway.yaml"), "w", encoding="utf-8") as stream:
+            stream.write(config_text("  - {name: a, match: {plugin: from_cwd}, forward: [archive]}\n", []))
+        script = (
+            "from gateway.config.load import load_config\n"
+            "from gateway.config.errors import ConfigErrors\n"
+            "try:\n"
+            "    load_config('etc/gateway.yaml')\n"
+            "    print('LOADED')\n"
+            "except ConfigErrors as e:\n"
+            "    print(e)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                                check=False, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("LOADED", result.stdout)
+        self.assertIn("unknown match plugin 'from_cwd'", result.stdout)
