@@ -116,7 +116,7 @@ class StoreTests(UmaskTestCase):
         from tests.unit.morph.helpers import CONTEXT, plan_of
 
         src = os.path.join(self.dir, "src.dcm")
-        shutil.copy(get_testdata_file("CT_small.dcm"), src)
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), src)
         dst = os.path.join(self.dir, "copy.dcm")
         write_morphed(src, dst, plan_of("- delete: [PatientName]\n"), CONTEXT)
         self.assertEqual(mode(dst), 0o600)
@@ -129,7 +129,7 @@ class StoreTests(UmaskTestCase):
         root = os.path.join(self.dir, "out")
         os.mkdir(root)
         src = os.path.join(self.dir, "src.dcm")
-        shutil.copy(get_testdata_file("CT_small.dcm"), src)
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), src)
         path = FolderWriter(root, "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm").write(src, record())
         self.assertEqual(mode(root), 0o755)
         self.assertEqual(mode(path), 0o600)
