@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     qretry.add_argument("--all", action="store_true", help="every dead letter (of --destination, if given)")
     qretry.add_argument("--destination", help="with --all: only this destination's dead letters")
     qretry.add_argument("--to", help="re-target to another configured destination")
+    qretry.add_argument(
+        "--force", action="store_true", help="with --to: re-target even when no route sends copies with the entry's plan there"
+    )
     qpurge = qsub.add_parser("purge", parents=[config_arg], help="delete dead letters for good")
     qpurge.add_argument("entry_ids", type=int, nargs="+")
     for action in ("pause", "resume"):
@@ -107,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", required=True)
     replay.add_argument("--study", required=True)
     replay.add_argument("--to", required=True, dest="to")
+    replay.add_argument(
+        "--force", action="store_true", help="replay even when no route sends instances unmorphed to the destination"
+    )
 
     tls = sub.add_parser("tls", help="TLS material for development and tests")
     tls_sub = tls.add_subparsers(dest="tls_action", required=True)
@@ -181,6 +187,17 @@ def _queue(args: argparse.Namespace) -> int:
                 return 1
             failed = 0
             for entry_id in ids:
+                if args.to:
+                    from gateway.prepare import retarget_refusal
+
+                    try:
+                        refusal = retarget_refusal(config.routes, store.get(entry_id).plan_hash, args.to)
+                    except KeyError:
+                        refusal = None  # reported as "not a dead letter" below
+                    if refusal and not args.force:
+                        print(f"entry {entry_id}: not re-targeted to {args.to}: {refusal}", file=sys.stderr)
+                        failed += 1
+                        continue
                 try:
                     new_id = store.requeue_dead(entry_id, now, destination=args.to)
                 except KeyError:
@@ -237,8 +254,15 @@ def _replay(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from gateway.prepare import NO_MORPH, retarget_refusal
+
     config = _load_or_exit(args.config)
     _known_destination(config, args.to)
+    # A replay sends the instances as received: only where a route sends them so.
+    refusal = retarget_refusal(config.routes, NO_MORPH.plan_hash, args.to)
+    if refusal and not args.force:
+        print(f"not replayed to {args.to}: the replay sends the instances as received, but {refusal}", file=sys.stderr)
+        return 1
     store = _open_store(config)
     queued = missing = 0
     try:
@@ -246,7 +270,7 @@ def _replay(args: argparse.Namespace) -> int:
             if not os.path.exists(record.path):
                 missing += 1
                 continue
-            store.requeue_instance(record.instance_id, args.to, "replay", time.time())
+            store.requeue_instance(record.instance_id, args.to, "replay", time.time(), NO_MORPH)
             queued += 1
     finally:
         store.close()

@@ -10,7 +10,7 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
   on the blocking runner), every listener is bound and the configuration is
   loaded; else 503 with ``{"ready": false, "reasons": [...]}``.
 * ``GET /api/v1/queues``, ``GET /api/v1/dead-letters[?destination=]``,
-  ``POST /api/v1/dead-letters/{id}/retry`` (optional body ``{"to": DEST}``),
+  ``POST /api/v1/dead-letters/{id}/retry`` (optional body ``{"to": DEST, "force": false}``),
   ``DELETE /api/v1/dead-letters/{id}``, ``POST /api/v1/reload``. When a token
   is configured, ``/api`` needs ``Authorization: Bearer <token>`` (compared
   in constant time) and answers 401 otherwise; ``/metrics`` and the health
@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-__all__ = ["Backend", "ServiceBackend", "HttpService", "build_site", "spool_probe", "NotFound", "BadRequest"]
+__all__ = ["Backend", "ServiceBackend", "HttpService", "build_site", "spool_probe", "NotFound", "BadRequest", "Refused"]
 
 _log = Logger(namespace="gateway.http")
 
@@ -50,6 +50,10 @@ class NotFound(Exception):
 
 class BadRequest(Exception):
     """The request cannot be carried out as given (400)."""
+
+
+class Refused(Exception):
+    """The request is understood but refused in the current state (409), e.g. an unsafe re-target."""
 
 
 class Backend(Protocol):
@@ -64,10 +68,12 @@ class Backend(Protocol):
     def dead_letters(self, destination: str | None) -> "Deferred[list[dict[str, Any]]]":
         """Dead-letter entries, optionally of one destination."""
 
-    def retry(self, entry_id: int, to: str | None) -> "Deferred[int]":
+    def retry(self, entry_id: int, to: str | None, force: bool = False) -> "Deferred[int]":
         """Requeue a dead letter (to another destination with ``to``); fires with the entry id.
 
-        Fails with :class:`NotFound` or :class:`BadRequest`.
+        Fails with :class:`NotFound` or :class:`BadRequest`, and with
+        :class:`Refused` when ``to`` sends the entry's copy where no route
+        sends copies with its plan (unless ``force``).
         """
 
     def purge(self, entry_id: int) -> "Deferred[None]":
@@ -112,6 +118,8 @@ def _render_async(request: Request, work: Callable[[], "Deferred[Any]"], ok: Cal
     def failed(failure: Failure) -> None:
         if failure.check(NotFound):
             _send_json(request, 404, {"error": str(failure.value) or "not found"})
+        elif failure.check(Refused):
+            _send_json(request, 409, {"error": str(failure.value)})
         elif failure.check(BadRequest):
             _send_json(request, 400, {"error": str(failure.value)})
         else:
@@ -292,16 +300,22 @@ class RetryResource(_Leaf):
         """Requeue the entry; answers the (possibly new) entry id."""
         raw = request.content.read() if request.content is not None else b""
         to: str | None = None
+        force = False
         if raw.strip():
             try:
                 body = json.loads(raw)
             except ValueError:
                 return _Error(400, "body is not JSON").render(request)
-            if not isinstance(body, dict) or not isinstance(body.get("to", ""), str):
-                return _Error(400, 'body must be {"to": "<destination>"}').render(request)
+            if (
+                not isinstance(body, dict)
+                or not isinstance(body.get("to", ""), str)
+                or not isinstance(body.get("force", False), bool)
+            ):
+                return _Error(400, 'body must be {"to": "<destination>", "force": false}').render(request)
             to = body.get("to") or None
+            force = bool(body.get("force", False))
         return _render_async(
-            request, lambda: self._backend.retry(self._entry_id, to), lambda new_id: (200, {"requeued": new_id})
+            request, lambda: self._backend.retry(self._entry_id, to, force), lambda new_id: (200, {"requeued": new_id})
         )
 
 
@@ -420,15 +434,22 @@ class ServiceBackend:
 
         return self._service.store_runner.run(read)
 
-    def retry(self, entry_id: int, to: str | None) -> "Deferred[int]":
-        """Requeue a dead letter; ``to`` must be a configured destination."""
+    def retry(self, entry_id: int, to: str | None, force: bool = False) -> "Deferred[int]":
+        """Requeue a dead letter; ``to`` must be a configured destination that may get the entry's copy."""
+        from gateway.prepare import retarget_refusal
+
         if to is not None and to not in {d.name for d in self._service.config.destinations}:
             return _failed(BadRequest(f"unknown destination {to!r}"))
         store = self._service.store
         now = self._wall()
+        routes = self._service.config.routes
 
         def requeue() -> int:
             try:
+                if to is not None and not force:
+                    refusal = retarget_refusal(routes, store.get(entry_id).plan_hash, to)
+                    if refusal:
+                        raise Refused(f"entry {entry_id} not re-targeted to {to}: {refusal}")
                 return int(store.requeue_dead(entry_id, now, to))
             except KeyError:
                 raise NotFound(f"no dead letter {entry_id}")

@@ -24,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gateway.blocking import SynchronousRunner
-from gateway.http import BadRequest, HttpService, NotFound, ServiceBackend, build_site
+from gateway.http import BadRequest, HttpService, NotFound, Refused, ServiceBackend, build_site
 
 
 class FakeBackend:
@@ -46,12 +46,14 @@ class FakeBackend:
         self.calls.append(("dead_letters", destination))
         return succeed([{"entry_id": 7, "destination": destination or "pacs"}])
 
-    def retry(self, entry_id: int, to: str | None) -> Deferred[int]:
-        self.calls.append(("retry", entry_id, to))
+    def retry(self, entry_id: int, to: str | None, force: bool = False) -> Deferred[int]:
+        self.calls.append(("retry", entry_id, to) + (("force",) if force else ()))
         if entry_id == 404:
             return fail(NotFound("no dead letter 404"))
         if to == "nowhere":
             return fail(BadRequest("unknown destination 'nowhere'"))
+        if to == "research" and not force:
+            return fail(Refused("entry 7 not re-targeted to research: its copy is made with plan ..."))
         return succeed(entry_id + 100)
 
     def purge(self, entry_id: int) -> Deferred[None]:
@@ -176,6 +178,17 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(request.responseCode, 200)
         self.assertEqual(body_of(request), {"requeued": 107})
         self.assertEqual(self.backend.calls, [("retry", 7, "ris")])
+
+    def test_refused_retarget_is_409_with_the_reason_and_force_passes(self) -> None:
+        """A re-target the guard refuses answers 409 with its reason; {"force": true} reaches the backend as force."""
+        refused = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research"}')
+        self.assertEqual(refused.responseCode, 409)
+        self.assertIn("not re-targeted to research", body_of(refused)["error"])
+        forced = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research", "force": true}')
+        self.assertEqual((forced.responseCode, body_of(forced)), (200, {"requeued": 107}))
+        self.assertEqual(self.backend.calls, [("retry", 7, "research"), ("retry", 7, "research", "force")])
+        bad = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research", "force": "yes"}')
+        self.assertEqual(bad.responseCode, 400)
 
     def test_retry_unknown_entry_is_404_and_bad_target_400(self) -> None:
         """A missing entry answers 404; an unknown destination 400; a non-JSON body 400."""
