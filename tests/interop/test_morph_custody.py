@@ -239,7 +239,11 @@ class PluginGoneTests(MorphCustodyTestCase):
         plugin.unlink()
         self.reload(gateway, routes=[RESEARCH])
         scp.start()
-        dead = self.wait_for(gateway, lambda: len(d := gateway.dead_letters()) == 3 and d, 90, "3 dead letters")
+        # Either outcome ends the wait: three dead letters, or a file at the archive (the bug).
+        self.wait_for(gateway, lambda: len(gateway.dead_letters()) == 3 or scp.files(), 90, "3 dead letters")
+        self.assertEqual(scp.files(), [])
+        dead = gateway.dead_letters()
+        self.assertEqual(len(dead), 3)
         for letter in dead:
             self.assertEqual((letter["destination"], letter["route"]), ("research", "research"))
             self.assertTrue(letter["dead_reason"].startswith("morph: "), letter["dead_reason"])
