@@ -41,6 +41,16 @@ is newer than this code knows is refused (:class:`SchemaError`) rather than
 misread. A file that is already current is opened without taking the write
 lock, so the CLI can open it while the gateway holds a write transaction.
 
+Morph plans
+-----------
+Each entry names the morph plan it was journaled with (``entries.plan_hash``,
+schema version 3, issue 11); ``plans`` holds each distinct definition once,
+keyed by its SHA-256, so a backlog of a million entries of one route stores
+one plan. Rows of ``plans`` are never deleted: there is one per distinct
+morph ever configured, and an entry retried by an operator must still find
+its plan. Entries from an older journal have no plan until
+:meth:`SqliteQueueStore.adopt_plans` (see :func:`_migrate_2_to_3`).
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
