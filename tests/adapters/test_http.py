@@ -307,3 +307,42 @@ class LoopbackTests(TestCase):
             self.assertEqual(code, 401)
 
         return Deferred.fromCoroutine(check())
+
+
+class RetargetGuardBackendTests(SynchronousTestCase):
+    """ServiceBackend.retry re-targets an entry's copy only where a route sends that plan, unless forced (issue 11)."""
+
+    def setUp(self) -> None:
+        from gateway.config.schema import RouteConfig
+        from gateway.prepare import NO_MORPH
+        from gateway.queue.interfaces import NewEntry
+        from gateway.queue.memory import MemoryQueueStore
+        from tests.unit.morph.helpers import plan_of
+        from tests.unit.queue.test_store import make_record
+
+        self.store = MemoryQueueStore()
+        (self.dead,) = self.store.add_instance(make_record("i1"), [NewEntry("clinical", "pacs", plan=NO_MORPH)], 0.0, 0.0).entry_ids
+        self.store.dead_letter(self.dead, "0xA900", 0.0)
+        routes = (
+            RouteConfig("clinical", ("pacs", "copy")),
+            RouteConfig("research", ("res",), morph=plan_of("- deidentify: basic\n")),
+        )
+        destinations = tuple(type("D", (), {"name": n})() for n in ("pacs", "copy", "res"))
+        service = _Service(self.mktemp())
+        service.config = type("C", (), {"destinations": destinations, "routes": routes})()
+        service.store = self.store
+        self.backend = ServiceBackend(service, load=lambda path: None, wall=lambda: 1.0)
+
+    def test_identified_copy_to_a_de_identifying_destination_is_refused_then_forced(self) -> None:
+        """to='res' fails with Refused naming the plans; force=True requeues it there with its own plan."""
+        failure = self.failureResultOf(self.backend.retry(self.dead, "res"), Refused)
+        self.assertIn("not re-targeted to res", str(failure.value))
+        self.assertIn("routes to res: research (plan ", str(failure.value))
+        self.assertEqual(self.store.get(self.dead).destination, "pacs")
+        new_id = self.successResultOf(self.backend.retry(self.dead, "res", force=True))
+        self.assertEqual(self.store.get(new_id).destination, "res")
+
+    def test_same_plan_destination_needs_no_force(self) -> None:
+        """to='copy', which route 'clinical' feeds unmorphed, is allowed as is."""
+        new_id = self.successResultOf(self.backend.retry(self.dead, "copy"))
+        self.assertEqual(self.store.get(new_id).destination, "copy")
