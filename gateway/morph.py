@@ -974,10 +974,19 @@ _constructor = SafeConstructor()
 def plain(node: yaml.Node) -> Any:
     """A YAML node's plain Python value (str, int, float, bool, None, list, dict).
 
+    Each call builds new objects: the constructor's per-node cache is
+    emptied afterwards, so it does not keep every node of every
+    configuration (and every journaled plan rebuilt at send time) alive, and
+    two callers never share (and mutate) one value.
+
     :param node: a node from ``yaml.compose`` (SafeLoader).
     :returns: the value.
     """
-    return _constructor.construct_object(node, deep=True)
+    try:
+        return _constructor.construct_object(node, deep=True)
+    finally:
+        _constructor.constructed_objects.clear()
+        _constructor.recursive_objects.clear()
 
 
 def _items(node: yaml.MappingNode) -> list[tuple[str, yaml.Node, yaml.Node]]:

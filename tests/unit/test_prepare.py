@@ -19,7 +19,7 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import RouteConfig
 from gateway.forward import PrepareError
 from gateway.morph import plan_hash
-from gateway.prepare import NO_MORPH, CopyMaker, remove_copies, retarget_refusal, route_plan
+from gateway.prepare import NO_MORPH, CopyMaker, legacy_plans, remove_copies, retarget_refusal, route_plan
 from gateway.queue.interfaces import Entry, NewEntry, PlanRecord
 from gateway.queue.memory import MemoryQueueStore
 
@@ -167,3 +167,15 @@ class RetargetRefusalTests(SynchronousTestCase):
         self.assertIsNotNone(retarget_refusal(routes, digest, "pacs"))
         self.assertIn("no journaled plan", retarget_refusal(routes, None, "pacs") or "")
         self.assertIn("routes to nowhere: none", retarget_refusal(routes, digest, "nowhere") or "")
+
+
+class LegacyPlanTests(SynchronousTestCase):
+    """legacy_plans: what entries journaled before plans adopt at the first start (schema 2 -> 3)."""
+
+    def test_each_forwarding_route_gives_its_plan_and_replay_is_unmorphed(self) -> None:
+        """A route's current plan by name; ``replay`` (never morphed) gets NO_MORPH unless a route has that name."""
+        research = RouteConfig("research", ("res",), morph=plan_of("- deidentify: basic\n"))
+        plans = legacy_plans([RouteConfig("clinical", ("pacs",)), research, RouteConfig("bin", (), drop=True)])
+        self.assertEqual(plans, {"clinical": NO_MORPH, "research": route_plan(research), "replay": NO_MORPH})
+        named = RouteConfig("replay", ("res",), morph=plan_of("- deidentify: basic\n"))
+        self.assertEqual(legacy_plans([named])["replay"], route_plan(named))
