@@ -230,8 +230,7 @@ class CopyMaker:
         digest = entry.plan_hash
         if digest == NO_MORPH.plan_hash:
             return succeed(entry)
-        d = Deferred.fromCoroutine(self._prepare(entry))
-        return d
+        return Deferred.fromCoroutine(self._prepare(entry))
 
     async def _rebuilt(self, digest: str) -> MorphPlan:
         """The plan with hash ``digest``, rebuilt from the journal with the plugins installed now.
