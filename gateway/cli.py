@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     qretry.add_argument("--all", action="store_true", help="every dead letter (of --destination, if given)")
     qretry.add_argument("--destination", help="with --all: only this destination's dead letters")
     qretry.add_argument("--to", help="re-target to another configured destination")
+    qretry.add_argument(
+        "--force", action="store_true", help="with --to: re-target even when no route sends copies with the entry's plan there"
+    )
     qpurge = qsub.add_parser("purge", parents=[config_arg], help="delete dead letters for good")
     qpurge.add_argument("entry_ids", type=int, nargs="+")
     for action in ("pause", "resume"):
@@ -122,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", required=True)
     replay.add_argument("--study", required=True)
     replay.add_argument("--to", required=True, dest="to")
+    replay.add_argument(
+        "--force", action="store_true", help="replay even when no route sends instances unmorphed to the destination"
+    )
 
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_action", required=True)
@@ -215,7 +221,22 @@ def _queue(args: argparse.Namespace) -> int:
                 return 1
             done: list[int] = []
             failed: list[int] = []
+            refused: list[int] = []
+            forced: list[int] = []
             for entry_id in ids:
+                if args.to:
+                    from gateway.prepare import retarget_refusal
+
+                    try:
+                        refusal = retarget_refusal(config.routes, store.get(entry_id).plan_hash, args.to)
+                    except KeyError:
+                        refusal = None  # reported as "not a dead letter" below
+                    if refusal and not args.force:
+                        print(f"entry {entry_id}: not re-targeted to {args.to}: {refusal}", file=sys.stderr)
+                        refused.append(entry_id)
+                        continue
+                    if refusal:
+                        forced.append(entry_id)
                 try:
                     new_id = store.requeue_dead(entry_id, now, destination=args.to)
                 except KeyError:
@@ -224,12 +245,19 @@ def _queue(args: argparse.Namespace) -> int:
                     continue
                 done.append(entry_id)
                 print(f"entry {entry_id}: queued again as {new_id}" + (f" for {args.to}" if args.to else ""))
-            if done:
-                audit(action, entry_ids=done, to=args.to or "")
+            plain = [i for i in done if i not in forced]
+            if plain:
+                audit(action, entry_ids=plain, to=args.to or "")
+            if forced := [i for i in done if i in forced]:
+                audit(action, entry_ids=forced, to=args.to or "",
+                      description=f"{action} to {args.to} forced past the re-target guard (--force)")
+            if refused:
+                audit(action, entry_ids=refused, to=args.to or "", outcome=Outcome.MINOR_FAILURE,
+                      description=f"{action} refused: no route sends copies with these entries' plan to {args.to}")
             if failed:
                 audit(action, entry_ids=failed, to=args.to or "", outcome=Outcome.MINOR_FAILURE,
                       description=f"{action} refused: not dead letters")
-            return 1 if failed else 0
+            return 1 if failed or refused else 0
         if args.action == "purge":
             purged: list[int] = []
             missing: list[int] = []
@@ -368,9 +396,22 @@ def _replay(args: argparse.Namespace) -> int:
     import time
 
     from gateway import admin
+    from gateway.audit import Outcome
+    from gateway.prepare import NO_MORPH, retarget_refusal
 
     config = _load_or_exit(args.config)
     _known_destination(config, args.to)
+    # A replay sends the instances as received: only where a route sends them so.
+    refusal = retarget_refusal(config.routes, NO_MORPH.plan_hash, args.to)
+    if refusal and not args.force:
+        print(f"not replayed to {args.to}: the replay sends the instances as received, but {refusal}", file=sys.stderr)
+        trail = admin.cli_audit_trail(config)
+        admin.audit_operator_action(
+            trail, "replay", admin.local_operator(), to=args.to, outcome=Outcome.MINOR_FAILURE,
+            description=f"replay of study {args.study} to {args.to} refused: {refusal}",
+        )
+        admin.close_audit_trail(trail)
+        return 1
     store = _open_store(config)
     queued = missing = 0
     new_ids: list[int] = []
@@ -379,7 +420,7 @@ def _replay(args: argparse.Namespace) -> int:
             if not os.path.exists(record.path):
                 missing += 1
                 continue
-            new_ids.append(int(store.requeue_instance(record.instance_id, args.to, "replay", time.time())))
+            new_ids.append(int(store.requeue_instance(record.instance_id, args.to, "replay", time.time(), NO_MORPH)))
             queued += 1
     finally:
         store.close()
@@ -388,7 +429,8 @@ def _replay(args: argparse.Namespace) -> int:
         trail = admin.cli_audit_trail(config)
         admin.audit_operator_action(
             trail, "replay", admin.local_operator(), entry_ids=new_ids, to=args.to,
-            description=f"replay of study {args.study} to {args.to}",
+            description=f"replay of study {args.study} to {args.to}"
+            + (f" (forced past the re-target guard: {refusal})" if refusal else ""),
         )
         admin.close_audit_trail(trail)
     print(f"{queued} instance(s) of study {args.study} queued for {args.to}")

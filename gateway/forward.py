@@ -127,9 +127,11 @@ class PrepareError(Exception):
 
 
 #: Makes the copy an entry sends: returns the entry itself (unmorphed) or one
-#: whose ``path`` (and ``instance`` UIDs) are those of its route's morphed copy.
-#: Raises :class:`PrepareError` when the copy cannot be made (HARDENING D15:
-#: that route's copy is dead-lettered, never sent half-made or unmorphed).
+#: whose ``path`` (and ``instance`` UIDs) are those of the copy made with the
+#: morph plan journaled with the entry (:class:`gateway.prepare.CopyMaker`).
+#: Raises :class:`PrepareError` when the copy cannot be made or the plan cannot
+#: be rebuilt (HARDENING D15: the copy is dead-lettered, never sent half-made
+#: or with less morphing than it was queued with).
 Prepare = Callable[[Entry], "Deferred[Entry]"]
 
 

@@ -13,7 +13,8 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
   (:class:`ServiceBackend`), so a flood of probes never queues behind the
   spool's fsyncs, and the reasons name no paths.
 * ``GET /api/v1/queues``, ``GET /api/v1/dead-letters[?destination=]``,
-  ``POST /api/v1/dead-letters/{id}/retry`` (optional body ``{"to": DEST}``),
+  ``POST /api/v1/dead-letters/{id}/retry`` (optional body ``{"to": DEST, "force": false}``;
+  a re-target no route would make is 409 unless forced),
   ``DELETE /api/v1/dead-letters/{id}``,
   ``POST /api/v1/destinations/{name}/pause`` and ``.../resume``,
   ``POST /api/v1/reload``.
@@ -80,6 +81,7 @@ __all__ = [
     "spool_probe",
     "NotFound",
     "BadRequest",
+    "Refused",
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
     "REQUEST_DEADLINE",
@@ -121,6 +123,10 @@ class BadRequest(Exception):
     """The request cannot be carried out as given (400)."""
 
 
+class Refused(Exception):
+    """The request is understood but refused in the current state (409), e.g. an unsafe re-target."""
+
+
 class Backend(Protocol):
     """What the HTTP resources need from the running gateway."""
 
@@ -133,10 +139,12 @@ class Backend(Protocol):
     def dead_letters(self, destination: str | None) -> "Deferred[list[dict[str, Any]]]":
         """Dead-letter entries, optionally of one destination."""
 
-    def retry(self, entry_id: int, to: str | None, operator: Operator) -> "Deferred[int]":
+    def retry(self, entry_id: int, to: str | None, operator: Operator, force: bool = False) -> "Deferred[int]":
         """Requeue a dead letter (to another destination with ``to``); fires with the entry id.
 
-        Fails with :class:`NotFound` or :class:`BadRequest`.
+        Fails with :class:`NotFound` or :class:`BadRequest`, and with
+        :class:`Refused` when ``to`` sends the entry's copy where no route
+        sends copies with its plan (unless ``force``).
         """
 
     def purge(self, entry_id: int, operator: Operator) -> "Deferred[None]":
@@ -369,6 +377,8 @@ def _render_async(request: Request, work: Callable[[], "Deferred[Any]"], ok: Cal
     def failed(failure: Failure) -> None:
         if failure.check(NotFound):
             _send_json(request, 404, {"error": str(failure.value) or "not found"})
+        elif failure.check(Refused):
+            _send_json(request, 409, {"error": str(failure.value)})
         elif failure.check(BadRequest):
             _send_json(request, 400, {"error": str(failure.value)})
         else:
@@ -677,14 +687,20 @@ class RetryResource(_Leaf):
         if error is not None:
             return _Error(400, error).render(request)
         to: str | None = None
+        force = False
         if body is not None:
-            if not isinstance(body, dict) or not isinstance(body.get("to", ""), str):
-                return _Error(400, 'body must be {"to": "<destination>"}').render(request)
+            if (
+                not isinstance(body, dict)
+                or not isinstance(body.get("to", ""), str)
+                or not isinstance(body.get("force", False), bool)
+            ):
+                return _Error(400, 'body must be {"to": "<destination>", "force": false}').render(request)
             to = body.get("to") or None
+            force = bool(body.get("force", False))
         operator = _operator(request)
         return _render_async(
             request,
-            lambda: self._backend.retry(self._entry_id, to, operator),
+            lambda: self._backend.retry(self._entry_id, to, operator, force),
             lambda new_id: (200, {"requeued": new_id}),
         )
 
@@ -956,36 +972,58 @@ class ServiceBackend:
 
         trail = getattr(self._service, "audit", None)
 
+        def resolved() -> dict[str, Any]:
+            # A detail may be a callable, read once the action ended (e.g. whether it was forced).
+            return {k: v() if callable(v) else v for k, v in details.items()}
+
         def succeeded(result: Any) -> Any:
             if trail is not None:
-                audit_operator_action(trail, action, operator, **details)
+                audit_operator_action(trail, action, operator, **resolved())
             return result
 
         def failed(failure: Failure) -> Failure:
             if trail is not None:
+                fields = resolved()
+                fields.pop("description", None)
                 audit_operator_action(
                     trail,
                     action,
                     operator,
                     outcome=Outcome.MINOR_FAILURE,
                     description=f"{action} refused: {failure.getErrorMessage()}",
-                    **details,
+                    **fields,
                 )
             return failure
 
         d.addCallbacks(succeeded, failed)
         return d
 
-    def retry(self, entry_id: int, to: str | None, operator: Operator) -> "Deferred[int]":
-        """Requeue a dead letter; ``to`` must be a configured destination."""
+    def retry(self, entry_id: int, to: str | None, operator: Operator, force: bool = False) -> "Deferred[int]":
+        """Requeue a dead letter; ``to`` must be a configured destination that may get the entry's copy.
+
+        A re-target is refused (:class:`Refused`) when no route in force sends
+        copies made with the entry's plan to ``to``, unless ``force``; a forced
+        one is audited as such (issue 11).
+        """
+        from gateway.prepare import retarget_refusal
+
         action = "retarget" if to else "retry"
         if to is not None and to not in {d.name for d in self._service.config.destinations}:
             return self._audited(_failed(BadRequest(f"unknown destination {to!r}")), action, operator, entry_ids=[entry_id], to=to)
         store = self._service.store
         now = self._wall()
+        routes = self._service.config.routes
+
+        forced: list[str] = []
 
         def requeue() -> int:
             try:
+                if to is not None:
+                    refusal = retarget_refusal(routes, store.get(entry_id).plan_hash, to)
+                    if refusal and not force:
+                        raise Refused(f"entry {entry_id} not re-targeted to {to}: {refusal}")
+                    if refusal:
+                        forced.append(refusal)
                 return int(store.requeue_dead(entry_id, now, to))
             except KeyError:
                 raise NotFound(f"no dead letter {entry_id}")
@@ -999,7 +1037,10 @@ class ServiceBackend:
             return new_id
 
         d.addCallback(poke)
-        return self._audited(d, action, operator, entry_ids=[entry_id], to=to or "")
+        audited = self._audited(d, action, operator, entry_ids=[entry_id], to=to or "",
+                                description=lambda: f"{action} to {to} forced past the re-target guard: {forced[0]}"
+                                if forced else "")
+        return audited
 
     def purge(self, entry_id: int, operator: Operator) -> "Deferred[None]":
         """Delete a dead letter."""

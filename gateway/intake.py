@@ -36,6 +36,7 @@ from gateway.private import make_private_dirs
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
 from gateway.parse import read_header
+from gateway.prepare import route_plan
 from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
 from gateway.spool import SpooledInstance
 
@@ -225,7 +226,13 @@ class Intake:
             return self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched))
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
-        entries = [NewEntry(route=route, destination=destination) for route, destination in decision.entries]
+        # The route's morph is decided now and journaled with each entry
+        # (issue 11): a later reload, restart or upgrade cannot change it.
+        plans = {route.name: route_plan(route) for route in routes if route.forward}
+        entries = [
+            NewEntry(route=route, destination=destination, plan=plans[route])
+            for route, destination in decision.entries
+        ]
         d = self._journal(record, entries)
         d.addCallbacks(
             lambda result: self._journaled(record, decision, result),

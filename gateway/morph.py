@@ -47,6 +47,8 @@ from __future__ import annotations
 import copy as copy_module
 import csv
 import datetime
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -83,6 +85,12 @@ __all__ = [
     "ErrorSink",
     "check_value",
     "compile_morph",
+    "compile_canonical",
+    "canonical_json",
+    "plan_hash",
+    "PlanError",
+    "PLAN_VERSION",
+    "EMPTY_PLAN",
     "write_morphed",
     "walk",
 ]
@@ -807,9 +815,15 @@ class MorphPlan:
 
     Frozen and comparable, so a configuration reload can tell whether a
     route's morph changed.
+
+    :ivar actions: the compiled actions.
+    :ivar canonical: the plan's journaled form (:func:`canonical_json`): what
+        the queue stores with every entry the route queues, so the entry is
+        sent with this plan whatever the configuration says later.
     """
 
     actions: tuple[Any, ...]
+    canonical: str = field(default="", compare=False, repr=False)
 
     @property
     def touches_tail(self) -> bool:
@@ -962,10 +976,19 @@ _constructor = SafeConstructor()
 def plain(node: yaml.Node) -> Any:
     """A YAML node's plain Python value (str, int, float, bool, None, list, dict).
 
+    Each call builds new objects: the constructor's per-node cache is
+    emptied afterwards, so it does not keep every node of every
+    configuration (and every journaled plan rebuilt at send time) alive, and
+    two callers never share (and mutate) one value.
+
     :param node: a node from ``yaml.compose`` (SafeLoader).
     :returns: the value.
     """
-    return _constructor.construct_object(node, deep=True)
+    try:
+        return _constructor.construct_object(node, deep=True)
+    finally:
+        _constructor.constructed_objects.clear()
+        _constructor.recursive_objects.clear()
 
 
 def _items(node: yaml.MappingNode) -> list[tuple[str, yaml.Node, yaml.Node]]:
@@ -994,10 +1017,12 @@ def _mask_pattern(text: str) -> tuple[int, int] | None:
 class _Compiler:
     """Compiles one route's ``morph:`` list, reporting to the error sink."""
 
-    def __init__(self, errors: ErrorSink, plugins: Mapping[str, Any], base_dir: str) -> None:
+    def __init__(self, errors: ErrorSink, plugins: Mapping[str, Any], base_dir: str, journaled: bool = False) -> None:
         self.errors = errors
         self.plugins = plugins
         self.base_dir = base_dir
+        #: Compiling a journaled plan (:func:`compile_canonical`), not a configuration file.
+        self.journaled = journaled
         self.ok = True
 
     def fail(self, node: yaml.Node | None, key: str, message: str) -> None:
@@ -1267,33 +1292,54 @@ class _Compiler:
         return [DateShiftAction(salt, max_days, tags)]
 
     def compile_lookup(self, node: yaml.Node, key: str) -> list[Any]:
-        parts = self.mapping(node, key, ["tag", "table"], ["default"])
+        # A route names a CSV file; the journaled form carries the rows the
+        # file had at load (``rows``), so a later edit of the file cannot
+        # change the copies already queued.
+        if self.journaled:
+            parts = self.mapping(node, key, ["tag", "rows"], ["default", "table"])
+        else:
+            parts = self.mapping(node, key, ["tag", "table"], ["default"])
         if parts is None:
             return []
         path = self.path(parts["tag"], f"{key}.tag", writable=True)
-        table_name = self.string(parts["table"], f"{key}.table")
         default = None if "default" not in parts else self.string(parts["default"], f"{key}.default", allow_empty=True)
+        rows: list[list[str]]
+        if self.journaled:
+            table_node = parts["rows"]
+            table_name: str | None = "" if "table" not in parts else self.string(parts["table"], f"{key}.table", allow_empty=True)
+            given = plain(table_node)
+            if not isinstance(given, list) or not all(
+                isinstance(row, list) and all(isinstance(cell, str) for cell in row) for row in given
+            ):
+                self.fail(table_node, f"{key}.rows", "expected a list of [from, to] rows")
+                return []
+            rows = given
+        else:
+            table_node = parts["table"]
+            table_name = self.string(table_node, f"{key}.table")
+            if path is None or table_name is None:
+                return []
+            full = os.path.join(self.base_dir, table_name)
+            try:
+                with open(full, newline="", encoding="utf-8") as f:
+                    rows = [row for row in csv.reader(f) if row and not row[0].startswith("#")]
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
+                self.fail(table_node, f"{key}.table", f"cannot read lookup table {full}: {getattr(e, 'strerror', None) or e}")
+                return []
+            if rows and [c.strip().lower() for c in rows[0]] == ["from", "to"]:
+                rows = rows[1:]
         if path is None or table_name is None:
             return []
         vr = path.vr
-        full = os.path.join(self.base_dir, table_name)
-        try:
-            with open(full, newline="", encoding="utf-8") as f:
-                rows = [row for row in csv.reader(f) if row and not row[0].startswith("#")]
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            self.fail(parts["table"], f"{key}.table", f"cannot read lookup table {full}: {getattr(e, 'strerror', None) or e}")
-            return []
-        if rows and [c.strip().lower() for c in rows[0]] == ["from", "to"]:
-            rows = rows[1:]
         pairs: list[tuple[str, str]] = []
         for number, row in enumerate(rows, 1):
             if len(row) != 2:
-                self.fail(parts["table"], f"{key}.table", f"{table_name} row {number}: expected two columns (from,to)")
+                self.fail(table_node, f"{key}.table", f"{table_name} row {number}: expected two columns (from,to)")
                 return []
             target = row[1].strip()
             problem = check_value(vr, target) if vr else None
             if problem:
-                self.fail(parts["table"], f"{key}.table", f"{table_name} row {number}: {problem}")
+                self.fail(table_node, f"{key}.table", f"{table_name} row {number}: {problem}")
                 return []
             pairs.append((row[0].strip(), target))
         if default is not None and vr and check_value(vr, default):
@@ -1313,7 +1359,9 @@ class _Compiler:
         return [] if action is None else [action]
 
     def compile_plugin(self, item: yaml.MappingNode, key: str) -> list[Any]:
-        spec = plain(item)
+        # A copy: plain() caches what it builds per node, and the journaled
+        # definition of this action is that same mapping, "plugin" included.
+        spec = dict(plain(item))
         name = spec.pop("plugin")
         plugin = self.plugins.get(name) if isinstance(name, str) else None
         if plugin is None:
@@ -1338,25 +1386,36 @@ def compile_morph(
     plugins: Mapping[str, Any] | None = None,
     *,
     base_dir: str = "",
+    journaled: bool = False,
 ) -> MorphPlan | None:
     """Compile a route's ``morph:`` list.
+
+    The plan also gets its journaled form (:attr:`MorphPlan.canonical`), and
+    that form is compiled back and compared with the plan: a morph whose
+    journaled form would not give the same plan is a configuration error
+    here, never a surprise when a queued copy is made.
 
     :param node: the list's node (from ``yaml.compose``).
     :param path: its key path (``routes[2].morph``) for messages.
     :param errors: the sink every problem goes to.
     :param plugins: morph plugins by name (:class:`gateway.interfaces.IMorphAction` providers).
     :param base_dir: the directory lookup table paths are relative to (the config file's).
+    :param journaled: the list is a journaled plan's (:func:`compile_canonical`):
+        lookup tables are inline rows, and no journaled form is made.
     :returns: the plan, or None when anything was wrong (all problems reported).
     """
-    compiler = _Compiler(errors, plugins or {}, base_dir)
+    compiler = _Compiler(errors, plugins or {}, base_dir, journaled)
     if not isinstance(node, yaml.SequenceNode):
         compiler.fail(node, path, "expected a list of actions")
         return None
     actions: list[Any] = []
+    items: list[Any] = []
     for index, item in enumerate(node.value):
         key = f"{path}[{index}]"
         if isinstance(item, yaml.MappingNode) and any(str(plain(k)) == "plugin" for k, _ in item.value):
-            actions += compiler.compile_plugin(item, key)
+            compiled = compiler.compile_plugin(item, key)
+            actions += compiled
+            items.append(plain(item))
             continue
         if not isinstance(item, yaml.MappingNode) or len(item.value) != 1:
             compiler.fail(item, key, f"each action is a mapping with one key ({', '.join(_ACTIONS)}, or plugin)")
@@ -1369,5 +1428,194 @@ def compile_morph(
             hint = f"; did you mean {close[0]}?" if close else f" (expected {', '.join(_ACTIONS)} or plugin)"
             compiler.fail(key_node, f"{key}.{name}", f"unknown morph action{hint}")
             continue
-        actions += getattr(compiler, f"compile_{name}")(value, f"{key}.{name}")
-    return MorphPlan(tuple(actions)) if compiler.ok else None
+        compiled = getattr(compiler, f"compile_{name}")(value, f"{key}.{name}")
+        actions += compiled
+        if compiled and not journaled:
+            items.append(_definition(name, value, compiled[-1]))
+    if not compiler.ok:
+        return None
+    if journaled:
+        return MorphPlan(tuple(actions))
+    try:
+        canonical = canonical_json(items)
+        rebuilt = compile_canonical(canonical, plugins or {})
+    except (TypeError, ValueError) as e:
+        compiler.fail(node, path, f"this morph cannot be journaled with the entries it queues: {e}")
+        return None
+    if not _same_actions(rebuilt.actions, tuple(actions)):
+        compiler.fail(node, path, "this morph does not compile to the same plan from its journaled form (please report)")
+        return None
+    return MorphPlan(tuple(actions), canonical)
+
+
+# ---------------------------------------------------------------------------
+# The journaled form of a plan
+# ---------------------------------------------------------------------------
+#
+# A route's morph is decided when an instance is journaled, not when its copy
+# is sent (HARDENING decision 4, issue 11): the queue stores, with each entry,
+# the plan's *definition* as canonical JSON, and the copy is made from that.
+# The definition is the configuration's own vocabulary (action names, element
+# keywords, profile and option names, plugin names and arguments), never the
+# Python classes that implement it, so renaming or moving those classes in a
+# later version does not strand a backlog. Its form:
+#
+#   {"actions":[...],"v":1}    keys sorted, no whitespace, ASCII only
+#
+# Each action is the YAML action as written, with two exceptions that keep the
+# plan self-contained and its meaning exact: ``set`` is a list of
+# ``[element, value]`` pairs (a mapping's order matters there: a template may
+# read an element an earlier pair set, and the canonical form sorts mapping
+# keys), and ``lookup`` carries the table's ``rows`` as read at load instead
+# of the file name. A plan is identified by the SHA-256 of its canonical
+# bytes (:func:`plan_hash`). A reader of version ``v`` must stay able to read
+# every earlier version: a journal may hold entries queued by any of them.
+
+#: The version of the journaled form this code writes.
+PLAN_VERSION = 1
+
+
+class PlanError(ValueError):
+    """A journaled plan cannot be rebuilt (unknown version, plugin gone, compile error)."""
+
+
+def _json_value(value: Any) -> Any:
+    """Plain YAML values that JSON has no type for: dates and times as the text compilers see."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} value cannot be journaled")
+
+
+def canonical_json(actions: Sequence[Any]) -> str:
+    """The canonical text of a plan made of ``actions`` (definitions, as :func:`compile_morph` makes them).
+
+    :param actions: the action definitions (plain JSON-able values).
+    :returns: ``{"actions":[...],"v":1}`` with sorted keys and no whitespace.
+    :raises TypeError: when a value has no JSON form.
+    :raises ValueError: for NaN or infinite numbers.
+    """
+    return json.dumps(
+        {"v": PLAN_VERSION, "actions": list(actions)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+        default=_json_value,
+    )
+
+
+def plan_hash(canonical: str) -> str:
+    """The identity of a journaled plan: SHA-256 of its canonical bytes, hex.
+
+    :param canonical: the text of :func:`canonical_json`.
+    :returns: 64 hex digits.
+    """
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+#: The plan of a route without ``morph``: the instance is sent as received.
+EMPTY_PLAN = canonical_json([])
+
+
+def _definition(name: str, value: yaml.Node, action: Any) -> dict[str, Any]:
+    """One built-in action's journaled definition (see the block comment above)."""
+    if name == "set":
+        assert isinstance(value, yaml.MappingNode)
+        return {"set": [[plain(k), plain(v)] for k, v in value.value]}
+    if name == "lookup":
+        spec = plain(value)
+        definition = {"tag": spec["tag"], "rows": [list(pair) for pair in action.table], "table": action.source}
+        if "default" in spec:
+            definition["default"] = spec["default"]
+        return {"lookup": definition}
+    return {name: plain(value)}
+
+
+def _same_actions(left: Sequence[Any], right: Sequence[Any]) -> bool:
+    """Whether two compiled action lists are the same plan (a plugin's action: the same plugin).
+
+    A plugin's action need not be comparable; its definition (name and
+    arguments) is journaled as written, so the same plugin is enough.
+    """
+    if len(left) != len(right):
+        return False
+    for a, b in zip(left, right):
+        if isinstance(a, PluginAction) and isinstance(b, PluginAction):
+            if a.name != b.name:
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+_NODE_TAGS: dict[type, str] = {
+    bool: "tag:yaml.org,2002:bool",
+    int: "tag:yaml.org,2002:int",
+    float: "tag:yaml.org,2002:float",
+    str: "tag:yaml.org,2002:str",
+}
+
+
+def _node(value: Any) -> yaml.Node:
+    """A YAML node holding ``value`` (JSON types), for the compiler that reads nodes."""
+    if value is None:
+        return yaml.ScalarNode("tag:yaml.org,2002:null", "null")
+    if isinstance(value, bool):
+        return yaml.ScalarNode(_NODE_TAGS[bool], "true" if value else "false")
+    if isinstance(value, (int, float, str)):
+        return yaml.ScalarNode(_NODE_TAGS[type(value)], repr(value) if isinstance(value, float) else str(value))
+    if isinstance(value, list):
+        return yaml.SequenceNode("tag:yaml.org,2002:seq", [_node(v) for v in value])
+    if isinstance(value, dict):
+        return yaml.MappingNode("tag:yaml.org,2002:map", [(_node(k), _node(v)) for k, v in value.items()])
+    raise PlanError(f"unexpected {type(value).__name__} in a journaled plan")
+
+
+def _action_node(item: Any) -> yaml.Node:
+    """One journaled action as the node its YAML form would give (``set`` pairs become a mapping again)."""
+    if isinstance(item, dict) and set(item) == {"set"} and isinstance(item["set"], list):
+        pairs = item["set"]
+        if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+            raise PlanError("set: expected [element, value] pairs")
+        return yaml.MappingNode(
+            "tag:yaml.org,2002:map",
+            [(_node("set"), yaml.MappingNode("tag:yaml.org,2002:map", [(_node(k), _node(v)) for k, v in pairs]))],
+        )
+    return _node(item)
+
+
+class _Messages:
+    """An :class:`ErrorSink` that keeps the messages (no file, no line: a journaled plan has neither)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def error(self, node: yaml.Node | None, key_path: str, message: str) -> None:
+        """Keep one message."""
+        self.messages.append(f"{key_path}: {message}")
+
+
+def compile_canonical(canonical: str, plugins: Mapping[str, Any]) -> MorphPlan:
+    """Rebuild a plan from its journaled form, with the compiler the configuration uses.
+
+    :param canonical: the text :func:`canonical_json` made (read from the journal).
+    :param plugins: the morph plugins installed now (a plugin the plan names
+        may be gone).
+    :returns: the plan (:attr:`MorphPlan.canonical` is ``canonical``).
+    :raises PlanError: when the text is not a plan this version reads, or
+        the plan does not compile (a plugin is gone, an argument is refused).
+    """
+    try:
+        document = json.loads(canonical)
+    except ValueError as e:
+        raise PlanError(f"the journaled plan is not JSON: {e}") from None
+    if not isinstance(document, dict) or set(document) != {"v", "actions"} or not isinstance(document["actions"], list):
+        raise PlanError('the journaled plan is not {"v": ..., "actions": [...]}')
+    if document["v"] != PLAN_VERSION:
+        raise PlanError(f"journaled plan version {document['v']!r} is unknown (this gateway reads version {PLAN_VERSION})")
+    node = yaml.SequenceNode("tag:yaml.org,2002:seq", [_action_node(item) for item in document["actions"]])
+    sink = _Messages()
+    plan = compile_morph(node, "plan", sink, plugins, journaled=True)
+    if plan is None:
+        raise PlanError("; ".join(sink.messages) or "the journaled plan does not compile")
+    return MorphPlan(plan.actions, canonical)

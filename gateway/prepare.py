@@ -1,27 +1,32 @@
 """A route's copy of an instance: morphing after the acknowledgement (HARDENING decision 4).
 
-The received file is never modified. When a route has ``morph`` actions, the
-first worker that sends one of that route's entries asks :class:`CopyMaker`
-for the route's copy: the morph plan is applied by the splice writer
+The received file is never modified. Each queue entry carries the morph plan
+its route had when the instance was journaled (issue 11): the intake stores
+the plan's canonical JSON with the entry (:func:`route_plan`), and the first
+worker that sends one of the entries of an (instance, plan) asks
+:class:`CopyMaker` for the copy. The plan is rebuilt from the journal, never
+looked up among the routes in force, so a reload that renames, removes or
+edits the route, a restart or an upgrade cannot change what an already
+queued copy contains. It is applied by the splice writer
 (:func:`gateway.morph.write_morphed`: new header, pixel data and tail copied
-verbatim) into ``<spool>/morphed/<instance id>.<plan digest>.dcm``, once per
-(instance, route plan); every destination of the route sends that file. A
-morph that fails for this instance raises
-:class:`~gateway.forward.PrepareError`, so the route's copy goes to the dead
-letters of each of its destinations (reason ``morph: ...``), never half-made
-and never unmorphed (HARDENING D15).
+verbatim) into ``<spool>/morphed/<instance id>.<plan hash>.dcm``, once per
+(instance, plan); every entry with that plan sends that file.
 
-The copy's file name carries a digest of the plan, so a reloaded
-configuration with a changed plan makes a new copy instead of reusing one
-made under the old rules.
+A morph that fails for this instance, and a plan that cannot be rebuilt (its
+version is unknown, a plugin it names is gone, its arguments are refused),
+raise :class:`~gateway.forward.PrepareError`, so the copy goes to the dead
+letters (reason ``morph: ...``), never half-made and never with less
+morphing than it was queued with (HARDENING D15). So does an entry journaled
+with no plan at all (before schema version 3, whose route was gone at the
+first start after the upgrade: see :mod:`gateway.queue.sqlite`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import os
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -29,18 +34,82 @@ from twisted.python.failure import Failure
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
 from gateway.forward import PrepareError
-from gateway.queue.interfaces import Entry, InstanceRecord
+from gateway.morph import EMPTY_PLAN, MorphPlan, PlanError, compile_canonical, plan_hash
+from gateway.queue.interfaces import Entry, InstanceRecord, PlanRecord
 from gateway.route import RoutingContext
 
-
-def plan_digest(plan: Any) -> str:
-    """A short, stable digest of a morph plan (frozen dataclasses have a deterministic repr)."""
-    return hashlib.sha256(repr(plan).encode("utf-8")).hexdigest()[:16]
+#: The journaled plan of a route without ``morph``: sent as received.
+NO_MORPH = PlanRecord(plan_hash(EMPTY_PLAN), EMPTY_PLAN)
 
 
-def copy_path(morphed_dir: str, instance_id: str, plan: Any) -> str:
-    """Where the copy of ``instance_id`` under ``plan`` lives (internal names only)."""
-    return os.path.join(morphed_dir, f"{instance_id}.{plan_digest(plan)}.dcm")
+def route_plan(route: RouteConfig) -> PlanRecord:
+    """The plan a route's entries are journaled with.
+
+    :param route: a route of the configuration in force.
+    :returns: its plan's hash and canonical JSON (:data:`NO_MORPH` without ``morph``).
+    """
+    morph = route.morph
+    if morph is None or not morph.canonical:
+        return NO_MORPH
+    return _plan_record(morph.canonical)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_record(canonical: str) -> PlanRecord:
+    """The record of a canonical plan, hashed once per distinct plan (not once per instance)."""
+    return PlanRecord(plan_hash(canonical), canonical)
+
+
+def legacy_plans(routes: Sequence[RouteConfig]) -> dict[str, PlanRecord]:
+    """The plans entries journaled without one adopt at start (:meth:`~gateway.queue.interfaces.IQueueStore.adopt_plans`).
+
+    Each configured route's current plan; and, unless a route is named
+    ``replay``, :data:`NO_MORPH` for the entries ``dicom-gateway replay``
+    made before plans were journaled (they were always sent as received).
+
+    :param routes: the routes in force at start.
+    :returns: plans by route name.
+    """
+    plans = {route.name: route_plan(route) for route in routes if route.forward}
+    plans.setdefault("replay", NO_MORPH)
+    return plans
+
+
+def short(digest: str | None) -> str:
+    """A plan hash as messages show it (16 hex digits), or ``none`` for an entry without a plan."""
+    return "none" if digest is None else digest[:16]
+
+
+def retarget_refusal(routes: Sequence[RouteConfig], entry_plan: str | None, destination: str) -> str | None:
+    """Why an entry with plan ``entry_plan`` may not be re-targeted to ``destination``, or None.
+
+    Re-targeting sends the entry's own copy. It is allowed only when some
+    route of the configuration in force already sends copies made with the
+    same plan to ``destination``: an identified copy must not reach a
+    destination that only ever receives de-identified ones (issue 11).
+
+    :param routes: the routes in force.
+    :param entry_plan: the entry's plan hash (None: journaled without one).
+    :param destination: the target.
+    :returns: the reason for a refusal (naming the plans), or None to allow.
+    """
+    senders = [(route.name, route_plan(route).plan_hash) for route in routes if destination in route.forward]
+    if entry_plan is not None and any(digest == entry_plan for _, digest in senders):
+        return None
+    described = "; ".join(
+        f"{name} (plan {short(digest)}{', no morph' if digest == NO_MORPH.plan_hash else ''})" for name, digest in senders
+    )
+    own = "no morph" if entry_plan == NO_MORPH.plan_hash else "a morph" if entry_plan else "no journaled plan"
+    return (
+        f"its copy is made with plan {short(entry_plan)} ({own}), and no route sends copies with that plan to "
+        f"{destination} (routes to {destination}: {described or 'none'}); use --force "
+        '(API: {"force": true}) to send it anyway'
+    )
+
+
+def copy_path(morphed_dir: str, instance_id: str, digest: str) -> str:
+    """Where the copy of ``instance_id`` under the plan with hash ``digest`` lives (internal names only)."""
+    return os.path.join(morphed_dir, f"{instance_id}.{digest}.dcm")
 
 
 def remove_copies(morphed_dir: str, instance_ids: Collection[str]) -> int:
@@ -79,9 +148,13 @@ def _text(dataset: Any, keyword: str) -> str:
     return "" if value is None else str(value)
 
 
-def make_copy(record: InstanceRecord, route: RouteConfig, morphed_dir: str) -> InstanceRecord:
-    """Write (or reuse) the route's copy of ``record``; blocking, for a file runner.
+def make_copy(record: InstanceRecord, plan: MorphPlan, digest: str, morphed_dir: str) -> InstanceRecord:
+    """Write (or reuse) the copy of ``record`` under ``plan``; blocking, for a file runner.
 
+    :param record: the spooled instance.
+    :param plan: the entry's plan, rebuilt from the journal.
+    :param digest: the plan's hash (names the copy).
+    :param morphed_dir: the folder of copies.
     :returns: the record of the copy: its path and the UIDs and IDs it now carries.
     :raises PrepareError: when the morph fails for this instance.
     :raises OSError: when the copy cannot be written (retried later).
@@ -90,7 +163,7 @@ def make_copy(record: InstanceRecord, route: RouteConfig, morphed_dir: str) -> I
     from gateway.parse import read_header
     from gateway.private import make_private_dirs
 
-    path = copy_path(morphed_dir, record.instance_id, route.morph)
+    path = copy_path(morphed_dir, record.instance_id, digest)
     if not os.path.exists(path):
         make_private_dirs(morphed_dir)  # HARDENING H08: 0700 whatever the umask
         context = RoutingContext(
@@ -101,7 +174,7 @@ def make_copy(record: InstanceRecord, route: RouteConfig, morphed_dir: str) -> I
             received_at=record.received_at,
         )
         try:
-            write_morphed(record.path, path, route.morph, context)
+            write_morphed(record.path, path, plan, context)
         except MorphError as e:
             raise PrepareError(str(e)) from e
     try:
@@ -121,9 +194,12 @@ def make_copy(record: InstanceRecord, route: RouteConfig, morphed_dir: str) -> I
 
 
 class CopyMaker:
-    """The workers' ``prepare`` hook: swap an entry for its route's morphed copy.
+    """The workers' ``prepare`` hook: swap an entry for the copy its journaled plan makes.
 
-    :param routes: returns the routes in force (they change on reload).
+    :param definition: fetches a plan's canonical JSON from the journal by
+        hash (on the store's thread); fails with :class:`KeyError` when the
+        journal has no such plan.
+    :param plugins: returns the morph plugins installed now (they change on reload).
     :param runner: where the morph runs (a file thread pool).
     :param morphed_dir: the spool folder for copies.
     :param on_error: called with the route name when a morph fails (metrics).
@@ -131,34 +207,81 @@ class CopyMaker:
 
     def __init__(
         self,
-        routes: Callable[[], Sequence[RouteConfig]],
+        definition: Callable[[str], Deferred[str]],
+        plugins: Callable[[], Mapping[str, Any]],
         runner: IBlockingRunner,
         morphed_dir: str,
         on_error: Callable[[str], None] = lambda route: None,
     ) -> None:
-        self._routes = routes
+        self._definition = definition
+        self._plugins = plugins
         self._runner = runner
         self.morphed_dir = morphed_dir
         self._on_error = on_error
-        # One morph per (instance, route) at a time: the other destinations of
-        # the route wait for it and share the file.
+        # Rebuilt plans by hash, valid for one set of plugins (a reload
+        # replaces the set, and a plugin may be gone).
+        self._plans: dict[str, MorphPlan] = {}
+        self._plans_for: Mapping[str, Any] | None = None
+        # One morph per (instance, plan) at a time: the other entries with
+        # that plan wait for it and share the file.
         self._inflight: dict[tuple[str, str], list[Deferred[InstanceRecord]]] = {}
 
     def __call__(self, entry: Entry) -> Deferred[Entry]:
-        """The copy ``entry`` should send (itself when its route does not morph)."""
-        route = next((r for r in self._routes() if r.name == entry.route), None)
-        if route is None or route.morph is None:
+        """The copy ``entry`` should send (itself when its plan does not morph)."""
+        digest = entry.plan_hash
+        if digest == NO_MORPH.plan_hash:
             return succeed(entry)
-        key = (entry.instance.instance_id, route.name)
+        return Deferred.fromCoroutine(self._prepare(entry))
+
+    async def _rebuilt(self, digest: str) -> MorphPlan:
+        """The plan with hash ``digest``, rebuilt from the journal with the plugins installed now.
+
+        :raises PrepareError: when it cannot be rebuilt.
+        """
+        plugins = self._plugins()
+        if plugins is not self._plans_for:
+            self._plans, self._plans_for = {}, plugins
+        plan = self._plans.get(digest)
+        if plan is not None:
+            return plan
+        try:
+            text = await self._definition(digest)
+        except KeyError:
+            raise PrepareError(f"plan {short(digest)} is not in the journal") from None
+        if plan_hash(text) != digest:
+            raise PrepareError(f"plan {short(digest)} in the journal does not match its hash")
+        try:
+            plan = compile_canonical(text, plugins)
+        except PlanError as e:
+            raise PrepareError(f"plan {short(digest)} cannot be rebuilt: {e}") from e
+        self._plans[digest] = plan
+        return plan
+
+    async def _prepare(self, entry: Entry) -> Entry:
+        """Rebuild the entry's plan and make (or join the making of) its copy."""
+        digest = entry.plan_hash
+        try:
+            if digest is None:
+                raise PrepareError(
+                    f"no morph plan was journaled with this entry and its route {entry.route!r} was not "
+                    "configured when the gateway started; it is not sent with less morphing than it was queued with"
+                )
+            plan = await self._rebuilt(digest)
+        except PrepareError:
+            self._on_error(entry.route)
+            raise
+        if not plan.actions:
+            return entry
+        key = (entry.instance.instance_id, digest)
         mine: Deferred[InstanceRecord] = Deferred()
         waiters = self._inflight.get(key)
         if waiters is None:
             self._inflight[key] = [mine]
-            work = self._runner.run(make_copy, entry.instance, route, self.morphed_dir)
+            work = self._runner.run(make_copy, entry.instance, plan, digest, self.morphed_dir)
 
             def done(result: Any) -> None:
                 if isinstance(result, Failure) and result.check(PrepareError):
-                    self._on_error(route.name)
+                    self._on_error(entry.route)
                 for waiter in self._inflight.pop(key, []):
                     if isinstance(result, Failure):
                         waiter.errback(result)
@@ -168,4 +291,5 @@ class CopyMaker:
             work.addBoth(done)
         else:
             waiters.append(mine)
-        return mine.addCallback(lambda record: dataclasses.replace(entry, path=record.path, instance=record))
+        record = await mine
+        return dataclasses.replace(entry, path=record.path, instance=record)

@@ -49,7 +49,7 @@ from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConf
 from gateway.forward import DestinationWorker, ForwardObserver
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake, Recovery, SpaceGuard
-from gateway.prepare import CopyMaker
+from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
 from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
 from gateway.queue.interfaces import IQueueStore
@@ -248,7 +248,8 @@ class GatewayService(MultiService):
         )
         self.morph_errors: dict[str, int] = {}
         self.copies = CopyMaker(
-            lambda: self.config.routes,
+            lambda digest: self.store_runner.run(self.store.plan, digest),
+            lambda: self.config.morph_plugins,
             self.blocking,
             os.path.join(config.spool.path, "morphed"),
             on_error=self._morph_failed,
@@ -380,6 +381,12 @@ class GatewayService(MultiService):
         returned, rerouted = await self.recovery.recover()
         if rerouted:
             self.log.warn("{count} spooled file(s) without a journal record were routed again", count=rerouted)
+        adopted = await self.store_runner.run(self.store.adopt_plans, legacy_plans(self.config.routes))
+        if adopted:
+            self.log.warn(
+                "{count} entr(y/ies) queued before morph plans were journaled now carry their route's current plan",
+                count=adopted,
+            )
         if not self.running:
             return
         for service in list(self):

@@ -2016,7 +2016,9 @@ def _load(
             sorted(ctx.errors, key=lambda error: (order.get(error.file, 0), error.line or 0))
         )
     assert isinstance(values, dict)
-    return _assemble(source, values)
+    config = _assemble(source, values)
+    plugins = ctx.shared.plugins
+    return replace(config, morph_plugins=dict(plugins.morph)) if plugins else config
 
 
 def _plugin_folders(root: yaml.MappingNode, ctx: _Context) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 
 #: The TLS profiles a listener or destination may name (PS3.15 Annex B):
@@ -506,6 +506,9 @@ class GatewayConfig:
         key ``plugins: {folders: [...]}``, default ``../plugins`` beside the
         configuration file when it exists).
     :param audit: The audit trail.
+    :param morph_plugins: The morph plugins found in ``plugin_folders`` at
+        load, by name (not compared: a reload always finds new objects);
+        queued copies rebuild their journaled plans with these.
     """
 
     source: str
@@ -524,6 +527,7 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugin_folders: tuple[str, ...] = ()
     audit: AuditConfig = field(default_factory=AuditConfig)
+    morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Fill in the default queue path when none was given."""

@@ -72,16 +72,36 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True)
+class PlanRecord:
+    """A route's morph plan as the journal keeps it (issue 11: the morph travels with the entry).
+
+    :ivar plan_hash: SHA-256 of ``definition`` (:func:`gateway.morph.plan_hash`), hex.
+    :ivar definition: the plan's canonical, versioned JSON
+        (:func:`gateway.morph.canonical_json`); the store keeps each
+        distinct plan once, whatever the number of entries that name it.
+    """
+
+    plan_hash: str
+    definition: str
+
+
+@dataclass(frozen=True)
 class NewEntry:
     """An entry to create with an instance.
 
     :ivar path: the file to send, when the route morphed its own copy;
         ``None`` means the instance's spooled file (shared, not copied).
+    :ivar plan: the morph plan of the route as it was when the instance was
+        journaled; the copy is made with it, whatever the configuration says
+        at send time. ``None`` records no plan: such an entry is
+        dead-lettered (reason ``morph``) rather than sent (see
+        :class:`gateway.prepare.CopyMaker`).
     """
 
     route: str
     destination: str
     path: str | None = None
+    plan: PlanRecord | None = None
 
 
 #: The error recorded by ``recover`` on the entry of each lease that may have
@@ -117,6 +137,9 @@ class Entry:
     delivered_at: float | None = None
     dead_reason: str = ""
     history: tuple[Attempt, ...] = ()
+    #: The hash of the morph plan journaled with the entry (:meth:`IQueueStore.plan`
+    #: gives its definition); ``None`` for an entry journaled without one.
+    plan_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,8 +243,26 @@ class IQueueStore(Interface):
         :raises KeyError: no such entry, or it is not DEAD.
         """
 
-    def requeue_instance(instance_id: str, destination: str, route: str, now: float) -> int:
-        """Operator replay: a new QUEUED entry for an instance (never treated as a duplicate)."""
+    def requeue_instance(instance_id: str, destination: str, route: str, now: float, plan: PlanRecord | None = None) -> int:
+        """Operator replay: a new QUEUED entry for an instance (never treated as a duplicate).
+
+        ``plan`` is the morph plan the new entry is sent with (``None``: none recorded).
+        """
+
+    def plan(plan_hash: str) -> str:
+        """The definition (canonical JSON) of a journaled plan.
+
+        :raises KeyError: no plan with that hash is on record.
+        """
+
+    def adopt_plans(plans: Mapping[str, PlanRecord]) -> int:
+        """Give entries journaled without a plan (before schema version 3) the plan of their route.
+
+        ``plans`` maps route names to the plans those routes have now. Each
+        entry without a plan whose route is in ``plans`` gets that plan;
+        the others keep none (and are dead-lettered when a worker takes
+        them). Returns the number of entries that got a plan.
+        """
 
     def purge(entry_id: int) -> None:
         """Delete a DEAD entry for good (operator decision).

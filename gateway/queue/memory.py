@@ -28,6 +28,7 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    PlanRecord,
     RECOVERED_IN_FLIGHT,
 )
 from gateway.queue.sqlite import check_shard, study_hash
@@ -56,6 +57,7 @@ class _Row:
     delivered_at: float | None = None
     dead_reason: str = ""
     history: list[Attempt] = field(default_factory=list)
+    plan_hash: str | None = None
 
 
 @dataclass
@@ -80,6 +82,8 @@ class MemoryQueueStore:
         # Insertion order is id order: ids only grow, so iteration is oldest first.
         self._rows: dict[int, _Row] = {}
         self._destinations: dict[str, _Destination] = {}
+        # Each distinct plan once, by hash (the SQLite ``plans`` table).
+        self._plans: dict[str, str] = {}
         self._next_id = 1
 
     def _entry(self, row: _Row) -> Entry:
@@ -99,6 +103,7 @@ class MemoryQueueStore:
             delivered_at=row.delivered_at,
             dead_reason=row.dead_reason,
             history=tuple(row.history),
+            plan_hash=row.plan_hash,
         )
 
     def _insert(
@@ -111,6 +116,7 @@ class MemoryQueueStore:
         now: float,
         hash_: int,
         history: list[Attempt] | None = None,
+        plan_hash: str | None = None,
     ) -> int:
         """Add one row with the next id (the tail) and return the id."""
         entry_id = self._next_id
@@ -126,8 +132,16 @@ class MemoryQueueStore:
             next_attempt_at=now,
             study_hash=hash_,
             history=list(history or []),
+            plan_hash=plan_hash,
         )
         return entry_id
+
+    def _keep_plan(self, plan: PlanRecord | None) -> str | None:
+        """Record a plan's definition once; return its hash."""
+        if plan is None:
+            return None
+        self._plans.setdefault(plan.plan_hash, plan.definition)
+        return plan.plan_hash
 
     def _destination(self, name: str) -> _Destination:
         """The destination's row, created if absent."""
@@ -170,7 +184,12 @@ class MemoryQueueStore:
             state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
             if state is EntryState.DUPLICATE:
                 duplicates.append(new.destination)
-            ids.append(self._insert(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
+            ids.append(
+                self._insert(
+                    record.instance_id, new.route, new.destination, new.path, state, now, hash_,
+                    plan_hash=self._keep_plan(new.plan),
+                )
+            )
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
     def add_instances(
@@ -276,15 +295,40 @@ class MemoryQueueStore:
         row = self._row_in(entry_id, (EntryState.DEAD,))
         del self._rows[entry_id]
         target = row.destination if destination is None else destination
-        return self._insert(row.instance_id, row.route, target, row.path, EntryState.QUEUED, now, row.study_hash, row.history)
+        return self._insert(
+            row.instance_id, row.route, target, row.path, EntryState.QUEUED, now, row.study_hash, row.history,
+            row.plan_hash,
+        )
 
-    def requeue_instance(self, instance_id: str, destination: str, route: str, now: float) -> int:
+    def requeue_instance(
+        self, instance_id: str, destination: str, route: str, now: float, plan: PlanRecord | None = None
+    ) -> int:
         """Operator replay: a new QUEUED entry (see the interface).
 
         :raises KeyError: no such instance.
         """
         record = self._instances[instance_id]
-        return self._insert(instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(record.study_instance_uid))
+        return self._insert(
+            instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(record.study_instance_uid),
+            plan_hash=self._keep_plan(plan),
+        )
+
+    def plan(self, plan_hash: str) -> str:
+        """The definition of a journaled plan (see the interface).
+
+        :raises KeyError: no plan with that hash.
+        """
+        return self._plans[plan_hash]
+
+    def adopt_plans(self, plans: Mapping[str, PlanRecord]) -> int:
+        """Give entries without a plan their route's plan, when given (see the interface)."""
+        adopted = 0
+        for row in self._rows.values():
+            plan = plans.get(row.route)
+            if row.plan_hash is None and plan is not None and row.state in _OPEN:
+                row.plan_hash = self._keep_plan(plan)
+                adopted += 1
+        return adopted
 
     def purge(self, entry_id: int) -> None:
         """Delete a DEAD entry for good (see the interface)."""

@@ -41,6 +41,16 @@ is newer than this code knows is refused (:class:`SchemaError`) rather than
 misread. A file that is already current is opened without taking the write
 lock, so the CLI can open it while the gateway holds a write transaction.
 
+Morph plans
+-----------
+Each entry names the morph plan it was journaled with (``entries.plan_hash``,
+schema version 3, issue 11); ``plans`` holds each distinct definition once,
+keyed by its SHA-256, so a backlog of a million entries of one route stores
+one plan. Rows of ``plans`` are never deleted: there is one per distinct
+morph ever configured, and an entry retried by an operator must still find
+its plan. Entries from an older journal have no plan until
+:meth:`SqliteQueueStore.adopt_plans` (see :func:`_migrate_2_to_3`).
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
@@ -96,6 +106,7 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    PlanRecord,
     RECOVERED_IN_FLIGHT,
 )
 
@@ -206,8 +217,31 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE destinations ADD COLUMN circuit_since REAL")
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3: each entry names the morph plan it was journaled with (issue 11).
+
+    ``plans`` keeps each distinct plan definition once, keyed by its SHA-256
+    (every entry of a route shares one row, so the journal stays small);
+    ``entries.plan_hash`` points at it.
+
+    Entries written before this version have no plan: they were queued by
+    a gateway that looked the route up by name at send time. Nothing here
+    can know what their route's morph was, and the rule is that an entry is
+    never sent with less morphing than it was queued with, so they are
+    left without a plan (NULL) and resolved by the gateway at its next
+    start, which has the configuration: :meth:`SqliteQueueStore.adopt_plans`
+    gives each the plan its route has in that configuration (the closest
+    record of what it was queued under: what an upgrade without a
+    configuration change would have sent); an entry whose route is no
+    longer configured keeps NULL and is dead-lettered with reason
+    ``morph`` when a worker takes it, never sent unmorphed.
+    """
+    conn.execute("CREATE TABLE plans (plan_hash TEXT PRIMARY KEY, definition TEXT NOT NULL)")
+    conn.execute("ALTER TABLE entries ADD COLUMN plan_hash TEXT REFERENCES plans(plan_hash)")
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -245,6 +279,7 @@ _ENTRY_COLUMNS = (
     "delivered_at",
     "dead_reason",
     "history",
+    "plan_hash",
 )
 
 # One SELECT shape for every Entry: the entry's columns, then its instance's.
@@ -295,6 +330,7 @@ def _entry_from_row(row: Sequence[Any]) -> Entry:
         delivered_at=values["delivered_at"],
         dead_reason=values["dead_reason"],
         history=_history_from_json(values["history"]),
+        plan_hash=values["plan_hash"],
     )
 
 
@@ -408,15 +444,25 @@ class SqliteQueueStore:
         now: float,
         hash_: int,
         history: str = "[]",
+        plan_hash: str | None = None,
     ) -> int:
         """Insert one entry row and return its id (the highest so far: the tail)."""
         cursor = self._conn.execute(
             "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
-            " next_attempt_at, history, study_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (instance_id, route, destination, path, state.value, now, now, history, hash_),
+            " next_attempt_at, history, study_hash, plan_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (instance_id, route, destination, path, state.value, now, now, history, hash_, plan_hash),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def _keep_plan(self, plan: PlanRecord | None) -> str | None:
+        """Record a plan's definition once (inside the caller's transaction); return its hash."""
+        if plan is None:
+            return None
+        self._conn.execute(
+            "INSERT OR IGNORE INTO plans (plan_hash, definition) VALUES (?, ?)", (plan.plan_hash, plan.definition)
+        )
+        return plan.plan_hash
 
     # -- IQueueStore: intake ----------------------------------------------------
 
@@ -481,7 +527,12 @@ class SqliteQueueStore:
             state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
             if state is EntryState.DUPLICATE:
                 duplicates.append(new.destination)
-            ids.append(self._insert_entry(record.instance_id, new.route, new.destination, new.path, state, now, hash_))
+            ids.append(
+                self._insert_entry(
+                    record.instance_id, new.route, new.destination, new.path, state, now, hash_,
+                    plan_hash=self._keep_plan(new.plan),
+                )
+            )
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
     # -- IQueueStore: the worker's cycle -------------------------------------
@@ -623,18 +674,21 @@ class SqliteQueueStore:
         """
         with self._write() as conn:
             row = conn.execute(
-                "SELECT instance_id, route, destination, path, history, study_hash FROM entries"
+                "SELECT instance_id, route, destination, path, history, study_hash, plan_hash FROM entries"
                 " WHERE entry_id = ? AND state = 'dead'",
                 (entry_id,),
             ).fetchone()
             if row is None:
                 raise KeyError(entry_id)
-            instance_id, route, old_destination, path, history, hash_ = row
+            instance_id, route, old_destination, path, history, hash_, plan_hash = row
             conn.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
             target = old_destination if destination is None else destination
-            return self._insert_entry(instance_id, route, target, path, EntryState.QUEUED, now, hash_, history)
+            # The entry keeps its own plan: re-targeting sends the same copy.
+            return self._insert_entry(instance_id, route, target, path, EntryState.QUEUED, now, hash_, history, plan_hash)
 
-    def requeue_instance(self, instance_id: str, destination: str, route: str, now: float) -> int:
+    def requeue_instance(
+        self, instance_id: str, destination: str, route: str, now: float, plan: PlanRecord | None = None
+    ) -> int:
         """Operator replay: a new QUEUED entry for an instance (never a duplicate).
 
         See :meth:`gateway.queue.interfaces.IQueueStore.requeue_instance`.
@@ -645,7 +699,42 @@ class SqliteQueueStore:
             row = conn.execute("SELECT study_instance_uid FROM instances WHERE instance_id = ?", (instance_id,)).fetchone()
             if row is None:
                 raise KeyError(instance_id)
-            return self._insert_entry(instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(row[0]))
+            return self._insert_entry(
+                instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(row[0]),
+                plan_hash=self._keep_plan(plan),
+            )
+
+    def plan(self, plan_hash: str) -> str:
+        """The definition of a journaled plan.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.plan`.
+        """
+        row = self._conn.execute("SELECT definition FROM plans WHERE plan_hash = ?", (plan_hash,)).fetchone()
+        if row is None:
+            raise KeyError(plan_hash)
+        return str(row[0])
+
+    def adopt_plans(self, plans: Mapping[str, PlanRecord]) -> int:
+        """Give entries without a plan (schema < 3) their route's plan, when the route is given.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.adopt_plans` and
+        :func:`_migrate_2_to_3` for why.
+        """
+        with self._write() as conn:
+            routes = [row[0] for row in conn.execute(
+                "SELECT DISTINCT route FROM entries WHERE plan_hash IS NULL AND state IN ('queued', 'leased', 'dead')"
+            )]
+            adopted = 0
+            for route in routes:
+                plan = plans.get(route)
+                if plan is None:
+                    continue
+                adopted += conn.execute(
+                    "UPDATE entries SET plan_hash = ? WHERE plan_hash IS NULL AND route = ?"
+                    " AND state IN ('queued', 'leased', 'dead')",
+                    (self._keep_plan(plan), route),
+                ).rowcount
+            return adopted
 
     def purge(self, entry_id: int) -> None:
         """Delete a DEAD entry for good.

@@ -43,6 +43,7 @@ from gateway.http import (
     BadRequest,
     HttpService,
     NotFound,
+    Refused,
     ServiceBackend,
     build_site,
     served_hosts,
@@ -53,6 +54,8 @@ from gateway.queue.memory import MemoryQueueStore
 
 TOKEN = "s3cret-token-0123456789"
 ALICE = (ApiToken("alice", TOKEN), ApiToken("bob", "another-token-9876543210"))
+#: An operator acting through the API, for backend calls made directly.
+OPERATOR = Operator("alice", "127.0.0.1:40404", "api")
 
 
 class FakeBackend:
@@ -74,12 +77,14 @@ class FakeBackend:
         self.calls.append(("dead_letters", destination))
         return succeed([{"entry_id": 7, "destination": destination or "pacs"}])
 
-    def retry(self, entry_id: int, to: str | None, operator: Operator) -> Deferred[int]:
-        self.calls.append(("retry", entry_id, to, operator.who))
+    def retry(self, entry_id: int, to: str | None, operator: Operator, force: bool = False) -> Deferred[int]:
+        self.calls.append(("retry", entry_id, to, operator.who) + (("force",) if force else ()))
         if entry_id == 404:
             return fail(NotFound("no dead letter 404"))
         if to == "nowhere":
             return fail(BadRequest("unknown destination 'nowhere'"))
+        if to == "research" and not force:
+            return fail(Refused("entry 7 not re-targeted to research: its copy is made with plan ..."))
         return succeed(entry_id + 100)
 
     def purge(self, entry_id: int, operator: Operator) -> Deferred[None]:
@@ -325,6 +330,18 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(body_of(request), {"requeued": 107})
         self.assertEqual(self.backend.calls, [("retry", 7, "ris", "alice")])
 
+    def test_refused_retarget_is_409_with_the_reason_and_force_passes(self) -> None:
+        """A re-target the guard refuses answers 409 with its reason; {"force": true} reaches the backend as force."""
+        refused = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research"}')
+        self.assertEqual(refused.responseCode, 409)
+        self.assertIn("not re-targeted to research", body_of(refused)["error"])
+        forced = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research", "force": true}')
+        self.assertEqual((forced.responseCode, body_of(forced)), (200, {"requeued": 107}))
+        self.assertEqual(self.backend.calls,
+                         [("retry", 7, "research", "alice"), ("retry", 7, "research", "alice", "force")])
+        bad = render(self.site, b"POST", "/api/v1/dead-letters/7/retry", body=b'{"to": "research", "force": "yes"}')
+        self.assertEqual(bad.responseCode, 400)
+
     def test_retry_unknown_entry_is_404_and_bad_target_400(self) -> None:
         """A missing entry answers 404; an unknown destination 400; a non-JSON body 400."""
         self.assertEqual(render(self.site, b"POST", "/api/v1/dead-letters/404/retry").responseCode, 404)
@@ -546,8 +563,11 @@ class _Service:
     """What ServiceBackend reads of a GatewayService."""
 
     def __init__(self, spool: str, bound: bool = True, ready: bool = True) -> None:
+        from gateway.config.schema import RouteConfig
+
         self.config: Any = type(
-            "C", (), {"spool": type("S", (), {"path": spool})(), "destinations": (type("D", (), {"name": "pacs"})(),)}
+            "C", (), {"spool": type("S", (), {"path": spool})(), "destinations": (type("D", (), {"name": "pacs"})(),),
+                      "routes": (RouteConfig("r", ("pacs",)),)}
         )()
         self.blocking = SynchronousRunner()
         self.store_runner = SynchronousRunner()
@@ -778,3 +798,48 @@ class LoopbackTests(TestCase):
             self.assertEqual(code, 200)
 
         return Deferred.fromCoroutine(check())
+
+
+class RetargetGuardBackendTests(SynchronousTestCase):
+    """ServiceBackend.retry re-targets an entry's copy only where a route sends that plan, unless forced (issue 11)."""
+
+    def setUp(self) -> None:
+        from gateway.config.schema import RouteConfig
+        from gateway.prepare import NO_MORPH
+        from gateway.queue.interfaces import NewEntry
+        from gateway.queue.memory import MemoryQueueStore
+        from tests.unit.morph.helpers import plan_of
+        from tests.unit.queue.test_store import make_record
+
+        self.store = MemoryQueueStore()
+        (self.dead,) = self.store.add_instance(make_record("i1"), [NewEntry("clinical", "pacs", plan=NO_MORPH)], 0.0, 0.0).entry_ids
+        self.store.dead_letter(self.dead, "0xA900", 0.0)
+        routes = (
+            RouteConfig("clinical", ("pacs", "copy")),
+            RouteConfig("research", ("res",), morph=plan_of("- deidentify: basic\n")),
+        )
+        destinations = tuple(type("D", (), {"name": n})() for n in ("pacs", "copy", "res"))
+        service = _Service(self.mktemp())
+        service.config = type("C", (), {"destinations": destinations, "routes": routes})()
+        service.store = self.store
+        self.service = service
+        self.backend = ServiceBackend(service, load=lambda path: None, wall=lambda: 1.0)
+
+    def test_identified_copy_to_a_de_identifying_destination_is_refused_then_forced(self) -> None:
+        """to='res' fails with Refused naming the plans; force=True requeues it there with its own plan."""
+        failure = self.failureResultOf(self.backend.retry(self.dead, "res", OPERATOR), Refused)
+        self.assertIn("not re-targeted to res", str(failure.value))
+        self.assertIn("routes to res: research (plan ", str(failure.value))
+        self.assertEqual(self.store.get(self.dead).destination, "pacs")
+        new_id = self.successResultOf(self.backend.retry(self.dead, "res", OPERATOR, force=True))
+        self.assertEqual(self.store.get(new_id).destination, "res")
+        refused, forced = [json.loads(r.to_json()) for r in self.service.audit_sink.records]
+        self.assertEqual((refused["outcome"], refused["extra"]["to"]), (4, "res"))
+        self.assertIn("not re-targeted to res", refused["description"])
+        self.assertEqual((forced["outcome"], forced["participants"][0]["user_id"]), (0, "alice"))
+        self.assertIn("forced past the re-target guard", forced["description"])
+
+    def test_same_plan_destination_needs_no_force(self) -> None:
+        """to='copy', which route 'clinical' feeds unmorphed, is allowed as is."""
+        new_id = self.successResultOf(self.backend.retry(self.dead, "copy", OPERATOR))
+        self.assertEqual(self.store.get(new_id).destination, "copy")

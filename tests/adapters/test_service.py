@@ -167,6 +167,42 @@ class StartTests(ServiceTestCase):
         self.assertEqual([e.destination for e in self.store.entries()], ["one"])
 
 
+class _LegacyStore(MemoryQueueStore):
+    """A journal holding entries queued before plans were journaled (as a migrated version-2 file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from gateway.queue.interfaces import NewEntry
+        from tests.unit.queue.test_store import make_record
+
+        self.add_instance(make_record("old", path=""), [NewEntry("r1", "one"), NewEntry("gone", "two")], 0.0, 0.0)
+        self.service: GatewayService | None = None
+        self.running_at_adopt: list[bool] | None = None
+
+    def adopt_plans(self, plans: Any) -> int:
+        assert self.service is not None
+        self.running_at_adopt = [s.running for s in self.service]
+        return super().adopt_plans(plans)
+
+
+class LegacyPlanTests(ServiceTestCase):
+    """Entries without a journaled plan get their route's plan at start, before any worker runs (issue 11)."""
+
+    def test_plan_less_entries_adopt_their_routes_plan_before_workers_start(self) -> None:
+        """r1's entry gets r1's plan (no morph); the entry of a route no longer configured keeps none."""
+        from gateway.prepare import NO_MORPH
+
+        store = _LegacyStore()
+        service = GatewayService(
+            reactor, self.config(ROUTES_ONE), blocking=SynchronousRunner(), store_runner=SynchronousRunner(), store=store
+        )
+        store.service = service
+        service.startService()
+        self.addCleanup(self.stop, service)
+        self.assertEqual(store.running_at_adopt, [False] * len(store.running_at_adopt or [1]))
+        self.assertEqual({e.route: e.plan_hash for e in store.find()[0][1]}, {"r1": NO_MORPH.plan_hash, "gone": None})
+
+
 class ReloadTests(ServiceTestCase):
     """``GatewayService.reload`` (SIGHUP)."""
 

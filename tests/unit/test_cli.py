@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.config.load import load_config
 from gateway.queue.interfaces import EntryState, InstanceRecord, NewEntry
 from gateway.queue.sqlite import SqliteQueueStore
+from gateway.prepare import NO_MORPH, route_plan
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,12 +45,15 @@ routes:
 class CliTestCase(SynchronousTestCase):
     """A configuration, its journal and a way to run the command line against them."""
 
+    #: The configuration file's text.
+    config_text = CONFIG
+
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.config_path = os.path.join(self.tmp, "gateway.yaml")
         with open(self.config_path, "w") as f:
-            f.write(CONFIG)
+            f.write(self.config_text)
         self.config = load_config(self.config_path)
         os.makedirs(self.config.spool.path)
         self.store = SqliteQueueStore(self.config.queue_path)
@@ -83,7 +87,9 @@ class CliTestCase(SynchronousTestCase):
             accession_number="ACC-" + instance_id,
             calling_ae_title="CT01",
         )
-        result = self.store.add_instance(record, [NewEntry("everything", d) for d in destinations], self.now - 120, 0)
+        # Journaled as the intake does: with the route's plan (no morph here).
+        entries = [NewEntry("everything", d, plan=NO_MORPH) for d in destinations]
+        result = self.store.add_instance(record, entries, self.now - 120, 0)
         return result.entry_ids
 
     def dead(self, entry_id: int, destination: str, reason: str = "0xA900 SOP class rejected") -> None:
@@ -481,6 +487,51 @@ class ReplayTests(CliTestCase):
         code, out, err = self.run_cli("replay", "-c", self.config_path, "--study", "1.2.3", "--to", "nowhere")
         self.assertNotEqual(code, 0)
         self.assertIn("unknown destination 'nowhere'", err)
+
+
+class RetargetGuardTests(CliTestCase):
+    """``--to`` sends the entry's own copy only where a route sends copies with the same plan (issue 11)."""
+
+    config_text = CONFIG.replace(
+        "  archive: {folder: out}\n", "  archive: {folder: out}\n  research: {ae_title: RES, host: 127.0.0.1, port: 1}\n"
+    ) + "  - {name: research, forward: [research], morph: [{deidentify: basic}]}\n"
+
+    def test_retry_to_a_destination_of_another_plan_is_refused_without_force(self) -> None:
+        """An identified copy is not re-targeted to a de-identifying destination; the refusal names both plans; --force sends it."""
+        (pacs, _) = self.instance("a")
+        self.dead(pacs, "pacs")
+        code, out, err = self.queue("retry", str(pacs), "--to", "research")
+        self.assertEqual(code, 1)
+        self.assertIn(f"entry {pacs}: not re-targeted to research", err)
+        self.assertIn(f"plan {NO_MORPH.plan_hash[:16]} (no morph)", err)
+        research = route_plan(self.config.routes[-1]).plan_hash
+        self.assertIn(f"routes to research: research (plan {research[:16]})", err)
+        self.assertIn("--force", err)
+        self.assertEqual(self.store.entries(destination="research"), [])
+        self.assertEqual(self.store.get(pacs).state, EntryState.DEAD)
+        code, out, err = self.queue("retry", str(pacs), "--to", "research", "--force")
+        self.assertEqual(code, 0, err)
+        (entry,) = self.store.entries(destination="research")
+        self.assertEqual((entry.state, entry.plan_hash), (EntryState.QUEUED, NO_MORPH.plan_hash))
+
+    def test_retry_to_a_destination_with_the_same_plan_needs_no_force(self) -> None:
+        """An unmorphed copy may go to 'backup', which route 'spare' feeds unmorphed."""
+        (pacs, _) = self.instance("a")
+        self.dead(pacs, "pacs")
+        code, out, err = self.queue("retry", str(pacs), "--to", "backup")
+        self.assertEqual(code, 0, err)
+
+    def test_replay_to_a_de_identifying_destination_is_refused_without_force(self) -> None:
+        """replay sends instances as received: refused to 'research' (only de-identified there) unless --force."""
+        self.instance("a", study="1.2.3")
+        code, out, err = self.run_cli("replay", "-c", self.config_path, "--study", "1.2.3", "--to", "research")
+        self.assertEqual(code, 1)
+        self.assertIn("not replayed to research", err)
+        self.assertEqual(self.store.entries(destination="research"), [])
+        code, out, err = self.run_cli("replay", "-c", self.config_path, "--study", "1.2.3", "--to", "research", "--force")
+        self.assertEqual(code, 0, err)
+        (entry,) = self.store.entries(destination="research")
+        self.assertEqual(entry.plan_hash, NO_MORPH.plan_hash)
 
 
 class EchoTests(CliTestCase):

@@ -277,6 +277,27 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual(self.intake.unrouted_total, 0)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_each_entry_is_journaled_with_its_routes_plan(self) -> None:
+        """A morphing route's entries carry its canonical plan; an unmorphed route's carry NO_MORPH; a later reload changes neither."""
+        import yaml
+
+        from gateway.morph import compile_morph
+        from gateway.prepare import NO_MORPH, route_plan
+
+        class Sink:
+            def error(self, node: Any, key_path: str, message: str) -> None:
+                raise AssertionError(message)
+
+        morph = compile_morph(yaml.compose("- deidentify: basic\n"), "m", Sink())
+        research = RouteConfig("research", ("folder",), morph=morph)
+        self.routes = [RouteConfig("clinical", ("pacs",)), research]
+        self.admit(self.spooled("i1"))
+        self.routes = [RouteConfig("research", ("folder",))]
+        by_route = {e.route: e.plan_hash for e in self.store.entries()}
+        self.assertEqual(by_route, {"clinical": NO_MORPH.plan_hash, "research": route_plan(research).plan_hash})
+        self.assertEqual(self.store.plan(by_route["research"]), morph.canonical)
+        self.assertNotEqual(by_route["research"], NO_MORPH.plan_hash)
+
     def test_routes_are_read_at_each_admission(self) -> None:
         """A route change (reload) applies to the next instance."""
         self.admit(self.spooled("i1"))

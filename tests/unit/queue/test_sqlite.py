@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 2)
+        self.assertEqual(SCHEMA_VERSION, 3)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
@@ -194,6 +194,65 @@ class SchemaTests(SqliteStoreTestCase):
         stats = store.stats(T0)["A"]
         self.assertTrue(stats.paused)
         self.assertFalse(stats.circuit_open)
+
+    def version_2_journal(self) -> str:
+        """A journal written by schema version 2 (before plans): two queued entries, route 'research' and 'gone'."""
+        path = self.db_path()
+        conn = sqlite3.connect(path)
+        sqlite_module.MIGRATIONS[0](conn)
+        sqlite_module.MIGRATIONS[1](conn)
+        conn.execute("PRAGMA user_version = 2")
+        record = make_record("i1")
+        conn.execute(
+            "INSERT INTO instances (instance_id, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, size,"
+            " sha256, received_at, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.instance_id, record.path, record.sop_class_uid, record.sop_instance_uid,
+             record.transfer_syntax_uid, record.size, record.sha256, record.received_at, record.correlation_id),
+        )
+        for route in ("research", "gone"):
+            conn.execute(
+                "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, study_hash)"
+                " VALUES ('i1', ?, 'A', 'queued', ?, ?, 0)",
+                (route, T0, T0),
+            )
+        conn.commit()
+        conn.close()
+        return path
+
+    def test_version_2_journal_keeps_its_entries_without_a_plan(self) -> None:
+        """Opening a version-2 journal migrates it to 3: a plans table, and its entries carry no plan (None)."""
+        store = self.open(self.version_2_journal())
+        self.assertEqual([(e.route, e.plan_hash, e.state) for e in store.entries()],
+                         [("research", None, EntryState.QUEUED), ("gone", None, EntryState.QUEUED)])
+        with sqlite3.connect(store.path) as conn:
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(conn.execute("SELECT count(*) FROM plans").fetchone()[0], 0)
+
+    def test_migrated_entries_adopt_the_plan_of_a_route_still_configured(self) -> None:
+        """At start the gateway gives them their route's plan; the entry of a route gone keeps none (dead-lettered later)."""
+        from gateway.queue.interfaces import PlanRecord
+
+        store = self.open(self.version_2_journal())
+        plan = PlanRecord("d" * 64, '{"actions":[{"deidentify":"basic"}],"v":1}')
+        self.assertEqual(store.adopt_plans({"research": plan}), 1)
+        self.assertEqual([(e.route, e.plan_hash) for e in store.entries()], [("research", plan.plan_hash), ("gone", None)])
+        store.close()
+        reopened = self.open(store.path)
+        self.assertEqual(reopened.plan(plan.plan_hash), plan.definition)
+
+    def test_one_plan_row_for_many_entries(self) -> None:
+        """A thousand entries of one route share one plans row (the journal stays small)."""
+        from gateway.queue.interfaces import PlanRecord
+
+        store = self.open(self.db_path())
+        plan = PlanRecord("e" * 64, '{"actions":[{"deidentify":"basic"}],"v":1}')
+        store.add_instances(
+            [(make_record(f"i{n}"), [NewEntry("r", "A", plan=plan), NewEntry("r", "B", plan=plan)]) for n in range(500)],
+            T0, 0.0,
+        )
+        with sqlite3.connect(store.path) as conn:
+            self.assertEqual(conn.execute("SELECT count(*) FROM plans").fetchone()[0], 1)
+            self.assertEqual(conn.execute("SELECT count(DISTINCT plan_hash) FROM entries").fetchone()[0], 1)
 
     def test_entry_state_is_constrained(self) -> None:
         """The state column refuses a value outside EntryState (one state, always a known one)."""

@@ -26,12 +26,16 @@ from gateway.queue.interfaces import (
     InstanceRecord,
     IQueueStore,
     NewEntry,
+    PlanRecord,
     RECOVERED_IN_FLIGHT,
 )
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.sqlite import SqliteQueueStore
 
 T0 = 1_700_000_000.0
+#: Two journaled plans (the store does not read their text; only the hash keys them).
+PLAN_A = PlanRecord("a" * 64, '{"actions":[{"deidentify":"basic"}],"v":1}')
+PLAN_B = PlanRecord("b" * 64, '{"actions":[],"v":1}')
 STUDY = "1.2.826.0.1.3680043.8.498.10"
 
 
@@ -804,6 +808,76 @@ class QueueStoreTests:
         self.assertEqual(s.instance_ids(), {"old"})
         self.assertEqual(len(s.entries(destination="A")), 1)
 
+    # -- journaled morph plans (issue 11) -------------------------------------
+
+    def test_entries_carry_the_plan_they_were_journaled_with(self) -> None:
+        """Each entry returns its plan's hash; plan() gives the definition; an entry given none has None."""
+        s = self.store()
+        ids = s.add_instance(
+            make_record("i1"), [NewEntry("r", "A", plan=PLAN_A), NewEntry("q", "B", plan=PLAN_B), NewEntry("r", "C")],
+            T0, 0.0,
+        ).entry_ids
+        self.assertEqual([s.get(i).plan_hash for i in ids], [PLAN_A.plan_hash, PLAN_B.plan_hash, None])
+        self.assertEqual(s.plan(PLAN_A.plan_hash), PLAN_A.definition)
+        self.assertEqual(s.plan(PLAN_B.plan_hash), PLAN_B.definition)
+        (leased,) = s.lease("A", 10, T0, 30.0)
+        self.assertEqual(leased.plan_hash, PLAN_A.plan_hash)
+        self.assertEqual([e.plan_hash for e in s.entries(destination="A")], [PLAN_A.plan_hash])
+
+    def test_unknown_plan_raises(self) -> None:
+        """plan() of a hash nothing was journaled with raises KeyError."""
+        self.assertRaises(KeyError, self.store().plan, "c" * 64)
+
+    def test_a_plan_shared_by_many_entries_stays_readable_after_some_are_forgotten(self) -> None:
+        """Two instances with one plan: forgetting one keeps the plan for the other."""
+        s = self.store()
+        s.add_instance(make_record("i1"), [NewEntry("r", "A", plan=PLAN_A)], T0, 0.0)
+        (kept,) = s.add_instance(make_record("i2"), [NewEntry("r", "A", plan=PLAN_A)], T0, 0.0).entry_ids
+        s.forget_instance("i1")
+        self.assertEqual(s.plan(s.get(kept).plan_hash or ""), PLAN_A.definition)
+
+    def test_requeue_dead_keeps_the_plan_also_when_retargeted(self) -> None:
+        """An operator retry, to the same or another destination, sends the entry's own copy: its plan is kept."""
+        s = self.store()
+        (first, second) = s.add_instance(
+            make_record("i1"), [NewEntry("r", "A", plan=PLAN_A), NewEntry("r", "B", plan=PLAN_A)], T0, 0.0
+        ).entry_ids
+        s.dead_letter(first, "C000", T0)
+        s.dead_letter(second, "C000", T0)
+        again = s.requeue_dead(first, T0 + 1)
+        moved = s.requeue_dead(second, T0 + 1, "Z")
+        self.assertEqual((s.get(again).plan_hash, s.get(moved).plan_hash), (PLAN_A.plan_hash, PLAN_A.plan_hash))
+        self.assertEqual(s.get(moved).destination, "Z")
+
+    def test_requeue_instance_records_the_given_plan(self) -> None:
+        """A replay's entry has the plan it was given (None when none is given)."""
+        s = self.store()
+        self.add(s, "i1")
+        with_plan = s.requeue_instance("i1", "Z", "replay", T0 + 1, PLAN_B)
+        without = s.requeue_instance("i1", "Z", "replay", T0 + 2)
+        self.assertEqual((s.get(with_plan).plan_hash, s.get(without).plan_hash), (PLAN_B.plan_hash, None))
+        self.assertEqual(s.plan(PLAN_B.plan_hash), PLAN_B.definition)
+
+    def test_adopt_plans_resolves_entries_without_a_plan_by_route(self) -> None:
+        """Entries without a plan get their route's (if given); others, delivered ones and planned ones are untouched."""
+        s = self.store()
+        ids = s.add_instance(
+            make_record("i1"),
+            [NewEntry("kept", "A"), NewEntry("gone", "A"), NewEntry("kept", "B", plan=PLAN_B), NewEntry("kept", "C")],
+            T0, 0.0,
+        ).entry_ids
+        (delivered,) = s.lease("C", 1, T0, 30.0)
+        s.complete([delivered.entry_id], T0)
+        (dead,) = s.add_instance(make_record("i2"), [NewEntry("kept", "D")], T0, 0.0).entry_ids
+        s.dead_letter(dead, "C000", T0)
+        self.assertEqual(s.adopt_plans({"kept": PLAN_A}), 2)
+        self.assertEqual(
+            [s.get(i).plan_hash for i in (*ids, dead)],
+            [PLAN_A.plan_hash, None, PLAN_B.plan_hash, None, PLAN_A.plan_hash],
+        )
+        self.assertEqual(s.plan(PLAN_A.plan_hash), PLAN_A.definition)
+        self.assertEqual(s.adopt_plans({"kept": PLAN_B}), 0)
+
 
 class MemoryQueueStoreTests(QueueStoreTests, SynchronousTestCase):
     """The mixin against the in-memory fake."""
@@ -895,7 +969,8 @@ def _apply(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
                 f"i{counter[0]}", sop_instance_uid=f"1.2.{uid}", sha256=("cd" if other_bytes else "ab") * 32,
                 received_at=now, study_instance_uid=f"9.{uid}",
             )
-            return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
+            plan = (None, PLAN_A, PLAN_B)[uid % 3]
+            return store.add_instance(record, [NewEntry("r", d, plan=plan) for d in destinations], now, window)
         if name == "lease":
             destination, limit, now, shard = args
             return store.lease(destination, limit, now, 30.0, shard)
