@@ -36,6 +36,7 @@ class Plugins:
 
     match: dict[str, Any] = field(default_factory=dict)
     morph: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -45,7 +46,7 @@ def discover(folders: list[str]) -> Plugins:
     :param folders: absolute folder paths; missing folders are skipped.
     :returns: the plugins by name and any errors (import failures, duplicate names).
     """
-    from gateway.interfaces import IMatchPredicate, IMorphAction
+    from gateway.interfaces import IMatchPredicate, IMorphAction, IUserIdentityVerifier
 
     found = Plugins()
     # The package path is rebuilt on every discovery: the installed drop-in
@@ -68,7 +69,11 @@ def discover(folders: list[str]) -> Plugins:
                     importlib.import_module(module)
             except Exception as e:  # any error in a plugin module is a configuration error
                 found.errors.append(f"plugin {os.path.join(folder, name)} failed to load: {type(e).__name__}: {e}")
-    for interface, table in ((IMatchPredicate, found.match), (IMorphAction, found.morph)):
+    for interface, table in (
+        (IMatchPredicate, found.match),
+        (IMorphAction, found.morph),
+        (IUserIdentityVerifier, found.identity),
+    ):
         for plugin in getPlugins(interface, gateway.dropins):
             plugin_name = getattr(plugin, "name", None)
             if not isinstance(plugin_name, str) or not plugin_name:
