@@ -94,6 +94,57 @@ def user_information_items(ac: bytes) -> list[tuple[int, bytes]]:
     raise AssertionError("no User Information item in the A-ASSOCIATE-AC")
 
 
+class CertificateSubjectTests(TLSGatewayMixin, TestCase):
+    """``access.certificates`` matches parsed subject attributes, and can pin the issuer (issue 11; HARDENING T07)."""
+
+    skip = dcmtk.skip_reason("echoscu")
+    timeout = 120
+
+    def setUp(self) -> None:
+        from tests.support.certs import subject_material
+
+        self.s = subject_material()
+
+    def echo_as(self, stem: str) -> dcmtk.Result:
+        """``echoscu +tls`` as MR1 with ``<stem>.pem`` of the subject material."""
+        return self.echo_tls(getattr(self.s, f"{stem.replace('-', '_')}_key"), getattr(self.s, stem.replace("-", "_")),
+                             calling="MR1")
+
+    def rejections(self) -> list[tuple[str, str]]:
+        """``(rejection triple, certificate subject)`` of each audited rejection."""
+        return [(r["extra"]["rejection"], r["participants"][0]["certificate_subject"])
+                for r in self.audit() if r.get("disposition") == "rejected"]
+
+    def test_comma_in_common_name_is_refused_and_right_certificate_accepted(self) -> None:
+        """CN ``mr1,O=Radiology`` is refused RJ(1,1,3) by ``CN=mr*,O=Radiology``; CN mr1 with O Radiology gets in.
+
+        Without an issuer pin, the same subject from the other CA (which this
+        listener trusts too) gets in as well: the control for the pin below.
+        """
+        self.start_tls_gateway(tls={"ca": self.s.both_ca}, access={"certificates": {"CN=mr*,O=Radiology": ["MR1"]}})
+        refused = self.echo_as("crafted-client")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("Calling AE Title Not Recognized", refused.output)
+        for stem in ("mr1-client", "other-mr1-client"):
+            accepted = self.echo_as(stem)
+            self.assertEqual(accepted.returncode, 0, accepted.describe())
+        self.assertEqual(self.rejections(), [("1,1,3", "CN=mr1\\,O=Radiology")])
+
+    def test_issuer_pin_refuses_a_certificate_from_another_ca(self) -> None:
+        """With ``issuer`` naming the test CA, the same subject from the other CA is refused RJ(1,1,3)."""
+        pin = "CN=dicom-gateway test CA,O=dicom-gateway tests"
+        self.start_tls_gateway(
+            tls={"ca": self.s.both_ca},
+            access={"certificates": {"CN=mr*,O=Radiology": {"ae_titles": ["MR1"], "issuer": pin}}},
+        )
+        accepted = self.echo_as("mr1-client")
+        self.assertEqual(accepted.returncode, 0, accepted.describe())
+        refused = self.echo_as("other-mr1-client")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("Calling AE Title Not Recognized", refused.output)
+        self.assertEqual(self.rejections(), [("1,1,3", "CN=mr1,O=Radiology")])
+
+
 class UserIdentityTests(ForwardTestMixin, TestCase):
     """User identity negotiation with a pynetdicom requestor, read from the wire (HARDENING P18; issue 11).
 
