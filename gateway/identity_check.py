@@ -42,7 +42,8 @@ Passcode checks off the reactor
 scrypt costs tens of milliseconds of CPU and 16 MiB by design, so a listener
 never runs it on the reactor thread: :class:`PasscodePool` runs at most
 ``max(1, cores - 1)`` checks at a time on threads of its own (hashlib
-releases the GIL while scrypt runs), keeps a short queue, and refuses a
+releases the GIL while scrypt runs) at a lower CPU priority than the
+reactor's (nice + 10), keeps a short queue, and refuses a
 check beyond it at once; the acceptor answers that A-ASSOCIATE-RJ transient,
 local limit exceeded (2, 3, 2; PS3.8 Table 9-21), so a flood of wrong
 passcodes costs at most those cores and cannot grow a backlog. Every type 2
@@ -62,6 +63,7 @@ import collections
 import hashlib
 import hmac
 import os
+import threading
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Callable, Mapping, Protocol
@@ -334,7 +336,7 @@ class PasscodePool:
         """
         workers = max(1, (cores or os.cpu_count() or 1) - 1)
         runner = ThreadPoolRunner.dedicated(reactor, name="passcode", minthreads=0, maxthreads=workers)
-        return cls(runner, workers, 2 * workers if queue is None else queue)
+        return cls(runner, workers, 2 * workers if queue is None else queue, check=background_verify)
 
     @property
     def waiting(self) -> int:
@@ -374,6 +376,36 @@ class PasscodePool:
                 result.callback(bool(outcome))
 
         running.addBoth(done)
+
+
+#: How much nicer (Linux ``nice``, per thread) than the process the scrypt threads run.
+SCRYPT_NICENESS = 10
+
+_thread_state = threading.local()
+
+
+def background_verify(stored: str, passcode: bytes) -> bool:
+    """:func:`verify_passcode` at a lower CPU priority than the reactor thread.
+
+    The first call on a thread raises that thread's nice value by
+    :data:`SCRYPT_NICENESS` (Linux schedules threads separately, and an
+    unprivileged process may always lower its own priority), so a flood of
+    passcode checks uses the CPU the reactor leaves over rather than
+    competing with it for a core. Where that is not possible the check runs
+    at normal priority.
+
+    :param stored: the hash.
+    :param passcode: the passcode given.
+    :returns: whether it matches.
+    """
+    if not getattr(_thread_state, "niced", False):
+        _thread_state.niced = True
+        try:
+            native = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, native, min(19, os.getpriority(os.PRIO_PROCESS, native) + SCRYPT_NICENESS))
+        except (OSError, AttributeError):
+            pass
+    return verify_passcode(stored, passcode)
 
 
 class InlinePasscodes:

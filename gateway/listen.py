@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import fragment_command
-from gateway.identity_check import IDENTITY_REJECTION, IdentityOutcome, Verdict
+from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
 from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
@@ -63,6 +63,12 @@ from gateway.ul.outputs import (
 )
 
 _ids = itertools.count(1)
+
+#: Seconds an RJ(2,3,2) for a full passcode pool is held before it is sent (a
+#: client looping on wrong passcodes then costs a timer, not a connection flood).
+BUSY_HOLD = 1.0
+#: At most this many such answers are held per listener; beyond, they go out at once.
+BUSY_HOLD_MAX = 64
 
 #: A user identity decision that did not come within ``acse_timeout``:
 #: rejected-transient, service-provider (presentation), temporary congestion (PS3.8 Table 9-21).
@@ -113,6 +119,8 @@ class AcceptorProtocol(Protocol):
         # The bound on the wait for a user identity decision (Sta3).
         self._deciding: IDelayedCall | None = None
         self._decision_late = False
+        # A held RJ(2,3,2) (the passcode pool was full).
+        self._busy: IDelayedCall | None = None
         self._subject: str | None = None
         self._counted = False
         self._started = 0.0
@@ -145,6 +153,10 @@ class AcceptorProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17: the transport closed."""
         self._run(self.association.transport_closed())
+        if self._busy is not None and self._busy.active():
+            self._busy.cancel()
+            self.factory.busy_held -= 1
+        self._busy = None
         for call in (self._artim, self._idle, self._grace, self._write_stall, self._deciding):
             if call is not None and call.active():
                 call.cancel()
@@ -305,7 +317,25 @@ class AcceptorProtocol(Protocol):
         why = ""
         if outcome.rejection is not None:
             why = f"user identity refused: {outcome.verdict.reason if outcome.verdict else 'invalid'}"
+        if outcome.rejection == BUSY_REJECTION and self.factory.busy_held < BUSY_HOLD_MAX:
+            # The passcode pool is full. Answering RJ(2,3,2) at once would let
+            # a client that loops turn the refusal into a connection flood
+            # that costs the reactor more than scrypt would; so the answer is
+            # held for BUSY_HOLD seconds (a timer, no work), for at most
+            # BUSY_HOLD_MAX associations per listener at a time.
+            self.factory.busy_held += 1
+            self._busy = self._clock.callLater(
+                BUSY_HOLD, self._busy_answer, request, subject, outcome.rejection, why
+            )
+            return
         self._answer(request, subject, outcome.rejection, why, outcome.ac_item, username)
+
+    def _busy_answer(self, request: _pdu.AAssociateRQ, subject: str | None, rejection: _pdu.AAssociateRJ, why: str) -> None:
+        """The held RJ(2,3,2) goes out now (unless the peer left meanwhile)."""
+        self._busy = None
+        self.factory.busy_held -= 1
+        if self.association.state is State.STA3:
+            self._answer(request, subject, rejection, why, None, "")
 
     def _answer(
         self,
@@ -586,6 +616,8 @@ class AcceptorFactory(Factory):
         self.on_instance = on_instance
         self.active = 0
         self.rejected = 0
+        #: Associations whose RJ(2,3,2) is being held (see :data:`BUSY_HOLD`).
+        self.busy_held = 0
         self.artim_expired = 0
         self.connections: set[AcceptorProtocol] = set()
         self.noisy = False

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.audit import AuditTrail, MemorySink
 from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, hash_passcode
-from gateway.listen import AcceptorProtocol
+from gateway.listen import BUSY_HOLD, BUSY_HOLD_MAX, AcceptorProtocol
 from gateway.ul import pdu
 from gateway.ul.items import UserIdentityAC, UserIdentityRQ, UserInformation
 from gateway.ul.machine import State
@@ -82,12 +82,16 @@ class IdentityWaitTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertIs(proto.association.state, State.STA6)
 
     def test_cap_and_rj_2_3_2_when_the_queue_is_full(self) -> None:
-        """One check runs, two wait, the fourth association gets A-ASSOCIATE-RJ(2,3,2) at once."""
+        """One check runs, two wait, the fourth association gets A-ASSOCIATE-RJ(2,3,2), held BUSY_HOLD seconds."""
         waiting = [self.request() for _ in range(3)]
         self.assertEqual((len(self.runner.pending), self.pool.waiting), (1, 2))
         _, transport, modality = self.request()
+        self.clock.advance(BUSY_HOLD - 0.01)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.02)
         (rj,) = modality.read(transport)
         self.assertEqual(rj, pdu.AAssociateRJ(2, 3, 2))
+        self.assertEqual(len(self.runner.started), 1)
         self.assertEqual([t.value() for _, t, _ in waiting], [b"", b"", b""])
         records = [r for r in self.sink.records if r.disposition == "user_identity"]
         self.assertEqual(len(records), 1)
@@ -140,3 +144,18 @@ class IdentityWaitTests(AcceptorTestsMixin, SynchronousTestCase):
         self.assertIsInstance(modality.read(transport)[0], pdu.AAbort)
         self.runner.finish()
         self.assertEqual(transport.value(), b"")
+
+    def test_held_rejections_are_bounded(self) -> None:
+        """Beyond BUSY_HOLD_MAX held answers, the RJ(2,3,2) goes out at once; a peer leaving frees its place."""
+        for _ in range(3):
+            self.request()
+        held = [self.request() for _ in range(BUSY_HOLD_MAX)]
+        self.assertEqual(self.factory.busy_held, BUSY_HOLD_MAX)
+        _, transport, modality = self.request()
+        self.assertEqual(modality.read(transport), [pdu.AAssociateRJ(2, 3, 2)])
+        proto, _, _ = held[0]
+        proto.connectionLost(None)
+        self.assertEqual(self.factory.busy_held, BUSY_HOLD_MAX - 1)
+        self.clock.advance(BUSY_HOLD)
+        self.assertEqual(self.factory.busy_held, 0)
+        self.assertEqual([m.read(t) for _, t, m in held[1:3]], [[pdu.AAssociateRJ(2, 3, 2)]] * 2)
