@@ -42,8 +42,8 @@ Passcode checks off the reactor
 scrypt costs tens of milliseconds of CPU and 16 MiB by design, so a listener
 never runs it on the reactor thread: :class:`PasscodePool` runs at most
 ``max(1, cores - 1)`` checks at a time on threads of its own (hashlib
-releases the GIL while scrypt runs) at a lower CPU priority than the
-reactor's (nice + 10), keeps a short queue, and refuses a
+releases the GIL while scrypt runs) at the lowest CPU priority (nice 19,
+per thread), keeps a short queue, and refuses a
 check beyond it at once; the acceptor answers that A-ASSOCIATE-RJ transient,
 local limit exceeded (2, 3, 2; PS3.8 Table 9-21), so a flood of wrong
 passcodes costs at most those cores and cannot grow a backlog. Every type 2
@@ -378,8 +378,10 @@ class PasscodePool:
         running.addBoth(done)
 
 
-#: How much nicer (Linux ``nice``, per thread) than the process the scrypt threads run.
-SCRYPT_NICENESS = 10
+#: How much nicer (Linux ``nice``, per thread, capped at 19) than the process the scrypt threads run.
+#: bench/identity.py measured nice +10 and 19 on a loaded 2-core machine: with 19 the C-STORE
+#: median of another listener moved within the noise under six wrong-passcode clients.
+SCRYPT_NICENESS = 19
 
 _thread_state = threading.local()
 
@@ -392,7 +394,9 @@ def background_verify(stored: str, passcode: bytes) -> bool:
     unprivileged process may always lower its own priority), so a flood of
     passcode checks uses the CPU the reactor leaves over rather than
     competing with it for a core. Where that is not possible the check runs
-    at normal priority.
+    at normal priority. On a machine busy with other work the checks then
+    take longer; a check still queued after ``acse_timeout`` is answered
+    A-ASSOCIATE-RJ (2, 3, 1) by the acceptor.
 
     :param stored: the hash.
     :param passcode: the passcode given.
