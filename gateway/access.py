@@ -25,8 +25,9 @@ Per listener (issue 5), further rules of the same shape follow:
    fine, the place it calls from is not, and PS3.8 Table 9-21 has no reason
    code for addresses;
 6. on TLS listeners with certificate rules, the peer's verified
-   certificate subject must match a pattern, and the calling AE title must be
-   one that pattern may use (:class:`CertificateRule`; HARDENING T07: "policy
+   certificate must match a pattern (its subject parsed and matched attribute
+   by attribute, and its issuer when the entry pins one: :mod:`gateway.subject`),
+   and the calling AE title must be one that pattern may use (:class:`CertificateRule`; HARDENING T07: "policy
    binding of certificate to AE") -> RJ(1, 1, 3), so a stolen AE title alone
    does not get in.
 
@@ -40,10 +41,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 import ipaddress
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from gateway.subject import CertificatePattern, NamePattern
 from gateway.ul.errors import RejectReasonUser, RejectResult, RejectSource
 from gateway.ul.pdu import AAssociateRJ, AAssociateRQ
+
+if TYPE_CHECKING:
+    from gateway.config.schema import CertificateBinding
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,13 @@ class Peer:
     """What the transport knows about the peer, for rules beyond AE titles.
 
     :ivar address: the peer's IP address, if known.
-    :ivar certificate_subject: the verified TLS client certificate subject, if any.
+    :ivar certificate_subject: the verified TLS client certificate subject (RFC 4514), if any.
+    :ivar certificate_issuer: that certificate's issuer (RFC 4514), if known.
     """
 
     address: str | None = None
     certificate_subject: str | None = None
+    certificate_issuer: str | None = None
 
 
 class AccessRule(Protocol):
@@ -224,15 +231,36 @@ def address_in_networks(address: str, networks: Sequence[str]) -> bool:
 
 @dataclass(frozen=True)
 class CertificateRule:
-    """Rule 6: the peer's certificate subject may use the calling AE title (HARDENING T07).
+    """Rule 6: the peer's certificate may use the calling AE title (HARDENING T07).
 
-    :ivar bindings: ``(subject pattern, (AE title patterns...))`` pairs;
-        subject patterns are :func:`fnmatch.fnmatchcase` globs over the RFC
-        4514 subject string (``CN=ct1,O=Radiology``); the calling AE title
-        must match a title pattern of *some* subject pattern the subject matches.
+    :ivar bindings: ``(certificate pattern, (AE title patterns...))`` pairs.
+        A certificate pattern (:class:`gateway.subject.CertificatePattern`)
+        matches the parsed subject attribute by attribute, and the issuer
+        when it pins one; the calling AE title must match a title pattern of
+        *some* entry the certificate matches.
     """
 
-    bindings: tuple[tuple[str, tuple[str, ...]], ...]
+    bindings: tuple[tuple[CertificatePattern, tuple[str, ...]], ...]
+
+    @classmethod
+    def from_config(cls, entries: Sequence[CertificateBinding]) -> "CertificateRule":
+        """The rule of a listener's ``access.certificates`` (validated at load).
+
+        :param entries: the configuration entries.
+        :returns: the rule.
+        :raises gateway.subject.PatternError: for a pattern the loader would have refused.
+        """
+        return cls(
+            tuple(
+                (
+                    CertificatePattern(
+                        NamePattern.parse(entry.subject), NamePattern.parse(entry.issuer) if entry.issuer else None
+                    ),
+                    entry.ae_titles,
+                )
+                for entry in entries
+            )
+        )
 
     def __call__(self, rq: AAssociateRQ, peer: Peer) -> AAssociateRJ | None:
         """Reject with RJ(1, 1, 3) a peer without a certificate, or whose certificate may not use this AE title."""
@@ -241,7 +269,7 @@ class CertificateRule:
             return _reject_user(RejectReasonUser.CALLING_AE_TITLE_NOT_RECOGNIZED)
         calling = rq.calling_ae_title.strip(" ")
         for pattern, titles in self.bindings:
-            if fnmatchcase(subject, pattern) and any(fnmatchcase(calling, title) for title in titles):
+            if pattern.matches(subject, peer.certificate_issuer) and any(fnmatchcase(calling, t) for t in titles):
                 return None
         return _reject_user(RejectReasonUser.CALLING_AE_TITLE_NOT_RECOGNIZED)
 

@@ -655,6 +655,8 @@ dead-letters that copy and nothing unmorphed is sent.
 | Calling AE title invalid, not allowed by `accept.calling_ae_titles` or the listener's list, or not bound to the TLS client certificate | 1, 1, 3 |
 | Peer address outside the listener's `access.networks` | 1, 1, 1 |
 | User identity absent when required, or not verified (PS3.7 D.3.3.7) | 1, 1, 1 |
+| User identity with a passcode while the passcode checks' queue is full (answered after 1 s) | 2, 3, 2 |
+| User identity not decided within `limits.acse_timeout` | 2, 3, 1 |
 | Spool below its free-space floor | 2, 3, 1 |
 | `limits.max_associations` associations already open | 2, 3, 2 |
 
@@ -813,11 +815,15 @@ bits and MD5/SHA-1 signatures are refused both ways (OpenSSL security level 2).
 - Access control per association: called AE title, calling AE title patterns (global and per
   listener), source networks (CIDR), and on TLS listeners a binding of certificate subjects to
   the calling AE titles they may use, so a borrowed AE title alone does not get in (4.2.1.4.1).
+  Subjects are matched attribute by attribute (a glob per value, never over the RFC 4514
+  string), optionally with a pattern the issuer must match.
 - User Identity Negotiation (PS3.7 D.3.3.7) as acceptor, per listener: `off` (ignored),
   `optional` (checked when given) or `required`. User name and user name + passcode are checked
-  against a file of salted scrypt hashes; Kerberos, SAML and JWT assertions by plugins. A
-  positive response (sub-item 0x59) is returned when requested. The gateway proposes no user
-  identity as requestor.
+  against a file of salted scrypt hashes; a user name alone (type 1) only for users written
+  without a passcode. Kerberos, SAML and JWT assertions are refused unless a verifier plugin
+  accepts them. Passcode checks run off the network thread, a bounded number at a time. A
+  positive response (sub-item 0x59) is returned when requested, and only then. The gateway
+  proposes no user identity as requestor.
 
 ### 7.3 Application Level Security
 

@@ -1,4 +1,4 @@
-"""Plugin interfaces for the rule engine: custom match predicates (and, later, morph actions).
+"""Plugin interfaces: custom match predicates, morph actions and user identity verifiers.
 
 Routes name plugins the way they name built-ins. A plugin is an object
 providing one of these ``zope.interface`` interfaces, found by
@@ -22,7 +22,8 @@ Twisted plugins are declared::
 
 and a route uses it with ``match: {plugin: study_size, min_instances: 3}``.
 
-Interfaces for other kinds of plugin (morph actions) live in this module too.
+Interfaces for the other kinds of plugin (morph actions, user identity
+verifiers) live in this module too.
 """
 
 from __future__ import annotations
@@ -77,4 +78,41 @@ class IMorphAction(Interface):
         :returns: the action.
         :raises ValueError: when the arguments are wrong; the message becomes a
             configuration error naming the line of the action.
+        """
+
+
+class IUserIdentityVerifier(Interface):
+    """A named checker of Kerberos tickets, SAML assertions or JSON Web Tokens (PS3.7 D.3.3.7).
+
+    User identity types 3 (Kerberos), 4 (SAML) and 5 (JWT) are refused with
+    A-ASSOCIATE-RJ (1, 1, 1) unless a listener names a verifier for that
+    type in ``user_identity.verifiers`` (``{jwt: my_jwt}``) and the verifier
+    accepts the identity. A verifier is declared like the other plugins::
+
+        @implementer(IPlugin, IUserIdentityVerifier)
+        class MyJWT:
+            name = "my_jwt"
+
+            def verify(self, identity):
+                ...  # check identity.primary_field (the token)
+                return Verdict(True, "subject", server_response=b"")
+
+        my_jwt = MyJWT()
+
+    ``verify`` runs on the reactor thread: it must not block. A verifier that
+    needs the network or the disk returns a Deferred.
+    """
+
+    name = Attribute("The plugin's name as ``user_identity.verifiers`` writes it, a str.")
+
+    def verify(identity: Any) -> Any:
+        """Check one identity.
+
+        :param identity: the 0x58 sub-item, a :class:`gateway.ul.items.UserIdentityRQ`
+            (``identity_type``, ``primary_field``: the ticket, assertion or token,
+            ``secondary_field``, ``positive_response_requested``).
+        :returns: a :class:`gateway.identity_check.Verdict`, or a Deferred firing
+            with one. Its ``server_response`` becomes the 0x59 sub-item's
+            content when the requestor asked for a positive response. An
+            exception, a failed Deferred or anything but a Verdict is a refusal.
         """

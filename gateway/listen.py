@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import fragment_command
+from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
 from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
@@ -46,6 +47,8 @@ from gateway.ul.actions import Role, ULSettings
 from gateway.ul.association import Association
 from gateway.ul.errors import AbortReason, AbortSource, RejectResult, RejectSource
 from gateway.ul.errors import RejectReasonPresentation
+from gateway.ul.items import UserIdentityAC
+from gateway.ul.machine import State
 from gateway.ul.negotiate import AcceptorSettings, Negotiation, check_acse, negotiate_acceptor
 from gateway.ul.outputs import (
     AbortIndication,
@@ -60,6 +63,20 @@ from gateway.ul.outputs import (
 )
 
 _ids = itertools.count(1)
+
+#: Seconds an RJ(2,3,2) for a full passcode pool is held before it is sent (a
+#: client looping on wrong passcodes then costs a timer, not a connection flood).
+BUSY_HOLD = 1.0
+#: At most this many such answers are held per listener; beyond, they go out at once.
+BUSY_HOLD_MAX = 64
+
+#: A user identity decision that did not come within ``acse_timeout``:
+#: rejected-transient, service-provider (presentation), temporary congestion (PS3.8 Table 9-21).
+IDENTITY_TIMEOUT_REJECTION = _pdu.AAssociateRJ(
+    result=RejectResult.TRANSIENT,
+    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+    reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
+)
 
 
 def printable(text: str) -> str:
@@ -99,6 +116,12 @@ class AcceptorProtocol(Protocol):
         self._lost: list[Deferred[None]] | None = []
         self._service: StorageService | None = None
         self._negotiation: Negotiation | None = None
+        # The bound on the wait for a user identity decision (Sta3).
+        self._deciding: IDelayedCall | None = None
+        self._decision_late = False
+        # A held RJ(2,3,2) (the passcode pool was full).
+        self._busy: IDelayedCall | None = None
+        self._subject: str | None = None
         self._counted = False
         self._started = 0.0
         self._peer = "?"
@@ -130,10 +153,14 @@ class AcceptorProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17: the transport closed."""
         self._run(self.association.transport_closed())
-        for call in (self._artim, self._idle, self._grace, self._write_stall):
+        if self._busy is not None and self._busy.active():
+            self._busy.cancel()
+            self.factory.busy_held -= 1
+        self._busy = None
+        for call in (self._artim, self._idle, self._grace, self._write_stall, self._deciding):
             if call is not None and call.active():
                 call.cancel()
-        self._artim = self._idle = self._grace = self._write_stall = None
+        self._artim = self._idle = self._grace = self._write_stall = self._deciding = None
         waiters, self._lost = self._lost or [], None
         for waiter in waiters:
             waiter.callback(None)
@@ -208,43 +235,123 @@ class AcceptorProtocol(Protocol):
     # -- association establishment ---------------------------------------------------------
 
     def _associate(self, request: _pdu.AAssociateRQ) -> None:
-        """A-ASSOCIATE indication: apply the access policy, negotiate, accept or reject."""
+        """A-ASSOCIATE indication: apply the access policy, then the user identity policy, then answer.
+
+        The association waits in Sta3 (awaiting the local A-ASSOCIATE
+        response, PS3.8 Table 9-10) while a passcode check runs on the
+        passcode pool or a verifier plugin answers; the machine already
+        aborts on any PDU the peer sends meanwhile (AA-8) and ends on a
+        close (AA-4). The wait is bounded by ``acse_timeout``: a decision
+        that has not come by then is answered with A-ASSOCIATE-RJ transient
+        (2, 3, 1), temporary congestion.
+        """
         self._calling = request.calling_ae_title
         self._called = request.called_ae_title
         # Issue 5: the access rules see the peer's address and verified
-        # certificate subject (TLS listeners), not only the AE titles.
+        # certificate identity (TLS listeners), not only the AE titles.
         identity = transport_peer_identity(self.transport)
         subject = identity.subject if identity is not None else None
+        self._subject = subject
         host = getattr(self.transport.getPeer(), "host", None)
-        peer = Peer(address=host, certificate_subject=subject)
+        peer = Peer(
+            address=host,
+            certificate_subject=subject,
+            certificate_issuer=identity.issuer if identity is not None else None,
+        )
         judge = getattr(self.factory.access, "judge", None)
         if judge is not None:
             rejection, why = judge(request, peer)
         else:
             rejection, why = self.factory.access.check(request, peer), "rejected by the access policy"
-        user_ac = None
+        if rejection is not None or self.factory.user_identity is None:
+            self._answer(request, subject, rejection, why, None, "", label="access")
+            return
+        # PS3.7 D.3.3.7: the decision may have to wait for scrypt or a plugin.
+        decision = self.factory.user_identity.decide(request)
+        if not decision.called:
+            self._deciding = self._clock.callLater(self.factory.limits.acse_timeout, self._decision_timed_out, request)
+        decision.addCallbacks(
+            lambda outcome: self._identity_decided(request, subject, outcome),
+            lambda failure: self._identity_failed(request, subject, failure),
+        )
+
+    def _decision_timed_out(self, request: _pdu.AAssociateRQ) -> None:
+        """The user identity decision took longer than ``acse_timeout``: RJ(2,3,1), and its late answer is ignored."""
+        self._deciding = None
+        self._decision_late = True
+        if self.association.state is not State.STA3:
+            return
+        self._answer(request, self._subject, IDENTITY_TIMEOUT_REJECTION, "user identity not decided within the ACSE timeout",
+                     None, "", label="identity")
+
+    def _identity_failed(self, request: _pdu.AAssociateRQ, subject: str | None, failure: Failure) -> None:
+        """An unexpected error deciding: refuse as a failed identity (never accept on an error)."""
+        self.log.failure("{assoc_id} user identity check failed", failure, assoc_id=self.assoc_id)
+        self._identity_decided(
+            request, subject, IdentityOutcome(IDENTITY_REJECTION, None, Verdict(False, "", "internal error"), 0)
+        )
+
+    def _identity_decided(self, request: _pdu.AAssociateRQ, subject: str | None, outcome: IdentityOutcome) -> None:
+        """The user identity outcome is known: audit it (HARDENING decision 7: every case) and answer."""
+        if self._deciding is not None and self._deciding.active():
+            self._deciding.cancel()
+        self._deciding = None
+        if self._decision_late:
+            # Answered already with RJ(2,3,1); this outcome came too late.
+            return
         username = ""
-        # The associations_rejected_total reason (HARDENING P16).
-        label = "access"
-        if rejection is None and self.factory.user_identity is not None:
-            # PS3.7 D.3.3.7; HARDENING decision 7: an audit record in every case.
-            outcome = self.factory.user_identity.check(request)
-            if outcome.verdict is not None:
-                username = outcome.verdict.username
-                if self.factory.audit is not None:
-                    self.factory.audit.user_authentication(
-                        peer=self._peer,
-                        calling_ae_title=printable(request.calling_ae_title),
-                        username=printable(username),
-                        identity_type=outcome.identity_type,
-                        success=outcome.rejection is None,
-                        description=outcome.verdict.reason,
-                        listener=self.factory.name,
-                    )
-            rejection, user_ac = outcome.rejection, outcome.ac_item
-            if rejection is not None:
-                label = "identity"
-                why = f"user identity refused: {outcome.verdict.reason if outcome.verdict else 'invalid'}"
+        if outcome.verdict is not None:
+            username = outcome.verdict.username
+            if self.factory.audit is not None:
+                self.factory.audit.user_authentication(
+                    peer=self._peer,
+                    calling_ae_title=printable(request.calling_ae_title),
+                    username=printable(username),
+                    identity_type=outcome.identity_type,
+                    success=outcome.rejection is None,
+                    description=outcome.verdict.reason,
+                    listener=self.factory.name,
+                )
+        if self.association.state is not State.STA3:
+            return
+        why = ""
+        if outcome.rejection is not None:
+            why = f"user identity refused: {outcome.verdict.reason if outcome.verdict else 'invalid'}"
+        if outcome.rejection == BUSY_REJECTION and self.factory.busy_held < BUSY_HOLD_MAX:
+            # The passcode pool is full. Answering RJ(2,3,2) at once would let
+            # a client that loops turn the refusal into a connection flood
+            # that costs the reactor more than scrypt would; so the answer is
+            # held for BUSY_HOLD seconds (a timer, no work), for at most
+            # BUSY_HOLD_MAX associations per listener at a time.
+            self.factory.busy_held += 1
+            self._busy = self._clock.callLater(
+                BUSY_HOLD, self._busy_answer, request, subject, outcome.rejection, why
+            )
+            return
+        self._answer(request, subject, outcome.rejection, why, outcome.ac_item, username, label="identity")
+
+    def _busy_answer(self, request: _pdu.AAssociateRQ, subject: str | None, rejection: _pdu.AAssociateRJ, why: str) -> None:
+        """The held RJ(2,3,2) goes out now (unless the peer left meanwhile)."""
+        self._busy = None
+        self.factory.busy_held -= 1
+        if self.association.state is State.STA3:
+            self._answer(request, subject, rejection, why, None, "", label="identity")
+
+    def _answer(
+        self,
+        request: _pdu.AAssociateRQ,
+        subject: str | None,
+        rejection: _pdu.AAssociateRJ | None,
+        why: str,
+        user_ac: UserIdentityAC | None,
+        username: str,
+        label: str = "access",
+    ) -> None:
+        """The A-ASSOCIATE response primitive: reject (Evt8) or negotiate and accept (Evt7).
+
+        :param label: the ``associations_rejected_total`` reason of a rejection
+            (HARDENING P16): ``access`` or ``identity`` here.
+        """
         if rejection is not None:
             self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
             self.factory.count_rejection(request, label)
@@ -514,6 +621,8 @@ class AcceptorFactory(Factory):
         self.on_instance = on_instance
         self.active = 0
         self.rejected = 0
+        #: Associations whose RJ(2,3,2) is being held (see :data:`BUSY_HOLD`).
+        self.busy_held = 0
         self.artim_expired = 0
         self.connections: set[AcceptorProtocol] = set()
         self.noisy = False

@@ -34,8 +34,13 @@ A key is one of
   in **any** item matches, PS3.5 7.5);
 * a context key, about the association the instance arrived on:
 
-  - ``calling_ae_title``, ``called_ae_title``, ``tls_subject``: string
-    patterns (below), e.g. ``tls_subject: "CN=*,O=Example"``;
+  - ``calling_ae_title``, ``called_ae_title``: string patterns (below);
+  - ``tls_subject``: a certificate name pattern, matched attribute by
+    attribute (:mod:`gateway.subject`: ``tls_subject: "CN=ct*,O=Example"``
+    needs an O attribute equal to ``Example`` and a CN starting with
+    ``ct``; other attributes are ignored), or a list of them; ``{equals:
+    ...}`` compares the RFC 4514 string exactly and ``{regex: ...}`` matches
+    it (every special character in a value escaped, as ``\,``);
   - ``source_ip``: a CIDR or a list of CIDRs, IPv4 or IPv6
     (``10.1.0.0/16``, ``[192.168.1.7, "fd00::/8"]``); an IPv4-mapped IPv6
     peer address (``::ffff:10.1.2.3``) matches IPv4 networks;
@@ -135,6 +140,7 @@ from pydicom.valuerep import PersonName
 
 from gateway.config.durations import parse_duration
 from gateway.interfaces import IMatchPredicate
+from gateway.subject import NamePattern, PatternError
 from gateway.route import RoutingContext
 from gateway.tags import TagPath, find, parse_path
 
@@ -473,6 +479,29 @@ class Glob:
     def describe(self) -> str:
         """:returns: ``matches 'CT*'``."""
         return f"matches {self.pattern!r}"
+
+
+@dataclass(frozen=True)
+class SubjectPattern:
+    """A certificate name pattern on ``tls_subject``, matched attribute by attribute (:mod:`gateway.subject`).
+
+    Not a glob over the RFC 4514 string: ``CN=mr*,O=Radiology`` needs an O
+    attribute of its own, so a CN of ``mr1,O=Radiology`` does not match.
+    """
+
+    text: str
+    _parsed: NamePattern = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_parsed", NamePattern.parse(self.text))
+
+    def test(self, value: object, context: RoutingContext) -> bool:
+        """:returns: whether the subject string parses and satisfies the pattern."""
+        return isinstance(value, str) and self._parsed.matches_text(value)
+
+    def describe(self) -> str:
+        """:returns: ``matches subject 'CN=mr*,O=Radiology'``."""
+        return f"matches subject {self.text!r}"
 
 
 @dataclass(frozen=True)
@@ -1102,7 +1131,7 @@ class _Compiler:
             inner = self.conditions(node, path)
             return None if inner is None else Not(inner)
         if key in ("calling_ae_title", "called_ae_title", "tls_subject"):
-            alternatives = self.string_alternatives(node, path)
+            alternatives = self.string_alternatives(node, path, subject=key == "tls_subject")
             return None if alternatives is None else ContextText(key, alternatives)
         if key == "source_ip":
             return self.source_ip(node, path)
@@ -1291,25 +1320,42 @@ class _Compiler:
 
     # -- patterns ----------------------------------------------------------
 
-    def string_alternatives(self, node: yaml.Node, path: str) -> tuple[tuple[_ValueTest, ...], ...] | None:
-        """String patterns for a context key: one, or a list of them (any of)."""
+    def string_alternatives(
+        self, node: yaml.Node, path: str, subject: bool = False
+    ) -> tuple[tuple[_ValueTest, ...], ...] | None:
+        """String patterns for a context key: one, or a list of them (any of).
+
+        :param subject: ``tls_subject``: scalars and ``glob`` are certificate
+            name patterns (:class:`SubjectPattern`), not string globs.
+        """
         if isinstance(node, yaml.SequenceNode):
             if not node.value:
                 self.error(node, path, "empty list (it would match nothing)")
                 return None
-            alternatives = [self.string_tests(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            alternatives = [self.string_tests(item, f"{path}[{i}]", subject) for i, item in enumerate(node.value)]
             if any(alt is None for alt in alternatives):
                 return None
             return tuple(alt for alt in alternatives if alt is not None)
-        tests = self.string_tests(node, path)
+        tests = self.string_tests(node, path, subject)
         return None if tests is None else (tests,)
 
-    def string_tests(self, node: yaml.Node, path: str) -> tuple[_ValueTest, ...] | None:
+    def subject_pattern(self, node: yaml.Node, path: str) -> _ValueTest | None:
+        """A ``tls_subject`` name pattern, validated now (a typo is an error, not a rule that never matches)."""
+        try:
+            return SubjectPattern(str(node.value).strip(" "))
+        except PatternError as exc:
+            self.error(node, path, f"not a certificate subject pattern: {exc}")
+            return None
+
+    def string_tests(self, node: yaml.Node, path: str, subject: bool = False) -> tuple[_ValueTest, ...] | None:
         """One string pattern: a scalar (exact or glob) or ``{equals|glob|regex: ...}``."""
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _NULL:
                 self.error(node, path, "expected a string pattern, got nothing (null)")
                 return None
+            if subject:
+                test = self.subject_pattern(node, path)
+                return None if test is None else (test,)
             return (self.scalar_test(node, path, numeric_ok=False),)
         if isinstance(node, yaml.MappingNode):
             tests: list[_ValueTest] = []
@@ -1322,7 +1368,10 @@ class _Compiler:
                     self.error(key_node, _child(path, key), message)
                     ok = False
                     continue
-                test = self.string_operator(key, value_node, _child(path, key))
+                if subject and key == "glob" and isinstance(value_node, yaml.ScalarNode) and value_node.tag != _NULL:
+                    test = self.subject_pattern(value_node, _child(path, key))
+                else:
+                    test = self.string_operator(key, value_node, _child(path, key))
                 if test is None:
                     ok = False
                 else:

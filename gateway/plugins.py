@@ -5,7 +5,7 @@ by default ``../plugins`` relative to the configuration file) that defines,
 at module level, objects providing :class:`twisted.plugin.IPlugin` and one
 of :class:`~gateway.interfaces.IMatchPredicate`,
 :class:`~gateway.interfaces.IMorphAction` or
-:class:`~gateway.identity_check.IUserIdentityVerifier` (the objects
+:class:`~gateway.interfaces.IUserIdentityVerifier` (the objects
 :func:`twisted.plugin.getPlugins` would find).
 
 The discovery is our own, not :func:`twisted.plugin.getPlugins`, for three
@@ -52,7 +52,7 @@ class Plugins:
 
     match: dict[str, Any] = field(default_factory=dict)
     morph: dict[str, Any] = field(default_factory=dict)
-    verifiers: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -97,8 +97,7 @@ def discover(folders: list[str]) -> Plugins:
     :returns: the plugins by name and any errors (unsafe modes, import
         failures, duplicate names).
     """
-    from gateway.identity_check import IUserIdentityVerifier
-    from gateway.interfaces import IMatchPredicate, IMorphAction
+    from gateway.interfaces import IMatchPredicate, IMorphAction, IUserIdentityVerifier
 
     found = Plugins()
     safe: list[str] = []
@@ -136,7 +135,7 @@ def discover(folders: list[str]) -> Plugins:
             except Exception as e:  # any error in a plugin module is a configuration error
                 found.errors.append(f"plugin {path} failed to load: {type(e).__name__}: {e}")
     _loaded[:] = modules
-    tables = ((IMatchPredicate, found.match), (IMorphAction, found.morph), (IUserIdentityVerifier, found.verifiers))
+    tables = ((IMatchPredicate, found.match), (IMorphAction, found.morph), (IUserIdentityVerifier, found.identity))
     for interface, table in tables:
         for plugin in _providers(modules, interface):
             plugin_name = getattr(plugin, "name", None)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from gateway.access import AccessPolicy, AccessRule, CalledAETitleRule, CallingAETitleRule, CertificateRule, NetworkRule
 from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile
 from gateway.config.schema import DestinationTLSConfig, GatewayConfig, ListenerConfig, ListenerTLSConfig
-from gateway.identity_check import IdentityPolicy, UserIdentityChecker, UsersFileError, load_users
+from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, UsersFileError, load_users
 from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, key_mode_problem
 
 log = Logger(namespace="gateway.security")
@@ -82,17 +82,23 @@ def listener_access(config: GatewayConfig, listener: ListenerConfig) -> AccessPo
     if access.networks:
         extra.append(NetworkRule(access.networks))
     if access.certificates:
-        extra.append(CertificateRule(access.certificates))
+        extra.append(CertificateRule.from_config(access.certificates))
     return AccessPolicy(config.ae_title, config.accept.calling_ae_titles, extra)
 
 
-def listener_identity(listener: ListenerConfig, verifiers: dict[int, Any] | None = None) -> UserIdentityChecker | None:
+def listener_identity(
+    listener: ListenerConfig, verifiers: dict[int, Any] | None = None, passcodes: PasscodePool | None = None
+) -> UserIdentityChecker | None:
     """The user identity checker of one listener.
 
     :param listener: the listener.
-    :param verifiers: assertion verifier plugins by identity type (types 3-5).
+    :param verifiers: assertion verifier plugins by identity type (types 3-5);
+        by default the plugins ``user_identity.verifiers`` names.
+    :param passcodes: the gateway's pool for scrypt checks (shared by every
+        listener, so all of them together use at most its workers); checks
+        run at once on the caller's thread without one.
     :returns: ``None`` when the policy is ``off``.
-    :raises UsersFileError: when the users file cannot be read.
+    :raises UsersFileError: when the users file cannot be read, or a verifier plugin is missing.
     """
     settings = listener.user_identity
     if settings.policy == "off":
@@ -101,17 +107,21 @@ def listener_identity(listener: ListenerConfig, verifiers: dict[int, Any] | None
     found = dict(verifiers or {})
     if settings.verifiers and verifiers is None:
         found = _verifier_plugins(dict(settings.verifiers))
-    return UserIdentityChecker(IdentityPolicy(settings.policy), users, found)
+    return UserIdentityChecker(IdentityPolicy(settings.policy), users, found, passcodes)
 
 
 def _verifier_plugins(wanted: dict[int, str]) -> dict[int, Any]:
     """Find the user identity verifier plugins a listener names, by identity type.
 
+    The configuration loader has already run plugin discovery
+    (:func:`gateway.plugins.discover`) and refused unknown names; this looks
+    them up again through :mod:`gateway.dropins`.
+
     :param wanted: ``{identity type: plugin name}``.
     :returns: ``{identity type: plugin}``.
     :raises UsersFileError: naming a plugin that is not installed.
     """
-    from gateway.identity_check import IUserIdentityVerifier
+    from gateway.interfaces import IUserIdentityVerifier
     from gateway.plugins import providers
 
     # Only the configured plugin folders, as loaded with the configuration (no twisted getPlugins).

@@ -44,6 +44,7 @@ from gateway.security import (
     server_tls_settings,
 )
 from gateway.blocking import IBlockingRunner, ThreadPoolRunner
+from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.forward import DestinationWorker, ForwardObserver
@@ -265,6 +266,8 @@ class GatewayService(MultiService):
             acse_timeout=config.limits.acse_timeout,
             network_timeout=config.limits.network_timeout,
         )
+        # One pool for every listener's scrypt checks: max(1, cores - 1) at a time (issue 11).
+        self.passcodes = PasscodePool.for_reactor(reactor)
         for listener in config.listen:
             factory = AcceptorFactory(
                 name=listener.name,
@@ -278,7 +281,7 @@ class GatewayService(MultiService):
                 observer=self.metrics,
                 on_instance=self._instance_reported,
                 audit=self.audit,
-                user_identity=listener_identity(listener),
+                user_identity=listener_identity(listener, passcodes=self.passcodes),
             )
             service = ListenerService(
                 reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name)

@@ -71,6 +71,7 @@ from gateway.config.schema import (
     RotateConfig,
     ListenerConfig,
     AuditConfig,
+    CertificateBinding,
     DestinationTLSConfig,
     ListenerAccessConfig,
     ListenerTLSConfig,
@@ -860,32 +861,79 @@ def _check_network(node: yaml.Node, path: str, ctx: _Context) -> Any:
         return ctx.error(node, path, f"not a network in CIDR notation: {error}")
 
 
+def _check_name_pattern(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a certificate subject or issuer pattern (:mod:`gateway.subject`).
+
+    :param node: The value node (a string).
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The pattern as written, or :data:`INVALID`.
+    """
+    from gateway.subject import NamePattern, PatternError
+
+    text = _check_string(node, path, ctx)
+    if text is INVALID:
+        return INVALID
+    try:
+        NamePattern.parse(text)
+    except PatternError as error:
+        return ctx.error(node, path, f"not a certificate name pattern: {error}")
+    return text
+
+
 def _check_certificate_map(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept ``certificates``: certificate subject patterns mapped to calling AE title patterns.
+
+    Each entry is ``"SUBJECT": [AE, ...]`` (or one AE title), or
+    ``"SUBJECT": {ae_titles: [AE, ...], issuer: "ISSUER"}`` to pin the CA.
 
     :param node: The value node (a mapping).
     :param path: Its key path.
     :param ctx: The load context.
-    :returns: A tuple of ``(subject pattern, (AE patterns...))``, or :data:`INVALID`.
+    :returns: A tuple of :class:`CertificateBinding`, or :data:`INVALID`.
     """
     entries = _mapping_entries(node, path, ctx)
     if entries is INVALID:
         return INVALID
     assert isinstance(entries, dict)
     check_titles = _list_of(_check_ae_pattern, non_empty=True, empty_message="list at least one calling AE title pattern")
-    pairs = []
+    bindings = []
     ok = True
-    for subject, (_key_node, value_node) in entries.items():
+    for subject, (key_node, value_node) in entries.items():
+        where = _child(path, subject)
+        issuer: Any = ""
+        if _check_name_pattern(key_node, where, ctx) is INVALID:
+            ok = False
         if isinstance(value_node, yaml.ScalarNode) and value_node.tag == _STR:
-            titles = _check_ae_pattern(value_node, _child(path, subject), ctx)
+            titles = _check_ae_pattern(value_node, where, ctx)
             titles = INVALID if titles is INVALID else (titles,)
+        elif isinstance(value_node, yaml.MappingNode):
+            fields = _mapping_entries(value_node, where, ctx)
+            assert isinstance(fields, dict)
+            titles = INVALID
+            for key, (inner_key, _inner) in fields.items():
+                if key not in ("ae_titles", "issuer"):
+                    ctx.error(inner_key, _child(where, key), "unknown key; expected 'ae_titles' or 'issuer'")
+                    ok = False
+            if "ae_titles" in fields:
+                titles_node = fields["ae_titles"][1]
+                if isinstance(titles_node, yaml.ScalarNode) and titles_node.tag == _STR:
+                    titles = _check_ae_pattern(titles_node, _child(where, "ae_titles"), ctx)
+                    titles = INVALID if titles is INVALID else (titles,)
+                else:
+                    titles = check_titles(titles_node, _child(where, "ae_titles"), ctx)
+            else:
+                ctx.error(value_node, where, "missing 'ae_titles': the calling AE titles this certificate may use")
+            if "issuer" in fields:
+                issuer = _check_name_pattern(fields["issuer"][1], _child(where, "issuer"), ctx)
+                ok = ok and issuer is not INVALID
         else:
-            titles = check_titles(value_node, _child(path, subject), ctx)
-        if titles is INVALID:
+            titles = check_titles(value_node, where, ctx)
+        if titles is INVALID or issuer is INVALID:
             ok = False
             continue
-        pairs.append((subject, titles))
-    return tuple(pairs) if ok else INVALID
+        bindings.append(CertificateBinding(subject, titles, issuer))
+    return tuple(bindings) if ok else INVALID
 
 
 _ACCESS_FIELDS: Final[Mapping[str, _Field]] = {
@@ -913,10 +961,15 @@ def _check_verifiers(node: yaml.Node, path: str, ctx: _Context) -> Any:
     for key, (key_node, value_node) in entries.items():
         kind = names.get(key.lower())
         plugin = _check_string(value_node, _child(path, key), ctx)
+        available = ctx.shared.plugins.identity if ctx.shared.plugins is not None else None
         if kind is None:
             ctx.error(key_node, _child(path, key), "must be kerberos, saml or jwt (user identity types 3 to 5, PS3.7 D.3.3.7)")
             ok = False
         elif plugin is INVALID:
+            ok = False
+        elif available is not None and plugin not in available:
+            known = ", ".join(sorted(available)) or "none is installed"
+            ctx.error(value_node, _child(path, key), f"no user identity verifier plugin named {plugin!r} ({known})")
             ok = False
         else:
             pairs.append((kind, plugin))

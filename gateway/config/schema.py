@@ -51,6 +51,24 @@ class ListenerTLSConfig:
 
 
 @dataclass(frozen=True)
+class CertificateBinding:
+    """One entry of ``listen[i].access.certificates``.
+
+    :param subject: The subject pattern (:mod:`gateway.subject`: attribute
+        by attribute, a glob per value), e.g. ``CN=mr*,O=Radiology``.
+    :param ae_titles: Glob patterns of the calling AE titles a certificate
+        matching ``subject`` may use.
+    :param issuer: A pattern the certificate's issuer must match too (which
+        CA's certificates the entry accepts); empty accepts any CA the
+        listener's ``ca`` trusts.
+    """
+
+    subject: str
+    ae_titles: tuple[str, ...]
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
 class ListenerAccessConfig:
     """Per-listener access rules, on top of the global ``accept`` block (key ``listen[i].access``).
 
@@ -58,15 +76,15 @@ class ListenerAccessConfig:
         this listener; empty means the global list alone decides.
     :param networks: Source address networks (CIDR, ``10.1.0.0/16``,
         ``::1/128``) allowed; empty allows any address.
-    :param certificates: On TLS listeners, ``(subject pattern, (AE title
-        patterns...))`` pairs: a peer must present a certificate whose
-        RFC 4514 subject matches a pattern, and may then only use the calling
-        AE titles listed for it. Empty disables the check.
+    :param certificates: On TLS listeners, the subject patterns (and
+        optional issuer patterns) with the calling AE titles each may use: a
+        peer must present a certificate that matches an entry, and may then
+        only use the calling AE titles listed for it. Empty disables the check.
     """
 
     calling_ae_titles: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
-    certificates: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    certificates: tuple[CertificateBinding, ...] = ()
 
 
 #: User identity policies (PS3.7 D.3.3.7): see :mod:`gateway.identity_check`.

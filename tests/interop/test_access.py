@@ -4,8 +4,14 @@
   and a certificate that may not use the calling AE title it presents, are
   each rejected with the right A-ASSOCIATE-RJ (DCMTK prints the result,
   source and reason).
-* User identity (PS3.7 D.3.3.7) from a pynetdicom requestor: positive
-  response on success, rejection on a wrong passcode or a missing identity.
+* User identity (PS3.7 D.3.3.7) from a pynetdicom requestor, read from
+  the bytes the gateway sends: positive response on success (and only
+  when asked), rejection on a wrong passcode, a missing identity, a user
+  name alone for a user with a passcode, and Kerberos, SAML or JWT with
+  no verifier plugin; a JWT verifier plugin from a plugin folder; policy
+  off ignoring an identity.
+* Certificate subjects matched attribute by attribute, with an issuer pin
+  (issue 11), with certificates the test makes.
 * The audit file after mixed traffic (accepted, rejected, received,
   forwarded, dead-lettered) holds exactly the expected records.
 """
@@ -64,29 +70,143 @@ class AccessControlTests(TLSGatewayMixin, TestCase):
         )
 
 
+def user_information_items(ac: bytes) -> list[tuple[int, bytes]]:
+    """The sub-items of an A-ASSOCIATE-AC's User Information item, read from its bytes (PS3.8 9.3.3, D.1).
+
+    Parsed here by hand, not by our codec or pynetdicom's, so the test sees
+    what went over the wire.
+
+    :param ac: one whole A-ASSOCIATE-AC PDU.
+    :returns: ``[(item type, value), ...]``.
+    """
+    assert ac[0] == 0x02, f"not an A-ASSOCIATE-AC: {ac[:10].hex()}"
+    offset, end = 74, 6 + int.from_bytes(ac[2:6], "big")
+    while offset < end:
+        kind, length = ac[offset], int.from_bytes(ac[offset + 2 : offset + 4], "big")
+        if kind == 0x50:
+            items, inner, stop = [], offset + 4, offset + 4 + length
+            while inner < stop:
+                sub, size = ac[inner], int.from_bytes(ac[inner + 2 : inner + 4], "big")
+                items.append((sub, ac[inner + 4 : inner + 4 + size]))
+                inner += 4 + size
+            return items
+        offset += 4 + length
+    raise AssertionError("no User Information item in the A-ASSOCIATE-AC")
+
+
+class CertificateSubjectTests(TLSGatewayMixin, TestCase):
+    """``access.certificates`` matches parsed subject attributes, and can pin the issuer (issue 11; HARDENING T07)."""
+
+    skip = dcmtk.skip_reason("echoscu")
+    timeout = 120
+
+    def setUp(self) -> None:
+        from tests.support.certs import subject_material
+
+        self.s = subject_material()
+
+    def echo_as(self, stem: str) -> dcmtk.Result:
+        """``echoscu +tls`` as MR1 with ``<stem>.pem`` of the subject material."""
+        return self.echo_tls(getattr(self.s, f"{stem.replace('-', '_')}_key"), getattr(self.s, stem.replace("-", "_")),
+                             calling="MR1")
+
+    def rejections(self) -> list[tuple[str, str]]:
+        """``(rejection triple, certificate subject)`` of each audited rejection."""
+        return [(r["extra"]["rejection"], r["participants"][0]["certificate_subject"])
+                for r in self.audit() if r.get("disposition") == "rejected"]
+
+    def test_comma_in_common_name_is_refused_and_right_certificate_accepted(self) -> None:
+        """CN ``mr1,O=Radiology`` is refused RJ(1,1,3) by ``CN=mr*,O=Radiology``; CN mr1 with O Radiology gets in.
+
+        Without an issuer pin, the same subject from the other CA (which this
+        listener trusts too) gets in as well: the control for the pin below.
+        """
+        self.start_tls_gateway(tls={"ca": self.s.both_ca}, access={"certificates": {"CN=mr*,O=Radiology": ["MR1"]}})
+        refused = self.echo_as("crafted-client")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("Calling AE Title Not Recognized", refused.output)
+        for stem in ("mr1-client", "other-mr1-client"):
+            accepted = self.echo_as(stem)
+            self.assertEqual(accepted.returncode, 0, accepted.describe())
+        self.assertEqual(self.rejections(), [("1,1,3", "CN=mr1\\,O=Radiology")])
+
+    def test_issuer_pin_refuses_a_certificate_from_another_ca(self) -> None:
+        """With ``issuer`` naming the test CA, the same subject from the other CA is refused RJ(1,1,3)."""
+        pin = "CN=dicom-gateway test CA,O=dicom-gateway tests"
+        self.start_tls_gateway(
+            tls={"ca": self.s.both_ca},
+            access={"certificates": {"CN=mr*,O=Radiology": {"ae_titles": ["MR1"], "issuer": pin}}},
+        )
+        accepted = self.echo_as("mr1-client")
+        self.assertEqual(accepted.returncode, 0, accepted.describe())
+        refused = self.echo_as("other-mr1-client")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("Calling AE Title Not Recognized", refused.output)
+        self.assertEqual(self.rejections(), [("1,1,3", "CN=mr1,O=Radiology")])
+
+
 class UserIdentityTests(ForwardTestMixin, TestCase):
-    """User identity negotiation with a pynetdicom requestor (HARDENING P18)."""
+    """User identity negotiation with a pynetdicom requestor, read from the wire (HARDENING P18; issue 11).
+
+    Three listeners: ``required`` (users file with alice, who has a
+    passcode, and bob, written name-only; a JWT verifier plugin from a
+    plugin folder), ``noplugin`` (the same users, no verifier) and
+    ``off`` (policy off). Every answer is checked in the bytes the gateway
+    sent: the A-ASSOCIATE-RJ's result, source and reason, and the
+    A-ASSOCIATE-AC's user information sub-items.
+    """
 
     timeout = 120
 
     def setUp(self) -> None:
+        from tests.support.identity_plugins import NAME, write_jwt_verifier
+        from tests.support.ports import free_port
+
         users = Path(self.mktemp())
-        users.write_text("alice:" + hash_passcode("pw", n=2**10) + "\n")
-        gw = GatewayProcess(self.mktemp(), http={"enabled": False})
+        users.write_text("alice:" + hash_passcode("pw", n=2**10) + "\nbob:name-only\n")
+        plugins = write_jwt_verifier(str(Path(self.mktemp()).resolve()))
+        gw = GatewayProcess(self.mktemp(), http={"enabled": False}, plugins={"folders": [plugins]})
+        self.ports = {"required": gw.port}
+        for name in ("noplugin", "off"):
+            port = free_port("127.0.0.1")
+            while port in self.ports.values():
+                port = free_port("127.0.0.1")
+            self.ports[name] = port
+        path = str(users.resolve())
         gw.config["listen"] = [
-            {"host": "127.0.0.1", "port": gw.port, "user_identity": {"policy": "required", "users_file": str(users.resolve())}}
+            {"host": "127.0.0.1", "port": gw.port, "name": "required",
+             "user_identity": {"policy": "required", "users_file": path, "verifiers": {"jwt": NAME}}},
+            {"host": "127.0.0.1", "port": self.ports["noplugin"], "name": "noplugin",
+             "user_identity": {"policy": "required", "users_file": path}},
+            {"host": "127.0.0.1", "port": self.ports["off"], "name": "off",
+             "user_identity": {"policy": "off"}},
         ]
         gw.config["audit"] = {"file": str(gw.dir / "audit.jsonl")}
         gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
         self.addCleanup(self._stop_gateway, gw)
         self.gw = gw.start()
+        from tests.support.gateway_process import wait_until
+        from tests.support.ports import port_is_open
 
-    def associate(self, identity_type: int | None, primary: bytes = b"", secondary: bytes = b"", positive: bool = True) -> Any:
-        """Request an association with an optional user identity sub-item."""
-        from pynetdicom import AE
+        wait_until(lambda: all(port_is_open("127.0.0.1", p) for p in self.ports.values()), 10, lambda: gw.log_text())
+
+    def associate(
+        self,
+        identity_type: int | None,
+        primary: bytes = b"",
+        secondary: bytes = b"",
+        positive: bool = True,
+        listener: str = "required",
+    ) -> tuple[Any, bytes]:
+        """Request an association with an optional user identity sub-item.
+
+        :returns: pynetdicom's association and the first PDU the gateway sent, as bytes.
+        """
+        from pynetdicom import AE, evt
         from pynetdicom.pdu_primitives import UserIdentityNegotiation
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+        received: list[bytes] = []
         ae = AE(ae_title="PYNET")
         ae.add_requested_context(Verification)
         ext = []
@@ -98,9 +218,19 @@ class UserIdentityTests(ForwardTestMixin, TestCase):
             if secondary:
                 item.secondary_field = secondary
             ext.append(item)
-        assoc = ae.associate("127.0.0.1", self.gw.port, ae_title="DICOMGW", ext_neg=ext)
+        assoc = ae.associate(
+            "127.0.0.1", self.ports[listener], ae_title="DICOMGW", ext_neg=ext,
+            evt_handlers=[(evt.EVT_DATA_RECV, lambda event: received.append(bytes(event.data)))],
+        )
         self.addCleanup(lambda: assoc.release() if assoc.is_established else None)
-        return assoc
+        raw = b"".join(received)
+        self.assertGreaterEqual(len(raw), 6, "the gateway answered nothing")
+        first = raw[: 6 + int.from_bytes(raw[2:6], "big")]
+        return assoc, first
+
+    def assert_rejected(self, answer: bytes, result: int, source: int, reason: int) -> None:
+        """The answer is exactly A-ASSOCIATE-RJ(result, source, reason) (PS3.8 9.3.4)."""
+        self.assertEqual(answer, bytes([0x03, 0, 0, 0, 0, 4, 0, result, source, reason]), answer.hex())
 
     def audited(self, at_least: int = 1) -> list[dict[str, Any]]:
         """The user identity audit records, once at least ``at_least`` are written.
@@ -121,36 +251,88 @@ class UserIdentityTests(ForwardTestMixin, TestCase):
         return records()
 
     def test_right_passcode_with_positive_response_requested(self) -> None:
-        """Type 2 with the right passcode: accepted, the AC carries a 0x59 sub-item, audited as success."""
-        assoc = self.associate(2, b"alice", b"pw")
+        """Type 2 with the right passcode, response requested: the AC carries one empty 0x59, audited as success."""
+        assoc, answer = self.associate(2, b"alice", b"pw")
         self.assertTrue(assoc.is_established)
-        response = [item for item in assoc.acceptor.user_information if type(item).__name__ == "UserIdentityNegotiation"]
-        self.assertEqual(len(response), 1)
+        items = user_information_items(answer)
+        self.assertEqual([value for kind, value in items if kind == 0x59], [b"\x00\x00"])
         self.assertEqual(self.audited()[0]["outcome"], 0)
         self.assertEqual(self.audited()[0]["participants"][0]["alternative_user_id"], "alice")
 
+    def test_no_0x59_when_no_positive_response_was_requested(self) -> None:
+        """Type 2 accepted without the positive-response flag: the AC has no 0x59 sub-item (PS3.7 D.3.3.7.2)."""
+        assoc, answer = self.associate(2, b"alice", b"pw", positive=False)
+        self.assertTrue(assoc.is_established)
+        kinds = [kind for kind, _ in user_information_items(answer)]
+        self.assertIn(0x51, kinds)
+        self.assertNotIn(0x59, kinds)
+
     def test_wrong_passcode_is_rejected(self) -> None:
         """Type 2 with a wrong passcode: A-ASSOCIATE-RJ(1,1,1), audited as a failure."""
-        assoc = self.associate(2, b"alice", b"wrong")
-        self.assertTrue(assoc.is_rejected)
+        assoc, answer = self.associate(2, b"alice", b"wrong")
+        self.assertFalse(assoc.is_established)
+        self.assert_rejected(answer, 1, 1, 1)
         record = self.audited()[0]
         self.assertEqual((record["outcome"], record["description"]), (4, "wrong passcode"))
 
-    def test_missing_identity_is_rejected_when_required(self) -> None:
-        """No identity under policy required: A-ASSOCIATE-RJ(1,1,1), and audited too.
-
-        The gateway sends the RJ and pynetdicom closes the connection at once;
-        pynetdicom now and then reports that as an abort rather than a
-        rejection (seen once in CI), so the RJ itself is read from the
-        gateway's association log line.
-        """
-        assoc = self.associate(None)
+    def test_user_name_alone_is_refused_for_a_user_with_a_passcode(self) -> None:
+        """Type 1 naming alice, who has a passcode: RJ(1,1,1); bob, written name-only, gets in with type 1."""
+        assoc, answer = self.associate(1, b"alice")
         self.assertFalse(assoc.is_established)
-        self.assertEqual(len(self.audited()), 1)
+        self.assert_rejected(answer, 1, 1, 1)
+        self.assertIn("has a passcode", self.audited()[0]["description"])
+        bob, answer = self.associate(1, b"bob")
+        self.assertTrue(bob.is_established)
+        self.assertEqual([value for kind, value in user_information_items(answer) if kind == 0x59], [b"\x00\x00"])
+
+    def test_kerberos_saml_jwt_refused_without_a_verifier(self) -> None:
+        """Types 3 and 4 on a listener with only a JWT verifier, and 3, 4, 5 on one with none: each RJ(1,1,1), audited."""
+        cases = [("required", 3), ("required", 4), ("noplugin", 3), ("noplugin", 4), ("noplugin", 5)]
+        for listener, kind in cases:
+            assoc, answer = self.associate(kind, b"an-assertion", listener=listener)
+            self.assertFalse(assoc.is_established, (listener, kind))
+            self.assert_rejected(answer, 1, 1, 1)
+        records = self.audited(len(cases))
+        self.assertEqual([(r["extra"]["identity_type"], r["outcome"]) for r in records],
+                         [(str(kind), 4) for _, kind in cases])
+
+    def test_verifier_plugin_accepts_a_jwt(self) -> None:
+        """The test plugin accepts its token: AC with 0x59 carrying the plugin's server response; another token is RJ(1,1,1)."""
+        from tests.support.identity_plugins import GOOD_TOKEN, SERVER_RESPONSE
+
+        assoc, answer = self.associate(5, GOOD_TOKEN)
+        self.assertTrue(assoc.is_established)
+        response = [value for kind, value in user_information_items(answer) if kind == 0x59]
+        self.assertEqual(response, [len(SERVER_RESPONSE).to_bytes(2, "big") + SERVER_RESPONSE])
+        self.assertEqual(self.audited()[0]["participants"][0]["alternative_user_id"], "jwt-user")
+        expired, answer = self.associate(5, b"eyJ.expired.token")
+        self.assertFalse(expired.is_established)
+        self.assert_rejected(answer, 1, 1, 1)
+
+    def test_policy_off_ignores_a_present_identity(self) -> None:
+        """Policy off: a wrong passcode with a response requested is ignored: accepted, no 0x59, nothing audited for it."""
+        assoc, answer = self.associate(2, b"alice", b"wrong", listener="off")
+        self.assertTrue(assoc.is_established)
+        self.assertNotIn(0x59, [kind for kind, _ in user_information_items(answer)])
+        for kind in (1, 3, 5):
+            other, answer = self.associate(kind, b"x", listener="off")
+            self.assertTrue(other.is_established, kind)
+            self.assertNotIn(0x59, [k for k, _ in user_information_items(answer)])
+        path = self.gw.dir / "audit.jsonl"
+        from gateway.audit import read_records
+
         from tests.support.gateway_process import wait_until
 
-        wait_until(lambda: "PYNET -> DICOMGW ended: rejected (1,1,1)" in self.gw.log_text(), 10,
-                   lambda: f"the RJ(1,1,1) in the gateway's log:\n{self.gw.log_text()[-2000:]}")
+        wait_until(lambda: len([r for r in read_records(str(path)) if r.get("disposition") == "accepted"]) >= 4, 10,
+                   "4 accepted associations audited")
+        self.assertEqual([r for r in read_records(str(path)) if r.get("disposition") == "user_identity"], [])
+
+    def test_missing_identity_is_rejected_when_required(self) -> None:
+        """No identity under policy required: A-ASSOCIATE-RJ(1,1,1) on the wire, and audited too."""
+        assoc, answer = self.associate(None)
+        self.assertFalse(assoc.is_established)
+        self.assert_rejected(answer, 1, 1, 1)
+        self.assertEqual(len(self.audited()), 1)
 
 
 class AuditTrailTests(ForwardTestMixin, TestCase):

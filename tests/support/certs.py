@@ -268,6 +268,76 @@ def hardening_material() -> Material:
     return _hardening_cached
 
 
+def _issue_subject(ca: Issued, subject: Any) -> Issued:
+    """A client certificate from ``ca`` with exactly ``subject`` (an ``x509.Name``), which :func:`issue` cannot make."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from gateway.tlsinit import new_key
+
+    key = new_key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(certificate, key)
+
+
+_subject_cached: Material | None = None
+
+
+def subject_material() -> Material:
+    """Generate (once per process) the certificates of the subject-pattern cases of issue 11.
+
+    In a folder of its own:
+
+    * ``crafted-client``: subject exactly one attribute, CN ``mr1,O=Radiology``
+      (RFC 4514 ``CN=mr1\\,O=Radiology``), from the test CA: the attack;
+    * ``mr1-client``: ``CN=mr1,O=Radiology`` (two attributes), from the test CA;
+    * ``other-mr1-client``: the same subject, from the other CA;
+    * ``both-ca.pem``: the test CA and the other CA, for a listener that trusts both.
+
+    :returns: the paths.
+    """
+    global _subject_cached
+    if _subject_cached is not None:
+        return _subject_cached
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    base = material()
+    folder = Path(tempfile.mkdtemp(prefix="gw-tls-subject-"))
+
+    def load(stem: str) -> Issued:
+        return Issued(
+            x509.load_pem_x509_certificate((base.dir / f"{stem}.pem").read_bytes()),
+            serialization.load_pem_private_key((base.dir / f"{stem}-key.pem").read_bytes(), None),  # type: ignore[arg-type]
+        )
+
+    ca, other = load("ca"), load("other-ca")
+    crafted = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mr1,O=Radiology")])
+    right = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Radiology"),
+                       x509.NameAttribute(NameOID.COMMON_NAME, "mr1")])
+    _write(folder, "crafted-client", _issue_subject(ca, crafted))
+    _write(folder, "mr1-client", _issue_subject(ca, right))
+    _write(folder, "other-mr1-client", _issue_subject(other, right))
+    (folder / "both-ca.pem").write_bytes((base.dir / "ca.pem").read_bytes() + (base.dir / "other-ca.pem").read_bytes())
+    _subject_cached = Material(folder)
+    return _subject_cached
+
+
 def tls_listener(port: int, m: Material, **tls: Any) -> dict[str, Any]:
     """A ``listen`` entry named ``tls`` on ``port``, serving ``m.server`` and requiring a client certificate from ``m.ca``.
 

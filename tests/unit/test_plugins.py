@@ -519,7 +519,7 @@ class PluginFolderSafetyTests(SynchronousTestCase):
 
                 verifier = Verifier()
             '''))
-        self.assertEqual(sorted(discover([folder]).verifiers), ["jwt_for_test"])
+        self.assertEqual(sorted(discover([folder]).identity), ["jwt_for_test"])
         self.assertEqual([p.name for p in providers(IUserIdentityVerifier)], ["jwt_for_test"])
         discover([])
         self.assertEqual(providers(IUserIdentityVerifier), [])

@@ -490,6 +490,21 @@ class ContextTests(SynchronousTestCase):
         self.assertTrue(check('tls_subject: "CN=*.example.org,*"', Dataset(), context()))
         self.assertFalse(check('tls_subject: "*"', Dataset(), context(tls_subject="")))
 
+    def test_tls_subject_matches_attributes_not_the_string(self) -> None:
+        """Issue 11: a CN ``mr1,O=Radiology`` (escaped comma) does not satisfy ``CN=mr*,O=Radiology``; CN mr1, O Radiology does."""
+        crafted = context(tls_subject="CN=mr1\\,O=Radiology")
+        self.assertFalse(check('tls_subject: "CN=mr*,O=Radiology"', Dataset(), crafted))
+        self.assertFalse(check('tls_subject: {glob: "CN=mr*,O=Radiology"}', Dataset(), crafted))
+        self.assertTrue(check('tls_subject: "CN=mr*,O=Radiology"', Dataset(), context(tls_subject="O=Radiology,CN=mr1")))
+        self.assertTrue(check('tls_subject: {equals: "CN=mr1\\\\,O=Radiology"}', Dataset(), crafted))
+
+    def test_tls_subject_pattern_errors_name_the_line(self) -> None:
+        """A ``tls_subject`` that is not TYPE=VALUE attributes is a configuration error, not a rule matching nothing."""
+        errors = errors_of('all:\n  - tls_subject: "*example*"\n')
+        self.assertEqual(len(errors), 1, errors)
+        self.assertEqual(errors[0][0], 2)
+        self.assertIn("not a certificate subject pattern", errors[0][2])
+
     def test_time_of_day_window_and_wrap(self) -> None:
         """Start included, end excluded; windows may wrap midnight."""
         day = '{time_of_day: {between: ["07:00", "19:00"]}}'

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.access import AccessPolicy, CertificateRule, NetworkRule, Peer, address_in_networks
 from gateway.config.load import load_config_text
+from gateway.config.schema import CertificateBinding
 from gateway.identity_check import (
     IDENTITY_REJECTION,
     IdentityPolicy,
@@ -63,7 +64,9 @@ class NetworkRuleTests(SynchronousTestCase):
 class CertificateRuleTests(SynchronousTestCase):
     """Certificate subject to calling AE title binding (HARDENING T07)."""
 
-    rule = CertificateRule((("CN=modality1,O=*", ("CT1", "CT1B")), ("CN=mr*", ("MR*",))))
+    rule = CertificateRule.from_config(
+        (CertificateBinding("CN=modality1,O=*", ("CT1", "CT1B")), CertificateBinding("CN=mr*", ("MR*",)))
+    )
 
     def test_mapped_subject_may_use_its_title(self) -> None:
         """modality1 may call as CT1."""
@@ -80,6 +83,21 @@ class CertificateRuleTests(SynchronousTestCase):
     def test_no_certificate_is_rejected(self) -> None:
         """Without a certificate the binding cannot hold."""
         self.assertEqual(self.rule(rq("CT1"), Peer(address="127.0.0.1")), CALLING_NOT_RECOGNIZED)
+
+    def test_comma_in_common_name_does_not_make_an_organisation(self) -> None:
+        """Issue 11: CN ``mr1,O=Radiology`` (escaped in RFC 4514) is refused by ``CN=mr*,O=Radiology``; CN mr1, O Radiology is not."""
+        rule = CertificateRule.from_config((CertificateBinding("CN=mr*,O=Radiology", ("MR1",)),))
+        crafted = Peer(certificate_subject="CN=mr1\\,O=Radiology")
+        self.assertEqual(rule(rq("MR1"), crafted), CALLING_NOT_RECOGNIZED)
+        self.assertIsNone(rule(rq("MR1"), Peer(certificate_subject="CN=mr1,O=Radiology")))
+
+    def test_issuer_pin_refuses_another_ca(self) -> None:
+        """With ``issuer``, the same subject from another CA is RJ(1,1,3)."""
+        rule = CertificateRule.from_config((CertificateBinding("CN=mr1", ("MR1",), "CN=Radiology CA"),))
+        ours = Peer(certificate_subject="CN=mr1", certificate_issuer="CN=Radiology CA,O=H")
+        theirs = Peer(certificate_subject="CN=mr1", certificate_issuer="CN=Some CA,O=H")
+        self.assertIsNone(rule(rq("MR1"), ours))
+        self.assertEqual(rule(rq("MR1"), theirs), CALLING_NOT_RECOGNIZED)
 
 
 class ListenerPolicyTests(SynchronousTestCase):
@@ -161,20 +179,52 @@ class UsersFileTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         self.path = os.path.join(self.dir, "users")
 
-    def test_comments_and_user_only_lines(self) -> None:
-        """Comments and blank lines are skipped; a bare user name has no passcode."""
+    def write(self, text: str) -> None:
+        """Write the users file."""
         with open(self.path, "w") as stream:
-            stream.write("# users\n\nalice:" + hash_passcode("pw", n=2**4) + "\nbob\n")
+            stream.write(text)
+
+    def test_comments_and_name_only_lines(self) -> None:
+        """Comments and blank lines are skipped; ``USER:name-only`` has no passcode."""
+        self.write("# users\n\nalice:" + hash_passcode("pw", n=2**4) + "\nbob:name-only\n")
         users = load_users(self.path)
         self.assertEqual(sorted(users), ["alice", "bob"])
         self.assertEqual(users["bob"], "")
 
     def test_malformed_line_names_its_line(self) -> None:
         """A line with a clear-text passcode is refused with its line number."""
-        with open(self.path, "w") as stream:
-            stream.write("alice:password\n")
+        self.write("alice:password\n")
         error = self.assertRaises(UsersFileError, load_users, self.path)
         self.assertIn(":1:", str(error))
+
+    def test_bare_name_and_empty_hash_are_refused(self) -> None:
+        """``bob`` and ``bob:`` no longer mean name-only silently: the line must say ``name-only``."""
+        for text in ("# x\nbob\n", "# x\nbob:\n"):
+            self.write(text)
+            error = self.assertRaises(UsersFileError, load_users, self.path)
+            self.assertIn(f"{self.path}:2:", str(error))
+            self.assertIn("name-only", str(error))
+
+    def test_duplicate_user_and_bad_parameters_are_refused(self) -> None:
+        """A user listed twice, and a hash whose N is not a power of two, each name their line."""
+        good = hash_passcode("pw", n=2**4)
+        self.write(f"alice:{good}\nalice:{good}\n")
+        self.assertIn(":2: user 'alice' is already listed on line 1", str(self.assertRaises(UsersFileError, load_users, self.path)))
+        self.write("alice:" + good.replace("scrypt$16$", "scrypt$15$") + "\n")
+        self.assertIn(":1: scrypt N must be a power of two", str(self.assertRaises(UsersFileError, load_users, self.path)))
+
+    def test_check_material_reports_the_line(self) -> None:
+        """``run`` and ``check`` refuse a listener whose users file has a bad line, naming file and line."""
+        from gateway.security import check_material
+
+        self.write("alice\n")
+        config = load_config_text(
+            f"ae_title: GW\nspool: /tmp/s\nlisten: [{{host: 0.0.0.0, port: 1, user_identity: {{policy: required, users_file: {self.path}}}}}]\n",
+            "gw.yaml",
+            "/tmp",
+        )
+        (problem,) = check_material(config)
+        self.assertIn(f"{self.path}:1:", problem)
 
 
 class FakeJWTVerifier:

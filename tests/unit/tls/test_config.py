@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config.errors import ConfigErrors
 from gateway.config.load import load_config_text
-from gateway.config.schema import DestinationTLSConfig, ListenerTLSConfig
+from tests.support.identity_plugins import NAME, write_jwt_verifier
+from gateway.config.schema import CertificateBinding, DestinationTLSConfig, ListenerTLSConfig
 
 BASE = """\
 ae_title: GW
@@ -43,7 +46,10 @@ listen:
             ListenerTLSConfig("/etc/gw/tls/gw.pem", "/etc/gw/tls/gw-key.pem", "/etc/gw/tls/ca.pem", True, "bcp195-extended", 5.0),
         )
         self.assertEqual(listener.access.networks, ("10.1.0.0/16", "::1/128"))
-        self.assertEqual(listener.access.certificates, (("CN=ct1,*", ("CT1",)), ("CN=mr*", ("MR1", "MR2"))))
+        self.assertEqual(
+            listener.access.certificates,
+            (CertificateBinding("CN=ct1,*", ("CT1",)), CertificateBinding("CN=mr*", ("MR1", "MR2"))),
+        )
         self.assertEqual((listener.user_identity.policy, listener.user_identity.users_file), ("required", "/etc/gw/users"))
 
     def test_plain_listener_has_no_tls_and_empty_access(self) -> None:
@@ -96,13 +102,65 @@ listen:
         self.assertIn("quote the value", str(caught.exception))
 
     def test_verifier_names_map_to_identity_types(self) -> None:
-        """kerberos, saml and jwt name types 3, 4 and 5; other names are refused."""
+        """kerberos, saml and jwt name types 3, 4 and 5 and an installed plugin; other types are refused."""
+        folder = write_jwt_verifier(self.mktemp())
+        plugins = f"plugins: {{folders: [{os.path.abspath(folder)}]}}\n"
         listener = load(
-            "listen: [{host: 0.0.0.0, port: 1, user_identity: {policy: optional, verifiers: {jwt: myjwt, saml: mysaml}}}]\n"
+            plugins + "listen: [{host: 0.0.0.0, port: 1, user_identity: {policy: optional, "
+            f"verifiers: {{jwt: {NAME}, saml: {NAME}}}}}}}]\n"
         ).listen[0]
-        self.assertEqual(listener.user_identity.verifiers, ((5, "myjwt"), (4, "mysaml")))
+        self.assertEqual(listener.user_identity.verifiers, ((5, NAME), (4, NAME)))
         with self.assertRaises(ConfigErrors):
-            load("listen: [{host: 0.0.0.0, port: 1, user_identity: {policy: optional, verifiers: {ldap: x}}}]\n")
+            load(plugins + f"listen: [{{host: 0.0.0.0, port: 1, user_identity: {{policy: optional, verifiers: {{ldap: {NAME}}}}}}}]\n")
+
+    def test_unknown_verifier_plugin_is_refused_at_load(self) -> None:
+        """A verifier name no plugin provides is a configuration error with its line, not a start-up failure."""
+        with self.assertRaises(ConfigErrors) as caught:
+            load("listen:\n  - {host: 0.0.0.0, port: 1, user_identity: {policy: optional, verifiers: {jwt: nosuch}}}\n")
+        self.assertIn("gw.yaml:4: listen[0].user_identity.verifiers.jwt: no user identity verifier plugin named 'nosuch'",
+                      str(caught.exception))
+
+    def test_certificate_entry_with_issuer(self) -> None:
+        """``{ae_titles, issuer}`` pins the CA; the patterns are kept as written."""
+        listener = load(
+            """
+listen:
+  - host: 0.0.0.0
+    port: 1
+    tls: {certificate: c.pem, private_key: k.pem, ca: ca.pem}
+    access:
+      certificates:
+        "CN=mr*,O=Radiology": {ae_titles: ["MR*"], issuer: "CN=Radiology CA,O=Hospital"}
+"""
+        ).listen[0]
+        self.assertEqual(
+            listener.access.certificates,
+            (CertificateBinding("CN=mr*,O=Radiology", ("MR*",), "CN=Radiology CA,O=Hospital"),),
+        )
+
+    def test_bad_certificate_patterns_are_errors_with_lines(self) -> None:
+        """A subject that is not TYPE=VALUE, an unknown attribute type, a bad issuer and a stray key: each with its line."""
+        with self.assertRaises(ConfigErrors) as caught:
+            load(
+                """
+listen:
+  - host: 0.0.0.0
+    port: 1
+    tls: {certificate: c.pem, private_key: k.pem, ca: ca.pem}
+    access:
+      certificates:
+        "*Radiology*": [CT1]
+        "XX=ct1": [CT1]
+        "CN=mr*": {ae_titles: [MR1], issuer: "CN=a,,O=b"}
+        "CN=us*": {ae_titles: [US1], isuer: "CN=a"}
+"""
+            )
+        text = str(caught.exception)
+        self.assertIn("gw.yaml:10: listen[0].access.certificates.*Radiology*: not a certificate name pattern", text)
+        self.assertIn("is not TYPE=VALUE", text)
+        self.assertIn("gw.yaml:11: listen[0].access.certificates.XX=ct1: not a certificate name pattern: unknown attribute type 'XX'", text)
+        self.assertIn("gw.yaml:12: listen[0].access.certificates.CN=mr*.issuer: not a certificate name pattern: an empty attribute", text)
+        self.assertIn("gw.yaml:13: listen[0].access.certificates.CN=us*.isuer: unknown key", text)
 
 
 class DestinationAndAuditTests(SynchronousTestCase):
