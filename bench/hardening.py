@@ -17,7 +17,11 @@ rate does. Each row prints the load average before it starts.
   throughout. Runs *with* and *without* the slow destination are interleaved
   (``--repeat`` pairs, the order alternating) so drift in the machine's
   load hits both arms alike; the loss is the median of the pairwise losses,
-  printed with their range. Target: < 10%.
+  printed with their range. Target: < 10%. Then inbound C-STORE latency:
+  a paced sender (``--intake-rate``, one association, 64 KiB) against a
+  gateway whose slow destination has 200 instances queued and is draining
+  them, against one where it is paused (interleaved pairs). Target:
+  unchanged (until the spool watermark, which these runs never reach).
 - ``t13``: ``--connections`` (500) TCP connections to a TLS listener, half
   silent, half sending the first 11 bytes of a ClientHello, opened as fast
   as possible; each one's time to be closed by the gateway is measured
@@ -46,6 +50,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import selectors
 import shutil
@@ -71,6 +76,7 @@ from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from bench.load import (  # noqa: E402
     SPOOL_FLOOR,
     banner,
+    describe_latencies,
     discard,
     files_in,
     gateway_process,
@@ -88,6 +94,7 @@ from tests.support.faultproxy import FaultPlan, FaultProxy  # noqa: E402
 from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until  # noqa: E402
 from tests.support.invariants import journal_path  # noqa: E402
 from tests.support.metrics import metrics_text, sample  # noqa: E402
+from tests.support.paced import paced_latencies  # noqa: E402
 from tests.support.ports import free_port, port_is_open  # noqa: E402
 from tests.support.procstat import fd_count, fd_limit, rss_kib, thread_count, vm_hwm_kib  # noqa: E402
 from tests.support.scp import RecordingScp  # noqa: E402
@@ -263,7 +270,6 @@ def run_f08(args: argparse.Namespace, work: Path) -> None:
                   f"{run.per_destination[1]:.2f}; {run.slow_delivered})", flush=True)
         alone, with_slow = rate(runs[False][-1]), rate(runs[True][-1])
         pairs.append((alone - with_slow) / alone * 100)
-    shutil.rmtree(series)
     for slow in (False, True):
         rates = [rate(r) for r in runs[slow]]
         cpu = [r.cpu / (2 * count) * 1000 for r in runs[slow]]
@@ -274,6 +280,72 @@ def run_f08(args: argparse.Namespace, work: Path) -> None:
     loss = statistics.median(pairs)
     print(f"   healthy loss with the slow destination: median of pairs {loss:.1f}% "
           f"(pairs: {', '.join(f'{p:.1f}' for p in pairs)}; target < 10%)", flush=True)
+    if args.intake_seconds <= 0:
+        shutil.rmtree(series)
+        return
+    # Inbound latency: paced C-STOREs while the slow destination drains a backlog, or is paused.
+    backlog = work / "f08-backlog"
+    backlog.mkdir()
+    for path in sorted(series.iterdir())[:200]:
+        os.link(path, backlog / path.name)
+    paced = work / "f08-paced"
+    paced_count = int(args.intake_rate * args.intake_seconds)
+    make_series(paced, paced_count, 64 * 1024)
+    print(f"   inbound: {paced_count} x 64 KiB paced at {args.intake_rate:g}/s on one association, "
+          f"{files_in(backlog)} x {args.kib} KiB queued for the slow destination; it is paused, or draining them at "
+          f"{args.slow_kbps} kB/s per connection")
+    print(f"   {'arm':<9} {'ok':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}  failed; CPU")
+    for index in range(args.intake_pairs):
+        order = (False, True) if index % 2 == 0 else (True, False)
+        for draining in order:
+            latencies, cpu = f08_intake(args, work, backlog, paced, draining,
+                                        f"f08-in-{index}-{'drain' if draining else 'paused'}")
+            line = describe_latencies("draining" if draining else "paused", latencies)
+            print(f"{line}; CPU {cpu * 1000:.2f} ms/inst", flush=True)
+    shutil.rmtree(series)
+
+
+def f08_intake(args: argparse.Namespace, work: Path, backlog: Path, paced: Path, draining: bool,
+               tag: str) -> tuple[list[float], float]:
+    """Time paced inbound C-STOREs while the throttled destination drains a backlog, or while it is paused.
+
+    Both arms queue the same backlog for the slow destination first (so the
+    journal holds as much); only in the ``draining`` arm is the destination
+    then resumed, and the paced sender starts once its associations are open.
+
+    :param args: the command line.
+    :param work: the scratch directory.
+    :param backlog: instances queued for the slow destination before the paced sends.
+    :param paced: the instances of the paced sender (one association).
+    :param draining: resume the slow destination before the paced sends.
+    :param tag: a unique label for this run's folders.
+    :returns: (RQ -> RSP latencies, -1 for failures; gateway CPU seconds per paced instance).
+    """
+    slow_scp = storescp(work / f"{tag}-slow", args)
+    proxy = FaultProxy(slow_scp.port, lambda _n: FaultPlan(bandwidth=args.slow_kbps * 1000)).start()
+    gateway = gateway_process(
+        work, f"{tag}-gw", http={"enabled": False},
+        destinations={"slow": dicom_destination(proxy.port, slow_scp.ae_title, max_associations=args.slots,
+                                                batch_size=50,
+                                                timeouts={"connect": "5s", "acse": "30s", "dimse": "600s"})},
+        routes=[{"name": "all", "forward": ["slow"]}])
+    try:
+        gateway.cli("queue", "pause", "slow")
+        backlog_count = files_in(backlog)
+        parallel_send(gateway.port, [backlog], args)
+        wait_until(lambda: gateway.queue_rows()["slow"]["queued"] == backlog_count, 300, "the backlog queued")
+        if draining:
+            gateway.cli("queue", "resume", "slow")
+            wait_until(lambda: proxy.peak_open >= args.slots, 60, "the slow destination's associations")
+        cpu0 = cpu_seconds(gateway.pid)
+        latencies = paced_latencies(gateway.port, "DICOMGW", [paced], args.intake_rate)
+        cpu = (cpu_seconds(gateway.pid) - cpu0) / max(1, files_in(paced))
+    finally:
+        discard(gateway)
+        slow_scp.stop()
+        shutil.rmtree(slow_scp.outdir, ignore_errors=True)
+        proxy.stop()
+    return latencies, cpu
 
 
 # -- T13 -----------------------------------------------------------------------------------------
@@ -566,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rsp-delay", type=float, default=0.0,
                         help="F08: delay each C-STORE-RSP of the slow destination by this many s instead")
     parser.add_argument("--repeat", type=int, default=4, help="F08 interleaved pairs of runs (4)")
+    parser.add_argument("--intake-rate", type=float, default=20.0, help="F08 paced inbound instances/s (20)")
+    parser.add_argument("--intake-seconds", type=float, default=10.0,
+                        help="F08 paced inbound duration, s (10; 0 skips the inbound part)")
+    parser.add_argument("--intake-pairs", type=int, default=2, help="F08 interleaved inbound pairs (2)")
     parser.add_argument("--connections", type=int, default=500, help="T13 connections (500)")
     parser.add_argument("--handshake-timeout", default="", help="T13 listener handshake_timeout (shipped: 10s)")
     parser.add_argument("--legit-every", type=float, default=0.5, help="T13 seconds between legitimate echoes (0.5)")
