@@ -17,7 +17,10 @@ rate does. Each row prints the load average before it starts.
   throughout. Runs *with* and *without* the slow destination are interleaved
   (``--repeat`` pairs, the order alternating) so drift in the machine's
   load hits both arms alike; the loss is the median of the pairwise losses,
-  printed with their range. Target: < 10%. Then inbound C-STORE latency:
+  printed with their range; and, since wall-clock rates on a shared box
+  move with everything else running there, the capacity loss implied by
+  the gateway's CPU time per healthy instance (the gateway forwards from
+  one reactor thread). Target: < 10%. Then inbound C-STORE latency:
   a paced sender (``--intake-rate``, one association, 64 KiB) against a
   gateway whose slow destination has 200 instances queued and is draining
   them, against one where it is paused (interleaved pairs). Target:
@@ -280,6 +283,12 @@ def run_f08(args: argparse.Namespace, work: Path) -> None:
     loss = statistics.median(pairs)
     print(f"   healthy loss with the slow destination: median of pairs {loss:.1f}% "
           f"(pairs: {', '.join(f'{p:.1f}' for p in pairs)}; target < 10%)", flush=True)
+    # The gateway forwards from one reactor thread: its capacity for the healthy destinations
+    # is 1 / (CPU per healthy instance), which the machine's other load does not move much.
+    cpu_alone = statistics.median(r.cpu for r in runs[False])
+    cpu_slow = statistics.median(r.cpu for r in runs[True])
+    print(f"   capacity loss from the gateway's CPU per healthy instance (median {cpu_alone / (2 * count) * 1000:.2f}"
+          f" -> {cpu_slow / (2 * count) * 1000:.2f} ms): {(1 - cpu_alone / cpu_slow) * 100:.1f}%", flush=True)
     if args.intake_seconds <= 0:
         shutil.rmtree(series)
         return
