@@ -137,6 +137,30 @@ class HealthyRun:
     slow_delivered: int
 
 
+class LateScp(RecordingScp):
+    """A :class:`RecordingScp` that waits ``delay`` seconds before handling each C-STORE-RQ.
+
+    The wait runs in pynetdicom's thread for that association, outside the
+    recorder's lock, so parallel associations wait in parallel.
+
+    :param delay: seconds before each response.
+    :param kwargs: :class:`RecordingScp` arguments.
+    """
+
+    def __init__(self, delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def _on_store(self, event: Any) -> int:
+        """Wait, then record and answer as the recorder does.
+
+        :param event: pynetdicom's ``EVT_C_STORE``.
+        :returns: the status to send.
+        """
+        time.sleep(self.delay)
+        return super()._on_store(event)
+
+
 def f08_run(args: argparse.Namespace, work: Path, series: Path, count: int, slow: bool, tag: str) -> HealthyRun:
     """Fill a gateway's queue with every destination paused, resume, and time the healthy ones.
 
@@ -155,13 +179,7 @@ def f08_run(args: argparse.Namespace, work: Path, series: Path, count: int, slow
     proxy = None
     if slow:
         if args.rsp_delay > 0:
-            delay = args.rsp_delay
-
-            def late(_uid: str, _attempt: int) -> int:
-                time.sleep(delay)  # in pynetdicom's thread for that association
-                return 0x0000
-
-            slow_scp = RecordingScp("SLOW", status_for=late).start()
+            slow_scp = LateScp(args.rsp_delay, ae_title="SLOW").start()
             port = slow_scp.port
         else:
             slow_scp = storescp(work / f"{tag}-slow", args)
