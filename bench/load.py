@@ -34,7 +34,9 @@ instance, which would flatter the gateway).
 - ``l6``: back-to-back ``storescu`` runs of 200 x 512 KiB for ``--seconds``
   alone, then as long again under 100 idle connects/s (never a byte) plus 10
   garbage connects/s (random bytes, not a PDU): the drop in instances/s, the
-  gateway's peak fds against its limit, RSS before, during and after.
+  gateway's peak fds against its limit, RSS before, during and after, and
+  the gateway's CPU time per acknowledged instance in each phase (beside the
+  rate: it does not depend on how long the gateway waited for a core).
   Targets: drop <= 10%, fds <= limit, RSS flat.
 
 Usage::
@@ -75,6 +77,7 @@ from tests.interop.test_load import (  # noqa: E402
 from tests.support import dcmtk  # noqa: E402
 from tests.support.paced import paced_latencies  # noqa: E402
 from tests.support.procstat import fd_count, fd_limit, rss_kib, vm_hwm_kib  # noqa: E402
+from tests.support.cputime import cpu_seconds  # noqa: E402
 from tests.support.datasets import write_instance, write_multiframe  # noqa: E402
 from tests.support.faultproxy import FaultPlan, FaultProxy  # noqa: E402
 from tests.support.gateway_process import (  # noqa: E402
@@ -494,7 +497,7 @@ def run_l5(args: argparse.Namespace, work: Path) -> None:
 
 
 def legit_rate(gateway: GatewayProcess, series: Path, count: int, seconds: float,
-               args: argparse.Namespace) -> tuple[float, int]:
+               args: argparse.Namespace) -> tuple[float, int, float]:
     """Run ``storescu`` on a series back to back for ``seconds``; spooled files are deleted between runs.
 
     :param gateway: the receiver (no routes: instances are kept in ``unrouted/``).
@@ -502,10 +505,12 @@ def legit_rate(gateway: GatewayProcess, series: Path, count: int, seconds: float
     :param count: instances in it.
     :param seconds: how long to keep sending.
     :param args: the command line.
-    :returns: (instances/s over the storescu run time, failed runs).
+    :returns: (instances/s over the storescu run time, failed runs, gateway CPU seconds per
+        instance acknowledged over the whole phase: a storm's own cost is included).
     """
     sent = failed = 0
     busy = 0.0
+    cpu0 = cpu_seconds(gateway.pid)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         start = time.perf_counter()
@@ -518,7 +523,7 @@ def legit_rate(gateway: GatewayProcess, series: Path, count: int, seconds: float
         # Keep the disk from filling up: acknowledged, unrouted instances are not needed here.
         for path in (gateway.spool / "unrouted").glob("*.dcm"):
             path.unlink()
-    return sent / busy, failed
+    return sent / busy, failed, (cpu_seconds(gateway.pid) - cpu0) / max(sent, 1)
 
 
 def run_l6(args: argparse.Namespace, work: Path) -> None:
@@ -539,11 +544,11 @@ def run_l6(args: argparse.Namespace, work: Path) -> None:
         time.sleep(1)
         rss0, fds0 = rss_kib(gateway.pid), fd_count(gateway.pid)
         errors0 = scrape_metric(gateway, "dicom_gateway_pdu_protocol_errors_total")
-        alone, failed_alone = legit_rate(gateway, series, args.l6_count, args.seconds, args)
+        alone, failed_alone, cpu_alone = legit_rate(gateway, series, args.l6_count, args.seconds, args)
         rss1 = rss_kib(gateway.pid)
         sampler = ProcessSampler(gateway.pid, interval=0.1).start()
         storm = ConnectStorm(gateway.host, gateway.port, args.idle_rate, args.garbage_rate).start()
-        stormed, failed_storm = legit_rate(gateway, series, args.l6_count, args.seconds, args)
+        stormed, failed_storm, cpu_storm = legit_rate(gateway, series, args.l6_count, args.seconds, args)
         storm.stop_opening()
         rss2 = rss_kib(gateway.pid)
         acse = gateway.config["limits"]["acse_timeout"]
@@ -557,8 +562,10 @@ def run_l6(args: argparse.Namespace, work: Path) -> None:
         rss3, fds3 = rss_kib(gateway.pid), fd_count(gateway.pid)
         errors = scrape_metric(gateway, "dicom_gateway_pdu_protocol_errors_total") - errors0
         drop = (alone - stormed) / alone * 100
-        print(f"   storescu alone          {alone:8.1f} instances/s  ({failed_alone} failed runs)")
-        print(f"   storescu under storm    {stormed:8.1f} instances/s  ({failed_storm} failed runs)")
+        print(f"   storescu alone          {alone:8.1f} instances/s  gateway CPU {cpu_alone * 1000:.2f} ms/instance  "
+              f"({failed_alone} failed runs)")
+        print(f"   storescu under storm    {stormed:8.1f} instances/s  gateway CPU {cpu_storm * 1000:.2f} ms/instance "
+              f"(storm included)  ({failed_storm} failed runs)")
         print(f"   drop                    {drop:8.1f} %  (target <= 10%)")
         print(f"   storm                   {storm.opened['idle']} idle + {storm.opened['garbage']} garbage "
               f"connects, {storm.failed} failed, {storm.resets} reset, peak {storm.peak_open} open at once, "
