@@ -45,6 +45,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from pydicom.uid import generate_uid  # noqa: E402
 
+from tests.support.cputime import cpu_seconds  # noqa: E402
+
 from gateway.ul import pdu as _pdu  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.metrics import metrics_text, sample  # noqa: E402
@@ -217,15 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         threads = [threading.Thread(target=store_loop, args=(p, args.instances, acknowledged, errors), daemon=True)
                    for p in peers]
         started = time.monotonic()
+        cpu_before = cpu_seconds(gateway.pid)
         for thread in threads:
             thread.start()
         busy = probes(gateway, args.artim, args.probes, args.interval)
         for thread in threads:
             thread.join(300)
         elapsed = time.monotonic() - started
+        cpu = cpu_seconds(gateway.pid) - cpu_before
         report("storing", busy)
+        per_instance = f"{cpu / len(acknowledged) * 1e6:.0f} us CPU per instance" if acknowledged else "no instance"
         print(f"   stores: {len(acknowledged)}/{args.associations * args.instances} acknowledged in {elapsed:.1f} s"
-              f" ({len(acknowledged) / elapsed:.0f}/s), {len(errors)} errors{': ' + errors[0] if errors else ''}",
+              f" ({len(acknowledged) / elapsed:.0f}/s, gateway {per_instance}), {len(errors)} errors"
+              f"{': ' + errors[0] if errors else ''}",
               flush=True)
         text = metrics_text(http_port)
         limit = sample(text, "dicom_gateway_associations_rejected_total", reason="limit")

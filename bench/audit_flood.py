@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.audit import rotation_order, verify_chain  # noqa: E402
 from gateway.ul.pdu import AAssociateRJ  # noqa: E402
+from tests.support.cputime import cpu_seconds  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.rawpeer import RawPeer, associate_rq  # noqa: E402
 
@@ -67,11 +68,13 @@ def main() -> None:
             threads = [threading.Thread(target=flood, args=(gateway.host, gateway.port, args.seconds, counts, i))
                        for i in range(args.clients)]
             started = time.monotonic()
+            cpu_before = cpu_seconds(gateway.pid)
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             elapsed = time.monotonic() - started
+            cpu = cpu_seconds(gateway.pid) - cpu_before
         finally:
             gateway.stop(20)
         files = rotation_order([str(p) for p in audit.parent.glob("audit.jsonl*")])
@@ -80,7 +83,8 @@ def main() -> None:
         summarised = sum(int(r.get("extra", {}).get("aggregated", "0")) for r in rejected)
         size = sum(os.path.getsize(f) for f in files)
         print(f"rejected associations answered: {sum(counts)} in {elapsed:.1f} s "
-              f"({sum(counts) / elapsed:.0f}/s, {args.clients} clients, one address)")
+              f"({sum(counts) / elapsed:.0f}/s, {args.clients} clients, one address; gateway "
+              f"{cpu / max(1, sum(counts)) * 1e6:.0f} us CPU per rejection)")
         print(f"audit: {len(records)} records, {size} bytes in {len(files)} file(s); "
               f"{len(rejected)} rejection records, {summarised} rejections summarised")
         print(f"chain: {verify_chain(files)}")
