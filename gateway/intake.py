@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
+from gateway.durable import rename_durably
 from gateway.private import make_private_dirs
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
@@ -355,12 +356,7 @@ class Intake:
         def move() -> str:
             make_private_dirs(self._unrouted_dir)  # HARDENING H08
             target = os.path.join(self._unrouted_dir, os.path.basename(spooled.path))
-            os.rename(spooled.path, target)
-            fd = os.open(self._unrouted_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            rename_durably(spooled.path, target)
             return target
 
         def moved(target: str) -> Admission:
