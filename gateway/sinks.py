@@ -1,19 +1,24 @@
-"""Where audit records go besides the chained file: RFC 5424 syslog over TLS (RFC 5425).
+"""Where audit records go: the hash-chained JSON-lines file, and syslog over TLS (RFC 5425).
 
-:class:`SyslogTLSSink` sends each :class:`~gateway.audit.AuditRecord` to the
-site's collector (the transport IHE ATNA uses), formatted by
-:func:`format_rfc5424`. It is an :class:`~gateway.audit.IAuditSink` like
-:class:`~gateway.audit.JsonLinesFile`; the records, their hash chain and their
-aggregation stay in :mod:`gateway.audit`, which re-exports these names. This
-module imports nothing of :mod:`gateway.audit` at run time (only its types), so
-that re-export makes no import cycle. The JSON-lines file stays the record of
-truth; syslog is a copy for the site's SIEM.
+:class:`JsonLinesFile` appends each :class:`~gateway.audit.AuditRecord` as a
+line carrying the SHA-256 of the line before it (HARDENING H11), rotated by
+size like the logs (:func:`gateway.logs.shift_rotated`); :class:`SyslogTLSSink`
+sends a copy to the site's collector as RFC 5424 messages (the transport IHE
+ATNA uses), formatted by :func:`format_rfc5424`. Both are
+:class:`~gateway.audit.IAuditSink`\ s. The records, their aggregation and the
+verification of the chain stay in :mod:`gateway.audit`, which re-exports
+these names. This module imports nothing of :mod:`gateway.audit` at run time
+(only its types), so that re-export makes no import cycle. The JSON-lines
+file is the record of truth; syslog is a copy for the site's SIEM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -25,10 +30,196 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.logs import shift_rotated
+from gateway.private import make_private_dirs, open_private
+
 if TYPE_CHECKING:
     from gateway.audit import AuditRecord
 
-__all__ = ["SYSLOG_FACILITY", "SYSLOG_MAX_PENDING", "SyslogTLSSink", "format_rfc5424"]
+__all__ = [
+    "CHAIN_KEY",
+    "CHAIN_START",
+    "JsonLinesFile",
+    "SYSLOG_FACILITY",
+    "SYSLOG_MAX_PENDING",
+    "SyslogTLSSink",
+    "format_rfc5424",
+    "line_digest",
+    "lock_path",
+]
+
+
+#: The key each line of the audit file carries: the SHA-256 of the line before it.
+CHAIN_KEY = "prev_sha256"
+#: What the first record of a trail links to (there is no line before it).
+CHAIN_START = "0" * 64
+
+
+def line_digest(line: bytes) -> str:
+    """The link to a line: the hex SHA-256 of its bytes, without the newline.
+
+    :param line: one line of the audit file, as stored.
+    :returns: the value the next record's ``prev_sha256`` holds.
+    """
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def lock_path(path: str) -> str:
+    """The lock file of an audit file: hidden beside it, so ``audit.jsonl*`` does not match it.
+
+    :param path: the audit file.
+    :returns: ``<folder>/.<name>.lock``.
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.lock")
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last non-empty line of the first ``size`` bytes of an open file, read from the end.
+
+    :returns: the line without its newline, or ``None`` for an empty file.
+    """
+    block = 4096
+    end = size
+    tail = b""
+    while end > 0:
+        start = max(0, end - block)
+        tail = os.pread(fd, end - start, start) + tail
+        end = start
+        stripped = tail.rstrip(b"\n")
+        if b"\n" in stripped or (end == 0 and stripped):
+            return stripped.rsplit(b"\n", 1)[-1]
+        block *= 2
+    return None
+
+
+class JsonLinesFile:
+    """Appends records as JSON lines to a file, hash-chained, rotating it by size.
+
+    Rotation renames ``file`` to ``file.1`` (and ``file.1`` to ``file.2``
+    and so on, keeping ``keep`` old files), as the log files do. Each line
+    is written and flushed at once, so a crash loses at most the line being
+    written; the audit trail is not fsync'ed per record (it would double the
+    per-instance cost) and custody does not depend on it.
+
+    Tamper evidence: every line carries ``prev_sha256``, the SHA-256 of the
+    line before it, so editing, inserting or deleting a record breaks the
+    next link (:func:`gateway.audit.verify_chain`, ``dicom-gateway audit verify``). The
+    chain runs across rotations (the first line of a new file links to the
+    last line of ``file.1``) and across restarts: the link is always taken
+    from the last line *on disk*, never from memory alone.
+
+    Several processes append to the same file (the gateway, and the
+    ``dicom-gateway`` commands that audit an operator's action), so
+    read-last-line, rotate and append happen under an exclusive
+    :func:`fcntl.flock` on ``.file.lock`` (:func:`lock_path`), a file that is never rotated
+    (a lock on the data file itself would be on the old inode after another
+    process rotated it). Under the lock a writer whose descriptor no longer
+    names ``file`` (another process rotated it) reopens it, and takes the
+    link from the file's current last line, which another process may have
+    written; when the file has not changed since its own last write it uses
+    the digest it remembers instead of reading the line back.
+
+    A chain shows that records were changed, not by whom: anyone able to
+    rewrite the whole file can recompute it. Against that, the copy sent to a
+    syslog collector (:class:`SyslogTLSSink`) is the record kept elsewhere.
+
+    :param path: the file (created with mode 0600, its folder 0700).
+    :param max_bytes: rotate when the file would grow past this size; 0 never.
+    :param keep: rotated files kept.
+    """
+
+    log = Logger(namespace="gateway.audit")
+
+    def __init__(self, path: str, max_bytes: int = 100 * 1024**2, keep: int = 10) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
+        folder = os.path.dirname(path)
+        if folder:
+            make_private_dirs(folder, tighten_existing=False)
+        self._lock_fd = open_private(lock_path(path), os.O_RDWR)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        #: (inode, size, digest of the last line) after this writer's last append.
+        self._last: tuple[int, int, str] | None = None
+
+    def write(self, record: AuditRecord) -> None:
+        """Append one record, linked to the line before it, rotating first when it would not fit.
+
+        :param record: the record.
+        """
+        body = record.to_json()
+        try:
+            with self._lock:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                try:
+                    self._append(body)
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except OSError as error:
+            self.log.error("cannot write the audit trail {path}: {error}", path=self.path, error=error)
+
+    def _append(self, body: str) -> None:
+        """Under the lock: reopen if rotated elsewhere, find the link, rotate if needed, append."""
+        st = os.fstat(self._fd)
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (st.st_dev, st.st_ino):
+            os.close(self._fd)
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            st = os.fstat(self._fd)
+        previous = self._previous_digest(st.st_ino, st.st_size)
+        st = os.fstat(self._fd)  # a torn last line may have been ended
+        line = (body[:-1] + f',"{CHAIN_KEY}":"{previous}"}}\n').encode("ascii")
+        if self.max_bytes and st.st_size and st.st_size + len(line) > self.max_bytes:
+            self._rotate()
+            st = os.fstat(self._fd)
+        os.write(self._fd, line)
+        self._last = (st.st_ino, st.st_size + len(line), line_digest(line))
+
+    def _previous_digest(self, inode: int, size: int) -> str:
+        """The digest of the last line on disk: of this file, else of ``file.1``, else the chain start."""
+        if self._last is not None and self._last[:2] == (inode, size):
+            return self._last[2]
+        if size:
+            with open(self.path, "rb") as stream:
+                last = _last_line(stream.fileno(), size)
+                torn = os.pread(stream.fileno(), 1, size - 1) != b"\n"
+            if torn:
+                # A torn line (a crash mid-write): end it, so this record
+                # starts a line of its own; verify reports the torn one.
+                os.write(self._fd, b"\n")
+            if last is not None:
+                return line_digest(last)
+        try:
+            fd = os.open(f"{self.path}.1", os.O_RDONLY)
+        except FileNotFoundError:
+            return CHAIN_START
+        try:
+            last = _last_line(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return line_digest(last) if last is not None else CHAIN_START
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.keep <= 0:
+            os.unlink(self.path)
+        else:
+            shift_rotated(self.path, self.keep)
+        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 #: RFC 5424 6.2.1: facility 10 is security/authorization (authpriv), as ATNA uses.
