@@ -4,8 +4,8 @@
 line carrying the SHA-256 of the line before it (HARDENING H11), rotated by
 size like the logs (:func:`gateway.logs.shift_rotated`); :class:`SyslogTLSSink`
 sends a copy to the site's collector as RFC 5424 messages (the transport IHE
-ATNA uses), formatted by :func:`format_rfc5424`. Both are
-:class:`~gateway.audit.IAuditSink`\ s. The records, their aggregation and the
+ATNA uses), formatted by :func:`format_rfc5424`. Both are audit sinks
+(:class:`~gateway.audit.IAuditSink`). The records, their aggregation and the
 verification of the chain stay in :mod:`gateway.audit`, which re-exports
 these names. This module imports nothing of :mod:`gateway.audit` at run time
 (only its types), so that re-export makes no import cycle. The JSON-lines
