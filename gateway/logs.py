@@ -49,6 +49,7 @@ from gateway.private import make_private_dirs, open_private
 
 __all__ = [
     "RotatingFile",
+    "shift_rotated",
     "text_observer",
     "json_observer",
     "build_observer",
@@ -56,6 +57,24 @@ __all__ = [
     "format_text",
     "format_json",
 ]
+
+
+def shift_rotated(path: str, keep: int) -> None:
+    """Rotate the names of a file: ``path.<n>`` to ``path.<n+1>`` (from ``keep - 1`` down), ``path`` to ``path.1``.
+
+    Shared by the log files (:class:`RotatingFile`) and the audit file
+    (:class:`gateway.sinks.JsonLinesFile`). A ``path.<keep>`` is replaced
+    when ``path.<keep-1>`` exists; ``path`` no longer exists afterwards.
+
+    :param path: the live file.
+    :param keep: how many rotated files are kept (at least 1).
+    :raises OSError: from a rename.
+    """
+    for n in range(keep - 1, 0, -1):
+        older = f"{path}.{n}"
+        if os.path.exists(older):
+            os.replace(older, f"{path}.{n + 1}")
+    os.replace(path, f"{path}.1")
 
 
 class RotatingFile:
@@ -102,10 +121,7 @@ class RotatingFile:
             oldest = f"{self.path}.{self.keep}"
             if os.path.exists(oldest):
                 os.remove(oldest)
-            for n in range(self.keep - 1, 0, -1):
-                if os.path.exists(f"{self.path}.{n}"):
-                    os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
-            os.replace(self.path, f"{self.path}.1")
+            shift_rotated(self.path, self.keep)
         self._file = self._open(os.O_TRUNC)
         self._size = 0
 

@@ -159,7 +159,7 @@ def build_audit(
     if syslog.host and reactor is not None:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
-        from gateway.audit import SyslogTLSSink
+        from gateway.sinks import SyslogTLSSink
         from gateway.tls import client_creator
 
         # RFC 5425: syslog over TLS, the server verified like a destination.

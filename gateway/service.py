@@ -49,7 +49,9 @@ from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.forward import DestinationWorker, ForwardObserver
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.intake import Intake, Recovery, SpaceGuard
+from gateway.intake import Intake
+from gateway.recovery import Recovery
+from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
 from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles

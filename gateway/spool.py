@@ -53,6 +53,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.blocking import IBlockingRunner
 from gateway.dimse.status import Status
+from gateway.durable import FileOps, fsync_dir, replace_durably, write_all
 from gateway.meta import encode_file_meta
 from gateway.private import make_private_dirs
 from gateway.validate import DatasetSummary, MalformedDataset, walk_dataset
@@ -203,68 +204,6 @@ class SpoolError(Exception):
         return cls(Status.OUT_OF_RESOURCES, f"Out of resources: {text}", reason)
 
 
-class FileOps:
-    """The system calls the spool makes, in one replaceable object.
-
-    Tests substitute a subclass to inject ENOSPC or EIO and to record the
-    order of ``fsync``, ``rename`` and directory ``fsync``.
-    """
-
-    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
-        """
-        :func:`os.open`.
-
-        :param path: the path.
-        :param flags: ``os.O_*`` flags.
-        :param mode: the creation mode.
-        :returns: a file descriptor.
-        """
-        return os.open(path, flags, mode)
-
-    def write(self, fd: int, data: memoryview | bytes) -> int:
-        """
-        :func:`os.write`.
-
-        :param fd: the descriptor.
-        :param data: the bytes.
-        :returns: the count written.
-        """
-        return os.write(fd, data)
-
-    def fsync(self, fd: int) -> None:
-        """
-        :func:`os.fsync`.
-
-        :param fd: the descriptor.
-        """
-        os.fsync(fd)
-
-    def rename(self, src: str, dst: str) -> None:
-        """
-        :func:`os.rename` (atomic within one filesystem).
-
-        :param src: the old path.
-        :param dst: the new path.
-        """
-        os.rename(src, dst)
-
-    def unlink(self, path: str) -> None:
-        """
-        :func:`os.unlink`.
-
-        :param path: the path.
-        """
-        os.unlink(path)
-
-    def close(self, fd: int) -> None:
-        """
-        :func:`os.close`.
-
-        :param fd: the descriptor.
-        """
-        os.close(fd)
-
-
 class _State(Enum):
     """The life of a :class:`SpoolWriter`."""
 
@@ -385,23 +324,10 @@ class Spool:
         name = "probe-" + uuid.uuid4().hex
         temp = os.path.join(self.incoming_dir, name + PART_SUFFIX)
         final = os.path.join(self.incoming_dir, name + PROBE_SUFFIX)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             self._ensure_dirs()
-            fd = self.fs.open(temp, flags, 0o600)
-            try:
-                if self.fs.write(fd, b"probe\n") != 6:
-                    raise OSError(errno.EIO, os.strerror(errno.EIO))
-                self.fs.fsync(fd)
-            finally:
-                self.fs.close(fd)
-            self.fs.rename(temp, final)
-            for folder in (self.incoming_dir, self.instances_dir):
-                dir_fd = self.fs.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                try:
-                    self.fs.fsync(dir_fd)
-                finally:
-                    self.fs.close(dir_fd)
+            replace_durably(final, lambda fd: write_all(fd, b"probe\n", self.fs), ops=self.fs, temp=temp)
+            fsync_dir(self.instances_dir, self.fs)
             self.fs.unlink(final)
         except OSError as e:
             self.fault = StorageFault.from_error("probe", e)
@@ -621,7 +547,7 @@ class SpoolWriter:
                 self._fs.close(fd)
             self._fs.rename(self.temp_path, self.final_path)
             renamed = True
-            self._fsync_directory(self._spool.instances_dir)
+            fsync_dir(self._spool.instances_dir, self._fs)
             # Durable: the disk works again (D12 readiness clears).
             self._spool.fault = None
             return SpooledInstance(
@@ -707,18 +633,6 @@ class SpoolWriter:
                 "SOP Instance UID differs from Affected SOP Instance UID",
                 SpoolFailure.UID_MISMATCH,
             )
-
-    def _fsync_directory(self, path: str) -> None:
-        """
-        fsync a directory, so a rename into it survives a power cut.
-
-        :param path: the directory.
-        """
-        dir_fd = self._fs.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            self._fs.fsync(dir_fd)
-        finally:
-            self._fs.close(dir_fd)
 
     def _cleanup_after_failure(self, renamed: bool) -> None:
         """

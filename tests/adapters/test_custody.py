@@ -27,7 +27,8 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import AcceptConfig, GatewayConfig, LimitsConfig, ListenerConfig, RouteConfig, SpoolConfig
 from gateway.dimse import commands as dimse
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.intake import Intake, SpaceGuard
+from gateway.intake import Intake
+from gateway.space import SpaceGuard
 from gateway.listen import AcceptorFactory, AcceptorLimits, AcceptorProtocol
 from gateway.queue.interfaces import AddResult, EntryState, InstanceRecord, NewEntry
 from gateway.queue.memory import MemoryQueueStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -152,6 +153,21 @@ class SyslogFormatTests(SynchronousTestCase):
         """A minor failure is a warning (severity 4): priority 84."""
         record = trail().application_activity("reload", "", Outcome.MINOR_FAILURE)
         self.assertIn(b"<84>1 ", format_rfc5424(record, "h"))
+
+    def test_every_outcome_has_its_severity(self) -> None:
+        """Each outcome maps to its RFC 5424 severity (notice, warning, error, error); an unknown one to warning."""
+        expected = {
+            Outcome.SUCCESS: b"<85>1 ",
+            Outcome.MINOR_FAILURE: b"<84>1 ",
+            Outcome.SERIOUS_FAILURE: b"<83>1 ",
+            Outcome.MAJOR_FAILURE: b"<83>1 ",
+        }
+        self.assertEqual(set(expected), set(Outcome))
+        for outcome, priority in expected.items():
+            record = trail().application_activity("reload", "", outcome)
+            self.assertIn(priority, format_rfc5424(record, "h"), outcome)
+        unknown = dataclasses.replace(trail().application_activity("reload"), outcome=3)
+        self.assertIn(b"<84>1 ", format_rfc5424(unknown, "h"))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ verified fake of the SQLite journal) and a
 :class:`~gateway.blocking.SynchronousRunner`, so every Deferred it returns
 has fired by the time ``admit`` returns. Spooled files are real files in a
 temporary spool, so removal (journal failure) and the move to ``unrouted/``
-are observed on disk. :class:`~gateway.intake.SpaceGuard` runs on a
-:class:`~twisted.internet.task.Clock`; :class:`~gateway.intake.Recovery`
+are observed on disk. :class:`~gateway.space.SpaceGuard` runs on a
+:class:`~twisted.internet.task.Clock`; :class:`~gateway.recovery.Recovery`
 is given real Part 10 files (pydicom's ``CT_small.dcm``) as orphans.
 """
 
@@ -28,7 +28,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.blocking import SynchronousRunner
 from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
-from gateway.intake import Admission, Intake, Recovery, SpaceGuard
+from gateway.intake import Admission, Intake
+from gateway.recovery import Recovery
+from gateway.space import SpaceGuard
 from gateway.queue.interfaces import AddResult, EntryState, InstanceRecord, NewEntry
 from gateway.queue.memory import MemoryQueueStore
 from gateway.receive import AssociationInfo

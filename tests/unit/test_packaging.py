@@ -179,3 +179,21 @@ class InstalledPackageTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertIn("usage: dicom-gateway", result.stdout)
         self.assertIn("run", result.stdout)
+
+    def test_installed_copy_renders_the_conformance_statement(self) -> None:
+        """The installed copy finds its conformance template (package data) and renders the statement as the tree does."""
+        from gateway import conformance
+
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.conformance"],
+            cwd=str(self.work),
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue((self.target / "gateway" / "templates" / "conformance-statement.md.in").is_file())
+        self.assertEqual(result.stdout, conformance.render())

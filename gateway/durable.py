@@ -1,0 +1,200 @@
+"""Durable file work: the system-call seam, and the orders that make a file survive a power cut.
+
+A new or renamed file is durable only once its data and its directory entry
+are on disk. POSIX gives no other guarantee than ``fsync``: of the file
+(its data and inode) and of the directory that holds the entry (a rename
+lives in the directory; without that fsync a power cut can undo it). The
+order used here is the spool's (DESIGN.md 5, HARDENING decision 10)::
+
+    create a temporary file beside the target (O_EXCL, mode 0600)
+    write, fsync(file), close
+    rename over the target (atomic within one filesystem)
+    fsync(directory)
+
+so a reader sees the old file or the whole new one, never part of one, and
+once the call returns the new one stays.
+
+Every system call goes through a :class:`FileOps`, the seam tests replace to
+inject ENOSPC or EIO and to record the order of the calls; the real calls by
+default (:data:`SYSTEM`).
+
+:func:`fsync_dir` is the directory fsync; :func:`rename_durably` a rename
+made durable; :func:`replace_durably` the whole order above, around a
+caller's writes; :func:`write_all` a write of a whole buffer through the seam.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from typing import Callable, Final
+
+__all__ = [
+    "CREATE_FLAGS",
+    "FileOps",
+    "SYSTEM",
+    "fsync_dir",
+    "rename_durably",
+    "replace_durably",
+    "write_all",
+]
+
+
+class FileOps:
+    """The system calls of durable file work, in one replaceable object.
+
+    Tests substitute a subclass to inject ENOSPC or EIO and to record the
+    order of ``fsync``, ``rename`` and directory ``fsync``.
+    """
+
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        """
+        :func:`os.open`.
+
+        :param path: the path.
+        :param flags: ``os.O_*`` flags.
+        :param mode: the creation mode.
+        :returns: a file descriptor.
+        """
+        return os.open(path, flags, mode)
+
+    def write(self, fd: int, data: memoryview | bytes) -> int:
+        """
+        :func:`os.write`.
+
+        :param fd: the descriptor.
+        :param data: the bytes.
+        :returns: the count written.
+        """
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        """
+        :func:`os.fsync`.
+
+        :param fd: the descriptor.
+        """
+        os.fsync(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        """
+        :func:`os.rename` (atomic within one filesystem).
+
+        :param src: the old path.
+        :param dst: the new path.
+        """
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        """
+        :func:`os.unlink`.
+
+        :param path: the path.
+        """
+        os.unlink(path)
+
+    def close(self, fd: int) -> None:
+        """
+        :func:`os.close`.
+
+        :param fd: the descriptor.
+        """
+        os.close(fd)
+
+
+#: The real system calls.
+SYSTEM: Final = FileOps()
+
+#: How a temporary file is created: never over an existing file or through a
+#: symbolic link (``O_EXCL | O_NOFOLLOW``), and not inherited by children.
+CREATE_FLAGS: Final = (
+    os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def fsync_dir(path: str, ops: FileOps = SYSTEM) -> None:
+    """fsync a directory, so a new entry or a rename in it survives a power cut.
+
+    :param path: the directory.
+    :param ops: the system calls.
+    :raises OSError: when the directory cannot be opened or synced.
+    """
+    fd = ops.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+
+
+def rename_durably(src: str, dst: str, ops: FileOps = SYSTEM) -> None:
+    """Rename ``src`` to ``dst``, then fsync ``dst``'s directory.
+
+    Only the new entry is made durable: after a power cut the file is at
+    ``dst`` or, the rename lost, still at ``src``, never nowhere.
+
+    :param src: the file.
+    :param dst: its new path (same filesystem).
+    :param ops: the system calls.
+    :raises OSError: from the rename or the directory fsync.
+    """
+    ops.rename(src, dst)
+    fsync_dir(os.path.dirname(dst) or os.curdir, ops)
+
+
+def write_all(fd: int, data: bytes, ops: FileOps = SYSTEM) -> None:
+    """Write a whole (small) buffer in one call; a short write is an I/O error.
+
+    :param fd: the descriptor.
+    :param data: the bytes.
+    :param ops: the system calls.
+    :raises OSError: EIO when fewer bytes were written, or the write's own error.
+    """
+    if ops.write(fd, data) != len(data):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def replace_durably(
+    path: str,
+    fill: Callable[[int], None],
+    *,
+    ops: FileOps = SYSTEM,
+    temp: str | None = None,
+    mode: int = 0o600,
+) -> None:
+    """Create ``path`` (or replace it) atomically and durably with what ``fill`` writes.
+
+    Order: create ``temp`` (:data:`CREATE_FLAGS`, ``mode``), ``fill(fd)``,
+    fsync, close, rename over ``path``, fsync ``path``'s directory. When
+    anything before the rename fails, the temporary file is removed and the
+    error raised; ``path`` is untouched.
+
+    :param path: the target.
+    :param fill: writes the contents to the open descriptor (through ``ops``,
+        or a file object on it that it flushes and does not close).
+    :param ops: the system calls.
+    :param temp: the temporary file, in ``path``'s directory (so the rename
+        stays on one filesystem); a hidden unique name beside ``path`` by default.
+    :param mode: the new file's permissions (0600: the gateway's files carry
+        patient data, HARDENING H08).
+    :raises OSError: from any step.
+    """
+    folder, name = os.path.split(path)
+    folder = folder or os.curdir
+    if temp is None:
+        temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    fd = ops.open(temp, CREATE_FLAGS, mode)
+    try:
+        try:
+            fill(fd)
+            ops.fsync(fd)
+        finally:
+            ops.close(fd)
+        ops.rename(temp, path)
+    except BaseException:
+        try:
+            ops.unlink(temp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder, ops)
