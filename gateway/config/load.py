@@ -1458,14 +1458,14 @@ def _check_forward(node: yaml.Node, path: str, ctx: _Context) -> Any:
 
 
 def _check_match(node: yaml.Node, path: str, ctx: _Context) -> Any:
-    """Compile a route's ``match`` condition (:func:`gateway.match.compile_match`).
+    """Compile a route's ``match`` condition (:func:`gateway.config.match.compile_match`).
 
     :param node: The value node.
     :param path: Its key path.
     :param ctx: The load context (the compiler reports errors through it).
     :returns: A predicate, or :data:`INVALID`.
     """
-    from gateway.match import compile_match
+    from gateway.config.match import compile_match
 
     plugins = ctx.shared.plugins
     predicate = compile_match(node, path, ctx, plugins.match if plugins else {})
