@@ -141,7 +141,6 @@ from gateway.route import RoutingContext
 from gateway.tags import TagPath, find
 from gateway.values import When, _number, _show_when, _texts, _value_when, _values
 
-
 __all__ = [
     "MATCH_ALL",
     "All",
@@ -164,7 +163,6 @@ __all__ = [
 # Public protocols
 # --------------------------------------------------------------------------
 
-
 class Predicate(Protocol):
     """A compiled condition: a frozen dataclass, hashable and comparable."""
 
@@ -185,12 +183,9 @@ class Predicate(Protocol):
         ...
 
 
-
-
 # --------------------------------------------------------------------------
 # Value tests: one value in, a verdict out
 # --------------------------------------------------------------------------
-
 
 class _ValueTest(Protocol):
     """A test on one value of an element (or of a context string)."""
@@ -404,7 +399,6 @@ def _describe_range(lower: Any, lower_inc: bool, upper: Any, upper_inc: bool, sh
 # Patterns: a list of found elements in, a verdict out
 # --------------------------------------------------------------------------
 
-
 class _Pattern(Protocol):
     """A pattern on the elements a path found (zero or more, one per sequence item)."""
 
@@ -518,7 +512,6 @@ class AnyOf:
 # Predicates
 # --------------------------------------------------------------------------
 
-
 @dataclass(frozen=True)
 class MatchAll:
     """The predicate of a route without ``match``: true for every instance."""
@@ -530,7 +523,6 @@ class MatchAll:
     def describe(self) -> str:
         """:returns: ``everything``."""
         return "everything"
-
 
 #: The predicate of a route without ``match``.
 MATCH_ALL: Predicate = MatchAll()
@@ -669,7 +661,6 @@ class ListenerCondition:
         parts += [f"port {port}" for port in sorted(self.ports)]
         return "listener " + " or ".join(parts)
 
-
 IpNetwork: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
 
@@ -725,7 +716,6 @@ class TimeOfDay:
         """:returns: ``time of day in [07:00:00, 19:00:00)``."""
         return f"time of day in [{_show_when(self.start)}, {_show_when(self.end)})"
 
-
 _WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DAY_NUMBERS: dict[str, int] = {
     name: number
@@ -770,8 +760,6 @@ class PluginPredicate:
             return f"plugin {self.name}: {self.inner.describe()}"
         except Exception:  # noqa: BLE001
             return f"plugin {self.name}"
-
-
 
 
 def plugins_by_name(providers: Iterable[IMatchPredicate]) -> dict[str, IMatchPredicate]:

@@ -18,7 +18,6 @@ from typing import Iterable, TypeAlias
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import PersonName
 
-
 #: VRs whose values are binary numbers or decimal/integer strings.
 NUMERIC_VRS: frozenset[str] = frozenset(
     {"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"}  # PS3.6 ambiguous "US or SS" too
@@ -38,11 +37,9 @@ _NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _GLOB_CHARS = frozenset("*?[")
 
 
-
 # --------------------------------------------------------------------------
 # Reading values out of elements (never raising)
 # --------------------------------------------------------------------------
-
 
 def _strip(text: str, vr: str) -> str:
     """Remove DICOM padding: spaces (and NUL for UI) around a value (PS3.5 6.2).

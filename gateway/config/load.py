@@ -1473,14 +1473,14 @@ def _check_match(node: yaml.Node, path: str, ctx: _Context) -> Any:
 
 
 def _check_morph(node: yaml.Node, path: str, ctx: _Context) -> Any:
-    """Compile a route's ``morph`` actions (:func:`gateway.morph.compile_morph`).
+    """Compile a route's ``morph`` actions (:func:`gateway.config.morph.compile_morph`).
 
     :param node: The value node.
     :param path: Its key path.
     :param ctx: The load context (the compiler reports errors through it).
     :returns: A morph plan, or :data:`INVALID`.
     """
-    from gateway.morph import compile_morph
+    from gateway.config.morph import compile_morph
 
     plugins = ctx.shared.plugins
     plan = compile_morph(node, path, ctx, plugins.morph if plugins else {}, base_dir=ctx.base_dir)

@@ -65,7 +65,6 @@ from gateway.values import (
     _parse_when,
 )
 
-
 __all__ = ["ErrorSink", "compile_match"]
 
 
@@ -82,16 +81,12 @@ class ErrorSink(Protocol):
         """
         ...
 
-
-
-
 # YAML 1.1 core tags as the SafeLoader resolves plain scalars.
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
-
 
 
 # --------------------------------------------------------------------------
