@@ -684,7 +684,9 @@ def _json_value(value: Any) -> Any:
 
 
 def canonical_json(actions: Sequence[Any]) -> str:
-    """The canonical text of a plan made of ``actions`` (definitions, as :func:`gateway.config.morph.compile_morph` makes them).
+    """The canonical text of a plan made of ``actions``.
+
+    The definitions are what :func:`gateway.config.morph.compile_morph` makes.
 
     :param actions: the action definitions (plain JSON-able values).
     :returns: ``{"actions":[...],"v":1}`` with sorted keys and no whitespace.

@@ -1,4 +1,7 @@
-"""The remaining top-level configuration sections: ``spool``, ``queue``, ``duplicates``, ``retention``, ``log``, ``http``, ``metrics``, ``plugins`` and ``audit``.
+"""The remaining top-level configuration sections.
+
+``spool``, ``queue``, ``duplicates``, ``retention``, ``log``, ``http``,
+``metrics``, ``plugins`` and ``audit``.
 
 Checkers built with the toolkit of :mod:`gateway.config.nodes`.
 """

@@ -143,10 +143,8 @@ class RuleImportTests(SynchronousTestCase):
             "def f():\n"
             "    from gateway.config.durations import parse_duration\n"
         )
-        self.assertEqual(
-            [line for line in range(1, 8) if any(v.startswith(f"m:{line}:") for v in rule_import_violations(source, "m"))],
-            [1, 2, 3, 4, 5, 7],
-        )
+        found = rule_import_violations(source, "m")
+        self.assertEqual([int(v.split(":")[1]) for v in found], [1, 2, 3, 4, 5, 7])
 
     def test_checker_accepts_neighbours(self) -> None:
         """Modules whose names only begin like the banned ones, and the other gateway modules, are fine."""
