@@ -139,7 +139,7 @@ from gateway.interfaces import IMatchPredicate
 from gateway.subject import NamePattern
 from gateway.route import RoutingContext
 from gateway.tags import TagPath, find
-from gateway.values import When, _number, _show_when, _texts, _value_when, _values
+from gateway.values import When, as_number, element_values, show_when, text_forms, value_when
 
 __all__ = [
     "MATCH_ALL",
@@ -187,7 +187,7 @@ class Predicate(Protocol):
 # Value tests: one value in, a verdict out
 # --------------------------------------------------------------------------
 
-class _ValueTest(Protocol):
+class ValueTest(Protocol):
     """A test on one value of an element (or of a context string)."""
 
     def test(self, value: object, context: RoutingContext) -> bool:
@@ -207,7 +207,7 @@ class Exact:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether one of the value's text forms equals :attr:`text`."""
-        return self.text in _texts(value)
+        return self.text in text_forms(value)
 
     def describe(self) -> str:
         """:returns: ``is 'CT'``."""
@@ -226,7 +226,7 @@ class Glob:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether a text form of the value matches the glob."""
-        return any(self._compiled.match(text) is not None for text in _texts(value))
+        return any(self._compiled.match(text) is not None for text in text_forms(value))
 
     def describe(self) -> str:
         """:returns: ``matches 'CT*'``."""
@@ -268,7 +268,7 @@ class Regex:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether a text form of the value matches in full."""
-        return any(self._compiled.fullmatch(text) is not None for text in _texts(value))
+        return any(self._compiled.fullmatch(text) is not None for text in text_forms(value))
 
     def describe(self) -> str:
         """:returns: ``matches regex '...'``."""
@@ -284,10 +284,10 @@ class NumberEquals:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether the value equals the number."""
-        number = _number(value)
+        number = as_number(value)
         if number is not None and number == self.number:
             return True
-        return self.text in _texts(value)
+        return self.text in text_forms(value)
 
     def describe(self) -> str:
         """:returns: ``= 5``."""
@@ -305,7 +305,7 @@ class NumberRange:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether the value's numeric form lies within the bounds."""
-        number = _number(value)
+        number = as_number(value)
         if number is None:
             return False
         if self.lower is not None and (number < self.lower or not self.lower_inclusive and number == self.lower):
@@ -331,7 +331,7 @@ class TimeRange:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether the value, read as :attr:`kind`, lies within the bounds."""
-        when = _value_when(value, self.kind)
+        when = value_when(value, self.kind)
         if when is None:
             return False
         return _within_bounds(when, self.lower, self.lower_inclusive, self.upper, self.upper_inclusive)
@@ -339,7 +339,7 @@ class TimeRange:
     def describe(self) -> str:
         """:returns: ``after 2024-01-01``..."""
         return _describe_range(
-            self.lower, self.lower_inclusive, self.upper, self.upper_inclusive, _show_when, words=True
+            self.lower, self.lower_inclusive, self.upper, self.upper_inclusive, show_when, words=True
         )
 
 
@@ -352,7 +352,7 @@ class Within:
 
     def test(self, value: object, context: RoutingContext) -> bool:
         """:returns: whether the value is in the window ending at ``received_at`` (local time)."""
-        when = _value_when(value, self.kind)
+        when = value_when(value, self.kind)
         if when is None:
             return False
         try:
@@ -399,7 +399,7 @@ def _describe_range(lower: Any, lower_inc: bool, upper: Any, upper_inc: bool, sh
 # Patterns: a list of found elements in, a verdict out
 # --------------------------------------------------------------------------
 
-class _Pattern(Protocol):
+class ElementPattern(Protocol):
     """A pattern on the elements a path found (zero or more, one per sequence item)."""
 
     def on_elements(self, elements: Sequence[DataElement], context: RoutingContext) -> bool:
@@ -460,12 +460,12 @@ class Empty:
 class Values:
     """Value tests that must all hold for one same value of one found element (any of them)."""
 
-    tests: tuple[_ValueTest, ...]
+    tests: tuple[ValueTest, ...]
 
     def on_elements(self, elements: Sequence[DataElement], context: RoutingContext) -> bool:
         """:returns: whether some value of some element passes every test."""
         for element in elements:
-            for value in _values(element):
+            for value in element_values(element):
                 if all(test.test(value, context) for test in self.tests):
                     return True
         return False
@@ -479,7 +479,7 @@ class Values:
 class AllOf:
     """Several patterns from one mapping: all must hold."""
 
-    patterns: tuple[_Pattern, ...]
+    patterns: tuple[ElementPattern, ...]
 
     def on_elements(self, elements: Sequence[DataElement], context: RoutingContext) -> bool:
         """:returns: whether every pattern holds."""
@@ -494,7 +494,7 @@ class AllOf:
 class AnyOf:
     """A YAML list of patterns: any may hold."""
 
-    patterns: tuple[_Pattern, ...]
+    patterns: tuple[ElementPattern, ...]
 
     def on_elements(self, elements: Sequence[DataElement], context: RoutingContext) -> bool:
         """:returns: whether some pattern holds."""
@@ -582,7 +582,7 @@ class ElementCondition:
     """A pattern on the element(s) a path names in the header."""
 
     path: TagPath
-    pattern: _Pattern
+    pattern: ElementPattern
 
     def matches(self, dataset: Dataset, context: RoutingContext) -> bool:
         """Find the elements (through every sequence item) and apply the pattern.
@@ -618,7 +618,7 @@ class ContextText:
     """A string pattern on ``calling_ae_title``, ``called_ae_title`` or ``tls_subject``."""
 
     key: str
-    alternatives: tuple[tuple[_ValueTest, ...], ...]
+    alternatives: tuple[tuple[ValueTest, ...], ...]
 
     def matches(self, dataset: Dataset, context: RoutingContext) -> bool:
         """:returns: whether some alternative's tests all hold for the context value."""
@@ -633,7 +633,7 @@ class ContextText:
         return f"{self.key} {_describe_alternatives(self.alternatives)}"
 
 
-def _describe_alternatives(alternatives: tuple[tuple[_ValueTest, ...], ...]) -> str:
+def _describe_alternatives(alternatives: tuple[tuple[ValueTest, ...], ...]) -> str:
     """Words for alternatives of value tests."""
     words = [" and ".join(t.describe() for t in alt) for alt in alternatives]
     return words[0] if len(words) == 1 else "(" + " or ".join(words) + ")"
@@ -643,7 +643,7 @@ def _describe_alternatives(alternatives: tuple[tuple[_ValueTest, ...], ...]) -> 
 class ListenerCondition:
     """``listener``: the listener's name (string patterns) or port (integers)."""
 
-    names: tuple[tuple[_ValueTest, ...], ...]
+    names: tuple[tuple[ValueTest, ...], ...]
     ports: frozenset[int]
 
     def matches(self, dataset: Dataset, context: RoutingContext) -> bool:
@@ -714,10 +714,10 @@ class TimeOfDay:
 
     def describe(self) -> str:
         """:returns: ``time of day in [07:00:00, 19:00:00)``."""
-        return f"time of day in [{_show_when(self.start)}, {_show_when(self.end)})"
+        return f"time of day in [{show_when(self.start)}, {show_when(self.end)})"
 
 _WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_DAY_NUMBERS: dict[str, int] = {
+DAY_NUMBERS: dict[str, int] = {
     name: number
     for number, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
     for name in (full, full[:3])

@@ -60,14 +60,14 @@ from gateway.tags import TagPath, containers, find
 from gateway.template import Template, render_value
 from gateway.uidremap import keyed_digest, remap_values
 from gateway.vr import (
+    EXTENDED_VRS,
     MAX_LENGTH,
-    _EXTENDED,
-    _SINGLE_VALUED,
-    _to_value,
-    _value_texts,
+    SINGLE_VALUED,
     check_repertoire,
     check_value,
     describe_value,
+    element_texts,
+    to_value,
 )
 
 __all__ = [
@@ -87,7 +87,7 @@ __all__ = [
 
 # The lowest pixel data tag (7FE0,0008) Float Pixel Data: nothing at or after
 # it may be created in the header.
-_FIRST_PIXEL_TAG = 0x7FE00008
+FIRST_PIXEL_TAG = 0x7FE00008
 
 
 class MorphError(Exception):
@@ -149,10 +149,10 @@ def _set_element(container: Dataset, tag: int, vr: str, value: Any) -> None:
 def _validated(dataset: Dataset, vr: str, texts: Sequence[str], where: str) -> list[str]:
     """``texts`` after validation for ``vr`` in ``dataset``; raises MorphError."""
     for text in texts:
-        problem = check_value(vr, text) or (check_repertoire(dataset, vr, text) if vr in _EXTENDED else None)
+        problem = check_value(vr, text) or (check_repertoire(dataset, vr, text) if vr in EXTENDED_VRS else None)
         if problem:
             raise MorphError(f"{where}: {problem}")
-    if vr in _SINGLE_VALUED and len(texts) > 1:
+    if vr in SINGLE_VALUED and len(texts) > 1:
         raise MorphError(f"{where}: {vr} holds a single value")
     return list(texts)
 
@@ -209,7 +209,7 @@ class SetAction:
             tag = _resolve_tag(holder, self.path, create=True)
             assert tag is not None
             old = describe_value(holder.get(tag))
-            _set_element(holder, tag, self.vr, _to_value(self.vr, texts))
+            _set_element(holder, tag, self.vr, to_value(self.vr, texts))
             new = describe_value(holder[tag])
             if old != new:
                 changes.append(Change(where, old, new))
@@ -300,7 +300,7 @@ def _map_values(
     changes: list[Change] = []
     elements = list(find(dataset, path))
     for index, element in enumerate(elements):
-        texts = _value_texts(element)
+        texts = element_texts(element)
         if not texts:
             continue
         new_texts = [function(t) for t in texts]
@@ -310,7 +310,7 @@ def _map_values(
         where = _container_label(path, index, len(elements))
         _validated(dataset, vr, new_texts, f"{verb} {where}")
         old = describe_value(element)
-        element.value = _to_value(vr, new_texts)
+        element.value = to_value(vr, new_texts)
         changes.append(Change(where, old, describe_value(element)))
     return changes
 
@@ -364,8 +364,8 @@ class CopyAction:
             if element.VR == self.vr:
                 value = copy_module.deepcopy(element.value)
             else:
-                texts = _validated(dataset, self.vr, _value_texts(element), f"copy to {where}")
-                value = _to_value(self.vr, texts)
+                texts = _validated(dataset, self.vr, element_texts(element), f"copy to {where}")
+                value = to_value(self.vr, texts)
             tag = _resolve_tag(holder, self.target, create=True)
             assert tag is not None
             old = describe_value(holder.get(tag))
@@ -418,11 +418,11 @@ class UidRemapAction:
                     continue
             elif keyword_for_tag(element.tag) in _NOT_INSTANCE_UIDS:
                 continue
-            texts = _value_texts(element)
+            texts = element_texts(element)
             new = remap_values(texts, self.salt, self.root)
             if new != texts:
                 old = describe_value(element)
-                element.value = _to_value("UI", new)
+                element.value = to_value("UI", new)
                 changes.append(Change(label, old, describe_value(element)))
         return changes
 
@@ -526,11 +526,11 @@ class DateShiftAction:
                 continue
             if self.tags and int(element.tag) not in self.tags:
                 continue
-            texts = [t.strip() for t in _value_texts(element)]
+            texts = [t.strip() for t in element_texts(element)]
             new = [_shift_text(t, element.VR, days) if t else t for t in texts]
             if new != texts:
                 old = describe_value(element)
-                element.value = _to_value(element.VR, new)
+                element.value = to_value(element.VR, new)
                 changes.append(Change(label, old, describe_value(element)))
         return changes
 

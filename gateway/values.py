@@ -18,6 +18,23 @@ from typing import Iterable, TypeAlias
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import PersonName
 
+__all__ = [
+    "BINARY_VRS",
+    "GLOB_CHARS",
+    "NUMERIC_TEXT_VRS",
+    "NUMERIC_VRS",
+    "TEMPORAL_VRS",
+    "When",
+    "as_number",
+    "element_values",
+    "literal_kind",
+    "parse_when",
+    "show_when",
+    "text_forms",
+    "value_when",
+]
+
+
 #: VRs whose values are binary numbers or decimal/integer strings.
 NUMERIC_VRS: frozenset[str] = frozenset(
     {"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"}  # PS3.6 ambiguous "US or SS" too
@@ -27,14 +44,14 @@ TEMPORAL_VRS: frozenset[str] = frozenset({"DA", "TM", "DT"})
 #: Binary VRs: only ``present`` and ``empty`` apply.
 BINARY_VRS: frozenset[str] = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW", "US or OW", "US or SS or OW"})
 #: String VRs where a numeric-looking value may be compared numerically.
-_NUMERIC_TEXT_VRS: frozenset[str] = frozenset({"SH", "LO", "CS", "UN", "UC"})
+NUMERIC_TEXT_VRS: frozenset[str] = frozenset({"SH", "LO", "CS", "UN", "UC"})
 #: VRs whose leading spaces are significant (PS3.5 6.2: ST, LT, UT keep them).
 _KEEP_LEADING: frozenset[str] = frozenset({"ST", "LT", "UT"})
 
 # A number as DICOM IS/DS write it (PS3.5 6.2), also accepted in other text.
 _NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 # Glob metacharacters (fnmatch): their presence makes a string a glob.
-_GLOB_CHARS = frozenset("*?[")
+GLOB_CHARS = frozenset("*?[")
 
 
 # --------------------------------------------------------------------------
@@ -53,7 +70,7 @@ def _strip(text: str, vr: str) -> str:
     return text.strip(" \x00")
 
 
-def _values(element: DataElement) -> list[object]:
+def element_values(element: DataElement) -> list[object]:
     """The element's values as a flat list (empty for empty or SQ elements).
 
     Text is stripped of padding; bytes are decoded only when plain ASCII
@@ -99,10 +116,10 @@ def _values(element: DataElement) -> list[object]:
     return result
 
 
-def _texts(value: object) -> list[str]:
+def text_forms(value: object) -> list[str]:
     """The text forms a string pattern is tried on (several for a multi-group PN).
 
-    :param value: one value from :func:`_values`.
+    :param value: one value from :func:`element_values`.
     :returns: its text forms, empty when undecodable.
     """
     if isinstance(value, PersonName):
@@ -117,10 +134,10 @@ def _texts(value: object) -> list[str]:
     return [str(value)]
 
 
-def _number(value: object) -> Decimal | None:
+def as_number(value: object) -> Decimal | None:
     """The numeric form of a value, or None (NaN and non-numbers have none).
 
-    :param value: one value from :func:`_values`.
+    :param value: one value from :func:`element_values`.
     :returns: the number as an exact Decimal.
     """
     if isinstance(value, bool):
@@ -170,7 +187,7 @@ def _time_of_day(hours: str, minutes: str | None, seconds: str | None, fraction:
     return ((h * 60 + m) * 60 + min(s, 59)) * 1_000_000 + _micros(fraction)
 
 
-def _parse_when(text: str, kind: str, literal: bool) -> When:
+def parse_when(text: str, kind: str, literal: bool) -> When:
     """Parse a DA, TM or DT value (or a rule literal, which also takes ISO forms).
 
     :param text: the text, stripped.
@@ -199,7 +216,7 @@ def _parse_when(text: str, kind: str, literal: bool) -> When:
     )
 
 
-def _literal_kind(text: str) -> str:
+def literal_kind(text: str) -> str:
     """Guess DA, TM or DT from a rule literal (for elements of unknown VR)."""
     if _DA_LITERAL.fullmatch(text):
         return "DA"
@@ -208,7 +225,7 @@ def _literal_kind(text: str) -> str:
     return "DT"
 
 
-def _value_when(value: object, kind: str) -> When | None:
+def value_when(value: object, kind: str) -> When | None:
     """The instant of an element value, or None when it is not of ``kind``."""
     try:
         if kind == "DA" and isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
@@ -220,12 +237,12 @@ def _value_when(value: object, kind: str) -> When | None:
         text = getattr(value, "original_string", None) or value
         if not isinstance(text, str):
             return None
-        return _parse_when(text.strip(), kind, literal=False)
+        return parse_when(text.strip(), kind, literal=False)
     except (ValueError, OverflowError, TypeError):
         return None
 
 
-def _show_when(when: When) -> str:
+def show_when(when: When) -> str:
     """Render an instant for ``describe``."""
     if isinstance(when, int):
         total, micro = divmod(when, 1_000_000)

@@ -23,7 +23,19 @@ from gateway.tags import parse_tag_ref
 from gateway.template import render_value
 from gateway.uidremap import is_valid_uid
 
-__all__ = ["MAX_LENGTH", "TEXT_VRS", "check_value", "check_repertoire", "describe_value"]
+__all__ = [
+    "EXTENDED_VRS",
+    "FLOAT_VRS",
+    "INT_RANGES",
+    "MAX_LENGTH",
+    "SINGLE_VALUED",
+    "TEXT_VRS",
+    "check_repertoire",
+    "check_value",
+    "describe_value",
+    "element_texts",
+    "to_value",
+]
 
 #: PS3.5 Table 6.2-1 maximum value lengths, in characters, of the string VRs
 #: (PN is per component group; UC, UR and UT are unlimited).
@@ -34,15 +46,15 @@ MAX_LENGTH: dict[str, int] = {
 #: VRs whose value is text.
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 #: VRs that may hold several values separated by ``\`` (PS3.5 6.4): all text VRs but these.
-_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
+SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 #: Text VRs whose repertoire may extend beyond the default one (PS3.5 6.1.2.2).
-_EXTENDED = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+EXTENDED_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 #: Binary numbers: value ranges (PS3.5 Table 6.2-1).
-_INT_RANGES: dict[str, tuple[int, int]] = {
+INT_RANGES: dict[str, tuple[int, int]] = {
     "US": (0, 2**16 - 1), "SS": (-(2**15), 2**15 - 1), "UL": (0, 2**32 - 1),
     "SL": (-(2**31), 2**31 - 1), "UV": (0, 2**64 - 1), "SV": (-(2**63), 2**63 - 1),
 }  # fmt: skip
-_FLOATS = frozenset({"FL", "FD"})
+FLOAT_VRS = frozenset({"FL", "FD"})
 
 _FORMATS: dict[str, re.Pattern[str]] = {
     # PS3.5 Table 6.2-1: CS is uppercase, digits, space and underscore.
@@ -73,14 +85,14 @@ def check_value(vr: str, text: str) -> str | None:
     """
     if text == "":
         return None
-    if vr in _INT_RANGES:
-        low, high = _INT_RANGES[vr]
+    if vr in INT_RANGES:
+        low, high = INT_RANGES[vr]
         try:
             number = int(text, 0) if text.strip().lower().startswith("0x") else int(text)
         except ValueError:
             return f"{text!r} is not an integer ({vr})"
         return None if low <= number <= high else f"{text!r} is out of range for {vr} ({low}..{high})"
-    if vr in _FLOATS:
+    if vr in FLOAT_VRS:
         try:
             float(text)
         except ValueError:
@@ -94,7 +106,7 @@ def check_value(vr: str, text: str) -> str | None:
         return None if ref.creator is None else "an AT value must be a plain tag"
     if vr not in TEXT_VRS:
         return f"a {vr} value cannot be given as text"
-    if vr not in _SINGLE_VALUED and "\\" in text:
+    if vr not in SINGLE_VALUED and "\\" in text:
         return f"{text!r}: '\\' separates values; give several values as a list"
     limit = MAX_LENGTH.get(vr)
     if vr == "PN":
@@ -128,7 +140,7 @@ def check_value(vr: str, text: str) -> str | None:
             return f"{text!r} is not a calendar date (DA)"
     if vr == "IS" and not -(2**31) <= int(text) <= 2**31 - 1:
         return f"{text!r} is out of range for IS"
-    if vr not in _EXTENDED and not text.isascii():
+    if vr not in EXTENDED_VRS and not text.isascii():
         return f"{text!r}: {vr} allows only the default character repertoire"
     return None
 
@@ -137,7 +149,7 @@ def check_repertoire(dataset: Dataset, vr: str, text: str) -> str | None:
     """Why ``text`` cannot be encoded in ``dataset``'s Specific Character Set, or None.
 
     :param dataset: the data set (its (0008,0005)).
-    :param vr: the VR (only :data:`_EXTENDED` VRs use the extended repertoire).
+    :param vr: the VR (only :data:`EXTENDED_VRS` VRs use the extended repertoire).
     :param text: the value.
     :returns: a message, or None.
     """
@@ -159,14 +171,14 @@ def check_repertoire(dataset: Dataset, vr: str, text: str) -> str | None:
     return f"{text!r} cannot be encoded in the Specific Character Set {terms}"
 
 
-def _to_value(vr: str, texts: Sequence[str]) -> Any:
+def to_value(vr: str, texts: Sequence[str]) -> Any:
     """pydicom value for ``texts`` (already validated) in VR ``vr``."""
     texts = [t for t in texts]
     if not texts or texts == [""]:
-        return [] if vr == "SQ" else (None if vr in _INT_RANGES or vr in _FLOATS or vr == "AT" else "")
-    if vr in _INT_RANGES:
+        return [] if vr == "SQ" else (None if vr in INT_RANGES or vr in FLOAT_VRS or vr == "AT" else "")
+    if vr in INT_RANGES:
         values: list[Any] = [int(t, 0) if t.strip().lower().startswith("0x") else int(t) for t in texts]
-    elif vr in _FLOATS:
+    elif vr in FLOAT_VRS:
         values = [float(t) for t in texts]
     elif vr == "AT":
         values = [parse_tag_ref(t).tag for t in texts]
@@ -175,7 +187,7 @@ def _to_value(vr: str, texts: Sequence[str]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _value_texts(element: DataElement) -> list[str]:
+def element_texts(element: DataElement) -> list[str]:
     """An element's values as text, one string per value."""
     value = element.value
     if value is None or element.VR == "SQ" or isinstance(value, (bytes, bytearray)):

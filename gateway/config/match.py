@@ -28,7 +28,9 @@ from gateway.match import (
     AnyOf,
     Any_,
     ContextText,
+    DAY_NUMBERS,
     ElementCondition,
+    ElementPattern,
     Empty,
     Exact,
     Glob,
@@ -46,23 +48,21 @@ from gateway.match import (
     SubjectPattern,
     TimeOfDay,
     TimeRange,
+    ValueTest,
     Values,
     Weekday,
     Within,
-    _DAY_NUMBERS,
-    _Pattern,
-    _ValueTest,
 )
 from gateway.values import (
     BINARY_VRS,
+    GLOB_CHARS,
+    NUMERIC_TEXT_VRS,
     NUMERIC_VRS,
     TEMPORAL_VRS,
     When,
-    _GLOB_CHARS,
-    _NUMERIC_TEXT_VRS,
-    _literal_kind,
-    _number,
-    _parse_when,
+    as_number,
+    literal_kind,
+    parse_when,
 )
 
 __all__ = ["ErrorSink", "compile_match"]
@@ -313,7 +313,7 @@ class _Compiler:
         if not items:
             self.error(node, path, "empty list of listeners")
             return None
-        names: list[tuple[_ValueTest, ...]] = []
+        names: list[tuple[ValueTest, ...]] = []
         ports: set[int] = set()
         ok = True
         for index, item in enumerate(items):
@@ -344,7 +344,7 @@ class _Compiler:
         times: list[int] = []
         for index, bound in enumerate(bounds):
             try:
-                when = _parse_when(bound.value.strip(), "TM", literal=True)
+                when = parse_when(bound.value.strip(), "TM", literal=True)
             except ValueError:
                 when = None
             if not isinstance(when, int):
@@ -390,13 +390,13 @@ class _Compiler:
     @staticmethod
     def day_number(text: str) -> int | None:
         """0 for Monday...; accepts Mon or Monday in any case."""
-        return _DAY_NUMBERS.get(text.strip().lower())
+        return DAY_NUMBERS.get(text.strip().lower())
 
     # -- patterns ----------------------------------------------------------
 
     def string_alternatives(
         self, node: yaml.Node, path: str, subject: bool = False
-    ) -> tuple[tuple[_ValueTest, ...], ...] | None:
+    ) -> tuple[tuple[ValueTest, ...], ...] | None:
         """String patterns for a context key: one, or a list of them (any of).
 
         :param subject: ``tls_subject``: scalars and ``glob`` are certificate
@@ -413,7 +413,7 @@ class _Compiler:
         tests = self.string_tests(node, path, subject)
         return None if tests is None else (tests,)
 
-    def subject_pattern(self, node: yaml.Node, path: str) -> _ValueTest | None:
+    def subject_pattern(self, node: yaml.Node, path: str) -> ValueTest | None:
         """A ``tls_subject`` name pattern, validated now (a typo is an error, not a rule that never matches)."""
         try:
             return SubjectPattern(str(node.value).strip(" "))
@@ -421,7 +421,7 @@ class _Compiler:
             self.error(node, path, f"not a certificate subject pattern: {exc}")
             return None
 
-    def string_tests(self, node: yaml.Node, path: str, subject: bool = False) -> tuple[_ValueTest, ...] | None:
+    def string_tests(self, node: yaml.Node, path: str, subject: bool = False) -> tuple[ValueTest, ...] | None:
         """One string pattern: a scalar (exact or glob) or ``{equals|glob|regex: ...}``."""
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _NULL:
@@ -432,7 +432,7 @@ class _Compiler:
                 return None if test is None else (test,)
             return (self.scalar_test(node, path, numeric_ok=False),)
         if isinstance(node, yaml.MappingNode):
-            tests: list[_ValueTest] = []
+            tests: list[ValueTest] = []
             ok = True
             for key_node, value_node in node.value:
                 key = str(key_node.value)
@@ -457,20 +457,20 @@ class _Compiler:
         self.error(node, path, f"expected a string pattern, got {_shown(node)}")
         return None
 
-    def scalar_test(self, node: yaml.ScalarNode, path: str, numeric_ok: bool) -> _ValueTest:
+    def scalar_test(self, node: yaml.ScalarNode, path: str, numeric_ok: bool) -> ValueTest:
         """A bare scalar: glob when it holds a metacharacter, a number when unquoted numeric, else exact."""
         text = node.value
         if numeric_ok and node.tag in (_INT, _FLOAT):
-            number = _number(_yaml_number(node))
+            number = as_number(_yaml_number(node))
             if number is not None:
                 return NumberEquals(number, text)
-        if node.tag == _STR and _GLOB_CHARS & set(text):
+        if node.tag == _STR and GLOB_CHARS & set(text):
             return Glob(text)
         # Booleans, timestamps and numbers where a string is wanted: the text as written
         # (YAML 1.1 reads NO as false; the value in the file is what the rule means).
         return Exact(text.strip(" "))
 
-    def string_operator(self, key: str, node: yaml.Node, path: str) -> _ValueTest | None:
+    def string_operator(self, key: str, node: yaml.Node, path: str) -> ValueTest | None:
         """``equals``, ``glob`` or ``regex`` with its string."""
         if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
             self.error(node, path, f"'{key}' takes a string, got {_shown(node)}")
@@ -486,7 +486,7 @@ class _Compiler:
             self.error(node, path, f"invalid regular expression {text!r}: {exc}")
             return None
 
-    def pattern(self, node: yaml.Node, path: str, vr: str | None) -> _Pattern | None:
+    def pattern(self, node: yaml.Node, path: str, vr: str | None) -> ElementPattern | None:
         """A value pattern on an element of dictionary VR ``vr`` (None: unknown/private)."""
         if isinstance(node, yaml.SequenceNode):
             if not node.value:
@@ -515,10 +515,10 @@ class _Compiler:
             return False
         return True
 
-    def operators(self, node: yaml.MappingNode, path: str, vr: str | None) -> _Pattern | None:
+    def operators(self, node: yaml.MappingNode, path: str, vr: str | None) -> ElementPattern | None:
         """A mapping of operators: all must hold; value tests hold for one same value."""
-        patterns: list[_Pattern] = []
-        tests: list[_ValueTest] = []
+        patterns: list[ElementPattern] = []
+        tests: list[ValueTest] = []
         ok = True
         for key_node, value_node in node.value:
             key = str(key_node.value)
@@ -587,9 +587,9 @@ class _Compiler:
         value: yaml.Node = node.value[0][1]
         return value
 
-    def numeric(self, key: str, key_node: yaml.Node, node: yaml.Node, path: str, vr: str | None) -> _ValueTest | None:
+    def numeric(self, key: str, key_node: yaml.Node, node: yaml.Node, path: str, vr: str | None) -> ValueTest | None:
         """``gt``/``ge``/``lt``/``le``/``between`` on a numeric (or numeric-looking text) element."""
-        if vr is not None and vr not in NUMERIC_VRS and vr not in _NUMERIC_TEXT_VRS:
+        if vr is not None and vr not in NUMERIC_VRS and vr not in NUMERIC_TEXT_VRS:
             extra = " (use after/before/between with dates)" if vr in TEMPORAL_VRS else ""
             self.error(key_node, path, f"numeric operator '{key}' cannot be used on a {vr} element{extra}")
             return None
@@ -598,7 +598,7 @@ class _Compiler:
             return None
         numbers: list[Decimal] = []
         for bound in bounds:
-            number = _number(_yaml_number(bound)) if isinstance(bound, yaml.ScalarNode) else None
+            number = as_number(_yaml_number(bound)) if isinstance(bound, yaml.ScalarNode) else None
             if number is None:
                 self.error(bound, path, f"'{key}' takes a number, got {_shown(bound)}")
                 return None
@@ -612,7 +612,7 @@ class _Compiler:
             return NumberRange(lower=numbers[0], lower_inclusive=key == "ge")
         return NumberRange(upper=numbers[0], upper_inclusive=key == "le")
 
-    def temporal(self, key: str, key_node: yaml.Node, node: yaml.Node, path: str, vr: str | None) -> _ValueTest | None:
+    def temporal(self, key: str, key_node: yaml.Node, node: yaml.Node, path: str, vr: str | None) -> ValueTest | None:
         """``after``/``before``/``between``/``within`` on a DA, TM or DT element."""
         if vr is not None and vr not in TEMPORAL_VRS:
             self.error(key_node, path, f"date/time operator '{key}' cannot be used on a {vr} element (only DA, TM, DT)")
@@ -625,11 +625,11 @@ class _Compiler:
         if any(not isinstance(b, yaml.ScalarNode) or b.tag == _NULL for b in bounds):
             self.error(node, path, f"'{key}' takes a date or time, got {_shown(node)}")
             return None
-        kind = vr or _literal_kind(bounds[0].value.strip())
+        kind = vr or literal_kind(bounds[0].value.strip())
         instants: list[When] = []
         for bound in bounds:
             try:
-                instants.append(_parse_when(bound.value.strip(), kind, literal=True))
+                instants.append(parse_when(bound.value.strip(), kind, literal=True))
             except ValueError:
                 example = {"DA": '"20240131"', "TM": '"07:00"', "DT": '"20240131073000"'}[kind]
                 self.error(bound, path, f"invalid {kind} literal {bound.value!r}; expected e.g. {example}")
@@ -643,7 +643,7 @@ class _Compiler:
             return TimeRange(kind, lower=instants[0], lower_inclusive=False)
         return TimeRange(kind, upper=instants[0], upper_inclusive=False)
 
-    def within(self, node: yaml.Node, path: str, vr: str | None) -> _ValueTest | None:
+    def within(self, node: yaml.Node, path: str, vr: str | None) -> ValueTest | None:
         """``within: 7d``: a DA/DT value in the window ending at ``received_at``."""
         if vr == "TM":
             self.error(node, path, "'within' applies to DA and DT elements, not TM (use time_of_day for windows)")

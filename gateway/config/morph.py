@@ -31,6 +31,7 @@ from gateway.morph import (
     DateShiftAction,
     DeleteAction,
     DeletePattern,
+    FIRST_PIXEL_TAG,
     HashAction,
     LookupAction,
     MorphPlan,
@@ -40,10 +41,9 @@ from gateway.morph import (
     ReplaceAction,
     SetAction,
     UidRemapAction,
-    _FIRST_PIXEL_TAG,
     canonical_json,
 )
-from gateway.vr import TEXT_VRS, _FLOATS, _INT_RANGES, _SINGLE_VALUED, check_value
+from gateway.vr import FLOAT_VRS, INT_RANGES, SINGLE_VALUED, TEXT_VRS, check_value
 
 __all__ = ["ErrorSink", "compile_morph", "compile_canonical", "plain"]
 
@@ -128,7 +128,7 @@ class _Compiler:
         except ValueError as e:
             self.fail(node, key, str(e))
             return None
-        if writable and path.last.creator is None and path.last.tag >= _FIRST_PIXEL_TAG:
+        if writable and path.last.creator is None and path.last.tag >= FIRST_PIXEL_TAG:
             self.fail(node, key, f"'{text}': elements at or after the pixel data cannot be set")
             return None
         return path
@@ -189,7 +189,7 @@ class _Compiler:
         dictionary = path.vr
         if explicit is not None:
             explicit = explicit.upper()
-            if explicit not in TEXT_VRS and explicit not in _INT_RANGES and explicit not in _FLOATS and explicit != "AT":
+            if explicit not in TEXT_VRS and explicit not in INT_RANGES and explicit not in FLOAT_VRS and explicit != "AT":
                 self.fail(vr_node, f"{key}.vr", f"VR {explicit} cannot be set from configuration")
                 return None
             if dictionary is not None and explicit not in dictionary.split(" or "):
@@ -200,7 +200,7 @@ class _Compiler:
             self.fail(node, key, f"'{path}' is not in the data dictionary: give its VR ({{value: ..., vr: LO}})")
             return None
         vr = dictionary.split(" or ")[0]
-        if vr == "SQ" or vr not in TEXT_VRS | set(_INT_RANGES) | _FLOATS | {"AT"}:
+        if vr == "SQ" or vr not in TEXT_VRS | set(INT_RANGES) | FLOAT_VRS | {"AT"}:
             self.fail(node, key, f"'{path}' is {dictionary}; only text and number elements can be set")
             return None
         return vr
@@ -251,7 +251,7 @@ class _Compiler:
                     break
                 templates.append(template)
             else:
-                if len(templates) > 1 and vr in _SINGLE_VALUED:
+                if len(templates) > 1 and vr in SINGLE_VALUED:
                     self.fail(value_node, where, f"{vr} holds a single value")
                     continue
                 actions.append(SetAction(path, vr, tuple(templates)))
@@ -286,7 +286,7 @@ class _Compiler:
             path = self.path(item, where)
             if path is None:
                 continue
-            if path.last.creator is None and path.last.tag >= _FIRST_PIXEL_TAG:
+            if path.last.creator is None and path.last.tag >= FIRST_PIXEL_TAG:
                 if path.last.tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
                     self.fail(item, where, "pixel data cannot be deleted by a morph")
                     continue
