@@ -73,8 +73,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from gateway.morph import Change, describe_value, remap_values
-from gateway.uidremap import check_root
+from gateway.morph import Change
+from gateway.uidremap import check_root, remap_values
+from gateway.vr import describe_value
 
 __all__ = [
     "BASIC_PROFILE",

@@ -8,7 +8,7 @@ worker that sends one of the entries of an (instance, plan) asks
 looked up among the routes in force, so a reload that renames, removes or
 edits the route, a restart or an upgrade cannot change what an already
 queued copy contains. It is applied by the splice writer
-(:func:`gateway.morph.write_morphed`: new header, pixel data and tail copied
+(:func:`gateway.splice.write_morphed`: new header, pixel data and tail copied
 verbatim) into ``<spool>/morphed/<instance id>.<plan hash>.dcm``, once per
 (instance, plan); every entry with that plan sends that file.
 
@@ -34,7 +34,8 @@ from twisted.python.failure import Failure
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
 from gateway.forward import PrepareError
-from gateway.morph import EMPTY_PLAN, MorphPlan, PlanError, compile_canonical, plan_hash
+from gateway.config.morph import compile_canonical
+from gateway.morph import EMPTY_PLAN, MorphPlan, PlanError, plan_hash
 from gateway.queue.interfaces import Entry, InstanceRecord, PlanRecord
 from gateway.route import RoutingContext
 
@@ -159,7 +160,8 @@ def make_copy(record: InstanceRecord, plan: MorphPlan, digest: str, morphed_dir:
     :raises PrepareError: when the morph fails for this instance.
     :raises OSError: when the copy cannot be written (retried later).
     """
-    from gateway.morph import MorphError, write_morphed
+    from gateway.morph import MorphError
+    from gateway.splice import write_morphed
     from gateway.parse import read_header
     from gateway.private import make_private_dirs
 
@@ -203,6 +205,9 @@ class CopyMaker:
     :param runner: where the morph runs (a file thread pool).
     :param morphed_dir: the spool folder for copies.
     :param on_error: called with the route name when a morph fails (metrics).
+    :param rebuild: compiles a journaled plan's canonical JSON with the
+        plugins installed now (:func:`gateway.config.morph.compile_canonical`,
+        the configuration's own compiler); raises :class:`PlanError`.
     """
 
     def __init__(
@@ -212,12 +217,14 @@ class CopyMaker:
         runner: IBlockingRunner,
         morphed_dir: str,
         on_error: Callable[[str], None] = lambda route: None,
+        rebuild: Callable[[str, Mapping[str, Any]], MorphPlan] = compile_canonical,
     ) -> None:
         self._definition = definition
         self._plugins = plugins
         self._runner = runner
         self.morphed_dir = morphed_dir
         self._on_error = on_error
+        self._rebuild = rebuild
         # Rebuilt plans by hash, valid for one set of plugins (a reload
         # replaces the set, and a plugin may be gone).
         self._plans: dict[str, MorphPlan] = {}
@@ -251,7 +258,7 @@ class CopyMaker:
         if plan_hash(text) != digest:
             raise PrepareError(f"plan {short(digest)} in the journal does not match its hash")
         try:
-            plan = compile_canonical(text, plugins)
+            plan = self._rebuild(text, plugins)
         except PlanError as e:
             raise PrepareError(f"plan {short(digest)} cannot be rebuilt: {e}") from e
         self._plans[digest] = plan

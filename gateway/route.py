@@ -27,9 +27,39 @@ How routes combine (issue 4):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Protocol, Sequence
 
-from gateway.config.schema import RouteConfig
+
+class Route(Protocol):
+    """What routing reads of a route (:class:`gateway.config.schema.RouteConfig` is one).
+
+    A structural type, so the rules do not depend on the configuration
+    package: any object with these attributes routes.
+    """
+
+    @property
+    def name(self) -> str:
+        """The route's name."""
+
+    @property
+    def match(self) -> Any:
+        """The compiled predicate (:class:`gateway.match.Predicate`), or None for every instance."""
+
+    @property
+    def forward(self) -> Sequence[str]:
+        """Destination names or templates."""
+
+    @property
+    def reject(self) -> int | None:
+        """The C-STORE status to answer instead, or None."""
+
+    @property
+    def drop(self) -> bool:
+        """Discard the instance."""
+
+    @property
+    def final(self) -> bool:
+        """Stop after this route."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +107,12 @@ class RoutingDecision:
     errors: tuple[str, ...] = ()
 
 
-def needs_header(routes: Sequence[RouteConfig]) -> bool:
+def needs_header(routes: Sequence[Route]) -> bool:
     """Whether evaluating ``routes`` needs the instance's header (a condition or a templated forward)."""
     return any(route.match is not None or any("{" in target for target in route.forward) for route in routes)
 
 
-def _targets(route: RouteConfig, dataset: Any, context: RoutingContext, errors: list[str], known: Collection[str]) -> list[str]:
+def _targets(route: Route, dataset: Any, context: RoutingContext, errors: list[str], known: Collection[str]) -> list[str]:
     from gateway.template import Template
 
     names: list[str] = []
@@ -105,7 +135,7 @@ def _targets(route: RouteConfig, dataset: Any, context: RoutingContext, errors: 
 def evaluate(
     dataset: Any,
     context: RoutingContext,
-    routes: Sequence[RouteConfig],
+    routes: Sequence[Route],
     destinations: Collection[str] = (),
 ) -> RoutingDecision:
     """Apply the routes to one instance.

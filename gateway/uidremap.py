@@ -23,7 +23,17 @@ import hashlib
 import hmac
 import re
 
-__all__ = ["MIN_BITS", "MAX_UID_LENGTH", "check_root", "suffix_bits", "remap_uid", "is_valid_uid", "keyed_digest"]
+__all__ = [
+    "MIN_BITS",
+    "MAX_UID_LENGTH",
+    "DICOM_ROOT",
+    "check_root",
+    "suffix_bits",
+    "remap_uid",
+    "remap_values",
+    "is_valid_uid",
+    "keyed_digest",
+]
 
 #: The fewest bits of the keyed hash every new UID keeps.
 MIN_BITS = 128
@@ -97,3 +107,18 @@ def remap_uid(uid: str, salt: str, root: str) -> str:
     digest = int.from_bytes(keyed_digest(salt, uid.rstrip("\x00 ")), "big")
     bits = suffix_bits(root)
     return f"{root}.{digest >> (256 - bits)}"
+
+
+#: PS3.6 Annex A: the UIDs the standard itself defines start with this root.
+DICOM_ROOT = "1.2.840.10008."
+
+
+def remap_values(values: list[str], salt: str, root: str) -> list[str]:
+    """Remap each UID, leaving empty values and the standard's own UIDs (PS3.6 A).
+
+    :param values: the UIDs.
+    :param salt: the key.
+    :param root: the root.
+    :returns: the new UIDs.
+    """
+    return [v if not v or v.startswith(DICOM_ROOT) else remap_uid(v, salt, root) for v in values]

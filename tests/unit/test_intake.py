@@ -283,7 +283,7 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         """A morphing route's entries carry its canonical plan; an unmorphed route's carry NO_MORPH; a later reload changes neither."""
         import yaml
 
-        from gateway.morph import compile_morph
+        from gateway.config.morph import compile_morph
         from gateway.prepare import NO_MORPH, route_plan
 
         class Sink:

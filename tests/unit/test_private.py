@@ -112,7 +112,7 @@ class StoreTests(UmaskTestCase):
 
     def test_morphed_copy_is_0600(self) -> None:
         """write_morphed's copy (and the morphed/ folder make_copy creates) are owner-only."""
-        from gateway.morph import write_morphed
+        from gateway.splice import write_morphed
         from tests.unit.morph.helpers import CONTEXT, plan_of
 
         src = os.path.join(self.dir, "src.dcm")

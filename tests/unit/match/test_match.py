@@ -17,7 +17,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.interfaces import IMatchPredicate
-from gateway.match import MATCH_ALL, Predicate, compile_match, plugins_by_name
+from gateway.config.match import compile_match
+from gateway.match import MATCH_ALL, Predicate, plugins_by_name
 from gateway.route import RoutingContext
 
 

@@ -21,7 +21,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.match import Predicate, compile_match
+from gateway.config.match import compile_match
+from gateway.match import Predicate
 from gateway.route import RoutingContext
 
 # (keyword, tag, VR) of the elements the generated data sets and rules use.

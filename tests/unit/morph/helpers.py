@@ -6,7 +6,8 @@ from typing import Any
 
 import yaml
 
-from gateway.morph import MorphPlan, compile_morph
+from gateway.config.morph import compile_morph
+from gateway.morph import MorphPlan
 from gateway.route import RoutingContext
 
 CONTEXT = RoutingContext("CT01", "GATEWAY", "10.0.0.5", "main", 11112)

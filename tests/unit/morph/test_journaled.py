@@ -14,12 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.interfaces import IMorphAction
+from gateway.config.morph import compile_canonical
 from gateway.morph import (
     EMPTY_PLAN,
     PLAN_VERSION,
     Change,
     PlanError,
-    compile_canonical,
     plan_hash,
 )
 

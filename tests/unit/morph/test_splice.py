@@ -13,7 +13,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.morph import MorphError, write_morphed
+from gateway.morph import MorphError
+from gateway.splice import write_morphed
 from gateway.parse import element_end, read_header
 from tests.unit.morph.helpers import CONTEXT, plan_of
 
