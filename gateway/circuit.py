@@ -223,7 +223,7 @@ class Circuit:
             self.listener.circuit_opened(fault)
             self._schedule()
         elif action is CircuitAction.PROBE:
-            Deferred.fromCoroutine(self._run_probe())
+            Deferred.fromCoroutine(self._run_probe()).addErrback(lambda f: self.log.failure("circuit probe", f))
         elif action is CircuitAction.CLOSE:
             self.failures = 0
             self.permanent = False

@@ -23,7 +23,7 @@ leaves more than the entry in flight unrecorded. Outcomes are the data of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Protocol, Sequence
+from typing import Any, AsyncGenerator, Callable, Protocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -68,7 +68,7 @@ class Sender(Protocol):
     batch_size: int
     lease_seconds: float
 
-    def send(self, slot: int, batch: Sequence[Entry]) -> AsyncIterator[tuple[Entry, Outcome]]:
+    def send(self, slot: int, batch: Sequence[Entry]) -> AsyncGenerator[tuple[Entry, Outcome], None]:
         """Deliver ``batch`` in order, yielding each entry with its outcome as soon as it is known.
 
         The worker may stop iterating (and closes the iterator) after any

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncGenerator, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -187,7 +187,7 @@ class DicomSender:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncIterator[tuple[Entry, Outcome]]:
+    async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncGenerator[tuple[Entry, Outcome], None]:
         """Read the batch's headers, then C-STORE each readable entry in order."""
         channel = self._channels[slot]
         headers: dict[int, Part10Header] = {}

@@ -17,7 +17,7 @@ The circuit probe is :meth:`FolderWriter.check_writable`.
 from __future__ import annotations
 
 import os
-from typing import AsyncIterator, Sequence
+from typing import AsyncGenerator, Sequence
 
 from gateway.config.schema import FolderDestination
 from gateway.folder import FolderWriter, UnsafePath
@@ -45,7 +45,7 @@ class FolderSender:
         self.context = context
         self.writer = FolderWriter(config.path, config.pattern)
 
-    async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncIterator[tuple[Entry, Outcome]]:
+    async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncGenerator[tuple[Entry, Outcome], None]:
         """Write each entry in order, yielding its outcome."""
         for entry in batch:
             yield entry, await self.write(entry)
