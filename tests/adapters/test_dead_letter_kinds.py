@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.forward import ForwardObserver, PrepareError
