@@ -20,20 +20,20 @@ Each slot loops:
    enqueue), until the store's ``next_due``, or for at most
    ``poll_interval`` (the CLI changes the store from another process:
    pauses, operator retries), whichever comes first;
-2. for a DICOM AE, reuse the slot's association if it is open, carries
-   contexts for the batch and has sent fewer than ``batch_size`` instances;
-   otherwise open one proposing, per (SOP class, transfer syntax) of the
-   batch, the original syntax, plus Explicit and Implicit VR Little Endian
-   as fallbacks when the original is a native (uncompressed) syntax;
-3. send each entry, classify the result with :mod:`gateway.queue.policy`
-   and record it: ``complete``, ``retry`` after a backoff, or
-   ``dead_letter``. A per-instance outcome never blocks the entries behind it.
+2. hand the batch to the destination's :class:`~gateway.send.Sender`
+   (:mod:`gateway.send.dicom` for a DICOM AE, :mod:`gateway.send.folder`
+   for a folder; :mod:`gateway.send.registry` says which), which yields each
+   entry's outcome (:mod:`gateway.queue.outcome`) as it is known;
+3. record each outcome: ``complete``, ``retry`` after a backoff, or
+   ``dead_letter`` with its kind. A per-instance outcome never blocks the
+   entries behind it.
 
-A destination-wide fault (:class:`~gateway.queue.policy.DestinationDown`)
+A destination-wide fault (:class:`~gateway.queue.outcome.DestinationDown`)
 puts the entry being tried back without counting an attempt and releases
-the rest of the batch unchanged. After ``circuit.failures`` consecutive such
-faults the circuit opens: no slot leases; one probe loop (C-ECHO for a DICOM
-AE; "the folder exists and is writable" for a folder) runs at backoff
+the rest of the batch unchanged, and goes to the destination's
+:class:`~gateway.circuit.Circuit`: after ``circuit.failures`` consecutive
+such faults it opens, no slot leases, and the sender's probe (C-ECHO for a
+DICOM AE; "the folder exists and is writable" for a folder) runs at backoff
 intervals, at the maximum interval straight away after a permanent
 rejection. Probes are not attempts. The first successful probe closes the
 circuit and the slots resume. Nothing is dead-lettered for a
@@ -41,59 +41,40 @@ destination-wide fault (HARDENING decision 9).
 
 A send whose outcome is unknown (the association ended after the data went
 out, or the DIMSE timeout fired) is retried with ``ambiguous: `` at the
-start of its recorded error; when an entry whose history holds such an
-attempt is delivered, the observer's ``redelivered`` is called: the
-destination may now hold two copies (at-least-once, HARDENING F06, F07).
-Because this is read from the journal, it holds across restarts too.
+start of its recorded error (:func:`gateway.queue.policy.retry_text`); when
+an entry whose history holds such an attempt is delivered, the observer's
+``redelivered`` is called: the destination may now hold two copies
+(at-least-once, HARDENING F06, F07). Because this is read from the journal,
+it holds across restarts too.
 
 Every store call goes through ``store_runner`` (one thread in production);
 file work (reading headers, transcoding, folder writes) goes through
-``file_runner``. Times stored in the journal come from ``wall``; delays are
+``file_runner``, lent to the sender. Times stored in the journal come from ``wall``; delays are
 scheduled on ``clock``.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gateway.associate import (
-    AssociationAborted,
-    ClientAssociation,
-    NoPresentationContext,
-    Part10Header,
-    open_association,
-    read_part10_header,
-)
+from gateway.associate import ClientAssociation
 from gateway.blocking import IBlockingRunner
-from gateway.config.schema import DicomDestination, FolderDestination
-from gateway.folder import FolderWriter, UnsafePath
-from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.circuit import Circuit
+from gateway.config.schema import Destination, DicomDestination
 from gateway.queue.interfaces import Entry, IQueueStore
-from gateway.queue.policy import (
-    DeadLetter,
-    Delivered,
-    DestinationDown,
-    Outcome,
-    Retry,
-    backoff,
-    classify_error,
-    classify_status,
-    give_up,
-)
-from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
-from gateway.transcode import NATIVE_SYNTAXES, TranscodeError, transcode
-from gateway.ul.negotiate import build_request
+from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
+from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
+from gateway.send import SendContext
+from gateway.send.dicom import Proposals, connect_dicom, proposals_for
+from gateway.send.registry import sender_for
 
 __all__ = [
     "ForwardObserver",
@@ -106,16 +87,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-#: ``[(abstract_syntax, [transfer_syntax, ...]), ...]`` as ``build_request`` takes them.
-Proposals = Sequence[tuple[str, Sequence[str]]]
-
-#: The start of the recorded error of an attempt whose outcome is unknown.
-AMBIGUOUS_PREFIX = "ambiguous: "
-
-#: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255, so at most 128 contexts;
-#: one is kept for Verification.
-_MAX_CONTEXTS = 127
 
 
 class JournalRefused(Exception):
@@ -149,7 +120,15 @@ class ForwardObserver:
         """An entry's attempt failed and it will be tried again."""
 
     def dead_lettered(self, entry: Entry, reason: str) -> None:
-        """An entry went to the dead letters."""
+        """An entry went to the dead letters (``reason`` is the text stored with it)."""
+
+    def dead_lettered_as(self, entry: Entry, kind: DeadLetterKind, reason: str) -> None:
+        """An entry went to the dead letters, with the kind of its fault: what the worker calls.
+
+        By default this calls :meth:`dead_lettered`, so an observer that
+        needs only the text overrides that one.
+        """
+        self.dead_lettered(entry, reason)
 
     def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
         """One destination-wide fault (connection refused, association rejected, ...), circuit open or not."""
@@ -171,7 +150,7 @@ class ForwardObserver:
 class WorkerStatus:
     """A worker's state for ``queue list`` and the health check.
 
-    :ivar circuit: ``"closed"`` (sending) or ``"open"`` (probing).
+    :ivar circuit: ``"closed"`` (sending) or ``"open"`` (probing; half-open included).
     :ivar consecutive_failures: destination-wide faults since the last success.
     :ivar last_error: the latest fault, empty if none.
     :ivar active_associations: associations open now.
@@ -187,118 +166,13 @@ class WorkerStatus:
     journal_error: str = ""
 
 
-def _native_fallbacks(transfer_syntax: str) -> tuple[str, ...]:
-    """The fallback syntaxes proposed for an instance in ``transfer_syntax``.
-
-    Only a native (uncompressed) data set can be re-encoded; every Storage
-    SCP accepts Implicit VR Little Endian (PS3.4 B.4.1, PS3.5 10.1).
-    """
-    if transfer_syntax not in NATIVE_SYNTAXES:
-        return ()
-    return tuple(ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts != transfer_syntax)
-
-
-def proposals_for(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
-    """Presentation contexts for a batch of (SOP class, transfer syntax) pairs (PS3.8 9.3.2.2).
-
-    Each pair gets a context with exactly its syntax, so the original bytes
-    go out whenever the destination accepts them; a native syntax also gets
-    a second context for the same SOP class offering Explicit VR LE, then
-    Implicit VR LE, used (after :func:`gateway.transcode.transcode`) only
-    when the first is refused.
-
-    :param pairs: the batch's (SOP class UID, transfer syntax UID) pairs, in order.
-    :returns: the proposals, without duplicates, in order.
-    """
-    seen: dict[tuple[str, tuple[str, ...]], None] = {}
-    for sop, ts in pairs:
-        seen[(sop, (ts,))] = None
-    for sop, ts in pairs:
-        fallbacks = _native_fallbacks(ts)
-        if fallbacks:
-            seen[(sop, fallbacks)] = None
-    return [(sop, list(syntaxes)) for sop, syntaxes in seen]
-
-
-def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Proposals) -> "Deferred[ClientAssociation]":
-    """Open an association to ``destination`` with its three timeouts kept apart.
-
-    ``connect_timeout`` bounds the TCP connection, ``acse_timeout`` the
-    A-ASSOCIATE answer (the ARTIM timer, PS3.8 9.1.5), and ``dimse_timeout``
-    each response once the association is up.
-
-    :param reactor: provides ``IReactorTCP`` and ``IReactorTime``.
-    :param destination: the DICOM AE.
-    :param proposals: presentation contexts; Verification is always added (C-ECHO probes).
-    :returns: a Deferred firing with the :class:`ClientAssociation`.
-    """
-    wanted = [(sop, list(ts)) for sop, ts in proposals]
-    if not any(sop == VERIFICATION_SOP_CLASS for sop, _ in wanted):
-        wanted.insert(0, (VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LE, EXPLICIT_VR_LE]))
-    request = build_request(
-        destination.calling_ae_title,
-        destination.ae_title,
-        wanted,
-        max_pdu_length=destination.max_pdu_length,
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-    )
-    endpoint_type = TCP6ClientEndpoint if ":" in destination.host else TCP4ClientEndpoint
-    endpoint: Any = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)
-    if destination.tls is not None:
-        # PS3.15 Annex B: the server is verified against the destination's CA
-        # and name (RFC 6125, service-identity); never a plain-TCP fallback.
-        # A verification failure ends the connection before the A-ASSOCIATE-AC,
-        # a destination-wide fault (HARDENING decision 9, T12).
-        from twisted.internet.endpoints import wrapClientTLS
-
-        from gateway.security import client_tls_settings
-        from gateway.tls import client_creator
-
-        endpoint = wrapClientTLS(client_creator(client_tls_settings(destination.tls), destination.host), endpoint)
-    return open_association(
-        reactor,
-        endpoint,
-        request,
-        acse_timeout=destination.acse_timeout,
-        dimse_timeout=destination.dimse_timeout,
-        max_pdu_length=destination.max_pdu_length,
-    )
-
-
-def _data_went_out(exc: BaseException) -> bool:
-    """Whether the data set's last fragment had been sent when ``exc`` ended the send.
-
-    :meth:`~gateway.associate.ClientAssociation.store` sets ``data_sent`` on
-    the :class:`~gateway.associate.AssociationAborted` it raises. Without the
-    attribute the text decides: "... while sending" and "not open" come
-    before the last fragment, other texts (DIMSE timeout, A-ABORT) after it.
-    """
-    explicit = getattr(exc, "data_sent", None)
-    if isinstance(explicit, bool):
-        return explicit
-    if not isinstance(exc, AssociationAborted):
-        return False
-    text = str(exc)
-    return "while sending" not in text and "not open" not in text
-
-
 @dataclass
 class _Slot:
-    """One association slot's mutable state."""
+    """One slot's mutable state (its association, if any, is the sender's)."""
 
     index: int
-    association: ClientAssociation | None = None
-    proposed: frozenset[tuple[str, str]] = frozenset()
-    #: (SOP class, transfer syntax) pairs this association refused: an entry
-    #: needing one gets a fresh association (the archive may have been fixed,
-    #: e.g. before an operator's retry of its dead letter).
-    refused: set[tuple[str, str]] = field(default_factory=set)
-    sent: int = 0
-    last_used: float = 0.0
     leased: list[Entry] = field(default_factory=list)
     done: "Deferred[None] | None" = None
-    connecting: "Deferred[ClientAssociation] | None" = None
     #: Outcomes the journal refused (ENOSPC, I/O error), recorded again before
     #: the slot leases more, and leases it could not give back (HARDENING F15).
     unrecorded: list[tuple[Entry, Outcome, float]] = field(default_factory=list)
@@ -315,18 +189,18 @@ WALL_CLOCK_STEP = 30.0
 class DestinationWorker(Service):
     """Forwards one destination's queue (see the module docstring).
 
-    :param config: the destination.
+    :param config: the destination; its sender comes from :func:`gateway.send.registry.sender_for`.
     :param store: the queue journal.
     :param store_runner: runs every store call (one thread in production).
     :param file_runner: runs file work: header reads, transcoding, folder writes.
     :param clock: schedules waits and timeouts.
-    :param connect: opens an association, ``connect(destination, proposals)``;
-        the default uses :func:`connect_dicom` with ``reactor``.
+    :param connect: opens an association, ``connect(destination, proposals)``
+        (DICOM destinations); the default uses :func:`connect_dicom` with ``reactor``.
     :param rand: floats in [0, 1) for the backoff jitter.
     :param observer: receives events (see :class:`ForwardObserver`).
     :param wall: wall-clock time for the journal (``time.time``).
     :param monotonic: a clock no one can set (``time.monotonic``), to notice steps of ``wall``.
-    :param reactor: the reactor for the default ``connect``.
+    :param reactor: the reactor the sender connects with.
     :param grace: seconds :meth:`stopService` lets in-flight sends finish.
     :param poll_interval: the longest idle sleep (the CLI changes the store from outside).
     :param scratch_dir: where transcoded copies are written (the system's temporary folder by default).
@@ -336,7 +210,7 @@ class DestinationWorker(Service):
 
     def __init__(
         self,
-        config: DicomDestination | FolderDestination,
+        config: Destination,
         store: IQueueStore,
         store_runner: IBlockingRunner,
         file_runner: IBlockingRunner,
@@ -358,12 +232,6 @@ class DestinationWorker(Service):
         self.store_runner = store_runner
         self.file_runner = file_runner
         self.clock = clock
-        if connect is None:
-
-            def connect(destination: DicomDestination, proposals: Proposals) -> "Deferred[ClientAssociation]":
-                return connect_dicom(reactor, destination, proposals)
-
-        self.connect = connect
         self.rand = rand
         self.observer = observer or ForwardObserver()
         self.wall = wall
@@ -373,32 +241,19 @@ class DestinationWorker(Service):
         self.poll_interval = poll_interval
         self.scratch_dir = scratch_dir
         self.prepare = prepare
-        self.folder = FolderWriter(config.path, config.pattern) if isinstance(config, FolderDestination) else None
-        count = config.max_associations if isinstance(config, DicomDestination) else 1
-        self._slots = [_Slot(k) for k in range(count)]
+        self.sender = sender_for(
+            config,
+            SendContext(file_runner, clock, reactor, connect, scratch_dir, reachable=lambda: self.circuit.success()),
+        )
+        self.batch_size = self.sender.batch_size
+        self.lease_seconds = self.sender.lease_seconds
+        self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[tuple[Deferred[None], IDelayedCall | None, bool]] = []
-        self._circuit_open = False
-        self._circuit_closed: list[Deferred[None]] = []
-        self._probe: Deferred[None] | None = None
-        self._consecutive = 0
-        self._last_error = ""
-        self._permanent = False
+        self.circuit = Circuit(
+            clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
+        )
         self._stopped: Deferred[None] | None = None
-
-    # -- settings ------------------------------------------------------------------------
-
-    @property
-    def batch_size(self) -> int:
-        """Entries leased at once, and sent on one association before it is renewed."""
-        return self.config.batch_size if isinstance(self.config, DicomDestination) else 50
-
-    @property
-    def lease_seconds(self) -> float:
-        """How long a lease lasts: generous, 10 x the DIMSE timeout (or 10 min for a folder)."""
-        if isinstance(self.config, DicomDestination):
-            return 10 * self.config.dimse_timeout
-        return 600.0
 
     # -- service -------------------------------------------------------------------------
 
@@ -406,6 +261,7 @@ class DestinationWorker(Service):
         """Start every slot."""
         Service.startService(self)
         self._stopping = False
+        self.circuit.start()
         # A new worker starts with its circuit closed: say so in the journal,
         # replacing whatever an earlier worker (before a reload or restart) left.
         self._note_circuit(False, "")
@@ -424,9 +280,7 @@ class DestinationWorker(Service):
             return self._stopped
         self._stopping = True
         self._wake(all_sleepers=True)
-        for d in self._circuit_closed:
-            d.callback(None)
-        self._circuit_closed = []
+        self.circuit.stop()
         # The probe holds no lease: it is not waited for (it ends at its own timeouts).
         waiting = [slot.done for slot in self._slots if slot.done is not None]
         timer = self.clock.callLater(self.grace, self._abort_all)
@@ -443,11 +297,7 @@ class DestinationWorker(Service):
 
     def _abort_all(self) -> None:
         """Grace period over: abort every open association (in-flight sends fail as ambiguous)."""
-        for slot in self._slots:
-            if slot.connecting is not None and not slot.connecting.called:
-                slot.connecting.cancel()
-            if slot.association is not None and slot.association.is_open:
-                slot.association.abort()
+        self.sender.abort()
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
@@ -457,10 +307,10 @@ class DestinationWorker(Service):
         """The worker's state (circuit, failures, last error, associations)."""
         return WorkerStatus(
             destination=self.name,
-            circuit="open" if self._circuit_open else "closed",
-            consecutive_failures=self._consecutive,
-            last_error=self._last_error,
-            active_associations=sum(1 for s in self._slots if s.association is not None and s.association.is_open),
+            circuit="closed" if self.circuit.is_closed else "open",
+            consecutive_failures=self.circuit.failures,
+            last_error=self.circuit.last_error,
+            active_associations=self.sender.connections(),
             journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
         )
 
@@ -526,7 +376,7 @@ class DestinationWorker(Service):
                 await self._sleep(self.poll_interval, pokeable=False)
             else:
                 slot.journal_error = ""
-        await self._close_association(slot)
+        await self.sender.close(slot.index)
 
     async def _slot_step(self, slot: _Slot) -> None:
         """One turn of a slot: wait for the circuit, lease, send or idle."""
@@ -543,8 +393,9 @@ class DestinationWorker(Service):
                 slot.unreleased = []
             self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
             return
-        if self._circuit_open:
-            await self._until_circuit_closed()
+        if not self.circuit.is_closed:
+            if not self._stopping:
+                await self.circuit.when_closed()
             return
         await self._follow_wall_clock()
         entries = await self._journal(
@@ -605,15 +456,12 @@ class DestinationWorker(Service):
         )
 
     async def _idle(self, slot: _Slot) -> None:
-        """Nothing due: release an idle association when its time comes, and sleep."""
+        """Nothing due: let the sender release what is idle when its time comes, and sleep."""
         now = self.clock.seconds()
         delay = self.poll_interval
-        if slot.association is not None and isinstance(self.config, DicomDestination):
-            idle_left = slot.last_used + self.config.idle_release - now
-            if idle_left <= 0 or not slot.association.is_open:
-                await self._close_association(slot)
-            else:
-                delay = min(delay, idle_left)
+        idle_left = await self.sender.idle(slot.index, now)
+        if idle_left is not None:
+            delay = min(delay, idle_left)
         due = await self._store(self.store.next_due, self.name)
         if due is not None and due > self._schedule_now():
             # An entry comes due before the next poll. (One already due that
@@ -622,36 +470,23 @@ class DestinationWorker(Service):
         if not self._stopping:
             await self._sleep(delay, pokeable=True)
 
-    async def _until_circuit_closed(self) -> None:
-        if self._stopping:
-            return
-        d: Deferred[None] = Deferred()
-        self._circuit_closed.append(d)
-        await d
-
     async def _send_batch(self, slot: _Slot) -> None:
-        """Send the slot's leased entries one by one, recording each outcome."""
-        headers: dict[int, Part10Header] = {}
+        """Hand the slot's leased entries to the sender, recording each outcome as it comes."""
         if self.prepare is not None:
             await self._prepare_all(slot)
-        if self.folder is None:
-            for entry in list(slot.leased):
+        sending = self.sender.send(slot.index, list(slot.leased))
+        try:
+            while slot.leased and not self._stopping and self.circuit.is_closed:
+                started = self.clock.seconds()
                 try:
-                    headers[entry.entry_id] = await self._file(read_part10_header, entry.path)
-                except FileNotFoundError as e:
-                    await self._record(slot, entry, Retry(f"spool file missing: {e}"), self.clock.seconds())
-                except (ValueError, OSError) as e:
-                    await self._record(slot, entry, DeadLetter(f"unreadable Part 10 file: {e}"), self.clock.seconds())
-        while slot.leased and not self._stopping and not self._circuit_open:
-            entry = slot.leased[0]
-            started = self.clock.seconds()
-            if self.folder is not None:
-                outcome = await self._send_folder(entry)
-            else:
-                outcome = await self._send_dicom(slot, entry, headers)
-            await self._record(slot, entry, outcome, started)
-            if isinstance(outcome, DestinationDown):
-                break
+                    entry, outcome = await sending.__anext__()
+                except StopAsyncIteration:
+                    break
+                await self._record(slot, entry, outcome, started)
+                if isinstance(outcome, DestinationDown):
+                    break
+        finally:
+            await sending.aclose()
 
     async def _prepare_all(self, slot: _Slot) -> None:
         """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""
@@ -661,7 +496,7 @@ class DestinationWorker(Service):
             try:
                 prepared.append(await self.prepare(entry))
             except PrepareError as e:
-                await self._record(slot, entry, DeadLetter(f"morph: {e}"), self.clock.seconds())
+                await self._record(slot, entry, DeadLetter(f"morph: {e}", DeadLetterKind.MORPH), self.clock.seconds())
             except Exception as e:  # a bug or an I/O error: try again later, never send unmorphed
                 self.log.failure("preparing {entry_id} for {destination} failed", entry_id=entry.entry_id, destination=self.name)
                 await self._record(slot, entry, Retry(f"could not prepare the copy: {e}"), self.clock.seconds())
@@ -692,37 +527,27 @@ class DestinationWorker(Service):
         )
         if isinstance(outcome, Delivered):
             await self._journal(self.store.complete, [entry.entry_id], now, outcome.warning)
-            self._destination_ok()
+            self.circuit.success()
             if outcome.warning:
                 # (not "warning": a log event with that key looks like a Python warning to legacy observers)
                 self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
             else:
                 self.log.debug("delivered {sop_instance_uid} to {destination}", **fields)
             self.observer.delivered(entry, self.clock.seconds() - started, outcome.warning)
-            if entry.last_error.startswith(AMBIGUOUS_PREFIX) or any(
-                a.error.startswith(AMBIGUOUS_PREFIX) for a in entry.history
-            ):
+            if had_ambiguous_attempt(entry):
                 self.observer.redelivered(entry)
         elif isinstance(outcome, Retry):
-            reason = (AMBIGUOUS_PREFIX if outcome.ambiguous else "") + outcome.reason
+            reason = retry_text(outcome)
             gave_up = give_up(entry, now, self.config.retry)
             if gave_up is not None:
-                await self._dead_letter(entry, f"{reason}; {gave_up}", now, fields)
+                await self._dead_letter(entry, DeadLetter(f"{reason}; {gave_up}", DeadLetterKind.GAVE_UP), now, fields)
                 return
-            retry = self.config.retry
-            delay = backoff(
-                entry.attempts,
-                initial=retry.initial_delay,
-                maximum=retry.max_delay,
-                multiplier=retry.multiplier,
-                jitter=retry.jitter,
-                rand=self.rand,
-            )
+            delay = self._backoff(entry.attempts)
             await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now)
             self.log.info("retrying {sop_instance_uid} to {destination} in {delay:.1f}s: {reason}", delay=delay, reason=reason, **fields)
             self.observer.retried(entry, reason)
         elif isinstance(outcome, DeadLetter):
-            await self._dead_letter(entry, outcome.reason, now, fields)
+            await self._dead_letter(entry, outcome, now, fields)
         else:
             # Destination-wide: this entry was not really tried, the rest go back unchanged.
             await self._journal(self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False)
@@ -736,16 +561,12 @@ class DestinationWorker(Service):
                     raise
             await self._destination_fault(outcome)
 
-    async def _dead_letter(self, entry: Entry, reason: str, now: float, fields: dict[str, Any]) -> None:
-        await self._journal(self.store.dead_letter, entry.entry_id, reason, now)
-        self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=reason, **fields)
-        self.observer.dead_lettered(entry, reason)
+    async def _dead_letter(self, entry: Entry, outcome: DeadLetter, now: float, fields: dict[str, Any]) -> None:
+        await self._journal(self.store.dead_letter, entry.entry_id, outcome.reason, now)
+        self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=outcome.reason, **fields)
+        self.observer.dead_lettered_as(entry, outcome.kind, outcome.reason)
 
-    # -- circuit breaker -----------------------------------------------------------------
-
-    def _destination_ok(self) -> None:
-        self._consecutive = 0
-        self._permanent = False
+    # -- circuit breaker (the state machine is gateway.circuit's; this is its listener) ---
 
     def _backoff(self, attempt: int) -> float:
         retry = self.config.retry
@@ -759,52 +580,31 @@ class DestinationWorker(Service):
         )
 
     async def _destination_fault(self, outcome: DestinationDown) -> None:
-        """Count a destination-wide fault; open the circuit at the threshold, else back off."""
-        self._consecutive += 1
-        self._last_error = outcome.reason
-        self._permanent = outcome.permanent
+        """Count a destination-wide fault; below the circuit's threshold, back off."""
         self.observer.destination_fault(self.name, outcome.reason, outcome.permanent)
         self.log.warn(
             "destination {destination} failed ({count} in a row): {reason}",
             destination=self.name,
-            count=self._consecutive,
+            count=self.circuit.failures + 1,
             reason=outcome.reason,
         )
-        if self._consecutive >= self.config.circuit.failures:
-            if not self._circuit_open:
-                self._open_circuit(outcome)
+        if self.circuit.fault(outcome):
             return
         # Below the threshold: wait before this slot tries the destination again.
-        await self._sleep(self._backoff(self._consecutive - 1), pokeable=False)
+        await self._sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
 
-    def _open_circuit(self, outcome: DestinationDown) -> None:
-        self._circuit_open = True
+    def circuit_opened(self, fault: DestinationDown) -> None:
+        """The circuit opened: log, tell the observer and the journal."""
         self.log.error(
-            "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=outcome.reason
+            "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
         )
-        self.observer.destination_down(self.name, outcome.reason, outcome.permanent)
-        self._note_circuit(True, outcome.reason)
-        self._probe = Deferred.fromCoroutine(self._probe_loop())
-        self._probe.addErrback(self._crashed, "probe")
+        self.observer.destination_down(self.name, fault.reason, fault.permanent)
+        self._note_circuit(True, fault.reason)
 
-    async def _probe_loop(self) -> None:
-        """Probe the destination at backoff intervals until it answers; then close the circuit."""
-        attempt = 0
-        while not self._stopping:
-            max_delay = self.config.retry.max_delay
-            delay = max_delay if self._permanent else self._backoff(attempt)
-            await self._sleep(delay, pokeable=False)
-            if self._stopping:
-                return
-            error = await self._probe_once()
-            if error is None:
-                self._close_circuit()
-                return
-            self._last_error = error.reason
-            self._permanent = error.permanent
-            attempt += 1
-            self.log.info("probe of {destination} failed: {reason}", destination=self.name, reason=error.reason)
-            await self._expire_while_down()
+    def probe_failed(self, fault: DestinationDown) -> "Deferred[None]":
+        """A probe failed: log, and apply ``max_age`` before the next one."""
+        self.log.info("probe of {destination} failed: {reason}", destination=self.name, reason=fault.reason)
+        return Deferred.fromCoroutine(self._expire_while_down())
 
     async def _expire_while_down(self) -> None:
         """Apply ``max_age`` to the entries of a destination that is down as a whole.
@@ -816,13 +616,13 @@ class DestinationWorker(Service):
         """
         max_age = self.config.retry.max_age
         now = self._schedule_now()
-        reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self._last_error}"
+        reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self.circuit.last_error}"
         try:
             expired = await self._journal(self.store.expire, self.name, now - max_age, reason, now)
         except JournalRefused:
             return
         for entry in expired:
-            self.observer.dead_lettered(entry, reason)
+            self.observer.dead_lettered_as(entry, DeadLetterKind.GAVE_UP, reason)
         if expired:
             self.log.warn(
                 "dead-lettered {count} entries for {destination} older than max_age {max_age:.0f}s (destination down)",
@@ -831,175 +631,13 @@ class DestinationWorker(Service):
                 max_age=max_age,
             )
 
-    async def _probe_once(self) -> DestinationDown | None:
-        """One probe: C-ECHO for a DICOM AE, a write test for a folder; ``None`` on success."""
-        if self.folder is not None:
-            try:
-                await self._file(self.folder.check_writable)
-            except OSError as e:
-                return DestinationDown(f"{type(e).__name__}: {e}")
-            return None
-        assert isinstance(self.config, DicomDestination)
-        try:
-            association = await self.connect(self.config, [])
-        except Exception as e:
-            outcome = classify_error(e, data_sent=False, connecting=True)
-            return outcome if isinstance(outcome, DestinationDown) else DestinationDown(str(e))
-        try:
-            status = await Deferred.fromCoroutine(association.echo())
-        except Exception as e:
-            association.abort()
-            return DestinationDown(f"C-ECHO failed: {type(e).__name__}: {e}")
-        await self._release(association)
-        if status != 0:
-            return DestinationDown(f"C-ECHO status 0x{status:04X}")
-        return None
-
     def _note_circuit(self, circuit_open: bool, reason: str) -> None:
         """Write the circuit state to the journal, where ``queue list`` (another process) reads it."""
         d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall())
         d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
 
-    def _close_circuit(self) -> None:
-        self._circuit_open = False
-        self._probe = None
-        self._destination_ok()
+    def circuit_closed(self) -> None:
+        """A probe succeeded: log, tell the observer and the journal (the circuit wakes the slots)."""
         self.log.info("destination {destination} is up, circuit closed", destination=self.name)
         self.observer.destination_up(self.name)
         self._note_circuit(False, "")
-        waiting, self._circuit_closed = self._circuit_closed, []
-        for d in waiting:
-            d.callback(None)
-
-    # -- sending -------------------------------------------------------------------------
-
-    async def _send_folder(self, entry: Entry) -> Outcome:
-        assert self.folder is not None
-        try:
-            await self._file(self.folder.write, entry.path, entry.instance)
-        except UnsafePath as e:
-            return DeadLetter(f"unsafe path: {e}")
-        except OSError as e:
-            if not os.path.exists(entry.path):
-                return Retry(f"spool file missing: {e}")
-            # The folder is missing, full or read-only: the destination as a whole.
-            return DestinationDown(f"{type(e).__name__}: {e}")
-        return Delivered(0)
-
-    async def _ensure_association(self, slot: _Slot, headers: dict[int, Part10Header]) -> DestinationDown | None:
-        """Make sure the slot has an open association carrying contexts for its leased entries."""
-        assert isinstance(self.config, DicomDestination)
-        pairs = [
-            (headers[e.entry_id].sop_class_uid, headers[e.entry_id].transfer_syntax_uid)
-            for e in slot.leased
-            if e.entry_id in headers
-        ]
-        association = slot.association
-        if association is not None:
-            first = set(pairs[:1])
-            if association.is_open and slot.sent < self.batch_size and first <= slot.proposed and not first & slot.refused:
-                return None
-            await self._close_association(slot)
-        proposals = proposals_for(pairs)
-        if len(proposals) > _MAX_CONTEXTS:
-            # PS3.8 9.3.2.2: too many contexts for one association; later entries wait for the next.
-            proposals = proposals[:_MAX_CONTEXTS]
-        slot.connecting = self.connect(self.config, proposals)
-        try:
-            slot.association = await slot.connecting
-        except Exception as e:
-            outcome = classify_error(e, data_sent=False, connecting=True)
-            return outcome if isinstance(outcome, DestinationDown) else DestinationDown(str(e))
-        finally:
-            slot.connecting = None
-        slot.proposed = frozenset((sop, ts) for sop, syntaxes in proposals for ts in syntaxes if ts == syntaxes[0])
-        slot.refused = set()
-        slot.sent = 0
-        slot.last_used = self.clock.seconds()
-        self._destination_ok()
-        return None
-
-    async def _send_dicom(self, slot: _Slot, entry: Entry, headers: dict[int, Part10Header]) -> Outcome:
-        """C-STORE one entry on the slot's association (opening one if needed)."""
-        header = headers.get(entry.entry_id)
-        if header is None:  # pragma: no cover - recorded in _send_batch already
-            return Retry("no header")
-        down = await self._ensure_association(slot, headers)
-        if down is not None:
-            return down
-        association = slot.association
-        assert association is not None
-        path = entry.path
-        scratch: str | None = None
-        if association.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
-            target = self._fallback_syntax(association, header)
-            if target is None:
-                slot.refused.add((header.sop_class_uid, header.transfer_syntax_uid))
-                return classify_error(
-                    NoPresentationContext(
-                        f"no accepted presentation context for {header.sop_class_uid} in {header.transfer_syntax_uid}"
-                    ),
-                    data_sent=False,
-                )
-            fd, scratch = tempfile.mkstemp(prefix="transcode-", suffix=".dcm", dir=self.scratch_dir)
-            os.close(fd)
-            try:
-                await self._file(transcode, entry.path, scratch, target)
-            except TranscodeError as e:
-                os.unlink(scratch)
-                return DeadLetter(f"cannot convert to {target}: {e}")
-            path = scratch
-        slot.sent += 1
-        slot.last_used = self.clock.seconds()
-        try:
-            result = await Deferred.fromCoroutine(association.store(path))
-        except Exception as e:
-            if isinstance(e, AssociationAborted) or not association.is_open:
-                # Never reuse an association that failed mid-send (HARDENING F05, fo-dicom #1359).
-                slot.association = None
-            return classify_error(e, data_sent=_data_went_out(e))
-        finally:
-            slot.last_used = self.clock.seconds()
-            if scratch is not None and os.path.exists(scratch):
-                os.unlink(scratch)
-        outcome = classify_status(result.status, entry.attempts + 1, self.config.retry)
-        if result.error_comment and not isinstance(outcome, Delivered):
-            if isinstance(outcome, Retry):
-                outcome = Retry(f"{outcome.reason}: {result.error_comment}", outcome.ambiguous)
-            elif isinstance(outcome, DeadLetter):
-                outcome = DeadLetter(f"{outcome.reason}: {result.error_comment}")
-        if slot.sent >= self.batch_size:
-            await self._close_association(slot)
-        return outcome
-
-    def _fallback_syntax(self, association: ClientAssociation, header: Part10Header) -> str | None:
-        """An accepted native syntax the instance can be converted to, preferring Explicit VR LE."""
-        if header.transfer_syntax_uid not in NATIVE_SYNTAXES:
-            return None
-        accepted = {
-            c.transfer_syntax for c in association.contexts.values() if c.abstract_syntax == header.sop_class_uid
-        }
-        for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
-            if ts in accepted:
-                return ts
-        return None
-
-    async def _close_association(self, slot: _Slot) -> None:
-        """Release the slot's association (abort if the peer does not answer within the ACSE timeout)."""
-        association, slot.association = slot.association, None
-        slot.proposed = frozenset()
-        slot.sent = 0
-        if association is not None and association.is_open:
-            await self._release(association)
-
-    async def _release(self, association: ClientAssociation) -> None:
-        timeout = self.config.acse_timeout if isinstance(self.config, DicomDestination) else 30.0
-        released = association.release()
-        timer = self.clock.callLater(timeout, association.abort)
-        try:
-            await released
-        except Exception:
-            pass
-        finally:
-            if timer.active():
-                timer.cancel()

@@ -41,7 +41,7 @@ from gateway import __version__
 from gateway.blocking import IBlockingRunner
 from gateway.forward import ForwardObserver
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore
-from gateway.queue.policy import dead_letter_reason
+from gateway.queue.outcome import DeadLetterKind
 
 #: Every metric name starts with this.
 PREFIX = "dicom_gateway"
@@ -510,10 +510,14 @@ class MetricsForwardObserver(ForwardObserver):
         self.metrics.retries.labels(entry.destination).inc()
 
     def dead_lettered(self, entry: Entry, reason: str) -> None:
-        """A permanent failure; a morph failure is counted for its route as well."""
+        """A dead letter known only by its text (a caller without the kind): counted under the kind its words name."""
+        self.dead_lettered_as(entry, DeadLetterKind.of_reason(reason), reason)
+
+    def dead_lettered_as(self, entry: Entry, kind: DeadLetterKind, reason: str) -> None:
+        """A permanent failure, counted under its kind; a morph failure is counted for its route as well."""
         self.metrics.forward_failures.labels(entry.destination, "permanent").inc()
-        self.metrics.dead_lettered.labels(entry.destination, dead_letter_reason(reason)).inc()
-        if reason.startswith("morph:"):
+        self.metrics.dead_lettered.labels(entry.destination, kind.value).inc()
+        if kind is DeadLetterKind.MORPH:
             self.metrics.morph_errors.labels(entry.route).inc()
 
     def destination_fault(self, name: str, reason: str, permanent: bool) -> None:

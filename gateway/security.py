@@ -267,6 +267,13 @@ class AuditingForwardObserver:
         self._record(entry, "dead_letter", Outcome.SERIOUS_FAILURE, reason)
         self._inner.dead_lettered(entry, reason)
 
+    def dead_lettered_as(self, entry: Any, kind: Any, reason: str) -> None:
+        """Audit, then pass on with its kind: an instance was given up on (what the worker calls)."""
+        from gateway.audit import Outcome
+
+        self._record(entry, "dead_letter", Outcome.SERIOUS_FAILURE, reason)
+        self._inner.dead_lettered_as(entry, kind, reason)
+
 
 def audit_received(audit: AuditTrail, report: Any, peer: str = "") -> None:
     """Audit one received instance (DICOM Instances Transferred, action C; PS3.15 A.5.3.7).

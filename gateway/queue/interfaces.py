@@ -106,7 +106,7 @@ class NewEntry:
 
 #: The error recorded by ``recover`` on the entry of each lease that may have
 #: been on the wire when the gateway died (HARDENING F13). It starts like the
-#: forward worker's ambiguous attempts (``"ambiguous: "``), so a later delivery
+#: forward worker's ambiguous attempts (``gateway.queue.policy.AMBIGUOUS_PREFIX``), so a later delivery
 #: counts as a redelivery: the destination may hold two copies.
 RECOVERED_IN_FLIGHT = "ambiguous: in flight when the gateway stopped"
 

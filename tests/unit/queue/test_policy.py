@@ -18,12 +18,11 @@ from gateway.queue.policy import (
     DestinationDown,
     Retry,
     backoff,
-    classify_error,
-    classify_status,
     dead_letter_reason,
     DEAD_LETTER_REASONS,
     give_up,
 )
+from gateway.send.classify import classify_error, classify_status
 from gateway.ul import pdu
 
 RETRY = RetryConfig(initial_delay=1.0, max_delay=300.0, multiplier=2.0, jitter=0.2, max_attempts=5, max_age=1000.0)
