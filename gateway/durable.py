@@ -198,3 +198,14 @@ def replace_durably(
             pass
         raise
     fsync_dir(folder, ops)
+
+
+def unlink_if_present(path: str) -> None:
+    """Remove ``path``; a file already gone is fine (a crash between unlink and the journal).
+
+    :param path: the file.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

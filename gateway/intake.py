@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
-from gateway.durable import rename_durably
+from gateway.durable import rename_durably, unlink_if_present
 from gateway.private import make_private_dirs
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
@@ -341,7 +341,7 @@ class Intake:
 
     def _discard(self, spooled: SpooledInstance, admission: Admission) -> Deferred[Admission]:
         """Remove a rejected or dropped instance's spooled file, then answer ``admission``."""
-        d = self._file_runner.run(_unlink_if_present, spooled.path)
+        d = self._file_runner.run(unlink_if_present, spooled.path)
 
         def failed(failure: Failure) -> Admission:
             self.log.failure("could not remove a discarded spool file", failure)

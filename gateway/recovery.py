@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from gateway.associate import read_part10_header
 from gateway.blocking import IBlockingRunner
 from gateway.intake import Intake
+from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
 from gateway.queue.interfaces import IQueueStore
 from gateway.receive import AssociationInfo
@@ -165,7 +166,7 @@ class Recovery:
         await self._remove_copies([record.instance_id for record in done])
         for record in done:
             try:
-                await self._file_runner.run(_unlink_if_present, record.path)
+                await self._file_runner.run(unlink_if_present, record.path)
             except OSError as e:
                 self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
                 continue
@@ -177,7 +178,7 @@ class Recovery:
         for record in expired:
             if record.path:
                 try:
-                    await self._file_runner.run(_unlink_if_present, record.path)
+                    await self._file_runner.run(unlink_if_present, record.path)
                 except OSError:
                     continue
                 removed += 1
@@ -188,11 +189,3 @@ class Recovery:
         """Delete the routes' morphed copies of these finished instances (one folder scan)."""
         if self._morphed_dir and instance_ids:
             await self._file_runner.run(remove_copies, self._morphed_dir, instance_ids)
-
-
-def _unlink_if_present(path: str) -> None:
-    """Remove ``path``; a file already gone is fine (a crash between unlink and the journal)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

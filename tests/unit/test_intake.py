@@ -251,6 +251,25 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual(self.intake.unrouted_total, 1)
         self.assertEqual(self.poked, [])
 
+    def test_rejecting_route_answers_its_status_and_removes_the_file(self) -> None:
+        """A route with ``reject: 0xA900`` answers 0xA900, journals nothing and deletes the spooled file."""
+        self.routes = [RouteConfig("refuse", (), reject=0xA900), RouteConfig("r1", ("pacs",))]
+        spooled = self.spooled("i1")
+        admission = self.admit(spooled)
+        self.assertEqual((int(admission.status), admission.entries), (0xA900, 0))
+        self.assertFalse(os.path.exists(spooled.path))
+        self.assertEqual(self.store.instance_ids(), set())
+        self.assertEqual(self.poked, [])
+
+    def test_dropping_route_acknowledges_and_removes_the_file(self) -> None:
+        """A route with ``drop: true`` answers 0x0000, journals nothing and deletes the spooled file."""
+        self.routes = [RouteConfig("discard", (), drop=True)]
+        spooled = self.spooled("i1")
+        admission = self.admit(spooled)
+        self.assertEqual((admission.status, admission.entries), (Status.SUCCESS, 0))
+        self.assertFalse(os.path.exists(spooled.path))
+        self.assertEqual(self.store.instance_ids(), set())
+
     def test_unrouted_directory_is_fsynced_after_the_move(self) -> None:
         """The move into unrouted/ is made durable: the directory is fsynced after the rename."""
         self.routes = []
