@@ -34,6 +34,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from twisted.trial.unittest import TestCase
 
+from gateway.queue.sqlite import study_hash
 from tests.interop.test_forward_proxy import ProxyForwardTestMixin
 from tests.support import dcmtk
 from tests.support.faultproxy import FaultPlan
@@ -46,6 +47,22 @@ SLOW_RATE = 50_000
 
 #: ``max_associations`` of every destination.
 CAP = 2
+
+
+def _studies_per_slot(slots: int, per_slot: int) -> list[str]:
+    """New Study Instance UIDs, ``per_slot`` for each of the destination's association slots.
+
+    :param slots: the destination's ``max_associations`` (its lease shards).
+    :param per_slot: studies wanted per slot.
+    :returns: ``slots * per_slot`` UIDs.
+    """
+    wanted: dict[int, list[str]] = {k: [] for k in range(slots)}
+    while any(len(uids) < per_slot for uids in wanted.values()):
+        uid = generate_uid()
+        shard = study_hash(uid) % slots
+        if len(wanted[shard]) < per_slot:
+            wanted[shard].append(uid)
+    return [uid for uids in wanted.values() for uid in uids]
 
 
 class SlowBesideTwoHealthyTests(ProxyForwardTestMixin, TestCase):
@@ -66,9 +83,12 @@ class SlowBesideTwoHealthyTests(ProxyForwardTestMixin, TestCase):
             routes=[{"name": "all", "forward": list(scps)}],
         )
         # 24 x 32 KB over four studies: 786 KB, at least 7.8 s through two 50 KB/s connections.
+        # A study always travels through the slot its hash names (crc32 % slots), so the
+        # studies are chosen two per slot: with random UIDs, all four landed on one slot
+        # one run in eight and the slow destination never needed its second association.
         source = Path(self.mktemp()).resolve()
-        for study in range(4):
-            make_series(source, 6, 32 * 1024, prefix=f"s{study}-")
+        for study, uid in enumerate(_studies_per_slot(CAP, 2)):
+            make_series(source, 6, 32 * 1024, prefix=f"s{study}-", study_instance_uid=uid)
         result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
         self.assertEqual(result.returncode, 0, result.describe())
         sent = digests_by_sop_instance(part10_files(source))

@@ -86,17 +86,19 @@ def index_by_sop_instance(paths: Iterable[Path]) -> dict[str, Path]:
     return index
 
 
-def make_series(folder: Path, count: int, size: int, *, prefix: str = "ct") -> tuple[str, str]:
+def make_series(folder: Path, count: int, size: int, *, prefix: str = "ct",
+                study_instance_uid: str | None = None) -> tuple[str, str]:
     """Write ``count`` CT instances of one new study and series into ``folder``.
 
     :param folder: the directory (created if needed).
     :param count: number of instances.
     :param size: approximate size of each, in bytes.
     :param prefix: file name prefix.
+    :param study_instance_uid: the study's UID (a new one by default).
     :returns: (Study Instance UID, Series Instance UID).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
+    study, series = study_instance_uid or generate_uid(), generate_uid()
     for i in range(count):
         write_instance(folder / f"{prefix}{i:05d}.dcm", ExplicitVRLittleEndian, size, seed=i,
                        study_instance_uid=study, series_instance_uid=series)
