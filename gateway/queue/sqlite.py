@@ -530,7 +530,7 @@ class SqliteQueueStore:
         """Give entries without a plan (schema < 3) their route's plan, when the route is given.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.adopt_plans` and
-        :func:`_migrate_2_to_3` for why.
+        :func:`gateway.queue.schema._migrate_2_to_3` for why.
         """
         with self._write() as conn:
             routes = [row[0] for row in conn.execute(
