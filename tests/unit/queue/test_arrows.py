@@ -8,80 +8,33 @@ the senders' (:mod:`gateway.send.classify`). So no module under
 imports (followed transitively, imports inside functions included).
 
 The checker is tested on snippets first, so the rule itself can fail, then
-run over the real tree (the walk of ``tests/unit/test_rules.py``).
+run over the real tree (the walk of ``tests/unit/test_arrows.py``).
 """
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_rules import ROOT, parse, python_files
+from tests.unit.test_arrows import arrow_violations
+from tests.unit.test_rules import ROOT, python_files
 
 #: Modules (and their submodules) the queue must not reach.
 BANNED_IN_QUEUE: tuple[str, ...] = ("twisted.internet", "socket", "ssl", "gateway.associate", "gateway.send")
 
 
-def _banned(module: str) -> bool:
-    """Whether ``module`` is one of :data:`BANNED_IN_QUEUE` or inside one."""
-    return any(module == b or module.startswith(b + ".") for b in BANNED_IN_QUEUE)
-
-
-def imports_of(tree: ast.AST) -> list[tuple[int, list[str]]]:
-    """Every absolute module each import statement names, anywhere in the tree.
-
-    ``from a import b`` names ``a`` and ``a.b`` (``b`` may be a submodule).
-
-    :param tree: an AST.
-    :returns: (line, dotted names) per statement.
-    """
-    found: list[tuple[int, list[str]]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.append((node.lineno, [alias.name for alias in node.names]))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]))
-    return found
-
-
-def _source_of(module: str, root: Path) -> Path | None:
-    """The file of a ``gateway`` module under ``root``, if it is one."""
-    if not module.startswith("gateway"):
-        return None
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def queue_violations(files: list[Path], root: Path) -> list[str]:
     """Follow the imports of ``files`` through ``gateway`` modules; report each banned one reached.
+
+    The walk is :func:`tests.unit.test_arrows.arrow_violations`, shared with
+    the other arrows of issue 12.
 
     :param files: the queue's modules.
     :param root: the directory holding the ``gateway`` package.
     :returns: one message per violation, naming the chain that reaches it.
     """
-    found: set[str] = set()
-    seen: set[Path] = set()
-    todo: list[tuple[Path, str]] = [(f, str(f.relative_to(root))) for f in files]
-    while todo:
-        path, chain = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for line, modules in imports_of(parse(path)):
-            banned = [m for m in modules if _banned(m)]
-            if banned:
-                found.add(f"{chain}:{line}: imports {banned[0]}")
-                continue
-            for module in modules:
-                source = _source_of(module, root)
-                if source is not None and source not in seen:
-                    todo.append((source, f"{chain}:{line} -> {module}"))
-    return sorted(found)
+    return arrow_violations(files, root, BANNED_IN_QUEUE)
 
 
 class QueueArrowTests(SynchronousTestCase):

@@ -1,0 +1,221 @@
+"""The journal's schema: its migrations and the shape of its rows (issue 12).
+
+``PRAGMA user_version`` holds the schema version; ``MIGRATIONS[i]`` takes a
+database from version ``i`` to ``i + 1`` (version 0 is an empty file). How
+and when the store applies them, and what each table and index is for, is
+the theory of operation of :mod:`gateway.queue.sqlite`, which re-exports
+:data:`MIGRATIONS`, :data:`SCHEMA_VERSION` and :class:`SchemaError` (the
+store reads them from there, so a test can patch one more migration in).
+
+The row shape (the columns of ``instances`` and ``entries`` in the order the
+store writes and selects them, and the mapping of a row to
+:class:`~gateway.queue.interfaces.Entry`) is shared by the store's queries.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Callable, Sequence
+
+from gateway.queue.interfaces import Attempt, Entry, EntryState, InstanceRecord
+
+__all__ = ["SchemaError", "MIGRATIONS", "SCHEMA_VERSION"]
+
+
+class SchemaError(Exception):
+    """The database file's schema version is one this code cannot use."""
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    """Create the first schema: instances, entries, destinations and their indexes.
+
+    :param conn: a connection inside a write transaction.
+    """
+    statements = [
+        """
+        CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL,
+            transfer_syntax_uid TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            correlation_id TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL DEFAULT '',
+            series_instance_uid TEXT NOT NULL DEFAULT '',
+            patient_id TEXT NOT NULL DEFAULT '',
+            accession_number TEXT NOT NULL DEFAULT '',
+            modality TEXT NOT NULL DEFAULT '',
+            calling_ae_title TEXT NOT NULL DEFAULT '',
+            called_ae_title TEXT NOT NULL DEFAULT '',
+            source_address TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        """
+        CREATE TABLE entries (
+            entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL REFERENCES instances(instance_id),
+            route TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            path TEXT,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'leased', 'delivered', 'dead', 'duplicate')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            enqueued_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            leased_until REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            delivered_at REAL,
+            dead_reason TEXT NOT NULL DEFAULT '',
+            history TEXT NOT NULL DEFAULT '[]',
+            study_hash INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE destinations (
+            name TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            last_error_at REAL,
+            last_success_at REAL
+        )
+        """,
+        # lease: equality on (destination, state), walk in entry_id order,
+        # filter due time and shard without touching the table.
+        "CREATE INDEX entries_lease ON entries (destination, state, entry_id, next_attempt_at, study_hash)",
+        "CREATE INDEX entries_due ON entries (destination, state, next_attempt_at)",
+        "CREATE INDEX entries_instance ON entries (instance_id, state)",
+        "CREATE INDEX instances_sop ON instances (sop_instance_uid)",
+        "CREATE INDEX instances_study ON instances (study_instance_uid)",
+        "CREATE INDEX instances_patient ON instances (patient_id)",
+        "CREATE INDEX instances_accession ON instances (accession_number)",
+        "CREATE INDEX instances_received ON instances (received_at)",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2: each destination's circuit state, so ``queue list`` shows it from another process."""
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_open INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_reason TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE destinations ADD COLUMN circuit_since REAL")
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3: each entry names the morph plan it was journaled with (issue 11).
+
+    ``plans`` keeps each distinct plan definition once, keyed by its SHA-256
+    (every entry of a route shares one row, so the journal stays small);
+    ``entries.plan_hash`` points at it.
+
+    Entries written before this version have no plan: they were queued by
+    a gateway that looked the route up by name at send time. Nothing here
+    can know what their route's morph was, and the rule is that an entry is
+    never sent with less morphing than it was queued with, so they are
+    left without a plan (NULL) and resolved by the gateway at its next
+    start, which has the configuration: :meth:`SqliteQueueStore.adopt_plans`
+    gives each the plan its route has in that configuration (the closest
+    record of what it was queued under: what an upgrade without a
+    configuration change would have sent); an entry whose route is no
+    longer configured keeps NULL and is dead-lettered with reason
+    ``morph`` when a worker takes it, never sent unmorphed.
+    """
+    conn.execute("CREATE TABLE plans (plan_hash TEXT PRIMARY KEY, definition TEXT NOT NULL)")
+    conn.execute("ALTER TABLE entries ADD COLUMN plan_hash TEXT REFERENCES plans(plan_hash)")
+
+
+#: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_INSTANCE_COLUMNS = (
+    "instance_id",
+    "path",
+    "sop_class_uid",
+    "sop_instance_uid",
+    "transfer_syntax_uid",
+    "size",
+    "sha256",
+    "received_at",
+    "correlation_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "patient_id",
+    "accession_number",
+    "modality",
+    "calling_ae_title",
+    "called_ae_title",
+    "source_address",
+)
+
+_ENTRY_COLUMNS = (
+    "entry_id",
+    "route",
+    "destination",
+    "path",
+    "state",
+    "attempts",
+    "enqueued_at",
+    "next_attempt_at",
+    "last_error",
+    "delivered_at",
+    "dead_reason",
+    "history",
+    "plan_hash",
+)
+
+# One SELECT shape for every Entry: the entry's columns, then its instance's.
+_ENTRY_SELECT = (
+    "SELECT "
+    + ", ".join("e." + c for c in _ENTRY_COLUMNS)
+    + ", "
+    + ", ".join("i." + c for c in _INSTANCE_COLUMNS)
+    + " FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
+)
+_INSTANCE_SELECT = "SELECT " + ", ".join(_INSTANCE_COLUMNS) + " FROM instances"
+
+
+def _record_from_row(row: Sequence[Any]) -> InstanceRecord:
+    """Build an :class:`InstanceRecord` from a row in ``_INSTANCE_COLUMNS`` order."""
+    return InstanceRecord(**dict(zip(_INSTANCE_COLUMNS, row)))
+
+
+def _history_from_json(text: str) -> tuple[Attempt, ...]:
+    """Parse the ``history`` column (a JSON list of objects) into attempts."""
+    return tuple(Attempt(at=item["at"], error=item["error"], counted=item["counted"]) for item in json.loads(text))
+
+
+def _history_append(text: str, attempt: Attempt) -> str:
+    """Return the ``history`` column with ``attempt`` appended."""
+    items = json.loads(text)
+    items.append({"at": attempt.at, "error": attempt.error, "counted": attempt.counted})
+    return json.dumps(items, separators=(",", ":"))
+
+
+def _entry_from_row(row: Sequence[Any]) -> Entry:
+    """Build an :class:`Entry` from a row of ``_ENTRY_SELECT``."""
+    n = len(_ENTRY_COLUMNS)
+    values = dict(zip(_ENTRY_COLUMNS, row[:n]))
+    instance = _record_from_row(row[n:])
+    return Entry(
+        entry_id=values["entry_id"],
+        instance=instance,
+        route=values["route"],
+        destination=values["destination"],
+        # The entry's own (morphed) copy if it has one, else the shared spool file.
+        path=values["path"] if values["path"] is not None else instance.path,
+        state=EntryState(values["state"]),
+        attempts=values["attempts"],
+        enqueued_at=values["enqueued_at"],
+        next_attempt_at=values["next_attempt_at"],
+        last_error=values["last_error"],
+        delivered_at=values["delivered_at"],
+        dead_reason=values["dead_reason"],
+        history=_history_from_json(values["history"]),
+        plan_hash=values["plan_hash"],
+    )
