@@ -7,10 +7,11 @@ there (the default is :data:`NULL_OBSERVER`) and never parse reason text: a
 dead letter's kind travels as :class:`~gateway.queue.outcome.DeadLetterKind`.
 
 The gateway's observer is a :class:`FanOutObserver` over the sinks that turn
-events into metrics (:meth:`gateway.observe.GatewayMetrics.observe`) and audit
-records (:class:`gateway.security.AuditObserver`). Log lines stay with the
-code that emits the events, where the association id and the entry's fields
-are at hand.
+events into metrics (:meth:`gateway.observe.GatewayMetrics.observe`), audit
+records (:class:`gateway.security.AuditObserver`) and a debug log line each
+(:class:`LogObserver`). The info, warning and error lines stay with the code
+that emits the events, where the association id and the entry's fields are
+at hand, so they read as they always have.
 
 This module is a leaf: it imports nothing of the network, the queue store or
 the configuration.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from gateway.queue.interfaces import Entry
@@ -31,6 +34,7 @@ __all__ = [
     "NullObserver",
     "NULL_OBSERVER",
     "FanOutObserver",
+    "LogObserver",
     "AssociationAccepted",
     "AssociationRejected",
     "AssociationEnded",
@@ -299,3 +303,40 @@ class FanOutObserver:
         """Tell every sink."""
         for sink in self.sinks:
             sink.observe(event)
+
+
+class LogObserver:
+    """The log sink: one ``debug`` line per event, naming its kind and what it is about.
+
+    Only names the configuration gave (listener, destination) and the
+    entry's journal id are logged: nothing a peer supplied (AE titles,
+    reasons) and nothing of the instance (HARDENING H09, P10), so the line
+    needs no escaping. At the default ``info`` level nothing is written.
+
+    :param log: where the lines go (``gateway.events`` by default).
+    """
+
+    def __init__(self, log: Logger | None = None) -> None:
+        self.log = log or Logger(namespace="gateway.events")
+
+    def observe(self, event: Event) -> None:
+        """Log ``event`` at debug level."""
+        self.log.debug("event {event_type}{subject}", event_type=type(event).__name__, subject=describe(event))
+
+
+def describe(event: Event) -> str:
+    """What an event is about, as safe text: `` listener l1``, `` destination pacs entry 7``, or empty.
+
+    :param event: the event.
+    :returns: the text, with a leading space when not empty.
+    """
+    listener = getattr(event, "listener", None)
+    if isinstance(listener, str):
+        return f" listener {listener}"
+    entry = getattr(event, "entry", None)
+    if entry is not None:
+        return f" destination {entry.destination} entry {entry.entry_id}"
+    destination = getattr(event, "destination", None)
+    if isinstance(destination, str):
+        return f" destination {destination}"
+    return ""

@@ -199,10 +199,11 @@ class GatewayService(MultiService):
         )
         # Issue 5: the audit trail, fed by listeners, intake and workers.
         self.audit = build_audit(config, wall, reactor=reactor, registry=self.metrics.registry)
-        #: Every event of listeners, intake and workers goes here: metrics, then audit (issue 12).
+        #: Every event of listeners, intake and workers goes here: metrics, audit, debug log (issue 12).
         self.observer = events.FanOutObserver(
             self.metrics,
             AuditObserver(self.audit, lambda: {d.name: d for d in self.config.destinations}),
+            events.LogObserver(),
             observer,
         )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
