@@ -341,7 +341,6 @@ def audit_admission(audit: AuditTrail, admission: Any, spooled: Any, info: Any) 
     :param info: the :class:`~gateway.receive.AssociationInfo`.
     :returns: ``admission``, unchanged (a Deferred callback).
     """
-
     status = getattr(admission, "status", 0)
     if status not in (0x0000, 0x0001, 0x0107, 0x0116) and not 0xB000 <= status <= 0xBFFF:
         return admission

@@ -325,7 +325,7 @@ class GatewayService(MultiService):
         return worker
 
     def _admit(self, spooled: Any, info: Any) -> Deferred[Any]:
-        """The intake's ``admit``, with its outcome counted (routes, unrouted, duplicates)."""
+        """The intake's ``admit``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
         d = self.intake.admit(spooled, info)
         d.addCallback(self._admitted, spooled, info)
         return d
