@@ -42,8 +42,8 @@ destination-wide fault (HARDENING decision 9).
 A send whose outcome is unknown (the association ended after the data went
 out, or the DIMSE timeout fired) is retried with ``ambiguous: `` at the
 start of its recorded error (:func:`gateway.queue.policy.retry_text`); when
-an entry whose history holds such an attempt is delivered, the observer's
-``redelivered`` is called: the destination may now hold two copies
+an entry whose history holds such an attempt is delivered, the worker emits
+:class:`~gateway.events.Redelivered` as well: the destination may now hold two copies
 (at-least-once, HARDENING F06, F07). Because this is read from the journal,
 it holds across restarts too.
 
@@ -68,6 +68,7 @@ from twisted.logger import Logger
 from gateway.associate import ClientAssociation
 from gateway.blocking import IBlockingRunner
 from gateway.circuit import Circuit
+from gateway import events
 from gateway.config.schema import Destination, DicomDestination
 from gateway.queue.interfaces import Entry, IQueueStore
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
@@ -107,11 +108,29 @@ Prepare = Callable[[Entry], "Deferred[Entry]"]
 
 
 class ForwardObserver:
-    """Events of a worker, for metrics and alerts; every method is a no-op here.
+    """A worker's events as one method each: an :class:`~gateway.events.IGatewayObserver` for sinks that prefer methods.
 
-    The metrics code subclasses this (or provides the same methods) so the
-    worker never imports it.
+    The worker emits :mod:`gateway.events` to :meth:`observe`, which calls the
+    method of the event; every method is a no-op here, and events that are
+    not a worker's are ignored. The delivery metrics subclass this.
     """
+
+    def observe(self, event: events.Event) -> None:
+        """Call the method of a forwarding event."""
+        if isinstance(event, events.Delivered):
+            self.delivered(event.entry, event.duration, event.warning)
+        elif isinstance(event, events.Redelivered):
+            self.redelivered(event.entry)
+        elif isinstance(event, events.Retried):
+            self.retried(event.entry, event.reason)
+        elif isinstance(event, events.DeadLettered):
+            self.dead_lettered_as(event.entry, event.kind, event.detail)
+        elif isinstance(event, events.DestinationFault):
+            self.destination_fault(event.destination, event.reason, event.permanent)
+        elif isinstance(event, events.CircuitOpened):
+            self.destination_down(event.destination, event.reason, event.permanent)
+        elif isinstance(event, events.CircuitClosed):
+            self.destination_up(event.destination)
 
     def delivered(self, entry: Entry, duration: float, warning: str) -> None:
         """An entry was delivered (``warning`` is empty on plain success)."""
@@ -197,7 +216,7 @@ class DestinationWorker(Service):
     :param connect: opens an association, ``connect(destination, proposals)``
         (DICOM destinations); the default uses :func:`connect_dicom` with ``reactor``.
     :param rand: floats in [0, 1) for the backoff jitter.
-    :param observer: receives events (see :class:`ForwardObserver`).
+    :param observer: receives the worker's :mod:`gateway.events` (nobody by default).
     :param wall: wall-clock time for the journal (``time.time``).
     :param monotonic: a clock no one can set (``time.monotonic``), to notice steps of ``wall``.
     :param reactor: the reactor the sender connects with.
@@ -217,7 +236,7 @@ class DestinationWorker(Service):
         clock: IReactorTime,
         connect: Callable[[DicomDestination, Proposals], "Deferred[ClientAssociation]"] | None = None,
         rand: Callable[[], float] = random.random,
-        observer: ForwardObserver | None = None,
+        observer: events.IGatewayObserver = events.NULL_OBSERVER,
         wall: Callable[[], float] = time.time,
         reactor: Any = None,
         grace: float = 10.0,
@@ -233,7 +252,7 @@ class DestinationWorker(Service):
         self.file_runner = file_runner
         self.clock = clock
         self.rand = rand
-        self.observer = observer or ForwardObserver()
+        self.observer = observer
         self.wall = wall
         self.monotonic = monotonic
         self._clock_anchor: tuple[float, float] | None = None
@@ -533,9 +552,9 @@ class DestinationWorker(Service):
                 self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
             else:
                 self.log.debug("delivered {sop_instance_uid} to {destination}", **fields)
-            self.observer.delivered(entry, self.clock.seconds() - started, outcome.warning)
+            self.observer.observe(events.Delivered(entry, self.clock.seconds() - started, outcome.warning))
             if had_ambiguous_attempt(entry):
-                self.observer.redelivered(entry)
+                self.observer.observe(events.Redelivered(entry))
         elif isinstance(outcome, Retry):
             reason = retry_text(outcome)
             gave_up = give_up(entry, now, self.config.retry)
@@ -545,7 +564,7 @@ class DestinationWorker(Service):
             delay = self._backoff(entry.attempts)
             await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now)
             self.log.info("retrying {sop_instance_uid} to {destination} in {delay:.1f}s: {reason}", delay=delay, reason=reason, **fields)
-            self.observer.retried(entry, reason)
+            self.observer.observe(events.Retried(entry, reason))
         elif isinstance(outcome, DeadLetter):
             await self._dead_letter(entry, outcome, now, fields)
         else:
@@ -564,7 +583,7 @@ class DestinationWorker(Service):
     async def _dead_letter(self, entry: Entry, outcome: DeadLetter, now: float, fields: dict[str, Any]) -> None:
         await self._journal(self.store.dead_letter, entry.entry_id, outcome.reason, now)
         self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=outcome.reason, **fields)
-        self.observer.dead_lettered_as(entry, outcome.kind, outcome.reason)
+        self.observer.observe(events.DeadLettered(entry, outcome.kind, outcome.reason))
 
     # -- circuit breaker (the state machine is gateway.circuit's; this is its listener) ---
 
@@ -581,7 +600,7 @@ class DestinationWorker(Service):
 
     async def _destination_fault(self, outcome: DestinationDown) -> None:
         """Count a destination-wide fault; below the circuit's threshold, back off."""
-        self.observer.destination_fault(self.name, outcome.reason, outcome.permanent)
+        self.observer.observe(events.DestinationFault(self.name, outcome.reason, outcome.permanent))
         self.log.warn(
             "destination {destination} failed ({count} in a row): {reason}",
             destination=self.name,
@@ -598,7 +617,7 @@ class DestinationWorker(Service):
         self.log.error(
             "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
         )
-        self.observer.destination_down(self.name, fault.reason, fault.permanent)
+        self.observer.observe(events.CircuitOpened(self.name, fault.reason, fault.permanent))
         self._note_circuit(True, fault.reason)
 
     def probe_failed(self, fault: DestinationDown) -> "Deferred[None]":
@@ -622,7 +641,7 @@ class DestinationWorker(Service):
         except JournalRefused:
             return
         for entry in expired:
-            self.observer.dead_lettered_as(entry, DeadLetterKind.GAVE_UP, reason)
+            self.observer.observe(events.DeadLettered(entry, DeadLetterKind.GAVE_UP, reason))
         if expired:
             self.log.warn(
                 "dead-lettered {count} entries for {destination} older than max_age {max_age:.0f}s (destination down)",
@@ -639,5 +658,5 @@ class DestinationWorker(Service):
     def circuit_closed(self) -> None:
         """A probe succeeded: log, tell the observer and the journal (the circuit wakes the slots)."""
         self.log.info("destination {destination} is up, circuit closed", destination=self.name)
-        self.observer.destination_up(self.name)
+        self.observer.observe(events.CircuitClosed(self.name))
         self._note_circuit(False, "")

@@ -35,10 +35,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import events
 from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import fragment_command
 from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
-from gateway.receive import Admit, AssociationInfo, InstanceReport, StorageService
+from gateway.receive import Admit, AssociationInfo, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
 from gateway.tls import transport_peer_identity
@@ -170,8 +171,7 @@ class AcceptorProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory.active -= 1
-            if self.factory.observer is not None:
-                self.factory.observer.association_ended(self.factory.name, self._calling, self._ending == "released")
+            self.factory.observer.observe(events.AssociationEnded(self.factory.name, self._calling, self._ending == "released"))
         if self._calling or self._ending != "closed":
             self._log_end()
 
@@ -211,8 +211,7 @@ class AcceptorProtocol(Protocol):
         self._artim = None
         if self.association.state.value == "Sta2":
             self.factory.artim_expired += 1
-            if self.factory.observer is not None:
-                self.factory.observer.artim_expired(self.factory.name)
+            self.factory.observer.observe(events.ArtimExpired(self.factory.name))
             self._ending = "ARTIM expired before A-ASSOCIATE-RQ"
         self._run(self.association.artim_expired())
 
@@ -302,16 +301,17 @@ class AcceptorProtocol(Protocol):
         username = ""
         if outcome.verdict is not None:
             username = outcome.verdict.username
-            if self.factory.audit is not None:
-                self.factory.audit.user_authentication(
+            self.factory.observer.observe(
+                events.UserAuthenticated(
+                    listener=self.factory.name,
                     peer=self._peer,
-                    calling_ae_title=printable(request.calling_ae_title),
-                    username=printable(username),
+                    calling_ae_title=request.calling_ae_title,
+                    username=username,
                     identity_type=outcome.identity_type,
                     success=outcome.rejection is None,
                     description=outcome.verdict.reason,
-                    listener=self.factory.name,
                 )
+            )
         if self.association.state is not State.STA3:
             return
         why = ""
@@ -354,7 +354,7 @@ class AcceptorProtocol(Protocol):
         """
         if rejection is not None:
             self._ending = f"rejected ({rejection.result},{rejection.source},{rejection.reason})"
-            self.factory.count_rejection(request, label)
+            self.factory.rejected += 1
             self.log.info(
                 "{assoc_id} association from {peer} {calling} -> {called} rejected: {why}",
                 assoc_id=self.assoc_id,
@@ -363,33 +363,34 @@ class AcceptorProtocol(Protocol):
                 called=printable(request.called_ae_title),
                 why=why,
             )
-            if self.factory.audit is not None:
-                self.factory.audit.association_rejected(
-                    peer=self._peer,
-                    calling_ae_title=printable(request.calling_ae_title),
-                    called_ae_title=printable(request.called_ae_title),
+            self.factory.observer.observe(
+                events.AssociationRejected(
                     listener=self.factory.name,
+                    calling_ae_title=request.calling_ae_title,
+                    called_ae_title=request.called_ae_title,
+                    peer=self._peer,
+                    label=label,
                     reason=why,
                     rejection=(rejection.result, rejection.source, rejection.reason),
                     certificate_subject=subject or "",
                 )
+            )
             self._run(self.association.reject(rejection))
             return
-        if self.factory.audit is not None:
-            self.factory.audit.association_accepted(
-                peer=self._peer,
-                calling_ae_title=printable(request.calling_ae_title),
-                called_ae_title=printable(request.called_ae_title),
-                listener=self.factory.name,
-                certificate_subject=subject or "",
-                username=printable(username),
-            )
         negotiation = negotiate_acceptor(request, self.factory.acceptor_settings, user_ac)
         self._negotiation = negotiation
         self._counted = True
         self.factory.active += 1
-        if self.factory.observer is not None:
-            self.factory.observer.association_accepted(self.factory.name, request.calling_ae_title)
+        self.factory.observer.observe(
+            events.AssociationAccepted(
+                listener=self.factory.name,
+                calling_ae_title=request.calling_ae_title,
+                called_ae_title=request.called_ae_title,
+                peer=self._peer,
+                certificate_subject=subject or "",
+                username=username,
+            )
+        )
         self._ending = "open"
         info = AssociationInfo(
             assoc_id=self.assoc_id,
@@ -405,7 +406,7 @@ class AcceptorProtocol(Protocol):
             self,
             info,
             self.factory.spool,
-            self.factory.on_instance,
+            self.factory.observer,
             admit=self.factory.admit,
             space_low=self.factory.space_low,
         )
@@ -429,9 +430,9 @@ class AcceptorProtocol(Protocol):
     def _aborted(self, indication: AbortIndication) -> None:
         if indication.local:
             self._ending = f"aborted by us ({indication.detail})"
-            if indication.source == AbortSource.SERVICE_PROVIDER and self.factory.observer is not None:
+            if indication.source == AbortSource.SERVICE_PROVIDER:
                 # The peer sent a PDU we could not accept (HARDENING P37: every such end is counted).
-                self.factory.observer.pdu_protocol_error(self.factory.name, indication.reason)
+                self.factory.observer.observe(events.PduProtocolError(self.factory.name, indication.reason))
         elif indication.source is None:
             if self._ending in ("open", "closed"):
                 self._ending = "transport closed by peer"
@@ -471,8 +472,7 @@ class AcceptorProtocol(Protocol):
 
     def abort_association(self, detail: str) -> None:
         """A-ABORT(0,0) for a DIMSE violation (HARDENING R2), then close."""
-        if self.factory.observer is not None:
-            self.factory.observer.dimse_protocol_error(self.factory.name)
+        self.factory.observer.observe(events.DimseProtocolError(self.factory.name))
         self._ending = f"aborted by us ({detail})"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, detail))
         self._lose_connection()
@@ -578,13 +578,12 @@ class AcceptorFactory(Factory):
     :param spool: where instances are written.
     :param clock: the reactor's time interface, for every timer.
     :param limits: association count and timeouts.
-    :param on_instance: called after each C-STORE with its report.
     :param admit: journals each committed instance before the ack (see :mod:`gateway.intake`).
     :param space_low: true while the spool is below its free-space floor.
-    :param observer: told of association outcomes (metrics; a
-        :class:`~gateway.observe.GatewayMetrics` or anything with its
-        ``association_*``, ``artim_expired`` and ``dimse_protocol_error`` methods).
-    :param audit: the audit trail (accepted and rejected associations, user identity).
+    :param observer: told of what happens (:mod:`gateway.events`: associations
+        accepted, rejected and ended, user identity outcomes, protocol errors,
+        each C-STORE answered); nobody by default. The gateway's fans out to
+        metrics and the audit trail.
     :param user_identity: the listener's user identity policy
         (:class:`~gateway.identity_check.UserIdentityChecker`), or ``None``.
     """
@@ -600,16 +599,13 @@ class AcceptorFactory(Factory):
         spool: Spool,
         clock: IReactorTime,
         limits: AcceptorLimits,
-        on_instance: Callable[[InstanceReport], None] | None = None,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
-        observer: Any = None,
-        audit: Any = None,
+        observer: events.IGatewayObserver = events.NULL_OBSERVER,
         user_identity: Any = None,
     ) -> None:
         self.name = name
         self.observer = observer
-        self.audit = audit
         self.user_identity = user_identity
         self.admit = admit
         self.space_low = space_low
@@ -618,7 +614,6 @@ class AcceptorFactory(Factory):
         self.spool = spool
         self.clock = clock
         self.limits = limits
-        self.on_instance = on_instance
         self.active = 0
         self.rejected = 0
         #: Associations whose RJ(2,3,2) is being held (see :data:`BUSY_HOLD`).
@@ -636,56 +631,59 @@ class AcceptorFactory(Factory):
         """A new connection: a new association."""
         return AcceptorProtocol(self)
 
-    def count_rejection(self, request: _pdu.AAssociateRQ, reason: str = "other") -> None:
-        """Count one A-ASSOCIATE-RJ (and tell the observer).
-
-        :param request: the refused request.
-        :param reason: the ``reason`` label (:data:`gateway.observe.REJECT_REASONS`, HARDENING P16).
-        """
-        self.rejected += 1
-        if self.observer is not None:
-            self.observer.association_rejected(self.name, request.calling_ae_title, reason)
-
     def _provider_check(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
-        """AE-6's service-provider test, with every rejection audited (issue 5: every association is)."""
-        rejection = self._provider_rejection(request)
-        if rejection is not None and self.audit is not None:
-            self.audit.association_rejected(
-                peer="",
-                calling_ae_title=printable(request.calling_ae_title),
-                called_ae_title=printable(request.called_ae_title),
+        """AE-6's service-provider test, with every rejection counted and audited (issue 5: every association is)."""
+        refused = self._provider_rejection(request)
+        if refused is None:
+            return None
+        rejection, label = refused
+        self.rejected += 1
+        self.observer.observe(
+            events.AssociationRejected(
                 listener=self.name,
+                calling_ae_title=request.calling_ae_title,
+                called_ae_title=request.called_ae_title,
+                peer="",
+                label=label,
                 reason="rejected by the service provider (ACSE rules, spool space or association limit)",
                 rejection=(int(rejection.result), int(rejection.source), int(rejection.reason)),
             )
+        )
         return rejection
 
-    def _provider_rejection(self, request: _pdu.AAssociateRQ) -> _pdu.AAssociateRJ | None:
-        """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4)."""
+    def _provider_rejection(self, request: _pdu.AAssociateRQ) -> tuple[_pdu.AAssociateRJ, str] | None:
+        """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4).
+
+        :returns: the rejection and its ``reason`` label (:data:`gateway.observe.REJECT_REASONS`,
+            HARDENING P16), or ``None`` to go on.
+        """
         rejection = check_acse(request, self.acceptor_settings)
         if rejection is not None:
-            self.count_rejection(request, "acse")
-            return rejection
+            return rejection, "acse"
         if self.space_low():
             # The spool is below its free-space floor: temporary congestion
             # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.
-            self.count_rejection(request, "space")
-            return _pdu.AAssociateRJ(
-                result=RejectResult.TRANSIENT,
-                source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
+            return (
+                _pdu.AAssociateRJ(
+                    result=RejectResult.TRANSIENT,
+                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
+                ),
+                "space",
             )
         if self.active >= self.limits.max_associations:
-            self.count_rejection(request, "limit")
             self.log.warn(
                 "rejecting association from {calling}: {active} of {limit} associations in use",
                 calling=printable(request.calling_ae_title),
                 active=self.active,
                 limit=self.limits.max_associations,
             )
-            return _pdu.AAssociateRJ(
-                result=RejectResult.TRANSIENT,
-                source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
+            return (
+                _pdu.AAssociateRJ(
+                    result=RejectResult.TRANSIENT,
+                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
+                ),
+                "limit",
             )
         return None

@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway import __version__
+from gateway import __version__, events
 from gateway.blocking import IBlockingRunner
 from gateway.forward import ForwardObserver
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore
@@ -345,6 +345,34 @@ class GatewayMetrics:
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
         self.build_info.info({"version": version})
         registry.register(SnapshotCollector(lambda: self.snapshot))
+        self._forward = MetricsForwardObserver(self)
+
+    # -- the gateway's events (gateway.events) ---------------------------------------------
+
+    def observe(self, event: events.Event) -> None:
+        """Move the metrics an event moves (the metrics sink of :class:`~gateway.events.FanOutObserver`)."""
+        if isinstance(event, events.AssociationAccepted):
+            self.association_accepted(event.listener, event.calling_ae_title)
+        elif isinstance(event, events.AssociationRejected):
+            self.association_rejected(event.listener, event.calling_ae_title, event.label)
+        elif isinstance(event, events.AssociationEnded):
+            self.association_ended(event.listener, event.calling_ae_title, event.released)
+        elif isinstance(event, events.ArtimExpired):
+            self.artim_expired(event.listener)
+        elif isinstance(event, events.DimseProtocolError):
+            self.dimse_protocol_error(event.listener)
+        elif isinstance(event, events.PduProtocolError):
+            self.pdu_protocol_error(event.listener, event.reason)
+        elif isinstance(event, events.TLSHandshakeFailed):
+            self.tls_handshake_failed(event.listener, event.reason)
+        elif isinstance(event, events.InstanceStored):
+            self.instance_reported(event.report)
+        elif isinstance(event, events.InstanceAdmitted):
+            self.admitted(event.admission)
+        elif isinstance(event, events.ConfigReloaded):
+            self.config_reloaded(event.applied)
+        else:
+            self._forward.observe(event)
 
     # -- destinations and routes known in advance (so a series exists at 0) -----------------
 

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import events
 from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler
@@ -128,7 +129,7 @@ class StorageService:
     :param peer: the adapter that sends and aborts.
     :param info: the association's identity and accepted contexts.
     :param spool: where instances are written.
-    :param on_instance: called with an :class:`InstanceReport` after each C-STORE.
+    :param observer: told of each C-STORE answered (:class:`~gateway.events.InstanceStored` with its :class:`InstanceReport`).
     :param admit: journals a committed instance before the ack (an
         :class:`~gateway.intake.Intake`'s ``admit``); its result has
         ``status`` and ``comment``.
@@ -143,7 +144,7 @@ class StorageService:
         peer: IDIMSEPeer,
         info: AssociationInfo,
         spool: Spool,
-        on_instance: Callable[[InstanceReport], None] | None = None,
+        observer: events.IGatewayObserver = events.NULL_OBSERVER,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -152,7 +153,7 @@ class StorageService:
         self._peer = peer
         self._info = info
         self._spool = spool
-        self._on_instance = on_instance
+        self._observer = observer
         self._reassembler = Reassembler()
         self._incoming: _Incoming | None = None
         self._responses: deque[_Response] = deque()
@@ -405,8 +406,8 @@ class StorageService:
             comment=f" ({comment})" if comment else "",
             correlation_id=correlation_id,
         )
-        if self._on_instance is not None:
-            self._on_instance(
+        self._observer.observe(
+            events.InstanceStored(
                 InstanceReport(
                     assoc_id=self._info.assoc_id,
                     calling_ae_title=self._info.calling_ae_title,
@@ -419,6 +420,7 @@ class StorageService:
                     correlation_id=correlation_id,
                 )
             )
+        )
 
     # -- output ----------------------------------------------------------------------------
 

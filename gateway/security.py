@@ -14,10 +14,12 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from gateway.access import AccessPolicy, AccessRule, CalledAETitleRule, CallingAETitleRule, CertificateRule, NetworkRule
-from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile
+from gateway import events
+from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile, Outcome, Participant
 from gateway.config.schema import DestinationTLSConfig, GatewayConfig, ListenerConfig, ListenerTLSConfig
 from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, UsersFileError, load_users
-from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, key_mode_problem
+from gateway.listen import printable
+from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, destination_failure_label, key_mode_problem
 
 log = Logger(namespace="gateway.security")
 
@@ -174,6 +176,7 @@ def build_audit(
 
 
 __all__ = [
+    "AuditObserver",
     "CalledAETitleRule",
     "UsersFileError",
     "build_audit",
@@ -185,31 +188,72 @@ __all__ = [
 ]
 
 
-class AuditingForwardObserver:
-    """A forward observer that also writes the audit trail, then passes each event on.
+class AuditObserver:
+    """The audit sink of the gateway's events (:mod:`gateway.events`): each event the audit trail records becomes its record.
 
-    Delivered instances become DICOM Instances Transferred records (action R,
-    we are the source; PS3.15 A.5.3.7) or, for folder destinations, Data
-    Export records (A.5.3.5); dead-lettered ones the same record with a
-    serious-failure outcome and the reason.
+    Associations accepted and rejected, user identity outcomes and failed TLS
+    handshakes (but a silent close) become their records; an admitted
+    instance is recorded by :func:`audit_admission`. Delivered instances
+    become DICOM Instances Transferred records (action R, we are the source;
+    PS3.15 A.5.3.7) or, for folder destinations, Data Export records
+    (A.5.3.5); dead-lettered ones the same record with a serious-failure
+    outcome and the reason; a destination's TLS fault a Security Alert
+    (HARDENING F20). Other events are not audited.
 
-    :param inner: the observer events are passed to (metrics).
     :param audit: the audit trail.
     :param destinations: returns the current destination configuration by name.
     """
 
-    def __init__(self, inner: Any, audit: AuditTrail, destinations: Callable[[], dict[str, Any]]) -> None:
-        self._inner = inner
+    def __init__(self, audit: AuditTrail, destinations: Callable[[], dict[str, Any]] = dict) -> None:
         self._audit = audit
         self._destinations = destinations
 
-    def __getattr__(self, name: str) -> Any:
-        """Every other observer event goes to the inner observer unchanged."""
-        return getattr(self._inner, name)
+    def observe(self, event: events.Event) -> None:
+        """Write the audit record of ``event``, if it has one."""
+        audit = self._audit
+        if isinstance(event, events.AssociationAccepted):
+            audit.association_accepted(
+                peer=event.peer,
+                calling_ae_title=printable(event.calling_ae_title),
+                called_ae_title=printable(event.called_ae_title),
+                listener=event.listener,
+                certificate_subject=event.certificate_subject,
+                username=printable(event.username),
+            )
+        elif isinstance(event, events.AssociationRejected):
+            audit.association_rejected(
+                peer=event.peer,
+                calling_ae_title=printable(event.calling_ae_title),
+                called_ae_title=printable(event.called_ae_title),
+                listener=event.listener,
+                reason=event.reason,
+                rejection=event.rejection,
+                certificate_subject=event.certificate_subject,
+            )
+        elif isinstance(event, events.UserAuthenticated):
+            audit.user_authentication(
+                peer=event.peer,
+                calling_ae_title=printable(event.calling_ae_title),
+                username=printable(event.username),
+                identity_type=event.identity_type,
+                success=event.success,
+                description=event.description,
+                listener=event.listener,
+            )
+        elif isinstance(event, events.TLSHandshakeFailed):
+            # Security Alert for every failed handshake but a silent close.
+            if event.reason != "closed":
+                audit.tls_failure(peer=event.peer, listener=event.listener, reason=event.reason, detail=event.detail)
+        elif isinstance(event, events.InstanceAdmitted):
+            audit_admission(audit, event.admission, event.spooled, event.info)
+        elif isinstance(event, events.Delivered):
+            self._record(event.entry, "forwarded", Outcome.SUCCESS, event.warning)
+        elif isinstance(event, events.DeadLettered):
+            self._record(event.entry, "dead_letter", Outcome.SERIOUS_FAILURE, event.detail)
+        elif isinstance(event, events.DestinationFault):
+            self._destination_fault(event.destination, event.reason)
 
-    def _record(self, entry: Any, disposition: str, outcome: Any, description: str) -> None:
-        from gateway.audit import Participant
-
+    def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
         destination = self._destinations().get(entry.destination)
         folder = destination is not None and not hasattr(destination, "ae_title")
         if destination is None:
@@ -237,17 +281,8 @@ class AuditingForwardObserver:
             extra={"destination": entry.destination, "route": entry.route, "correlation_id": instance.correlation_id},
         )
 
-    def delivered(self, entry: Any, duration: float, warning: str) -> None:
-        """Audit, then pass on: an instance reached its destination."""
-        from gateway.audit import Outcome
-
-        self._record(entry, "forwarded", Outcome.SUCCESS, warning)
-        self._inner.delivered(entry, duration, warning)
-
-    def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
-        """Audit a TLS failure of a destination as a Security Alert (HARDENING F20), then pass the fault on."""
-        from gateway.tls import destination_failure_label
-
+    def _destination_fault(self, name: str, reason: str) -> None:
+        """Audit a TLS failure of a destination as a Security Alert (HARDENING F20); other faults are not audited."""
         label = destination_failure_label(reason)
         destination = self._destinations().get(name)
         if label is not None and destination is not None:
@@ -258,21 +293,6 @@ class AuditingForwardObserver:
                 reason=label,
                 detail=reason,
             )
-        self._inner.destination_fault(name, reason, permanent)
-
-    def dead_lettered(self, entry: Any, reason: str) -> None:
-        """Audit, then pass on: an instance was given up on."""
-        from gateway.audit import Outcome
-
-        self._record(entry, "dead_letter", Outcome.SERIOUS_FAILURE, reason)
-        self._inner.dead_lettered(entry, reason)
-
-    def dead_lettered_as(self, entry: Any, kind: Any, reason: str) -> None:
-        """Audit, then pass on with its kind: an instance was given up on (what the worker calls)."""
-        from gateway.audit import Outcome
-
-        self._record(entry, "dead_letter", Outcome.SERIOUS_FAILURE, reason)
-        self._inner.dead_lettered_as(entry, kind, reason)
 
 
 def audit_received(audit: AuditTrail, report: Any, peer: str = "") -> None:
@@ -285,8 +305,6 @@ def audit_received(audit: AuditTrail, report: Any, peer: str = "") -> None:
     :param report: the :class:`~gateway.receive.InstanceReport`.
     :param peer: the sender's address, when known.
     """
-    from gateway.audit import Participant
-
     spooled = report.spooled
     if spooled is None:
         return
@@ -323,8 +341,6 @@ def audit_admission(audit: AuditTrail, admission: Any, spooled: Any, info: Any) 
     :param info: the :class:`~gateway.receive.AssociationInfo`.
     :returns: ``admission``, unchanged (a Deferred callback).
     """
-    from gateway.audit import Outcome, Participant
-
     status = getattr(admission, "status", 0)
     if status not in (0x0000, 0x0001, 0x0107, 0x0116) and not 0xB000 <= status <= 0xBFFF:
         return admission

@@ -31,12 +31,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway import __version__
+from gateway import __version__, events
 from gateway.access import AccessPolicy
 from gateway.audit import Outcome
 from gateway.security import (
-    AuditingForwardObserver,
-    audit_admission,
+    AuditObserver,
     build_audit,
     listener_access,
     listener_identity,
@@ -47,7 +46,7 @@ from gateway.blocking import IBlockingRunner, ThreadPoolRunner
 from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
-from gateway.forward import DestinationWorker, ForwardObserver
+from gateway.forward import DestinationWorker
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
 from gateway.recovery import Recovery
@@ -171,7 +170,7 @@ class GatewayService(MultiService):
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
     :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
     :param store: the queue store; SQLite at ``config.queue_path`` by default.
-    :param observer: receives forwarding events; by default the metrics' observer.
+    :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
     :param metrics: the Prometheus metrics; by default a new set in a private registry.
     :param wall: wall-clock time for the journal.
     """
@@ -185,7 +184,7 @@ class GatewayService(MultiService):
         blocking: IBlockingRunner | None = None,
         store_runner: IBlockingRunner | None = None,
         store: IQueueStore | None = None,
-        observer: ForwardObserver | None = None,
+        observer: events.IGatewayObserver = events.NULL_OBSERVER,
         wall: Callable[[], float] = time.time,
         metrics: GatewayMetrics | None = None,
     ) -> None:
@@ -198,11 +197,14 @@ class GatewayService(MultiService):
             allowlisted_titles(config.accept.calling_ae_titles, config.metrics.calling_ae_titles),
             wall=wall,
         )
-        self._observer = observer or self.metrics.forward_observer()
         # Issue 5: the audit trail, fed by listeners, intake and workers.
         self.audit = build_audit(config, wall, reactor=reactor, registry=self.metrics.registry)
-        self._observer = AuditingForwardObserver(
-            self._observer, self.audit, lambda: {d.name: d for d in self.config.destinations}
+        #: Every event of listeners, intake and workers goes here: metrics, audit, debug log (issue 12).
+        self.observer = events.FanOutObserver(
+            self.metrics,
+            AuditObserver(self.audit, lambda: {d.name: d for d in self.config.destinations}),
+            events.LogObserver(),
+            observer,
         )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
         self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
@@ -249,13 +251,11 @@ class GatewayService(MultiService):
             wall=wall,
             morphed_dir=os.path.join(config.spool.path, "morphed"),
         )
-        self.morph_errors: dict[str, int] = {}
         self.copies = CopyMaker(
             lambda digest: self.store_runner.run(self.store.plan, digest),
             lambda: self.config.morph_plugins,
             self.blocking,
             os.path.join(config.spool.path, "morphed"),
-            on_error=self._morph_failed,
         )
         self.workers: dict[str, DestinationWorker] = {}
         for destination in config.destinations:
@@ -280,9 +280,7 @@ class GatewayService(MultiService):
                 limits=limits,
                 admit=self._admit,
                 space_low=self.space.low,
-                observer=self.metrics,
-                on_instance=self._instance_reported,
-                audit=self.audit,
+                observer=self.observer,
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
             )
             service = ListenerService(
@@ -316,7 +314,7 @@ class GatewayService(MultiService):
             self.store_runner,
             self.blocking,
             self._reactor,
-            observer=self._observer,
+            observer=self.observer,
             wall=self._wall,
             reactor=self._reactor,
             scratch_dir=os.path.join(self.config.spool.path, "scratch"),
@@ -327,11 +325,15 @@ class GatewayService(MultiService):
         return worker
 
     def _admit(self, spooled: Any, info: Any) -> Deferred[Any]:
-        """The intake's ``admit``, with its outcome counted (routes, unrouted, duplicates)."""
+        """The intake's ``admit``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
         d = self.intake.admit(spooled, info)
-        d.addCallback(self.metrics.admitted)
-        d.addCallback(lambda admission: audit_admission(self.audit, admission, spooled, info))
+        d.addCallback(self._admitted, spooled, info)
         return d
+
+    def _admitted(self, admission: Any, spooled: Any, info: Any) -> Any:
+        """Tell the observer of an admission; pass it on unchanged."""
+        self.observer.observe(events.InstanceAdmitted(admission, spooled, info))
+        return admission
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
@@ -340,18 +342,9 @@ class GatewayService(MultiService):
             [listener.name for listener in self.config.listen],
         )
 
-    def _morph_failed(self, route: str) -> None:
-        self.morph_errors[route] = self.morph_errors.get(route, 0) + 1
-
-    def _instance_reported(self, report: Any) -> None:
-        self.metrics.instance_reported(report)
-
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
         def failed(peer: str, reason: str, detail: str) -> None:
-            self.metrics.tls_handshake_failed(listener, reason)
-            # Security Alert for every failed handshake but a silent close.
-            if reason != "closed":
-                self.audit.tls_failure(peer=peer, listener=listener, reason=reason, detail=detail)
+            self.observer.observe(events.TLSHandshakeFailed(listener, peer, reason, detail))
 
         return failed
 
@@ -473,7 +466,7 @@ class GatewayService(MultiService):
             new = load(self.config.source)
         except ConfigErrors as errors:
             self.log.error("configuration reload refused; keeping the running one:\n{errors}", errors=str(errors))
-            self.metrics.config_reloaded(False)
+            self.observer.observe(events.ConfigReloaded(False))
             self.audit.application_activity("reload", "configuration refused", Outcome.MINOR_FAILURE)
             return succeed(False)
         old = self.config
@@ -507,7 +500,7 @@ class GatewayService(MultiService):
                 r=len(new.routes),
             )
             self._declare_metrics()
-            self.metrics.config_reloaded(True)
+            self.observer.observe(events.ConfigReloaded(True))
             self.audit.application_activity("reload", "configuration reloaded")
             return True
 

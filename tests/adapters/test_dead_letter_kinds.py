@@ -14,11 +14,12 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.events import DeadLettered, FanOutObserver
 from gateway.forward import ForwardObserver, PrepareError
 from gateway.observe import GatewayMetrics
 from gateway.queue.interfaces import Entry, EntryState
 from gateway.queue.outcome import DeadLetterKind
-from gateway.security import AuditingForwardObserver
+from gateway.security import AuditObserver
 from tests.adapters.test_forward import RETRY, FakePeer, WorkerTestsMixin
 from tests.unit.observe.test_metrics import _entry
 
@@ -118,7 +119,7 @@ class AuditKindTests(SynchronousTestCase):
             def instance(self, disposition: str, **fields: Any) -> None:
                 records.append(disposition)
 
-        observer = AuditingForwardObserver(inner, Trail(), lambda: {})  # type: ignore[arg-type]
-        observer.dead_lettered_as(_entry(), DeadLetterKind.UNSAFE_PATH, "unsafe path: x")
+        observer = FanOutObserver(AuditObserver(Trail(), lambda: {}), inner)  # type: ignore[arg-type]
+        observer.observe(DeadLettered(_entry(), DeadLetterKind.UNSAFE_PATH, "unsafe path: x"))
         self.assertEqual(records, ["dead_letter"])
         self.assertEqual(inner.dead, [(DeadLetterKind.UNSAFE_PATH, "unsafe path: x")])

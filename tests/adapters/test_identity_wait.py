@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.audit import AuditTrail, MemorySink
 from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, hash_passcode
 from gateway.listen import BUSY_HOLD, BUSY_HOLD_MAX, AcceptorProtocol
+from gateway.security import AuditObserver
 from gateway.ul import pdu
 from gateway.ul.items import UserIdentityAC, UserIdentityRQ, UserInformation
 from gateway.ul.machine import State
@@ -53,7 +54,7 @@ class IdentityWaitTests(AcceptorTestsMixin, SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.factory.clock = self.clock
         self.factory.limits = type(self.factory.limits)(acse_timeout=ACSE_TIMEOUT)
-        self.factory.audit = AuditTrail([self.sink], ae_title="DICOMGW", hostname="h")
+        self.factory.observer = AuditObserver(AuditTrail([self.sink], ae_title="DICOMGW", hostname="h"))
         self.factory.user_identity = UserIdentityChecker(
             IdentityPolicy.REQUIRED, {"alice": hash_passcode("pw", n=2**4)}, passcodes=self.pool
         )

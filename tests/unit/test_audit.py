@@ -23,7 +23,10 @@ from gateway.audit import (
     format_rfc5424,
     read_records,
 )
-from gateway.security import AuditingForwardObserver
+from gateway.events import DeadLettered, Delivered, FanOutObserver, Retried
+from gateway.forward import ForwardObserver
+from gateway.queue.outcome import DeadLetterKind
+from gateway.security import AuditObserver
 
 
 def trail(*sinks: object) -> AuditTrail:
@@ -198,7 +201,7 @@ class _Folder:
     path: str = "/data/out"
 
 
-class _Inner:
+class _Inner(ForwardObserver):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
@@ -218,13 +221,13 @@ class ForwardAuditTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.sink = MemorySink()
         self.inner = _Inner()
-        self.observer = AuditingForwardObserver(
-            self.inner, trail(self.sink), lambda: {"pacs": _Dicom(), "disk": _Folder()}
+        self.observer = FanOutObserver(
+            AuditObserver(trail(self.sink), lambda: {"pacs": _Dicom(), "disk": _Folder()}), self.inner
         )
 
     def test_delivery_to_dicom_is_instances_transferred(self) -> None:
         """A delivery to a DICOM AE: 110104 action R, destination AE and address."""
-        self.observer.delivered(_Entry("pacs"), 0.1, "")
+        self.observer.observe(Delivered(_Entry("pacs"), 0.1, ""))
         record = self.sink.records[0]
         self.assertEqual((record.event_id, record.action, record.disposition), ("110104", "R", "forwarded"))
         self.assertEqual(record.participants[1].network_access_point, "archive.example:104")
@@ -232,21 +235,21 @@ class ForwardAuditTests(SynchronousTestCase):
 
     def test_delivery_to_folder_is_data_export(self) -> None:
         """A delivery to a folder: Data Export with the folder as access point."""
-        self.observer.delivered(_Entry("disk"), 0.1, "")
+        self.observer.observe(Delivered(_Entry("disk"), 0.1, ""))
         record = self.sink.records[0]
         self.assertEqual((record.event_id, record.disposition), ("110106", "exported"))
         self.assertEqual(record.participants[1].network_access_point, "/data/out")
 
     def test_dead_letter_is_a_serious_failure(self) -> None:
         """A dead letter: outcome 8 with the reason."""
-        self.observer.dead_lettered(_Entry("pacs"), "0xA900 dataset does not match")
+        self.observer.observe(DeadLettered(_Entry("pacs"), DeadLetterKind.REFUSED, "0xA900 dataset does not match"))
         record = self.sink.records[0]
         self.assertEqual((record.outcome, record.disposition), (8, "dead_letter"))
         self.assertIn("0xA900", record.description)
 
     def test_other_events_pass_through_unaudited(self) -> None:
         """A retry reaches the inner observer and writes no record."""
-        self.observer.retried(_Entry("pacs"), "x")
+        self.observer.observe(Retried(_Entry("pacs"), "x"))
         self.assertEqual((self.inner.calls, self.sink.records), (["retried"], []))
 
 

@@ -378,7 +378,9 @@ class DestinationFailureAuditTests(SynchronousTestCase):
         from dataclasses import dataclass
 
         from gateway.audit import AuditTrail, MemorySink
-        from gateway.security import AuditingForwardObserver
+        from gateway.events import DestinationFault, FanOutObserver
+        from gateway.forward import ForwardObserver
+        from gateway.security import AuditObserver
 
         @dataclass
         class Destination:
@@ -388,14 +390,14 @@ class DestinationFailureAuditTests(SynchronousTestCase):
 
         faults: list[str] = []
 
-        class Inner:
+        class Inner(ForwardObserver):
             def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
                 faults.append(reason)
 
         sink = MemorySink()
-        observer = AuditingForwardObserver(Inner(), AuditTrail([sink], ae_title="GW"), lambda: {"pacs": Destination()})
-        observer.destination_fault("pacs", "TLS failure: certificate verify failed: certificate has expired", False)
-        observer.destination_fault("pacs", "ConnectionRefusedError: refused", False)
+        observer = FanOutObserver(AuditObserver(AuditTrail([sink], ae_title="GW"), lambda: {"pacs": Destination()}), Inner())
+        observer.observe(DestinationFault("pacs", "TLS failure: certificate verify failed: certificate has expired", False))
+        observer.observe(DestinationFault("pacs", "ConnectionRefusedError: refused", False))
         self.assertEqual(len(faults), 2)
         self.assertEqual(len(sink.records), 1)
         record = sink.records[0]

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.access import AccessPolicy
 from gateway.audit import AuditTrail, MemorySink
 from gateway.listen import AcceptorFactory, AcceptorLimits
+from gateway.security import AuditObserver
 from gateway.tls import ServerTLS, ServerTLSSettings, TLSListenerFactory
 from gateway.ul.negotiate import AcceptorSettings
 from gateway.ul.pdu import AAssociateRQ, PresentationContextRQ
@@ -27,7 +28,7 @@ def factory(sink: MemorySink, max_associations: int = 1) -> AcceptorFactory:
         spool=None,  # type: ignore[arg-type]
         clock=Clock(),
         limits=AcceptorLimits(max_associations=max_associations),
-        audit=AuditTrail([sink], ae_title="GW", hostname="h"),
+        observer=AuditObserver(AuditTrail([sink], ae_title="GW", hostname="h")),
     )
 
 

@@ -1,0 +1,342 @@
+"""What the gateway observes, as typed events, and the one interface that receives them.
+
+Adapters (:mod:`gateway.listen`, :mod:`gateway.forward`) and the service
+(:mod:`gateway.service`) emit one frozen event per thing that happened to one
+injected :class:`IGatewayObserver`; they never ask whether an observer is
+there (the default is :data:`NULL_OBSERVER`) and never parse reason text: a
+dead letter's kind travels as :class:`~gateway.queue.outcome.DeadLetterKind`.
+
+The gateway's observer is a :class:`FanOutObserver` over the sinks that turn
+events into metrics (:meth:`gateway.observe.GatewayMetrics.observe`), audit
+records (:class:`gateway.security.AuditObserver`) and a debug log line each
+(:class:`LogObserver`). The info, warning and error lines stay with the code
+that emits the events, where the association id and the entry's fields are
+at hand, so they read as they always have.
+
+This module is a leaf: it imports nothing of the network, the queue store or
+the configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from gateway.queue.interfaces import Entry
+    from gateway.queue.outcome import DeadLetterKind
+
+__all__ = [
+    "Event",
+    "IGatewayObserver",
+    "NullObserver",
+    "NULL_OBSERVER",
+    "FanOutObserver",
+    "LogObserver",
+    "AssociationAccepted",
+    "AssociationRejected",
+    "AssociationEnded",
+    "UserAuthenticated",
+    "ArtimExpired",
+    "PduProtocolError",
+    "DimseProtocolError",
+    "TLSHandshakeFailed",
+    "InstanceStored",
+    "InstanceAdmitted",
+    "Delivered",
+    "Redelivered",
+    "Retried",
+    "DeadLettered",
+    "DestinationFault",
+    "CircuitOpened",
+    "CircuitClosed",
+    "ConfigReloaded",
+]
+
+
+# -- associations (gateway.listen) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssociationAccepted:
+    """A-ASSOCIATE-AC sent (PS3.8 7.1.1.1).
+
+    :ivar calling_ae_title: as received (unprintable characters included; each sink makes it safe).
+    """
+
+    listener: str
+    calling_ae_title: str
+    called_ae_title: str
+    peer: str
+    certificate_subject: str = ""
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class AssociationRejected:
+    """A-ASSOCIATE-RJ sent (access policy, user identity, ACSE rules, spool space or association limit).
+
+    :ivar label: the bounded ``reason`` label of ``associations_rejected_total``
+        (:data:`gateway.observe.REJECT_REASONS`, HARDENING P16).
+    :ivar reason: the human-readable why, for the audit record.
+    :ivar rejection: the RJ's (result, source, reason) values (PS3.8 Table 9-21).
+    :ivar peer: the peer's address; empty when the service provider refused
+        before the association was bound to a connection.
+    """
+
+    listener: str
+    calling_ae_title: str
+    called_ae_title: str
+    peer: str
+    label: str
+    reason: str
+    rejection: tuple[int, int, int]
+    certificate_subject: str = ""
+
+
+@dataclass(frozen=True)
+class AssociationEnded:
+    """An accepted association ended; ``released`` for an orderly A-RELEASE, false for an abort or a lost connection."""
+
+    listener: str
+    calling_ae_title: str
+    released: bool
+
+
+@dataclass(frozen=True)
+class UserAuthenticated:
+    """The outcome of a User Identity negotiation (PS3.7 D.3.3.7), success or not (HARDENING decision 7)."""
+
+    listener: str
+    peer: str
+    calling_ae_title: str
+    username: str
+    identity_type: int
+    success: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class ArtimExpired:
+    """ARTIM fired before any A-ASSOCIATE-RQ arrived (PS3.8 9.1.5)."""
+
+    listener: str
+
+
+@dataclass(frozen=True)
+class PduProtocolError:
+    """We aborted a connection for a PDU we could not accept; ``reason`` is the A-ABORT reason (PS3.8 Table 9-26)."""
+
+    listener: str
+    reason: int
+
+
+@dataclass(frozen=True)
+class DimseProtocolError:
+    """An association was aborted for a DIMSE protocol violation."""
+
+    listener: str
+
+
+@dataclass(frozen=True)
+class TLSHandshakeFailed:
+    """A TLS handshake failed at a listener; ``reason`` is a label of :func:`gateway.tls.classify_handshake_failure`."""
+
+    listener: str
+    peer: str
+    reason: str
+    detail: str
+
+
+# -- instances (gateway.receive, gateway.intake) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceStored:
+    """One C-STORE answered; ``report`` is its :class:`~gateway.receive.InstanceReport`."""
+
+    report: Any
+
+
+@dataclass(frozen=True)
+class InstanceAdmitted:
+    """The intake's answer for one spooled instance, once journaled (before the C-STORE response).
+
+    :ivar admission: the :class:`~gateway.intake.Admission`.
+    :ivar spooled: the :class:`~gateway.spool.SpooledInstance`.
+    :ivar info: the :class:`~gateway.receive.AssociationInfo`.
+    """
+
+    admission: Any
+    spooled: Any
+    info: Any
+
+
+# -- forwarding (gateway.forward) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An entry reached its destination; ``warning`` is empty on plain success."""
+
+    entry: "Entry"
+    duration: float
+    warning: str
+
+
+@dataclass(frozen=True)
+class Redelivered:
+    """An entry delivered after an ambiguous attempt: the destination may hold two copies (HARDENING F06)."""
+
+    entry: "Entry"
+
+
+@dataclass(frozen=True)
+class Retried:
+    """An entry's attempt failed and it will be tried again; ``reason`` is the text the journal keeps."""
+
+    entry: "Entry"
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    """An entry went to the dead letters.
+
+    :ivar kind: why, as data (the ``reason`` label of ``dead_lettered_total``).
+    :ivar detail: the text the journal keeps with it.
+    """
+
+    entry: "Entry"
+    kind: "DeadLetterKind"
+    detail: str
+
+
+@dataclass(frozen=True)
+class DestinationFault:
+    """One destination-wide fault (connection refused, association rejected, TLS failure, ...), circuit open or not."""
+
+    destination: str
+    reason: str
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class CircuitOpened:
+    """The circuit of a destination opened: it is down as a whole."""
+
+    destination: str
+    reason: str
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class CircuitClosed:
+    """A probe succeeded: the circuit of a destination closed again."""
+
+    destination: str
+
+
+# -- process (gateway.service) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """A reload (SIGHUP or API) was applied, or refused."""
+
+    applied: bool
+
+
+Event = (
+    AssociationAccepted
+    | AssociationRejected
+    | AssociationEnded
+    | UserAuthenticated
+    | ArtimExpired
+    | PduProtocolError
+    | DimseProtocolError
+    | TLSHandshakeFailed
+    | InstanceStored
+    | InstanceAdmitted
+    | Delivered
+    | Redelivered
+    | Retried
+    | DeadLettered
+    | DestinationFault
+    | CircuitOpened
+    | CircuitClosed
+    | ConfigReloaded
+)
+
+
+@runtime_checkable
+class IGatewayObserver(Protocol):
+    """Receives every event the gateway emits; each sink ignores the events it has no use for."""
+
+    def observe(self, event: Event) -> None:
+        """One thing happened."""
+
+
+class NullObserver:
+    """The default observer: every event is dropped."""
+
+    def observe(self, event: Event) -> None:
+        """Drop ``event``."""
+
+
+#: The observer of an adapter nobody observes.
+NULL_OBSERVER = NullObserver()
+
+
+class FanOutObserver:
+    """Passes each event to every sink, in order (metrics, then audit).
+
+    :param sinks: the observers to tell.
+    """
+
+    def __init__(self, *sinks: IGatewayObserver) -> None:
+        self.sinks = tuple(sinks)
+
+    def observe(self, event: Event) -> None:
+        """Tell every sink."""
+        for sink in self.sinks:
+            sink.observe(event)
+
+
+class LogObserver:
+    """The log sink: one ``debug`` line per event, naming its kind and what it is about.
+
+    Only names the configuration gave (listener, destination) and the
+    entry's journal id are logged: nothing a peer supplied (AE titles,
+    reasons) and nothing of the instance (HARDENING H09, P10), so the line
+    needs no escaping. At the default ``info`` level nothing is written.
+
+    :param log: where the lines go (``gateway.events`` by default).
+    """
+
+    def __init__(self, log: Logger | None = None) -> None:
+        self.log = log or Logger(namespace="gateway.events")
+
+    def observe(self, event: Event) -> None:
+        """Log ``event`` at debug level."""
+        self.log.debug("event {event_type}{subject}", event_type=type(event).__name__, subject=describe(event))
+
+
+def describe(event: Event) -> str:
+    """What an event is about, as safe text: `` listener l1``, `` destination pacs entry 7``, or empty.
+
+    :param event: the event.
+    :returns: the text, with a leading space when not empty.
+    """
+    listener = getattr(event, "listener", None)
+    if isinstance(listener, str):
+        return f" listener {listener}"
+    entry = getattr(event, "entry", None)
+    if entry is not None:
+        return f" destination {entry.destination} entry {entry.entry_id}"
+    destination = getattr(event, "destination", None)
+    if isinstance(destination, str):
+        return f" destination {destination}"
+    return ""
