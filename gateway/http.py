@@ -68,6 +68,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gateway.admin import Operator
 from gateway.config.schema import ApiToken
+from gateway.durable import write_synced
 
 __all__ = [
     "Backend",
@@ -171,12 +172,7 @@ def spool_probe(root: str) -> None:
         os.unlink(path)  # left by a probe interrupted by a crash
     except FileNotFoundError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, b"ok\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(path, b"ok\n", mode=0o600)
     os.remove(path)
 
 
