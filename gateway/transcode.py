@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 
 from gateway.durable import DEFAULT_FLUSH, SYSTEM, FileOps, FlushPolicy, replace_durably, through_file
+from gateway.vrfacts import WORD_SIZE
 from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
 __all__ = ["TranscodeError", "NATIVE_SYNTAXES", "transcode"]
@@ -40,8 +41,8 @@ __all__ = ["TranscodeError", "NATIVE_SYNTAXES", "transcode"]
 #: The transfer syntaxes this module reads and writes (PS3.5 A.1-A.3).
 NATIVE_SYNTAXES: frozenset[str] = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
 
-#: Word size of each VR whose value pydicom keeps as raw bytes and writes unchanged (PS3.5 6.2).
-_WORD_SIZE: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+#: Word size of each VR whose value pydicom keeps as raw bytes and writes unchanged (PS3.5 6.2, 7.3).
+_WORD_SIZE: dict[str, int] = WORD_SIZE
 
 
 class TranscodeError(Exception):
