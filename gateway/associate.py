@@ -385,13 +385,18 @@ class ClientAssociation:
         response = await d
         return int(response.status)
 
-    async def store(self, path: str) -> StoreResult:
+    async def store(self, path: str, header: Part10Header | None = None) -> StoreResult:
         """C-STORE the Part 10 file at ``path`` (PS3.7 9.1.1), streaming its data set from disk.
 
+        :param path: the file.
+        :param header: its meta, when the caller has read it already (the
+            sender reads every entry's before choosing an association); read
+            here when ``None``.
         :raises NoPresentationContext: when no accepted context carries its SOP class in its transfer syntax.
         :raises AssociationAborted: when the association ends before the response.
         """
-        header = read_part10_header(path)
+        if header is None:
+            header = read_part10_header(path)
         context = self.context_for(header.sop_class_uid, header.transfer_syntax_uid)
         if context is None:
             raise NoPresentationContext(
