@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy as copy_module
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
@@ -25,7 +27,7 @@ from gateway.parse import RawParseError, encoding_of, is_deflated, iter_raw_elem
 from gateway.private import FILE_MODE
 from gateway.morph import Change, MorphError, MorphPlan
 
-__all__ = ["write_morphed"]
+__all__ = ["MorphedCopy", "morph_copy", "write_morphed"]
 
 
 # ---------------------------------------------------------------------------
@@ -50,6 +52,20 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int | None) -> No
         remaining -= len(chunk)
 
 
+@dataclass(frozen=True)
+class MorphedCopy:
+    """What :func:`morph_copy` made: the changes, and the header as written.
+
+    :ivar changes: the changes the plan made.
+    :ivar dataset: the morphed header (without the pixel data and what
+        follows), so a caller learns the UIDs and IDs the plan set without
+        reading the copy back.
+    """
+
+    changes: list[Change]
+    dataset: Dataset
+
+
 def write_morphed(
     src_path: str,
     dst_path: str,
@@ -59,6 +75,24 @@ def write_morphed(
     ops: FileOps = SYSTEM,
     flush: FlushPolicy = DEFAULT_FLUSH,
 ) -> list[Change]:
+    """Write ``plan`` applied to ``src_path`` as a new Part 10 file at ``dst_path`` (see :func:`morph_copy`).
+
+    :returns: the changes made.
+    :raises MorphError: when the file cannot be read or morphed.
+    :raises OSError: when the output cannot be written (disk full, ...).
+    """
+    return morph_copy(src_path, dst_path, plan, context, ops=ops, flush=flush).changes
+
+
+def morph_copy(
+    src_path: str,
+    dst_path: str,
+    plan: MorphPlan,
+    context: Any,
+    *,
+    ops: FileOps = SYSTEM,
+    flush: FlushPolicy = DEFAULT_FLUSH,
+) -> MorphedCopy:
     """Write ``plan`` applied to ``src_path`` as a new Part 10 file at ``dst_path``.
 
     File meta (same transfer syntax; (0002,0003) follows a changed SOP
@@ -73,7 +107,7 @@ def write_morphed(
     :param context: the association context.
     :param ops: the system calls of the durable write (:mod:`gateway.durable`).
     :param flush: the order of its flushes.
-    :returns: the changes made.
+    :returns: the changes made and the morphed header.
     :raises MorphError: when the file cannot be read or morphed.
     :raises OSError: when the output cannot be written (disk full, ...).
     """
@@ -114,7 +148,7 @@ def write_morphed(
     # A unique temporary name beside the target (O_EXCL), fsync, rename, fsync
     # of the directory (gateway.durable).
     replace_durably(os.path.abspath(dst_path), through_file(write), ops=ops, mode=FILE_MODE, exact_mode=True, flush=flush)
-    return changes
+    return MorphedCopy(changes, dataset)
 
 
 def _copy_tail(src: BinaryIO, out: BinaryIO, pixel_offset: int, plan: MorphPlan, implicit: bool, little: bool) -> None:
