@@ -26,6 +26,7 @@ import stat
 from typing import Final
 
 from gateway.config.schema import ApiToken, HttpConfig
+from gateway.durable import create_durably
 
 __all__ = [
     "GENERATED_FILE",
@@ -196,16 +197,13 @@ def ensure_generated_token(spool: str) -> tuple[str, bool, tuple[ApiToken, ...]]
     """
     path = generated_token_path(spool)
     token = ApiToken(GENERATED_NAME, secrets.token_urlsafe(32))
+    text = f"# dicom-gateway admin API token (generated; NAME:TOKEN)\n{token.name}:{token.token}\n"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # The new entry is made durable too (fsync of the spool folder): a
+        # token shown at first start must still be there after a power cut.
+        create_durably(path, text.encode("ascii"), mode=0o600)
     except FileExistsError:
         return path, False, _read_generated(path)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, f"# dicom-gateway admin API token (generated; NAME:TOKEN)\n{token.name}:{token.token}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return path, True, (token,)
 
 

@@ -16,8 +16,6 @@ then in an unknown state, and PS3.7 gives no way to cancel a C-STORE).
 from __future__ import annotations
 
 import itertools
-import os
-import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Sequence
 
@@ -33,6 +31,7 @@ from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, Reassembler, fragment_command, max_fragment_size
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.meta import Part10Header, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
@@ -96,62 +95,6 @@ class StoreResult:
     sop_instance_uid: str
     size: int
     error_comment: str | None = None
-
-
-@dataclass(frozen=True)
-class Part10Header:
-    """What :func:`read_part10_header` found in a file's meta information (PS3.10 7.1)."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    dataset_offset: int
-    size: int
-    source_ae_title: str = ""
-
-
-def _meta_value(raw: bytes) -> str:
-    return raw.decode("latin-1").rstrip("\x00 ")
-
-
-def read_part10_header(path: str) -> Part10Header:
-    """Read a Part 10 file's meta group (Explicit VR LE, PS3.10 7.1) without pydicom.
-
-    :raises ValueError: when the file has no ``DICM`` prefix or its meta is malformed.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(132)
-        if len(head) < 132 or head[128:132] != b"DICM":
-            raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
-        values: dict[int, bytes] = {}
-        offset = 132
-        while True:
-            header = f.read(8)
-            if len(header) < 8:
-                break
-            group, element = struct.unpack("<HH", header[:4])
-            if group != 0x0002:
-                break
-            vr = header[4:6]
-            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-                length = struct.unpack("<I", f.read(4))[0]
-                offset += 12 + length
-            else:
-                length = struct.unpack("<H", header[6:8])[0]
-                offset += 8 + length
-            values[(group << 16) | element] = f.read(length)
-    try:
-        return Part10Header(
-            sop_class_uid=_meta_value(values[0x00020002]),
-            sop_instance_uid=_meta_value(values[0x00020003]),
-            transfer_syntax_uid=_meta_value(values[0x00020010]),
-            dataset_offset=offset,
-            size=size - offset,
-            source_ae_title=_meta_value(values.get(0x00020016, b"")),
-        )
-    except KeyError as e:
-        raise ValueError(f"{path}: file meta lacks {e.args[0]:08X}") from None
 
 
 def proposals_for_files(paths: Iterable[str]) -> list[tuple[str, list[str]]]:
@@ -442,13 +385,18 @@ class ClientAssociation:
         response = await d
         return int(response.status)
 
-    async def store(self, path: str) -> StoreResult:
+    async def store(self, path: str, header: Part10Header | None = None) -> StoreResult:
         """C-STORE the Part 10 file at ``path`` (PS3.7 9.1.1), streaming its data set from disk.
 
+        :param path: the file.
+        :param header: its meta, when the caller has read it already (the
+            sender reads every entry's before choosing an association); read
+            here when ``None``.
         :raises NoPresentationContext: when no accepted context carries its SOP class in its transfer syntax.
         :raises AssociationAborted: when the association ends before the response.
         """
-        header = read_part10_header(path)
+        if header is None:
+            header = read_part10_header(path)
         context = self.context_for(header.sop_class_uid, header.transfer_syntax_uid)
         if context is None:
             raise NoPresentationContext(

@@ -76,6 +76,7 @@ from pydicom.dataset import Dataset
 from gateway.morph import Change
 from gateway.uidremap import check_root, remap_values
 from gateway.vr import describe_value
+from gateway.vrfacts import OTHER_VRS
 
 __all__ = [
     "BASIC_PROFILE",
@@ -234,7 +235,7 @@ def _empty_value(vr: str) -> Any:
     """The zero-length value ``Z`` puts in an element of VR ``vr``."""
     if vr == "SQ":
         return []
-    if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+    if vr in OTHER_VRS or vr == "UN":
         return b""
     if vr in ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"):
         return None

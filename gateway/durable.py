@@ -20,25 +20,53 @@ default (:data:`SYSTEM`).
 
 :func:`fsync_dir` is the directory fsync; :func:`rename_durably` a rename
 made durable; :func:`replace_durably` the whole order above, around a
-caller's writes; :func:`write_all` a write of a whole buffer through the seam.
+caller's writes; :func:`create_durably` a small new file created in place
+(``O_EXCL``: never over an existing one); :func:`write_synced` a small file
+written and fsynced without the directory (a probe); :func:`write_all` a
+write of a whole buffer through the seam.
+
+The order is a parameter (:class:`FlushPolicy`): today's is the only one,
+the default; a cheaper custody order (a later issue) is added there, so the
+callers choose it by name and the steps stay in this module.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import uuid
-from typing import Callable, Final
+from typing import BinaryIO, Callable, Final
 
 __all__ = [
     "CREATE_FLAGS",
+    "DEFAULT_FLUSH",
     "FileOps",
+    "FlushPolicy",
     "SYSTEM",
+    "create_durably",
     "fsync_dir",
+    "through_file",
     "rename_durably",
     "replace_durably",
     "write_all",
+    "write_synced",
 ]
+
+
+class FlushPolicy(enum.Enum):
+    """When the data and the directory entry of a new file reach the disk.
+
+    Only today's order exists; a cheaper one (a later issue) joins here.
+    """
+
+    #: fsync(file), then rename (or the entry made), then fsync(directory): once
+    #: the call returns the file survives a power cut (DESIGN.md 5).
+    SYNC_FILE_RENAME_SYNC_DIR = "sync-file-rename-sync-dir"
+
+
+#: The order used when a caller names none.
+DEFAULT_FLUSH: Final = FlushPolicy.SYNC_FILE_RENAME_SYNC_DIR
 
 
 class FileOps:
@@ -93,6 +121,15 @@ class FileOps:
         :param path: the path.
         """
         os.unlink(path)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        """
+        :func:`os.fchmod`.
+
+        :param fd: the descriptor.
+        :param mode: the permissions.
+        """
+        os.fchmod(fd, mode)
 
     def close(self, fd: int) -> None:
         """
@@ -161,6 +198,8 @@ def replace_durably(
     ops: FileOps = SYSTEM,
     temp: str | None = None,
     mode: int = 0o600,
+    exact_mode: bool = False,
+    flush: FlushPolicy = DEFAULT_FLUSH,
 ) -> None:
     """Create ``path`` (or replace it) atomically and durably with what ``fill`` writes.
 
@@ -177,8 +216,12 @@ def replace_durably(
         stays on one filesystem); a hidden unique name beside ``path`` by default.
     :param mode: the new file's permissions (0600: the gateway's files carry
         patient data, HARDENING H08).
+    :param exact_mode: set ``mode`` with ``fchmod`` after creating, so the
+        umask cannot narrow it (:mod:`gateway.private`'s rule).
+    :param flush: the order of the flushes (today's by default).
     :raises OSError: from any step.
     """
+    _check_policy(flush)
     folder, name = os.path.split(path)
     folder = folder or os.curdir
     if temp is None:
@@ -186,6 +229,8 @@ def replace_durably(
     fd = ops.open(temp, CREATE_FLAGS, mode)
     try:
         try:
+            if exact_mode:
+                ops.fchmod(fd, mode)
             fill(fd)
             ops.fsync(fd)
         finally:
@@ -198,6 +243,76 @@ def replace_durably(
             pass
         raise
     fsync_dir(folder, ops)
+
+
+def _check_policy(flush: FlushPolicy) -> None:
+    """Refuse a policy this module does not implement (a new member without its steps)."""
+    if flush is not FlushPolicy.SYNC_FILE_RENAME_SYNC_DIR:
+        raise ValueError(f"flush policy {flush!r} is not implemented")
+
+
+def write_synced(path: str, data: bytes, *, ops: FileOps = SYSTEM, mode: int = 0o600) -> None:
+    """Create ``path`` (:data:`CREATE_FLAGS`), write ``data``, fsync and close it; the directory is not synced.
+
+    :param path: the new file (it must not exist).
+    :param data: the contents (small: one write).
+    :param ops: the system calls.
+    :param mode: the permissions, set exactly (``fchmod``: the umask cannot narrow them).
+    :raises FileExistsError: when ``path`` exists (or is a symbolic link).
+    :raises OSError: from any other step; a file created is left for the caller.
+    """
+    fd = ops.open(path, CREATE_FLAGS, mode)
+    try:
+        ops.fchmod(fd, mode)
+        write_all(fd, data, ops)
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+
+
+def create_durably(
+    path: str,
+    data: bytes,
+    *,
+    ops: FileOps = SYSTEM,
+    mode: int = 0o600,
+    flush: FlushPolicy = DEFAULT_FLUSH,
+) -> None:
+    """Create a small new file in place, never over an existing one, and make it durable.
+
+    Order: create (``O_EXCL``), write, fsync, close, fsync the directory. A
+    racing creator gets :class:`FileExistsError` and reads the winner's file.
+
+    :param path: the new file.
+    :param data: the contents.
+    :param ops: the system calls.
+    :param mode: the permissions, set exactly.
+    :param flush: the order of the flushes (today's by default).
+    :raises FileExistsError: when ``path`` exists.
+    :raises OSError: from any other step.
+    """
+    _check_policy(flush)
+    write_synced(path, data, ops=ops, mode=mode)
+    fsync_dir(os.path.dirname(path) or os.curdir, ops)
+
+
+def through_file(write: Callable[[BinaryIO], None]) -> Callable[[int], None]:
+    """A ``fill`` for :func:`replace_durably` from a writer of a binary file object.
+
+    The file object wraps the descriptor without owning it, and is flushed
+    before the fsync.
+
+    :param write: writes the contents to the file object.
+    :returns: the fill.
+    """
+
+    def fill(fd: int) -> None:
+        """Write through a buffered file object on ``fd``, then flush it."""
+        with os.fdopen(fd, "wb", closefd=False) as stream:
+            write(stream)
+            stream.flush()
+
+    return fill
 
 
 def unlink_if_present(path: str) -> None:

@@ -35,8 +35,9 @@ import re
 import shutil
 import string
 import tempfile
-from typing import Callable
+from typing import BinaryIO, Callable
 
+from gateway.durable import DEFAULT_FLUSH, SYSTEM, FileOps, FlushPolicy, fsync_dir, replace_durably, through_file
 from gateway.queue.interfaces import InstanceRecord
 
 __all__ = ["UnsafePath", "FolderWriter", "UID_FIELDS"]
@@ -76,15 +77,6 @@ def _read_study_date(path: str) -> str:
     return str(ds.get("StudyDate", "") or "")
 
 
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so a rename or a new entry in it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FolderWriter:
     """Writes instances under ``root`` at paths made from ``pattern``.
 
@@ -93,11 +85,23 @@ class FolderWriter:
     :param pattern: a template of ``{Field}`` references (see
         ``gateway.config.schema.FOLDER_PATTERN_FIELDS``).
     :param read_study_date: reads Study Date from a file (injectable for tests).
+    :param ops: the system calls of the durable write (:mod:`gateway.durable`).
+    :param flush: the order of its flushes.
     :raises ValueError: when the pattern names an unknown field or is absolute.
     """
 
-    def __init__(self, root: str, pattern: str, read_study_date: Callable[[str], str] = _read_study_date) -> None:
+    def __init__(
+        self,
+        root: str,
+        pattern: str,
+        read_study_date: Callable[[str], str] = _read_study_date,
+        *,
+        ops: FileOps = SYSTEM,
+        flush: FlushPolicy = DEFAULT_FLUSH,
+    ) -> None:
         self.root = os.path.abspath(root)
+        self._ops = ops
+        self._flush = flush
         self.pattern = pattern
         self._read_study_date = read_study_date
         self._fields = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
@@ -169,7 +173,7 @@ class FolderWriter:
                 os.mkdir(path, 0o700)
             except FileExistsError:
                 pass
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path), self._ops)
 
     def write(self, src: str, record: InstanceRecord) -> str:
         """Copy ``src`` to ``path_for(record)`` atomically and durably.
@@ -193,18 +197,11 @@ class FolderWriter:
         real_root = os.path.realpath(self.root)
         if os.path.commonpath([real_root, os.path.realpath(directory)]) != real_root:
             raise UnsafePath(f"{directory!r} is outside the folder {self.root}")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+
+        def copy(out: BinaryIO) -> None:
+            """The source's bytes, in 1 MiB chunks."""
+            with open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1024 * 1024)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(directory)
+
+        replace_durably(path, through_file(copy), ops=self._ops, exact_mode=True, flush=self._flush)
         return path

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from gateway.durable import write_synced
 from gateway.admin import Operator
 from gateway.httpresources import BadRequest, NotFound, Refused
 
@@ -40,12 +41,7 @@ def spool_probe(root: str) -> None:
         os.unlink(path)  # left by a probe interrupted by a crash
     except FileNotFoundError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, b"ok\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(path, b"ok\n", mode=0o600)
     os.remove(path)
 
 

@@ -15,7 +15,7 @@ applies the plan to the pydicom ``Dataset`` in order (each action returns the
 morphed header in the original transfer syntax, then copies the pixel data
 and everything after it **verbatim** from the original file, in bounded
 memory. The original spool file is never modified; the output appears
-atomically (``.tmp``, fsync, rename). Any failure for this instance raises
+atomically and durably (:mod:`gateway.durable`). Any failure for this instance raises
 :class:`MorphError`, and the route's copy is dead-lettered ("morph: ...",
 HARDENING D15), never forwarded half-made.
 

@@ -24,6 +24,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
+from gateway.meta import file_meta_end
+from gateway.vrfacts import LONG_VR_CODES
+
 __all__ = [
     "Header",
     "RawElement",
@@ -38,10 +41,6 @@ __all__ = [
 #: (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data and
 #: (7FE0,0010) Pixel Data: pydicom's ``stop_before_pixels`` stops at any of them.
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-
-# PS3.5 7.1.2: in explicit VR these VRs have two reserved bytes and a 32-bit
-# length; every other VR has a 16-bit length.
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
 
 # PS3.5 7.5: item, item delimitation and sequence delimitation tags. They
 # never carry a VR, even in explicit VR syntaxes (7.5: "encoded as implicit").
@@ -142,6 +141,7 @@ def read_header(path: str, defer_size: int = 16384) -> Header:
         # at the end of the file when there is none.
         f.seek(stopped_at)
         head = f.read(4)
+        dataset_offset = file_meta_end(f)
     file_meta: FileMetaDataset = dataset.file_meta
     syntax = str(file_meta.get("TransferSyntaxUID", ""))
     implicit, little = encoding_of(syntax)
@@ -153,24 +153,10 @@ def read_header(path: str, defer_size: int = 16384) -> Header:
     return Header(
         dataset=dataset,
         transfer_syntax_uid=syntax,
-        dataset_offset=_dataset_offset(path),
+        dataset_offset=dataset_offset,
         pixel_offset=pixel_offset,
         size=size,
     )
-
-
-def _dataset_offset(path: str) -> int:
-    """The offset just past the file meta group (PS3.10 7.1: always explicit VR LE)."""
-    with open(path, "rb") as f:
-        offset = 132
-        while True:
-            f.seek(offset)
-            head = f.read(2)
-            # Peek at the group only: the data set after group 0002 may be
-            # implicit VR or big endian, which the meta's encoding cannot parse.
-            if len(head) < 2 or struct.unpack("<H", head)[0] != 0x0002:
-                return offset
-            offset = element_end(f, offset, implicit=False, little=True).end
 
 
 def _read_exact(f: BinaryIO, count: int) -> bytes:
@@ -196,7 +182,7 @@ def _read_header_at(f: BinaryIO, offset: int, implicit: bool, little: bool) -> t
         (length,) = struct.unpack(endian + "I", _read_exact(f, 4))
         return tag, None, length, 8
     vr = _read_exact(f, 2)
-    if vr in _LONG_VRS:
+    if vr in LONG_VR_CODES:
         # PS3.5 7.1.2: 2 reserved bytes, then a 32-bit length.
         (length,) = struct.unpack(endian + "I", _read_exact(f, 6)[2:])
         return tag, vr.decode("ascii"), length, 12

@@ -161,11 +161,12 @@ def make_copy(record: InstanceRecord, plan: MorphPlan, digest: str, morphed_dir:
     :raises OSError: when the copy cannot be written (retried later).
     """
     from gateway.morph import MorphError
-    from gateway.splice import write_morphed
+    from gateway.splice import morph_copy
     from gateway.parse import read_header
     from gateway.private import make_private_dirs
 
     path = copy_path(morphed_dir, record.instance_id, digest)
+    dataset: Any = None
     if not os.path.exists(path):
         make_private_dirs(morphed_dir)  # HARDENING H08: 0700 whatever the umask
         context = RoutingContext(
@@ -176,13 +177,17 @@ def make_copy(record: InstanceRecord, plan: MorphPlan, digest: str, morphed_dir:
             received_at=record.received_at,
         )
         try:
-            write_morphed(record.path, path, plan, context)
+            # The header as written: the UIDs and IDs the plan set, without
+            # reading the copy back (issue 12).
+            dataset = morph_copy(record.path, path, plan, context).dataset
         except MorphError as e:
             raise PrepareError(str(e)) from e
-    try:
-        dataset = read_header(path).dataset
-    except Exception as e:
-        raise PrepareError(f"the morphed copy cannot be read back: {e}") from e
+    if dataset is None:
+        # A copy made before (an earlier attempt, another entry): read it.
+        try:
+            dataset = read_header(path).dataset
+        except Exception as e:
+            raise PrepareError(f"the morphed copy cannot be read back: {e}") from e
     return dataclasses.replace(
         record,
         path=path,

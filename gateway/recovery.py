@@ -19,7 +19,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from gateway.associate import read_part10_header
+from gateway.meta import read_part10_header
 from gateway.blocking import IBlockingRunner
 from gateway.intake import Intake
 from gateway.durable import unlink_if_present

@@ -5,8 +5,9 @@ applies a :class:`gateway.morph.MorphPlan` to it, writes the file meta and the
 morphed header in the original transfer syntax, then copies the pixel data and
 everything after it **verbatim** from the original file, in bounded memory,
 leaving out the tail elements the plan drops (see :mod:`gateway.morph`). The
-original spool file is never modified; the output appears atomically
-(``.tmp``, fsync, rename).
+original spool file is never modified; the output appears atomically and
+durably (:func:`gateway.durable.replace_durably`: a unique temporary name,
+fsync, rename, fsync of the directory).
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from __future__ import annotations
 import copy as copy_module
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
+from gateway.durable import DEFAULT_FLUSH, SYSTEM, FileOps, FlushPolicy, replace_durably, through_file
 from gateway.parse import RawParseError, encoding_of, is_deflated, iter_raw_elements, read_header
-from gateway.private import open_private
+from gateway.private import FILE_MODE
 from gateway.morph import Change, MorphError, MorphPlan
 
-__all__ = ["write_morphed"]
+__all__ = ["MorphedCopy", "morph_copy", "write_morphed"]
 
 
 # ---------------------------------------------------------------------------
@@ -48,7 +52,47 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int | None) -> No
         remaining -= len(chunk)
 
 
-def write_morphed(src_path: str, dst_path: str, plan: MorphPlan, context: Any) -> list[Change]:
+@dataclass(frozen=True)
+class MorphedCopy:
+    """What :func:`morph_copy` made: the changes, and the header as written.
+
+    :ivar changes: the changes the plan made.
+    :ivar dataset: the morphed header (without the pixel data and what
+        follows), so a caller learns the UIDs and IDs the plan set without
+        reading the copy back.
+    """
+
+    changes: list[Change]
+    dataset: Dataset
+
+
+def write_morphed(
+    src_path: str,
+    dst_path: str,
+    plan: MorphPlan,
+    context: Any,
+    *,
+    ops: FileOps = SYSTEM,
+    flush: FlushPolicy = DEFAULT_FLUSH,
+) -> list[Change]:
+    """Write ``plan`` applied to ``src_path`` as a new Part 10 file at ``dst_path`` (see :func:`morph_copy`).
+
+    :returns: the changes made.
+    :raises MorphError: when the file cannot be read or morphed.
+    :raises OSError: when the output cannot be written (disk full, ...).
+    """
+    return morph_copy(src_path, dst_path, plan, context, ops=ops, flush=flush).changes
+
+
+def morph_copy(
+    src_path: str,
+    dst_path: str,
+    plan: MorphPlan,
+    context: Any,
+    *,
+    ops: FileOps = SYSTEM,
+    flush: FlushPolicy = DEFAULT_FLUSH,
+) -> MorphedCopy:
     """Write ``plan`` applied to ``src_path`` as a new Part 10 file at ``dst_path``.
 
     File meta (same transfer syntax; (0002,0003) follows a changed SOP
@@ -61,7 +105,9 @@ def write_morphed(src_path: str, dst_path: str, plan: MorphPlan, context: Any) -
     :param dst_path: where the morphed copy goes.
     :param plan: the route's plan.
     :param context: the association context.
-    :returns: the changes made.
+    :param ops: the system calls of the durable write (:mod:`gateway.durable`).
+    :param flush: the order of its flushes.
+    :returns: the changes made and the morphed header.
     :raises MorphError: when the file cannot be read or morphed.
     :raises OSError: when the output cannot be written (disk full, ...).
     """
@@ -81,34 +127,28 @@ def write_morphed(src_path: str, dst_path: str, plan: MorphPlan, context: Any) -
         if value and str(value) != str(meta.get(meta_keyword, "")):
             setattr(meta, meta_keyword, str(value))
     implicit, little = encoding_of(syntax)
-    tmp_path = dst_path + ".tmp"
-    try:
-        # HARDENING H08: the copy carries patient data; 0600 whatever the umask.
-        with os.fdopen(open_private(tmp_path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
-            # PS3.10 7.1: a zero preamble (HARDENING D16) and the prefix.
-            out.write(b"\x00" * 128 + b"DICM")
-            fp = DicomFileLike(out)
-            fp.is_little_endian, fp.is_implicit_VR = True, False
-            write_file_meta_info(fp, meta, enforce_standard=True)
-            fp.is_little_endian, fp.is_implicit_VR = little, implicit
-            try:
-                write_dataset(fp, dataset)
-            except Exception as e:
-                raise MorphError(f"cannot encode the morphed header: {e}") from e
-            if header.pixel_offset is not None:
-                with open(src_path, "rb") as src:
-                    _copy_tail(src, out, header.pixel_offset, plan, implicit, little)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_path, dst_path)
-        _fsync_directory(os.path.dirname(os.path.abspath(dst_path)))
-    except BaseException:
+
+    def write(out: BinaryIO) -> None:
+        """The preamble, the file meta, the morphed header and the copied tail."""
+        # PS3.10 7.1: a zero preamble (HARDENING D16) and the prefix.
+        out.write(b"\x00" * 128 + b"DICM")
+        fp = DicomFileLike(out)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        fp.is_little_endian, fp.is_implicit_VR = little, implicit
         try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    return changes
+            write_dataset(fp, dataset)
+        except Exception as e:
+            raise MorphError(f"cannot encode the morphed header: {e}") from e
+        if header.pixel_offset is not None:
+            with open(src_path, "rb") as src:
+                _copy_tail(src, out, header.pixel_offset, plan, implicit, little)
+
+    # HARDENING H08: the copy carries patient data; 0600 whatever the umask.
+    # A unique temporary name beside the target (O_EXCL), fsync, rename, fsync
+    # of the directory (gateway.durable).
+    replace_durably(os.path.abspath(dst_path), through_file(write), ops=ops, mode=FILE_MODE, exact_mode=True, flush=flush)
+    return MorphedCopy(changes, dataset)
 
 
 def _copy_tail(src: BinaryIO, out: BinaryIO, pixel_offset: int, plan: MorphPlan, implicit: bool, little: bool) -> None:
@@ -123,12 +163,3 @@ def _copy_tail(src: BinaryIO, out: BinaryIO, pixel_offset: int, plan: MorphPlan,
             _copy_range(src, out, element.offset, element.end)
     except RawParseError as e:
         raise MorphError(f"cannot walk the elements after the pixel data: {e}") from e
-
-
-def _fsync_directory(path: str) -> None:
-    """Make a rename durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

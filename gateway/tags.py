@@ -22,7 +22,6 @@ any item matches, PS3.5 7.5).
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Iterator
@@ -30,6 +29,8 @@ from typing import Iterator
 from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from pydicom.dataset import Dataset
+
+from gateway.suggest import close_matches
 
 _TAG_FORMS = (
     re.compile(r"^\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)$"),
@@ -105,7 +106,7 @@ class TagPath:
 
 def suggest_keyword(text: str) -> str | None:
     """The closest PS3.6 keyword to a misspelt one, if any is close enough."""
-    matches = difflib.get_close_matches(text, keyword_dict.keys(), n=1, cutoff=0.8)
+    matches = close_matches(text, keyword_dict.keys(), cutoff=0.8)
     return matches[0] if matches else None
 
 

@@ -26,12 +26,14 @@ import datetime
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.durable import replace_durably, through_file
 
 #: Validity of development certificates, in days.
 DEFAULT_DAYS = 825
@@ -214,9 +216,14 @@ def write_certificate(path: str, *certificates: Issued) -> None:
     :param path: the file.
     :param certificates: one or more certificates, leaf first.
     """
-    with open(path, "wb") as stream:
+
+    def write(stream: BinaryIO) -> None:
+        """The certificates, leaf first."""
         for item in certificates:
             stream.write(item.certificate_pem())
+
+    # Mode 0666 less the umask, as open() gave: certificates are public.
+    replace_durably(path, through_file(write), mode=0o666)
 
 
 def write_key(path: str, issued: Issued) -> None:
@@ -225,11 +232,13 @@ def write_key(path: str, issued: Issued) -> None:
     :param path: the file; replaced when it exists.
     :param issued: the holder of the key.
     """
-    if os.path.exists(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as stream:
+
+    def write(stream: BinaryIO) -> None:
+        """The key."""
         stream.write(issued.key_pem())
+
+    # A unique temporary file created 0600 (O_EXCL) and renamed over ``path``.
+    replace_durably(path, through_file(write), mode=0o600)
     os.chmod(path, 0o600)
 
 

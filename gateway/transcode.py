@@ -26,12 +26,14 @@ size; OB and UN are byte streams and never swapped).
 from __future__ import annotations
 
 import os
-import tempfile
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 
+from gateway.durable import DEFAULT_FLUSH, SYSTEM, FileOps, FlushPolicy, replace_durably, through_file
+from gateway.vrfacts import WORD_SIZE
 from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
 __all__ = ["TranscodeError", "NATIVE_SYNTAXES", "transcode"]
@@ -39,8 +41,8 @@ __all__ = ["TranscodeError", "NATIVE_SYNTAXES", "transcode"]
 #: The transfer syntaxes this module reads and writes (PS3.5 A.1-A.3).
 NATIVE_SYNTAXES: frozenset[str] = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
 
-#: Word size of each VR whose value pydicom keeps as raw bytes and writes unchanged (PS3.5 6.2).
-_WORD_SIZE: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+#: Word size of each VR whose value pydicom keeps as raw bytes and writes unchanged (PS3.5 6.2, 7.3).
+_WORD_SIZE: dict[str, int] = WORD_SIZE
 
 
 class TranscodeError(Exception):
@@ -69,17 +71,28 @@ def _swap_other_vrs(ds: Dataset) -> None:
             element.value = _swap_words(bytes(element.value), size)
 
 
-def transcode(src_path: str, dst_path: str, transfer_syntax_uid: str) -> None:
+def transcode(
+    src_path: str,
+    dst_path: str,
+    transfer_syntax_uid: str,
+    *,
+    ops: FileOps = SYSTEM,
+    flush: FlushPolicy = DEFAULT_FLUSH,
+) -> None:
     """Write ``src_path`` re-encoded in ``transfer_syntax_uid`` to ``dst_path``.
 
-    The destination is written through a temporary file in its directory and
-    renamed into place, so a reader never sees half a file. Element values,
+    The destination is written through a temporary file in its directory,
+    fsynced, renamed into place and the directory fsynced
+    (:func:`gateway.durable.replace_durably`), so a reader never sees half a
+    file and a power cut never loses a file already renamed. Element values,
     the preamble and the rest of the file meta are kept; only (0002,0010)
     Transfer Syntax UID changes, as PS3.10 7.1 requires.
 
     :param src_path: a Part 10 file in a native syntax.
     :param dst_path: where to write the result.
     :param transfer_syntax_uid: one of :data:`NATIVE_SYNTAXES`.
+    :param ops: the system calls of the durable write.
+    :param flush: the order of its flushes.
     :raises TranscodeError: for a compressed, deflated or unknown source or
         target syntax, or a file pydicom cannot read.
     """
@@ -104,22 +117,16 @@ def transcode(src_path: str, dst_path: str, transfer_syntax_uid: str) -> None:
         if source_little != target_little:
             _swap_other_vrs(ds)
         ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
-        directory = os.path.dirname(os.path.abspath(dst_path))
-        fd, tmp = tempfile.mkstemp(prefix=".transcode-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                dcmwrite(
-                    f,
-                    ds,
-                    implicit_vr=transfer_syntax_uid == IMPLICIT_VR_LE,
-                    little_endian=target_little,
-                    force_encoding=True,
-                )
-            os.replace(tmp, dst_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        implicit = transfer_syntax_uid == IMPLICIT_VR_LE
+
+        def write(stream: BinaryIO) -> None:
+            """The re-encoded file."""
+            dcmwrite(stream, ds, implicit_vr=implicit, little_endian=target_little, force_encoding=True)
+
+        # The copy is sent from, and may be all the destination gets: it is
+        # fsynced before the rename and the rename made durable, as every
+        # file the gateway writes (gateway.durable).
+        replace_durably(os.path.abspath(dst_path), through_file(write), ops=ops, flush=flush)
     except TranscodeError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:

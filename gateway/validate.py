@@ -56,6 +56,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
+from gateway.vrfacts import LONG_VR_CODES, SHORT_VR_CODES
+
 __all__ = ["DatasetSummary", "MalformedDataset", "walk_dataset"]
 
 
@@ -79,18 +81,9 @@ _EXPLICIT_BE: Final = 2
 
 # -- Value representations (PS3.5 Table 6.2-1 and 7.1.2) --------------------
 
-#: VRs whose explicit encoding has two reserved bytes and a 32-bit length
-#: (PS3.5 7.1.2, Table 7.1-1).
-_LONG_VRS: Final = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-#: VRs whose explicit encoding has a 16-bit length (PS3.5 7.1.2, Table 7.1-2).
-_SHORT_VRS: Final = frozenset(
-    {
-        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
-    }
-)
+# The explicit-VR header forms (PS3.5 7.1.2): :mod:`gateway.vrfacts`.
+_LONG_VRS: Final = LONG_VR_CODES
+_SHORT_VRS: Final = SHORT_VR_CODES
 
 # -- Tags ---------------------------------------------------------------------
 

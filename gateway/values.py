@@ -18,6 +18,8 @@ from typing import Iterable, TypeAlias
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import PersonName
 
+from gateway.vrfacts import OTHER_VRS
+
 __all__ = [
     "BINARY_VRS",
     "GLOB_CHARS",
@@ -42,7 +44,7 @@ NUMERIC_VRS: frozenset[str] = frozenset(
 #: Date and time VRs (PS3.5 6.2: DA, TM, DT).
 TEMPORAL_VRS: frozenset[str] = frozenset({"DA", "TM", "DT"})
 #: Binary VRs: only ``present`` and ``empty`` apply.
-BINARY_VRS: frozenset[str] = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW", "US or OW", "US or SS or OW"})
+BINARY_VRS: frozenset[str] = OTHER_VRS | {"OB or OW", "US or OW", "US or SS or OW"}  # and pydicom's ambiguous forms
 #: String VRs where a numeric-looking value may be compared numerically.
 NUMERIC_TEXT_VRS: frozenset[str] = frozenset({"SH", "LO", "CS", "UN", "UC"})
 #: VRs whose leading spaces are significant (PS3.5 6.2: ST, LT, UT keep them).

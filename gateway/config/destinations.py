@@ -6,7 +6,6 @@ check that no folder destination lies inside the spool.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import string
@@ -45,6 +44,7 @@ from gateway.config.nodes import (
     _value_node,
 )
 from gateway.config.listeners import _MAX_TIMER_SECONDS, _check_tls_profile
+from gateway.suggest import did_you_mean
 
 
 # --------------------------------------------------------------------------
@@ -198,11 +198,8 @@ def _check_pattern(node: yaml.Node, path: str, ctx: _Context) -> str | _Invalid:
         if name not in FOLDER_PATTERN_FIELDS:
             # Two suggestions: "StudyUID" is as close to StudyDate as to
             # StudyInstanceUID.
-            close = difflib.get_close_matches(name, FOLDER_PATTERN_FIELDS, n=2, cutoff=0.6)
-            hint = (
-                "did you mean " + " or ".join(f"{{{field}}}" for field in close) + "?"
-                if close
-                else "use one of " + ", ".join(f"{{{field}}}" for field in FOLDER_PATTERN_FIELDS)
+            hint = did_you_mean(name, FOLDER_PATTERN_FIELDS, n=2, show=lambda field: f"{{{field}}}") or (
+                "use one of " + ", ".join(f"{{{field}}}" for field in FOLDER_PATTERN_FIELDS)
             )
             shown = name.encode("unicode_escape").decode("ascii")
             problems.append(f"unknown field {{{shown}}} in the pattern; {hint}")

@@ -10,7 +10,6 @@ YAML and nothing of the configuration.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from decimal import Decimal
@@ -21,6 +20,7 @@ import yaml
 from gateway.config.durations import parse_duration
 from gateway.interfaces import IMatchPredicate
 from gateway.subject import PatternError
+from gateway.suggest import did_you_mean
 from gateway.tags import parse_path
 from gateway.match import (
     All,
@@ -116,8 +116,8 @@ def _child(path: str, key: str) -> str:
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
     """``; did you mean X?`` for a close choice, else empty."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    hint = did_you_mean(word, choices)
+    return f"; {hint}" if hint else ""
 
 
 def _shown(node: yaml.Node) -> str:

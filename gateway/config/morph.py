@@ -24,6 +24,7 @@ from yaml.constructor import SafeConstructor
 
 from gateway.tags import TagPath, parse_path
 from gateway.template import Template
+from gateway.suggest import did_you_mean
 from gateway.uidremap import check_root
 from gateway import deidentify
 from gateway.morph import (
@@ -507,10 +508,8 @@ def compile_morph(
             continue
         name, key_node, value = _items(item)[0]
         if name not in _ACTIONS:
-            import difflib
-
-            close = difflib.get_close_matches(name, _ACTIONS, n=1)
-            hint = f"; did you mean {close[0]}?" if close else f" (expected {', '.join(_ACTIONS)} or plugin)"
+            close = did_you_mean(name, _ACTIONS)
+            hint = f"; {close}" if close else f" (expected {', '.join(_ACTIONS)} or plugin)"
             compiler.fail(key_node, f"{key}.{name}", f"unknown morph action{hint}")
             continue
         compiled = getattr(compiler, f"compile_{name}")(value, f"{key}.{name}")

@@ -15,7 +15,6 @@ together.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import string
@@ -29,6 +28,7 @@ from yaml.constructor import SafeConstructor
 
 from gateway.config.durations import parse_duration, parse_size
 from gateway.config.errors import ConfigError
+from gateway.suggest import did_you_mean
 
 # The tags PyYAML's resolver gives plain scalars (YAML 1.1 core schema).
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
@@ -666,9 +666,9 @@ def _unknown_key_message(key: str, fields: Mapping[str, _Field]) -> str:
     :param fields: The known keys.
     :returns: The message.
     """
-    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-    if close:
-        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    hint = did_you_mean(key, fields, show=repr)
+    if hint:
+        return f"unknown key {key!r}; {hint}"
     return f"unknown key {key!r}; expected one of: {', '.join(fields)}"
 
 

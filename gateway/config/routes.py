@@ -8,7 +8,6 @@ by :func:`_check_references` once every file is read.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -16,6 +15,7 @@ from typing import Any, Final
 import yaml
 
 from gateway.config.schema import RouteConfig
+from gateway.suggest import did_you_mean
 from gateway.config.nodes import (
     INVALID,
     _Context,
@@ -230,13 +230,9 @@ def _check_references(ctx: _Context) -> None:
         if "{" in ref.name or "}" in ref.name:
             _check_forward_template(ref, names)
             continue
-        close = difflib.get_close_matches(ref.name, sorted(names), n=1, cutoff=0.6)
-        if close:
-            hint = f"did you mean {close[0]!r}?"
-        elif names:
-            hint = "configured destinations: " + ", ".join(sorted(names))
-        else:
-            hint = "no destinations are configured"
+        hint = did_you_mean(ref.name, sorted(names), show=repr)
+        if not hint:
+            hint = ("configured destinations: " + ", ".join(sorted(names))) if names else "no destinations are configured"
         ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
 
 

@@ -29,16 +29,10 @@ from typing import Any, AsyncGenerator, Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
-from gateway.associate import (
-    AssociationAborted,
-    ClientAssociation,
-    NoPresentationContext,
-    Part10Header,
-    open_association,
-    read_part10_header,
-)
+from gateway.associate import AssociationAborted, ClientAssociation, NoPresentationContext, open_association
 from gateway.config.schema import DicomDestination
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.meta import Part10Header, read_part10_header
 from gateway.queue.interfaces import Entry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
@@ -211,6 +205,8 @@ class DicomSender:
         association = channel.association
         assert association is not None
         path = entry.path
+        # The meta read for this batch is passed along: store() does not read it again.
+        known: Part10Header | None = header
         scratch: str | None = None
         if association.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
             target = self._fallback_syntax(association, header)
@@ -230,10 +226,11 @@ class DicomSender:
                 os.unlink(scratch)
                 return DeadLetter(f"cannot convert to {target}: {e}", DeadLetterKind.CONVERSION)
             path = scratch
+            known = None  # the converted copy's meta differs (its syntax, its data set offset)
         channel.sent += 1
         channel.last_used = self.clock.seconds()
         try:
-            result = await Deferred.fromCoroutine(association.store(path))
+            result = await Deferred.fromCoroutine(association.store(path, known))
         except Exception as e:
             if isinstance(e, AssociationAborted) or not association.is_open:
                 # Never reuse an association that failed mid-send (HARDENING F05, fo-dicom #1359).

@@ -105,7 +105,7 @@ class FakeAssociation:
     async def echo(self) -> int:
         return 0
 
-    async def store(self, path: str) -> StoreResult:
+    async def store(self, path: str, known: Any = None) -> StoreResult:
         header = read_part10_header(path)
         if self.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
             raise NoPresentationContext("no context")

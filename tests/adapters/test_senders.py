@@ -89,7 +89,7 @@ class ScriptedAssociation:
     async def echo(self) -> int:
         return self.echo_status
 
-    async def store(self, path: str) -> StoreResult:
+    async def store(self, path: str, known: Any = None) -> StoreResult:
         header = read_part10_header(path)
         self.stored.append(header.transfer_syntax_uid)
         action = self.script.pop(0) if self.script else 0

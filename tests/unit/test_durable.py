@@ -16,7 +16,19 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.durable import SYSTEM, FileOps, fsync_dir, rename_durably, replace_durably, write_all
+from gateway.durable import (
+    DEFAULT_FLUSH,
+    SYSTEM,
+    FileOps,
+    FlushPolicy,
+    create_durably,
+    fsync_dir,
+    rename_durably,
+    replace_durably,
+    through_file,
+    write_all,
+    write_synced,
+)
 from tests.unit.test_spool import RecordingFileOps
 
 
@@ -152,3 +164,60 @@ class DurableTests(SynchronousTestCase):
         error = self.assertRaises(OSError, write_all, fd, b"abc", _ShortWrites())
         self.assertEqual(error.errno, errno.EIO)
         write_all(fd, b"abc", SYSTEM)
+
+
+class CreateDurablyTests(SynchronousTestCase):
+    """``create_durably``, ``write_synced``, ``through_file`` and the flush policy parameter."""
+
+    def setUp(self) -> None:
+        """A fresh folder, removed afterwards."""
+        self.folder = tempfile.mkdtemp(prefix="gw-durable-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.target = os.path.join(self.folder, "token")
+
+    def test_create_syncs_the_file_then_the_folder(self) -> None:
+        """Created in place (no rename), file fsynced, then its folder, mode exactly 0600."""
+        ops = RecordingFileOps()
+        old = os.umask(0o277)
+        try:
+            create_durably(self.target, b"secret\n", ops=ops)
+        finally:
+            os.umask(old)
+        self.assertEqual(
+            [call for call in ops.calls if call[0] in ("open", "fsync", "rename")],
+            [("open", self.target), ("fsync", self.target), ("open", self.folder), ("fsync", self.folder)],
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(self.target).st_mode), 0o600)
+        with open(self.target, "rb") as stream:
+            self.assertEqual(stream.read(), b"secret\n")
+
+    def test_create_never_overwrites(self) -> None:
+        """An existing file (a racing creator's) is FileExistsError and stays as it was."""
+        with open(self.target, "wb") as stream:
+            stream.write(b"first")
+        self.assertRaises(FileExistsError, create_durably, self.target, b"second")
+        with open(self.target, "rb") as stream:
+            self.assertEqual(stream.read(), b"first")
+
+    def test_write_synced_does_not_sync_the_folder(self) -> None:
+        """The probe's write: the file fsynced, the folder not opened."""
+        ops = RecordingFileOps()
+        write_synced(self.target, b"ok\n", ops=ops)
+        self.assertEqual([op for op, _ in ops.calls], ["open", "write", "fsync", "close"])
+
+    def test_through_file_writes_a_stream_in_the_durable_order(self) -> None:
+        """A writer of a file object fills the temporary file; the order is the default policy's."""
+        ops = RecordingFileOps()
+        replace_durably(
+            self.target,
+            through_file(lambda stream: stream.write(b"abc") and None),
+            ops=ops,
+            flush=FlushPolicy.SYNC_FILE_RENAME_SYNC_DIR,
+        )
+        self.assertEqual([op for op, _ in ops.calls if op != "close"], ["open", "fsync", "rename", "open", "fsync"])
+        with open(self.target, "rb") as stream:
+            self.assertEqual(stream.read(), b"abc")
+
+    def test_default_policy_is_todays_order(self) -> None:
+        """The default flush policy is fsync(file), rename, fsync(directory)."""
+        self.assertIs(DEFAULT_FLUSH, FlushPolicy.SYNC_FILE_RENAME_SYNC_DIR)

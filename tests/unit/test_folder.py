@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
+import stat
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.folder import FolderWriter, UnsafePath
 from gateway.queue.interfaces import InstanceRecord
+from tests.unit.test_spool import RecordingFileOps
 
 DEFAULT = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 
@@ -143,3 +146,38 @@ class FolderWriterTests(SynchronousTestCase):
         """The probe succeeds on a writable folder and removes its probe file."""
         FolderWriter(self.root, DEFAULT).check_writable()
         self.assertEqual(os.listdir(self.root), [])
+
+
+class FolderCustodyTests(SynchronousTestCase):
+    """The folder write goes through :mod:`gateway.durable`'s seam, in its order."""
+
+    def setUp(self) -> None:
+        """A root folder and a source file, removed afterwards."""
+        self.base = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.root = os.path.join(self.base, "archive")
+        os.mkdir(self.root)
+        self.src = os.path.join(self.base, "src.dcm")
+        with open(self.src, "wb") as f:
+            f.write(b"DICM-bytes")
+
+    def test_new_folders_then_file_then_rename_then_folder_are_synced(self) -> None:
+        """Each new folder's parent is fsynced, then the temporary file, the rename, the target's folder."""
+        ops = RecordingFileOps()
+        path = FolderWriter(self.root, DEFAULT, ops=ops).write(self.src, record())
+        study = os.path.join(self.root, "1.2.3")
+        series = os.path.join(study, "1.2.3.4")
+        syncs = [(op, p) for op, p in ops.calls if op in ("fsync", "rename")]
+        # Two new folders: the entries of study (in root) and series (in study).
+        self.assertEqual(syncs[:2], [("fsync", self.root), ("fsync", study)])
+        self.assertEqual(syncs[2][0], "fsync")
+        self.assertEqual(os.path.dirname(syncs[2][1]), series)
+        self.assertEqual(syncs[3:], [("rename", path), ("fsync", series)])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    def test_failed_rename_leaves_nothing(self) -> None:
+        """EIO on the rename: no target, no temporary file."""
+        ops = RecordingFileOps(fail={"rename": (1, errno.EIO)})
+        writer = FolderWriter(self.root, DEFAULT, ops=ops)
+        self.assertRaises(OSError, writer.write, self.src, record())
+        self.assertEqual(all_files(self.root), set())

@@ -9,7 +9,7 @@ import warnings
 import pydicom
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.meta import encode_file_meta
+from gateway.meta import encode_file_meta, file_meta_end, read_part10_header
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -121,3 +121,65 @@ class EncodeFileMetaTests(SynchronousTestCase):
         """A 70,000-byte UID is cut to fit a 2-byte length and the meta still reads."""
         ds = _read(_meta(sop_instance_uid="1" * 70_000))
         self.assertEqual(len(ds.file_meta.MediaStorageSOPInstanceUID), 0xFFFE)
+
+
+class ReadPart10HeaderTests(SynchronousTestCase):
+    """The one meta reader, :func:`gateway.meta.read_part10_header`, and :func:`file_meta_end`."""
+
+    def setUp(self) -> None:
+        """A fresh folder."""
+        import shutil
+        import tempfile
+
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+
+    def _file(self, extra: bytes) -> tuple[str, int]:
+        """A Part 10 file: our meta, ``extra`` group 2 elements, then a 10-byte data set; and the data set's offset."""
+        import os
+
+        meta = encode_file_meta(
+            sop_class_uid=CT_IMAGE_STORAGE,
+            sop_instance_uid="1.2.3.4",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            implementation_class_uid="1.2.3",
+            implementation_version_name="GW",
+        )
+        dataset = struct.pack("<HH2sH", 0x0008, 0x0060, b"CS", 2) + b"CT"
+        path = os.path.join(self.folder, "f.dcm")
+        with open(path, "wb") as f:
+            f.write(meta + extra + dataset)
+        return path, len(meta) + len(extra)
+
+    def test_reads_the_uids_and_where_the_data_set_starts(self) -> None:
+        """SOP class, instance, transfer syntax, the data set's offset and size."""
+        path, offset = self._file(b"")
+        header = read_part10_header(path)
+        self.assertEqual(
+            (header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset, header.size),
+            (CT_IMAGE_STORAGE, "1.2.3.4", "1.2.840.10008.1.2.1", offset, 10),
+        )
+
+    def test_a_ur_element_has_the_long_header_form(self) -> None:
+        """(0002,0026) Source Presentation Address is UR (PS3.10 Table 7.1-1): 4-byte length (PS3.5 7.1.2).
+
+        The associate.py reader knew OB, OW, OF, SQ, UT, UN only, and read
+        the UR element's reserved bytes as its length: the data set offset
+        came out wrong.
+        """
+        address = b"dicom://host:104/"  # odd: padded with a space
+        address += b" "
+        extra = struct.pack("<HH2sHI", 0x0002, 0x0026, b"UR", 0, len(address)) + address
+        path, offset = self._file(extra)
+        self.assertEqual(read_part10_header(path).dataset_offset, offset)
+        with open(path, "rb") as f:
+            self.assertEqual(file_meta_end(f), offset)
+
+    def test_no_prefix_is_a_value_error(self) -> None:
+        """A file without ``DICM`` is refused."""
+        import os
+
+        path = os.path.join(self.folder, "x.dcm")
+        with open(path, "wb") as f:
+            f.write(b"\x00" * 200)
+        self.assertRaises(ValueError, read_part10_header, path)

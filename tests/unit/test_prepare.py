@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
@@ -23,6 +24,7 @@ from gateway.prepare import NO_MORPH, CopyMaker, legacy_plans, remove_copies, re
 from gateway.queue.interfaces import Entry, NewEntry, PlanRecord
 from gateway.queue.memory import MemoryQueueStore
 
+from tests.adapters.test_instance_reads import _OpenCounter
 from tests.support.datasets import write_instance
 from tests.unit.morph.helpers import compile_text, plan_of
 from tests.unit.queue.test_store import make_record
@@ -148,6 +150,22 @@ class CopyMakerTests(SynchronousTestCase):
         self.successResultOf(self.maker(self.entry(plan, "i3")))
         self.assertEqual(self.fetched, [plan.plan_hash, plan.plan_hash])
 
+    def test_copy_is_not_read_back_and_the_source_is_opened_twice(self) -> None:
+        """The source: the header read and the tail copy (3 opens before); the copy: none (2 before).
+
+        The header the plan produced is what the copy's record is built from,
+        and the meta walk runs on the header read's open file.
+        """
+        plan = self.plan("- deidentify: basic\n")
+        entry = self.entry(plan)
+        counter = _OpenCounter()
+        with mock.patch("builtins.open", counter.builtin_open), mock.patch("os.open", counter.os_open):
+            prepared = self.successResultOf(self.maker(entry))
+        self.assertEqual(counter.reads_of(str(self.source)), 2)
+        self.assertEqual(counter.reads_of(prepared.path), 0)
+        self.assertEqual(prepared.instance.sop_instance_uid, str(pydicom.dcmread(prepared.path).SOPInstanceUID))
+        self.assertEqual(prepared.instance.patient_id, str(pydicom.dcmread(prepared.path).PatientID))
+
 
 class RetargetRefusalTests(SynchronousTestCase):
     """retarget_refusal: allowed only where a route sends copies with the entry's plan."""
@@ -179,3 +197,4 @@ class LegacyPlanTests(SynchronousTestCase):
         self.assertEqual(plans, {"clinical": NO_MORPH, "research": route_plan(research), "replay": NO_MORPH})
         named = RouteConfig("replay", ("res",), morph=plan_of("- deidentify: basic\n"))
         self.assertEqual(legacy_plans([named])["replay"], route_plan(named))
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.associate import read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.transcode import TranscodeError, transcode
+from tests.unit.test_spool import RecordingFileOps
 
 MR_SMALL = get_testdata_file("MR_small.dcm", download=False)  # Explicit VR LE, 16-bit OW pixels
 MR_SMALL_BE = get_testdata_file("MR_small_bigendian.dcm", download=False)
@@ -113,3 +115,38 @@ class TranscodeTests(SynchronousTestCase):
             f.write(b"not dicom at all")
         self.assertRaises(TranscodeError, transcode, self.out("junk"), self.out("x.dcm"), EXPLICIT_VR_LE)
         self.assertFalse(os.path.exists(self.out("x.dcm")))
+
+
+class TranscodeCustodyTests(SynchronousTestCase):
+    """The transcoded copy is made durable: fsync of the file before the rename, of the folder after."""
+
+    def setUp(self) -> None:
+        """A fresh folder, removed afterwards."""
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def test_file_fsynced_before_rename_and_folder_fsynced_after(self) -> None:
+        """The system calls run in the spool's order: fsync(temp), rename, fsync(folder).
+
+        Before issue 12 the copy was renamed into place with no fsync at all:
+        a power cut after the send could leave an empty or missing file.
+        """
+        ops = RecordingFileOps()
+        dst = os.path.join(self.tmp, "t.dcm")
+        transcode(CT_SMALL, dst, IMPLICIT_VR_LE, ops=ops)
+        calls = [(op, path) for op, path in ops.calls if op in ("fsync", "rename")]
+        self.assertEqual(len(calls), 3, ops.calls)
+        self.assertEqual(calls[0][0], "fsync")
+        self.assertEqual(os.path.dirname(calls[0][1]), self.tmp)
+        self.assertNotEqual(calls[0][1], dst)
+        self.assertEqual(calls[1:], [("rename", dst), ("fsync", self.tmp)])
+        self.assertEqual(read_part10_header(dst).transfer_syntax_uid, IMPLICIT_VR_LE)
+        self.assertEqual(os.listdir(self.tmp), ["t.dcm"])
+
+    def test_failed_fsync_leaves_no_file(self) -> None:
+        """EIO on the file's fsync: nothing at the target, no temporary file left."""
+        ops = RecordingFileOps(fail={"fsync": (1, errno.EIO)})
+        dst = os.path.join(self.tmp, "t.dcm")
+        error = self.assertRaises(OSError, transcode, CT_SMALL, dst, IMPLICIT_VR_LE, ops=ops)
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertEqual(os.listdir(self.tmp), [])

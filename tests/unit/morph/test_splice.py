@@ -17,6 +17,7 @@ from gateway.morph import MorphError
 from gateway.splice import write_morphed
 from gateway.parse import element_end, read_header
 from tests.unit.morph.helpers import CONTEXT, plan_of
+from tests.unit.test_spool import RecordingFileOps
 
 _PLAN = "- set: {InstitutionName: 'Example {calling_ae_title}'}\n- delete: [PatientName]\n- uid_remap: {salt: s}\n"
 
@@ -164,3 +165,31 @@ class SpliceTests(SynchronousTestCase):
                 self.assertEqual(x, y)
                 if not x:
                     break
+
+
+class SpliceCustodyTests(SynchronousTestCase):
+    """The morphed copy is written through :mod:`gateway.durable`: a unique temporary name, fsync, rename, fsync."""
+
+    def setUp(self) -> None:
+        """A fresh folder."""
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+
+    def test_copy_is_fsynced_renamed_and_its_folder_fsynced(self) -> None:
+        """The temporary file is not ``<target>.tmp`` opened with truncate, but an exclusive unique name."""
+        ops = RecordingFileOps()
+        dst = os.path.join(self.folder, "out.dcm")
+        # A stale ``.tmp`` of a crashed run (or a planted one) is neither reused nor followed.
+        with open(dst + ".tmp", "wb") as f:
+            f.write(b"stale")
+        write_morphed(get_testdata_file("CT_small.dcm", download=False), dst, plan_of(_PLAN), CONTEXT, ops=ops)
+        opened = ops.calls[0]
+        self.assertEqual(opened[0], "open")
+        self.assertNotEqual(opened[1], dst + ".tmp")
+        self.assertEqual(
+            [(op, p) for op, p in ops.calls if op in ("fsync", "rename")],
+            [("fsync", opened[1]), ("rename", dst), ("fsync", self.folder)],
+        )
+        with open(dst + ".tmp", "rb") as f:
+            self.assertEqual(f.read(), b"stale")
+        self.assertEqual(pydicom.dcmread(dst).InstitutionName, "Example CT01")
