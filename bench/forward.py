@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,7 @@ if str(REPO_ROOT) not in sys.path:
 from receive import make_series  # noqa: E402  (bench/receive.py, same folder)
 
 from tests.support import dcmtk  # noqa: E402
+from tests.support.cputime import cpu_seconds  # noqa: E402
 from tests.support.gateway_process import (  # noqa: E402
     GatewayProcess,
     dicom_destination,
@@ -64,6 +66,7 @@ class Measurement:
     count: int
     seconds: float
     landed: int
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -82,7 +85,8 @@ class Measurement:
         ratio = f"{self.rate / direct.rate:>6.2f}x" if direct else f"{'':>7}"
         missing = "" if self.landed == self.count else f"  (only {self.landed} landed!)"
         return (f"{'yes' if self.nodelay else 'no':<11} {self.label:<9} {self.path:<10} "
-                f"{self.count:>6} {self.seconds:>9.2f} {self.rate:>12.1f} {ratio}{missing}")
+                f"{self.count:>6} {self.seconds:>9.2f} {self.rate:>12.1f} {ratio}"
+                f" {self.cpu / max(1, self.count) * 1e6:>11.0f}{missing}")
 
 
 def _wait_files(scps: list[dcmtk.Storescp], count: int, timeout: float) -> int:
@@ -101,35 +105,43 @@ def _wait_files(scps: list[dcmtk.Storescp], count: int, timeout: float) -> int:
         time.sleep(0.01)
 
 
-def run_direct(work: Path, series: Path, count: int, nodelay: bool) -> tuple[float, int]:
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's waited-for children (storescu runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_direct(work: Path, series: Path, count: int, nodelay: bool) -> tuple[float, int, float]:
     """Time ``storescu -> storescp``.
 
     :param work: scratch directory.
     :param series: directory of files.
     :param count: instances in it.
     :param nodelay: set ``TCP_NODELAY=1`` for both DCMTK peers.
-    :returns: (seconds, files landed).
+    :returns: (seconds, files landed, CPU seconds of storescp and storescu together).
     """
     env = {"TCP_NODELAY": "1"} if nodelay else {}
     scp = dcmtk.Storescp(work / f"direct-{time.monotonic_ns()}", bit_preserving=False,
                          accept_all=False, env=env)
     scp.start()
     try:
+        scp_before, children_before = cpu_seconds(scp.pid), _children_cpu()
         start = time.perf_counter()
         result = dcmtk.storescu(scp.port, [series], called_ae=scp.ae_title, extra=["+sd"],
                                 env=env, timeout=3600)
         landed = _wait_files([scp], count, 60)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds(scp.pid) - scp_before + _children_cpu() - children_before
         if result.returncode != 0:
             print(result.describe(), file=sys.stderr)
     finally:
         scp.stop()
         shutil.rmtree(scp.outdir, ignore_errors=True)
-    return seconds, landed
+    return seconds, landed, cpu
 
 
 def run_gateway(work: Path, series: Path, count: int, nodelay: bool,
-                destinations: int) -> tuple[float, int]:
+                destinations: int) -> tuple[float, int, float]:
     """Time ``storescu -> gateway -> storescp`` (x ``destinations``) until the last file lands.
 
     :param work: scratch directory.
@@ -137,7 +149,7 @@ def run_gateway(work: Path, series: Path, count: int, nodelay: bool,
     :param count: instances in it.
     :param nodelay: set ``TCP_NODELAY=1`` for every DCMTK process.
     :param destinations: how many ``storescp`` one route forwards to.
-    :returns: (seconds, fewest files landed at one destination).
+    :returns: (seconds, fewest files landed at one destination, the gateway's CPU seconds).
     """
     env = {"TCP_NODELAY": "1"} if nodelay else {}
     tag = time.monotonic_ns()
@@ -156,10 +168,12 @@ def run_gateway(work: Path, series: Path, count: int, nodelay: bool,
         scp.start()
     try:
         gateway.start()
+        cpu_before = cpu_seconds(gateway.pid)
         start = time.perf_counter()
         result = dcmtk.storescu(gateway.port, [series], extra=["+sd"], env=env, timeout=3600)
         landed = _wait_files(scps, count, 600)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds(gateway.pid) - cpu_before
         if result.returncode != 0 or landed < count:
             print(result.describe(), gateway.log_text()[-3000:], file=sys.stderr)
     finally:
@@ -168,7 +182,7 @@ def run_gateway(work: Path, series: Path, count: int, nodelay: bool,
             scp.stop()
             shutil.rmtree(scp.outdir, ignore_errors=True)
         shutil.rmtree(gateway.dir, ignore_errors=True)
-    return seconds, landed
+    return seconds, landed, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,15 +212,16 @@ def main(argv: list[str] | None = None) -> int:
             series.append((f"{kib} KiB", folder))
         print()
         print(f"{'TCP_NODELAY':<11} {'series':<9} {'path':<10} {'count':>6} {'seconds':>9} "
-              f"{'instances/s':>12} {'ratio':>7}")
+              f"{'instances/s':>12} {'ratio':>7} {'CPU us/inst':>11}")
+        print("(CPU: storescp + storescu on the direct rows, the gateway process on the others)")
         for nodelay in (True, False):
             for label, folder in series:
-                seconds, landed = run_direct(work, folder, args.count, nodelay)
-                direct = Measurement(label, "direct", nodelay, args.count, seconds, landed)
+                seconds, landed, cpu = run_direct(work, folder, args.count, nodelay)
+                direct = Measurement(label, "direct", nodelay, args.count, seconds, landed, cpu)
                 print(direct.row(None), flush=True)
                 for path, n in (("gateway", 1), ("fan-out 3", 3)):
-                    seconds, landed = run_gateway(work, folder, args.count, nodelay, n)
-                    print(Measurement(label, path, nodelay, args.count, seconds, landed)
+                    seconds, landed, cpu = run_gateway(work, folder, args.count, nodelay, n)
+                    print(Measurement(label, path, nodelay, args.count, seconds, landed, cpu)
                           .row(direct), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

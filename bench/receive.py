@@ -40,6 +40,7 @@ if str(REPO_ROOT) not in sys.path:
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from tests.support import dcmtk  # noqa: E402
+from tests.support.cputime import cpu_seconds  # noqa: E402
 from tests.support.datasets import write_instance, write_multiframe  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 
@@ -55,6 +56,7 @@ class Measurement:
     :param total_bytes: bytes of the files sent.
     :param seconds: wall time of the ``storescu`` process.
     :param received: instances found on disk afterwards.
+    :param cpu: CPU seconds the receiver (gateway or storescp) used for the send.
     """
 
     target: str
@@ -64,6 +66,7 @@ class Measurement:
     total_bytes: int
     seconds: float
     received: int
+    cpu: float = 0.0
 
     def row(self) -> str:
         """Format as a table row.
@@ -74,6 +77,7 @@ class Measurement:
         mbs = self.total_bytes / self.seconds / 1e6
         return (f"{self.label:<14} {self.target:<9} {'yes' if self.nodelay else 'no':<11} "
                 f"{self.count:>6} {self.seconds:>9.2f} {rate:>12.1f} {mbs:>9.1f}"
+                f" {self.cpu / max(1, self.count) * 1e6:>10.0f}"
                 f"{'' if self.received == self.count else f'  (only {self.received} received!)'}")
 
 
@@ -110,54 +114,58 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def send_to_gateway(work: Path, series: Path, nodelay: bool) -> tuple[float, int]:
+def send_to_gateway(work: Path, series: Path, nodelay: bool) -> tuple[float, int, float]:
     """Start a fresh gateway, send a series in one association, stop it.
 
     :param work: scratch directory for the gateway.
     :param series: directory of files.
     :param nodelay: set ``TCP_NODELAY=1`` for storescu.
-    :returns: (seconds, instances spooled).
+    :returns: (seconds, instances spooled, the gateway's CPU seconds for the send).
     """
     env = {"TCP_NODELAY": "1"} if nodelay else {}
     gateway = GatewayProcess(work / f"gw-{time.monotonic_ns()}")
     gateway.start()
     try:
+        cpu_before = cpu_seconds(gateway.pid)
         start = time.perf_counter()
         result = dcmtk.storescu(gateway.port, [series], extra=["+sd"], env=env, timeout=3600)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds(gateway.pid) - cpu_before
         if result.returncode != 0:
             print(result.describe(), file=sys.stderr)
         received = len(gateway.instances())
     finally:
         gateway.stop()
         shutil.rmtree(gateway.dir, ignore_errors=True)
-    return seconds, received
+    return seconds, received, cpu
 
 
-def send_to_storescp(work: Path, series: Path, nodelay: bool) -> tuple[float, int]:
+def send_to_storescp(work: Path, series: Path, nodelay: bool) -> tuple[float, int, float]:
     """Start a fresh storescp (defaults as shipped, plus ``-od``), send a series, stop it.
 
     :param work: scratch directory for storescp's output.
     :param series: directory of files.
     :param nodelay: set ``TCP_NODELAY=1`` for both DCMTK peers.
-    :returns: (seconds, files written).
+    :returns: (seconds, files written, storescp's CPU seconds for the send).
     """
     env = {"TCP_NODELAY": "1"} if nodelay else {}
     outdir = work / f"scp-{time.monotonic_ns()}"
     scp = dcmtk.Storescp(outdir, bit_preserving=False, accept_all=False, env=env)
     scp.start()
     try:
+        cpu_before = cpu_seconds(scp.pid)
         start = time.perf_counter()
         result = dcmtk.storescu(scp.port, [series], called_ae=scp.ae_title, extra=["+sd"],
                                 env=env, timeout=3600)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds(scp.pid) - cpu_before
         if result.returncode != 0:
             print(result.describe(), file=sys.stderr)
         received = len(scp.files())
     finally:
         scp.stop()
         shutil.rmtree(outdir, ignore_errors=True)
-    return seconds, received
+    return seconds, received, cpu
 
 
 def peak_rss(work: Path, megabytes: int) -> tuple[int, int, float]:
@@ -226,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             series[label] = (folder, total)
         print()
         print(f"{'series':<14} {'target':<9} {'TCP_NODELAY':<11} {'count':>6} {'seconds':>9} "
-              f"{'instances/s':>12} {'MB/s':>9}")
+              f"{'instances/s':>12} {'MB/s':>9} {'CPU us/inst':>10}")
         for label, (folder, total) in series.items():
             for nodelay in (False, True):
                 for target, send in (("gateway", send_to_gateway), ("storescp", send_to_storescp)):
-                    seconds, received = send(work, folder, nodelay)
+                    seconds, received, cpu = send(work, folder, nodelay)
                     print(Measurement(target, label, nodelay, args.count, total, seconds,
-                                      received).row(), flush=True)
+                                      received, cpu).row(), flush=True)
         if args.multiframe_mb:
             gw_peak, scp_peak, seconds = peak_rss(work, args.multiframe_mb)
             print()
