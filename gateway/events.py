@@ -221,6 +221,8 @@ class DestinationFault:
     destination: str
     reason: str
     permanent: bool
+    #: The TLS failure's label when the fault is one (``expired``, ``unknown_ca``, ...), else ``None``.
+    tls_failure: str | None = None
 
 
 @dataclass(frozen=True)

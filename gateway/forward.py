@@ -600,7 +600,9 @@ class DestinationWorker(Service):
 
     async def _destination_fault(self, outcome: DestinationDown) -> None:
         """Count a destination-wide fault; below the circuit's threshold, back off."""
-        self.observer.observe(events.DestinationFault(self.name, outcome.reason, outcome.permanent))
+        self.observer.observe(
+            events.DestinationFault(self.name, outcome.reason, outcome.permanent, outcome.tls_failure)
+        )
         self.log.warn(
             "destination {destination} failed ({count} in a row): {reason}",
             destination=self.name,

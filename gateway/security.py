@@ -19,7 +19,7 @@ from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile, Outcome, Partic
 from gateway.config.schema import DestinationTLSConfig, GatewayConfig, ListenerConfig, ListenerTLSConfig
 from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, UsersFileError, load_users
 from gateway.listen import printable
-from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, destination_failure_label, key_mode_problem
+from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, key_mode_problem
 
 log = Logger(namespace="gateway.security")
 
@@ -251,7 +251,7 @@ class AuditObserver:
         elif isinstance(event, events.DeadLettered):
             self._record(event.entry, "dead_letter", Outcome.SERIOUS_FAILURE, event.detail)
         elif isinstance(event, events.DestinationFault):
-            self._destination_fault(event.destination, event.reason)
+            self._destination_fault(event.destination, event.reason, event.tls_failure)
 
     def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
         destination = self._destinations().get(entry.destination)
@@ -281,9 +281,13 @@ class AuditObserver:
             extra={"destination": entry.destination, "route": entry.route, "correlation_id": instance.correlation_id},
         )
 
-    def _destination_fault(self, name: str, reason: str) -> None:
-        """Audit a TLS failure of a destination as a Security Alert (HARDENING F20); other faults are not audited."""
-        label = destination_failure_label(reason)
+    def _destination_fault(self, name: str, reason: str, label: str | None) -> None:
+        """Audit a TLS failure of a destination as a Security Alert (HARDENING F20); other faults are not audited.
+
+        :param name: the destination.
+        :param reason: the fault's text, for the record's detail.
+        :param label: the TLS failure's label, decided where the error was classified; ``None`` for other faults.
+        """
         destination = self._destinations().get(name)
         if label is not None and destination is not None:
             self._audit.tls_destination_failure(

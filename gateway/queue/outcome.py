@@ -122,10 +122,14 @@ class DestinationDown:
 
     :ivar permanent: the destination said no for good (A-ASSOCIATE-RJ with
         result 1, PS3.8 9.3.4): probe at the maximum backoff interval.
+    :ivar tls_failure: the TLS failure's label (``expired``, ``unknown_ca``,
+        ``wrong_name``, ...) when the fault is one, decided where the error is
+        classified; ``None`` otherwise.
     """
 
     reason: str
     permanent: bool = False
+    tls_failure: str | None = None
 
 
 #: What a send attempt comes to.

@@ -16,11 +16,14 @@ Nothing here reads a clock, sleeps or does I/O.
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet import error as _neterror
 
 from gateway.associate import AssociationAborted, AssociationRejected, NoPresentationContext
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import RetrySettings
+from gateway.tlslabels import destination_failure_label
 
 __all__ = ["classify_status", "classify_error", "data_went_out"]
 
@@ -95,6 +98,26 @@ def _is_tls_error(exc: BaseException) -> bool:
 
 
 def classify_error(exc: BaseException, *, data_sent: bool, connecting: bool = False) -> Outcome:
+    """Decide what an exception raised while connecting or sending means (see :func:`_classify`).
+
+    A destination-wide fault that is a TLS failure carries its label as data
+    (:attr:`DestinationDown.tls_failure`, HARDENING F20), so observers (the
+    audit trail's Security Alert) never read it back out of the reason text.
+
+    :param exc: the exception.
+    :param data_sent: whether the last fragment of the data set went out.
+    :param connecting: whether the exception came from opening the association.
+    :returns: the outcome.
+    """
+    outcome = _classify(exc, data_sent=data_sent, connecting=connecting)
+    if isinstance(outcome, DestinationDown) and outcome.tls_failure is None:
+        label = destination_failure_label(outcome.reason)
+        if label is not None:
+            outcome = dataclasses.replace(outcome, tls_failure=label)
+    return outcome
+
+
+def _classify(exc: BaseException, *, data_sent: bool, connecting: bool = False) -> Outcome:
     """Decide what an exception raised while connecting or sending means.
 
     - Connection refused, connect timeout, DNS failure, TLS failure, and

@@ -139,6 +139,16 @@ class ClassifyErrorTests(SynchronousTestCase):
 
         self.assertIsInstance(classify_error(SSLError("certificate verify failed"), data_sent=False), DestinationDown)
 
+    def test_tls_failure_label_is_decided_at_classification(self) -> None:
+        """A connect failure described as a TLS failure carries its label as data; a refused connection carries none."""
+        expired = classify_error(
+            AssociationAborted("TLS failure: certificate verify failed: certificate has expired"),
+            data_sent=False, connecting=True,
+        )
+        refused = classify_error(neterror.ConnectionRefusedError(), data_sent=False, connecting=True)
+        assert isinstance(expired, DestinationDown) and isinstance(refused, DestinationDown)
+        self.assertEqual((expired.tls_failure, refused.tls_failure), ("expired", None))
+
     def test_rejection_permanence_follows_the_result(self) -> None:
         """RJ result 1 is permanent and RJ result 2 transient (PS3.8 9.3.4)."""
         permanent = classify_error(AssociationRejected(pdu.AAssociateRJ(1, 1, 7)), data_sent=False)

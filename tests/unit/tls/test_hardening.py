@@ -396,7 +396,8 @@ class DestinationFailureAuditTests(SynchronousTestCase):
 
         sink = MemorySink()
         observer = FanOutObserver(AuditObserver(AuditTrail([sink], ae_title="GW"), lambda: {"pacs": Destination()}), Inner())
-        observer.observe(DestinationFault("pacs", "TLS failure: certificate verify failed: certificate has expired", False))
+        observer.observe(DestinationFault("pacs", "TLS failure: certificate verify failed: certificate has expired", False,
+                                          "expired"))
         observer.observe(DestinationFault("pacs", "ConnectionRefusedError: refused", False))
         self.assertEqual(len(faults), 2)
         self.assertEqual(len(sink.records), 1)
