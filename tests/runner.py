@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +176,10 @@ def run_trial(targets: list[str], jobs: int = 2) -> tuple[Summary, str]:
         [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One folder of port reservations for the whole run (tests.support.ports.free_port), so
+    # trial's two workers never hand the same listening port to two tests.
+    ports = tempfile.mkdtemp(prefix="gateway-test-ports-")
+    env["GATEWAY_TEST_PORT_DIR"] = ports
     captured: list[str] = []
     try:
         proc = subprocess.Popen(
@@ -186,6 +192,7 @@ def run_trial(targets: list[str], jobs: int = 2) -> tuple[Summary, str]:
             errors="replace",
         )
     except OSError as exc:
+        shutil.rmtree(ports, ignore_errors=True)
         print(f"runner: could not start trial: {exc}", flush=True)
         return CRASHED, ""
     assert proc.stdout is not None
@@ -194,6 +201,7 @@ def run_trial(targets: list[str], jobs: int = 2) -> tuple[Summary, str]:
         sys.stdout.flush()
         captured.append(line)
     returncode = proc.wait()
+    shutil.rmtree(ports, ignore_errors=True)
     output = "".join(captured)
     summary = parse_summary(output)
     if summary is None:
