@@ -97,7 +97,6 @@ def user_information_items(ac: bytes) -> list[tuple[int, bytes]]:
 class CertificateSubjectTests(TLSGatewayMixin, TestCase):
     """``access.certificates`` matches parsed subject attributes, and can pin the issuer (issue 11; HARDENING T07)."""
 
-    skip = dcmtk.skip_reason("echoscu")
     timeout = 120
 
     def setUp(self) -> None:

@@ -17,10 +17,7 @@ import json
 import os
 import re
 import stat
-import struct
-import sys
 from pathlib import Path
-from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from twisted.trial.unittest import TestCase
@@ -87,7 +84,6 @@ def too_open(modes: dict[str, int]) -> dict[str, str]:
 class UmaskTests(TestCase):
     """Everything the gateway creates that can hold patient data is private under umask 022."""
 
-    skip = dcmtk.skip_reason("storescu")
     timeout = 180
 
     def test_spool_journal_logs_audit_and_export_are_owner_only(self) -> None:

@@ -68,7 +68,6 @@ def _studies_per_slot(slots: int, per_slot: int) -> list[str]:
 class SlowBesideTwoHealthyTests(ProxyForwardTestMixin, TestCase):
     """A destination throttled to 50 KB/s holds back neither two healthy ones nor intake."""
 
-    skip = dcmtk.skip_reason("storescu")
     timeout = 150
 
     def test_two_healthy_destinations_get_everything_while_the_throttled_one_drains_within_its_cap(self) -> None:

@@ -119,7 +119,6 @@ CASES: tuple[StatusCase, ...] = (
 class StatusScriptingTests(ForwardTestMixin, TestCase):
     """HARDENING F04: each C-STORE status from a real peer ends in the row's outcome."""
 
-    skip = dcmtk.skip_reason("storescu")
     timeout = 180
 
     def _send_cases(self) -> tuple[GatewayProcess, Any, dict[str, StatusCase], int]:

@@ -83,7 +83,6 @@ def header(path: Path) -> Any:
 class MorphCustodyTestCase(ForwardTestMixin, TestCase):
     """Three identified instances, a research destination that is down, and the checks on what it got."""
 
-    skip = dcmtk.skip_reason("storescu", "storescp")
     timeout = 240
 
     def setUp(self) -> None:
