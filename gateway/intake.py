@@ -80,6 +80,7 @@ def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at
         calling_ae_title=info.calling_ae_title,
         called_ae_title=info.called_ae_title,
         source_address=info.peer_address,
+        dataset_offset=spooled.dataset_offset,
     )
 
 

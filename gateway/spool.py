@@ -113,6 +113,8 @@ class SpooledInstance:
     :ivar meta: the command-side metadata.
     :ivar sha256: hex SHA-256 of the data set bytes as received (duplicate
         control compares it, HARDENING decision 5).
+    :ivar dataset_offset: where the data set starts in the file (the length
+        of the file meta the spool wrote); 0 when unknown.
     """
 
     instance_id: str
@@ -121,6 +123,7 @@ class SpooledInstance:
     summary: DatasetSummary
     meta: InstanceMeta
     sha256: str = ""
+    dataset_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -557,6 +560,7 @@ class SpoolWriter:
                 summary=summary,
                 meta=self.meta,
                 sha256=digest,
+                dataset_offset=self._header_size,
             )
         except OSError as e:
             self._cleanup_after_failure(renamed)

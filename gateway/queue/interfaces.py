@@ -50,6 +50,9 @@ class InstanceRecord:
     :ivar sha256: hex digest of the data set bytes as received (duplicate control).
     :ivar received_at: wall-clock time of the commit.
     :ivar correlation_id: ties the received instance to every forward attempt in logs.
+    :ivar dataset_offset: where the data set starts in ``path`` (the file
+        meta's length, known at intake); 0 when unknown (journals older than
+        schema version 4), and the file meta is then read to find it.
     """
 
     instance_id: str
@@ -69,6 +72,7 @@ class InstanceRecord:
     calling_ae_title: str = ""
     called_ae_title: str = ""
     source_address: str = ""
+    dataset_offset: int = 0
 
 
 @dataclass(frozen=True)

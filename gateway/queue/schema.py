@@ -127,8 +127,23 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE entries ADD COLUMN plan_hash TEXT REFERENCES plans(plan_hash)")
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Version 4: where each instance's data set starts in its file (issue 13).
+
+    The intake knows it (it wrote the file meta), so a send can skip the
+    file meta without reading and parsing it again. 0 means unknown (rows
+    written before this version): the sender reads the file meta as before.
+    """
+    conn.execute("ALTER TABLE instances ADD COLUMN dataset_offset INTEGER NOT NULL DEFAULT 0")
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+    _migrate_3_to_4,
+)
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -151,6 +166,7 @@ _INSTANCE_COLUMNS = (
     "calling_ae_title",
     "called_ae_title",
     "source_address",
+    "dataset_offset",
 )
 
 _ENTRY_COLUMNS = (

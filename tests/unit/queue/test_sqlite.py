@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 3)
+        self.assertEqual(SCHEMA_VERSION, 4)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
@@ -220,12 +220,13 @@ class SchemaTests(SqliteStoreTestCase):
         return path
 
     def test_version_2_journal_keeps_its_entries_without_a_plan(self) -> None:
-        """Opening a version-2 journal migrates it to 3: a plans table, and its entries carry no plan (None)."""
+        """Opening a version-2 journal migrates it to the current version: a plans table, its entries carry no plan (None), and its instances no data set offset (0)."""
         store = self.open(self.version_2_journal())
         self.assertEqual([(e.route, e.plan_hash, e.state) for e in store.entries()],
                          [("research", None, EntryState.QUEUED), ("gone", None, EntryState.QUEUED)])
+        self.assertEqual([e.instance.dataset_offset for e in store.entries()], [0, 0])
         with sqlite3.connect(store.path) as conn:
-            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 4)
             self.assertEqual(conn.execute("SELECT count(*) FROM plans").fetchone()[0], 0)
 
     def test_migrated_entries_adopt_the_plan_of_a_route_still_configured(self) -> None:
