@@ -12,7 +12,9 @@ No reactor is imported here: the reactor is always passed in.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import threading
+from collections import deque
+from typing import Any, Callable, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
@@ -20,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
-__all__ = ["IBlockingRunner", "ThreadPoolRunner", "SynchronousRunner"]
+__all__ = ["IBlockingRunner", "ThreadPoolRunner", "SynchronousRunner", "Lane", "ThreadLane", "SynchronousLane"]
 
 _T = TypeVar("_T")
 
@@ -116,3 +118,70 @@ class SynchronousRunner:
         except BaseException:
             return fail()
         return succeed(result)
+
+
+class Lane(Protocol):
+    """Work run in order, one piece at a time, without the caller waiting (a serial queue).
+
+    The spool gives each instance being received its own lane: its fragments
+    are written, hashed and handed to the disk in arrival order, off the
+    reactor thread, and the reactor never waits for them (issue 13). The
+    caller learns the outcome through state the work itself leaves (an
+    event, a recorded error), not through a Deferred per piece: calling the
+    reactor back for each fragment would cost the hand-offs the lane saves.
+    """
+
+    def submit(self, f: Callable[..., Any], *args: Any) -> None:
+        """
+        Run ``f(*args)`` after everything submitted before it.
+
+        :param f: the work; it handles its own errors (one that escapes is
+            logged and the lane goes on).
+        :param args: its arguments.
+        """
+
+
+class ThreadLane:
+    """A :class:`Lane` on a shared thread pool: at most one of its pieces runs at a time.
+
+    :param threadpool: the pool (several lanes share it; each lane occupies
+        at most one thread while it has work).
+    """
+
+    def __init__(self, threadpool: ThreadPool) -> None:
+        self._pool = threadpool
+        self._lock = threading.Lock()
+        self._work: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def submit(self, f: Callable[..., Any], *args: Any) -> None:
+        """Queue ``f(*args)``; start draining on a pool thread if no thread is on it."""
+        with self._lock:
+            self._work.append((f, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._pool.callInThread(self._drain)
+
+    def _drain(self) -> None:
+        """Run the queued work in order until none is left (on a pool thread)."""
+        while True:
+            with self._lock:
+                if not self._work:
+                    self._scheduled = False
+                    return
+                f, args = self._work.popleft()
+            try:
+                f(*args)
+            except BaseException:
+                from twisted.logger import Logger
+
+                Logger(namespace="gateway.blocking").failure("lane work failed")
+
+
+class SynchronousLane:
+    """A :class:`Lane` that runs each piece at once on the caller's thread (tests, and no pool)."""
+
+    def submit(self, f: Callable[..., Any], *args: Any) -> None:
+        """Run ``f(*args)`` now."""
+        f(*args)

@@ -25,24 +25,41 @@ caller's writes; :func:`create_durably` a small new file created in place
 written and fsynced without the directory (a probe); :func:`write_all` a
 write of a whole buffer through the seam.
 
-The order is a parameter (:class:`FlushPolicy`): today's is the only one,
-the default; a cheaper custody order (a later issue) is added there, so the
-callers choose it by name and the steps stay in this module.
+The order is a parameter (:class:`FlushPolicy`). Two exist: the one above,
+for every small file the gateway writes (configuration state, tokens, the
+probe), and the spool's (issue 13), for received instances::
+
+    ahead of time: create a batch of empty files, fsync(directory) once
+    per instance: take one, write (starting write-back as it goes), fdatasync
+
+The spool's saves the rename and the per-instance directory fsync: the
+directory entry was made durable before the instance arrived, and the
+journal, not the name, says whether the file holds an acknowledged
+instance (see :mod:`gateway.spool` and :mod:`gateway.slots`).
+
+:meth:`FileOps.start_writeback` is Linux's ``sync_file_range(...,
+SYNC_FILE_RANGE_WRITE)``: it starts writing a range to the device without
+waiting, so the final ``fdatasync`` finds little left to do. Python has no
+binding; it is called through :mod:`ctypes`, and is a no-op where libc lacks it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import enum
 import errno
 import os
+import sys
 import uuid
-from typing import BinaryIO, Callable, Final
+from typing import Any, BinaryIO, Callable, Final
 
 __all__ = [
     "CREATE_FLAGS",
     "DEFAULT_FLUSH",
     "FileOps",
     "FlushPolicy",
+    "SYNC_FILE_RANGE_WRITE",
     "SYSTEM",
     "create_durably",
     "fsync_dir",
@@ -55,14 +72,37 @@ __all__ = [
 
 
 class FlushPolicy(enum.Enum):
-    """When the data and the directory entry of a new file reach the disk.
-
-    Only today's order exists; a cheaper one (a later issue) joins here.
-    """
+    """When the data and the directory entry of a new file reach the disk."""
 
     #: fsync(file), then rename (or the entry made), then fsync(directory): once
     #: the call returns the file survives a power cut (DESIGN.md 5).
     SYNC_FILE_RENAME_SYNC_DIR = "sync-file-rename-sync-dir"
+    #: The file was created empty ahead of time and its directory entry made
+    #: durable then (a batch of them, one directory fsync); the data is written
+    #: in place, write-back started as it goes, then fdatasync (data and the
+    #: size that addresses it). No rename, no directory fsync per file (issue 13).
+    PRECREATED_DATASYNC = "precreated-datasync"
+
+
+#: ``sync_file_range`` flag: start write-out of dirty pages in the range, do not wait (``<fcntl.h>``).
+SYNC_FILE_RANGE_WRITE: Final = 2
+
+
+def _load_sync_file_range() -> Any:
+    """libc's ``sync_file_range``, or ``None`` off Linux (or where libc lacks it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE: Final = _load_sync_file_range()
 
 
 #: The order used when a caller names none.
@@ -104,6 +144,28 @@ class FileOps:
         :param fd: the descriptor.
         """
         os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        """
+        :func:`os.fdatasync`: the data, and the metadata needed to read it back (the size).
+
+        :param fd: the descriptor.
+        """
+        os.fdatasync(fd)
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """
+        Start writing a range of the file to the device without waiting (``sync_file_range``).
+
+        Only a hint that makes the later :meth:`fdatasync` shorter: a failure
+        here is ignored, since the fdatasync reports any I/O error that matters.
+
+        :param fd: the descriptor.
+        :param offset: the first byte.
+        :param length: the number of bytes.
+        """
+        if _SYNC_FILE_RANGE is not None:
+            _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
     def rename(self, src: str, dst: str) -> None:
         """

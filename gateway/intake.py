@@ -10,6 +10,24 @@ copy and retries: nothing is acknowledged that the gateway does not hold.
 
 An instance that no route takes is moved to the spool's ``unrouted/`` folder
 (fsynced) and acknowledged: kept, logged and counted, never dropped silently.
+Recovery's rule "a file in ``instances/`` with no journal row was never
+acknowledged" does not reach ``unrouted/``: such a file is acknowledged only
+once its move there is durable.
+
+One hand-off (issue 13)
+-----------------------
+:meth:`Intake.take` is what the storage SCP calls when an instance's last
+fragment has arrived. On the reactor it finishes the structure walk
+(:meth:`~gateway.spool.SpoolWriter.end`), routes with the header the walk
+kept (no file read), and queues the journal write. The store's thread then,
+for a whole group of instances from any association: waits for each one's
+lane to have written and ``fdatasync``\ ed it
+(:meth:`~gateway.spool.SpoolWriter.wait_durable`; the lanes flush in
+parallel, ahead of the group), writes the group in one transaction, and
+calls the reactor back **once** for the group. Before issue 13 it was three
+hand-offs per instance (reactor -> spool thread -> reactor -> store thread
+-> reactor). Rejected, dropped and unrouted instances, and a header too
+large for the walk to keep, take the file runner as before: they are rare.
 
 The rest of custody lives beside this module: the spool's free-space floor in
 :mod:`gateway.space` and start-up recovery and clean-up in :mod:`gateway.recovery`.
@@ -19,10 +37,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,7 +54,8 @@ from gateway.receive import AssociationInfo
 from gateway.parse import read_header
 from gateway.prepare import route_plan
 from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
-from gateway.spool import SpooledInstance
+from gateway.spool import SpooledInstance, SpoolError, SpoolWriter
+from gateway.validate import DatasetSummary
 
 
 @dataclass(frozen=True)
@@ -52,14 +71,19 @@ class Admission:
     matched: tuple[str, ...] = ()
     #: The instance's correlation id (logged with the receipt and every forward attempt).
     correlation_id: str = ""
+    #: The durable instance (:class:`~gateway.spool.SpooledInstance`), when it was sealed.
+    spooled: Any = None
 
 
-def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at: float) -> InstanceRecord:
+def instance_record(
+    spooled: SpooledInstance, info: AssociationInfo, received_at: float, correlation_id: str = ""
+) -> InstanceRecord:
     """The queue's record of a spooled instance.
 
     :param spooled: what the spool committed.
     :param info: the association it came on.
     :param received_at: wall-clock time of the commit.
+    :param correlation_id: the instance's correlation id; a new one by default.
     """
     summary = spooled.summary
     return InstanceRecord(
@@ -71,7 +95,7 @@ def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at
         size=spooled.size,
         sha256=spooled.sha256,
         received_at=received_at,
-        correlation_id=uuid.uuid4().hex[:16],
+        correlation_id=correlation_id or uuid.uuid4().hex[:16],
         study_instance_uid=summary.study_instance_uid or "",
         series_instance_uid=summary.series_instance_uid or "",
         patient_id=summary.patient_id or "",
@@ -82,6 +106,52 @@ def instance_record(spooled: SpooledInstance, info: AssociationInfo, received_at
         source_address=info.peer_address,
         dataset_offset=spooled.dataset_offset,
     )
+
+
+def walked_header(summary: DatasetSummary) -> Any:
+    """The header the structure walk kept, as a pydicom Dataset for routing, or ``None`` when it kept none."""
+    raw = getattr(summary, "header", None)
+    if raw is None:
+        return None
+    from gateway.validate import parse_header  # type: ignore[attr-defined]
+
+    return parse_header(summary)
+
+
+def _durable_header(writer: SpoolWriter) -> tuple[SpooledInstance, Any]:
+    """Wait for the instance to be durable, then read its header from the file (blocking).
+
+    :returns: the instance and its header dataset, or ``None`` for a header
+        pydicom cannot read (the instance is then kept as unrouted).
+    """
+    spooled = writer.wait_durable()
+    try:
+        return spooled, read_header(spooled.path).dataset
+    except Exception:
+        return spooled, None
+
+
+class _JournalFailure(Exception):
+    """The journal refused an instance's record (the store's error is the cause)."""
+
+
+@dataclass
+class _Pending:
+    """One instance waiting for the next journal transaction.
+
+    ``record`` is known at once for an instance already durable
+    (:meth:`Intake.admit`); for one still on its lane (:meth:`Intake.take`)
+    the store's thread builds it from ``writer`` once the lane has sealed it.
+    """
+
+    entries: list[NewEntry]
+    result: "Deferred[Any]"
+    record: InstanceRecord | None = None
+    writer: SpoolWriter | None = None
+    info: AssociationInfo | None = None
+    received_at: float = 0.0
+    correlation_id: str = ""
+    spooled: SpooledInstance | None = None
 
 
 class Intake:
@@ -131,7 +201,7 @@ class Intake:
         # Group commit: journal requests that arrive while a transaction is
         # running wait here and go together in the next one (one fsync for
         # many associations' instances).
-        self._pending: list[tuple[InstanceRecord, list[NewEntry], Deferred[AddResult]]] = []
+        self._pending: list[_Pending] = []
         self._journaling = False
 
     def admit(
@@ -147,15 +217,7 @@ class Intake:
         :returns: a Deferred that fires with the :class:`Admission`; it never fails.
         """
         received_at = self._wall()
-        context = RoutingContext(
-            calling_ae_title=info.calling_ae_title,
-            called_ae_title=info.called_ae_title,
-            source_address=info.peer_address.rsplit(":", 1)[0],
-            listener=info.listener,
-            listener_port=info.listener_port,
-            tls_subject=info.tls_subject,
-            received_at=received_at,
-        )
+        context = self._context(info, received_at)
         routes = tuple(self._routes())
         record = instance_record(spooled, info, received_at)
         if not needs_header(routes):
@@ -183,6 +245,98 @@ class Intake:
         )
         return d
 
+    def take(self, writer: SpoolWriter, info: AssociationInfo) -> "Deferred[Admission]":
+        """Seal, route and journal an instance whose last fragment has arrived (the one hand-off).
+
+        :param writer: the spool's writer of the instance; :meth:`~gateway.spool.SpoolWriter.end`
+            is called here.
+        :param info: the association it came on.
+        :returns: a Deferred firing with the :class:`Admission` (``spooled``
+            set once the instance is durable); it never fails.
+        """
+        summary = writer.end()
+        if summary is None:
+            # Refused by the seal (malformed, too large, a write failed...): learn the status.
+            return self._sealed_only(writer)
+        received_at = self._wall()
+        context = self._context(info, received_at)
+        routes = tuple(self._routes())
+        correlation_id = uuid.uuid4().hex[:16]
+        dataset = None
+        if needs_header(routes):
+            dataset = walked_header(summary)
+            if dataset is None:
+                # The walk kept no header (larger than its cap): read it from the file once durable.
+                d = self._file_runner.run(_durable_header, writer)
+
+                def read(result: tuple[SpooledInstance, Any]) -> "Deferred[Admission]":
+                    spooled, header = result
+                    record = instance_record(spooled, info, received_at, correlation_id)
+                    if header is None:
+                        self.routing_errors_total += 1
+                        return self._keep_unrouted(spooled, record)
+                    return self._route(spooled, record, header, context, routes, False)
+
+                d.addCallbacks(read, self._seal_refused)
+                return d
+        decision = self._decide(summary, correlation_id, context, routes, dataset)
+        if decision.reject is not None or decision.dropped or decision.unrouted:
+            d = self._file_runner.run(writer.wait_durable)
+
+            def sealed(spooled: SpooledInstance) -> "Deferred[Admission]":
+                record = instance_record(spooled, info, received_at, correlation_id)
+                return self._apply(spooled, record, decision, routes, False)
+
+            d.addCallbacks(sealed, self._seal_refused)
+            return d
+        item = _Pending(
+            self._entries(decision, routes), Deferred(), writer=writer, info=info,
+            received_at=received_at, correlation_id=correlation_id,
+        )
+        d = self._journal(item)
+
+        def journaled(outcome: Any) -> Any:
+            if isinstance(outcome, SpoolError):
+                return Admission(outcome.status, outcome.comment)
+            assert item.spooled is not None and item.record is not None
+            if isinstance(outcome, AddResult):
+                return replace(self._journaled(item.record, decision, outcome), spooled=item.spooled)
+            return self._journal_failed(item.spooled, item.record, Failure(outcome))
+
+        d.addCallback(journaled)
+        return d
+
+    def _sealed_only(self, writer: SpoolWriter) -> "Deferred[Admission]":
+        """The status of an instance the seal refuses (nothing to route or journal)."""
+        d = self._file_runner.run(writer.wait_durable)
+
+        def unexpected(spooled: SpooledInstance) -> "Deferred[Admission]":
+            # end() said it would be refused: never acknowledge it after all.
+            return self._discard(spooled, Admission(Status.OUT_OF_RESOURCES, "internal error while storing"))
+
+        d.addCallbacks(unexpected, self._seal_refused)
+        return d
+
+    def _seal_refused(self, failure: Failure) -> Admission:
+        """The Admission for a seal that failed: its status, or 0xA700 for anything unexpected."""
+        if failure.check(SpoolError):
+            error: SpoolError = failure.value  # type: ignore[assignment]
+            return Admission(error.status, error.comment)
+        self.log.failure("storing an instance failed unexpectedly", failure)
+        return Admission(Status.OUT_OF_RESOURCES, "internal error while storing")
+
+    def _context(self, info: AssociationInfo, received_at: float) -> RoutingContext:
+        """The routing context of an instance from ``info``."""
+        return RoutingContext(
+            calling_ae_title=info.calling_ae_title,
+            called_ae_title=info.called_ae_title,
+            source_address=info.peer_address.rsplit(":", 1)[0],
+            listener=info.listener,
+            listener_port=info.listener_port,
+            tls_subject=info.tls_subject,
+            received_at=received_at,
+        )
+
     def _route(
         self,
         spooled: SpooledInstance,
@@ -192,7 +346,19 @@ class Intake:
         routes: Sequence[RouteConfig],
         keep_file_on_failure: bool,
     ) -> Deferred[Admission]:
-        """Apply the routing decision: reject, drop, keep as unrouted, or journal its entries."""
+        """Route an instance already durable and apply the decision."""
+        decision = self._decide(spooled.summary, record.correlation_id, context, routes, dataset)
+        return self._apply(spooled, record, decision, routes, keep_file_on_failure)
+
+    def _decide(
+        self,
+        summary: DatasetSummary,
+        correlation_id: str,
+        context: RoutingContext,
+        routes: Sequence[RouteConfig],
+        dataset: Any,
+    ) -> RoutingDecision:
+        """Evaluate the routes for one instance; count and log what matched and what failed."""
         decision = evaluate(dataset, context, routes, self._destinations())
         for name in decision.matched:
             self.route_matches[name] = self.route_matches.get(name, 0) + 1
@@ -200,10 +366,33 @@ class Intake:
             self.routing_errors_total += 1
             self.log.error(
                 "{correlation_id} routing error for {sop_instance_uid}: {error}",
-                correlation_id=record.correlation_id,
-                sop_instance_uid=record.sop_instance_uid,
+                correlation_id=correlation_id,
+                sop_instance_uid=summary.sop_instance_uid,
                 error=error,
             )
+        return decision
+
+    def _entries(self, decision: RoutingDecision, routes: Sequence[RouteConfig]) -> list[NewEntry]:
+        """The queue entries of a decision, each with its route's morph plan as it is now.
+
+        The route's morph is decided now and journaled with each entry (issue
+        11): a later reload, restart or upgrade cannot change it.
+        """
+        plans = {route.name: route_plan(route) for route in routes if route.forward}
+        return [
+            NewEntry(route=route, destination=destination, plan=plans[route])
+            for route, destination in decision.entries
+        ]
+
+    def _apply(
+        self,
+        spooled: SpooledInstance,
+        record: InstanceRecord,
+        decision: RoutingDecision,
+        routes: Sequence[RouteConfig],
+        keep_file_on_failure: bool,
+    ) -> Deferred[Admission]:
+        """Apply a routing decision to a durable instance: reject, drop, keep as unrouted, or journal its entries."""
         if decision.reject is not None:
             self.rejected_total += 1
             self.log.info(
@@ -222,65 +411,92 @@ class Intake:
                 sop_instance_uid=record.sop_instance_uid,
                 routes=", ".join(decision.matched),
             )
-            return self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched))
+            return self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched, spooled=spooled))
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
-        # The route's morph is decided now and journaled with each entry
-        # (issue 11): a later reload, restart or upgrade cannot change it.
-        plans = {route.name: route_plan(route) for route in routes if route.forward}
-        entries = [
-            NewEntry(route=route, destination=destination, plan=plans[route])
-            for route, destination in decision.entries
-        ]
-        d = self._journal(record, entries)
-        d.addCallbacks(
-            lambda result: self._journaled(record, decision, result),
-            lambda failure: self._journal_failed(spooled, record, failure, keep_file_on_failure),
+        d = self._journal(_Pending(self._entries(decision, routes), Deferred(), record=record))
+        d.addCallback(
+            lambda result: replace(self._journaled(record, decision, result), spooled=spooled)
+            if isinstance(result, AddResult)
+            else self._journal_failed(spooled, record, Failure(result), keep_file_on_failure)
         )
         return d
 
-    def _journal(self, record: InstanceRecord, entries: list[NewEntry]) -> Deferred[AddResult]:
-        """Queue one journal write; it joins the next transaction (group commit)."""
-        d: Deferred[AddResult] = Deferred()
-        self._pending.append((record, entries, d))
+    def _journal(self, item: _Pending) -> "Deferred[Any]":
+        """Queue one journal write; it joins the next transaction (group commit).
+
+        :returns: a Deferred firing with the :class:`AddResult`, or with the
+            exception that kept the instance out of the journal
+            (:class:`SpoolError` from its seal, the store's error); it never fails.
+        """
+        self._pending.append(item)
         if not self._journaling:
             self._commit_pending()
-        return d
+        return item.result
 
     def _commit_pending(self) -> None:
-        """Write every pending instance in one transaction on the store's thread.
-
-        If the batch fails (one bad record spoils a transaction), each is
-        retried alone, so one instance's failure never fails another's ack.
-        """
+        """Seal-wait and write every pending instance in one transaction on the store's thread (one hand-off)."""
         batch, self._pending = self._pending, []
         self._journaling = True
-        items = [(record, entries) for record, entries, _ in batch]
-        run = self._store_runner.run(self._store.add_instances, items, self._wall(), self.duplicate_window)
+        run = self._store_runner.run(self._custody_turn, batch, self._wall(), self.duplicate_window)
 
-        def committed(results: list[AddResult]) -> None:
-            for (_, _, d), result in zip(batch, results):
-                d.callback(result)
+        def delivered(outcomes: list[Any]) -> None:
+            for item, outcome in zip(batch, outcomes):
+                item.result.callback(outcome)
 
-        def failed(failure: Failure) -> Deferred[Any] | None:
-            if len(batch) == 1:
-                batch[0][2].errback(failure)
-                return None
-            singles = []
-            for record, entries, d in batch:
-                single = self._store_runner.run(
-                    self._store.add_instance, record, entries, self._wall(), self.duplicate_window
-                )
-                single.chainDeferred(d)
-                singles.append(single)
-            return DeferredList(singles, consumeErrors=True)
+        def broken(failure: Failure) -> None:
+            # A bug in the turn itself: nobody is acknowledged.
+            self.log.failure("journal turn failed", failure)
+            for item in batch:
+                if not item.result.called:
+                    item.result.callback(_JournalFailure(failure.getErrorMessage()))
 
         def next_batch(_: object) -> None:
             self._journaling = False
             if self._pending:
                 self._commit_pending()
 
-        run.addCallbacks(committed, failed).addBoth(next_batch)
+        run.addCallbacks(delivered, broken).addBoth(next_batch)
+
+    def _custody_turn(self, batch: list[_Pending], now: float, window: float) -> list[Any]:
+        """On the store's thread: wait for each instance to be durable, then journal the group in one transaction.
+
+        If the group's transaction fails (one bad record spoils it), each is
+        written alone, so one instance's failure never fails another's ack.
+
+        :returns: per item, its :class:`AddResult`, the :class:`SpoolError`
+            of its seal, or the store's exception.
+        """
+        outcomes: list[Any] = [None] * len(batch)
+        ready: list[int] = []
+        for index, item in enumerate(batch):
+            if item.writer is not None:
+                try:
+                    spooled = item.writer.wait_durable()
+                except SpoolError as e:
+                    outcomes[index] = e
+                    continue
+                assert item.info is not None
+                item.spooled = spooled
+                item.record = instance_record(spooled, item.info, item.received_at, item.correlation_id)
+            ready.append(index)
+        if not ready:
+            return outcomes
+        try:
+            results = self._store.add_instances(
+                [(batch[i].record, batch[i].entries) for i in ready], now, window
+            )
+        except Exception:
+            for index in ready:
+                item = batch[index]
+                try:
+                    outcomes[index] = self._store.add_instance(item.record, item.entries, now, window)
+                except Exception as e:
+                    outcomes[index] = e
+        else:
+            for index, result in zip(ready, results):
+                outcomes[index] = result
+        return outcomes
 
     def _journaled(self, record: InstanceRecord, decision: RoutingDecision, result: AddResult) -> Admission:
         if result.duplicates:
@@ -369,7 +585,7 @@ class Intake:
                 calling_ae_title=record.calling_ae_title,
                 path=target,
             )
-            return Admission(Status.SUCCESS, unrouted=True, correlation_id=record.correlation_id)
+            return Admission(Status.SUCCESS, unrouted=True, correlation_id=record.correlation_id, spooled=spooled)
 
         def failed(failure: Failure) -> Admission:
             self.log.failure("could not keep an unrouted instance", failure)

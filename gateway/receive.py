@@ -4,9 +4,9 @@ One :class:`StorageService` serves one accepted association. The Twisted
 acceptor (:mod:`gateway.listen`) hands it every P-DATA indication; it
 reassembles DIMSE messages (:mod:`gateway.dimse.pdv`), answers C-ECHO,
 streams each C-STORE data set into the :mod:`gateway.spool` as its
-fragments arrive, and answers C-STORE-RSP only once the spool has committed
-the instance durably (fsync of file, rename, fsync of directory; HARDENING
-decision 10). Memory therefore does not grow with instance size.
+fragments arrive, and answers C-STORE-RSP only once the instance is durable
+and journaled (its file's fdatasync, then the journal's commit; HARDENING
+decision 10, issue 13). Memory therefore does not grow with instance size.
 
 Responses leave in the order the requests came, even when the commits of two
 instances finish out of order on the blocking runner's threads (PS3.7 9.1.1:
@@ -117,10 +117,11 @@ class _Incoming:
     pending_answer: tuple[_Response, bytes] | None = None
 
 
-#: Routes and journals a committed instance; fires with the status to answer
-#: (see :class:`gateway.intake.Intake`). ``None`` acknowledges once the spool
-#: has committed (no queue: the network-core configuration).
-Admit = Callable[[SpooledInstance, "AssociationInfo"], "Deferred[Any]"]
+#: Seals, routes and journals an instance whose last fragment has arrived;
+#: fires with the :class:`~gateway.intake.Admission` to answer (see
+#: :meth:`gateway.intake.Intake.take`). ``None`` acknowledges once the spool
+#: has made the instance durable (no queue: the network-core configuration).
+Admit = Callable[[SpoolWriter, "AssociationInfo"], "Deferred[Any]"]
 
 
 class StorageService:
@@ -130,9 +131,9 @@ class StorageService:
     :param info: the association's identity and accepted contexts.
     :param spool: where instances are written.
     :param observer: told of each C-STORE answered (:class:`~gateway.events.InstanceStored` with its :class:`InstanceReport`).
-    :param admit: journals a committed instance before the ack (an
-        :class:`~gateway.intake.Intake`'s ``admit``); its result has
-        ``status`` and ``comment``.
+    :param admit: seals, routes and journals an instance before the ack (an
+        :class:`~gateway.intake.Intake`'s ``take``); its result has
+        ``status``, ``comment`` and ``spooled``.
     :param space_low: returns true while the spool is below its free-space
         floor; C-STOREs are then answered 0xA700 (out of resources) at once.
     """
@@ -320,21 +321,16 @@ class StorageService:
                 answered = True
                 self._respond(slot, incoming, status, comment, spooled, correlation_id)
 
-        def committed(spooled: SpooledInstance) -> Any:
-            if self._admit is None:
-                answer(Status.SUCCESS, "", spooled)
-                return None
-            # Custody: the queue journal commits before the ack (HARDENING decision 10).
-            admitted = self._admit(spooled, self._info)
-            admitted.addCallback(
-                lambda admission: answer(
-                    admission.status,
-                    admission.comment,
-                    spooled if admission.status == 0 else None,
-                    getattr(admission, "correlation_id", ""),
-                )
+        def committed(spooled: SpooledInstance) -> None:
+            answer(Status.SUCCESS, "", spooled)
+
+        def admitted(admission: Any) -> None:
+            answer(
+                admission.status,
+                admission.comment,
+                admission.spooled if admission.status == 0 else None,
+                getattr(admission, "correlation_id", ""),
             )
-            return admitted
 
         def failed(failure: Failure) -> None:
             if failure.check(SpoolError):
@@ -345,8 +341,15 @@ class StorageService:
                 # Never 0x0000 unless custody is certain: the modality keeps its copy.
                 answer(Status.OUT_OF_RESOURCES, "internal error while storing", None)
 
-        d: Deferred[SpooledInstance] = incoming.writer.commit()
-        d.addCallback(committed)
+        d: Deferred[Any]
+        if self._admit is None:
+            d = incoming.writer.commit()
+            d.addCallback(committed)
+        else:
+            # Custody (issue 13): the intake seals, routes and journals; its
+            # answer comes once the file and its journal record are durable.
+            d = self._admit(incoming.writer, self._info)
+            d.addCallback(admitted)
         d.addErrback(failed)
         d.addErrback(lambda f: self.log.failure("answering a C-STORE failed", f))
 

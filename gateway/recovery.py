@@ -4,9 +4,11 @@
 :class:`~gateway.intake.Intake`:
 
 * :meth:`Recovery.recover` puts in-flight queue entries back in the queue and
-  re-routes spooled files the journal lacks (the gateway stopped between the
-  spool's commit and the journal transaction, HARDENING decision 10, so the
-  modality was never told success);
+  deletes the files in ``instances/`` that the journal lacks: the journal is
+  the record of custody (issue 13), so such a file was never acknowledged
+  (an unused slot, an instance cut short, or one whose journal transaction
+  never committed: its modality was not told success and sends it again),
+  exactly as a ``.part`` file was before;
 * :meth:`Recovery.clean` deletes the files of delivered instances after the
   retention time and forgets their records once the duplicate window has
   passed (HARDENING decision 5).
@@ -19,62 +21,17 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from gateway.meta import read_part10_header
 from gateway.blocking import IBlockingRunner
 from gateway.intake import Intake
 from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
 from gateway.queue.interfaces import IQueueStore
-from gateway.receive import AssociationInfo
-from gateway.spool import InstanceMeta, SpooledInstance, dataset_sha256
-from gateway.validate import MalformedDataset, walk_dataset
-
-
-def _orphan_info(path: str) -> tuple[SpooledInstance, AssociationInfo]:
-    """Rebuild what ``admit`` needs for a spooled file that has no journal record.
-
-    Runs on a blocking runner: it reads the file's meta and walks its data set.
-
-    :raises ValueError: when the file is not a readable Part 10 file.
-    """
-    header = read_part10_header(path)
-    source_ae = header.source_ae_title
-    with open(path, "rb") as fp:
-        fp.seek(header.dataset_offset)
-        try:
-            summary = walk_dataset(fp, header.transfer_syntax_uid, allow_odd_lengths=True)
-        except MalformedDataset as e:
-            raise ValueError(f"{path}: {e}") from e
-    meta = InstanceMeta(
-        sop_class_uid=header.sop_class_uid,
-        sop_instance_uid=header.sop_instance_uid,
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        calling_ae_title=source_ae,
-        called_ae_title="",
-    )
-    spooled = SpooledInstance(
-        instance_id=os.path.splitext(os.path.basename(path))[0],
-        path=path,
-        size=os.path.getsize(path),
-        summary=summary,
-        meta=meta,
-        sha256=dataset_sha256(path, header.dataset_offset),
-    )
-    info = AssociationInfo(
-        assoc_id="recovery",
-        peer_address="",
-        calling_ae_title=source_ae,
-        called_ae_title="",
-        listener="recovery",
-        contexts={},
-    )
-    return spooled, info
 
 
 class Recovery:
     """Start-up recovery and spool clean-up around an :class:`Intake`.
 
-    :param intake: re-admits orphan files.
+    :param intake: the intake (kept for the clean-up's callers).
     :param store: the queue store (through ``store_runner``).
     :param store_runner: the store's thread.
     :param file_runner: file reads and deletions.
@@ -104,50 +61,46 @@ class Recovery:
         self._wall = wall
 
     async def recover(self) -> tuple[int, int]:
-        """Put in-flight entries back in the queue and re-route spooled files the journal lacks.
+        """Put in-flight entries back in the queue and delete spooled files the journal lacks.
 
-        A file in ``instances/`` with no journal record was committed by the
-        spool but the gateway stopped before its journal transaction (so the
-        modality was never told success and will likely re-send: duplicate
-        control absorbs that). Such files are routed again, never deleted
-        silently; one that cannot be read is reported and left in place.
+        A file in ``instances/`` with no journal record was never
+        acknowledged: the C-STORE-RSP 0x0000 leaves only after the journal
+        transaction naming it has committed (HARDENING decision 10, issue 13).
+        Its sender saw a failure or an abort and keeps its copy. The files of
+        unrouted instances live in ``unrouted/``, outside this rule.
 
-        :returns: (entries returned from in-flight, orphan files re-routed).
+        :returns: (entries returned from in-flight, files deleted).
         """
         returned = await self._store_runner.run(self._store.recover, self._wall())
         known = await self._store_runner.run(self._store.instance_ids)
-        names = await self._file_runner.run(
-            lambda: sorted(os.listdir(self._instances_dir)) if os.path.isdir(self._instances_dir) else []
-        )
-        rerouted = 0
-        for name in names:
+        removed = await self._file_runner.run(self._remove_unjournaled, known)
+        for path in removed:
+            self.log.info("removed spool file {path}: no journal record, never acknowledged", path=path)
+        if returned:
+            self.log.info("{count} in-flight queue entries returned to the queue", count=returned)
+        return returned, len(removed)
+
+    def _remove_unjournaled(self, known: set[str]) -> list[str]:
+        """Delete the ``.dcm`` files of ``instances/`` whose id is not in ``known`` (blocking).
+
+        :returns: the paths deleted (empty unused slots are not listed).
+        """
+        if not os.path.isdir(self._instances_dir):
+            return []
+        removed = []
+        for name in sorted(os.listdir(self._instances_dir)):
             if not name.endswith(".dcm") or name[:-4] in known:
                 continue
             path = os.path.join(self._instances_dir, name)
             try:
-                spooled, info = await self._file_runner.run(_orphan_info, path)
-            except Exception as e:
-                # Any failure to read one file (ValueError, OSError, a
-                # struct.error from a meta cut short) is that file's problem:
-                # report it, leave it, and go on recovering the others.
-                self.log.error("spooled file {path} has no journal record and cannot be read: {error}", path=path, error=str(e))
+                size = os.path.getsize(path)
+                unlink_if_present(path)
+            except OSError as e:
+                self.log.error("could not remove unacknowledged spool file {path}: {error}", path=path, error=str(e))
                 continue
-            admission = await self._intake.admit(spooled, info, keep_file_on_failure=True)
-            if admission.status != 0:
-                self.log.error(
-                    "spooled file {path} has no journal record and could not be routed again ({comment}); left in place",
-                    path=path,
-                    comment=admission.comment,
-                )
-            else:
-                rerouted += 1
-                self.log.warn(
-                    "spooled file {path} had no journal record (the gateway stopped before acknowledging it); routed again",
-                    path=path,
-                )
-        if returned:
-            self.log.info("{count} in-flight queue entries returned to the queue", count=returned)
-        return returned, rerouted
+            if size:
+                removed.append(path)
+        return removed
 
     async def clean(self, keep_delivered: float, duplicate_window: float = 0.0) -> int:
         """Delete spool files whose every entry is delivered, after ``keep_delivered`` seconds.

@@ -42,7 +42,7 @@ from gateway.security import (
     server_tls,
     server_tls_settings,
 )
-from gateway.blocking import IBlockingRunner, ThreadPoolRunner
+from gateway.blocking import IBlockingRunner, Lane, SynchronousLane, ThreadLane, ThreadPoolRunner
 from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
@@ -173,6 +173,9 @@ class GatewayService(MultiService):
     :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
     :param metrics: the Prometheus metrics; by default a new set in a private registry.
     :param wall: wall-clock time for the journal.
+    :param lanes: makes each received instance's :class:`~gateway.blocking.Lane`;
+        by default lanes on a pool of their own, or on the caller's thread
+        when ``blocking`` is given (tests with a synchronous runner).
     """
 
     log = Logger(namespace="gateway.service")
@@ -187,6 +190,7 @@ class GatewayService(MultiService):
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         wall: Callable[[], float] = time.time,
         metrics: GatewayMetrics | None = None,
+        lanes: Callable[[], Lane] | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -221,12 +225,22 @@ class GatewayService(MultiService):
             os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
             store = SqliteQueueStore(config.queue_path)
         self.store = store
+        # Each instance's fragments are written and hashed on a lane (issue 13);
+        # the lanes have threads of their own: a commit waits on self.blocking
+        # for its lane, and must never wait for the thread the lane needs.
+        if lanes is None:
+            if blocking is not None:
+                lanes = SynchronousLane
+            else:
+                pool = ThreadPoolRunner.dedicated(reactor, name="spool-lane", minthreads=1, maxthreads=4).threadpool
+                lanes = lambda: ThreadLane(pool)  # noqa: E731
         self.spool = Spool(
             config.spool.path,
             self.blocking,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             max_instance_size=config.limits.max_instance_size,
+            lanes=lanes,
         )
         self.space = SpaceGuard(
             self.spool.free_bytes, reactor, config.spool.min_free_bytes, config.spool.resume_margin_bytes
@@ -324,15 +338,16 @@ class GatewayService(MultiService):
         worker.setServiceParent(self)
         return worker
 
-    def _admit(self, spooled: Any, info: Any) -> Deferred[Any]:
-        """The intake's ``admit``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
-        d = self.intake.admit(spooled, info)
-        d.addCallback(self._admitted, spooled, info)
+    def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
+        """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
+        d = self.intake.take(writer, info)
+        d.addCallback(self._admitted, info)
         return d
 
-    def _admitted(self, admission: Any, spooled: Any, info: Any) -> Any:
-        """Tell the observer of an admission; pass it on unchanged."""
-        self.observer.observe(events.InstanceAdmitted(admission, spooled, info))
+    def _admitted(self, admission: Any, info: Any) -> Any:
+        """Tell the observer of an admission of a sealed instance; pass it on unchanged."""
+        if admission.spooled is not None:
+            self.observer.observe(events.InstanceAdmitted(admission, admission.spooled, info))
         return admission
 
     def _declare_metrics(self) -> None:
@@ -376,9 +391,11 @@ class GatewayService(MultiService):
     async def _start(self) -> None:
         for path in self.spool.recover():
             self.log.warn("removed incomplete spool file {path} left by an earlier run", path=path)
-        returned, rerouted = await self.recovery.recover()
-        if rerouted:
-            self.log.warn("{count} spooled file(s) without a journal record were routed again", count=rerouted)
+        returned, removed = await self.recovery.recover()
+        if removed:
+            self.log.warn("{count} spooled file(s) without a journal record (never acknowledged) were removed", count=removed)
+        # Slot files for the first instances, after recovery (which removes unused ones).
+        await self.blocking.run(self.spool.prepare_slots)
         adopted = await self.store_runner.run(self.store.adopt_plans, legacy_plans(self.config.routes))
         if adopted:
             self.log.warn(

@@ -1,42 +1,68 @@
-"""The durable spool: C-STORE data sets to fsynced Part 10 files, then the acknowledgement.
+"""The durable spool: C-STORE data sets into Part 10 files, durable before the acknowledgement.
 
 The storage SCP calls :meth:`Spool.begin` when a C-STORE-RQ command arrives,
-:meth:`SpoolWriter.write` for each data set fragment, :meth:`SpoolWriter.commit`
-after the last one, and :meth:`SpoolWriter.discard` if the association ends
-mid-data-set. Only a successful commit may be answered with 0x0000.
+:meth:`SpoolWriter.write` for each data set fragment, then :meth:`SpoolWriter.end`
+after the last one (the intake then routes and journals it, waiting for
+:meth:`SpoolWriter.wait_durable` on the journal's thread), or
+:meth:`SpoolWriter.commit` when nothing is journaled, and
+:meth:`SpoolWriter.discard` if the association ends mid-data-set. Only a
+durable instance whose journal record has committed may be answered 0x0000.
 
 Layout under the spool root::
 
-    incoming/<uuid4 hex>.part    being received (mode 0600, O_EXCL)
-    instances/<uuid4 hex>.dcm    committed
+    instances/<uuid4 hex>.dcm    slots made ahead of time, instances written in place
+    incoming/                    the readiness probe's files (and .part files of older versions)
 
 Names are internal ids only, never anything from peer data (HARDENING D06,
 decision 3). A file is the PS3.10 meta header we generate (zero preamble,
 HARDENING D16; :mod:`gateway.meta`) followed by every data set byte exactly
 as received.
 
-Commit runs on the blocking runner and does, in this order (DESIGN.md 5,
-HARDENING decision 10):
+Theory of operation (issue 13)
+------------------------------
+Custody order, for one instance (HARDENING decision 10, F12; the strace
+test in ``tests/interop/test_forward_durability.py`` checks it)::
 
-1. refuse if a write failed (0xA700, D11) or the size cap was hit (0xC000, D10);
-2. walk the data set structure (:func:`gateway.validate.walk_dataset`):
-   malformed gives 0xC000 (D01-D03, D09, D18). pynetdicom answers 0xC210 and
-   DCMTK 0xC000; both are in the PS3.4 Table B.2-1 "Cannot understand" range,
-   and we use 0xC000 for every structural failure;
-3. compare the data set's SOP Class and Instance UIDs with the command's:
-   missing gives 0xC000 (D05), different gives 0xA900 (D04);
-4. ``fsync(file)``, ``rename`` into ``instances/``, ``fsync(instances/)``.
-   Any failure gives 0xA700 and never success (D12).
+    ahead of time   empty slot files created, instances/ fsynced once per batch
+    each fragment   write, sync_file_range(SYNC_FILE_RANGE_WRITE), SHA-256 update,
+                    structure walk (the walk on the reactor, the rest on the lane)
+    last fragment   walk finished, UIDs checked, routed (the intake)
+    then            fdatasync(file)                       [the instance's bytes durable]
+                    journal transaction (WAL, synchronous=FULL) [its record durable]
+                    C-STORE-RSP 0x0000
 
-A failed commit removes the temporary file (and a renamed file whose
-directory entry could not be made durable), so nothing unacknowledged stays.
+There is no rename and no per-instance directory fsync: the slot's entry
+was durable before the data arrived (:mod:`gateway.slots`), and the journal,
+not the file's name, is the record of custody. A file in ``instances/``
+with no journal row was never acknowledged; start-up recovery deletes it, as
+it deletes a ``.part`` file (:mod:`gateway.recovery`).
+
+Each writer has a :class:`~gateway.blocking.Lane`: the fragments are
+written, handed to the disk (``sync_file_range`` starts write-back at
+once, so the final ``fdatasync`` has little left to do) and hashed in
+arrival order on a lane thread, while the reactor goes on reading the
+network; hashlib releases the GIL. The structure walk
+(:class:`gateway.validate.DatasetWalker`) runs on the reactor as each
+fragment arrives: it is pure Python and holds the GIL wherever it runs, and
+its result is needed on the reactor to route. Nothing reads the file again
+after the last fragment.
+
+When the last fragment has arrived, :meth:`SpoolWriter.end` finishes the
+walk and checks the data set against the command, and queues the seal on
+the lane: refuse if a write failed (0xA700, D11), the size cap was hit
+(0xC000, D10), the walk found the data set malformed (0xC000: D01-D03, D09,
+D18; pynetdicom answers 0xC210 and DCMTK 0xC000, both in the PS3.4 Table
+B.2-1 "Cannot understand" range) or the SOP UIDs are missing (0xC000, D05)
+or differ (0xA900, D04); otherwise ``fdatasync`` and close. Any OS failure
+gives 0xA700 and never success (D12). A refused instance's file is removed,
+so nothing unacknowledged stays.
 
 Health (HARDENING D11, D12): every operating-system failure while creating,
 writing or committing an instance is kept in :attr:`Spool.fault` until a
 later commit, or :meth:`Spool.probe`, succeeds. Readiness reads that
 attribute (no disk access per request) and runs the probe now and then, so
-a fault that no store is hitting (EIO on rename, a read-only remount, a full
-disk with no traffic) still shows, and clears once the disk is back.
+a fault that no store is hitting (EIO, a read-only remount, a full disk with
+no traffic) still shows, and clears once the disk is back.
 """
 
 from __future__ import annotations
@@ -44,19 +70,27 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Any, Callable, Final
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
-from gateway.blocking import IBlockingRunner
+from gateway.blocking import IBlockingRunner, Lane, SynchronousLane
 from gateway.dimse.status import Status
-from gateway.durable import FileOps, fsync_dir, replace_durably, write_all
+from gateway.durable import CREATE_FLAGS, FileOps, fsync_dir, replace_durably, write_all
 from gateway.meta import encode_file_meta
 from gateway.private import make_private_dirs
-from gateway.validate import DatasetSummary, MalformedDataset, walk_dataset
+from gateway.slots import DCM_SUFFIX, SlotPool
+from gateway.validate import DatasetSummary, MalformedDataset
+
+try:
+    from gateway.validate import DatasetWalker
+except ImportError:  # until the incremental walker lands (interim, issue 13)
+    from gateway._walkshim import DatasetWalker  # type: ignore[assignment]
 
 __all__ = [
     "FileOps",
@@ -75,8 +109,6 @@ INCOMING: Final = "incoming"
 INSTANCES: Final = "instances"
 #: The suffix of files being received.
 PART_SUFFIX: Final = ".part"
-#: The suffix of committed instances.
-DCM_SUFFIX: Final = ".dcm"
 #: The suffix a probe file is renamed to (see :meth:`Spool.probe`).
 PROBE_SUFFIX: Final = ".probe"
 
@@ -211,9 +243,8 @@ class _State(Enum):
     """The life of a :class:`SpoolWriter`."""
 
     OPEN = "open"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    FAILED = "failed"
+    SEALING = "sealing"
+    SEALED = "sealed"
     DISCARDED = "discarded"
 
 
@@ -221,7 +252,7 @@ class Spool:
     """A directory of durable instances.
 
     :param root: the spool directory.
-    :param blocking: where fsync and the structure walk run.
+    :param blocking: file work off the reactor (slot batches, the commit's wait).
     :param implementation_class_uid: written as (0002,0012).
     :param implementation_version_name: written as (0002,0013).
     :param max_instance_size: the most data set bytes accepted per instance (D10).
@@ -233,6 +264,11 @@ class Spool:
         larger inflated than it may be as received.
     :param allow_odd_lengths: accept odd value lengths (PS3.5 7.1.1 forbids
         them; this is for sites with a known broken modality).
+    :param lanes: makes each writer's :class:`~gateway.blocking.Lane`; by
+        default the work runs on the caller's thread. Production gives lanes
+        on a thread pool of their own, never ``blocking``'s: a commit waits on
+        ``blocking`` for its lane, which must not wait for the same threads.
+    :param slot_batch: slot files made per folder fsync (:mod:`gateway.slots`).
     """
 
     def __init__(
@@ -248,6 +284,8 @@ class Spool:
         max_elements: int = 1_000_000,
         max_inflated_size: int | None = None,
         allow_odd_lengths: bool = False,
+        lanes: Callable[[], Lane] = SynchronousLane,
+        slot_batch: int = 64,
     ) -> None:
         self.root = root
         self.incoming_dir = os.path.join(root, INCOMING)
@@ -263,6 +301,8 @@ class Spool:
             max_inflated_size if max_inflated_size is not None else max_instance_size
         )
         self.allow_odd_lengths = allow_odd_lengths
+        self._lanes = lanes
+        self.slots = SlotPool(self.instances_dir, self.fs, blocking, batch=slot_batch, low_water=max(1, slot_batch // 4))
         self._dirs_ready = False
         #: The last storage failure, ``None`` once a commit or probe has succeeded since.
         self.fault: StorageFault | None = None
@@ -282,11 +322,13 @@ class Spool:
 
     def recover(self) -> list[str]:
         """
-        Remove the temporary files an earlier run left behind.
+        Remove the temporary files an earlier run left behind in ``incoming/``.
 
-        Called once at start-up, before listening: a ``.part`` file is an
-        instance that was never acknowledged (HARDENING F10), so its sender
-        saw a failure or abort and will send it again.
+        Called once at start-up, before listening: a ``.part`` file (written
+        by versions before issue 13) is an instance that was never
+        acknowledged (HARDENING F10), so its sender saw a failure or abort and
+        will send it again. Files in ``instances/`` that the journal does not
+        know are :class:`gateway.recovery.Recovery`'s (it has the journal).
 
         :returns: the paths removed, for the caller to log.
         """
@@ -303,6 +345,19 @@ class Spool:
             removed.append(path)
         return removed
 
+    def prepare_slots(self) -> None:
+        """Make the first batch of slot files (blocking; at start-up, after recovery, before listening).
+
+        A failure is kept as the spool's fault (the listeners still start:
+        each instance then makes its own file and syncs the folder, and
+        reports its own failure).
+        """
+        try:
+            self._ensure_dirs()
+            self.slots.fill_now()
+        except OSError as e:
+            self.fault = StorageFault.from_error("create", e)
+
     def free_bytes(self) -> int:
         """
         The space left for the spool, as an unprivileged process sees it.
@@ -314,13 +369,13 @@ class Spool:
 
     def probe(self) -> None:
         """
-        Prove the spool can commit, with the commit's own system calls (blocking; run it on a runner).
+        Prove the spool can commit, with the commit's own kinds of system calls (blocking; run it on a runner).
 
         A small file is created in ``incoming/`` (``O_EXCL | O_NOFOLLOW``),
-        written, fsynced, renamed, both folders fsynced, then removed: the
-        calls a commit makes, so EIO on rename or a read-only filesystem
-        show here as they would on the next instance. Success clears
-        :attr:`fault`; failure sets it (HARDENING D11, D12).
+        written, fsynced, renamed, both folders fsynced, then removed: a
+        read-only filesystem, EIO on a flush or a full disk show here as
+        they would on the next instance. Success clears :attr:`fault`;
+        failure sets it (HARDENING D11, D12).
 
         :raises OSError: the spool cannot commit now.
         """
@@ -344,21 +399,27 @@ class Spool:
 
     def begin(self, meta: InstanceMeta) -> "SpoolWriter":
         """
-        Start receiving one instance.
+        Start receiving one instance, into the next slot file.
 
         :param meta: the command-side metadata.
-        :returns: a writer holding the new temporary file, meta header written.
-        :raises SpoolError: 0xA700 if the temporary file cannot be created.
+        :returns: a writer holding the open file, meta header on its way.
+        :raises SpoolError: 0xA700 if the file cannot be opened or created.
         """
-        instance_id = uuid.uuid4().hex
-        temp_path = os.path.join(self.incoming_dir, instance_id + PART_SUFFIX)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+        instance_id, durable_entry = self.slots.take()
+        path = os.path.join(self.instances_dir, instance_id + DCM_SUFFIX)
         try:
             self._ensure_dirs()
-            # Mode 0600: stored instances are never executable nor world-readable (D16).
-            fd = self.fs.open(temp_path, flags, 0o600)
+            if durable_entry:
+                fd = self.fs.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            else:
+                # Mode 0600: stored instances are never executable nor world-readable (D16).
+                fd = self.fs.open(path, CREATE_FLAGS, 0o600)
         except OSError as e:
             self.fault = StorageFault.from_error("create", e)
+            if durable_entry:
+                # The slot is unusable (a race with an operator, a failing
+                # disk): never hand it out again; recovery removes it.
+                pass
             raise SpoolError.out_of_resources(e, SpoolFailure.WRITE_FAILED) from e
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid,
@@ -368,9 +429,14 @@ class Spool:
             implementation_version_name=self._implementation_version_name,
             source_ae_title=meta.calling_ae_title or None,
         )
-        writer = SpoolWriter(self, meta, instance_id, temp_path, fd, len(header))
-        writer._write_raw(header)
-        return writer
+        walker = DatasetWalker(
+            meta.transfer_syntax_uid,
+            max_depth=self.max_depth,
+            max_elements=self.max_elements,
+            max_inflated_size=self.max_inflated_size,
+            allow_odd_lengths=self.allow_odd_lengths,
+        )
+        return SpoolWriter(self, meta, instance_id, path, fd, header, walker, self._lanes(), durable_entry)
 
 
 def dataset_sha256(path: str, offset: int) -> str:
@@ -389,221 +455,135 @@ def dataset_sha256(path: str, offset: int) -> str:
 
 
 class SpoolWriter:
-    """One instance being received into the spool.
+    """One instance being received into the spool (see the theory of operation).
 
-    Created by :meth:`Spool.begin`. Writes go straight to the page cache on
-    the caller's thread (they are fast); only :meth:`commit` blocks, and it
-    runs on the spool's blocking runner.
+    Created by :meth:`Spool.begin`. :meth:`write`, :meth:`end` and
+    :meth:`discard` are called on the reactor thread and never block; the
+    file work runs on the writer's lane; :meth:`wait_durable` blocks until
+    the lane has sealed the instance, on any thread but the lane's.
 
-    :ivar bytes_written: data set bytes written so far (the meta header excluded).
+    :ivar bytes_written: data set bytes accepted so far (the meta header excluded).
     """
+
+    log = Logger(namespace="gateway.spool")
 
     def __init__(
         self,
         spool: Spool,
         meta: InstanceMeta,
         instance_id: str,
-        temp_path: str,
+        path: str,
         fd: int,
-        header_size: int,
+        header: bytes,
+        walker: Any,
+        lane: Lane,
+        durable_entry: bool,
     ) -> None:
         self._spool = spool
         self._fs = spool.fs
         self.meta = meta
         self.instance_id = instance_id
-        self.temp_path = temp_path
-        self.final_path = os.path.join(spool.instances_dir, instance_id + DCM_SUFFIX)
-        self._fd: int | None = fd
-        self._header_size = header_size
+        self.path = path
+        #: Kept for callers of the old API: the file is written under its final name.
+        self.final_path = path
+        self._header_size = len(header)
+        self._walker = walker
+        self._lane = lane
+        self._durable_entry = durable_entry
         self._state = _State.OPEN
-        self._error: OSError | None = None
         self._too_large = False
+        self._walk_error: MalformedDataset | None = None
+        self._refusal: SpoolError | None = None
+        self.summary: DatasetSummary | None = None
         self.bytes_written = 0
+        # Lane-side state: touched only by lane work, read after ``_sealed`` is set.
+        self._fd: int | None = fd
+        self._offset = 0
+        self._error: OSError | None = None
+        self._digest = hashlib.sha256()
+        self._sealed = threading.Event()
+        self._outcome: "SpooledInstance | SpoolError | None" = None
+        self._lane.submit(self._put, header, False)
 
-    # -- writing ---------------------------------------------------------------
-
-    def _write_raw(self, data: bytes) -> None:
-        """
-        Write all of ``data``, remembering the first error instead of raising.
-
-        After an error the temporary file is removed at once: on ENOSPC that
-        frees the space for other associations (D11).
-
-        :param data: the bytes.
-        """
-        if self._fd is None:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                n = self._fs.write(self._fd, view)
-                if n <= 0:
-                    raise OSError(errno.EIO, os.strerror(errno.EIO))
-                view = view[n:]
-        except OSError as e:
-            self._error = e
-            self._spool.fault = StorageFault.from_error("write", e)
-            self._remove_temp()
+    # -- the reactor's side --------------------------------------------------------------
 
     def write(self, chunk: bytes) -> None:
         """
-        Append data set bytes.
+        Append data set bytes (never blocks, never raises).
 
-        Never raises: a write error is remembered and reported by
-        :meth:`commit`, and later writes are dropped. A chunk that would
-        take the data set past ``max_instance_size`` is not written (D10):
-        the file stops at the cap and is removed.
+        The chunk is walked here and written, handed to the disk and hashed
+        on the lane. A chunk that would take the data set past
+        ``max_instance_size`` is not written (D10): the file is removed and
+        the seal refuses it. After a malformed structure is found nothing
+        more is written (the instance will be refused).
 
         :param chunk: the next fragment, exactly as received.
         """
-        if self._state is not _State.OPEN or self._error is not None or self._too_large:
+        if self._state is not _State.OPEN or self._too_large:
             return
         if self.bytes_written + len(chunk) > self._spool.max_instance_size:
             self._too_large = True
-            self._remove_temp()
+            self._lane.submit(self._abandon)
             return
-        self._write_raw(chunk)
-        if self._error is None:
-            self.bytes_written += len(chunk)
+        if self._walk_error is None:
+            try:
+                self._walker.feed(chunk)
+            except MalformedDataset as e:
+                self._walk_error = e
+                self._lane.submit(self._abandon)
+        self.bytes_written += len(chunk)
+        if self._walk_error is None:
+            self._lane.submit(self._put, chunk, True)
 
-    # -- ending ------------------------------------------------------------------
-
-    def commit(self) -> "Deferred[SpooledInstance]":
+    def end(self) -> DatasetSummary | None:
         """
-        Make the instance durable, or refuse it.
+        The last fragment has arrived: finish the walk, check the data set against the command, and seal on the lane.
 
-        :returns: a Deferred firing with the :class:`SpooledInstance` once
-            the file is fsynced, renamed and its directory fsynced, or
-            failing with :class:`SpoolError`.
+        :returns: the walk's summary when the instance can be routed; ``None``
+            when it will be refused (:meth:`wait_durable` then raises the
+            :class:`SpoolError` with the status, in the order the theory of
+            operation gives).
         :raises RuntimeError: if called twice or after :meth:`discard`.
         """
         if self._state is not _State.OPEN:
-            raise RuntimeError(f"commit() on a {self._state.value} spool writer")
-        self._state = _State.COMMITTING
-        d: Deferred[SpooledInstance] = self._spool._blocking.run(self._finish)
+            raise RuntimeError(f"end() on a {self._state.value} spool writer")
+        self._state = _State.SEALING
+        if not self._too_large and self._walk_error is None:
+            try:
+                self.summary = self._walker.finish()
+            except MalformedDataset as e:
+                self._walk_error = e
+        if self.summary is not None:
+            try:
+                self._check_uids(self.summary)
+            except SpoolError as e:
+                self._refusal = e
+                self.summary = None
+        self._walker = None
+        self._lane.submit(self._seal)
+        return self.summary
 
-        def done(instance: SpooledInstance) -> SpooledInstance:
-            self._state = _State.COMMITTED
-            return instance
+    def commit(self) -> "Deferred[SpooledInstance]":
+        """
+        End the instance and wait for it to be durable (nothing journaled: the network-core configuration).
 
-        def failed(failure: object) -> object:
-            self._state = _State.FAILED
-            return failure
-
-        d.addCallbacks(done, failed)
-        return d
+        :returns: a Deferred firing with the :class:`SpooledInstance` once it
+            is durable, or failing with :class:`SpoolError`.
+        """
+        self.end()
+        return self._spool._blocking.run(self.wait_durable)
 
     def discard(self) -> None:
         """
-        Abandon the instance: close and remove the temporary file.
+        Abandon the instance: close and remove its file (on the lane, after the writes queued).
 
-        Idempotent. It does nothing while a commit runs (the commit owns the
-        file then) or after a commit (a committed instance is never removed
-        here; a failed commit has already cleaned up).
+        Idempotent. It does nothing once :meth:`end` was called: the seal owns
+        the file then (a refused instance's file is removed by the seal; an
+        accepted one is the intake's).
         """
         if self._state is _State.OPEN:
             self._state = _State.DISCARDED
-            self._remove_temp()
-
-    def _remove_temp(self) -> None:
-        """Close the descriptor and unlink the temporary file, best effort."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                self._fs.close(fd)
-            except OSError:
-                pass
-        try:
-            self._fs.unlink(self.temp_path)
-        except OSError:
-            pass
-
-    def _finish(self) -> SpooledInstance:
-        """
-        The commit itself, on the blocking runner (see the module docstring).
-
-        :returns: the committed instance.
-        :raises SpoolError: with the status to answer; files are removed.
-        """
-        renamed = False
-        try:
-            # 1. Failures already seen while receiving.
-            if self._error is not None:
-                raise SpoolError.out_of_resources(self._error, SpoolFailure.WRITE_FAILED)
-            if self._too_large:
-                raise SpoolError(
-                    Status.CANNOT_UNDERSTAND,
-                    f"Instance larger than {self._spool.max_instance_size} bytes",
-                    SpoolFailure.TOO_LARGE,
-                )
-            # 2. The structure walk (reads the page cache, not the disk).
-            summary = self._walk()
-            # 3. The data set against the command (D05, D04).
-            self._check_uids(summary)
-            digest = self._digest()
-            # 4. Durability, in this exact order (HARDENING decision 10).
-            assert self._fd is not None
-            fd, self._fd = self._fd, None
-            try:
-                self._fs.fsync(fd)
-            finally:
-                self._fs.close(fd)
-            self._fs.rename(self.temp_path, self.final_path)
-            renamed = True
-            fsync_dir(self._spool.instances_dir, self._fs)
-            # Durable: the disk works again (D12 readiness clears).
-            self._spool.fault = None
-            return SpooledInstance(
-                instance_id=self.instance_id,
-                path=self.final_path,
-                size=self._header_size + self.bytes_written,
-                summary=summary,
-                meta=self.meta,
-                sha256=digest,
-                dataset_offset=self._header_size,
-            )
-        except OSError as e:
-            self._cleanup_after_failure(renamed)
-            self._spool.fault = StorageFault.from_error("commit", e)
-            raise SpoolError.out_of_resources(e, SpoolFailure.NOT_DURABLE) from e
-        except BaseException:
-            self._cleanup_after_failure(renamed)
-            raise
-
-    def _walk(self) -> DatasetSummary:
-        """
-        Walk the spooled data set after the meta header.
-
-        :returns: the summary.
-        :raises SpoolError: 0xC000 if the structure is malformed.
-        """
-        spool = self._spool
-        with open(self.temp_path, "rb") as fp:
-            fp.seek(self._header_size)
-            try:
-                return walk_dataset(
-                    fp,
-                    self.meta.transfer_syntax_uid,
-                    max_depth=spool.max_depth,
-                    max_elements=spool.max_elements,
-                    max_inflated_size=spool.max_inflated_size,
-                    allow_odd_lengths=spool.allow_odd_lengths,
-                )
-            except MalformedDataset as e:
-                raise SpoolError(
-                    Status.CANNOT_UNDERSTAND, e.short_comment, SpoolFailure.MALFORMED
-                ) from e
-
-    def _digest(self) -> str:
-        """
-        SHA-256 of the data set bytes, read back from the page cache.
-
-        Done here, on the blocking runner, rather than per fragment on the
-        reactor thread: hashlib releases the GIL for large buffers.
-
-        :returns: the hex digest.
-        """
-        return dataset_sha256(self.temp_path, self._header_size)
+            self._lane.submit(self._abandon)
 
     def _check_uids(self, summary: DatasetSummary) -> None:
         """
@@ -638,16 +618,131 @@ class SpoolWriter:
                 SpoolFailure.UID_MISMATCH,
             )
 
-    def _cleanup_after_failure(self, renamed: bool) -> None:
-        """
-        Remove what a failed commit leaves.
+    # -- any thread but the lane's ---------------------------------------------------------
 
-        :param renamed: whether the file already sits in ``instances/``; it
-            is removed too, since it was never acknowledged (D12).
+    def wait_durable(self) -> "SpooledInstance":
         """
-        self._remove_temp()
-        if renamed:
+        Block until the lane has sealed the instance (blocking: never on the reactor thread).
+
+        :returns: the durable instance (data and size flushed).
+        :raises SpoolError: the instance was refused or could not be made durable.
+        """
+        self._sealed.wait()
+        outcome = self._outcome
+        if isinstance(outcome, SpoolError):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the seal has finished (with either outcome)."""
+        return self._sealed.is_set()
+
+    # -- the lane's side -------------------------------------------------------------------
+
+    def _put(self, data: bytes, dataset: bool) -> None:
+        """Write ``data`` at the end of the file, start its write-back, hash it (lane).
+
+        The first error is remembered and the file removed at once: on ENOSPC
+        that frees the space for other associations (D11).
+        """
+        fd = self._fd
+        if fd is None:
+            return
+        fs = self._fs
+        view = memoryview(data)
+        start = self._offset
+        try:
+            while view:
+                n = fs.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                view = view[n:]
+            self._offset = start + len(data)
+            # Issue 13: write-back starts now, so the final fdatasync has little left.
+            fs.start_writeback(fd, start, len(data))
+        except OSError as e:
+            self._error = e
+            self._spool.fault = StorageFault.from_error("write", e)
+            self._remove()
+            return
+        if dataset:
+            self._digest.update(data)
+
+    def _abandon(self) -> None:
+        """Close and remove the file (lane): the instance is discarded or will be refused."""
+        self._remove()
+
+    def _remove(self) -> None:
+        """Close the descriptor and unlink the file, best effort (lane)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
             try:
-                self._fs.unlink(self.final_path)
+                self._fs.close(fd)
             except OSError:
                 pass
+        try:
+            self._fs.unlink(self.path)
+        except OSError:
+            pass
+
+    def _seal(self) -> None:
+        """Refuse the instance or make it durable: the last work on the lane (see the theory of operation)."""
+        try:
+            self._outcome = self._sealed_instance()
+        except SpoolError as e:
+            self._remove()
+            self._outcome = e
+        except OSError as e:
+            self._remove()
+            self._spool.fault = StorageFault.from_error("commit", e)
+            self._outcome = SpoolError.out_of_resources(e, SpoolFailure.NOT_DURABLE)
+        except BaseException:
+            self._remove()
+            self.log.failure("sealing a spooled instance failed unexpectedly")
+            self._outcome = SpoolError(Status.OUT_OF_RESOURCES, "internal error while storing", SpoolFailure.NOT_DURABLE)
+        finally:
+            self._state = _State.SEALED
+            self._sealed.set()
+
+    def _sealed_instance(self) -> "SpooledInstance":
+        """The checks, then fdatasync (lane).
+
+        :raises SpoolError: with the status to answer.
+        :raises OSError: from the flush.
+        """
+        # 1. Failures already seen while receiving, in this order.
+        if self._error is not None:
+            raise SpoolError.out_of_resources(self._error, SpoolFailure.WRITE_FAILED)
+        if self._too_large:
+            raise SpoolError(
+                Status.CANNOT_UNDERSTAND,
+                f"Instance larger than {self._spool.max_instance_size} bytes",
+                SpoolFailure.TOO_LARGE,
+            )
+        if self._walk_error is not None:
+            raise SpoolError(Status.CANNOT_UNDERSTAND, self._walk_error.short_comment, SpoolFailure.MALFORMED)
+        if self._refusal is not None:
+            raise self._refusal
+        assert self.summary is not None and self._fd is not None
+        # 2. Durability: the data and the size that addresses it (issue 13).
+        fd, self._fd = self._fd, None
+        try:
+            self._fs.fdatasync(fd)
+        finally:
+            self._fs.close(fd)
+        if not self._durable_entry:
+            # No slot was ready: this file's entry is new, make it durable too.
+            fsync_dir(self._spool.instances_dir, self._fs)
+        # Durable: the disk works again (D12 readiness clears).
+        self._spool.fault = None
+        return SpooledInstance(
+            instance_id=self.instance_id,
+            path=self.path,
+            size=self._header_size + self.bytes_written,
+            summary=self.summary,
+            meta=self.meta,
+            sha256=self._digest.hexdigest(),
+            dataset_offset=self._header_size,
+        )

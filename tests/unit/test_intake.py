@@ -340,13 +340,17 @@ class GroupCommitTests(IntakeTestsMixin, SynchronousTestCase):
         third = intake.admit(self.spooled("i3", sop_instance_uid="3.3"), INFO)
         self.assertEqual(len(runner.held), 1)
         self.assertNoResult(second)
-        self.assertEqual(runner.release_one(), "add_instances")
+        self.assertEqual(runner.release_one(), "_custody_turn")
         self.assertEqual(self.successResultOf(first).status, Status.SUCCESS)
         self.assertEqual(len(runner.held), 1)
         f, (batch, _, _), _ = runner.held[0]
-        self.assertEqual([record.instance_id for record, _ in batch], ["i2", "i3"])
+        self.assertEqual([item.record.instance_id for item in batch], ["i2", "i3"])
+        transactions: list[int] = []
+        add = self.store.add_instances
+        self.patch(self.store, "add_instances", lambda items, *a: transactions.append(len(items)) or add(items, *a))
         runner.release_one()
         self.assertEqual([self.successResultOf(d).status for d in (second, third)], [Status.SUCCESS, Status.SUCCESS])
+        self.assertEqual(transactions, [2])
         self.assertEqual(self.store.instance_ids(), {"i1", "i2", "i3"})
 
     def test_one_bad_instance_does_not_fail_the_others_of_its_batch(self) -> None:
@@ -361,8 +365,8 @@ class GroupCommitTests(IntakeTestsMixin, SynchronousTestCase):
         second = intake.admit(self.spooled("i2", sop_instance_uid="2.2"), INFO)
         third = intake.admit(self.spooled("i3", sop_instance_uid="3.3"), INFO)
         runner.release_one()
-        self.assertEqual(runner.release_one(), "add_instances")  # i2 + i3 together: fails
-        self.assertEqual([runner.release_one() for _ in range(2)], ["add_instance", "add_instance"])
+        self.assertEqual(runner.release_one(), "_custody_turn")  # i2 + i3 together fails, then each alone, on the same turn
+        self.assertEqual(runner.held, [])
         statuses = [self.successResultOf(d).status for d in (first, second, third)]
         self.assertEqual(statuses, [Status.SUCCESS, Status.OUT_OF_RESOURCES, Status.SUCCESS])
         self.assertFalse(os.path.exists(os.path.join(self.instances_dir, "i2.dcm")))
@@ -460,68 +464,46 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual(self.recover(), (1, 0))
         self.assertEqual([e.state for e in self.store.entries(destination="pacs")], [EntryState.QUEUED])
 
-    def test_orphan_part10_file_is_routed_again(self) -> None:
-        """A committed .dcm the journal lacks (a real Part 10 file) gets a record and entries; the file stays."""
+    def test_file_without_journal_record_is_removed_never_routed(self) -> None:
+        """A complete Part 10 file in instances/ that the journal lacks was never acknowledged: recovery deletes it, journals nothing (issue 13)."""
         source = get_testdata_file("CT_small.dcm", download=False)
         path = os.path.join(self.instances_dir, "orphan1.dcm")
         shutil.copy(source, path)
         self.assertEqual(self.recover(), (0, 1))
-        ((record, entries),) = self.store.find(sop_instance_uid=str(pydicom.dcmread(source).SOPInstanceUID))
-        self.assertEqual(record.instance_id, "orphan1")
-        self.assertEqual(record.path, path)
-        self.assertEqual(record.study_instance_uid, str(pydicom.dcmread(source).StudyInstanceUID))
-        self.assertEqual(sorted(e.destination for e in entries), ["folder", "pacs"])
-        self.assertTrue(os.path.exists(path))
-        self.assertEqual(self.poked, [["folder", "pacs"]])
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(self.store.instance_ids(), set())
+        self.assertEqual(self.poked, [])
 
-    def test_known_instances_are_not_routed_twice(self) -> None:
-        """A spool file the journal already knows is left alone by recovery."""
-        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "orphan1.dcm"))
-        self.assertEqual(self.recover(), (0, 1))
-        self.assertEqual(self.recover(), (0, 0))
-        self.assertEqual(len(self.store.entries()), 2)
-
-    def test_unreadable_orphan_is_reported_and_left_in_place(self) -> None:
-        """A .dcm that is not Part 10 gets no record, is not deleted, and recovery goes on."""
-        bad = os.path.join(self.instances_dir, "bad.dcm")
-        with open(bad, "wb") as f:
-            f.write(b"not dicom at all")
-        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "good.dcm"))
-        self.assertEqual(self.recover(), (0, 1))
-        self.assertTrue(os.path.exists(bad))
-        self.assertEqual(self.store.instance_ids(), {"good"})
-
-    def test_truncated_meta_orphan_is_reported_not_fatal(self) -> None:
-        """An orphan cut inside its file meta (a struct error while parsing) does not stop recovery."""
+    def test_journaled_instances_and_other_files_are_kept(self) -> None:
+        """Recovery keeps the files the journal knows, and files that are not .dcm; it removes empty unused slots without counting them."""
+        spooled = self.spooled("i1")
+        self.admit(spooled)
+        notes = os.path.join(self.instances_dir, "notes.txt")
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), notes)
+        slot = os.path.join(self.instances_dir, "f" * 32 + ".dcm")
+        open(slot, "wb").close()
         torn = os.path.join(self.instances_dir, "torn.dcm")
         with open(torn, "wb") as f:
             f.write(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\x00\x00\x02")
+        self.assertEqual(self.recover(), (0, 1))
+        self.assertTrue(os.path.exists(spooled.path))
+        self.assertTrue(os.path.exists(notes))
+        self.assertFalse(os.path.exists(slot))
+        self.assertFalse(os.path.exists(torn))
         self.assertEqual(self.recover(), (0, 0))
-        self.assertTrue(os.path.exists(torn))
+        self.assertEqual(self.store.instance_ids(), {"i1"})
 
-    def test_non_dcm_files_are_ignored(self) -> None:
-        """Files without the .dcm suffix in instances/ are not routed."""
-        shutil.copy(get_testdata_file("CT_small.dcm", download=False), os.path.join(self.instances_dir, "notes.txt"))
+    def test_unrouted_instances_are_outside_the_rule(self) -> None:
+        """An acknowledged unrouted instance lives in unrouted/, which has no journal row and which recovery never touches."""
+        self.routes = []
+        intake = self.make_intake(self.store)
+        spooled = self.spooled("u1")
+        admission = self.successResultOf(intake.admit(spooled, INFO))
+        self.assertTrue(admission.unrouted)
+        kept = os.path.join(self.tmp, "unrouted", "u1.dcm")
+        self.assertTrue(os.path.exists(kept))
         self.assertEqual(self.recover(), (0, 0))
-        self.assertEqual(self.store.instance_ids(), set())
-
-    def test_orphan_whose_journal_write_fails_is_kept(self) -> None:
-        """If the journal refuses an orphan during recovery, the file stays in the spool (never silently deleted)."""
-        store = _FailingStore()
-        intake = self.make_intake(store)
-        recovery = Recovery(
-            intake=intake,
-            store=store,
-            store_runner=SynchronousRunner(),
-            file_runner=SynchronousRunner(),
-            instances_dir=self.instances_dir,
-            wall=lambda: self.now,
-        )
-        path = os.path.join(self.instances_dir, "orphan1.dcm")
-        shutil.copy(get_testdata_file("CT_small.dcm", download=False), path)
-        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(recovery.recover())), (0, 0))
-        self.assertTrue(os.path.exists(path))
-        self.flushLoggedErrors(OSError)
+        self.assertTrue(os.path.exists(kept))
 
     def test_clean_deletes_delivered_files_and_forgets_them_after_keep_delivered(self) -> None:
         """Delivered instances' files are deleted and their records forgotten once keep_delivered has passed."""

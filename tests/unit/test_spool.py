@@ -104,6 +104,16 @@ class RecordingFileOps(FileOps):
         self._enter("fsync", self.paths[fd])
         super().fsync(fd)
 
+    def fdatasync(self, fd: int) -> None:
+        """fdatasync, recorded by path."""
+        self._enter("fdatasync", self.paths[fd])
+        super().fdatasync(fd)
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """sync_file_range, recorded by path."""
+        self._enter("start_writeback", self.paths[fd])
+        super().start_writeback(fd, offset, length)
+
     def rename(self, src: str, dst: str) -> None:
         """rename, recorded by destination."""
         self._enter("rename", dst)
@@ -123,8 +133,8 @@ class RecordingFileOps(FileOps):
 class SpoolTestMixin(SynchronousTestCase):
     """Builds a spool in a fresh directory with a synchronous runner."""
 
-    def make_spool(self, fs: FileOps | None = None, max_instance_size: int = 1 << 20) -> Spool:
-        """A recovered spool under a new temporary root."""
+    def make_spool(self, fs: FileOps | None = None, max_instance_size: int = 1 << 20, slots: bool = True) -> Spool:
+        """A recovered spool under a new temporary root, with a batch of 4 slot files ready unless ``slots`` is false."""
         root = self.mktemp()
         os.makedirs(root)
         spool = Spool(
@@ -134,8 +144,13 @@ class SpoolTestMixin(SynchronousTestCase):
             implementation_version_name="DCMGW_01",
             max_instance_size=max_instance_size,
             fs=fs,
+            slot_batch=4,
         )
         spool.recover()
+        if slots:
+            spool.prepare_slots()
+        else:
+            spool.slots.low_water = 0
         return spool
 
     def store(self, spool: Spool, data: bytes, meta: InstanceMeta | None = None, size: int = 1000) -> SpooledInstance:
@@ -153,9 +168,10 @@ class SpoolTestMixin(SynchronousTestCase):
         return failure.value  # type: ignore[return-value]
 
     def assertSpoolEmpty(self, spool: Spool) -> None:
-        """Nothing is left in incoming/ or instances/."""
+        """Nothing is left in incoming/, and instances/ holds only unused (empty) slot files."""
         self.assertEqual(os.listdir(spool.incoming_dir), [])
-        self.assertEqual(os.listdir(spool.instances_dir), [])
+        kept = [n for n in os.listdir(spool.instances_dir) if os.path.getsize(os.path.join(spool.instances_dir, n))]
+        self.assertEqual(kept, [])
 
 
 class RoundTripTests(SpoolTestMixin):
@@ -228,12 +244,12 @@ class RoundTripTests(SpoolTestMixin):
             self.assertEqual(again.PatientName, ds.PatientName, name)
 
     def test_file_mode_is_0600(self) -> None:
-        """Temporary and committed files are 0600: not executable, not world-readable (D16)."""
+        """Slot files and committed instances are 0600: not executable, not world-readable (D16)."""
         old = os.umask(0)
         self.addCleanup(os.umask, old)
         spool = self.make_spool()
         writer = spool.begin(make_meta())
-        temp_mode = stat.S_IMODE(os.stat(writer.temp_path).st_mode)
+        temp_mode = stat.S_IMODE(os.stat(writer.path).st_mode)
         writer.write(make_dataset())
         instance = self.successResultOf(writer.commit())
         self.assertEqual(temp_mode, 0o600)
@@ -249,22 +265,45 @@ class RoundTripTests(SpoolTestMixin):
         self.assertNotIn("..", os.path.basename(instance.path))
         self.assertEqual(instance.summary.sop_instance_uid, hostile)
 
-    def test_durable_order_is_fsync_rename_fsync_directory(self) -> None:
-        """Success does fsync(file), then rename, then fsync(instances/) (HARDENING decision 10)."""
+    def test_durable_order_is_writeback_per_fragment_then_fdatasync(self) -> None:
+        """Each fragment's write starts its write-back; the seal is one fdatasync of the file, no rename, no directory fsync (issue 13)."""
         fs = RecordingFileOps()
         spool = self.make_spool(fs)
-        writer = spool.begin(make_meta())
-        writer.write(make_dataset())
         fs.calls.clear()
+        writer = spool.begin(make_meta())
+        data = make_dataset()
+        for i in range(0, len(data), 1000):
+            writer.write(data[i : i + 1000])
         instance = self.successResultOf(writer.commit())
-        durable = [c for c in fs.calls if c[0] in ("fsync", "rename")]
-        self.assertEqual(
-            durable,
-            [("fsync", writer.temp_path), ("rename", instance.path), ("fsync", spool.instances_dir)],
-        )
-        # The file descriptor is closed before the rename; the directory's after its fsync.
-        self.assertLess(fs.calls.index(("close", writer.temp_path)), fs.calls.index(("rename", instance.path)))
-        self.assertEqual(fs.calls[-1], ("close", spool.instances_dir))
+        ops = [op for op, path in fs.calls if path == instance.path]
+        fragments = -(-len(data) // 1000)
+        self.assertEqual(ops, ["open"] + ["write", "start_writeback"] * (1 + fragments) + ["fdatasync", "close"])
+        self.assertEqual([c for c in fs.calls if c[0] in ("fsync", "rename")], [])
+        self.assertEqual(instance.dataset_offset, instance.size - len(data))
+
+    def test_without_a_ready_slot_the_folder_is_synced_for_that_instance(self) -> None:
+        """An empty slot pool: the file is created (O_EXCL) and the folder fsynced after the fdatasync, as safe as before."""
+        fs = RecordingFileOps()
+        spool = self.make_spool(fs, slots=False)
+        instance = self.store(spool, make_dataset())
+        durable = [c for c in fs.calls if c[0] in ("fdatasync", "fsync", "rename")]
+        self.assertEqual(durable, [("fdatasync", instance.path), ("fsync", spool.instances_dir)])
+        self.assertEqual(spool.slots.misses, 1)
+
+    def test_slots_are_made_in_batches_with_one_folder_fsync(self) -> None:
+        """prepare_slots makes a batch of empty 0600 files and fsyncs instances/ once; each instance takes one and none is reused."""
+        fs = RecordingFileOps()
+        spool = self.make_spool(fs)
+        self.assertEqual([c for c in fs.calls if c[0] == "fsync"], [("fsync", spool.instances_dir)])
+        slots = sorted(os.listdir(spool.instances_dir))
+        self.assertEqual(len(slots), 4)
+        for name in slots:
+            st = os.stat(os.path.join(spool.instances_dir, name))
+            self.assertEqual((st.st_size, stat.S_IMODE(st.st_mode)), (0, 0o600))
+        first = self.store(spool, make_dataset())
+        second = self.store(spool, make_dataset())
+        self.assertIn(os.path.basename(first.path), slots)
+        self.assertNotEqual(first.path, second.path)
 
 
 class FailureTests(SpoolTestMixin):
@@ -292,27 +331,32 @@ class FailureTests(SpoolTestMixin):
         spool = self.make_spool(fs)
         writer = spool.begin(make_meta())
         writer.write(b"\x08\x00")
-        self.assertEqual(os.listdir(spool.incoming_dir), [])
+        self.assertFalse(os.path.exists(writer.path))
         writer.discard()
 
-    def test_eio_on_fsync(self) -> None:
-        """EIO from fsync(file) gives 0xA700 and never success (D12)."""
-        spool = self.make_spool(RecordingFileOps(fail={"fsync": (1, errno.EIO)}))
+    def test_eio_on_fdatasync(self) -> None:
+        """EIO from fdatasync(file) gives 0xA700 and never success (D12)."""
+        spool = self.make_spool(RecordingFileOps(fail={"fdatasync": (1, errno.EIO)}))
         error = self.refused(spool, make_dataset())
         self.assertEqual(error.status, Status.OUT_OF_RESOURCES)
         self.assertIn("Input/output error", error.comment)
         self.assertEqual(error.reason, SpoolFailure.NOT_DURABLE)
         self.assertSpoolEmpty(spool)
 
-    def test_rename_failure(self) -> None:
-        """A failed rename (read-only filesystem) gives 0xA700 and removes the temp file (D12)."""
-        spool = self.make_spool(RecordingFileOps(fail={"rename": (1, errno.EROFS)}))
-        self.assertEqual(self.refused(spool, make_dataset()).status, Status.OUT_OF_RESOURCES)
-        self.assertSpoolEmpty(spool)
+    def test_slot_batch_failure_falls_back_to_a_synced_folder(self) -> None:
+        """EROFS while making slots: the fault is kept, and an instance then makes its own file and fsyncs the folder."""
+        fs = RecordingFileOps(fail={"fsync": (1, errno.EROFS)})
+        spool = self.make_spool(fs, slots=False)
+        spool.prepare_slots()
+        self.assertEqual((spool.fault.operation, spool.fault.error), ("create", "EROFS"))  # type: ignore[union-attr]
+        self.assertEqual(os.listdir(spool.instances_dir), [])
+        instance = self.store(spool, make_dataset())
+        self.assertIn(("fsync", spool.instances_dir), fs.calls[fs.calls.index(("fdatasync", instance.path)):])
+        self.assertIsNone(spool.fault)
 
-    def test_directory_fsync_failure_removes_renamed_file(self) -> None:
-        """EIO on fsync(instances/) gives 0xA700 and the unacknowledged file is removed (D12)."""
-        spool = self.make_spool(RecordingFileOps(fail={"fsync": (2, errno.EIO)}))
+    def test_directory_fsync_failure_removes_the_new_file(self) -> None:
+        """No slot ready and EIO on fsync(instances/): 0xA700 and the unacknowledged file is removed (D12)."""
+        spool = self.make_spool(RecordingFileOps(fail={"fsync": (1, errno.EIO)}), slots=False)
         self.assertEqual(self.refused(spool, make_dataset()).status, Status.OUT_OF_RESOURCES)
         self.assertSpoolEmpty(spool)
 
@@ -368,7 +412,7 @@ class FailureTests(SpoolTestMixin):
             implementation_version_name="DCMGW_01",
             source_ae_title="MODALITY",
         )
-        self.assertEqual(fs.written[writer.temp_path], len(header) + 3000)
+        self.assertEqual(fs.written[writer.path], len(header) + 3000)
         error = self.failureResultOf(writer.commit(), SpoolError).value
         self.assertEqual(error.status, Status.CANNOT_UNDERSTAND)
         self.assertEqual(error.comment, "Instance larger than 3000 bytes")
@@ -385,8 +429,10 @@ class FailureTests(SpoolTestMixin):
         self.assertEqual(self.store(lenient, odd).summary.sop_instance_uid, INSTANCE_UID)
 
     def test_begin_failure_raises_out_of_resources(self) -> None:
-        """If the temporary file cannot be created, begin() raises 0xA700."""
-        spool = self.make_spool(RecordingFileOps(fail={"open": (1, errno.ENOSPC)}))
+        """If the instance's file cannot be opened, begin() raises 0xA700."""
+        fs = RecordingFileOps()
+        spool = self.make_spool(fs)
+        fs.fail = {"open": (fs.counts["open"] + 1, errno.ENOSPC)}
         error = self.assertRaises(SpoolError, spool.begin, make_meta())
         self.assertEqual(error.status, Status.OUT_OF_RESOURCES)
 
@@ -496,11 +542,13 @@ class HealthTests(SpoolTestMixin):
         self.assertIsNone(spool.fault)
 
     def test_commit_and_create_failures_set_fault(self) -> None:
-        """EIO on rename is a ``commit`` fault; EROFS when creating the file is a ``create`` fault."""
-        spool = self.make_spool(RecordingFileOps(fail={"rename": (1, errno.EIO)}))
+        """EIO on the fdatasync is a ``commit`` fault; EROFS when opening the file is a ``create`` fault."""
+        spool = self.make_spool(RecordingFileOps(fail={"fdatasync": (1, errno.EIO)}))
         self.refused(spool, make_dataset())
         self.assertEqual((spool.fault.operation, spool.fault.error), ("commit", "EIO"))  # type: ignore[union-attr]
-        spool = self.make_spool(RecordingFileOps(fail={"open": (1, errno.EROFS)}))
+        fs = RecordingFileOps()
+        spool = self.make_spool(fs)
+        fs.fail = {"open": (fs.counts["open"] + 1, errno.EROFS)}
         self.assertRaises(SpoolError, spool.begin, make_meta())
         self.assertEqual((spool.fault.operation, spool.fault.error), ("create", "EROFS"))  # type: ignore[union-attr]
 
@@ -509,6 +557,7 @@ class HealthTests(SpoolTestMixin):
         fs = RecordingFileOps()
         spool = self.make_spool(fs)
         spool.fault = StorageFault("write", "EIO", "Input/output error")
+        fs.calls.clear()
         spool.probe()
         self.assertIsNone(spool.fault)
         ops = [op for op, _ in fs.calls if op != "close"]
