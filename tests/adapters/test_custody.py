@@ -39,7 +39,7 @@ from tests.adapters.test_listen import CT_IMAGE, Modality, ct_small
 
 
 class _RecordingFileOps(FileOps):
-    """The spool's system calls, recorded as ``fsync(file)``, ``fsync(dir)`` and ``rename``."""
+    """The spool's system calls, recorded as ``fsync(file)``, ``fsync(dir)``, ``rename``, ``fdatasync(file)`` and ``writeback``."""
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
@@ -60,6 +60,14 @@ class _RecordingFileOps(FileOps):
     def rename(self, src: str, dst: str) -> None:
         self.events.append("rename")
         super().rename(src, dst)
+
+    def fdatasync(self, fd: int) -> None:
+        self.events.append("fdatasync(file)")
+        super().fdatasync(fd)
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        self.events.append("writeback")
+        super().start_writeback(fd, offset, length)
 
 
 class _RecordingStore(MemoryQueueStore):
@@ -116,6 +124,8 @@ class CustodyTests(SynchronousTestCase):
             max_instance_size=1 << 30,
             fs=_RecordingFileOps(self.events),
         )
+        self.spool.recover()
+        self.spool.prepare_slots()
         self.store = _RecordingStore(self.events)
         self.intake = Intake(
             store=self.store,
@@ -134,7 +144,7 @@ class CustodyTests(SynchronousTestCase):
             spool=self.spool,
             clock=self.clock,
             limits=AcceptorLimits(),
-            admit=self.intake.admit,
+            admit=self.intake.take,
             space_low=self.space.low,
         )
 
@@ -158,16 +168,21 @@ class CustodyTests(SynchronousTestCase):
         return modality.responses(transport)
 
     def committed(self) -> list[str]:
+        """The instance files in the spool (unused slot files, empty, are not instances)."""
         folder = os.path.join(self.tmp, "instances")
-        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n for n in os.listdir(folder) if os.path.getsize(os.path.join(folder, n)))
 
-    def test_response_follows_fsync_rename_dirsync_and_journal_commit(self) -> None:
-        """The C-STORE-RSP bytes are written only after fsync(file), rename, fsync(dir) and the journal commit, in that order."""
+    def test_response_follows_fdatasync_and_journal_commit(self) -> None:
+        """The C-STORE-RSP bytes are written only after the fragments' write-back, fdatasync(file) and the journal commit, in that order; no rename, no directory fsync (issue 13)."""
         responses = self.store_ct()
         self.assertEqual([r.status for r in responses], [0])  # type: ignore[attr-defined]
+        fragments = self.events.count("writeback")
+        self.assertGreaterEqual(fragments, 1)
         self.assertEqual(
             self.events,
-            ["fsync(file)", "rename", "fsync(dir)", "journal commit", "write"],
+            ["writeback"] * fragments + ["fdatasync(file)", "journal commit", "write"],
         )
 
     def test_success_means_the_instance_is_journaled(self) -> None:

@@ -132,22 +132,24 @@ class StartTests(ServiceTestCase):
         self.assertIsNone(self.successResultOf(service.ready))
         self.assertIsNotNone(service.listeners[0].port)
 
-    def test_orphan_spool_file_is_routed_before_accepting(self) -> None:
-        """A spool file the journal lacks is routed at start, before the listener binds."""
-        self.orphan("orphan1")
+    def test_unjournaled_spool_file_is_removed_and_slots_made_before_accepting(self) -> None:
+        """A spool file the journal lacks was never acknowledged: it is removed at start, and slot files are ready, before the listener binds (issue 13)."""
+        path = self.orphan("orphan1")
         store = _WatchingStore()
-        original = store.add_instance
-        listening_at_add: list[bool] = []
+        original = store.instance_ids
+        seen: list[tuple[bool, bool]] = []
 
-        def add_instance(*args: Any, **kwargs: Any) -> Any:
+        def instance_ids() -> Any:
             assert store.service is not None
-            listening_at_add.append(store.service.listeners[0].running)
-            return original(*args, **kwargs)
+            seen.append((store.service.listeners[0].running, os.path.exists(path)))
+            return original()
 
-        store.add_instance = add_instance  # type: ignore[method-assign]
-        self.start(store=store)
-        self.assertEqual(listening_at_add, [False])
-        self.assertIn("orphan1", store.instance_ids())
+        store.instance_ids = instance_ids  # type: ignore[method-assign]
+        service = self.start(store=store)
+        self.assertEqual(seen[0], (False, True))
+        self.assertFalse(os.path.exists(path))
+        self.assertNotIn("orphan1", store.instance_ids())
+        self.assertEqual(len(service.spool.slots), service.spool.slots.batch)
 
     def test_leftover_part_file_is_removed_at_start(self) -> None:
         """An incomplete .part file left in incoming/ is removed at start-up."""
