@@ -54,7 +54,7 @@ from gateway.receive import AssociationInfo
 from gateway.parse import read_header
 from gateway.prepare import route_plan
 from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
-from gateway.spool import SpooledInstance, SpoolError, SpoolWriter
+from gateway.spool import SpooledInstance, SpoolError, SpoolFailure, SpoolWriter
 from gateway.validate import DatasetSummary
 
 
@@ -571,9 +571,19 @@ class Intake:
         """Move an instance that no route takes to ``unrouted/`` (durably) and acknowledge it."""
 
         def move() -> str:
-            make_private_dirs(self._unrouted_dir)  # HARDENING H08
             target = os.path.join(self._unrouted_dir, os.path.basename(spooled.path))
-            rename_durably(spooled.path, target)
+            try:
+                make_private_dirs(self._unrouted_dir)  # HARDENING H08
+                rename_durably(spooled.path, target)
+            except OSError:
+                # Never acknowledged: remove it wherever it is (a file left in
+                # instances/ would be removed at the next start anyway).
+                for path in (spooled.path, target):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                raise
             return target
 
         def moved(target: str) -> Admission:
@@ -588,6 +598,10 @@ class Intake:
             return Admission(Status.SUCCESS, unrouted=True, correlation_id=record.correlation_id, spooled=spooled)
 
         def failed(failure: Failure) -> Admission:
+            if failure.check(OSError):
+                # A storage fault (D11, D12), not a bug: no traceback; the modality keeps its copy.
+                self.log.error("could not keep an unrouted instance: {error}", error=failure.getErrorMessage())
+                return Admission(Status.OUT_OF_RESOURCES, SpoolError.out_of_resources(failure.value, SpoolFailure.NOT_DURABLE).comment)  # type: ignore[arg-type]
             self.log.failure("could not keep an unrouted instance", failure)
             return Admission(Status.OUT_OF_RESOURCES, "Out of resources: cannot keep unrouted instance")
 

@@ -2,11 +2,14 @@
 
 - F12: a power cut after the C-STORE-RSP loses the page cache, which
   ``kill -9`` does not, so the test checks the order of the system calls
-  instead (HARDENING decision 10): the gateway runs under ``strace -f`` while
-  ``storescu`` sends one instance, and the trace must show fsync(spool file)
-  -> rename(incoming -> instances) -> fsync(instances/) -> the journal's WAL
-  write naming the instance -> fsync/fdatasync of the WAL -> the P-DATA-TF
-  carrying the C-STORE-RSP on the association's socket.
+  instead (HARDENING decision 10, issue 13): the gateway runs under
+  ``strace -f`` while ``storescu`` sends one instance, and the trace must
+  show the instance written into a slot file of ``instances/`` made (and its
+  folder fsynced) before the association, sync_file_range after the
+  fragments, fdatasync(spool file) -> the journal's WAL write naming the
+  instance -> fsync/fdatasync of the WAL -> the P-DATA-TF carrying the
+  C-STORE-RSP on the association's socket; no rename and no directory fsync
+  on the way. A second test counts the device flushes per instance.
 - F13: ``kill -9`` between the destination's 0x0000 and the journal's
   "delivered": the recording SCP holds its answer until the test has killed
   the gateway, so the window is hit every time; after the restart the
@@ -42,7 +45,7 @@ from tests.support.metrics import metrics_text, sample
 from tests.support.ports import free_port
 
 #: The system calls F12 watches (``writev``/``sendmsg`` in case the reactor gathers buffers).
-_TRACED = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "close", "write", "writev",
+_TRACED = ("fsync", "fdatasync", "sync_file_range", "rename", "renameat", "renameat2", "openat", "close", "write", "writev",
            "sendto", "sendmsg", "pwrite64", "accept", "accept4")
 
 #: PS3.8 9.3.1: the PDU type of a P-DATA-TF is 0x04; the C-STORE-RSP travels in one.
@@ -264,65 +267,123 @@ class DurableOrderTests(ForwardTestMixin, TestCase):
         if not os.path.exists("/usr/bin/strace"):
             raise SkipTest("strace not installed (make test installs it)")
 
-    def test_rsp_leaves_after_fsync_rename_dir_fsync_and_journal_commit(self) -> None:
-        """One instance: fsync(file) < rename < fsync(instances/) < WAL write + sync < P-DATA-TF with the RSP."""
-        tmp = Path(self.mktemp()).resolve()
+    def traced_gateway(self, tmp: Path, **overrides: Any) -> TracedGateway:
+        """A gateway under ``strace -f`` writing its trace to ``tmp/strace.log``, forwarding to a folder.
+
+        :param tmp: the test's folder.
+        :param overrides: more config keys.
+        :returns: the started gateway.
+        """
         trace = tmp / "strace.log"
-        tmp.mkdir(parents=True)
-        gateway = TracedGateway(
-            tmp / "gw",
-            ["strace", "-f", "-tt", "-x", "-s", "8192", "-e", "trace=" + ",".join(_TRACED), "-o", str(trace)],
+        config: dict[str, Any] = dict(
             destinations={"archive": folder_destination(tmp / "archive")},
             routes=[{"name": "all", "forward": ["archive"]}],
         )
+        config.update(overrides)
+        gateway = TracedGateway(
+            tmp / "gw",
+            ["strace", "-f", "-tt", "-x", "-s", "8192", "-e", "trace=" + ",".join(_TRACED), "-o", str(trace)],
+            **config,
+        )
         self.addCleanup(gateway.stop)
         gateway.start()
+        return gateway
+
+    def test_rsp_leaves_after_fdatasync_and_journal_commit_without_rename(self) -> None:
+        """One instance: slot made and folder fsynced before it; write-back started; fdatasync(file) < WAL write + sync < P-DATA-TF with the RSP; no rename, no directory fsync after the association opened."""
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        gateway = self.traced_gateway(tmp)
         source = tmp / "source"
         make_series(source, 1, 16 * 1024)
         result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
         self.assertEqual(result.returncode, 0, result.describe())
         self.wait_for(gateway, lambda: any((tmp / "archive").rglob("*.dcm")), 30, "the instance in the folder")
         gateway.stop()
-        calls = parse_strace(trace.read_text(errors="replace"))
-        self.check_order(calls)
+        calls = parse_strace((tmp / "strace.log").read_text(errors="replace"))
+        self.check_order(calls, gateway.spool / "instances")
 
-    def check_order(self, calls: list[Syscall]) -> None:
-        """Assert decision 10's order on the parsed trace.
+    def check_order(self, calls: list[Syscall], instances_dir: Path) -> None:
+        """Assert issue 13's custody order on the parsed trace.
 
         :param calls: the parsed trace.
+        :param instances_dir: the spool's ``instances/``.
         """
-        renames = [c for c in calls if c.name.startswith("rename") and c.ret == 0
-                   and len(c.strings) == 2 and "/incoming/" in c.strings[0].decode()
-                   and "/instances/" in c.strings[1].decode()]
-        self.assertEqual(len(renames), 1, [c.strings for c in calls if c.name.startswith("rename")])
-        rename = renames[0]
-        temp, final = (s.decode() for s in rename.strings)
-        instance_id = Path(final).stem
-        syncs = [c for c in calls if c.name in ("fsync", "fdatasync") and c.ret == 0]
-        file_sync = [c for c in syncs if c.path == temp and c.end < rename.start]
-        self.assertTrue(file_sync, f"no fsync of {temp} before its rename")
-        instances_dir = str(Path(final).parent)
-        dir_sync = [c for c in syncs if c.path.rstrip("/") == instances_dir and c.start > rename.end]
-        self.assertTrue(dir_sync, f"no fsync of {instances_dir} after the rename")
-        dir_synced = dir_sync[0].end
-        # The journal: the WAL frame naming the instance, then the WAL's sync (synchronous=FULL).
-        wal_writes = [c for c in calls if c.name in ("pwrite64", "write") and c.path.endswith("-wal")
-                      and c.start > dir_synced and any(instance_id.encode() in s for s in c.strings)]
-        self.assertTrue(wal_writes, f"no WAL write naming {instance_id} after the directory fsync")
-        commit = [c for c in syncs if c.path.endswith("-wal") and c.start > wal_writes[0].end]
-        self.assertTrue(commit, "no fsync/fdatasync of the WAL after the instance's frame")
+        folder = str(instances_dir)
+        accepted = [c for c in calls if c.name in ("accept", "accept4") and c.ret is not None and c.ret >= 0]
+        self.assertTrue(accepted, "no accepted connection in the trace")
+        start = accepted[0].end
         # PS3.8 9.3.5: the C-STORE-RSP goes out in a P-DATA-TF (type 0x04) on the association's socket;
         # one instance was sent, so the first P-DATA-TF the gateway writes on an accepted socket is it.
         responses = [c for c in calls if c.name in ("write", "writev", "sendto", "sendmsg") and c.path == "socket"
                      and c.strings and c.strings[0][:1] == bytes([P_DATA_TF])]
         self.assertTrue(responses, "no P-DATA-TF written on an accepted socket")
         rsp = responses[0]
-        self.assertLess(file_sync[0].end, rename.start)
-        self.assertLess(rename.end, dir_sync[0].start)
-        self.assertLess(dir_synced, wal_writes[0].start)
+        # The instance's file: the one in instances/ written during the association (a slot).
+        written = [c for c in calls if c.name in ("write", "pwrite64") and c.path.startswith(folder + "/")
+                   and start < c.start < rsp.start]
+        self.assertTrue(written, "no write into instances/ during the association")
+        path = written[0].path
+        instance_id = Path(path).stem
+        opened = [c for c in calls if c.name == "openat" and c.strings and c.strings[0].decode() == path]
+        self.assertTrue(opened)
+        self.assertNotIn("O_CREAT", opened[-1].args, "the instance was not written into a slot made ahead of time")
+        made = [c for c in calls if c.name == "openat" and c.strings and c.strings[0].decode() == path
+                and "O_CREAT" in c.args]
+        self.assertTrue(made and made[0].end < start, "the slot file was not made before the association")
+        syncs = [c for c in calls if c.name in ("fsync", "fdatasync") and c.ret == 0]
+        folder_synced = [c for c in syncs if c.path.rstrip("/") == folder and made[0].end < c.start < start]
+        self.assertTrue(folder_synced, "instances/ was not fsynced after the slot was made")
+        self.assertEqual([c for c in calls if c.name.startswith("rename") and start < c.start < rsp.start], [],
+                         "a rename on the custody path")
+        self.assertEqual([c for c in syncs if c.path.rstrip("/") == folder and start < c.start < rsp.start], [],
+                         "a directory fsync on the custody path")
+        writeback = [c for c in calls if c.name == "sync_file_range" and c.path == path]
+        self.assertTrue(writeback, "no sync_file_range on the instance's file")
+        file_sync = [c for c in syncs if c.name == "fdatasync" and c.path == path]
+        self.assertTrue(file_sync, f"no fdatasync of {path}")
+        self.assertLess(writeback[-1].end, file_sync[0].start)
+        # The journal: the WAL frame naming the instance, then the WAL's sync (synchronous=FULL).
+        wal_writes = [c for c in calls if c.name in ("pwrite64", "write") and c.path.endswith("-wal")
+                      and c.start > file_sync[0].end and any(instance_id.encode() in s for s in c.strings)]
+        self.assertTrue(wal_writes, f"no WAL write naming {instance_id} after the file's fdatasync")
+        commit = [c for c in syncs if c.path.endswith("-wal") and c.start > wal_writes[0].end]
+        self.assertTrue(commit, "no fsync/fdatasync of the WAL after the instance's frame")
+        self.assertLess(file_sync[0].end, wal_writes[0].start)
         self.assertLess(wal_writes[0].end, commit[0].start)
         self.assertLess(commit[0].end, rsp.start,
                         f"the RSP (line {rsp.start}) left before the journal commit returned (line {commit[0].end})")
+
+    def test_two_device_flushes_per_instance_on_the_receive_path(self) -> None:
+        """60 instances on one association (forwarding paused): fsync+fdatasync calls from the first accept to the last RSP are at most 2 per instance plus one per slot batch."""
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        gateway = self.traced_gateway(tmp)
+        self.assertEqual(gateway.cli("queue", "pause", "archive").returncode, 0)
+        count = 60
+        source = tmp / "source"
+        make_series(source, count, 64 * 1024)
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(len(gateway.journaled_ids()), count)
+        gateway.stop()
+        calls = parse_strace((tmp / "strace.log").read_text(errors="replace"))
+        accepted = [c for c in calls if c.name in ("accept", "accept4") and c.ret is not None and c.ret >= 0]
+        responses = [c for c in calls if c.name in ("write", "writev", "sendto", "sendmsg") and c.path == "socket"
+                     and c.strings and c.strings[0][:1] == bytes([P_DATA_TF])]
+        window = [c for c in calls if accepted[0].end < c.start <= responses[-1].end]
+        flushes = [c for c in window if c.name in ("fsync", "fdatasync")]
+        data = [c for c in flushes if c.path.startswith(str(gateway.spool / "instances") + "/")]
+        batches = [c for c in flushes if c.path.rstrip("/") == str(gateway.spool / "instances")]
+        self.assertEqual(len(data), count, "one fdatasync per instance file")
+        slot_batch = 64
+        self.assertLessEqual(len(batches), -(-count // slot_batch) + 1)
+        from collections import Counter
+
+        where = Counter("instances/" if c in data else "instances" if c in batches else Path(c.path).name or "?"
+                        for c in flushes)
+        self.assertLessEqual(len(flushes), 2 * count + len(batches),
+                             f"{len(flushes)} flushes for {count} instances: {dict(where)}")
 
 
 class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):

@@ -314,8 +314,8 @@ class ShimFaultTests(StorageFaultMixin, TestCase):
         self.assertTrue(hits, f"the shim injected no {op} failure")
         if after_bytes is not None:
             # The disk filled in the middle of the file: bytes had landed in
-            # incoming/ (the partial file the row wants removed).
-            self.assertTrue(any("/incoming/" in path and path.endswith(".part") for path in hits), hits)
+            # its slot file in instances/ (the partial file the row wants removed).
+            self.assertTrue(any("/instances/" in path and path.endswith(".dcm") for path in hits), hits)
         # D11: later stores are refused too while the fault lasts.
         self.assert_refused(gateway, store(gateway, generate_uid()), committed, os.strerror(error))
         if probe_fails:
@@ -335,7 +335,7 @@ class ShimFaultTests(StorageFaultMixin, TestCase):
         self.fault_case("fsync", errno.EIO)
 
     def test_d12_eio_on_rename_answers_a700_removes_partial_fails_readyz_alerts_recovers(self) -> None:
-        """D12: rename() into instances/ failing with EIO: 0xA700, nothing in incoming/ or instances/, /readyz 503, alert, recovery.
+        """D12: rename() failing with EIO (the unrouted instance's move: no other custody step renames since issue 13): 0xA700, nothing left, /readyz 503, alert, recovery.
 
         The readiness probe is the spool's own commit (create, write, fsync,
         rename, folder fsyncs), so a failing rename fails it too.

@@ -25,6 +25,15 @@
  *   open    open/openat for writing or creating under it
  * and <errno> is a number (5 EIO, 28 ENOSPC, 30 EROFS, 122 EDQUOT).
  *
+ * Or one line "stop <point> <substring>": the process stops itself
+ * (SIGSTOP, every thread) at that point of a call on a descriptor whose
+ * path, under the prefix, contains <substring>, so a test can kill -9 it
+ * exactly there (issue 13's kill tests).  Points:
+ *   write    before a write/pwrite on it
+ *   sync     before an fsync/fdatasync of it
+ *   synced   after an fsync/fdatasync of it returned
+ * The stop is logged as "stop 0 <path>" before it happens.
+ *
  * The control file is read with raw system calls, so reading it never goes
  * through the wrappers.  Descriptors are tracked in a fixed table (fds
  * beyond it are never faulted).  Unlink and close are never faulted: the
@@ -38,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -147,6 +157,34 @@ static void note_fd(const char *op, int err, int fd) {
     note(op, err, what);
 }
 
+/* "stop <point> <substring>": stop the whole process here if the descriptor's path matches. */
+static void maybe_stop(const char *point, int fd) {
+    char buf[512];
+    char kind[32];
+    char target[256];
+    char link[64];
+    char path[4200];
+    long cfd;
+    long n;
+    ssize_t len;
+    if (!control[0]) return;
+    cfd = syscall(SYS_openat, AT_FDCWD, control, O_RDONLY | O_CLOEXEC);
+    if (cfd < 0) return;
+    n = syscall(SYS_read, (int)cfd, buf, sizeof buf - 1);
+    syscall(SYS_close, (int)cfd);
+    if (n <= 0) return;
+    buf[n] = '\0';
+    if (sscanf(buf, "stop %31s %255s", kind, target) != 2) return;
+    if (strcmp(kind, point) != 0) return;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    len = syscall(SYS_readlinkat, AT_FDCWD, link, path, sizeof path - 1);
+    if (len <= 0) return;
+    path[len] = '\0';
+    if (!under(path) || !strstr(path, target)) return;
+    note("stop", 0, path);
+    syscall(SYS_kill, getpid(), SIGSTOP);
+}
+
 /* Resolve the real functions if a wrapper runs before the constructor. */
 static void ensure(void) {
     if (!real_close) faultshim_init();
@@ -173,6 +211,7 @@ static ssize_t allowance(int fd, size_t count) {
 
 ssize_t write(int fd, const void *buf, size_t count) {
     ensure();
+    maybe_stop("write", fd);
     ssize_t allowed = allowance(fd, count);
     ssize_t n;
     if (allowed < 0) return -1;
@@ -183,6 +222,7 @@ ssize_t write(int fd, const void *buf, size_t count) {
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
     ensure();
+    maybe_stop("write", fd);
     ssize_t allowed = allowance(fd, count);
     ssize_t n;
     if (allowed < 0) return -1;
@@ -193,6 +233,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     ensure();
+    maybe_stop("write", fd);
     ssize_t allowed = allowance(fd, count);
     ssize_t n;
     if (allowed < 0) return -1;
@@ -222,7 +263,12 @@ int fsync(int fd) {
         errno = err;
         return -1;
     }
-    return real_fsync(fd);
+    maybe_stop("sync", fd);
+    {
+        int r = real_fsync(fd);
+        if (r == 0) maybe_stop("synced", fd);
+        return r;
+    }
 }
 
 int fdatasync(int fd) {
@@ -234,7 +280,12 @@ int fdatasync(int fd) {
         errno = err;
         return -1;
     }
-    return real_fdatasync(fd);
+    maybe_stop("sync", fd);
+    {
+        int r = real_fdatasync(fd);
+        if (r == 0) maybe_stop("synced", fd);
+        return r;
+    }
 }
 
 static int rename_fault(const char *from, const char *to) {

@@ -85,6 +85,17 @@ class FaultShim:
         temp.write_text(line + "\n")
         os.replace(temp, self.control)
 
+    def stop_at(self, point: str, substring: str) -> None:
+        """Make the process stop itself (SIGSTOP) at ``point`` of a call on a file whose path contains ``substring``.
+
+        :param point: ``write`` (before a write), ``sync`` (before an
+            fsync/fdatasync) or ``synced`` (after one returned).
+        :param substring: part of the file's path (under the prefix).
+        """
+        temp = self.control.with_suffix(".tmp")
+        temp.write_text(f"stop {point} {substring}\n")
+        os.replace(temp, self.control)
+
     def disarm(self) -> None:
         """Stop injecting faults."""
         try:

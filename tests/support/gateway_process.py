@@ -291,26 +291,60 @@ class GatewayProcess(PeerProcess):
             raise RuntimeError("the gateway is not running")
         self._proc.send_signal(signal.SIGHUP)
 
+    def journaled_ids(self) -> set[str]:
+        """The instance ids the queue journal holds (read-only; empty before it exists).
+
+        :returns: the ``instances.instance_id`` values.
+        """
+        import sqlite3
+
+        path = self.spool / "queue.sqlite"
+        if not path.exists():
+            return set()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            return {row[0] for row in conn.execute("SELECT instance_id FROM instances")}
+        except sqlite3.OperationalError:
+            return set()
+        finally:
+            conn.close()
+
     def instances(self) -> list[Path]:
         """List committed instances still in the spool, oldest first.
 
-        These are ``<spool>/instances/*.dcm`` (routed, not yet delivered
-        everywhere or kept by retention) and ``<spool>/unrouted/*.dcm``
-        (acknowledged instances that matched no route, which the gateway
-        keeps; the receive-only tests run without routes).
+        These are the files of ``<spool>/instances/*.dcm`` the journal holds
+        (routed, not yet delivered everywhere or kept by retention; since
+        issue 13 the journal, not the name, says a file is an acknowledged
+        instance: that folder also holds empty slot files, and a file being
+        received) and ``<spool>/unrouted/*.dcm`` (acknowledged instances
+        that matched no route, which the gateway keeps; the receive-only
+        tests run without routes).
 
         :returns: paths of committed Part 10 files.
         """
-        paths = [path
-                 for name in ("instances", "unrouted")
-                 if (self.spool / name).is_dir()
-                 for path in (self.spool / name).glob("*.dcm")]
+        known = self.journaled_ids()
+        paths = [path for path in (self.spool / "instances").glob("*.dcm") if path.stem in known]
+        if (self.spool / "unrouted").is_dir():
+            paths += (self.spool / "unrouted").glob("*.dcm")
         return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def incoming(self) -> list[Path]:
-        """List temporary files in ``<spool>/incoming/``.
+        """List files that hold no acknowledged instance and are not unused slots.
+
+        Those are what ``<spool>/incoming/`` holds (probe files; ``.part``
+        files of older versions) and the non-empty ``<spool>/instances/*.dcm``
+        the journal does not hold: an instance being received, or one a
+        failure left behind (which the gateway must remove).
 
         :returns: paths of partial files.
         """
         folder = self.spool / "incoming"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
+        found = sorted(folder.iterdir()) if folder.is_dir() else []
+        known = self.journaled_ids()
+        for path in sorted((self.spool / "instances").glob("*.dcm")):
+            try:
+                if path.stem not in known and path.stat().st_size > 0:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+        return found
