@@ -11,7 +11,7 @@ from gateway.validate import DatasetSummary, walk_dataset
 class DatasetWalker:
     def __init__(self, transfer_syntax_uid: str, **limits: Any) -> None:
         self._ts = transfer_syntax_uid
-        self._limits = {k: v for k, v in limits.items() if k != "header_cap"}
+        self._limits = {k: v for k, v in limits.items() if k not in ("header_cap", "start_offset")}
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> None:

@@ -3,8 +3,8 @@
 :class:`Intake` takes each instance the spool committed, routes it
 (:func:`gateway.route.evaluate`), and journals its queue entries in one store
 transaction. Only when that transaction has committed does the storage SCP
-answer C-STORE-RSP 0x0000 (HARDENING decision 10: fsync(file), rename,
-fsync(dir), **journal commit**, respond). If the journal cannot be written,
+answer C-STORE-RSP 0x0000 (HARDENING decision 10, issue 13: the file written
+into a slot made ahead of time, fdatasync(file), **journal commit**, respond). If the journal cannot be written,
 the spooled file is removed and the modality gets 0xA700, so it keeps its
 copy and retries: nothing is acknowledged that the gateway does not hold.
 
@@ -113,7 +113,7 @@ def walked_header(summary: DatasetSummary) -> Any:
     raw = getattr(summary, "header", None)
     if raw is None:
         return None
-    from gateway.validate import parse_header  # type: ignore[attr-defined]
+    from gateway.headerbytes import parse_header
 
     return parse_header(summary)
 
@@ -212,8 +212,7 @@ class Intake:
         :param spooled: what the spool committed.
         :param info: the association it came on.
         :param keep_file_on_failure: leave the spooled file in place when the
-            journal cannot be written (start-up recovery: an orphan is never
-            deleted, it is tried again at the next start).
+            journal cannot be written.
         :returns: a Deferred that fires with the :class:`Admission`; it never fails.
         """
         received_at = self._wall()

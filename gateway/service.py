@@ -9,8 +9,9 @@ time or I/O is handed the reactor explicitly (DESIGN 1.2).
 
 Start-up order matters for custody: the spool's leftover temp files are
 removed, in-flight queue entries go back to the queue, spooled files the
-journal does not know are routed again; only then do workers start sending
-and listeners accept. ``reload`` (SIGHUP) validates a new configuration and,
+journal does not know are removed (never acknowledged: the journal is the
+record of custody, issue 13), a first batch of slot files is made; only then
+do workers start sending and listeners accept. ``reload`` (SIGHUP) validates a new configuration and,
 if it is valid, swaps routes and restarts the workers whose destination
 changed; an invalid one is refused with a logged error and the running
 configuration stays.

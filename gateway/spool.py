@@ -435,6 +435,7 @@ class Spool:
             max_elements=self.max_elements,
             max_inflated_size=self.max_inflated_size,
             allow_odd_lengths=self.allow_odd_lengths,
+            start_offset=len(header),
         )
         return SpoolWriter(self, meta, instance_id, path, fd, header, walker, self._lanes(), durable_entry)
 
