@@ -182,6 +182,8 @@ _ZBLOCK: Final = 16 * 1024
 #: Bytes of a new piece joined to a kept partial header: more than any one
 #: step needs (a 12-byte header and a read value of :data:`_MAX_READ_VALUE`).
 _STITCH: Final = 4096
+#: The top-level limit while the data set's end is unknown.
+_INFINITE: Final = float("inf")
 #: The default ``header_cap``: 4 MiB.
 _HEADER_CAP: Final = 4 << 20
 #: The transfer syntax an inflated data set is parsed with (PS3.5 A.5: the
@@ -431,7 +433,7 @@ class DatasetWalker:
         self._header_cap = header_cap
         self._origin = start_offset
         # The walk's state (see the theory of operation).
-        self._stack = [_Frame(_DATASET, None, float("inf"), encoding, 0)]
+        self._stack = [_Frame(_DATASET, None, _INFINITE, encoding, 0)]
         self._depth = 0
         self._count = 0
         self._values: dict[int, str] = {}
@@ -449,6 +451,8 @@ class DatasetWalker:
         #: that frame (see *The unknown end*).
         self._provisional: tuple[MalformedDataset, _Frame] | None = None
         self._error: MalformedDataset | None = None
+        #: Set by a failing step whose own length was not yet checked.
+        self._unchecked: _Frame | None = None
         self._summary: DatasetSummary | None = None
         # Header capture: the first header_cap + 1 bytes, until decided.
         self._capture: bytearray | None = bytearray()
@@ -624,21 +628,25 @@ class DatasetWalker:
         :param total: the data set's end at :meth:`finish`, else ``None``.
         :raises MalformedDataset: as :meth:`feed`.
         """
+        self._unchecked = None
         try:
             self._walk(piece, total is not None)
         except MalformedDataset as e:
-            self._fail(e, total)
+            self._fail(e, total, self._unchecked)
 
-    def _fail(self, error: MalformedDataset, total: int | None) -> None:
+    def _fail(self, error: MalformedDataset, total: int | None, unchecked: _Frame | None = None) -> None:
         """
         Raise ``error``, or keep it provisional (see *The unknown end*).
 
         :param error: the rule found broken.
         :param total: the data set's end at :meth:`finish`, else ``None``.
+        :param unchecked: the element whose header broke the rule, if its
+            length was not yet checked against the end (its ``end``, ``tag``,
+            ``length`` and ``pos`` are used).
         :raises MalformedDataset: unless the error is kept provisional.
         """
         if not self._deflated:
-            outer = next((f for f in self._stack if f.end is not None), None)
+            outer = next((f for f in self._stack if f.end is not None), unchecked)
             if self._provisional is not None:
                 outer = self._provisional[1]
             if outer is not None and outer.end is not None:
@@ -798,6 +806,7 @@ class DatasetWalker:
             while True:
                 frame = stack[-1]
                 pos = base + off
+                unchecked = False
                 # A defined-length frame ends exactly at its end (checked on entry).
                 if frame.end is not None and pos >= frame.end:
                     stack.pop()
@@ -864,6 +873,9 @@ class DatasetWalker:
                         raise MalformedDataset(f"odd length {length} in {_tag_text(tag)} at {pos}")
                     if value_at + length > frame.limit:
                         raise _Overrun(tag, length, pos, frame.owner, frame.limit)
+                    # Against an unknown end the check waits (see *The
+                    # unknown end*): the rules below are provisional.
+                    unchecked = frame.limit == _INFINITE and not deflated
                 kind = frame.kind
 
                 # -- Inside a sequence: only items and the delimiter (PS3.5 7.5.1). --
@@ -986,6 +998,11 @@ class DatasetWalker:
                     off = size
                     break
                 off = after
+        except MalformedDataset:
+            if unchecked:
+                # The element's own length may yet run past the end.
+                self._unchecked = _Frame(_DATASET, value_at + length, 0, 0, 0, tag, length, pos)
+            raise
         finally:
             self._depth = depth
             self._count = count
