@@ -27,6 +27,7 @@ from gateway.headerbytes import parse_header
 from gateway.parse import read_header
 from gateway.validate import DatasetSummary, DatasetWalker, MalformedDataset, walk_dataset
 from tests.support import dataset_bytes as raw
+from tests.support import filewalk_reference
 from tests.support.datasets import dataset_bytes, dataset_offset
 from tests.unit.fuzz import SYNTAXES, dataset_seeds, mutate
 
@@ -104,6 +105,26 @@ def file_outcome(data: bytes, ts: str, **kwargs: int) -> Outcome:
     return ("ok", summary)
 
 
+def reference_outcome(data: bytes, ts: str, **kwargs: int) -> Outcome:
+    """The oracle: the pre-issue-13 file walk (:mod:`tests.support.filewalk_reference`), header fields empty."""
+    try:
+        old = filewalk_reference.walk_dataset(io.BytesIO(data), ts, **kwargs)  # type: ignore[arg-type]
+    except filewalk_reference.MalformedDataset as e:
+        return ("error", e.comment)
+    return ("ok", DatasetSummary(**dataclasses.asdict(old)))
+
+
+def deflate_stream_error(outcome: Outcome) -> bool:
+    """Whether ``outcome`` is zlib's verdict on a deflate stream (corrupt data, or the cap).
+
+    Which of those a walk meets first, and whether a structural error in
+    the output zlib discards with the failing call is seen, depends on the
+    blocks zlib is handed: the walker's are aligned on the stream, the
+    oracle's are its 64 KiB reads, so there the two may differ.
+    """
+    return outcome[0] == "error" and str(outcome[1]).startswith(("deflated data set is corrupt", "deflated data set inflates past"))
+
+
 def without_header(outcome: Outcome) -> Outcome:
     """The outcome with the header capture fields cleared (``walk_dataset`` captures none)."""
     kind, value = outcome
@@ -130,6 +151,9 @@ class SplitInvarianceTests(SynchronousTestCase):
         self.assertEqual(pieces, whole)
         self.assertEqual(views, whole)
         self.assertEqual(without_header(file_outcome(data, ts, **LIMITS)), without_header(whole))
+        oracle = reference_outcome(data, ts, **LIMITS)
+        if not (deflate_stream_error(oracle) or deflate_stream_error(whole)):
+            self.assertEqual(without_header(whole), oracle)
         return whole
 
     @_SETTINGS
@@ -193,6 +217,18 @@ class SplitInvarianceTests(SynchronousTestCase):
         if not data:
             return
         self.assertSameOutcome(data[1:], SYNTAXES[data[0] % len(SYNTAXES)], cuts)
+
+    def test_structure_error_just_before_deflate_corruption_is_split_independent(self) -> None:
+        """A structural error and corrupt deflate data in one zlib block: the same verdict for any split."""
+        value = bytes((i * 7919) % 251 for i in range(40_000))  # poorly compressible
+        prefix = raw.minimal("1.2.3.4") + raw.explicit(0x00291010, "OB", value) + b"\x30\x00\x10\x00ZZ\x02\x00ab"
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        packed = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 16
+        whole, _ = outcome_of_pieces([packed], DEFLATED)
+        self.assertEqual(whole[0], "error")
+        for size in (1, 5, 4096, 16383, 20000):
+            pieces, _ = outcome_of_pieces(split(packed, range(size, len(packed), size)), DEFLATED)
+            self.assertEqual(pieces, whole, size)
 
     def test_deflate_bomb_fails_the_same_in_any_split(self) -> None:
         """A deflate bomb stops at the cap with the same comment whatever the split (D09)."""
