@@ -38,13 +38,15 @@ def _before_pixel_data(tag: object, vr: object, length: object) -> bool:
     return tag in PIXEL_DATA_TAGS
 
 
-def parse_header(summary: DatasetSummary, defer_size: int | None = 16384) -> pydicom.Dataset:
+def parse_header(summary: DatasetSummary) -> pydicom.Dataset:
     """
     Read the header bytes of a walked data set into a pydicom data set.
 
+    Nothing is deferred (pydicom's ``defer_size`` re-reads a value from the
+    data set's file, which these bytes do not have; they are in memory, at
+    most the walker's ``header_cap``).
+
     :param summary: a walk's summary with a captured header.
-    :param defer_size: values larger than this are left unparsed until used
-        (pydicom ``defer_size``; they stay in memory, in the header bytes).
     :returns: the top-level elements before the pixel data (no file meta).
     :raises ValueError: if the summary has no header (it exceeded the
         walker's cap), or pydicom cannot read it.
@@ -60,7 +62,6 @@ def parse_header(summary: DatasetSummary, defer_size: int | None = 16384) -> pyd
             implicit,
             little,
             stop_when=_before_pixel_data,
-            defer_size=defer_size,
         )
     except Exception as e:  # pydicom raises many kinds on malformed input
         raise ValueError(f"cannot read the header bytes: {e}") from e

@@ -491,6 +491,7 @@ class DatasetWalker:
         :raises MalformedDataset: as soon as the bytes fed so far prove the
             data set malformed, whatever the bytes that follow; again on every
             call once raised.
+        :raises ValueError: after :meth:`finish`.
         """
         n = len(data)
         skip = self._skip

@@ -286,6 +286,20 @@ class ErrorTimingTests(SynchronousTestCase):
         self.assertIn("invalid VR 0x5A5A in (0010,0010)", e.comment)
         self.assertEqual(file_outcome(self.HEAD + sequence + b"\x00\x00", EXPLICIT), ("error", e.comment))
 
+    def test_overrun_of_a_sequence_ending_with_the_data_set_names_the_data_set(self) -> None:
+        """An element overrunning its item in a last SQ that ends with the data set: "data set", as the file walk said."""
+        inner = raw.item(raw.explicit(0x00081150, "UI", b"1.2\x00", length=40))
+        data = self.HEAD + raw.explicit(0x00081140, "SQ", inner)
+        for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+            outcome, _ = outcome_of_pieces(pieces, EXPLICIT)
+            self.assertEqual(outcome, ("error", f"(0008,1150) length 40 runs past the end of the data set at {len(self.HEAD) + 20}"))
+        self.assertEqual(reference_outcome(data, EXPLICIT), outcome)
+        # With one more element after the SQ, the SQ is the bound named.
+        longer = data + raw.explicit(0x00100010, "PN", b"AB")
+        outcome, _ = outcome_of_pieces([longer], EXPLICIT)
+        self.assertEqual(outcome, ("error", f"(0008,1150) length 40 runs past the end of the (0008,1140) at {len(self.HEAD) + 20}"))
+        self.assertEqual(reference_outcome(longer, EXPLICIT), outcome)
+
     def test_failed_walker_stays_failed(self) -> None:
         """After an error every feed and finish raises the same error again."""
         walker = DatasetWalker(EXPLICIT)
@@ -423,6 +437,14 @@ class HeaderCaptureTests(SynchronousTestCase):
         data = raw.minimal("1.2.3.4")
         (_, summary), _ = outcome_of_pieces([data[:5], data[5:]], EXPLICIT)
         self.assertEqual(summary.header, data)  # type: ignore[union-attr]
+
+    def test_large_header_values_are_readable(self) -> None:
+        """A 20 KB value in the header parses and reads back (nothing is deferred to a file there is not)."""
+        value = bytes(range(256)) * 80
+        data = raw.minimal("1.2.3.4") + raw.explicit(0x00291010, "OB", value) + raw.explicit(0x7FE00010, "OW", b"\x00" * 10)
+        (_, summary), _ = outcome_of_pieces([data], EXPLICIT)
+        assert isinstance(summary, DatasetSummary)
+        self.assertEqual(parse_header(summary)[0x00291010].value, value)
 
     def test_parse_header_without_header_fails(self) -> None:
         """parse_header refuses a summary whose header did not fit."""
