@@ -77,7 +77,9 @@ inflated as the compressed bytes arrive, with a cap on the inflated size
 at once, so a bomb costs one chunk of memory. The compressed stream is handed
 to zlib in blocks of :data:`_ZBLOCK` bytes aligned on the stream's start,
 whatever the fed split: what zlib reports (corrupt data, the cap) then does
-not depend on how the network cut the bytes.
+not depend on how the network cut the bytes. The price: a deflated data
+set's error is raised by the feed that completes its block (at most
+:data:`_ZBLOCK` compressed bytes late) or by ``finish``.
 
 *Header capture.* For routing, the walker keeps the top-level data set bytes
 before the pixel data (any of (7FE0,0008), (7FE0,0009), (7FE0,0010), where
