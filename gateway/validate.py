@@ -533,13 +533,12 @@ class DatasetWalker:
         provisional = self._provisional
         if provisional is not None:
             self._fail(provisional[0], total)
-        if self._skip:
-            tag, length, pos, fragment = self._leaf
-            if self._deflated and fragment:
-                self._fail(MalformedDataset(f"pixel data fragment at {pos} is truncated"), total)
-            self._fail(_past_end(tag, length, "data set", pos), total)
+        self._check_no_skip(total)
         buf, self._buf = self._buf, b""
         self._walk_guarded(memoryview(buf), total)
+        # (The kept bytes end inside a header or a read value, so the last
+        # walk cannot leave a skip; checked all the same.)
+        self._check_no_skip(total)
         self._decide_header(total)
         values = self._values
         self._summary = DatasetSummary(
@@ -557,6 +556,19 @@ class DatasetWalker:
             header_transfer_syntax=self._header_syntax if self._header is not None else None,
         )
         return self._summary
+
+    def _check_no_skip(self, total: int) -> None:
+        """
+        At the end: a value still being skipped runs past the end of the data set.
+
+        :param total: the data set's end.
+        :raises MalformedDataset: if a skip is pending.
+        """
+        if self._skip:
+            tag, length, pos, fragment = self._leaf
+            if self._deflated and fragment:
+                self._fail(MalformedDataset(f"pixel data fragment at {pos} is truncated"), total)
+            self._fail(_past_end(tag, length, "data set", pos), total)
 
     # -- Feeding ------------------------------------------------------------------
 
