@@ -1,7 +1,7 @@
 """Benchmark the data set structure walk: the file walk against the walk fed as the bytes arrive.
 
 Prints CPU microseconds per instance (``time.process_time``, the median of
-``--rounds`` rounds of ``--count`` walks each) for one instance of
+``--rounds`` interleaved rounds of ``--count`` walks each) for one instance of
 ``--size`` bytes (512 KiB by default, the issue 13 reference instance):
 
 * ``file walk before issue 13``: the file walk as it was
@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,24 +45,28 @@ from tests.support import filewalk_reference  # noqa: E402
 from tests.support.datasets import dataset_offset, write_instance  # noqa: E402
 
 
-def per_instance_us(run: object, count: int, rounds: int) -> float:
+def interleaved_us(runs: dict[str, Callable[[], None]], count: int, rounds: int) -> dict[str, float]:
     """
-    Median CPU microseconds of one call of ``run`` over ``rounds`` rounds.
+    Median CPU microseconds of one call of each run, the runs interleaved.
 
-    :param run: a callable of no arguments.
-    :param count: calls per round.
+    Each round times every run in turn (``count`` calls each), so a busy
+    neighbour on a shared machine weighs on all of them alike.
+
+    :param runs: callables of no arguments, by label.
+    :param count: calls per run per round.
     :param rounds: rounds.
-    :returns: microseconds per call.
+    :returns: microseconds per call, by label.
     """
-    assert callable(run)
-    run()  # warm
-    samples = []
+    samples: dict[str, list[float]] = {label: [] for label in runs}
+    for run in runs.values():
+        run()  # warm
     for _ in range(rounds):
-        start = time.process_time()
-        for _ in range(count):
-            run()
-        samples.append((time.process_time() - start) / count * 1e6)
-    return statistics.median(samples)
+        for label, run in runs.items():
+            start = time.process_time()
+            for _ in range(count):
+                run()
+            samples[label].append((time.process_time() - start) / count * 1e6)
+    return {label: statistics.median(values) for label, values in samples.items()}
 
 
 def main() -> None:
@@ -70,7 +75,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512 * 1024, help="instance size in bytes")
     parser.add_argument("--syntax", default="1.2.840.10008.1.2.1", help="transfer syntax (uncompressed)")
     parser.add_argument("--count", type=int, default=500, help="walks per round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (the median is printed)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds (the median is printed)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +93,7 @@ def main() -> None:
                 fp.seek(offset)
                 filewalk_reference.walk_dataset(fp, args.syntax)
 
-        def fed(size: int) -> object:
+        def fed(size: int) -> Callable[[], None]:
             fragments = [data[at : at + size] for at in range(0, len(data), size)]
 
             def run() -> None:
@@ -122,15 +127,21 @@ def main() -> None:
             for _ in range(feeds):
                 feed(fragment)
 
-        print(f"instance: {path.stat().st_size} bytes, data set {len(data)} bytes, "
-              f"{summary.element_count} elements, syntax {args.syntax}")
-        print(f"file walk before issue 13 (reference):  {per_instance_us(reference_walk, args.count, args.rounds):8.1f} us/instance")
-        print(f"file walk now (walk_dataset -> walker): {per_instance_us(file_walk, args.count, args.rounds):8.1f} us/instance")
+        runs: dict[str, Callable[[], None]] = {
+            "file walk before issue 13 (reference)": reference_walk,
+            "file walk now (walk_dataset -> walker)": file_walk,
+        }
         for size in (16384, 65536):
             pieces = -(-len(data) // size)
-            us = per_instance_us(fed(size), args.count, args.rounds)
-            print(f"fed {size // 1024:2d} KiB fragments ({pieces:3d} feeds):     {us:8.1f} us/instance")
-        print(f"fast path (a feed inside a skipped value): {per_instance_us(fast_path, 1, args.rounds) / feeds * 1000:6.0f} ns/feed")
+            runs[f"fed {size // 1024} KiB fragments ({pieces} feeds)"] = fed(size)
+        figures = interleaved_us(runs, args.count, args.rounds)
+        print(f"instance: {path.stat().st_size} bytes, data set {len(data)} bytes, "
+              f"{summary.element_count} elements, syntax {args.syntax}; "
+              f"CPU us per instance, median of {args.rounds} interleaved rounds of {args.count}")
+        for label, us in figures.items():
+            print(f"  {label:42s} {us:8.1f} us/instance")
+        fast = interleaved_us({"fast": fast_path}, 1, args.rounds)["fast"]
+        print(f"  {'fast path (a feed inside a skipped value)':42s} {fast / feeds * 1000:8.0f} ns/feed")
 
 
 if __name__ == "__main__":
