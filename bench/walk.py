@@ -15,6 +15,9 @@ Prints CPU microseconds per instance (``time.process_time``, the median of
   default PDU; 64 KiB a larger one), then finished, header capture on (the
   default 4 MiB cap). The fragments are cut beforehand, as the network hands
   them over already cut;
+* with ``--deflated``, the same data set deflated (PS3.5 A.5): the file walk
+  before issue 13 from memory, and the walker fed 16 KiB of compressed bytes
+  at a time (both inflate everything);
 * ``fast path``: the cost of one ``feed`` that lies wholly inside a skipped
   value.
 
@@ -28,10 +31,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size", type=int, default=512 * 1024, help="instance size in bytes")
     parser.add_argument("--syntax", default="1.2.840.10008.1.2.1", help="transfer syntax (uncompressed)")
+    parser.add_argument("--deflated", action="store_true",
+                        help="also walk the data set deflated (PS3.5 A.5, zlib level 6): file walk and 16 KiB feeds")
     parser.add_argument("--count", type=int, default=500, help="walks per round")
     parser.add_argument("--rounds", type=int, default=9, help="rounds (the median is printed)")
     args = parser.parse_args()
@@ -134,6 +141,22 @@ def main() -> None:
         for size in (16384, 65536):
             pieces = -(-len(data) // size)
             runs[f"fed {size // 1024} KiB fragments ({pieces} feeds)"] = fed(size)
+        if args.deflated:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+            packed = compressor.compress(data) + compressor.flush()
+            deflated_ts = "1.2.840.10008.1.2.1.99"
+
+            def reference_deflated() -> None:
+                filewalk_reference.walk_dataset(io.BytesIO(packed), deflated_ts)  # type: ignore[arg-type]
+
+            def fed_deflated() -> None:
+                walker = DatasetWalker(deflated_ts)
+                for at in range(0, len(packed), 16384):
+                    walker.feed(packed[at : at + 16384])
+                walker.finish()
+
+            runs[f"deflated ({len(packed)} B): file walk before issue 13"] = reference_deflated
+            runs["deflated: fed 16 KiB fragments"] = fed_deflated
         figures = interleaved_us(runs, args.count, args.rounds)
         print(f"instance: {path.stat().st_size} bytes, data set {len(data)} bytes, "
               f"{summary.element_count} elements, syntax {args.syntax}; "

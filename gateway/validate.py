@@ -76,10 +76,13 @@ inflated as the compressed bytes arrive, with a cap on the inflated size
 (HARDENING D09); output is pulled :data:`_CHUNK` bytes at a time and walked
 at once, so a bomb costs one chunk of memory. The compressed stream is handed
 to zlib in blocks of :data:`_ZBLOCK` bytes aligned on the stream's start,
-whatever the fed split: what zlib reports (corrupt data, the cap) then does
-not depend on how the network cut the bytes. The price: a deflated data
-set's error is raised by the feed that completes its block (at most
-:data:`_ZBLOCK` compressed bytes late) or by ``finish``.
+whatever the fed split, each block's output pulled a chunk at a time: what
+zlib reports (corrupt data, the cap), and what output a failing call takes
+with it, then does not depend on how the network cut the bytes, and is what
+the file walk (which read the file in such blocks) reported. The price: a
+deflated data set's error is raised by the feed that completes its block (at
+most :data:`_ZBLOCK` compressed bytes late) or by ``finish``, and a partial
+block is kept (at most 64 KiB).
 
 *Header capture.* For routing, the walker keeps the top-level data set bytes
 before the pixel data (any of (7FE0,0008), (7FE0,0009), (7FE0,0010), where
@@ -179,8 +182,8 @@ _FRAGMENTS: Final = 2
 #: Bytes read from the file, or inflated, at a time.
 _CHUNK: Final = 64 * 1024
 #: Compressed bytes handed to zlib per call, aligned on the stream's start
-#: (see *Deflate* in the theory of operation).
-_ZBLOCK: Final = 16 * 1024
+#: (see *Deflate* in the theory of operation): the file walk's read size.
+_ZBLOCK: Final = 64 * 1024
 #: Bytes of a new piece joined to a kept partial header: more than any one
 #: step needs (a 12-byte header and a read value of :data:`_MAX_READ_VALUE`).
 _STITCH: Final = 4096
@@ -461,7 +464,7 @@ class DatasetWalker:
         self._header: bytes | None = None
         # Deflate: the compressed bytes of a block not yet complete, and the
         # inflated size so far.
-        self._zcarry = b""
+        self._zcarry = bytearray()
         self._inflated = 0
 
     # -- Public interface ---------------------------------------------------------
@@ -697,18 +700,19 @@ class DatasetWalker:
         if carry:
             need = _ZBLOCK - len(carry)
             if len(data) < need:
-                self._zcarry = carry + bytes(data)
+                carry += data
                 return
-            self._zcarry = b""
-            self._inflate_block(carry + bytes(data[:need]))
+            carry += data[:need]
+            self._zcarry = bytearray()
+            self._inflate_block(carry)
             data = data[need:]
         whole = len(data) - len(data) % _ZBLOCK
         for at in range(0, whole, _ZBLOCK):
             if inflater.eof:
                 return
             self._inflate_block(data[at : at + _ZBLOCK])
-        if not inflater.eof:
-            self._zcarry = bytes(data[whole:])
+        if whole < len(data) and not inflater.eof:
+            self._zcarry = bytearray(data[whole:])
 
     def _inflate_block(self, block: _Bytes) -> None:
         """
@@ -751,7 +755,7 @@ class DatasetWalker:
         inflater = self._inflater
         assert inflater is not None
         if not inflater.eof:
-            carry, self._zcarry = self._zcarry, b""
+            carry, self._zcarry = self._zcarry, bytearray()
             if carry:
                 self._inflate_block(carry)
         if inflater.eof:
