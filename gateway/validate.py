@@ -492,7 +492,8 @@ class DatasetWalker:
         """
         Walk the next piece of the data set.
 
-        :param data: the bytes that follow the ones already fed.
+        :param data: the bytes that follow the ones already fed; not kept
+            after the call returns (what the walker keeps, it copies).
         :raises MalformedDataset: as soon as the bytes fed so far prove the
             data set malformed, whatever the bytes that follow; again on every
             call once raised.
@@ -503,12 +504,12 @@ class DatasetWalker:
         # The fast path: the piece lies wholly inside a skipped value.
         if skip >= n and self._capture is None and self._inflater is None:
             if self._error is not None:
-                raise self._error
+                raise MalformedDataset(self._error.comment)
             self._skip = skip - n
             self._base += n
             return
         if self._error is not None:
-            raise self._error
+            raise MalformedDataset(self._error.comment)
         if self._summary is not None:
             raise ValueError("feed() after finish()")
         view = data if isinstance(data, memoryview) else memoryview(data)
@@ -527,7 +528,7 @@ class DatasetWalker:
             truncated deflate stream, ...).
         """
         if self._error is not None:
-            raise self._error
+            raise MalformedDataset(self._error.comment)
         if self._summary is not None:
             return self._summary
         if self._inflater is not None:
@@ -663,6 +664,9 @@ class DatasetWalker:
             ``length`` and ``pos`` are used).
         :raises MalformedDataset: unless the error is kept provisional.
         """
+        # Kept errors keep no traceback: its frames would keep the fed
+        # pieces (memoryviews of the caller's buffers) alive.
+        error.__traceback__ = None
         if not self._deflated:
             outer = next((f for f in self._stack if f.end is not None), unchecked)
             if self._provisional is not None:
@@ -680,10 +684,14 @@ class DatasetWalker:
                     error = _past_end(outer.tag, outer.length, "data set", outer.pos)
         if isinstance(error, _Overrun):
             error = error.settled(total)
-        self._error = error
+        self._error = MalformedDataset(error.comment)
+        self._provisional = None
         self._buf = b""
         self._capture = None
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # no cycle through this frame: the pieces are freed with the error
 
     def _inflate(self, data: memoryview) -> None:
         """

@@ -292,8 +292,31 @@ class ErrorTimingTests(SynchronousTestCase):
         """After an error every feed and finish raises the same error again."""
         walker = DatasetWalker(EXPLICIT)
         first = self.assertRaises(MalformedDataset, walker.feed, b"\x10\x00\x10\x00ZZ\x02\x00ab")
-        self.assertIs(self.assertRaises(MalformedDataset, walker.feed, b"\x00" * 10), first)
-        self.assertIs(self.assertRaises(MalformedDataset, walker.finish), first)
+        self.assertEqual(self.assertRaises(MalformedDataset, walker.feed, b"\x00" * 10).comment, first.comment)
+        self.assertEqual(self.assertRaises(MalformedDataset, walker.finish).comment, first.comment)
+
+    def test_fed_buffers_are_not_kept(self) -> None:
+        """A bytearray fed (with a provisional error pending, then after a failure) can be resized at once."""
+        garbage = raw.item(raw.explicit(0x00081155, "UI", b"1.2\x00")) + b"\x10\x00\x10\x00ZZ\x02\x00ab"
+        buffer = bytearray(self.HEAD + raw.explicit(0x00081140, "SQ", garbage, length=4000))
+        walker = DatasetWalker(EXPLICIT)
+        walker.feed(buffer)  # the error inside the SQ is provisional
+        del buffer[:]  # raises BufferError if the walker still exported it
+        buffer += b"\x00" * 5000
+        try:
+            walker.feed(buffer)
+        except MalformedDataset:
+            pass
+        else:
+            self.fail("the provisional error was not raised")
+        buffer.extend(b"\x00")
+        # An error raised from the feed that brings it.
+        direct = bytearray(self.HEAD + b"\x10\x00\x10\x00ZZ\x02\x00ab")
+        try:
+            DatasetWalker(EXPLICIT).feed(direct)
+        except MalformedDataset:
+            pass
+        direct.extend(b"\x00")
 
     @_SETTINGS
     @given(
