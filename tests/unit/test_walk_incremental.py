@@ -295,6 +295,23 @@ class ErrorTimingTests(SynchronousTestCase):
         self.assertEqual(self.assertRaises(MalformedDataset, walker.feed, b"\x00" * 10).comment, first.comment)
         self.assertEqual(self.assertRaises(MalformedDataset, walker.finish).comment, first.comment)
 
+    def test_finish_is_final(self) -> None:
+        """finish() twice gives the same summary; feed() after finish() is a programming error."""
+        walker = DatasetWalker(EXPLICIT)
+        walker.feed(self.HEAD)
+        summary = walker.finish()
+        self.assertIs(walker.finish(), summary)
+        self.assertEqual(summary.sop_instance_uid, "1.2.3.4")
+        self.assertRaises(ValueError, walker.feed, b"\x00" * 8)
+
+    def test_truncated_header_raises_only_from_finish(self) -> None:
+        """Half an element header waits for the next piece; at finish it is the file walk's error."""
+        walker = DatasetWalker(EXPLICIT)
+        walker.feed(self.HEAD + b"\x10\x00\x10")
+        e = self.assertRaises(MalformedDataset, walker.finish)
+        self.assertEqual(e.comment, f"data set ends inside an element header at {len(self.HEAD)}")
+        self.assertEqual(reference_outcome(self.HEAD + b"\x10\x00\x10", EXPLICIT), ("error", e.comment))
+
     def test_fed_buffers_are_not_kept(self) -> None:
         """A bytearray fed (with a provisional error pending, then after a failure) can be resized at once."""
         garbage = raw.item(raw.explicit(0x00081155, "UI", b"1.2\x00")) + b"\x10\x00\x10\x00ZZ\x02\x00ab"
