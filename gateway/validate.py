@@ -66,7 +66,13 @@ Comment as a walk that knew the end up front:
   if the data set turns out to end before F does, F's own length is the
   first broken rule, as a walk knowing the end would have said. The walker
   then just counts bytes, and raises the error from the first feed that
-  passes F's end, or from :meth:`finish`.
+  passes F's end, or from :meth:`finish`. The same holds for a rule that
+  the header of such an element breaks after its length (an item where a
+  delimiter belongs, a tag out of order, a read value too long): the file
+  walk checked the length first;
+- whether an overrun names its enclosing element or "the data set" depends
+  on whether that element ends exactly where the data set does
+  (:class:`_Overrun`), settled the same way.
 
 Deflated data sets (PS3.5 A.5) have no such deferral: their inflated size is
 unknown even to a file walk, so their errors are raised as found.
