@@ -85,12 +85,7 @@ from gateway.durable import CREATE_FLAGS, FileOps, fsync_dir, replace_durably, w
 from gateway.meta import encode_file_meta
 from gateway.private import make_private_dirs
 from gateway.slots import DCM_SUFFIX, SlotPool
-from gateway.validate import DatasetSummary, MalformedDataset
-
-try:
-    from gateway.validate import DatasetWalker
-except ImportError:  # until the incremental walker lands (interim, issue 13)
-    from gateway._walkshim import DatasetWalker  # type: ignore[assignment]
+from gateway.validate import DatasetSummary, DatasetWalker, MalformedDataset
 
 __all__ = [
     "FileOps",

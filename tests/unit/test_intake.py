@@ -293,10 +293,13 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         self.routes = []
         with open(os.path.join(self.tmp, "unrouted"), "w"):
             pass  # a file where the folder should be: makedirs fails
-        admission = self.admit(self.spooled("i1"))
+        spooled = self.spooled("i1")
+        admission = self.admit(spooled)
         self.assertEqual(admission.status, Status.OUT_OF_RESOURCES)
+        self.assertIn("Not a directory", admission.comment)
         self.assertEqual(self.intake.unrouted_total, 0)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        # Never acknowledged: the file is removed at once, not left for the next start.
+        self.assertFalse(os.path.exists(spooled.path))
 
     def test_each_entry_is_journaled_with_its_routes_plan(self) -> None:
         """A morphing route's entries carry its canonical plan; an unmorphed route's carry NO_MORPH; a later reload changes neither."""
