@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.support import dcmtk  # noqa: E402
-from tests.support.gateway_process import GatewayProcess  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from tests.support.gateway_process import CliResult, GatewayProcess  # noqa: E402
+from tests.support.ports import free_port, port_is_open  # noqa: E402
 
 __all__ = [
     "Run",
@@ -72,6 +72,8 @@ __all__ = [
     "print_medians",
     "proc_cpu",
     "received_by_gateway",
+    "ratio",
+    "run_once",
     "run_senders",
     "settle",
     "split_files",
@@ -161,6 +163,32 @@ def tree_cpu(pid: int) -> float:
         previous = total
         time.sleep(0.02)
     return previous
+
+
+def machine_ticks() -> list[int]:
+    """Read the machine-wide CPU tick counters (the ``cpu`` line of ``/proc/stat``).
+
+    :returns: user, nice, system, idle, iowait, irq, softirq, steal ticks.
+    """
+    with open("/proc/stat") as stat:
+        return [int(value) for value in stat.readline().split()[1:9]]
+
+
+def machine_share(before: Sequence[int], after: Sequence[int]) -> tuple[float, float]:
+    """How busy the whole machine was between two :func:`machine_ticks` readings.
+
+    On a VM whose virtual CPUs wait for the host (``steal``), a process's
+    CPU time can grow while it waits, so the figures are printed beside
+    every run.
+
+    :param before: the first reading.
+    :param after: the second.
+    :returns: (busy %, steal %) of all CPU time in between.
+    """
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta) or 1
+    idle = delta[3] + delta[4]
+    return 100.0 * (total - idle) / total, 100.0 * delta[7] / total
 
 
 def settle(read_cpu: Callable[[], float], *, quiet: float = 0.3, timeout: float = 10.0) -> float:
@@ -279,39 +307,75 @@ def run_senders(port: int, shares: Sequence[Sequence[Path]], *, called_ae: str, 
 
 # --- the gateway --------------------------------------------------------------------------------
 
-class _TracedGateway(GatewayProcess):
-    """A gateway whose command runs under ``strace`` (see :func:`strace_command`).
+class _Gateway(GatewayProcess):
+    """A gateway run from a given checkout, optionally under ``strace``.
 
     :param directory: its config, spool and log.
-    :param trace: the strace output file.
+    :param root: the checkout whose ``gateway`` package runs (its working directory and first
+        ``PYTHONPATH`` entry); this checkout by default.
+    :param trace: the strace output file, or ``None``.
     :param overrides: config keys.
     """
 
-    def __init__(self, directory: Path, trace: Path, **overrides: Any) -> None:
+    def __init__(self, directory: Path, root: Path, trace: Path | None, **overrides: Any) -> None:
+        self.root = root
         self.trace = trace
         super().__init__(directory, **overrides)
 
     def command(self) -> list[str]:
-        """The gateway's usual command, prefixed with ``strace``.
+        """``python -m gateway run -c CONFIG``, prefixed with ``strace`` when tracing.
 
         :returns: the argv.
         """
-        return strace_command(super().command(), self.trace)
+        argv = [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)]
+        return strace_command(argv, self.trace) if self.trace else argv
+
+    def _env(self) -> dict[str, str]:
+        """The environment, with the chosen checkout first on ``PYTHONPATH``.
+
+        :returns: the environment.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        """Start it from the chosen checkout and wait until its port accepts connections.
+
+        :param timeout: seconds to wait.
+        :returns: this object.
+        """
+        self.spawn(self.command(), lambda: port_is_open(self.host, self.port), timeout,
+                   env=self._env(), cwd=self.root, what=f"listen on {self.port}")
+        return self
+
+    def cli(self, *args: str, timeout: float = 60.0) -> CliResult:
+        """Run an administration command of the chosen checkout against this config.
+
+        :param args: the command and its arguments (``-c CONFIG`` is appended).
+        :param timeout: seconds before it is killed.
+        :returns: its exit status and output.
+        """
+        argv = [sys.executable, "-m", "gateway", *args, "-c", str(self.config_path)]
+        proc = subprocess.run(argv, cwd=self.root, env=self._env(), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr, tuple(argv))
 
 
-def gateway_process(directory: Path, trace: Path | None = None, **overrides: Any) -> GatewayProcess:
+def gateway_process(directory: Path, trace: Path | None = None, root: Path | None = None,
+                    **overrides: Any) -> GatewayProcess:
     """Configure a gateway as the other bench scripts do, with ``/metrics`` on a known port.
 
     :param directory: its config, spool and log (created; delete it to empty the spool).
     :param trace: run it under ``strace`` writing this file (then use :func:`traced_pid`
         and :func:`stop_traced`).
+    :param root: run the ``gateway`` package of this checkout (``--baseline``); this one by default.
     :param overrides: more config keys (``destinations``, ``routes``, ``spool``).
     :returns: the process, not started.
     """
     http = {"host": "127.0.0.1", "port": free_port()}
-    if trace is not None:
-        return _TracedGateway(directory, trace, http=http, **overrides)
-    return GatewayProcess(directory, http=http, **overrides)
+    return _Gateway(directory, (root or REPO_ROOT).resolve(), trace, http=http, **overrides)
 
 
 def received_by_gateway(gateway: GatewayProcess) -> int:
@@ -428,6 +492,8 @@ class Run:
     :param delivered: instances the receiver(s) reported.
     :param cpu: CPU seconds by process role (``gateway``, ``storescp``, ``storescu``).
     :param ok: every sender exited 0 and every instance arrived.
+    :param busy: share of the machine's CPU time, all processes, that was busy during the run (%).
+    :param steal: share stolen by the hypervisor during the run (%): the vCPUs waited for the host.
     """
 
     series: str
@@ -439,6 +505,8 @@ class Run:
     delivered: int
     cpu: dict[str, float]
     ok: bool
+    busy: float = float("nan")
+    steal: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -465,7 +533,7 @@ class Run:
         flag = "" if self.ok else f"  (NOT OK: {self.delivered}/{self.count} arrived or a sender failed)"
         tag = "warm-up, discarded" if self.round == 0 else f"run {self.round}"
         return (f"  {tag:<18} {self.side:<16} {self.seconds:>7.2f} s {self.rate:>8.1f}/s"
-                f"  CPU us/inst: {cpu}{flag}")
+                f"  CPU us/inst: {cpu}  (machine busy {self.busy:.0f}%, steal {self.steal:.0f}%){flag}")
 
 
 @dataclass(frozen=True)
@@ -478,6 +546,19 @@ class Side:
 
     name: str
     run: Callable[[int], Run]
+
+
+def run_once(run: Callable[[int], Run], round_: int) -> Run:
+    """Run one side once, noting how busy the machine was meanwhile.
+
+    :param run: the side's function.
+    :param round_: the round number.
+    :returns: the run, with ``busy`` and ``steal`` filled in.
+    """
+    before = machine_ticks()
+    result = run(round_)
+    busy, steal = machine_share(before, machine_ticks())
+    return replace(result, busy=busy, steal=steal)
 
 
 def interleave(series: str, sides: Sequence[Side], runs: int, all_runs: list[Run]) -> dict[str, list[Run]]:
@@ -493,7 +574,7 @@ def interleave(series: str, sides: Sequence[Side], runs: int, all_runs: list[Run
     kept: dict[str, list[Run]] = {side.name: [] for side in sides}
     for round_ in range(runs + 1):
         for side in sides:
-            result = side.run(round_)
+            result = run_once(side.run, round_)
             all_runs.append(result)
             print(result.line(), flush=True)
             if round_ > 0:
@@ -585,6 +666,16 @@ class Target:
     ratio: float | None = None
     goal: str = ""
     met: bool | None = None
+
+
+def ratio(value: float, reference: float) -> float:
+    """Divide for a summary line, without failing on a zero reference (a run too short to tick).
+
+    :param value: the numerator.
+    :param reference: the denominator.
+    :returns: the ratio, or NaN.
+    """
+    return value / reference if reference else float("nan")
 
 
 def print_summary(targets: Sequence[Target]) -> None:

@@ -104,7 +104,8 @@ def direct(work: Path, series: str, files: Sequence[Path], nodelay: bool) -> Cal
 
 
 def via_gateway(work: Path, series: str, files: Sequence[Path], nodelay: bool, destinations: int,
-                trace: Path | None = None, flushes: list[m.StraceCount] | None = None) -> Callable[[int], Run]:
+                trace: Path | None = None, flushes: list[m.StraceCount] | None = None,
+                root: Path | None = None) -> Callable[[int], Run]:
     """Build a gateway side: ``storescu -> gateway -> storescp`` (x ``destinations``).
 
     :param work: scratch directory.
@@ -114,11 +115,14 @@ def via_gateway(work: Path, series: str, files: Sequence[Path], nodelay: bool, d
     :param destinations: how many ``storescp`` one route forwards to.
     :param trace: run the gateway under ``strace`` writing this file.
     :param flushes: with ``trace``, each run's flush counts are appended here.
+    :param root: run this checkout's gateway (``--baseline``), side ``gateway@baseline``.
     :returns: a function running one round.
     """
     total = sum(path.stat().st_size for path in files)
     env = m.nodelay_env(nodelay)
     side = "gateway" if destinations == 1 else f"fan-out {destinations}"
+    if root:
+        side += "@baseline"
     if trace:
         side += " (strace)"
 
@@ -128,7 +132,7 @@ def via_gateway(work: Path, series: str, files: Sequence[Path], nodelay: bool, d
                 for i in range(destinations)]
         names = [f"scp{i}" for i in range(destinations)]
         gateway = m.gateway_process(
-            work / f"gw-{tag}", trace,
+            work / f"gw-{tag}", trace, root,
             destinations={name: dicom_destination(scp.port, scp.ae_title) for name, scp in zip(names, scps)},
             routes=[{"name": "all", "forward": names}],
             spool={"path": str(work / f"gw-{tag}" / "spool"), "min_free": "64MiB", "resume_margin": "32MiB"},
@@ -191,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                              "runs at 10-20/s with Nagle on; 0 skips those series)")
     parser.add_argument("--strace", action="store_true",
                         help="also run the large series once with the gateway under strace -f")
+    parser.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                        help="also run the gateway of another checkout (e.g. a worktree of the commit "
+                             "before a change) as another side, interleaved: direct, gateway, "
+                             "gateway@baseline, ...")
     parser.add_argument("--json", default=None, metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--tmpdir", default=None, help="scratch directory (default: system temp)")
     args = parser.parse_args(argv)
@@ -226,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     + ("TCP_NODELAY=1" if nodelay else "DCMTK as shipped (Nagle on)"))
             sides = [Side("direct", direct(work, name, chosen, nodelay)),
                      Side("gateway", via_gateway(work, name, chosen, nodelay, 1))]
+            if args.baseline:
+                sides.append(Side("gateway@baseline", via_gateway(work, name, chosen, nodelay, 1,
+                                                                  root=Path(args.baseline))))
             if args.fan_out > 1 and nodelay and kib == args.large_kib:
                 sides.append(Side(f"fan-out {args.fan_out}",
                                   via_gateway(work, name, chosen, nodelay, args.fan_out)))
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.strace:
             name = f"{args.large_kib} KiB, 1 association in, TCP_NODELAY=1, gateway under strace -f"
             print(f"\n{name}")
-            run = via_gateway(work, name, files[args.large_kib], True, 1, work / "strace.txt", flushes)(1)
+            run = m.run_once(via_gateway(work, name, files[args.large_kib], True, 1, work / "strace.txt", flushes), 1)
             runs.append(run)
             print(run.line())
             count = flushes[0]
@@ -273,13 +284,19 @@ def summary(results: dict[tuple[int, bool], dict[str, m.Median]], flushes: list[
         d = dr.cpu_us["storescp"] + dr.cpu_us["storescu"]
         targets.append(Target(
             f"gateway CPU per instance received+forwarded ({args.large_kib} KiB)",
-            f"{g:,.0f} us (storescp+storescu direct: {d:,.0f} us, ratio {g / d:.1f}; on the gateway run "
+            f"{g:,.0f} us (storescp+storescu direct: {d:,.0f} us, ratio {m.ratio(g, d):.1f}; on the gateway run "
             f"storescu {gw.cpu_us['storescu']:,.0f} + storescp {gw.cpu_us['storescp']:,.0f} us)",
-            g, d, g / d, "<= 2,000 us, about <= 2.3x", g <= 2000))
+            g, d, m.ratio(g, d), "<= 2,000 us, about <= 2.3x", g <= 2000))
         targets.append(Target(
             f"end-to-end to storescp ({args.large_kib} KiB, TCP_NODELAY=1)",
-            f"{gw.rate:,.0f}/s (direct {dr.rate:,.0f}/s, ratio {gw.rate / dr.rate:.2f})",
-            gw.rate, dr.rate, gw.rate / dr.rate, ">= 350/s", gw.rate >= 350))
+            f"{gw.rate:,.0f}/s (direct {dr.rate:,.0f}/s, ratio {m.ratio(gw.rate, dr.rate):.2f})",
+            gw.rate, dr.rate, m.ratio(gw.rate, dr.rate), ">= 350/s", gw.rate >= 350))
+        if old_row := row.get("gateway@baseline"):
+            old = old_row.cpu_us["gateway"]
+            targets.append(Target(
+                f"gateway CPU per instance received+forwarded ({args.large_kib} KiB): this checkout vs --baseline",
+                f"{g:,.0f} us vs {old:,.0f} us ({m.ratio(g - old, old):+.0%}); end to end {gw.rate:,.0f}/s vs "
+                f"{old_row.rate:,.0f}/s", g, old, m.ratio(g, old)))
         if fan := row.get(f"fan-out {args.fan_out}"):
             targets.append(Target(
                 f"fan-out to {args.fan_out} storescp ({args.large_kib} KiB, TCP_NODELAY=1)",
@@ -291,15 +308,15 @@ def summary(results: dict[tuple[int, bool], dict[str, m.Median]], flushes: list[
             f"{args.small_kib} KiB end-to-end (TCP_NODELAY=1)",
             f"{gw.rate:,.0f}/s (direct {dr.rate:,.0f}/s); gateway CPU {gw.cpu_us['gateway']:,.0f} us per "
             f"instance (storescp+storescu direct {dr.cpu_us['storescp'] + dr.cpu_us['storescu']:,.0f} us)",
-            gw.rate, dr.rate, gw.rate / dr.rate))
+            gw.rate, dr.rate, m.ratio(gw.rate, dr.rate)))
     for kib in (args.large_kib, args.small_kib):
         if row := results.get((kib, False)):
             gw, dr = row["gateway"], row["direct"]
             goal = ">= 10x" if kib == args.large_kib else ""
             targets.append(Target(
                 f"as shipped (Nagle on) end-to-end, {kib} KiB",
-                f"{gw.rate:,.0f}/s vs direct {dr.rate:,.0f}/s = {gw.rate / dr.rate:.1f}x",
-                gw.rate, dr.rate, gw.rate / dr.rate, goal, gw.rate / dr.rate >= 10 if goal else None))
+                f"{gw.rate:,.0f}/s vs direct {dr.rate:,.0f}/s = {m.ratio(gw.rate, dr.rate):.1f}x",
+                gw.rate, dr.rate, m.ratio(gw.rate, dr.rate), goal, m.ratio(gw.rate, dr.rate) >= 10 if goal else None))
     if flushes:
         count, n = flushes[0], args.count
         journal = count.by_kind.get("journal", 0) / n

@@ -135,7 +135,8 @@ def to_storescp(work: Path, series: str, files: Sequence[Path], shares: int, nod
 
 
 def to_gateway(work: Path, series: str, files: Sequence[Path], shares: int, nodelay: bool, route: str,
-               trace: Path | None = None, flushes: list[m.StraceCount] | None = None) -> Callable[[int], Run]:
+               trace: Path | None = None, flushes: list[m.StraceCount] | None = None,
+               root: Path | None = None) -> Callable[[int], Run]:
     """Build the gateway side of a series.
 
     :param work: scratch directory.
@@ -148,13 +149,18 @@ def to_gateway(work: Path, series: str, files: Sequence[Path], shares: int, node
         (each instance is kept in ``unrouted/``).
     :param trace: run the gateway under ``strace`` writing this file.
     :param flushes: with ``trace``, each run's flush counts are appended here.
+    :param root: run this checkout's gateway (``--baseline``), side ``gateway@baseline``.
     :returns: a function running one round.
     """
     total = sum(path.stat().st_size for path in files)
     env = m.nodelay_env(nodelay)
+    side = "gateway@baseline" if root else "gateway"
+    if trace:
+        side += f" (strace, route {route})"
 
     def run(round_: int) -> Run:
-        gateway = m.gateway_process(work / f"gw-{time.monotonic_ns()}", trace, **gateway_config(work, route))
+        gateway = m.gateway_process(work / f"gw-{time.monotonic_ns()}", trace, root,
+                                    **gateway_config(work, route))
         if route == "paused":
             paused = gateway.cli("queue", "pause", "archive")
             if paused.returncode != 0:
@@ -182,7 +188,7 @@ def to_gateway(work: Path, series: str, files: Sequence[Path], shares: int, node
             m.remove(gateway.dir)
         cpu = {"gateway": after - before, "storescu": sum(s.cpu for s in senders)}
         ok = delivered == len(files) and all(s.returncode == 0 for s in senders)
-        return Run(series, f"gateway (strace, route {route})" if trace else "gateway", round_, len(files), total,
+        return Run(series, side, round_, len(files), total,
                    seconds, delivered, cpu, ok)
 
     return run
@@ -264,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="gateway config: one route to a paused folder destination, so every "
                              "instance is journaled (paused, the default), or no routes (none, "
                              "unrouted/ as in the issue 12 figures)")
+    parser.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                        help="also run the gateway of another checkout (e.g. a worktree of the commit "
+                             "before a change) as a third side, interleaved: storescp, gateway, "
+                             "gateway@baseline, ...")
     parser.add_argument("--json", default=None, metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--tmpdir", default=None, help="scratch directory (default: system temp)")
     args = parser.parse_args(argv)
@@ -309,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen = files[label] if nodelay else files[label][:nagle]
             sides = [Side("storescp", to_storescp(work, name, chosen, shares, nodelay, fork=shares > 1)),
                      Side("gateway", to_gateway(work, name, chosen, shares, nodelay, args.route))]
+            if args.baseline:
+                sides.append(Side("gateway@baseline", to_gateway(work, name, chosen, shares, nodelay, args.route,
+                                                                 root=Path(args.baseline))))
             kept = m.interleave(name, sides, args.runs, runs)
             row = {side: m.median_runs(side_runs) for side, side_runs in kept.items()}
             m.print_medians(list(row.values()), reference="storescp")
@@ -321,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{large_label}, 1 association, TCP_NODELAY=1, route {route}, gateway under strace -f"
                 print(f"\n{name}")
                 counts: list[m.StraceCount] = []
-                run = to_gateway(work, name, files[large_label], 1, True, route,
-                                 work / f"strace-{route}.txt", counts)(1)
+                run = m.run_once(to_gateway(work, name, files[large_label], 1, True, route,
+                                            work / f"strace-{route}.txt", counts), 1)
                 runs.append(run)
                 print(run.line())
                 count = flushes[route] = counts[0]
@@ -373,34 +386,40 @@ def summary(results: dict[str, dict[str, m.Median]], flushes: dict[str, m.Strace
         gw, scp = found
         targets.append(Target(
             f"single association durable receive ({args.large_kib} KiB, TCP_NODELAY=1, route {args.route})",
-            f"{gw.rate:,.0f}/s (storescp {scp.rate:,.0f}/s, ratio {gw.rate / scp.rate:.2f})",
-            gw.rate, scp.rate, gw.rate / scp.rate, ">= 500/s", gw.rate >= 500))
+            f"{gw.rate:,.0f}/s (storescp {scp.rate:,.0f}/s, ratio {m.ratio(gw.rate, scp.rate):.2f})",
+            gw.rate, scp.rate, m.ratio(gw.rate, scp.rate), ">= 500/s", gw.rate >= 500))
         g, s = gw.cpu_us["gateway"], scp.cpu_us["storescp"]
         targets.append(Target(
             f"gateway CPU per instance received ({args.large_kib} KiB)",
-            f"{g:,.0f} us (storescp: {s:,.0f} us, ratio {g / s:.1f}; storescu sending: "
-            f"{scp.cpu_us['storescu']:,.0f} us)", g, s, g / s))
+            f"{g:,.0f} us (storescp: {s:,.0f} us, ratio {m.ratio(g, s):.1f}; storescu sending: "
+            f"{scp.cpu_us['storescu']:,.0f} us)", g, s, m.ratio(g, s)))
+    if (row := results.get("large")) and "gateway@baseline" in row:
+        new, old = row["gateway"].cpu_us["gateway"], row["gateway@baseline"].cpu_us["gateway"]
+        targets.append(Target(
+            f"gateway CPU per instance received ({args.large_kib} KiB): this checkout vs --baseline",
+            f"{new:,.0f} us vs {old:,.0f} us ({m.ratio(new - old, old):+.0%}); rate {row['gateway'].rate:,.0f}/s vs "
+            f"{row['gateway@baseline'].rate:,.0f}/s", new, old, m.ratio(new, old)))
     if found := pair("multi"):
         gw, scp = found
         targets.append(Target(
             f"{args.senders} associations ({args.large_kib} KiB, TCP_NODELAY=1)",
-            f"{gw.rate:,.0f}/s vs storescp --fork {scp.rate:,.0f}/s = {gw.rate / scp.rate:.2f}; CPU per "
+            f"{gw.rate:,.0f}/s vs storescp --fork {scp.rate:,.0f}/s = {m.ratio(gw.rate, scp.rate):.2f}; CPU per "
             f"instance gateway {gw.cpu_us['gateway']:,.0f} us, storescp --fork {scp.cpu_us['storescp']:,.0f} us",
-            gw.rate, scp.rate, gw.rate / scp.rate, ">= 0.5", gw.rate / scp.rate >= 0.5))
+            gw.rate, scp.rate, m.ratio(gw.rate, scp.rate), ">= 0.5", m.ratio(gw.rate, scp.rate) >= 0.5))
     if found := pair("small"):
         gw, scp = found
         targets.append(Target(
             f"{args.small_kib} KiB single association (TCP_NODELAY=1)",
             f"{gw.rate:,.0f}/s (storescp {scp.rate:,.0f}/s); CPU per instance gateway "
             f"{gw.cpu_us['gateway']:,.0f} us, storescp {scp.cpu_us['storescp']:,.0f} us",
-            gw.rate, scp.rate, gw.rate / scp.rate))
+            gw.rate, scp.rate, m.ratio(gw.rate, scp.rate)))
     for key, label in (("nagle-large", args.large_kib), ("nagle-small", args.small_kib)):
         if found := pair(key):
             gw, scp = found
             targets.append(Target(
                 f"as shipped (Nagle on) receive, {label} KiB",
-                f"{gw.rate:,.0f}/s vs direct {scp.rate:,.0f}/s = {gw.rate / scp.rate:.1f}x "
-                f"(the end-to-end target is bench/forward.py's)", gw.rate, scp.rate, gw.rate / scp.rate))
+                f"{gw.rate:,.0f}/s vs direct {scp.rate:,.0f}/s = {m.ratio(gw.rate, scp.rate):.1f}x "
+                f"(the end-to-end target is bench/forward.py's)", gw.rate, scp.rate, m.ratio(gw.rate, scp.rate)))
     for route, count in flushes.items():
         n = args.count
         kinds = ", ".join(f"{kind} {value / n:.2f}" for kind, value in sorted(count.by_kind.items()))
