@@ -561,18 +561,23 @@ def run_once(run: Callable[[int], Run], round_: int) -> Run:
     return replace(result, busy=busy, steal=steal)
 
 
-def interleave(series: str, sides: Sequence[Side], runs: int, all_runs: list[Run]) -> dict[str, list[Run]]:
+def interleave(series: str, sides: Sequence[Side], runs: int, all_runs: list[Run], *,
+               discard: bool = True) -> dict[str, list[Run]]:
     """Run the sides in turn, round after round; the first round is discarded.
 
     :param series: the series' name, for the heading.
     :param sides: the sides, in the order they run within a round (direct first).
     :param runs: rounds kept.
     :param all_runs: every run (the discarded ones too) is appended here, for ``--json``.
+    :param discard: run a warm-up round first and discard it; the scripts pass ``False``
+        when an earlier series of the same invocation already sent the same files through
+        both sides (they are warm, and the runs start from the same state).
     :returns: the kept runs of each side.
     """
-    print(f"\n{series}", flush=True)
+    print(f"\n{series}" + ("" if discard else "  (files already sent by an earlier series: no warm-up round)"),
+          flush=True)
     kept: dict[str, list[Run]] = {side.name: [] for side in sides}
-    for round_ in range(runs + 1):
+    for round_ in range(0 if discard else 1, runs + 1):
         for side in sides:
             result = run_once(side.run, round_)
             all_runs.append(result)

@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nagle-count", type=int, default=200,
                         help="instances per as-shipped series, at most --count (200: DCMTK direct "
                              "runs at 10-20/s with Nagle on; 0 skips those series)")
+    parser.add_argument("--only", default="large,small,nagle",
+                        help="comma-separated series to run, of large,small,nagle (all)")
     parser.add_argument("--strace", action="store_true",
                         help="also run the large series once with the gateway under strace -f")
     parser.add_argument("--baseline", default=None, metavar="CHECKOUT",
@@ -202,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--tmpdir", default=None, help="scratch directory (default: system temp)")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs at least 1")
+    only = set(args.only.split(","))
+    if only - {"large", "small", "nagle"} or args.runs < 1:
+        parser.error("--only takes large,small,nagle; --runs at least 1")
 
     tools = ("storescu", "storescp", "strace") if args.strace else ("storescu", "storescp")
     missing = [tool for tool in tools if dcmtk.find_tool(tool) is None]
@@ -225,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             files[kib] = sorted(folder.iterdir())
             m.warm(files[kib])
         nagle = min(args.nagle_count, args.count)
-        plan = [(kib, True) for kib in (args.large_kib, args.small_kib)]
-        if nagle > 0:
+        sizes = [kib for kib, key in ((args.large_kib, "large"), (args.small_kib, "small")) if key in only]
+        plan = [(kib, True) for kib in sizes]
+        if nagle > 0 and "nagle" in only:
             plan += [(kib, False) for kib in (args.large_kib, args.small_kib)]
+        warmed: set[int] = set()  # file sets already sent through both sides
         for kib, nodelay in plan:
             chosen = files[kib] if nodelay else files[kib][:nagle]
             name = (f"{kib} KiB, 1 association in, "
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.fan_out > 1 and nodelay and kib == args.large_kib:
                 sides.append(Side(f"fan-out {args.fan_out}",
                                   via_gateway(work, name, chosen, nodelay, args.fan_out)))
-            kept = m.interleave(name, sides, args.runs, runs)
+            kept = m.interleave(name, sides, args.runs, runs, discard=kib not in warmed)
+            warmed.add(kib)
             row = {side: m.median_runs(side_runs) for side, side_runs in kept.items()}
             m.print_medians(list(row.values()), reference="direct")
             medians.extend(row.values())

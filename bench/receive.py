@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(("nagle-small", f"{small_label}, 1 association, DCMTK as shipped (Nagle on)",
                          small_label, 1, False))
         results: dict[str, dict[str, m.Median]] = {}
+        warmed: set[str] = set()  # file sets already sent through both sides
         for key, name, label, shares, nodelay in plan:
             chosen = files[label] if nodelay else files[label][:nagle]
             sides = [Side("storescp", to_storescp(work, name, chosen, shares, nodelay, fork=shares > 1)),
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline:
                 sides.append(Side("gateway@baseline", to_gateway(work, name, chosen, shares, nodelay, args.route,
                                                                  root=Path(args.baseline))))
-            kept = m.interleave(name, sides, args.runs, runs)
+            kept = m.interleave(name, sides, args.runs, runs, discard=label not in warmed)
+            warmed.add(label)
             row = {side: m.median_runs(side_runs) for side, side_runs in kept.items()}
             m.print_medians(list(row.values()), reference="storescp")
             medians.extend(row.values())
