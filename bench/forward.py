@@ -154,6 +154,7 @@ def via_gateway(work: Path, series: str, files: Sequence[Path], nodelay: bool, d
             pid = m.traced_pid(gateway) if trace else gateway.pid
 
             def scp_cpu() -> float:
+                """CPU seconds of every destination storescp so far."""
                 return sum(m.tree_cpu(scp.pid) for scp in scps)
 
             gw_before, scp_before = m.proc_cpu(pid), scp_cpu()
