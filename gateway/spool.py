@@ -107,6 +107,13 @@ PART_SUFFIX: Final = ".part"
 #: The suffix a probe file is renamed to (see :meth:`Spool.probe`).
 PROBE_SUFFIX: Final = ".probe"
 
+#: Fragments are handed to the lane in batches of at least this many bytes
+#: (or at the end): each hand-off wakes a thread, which costs more CPU than
+#: writing a fragment of a few KiB. 256 KiB is the default PDU size, so a
+#: CT-sized instance is one or two hand-offs; memory held per association
+#: stays under one batch plus one fragment.
+LANE_BATCH: Final = 256 * 1024
+
 #: PS3.7 C.4.2.1.2: Error Comment (0000,0902) is LO, at most 64 characters.
 _MAX_COMMENT: Final = 64
 
@@ -462,6 +469,7 @@ class SpoolWriter:
     """
 
     log = Logger(namespace="gateway.spool")
+    _walker: Any
 
     def __init__(
         self,
@@ -499,7 +507,10 @@ class SpoolWriter:
         self._digest = hashlib.sha256()
         self._sealed = threading.Event()
         self._outcome: "SpooledInstance | SpoolError | None" = None
-        self._lane.submit(self._put, header, False)
+        # Reactor-side batch of fragments not yet handed to the lane (references, not copies).
+        self._header: bytes | None = header
+        self._batch: list[bytes] = []
+        self._batched = 0
 
     # -- the reactor's side --------------------------------------------------------------
 
@@ -519,6 +530,7 @@ class SpoolWriter:
             return
         if self.bytes_written + len(chunk) > self._spool.max_instance_size:
             self._too_large = True
+            self._drop_batch()
             self._lane.submit(self._abandon)
             return
         if self._walk_error is None:
@@ -526,10 +538,29 @@ class SpoolWriter:
                 self._walker.feed(chunk)
             except MalformedDataset as e:
                 self._walk_error = e
+                self._drop_batch()
                 self._lane.submit(self._abandon)
         self.bytes_written += len(chunk)
         if self._walk_error is None:
-            self._lane.submit(self._put, chunk, True)
+            self._batch.append(chunk)
+            self._batched += len(chunk)
+            if self._batched >= LANE_BATCH:
+                self._hand_over()
+
+    def _hand_over(self, then: "Callable[[], None] | None" = None) -> None:
+        """Give the batched fragments (and the meta header, the first time) to the lane, with ``then`` after them."""
+        header, self._header = self._header, None
+        batch, self._batch, self._batched = self._batch, [], 0
+        self._lane.submit(self._put_batch, header, batch, then)
+
+    def _put_batch(self, header: bytes | None, batch: list[bytes], then: "Callable[[], None] | None") -> None:
+        """Write the meta header (the first time) and a batch of fragments, then run ``then`` (lane)."""
+        if header is not None:
+            self._put(header, False)
+        for chunk in batch:
+            self._put(chunk, True)
+        if then is not None:
+            then()
 
     def end(self) -> DatasetSummary | None:
         """
@@ -556,7 +587,10 @@ class SpoolWriter:
                 self._refusal = e
                 self.summary = None
         self._walker = None
-        self._lane.submit(self._seal)
+        if self._walk_error is None and not self._too_large:
+            self._hand_over(self._seal)
+        else:
+            self._lane.submit(self._seal)
         return self.summary
 
     def commit(self) -> "Deferred[SpooledInstance]":
@@ -579,7 +613,15 @@ class SpoolWriter:
         """
         if self._state is _State.OPEN:
             self._state = _State.DISCARDED
+            self._drop_batch()
             self._lane.submit(self._abandon)
+
+    def _drop_batch(self) -> None:
+        """Forget the fragments not handed over (the instance will not be kept); the header still goes first."""
+        self._batch, self._batched = [], 0
+        header, self._header = self._header, None
+        if header is not None:
+            self._lane.submit(self._put, header, False)
 
     def _check_uids(self, summary: DatasetSummary) -> None:
         """
