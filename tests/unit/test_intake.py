@@ -330,6 +330,86 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual([e.destination for e in self.store.entries() if e.instance.instance_id == "i2"], ["other"])
 
 
+class _CountingRunner(SynchronousRunner):
+    """A synchronous runner that counts the jobs handed to it (each is a thread hand-off in production)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.jobs.append(getattr(f, "__name__", repr(f)))
+        return super().run(f, *args, **kwargs)
+
+
+class TakeTests(IntakeTestsMixin, SynchronousTestCase):
+    """:meth:`Intake.take`: an instance straight from the spool's writer, routed from the walked header, in one hand-off (issue 13)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from gateway.spool import Spool
+
+        self.spool = Spool(os.path.join(self.tmp, "spool"), SynchronousRunner(), implementation_class_uid="1.2.3",
+                           implementation_version_name="T", max_instance_size=1 << 26, slot_batch=4)
+        self.spool.recover()
+        self.spool.prepare_slots()
+        self.store_runner = _CountingRunner()
+        self.file_runner = _CountingRunner()
+        self.intake._store_runner = self.store_runner  # type: ignore[assignment]
+        self.intake._file_runner = self.file_runner  # type: ignore[assignment]
+
+    def writer_for(self, name: str = "CT_small.dcm") -> Any:
+        """A spool writer fed a real file's data set in 4 KiB fragments."""
+        path = get_testdata_file(name, download=False)
+        ds = pydicom.dcmread(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = raw[ds.file_meta.FileMetaInformationGroupLength + 132 + 12 :]
+        meta = InstanceMeta(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, "CT01", "DICOMGW")
+        writer = self.spool.begin(meta)
+        for i in range(0, len(data), 4096):
+            writer.write(data[i : i + 4096])
+        return writer
+
+    def test_journaled_instance_takes_one_store_job_and_no_file_job(self) -> None:
+        """Seal wait and journal run as one job on the store's thread; nothing goes to the file runner; the admission carries the durable instance."""
+        admission = self.successResultOf(self.intake.take(self.writer_for(), INFO))
+        self.assertEqual(admission.status, Status.SUCCESS)
+        self.assertEqual(self.store_runner.jobs, ["_custody_turn"])
+        self.assertEqual(self.file_runner.jobs, [])
+        ((record, entries),) = self.store.find(sop_instance_uid=admission.spooled.summary.sop_instance_uid)
+        self.assertEqual(record.path, admission.spooled.path)
+        self.assertEqual(record.sha256, admission.spooled.sha256)
+        self.assertGreater(record.dataset_offset, 128)
+        self.assertEqual(sorted(e.destination for e in entries), ["folder", "pacs"])
+
+    def test_conditions_are_evaluated_on_the_walked_header_without_reading_the_file(self) -> None:
+        """A route with a condition routes from the header the walk kept: no file job, and the condition sees the data set."""
+        from tests.unit.match.test_match import compile_text
+
+        self.routes = [
+            RouteConfig("ct-only", ("pacs",), match=compile_text("Modality: CT")),
+            RouteConfig("mr-only", ("folder",), match=compile_text("Modality: MR")),
+        ]
+        admission = self.successResultOf(self.intake.take(self.writer_for(), INFO))
+        self.assertEqual(admission.status, Status.SUCCESS)
+        self.assertEqual(admission.matched, ("ct-only",))
+        self.assertEqual(self.file_runner.jobs, [])
+        self.assertEqual([e.destination for e in self.store.entries()], ["pacs"])
+
+    def test_a_refused_instance_is_answered_from_the_seal(self) -> None:
+        """A data set whose UID differs from the command's: 0xA900 from the seal, nothing journaled, no file left."""
+        path = get_testdata_file("CT_small.dcm", download=False)
+        ds = pydicom.dcmread(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        writer = self.spool.begin(InstanceMeta(ds.SOPClassUID, "1.2.3.999", ds.file_meta.TransferSyntaxUID, "CT01", "GW"))
+        writer.write(raw[ds.file_meta.FileMetaInformationGroupLength + 144 :])
+        admission = self.successResultOf(self.intake.take(writer, INFO))
+        self.assertEqual(admission.status, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS)
+        self.assertEqual(self.store.instance_ids(), set())
+        self.assertFalse(os.path.exists(writer.path))
+
+
 class GroupCommitTests(IntakeTestsMixin, SynchronousTestCase):
     """Journal writes that arrive while a transaction runs go together into the next one."""
 
