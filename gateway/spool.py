@@ -114,6 +114,12 @@ PROBE_SUFFIX: Final = ".probe"
 #: stays under one batch plus one fragment.
 LANE_BATCH: Final = 256 * 1024
 
+#: The most bytes one writer may have handed to its lane and not yet written.
+#: Beyond it the reactor waits for the lane (as it waited for its own writes
+#: before issue 13): a disk slower than the network must not turn into memory
+#: that grows with the instance (HARDENING R4, the 2 GB instance stays flat).
+LANE_BACKLOG: Final = 8 * 1024 * 1024
+
 #: PS3.7 C.4.2.1.2: Error Comment (0000,0902) is LO, at most 64 characters.
 _MAX_COMMENT: Final = 64
 
@@ -511,6 +517,9 @@ class SpoolWriter:
         self._header: bytes | None = header
         self._batch: list[bytes] = []
         self._batched = 0
+        # Bytes handed to the lane and not yet written (both threads, under the condition).
+        self._backlog = 0
+        self._drained = threading.Condition()
 
     # -- the reactor's side --------------------------------------------------------------
 
@@ -550,15 +559,27 @@ class SpoolWriter:
     def _hand_over(self, then: "Callable[[], None] | None" = None) -> None:
         """Give the batched fragments (and the meta header, the first time) to the lane, with ``then`` after them."""
         header, self._header = self._header, None
-        batch, self._batch, self._batched = self._batch, [], 0
-        self._lane.submit(self._put_batch, header, batch, then)
+        batch, self._batch, size, self._batched = self._batch, [], self._batched, 0
+        with self._drained:
+            # Backpressure: wait while the lane is far behind (a slow disk).
+            while self._backlog > LANE_BACKLOG:
+                self._drained.wait()
+            self._backlog += size
+        self._lane.submit(self._put_batch, header, batch, then, size)
 
-    def _put_batch(self, header: bytes | None, batch: list[bytes], then: "Callable[[], None] | None") -> None:
+    def _put_batch(
+        self, header: bytes | None, batch: list[bytes], then: "Callable[[], None] | None", size: int = 0
+    ) -> None:
         """Write the meta header (the first time) and a batch of fragments, then run ``then`` (lane)."""
-        if header is not None:
-            self._put(header, False)
-        for chunk in batch:
-            self._put(chunk, True)
+        try:
+            if header is not None:
+                self._put(header, False)
+            for chunk in batch:
+                self._put(chunk, True)
+        finally:
+            with self._drained:
+                self._backlog -= size
+                self._drained.notify_all()
         if then is not None:
             then()
 
