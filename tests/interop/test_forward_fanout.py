@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
@@ -85,24 +86,26 @@ class DownDestinationCustodyTests(ForwardTestMixin, TestCase):
         self.assertEqual({r.sop_instance_uid: r.digest for r in second.receipts},
                          {r.sop_instance_uid: r.digest for r in first.receipts
                           if r.sop_instance_uid in uids})
-        instances = gateway.spool / "instances"
         # The marker was delivered everywhere it goes: the clean-up removes its file, not the 20.
-        self.wait_for(gateway, lambda: len(list(instances.glob("*.dcm"))) == 20, 15,
-                      "the clean-up to remove the marker's spool file")
+        # (Instance files, not the empty slot files the spool keeps ready: issue 13.)
+        def spooled() -> list[Path]:
+            return sorted(gateway.instances())
+
+        self.wait_for(gateway, lambda: len(spooled()) == 20, 15, "the clean-up to remove the marker's spool file")
         self.wait_for(gateway, lambda: gateway.queue_rows()["down"]["circuit"] == "open", 15,
                       "the circuit of 'down' to open")
         rows = gateway.queue_rows()
         self.assertEqual(rows["down"]["queued"] + rows["down"]["in_flight"], 20)
         self.assertEqual((rows["down"]["dead"], rows["first"]["delivered"], rows["second"]["delivered"]),
                          (0, 21, 20))
-        kept = sorted(instances.glob("*.dcm"))
+        kept = spooled()
         # Three more clean-up periods: still every file (they have a queued entry).
         self.wait_for(gateway, lambda: sample(metrics_text(http_port), "dicom_gateway_queue_depth",
                                               destination="down") == 20, 10, "queue_depth{down} == 20")
         check_forward_invariants(self, gateway, destinations={"first": first, "second": second,
                                                               "down": lambda: []},
                                  accepted={"first": 21, "second": 20, "down": 20})
-        self.assertEqual(sorted(instances.glob("*.dcm")), kept)
+        self.assertEqual(spooled(), kept)
         # The third answers now, refusing every instance: dead letters with a reason.
         refusing = self.recorder(port=down_port, ae_title="DOWN",
                                  status_for=lambda _uid, _attempt: CANNOT_UNDERSTAND)
@@ -116,10 +119,10 @@ class DownDestinationCustodyTests(ForwardTestMixin, TestCase):
         # Dead letters keep their files through clean-ups (until the operator purges them).
         self.wait_for(gateway, lambda: sample(metrics_text(http_port), "dicom_gateway_dead_letters",
                                               destination="down") == 20, 10, "dead_letters{down} == 20")
-        self.assertEqual(sorted(instances.glob("*.dcm")), kept)
+        self.assertEqual(spooled(), kept)
         purge = gateway.cli("queue", "purge", *(str(d["entry_id"]) for d in dead))
         self.assertEqual(purge.returncode, 0, purge.describe())
-        self.wait_for(gateway, lambda: list(instances.glob("*.dcm")) == [], 15,
+        self.wait_for(gateway, lambda: spooled() == [], 15,
                       "the clean-up to remove the 20 files once nothing is queued or dead")
         self.assertEqual(gateway.dead_letters(), [])
 

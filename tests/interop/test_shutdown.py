@@ -32,7 +32,6 @@ class ShutdownTests(GatewayTestMixin, TestCase):
         if not big.exists():
             write_multiframe(big, 200 * 1024 * 1024)
         gateway = self.start_gateway()
-        incoming = gateway.spool / "incoming"
         sender = subprocess.Popen(
             [storescu, "-v", "-aec", "DICOMGW", gateway.host, str(gateway.port), str(big)],
             stdout=subprocess.PIPE,
@@ -41,17 +40,19 @@ class ShutdownTests(GatewayTestMixin, TestCase):
         self.addCleanup(lambda: sender.poll() is None and sender.kill())
 
         def partial_is_growing() -> bool:
-            parts = list(incoming.glob("*.part")) if incoming.is_dir() else []
-            return any(p.stat().st_size > 10 * 1024 * 1024 for p in parts)
+            # Since issue 13 the instance is written into its slot file in instances/; until its
+            # journal row exists it is partial (GatewayProcess.incoming lists such files).
+            parts = gateway.incoming()
+            return any(p.exists() and p.stat().st_size > 10 * 1024 * 1024 for p in parts)
 
-        wait_until(partial_is_growing, timeout=60, message="a partial instance of more than 10 MB in incoming/")
+        wait_until(partial_is_growing, timeout=60, message="a partial instance of more than 10 MB in the spool")
         started = time.monotonic()
         status = gateway.stop(timeout=30)
         self.assertEqual(status, 0, gateway.log_text())
         self.assertLess(time.monotonic() - started, 30)
         output, _ = sender.communicate(timeout=60)
-        self.assertEqual(list(incoming.glob("*")), [])
-        kept = list((gateway.spool / "instances").glob("*.dcm")) + list((gateway.spool / "unrouted").glob("*.dcm"))
+        self.assertEqual(gateway.incoming(), [])
+        kept = gateway.instances()
         # storescu exits non-zero either way (the release meets our abort);
         # what it was told about the C-STORE is in its verbose output.
         if b"Received Store Response (Success)" in output:
