@@ -36,7 +36,7 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import CircuitConfig, DicomDestination, FolderDestination, RetryConfig
 from gateway.forward import DestinationWorker, ForwardObserver, Proposals, proposals_for
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry
+from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry, Settled
 from gateway.queue.memory import MemoryQueueStore
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu
@@ -689,9 +689,10 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
 
 
 class FullJournal(MemoryQueueStore):
-    """A memory store whose outcome writes fail with ENOSPC while ``full`` is set."""
+    """A memory store whose outcome writes fail with ENOSPC while ``full`` is set (a lease alone still works)."""
 
     full = False
+    leases = 0
 
     def _refuse(self) -> None:
         if self.full:
@@ -705,16 +706,19 @@ class FullJournal(MemoryQueueStore):
         self._refuse()
         super().release(entry_ids)
 
-    def lease(self, *args: Any, **kwargs: Any) -> list[Entry]:
-        self.leases = getattr(self, "leases", 0) + 1
-        return super().lease(*args, **kwargs)
+    def settle(self, destination: str, delivered: Any, *args: Any, **kwargs: Any) -> Settled:
+        if delivered:
+            self._refuse()
+        settled = super().settle(destination, delivered, *args, **kwargs)
+        self.leases += 1 if settled.leased else 0
+        return settled
 
 
 class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
     """HARDENING F15: the journal refuses outcomes (ENOSPC): fail closed, record them when space returns."""
 
     def test_refused_completion_stops_dequeuing_and_is_recorded_not_resent_when_space_returns(self) -> None:
-        """complete() failing with ENOSPC: no more leases or sends; once it works the delivery is recorded, nothing sent twice."""
+        """Deliveries the journal refuses (ENOSPC): no more leases or sends; once it works they are recorded, nothing sent twice."""
         self.store = FullJournal()
         self.store.full = True
         records = [self.instance() for _ in range(3)]
@@ -722,19 +726,23 @@ class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
             self.enqueue(record)
         peer = FakePeer()
         worker = self.worker(self.destination(), peer)
-        self.assertEqual(peer.uids(), [records[0].sop_instance_uid])
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
         self.assertIn("No space left", worker.status().journal_error)
-        leases = self.store.leases
+        self.assertEqual(self.observer.kinds("delivered"), [], "a delivery announced before the journal took it")
+        later = self.instance()
+        self.enqueue(later)
+        worker.poke()
         self.clock.advance(10)
-        self.assertEqual(peer.uids(), [records[0].sop_instance_uid], "sent again while the journal was full")
-        self.assertEqual(self.store.leases, leases, "leased again while the journal was full")
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records], "sent while the journal was full")
+        self.assertEqual(self.store.leases, 1, "leased again while the journal was full")
+        self.assertEqual(set(self.states().values()), {EntryState.LEASED, EntryState.QUEUED})
         self.store.full = False
         self.clock.advance(1)
         self.clock.advance(1)
-        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records + [later]])
         self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
         self.assertEqual(worker.status().journal_error, "")
-        self.assertEqual(len(self.observer.kinds("delivered")), 3)
+        self.assertEqual(len(self.observer.kinds("delivered")), 4)
         from gateway.forward import JournalRefused
 
         self.assertTrue(self.flushLoggedErrors(JournalRefused))
