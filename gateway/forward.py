@@ -204,6 +204,11 @@ class _Slot:
     delivered: list[tuple[Entry, Delivered, float]] = field(default_factory=list)
     #: The worker's arrival count when this slot last leased.
     arrivals: int = 0
+    #: When the slot's last batch ended (``clock`` time), ``None`` before the first.
+    batch_ended: float | None = None
+    #: Whether instances are streaming in: arrivals met the slot's last batch,
+    #: or a poke woke it within ``linger`` of that batch's end.
+    streaming: bool = False
 
 
 @dataclass
@@ -468,11 +473,15 @@ class DestinationWorker(Service):
         # The deliveries of the last batch and the next lease: one transaction.
         # (A refused write leaves both undone: the deliveries stay on the slot,
         # still LEASED in the journal, and are written at the next turn.)
-        slot.arrivals = self._arrivals
+        arrivals, slot.arrivals = slot.arrivals, self._arrivals
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
+            slot.streaming = False
             await self._idle(slot, settled.next_due)
             return
+        if not slot.streaming and slot.batch_ended is not None:
+            # Woken from idle soon after its last batch: a stream, not a lone instance.
+            slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
         slot.leased = list(settled.leased)
         try:
             await self._send_batch(slot)
@@ -486,6 +495,9 @@ class DestinationWorker(Service):
                 except JournalRefused:
                     slot.unreleased.extend(rest)
                     raise
+        slot.batch_ended = self.clock.seconds()
+        if self._arrivals > slot.arrivals:
+            slot.streaming = True
         if len(settled.leased) < self.batch_size:
             await self._linger(slot)
 
@@ -515,18 +527,18 @@ class DestinationWorker(Service):
         return settled
 
     async def _linger(self, slot: _Slot) -> None:
-        """The batch emptied the queue while instances kept arriving: let a batch's worth gather.
+        """The batch emptied the queue while instances stream in: let a batch's worth gather.
 
         Leasing at once would take the one or two instances that arrived
-        while the batch was sent, one journal transaction each; waiting up to
-        ``linger`` seconds for ``min_batch`` arrivals lets the next turn
-        record this batch's deliveries and lease the next batch together
-        (issue 13: the forwarder's commits per instance). When nothing
-        arrived during the batch, the queue is idle: no wait, the deliveries
-        are written at once.
+        while the batch was sent (or none, when the destination is faster
+        than the modality), one journal transaction each; waiting up to
+        ``linger`` seconds for ``min_batch`` arrivals since the lease lets
+        the next turn record this batch's deliveries and lease the next
+        batch together (issue 13: the forwarder's commits per instance). A
+        lone instance (no stream) is not held: its delivery is written at
+        once, and the next one is leased as soon as it is poked.
         """
-        arrived = self._arrivals - slot.arrivals
-        if self._stopping or arrived <= 0 or arrived >= self.min_batch or not slot.delivered:
+        if self._stopping or not slot.streaming or self._arrivals - slot.arrivals >= self.min_batch:
             return
         await self._sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.associate import (
@@ -106,6 +106,9 @@ class FakeAssociation:
         return 0
 
     async def store(self, path: str, known: Any = None) -> StoreResult:
+        if self.peer.delay:
+            # The destination takes this long to answer (on the test's clock).
+            await deferLater(self.peer.clock, self.peer.delay, lambda: None)
         header = read_part10_header(path)
         if self.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
             raise NoPresentationContext("no context")
@@ -149,6 +152,9 @@ class FakePeer:
         self.proposals: list[Proposals] = []
         self.released = 0
         self.hang_connect = False
+        #: Seconds each C-STORE takes to be answered, on ``clock`` (0: at once).
+        self.delay = 0.0
+        self.clock: Any = None
 
     def connect(self, destination: DicomDestination, proposals: Proposals) -> Deferred[ClientAssociation]:
         self.proposals.append(proposals)
@@ -243,9 +249,13 @@ class WorkerTestsMixin:
         return dataclasses.replace(base, **overrides)
 
     def worker(
-        self, config: DicomDestination | FolderDestination, peer: FakePeer | None = None, prepare: Any = None
+        self,
+        config: DicomDestination | FolderDestination,
+        peer: FakePeer | None = None,
+        prepare: Any = None,
+        cleanup: bool = True,
     ) -> DestinationWorker:
-        """A started worker; stopped at cleanup."""
+        """A started worker; stopped at cleanup (unless ``cleanup`` is false: a test that crashes it)."""
         worker = DestinationWorker(
             config,
             self.store,
@@ -261,7 +271,8 @@ class WorkerTestsMixin:
             prepare=prepare,
         )
         worker.startService()
-        self.addCleanup(self.stop, worker)  # type: ignore[attr-defined]
+        if cleanup:
+            self.addCleanup(self.stop, worker)  # type: ignore[attr-defined]
         return worker
 
     def stop(self, worker: DestinationWorker) -> None:
@@ -426,6 +437,8 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         worker.poke()
         self.assertEqual(peer.uids(), [mr.sop_instance_uid])
         self.assertEqual(len(peer.associations), 2)
+        # Poked right after its last batch, the slot streams: the delivery is written within linger.
+        self.clock.advance(worker.linger)
         self.assertEqual(self.states()[mr.sop_instance_uid], EntryState.DELIVERED)
 
     def test_a_new_worker_records_a_closed_circuit(self) -> None:
