@@ -394,6 +394,7 @@ class ClientAssociation:
             here when ``None``.
         :raises NoPresentationContext: when no accepted context carries its SOP class in its transfer syntax.
         :raises AssociationAborted: when the association ends before the response.
+        :raises FileNotFoundError: the file is gone (nothing was sent).
         """
         if header is None:
             header = read_part10_header(path)
@@ -404,12 +405,14 @@ class ClientAssociation:
             )
         if not self.is_open:
             raise AssociationAborted("association is not open")
+        # Opened before the command goes out: a missing file (the header may
+        # come from the journal, not from reading it) fails with nothing sent.
+        fp = open(path, "rb")
+        fp.seek(header.dataset_offset)
         message_id = self._next_id()
         rq = dimse.CStoreRQ(message_id, header.sop_class_uid, header.sop_instance_uid)
         d = self._protocol.expect_response(message_id)
         self._protocol.send_command(context.context_id, dimse.encode_command(rq), self.peer_max_pdu)
-        fp = open(path, "rb")
-        fp.seek(header.dataset_offset)
         sender = _FileSender(
             self._protocol, fp, context.context_id, header.size, max_fragment_size(self.peer_max_pdu, SEND_CAP)
         )

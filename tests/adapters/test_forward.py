@@ -106,6 +106,7 @@ class FakeAssociation:
         return 0
 
     async def store(self, path: str, known: Any = None) -> StoreResult:
+        self.peer.known.append(known)
         if self.peer.delay:
             # The destination takes this long to answer (on the test's clock).
             await deferLater(self.peer.clock, self.peer.delay, lambda: None)
@@ -152,6 +153,8 @@ class FakePeer:
         self.proposals: list[Proposals] = []
         self.released = 0
         self.hang_connect = False
+        #: The header the sender passed with each C-STORE.
+        self.known: list[Any] = []
         #: Seconds each C-STORE takes to be answered, on ``clock`` (0: at once).
         self.delay = 0.0
         self.clock: Any = None
@@ -837,6 +840,25 @@ class PrepareTests(WorkerTestsMixin, SynchronousTestCase):
         with open(written, "rb") as f, open(morphed.path, "rb") as g:
             self.assertEqual(f.read(), g.read())
         self.assertFalse(os.path.exists(os.path.join(root, "1.2.3")))
+
+    def test_a_morphed_copy_is_sent_with_its_own_file_meta(self) -> None:
+        """A copy made by prepare keeps the record's fields but not its data set offset: the copy's own meta is read and used."""
+        original = self.instance()
+        copy = self.instance(ts=JPEG_BASELINE)  # a meta of another length
+        offset = read_part10_header(original.path).dataset_offset
+        copy_offset = read_part10_header(copy.path).dataset_offset
+        self.assertNotEqual(offset, copy_offset)
+        self.enqueue(dataclasses.replace(original, dataset_offset=offset))
+
+        def prepare(entry: Any) -> Any:
+            # As gateway.prepare.CopyMaker does: the record follows the copy's path, the rest is the original's.
+            return succeed(dataclasses.replace(entry, path=copy.path, instance=dataclasses.replace(entry.instance, path=copy.path)))
+
+        peer = FakePeer()
+        self.worker(self.destination(), peer, prepare=prepare)
+        self.assertEqual(peer.received, [(copy.sop_instance_uid, JPEG_BASELINE, 0)])
+        (known,) = peer.known
+        self.assertEqual((known.dataset_offset, known.transfer_syntax_uid), (copy_offset, JPEG_BASELINE))
 
     def test_a_copy_that_cannot_be_made_is_dead_lettered_and_never_sent(self) -> None:
         """PrepareError dead-letters the entry with a 'morph:' reason; the next entry still goes."""
