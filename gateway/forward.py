@@ -15,18 +15,59 @@ was received (issue 3).
 
 Each slot loops:
 
-1. lease up to ``batch_size`` due entries; none -> sleep until
-   :meth:`DestinationWorker.poke` (the receive side calls it after each
-   enqueue), until the store's ``next_due``, or for at most
-   ``poll_interval`` (the CLI changes the store from another process:
-   pauses, operator retries), whichever comes first;
+1. in **one** journal transaction (:meth:`~gateway.queue.interfaces.IQueueStore.settle`),
+   record the deliveries of its last batch and lease up to ``batch_size``
+   due entries; none -> sleep until :meth:`DestinationWorker.poke` (the
+   receive side calls it after each enqueue), until the next due time (the
+   same call returns it), or for at most ``poll_interval`` (the CLI changes
+   the store from another process: pauses, operator retries), whichever
+   comes first;
 2. hand the batch to the destination's :class:`~gateway.send.Sender`
    (:mod:`gateway.send.dicom` for a DICOM AE, :mod:`gateway.send.folder`
    for a folder; :mod:`gateway.send.registry` says which), which yields each
    entry's outcome (:mod:`gateway.queue.outcome`) as it is known;
-3. record each outcome: ``complete``, ``retry`` after a backoff, or
-   ``dead_letter`` with its kind. A per-instance outcome never blocks the
-   entries behind it.
+3. record each outcome: a delivery is kept on the slot (written in step 1
+   of the next turn, or on its own once
+   :data:`~gateway.queue.interfaces.UNRECORDED_DELIVERIES` gather, before a
+   wait for the circuit and at stop); ``retry`` after a backoff or
+   ``dead_letter`` with its kind, each in its own transaction at once (they
+   are rare). A per-instance outcome never blocks the entries behind it;
+4. if the batch emptied the queue while instances stream in (some arrived
+   during the batch, or a poke woke the slot within ``linger`` of its last
+   batch), wait up to ``linger`` seconds for ``min_batch`` arrivals, so the
+   next lease takes a batch, not the one instance that came meanwhile.
+
+Journal writes and the durability each needs (issue 13)
+-------------------------------------------------------
+The intake's commit is the custody promise and waits for the journal's one
+write lock (SQLite WAL: one writer), so the forwarder writes as seldom as it
+safely can: about one transaction per batch, not four per instance.
+
+* **Lease** (``settle``): durable before the first send, because it is what
+  keeps another slot, another process or a restarted gateway from sending
+  the same entry at the same time, and what ``recover`` reads after a crash
+  to know what may have been on the wire.
+* **Delivery** (``settle``, batched): need not be durable before the next
+  send. A delivery lost in a crash leaves its entry LEASED; ``recover``
+  returns it to the queue noted as in flight
+  (:data:`~gateway.queue.interfaces.RECOVERED_IN_FLIGHT`, for the lowest
+  ``UNRECORDED_DELIVERIES + 1`` entries of each lease) and it is sent
+  again, counted as a redelivery: at-least-once, what HARDENING F06/F13
+  already accept for the send in flight. It must be durable before the
+  entry's file can go (retention reads DELIVERED rows only) and before a
+  delivery is announced (events, metrics, logs are emitted after the
+  write), and it is never lost in normal operation: a stop writes it, a
+  refused write keeps it on the slot and nothing new is leased until the
+  journal takes it (HARDENING F15). An entry delivered stays LEASED in the
+  journal until then, and ``lease`` takes only QUEUED entries: it is never
+  sent twice while the gateway runs.
+* **Retry, dead letter, release**: written at once, each its own
+  transaction. A lost retry or release costs only a re-send, but a dead
+  letter must not be sent again, and all three are rare: batching them
+  would gain nothing.
+* **Idle turns** write nothing: ``settle`` with nothing to record looks for
+  due entries with a read first, and returns the next due time with its
+  answer (no separate ``next_due`` call).
 
 A destination-wide fault (:class:`~gateway.queue.outcome.DestinationDown`)
 puts the entry being tried back without counting an attempt and releases
