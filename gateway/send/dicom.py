@@ -263,7 +263,8 @@ class DicomSender:
         channel.sent += 1
         channel.last_used = self.clock.seconds()
         try:
-            result = await Deferred.fromCoroutine(association.store(path, known))
+            # Zero-copy (sendfile) for the received bytes as they are; a converted copy keeps the buffered path.
+            result = await Deferred.fromCoroutine(association.store(path, known, zero_copy=scratch is None))
         except FileNotFoundError as e:
             # Opened before anything is sent: the association is still good.
             return Retry(f"spool file missing: {e}")

@@ -105,7 +105,7 @@ class FakeAssociation:
     async def echo(self) -> int:
         return 0
 
-    async def store(self, path: str, known: Any = None) -> StoreResult:
+    async def store(self, path: str, known: Any = None, zero_copy: bool = True) -> StoreResult:
         self.peer.known.append(known)
         if self.peer.delay:
             # The destination takes this long to answer (on the test's clock).

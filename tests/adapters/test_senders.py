@@ -106,7 +106,7 @@ class ScriptedAssociation:
     async def echo(self) -> int:
         return self.echo_status
 
-    async def store(self, path: str, known: Any = None) -> StoreResult:
+    async def store(self, path: str, known: Any = None, zero_copy: bool = True) -> StoreResult:
         self.known.append(known)
         header = read_part10_header(path)
         self.stored.append(header.transfer_syntax_uid)
