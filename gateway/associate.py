@@ -4,8 +4,9 @@
 :class:`ClientAssociation` once the acceptor answers AC (or fails with
 :class:`AssociationRejected`). The association then offers :meth:`echo`
 (C-ECHO), :meth:`store` (C-STORE of a Part 10 file, streamed from disk in
-fragments sized to the peer's maximum PDU length, PS3.8 D.1), :meth:`release`
-and :meth:`abort`.
+fragments sized to the peer's maximum PDU length, PS3.8 D.1; over plain TCP
+on Linux each fragment goes from the file to the socket with ``os.sendfile``,
+see :class:`_FileSender`), :meth:`release` and :meth:`abort`.
 
 Outstanding requests are kept in a ``{message_id: (Deferred, timeout)}`` map
 in the style of ``twisted.names.dns.DNSMixin``: each waits for its response
@@ -85,6 +86,8 @@ def zero_copy_socket(transport: Any) -> socket.socket | None:
 
     if type(transport) not in (tcp.Client, tcp.Server) or getattr(transport, "TLS", False):
         return None
+    if not all(hasattr(transport, name) for name in ("_tempDataLen", "dataBuffer", "offset", "disconnecting")):
+        return None  # another Twisted's buffer: :func:`_drained` cannot see it
     handle = transport.getHandle()
     return handle if isinstance(handle, socket.socket) else None
 
@@ -95,7 +98,7 @@ def _drained(transport: Any) -> bool:
     Bytes written straight to the socket are in order only when Twisted holds
     none of its own, so a direct send starts only then.
     """
-    return not transport._tempDataLen and len(transport.dataBuffer) <= transport.offset and not transport.disconnecting
+    return not transport._tempDataLen and len(transport.dataBuffer) <= transport.offset
 
 
 class AssociationError(Exception):
@@ -196,6 +199,10 @@ class _FileSender:
             return
         if self._sock is not None:
             transport = self._protocol.transport
+            if transport.disconnecting:
+                # An abort or a close is under way: nothing more goes out.
+                self._finish(AssociationAborted("association ended while sending"))
+                return
             if _drained(transport):
                 self._send_direct(transport, self._sock)
             # Else Twisted calls again when its buffer has drained.
