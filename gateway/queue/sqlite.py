@@ -26,6 +26,11 @@ Durability and concurrency
   transaction, so a read-then-write (``lease``: pick ids, then mark them) can
   never interleave with another writer. This is what guarantees that ``lease``
   never hands the same entry to two callers, even across processes.
+* The forwarder's bookkeeping is batched so it rarely holds that lock:
+  :meth:`SqliteQueueStore.settle` writes a slot's deliveries and its next
+  lease in one transaction, and an idle turn (nothing to write, nothing
+  due) reads without ``BEGIN IMMEDIATE`` (issue 13; :mod:`gateway.forward`
+  says which of its writes needs what durability).
 * One connection per store object, used from one thread at a time (the
   gateway runs every call through a single-thread
   :class:`~gateway.blocking.IBlockingRunner`); ``check_same_thread=False``
@@ -76,6 +81,8 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
   the highest id) with ``enqueued_at = next_attempt_at = now``.
 * A DUPLICATE entry never makes a later re-send a duplicate: the window runs
   from the entry that was actually forwarded.
+* ``settle`` is ``complete`` (one warning per id) then ``lease``; with
+  nothing leased it returns ``next_due``.
 * ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
   raises :class:`KeyError` for an entry that is not LEASED and
   ``dead_letter`` for one that is not QUEUED or LEASED.
