@@ -240,8 +240,9 @@ class _Slot:
     unreleased: list[int] = field(default_factory=list)
     #: The journal's last refusal on this slot's turn, empty once a turn succeeds.
     journal_error: str = ""
-    #: Deliveries not yet written to the journal (at most UNRECORDED_DELIVERIES):
-    #: written with the slot's next lease, or on their own when that many gather.
+    #: Deliveries not yet written to the journal (at most UNRECORDED_DELIVERIES),
+    #: each with the send's duration: written with the slot's next lease, or on
+    #: their own when that many gather.
     delivered: list[tuple[Entry, Delivered, float]] = field(default_factory=list)
     #: The worker's arrival count when this slot last leased.
     arrivals: int = 0
@@ -563,8 +564,8 @@ class DestinationWorker(Service):
         except JournalRefused:
             slot.delivered = delivered + slot.delivered
             raise
-        for entry, outcome, started in delivered:
-            self._announce_delivery(entry, outcome, started)
+        for entry, outcome, duration in delivered:
+            self._announce_delivery(entry, outcome, duration)
         return settled
 
     async def _linger(self, slot: _Slot) -> None:
@@ -684,7 +685,9 @@ class DestinationWorker(Service):
         try:
             await self._record_outcome(slot, entry, outcome, started)
         except JournalRefused:
-            slot.unrecorded.append((entry, outcome, started))
+            if not isinstance(outcome, Delivered):
+                # (A delivery whose write was refused is still on slot.delivered.)
+                slot.unrecorded.append((entry, outcome, started))
             raise
 
     async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:

@@ -765,6 +765,34 @@ class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
         self.flushLoggedErrors(OSError)
 
 
+    def test_a_refused_flush_in_the_middle_of_a_batch_is_written_once_when_space_returns(self) -> None:
+        """ENOSPC when UNRECORDED_DELIVERIES gather mid-batch: the rest is not sent; later each is sent and announced exactly once."""
+        from gateway.forward import JournalRefused
+        from gateway.queue.interfaces import UNRECORDED_DELIVERIES
+
+        self.store = FullJournal()
+        records = [self.instance() for _ in range(UNRECORDED_DELIVERIES + 4)]
+        for record in records:
+            self.enqueue(record)
+        self.store.full = True
+        self.store.leases = 0
+        peer = FakePeer()
+        worker = self.worker(self.destination(batch_size=50), peer)
+        self.assertEqual(len(peer.received), UNRECORDED_DELIVERIES, "sent past a refused write")
+        self.assertIn("No space left", worker.status().journal_error)
+        self.clock.advance(5)
+        self.assertEqual(len(peer.received), UNRECORDED_DELIVERIES)
+        self.store.full = False
+        for _ in range(5):
+            self.clock.advance(1)
+        self.assertEqual(sorted(peer.uids()), sorted(r.sop_instance_uid for r in records))
+        self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
+        delivered = [uid for _, uid, _ in self.observer.kinds("delivered")]
+        self.assertEqual(sorted(delivered), sorted(r.sop_instance_uid for r in records))
+        self.assertTrue(self.flushLoggedErrors(JournalRefused))
+        self.flushLoggedErrors(OSError)
+
+
 class ProposalTests(SynchronousTestCase):
     """Presentation contexts proposed for a batch."""
 
