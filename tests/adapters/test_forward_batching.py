@@ -124,11 +124,11 @@ class JournalWritesTests(WorkerTestsMixin, SynchronousTestCase):
             self.enqueue(record)
         delivered = self.crash_after_two_answers(records)
         self.assertEqual(delivered, [r.sop_instance_uid for r in records[:2]])
-        # The dead worker is never heard of again: its coroutines, closed by
-        # the garbage collector, find the journal closed.
+        # The dead worker is never heard of again (its clock is dropped): its
+        # coroutines, closed by the garbage collector, find the journal closed.
+        self.clock = type(self.clock)()
         gc.collect()
         self.flushLoggedErrors(JournalRefused)
-        self.clock = type(self.clock)()
         self.store = SqliteQueueStore(self.journal)  # type: ignore[assignment]
         self.assertEqual(set(self.states().values()), {EntryState.LEASED}, "a delivery was written before the crash")
         self.assertEqual(self.store.recover(self.clock.seconds()), 5)
