@@ -98,7 +98,7 @@ def _drained(transport: Any) -> bool:
     Bytes written straight to the socket are in order only when Twisted holds
     none of its own, so a direct send starts only then.
     """
-    return not transport._tempDataLen and len(transport.dataBuffer) <= transport.offset
+    return bool(not transport._tempDataLen and len(transport.dataBuffer) <= transport.offset)
 
 
 class AssociationError(Exception):
@@ -198,7 +198,7 @@ class _FileSender:
         if self._remaining <= 0:
             return
         if self._sock is not None:
-            transport = self._protocol.transport
+            transport: Any = self._protocol.transport
             if transport.disconnecting:
                 # An abort or a close is under way: nothing more goes out.
                 self._finish(AssociationAborted("association ended while sending"))
