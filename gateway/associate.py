@@ -4,8 +4,9 @@
 :class:`ClientAssociation` once the acceptor answers AC (or fails with
 :class:`AssociationRejected`). The association then offers :meth:`echo`
 (C-ECHO), :meth:`store` (C-STORE of a Part 10 file, streamed from disk in
-fragments sized to the peer's maximum PDU length, PS3.8 D.1), :meth:`release`
-and :meth:`abort`.
+fragments sized to the peer's maximum PDU length, PS3.8 D.1; over plain TCP
+on Linux each fragment goes from the file to the socket with ``os.sendfile``,
+see :class:`_FileSender`), :meth:`release` and :meth:`abort`.
 
 Outstanding requests are kept in a ``{message_id: (Deferred, timeout)}`` map
 in the style of ``twisted.names.dns.DNSMixin``: each waits for its response
@@ -16,6 +17,9 @@ then in an unknown state, and PS3.7 gives no way to cancel a C-STORE).
 from __future__ import annotations
 
 import itertools
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Sequence
 
@@ -55,6 +59,46 @@ from gateway.ul.outputs import (
 
 #: The largest PDV data we ever put in one P-DATA-TF, whatever the peer allows.
 SEND_CAP = 1024 * 1024
+
+#: Bytes of data set one pull sends straight from the file (zero-copy) before
+#: handing back to the reactor, so one fast peer cannot starve the others.
+DIRECT_BUDGET = 4 * 1024 * 1024
+
+#: The headers of a P-DATA-TF PDU holding one PDV (PS3.8 9.3.5, Table 9-22,
+#: and 9.3.5.1, Table 9-23): PDU type 04H, reserved, PDU length; PDV item
+#: length, presentation context ID, message control header.
+_PDATA_HEADER = struct.Struct(">BBIIBB")
+
+
+def zero_copy_socket(transport: Any) -> socket.socket | None:
+    """The socket a data set may be sent to with ``os.sendfile``, or ``None``.
+
+    Only a plain TCP connection of the reactor (``twisted.internet.tcp``) on
+    a system with ``sendfile`` and ``MSG_MORE`` (Linux): a TLS transport
+    encrypts in Python, and a test's transport has no socket.
+
+    :param transport: the protocol's transport.
+    :returns: its socket, or ``None`` to keep the buffered path.
+    """
+    if not hasattr(os, "sendfile") or not hasattr(socket, "MSG_MORE"):
+        return None
+    from twisted.internet import tcp
+
+    if type(transport) not in (tcp.Client, tcp.Server) or getattr(transport, "TLS", False):
+        return None
+    if not all(hasattr(transport, name) for name in ("_tempDataLen", "dataBuffer", "offset", "disconnecting")):
+        return None  # another Twisted's buffer: :func:`_drained` cannot see it
+    handle = transport.getHandle()
+    return handle if isinstance(handle, socket.socket) else None
+
+
+def _drained(transport: Any) -> bool:
+    """Whether nothing is waiting in the transport's own buffer (``twisted.internet.abstract.FileDescriptor``).
+
+    Bytes written straight to the socket are in order only when Twisted holds
+    none of its own, so a direct send starts only then.
+    """
+    return bool(not transport._tempDataLen and len(transport.dataBuffer) <= transport.offset)
 
 
 class AssociationError(Exception):
@@ -114,34 +158,129 @@ def proposals_for_files(paths: Iterable[str]) -> list[tuple[str, list[str]]]:
 
 @implementer(IPullProducer)
 class _FileSender:
-    """Streams one data set from a file as P-DATA-TF PDUs, one fragment per pull (PS3.8 9.3.5)."""
+    """Streams one data set from a file as P-DATA-TF PDUs, one pull at a time (PS3.8 9.3.5).
 
-    def __init__(self, protocol: "RequestorProtocol", fp: BinaryIO, context_id: int, size: int, fragment: int) -> None:
+    Two ways out, chosen per pull:
+
+    * **buffered**: read a few fragments, build each PDU in memory and write
+      it through the transport (TLS, tests, a transport that still holds
+      bytes of its own);
+    * **zero-copy** (``sock`` given: plain TCP on Linux, the data set sent
+      unchanged): when the transport's buffer is drained, each PDU's 12
+      header bytes are sent on the socket with ``MSG_MORE`` and its payload
+      with ``os.sendfile`` from the spool file, so the data set never passes
+      through Python (issue 13). When the socket's buffer fills (a short
+      send, ``EAGAIN``), the rest of that PDU goes through the transport's
+      buffer, which orders everything after it, and Twisted calls
+      :meth:`resumeProducing` again once it has drained: the producer's
+      backpressure is the transport's, as on the buffered path.
+    """
+
+    def __init__(
+        self,
+        protocol: "RequestorProtocol",
+        fp: BinaryIO,
+        context_id: int,
+        size: int,
+        fragment: int,
+        sock: socket.socket | None = None,
+    ) -> None:
         self._protocol = protocol
         self._fp = fp
         self._context_id = context_id
         self._remaining = size
         self._fragment = fragment
+        self._sock = sock
         self.done: Deferred[None] = Deferred()
 
     def resumeProducing(self) -> None:
         """Send the next fragments; unregister after the last one."""
         if self._remaining <= 0:
             return
-        # A few fragments per pull keeps syscall overhead low without buffering much.
-        for _ in range(4):
-            chunk = self._fp.read(min(self._fragment, self._remaining))
-            if not chunk:
-                self._finish(AssociationAborted("file shrank while sending"))
-                return
-            self._remaining -= len(chunk)
-            control = 0x02 if self._remaining == 0 else 0x00
-            if not self._protocol.send_encoded(_pdu.pdata_pdu(self._context_id, control, chunk)):
+        if self._sock is not None:
+            transport: Any = self._protocol.transport
+            if transport.disconnecting:
+                # An abort or a close is under way: nothing more goes out.
                 self._finish(AssociationAborted("association ended while sending"))
                 return
-            if self._remaining == 0:
-                self._finish(None)
+            if _drained(transport):
+                self._send_direct(transport, self._sock)
+            # Else Twisted calls again when its buffer has drained.
+            return
+        # A few fragments per pull keeps syscall overhead low without buffering much.
+        for _ in range(4):
+            if not self._send_buffered():
                 return
+
+    def _send_buffered(self) -> bool:
+        """Read, build and write one PDU through the transport; false when finished or failed."""
+        chunk = self._fp.read(min(self._fragment, self._remaining))
+        if not chunk:
+            self._finish(AssociationAborted("file shrank while sending"))
+            return False
+        self._remaining -= len(chunk)
+        control = 0x02 if self._remaining == 0 else 0x00
+        if not self._protocol.send_encoded(_pdu.pdata_pdu(self._context_id, control, chunk)):
+            self._finish(AssociationAborted("association ended while sending"))
+            return False
+        if self._remaining == 0:
+            self._finish(None)
+            return False
+        return True
+
+    def _send_direct(self, transport: Any, sock: socket.socket) -> None:
+        """Send PDUs straight from the file to the socket until done, the socket is full, or the budget is spent."""
+        budget = DIRECT_BUDGET
+        file_fd = self._fp.fileno()
+        while self._remaining > 0:
+            if not self._protocol.association.is_established:
+                self._finish(AssociationAborted("association ended while sending"))
+                return
+            if budget <= 0:
+                # Hand back to the reactor: one PDU through the transport's
+                # buffer, and Twisted calls again once it has drained.
+                self._send_buffered()
+                return
+            n = min(self._fragment, self._remaining)
+            control = 0x02 if n == self._remaining else 0x00
+            header = _PDATA_HEADER.pack(_pdu.PDUType.P_DATA_TF, 0, n + _pdu.PDV_HEADER_LENGTH, n + 2, self._context_id, control)
+            offset = self._fp.tell()
+            put = sent = 0
+            blocked = False
+            try:
+                # MSG_MORE: the header waits in the kernel for the payload
+                # (TCP_NODELAY is on), so they leave in the same segments.
+                put = sock.send(header, socket.MSG_MORE)
+                if put == len(header):
+                    sent = os.sendfile(sock.fileno(), file_fd, offset, n)
+            except BlockingIOError:
+                blocked = True
+            except OSError as e:
+                self._finish(AssociationAborted(f"transport error while sending: {e}"))
+                return
+            if put == len(header) and sent == 0 and not blocked and self._at_end_of_file(offset):
+                self._finish(AssociationAborted("file shrank while sending"))
+                return
+            budget -= sent
+            if put < len(header) or sent < n:
+                # The socket is full: the rest of this PDU through the transport's buffer.
+                self._fp.seek(offset + sent)
+                rest = self._fp.read(n - sent)
+                if len(rest) < n - sent:
+                    self._finish(AssociationAborted("file shrank while sending"))
+                    return
+                transport.write(header[put:] + rest)
+                self._remaining -= n
+                if self._remaining == 0:
+                    self._finish(None)
+                return
+            self._fp.seek(offset + n)
+            self._remaining -= n
+        self._finish(None)
+
+    def _at_end_of_file(self, offset: int) -> bool:
+        """Whether the file ends at ``offset`` (``sendfile`` sent nothing and raised nothing)."""
+        return os.fstat(self._fp.fileno()).st_size <= offset
 
     def stopProducing(self) -> None:
         """The transport went away."""
@@ -385,15 +524,19 @@ class ClientAssociation:
         response = await d
         return int(response.status)
 
-    async def store(self, path: str, header: Part10Header | None = None) -> StoreResult:
+    async def store(self, path: str, header: Part10Header | None = None, zero_copy: bool = True) -> StoreResult:
         """C-STORE the Part 10 file at ``path`` (PS3.7 9.1.1), streaming its data set from disk.
 
         :param path: the file.
         :param header: its meta, when the caller has read it already (the
             sender reads every entry's before choosing an association); read
             here when ``None``.
+        :param zero_copy: send the data set with ``os.sendfile`` when the
+            transport allows it (plain TCP on Linux, :func:`zero_copy_socket`);
+            false keeps every byte on the buffered path.
         :raises NoPresentationContext: when no accepted context carries its SOP class in its transfer syntax.
         :raises AssociationAborted: when the association ends before the response.
+        :raises FileNotFoundError: the file is gone (nothing was sent).
         """
         if header is None:
             header = read_part10_header(path)
@@ -404,14 +547,21 @@ class ClientAssociation:
             )
         if not self.is_open:
             raise AssociationAborted("association is not open")
+        # Opened before the command goes out: a missing file (the header may
+        # come from the journal, not from reading it) fails with nothing sent.
+        fp = open(path, "rb")
+        fp.seek(header.dataset_offset)
         message_id = self._next_id()
         rq = dimse.CStoreRQ(message_id, header.sop_class_uid, header.sop_instance_uid)
         d = self._protocol.expect_response(message_id)
         self._protocol.send_command(context.context_id, dimse.encode_command(rq), self.peer_max_pdu)
-        fp = open(path, "rb")
-        fp.seek(header.dataset_offset)
         sender = _FileSender(
-            self._protocol, fp, context.context_id, header.size, max_fragment_size(self.peer_max_pdu, SEND_CAP)
+            self._protocol,
+            fp,
+            context.context_id,
+            header.size,
+            max_fragment_size(self.peer_max_pdu, SEND_CAP),
+            zero_copy_socket(self._protocol.transport) if zero_copy else None,
         )
         self._protocol.transport.registerProducer(sender, False)
         try:

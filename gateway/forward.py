@@ -15,18 +15,59 @@ was received (issue 3).
 
 Each slot loops:
 
-1. lease up to ``batch_size`` due entries; none -> sleep until
-   :meth:`DestinationWorker.poke` (the receive side calls it after each
-   enqueue), until the store's ``next_due``, or for at most
-   ``poll_interval`` (the CLI changes the store from another process:
-   pauses, operator retries), whichever comes first;
+1. in **one** journal transaction (:meth:`~gateway.queue.interfaces.IQueueStore.settle`),
+   record the deliveries of its last batch and lease up to ``batch_size``
+   due entries; none -> sleep until :meth:`DestinationWorker.poke` (the
+   receive side calls it after each enqueue), until the next due time (the
+   same call returns it), or for at most ``poll_interval`` (the CLI changes
+   the store from another process: pauses, operator retries), whichever
+   comes first;
 2. hand the batch to the destination's :class:`~gateway.send.Sender`
    (:mod:`gateway.send.dicom` for a DICOM AE, :mod:`gateway.send.folder`
    for a folder; :mod:`gateway.send.registry` says which), which yields each
    entry's outcome (:mod:`gateway.queue.outcome`) as it is known;
-3. record each outcome: ``complete``, ``retry`` after a backoff, or
-   ``dead_letter`` with its kind. A per-instance outcome never blocks the
-   entries behind it.
+3. record each outcome: a delivery is kept on the slot (written in step 1
+   of the next turn, or on its own once
+   :data:`~gateway.queue.interfaces.UNRECORDED_DELIVERIES` gather, before a
+   wait for the circuit and at stop); ``retry`` after a backoff or
+   ``dead_letter`` with its kind, each in its own transaction at once (they
+   are rare). A per-instance outcome never blocks the entries behind it;
+4. if the batch emptied the queue while instances stream in (some arrived
+   during the batch, or a poke woke the slot within ``linger`` of its last
+   batch), wait up to ``linger`` seconds for ``min_batch`` arrivals, so the
+   next lease takes a batch, not the one instance that came meanwhile.
+
+Journal writes and the durability each needs (issue 13)
+-------------------------------------------------------
+The intake's commit is the custody promise and waits for the journal's one
+write lock (SQLite WAL: one writer), so the forwarder writes as seldom as it
+safely can: about one transaction per batch, not four per instance.
+
+* **Lease** (``settle``): durable before the first send, because it is what
+  keeps another slot, another process or a restarted gateway from sending
+  the same entry at the same time, and what ``recover`` reads after a crash
+  to know what may have been on the wire.
+* **Delivery** (``settle``, batched): need not be durable before the next
+  send. A delivery lost in a crash leaves its entry LEASED; ``recover``
+  returns it to the queue noted as in flight
+  (:data:`~gateway.queue.interfaces.RECOVERED_IN_FLIGHT`, for the lowest
+  ``UNRECORDED_DELIVERIES + 1`` entries of each lease) and it is sent
+  again, counted as a redelivery: at-least-once, what HARDENING F06/F13
+  already accept for the send in flight. It must be durable before the
+  entry's file can go (retention reads DELIVERED rows only) and before a
+  delivery is announced (events, metrics, logs are emitted after the
+  write), and it is never lost in normal operation: a stop writes it, a
+  refused write keeps it on the slot and nothing new is leased until the
+  journal takes it (HARDENING F15). An entry delivered stays LEASED in the
+  journal until then, and ``lease`` takes only QUEUED entries: it is never
+  sent twice while the gateway runs.
+* **Retry, dead letter, release**: written at once, each its own
+  transaction. A lost retry or release costs only a re-send, but a dead
+  letter must not be sent again, and all three are rare: batching them
+  would gain nothing.
+* **Idle turns** write nothing: ``settle`` with nothing to record looks for
+  due entries with a read first, and returns the next due time with its
+  answer (no separate ``next_due`` call).
 
 A destination-wide fault (:class:`~gateway.queue.outcome.DestinationDown`)
 puts the entry being tried back without counting an attempt and releases
@@ -55,6 +96,7 @@ scheduled on ``clock``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -70,7 +112,7 @@ from gateway.blocking import IBlockingRunner
 from gateway.circuit import Circuit
 from gateway import events
 from gateway.config.schema import Destination, DicomDestination
-from gateway.queue.interfaces import Entry, IQueueStore
+from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
 from gateway.send import SendContext
@@ -198,6 +240,31 @@ class _Slot:
     unreleased: list[int] = field(default_factory=list)
     #: The journal's last refusal on this slot's turn, empty once a turn succeeds.
     journal_error: str = ""
+    #: Deliveries not yet written to the journal (at most UNRECORDED_DELIVERIES),
+    #: each with the send's duration: written with the slot's next lease, or on
+    #: their own when that many gather.
+    delivered: list[tuple[Entry, Delivered, float]] = field(default_factory=list)
+    #: The worker's arrival count when this slot last leased.
+    arrivals: int = 0
+    #: When the slot's last batch ended (``clock`` time), ``None`` before the first.
+    batch_ended: float | None = None
+    #: Whether instances are streaming in: arrivals met the slot's last batch,
+    #: or a poke woke it within ``linger`` of that batch's end.
+    streaming: bool = False
+
+
+@dataclass
+class _Sleeper:
+    """A slot (or a backoff) waiting: woken by its timer, by a stop and, if ``pokeable``, by arrivals.
+
+    :ivar until_arrivals: a pokeable sleeper wakes only once the worker's
+        arrival count reaches this (``None``: at the first poke).
+    """
+
+    done: "Deferred[None]"
+    call: IDelayedCall | None
+    pokeable: bool
+    until_arrivals: int | None = None
 
 
 #: A difference between wall-clock and monotonic progress at least this large
@@ -223,6 +290,9 @@ class DestinationWorker(Service):
     :param grace: seconds :meth:`stopService` lets in-flight sends finish.
     :param poll_interval: the longest idle sleep (the CLI changes the store from outside).
     :param scratch_dir: where transcoded copies are written (the system's temporary folder by default).
+    :param linger: the longest a slot that drained its queue while instances
+        kept arriving waits for ``min_batch`` arrivals before its next lease.
+    :param min_batch: arrivals (pokes) that end such a wait early.
     """
 
     log = Logger(namespace="gateway.forward")
@@ -244,6 +314,8 @@ class DestinationWorker(Service):
         scratch_dir: str | None = None,
         prepare: Prepare | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        linger: float = 0.05,
+        min_batch: int = 8,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -268,7 +340,11 @@ class DestinationWorker(Service):
         self.lease_seconds = self.sender.lease_seconds
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
-        self._sleepers: list[tuple[Deferred[None], IDelayedCall | None, bool]] = []
+        self._sleepers: list[_Sleeper] = []
+        self.linger = linger
+        self.min_batch = max(1, min(min_batch, self.batch_size))
+        #: Pokes so far: the receive side's enqueues (a slot's linger counts them).
+        self._arrivals = 0
         self.circuit = Circuit(
             clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
         )
@@ -320,6 +396,7 @@ class DestinationWorker(Service):
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
+        self._arrivals += 1
         self._wake(all_sleepers=False)
 
     def status(self) -> WorkerStatus:
@@ -335,33 +412,40 @@ class DestinationWorker(Service):
 
     # -- waiting -------------------------------------------------------------------------
 
-    def _sleep(self, delay: float, pokeable: bool) -> "Deferred[None]":
-        """A Deferred that fires after ``delay``, on stop, and (if ``pokeable``) on :meth:`poke`."""
+    def _sleep(self, delay: float, pokeable: bool, until_arrivals: int | None = None) -> "Deferred[None]":
+        """A Deferred that fires after ``delay``, on stop, and (if ``pokeable``) on :meth:`poke`.
+
+        With ``until_arrivals``, a poke wakes it only once the worker's
+        arrival count has reached that number.
+        """
         d: Deferred[None] = Deferred()
-        call: IDelayedCall | None = None
         if self._stopping:
             d.callback(None)
             return d
 
         def fire() -> None:
-            self._sleepers[:] = [s for s in self._sleepers if s[0] is not d]
+            self._sleepers[:] = [s for s in self._sleepers if s.done is not d]
             if not d.called:
                 d.callback(None)
 
         call = self.clock.callLater(max(0.0, delay), fire)
-        self._sleepers.append((d, call, pokeable))
+        self._sleepers.append(_Sleeper(d, call, pokeable, until_arrivals))
         return d
 
     def _wake(self, all_sleepers: bool) -> None:
-        """Fire the sleepers (only the pokeable ones unless ``all_sleepers``)."""
+        """Fire the sleepers (only the pokeable ones whose arrival count is reached unless ``all_sleepers``)."""
+
+        def due(s: _Sleeper) -> bool:
+            return all_sleepers or (s.pokeable and (s.until_arrivals is None or self._arrivals >= s.until_arrivals))
+
         # Take them out first: a woken slot may go back to sleep at once.
-        woken = [s for s in self._sleepers if all_sleepers or s[2]]
-        self._sleepers = [s for s in self._sleepers if not (all_sleepers or s[2])]
-        for d, call, _ in woken:
-            if call is not None and call.active():
-                call.cancel()
-            if not d.called:
-                d.callback(None)
+        woken = [s for s in self._sleepers if due(s)]
+        self._sleepers = [s for s in self._sleepers if not due(s)]
+        for s in woken:
+            if s.call is not None and s.call.active():
+                s.call.cancel()
+            if not s.done.called:
+                s.done.callback(None)
 
     async def _store(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store method through the store runner."""
@@ -395,15 +479,23 @@ class DestinationWorker(Service):
                 await self._sleep(self.poll_interval, pokeable=False)
             else:
                 slot.journal_error = ""
+        if slot.delivered:
+            # Stopping: write what was delivered, so it is not sent again after the restart.
+            try:
+                await self._settle(slot, 0)
+            except JournalRefused:
+                self.log.failure("forward {destination} slot {slot}: deliveries not written at stop (they will be re-sent)",
+                                 destination=self.name, slot=slot.index)
         await self.sender.close(slot.index)
 
     async def _slot_step(self, slot: _Slot) -> None:
-        """One turn of a slot: wait for the circuit, lease, send or idle."""
-        n = len(self._slots)
+        """One turn of a slot: wait for the circuit, record deliveries and lease, send or idle."""
         if slot.unrecorded or slot.unreleased:
             # Fail closed: nothing new is leased until the journal takes the
             # outcomes it refused (a delivered entry must become DELIVERED,
             # not be sent again after a lease that never expires).
+            if slot.delivered:
+                await self._settle(slot, 0)
             while slot.unrecorded:
                 entry, outcome, started = slot.unrecorded.pop(0)
                 await self._record(slot, entry, outcome, started)
@@ -413,17 +505,26 @@ class DestinationWorker(Service):
             self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
             return
         if not self.circuit.is_closed:
+            # Deliveries are written before a wait of unknown length.
+            if slot.delivered:
+                await self._settle(slot, 0)
             if not self._stopping:
                 await self.circuit.when_closed()
             return
         await self._follow_wall_clock()
-        entries = await self._journal(
-            self.store.lease, self.name, self.batch_size, self._schedule_now(), self.lease_seconds, shard=(slot.index, n)
-        )
-        if not entries:
-            await self._idle(slot)
+        # The deliveries of the last batch and the next lease: one transaction.
+        # (A refused write leaves both undone: the deliveries stay on the slot,
+        # still LEASED in the journal, and are written at the next turn.)
+        arrivals, slot.arrivals = slot.arrivals, self._arrivals
+        settled = await self._settle(slot, self.batch_size)
+        if not settled.leased:
+            slot.streaming = False
+            await self._idle(slot, settled.next_due)
             return
-        slot.leased = list(entries)
+        if not slot.streaming and slot.batch_ended is not None:
+            # Woken from idle soon after its last batch: a stream, not a lone instance.
+            slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
+        slot.leased = list(settled.leased)
         try:
             await self._send_batch(slot)
         finally:
@@ -436,6 +537,52 @@ class DestinationWorker(Service):
                 except JournalRefused:
                     slot.unreleased.extend(rest)
                     raise
+        slot.batch_ended = self.clock.seconds()
+        if self._arrivals > slot.arrivals:
+            slot.streaming = True
+        if len(settled.leased) < self.batch_size:
+            await self._linger(slot)
+
+    async def _settle(self, slot: _Slot, limit: int) -> Settled:
+        """Write the slot's deliveries and lease up to ``limit`` entries, in one journal transaction.
+
+        Once written, each delivery is logged and told to the observer (so an
+        event never announces a delivery the journal may lose). Refused, the
+        deliveries stay on the slot and :class:`JournalRefused` is raised.
+        """
+        delivered, slot.delivered = slot.delivered, []
+        try:
+            settled: Settled = await self._journal(
+                self.store.settle,
+                self.name,
+                [(entry.entry_id, outcome.warning) for entry, outcome, _ in delivered],
+                self._schedule_now(),
+                limit,
+                self.lease_seconds,
+                shard=(slot.index, len(self._slots)),
+            )
+        except JournalRefused:
+            slot.delivered = delivered + slot.delivered
+            raise
+        for entry, outcome, duration in delivered:
+            self._announce_delivery(entry, outcome, duration)
+        return settled
+
+    async def _linger(self, slot: _Slot) -> None:
+        """The batch emptied the queue while instances stream in: let a batch's worth gather.
+
+        Leasing at once would take the one or two instances that arrived
+        while the batch was sent (or none, when the destination is faster
+        than the modality), one journal transaction each; waiting up to
+        ``linger`` seconds for ``min_batch`` arrivals since the lease lets
+        the next turn record this batch's deliveries and lease the next
+        batch together (issue 13: the forwarder's commits per instance). A
+        lone instance (no stream) is not held: its delivery is written at
+        once, and the next one is leased as soon as it is poked.
+        """
+        if self._stopping or not slot.streaming or self._arrivals - slot.arrivals >= self.min_batch:
+            return
+        await self._sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
 
     def _schedule_now(self) -> float:
         """The time due times are written and compared in: the wall clock as of the
@@ -474,14 +621,16 @@ class DestinationWorker(Service):
             moved=moved,
         )
 
-    async def _idle(self, slot: _Slot) -> None:
-        """Nothing due: let the sender release what is idle when its time comes, and sleep."""
+    async def _idle(self, slot: _Slot, due: float | None) -> None:
+        """Nothing due: let the sender release what is idle when its time comes, and sleep.
+
+        :param due: the destination's earliest due time, as the lease found it.
+        """
         now = self.clock.seconds()
         delay = self.poll_interval
         idle_left = await self.sender.idle(slot.index, now)
         if idle_left is not None:
             delay = min(delay, idle_left)
-        due = await self._store(self.store.next_due, self.name)
         if due is not None and due > self._schedule_now():
             # An entry comes due before the next poll. (One already due that
             # lease did not return is paused or another slot's: poll.)
@@ -513,7 +662,12 @@ class DestinationWorker(Service):
         prepared: list[Entry] = []
         for entry in list(slot.leased):
             try:
-                prepared.append(await self.prepare(entry))
+                copy = await self.prepare(entry)
+                if copy.path != entry.path:
+                    # A morphed copy has its own file meta: where its data set
+                    # starts is not the received file's (the sender reads it).
+                    copy = dataclasses.replace(copy, instance=dataclasses.replace(copy.instance, dataset_offset=0))
+                prepared.append(copy)
             except PrepareError as e:
                 await self._record(slot, entry, DeadLetter(f"morph: {e}", DeadLetterKind.MORPH), self.clock.seconds())
             except Exception as e:  # a bug or an I/O error: try again later, never send unmorphed
@@ -531,7 +685,9 @@ class DestinationWorker(Service):
         try:
             await self._record_outcome(slot, entry, outcome, started)
         except JournalRefused:
-            slot.unrecorded.append((entry, outcome, started))
+            if not isinstance(outcome, Delivered):
+                # (A delivery whose write was refused is still on slot.delivered.)
+                slot.unrecorded.append((entry, outcome, started))
             raise
 
     async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
@@ -545,16 +701,12 @@ class DestinationWorker(Service):
             attempt=entry.attempts + 1,
         )
         if isinstance(outcome, Delivered):
-            await self._journal(self.store.complete, [entry.entry_id], now, outcome.warning)
+            # Kept on the slot and written with the next lease, or on its own
+            # once UNRECORDED_DELIVERIES gather (see the module docstring).
             self.circuit.success()
-            if outcome.warning:
-                # (not "warning": a log event with that key looks like a Python warning to legacy observers)
-                self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
-            else:
-                self.log.debug("delivered {sop_instance_uid} to {destination}", **fields)
-            self.observer.observe(events.Delivered(entry, self.clock.seconds() - started, outcome.warning))
-            if had_ambiguous_attempt(entry):
-                self.observer.observe(events.Redelivered(entry))
+            slot.delivered.append((entry, outcome, self.clock.seconds() - started))
+            if len(slot.delivered) >= UNRECORDED_DELIVERIES:
+                await self._settle(slot, 0)
         elif isinstance(outcome, Retry):
             reason = retry_text(outcome)
             gave_up = give_up(entry, now, self.config.retry)
@@ -579,6 +731,24 @@ class DestinationWorker(Service):
                     slot.unreleased.extend(rest)
                     raise
             await self._destination_fault(outcome)
+
+    def _announce_delivery(self, entry: Entry, outcome: Delivered, duration: float) -> None:
+        """Log a delivery the journal has just recorded, and tell the observer."""
+        fields = dict(
+            destination=self.name,
+            entry_id=entry.entry_id,
+            correlation_id=entry.instance.correlation_id,
+            sop_instance_uid=entry.instance.sop_instance_uid,
+            attempt=entry.attempts + 1,
+        )
+        if outcome.warning:
+            # (not "warning": a log event with that key looks like a Python warning to legacy observers)
+            self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
+        else:
+            self.log.debug("delivered {sop_instance_uid} to {destination}", **fields)
+        self.observer.observe(events.Delivered(entry, duration, outcome.warning))
+        if had_ambiguous_attempt(entry):
+            self.observer.observe(events.Redelivered(entry))
 
     async def _dead_letter(self, entry: Entry, outcome: DeadLetter, now: float, fields: dict[str, Any]) -> None:
         await self._journal(self.store.dead_letter, entry.entry_id, outcome.reason, now)

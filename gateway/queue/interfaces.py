@@ -108,11 +108,31 @@ class NewEntry:
     plan: PlanRecord | None = None
 
 
-#: The error recorded by ``recover`` on the entry of each lease that may have
+#: The error recorded by ``recover`` on the entries of each lease that may have
 #: been on the wire when the gateway died (HARDENING F13). It starts like the
 #: forward worker's ambiguous attempts (``gateway.queue.policy.AMBIGUOUS_PREFIX``), so a later delivery
 #: counts as a redelivery: the destination may hold two copies.
 RECOVERED_IN_FLIGHT = "ambiguous: in flight when the gateway stopped"
+
+#: The most deliveries a worker slot keeps before writing them to the journal
+#: (:meth:`IQueueStore.settle`, issue 13). A delivery not yet written when the
+#: gateway dies means a re-send (at-least-once), so ``recover`` notes this many
+#: entries of each lease, plus the one on the wire, as in flight.
+UNRECORDED_DELIVERIES = 16
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What :meth:`IQueueStore.settle` did.
+
+    :ivar leased: the entries it leased, oldest first.
+    :ivar next_due: when nothing was leased, the earliest ``next_attempt_at``
+        of a QUEUED entry of the destination (any shard), or ``None``; always
+        ``None`` when something was leased.
+    """
+
+    leased: tuple[Entry, ...] = ()
+    next_due: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,24 @@ class IQueueStore(Interface):
     def complete(entry_ids: Sequence[int], now: float, warning: str = "") -> None:
         """Mark leased entries DELIVERED (a warning status is kept as ``last_error``)."""
 
+    def settle(
+        destination: str,
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shard: tuple[int, int] | None = None,
+    ) -> Settled:
+        """The worker's turn in one transaction: record deliveries, then lease the next entries.
+
+        ``delivered`` holds ``(entry_id, warning)`` pairs, each recorded as by
+        :meth:`complete`; then up to ``limit`` entries are leased as by
+        :meth:`lease`. When nothing is leased the result carries
+        :meth:`next_due`, so an idle worker needs no second call. With no
+        deliveries and nothing due, no write transaction is made at all (a
+        write takes the one write lock the intake's commits wait for).
+        """
+
     def retry(entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
         """Return a leased entry to QUEUED for ``next_attempt_at``, recording the attempt.
 
@@ -294,12 +332,13 @@ class IQueueStore(Interface):
     def recover(now: float) -> int:
         """On start: every LEASED entry back to QUEUED (its outcome is unknown). Returns the count.
 
-        A worker sends a lease's entries one at a time in id order, recording
-        each outcome before the next send, so of the entries one ``lease``
-        call took (same destination, same ``leased_until``) only the lowest
-        id still LEASED can have reached the destination. That one gets an
-        uncounted attempt :data:`RECOVERED_IN_FLIGHT` (history and
-        ``last_error``), so its eventual delivery is counted as a redelivery.
+        A worker sends a lease's entries one at a time in id order and keeps
+        at most :data:`UNRECORDED_DELIVERIES` deliveries unwritten, so of the
+        entries one lease took (same destination, same ``leased_until``) only
+        the lowest ``UNRECORDED_DELIVERIES + 1`` ids still LEASED can have
+        reached the destination. Those get an uncounted attempt
+        :data:`RECOVERED_IN_FLIGHT` (history and ``last_error``), so an
+        eventual delivery is counted as a redelivery.
         """
 
     def stats(now: float) -> Mapping[str, DestinationStats]:

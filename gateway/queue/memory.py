@@ -30,6 +30,8 @@ from gateway.queue.interfaces import (
     NewEntry,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
+    Settled,
+    UNRECORDED_DELIVERIES,
 )
 from gateway.queue.sqlite import check_shard, study_hash
 
@@ -240,6 +242,26 @@ class MemoryQueueStore:
             row.leased_until = None
             self._destination(row.destination).last_success_at = now
 
+    def settle(
+        self,
+        destination: str,
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shard: tuple[int, int] | None = None,
+    ) -> Settled:
+        """Record deliveries, then lease; with nothing leased, say when the next entry is due (see the interface)."""
+        check_shard(shard)
+        for entry_id, warning in delivered:
+            self.complete([entry_id], now, warning)
+        if limit <= 0:
+            return Settled()
+        leased = self.lease(destination, limit, now, lease_seconds, shard)
+        if leased:
+            return Settled(tuple(leased))
+        return Settled((), self.next_due(destination))
+
     def retry(self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
         """Return a LEASED entry to QUEUED, recording the attempt (see the interface).
 
@@ -432,11 +454,13 @@ class MemoryQueueStore:
     def recover(self, now: float) -> int:
         """Every LEASED entry back to QUEUED (see the interface)."""
         count = 0
-        first: dict[tuple[str, float | None], _Row] = {}
+        first: dict[tuple[str, float | None], list[_Row]] = {}
         for row in sorted(self._rows.values(), key=lambda r: r.entry_id):
             if row.state is EntryState.LEASED:
-                first.setdefault((row.destination, row.leased_until), row)
-        for row in first.values():
+                group = first.setdefault((row.destination, row.leased_until), [])
+                if len(group) <= UNRECORDED_DELIVERIES:
+                    group.append(row)
+        for row in (row for group in first.values() for row in group):
             row.last_error = RECOVERED_IN_FLIGHT
             row.history.append(Attempt(now, RECOVERED_IN_FLIGHT, False))
         for row in self._rows.values():

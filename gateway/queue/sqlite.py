@@ -26,6 +26,11 @@ Durability and concurrency
   transaction, so a read-then-write (``lease``: pick ids, then mark them) can
   never interleave with another writer. This is what guarantees that ``lease``
   never hands the same entry to two callers, even across processes.
+* The forwarder's bookkeeping is batched so it rarely holds that lock:
+  :meth:`SqliteQueueStore.settle` writes a slot's deliveries and its next
+  lease in one transaction, and an idle turn (nothing to write, nothing
+  due) reads without ``BEGIN IMMEDIATE`` (issue 13; :mod:`gateway.forward`
+  says which of its writes needs what durability).
 * One connection per store object, used from one thread at a time (the
   gateway runs every call through a single-thread
   :class:`~gateway.blocking.IBlockingRunner`); ``check_same_thread=False``
@@ -76,6 +81,8 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
   the highest id) with ``enqueued_at = next_attempt_at = now``.
 * A DUPLICATE entry never makes a later re-send a duplicate: the window runs
   from the entry that was actually forwarded.
+* ``settle`` is ``complete`` (one warning per id) then ``lease``; with
+  nothing leased it returns ``next_due``.
 * ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
   raises :class:`KeyError` for an entry that is not LEASED and
   ``dead_letter`` for one that is not QUEUED or LEASED.
@@ -108,6 +115,8 @@ from gateway.queue.interfaces import (
     NewEntry,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
+    Settled,
+    UNRECORDED_DELIVERIES,
 )
 from gateway.queue.schema import (
     _ENTRY_SELECT,
@@ -360,28 +369,46 @@ class SqliteQueueStore:
         if limit <= 0:
             return []
         with self._write() as conn:
-            paused = conn.execute("SELECT paused FROM destinations WHERE name = ?", (destination,)).fetchone()
-            if paused is not None and paused[0]:
-                return []
-            sql = (
-                "SELECT entry_id FROM entries INDEXED BY entries_lease"
-                " WHERE destination = ? AND state = 'queued' AND next_attempt_at <= ?"
-            )
-            params: list[Any] = [destination, now]
-            if shard is not None:
-                sql += " AND study_hash % ? = ?"
-                params += [shard[1], shard[0]]
-            sql += " ORDER BY entry_id LIMIT ?"
-            params.append(limit)
-            ids = [row[0] for row in conn.execute(sql, params)]
-            if not ids:
-                return []
-            marks = ", ".join("?" * len(ids))
-            conn.execute(
-                f"UPDATE entries SET state = 'leased', leased_until = ? WHERE entry_id IN ({marks})",
-                (now + lease_seconds, *ids),
-            )
-            rows = conn.execute(_ENTRY_SELECT + f" WHERE e.entry_id IN ({marks}) ORDER BY e.entry_id", ids).fetchall()
+            return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
+
+    def _due_ids(
+        self, conn: sqlite3.Connection, destination: str, limit: int, now: float, shard: tuple[int, int] | None
+    ) -> list[int]:
+        """The ids ``lease`` would take, unless the destination is paused (no writes)."""
+        paused = conn.execute("SELECT paused FROM destinations WHERE name = ?", (destination,)).fetchone()
+        if paused is not None and paused[0]:
+            return []
+        sql = (
+            "SELECT entry_id FROM entries INDEXED BY entries_lease"
+            " WHERE destination = ? AND state = 'queued' AND next_attempt_at <= ?"
+        )
+        params: list[Any] = [destination, now]
+        if shard is not None:
+            sql += " AND study_hash % ? = ?"
+            params += [shard[1], shard[0]]
+        sql += " ORDER BY entry_id LIMIT ?"
+        params.append(limit)
+        return [row[0] for row in conn.execute(sql, params)]
+
+    def _lease_in(
+        self,
+        conn: sqlite3.Connection,
+        destination: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        shard: tuple[int, int] | None,
+    ) -> list[Entry]:
+        """The body of :meth:`lease`, inside the caller's write transaction."""
+        ids = self._due_ids(conn, destination, limit, now, shard)
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        conn.execute(
+            f"UPDATE entries SET state = 'leased', leased_until = ? WHERE entry_id IN ({marks})",
+            (now + lease_seconds, *ids),
+        )
+        rows = conn.execute(_ENTRY_SELECT + f" WHERE e.entry_id IN ({marks}) ORDER BY e.entry_id", ids).fetchall()
         return [_entry_from_row(row) for row in rows]
 
     def complete(self, entry_ids: Sequence[int], now: float, warning: str = "") -> None:
@@ -390,17 +417,52 @@ class SqliteQueueStore:
         See :meth:`gateway.queue.interfaces.IQueueStore.complete`.
         """
         with self._write() as conn:
-            destinations: set[str] = set()
-            for entry_id in entry_ids:
-                row = conn.execute(
-                    "UPDATE entries SET state = 'delivered', delivered_at = ?, last_error = ?, leased_until = NULL"
-                    " WHERE entry_id = ? AND state = 'leased' RETURNING destination",
-                    (now, warning, entry_id),
-                ).fetchone()
-                if row is not None:
-                    destinations.add(row[0])
-            for name in sorted(destinations):
-                self._touch_destination(name, last_success_at=now)
+            self._complete_in(conn, [(entry_id, warning) for entry_id in entry_ids], now)
+
+    def _complete_in(self, conn: sqlite3.Connection, delivered: Sequence[tuple[int, str]], now: float) -> None:
+        """The body of :meth:`complete` with a warning per entry, inside the caller's write transaction."""
+        destinations: set[str] = set()
+        for entry_id, warning in delivered:
+            row = conn.execute(
+                "UPDATE entries SET state = 'delivered', delivered_at = ?, last_error = ?, leased_until = NULL"
+                " WHERE entry_id = ? AND state = 'leased' RETURNING destination",
+                (now, warning, entry_id),
+            ).fetchone()
+            if row is not None:
+                destinations.add(row[0])
+        for name in sorted(destinations):
+            self._touch_destination(name, last_success_at=now)
+
+    def settle(
+        self,
+        destination: str,
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shard: tuple[int, int] | None = None,
+    ) -> Settled:
+        """Record deliveries and lease the next entries in one ``BEGIN IMMEDIATE`` transaction.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.settle`. With nothing
+        to record, a read outside any write transaction looks for due entries
+        first: an idle turn takes no write lock. The lease itself is decided
+        again under the lock, so a concurrent writer (the CLI) is never
+        overtaken.
+        """
+        check_shard(shard)
+        if not delivered:
+            if limit <= 0:
+                return Settled()
+            with self._read() as conn:
+                if not self._due_ids(conn, destination, 1, now, shard):
+                    return Settled((), self._next_due_in(conn, destination))
+        with self._write() as conn:
+            self._complete_in(conn, delivered, now)
+            leased = self._lease_in(conn, destination, limit, now, lease_seconds, shard) if limit > 0 else []
+            if leased or limit <= 0:
+                return Settled(tuple(leased))
+            return Settled((), self._next_due_in(conn, destination))
 
     def retry(self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
         """Return a LEASED entry to QUEUED for ``next_attempt_at``, recording the attempt.
@@ -690,7 +752,11 @@ class SqliteQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.next_due`.
         """
-        row = self._conn.execute(
+        return self._next_due_in(self._conn, destination)
+
+    def _next_due_in(self, conn: sqlite3.Connection, destination: str) -> float | None:
+        """The body of :meth:`next_due` (inside the caller's transaction, if any)."""
+        row = conn.execute(
             "SELECT min(next_attempt_at) FROM entries WHERE destination = ? AND state = 'queued'", (destination,)
         ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -724,15 +790,18 @@ class SqliteQueueStore:
         See :meth:`gateway.queue.interfaces.IQueueStore.recover`.
         """
         with self._write() as conn:
-            # The lowest id of each lease (destination, leased_until) may have
-            # been on the wire: note it as an ambiguous attempt (HARDENING F13).
-            first: dict[tuple[str, float], tuple[int, str]] = {}
+            # The lowest ids of each lease (destination, leased_until) may have
+            # been on the wire or delivered but not yet written: note them as
+            # ambiguous attempts (HARDENING F13; UNRECORDED_DELIVERIES + 1 of them).
+            first: dict[tuple[str, float], list[tuple[int, str]]] = {}
             for entry_id, destination, until, history in conn.execute(
                 "SELECT entry_id, destination, leased_until, history FROM entries"
                 " WHERE state = 'leased' ORDER BY entry_id"
             ):
-                first.setdefault((destination, until), (entry_id, history))
-            for entry_id, history in first.values():
+                group = first.setdefault((destination, until), [])
+                if len(group) <= UNRECORDED_DELIVERIES:
+                    group.append((entry_id, history))
+            for entry_id, history in (item for group in first.values() for item in group):
                 conn.execute(
                     "UPDATE entries SET last_error = ?, history = ? WHERE entry_id = ?",
                     (RECOVERED_IN_FLIGHT, _history_append(history, Attempt(now, RECOVERED_IN_FLIGHT, False)), entry_id),

@@ -14,10 +14,12 @@ A new kind (a STOW-RS sender, say) is one class with the methods of
 for its configuration type.
 
 The one sending method, :meth:`Sender.send`, takes a slot's batch and yields
-``(entry, outcome)`` as each entry's fate is known, so the worker records
-each outcome (and may stop) before the next entry goes out: a crash never
-leaves more than the entry in flight unrecorded. Outcomes are the data of
-:mod:`gateway.queue.outcome`.
+``(entry, outcome)`` as each entry's fate is known, so the worker can record
+each outcome (and may stop) before the next entry goes out; it writes
+deliveries in batches (see :mod:`gateway.forward`: a crash leaves at most
+:data:`~gateway.queue.interfaces.UNRECORDED_DELIVERIES` deliveries and the
+entry in flight unrecorded, each re-sent as a redelivery). Outcomes are the
+data of :mod:`gateway.queue.outcome`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Each slot of the worker has its own association. For a batch it:
 
-1. reads each entry's Part 10 header (SOP class, transfer syntax); an
-   unreadable file is a dead letter of kind ``unreadable``, a missing one a
-   retry;
+1. learns each entry's SOP class, transfer syntax and where its data set
+   starts: from the journal record when it carries the data set's offset
+   (schema version 4, issue 13: the intake saw the file meta as it arrived,
+   so the send reads no header), else by reading the file's Part 10 header
+   (an older journal, a morphed copy with a meta of its own); an unreadable
+   file is a dead letter of kind ``unreadable``, a missing one a retry;
 2. reuses the slot's association if it is open, carries contexts for the
    next entry and has sent fewer than ``batch_size`` instances; otherwise
    opens one proposing, per (SOP class, transfer syntax) of the remaining
@@ -41,7 +44,7 @@ from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_
 from gateway.transcode import NATIVE_SYNTAXES, TranscodeError, transcode
 from gateway.ul.negotiate import build_request
 
-__all__ = ["DicomSender", "Proposals", "connect_dicom", "proposals_for"]
+__all__ = ["DicomSender", "Proposals", "connect_dicom", "header_from_record", "proposals_for"]
 
 #: ``[(abstract_syntax, [transfer_syntax, ...]), ...]`` as ``build_request`` takes them.
 Proposals = Sequence[tuple[str, Sequence[str]]]
@@ -130,6 +133,32 @@ def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Propos
     )
 
 
+def header_from_record(entry: Entry) -> Part10Header | None:
+    """The file meta facts a send needs, from the journal record, when it has them (issue 13).
+
+    The intake records where the data set starts (``dataset_offset``,
+    schema version 4) with the SOP class, instance and transfer syntax it
+    wrote into the file meta (PS3.10 7.1), so the spooled file's header need
+    not be read again. Not for a file other than the received one (a morphed
+    copy has its own meta and offset) nor for a record from an older journal
+    (offset 0): those are read from the file.
+
+    :param entry: a leased entry.
+    :returns: the header, or ``None`` when the file must be read.
+    """
+    record = entry.instance
+    offset = record.dataset_offset
+    if offset <= 0 or entry.path != record.path or record.size < offset:
+        return None
+    return Part10Header(
+        sop_class_uid=record.sop_class_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        dataset_offset=offset,
+        size=record.size - offset,
+    )
+
+
 def _as_down(exc: BaseException) -> DestinationDown:
     """A failure to open an association: always the destination's, never one instance's."""
     outcome = classify_error(exc, data_sent=False, connecting=True)
@@ -182,10 +211,14 @@ class DicomSender:
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncGenerator[tuple[Entry, Outcome], None]:
-        """Read the batch's headers, then C-STORE each readable entry in order."""
+        """Learn the batch's headers (journal or file), then C-STORE each readable entry in order."""
         channel = self._channels[slot]
         headers: dict[int, Part10Header] = {}
         for entry in batch:
+            journaled = header_from_record(entry)
+            if journaled is not None:
+                headers[entry.entry_id] = journaled
+                continue
             try:
                 headers[entry.entry_id] = await self._file(read_part10_header, entry.path)
             except FileNotFoundError as e:
@@ -230,7 +263,11 @@ class DicomSender:
         channel.sent += 1
         channel.last_used = self.clock.seconds()
         try:
-            result = await Deferred.fromCoroutine(association.store(path, known))
+            # Zero-copy (sendfile) for the received bytes as they are; a converted copy keeps the buffered path.
+            result = await Deferred.fromCoroutine(association.store(path, known, zero_copy=scratch is None))
+        except FileNotFoundError as e:
+            # Opened before anything is sent: the association is still good.
+            return Retry(f"spool file missing: {e}")
         except Exception as e:
             if isinstance(e, AssociationAborted) or not association.is_open:
                 # Never reuse an association that failed mid-send (HARDENING F05, fo-dicom #1359).

@@ -20,7 +20,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.associate import (
@@ -36,7 +36,7 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import CircuitConfig, DicomDestination, FolderDestination, RetryConfig
 from gateway.forward import DestinationWorker, ForwardObserver, Proposals, proposals_for
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry
+from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry, Settled
 from gateway.queue.memory import MemoryQueueStore
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu
@@ -105,7 +105,11 @@ class FakeAssociation:
     async def echo(self) -> int:
         return 0
 
-    async def store(self, path: str, known: Any = None) -> StoreResult:
+    async def store(self, path: str, known: Any = None, zero_copy: bool = True) -> StoreResult:
+        self.peer.known.append(known)
+        if self.peer.delay:
+            # The destination takes this long to answer (on the test's clock).
+            await deferLater(self.peer.clock, self.peer.delay, lambda: None)
         header = read_part10_header(path)
         if self.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
             raise NoPresentationContext("no context")
@@ -149,6 +153,11 @@ class FakePeer:
         self.proposals: list[Proposals] = []
         self.released = 0
         self.hang_connect = False
+        #: The header the sender passed with each C-STORE.
+        self.known: list[Any] = []
+        #: Seconds each C-STORE takes to be answered, on ``clock`` (0: at once).
+        self.delay = 0.0
+        self.clock: Any = None
 
     def connect(self, destination: DicomDestination, proposals: Proposals) -> Deferred[ClientAssociation]:
         self.proposals.append(proposals)
@@ -243,9 +252,13 @@ class WorkerTestsMixin:
         return dataclasses.replace(base, **overrides)
 
     def worker(
-        self, config: DicomDestination | FolderDestination, peer: FakePeer | None = None, prepare: Any = None
+        self,
+        config: DicomDestination | FolderDestination,
+        peer: FakePeer | None = None,
+        prepare: Any = None,
+        cleanup: bool = True,
     ) -> DestinationWorker:
-        """A started worker; stopped at cleanup."""
+        """A started worker; stopped at cleanup (unless ``cleanup`` is false: a test that crashes it)."""
         worker = DestinationWorker(
             config,
             self.store,
@@ -261,7 +274,8 @@ class WorkerTestsMixin:
             prepare=prepare,
         )
         worker.startService()
-        self.addCleanup(self.stop, worker)  # type: ignore[attr-defined]
+        if cleanup:
+            self.addCleanup(self.stop, worker)  # type: ignore[attr-defined]
         return worker
 
     def stop(self, worker: DestinationWorker) -> None:
@@ -426,6 +440,8 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         worker.poke()
         self.assertEqual(peer.uids(), [mr.sop_instance_uid])
         self.assertEqual(len(peer.associations), 2)
+        # Poked right after its last batch, the slot streams: the delivery is written within linger.
+        self.clock.advance(worker.linger)
         self.assertEqual(self.states()[mr.sop_instance_uid], EntryState.DELIVERED)
 
     def test_a_new_worker_records_a_closed_circuit(self) -> None:
@@ -689,9 +705,10 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
 
 
 class FullJournal(MemoryQueueStore):
-    """A memory store whose outcome writes fail with ENOSPC while ``full`` is set."""
+    """A memory store whose outcome writes fail with ENOSPC while ``full`` is set (a lease alone still works)."""
 
     full = False
+    leases = 0
 
     def _refuse(self) -> None:
         if self.full:
@@ -705,16 +722,19 @@ class FullJournal(MemoryQueueStore):
         self._refuse()
         super().release(entry_ids)
 
-    def lease(self, *args: Any, **kwargs: Any) -> list[Entry]:
-        self.leases = getattr(self, "leases", 0) + 1
-        return super().lease(*args, **kwargs)
+    def settle(self, destination: str, delivered: Any, *args: Any, **kwargs: Any) -> Settled:
+        if delivered:
+            self._refuse()
+        settled = super().settle(destination, delivered, *args, **kwargs)
+        self.leases += 1 if settled.leased else 0
+        return settled
 
 
 class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
     """HARDENING F15: the journal refuses outcomes (ENOSPC): fail closed, record them when space returns."""
 
     def test_refused_completion_stops_dequeuing_and_is_recorded_not_resent_when_space_returns(self) -> None:
-        """complete() failing with ENOSPC: no more leases or sends; once it works the delivery is recorded, nothing sent twice."""
+        """Deliveries the journal refuses (ENOSPC): no more leases or sends; once it works they are recorded, nothing sent twice."""
         self.store = FullJournal()
         self.store.full = True
         records = [self.instance() for _ in range(3)]
@@ -722,21 +742,53 @@ class FullJournalTests(WorkerTestsMixin, SynchronousTestCase):
             self.enqueue(record)
         peer = FakePeer()
         worker = self.worker(self.destination(), peer)
-        self.assertEqual(peer.uids(), [records[0].sop_instance_uid])
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
         self.assertIn("No space left", worker.status().journal_error)
-        leases = self.store.leases
+        self.assertEqual(self.observer.kinds("delivered"), [], "a delivery announced before the journal took it")
+        later = self.instance()
+        self.enqueue(later)
+        worker.poke()
         self.clock.advance(10)
-        self.assertEqual(peer.uids(), [records[0].sop_instance_uid], "sent again while the journal was full")
-        self.assertEqual(self.store.leases, leases, "leased again while the journal was full")
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records], "sent while the journal was full")
+        self.assertEqual(self.store.leases, 1, "leased again while the journal was full")
+        self.assertEqual(set(self.states().values()), {EntryState.LEASED, EntryState.QUEUED})
         self.store.full = False
         self.clock.advance(1)
         self.clock.advance(1)
-        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records])
+        self.assertEqual(peer.uids(), [r.sop_instance_uid for r in records + [later]])
         self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
         self.assertEqual(worker.status().journal_error, "")
-        self.assertEqual(len(self.observer.kinds("delivered")), 3)
+        self.assertEqual(len(self.observer.kinds("delivered")), 4)
         from gateway.forward import JournalRefused
 
+        self.assertTrue(self.flushLoggedErrors(JournalRefused))
+        self.flushLoggedErrors(OSError)
+
+
+    def test_a_refused_flush_in_the_middle_of_a_batch_is_written_once_when_space_returns(self) -> None:
+        """ENOSPC when UNRECORDED_DELIVERIES gather mid-batch: the rest is not sent; later each is sent and announced exactly once."""
+        from gateway.forward import JournalRefused
+        from gateway.queue.interfaces import UNRECORDED_DELIVERIES
+
+        self.store = FullJournal()
+        records = [self.instance() for _ in range(UNRECORDED_DELIVERIES + 4)]
+        for record in records:
+            self.enqueue(record)
+        self.store.full = True
+        self.store.leases = 0
+        peer = FakePeer()
+        worker = self.worker(self.destination(batch_size=50), peer)
+        self.assertEqual(len(peer.received), UNRECORDED_DELIVERIES, "sent past a refused write")
+        self.assertIn("No space left", worker.status().journal_error)
+        self.clock.advance(5)
+        self.assertEqual(len(peer.received), UNRECORDED_DELIVERIES)
+        self.store.full = False
+        for _ in range(5):
+            self.clock.advance(1)
+        self.assertEqual(sorted(peer.uids()), sorted(r.sop_instance_uid for r in records))
+        self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
+        delivered = [uid for _, uid, _ in self.observer.kinds("delivered")]
+        self.assertEqual(sorted(delivered), sorted(r.sop_instance_uid for r in records))
         self.assertTrue(self.flushLoggedErrors(JournalRefused))
         self.flushLoggedErrors(OSError)
 
@@ -816,6 +868,25 @@ class PrepareTests(WorkerTestsMixin, SynchronousTestCase):
         with open(written, "rb") as f, open(morphed.path, "rb") as g:
             self.assertEqual(f.read(), g.read())
         self.assertFalse(os.path.exists(os.path.join(root, "1.2.3")))
+
+    def test_a_morphed_copy_is_sent_with_its_own_file_meta(self) -> None:
+        """A copy made by prepare keeps the record's fields but not its data set offset: the copy's own meta is read and used."""
+        original = self.instance()
+        copy = self.instance(ts=JPEG_BASELINE)  # a meta of another length
+        offset = read_part10_header(original.path).dataset_offset
+        copy_offset = read_part10_header(copy.path).dataset_offset
+        self.assertNotEqual(offset, copy_offset)
+        self.enqueue(dataclasses.replace(original, dataset_offset=offset))
+
+        def prepare(entry: Any) -> Any:
+            # As gateway.prepare.CopyMaker does: the record follows the copy's path, the rest is the original's.
+            return succeed(dataclasses.replace(entry, path=copy.path, instance=dataclasses.replace(entry.instance, path=copy.path)))
+
+        peer = FakePeer()
+        self.worker(self.destination(), peer, prepare=prepare)
+        self.assertEqual(peer.received, [(copy.sop_instance_uid, JPEG_BASELINE, 0)])
+        (known,) = peer.known
+        self.assertEqual((known.dataset_offset, known.transfer_syntax_uid), (copy_offset, JPEG_BASELINE))
 
     def test_a_copy_that_cannot_be_made_is_dead_lettered_and_never_sent(self) -> None:
         """PrepareError dead-letters the entry with a 'morph:' reason; the next entry still goes."""

@@ -56,6 +56,21 @@ def entry(path: str, entry_id: int = 1, attempts: int = 0, sop_instance_uid: str
     return Entry(entry_id, record, "r", "d", path, EntryState.LEASED, attempts, 0.0, 0.0)
 
 
+def journaled(path: str, entry_id: int = 1, send_path: str | None = None) -> Entry:
+    """A leased entry whose record carries the file meta facts and data set offset (schema v4), as the intake writes them.
+
+    :param send_path: the file the entry sends, when not the received one (a morphed copy).
+    """
+    header = read_part10_header(path)
+    record = InstanceRecord(
+        instance_id=f"i{entry_id}", path=path, sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid, transfer_syntax_uid=header.transfer_syntax_uid,
+        size=os.path.getsize(path), sha256="00", received_at=0.0, correlation_id=f"c{entry_id}",
+        dataset_offset=header.dataset_offset,
+    )
+    return Entry(entry_id, record, "r", "d", send_path or path, EntryState.LEASED, 0, 0.0, 0.0)
+
+
 def drain(test: SynchronousTestCase, sender: Any, batch: Sequence[Entry], slot: int = 0) -> list[Outcome]:
     """Run ``sender.send`` to the end (everything synchronous) and return the outcomes in order."""
     outcomes: list[Outcome] = []
@@ -78,6 +93,8 @@ class ScriptedAssociation:
         self.open = True
         #: The transfer syntax of each file stored, in order.
         self.stored: list[str] = []
+        #: The header the sender passed with each C-STORE (``None``: none).
+        self.known: list[Any] = []
 
     @property
     def is_open(self) -> bool:
@@ -89,7 +106,8 @@ class ScriptedAssociation:
     async def echo(self) -> int:
         return self.echo_status
 
-    async def store(self, path: str, known: Any = None) -> StoreResult:
+    async def store(self, path: str, known: Any = None, zero_copy: bool = True) -> StoreResult:
+        self.known.append(known)
         header = read_part10_header(path)
         self.stored.append(header.transfer_syntax_uid)
         action = self.script.pop(0) if self.script else 0
@@ -222,6 +240,60 @@ class DicomSenderTests(SynchronousTestCase):
         self.assertTrue(outcomes[1].reason.startswith("spool file missing"), outcomes[1].reason)
         self.assertEqual(outcomes[2], Delivered(0))
 
+    def read_counter(self) -> list[str]:
+        """Count the sender's reads of a Part 10 header (the paths read)."""
+        import gateway.send.dicom
+
+        reads: list[str] = []
+
+        def counting(path: str) -> Any:
+            reads.append(path)
+            return read_part10_header(path)
+
+        self.patch(gateway.send.dicom, "read_part10_header", counting)
+        return reads
+
+    def test_journaled_data_set_offset_spares_the_header_read(self) -> None:
+        """A record with the data set's offset (schema v4) is sent with the journal's header: the file meta is not read."""
+        reads = self.read_counter()
+        outcomes = drain(self, self.sender(), [journaled(CT_SMALL)])
+        self.assertEqual(outcomes, [Delivered(0)])
+        self.assertEqual(reads, [])
+        (known,) = self.associations[0].known
+        real = read_part10_header(CT_SMALL)
+        self.assertEqual(
+            (known.sop_class_uid, known.sop_instance_uid, known.transfer_syntax_uid, known.dataset_offset, known.size),
+            (real.sop_class_uid, real.sop_instance_uid, real.transfer_syntax_uid, real.dataset_offset, real.size),
+        )
+
+    def test_old_journal_record_reads_the_header(self) -> None:
+        """A record without the offset (a journal older than schema v4) has its file meta read, as before."""
+        reads = self.read_counter()
+        outcomes = drain(self, self.sender(), [entry(CT_SMALL)])
+        self.assertEqual(outcomes, [Delivered(0)])
+        self.assertEqual(reads, [CT_SMALL])
+
+    def test_a_morphed_copy_reads_its_own_header(self) -> None:
+        """An entry sending another file than the received one (a morphed copy) reads that file's meta, not the record's."""
+        copy = os.path.join(self.tmp, "copy.dcm")
+        shutil.copyfile(MR_SMALL, copy)
+        reads = self.read_counter()
+        outcomes = drain(self, self.sender(), [journaled(CT_SMALL, send_path=copy)])
+        self.assertEqual(outcomes, [Delivered(0)])
+        self.assertEqual(reads, [copy])
+        self.assertEqual(self.associations[0].known[0].sop_class_uid, read_part10_header(MR_SMALL).sop_class_uid)
+
+    def test_journaled_entry_whose_file_is_gone_is_a_retry(self) -> None:
+        """With the header from the journal, a spool file gone missing is still a retry, and the association stays usable."""
+        gone = os.path.join(self.tmp, "gone.dcm")
+        shutil.copyfile(CT_SMALL, gone)
+        missing = journaled(gone, 1)
+        os.unlink(gone)
+        outcomes = drain(self, self.sender(), [missing, journaled(CT_SMALL, 2)])
+        assert isinstance(outcomes[0], Retry)
+        self.assertTrue(outcomes[0].reason.startswith("spool file missing"), outcomes[0].reason)
+        self.assertEqual(outcomes[1], Delivered(0))
+
     def test_probe_is_a_c_echo(self) -> None:
         """The probe succeeds on C-ECHO 0x0000, is down on another status or a refused connection."""
         sender = self.sender()
@@ -288,6 +360,30 @@ class RealRequestorSenderTests(AcceptorTestsMixin, SynchronousTestCase):
             loop.pump()
         self.successResultOf(closed)
         self.assertEqual(sender.connections(), 0)
+
+
+    def test_journaled_header_sends_the_data_set_bytes_unchanged(self) -> None:
+        """With the journal's offset and no header read, the acceptor commits the original data set byte for byte."""
+        config = DicomDestination(name="pacs", ae_title="DICOMGW", host="127.0.0.1", port=11112, calling_ae_title="CT01")
+        sender = DicomSender(config, SendContext(SynchronousRunner(), self.clock, None, self.connect, self.tmp))
+        outcomes: list[Outcome] = []
+
+        async def run() -> None:
+            async for _, outcome in sender.send(0, [journaled(CT_SMALL)]):
+                outcomes.append(outcome)
+
+        d = Deferred.fromCoroutine(run())
+        for _ in range(20):
+            for loop in self.loops:
+                loop.pump()
+        self.successResultOf(d)
+        self.assertEqual(outcomes, [Delivered(0)])
+        (name,) = self.committed()
+        stored = os.path.join(self.tmp, "instances", name)
+        with open(stored, "rb") as f, open(CT_SMALL, "rb") as g:
+            f.seek(read_part10_header(stored).dataset_offset)
+            g.seek(read_part10_header(CT_SMALL).dataset_offset)
+            self.assertEqual(f.read(), g.read())
 
 
 class FolderSenderTests(SynchronousTestCase):

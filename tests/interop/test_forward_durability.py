@@ -40,6 +40,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support import dcmtk
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination
 from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
+from tests.interop.test_forward_crash import noted_in_flight_per_kill, resends_per_kill
 from tests.support.invariants import check_forward_invariants
 from tests.support.metrics import metrics_text, sample
 from tests.support.ports import free_port
@@ -396,8 +397,11 @@ class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):
         """The archive answered 0x0000 (swallowed by a proxy), the gateway died: after restart it is sent again, redeliveries_total is 1.
 
         Three instances of one study go in one lease (one association slot);
-        only the first was on the wire, so only it may be doubled: the
-        journal's recovery notes just that one as ambiguous.
+        only the first was on the wire, so only it is doubled. Deliveries are
+        written in batches (issue 13), so the journal cannot tell how far the
+        slot got: recovery notes the lease's lowest ``UNRECORDED_DELIVERIES +
+        1`` entries, here all three, as ambiguous, and each delivery after
+        the restart counts as a redelivery ("may hold two copies").
         """
         from tests.support.faultproxy import FaultPlan, FaultProxy, first_connections
 
@@ -434,11 +438,11 @@ class KillAfterDestinationSuccessTests(ForwardTestMixin, TestCase):
         self.assertEqual(counts[first.sop_instance_uid], 2, "at-least-once: the unrecorded one is sent again")
         self.assertEqual(recorder.duplicates(), 1, counts)
         self.wait_for(gateway, lambda: sample(metrics_text(http_port), "dicom_gateway_redeliveries_total",
-                                              destination="pacs") == 1, 15, "redeliveries_total == 1")
+                                              destination="pacs") == 3, 15, "redeliveries_total == 3")
         rows = gateway.queue_rows()
         self.assertEqual((rows["pacs"]["delivered"], rows["pacs"]["dead"]), (3, 0))
         check_forward_invariants(self, gateway, destinations={"pacs": recorder},
-                                 ambiguous_faults={"pacs": 1}, accepted=3, restarted=True)
+                                 ambiguous_faults={"pacs": 3}, accepted=3, restarted=True)
 
 
 class RepeatedKillTests(ForwardTestMixin, TestCase):
@@ -452,7 +456,8 @@ class RepeatedKillTests(ForwardTestMixin, TestCase):
 
         The destination is slowed by a proxy (5 ms per PDU) so kills land
         in the middle of leases, sends and journal writes. Duplicates are
-        bounded by one in-flight instance per slot per kill.
+        bounded by each slot's deliveries not yet written, plus the one in
+        flight, per kill (:func:`~tests.interop.test_forward_crash.resends_per_kill`).
         """
         from tests.support.faultproxy import FaultPlan, FaultProxy
 
@@ -494,9 +499,10 @@ class RepeatedKillTests(ForwardTestMixin, TestCase):
                       "all 200 instances at the destination")
         rows = gateway.queue_rows()["pacs"]
         self.assertEqual((rows["delivered"], rows["dead"], rows["in_flight"]), (200, 0, 0))
-        self.assertLessEqual(recorder.duplicates(), kills * slots, recorder.counts().most_common(5))
+        self.assertLessEqual(recorder.duplicates(), kills * resends_per_kill(slots, 10), recorder.counts().most_common(5))
         check_forward_invariants(self, gateway, destinations={"pacs": recorder},
-                                 ambiguous_faults={"pacs": kills * slots}, accepted=200, restarted=True)
+                                 ambiguous_faults={"pacs": kills * noted_in_flight_per_kill(slots, 10)}, accepted=200,
+                                 restarted=True)
         gateway.stop()
         self.assertEqual(integrity(journal), "ok")
 

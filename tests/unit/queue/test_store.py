@@ -28,6 +28,8 @@ from gateway.queue.interfaces import (
     NewEntry,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
+    Settled,
+    UNRECORDED_DELIVERIES,
 )
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.sqlite import SqliteQueueStore
@@ -575,22 +577,74 @@ class QueueStoreTests:
         self.assertEqual(s.stats(T0)["A"].in_flight + s.stats(T0)["B"].in_flight, 0)
         self.assertEqual(s.recover(T0 + 100), 0)
 
-    def test_recover_notes_only_the_first_entry_of_each_lease_as_ambiguous(self) -> None:
-        """recover marks the lowest leased id of each lease ambiguous (it may be at the destination), not the rest (F13)."""
+    def test_recover_notes_the_first_entries_of_each_lease_as_ambiguous(self) -> None:
+        """recover marks the lowest UNRECORDED_DELIVERIES + 1 leased ids of each lease ambiguous, not the rest (F13, issue 13)."""
         s = self.store()
-        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(4)]
-        s.lease("A", 2, T0, 30)  # ids[0][0], ids[1][0]: one lease
-        s.lease("A", 2, T0 + 1, 30)  # ids[2][0], ids[3][0]: another (another slot)
-        s.complete([ids[2][0]], T0 + 1)  # its first was delivered: ids[3][0] is the one in flight
+        window = UNRECORDED_DELIVERIES + 1
+        ids = [self.add(s, f"i{n}", ("A", "B")).entry_ids for n in range(window + 5)]
+        s.lease("A", window + 2, T0, 30)  # one lease: its lowest `window` ids may be at the destination
+        s.lease("A", 3, T0 + 1, 30)  # another (another slot)
+        later = [ids[n][0] for n in range(window + 2, window + 5)]
+        s.complete(later[:1], T0 + 1)  # its first was recorded delivered: the next two may be out
         s.lease("B", 1, T0, 30)
         s.recover(T0 + 100)
         ambiguous = {e.entry_id for e in s.entries(limit=100)
                      if any(a.error == RECOVERED_IN_FLIGHT and not a.counted for a in e.history)}
-        self.assertEqual(ambiguous, {ids[0][0], ids[3][0], ids[0][1]})
+        self.assertEqual(ambiguous, {ids[n][0] for n in range(window)} | set(later[1:]) | {ids[0][1]})
         self.assertTrue(RECOVERED_IN_FLIGHT.startswith("ambiguous: "))
         self.assertEqual(s.get(ids[0][0]).last_error, RECOVERED_IN_FLIGHT)
         self.assertEqual(s.get(ids[0][0]).attempts, 0)
-        self.assertEqual(s.get(ids[1][0]).history, ())
+        self.assertEqual(s.get(ids[window][0]).history, ())
+        self.assertEqual(s.get(ids[window + 1][0]).history, ())
+
+    # -- settle (issue 13: the worker's turn in one transaction) -------------
+
+    def test_settle_records_deliveries_and_leases_the_next_entries(self) -> None:
+        """settle marks the given ids DELIVERED with their own warnings and leases the next due entries."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(5)]
+        first = s.settle("A", [], T0, 2, 30)
+        self.assertEqual([e.entry_id for e in first.leased], ids[:2])
+        self.assertIsNone(first.next_due)
+        second = s.settle("A", [(ids[0], ""), (ids[1], "0xB000")], T0 + 1, 10, 30)
+        self.assertEqual([e.entry_id for e in second.leased], ids[2:])
+        self.assertEqual([e.state for e in second.leased], [EntryState.LEASED] * 3)
+        self.assertEqual((s.get(ids[0]).state, s.get(ids[0]).last_error), (EntryState.DELIVERED, ""))
+        self.assertEqual((s.get(ids[1]).state, s.get(ids[1]).last_error), (EntryState.DELIVERED, "0xB000"))
+        self.assertEqual(s.get(ids[1]).delivered_at, T0 + 1)
+        self.assertEqual(s.stats(T0)["A"].last_success_at, T0 + 1)
+
+    def test_settle_with_nothing_due_says_when_the_next_entry_is(self) -> None:
+        """With nothing leased, settle records the deliveries and returns the earliest due time."""
+        s = self.store()
+        a, b = (self.add(s, f"i{n}").entry_ids[0] for n in range(2))
+        s.lease("A", 2, T0, 30)
+        s.retry(b, T0 + 60, "A700", T0)
+        settled = s.settle("A", [(a, "")], T0 + 1, 10, 30)
+        self.assertEqual(settled.leased, ())
+        self.assertEqual(settled.next_due, T0 + 60)
+        self.assertEqual(s.get(a).state, EntryState.DELIVERED)
+        self.assertEqual(s.settle("B", [], T0, 10, 30), Settled((), None))
+
+    def test_settle_with_limit_zero_only_records(self) -> None:
+        """limit 0 records the deliveries and leases nothing (a flush); ids not LEASED are skipped."""
+        s = self.store()
+        a, b = (self.add(s, f"i{n}").entry_ids[0] for n in range(2))
+        s.lease("A", 1, T0, 30)
+        self.assertEqual(s.settle("A", [(a, ""), (b, "")], T0, 0, 30), Settled())
+        self.assertEqual((s.get(a).state, s.get(b).state), (EntryState.DELIVERED, EntryState.QUEUED))
+
+    def test_settle_respects_pause_and_shard(self) -> None:
+        """settle leases nothing of a paused destination and only its shard's studies."""
+        s = self.store()
+        one = self.add(s, "i1", study_instance_uid="1.2.3").entry_ids[0]
+        two = self.add(s, "i2", study_instance_uid="1.2.4").entry_ids[0]
+        s.set_paused("A", True)
+        self.assertEqual(s.settle("A", [], T0, 10, 30).leased, ())
+        s.set_paused("A", False)
+        shard = (zlib.crc32(b"1.2.4") % 2, 2)
+        self.assertEqual([e.entry_id for e in s.settle("A", [], T0, 10, 30, shard).leased], [two])
+        self.assertEqual(s.get(one).state, EntryState.QUEUED)
 
     def test_recovered_entries_are_leased_first(self) -> None:
         """After recovery the in-flight entries (the oldest) are leased again first."""
@@ -896,6 +950,32 @@ class SqliteQueueStoreTests(QueueStoreTests, SynchronousTestCase):
         os.makedirs(directory)
         return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
 
+    def writes(self, store: SqliteQueueStore) -> list[str]:
+        """The write transactions (``BEGIN IMMEDIATE``) the store's connection makes from now on."""
+        seen: list[str] = []
+        store._conn.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("BEGIN IMMEDIATE") else None)
+        return seen
+
+    def test_an_idle_settle_takes_no_write_lock(self) -> None:
+        """settle with nothing to record and nothing due makes no write transaction (the intake never waits for it)."""
+        s = self.store()
+        (entry_id,) = self.add(s, "i1").entry_ids
+        s.lease("A", 1, T0, 30)
+        s.retry(entry_id, T0 + 60, "A700", T0)
+        writes = self.writes(s)
+        self.assertEqual(s.settle("A", [], T0 + 1, 10, 30), Settled((), T0 + 60))
+        self.assertEqual(writes, [])
+
+    def test_settle_is_one_write_transaction(self) -> None:
+        """Recording ten deliveries and leasing ten more is a single BEGIN IMMEDIATE."""
+        s = self.store()
+        ids = [self.add(s, f"i{n}").entry_ids[0] for n in range(20)]
+        s.lease("A", 10, T0, 30)
+        writes = self.writes(s)
+        settled = s.settle("A", [(i, "") for i in ids[:10]], T0, 10, 30)
+        self.assertEqual([e.entry_id for e in settled.leased], ids[10:])
+        self.assertEqual(len(writes), 1)
+
 
 class SignatureParityTests(SynchronousTestCase):
     """Both stores expose every IQueueStore method with identical parameters."""
@@ -949,6 +1029,8 @@ _OPERATIONS = st.one_of(
     # The forwarder's usual calls: complete or release everything it holds.
     st.tuples(st.just("complete_leased"), _TIMES, st.sampled_from(["", "B000"])),
     st.tuples(st.just("release_leased")),
+    # The forwarder's turn: record what it holds, lease more.
+    st.tuples(st.just("settle"), _DESTINATIONS, st.integers(0, 5), _LEASE_TIMES, st.sampled_from([None, (0, 2), (1, 2)])),
     st.tuples(st.just("dead_letter"), _IDS, _TIMES),
     st.tuples(st.just("requeue_dead"), _IDS, _TIMES, st.sampled_from([None, "B"])),
     st.tuples(st.just("purge"), _IDS),
@@ -984,6 +1066,10 @@ def _apply(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
         if name == "complete_leased":
             held = [e.entry_id for e in store.entries(state=EntryState.LEASED)]
             return store.complete(held, args[0], args[1])
+        if name == "settle":
+            destination, limit, now, shard = args
+            held = [(e.entry_id, "B000" if e.entry_id % 2 else "") for e in store.entries(destination, EntryState.LEASED)]
+            return store.settle(destination, held, now, limit, 30.0, shard)
         if name == "release_leased":
             return store.release([e.entry_id for e in store.entries(state=EntryState.LEASED)])
         if name == "dead_letter":
