@@ -13,6 +13,11 @@ parses the data set as it streams in; the intake reads no file), so every
 read is on the forward side. Before, the sender read the file's meta for the
 batch, ``ClientAssociation.store`` read it again, then streamed the data
 set: 3 opens. The sender now passes the header it read to ``store``: 2.
+
+Issue 13: the receive side reads nothing back (the walk and the SHA-256 run
+on the fragments as they arrive, routing parses the header the walk kept),
+and the sender takes SOP class, transfer syntax and the data set's offset
+from the journal record: the one read left is the stream itself.
 """
 
 from __future__ import annotations
