@@ -111,6 +111,8 @@ class UmaskTests(TestCase):
             return len([p for p in export.rglob("*.dcm")]) == 2
 
         wait_until(exported, 60, lambda: "the export has not received both files\n" + gateway.log_text()[-3000:])
+        # The deliveries are journaled (and audited) with the worker's next write, not at once (issue 13).
+        wait_until(lambda: gateway.queue_rows()["export"]["delivered"] == 2, 30, "both deliveries journaled")
         spool = modes_below(gateway.spool)
         # The walk saw what the issue names: the journal with its WAL files,
         # stored instances and morphed copies.
