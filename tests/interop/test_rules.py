@@ -100,7 +100,9 @@ class RulesTestCase(ForwardTestMixin, TestCase):
         :param count: how many files.
         :returns: the files.
         """
-        return self.wait_for(gateway, lambda: len(scp.files()) >= count and scp.files(), 60, what)
+        # storescp writes a file before its C-STORE-RSP, and the gateway journals the delivery after
+        # that answer: once nothing is queued or in flight, the files are complete.
+        return self.wait_for(gateway, lambda: len(scp.files()) >= count and self.idle(gateway) and scp.files(), 60, what)
 
 
 class MorphInteropTests(RulesTestCase):
