@@ -572,10 +572,18 @@ class SpoolWriter:
     ) -> None:
         """Write the meta header (the first time) and a batch of fragments, then run ``then`` (lane)."""
         try:
+            start = self._offset
             if header is not None:
-                self._put(header, False)
+                self._put(header, False, writeback=False)
             for chunk in batch:
-                self._put(chunk, True)
+                self._put(chunk, True, writeback=False)
+            if self._fd is not None and self._offset > start:
+                # One write-back request for the whole batch (issue 13).
+                self._fs.start_writeback(self._fd, start, self._offset - start)
+        except OSError as e:
+            self._error = self._error or e
+            self._spool.fault = StorageFault.from_error("write", e)
+            self._remove()
         finally:
             with self._drained:
                 self._backlog -= size
@@ -700,7 +708,7 @@ class SpoolWriter:
 
     # -- the lane's side -------------------------------------------------------------------
 
-    def _put(self, data: bytes, dataset: bool) -> None:
+    def _put(self, data: bytes, dataset: bool, writeback: bool = True) -> None:
         """Write ``data`` at the end of the file, start its write-back, hash it (lane).
 
         The first error is remembered and the file removed at once: on ENOSPC
@@ -719,8 +727,9 @@ class SpoolWriter:
                     raise OSError(errno.EIO, os.strerror(errno.EIO))
                 view = view[n:]
             self._offset = start + len(data)
-            # Issue 13: write-back starts now, so the final fdatasync has little left.
-            fs.start_writeback(fd, start, len(data))
+            if writeback:
+                # Issue 13: write-back starts now, so the final fdatasync has little left.
+                fs.start_writeback(fd, start, len(data))
         except OSError as e:
             self._error = e
             self._spool.fault = StorageFault.from_error("write", e)
