@@ -5,7 +5,7 @@ nothing else, and ext4 without a journal, this project's CI disk, can lose
 an entry whose directory was not synced). The spool used to pay that per
 instance: ``fsync(file)``, ``rename``, ``fsync(instances/)``. A
 :class:`SlotPool` pays it per batch instead (issue 13): it creates
-``batch`` empty files in ``instances/`` (``O_EXCL | O_NOFOLLOW``, mode
+``batch`` empty files (256 by default) in ``instances/`` (``O_EXCL | O_NOFOLLOW``, mode
 0600), then fsyncs the folder once; each file is then a *slot* whose entry
 survives a power cut, and the spool writes an instance into it under its
 final name and ``fdatasync``\\ s it (data and size) before the journal

@@ -293,7 +293,7 @@ class Spool:
         max_inflated_size: int | None = None,
         allow_odd_lengths: bool = False,
         lanes: Callable[[], Lane] = SynchronousLane,
-        slot_batch: int = 64,
+        slot_batch: int = 256,
     ) -> None:
         self.root = root
         self.incoming_dir = os.path.join(root, INCOMING)

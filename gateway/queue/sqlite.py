@@ -135,6 +135,9 @@ __all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "s
 #: How long a connection waits for another writer's lock, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
 
+#: WAL pages between automatic checkpoints (SQLite's default is 1,000).
+WAL_AUTOCHECKPOINT_PAGES = 4000
+
 
 def study_hash(study_instance_uid: str) -> int:
     """The shard key of a study: crc32 of its UID (stable across processes and runs).
@@ -189,6 +192,11 @@ class SqliteQueueStore:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
+            # A checkpoint syncs the WAL and the database file: two device flushes.
+            # At SQLite's default (1,000 pages, about 75 journaled instances) that
+            # added 0.03 flushes per received instance; at 4,000 pages (16 MiB of
+            # WAL) it is under 0.01 (issue 13).
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except BaseException:

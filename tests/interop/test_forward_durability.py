@@ -377,7 +377,7 @@ class DurableOrderTests(ForwardTestMixin, TestCase):
         data = [c for c in flushes if c.path.startswith(str(gateway.spool / "instances") + "/")]
         batches = [c for c in flushes if c.path.rstrip("/") == str(gateway.spool / "instances")]
         self.assertEqual(len(data), count, "one fdatasync per instance file")
-        slot_batch = 64
+        slot_batch = 256
         self.assertLessEqual(len(batches), -(-count // slot_batch) + 1)
         from collections import Counter
 
