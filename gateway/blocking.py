@@ -161,6 +161,12 @@ class ThreadLane:
             if self._scheduled:
                 return
             self._scheduled = True
+        if getattr(self._pool, "joined", False):
+            # The pool is stopping (the reactor shuts down) and would drop new
+            # work: run it here, in order, so a seal the journal's thread waits
+            # for still happens and shutdown cannot hang on it.
+            self._drain()
+            return
         self._pool.callInThread(self._drain)
 
     def _drain(self) -> None:

@@ -139,3 +139,41 @@ class ThreadPoolRunnerTests(SynchronousTestCase):
         runner.threadpool.stop()
         self.assertEqual(self.successResultOf(d), "ok")
         self.assertNotEqual(seen, [threading.current_thread().name])
+
+
+class ThreadLaneTests(SynchronousTestCase):
+    """``ThreadLane``: work in order, one piece at a time, on a shared pool (issue 13)."""
+
+    def test_work_waits_in_order_for_the_pool_and_runs_once(self) -> None:
+        """Submitted work queues one drain on the pool; running it runs every piece in submission order."""
+        from twisted.python.threadpool import ThreadPool
+
+        from gateway.blocking import ThreadLane
+
+        pool = ThreadPool()
+        queued: list[Callable[[], None]] = []
+        self.patch(pool, "callInThread", lambda f, *a: queued.append(lambda: f(*a)))
+        lane = ThreadLane(pool)
+        done: list[int] = []
+        for n in range(3):
+            lane.submit(done.append, n)
+        self.assertEqual((done, len(queued)), ([], 1))
+        queued.pop()()
+        self.assertEqual(done, [0, 1, 2])
+        lane.submit(done.append, 3)
+        self.assertEqual(len(queued), 1, "an idle lane schedules a new drain")
+
+    def test_a_stopping_pool_runs_the_work_on_the_caller(self) -> None:
+        """Once the pool is stopped (reactor shutdown) work runs at once on the caller, so a seal waited for still happens."""
+        from twisted.python.threadpool import ThreadPool
+
+        from gateway.blocking import ThreadLane
+
+        pool = ThreadPool(minthreads=0, maxthreads=1)
+        pool.start()
+        pool.stop()
+        lane = ThreadLane(pool)
+        done: list[int] = []
+        lane.submit(done.append, 1)
+        lane.submit(done.append, 2)
+        self.assertEqual(done, [1, 2])
