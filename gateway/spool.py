@@ -584,12 +584,18 @@ class SpoolWriter:
             self._error = self._error or e
             self._spool.fault = StorageFault.from_error("write", e)
             self._remove()
+        except BaseException:
+            # A bug, not the disk: the instance is refused (0xA700), never lost silently.
+            self.log.failure("writing a spooled instance failed unexpectedly")
+            self._error = self._error or OSError(errno.EIO, "internal error while writing")
+            self._remove()
         finally:
             with self._drained:
                 self._backlog -= size
                 self._drained.notify_all()
-        if then is not None:
-            then()
+            if then is not None:
+                # The seal always runs: the journal's thread may be waiting for it.
+                then()
 
     def end(self) -> DatasetSummary | None:
         """

@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import struct
+from unittest import mock
 
 import pydicom
 from pydicom.data import get_testdata_file
@@ -580,3 +581,20 @@ class HealthTests(SpoolTestMixin):
         stale = os.path.join(spool.incoming_dir, "probe-1.probe")
         open(stale, "wb").close()
         self.assertEqual(spool.recover(), [stale])
+
+
+class UnexpectedErrorTests(SpoolTestMixin):
+    """A bug while writing on the lane refuses the instance and still seals it: nothing waits forever."""
+
+    def test_a_failing_hash_refuses_the_instance_and_seals(self) -> None:
+        """An exception other than OSError in the lane's writing gives 0xA700, removes the file, and wait_durable returns."""
+        spool = self.make_spool()
+        writer = spool.begin(make_meta())
+        broken = mock.Mock(update=mock.Mock(side_effect=RuntimeError("boom")))
+        writer._digest = broken  # type: ignore[assignment]
+        writer.write(make_dataset())
+        error = self.failureResultOf(writer.commit(), SpoolError).value
+        self.assertEqual(error.status, Status.OUT_OF_RESOURCES)
+        self.assertTrue(writer.sealed)
+        self.assertFalse(os.path.exists(writer.path))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
