@@ -287,10 +287,14 @@ class PeerQuirkTests(ProxyForwardTestMixin, TestCase):
         self.assertEqual(rows["pacs"]["dead"], 0)
         self.assertEqual(gateway.dead_letters(), [])
         self.assertEqual(set(recorder.successes()), set(sent))
-        # The cut comes after the response, so no instance is ambiguous: no duplicate.
+        # The cut comes after the response: no instance is stored twice.
         self.assertEqual(recorder.duplicates(), 0)
         # Each association carried exactly one instance.
         self.assertEqual(len({r.association for r in recorder.receipts}), 20)
         self.assertGreaterEqual(proxy.cuts, 20)
         self.assert_nothing_lost(gateway, "pacs", recorder, sent)
-        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=20)
+        # The next instance goes out right after a response; if the proxy's close arrives after it
+        # started (rare: the worker lets the reactor poll twice first), that send is ambiguous though
+        # the recorder never saw it: counted as a redelivery, never stored twice (issue 13).
+        check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=20,
+                                 ambiguous_faults={"pacs": 2}, ambiguous_may_be_lost=True)

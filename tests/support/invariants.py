@@ -234,6 +234,7 @@ def check_forward_invariants(
     restarted: bool = False,
     unanswered: int = 0,
     timeout: float = 20.0,
+    ambiguous_may_be_lost: bool = False,
 ) -> dict[str, DestinationFigures]:
     """Assert the three HARDENING C invariants for each named destination, once traffic settled.
 
@@ -248,6 +249,11 @@ def check_forward_invariants(
     :param destinations: destination name -> what it holds (see :func:`held_copies`).
     :param ambiguous_faults: destination name -> ambiguous faults injected there
         (sends whose outcome the gateway could not know); absent means 0.
+    :param ambiguous_may_be_lost: an ambiguous send may not have reached the
+        destination (a peer that closes the connection as the next instance
+        goes out, HARDENING F22): a redelivery is then counted with no extra
+        copy, so extra copies <= redeliveries <= ambiguous faults is checked
+        instead of equality.
     :param accepted: the instances the test knows were acknowledged (one
         number for every destination, or per destination); checked too.
     :param restarted: the gateway was killed or restarted during the test:
@@ -375,7 +381,7 @@ def check_forward_invariants(
             test.assertEqual(figure.metrics["redelivered"], figure.redelivered,
                              f"{name}: redeliveries_total {figure.metrics['redelivered']:g} != "
                              f"{figure.redelivered} delivered entries with an ambiguous attempt in the journal")
-        if isinstance(source, RecordingScp) and samples is None:
+        if isinstance(source, RecordingScp) and (samples is None or ambiguous_may_be_lost):
             # After a kill the journal marks the send in flight as ambiguous without
             # knowing whether it reached the destination: it may count one it did not.
             test.assertLessEqual(extra, redelivered,
