@@ -326,7 +326,13 @@ class GatewayProcess(PeerProcess):
         paths = [path for path in (self.spool / "instances").glob("*.dcm") if path.stem in known]
         if (self.spool / "unrouted").is_dir():
             paths += (self.spool / "unrouted").glob("*.dcm")
-        return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        dated = []
+        for path in paths:
+            try:
+                dated.append((path.stat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:
+                continue  # removed by the clean-up meanwhile: no longer in the spool
+        return [path for _, _, path in sorted(dated)]
 
     def incoming(self) -> list[Path]:
         """List files that hold no acknowledged instance and are not unused slots.
