@@ -92,21 +92,6 @@ def zero_copy_socket(transport: Any) -> socket.socket | None:
     return handle if isinstance(handle, socket.socket) else None
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    """Whether the peer has closed its side of ``sock`` (an end of file is waiting), without reading.
-
-    :param sock: a connected TCP socket.
-    :returns: ``True`` when a non-blocking ``MSG_PEEK`` read finds the end of
-        the stream (or the connection reset); ``False`` when nothing, or data, is waiting.
-    """
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def _drained(transport: Any) -> bool:
     """Whether nothing is waiting in the transport's own buffer (``twisted.internet.abstract.FileDescriptor``).
 
@@ -562,15 +547,6 @@ class ClientAssociation:
             )
         if not self.is_open:
             raise AssociationAborted("association is not open")
-        direct = zero_copy_socket(self._protocol.transport) if zero_copy else None
-        if direct is not None and _peer_closed(direct):
-            # A peer that closes after each response (HARDENING F22): its close
-            # is already here though the reactor has not read it. Nothing is
-            # sent on it, so the instance is a plain retry on a new
-            # association, not an ambiguous one. (The buffered path learns the
-            # same from the transport before its first write goes out.)
-            self._protocol.transport.loseConnection()
-            raise AssociationAborted("association is not open (the peer closed the connection)")
         # Opened before the command goes out: a missing file (the header may
         # come from the journal, not from reading it) fails with nothing sent.
         fp = open(path, "rb")
@@ -585,7 +561,7 @@ class ClientAssociation:
             context.context_id,
             header.size,
             max_fragment_size(self.peer_max_pdu, SEND_CAP),
-            direct,
+            zero_copy_socket(self._protocol.transport) if zero_copy else None,
         )
         self._protocol.transport.registerProducer(sender, False)
         try:

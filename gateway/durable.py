@@ -46,7 +46,6 @@ binding; it is called through :mod:`ctypes`, and is a no-op where libc lacks it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import errno
 import os
@@ -93,7 +92,8 @@ def _load_sync_file_range() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The process's own symbols include libc's: no library search (find_library runs ldconfig).
+        libc = ctypes.CDLL(None, use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError):
         return None

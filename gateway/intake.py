@@ -51,6 +51,7 @@ from gateway.durable import rename_durably, unlink_if_present
 from gateway.private import make_private_dirs
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
 from gateway.receive import AssociationInfo
+from gateway.headerbytes import parse_header
 from gateway.parse import read_header
 from gateway.prepare import route_plan
 from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
@@ -122,11 +123,8 @@ def instance_record(
 
 def walked_header(summary: DatasetSummary) -> Any:
     """The header the structure walk kept, as a pydicom Dataset for routing, or ``None`` when it kept none."""
-    raw = getattr(summary, "header", None)
-    if raw is None:
+    if summary.header is None:
         return None
-    from gateway.headerbytes import parse_header
-
     return parse_header(summary)
 
 

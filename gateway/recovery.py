@@ -1,7 +1,7 @@
 """Start-up recovery and spool clean-up: custody after a stop, and after delivery.
 
-:class:`Recovery` runs once at start-up and then on a timer around an
-:class:`~gateway.intake.Intake`:
+:class:`Recovery` runs once at start-up and then on a timer, over the queue
+journal and the spool:
 
 * :meth:`Recovery.recover` puts in-flight queue entries back in the queue and
   deletes the files in ``instances/`` that the journal lacks: the journal is
@@ -22,7 +22,6 @@ from typing import Callable
 from twisted.logger import Logger
 
 from gateway.blocking import IBlockingRunner
-from gateway.intake import Intake
 from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
 from gateway.queue.interfaces import IQueueStore
@@ -31,7 +30,6 @@ from gateway.queue.interfaces import IQueueStore
 class Recovery:
     """Start-up recovery and spool clean-up around an :class:`Intake`.
 
-    :param intake: the intake (kept for the clean-up's callers).
     :param store: the queue store (through ``store_runner``).
     :param store_runner: the store's thread.
     :param file_runner: file reads and deletions.
@@ -44,7 +42,6 @@ class Recovery:
     def __init__(
         self,
         *,
-        intake: Intake,
         store: IQueueStore,
         store_runner: IBlockingRunner,
         file_runner: IBlockingRunner,
@@ -53,7 +50,6 @@ class Recovery:
         morphed_dir: str = "",
     ) -> None:
         self._morphed_dir = morphed_dir
-        self._intake = intake
         self._store = store
         self._store_runner = store_runner
         self._file_runner = file_runner

@@ -258,7 +258,6 @@ class GatewayService(MultiService):
             destinations=lambda: [d.name for d in self.config.destinations],
         )
         self.recovery = Recovery(
-            intake=self.intake,
             store=store,
             store_runner=self.store_runner,
             file_runner=self.blocking,

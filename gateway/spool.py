@@ -423,11 +423,8 @@ class Spool:
                 # Mode 0600: stored instances are never executable nor world-readable (D16).
                 fd = self.fs.open(path, CREATE_FLAGS, 0o600)
         except OSError as e:
+            # A slot that cannot be opened is not handed out again; recovery removes it.
             self.fault = StorageFault.from_error("create", e)
-            if durable_entry:
-                # The slot is unusable (a race with an operator, a failing
-                # disk): never hand it out again; recovery removes it.
-                pass
             raise SpoolError.out_of_resources(e, SpoolFailure.WRITE_FAILED) from e
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid,
@@ -494,8 +491,6 @@ class SpoolWriter:
         self.meta = meta
         self.instance_id = instance_id
         self.path = path
-        #: Kept for callers of the old API: the file is written under its final name.
-        self.final_path = path
         self._header_size = len(header)
         self._walker = walker
         self._lane = lane

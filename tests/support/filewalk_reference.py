@@ -251,7 +251,7 @@ class _FileSource:
         self.off = 0
         return len(self.buf) >= n
 
-    def skip(self, n: int) -> bool:
+    def pass_over(self, n: int) -> bool:
         """
         Move past ``n`` bytes without reading them.
 
@@ -346,7 +346,7 @@ class _InflatingSource:
             self.off = 0
         return True
 
-    def skip(self, n: int) -> bool:
+    def pass_over(self, n: int) -> bool:
         """
         Inflate and drop ``n`` bytes.
 
@@ -563,7 +563,7 @@ def _walk(
 
         # -- Inside a sequence: only items and the delimiter (PS3.5 7.5.1). ----
         if kind == _SEQUENCE:
-            source.skip(header)
+            source.pass_over(header)
             if tag == _ITEM:
                 item_end = None if undefined else value_at + length
                 item_limit = frame.limit if undefined else value_at + length
@@ -582,12 +582,12 @@ def _walk(
         # -- Encapsulated pixel data: items of defined length (PS3.5 A.4). -----
         if kind == _FRAGMENTS:
             if tag == _ITEM and not undefined:
-                if not source.skip(header + length):
+                if not source.pass_over(header + length):
                     raise MalformedDataset(f"pixel data fragment at {pos} is truncated")
             elif tag == _SEQUENCE_DELIMITER:
                 if length != 0:
                     raise MalformedDataset(f"sequence delimiter length {length} at {pos}")
-                source.skip(header)
+                source.pass_over(header)
                 stack.pop()
                 depth -= 1
             else:
@@ -600,7 +600,7 @@ def _walk(
             if tag == _ITEM_DELIMITER and frame.end is None and len(stack) > 1:
                 if length != 0:
                     raise MalformedDataset(f"item delimiter length {length} at {pos}")
-                source.skip(header)
+                source.pass_over(header)
                 stack.pop()
                 continue
             raise MalformedDataset(f"unexpected {_tag_text(tag)} in a data set at {pos}")
@@ -632,7 +632,7 @@ def _walk(
             depth += 1
             if depth > max_depth:
                 raise MalformedDataset(f"sequences nested deeper than {max_depth} at {pos}")
-            source.skip(header)
+            source.pass_over(header)
             stack.append(_Frame(child_kind, None, frame.limit, child_enc, tag))
             continue
 
@@ -641,7 +641,7 @@ def _walk(
             depth += 1
             if depth > max_depth:
                 raise MalformedDataset(f"sequences nested deeper than {max_depth} at {pos}")
-            source.skip(header)
+            source.pass_over(header)
             end = value_at + length
             stack.append(_Frame(_SEQUENCE, end, end, enc, tag))
             continue
@@ -653,7 +653,7 @@ def _walk(
                 raise MalformedDataset(f"{_tag_text(tag)} at {pos} is truncated")
             start = source.off + header
             values[tag] = _decode_value(source.buf[start : start + length])
-        if not source.skip(header + length):
+        if not source.pass_over(header + length):
             raise MalformedDataset(
                 f"{_tag_text(tag)} length {length} runs past the end of the data set at {pos}"
             )

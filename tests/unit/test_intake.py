@@ -523,7 +523,6 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.recovery = Recovery(
-            intake=self.intake,
             store=self.store,
             store_runner=SynchronousRunner(),
             file_runner=SynchronousRunner(),
@@ -607,7 +606,7 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         """The clean pass deletes a delivered instance's morphed copies with its file; a queued one's copies stay."""
         morphed = os.path.join(os.path.dirname(self.instances_dir), "morphed")
         os.makedirs(morphed, exist_ok=True)
-        recovery = Recovery(intake=self.intake, store=self.store, store_runner=SynchronousRunner(),
+        recovery = Recovery(store=self.store, store_runner=SynchronousRunner(),
                             file_runner=SynchronousRunner(), instances_dir=self.instances_dir,
                             wall=lambda: self.now, morphed_dir=morphed)
         self.admit(self.spooled("i1"))
