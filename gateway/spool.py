@@ -569,9 +569,9 @@ class SpoolWriter:
         try:
             start = self._offset
             if header is not None:
-                self._put(header, False, writeback=False)
+                self._put(header, False)
             for chunk in batch:
-                self._put(chunk, True, writeback=False)
+                self._put(chunk, True)
             if self._fd is not None and self._offset > start:
                 # One write-back request for the whole batch (issue 13).
                 self._fs.start_writeback(self._fd, start, self._offset - start)
@@ -647,11 +647,8 @@ class SpoolWriter:
             self._lane.submit(self._abandon)
 
     def _drop_batch(self) -> None:
-        """Forget the fragments not handed over (the instance will not be kept); the header still goes first."""
-        self._batch, self._batched = [], 0
-        header, self._header = self._header, None
-        if header is not None:
-            self._lane.submit(self._put, header, False)
+        """Forget the meta header and the fragments not handed over: the instance will not be kept."""
+        self._batch, self._batched, self._header = [], 0, None
 
     def _check_uids(self, summary: DatasetSummary) -> None:
         """
@@ -709,8 +706,8 @@ class SpoolWriter:
 
     # -- the lane's side -------------------------------------------------------------------
 
-    def _put(self, data: bytes, dataset: bool, writeback: bool = True) -> None:
-        """Write ``data`` at the end of the file, start its write-back, hash it (lane).
+    def _put(self, data: bytes, dataset: bool) -> None:
+        """Write ``data`` at the end of the file and hash it (lane; its batch starts the write-back).
 
         The first error is remembered and the file removed at once: on ENOSPC
         that frees the space for other associations (D11).
@@ -728,9 +725,6 @@ class SpoolWriter:
                     raise OSError(errno.EIO, os.strerror(errno.EIO))
                 view = view[n:]
             self._offset = start + len(data)
-            if writeback:
-                # Issue 13: write-back starts now, so the final fdatasync has little left.
-                fs.start_writeback(fd, start, len(data))
         except OSError as e:
             self._error = e
             self._spool.fault = StorageFault.from_error("write", e)
