@@ -11,12 +11,43 @@ to a modality has an :class:`InstanceRecord` and one :class:`Entry` per
       |                 |
       +----retry/release+        (DUPLICATE: never sent, see add_instance)
 
-``IQueueStore`` is synchronous and small on purpose: it runs on one
-dedicated thread through an :class:`~gateway.blocking.IBlockingRunner`
+``IQueueStore`` is synchronous and small on purpose: it runs on the
+store's threads through an :class:`~gateway.blocking.IBlockingRunner`
 (SQLite connections are not shared across threads), and the same test mixin
-runs against the SQLite store and the in-memory fake (Buildbot's verified
-fakes). Every method that changes state is one transaction: after a crash
-the store holds either all of it or none of it.
+runs against the SQLite store, the PostgreSQL store and the in-memory fake
+(Buildbot's verified fakes). Every method that changes state is one
+transaction: after a crash the store holds either all of it or none of it.
+
+Several nodes, one queue (issue 14)
+-----------------------------------
+Each store object speaks for one *node* (``store.node``, the ``node:`` of
+the configuration). Several nodes may share one store (PostgreSQL; or two
+objects on one SQLite file in tests), so:
+
+* a lease names its owner node and a *generation* (``Entry.lease_owner``,
+  ``Entry.lease_generation``; the generation grows by one at every lease of
+  the entry). Every write that ends or extends a lease (``settle``'s
+  deliveries, ``complete``, ``retry``, ``release``, ``dead_letter``,
+  ``renew``) may be *fenced*: given the generation the caller leased, it
+  changes the entry only while the entry is still LEASED under that
+  generation, so a node paused past its lease cannot overwrite the outcome
+  the node that took over recorded. Unfenced calls (``generation=None``)
+  are the operator's and keep today's behaviour.
+* ``lease`` also takes back expired leases of any node (a node that died):
+  they return to the queue first, noted in flight by the same rule as
+  ``recover`` (the lowest ``UNRECORDED_DELIVERIES + 1`` entries of each
+  expired lease), then are leased like any other due entry.
+* ``recover`` (at start) returns only the leases of this node (and leases
+  with no owner, from journals older than issue 14): another node's leases
+  are live until they expire.
+* what is per destination becomes cluster-wide: association slots
+  (``claim_slot``: at most ``slots`` holders across all nodes, and slot
+  ``k`` serves shard ``k``, so a study keeps its order whichever node
+  received it), the circuit (``set_circuit``/``circuit``), pause and the
+  duplicate window (both already in the store).
+* ``heartbeat``/``nodes`` tell who is alive; ``hold_singleton`` elects one
+  node for housekeeping that must run once (spool clean-up, retention,
+  expiry of dead letters).
 
 Times are wall-clock seconds since the epoch (``float``), passed in by the
 caller (the caller owns the clock; the store never reads time).
@@ -28,7 +59,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping, Sequence
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class EntryState(Enum):
@@ -73,6 +104,9 @@ class InstanceRecord:
     called_ae_title: str = ""
     source_address: str = ""
     dataset_offset: int = 0
+    #: The node that received (and spooled) the instance; "" before issue 14.
+    #: With node-local spools (``spool.shared: false``) only that node can send it.
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,20 @@ class NewEntry:
 #: counts as a redelivery: the destination may hold two copies.
 RECOVERED_IN_FLIGHT = "ambiguous: in flight when the gateway stopped"
 
+#: The error recorded by ``lease`` on the entries of another node's expired
+#: lease that may have been on the wire (the same rule as ``recover``),
+#: followed by the node's name: ``ambiguous: lease of node NAME expired``.
+EXPIRED_LEASE_PREFIX = "ambiguous: lease of node "
+
+
+class LeaseLost(KeyError):
+    """A fenced write found the entry no longer LEASED under the caller's generation.
+
+    Another node took the entry over after the caller's lease expired (or an
+    operator acted on it): the outcome recorded there stands, the caller's
+    is dropped (and logged by the caller).
+    """
+
 #: The most deliveries a worker slot keeps before writing them to the journal
 #: (:meth:`IQueueStore.settle`, issue 13). A delivery not yet written when the
 #: gateway dies means a re-send (at-least-once), so ``recover`` notes this many
@@ -133,6 +181,9 @@ class Settled:
 
     leased: tuple[Entry, ...] = ()
     next_due: float | None = None
+    #: Deliveries given with a generation that no longer held (:class:`LeaseLost`):
+    #: not recorded; the node that took the entry over records its outcome.
+    lost: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +215,12 @@ class Entry:
     #: The hash of the morph plan journaled with the entry (:meth:`IQueueStore.plan`
     #: gives its definition); ``None`` for an entry journaled without one.
     plan_hash: str | None = None
+    #: The node that holds (or last held) the entry's lease; "" if never leased.
+    lease_owner: str = ""
+    #: Grows by one at every lease of the entry; the fence of the lease-ending writes.
+    lease_generation: int = 0
+    #: When the current lease expires (LEASED only), else ``None``.
+    leased_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,10 +253,46 @@ class DestinationStats:
     circuit_open: bool = False
     circuit_reason: str = ""
     circuit_since: float | None = None
+    #: QUEUED entries that only an absent node can send (node-local spools:
+    #: their instance's node has not sent a heartbeat for ``stranded_after`` seconds).
+    stranded: int = 0
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as its heartbeats describe it (:meth:`IQueueStore.nodes`).
+
+    :ivar node: its name.
+    :ivar started_at: when the node's current process started.
+    :ivar last_seen: its last heartbeat.
+    :ivar leases: entries it holds LEASED now.
+    :ivar slots: association slots it holds now (:meth:`IQueueStore.claim_slot`).
+    :ivar detail: what the node said of itself (address, version, draining).
+    """
+
+    node: str
+    started_at: float
+    last_seen: float
+    leases: int = 0
+    slots: int = 0
+    detail: str = ""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (PostgreSQL down or partitioned, a timeout).
+
+    Raised by any method instead of the driver's own error, so callers can
+    tell "the journal is away" (answer 0xA700, refuse associations, keep
+    outcomes in memory) from a bug. Nothing was changed by the failed call
+    as far as the caller can know (a commit whose answer was lost is the
+    one ambiguity; the methods are written so a retry is harmless).
+    """
 
 
 class IQueueStore(Interface):
-    """The durable queue (implemented by ``SqliteQueueStore`` and ``MemoryQueueStore``)."""
+    """The durable queue (``SqliteQueueStore``, ``PostgresQueueStore`` and ``MemoryQueueStore``)."""
+
+    node = Attribute("The name of the node this store object speaks for (leases, heartbeats, singletons).")
 
     def add_instance(
         record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
@@ -231,11 +324,24 @@ class IQueueStore(Interface):
         destination is paused. With ``shard=(k, n)`` only entries whose study
         hash (crc32 of the Study Instance UID) modulo ``n`` equals ``k`` are
         leased, so a study always travels through the same association slot.
-        Leased entries become LEASED until ``now + lease_seconds``.
+        Leased entries become LEASED until ``now + lease_seconds``, owned by
+        ``self.node``, with their generation one higher than before.
+
+        First, expired leases of the destination (``leased_until < now``,
+        any node) go back to QUEUED, their lowest ``UNRECORDED_DELIVERIES + 1``
+        entries per lease (same owner and ``leased_until``) noted with an
+        uncounted attempt ``EXPIRED_LEASE_PREFIX + owner + " expired"``, as
+        ``recover`` notes its own. A store with node-local spools
+        (``local_only``) leases only entries whose instance's ``node`` is its own.
+        Two nodes never hold the same entry (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
         """
 
-    def complete(entry_ids: Sequence[int], now: float, warning: str = "") -> None:
-        """Mark leased entries DELIVERED (a warning status is kept as ``last_error``)."""
+    def complete(entry_ids: Sequence[int], now: float, warning: str = "", generations: Mapping[int, int] | None = None) -> None:
+        """Mark leased entries DELIVERED (a warning status is kept as ``last_error``).
+
+        With ``generations`` (entry id -> the generation leased), an entry
+        whose lease is no longer that generation is skipped (fenced).
+        """
 
     def settle(
         destination: str,
@@ -244,29 +350,84 @@ class IQueueStore(Interface):
         limit: int,
         lease_seconds: float,
         shard: tuple[int, int] | None = None,
+        generations: Mapping[int, int] | None = None,
     ) -> Settled:
         """The worker's turn in one transaction: record deliveries, then lease the next entries.
 
         ``delivered`` holds ``(entry_id, warning)`` pairs, each recorded as by
-        :meth:`complete`; then up to ``limit`` entries are leased as by
+        :meth:`complete` (fenced by ``generations``; those that lost their
+        lease are listed in ``Settled.lost``); then up to ``limit`` entries are leased as by
         :meth:`lease`. When nothing is leased the result carries
         :meth:`next_due`, so an idle worker needs no second call. With no
         deliveries and nothing due, no write transaction is made at all (a
         write takes the one write lock the intake's commits wait for).
         """
 
-    def retry(entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
+    def retry(
+        entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True, generation: int | None = None
+    ) -> None:
         """Return a leased entry to QUEUED for ``next_attempt_at``, recording the attempt.
 
         ``counted=False`` records the error without counting an attempt (a
         destination-wide fault: the instance itself was not tried).
+
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
+        :raises KeyError: the entry is not LEASED.
         """
 
-    def release(entry_ids: Sequence[int]) -> None:
-        """Return leased entries to QUEUED unchanged (shutdown, circuit opened before sending)."""
+    def release(entry_ids: Sequence[int], generations: Mapping[int, int] | None = None) -> None:
+        """Return leased entries to QUEUED unchanged (shutdown, circuit opened before sending).
 
-    def dead_letter(entry_id: int, reason: str, now: float) -> None:
-        """Move an entry to DEAD with ``reason``; its file is kept."""
+        Fenced by ``generations`` as :meth:`complete` is: a lost lease is skipped.
+        """
+
+    def dead_letter(entry_id: int, reason: str, now: float, generation: int | None = None) -> None:
+        """Move an entry to DEAD with ``reason``; its file is kept.
+
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
+        :raises KeyError: the entry is not QUEUED or LEASED.
+        """
+
+    def renew(generations: Mapping[int, int], now: float, lease_seconds: float) -> set[int]:
+        """Extend leases still held (the heartbeat of a send in flight) to ``now + lease_seconds``.
+
+        ``generations`` maps entry ids to the generation the caller leased;
+        returns the ids whose lease was lost (not LEASED under that generation
+        any more): the caller must not record an outcome for them.
+        """
+
+    def claim_slot(destination: str, slot: int, slots: int, now: float, seconds: float) -> bool:
+        """Hold association slot ``slot`` of ``destination`` for ``seconds`` (claim or renew).
+
+        Cluster-wide ``max_associations``: slot ``k`` (``0 <= k < slots``) has
+        at most one holder node at a time. True when this node holds it now
+        (it was free, expired, or already this node's); False when another
+        node holds a live claim. A node sends to the destination only through
+        the slots it holds, and slot ``k`` leases shard ``(k, slots)``.
+
+        :raises ValueError: not ``0 <= slot < slots``.
+        """
+
+    def release_slot(destination: str, slot: int) -> None:
+        """Give up this node's claim on a slot (stop, drain); another node's claim is left alone."""
+
+    def circuit(destination: str) -> tuple[bool, str, float | None]:
+        """The destination's circuit as last recorded by any node: ``(open, reason, since)``."""
+
+    def heartbeat(now: float, started_at: float, detail: str = "") -> None:
+        """Record that this node is alive (its row in ``nodes``), with what it says of itself."""
+
+    def nodes(now: float) -> list[NodeStatus]:
+        """Every node that ever sent a heartbeat, by name, with the leases and slots it holds."""
+
+    def hold_singleton(name: str, now: float, seconds: float) -> bool:
+        """Take or keep the named once-only job (housekeeping) for this node.
+
+        True while this node holds it. PostgreSQL: a session advisory lock
+        (held until the session ends; ``seconds`` is unused, keepalives bound
+        a dead node's hold); SQLite and memory: a lease of ``seconds``
+        renewed by each call.
+        """
 
     def expire(destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
         """Dead-letter up to ``limit`` QUEUED entries of ``destination`` enqueued before ``enqueued_before``.
@@ -330,7 +491,9 @@ class IQueueStore(Interface):
         """Instances matching every given criterion, each with all its entries."""
 
     def recover(now: float) -> int:
-        """On start: every LEASED entry back to QUEUED (its outcome is unknown). Returns the count.
+        """On start: this node's LEASED entries (and those with no owner) back to QUEUED
+        (their outcome is unknown). Returns the count. Other nodes' leases are
+        left to expire (``lease`` takes them back).
 
         A worker sends a lease's entries one at a time in id order and keeps
         at most :data:`UNRECORDED_DELIVERIES` deliveries unwritten, so of the
@@ -341,8 +504,13 @@ class IQueueStore(Interface):
         eventual delivery is counted as a redelivery.
         """
 
-    def stats(now: float) -> Mapping[str, DestinationStats]:
-        """Figures per destination that has entries or a paused flag."""
+    def stats(now: float, stranded_after: float = 120.0) -> Mapping[str, DestinationStats]:
+        """Figures per destination that has entries or a paused flag.
+
+        ``stranded`` counts QUEUED entries of instances received by a node
+        other than this one that has sent no heartbeat for ``stranded_after``
+        seconds, when this store has node-local spools (``local_only``); else 0.
+        """
 
     def set_paused(destination: str, paused: bool) -> None:
         """Hold (or release) a destination: entries keep queueing but none are leased."""
