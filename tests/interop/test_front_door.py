@@ -17,6 +17,8 @@ socket); nothing sleeps for a fixed time, and no assertion is on a duration.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +31,7 @@ from gateway.audit import read_records
 from tests.support import dcmtk
 from tests.support.certs import material, tls_listener
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
+from gateway.proxyproto import V2_SIGNATURE
 from tests.support.haproxy import HAProxy, Node, haproxy_available
 from tests.support.interop import ForwardTestMixin, digests_by_sop_instance, make_series, part10_files
 from tests.support.ports import free_port, port_is_open
@@ -211,6 +214,58 @@ class ThroughHAProxyTests(FrontDoorMixin, TestCase):
         proxy = self.start_haproxy(gw)
         via = dcmtk.echoscu(proxy.dicom_port)
         self.assertEqual(via.returncode, 0, via.describe() + gw.log_text()[-3000:])
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Tell whether the gateway closes ``sock`` (EOF or reset, nothing sent) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+class HostileHeaderTests(FrontDoorMixin, TestCase):
+    """Raw sockets against PROXY listeners of a real process: slow, oversized and untrusted headers (HARDENING R4)."""
+
+    skip = _skip()
+    timeout = 120
+
+    def test_slow_oversized_and_untrusted_headers_are_closed_and_audited(self) -> None:
+        """Half a header is closed at the 1 s deadline, a v2 length of 65535 at once, a peer outside trusted at connect."""
+        gw = self.start_node(proxy=False)
+        elsewhere = free_port()
+        listeners = [
+            {"host": "127.0.0.1", "port": gw.port, "name": "dicom",
+             "proxy_protocol": {"trusted": ["127.0.0.1/32"], "timeout": "1s"}},
+            {"host": "127.0.0.1", "port": elsewhere, "name": "elsewhere",
+             "proxy_protocol": {"trusted": ["192.0.2.0/24"]}},
+        ]
+        gw.stop()
+        gw.rewrite_config(listen=listeners)
+        gw.start()
+        wait_until(lambda: port_is_open("127.0.0.1", elsewhere), 20, gw.log_text)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as slow:
+            slow.sendall(b"PROXY TCP4 192.0.2.10 ")
+            self.assertTrue(closed_within(slow, 30), "half a header was not closed")
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as big:
+            big.sendall(V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", 65535) + b"\0" * 1024)
+            self.assertTrue(closed_within(big, 30), "an oversized v2 header was not closed")
+        with socket.create_connection(("127.0.0.1", elsewhere), timeout=10) as untrusted:
+            self.assertTrue(closed_within(untrusted, 30), "an untrusted peer was not closed")
+
+        def reasons() -> set[tuple[str, str]]:
+            return {(r["extra"]["listener"], r["extra"]["reason"]) for r in self.audit(gw)
+                    if r.get("disposition") == "proxy_refused"}
+
+        expected = {("dicom", "timeout"), ("dicom", "malformed"), ("elsewhere", "untrusted")}
+        wait_until(lambda: reasons() >= expected, 20, lambda: f"{reasons()}\n{gw.log_text()[-3000:]}")
+        # The gateway still serves after all of it (through the header, as HAProxy would send it).
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as fine:
+            fine.sendall(b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 104\r\n")
+            self.assertFalse(closed_within(fine, 2), "a valid header was refused")
 
 
 class DrainTests(FrontDoorMixin, TestCase):
