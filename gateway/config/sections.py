@@ -84,6 +84,11 @@ _check_retention: Final = _section(
     lambda keep_delivered=_default_of("keep_delivered"): keep_delivered,
     {"keep_delivered": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
 )
+# Issue 14: how long a draining node still accepts new associations (0: refuse at once).
+_DRAIN_FIELDS: Final[Mapping[str, _Field]] = {
+    "grace": _Field(_duration(0, 3600.0, zero_allowed=True)),
+}
+
 # An empty path means the default, <spool>/queue.sqlite (GatewayConfig).
 _check_queue: Final = _section(
     lambda path="": path, {"path": _Field(_check_path)}
