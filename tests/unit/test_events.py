@@ -124,6 +124,8 @@ def _samples() -> list[Any]:
         events.CircuitOpened("pacs", "ConnectionRefusedError: refused", False),
         events.CircuitClosed("pacs"),
         events.ConfigReloaded(True),
+        events.ProxyRefused("l1", "10.0.0.9:4000", "untrusted", "10.0.0.9 is not in proxy_protocol.trusted"),
+        events.DrainChanged(True),
     ]
 
 
