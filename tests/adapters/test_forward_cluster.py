@@ -300,15 +300,18 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         by_uid: dict[str, str] = {}
         self.start("a", config)
         self.start("b", config)
-        for i in range(24):
-            study = studies[i % 4]
-            record = self.add(node=("a", "b")[(i // 4) % 2], study=study)
-            order[study].append(record.sop_instance_uid)
-            by_uid[record.sop_instance_uid] = study
-            for node in self.nodes.values():
-                assert node.worker is not None
-                node.worker.poke()
-            self.advance(0.25)
+        for burst in range(6):
+            # Two instances of each study at once, received by a or b; both nodes poked (b first).
+            for i in range(8):
+                study = studies[i % 4]
+                record = self.add(node=("a", "b")[(burst + i // 4) % 2], study=study)
+                order[study].append(record.sop_instance_uid)
+                by_uid[record.sop_instance_uid] = study
+            for name in ("b", "a"):
+                worker = self.nodes[name].worker
+                assert worker is not None
+                worker.poke()
+            self.advance(0.5)
         self.advance(60)
         for name, node in self.nodes.items():
             carried: dict[str, list[str]] = {}
