@@ -284,6 +284,8 @@ class WorkerStatus:
     :ivar active_associations: associations open now.
     :ivar journal_error: why outcomes cannot be written to the journal now
         (the worker has stopped dequeuing), empty when they can.
+    :ivar slots_held: association slots this node holds in the store (issue 14).
+    :ivar draining: :meth:`DestinationWorker.set_draining` asked the worker to drain.
     """
 
     destination: str
@@ -292,6 +294,8 @@ class WorkerStatus:
     last_error: str
     active_associations: int
     journal_error: str = ""
+    slots_held: int = 0
+    draining: bool = False
 
 
 @dataclass
@@ -567,6 +571,8 @@ class DestinationWorker(Service):
             last_error=self.circuit.last_error,
             active_associations=self.sender.connections(),
             journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
+            slots_held=sum(1 for s in self._slots if s.claimed),
+            draining=self._draining,
         )
 
     # -- waiting -------------------------------------------------------------------------
@@ -856,12 +862,15 @@ class DestinationWorker(Service):
             return
         if not self._holds_claim(slot, self._schedule_now()) and not await self._claim(slot):
             # Another node holds this slot (cluster-wide max_associations): no
-            # association of ours for it; look again at the next poll.
+            # association of ours for it; look again at the next poll. Not
+            # pokeable: the holder sends what this node receives (it polls the
+            # store), and a claim attempt per received instance would load the
+            # store for nothing.
             if slot.delivered:
                 await self._settle(slot, 0)
             await self.sender.close(slot.index)
             if not self._stopping and not self._draining:
-                await self._sleep(self.poll_interval, pokeable=True)
+                await self._sleep(self.poll_interval, pokeable=False)
             return
         await self._follow_wall_clock()
         # The deliveries of the last batch and the next lease: one transaction.
