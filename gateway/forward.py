@@ -337,6 +337,11 @@ class _Slot:
     batch_changed: bool = False
     #: Draining: the slot has written its deliveries, released its claim and waits.
     drained: bool = False
+    #: Since when (``_schedule_now`` time) the slot's leases found nothing; ``None`` while it has work.
+    idle_since: float | None = None
+    #: Node-local spools: the slot gave its claim up for idleness, and claims
+    #: again when this node receives something (a poke) or a heartbeat later.
+    yielded: bool = False
 
 
 @dataclass
@@ -430,6 +435,9 @@ class DestinationWorker(Service):
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
         #: How often leases and slot claims are renewed and the shared circuit is read (issue 14).
         self.heartbeat_interval = self.lease_seconds / 3
+        #: Node-local spools (``spool.shared: false``): this node can send only
+        #: what it received, so an idle slot gives its claim up for the others.
+        self.local_only = bool(getattr(store, "local_only", False))
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[_Sleeper] = []
@@ -763,10 +771,27 @@ class DestinationWorker(Service):
         return held
 
     async def _renew_claims(self) -> None:
-        """Renew the claim of every slot that holds one."""
+        """Renew the claim of every slot that holds one.
+
+        With node-local spools, a slot idle for a whole heartbeat interval
+        (its leases found nothing, it holds nothing) releases its claim
+        instead: the entries of that shard another node received can only be
+        sent by that node, and a claim held by an idle node would strand them.
+        """
+        now = self._schedule_now()
         for slot in self._slots:
-            if slot.claimed and not self._stopping:
-                await self._claim(slot, renewal=True)
+            if not slot.claimed or self._stopping:
+                continue
+            if (
+                self.local_only
+                and slot.idle_since is not None
+                and now - slot.idle_since >= self.heartbeat_interval
+                and not (slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
+            ):
+                slot.yielded = True
+                await self._release_claim(slot)
+                continue
+            await self._claim(slot, renewal=True)
 
     def _holds_claim(self, slot: _Slot, now: float) -> bool:
         """Whether the slot holds a claim that has not run out, as far as this node knows."""
@@ -860,6 +885,13 @@ class DestinationWorker(Service):
                     if watcher in self._drain_watchers:
                         self._drain_watchers.remove(watcher)
             return
+        if slot.yielded and not self._holds_claim(slot, self._schedule_now()):
+            # Given up for idleness (node-local spools): claim again once this
+            # node receives something, or a heartbeat later (a retry come due).
+            slot.yielded = False
+            if not self._stopping and not self._draining:
+                await self._sleep(self.heartbeat_interval, pokeable=True)
+            return
         if not self._holds_claim(slot, self._schedule_now()) and not await self._claim(slot):
             # Another node holds this slot (cluster-wide max_associations): no
             # association of ours for it; look again at the next poll. Not
@@ -880,8 +912,11 @@ class DestinationWorker(Service):
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
             slot.streaming = False
+            if slot.idle_since is None:
+                slot.idle_since = self._schedule_now()
             await self._idle(slot, settled.next_due)
             return
+        slot.idle_since = None
         if not slot.streaming and slot.batch_ended is not None:
             # Woken from idle soon after its last batch: a stream, not a lone instance.
             slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger

@@ -477,3 +477,32 @@ class LeaseLostMetricTests(ClusterTestsMixin, SynchronousTestCase):
         a.paused = False
         self.advance(10)
         self.assertEqual(registry.get_sample_value("dicom_gateway_leases_lost_total", {"destination": "archive"}), 1.0)
+
+
+class LocalSpoolTests(ClusterTestsMixin, SynchronousTestCase):
+    """Node-local spools (``spool.shared: false``): each node sends only what it received, through the cluster's slots."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = MemoryQueueStore("a", local_only=True)
+        self.nodes["a"].store = self.store
+        self.nodes["b"].store = self.store.peer("b", local_only=True)
+
+    def test_an_idle_node_yields_its_slot_to_a_node_with_work(self) -> None:
+        """a holds the only slot but has nothing of its own: it gives the claim up within two heartbeats, and b sends what it received; then a gets it back for its own."""
+        config = self.config(max_associations=1)
+        a, b = self.nodes["a"], self.nodes["b"]
+        worker_a = self.start("a", config)
+        worker_b = self.start("b", config)
+        self.advance(1)
+        self.assertEqual((worker_a.status().slots_held, worker_b.status().slots_held), (1, 0))
+        theirs = self.add(node="b")
+        worker_b.poke()
+        self.advance(25)
+        self.assertEqual(b.peer.uids(), [theirs.sop_instance_uid])
+        self.assertEqual(a.peer.uids(), [])
+        ours = self.add(node="a")
+        worker_a.poke()
+        self.advance(25)
+        self.assertEqual(a.peer.uids(), [ours.sop_instance_uid])
+        self.assertEqual({e.state for e in self.store.entries("archive")}, {EntryState.DELIVERED})
