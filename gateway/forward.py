@@ -485,7 +485,9 @@ class DestinationWorker(Service):
     def stopService(self) -> "Deferred[None]":
         """Stop leasing, let in-flight sends finish for ``grace`` seconds, then abort.
 
-        Leased entries not yet sent are released. The Deferred fires when
+        Leased entries not yet sent are released, and so are the slots' claims
+        (another node may take them at once); the heartbeat renews the leases
+        of the sends in flight until every slot has stopped. The Deferred fires when
         every slot has stopped and recorded its last outcome.
         """
         Service.stopService(self)
@@ -760,13 +762,12 @@ class DestinationWorker(Service):
             return False
         if held:
             slot.claimed, slot.claim_until = True, now + self.lease_seconds
-        elif slot.claimed or not renewal:
-            if slot.claimed:
-                self.log.warn(
-                    "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
-                    destination=self.name,
-                    slot=slot.index,
-                )
+        elif slot.claimed:
+            self.log.warn(
+                "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
+                destination=self.name,
+                slot=slot.index,
+            )
             slot.claimed = False
         return held
 
