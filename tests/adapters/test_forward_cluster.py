@@ -15,6 +15,7 @@ associations open on it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -29,6 +30,7 @@ from gateway.forward import DestinationWorker, JournalRefused
 from gateway import events
 from gateway.queue.interfaces import EntryState, InstanceRecord, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
+from gateway.queue.sqlite import SqliteQueueStore
 from gateway.queue.sqlite import study_hash
 from tests.adapters.test_forward import FakePeer, Recorder, WorkerTestsMixin, neutral
 
@@ -72,13 +74,19 @@ def study_for_shard(shard: int, shards: int, prefix: str = "1.2.9") -> str:
 class ClusterTestsMixin(WorkerTestsMixin):
     """Nodes ``a`` and ``b`` on one memory queue; ``self.time`` is the wall clock both read."""
 
+    def make_store(self, node: str, local_only: bool = False) -> Any:
+        """Node ``node``'s store object on the test's one queue (the memory fake; SQLite in a subclass)."""
+        if node == "a":
+            return MemoryQueueStore(node, local_only)
+        return self.store.peer(node, local_only)
+
     def setUp(self) -> None:
         super().setUp()
         self.time = 0.0
-        self.store = MemoryQueueStore("a")
+        self.store = self.make_store("a")
         self.nodes: dict[str, Node] = {}
         for name in ("a", "b"):
-            store = self.store if name == "a" else self.store.peer(name)
+            store = self.store if name == "a" else self.make_store(name)
             clock = Clock()
             peer = FakePeer()
             peer.clock = clock
@@ -435,7 +443,7 @@ class StoreUnavailableTests(ClusterTestsMixin, SynchronousTestCase):
         worker = self.start("a", self.config())
         self.advance(0.5)
         away.away = True
-        later = self.add(store=self.store.peer("c"))  # journaled by another node, which still reaches the store
+        later = self.add(store=self.make_store("c"))  # journaled by another node, which still reaches the store
         worker.poke()
         self.advance(20)
         self.assertEqual(a.peer.uids(), [r.sop_instance_uid for r in batch])
@@ -484,9 +492,9 @@ class LocalSpoolTests(ClusterTestsMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.store = MemoryQueueStore("a", local_only=True)
+        self.store = self.make_store("a", local_only=True)
         self.nodes["a"].store = self.store
-        self.nodes["b"].store = self.store.peer("b", local_only=True)
+        self.nodes["b"].store = self.make_store("b", local_only=True)
 
     def test_an_idle_node_yields_its_slot_to_a_node_with_work(self) -> None:
         """a holds the only slot but has nothing of its own: it gives the claim up within two heartbeats, and b sends what it received; then a gets it back for its own."""
@@ -506,3 +514,21 @@ class LocalSpoolTests(ClusterTestsMixin, SynchronousTestCase):
         self.advance(25)
         self.assertEqual(a.peer.uids(), [ours.sop_instance_uid])
         self.assertEqual({e.state for e in self.store.entries("archive")}, {EntryState.DELIVERED})
+
+
+class SqliteStoreMixin:
+    """The same nodes on two SqliteQueueStore objects sharing one journal file (as two processes would)."""
+
+    def make_store(self, node: str, local_only: bool = False) -> Any:
+        """Node ``node``'s connection to the test's journal file (closed at cleanup)."""
+        store = SqliteQueueStore(os.path.join(self.tmp, "queue.sqlite"), node, local_only)  # type: ignore[attr-defined]
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        return store
+
+
+class SqliteClusterWorkerTests(SqliteStoreMixin, ClusterWorkerTests):
+    """Two nodes forwarding one destination's queue, on the SQLite store."""
+
+
+class SqliteLocalSpoolTests(SqliteStoreMixin, LocalSpoolTests):
+    """Node-local spools, on the SQLite store."""
