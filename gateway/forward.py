@@ -154,6 +154,7 @@ scheduled on ``clock``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -342,6 +343,8 @@ class _Slot:
     #: Node-local spools: the slot gave its claim up for idleness, and claims
     #: again when this node receives something (a poke) or a heartbeat later.
     yielded: bool = False
+    #: This node holds more slots than its share: give this one up at the next turn.
+    surrender: bool = False
 
 
 @dataclass
@@ -361,6 +364,15 @@ class _Sleeper:
 #: A difference between wall-clock and monotonic progress at least this large
 #: (seconds) between two turns is a step of the wall clock, not drift.
 WALL_CLOCK_STEP = 30.0
+
+
+def _says_draining(detail: str) -> bool:
+    """Whether a node's heartbeat detail (JSON: address, version, draining) says it is draining."""
+    try:
+        said = json.loads(detail)
+    except ValueError:
+        return False
+    return isinstance(said, dict) and bool(said.get("draining"))
 
 
 class DestinationWorker(Service):
@@ -438,6 +450,9 @@ class DestinationWorker(Service):
         #: Node-local spools (``spool.shared: false``): this node can send only
         #: what it received, so an idle slot gives its claim up for the others.
         self.local_only = bool(getattr(store, "local_only", False))
+        #: The most slots this node claims: all of them alone, a fair share
+        #: (rounded up) of the live nodes that are not draining (see :meth:`_follow_nodes`).
+        self.share = self.sender.slots
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[_Sleeper] = []
@@ -668,6 +683,7 @@ class DestinationWorker(Service):
         """
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("leases", self._renew_leases),
+            ("nodes", self._follow_nodes),
             ("slot claims", self._renew_claims),
             ("circuit", self._follow_shared_circuit),
         ]
@@ -794,6 +810,29 @@ class DestinationWorker(Service):
                 continue
             await self._claim(slot, renewal=True)
 
+    async def _follow_nodes(self) -> None:
+        """Work out this node's share of the slots from the live nodes; mark the slots held beyond it.
+
+        A node is live when its last heartbeat (``store.heartbeat``, written
+        by the node's own heartbeat service) is at most ``lease_seconds`` old
+        and it does not say it is draining; this node always counts. With
+        ``n`` slots and ``m`` live nodes each node claims at most
+        ``ceil(n / m)``, so a node added while the cluster runs gets slots
+        (and work) from the others, and the survivors of a dead node take
+        its slots once its claims run out. A slot held beyond the share is
+        given up at its next turn (between batches: a study never has two
+        slots at once).
+        """
+        now = self._schedule_now()
+        live = {self.store.node}
+        for status in await self._store(self.store.nodes, now):
+            if status.last_seen >= now - self.lease_seconds and not _says_draining(status.detail):
+                live.add(status.node)
+        self.share = -(-len(self._slots) // len(live))
+        held = sorted((s for s in self._slots if s.claimed and not s.surrender), key=lambda s: -s.index)
+        for slot in held[: max(0, len(held) - self.share)]:
+            slot.surrender = True
+
     def _holds_claim(self, slot: _Slot, now: float) -> bool:
         """Whether the slot holds a claim that has not run out, as far as this node knows."""
         return slot.claimed and now < slot.claim_until
@@ -886,6 +925,22 @@ class DestinationWorker(Service):
                     if watcher in self._drain_watchers:
                         self._drain_watchers.remove(watcher)
             return
+        if slot.surrender:
+            # More slots than this node's share: this one goes to another node.
+            slot.surrender = False
+            if slot.delivered:
+                await self._settle(slot, 0)
+            await self._release_claim(slot)
+            await self.sender.close(slot.index)
+            self.log.info(
+                "forward {destination}: slot {slot} given up for another node (this node's share is {share})",
+                destination=self.name,
+                slot=slot.index,
+                share=self.share,
+            )
+            if not self._stopping and not self._draining:
+                await self._sleep(self.poll_interval, pokeable=False)
+            return
         if slot.yielded and not self._holds_claim(slot, self._schedule_now()):
             # Given up for idleness (node-local spools): claim again once this
             # node receives something, or a heartbeat later (a retry come due).
@@ -893,9 +948,13 @@ class DestinationWorker(Service):
             if not self._stopping and not self._draining:
                 await self._sleep(self.heartbeat_interval, pokeable=True)
             return
-        if not self._holds_claim(slot, self._schedule_now()) and not await self._claim(slot):
-            # Another node holds this slot (cluster-wide max_associations): no
-            # association of ours for it; look again at the next poll. Not
+        await self._follow_wall_clock()
+        holds = self._holds_claim(slot, self._schedule_now())
+        others = sum(1 for s in self._slots if s.claimed and s is not slot)
+        if not holds and (others >= self.share or not await self._claim(slot)):
+            # Another node holds this slot (cluster-wide max_associations), or
+            # this node holds its share: no association of ours for it; look
+            # again at the next poll. Not
             # pokeable: the holder sends what this node receives (it polls the
             # store), and a claim attempt per received instance would load the
             # store for nothing.
@@ -905,7 +964,6 @@ class DestinationWorker(Service):
             if not self._stopping and not self._draining:
                 await self._sleep(self.poll_interval, pokeable=False)
             return
-        await self._follow_wall_clock()
         # The deliveries of the last batch and the next lease: one transaction.
         # (A refused write leaves both undone: the deliveries stay on the slot,
         # still LEASED in the journal, and are written at the next turn.)
@@ -1047,6 +1105,11 @@ class DestinationWorker(Service):
         step = (wall - anchor[0]) - (mono - anchor[1])
         if abs(step) < WALL_CLOCK_STEP:
             return
+        for slot in self._slots:
+            # What this node knows of its claims and leases moves to the new
+            # timeline too (the store's own records are renewed in it).
+            slot.claim_until += step
+            slot.lease_until += step
         moved = await self._journal(self.store.shift_schedule, self.name, wall - step, step)
         self.log.warn(
             "forward {destination}: wall clock stepped by {step:+.0f}s, {moved} queued entries moved with it",

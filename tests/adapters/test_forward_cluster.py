@@ -15,6 +15,7 @@ associations open on it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable
 
@@ -59,6 +60,8 @@ class Node:
     observer: Events
     worker: DestinationWorker | None = None
     paused: bool = False
+    #: When the node writes its next heartbeat (wall time).
+    beat_at: float = 0.0
 
 
 def study_for_shard(shard: int, shards: int, prefix: str = "1.2.9") -> str:
@@ -132,12 +135,22 @@ class ClusterTestsMixin(WorkerTestsMixin):
         """Let ``seconds`` of wall time pass in steps; running nodes' clocks follow, paused ones stand still.
 
         A node no longer paused first catches up at once (everything it missed fires).
+        Each running node writes its heartbeat every second, as its
+        :class:`gateway.heartbeat.NodeHeartbeat` would (a paused one does not).
         """
         end = self.time + seconds
         while True:
             for node in self.nodes.values():
                 if not node.paused and node.clock.seconds() < self.time:
                     node.clock.advance(self.time - node.clock.seconds())
+                worker = node.worker
+                if not node.paused and worker is not None and worker.running and self.time >= node.beat_at:
+                    detail = json.dumps({"address": [], "version": "test", "draining": worker.draining})
+                    node.beat_at = self.time + 1.0
+                    try:
+                        node.store.heartbeat(self.time, 0.0, detail)
+                    except StoreUnavailable:
+                        pass  # (the real heartbeat marks the journal unavailable; tried again next second)
             if check is not None:
                 check()
             if self.time >= end:
@@ -275,6 +288,38 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.advance(60, check=lambda: seen.append(self.open_associations()))
         self.assertEqual(max(seen), 2)
         self.assertEqual(sorted(self.received()), sorted(r.sop_instance_uid for r in records))
+
+    def test_a_node_added_while_running_picks_up_work(self) -> None:
+        """a alone holds both slots of a backlog; b starts and heartbeats: a gives one slot up between batches, b sends through it, never more than 2 associations."""
+        config = self.config(max_associations=2, batch_size=2)
+        a, b = self.nodes["a"], self.nodes["b"]
+        for node in self.nodes.values():
+            node.peer.delay = 1.0
+        records = [self.add(study=f"1.2.4.{i % 8}") for i in range(60)]
+        worker_a = self.start("a", config)
+        self.advance(5)
+        self.assertEqual(worker_a.status().slots_held, 2)
+        worker_b = self.start("b", config)
+        seen: list[int] = []
+        self.advance(25, check=lambda: seen.append(self.open_associations()))
+        self.assertEqual((worker_a.status().slots_held, worker_b.status().slots_held), (1, 1))
+        self.assertTrue(b.peer.uids(), "the added node sent nothing")
+        self.advance(60, check=lambda: seen.append(self.open_associations()))
+        self.assertLessEqual(max(seen), 2)
+        self.assertEqual(sorted(self.received()), sorted(r.sop_instance_uid for r in records))
+        self.assertEqual({e.state for e in self.store.entries("archive")}, {EntryState.DELIVERED})
+
+    def test_a_draining_node_does_not_count_for_the_shares(self) -> None:
+        """Two nodes hold one slot each; a drains: b's share becomes both slots and it claims the one a released."""
+        config = self.config(max_associations=2)
+        self.start("a", config)
+        worker_b = self.start("b", config)
+        self.advance(25)
+        self.assertEqual(worker_b.status().slots_held, 1)
+        assert self.nodes["a"].worker is not None
+        self.nodes["a"].worker.set_draining(True)
+        self.advance(25)
+        self.assertEqual(worker_b.status().slots_held, 2)
 
     def test_a_slot_taken_by_another_node_closes_its_association(self) -> None:
         """Node a, paused with an idle association past its claim, closes it when it resumes and finds b holding the slot."""
