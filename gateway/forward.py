@@ -108,6 +108,19 @@ per destination stays per destination, across the cluster:
   leases shard ``k``, a study still travels through one slot at a time,
   whichever node received its instances, and arrives in order. Claims are
   released at stop and when draining.
+* **Shares.** Each node claims at most ``ceil(slots / live nodes)`` slots
+  (live: a heartbeat in the store within ``lease_seconds``, not draining;
+  this node always counts), read at every heartbeat. A node added while
+  the cluster runs thus gets slots, and work, from the others: a slot held
+  beyond the share is given up at its next turn, between batches, after its
+  deliveries are written (a study never has two slots at once). When a node
+  dies, its claims run out after ``lease_seconds`` and the survivors' shares
+  grow at their next heartbeat. With node-local spools (the store's
+  ``local_only``) a slot idle for a heartbeat interval also gives its claim
+  up, since only the node that received an instance can send it; it claims
+  again when poked or a heartbeat later. An instance received by a node
+  that holds no slot of its destination is sent by a node that does, at
+  that node's next poll (``poll_interval``).
 * **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
   renews the leases of every entry it holds (being sent, delivered but not
   yet written, refused by the journal: all still LEASED), and the claims of
