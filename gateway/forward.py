@@ -967,12 +967,12 @@ class DestinationWorker(Service):
         if not holds and (others >= self.share or not await self._claim(slot)):
             # Another node holds this slot (cluster-wide max_associations), or
             # this node holds its share: no association of ours for it; look
-            # again at the next poll. Not
-            # pokeable: the holder sends what this node receives (it polls the
-            # store), and a claim attempt per received instance would load the
-            # store for nothing.
+            # again at the next poll. Not pokeable: the holder sends what this
+            # node receives (it polls the store), and a claim attempt per
+            # received instance would load the store for nothing.
             if slot.delivered:
                 await self._settle(slot, 0)
+            await self._release_claim(slot)  # (one that ran out while this node held its share elsewhere)
             await self.sender.close(slot.index)
             if not self._stopping and not self._draining:
                 await self._sleep(self.poll_interval, pokeable=False)

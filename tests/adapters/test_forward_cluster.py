@@ -321,6 +321,20 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.advance(25)
         self.assertEqual(worker_b.status().slots_held, 2)
 
+    def test_a_stopped_node_releases_its_slots_at_once(self) -> None:
+        """a holds the only slot; stopped, it releases the claim, and b sends the next instance within a poll, not after the claim runs out."""
+        config = self.config(max_associations=1)
+        worker_a = self.start("a", config)
+        self.start("b", config)
+        self.advance(1)
+        self.assertEqual(worker_a.status().slots_held, 1)
+        d = worker_a.stopService()
+        self.advance(0.5)
+        self.successResultOf(d)
+        record = self.add(node="b")
+        self.advance(2)
+        self.assertEqual(self.nodes["b"].peer.uids(), [record.sop_instance_uid])
+
     def test_a_slot_taken_by_another_node_closes_its_association(self) -> None:
         """Node a, paused with an idle association past its claim, closes it when it resumes and finds b holding the slot."""
         config = self.config(max_associations=1, idle_release=600.0)
