@@ -321,6 +321,23 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.advance(25)
         self.assertEqual(worker_b.status().slots_held, 2)
 
+    def test_drain_while_the_circuit_is_open_releases_the_slots_at_once(self) -> None:
+        """A node whose slots wait for an open circuit drains at once: claims released, no wait for a probe."""
+        config = self.config(max_associations=2)
+        a = self.nodes["a"]
+        a.peer.refuse = ConnectionRefusedError()
+        self.add(study=study_for_shard(0, 2))
+        self.add(study=study_for_shard(1, 2))
+        worker = self.start("a", config)
+        self.advance(4)
+        self.assertEqual(worker.status().circuit, "open")
+        self.assertEqual(worker.status().slots_held, 2)
+        drained = worker.set_draining(True)
+        self.advance(0)
+        self.successResultOf(drained)
+        self.assertEqual(worker.status().slots_held, 0)
+        self.assertTrue(self.nodes["b"].store.claim_slot("archive", 0, 2, self.time, LEASE))
+
     def test_a_stopped_node_releases_its_slots_at_once(self) -> None:
         """a holds the only slot; stopped, it releases the claim, and b sends the next instance within a poll, not after the claim runs out."""
         config = self.config(max_associations=1)
