@@ -108,9 +108,10 @@ per destination stays per destination, across the cluster:
   leases shard ``k``, a study still travels through one slot at a time,
   whichever node received its instances, and arrives in order. Claims are
   released at stop and when draining.
-* **Shares.** Each node claims at most ``ceil(slots / live nodes)`` slots
-  (live: a heartbeat in the store within ``lease_seconds``, not draining;
-  this node always counts), read at every heartbeat. A node added while
+* **Shares.** Each node claims at most its share of the slots: ``slots //
+  live nodes``, one more for the first ``slots mod live nodes`` nodes by
+  name (live: a heartbeat in the store within ``lease_seconds``, not
+  draining; this node always counts), read at every heartbeat. A node added while
   the cluster runs thus gets slots, and work, from the others: a slot held
   beyond the share is given up at its next turn, between batches, after its
   deliveries are written (a study never has two slots at once). When a node
@@ -463,8 +464,8 @@ class DestinationWorker(Service):
         #: Node-local spools (``spool.shared: false``): this node can send only
         #: what it received, so an idle slot gives its claim up for the others.
         self.local_only = bool(getattr(store, "local_only", False))
-        #: The most slots this node claims: all of them alone, a fair share
-        #: (rounded up) of the live nodes that are not draining (see :meth:`_follow_nodes`).
+        #: The most slots this node claims: all of them alone, else its share
+        #: among the live nodes that are not draining (see :meth:`_follow_nodes`).
         self.share = self.sender.slots
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
@@ -829,19 +830,29 @@ class DestinationWorker(Service):
         A node is live when its last heartbeat (``store.heartbeat``, written
         by the node's own heartbeat service) is at most ``lease_seconds`` old
         and it does not say it is draining; this node always counts. With
-        ``n`` slots and ``m`` live nodes each node claims at most
-        ``ceil(n / m)``, so a node added while the cluster runs gets slots
-        (and work) from the others, and the survivors of a dead node take
-        its slots once its claims run out. A slot held beyond the share is
-        given up at its next turn (between batches: a study never has two
-        slots at once).
+        ``n`` slots and ``m`` live nodes, sorted by name, the first
+        ``n mod m`` nodes may claim ``n // m + 1`` slots and the others
+        ``n // m`` (every node computes the same split from the same
+        heartbeats), so a node added while the cluster runs gets slots (and
+        work) from the others, and the survivors of a dead node take its
+        slots once its claims run out. A slot held beyond the share is given
+        up at its next turn (between batches: a study never has two slots at
+        once). While nodes disagree (a heartbeat seen by one and not yet by
+        another) the shares may overlap for a beat: the store's claims still
+        keep one holder per slot.
         """
         now = self._schedule_now()
         live = {self.store.node}
         for status in await self._store(self.store.nodes, now):
             if status.last_seen >= now - self.lease_seconds and not _says_draining(status.detail):
                 live.add(status.node)
-        self.share = -(-len(self._slots) // len(live))
+        rank = sorted(live).index(self.store.node)
+        per_node, extra = divmod(len(self._slots), len(live))
+        self.share = per_node + (1 if rank < extra else 0)
+        if self.local_only:
+            # Node-local spools: every node must be able to send what it
+            # received, so each may claim a free slot (idle slots give theirs up).
+            self.share = max(self.share, 1)
         held = sorted((s for s in self._slots if s.claimed and not s.surrender), key=lambda s: -s.index)
         for slot in held[: max(0, len(held) - self.share)]:
             slot.surrender = True

@@ -88,7 +88,7 @@ class ClusterTestsMixin(WorkerTestsMixin):
         self.time = 0.0
         self.store = self.make_store("a")
         self.nodes: dict[str, Node] = {}
-        for name in ("a", "b"):
+        for name in ("a", "b", "c"):
             store = self.store if name == "a" else self.make_store(name)
             clock = Clock()
             peer = FakePeer()
@@ -308,6 +308,24 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.assertLessEqual(max(seen), 2)
         self.assertEqual(sorted(self.received()), sorted(r.sop_instance_uid for r in records))
         self.assertEqual({e.state for e in self.store.entries("archive")}, {EntryState.DELIVERED})
+
+    def test_a_third_node_gets_a_share_of_four_slots(self) -> None:
+        """Four slots held two and two by a and b; c joins: b (second by name) gives one up, c claims it and sends; never more than 4 associations."""
+        config = self.config(max_associations=4, batch_size=2)
+        for node in self.nodes.values():
+            node.peer.delay = 3.0
+        records = [self.add(study=f"1.2.4.{i % 16}") for i in range(120)]
+        workers = {name: self.start(name, config) for name in ("a", "b")}
+        self.advance(25)
+        self.assertEqual([w.status().slots_held for w in workers.values()], [2, 2])
+        workers["c"] = self.start("c", config)
+        seen: list[int] = []
+        self.advance(25, check=lambda: seen.append(self.open_associations()))
+        self.assertEqual([w.status().slots_held for w in workers.values()], [2, 1, 1])
+        self.assertTrue(self.nodes["c"].peer.uids(), "the added node sent nothing")
+        self.advance(100, check=lambda: seen.append(self.open_associations()))
+        self.assertLessEqual(max(seen), 4)
+        self.assertEqual(sorted(self.received()), sorted(r.sop_instance_uid for r in records))
 
     def test_a_draining_node_does_not_count_for_the_shares(self) -> None:
         """Two nodes hold one slot each; a drains: b's share becomes both slots and it claims the one a released."""
