@@ -103,7 +103,8 @@ per destination stays per destination, across the cluster:
   claim, and the heartbeat renews the claims held (a claim is a journal
   write: renewing it at every turn would undo issue 13's one write per
   batch). A slot without its claim closes its association and polls
-  (``poll_interval``, pokeable); a slot whose claim is found taken
+  (``poll_interval``, not woken by pokes: the holder sends what this node
+  receives); a slot whose claim is found taken
   mid-batch sends nothing more of the batch. Since slot ``k`` always
   leases shard ``k``, a study still travels through one slot at a time,
   whichever node received its instances, and arrives in order. Claims are
@@ -111,12 +112,14 @@ per destination stays per destination, across the cluster:
 * **Shares.** Each node claims at most its share of the slots: ``slots //
   live nodes``, one more for the first ``slots mod live nodes`` nodes by
   name (live: a heartbeat in the store within ``lease_seconds``, not
-  draining; this node always counts), read at every heartbeat. A node added while
-  the cluster runs thus gets slots, and work, from the others: a slot held
-  beyond the share is given up at its next turn, between batches, after its
-  deliveries are written (a study never has two slots at once). When a node
-  dies, its claims run out after ``lease_seconds`` and the survivors' shares
-  grow at their next heartbeat. With node-local spools (the store's
+  draining; this node always counts), read at every heartbeat. A node
+  added while the cluster runs thus gets slots, and work, from the others:
+  a slot held beyond the share is given up at its next turn, between
+  batches, after its deliveries are written (a study never has two slots
+  at once). When a node dies (``kill -9``), its leases and claims run out
+  within ``lease_seconds``, the survivors' shares grow at their next
+  heartbeat and their slots claim at their next poll: its backlog flows
+  again within ``lease_seconds * 4 / 3 + poll_interval``. With node-local spools (the store's
   ``local_only``) a slot idle for a heartbeat interval also gives its claim
   up, since only the node that received an instance can send it; it claims
   again when poked or a heartbeat later. An instance received by a node
@@ -146,8 +149,8 @@ per destination stays per destination, across the cluster:
   Recorded closed since later than it opened here: it closes here and the
   slots wake. So one node's probe result is every node's. A new worker
   starts from the recorded state (a reload no longer writes "closed" over
-  another node's open circuit); its first probe comes at once-ish
-  (``retry.initial_delay``).
+  another node's open circuit); its first probe comes after
+  ``retry.initial_delay``.
 * **Drain** (:meth:`DestinationWorker.set_draining`): no new lease, no
   new claim; batches in flight finish and are written; then each slot
   writes its deliveries, releases its claim and closes its association.
