@@ -327,6 +327,39 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.assertLessEqual(max(seen), 4)
         self.assertEqual(sorted(self.received()), sorted(r.sop_instance_uid for r in records))
 
+    def test_a_dead_nodes_backlog_flows_again_within_four_thirds_of_a_lease(self) -> None:
+        """a and b hold one slot each; a dies (kill -9: never heard from again) mid-backlog; b sends a's shard within lease * 4/3 + poll_interval."""
+        config = self.config(max_associations=2, batch_size=2)
+        a, b = self.nodes["a"], self.nodes["b"]
+        for node in self.nodes.values():
+            node.peer.delay = 1.0
+        theirs = study_for_shard(0, 2)
+        ours = study_for_shard(1, 2)
+        self.assertTrue(b.store.claim_slot("archive", 1, 2, self.time, LEASE))
+        records = [self.add(study=(theirs, ours)[i % 2]) for i in range(60)]
+        self.start("a", config)
+        worker_b = self.start("b", config)
+        self.advance(5)
+        self.assertTrue(a.peer.uids() and b.peer.uids())
+        a.paused = True
+        died = self.time
+        took_over: list[float] = []
+
+        def b_sends_theirs() -> None:
+            if not took_over and any(self.instance_study(uid) == theirs for uid in b.peer.uids()):
+                took_over.append(self.time)
+
+        self.uid_study = {r.sop_instance_uid: r.study_instance_uid for r in records}
+        self.advance(120, check=b_sends_theirs)
+        self.assertTrue(took_over, "b never took a's shard over")
+        self.assertLessEqual(took_over[0] - died, LEASE * 4 / 3 + worker_b.poll_interval + 1.0 + 0.25)
+        delivered = {e.instance.sop_instance_uid for e in self.store.entries("archive") if e.state is EntryState.DELIVERED}
+        self.assertEqual(delivered, set(self.uid_study))
+
+    def instance_study(self, uid: str) -> str:
+        """The study of an instance this test journaled."""
+        return self.uid_study[uid]
+
     def test_a_draining_node_does_not_count_for_the_shares(self) -> None:
         """Two nodes hold one slot each; a drains: b's share becomes both slots and it claims the one a released."""
         config = self.config(max_associations=2)
