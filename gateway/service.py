@@ -421,9 +421,15 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Recover the spool and the journal, then start workers and listeners."""
         Service.startService(self)
+        from gateway.stores import describe_store
+
         self.log.info(
-            "dicom-gateway {version} starting: AE title {ae_title}, spool {spool}, {n} destination(s), {r} route(s)",
+            "dicom-gateway {version} starting: node {node}, AE title {ae_title}, spool {spool}{shared}, queue {queue}, "
+            "{n} destination(s), {r} route(s)",
             version=__version__,
+            node=self.config.node,
+            queue=describe_store(self.config),  # never the password
+            shared=" (shared)" if self.config.spool.shared else "",
             ae_title=printable(self.config.ae_title),
             spool=self.config.spool.path,
             n=len(self.config.destinations),

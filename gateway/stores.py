@@ -21,7 +21,25 @@ from typing import Any
 from gateway.config.schema import GatewayConfig
 from gateway.queue.interfaces import IQueueStore
 
-__all__ = ["open_store", "migrate_store", "describe_store"]
+__all__ = ["open_store", "migrate_store", "describe_store", "stranded_after", "STRANDED_LEASES"]
+
+#: A node-local spool's node silent for this many leases strands its backlog
+#: (``queue list``'s STRANDED column, ``gateway_queue_stranded``): 120 s with the defaults.
+STRANDED_LEASES = 6
+
+
+def stranded_after(config: GatewayConfig) -> float | None:
+    """Seconds of silence after which a node's queued entries are stranded, or ``None`` where nothing can strand.
+
+    Only with node-local spools on a shared queue (PostgreSQL, ``spool.shared: false``)
+    does an entry wait for one node; on a shared spool any node sends it,
+    and SQLite is one node's.
+
+    :param config: the validated configuration.
+    """
+    if config.queue.backend == "postgresql" and not config.spool.shared:
+        return STRANDED_LEASES * config.cluster.lease
+    return None
 
 
 def open_store(config: GatewayConfig) -> IQueueStore:
