@@ -61,10 +61,11 @@ from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
-from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
+from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
 from gateway.queue.interfaces import IQueueStore
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
+from gateway.stores import stranded_after
 from gateway.ul.negotiate import AcceptorSettings
 
 #: Seconds an association may take to finish its in-flight instance when the gateway stops (SIGTERM).
@@ -299,7 +300,9 @@ class GatewayService(MultiService):
             interval=config.cluster.heartbeat,
             started_at=self.started_at,
             detail=self._node_detail,
+            on_change=self.metrics.store_available,
         )
+        self.metrics.cluster_node(config.node, config.cluster.heartbeat)
         self.copies = CopyMaker(
             lambda digest: self.store_runner.run(self.store.plan, digest),
             lambda: self.config.morph_plugins,
@@ -352,6 +355,8 @@ class GatewayService(MultiService):
             down=lambda: [name for name, w in self.workers.items() if w.status().circuit == "open"],
             clock=reactor,
             wall=wall,
+            stranded_after=stranded_after(config),
+            own_node=self._own_node,
         )
         self._declare_metrics()
 
@@ -386,6 +391,11 @@ class GatewayService(MultiService):
         if admission.spooled is not None:
             self.observer.observe(events.InstanceAdmitted(admission, admission.spooled, info))
         return admission
+
+    def _own_node(self) -> NodeState | None:
+        """This node as its own heartbeat knows it (metrics, for a store without a node table)."""
+        last = self.heartbeat.last_beat
+        return None if last is None else NodeState(self.config.node, last)
 
     def _node_detail(self) -> str:
         """What this node says of itself in each heartbeat: its listeners, version, whether it drains."""
