@@ -46,6 +46,5 @@ class PostgresQueueStoreTests(QueueStoreTests, PostgresTestCase):
     """The shared store mixin on PostgreSQL."""
 
     def make_store(self) -> PostgresQueueStore:
-        """A fresh store on a fresh database (the mixin closes it)."""
-        database = pg.fresh_database(self)
-        return PostgresQueueStore(database.dsn, "node-a", password=database.password)
+        """A store on this test's fresh database (the mixin closes it)."""
+        return PostgresQueueStore(self.database.dsn, "node-a", password=self.database.password)
