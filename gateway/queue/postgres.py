@@ -313,6 +313,13 @@ class PostgresQueueStore:
             timeout=connect_timeout,
             configure=self._configure,
             check=ConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with exponential backoff
+            # (1, 2, 4 ... s) for ``reconnect_timeout`` (default 5 min), and
+            # grows the pool one attempt at a time: after a 30 s outage the
+            # next attempt could be half a minute away. Giving up early lets
+            # the next call of the store start a fresh attempt at once, so
+            # the node recovers within a call or two of PostgreSQL's return.
+            reconnect_timeout=max(2.0, 2 * connect_timeout),
             name=f"queue-{node}",
             open=False,
         )
@@ -828,17 +835,18 @@ class PostgresQueueStore:
             )
 
     def nodes(self, now: float) -> list[NodeStatus]:
-        """Every node that sent a heartbeat, by name, with the leases and live slots it holds.
+        """Every node that sent a heartbeat, by name, with the live leases and slots it holds.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.nodes`.
         """
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT n.node, n.started_at, n.last_seen, n.detail,"
-                " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node),"
+                " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node"
+                " AND e.leased_until >= %s),"
                 " (SELECT count(*) FROM slots s WHERE s.node = n.node AND s.until >= %s)"
                 " FROM nodes n ORDER BY n.node",
-                (now,),
+                (now, now),
             ).fetchall()
         return [
             NodeStatus(node=row[0], started_at=row[1], last_seen=row[2], detail=row[3], leases=row[4], slots=row[5])
@@ -901,9 +909,21 @@ class PostgresQueueStore:
 
     def _drop_singleton_connection(self) -> None:
         """Forget the dedicated session and every singleton it held (closing it releases the locks)."""
+        import psycopg
+
         conn, self._singleton_conn = self._singleton_conn, None
-        self._singletons.clear()
-        if conn is not None:
+        held, self._singletons = self._singletons, set()
+        if conn is None:
+            return
+        try:
+            if held and not conn.closed:
+                # The server drops a closed session's locks only once its backend
+                # has exited, a moment after the close: release them now, so the
+                # next node's call finds them free.
+                conn.execute("SELECT pg_advisory_unlock_all()")
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            pass  # the session is gone already, and its locks with it
+        finally:
             conn.close()
 
     # -- IQueueStore: operator actions --------------------------------------
@@ -1102,7 +1122,7 @@ class PostgresQueueStore:
                 stranded = dict(
                     conn.execute(  # type: ignore[arg-type]
                         "SELECT e.destination, count(*) FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
-                        " WHERE e.state = 'queued' AND i.node <> '' AND i.node <> %s AND NOT EXISTS ("
+                        " WHERE e.state = 'queued' AND i.node <> %s AND NOT EXISTS ("
                         " SELECT 1 FROM nodes n WHERE n.node = i.node AND n.last_seen >= %s)"
                         " GROUP BY e.destination",
                         (self.node, now - stranded_after),
@@ -1189,15 +1209,15 @@ class PostgresQueueStore:
         """
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT entry_id, destination, leased_until FROM entries"
+                "SELECT entry_id, destination, lease_owner, leased_until FROM entries"
                 " WHERE state = 'leased' AND lease_owner IN (%s, '') ORDER BY entry_id FOR UPDATE",
                 (self.node,),
             ).fetchall()
-            # The lowest ids of each lease (destination, leased_until) may have
-            # been on the wire or delivered but not yet written (HARDENING F13).
-            groups: dict[tuple[str, float], list[int]] = {}
-            for entry_id, destination, until in rows:
-                group = groups.setdefault((destination, until), [])
+            # The lowest ids of each lease (destination, owner, leased_until) may
+            # have been on the wire or delivered but not yet written (HARDENING F13).
+            groups: dict[tuple[str, str, float], list[int]] = {}
+            for entry_id, destination, owner, until in rows:
+                group = groups.setdefault((destination, owner, until), [])
                 if len(group) <= UNRECORDED_DELIVERIES:
                     group.append(entry_id)
             self._note(conn, [entry_id for ids in groups.values() for entry_id in ids], RECOVERED_IN_FLIGHT, now)

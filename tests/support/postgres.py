@@ -418,8 +418,11 @@ class PostgresServer:
         ]
 
     def terminate(self, pid: int) -> bool:
-        """End one session (``pg_terminate_backend``), as a partition or a killed node would."""
-        rows = self.admin("SELECT pg_terminate_backend(%s)", (pid,))
+        """End one session (``pg_terminate_backend``), as a partition or a killed node would.
+
+        Waits (up to 5 s) until the backend has exited, so its locks are released on return.
+        """
+        rows = self.admin("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         return bool(rows and rows[0][0])
 
 
