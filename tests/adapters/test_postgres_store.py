@@ -13,6 +13,7 @@ each test gets a fresh database.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -26,10 +27,12 @@ from gateway.queue.interfaces import (
     EXPIRED_LEASE_PREFIX,
     AddResult,
     EntryState,
+    IQueueStore,
     LeaseLost,
     NewEntry,
     StoreUnavailable,
 )
+from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.pgschema import ADVISORY_NAMESPACE, SCHEMA_VERSION, SchemaError
 from gateway.queue.postgres import KEEPALIVE_BOUND, PostgresQueueStore, migrate_database, safe_dsn
 from tests.support import postgres as pg
@@ -424,3 +427,34 @@ def _capture_logs(case: SynchronousTestCase) -> list[logging.LogRecord]:
 
     case.addCleanup(restore)
     return records
+
+
+class SignatureParityTests(SynchronousTestCase):
+    """PostgresQueueStore exposes every IQueueStore method with the fake's parameters (assertArgSpecMatches)."""
+
+    def test_every_interface_method_has_the_fakes_signature(self) -> None:
+        """Each IQueueStore method has the same inspect.signature as MemoryQueueStore's."""
+        names = sorted(IQueueStore.names())
+        self.assertIn("hold_singleton", names)
+        for name in names:
+            if name == "node":
+                continue
+            self.assertEqual(
+                inspect.signature(getattr(PostgresQueueStore, name)),
+                inspect.signature(getattr(MemoryQueueStore, name)),
+                name,
+            )
+
+    def test_signatures_match_the_interface(self) -> None:
+        """Each method's parameter names and defaults are the interface's (after self)."""
+        for name in IQueueStore.names():
+            if name == "node":
+                continue
+            spec = IQueueStore[name].getSignatureInfo()
+            parameters = inspect.signature(getattr(PostgresQueueStore, name)).parameters
+            self.assertEqual(list(parameters)[1:], list(spec["positional"]), name)
+            self.assertEqual(
+                dict(spec["optional"]),
+                {p.name: p.default for p in parameters.values() if p.default is not inspect.Parameter.empty},
+                name,
+            )
