@@ -105,8 +105,6 @@ def node_rows(store: IQueueStore, now: float, heartbeat: float) -> list[dict[str
         heartbeats is shown ``silent`` (the alert's rule, ``etc/prometheus/alerts.yml``).
     :returns: dicts with node, heartbeat_age_seconds, state, leases, slots, started_at, detail.
     """
-    if not hasattr(store, "nodes"):
-        return []  # a store without node heartbeats (SQLite before issue 14's migration)
     rows = []
     for status in store.nodes(now):
         age = max(0.0, now - status.last_seen)

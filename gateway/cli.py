@@ -176,11 +176,12 @@ def _db(args: argparse.Namespace) -> int:
 
     config = _load_or_exit(args.config)
     try:
-        version = migrate_store(config)
+        version, applied = migrate_store(config)
     except Exception as e:
+        # The store's errors never carry the password (PostgresQueueStore scrubs them).
         print(f"cannot migrate the queue ({describe_store(config)}): {e}", file=sys.stderr)
         return 1
-    print(f"queue schema version {version} ({describe_store(config)})")
+    print(f"queue schema version {version} ({describe_store(config)}; {applied} migration(s) applied)")
     return 0
 
 

@@ -145,14 +145,7 @@ class NodeHeartbeat:
         return d
 
     def _beat_blocking(self, now: float, detail: str) -> bool:
-        """The store's half: the heartbeat, then the singleton (blocking, on the store's thread).
-
-        A store without the cluster methods (a SQLite store from before issue
-        14's journal migration is merged) is one node's alone: it always
-        housekeeps, and any other failure of its own still shows at the intake.
-        """
-        if not hasattr(self._store, "heartbeat"):
-            return True
+        """The store's half: the heartbeat, then the singleton (blocking, on the store's thread)."""
         self._store.heartbeat(now, self.started_at, detail)
         return bool(self._store.hold_singleton(HOUSEKEEPING, now, self.singleton_seconds))
 

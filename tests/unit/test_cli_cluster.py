@@ -216,4 +216,4 @@ class SqliteMigrateTests(SynchronousTestCase):
                 cli.main(["db", "migrate", "-c", path])
         self.assertEqual(raised.exception.code, 0)
         self.assertTrue(os.path.exists(os.path.join(tmp, "spool", "queue.sqlite")))
-        self.assertIn(f"queue schema version {SCHEMA_VERSION} (sqlite {os.path.join(tmp, 'spool', 'queue.sqlite')})", out.getvalue())
+        self.assertIn(f"queue schema version {SCHEMA_VERSION} (sqlite {os.path.join(tmp, 'spool', 'queue.sqlite')}; {SCHEMA_VERSION} migration(s) applied)", out.getvalue())
