@@ -533,7 +533,16 @@ def _run(reactor: Any, config: Any) -> Deferred[None]:
 
     import signal
 
-    service = GatewayService(reactor, config)
+    from gateway.queue.interfaces import StoreUnavailable
+
+    try:
+        service = GatewayService(reactor, config)
+    except StoreUnavailable as error:
+        # PostgreSQL away at start: one line, no traceback; the service manager restarts us.
+        from gateway.stores import describe_store
+
+        print(f"cannot open the queue store ({describe_store(config)}): {error}", file=sys.stderr)
+        raise SystemExit(1)
     if config.http.enabled:
         from gateway.apitokens import TokenFileError
         from gateway.http import http_service

@@ -217,3 +217,38 @@ class SqliteMigrateTests(SynchronousTestCase):
         self.assertEqual(raised.exception.code, 0)
         self.assertTrue(os.path.exists(os.path.join(tmp, "spool", "queue.sqlite")))
         self.assertIn(f"queue schema version {SCHEMA_VERSION} (sqlite {os.path.join(tmp, 'spool', 'queue.sqlite')}; {SCHEMA_VERSION} migration(s) applied)", out.getvalue())
+
+
+class RunWithoutDatabaseTests(SynchronousTestCase):
+    """``run`` when PostgreSQL does not answer at start."""
+
+    def test_run_exits_with_one_line_and_no_password(self) -> None:
+        """The gateway exits 1 with a line naming the queue store (no traceback, no password); systemd restarts it."""
+        import subprocess
+        import sys
+
+        from tests.support.ports import free_port
+        from tests.unit.config.test_load import REPO_ROOT
+
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        secret = os.path.join(tmp, "pg-password")
+        with open(secret, "w") as f:
+            f.write(SECRET + "\n")
+        os.chmod(secret, 0o600)
+        path = os.path.join(tmp, "gateway.yaml")
+        with open(path, "w") as f:
+            f.write(
+                "ae_title: GW\nnode: gw-a\nlisten: [{host: 127.0.0.1, port: 0}]\nspool: spool\n"
+                f"http: {{enabled: false}}\n"
+                f"queue: {{backend: postgresql, dsn: 'host=127.0.0.1 port={free_port()} dbname=gw user=gw', "
+                f"password_file: {secret}, timeouts: {{connect: 1s}}}}\n"
+            )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "-c", path],
+            capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=60,
+        )
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("cannot open the queue store (postgresql host=127.0.0.1", done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+        self.assertNotIn(SECRET, done.stdout + done.stderr)
