@@ -249,6 +249,8 @@ class GatewayService(MultiService):
         self.store = store
         #: The node that owns the files this process makes, on a shared spool (issue 14); "" otherwise.
         self.owner = config.node if config.spool.shared else ""
+        #: Node-local spools on one PostgreSQL queue: each node cleans (and alone sends) what it received.
+        self.node_local = config.queue.backend == "postgresql" and not config.spool.shared
         self.started_at = wall()
         # Each instance's fragments are written and hashed on a lane (issue 13);
         # the lanes have threads of their own: a commit waits on self.blocking
@@ -494,7 +496,7 @@ class GatewayService(MultiService):
         """
         if not self.heartbeat.available:
             return  # the journal is away: nothing can be marked removed
-        shared = self.config.spool.shared
+        shared = bool(self.owner)  # as started: spool and queue changes need a restart
         if shared:
             now = self._wall()
             held = await self.store_runner.run(
@@ -504,9 +506,8 @@ class GatewayService(MultiService):
                 return
         # Node-local spools on one PostgreSQL queue: each node cleans its own files.
         # (SQLite is one node's: every record is its own, whatever node name it carries.)
-        local = self.config.queue.backend == "postgresql" and not shared
         removed = await self.recovery.clean(
-            self.config.keep_delivered, self.config.duplicate_window, node=self.config.node if local else ""
+            self.config.keep_delivered, self.config.duplicate_window, node=self.store.node if self.node_local else ""
         )
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
@@ -588,6 +589,9 @@ class GatewayService(MultiService):
         for what in ("listen", "spool", "limits", "queue", "node", "cluster", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
+        # The store, its node name and the heartbeat were built from these (issue 14): keep them
+        # until a restart, so nothing reads a node name the store does not speak for.
+        new = replace(new, node=old.node, queue=old.queue, queue_path=old.queue_path, cluster=old.cluster)
         # API tokens apply at once (read per request); the HTTP listener itself needs a restart.
         if replace(old.http, token="", token_file="", tokens=()) != replace(new.http, token="", token_file="", tokens=()):
             self.log.warn("configuration reload: 'http' changed; restart the gateway to apply it (tokens apply now)")

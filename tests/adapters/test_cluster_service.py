@@ -253,3 +253,29 @@ class HousekeepingTests(ClusterServiceTestCase):
         await a._clean_once()
         self.assertFalse(os.path.exists(own))
         self.assertTrue(os.path.exists(other_path))
+
+
+class ReloadTests(ClusterServiceTestCase):
+    """A reload (SIGHUP) never changes the node, the queue or the cluster periods of a running node."""
+
+    def test_node_queue_and_cluster_changes_need_a_restart(self) -> None:
+        """Routes apply; node, queue and cluster keep their running values, and each change is logged as needing a restart."""
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = FlakyStore("gw-a")
+        service = self.start(LOCAL, store)
+        changed = (
+            LOCAL.replace("node: gw-a", "node: gw-z")
+            .replace("routes:", "queue: {path: other.sqlite}\ncluster: {lease: 60s, heartbeat: 10s}\nroutes:")
+            .replace("{name: r1, forward: [one]}", "{name: r2, forward: [one]}")
+        )
+        self.assertIs(self.successResultOf(service.reload(lambda source: load_config_text(changed, source, self.tmp))), True)
+        self.assertEqual([r.name for r in service.config.routes], ["r2"])
+        self.assertEqual((service.config.node, service.config.cluster.lease), ("gw-a", 20.0))
+        self.assertEqual(service.config.queue_path, os.path.join(self.tmp, "spool", "queue.sqlite"))
+        self.assertEqual(service.config.queue.path, service.config.queue_path)
+        warned = {e.get("what") for e in events if "restart the gateway" in e.get("log_format", "")}
+        self.assertTrue({"node", "queue", "cluster"} <= warned, warned)
