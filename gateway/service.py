@@ -190,7 +190,8 @@ class GatewayService(MultiService):
     :param reactor: the reactor (time, TCP, threads).
     :param config: the validated configuration.
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
-    :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
+    :param store_runner: the threads the queue store is called on; a dedicated pool by default
+        (one thread for SQLite, ``queue.pool.max`` for PostgreSQL).
     :param store: the queue store; by default the one ``config.queue`` names
         (:func:`gateway.stores.open_store`: SQLite at ``config.queue_path``, or PostgreSQL).
     :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
@@ -234,7 +235,11 @@ class GatewayService(MultiService):
             observer,
         )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
-        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
+        # SQLite: one thread (its connection is not shared across threads). PostgreSQL: one
+        # thread per pooled connection, so a heartbeat or a worker's turn never queues
+        # behind a slow commit (issue 14).
+        store_threads = config.queue.pool_max if config.queue.backend == "postgresql" else 1
+        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=store_threads)
         os.makedirs(config.spool.path, exist_ok=True)
         for destination in config.destinations:
             # A folder destination's root is created once here, so the example
