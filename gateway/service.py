@@ -411,8 +411,9 @@ class GatewayService(MultiService):
             if service.port is not None:
                 host = service.port.getHost()
                 addresses.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
-        # ``draining`` is set by the drain command (issue 14's front door); absent, the node is not draining.
-        return node_detail(addresses, __version__, bool(getattr(self, "draining", False)))
+        # ``self.drain`` (gateway.drain.Drain, issue 14's front door) when merged; absent, never draining.
+        drain = getattr(self, "drain", None)
+        return node_detail(addresses, __version__, bool(getattr(drain, "draining", False)))
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
