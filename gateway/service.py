@@ -62,7 +62,7 @@ from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
 from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
-from gateway.queue.interfaces import IQueueStore
+from gateway.queue.interfaces import IQueueStore, StoreUnavailable
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
 from gateway.stores import stranded_after
@@ -526,7 +526,15 @@ class GatewayService(MultiService):
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())
-        d.addErrback(lambda f: self.log.failure("spool clean-up failed", f))
+
+        def failed(failure: Any) -> None:
+            if failure.check(StoreUnavailable):
+                # An outage the heartbeat reports; the next round after it tries again.
+                self.log.warn("spool clean-up skipped: {error}", error=failure.getErrorMessage())
+            else:
+                self.log.failure("spool clean-up failed", failure)
+
+        d.addErrback(failed)
         return d
 
     def stopService(self) -> Deferred[Any]:

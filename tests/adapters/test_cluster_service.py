@@ -255,6 +255,33 @@ class HousekeepingTests(ClusterServiceTestCase):
         self.assertTrue(os.path.exists(other_path))
 
 
+class _AwayDuringCleanUp(FlakyStore):
+    """A store that goes away in the middle of a housekeeping round (after the heartbeat said it was there)."""
+
+    def finished_instances(self, *args: Any, **kwargs: Any) -> Any:
+        """Unreachable, as PostgreSQL stopping between the heartbeat and the round."""
+        from gateway.queue.interfaces import StoreUnavailable
+
+        raise StoreUnavailable("server closed the connection unexpectedly")
+
+
+class HousekeepingOutageTests(ClusterServiceTestCase):
+    """A store lost during a housekeeping round is an outage, not a bug."""
+
+    def test_round_lost_to_an_outage_logs_one_warning(self) -> None:
+        """The round fails with StoreUnavailable: a warning without a traceback (trial fails on logged errors)."""
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = self.start(LOCAL, _AwayDuringCleanUp("gw-a"))
+        self.successResultOf(service._clean())
+        [warning] = [e for e in events if "clean-up skipped" in e.get("log_format", "")]
+        self.assertIn("server closed the connection", warning["error"])
+        self.assertFalse([e for e in events if e.get("log_failure") is not None])
+
+
 class ReloadTests(ClusterServiceTestCase):
     """A reload (SIGHUP) never changes the node, the queue or the cluster periods of a running node."""
 
