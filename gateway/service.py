@@ -557,8 +557,16 @@ class GatewayService(MultiService):
                 return
         # Node-local spools on one PostgreSQL queue: each node cleans its own files.
         # (SQLite is one node's: every record is its own, whatever node name it carries.)
+        gone: list[str] = []
+        if self.node_local:
+            now = self._wall()
+            bound = now - dead_node_after(self.config)
+            gone = [status.node for status in await self.store_runner.run(self.store.nodes, now) if status.last_seen < bound]
         removed = await self.recovery.clean(
-            self.config.keep_delivered, self.config.duplicate_window, node=self.store.node if self.node_local else ""
+            self.config.keep_delivered,
+            self.config.duplicate_window,
+            node=self.store.node if self.node_local else "",
+            gone=gone,
         )
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)

@@ -255,6 +255,47 @@ class HousekeepingTests(ClusterServiceTestCase):
         self.assertTrue(os.path.exists(other_path))
 
 
+class NodeLocalCleanUpTests(ClusterServiceTestCase):
+    """Node-local spools on one queue: a node that never comes back must not stop the others' clean-up."""
+
+    TEXT = LOCAL.replace("routes:", "queue: {backend: postgresql, dsn: 'host=db.invalid'}\nroutes:")
+
+    def delivered_by(self, store: FlakyStore, node: str, instance_id: str, path: str) -> None:
+        """Journal and deliver an instance received by ``node`` long ago (to a destination no worker serves)."""
+        peer = store.peer(node)
+        peer.add_instance(make_record(instance_id, path=path, received_at=1.0, node=node), [NewEntry("r1", "elsewhere")], 1.0, 0.0)
+        [entry] = peer.lease("elsewhere", 1, 2.0, 60.0)
+        peer.complete([entry.entry_id], 3.0)
+
+    async def test_a_dead_nodes_thousand_oldest_records_do_not_block_the_clean_up(self) -> None:
+        """1001 delivered instances of a node gone for good head the list: they are noted file-less and forgotten (their files are on its disk, untouched), and this node's own file is removed."""
+        store = FlakyStore("gw-a")
+        service = self.start(self.TEXT, store)
+        store.peer("gw-dead").heartbeat(self.now[0] - dead_node_after(service.config) - 1, 0.0)
+        theirs = self.spool_file("gw-dead-file")
+        for i in range(1001):
+            self.delivered_by(store, "gw-dead", f"d{i:04d}", theirs)
+        own = self.spool_file("gw-a-file")
+        self.delivered_by(store, "gw-a", "own", own)
+        await service._clean_once()
+        await service._clean_once()
+        self.assertFalse(os.path.exists(own))
+        self.assertTrue(os.path.exists(theirs))  # on the dead node's disk: never this node's to delete
+        # Past the duplicate window (received long ago) their records are forgotten too.
+        self.assertEqual([r.instance_id for r, _ in store.find() if r.node == "gw-dead"], [])
+
+    async def test_a_live_nodes_files_are_left_to_it(self) -> None:
+        """A live node's delivered instance keeps its file and its record until that node cleans it."""
+        store = FlakyStore("gw-a")
+        service = self.start(self.TEXT, store)
+        store.peer("gw-b").heartbeat(self.now[0], 0.0)
+        theirs = self.spool_file("gw-b-file")
+        self.delivered_by(store, "gw-b", "b1", theirs)
+        await service._clean_once()
+        self.assertTrue(os.path.exists(theirs))
+        self.assertEqual([r.path for r, _ in store.find() if r.instance_id == "b1"], [theirs])
+
+
 class _AwayDuringCleanUp(FlakyStore):
     """A store that goes away in the middle of a housekeeping round (after the heartbeat said it was there)."""
 
