@@ -103,8 +103,11 @@ def node_rows(store: IQueueStore, now: float, heartbeat: float) -> list[dict[str
     :param now: wall-clock time.
     :param heartbeat: ``cluster.heartbeat``: a node silent for more than two
         heartbeats is shown ``silent`` (the alert's rule, ``etc/prometheus/alerts.yml``).
-    :returns: dicts with node, heartbeat_age_seconds, state, leases, slots, started_at, detail.
+    :returns: dicts with node, heartbeat_age_seconds, state (alive, silent, or
+        stopped: its last heartbeat was a clean stop's), leases, slots, started_at, detail.
     """
+    from gateway.heartbeat import said_stopped
+
     rows = []
     for status in store.nodes(now):
         age = max(0.0, now - status.last_seen)
@@ -116,7 +119,7 @@ def node_rows(store: IQueueStore, now: float, heartbeat: float) -> list[dict[str
             {
                 "node": status.node,
                 "heartbeat_age_seconds": age,
-                "state": "alive" if age <= 2 * heartbeat else "silent",
+                "state": "stopped" if said_stopped(status.detail) else "alive" if age <= 2 * heartbeat else "silent",
                 "leases": status.leases,
                 "slots": status.slots,
                 "started_at": status.started_at,

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from gateway import __version__, events
 from gateway.blocking import IBlockingRunner
 from gateway.forward import ForwardObserver
+from gateway.heartbeat import said_stopped
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore, StoreUnavailable
 from gateway.queue.outcome import DeadLetterKind
 
@@ -148,12 +149,14 @@ class NodeState:
     :ivar last_seen: its last heartbeat (wall clock); the age is computed at scrape time.
     :ivar leases: entries it holds leased.
     :ivar slots: association slots it holds.
+    :ivar stopped: its last heartbeat said it stopped cleanly (not late: not reported).
     """
 
     node: str
     last_seen: float
     leases: int = 0
     slots: int = 0
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ class SnapshotCollector(Collector):
             )
             now = self._wall()
             for node in snap.nodes:
-                age.add_metric([node.node], max(0.0, now - node.last_seen))
+                if not node.stopped:  # a clean stop (rolling restart, removed node) is not a late heartbeat
+                    age.add_metric([node.node], max(0.0, now - node.last_seen))
                 leases.add_metric([node.node], node.leases)
             yield from (age, leases)
         if snap.spool_free_bytes is not None:
@@ -762,7 +766,7 @@ class StateRefresher:
         nodes: list[NodeState] = []
         if hasattr(self.store, "nodes"):
             statuses = await self.store_runner.run(self.store.nodes, now)
-            nodes = [NodeState(n.node, n.last_seen, n.leases, n.slots) for n in statuses]
+            nodes = [NodeState(n.node, n.last_seen, n.leases, n.slots, said_stopped(n.detail)) for n in statuses]
         own = self.own_node()
         if own is not None and own.node not in {n.node for n in nodes}:
             nodes.append(own)

@@ -55,7 +55,7 @@ from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
-from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, node_detail
+from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, NodeNameInUse, check_node_name_free, node_detail
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
 from gateway.recovery import Recovery
@@ -443,16 +443,19 @@ class GatewayService(MultiService):
         last = self.heartbeat.last_beat
         return None if last is None else NodeState(self.config.node, last)
 
-    def _node_detail(self) -> str:
-        """What this node says of itself in each heartbeat: its listeners, version, whether it drains."""
+    def _node_detail(self, stopped: bool = False) -> str:
+        """What this node says of itself in each heartbeat: its listeners, version, whether it drains (or stopped)."""
         addresses = []
         for service in self.listeners:
             if service.port is not None:
-                host = service.port.getHost()
+                try:
+                    host = service.port.getHost()
+                except OSError:
+                    continue  # a port closed under us (stopping)
                 addresses.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
         # ``self.drain`` (gateway.drain.Drain, issue 14's front door) when merged; absent, never draining.
         drain = getattr(self, "drain", None)
-        return node_detail(addresses, __version__, bool(getattr(drain, "draining", False)))
+        return node_detail(addresses, __version__, bool(getattr(drain, "draining", False)), stopped)
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
@@ -505,6 +508,11 @@ class GatewayService(MultiService):
         d.addErrback(self._start_failed)
 
     async def _start(self) -> None:
+        if self.config.queue.backend == "postgresql":
+            # Before anything is recovered or removed under this node's name (issue 14).
+            await check_node_name_free(
+                self.store, self.store_runner, self._reactor, self._wall, self.config.node, self.config.cluster.heartbeat
+            )
         for path in self.spool.recover():
             self.log.warn("removed incomplete spool file {path} left by an earlier run", path=path)
         returned, removed = await self.recovery.recover()
@@ -531,7 +539,10 @@ class GatewayService(MultiService):
         self.ready.callback(None)
 
     def _start_failed(self, failure: Any) -> None:
-        self.log.failure("start-up recovery failed; stopping", failure)
+        if failure.check(NodeNameInUse):
+            self.log.critical("{error}; stopping", error=failure.getErrorMessage())
+        else:
+            self.log.failure("start-up recovery failed; stopping", failure)
         if self._reactor.running:
             self._reactor.stop()
 
@@ -603,7 +614,12 @@ class GatewayService(MultiService):
         self.heartbeat.stop()
         self.drain.stop()
         self.refresher.stop()
+        last_words = self._node_detail(stopped=True)  # while the listeners still have their addresses
         d = super().stopService()
+        if self.heartbeat.last_beat is not None:
+            # A clean stop says so, so the next process under this name starts without waiting.
+            # (Never written by a process that did not beat: the name may be another's.)
+            d.addBoth(lambda _: self.heartbeat.last_words(last_words))
         d.addBoth(lambda _: self.store_runner.run(self.store.close))
         d.addErrback(lambda f: self.log.failure("closing the queue journal failed", f))
         return d

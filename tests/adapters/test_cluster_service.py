@@ -347,3 +347,52 @@ class ReloadTests(ClusterServiceTestCase):
         self.assertEqual(service.config.queue.path, service.config.queue_path)
         warned = {e.get("what") for e in events if "restart the gateway" in e.get("log_format", "")}
         self.assertTrue({"node", "queue", "cluster"} <= warned, warned)
+
+
+class NodeNameTests(ClusterServiceTestCase):
+    """One live process per node name (PostgreSQL queue): a second is refused before it touches anything."""
+
+    FAST = SHARED.replace("routes:", "cluster: {lease: 1s, heartbeat: 200ms}\nroutes:")
+
+    def build(self, store: FlakyStore) -> GatewayService:
+        """A node on the real wall clock (heartbeats must move), not started."""
+        import time
+
+        return GatewayService(
+            reactor, self.config(self.FAST), blocking=SynchronousRunner(), store_runner=SynchronousRunner(), store=store, wall=time.time
+        )
+
+    async def test_second_process_under_a_live_name_is_refused_before_recovery(self) -> None:
+        """While gw-a beats, another gw-a fails its start with NodeNameInUse, and gw-a's unjournaled slot file is untouched."""
+        from twisted.internet.defer import Deferred
+
+        from gateway.heartbeat import NodeNameInUse
+
+        store = FlakyStore("gw-a")
+        first = self.build(store)
+        first.startService()
+        self.addCleanup(first.stopService)
+        await first.ready
+        slot = os.path.join(first.spool.instances_dir, first.spool.slots.take()[0] + ".dcm")
+        second = self.build(store.peer("gw-a"))
+        with self.assertRaises(NodeNameInUse):
+            await Deferred.fromCoroutine(second._start())
+        self.assertTrue(os.path.exists(slot))
+
+    async def test_clean_stop_frees_the_name_at_once(self) -> None:
+        """A stopped node's last heartbeat says so: ``queue nodes`` shows it stopped and the next start does not wait."""
+        from gateway.admin import node_rows
+        from gateway.heartbeat import said_stopped
+
+        store = FlakyStore("gw-a")
+        first = self.build(store)
+        first.startService()
+        await first.ready
+        await first.stopService()
+        [status] = store.nodes(self.now[0])
+        self.assertTrue(said_stopped(status.detail), status)
+        self.assertEqual(node_rows(store, status.last_seen, 0.2)[0]["state"], "stopped")
+        second = self.build(store.peer("gw-a"))
+        second.startService()
+        self.addCleanup(second.stopService)
+        self.assertIsNone(self.successResultOf(second.ready))  # no wait: started synchronously

@@ -191,3 +191,75 @@ class HousekeepingSingletonTests(SynchronousTestCase):
         store.down = True
         clock.advance(1)
         self.assertFalse(heartbeat.housekeeper)
+
+
+class NodeNameTests(SynchronousTestCase):
+    """``check_node_name_free``: one live process per node name."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = FlakyStore("gw-a")
+
+    def check(self) -> Any:
+        """Start the check on the test clock; returns its Deferred."""
+        from twisted.internet.defer import Deferred
+
+        from gateway.heartbeat import check_node_name_free
+
+        return Deferred.fromCoroutine(
+            check_node_name_free(self.store, SynchronousRunner(), self.clock, self.clock.seconds, "gw-a", 5.0)
+        )
+
+    def test_free_without_a_row_an_old_row_or_a_clean_stop(self) -> None:
+        """No row, a row older than two heartbeats, or a recent clean stop's row: free at once."""
+        self.successResultOf(self.check())
+        self.store.heartbeat(self.clock.seconds() - 11, 0.0, node_detail([], "1", False))
+        self.successResultOf(self.check())
+        self.store.heartbeat(self.clock.seconds() - 1, 0.0, node_detail([], "1", False, stopped=True))
+        self.successResultOf(self.check())
+
+    def test_recent_row_that_stays_still_was_a_killed_process(self) -> None:
+        """A recent row (kill -9, then a restart) is waited on for 1.5 heartbeats; unchanged, the name is free."""
+        self.store.heartbeat(self.clock.seconds() - 1, 0.0, node_detail([], "1", False))
+        d = self.check()
+        self.assertNoResult(d)
+        self.clock.advance(7.5)
+        self.successResultOf(d)
+
+    def test_recent_row_that_moves_is_another_live_process(self) -> None:
+        """Another process beating under the name during the wait: NodeNameInUse, naming the name."""
+        from gateway.heartbeat import NodeNameInUse
+
+        self.store.heartbeat(self.clock.seconds() - 1, 123.0, node_detail([], "1", False))
+        d = self.check()
+        self.clock.advance(5)
+        self.store.heartbeat(self.clock.seconds(), 123.0, node_detail([], "1", False))
+        self.clock.advance(2.5)
+        failure = self.failureResultOf(d, NodeNameInUse)
+        self.assertIn("'gw-a'", failure.getErrorMessage())
+
+    def test_last_words_say_stopped(self) -> None:
+        """A clean stop's last heartbeat says so, and stops the beats."""
+        from gateway.heartbeat import said_stopped
+
+        heartbeat = NodeHeartbeat(
+            store=self.store, store_runner=SynchronousRunner(), clock=self.clock, wall=self.clock.seconds,
+            interval=5.0, started_at=1.0,
+        )
+        heartbeat.start()
+        self.successResultOf(heartbeat.last_words(node_detail([], "1", False, stopped=True)))
+        [status] = self.store.nodes(self.clock.seconds())
+        self.assertTrue(said_stopped(status.detail))
+        self.clock.advance(10)
+        self.assertEqual(self.store.nodes(self.clock.seconds())[0].last_seen, 1_000_000)
+        self.assertFalse(said_stopped("not json"))
+
+    def test_last_words_never_fail(self) -> None:
+        """The store being away at stop is not an error."""
+        heartbeat = NodeHeartbeat(
+            store=self.store, store_runner=SynchronousRunner(), clock=self.clock, wall=self.clock.seconds,
+            interval=5.0, started_at=1.0,
+        )
+        self.store.down = True
+        self.successResultOf(heartbeat.last_words("{}"))

@@ -106,3 +106,13 @@ class ClusterMetricsTests(SynchronousTestCase):
         self.successResultOf(self.refresher(NoNodes("gw-a"), stranded_after=None, own=NodeState("gw-a", T0 - 4)).refresh())
         self.assertEqual(self.value("dicom_gateway_node_heartbeat_age_seconds", node="gw-a"), 4.0)
         self.assertEqual(self.value("dicom_gateway_node_leases", node="gw-a"), 0.0)
+
+    def test_cleanly_stopped_node_is_not_reported_late(self) -> None:
+        """A node whose last heartbeat was a clean stop's (rolling restart, removed node) gets no age series: no alert."""
+        from gateway.heartbeat import node_detail
+
+        self.store.peer("gw-c").heartbeat(T0 - 500, T0 - 900, node_detail([], "1", False, stopped=True))
+        self.successResultOf(self.refresher(self.store).refresh())
+        self.assertIsNone(self.value("dicom_gateway_node_heartbeat_age_seconds", node="gw-c"))
+        self.assertEqual(self.value("dicom_gateway_node_leases", node="gw-c"), 0.0)
+        self.assertEqual(self.value("dicom_gateway_node_heartbeat_age_seconds", node="gw-b"), 300.0)
