@@ -11,7 +11,13 @@ Start-up order matters for custody: the spool's leftover temp files are
 removed, in-flight queue entries go back to the queue, spooled files the
 journal does not know are removed (never acknowledged: the journal is the
 record of custody, issue 13), a first batch of slot files is made; only then
-do workers start sending and listeners accept. ``reload`` (SIGHUP) validates a new configuration and,
+do workers start sending and listeners accept. A heartbeat
+(:mod:`gateway.heartbeat`) then tells the store every ``cluster.heartbeat``
+that this node lives; while it fails, the journal is unavailable: ``/readyz``
+fails, new associations are rejected (2,3,1) and new C-STOREs get 0xA700,
+until a heartbeat succeeds again. Housekeeping that must run once in a cluster
+(spool clean-up, retention, the files of dead nodes) runs only on the node
+that holds the housekeeping singleton, checked every round. ``reload`` (SIGHUP) validates a new configuration and,
 if it is valid, swaps routes and restarts the workers whose destination
 changed; an invalid one is refused with a logged error and the running
 configuration stays.
@@ -49,16 +55,18 @@ from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
+from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, NodeNameInUse, check_node_name_free, node_detail
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
-from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
-from gateway.queue.interfaces import IQueueStore
+from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
+from gateway.queue.interfaces import IQueueStore, StoreUnavailable
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
+from gateway.stores import stranded_after
 from gateway.ul.negotiate import AcceptorSettings
 
 #: Seconds an association may take to finish its in-flight instance when the gateway stops (SIGTERM).
@@ -66,6 +74,19 @@ SHUTDOWN_GRACE = 10.0
 
 #: How often delivered spool files are cleaned up (the default of ``spool.clean_interval``).
 CLEAN_INTERVAL = 30.0
+
+#: A node whose heartbeat is older than this many leases is gone for good: the
+#: housekeeping node removes its unjournaled files from a shared spool.
+DEAD_NODE_LEASES = 10
+
+
+def dead_node_after(config: GatewayConfig) -> float:
+    """Seconds without a heartbeat (and without a change to the file) before a node's unjournaled files go.
+
+    :param config: the configuration (``cluster.lease``).
+    :returns: ``DEAD_NODE_LEASES`` leases (200 s with the defaults).
+    """
+    return DEAD_NODE_LEASES * config.cluster.lease
 
 
 def acceptor_settings(config: GatewayConfig) -> AcceptorSettings:
@@ -194,8 +215,10 @@ class GatewayService(MultiService):
     :param reactor: the reactor (time, TCP, threads).
     :param config: the validated configuration.
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
-    :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
-    :param store: the queue store; SQLite at ``config.queue_path`` by default.
+    :param store_runner: the threads the queue store is called on; a dedicated pool by default
+        (one thread for SQLite, ``queue.pool.max`` for PostgreSQL).
+    :param store: the queue store; by default the one ``config.queue`` names
+        (:func:`gateway.stores.open_store`: SQLite at ``config.queue_path``, or PostgreSQL).
     :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
     :param metrics: the Prometheus metrics; by default a new set in a private registry.
     :param wall: wall-clock time for the journal.
@@ -237,7 +260,11 @@ class GatewayService(MultiService):
             observer,
         )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
-        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
+        # SQLite: one thread (its connection is not shared across threads). PostgreSQL: one
+        # thread per pooled connection, so a heartbeat or a worker's turn never queues
+        # behind a slow commit (issue 14).
+        store_threads = config.queue.pool_max if config.queue.backend == "postgresql" else 1
+        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=store_threads)
         os.makedirs(config.spool.path, exist_ok=True)
         for destination in config.destinations:
             # A folder destination's root is created once here, so the example
@@ -246,11 +273,15 @@ class GatewayService(MultiService):
             if isinstance(destination, FolderDestination):
                 os.makedirs(destination.path, exist_ok=True)
         if store is None:
-            from gateway.queue.sqlite import SqliteQueueStore
+            from gateway.stores import open_store
 
-            os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
-            store = SqliteQueueStore(config.queue_path)
+            store = open_store(config)
         self.store = store
+        #: The node that owns the files this process makes, on a shared spool (issue 14); "" otherwise.
+        self.owner = config.node if config.spool.shared else ""
+        #: Node-local spools on one PostgreSQL queue: each node cleans (and alone sends) what it received.
+        self.node_local = config.queue.backend == "postgresql" and not config.spool.shared
+        self.started_at = wall()
         # Each instance's fragments are written and hashed on a lane (issue 13);
         # the lanes have threads of their own: a commit waits on self.blocking
         # for its lane, and must never wait for the thread the lane needs.
@@ -267,6 +298,7 @@ class GatewayService(MultiService):
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             max_instance_size=config.limits.max_instance_size,
             lanes=lanes,
+            owner=self.owner,
         )
         self.space = SpaceGuard(
             self.spool.free_bytes, reactor, config.spool.min_free_bytes, config.spool.resume_margin_bytes
@@ -281,6 +313,7 @@ class GatewayService(MultiService):
             unrouted_dir=os.path.join(config.spool.path, "unrouted"),
             on_enqueued=self._poke,
             destinations=lambda: [d.name for d in self.config.destinations],
+            node=config.node,
         )
         self.recovery = Recovery(
             store=store,
@@ -289,7 +322,19 @@ class GatewayService(MultiService):
             instances_dir=self.spool.instances_dir,
             wall=wall,
             morphed_dir=os.path.join(config.spool.path, "morphed"),
+            owner=self.owner,
         )
+        self.heartbeat = NodeHeartbeat(
+            store=store,
+            store_runner=self.store_runner,
+            clock=reactor,
+            wall=wall,
+            interval=config.cluster.heartbeat,
+            started_at=self.started_at,
+            detail=self._node_detail,
+            on_change=self.metrics.store_available,
+        )
+        self.metrics.cluster_node(config.node, config.cluster.heartbeat)
         self.copies = CopyMaker(
             lambda digest: self.store_runner.run(self.store.plan, digest),
             lambda: self.config.morph_plugins,
@@ -326,6 +371,7 @@ class GatewayService(MultiService):
                 limits=limits,
                 admit=self._admit,
                 space_low=self.space.low,
+                store_down=lambda: not self.heartbeat.available,
                 observer=self.observer,
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
                 refusing=self.drain.refusing,
@@ -350,6 +396,8 @@ class GatewayService(MultiService):
             down=lambda: [name for name, w in self.workers.items() if w.status().circuit == "open"],
             clock=reactor,
             wall=wall,
+            stranded_after=stranded_after(config),
+            own_node=self._own_node,
         )
         self._declare_metrics()
 
@@ -367,6 +415,7 @@ class GatewayService(MultiService):
             reactor=self._reactor,
             scratch_dir=os.path.join(self.config.spool.path, "scratch"),
             prepare=self.copies,
+            # TODO(lead, issue 14): pass lease_seconds=self.config.cluster.lease once i14-forward's DestinationWorker takes it.
         )
         self.workers[destination.name] = worker
         worker.setServiceParent(self)
@@ -388,6 +437,25 @@ class GatewayService(MultiService):
         if admission.spooled is not None:
             self.observer.observe(events.InstanceAdmitted(admission, admission.spooled, info))
         return admission
+
+    def _own_node(self) -> NodeState | None:
+        """This node as its own heartbeat knows it (metrics, for a store without a node table)."""
+        last = self.heartbeat.last_beat
+        return None if last is None else NodeState(self.config.node, last)
+
+    def _node_detail(self, stopped: bool = False) -> str:
+        """What this node says of itself in each heartbeat: its listeners, version, whether it drains (or stopped)."""
+        addresses = []
+        for service in self.listeners:
+            if service.port is not None:
+                try:
+                    host = service.port.getHost()
+                except OSError:
+                    continue  # a port closed under us (stopping)
+                addresses.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        # ``self.drain`` (gateway.drain.Drain, issue 14's front door) when merged; absent, never draining.
+        drain = getattr(self, "drain", None)
+        return node_detail(addresses, __version__, bool(getattr(drain, "draining", False)), stopped)
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
@@ -419,9 +487,15 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Recover the spool and the journal, then start workers and listeners."""
         Service.startService(self)
+        from gateway.stores import describe_store
+
         self.log.info(
-            "dicom-gateway {version} starting: AE title {ae_title}, spool {spool}, {n} destination(s), {r} route(s)",
+            "dicom-gateway {version} starting: node {node}, AE title {ae_title}, spool {spool}{shared}, queue {queue}, "
+            "{n} destination(s), {r} route(s)",
             version=__version__,
+            node=self.config.node,
+            queue=describe_store(self.config),  # never the password
+            shared=" (shared)" if self.config.spool.shared else "",
             ae_title=printable(self.config.ae_title),
             spool=self.config.spool.path,
             n=len(self.config.destinations),
@@ -434,6 +508,11 @@ class GatewayService(MultiService):
         d.addErrback(self._start_failed)
 
     async def _start(self) -> None:
+        if self.config.queue.backend == "postgresql":
+            # Before anything is recovered or removed under this node's name (issue 14).
+            await check_node_name_free(
+                self.store, self.store_runner, self._reactor, self._wall, self.config.node, self.config.cluster.heartbeat
+            )
         for path in self.spool.recover():
             self.log.warn("removed incomplete spool file {path} left by an earlier run", path=path)
         returned, removed = await self.recovery.recover()
@@ -449,6 +528,9 @@ class GatewayService(MultiService):
             )
         if not self.running:
             return
+        # The first heartbeat before the listeners: other nodes see this one, and a
+        # store that does not answer refuses associations from the start.
+        await self.heartbeat.start()
         for service in list(self):
             if not service.running:
                 service.startService()
@@ -457,18 +539,66 @@ class GatewayService(MultiService):
         self.ready.callback(None)
 
     def _start_failed(self, failure: Any) -> None:
-        self.log.failure("start-up recovery failed; stopping", failure)
+        if failure.check(NodeNameInUse):
+            self.log.critical("{error}; stopping", error=failure.getErrorMessage())
+        else:
+            self.log.failure("start-up recovery failed; stopping", failure)
         if self._reactor.running:
             self._reactor.stop()
 
     async def _clean_once(self) -> None:
-        removed = await self.recovery.clean(self.config.keep_delivered, self.config.duplicate_window)
+        """One housekeeping round.
+
+        On a shared spool it runs on one node at a time: the holder of the
+        housekeeping singleton, asked again this round (a node that lost it
+        while paused must not clean up behind the new holder). It removes
+        delivered files past retention, forgets records past the duplicate
+        window, and removes the unjournaled files of nodes gone for good. With
+        a spool of its own, each node cleans its own instances' files.
+        """
+        if not self.heartbeat.available:
+            return  # the journal is away: nothing can be marked removed
+        shared = bool(self.owner)  # as started: spool and queue changes need a restart
+        if shared:
+            now = self._wall()
+            held = await self.store_runner.run(
+                self.store.hold_singleton, HOUSEKEEPING, now, self.heartbeat.singleton_seconds
+            )
+            if not held:
+                return
+        # Node-local spools on one PostgreSQL queue: each node cleans its own files.
+        # (SQLite is one node's: every record is its own, whatever node name it carries.)
+        gone: list[str] = []
+        if self.node_local:
+            now = self._wall()
+            bound = now - dead_node_after(self.config)
+            gone = [status.node for status in await self.store_runner.run(self.store.nodes, now) if status.last_seen < bound]
+        removed = await self.recovery.clean(
+            self.config.keep_delivered,
+            self.config.duplicate_window,
+            node=self.store.node if self.node_local else "",
+            gone=gone,
+        )
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
+        if shared:
+            now = self._wall()
+            nodes = await self.store_runner.run(self.store.nodes, now)
+            swept = await self.recovery.sweep_dead_nodes(nodes, now - dead_node_after(self.config))
+            if swept:
+                self.log.warn("{count} unjournaled spool file(s) of nodes gone for good were removed", count=swept)
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())
-        d.addErrback(lambda f: self.log.failure("spool clean-up failed", f))
+
+        def failed(failure: Any) -> None:
+            if failure.check(StoreUnavailable):
+                # An outage the heartbeat reports; the next round after it tries again.
+                self.log.warn("spool clean-up skipped: {error}", error=failure.getErrorMessage())
+            else:
+                self.log.failure("spool clean-up failed", failure)
+
+        d.addErrback(failed)
         return d
 
     def stopService(self) -> Deferred[Any]:
@@ -481,9 +611,15 @@ class GatewayService(MultiService):
                 close()  # syslog; the audit file stays open for the last records
         if self._janitor.running:
             self._janitor.stop()
+        self.heartbeat.stop()
         self.drain.stop()
         self.refresher.stop()
+        last_words = self._node_detail(stopped=True)  # while the listeners still have their addresses
         d = super().stopService()
+        if self.heartbeat.last_beat is not None:
+            # A clean stop says so, so the next process under this name starts without waiting.
+            # (Never written by a process that did not beat: the name may be another's.)
+            d.addBoth(lambda _: self.heartbeat.last_words(last_words))
         d.addBoth(lambda _: self.store_runner.run(self.store.close))
         d.addErrback(lambda f: self.log.failure("closing the queue journal failed", f))
         return d
@@ -534,9 +670,12 @@ class GatewayService(MultiService):
             return succeed(False)
         old = self.config
         self._reload_tls(new)
-        for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
+        for what in ("listen", "spool", "limits", "queue", "node", "cluster", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
+        # The store, its node name and the heartbeat were built from these (issue 14): keep them
+        # until a restart, so nothing reads a node name the store does not speak for.
+        new = replace(new, node=old.node, queue=old.queue, queue_path=old.queue_path, cluster=old.cluster)
         # API tokens apply at once (read per request); the HTTP listener itself needs a restart.
         if replace(old.http, token="", token_file="", tokens=()) != replace(new.http, token="", token_file="", tokens=()):
             self.log.warn("configuration reload: 'http' changed; restart the gateway to apply it (tokens apply now)")
