@@ -63,8 +63,17 @@ class PostgresQueueStoreTests(QueueStoreTests, PostgresTestCase):
     """The shared store mixin on PostgreSQL."""
 
     def make_store(self) -> PostgresQueueStore:
-        """A store on this test's fresh database (the mixin closes it)."""
-        return PostgresQueueStore(self.database.dsn, "node-a", password=self.database.password)
+        """A store for node ``"node"`` on a fresh database: this test's first, then a new one per call."""
+        if getattr(self, "_used", False):
+            self.database = pg.fresh_database(self)
+        self._used = True
+        return PostgresQueueStore(self.database.dsn, "node", password=self.database.password)
+
+    def make_peer(self, store: PostgresQueueStore, node: str, local_only: bool = False) -> PostgresQueueStore:
+        """A second store (its own pool: another node) on the same database."""
+        database = self.database
+        assert database.name in str(store)
+        return PostgresQueueStore(database.dsn, node, password=database.password, local_only=local_only)
 
 
 def _run_threads(*targets: Callable[[], None]) -> None:
