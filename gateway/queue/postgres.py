@@ -16,12 +16,12 @@ Connections and threads
 Synchronous psycopg 3 with a :class:`psycopg_pool.ConnectionPool`
 (``pool_min`` to ``pool_max`` connections), called from the store's threads
 (an :class:`~gateway.blocking.IBlockingRunner`), never from the reactor's:
-psycopg's asynchronous connection would need the asyncio reactor. The pool
-checks a connection before handing it out (an empty query), so after
-PostgreSQL restarts the next call reconnects instead of failing on a dead
-socket. Connections are in autocommit mode; every method that changes
-state is one explicit transaction (``with conn.transaction()``), as with
-SQLite.
+psycopg's asynchronous connection would need the asyncio reactor.
+Connections are in autocommit mode and every method is one explicit
+transaction (``BEGIN`` ... ``COMMIT``), as with SQLite. A pooled connection
+found dead at ``BEGIN`` (PostgreSQL restarted meanwhile) is replaced and
+the transaction started on another, so after a restart the next call works
+instead of failing on a dead socket.
 
 Every connection is configured when it is made:
 
@@ -106,7 +106,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -312,7 +312,6 @@ class PostgresQueueStore:
             max_size=max(pool_min, pool_max),
             timeout=connect_timeout,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
             # psycopg_pool retries a lost connection with exponential backoff
             # (1, 2, 4 ... s) for ``reconnect_timeout`` (default 5 min), and
             # grows the pool one attempt at a time: after a 30 s outage the
@@ -363,17 +362,41 @@ class PostgresQueueStore:
             raise StoreUnavailable(_scrub(f"PostgreSQL at {self._shown_dsn}: {e}", self._secrets)) from None
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on a pooled connection: COMMIT, or ROLLBACK on any error."""
-        with self._unavailable_as_store_error(), self._pool.connection() as conn, conn.transaction():
-            yield conn
+    def _transaction(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection: ``begin``, then COMMIT, or ROLLBACK on any error.
 
-    @contextmanager
-    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+        A pooled connection may have died while idle (PostgreSQL restarted,
+        a failover, the session ended by an operator): if ``begin`` itself
+        fails because the connection is lost, nothing was done, so another
+        connection is tried (up to the pool's size plus one). This replaces
+        a check query on every checkout (a round trip per call).
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    try:
+                        conn.execute(begin)  # type: ignore[arg-type]  # one of our literals
+                    except Exception:
+                        if conn.broken and attempt + 1 < attempts:
+                            continue  # the pool discards it when it comes back
+                        raise
+                    try:
+                        yield conn
+                    except BaseException:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                    return
+
+    def _write(self) -> ContextManager[psycopg.Connection[Any]]:
+        """One read-write transaction (READ COMMITTED: row locks decide, see the theory of operation)."""
+        return self._transaction("BEGIN")
+
+    def _read(self) -> ContextManager[psycopg.Connection[Any]]:
         """One read-only transaction with one snapshot across several SELECTs (REPEATABLE READ)."""
-        with self._unavailable_as_store_error(), self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield conn
+        return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
     @staticmethod
     def _touch_destination(conn: psycopg.Connection[Any], name: str, **columns: Any) -> None:
