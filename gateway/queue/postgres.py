@@ -193,7 +193,7 @@ def safe_dsn(dsn: str) -> str:
     except Exception:
         return "<unparsable dsn>"
     params.pop("password", None)
-    return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+    return conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
 def migrate_database(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
@@ -342,8 +342,8 @@ class PostgresQueueStore:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Set up a new connection: server-side keepalives, statement timeout, durable commits."""
         for name, value in _SERVER_KEEPALIVES.items():
-            conn.execute(f"SET {name} = {int(value)}")  # type: ignore[arg-type]  # our own integers
-        conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")  # type: ignore[arg-type]
+            conn.execute(f"SET {name} = {int(value)}")
+        conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
         row = conn.execute("SHOW synchronous_commit").fetchone()
         if row is not None and row[0] == "off":
             # A commit must be durable before the C-STORE-RSP (HARDENING decision 10).
@@ -376,7 +376,7 @@ class PostgresQueueStore:
             for attempt in range(attempts):
                 with self._pool.connection() as conn:
                     try:
-                        conn.execute(begin)  # type: ignore[arg-type]  # one of our literals
+                        conn.execute(begin)
                     except Exception:
                         if conn.broken and attempt + 1 < attempts:
                             continue  # the pool discards it when it comes back
@@ -408,7 +408,7 @@ class PostgresQueueStore:
         marks = ", ".join(["%s"] * len(columns))
         updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in columns)
         conn.execute(
-            f"INSERT INTO destinations (name, {names}) VALUES (%s, {marks})"  # type: ignore[arg-type]
+            f"INSERT INTO destinations (name, {names}) VALUES (%s, {marks})"
             f" ON CONFLICT (name) DO UPDATE SET {updates}",
             (name, *columns.values()),
         )
@@ -416,7 +416,7 @@ class PostgresQueueStore:
     @staticmethod
     def _get_in(conn: psycopg.Connection[Any], entry_id: int) -> Entry:
         """One entry (inside the caller's transaction)."""
-        row = conn.execute(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,)).fetchone()  # type: ignore[operator]
+        row = conn.execute(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,)).fetchone()
         if row is None:
             raise KeyError(entry_id)
         return entry_from_row(row)
@@ -427,7 +427,7 @@ class PostgresQueueStore:
         if not ids:
             return []
         rows = conn.execute(
-            ENTRY_SELECT + " WHERE e.entry_id = ANY(%s) ORDER BY e.entry_id", (list(ids),)  # type: ignore[operator]
+            ENTRY_SELECT + " WHERE e.entry_id = ANY(%s) ORDER BY e.entry_id", (list(ids),)
         ).fetchall()
         return [entry_from_row(row) for row in rows]
 
@@ -539,7 +539,7 @@ class PostgresQueueStore:
             )
             already = {row[0] for row in rows}
         conn.execute(
-            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("  # type: ignore[arg-type]
+            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
             + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
             tuple(getattr(record, column) for column in INSTANCE_COLUMNS),
         )
@@ -620,7 +620,7 @@ class PostgresQueueStore:
             return []
         extra, params = self._due_filter(shard)
         rows = conn.execute(
-            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"  # type: ignore[arg-type]
+            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
             " lease_generation = lease_generation + 1 WHERE entry_id IN ("
             " SELECT e.entry_id FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
             " AND e.next_attempt_at <= %s" + extra + " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED)"
@@ -1084,7 +1084,7 @@ class PostgresQueueStore:
         sql = ENTRY_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.entry_id LIMIT %s"
         params.append(limit)
         with self._read() as conn:
-            return [entry_from_row(row) for row in conn.execute(sql, params)]  # type: ignore[arg-type]
+            return [entry_from_row(row) for row in conn.execute(sql, params)]
 
     def find(
         self,
@@ -1109,14 +1109,14 @@ class PostgresQueueStore:
             records = [
                 record_from_row(row)
                 for row in conn.execute(
-                    INSTANCE_SELECT + where + " ORDER BY i.received_at, i.instance_id",  # type: ignore[arg-type]
+                    INSTANCE_SELECT + where + " ORDER BY i.received_at, i.instance_id",
                     tuple(given.values()),
                 )
             ]
             by_instance: dict[str, list[Entry]] = {record.instance_id: [] for record in records}
             if records:
                 for row in conn.execute(
-                    ENTRY_SELECT + " WHERE e.instance_id = ANY(%s) ORDER BY e.entry_id",  # type: ignore[arg-type]
+                    ENTRY_SELECT + " WHERE e.instance_id = ANY(%s) ORDER BY e.entry_id",
                     (list(by_instance),),
                 ):
                     entry = entry_from_row(row)
@@ -1135,7 +1135,7 @@ class PostgresQueueStore:
             ):
                 counts.setdefault(name, {})[state] = count
             oldest = dict(
-                conn.execute(  # type: ignore[arg-type]
+                conn.execute(
                     "SELECT destination, min(enqueued_at) FROM entries"
                     " WHERE state IN ('queued', 'leased') GROUP BY destination"
                 ).fetchall()
@@ -1143,7 +1143,7 @@ class PostgresQueueStore:
             stranded: dict[str, int] = {}
             if self.local_only:
                 stranded = dict(
-                    conn.execute(  # type: ignore[arg-type]
+                    conn.execute(
                         "SELECT e.destination, count(*) FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
                         " WHERE e.state = 'queued' AND i.node <> %s AND NOT EXISTS ("
                         " SELECT 1 FROM nodes n WHERE n.node = i.node AND n.last_seen >= %s)"
@@ -1195,7 +1195,7 @@ class PostgresQueueStore:
         """The body of :meth:`next_due` (inside the caller's transaction)."""
         extra, params = self._due_filter(None)
         row = conn.execute(
-            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"  # type: ignore[arg-type]
+            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
             + extra,
             (destination, *params),
         ).fetchone()
@@ -1261,7 +1261,7 @@ class PostgresQueueStore:
         file_filter = {None: "", True: " AND i.path <> ''", False: " AND i.path = ''"}[has_file]
         with self._read() as conn:
             rows = conn.execute(
-                INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"  # type: ignore[operator]
+                INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"
                 " WHERE d.instance_id = i.instance_id), i.received_at) < %s" + file_filter + " AND NOT EXISTS ("
                 "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
                 " ORDER BY i.received_at, i.instance_id LIMIT %s",
