@@ -500,60 +500,89 @@ class PostgresQueueStore:
         :raises ValueError: an instance id is already recorded (nothing is kept).
         """
         import psycopg
+        from psycopg.types.json import Jsonb
 
+        if not batch:
+            return []
         try:
             with self._write() as conn:
+                # Destinations that already have each exact instance (same UID
+                # and bytes) from an entry forwarded within the window
+                # (HARDENING decision 5), looked up once for the whole batch.
+                already: dict[tuple[str, str], set[str]] = {}
                 if duplicate_window > 0:
-                    # The duplicate window across nodes: serialize the lookups of
-                    # one SOP Instance UID (all keys first, in order: no deadlock).
-                    keys = sorted({advisory_key(_DUPLICATE_LOCK, record.sop_instance_uid) for record, _ in batch})
+                    # The window across nodes: serialize the lookups of one SOP
+                    # Instance UID (all keys first, in order: no deadlock).
+                    uids = sorted({record.sop_instance_uid for record, _ in batch})
+                    keys = sorted({advisory_key(_DUPLICATE_LOCK, uid) for uid in uids})
                     conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k",
-                        (ADVISORY_NAMESPACE, keys),
+                        "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k", (ADVISORY_NAMESPACE, keys)
                     )
-                return [self._add_one(conn, record, entries, now, duplicate_window) for record, entries in batch]
+                    for uid, sha256, destination in conn.execute(
+                        "SELECT DISTINCT i.sop_instance_uid, i.sha256, e.destination FROM instances i"
+                        " JOIN entries e ON e.instance_id = i.instance_id WHERE i.sop_instance_uid = ANY(%s)"
+                        " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
+                        (uids, now - duplicate_window),
+                    ):
+                        already.setdefault((uid, sha256), set()).add(destination)
+                # Decide every entry's state in order: a later instance of the
+                # batch sees the QUEUED entries of an earlier one.
+                plans: dict[str, PlanRecord] = {}
+                entry_rows: list[tuple[Any, ...]] = []
+                duplicates: list[tuple[str, ...]] = []
+                for record, entries in batch:
+                    key = (record.sop_instance_uid, record.sha256)
+                    seen = set(already.get(key, ())) if duplicate_window > 0 else set()
+                    hash_ = study_hash(record.study_instance_uid)
+                    found: list[str] = []
+                    for new in entries:
+                        state = EntryState.DUPLICATE if new.destination in seen else EntryState.QUEUED
+                        if state is EntryState.DUPLICATE:
+                            found.append(new.destination)
+                        elif duplicate_window > 0:
+                            already.setdefault(key, set()).add(new.destination)
+                        if new.plan is not None:
+                            plans[new.plan.plan_hash] = new.plan
+                        entry_rows.append((
+                            record.instance_id, new.route, new.destination, new.path, state.value, now, now,
+                            Jsonb([]), hash_, None if new.plan is None else new.plan.plan_hash,
+                        ))
+                    duplicates.append(tuple(found))
+                cursor = conn.cursor()
+                if plans:
+                    cursor.executemany(
+                        "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
+                        [(plan.plan_hash, plan.definition) for plan in plans.values()],
+                    )
+                # executemany runs in libpq's pipeline mode: one round trip for the batch.
+                cursor.executemany(
+                    "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
+                    + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
+                    [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
+                )
+                ids: list[int] = []
+                if entry_rows:
+                    cursor.executemany(
+                        "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
+                        " next_attempt_at, history, study_hash, plan_hash)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
+                        entry_rows,
+                        returning=True,
+                    )
+                    while True:  # one result per row, in the order given
+                        row = cursor.fetchone()
+                        assert row is not None
+                        ids.append(int(row[0]))
+                        if not cursor.nextset():
+                            break
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
-
-    def _add_one(
-        self,
-        conn: psycopg.Connection[Any],
-        record: InstanceRecord,
-        entries: Sequence[NewEntry],
-        now: float,
-        duplicate_window: float,
-    ) -> AddResult:
-        """Insert one instance and its entries inside the caller's transaction."""
-        hash_ = study_hash(record.study_instance_uid)
-        ids: list[int] = []
-        duplicates: list[str] = []
-        # Destinations that already have this exact instance (same UID and
-        # bytes) from an entry forwarded within the window (HARDENING decision 5).
-        already: set[str] = set()
-        if duplicate_window > 0:
-            rows = conn.execute(
-                "SELECT DISTINCT e.destination FROM instances i JOIN entries e ON e.instance_id = i.instance_id"
-                " WHERE i.sop_instance_uid = %s AND i.sha256 = %s"
-                " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
-                (record.sop_instance_uid, record.sha256, now - duplicate_window),
-            )
-            already = {row[0] for row in rows}
-        conn.execute(
-            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
-            + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
-            tuple(getattr(record, column) for column in INSTANCE_COLUMNS),
-        )
-        for new in entries:
-            state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
-            if state is EntryState.DUPLICATE:
-                duplicates.append(new.destination)
-            ids.append(
-                self._insert_entry(
-                    conn, record.instance_id, new.route, new.destination, new.path, state, now, hash_,
-                    plan_hash=self._keep_plan(conn, new.plan),
-                )
-            )
-        return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
+        results: list[AddResult] = []
+        position = 0
+        for (_, entries), found_duplicates in zip(batch, duplicates):
+            results.append(AddResult(entry_ids=tuple(ids[position:position + len(entries)]), duplicates=found_duplicates))
+            position += len(entries)
+        return results
 
     # -- IQueueStore: the worker's cycle -------------------------------------
 
@@ -571,25 +600,25 @@ class PostgresQueueStore:
             return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
 
     def _reclaim_expired(self, conn: psycopg.Connection[Any], destination: str, now: float) -> None:
-        """Expired leases of ``destination`` (any node) back to QUEUED, the recover rule's entries noted."""
-        rows = conn.execute(
-            "SELECT entry_id, lease_owner, leased_until FROM entries"
-            " WHERE destination = %s AND state = 'leased' AND leased_until < %s"
-            " ORDER BY entry_id FOR UPDATE SKIP LOCKED",
-            (destination, now),
-        ).fetchall()
-        if not rows:
-            return
-        groups: dict[tuple[str, float], list[int]] = {}
-        for entry_id, owner, until in rows:
-            group = groups.setdefault((owner, until), [])
-            if len(group) <= UNRECORDED_DELIVERIES:
-                group.append(entry_id)
-        for (owner, _), ids in groups.items():
-            self._note(conn, ids, f"{EXPIRED_LEASE_PREFIX}{owner} expired", now)
+        """Expired leases of ``destination`` (any node) back to QUEUED, the recover rule's entries noted.
+
+        One statement: lock the expired rows (skipping those another
+        transaction holds: their owner is writing their outcome), rank them
+        within their lease (same owner and ``leased_until``), note the
+        lowest ``UNRECORDED_DELIVERIES + 1`` of each, requeue them all.
+        """
         conn.execute(
-            "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ANY(%s)",
-            ([row[0] for row in rows],),
+            "WITH locked AS (SELECT entry_id, lease_owner, leased_until FROM entries"
+            " WHERE destination = %(destination)s AND state = 'leased' AND leased_until < %(now)s"
+            " ORDER BY entry_id FOR UPDATE SKIP LOCKED),"
+            " ranked AS (SELECT entry_id, %(prefix)s || lease_owner || ' expired' AS note,"
+            " row_number() OVER (PARTITION BY lease_owner, leased_until ORDER BY entry_id) AS rank FROM locked)"
+            " UPDATE entries e SET state = 'queued', leased_until = NULL,"
+            " last_error = CASE WHEN r.rank <= %(noted)s THEN r.note ELSE e.last_error END,"
+            " history = CASE WHEN r.rank <= %(noted)s THEN e.history || jsonb_build_array(jsonb_build_object("
+            "'at', %(now)s::float8, 'error', r.note, 'counted', false)) ELSE e.history END"
+            " FROM ranked r WHERE e.entry_id = r.entry_id",
+            {"destination": destination, "now": now, "prefix": EXPIRED_LEASE_PREFIX, "noted": UNRECORDED_DELIVERIES + 1},
         )
 
     def _due_filter(self, shard: tuple[int, int] | None) -> tuple[str, list[Any]]:
@@ -615,19 +644,19 @@ class PostgresQueueStore:
     ) -> list[Entry]:
         """The body of :meth:`lease`, inside the caller's transaction."""
         self._reclaim_expired(conn, destination, now)
-        paused = conn.execute("SELECT paused FROM destinations WHERE name = %s", (destination,)).fetchone()
-        if paused is not None and paused[0]:
-            return []
         extra, params = self._due_filter(shard)
+        # Lease and read the leased entries with their instances in one statement.
         rows = conn.execute(
-            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
+            "WITH leased AS (UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
             " lease_generation = lease_generation + 1 WHERE entry_id IN ("
             " SELECT e.entry_id FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
-            " AND e.next_attempt_at <= %s" + extra + " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING entry_id",
-            (now + lease_seconds, self.node, destination, now, *params, limit),
+            " AND e.next_attempt_at <= %s" + extra
+            + " AND NOT EXISTS (SELECT 1 FROM destinations p WHERE p.name = %s AND p.paused)"
+            " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *) "
+            + ENTRY_SELECT.replace(" FROM entries e ", " FROM leased e ") + " ORDER BY e.entry_id",
+            (now + lease_seconds, self.node, destination, now, *params, destination, limit),
         ).fetchall()
-        return self._entries_in(conn, sorted(row[0] for row in rows))
+        return [entry_from_row(row) for row in rows]
 
     def _complete_in(
         self,
@@ -641,18 +670,24 @@ class PostgresQueueStore:
             return ()
         fence = generations or {}
         ids = [entry_id for entry_id, _ in delivered]
+        # The deliveries and the destination's last success in one statement.
         rows = conn.execute(
-            "UPDATE entries e SET state = 'delivered', delivered_at = %s, last_error = d.warning, leased_until = NULL"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS d(id, warning, generation)"
+            "WITH done AS (UPDATE entries e SET state = 'delivered', delivered_at = %(now)s,"
+            " last_error = d.warning, leased_until = NULL"
+            " FROM unnest(%(ids)s::bigint[], %(warnings)s::text[], %(generations)s::bigint[]) AS d(id, warning, generation)"
             " WHERE e.entry_id = d.id AND e.state = 'leased'"
             " AND (d.generation IS NULL OR e.lease_generation = d.generation)"
-            " RETURNING e.entry_id, e.destination",
-            (now, ids, [warning for _, warning in delivered], [fence.get(entry_id) for entry_id in ids]),
+            " RETURNING e.entry_id, e.destination),"
+            " touched AS (INSERT INTO destinations (name, last_success_at)"
+            " SELECT DISTINCT destination, %(now)s::float8 FROM done"
+            " ON CONFLICT (name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at)"
+            " SELECT entry_id FROM done",
+            {
+                "now": now, "ids": ids, "warnings": [warning for _, warning in delivered],
+                "generations": [fence.get(entry_id) for entry_id in ids],
+            },
         ).fetchall()
         done = {row[0] for row in rows}
-        # Last in the transaction: the row every node's deliveries to this destination touch.
-        for name in sorted({row[1] for row in rows}):
-            self._touch_destination(conn, name, last_success_at=now)
         return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
 
     def complete(
