@@ -48,9 +48,12 @@ Every connection is configured when it is made:
 
 Custody across nodes
 --------------------
-* **Leases** (``lease``, ``settle``): ``SELECT ... FOR UPDATE SKIP LOCKED``
-  over a destination's due QUEUED entries in id order, then one UPDATE:
-  LEASED, owner = this node, ``lease_generation + 1``, ``leased_until``. A
+* **Leases** (``lease``, ``settle``): one statement, ``UPDATE entries ...
+  WHERE entry_id IN (SELECT ... ORDER BY entry_id LIMIT n FOR UPDATE SKIP
+  LOCKED) RETURNING``, over a destination's due QUEUED entries in id order
+  (not paused: checked inside the same statement): LEASED, owner = this
+  node, ``lease_generation + 1``, ``leased_until``; the returned rows are
+  joined with their instances in the same statement. A
   row another transaction has locked is skipped, and a row another node
   leased and committed meanwhile is re-checked by PostgreSQL against the
   WHERE clause on its newest version (READ COMMITTED), so two nodes never
@@ -80,7 +83,25 @@ Custody across nodes
   of its SOP Instance UID (all of a batch's keys, in order, so two batches
   cannot deadlock). Two nodes receiving the same instance at once are
   serialized there: the second sees the first's entries and records a
-  DUPLICATE. A batch (``add_instances``) is one transaction: group commit.
+  DUPLICATE. The lock and the lookup are two statements on purpose: in READ
+  COMMITTED each statement reads a snapshot taken when it starts, so a
+  lookup in the statement that waited for the lock would not see the
+  transaction it waited for. A batch (``add_instances``) is one
+  transaction: group commit, its rows sent with ``executemany`` (libpq's
+  pipeline mode: one round trip for many rows).
+* Every node's deliveries to one destination update its ``destinations``
+  row (``last_success_at``), so the settle transactions of a destination
+  are serialized on that row lock until they commit: a commit is one WAL
+  flush on the server, shared by the transactions committing together.
+
+Round trips
+-----------
+On loopback a statement costs little; a round trip to another machine
+costs more than the work. The hot paths are written to need few: a busy
+``settle`` is BEGIN, one statement for the deliveries and the destination's
+last success, one to take back expired leases, one to lease and read,
+COMMIT; ``add_instances`` is BEGIN, the duplicate lock and lookup (only
+with a window), two pipelined inserts, COMMIT.
 
 The database unreachable
 ------------------------
@@ -89,8 +110,12 @@ be made or was lost, a statement or pool timeout, a server shutting down)
 is raised as :class:`~gateway.queue.interfaces.StoreUnavailable`, whose
 message names the DSN without its password; the caller answers 0xA700 and
 keeps outcomes in memory. The store object stays usable: its pool
-reconnects when PostgreSQL is back. ``KeyError``/``ValueError`` of the
-interface's contract are raised as such.
+reconnects when PostgreSQL is back (a reconnection attempt gives up after
+``2 x connect_timeout`` instead of psycopg_pool's five minutes of growing
+back-off, so the next call starts a fresh one at once). A COMMIT whose
+answer was lost is the one ambiguity: the methods are written so that a
+retry is harmless. ``KeyError``/``ValueError`` of the interface's contract
+are raised as such.
 
 The password
 ------------
@@ -148,7 +173,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["KEEPALIVE_BOUND", "KEEPALIVES", "PostgresQueueStore", "migrate_database", "safe_dsn"]
+__all__ = ["KEEPALIVE_BOUND", "KEEPALIVES", "PostgresQueueStore", "check_dsn", "migrate_database", "safe_dsn"]
 
 _log = logging.getLogger(__name__)
 
@@ -196,6 +221,20 @@ def safe_dsn(dsn: str) -> str:
     return conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN libpq cannot parse, without echoing it (libpq's message quotes the text, which may hold a password).
+
+    :param dsn: a libpq connection string or URI.
+    :raises ValueError: it cannot be parsed.
+    """
+    from psycopg import conninfo
+
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        raise ValueError("the PostgreSQL dsn cannot be parsed (not shown: it may hold a password)") from None
+
+
 def migrate_database(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
     """``dicom-gateway db migrate``: bring a database to the current schema under the advisory lock.
 
@@ -209,6 +248,7 @@ def migrate_database(dsn: str, password: str | None = None, node: str = "", conn
     """
     import psycopg
 
+    check_dsn(dsn)
     secrets = _secrets(dsn, password)
     try:
         with psycopg.connect(
@@ -292,6 +332,7 @@ class PostgresQueueStore:
     ) -> None:
         from psycopg_pool import ConnectionPool
 
+        check_dsn(dsn)
         self.node = node
         self.local_only = local_only
         self.connect_timeout = connect_timeout

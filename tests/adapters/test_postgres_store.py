@@ -383,6 +383,14 @@ class PasswordTests(PostgresTestCase):
         self.assertNotIn(self.database.password, str(in_dsn))
         self.assertNotIn(self.database.password, safe_dsn(f"postgresql://gateway:{self.database.password}@127.0.0.1/x"))
 
+    def test_a_malformed_dsn_is_refused_without_echoing_it(self) -> None:
+        """A DSN libpq cannot parse is a ValueError whose message does not quote the DSN (it may hold the password)."""
+        broken = f"host=127.0.0.1 password {self.database.password}"
+        with self.assertRaises(ValueError) as caught:
+            PostgresQueueStore(broken, "node-a")
+        self.assertNotIn(self.database.password, str(caught.exception))
+        self.assertEqual(safe_dsn(broken), "<unparsable dsn>")
+
     def test_a_wrong_password_is_refused_without_showing_it(self) -> None:
         """Authentication failure at start is StoreUnavailable, and the password tried is not in its message."""
         wrong = "not-the-password-" + self.database.password[:6]
