@@ -490,3 +490,26 @@ class SignatureParityTests(SynchronousTestCase):
                 {p.name: p.default for p in parameters.values() if p.default is not inspect.Parameter.empty},
                 name,
             )
+
+
+class FixtureTests(PostgresTestCase):
+    """The test PostgreSQL is what the tests claim: unprivileged, durable, password-checked."""
+
+    def test_the_server_runs_unprivileged_with_fsync_on(self) -> None:
+        """The postmaster does not run as root, and fsync and synchronous_commit are on (custody)."""
+        server = pg.server()
+        assert server._process is not None
+        with open(f"/proc/{server._process.pid}/status") as status:
+            uid = next(int(line.split()[1]) for line in status if line.startswith("Uid:"))
+        self.assertNotEqual(uid, 0)
+        self.assertEqual(os.stat(server.data).st_uid, uid)
+        self.assertEqual(server.admin("SHOW fsync"), [("on",)])
+        self.assertEqual(server.admin("SHOW synchronous_commit"), [("on",)])
+
+    def test_the_test_role_needs_its_password_over_tcp(self) -> None:
+        """The store's role logs in over TCP with scram: no password, no connection."""
+        import psycopg
+
+        self.assertRaises(psycopg.OperationalError, psycopg.connect, self.database.dsn, connect_timeout=5)
+        with psycopg.connect(self.database.dsn, password=self.database.password, connect_timeout=5) as conn:
+            self.assertEqual(conn.execute("SELECT current_user").fetchone(), (pg.ROLE,))
