@@ -57,12 +57,49 @@ morph ever configured, and an entry retried by an operator must still find
 its plan. Entries from an older journal have no plan until
 :meth:`SqliteQueueStore.adopt_plans` (see :func:`gateway.queue.schema._migrate_2_to_3`).
 
+Several nodes (issue 14, schema version 5)
+------------------------------------------
+The interface is written for several gateways on one queue (PostgreSQL);
+this store implements all of it so the same test mixin holds, and so that
+two store objects on one file (two processes on one machine, or a test's
+two "nodes") behave as a cluster would. ``BEGIN IMMEDIATE`` serializes every
+write, which is what ``FOR UPDATE SKIP LOCKED`` gives PostgreSQL: two
+nodes never hold one entry. The SQLite file itself must never be on a
+network filesystem (the configuration refuses ``spool.shared`` with it).
+
+* A lease writes ``lease_owner`` (this store's ``node``), ``leased_until``
+  and ``lease_generation + 1``. The writes that end or extend a lease
+  accept a generation (the *fence*) and then change a row only ``WHERE
+  state = 'leased' AND lease_generation = ?``: a node that wakes up past
+  its lease finds the row no longer matching and its outcome is dropped
+  (``Settled.lost``, :class:`~gateway.queue.interfaces.LeaseLost`).
+* ``lease`` first takes back the destination's expired leases (``leased_until
+  < now``, any owner) in the same write transaction, noting the first
+  ``UNRECORDED_DELIVERIES + 1`` of each (owner, until) group as in flight,
+  as ``recover`` does. An idle ``settle`` looks for such leases in its read
+  (one probe of ``entries_leased``) before deciding it needs no write.
+* ``recover`` returns this node's leases and owner-less ones (written before
+  version 5); another node's wait for expiry.
+* ``slots`` and ``singletons`` rows are timed claims: taken when absent,
+  expired (``until < now``) or already the caller's, refused otherwise. A
+  claim another node holds is refused from a read, without the write lock.
+* ``nodes`` holds each node's last heartbeat; ``stats`` of a ``local_only``
+  store counts QUEUED entries whose instance's node has been silent for
+  ``stranded_after`` seconds (or never sent a heartbeat) as stranded.
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
   ``lease`` walks a destination's QUEUED entries in id order (oldest first)
   and filters due time and shard from the index alone, stopping after
   ``limit`` hits; ``entries`` and ``stats`` use its prefix.
+  With ``local_only`` the walk stays the outer loop (``CROSS JOIN``) and
+  each hit looks its instance's ``node`` up by primary key.
+* ``entries_leased (destination, leased_until, lease_owner) WHERE state =
+  'leased'`` (partial: it holds only the entries in flight, a few per
+  slot): ``lease`` finds a destination's expired leases with one range
+  search, never reading another destination's or a live lease; ``nodes``
+  counts live leases per owner from it.
 * ``entries_due (destination, state, next_attempt_at)``: ``next_due``.
 * ``entries_instance (instance_id, state)``: an instance's entries for
   ``find``, ``finished_instances``, ``forget_instance`` and duplicate lookup.
@@ -86,6 +123,20 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
 * ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
   raises :class:`KeyError` for an entry that is not LEASED and
   ``dead_letter`` for one that is not QUEUED or LEASED.
+* Fencing: with ``generations`` (or ``generation``) an entry counts as held
+  only while LEASED under that generation (an expired lease nobody took
+  back still counts: nobody else recorded anything); ids absent from
+  ``generations`` are written unfenced. A lost fenced delivery is skipped
+  and listed in ``Settled.lost``; a lost fenced ``retry`` or
+  ``dead_letter`` raises :class:`~gateway.queue.interfaces.LeaseLost`
+  (a QUEUED entry is not held under any generation); ``renew`` returns the
+  lost ids.
+* Expired means ``until < now`` for leases, slots and singletons alike: at
+  ``until`` exactly the holder still holds. ``nodes`` counts only live
+  leases and slots.
+* ``local_only`` leases only entries whose instance's ``node`` is this
+  store's (an instance journaled before version 5 has node ``""``: no
+  node-local store sends it).
 * ``add_instance`` of an instance id already on record raises
   :class:`ValueError`; ``forget_instance`` of an unknown id does nothing.
 * ``lease`` refuses a shard ``(k, n)`` without ``0 <= k < n``

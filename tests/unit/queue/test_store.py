@@ -1568,6 +1568,93 @@ def _observe(store: Any) -> Any:
     )
 
 
+# Issue 14: operations of two nodes on one queue ("n1" shares the spool, "n2"
+# is node-local), each applied through the node drawn with it.
+_FENCED_SETTLE = st.tuples(
+    st.just("fenced_settle"), _DESTINATIONS, st.integers(0, 5), _LEASE_TIMES, st.sampled_from([None, (0, 2), (1, 2)])
+)
+_NODE_OPERATIONS = st.sampled_from(
+    [  # a strategy per draw, repeated for weight (adds, leases and fenced settles make the interesting states)
+        _OPERATIONS, _OPERATIONS, _OPERATIONS,
+        _ADD, _ADD, _ADD, _ADD,
+        _LEASE, _LEASE, _LEASE,
+        _FENCED_SETTLE, _FENCED_SETTLE, _FENCED_SETTLE,
+        st.tuples(st.just("fenced_retry"), _IDS, _TIMES, st.booleans()),
+        st.tuples(st.just("fenced_dead_letter"), _IDS, _TIMES, st.booleans()),
+        st.tuples(st.just("fenced_release"), _DESTINATIONS),
+        st.tuples(st.just("renew"), _LEASE_TIMES),
+        st.tuples(st.just("renew"), _TIMES),
+        st.tuples(st.just("claim_slot"), _DESTINATIONS, st.integers(0, 1), _TIMES),
+        st.tuples(st.just("release_slot"), _DESTINATIONS, st.integers(0, 1)),
+        st.tuples(st.just("heartbeat"), _TIMES),
+        st.tuples(st.just("singleton"), _TIMES),
+        st.tuples(st.just("circuit"), _DESTINATIONS, st.booleans(), _TIMES),
+    ]
+).flatmap(lambda strategy: strategy)
+
+
+def _stale(entry_id: int, generation: int) -> int:
+    """The generation a node gives for ``entry_id``: every third one a generation it no longer holds."""
+    return generation - 1 if entry_id % 3 == 0 else generation
+
+
+def _apply_node(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
+    """Apply one operation through one node's store object (issue 14 operations, else :func:`_apply`)."""
+    name, *args = op
+    try:
+        if name == "add":
+            uid, other_bytes, destinations, now, window = args
+            counter[0] += 1
+            record = make_record(
+                f"i{counter[0]}", sop_instance_uid=f"1.2.{uid}", sha256=("cd" if other_bytes else "ab") * 32,
+                received_at=now, study_instance_uid=f"9.{uid}", node=("n1", "n2", "n9")[uid % 3],
+            )
+            return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
+        mine = {e.entry_id: e.lease_generation for e in store.entries(state=EntryState.LEASED) if e.lease_owner == store.node}
+        if name == "fenced_settle":
+            destination, limit, now, shard = args
+            held = {i: g for i, g in mine.items() if store.get(i).destination == destination}
+            fence = {i: _stale(i, g) for i, g in held.items()}
+            return store.settle(destination, [(i, "") for i in sorted(held)], now, limit, 30.0, shard, fence)
+        if name in ("fenced_retry", "fenced_dead_letter"):
+            entry_id, now, stale = args
+            generation = store.get(entry_id).lease_generation - (1 if stale else 0)
+            if name == "fenced_retry":
+                return store.retry(entry_id, now + 5, "A700", now, True, generation)
+            return store.dead_letter(entry_id, "C000", now, generation)
+        if name == "fenced_release":
+            held = [i for i in mine if store.get(i).destination == args[0]]
+            return store.release(held, {i: _stale(i, mine[i]) for i in held})
+        if name == "renew":
+            return sorted(store.renew({i: _stale(i, g) for i, g in mine.items()}, args[0], 30.0))
+        if name == "claim_slot":
+            destination, slot, now = args
+            return store.claim_slot(destination, slot, 2, now, 20.0)
+        if name == "release_slot":
+            return store.release_slot(*args)
+        if name == "heartbeat":
+            return store.heartbeat(args[0], T0, f"detail {args[0]}")
+        if name == "singleton":
+            return store.hold_singleton("housekeeping", args[0], 20.0)
+        if name == "circuit":
+            destination, is_open, now = args
+            return store.set_circuit(destination, is_open, "down", now)
+    except (KeyError, ValueError) as e:
+        return type(e)
+    return _apply(store, op, counter)
+
+
+def _observe_nodes(nodes: tuple[Any, Any]) -> Any:
+    """What a caller can see of a two-node store, through both nodes."""
+    n1, n2 = nodes
+    return (
+        _observe(n1),
+        dict(n2.stats(T0 + 100, stranded_after=30.0)),
+        n1.nodes(T0 + 25),
+        [n2.circuit(d) for d in ("A", "B")],
+    )
+
+
 class VerifiedFakeTests(SynchronousTestCase):
     """Random operation sequences give the same results and state in both stores."""
 
@@ -1585,3 +1672,24 @@ class VerifiedFakeTests(SynchronousTestCase):
                 self.assertEqual(_observe(memory), _observe(real), op)
         finally:
             real.close()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 1), _NODE_OPERATIONS), min_size=10, max_size=40))
+    def test_random_operations_of_two_nodes_agree(self, operations: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """Two nodes (one node-local) on one queue: after each operation, through either node, both stores agree (issue 14)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "q.sqlite")
+        memory = MemoryQueueStore("n1")
+        fakes = (memory, memory.peer("n2", local_only=True))
+        reals = (SqliteQueueStore(path, "n1"), SqliteQueueStore(path, "n2", local_only=True))
+        try:
+            counters = ([0], [0])
+            for who, op in operations:
+                self.assertEqual(
+                    _apply_node(fakes[who], op, counters[0]), _apply_node(reals[who], op, counters[1]), (who, op)
+                )
+                self.assertEqual(_observe_nodes(fakes), _observe_nodes(reals), (who, op))
+        finally:
+            for real in reals:
+                real.close()
