@@ -663,7 +663,7 @@ class PostgresQueueStore:
         )
 
     def _due_filter(self, shard: tuple[int, int] | None) -> tuple[str, list[Any]]:
-        """The WHERE clauses (after destination and state) shared by leasing and next_due: shard and node."""
+        """The WHERE clauses (after destination, state and due time) of leasing: shard and node."""
         sql = ""
         params: list[Any] = []
         if shard is not None:
@@ -1260,7 +1260,10 @@ class PostgresQueueStore:
         return result
 
     def next_due(self, destination: str) -> float | None:
-        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination`` this node may send, or None.
+        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None.
+
+        Any node's entry, also with ``local_only`` (as the interface and the
+        fake have it), though such a store cannot lease another node's.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.next_due`.
         """
@@ -1269,11 +1272,8 @@ class PostgresQueueStore:
 
     def _next_due_in(self, conn: psycopg.Connection[Any], destination: str) -> float | None:
         """The body of :meth:`next_due` (inside the caller's transaction)."""
-        extra, params = self._due_filter(None)
         row = conn.execute(
-            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
-            + extra,
-            (destination, *params),
+            "SELECT min(next_attempt_at) FROM entries WHERE destination = %s AND state = 'queued'", (destination,)
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
