@@ -25,18 +25,20 @@ instead of failing on a dead socket.
 
 Every connection is configured when it is made:
 
-* TCP keepalives on both ends. The client's socket gets libpq's
-  ``keepalives=1``, ``keepalives_idle=10``, ``keepalives_interval=5``,
-  ``keepalives_count=3`` and ``tcp_user_timeout=25000`` (ms); the server's
-  end of the session the same through the session settings
-  ``tcp_keepalives_idle``/``_interval``/``_count`` and ``tcp_user_timeout``.
-  A node cut off by a partition therefore has its session (and the advisory
-  locks it holds: the housekeeping singleton) ended by the server within
-  :data:`KEEPALIVE_BOUND` = 10 + 3 x 5 = **25 s** of silence (idle socket:
-  keepalive probes; socket with unacknowledged data: ``tcp_user_timeout``),
-  not after the kernel's two-hour default. The node itself learns as fast
-  that its connection is gone. (Over a unix socket there is no TCP and
-  these do not apply.)
+* TCP keepalives on both ends. The server's end of the session gets
+  ``tcp_keepalives_idle=10``, ``tcp_keepalives_interval=5``,
+  ``tcp_keepalives_count=3`` and ``tcp_user_timeout=25000`` (ms), session
+  settings: a node cut off by a partition (or dead with its machine) has
+  its session, and the advisory locks it holds (the housekeeping
+  singleton), ended by the server within :data:`KEEPALIVE_BOUND` = 10 + 3 x 5
+  = **25 s** of silence, not after the kernel's two-hour default. The
+  node's end gets libpq's ``keepalives``, ``keepalives_idle``/``_interval``
+  (a quarter of the bound), ``keepalives_count=3`` and ``tcp_user_timeout``
+  bounded by ``min(statement_timeout, 25 s)`` (:func:`client_keepalives`):
+  a call stuck in a partition fails (StoreUnavailable) within the statement
+  timeout, which the server cannot enforce when it is unreachable, and a
+  node learns it lost its session before the server frees its locks for
+  another node. (Over a unix socket there is no TCP and none of this applies.)
 * ``statement_timeout`` (the ``statement_timeout`` argument) bounds every
   statement, lock waits included; ``connect_timeout`` bounds a connection
   attempt and the wait for a free pooled connection.
@@ -173,30 +175,62 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["KEEPALIVE_BOUND", "KEEPALIVES", "PostgresQueueStore", "check_dsn", "migrate_database", "safe_dsn"]
+__all__ = [
+    "KEEPALIVE_BOUND",
+    "SERVER_KEEPALIVES",
+    "PostgresQueueStore",
+    "check_dsn",
+    "client_keepalives",
+    "migrate_database",
+    "safe_dsn",
+]
 
 _log = logging.getLogger(__name__)
 
-#: libpq's client-side TCP keepalive parameters for every connection of the store.
-KEEPALIVES: Mapping[str, int] = {
-    "keepalives": 1,
-    "keepalives_idle": 10,  # seconds of silence before the first probe
-    "keepalives_interval": 5,  # seconds between probes
-    "keepalives_count": 3,  # unanswered probes before the connection is dead
-    "tcp_user_timeout": 25_000,  # ms a sent byte may stay unacknowledged
+#: The server's end of every session of the store (PostgreSQL's ``tcp_*``
+#: session settings): what ends a partitioned or dead node's session, and
+#: with it the advisory locks it holds (the housekeeping singleton).
+SERVER_KEEPALIVES: Mapping[str, int] = {
+    "tcp_keepalives_idle": 10,  # seconds of silence before the first probe
+    "tcp_keepalives_interval": 5,  # seconds between probes
+    "tcp_keepalives_count": 3,  # unanswered probes before the session is dead
+    "tcp_user_timeout": 25_000,  # ms a sent byte may stay unacknowledged (also caps the probes: tcp(7))
 }
 
-#: Seconds of silence after which a partitioned node's session is ended, by
-#: the server and by the client: idle + count x interval = 10 + 3 x 5.
-KEEPALIVE_BOUND = KEEPALIVES["keepalives_idle"] + KEEPALIVES["keepalives_count"] * KEEPALIVES["keepalives_interval"]
+#: Seconds of silence after which the server ends a partitioned node's
+#: session: idle + count x interval = 10 + 3 x 5 (``tcp_user_timeout`` is the same 25 s).
+KEEPALIVE_BOUND = (
+    SERVER_KEEPALIVES["tcp_keepalives_idle"]
+    + SERVER_KEEPALIVES["tcp_keepalives_count"] * SERVER_KEEPALIVES["tcp_keepalives_interval"]
+)
 
-#: Settings of the server's end of each session (PostgreSQL ``tcp_*`` GUCs), same bound.
-_SERVER_KEEPALIVES: Mapping[str, int] = {
-    "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
-    "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
-    "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
-    "tcp_user_timeout": KEEPALIVES["tcp_user_timeout"],
-}
+
+def client_keepalives(statement_timeout: float) -> dict[str, int]:
+    """libpq's keepalive parameters for the node's end: a call in a partition fails within the statement timeout.
+
+    ``statement_timeout`` is enforced by the server, so it cannot end a call
+    whose server is unreachable; the node's own socket must. With
+    ``tcp_user_timeout`` (unacknowledged data) and keepalive probes every
+    quarter of it (a request sent, its answer lost), a call fails after
+    ``min(statement_timeout, KEEPALIVE_BOUND)`` seconds of silence at most
+    (tcp(7): the user timeout also decides when unanswered probes end the
+    connection). Never longer than the server's bound: a node learns it
+    lost its session (and its singleton) before another node can take it.
+
+    :param statement_timeout: the store's statement timeout, in seconds.
+    :returns: ``keepalives``, ``keepalives_idle``, ``keepalives_interval``,
+        ``keepalives_count`` and ``tcp_user_timeout`` (ms).
+    """
+    bound = max(1.0, min(statement_timeout, float(KEEPALIVE_BOUND)))
+    probe = max(1, int(bound / 4))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(bound * 1000),
+    }
+
 
 #: Lock kinds hashed by :func:`gateway.queue.pgschema.advisory_key`.
 _DUPLICATE_LOCK = "dup"
@@ -280,7 +314,9 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def _connect_kwargs(dsn: str, password: str | None, node: str, connect_timeout: float) -> dict[str, Any]:
+def _connect_kwargs(
+    dsn: str, password: str | None, node: str, connect_timeout: float, statement_timeout: float = 10.0
+) -> dict[str, Any]:
     """libpq parameters added to the DSN: password, timeouts, keepalives, application name.
 
     Keepalive and application-name parameters the DSN sets itself are left
@@ -290,7 +326,7 @@ def _connect_kwargs(dsn: str, password: str | None, node: str, connect_timeout: 
     from psycopg import conninfo
 
     given = conninfo.conninfo_to_dict(dsn)
-    kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in given}
+    kwargs: dict[str, Any] = {k: v for k, v in client_keepalives(statement_timeout).items() if k not in given}
     kwargs["connect_timeout"] = max(1, round(connect_timeout))
     if "application_name" not in given:
         kwargs["application_name"] = f"dicom-gateway {node}"[:63]
@@ -340,7 +376,7 @@ class PostgresQueueStore:
         self._dsn = dsn
         self._shown_dsn = safe_dsn(dsn)
         self._secrets = _secrets(dsn, password)
-        self._kwargs = _connect_kwargs(dsn, password, node, connect_timeout)
+        self._kwargs = _connect_kwargs(dsn, password, node, connect_timeout, statement_timeout)
         self._kwargs["autocommit"] = True
         # The housekeeping singletons: one session kept out of the pool.
         self._singleton_lock = threading.Lock()
@@ -382,7 +418,7 @@ class PostgresQueueStore:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Set up a new connection: server-side keepalives, statement timeout, durable commits."""
-        for name, value in _SERVER_KEEPALIVES.items():
+        for name, value in SERVER_KEEPALIVES.items():
             conn.execute(f"SET {name} = {int(value)}")
         conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
         row = conn.execute("SHOW synchronous_commit").fetchone()

@@ -36,7 +36,13 @@ from gateway.queue.interfaces import (
 )
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.pgschema import ADVISORY_NAMESPACE, SCHEMA_VERSION, SchemaError
-from gateway.queue.postgres import KEEPALIVE_BOUND, PostgresQueueStore, migrate_database, safe_dsn
+from gateway.queue.postgres import (
+    KEEPALIVE_BOUND,
+    PostgresQueueStore,
+    client_keepalives,
+    migrate_database,
+    safe_dsn,
+)
 from tests.support import postgres as pg
 from tests.unit.queue import test_store
 from tests.unit.queue.test_store import T0, QueueStoreTests, make_record
@@ -323,17 +329,17 @@ class ConnectionTests(PostgresTestCase):
     """What every connection of the store is set to: keepalives, timeouts, durable commits."""
 
     def test_keepalives_are_on_both_ends_of_every_connection(self) -> None:
-        """The client socket has TCP keepalives and a user timeout; the server's end of the session the same."""
-        store = self.open_store(statement_timeout=7.0)
+        """The client socket has keepalives and a user timeout bounded by the statement timeout; the server's end of the session the 25 s bound."""
+        store = self.open_store(statement_timeout=8.0)
         self.assertEqual(KEEPALIVE_BOUND, 25)
         with store._pool.connection() as conn:
             sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
             try:
                 self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
-                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 10)
-                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 5)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 2)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 2)
                 self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 3)
-                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 25_000)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 8_000)
             finally:
                 sock.close()
             shown = {
@@ -344,8 +350,17 @@ class ConnectionTests(PostgresTestCase):
         self.assertEqual(
             shown,
             {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
-             "tcp_user_timeout": "25000", "statement_timeout": "7s", "synchronous_commit": "on"},
+             "tcp_user_timeout": "25000", "statement_timeout": "8s", "synchronous_commit": "on"},
         )
+
+    def test_the_node_never_keeps_a_dead_session_longer_than_the_server(self) -> None:
+        """The client's bound is the statement timeout, capped at the server's 25 s, and never under a second."""
+        self.assertEqual(client_keepalives(10.0)["tcp_user_timeout"], 10_000)
+        self.assertEqual(client_keepalives(120.0)["tcp_user_timeout"], KEEPALIVE_BOUND * 1000)
+        self.assertEqual(client_keepalives(0.2), {
+            "keepalives": 1, "keepalives_idle": 1, "keepalives_interval": 1, "keepalives_count": 3,
+            "tcp_user_timeout": 1000,
+        })
 
     def test_the_singleton_session_has_keepalives_too(self) -> None:
         """The dedicated session that holds the advisory locks ends within the keepalive bound as well."""
@@ -356,7 +371,7 @@ class ConnectionTests(PostgresTestCase):
         self.assertEqual(conn.execute("SHOW tcp_keepalives_idle").fetchone(), ("10",))
         sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
         try:
-            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 25_000)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 10_000)
         finally:
             sock.close()
 
