@@ -163,9 +163,9 @@ from gateway.queue.pgschema import (
     SCHEMA_VERSION,
     SchemaError,
     advisory_key,
+    apply_migrations,
     attempt_json,
     entry_from_row,
-    migrate,
     record_from_row,
     schema_version,
 )
@@ -270,7 +270,7 @@ def check_dsn(dsn: str) -> None:
 
 
 def migrate_database(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
-    """``dicom-gateway db migrate``: bring a database to the current schema under the advisory lock.
+    """``dicom-gateway db migrate`` (:func:`gateway.queue.pgschema.migrate`): bring a database to the current schema under the advisory lock.
 
     :param dsn: libpq connection string.
     :param password: the password (from ``password_file``), or ``None``.
@@ -288,7 +288,7 @@ def migrate_database(dsn: str, password: str | None = None, node: str = "", conn
         with psycopg.connect(
             dsn, autocommit=True, **_connect_kwargs(dsn, password, node, connect_timeout)
         ) as conn:
-            return migrate(conn, node)
+            return apply_migrations(conn, node)
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:
         raise StoreUnavailable(_scrub(f"PostgreSQL at {safe_dsn(dsn)}: {e}", secrets)) from None
 
@@ -404,7 +404,7 @@ class PostgresQueueStore:
                 self._pool.open(wait=True, timeout=connect_timeout)
                 with self._pool.connection() as conn:
                     if schema_version(conn) != SCHEMA_VERSION:
-                        migrate(conn, node)
+                        apply_migrations(conn, node)
         except BaseException:
             self._pool.close()
             raise

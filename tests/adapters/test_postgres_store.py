@@ -311,8 +311,8 @@ class MigrationTests(PostgresTestCase):
         self.assertEqual(stores[1].instance_ids(), {"i1"})
 
     def test_db_migrate_applies_each_migration_once(self) -> None:
-        """``migrate_database`` (``dicom-gateway db migrate``) migrates an empty database, then finds nothing to do."""
-        self.assertEqual(migrate_database(self.database.dsn, self.database.password, "cli"), SCHEMA_VERSION)
+        """``pgschema.migrate`` (``dicom-gateway db migrate``) migrates an empty database, then finds nothing to do."""
+        self.assertEqual(pgschema.migrate(self.database.dsn, self.database.password, "cli"), SCHEMA_VERSION)
         self.assertEqual(migrate_database(self.database.dsn, self.database.password, "cli"), 0)
         self.assertEqual(self.versions(), [(v, "cli") for v in range(1, SCHEMA_VERSION + 1)])
         self.open_store().add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0.0)

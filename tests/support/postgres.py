@@ -405,12 +405,12 @@ class PostgresServer:
         if self._template is None:
             import psycopg
 
-            from gateway.queue.pgschema import migrate
+            from gateway.queue.pgschema import apply_migrations
 
             name = f"template_{os.getpid()}"
             self.admin(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE template0 STRATEGY WAL_LOG")
             with psycopg.connect(self.dsn(name), password=self.password, autocommit=True) as conn:
-                migrate(conn, "template")
+                apply_migrations(conn, "template")
             self._template = name
         return self._template
 
