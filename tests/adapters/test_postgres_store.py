@@ -450,11 +450,14 @@ class UnavailableTests(PostgresTestCase):
 
     def test_an_interrupted_session_is_replaced_without_an_error(self) -> None:
         """A pooled session ended by the server (restart, failover) is checked and replaced before use."""
-        store = self.open_store()
+        store = self.open_store(pool_min=2)
         store.stats(T0)
         for pid, _ in pg.server().backends(self.database.name):
             pg.server().terminate(pid)
-        self.assertEqual(store.stats(T0), {})
+        self.assertEqual(store.stats(T0), {})  # a transaction: BEGIN found the session dead
+        for pid, _ in pg.server().backends(self.database.name):
+            pg.server().terminate(pid)
+        self.assertEqual(store.instance_ids(), set())  # one statement, outside a transaction
 
 
 def _capture_logs(case: SynchronousTestCase) -> list[logging.LogRecord]:
