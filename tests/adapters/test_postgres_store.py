@@ -448,6 +448,19 @@ class UnavailableTests(PostgresTestCase):
         for record in records:
             self.assertNotIn(self.database.password, record.getMessage())
 
+    def test_a_statement_past_the_statement_timeout_is_store_unavailable(self) -> None:
+        """A call that waits on a lock longer than statement_timeout fails with StoreUnavailable, and the store goes on working."""
+        import psycopg
+
+        store = self.open_store(statement_timeout=1.0)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0.0)
+        with psycopg.connect(pg.server().admin_dsn(self.database.name)) as blocker:
+            blocker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            with self.assertRaises(StoreUnavailable) as caught:
+                store.recover(T0)
+            self.assertIn("statement timeout", str(caught.exception))
+        self.assertEqual(store.recover(T0), 0)
+
     def test_an_interrupted_session_is_replaced_without_an_error(self) -> None:
         """A pooled session ended by the server (restart, failover) is checked and replaced before use."""
         store = self.open_store(pool_min=2)
