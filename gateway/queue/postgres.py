@@ -169,7 +169,7 @@ from gateway.queue.pgschema import (
     record_from_row,
     schema_version,
 )
-from gateway.queue.sqlite import check_shard, study_hash
+from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 if TYPE_CHECKING:
     import psycopg
@@ -179,6 +179,7 @@ __all__ = [
     "KEEPALIVE_BOUND",
     "SERVER_KEEPALIVES",
     "PostgresQueueStore",
+    "SchemaError",
     "check_dsn",
     "client_keepalives",
     "migrate_database",
@@ -935,8 +936,7 @@ class PostgresQueueStore:
 
         :raises ValueError: not ``0 <= slot < slots``.
         """
-        if not 0 <= slot < slots:
-            raise ValueError(f"slot {slot} of {slots}: need 0 <= slot < slots")
+        check_slot(slot, slots)
         with self._write() as conn:
             row = conn.execute(
                 "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
