@@ -383,6 +383,7 @@ class PostgresQueueStore:
         self._singleton_lock = threading.Lock()
         self._singleton_conn: psycopg.Connection[Any] | None = None
         self._singletons: set[str] = set()
+        self._lost: set[str] = set()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             kwargs=self._kwargs,
@@ -1039,26 +1040,43 @@ class PostgresQueueStore:
                         return True
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     _log.warning("%s: the session holding the singletons broke: %s", self, _scrub(str(e), self._secrets))
-                self._drop_singleton_connection()
+                self._drop_singleton_connection(broken=True)
+                self._lost.discard(name)
+                return False
+            if name in self._lost:
+                # Held on a session that broke while another name was asked for:
+                # say so once, as if this call had found the break.
+                self._lost.discard(name)
                 return False
             with self._unavailable_as_store_error():
-                try:
-                    conn = self._singleton_connection()
-                    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
-                except (psycopg.OperationalError, psycopg.InterfaceError):
-                    self._drop_singleton_connection()
-                    raise
+                for attempt in range(2):
+                    try:
+                        conn = self._singleton_connection()
+                        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
+                        break
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        # A session that died idle (PostgreSQL restarted): one new try.
+                        stale = self._singleton_conn is not None and self._singleton_conn.broken
+                        self._drop_singleton_connection(broken=True)
+                        if attempt or not stale:
+                            raise
             if row is not None and row[0]:
                 self._singletons.add(name)
                 return True
             return False
 
-    def _drop_singleton_connection(self) -> None:
-        """Forget the dedicated session and every singleton it held (closing it releases the locks)."""
+    def _drop_singleton_connection(self, broken: bool = False) -> None:
+        """Forget the dedicated session and every singleton it held (closing it releases the locks).
+
+        :param broken: the session broke: the singletons it held are noted
+            lost, so each one's next call returns False once.
+        """
         import psycopg
 
         conn, self._singleton_conn = self._singleton_conn, None
         held, self._singletons = self._singletons, set()
+        if broken:
+            self._lost |= held
         if conn is None:
             return
         try:
