@@ -10,7 +10,6 @@ the file it was read from.
 from __future__ import annotations
 
 import os
-import socket
 
 from gateway.config.load import load_config_text
 from gateway.config.schema import ClusterConfig, QueueConfig, default_node_name
@@ -61,7 +60,9 @@ class NodeTests(ClusterTestCase):
 
     def test_default_node_name_makes_the_host_name_safe(self) -> None:
         """A host name with characters outside the safe set gets them replaced and is cut at 64."""
-        self.patch(socket, "gethostname", lambda: "ward 7/ct" + "x" * 80)
+        real = os.uname()
+        fake = os.uname_result((real.sysname, "ward 7/ct" + "x" * 80, real.release, real.version, real.machine))
+        self.patch(os, "uname", lambda: fake)
         name = default_node_name()
         self.assertEqual(name[:10], "ward-7-ctx")
         self.assertEqual(len(name), 64)
