@@ -90,77 +90,25 @@ it holds across restarts too.
 
 Several nodes, one queue (issue 14)
 -----------------------------------
-The store may be shared by several gateway processes (PostgreSQL), each a
-*node* (``store.node``), each running a worker per destination. What was
-per destination stays per destination, across the cluster:
+The store may be shared by several gateway processes (PostgreSQL). The
+worker's standing in that cluster is its :class:`~gateway.membership.Membership`
+(see its theory of operation): a heartbeat renews the leases the slots hold
+and their claims on the destination's association slots, works out this
+node's fair share of the slots, follows the circuit another node recorded,
+and keeps the drain. The loop asks it, at each turn, whether the slot holds
+its claim (else: close the association, poll), whether to give the slot up
+(beyond the share, or idle with node-local spools) and whether to drain,
+and, before each entry goes out, whether the slot's leases still run. A
+write refused because another node took the lease over
+(:class:`~gateway.queue.interfaces.LeaseLost`, ``Settled.lost``) drops this
+node's outcome and the slot carries on.
 
-* **Association slots.** Slot ``k`` sends only while this node holds the
-  store's claim on slot ``k`` of the destination
-  (:meth:`~gateway.queue.interfaces.IQueueStore.claim_slot`, for
-  ``lease_seconds``): at most ``max_associations`` holders in the whole
-  cluster, so an archive that takes 4 associations gets 4 from the
-  cluster, not 4 per node. A slot claims at its turn when it holds no live
-  claim, and the heartbeat renews the claims held (a claim is a journal
-  write: renewing it at every turn would undo issue 13's one write per
-  batch). A slot without its claim closes its association and polls
-  (``poll_interval``, not woken by pokes: the holder sends what this node
-  receives); a slot whose claim is found taken
-  mid-batch sends nothing more of the batch. Since slot ``k`` always
-  leases shard ``k``, a study still travels through one slot at a time,
-  whichever node received its instances, and arrives in order. Claims are
-  released at stop and when draining.
-* **Shares.** Each node claims at most its share of the slots: ``slots //
-  live nodes``, one more for the first ``slots mod live nodes`` nodes by
-  name (live: a heartbeat in the store within ``lease_seconds``, not
-  draining; this node always counts), read at every heartbeat. A node
-  added while the cluster runs thus gets slots, and work, from the others:
-  a slot held beyond the share is given up at its next turn, between
-  batches, after its deliveries are written (a study never has two slots
-  at once). When a node dies (``kill -9``), its leases and claims run out
-  within ``lease_seconds``, the survivors' shares grow at their next
-  heartbeat and their slots claim at their next poll: its backlog flows
-  again within ``lease_seconds * 4 / 3 + poll_interval``. With node-local spools (the store's
-  ``local_only``) a slot idle for a heartbeat interval also gives its claim
-  up, since only the node that received an instance can send it; it claims
-  again when poked or a heartbeat later. An instance received by a node
-  that holds no slot of its destination is sent by a node that does, at
-  that node's next poll (``poll_interval``).
-* **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
-  renews the leases of every entry it holds (being sent, delivered but not
-  yet written, refused by the journal: all still LEASED), and the claims of
-  its slots. A slot about to send while its renewal is overdue (the
-  heartbeat did not run: the process was paused) renews first, and sends
-  nothing whose lease has run out. A lease that expires anyway (a paused
-  or partitioned node) is taken back by another node's lease.
-* **Fencing.** Every write that ends a lease names the generation leased
-  (``settle``'s deliveries, ``retry``, ``dead_letter``, ``release``). When
-  another node took the entry over after our lease expired, the write is
-  refused (:class:`~gateway.queue.interfaces.LeaseLost`, ``Settled.lost``)
-  or the renewal reports it: this node's outcome is dropped (logged as a
-  warning naming entry, destination and node, counted in
-  ``leases_lost_total``, :class:`~gateway.events.LeaseLost`), the other
-  node's stands, and the slot carries on (never a journal refusal). Such
-  an entry may have reached the destination twice: at-least-once, as
-  after a crash.
-* **The circuit.** The circuit a node opens or closes is written to the
-  store (``set_circuit``); every heartbeat reads it back. Recorded open
-  since later than this node's last success while closed here: the
-  circuit opens here too (no local faults needed) and probes as usual.
-  Recorded closed since later than it opened here: it closes here and the
-  slots wake. So one node's probe result is every node's. A new worker
-  starts from the recorded state (a reload no longer writes "closed" over
-  another node's open circuit); its first probe comes after
-  ``retry.initial_delay``.
-* **Drain** (:meth:`DestinationWorker.set_draining`): no new lease, no
-  new claim; batches in flight finish and are written; then each slot
-  writes its deliveries, releases its claim and closes its association.
-  Undrained, the slots go on.
-* **Store unavailable** (:class:`~gateway.queue.interfaces.StoreUnavailable`,
-  PostgreSQL down): the same path as a full disk (HARDENING F15): sends in
-  flight finish, their outcomes stay on the slot and are written when the
-  store answers again, nothing new is leased meanwhile. A renewal that
-  fails is logged and tried at the next beat; a lease that expires while
-  the store is away may be taken over, and is then fenced as above.
+When the store is unavailable (:class:`~gateway.queue.interfaces.StoreUnavailable`,
+PostgreSQL down), the slots take the path of a full disk (HARDENING F15):
+sends in flight finish, their outcomes stay on the slot and are written
+when the store answers again, nothing new is leased meanwhile. A renewal
+that fails is logged and tried at the next beat; a lease that expires
+while the store is away may be taken over, and is then fenced as above.
 
 Every store call goes through ``store_runner`` (one thread in production);
 file work (reading headers, transcoding, folder writes) goes through
@@ -171,7 +119,6 @@ scheduled on ``clock``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -196,6 +143,7 @@ from gateway.forward_types import (
     run_journal,
     run_store,
 )
+from gateway.membership import Membership, SlotStanding, WorkerSide
 from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, LeaseLost, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
@@ -222,6 +170,8 @@ class _Slot:
     """One slot's mutable state (its association, if any, is the sender's)."""
 
     index: int
+    #: The slot's standing in the cluster: its claim, lease end, idleness (the membership's).
+    standing: SlotStanding
     leased: list[Entry] = field(default_factory=list)
     done: "Deferred[None] | None" = None
     #: Outcomes the journal refused (ENOSPC, I/O error), recorded again before
@@ -241,13 +191,6 @@ class _Slot:
     #: Whether instances are streaming in: arrivals met the slot's last batch,
     #: or a poke woke it within ``linger`` of that batch's end.
     streaming: bool = False
-    #: Whether this node holds the store's claim on this slot (issue 14), and
-    #: until when (``_schedule_now`` time) as far as this node knows.
-    claimed: bool = False
-    claim_until: float = 0.0
-    #: Until when the slot's leases run (``_schedule_now`` time), as of its
-    #: last lease or renewal.
-    lease_until: float = 0.0
     #: (entry id, generation) of leases found lost while the slot's batch was
     #: being sent: their outcomes are dropped. Cleared at the end of the batch.
     lost: set[tuple[int, int]] = field(default_factory=set)
@@ -256,13 +199,6 @@ class _Slot:
     batch_changed: bool = False
     #: Draining: the slot has written its deliveries, released its claim and waits.
     drained: bool = False
-    #: Since when (``_schedule_now`` time) the slot's leases found nothing; ``None`` while it has work.
-    idle_since: float | None = None
-    #: Node-local spools: the slot gave its claim up for idleness, and claims
-    #: again when this node receives something (a poke) or a heartbeat later.
-    yielded: bool = False
-    #: This node holds more slots than its share: give this one up at the next turn.
-    surrender: bool = False
 
 
 @dataclass
@@ -282,15 +218,6 @@ class _Sleeper:
 #: A difference between wall-clock and monotonic progress at least this large
 #: (seconds) between two turns is a step of the wall clock, not drift.
 WALL_CLOCK_STEP = 30.0
-
-
-def _says_draining(detail: str) -> bool:
-    """Whether a node's heartbeat detail (JSON: address, version, draining) says it is draining."""
-    try:
-        said = json.loads(detail)
-    except ValueError:
-        return False
-    return isinstance(said, dict) and bool(said.get("draining"))
 
 
 class DestinationWorker(Service):
@@ -363,15 +290,6 @@ class DestinationWorker(Service):
         )
         self.batch_size = self.sender.batch_size
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
-        #: How often leases and slot claims are renewed and the shared circuit is read (issue 14).
-        self.heartbeat_interval = self.lease_seconds / 3
-        #: Node-local spools (``spool.shared: false``): this node can send only
-        #: what it received, so an idle slot gives its claim up for the others.
-        self.local_only = bool(getattr(store, "local_only", False))
-        #: The most slots this node claims: all of them alone, else its share
-        #: among the live nodes that are not draining (see :meth:`_follow_nodes`).
-        self.share = self.sender.slots
-        self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[_Sleeper] = []
         self.linger = linger
@@ -382,20 +300,28 @@ class DestinationWorker(Service):
             clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
         )
         self._stopped: Deferred[None] | None = None
-        self._heartbeat_call: IDelayedCall | None = None
-        self._heartbeat_stopped = False
-        #: Wall-clock time of the last sign of life of the destination (a
-        #: delivery, an association opened), and of the circuit's last opening
-        #: here: compared with the ``since`` of the store's record.
-        self._last_success: float | None = None
-        self._opened_at: float | None = None
-        self._draining = False
-        #: Fired when draining starts (a slot waiting for the circuit stops waiting).
-        self._drain_watchers: list[Deferred[None]] = []
-        #: Fired at undrain or stop (drained slots wait on them).
-        self._undrain_waiters: list[Deferred[None]] = []
-        #: Fired once every slot is drained (the callers of set_draining(True)).
-        self._drained_waiters: list[Deferred[None]] = []
+        #: The worker's standing in the cluster: its heartbeat, slot claims and share, drain (issue 14).
+        self.membership = Membership(
+            self.name,
+            store,
+            store_runner,
+            clock,
+            wall,
+            self.circuit,
+            self.sender.slots,
+            self.lease_seconds,
+            observer,
+            WorkerSide(
+                schedule_now=self._schedule_now,
+                stopping=lambda: self._stopping,
+                held=self._held,
+                busy=self._busy,
+                drop_lost=self._drop_lost,
+                wake_all=lambda: self._wake(all_sleepers=True),
+                all_drained=self._all_drained,
+            ),
+        )
+        self._slots = [_Slot(k, standing) for k, standing in enumerate(self.membership.slots)]
 
     # -- service -------------------------------------------------------------------------
 
@@ -408,9 +334,8 @@ class DestinationWorker(Service):
         """
         Service.startService(self)
         self._stopping = False
-        self._heartbeat_stopped = False
         self.circuit.start()
-        self._beat()
+        self.membership.start()
         for slot in self._slots:
             slot.done = Deferred.fromCoroutine(self._run_slot(slot))
             slot.done.addErrback(self._crashed, f"slot {slot.index}")
@@ -428,8 +353,7 @@ class DestinationWorker(Service):
             return self._stopped
         self._stopping = True
         self._wake(all_sleepers=True)
-        self._fire(self._drain_watchers)
-        self._fire(self._undrain_waiters)
+        self.membership.stop()
         self.circuit.stop()
         # The probe holds no lease: it is not waited for (it ends at its own timeouts).
         waiting = [slot.done for slot in self._slots if slot.done is not None]
@@ -439,11 +363,7 @@ class DestinationWorker(Service):
             if timer.active():
                 timer.cancel()
             # (The heartbeat renewed the leases of the sends the grace let finish.)
-            self._heartbeat_stopped = True
-            if self._heartbeat_call is not None and self._heartbeat_call.active():
-                self._heartbeat_call.cancel()
-            self._heartbeat_call = None
-            self._fire(self._drained_waiters)
+            self.membership.stopped()
 
         self._stopped = DeferredList(waiting, consumeErrors=True).addCallback(finished)
         return self._stopped
@@ -467,38 +387,16 @@ class DestinationWorker(Service):
         :returns: a Deferred that fires once every slot is drained (at once
             for an undrain, or when the worker stops).
         """
-        done: Deferred[None] = Deferred()
-        if not flag:
-            self._draining = False
-            self._fire(self._undrain_waiters)
-            done.callback(None)
-            return done
-        self._draining = True
-        self._drained_waiters.append(done)
-        # Idle, lingering and backing-off slots go to their next turn now (and drain).
-        self._wake(all_sleepers=True)
-        self._fire(self._drain_watchers)
-        self._check_drained()
-        return done
+        return self.membership.set_draining(flag)
 
     @property
     def draining(self) -> bool:
         """Whether :meth:`set_draining` asked this worker to drain."""
-        return self._draining
+        return self.membership.draining
 
-    def _check_drained(self) -> None:
-        """Fire the drain's waiters once every slot is drained (or no slot runs)."""
-        if self._draining and all(slot.drained or slot.done is None or slot.done.called for slot in self._slots):
-            self._fire(self._drained_waiters)
-
-    @staticmethod
-    def _fire(waiters: "list[Deferred[None]]") -> None:
-        """Fire and forget every Deferred of ``waiters``."""
-        fired = list(waiters)
-        del waiters[:]
-        for d in fired:
-            if not d.called:
-                d.callback(None)
+    def _all_drained(self) -> bool:
+        """Whether every slot is drained (or no slot runs)."""
+        return all(slot.drained or slot.done is None or slot.done.called for slot in self._slots)
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
@@ -514,8 +412,8 @@ class DestinationWorker(Service):
             last_error=self.circuit.last_error,
             active_associations=self.sender.connections(),
             journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
-            slots_held=sum(1 for s in self._slots if s.claimed),
-            draining=self._draining,
+            slots_held=self.membership.claims_held(),
+            draining=self.membership.draining,
         )
 
     # -- waiting -------------------------------------------------------------------------
@@ -568,43 +466,7 @@ class DestinationWorker(Service):
         result: _T = await self.file_runner.run(f, *args)
         return result
 
-    # -- heartbeat: leases, slot claims and the shared circuit (issue 14) ------------------
-
-    def _beat(self) -> None:
-        """Run one heartbeat now, then schedule the next one (never two at once)."""
-        self._heartbeat_call = None
-        d = Deferred.fromCoroutine(self._heartbeat())
-        d.addErrback(self._crashed, "heartbeat")
-        d.addBoth(lambda _: self._schedule_heartbeat())
-
-    def _schedule_heartbeat(self) -> None:
-        """The next beat, ``heartbeat_interval`` from now (none once the worker has stopped)."""
-        if self._heartbeat_stopped or self._heartbeat_call is not None:
-            return
-        self._heartbeat_call = self.clock.callLater(self.heartbeat_interval, self._beat)
-
-    async def _heartbeat(self) -> None:
-        """Renew the leases held and the slots claimed, then follow the circuit another node recorded.
-
-        Each step that fails (the store away) is logged and tried at the next beat.
-        """
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("leases", self._renew_leases),
-            ("nodes", self._follow_nodes),
-            ("slot claims", self._renew_claims),
-            ("circuit", self._follow_shared_circuit),
-        ]
-        for what, step in steps:
-            try:
-                await step()
-            except Exception as e:
-                self.log.warn(
-                    "forward {destination}: renewing {what} failed (tried again in {interval:.1f}s): {error}",
-                    destination=self.name,
-                    what=what,
-                    interval=self.heartbeat_interval,
-                    error=f"{type(e).__name__}: {e}",
-                )
+    # -- what the membership needs of the slots (issue 14) ---------------------------------
 
     def _held(self) -> dict[int, int]:
         """Every entry this worker holds LEASED, with the generation it leased: entry id -> generation."""
@@ -619,17 +481,10 @@ class DestinationWorker(Service):
             held.update(slot.unreleased)
         return held
 
-    async def _renew_leases(self) -> None:
-        """Extend every lease held for ``lease_seconds``; drop the entries whose lease another node took."""
-        held = self._held()
-        if not held:
-            return
-        now = self._schedule_now()
-        lost = await self._store(self.store.renew, held, now, self.lease_seconds)
-        for slot in self._slots:
-            slot.lease_until = max(slot.lease_until, now + self.lease_seconds)
-        if lost:
-            self._drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
+    def _busy(self, index: int) -> bool:
+        """Whether slot ``index`` holds any entry (leased, delivered but not written, refused, not released)."""
+        slot = self._slots[index]
+        return bool(slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
 
     def _drop_lost(self, lost: dict[int, int], during: str) -> None:
         """Drop from the slots the entries whose lease (of that generation) was lost.
@@ -655,136 +510,11 @@ class DestinationWorker(Service):
             dropped += [e for e, _, _ in slot.unrecorded if gone(e)]
             slot.unrecorded = [u for u in slot.unrecorded if not gone(u[0])]
             for entry in dropped:
-                self._lease_lost(entry.entry_id, during)
+                self.membership.lease_lost(entry.entry_id, during)
             for entry_id, generation in list(slot.unreleased.items()):
                 if lost.get(entry_id) == generation:
                     del slot.unreleased[entry_id]
-                    self._lease_lost(entry_id, during)
-
-    def _lease_lost(self, entry_id: int, during: str) -> None:
-        """Log, count and announce a lease another node took over (the outcome of ours is dropped)."""
-        self.log.warn(
-            "forward {destination}: node {node} lost its lease of entry {entry_id} ({during}): another node took"
-            " it over after the lease expired; that node's outcome stands, this node's is dropped",
-            destination=self.name,
-            node=self.store.node,
-            entry_id=entry_id,
-            during=during,
-        )
-        self.observer.observe(events.LeaseLost(self.name, entry_id, self.store.node))
-
-    async def _claim(self, slot: _Slot, renewal: bool = False) -> bool:
-        """Claim (or renew) the slot's association slot in the store: whether this node holds it now.
-
-        :param renewal: the heartbeat's renewal of a claim held: if the slot
-            gave its claim up meanwhile (drain, stop), the answer is ignored.
-        """
-        now = self._schedule_now()
-        held: bool = await self._journal(self.store.claim_slot, self.name, slot.index, len(self._slots), now, self.lease_seconds)
-        if renewal and not slot.claimed:
-            return False
-        if held:
-            slot.claimed, slot.claim_until = True, now + self.lease_seconds
-        elif slot.claimed:
-            self.log.warn(
-                "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
-                destination=self.name,
-                slot=slot.index,
-            )
-            slot.claimed = False
-        return held
-
-    async def _renew_claims(self) -> None:
-        """Renew the claim of every slot that holds one.
-
-        With node-local spools, a slot idle for a whole heartbeat interval
-        (its leases found nothing, it holds nothing) releases its claim
-        instead: the entries of that shard another node received can only be
-        sent by that node, and a claim held by an idle node would strand them.
-        """
-        now = self._schedule_now()
-        for slot in self._slots:
-            if not slot.claimed or self._stopping:
-                continue
-            if (
-                self.local_only
-                and slot.idle_since is not None
-                and now - slot.idle_since >= self.heartbeat_interval
-                and not (slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
-            ):
-                slot.yielded = True
-                await self._release_claim(slot)
-                continue
-            await self._claim(slot, renewal=True)
-
-    async def _follow_nodes(self) -> None:
-        """Work out this node's share of the slots from the live nodes; mark the slots held beyond it.
-
-        A node is live when its last heartbeat (``store.heartbeat``, written
-        by the node's own heartbeat service) is at most ``lease_seconds`` old
-        and it does not say it is draining; this node always counts. With
-        ``n`` slots and ``m`` live nodes, sorted by name, the first
-        ``n mod m`` nodes may claim ``n // m + 1`` slots and the others
-        ``n // m`` (every node computes the same split from the same
-        heartbeats), so a node added while the cluster runs gets slots (and
-        work) from the others, and the survivors of a dead node take its
-        slots once its claims run out. A slot held beyond the share is given
-        up at its next turn (between batches: a study never has two slots at
-        once). While nodes disagree (a heartbeat seen by one and not yet by
-        another) the shares may overlap for a beat: the store's claims still
-        keep one holder per slot.
-        """
-        now = self._schedule_now()
-        live = {self.store.node}
-        for status in await self._store(self.store.nodes, now):
-            if status.last_seen >= now - self.lease_seconds and not _says_draining(status.detail):
-                live.add(status.node)
-        rank = sorted(live).index(self.store.node)
-        per_node, extra = divmod(len(self._slots), len(live))
-        self.share = per_node + (1 if rank < extra else 0)
-        if self.local_only:
-            # Node-local spools: every node must be able to send what it
-            # received, so each may claim a free slot (idle slots give theirs up).
-            self.share = max(self.share, 1)
-        held = sorted((s for s in self._slots if s.claimed and not s.surrender), key=lambda s: -s.index)
-        for slot in held[: max(0, len(held) - self.share)]:
-            slot.surrender = True
-
-    def _holds_claim(self, slot: _Slot, now: float) -> bool:
-        """Whether the slot holds a claim that has not run out, as far as this node knows."""
-        return slot.claimed and now < slot.claim_until
-
-    async def _release_claim(self, slot: _Slot) -> None:
-        """Give up the slot's claim (drain, stop); a refusal is logged (the claim then runs out by itself)."""
-        if not slot.claimed:
-            return
-        slot.claimed = False
-        try:
-            await self._journal(self.store.release_slot, self.name, slot.index)
-        except JournalRefused as e:
-            self.log.warn(
-                "forward {destination}: slot {slot}'s claim not released ({error}); it runs out in {seconds:.0f}s",
-                destination=self.name,
-                slot=slot.index,
-                error=str(e),
-                seconds=self.lease_seconds,
-            )
-
-    async def _follow_shared_circuit(self) -> None:
-        """Adopt the circuit state another node recorded, when it is newer than what this node knows.
-
-        Recorded open since after this node's last success, while closed
-        here: open here too (and probe). Recorded closed since after this
-        node's circuit opened, while open here: close here (the slots wake).
-        """
-        circuit_open, reason, since = await self._store(self.store.circuit, self.name)
-        if since is None:
-            return
-        if circuit_open and self.circuit.is_closed and (self._last_success is None or since > self._last_success):
-            self._opened_at = since
-            self.circuit.adopt_open(reason)
-        elif not circuit_open and not self.circuit.is_closed and (self._opened_at is None or since > self._opened_at):
-            self.circuit.adopt_closed()
+                    self.membership.lease_lost(entry_id, during)
 
     # -- slot loop -----------------------------------------------------------------------
 
@@ -808,7 +538,7 @@ class DestinationWorker(Service):
             except JournalRefused:
                 self.log.failure("forward {destination} slot {slot}: deliveries not written at stop (they will be re-sent)",
                                  destination=self.name, slot=slot.index)
-        await self._release_claim(slot)
+        await self.membership.release_claim(slot.standing)
         await self.sender.close(slot.index)
 
     async def _slot_step(self, slot: _Slot) -> None:
@@ -827,7 +557,7 @@ class DestinationWorker(Service):
                 slot.unreleased = {}
             self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
             return
-        if self._draining:
+        if self.membership.draining:
             await self._drain_slot(slot)
             return
         if not self.circuit.is_closed:
@@ -835,40 +565,39 @@ class DestinationWorker(Service):
             if slot.delivered:
                 await self._settle(slot, 0)
             if not self._stopping:
-                watcher = self._watch(self._drain_watchers)
+                watcher = self.membership.when_draining()
                 try:
                     await self._first(self.circuit.when_closed(), watcher)
                 finally:
-                    if watcher in self._drain_watchers:
-                        self._drain_watchers.remove(watcher)
+                    self.membership.forget(watcher)
             return
-        if slot.surrender:
+        if slot.standing.surrender:
             # More slots than this node's share: this one goes to another node.
-            slot.surrender = False
+            slot.standing.surrender = False
             if slot.delivered:
                 await self._settle(slot, 0)
-            await self._release_claim(slot)
+            await self.membership.release_claim(slot.standing)
             await self.sender.close(slot.index)
             self.log.info(
                 "forward {destination}: slot {slot} given up for another node (this node's share is {share})",
                 destination=self.name,
                 slot=slot.index,
-                share=self.share,
+                share=self.membership.share,
             )
-            if not self._stopping and not self._draining:
+            if not self._stopping and not self.membership.draining:
                 await self._sleep(self.poll_interval, pokeable=False)
             return
-        if slot.yielded and not self._holds_claim(slot, self._schedule_now()):
+        if slot.standing.yielded and not self.membership.holds_claim(slot.standing, self._schedule_now()):
             # Given up for idleness (node-local spools): claim again once this
             # node receives something, or a heartbeat later (a retry come due).
-            slot.yielded = False
-            if not self._stopping and not self._draining:
-                await self._sleep(self.heartbeat_interval, pokeable=True)
+            slot.standing.yielded = False
+            if not self._stopping and not self.membership.draining:
+                await self._sleep(self.membership.heartbeat_interval, pokeable=True)
             return
         await self._follow_wall_clock()
-        holds = self._holds_claim(slot, self._schedule_now())
-        others = sum(1 for s in self._slots if s.claimed and s is not slot)
-        if not holds and (others >= self.share or not await self._claim(slot)):
+        holds = self.membership.holds_claim(slot.standing, self._schedule_now())
+        others = self.membership.claims_besides(slot.standing)
+        if not holds and (others >= self.membership.share or not await self.membership.claim(slot.standing)):
             # Another node holds this slot (cluster-wide max_associations), or
             # this node holds its share: no association of ours for it; look
             # again at the next poll. Not pokeable: the holder sends what this
@@ -876,9 +605,9 @@ class DestinationWorker(Service):
             # received instance would load the store for nothing.
             if slot.delivered:
                 await self._settle(slot, 0)
-            await self._release_claim(slot)  # (one that ran out while this node held its share elsewhere)
+            await self.membership.release_claim(slot.standing)  # (one that ran out while this node held its share elsewhere)
             await self.sender.close(slot.index)
-            if not self._stopping and not self._draining:
+            if not self._stopping and not self.membership.draining:
                 await self._sleep(self.poll_interval, pokeable=False)
             return
         # The deliveries of the last batch and the next lease: one transaction.
@@ -888,11 +617,11 @@ class DestinationWorker(Service):
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
             slot.streaming = False
-            if slot.idle_since is None:
-                slot.idle_since = self._schedule_now()
+            if slot.standing.idle_since is None:
+                slot.standing.idle_since = self._schedule_now()
             await self._idle(slot, settled.next_due)
             return
-        slot.idle_since = None
+        slot.standing.idle_since = None
         if not slot.streaming and slot.batch_ended is not None:
             # Woken from idle soon after its last batch: a stream, not a lone instance.
             slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
@@ -921,22 +650,16 @@ class DestinationWorker(Service):
         """Draining: write the slot's deliveries, give up its claim and association, wait for undrain or stop."""
         if slot.delivered:
             await self._settle(slot, 0)
-        await self._release_claim(slot)
+        await self.membership.release_claim(slot.standing)
         await self.sender.close(slot.index)
-        if self._stopping or not self._draining:
+        if self._stopping or not self.membership.draining:
             return
         slot.drained = True
-        self._check_drained()
+        self.membership.check_drained()
         try:
-            await self._watch(self._undrain_waiters)
+            await self.membership.when_undrained()
         finally:
             slot.drained = False
-
-    def _watch(self, waiters: "list[Deferred[None]]") -> "Deferred[None]":
-        """A new Deferred added to ``waiters`` (fired by :meth:`_fire`)."""
-        d: Deferred[None] = Deferred()
-        waiters.append(d)
-        return d
 
     async def _first(self, *waits: "Deferred[None]") -> None:
         """Wait until one of ``waits`` fires (the others may fire later, unheard)."""
@@ -968,11 +691,11 @@ class DestinationWorker(Service):
             slot.delivered = delivered + slot.delivered
             raise
         if settled.leased:
-            slot.lease_until = now + self.lease_seconds
+            self.membership.leased(slot.standing, now)
         lost = set(settled.lost)
         for entry, outcome, duration in delivered:
             if entry.entry_id in lost:
-                self._lease_lost(entry.entry_id, "recording its delivery")
+                self.membership.lease_lost(entry.entry_id, "recording its delivery")
             else:
                 self._announce_delivery(entry, outcome, duration)
         return settled
@@ -1022,11 +745,9 @@ class DestinationWorker(Service):
         step = (wall - anchor[0]) - (mono - anchor[1])
         if abs(step) < WALL_CLOCK_STEP:
             return
-        for slot in self._slots:
-            # What this node knows of its claims and leases moves to the new
-            # timeline too (the store's own records are renewed in it).
-            slot.claim_until += step
-            slot.lease_until += step
+        # What this node knows of its claims and leases moves to the new
+        # timeline too (the store's own records are renewed in it).
+        self.membership.shift(step)
         moved = await self._journal(self.store.shift_schedule, self.name, wall - step, step)
         self.log.warn(
             "forward {destination}: wall clock stepped by {step:+.0f}s, {moved} queued entries moved with it",
@@ -1093,13 +814,13 @@ class DestinationWorker(Service):
         """
         if not slot.leased or self._stopping or not self.circuit.is_closed:
             return False
-        if self._schedule_now() >= slot.lease_until - self.heartbeat_interval:
+        if self._schedule_now() >= slot.standing.lease_until - self.membership.heartbeat_interval:
             try:
-                await self._renew_leases()
+                await self.membership.renew_leases()
             except Exception as e:
                 self.log.warn("forward {destination}: renewing leases failed: {error}", destination=self.name, error=f"{type(e).__name__}: {e}")
         now = self._schedule_now()
-        return bool(slot.leased) and now < slot.lease_until and self._holds_claim(slot, now)
+        return bool(slot.leased) and now < slot.standing.lease_until and self.membership.holds_claim(slot.standing, now)
 
     async def _prepare_all(self, slot: _Slot) -> None:
         """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""
@@ -1140,7 +861,7 @@ class DestinationWorker(Service):
         try:
             await self._record_outcome(slot, entry, outcome, started)
         except LeaseLost:
-            self._lease_lost(entry.entry_id, "recording its outcome")
+            self.membership.lease_lost(entry.entry_id, "recording its outcome")
         except JournalRefused:
             if not isinstance(outcome, Delivered):
                 # (A delivery whose write was refused is still on slot.delivered.)
@@ -1183,7 +904,7 @@ class DestinationWorker(Service):
                     self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False, generation=entry.lease_generation
                 )
             except LeaseLost:
-                self._lease_lost(entry.entry_id, "putting it back")
+                self.membership.lease_lost(entry.entry_id, "putting it back")
             rest = {e.entry_id: e.lease_generation for e in slot.leased}
             slot.leased = []
             if rest:
@@ -1248,7 +969,7 @@ class DestinationWorker(Service):
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""
-        self._last_success = self.wall()
+        self.membership.destination_answered()
         self.circuit.success()
 
     def circuit_opened(self, fault: DestinationDown) -> None:
@@ -1257,8 +978,7 @@ class DestinationWorker(Service):
             "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
         )
         self.observer.observe(events.CircuitOpened(self.name, fault.reason, fault.permanent))
-        self._opened_at = self.wall()
-        self._note_circuit(True, fault.reason, self._opened_at)
+        self.membership.circuit_opened(fault.reason)
 
     def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
         """The circuit followed another node's record (issue 14): log and tell the observer.
@@ -1305,13 +1025,8 @@ class DestinationWorker(Service):
                 max_age=max_age,
             )
 
-    def _note_circuit(self, circuit_open: bool, reason: str, at: float | None = None) -> None:
-        """Write the circuit state to the journal, where ``queue list`` (another process) and the other nodes read it."""
-        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall() if at is None else at)
-        d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
-
     def circuit_closed(self) -> None:
         """A probe succeeded: log, tell the observer and the journal (the circuit wakes the slots)."""
         self.log.info("destination {destination} is up, circuit closed", destination=self.name)
         self.observer.observe(events.CircuitClosed(self.name))
-        self._note_circuit(False, "")
+        self.membership.circuit_closed()
