@@ -131,9 +131,9 @@ from twisted.logger import Logger
 
 from gateway.associate import ClientAssociation
 from gateway.blocking import IBlockingRunner
-from gateway.circuit import Circuit
 from gateway import events
 from gateway.config.schema import Destination, DicomDestination
+from gateway.forward_circuit import SharedCircuit
 from gateway.forward_types import (
     ForwardObserver,
     JournalRefused,
@@ -296,9 +296,11 @@ class DestinationWorker(Service):
         self.min_batch = max(1, min(min_batch, self.batch_size))
         #: Pokes so far: the receive side's enqueues (a slot's linger counts them).
         self._arrivals = 0
-        self.circuit = Circuit(
-            clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
+        #: The destination's circuit, its listener and its record shared with the other nodes.
+        self.shared_circuit = SharedCircuit(
+            config, store, store_runner, clock, wall, self._schedule_now, observer, self.sender.probe, self._backoff
         )
+        self.circuit = self.shared_circuit.circuit
         self._stopped: Deferred[None] | None = None
         #: The worker's standing in the cluster: its heartbeat, slot claims and share, drain (issue 14).
         self.membership = Membership(
@@ -306,8 +308,7 @@ class DestinationWorker(Service):
             store,
             store_runner,
             clock,
-            wall,
-            self.circuit,
+            self.shared_circuit,
             self.sender.slots,
             self.lease_seconds,
             observer,
@@ -938,7 +939,7 @@ class DestinationWorker(Service):
         self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=outcome.reason, **fields)
         self.observer.observe(events.DeadLettered(entry, outcome.kind, outcome.reason))
 
-    # -- circuit breaker (the state machine is gateway.circuit's; this is its listener) ---
+    # -- destination-wide faults (the circuit and its listener are gateway.forward_circuit's) ---
 
     def _backoff(self, attempt: int) -> float:
         retry = self.config.retry
@@ -969,64 +970,4 @@ class DestinationWorker(Service):
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""
-        self.membership.destination_answered()
-        self.circuit.success()
-
-    def circuit_opened(self, fault: DestinationDown) -> None:
-        """The circuit opened: log, tell the observer and the journal (where the other nodes read it)."""
-        self.log.error(
-            "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
-        )
-        self.observer.observe(events.CircuitOpened(self.name, fault.reason, fault.permanent))
-        self.membership.circuit_opened(fault.reason)
-
-    def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
-        """The circuit followed another node's record (issue 14): log and tell the observer.
-
-        Nothing is written: the record is the other node's.
-        """
-        if circuit_open:
-            self.log.warn(
-                "destination {destination} is down as another node recorded, circuit open here too: {reason}",
-                destination=self.name,
-                reason=reason,
-            )
-        else:
-            self.log.info("destination {destination} is up as another node's probe found, circuit closed here too", destination=self.name)
-        self.observer.observe(events.CircuitAdopted(self.name, circuit_open, reason))
-
-    def probe_failed(self, fault: DestinationDown) -> "Deferred[None]":
-        """A probe failed: log, and apply ``max_age`` before the next one."""
-        self.log.info("probe of {destination} failed: {reason}", destination=self.name, reason=fault.reason)
-        return Deferred.fromCoroutine(self._expire_while_down())
-
-    async def _expire_while_down(self) -> None:
-        """Apply ``max_age`` to the entries of a destination that is down as a whole.
-
-        Its entries make no attempts while the circuit is open (HARDENING
-        decision 9), so :func:`give_up` never sees them: without this, a
-        destination that never comes back would keep their spool files forever
-        (F17: "kept until all are done or dead-lettered").
-        """
-        max_age = self.config.retry.max_age
-        now = self._schedule_now()
-        reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self.circuit.last_error}"
-        try:
-            expired = await self._journal(self.store.expire, self.name, now - max_age, reason, now)
-        except JournalRefused:
-            return
-        for entry in expired:
-            self.observer.observe(events.DeadLettered(entry, DeadLetterKind.GAVE_UP, reason))
-        if expired:
-            self.log.warn(
-                "dead-lettered {count} entries for {destination} older than max_age {max_age:.0f}s (destination down)",
-                count=len(expired),
-                destination=self.name,
-                max_age=max_age,
-            )
-
-    def circuit_closed(self) -> None:
-        """A probe succeeded: log, tell the observer and the journal (the circuit wakes the slots)."""
-        self.log.info("destination {destination} is up, circuit closed", destination=self.name)
-        self.observer.observe(events.CircuitClosed(self.name))
-        self.membership.circuit_closed()
+        self.shared_circuit.success()

@@ -61,14 +61,9 @@ per destination stays per destination, across the cluster:
   an entry may have reached the destination twice: at-least-once, as
   after a crash.
 * **The circuit.** The circuit a node opens or closes is written to the
-  store (``set_circuit``); every heartbeat reads it back. Recorded open
-  since later than this node's last success while closed here: the
-  circuit opens here too (no local faults needed) and probes as usual.
-  Recorded closed since later than it opened here: it closes here and the
-  slots wake. So one node's probe result is every node's. A new worker
-  starts from the recorded state (a reload no longer writes "closed" over
-  another node's open circuit); its first probe comes after
-  ``retry.initial_delay``.
+  store, and every heartbeat reads it back
+  (:meth:`gateway.forward_circuit.SharedCircuit.follow_record`), so one
+  node's probe result is every node's.
 * **Drain** (:meth:`Membership.set_draining`, through
   :meth:`gateway.forward.DestinationWorker.set_draining`): no new lease, no
   new claim; batches in flight finish and are written; then each slot
@@ -93,7 +88,7 @@ from twisted.logger import Logger
 
 from gateway import events
 from gateway.blocking import IBlockingRunner
-from gateway.circuit import Circuit
+from gateway.forward_circuit import SharedCircuit
 from gateway.forward_types import JournalRefused, run_journal, run_store
 from gateway.queue.interfaces import IQueueStore
 
@@ -182,8 +177,7 @@ class Membership:
     :param store: the queue journal (``store.node`` is this node).
     :param store_runner: runs every store call.
     :param clock: schedules the heartbeat.
-    :param wall: wall-clock time for the circuit's record.
-    :param circuit: the destination's circuit (the worker's), which follows the record another node writes.
+    :param shared_circuit: the destination's circuit (the worker's), which follows the record another node writes.
     :param slots: how many association slots the destination has.
     :param lease_seconds: how long a lease and a slot's claim last unless renewed.
     :param observer: receives :class:`~gateway.events.LeaseLost`.
@@ -198,8 +192,7 @@ class Membership:
         store: IQueueStore,
         store_runner: IBlockingRunner,
         clock: IReactorTime,
-        wall: Callable[[], float],
-        circuit: Circuit,
+        shared_circuit: SharedCircuit,
         slots: int,
         lease_seconds: float,
         observer: events.IGatewayObserver,
@@ -209,8 +202,7 @@ class Membership:
         self.store = store
         self.store_runner = store_runner
         self.clock = clock
-        self.wall = wall
-        self.circuit = circuit
+        self.shared_circuit = shared_circuit
         self.lease_seconds = lease_seconds
         self.observer = observer
         self.worker = worker
@@ -226,11 +218,6 @@ class Membership:
         self.slots = [SlotStanding(k) for k in range(slots)]
         self._heartbeat_call: IDelayedCall | None = None
         self._heartbeat_stopped = False
-        #: Wall-clock time of the last sign of life of the destination (a
-        #: delivery, an association opened), and of the circuit's last opening
-        #: here: compared with the ``since`` of the store's record.
-        self._last_success: float | None = None
-        self._opened_at: float | None = None
         self._draining = False
         #: Fired when draining starts (a slot waiting for the circuit stops waiting).
         self._drain_watchers: list[Deferred[None]] = []
@@ -336,7 +323,7 @@ class Membership:
             ("leases", self.renew_leases),
             ("nodes", self._follow_nodes),
             ("slot claims", self._renew_claims),
-            ("circuit", self._follow_shared_circuit),
+            ("circuit", self.shared_circuit.follow_record),
         ]
         for what, step in steps:
             try:
@@ -494,39 +481,3 @@ class Membership:
         for slot in self.slots:
             slot.claim_until += step
             slot.lease_until += step
-
-    # -- the circuit, shared through the store -------------------------------------------
-
-    def destination_answered(self) -> None:
-        """The destination answered (a delivery, an association opened): note when, against the record."""
-        self._last_success = self.wall()
-
-    def circuit_opened(self, reason: str) -> None:
-        """The circuit opened here: write it to the store, where the other nodes read it."""
-        self._opened_at = self.wall()
-        self._note_circuit(True, reason, self._opened_at)
-
-    def circuit_closed(self) -> None:
-        """The circuit closed here (a probe succeeded): write it to the store."""
-        self._note_circuit(False, "")
-
-    def _note_circuit(self, circuit_open: bool, reason: str, at: float | None = None) -> None:
-        """Write the circuit state to the journal, where ``queue list`` (another process) and the other nodes read it."""
-        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall() if at is None else at)
-        d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
-
-    async def _follow_shared_circuit(self) -> None:
-        """Adopt the circuit state another node recorded, when it is newer than what this node knows.
-
-        Recorded open since after this node's last success, while closed
-        here: open here too (and probe). Recorded closed since after this
-        node's circuit opened, while open here: close here (the slots wake).
-        """
-        circuit_open, reason, since = await self._store(self.store.circuit, self.name)
-        if since is None:
-            return
-        if circuit_open and self.circuit.is_closed and (self._last_success is None or since > self._last_success):
-            self._opened_at = since
-            self.circuit.adopt_open(reason)
-        elif not circuit_open and not self.circuit.is_closed and (self._opened_at is None or since > self._opened_at):
-            self.circuit.adopt_closed()
