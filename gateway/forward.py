@@ -298,7 +298,7 @@ class DestinationWorker(Service):
         self._arrivals = 0
         #: The destination's circuit, its listener and its record shared with the other nodes.
         self.shared_circuit = SharedCircuit(
-            config, store, store_runner, clock, wall, self._schedule_now, observer, self.sender.probe, self._backoff
+            config, clock, self.sender.probe, self._backoff, observer, store, store_runner, wall, self._schedule_now
         )
         self.circuit = self.shared_circuit.circuit
         self._stopped: Deferred[None] | None = None

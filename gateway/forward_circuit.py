@@ -49,15 +49,15 @@ __all__ = ["SharedCircuit"]
 class SharedCircuit:
     """One destination's circuit, its listener and its record in the store (see the module docstring).
 
-    :param config: the destination (``circuit.failures``, ``retry.max_delay``, ``retry.max_age``).
-    :param store: the queue journal.
-    :param store_runner: runs every store call.
+    :param config: the destination (its name, ``circuit.failures``, ``retry.max_delay``, ``retry.max_age``).
     :param clock: schedules the probes.
-    :param wall: wall-clock time for the record.
-    :param schedule_now: the time due times are written and compared in (the worker's).
-    :param observer: receives the circuit's :mod:`gateway.events`.
     :param probe: one probe of the destination (the sender's).
     :param backoff: the delay before probe number ``attempt`` (the worker's).
+    :param observer: receives the circuit's :mod:`gateway.events`.
+    :param store: the queue journal.
+    :param store_runner: runs every store call.
+    :param wall: wall-clock time for the record.
+    :param schedule_now: the time due times are written and compared in (the worker's).
     """
 
     log = Logger(namespace="gateway.forward")
@@ -65,23 +65,24 @@ class SharedCircuit:
     def __init__(
         self,
         config: Destination,
-        store: IQueueStore,
-        store_runner: IBlockingRunner,
         clock: IReactorTime,
-        wall: Callable[[], float],
-        schedule_now: Callable[[], float],
-        observer: events.IGatewayObserver,
         probe: Callable[[], Awaitable[DestinationDown | None]],
         backoff: Callable[[int], float],
+        observer: events.IGatewayObserver,
+        store: IQueueStore,
+        store_runner: IBlockingRunner,
+        wall: Callable[[], float],
+        schedule_now: Callable[[], float],
     ) -> None:
-        self.config = config
+        self.circuit = Circuit(clock, config.circuit.failures, probe, backoff, config.retry.max_delay, self)
         self.name = config.name
+        #: While the destination is down, entries queued longer than this are dead-lettered.
+        self.max_age = config.retry.max_age
+        self.observer = observer
         self.store = store
         self.store_runner = store_runner
         self.wall = wall
         self.schedule_now = schedule_now
-        self.observer = observer
-        self.circuit = Circuit(clock, config.circuit.failures, probe, backoff, config.retry.max_delay, self)
         #: Wall-clock time of the last sign of life of the destination (a
         #: delivery, an association opened), and of the circuit's last opening
         #: here: compared with the ``since`` of the store's record.
@@ -130,7 +131,7 @@ class SharedCircuit:
         destination that never comes back would keep their spool files forever
         (F17: "kept until all are done or dead-lettered").
         """
-        max_age = self.config.retry.max_age
+        max_age = self.max_age
         now = self.schedule_now()
         reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self.circuit.last_error}"
         try:
