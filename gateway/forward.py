@@ -596,9 +596,7 @@ class DestinationWorker(Service):
                 await self._sleep(self.membership.heartbeat_interval, pokeable=True)
             return
         await self._follow_wall_clock()
-        holds = self.membership.holds_claim(slot.standing, self._schedule_now())
-        others = self.membership.claims_besides(slot.standing)
-        if not holds and (others >= self.membership.share or not await self.membership.claim(slot.standing)):
+        if not await self.membership.hold(slot.standing):
             # Another node holds this slot (cluster-wide max_associations), or
             # this node holds its share: no association of ours for it; look
             # again at the next poll. Not pokeable: the holder sends what this
@@ -815,13 +813,8 @@ class DestinationWorker(Service):
         """
         if not slot.leased or self._stopping or not self.circuit.is_closed:
             return False
-        if self._schedule_now() >= slot.standing.lease_until - self.membership.heartbeat_interval:
-            try:
-                await self.membership.renew_leases()
-            except Exception as e:
-                self.log.warn("forward {destination}: renewing leases failed: {error}", destination=self.name, error=f"{type(e).__name__}: {e}")
-        now = self._schedule_now()
-        return bool(slot.leased) and now < slot.standing.lease_until and self.membership.holds_claim(slot.standing, now)
+        live = await self.membership.still_holds(slot.standing)
+        return bool(slot.leased) and live
 
     async def _prepare_all(self, slot: _Slot) -> None:
         """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""

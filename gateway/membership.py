@@ -449,9 +449,31 @@ class Membership:
         """Whether the slot holds a claim that has not run out, as far as this node knows."""
         return slot.claimed and now < slot.claim_until
 
-    def claims_besides(self, slot: SlotStanding) -> int:
-        """How many slots other than ``slot`` this node claims."""
-        return sum(1 for s in self.slots if s.claimed and s is not slot)
+    async def hold(self, slot: SlotStanding) -> bool:
+        """Whether the slot may lease at this turn: it holds a live claim, or claims one now within this node's share.
+
+        :raises JournalRefused: the claim could not be written.
+        """
+        if self.holds_claim(slot, self.worker.schedule_now()):
+            return True
+        if sum(1 for s in self.slots if s.claimed and s is not slot) >= self.share:
+            return False
+        return await self.claim(slot)
+
+    async def still_holds(self, slot: SlotStanding) -> bool:
+        """Whether the slot's leases and claim still run, as far as this node knows: may it send the next entry.
+
+        A renewal overdue (the heartbeat did not run: a paused process) is
+        made first, so entries another node took over meanwhile are dropped
+        (:attr:`WorkerSide.drop_lost`), not sent.
+        """
+        if self.worker.schedule_now() >= slot.lease_until - self.heartbeat_interval:
+            try:
+                await self.renew_leases()
+            except Exception as e:
+                self.log.warn("forward {destination}: renewing leases failed: {error}", destination=self.name, error=f"{type(e).__name__}: {e}")
+        now = self.worker.schedule_now()
+        return now < slot.lease_until and self.holds_claim(slot, now)
 
     def claims_held(self) -> int:
         """How many slots this node claims."""
