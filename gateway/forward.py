@@ -78,7 +78,9 @@ DICOM AE; "the folder exists and is writable" for a folder) runs at backoff
 intervals, at the maximum interval straight away after a permanent
 rejection. Probes are not attempts. The first successful probe closes the
 circuit and the slots resume. Nothing is dead-lettered for a
-destination-wide fault (HARDENING decision 9).
+destination-wide fault (HARDENING decision 9). The circuit, its listener
+and its record shared with the other nodes are the worker's
+:class:`~gateway.forward_circuit.SharedCircuit`.
 
 A send whose outcome is unknown (the association ended after the data went
 out, or the DIMSE timeout fired) is retried with ``ambiguous: `` at the
@@ -108,12 +110,13 @@ PostgreSQL down), the slots take the path of a full disk (HARDENING F15):
 sends in flight finish, their outcomes stay on the slot and are written
 when the store answers again, nothing new is leased meanwhile. A renewal
 that fails is logged and tried at the next beat; a lease that expires
-while the store is away may be taken over, and is then fenced as above.
+while the store is away may be taken over, and is then fenced (the
+membership's theory of operation).
 
 Every store call goes through ``store_runner`` (one thread in production);
 file work (reading headers, transcoding, folder writes) goes through
 ``file_runner``, lent to the sender. Times stored in the journal come from ``wall``; delays are
-scheduled on ``clock``.
+scheduled on ``clock`` (the slots' sleeps and pokes: :class:`~gateway.forward_waits.Waits`).
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.associate import ClientAssociation
@@ -143,6 +146,7 @@ from gateway.forward_types import (
     run_journal,
     run_store,
 )
+from gateway.forward_waits import Waits
 from gateway.membership import Membership, SlotStanding, WorkerSide
 from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, LeaseLost, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
@@ -199,20 +203,6 @@ class _Slot:
     batch_changed: bool = False
     #: Draining: the slot has written its deliveries, released its claim and waits.
     drained: bool = False
-
-
-@dataclass
-class _Sleeper:
-    """A slot (or a backoff) waiting: woken by its timer, by a stop and, if ``pokeable``, by arrivals.
-
-    :ivar until_arrivals: a pokeable sleeper wakes only once the worker's
-        arrival count reaches this (``None``: at the first poke).
-    """
-
-    done: "Deferred[None]"
-    call: IDelayedCall | None
-    pokeable: bool
-    until_arrivals: int | None = None
 
 
 #: A difference between wall-clock and monotonic progress at least this large
@@ -291,11 +281,10 @@ class DestinationWorker(Service):
         self.batch_size = self.sender.batch_size
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
         self._stopping = False
-        self._sleepers: list[_Sleeper] = []
+        #: The slots' sleeps, woken by their timers, a stop, and pokes (arrivals).
+        self._waits = Waits(clock, lambda: self._stopping)
         self.linger = linger
         self.min_batch = max(1, min(min_batch, self.batch_size))
-        #: Pokes so far: the receive side's enqueues (a slot's linger counts them).
-        self._arrivals = 0
         #: The destination's circuit, its listener and its record shared with the other nodes.
         self.shared_circuit = SharedCircuit(
             config, clock, self.sender.probe, self._backoff, observer, store, store_runner, wall, self._schedule_now
@@ -318,7 +307,7 @@ class DestinationWorker(Service):
                 held=self._held,
                 busy=self._busy,
                 drop_lost=self._drop_lost,
-                wake_all=lambda: self._wake(all_sleepers=True),
+                wake_all=lambda: self._waits.wake(all_sleepers=True),
                 all_drained=self._all_drained,
             ),
         )
@@ -353,7 +342,7 @@ class DestinationWorker(Service):
         if self._stopped is not None:
             return self._stopped
         self._stopping = True
-        self._wake(all_sleepers=True)
+        self._waits.wake(all_sleepers=True)
         self.membership.stop()
         self.circuit.stop()
         # The probe holds no lease: it is not waited for (it ends at its own timeouts).
@@ -401,8 +390,7 @@ class DestinationWorker(Service):
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
-        self._arrivals += 1
-        self._wake(all_sleepers=False)
+        self._waits.poke()
 
     def status(self) -> WorkerStatus:
         """The worker's state (circuit, failures, last error, associations)."""
@@ -416,43 +404,6 @@ class DestinationWorker(Service):
             slots_held=self.membership.claims_held(),
             draining=self.membership.draining,
         )
-
-    # -- waiting -------------------------------------------------------------------------
-
-    def _sleep(self, delay: float, pokeable: bool, until_arrivals: int | None = None) -> "Deferred[None]":
-        """A Deferred that fires after ``delay``, on stop, and (if ``pokeable``) on :meth:`poke`.
-
-        With ``until_arrivals``, a poke wakes it only once the worker's
-        arrival count has reached that number.
-        """
-        d: Deferred[None] = Deferred()
-        if self._stopping:
-            d.callback(None)
-            return d
-
-        def fire() -> None:
-            self._sleepers[:] = [s for s in self._sleepers if s.done is not d]
-            if not d.called:
-                d.callback(None)
-
-        call = self.clock.callLater(max(0.0, delay), fire)
-        self._sleepers.append(_Sleeper(d, call, pokeable, until_arrivals))
-        return d
-
-    def _wake(self, all_sleepers: bool) -> None:
-        """Fire the sleepers (only the pokeable ones whose arrival count is reached unless ``all_sleepers``)."""
-
-        def due(s: _Sleeper) -> bool:
-            return all_sleepers or (s.pokeable and (s.until_arrivals is None or self._arrivals >= s.until_arrivals))
-
-        # Take them out first: a woken slot may go back to sleep at once.
-        woken = [s for s in self._sleepers if due(s)]
-        self._sleepers = [s for s in self._sleepers if not due(s)]
-        for s in woken:
-            if s.call is not None and s.call.active():
-                s.call.cancel()
-            if not s.done.called:
-                s.done.callback(None)
 
     async def _store(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store method through the store runner."""
@@ -529,7 +480,7 @@ class DestinationWorker(Service):
                 if isinstance(e, JournalRefused):
                     slot.journal_error = str(e)
                 self.log.failure("forward {destination} slot {slot} failed", destination=self.name, slot=slot.index)
-                await self._sleep(self.poll_interval, pokeable=False)
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             else:
                 slot.journal_error = ""
         if slot.delivered:
@@ -586,14 +537,14 @@ class DestinationWorker(Service):
                 share=self.membership.share,
             )
             if not self._stopping and not self.membership.draining:
-                await self._sleep(self.poll_interval, pokeable=False)
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             return
         if slot.standing.yielded and not self.membership.holds_claim(slot.standing, self._schedule_now()):
             # Given up for idleness (node-local spools): claim again once this
             # node receives something, or a heartbeat later (a retry come due).
             slot.standing.yielded = False
             if not self._stopping and not self.membership.draining:
-                await self._sleep(self.membership.heartbeat_interval, pokeable=True)
+                await self._waits.sleep(self.membership.heartbeat_interval, pokeable=True)
             return
         await self._follow_wall_clock()
         if not await self.membership.hold(slot.standing):
@@ -607,12 +558,12 @@ class DestinationWorker(Service):
             await self.membership.release_claim(slot.standing)  # (one that ran out while this node held its share elsewhere)
             await self.sender.close(slot.index)
             if not self._stopping and not self.membership.draining:
-                await self._sleep(self.poll_interval, pokeable=False)
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             return
         # The deliveries of the last batch and the next lease: one transaction.
         # (A refused write leaves both undone: the deliveries stay on the slot,
         # still LEASED in the journal, and are written at the next turn.)
-        arrivals, slot.arrivals = slot.arrivals, self._arrivals
+        arrivals, slot.arrivals = slot.arrivals, self._waits.arrivals
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
             slot.streaming = False
@@ -623,7 +574,7 @@ class DestinationWorker(Service):
         slot.standing.idle_since = None
         if not slot.streaming and slot.batch_ended is not None:
             # Woken from idle soon after its last batch: a stream, not a lone instance.
-            slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
+            slot.streaming = self._waits.arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
         slot.leased = list(settled.leased)
         try:
             await self._send_batch(slot)
@@ -640,7 +591,7 @@ class DestinationWorker(Service):
                     slot.unreleased.update(rest)
                     raise
         slot.batch_ended = self.clock.seconds()
-        if self._arrivals > slot.arrivals:
+        if self._waits.arrivals > slot.arrivals:
             slot.streaming = True
         if len(settled.leased) < self.batch_size:
             await self._linger(slot)
@@ -711,9 +662,9 @@ class DestinationWorker(Service):
         lone instance (no stream) is not held: its delivery is written at
         once, and the next one is leased as soon as it is poked.
         """
-        if self._stopping or not slot.streaming or self._arrivals - slot.arrivals >= self.min_batch:
+        if self._stopping or not slot.streaming or self._waits.arrivals - slot.arrivals >= self.min_batch:
             return
-        await self._sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
+        await self._waits.sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
 
     def _schedule_now(self) -> float:
         """The time due times are written and compared in: the wall clock as of the
@@ -770,7 +721,7 @@ class DestinationWorker(Service):
             # lease did not return is paused or another slot's: poll.)
             delay = min(delay, due - self._schedule_now())
         if not self._stopping:
-            await self._sleep(delay, pokeable=True)
+            await self._waits.sleep(delay, pokeable=True)
 
     async def _send_batch(self, slot: _Slot) -> None:
         """Hand the slot's leased entries to the sender, recording each outcome as it comes.
@@ -865,13 +816,7 @@ class DestinationWorker(Service):
     async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
         """The body of :meth:`_record`."""
         now = self._schedule_now()
-        fields = dict(
-            destination=self.name,
-            entry_id=entry.entry_id,
-            correlation_id=entry.instance.correlation_id,
-            sop_instance_uid=entry.instance.sop_instance_uid,
-            attempt=entry.attempts + 1,
-        )
+        fields = self._log_fields(entry)
         if isinstance(outcome, Delivered):
             # Kept on the slot and written with the next lease, or on its own
             # once UNRECORDED_DELIVERIES gather (see the module docstring).
@@ -909,15 +854,19 @@ class DestinationWorker(Service):
                     raise
             await self._destination_fault(outcome)
 
-    def _announce_delivery(self, entry: Entry, outcome: Delivered, duration: float) -> None:
-        """Log a delivery the journal has just recorded, and tell the observer."""
-        fields = dict(
+    def _log_fields(self, entry: Entry) -> dict[str, Any]:
+        """The fields of an entry's outcome log lines (destination, ids, attempt)."""
+        return dict(
             destination=self.name,
             entry_id=entry.entry_id,
             correlation_id=entry.instance.correlation_id,
             sop_instance_uid=entry.instance.sop_instance_uid,
             attempt=entry.attempts + 1,
         )
+
+    def _announce_delivery(self, entry: Entry, outcome: Delivered, duration: float) -> None:
+        """Log a delivery the journal has just recorded, and tell the observer."""
+        fields = self._log_fields(entry)
         if outcome.warning:
             # (not "warning": a log event with that key looks like a Python warning to legacy observers)
             self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
@@ -959,7 +908,7 @@ class DestinationWorker(Service):
         if self.circuit.fault(outcome):
             return
         # Below the threshold: wait before this slot tries the destination again.
-        await self._sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
+        await self._waits.sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""
