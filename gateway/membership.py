@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -93,6 +93,8 @@ from gateway.forward_types import JournalRefused, run_journal, run_store
 from gateway.queue.interfaces import IQueueStore
 
 __all__ = ["Membership", "SlotStanding", "WorkerSide"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -154,7 +156,7 @@ def _says_draining(detail: str) -> bool:
     return isinstance(said, dict) and bool(said.get("draining"))
 
 
-def fire_all(waiters: "list[Deferred[None]]") -> None:
+def _fire_all(waiters: "list[Deferred[None]]") -> None:
     """Fire and forget every Deferred of ``waiters`` (the list is emptied first)."""
     fired = list(waiters)
     del waiters[:]
@@ -163,8 +165,8 @@ def fire_all(waiters: "list[Deferred[None]]") -> None:
             d.callback(None)
 
 
-def watch(waiters: "list[Deferred[None]]") -> "Deferred[None]":
-    """A new Deferred added to ``waiters`` (fired by :func:`fire_all`)."""
+def _watch(waiters: "list[Deferred[None]]") -> "Deferred[None]":
+    """A new Deferred added to ``waiters`` (fired by :func:`_fire_all`)."""
     d: Deferred[None] = Deferred()
     waiters.append(d)
     return d
@@ -235,8 +237,8 @@ class Membership:
 
     def stop(self) -> None:
         """The worker stops: drained and draining slots stop waiting (the heartbeat goes on)."""
-        fire_all(self._drain_watchers)
-        fire_all(self._undrain_waiters)
+        _fire_all(self._drain_watchers)
+        _fire_all(self._undrain_waiters)
 
     def stopped(self) -> None:
         """Every slot has stopped: stop the heartbeat; a drain waited for is over."""
@@ -244,12 +246,12 @@ class Membership:
         if self._heartbeat_call is not None and self._heartbeat_call.active():
             self._heartbeat_call.cancel()
         self._heartbeat_call = None
-        fire_all(self._drained_waiters)
+        _fire_all(self._drained_waiters)
 
     def _crashed(self, failure: Any) -> None:
         self.log.failure("forward {destination} {what} crashed", failure, destination=self.name, what="heartbeat")
 
-    async def _store(self, f: Callable[..., Any], *args: Any) -> Any:
+    async def _store(self, f: Callable[..., _T], *args: Any) -> _T:
         """Run a store method through the store runner."""
         return await run_store(self.store_runner, f, *args)
 
@@ -265,14 +267,14 @@ class Membership:
         done: Deferred[None] = Deferred()
         if not flag:
             self._draining = False
-            fire_all(self._undrain_waiters)
+            _fire_all(self._undrain_waiters)
             done.callback(None)
             return done
         self._draining = True
         self._drained_waiters.append(done)
         # Idle, lingering and backing-off slots go to their next turn now (and drain).
         self.worker.wake_all()
-        fire_all(self._drain_watchers)
+        _fire_all(self._drain_watchers)
         self.check_drained()
         return done
 
@@ -284,11 +286,11 @@ class Membership:
     def check_drained(self) -> None:
         """Fire the drain's waiters once every slot is drained (or no slot runs)."""
         if self._draining and self.worker.all_drained():
-            fire_all(self._drained_waiters)
+            _fire_all(self._drained_waiters)
 
     def when_draining(self) -> "Deferred[None]":
         """A Deferred fired when draining starts or the worker stops (:meth:`forget` it when done)."""
-        return watch(self._drain_watchers)
+        return _watch(self._drain_watchers)
 
     def forget(self, watcher: "Deferred[None]") -> None:
         """Stop watching for a drain with ``watcher`` (from :meth:`when_draining`)."""
@@ -297,7 +299,7 @@ class Membership:
 
     def when_undrained(self) -> "Deferred[None]":
         """A Deferred fired at undrain or when the worker stops."""
-        return watch(self._undrain_waiters)
+        return _watch(self._undrain_waiters)
 
     # -- heartbeat: leases, slot claims and the shared circuit ---------------------------
 
