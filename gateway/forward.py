@@ -78,7 +78,9 @@ DICOM AE; "the folder exists and is writable" for a folder) runs at backoff
 intervals, at the maximum interval straight away after a permanent
 rejection. Probes are not attempts. The first successful probe closes the
 circuit and the slots resume. Nothing is dead-lettered for a
-destination-wide fault (HARDENING decision 9).
+destination-wide fault (HARDENING decision 9). The circuit, its listener
+and its record shared with the other nodes are the worker's
+:class:`~gateway.forward_circuit.SharedCircuit`.
 
 A send whose outcome is unknown (the association ended after the data went
 out, or the DIMSE timeout fired) is retried with ``ambiguous: `` at the
@@ -90,88 +92,36 @@ it holds across restarts too.
 
 Several nodes, one queue (issue 14)
 -----------------------------------
-The store may be shared by several gateway processes (PostgreSQL), each a
-*node* (``store.node``), each running a worker per destination. What was
-per destination stays per destination, across the cluster:
+The store may be shared by several gateway processes (PostgreSQL). The
+worker's standing in that cluster is its :class:`~gateway.membership.Membership`
+(see its theory of operation): a heartbeat renews the leases the slots hold
+and their claims on the destination's association slots, works out this
+node's fair share of the slots, follows the circuit another node recorded,
+and keeps the drain. The loop asks it, at each turn, whether the slot holds
+its claim (else: close the association, poll), whether to give the slot up
+(beyond the share, or idle with node-local spools) and whether to drain,
+and, before each entry goes out, whether the slot's leases still run. A
+write refused because another node took the lease over
+(:class:`~gateway.queue.interfaces.LeaseLost`, ``Settled.lost``) drops this
+node's outcome and the slot carries on.
 
-* **Association slots.** Slot ``k`` sends only while this node holds the
-  store's claim on slot ``k`` of the destination
-  (:meth:`~gateway.queue.interfaces.IQueueStore.claim_slot`, for
-  ``lease_seconds``): at most ``max_associations`` holders in the whole
-  cluster, so an archive that takes 4 associations gets 4 from the
-  cluster, not 4 per node. A slot claims at its turn when it holds no live
-  claim, and the heartbeat renews the claims held (a claim is a journal
-  write: renewing it at every turn would undo issue 13's one write per
-  batch). A slot without its claim closes its association and polls
-  (``poll_interval``, not woken by pokes: the holder sends what this node
-  receives); a slot whose claim is found taken
-  mid-batch sends nothing more of the batch. Since slot ``k`` always
-  leases shard ``k``, a study still travels through one slot at a time,
-  whichever node received its instances, and arrives in order. Claims are
-  released at stop and when draining.
-* **Shares.** Each node claims at most its share of the slots: ``slots //
-  live nodes``, one more for the first ``slots mod live nodes`` nodes by
-  name (live: a heartbeat in the store within ``lease_seconds``, not
-  draining; this node always counts), read at every heartbeat. A node
-  added while the cluster runs thus gets slots, and work, from the others:
-  a slot held beyond the share is given up at its next turn, between
-  batches, after its deliveries are written (a study never has two slots
-  at once). When a node dies (``kill -9``), its leases and claims run out
-  within ``lease_seconds``, the survivors' shares grow at their next
-  heartbeat and their slots claim at their next poll: its backlog flows
-  again within ``lease_seconds * 4 / 3 + poll_interval``. With node-local spools (the store's
-  ``local_only``) a slot idle for a heartbeat interval also gives its claim
-  up, since only the node that received an instance can send it; it claims
-  again when poked or a heartbeat later. An instance received by a node
-  that holds no slot of its destination is sent by a node that does, at
-  that node's next poll (``poll_interval``).
-* **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
-  renews the leases of every entry it holds (being sent, delivered but not
-  yet written, refused by the journal: all still LEASED), and the claims of
-  its slots. A slot about to send while its renewal is overdue (the
-  heartbeat did not run: the process was paused) renews first, and sends
-  nothing whose lease has run out. A lease that expires anyway (a paused
-  or partitioned node) is taken back by another node's lease.
-* **Fencing.** Every write that ends a lease names the generation leased
-  (``settle``'s deliveries, ``retry``, ``dead_letter``, ``release``). When
-  another node took the entry over after our lease expired, the write is
-  refused (:class:`~gateway.queue.interfaces.LeaseLost`, ``Settled.lost``)
-  or the renewal reports it: this node's outcome is dropped (logged as a
-  warning naming entry, destination and node, counted in
-  ``leases_lost_total``, :class:`~gateway.events.LeaseLost`), the other
-  node's stands, and the slot carries on (never a journal refusal). Such
-  an entry may have reached the destination twice: at-least-once, as
-  after a crash.
-* **The circuit.** The circuit a node opens or closes is written to the
-  store (``set_circuit``); every heartbeat reads it back. Recorded open
-  since later than this node's last success while closed here: the
-  circuit opens here too (no local faults needed) and probes as usual.
-  Recorded closed since later than it opened here: it closes here and the
-  slots wake. So one node's probe result is every node's. A new worker
-  starts from the recorded state (a reload no longer writes "closed" over
-  another node's open circuit); its first probe comes after
-  ``retry.initial_delay``.
-* **Drain** (:meth:`DestinationWorker.set_draining`): no new lease, no
-  new claim; batches in flight finish and are written; then each slot
-  writes its deliveries, releases its claim and closes its association.
-  Undrained, the slots go on.
-* **Store unavailable** (:class:`~gateway.queue.interfaces.StoreUnavailable`,
-  PostgreSQL down): the same path as a full disk (HARDENING F15): sends in
-  flight finish, their outcomes stay on the slot and are written when the
-  store answers again, nothing new is leased meanwhile. A renewal that
-  fails is logged and tried at the next beat; a lease that expires while
-  the store is away may be taken over, and is then fenced as above.
+When the store is unavailable (:class:`~gateway.queue.interfaces.StoreUnavailable`,
+PostgreSQL down), the slots take the path of a full disk (HARDENING F15):
+sends in flight finish, their outcomes stay on the slot and are written
+when the store answers again, nothing new is leased meanwhile. A renewal
+that fails is logged and tried at the next beat; a lease that expires
+while the store is away may be taken over, and is then fenced (the
+membership's theory of operation).
 
 Every store call goes through ``store_runner`` (one thread in production);
 file work (reading headers, transcoding, folder writes) goes through
 ``file_runner``, lent to the sender. Times stored in the journal come from ``wall``; delays are
-scheduled on ``clock``.
+scheduled on ``clock`` (the slots' sleeps and pokes: :class:`~gateway.forward_waits.Waits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -179,14 +129,25 @@ from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.associate import ClientAssociation
 from gateway.blocking import IBlockingRunner
-from gateway.circuit import Circuit
 from gateway import events
 from gateway.config.schema import Destination, DicomDestination
+from gateway.forward_circuit import SharedCircuit
+from gateway.forward_types import (
+    ForwardObserver,
+    JournalRefused,
+    Prepare,
+    PrepareError,
+    WorkerStatus,
+    run_journal,
+    run_store,
+)
+from gateway.forward_waits import Waits
+from gateway.membership import Membership, SlotStanding, WorkerSide
 from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, LeaseLost, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
@@ -202,125 +163,19 @@ __all__ = [
     "connect_dicom",
     "proposals_for",
     "AMBIGUOUS_PREFIX",
+    "JournalRefused",
+    "PrepareError",
 ]
 
 _T = TypeVar("_T")
-
-
-class JournalRefused(Exception):
-    """The journal did not take an entry's outcome (disk full, I/O error); it is written again later."""
-
-
-class PrepareError(Exception):
-    """A destination's copy of an instance cannot be made (a morph failure): a permanent fault of that copy."""
-
-
-#: Makes the copy an entry sends: returns the entry itself (unmorphed) or one
-#: whose ``path`` (and ``instance`` UIDs) are those of the copy made with the
-#: morph plan journaled with the entry (:class:`gateway.prepare.CopyMaker`).
-#: Raises :class:`PrepareError` when the copy cannot be made or the plan cannot
-#: be rebuilt (HARDENING D15: the copy is dead-lettered, never sent half-made
-#: or with less morphing than it was queued with).
-Prepare = Callable[[Entry], "Deferred[Entry]"]
-
-
-class ForwardObserver:
-    """A worker's events as one method each: an :class:`~gateway.events.IGatewayObserver` for sinks that prefer methods.
-
-    The worker emits :mod:`gateway.events` to :meth:`observe`, which calls the
-    method of the event; every method is a no-op here, and events that are
-    not a worker's are ignored. The delivery metrics subclass this.
-    """
-
-    def observe(self, event: events.Event) -> None:
-        """Call the method of a forwarding event."""
-        if isinstance(event, events.Delivered):
-            self.delivered(event.entry, event.duration, event.warning)
-        elif isinstance(event, events.Redelivered):
-            self.redelivered(event.entry)
-        elif isinstance(event, events.Retried):
-            self.retried(event.entry, event.reason)
-        elif isinstance(event, events.DeadLettered):
-            self.dead_lettered_as(event.entry, event.kind, event.detail)
-        elif isinstance(event, events.DestinationFault):
-            self.destination_fault(event.destination, event.reason, event.permanent)
-        elif isinstance(event, events.CircuitOpened):
-            self.destination_down(event.destination, event.reason, event.permanent)
-        elif isinstance(event, events.CircuitClosed):
-            self.destination_up(event.destination)
-        elif isinstance(event, events.LeaseLost):
-            self.lease_lost(event.destination, event.entry_id, event.node)
-        elif isinstance(event, events.CircuitAdopted):
-            self.circuit_adopted(event.destination, event.circuit_open, event.reason)
-
-    def delivered(self, entry: Entry, duration: float, warning: str) -> None:
-        """An entry was delivered (``warning`` is empty on plain success)."""
-
-    def retried(self, entry: Entry, reason: str) -> None:
-        """An entry's attempt failed and it will be tried again."""
-
-    def dead_lettered(self, entry: Entry, reason: str) -> None:
-        """An entry went to the dead letters (``reason`` is the text stored with it)."""
-
-    def dead_lettered_as(self, entry: Entry, kind: DeadLetterKind, reason: str) -> None:
-        """An entry went to the dead letters, with the kind of its fault: what the worker calls.
-
-        By default this calls :meth:`dead_lettered`, so an observer that
-        needs only the text overrides that one.
-        """
-        self.dead_lettered(entry, reason)
-
-    def destination_fault(self, name: str, reason: str, permanent: bool) -> None:
-        """One destination-wide fault (connection refused, association rejected, ...), circuit open or not."""
-
-    def destination_down(self, name: str, reason: str, permanent: bool) -> None:
-        """The circuit of destination ``name`` opened."""
-
-    def destination_up(self, name: str) -> None:
-        """The circuit of destination ``name`` closed again."""
-
-    def redelivered(self, entry: Entry) -> None:
-        """An entry delivered after an ambiguous attempt: the destination may hold two copies."""
-
-    def duplicate(self, entry: Entry) -> None:
-        """An identical re-send was not forwarded (called by the receive side, not the worker)."""
-
-    def lease_lost(self, destination: str, entry_id: int, node: str) -> None:
-        """Another node took entry ``entry_id`` over after this node's lease expired: this node's outcome was dropped."""
-
-    def circuit_adopted(self, name: str, circuit_open: bool, reason: str) -> None:
-        """The circuit of destination ``name`` followed another node's record (opened or closed)."""
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    """A worker's state for ``queue list`` and the health check.
-
-    :ivar circuit: ``"closed"`` (sending) or ``"open"`` (probing; half-open included).
-    :ivar consecutive_failures: destination-wide faults since the last success.
-    :ivar last_error: the latest fault, empty if none.
-    :ivar active_associations: associations open now.
-    :ivar journal_error: why outcomes cannot be written to the journal now
-        (the worker has stopped dequeuing), empty when they can.
-    :ivar slots_held: association slots this node holds in the store (issue 14).
-    :ivar draining: :meth:`DestinationWorker.set_draining` asked the worker to drain.
-    """
-
-    destination: str
-    circuit: str
-    consecutive_failures: int
-    last_error: str
-    active_associations: int
-    journal_error: str = ""
-    slots_held: int = 0
-    draining: bool = False
-
 
 @dataclass
 class _Slot:
     """One slot's mutable state (its association, if any, is the sender's)."""
 
     index: int
+    #: The slot's standing in the cluster: its claim, lease end, idleness (the membership's).
+    standing: SlotStanding
     leased: list[Entry] = field(default_factory=list)
     done: "Deferred[None] | None" = None
     #: Outcomes the journal refused (ENOSPC, I/O error), recorded again before
@@ -340,13 +195,6 @@ class _Slot:
     #: Whether instances are streaming in: arrivals met the slot's last batch,
     #: or a poke woke it within ``linger`` of that batch's end.
     streaming: bool = False
-    #: Whether this node holds the store's claim on this slot (issue 14), and
-    #: until when (``_schedule_now`` time) as far as this node knows.
-    claimed: bool = False
-    claim_until: float = 0.0
-    #: Until when the slot's leases run (``_schedule_now`` time), as of its
-    #: last lease or renewal.
-    lease_until: float = 0.0
     #: (entry id, generation) of leases found lost while the slot's batch was
     #: being sent: their outcomes are dropped. Cleared at the end of the batch.
     lost: set[tuple[int, int]] = field(default_factory=set)
@@ -355,41 +203,11 @@ class _Slot:
     batch_changed: bool = False
     #: Draining: the slot has written its deliveries, released its claim and waits.
     drained: bool = False
-    #: Since when (``_schedule_now`` time) the slot's leases found nothing; ``None`` while it has work.
-    idle_since: float | None = None
-    #: Node-local spools: the slot gave its claim up for idleness, and claims
-    #: again when this node receives something (a poke) or a heartbeat later.
-    yielded: bool = False
-    #: This node holds more slots than its share: give this one up at the next turn.
-    surrender: bool = False
-
-
-@dataclass
-class _Sleeper:
-    """A slot (or a backoff) waiting: woken by its timer, by a stop and, if ``pokeable``, by arrivals.
-
-    :ivar until_arrivals: a pokeable sleeper wakes only once the worker's
-        arrival count reaches this (``None``: at the first poke).
-    """
-
-    done: "Deferred[None]"
-    call: IDelayedCall | None
-    pokeable: bool
-    until_arrivals: int | None = None
 
 
 #: A difference between wall-clock and monotonic progress at least this large
 #: (seconds) between two turns is a step of the wall clock, not drift.
 WALL_CLOCK_STEP = 30.0
-
-
-def _says_draining(detail: str) -> bool:
-    """Whether a node's heartbeat detail (JSON: address, version, draining) says it is draining."""
-    try:
-        said = json.loads(detail)
-    except ValueError:
-        return False
-    return isinstance(said, dict) and bool(said.get("draining"))
 
 
 class DestinationWorker(Service):
@@ -462,39 +280,38 @@ class DestinationWorker(Service):
         )
         self.batch_size = self.sender.batch_size
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
-        #: How often leases and slot claims are renewed and the shared circuit is read (issue 14).
-        self.heartbeat_interval = self.lease_seconds / 3
-        #: Node-local spools (``spool.shared: false``): this node can send only
-        #: what it received, so an idle slot gives its claim up for the others.
-        self.local_only = bool(getattr(store, "local_only", False))
-        #: The most slots this node claims: all of them alone, else its share
-        #: among the live nodes that are not draining (see :meth:`_follow_nodes`).
-        self.share = self.sender.slots
-        self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
-        self._sleepers: list[_Sleeper] = []
+        #: The slots' sleeps, woken by their timers, a stop, and pokes (arrivals).
+        self._waits = Waits(clock, lambda: self._stopping)
         self.linger = linger
         self.min_batch = max(1, min(min_batch, self.batch_size))
-        #: Pokes so far: the receive side's enqueues (a slot's linger counts them).
-        self._arrivals = 0
-        self.circuit = Circuit(
-            clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
+        #: The destination's circuit, its listener and its record shared with the other nodes.
+        self.shared_circuit = SharedCircuit(
+            config, clock, self.sender.probe, self._backoff, observer, store, store_runner, wall, self._schedule_now
         )
+        self.circuit = self.shared_circuit.circuit
         self._stopped: Deferred[None] | None = None
-        self._heartbeat_call: IDelayedCall | None = None
-        self._heartbeat_stopped = False
-        #: Wall-clock time of the last sign of life of the destination (a
-        #: delivery, an association opened), and of the circuit's last opening
-        #: here: compared with the ``since`` of the store's record.
-        self._last_success: float | None = None
-        self._opened_at: float | None = None
-        self._draining = False
-        #: Fired when draining starts (a slot waiting for the circuit stops waiting).
-        self._drain_watchers: list[Deferred[None]] = []
-        #: Fired at undrain or stop (drained slots wait on them).
-        self._undrain_waiters: list[Deferred[None]] = []
-        #: Fired once every slot is drained (the callers of set_draining(True)).
-        self._drained_waiters: list[Deferred[None]] = []
+        #: The worker's standing in the cluster: its heartbeat, slot claims and share, drain (issue 14).
+        self.membership = Membership(
+            self.name,
+            store,
+            store_runner,
+            clock,
+            self.shared_circuit,
+            self.sender.slots,
+            self.lease_seconds,
+            observer,
+            WorkerSide(
+                schedule_now=self._schedule_now,
+                stopping=lambda: self._stopping,
+                held=self._held,
+                busy=self._busy,
+                drop_lost=self._drop_lost,
+                wake_all=lambda: self._waits.wake(all_sleepers=True),
+                all_drained=self._all_drained,
+            ),
+        )
+        self._slots = [_Slot(k, standing) for k, standing in enumerate(self.membership.slots)]
 
     # -- service -------------------------------------------------------------------------
 
@@ -507,9 +324,8 @@ class DestinationWorker(Service):
         """
         Service.startService(self)
         self._stopping = False
-        self._heartbeat_stopped = False
         self.circuit.start()
-        self._beat()
+        self.membership.start()
         for slot in self._slots:
             slot.done = Deferred.fromCoroutine(self._run_slot(slot))
             slot.done.addErrback(self._crashed, f"slot {slot.index}")
@@ -526,9 +342,8 @@ class DestinationWorker(Service):
         if self._stopped is not None:
             return self._stopped
         self._stopping = True
-        self._wake(all_sleepers=True)
-        self._fire(self._drain_watchers)
-        self._fire(self._undrain_waiters)
+        self._waits.wake(all_sleepers=True)
+        self.membership.stop()
         self.circuit.stop()
         # The probe holds no lease: it is not waited for (it ends at its own timeouts).
         waiting = [slot.done for slot in self._slots if slot.done is not None]
@@ -538,11 +353,7 @@ class DestinationWorker(Service):
             if timer.active():
                 timer.cancel()
             # (The heartbeat renewed the leases of the sends the grace let finish.)
-            self._heartbeat_stopped = True
-            if self._heartbeat_call is not None and self._heartbeat_call.active():
-                self._heartbeat_call.cancel()
-            self._heartbeat_call = None
-            self._fire(self._drained_waiters)
+            self.membership.stopped()
 
         self._stopped = DeferredList(waiting, consumeErrors=True).addCallback(finished)
         return self._stopped
@@ -566,43 +377,20 @@ class DestinationWorker(Service):
         :returns: a Deferred that fires once every slot is drained (at once
             for an undrain, or when the worker stops).
         """
-        done: Deferred[None] = Deferred()
-        if not flag:
-            self._draining = False
-            self._fire(self._undrain_waiters)
-            done.callback(None)
-            return done
-        self._draining = True
-        self._drained_waiters.append(done)
-        # Idle, lingering and backing-off slots go to their next turn now (and drain).
-        self._wake(all_sleepers=True)
-        self._fire(self._drain_watchers)
-        self._check_drained()
-        return done
+        return self.membership.set_draining(flag)
 
     @property
     def draining(self) -> bool:
         """Whether :meth:`set_draining` asked this worker to drain."""
-        return self._draining
+        return self.membership.draining
 
-    def _check_drained(self) -> None:
-        """Fire the drain's waiters once every slot is drained (or no slot runs)."""
-        if self._draining and all(slot.drained or slot.done is None or slot.done.called for slot in self._slots):
-            self._fire(self._drained_waiters)
-
-    @staticmethod
-    def _fire(waiters: "list[Deferred[None]]") -> None:
-        """Fire and forget every Deferred of ``waiters``."""
-        fired = list(waiters)
-        del waiters[:]
-        for d in fired:
-            if not d.called:
-                d.callback(None)
+    def _all_drained(self) -> bool:
+        """Whether every slot is drained (or no slot runs)."""
+        return all(slot.drained or slot.done is None or slot.done.called for slot in self._slots)
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
-        self._arrivals += 1
-        self._wake(all_sleepers=False)
+        self._waits.poke()
 
     def status(self) -> WorkerStatus:
         """The worker's state (circuit, failures, last error, associations)."""
@@ -613,108 +401,24 @@ class DestinationWorker(Service):
             last_error=self.circuit.last_error,
             active_associations=self.sender.connections(),
             journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
-            slots_held=sum(1 for s in self._slots if s.claimed),
-            draining=self._draining,
+            slots_held=self.membership.claims_held(),
+            draining=self.membership.draining,
         )
-
-    # -- waiting -------------------------------------------------------------------------
-
-    def _sleep(self, delay: float, pokeable: bool, until_arrivals: int | None = None) -> "Deferred[None]":
-        """A Deferred that fires after ``delay``, on stop, and (if ``pokeable``) on :meth:`poke`.
-
-        With ``until_arrivals``, a poke wakes it only once the worker's
-        arrival count has reached that number.
-        """
-        d: Deferred[None] = Deferred()
-        if self._stopping:
-            d.callback(None)
-            return d
-
-        def fire() -> None:
-            self._sleepers[:] = [s for s in self._sleepers if s.done is not d]
-            if not d.called:
-                d.callback(None)
-
-        call = self.clock.callLater(max(0.0, delay), fire)
-        self._sleepers.append(_Sleeper(d, call, pokeable, until_arrivals))
-        return d
-
-    def _wake(self, all_sleepers: bool) -> None:
-        """Fire the sleepers (only the pokeable ones whose arrival count is reached unless ``all_sleepers``)."""
-
-        def due(s: _Sleeper) -> bool:
-            return all_sleepers or (s.pokeable and (s.until_arrivals is None or self._arrivals >= s.until_arrivals))
-
-        # Take them out first: a woken slot may go back to sleep at once.
-        woken = [s for s in self._sleepers if due(s)]
-        self._sleepers = [s for s in self._sleepers if not due(s)]
-        for s in woken:
-            if s.call is not None and s.call.active():
-                s.call.cancel()
-            if not s.done.called:
-                s.done.callback(None)
 
     async def _store(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store method through the store runner."""
-        result: _T = await self.store_runner.run(f, *args, **kwargs)
-        return result
+        return await run_store(self.store_runner, f, *args, **kwargs)
 
     async def _journal(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run a store method that writes the worker's bookkeeping; its failure is a :class:`JournalRefused`.
-
-        A fenced write that found the lease taken over raises
-        :class:`~gateway.queue.interfaces.LeaseLost` as it is: that is no
-        refusal of the journal, and the caller drops its outcome.
-        """
-        try:
-            return await self._store(f, *args, **kwargs)
-        except LeaseLost:
-            raise
-        except Exception as e:
-            raise JournalRefused(f"{type(e).__name__}: {e}") from e
+        """Run a store method that writes the worker's bookkeeping (:func:`~gateway.forward_types.run_journal`)."""
+        return await run_journal(self.store_runner, f, *args, **kwargs)
 
     async def _file(self, f: Callable[..., _T], *args: Any) -> _T:
         """Run file work through the file runner."""
         result: _T = await self.file_runner.run(f, *args)
         return result
 
-    # -- heartbeat: leases, slot claims and the shared circuit (issue 14) ------------------
-
-    def _beat(self) -> None:
-        """Run one heartbeat now, then schedule the next one (never two at once)."""
-        self._heartbeat_call = None
-        d = Deferred.fromCoroutine(self._heartbeat())
-        d.addErrback(self._crashed, "heartbeat")
-        d.addBoth(lambda _: self._schedule_heartbeat())
-
-    def _schedule_heartbeat(self) -> None:
-        """The next beat, ``heartbeat_interval`` from now (none once the worker has stopped)."""
-        if self._heartbeat_stopped or self._heartbeat_call is not None:
-            return
-        self._heartbeat_call = self.clock.callLater(self.heartbeat_interval, self._beat)
-
-    async def _heartbeat(self) -> None:
-        """Renew the leases held and the slots claimed, then follow the circuit another node recorded.
-
-        Each step that fails (the store away) is logged and tried at the next beat.
-        """
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("leases", self._renew_leases),
-            ("nodes", self._follow_nodes),
-            ("slot claims", self._renew_claims),
-            ("circuit", self._follow_shared_circuit),
-        ]
-        for what, step in steps:
-            try:
-                await step()
-            except Exception as e:
-                self.log.warn(
-                    "forward {destination}: renewing {what} failed (tried again in {interval:.1f}s): {error}",
-                    destination=self.name,
-                    what=what,
-                    interval=self.heartbeat_interval,
-                    error=f"{type(e).__name__}: {e}",
-                )
+    # -- what the membership needs of the slots (issue 14) ---------------------------------
 
     def _held(self) -> dict[int, int]:
         """Every entry this worker holds LEASED, with the generation it leased: entry id -> generation."""
@@ -729,17 +433,10 @@ class DestinationWorker(Service):
             held.update(slot.unreleased)
         return held
 
-    async def _renew_leases(self) -> None:
-        """Extend every lease held for ``lease_seconds``; drop the entries whose lease another node took."""
-        held = self._held()
-        if not held:
-            return
-        now = self._schedule_now()
-        lost = await self._store(self.store.renew, held, now, self.lease_seconds)
-        for slot in self._slots:
-            slot.lease_until = max(slot.lease_until, now + self.lease_seconds)
-        if lost:
-            self._drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
+    def _busy(self, index: int) -> bool:
+        """Whether slot ``index`` holds any entry (leased, delivered but not written, refused, not released)."""
+        slot = self._slots[index]
+        return bool(slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
 
     def _drop_lost(self, lost: dict[int, int], during: str) -> None:
         """Drop from the slots the entries whose lease (of that generation) was lost.
@@ -765,136 +462,11 @@ class DestinationWorker(Service):
             dropped += [e for e, _, _ in slot.unrecorded if gone(e)]
             slot.unrecorded = [u for u in slot.unrecorded if not gone(u[0])]
             for entry in dropped:
-                self._lease_lost(entry.entry_id, during)
+                self.membership.lease_lost(entry.entry_id, during)
             for entry_id, generation in list(slot.unreleased.items()):
                 if lost.get(entry_id) == generation:
                     del slot.unreleased[entry_id]
-                    self._lease_lost(entry_id, during)
-
-    def _lease_lost(self, entry_id: int, during: str) -> None:
-        """Log, count and announce a lease another node took over (the outcome of ours is dropped)."""
-        self.log.warn(
-            "forward {destination}: node {node} lost its lease of entry {entry_id} ({during}): another node took"
-            " it over after the lease expired; that node's outcome stands, this node's is dropped",
-            destination=self.name,
-            node=self.store.node,
-            entry_id=entry_id,
-            during=during,
-        )
-        self.observer.observe(events.LeaseLost(self.name, entry_id, self.store.node))
-
-    async def _claim(self, slot: _Slot, renewal: bool = False) -> bool:
-        """Claim (or renew) the slot's association slot in the store: whether this node holds it now.
-
-        :param renewal: the heartbeat's renewal of a claim held: if the slot
-            gave its claim up meanwhile (drain, stop), the answer is ignored.
-        """
-        now = self._schedule_now()
-        held: bool = await self._journal(self.store.claim_slot, self.name, slot.index, len(self._slots), now, self.lease_seconds)
-        if renewal and not slot.claimed:
-            return False
-        if held:
-            slot.claimed, slot.claim_until = True, now + self.lease_seconds
-        elif slot.claimed:
-            self.log.warn(
-                "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
-                destination=self.name,
-                slot=slot.index,
-            )
-            slot.claimed = False
-        return held
-
-    async def _renew_claims(self) -> None:
-        """Renew the claim of every slot that holds one.
-
-        With node-local spools, a slot idle for a whole heartbeat interval
-        (its leases found nothing, it holds nothing) releases its claim
-        instead: the entries of that shard another node received can only be
-        sent by that node, and a claim held by an idle node would strand them.
-        """
-        now = self._schedule_now()
-        for slot in self._slots:
-            if not slot.claimed or self._stopping:
-                continue
-            if (
-                self.local_only
-                and slot.idle_since is not None
-                and now - slot.idle_since >= self.heartbeat_interval
-                and not (slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
-            ):
-                slot.yielded = True
-                await self._release_claim(slot)
-                continue
-            await self._claim(slot, renewal=True)
-
-    async def _follow_nodes(self) -> None:
-        """Work out this node's share of the slots from the live nodes; mark the slots held beyond it.
-
-        A node is live when its last heartbeat (``store.heartbeat``, written
-        by the node's own heartbeat service) is at most ``lease_seconds`` old
-        and it does not say it is draining; this node always counts. With
-        ``n`` slots and ``m`` live nodes, sorted by name, the first
-        ``n mod m`` nodes may claim ``n // m + 1`` slots and the others
-        ``n // m`` (every node computes the same split from the same
-        heartbeats), so a node added while the cluster runs gets slots (and
-        work) from the others, and the survivors of a dead node take its
-        slots once its claims run out. A slot held beyond the share is given
-        up at its next turn (between batches: a study never has two slots at
-        once). While nodes disagree (a heartbeat seen by one and not yet by
-        another) the shares may overlap for a beat: the store's claims still
-        keep one holder per slot.
-        """
-        now = self._schedule_now()
-        live = {self.store.node}
-        for status in await self._store(self.store.nodes, now):
-            if status.last_seen >= now - self.lease_seconds and not _says_draining(status.detail):
-                live.add(status.node)
-        rank = sorted(live).index(self.store.node)
-        per_node, extra = divmod(len(self._slots), len(live))
-        self.share = per_node + (1 if rank < extra else 0)
-        if self.local_only:
-            # Node-local spools: every node must be able to send what it
-            # received, so each may claim a free slot (idle slots give theirs up).
-            self.share = max(self.share, 1)
-        held = sorted((s for s in self._slots if s.claimed and not s.surrender), key=lambda s: -s.index)
-        for slot in held[: max(0, len(held) - self.share)]:
-            slot.surrender = True
-
-    def _holds_claim(self, slot: _Slot, now: float) -> bool:
-        """Whether the slot holds a claim that has not run out, as far as this node knows."""
-        return slot.claimed and now < slot.claim_until
-
-    async def _release_claim(self, slot: _Slot) -> None:
-        """Give up the slot's claim (drain, stop); a refusal is logged (the claim then runs out by itself)."""
-        if not slot.claimed:
-            return
-        slot.claimed = False
-        try:
-            await self._journal(self.store.release_slot, self.name, slot.index)
-        except JournalRefused as e:
-            self.log.warn(
-                "forward {destination}: slot {slot}'s claim not released ({error}); it runs out in {seconds:.0f}s",
-                destination=self.name,
-                slot=slot.index,
-                error=str(e),
-                seconds=self.lease_seconds,
-            )
-
-    async def _follow_shared_circuit(self) -> None:
-        """Adopt the circuit state another node recorded, when it is newer than what this node knows.
-
-        Recorded open since after this node's last success, while closed
-        here: open here too (and probe). Recorded closed since after this
-        node's circuit opened, while open here: close here (the slots wake).
-        """
-        circuit_open, reason, since = await self._store(self.store.circuit, self.name)
-        if since is None:
-            return
-        if circuit_open and self.circuit.is_closed and (self._last_success is None or since > self._last_success):
-            self._opened_at = since
-            self.circuit.adopt_open(reason)
-        elif not circuit_open and not self.circuit.is_closed and (self._opened_at is None or since > self._opened_at):
-            self.circuit.adopt_closed()
+                    self.membership.lease_lost(entry_id, during)
 
     # -- slot loop -----------------------------------------------------------------------
 
@@ -908,7 +480,7 @@ class DestinationWorker(Service):
                 if isinstance(e, JournalRefused):
                     slot.journal_error = str(e)
                 self.log.failure("forward {destination} slot {slot} failed", destination=self.name, slot=slot.index)
-                await self._sleep(self.poll_interval, pokeable=False)
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             else:
                 slot.journal_error = ""
         if slot.delivered:
@@ -918,7 +490,7 @@ class DestinationWorker(Service):
             except JournalRefused:
                 self.log.failure("forward {destination} slot {slot}: deliveries not written at stop (they will be re-sent)",
                                  destination=self.name, slot=slot.index)
-        await self._release_claim(slot)
+        await self.membership.release_claim(slot.standing)
         await self.sender.close(slot.index)
 
     async def _slot_step(self, slot: _Slot) -> None:
@@ -937,7 +509,7 @@ class DestinationWorker(Service):
                 slot.unreleased = {}
             self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
             return
-        if self._draining:
+        if self.membership.draining:
             await self._drain_slot(slot)
             return
         if not self.circuit.is_closed:
@@ -945,40 +517,37 @@ class DestinationWorker(Service):
             if slot.delivered:
                 await self._settle(slot, 0)
             if not self._stopping:
-                watcher = self._watch(self._drain_watchers)
+                watcher = self.membership.when_draining()
                 try:
                     await self._first(self.circuit.when_closed(), watcher)
                 finally:
-                    if watcher in self._drain_watchers:
-                        self._drain_watchers.remove(watcher)
+                    self.membership.forget(watcher)
             return
-        if slot.surrender:
+        if slot.standing.surrender:
             # More slots than this node's share: this one goes to another node.
-            slot.surrender = False
+            slot.standing.surrender = False
             if slot.delivered:
                 await self._settle(slot, 0)
-            await self._release_claim(slot)
+            await self.membership.release_claim(slot.standing)
             await self.sender.close(slot.index)
             self.log.info(
                 "forward {destination}: slot {slot} given up for another node (this node's share is {share})",
                 destination=self.name,
                 slot=slot.index,
-                share=self.share,
+                share=self.membership.share,
             )
-            if not self._stopping and not self._draining:
-                await self._sleep(self.poll_interval, pokeable=False)
+            if not self._stopping and not self.membership.draining:
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             return
-        if slot.yielded and not self._holds_claim(slot, self._schedule_now()):
+        if slot.standing.yielded and not self.membership.holds_claim(slot.standing, self._schedule_now()):
             # Given up for idleness (node-local spools): claim again once this
             # node receives something, or a heartbeat later (a retry come due).
-            slot.yielded = False
-            if not self._stopping and not self._draining:
-                await self._sleep(self.heartbeat_interval, pokeable=True)
+            slot.standing.yielded = False
+            if not self._stopping and not self.membership.draining:
+                await self._waits.sleep(self.membership.heartbeat_interval, pokeable=True)
             return
         await self._follow_wall_clock()
-        holds = self._holds_claim(slot, self._schedule_now())
-        others = sum(1 for s in self._slots if s.claimed and s is not slot)
-        if not holds and (others >= self.share or not await self._claim(slot)):
+        if not await self.membership.hold(slot.standing):
             # Another node holds this slot (cluster-wide max_associations), or
             # this node holds its share: no association of ours for it; look
             # again at the next poll. Not pokeable: the holder sends what this
@@ -986,26 +555,26 @@ class DestinationWorker(Service):
             # received instance would load the store for nothing.
             if slot.delivered:
                 await self._settle(slot, 0)
-            await self._release_claim(slot)  # (one that ran out while this node held its share elsewhere)
+            await self.membership.release_claim(slot.standing)  # (one that ran out while this node held its share elsewhere)
             await self.sender.close(slot.index)
-            if not self._stopping and not self._draining:
-                await self._sleep(self.poll_interval, pokeable=False)
+            if not self._stopping and not self.membership.draining:
+                await self._waits.sleep(self.poll_interval, pokeable=False)
             return
         # The deliveries of the last batch and the next lease: one transaction.
         # (A refused write leaves both undone: the deliveries stay on the slot,
         # still LEASED in the journal, and are written at the next turn.)
-        arrivals, slot.arrivals = slot.arrivals, self._arrivals
+        arrivals, slot.arrivals = slot.arrivals, self._waits.arrivals
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
             slot.streaming = False
-            if slot.idle_since is None:
-                slot.idle_since = self._schedule_now()
+            if slot.standing.idle_since is None:
+                slot.standing.idle_since = self._schedule_now()
             await self._idle(slot, settled.next_due)
             return
-        slot.idle_since = None
+        slot.standing.idle_since = None
         if not slot.streaming and slot.batch_ended is not None:
             # Woken from idle soon after its last batch: a stream, not a lone instance.
-            slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
+            slot.streaming = self._waits.arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
         slot.leased = list(settled.leased)
         try:
             await self._send_batch(slot)
@@ -1022,7 +591,7 @@ class DestinationWorker(Service):
                     slot.unreleased.update(rest)
                     raise
         slot.batch_ended = self.clock.seconds()
-        if self._arrivals > slot.arrivals:
+        if self._waits.arrivals > slot.arrivals:
             slot.streaming = True
         if len(settled.leased) < self.batch_size:
             await self._linger(slot)
@@ -1031,22 +600,16 @@ class DestinationWorker(Service):
         """Draining: write the slot's deliveries, give up its claim and association, wait for undrain or stop."""
         if slot.delivered:
             await self._settle(slot, 0)
-        await self._release_claim(slot)
+        await self.membership.release_claim(slot.standing)
         await self.sender.close(slot.index)
-        if self._stopping or not self._draining:
+        if self._stopping or not self.membership.draining:
             return
         slot.drained = True
-        self._check_drained()
+        self.membership.check_drained()
         try:
-            await self._watch(self._undrain_waiters)
+            await self.membership.when_undrained()
         finally:
             slot.drained = False
-
-    def _watch(self, waiters: "list[Deferred[None]]") -> "Deferred[None]":
-        """A new Deferred added to ``waiters`` (fired by :meth:`_fire`)."""
-        d: Deferred[None] = Deferred()
-        waiters.append(d)
-        return d
 
     async def _first(self, *waits: "Deferred[None]") -> None:
         """Wait until one of ``waits`` fires (the others may fire later, unheard)."""
@@ -1078,11 +641,11 @@ class DestinationWorker(Service):
             slot.delivered = delivered + slot.delivered
             raise
         if settled.leased:
-            slot.lease_until = now + self.lease_seconds
+            self.membership.leased(slot.standing, now)
         lost = set(settled.lost)
         for entry, outcome, duration in delivered:
             if entry.entry_id in lost:
-                self._lease_lost(entry.entry_id, "recording its delivery")
+                self.membership.lease_lost(entry.entry_id, "recording its delivery")
             else:
                 self._announce_delivery(entry, outcome, duration)
         return settled
@@ -1099,9 +662,9 @@ class DestinationWorker(Service):
         lone instance (no stream) is not held: its delivery is written at
         once, and the next one is leased as soon as it is poked.
         """
-        if self._stopping or not slot.streaming or self._arrivals - slot.arrivals >= self.min_batch:
+        if self._stopping or not slot.streaming or self._waits.arrivals - slot.arrivals >= self.min_batch:
             return
-        await self._sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
+        await self._waits.sleep(self.linger, pokeable=True, until_arrivals=slot.arrivals + self.min_batch)
 
     def _schedule_now(self) -> float:
         """The time due times are written and compared in: the wall clock as of the
@@ -1132,11 +695,9 @@ class DestinationWorker(Service):
         step = (wall - anchor[0]) - (mono - anchor[1])
         if abs(step) < WALL_CLOCK_STEP:
             return
-        for slot in self._slots:
-            # What this node knows of its claims and leases moves to the new
-            # timeline too (the store's own records are renewed in it).
-            slot.claim_until += step
-            slot.lease_until += step
+        # What this node knows of its claims and leases moves to the new
+        # timeline too (the store's own records are renewed in it).
+        self.membership.shift(step)
         moved = await self._journal(self.store.shift_schedule, self.name, wall - step, step)
         self.log.warn(
             "forward {destination}: wall clock stepped by {step:+.0f}s, {moved} queued entries moved with it",
@@ -1160,7 +721,7 @@ class DestinationWorker(Service):
             # lease did not return is paused or another slot's: poll.)
             delay = min(delay, due - self._schedule_now())
         if not self._stopping:
-            await self._sleep(delay, pokeable=True)
+            await self._waits.sleep(delay, pokeable=True)
 
     async def _send_batch(self, slot: _Slot) -> None:
         """Hand the slot's leased entries to the sender, recording each outcome as it comes.
@@ -1203,13 +764,8 @@ class DestinationWorker(Service):
         """
         if not slot.leased or self._stopping or not self.circuit.is_closed:
             return False
-        if self._schedule_now() >= slot.lease_until - self.heartbeat_interval:
-            try:
-                await self._renew_leases()
-            except Exception as e:
-                self.log.warn("forward {destination}: renewing leases failed: {error}", destination=self.name, error=f"{type(e).__name__}: {e}")
-        now = self._schedule_now()
-        return bool(slot.leased) and now < slot.lease_until and self._holds_claim(slot, now)
+        live = await self.membership.still_holds(slot.standing)
+        return bool(slot.leased) and live
 
     async def _prepare_all(self, slot: _Slot) -> None:
         """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""
@@ -1250,7 +806,7 @@ class DestinationWorker(Service):
         try:
             await self._record_outcome(slot, entry, outcome, started)
         except LeaseLost:
-            self._lease_lost(entry.entry_id, "recording its outcome")
+            self.membership.lease_lost(entry.entry_id, "recording its outcome")
         except JournalRefused:
             if not isinstance(outcome, Delivered):
                 # (A delivery whose write was refused is still on slot.delivered.)
@@ -1260,13 +816,7 @@ class DestinationWorker(Service):
     async def _record_outcome(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
         """The body of :meth:`_record`."""
         now = self._schedule_now()
-        fields = dict(
-            destination=self.name,
-            entry_id=entry.entry_id,
-            correlation_id=entry.instance.correlation_id,
-            sop_instance_uid=entry.instance.sop_instance_uid,
-            attempt=entry.attempts + 1,
-        )
+        fields = self._log_fields(entry)
         if isinstance(outcome, Delivered):
             # Kept on the slot and written with the next lease, or on its own
             # once UNRECORDED_DELIVERIES gather (see the module docstring).
@@ -1293,7 +843,7 @@ class DestinationWorker(Service):
                     self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False, generation=entry.lease_generation
                 )
             except LeaseLost:
-                self._lease_lost(entry.entry_id, "putting it back")
+                self.membership.lease_lost(entry.entry_id, "putting it back")
             rest = {e.entry_id: e.lease_generation for e in slot.leased}
             slot.leased = []
             if rest:
@@ -1304,15 +854,19 @@ class DestinationWorker(Service):
                     raise
             await self._destination_fault(outcome)
 
-    def _announce_delivery(self, entry: Entry, outcome: Delivered, duration: float) -> None:
-        """Log a delivery the journal has just recorded, and tell the observer."""
-        fields = dict(
+    def _log_fields(self, entry: Entry) -> dict[str, Any]:
+        """The fields of an entry's outcome log lines (destination, ids, attempt)."""
+        return dict(
             destination=self.name,
             entry_id=entry.entry_id,
             correlation_id=entry.instance.correlation_id,
             sop_instance_uid=entry.instance.sop_instance_uid,
             attempt=entry.attempts + 1,
         )
+
+    def _announce_delivery(self, entry: Entry, outcome: Delivered, duration: float) -> None:
+        """Log a delivery the journal has just recorded, and tell the observer."""
+        fields = self._log_fields(entry)
         if outcome.warning:
             # (not "warning": a log event with that key looks like a Python warning to legacy observers)
             self.log.warn("delivered {sop_instance_uid} to {destination} with {status_warning}", status_warning=outcome.warning, **fields)
@@ -1327,7 +881,7 @@ class DestinationWorker(Service):
         self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=outcome.reason, **fields)
         self.observer.observe(events.DeadLettered(entry, outcome.kind, outcome.reason))
 
-    # -- circuit breaker (the state machine is gateway.circuit's; this is its listener) ---
+    # -- destination-wide faults (the circuit and its listener are gateway.forward_circuit's) ---
 
     def _backoff(self, attempt: int) -> float:
         retry = self.config.retry
@@ -1354,74 +908,8 @@ class DestinationWorker(Service):
         if self.circuit.fault(outcome):
             return
         # Below the threshold: wait before this slot tries the destination again.
-        await self._sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
+        await self._waits.sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""
-        self._last_success = self.wall()
-        self.circuit.success()
-
-    def circuit_opened(self, fault: DestinationDown) -> None:
-        """The circuit opened: log, tell the observer and the journal (where the other nodes read it)."""
-        self.log.error(
-            "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
-        )
-        self.observer.observe(events.CircuitOpened(self.name, fault.reason, fault.permanent))
-        self._opened_at = self.wall()
-        self._note_circuit(True, fault.reason, self._opened_at)
-
-    def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
-        """The circuit followed another node's record (issue 14): log and tell the observer.
-
-        Nothing is written: the record is the other node's.
-        """
-        if circuit_open:
-            self.log.warn(
-                "destination {destination} is down as another node recorded, circuit open here too: {reason}",
-                destination=self.name,
-                reason=reason,
-            )
-        else:
-            self.log.info("destination {destination} is up as another node's probe found, circuit closed here too", destination=self.name)
-        self.observer.observe(events.CircuitAdopted(self.name, circuit_open, reason))
-
-    def probe_failed(self, fault: DestinationDown) -> "Deferred[None]":
-        """A probe failed: log, and apply ``max_age`` before the next one."""
-        self.log.info("probe of {destination} failed: {reason}", destination=self.name, reason=fault.reason)
-        return Deferred.fromCoroutine(self._expire_while_down())
-
-    async def _expire_while_down(self) -> None:
-        """Apply ``max_age`` to the entries of a destination that is down as a whole.
-
-        Its entries make no attempts while the circuit is open (HARDENING
-        decision 9), so :func:`give_up` never sees them: without this, a
-        destination that never comes back would keep their spool files forever
-        (F17: "kept until all are done or dead-lettered").
-        """
-        max_age = self.config.retry.max_age
-        now = self._schedule_now()
-        reason = f"gave up after {max_age:.0f}s in the queue (max_age) while the destination was down: {self.circuit.last_error}"
-        try:
-            expired = await self._journal(self.store.expire, self.name, now - max_age, reason, now)
-        except JournalRefused:
-            return
-        for entry in expired:
-            self.observer.observe(events.DeadLettered(entry, DeadLetterKind.GAVE_UP, reason))
-        if expired:
-            self.log.warn(
-                "dead-lettered {count} entries for {destination} older than max_age {max_age:.0f}s (destination down)",
-                count=len(expired),
-                destination=self.name,
-                max_age=max_age,
-            )
-
-    def _note_circuit(self, circuit_open: bool, reason: str, at: float | None = None) -> None:
-        """Write the circuit state to the journal, where ``queue list`` (another process) and the other nodes read it."""
-        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall() if at is None else at)
-        d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
-
-    def circuit_closed(self) -> None:
-        """A probe succeeded: log, tell the observer and the journal (the circuit wakes the slots)."""
-        self.log.info("destination {destination} is up, circuit closed", destination=self.name)
-        self.observer.observe(events.CircuitClosed(self.name))
-        self._note_circuit(False, "")
+        self.shared_circuit.success()

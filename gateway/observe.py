@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from gateway import __version__, events
 from gateway.blocking import IBlockingRunner
-from gateway.forward import ForwardObserver
+from gateway.forward_types import ForwardObserver
 from gateway.heartbeat import said_stopped
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore, StoreUnavailable
 from gateway.queue.outcome import DeadLetterKind
@@ -617,7 +617,7 @@ class GatewayMetrics:
         self.reloads.labels("success" if applied else "failure").inc()
 
     def forward_observer(self) -> "MetricsForwardObserver":
-        """The :class:`~gateway.forward.ForwardObserver` feeding the delivery metrics."""
+        """The :class:`~gateway.forward_types.ForwardObserver` feeding the delivery metrics."""
         return MetricsForwardObserver(self)
 
 

@@ -14,7 +14,7 @@ verbatim) into ``<spool>/morphed/<instance id>.<plan hash>.dcm``, once per
 
 A morph that fails for this instance, and a plan that cannot be rebuilt (its
 version is unknown, a plugin it names is gone, its arguments are refused),
-raise :class:`~gateway.forward.PrepareError`, so the copy goes to the dead
+raise :class:`~gateway.forward_types.PrepareError`, so the copy goes to the dead
 letters (reason ``morph: ...``), never half-made and never with less
 morphing than it was queued with (HARDENING D15). So does an entry journaled
 with no plan at all (before schema version 3, whose route was gone at the
@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from gateway.blocking import IBlockingRunner
 from gateway.config.schema import RouteConfig
-from gateway.forward import PrepareError
+from gateway.forward_types import PrepareError
 from gateway.config.morph import compile_canonical
 from gateway.morph import EMPTY_PLAN, MorphPlan, PlanError, plan_hash
 from gateway.queue.interfaces import Entry, InstanceRecord, PlanRecord

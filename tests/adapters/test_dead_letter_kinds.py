@@ -15,7 +15,7 @@ from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.events import DeadLettered, FanOutObserver
-from gateway.forward import ForwardObserver, PrepareError
+from gateway.forward_types import ForwardObserver, PrepareError
 from gateway.observe import GatewayMetrics
 from gateway.queue.interfaces import Entry, EntryState
 from gateway.queue.outcome import DeadLetterKind

@@ -656,7 +656,7 @@ class ReadinessTests(SynchronousTestCase):
 
     def test_worker_whose_journal_refuses_outcomes_is_a_reason(self) -> None:
         """A worker reporting a journal error (ENOSPC, HARDENING F15) makes /readyz name it, without paths."""
-        from gateway.forward import WorkerStatus
+        from gateway.forward_types import WorkerStatus
 
         service = _Service(self.spool)
         status = WorkerStatus("pacs", "closed", 0, "", 0, journal_error="OSError: database or disk is full")

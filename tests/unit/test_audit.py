@@ -24,7 +24,7 @@ from gateway.audit import (
     read_records,
 )
 from gateway.events import DeadLettered, Delivered, FanOutObserver, Retried
-from gateway.forward import ForwardObserver
+from gateway.forward_types import ForwardObserver
 from gateway.queue.outcome import DeadLetterKind
 from gateway.security import AuditObserver
 

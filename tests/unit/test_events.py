@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import events
 from gateway.audit import AuditTrail, MemorySink
-from gateway.forward import ForwardObserver
+from gateway.forward_types import ForwardObserver
 from gateway.observe import GatewayMetrics
 from gateway.queue.outcome import DeadLetterKind
 from gateway.security import AuditObserver

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.blocking import SynchronousRunner
 from gateway.config.schema import RouteConfig
-from gateway.forward import PrepareError
+from gateway.forward_types import PrepareError
 from gateway.morph import plan_hash
 from gateway.prepare import NO_MORPH, CopyMaker, legacy_plans, remove_copies, retarget_refusal, route_plan
 from gateway.queue.interfaces import Entry, NewEntry, PlanRecord

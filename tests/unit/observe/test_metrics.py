@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.blocking import SynchronousRunner
-from gateway.forward import ForwardObserver
+from gateway.forward_types import ForwardObserver
 from gateway.observe import (
     OTHER,
     GatewayMetrics,

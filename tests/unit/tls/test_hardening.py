@@ -379,7 +379,7 @@ class DestinationFailureAuditTests(SynchronousTestCase):
 
         from gateway.audit import AuditTrail, MemorySink
         from gateway.events import DestinationFault, FanOutObserver
-        from gateway.forward import ForwardObserver
+        from gateway.forward_types import ForwardObserver
         from gateway.security import AuditObserver
 
         @dataclass
