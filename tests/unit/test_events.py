@@ -30,7 +30,16 @@ from tests.unit.observe.test_metrics import _entry
 ROOT: Path = Path(__file__).resolve().parents[2]
 
 #: Modules that emit events and must not look for optional collaborators.
-EMITTERS: tuple[str, ...] = ("gateway/listen.py", "gateway/forward.py", "gateway/service.py", "gateway/receive.py")
+EMITTERS: tuple[str, ...] = (
+    "gateway/listen.py",
+    "gateway/forward.py",
+    "gateway/membership.py",
+    "gateway/forward_circuit.py",
+    "gateway/drain.py",
+    "gateway/heartbeat.py",
+    "gateway/service.py",
+    "gateway/receive.py",
+)
 
 #: Attribute and variable names of the collaborators the rule is about.
 WATCHED: frozenset[str] = frozenset({"observer", "_observer", "audit", "_audit", "on_instance", "_on_instance"})
