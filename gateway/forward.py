@@ -232,8 +232,11 @@ class DestinationWorker(Service):
         kept arriving waits for ``min_batch`` arrivals before its next lease.
     :param min_batch: arrivals (pokes) that end such a wait early.
     :param lease_seconds: how long a lease (and a slot's claim) lasts unless
-        renewed; the heartbeat renews both every third of it (default: the
-        sender's ``lease_seconds``; the service passes the configured lease).
+        renewed (default: the sender's ``lease_seconds``; the service passes
+        the configured ``cluster.lease``).
+    :param heartbeat_seconds: how often the heartbeat renews both and reads
+        the shared circuit and the live nodes (the service passes
+        ``cluster.heartbeat``; default: a third of the lease).
     """
 
     log = Logger(namespace="gateway.forward")
@@ -258,6 +261,7 @@ class DestinationWorker(Service):
         linger: float = 0.05,
         min_batch: int = 8,
         lease_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -301,7 +305,8 @@ class DestinationWorker(Service):
             self.sender.slots,
             self.lease_seconds,
             observer,
-            WorkerSide(
+            heartbeat_seconds=heartbeat_seconds,
+            worker=WorkerSide(
                 schedule_now=self._schedule_now,
                 stopping=lambda: self._stopping,
                 held=self._held,

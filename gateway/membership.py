@@ -37,13 +37,15 @@ per destination stays per destination, across the cluster:
   at once). When a node dies (``kill -9``), its leases and claims run out
   within ``lease_seconds``, the survivors' shares grow at their next
   heartbeat and their slots claim at their next poll: its backlog flows
-  again within ``lease_seconds * 4 / 3 + poll_interval``. With node-local spools (the store's
+  again within ``lease_seconds + heartbeat + poll_interval`` (the
+  heartbeat is the node's ``cluster.heartbeat``; ``lease_seconds / 3``
+  when none is given). With node-local spools (the store's
   ``local_only``) a slot idle for a heartbeat interval also gives its claim
   up, since only the node that received an instance can send it; it claims
   again when poked or a heartbeat later. An instance received by a node
   that holds no slot of its destination is sent by a node that does, at
   that node's next poll (``poll_interval``).
-* **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
+* **Leases and their heartbeat.** Every heartbeat the worker
   renews the leases of every entry it holds (being sent, delivered but not
   yet written, refused by the journal: all still LEASED), and the claims of
   its slots. A slot about to send while its renewal is overdue (the
@@ -184,6 +186,10 @@ class Membership:
     :param lease_seconds: how long a lease and a slot's claim last unless renewed.
     :param observer: receives :class:`~gateway.events.LeaseLost`.
     :param worker: what the membership needs of the worker.
+    :param heartbeat_seconds: how often leases and claims are renewed and the
+        shared circuit and the live nodes are read (the node's
+        ``cluster.heartbeat``); ``lease_seconds / 3`` when not given. Below
+        half the lease, so a lease is renewed at least twice before it runs out.
     """
 
     log = Logger(namespace="gateway.forward")
@@ -199,6 +205,7 @@ class Membership:
         lease_seconds: float,
         observer: events.IGatewayObserver,
         worker: WorkerSide,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -209,7 +216,7 @@ class Membership:
         self.observer = observer
         self.worker = worker
         #: How often leases and slot claims are renewed and the shared circuit is read.
-        self.heartbeat_interval = lease_seconds / 3
+        self.heartbeat_interval = lease_seconds / 3 if heartbeat_seconds is None else heartbeat_seconds
         #: Node-local spools (``spool.shared: false``): this node can send only
         #: what it received, so an idle slot gives its claim up for the others.
         self.local_only = bool(getattr(store, "local_only", False))

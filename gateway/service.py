@@ -416,6 +416,7 @@ class GatewayService(MultiService):
             scratch_dir=os.path.join(self.config.spool.path, "scratch"),
             prepare=self.copies,
             lease_seconds=self.config.cluster.lease,
+            heartbeat_seconds=self.config.cluster.heartbeat,
         )
         self.workers[destination.name] = worker
         worker.setServiceParent(self)

@@ -99,8 +99,14 @@ class ClusterTestsMixin(WorkerTestsMixin):
         """The destination ``archive`` every node forwards to."""
         return self.destination(**overrides)
 
-    def start(self, name: str, config: DicomDestination, connect: Callable[..., Any] | None = None) -> DestinationWorker:
-        """Start node ``name``'s worker (stopped at cleanup)."""
+    def start(
+        self,
+        name: str,
+        config: DicomDestination,
+        connect: Callable[..., Any] | None = None,
+        heartbeat: float | None = None,
+    ) -> DestinationWorker:
+        """Start node ``name``'s worker (stopped at cleanup); ``heartbeat`` as ``cluster.heartbeat``."""
         node = self.nodes[name]
         worker = DestinationWorker(
             config,
@@ -115,6 +121,7 @@ class ClusterTestsMixin(WorkerTestsMixin):
             monotonic=lambda: self.time,
             scratch_dir=self.tmp,
             lease_seconds=LEASE,
+            heartbeat_seconds=heartbeat,
         )
         node.worker = worker
         worker.startService()
@@ -329,6 +336,18 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
 
     def test_a_dead_nodes_backlog_flows_again_within_four_thirds_of_a_lease(self) -> None:
         """a and b hold one slot each; a dies (kill -9: never heard from again) mid-backlog; b sends a's shard within lease * 4/3 + poll_interval."""
+        took_over, worker_b = self.kill_a_mid_backlog(heartbeat=None)
+        self.assertLessEqual(took_over, LEASE * 4 / 3 + worker_b.poll_interval + 1.0 + 0.25)
+
+    def test_a_dead_nodes_backlog_flows_again_within_lease_plus_one_heartbeat(self) -> None:
+        """With cluster.heartbeat given (a sixth of the lease), b sends a's shard within lease + heartbeat + poll_interval (the issue's bound)."""
+        heartbeat = LEASE / 6
+        took_over, worker_b = self.kill_a_mid_backlog(heartbeat=heartbeat)
+        self.assertLessEqual(took_over, LEASE + heartbeat + worker_b.poll_interval + 1.0 + 0.25)
+        self.assertEqual(self.nodes["b"].worker.membership.heartbeat_interval, heartbeat)
+
+    def kill_a_mid_backlog(self, heartbeat: float | None) -> tuple[float, DestinationWorker]:
+        """a and b send a 60-instance backlog, a stops for good; how long until b sends a's shard (and everything arrives)."""
         config = self.config(max_associations=2, batch_size=2)
         a, b = self.nodes["a"], self.nodes["b"]
         for node in self.nodes.values():
@@ -337,8 +356,8 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         ours = study_for_shard(1, 2)
         self.assertTrue(b.store.claim_slot("archive", 1, 2, self.time, LEASE))
         records = [self.add(study=(theirs, ours)[i % 2]) for i in range(60)]
-        self.start("a", config)
-        worker_b = self.start("b", config)
+        self.start("a", config, heartbeat=heartbeat)
+        worker_b = self.start("b", config, heartbeat=heartbeat)
         self.advance(5)
         self.assertTrue(a.peer.uids() and b.peer.uids())
         a.paused = True
@@ -352,9 +371,9 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         self.uid_study = {r.sop_instance_uid: r.study_instance_uid for r in records}
         self.advance(120, check=b_sends_theirs)
         self.assertTrue(took_over, "b never took a's shard over")
-        self.assertLessEqual(took_over[0] - died, LEASE * 4 / 3 + worker_b.poll_interval + 1.0 + 0.25)
         delivered = {e.instance.sop_instance_uid for e in self.store.entries("archive") if e.state is EntryState.DELIVERED}
         self.assertEqual(delivered, set(self.uid_study))
+        return took_over[0] - died, worker_b
 
     def instance_study(self, uid: str) -> str:
         """The study of an instance this test journaled."""
