@@ -1,0 +1,580 @@
+"""Several gateway processes acting as one, behind a real HAProxy, on a real PostgreSQL (issue 14).
+
+Theory of operation
+-------------------
+A :class:`Cluster` is what the issue's "Running several nodes" describes,
+on one machine and on free ports:
+
+- one PostgreSQL database (:mod:`tests.support.postgres`: a real server
+  started once per test process, a fresh database per cluster) holding the
+  shared queue; its password is in a 0600 file the nodes read
+  (``queue.password_file``), never in the configuration;
+- one spool folder every node names in ``spool: {path, shared: true}``;
+- N :class:`ClusterNode` gateway processes (``python -m gateway run``), each
+  with its own ``node:`` name, DICOM port, DICOM TLS port and HTTP port,
+  the short ``cluster: {lease, heartbeat}`` a test asks for, and
+  ``proxy_protocol: {trusted: [127.0.0.2/32]}`` on both listeners;
+- one :class:`HAProxy` in TCP mode in front, two frontends (DICOM, and DICOM
+  TLS passed through to the nodes' TLS ports), ``balance leastconn``,
+  ``send-proxy-v2``, a health check on each node's ``/readyz``, and spare
+  server lines for nodes that are started later (down until they answer).
+
+HAProxy opens its connections to the nodes *from 127.0.0.2* (``source``
+on each server line) while the modalities (``storescu``) connect from
+127.0.0.1: so a node that sees 127.0.0.1 (journal, audit) read it from the
+PROXY header, and one that did not honour the header would see 127.0.0.2.
+
+Destinations are ``storescp +B --fork +uf`` (bit-preserving, one child per
+association so cluster-wide ``max_associations`` above 1 are served in
+parallel, unique file names so a second copy of an instance is a second
+file, which :func:`copies_by_uid` counts).
+
+Every process is stopped by its pid (SIGTERM, then SIGKILL) in the test's
+cleanups; a node can be killed with SIGKILL (:meth:`ClusterNode.kill`),
+drained (:meth:`ClusterNode.drain`) and started again on the same
+configuration. The journal is read through the store's own interface
+(:class:`gateway.queue.postgres.PostgresQueueStore` as node ``observer``,
+which never leases), so the tests do not depend on the schema's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+
+from tests.support import dcmtk
+from tests.support.certs import Material, material
+from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
+from tests.support.metrics import metrics_text, parse
+from tests.support.peerprocess import PeerProcess
+from tests.support.ports import free_port, port_is_open
+
+__all__ = [
+    "PROXY_SOURCE",
+    "Cluster",
+    "ClusterNode",
+    "HAProxy",
+    "SendOutcome",
+    "copies_by_uid",
+    "fork_storescp",
+    "storescu_outcome",
+]
+
+#: The address HAProxy connects to the nodes from (any 127/8 address is local on Linux).
+PROXY_SOURCE = "127.0.0.2"
+
+#: What HAProxy checks and how often, in the tests: a node is DOWN after
+#: ``fall`` failed checks ``inter`` apart (1 s here; the shipped file's 2 s x 3),
+#: UP again after ``rise`` good ones.
+CHECK_INTER_MS = 500
+CHECK_FALL = 2
+CHECK_RISE = 1
+
+
+def haproxy_binary() -> str:
+    """Locate ``haproxy`` (Debian ``haproxy``, installed by ``make test``).
+
+    :returns: its path.
+    :raises RuntimeError: when it is missing.
+    """
+    for candidate in (os.environ.get("HAPROXY", ""), "/usr/sbin/haproxy", "/usr/bin/haproxy"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("haproxy is not installed (run `make test`, or `apt-get install -y haproxy`)")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One gateway as HAProxy knows it.
+
+    :param name: the server's name (the node's name).
+    :param port: its DICOM port.
+    :param tls_port: its DICOM TLS port.
+    :param http_port: its HTTP port (``/readyz``).
+    """
+
+    name: str
+    port: int
+    tls_port: int
+    http_port: int
+
+
+class HAProxy(PeerProcess):
+    """A real HAProxy in TCP mode in front of the nodes, run in the foreground and stopped by pid.
+
+    The configuration has the shape of ``etc/haproxy/haproxy.cfg`` (TCP
+    mode, one frontend for DICOM and one for DICOM TLS passed through,
+    ``balance leastconn``, ``send-proxy-v2``, ``option httpchk GET /readyz``
+    on each node's HTTP port, long client and server timeouts) with the
+    tests' free ports, short check intervals and :data:`PROXY_SOURCE` as the
+    source of its connections to the nodes.
+
+    :param directory: where its configuration, stats socket and log go.
+    :param backends: every node it may send to (started or not).
+    """
+
+    def __init__(self, directory: Path, backends: Sequence[Backend]) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.backends = list(backends)
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.socket_path = self.dir / "haproxy.sock"
+        self.config_path = self.dir / "haproxy.cfg"
+        self.config_path.write_text(self.render())
+        super().__init__("haproxy", self.dir / "haproxy.log")
+
+    def render(self) -> str:
+        """The configuration file's text.
+
+        :returns: the haproxy.cfg.
+        """
+        check = f"inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}"
+        lines = [
+            "global",
+            "    maxconn 4096",
+            f"    stats socket {self.socket_path} mode 600 level admin",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 5s",
+            "    timeout client 1h",
+            "    timeout server 1h",
+            "    timeout check 2s",
+            # A connection whose node refused it at TCP level is tried on another node.
+            "    retries 2",
+            "    option redispatch",
+            "frontend dicom",
+            f"    bind 127.0.0.1:{self.port}",
+            "    default_backend gateways",
+            "frontend dicom_tls",
+            f"    bind 127.0.0.1:{self.tls_port}",
+            "    default_backend gateways_tls",
+        ]
+        for backend, port_of in (("gateways", "port"), ("gateways_tls", "tls_port")):
+            lines += [
+                f"backend {backend}",
+                "    balance leastconn",
+                "    option httpchk GET /readyz",
+                "    http-check expect status 200",
+            ]
+            for b in self.backends:
+                lines.append(f"    server {b.name} 127.0.0.1:{getattr(b, port_of)} send-proxy-v2 "
+                             f"source {PROXY_SOURCE} check port {b.http_port} {check}")
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 15.0) -> HAProxy:
+        """Check the configuration, start HAProxy in the foreground and wait for both frontends.
+
+        :param timeout: seconds to wait.
+        :returns: this object.
+        :raises RuntimeError: if the configuration is refused or HAProxy exits.
+        """
+        binary = haproxy_binary()
+        checked = subprocess.run([binary, "-c", "-f", str(self.config_path)], capture_output=True,
+                                 text=True, check=False)
+        if checked.returncode != 0:
+            raise RuntimeError(f"haproxy refused {self.config_path}:\n{checked.stdout}{checked.stderr}")
+        self.spawn([binary, "-db", "-f", str(self.config_path)],
+                   lambda: port_is_open("127.0.0.1", self.port) and port_is_open("127.0.0.1", self.tls_port),
+                   timeout, what=f"listen on {self.port} and {self.tls_port}")
+        return self
+
+    def command(self, line: str) -> str:
+        """Send one command to the stats socket (``show stat``...).
+
+        :param line: the command.
+        :returns: the answer.
+        """
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket_path))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def states(self, backend: str = "gateways") -> dict[str, str]:
+        """Each server's status in a backend (``UP``, ``DOWN``, ``UP 1/2``, ``MAINT``...).
+
+        :param backend: ``gateways`` or ``gateways_tls``.
+        :returns: ``{server: status}``.
+        """
+        text = self.command("show stat")
+        header, *rows = [line for line in text.splitlines() if line]
+        names = header.lstrip("# ").split(",")
+        states = {}
+        for row in rows:
+            record = dict(zip(names, row.split(",")))
+            if record.get("pxname") == backend and record.get("svname") not in ("FRONTEND", "BACKEND"):
+                states[record["svname"]] = record.get("status", "")
+        return states
+
+    def wait_state(self, server: str, state: str, timeout: float = 30.0) -> None:
+        """Wait until ``server`` has ``state`` (``UP`` or ``DOWN``) in both backends.
+
+        :param server: the node's name.
+        :param state: the status to wait for.
+        :param timeout: seconds.
+        :raises AssertionError: on timeout.
+        """
+        wait_until(lambda: all(self.states(b).get(server) == state for b in ("gateways", "gateways_tls")),
+                   timeout, lambda: f"haproxy to see {server} {state}: {self.states()}")
+
+
+class ClusterNode(GatewayProcess):
+    """One gateway of a cluster: its node name, its ports, the shared spool and queue.
+
+    :param directory: its configuration and log (its spool is the cluster's).
+    :param node: its ``node:`` name.
+    :param cluster: the cluster it belongs to (spool, queue, lease, certificates).
+    :param overrides: more configuration keys (``destinations``, ``routes``...).
+    """
+
+    def __init__(self, directory: Path, node: str, cluster: Cluster, **overrides: Any) -> None:
+        self.cluster = cluster
+        self.tls_port = free_port()
+        http_port = free_port()
+        trusted = {"trusted": [f"{PROXY_SOURCE}/32"]}
+        m = cluster.material
+        super().__init__(
+            directory,
+            node=node,
+            http_port=http_port,
+            spool={"path": str(cluster.spool), "shared": True},
+            queue=cluster.queue_config(),
+            cluster={"lease": cluster.lease, "heartbeat": cluster.heartbeat},
+            drain={"grace": cluster.drain_grace},
+            audit={"file": str(Path(directory).resolve() / "audit.jsonl")},
+            **overrides,
+        )
+        self.http_port = http_port
+        self.config["listen"] = [
+            {"host": self.host, "port": self.port, "name": "dicom", "proxy_protocol": trusted},
+            {"host": self.host, "port": self.tls_port, "name": "dicom-tls", "proxy_protocol": trusted,
+             "tls": {"certificate": m.server, "private_key": m.server_key, "ca": m.ca,
+                     "require_client_certificate": True, "handshake_timeout": "5s"}},
+        ]
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    @property
+    def backend(self) -> Backend:
+        """The node as HAProxy's server line names it.
+
+        :returns: the backend.
+        """
+        return Backend(str(self.node), self.port, self.tls_port, self.http_port)
+
+    def start(self, timeout: float = 60.0) -> ClusterNode:
+        """Start the node and wait until it is ready (``/readyz`` 200, so HAProxy may send to it).
+
+        :param timeout: seconds.
+        :returns: this object.
+        """
+        super().start(timeout)
+        wait_until(lambda: not self.running or self.readyz()[0] == 200, timeout,
+                   lambda: f"{self.node} ready\n{self.log_text()[-3000:]}")
+        if not self.running:
+            raise RuntimeError(f"{self.node} exited ({self.returncode}):\n{self.log_text()[-3000:]}")
+        return self
+
+    def journaled_ids(self) -> set[str]:
+        """The instance ids the shared journal holds (PostgreSQL, not a SQLite file).
+
+        :returns: the instance ids.
+        """
+        return self.cluster.observer().instance_ids()
+
+    def drain(self) -> None:
+        """``dicom-gateway drain``: ``/readyz`` fails at once, new associations refused after the grace.
+
+        :raises AssertionError: if the command fails.
+        """
+        result = self.cli("drain")
+        if result.returncode != 0:
+            raise AssertionError(result.describe())
+
+    def associations_active(self) -> float:
+        """Associations open on the node now (``dicom_gateway_associations_active``).
+
+        :returns: the sum over listeners (-1 when ``/metrics`` does not answer).
+        """
+        try:
+            samples = parse(metrics_text(self.http_port))
+        except OSError:
+            return -1
+        return sum(v for n, _, v in samples if n == "dicom_gateway_associations_active")
+
+    def audit_addresses(self) -> list[str]:
+        """The addresses (without port) of the calling side of every audited accepted association.
+
+        :returns: one address per accepted association.
+        """
+        from gateway.audit import read_records
+
+        path = self.dir / "audit.jsonl"
+        found = []
+        for record in read_records(str(path)) if path.exists() else []:
+            if record.get("disposition") != "accepted":
+                continue
+            for participant in record.get("participants", []):
+                if participant.get("requestor"):
+                    found.append(str(participant.get("network_access_point", "")).rsplit(":", 1)[0])
+        return found
+
+
+class Cluster:
+    """N nodes sharing a spool and a PostgreSQL database, HAProxy in front.
+
+    Nodes ``node-1`` ... ``node-<count + spare>`` are configured (HAProxy
+    knows them all); :meth:`start` starts the first ``count``. Every process
+    is stopped in the test's cleanups.
+
+    :param test: the running trial ``TestCase`` (``mktemp``, ``addCleanup``).
+    :param count: nodes started by :meth:`start`.
+    :param spare: more nodes configured but not started (a node added later).
+    :param lease: ``cluster.lease``.
+    :param heartbeat: ``cluster.heartbeat``.
+    :param drain_grace: ``drain.grace`` (at least HAProxy's fall x inter).
+    :param node_config: more configuration keys for every node (``destinations``, ``routes``).
+    """
+
+    def __init__(self, test: Any, count: int = 3, *, spare: int = 0, lease: str = "4s", heartbeat: str = "1s",
+                 drain_grace: str = "3s", node_config: dict[str, Any] | None = None) -> None:
+        from tests.support import postgres
+
+        self.test = test
+        self.dir = Path(test.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        self.count = count
+        self.lease, self.heartbeat, self.drain_grace = lease, heartbeat, drain_grace
+        self.material: Material = material()
+        self.database = postgres.database(test)
+        self.password_file = self.dir / "queue.password"
+        self.password_file.write_text(self.database.password + "\n")
+        os.chmod(self.password_file, 0o600)
+        self.spool = self.dir / "spool"
+        self._observer: Any = None
+        self.nodes = [ClusterNode(self.dir / f"node-{i}", f"node-{i}", self, **(node_config or {}))
+                      for i in range(1, count + spare + 1)]
+        self.haproxy = HAProxy(self.dir / "haproxy", [node.backend for node in self.nodes])
+        test.addCleanup(self.stop)
+
+    def queue_config(self) -> dict[str, Any]:
+        """The nodes' ``queue:`` block: PostgreSQL, the password in a file, short timeouts.
+
+        :returns: the block.
+        """
+        return {"backend": "postgresql", "dsn": self.database.dsn, "password_file": str(self.password_file),
+                "pool": {"min": 1, "max": 4}, "timeouts": {"connect": "3s", "statement": "5s"}}
+
+    def start(self) -> Cluster:
+        """Start the first ``count`` nodes (the first alone, so it migrates the schema), then HAProxy.
+
+        :returns: this object.
+        """
+        for node in self.nodes[:self.count]:
+            node.start()
+        self.haproxy.start()
+        for node in self.nodes[:self.count]:
+            self.haproxy.wait_state(str(node.node), "UP")
+        return self
+
+    def stop(self) -> None:
+        """Stop HAProxy, every node and the observer (safe twice)."""
+        self.haproxy.stop()
+        for node in self.nodes:
+            node.stop(timeout=15)
+        if self._observer is not None:
+            self._observer.close()
+            self._observer = None
+
+    @property
+    def running(self) -> list[ClusterNode]:
+        """The nodes running now.
+
+        :returns: the nodes.
+        """
+        return [node for node in self.nodes if node.running]
+
+    def observer(self) -> Any:
+        """A store of the shared queue for the test to read (node ``observer``: it never leases).
+
+        :returns: a :class:`gateway.queue.postgres.PostgresQueueStore`.
+        """
+        if self._observer is None:
+            from gateway.queue.postgres import PostgresQueueStore
+
+            self._observer = PostgresQueueStore(self.database.dsn, "observer", password=self.database.password,
+                                                pool_min=1, pool_max=2, connect_timeout=3.0,
+                                                statement_timeout=10.0)
+        return self._observer
+
+    def entries(self, destination: str | None = None) -> list[Any]:
+        """Every entry of the shared journal (with its instance), oldest first.
+
+        :param destination: only this destination's.
+        :returns: :class:`gateway.queue.interfaces.Entry` objects.
+        """
+        return list(self.observer().entries(destination, None, 10_000_000))
+
+    def states(self, destination: str | None = None) -> Counter[str]:
+        """Entries per state.
+
+        :param destination: only this destination's.
+        :returns: ``{state value: count}``.
+        """
+        return Counter(entry.state.value for entry in self.entries(destination))
+
+    def leases_by_node(self, destination: str | None = None) -> Counter[str]:
+        """LEASED entries per owner node.
+
+        :param destination: only this destination's.
+        :returns: ``{node: count}``.
+        """
+        return Counter(e.lease_owner for e in self.entries(destination) if e.state.value == "leased")
+
+    def heartbeats(self) -> dict[str, Any]:
+        """Every node that sent a heartbeat, by name.
+
+        :returns: ``{node: NodeStatus}``.
+        """
+        return {status.node: status for status in self.observer().nodes(time.time())}
+
+    def explain(self) -> str:
+        """The cluster's state for an assertion message: states, leases, HAProxy, log tails.
+
+        :returns: a multi-line text.
+        """
+        parts = []
+        try:
+            parts.append(f"journal states {dict(self.states())}, leases {dict(self.leases_by_node())}")
+        except Exception as error:  # the database may be the thing that is away
+            parts.append(f"journal unreadable: {error}")
+        try:
+            parts.append(f"haproxy {self.haproxy.states()}")
+        except OSError as error:
+            parts.append(f"haproxy stats unreadable: {error}")
+        for node in self.nodes:
+            if node.log_path.exists():
+                parts.append(f"--- {node.node} (returncode {node.returncode}) ---\n{node.log_text()[-1500:]}")
+        return "\n".join(parts)
+
+
+# --- destinations and senders -----------------------------------------------------------------
+
+def fork_storescp(test: Any, name: str) -> dcmtk.Storescp:
+    """Start a ``storescp +B +xa --fork +uf`` destination, stopped in a cleanup.
+
+    ``--fork`` serves each association in a child (several at once);
+    ``+uf`` gives every received file a unique name, so a second copy of an
+    instance is kept beside the first and counted.
+
+    :param test: the running test.
+    :param name: a label for its folder.
+    :returns: the running peer.
+    """
+    scp = dcmtk.Storescp(Path(test.mktemp()).resolve() / name, extra=["--fork", "+uf"])
+    test.addCleanup(scp.stop)
+    scp.start()
+    return scp
+
+
+def destination(scp: dcmtk.Storescp, **overrides: Any) -> dict[str, Any]:
+    """A destination block for ``scp`` with the cluster tests' short timers.
+
+    :param scp: the destination.
+    :param overrides: more keys (``max_associations``...).
+    :returns: the block.
+    """
+    return dicom_destination(scp.port, scp.ae_title, **overrides)
+
+
+def copies_by_uid(scp: dcmtk.Storescp) -> Counter[str]:
+    """How many copies of each SOP Instance UID the destination holds.
+
+    A file still being written may not parse yet: it is skipped (the
+    caller polls).
+
+    :param scp: the destination.
+    :returns: ``{uid: copies}``.
+    """
+    found: Counter[str] = Counter()
+    if not scp.outdir.is_dir():
+        return found
+    for path in scp.outdir.iterdir():
+        try:
+            found[str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                      .SOPInstanceUID)] += 1
+        except Exception:  # a partial file: counted once complete
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one ``storescu -v`` run says happened to each file.
+
+    :param result: the command's exit status and output.
+    :param statuses: file path -> the response text (``Success``, ``Refused: Out of Resources``...),
+        for each file whose C-STORE-RSP came back.
+    """
+
+    result: dcmtk.Result
+    statuses: dict[str, str]
+
+    @property
+    def acknowledged(self) -> list[str]:
+        """The files answered with success (the gateway took custody of them).
+
+        :returns: their paths.
+        """
+        return [path for path, status in self.statuses.items() if status.startswith("Success")]
+
+    @property
+    def refused(self) -> list[str]:
+        """The files answered with a failure status (0xA700: not acknowledged).
+
+        :returns: their paths.
+        """
+        return [path for path, status in self.statuses.items() if not status.startswith(("Success", "Warning"))]
+
+
+_SENDING = re.compile(r"^I: Sending file: (.+)$")
+_RESPONSE = re.compile(r"^I: Received Store Response \((.*)\)$")
+
+
+def storescu_outcome(port: int, files: Iterable[Path], *, tls: Material | None = None,
+                     calling_ae: str = "STORESCU", timeout: float = 300.0) -> SendOutcome:
+    """Send files in one association with ``storescu -v`` and read each file's response.
+
+    :param port: HAProxy's DICOM (or, with ``tls``, DICOM TLS) port.
+    :param files: the files.
+    :param tls: send with ``+tls`` and this client certificate, trusting its CA.
+    :param calling_ae: our AE title.
+    :param timeout: seconds before storescu is killed.
+    :returns: the outcome.
+    """
+    extra = ["-v"] + (["+tls", tls.client_key, tls.client, "+cf", tls.ca] if tls else [])
+    result = dcmtk.storescu(port, list(files), calling_ae=calling_ae, extra=extra, timeout=timeout,
+                            env={"TCP_NODELAY": "1"})
+    statuses: dict[str, str] = {}
+    current: str | None = None
+    for line in result.output.splitlines():
+        if match := _SENDING.match(line):
+            current = match.group(1)
+        elif (match := _RESPONSE.match(line)) and current is not None:
+            statuses[current] = match.group(1)
+            current = None
+    return SendOutcome(result, statuses)
