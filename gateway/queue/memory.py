@@ -6,7 +6,15 @@ The forwarder's unit tests run against this store; the same
 real store's (Buildbot's verified fakes). The conventions it shares with the
 SQLite store (what ``attempts`` counts, what ``dead_letter`` writes to the
 history, new ids on ``requeue_dead``, which calls skip or raise on an entry
-in the wrong state) are listed in :mod:`gateway.queue.sqlite`.
+in the wrong state, how fencing and expired leases behave) are listed in
+:mod:`gateway.queue.sqlite`.
+
+Several nodes (issue 14): the tables live in one :class:`_Tables` object;
+:meth:`MemoryQueueStore.peer` returns a store object for another node on
+the same tables, as two PostgreSQL stores (or two SQLite store objects on
+one file) share one database. Every call runs to its end before the next
+one starts (the fake has no threads), so two nodes never interleave inside
+a call: that is this store's version of ``FOR UPDATE SKIP LOCKED``.
 
 Every method either completes or raises before changing anything, which is
 this store's version of "one transaction".
@@ -15,7 +23,7 @@ this store's version of "one transaction".
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 from zope.interface import implementer
 
@@ -25,19 +33,28 @@ from gateway.queue.interfaces import (
     DestinationStats,
     Entry,
     EntryState,
+    EXPIRED_LEASE_PREFIX,
     InstanceRecord,
     IQueueStore,
+    LeaseLost,
     NewEntry,
+    NodeStatus,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
     Settled,
     UNRECORDED_DELIVERIES,
 )
-from gateway.queue.sqlite import check_shard, study_hash
+from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
 
 _OPEN = (EntryState.QUEUED, EntryState.LEASED, EntryState.DEAD)
+
+#: The key of a timed claim: ``(destination, slot)`` for a slot, a name for a singleton.
+_K = TypeVar("_K")
+
+#: Whether a node counts as away (see :meth:`MemoryQueueStore.stats`).
+_Absent = Callable[[str], bool]
 
 
 @dataclass
@@ -60,6 +77,8 @@ class _Row:
     dead_reason: str = ""
     history: list[Attempt] = field(default_factory=list)
     plan_hash: str | None = None
+    lease_owner: str = ""
+    lease_generation: int = 0
 
 
 @dataclass
@@ -75,22 +94,61 @@ class _Destination:
     circuit_since: float | None = None
 
 
+@dataclass
+class _Node:
+    """One mutable nodes row (the last heartbeat of a node)."""
+
+    started_at: float
+    last_seen: float
+    detail: str = ""
+
+
+@dataclass
+class _Tables:
+    """Everything the store keeps: what every node's store object shares (one database)."""
+
+    instances: dict[str, InstanceRecord] = field(default_factory=dict)
+    # Insertion order is id order: ids only grow, so iteration is oldest first.
+    rows: dict[int, _Row] = field(default_factory=dict)
+    destinations: dict[str, _Destination] = field(default_factory=dict)
+    # Each distinct plan once, by hash (the SQLite ``plans`` table).
+    plans: dict[str, str] = field(default_factory=dict)
+    next_id: int = 1
+    # (destination, slot) -> (owner node, until): the SQLite ``slots`` table.
+    slots: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    # name -> (owner node, until): the SQLite ``singletons`` table.
+    singletons: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
 @implementer(IQueueStore)
 class MemoryQueueStore:
-    """The queue in dicts: same behaviour as the SQLite store, nothing durable."""
+    """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
-    def __init__(self) -> None:
-        self._instances: dict[str, InstanceRecord] = {}
-        # Insertion order is id order: ids only grow, so iteration is oldest first.
-        self._rows: dict[int, _Row] = {}
-        self._destinations: dict[str, _Destination] = {}
-        # Each distinct plan once, by hash (the SQLite ``plans`` table).
-        self._plans: dict[str, str] = {}
-        self._next_id = 1
+    :param node: the node this store object speaks for (lease owner, heartbeats).
+    :param local_only: node-local spools: lease only instances this node received.
+    """
+
+    def __init__(self, node: str = "node", local_only: bool = False) -> None:
+        self.node = node
+        self.local_only = local_only
+        self._t = _Tables()
+
+    def peer(self, node: str, local_only: bool = False) -> MemoryQueueStore:
+        """Another node's store object on the same tables (a second gateway on one database).
+
+        :param node: the other node's name.
+        :param local_only: whether that node has a node-local spool.
+        """
+        other = MemoryQueueStore(node, local_only)
+        other._t = self._t
+        return other
+
+    # -- plumbing -----------------------------------------------------------
 
     def _entry(self, row: _Row) -> Entry:
         """The frozen view of one row."""
-        instance = self._instances[row.instance_id]
+        instance = self._t.instances[row.instance_id]
         return Entry(
             entry_id=row.entry_id,
             instance=instance,
@@ -106,6 +164,9 @@ class MemoryQueueStore:
             dead_reason=row.dead_reason,
             history=tuple(row.history),
             plan_hash=row.plan_hash,
+            lease_owner=row.lease_owner,
+            lease_generation=row.lease_generation,
+            leased_until=row.leased_until if row.state is EntryState.LEASED else None,
         )
 
     def _insert(
@@ -121,9 +182,9 @@ class MemoryQueueStore:
         plan_hash: str | None = None,
     ) -> int:
         """Add one row with the next id (the tail) and return the id."""
-        entry_id = self._next_id
-        self._next_id += 1
-        self._rows[entry_id] = _Row(
+        entry_id = self._t.next_id
+        self._t.next_id += 1
+        self._t.rows[entry_id] = _Row(
             entry_id=entry_id,
             instance_id=instance_id,
             route=route,
@@ -142,35 +203,46 @@ class MemoryQueueStore:
         """Record a plan's definition once; return its hash."""
         if plan is None:
             return None
-        self._plans.setdefault(plan.plan_hash, plan.definition)
+        self._t.plans.setdefault(plan.plan_hash, plan.definition)
         return plan.plan_hash
 
     def _destination(self, name: str) -> _Destination:
         """The destination's row, created if absent."""
-        return self._destinations.setdefault(name, _Destination())
+        return self._t.destinations.setdefault(name, _Destination())
 
     def _row_in(self, entry_id: int, states: Sequence[EntryState]) -> _Row:
         """The row of ``entry_id`` if it is in one of ``states``.
 
         :raises KeyError: no such entry, or it is in another state.
         """
-        row = self._rows.get(entry_id)
+        row = self._t.rows.get(entry_id)
         if row is None or row.state not in states:
             raise KeyError(entry_id)
         return row
+
+    @staticmethod
+    def _held(row: _Row | None, generation: int | None) -> bool:
+        """Whether a fenced write may change ``row``: LEASED, and under ``generation`` when one is given."""
+        return (
+            row is not None
+            and row.state is EntryState.LEASED
+            and (generation is None or row.lease_generation == generation)
+        )
+
+    # -- intake ---------------------------------------------------------------
 
     def add_instance(self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float) -> AddResult:
         """Record a received instance and its entries (see the interface).
 
         :raises ValueError: an instance with this id is already recorded.
         """
-        if record.instance_id in self._instances:
+        if record.instance_id in self._t.instances:
             raise ValueError(f"instance {record.instance_id!r} is already recorded")
         already: set[str] = set()
         if duplicate_window > 0:
             # HARDENING decision 5: same UID and bytes, forwarded within the window.
-            for row in self._rows.values():
-                other = self._instances[row.instance_id]
+            for row in self._t.rows.values():
+                other = self._t.instances[row.instance_id]
                 if (
                     other.sop_instance_uid == record.sop_instance_uid
                     and other.sha256 == record.sha256
@@ -178,7 +250,7 @@ class MemoryQueueStore:
                     and row.enqueued_at >= now - duplicate_window
                 ):
                     already.add(row.destination)
-        self._instances[record.instance_id] = record
+        self._t.instances[record.instance_id] = record
         hash_ = study_hash(record.study_instance_uid)
         ids: list[int] = []
         duplicates: list[str] = []
@@ -202,45 +274,88 @@ class MemoryQueueStore:
         :raises ValueError: an instance id is already recorded, or repeated in the batch.
         """
         ids = [record.instance_id for record, _ in batch]
-        if len(set(ids)) != len(ids) or any(i in self._instances for i in ids):
+        if len(set(ids)) != len(ids) or any(i in self._t.instances for i in ids):
             raise ValueError("an instance of the batch is already recorded")
         return [self.add_instance(record, entries, now, duplicate_window) for record, entries in batch]
 
+    # -- the worker's cycle ---------------------------------------------------------
+
     def lease(self, destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:
-        """Take up to ``limit`` due QUEUED entries, oldest first (see the interface)."""
+        """Take back expired leases, then take up to ``limit`` due QUEUED entries, oldest first (see the interface)."""
         check_shard(shard)
-        if limit <= 0 or self._destination_paused(destination):
+        if limit <= 0:
+            return []
+        self._reclaim_expired(destination, now)
+        if self._destination_paused(destination):
             return []
         taken: list[_Row] = []
-        for row in self._rows.values():
+        for row in self._t.rows.values():
             if len(taken) >= limit:
                 break
             if row.destination != destination or row.state is not EntryState.QUEUED or row.next_attempt_at > now:
                 continue
             if shard is not None and row.study_hash % shard[1] != shard[0]:
                 continue
+            if self.local_only and self._t.instances[row.instance_id].node != self.node:
+                continue
             taken.append(row)
         for row in taken:
             row.state = EntryState.LEASED
             row.leased_until = now + lease_seconds
+            row.lease_owner = self.node
+            row.lease_generation += 1
         return [self._entry(row) for row in taken]
+
+    def _reclaim_expired(self, destination: str, now: float) -> int:
+        """Return the destination's expired leases (any node) to QUEUED, noting the first of each as in flight."""
+        expired = [
+            row for row in self._t.rows.values()
+            if row.destination == destination and row.state is EntryState.LEASED
+            and row.leased_until is not None and row.leased_until < now
+        ]
+        groups: dict[tuple[str, float | None], list[_Row]] = {}
+        for row in expired:  # id order
+            group = groups.setdefault((row.lease_owner, row.leased_until), [])
+            if len(group) <= UNRECORDED_DELIVERIES:
+                group.append(row)
+        for (owner, _), group in groups.items():
+            note = EXPIRED_LEASE_PREFIX + owner + " expired"
+            for row in group:
+                row.last_error = note
+                row.history.append(Attempt(now, note, False))
+        for row in expired:
+            row.state = EntryState.QUEUED
+            row.leased_until = None
+        return len(expired)
 
     def _destination_paused(self, name: str) -> bool:
         """Whether ``name`` is paused (without creating its row)."""
-        row = self._destinations.get(name)
+        row = self._t.destinations.get(name)
         return row is not None and row.paused
 
-    def complete(self, entry_ids: Sequence[int], now: float, warning: str = "") -> None:
-        """Mark LEASED entries DELIVERED; others are skipped (see the interface)."""
-        for entry_id in entry_ids:
-            row = self._rows.get(entry_id)
-            if row is None or row.state is not EntryState.LEASED:
+    def complete(self, entry_ids: Sequence[int], now: float, warning: str = "", generations: Mapping[int, int] | None = None) -> None:
+        """Mark LEASED entries DELIVERED; others, and lost leases, are skipped (see the interface)."""
+        self._complete([(entry_id, warning) for entry_id in entry_ids], now, generations)
+
+    def _complete(
+        self, delivered: Sequence[tuple[int, str]], now: float, generations: Mapping[int, int] | None
+    ) -> tuple[int, ...]:
+        """Record deliveries (fenced by ``generations``); return the fenced ids whose lease was lost."""
+        lost: list[int] = []
+        for entry_id, warning in delivered:
+            row = self._t.rows.get(entry_id)
+            generation = None if generations is None else generations.get(entry_id)
+            if not self._held(row, generation):
+                if generation is not None:
+                    lost.append(entry_id)
                 continue
+            assert row is not None
             row.state = EntryState.DELIVERED
             row.delivered_at = now
             row.last_error = warning
             row.leased_until = None
             self._destination(row.destination).last_success_at = now
+        return tuple(lost)
 
     def settle(
         self,
@@ -250,24 +365,30 @@ class MemoryQueueStore:
         limit: int,
         lease_seconds: float,
         shard: tuple[int, int] | None = None,
+        generations: Mapping[int, int] | None = None,
     ) -> Settled:
         """Record deliveries, then lease; with nothing leased, say when the next entry is due (see the interface)."""
         check_shard(shard)
-        for entry_id, warning in delivered:
-            self.complete([entry_id], now, warning)
+        lost = self._complete(delivered, now, generations)
         if limit <= 0:
-            return Settled()
+            return Settled(lost=lost)
         leased = self.lease(destination, limit, now, lease_seconds, shard)
         if leased:
-            return Settled(tuple(leased))
-        return Settled((), self.next_due(destination))
+            return Settled(tuple(leased), lost=lost)
+        return Settled((), self.next_due(destination), lost)
 
-    def retry(self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
+    def retry(
+        self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True, generation: int | None = None
+    ) -> None:
         """Return a LEASED entry to QUEUED, recording the attempt (see the interface).
 
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
         :raises KeyError: no such entry, or it is not LEASED.
         """
-        row = self._row_in(entry_id, (EntryState.LEASED,))
+        row = self._t.rows.get(entry_id)
+        if not self._held(row, generation):
+            raise LeaseLost(entry_id) if generation is not None else KeyError(entry_id)
+        assert row is not None
         row.state = EntryState.QUEUED
         row.leased_until = None
         row.next_attempt_at = next_attempt_at
@@ -278,19 +399,24 @@ class MemoryQueueStore:
         destination.last_error = error
         destination.last_error_at = now
 
-    def release(self, entry_ids: Sequence[int]) -> None:
-        """Return LEASED entries to QUEUED unchanged; others are skipped (see the interface)."""
+    def release(self, entry_ids: Sequence[int], generations: Mapping[int, int] | None = None) -> None:
+        """Return LEASED entries to QUEUED unchanged; others, and lost leases, are skipped (see the interface)."""
         for entry_id in entry_ids:
-            row = self._rows.get(entry_id)
-            if row is not None and row.state is EntryState.LEASED:
+            row = self._t.rows.get(entry_id)
+            if self._held(row, None if generations is None else generations.get(entry_id)):
+                assert row is not None
                 row.state = EntryState.QUEUED
                 row.leased_until = None
 
-    def dead_letter(self, entry_id: int, reason: str, now: float) -> None:
+    def dead_letter(self, entry_id: int, reason: str, now: float, generation: int | None = None) -> None:
         """Move a QUEUED or LEASED entry to DEAD (see the interface).
 
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
         :raises KeyError: no such entry, or it is not QUEUED or LEASED.
         """
+        if generation is not None:
+            if not self._held(self._t.rows.get(entry_id), generation):
+                raise LeaseLost(entry_id)
         row = self._row_in(entry_id, (EntryState.QUEUED, EntryState.LEASED))
         row.state = EntryState.DEAD
         row.leased_until = None
@@ -301,10 +427,76 @@ class MemoryQueueStore:
         destination.last_error = reason
         destination.last_error_at = now
 
+    def renew(self, generations: Mapping[int, int], now: float, lease_seconds: float) -> set[int]:
+        """Extend the leases still held under their generation; return the lost ids (see the interface)."""
+        lost: set[int] = set()
+        for entry_id, generation in generations.items():
+            row = self._t.rows.get(entry_id)
+            if not self._held(row, generation):
+                lost.add(entry_id)
+                continue
+            assert row is not None
+            row.leased_until = now + lease_seconds
+        return lost
+
+    # -- several nodes ----------------------------------------------------------
+
+    def claim_slot(self, destination: str, slot: int, slots: int, now: float, seconds: float) -> bool:
+        """Claim or renew association slot ``slot`` unless another node holds it live (see the interface).
+
+        :raises ValueError: not ``0 <= slot < slots``.
+        """
+        check_slot(slot, slots)
+        return self._claim(self._t.slots, (destination, slot), now, seconds)
+
+    def _claim(self, table: dict[_K, tuple[str, float]], key: _K, now: float, seconds: float) -> bool:
+        """Take or keep a timed claim (a slot, a singleton): free, expired (``until < now``) or already ours."""
+        held = table.get(key)
+        if held is not None and held[0] != self.node and held[1] >= now:
+            return False
+        table[key] = (self.node, now + seconds)
+        return True
+
+    def release_slot(self, destination: str, slot: int) -> None:
+        """Give up this node's claim on a slot; another node's is left alone (see the interface)."""
+        held = self._t.slots.get((destination, slot))
+        if held is not None and held[0] == self.node:
+            del self._t.slots[(destination, slot)]
+
+    def circuit(self, destination: str) -> tuple[bool, str, float | None]:
+        """The circuit as last recorded by any node (see the interface)."""
+        d = self._t.destinations.get(destination, _Destination())
+        return d.circuit_open, d.circuit_reason, d.circuit_since
+
+    def heartbeat(self, now: float, started_at: float, detail: str = "") -> None:
+        """Record that this node is alive (see the interface)."""
+        self._t.nodes[self.node] = _Node(started_at, now, detail)
+
+    def nodes(self, now: float) -> list[NodeStatus]:
+        """Every node that sent a heartbeat, by name, with the live leases and slots it holds (see the interface)."""
+        leases: dict[str, int] = {}
+        for row in self._t.rows.values():
+            if row.state is EntryState.LEASED and row.leased_until is not None and row.leased_until >= now:
+                leases[row.lease_owner] = leases.get(row.lease_owner, 0) + 1
+        slots: dict[str, int] = {}
+        for owner, until in self._t.slots.values():
+            if until >= now:
+                slots[owner] = slots.get(owner, 0) + 1
+        return [
+            NodeStatus(name, n.started_at, n.last_seen, leases.get(name, 0), slots.get(name, 0), n.detail)
+            for name, n in sorted(self._t.nodes.items())
+        ]
+
+    def hold_singleton(self, name: str, now: float, seconds: float) -> bool:
+        """Take or keep the named once-only job: a lease of ``seconds`` renewed by each call (see the interface)."""
+        return self._claim(self._t.singletons, name, now, seconds)
+
+    # -- operator actions -------------------------------------------------------
+
     def expire(self, destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
         """Dead-letter old QUEUED entries of ``destination`` (see the interface)."""
         rows = sorted(
-            (r for r in self._rows.values()
+            (r for r in self._t.rows.values()
              if r.destination == destination and r.state is EntryState.QUEUED and r.enqueued_at < enqueued_before),
             key=lambda r: r.entry_id,
         )[:limit]
@@ -315,7 +507,7 @@ class MemoryQueueStore:
     def requeue_dead(self, entry_id: int, now: float, destination: str | None = None) -> int:
         """Operator retry of a DEAD entry: a new id at the tail (see the interface)."""
         row = self._row_in(entry_id, (EntryState.DEAD,))
-        del self._rows[entry_id]
+        del self._t.rows[entry_id]
         target = row.destination if destination is None else destination
         return self._insert(
             row.instance_id, row.route, target, row.path, EntryState.QUEUED, now, row.study_hash, row.history,
@@ -329,7 +521,7 @@ class MemoryQueueStore:
 
         :raises KeyError: no such instance.
         """
-        record = self._instances[instance_id]
+        record = self._t.instances[instance_id]
         return self._insert(
             instance_id, route, destination, None, EntryState.QUEUED, now, study_hash(record.study_instance_uid),
             plan_hash=self._keep_plan(plan),
@@ -340,12 +532,12 @@ class MemoryQueueStore:
 
         :raises KeyError: no plan with that hash.
         """
-        return self._plans[plan_hash]
+        return self._t.plans[plan_hash]
 
     def adopt_plans(self, plans: Mapping[str, PlanRecord]) -> int:
         """Give entries without a plan their route's plan, when given (see the interface)."""
         adopted = 0
-        for row in self._rows.values():
+        for row in self._t.rows.values():
             plan = plans.get(row.route)
             if row.plan_hash is None and plan is not None and row.state in _OPEN:
                 row.plan_hash = self._keep_plan(plan)
@@ -355,7 +547,7 @@ class MemoryQueueStore:
     def purge(self, entry_id: int) -> None:
         """Delete a DEAD entry for good (see the interface)."""
         self._row_in(entry_id, (EntryState.DEAD,))
-        del self._rows[entry_id]
+        del self._t.rows[entry_id]
 
     def set_paused(self, destination: str, paused: bool) -> None:
         """Hold (or release) a destination (see the interface)."""
@@ -366,14 +558,16 @@ class MemoryQueueStore:
         d = self._destination(destination)
         d.circuit_open, d.circuit_reason, d.circuit_since = circuit_open, (reason if circuit_open else ""), now
 
+    # -- reading ------------------------------------------------------------------
+
     def get(self, entry_id: int) -> Entry:
         """One entry with its history (see the interface)."""
-        return self._entry(self._rows[entry_id])
+        return self._entry(self._t.rows[entry_id])
 
     def entries(self, destination: str | None = None, state: EntryState | None = None, limit: int = 1000) -> list[Entry]:
         """Entries filtered by destination and state, oldest first (see the interface)."""
         result: list[Entry] = []
-        for row in self._rows.values():
+        for row in self._t.rows.values():
             if len(result) >= max(limit, 0):
                 break
             if (destination is None or row.destination == destination) and (state is None or row.state is state):
@@ -396,24 +590,29 @@ class MemoryQueueStore:
         }
         given = {name: value for name, value in criteria.items() if value is not None}
         records = sorted(
-            (r for r in self._instances.values() if all(getattr(r, name) == value for name, value in given.items())),
+            (r for r in self._t.instances.values() if all(getattr(r, name) == value for name, value in given.items())),
             key=lambda r: (r.received_at, r.instance_id),
         )
-        return [(r, [self._entry(row) for row in self._rows.values() if row.instance_id == r.instance_id]) for r in records]
+        return [(r, [self._entry(row) for row in self._t.rows.values() if row.instance_id == r.instance_id]) for r in records]
 
-    def stats(self, now: float) -> Mapping[str, DestinationStats]:
+    def stats(self, now: float, stranded_after: float = 120.0) -> Mapping[str, DestinationStats]:
         """Figures per destination with entries or a destinations row (see the interface)."""
         counts: dict[str, dict[EntryState, int]] = {}
         oldest: dict[str, float] = {}
-        for row in self._rows.values():
+        stranded: dict[str, int] = {}
+        absent = self._absent_nodes(now, stranded_after) if self.local_only else None
+        for row in self._t.rows.values():
             by_state = counts.setdefault(row.destination, {})
             by_state[row.state] = by_state.get(row.state, 0) + 1
             if row.state in (EntryState.QUEUED, EntryState.LEASED):
                 oldest[row.destination] = min(oldest.get(row.destination, row.enqueued_at), row.enqueued_at)
+            if absent is not None and row.state is EntryState.QUEUED:
+                if absent(self._t.instances[row.instance_id].node):
+                    stranded[row.destination] = stranded.get(row.destination, 0) + 1
         result: dict[str, DestinationStats] = {}
-        for name in sorted(set(counts) | set(self._destinations)):
+        for name in sorted(set(counts) | set(self._t.destinations)):
             by_state = counts.get(name, {})
-            d = self._destinations.get(name, _Destination())
+            d = self._t.destinations.get(name, _Destination())
             result[name] = DestinationStats(
                 destination=name,
                 queued=by_state.get(EntryState.QUEUED, 0),
@@ -429,18 +628,29 @@ class MemoryQueueStore:
                 circuit_open=d.circuit_open,
                 circuit_reason=d.circuit_reason,
                 circuit_since=d.circuit_since,
+                stranded=stranded.get(name, 0),
             )
         return result
 
+    def _absent_nodes(self, now: float, stranded_after: float) -> _Absent:
+        """A test: is a node other than this one without a heartbeat for ``stranded_after`` seconds (or ever)?"""
+        nodes = self._t.nodes
+
+        def absent(node: str) -> bool:
+            seen = nodes.get(node)
+            return node != self.node and (seen is None or seen.last_seen < now - stranded_after)
+
+        return absent
+
     def next_due(self, destination: str) -> float | None:
         """The earliest due time of a QUEUED entry, or None (see the interface)."""
-        times = [r.next_attempt_at for r in self._rows.values() if r.destination == destination and r.state is EntryState.QUEUED]
+        times = [r.next_attempt_at for r in self._t.rows.values() if r.destination == destination and r.state is EntryState.QUEUED]
         return min(times) if times else None
 
     def shift_schedule(self, destination: str, after: float, delta: float, latest: float | None = None) -> int:
         """Move due times after a wall-clock step, then cap them (see the interface)."""
         changed = 0
-        for row in self._rows.values():
+        for row in self._t.rows.values():
             if row.destination != destination or row.state is not EntryState.QUEUED:
                 continue
             if delta and row.next_attempt_at > after:
@@ -451,34 +661,36 @@ class MemoryQueueStore:
                 changed += 1
         return changed
 
+    # -- lifecycle ------------------------------------------------------------------
+
     def recover(self, now: float) -> int:
-        """Every LEASED entry back to QUEUED (see the interface)."""
-        count = 0
-        first: dict[tuple[str, float | None], list[_Row]] = {}
-        for row in sorted(self._rows.values(), key=lambda r: r.entry_id):
-            if row.state is EntryState.LEASED:
-                group = first.setdefault((row.destination, row.leased_until), [])
-                if len(group) <= UNRECORDED_DELIVERIES:
-                    group.append(row)
+        """This node's LEASED entries (and owner-less ones) back to QUEUED (see the interface)."""
+        mine = [
+            row for row in self._t.rows.values()
+            if row.state is EntryState.LEASED and row.lease_owner in (self.node, "")
+        ]
+        first: dict[tuple[str, str, float | None], list[_Row]] = {}
+        for row in mine:  # id order
+            group = first.setdefault((row.destination, row.lease_owner, row.leased_until), [])
+            if len(group) <= UNRECORDED_DELIVERIES:
+                group.append(row)
         for row in (row for group in first.values() for row in group):
             row.last_error = RECOVERED_IN_FLIGHT
             row.history.append(Attempt(now, RECOVERED_IN_FLIGHT, False))
-        for row in self._rows.values():
-            if row.state is EntryState.LEASED:
-                row.state = EntryState.QUEUED
-                row.leased_until = None
-                count += 1
-        return count
+        for row in mine:
+            row.state = EntryState.QUEUED
+            row.leased_until = None
+        return len(mine)
 
     def finished_instances(
         self, older_than: float, limit: int = 1000, has_file: bool | None = None
     ) -> list[InstanceRecord]:
         """Instances whose files may go (see the interface)."""
-        open_ids = {row.instance_id for row in self._rows.values() if row.state in _OPEN}
+        open_ids = {row.instance_id for row in self._t.rows.values() if row.state in _OPEN}
         finished = sorted(
             (
                 r
-                for r in self._instances.values()
+                for r in self._t.instances.values()
                 if self._age_mark(r) < older_than
                 and r.instance_id not in open_ids
                 and (has_file is None or bool(r.path) == has_file)
@@ -491,27 +703,26 @@ class MemoryQueueStore:
         """The last delivery time of an instance's entries, or its reception time."""
         delivered = [
             row.delivered_at
-            for row in self._rows.values()
+            for row in self._t.rows.values()
             if row.instance_id == record.instance_id and row.delivered_at is not None
         ]
         return max(delivered) if delivered else record.received_at
 
     def file_removed(self, instance_id: str) -> None:
         """Clear an instance's path once its file is deleted; unknown ids are ignored (see the interface)."""
-        record = self._instances.get(instance_id)
+        record = self._t.instances.get(instance_id)
         if record is not None:
-            self._instances[instance_id] = replace(record, path="")
+            self._t.instances[instance_id] = replace(record, path="")
 
     def forget_instance(self, instance_id: str) -> None:
         """Delete an instance and its entries; unknown ids are ignored (see the interface)."""
-        for entry_id in [row.entry_id for row in self._rows.values() if row.instance_id == instance_id]:
-            del self._rows[entry_id]
-        self._instances.pop(instance_id, None)
+        for entry_id in [row.entry_id for row in self._t.rows.values() if row.instance_id == instance_id]:
+            del self._t.rows[entry_id]
+        self._t.instances.pop(instance_id, None)
 
     def instance_ids(self) -> set[str]:
         """Every instance id on record (see the interface)."""
-        return set(self._instances)
+        return set(self._t.instances)
 
     def close(self) -> None:
         """Nothing to release."""
-

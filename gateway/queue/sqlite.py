@@ -130,7 +130,7 @@ from gateway.queue.schema import (
     _record_from_row,
 )
 
-__all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash", "check_shard"]
+__all__ = ["SqliteQueueStore", "SchemaError", "MIGRATIONS", "SCHEMA_VERSION", "study_hash", "check_shard", "check_slot"]
 
 #: How long a connection waits for another writer's lock, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -156,6 +156,17 @@ def check_shard(shard: tuple[int, int] | None) -> None:
     """
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard {shard!r}: need (k, n) with 0 <= k < n")
+
+
+def check_slot(slot: int, slots: int) -> None:
+    """Refuse an association slot that does not exist: ``0 <= slot < slots``.
+
+    :param slot: the slot ``claim_slot`` is asked for.
+    :param slots: the destination's ``max_associations``.
+    :raises ValueError: no such slot.
+    """
+    if not 0 <= slot < slots:
+        raise ValueError(f"slot {slot!r} of {slots!r}: need 0 <= slot < slots")
 
 
 def _make_private(path: str) -> None:
