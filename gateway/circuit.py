@@ -10,6 +10,17 @@ first successful probe *closes* it and the slots resume; a failed one opens
 it again and schedules the next. Probes are not attempts, and nothing is
 dead-lettered for a destination-wide fault.
 
+Several nodes share one circuit per destination (issue 14): the worker
+writes each opening and closing to the queue store, and reads the store's
+record at every heartbeat. What another node recorded is *adopted*
+(:meth:`Circuit.adopt_open`, :meth:`Circuit.adopt_closed`): an open record
+opens a closed circuit without local faults (and it probes as usual, so any
+node's successful probe closes it), a closed record closes an open or
+half-open one (a probe in flight is then ignored) and wakes the slots. An
+adopted change is told to the listener's ``circuit_adopted``, not as an
+opening or a closing of its own: the node that saw the faults (or the
+probe) records and announces those.
+
 The transitions are the literal table :data:`TRANSITIONS` (in the manner of
 :data:`gateway.ul.machine.TRANSITIONS`): ``(state, event) -> (next state,
 action)``. :class:`Circuit` classifies each input into an event (a fault is
@@ -51,6 +62,8 @@ class CircuitEvent(Enum):
     PROBE_DUE = "probe_due"  # the probe's timer fired
     PROBE_OK = "probe_ok"  # the probe succeeded
     PROBE_FAILED = "probe_failed"  # the probe failed
+    ADOPT_OPEN = "adopt_open"  # another node recorded the circuit open (issue 14)
+    ADOPT_CLOSED = "adopt_closed"  # another node recorded the circuit closed (its probe succeeded)
 
 
 class CircuitAction(Enum):
@@ -62,6 +75,9 @@ class CircuitAction(Enum):
     PROBE = "probe"  # run one probe
     CLOSE = "close"  # forget the faults, tell the listener, wake the waiting slots
     REOPEN = "reopen"  # keep the probe's error, tell the listener, schedule the next probe
+    ADOPT = "adopt"  # open as another node did: keep its reason, tell the listener, schedule the first probe
+    FOLLOW = "follow"  # close as another node did: forget faults and probe, tell the listener, wake the slots
+    IGNORE = "ignore"  # nothing to do (the circuit already is what the other node says)
 
 
 _S, _E, _A = CircuitState, CircuitEvent, CircuitAction
@@ -83,6 +99,13 @@ TRANSITIONS: Final[Mapping[tuple[CircuitState, CircuitEvent], tuple[CircuitState
     (_S.HALF_OPEN, _E.TRIP): (_S.HALF_OPEN, _A.COUNT),
     (_S.HALF_OPEN, _E.PROBE_OK): (_S.CLOSED, _A.CLOSE),
     (_S.HALF_OPEN, _E.PROBE_FAILED): (_S.OPEN, _A.REOPEN),
+    # Another node's record (read from the queue store at each heartbeat).
+    (_S.CLOSED, _E.ADOPT_OPEN): (_S.OPEN, _A.ADOPT),
+    (_S.OPEN, _E.ADOPT_OPEN): (_S.OPEN, _A.IGNORE),
+    (_S.HALF_OPEN, _E.ADOPT_OPEN): (_S.HALF_OPEN, _A.IGNORE),
+    (_S.CLOSED, _E.ADOPT_CLOSED): (_S.CLOSED, _A.IGNORE),
+    (_S.OPEN, _E.ADOPT_CLOSED): (_S.CLOSED, _A.FOLLOW),
+    (_S.HALF_OPEN, _E.ADOPT_CLOSED): (_S.CLOSED, _A.FOLLOW),
 }
 
 
@@ -101,6 +124,9 @@ class CircuitListener(Protocol):
 
     def probe_failed(self, fault: DestinationDown) -> "Deferred[None] | None":
         """A probe failed; the next one is scheduled when the returned Deferred (if any) fires."""
+
+    def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
+        """The circuit followed another node's record: opened (with that node's ``reason``) or closed."""
 
 
 class Circuit:
@@ -171,6 +197,24 @@ class Circuit:
         self._handle(CircuitEvent.TRIP if tripped else CircuitEvent.FAULT, fault)
         return tripped
 
+    def adopt_open(self, reason: str) -> None:
+        """Another node recorded the circuit open: a closed circuit opens and probes as usual.
+
+        No local fault is needed, and none is counted: the faults were the
+        other node's. An open or half-open circuit is left as it is.
+
+        :param reason: the other node's fault, kept as :attr:`last_error`.
+        """
+        self._handle(CircuitEvent.ADOPT_OPEN, DestinationDown(reason))
+
+    def adopt_closed(self) -> None:
+        """Another node recorded the circuit closed (its probe succeeded): close and wake the slots.
+
+        A probe of ours in flight is abandoned (its result is not heard). A
+        closed circuit is left as it is.
+        """
+        self._handle(CircuitEvent.ADOPT_CLOSED, None)
+
     def when_closed(self) -> "Deferred[None]":
         """A Deferred that fires when the circuit closes (or at once if it is, or on :meth:`stop`)."""
         d: Deferred[None] = Deferred()
@@ -229,6 +273,26 @@ class Circuit:
             self.permanent = False
             self.listener.circuit_closed()
             self._wake()
+        elif action is CircuitAction.ADOPT:
+            assert fault is not None
+            self.probes_failed = 0
+            self.last_error = fault.reason
+            self.permanent = False
+            self.listener.circuit_adopted(True, fault.reason)
+            if self._timer is None:
+                self._schedule()
+        elif action is CircuitAction.FOLLOW:
+            # A probe in flight belongs to the open circuit we leave: never heard.
+            self._generation += 1
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self.failures = 0
+            self.permanent = False
+            self.listener.circuit_adopted(False, "")
+            self._wake()
+        elif action is CircuitAction.IGNORE:
+            pass
         else:  # REOPEN
             assert fault is not None
             self.last_error = fault.reason
@@ -243,7 +307,8 @@ class Circuit:
 
     def _schedule(self) -> None:
         """Schedule the next probe: the maximum interval after a permanent rejection, else backoff."""
-        if self._stopped:
+        if self._stopped or self.state is not CircuitState.OPEN or (self._timer is not None and self._timer.active()):
+            # (A failed probe's follow-up may come after another node's record closed the circuit.)
             return
         delay = self.max_delay if self.permanent else self._backoff(self.probes_failed)
         self._timer = self.clock.callLater(max(0.0, delay), self._probe_due)

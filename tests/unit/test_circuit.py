@@ -30,22 +30,32 @@ class Listener:
         self.events.append(("probe_failed", fault.reason))
         return self.hold
 
+    def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
+        self.events.append(("adopted open" if circuit_open else "adopted closed", reason))
+
 
 class TableTests(SynchronousTestCase):
     """The literal table."""
 
     def test_every_state_takes_successes_and_faults(self) -> None:
-        """A success or a fault can arrive in any state (a send in flight when the circuit opened): all are in the table."""
+        """A success, a fault or another node's record can arrive in any state: all are in the table."""
         for state in CircuitState:
-            for event in (CircuitEvent.SUCCESS, CircuitEvent.FAULT, CircuitEvent.TRIP):
+            for event in (CircuitEvent.SUCCESS, CircuitEvent.FAULT, CircuitEvent.TRIP, CircuitEvent.ADOPT_OPEN, CircuitEvent.ADOPT_CLOSED):
                 self.assertIn((state, event), TRANSITIONS)
 
-    def test_only_a_trip_opens_and_only_a_probe_closes(self) -> None:
-        """CLOSED -> OPEN only on TRIP; -> CLOSED only from HALF_OPEN on PROBE_OK; probes only from OPEN."""
+    def test_only_a_trip_or_another_node_opens_and_only_a_probe_closes(self) -> None:
+        """CLOSED -> OPEN only on TRIP or ADOPT_OPEN; -> CLOSED only on PROBE_OK (from HALF_OPEN) or ADOPT_CLOSED; probes only from OPEN."""
         opening = {k for k, (to, _) in TRANSITIONS.items() if k[0] is CircuitState.CLOSED and to is not CircuitState.CLOSED}
-        self.assertEqual(opening, {(CircuitState.CLOSED, CircuitEvent.TRIP)})
+        self.assertEqual(opening, {(CircuitState.CLOSED, CircuitEvent.TRIP), (CircuitState.CLOSED, CircuitEvent.ADOPT_OPEN)})
         closing = {k for k, (to, _) in TRANSITIONS.items() if k[0] is not CircuitState.CLOSED and to is CircuitState.CLOSED}
-        self.assertEqual(closing, {(CircuitState.HALF_OPEN, CircuitEvent.PROBE_OK)})
+        self.assertEqual(
+            closing,
+            {
+                (CircuitState.HALF_OPEN, CircuitEvent.PROBE_OK),
+                (CircuitState.OPEN, CircuitEvent.ADOPT_CLOSED),
+                (CircuitState.HALF_OPEN, CircuitEvent.ADOPT_CLOSED),
+            },
+        )
         probing = {k for k, (_, action) in TRANSITIONS.items() if action is CircuitAction.PROBE}
         self.assertEqual(probing, {(CircuitState.OPEN, CircuitEvent.PROBE_DUE)})
 
@@ -183,3 +193,72 @@ class CircuitTests(SynchronousTestCase):
         self.assertIs(self.circuit.state, CircuitState.OPEN)
         self.clock.advance(1)
         self.assertEqual(len(self.probes), 2)
+
+
+class AdoptedCircuitTests(SynchronousTestCase):
+    """Issue 14: the circuit follows what another node recorded in the queue store (same circuit as CircuitTests)."""
+
+    setUp = CircuitTests.setUp
+    probe = CircuitTests.probe
+    trip = CircuitTests.trip
+
+    def test_adopting_an_open_record_opens_without_faults_and_probes(self) -> None:
+        """adopt_open on a closed circuit: open with the other node's reason, no fault counted, the probe 1 s later."""
+        self.circuit.adopt_open("ConnectionRefusedError: seen by node b")
+        self.assertIs(self.circuit.state, CircuitState.OPEN)
+        self.assertEqual(self.circuit.failures, 0)
+        self.assertEqual(self.circuit.last_error, "ConnectionRefusedError: seen by node b")
+        self.assertEqual(self.listener.events, [("adopted open", "ConnectionRefusedError: seen by node b")])
+        self.assertNoResult(self.circuit.when_closed())
+        self.clock.advance(1)
+        self.assertEqual(len(self.probes), 1)
+        self.probes[0].callback(None)
+        self.assertIs(self.circuit.state, CircuitState.CLOSED)
+        self.assertEqual(self.listener.events[-1], ("closed", ""))
+
+    def test_adopting_an_open_record_while_open_changes_nothing(self) -> None:
+        """Already open (our own faults): adopt_open neither tells the listener nor schedules a second probe."""
+        self.trip()
+        self.circuit.adopt_open("other")
+        self.assertEqual(self.listener.events, [("opened", DOWN.reason)])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_adopting_a_closed_record_closes_and_wakes(self) -> None:
+        """Open and waiting for its probe: adopt_closed closes, cancels the probe's timer and wakes the slots."""
+        self.trip()
+        waiting = self.circuit.when_closed()
+        self.circuit.adopt_closed()
+        self.assertIs(self.circuit.state, CircuitState.CLOSED)
+        self.successResultOf(waiting)
+        self.assertEqual(self.listener.events[-1], ("adopted closed", ""))
+        self.clock.advance(1000)
+        self.assertEqual(self.probes, [])
+
+    def test_a_probe_in_flight_when_another_node_closes_is_ignored(self) -> None:
+        """Half-open when adopt_closed arrives: the probe's later failure neither reopens nor raises."""
+        self.trip()
+        self.clock.advance(1)
+        self.assertIs(self.circuit.state, CircuitState.HALF_OPEN)
+        self.circuit.adopt_closed()
+        self.probes[0].callback(DestinationDown("late"))
+        self.assertIs(self.circuit.state, CircuitState.CLOSED)
+        self.assertNotIn(("probe_failed", "late"), self.listener.events)
+
+    def test_a_failed_probes_follow_up_after_another_node_closed_schedules_nothing(self) -> None:
+        """A failed probe's held follow-up (expiry) ends after adopt_closed: no probe is scheduled on a closed circuit."""
+        self.listener.hold = Deferred()
+        self.trip()
+        self.clock.advance(1)
+        self.probes[0].callback(DOWN)
+        self.circuit.adopt_closed()
+        self.listener.hold.callback(None)
+        self.clock.advance(1000)
+        self.assertEqual(len(self.probes), 1)
+        self.assertIs(self.circuit.state, CircuitState.CLOSED)
+
+    def test_adopting_a_closed_record_while_closed_changes_nothing(self) -> None:
+        """Closed with faults counted: adopt_closed keeps the count and tells nobody."""
+        self.circuit.fault(DOWN)
+        self.circuit.adopt_closed()
+        self.assertEqual(self.circuit.failures, 1)
+        self.assertEqual(self.listener.events, [])
