@@ -488,7 +488,7 @@ class GatewayService(MultiService):
             return succeed(False)
         old = self.config
         self._reload_tls(new)
-        for what in ("listen", "spool", "limits", "queue_path", "ae_title", "accept"):
+        for what in ("listen", "spool", "limits", "queue", "node", "cluster", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
         # API tokens apply at once (read per request); the HTTP listener itself needs a restart.

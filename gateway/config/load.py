@@ -91,8 +91,10 @@ from gateway.config.sections import (
     _AUDIT_FIELDS,
     _LOG_FIELDS,
     _METRICS_FIELDS,
+    _check_cluster,
     _check_duplicates,
     _check_http,
+    _check_node_name,
     _check_plugins,
     _check_queue,
     _check_retention,
@@ -211,7 +213,9 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "accept": _Field(_section(AcceptConfig, _ACCEPT_FIELDS), default=AcceptConfig),
     "limits": _Field(_section(LimitsConfig, _LIMITS_FIELDS), default=LimitsConfig),
     "spool": _Field(_check_spool, required=True),
-    "queue": _Field(_check_queue, attr="queue_path"),
+    "node": _Field(_check_node_name),
+    "queue": _Field(_check_queue),
+    "cluster": _Field(_check_cluster),
     "duplicates": _Field(_check_duplicates, attr="duplicate_window"),
     "retention": _Field(_check_retention, attr="keep_delivered"),
     "destinations": _Field(_check_destinations),
@@ -339,6 +343,7 @@ def _load(
     if values is not INVALID:
         assert isinstance(values, dict)
         _check_folders_outside_spool(root, values, ctx)
+        _check_shared_spool(root, values, ctx)
     if ctx.errors or values is INVALID:
         # The configuration file first, then route files in the order they
         # were read; by line within a file (the sort is stable).
@@ -350,6 +355,31 @@ def _load(
     config = _assemble(source, values)
     plugins = ctx.shared.plugins
     return replace(config, morph_plugins=dict(plugins.morph)) if plugins else config
+
+
+def _check_shared_spool(root: yaml.MappingNode, values: Mapping[str, Any], ctx: _Context) -> None:
+    """Refuse ``spool.shared: true`` with the SQLite queue (issue 14).
+
+    Several nodes sharing a spool share its queue too, and SQLite's locks do
+    not hold on a network filesystem (SQLite FAQ 5; "How To Corrupt An SQLite
+    Database File" 2.1): the journal would be corrupted.
+
+    :param root: The document's root mapping.
+    :param values: The checked top-level values.
+    :param ctx: The load context.
+    """
+    spool = values.get("spool")
+    queue = values.get("queue")
+    backend = "sqlite" if queue is None else queue.backend
+    if spool is None or not spool.shared or backend != "sqlite":
+        return
+    spool_node = _value_node(root, "spool")
+    shared_node = None if spool_node is None else _value_node(spool_node, "shared")
+    ctx.error(
+        shared_node,
+        "spool.shared",
+        "SQLite on a network filesystem is not safe: a shared spool needs queue.backend: postgresql",
+    )
 
 
 def _plugin_folders(root: yaml.MappingNode, ctx: _Context) -> tuple[str, ...]:

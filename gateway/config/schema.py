@@ -13,8 +13,24 @@ Names and fields here are a contract; new fields must come with defaults.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+import socket
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Union
+
+
+#: A node's name (key ``node``): it is written into leases, file names and
+#: metric labels, so it is kept to a safe alphabet.
+NODE_NAME_PATTERN: str = r"[A-Za-z0-9._-]{1,64}"
+
+
+def default_node_name() -> str:
+    """The default ``node``: the host name, made safe (other characters become ``-``, at most 64).
+
+    :returns: A name matching :data:`NODE_NAME_PATTERN`.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "gateway"
 
 
 #: The TLS profiles a listener or destination may name (PS3.15 Annex B):
@@ -187,12 +203,76 @@ class SpoolConfig:
     :param clean_interval: Seconds between two runs of the spool clean-up
         (delivered files past ``retention.keep_delivered``, records past the
         duplicate window); read at start.
+    :param shared: Every node of a cluster sees this same folder (NFS or any
+        POSIX filesystem with atomic rename and working fsync, issue 14), so
+        any node may send any entry; file names then carry the node's name
+        (their owner). Needs the PostgreSQL queue (SQLite on a network
+        filesystem is not safe). ``False``: the spool is the node's own and
+        only this node sends the instances it received.
     """
 
     path: str
     min_free_bytes: int = 512 * 1024**2
     resume_margin_bytes: int = 256 * 1024**2
     clean_interval: float = 30.0
+    shared: bool = False
+
+
+#: The queue stores a configuration may choose (key ``queue.backend``).
+QUEUE_BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The queue journal's store (key ``queue``, issue 14).
+
+    :param backend: ``sqlite`` (the embedded default: one node) or
+        ``postgresql`` (one queue shared by several nodes).
+    :param path: SQLite only: the journal file, absolute; empty means
+        ``<spool path>/queue.sqlite`` (filled in by :class:`GatewayConfig`).
+    :param dsn: PostgreSQL only: a libpq connection string or URI
+        (``host=db1 dbname=gateway user=gw sslmode=verify-full``); ``sslmode``
+        and the other libpq parameters pass through. Never a password.
+    :param password_file: PostgreSQL only: a file (absolute, mode 0600 or
+        stricter) whose first line is the password; read at load.
+    :param password: The password read from ``password_file``; never in
+        ``repr``, logs or ``check`` output.
+    :param pool_min: Connections the pool keeps open (key ``pool.min``).
+    :param pool_max: The most connections the pool opens (key ``pool.max``).
+    :param connect_timeout: Seconds to wait for a connection (key
+        ``timeouts.connect``); past it the store is unavailable: new C-STOREs
+        get 0xA700 and new associations are rejected.
+    :param statement_timeout: Seconds one statement may run (key
+        ``timeouts.statement``; PostgreSQL's ``statement_timeout``).
+    """
+
+    backend: str = "sqlite"
+    path: str = ""
+    dsn: str = ""
+    password_file: str = ""
+    password: str = field(default="", repr=False)
+    pool_min: int = 1
+    pool_max: int = 4
+    connect_timeout: float = 5.0
+    statement_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How the nodes sharing a queue watch each other (key ``cluster``, issue 14).
+
+    A node kill -9'd leaves its leases to expire: its backlog flows again
+    after at most ``lease + heartbeat`` seconds (25 s with the defaults).
+
+    :param lease: Seconds a leased entry (and an association slot) stays
+        a node's without renewal; renewed every ``heartbeat`` while a send
+        is in flight. More than twice ``heartbeat``.
+    :param heartbeat: Seconds between two heartbeats of this node (its row in
+        the store's node table, lease renewals, the housekeeping singleton).
+    """
+
+    lease: float = 20.0
+    heartbeat: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -514,9 +594,14 @@ class GatewayConfig:
     :param keep_delivered: Seconds delivered spool files are kept for
         replays (key ``retention: {keep_delivered: ...}``); 0 deletes them
         once every destination has them.
-    :param queue_path: The queue journal's absolute path (key
+    :param queue_path: The SQLite queue journal's absolute path (key
         ``queue: {path: ...}``); when empty it defaults to
-        ``<spool path>/queue.sqlite``.
+        ``<spool path>/queue.sqlite``. Always equal to ``queue.path``.
+    :param node: This process's node name (key ``node``; default: the host
+        name): it appears in leases, logs, ``queue list`` and ``/readyz``.
+        Two processes sharing a queue must have different names.
+    :param queue: The queue store (SQLite or PostgreSQL).
+    :param cluster: Lease and heartbeat periods.
     :param http: The metrics, health and admin API endpoint.
     :param log: Logging.
     :param metrics: Metric label policy.
@@ -540,6 +625,9 @@ class GatewayConfig:
     duplicate_window: float = 3600.0
     keep_delivered: float = 0.0
     queue_path: str = ""
+    node: str = ""
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -548,11 +636,15 @@ class GatewayConfig:
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Fill in the default queue path when none was given."""
+        """Fill in the default queue path and node name when none was given."""
         if not self.queue_path:
             object.__setattr__(
-                self, "queue_path", os.path.join(self.spool.path, "queue.sqlite")
+                self, "queue_path", self.queue.path or os.path.join(self.spool.path, "queue.sqlite")
             )
+        if self.queue.path != self.queue_path:
+            object.__setattr__(self, "queue", replace(self.queue, path=self.queue_path))
+        if not self.node:
+            object.__setattr__(self, "node", default_node_name())
 
     def destination(self, name: str) -> Destination:
         """Find a destination by name.
