@@ -330,7 +330,7 @@ class ClusterTests(TestCase):
         senders = Senders(Path(self.mktemp()).resolve(), cluster.haproxy.port).start()
         self.addCleanup(senders.stop)
         self.wait(cluster, lambda: len(senders.acknowledged()) >= 20, 60, "instances acknowledged before the outage")
-        server = cluster.database.server
+        server = cluster.server
         server.stop()
         down_at = time.monotonic()
         time.sleep(30)  # the outage itself, under load (an interop test against real processes)

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -53,18 +51,19 @@ from typing import Any
 import pydicom
 import yaml
 
-from tests.support import dcmtk
+from tests.support import dcmtk, haproxy, postgres
 from tests.support.certs import Material, material
 from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
 from tests.support.metrics import metrics_text, parse
 from tests.support.peerprocess import PeerProcess
-from tests.support.ports import free_port, port_is_open
+from tests.support.ports import free_port
 
 __all__ = [
     "PROXY_SOURCE",
     "Cluster",
     "ClusterNode",
     "HAProxy",
+    "destination",
     "SendOutcome",
     "copies_by_uid",
     "fork_storescp",
@@ -77,159 +76,52 @@ PROXY_SOURCE = "127.0.0.2"
 #: What HAProxy checks and how often, in the tests: a node is DOWN after
 #: ``fall`` failed checks ``inter`` apart (1 s here; the shipped file's 2 s x 3),
 #: UP again after ``rise`` good ones.
-CHECK_INTER_MS = 500
-CHECK_FALL = 2
-CHECK_RISE = 1
+CHECK = "inter 500ms fall 2 rise 1"
+
+#: HAProxy's backends (``etc/haproxy/haproxy.cfg``).
+BACKENDS = ("gateways_dicom", "gateways_dicom_tls")
 
 
-def haproxy_binary() -> str:
-    """Locate ``haproxy`` (Debian ``haproxy``, installed by ``make test``).
+class HAProxy(haproxy.HAProxy):
+    """The shipped HAProxy configuration in front of the nodes, connecting to them from :data:`PROXY_SOURCE`.
 
-    :returns: its path.
-    :raises RuntimeError: when it is missing.
-    """
-    for candidate in (os.environ.get("HAPROXY", ""), "/usr/sbin/haproxy", "/usr/bin/haproxy"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise RuntimeError("haproxy is not installed (run `make test`, or `apt-get install -y haproxy`)")
+    :class:`tests.support.haproxy.HAProxy` renders ``etc/haproxy/haproxy.cfg``
+    for the test's ports; this adds ``source 127.0.0.2`` to every
+    ``default-server`` line, the one change a test on one machine needs to
+    tell the PROXY header's address (the modality's, 127.0.0.1) from the TCP
+    peer's (HAProxy's).
 
-
-@dataclass(frozen=True)
-class Backend:
-    """One gateway as HAProxy knows it.
-
-    :param name: the server's name (the node's name).
-    :param port: its DICOM port.
-    :param tls_port: its DICOM TLS port.
-    :param http_port: its HTTP port (``/readyz``).
+    :param directory: where its configuration and log go.
+    :param nodes: every node it may send to (started or not: a node not
+        started is DOWN until it answers its health check).
     """
 
-    name: str
-    port: int
-    tls_port: int
-    http_port: int
+    def __init__(self, directory: Path, nodes: Sequence[haproxy.Node]) -> None:
+        super().__init__(directory, nodes, tls=True, check=CHECK)
+        text = self.config_path.read_text()
+        text = re.sub(r"^(\s+default-server .*)$", rf"\1 source {PROXY_SOURCE}", text, flags=re.M)
+        if text.count(f"source {PROXY_SOURCE}") != len(BACKENDS):
+            raise RuntimeError(f"no default-server line to add the source address to in {self.config_path}")
+        self.config_path.write_text(text)
+        self.port = self.dicom_port
 
+    def states(self) -> dict[str, str]:
+        """Each server's status in both backends, for an assertion message.
 
-class HAProxy(PeerProcess):
-    """A real HAProxy in TCP mode in front of the nodes, run in the foreground and stopped by pid.
-
-    The configuration has the shape of ``etc/haproxy/haproxy.cfg`` (TCP
-    mode, one frontend for DICOM and one for DICOM TLS passed through,
-    ``balance leastconn``, ``send-proxy-v2``, ``option httpchk GET /readyz``
-    on each node's HTTP port, long client and server timeouts) with the
-    tests' free ports, short check intervals and :data:`PROXY_SOURCE` as the
-    source of its connections to the nodes.
-
-    :param directory: where its configuration, stats socket and log go.
-    :param backends: every node it may send to (started or not).
-    """
-
-    def __init__(self, directory: Path, backends: Sequence[Backend]) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.backends = list(backends)
-        self.port = free_port()
-        self.tls_port = free_port()
-        self.socket_path = self.dir / "haproxy.sock"
-        self.config_path = self.dir / "haproxy.cfg"
-        self.config_path.write_text(self.render())
-        super().__init__("haproxy", self.dir / "haproxy.log")
-
-    def render(self) -> str:
-        """The configuration file's text.
-
-        :returns: the haproxy.cfg.
+        :returns: ``{backend/server: status}``.
         """
-        check = f"inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}"
-        lines = [
-            "global",
-            "    maxconn 4096",
-            f"    stats socket {self.socket_path} mode 600 level admin",
-            "defaults",
-            "    mode tcp",
-            "    timeout connect 5s",
-            "    timeout client 1h",
-            "    timeout server 1h",
-            "    timeout check 2s",
-            # A connection whose node refused it at TCP level is tried on another node.
-            "    retries 2",
-            "    option redispatch",
-            "frontend dicom",
-            f"    bind 127.0.0.1:{self.port}",
-            "    default_backend gateways",
-            "frontend dicom_tls",
-            f"    bind 127.0.0.1:{self.tls_port}",
-            "    default_backend gateways_tls",
-        ]
-        for backend, port_of in (("gateways", "port"), ("gateways_tls", "tls_port")):
-            lines += [
-                f"backend {backend}",
-                "    balance leastconn",
-                "    option httpchk GET /readyz",
-                "    http-check expect status 200",
-            ]
-            for b in self.backends:
-                lines.append(f"    server {b.name} 127.0.0.1:{getattr(b, port_of)} send-proxy-v2 "
-                             f"source {PROXY_SOURCE} check port {b.http_port} {check}")
-        return "\n".join(lines) + "\n"
-
-    def start(self, timeout: float = 15.0) -> HAProxy:
-        """Check the configuration, start HAProxy in the foreground and wait for both frontends.
-
-        :param timeout: seconds to wait.
-        :returns: this object.
-        :raises RuntimeError: if the configuration is refused or HAProxy exits.
-        """
-        binary = haproxy_binary()
-        checked = subprocess.run([binary, "-c", "-f", str(self.config_path)], capture_output=True,
-                                 text=True, check=False)
-        if checked.returncode != 0:
-            raise RuntimeError(f"haproxy refused {self.config_path}:\n{checked.stdout}{checked.stderr}")
-        self.spawn([binary, "-db", "-f", str(self.config_path)],
-                   lambda: port_is_open("127.0.0.1", self.port) and port_is_open("127.0.0.1", self.tls_port),
-                   timeout, what=f"listen on {self.port} and {self.tls_port}")
-        return self
-
-    def command(self, line: str) -> str:
-        """Send one command to the stats socket (``show stat``...).
-
-        :param line: the command.
-        :returns: the answer.
-        """
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.socket_path))
-            sock.sendall(line.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
-
-    def states(self, backend: str = "gateways") -> dict[str, str]:
-        """Each server's status in a backend (``UP``, ``DOWN``, ``UP 1/2``, ``MAINT``...).
-
-        :param backend: ``gateways`` or ``gateways_tls``.
-        :returns: ``{server: status}``.
-        """
-        text = self.command("show stat")
-        header, *rows = [line for line in text.splitlines() if line]
-        names = header.lstrip("# ").split(",")
-        states = {}
-        for row in rows:
-            record = dict(zip(names, row.split(",")))
-            if record.get("pxname") == backend and record.get("svname") not in ("FRONTEND", "BACKEND"):
-                states[record["svname"]] = record.get("status", "")
-        return states
+        return {f"{row['pxname']}/{row['svname']}": row.get("status", "") for row in self.stats()
+                if row.get("pxname") in BACKENDS and row.get("svname") not in ("FRONTEND", "BACKEND")}
 
     def wait_state(self, server: str, state: str, timeout: float = 30.0) -> None:
         """Wait until ``server`` has ``state`` (``UP`` or ``DOWN``) in both backends.
 
         :param server: the node's name.
-        :param state: the status to wait for.
+        :param state: the status awaited.
         :param timeout: seconds.
         :raises AssertionError: on timeout.
         """
-        wait_until(lambda: all(self.states(b).get(server) == state for b in ("gateways", "gateways_tls")),
+        wait_until(lambda: all(self.server_status(server, b) == state for b in BACKENDS),
                    timeout, lambda: f"haproxy to see {server} {state}: {self.states()}")
 
 
@@ -269,12 +161,12 @@ class ClusterNode(GatewayProcess):
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     @property
-    def backend(self) -> Backend:
-        """The node as HAProxy's server line names it.
+    def backend(self) -> haproxy.Node:
+        """The node as HAProxy's server lines name it.
 
-        :returns: the backend.
+        :returns: the node's ports.
         """
-        return Backend(str(self.node), self.port, self.tls_port, self.http_port)
+        return haproxy.Node(str(self.node), self.port, self.http_port, self.tls_port)
 
     def start(self, timeout: float = 60.0) -> ClusterNode:
         """Start the node and wait until it is ready (``/readyz`` 200, so HAProxy may send to it).
@@ -352,15 +244,13 @@ class Cluster:
 
     def __init__(self, test: Any, count: int = 3, *, spare: int = 0, lease: str = "4s", heartbeat: str = "1s",
                  drain_grace: str = "3s", node_config: dict[str, Any] | None = None) -> None:
-        from tests.support import postgres
-
         self.test = test
         self.dir = Path(test.mktemp()).resolve()
         self.dir.mkdir(parents=True)
         self.count = count
         self.lease, self.heartbeat, self.drain_grace = lease, heartbeat, drain_grace
         self.material: Material = material()
-        self.database = postgres.database(test)
+        self.database = postgres.fresh_database(test)
         self.password_file = self.dir / "queue.password"
         self.password_file.write_text(self.database.password + "\n")
         os.chmod(self.password_file, 0o600)
@@ -452,6 +342,14 @@ class Cluster:
         """
         return {status.node: status for status in self.observer().nodes(time.time())}
 
+    @property
+    def server(self) -> postgres.PostgresServer:
+        """The PostgreSQL server (``stop()``/``start()`` take the database away and back).
+
+        :returns: the test process's server.
+        """
+        return postgres.server()
+
     def explain(self) -> str:
         """The cluster's state for an assertion message: states, leases, HAProxy, log tails.
 
@@ -464,7 +362,7 @@ class Cluster:
             parts.append(f"journal unreadable: {error}")
         try:
             parts.append(f"haproxy {self.haproxy.states()}")
-        except OSError as error:
+        except (OSError, KeyError) as error:
             parts.append(f"haproxy stats unreadable: {error}")
         for node in self.nodes:
             if node.log_path.exists():
