@@ -144,10 +144,9 @@ class ClusterNode(GatewayProcess):
             directory,
             node=node,
             http_port=http_port,
-            spool={"path": str(cluster.spool), "shared": True},
+            spool=cluster.spool_config(),
             queue=cluster.queue_config(),
-            cluster={"lease": cluster.lease, "heartbeat": cluster.heartbeat},
-            drain={"grace": cluster.drain_grace},
+            **cluster.cluster_config(),
             audit={"file": str(Path(directory).resolve() / "audit.jsonl")},
             **overrides,
         )
@@ -186,7 +185,9 @@ class ClusterNode(GatewayProcess):
 
         :returns: the instance ids.
         """
-        return self.cluster.observer().instance_ids()
+        if self.cluster.database is None:
+            return super().journaled_ids()
+        return set(self.cluster.observer().instance_ids())
 
     def drain(self) -> None:
         """``dicom-gateway drain``: ``/readyz`` fails at once, new associations refused after the grace.
@@ -202,11 +203,19 @@ class ClusterNode(GatewayProcess):
 
         :returns: the sum over listeners (-1 when ``/metrics`` does not answer).
         """
+        return self.metric("dicom_gateway_associations_active")
+
+    def metric(self, name: str) -> float:
+        """The sum of one metric's samples on this node's ``/metrics``.
+
+        :param name: e.g. ``dicom_gateway_forwarded_total``.
+        :returns: the sum (-1 when ``/metrics`` does not answer).
+        """
         try:
             samples = parse(metrics_text(self.http_port))
         except OSError:
             return -1
-        return sum(v for n, _, v in samples if n == "dicom_gateway_associations_active")
+        return sum(v for n, _, v in samples if n == name)
 
     def audit_addresses(self) -> list[str]:
         """The addresses (without port) of the calling side of every audited accepted association.
@@ -233,27 +242,38 @@ class Cluster:
     knows them all); :meth:`start` starts the first ``count``. Every process
     is stopped in the test's cleanups.
 
-    :param test: the running trial ``TestCase`` (``mktemp``, ``addCleanup``).
+    With ``backend="sqlite"`` (one node: the reference of ``bench/cluster.py``)
+    the node keeps today's SQLite journal in a spool of its own (not shared)
+    and no database is made.
+
+    :param test: the running trial ``TestCase``, or any object with its
+        ``mktemp`` and ``addCleanup`` (the bench's).
     :param count: nodes started by :meth:`start`.
     :param spare: more nodes configured but not started (a node added later).
-    :param lease: ``cluster.lease``.
-    :param heartbeat: ``cluster.heartbeat``.
+    :param lease: ``cluster.lease`` (``None``: the gateway's default).
+    :param heartbeat: ``cluster.heartbeat`` (``None``: the gateway's default).
     :param drain_grace: ``drain.grace`` (at least HAProxy's fall x inter).
+    :param backend: ``postgresql`` or ``sqlite``.
     :param node_config: more configuration keys for every node (``destinations``, ``routes``).
     """
 
-    def __init__(self, test: Any, count: int = 3, *, spare: int = 0, lease: str = "4s", heartbeat: str = "1s",
-                 drain_grace: str = "3s", node_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, test: Any, count: int = 3, *, spare: int = 0, lease: str | None = "4s",
+                 heartbeat: str | None = "1s", drain_grace: str = "3s", backend: str = "postgresql",
+                 node_config: dict[str, Any] | None = None) -> None:
         self.test = test
         self.dir = Path(test.mktemp()).resolve()
         self.dir.mkdir(parents=True)
         self.count = count
+        self.backend = backend
+        if backend == "sqlite" and count + spare != 1:
+            raise ValueError("the SQLite store serves one node (spool.shared is refused with it)")
         self.lease, self.heartbeat, self.drain_grace = lease, heartbeat, drain_grace
         self.material: Material = material()
-        self.database = postgres.fresh_database(test)
+        self.database = postgres.fresh_database(test) if backend == "postgresql" else None
         self.password_file = self.dir / "queue.password"
-        self.password_file.write_text(self.database.password + "\n")
-        os.chmod(self.password_file, 0o600)
+        if self.database is not None:
+            self.password_file.write_text(self.database.password + "\n")
+            os.chmod(self.password_file, 0o600)
         self.spool = self.dir / "spool"
         self._observer: Any = None
         self.nodes = [ClusterNode(self.dir / f"node-{i}", f"node-{i}", self, **(node_config or {}))
@@ -264,10 +284,27 @@ class Cluster:
     def queue_config(self) -> dict[str, Any]:
         """The nodes' ``queue:`` block: PostgreSQL, the password in a file, short timeouts.
 
-        :returns: the block.
+        :returns: the block (``{"backend": "sqlite"}`` for the SQLite reference).
         """
+        if self.database is None:
+            return {"backend": "sqlite"}
         return {"backend": "postgresql", "dsn": self.database.dsn, "password_file": str(self.password_file),
                 "pool": {"min": 1, "max": 4}, "timeouts": {"connect": "3s", "statement": "5s"}}
+
+    def spool_config(self) -> dict[str, Any]:
+        """The nodes' ``spool:`` block: the one folder, shared (not with SQLite).
+
+        :returns: the block.
+        """
+        return {"path": str(self.spool), "shared": self.database is not None}
+
+    def cluster_config(self) -> dict[str, Any]:
+        """The ``cluster:`` and ``drain:`` keys of every node.
+
+        :returns: top-level keys.
+        """
+        timers = {key: value for key, value in (("lease", self.lease), ("heartbeat", self.heartbeat)) if value}
+        return {**({"cluster": timers} if timers else {}), "drain": {"grace": self.drain_grace}}
 
     def start(self) -> Cluster:
         """Start the first ``count`` nodes (the first alone, so it migrates the schema), then HAProxy.
@@ -305,6 +342,8 @@ class Cluster:
         """
         if self._observer is None:
             from gateway.queue.postgres import PostgresQueueStore
+
+            assert self.database is not None, "the SQLite reference has no shared queue to observe"
 
             self._observer = PostgresQueueStore(self.database.dsn, "observer", password=self.database.password,
                                                 pool_min=1, pool_max=2, connect_timeout=3.0,
