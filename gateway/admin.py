@@ -38,7 +38,7 @@ from gateway.queue.interfaces import DestinationStats, Entry, EntryState, Instan
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 
 #: The operator actions the audit trail knows.
-OPERATOR_ACTIONS = ("retry", "retarget", "replay", "purge", "pause", "resume", "reload")
+OPERATOR_ACTIONS = ("retry", "retarget", "replay", "purge", "pause", "resume", "reload", "drain", "undrain")
 
 #: At most this many entry ids are listed in one record (``retry --all`` on a big backlog).
 MAX_AUDITED_IDS = 500
@@ -215,7 +215,7 @@ def audit_operator_action(
 
     Re-queueing a dead letter (or replaying a kept study) is DICOM Instances Accessed with action U, a
     purge the same with action D (PS3.15 A.5.3.3; CID 400 110103); pause,
-    resume and reload change how the application works: Application
+    resume, reload, drain and undrain change how the application works: Application
     Activity, event type Software Configuration (A.5.3.1; CID 401 110131).
     The operator is the requesting ActiveParticipant (A.5.2.2: UserID,
     NetworkAccessPointID, UserIsRequestor).

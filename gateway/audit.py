@@ -288,7 +288,7 @@ class AuditTrail:
     :param clock: ends aggregation windows (the reactor; a ``task.Clock`` in tests).
     :param window: the aggregation window, seconds.
     :param aggregate: what is aggregated: ``"rejected"`` (associations),
-        ``"tls"``, ``"user"``.
+        ``"proxy"`` (refused PROXY protocol connections), ``"tls"``, ``"user"``.
     """
 
     log = Logger(namespace="gateway.audit")
@@ -301,7 +301,7 @@ class AuditTrail:
         hostname: str | None = None,
         clock: Any = None,
         window: float = AGGREGATION_WINDOW,
-        aggregate: Collection[str] = ("rejected",),
+        aggregate: Collection[str] = ("rejected", "proxy"),
     ) -> None:
         import time
 
@@ -553,6 +553,38 @@ class AuditTrail:
             event_type=NODE_AUTHENTICATION,
             description=f"TLS handshake failed: {reason}" + (f" ({detail})" if detail else ""),
             disposition="tls_failure",
+            participants=(
+                Participant(user_id="", role=SOURCE.meaning, network_access_point=peer, requestor=True),
+                self._us(DESTINATION),
+            ),
+            extra={"listener": listener, "reason": reason},
+        )
+
+    def proxy_refused(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord | None:
+        """A ``proxy_protocol`` listener refused a connection (Security Alert, Node Authentication; A.5.3.11; issue 14).
+
+        A PROXY header from an address outside ``trusted``, a missing,
+        malformed or late one: a node that is not the trusted proxy talked to
+        a listener only the proxy may use. Aggregated per address, listener
+        and reason label, as failed TLS handshakes are.
+
+        :param peer: the connection's real ``host:port``.
+        :param reason: the label (``untrusted``, ``missing``, ``malformed``, ``timeout``).
+        :param detail: why, in words.
+        :returns: the record, or ``None`` when it was counted into a summary.
+        """
+        extra = {"listener": listener, "reason": reason}
+        window = _Window("refused PROXY protocol connections", reason, NODE_AUTHENTICATION, "proxy_refused",
+                         _address(peer), extra, _now(self._wall))
+        if self._counted(("proxy", _address(peer), listener, reason), window):
+            return None
+        return self.emit(
+            SECURITY_ALERT,
+            "E",
+            Outcome.MINOR_FAILURE,
+            event_type=NODE_AUTHENTICATION,
+            description=f"PROXY protocol connection refused: {reason}" + (f" ({detail})" if detail else ""),
+            disposition="proxy_refused",
             participants=(
                 Participant(user_id="", role=SOURCE.meaning, network_access_point=peer, requestor=True),
                 self._us(DESTINATION),

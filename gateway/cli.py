@@ -15,6 +15,8 @@ Subcommands:
 * ``api METHOD PATH -c CONFIG [--data JSON]`` and ``reload -c CONFIG``: call
   the running gateway's admin API with its token (``http.token``,
   ``http.token_file``, or the one generated in the spool at first start).
+* ``drain -c CONFIG`` and ``undrain -c CONFIG``: take this node out of the
+  load balancer's rotation and back (issue 14, :mod:`gateway.drain`), through the admin API.
 * ``find -c CONFIG --study UID`` (or ``--accession``, ``--patient-id``,
   ``--sop-instance``): where did each instance go.
 * ``replay -c CONFIG --study UID --to DEST``: send a kept study again.
@@ -113,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--token-name", default="", help="which token of http.token_file to use (default: the first)")
     reload.add_argument("--ca", default="", help="with http.tls: the CA file to verify the gateway with")
 
+    for action, help_text in (
+        ("drain", "make /readyz fail now, then reject new associations after drain.grace while open ones finish"),
+        ("undrain", "end a drain: ready again, new associations accepted"),
+    ):
+        drain = sub.add_parser(action, parents=[config_arg], help=help_text)
+        drain.add_argument("--token-name", default="", help="which token of http.token_file to use (default: the first)")
+        drain.add_argument("--ca", default="", help="with http.tls: the CA file to verify the gateway with")
     find = sub.add_parser("find", help="where did an instance go")
     find.add_argument("-c", "--config", required=True)
     find.add_argument("--study")
@@ -367,6 +376,32 @@ def _reload(args: argparse.Namespace) -> int:
     return 1
 
 
+def _drain(args: argparse.Namespace) -> int:
+    """``dicom-gateway drain`` / ``undrain``: POST /api/v1/drain or /api/v1/undrain; print what happens next."""
+    import json
+
+    config = _load_or_exit(args.config)
+    status, answer = _api_call(config, "POST", f"/api/v1/{args.command}", None, args.token_name, args.ca)
+    if status != 200:
+        print(f"{args.command} failed: HTTP {status}", file=sys.stderr)
+        return 1
+    try:
+        state = json.loads(answer)
+    except ValueError:
+        state = {}
+    node = state.get("node") or "the gateway"
+    if args.command == "undrain":
+        print(f"{node}: drain ended; ready and accepting new associations")
+    elif state.get("refusing"):
+        print(f"{node}: draining; /readyz fails and new associations are rejected (2,3,2); open ones finish")
+    else:
+        print(
+            f"{node}: draining; /readyz fails now, new associations are accepted for "
+            f"{float(state.get('grace_seconds', 0)):g}s more, then rejected (2,3,2)"
+        )
+    return 0
+
+
 def _find(args: argparse.Namespace) -> int:
     from gateway import admin
 
@@ -586,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_api(args))
     if args.command == "reload":
         raise SystemExit(_reload(args))
+    if args.command in ("drain", "undrain"):
+        raise SystemExit(_drain(args))
     if args.command == "replay":
         raise SystemExit(_replay(args))
     if args.command == "audit":

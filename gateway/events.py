@@ -43,6 +43,8 @@ __all__ = [
     "PduProtocolError",
     "DimseProtocolError",
     "TLSHandshakeFailed",
+    "ProxyRefused",
+    "DrainChanged",
     "InstanceStored",
     "InstanceAdmitted",
     "Delivered",
@@ -150,6 +152,22 @@ class TLSHandshakeFailed:
     detail: str
 
 
+@dataclass(frozen=True)
+class ProxyRefused:
+    """A connection to a ``proxy_protocol`` listener was closed before its PROXY header was accepted.
+
+    :ivar peer: the connection's real ``host:port`` (the proxy, or whoever connected).
+    :ivar reason: a label of :data:`gateway.proxyproto.REFUSAL_REASONS`
+        (``untrusted``, ``missing``, ``malformed``, ``timeout``).
+    :ivar detail: why, in words.
+    """
+
+    listener: str
+    peer: str
+    reason: str
+    detail: str
+
+
 # -- instances (gateway.receive, gateway.intake) -----------------------------------------
 
 
@@ -245,6 +263,13 @@ class CircuitClosed:
 
 
 @dataclass(frozen=True)
+class DrainChanged:
+    """The node started draining (``draining``) or stopped (``dicom-gateway drain`` / ``undrain``, :mod:`gateway.drain`)."""
+
+    draining: bool
+
+
+@dataclass(frozen=True)
 class ConfigReloaded:
     """A reload (SIGHUP or API) was applied, or refused."""
 
@@ -260,6 +285,8 @@ Event = (
     | PduProtocolError
     | DimseProtocolError
     | TLSHandshakeFailed
+    | ProxyRefused
+    | DrainChanged
     | InstanceStored
     | InstanceAdmitted
     | Delivered

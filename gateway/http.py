@@ -88,6 +88,7 @@ from gateway.httpresources import (
     ReadyResource,
     Refused,
     ReloadResource,
+    DrainResource,
     _Guarded,
     served_hosts,
 )
@@ -149,6 +150,8 @@ def build_site(
     v1.putChild(b"dead-letters", DeadLettersResource(backend))
     v1.putChild(b"destinations", DestinationsResource(backend))
     v1.putChild(b"reload", ReloadResource(backend))
+    v1.putChild(b"drain", DrainResource(backend, True))
+    v1.putChild(b"undrain", DrainResource(backend, False))
     root.putChild(b"api", api)
     site = GatewaySite(root, reactor=reactor, max_connections=max_connections, request_deadline=request_deadline)
     site.noisy = False

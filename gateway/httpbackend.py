@@ -170,11 +170,23 @@ class ServiceBackend:
             fault = getattr(getattr(service, "spool", None), "fault", None)
             if fault is not None:
                 reasons.append(f"spool failing: {_no_paths(str(fault))}")
+        drain = getattr(service, "drain", None)
+        if drain is not None and drain.draining:
+            # Issue 14: at once, so the load balancer stops sending new associations here.
+            reasons.append("draining")
         space = getattr(service, "space", None)
         if space is not None and space.low():
             # D11: below spool.min_free new work is refused (RJ(2,3,1), 0xA700).
             reasons.append("spool below its free-space floor (spool.min_free)")
         return succeed(reasons)
+
+    def node_name(self) -> str:
+        """The node's name (config key ``node``), for the ``/readyz`` body; empty before that key exists.
+
+        :returns: the name.
+        """
+        config = self._service.config
+        return str(getattr(config, "node", "") or "") if config is not None else ""
 
     # -- views ----------------------------------------------------------------------------
 
@@ -304,6 +316,28 @@ class ServiceBackend:
 
         d.addCallback(poke)
         return self._audited(d, action, operator, destination=destination)
+
+    def drain(self, draining: bool, operator: Operator) -> "Deferred[dict[str, Any]]":
+        """Start (``draining``) or end a drain (:mod:`gateway.drain`); fires with its status; audited.
+
+        :param draining: ``True`` for ``drain``, ``False`` for ``undrain``.
+        :param operator: who asked.
+        :returns: a Deferred firing with :meth:`gateway.drain.DrainStatus.as_dict` and the node's name.
+        """
+        from gateway.admin import audit_operator_action
+
+        drain = self._service.drain
+        was = drain.draining
+        status = drain.drain() if draining else drain.undrain()
+        action = "drain" if draining else "undrain"
+        trail = getattr(self._service, "audit", None)
+        if trail is not None:
+            if draining:
+                what = "already draining" if was else f"draining: not ready; new associations rejected after {status.grace:g}s"
+            else:
+                what = "drain ended: ready" if was else "was not draining"
+            audit_operator_action(trail, action, operator, description=f"{what}; asked by {operator.who}")
+        return succeed({**status.as_dict(), "node": self.node_name()})
 
     def reload(self, operator: Operator) -> "Deferred[bool]":
         """As SIGHUP."""

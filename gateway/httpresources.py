@@ -41,6 +41,7 @@ __all__ = [
     "DeadLettersResource",
     "DestinationsResource",
     "ReloadResource",
+    "DrainResource",
 ]
 
 _log = Logger(namespace="gateway.http")
@@ -92,6 +93,9 @@ class Backend(Protocol):
 
     def reload(self, operator: Operator) -> "Deferred[bool]":
         """Reload the configuration; fires with whether it was applied."""
+
+    def drain(self, draining: bool, operator: Operator) -> "Deferred[dict[str, Any]]":
+        """Start or end a drain (issue 14); fires with its status."""
 
 
 
@@ -227,12 +231,18 @@ class ReadyResource(_Leaf):
         self._backend = backend
 
     def render_GET(self, request: Request) -> Any:
-        """Ask the backend; answer 200 or 503."""
-        return _render_async(
-            request,
-            self._backend.readiness,
-            lambda reasons: (503, {"ready": False, "reasons": reasons}) if reasons else (200, {"ready": True}),
-        )
+        """Ask the backend; answer 200 or 503, naming the node when it has a name (issue 14)."""
+        node_name = getattr(self._backend, "node_name", None)
+
+        def answer(reasons: list[str]) -> tuple[int, Any]:
+            body: dict[str, Any] = {"ready": not reasons}
+            if reasons:
+                body["reasons"] = reasons
+            if node_name is not None:
+                body["node"] = node_name()
+            return (503 if reasons else 200), body
+
+        return _render_async(request, self._backend.readiness, answer)
 
 
 # -- /api (token-protected) --------------------------------------------------------------
@@ -504,3 +514,20 @@ class ReloadResource(_Leaf):
             lambda applied: (200 if applied else 409, {"applied": bool(applied)}),
         )
 
+
+
+class DrainResource(_Leaf):
+    """``POST /api/v1/drain`` and ``POST /api/v1/undrain``: as ``dicom-gateway drain`` / ``undrain`` (issue 14)."""
+
+    def __init__(self, backend: Backend, draining: bool) -> None:
+        super().__init__()
+        self._backend = backend
+        self._draining = draining
+
+    def render_POST(self, request: Request) -> Any:
+        """200 with the drain's status (``draining``, ``refusing``, ``grace_seconds``, ``node``)."""
+        _body, error = _json_body(request)
+        if error is not None:
+            return _Error(400, error).render(request)
+        operator = _operator(request)
+        return _render_async(request, lambda: self._backend.drain(self._draining, operator), lambda status: (200, status))

@@ -586,6 +586,8 @@ class AcceptorFactory(Factory):
         metrics and the audit trail.
     :param user_identity: the listener's user identity policy
         (:class:`~gateway.identity_check.UserIdentityChecker`), or ``None``.
+    :param refusing: true once a drain's grace is over (:meth:`gateway.drain.Drain.refusing`):
+        new associations are then rejected (2,3,2) (issue 14).
     """
 
     log = Logger(namespace="gateway.listen")
@@ -603,8 +605,10 @@ class AcceptorFactory(Factory):
         space_low: Callable[[], bool] = lambda: False,
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         user_identity: Any = None,
+        refusing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
+        self.refusing = refusing
         self.observer = observer
         self.user_identity = user_identity
         self.admit = admit
@@ -645,7 +649,8 @@ class AcceptorFactory(Factory):
                 called_ae_title=request.called_ae_title,
                 peer="",
                 label=label,
-                reason="rejected by the service provider (ACSE rules, spool space or association limit)",
+                reason="rejected: the node is draining" if label == "draining"
+                else "rejected by the service provider (ACSE rules, spool space or association limit)",
                 rejection=(int(rejection.result), int(rejection.source), int(rejection.reason)),
             )
         )
@@ -655,11 +660,24 @@ class AcceptorFactory(Factory):
         """AE-6's service-provider test: ACSE rules first, then the association limit (PS3.8 9.1.4).
 
         :returns: the rejection and its ``reason`` label (:data:`gateway.observe.REJECT_REASONS`,
-            HARDENING P16), or ``None`` to go on.
+            HARDENING P16), or ``None`` to go on. A draining node past its grace
+            rejects before the space and count checks (label ``draining``).
         """
         rejection = check_acse(request, self.acceptor_settings)
         if rejection is not None:
             return rejection, "acse"
+        if self.refusing():
+            # Issue 14: the node is draining and its grace is over. Rejected-transient,
+            # local-limit-exceeded (PS3.8 Table 9-21, source 3 reason 2): the modality
+            # retries later, by then through the load balancer to another node.
+            return (
+                _pdu.AAssociateRJ(
+                    result=RejectResult.TRANSIENT,
+                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
+                ),
+                "draining",
+            )
         if self.space_low():
             # The spool is below its free-space floor: temporary congestion
             # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.

@@ -77,7 +77,7 @@ _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: RJ 2,3,1), ``acse`` (PS3.8 ACSE checks: version, application context,
 #: called AE title, no context), ``access`` (the calling AE, address or
 #: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``other``.
-REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "other")
+REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "other")
 
 
 def fold_modality(modality: str | None) -> str:
@@ -299,6 +299,15 @@ class GatewayMetrics:
             ["listener", "reason"],
             registry=r,
         )
+        # Issue 14: connections a proxy_protocol listener closed before a PROXY header was accepted.
+        self.proxy_refusals = Counter(
+            f"{p}_proxy_protocol_refused",
+            "Connections refused by a proxy_protocol listener, by reason (untrusted, missing, malformed, timeout).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        # Issue 14: 1 while the node drains (dicom-gateway drain), 0 otherwise.
+        self.draining = Gauge(f"{p}_draining", "1 while this node is draining (not ready, then refusing new associations).", registry=r)
         self.instances = Counter(f"{p}_instances_received", "Instances stored and acknowledged.", ["calling_ae", "modality"], registry=r)
         self.received_bytes = Counter(f"{p}_received_bytes", "Bytes of instances stored and acknowledged.", ["calling_ae"], registry=r)
         self.store_failures = Counter(f"{p}_store_failures", "C-STORE failures answered to modalities.", ["status"], registry=r)
@@ -365,6 +374,10 @@ class GatewayMetrics:
             self.pdu_protocol_error(event.listener, event.reason)
         elif isinstance(event, events.TLSHandshakeFailed):
             self.tls_handshake_failed(event.listener, event.reason)
+        elif isinstance(event, events.ProxyRefused):
+            self.proxy_refused(event.listener, event.reason)
+        elif isinstance(event, events.DrainChanged):
+            self.draining.set(1 if event.draining else 0)
         elif isinstance(event, events.InstanceStored):
             self.instance_reported(event.report)
         elif isinstance(event, events.InstanceAdmitted):
@@ -457,6 +470,16 @@ class GatewayMetrics:
         from gateway.tls import HANDSHAKE_FAILURE_REASONS
 
         self.tls_failures.labels(listener, reason if reason in HANDSHAKE_FAILURE_REASONS else OTHER).inc()
+
+    def proxy_refused(self, listener: str, reason: str) -> None:
+        """A ``proxy_protocol`` listener refused a connection before its PROXY header (issue 14).
+
+        :param listener: the listener's name.
+        :param reason: a label of :data:`gateway.proxyproto.REFUSAL_REASONS` (others count as ``other``).
+        """
+        from gateway.proxyproto import REFUSAL_REASONS
+
+        self.proxy_refusals.labels(listener, reason if reason in REFUSAL_REASONS else OTHER).inc()
 
     # -- instances (gateway.receive) -------------------------------------------------------
 

@@ -244,6 +244,8 @@ class AuditObserver:
             # Security Alert for every failed handshake but a silent close.
             if event.reason != "closed":
                 audit.tls_failure(peer=event.peer, listener=event.listener, reason=event.reason, detail=event.detail)
+        elif isinstance(event, events.ProxyRefused):
+            audit.proxy_refused(peer=event.peer, listener=event.listener, reason=event.reason, detail=event.detail)
         elif isinstance(event, events.InstanceAdmitted):
             audit_admission(audit, event.admission, event.spooled, event.info)
         elif isinstance(event, events.Delivered):

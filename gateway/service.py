@@ -47,6 +47,7 @@ from gateway.blocking import IBlockingRunner, Lane, SynchronousLane, ThreadLane,
 from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
+from gateway.drain import Drain
 from gateway.forward import DestinationWorker
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
@@ -96,10 +97,14 @@ class ListenerService(Service):
         factory: AcceptorFactory,
         tls: Any = None,
         on_tls_failure: Callable[[str, str, str], None] | None = None,
+        on_proxy_refused: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self.listener = listener
         self.factory = factory
+        self._on_proxy_refused = on_proxy_refused
+        #: The PROXY protocol wrapper (:class:`gateway.proxyproto.ProxyProtocolFactory`), or ``None``.
+        self.proxy_factory: Any = None
         #: The listener's reloadable TLS context (:class:`gateway.tls.ServerTLS`), or ``None``.
         self.tls = tls
         self._on_tls_failure = on_tls_failure
@@ -125,6 +130,20 @@ class ListenerService(Service):
             factory = self.tls_factory = TLSListenerFactory(
                 self.tls, self.factory, self._reactor, deadline, self._on_tls_failure
             )
+        proxy = self.listener.proxy_protocol
+        if proxy is not None:
+            from gateway.proxyproto import ProxyProtocolFactory, TrustedNetworks
+
+            # Issue 14: the PROXY header comes first on the wire, so it is read
+            # outside TLS; the handshake starts in the bytes after it.
+            factory = self.proxy_factory = ProxyProtocolFactory(
+                factory,
+                TrustedNetworks(proxy.trusted),
+                self._reactor,
+                listener=self.listener.name,
+                timeout=proxy.timeout,
+                on_refused=self._on_proxy_refused,
+            )
         self._listening = endpoint.listen(factory)
         self._listening.addCallbacks(self._bound, self._bind_failed)
 
@@ -138,6 +157,12 @@ class ListenerService(Service):
             ae_title=self.factory.acceptor_settings.ae_title,
             tls=" (TLS)" if self.tls is not None else "",
         )
+        if self.listener.proxy_protocol is not None:
+            self.log.info(
+                "listener {name}: PROXY protocol header required, from {trusted}",
+                name=self.listener.name,
+                trusted=", ".join(self.listener.proxy_protocol.trusted),
+            )
         return port
 
     def _bind_failed(self, failure: Any) -> None:
@@ -282,6 +307,13 @@ class GatewayService(MultiService):
             acse_timeout=config.limits.acse_timeout,
             network_timeout=config.limits.network_timeout,
         )
+        # Issue 14: draining (dicom-gateway drain): /readyz, the listeners and the workers read it.
+        self.drain = Drain(
+            reactor,
+            lambda: self.config.drain.grace,
+            lambda: list(self.workers.values()),
+            self.observer,
+        )
         # One pool for every listener's scrypt checks: max(1, cores - 1) at a time (issue 11).
         self.passcodes = PasscodePool.for_reactor(reactor)
         for listener in config.listen:
@@ -296,9 +328,11 @@ class GatewayService(MultiService):
                 space_low=self.space.low,
                 observer=self.observer,
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
+                refusing=self.drain.refusing,
             )
             service = ListenerService(
-                reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name)
+                reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name),
+                self._proxy_refused_hook(listener.name),
             )
             service.setServiceParent(self)
             self.listeners.append(service)
@@ -362,6 +396,12 @@ class GatewayService(MultiService):
             self.observer.observe(events.TLSHandshakeFailed(listener, peer, reason, detail))
 
         return failed
+
+    def _proxy_refused_hook(self, listener: str) -> Callable[[str, str, str], None]:
+        def refused(peer: str, reason: str, detail: str) -> None:
+            self.observer.observe(events.ProxyRefused(listener, peer, reason, detail))
+
+        return refused
 
     def _poke(self, destinations: Any) -> None:
         for name in destinations:
@@ -436,6 +476,7 @@ class GatewayService(MultiService):
                 close()  # syslog; the audit file stays open for the last records
         if self._janitor.running:
             self._janitor.stop()
+        self.drain.stop()
         self.refresher.stop()
         d = super().stopService()
         d.addBoth(lambda _: self.store_runner.run(self.store.close))

@@ -15,6 +15,7 @@ from gateway.config.schema import (
     CertificateBinding,
     ListenerAccessConfig,
     ListenerTLSConfig,
+    ProxyProtocolConfig,
     TLS_PROFILES,
     USER_IDENTITY_POLICIES,
     UserIdentityConfig,
@@ -220,6 +221,15 @@ _USER_IDENTITY_FIELDS: Final[Mapping[str, _Field]] = {
     "verifiers": _Field(_check_verifiers),
 }
 
+# Issue 14: the proxies a PROXY protocol header is accepted from, and how long one has to send it.
+_PROXY_PROTOCOL_FIELDS: Final[Mapping[str, _Field]] = {
+    "trusted": _Field(
+        _list_of(_check_network, non_empty=True, empty_message="list the proxies' networks (e.g. [10.0.0.5/32])"),
+        required=True,
+    ),
+    "timeout": _Field(_duration(0, 300.0)),
+}
+
 _LISTENER_FIELDS: Final[Mapping[str, _Field]] = {
     "host": _Field(_check_string, required=True),
     # Port 0 asks the system for any free port, which tests rely on.
@@ -228,6 +238,7 @@ _LISTENER_FIELDS: Final[Mapping[str, _Field]] = {
     "tls": _Field(_check_listener_tls),
     "access": _Field(_section(ListenerAccessConfig, _ACCESS_FIELDS)),
     "user_identity": _Field(_section(UserIdentityConfig, _USER_IDENTITY_FIELDS)),
+    "proxy_protocol": _Field(_section(ProxyProtocolConfig, _PROXY_PROTOCOL_FIELDS)),
 }
 
 _check_listener_fields: Final = _section(ListenerConfig, _LISTENER_FIELDS)

@@ -67,6 +67,7 @@ from gateway.config.schema import (
     LogConfig,
     MetricsConfig,
     AuditConfig,
+    DrainConfig,
     RouteConfig,
 )
 from gateway.config.nodes import (
@@ -89,6 +90,7 @@ from gateway.config.destinations import _check_destinations, _check_folders_outs
 from gateway.config.routes import _check_references, _check_route, _check_routes
 from gateway.config.sections import (
     _AUDIT_FIELDS,
+    _DRAIN_FIELDS,
     _LOG_FIELDS,
     _METRICS_FIELDS,
     _check_cluster,
@@ -227,6 +229,7 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "metrics": _Field(_section(MetricsConfig, _METRICS_FIELDS)),
     "plugins": _Field(_check_plugins, attr="plugin_folders"),
     "audit": _Field(_section(AuditConfig, _AUDIT_FIELDS)),
+    "drain": _Field(_section(DrainConfig, _DRAIN_FIELDS)),
 }
 
 

@@ -125,6 +125,19 @@ class UserIdentityConfig:
 
 
 @dataclass(frozen=True)
+class ProxyProtocolConfig:
+    """PROXY protocol v1/v2 on a listener (key ``listen[i].proxy_protocol``; issue 14, :mod:`gateway.proxyproto`).
+
+    :param trusted: Networks (CIDR) of the proxies allowed to connect; a
+        connection from anywhere else is refused before a byte is read.
+    :param timeout: Seconds a trusted proxy has to send the complete header.
+    """
+
+    trusted: tuple[str, ...]
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     """One address the gateway accepts associations on.
 
@@ -135,6 +148,9 @@ class ListenerConfig:
     :param tls: TLS settings; ``None`` for plain TCP.
     :param access: Per-listener access rules.
     :param user_identity: User identity negotiation.
+    :param proxy_protocol: When set, every connection must start with a
+        PROXY protocol header from a trusted proxy (HAProxy ``send-proxy-v2``),
+        whose source address then stands for the peer's.
     """
 
     host: str
@@ -143,6 +159,7 @@ class ListenerConfig:
     tls: ListenerTLSConfig | None = None
     access: ListenerAccessConfig = field(default_factory=ListenerAccessConfig)
     user_identity: UserIdentityConfig = field(default_factory=UserIdentityConfig)
+    proxy_protocol: ProxyProtocolConfig | None = None
 
     def __post_init__(self) -> None:
         """Fill in the default name when none was given."""
@@ -574,6 +591,20 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class DrainConfig:
+    """How the node drains (key ``drain``; issue 14, :mod:`gateway.drain`).
+
+    :param grace: Seconds new associations are still accepted after
+        ``dicom-gateway drain`` made ``/readyz`` fail; keep it at least the
+        load balancer's ``fall x inter`` (6 s in the shipped HAProxy file), so
+        associations it still routes here meanwhile are served. After it, new
+        associations are rejected with A-ASSOCIATE-RJ (2,3,2).
+    """
+
+    grace: float = 10.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole validated configuration.
 
@@ -609,6 +640,7 @@ class GatewayConfig:
         key ``plugins: {folders: [...]}``, default ``../plugins`` beside the
         configuration file when it exists).
     :param audit: The audit trail.
+    :param drain: Draining (``dicom-gateway drain``).
     :param morph_plugins: The morph plugins found in ``plugin_folders`` at
         load, by name (not compared: a reload always finds new objects);
         queued copies rebuild their journaled plans with these.
@@ -633,6 +665,7 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugin_folders: tuple[str, ...] = ()
     audit: AuditConfig = field(default_factory=AuditConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

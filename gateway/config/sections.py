@@ -293,6 +293,12 @@ _check_cluster_fields: Final = _section(
 )
 
 
+# Issue 14: how long a draining node still accepts new associations (0: refuse at once).
+_DRAIN_FIELDS: Final[Mapping[str, _Field]] = {
+    "grace": _Field(_duration(0, 3600.0, zero_allowed=True)),
+}
+
+
 def _check_cluster(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept ``cluster: {lease, heartbeat}``; a lease must outlast two heartbeats.
 
