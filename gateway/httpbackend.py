@@ -160,6 +160,10 @@ class ServiceBackend:
             error = worker.status().journal_error
             if error:
                 reasons.append(f"destination {name}: journal not writable, not dequeuing ({_no_paths(error)})")
+        heartbeat = getattr(service, "heartbeat", None)
+        if heartbeat is not None and not heartbeat.available:
+            # Issue 14: the journal does not answer; new work is refused (RJ(2,3,1), 0xA700).
+            reasons.append("queue store unreachable")
         if self.spool_error is None:
             reasons.append("spool not checked yet")
         elif self.spool_error:

@@ -89,7 +89,7 @@ def new_correlation_id() -> str:
 
 
 def instance_record(
-    spooled: SpooledInstance, info: AssociationInfo, received_at: float, correlation_id: str = ""
+    spooled: SpooledInstance, info: AssociationInfo, received_at: float, correlation_id: str = "", node: str = ""
 ) -> InstanceRecord:
     """The queue's record of a spooled instance.
 
@@ -97,6 +97,7 @@ def instance_record(
     :param info: the association it came on.
     :param received_at: wall-clock time of the commit.
     :param correlation_id: the instance's correlation id; a new one by default.
+    :param node: the node that received it (issue 14: with node-local spools only it can send it).
     """
     summary = spooled.summary
     return InstanceRecord(
@@ -118,6 +119,7 @@ def instance_record(
         called_ae_title=info.called_ae_title,
         source_address=info.peer_address,
         dataset_offset=spooled.dataset_offset,
+        node=node,
     )
 
 
@@ -176,6 +178,7 @@ class Intake:
     :param unrouted_dir: where instances that match no route are kept.
     :param on_enqueued: called with the destinations that got new entries (to wake their workers).
     :param destinations: returns the configured destination names (templated forwards are checked against them).
+    :param node: this node's name, recorded on every instance (``InstanceRecord.node``, issue 14).
     """
 
     log = Logger(namespace="gateway.intake")
@@ -192,7 +195,9 @@ class Intake:
         unrouted_dir: str,
         on_enqueued: Callable[[Sequence[str]], None] = lambda destinations: None,
         destinations: Callable[[], Collection[str]] = lambda: (),
+        node: str = "",
     ) -> None:
+        self.node = node
         self._destinations = destinations
         self._store = store
         self._store_runner = store_runner
@@ -228,7 +233,7 @@ class Intake:
         received_at = self._wall()
         context = self._context(info, received_at)
         routes = tuple(self._routes())
-        record = instance_record(spooled, info, received_at)
+        record = instance_record(spooled, info, received_at, node=self.node)
         if not needs_header(routes):
             return self._route(spooled, record, None, context, routes, keep_file_on_failure)
         # Conditions and templated forwards need the header: read it (no pixel
@@ -280,7 +285,7 @@ class Intake:
 
                 def read(result: tuple[SpooledInstance, Any]) -> "Deferred[Admission]":
                     spooled, header = result
-                    record = instance_record(spooled, info, received_at, correlation_id)
+                    record = instance_record(spooled, info, received_at, correlation_id, self.node)
                     if header is None:
                         self.routing_errors_total += 1
                         return self._keep_unrouted(spooled, record)
@@ -293,7 +298,7 @@ class Intake:
             d = self._file_runner.run(writer.wait_durable)
 
             def sealed(spooled: SpooledInstance) -> "Deferred[Admission]":
-                record = instance_record(spooled, info, received_at, correlation_id)
+                record = instance_record(spooled, info, received_at, correlation_id, self.node)
                 return self._apply(spooled, record, decision, routes, False)
 
             d.addCallbacks(sealed, self._seal_refused)
@@ -487,7 +492,7 @@ class Intake:
                     continue
                 assert item.info is not None
                 item.spooled = spooled
-                item.record = instance_record(spooled, item.info, item.received_at, item.correlation_id)
+                item.record = instance_record(spooled, item.info, item.received_at, item.correlation_id, self.node)
             ready.append(index)
         if not ready:
             return outcomes

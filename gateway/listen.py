@@ -580,6 +580,8 @@ class AcceptorFactory(Factory):
     :param limits: association count and timeouts.
     :param admit: journals each committed instance before the ack (see :mod:`gateway.intake`).
     :param space_low: true while the spool is below its free-space floor.
+    :param store_down: true while the queue store does not answer (issue 14:
+        a failed heartbeat, :mod:`gateway.heartbeat`).
     :param observer: told of what happens (:mod:`gateway.events`: associations
         accepted, rejected and ended, user identity outcomes, protocol errors,
         each C-STORE answered); nobody by default. The gateway's fans out to
@@ -603,6 +605,7 @@ class AcceptorFactory(Factory):
         limits: AcceptorLimits,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
+        store_down: Callable[[], bool] = lambda: False,
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         user_identity: Any = None,
         refusing: Callable[[], bool] = lambda: False,
@@ -613,6 +616,7 @@ class AcceptorFactory(Factory):
         self.user_identity = user_identity
         self.admit = admit
         self.space_low = space_low
+        self.store_down = store_down
         self.acceptor_settings = acceptor_settings
         self.access = access
         self.spool = spool
@@ -688,6 +692,17 @@ class AcceptorFactory(Factory):
                     reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
                 ),
                 "space",
+            )
+        if self.store_down():
+            # The journal is away (issue 14): nothing could be acknowledged, so
+            # the same transient rejection (2,3,1), PS3.8 Table 9-21.
+            return (
+                _pdu.AAssociateRJ(
+                    result=RejectResult.TRANSIENT,
+                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
+                ),
+                "store",
             )
         if self.active >= self.limits.max_associations:
             self.log.warn(

@@ -77,7 +77,7 @@ _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: RJ 2,3,1), ``acse`` (PS3.8 ACSE checks: version, application context,
 #: called AE title, no context), ``access`` (the calling AE, address or
 #: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``other``.
-REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "other")
+REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "store", "other")
 
 
 def fold_modality(modality: str | None) -> str:
@@ -280,7 +280,7 @@ class GatewayMetrics:
         # HARDENING P16: why associations were rejected (bounded: REJECT_REASONS).
         self.associations_rejected = Counter(
             f"{p}_associations_rejected",
-            "A-ASSOCIATE-RJ sent, by reason (limit, space, acse, access, identity).",
+            "A-ASSOCIATE-RJ sent, by reason (limit, space, acse, access, identity, store).",
             ["listener", "reason"],
             registry=r,
         )

@@ -116,8 +116,10 @@ def copy_path(morphed_dir: str, instance_id: str, digest: str) -> str:
 def remove_copies(morphed_dir: str, instance_ids: Collection[str]) -> int:
     """Delete every morphed copy of these instances in one listing of the folder.
 
-    Copies are named ``{instance_id}.{plan digest}.dcm`` (:func:`copy_path`),
-    and instance ids hold no dot, so the id is the name up to its first dot.
+    Copies are named ``{instance_id}.{plan digest}.dcm`` (:func:`copy_path`)
+    and a digest holds no dot, so the id is the name up to its last dot but
+    one (the id of a shared spool starts with its node's name, which may hold
+    dots: ``gw-1.site~3f2a...``, issue 14).
     One scan per clean-up pass, not one per instance; and no ``glob``, whose
     per-id pattern filled ``fnmatch``'s 32,768-entry cache at about 2 KB per
     instance (seen in bench/soak.py).
@@ -131,7 +133,7 @@ def remove_copies(morphed_dir: str, instance_ids: Collection[str]) -> int:
         return 0
     try:
         names = [e.name for e in os.scandir(morphed_dir)
-                 if e.name.endswith(".dcm") and e.name.split(".", 1)[0] in wanted]
+                 if e.name.endswith(".dcm") and e.name[: -len(".dcm")].rpartition(".")[0] in wanted]
     except FileNotFoundError:
         return 0
     removed = 0

@@ -12,6 +12,16 @@ journal and the spool:
 * :meth:`Recovery.clean` deletes the files of delivered instances after the
   retention time and forgets their records once the duplicate window has
   passed (HARDENING decision 5).
+
+On a spool shared by several nodes (``spool.shared``, issue 14) every file
+name starts with its owner node (:func:`gateway.slots.owner_of`). Start-up
+recovery then removes only *this* node's unjournaled files: another node's
+unused slots, and the instance it is writing right now, have no journal
+record yet either. The files a dead node left behind are removed by
+:meth:`Recovery.sweep_dead_nodes`, which only the housekeeping node runs, and
+only for owners whose last heartbeat, and the file itself, are older than a
+bound far beyond any lease (a node that has not beaten for that long cannot
+be committing a transaction that names the file).
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from twisted.logger import Logger
 from gateway.blocking import IBlockingRunner
 from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
-from gateway.queue.interfaces import IQueueStore
+from gateway.queue.interfaces import InstanceRecord, IQueueStore, NodeStatus
+from gateway.slots import DCM_SUFFIX, owner_of
 
 
 class Recovery:
@@ -35,6 +46,9 @@ class Recovery:
     :param file_runner: file reads and deletions.
     :param instances_dir: the spool's committed-instances folder.
     :param wall: wall-clock time.
+    :param morphed_dir: the routes' morphed copies.
+    :param owner: this node's name on a shared spool (only its files are
+        removed at start); ``""`` for a spool of its own (every file is this node's).
     """
 
     log = Logger(namespace="gateway.intake")
@@ -48,7 +62,9 @@ class Recovery:
         instances_dir: str,
         wall: Callable[[], float],
         morphed_dir: str = "",
+        owner: str = "",
     ) -> None:
+        self._owner = owner
         self._morphed_dir = morphed_dir
         self._store = store
         self._store_runner = store_runner
@@ -79,14 +95,18 @@ class Recovery:
     def _remove_unjournaled(self, known: set[str]) -> list[str]:
         """Delete the ``.dcm`` files of ``instances/`` whose id is not in ``known`` (blocking).
 
+        On a shared spool only the files this node owns are considered.
+
         :returns: the paths deleted (empty unused slots are not listed).
         """
         if not os.path.isdir(self._instances_dir):
             return []
         removed = []
         for name in sorted(os.listdir(self._instances_dir)):
-            if not name.endswith(".dcm") or name[:-4] in known:
+            if not name.endswith(DCM_SUFFIX) or name[: -len(DCM_SUFFIX)] in known:
                 continue
+            if self._owner and owner_of(name[: -len(DCM_SUFFIX)]) != self._owner:
+                continue  # another node's slot, or the instance it is writing now
             path = os.path.join(self._instances_dir, name)
             try:
                 size = os.path.getsize(path)
@@ -98,7 +118,65 @@ class Recovery:
                 removed.append(path)
         return removed
 
-    async def clean(self, keep_delivered: float, duplicate_window: float = 0.0) -> int:
+    async def sweep_dead_nodes(self, nodes: list[NodeStatus], older_than: float) -> int:
+        """Remove the unjournaled files of nodes gone for good (housekeeping node only, shared spool).
+
+        A file is removed when its id is not in the journal, its owner is
+        another node whose last heartbeat is older than ``older_than`` (or
+        that never sent one, or it has no owner), and it was itself last
+        changed before ``older_than``. Such a file was never acknowledged
+        (its node answered no C-STORE without the journal), and its node
+        cannot be about to journal it.
+
+        :param nodes: every node's status (:meth:`~gateway.queue.interfaces.IQueueStore.nodes`).
+        :param older_than: wall-clock bound (e.g. now minus ten leases).
+        :returns: how many files were removed.
+        """
+        alive = {status.node for status in nodes if status.last_seen >= older_than}
+        alive.add(self._owner)
+        # The files are listed before the journal is read: an id journaled in
+        # between is then known, never removed.
+        candidates = await self._file_runner.run(self._foreign_files, alive, older_than)
+        if not candidates:
+            return 0
+        known = await self._store_runner.run(self._store.instance_ids)
+        removed = await self._file_runner.run(self._remove_files, [path for stem, path in candidates if stem not in known])
+        for path in removed:
+            self.log.info("removed spool file {path} of a node gone for good: no journal record, never acknowledged", path=path)
+        return len(removed)
+
+    def _foreign_files(self, alive: set[str], older_than: float) -> list[tuple[str, str]]:
+        """``(id, path)`` of the ``.dcm`` files of owners not in ``alive``, unchanged since ``older_than`` (blocking)."""
+        if not os.path.isdir(self._instances_dir):
+            return []
+        found = []
+        for entry in os.scandir(self._instances_dir):
+            if not entry.name.endswith(DCM_SUFFIX):
+                continue
+            stem = entry.name[: -len(DCM_SUFFIX)]
+            if owner_of(stem) in alive:
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                    continue
+            except FileNotFoundError:
+                continue
+            found.append((stem, entry.path))
+        return sorted(found)
+
+    def _remove_files(self, paths: list[str]) -> list[str]:
+        """Unlink each path (blocking); the ones removed, errors logged."""
+        removed = []
+        for path in paths:
+            try:
+                unlink_if_present(path)
+            except OSError as e:
+                self.log.error("could not remove spool file {path}: {error}", path=path, error=str(e))
+                continue
+            removed.append(path)
+        return removed
+
+    async def clean(self, keep_delivered: float, duplicate_window: float = 0.0, node: str = "") -> int:
         """Delete spool files whose every entry is delivered, after ``keep_delivered`` seconds.
 
         Dead letters keep their files; so do queued entries. The record of an
@@ -108,10 +186,17 @@ class Recovery:
 
         :param keep_delivered: seconds a delivered instance's file is kept (``retention``).
         :param duplicate_window: seconds the record must be kept for duplicate control.
+        :param node: with node-local spools sharing one queue (issue 14), this
+            node's name: only the instances it received (or with no node) are
+            cleaned here; another node's files are on its own disk.
         """
         now = self._wall()
         removed = 0
-        done = await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True)
+
+        def mine(records: list[InstanceRecord]) -> list[InstanceRecord]:
+            return [r for r in records if not node or r.node in ("", node)]
+
+        done = mine(await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True))
         await self._remove_copies([record.instance_id for record in done])
         for record in done:
             try:
@@ -122,7 +207,7 @@ class Recovery:
             await self._store_runner.run(self._store.file_removed, record.instance_id)
             removed += 1
         horizon = now - max(keep_delivered, duplicate_window)
-        expired = await self._store_runner.run(self._store.finished_instances, horizon, 1000, None)
+        expired = mine(await self._store_runner.run(self._store.finished_instances, horizon, 1000, None))
         await self._remove_copies([record.instance_id for record in expired])
         for record in expired:
             if record.path:

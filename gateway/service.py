@@ -11,7 +11,13 @@ Start-up order matters for custody: the spool's leftover temp files are
 removed, in-flight queue entries go back to the queue, spooled files the
 journal does not know are removed (never acknowledged: the journal is the
 record of custody, issue 13), a first batch of slot files is made; only then
-do workers start sending and listeners accept. ``reload`` (SIGHUP) validates a new configuration and,
+do workers start sending and listeners accept. A heartbeat
+(:mod:`gateway.heartbeat`) then tells the store every ``cluster.heartbeat``
+that this node lives; while it fails, the journal is unavailable: ``/readyz``
+fails, new associations are rejected (2,3,1) and new C-STOREs get 0xA700,
+until a heartbeat succeeds again. Housekeeping that must run once in a cluster
+(spool clean-up, retention, the files of dead nodes) runs only on the node
+that holds the housekeeping singleton, checked every round. ``reload`` (SIGHUP) validates a new configuration and,
 if it is valid, swaps routes and restarts the workers whose destination
 changed; an invalid one is refused with a logged error and the running
 configuration stays.
@@ -49,6 +55,7 @@ from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
+from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, node_detail
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
 from gateway.recovery import Recovery
@@ -66,6 +73,19 @@ SHUTDOWN_GRACE = 10.0
 
 #: How often delivered spool files are cleaned up (the default of ``spool.clean_interval``).
 CLEAN_INTERVAL = 30.0
+
+#: A node whose heartbeat is older than this many leases is gone for good: the
+#: housekeeping node removes its unjournaled files from a shared spool.
+DEAD_NODE_LEASES = 10
+
+
+def dead_node_after(config: GatewayConfig) -> float:
+    """Seconds without a heartbeat (and without a change to the file) before a node's unjournaled files go.
+
+    :param config: the configuration (``cluster.lease``).
+    :returns: ``DEAD_NODE_LEASES`` leases (200 s with the defaults).
+    """
+    return DEAD_NODE_LEASES * config.cluster.lease
 
 
 def acceptor_settings(config: GatewayConfig) -> AcceptorSettings:
@@ -195,7 +215,8 @@ class GatewayService(MultiService):
     :param config: the validated configuration.
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
     :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
-    :param store: the queue store; SQLite at ``config.queue_path`` by default.
+    :param store: the queue store; by default the one ``config.queue`` names
+        (:func:`gateway.stores.open_store`: SQLite at ``config.queue_path``, or PostgreSQL).
     :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
     :param metrics: the Prometheus metrics; by default a new set in a private registry.
     :param wall: wall-clock time for the journal.
@@ -246,11 +267,13 @@ class GatewayService(MultiService):
             if isinstance(destination, FolderDestination):
                 os.makedirs(destination.path, exist_ok=True)
         if store is None:
-            from gateway.queue.sqlite import SqliteQueueStore
+            from gateway.stores import open_store
 
-            os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
-            store = SqliteQueueStore(config.queue_path)
+            store = open_store(config)
         self.store = store
+        #: The node that owns the files this process makes, on a shared spool (issue 14); "" otherwise.
+        self.owner = config.node if config.spool.shared else ""
+        self.started_at = wall()
         # Each instance's fragments are written and hashed on a lane (issue 13);
         # the lanes have threads of their own: a commit waits on self.blocking
         # for its lane, and must never wait for the thread the lane needs.
@@ -267,6 +290,7 @@ class GatewayService(MultiService):
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             max_instance_size=config.limits.max_instance_size,
             lanes=lanes,
+            owner=self.owner,
         )
         self.space = SpaceGuard(
             self.spool.free_bytes, reactor, config.spool.min_free_bytes, config.spool.resume_margin_bytes
@@ -281,6 +305,7 @@ class GatewayService(MultiService):
             unrouted_dir=os.path.join(config.spool.path, "unrouted"),
             on_enqueued=self._poke,
             destinations=lambda: [d.name for d in self.config.destinations],
+            node=config.node,
         )
         self.recovery = Recovery(
             store=store,
@@ -289,6 +314,16 @@ class GatewayService(MultiService):
             instances_dir=self.spool.instances_dir,
             wall=wall,
             morphed_dir=os.path.join(config.spool.path, "morphed"),
+            owner=self.owner,
+        )
+        self.heartbeat = NodeHeartbeat(
+            store=store,
+            store_runner=self.store_runner,
+            clock=reactor,
+            wall=wall,
+            interval=config.cluster.heartbeat,
+            started_at=self.started_at,
+            detail=self._node_detail,
         )
         self.copies = CopyMaker(
             lambda digest: self.store_runner.run(self.store.plan, digest),
@@ -326,6 +361,7 @@ class GatewayService(MultiService):
                 limits=limits,
                 admit=self._admit,
                 space_low=self.space.low,
+                store_down=lambda: not self.heartbeat.available,
                 observer=self.observer,
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
                 refusing=self.drain.refusing,
@@ -367,6 +403,7 @@ class GatewayService(MultiService):
             reactor=self._reactor,
             scratch_dir=os.path.join(self.config.spool.path, "scratch"),
             prepare=self.copies,
+            # TODO(lead, issue 14): pass lease_seconds=self.config.cluster.lease once i14-forward's DestinationWorker takes it.
         )
         self.workers[destination.name] = worker
         worker.setServiceParent(self)
@@ -383,6 +420,16 @@ class GatewayService(MultiService):
         if admission.spooled is not None:
             self.observer.observe(events.InstanceAdmitted(admission, admission.spooled, info))
         return admission
+
+    def _node_detail(self) -> str:
+        """What this node says of itself in each heartbeat: its listeners, version, whether it drains."""
+        addresses = []
+        for service in self.listeners:
+            if service.port is not None:
+                host = service.port.getHost()
+                addresses.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        # ``draining`` is set by the drain command (issue 14's front door); absent, the node is not draining.
+        return node_detail(addresses, __version__, bool(getattr(self, "draining", False)))
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
@@ -444,6 +491,9 @@ class GatewayService(MultiService):
             )
         if not self.running:
             return
+        # The first heartbeat before the listeners: other nodes see this one, and a
+        # store that does not answer refuses associations from the start.
+        await self.heartbeat.start()
         for service in list(self):
             if not service.running:
                 service.startService()
@@ -457,9 +507,39 @@ class GatewayService(MultiService):
             self._reactor.stop()
 
     async def _clean_once(self) -> None:
-        removed = await self.recovery.clean(self.config.keep_delivered, self.config.duplicate_window)
+        """One housekeeping round.
+
+        On a shared spool it runs on one node at a time: the holder of the
+        housekeeping singleton, asked again this round (a node that lost it
+        while paused must not clean up behind the new holder). It removes
+        delivered files past retention, forgets records past the duplicate
+        window, and removes the unjournaled files of nodes gone for good. With
+        a spool of its own, each node cleans its own instances' files.
+        """
+        if not self.heartbeat.available:
+            return  # the journal is away: nothing can be marked removed
+        shared = self.config.spool.shared
+        if shared:
+            now = self._wall()
+            held = await self.store_runner.run(
+                self.store.hold_singleton, HOUSEKEEPING, now, self.heartbeat.singleton_seconds
+            )
+            if not held:
+                return
+        # Node-local spools on one PostgreSQL queue: each node cleans its own files.
+        # (SQLite is one node's: every record is its own, whatever node name it carries.)
+        local = self.config.queue.backend == "postgresql" and not shared
+        removed = await self.recovery.clean(
+            self.config.keep_delivered, self.config.duplicate_window, node=self.config.node if local else ""
+        )
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
+        if shared:
+            now = self._wall()
+            nodes = await self.store_runner.run(self.store.nodes, now)
+            swept = await self.recovery.sweep_dead_nodes(nodes, now - dead_node_after(self.config))
+            if swept:
+                self.log.warn("{count} unjournaled spool file(s) of nodes gone for good were removed", count=swept)
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())
@@ -477,6 +557,7 @@ class GatewayService(MultiService):
         if self._janitor.running:
             self._janitor.stop()
         self.drain.stop()
+        self.heartbeat.stop()
         self.refresher.stop()
         d = super().stopService()
         d.addBoth(lambda _: self.store_runner.run(self.store.close))

@@ -12,7 +12,11 @@ final name and ``fdatasync``\\ s it (data and size) before the journal
 commit (:data:`gateway.durable.FlushPolicy.PRECREATED_DATASYNC`).
 
 A slot is used once. Its name is the instance's internal id (a uuid4 hex
-string, never peer data: HARDENING D06); once the instance is delivered, the
+string, never peer data: HARDENING D06); on a spool shared by several nodes
+(``spool.shared``, issue 14) the id starts with the node's name and
+:data:`OWNER_SEPARATOR` (``gw-1~3f2a...``), so each file names its *owner*:
+start-up recovery removes only its own node's unjournaled files, never a
+slot of another live node or a file another node is writing. Once the instance is delivered, the
 janitor unlinks the file as before. No slot is ever reused, so no journal
 row can come to name a file that holds another instance's bytes (reuse
 would need the release committed first).
@@ -41,18 +45,40 @@ from twisted.logger import Logger
 from gateway.blocking import IBlockingRunner
 from gateway.durable import CREATE_FLAGS, FileOps, fsync_dir
 
-__all__ = ["SlotPool", "make_slots", "DCM_SUFFIX"]
+__all__ = ["SlotPool", "make_slots", "DCM_SUFFIX", "OWNER_SEPARATOR", "owner_prefix", "owner_of"]
 
 #: The suffix of instance files (slots included).
 DCM_SUFFIX: Final = ".dcm"
 
+#: Between the owner node and the uuid in the ids of a shared spool; never in
+#: a node name (``[A-Za-z0-9._-]``) nor in a uuid's hex digits.
+OWNER_SEPARATOR: Final = "~"
 
-def make_slots(directory: str, count: int, ops: FileOps) -> list[str]:
+
+def owner_prefix(node: str) -> str:
+    """The prefix of the ids a node makes: ``"<node>~"``, or ``""`` for an unshared spool.
+
+    :param node: the node's name; ``""`` when the spool is not shared.
+    """
+    return node + OWNER_SEPARATOR if node else ""
+
+
+def owner_of(instance_id: str) -> str:
+    """The node that made an instance id (file name stem), or ``""`` for an id without an owner.
+
+    :param instance_id: an id, or a file name without its suffix.
+    """
+    owner, separator, _ = instance_id.partition(OWNER_SEPARATOR)
+    return owner if separator else ""
+
+
+def make_slots(directory: str, count: int, ops: FileOps, prefix: str = "") -> list[str]:
     """Create ``count`` empty slot files in ``directory`` and make their entries durable (blocking).
 
     :param directory: the spool's ``instances/`` folder.
     :param count: how many.
     :param ops: the system calls.
+    :param prefix: the owner's :func:`owner_prefix` (shared spools).
     :returns: the new slots' ids (file names without the suffix).
     :raises OSError: creating a file or syncing the folder failed; the files
         created are removed again.
@@ -60,7 +86,7 @@ def make_slots(directory: str, count: int, ops: FileOps) -> list[str]:
     made: list[str] = []
     try:
         for _ in range(count):
-            slot = uuid.uuid4().hex
+            slot = prefix + uuid.uuid4().hex
             fd = ops.open(os.path.join(directory, slot + DCM_SUFFIX), CREATE_FLAGS, 0o600)
             ops.close(fd)
             made.append(slot)
@@ -85,12 +111,16 @@ class SlotPool:
     :param runner: where batches are made (off the reactor thread).
     :param batch: files per batch (one folder fsync each).
     :param low_water: start a refill when fewer than this many are left.
+    :param prefix: put before every id (:func:`owner_prefix` of the node, on a shared spool).
     """
 
     log = Logger(namespace="gateway.spool")
 
-    def __init__(self, directory: str, ops: FileOps, runner: IBlockingRunner, *, batch: int = 64, low_water: int = 16) -> None:
+    def __init__(
+        self, directory: str, ops: FileOps, runner: IBlockingRunner, *, batch: int = 64, low_water: int = 16, prefix: str = ""
+    ) -> None:
         self.directory = directory
+        self.prefix = prefix
         self._ops = ops
         self._runner = runner
         self.batch = batch
@@ -109,7 +139,7 @@ class SlotPool:
 
         :raises OSError: from :func:`make_slots`.
         """
-        self._free.extend(make_slots(self.directory, self.batch, self._ops))
+        self._free.extend(make_slots(self.directory, self.batch, self._ops, self.prefix))
 
     def take(self) -> tuple[str, bool]:
         """
@@ -124,14 +154,14 @@ class SlotPool:
         if self._free:
             return self._free.popleft(), True
         self.misses += 1
-        return uuid.uuid4().hex, False
+        return self.prefix + uuid.uuid4().hex, False
 
     def _refill(self) -> None:
         """Make a batch on the runner, unless one is on its way."""
         if self._refilling:
             return
         self._refilling = True
-        d: Deferred[list[str]] = self._runner.run(make_slots, self.directory, self.batch, self._ops)
+        d: Deferred[list[str]] = self._runner.run(make_slots, self.directory, self.batch, self._ops, self.prefix)
 
         def made(slots: list[str]) -> None:
             self._free.extend(slots)

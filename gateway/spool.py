@@ -11,6 +11,7 @@ durable instance whose journal record has committed may be answered 0x0000.
 Layout under the spool root::
 
     instances/<uuid4 hex>.dcm    slots made ahead of time, instances written in place
+                                 (<node>~<uuid4 hex>.dcm on a shared spool: the owner node first, issue 14)
     incoming/                    the readiness probe's files (and .part files of older versions)
 
 Names are internal ids only, never anything from peer data (HARDENING D06,
@@ -84,7 +85,7 @@ from gateway.dimse.status import Status
 from gateway.durable import CREATE_FLAGS, FileOps, fsync_dir, replace_durably, write_all
 from gateway.meta import encode_file_meta
 from gateway.private import make_private_dirs
-from gateway.slots import DCM_SUFFIX, SlotPool
+from gateway.slots import DCM_SUFFIX, SlotPool, owner_prefix
 from gateway.validate import DatasetSummary, DatasetWalker, MalformedDataset
 
 __all__ = [
@@ -294,8 +295,11 @@ class Spool:
         allow_odd_lengths: bool = False,
         lanes: Callable[[], Lane] = SynchronousLane,
         slot_batch: int = 256,
+        owner: str = "",
     ) -> None:
         self.root = root
+        #: The node whose files this object makes, on a shared spool (issue 14); "" otherwise.
+        self.owner = owner
         self.incoming_dir = os.path.join(root, INCOMING)
         self.instances_dir = os.path.join(root, INSTANCES)
         self._blocking = blocking
@@ -310,7 +314,9 @@ class Spool:
         )
         self.allow_odd_lengths = allow_odd_lengths
         self._lanes = lanes
-        self.slots = SlotPool(self.instances_dir, self.fs, blocking, batch=slot_batch, low_water=max(1, slot_batch // 4))
+        self.slots = SlotPool(
+            self.instances_dir, self.fs, blocking, batch=slot_batch, low_water=max(1, slot_batch // 4), prefix=owner_prefix(owner)
+        )
         self._dirs_ready = False
         #: The last storage failure, ``None`` once a commit or probe has succeeded since.
         self.fault: StorageFault | None = None
@@ -338,12 +344,16 @@ class Spool:
         will send it again. Files in ``instances/`` that the journal does not
         know are :class:`gateway.recovery.Recovery`'s (it has the journal).
 
+        On a shared spool only this node's files go (their names start with
+        its :func:`~gateway.slots.owner_prefix`): another node may be probing.
+
         :returns: the paths removed, for the caller to log.
         """
         self._ensure_dirs()
         removed = []
+        mine = owner_prefix(self.owner)
         for name in sorted(os.listdir(self.incoming_dir)):
-            if not name.endswith((PART_SUFFIX, PROBE_SUFFIX)):
+            if not name.endswith((PART_SUFFIX, PROBE_SUFFIX)) or not name.startswith(mine):
                 continue
             path = os.path.join(self.incoming_dir, name)
             try:
@@ -387,7 +397,7 @@ class Spool:
 
         :raises OSError: the spool cannot commit now.
         """
-        name = "probe-" + uuid.uuid4().hex
+        name = owner_prefix(self.owner) + "probe-" + uuid.uuid4().hex
         temp = os.path.join(self.incoming_dir, name + PART_SUFFIX)
         final = os.path.join(self.incoming_dir, name + PROBE_SUFFIX)
         try:
