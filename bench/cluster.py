@@ -331,11 +331,23 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(Target("recovery after kill -9 (lease + heartbeat bound)",
                                   f"{found['flowing_s']:.1f} s to flow again, {found['drained_s']:.1f} s to empty",
                                   found["flowing_s"]))
-        m.print_summary(targets)
+        print_summary(targets)
     finally:
         m.remove(work)
     m.write_json(args.json, meta, runs, list(medians.values()), targets, extra)
     return 0 if all(run.ok for run in runs) else 1
+
+
+def print_summary(targets: Sequence[Target]) -> None:
+    """Print the summary block, one target per line.
+
+    :param targets: the targets measured.
+    """
+    print("\nsummary (issue 14 targets; medians, this machine's cores, loopback)")
+    for target in targets:
+        verdict = {True: "met", False: "NOT met", None: "figure"}[target.met]
+        goal = f"  [target {target.goal}: {verdict}]" if target.goal else ""
+        print(f"- {target.name}: {target.text}{goal}")
 
 
 def summary(medians: dict[str, m.Median], rates: dict[str, float]) -> list[Target]:
