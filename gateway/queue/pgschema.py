@@ -1,0 +1,329 @@
+"""The PostgreSQL journal's schema: versioned migrations, ``migrate``, and the shape of its rows (issue 14).
+
+The tables mirror the SQLite journal (:mod:`gateway.queue.schema`) with the
+columns issue 14 adds for several nodes, in PostgreSQL's types:
+
+* ``instances``: one row per received instance (``node``: who received it);
+* ``entries``: one row per (instance, route, destination); ``entry_id`` is a
+  ``BIGSERIAL``, so "oldest first" is "lowest id first" as with SQLite (ids
+  come from one sequence, whichever node inserts); ``lease_owner``,
+  ``lease_generation`` and ``leased_until`` are the lease and its fence;
+  ``history`` is a ``jsonb`` array appended to in SQL (``||``), so a retry
+  writes without reading the history first;
+* ``plans``: each distinct morph plan once, keyed by its hash;
+* ``destinations``: pause, last error and success, the circuit (shared by
+  every node: one node's probe result is every node's);
+* ``slots``: cluster-wide association slots (``claim_slot``);
+* ``nodes``: each node's heartbeat.
+
+Versions
+--------
+``schema_version`` holds one row per migration applied (its number, when,
+and the node that applied it); the schema's version is the highest.
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1`` (version
+0 is an empty database). :func:`migrate` applies the missing ones under a
+session advisory lock (``pg_advisory_lock``), each in its own transaction
+with its ``schema_version`` row, so two nodes starting together on an
+empty database do not both migrate: the second waits for the lock, reads
+the version again and finds nothing left to do. A database whose version
+is newer than this code is refused (:class:`SchemaError`), never misread.
+``dicom-gateway db migrate`` calls :func:`migrate`; the store calls it at
+start only when the version it reads (without the lock) is older.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from gateway.queue.interfaces import Attempt, Entry, EntryState, InstanceRecord
+from gateway.queue.schema import SchemaError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "ADVISORY_NAMESPACE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SchemaError",
+    "advisory_key",
+    "migrate",
+    "schema_version",
+]
+
+#: The first key of every advisory lock the gateway takes (the two-key form
+#: ``pg_advisory_lock(int4, int4)``): "DG" in ASCII, so the gateway's locks
+#: are told apart from an application sharing the database.
+ADVISORY_NAMESPACE = 0x4447
+
+#: Second keys (:func:`advisory_key` hashes a name into the rest of the range).
+MIGRATION_LOCK = 1
+
+
+def advisory_key(kind: str, name: str) -> int:
+    """The second key of an advisory lock for ``name`` of a ``kind`` (``dup``, ``singleton``), as a signed int4.
+
+    crc32 spreads names over 2**32 keys; two names sharing a key only make
+    two lock holders wait for each other (a duplicate window check), never
+    break a guarantee; the singleton names are few and fixed.
+
+    :param kind: what the lock protects (keeps kinds apart).
+    :param name: the SOP Instance UID or the singleton's name.
+    :returns: a value in ``[-2**31, 2**31)``, never :data:`MIGRATION_LOCK`.
+    """
+    key = zlib.crc32(f"{kind}:{name}".encode())
+    key = key - 2**32 if key >= 2**31 else key
+    return key if key != MIGRATION_LOCK else MIGRATION_LOCK + 1
+
+
+def _migrate_0_to_1(conn: psycopg.Connection[Any]) -> None:
+    """Create the first schema: every table and index of the journal as of issue 14.
+
+    :param conn: a connection inside a transaction.
+    """
+    statements = [
+        """
+        CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL,
+            transfer_syntax_uid TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            correlation_id TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL DEFAULT '',
+            series_instance_uid TEXT NOT NULL DEFAULT '',
+            patient_id TEXT NOT NULL DEFAULT '',
+            accession_number TEXT NOT NULL DEFAULT '',
+            modality TEXT NOT NULL DEFAULT '',
+            calling_ae_title TEXT NOT NULL DEFAULT '',
+            called_ae_title TEXT NOT NULL DEFAULT '',
+            source_address TEXT NOT NULL DEFAULT '',
+            dataset_offset BIGINT NOT NULL DEFAULT 0,
+            node TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE TABLE plans (plan_hash TEXT PRIMARY KEY, definition TEXT NOT NULL)",
+        """
+        CREATE TABLE entries (
+            entry_id BIGSERIAL PRIMARY KEY,
+            instance_id TEXT NOT NULL REFERENCES instances(instance_id),
+            route TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            path TEXT,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'leased', 'delivered', 'dead', 'duplicate')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            enqueued_at DOUBLE PRECISION NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            leased_until DOUBLE PRECISION,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_generation BIGINT NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            delivered_at DOUBLE PRECISION,
+            dead_reason TEXT NOT NULL DEFAULT '',
+            history JSONB NOT NULL DEFAULT '[]'::jsonb,
+            study_hash BIGINT NOT NULL,
+            plan_hash TEXT REFERENCES plans(plan_hash)
+        )
+        """,
+        """
+        CREATE TABLE destinations (
+            name TEXT PRIMARY KEY,
+            paused BOOLEAN NOT NULL DEFAULT false,
+            last_error TEXT NOT NULL DEFAULT '',
+            last_error_at DOUBLE PRECISION,
+            last_success_at DOUBLE PRECISION,
+            circuit_open BOOLEAN NOT NULL DEFAULT false,
+            circuit_reason TEXT NOT NULL DEFAULT '',
+            circuit_since DOUBLE PRECISION
+        )
+        """,
+        """
+        CREATE TABLE slots (
+            destination TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            until DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (destination, slot)
+        )
+        """,
+        """
+        CREATE TABLE nodes (
+            node TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        # lease: a destination's QUEUED entries in id order (partial: the
+        # delivered millions are not in it); due time and shard filtered on the row.
+        "CREATE INDEX entries_queued ON entries (destination, entry_id) WHERE state = 'queued'",
+        # next_due.
+        "CREATE INDEX entries_due ON entries (destination, next_attempt_at) WHERE state = 'queued'",
+        # lease's reclaim of expired leases, recover, renew, nodes' lease counts.
+        "CREATE INDEX entries_leased ON entries (destination, leased_until) WHERE state = 'leased'",
+        # entries(destination, state) and stats.
+        "CREATE INDEX entries_state ON entries (destination, state, entry_id)",
+        "CREATE INDEX entries_instance ON entries (instance_id, state)",
+        "CREATE INDEX instances_sop ON instances (sop_instance_uid)",
+        "CREATE INDEX instances_study ON instances (study_instance_uid)",
+        "CREATE INDEX instances_patient ON instances (patient_id)",
+        "CREATE INDEX instances_accession ON instances (accession_number)",
+        "CREATE INDEX instances_received ON instances (received_at)",
+    ]
+    for statement in statements:
+        conn.execute(statement)  # type: ignore[arg-type]  # literal SQL of this module
+
+
+#: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1,)
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The database's schema version: the highest row of ``schema_version``, 0 without that table.
+
+    :param conn: any connection to the database.
+    """
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_version").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def migrate(
+    conn: psycopg.Connection[Any],
+    node: str = "",
+    migrations: Sequence[Callable[[psycopg.Connection[Any]], None]] | None = None,
+) -> int:
+    """Bring the database to the code's schema version under the migration advisory lock.
+
+    :param conn: an autocommit connection (the store's, or ``db migrate``'s own).
+    :param node: recorded with each migration applied (who did it).
+    :param migrations: the list to apply (tests add one); :data:`MIGRATIONS` by default.
+    :returns: the number of migrations this call applied (0 when another node did them).
+    :raises SchemaError: the database's schema is newer than the code.
+    """
+    steps = MIGRATIONS if migrations is None else tuple(migrations)
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, MIGRATION_LOCK))
+    try:
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version INTEGER PRIMARY KEY,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                " applied_by TEXT NOT NULL DEFAULT '')"
+            )
+        # Read again under the lock: another node may have migrated meanwhile.
+        version = schema_version(conn)
+        if version > len(steps):
+            raise SchemaError(f"schema version {version} is newer than {len(steps)}: upgrade the gateway")
+        for number, step in enumerate(steps[version:], start=version + 1):
+            with conn.transaction():
+                step(conn)
+                conn.execute("INSERT INTO schema_version (version, applied_by) VALUES (%s, %s)", (number, node))
+        return len(steps) - version
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_NAMESPACE, MIGRATION_LOCK))
+
+
+# -- the row shape -----------------------------------------------------------
+
+INSTANCE_COLUMNS = (
+    "instance_id",
+    "path",
+    "sop_class_uid",
+    "sop_instance_uid",
+    "transfer_syntax_uid",
+    "size",
+    "sha256",
+    "received_at",
+    "correlation_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "patient_id",
+    "accession_number",
+    "modality",
+    "calling_ae_title",
+    "called_ae_title",
+    "source_address",
+    "dataset_offset",
+    "node",
+)
+
+ENTRY_COLUMNS = (
+    "entry_id",
+    "route",
+    "destination",
+    "path",
+    "state",
+    "attempts",
+    "enqueued_at",
+    "next_attempt_at",
+    "last_error",
+    "delivered_at",
+    "dead_reason",
+    "history",
+    "plan_hash",
+    "lease_owner",
+    "lease_generation",
+    "leased_until",
+)
+
+#: One SELECT shape for every Entry: the entry's columns, then its instance's.
+ENTRY_SELECT = (
+    "SELECT "
+    + ", ".join("e." + c for c in ENTRY_COLUMNS)
+    + ", "
+    + ", ".join("i." + c for c in INSTANCE_COLUMNS)
+    + " FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
+)
+
+INSTANCE_SELECT = "SELECT " + ", ".join("i." + c for c in INSTANCE_COLUMNS) + " FROM instances i"
+
+
+def record_from_row(row: Sequence[Any]) -> InstanceRecord:
+    """Build an :class:`InstanceRecord` from a row in :data:`INSTANCE_COLUMNS` order."""
+    return InstanceRecord(**dict(zip(INSTANCE_COLUMNS, row)))
+
+
+def attempt_json(attempt: Attempt) -> list[dict[str, Any]]:
+    """One attempt as the one-element ``jsonb`` array appended to ``history``."""
+    return [{"at": attempt.at, "error": attempt.error, "counted": attempt.counted}]
+
+
+def entry_from_row(row: Sequence[Any]) -> Entry:
+    """Build an :class:`Entry` from a row of :data:`ENTRY_SELECT`."""
+    n = len(ENTRY_COLUMNS)
+    values = dict(zip(ENTRY_COLUMNS, row[:n]))
+    instance = record_from_row(row[n:])
+    return Entry(
+        entry_id=values["entry_id"],
+        instance=instance,
+        route=values["route"],
+        destination=values["destination"],
+        # The entry's own (morphed) copy if it has one, else the shared spool file.
+        path=values["path"] if values["path"] is not None else instance.path,
+        state=EntryState(values["state"]),
+        attempts=values["attempts"],
+        enqueued_at=values["enqueued_at"],
+        next_attempt_at=values["next_attempt_at"],
+        last_error=values["last_error"],
+        delivered_at=values["delivered_at"],
+        dead_reason=values["dead_reason"],
+        # jsonb numbers come back as int when integral: times are floats.
+        history=tuple(
+            Attempt(at=float(item["at"]), error=item["error"], counted=item["counted"]) for item in values["history"]
+        ),
+        plan_hash=values["plan_hash"],
+        lease_owner=values["lease_owner"],
+        lease_generation=values["lease_generation"],
+        leased_until=values["leased_until"] if values["state"] == EntryState.LEASED.value else None,
+    )
