@@ -54,6 +54,8 @@ __all__ = [
     "DestinationFault",
     "CircuitOpened",
     "CircuitClosed",
+    "LeaseLost",
+    "CircuitAdopted",
     "ConfigReloaded",
 ]
 
@@ -259,6 +261,35 @@ class CircuitClosed:
     destination: str
 
 
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another node took an entry over after this node's lease of it expired (issue 14).
+
+    The fenced write (or the lease's renewal) found the entry no longer
+    LEASED under this node's generation: this node's outcome for it is
+    dropped, the other node's stands.
+
+    :ivar node: this node (the one that lost the lease).
+    """
+
+    destination: str
+    entry_id: int
+    node: str
+
+
+@dataclass(frozen=True)
+class CircuitAdopted:
+    """A destination's circuit followed another node's record in the queue store (issue 14).
+
+    :ivar circuit_open: opened (``True``, the slots stop and this node probes too) or closed.
+    :ivar reason: the other node's fault when opened, else empty.
+    """
+
+    destination: str
+    circuit_open: bool
+    reason: str
+
+
 # -- process (gateway.service) -----------------------------------------------------------
 
 
@@ -296,6 +327,8 @@ Event = (
     | DestinationFault
     | CircuitOpened
     | CircuitClosed
+    | LeaseLost
+    | CircuitAdopted
     | ConfigReloaded
 )
 

@@ -88,6 +88,63 @@ an entry whose history holds such an attempt is delivered, the worker emits
 (at-least-once, HARDENING F06, F07). Because this is read from the journal,
 it holds across restarts too.
 
+Several nodes, one queue (issue 14)
+-----------------------------------
+The store may be shared by several gateway processes (PostgreSQL), each a
+*node* (``store.node``), each running a worker per destination. What was
+per destination stays per destination, across the cluster:
+
+* **Association slots.** Slot ``k`` sends only while this node holds the
+  store's claim on slot ``k`` of the destination
+  (:meth:`~gateway.queue.interfaces.IQueueStore.claim_slot`, for
+  ``lease_seconds``): at most ``max_associations`` holders in the whole
+  cluster, so an archive that takes 4 associations gets 4 from the
+  cluster, not 4 per node. A slot claims at its turn when it holds no live
+  claim, and the heartbeat renews the claims held (a claim is a journal
+  write: renewing it at every turn would undo issue 13's one write per
+  batch). A slot without its claim closes its association and polls
+  (``poll_interval``, pokeable); a slot whose claim is found taken
+  mid-batch sends nothing more of the batch. Since slot ``k`` always
+  leases shard ``k``, a study still travels through one slot at a time,
+  whichever node received its instances, and arrives in order. Claims are
+  released at stop and when draining.
+* **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
+  renews the leases of every entry it holds (being sent, delivered but not
+  yet written, refused by the journal: all still LEASED), and the claims of
+  its slots. A slot about to send while its renewal is overdue (the
+  heartbeat did not run: the process was paused) renews first, and sends
+  nothing whose lease has run out. A lease that expires anyway (a paused
+  or partitioned node) is taken back by another node's lease.
+* **Fencing.** Every write that ends a lease names the generation leased
+  (``settle``'s deliveries, ``retry``, ``dead_letter``, ``release``). When
+  another node took the entry over after our lease expired, the write is
+  refused (:class:`~gateway.queue.interfaces.LeaseLost`, ``Settled.lost``)
+  or the renewal reports it: this node's outcome is dropped (logged as a
+  warning naming entry, destination and node, counted in
+  ``leases_lost_total``, :class:`~gateway.events.LeaseLost`), the other
+  node's stands, and the slot carries on (never a journal refusal). Such
+  an entry may have reached the destination twice: at-least-once, as
+  after a crash.
+* **The circuit.** The circuit a node opens or closes is written to the
+  store (``set_circuit``); every heartbeat reads it back. Recorded open
+  since later than this node's last success while closed here: the
+  circuit opens here too (no local faults needed) and probes as usual.
+  Recorded closed since later than it opened here: it closes here and the
+  slots wake. So one node's probe result is every node's. A new worker
+  starts from the recorded state (a reload no longer writes "closed" over
+  another node's open circuit); its first probe comes at once-ish
+  (``retry.initial_delay``).
+* **Drain** (:meth:`DestinationWorker.set_draining`): no new lease, no
+  new claim; batches in flight finish and are written; then each slot
+  writes its deliveries, releases its claim and closes its association.
+  Undrained, the slots go on.
+* **Store unavailable** (:class:`~gateway.queue.interfaces.StoreUnavailable`,
+  PostgreSQL down): the same path as a full disk (HARDENING F15): sends in
+  flight finish, their outcomes stay on the slot and are written when the
+  store answers again, nothing new is leased meanwhile. A renewal that
+  fails is logged and tried at the next beat; a lease that expires while
+  the store is away may be taken over, and is then fenced as above.
+
 Every store call goes through ``store_runner`` (one thread in production);
 file work (reading headers, transcoding, folder writes) goes through
 ``file_runner``, lent to the sender. Times stored in the journal come from ``wall``; delays are
@@ -112,7 +169,7 @@ from gateway.blocking import IBlockingRunner
 from gateway.circuit import Circuit
 from gateway import events
 from gateway.config.schema import Destination, DicomDestination
-from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, Settled
+from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, LeaseLost, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
 from gateway.send import SendContext
@@ -173,6 +230,10 @@ class ForwardObserver:
             self.destination_down(event.destination, event.reason, event.permanent)
         elif isinstance(event, events.CircuitClosed):
             self.destination_up(event.destination)
+        elif isinstance(event, events.LeaseLost):
+            self.lease_lost(event.destination, event.entry_id, event.node)
+        elif isinstance(event, events.CircuitAdopted):
+            self.circuit_adopted(event.destination, event.circuit_open, event.reason)
 
     def delivered(self, entry: Entry, duration: float, warning: str) -> None:
         """An entry was delivered (``warning`` is empty on plain success)."""
@@ -206,6 +267,12 @@ class ForwardObserver:
     def duplicate(self, entry: Entry) -> None:
         """An identical re-send was not forwarded (called by the receive side, not the worker)."""
 
+    def lease_lost(self, destination: str, entry_id: int, node: str) -> None:
+        """Another node took entry ``entry_id`` over after this node's lease expired: this node's outcome was dropped."""
+
+    def circuit_adopted(self, name: str, circuit_open: bool, reason: str) -> None:
+        """The circuit of destination ``name`` followed another node's record (opened or closed)."""
+
 
 @dataclass(frozen=True)
 class WorkerStatus:
@@ -237,7 +304,7 @@ class _Slot:
     #: Outcomes the journal refused (ENOSPC, I/O error), recorded again before
     #: the slot leases more, and leases it could not give back (HARDENING F15).
     unrecorded: list[tuple[Entry, Outcome, float]] = field(default_factory=list)
-    unreleased: list[int] = field(default_factory=list)
+    unreleased: dict[int, int] = field(default_factory=dict)
     #: The journal's last refusal on this slot's turn, empty once a turn succeeds.
     journal_error: str = ""
     #: Deliveries not yet written to the journal (at most UNRECORDED_DELIVERIES),
@@ -251,6 +318,21 @@ class _Slot:
     #: Whether instances are streaming in: arrivals met the slot's last batch,
     #: or a poke woke it within ``linger`` of that batch's end.
     streaming: bool = False
+    #: Whether this node holds the store's claim on this slot (issue 14), and
+    #: until when (``_schedule_now`` time) as far as this node knows.
+    claimed: bool = False
+    claim_until: float = 0.0
+    #: Until when the slot's leases run (``_schedule_now`` time), as of its
+    #: last lease or renewal.
+    lease_until: float = 0.0
+    #: (entry id, generation) of leases found lost while the slot's batch was
+    #: being sent: their outcomes are dropped. Cleared at the end of the batch.
+    lost: set[tuple[int, int]] = field(default_factory=set)
+    #: Entries were dropped from ``leased`` while the sender had the batch:
+    #: the sender is restarted with what is left.
+    batch_changed: bool = False
+    #: Draining: the slot has written its deliveries, released its claim and waits.
+    drained: bool = False
 
 
 @dataclass
@@ -293,6 +375,9 @@ class DestinationWorker(Service):
     :param linger: the longest a slot that drained its queue while instances
         kept arriving waits for ``min_batch`` arrivals before its next lease.
     :param min_batch: arrivals (pokes) that end such a wait early.
+    :param lease_seconds: how long a lease (and a slot's claim) lasts unless
+        renewed; the heartbeat renews both every third of it (default: the
+        sender's ``lease_seconds``; the service passes the configured lease).
     """
 
     log = Logger(namespace="gateway.forward")
@@ -316,6 +401,7 @@ class DestinationWorker(Service):
         monotonic: Callable[[], float] = time.monotonic,
         linger: float = 0.05,
         min_batch: int = 8,
+        lease_seconds: float | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -334,10 +420,12 @@ class DestinationWorker(Service):
         self.prepare = prepare
         self.sender = sender_for(
             config,
-            SendContext(file_runner, clock, reactor, connect, scratch_dir, reachable=lambda: self.circuit.success()),
+            SendContext(file_runner, clock, reactor, connect, scratch_dir, reachable=self._success),
         )
         self.batch_size = self.sender.batch_size
-        self.lease_seconds = self.sender.lease_seconds
+        self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
+        #: How often leases and slot claims are renewed and the shared circuit is read (issue 14).
+        self.heartbeat_interval = self.lease_seconds / 3
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[_Sleeper] = []
@@ -349,17 +437,35 @@ class DestinationWorker(Service):
             clock, config.circuit.failures, self.sender.probe, self._backoff, config.retry.max_delay, self
         )
         self._stopped: Deferred[None] | None = None
+        self._heartbeat_call: IDelayedCall | None = None
+        self._heartbeat_stopped = False
+        #: Wall-clock time of the last sign of life of the destination (a
+        #: delivery, an association opened), and of the circuit's last opening
+        #: here: compared with the ``since`` of the store's record.
+        self._last_success: float | None = None
+        self._opened_at: float | None = None
+        self._draining = False
+        #: Fired when draining starts (a slot waiting for the circuit stops waiting).
+        self._drain_watchers: list[Deferred[None]] = []
+        #: Fired at undrain or stop (drained slots wait on them).
+        self._undrain_waiters: list[Deferred[None]] = []
+        #: Fired once every slot is drained (the callers of set_draining(True)).
+        self._drained_waiters: list[Deferred[None]] = []
 
     # -- service -------------------------------------------------------------------------
 
     def startService(self) -> None:
-        """Start every slot."""
+        """Start the heartbeat, then every slot.
+
+        The first beat reads the circuit the store records (another node's,
+        or an earlier worker's before a reload or restart): a recorded open
+        circuit is adopted and probed, not overwritten with "closed".
+        """
         Service.startService(self)
         self._stopping = False
+        self._heartbeat_stopped = False
         self.circuit.start()
-        # A new worker starts with its circuit closed: say so in the journal,
-        # replacing whatever an earlier worker (before a reload or restart) left.
-        self._note_circuit(False, "")
+        self._beat()
         for slot in self._slots:
             slot.done = Deferred.fromCoroutine(self._run_slot(slot))
             slot.done.addErrback(self._crashed, f"slot {slot.index}")
@@ -375,6 +481,8 @@ class DestinationWorker(Service):
             return self._stopped
         self._stopping = True
         self._wake(all_sleepers=True)
+        self._fire(self._drain_watchers)
+        self._fire(self._undrain_waiters)
         self.circuit.stop()
         # The probe holds no lease: it is not waited for (it ends at its own timeouts).
         waiting = [slot.done for slot in self._slots if slot.done is not None]
@@ -383,6 +491,12 @@ class DestinationWorker(Service):
         def finished(_: object) -> None:
             if timer.active():
                 timer.cancel()
+            # (The heartbeat renewed the leases of the sends the grace let finish.)
+            self._heartbeat_stopped = True
+            if self._heartbeat_call is not None and self._heartbeat_call.active():
+                self._heartbeat_call.cancel()
+            self._heartbeat_call = None
+            self._fire(self._drained_waiters)
 
         self._stopped = DeferredList(waiting, consumeErrors=True).addCallback(finished)
         return self._stopped
@@ -393,6 +507,51 @@ class DestinationWorker(Service):
     def _abort_all(self) -> None:
         """Grace period over: abort every open association (in-flight sends fail as ambiguous)."""
         self.sender.abort()
+
+    def set_draining(self, flag: bool) -> "Deferred[None]":
+        """Drain (``True``) or undrain (``False``) this node's side of the destination (issue 14).
+
+        Draining: no slot leases new entries or claims a slot; batches in
+        flight finish and their outcomes are written; then each slot writes
+        its deliveries, releases its claim (another node may take it) and
+        closes its association. Undraining resumes the slots.
+
+        :param flag: drain or undrain.
+        :returns: a Deferred that fires once every slot is drained (at once
+            for an undrain, or when the worker stops).
+        """
+        done: Deferred[None] = Deferred()
+        if not flag:
+            self._draining = False
+            self._fire(self._undrain_waiters)
+            done.callback(None)
+            return done
+        self._draining = True
+        self._drained_waiters.append(done)
+        # Idle, lingering and backing-off slots go to their next turn now (and drain).
+        self._wake(all_sleepers=True)
+        self._fire(self._drain_watchers)
+        self._check_drained()
+        return done
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`set_draining` asked this worker to drain."""
+        return self._draining
+
+    def _check_drained(self) -> None:
+        """Fire the drain's waiters once every slot is drained (or no slot runs)."""
+        if self._draining and all(slot.drained or slot.done is None or slot.done.called for slot in self._slots):
+            self._fire(self._drained_waiters)
+
+    @staticmethod
+    def _fire(waiters: "list[Deferred[None]]") -> None:
+        """Fire and forget every Deferred of ``waiters``."""
+        fired = list(waiters)
+        del waiters[:]
+        for d in fired:
+            if not d.called:
+                d.callback(None)
 
     def poke(self) -> None:
         """Wake idle slots: entries were enqueued (called by the receive side)."""
@@ -453,9 +612,16 @@ class DestinationWorker(Service):
         return result
 
     async def _journal(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run a store method that writes the worker's bookkeeping; its failure is a :class:`JournalRefused`."""
+        """Run a store method that writes the worker's bookkeeping; its failure is a :class:`JournalRefused`.
+
+        A fenced write that found the lease taken over raises
+        :class:`~gateway.queue.interfaces.LeaseLost` as it is: that is no
+        refusal of the journal, and the caller drops its outcome.
+        """
         try:
             return await self._store(f, *args, **kwargs)
+        except LeaseLost:
+            raise
         except Exception as e:
             raise JournalRefused(f"{type(e).__name__}: {e}") from e
 
@@ -464,6 +630,174 @@ class DestinationWorker(Service):
         result: _T = await self.file_runner.run(f, *args)
         return result
 
+    # -- heartbeat: leases, slot claims and the shared circuit (issue 14) ------------------
+
+    def _beat(self) -> None:
+        """Run one heartbeat now, then schedule the next one (never two at once)."""
+        self._heartbeat_call = None
+        d = Deferred.fromCoroutine(self._heartbeat())
+        d.addErrback(self._crashed, "heartbeat")
+        d.addBoth(lambda _: self._schedule_heartbeat())
+
+    def _schedule_heartbeat(self) -> None:
+        """The next beat, ``heartbeat_interval`` from now (none once the worker has stopped)."""
+        if self._heartbeat_stopped or self._heartbeat_call is not None:
+            return
+        self._heartbeat_call = self.clock.callLater(self.heartbeat_interval, self._beat)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases held and the slots claimed, then follow the circuit another node recorded.
+
+        Each step that fails (the store away) is logged and tried at the next beat.
+        """
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("leases", self._renew_leases),
+            ("slot claims", self._renew_claims),
+            ("circuit", self._follow_shared_circuit),
+        ]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as e:
+                self.log.warn(
+                    "forward {destination}: renewing {what} failed (tried again in {interval:.1f}s): {error}",
+                    destination=self.name,
+                    what=what,
+                    interval=self.heartbeat_interval,
+                    error=f"{type(e).__name__}: {e}",
+                )
+
+    def _held(self) -> dict[int, int]:
+        """Every entry this worker holds LEASED, with the generation it leased: entry id -> generation."""
+        held: dict[int, int] = {}
+        for slot in self._slots:
+            for entry in slot.leased:
+                held[entry.entry_id] = entry.lease_generation
+            for entry, _, _ in slot.delivered:
+                held[entry.entry_id] = entry.lease_generation
+            for entry, _, _ in slot.unrecorded:
+                held[entry.entry_id] = entry.lease_generation
+            held.update(slot.unreleased)
+        return held
+
+    async def _renew_leases(self) -> None:
+        """Extend every lease held for ``lease_seconds``; drop the entries whose lease another node took."""
+        held = self._held()
+        if not held:
+            return
+        now = self._schedule_now()
+        lost = await self._store(self.store.renew, held, now, self.lease_seconds)
+        for slot in self._slots:
+            slot.lease_until = max(slot.lease_until, now + self.lease_seconds)
+        if lost:
+            self._drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
+
+    def _drop_lost(self, lost: dict[int, int], during: str) -> None:
+        """Drop from the slots the entries whose lease (of that generation) was lost.
+
+        An entry not yet sent is not sent; one on the wire finishes, and its
+        outcome is dropped (it is in ``slot.lost``); a delivery not yet
+        written, or an outcome the journal refused, is forgotten. Entries
+        that left the slot meanwhile (their outcome was written) are not
+        touched: the renewal saw the result of our own write.
+        """
+
+        def gone(entry: Entry) -> bool:
+            return lost.get(entry.entry_id) == entry.lease_generation
+
+        for slot in self._slots:
+            dropped = [e for e in slot.leased if gone(e)]
+            if dropped:
+                slot.leased = [e for e in slot.leased if not gone(e)]
+                slot.lost.update((e.entry_id, e.lease_generation) for e in dropped)
+                slot.batch_changed = True
+            dropped += [e for e, _, _ in slot.delivered if gone(e)]
+            slot.delivered = [d for d in slot.delivered if not gone(d[0])]
+            dropped += [e for e, _, _ in slot.unrecorded if gone(e)]
+            slot.unrecorded = [u for u in slot.unrecorded if not gone(u[0])]
+            for entry in dropped:
+                self._lease_lost(entry.entry_id, during)
+            for entry_id, generation in list(slot.unreleased.items()):
+                if lost.get(entry_id) == generation:
+                    del slot.unreleased[entry_id]
+                    self._lease_lost(entry_id, during)
+
+    def _lease_lost(self, entry_id: int, during: str) -> None:
+        """Log, count and announce a lease another node took over (the outcome of ours is dropped)."""
+        self.log.warn(
+            "forward {destination}: node {node} lost its lease of entry {entry_id} ({during}): another node took"
+            " it over after the lease expired; that node's outcome stands, this node's is dropped",
+            destination=self.name,
+            node=self.store.node,
+            entry_id=entry_id,
+            during=during,
+        )
+        self.observer.observe(events.LeaseLost(self.name, entry_id, self.store.node))
+
+    async def _claim(self, slot: _Slot, renewal: bool = False) -> bool:
+        """Claim (or renew) the slot's association slot in the store: whether this node holds it now.
+
+        :param renewal: the heartbeat's renewal of a claim held: if the slot
+            gave its claim up meanwhile (drain, stop), the answer is ignored.
+        """
+        now = self._schedule_now()
+        held: bool = await self._journal(self.store.claim_slot, self.name, slot.index, len(self._slots), now, self.lease_seconds)
+        if renewal and not slot.claimed:
+            return False
+        if held:
+            slot.claimed, slot.claim_until = True, now + self.lease_seconds
+        elif slot.claimed or not renewal:
+            if slot.claimed:
+                self.log.warn(
+                    "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
+                    destination=self.name,
+                    slot=slot.index,
+                )
+            slot.claimed = False
+        return held
+
+    async def _renew_claims(self) -> None:
+        """Renew the claim of every slot that holds one."""
+        for slot in self._slots:
+            if slot.claimed and not self._stopping:
+                await self._claim(slot, renewal=True)
+
+    def _holds_claim(self, slot: _Slot, now: float) -> bool:
+        """Whether the slot holds a claim that has not run out, as far as this node knows."""
+        return slot.claimed and now < slot.claim_until
+
+    async def _release_claim(self, slot: _Slot) -> None:
+        """Give up the slot's claim (drain, stop); a refusal is logged (the claim then runs out by itself)."""
+        if not slot.claimed:
+            return
+        slot.claimed = False
+        try:
+            await self._journal(self.store.release_slot, self.name, slot.index)
+        except JournalRefused as e:
+            self.log.warn(
+                "forward {destination}: slot {slot}'s claim not released ({error}); it runs out in {seconds:.0f}s",
+                destination=self.name,
+                slot=slot.index,
+                error=str(e),
+                seconds=self.lease_seconds,
+            )
+
+    async def _follow_shared_circuit(self) -> None:
+        """Adopt the circuit state another node recorded, when it is newer than what this node knows.
+
+        Recorded open since after this node's last success, while closed
+        here: open here too (and probe). Recorded closed since after this
+        node's circuit opened, while open here: close here (the slots wake).
+        """
+        circuit_open, reason, since = await self._store(self.store.circuit, self.name)
+        if since is None:
+            return
+        if circuit_open and self.circuit.is_closed and (self._last_success is None or since > self._last_success):
+            self._opened_at = since
+            self.circuit.adopt_open(reason)
+        elif not circuit_open and not self.circuit.is_closed and (self._opened_at is None or since > self._opened_at):
+            self.circuit.adopt_closed()
+
     # -- slot loop -----------------------------------------------------------------------
 
     async def _run_slot(self, slot: _Slot) -> None:
@@ -471,8 +805,8 @@ class DestinationWorker(Service):
             try:
                 await self._slot_step(slot)
             except Exception as e:
-                # A failing store (ENOSPC, a locked database) or a bug: stop
-                # dequeuing for a while, never spin (HARDENING F15).
+                # A failing store (ENOSPC, a locked database, PostgreSQL away) or
+                # a bug: stop dequeuing for a while, never spin (HARDENING F15).
                 if isinstance(e, JournalRefused):
                     slot.journal_error = str(e)
                 self.log.failure("forward {destination} slot {slot} failed", destination=self.name, slot=slot.index)
@@ -486,10 +820,11 @@ class DestinationWorker(Service):
             except JournalRefused:
                 self.log.failure("forward {destination} slot {slot}: deliveries not written at stop (they will be re-sent)",
                                  destination=self.name, slot=slot.index)
+        await self._release_claim(slot)
         await self.sender.close(slot.index)
 
     async def _slot_step(self, slot: _Slot) -> None:
-        """One turn of a slot: wait for the circuit, record deliveries and lease, send or idle."""
+        """One turn of a slot: wait for the circuit, hold its claim, record deliveries and lease, send or idle."""
         if slot.unrecorded or slot.unreleased:
             # Fail closed: nothing new is leased until the journal takes the
             # outcomes it refused (a delivered entry must become DELIVERED,
@@ -500,16 +835,33 @@ class DestinationWorker(Service):
                 entry, outcome, started = slot.unrecorded.pop(0)
                 await self._record(slot, entry, outcome, started)
             if slot.unreleased:
-                await self._journal(self.store.release, slot.unreleased)
-                slot.unreleased = []
+                await self._journal(self.store.release, list(slot.unreleased), generations=dict(slot.unreleased))
+                slot.unreleased = {}
             self.log.info("forward {destination} slot {slot}: journal writable again", destination=self.name, slot=slot.index)
+            return
+        if self._draining:
+            await self._drain_slot(slot)
             return
         if not self.circuit.is_closed:
             # Deliveries are written before a wait of unknown length.
             if slot.delivered:
                 await self._settle(slot, 0)
             if not self._stopping:
-                await self.circuit.when_closed()
+                watcher = self._watch(self._drain_watchers)
+                try:
+                    await self._first(self.circuit.when_closed(), watcher)
+                finally:
+                    if watcher in self._drain_watchers:
+                        self._drain_watchers.remove(watcher)
+            return
+        if not self._holds_claim(slot, self._schedule_now()) and not await self._claim(slot):
+            # Another node holds this slot (cluster-wide max_associations): no
+            # association of ours for it; look again at the next poll.
+            if slot.delivered:
+                await self._settle(slot, 0)
+            await self.sender.close(slot.index)
+            if not self._stopping and not self._draining:
+                await self._sleep(self.poll_interval, pokeable=True)
             return
         await self._follow_wall_clock()
         # The deliveries of the last batch and the next lease: one transaction.
@@ -528,14 +880,16 @@ class DestinationWorker(Service):
         try:
             await self._send_batch(slot)
         finally:
+            slot.lost = set()
+            slot.batch_changed = False
             if slot.leased:
-                # Whatever is still leased here was never tried (stop, circuit, error).
-                rest = [e.entry_id for e in slot.leased]
+                # Whatever is still leased here was never tried (stop, circuit, claim, error).
+                rest = {e.entry_id: e.lease_generation for e in slot.leased}
                 slot.leased = []
                 try:
-                    await self._journal(self.store.release, rest)
+                    await self._journal(self.store.release, list(rest), generations=rest)
                 except JournalRefused:
-                    slot.unreleased.extend(rest)
+                    slot.unreleased.update(rest)
                     raise
         slot.batch_ended = self.clock.seconds()
         if self._arrivals > slot.arrivals:
@@ -543,29 +897,64 @@ class DestinationWorker(Service):
         if len(settled.leased) < self.batch_size:
             await self._linger(slot)
 
+    async def _drain_slot(self, slot: _Slot) -> None:
+        """Draining: write the slot's deliveries, give up its claim and association, wait for undrain or stop."""
+        if slot.delivered:
+            await self._settle(slot, 0)
+        await self._release_claim(slot)
+        await self.sender.close(slot.index)
+        if self._stopping or not self._draining:
+            return
+        slot.drained = True
+        self._check_drained()
+        try:
+            await self._watch(self._undrain_waiters)
+        finally:
+            slot.drained = False
+
+    def _watch(self, waiters: "list[Deferred[None]]") -> "Deferred[None]":
+        """A new Deferred added to ``waiters`` (fired by :meth:`_fire`)."""
+        d: Deferred[None] = Deferred()
+        waiters.append(d)
+        return d
+
+    async def _first(self, *waits: "Deferred[None]") -> None:
+        """Wait until one of ``waits`` fires (the others may fire later, unheard)."""
+        await DeferredList(list(waits), fireOnOneCallback=True, consumeErrors=True)
+
     async def _settle(self, slot: _Slot, limit: int) -> Settled:
         """Write the slot's deliveries and lease up to ``limit`` entries, in one journal transaction.
 
         Once written, each delivery is logged and told to the observer (so an
         event never announces a delivery the journal may lose). Refused, the
         deliveries stay on the slot and :class:`JournalRefused` is raised.
+        Each delivery is fenced by the generation leased: one whose lease
+        another node took over is dropped (``Settled.lost``), not announced.
         """
         delivered, slot.delivered = slot.delivered, []
+        now = self._schedule_now()
         try:
             settled: Settled = await self._journal(
                 self.store.settle,
                 self.name,
                 [(entry.entry_id, outcome.warning) for entry, outcome, _ in delivered],
-                self._schedule_now(),
+                now,
                 limit,
                 self.lease_seconds,
                 shard=(slot.index, len(self._slots)),
+                generations={entry.entry_id: entry.lease_generation for entry, _, _ in delivered},
             )
         except JournalRefused:
             slot.delivered = delivered + slot.delivered
             raise
+        if settled.leased:
+            slot.lease_until = now + self.lease_seconds
+        lost = set(settled.lost)
         for entry, outcome, duration in delivered:
-            self._announce_delivery(entry, outcome, duration)
+            if entry.entry_id in lost:
+                self._lease_lost(entry.entry_id, "recording its delivery")
+            else:
+                self._announce_delivery(entry, outcome, duration)
         return settled
 
     async def _linger(self, slot: _Slot) -> None:
@@ -639,22 +1028,53 @@ class DestinationWorker(Service):
             await self._sleep(delay, pokeable=True)
 
     async def _send_batch(self, slot: _Slot) -> None:
-        """Hand the slot's leased entries to the sender, recording each outcome as it comes."""
+        """Hand the slot's leased entries to the sender, recording each outcome as it comes.
+
+        Before each entry goes out the slot checks it may still send (not
+        stopping, circuit closed, claim and leases live: see
+        :meth:`_may_go_on`). When leases were found lost meanwhile, the
+        sender is given what is left of the batch (the lost entries are not
+        sent); the association is the slot's and is kept.
+        """
         if self.prepare is not None:
             await self._prepare_all(slot)
-        sending = self.sender.send(slot.index, list(slot.leased))
-        try:
-            while slot.leased and not self._stopping and self.circuit.is_closed:
-                started = self.clock.seconds()
-                try:
-                    entry, outcome = await sending.__anext__()
-                except StopAsyncIteration:
-                    break
-                await self._record(slot, entry, outcome, started)
-                if isinstance(outcome, DestinationDown):
-                    break
-        finally:
-            await sending.aclose()
+        while slot.leased and await self._may_go_on(slot):
+            slot.batch_changed = False
+            sending = self.sender.send(slot.index, list(slot.leased))
+            finished = False
+            try:
+                while True:
+                    started = self.clock.seconds()
+                    try:
+                        entry, outcome = await sending.__anext__()
+                    except StopAsyncIteration:
+                        finished = True
+                        break
+                    await self._record(slot, entry, outcome, started)
+                    if isinstance(outcome, DestinationDown) or slot.batch_changed or not await self._may_go_on(slot):
+                        break
+            finally:
+                await sending.aclose()
+            if finished or not slot.batch_changed:
+                break
+
+    async def _may_go_on(self, slot: _Slot) -> bool:
+        """Whether the slot may send the next entry of its batch.
+
+        Not when stopping, when the circuit is open, when the slot's claim
+        ran out or was taken, or when its leases ran out. A renewal overdue
+        (the heartbeat did not run: a paused process) is made first, so
+        entries another node took over meanwhile are dropped, not sent.
+        """
+        if not slot.leased or self._stopping or not self.circuit.is_closed:
+            return False
+        if self._schedule_now() >= slot.lease_until - self.heartbeat_interval:
+            try:
+                await self._renew_leases()
+            except Exception as e:
+                self.log.warn("forward {destination}: renewing leases failed: {error}", destination=self.name, error=f"{type(e).__name__}: {e}")
+        now = self._schedule_now()
+        return bool(slot.leased) and now < slot.lease_until and self._holds_claim(slot, now)
 
     async def _prepare_all(self, slot: _Slot) -> None:
         """Replace each leased entry by its route's copy (morphing after the ack, HARDENING decision 4)."""
@@ -673,17 +1093,29 @@ class DestinationWorker(Service):
             except Exception as e:  # a bug or an I/O error: try again later, never send unmorphed
                 self.log.failure("preparing {entry_id} for {destination} failed", entry_id=entry.entry_id, destination=self.name)
                 await self._record(slot, entry, Retry(f"could not prepare the copy: {e}"), self.clock.seconds())
-        slot.leased = prepared
+        # (Leases found lost while preparing stay dropped.)
+        slot.leased = [e for e in prepared if (e.entry_id, e.lease_generation) not in slot.lost]
 
     async def _record(self, slot: _Slot, entry: Entry, outcome: Outcome, started: float) -> None:
         """Write one entry's outcome to the journal and tell the observer.
 
         If the journal refuses it, the outcome is kept on the slot and
         written again before the slot leases anything else (HARDENING F15).
+        The outcome of an entry whose lease was found lost while it was on
+        the wire is dropped (the node that took it over records its own).
         """
         slot.leased = [e for e in slot.leased if e.entry_id != entry.entry_id]
+        if (entry.entry_id, entry.lease_generation) in slot.lost:
+            self.log.info(
+                "forward {destination}: outcome of entry {entry_id} dropped (its lease was lost while it was sent)",
+                destination=self.name,
+                entry_id=entry.entry_id,
+            )
+            return
         try:
             await self._record_outcome(slot, entry, outcome, started)
+        except LeaseLost:
+            self._lease_lost(entry.entry_id, "recording its outcome")
         except JournalRefused:
             if not isinstance(outcome, Delivered):
                 # (A delivery whose write was refused is still on slot.delivered.)
@@ -703,7 +1135,7 @@ class DestinationWorker(Service):
         if isinstance(outcome, Delivered):
             # Kept on the slot and written with the next lease, or on its own
             # once UNRECORDED_DELIVERIES gather (see the module docstring).
-            self.circuit.success()
+            self._success()
             slot.delivered.append((entry, outcome, self.clock.seconds() - started))
             if len(slot.delivered) >= UNRECORDED_DELIVERIES:
                 await self._settle(slot, 0)
@@ -714,21 +1146,26 @@ class DestinationWorker(Service):
                 await self._dead_letter(entry, DeadLetter(f"{reason}; {gave_up}", DeadLetterKind.GAVE_UP), now, fields)
                 return
             delay = self._backoff(entry.attempts)
-            await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now)
+            await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now, generation=entry.lease_generation)
             self.log.info("retrying {sop_instance_uid} to {destination} in {delay:.1f}s: {reason}", delay=delay, reason=reason, **fields)
             self.observer.observe(events.Retried(entry, reason))
         elif isinstance(outcome, DeadLetter):
             await self._dead_letter(entry, outcome, now, fields)
         else:
             # Destination-wide: this entry was not really tried, the rest go back unchanged.
-            await self._journal(self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False)
-            rest = [e.entry_id for e in slot.leased]
+            try:
+                await self._journal(
+                    self.store.retry, entry.entry_id, now, outcome.reason, now, counted=False, generation=entry.lease_generation
+                )
+            except LeaseLost:
+                self._lease_lost(entry.entry_id, "putting it back")
+            rest = {e.entry_id: e.lease_generation for e in slot.leased}
             slot.leased = []
             if rest:
                 try:
-                    await self._journal(self.store.release, rest)
+                    await self._journal(self.store.release, list(rest), generations=rest)
                 except JournalRefused:
-                    slot.unreleased.extend(rest)
+                    slot.unreleased.update(rest)
                     raise
             await self._destination_fault(outcome)
 
@@ -751,7 +1188,7 @@ class DestinationWorker(Service):
             self.observer.observe(events.Redelivered(entry))
 
     async def _dead_letter(self, entry: Entry, outcome: DeadLetter, now: float, fields: dict[str, Any]) -> None:
-        await self._journal(self.store.dead_letter, entry.entry_id, outcome.reason, now)
+        await self._journal(self.store.dead_letter, entry.entry_id, outcome.reason, now, generation=entry.lease_generation)
         self.log.warn("dead-lettered {sop_instance_uid} for {destination}: {reason}", reason=outcome.reason, **fields)
         self.observer.observe(events.DeadLettered(entry, outcome.kind, outcome.reason))
 
@@ -784,13 +1221,34 @@ class DestinationWorker(Service):
         # Below the threshold: wait before this slot tries the destination again.
         await self._sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
 
+    def _success(self) -> None:
+        """The destination answered (a delivery, an association opened): tell the circuit, note when."""
+        self._last_success = self.wall()
+        self.circuit.success()
+
     def circuit_opened(self, fault: DestinationDown) -> None:
-        """The circuit opened: log, tell the observer and the journal."""
+        """The circuit opened: log, tell the observer and the journal (where the other nodes read it)."""
         self.log.error(
             "destination {destination} is down, circuit open: {reason}", destination=self.name, reason=fault.reason
         )
         self.observer.observe(events.CircuitOpened(self.name, fault.reason, fault.permanent))
-        self._note_circuit(True, fault.reason)
+        self._opened_at = self.wall()
+        self._note_circuit(True, fault.reason, self._opened_at)
+
+    def circuit_adopted(self, circuit_open: bool, reason: str) -> None:
+        """The circuit followed another node's record (issue 14): log and tell the observer.
+
+        Nothing is written: the record is the other node's.
+        """
+        if circuit_open:
+            self.log.warn(
+                "destination {destination} is down as another node recorded, circuit open here too: {reason}",
+                destination=self.name,
+                reason=reason,
+            )
+        else:
+            self.log.info("destination {destination} is up as another node's probe found, circuit closed here too", destination=self.name)
+        self.observer.observe(events.CircuitAdopted(self.name, circuit_open, reason))
 
     def probe_failed(self, fault: DestinationDown) -> "Deferred[None]":
         """A probe failed: log, and apply ``max_age`` before the next one."""
@@ -822,9 +1280,9 @@ class DestinationWorker(Service):
                 max_age=max_age,
             )
 
-    def _note_circuit(self, circuit_open: bool, reason: str) -> None:
-        """Write the circuit state to the journal, where ``queue list`` (another process) reads it."""
-        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall())
+    def _note_circuit(self, circuit_open: bool, reason: str, at: float | None = None) -> None:
+        """Write the circuit state to the journal, where ``queue list`` (another process) and the other nodes read it."""
+        d = self.store_runner.run(self.store.set_circuit, self.name, circuit_open, reason, self.wall() if at is None else at)
         d.addErrback(lambda f: self.log.failure("recording the circuit of {destination} failed", f, destination=self.name))
 
     def circuit_closed(self) -> None:

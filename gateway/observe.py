@@ -349,6 +349,13 @@ class GatewayMetrics:
             buckets=END_TO_END_BUCKETS,
             registry=r,
         )
+        # -- several nodes (issue 14) --
+        self.leases_lost = Counter(
+            f"{p}_leases_lost",
+            "Entries another node took over after this node's lease expired (this node's outcome was dropped).",
+            ["destination"],
+            registry=r,
+        )
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
@@ -397,7 +404,7 @@ class GatewayMetrics:
         :param listeners: listener names.
         """
         for name in destinations:
-            for metric in (self.forwarded, self.retries, self.duplicates, self.redeliveries):
+            for metric in (self.forwarded, self.retries, self.duplicates, self.redeliveries, self.leases_lost):
                 metric.labels(name)
             for kind in ("transient", "permanent"):
                 self.forward_failures.labels(name, kind)
@@ -591,6 +598,14 @@ class MetricsForwardObserver(ForwardObserver):
     def duplicate(self, entry: Entry) -> None:
         """An identical re-send was not forwarded."""
         self.metrics.duplicate_skipped(entry.destination)
+
+    def lease_lost(self, destination: str, entry_id: int, node: str) -> None:
+        """Another node took an entry over after this node's lease expired (issue 14)."""
+        self.metrics.leases_lost.labels(destination).inc()
+
+    def circuit_adopted(self, name: str, circuit_open: bool, reason: str) -> None:
+        """The circuit followed another node's record: up or down here too, not counted as a down event of this node."""
+        self._set_up(name, not circuit_open)
 
     def _set_up(self, name: str, up: bool) -> None:
         # The snapshot is refreshed every few seconds; reflect a circuit change at once.

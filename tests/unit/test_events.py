@@ -123,6 +123,8 @@ def _samples() -> list[Any]:
         events.DestinationFault("pacs", "ConnectionRefusedError: refused", False),
         events.CircuitOpened("pacs", "ConnectionRefusedError: refused", False),
         events.CircuitClosed("pacs"),
+        events.LeaseLost("pacs", 7, "node-a"),
+        events.CircuitAdopted("pacs", True, "ConnectionRefusedError: refused"),
         events.ConfigReloaded(True),
     ]
 
@@ -239,6 +241,20 @@ class GatewaySinksTests(SynchronousTestCase):
         self.assertEqual(self.value("dicom_gateway_destination_down_events_total", destination="pacs"), 1)
         self.assertEqual(self.sink.records, [])
         self.assertEqual(self.lines[0]["subject"], " destination pacs")
+
+    def test_lease_lost_is_counted_not_audited(self) -> None:
+        """Issue 14: a lease another node took over is counted per destination; no audit record; logged."""
+        self.fan.observe(events.LeaseLost("pacs", 7, "node-a"))
+        self.assertEqual(self.value("dicom_gateway_leases_lost_total", destination="pacs"), 1)
+        self.assertEqual(self.sink.records, [])
+        self.assertEqual(self.lines[0]["subject"], " destination pacs")
+
+    def test_circuit_adopted_is_not_a_down_event(self) -> None:
+        """Issue 14: a circuit opened after another node's record is not counted as a down event of this node, nor audited; logged."""
+        self.fan.observe(events.CircuitAdopted("pacs", True, "refused"))
+        self.assertIsNone(self.value("dicom_gateway_destination_down_events_total", destination="pacs"))
+        self.assertEqual(self.sink.records, [])
+        self.assertEqual([line["event_type"] for line in self.lines], ["CircuitAdopted"])
 
     def test_config_reloaded(self) -> None:
         """Counted by result; logged with no subject."""
