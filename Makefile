@@ -2,7 +2,7 @@
 #
 #   make run    create .venv, install the package (a real, non-editable install) and
 #               run the gateway in the foreground with etc/gateway.yaml
-#   make test   install DCMTK if missing, create .venv, install '.[test]' and run the
+#   make test   install DCMTK, HAProxy and PostgreSQL if missing, create .venv, install '.[test]' and run the
 #               whole test suite (unit, adapters, interop) against the source tree
 #
 # Dependency installation is keyed on setup.cfg/pyproject.toml through stamp files, so a
@@ -18,12 +18,12 @@ CONFIG ?= etc/gateway.yaml
 # Root runs apt-get directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test dcmtk prometheus peers postgresql install install-test clean
+.PHONY: run test dcmtk prometheus peers postgresql cluster install install-test clean
 
 run: install
 	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
 
-test: dcmtk prometheus peers postgresql install-test
+test: dcmtk prometheus peers postgresql cluster install-test
 	$(PY) -m tests.runner
 
 # DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
@@ -46,6 +46,14 @@ peers:
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
 	        orthanc pixelmed-apps default-jre-headless strace faketime libfaketime openssl; }
+
+# Several gateways as one (issue 14): the tests run a real HAProxy in front of the gateways and a
+# real PostgreSQL for the shared queue (initdb and postgres under /usr/lib/postgresql/*/bin,
+# whatever the version), each stopped by pid.
+cluster:
+	@{ command -v haproxy >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || { \
+	    $(SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends haproxy postgresql; }
 
 # Prometheus and promtool check the shipped rules and scrape the gateway in the interop tests.
 prometheus:
