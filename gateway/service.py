@@ -403,7 +403,7 @@ class GatewayService(MultiService):
             reactor=self._reactor,
             scratch_dir=os.path.join(self.config.spool.path, "scratch"),
             prepare=self.copies,
-            # TODO(lead, issue 14): pass lease_seconds=self.config.cluster.lease once i14-forward's DestinationWorker takes it.
+            lease_seconds=self.config.cluster.lease,
         )
         self.workers[destination.name] = worker
         worker.setServiceParent(self)
