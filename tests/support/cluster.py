@@ -44,6 +44,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,12 +307,17 @@ class Cluster:
         return {**({"cluster": timers} if timers else {}), "drain": {"grace": self.drain_grace}}
 
     def start(self) -> Cluster:
-        """Start the first ``count`` nodes (the first alone, so it migrates the schema), then HAProxy.
+        """Start the first ``count`` nodes together, then HAProxy; wait until HAProxy sees them UP.
+
+        The nodes start at the same time (a node takes seconds to start on a
+        loaded machine), so they also meet the schema migration together:
+        it runs under an advisory lock, once.
 
         :returns: this object.
         """
-        for node in self.nodes[:self.count]:
-            node.start()
+        with ThreadPoolExecutor(self.count) as pool:
+            for future in [pool.submit(node.start) for node in self.nodes[:self.count]]:
+                future.result()
         self.haproxy.start()
         for node in self.nodes[:self.count]:
             self.haproxy.wait_state(str(node.node), "UP")
