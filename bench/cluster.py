@@ -181,8 +181,11 @@ def to_cluster(work: Path, series: str, files: Sequence[Path], senders: int, nod
             start = time.perf_counter()
             seconds, results = m.run_senders(cluster.haproxy.port, m.split_files(files, senders), called_ae="DICOMGW",
                                              env=m.nodelay_env(True), log_dir=Path(scope.mktemp()))
-            deadline = time.monotonic() + 600
-            while (count := delivered(running)) < len(files) and time.monotonic() < deadline:
+            # Wait for the last delivery; give up after a minute without progress (a broken side).
+            last, moved = -1.0, time.monotonic()
+            while (count := delivered(running)) < len(files) and time.monotonic() - moved < 60:
+                if count != last:
+                    last, moved = count, time.monotonic()
                 time.sleep(0.1)
             e2e[(side, round_)] = time.perf_counter() - start
             after = {role: m.settle(read) for role, read in readers.items()}
