@@ -284,6 +284,9 @@ _CONFIGURATION_ROWS: Final = (
     ("listen[i].tls.profile", "ListenerTLSConfig", "profile", "", "TLS profile of a listener"),
     ("listen[i].tls.handshake_timeout", "ListenerTLSConfig", "handshake_timeout", "s", "TLS handshake deadline"),
     ("listen[i].tls.crl", "ListenerTLSConfig", "crl", "", "PEM file of CRLs checked for client certificates (empty: no revocation check)"),
+    ("listen[i].proxy_protocol.timeout", "ProxyProtocolConfig", "timeout", "s",
+     "PROXY protocol header deadline (behind HAProxy; no header in time: the connection is closed)"),
+    ("drain.grace", "DrainConfig", "grace", "s", "after dicom-gateway drain, new associations accepted this long, then A-ASSOCIATE-RJ 2, 3, 2"),
 )
 
 

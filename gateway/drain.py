@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -50,8 +51,12 @@ DRAINING_REASON = "draining"
 class IDrainableWorker(Protocol):
     """A forwarding worker that can drain (:class:`gateway.forward.DestinationWorker` on the forwarding side)."""
 
-    def set_draining(self, draining: bool) -> None:
-        """Stop (``True``) or resume (``False``) taking new work; work in flight finishes."""
+    def set_draining(self, draining: bool) -> object:
+        """Stop (``True``) or resume (``False``) taking new work; work in flight finishes.
+
+        :returns: anything; a Deferred is awaited: it fires once the worker
+            has finished its sends and released its leases.
+        """
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class DrainStatus:
     :ivar since: when the drain started (the clock's seconds), or ``None``.
     :ivar refuse_at: when new associations start being rejected, or ``None``.
     :ivar grace: the grace period in force, seconds.
+    :ivar forwarding_drained: every worker that can drain has finished its
+        sends and released its leases (``False`` when not draining).
     """
 
     draining: bool
@@ -70,16 +77,18 @@ class DrainStatus:
     since: float | None
     refuse_at: float | None
     grace: float
+    forwarding_drained: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The status as JSON-able data.
 
-        :returns: ``{"draining", "refusing", "grace_seconds"}``.
+        :returns: ``{"draining", "refusing", "grace_seconds", "forwarding_drained"}``.
         """
         return {
             "draining": self.draining,
             "refusing": self.refusing,
             "grace_seconds": self.grace,
+            "forwarding_drained": self.forwarding_drained,
         }
 
 
@@ -110,6 +119,9 @@ class Drain:
         self._grace_in_force = 0.0
         self._refusing = False
         self._timer: IDelayedCall | None = None
+        self._forwarding_drained = False
+        # Bumped at each drain and undrain: a late "workers drained" of an earlier drain is ignored.
+        self._generation = 0
 
     @property
     def draining(self) -> bool:
@@ -129,7 +141,8 @@ class Drain:
         :returns: the status.
         """
         refuse_at = None if self._since is None else self._since + self._grace_in_force
-        return DrainStatus(self.draining, self._refusing, self._since, refuse_at, self._grace_in_force)
+        return DrainStatus(self.draining, self._refusing, self._since, refuse_at, self._grace_in_force,
+                           self._forwarding_drained)
 
     def drain(self) -> DrainStatus:
         """Start draining; a second call while draining changes nothing.
@@ -164,6 +177,8 @@ class Drain:
         self._timer = None
         self._since = None
         self._refusing = False
+        self._forwarding_drained = False
+        self._generation += 1
         self.log.info("drain ended: ready, accepting new associations")
         self._tell_workers(False)
         self._observer.observe(events.DrainChanged(False))
@@ -183,7 +198,22 @@ class Drain:
         self.log.info("drain grace over: new associations are now rejected (2,3,2); open ones finish")
 
     def _tell_workers(self, draining: bool) -> None:
-        """Call ``set_draining`` on each worker that has it."""
+        """Call ``set_draining`` on each worker that has it; when draining, note when they have all drained."""
+        self._generation += 1
+        generation = self._generation
+        waiting: list[Deferred[Any]] = []
         for worker in list(self._workers()):
             if isinstance(worker, IDrainableWorker):
-                worker.set_draining(draining)
+                result = worker.set_draining(draining)
+                if isinstance(result, Deferred):
+                    waiting.append(result)
+        if not draining:
+            return
+
+        def drained(_: object) -> None:
+            if generation != self._generation or self._since is None:
+                return
+            self._forwarding_drained = True
+            self.log.info("drain: forwarding finished its sends and released its leases")
+
+        DeferredList(waiting, consumeErrors=True).addCallback(drained)

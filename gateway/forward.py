@@ -103,11 +103,28 @@ per destination stays per destination, across the cluster:
   claim, and the heartbeat renews the claims held (a claim is a journal
   write: renewing it at every turn would undo issue 13's one write per
   batch). A slot without its claim closes its association and polls
-  (``poll_interval``, pokeable); a slot whose claim is found taken
+  (``poll_interval``, not woken by pokes: the holder sends what this node
+  receives); a slot whose claim is found taken
   mid-batch sends nothing more of the batch. Since slot ``k`` always
   leases shard ``k``, a study still travels through one slot at a time,
   whichever node received its instances, and arrives in order. Claims are
   released at stop and when draining.
+* **Shares.** Each node claims at most its share of the slots: ``slots //
+  live nodes``, one more for the first ``slots mod live nodes`` nodes by
+  name (live: a heartbeat in the store within ``lease_seconds``, not
+  draining; this node always counts), read at every heartbeat. A node
+  added while the cluster runs thus gets slots, and work, from the others:
+  a slot held beyond the share is given up at its next turn, between
+  batches, after its deliveries are written (a study never has two slots
+  at once). When a node dies (``kill -9``), its leases and claims run out
+  within ``lease_seconds``, the survivors' shares grow at their next
+  heartbeat and their slots claim at their next poll: its backlog flows
+  again within ``lease_seconds * 4 / 3 + poll_interval``. With node-local spools (the store's
+  ``local_only``) a slot idle for a heartbeat interval also gives its claim
+  up, since only the node that received an instance can send it; it claims
+  again when poked or a heartbeat later. An instance received by a node
+  that holds no slot of its destination is sent by a node that does, at
+  that node's next poll (``poll_interval``).
 * **Leases and their heartbeat.** Every ``lease_seconds / 3`` the worker
   renews the leases of every entry it holds (being sent, delivered but not
   yet written, refused by the journal: all still LEASED), and the claims of
@@ -132,8 +149,8 @@ per destination stays per destination, across the cluster:
   Recorded closed since later than it opened here: it closes here and the
   slots wake. So one node's probe result is every node's. A new worker
   starts from the recorded state (a reload no longer writes "closed" over
-  another node's open circuit); its first probe comes at once-ish
-  (``retry.initial_delay``).
+  another node's open circuit); its first probe comes after
+  ``retry.initial_delay``.
 * **Drain** (:meth:`DestinationWorker.set_draining`): no new lease, no
   new claim; batches in flight finish and are written; then each slot
   writes its deliveries, releases its claim and closes its association.
@@ -154,6 +171,7 @@ scheduled on ``clock``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -284,6 +302,8 @@ class WorkerStatus:
     :ivar active_associations: associations open now.
     :ivar journal_error: why outcomes cannot be written to the journal now
         (the worker has stopped dequeuing), empty when they can.
+    :ivar slots_held: association slots this node holds in the store (issue 14).
+    :ivar draining: :meth:`DestinationWorker.set_draining` asked the worker to drain.
     """
 
     destination: str
@@ -292,6 +312,8 @@ class WorkerStatus:
     last_error: str
     active_associations: int
     journal_error: str = ""
+    slots_held: int = 0
+    draining: bool = False
 
 
 @dataclass
@@ -333,6 +355,13 @@ class _Slot:
     batch_changed: bool = False
     #: Draining: the slot has written its deliveries, released its claim and waits.
     drained: bool = False
+    #: Since when (``_schedule_now`` time) the slot's leases found nothing; ``None`` while it has work.
+    idle_since: float | None = None
+    #: Node-local spools: the slot gave its claim up for idleness, and claims
+    #: again when this node receives something (a poke) or a heartbeat later.
+    yielded: bool = False
+    #: This node holds more slots than its share: give this one up at the next turn.
+    surrender: bool = False
 
 
 @dataclass
@@ -352,6 +381,15 @@ class _Sleeper:
 #: A difference between wall-clock and monotonic progress at least this large
 #: (seconds) between two turns is a step of the wall clock, not drift.
 WALL_CLOCK_STEP = 30.0
+
+
+def _says_draining(detail: str) -> bool:
+    """Whether a node's heartbeat detail (JSON: address, version, draining) says it is draining."""
+    try:
+        said = json.loads(detail)
+    except ValueError:
+        return False
+    return isinstance(said, dict) and bool(said.get("draining"))
 
 
 class DestinationWorker(Service):
@@ -426,6 +464,12 @@ class DestinationWorker(Service):
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
         #: How often leases and slot claims are renewed and the shared circuit is read (issue 14).
         self.heartbeat_interval = self.lease_seconds / 3
+        #: Node-local spools (``spool.shared: false``): this node can send only
+        #: what it received, so an idle slot gives its claim up for the others.
+        self.local_only = bool(getattr(store, "local_only", False))
+        #: The most slots this node claims: all of them alone, else its share
+        #: among the live nodes that are not draining (see :meth:`_follow_nodes`).
+        self.share = self.sender.slots
         self._slots = [_Slot(k) for k in range(self.sender.slots)]
         self._stopping = False
         self._sleepers: list[_Sleeper] = []
@@ -473,7 +517,9 @@ class DestinationWorker(Service):
     def stopService(self) -> "Deferred[None]":
         """Stop leasing, let in-flight sends finish for ``grace`` seconds, then abort.
 
-        Leased entries not yet sent are released. The Deferred fires when
+        Leased entries not yet sent are released, and so are the slots' claims
+        (another node may take them at once); the heartbeat renews the leases
+        of the sends in flight until every slot has stopped. The Deferred fires when
         every slot has stopped and recorded its last outcome.
         """
         Service.stopService(self)
@@ -567,6 +613,8 @@ class DestinationWorker(Service):
             last_error=self.circuit.last_error,
             active_associations=self.sender.connections(),
             journal_error=next((s.journal_error for s in self._slots if s.journal_error), ""),
+            slots_held=sum(1 for s in self._slots if s.claimed),
+            draining=self._draining,
         )
 
     # -- waiting -------------------------------------------------------------------------
@@ -652,6 +700,7 @@ class DestinationWorker(Service):
         """
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("leases", self._renew_leases),
+            ("nodes", self._follow_nodes),
             ("slot claims", self._renew_claims),
             ("circuit", self._follow_shared_circuit),
         ]
@@ -746,21 +795,70 @@ class DestinationWorker(Service):
             return False
         if held:
             slot.claimed, slot.claim_until = True, now + self.lease_seconds
-        elif slot.claimed or not renewal:
-            if slot.claimed:
-                self.log.warn(
-                    "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
-                    destination=self.name,
-                    slot=slot.index,
-                )
+        elif slot.claimed:
+            self.log.warn(
+                "forward {destination}: slot {slot} was taken by another node (this node's claim had expired)",
+                destination=self.name,
+                slot=slot.index,
+            )
             slot.claimed = False
         return held
 
     async def _renew_claims(self) -> None:
-        """Renew the claim of every slot that holds one."""
+        """Renew the claim of every slot that holds one.
+
+        With node-local spools, a slot idle for a whole heartbeat interval
+        (its leases found nothing, it holds nothing) releases its claim
+        instead: the entries of that shard another node received can only be
+        sent by that node, and a claim held by an idle node would strand them.
+        """
+        now = self._schedule_now()
         for slot in self._slots:
-            if slot.claimed and not self._stopping:
-                await self._claim(slot, renewal=True)
+            if not slot.claimed or self._stopping:
+                continue
+            if (
+                self.local_only
+                and slot.idle_since is not None
+                and now - slot.idle_since >= self.heartbeat_interval
+                and not (slot.leased or slot.delivered or slot.unrecorded or slot.unreleased)
+            ):
+                slot.yielded = True
+                await self._release_claim(slot)
+                continue
+            await self._claim(slot, renewal=True)
+
+    async def _follow_nodes(self) -> None:
+        """Work out this node's share of the slots from the live nodes; mark the slots held beyond it.
+
+        A node is live when its last heartbeat (``store.heartbeat``, written
+        by the node's own heartbeat service) is at most ``lease_seconds`` old
+        and it does not say it is draining; this node always counts. With
+        ``n`` slots and ``m`` live nodes, sorted by name, the first
+        ``n mod m`` nodes may claim ``n // m + 1`` slots and the others
+        ``n // m`` (every node computes the same split from the same
+        heartbeats), so a node added while the cluster runs gets slots (and
+        work) from the others, and the survivors of a dead node take its
+        slots once its claims run out. A slot held beyond the share is given
+        up at its next turn (between batches: a study never has two slots at
+        once). While nodes disagree (a heartbeat seen by one and not yet by
+        another) the shares may overlap for a beat: the store's claims still
+        keep one holder per slot.
+        """
+        now = self._schedule_now()
+        live = {self.store.node}
+        for status in await self._store(self.store.nodes, now):
+            if status.last_seen >= now - self.lease_seconds and not _says_draining(status.detail):
+                live.add(status.node)
+        rank = sorted(live).index(self.store.node)
+        per_node, extra = divmod(len(self._slots), len(live))
+        self.share = per_node + (1 if rank < extra else 0)
+        if self.local_only:
+            # Node-local spools: every node must be able to send what it
+            # received, so each may claim a free slot (idle slots give theirs up).
+            self.share = max(self.share, 1)
+        held = sorted((s for s in self._slots if s.claimed and not s.surrender), key=lambda s: -s.index)
+        for slot in held[: max(0, len(held) - self.share)]:
+            slot.surrender = True
 
     def _holds_claim(self, slot: _Slot, now: float) -> bool:
         """Whether the slot holds a claim that has not run out, as far as this node knows."""
@@ -854,16 +952,45 @@ class DestinationWorker(Service):
                     if watcher in self._drain_watchers:
                         self._drain_watchers.remove(watcher)
             return
-        if not self._holds_claim(slot, self._schedule_now()) and not await self._claim(slot):
-            # Another node holds this slot (cluster-wide max_associations): no
-            # association of ours for it; look again at the next poll.
+        if slot.surrender:
+            # More slots than this node's share: this one goes to another node.
+            slot.surrender = False
             if slot.delivered:
                 await self._settle(slot, 0)
+            await self._release_claim(slot)
             await self.sender.close(slot.index)
+            self.log.info(
+                "forward {destination}: slot {slot} given up for another node (this node's share is {share})",
+                destination=self.name,
+                slot=slot.index,
+                share=self.share,
+            )
             if not self._stopping and not self._draining:
-                await self._sleep(self.poll_interval, pokeable=True)
+                await self._sleep(self.poll_interval, pokeable=False)
+            return
+        if slot.yielded and not self._holds_claim(slot, self._schedule_now()):
+            # Given up for idleness (node-local spools): claim again once this
+            # node receives something, or a heartbeat later (a retry come due).
+            slot.yielded = False
+            if not self._stopping and not self._draining:
+                await self._sleep(self.heartbeat_interval, pokeable=True)
             return
         await self._follow_wall_clock()
+        holds = self._holds_claim(slot, self._schedule_now())
+        others = sum(1 for s in self._slots if s.claimed and s is not slot)
+        if not holds and (others >= self.share or not await self._claim(slot)):
+            # Another node holds this slot (cluster-wide max_associations), or
+            # this node holds its share: no association of ours for it; look
+            # again at the next poll. Not pokeable: the holder sends what this
+            # node receives (it polls the store), and a claim attempt per
+            # received instance would load the store for nothing.
+            if slot.delivered:
+                await self._settle(slot, 0)
+            await self._release_claim(slot)  # (one that ran out while this node held its share elsewhere)
+            await self.sender.close(slot.index)
+            if not self._stopping and not self._draining:
+                await self._sleep(self.poll_interval, pokeable=False)
+            return
         # The deliveries of the last batch and the next lease: one transaction.
         # (A refused write leaves both undone: the deliveries stay on the slot,
         # still LEASED in the journal, and are written at the next turn.)
@@ -871,8 +998,11 @@ class DestinationWorker(Service):
         settled = await self._settle(slot, self.batch_size)
         if not settled.leased:
             slot.streaming = False
+            if slot.idle_since is None:
+                slot.idle_since = self._schedule_now()
             await self._idle(slot, settled.next_due)
             return
+        slot.idle_since = None
         if not slot.streaming and slot.batch_ended is not None:
             # Woken from idle soon after its last batch: a stream, not a lone instance.
             slot.streaming = self._arrivals > arrivals and self.clock.seconds() - slot.batch_ended < self.linger
@@ -1002,6 +1132,11 @@ class DestinationWorker(Service):
         step = (wall - anchor[0]) - (mono - anchor[1])
         if abs(step) < WALL_CLOCK_STEP:
             return
+        for slot in self._slots:
+            # What this node knows of its claims and leases moves to the new
+            # timeline too (the store's own records are renewed in it).
+            slot.claim_until += step
+            slot.lease_until += step
         moved = await self._journal(self.store.shift_schedule, self.name, wall - step, step)
         self.log.warn(
             "forward {destination}: wall clock stepped by {step:+.0f}s, {moved} queued entries moved with it",

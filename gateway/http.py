@@ -7,8 +7,10 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
   this never waits for the queue store.
 * ``GET /healthz``: 200 while the process serves requests.
 * ``GET /readyz``: 200 when the spool is writable, every listener is bound,
-  start-up recovery is done and the configuration is loaded; else 503 with
-  ``{"ready": false, "reasons": [...]}``. The answer comes from a cached
+  start-up recovery is done, the configuration is loaded and the node is not
+  draining; else 503 with ``{"ready": false, "reasons": [...]}`` (``"draining"``
+  at once after ``dicom-gateway drain``); the body names the node
+  (``"node"``, issue 14). The answer comes from a cached
   state: the spool is probed by a periodic check off the request path
   (:class:`ServiceBackend`), so a flood of probes never queues behind the
   spool's fsyncs, and the reasons name no paths.
@@ -17,7 +19,9 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
   a re-target no route would make is 409 unless forced),
   ``DELETE /api/v1/dead-letters/{id}``,
   ``POST /api/v1/destinations/{name}/pause`` and ``.../resume``,
-  ``POST /api/v1/reload``.
+  ``POST /api/v1/reload``,
+  ``POST /api/v1/drain`` and ``POST /api/v1/undrain`` (issue 14, :mod:`gateway.drain`;
+  the answer is the drain's status).
 
 ``/api`` is never open (issue 11): every request needs
 ``Authorization: Bearer <token>`` (compared in constant time with every

@@ -76,7 +76,8 @@ _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: ``limit`` (max_associations, RJ 2,3,2), ``space`` (below spool.min_free,
 #: RJ 2,3,1), ``acse`` (PS3.8 ACSE checks: version, application context,
 #: called AE title, no context), ``access`` (the calling AE, address or
-#: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``other``.
+#: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``draining``
+#: (``dicom-gateway drain`` past its grace, RJ 2,3,2; issue 14), ``other``.
 REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "store", "other")
 
 

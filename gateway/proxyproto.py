@@ -62,10 +62,10 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -178,6 +178,8 @@ def _parse_v2(command: int, family: int, body: bytes) -> ProxyHeader:
         return ProxyHeader(version=2, local=True)
     if family == _UNSPEC:
         return ProxyHeader(version=2, local=True)
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == _TCP4:
         if len(body) < 12:
             raise ProxyHeaderError("malformed", "version 2 TCP4 addresses shorter than 12 bytes")
@@ -318,6 +320,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 
     def connectionMade(self) -> None:
         """Refuse an untrusted peer at once; otherwise wait for the header, within the deadline."""
+        assert self.transport is not None
         peer = self.transport.getPeer()
         host = getattr(peer, "host", "?")
         self._real_peer = f"{host}:{getattr(peer, 'port', '?')}"
@@ -354,13 +357,17 @@ class ProxyProtocolWrapper(ProtocolWrapper):
             source="its own address" if header.local else f"{header.source[0]}:{header.source[1]}" if header.source else "?",
             version=header.version,
         )
-        self.wrappedProtocol.makeConnection(self)
+        # This wrapper provides the transport's interfaces (directlyProvides in makeConnection).
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
         if rest and self._passed and not self.disconnecting:
             self.wrappedProtocol.dataReceived(rest)
 
     def getPeer(self) -> Any:
         """The header's source address (the modality), or the real peer for LOCAL and before the header."""
-        return self._peer if self._peer is not None else self.transport.getPeer()
+        if self._peer is not None:
+            return self._peer
+        assert self.transport is not None
+        return self.transport.getPeer()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Pass the loss on if the wrapped protocol was connected; otherwise just forget the connection."""
@@ -387,10 +394,11 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         self._refused = True
         self._cancel_deadline()
         self.factory.refused(self._real_peer, label, detail)
+        assert self.transport is not None
         self.transport.loseConnection()
 
 
-class ProxyProtocolFactory(WrappingFactory):
+class ProxyProtocolFactory(WrappingFactory[ProxyProtocolWrapper]):
     """Wraps a listener's factory (TLS or the acceptor): PROXY header first, from trusted peers only.
 
     :param wrapped: the factory of what follows the header.

@@ -340,7 +340,9 @@ class IQueueStore(Interface):
         """Mark leased entries DELIVERED (a warning status is kept as ``last_error``).
 
         With ``generations`` (entry id -> the generation leased), an entry
-        whose lease is no longer that generation is skipped (fenced).
+        whose lease is no longer that generation is skipped (fenced); an id
+        absent from ``generations`` is written unfenced (so are ``settle``'s
+        and ``release``'s).
         """
 
     def settle(

@@ -140,7 +140,7 @@ class MemoryQueueStore:
         :param node: the other node's name.
         :param local_only: whether that node has a node-local spool.
         """
-        other = MemoryQueueStore(node, local_only)
+        other = type(self)(node, local_only)  # a test's subclass (a failing journal) stays itself
         other._t = self._t
         return other
 

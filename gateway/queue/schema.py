@@ -137,12 +137,59 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE instances ADD COLUMN dataset_offset INTEGER NOT NULL DEFAULT 0")
 
 
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    """Version 5: several nodes on one queue (issue 14).
+
+    * ``entries.lease_owner`` (the node holding, or last holding, the lease;
+      NULL for entries never leased since, read as ``""``) and
+      ``entries.lease_generation`` (grows at every lease: the fence of the
+      writes that end a lease). A lease taken before this version has no
+      owner: ``recover`` of any node returns it.
+    * ``instances.node``: the node that received the instance (``""`` before).
+    * ``slots``: cluster-wide association slots, one row per claimed
+      (destination, slot) with its holder and expiry.
+    * ``nodes``: each node's last heartbeat.
+    * ``singletons``: once-only housekeeping, one timed holder per name.
+    * ``entries_leased``, a partial index of the LEASED rows only, by
+      (destination, leased_until): ``lease`` finds a destination's expired
+      leases, and ``nodes`` counts live leases, without walking the rest
+      of the table (it holds only what is in flight, a few rows per slot).
+    """
+    statements = [
+        "ALTER TABLE entries ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE entries ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE instances ADD COLUMN node TEXT NOT NULL DEFAULT ''",
+        """
+        CREATE TABLE slots (
+            destination TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            until REAL NOT NULL,
+            PRIMARY KEY (destination, slot)
+        )
+        """,
+        """
+        CREATE TABLE nodes (
+            node TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE TABLE singletons (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)",
+        "CREATE INDEX entries_leased ON entries (destination, leased_until, lease_owner) WHERE state = 'leased'",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
     _migrate_3_to_4,
+    _migrate_4_to_5,
 )
 
 #: The schema version this code writes (``PRAGMA user_version``).
@@ -167,6 +214,7 @@ _INSTANCE_COLUMNS = (
     "called_ae_title",
     "source_address",
     "dataset_offset",
+    "node",
 )
 
 _ENTRY_COLUMNS = (
@@ -183,6 +231,9 @@ _ENTRY_COLUMNS = (
     "dead_reason",
     "history",
     "plan_hash",
+    "lease_owner",
+    "lease_generation",
+    "leased_until",
 )
 
 # One SELECT shape for every Entry: the entry's columns, then its instance's.
@@ -234,4 +285,7 @@ def _entry_from_row(row: Sequence[Any]) -> Entry:
         dead_reason=values["dead_reason"],
         history=_history_from_json(values["history"]),
         plan_hash=values["plan_hash"],
+        lease_owner=values["lease_owner"] or "",
+        lease_generation=values["lease_generation"],
+        leased_until=values["leased_until"] if values["state"] == EntryState.LEASED.value else None,
     )

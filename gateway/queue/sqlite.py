@@ -57,12 +57,49 @@ morph ever configured, and an entry retried by an operator must still find
 its plan. Entries from an older journal have no plan until
 :meth:`SqliteQueueStore.adopt_plans` (see :func:`gateway.queue.schema._migrate_2_to_3`).
 
+Several nodes (issue 14, schema version 5)
+------------------------------------------
+The interface is written for several gateways on one queue (PostgreSQL);
+this store implements all of it so the same test mixin holds, and so that
+two store objects on one file (two processes on one machine, or a test's
+two "nodes") behave as a cluster would. ``BEGIN IMMEDIATE`` serializes every
+write, which is what ``FOR UPDATE SKIP LOCKED`` gives PostgreSQL: two
+nodes never hold one entry. The SQLite file itself must never be on a
+network filesystem (the configuration refuses ``spool.shared`` with it).
+
+* A lease writes ``lease_owner`` (this store's ``node``), ``leased_until``
+  and ``lease_generation + 1``. The writes that end or extend a lease
+  accept a generation (the *fence*) and then change a row only ``WHERE
+  state = 'leased' AND lease_generation = ?``: a node that wakes up past
+  its lease finds the row no longer matching and its outcome is dropped
+  (``Settled.lost``, :class:`~gateway.queue.interfaces.LeaseLost`).
+* ``lease`` first takes back the destination's expired leases (``leased_until
+  < now``, any owner) in the same write transaction, noting the first
+  ``UNRECORDED_DELIVERIES + 1`` of each (owner, until) group as in flight,
+  as ``recover`` does. An idle ``settle`` looks for such leases in its read
+  (one probe of ``entries_leased``) before deciding it needs no write.
+* ``recover`` returns this node's leases and owner-less ones (written before
+  version 5); another node's wait for expiry.
+* ``slots`` and ``singletons`` rows are timed claims: taken when absent,
+  expired (``until < now``) or already the caller's, refused otherwise. A
+  claim another node holds is refused from a read, without the write lock.
+* ``nodes`` holds each node's last heartbeat; ``stats`` of a ``local_only``
+  store counts QUEUED entries whose instance's node has been silent for
+  ``stranded_after`` seconds (or never sent a heartbeat) as stranded.
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
   ``lease`` walks a destination's QUEUED entries in id order (oldest first)
   and filters due time and shard from the index alone, stopping after
   ``limit`` hits; ``entries`` and ``stats`` use its prefix.
+  With ``local_only`` the walk stays the outer loop (``CROSS JOIN``) and
+  each hit looks its instance's ``node`` up by primary key.
+* ``entries_leased (destination, leased_until, lease_owner) WHERE state =
+  'leased'`` (partial: it holds only the entries in flight, a few per
+  slot): ``lease`` finds a destination's expired leases with one range
+  search, never reading another destination's or a live lease; ``nodes``
+  counts live leases per owner from it.
 * ``entries_due (destination, state, next_attempt_at)``: ``next_due``.
 * ``entries_instance (instance_id, state)``: an instance's entries for
   ``find``, ``finished_instances``, ``forget_instance`` and duplicate lookup.
@@ -86,6 +123,20 @@ Conventions shared with :class:`~gateway.queue.memory.MemoryQueueStore`
 * ``complete`` and ``release`` skip ids that are not LEASED; ``retry``
   raises :class:`KeyError` for an entry that is not LEASED and
   ``dead_letter`` for one that is not QUEUED or LEASED.
+* Fencing: with ``generations`` (or ``generation``) an entry counts as held
+  only while LEASED under that generation (an expired lease nobody took
+  back still counts: nobody else recorded anything); ids absent from
+  ``generations`` are written unfenced. A lost fenced delivery is skipped
+  and listed in ``Settled.lost``; a lost fenced ``retry`` or
+  ``dead_letter`` raises :class:`~gateway.queue.interfaces.LeaseLost`
+  (a QUEUED entry is not held under any generation); ``renew`` returns the
+  lost ids.
+* Expired means ``until < now`` for leases, slots and singletons alike: at
+  ``until`` exactly the holder still holds. ``nodes`` counts only live
+  leases and slots.
+* ``local_only`` leases only entries whose instance's ``node`` is this
+  store's (an instance journaled before version 5 has node ``""``: no
+  node-local store sends it).
 * ``add_instance`` of an instance id already on record raises
   :class:`ValueError`; ``forget_instance`` of an unknown id does nothing.
 * ``lease`` refuses a shard ``(k, n)`` without ``0 <= k < n``
@@ -110,9 +161,12 @@ from gateway.queue.interfaces import (
     DestinationStats,
     Entry,
     EntryState,
+    EXPIRED_LEASE_PREFIX,
     InstanceRecord,
     IQueueStore,
+    LeaseLost,
     NewEntry,
+    NodeStatus,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
     Settled,
@@ -169,6 +223,19 @@ def check_slot(slot: int, slots: int) -> None:
         raise ValueError(f"slot {slot!r} of {slots!r}: need 0 <= slot < slots")
 
 
+def _fence(entry_id: int, generations: Mapping[int, int] | None) -> tuple[str, tuple[int, ...]]:
+    """The SQL condition (and its parameter) that fences a write to ``entry_id``.
+
+    :param entry_id: the entry written.
+    :param generations: entry id -> the generation the caller leased; an id
+        absent from it (or ``None``) is written unfenced.
+    :returns: ``(" AND lease_generation = ?", (generation,))`` or ``("", ())``.
+    """
+    if generations is None or entry_id not in generations:
+        return "", ()
+    return " AND lease_generation = ?", (generations[entry_id],)
+
+
 def _make_private(path: str) -> None:
     """Create the journal file 0600 before SQLite opens it, and tighten an older one (HARDENING H08).
 
@@ -190,11 +257,15 @@ class SqliteQueueStore:
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
 
     :param path: the database file (created with the current schema if absent).
+    :param node: the node this store object speaks for (lease owner, heartbeats).
+    :param local_only: node-local spools: lease only instances this node received.
     :raises SchemaError: the file's schema is newer than this code.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, node: str = "node", local_only: bool = False) -> None:
         self.path = path
+        self.node = node
+        self.local_only = local_only
         if path != ":memory:" and not path.startswith("file:"):
             _make_private(path)
         # isolation_level=None: no implicit transactions; we issue BEGIN ourselves.
@@ -390,6 +461,45 @@ class SqliteQueueStore:
         with self._write() as conn:
             return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
 
+    def _any_expired(self, conn: sqlite3.Connection, destination: str, now: float) -> bool:
+        """Whether the destination has an expired lease to take back (one probe of ``entries_leased``)."""
+        row = conn.execute(
+            "SELECT 1 FROM entries INDEXED BY entries_leased"
+            " WHERE destination = ? AND state = 'leased' AND leased_until < ? LIMIT 1",
+            (destination, now),
+        ).fetchone()
+        return row is not None
+
+    def _reclaim_expired(self, conn: sqlite3.Connection, destination: str, now: float) -> int:
+        """Return the destination's expired leases (any node) to QUEUED, noting the first of each as in flight.
+
+        Inside the caller's write transaction. The rows come from the partial
+        index of LEASED rows (``entries_leased``), by destination and expiry:
+        no other destination's leases, and no live lease, are read.
+        """
+        rows = conn.execute(
+            "SELECT entry_id, COALESCE(lease_owner, ''), leased_until, history FROM entries INDEXED BY entries_leased"
+            " WHERE destination = ? AND state = 'leased' AND leased_until < ? ORDER BY entry_id",
+            (destination, now),
+        ).fetchall()
+        groups: dict[tuple[str, float], list[tuple[int, str]]] = {}
+        for entry_id, owner, until, history in rows:
+            group = groups.setdefault((owner, until), [])
+            if len(group) <= UNRECORDED_DELIVERIES:
+                group.append((entry_id, history))
+        for (owner, _), group in groups.items():
+            note = EXPIRED_LEASE_PREFIX + owner + " expired"
+            for entry_id, history in group:
+                conn.execute(
+                    "UPDATE entries SET last_error = ?, history = ? WHERE entry_id = ?",
+                    (note, _history_append(history, Attempt(now, note, False)), entry_id),
+                )
+        conn.executemany(
+            "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ?",
+            [(row[0],) for row in rows],
+        )
+        return len(rows)
+
     def _due_ids(
         self, conn: sqlite3.Connection, destination: str, limit: int, now: float, shard: tuple[int, int] | None
     ) -> list[int]:
@@ -397,15 +507,21 @@ class SqliteQueueStore:
         paused = conn.execute("SELECT paused FROM destinations WHERE name = ?", (destination,)).fetchone()
         if paused is not None and paused[0]:
             return []
+        # Node-local spools: only this node's instances. CROSS JOIN keeps the
+        # walk of entries_lease the outer loop (one instances lookup per hit).
         sql = (
-            "SELECT entry_id FROM entries INDEXED BY entries_lease"
-            " WHERE destination = ? AND state = 'queued' AND next_attempt_at <= ?"
+            "SELECT e.entry_id FROM entries e INDEXED BY entries_lease"
+            + (" CROSS JOIN instances i ON i.instance_id = e.instance_id" if self.local_only else "")
+            + " WHERE e.destination = ? AND e.state = 'queued' AND e.next_attempt_at <= ?"
         )
         params: list[Any] = [destination, now]
         if shard is not None:
-            sql += " AND study_hash % ? = ?"
+            sql += " AND e.study_hash % ? = ?"
             params += [shard[1], shard[0]]
-        sql += " ORDER BY entry_id LIMIT ?"
+        if self.local_only:
+            sql += " AND i.node = ?"
+            params.append(self.node)
+        sql += " ORDER BY e.entry_id LIMIT ?"
         params.append(limit)
         return [row[0] for row in conn.execute(sql, params)]
 
@@ -419,38 +535,56 @@ class SqliteQueueStore:
         shard: tuple[int, int] | None,
     ) -> list[Entry]:
         """The body of :meth:`lease`, inside the caller's write transaction."""
+        self._reclaim_expired(conn, destination, now)
         ids = self._due_ids(conn, destination, limit, now, shard)
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))
         conn.execute(
-            f"UPDATE entries SET state = 'leased', leased_until = ? WHERE entry_id IN ({marks})",
-            (now + lease_seconds, *ids),
+            "UPDATE entries SET state = 'leased', leased_until = ?, lease_owner = ?,"
+            f" lease_generation = lease_generation + 1 WHERE entry_id IN ({marks})",
+            (now + lease_seconds, self.node, *ids),
         )
         rows = conn.execute(_ENTRY_SELECT + f" WHERE e.entry_id IN ({marks}) ORDER BY e.entry_id", ids).fetchall()
         return [_entry_from_row(row) for row in rows]
 
-    def complete(self, entry_ids: Sequence[int], now: float, warning: str = "") -> None:
-        """Mark leased entries DELIVERED; ids that are not LEASED are skipped.
+    def complete(
+        self, entry_ids: Sequence[int], now: float, warning: str = "", generations: Mapping[int, int] | None = None
+    ) -> None:
+        """Mark leased entries DELIVERED; ids that are not LEASED (or whose fenced lease was lost) are skipped.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.complete`.
         """
         with self._write() as conn:
-            self._complete_in(conn, [(entry_id, warning) for entry_id in entry_ids], now)
+            self._complete_in(conn, [(entry_id, warning) for entry_id in entry_ids], now, generations)
 
-    def _complete_in(self, conn: sqlite3.Connection, delivered: Sequence[tuple[int, str]], now: float) -> None:
-        """The body of :meth:`complete` with a warning per entry, inside the caller's write transaction."""
+    def _complete_in(
+        self,
+        conn: sqlite3.Connection,
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        generations: Mapping[int, int] | None,
+    ) -> tuple[int, ...]:
+        """The body of :meth:`complete` with a warning per entry, inside the caller's write transaction.
+
+        :returns: the fenced ids whose lease was lost (not recorded).
+        """
         destinations: set[str] = set()
+        lost: list[int] = []
         for entry_id, warning in delivered:
+            fence, params = _fence(entry_id, generations)
             row = conn.execute(
                 "UPDATE entries SET state = 'delivered', delivered_at = ?, last_error = ?, leased_until = NULL"
-                " WHERE entry_id = ? AND state = 'leased' RETURNING destination",
-                (now, warning, entry_id),
+                " WHERE entry_id = ? AND state = 'leased'" + fence + " RETURNING destination",
+                (now, warning, entry_id, *params),
             ).fetchone()
             if row is not None:
                 destinations.add(row[0])
+            elif params:
+                lost.append(entry_id)
         for name in sorted(destinations):
             self._touch_destination(name, last_success_at=now)
+        return tuple(lost)
 
     def settle(
         self,
@@ -460,6 +594,7 @@ class SqliteQueueStore:
         limit: int,
         lease_seconds: float,
         shard: tuple[int, int] | None = None,
+        generations: Mapping[int, int] | None = None,
     ) -> Settled:
         """Record deliveries and lease the next entries in one ``BEGIN IMMEDIATE`` transaction.
 
@@ -474,28 +609,33 @@ class SqliteQueueStore:
             if limit <= 0:
                 return Settled()
             with self._read() as conn:
-                if not self._due_ids(conn, destination, 1, now, shard):
+                if not self._any_expired(conn, destination, now) and not self._due_ids(conn, destination, 1, now, shard):
                     return Settled((), self._next_due_in(conn, destination))
         with self._write() as conn:
-            self._complete_in(conn, delivered, now)
+            lost = self._complete_in(conn, delivered, now, generations)
             leased = self._lease_in(conn, destination, limit, now, lease_seconds, shard) if limit > 0 else []
             if leased or limit <= 0:
-                return Settled(tuple(leased))
-            return Settled((), self._next_due_in(conn, destination))
+                return Settled(tuple(leased), lost=lost)
+            return Settled((), self._next_due_in(conn, destination), lost)
 
-    def retry(self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True) -> None:
+    def retry(
+        self, entry_id: int, next_attempt_at: float, error: str, now: float, counted: bool = True, generation: int | None = None
+    ) -> None:
         """Return a LEASED entry to QUEUED for ``next_attempt_at``, recording the attempt.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.retry`.
 
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
         :raises KeyError: no such entry, or it is not LEASED.
         """
         with self._write() as conn:
+            fence, params = _fence(entry_id, None if generation is None else {entry_id: generation})
             row = conn.execute(
-                "SELECT destination, history FROM entries WHERE entry_id = ? AND state = 'leased'", (entry_id,)
+                "SELECT destination, history FROM entries WHERE entry_id = ? AND state = 'leased'" + fence,
+                (entry_id, *params),
             ).fetchone()
             if row is None:
-                raise KeyError(entry_id)
+                raise LeaseLost(entry_id) if generation is not None else KeyError(entry_id)
             destination, history = row
             conn.execute(
                 "UPDATE entries SET state = 'queued', leased_until = NULL, next_attempt_at = ?, last_error = ?,"
@@ -504,31 +644,42 @@ class SqliteQueueStore:
             )
             self._touch_destination(destination, last_error=error, last_error_at=now)
 
-    def release(self, entry_ids: Sequence[int]) -> None:
-        """Return LEASED entries to QUEUED unchanged; other ids are skipped.
+    def release(self, entry_ids: Sequence[int], generations: Mapping[int, int] | None = None) -> None:
+        """Return LEASED entries to QUEUED unchanged; other ids, and lost fenced leases, are skipped.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.release`.
         """
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ? AND state = 'leased'",
-                [(entry_id,) for entry_id in entry_ids],
-            )
+            for entry_id in entry_ids:
+                fence, params = _fence(entry_id, generations)
+                conn.execute(
+                    "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ? AND state = 'leased'"
+                    + fence,
+                    (entry_id, *params),
+                )
 
-    def dead_letter(self, entry_id: int, reason: str, now: float) -> None:
+    def dead_letter(self, entry_id: int, reason: str, now: float, generation: int | None = None) -> None:
         """Move a QUEUED or LEASED entry to DEAD with ``reason``.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.dead_letter`.
 
+        :raises LeaseLost: ``generation`` is given and the entry is not LEASED under it.
         :raises KeyError: no such entry, or it is not QUEUED or LEASED.
         """
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT destination, history FROM entries WHERE entry_id = ? AND state IN ('queued', 'leased')",
-                (entry_id,),
-            ).fetchone()
+            if generation is None:
+                row = conn.execute(
+                    "SELECT destination, history FROM entries WHERE entry_id = ? AND state IN ('queued', 'leased')",
+                    (entry_id,),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT destination, history FROM entries WHERE entry_id = ? AND state = 'leased'"
+                    " AND lease_generation = ?",
+                    (entry_id, generation),
+                ).fetchone()
             if row is None:
-                raise KeyError(entry_id)
+                raise LeaseLost(entry_id) if generation is not None else KeyError(entry_id)
             destination, history = row
             conn.execute(
                 "UPDATE entries SET state = 'dead', leased_until = NULL, dead_reason = ?, last_error = ?,"
@@ -557,6 +708,121 @@ class SqliteQueueStore:
             if rows:
                 self._touch_destination(destination, last_error=reason, last_error_at=now)
             return [self._get(entry_id) for entry_id, _ in rows]
+
+    def renew(self, generations: Mapping[int, int], now: float, lease_seconds: float) -> set[int]:
+        """Extend the leases still held under their generation to ``now + lease_seconds``; return the lost ids.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.renew`.
+        """
+        lost: set[int] = set()
+        if not generations:
+            return lost
+        with self._write() as conn:
+            for entry_id, generation in generations.items():
+                cursor = conn.execute(
+                    "UPDATE entries SET leased_until = ? WHERE entry_id = ? AND state = 'leased' AND lease_generation = ?",
+                    (now + lease_seconds, entry_id, generation),
+                )
+                if cursor.rowcount != 1:
+                    lost.add(entry_id)
+        return lost
+
+    # -- IQueueStore: several nodes ----------------------------------------------
+
+    def _claim(self, table: str, key_columns: tuple[str, ...], key: tuple[Any, ...], now: float, seconds: float) -> bool:
+        """Take or keep a timed claim (a slot, a singleton): free, expired (``until < now``) or already ours.
+
+        A claim another node holds live is answered from a read, without
+        the write lock; otherwise the claim is decided again under it.
+        """
+        where = " AND ".join(f"{column} = ?" for column in key_columns)
+        select = f"SELECT owner, until FROM {table} WHERE {where}"
+
+        def taken(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(select, key).fetchone()
+            return row is not None and row[0] != self.node and row[1] >= now
+
+        with self._read() as conn:
+            if taken(conn):
+                return False
+        with self._write() as conn:
+            if taken(conn):
+                return False
+            columns = ", ".join(key_columns)
+            conn.execute(
+                f"INSERT INTO {table} ({columns}, owner, until) VALUES ({', '.join('?' * len(key))}, ?, ?)"
+                f" ON CONFLICT ({columns}) DO UPDATE SET owner = excluded.owner, until = excluded.until",
+                (*key, self.node, now + seconds),
+            )
+        return True
+
+    def claim_slot(self, destination: str, slot: int, slots: int, now: float, seconds: float) -> bool:
+        """Hold association slot ``slot`` of ``destination`` unless another node holds it live.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.claim_slot`.
+
+        :raises ValueError: not ``0 <= slot < slots``.
+        """
+        check_slot(slot, slots)
+        return self._claim("slots", ("destination", "slot"), (destination, slot), now, seconds)
+
+    def release_slot(self, destination: str, slot: int) -> None:
+        """Give up this node's claim on a slot; another node's claim is left alone.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.release_slot`.
+        """
+        with self._write() as conn:
+            conn.execute("DELETE FROM slots WHERE destination = ? AND slot = ? AND owner = ?", (destination, slot, self.node))
+
+    def circuit(self, destination: str) -> tuple[bool, str, float | None]:
+        """The destination's circuit as last recorded by any node.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.circuit`.
+        """
+        row = self._conn.execute(
+            "SELECT circuit_open, circuit_reason, circuit_since FROM destinations WHERE name = ?", (destination,)
+        ).fetchone()
+        if row is None:
+            return False, "", None
+        return bool(row[0]), str(row[1]), row[2]
+
+    def heartbeat(self, now: float, started_at: float, detail: str = "") -> None:
+        """Record that this node is alive (its row in ``nodes``).
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.heartbeat`.
+        """
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO nodes (node, started_at, last_seen, detail) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET started_at = excluded.started_at,"
+                " last_seen = excluded.last_seen, detail = excluded.detail",
+                (self.node, started_at, now, detail),
+            )
+
+    def nodes(self, now: float) -> list[NodeStatus]:
+        """Every node that sent a heartbeat, by name, with the live leases and slots it holds.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.nodes`.
+        """
+        with self._read() as conn:
+            leases = dict(conn.execute(
+                "SELECT lease_owner, count(*) FROM entries INDEXED BY entries_leased"
+                " WHERE state = 'leased' AND leased_until >= ? GROUP BY lease_owner",
+                (now,),
+            ).fetchall())
+            slots = dict(conn.execute("SELECT owner, count(*) FROM slots WHERE until >= ? GROUP BY owner", (now,)).fetchall())
+            rows = conn.execute("SELECT node, started_at, last_seen, detail FROM nodes ORDER BY node").fetchall()
+        return [
+            NodeStatus(node, started_at, last_seen, leases.get(node, 0), slots.get(node, 0), detail)
+            for node, started_at, last_seen, detail in rows
+        ]
+
+    def hold_singleton(self, name: str, now: float, seconds: float) -> bool:
+        """Take or keep the named once-only job: a lease of ``seconds`` in ``singletons``, renewed by each call.
+
+        See :meth:`gateway.queue.interfaces.IQueueStore.hold_singleton`.
+        """
+        return self._claim("singletons", ("name",), (name,), now, seconds)
 
     # -- IQueueStore: operator actions --------------------------------------
 
@@ -718,12 +984,22 @@ class SqliteQueueStore:
                 result.append((record, [_entry_from_row(row) for row in rows]))
         return result
 
-    def stats(self, now: float) -> Mapping[str, DestinationStats]:
+    def stats(self, now: float, stranded_after: float = 120.0) -> Mapping[str, DestinationStats]:
         """Figures per destination that has entries or a destinations row.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.stats`.
         """
         with self._read() as conn:
+            stranded: dict[str, int] = {}
+            if self.local_only:
+                # QUEUED entries of instances whose node (not this one) is away:
+                # no heartbeat for stranded_after seconds, or none ever.
+                stranded = dict(conn.execute(
+                    "SELECT e.destination, count(*) FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
+                    " LEFT JOIN nodes n ON n.node = i.node WHERE e.state = 'queued' AND i.node != ?"
+                    " AND (n.last_seen IS NULL OR n.last_seen < ?) GROUP BY e.destination",
+                    (self.node, now - stranded_after),
+                ).fetchall())
             counts: dict[str, dict[str, int]] = {}
             for name, state, count in conn.execute(
                 "SELECT destination, state, count(*) FROM entries GROUP BY destination, state"
@@ -763,6 +1039,7 @@ class SqliteQueueStore:
                 circuit_open=bool(circuit_open),
                 circuit_reason=circuit_reason,
                 circuit_since=circuit_since,
+                stranded=stranded.get(name, 0),
             )
         return result
 
@@ -804,20 +1081,22 @@ class SqliteQueueStore:
     # -- IQueueStore: lifecycle ----------------------------------------------
 
     def recover(self, now: float) -> int:
-        """Every LEASED entry back to QUEUED; attempts are kept, each lease's first entry noted ambiguous.
+        """This node's LEASED entries (and owner-less ones) back to QUEUED; attempts are kept, each lease's first entries noted ambiguous.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.recover`.
         """
+        mine = "state = 'leased' AND (lease_owner = ? OR lease_owner IS NULL OR lease_owner = '')"
         with self._write() as conn:
-            # The lowest ids of each lease (destination, leased_until) may have
-            # been on the wire or delivered but not yet written: note them as
+            # The lowest ids of each lease (destination, owner, leased_until) may
+            # have been on the wire or delivered but not yet written: note them as
             # ambiguous attempts (HARDENING F13; UNRECORDED_DELIVERIES + 1 of them).
-            first: dict[tuple[str, float], list[tuple[int, str]]] = {}
-            for entry_id, destination, until, history in conn.execute(
-                "SELECT entry_id, destination, leased_until, history FROM entries"
-                " WHERE state = 'leased' ORDER BY entry_id"
+            first: dict[tuple[str, str, float], list[tuple[int, str]]] = {}
+            for entry_id, destination, owner, until, history in conn.execute(
+                "SELECT entry_id, destination, COALESCE(lease_owner, ''), leased_until, history FROM entries"
+                f" WHERE {mine} ORDER BY entry_id",
+                (self.node,),
             ):
-                group = first.setdefault((destination, until), [])
+                group = first.setdefault((destination, owner, until), [])
                 if len(group) <= UNRECORDED_DELIVERIES:
                     group.append((entry_id, history))
             for entry_id, history in (item for group in first.values() for item in group):
@@ -825,7 +1104,7 @@ class SqliteQueueStore:
                     "UPDATE entries SET last_error = ?, history = ? WHERE entry_id = ?",
                     (RECOVERED_IN_FLIGHT, _history_append(history, Attempt(now, RECOVERED_IN_FLIGHT, False)), entry_id),
                 )
-            cursor = conn.execute("UPDATE entries SET state = 'queued', leased_until = NULL WHERE state = 'leased'")
+            cursor = conn.execute(f"UPDATE entries SET state = 'queued', leased_until = NULL WHERE {mine}", (self.node,))
             return cursor.rowcount
 
     def finished_instances(

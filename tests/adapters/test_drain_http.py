@@ -47,7 +47,8 @@ class DrainApiTests(SynchronousTestCase):
         """POST /api/v1/drain: 200 with the timeline; /readyz 503 'draining' at once (no clock advance); one audit record."""
         request = render(self.site, b"POST", "/api/v1/drain")
         self.assertEqual(request.responseCode, 200)
-        self.assertEqual(body_of(request), {"draining": True, "refusing": False, "grace_seconds": 10.0, "node": "gw-a"})
+        self.assertEqual(body_of(request), {"draining": True, "refusing": False, "grace_seconds": 10.0,
+                                            "forwarding_drained": True, "node": "gw-a"})
         ready = render(self.site, b"GET", "/readyz", token=None)
         self.assertEqual(ready.responseCode, 503)
         self.assertEqual(body_of(ready), {"ready": False, "reasons": ["draining"], "node": "gw-a"})

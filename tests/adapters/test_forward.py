@@ -444,11 +444,23 @@ class DicomWorkerTests(WorkerTestsMixin, SynchronousTestCase):
         self.clock.advance(worker.linger)
         self.assertEqual(self.states()[mr.sop_instance_uid], EntryState.DELIVERED)
 
-    def test_a_new_worker_records_a_closed_circuit(self) -> None:
-        """A worker that replaces one whose circuit was open (reload) records the circuit closed in the journal."""
+    def test_a_new_worker_adopts_a_recorded_open_circuit_and_its_probe_closes_it(self) -> None:
+        """Issue 14: a worker that finds the circuit recorded open (another node, or the worker before a reload)
+        starts open without overwriting the record, probes after initial_delay, and records it closed when the probe succeeds."""
         self.store.set_circuit("archive", True, "association rejected (1, 1, 7)", self.clock.seconds())
-        self.worker(self.destination(), FakePeer())
+        self.clock.advance(1)
+        record = self.instance()
+        self.enqueue(record)
+        peer = FakePeer()
+        worker = self.worker(self.destination(), peer)
+        self.assertEqual(worker.status().circuit, "open")
+        self.assertEqual(worker.status().last_error, "association rejected (1, 1, 7)")
+        self.assertTrue(self.store.stats(self.clock.seconds())["archive"].circuit_open)
+        self.assertEqual(peer.uids(), [])
+        self.clock.advance(RETRY.initial_delay)
+        self.assertEqual(worker.status().circuit, "closed")
         self.assertFalse(self.store.stats(self.clock.seconds())["archive"].circuit_open)
+        self.assertEqual(peer.uids(), [record.sop_instance_uid])
 
     def test_permanent_failure_status_is_dead_lettered_at_once(self) -> None:
         """0xA900 dead-letters the instance on its first attempt, naming the status."""
@@ -714,13 +726,13 @@ class FullJournal(MemoryQueueStore):
         if self.full:
             raise OSError(28, "No space left on device")
 
-    def complete(self, entry_ids: Any, now: float, warning: str = "") -> None:
+    def complete(self, entry_ids: Any, now: float, warning: str = "", generations: Any = None) -> None:
         self._refuse()
-        super().complete(entry_ids, now, warning)
+        super().complete(entry_ids, now, warning, generations)
 
-    def release(self, entry_ids: Any) -> None:
+    def release(self, entry_ids: Any, generations: Any = None) -> None:
         self._refuse()
-        super().release(entry_ids)
+        super().release(entry_ids, generations)
 
     def settle(self, destination: str, delivered: Any, *args: Any, **kwargs: Any) -> Settled:
         if delivered:

@@ -7,6 +7,7 @@ have it yet).
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,6 +24,22 @@ class Worker:
     def set_draining(self, draining: bool) -> None:
         """Record the call."""
         self.told.append(draining)
+
+
+class SlowWorker:
+    """A worker whose drain takes time: ``set_draining(True)`` answers a Deferred fired by the test."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+
+    def set_draining(self, draining: bool) -> Deferred[None]:
+        """Answer a Deferred (fired at once for an undrain)."""
+        d: Deferred[None] = Deferred()
+        if draining:
+            self.pending.append(d)
+        else:
+            d.callback(None)
+        return d
 
 
 class OldWorker:
@@ -131,3 +148,25 @@ class DrainTests(SynchronousTestCase):
         self.drain.drain()
         self.drain.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_forwarding_drained_once_every_worker_has_drained(self) -> None:
+        """forwarding_drained turns true only when the last worker's drain Deferred fires."""
+        slow = SlowWorker()
+        self.workers.append(slow)
+        self.drain.drain()
+        self.assertFalse(self.drain.status().forwarding_drained)
+        slow.pending[0].callback(None)
+        self.assertTrue(self.drain.status().forwarding_drained)
+        self.assertTrue(self.drain.status().as_dict()["forwarding_drained"])
+
+    def test_a_drain_finishing_after_undrain_is_ignored(self) -> None:
+        """An undrain before the workers drained: their late answer does not mark a new drain as done."""
+        slow = SlowWorker()
+        self.workers.append(slow)
+        self.drain.drain()
+        self.drain.undrain()
+        self.drain.drain()
+        slow.pending[0].callback(None)
+        self.assertFalse(self.drain.status().forwarding_drained)
+        slow.pending[1].callback(None)
+        self.assertTrue(self.drain.status().forwarding_drained)

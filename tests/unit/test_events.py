@@ -126,6 +126,8 @@ def _samples() -> list[Any]:
         events.LeaseLost("pacs", 7, "node-a"),
         events.CircuitAdopted("pacs", True, "ConnectionRefusedError: refused"),
         events.ConfigReloaded(True),
+        events.ProxyRefused("l1", "10.0.0.9:4000", "untrusted", "10.0.0.9 is not in proxy_protocol.trusted"),
+        events.DrainChanged(True),
     ]
 
 

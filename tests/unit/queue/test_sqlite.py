@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import gateway
 from gateway.queue import sqlite as sqlite_module
-from gateway.queue.interfaces import EntryState, NewEntry
+from gateway.queue.interfaces import RECOVERED_IN_FLIGHT, EntryState, NewEntry
 from gateway.queue.sqlite import SCHEMA_VERSION, SchemaError, SqliteQueueStore
 
 from tests.unit.queue.test_store import T0, make_record
@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 4)
+        self.assertEqual(SCHEMA_VERSION, 5)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
@@ -226,8 +226,63 @@ class SchemaTests(SqliteStoreTestCase):
                          [("research", None, EntryState.QUEUED), ("gone", None, EntryState.QUEUED)])
         self.assertEqual([e.instance.dataset_offset for e in store.entries()], [0, 0])
         with sqlite3.connect(store.path) as conn:
-            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 4)
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
             self.assertEqual(conn.execute("SELECT count(*) FROM plans").fetchone()[0], 0)
+
+    def version_4_journal(self) -> str:
+        """A journal written by schema version 4 (before issue 14): one queued entry, one leased (no owner), a paused destination."""
+        path = self.db_path()
+        conn = sqlite3.connect(path)
+        for migration in sqlite_module.MIGRATIONS[:4]:
+            migration(conn)
+        conn.execute("PRAGMA user_version = 4")
+        record = make_record("i1")
+        conn.execute(
+            "INSERT INTO instances (instance_id, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, size,"
+            " sha256, received_at, correlation_id, study_instance_uid, dataset_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 352)",
+            (record.instance_id, record.path, record.sop_class_uid, record.sop_instance_uid, record.transfer_syntax_uid,
+             record.size, record.sha256, record.received_at, record.correlation_id, record.study_instance_uid),
+        )
+        conn.execute(
+            "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, study_hash)"
+            " VALUES ('i1', 'r', 'A', 'queued', ?, ?, 0)",
+            (T0, T0),
+        )
+        conn.execute(
+            "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, leased_until,"
+            " study_hash) VALUES ('i1', 'r', 'B', 'leased', ?, ?, ?, 0)",
+            (T0, T0, T0 + 30),
+        )
+        conn.execute("INSERT INTO destinations (name, paused) VALUES ('A', 1)")
+        conn.commit()
+        conn.close()
+        return path
+
+    def test_version_4_journal_migrates_to_several_nodes_keeping_its_data(self) -> None:
+        """A version-4 journal opens at version 5: entries, instance and pause kept, no owner or node, generation 0, the new tables empty."""
+        path = self.version_4_journal()
+        store = self.open(path)
+        queued, leased = store.entries()
+        self.assertEqual((queued.destination, queued.state, queued.lease_owner, queued.lease_generation), ("A", EntryState.QUEUED, "", 0))
+        self.assertEqual((leased.state, leased.lease_owner, leased.leased_until), (EntryState.LEASED, "", T0 + 30))
+        self.assertEqual((queued.instance.node, queued.instance.dataset_offset, queued.instance.instance_id), ("", 352, "i1"))
+        self.assertTrue(store.stats(T0)["A"].paused)
+        self.assertEqual((store.nodes(T0), store.circuit("A")), ([], (False, "", None)))
+        with sqlite3.connect(path) as conn:
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 5)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        self.assertLessEqual({"slots", "nodes", "singletons", "entries_leased"}, tables)
+
+    def test_lease_from_before_several_nodes_is_recovered_by_any_node(self) -> None:
+        """A lease journaled without an owner (version 4) is returned by the recover of whichever node starts first."""
+        store = self.open(self.version_4_journal())
+        other = SqliteQueueStore(store.path, "n2")
+        self.addCleanup(other.close)
+        self.assertEqual(other.recover(T0 + 1), 1)
+        (entry,) = store.entries(destination="B")
+        self.assertEqual((entry.state, entry.last_error), (EntryState.QUEUED, RECOVERED_IN_FLIGHT))
+        (again,) = store.lease("B", 1, T0 + 1, 30)
+        self.assertEqual((again.lease_owner, again.lease_generation), ("node", 1))
 
     def test_migrated_entries_adopt_the_plan_of_a_route_still_configured(self) -> None:
         """At start the gateway gives them their route's plan; the entry of a route gone keeps none (dead-lettered later)."""
@@ -296,6 +351,35 @@ class SchemaTests(SqliteStoreTestCase):
         ]:
             self.assertIn(index, plan(f"SELECT * FROM instances WHERE {column} = ?", "x"))
         self.assertIn("entries_instance", plan("SELECT * FROM entries WHERE instance_id = ?", "x"))
+
+    def test_cluster_queries_use_indexes(self) -> None:
+        """The expired-lease reclaim reads only the destination's expired LEASED rows (partial index); a node-local lease still walks entries_lease."""
+        store = self.open(self.db_path())
+        conn = store._conn
+
+        def plan(sql: str, *params: Any) -> str:
+            return " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+        reclaim = plan(
+            "SELECT entry_id, COALESCE(lease_owner, ''), leased_until, history FROM entries INDEXED BY entries_leased"
+            " WHERE destination = ? AND state = 'leased' AND leased_until < ? ORDER BY entry_id", "A", 0
+        )
+        self.assertIn("USING INDEX entries_leased (destination=? AND leased_until<?)", reclaim)
+        self.assertNotIn("SCAN", reclaim)
+        local = plan(
+            "SELECT e.entry_id FROM entries e INDEXED BY entries_lease CROSS JOIN instances i"
+            " ON i.instance_id = e.instance_id WHERE e.destination = ? AND e.state = 'queued'"
+            " AND e.next_attempt_at <= ? AND i.node = ? ORDER BY e.entry_id LIMIT ?", "A", 0, "n1", 10
+        )
+        self.assertIn("SEARCH e USING INDEX entries_lease (destination=? AND state=?)", local)
+        self.assertNotIn("TEMP B-TREE", local)
+        self.assertNotIn("SCAN", local)
+        # The index holds LEASED rows only: a queue of delivered entries leaves it empty.
+        store.add_instances([(make_record(f"i{n}"), [NewEntry("r", "A")]) for n in range(50)], T0, 0.0)
+        store.lease("A", 50, T0, 30)
+        store.complete([e.entry_id for e in store.entries()], T0)
+        store.lease("A", 1, T0, 30)
+        self.assertEqual(conn.execute("SELECT count(*) FROM entries INDEXED BY entries_leased WHERE state = 'leased'").fetchone()[0], 0)
 
     def test_newer_schema_is_refused(self) -> None:
         """A file written by a newer version is refused rather than misread."""

@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.interface import Method
 from zope.interface.verify import verifyObject
 
 from gateway.queue.interfaces import (
@@ -23,9 +24,12 @@ from gateway.queue.interfaces import (
     Attempt,
     DestinationStats,
     EntryState,
+    EXPIRED_LEASE_PREFIX,
     InstanceRecord,
     IQueueStore,
+    LeaseLost,
     NewEntry,
+    NodeStatus,
     PlanRecord,
     RECOVERED_IN_FLIGHT,
     Settled,
@@ -67,7 +71,16 @@ def make_record(instance_id: str, **overrides: Any) -> InstanceRecord:
 
 
 class QueueStoreTests:
-    """Behaviour every IQueueStore must have; mixed into a TestCase with ``make_store``."""
+    """Behaviour every IQueueStore must have; mixed into a TestCase with ``make_store`` and ``make_peer``.
+
+    ``make_store()`` returns a fresh, empty store (node ``"node"``);
+    ``make_peer(store, node, local_only=False)`` returns another store object
+    for ``node`` on the same tables (the memory fake's ``peer``, a second
+    SQLite store on the same file, a second PostgreSQL store on the same
+    database), so the cluster cases run two nodes on one queue. A store
+    whose ``hold_singleton`` is a timed lease (memory, SQLite) also mixes in
+    :class:`TimedSingletonTests`.
+    """
 
     # Provided by the concrete TestCase classes below.
     assertEqual: Any
@@ -78,10 +91,17 @@ class QueueStoreTests:
     assertIn: Any
     assertNotIn: Any
     assertGreater: Any
+    assertLess: Any
+    assertNotEqual: Any
+    assertIsInstance: Any
     addCleanup: Any
 
     def make_store(self) -> Any:
         """Return a fresh, empty store (implemented by each concrete class)."""
+        raise NotImplementedError
+
+    def make_peer(self, store: Any, node: str, local_only: bool = False) -> Any:
+        """Return a store object for ``node`` sharing ``store``'s tables (implemented by each concrete class)."""
         raise NotImplementedError
 
     def store(self) -> Any:
@@ -89,6 +109,17 @@ class QueueStoreTests:
         s = self.make_store()
         self.addCleanup(s.close)
         return s
+
+    def peer(self, store: Any, node: str, local_only: bool = False) -> Any:
+        """Another node's store object on ``store``'s tables, closed at cleanup."""
+        p = self.make_peer(store, node, local_only)
+        self.addCleanup(p.close)
+        return p
+
+    def cluster(self, *names: str, local_only: bool = False) -> list[Any]:
+        """Store objects for the named nodes, all on one fresh queue."""
+        base = self.store()
+        return [self.peer(base, name, local_only) for name in names]
 
     def add(
         self,
@@ -840,6 +871,396 @@ class QueueStoreTests:
         stats = s.stats(T0 + 5)["A"]
         self.assertEqual((stats.circuit_open, stats.circuit_reason, stats.circuit_since), (False, "", T0 + 5))
 
+
+    # -- several nodes, one queue (issue 14) ------------------------------------
+
+    def test_lease_names_owner_generation_and_until(self) -> None:
+        """A lease records its node, the generation grows by one at each lease (any node), and until is now + lease_seconds."""
+        n1, n2 = self.cluster("n1", "n2")
+        (entry_id,) = self.add(n1, "i1").entry_ids
+        self.assertEqual((n1.get(entry_id).lease_owner, n1.get(entry_id).lease_generation), ("", 0))
+        self.assertIsNone(n1.get(entry_id).leased_until)
+        (e,) = n1.lease("A", 1, T0, 30)
+        self.assertEqual((e.lease_owner, e.lease_generation, e.leased_until), ("n1", 1, T0 + 30))
+        self.assertEqual(n2.get(entry_id), e)
+        n1.retry(entry_id, T0 + 1, "A700", T0, generation=1)
+        self.assertEqual((n2.get(entry_id).lease_owner, n2.get(entry_id).leased_until), ("n1", None))
+        (e,) = n2.lease("A", 1, T0 + 1, 10)
+        self.assertEqual((e.lease_owner, e.lease_generation, e.leased_until), ("n2", 2, T0 + 11))
+        n2.complete([entry_id], T0 + 2, generations={entry_id: 2})
+        done = n1.get(entry_id)
+        self.assertEqual((done.state, done.lease_owner, done.lease_generation, done.leased_until), (EntryState.DELIVERED, "n2", 2, None))
+
+    def expired_and_taken_over(self) -> tuple[Any, Any, int]:
+        """n1 leases an entry (generation 1) and stalls past its lease; n2 takes it over (generation 2)."""
+        n1, n2 = self.cluster("n1", "n2")
+        (entry_id,) = self.add(n1, "i1").entry_ids
+        n1.lease("A", 1, T0, 30)
+        (e,) = n2.lease("A", 1, T0 + 31, 30)
+        self.assertEqual((e.entry_id, e.lease_owner, e.lease_generation), (entry_id, "n2", 2))
+        return n1, n2, entry_id
+
+    def test_fenced_complete_skips_a_lost_lease(self) -> None:
+        """complete under a generation that no longer holds records nothing; the new holder's complete stands."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        n1.complete([entry_id], T0 + 32, generations={entry_id: 1})
+        e = n2.get(entry_id)
+        self.assertEqual((e.state, e.lease_owner, e.lease_generation), (EntryState.LEASED, "n2", 2))
+        self.assertIsNone(n2.stats(T0)["A"].last_success_at)
+        n2.complete([entry_id], T0 + 33, "B000", generations={entry_id: 2})
+        self.assertEqual((n1.get(entry_id).state, n1.get(entry_id).last_error), (EntryState.DELIVERED, "B000"))
+
+    def test_fenced_settle_lists_lost_deliveries(self) -> None:
+        """settle records the deliveries still held and lists the lost ones in Settled.lost, untouched."""
+        n1, n2 = self.cluster("n1", "n2")
+        lost, kept = (self.add(n1, f"i{n}").entry_ids[0] for n in range(2))
+        n1.lease("A", 1, T0, 30)  # `lost`, generation 1
+        n1.lease("A", 1, T0 + 20, 30)  # `kept`, generation 1, until T0 + 50
+        n2.lease("A", 1, T0 + 31, 30)  # takes `lost` back (generation 2)
+        settled = n1.settle("A", [(lost, ""), (kept, "")], T0 + 32, 0, 30, generations={lost: 1, kept: 1})
+        self.assertEqual(settled, Settled(lost=(lost,)))
+        self.assertEqual((n2.get(lost).state, n2.get(kept).state), (EntryState.LEASED, EntryState.DELIVERED))
+        again = n1.settle("A", [(lost, "")], T0 + 33, 5, 30, generations={lost: 1})
+        self.assertEqual(again, Settled((), None, (lost,)))
+
+    def test_fenced_release_skips_a_lost_lease(self) -> None:
+        """release under a lost generation leaves the new holder's lease alone."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        n1.release([entry_id], generations={entry_id: 1})
+        self.assertEqual((n2.get(entry_id).state, n2.get(entry_id).lease_owner), (EntryState.LEASED, "n2"))
+        n2.release([entry_id], generations={entry_id: 2})
+        self.assertEqual(n2.get(entry_id).state, EntryState.QUEUED)
+
+    def test_fenced_retry_raises_lease_lost(self) -> None:
+        """retry under a lost generation raises LeaseLost (a KeyError) and records no attempt."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        before = n2.get(entry_id)
+        with self.assertRaises(LeaseLost) as caught:
+            n1.retry(entry_id, T0 + 40, "A700", T0 + 32, generation=1)
+        self.assertIsInstance(caught.exception, KeyError)
+        self.assertEqual(n2.get(entry_id), before)
+        self.assertRaises(LeaseLost, n1.retry, 999, T0 + 40, "A700", T0 + 32, True, 1)
+
+    def test_fenced_dead_letter_raises_lease_lost(self) -> None:
+        """dead_letter under a lost generation raises LeaseLost; a QUEUED entry is not held under any generation either."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        self.assertRaises(LeaseLost, n1.dead_letter, entry_id, "C000", T0 + 32, 1)
+        n2.release([entry_id])
+        self.assertRaises(LeaseLost, n2.dead_letter, entry_id, "C000", T0 + 32, 2)
+        e = n2.get(entry_id)
+        self.assertEqual((e.state, e.dead_reason), (EntryState.QUEUED, ""))
+        n2.dead_letter(entry_id, "max_age", T0 + 33)  # the operator's call is unfenced
+        self.assertEqual(n1.get(entry_id).state, EntryState.DEAD)
+
+    def test_fenced_writes_under_the_held_generation_succeed(self) -> None:
+        """retry and dead_letter given the generation still held behave as unfenced ones."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        n2.retry(entry_id, T0 + 40, "A700", T0 + 32, generation=2)
+        self.assertEqual((n1.get(entry_id).state, n1.get(entry_id).attempts), (EntryState.QUEUED, 1))
+        (e,) = n1.lease("A", 1, T0 + 40, 30)
+        self.assertEqual(e.lease_generation, 3)
+        n1.dead_letter(entry_id, "C000", T0 + 41, generation=3)
+        self.assertEqual((n2.get(entry_id).state, n2.get(entry_id).dead_reason), (EntryState.DEAD, "C000"))
+
+    def test_unfenced_calls_ignore_the_lease_owner(self) -> None:
+        """Without generations (the operator's calls) complete acts on any LEASED entry, whoever holds it."""
+        n1, n2, entry_id = self.expired_and_taken_over()
+        n1.complete([entry_id], T0 + 32)
+        self.assertEqual(n2.get(entry_id).state, EntryState.DELIVERED)
+
+    def test_fence_covers_only_the_ids_it_names(self) -> None:
+        """An id absent from ``generations`` is written unfenced; the fenced one is checked."""
+        n1, n2 = self.cluster("n1", "n2")
+        a, b = (self.add(n1, f"i{n}").entry_ids[0] for n in range(2))
+        n1.lease("A", 2, T0, 30)
+        n1.complete([a, b], T0 + 1, generations={a: 7})
+        self.assertEqual((n2.get(a).state, n2.get(b).state), (EntryState.LEASED, EntryState.DELIVERED))
+
+    def test_renew_extends_only_held_leases(self) -> None:
+        """renew moves until for the leases still held and returns the lost ids; a renewed lease is not taken back."""
+        n1, n2 = self.cluster("n1", "n2")
+        a, b, c = (self.add(n1, f"i{n}").entry_ids[0] for n in range(3))
+        n1.lease("A", 1, T0, 30)  # a
+        n1.lease("A", 2, T0 + 20, 30)  # b, c: until T0 + 50
+        n2.lease("A", 10, T0 + 31, 30)  # a is taken over
+        self.assertEqual(n1.renew({a: 1, b: 1, c: 5, 999: 1}, T0 + 40, 30), {a, c, 999})
+        self.assertEqual(n2.get(b).leased_until, T0 + 70)
+        self.assertEqual(n2.get(c).leased_until, T0 + 50)
+        self.assertEqual(n2.get(a).leased_until, T0 + 61)
+        self.assertEqual([e.entry_id for e in n2.lease("A", 10, T0 + 60, 30)], [c])
+        self.assertEqual(n2.get(b).lease_owner, "n1")
+        self.assertEqual(n1.renew({}, T0, 30), set())
+
+    def test_lease_takes_back_another_nodes_expired_lease_noting_the_first_in_flight(self) -> None:
+        """After n1's leases expire n2 leases them in id order; the lowest UNRECORDED_DELIVERIES + 1 of each lease are noted ambiguous."""
+        n1, n2 = self.cluster("n1", "n2")
+        window = UNRECORDED_DELIVERIES + 1
+        ids = [self.add(n1, f"i{n}").entry_ids[0] for n in range(window + 4)]
+        n1.lease("A", window + 2, T0, 30)  # one lease, until T0 + 30
+        n1.lease("A", 2, T0 + 1, 30)  # another, until T0 + 31
+        self.assertEqual(n2.lease("A", 100, T0 + 30, 30), [])  # at until the lease still holds
+        taken = n2.lease("A", 100, T0 + 32, 30)
+        self.assertEqual([e.entry_id for e in taken], ids)
+        self.assertEqual({(e.lease_owner, e.lease_generation) for e in taken}, {("n2", 2)})
+        note = EXPIRED_LEASE_PREFIX + "n1 expired"
+        self.assertEqual(note, "ambiguous: lease of node n1 expired")
+        noted = {e.entry_id for e in taken if e.history == (Attempt(T0 + 32, note, False),)}
+        self.assertEqual(noted, set(ids[:window]) | set(ids[window + 2:]))
+        self.assertEqual([e.history for e in taken if e.entry_id not in noted], [(), ()])
+        self.assertEqual({e.attempts for e in taken}, {0})
+        self.assertEqual(n2.get(ids[0]).last_error, note)
+
+    def test_expired_lease_of_another_destination_is_left_alone(self) -> None:
+        """Leasing for A takes back only A's expired leases; B's stays LEASED until B is leased."""
+        n1, n2 = self.cluster("n1", "n2")
+        a, b = self.add(n1, "i1", ("A", "B")).entry_ids
+        n1.lease("A", 1, T0, 30)
+        n1.lease("B", 1, T0, 30)
+        self.assertEqual([e.entry_id for e in n2.lease("A", 5, T0 + 40, 30)], [a])
+        self.assertEqual((n2.get(b).state, n2.get(b).lease_owner), (EntryState.LEASED, "n1"))
+        self.assertEqual([e.entry_id for e in n2.lease("B", 5, T0 + 40, 30)], [b])
+
+    def test_expired_lease_is_taken_back_even_while_paused(self) -> None:
+        """A paused destination leases nothing, but its expired leases go back to the queue (not stuck LEASED)."""
+        n1, n2 = self.cluster("n1", "n2")
+        (entry_id,) = self.add(n1, "i1").entry_ids
+        n1.lease("A", 1, T0, 30)
+        n2.set_paused("A", True)
+        self.assertEqual(n2.settle("A", [], T0 + 40, 5, 30), Settled((), T0))
+        self.assertEqual(n1.get(entry_id).state, EntryState.QUEUED)
+
+    def test_two_nodes_never_hold_the_same_entry(self) -> None:
+        """Interleaved leases (whole queue and shards) by two nodes hand each entry to one node only."""
+        n1, n2 = self.cluster("n1", "n2")
+        for n in range(30):
+            self.add(n1 if n % 2 else n2, f"i{n}", study_instance_uid=f"1.2.{n % 7}")
+        held: dict[str, set[int]] = {"n1": set(), "n2": set()}
+        for turn in range(12):
+            node = (n1, n2)[turn % 2]
+            shard = None if turn % 3 == 0 else (turn % 2, 2)
+            for e in node.lease("A", 3, T0 + turn, 600, shard):
+                self.assertEqual(e.lease_owner, node.node)
+                held[node.node].add(e.entry_id)
+        self.assertEqual(held["n1"] & held["n2"], set())
+        self.assertEqual(len(held["n1"] | held["n2"]), 30)
+        for name, ids in held.items():
+            self.assertEqual({e.entry_id for e in n1.entries(state=EntryState.LEASED) if e.lease_owner == name}, ids)
+
+    def test_recover_returns_only_this_nodes_leases(self) -> None:
+        """recover at n1's start requeues n1's leases and leaves n2's live leases alone."""
+        n1, n2 = self.cluster("n1", "n2")
+        a, b = (self.add(n1, f"i{n}").entry_ids[0] for n in range(2))
+        n1.lease("A", 1, T0, 30)
+        n2.lease("A", 1, T0, 30)
+        self.assertEqual(n1.recover(T0 + 1), 1)
+        self.assertEqual((n2.get(a).state, n2.get(a).last_error), (EntryState.QUEUED, RECOVERED_IN_FLIGHT))
+        self.assertEqual((n2.get(b).state, n2.get(b).lease_owner, n2.get(b).history), (EntryState.LEASED, "n2", ()))
+        self.assertEqual(n1.recover(T0 + 2), 0)
+
+    def test_claim_slot_has_one_holder_cluster_wide(self) -> None:
+        """A slot claimed by n1 is refused to n2 while live; n1's own re-claim renews it; other slots are free."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.assertTrue(n1.claim_slot("A", 0, 2, T0, 10))
+        self.assertFalse(n2.claim_slot("A", 0, 2, T0 + 1, 10))
+        self.assertTrue(n2.claim_slot("A", 1, 2, T0 + 1, 10))
+        self.assertTrue(n2.claim_slot("B", 0, 2, T0 + 1, 10))
+        self.assertTrue(n1.claim_slot("A", 0, 2, T0 + 8, 10))  # renewed until T0 + 18
+        self.assertFalse(n2.claim_slot("A", 0, 2, T0 + 15, 10))
+        self.assertFalse(n2.claim_slot("A", 0, 2, T0 + 18, 10))  # at until it still holds
+        self.assertTrue(n2.claim_slot("A", 0, 2, T0 + 18.5, 10))  # expiry frees it
+        self.assertFalse(n1.claim_slot("A", 0, 2, T0 + 19, 10))
+
+    def test_release_slot_frees_only_this_nodes_claim(self) -> None:
+        """release_slot lets another node claim at once; releasing a slot another node holds does nothing."""
+        n1, n2 = self.cluster("n1", "n2")
+        n1.claim_slot("A", 0, 1, T0, 60)
+        n2.release_slot("A", 0)
+        self.assertFalse(n2.claim_slot("A", 0, 1, T0 + 1, 60))
+        n1.release_slot("A", 0)
+        self.assertTrue(n2.claim_slot("A", 0, 1, T0 + 1, 60))
+        n1.release_slot("Z", 3)  # nothing held: nothing happens
+
+    def test_claim_slot_refuses_a_slot_that_does_not_exist(self) -> None:
+        """claim_slot outside 0 <= slot < slots raises ValueError and claims nothing."""
+        n1, n2 = self.cluster("n1", "n2")
+        for slot, slots in [(-1, 2), (2, 2), (0, 0)]:
+            self.assertRaises(ValueError, n1.claim_slot, "A", slot, slots, T0, 10)
+        self.assertEqual([node.slots for node in n1.nodes(T0)], [])
+        n1.heartbeat(T0, T0)
+        self.assertEqual(n1.nodes(T0)[0].slots, 0)
+
+    def test_study_order_is_kept_across_nodes(self) -> None:
+        """Entries of one study received by two nodes go through the one slot of its shard, in id order, even after the holder dies."""
+        n1, n2 = self.cluster("n1", "n2")
+        study = "1.2.840.99.7"
+        k = zlib.crc32(study.encode()) % 2
+        ids = [self.add((n1, n2)[n % 2], f"s{n}", study_instance_uid=study, node=f"n{n % 2 + 1}").entry_ids[0] for n in range(6)]
+        self.assertTrue(n2.claim_slot("A", k, 2, T0, 10))
+        self.assertFalse(n1.claim_slot("A", k, 2, T0, 10))
+        self.assertTrue(n1.claim_slot("A", 1 - k, 2, T0, 10))
+        self.assertEqual(n1.lease("A", 10, T0, 30, shard=(1 - k, 2)), [])  # n1's slot serves the other shard
+        first = n2.lease("A", 3, T0, 30, shard=(k, 2))
+        self.assertEqual([e.entry_id for e in first], ids[:3])
+        # n2 dies: its slot and its lease expire, n1 takes over the slot and the lease, in order.
+        self.assertTrue(n1.claim_slot("A", k, 2, T0 + 31, 10))
+        rest = n1.lease("A", 10, T0 + 31, 30, shard=(k, 2))
+        self.assertEqual([e.entry_id for e in rest], ids)
+
+    def test_circuit_is_read_by_every_node(self) -> None:
+        """circuit() on n2 returns what n1's set_circuit wrote, and the reverse; an unknown destination is closed."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.assertEqual(n2.circuit("A"), (False, "", None))
+        n1.set_circuit("A", True, "association rejected (1, 1, 7)", T0)
+        self.assertEqual(n2.circuit("A"), (True, "association rejected (1, 1, 7)", T0))
+        n2.set_circuit("A", False, "probe accepted", T0 + 5)
+        self.assertEqual(n1.circuit("A"), (False, "", T0 + 5))
+
+    def test_heartbeat_and_nodes(self) -> None:
+        """nodes() lists each node by name with its last heartbeat, detail, live leases and live slots."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.assertEqual(n1.nodes(T0), [])
+        for n in range(4):
+            self.add(n1, f"i{n}")
+        n2.heartbeat(T0, T0 - 100, "10.0.0.2:11112")
+        n1.heartbeat(T0, T0 - 50)
+        n1.lease("A", 2, T0, 30)
+        n2.lease("A", 1, T0 - 40, 30)  # expired at T0 - 10: not held now
+        n1.claim_slot("A", 0, 2, T0, 30)
+        n1.claim_slot("B", 0, 1, T0 - 60, 30)  # expired
+        n2.claim_slot("A", 1, 2, T0, 30)
+        n2.heartbeat(T0 + 5, T0 - 100, "10.0.0.2:11112 draining")
+        self.assertEqual(
+            n2.nodes(T0 + 10),
+            [
+                NodeStatus("n1", T0 - 50, T0, leases=2, slots=1, detail=""),
+                NodeStatus("n2", T0 - 100, T0 + 5, leases=0, slots=1, detail="10.0.0.2:11112 draining"),
+            ],
+        )
+
+    def test_hold_singleton_has_one_holder(self) -> None:
+        """The first node to ask holds the named job; another is refused while it holds it; the holder keeps it."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.assertTrue(n1.hold_singleton("housekeeping", T0, 30))
+        self.assertFalse(n2.hold_singleton("housekeeping", T0 + 1, 30))
+        self.assertTrue(n1.hold_singleton("housekeeping", T0 + 2, 30))
+        self.assertTrue(n2.hold_singleton("retention", T0 + 3, 30))
+        self.assertFalse(n1.hold_singleton("retention", T0 + 4, 30))
+
+    def test_local_only_leases_only_this_nodes_instances(self) -> None:
+        """With node-local spools each node leases the instances it received; a shared-spool node leases any."""
+        n1, n2 = self.cluster("n1", "n2", local_only=True)
+        ids = [self.add((n1, n2)[n % 2], f"i{n}", node=f"n{n % 2 + 1}").entry_ids[0] for n in range(6)]
+        self.assertEqual([e.entry_id for e in n1.lease("A", 10, T0, 30)], ids[0::2])
+        self.assertEqual([e.entry_id for e in n2.lease("A", 1, T0, 30, shard=None)], ids[1:2])
+        shared = self.peer(n1, "n3")
+        self.assertEqual([e.entry_id for e in shared.lease("A", 10, T0, 30)], ids[3::2])
+
+    def test_stats_counts_stranded_entries_of_an_absent_node(self) -> None:
+        """A node-local store counts QUEUED entries of another node with no heartbeat for stranded_after (or none ever)."""
+        n1, n2 = self.cluster("n1", "n2", local_only=True)
+        self.add(n1, "mine", ("A",), node="n1")
+        for n in range(3):
+            self.add(n2, f"theirs{n}", ("A", "B"), node="n2")
+        self.add(n2, "ghost", ("A",), node="n9")  # a node that never sent a heartbeat
+        n2.lease("B", 1, T0, 30)  # in flight: not stranded
+        n1.heartbeat(T0, T0)
+        n2.heartbeat(T0, T0)
+        stats = n1.stats(T0 + 60, stranded_after=120)
+        self.assertEqual((stats["A"].stranded, stats["B"].stranded), (1, 0))
+        stats = n1.stats(T0 + 121, stranded_after=120)
+        self.assertEqual((stats["A"].stranded, stats["B"].stranded), (4, 2))
+        # From n2: n1's heartbeat is as old, so n1's entry and n9's are stranded, not n2's own.
+        self.assertEqual(n2.stats(T0 + 121, stranded_after=120)["A"].stranded, 2)
+        shared = self.peer(n1, "n3")
+        self.assertEqual(shared.stats(T0 + 121, stranded_after=120)["A"].stranded, 0)
+
+    def test_pause_is_shared_across_nodes(self) -> None:
+        """A destination paused through one node leases nothing on another, and resuming there releases it."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.add(n1, "i1")
+        n1.set_paused("A", True)
+        self.assertEqual(n2.lease("A", 5, T0, 30), [])
+        self.assertTrue(n2.stats(T0)["A"].paused)
+        n2.set_paused("A", False)
+        self.assertEqual(len(n1.lease("A", 5, T0, 30)), 1)
+
+    def test_duplicate_window_spans_nodes(self) -> None:
+        """An identical re-send received by another node within the window is a duplicate there too."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.add(n1, "i1", ("A",), sop_instance_uid="1.2.3", window=3600, node="n1")
+        result = self.add(n2, "i2", ("A",), now=T0 + 5, sop_instance_uid="1.2.3", window=3600, node="n2")
+        self.assertEqual(result.duplicates, ("A",))
+
+    def test_instance_node_round_trips(self) -> None:
+        """InstanceRecord.node is kept as given and read back by every node ("" when not given)."""
+        n1, n2 = self.cluster("n1", "n2")
+        (a,) = self.add(n1, "i1", node="n1").entry_ids
+        (b,) = self.add(n2, "i2").entry_ids
+        self.assertEqual((n2.get(a).instance.node, n1.get(b).instance.node), ("n1", ""))
+        self.assertEqual([r.node for r, _ in n2.find(sop_instance_uid=make_record("i1").sop_instance_uid)], ["n1"])
+
+    def test_entry_ids_are_unique_across_nodes(self) -> None:
+        """Entries added through two nodes get distinct, growing ids, and each node sees all of them."""
+        n1, n2 = self.cluster("n1", "n2")
+        ids = [self.add((n1, n2)[n % 2], f"i{n}").entry_ids[0] for n in range(6)]
+        self.assertEqual(ids, sorted(set(ids)))
+        self.assertEqual([e.entry_id for e in n2.entries()], ids)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+    @given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from(["lease", "settle", "renew", "retry"]), st.integers(0, 20)), min_size=5, max_size=25))
+    def test_interleaved_nodes_never_hold_an_entry_twice(self, steps: list[tuple[int, str, int]]) -> None:
+        """Random interleavings of two nodes' leases, settles, renewals and retries: an entry is never handed out while another node's lease of it is live, and a lost lease is never recorded."""
+        n1, n2 = self.cluster("n1", "n2")
+        nodes = (n1, n2)
+        for n in range(8):
+            self.add(n1, f"i{n}", study_instance_uid=f"1.2.{n % 3}")
+        held: list[dict[int, tuple[int, float]]] = [{}, {}]  # entry id -> (generation, until), as each node believes
+        delivered_once: set[int] = set()
+        now = T0
+        for who, action, step in steps:
+            now += step
+            node, mine, other = nodes[who], held[who], held[1 - who]
+            if action in ("lease", "settle"):
+                delivered = sorted(mine)[:2] if action == "settle" else []
+                fence = {i: mine[i][0] for i in delivered}
+                if action == "settle":
+                    result = node.settle("A", [(i, "") for i in delivered], now, 2, 15, None, fence)
+                    for i in delivered:
+                        if i in result.lost:  # only a lease past its until can be lost
+                            self.assertLess(mine[i][1], now)
+                            after = node.get(i)
+                            self.assertNotEqual((after.state, after.lease_generation), (EntryState.LEASED, fence[i]))
+                        else:  # recorded: and never twice
+                            self.assertEqual(node.get(i).state, EntryState.DELIVERED)
+                            self.assertNotIn(i, delivered_once)
+                            delivered_once.add(i)
+                        del mine[i]
+                    leased = list(result.leased)
+                else:
+                    leased = node.lease("A", 2, now, 15)
+                for e in leased:
+                    if e.entry_id in other:
+                        self.assertLess(other[e.entry_id][1], now, "taken while another node's lease was live")
+                        self.assertGreater(e.lease_generation, other[e.entry_id][0])
+                    mine[e.entry_id] = (e.lease_generation, now + 15)
+            elif action == "renew":
+                lost = node.renew({i: g for i, (g, _) in mine.items()}, now, 15)
+                for i in list(mine):
+                    if i in lost:
+                        del mine[i]
+                    else:
+                        mine[i] = (mine[i][0], now + 15)
+            elif mine:
+                entry_id = min(mine)
+                generation, until = mine.pop(entry_id)
+                try:
+                    node.retry(entry_id, now, "A700", now, True, generation)
+                except LeaseLost:
+                    self.assertLess(until, now)
+                    self.assertNotEqual(
+                        (node.get(entry_id).state, node.get(entry_id).lease_generation), (EntryState.LEASED, generation)
+                    )
+
     # -- group commit -------------------------------------------------------
 
     def test_add_instances_records_a_batch_in_order(self) -> None:
@@ -933,15 +1354,36 @@ class QueueStoreTests:
         self.assertEqual(s.adopt_plans({"kept": PLAN_B}), 0)
 
 
-class MemoryQueueStoreTests(QueueStoreTests, SynchronousTestCase):
+class TimedSingletonTests:
+    """``hold_singleton`` as a lease of ``seconds`` (memory, SQLite; PostgreSQL holds an advisory lock instead)."""
+
+    assertTrue: Any
+    assertFalse: Any
+    cluster: Any
+
+    def test_singleton_moves_after_expiry(self) -> None:
+        """When the holder stops renewing, another node takes the job after ``seconds``, and the old holder is then refused."""
+        n1, n2 = self.cluster("n1", "n2")
+        self.assertTrue(n1.hold_singleton("housekeeping", T0, 30))
+        self.assertFalse(n2.hold_singleton("housekeeping", T0 + 30, 30))
+        self.assertTrue(n2.hold_singleton("housekeeping", T0 + 31, 30))
+        self.assertFalse(n1.hold_singleton("housekeeping", T0 + 32, 30))
+        self.assertTrue(n2.hold_singleton("housekeeping", T0 + 60, 30))
+
+
+class MemoryQueueStoreTests(QueueStoreTests, TimedSingletonTests, SynchronousTestCase):
     """The mixin against the in-memory fake."""
 
     def make_store(self) -> MemoryQueueStore:
         """A fresh in-memory store."""
         return MemoryQueueStore()
 
+    def make_peer(self, store: MemoryQueueStore, node: str, local_only: bool = False) -> MemoryQueueStore:
+        """Another node on the same tables (:meth:`MemoryQueueStore.peer`)."""
+        return store.peer(node, local_only)
 
-class SqliteQueueStoreTests(QueueStoreTests, SynchronousTestCase):
+
+class SqliteQueueStoreTests(QueueStoreTests, TimedSingletonTests, SynchronousTestCase):
     """The mixin against the SQLite store in a temporary directory."""
 
     def make_store(self) -> SqliteQueueStore:
@@ -949,6 +1391,10 @@ class SqliteQueueStoreTests(QueueStoreTests, SynchronousTestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+
+    def make_peer(self, store: SqliteQueueStore, node: str, local_only: bool = False) -> SqliteQueueStore:
+        """A second store object (its own connection) on the same file, for ``node``."""
+        return SqliteQueueStore(store.path, node, local_only)
 
     def writes(self, store: SqliteQueueStore) -> list[str]:
         """The write transactions (``BEGIN IMMEDIATE``) the store's connection makes from now on."""
@@ -977,29 +1423,50 @@ class SqliteQueueStoreTests(QueueStoreTests, SynchronousTestCase):
         self.assertEqual(len(writes), 1)
 
 
+def interface_methods() -> list[str]:
+    """The names of IQueueStore's methods (its attributes, such as ``node``, are not methods)."""
+    return sorted(name for name in IQueueStore.names() if isinstance(IQueueStore[name], Method))
+
+
 class SignatureParityTests(SynchronousTestCase):
-    """Both stores expose every IQueueStore method with identical parameters."""
+    """Every store exposes every IQueueStore method with identical parameters.
+
+    ``stores`` lists the classes compared (the first is the reference).
+    """
+
+    stores: tuple[type, ...] = (MemoryQueueStore, SqliteQueueStore)
 
     def test_every_interface_method_has_identical_signature(self) -> None:
-        """Each IQueueStore method has the same inspect.signature in both classes (assertArgSpecMatches)."""
-        names = sorted(IQueueStore.names())
+        """Each IQueueStore method has the same inspect.signature in every store class (assertArgSpecMatches)."""
+        names = interface_methods()
         self.assertIn("lease", names)
+        self.assertIn("claim_slot", names)
+        reference = self.stores[0]
         for name in names:
-            memory = inspect.signature(getattr(MemoryQueueStore, name))
-            sqlite = inspect.signature(getattr(SqliteQueueStore, name))
-            self.assertEqual(memory, sqlite, name)
+            for other in self.stores[1:]:
+                self.assertEqual(
+                    inspect.signature(getattr(reference, name)), inspect.signature(getattr(other, name)),
+                    f"{other.__name__}.{name}",
+                )
 
     def test_signatures_match_the_interface(self) -> None:
-        """Each method's parameter names and defaults are the interface's (after self)."""
-        for name in IQueueStore.names():
-            spec = IQueueStore[name].getSignatureInfo()
-            params = list(inspect.signature(getattr(SqliteQueueStore, name)).parameters)[1:]
-            self.assertEqual(params, list(spec["positional"]), name)
-            self.assertEqual(
-                {k: v for k, v in spec["optional"].items()},
-                {p.name: p.default for p in inspect.signature(getattr(SqliteQueueStore, name)).parameters.values() if p.default is not inspect.Parameter.empty},
-                name,
-            )
+        """Each method's parameter names and defaults are the interface's (after self), in every store class."""
+        for cls in self.stores:
+            for name in interface_methods():
+                spec = IQueueStore[name].getSignatureInfo()
+                parameters = inspect.signature(getattr(cls, name)).parameters
+                self.assertEqual(list(parameters)[1:], list(spec["positional"]), f"{cls.__name__}.{name}")
+                self.assertEqual(
+                    dict(spec["optional"]),
+                    {p.name: p.default for p in parameters.values() if p.default is not inspect.Parameter.empty},
+                    f"{cls.__name__}.{name}",
+                )
+
+    def test_every_store_names_its_node(self) -> None:
+        """The interface's ``node`` attribute is given by each store's constructor (default "node")."""
+        self.assertIn("node", IQueueStore.names())
+        for cls in self.stores:
+            self.assertEqual(inspect.signature(cls.__init__).parameters["node"].default, "node", cls.__name__)
 
 
 # One random operation: (name, arguments) applied identically to both stores.
@@ -1101,6 +1568,93 @@ def _observe(store: Any) -> Any:
     )
 
 
+# Issue 14: operations of two nodes on one queue ("n1" shares the spool, "n2"
+# is node-local), each applied through the node drawn with it.
+_FENCED_SETTLE = st.tuples(
+    st.just("fenced_settle"), _DESTINATIONS, st.integers(0, 5), _LEASE_TIMES, st.sampled_from([None, (0, 2), (1, 2)])
+)
+_NODE_OPERATIONS = st.sampled_from(
+    [  # a strategy per draw, repeated for weight (adds, leases and fenced settles make the interesting states)
+        _OPERATIONS, _OPERATIONS, _OPERATIONS,
+        _ADD, _ADD, _ADD, _ADD,
+        _LEASE, _LEASE, _LEASE,
+        _FENCED_SETTLE, _FENCED_SETTLE, _FENCED_SETTLE,
+        st.tuples(st.just("fenced_retry"), _IDS, _TIMES, st.booleans()),
+        st.tuples(st.just("fenced_dead_letter"), _IDS, _TIMES, st.booleans()),
+        st.tuples(st.just("fenced_release"), _DESTINATIONS),
+        st.tuples(st.just("renew"), _LEASE_TIMES),
+        st.tuples(st.just("renew"), _TIMES),
+        st.tuples(st.just("claim_slot"), _DESTINATIONS, st.integers(0, 1), _TIMES),
+        st.tuples(st.just("release_slot"), _DESTINATIONS, st.integers(0, 1)),
+        st.tuples(st.just("heartbeat"), _TIMES),
+        st.tuples(st.just("singleton"), _TIMES),
+        st.tuples(st.just("circuit"), _DESTINATIONS, st.booleans(), _TIMES),
+    ]
+).flatmap(lambda strategy: strategy)
+
+
+def _stale(entry_id: int, generation: int) -> int:
+    """The generation a node gives for ``entry_id``: every third one a generation it no longer holds."""
+    return generation - 1 if entry_id % 3 == 0 else generation
+
+
+def _apply_node(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
+    """Apply one operation through one node's store object (issue 14 operations, else :func:`_apply`)."""
+    name, *args = op
+    try:
+        if name == "add":
+            uid, other_bytes, destinations, now, window = args
+            counter[0] += 1
+            record = make_record(
+                f"i{counter[0]}", sop_instance_uid=f"1.2.{uid}", sha256=("cd" if other_bytes else "ab") * 32,
+                received_at=now, study_instance_uid=f"9.{uid}", node=("n1", "n2", "n9")[uid % 3],
+            )
+            return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, window)
+        mine = {e.entry_id: e.lease_generation for e in store.entries(state=EntryState.LEASED) if e.lease_owner == store.node}
+        if name == "fenced_settle":
+            destination, limit, now, shard = args
+            held = {i: g for i, g in mine.items() if store.get(i).destination == destination}
+            fence = {i: _stale(i, g) for i, g in held.items()}
+            return store.settle(destination, [(i, "") for i in sorted(held)], now, limit, 30.0, shard, fence)
+        if name in ("fenced_retry", "fenced_dead_letter"):
+            entry_id, now, stale = args
+            generation = store.get(entry_id).lease_generation - (1 if stale else 0)
+            if name == "fenced_retry":
+                return store.retry(entry_id, now + 5, "A700", now, True, generation)
+            return store.dead_letter(entry_id, "C000", now, generation)
+        if name == "fenced_release":
+            held = [i for i in mine if store.get(i).destination == args[0]]
+            return store.release(held, {i: _stale(i, mine[i]) for i in held})
+        if name == "renew":
+            return sorted(store.renew({i: _stale(i, g) for i, g in mine.items()}, args[0], 30.0))
+        if name == "claim_slot":
+            destination, slot, now = args
+            return store.claim_slot(destination, slot, 2, now, 20.0)
+        if name == "release_slot":
+            return store.release_slot(*args)
+        if name == "heartbeat":
+            return store.heartbeat(args[0], T0, f"detail {args[0]}")
+        if name == "singleton":
+            return store.hold_singleton("housekeeping", args[0], 20.0)
+        if name == "circuit":
+            destination, is_open, now = args
+            return store.set_circuit(destination, is_open, "down", now)
+    except (KeyError, ValueError) as e:
+        return type(e)
+    return _apply(store, op, counter)
+
+
+def _observe_nodes(nodes: tuple[Any, Any]) -> Any:
+    """What a caller can see of a two-node store, through both nodes."""
+    n1, n2 = nodes
+    return (
+        _observe(n1),
+        dict(n2.stats(T0 + 100, stranded_after=30.0)),
+        n1.nodes(T0 + 25),
+        [n2.circuit(d) for d in ("A", "B")],
+    )
+
+
 class VerifiedFakeTests(SynchronousTestCase):
     """Random operation sequences give the same results and state in both stores."""
 
@@ -1118,3 +1672,24 @@ class VerifiedFakeTests(SynchronousTestCase):
                 self.assertEqual(_observe(memory), _observe(real), op)
         finally:
             real.close()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 1), _NODE_OPERATIONS), min_size=10, max_size=40))
+    def test_random_operations_of_two_nodes_agree(self, operations: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """Two nodes (one node-local) on one queue: after each operation, through either node, both stores agree (issue 14)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "q.sqlite")
+        memory = MemoryQueueStore("n1")
+        fakes = (memory, memory.peer("n2", local_only=True))
+        reals = (SqliteQueueStore(path, "n1"), SqliteQueueStore(path, "n2", local_only=True))
+        try:
+            counters = ([0], [0])
+            for who, op in operations:
+                self.assertEqual(
+                    _apply_node(fakes[who], op, counters[0]), _apply_node(reals[who], op, counters[1]), (who, op)
+                )
+                self.assertEqual(_observe_nodes(fakes), _observe_nodes(reals), (who, op))
+        finally:
+            for real in reals:
+                real.close()
