@@ -176,7 +176,7 @@ def _migrate_0_to_1(conn: psycopg.Connection[Any]) -> None:
         "CREATE INDEX instances_received ON instances (received_at)",
     ]
     for statement in statements:
-        conn.execute(statement)  # type: ignore[arg-type]  # literal SQL of this module
+        conn.execute(statement)
 
 
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.

@@ -16,12 +16,12 @@ Connections and threads
 Synchronous psycopg 3 with a :class:`psycopg_pool.ConnectionPool`
 (``pool_min`` to ``pool_max`` connections), called from the store's threads
 (an :class:`~gateway.blocking.IBlockingRunner`), never from the reactor's:
-psycopg's asynchronous connection would need the asyncio reactor. The pool
-checks a connection before handing it out (an empty query), so after
-PostgreSQL restarts the next call reconnects instead of failing on a dead
-socket. Connections are in autocommit mode; every method that changes
-state is one explicit transaction (``with conn.transaction()``), as with
-SQLite.
+psycopg's asynchronous connection would need the asyncio reactor.
+Connections are in autocommit mode and every method is one explicit
+transaction (``BEGIN`` ... ``COMMIT``), as with SQLite. A pooled connection
+found dead at ``BEGIN`` (PostgreSQL restarted meanwhile) is replaced and
+the transaction started on another, so after a restart the next call works
+instead of failing on a dead socket.
 
 Every connection is configured when it is made:
 
@@ -106,7 +106,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -193,7 +193,7 @@ def safe_dsn(dsn: str) -> str:
     except Exception:
         return "<unparsable dsn>"
     params.pop("password", None)
-    return conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+    return conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
 def migrate_database(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
@@ -312,7 +312,13 @@ class PostgresQueueStore:
             max_size=max(pool_min, pool_max),
             timeout=connect_timeout,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with exponential backoff
+            # (1, 2, 4 ... s) for ``reconnect_timeout`` (default 5 min), and
+            # grows the pool one attempt at a time: after a 30 s outage the
+            # next attempt could be half a minute away. Giving up early lets
+            # the next call of the store start a fresh attempt at once, so
+            # the node recovers within a call or two of PostgreSQL's return.
+            reconnect_timeout=max(2.0, 2 * connect_timeout),
             name=f"queue-{node}",
             open=False,
         )
@@ -336,8 +342,8 @@ class PostgresQueueStore:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Set up a new connection: server-side keepalives, statement timeout, durable commits."""
         for name, value in _SERVER_KEEPALIVES.items():
-            conn.execute(f"SET {name} = {int(value)}")  # type: ignore[arg-type]  # our own integers
-        conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")  # type: ignore[arg-type]
+            conn.execute(f"SET {name} = {int(value)}")
+        conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
         row = conn.execute("SHOW synchronous_commit").fetchone()
         if row is not None and row[0] == "off":
             # A commit must be durable before the C-STORE-RSP (HARDENING decision 10).
@@ -356,17 +362,41 @@ class PostgresQueueStore:
             raise StoreUnavailable(_scrub(f"PostgreSQL at {self._shown_dsn}: {e}", self._secrets)) from None
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on a pooled connection: COMMIT, or ROLLBACK on any error."""
-        with self._unavailable_as_store_error(), self._pool.connection() as conn, conn.transaction():
-            yield conn
+    def _transaction(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection: ``begin``, then COMMIT, or ROLLBACK on any error.
 
-    @contextmanager
-    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+        A pooled connection may have died while idle (PostgreSQL restarted,
+        a failover, the session ended by an operator): if ``begin`` itself
+        fails because the connection is lost, nothing was done, so another
+        connection is tried (up to the pool's size plus one). This replaces
+        a check query on every checkout (a round trip per call).
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    try:
+                        conn.execute(begin)
+                    except Exception:
+                        if conn.broken and attempt + 1 < attempts:
+                            continue  # the pool discards it when it comes back
+                        raise
+                    try:
+                        yield conn
+                    except BaseException:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                    return
+
+    def _write(self) -> ContextManager[psycopg.Connection[Any]]:
+        """One read-write transaction (READ COMMITTED: row locks decide, see the theory of operation)."""
+        return self._transaction("BEGIN")
+
+    def _read(self) -> ContextManager[psycopg.Connection[Any]]:
         """One read-only transaction with one snapshot across several SELECTs (REPEATABLE READ)."""
-        with self._unavailable_as_store_error(), self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield conn
+        return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
     @staticmethod
     def _touch_destination(conn: psycopg.Connection[Any], name: str, **columns: Any) -> None:
@@ -378,7 +408,7 @@ class PostgresQueueStore:
         marks = ", ".join(["%s"] * len(columns))
         updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in columns)
         conn.execute(
-            f"INSERT INTO destinations (name, {names}) VALUES (%s, {marks})"  # type: ignore[arg-type]
+            f"INSERT INTO destinations (name, {names}) VALUES (%s, {marks})"
             f" ON CONFLICT (name) DO UPDATE SET {updates}",
             (name, *columns.values()),
         )
@@ -386,7 +416,7 @@ class PostgresQueueStore:
     @staticmethod
     def _get_in(conn: psycopg.Connection[Any], entry_id: int) -> Entry:
         """One entry (inside the caller's transaction)."""
-        row = conn.execute(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,)).fetchone()  # type: ignore[operator]
+        row = conn.execute(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,)).fetchone()
         if row is None:
             raise KeyError(entry_id)
         return entry_from_row(row)
@@ -397,7 +427,7 @@ class PostgresQueueStore:
         if not ids:
             return []
         rows = conn.execute(
-            ENTRY_SELECT + " WHERE e.entry_id = ANY(%s) ORDER BY e.entry_id", (list(ids),)  # type: ignore[operator]
+            ENTRY_SELECT + " WHERE e.entry_id = ANY(%s) ORDER BY e.entry_id", (list(ids),)
         ).fetchall()
         return [entry_from_row(row) for row in rows]
 
@@ -509,7 +539,7 @@ class PostgresQueueStore:
             )
             already = {row[0] for row in rows}
         conn.execute(
-            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("  # type: ignore[arg-type]
+            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
             + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
             tuple(getattr(record, column) for column in INSTANCE_COLUMNS),
         )
@@ -590,7 +620,7 @@ class PostgresQueueStore:
             return []
         extra, params = self._due_filter(shard)
         rows = conn.execute(
-            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"  # type: ignore[arg-type]
+            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
             " lease_generation = lease_generation + 1 WHERE entry_id IN ("
             " SELECT e.entry_id FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
             " AND e.next_attempt_at <= %s" + extra + " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED)"
@@ -828,17 +858,18 @@ class PostgresQueueStore:
             )
 
     def nodes(self, now: float) -> list[NodeStatus]:
-        """Every node that sent a heartbeat, by name, with the leases and live slots it holds.
+        """Every node that sent a heartbeat, by name, with the live leases and slots it holds.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.nodes`.
         """
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT n.node, n.started_at, n.last_seen, n.detail,"
-                " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node),"
+                " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node"
+                " AND e.leased_until >= %s),"
                 " (SELECT count(*) FROM slots s WHERE s.node = n.node AND s.until >= %s)"
                 " FROM nodes n ORDER BY n.node",
-                (now,),
+                (now, now),
             ).fetchall()
         return [
             NodeStatus(node=row[0], started_at=row[1], last_seen=row[2], detail=row[3], leases=row[4], slots=row[5])
@@ -901,9 +932,21 @@ class PostgresQueueStore:
 
     def _drop_singleton_connection(self) -> None:
         """Forget the dedicated session and every singleton it held (closing it releases the locks)."""
+        import psycopg
+
         conn, self._singleton_conn = self._singleton_conn, None
-        self._singletons.clear()
-        if conn is not None:
+        held, self._singletons = self._singletons, set()
+        if conn is None:
+            return
+        try:
+            if held and not conn.closed:
+                # The server drops a closed session's locks only once its backend
+                # has exited, a moment after the close: release them now, so the
+                # next node's call finds them free.
+                conn.execute("SELECT pg_advisory_unlock_all()")
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            pass  # the session is gone already, and its locks with it
+        finally:
             conn.close()
 
     # -- IQueueStore: operator actions --------------------------------------
@@ -1041,7 +1084,7 @@ class PostgresQueueStore:
         sql = ENTRY_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.entry_id LIMIT %s"
         params.append(limit)
         with self._read() as conn:
-            return [entry_from_row(row) for row in conn.execute(sql, params)]  # type: ignore[arg-type]
+            return [entry_from_row(row) for row in conn.execute(sql, params)]
 
     def find(
         self,
@@ -1066,14 +1109,14 @@ class PostgresQueueStore:
             records = [
                 record_from_row(row)
                 for row in conn.execute(
-                    INSTANCE_SELECT + where + " ORDER BY i.received_at, i.instance_id",  # type: ignore[arg-type]
+                    INSTANCE_SELECT + where + " ORDER BY i.received_at, i.instance_id",
                     tuple(given.values()),
                 )
             ]
             by_instance: dict[str, list[Entry]] = {record.instance_id: [] for record in records}
             if records:
                 for row in conn.execute(
-                    ENTRY_SELECT + " WHERE e.instance_id = ANY(%s) ORDER BY e.entry_id",  # type: ignore[arg-type]
+                    ENTRY_SELECT + " WHERE e.instance_id = ANY(%s) ORDER BY e.entry_id",
                     (list(by_instance),),
                 ):
                     entry = entry_from_row(row)
@@ -1092,7 +1135,7 @@ class PostgresQueueStore:
             ):
                 counts.setdefault(name, {})[state] = count
             oldest = dict(
-                conn.execute(  # type: ignore[arg-type]
+                conn.execute(
                     "SELECT destination, min(enqueued_at) FROM entries"
                     " WHERE state IN ('queued', 'leased') GROUP BY destination"
                 ).fetchall()
@@ -1100,9 +1143,9 @@ class PostgresQueueStore:
             stranded: dict[str, int] = {}
             if self.local_only:
                 stranded = dict(
-                    conn.execute(  # type: ignore[arg-type]
+                    conn.execute(
                         "SELECT e.destination, count(*) FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
-                        " WHERE e.state = 'queued' AND i.node <> '' AND i.node <> %s AND NOT EXISTS ("
+                        " WHERE e.state = 'queued' AND i.node <> %s AND NOT EXISTS ("
                         " SELECT 1 FROM nodes n WHERE n.node = i.node AND n.last_seen >= %s)"
                         " GROUP BY e.destination",
                         (self.node, now - stranded_after),
@@ -1152,7 +1195,7 @@ class PostgresQueueStore:
         """The body of :meth:`next_due` (inside the caller's transaction)."""
         extra, params = self._due_filter(None)
         row = conn.execute(
-            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"  # type: ignore[arg-type]
+            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
             + extra,
             (destination, *params),
         ).fetchone()
@@ -1189,15 +1232,15 @@ class PostgresQueueStore:
         """
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT entry_id, destination, leased_until FROM entries"
+                "SELECT entry_id, destination, lease_owner, leased_until FROM entries"
                 " WHERE state = 'leased' AND lease_owner IN (%s, '') ORDER BY entry_id FOR UPDATE",
                 (self.node,),
             ).fetchall()
-            # The lowest ids of each lease (destination, leased_until) may have
-            # been on the wire or delivered but not yet written (HARDENING F13).
-            groups: dict[tuple[str, float], list[int]] = {}
-            for entry_id, destination, until in rows:
-                group = groups.setdefault((destination, until), [])
+            # The lowest ids of each lease (destination, owner, leased_until) may
+            # have been on the wire or delivered but not yet written (HARDENING F13).
+            groups: dict[tuple[str, str, float], list[int]] = {}
+            for entry_id, destination, owner, until in rows:
+                group = groups.setdefault((destination, owner, until), [])
                 if len(group) <= UNRECORDED_DELIVERIES:
                     group.append(entry_id)
             self._note(conn, [entry_id for ids in groups.values() for entry_id in ids], RECOVERED_IN_FLIGHT, now)
@@ -1218,7 +1261,7 @@ class PostgresQueueStore:
         file_filter = {None: "", True: " AND i.path <> ''", False: " AND i.path = ''"}[has_file]
         with self._read() as conn:
             rows = conn.execute(
-                INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"  # type: ignore[operator]
+                INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"
                 " WHERE d.instance_id = i.instance_id), i.received_at) < %s" + file_filter + " AND NOT EXISTS ("
                 "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
                 " ORDER BY i.received_at, i.instance_id LIMIT %s",

@@ -201,6 +201,10 @@ class PostgresServer:
         self._log: Any = None
         self._counter = 0
         self._lock = threading.Lock()
+        self._template: str | None = None
+        self._drops: list[str] = []
+        self._drops_ready = threading.Condition(self._lock)
+        self._dropper: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -342,22 +346,66 @@ class PostgresServer:
         """A libpq connection string for the test role over TCP, without the password."""
         return f"host=127.0.0.1 port={self.port} dbname={database} user={ROLE}"
 
-    def new_database(self) -> TestDatabase:
-        """A fresh, empty database owned by :data:`ROLE` (the store under test makes its schema).
+    def new_database(self, migrated: bool = False) -> TestDatabase:
+        """A fresh database owned by :data:`ROLE`.
 
+        :param migrated: start from a copy of a database the gateway's
+            migrations already ran on (made once per process), so a store
+            opens without migrating: about 0.2 s less per test. ``False``
+            gives an empty database (the migration tests).
         :returns: its name, DSN and password.
         """
         with self._lock:
             self._counter += 1
             name = f"test_{os.getpid()}_{self._counter}"
+            template = self._migrated_template() if migrated else "template0"
         # STRATEGY file_copy would checkpoint the whole cluster twice (fsync=on):
         # WAL_LOG copies the (tiny) template through the WAL instead.
-        self.admin(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE template0 STRATEGY WAL_LOG")
+        self.admin(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE {template} STRATEGY WAL_LOG")
         return TestDatabase(name, self.dsn(name), self.password)
 
-    def drop_database(self, name: str) -> None:
-        """Drop a test database, terminating any session still in it."""
-        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    def _migrated_template(self) -> str:
+        """The template database with the gateway's current schema (made on first use; under ``_lock``)."""
+        if self._template is None:
+            import psycopg
+
+            from gateway.queue.pgschema import migrate
+
+            name = f"template_{os.getpid()}"
+            self.admin(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE template0 STRATEGY WAL_LOG")
+            with psycopg.connect(self.dsn(name), password=self.password, autocommit=True) as conn:
+                migrate(conn, "template")
+            self._template = name
+        return self._template
+
+    def drop_database(self, name: str, wait: bool = True) -> None:
+        """Drop a test database, terminating any session still in it.
+
+        :param wait: ``False`` drops it on a background thread (a drop
+            checkpoints: about 0.15 s the next test need not wait for).
+        """
+        statement = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        if wait:
+            self.admin(statement)
+            return
+        with self._lock:
+            if self._dropper is None:
+                self._dropper = threading.Thread(target=self._drop_queued, name="postgres-drop", daemon=True)
+                self._dropper.start()
+            self._drops.append(statement)
+            self._drops_ready.notify()
+
+    def _drop_queued(self) -> None:
+        """The background dropper: run queued DROP DATABASE statements one by one."""
+        while True:
+            with self._lock:
+                while not self._drops:
+                    self._drops_ready.wait()
+                statement = self._drops.pop(0)
+            try:
+                self.admin(statement)
+            except Exception:  # the server was stopped meanwhile: the folder goes at exit anyway
+                pass
 
     def backends(self, database: str, user: str = ROLE) -> list[tuple[int, str]]:
         """The sessions of ``user`` in ``database``: ``(pid, application_name)``."""
@@ -370,8 +418,11 @@ class PostgresServer:
         ]
 
     def terminate(self, pid: int) -> bool:
-        """End one session (``pg_terminate_backend``), as a partition or a killed node would."""
-        rows = self.admin("SELECT pg_terminate_backend(%s)", (pid,))
+        """End one session (``pg_terminate_backend``), as a partition or a killed node would.
+
+        Waits (up to 5 s) until the backend has exited, so its locks are released on return.
+        """
+        rows = self.admin("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         return bool(rows and rows[0][0])
 
 
@@ -412,18 +463,20 @@ def server() -> PostgresServer:
         return _server
 
 
-def fresh_database(case: Any) -> TestDatabase:
-    """A fresh database for one test, dropped at the test's cleanup.
+def fresh_database(case: Any, migrated: bool = True) -> TestDatabase:
+    """A fresh database for one test, dropped after the test's cleanup.
 
     :param case: the running :class:`twisted.trial.unittest.SynchronousTestCase`.
+    :param migrated: with the gateway's schema already made (see :meth:`PostgresServer.new_database`).
     :returns: the database (its DSN and password).
     """
     running = server()
-    database = running.new_database()
+    database = running.new_database(migrated)
 
     def drop() -> None:
-        # A test that stopped the server leaves it stopped: bring it back for the next one.
-        server().drop_database(database.name)
+        # A test that stopped the server and failed before starting it again
+        # leaves it stopped: server() brings it back for the next test.
+        server().drop_database(database.name, wait=False)
 
     case.addCleanup(drop)
     return database
