@@ -58,13 +58,18 @@ def _when(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
-def queue_rows(store: IQueueStore, destinations: Iterable[str], now: float) -> list[dict[str, Any]]:
+def queue_rows(
+    store: IQueueStore, destinations: Iterable[str], now: float, stranded_after: float | None = None
+) -> list[dict[str, Any]]:
     """One row per configured destination (and any other the journal knows).
 
+    :param stranded_after: seconds without a heartbeat after which a node's
+        queued entries count as stranded (node-local spools, issue 14); the
+        store's default when ``None``.
     :returns: dicts with destination, queued, in_flight, dead, delivered,
-        oldest_age_seconds, last_error, last_success_at, paused.
+        oldest_age_seconds, last_error, last_success_at, paused, stranded.
     """
-    stats = dict(store.stats(now))
+    stats = dict(store.stats(now) if stranded_after is None else store.stats(now, stranded_after))
     names = list(destinations) + sorted(set(stats) - set(destinations))
     rows = []
     for name in names:
@@ -85,9 +90,60 @@ def queue_rows(store: IQueueStore, destinations: Iterable[str], now: float) -> l
                 "circuit": "open" if s.circuit_open else "closed",
                 "circuit_reason": s.circuit_reason,
                 "circuit_since": s.circuit_since,
+                "stranded": s.stranded,
             }
         )
     return rows
+
+
+def node_rows(store: IQueueStore, now: float, heartbeat: float) -> list[dict[str, Any]]:
+    """One row per node that ever sent a heartbeat (issue 14): who is alive, what each holds.
+
+    :param store: the queue store.
+    :param now: wall-clock time.
+    :param heartbeat: ``cluster.heartbeat``: a node silent for more than two
+        heartbeats is shown ``silent`` (the alert's rule, ``etc/prometheus/alerts.yml``).
+    :returns: dicts with node, heartbeat_age_seconds, state (alive, silent, or
+        stopped: its last heartbeat was a clean stop's), leases, slots, started_at, detail.
+    """
+    from gateway.heartbeat import said_stopped
+
+    rows = []
+    for status in store.nodes(now):
+        age = max(0.0, now - status.last_seen)
+        try:
+            detail = json.loads(status.detail) if status.detail else {}
+        except ValueError:
+            detail = {"text": status.detail}
+        rows.append(
+            {
+                "node": status.node,
+                "heartbeat_age_seconds": age,
+                "state": "stopped" if said_stopped(status.detail) else "alive" if age <= 2 * heartbeat else "silent",
+                "leases": status.leases,
+                "slots": status.slots,
+                "started_at": status.started_at,
+                "detail": detail,
+            }
+        )
+    return rows
+
+
+def format_node_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
+    """A fixed-width table of :func:`node_rows` for a terminal (empty when no node ever beat)."""
+    if not rows:
+        return ""
+    lines = [f"{'NODE':<24} {'HEARTBEAT':>9}  {'STATE':<7} {'LEASES':>6} {'SLOTS':>5}  {'STARTED':<19}  ADDRESS"]
+    for r in rows:
+        detail = r["detail"] if isinstance(r["detail"], dict) else {}
+        address = detail.get("address", "")
+        address = ", ".join(address) if isinstance(address, list) else str(address)
+        state = "drain" if detail.get("draining") and r["state"] == "alive" else r["state"]
+        lines.append(
+            f"{r['node']:<24} {_age(now, now - r['heartbeat_age_seconds']):>9}  {state:<7} {r['leases']:>6} {r['slots']:>5}  "
+            f"{_when(r['started_at']):<19}  {address[:40]}"
+        )
+    return "\n".join(lines)
 
 
 def format_queue_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
@@ -96,14 +152,19 @@ def format_queue_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
         f"{'DESTINATION':<20} {'QUEUED':>7} {'IN-FLIGHT':>9} {'DEAD':>6} {'DELIVERED':>9} {'OLDEST':>7}"
         "  STATE   CIRCUIT  LAST ERROR"
     )
+    stranded = any(r.get("stranded") for r in rows)
+    if stranded:
+        # Only when some node's backlog waits for it (node-local spools, issue 14).
+        header = header.replace("  STATE", f" {'STRANDED':>8}  STATE")
     lines = [header]
     for r in rows:
         oldest = "-" if r["oldest_age_seconds"] is None else _age(now, now - r["oldest_age_seconds"])
         state = "paused" if r["paused"] else "active"
         error = r["circuit_reason"] if r["circuit"] == "open" else r["last_error"]
+        extra = f" {r.get('stranded', 0):>8}" if stranded else ""
         lines.append(
             f"{r['destination']:<20} {r['queued']:>7} {r['in_flight']:>9} {r['dead']:>6} {r['delivered']:>9} "
-            f"{oldest:>7}  {state:<7} {r['circuit']:<8} {error[:60]}"
+            f"{oldest:>7}{extra}  {state:<7} {r['circuit']:<8} {error[:60]}"
         )
     return "\n".join(lines)
 

@@ -9,9 +9,14 @@ Subcommands:
 * ``echo DEST -c CONFIG`` or ``echo HOST PORT``: send a C-ECHO to a
   configured destination or to any AE (a Verification SCU).
 * ``store HOST PORT FILE...``: send Part 10 files to an AE with C-STORE over one association.
-* ``queue list|show|retry|purge|pause|resume -c CONFIG``: inspect and act on
+* ``queue list|show|retry|purge|pause|resume|nodes -c CONFIG``: inspect and act on
   the forwarding queue and its dead letters (works while the gateway runs);
-  each action is written to the audit trail with the local OS user.
+  each action is written to the audit trail with the local OS user. The
+  queue is the one the gateway uses (SQLite or PostgreSQL); ``list`` adds
+  the stranded entries of absent nodes and the table of nodes, ``nodes``
+  shows that table alone.
+* ``db migrate -c CONFIG``: create or update the queue's schema (PostgreSQL:
+  under an advisory lock; SQLite: the journal file) and print its version.
 * ``api METHOD PATH -c CONFIG [--data JSON]`` and ``reload -c CONFIG``: call
   the running gateway's admin API with its token (``http.token``,
   ``http.token_file``, or the one generated in the spool at first start).
@@ -104,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("pause", "resume"):
         qp = qsub.add_parser(action, parents=[config_arg], help=f"{action} a destination (items keep queueing)")
         qp.add_argument("destination")
+    qnodes = qsub.add_parser(
+        "nodes", parents=[config_arg], help="the nodes sharing the queue: last heartbeat, leases and slots held"
+    )
+    qnodes.add_argument("--json", action="store_true")
+
+    db = sub.add_parser("db", help="the queue's database")
+    db_sub = db.add_subparsers(dest="db_action", required=True)
+    db_sub.add_parser(
+        "migrate", parents=[config_arg], help="create or update the queue schema (PostgreSQL: under an advisory lock) and print its version"
+    )
 
     api = sub.add_parser("api", parents=[config_arg], help="call the running gateway's admin API with its token")
     api.add_argument("method", choices=["GET", "POST", "DELETE"], type=str.upper)
@@ -153,17 +168,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_store(config: Any) -> Any:
-    """Open the gateway's journal; before the gateway's first run it is created empty."""
-    import os
+    """Open the gateway's journal, the same store type the gateway opens; before the gateway's first run it is created empty."""
+    from gateway.stores import describe_store, open_store
 
-    from gateway.queue.sqlite import SqliteQueueStore
-
-    os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
     try:
-        return SqliteQueueStore(config.queue_path)
+        return open_store(config)
     except Exception as e:
-        print(f"cannot open the queue journal {config.queue_path}: {e}", file=sys.stderr)
+        # describe_store never shows the password (the DSN carries none).
+        print(f"cannot open the queue journal ({describe_store(config)}): {e}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def _db(args: argparse.Namespace) -> int:
+    """``dicom-gateway db migrate``: create or update the queue schema; print the version in force."""
+    from gateway.stores import describe_store, migrate_store
+
+    config = _load_or_exit(args.config)
+    try:
+        version, applied = migrate_store(config)
+    except Exception as e:
+        # The store's errors never carry the password (PostgresQueueStore scrubs them).
+        print(f"cannot migrate the queue ({describe_store(config)}): {e}", file=sys.stderr)
+        return 1
+    print(f"queue schema version {version} ({describe_store(config)}; {applied} migration(s) applied)")
+    return 0
 
 
 def _known_destination(config: Any, name: str) -> None:
@@ -205,8 +233,24 @@ def _queue(args: argparse.Namespace) -> int:
                         print(f"{e.entry_id:>8}  {e.destination:<16} {e.instance.sop_instance_uid}  {e.dead_reason}")
                     print(f"{len(entries)} dead letter(s)")
                 return 0
-            rows = admin.queue_rows(store, [d.name for d in config.destinations], now)
-            print(admin.to_json(rows) if args.json else admin.format_queue_rows(rows, now))
+            from gateway.stores import stranded_after
+
+            rows = admin.queue_rows(store, [d.name for d in config.destinations], now, stranded_after(config))
+            if args.json:
+                print(admin.to_json(rows))
+                return 0
+            print(admin.format_queue_rows(rows, now))
+            nodes = admin.format_node_rows(admin.node_rows(store, now, config.cluster.heartbeat), now)
+            if nodes:
+                print()
+                print(nodes)
+            return 0
+        if args.action == "nodes":
+            node_rows = admin.node_rows(store, now, config.cluster.heartbeat)
+            if args.json:
+                print(admin.to_json(node_rows))
+            else:
+                print(admin.format_node_rows(node_rows, now) or "no node has sent a heartbeat yet")
             return 0
         if args.action == "show":
             try:
@@ -524,7 +568,16 @@ def _run(reactor: Any, config: Any) -> Deferred[None]:
 
     import signal
 
-    service = GatewayService(reactor, config)
+    from gateway.queue.interfaces import StoreUnavailable
+
+    try:
+        service = GatewayService(reactor, config)
+    except StoreUnavailable as error:
+        # PostgreSQL away at start: one line, no traceback; the service manager restarts us.
+        from gateway.stores import describe_store
+
+        print(f"cannot open the queue store ({describe_store(config)}): {error}", file=sys.stderr)
+        raise SystemExit(1)
     if config.http.enabled:
         from gateway.apitokens import TokenFileError
         from gateway.http import http_service
@@ -615,6 +668,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "queue":
         raise SystemExit(_queue(args))
+    if args.command == "db":
+        raise SystemExit(_db(args))
     if args.command == "find":
         raise SystemExit(_find(args))
     if args.command == "api":
@@ -636,9 +691,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "check":
         config = _check_material_or_exit(args.config, _load_or_exit(args.config))
         if not args.files:
+            from gateway.stores import describe_store
+
             message = (
                 f"{args.config}: configuration is valid (AE title {config.ae_title}, {len(config.listen)} listener(s), "
-                f"{len(config.destinations)} destination(s), {len(config.routes)} route(s))"
+                f"{len(config.destinations)} destination(s), {len(config.routes)} route(s); "
+                f"node {config.node}, queue {describe_store(config)}{', shared spool' if config.spool.shared else ''})"
             )
             if args.json:
                 from gateway.admin import to_json

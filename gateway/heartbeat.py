@@ -40,9 +40,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.blocking import IBlockingRunner
-from gateway.queue.interfaces import IQueueStore, StoreUnavailable
+from gateway.queue.interfaces import IQueueStore, NodeStatus, StoreUnavailable
 
-__all__ = ["NodeHeartbeat", "HOUSEKEEPING", "UNREACHABLE"]
+__all__ = ["NodeHeartbeat", "NodeNameInUse", "HOUSEKEEPING", "UNREACHABLE", "check_node_name_free", "node_detail"]
 
 #: The singleton that elects the node running once-only housekeeping.
 HOUSEKEEPING = "housekeeping"
@@ -51,15 +51,83 @@ HOUSEKEEPING = "housekeeping"
 UNREACHABLE = "queue store unreachable"
 
 
-def node_detail(addresses: list[str], version: str, draining: bool) -> str:
+def node_detail(addresses: list[str], version: str, draining: bool, stopped: bool = False) -> str:
     """What a node says of itself in its heartbeat: compact JSON, for ``queue list`` and the API.
 
     :param addresses: its DICOM listeners (``host:port``).
     :param version: the gateway's version.
     :param draining: whether it is being drained.
+    :param stopped: the last heartbeat of a clean stop (the name is free at once).
     :returns: the JSON text.
     """
-    return json.dumps({"address": addresses, "version": version, "draining": draining}, separators=(",", ":"))
+    detail: dict[str, object] = {"address": addresses, "version": version, "draining": draining}
+    if stopped:
+        detail["stopped"] = True
+    return json.dumps(detail, separators=(",", ":"))
+
+
+def said_stopped(detail: str) -> bool:
+    """Whether a heartbeat's detail is the last one of a clean stop.
+
+    :param detail: the node's detail as stored.
+    """
+    try:
+        parsed = json.loads(detail) if detail else {}
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("stopped") is True
+
+
+class NodeNameInUse(Exception):
+    """Another running process sends heartbeats under this node's name.
+
+    Two processes with one name would take each other's leases for their
+    own and, on a shared spool, delete each other's files at start-up (each
+    removes "its own" unjournaled files). Each process needs its own ``node``.
+    """
+
+
+async def check_node_name_free(
+    store: IQueueStore,
+    store_runner: IBlockingRunner,
+    clock: IReactorTime,
+    wall: Callable[[], float],
+    node: str,
+    interval: float,
+) -> None:
+    """Refuse to start under a name another live process is using (before start-up recovery touches anything).
+
+    The store's row for ``node`` tells: no row, a row older than two
+    heartbeats, or the last row of a clean stop (:func:`node_detail` with
+    ``stopped``) mean the name is free. A recent row may be this node's own
+    previous process killed a moment ago (kill -9, then a restart by the
+    service manager): wait one and a half heartbeats and look again; a row
+    that moved meanwhile is another live process.
+
+    :param store: the queue store (through ``store_runner``).
+    :param store_runner: the store's threads.
+    :param clock: for the wait.
+    :param wall: wall-clock time.
+    :param node: this node's name.
+    :param interval: ``cluster.heartbeat`` seconds.
+    :raises NodeNameInUse: another process beats under ``node``.
+    """
+    from twisted.internet.task import deferLater
+
+    def row(now: float) -> NodeStatus | None:
+        return next((status for status in store.nodes(now) if status.node == node), None)
+
+    now = wall()
+    first = await store_runner.run(row, now)
+    if first is None or said_stopped(first.detail) or now - first.last_seen > 2 * interval:
+        return
+    await deferLater(clock, 1.5 * interval, lambda: None)
+    second = await store_runner.run(row, wall())
+    if second is not None and second.last_seen != first.last_seen and not said_stopped(second.detail):
+        raise NodeNameInUse(
+            f"another running process sends heartbeats as node {node!r} (started at {second.started_at:.0f}, "
+            f"last heartbeat {max(0.0, wall() - second.last_seen):.1f} s ago); give each process its own 'node:'"
+        )
 
 
 class NodeHeartbeat:
@@ -130,6 +198,20 @@ class NodeHeartbeat:
         if self._loop.running:
             self._loop.stop()
 
+    def last_words(self, detail: str) -> Deferred[None]:
+        """A last heartbeat at a clean stop, saying so (``detail`` from :func:`node_detail` with ``stopped``).
+
+        A process that starts next under this name then need not wait to
+        tell it from a live one (:func:`check_node_name_free`). Never fails.
+
+        :param detail: the node's last detail.
+        :returns: a Deferred firing once written (or not, the store being away).
+        """
+        self.stop()
+        d = self._runner.run(self._store.heartbeat, self._wall(), self.started_at, detail)
+        d.addErrback(lambda f: self.log.debug("last heartbeat not written: {error}", error=f.getErrorMessage()))
+        return d
+
     def beat(self) -> Deferred[None]:
         """One heartbeat and singleton claim, on the store's thread; never fails.
 
@@ -145,14 +227,7 @@ class NodeHeartbeat:
         return d
 
     def _beat_blocking(self, now: float, detail: str) -> bool:
-        """The store's half: the heartbeat, then the singleton (blocking, on the store's thread).
-
-        A store without the cluster methods (a SQLite store from before issue
-        14's journal migration is merged) is one node's alone: it always
-        housekeeps, and any other failure of its own still shows at the intake.
-        """
-        if not hasattr(self._store, "heartbeat"):
-            return True
+        """The store's half: the heartbeat, then the singleton (blocking, on the store's thread)."""
         self._store.heartbeat(now, self.started_at, detail)
         return bool(self._store.hold_singleton(HOUSEKEEPING, now, self.singleton_seconds))
 

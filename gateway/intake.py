@@ -49,7 +49,7 @@ from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
 from gateway.durable import rename_durably, unlink_if_present
 from gateway.private import make_private_dirs
-from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry
+from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry, StoreUnavailable
 from gateway.receive import AssociationInfo
 from gateway.headerbytes import parse_header
 from gateway.parse import read_header
@@ -500,6 +500,11 @@ class Intake:
             results = self._store.add_instances(
                 [(batch[i].record, batch[i].entries) for i in ready], now, window
             )
+        except StoreUnavailable as e:
+            # The journal is away (issue 14): one by one would wait out the
+            # store's timeout once per instance. Every instance gets 0xA700.
+            for index in ready:
+                outcomes[index] = e
         except Exception:
             for index in ready:
                 item = batch[index]
@@ -549,14 +554,24 @@ class Intake:
     ) -> Deferred[Admission]:
         """The journal could not be written: un-spool the file and answer 0xA700 (never 0x0000).
 
-        With ``keep_file`` (recovery) the file stays where it is.
+        With ``keep_file`` (recovery) the file stays where it is. An
+        unreachable store (:class:`StoreUnavailable`, issue 14) is one line
+        per instance, without a traceback: it is an outage, not a bug.
         """
-        self.log.failure(
-            "{correlation_id} could not journal {sop_instance_uid}; answering 0xA700",
-            failure,
-            correlation_id=record.correlation_id,
-            sop_instance_uid=record.sop_instance_uid,
-        )
+        if failure.check(StoreUnavailable):
+            self.log.error(
+                "{correlation_id} could not journal {sop_instance_uid}: queue store unreachable ({error}); answering 0xA700",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                error=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "{correlation_id} could not journal {sop_instance_uid}; answering 0xA700",
+                failure,
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+            )
 
         def remove() -> None:
             if keep_file:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -40,7 +40,8 @@ from twisted.logger import Logger
 from gateway import __version__, events
 from gateway.blocking import IBlockingRunner
 from gateway.forward import ForwardObserver
-from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore
+from gateway.heartbeat import said_stopped
+from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore, StoreUnavailable
 from gateway.queue.outcome import DeadLetterKind
 
 #: Every metric name starts with this.
@@ -77,7 +78,8 @@ _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: RJ 2,3,1), ``acse`` (PS3.8 ACSE checks: version, application context,
 #: called AE title, no context), ``access`` (the calling AE, address or
 #: certificate policy), ``identity`` (user identity, PS3.7 D.3.3.7), ``draining``
-#: (``dicom-gateway drain`` past its grace, RJ 2,3,2; issue 14), ``other``.
+#: (``dicom-gateway drain`` past its grace, RJ 2,3,2; issue 14), ``store`` (the queue
+#: store does not answer the node's heartbeats, RJ 2,3,1; issue 14), ``other``.
 REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "store", "other")
 
 
@@ -128,6 +130,7 @@ class DestinationState:
     :ivar oldest_age: seconds since the oldest waiting entry was queued (0 when none).
     :ivar dead: dead letters.
     :ivar up: whether the destination's circuit is closed (its last attempt or probe succeeded).
+    :ivar stranded: queued entries only an absent node can send (node-local spools, issue 14).
     """
 
     name: str
@@ -135,6 +138,25 @@ class DestinationState:
     oldest_age: float
     dead: int
     up: bool
+    stranded: int = 0
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node of the cluster at snapshot time (issue 14), from the store's node table.
+
+    :ivar node: its name.
+    :ivar last_seen: its last heartbeat (wall clock); the age is computed at scrape time.
+    :ivar leases: entries it holds leased.
+    :ivar slots: association slots it holds.
+    :ivar stopped: its last heartbeat said it stopped cleanly (not late: not reported).
+    """
+
+    node: str
+    last_seen: float
+    leases: int = 0
+    slots: int = 0
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,7 @@ class StateSnapshot:
     """What the scrape-time gauges report; replaced as a whole by :class:`StateRefresher`.
 
     :ivar taken_at: wall time of the snapshot (0 before the first one).
+    :ivar nodes: every node of the store's node table (issue 14).
     """
 
     destinations: tuple[DestinationState, ...] = ()
@@ -149,6 +172,7 @@ class StateSnapshot:
     spool_used_bytes: int | None = None
     spool_capacity_bytes: int | None = None
     taken_at: float = 0.0
+    nodes: tuple[NodeState, ...] = ()
 
 
 def destination_states(
@@ -175,6 +199,7 @@ def destination_states(
                 oldest_age=oldest,
                 dead=s.dead,
                 up=not (s.circuit_open or name in down_set),
+                stranded=s.stranded,
             )
         )
     return tuple(states)
@@ -214,8 +239,9 @@ class SnapshotCollector(Collector):
     :param snapshot: returns the latest :class:`StateSnapshot`.
     """
 
-    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], StateSnapshot], wall: Callable[[], float] = time.time) -> None:
         self._snapshot = snapshot
+        self._wall = wall
 
     def describe(self) -> list[Any]:
         """No description: the collector is called at scrape time only (prometheus-client custom collectors)."""
@@ -232,12 +258,35 @@ class SnapshotCollector(Collector):
         up = GaugeMetricFamily(
             f"{PREFIX}_destination_up", "1 when the destination's last attempt or probe succeeded.", labels=["destination"]
         )
+        stranded = GaugeMetricFamily(
+            f"{PREFIX}_queue_stranded",
+            "Queued entries only an absent node can send (node-local spools; issue 14).",
+            labels=["destination"],
+        )
         for state in snap.destinations:
             depth.add_metric([state.name], state.depth)
             oldest.add_metric([state.name], state.oldest_age)
             dead.add_metric([state.name], state.dead)
             up.add_metric([state.name], 1.0 if state.up else 0.0)
-        yield from (depth, oldest, dead, up)
+            stranded.add_metric([state.name], state.stranded)
+        yield from (depth, oldest, dead, up, stranded)
+        if snap.nodes:
+            # Every node reports every node: a dead node's age is still exported by the live ones.
+            # Prometheus's ``instance`` label tells the reporting processes apart.
+            age = GaugeMetricFamily(
+                f"{PREFIX}_node_heartbeat_age_seconds",
+                "Seconds since each node's last heartbeat in the shared store, as this node sees it (issue 14).",
+                labels=["node"],
+            )
+            leases = GaugeMetricFamily(
+                f"{PREFIX}_node_leases", "Queue entries each node holds leased (issue 14).", labels=["node"]
+            )
+            now = self._wall()
+            for node in snap.nodes:
+                if not node.stopped:  # a clean stop (rolling restart, removed node) is not a late heartbeat
+                    age.add_metric([node.node], max(0.0, now - node.last_seen))
+                leases.add_metric([node.node], node.leases)
+            yield from (age, leases)
         if snap.spool_free_bytes is not None:
             yield GaugeMetricFamily(f"{PREFIX}_spool_free_bytes", "Free bytes on the spool's filesystem.", value=snap.spool_free_bytes)
         if snap.spool_used_bytes is not None:
@@ -281,7 +330,7 @@ class GatewayMetrics:
         # HARDENING P16: why associations were rejected (bounded: REJECT_REASONS).
         self.associations_rejected = Counter(
             f"{p}_associations_rejected",
-            "A-ASSOCIATE-RJ sent, by reason (limit, space, acse, access, identity, store).",
+            "A-ASSOCIATE-RJ sent, by reason (limit, space, acse, access, identity, draining, store).",
             ["listener", "reason"],
             registry=r,
         )
@@ -361,8 +410,35 @@ class GatewayMetrics:
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
         self.build_info.info({"version": version})
-        registry.register(SnapshotCollector(lambda: self.snapshot))
+        # -- cluster (issue 14) --
+        self.node_info = Gauge(
+            f"{p}_node_info", "This process's node name (1); join on instance to label any series by node.", ["node"], registry=r
+        )
+        self.heartbeat_seconds = Gauge(
+            f"{p}_cluster_heartbeat_seconds", "This node's heartbeat interval (cluster.heartbeat).", registry=r
+        )
+        self.store_up = Gauge(
+            f"{p}_queue_store_up", "1 while the queue store answers this node's heartbeats, else 0.", registry=r
+        )
+        self.store_up.set(1)
+        registry.register(SnapshotCollector(lambda: self.snapshot, wall))
         self._forward = MetricsForwardObserver(self)
+
+    # -- the node (issue 14) ---------------------------------------------------------------
+
+    def cluster_node(self, node: str, heartbeat: float) -> None:
+        """Name this process's node (``node_info``) and its heartbeat interval (the age alert's yardstick).
+
+        :param node: the configuration's ``node``.
+        :param heartbeat: ``cluster.heartbeat`` seconds.
+        """
+        self.node_info.clear()
+        self.node_info.labels(node).set(1)
+        self.heartbeat_seconds.set(heartbeat)
+
+    def store_available(self, available: bool) -> None:
+        """The queue store answers this node's heartbeats again (``True``) or no longer (``False``)."""
+        self.store_up.set(1 if available else 0)
 
     # -- the gateway's events (gateway.events) ---------------------------------------------
 
@@ -611,12 +687,8 @@ class MetricsForwardObserver(ForwardObserver):
     def _set_up(self, name: str, up: bool) -> None:
         # The snapshot is refreshed every few seconds; reflect a circuit change at once.
         snap = self.metrics.snapshot
-        states = tuple(
-            DestinationState(s.name, s.depth, s.oldest_age, s.dead, up) if s.name == name else s for s in snap.destinations
-        )
-        self.metrics.snapshot = StateSnapshot(
-            states, snap.spool_free_bytes, snap.spool_used_bytes, snap.spool_capacity_bytes, snap.taken_at
-        )
+        states = tuple(replace(s, up=up) if s.name == name else s for s in snap.destinations)
+        self.metrics.snapshot = replace(snap, destinations=states)
 
 
 @dataclass
@@ -637,6 +709,11 @@ class StateRefresher:
     :param down: returns the destinations whose circuit is open now.
     :param clock: the reactor (for the LoopingCall).
     :param wall: wall-clock time.
+    :param stranded_after: seconds of a node's silence after which its queued
+        entries count as stranded (node-local spools on a shared queue), or
+        ``None`` where nothing can strand (the store's figures are then 0).
+    :param own_node: this node as its heartbeat knows it, for a store
+        without a node table (a SQLite store from before issue 14's migration).
     """
 
     metrics: GatewayMetrics
@@ -650,6 +727,8 @@ class StateRefresher:
     wall: Callable[[], float] = time.time
     interval: float = 5.0
     walk_every: int = 6
+    stranded_after: float | None = None
+    own_node: Callable[[], NodeState | None] = lambda: None
     _loop: LoopingCall | None = field(default=None, init=False)
     _busy: bool = field(default=False, init=False)
     _count: int = field(default=0, init=False)
@@ -682,13 +761,30 @@ class StateRefresher:
         def done(result: object) -> None:
             self._busy = False
 
-        d.addErrback(lambda f: self.log.failure("metrics snapshot refresh failed", f))
+        def failed(f: Any) -> None:
+            if f.check(StoreUnavailable):
+                # An outage, already reported by the heartbeat: no traceback every few seconds.
+                self.log.debug("metrics snapshot not refreshed: {error}", error=f.getErrorMessage())
+            else:
+                self.log.failure("metrics snapshot refresh failed", f)
+
+        d.addErrback(failed)
         d.addBoth(done)
         return d
 
     async def _refresh(self) -> None:
         now = self.wall()
-        stats = await self.store_runner.run(self.store.stats, now)
+        if self.stranded_after is None:
+            stats = await self.store_runner.run(self.store.stats, now)
+        else:
+            stats = await self.store_runner.run(self.store.stats, now, self.stranded_after)
+        nodes: list[NodeState] = []
+        if hasattr(self.store, "nodes"):
+            statuses = await self.store_runner.run(self.store.nodes, now)
+            nodes = [NodeState(n.node, n.last_seen, n.leases, n.slots, said_stopped(n.detail)) for n in statuses]
+        own = self.own_node()
+        if own is not None and own.node not in {n.node for n in nodes}:
+            nodes.append(own)
         walk = self._count % self.walk_every == 0 or self._used is None
         self._count += 1
         if walk:
@@ -698,4 +794,4 @@ class StateRefresher:
             st = await self.file_runner.run(os.statvfs, self.spool_root)
             free, capacity = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
         states = destination_states(stats, list(self.destinations()), now, self.down())
-        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now)
+        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now, tuple(nodes))

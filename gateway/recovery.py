@@ -27,7 +27,7 @@ be committing a transaction that names the file).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Collection
 
 from twisted.logger import Logger
 
@@ -176,7 +176,9 @@ class Recovery:
             removed.append(path)
         return removed
 
-    async def clean(self, keep_delivered: float, duplicate_window: float = 0.0, node: str = "") -> int:
+    async def clean(
+        self, keep_delivered: float, duplicate_window: float = 0.0, node: str = "", gone: Collection[str] = ()
+    ) -> int:
         """Delete spool files whose every entry is delivered, after ``keep_delivered`` seconds.
 
         Dead letters keep their files; so do queued entries. The record of an
@@ -184,33 +186,53 @@ class Recovery:
         so an identical re-send is still recognised after the file is gone
         (HARDENING decision 5). Returns how many files were removed.
 
+        With node-local spools on one queue (issue 14, ``node`` given) a
+        node deletes only the files of the instances it received (another
+        node's are on that node's disk), but the records at the head of the
+        queue's list must not wait for a node that never comes back: a record
+        whose file is already gone is forgotten by any node, and the records
+        of a node in ``gone`` are noted as without file (its start-up recovery
+        deletes files the journal no longer knows) and forgotten after the
+        window as usual. The oldest records are listed first, so without this
+        a dead node's thousand oldest would stop every node's clean-up.
+
         :param keep_delivered: seconds a delivered instance's file is kept (``retention``).
         :param duplicate_window: seconds the record must be kept for duplicate control.
-        :param node: with node-local spools sharing one queue (issue 14), this
-            node's name: only the instances it received (or with no node) are
-            cleaned here; another node's files are on its own disk.
+        :param node: with node-local spools sharing one queue, this node's
+            name; ``""``: every record is this node's (SQLite, shared spool).
+        :param gone: with ``node``, the nodes silent for good (their files are out of reach).
         """
         now = self._wall()
         removed = 0
 
-        def mine(records: list[InstanceRecord]) -> list[InstanceRecord]:
-            return [r for r in records if not node or r.node in ("", node)]
+        def owner(record: InstanceRecord) -> str:
+            """``mine``, ``gone`` or ``other`` (a live node's: left to it)."""
+            if not node or record.node in ("", node):
+                return "mine"
+            return "gone" if record.node in gone else "other"
 
-        done = mine(await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True))
-        await self._remove_copies([record.instance_id for record in done])
+        done = await self._store_runner.run(self._store.finished_instances, now - keep_delivered, 1000, True)
+        await self._remove_copies([record.instance_id for record in done if owner(record) == "mine"])
         for record in done:
-            try:
-                await self._file_runner.run(unlink_if_present, record.path)
-            except OSError as e:
-                self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
+            whose = owner(record)
+            if whose == "other":
                 continue
+            if whose == "mine":
+                try:
+                    await self._file_runner.run(unlink_if_present, record.path)
+                except OSError as e:
+                    self.log.warn("could not remove delivered spool file {path}: {error}", path=record.path, error=str(e))
+                    continue
+                removed += 1
             await self._store_runner.run(self._store.file_removed, record.instance_id)
-            removed += 1
         horizon = now - max(keep_delivered, duplicate_window)
-        expired = mine(await self._store_runner.run(self._store.finished_instances, horizon, 1000, None))
-        await self._remove_copies([record.instance_id for record in expired])
+        expired = await self._store_runner.run(self._store.finished_instances, horizon, 1000, None)
+        await self._remove_copies([record.instance_id for record in expired if owner(record) == "mine"])
         for record in expired:
-            if record.path:
+            whose = owner(record)
+            if record.path and whose == "other":
+                continue  # its file is on a live node's disk: that node removes it first
+            if record.path and whose == "mine":
                 try:
                     await self._file_runner.run(unlink_if_present, record.path)
                 except OSError:

@@ -55,17 +55,18 @@ from gateway.config.errors import ConfigErrors
 from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
-from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, node_detail
+from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, NodeNameInUse, check_node_name_free, node_detail
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.intake import Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
-from gateway.observe import GatewayMetrics, StateRefresher, allowlisted_titles
-from gateway.queue.interfaces import IQueueStore
+from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
+from gateway.queue.interfaces import IQueueStore, StoreUnavailable
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
+from gateway.stores import stranded_after
 from gateway.ul.negotiate import AcceptorSettings
 
 #: Seconds an association may take to finish its in-flight instance when the gateway stops (SIGTERM).
@@ -214,7 +215,8 @@ class GatewayService(MultiService):
     :param reactor: the reactor (time, TCP, threads).
     :param config: the validated configuration.
     :param blocking: runner for fsync, file walks and folder writes; a dedicated pool by default.
-    :param store_runner: the single thread the queue store lives on; a dedicated pool by default.
+    :param store_runner: the threads the queue store is called on; a dedicated pool by default
+        (one thread for SQLite, ``queue.pool.max`` for PostgreSQL).
     :param store: the queue store; by default the one ``config.queue`` names
         (:func:`gateway.stores.open_store`: SQLite at ``config.queue_path``, or PostgreSQL).
     :param observer: a further sink of every event (:mod:`gateway.events`), after the metrics and the audit trail.
@@ -258,7 +260,11 @@ class GatewayService(MultiService):
             observer,
         )
         self.blocking = blocking or ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
-        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1)
+        # SQLite: one thread (its connection is not shared across threads). PostgreSQL: one
+        # thread per pooled connection, so a heartbeat or a worker's turn never queues
+        # behind a slow commit (issue 14).
+        store_threads = config.queue.pool_max if config.queue.backend == "postgresql" else 1
+        self.store_runner = store_runner or ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=store_threads)
         os.makedirs(config.spool.path, exist_ok=True)
         for destination in config.destinations:
             # A folder destination's root is created once here, so the example
@@ -273,6 +279,8 @@ class GatewayService(MultiService):
         self.store = store
         #: The node that owns the files this process makes, on a shared spool (issue 14); "" otherwise.
         self.owner = config.node if config.spool.shared else ""
+        #: Node-local spools on one PostgreSQL queue: each node cleans (and alone sends) what it received.
+        self.node_local = config.queue.backend == "postgresql" and not config.spool.shared
         self.started_at = wall()
         # Each instance's fragments are written and hashed on a lane (issue 13);
         # the lanes have threads of their own: a commit waits on self.blocking
@@ -324,7 +332,9 @@ class GatewayService(MultiService):
             interval=config.cluster.heartbeat,
             started_at=self.started_at,
             detail=self._node_detail,
+            on_change=self.metrics.store_available,
         )
+        self.metrics.cluster_node(config.node, config.cluster.heartbeat)
         self.copies = CopyMaker(
             lambda digest: self.store_runner.run(self.store.plan, digest),
             lambda: self.config.morph_plugins,
@@ -386,6 +396,8 @@ class GatewayService(MultiService):
             down=lambda: [name for name, w in self.workers.items() if w.status().circuit == "open"],
             clock=reactor,
             wall=wall,
+            stranded_after=stranded_after(config),
+            own_node=self._own_node,
         )
         self._declare_metrics()
 
@@ -426,15 +438,24 @@ class GatewayService(MultiService):
             self.observer.observe(events.InstanceAdmitted(admission, admission.spooled, info))
         return admission
 
-    def _node_detail(self) -> str:
-        """What this node says of itself in each heartbeat: its listeners, version, whether it drains."""
+    def _own_node(self) -> NodeState | None:
+        """This node as its own heartbeat knows it (metrics, for a store without a node table)."""
+        last = self.heartbeat.last_beat
+        return None if last is None else NodeState(self.config.node, last)
+
+    def _node_detail(self, stopped: bool = False) -> str:
+        """What this node says of itself in each heartbeat: its listeners, version, whether it drains (or stopped)."""
         addresses = []
         for service in self.listeners:
             if service.port is not None:
-                host = service.port.getHost()
+                try:
+                    host = service.port.getHost()
+                except OSError:
+                    continue  # a port closed under us (stopping)
                 addresses.append(f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
-        # ``draining`` is set by the drain command (issue 14's front door); absent, the node is not draining.
-        return node_detail(addresses, __version__, bool(getattr(self, "draining", False)))
+        # ``self.drain`` (gateway.drain.Drain, issue 14's front door) when merged; absent, never draining.
+        drain = getattr(self, "drain", None)
+        return node_detail(addresses, __version__, bool(getattr(drain, "draining", False)), stopped)
 
     def _declare_metrics(self) -> None:
         self.metrics.declare(
@@ -466,9 +487,15 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Recover the spool and the journal, then start workers and listeners."""
         Service.startService(self)
+        from gateway.stores import describe_store
+
         self.log.info(
-            "dicom-gateway {version} starting: AE title {ae_title}, spool {spool}, {n} destination(s), {r} route(s)",
+            "dicom-gateway {version} starting: node {node}, AE title {ae_title}, spool {spool}{shared}, queue {queue}, "
+            "{n} destination(s), {r} route(s)",
             version=__version__,
+            node=self.config.node,
+            queue=describe_store(self.config),  # never the password
+            shared=" (shared)" if self.config.spool.shared else "",
             ae_title=printable(self.config.ae_title),
             spool=self.config.spool.path,
             n=len(self.config.destinations),
@@ -481,6 +508,11 @@ class GatewayService(MultiService):
         d.addErrback(self._start_failed)
 
     async def _start(self) -> None:
+        if self.config.queue.backend == "postgresql":
+            # Before anything is recovered or removed under this node's name (issue 14).
+            await check_node_name_free(
+                self.store, self.store_runner, self._reactor, self._wall, self.config.node, self.config.cluster.heartbeat
+            )
         for path in self.spool.recover():
             self.log.warn("removed incomplete spool file {path} left by an earlier run", path=path)
         returned, removed = await self.recovery.recover()
@@ -507,7 +539,10 @@ class GatewayService(MultiService):
         self.ready.callback(None)
 
     def _start_failed(self, failure: Any) -> None:
-        self.log.failure("start-up recovery failed; stopping", failure)
+        if failure.check(NodeNameInUse):
+            self.log.critical("{error}; stopping", error=failure.getErrorMessage())
+        else:
+            self.log.failure("start-up recovery failed; stopping", failure)
         if self._reactor.running:
             self._reactor.stop()
 
@@ -523,7 +558,7 @@ class GatewayService(MultiService):
         """
         if not self.heartbeat.available:
             return  # the journal is away: nothing can be marked removed
-        shared = self.config.spool.shared
+        shared = bool(self.owner)  # as started: spool and queue changes need a restart
         if shared:
             now = self._wall()
             held = await self.store_runner.run(
@@ -533,9 +568,16 @@ class GatewayService(MultiService):
                 return
         # Node-local spools on one PostgreSQL queue: each node cleans its own files.
         # (SQLite is one node's: every record is its own, whatever node name it carries.)
-        local = self.config.queue.backend == "postgresql" and not shared
+        gone: list[str] = []
+        if self.node_local:
+            now = self._wall()
+            bound = now - dead_node_after(self.config)
+            gone = [status.node for status in await self.store_runner.run(self.store.nodes, now) if status.last_seen < bound]
         removed = await self.recovery.clean(
-            self.config.keep_delivered, self.config.duplicate_window, node=self.config.node if local else ""
+            self.config.keep_delivered,
+            self.config.duplicate_window,
+            node=self.store.node if self.node_local else "",
+            gone=gone,
         )
         if removed:
             self.log.debug("removed {count} delivered instance(s) from the spool", count=removed)
@@ -548,7 +590,15 @@ class GatewayService(MultiService):
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())
-        d.addErrback(lambda f: self.log.failure("spool clean-up failed", f))
+
+        def failed(failure: Any) -> None:
+            if failure.check(StoreUnavailable):
+                # An outage the heartbeat reports; the next round after it tries again.
+                self.log.warn("spool clean-up skipped: {error}", error=failure.getErrorMessage())
+            else:
+                self.log.failure("spool clean-up failed", failure)
+
+        d.addErrback(failed)
         return d
 
     def stopService(self) -> Deferred[Any]:
@@ -561,10 +611,15 @@ class GatewayService(MultiService):
                 close()  # syslog; the audit file stays open for the last records
         if self._janitor.running:
             self._janitor.stop()
-        self.drain.stop()
         self.heartbeat.stop()
+        self.drain.stop()
         self.refresher.stop()
+        last_words = self._node_detail(stopped=True)  # while the listeners still have their addresses
         d = super().stopService()
+        if self.heartbeat.last_beat is not None:
+            # A clean stop says so, so the next process under this name starts without waiting.
+            # (Never written by a process that did not beat: the name may be another's.)
+            d.addBoth(lambda _: self.heartbeat.last_words(last_words))
         d.addBoth(lambda _: self.store_runner.run(self.store.close))
         d.addErrback(lambda f: self.log.failure("closing the queue journal failed", f))
         return d
@@ -618,6 +673,9 @@ class GatewayService(MultiService):
         for what in ("listen", "spool", "limits", "queue", "node", "cluster", "ae_title", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
+        # The store, its node name and the heartbeat were built from these (issue 14): keep them
+        # until a restart, so nothing reads a node name the store does not speak for.
+        new = replace(new, node=old.node, queue=old.queue, queue_path=old.queue_path, cluster=old.cluster)
         # API tokens apply at once (read per request); the HTTP listener itself needs a restart.
         if replace(old.http, token="", token_file="", tokens=()) != replace(new.http, token="", token_file="", tokens=()):
             self.log.warn("configuration reload: 'http' changed; restart the gateway to apply it (tokens apply now)")

@@ -14,14 +14,30 @@ together do not both migrate) and returns the version now in force.
 
 from __future__ import annotations
 
-import inspect
 import os
-from typing import Any
 
 from gateway.config.schema import GatewayConfig
 from gateway.queue.interfaces import IQueueStore
 
-__all__ = ["open_store", "migrate_store", "describe_store"]
+__all__ = ["open_store", "migrate_store", "describe_store", "stranded_after", "STRANDED_LEASES"]
+
+#: A node-local spool's node silent for this many leases strands its backlog
+#: (``queue list``'s STRANDED column, ``gateway_queue_stranded``): 120 s with the defaults.
+STRANDED_LEASES = 6
+
+
+def stranded_after(config: GatewayConfig) -> float | None:
+    """Seconds of silence after which a node's queued entries are stranded, or ``None`` where nothing can strand.
+
+    Only with node-local spools on a shared queue (PostgreSQL, ``spool.shared: false``)
+    does an entry wait for one node; on a shared spool any node sends it,
+    and SQLite is one node's.
+
+    :param config: the validated configuration.
+    """
+    if config.queue.backend == "postgresql" and not config.spool.shared:
+        return STRANDED_LEASES * config.cluster.lease
+    return None
 
 
 def open_store(config: GatewayConfig) -> IQueueStore:
@@ -36,46 +52,60 @@ def open_store(config: GatewayConfig) -> IQueueStore:
     if queue.backend == "postgresql":
         from gateway.queue.postgres import PostgresQueueStore
 
-        store: Any = PostgresQueueStore(
+        return PostgresQueueStore(
             queue.dsn,
             config.node,
-            password=queue.password,
+            password=queue.password or None,
             local_only=not config.spool.shared,
             pool_min=queue.pool_min,
             pool_max=queue.pool_max,
             connect_timeout=queue.connect_timeout,
             statement_timeout=queue.statement_timeout,
         )
-        return store  # type: ignore[no-any-return]
     from gateway.queue.sqlite import SqliteQueueStore
 
     os.makedirs(os.path.dirname(config.queue_path) or ".", exist_ok=True)
-    if "node" in inspect.signature(SqliteQueueStore).parameters:
-        return SqliteQueueStore(config.queue_path, node=config.node)  # type: ignore[call-arg]
-    # A SQLite store from before issue 14's store branch is merged: one node by definition.
-    sqlite = SqliteQueueStore(config.queue_path)
-    sqlite.node = config.node  # type: ignore[attr-defined]
-    return sqlite
+    return SqliteQueueStore(config.queue_path, node=config.node)
 
 
-def migrate_store(config: GatewayConfig) -> int:
-    """Create or update the queue schema of ``config``; return the schema version now in force.
+def migrate_store(config: GatewayConfig) -> tuple[int, int]:
+    """Create or update the queue schema of ``config`` (``dicom-gateway db migrate``).
+
+    PostgreSQL: under the migration advisory lock, so two nodes (or a node and
+    this command) never both migrate; SQLite: opening the journal migrates it
+    in one transaction.
 
     :param config: the validated configuration.
-    :returns: the schema version.
+    :returns: ``(schema version now in force, migrations this call applied)``.
+    :raises Exception: the store's error (:class:`~gateway.queue.interfaces.StoreUnavailable`,
+        ``SchemaError`` for a database newer than this code).
     """
     queue = config.queue
     if queue.backend == "postgresql":
         from gateway.queue import pgschema
+        from gateway.queue.postgres import migrate_database
 
-        version: Any = pgschema.migrate(queue.dsn, queue.password)
-        return int(version)
-    from gateway.queue.sqlite import SCHEMA_VERSION
+        applied = migrate_database(queue.dsn, queue.password or None, config.node, queue.connect_timeout)
+        return pgschema.SCHEMA_VERSION, applied
+    from gateway.queue.schema import SCHEMA_VERSION
 
-    # Opening the SQLite journal migrates it (in one transaction).
+    before = _sqlite_version(config.queue_path)
     store = open_store(config)
     store.close()
-    return int(SCHEMA_VERSION)
+    return SCHEMA_VERSION, SCHEMA_VERSION - before
+
+
+def _sqlite_version(path: str) -> int:
+    """The schema version of a SQLite journal (``PRAGMA user_version``), 0 when there is no file yet."""
+    import sqlite3
+
+    if not os.path.exists(path):
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def describe_store(config: GatewayConfig) -> str:

@@ -299,6 +299,7 @@ _DRAIN_FIELDS: Final[Mapping[str, _Field]] = {
 }
 
 
+
 def _check_cluster(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept ``cluster: {lease, heartbeat}``; a lease must outlast two heartbeats.
 

@@ -30,9 +30,9 @@ def dashboard_expressions() -> list[tuple[str, str]]:
     return found
 
 
-def substitute(expr: str, instance: str = ".*", rate_interval: str = "1m") -> str:
-    """Replace the dashboard's variables as Grafana would."""
-    return expr.replace("$__rate_interval", rate_interval).replace("$instance", instance)
+def substitute(expr: str, instance: str = ".*", rate_interval: str = "1m", node: str = ".*") -> str:
+    """Replace the dashboard's variables as Grafana would (``node``: issue 14's node variable, "All" by default)."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$instance", instance).replace("$node", node)
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,22 +66,34 @@ class PromtoolTests(SynchronousTestCase):
 
         rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
         tests = (PROMETHEUS / "alerts_test.yml").read_text()
-        self.assertEqual(len(rules), 8)
+        self.assertEqual(len(rules), 11)
         for rule in rules:
             self.assertEqual(set(rule["annotations"]), {"summary", "description"}, rule["alert"])
             self.assertIn(f"alertname: {rule['alert']}", tests)
 
 
 class DashboardTests(SynchronousTestCase):
-    """The dashboard parses, uses its variables, and covers the five rows."""
+    """The dashboard parses, uses its variables, and covers the six rows."""
 
     def test_rows_and_variables(self) -> None:
-        """Rows intake, delivery, backlog, latency and capacity; datasource and instance variables."""
+        """Rows intake, delivery, backlog, latency, capacity and cluster; datasource, instance and node variables."""
         data = json.loads(DASHBOARD.read_text())
         rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
-        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity"])
+        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster"])
         variables = {v["name"]: v["type"] for v in data["templating"]["list"]}
-        self.assertEqual(variables, {"datasource": "datasource", "instance": "query"})
+        self.assertEqual(variables, {"datasource": "datasource", "instance": "query", "node": "query"})
+
+    def test_cluster_row_per_node(self) -> None:
+        """Issue 14: per-node receive rate, leases held and heartbeat age, each filtered on $node and grouped by node."""
+        exprs = dict(dashboard_expressions())
+        for title, metric in (
+            ("Instances/s received per node", "dicom_gateway_instances_received_total"),
+            ("Leases held per node", "dicom_gateway_node_leases"),
+            ("Heartbeat age per node", "dicom_gateway_node_heartbeat_age_seconds"),
+        ):
+            self.assertIn(metric, exprs[title])
+            self.assertIn('node=~"$node"', exprs[title])
+            self.assertTrue(exprs[title].startswith(("sum by (node)", "max by (node)", "min by (node)")), title)
 
     def test_every_expression_uses_the_instance_variable_and_contract_metrics(self) -> None:
         """Each expression filters on $instance and names only dicom_gateway_* metrics."""

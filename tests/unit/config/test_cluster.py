@@ -270,3 +270,44 @@ class SharedSpoolTests(ClusterTestCase):
         """``shared: maybe`` is refused."""
         text = MINIMAL.replace("spool: spool\n", "spool: {path: spool, shared: maybe}\n")
         self.assertOneError(text, 5, "spool.shared", "expected a boolean")
+
+
+class ShippedExampleTests(ClusterTestCase):
+    """The commented cluster examples of ``etc/gateway.yaml`` load once uncommented."""
+
+    def test_uncommented_examples_load(self) -> None:
+        """node, spool.shared, the PostgreSQL queue and cluster, uncommented (password file replaced), give what they say."""
+        from tests.unit.config.test_load import REPO_ROOT
+
+        path = os.path.join(REPO_ROOT, "etc", "gateway.yaml")
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        secret = self.password_file()
+        out: list[str] = []
+        skipping_sqlite_queue = in_example = False
+        for line in lines:
+            if line == "queue:":
+                skipping_sqlite_queue = True  # the SQLite example gives way to the PostgreSQL one
+                continue
+            if skipping_sqlite_queue:
+                if line.startswith("  "):
+                    continue
+                skipping_sqlite_queue = False
+            if line.startswith(("# node:", "# queue:", "# cluster:")):
+                in_example = not line.startswith("# node:")  # a block follows queue: and cluster:
+                line = line[2:]
+            elif in_example and line.startswith("#   "):
+                line = line[2:]
+            else:
+                in_example = False
+            if line.startswith("  # shared: false"):
+                line = "  shared: true"
+            out.append(line.replace("/etc/dicom-gateway/pg-password", secret))
+        config = load_config_text("\n".join(out) + "\n", "gateway.yaml", os.path.dirname(path))
+        self.assertEqual(config.node, "gw-1")
+        self.assertTrue(config.spool.shared)
+        self.assertEqual(
+            (config.queue.backend, config.queue.dsn, config.queue.password, config.queue.pool_max, config.queue.connect_timeout),
+            ("postgresql", "host=db1 dbname=gateway user=gateway sslmode=verify-full", SECRET, 4, 5.0),
+        )
+        self.assertEqual(config.cluster, ClusterConfig(lease=20.0, heartbeat=5.0))
