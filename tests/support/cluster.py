@@ -14,10 +14,12 @@ on one machine and on free ports:
   with its own ``node:`` name, DICOM port, DICOM TLS port and HTTP port,
   the short ``cluster: {lease, heartbeat}`` a test asks for, and
   ``proxy_protocol: {trusted: [127.0.0.2/32]}`` on both listeners;
-- one :class:`HAProxy` in TCP mode in front, two frontends (DICOM, and DICOM
-  TLS passed through to the nodes' TLS ports), ``balance leastconn``,
-  ``send-proxy-v2``, a health check on each node's ``/readyz``, and spare
-  server lines for nodes that are started later (down until they answer).
+- one :class:`HAProxy` in front: the shipped ``etc/haproxy/haproxy.cfg``
+  as :mod:`tests.support.haproxy` renders it for a test (TCP mode, DICOM and
+  DICOM TLS passed through, ``balance leastconn``, ``send-proxy-v2``, a
+  health check on each node's ``/readyz``, here every 500 ms), with a
+  server line for every node configured, started or not (a node started
+  later is DOWN until it answers).
 
 HAProxy opens its connections to the nodes *from 127.0.0.2* (``source``
 on each server line) while the modalities (``storescu``) connect from
