@@ -27,17 +27,42 @@ PostgreSQL single node within 20% of the SQLite one).
 Where scaling stops on 2 cores, and why
 ---------------------------------------
 This VM has 2 cores for everything in the picture: 8 ``storescu``, HAProxy,
-N gateway processes, PostgreSQL and ``storescp --fork``. Adding a node adds
-a reactor thread that can use a core, but the cores are already busy: the
-sum of the CPU per instance of every process times the rate is close to
-2 cores of CPU at 1 node, so a second node can only take cores from the
-senders, PostgreSQL and the destination, and the rate stays flat (each
-extra node also costs its own heartbeats, pool connections and lease
-queries). The figures per process say how far a machine with more cores
-goes: a node's share of the CPU per instance is what one more core buys,
-until PostgreSQL's share (its commits, one WAL flush per group commit) or
-the shared disk's flushes bound it. The measured figures and that
-prediction are in the report of issue 14 (bench/README.md).
+N gateway processes, PostgreSQL and ``storescp --fork`` (and, while the
+figures below were taken, other sessions' test runs: the machine was 75-88%
+busy whatever the side). Figures of 2026-12-02 (``--runs 3``, 1000 x 64 KiB,
+medians; the run-to-run spread is +-20%):
+
+============  ========  ==========  =====================================================
+side          receive   end-to-end  CPU us per instance (all processes; node / PostgreSQL)
+============  ========  ==========  =====================================================
+SQLite x1     226/s     167/s       6,400 (node 4,300)
+PostgreSQL x1 126/s     115/s       9,200 (node 5,800 / PostgreSQL 1,500)
+PostgreSQL x2 115/s     104/s       9,500 (nodes 3,700 + 2,400 / 1,700)
+PostgreSQL x3 171/s     130/s       8,700 (nodes 1,600 + 2,200 + 1,600 / 1,700)
+============  ========  ==========  =====================================================
+
+One PostgreSQL node is not bound by CPU: its processes use about 1.2 of
+the 2 cores (9.2 ms x 126/s). It is bound by the latency of its journal
+commits: every C-STORE waits for its group's commit, which is a round trip
+to PostgreSQL and PostgreSQL's WAL flush (``synchronous_commit`` on) on
+top of the spool file's flush, where SQLite's commit is a local WAL append
+and flush; the node also spends 1.5 ms more CPU per instance than on SQLite
+(psycopg, the pool's threads). More nodes add commit streams, so the rate
+can rise until the cores are full; on this VM 2 nodes are within the noise
+of 1 (the target "not slower" is met only within that noise) and 3 nodes
+reach about 1.5 cores of work (8.7 ms x 171/s) before the other tenants'
+share of the 2 cores: scaling stops there, at about 170-230/s, because
+every process of the picture shares the same 2 cores.
+
+On a machine with 4 or more cores the figures predict: the cluster's CPU
+cost is about 9 ms per instance whatever the number of nodes, so 4 cores
+carry about 4 / 9.2 ms = 430/s; one node stays latency-bound near its
+126/s, so 2 nodes (two commit streams, 2 x 1.2 cores) should reach about
+1.8x and meet the 1.6x target, 3 nodes about 2.5x until PostgreSQL's WAL
+flushes (one per group commit, shared by all nodes) or the shared disk
+bound it. The PostgreSQL single node is 0.56x the SQLite one here, not
+within 20%: that target is missed, and more nodes are the way to the
+SQLite node's rate and beyond.
 
 Usage::
 
@@ -163,7 +188,7 @@ def to_cluster(work: Path, series: str, files: Sequence[Path], senders: int, nod
         count = -1.0
         try:
             scp = dcmtk.Storescp(Path(scope.mktemp()), bit_preserving=False, accept_all=False,
-                                 env=m.nodelay_env(True), extra=["--fork"])
+                                 env=m.nodelay_env(True), extra=["--fork", "+uf"])
             scope.addCleanup(scp.stop)
             scp.start()
             cluster = Cluster(scope, nodes, lease=lease, heartbeat=heartbeat, backend=backend,
@@ -217,7 +242,7 @@ def recovery(work: Path, count: int, kib: int, lease: str | None, heartbeat: str
     try:
         source = Path(scope.mktemp())
         make_series(source, count, kib * 1024)
-        scp = dcmtk.Storescp(Path(scope.mktemp()), bit_preserving=False, accept_all=False, extra=["--fork"])
+        scp = dcmtk.Storescp(Path(scope.mktemp()), bit_preserving=False, accept_all=False, extra=["--fork", "+uf"])
         scope.addCleanup(scp.stop)
         scp.start()
         cluster = Cluster(scope, 2, lease=lease, heartbeat=heartbeat, node_config=cluster_config(scp))
