@@ -41,18 +41,20 @@ PostgreSQL x2 115/s     104/s       9,500 (nodes 3,700 + 2,400 / 1,700)
 PostgreSQL x3 171/s     130/s       8,700 (nodes 1,600 + 2,200 + 1,600 / 1,700)
 ============  ========  ==========  =====================================================
 
-One PostgreSQL node is not bound by CPU: its processes use about 1.2 of
-the 2 cores (9.2 ms x 126/s). It is bound by the latency of its journal
-commits: every C-STORE waits for its group's commit, which is a round trip
-to PostgreSQL and PostgreSQL's WAL flush (``synchronous_commit`` on) on
-top of the spool file's flush, where SQLite's commit is a local WAL append
-and flush; the node also spends 1.5 ms more CPU per instance than on SQLite
-(psycopg, the pool's threads). More nodes add commit streams, so the rate
-can rise until the cores are full; on this VM 2 nodes are within the noise
-of 1 (the target "not slower" is met only within that noise) and 3 nodes
-reach about 1.5 cores of work (8.7 ms x 171/s) before the other tenants'
-share of the 2 cores: scaling stops there, at about 170-230/s, because
-every process of the picture shares the same 2 cores.
+One PostgreSQL node is not bound by the cores: all its processes use
+about 1.2 of the 2 (9.2 ms x 126/s), the node itself 0.73 of one (the
+SQLite node 0.97: one Python process does about one core's work). It
+waits: every C-STORE waits for its group's commit, a round trip to
+PostgreSQL and PostgreSQL's WAL flush (``synchronous_commit`` on), on top
+of the spool file's flush, where SQLite's commit is a local WAL append and
+flush; and the node spends 1.5 ms more CPU per instance than on SQLite
+(psycopg, the pool's threads). More nodes add commit streams, but the
+flushes (the spool's and PostgreSQL's WAL) go to the one disk every node
+shares, and the 2 cores are shared with everything else: on this VM 2
+nodes are within the noise of 1 (the target "not slower" is met only
+within that noise) and 3 nodes reach about 1.5 cores of work (8.7 ms x
+171/s). Scaling stops there, at about 170-230/s: the flushes of one disk
+and 2 shared cores (these are readings of the figures, not a profile).
 
 On a machine with 4 or more cores the figures predict: the cluster's CPU
 cost is about 9 ms per instance whatever the number of nodes, so 4 cores
