@@ -420,10 +420,9 @@ class GatewayService(MultiService):
         self.workers[destination.name] = worker
         worker.setServiceParent(self)
         drain = getattr(self, "drain", None)
-        set_draining = getattr(worker, "set_draining", None)
-        if drain is not None and drain.draining and set_draining is not None:
+        if drain is not None and drain.draining:
             # A worker replaced by a reload during a drain drains too (issue 14).
-            set_draining(True)
+            worker.set_draining(True)
         return worker
 
     def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
