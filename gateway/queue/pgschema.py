@@ -27,8 +27,9 @@ with its ``schema_version`` row, so two nodes starting together on an
 empty database do not both migrate: the second waits for the lock, reads
 the version again and finds nothing left to do. A database whose version
 is newer than this code is refused (:class:`SchemaError`), never misread.
-``dicom-gateway db migrate`` calls :func:`migrate`; the store calls it at
-start only when the version it reads (without the lock) is older.
+``dicom-gateway db migrate`` calls :func:`migrate` (DSN and password); the
+store calls :func:`apply_migrations` on its own connection at start, only
+when the version it reads (without the lock) is older.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SchemaError",
     "advisory_key",
+    "apply_migrations",
     "migrate",
     "schema_version",
 ]
@@ -198,7 +200,28 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def migrate(
+def migrate(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
+    """``dicom-gateway db migrate``: connect and bring the database to the code's schema version.
+
+    The connection is made as the store makes its own (keepalives, timeouts,
+    the password as a separate parameter, never shown);
+    :func:`apply_migrations` does the work under the advisory lock.
+
+    :param dsn: libpq connection string or URI.
+    :param password: the password (from ``queue.password_file``), or ``None``.
+    :param node: recorded as who applied each migration.
+    :param connect_timeout: seconds to wait for the connection.
+    :returns: the number of migrations applied (0: already current, or another node did them).
+    :raises SchemaError: the database is newer than this code.
+    :raises gateway.queue.interfaces.StoreUnavailable: the database cannot be reached.
+    :raises ValueError: the DSN cannot be parsed.
+    """
+    from gateway.queue.postgres import migrate_database
+
+    return migrate_database(dsn, password, node, connect_timeout)
+
+
+def apply_migrations(
     conn: psycopg.Connection[Any],
     node: str = "",
     migrations: Sequence[Callable[[psycopg.Connection[Any]], None]] | None = None,

@@ -25,18 +25,20 @@ instead of failing on a dead socket.
 
 Every connection is configured when it is made:
 
-* TCP keepalives on both ends. The client's socket gets libpq's
-  ``keepalives=1``, ``keepalives_idle=10``, ``keepalives_interval=5``,
-  ``keepalives_count=3`` and ``tcp_user_timeout=25000`` (ms); the server's
-  end of the session the same through the session settings
-  ``tcp_keepalives_idle``/``_interval``/``_count`` and ``tcp_user_timeout``.
-  A node cut off by a partition therefore has its session (and the advisory
-  locks it holds: the housekeeping singleton) ended by the server within
-  :data:`KEEPALIVE_BOUND` = 10 + 3 x 5 = **25 s** of silence (idle socket:
-  keepalive probes; socket with unacknowledged data: ``tcp_user_timeout``),
-  not after the kernel's two-hour default. The node itself learns as fast
-  that its connection is gone. (Over a unix socket there is no TCP and
-  these do not apply.)
+* TCP keepalives on both ends. The server's end of the session gets
+  ``tcp_keepalives_idle=10``, ``tcp_keepalives_interval=5``,
+  ``tcp_keepalives_count=3`` and ``tcp_user_timeout=25000`` (ms), session
+  settings: a node cut off by a partition (or dead with its machine) has
+  its session, and the advisory locks it holds (the housekeeping
+  singleton), ended by the server within :data:`KEEPALIVE_BOUND` = 10 + 3 x 5
+  = **25 s** of silence, not after the kernel's two-hour default. The
+  node's end gets libpq's ``keepalives``, ``keepalives_idle``/``_interval``
+  (a quarter of the bound), ``keepalives_count=3`` and ``tcp_user_timeout``
+  bounded by ``min(statement_timeout, 25 s)`` (:func:`client_keepalives`):
+  a call stuck in a partition fails (StoreUnavailable) within the statement
+  timeout, which the server cannot enforce when it is unreachable, and a
+  node learns it lost its session before the server frees its locks for
+  another node. (Over a unix socket there is no TCP and none of this applies.)
 * ``statement_timeout`` (the ``statement_timeout`` argument) bounds every
   statement, lock waits included; ``connect_timeout`` bounds a connection
   attempt and the wait for a free pooled connection.
@@ -48,9 +50,12 @@ Every connection is configured when it is made:
 
 Custody across nodes
 --------------------
-* **Leases** (``lease``, ``settle``): ``SELECT ... FOR UPDATE SKIP LOCKED``
-  over a destination's due QUEUED entries in id order, then one UPDATE:
-  LEASED, owner = this node, ``lease_generation + 1``, ``leased_until``. A
+* **Leases** (``lease``, ``settle``): one statement, ``UPDATE entries ...
+  WHERE entry_id IN (SELECT ... ORDER BY entry_id LIMIT n FOR UPDATE SKIP
+  LOCKED) RETURNING``, over a destination's due QUEUED entries in id order
+  (not paused: checked inside the same statement): LEASED, owner = this
+  node, ``lease_generation + 1``, ``leased_until``; the returned rows are
+  joined with their instances in the same statement. A
   row another transaction has locked is skipped, and a row another node
   leased and committed meanwhile is re-checked by PostgreSQL against the
   WHERE clause on its newest version (READ COMMITTED), so two nodes never
@@ -80,7 +85,25 @@ Custody across nodes
   of its SOP Instance UID (all of a batch's keys, in order, so two batches
   cannot deadlock). Two nodes receiving the same instance at once are
   serialized there: the second sees the first's entries and records a
-  DUPLICATE. A batch (``add_instances``) is one transaction: group commit.
+  DUPLICATE. The lock and the lookup are two statements on purpose: in READ
+  COMMITTED each statement reads a snapshot taken when it starts, so a
+  lookup in the statement that waited for the lock would not see the
+  transaction it waited for. A batch (``add_instances``) is one
+  transaction: group commit, its rows sent with ``executemany`` (libpq's
+  pipeline mode: one round trip for many rows).
+* Every node's deliveries to one destination update its ``destinations``
+  row (``last_success_at``), so the settle transactions of a destination
+  are serialized on that row lock until they commit: a commit is one WAL
+  flush on the server, shared by the transactions committing together.
+
+Round trips
+-----------
+On loopback a statement costs little; a round trip to another machine
+costs more than the work. The hot paths are written to need few: a busy
+``settle`` is BEGIN, one statement for the deliveries and the destination's
+last success, one to take back expired leases, one to lease and read,
+COMMIT; ``add_instances`` is BEGIN, the duplicate lock and lookup (only
+with a window), two pipelined inserts, COMMIT.
 
 The database unreachable
 ------------------------
@@ -89,8 +112,12 @@ be made or was lost, a statement or pool timeout, a server shutting down)
 is raised as :class:`~gateway.queue.interfaces.StoreUnavailable`, whose
 message names the DSN without its password; the caller answers 0xA700 and
 keeps outcomes in memory. The store object stays usable: its pool
-reconnects when PostgreSQL is back. ``KeyError``/``ValueError`` of the
-interface's contract are raised as such.
+reconnects when PostgreSQL is back (a reconnection attempt gives up after
+``2 x connect_timeout`` instead of psycopg_pool's five minutes of growing
+back-off, so the next call starts a fresh one at once). A COMMIT whose
+answer was lost is the one ambiguity: the methods are written so that a
+retry is harmless. ``KeyError``/``ValueError`` of the interface's contract
+are raised as such.
 
 The password
 ------------
@@ -136,9 +163,9 @@ from gateway.queue.pgschema import (
     SCHEMA_VERSION,
     SchemaError,
     advisory_key,
+    apply_migrations,
     attempt_json,
     entry_from_row,
-    migrate,
     record_from_row,
     schema_version,
 )
@@ -148,30 +175,62 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["KEEPALIVE_BOUND", "KEEPALIVES", "PostgresQueueStore", "migrate_database", "safe_dsn"]
+__all__ = [
+    "KEEPALIVE_BOUND",
+    "SERVER_KEEPALIVES",
+    "PostgresQueueStore",
+    "check_dsn",
+    "client_keepalives",
+    "migrate_database",
+    "safe_dsn",
+]
 
 _log = logging.getLogger(__name__)
 
-#: libpq's client-side TCP keepalive parameters for every connection of the store.
-KEEPALIVES: Mapping[str, int] = {
-    "keepalives": 1,
-    "keepalives_idle": 10,  # seconds of silence before the first probe
-    "keepalives_interval": 5,  # seconds between probes
-    "keepalives_count": 3,  # unanswered probes before the connection is dead
-    "tcp_user_timeout": 25_000,  # ms a sent byte may stay unacknowledged
+#: The server's end of every session of the store (PostgreSQL's ``tcp_*``
+#: session settings): what ends a partitioned or dead node's session, and
+#: with it the advisory locks it holds (the housekeeping singleton).
+SERVER_KEEPALIVES: Mapping[str, int] = {
+    "tcp_keepalives_idle": 10,  # seconds of silence before the first probe
+    "tcp_keepalives_interval": 5,  # seconds between probes
+    "tcp_keepalives_count": 3,  # unanswered probes before the session is dead
+    "tcp_user_timeout": 25_000,  # ms a sent byte may stay unacknowledged (also caps the probes: tcp(7))
 }
 
-#: Seconds of silence after which a partitioned node's session is ended, by
-#: the server and by the client: idle + count x interval = 10 + 3 x 5.
-KEEPALIVE_BOUND = KEEPALIVES["keepalives_idle"] + KEEPALIVES["keepalives_count"] * KEEPALIVES["keepalives_interval"]
+#: Seconds of silence after which the server ends a partitioned node's
+#: session: idle + count x interval = 10 + 3 x 5 (``tcp_user_timeout`` is the same 25 s).
+KEEPALIVE_BOUND = (
+    SERVER_KEEPALIVES["tcp_keepalives_idle"]
+    + SERVER_KEEPALIVES["tcp_keepalives_count"] * SERVER_KEEPALIVES["tcp_keepalives_interval"]
+)
 
-#: Settings of the server's end of each session (PostgreSQL ``tcp_*`` GUCs), same bound.
-_SERVER_KEEPALIVES: Mapping[str, int] = {
-    "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
-    "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
-    "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
-    "tcp_user_timeout": KEEPALIVES["tcp_user_timeout"],
-}
+
+def client_keepalives(statement_timeout: float) -> dict[str, int]:
+    """libpq's keepalive parameters for the node's end: a call in a partition fails within the statement timeout.
+
+    ``statement_timeout`` is enforced by the server, so it cannot end a call
+    whose server is unreachable; the node's own socket must. With
+    ``tcp_user_timeout`` (unacknowledged data) and keepalive probes every
+    quarter of it (a request sent, its answer lost), a call fails after
+    ``min(statement_timeout, KEEPALIVE_BOUND)`` seconds of silence at most
+    (tcp(7): the user timeout also decides when unanswered probes end the
+    connection). Never longer than the server's bound: a node learns it
+    lost its session (and its singleton) before another node can take it.
+
+    :param statement_timeout: the store's statement timeout, in seconds.
+    :returns: ``keepalives``, ``keepalives_idle``, ``keepalives_interval``,
+        ``keepalives_count`` and ``tcp_user_timeout`` (ms).
+    """
+    bound = max(1.0, min(statement_timeout, float(KEEPALIVE_BOUND)))
+    probe = max(1, int(bound / 4))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(bound * 1000),
+    }
+
 
 #: Lock kinds hashed by :func:`gateway.queue.pgschema.advisory_key`.
 _DUPLICATE_LOCK = "dup"
@@ -196,8 +255,22 @@ def safe_dsn(dsn: str) -> str:
     return conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN libpq cannot parse, without echoing it (libpq's message quotes the text, which may hold a password).
+
+    :param dsn: a libpq connection string or URI.
+    :raises ValueError: it cannot be parsed.
+    """
+    from psycopg import conninfo
+
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        raise ValueError("the PostgreSQL dsn cannot be parsed (not shown: it may hold a password)") from None
+
+
 def migrate_database(dsn: str, password: str | None = None, node: str = "", connect_timeout: float = 5.0) -> int:
-    """``dicom-gateway db migrate``: bring a database to the current schema under the advisory lock.
+    """``dicom-gateway db migrate`` (:func:`gateway.queue.pgschema.migrate`): bring a database to the current schema under the advisory lock.
 
     :param dsn: libpq connection string.
     :param password: the password (from ``password_file``), or ``None``.
@@ -209,12 +282,13 @@ def migrate_database(dsn: str, password: str | None = None, node: str = "", conn
     """
     import psycopg
 
+    check_dsn(dsn)
     secrets = _secrets(dsn, password)
     try:
         with psycopg.connect(
             dsn, autocommit=True, **_connect_kwargs(dsn, password, node, connect_timeout)
         ) as conn:
-            return migrate(conn, node)
+            return apply_migrations(conn, node)
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:
         raise StoreUnavailable(_scrub(f"PostgreSQL at {safe_dsn(dsn)}: {e}", secrets)) from None
 
@@ -240,7 +314,9 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def _connect_kwargs(dsn: str, password: str | None, node: str, connect_timeout: float) -> dict[str, Any]:
+def _connect_kwargs(
+    dsn: str, password: str | None, node: str, connect_timeout: float, statement_timeout: float = 10.0
+) -> dict[str, Any]:
     """libpq parameters added to the DSN: password, timeouts, keepalives, application name.
 
     Keepalive and application-name parameters the DSN sets itself are left
@@ -250,7 +326,7 @@ def _connect_kwargs(dsn: str, password: str | None, node: str, connect_timeout: 
     from psycopg import conninfo
 
     given = conninfo.conninfo_to_dict(dsn)
-    kwargs: dict[str, Any] = {k: v for k, v in KEEPALIVES.items() if k not in given}
+    kwargs: dict[str, Any] = {k: v for k, v in client_keepalives(statement_timeout).items() if k not in given}
     kwargs["connect_timeout"] = max(1, round(connect_timeout))
     if "application_name" not in given:
         kwargs["application_name"] = f"dicom-gateway {node}"[:63]
@@ -292,6 +368,7 @@ class PostgresQueueStore:
     ) -> None:
         from psycopg_pool import ConnectionPool
 
+        check_dsn(dsn)
         self.node = node
         self.local_only = local_only
         self.connect_timeout = connect_timeout
@@ -299,7 +376,7 @@ class PostgresQueueStore:
         self._dsn = dsn
         self._shown_dsn = safe_dsn(dsn)
         self._secrets = _secrets(dsn, password)
-        self._kwargs = _connect_kwargs(dsn, password, node, connect_timeout)
+        self._kwargs = _connect_kwargs(dsn, password, node, connect_timeout, statement_timeout)
         self._kwargs["autocommit"] = True
         # The housekeeping singletons: one session kept out of the pool.
         self._singleton_lock = threading.Lock()
@@ -327,7 +404,7 @@ class PostgresQueueStore:
                 self._pool.open(wait=True, timeout=connect_timeout)
                 with self._pool.connection() as conn:
                     if schema_version(conn) != SCHEMA_VERSION:
-                        migrate(conn, node)
+                        apply_migrations(conn, node)
         except BaseException:
             self._pool.close()
             raise
@@ -341,7 +418,7 @@ class PostgresQueueStore:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Set up a new connection: server-side keepalives, statement timeout, durable commits."""
-        for name, value in _SERVER_KEEPALIVES.items():
+        for name, value in SERVER_KEEPALIVES.items():
             conn.execute(f"SET {name} = {int(value)}")
         conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
         row = conn.execute("SHOW synchronous_commit").fetchone()
@@ -500,60 +577,89 @@ class PostgresQueueStore:
         :raises ValueError: an instance id is already recorded (nothing is kept).
         """
         import psycopg
+        from psycopg.types.json import Jsonb
 
+        if not batch:
+            return []
         try:
             with self._write() as conn:
+                # Destinations that already have each exact instance (same UID
+                # and bytes) from an entry forwarded within the window
+                # (HARDENING decision 5), looked up once for the whole batch.
+                already: dict[tuple[str, str], set[str]] = {}
                 if duplicate_window > 0:
-                    # The duplicate window across nodes: serialize the lookups of
-                    # one SOP Instance UID (all keys first, in order: no deadlock).
-                    keys = sorted({advisory_key(_DUPLICATE_LOCK, record.sop_instance_uid) for record, _ in batch})
+                    # The window across nodes: serialize the lookups of one SOP
+                    # Instance UID (all keys first, in order: no deadlock).
+                    uids = sorted({record.sop_instance_uid for record, _ in batch})
+                    keys = sorted({advisory_key(_DUPLICATE_LOCK, uid) for uid in uids})
                     conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k",
-                        (ADVISORY_NAMESPACE, keys),
+                        "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k", (ADVISORY_NAMESPACE, keys)
                     )
-                return [self._add_one(conn, record, entries, now, duplicate_window) for record, entries in batch]
+                    for uid, sha256, destination in conn.execute(
+                        "SELECT DISTINCT i.sop_instance_uid, i.sha256, e.destination FROM instances i"
+                        " JOIN entries e ON e.instance_id = i.instance_id WHERE i.sop_instance_uid = ANY(%s)"
+                        " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
+                        (uids, now - duplicate_window),
+                    ):
+                        already.setdefault((uid, sha256), set()).add(destination)
+                # Decide every entry's state in order: a later instance of the
+                # batch sees the QUEUED entries of an earlier one.
+                plans: dict[str, PlanRecord] = {}
+                entry_rows: list[tuple[Any, ...]] = []
+                duplicates: list[tuple[str, ...]] = []
+                for record, entries in batch:
+                    key = (record.sop_instance_uid, record.sha256)
+                    seen = set(already.get(key, ())) if duplicate_window > 0 else set()
+                    hash_ = study_hash(record.study_instance_uid)
+                    found: list[str] = []
+                    for new in entries:
+                        state = EntryState.DUPLICATE if new.destination in seen else EntryState.QUEUED
+                        if state is EntryState.DUPLICATE:
+                            found.append(new.destination)
+                        elif duplicate_window > 0:
+                            already.setdefault(key, set()).add(new.destination)
+                        if new.plan is not None:
+                            plans[new.plan.plan_hash] = new.plan
+                        entry_rows.append((
+                            record.instance_id, new.route, new.destination, new.path, state.value, now, now,
+                            Jsonb([]), hash_, None if new.plan is None else new.plan.plan_hash,
+                        ))
+                    duplicates.append(tuple(found))
+                cursor = conn.cursor()
+                if plans:
+                    cursor.executemany(
+                        "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
+                        [(plan.plan_hash, plan.definition) for plan in plans.values()],
+                    )
+                # executemany runs in libpq's pipeline mode: one round trip for the batch.
+                cursor.executemany(
+                    "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
+                    + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
+                    [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
+                )
+                ids: list[int] = []
+                if entry_rows:
+                    cursor.executemany(
+                        "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
+                        " next_attempt_at, history, study_hash, plan_hash)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
+                        entry_rows,
+                        returning=True,
+                    )
+                    while True:  # one result per row, in the order given
+                        row = cursor.fetchone()
+                        assert row is not None
+                        ids.append(int(row[0]))
+                        if not cursor.nextset():
+                            break
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
-
-    def _add_one(
-        self,
-        conn: psycopg.Connection[Any],
-        record: InstanceRecord,
-        entries: Sequence[NewEntry],
-        now: float,
-        duplicate_window: float,
-    ) -> AddResult:
-        """Insert one instance and its entries inside the caller's transaction."""
-        hash_ = study_hash(record.study_instance_uid)
-        ids: list[int] = []
-        duplicates: list[str] = []
-        # Destinations that already have this exact instance (same UID and
-        # bytes) from an entry forwarded within the window (HARDENING decision 5).
-        already: set[str] = set()
-        if duplicate_window > 0:
-            rows = conn.execute(
-                "SELECT DISTINCT e.destination FROM instances i JOIN entries e ON e.instance_id = i.instance_id"
-                " WHERE i.sop_instance_uid = %s AND i.sha256 = %s"
-                " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
-                (record.sop_instance_uid, record.sha256, now - duplicate_window),
-            )
-            already = {row[0] for row in rows}
-        conn.execute(
-            "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
-            + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
-            tuple(getattr(record, column) for column in INSTANCE_COLUMNS),
-        )
-        for new in entries:
-            state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
-            if state is EntryState.DUPLICATE:
-                duplicates.append(new.destination)
-            ids.append(
-                self._insert_entry(
-                    conn, record.instance_id, new.route, new.destination, new.path, state, now, hash_,
-                    plan_hash=self._keep_plan(conn, new.plan),
-                )
-            )
-        return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
+        results: list[AddResult] = []
+        position = 0
+        for (_, entries), found_duplicates in zip(batch, duplicates):
+            results.append(AddResult(entry_ids=tuple(ids[position:position + len(entries)]), duplicates=found_duplicates))
+            position += len(entries)
+        return results
 
     # -- IQueueStore: the worker's cycle -------------------------------------
 
@@ -571,29 +677,29 @@ class PostgresQueueStore:
             return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
 
     def _reclaim_expired(self, conn: psycopg.Connection[Any], destination: str, now: float) -> None:
-        """Expired leases of ``destination`` (any node) back to QUEUED, the recover rule's entries noted."""
-        rows = conn.execute(
-            "SELECT entry_id, lease_owner, leased_until FROM entries"
-            " WHERE destination = %s AND state = 'leased' AND leased_until < %s"
-            " ORDER BY entry_id FOR UPDATE SKIP LOCKED",
-            (destination, now),
-        ).fetchall()
-        if not rows:
-            return
-        groups: dict[tuple[str, float], list[int]] = {}
-        for entry_id, owner, until in rows:
-            group = groups.setdefault((owner, until), [])
-            if len(group) <= UNRECORDED_DELIVERIES:
-                group.append(entry_id)
-        for (owner, _), ids in groups.items():
-            self._note(conn, ids, f"{EXPIRED_LEASE_PREFIX}{owner} expired", now)
+        """Expired leases of ``destination`` (any node) back to QUEUED, the recover rule's entries noted.
+
+        One statement: lock the expired rows (skipping those another
+        transaction holds: their owner is writing their outcome), rank them
+        within their lease (same owner and ``leased_until``), note the
+        lowest ``UNRECORDED_DELIVERIES + 1`` of each, requeue them all.
+        """
         conn.execute(
-            "UPDATE entries SET state = 'queued', leased_until = NULL WHERE entry_id = ANY(%s)",
-            ([row[0] for row in rows],),
+            "WITH locked AS (SELECT entry_id, lease_owner, leased_until FROM entries"
+            " WHERE destination = %(destination)s AND state = 'leased' AND leased_until < %(now)s"
+            " ORDER BY entry_id FOR UPDATE SKIP LOCKED),"
+            " ranked AS (SELECT entry_id, %(prefix)s || lease_owner || ' expired' AS note,"
+            " row_number() OVER (PARTITION BY lease_owner, leased_until ORDER BY entry_id) AS rank FROM locked)"
+            " UPDATE entries e SET state = 'queued', leased_until = NULL,"
+            " last_error = CASE WHEN r.rank <= %(noted)s THEN r.note ELSE e.last_error END,"
+            " history = CASE WHEN r.rank <= %(noted)s THEN e.history || jsonb_build_array(jsonb_build_object("
+            "'at', %(now)s::float8, 'error', r.note, 'counted', false)) ELSE e.history END"
+            " FROM ranked r WHERE e.entry_id = r.entry_id",
+            {"destination": destination, "now": now, "prefix": EXPIRED_LEASE_PREFIX, "noted": UNRECORDED_DELIVERIES + 1},
         )
 
     def _due_filter(self, shard: tuple[int, int] | None) -> tuple[str, list[Any]]:
-        """The WHERE clauses (after destination and state) shared by leasing and next_due: shard and node."""
+        """The WHERE clauses (after destination, state and due time) of leasing: shard and node."""
         sql = ""
         params: list[Any] = []
         if shard is not None:
@@ -615,19 +721,19 @@ class PostgresQueueStore:
     ) -> list[Entry]:
         """The body of :meth:`lease`, inside the caller's transaction."""
         self._reclaim_expired(conn, destination, now)
-        paused = conn.execute("SELECT paused FROM destinations WHERE name = %s", (destination,)).fetchone()
-        if paused is not None and paused[0]:
-            return []
         extra, params = self._due_filter(shard)
+        # Lease and read the leased entries with their instances in one statement.
         rows = conn.execute(
-            "UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
+            "WITH leased AS (UPDATE entries SET state = 'leased', leased_until = %s, lease_owner = %s,"
             " lease_generation = lease_generation + 1 WHERE entry_id IN ("
             " SELECT e.entry_id FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
-            " AND e.next_attempt_at <= %s" + extra + " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING entry_id",
-            (now + lease_seconds, self.node, destination, now, *params, limit),
+            " AND e.next_attempt_at <= %s" + extra
+            + " AND NOT EXISTS (SELECT 1 FROM destinations p WHERE p.name = %s AND p.paused)"
+            " ORDER BY e.entry_id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING *) "
+            + ENTRY_SELECT.replace(" FROM entries e ", " FROM leased e ") + " ORDER BY e.entry_id",
+            (now + lease_seconds, self.node, destination, now, *params, destination, limit),
         ).fetchall()
-        return self._entries_in(conn, sorted(row[0] for row in rows))
+        return [entry_from_row(row) for row in rows]
 
     def _complete_in(
         self,
@@ -641,18 +747,24 @@ class PostgresQueueStore:
             return ()
         fence = generations or {}
         ids = [entry_id for entry_id, _ in delivered]
+        # The deliveries and the destination's last success in one statement.
         rows = conn.execute(
-            "UPDATE entries e SET state = 'delivered', delivered_at = %s, last_error = d.warning, leased_until = NULL"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS d(id, warning, generation)"
+            "WITH done AS (UPDATE entries e SET state = 'delivered', delivered_at = %(now)s,"
+            " last_error = d.warning, leased_until = NULL"
+            " FROM unnest(%(ids)s::bigint[], %(warnings)s::text[], %(generations)s::bigint[]) AS d(id, warning, generation)"
             " WHERE e.entry_id = d.id AND e.state = 'leased'"
             " AND (d.generation IS NULL OR e.lease_generation = d.generation)"
-            " RETURNING e.entry_id, e.destination",
-            (now, ids, [warning for _, warning in delivered], [fence.get(entry_id) for entry_id in ids]),
+            " RETURNING e.entry_id, e.destination),"
+            " touched AS (INSERT INTO destinations (name, last_success_at)"
+            " SELECT DISTINCT destination, %(now)s::float8 FROM done"
+            " ON CONFLICT (name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at)"
+            " SELECT entry_id FROM done",
+            {
+                "now": now, "ids": ids, "warnings": [warning for _, warning in delivered],
+                "generations": [fence.get(entry_id) for entry_id in ids],
+            },
         ).fetchall()
         done = {row[0] for row in rows}
-        # Last in the transaction: the row every node's deliveries to this destination touch.
-        for name in sorted({row[1] for row in rows}):
-            self._touch_destination(conn, name, last_success_at=now)
         return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
 
     def complete(
@@ -1184,7 +1296,10 @@ class PostgresQueueStore:
         return result
 
     def next_due(self, destination: str) -> float | None:
-        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination`` this node may send, or None.
+        """The earliest ``next_attempt_at`` of a QUEUED entry of ``destination``, or None.
+
+        Any node's entry, also with ``local_only`` (as the interface and the
+        fake have it), though such a store cannot lease another node's.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.next_due`.
         """
@@ -1193,11 +1308,8 @@ class PostgresQueueStore:
 
     def _next_due_in(self, conn: psycopg.Connection[Any], destination: str) -> float | None:
         """The body of :meth:`next_due` (inside the caller's transaction)."""
-        extra, params = self._due_filter(None)
         row = conn.execute(
-            "SELECT min(e.next_attempt_at) FROM entries e WHERE e.destination = %s AND e.state = 'queued'"
-            + extra,
-            (destination, *params),
+            "SELECT min(next_attempt_at) FROM entries WHERE destination = %s AND state = 'queued'", (destination,)
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

@@ -178,6 +178,16 @@ class TestDatabase:
     dsn: str
     password: str
 
+    def write_password_file(self, path: str) -> str:
+        """Write the password to ``path`` (0600, no newline) for a gateway's ``queue.password_file``.
+
+        :returns: ``path``.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(self.password)
+        return path
+
 
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder, run as an unprivileged user.
@@ -205,6 +215,7 @@ class PostgresServer:
         self._drops: list[str] = []
         self._drops_ready = threading.Condition(self._lock)
         self._dropper: threading.Thread | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -264,6 +275,7 @@ class PostgresServer:
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root,
             start_new_session=True, **self._as_user(),
         )
+        self._start_watchdog()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self._process.poll() is not None:
@@ -275,6 +287,27 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise PostgresError(f"postgres did not start in {START_TIMEOUT}s ({e}): {self.log_tail()}") from e
                 time.sleep(0.02)
+
+    def _start_watchdog(self) -> None:
+        """Stop the server and remove its folder if this process dies without running :mod:`atexit` (``kill -9``, a CI timeout).
+
+        A small shell polls this process's pid; when it is gone, it sends
+        SIGINT to the pid in the data folder's ``postmaster.pid`` (the server
+        running now, whichever restart it is) and deletes the folder. One
+        watchdog serves every restart.
+        """
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            return
+        script = (
+            'while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
+            'pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null) && kill -INT "$pid" 2>/dev/null; '
+            'for i in 1 2 3 4 5 6 7 8 9 10; do [ -f "$2/postmaster.pid" ] || break; sleep 1; done; '
+            'rm -rf "$3"'
+        )
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", script, "postgres-watchdog", str(os.getpid()), self.data, self.root],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server by pid and wait for it to exit (its port and data stay for :meth:`start`).
@@ -302,8 +335,11 @@ class PostgresServer:
         return self._process is not None and self._process.poll() is None
 
     def destroy(self) -> None:
-        """Stop the server and delete its folder (at process exit)."""
+        """Stop the server, its watchdog, and delete its folder (at process exit)."""
         self.stop()
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            self._watchdog.kill()
+            self._watchdog.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, size: int = 2000) -> str:
@@ -369,12 +405,12 @@ class PostgresServer:
         if self._template is None:
             import psycopg
 
-            from gateway.queue.pgschema import migrate
+            from gateway.queue.pgschema import apply_migrations
 
             name = f"template_{os.getpid()}"
             self.admin(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE template0 STRATEGY WAL_LOG")
             with psycopg.connect(self.dsn(name), password=self.password, autocommit=True) as conn:
-                migrate(conn, "template")
+                apply_migrations(conn, "template")
             self._template = name
         return self._template
 
