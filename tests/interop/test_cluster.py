@@ -380,9 +380,9 @@ class ClusterTests(TestCase):
     def add_third_node(self) -> tuple[Cluster, dcmtk.Storescp, set[str]]:
         """Start node-3 into a running two-node cluster, then send it a backlog through HAProxy.
 
-        The destination (``max_associations`` 4: room for every node) is
-        paused while 240 instances arrive through HAProxy from 6 concurrent
-        ``storescu``, then resumed.
+        The destination (``max_associations`` 4: a share for every node) is
+        paused while 240 instances of 24 studies arrive through HAProxy from
+        6 concurrent ``storescu``, then resumed.
 
         :returns: the cluster, its destination and the acknowledged UIDs.
         """
@@ -394,7 +394,10 @@ class ClusterTests(TestCase):
         self.wait(cluster, lambda: "node-3" in cluster.heartbeats(), 30, "node-3's heartbeat")
         cluster.observer().set_paused("archive", True)
         root = Path(self.mktemp()).resolve()
-        make_series(root, 240, 16 * 1024)
+        # 24 studies: slot k sends only the studies of shard k (crc32 of the Study Instance UID
+        # modulo the slots), so one study would travel through one slot of one node.
+        for study in range(24):
+            make_series(root, 10, 16 * 1024, prefix=f"st{study:02d}-")
         files = sorted(root.iterdir())
         with ThreadPoolExecutor(6) as pool:
             outcomes = list(pool.map(lambda i: storescu_outcome(cluster.haproxy.port, files[i::6], calling_ae=f"MOD{i}"),
