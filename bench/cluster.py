@@ -3,7 +3,7 @@
 Prints, from one run on this machine, interleaved round after round (the
 first round discarded, then ``--runs`` kept, medians):
 
-1. ``--count`` instances of ``--kib`` KiB sent by ``--senders`` (8)
+1. ``--count`` instances of ``--kib`` KiB (``--studies`` studies) sent by ``--senders`` (8)
    concurrent ``storescu`` (one association each, ``TCP_NODELAY=1``)
    through HAProxy (the shipped ``etc/haproxy/haproxy.cfg``, PROXY v2) to
    one node on the SQLite store (the reference: today's gateway), and to 1,
@@ -135,6 +135,24 @@ class Scope:
             m.remove(path)
 
 
+def make_studies(folder: Path, count: int, size: int, studies: int) -> None:
+    """Write ``count`` instances spread over ``studies`` studies (round-robin, so every sender gets each).
+
+    A destination's slot ``k`` sends the studies of shard ``k`` only (study
+    order across nodes, issue 14), so one study would be forwarded through
+    one association of one node whatever the number of nodes.
+
+    :param folder: the directory (created).
+    :param count: instances.
+    :param size: approximate size of each, bytes.
+    :param studies: how many studies.
+    """
+    studies = max(1, min(studies, count))
+    for study in range(studies):
+        share = count // studies + (1 if study < count % studies else 0)
+        make_series(folder, share, size, prefix=f"s{study:03d}-")
+
+
 def postgres_pid() -> int:
     """The postmaster's pid (its backends and workers are its children).
 
@@ -243,7 +261,7 @@ def recovery(work: Path, count: int, kib: int, lease: str | None, heartbeat: str
     scope = Scope(work)
     try:
         source = Path(scope.mktemp())
-        make_series(source, count, kib * 1024)
+        make_studies(source, count, kib * 1024, 20)
         scp = dcmtk.Storescp(Path(scope.mktemp()), bit_preserving=False, accept_all=False, extra=["--fork", "+uf"])
         scope.addCleanup(scp.stop)
         scp.start()
@@ -296,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000, help="instances per run (1000)")
     parser.add_argument("--kib", type=int, default=64, help="size of each instance, KiB (64)")
     parser.add_argument("--senders", type=int, default=8, help="concurrent storescu (8)")
+    parser.add_argument("--studies", type=int, default=40,
+                        help="studies the instances belong to (40; a slot forwards its shard's studies only)")
     parser.add_argument("--runs", type=int, default=3, help="kept runs per side, after one discarded (3)")
     parser.add_argument("--only", default="sqlite,1,2,3",
                         help="sides to run: sqlite and node counts on PostgreSQL (sqlite,1,2,3)")
@@ -328,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = []
     try:
         folder = work / "series"
-        make_series(folder, args.count, args.kib * 1024)
+        make_studies(folder, args.count, args.kib * 1024, args.studies)
         files = sorted(folder.iterdir())
         m.warm(files)
         postgres.server()  # started once, before anything is timed
