@@ -18,12 +18,12 @@ CONFIG ?= etc/gateway.yaml
 # Root runs apt-get directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test dcmtk prometheus peers postgresql cluster install install-test clean
+.PHONY: run test dcmtk prometheus peers cluster install install-test clean
 
 run: install
 	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
 
-test: dcmtk prometheus peers postgresql cluster install-test
+test: dcmtk prometheus peers cluster install-test
 	$(PY) -m tests.runner
 
 # DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
@@ -51,7 +51,7 @@ peers:
 # real PostgreSQL for the shared queue (initdb and postgres under /usr/lib/postgresql/*/bin,
 # whatever the version), each stopped by pid.
 cluster:
-	@{ command -v haproxy >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || { \
+	@{ command -v haproxy >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || { \
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends haproxy postgresql; }
 
@@ -60,13 +60,6 @@ prometheus:
 	@{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || { \
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus; }
-
-# PostgreSQL: the tests of the PostgreSQL queue store start a private cluster (initdb and
-# postgres under /usr/lib/postgresql/*/bin, any version; tests/support/postgres.py).
-postgresql:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	    $(SUDO) apt-get update && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; }
 
 # Runtime dependencies plus the build backend, so later reinstalls need no build isolation.
 $(VENV)/.stamp-run: setup.cfg pyproject.toml | $(PY)

@@ -169,7 +169,7 @@ from gateway.queue.pgschema import (
     record_from_row,
     schema_version,
 )
-from gateway.queue.sqlite import check_shard, study_hash
+from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 if TYPE_CHECKING:
     import psycopg
@@ -179,6 +179,7 @@ __all__ = [
     "KEEPALIVE_BOUND",
     "SERVER_KEEPALIVES",
     "PostgresQueueStore",
+    "SchemaError",
     "check_dsn",
     "client_keepalives",
     "migrate_database",
@@ -382,6 +383,7 @@ class PostgresQueueStore:
         self._singleton_lock = threading.Lock()
         self._singleton_conn: psycopg.Connection[Any] | None = None
         self._singletons: set[str] = set()
+        self._lost: set[str] = set()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             kwargs=self._kwargs,
@@ -467,6 +469,27 @@ class PostgresQueueStore:
                     conn.execute("COMMIT")
                     return
 
+    def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement outside any transaction (its own snapshot) and return its rows.
+
+        One round trip instead of three (BEGIN, the statement, COMMIT). A
+        read is harmless to repeat, so a pooled connection found dead is
+        replaced and the statement run again on another, as for ``BEGIN``
+        in :meth:`_transaction`.
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    try:
+                        rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+                        return rows
+                    except Exception:
+                        if conn.broken and attempt + 1 < attempts:
+                            continue
+                        raise
+            raise AssertionError("unreachable")  # the last attempt returned or raised
+
     def _write(self) -> ContextManager[psycopg.Connection[Any]]:
         """One read-write transaction (READ COMMITTED: row locks decide, see the theory of operation)."""
         return self._transaction("BEGIN")
@@ -489,14 +512,6 @@ class PostgresQueueStore:
             f" ON CONFLICT (name) DO UPDATE SET {updates}",
             (name, *columns.values()),
         )
-
-    @staticmethod
-    def _get_in(conn: psycopg.Connection[Any], entry_id: int) -> Entry:
-        """One entry (inside the caller's transaction)."""
-        row = conn.execute(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,)).fetchone()
-        if row is None:
-            raise KeyError(entry_id)
-        return entry_from_row(row)
 
     @staticmethod
     def _entries_in(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[Entry]:
@@ -922,8 +937,7 @@ class PostgresQueueStore:
 
         :raises ValueError: not ``0 <= slot < slots``.
         """
-        if not 0 <= slot < slots:
-            raise ValueError(f"slot {slot} of {slots}: need 0 <= slot < slots")
+        check_slot(slot, slots)
         with self._write() as conn:
             row = conn.execute(
                 "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
@@ -948,13 +962,12 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.circuit`.
         """
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT circuit_open, circuit_reason, circuit_since FROM destinations WHERE name = %s", (destination,)
-            ).fetchone()
-        if row is None:
+        rows = self._fetch(
+            "SELECT circuit_open, circuit_reason, circuit_since FROM destinations WHERE name = %s", (destination,)
+        )
+        if not rows:
             return (False, "", None)
-        return (bool(row[0]), str(row[1]), row[2])
+        return (bool(rows[0][0]), str(rows[0][1]), rows[0][2])
 
     def heartbeat(self, now: float, started_at: float, detail: str = "") -> None:
         """Record that this node is alive.
@@ -974,15 +987,14 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.nodes`.
         """
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT n.node, n.started_at, n.last_seen, n.detail,"
-                " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node"
-                " AND e.leased_until >= %s),"
-                " (SELECT count(*) FROM slots s WHERE s.node = n.node AND s.until >= %s)"
-                " FROM nodes n ORDER BY n.node",
-                (now, now),
-            ).fetchall()
+        rows = self._fetch(
+            "SELECT n.node, n.started_at, n.last_seen, n.detail,"
+            " (SELECT count(*) FROM entries e WHERE e.state = 'leased' AND e.lease_owner = n.node"
+            " AND e.leased_until >= %s),"
+            " (SELECT count(*) FROM slots s WHERE s.node = n.node AND s.until >= %s)"
+            " FROM nodes n ORDER BY n.node",
+            (now, now),
+        )
         return [
             NodeStatus(node=row[0], started_at=row[1], last_seen=row[2], detail=row[3], leases=row[4], slots=row[5])
             for row in rows
@@ -1028,26 +1040,43 @@ class PostgresQueueStore:
                         return True
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     _log.warning("%s: the session holding the singletons broke: %s", self, _scrub(str(e), self._secrets))
-                self._drop_singleton_connection()
+                self._drop_singleton_connection(broken=True)
+                self._lost.discard(name)
+                return False
+            if name in self._lost:
+                # Held on a session that broke while another name was asked for:
+                # say so once, as if this call had found the break.
+                self._lost.discard(name)
                 return False
             with self._unavailable_as_store_error():
-                try:
-                    conn = self._singleton_connection()
-                    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
-                except (psycopg.OperationalError, psycopg.InterfaceError):
-                    self._drop_singleton_connection()
-                    raise
+                for attempt in range(2):
+                    try:
+                        conn = self._singleton_connection()
+                        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, key)).fetchone()
+                        break
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        # A session that died idle (PostgreSQL restarted): one new try.
+                        stale = self._singleton_conn is not None and self._singleton_conn.broken
+                        self._drop_singleton_connection(broken=True)
+                        if attempt or not stale:
+                            raise
             if row is not None and row[0]:
                 self._singletons.add(name)
                 return True
             return False
 
-    def _drop_singleton_connection(self) -> None:
-        """Forget the dedicated session and every singleton it held (closing it releases the locks)."""
+    def _drop_singleton_connection(self, broken: bool = False) -> None:
+        """Forget the dedicated session and every singleton it held (closing it releases the locks).
+
+        :param broken: the session broke: the singletons it held are noted
+            lost, so each one's next call returns False once.
+        """
         import psycopg
 
         conn, self._singleton_conn = self._singleton_conn, None
         held, self._singletons = self._singletons, set()
+        if broken:
+            self._lost |= held
         if conn is None:
             return
         try:
@@ -1108,11 +1137,10 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.plan`.
         """
-        with self._read() as conn:
-            row = conn.execute("SELECT definition FROM plans WHERE plan_hash = %s", (plan_hash,)).fetchone()
-        if row is None:
+        rows = self._fetch("SELECT definition FROM plans WHERE plan_hash = %s", (plan_hash,))
+        if not rows:
             raise KeyError(plan_hash)
-        return str(row[0])
+        return str(rows[0][0])
 
     def adopt_plans(self, plans: Mapping[str, PlanRecord]) -> int:
         """Give entries without a plan their route's plan, when the route is given.
@@ -1175,8 +1203,10 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.get`.
         """
-        with self._read() as conn:
-            return self._get_in(conn, entry_id)
+        rows = self._fetch(ENTRY_SELECT + " WHERE e.entry_id = %s", (entry_id,))
+        if not rows:
+            raise KeyError(entry_id)
+        return entry_from_row(rows[0])
 
     def entries(self, destination: str | None = None, state: EntryState | None = None, limit: int = 1000) -> list[Entry]:
         """Entries filtered by destination and state, oldest (lowest id) first.
@@ -1195,8 +1225,7 @@ class PostgresQueueStore:
             params.append(state.value)
         sql = ENTRY_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.entry_id LIMIT %s"
         params.append(limit)
-        with self._read() as conn:
-            return [entry_from_row(row) for row in conn.execute(sql, params)]
+        return [entry_from_row(row) for row in self._fetch(sql, params)]
 
     def find(
         self,
@@ -1303,8 +1332,10 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.next_due`.
         """
-        with self._read() as conn:
-            return self._next_due_in(conn, destination)
+        rows = self._fetch(
+            "SELECT min(next_attempt_at) FROM entries WHERE destination = %s AND state = 'queued'", (destination,)
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def _next_due_in(self, conn: psycopg.Connection[Any], destination: str) -> float | None:
         """The body of :meth:`next_due` (inside the caller's transaction)."""
@@ -1371,14 +1402,13 @@ class PostgresQueueStore:
         if limit <= 0:
             return []
         file_filter = {None: "", True: " AND i.path <> ''", False: " AND i.path = ''"}[has_file]
-        with self._read() as conn:
-            rows = conn.execute(
-                INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"
-                " WHERE d.instance_id = i.instance_id), i.received_at) < %s" + file_filter + " AND NOT EXISTS ("
-                "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
-                " ORDER BY i.received_at, i.instance_id LIMIT %s",
-                (older_than, limit),
-            ).fetchall()
+        rows = self._fetch(
+            INSTANCE_SELECT + " WHERE COALESCE((SELECT max(d.delivered_at) FROM entries d"
+            " WHERE d.instance_id = i.instance_id), i.received_at) < %s" + file_filter + " AND NOT EXISTS ("
+            "SELECT 1 FROM entries e WHERE e.instance_id = i.instance_id AND e.state IN ('queued', 'leased', 'dead'))"
+            " ORDER BY i.received_at, i.instance_id LIMIT %s",
+            (older_than, limit),
+        )
         return [record_from_row(row) for row in rows]
 
     def file_removed(self, instance_id: str) -> None:
@@ -1403,8 +1433,7 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.instance_ids`.
         """
-        with self._read() as conn:
-            return {row[0] for row in conn.execute("SELECT instance_id FROM instances")}
+        return {row[0] for row in self._fetch("SELECT instance_id FROM instances")}
 
     def close(self) -> None:
         """Close the pool and the singletons' session (its advisory locks go with it)."""

@@ -233,15 +233,20 @@ class TwoNodeTests(PostgresTestCase):
 class SingletonTests(PostgresTestCase):
     """The housekeeping singleton: a session advisory lock that moves when its holder's session ends."""
 
-    def holder_pid(self) -> int:
-        """The backend that holds a gateway advisory lock in this test's database."""
+    def holder_pids(self) -> list[int]:
+        """The backends that hold a gateway advisory lock in this test's database."""
         rows = pg.server().admin(
-            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
             " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = %s AND l.classid = %s",
             (self.database.name, ADVISORY_NAMESPACE),
         )
-        self.assertEqual(len(rows), 1, rows)
-        return int(rows[0][0])
+        return [int(row[0]) for row in rows]
+
+    def holder_pid(self) -> int:
+        """The one backend that holds a gateway advisory lock in this test's database."""
+        pids = self.holder_pids()
+        self.assertEqual(len(pids), 1, pids)
+        return pids[0]
 
     def test_one_holder_at_a_time_and_the_holder_keeps_it(self) -> None:
         """The first node takes the singleton and keeps it on every call; the other is refused."""
@@ -262,6 +267,27 @@ class SingletonTests(PostgresTestCase):
         self.assertFalse(a.hold_singleton("housekeeping", T0 + 2, 30))  # new session: B holds it now
         b.close()
         self.assertTrue(a.hold_singleton("housekeeping", T0 + 3, 30))  # re-taken on the new session
+
+    def test_every_singleton_of_a_broken_session_reports_its_loss_once(self) -> None:
+        """Two singletons on one session: after it breaks each one's next call says False once, then it is taken again."""
+        a = self.open_store("node-a")
+        self.assertTrue(a.hold_singleton("housekeeping", T0, 30))
+        self.assertTrue(a.hold_singleton("retention", T0, 30))
+        pg.server().terminate(self.holder_pids()[0])
+        self.assertFalse(a.hold_singleton("housekeeping", T0 + 1, 30))  # finds the break
+        self.assertFalse(a.hold_singleton("retention", T0 + 1, 30))  # lost on the same session
+        self.assertTrue(a.hold_singleton("retention", T0 + 2, 30))
+        self.assertTrue(a.hold_singleton("housekeeping", T0 + 2, 30))
+
+    def test_a_stale_session_of_a_node_that_held_nothing_is_replaced(self) -> None:
+        """A node whose idle singleton session died (PostgreSQL restarted) takes the singleton on its next call, no error."""
+        a, b = self.open_store("node-a"), self.open_store("node-b")
+        self.assertTrue(a.hold_singleton("housekeeping", T0, 30))
+        self.assertFalse(b.hold_singleton("housekeeping", T0, 30))  # b now has a session too
+        for pid, name in pg.server().backends(self.database.name):
+            pg.server().terminate(pid)  # every session, a's and b's
+        self.assertTrue(b.hold_singleton("housekeeping", T0 + 1, 30))
+        self.assertFalse(a.hold_singleton("housekeeping", T0 + 1, 30))
 
     def test_the_singleton_moves_when_the_holder_closes(self) -> None:
         """A node that stops (store closed) frees the singleton for the next node at once."""
@@ -448,13 +474,29 @@ class UnavailableTests(PostgresTestCase):
         for record in records:
             self.assertNotIn(self.database.password, record.getMessage())
 
+    def test_a_statement_past_the_statement_timeout_is_store_unavailable(self) -> None:
+        """A call that waits on a lock longer than statement_timeout fails with StoreUnavailable, and the store goes on working."""
+        import psycopg
+
+        store = self.open_store(statement_timeout=1.0)
+        store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 0.0)
+        with psycopg.connect(pg.server().admin_dsn(self.database.name)) as blocker:
+            blocker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            with self.assertRaises(StoreUnavailable) as caught:
+                store.recover(T0)
+            self.assertIn("statement timeout", str(caught.exception))
+        self.assertEqual(store.recover(T0), 0)
+
     def test_an_interrupted_session_is_replaced_without_an_error(self) -> None:
         """A pooled session ended by the server (restart, failover) is checked and replaced before use."""
-        store = self.open_store()
+        store = self.open_store(pool_min=2)
         store.stats(T0)
         for pid, _ in pg.server().backends(self.database.name):
             pg.server().terminate(pid)
-        self.assertEqual(store.stats(T0), {})
+        self.assertEqual(store.stats(T0), {})  # a transaction: BEGIN found the session dead
+        for pid, _ in pg.server().backends(self.database.name):
+            pg.server().terminate(pid)
+        self.assertEqual(store.instance_ids(), set())  # one statement, outside a transaction
 
 
 def _capture_logs(case: SynchronousTestCase) -> list[logging.LogRecord]:
