@@ -58,7 +58,6 @@ from tests.support import dcmtk, haproxy, postgres
 from tests.support.certs import Material, material
 from tests.support.gateway_process import REPO_ROOT, GatewayProcess, dicom_destination, wait_until
 from tests.support.metrics import metrics_text, parse
-from tests.support.peerprocess import PeerProcess
 from tests.support.ports import free_port
 
 __all__ = [
