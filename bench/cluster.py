@@ -288,6 +288,7 @@ def recovery(work: Path, count: int, kib: int, lease: str | None, heartbeat: str
         node = next(n for n in cluster.nodes if n.node == victim)
         node.kill()
         killed = time.monotonic()
+        cluster.wait_sessions_gone(str(victim))  # a COMMIT sent as it died may land until then
         held = {e.entry_id for e in cluster.entries("archive") if e.state.value == "leased" and e.lease_owner == victim}
         flowing = drained = None
         while drained is None and time.monotonic() < killed + 600:

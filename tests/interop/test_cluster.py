@@ -299,8 +299,11 @@ class ClusterTests(TestCase):
 
         victim_name = self.wait(cluster, holder, 60, "a node holding leases after 60 deliveries")
         victim = next(node for node in cluster.nodes if node.node == victim_name)
+        self.assertTrue(cluster.sessions_of(victim_name), "the store's sessions are not named after the node")
         victim.kill()
         killed_at = time.monotonic()
+        # A COMMIT the victim sent as it died may still land: read its leases once its sessions are gone.
+        cluster.wait_sessions_gone(victim_name)
         stranded = {e.entry_id for e in cluster.entries("archive")
                     if e.state.value == "leased" and e.lease_owner == victim_name}
         self.assertTrue(stranded, f"{victim_name} held no lease when it died")

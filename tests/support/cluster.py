@@ -380,6 +380,29 @@ class Cluster:
         """
         return Counter(e.lease_owner for e in self.entries(destination) if e.state.value == "leased")
 
+    def sessions_of(self, node: str) -> list[int]:
+        """The PostgreSQL sessions a node holds in the cluster's database (its store names them).
+
+        After ``kill -9`` of a node its sessions end once PostgreSQL has read
+        the closed connections; until then a COMMIT the node sent just before
+        it died may still land, so a test reads the dead node's leases after
+        its sessions are gone.
+
+        :param node: the node's name.
+        :returns: the backends' pids.
+        """
+        assert self.database is not None
+        return [pid for pid, name in self.server.backends(self.database.name) if name == f"dicom-gateway {node}"]
+
+    def wait_sessions_gone(self, node: str, timeout: float = 30.0) -> None:
+        """Wait until a (killed) node has no session left in the database.
+
+        :param node: the node's name.
+        :param timeout: seconds.
+        :raises AssertionError: on timeout.
+        """
+        wait_until(lambda: not self.sessions_of(node), timeout, f"{node}'s PostgreSQL sessions to end")
+
     def heartbeats(self) -> dict[str, Any]:
         """Every node that sent a heartbeat, by name.
 
