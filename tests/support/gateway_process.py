@@ -182,22 +182,39 @@ class GatewayProcess(PeerProcess):
     ``GatewayProcess(d, accept={"calling_ae_titles": ["CT*"]})`` keeps
     ``unknown_sop_classes``.
 
+    Several gateways acting as one (issue 14) each get a ``node`` name (the
+    top-level ``node:`` key) and may share a spool folder: ``spool`` given as
+    a mapping or a path sets :attr:`spool` to that folder, so the helpers
+    below look where the gateway writes.
+
     :param tmpdir: a directory for the config, spool and log (created).
+    :param node: the ``node:`` name (none by default: the gateway's own default).
+    :param http_port: the HTTP port (``http.port``; any free port chosen by the
+        gateway by default), for a caller that must know it before the start
+        (a load balancer's health check).
     :param overrides: config keys to replace or merge.
     """
 
-    def __init__(self, tmpdir: str | os.PathLike[str], **overrides: Any) -> None:
+    def __init__(self, tmpdir: str | os.PathLike[str], *, node: str | None = None,
+                 http_port: int | None = None, **overrides: Any) -> None:
         self.dir = Path(tmpdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.spool = self.dir / "spool"
+        self.node = node
         config = default_config(self.port, self.spool)
+        if node is not None:
+            config = {"node": node, **config}
+        if http_port is not None:
+            config["http"] = {"host": self.host, "port": http_port}
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
+        spool = config["spool"]
+        self.spool = Path(spool["path"] if isinstance(spool, dict) else spool).resolve()
         self.config = config
         self.config_path = self.dir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -281,6 +298,35 @@ class GatewayProcess(PeerProcess):
         """
         self.config = {**self.config, **overrides}
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def http_url(self, path: str) -> str:
+        """The URL of ``path`` on this gateway's HTTP endpoint (``http.port`` must be fixed).
+
+        :param path: e.g. ``/readyz``.
+        :returns: the URL.
+        :raises RuntimeError: if the port is left to the gateway (0).
+        """
+        port = int((self.config.get("http") or {}).get("port") or 0)
+        if not port:
+            raise RuntimeError("http.port is 0: pass http_port to know it before the start")
+        return f"http://{self.host}:{port}{path}"
+
+    def readyz(self, timeout: float = 5.0) -> tuple[int, str]:
+        """Ask ``/readyz`` once.
+
+        :param timeout: seconds for the request.
+        :returns: ``(status, body)``; ``(0, reason)`` when nothing answered.
+        """
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.http_url("/readyz"), timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except OSError as error:
+            return 0, str(error)
 
     def reload(self) -> None:
         """Send SIGHUP: the gateway re-reads routes and destinations.
