@@ -37,13 +37,23 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from gateway.queue.interfaces import Attempt, Entry, EntryState, InstanceRecord
+from gateway.queue import rows
+from gateway.queue.interfaces import Attempt, Entry
+from gateway.queue.rows import ENTRY_COLUMNS, ENTRY_SELECT, INSTANCE_COLUMNS, record_from_row
 from gateway.queue.schema import SchemaError
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    # The row shape (gateway.queue.rows, with this store's history decoding).
+    "ENTRY_COLUMNS",
+    "ENTRY_SELECT",
+    "INSTANCE_COLUMNS",
+    "INSTANCE_SELECT",
+    "attempt_json",
+    "entry_from_row",
+    "record_from_row",
     "ADVISORY_NAMESPACE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -257,64 +267,9 @@ def apply_migrations(
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_NAMESPACE, MIGRATION_LOCK))
 
 
-# -- the row shape -----------------------------------------------------------
-
-INSTANCE_COLUMNS = (
-    "instance_id",
-    "path",
-    "sop_class_uid",
-    "sop_instance_uid",
-    "transfer_syntax_uid",
-    "size",
-    "sha256",
-    "received_at",
-    "correlation_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "patient_id",
-    "accession_number",
-    "modality",
-    "calling_ae_title",
-    "called_ae_title",
-    "source_address",
-    "dataset_offset",
-    "node",
-)
-
-ENTRY_COLUMNS = (
-    "entry_id",
-    "route",
-    "destination",
-    "path",
-    "state",
-    "attempts",
-    "enqueued_at",
-    "next_attempt_at",
-    "last_error",
-    "delivered_at",
-    "dead_reason",
-    "history",
-    "plan_hash",
-    "lease_owner",
-    "lease_generation",
-    "leased_until",
-)
-
-#: One SELECT shape for every Entry: the entry's columns, then its instance's.
-ENTRY_SELECT = (
-    "SELECT "
-    + ", ".join("e." + c for c in ENTRY_COLUMNS)
-    + ", "
-    + ", ".join("i." + c for c in INSTANCE_COLUMNS)
-    + " FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
-)
+# -- the row shape (shared with SQLite: gateway.queue.rows) -------------------
 
 INSTANCE_SELECT = "SELECT " + ", ".join("i." + c for c in INSTANCE_COLUMNS) + " FROM instances i"
-
-
-def record_from_row(row: Sequence[Any]) -> InstanceRecord:
-    """Build an :class:`InstanceRecord` from a row in :data:`INSTANCE_COLUMNS` order."""
-    return InstanceRecord(**dict(zip(INSTANCE_COLUMNS, row)))
 
 
 def attempt_json(attempt: Attempt) -> list[dict[str, Any]]:
@@ -322,31 +277,14 @@ def attempt_json(attempt: Attempt) -> list[dict[str, Any]]:
     return [{"at": attempt.at, "error": attempt.error, "counted": attempt.counted}]
 
 
+def _history_from_jsonb(items: list[dict[str, Any]]) -> tuple[Attempt, ...]:
+    """The ``history`` column (``jsonb``, decoded by psycopg) as attempts.
+
+    jsonb numbers come back as int when integral: times are floats.
+    """
+    return tuple(Attempt(at=float(item["at"]), error=item["error"], counted=item["counted"]) for item in items)
+
+
 def entry_from_row(row: Sequence[Any]) -> Entry:
-    """Build an :class:`Entry` from a row of :data:`ENTRY_SELECT`."""
-    n = len(ENTRY_COLUMNS)
-    values = dict(zip(ENTRY_COLUMNS, row[:n]))
-    instance = record_from_row(row[n:])
-    return Entry(
-        entry_id=values["entry_id"],
-        instance=instance,
-        route=values["route"],
-        destination=values["destination"],
-        # The entry's own (morphed) copy if it has one, else the shared spool file.
-        path=values["path"] if values["path"] is not None else instance.path,
-        state=EntryState(values["state"]),
-        attempts=values["attempts"],
-        enqueued_at=values["enqueued_at"],
-        next_attempt_at=values["next_attempt_at"],
-        last_error=values["last_error"],
-        delivered_at=values["delivered_at"],
-        dead_reason=values["dead_reason"],
-        # jsonb numbers come back as int when integral: times are floats.
-        history=tuple(
-            Attempt(at=float(item["at"]), error=item["error"], counted=item["counted"]) for item in values["history"]
-        ),
-        plan_hash=values["plan_hash"],
-        lease_owner=values["lease_owner"],
-        lease_generation=values["lease_generation"],
-        leased_until=values["leased_until"] if values["state"] == EntryState.LEASED.value else None,
-    )
+    """Build an :class:`Entry` from a row of :data:`ENTRY_SELECT` (history as ``jsonb``)."""
+    return rows.entry_from_row(row, _history_from_jsonb)

@@ -18,7 +18,8 @@ import json
 import sqlite3
 from typing import Any, Callable, Sequence
 
-from gateway.queue.interfaces import Attempt, Entry, EntryState, InstanceRecord
+from gateway.queue.interfaces import Attempt, Entry
+from gateway.queue.rows import ENTRY_COLUMNS, ENTRY_SELECT, INSTANCE_COLUMNS, entry_from_row, record_from_row
 
 __all__ = ["SchemaError", "MIGRATIONS", "SCHEMA_VERSION"]
 
@@ -195,61 +196,12 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_INSTANCE_COLUMNS = (
-    "instance_id",
-    "path",
-    "sop_class_uid",
-    "sop_instance_uid",
-    "transfer_syntax_uid",
-    "size",
-    "sha256",
-    "received_at",
-    "correlation_id",
-    "study_instance_uid",
-    "series_instance_uid",
-    "patient_id",
-    "accession_number",
-    "modality",
-    "calling_ae_title",
-    "called_ae_title",
-    "source_address",
-    "dataset_offset",
-    "node",
-)
-
-_ENTRY_COLUMNS = (
-    "entry_id",
-    "route",
-    "destination",
-    "path",
-    "state",
-    "attempts",
-    "enqueued_at",
-    "next_attempt_at",
-    "last_error",
-    "delivered_at",
-    "dead_reason",
-    "history",
-    "plan_hash",
-    "lease_owner",
-    "lease_generation",
-    "leased_until",
-)
-
-# One SELECT shape for every Entry: the entry's columns, then its instance's.
-_ENTRY_SELECT = (
-    "SELECT "
-    + ", ".join("e." + c for c in _ENTRY_COLUMNS)
-    + ", "
-    + ", ".join("i." + c for c in _INSTANCE_COLUMNS)
-    + " FROM entries e JOIN instances i ON i.instance_id = e.instance_id"
-)
+# The row shape is shared with the PostgreSQL store (gateway.queue.rows).
+_INSTANCE_COLUMNS = INSTANCE_COLUMNS
+_ENTRY_COLUMNS = ENTRY_COLUMNS
+_ENTRY_SELECT = ENTRY_SELECT
 _INSTANCE_SELECT = "SELECT " + ", ".join(_INSTANCE_COLUMNS) + " FROM instances"
-
-
-def _record_from_row(row: Sequence[Any]) -> InstanceRecord:
-    """Build an :class:`InstanceRecord` from a row in ``_INSTANCE_COLUMNS`` order."""
-    return InstanceRecord(**dict(zip(_INSTANCE_COLUMNS, row)))
+_record_from_row = record_from_row
 
 
 def _history_from_json(text: str) -> tuple[Attempt, ...]:
@@ -265,27 +217,5 @@ def _history_append(text: str, attempt: Attempt) -> str:
 
 
 def _entry_from_row(row: Sequence[Any]) -> Entry:
-    """Build an :class:`Entry` from a row of ``_ENTRY_SELECT``."""
-    n = len(_ENTRY_COLUMNS)
-    values = dict(zip(_ENTRY_COLUMNS, row[:n]))
-    instance = _record_from_row(row[n:])
-    return Entry(
-        entry_id=values["entry_id"],
-        instance=instance,
-        route=values["route"],
-        destination=values["destination"],
-        # The entry's own (morphed) copy if it has one, else the shared spool file.
-        path=values["path"] if values["path"] is not None else instance.path,
-        state=EntryState(values["state"]),
-        attempts=values["attempts"],
-        enqueued_at=values["enqueued_at"],
-        next_attempt_at=values["next_attempt_at"],
-        last_error=values["last_error"],
-        delivered_at=values["delivered_at"],
-        dead_reason=values["dead_reason"],
-        history=_history_from_json(values["history"]),
-        plan_hash=values["plan_hash"],
-        lease_owner=values["lease_owner"] or "",
-        lease_generation=values["lease_generation"],
-        leased_until=values["leased_until"] if values["state"] == EntryState.LEASED.value else None,
-    )
+    """Build an :class:`Entry` from a row of ``_ENTRY_SELECT`` (history as JSON text)."""
+    return entry_from_row(row, _history_from_json)
