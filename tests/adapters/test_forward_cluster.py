@@ -405,6 +405,32 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
         redelivered = {uid for _, uid in b.observer.kinds("redelivered")}
         self.assertEqual(again - redelivered, set(), "re-sent without being counted as a redelivery")
 
+    def test_a_study_keeps_its_order_when_a_dead_nodes_lease_outlasts_its_slot_claim(self) -> None:
+        """a leases a batch after its last claim renewal and dies: b, claiming the slot, sends nothing of the shard before a's lease is back.
+
+        a's claim was renewed at t=20 (until 50), its last batch leased at
+        about t=28 (until 58). Had b leased at t=51, the study's next
+        instances would have reached the destination before a's batch.
+        """
+        config = self.config(max_associations=1, batch_size=2)
+        a, b = self.nodes["a"], self.nodes["b"]
+        for node in self.nodes.values():
+            node.peer.delay = 1.0
+        records = [self.add(study="1.2.3") for _ in range(60)]
+        order = [r.sop_instance_uid for r in records]
+        self.start("a", config)
+        self.advance(1)
+        self.start("b", config)
+        self.advance(19)
+        a.beat_at = float("inf")  # a's node heartbeat (every 10 s in production): last written at t=20
+        self.advance(9.5)
+        a.paused = True  # killed: nothing of a runs any more
+        self.advance(90)
+        sent = b.peer.uids()
+        self.assertTrue(sent, "b never took the slot over")
+        self.assertEqual(sent, sorted(sent, key=order.index), "b sent the study out of order")
+        self.assertEqual(set(self.received()), set(order))
+
     def test_a_draining_node_does_not_count_for_the_shares(self) -> None:
         """Two nodes hold one slot each; a drains: b's share becomes both slots and it claims the one a released."""
         config = self.config(max_associations=2)
