@@ -375,13 +375,17 @@ class Membership:
         once would merge their leases into one for the store's in-flight rule.
         """
         now = self.worker.schedule_now()
+        renewed = False
         for slot in self.slots:
             held = self.worker.held(slot.index)
             if not held:
                 continue
+            renewed = True
             lost = await self._store(self.store.renew, held, now, self.lease_seconds_of(slot))
             if lost:
                 self.worker.drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
+        if not renewed:
+            return
         for slot in self.slots:
             slot.lease_until = max(slot.lease_until, now + self.lease_seconds)
 
