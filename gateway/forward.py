@@ -425,17 +425,17 @@ class DestinationWorker(Service):
 
     # -- what the membership needs of the slots (issue 14) ---------------------------------
 
-    def _held(self) -> dict[int, int]:
-        """Every entry this worker holds LEASED, with the generation it leased: entry id -> generation."""
+    def _held(self, index: int) -> dict[int, int]:
+        """Every entry slot ``index`` holds LEASED, with the generation it leased: entry id -> generation."""
+        slot = self._slots[index]
         held: dict[int, int] = {}
-        for slot in self._slots:
-            for entry in slot.leased:
-                held[entry.entry_id] = entry.lease_generation
-            for entry, _, _ in slot.delivered:
-                held[entry.entry_id] = entry.lease_generation
-            for entry, _, _ in slot.unrecorded:
-                held[entry.entry_id] = entry.lease_generation
-            held.update(slot.unreleased)
+        for entry in slot.leased:
+            held[entry.entry_id] = entry.lease_generation
+        for entry, _, _ in slot.delivered:
+            held[entry.entry_id] = entry.lease_generation
+        for entry, _, _ in slot.unrecorded:
+            held[entry.entry_id] = entry.lease_generation
+        held.update(slot.unreleased)
         return held
 
     def _busy(self, index: int) -> bool:
@@ -638,7 +638,7 @@ class DestinationWorker(Service):
                 [(entry.entry_id, outcome.warning) for entry, outcome, _ in delivered],
                 now,
                 limit,
-                self.lease_seconds,
+                self.membership.lease_seconds_of(slot.standing),
                 shard=(slot.index, len(self._slots)),
                 generations={entry.entry_id: entry.lease_generation for entry, _, _ in delivered},
             )

@@ -556,9 +556,15 @@ class Intake:
 
         With ``keep_file`` (recovery) the file stays where it is. An
         unreachable store (:class:`StoreUnavailable`, issue 14) is one line
-        per instance, without a traceback: it is an outage, not a bug.
+        per instance, without a traceback: it is an outage, not a bug. Its
+        file is kept too: a COMMIT whose answer was lost may have landed, and
+        a journaled entry must not name a removed file (the modality's
+        re-send would be a DUPLICATE of it, acknowledged and never
+        forwarded). A file the journal lacks is removed by the next start's
+        recovery (or the housekeeping node's sweep of a dead node's files).
         """
         if failure.check(StoreUnavailable):
+            keep_file = True
             self.log.error(
                 "{correlation_id} could not journal {sop_instance_uid}: queue store unreachable ({error}); answering 0xA700",
                 correlation_id=record.correlation_id,

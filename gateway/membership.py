@@ -51,7 +51,11 @@ per destination stays per destination, across the cluster:
   its slots. A slot about to send while its renewal is overdue (the
   heartbeat did not run: the process was paused) renews first, and sends
   nothing whose lease has run out. A lease that expires anyway (a paused
-  or partitioned node) is taken back by another node's lease.
+  or partitioned node) is taken back by another node's lease. Each slot
+  renews its own entries, to its own ``leased_until``
+  (:data:`SLOT_LEASE_SPREAD`): the store notes the first entries of each
+  lease taken back as possibly sent, and tells leases apart by owner and
+  ``leased_until``.
 * **Fencing.** Every write that ends a lease names the generation leased
   (``settle``'s deliveries, ``retry``, ``dead_letter``, ``release``). When
   another node took the entry over after our lease expired, the write is
@@ -129,8 +133,8 @@ class WorkerSide:
     :ivar schedule_now: the time due times are written and compared in (the
         worker's wall clock, kept in step with steps of it).
     :ivar stopping: whether the worker is stopping.
-    :ivar held: every entry the worker holds LEASED, with the generation it
-        leased: entry id -> generation.
+    :ivar held: every entry slot ``index`` holds LEASED, with the generation
+        it leased: entry id -> generation (``held(index)``).
     :ivar busy: whether slot ``index`` holds any entry (leased, delivered but
         not yet written, refused by the journal, not yet released).
     :ivar drop_lost: drop from the slots the entries whose lease of that
@@ -142,11 +146,20 @@ class WorkerSide:
 
     schedule_now: Callable[[], float]
     stopping: Callable[[], bool]
-    held: Callable[[], "dict[int, int]"]
+    held: Callable[[int], "dict[int, int]"]
     busy: Callable[[int], bool]
     drop_lost: Callable[["dict[int, int]", str], None]
     wake_all: Callable[[], None]
     all_drained: Callable[[], bool]
+
+
+#: Slot ``k``'s leases last ``k`` times this much longer than ``lease_seconds``
+#: (seconds), so that two slots that lease or renew at the same ``now`` never
+#: share one ``leased_until``: the store tells one lease from another by owner
+#: and ``leased_until`` when it notes the first ``UNRECORDED_DELIVERIES + 1``
+#: entries of a lease taken back as possibly sent (``lease``, ``recover``),
+#: and one slot's sends must not push another's out of that count.
+SLOT_LEASE_SPREAD = 0.001
 
 
 def _says_draining(detail: str) -> bool:
@@ -346,17 +359,35 @@ class Membership:
                     error=f"{type(e).__name__}: {e}",
                 )
 
+    def lease_seconds_of(self, slot: SlotStanding) -> float:
+        """How long the slot's leases last: ``lease_seconds``, plus ``index * SLOT_LEASE_SPREAD``.
+
+        Each slot's leases thus end at their own ``leased_until`` even when
+        two slots lease or renew at the same ``now`` (see :data:`SLOT_LEASE_SPREAD`).
+        """
+        return self.lease_seconds + slot.index * SLOT_LEASE_SPREAD
+
     async def renew_leases(self) -> None:
-        """Extend every lease held for ``lease_seconds``; drop the entries whose lease another node took."""
-        held = self.worker.held()
-        if not held:
-            return
+        """Extend every lease held for ``lease_seconds``; drop the entries whose lease another node took.
+
+        One renewal per slot holding entries, each to the slot's own
+        ``leased_until`` (:meth:`lease_seconds_of`): a renewal of every slot at
+        once would merge their leases into one for the store's in-flight rule.
+        """
         now = self.worker.schedule_now()
-        lost = await self._store(self.store.renew, held, now, self.lease_seconds)
+        renewed = False
+        for slot in self.slots:
+            held = self.worker.held(slot.index)
+            if not held:
+                continue
+            renewed = True
+            lost = await self._store(self.store.renew, held, now, self.lease_seconds_of(slot))
+            if lost:
+                self.worker.drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
+        if not renewed:
+            return
         for slot in self.slots:
             slot.lease_until = max(slot.lease_until, now + self.lease_seconds)
-        if lost:
-            self.worker.drop_lost({entry_id: held[entry_id] for entry_id in lost if entry_id in held}, "renewing its lease")
 
     def leased(self, slot: SlotStanding, now: float) -> None:
         """The slot leased entries at ``now``: its leases run ``lease_seconds`` from then."""

@@ -404,8 +404,12 @@ class IQueueStore(Interface):
         Cluster-wide ``max_associations``: slot ``k`` (``0 <= k < slots``) has
         at most one holder node at a time. True when this node holds it now
         (it was free, expired, or already this node's); False when another
-        node holds a live claim. A node sends to the destination only through
-        the slots it holds, and slot ``k`` leases shard ``(k, slots)``.
+        node holds a live claim, or a live lease (``leased_until >= now``) on
+        an entry of shard ``(slot, slots)``: the batch of the slot's previous
+        holder, whose lease may outlast its claim (leased after the claim's
+        last renewal); the study's later entries must not overtake it. A node
+        sends to the destination only through the slots it holds, and slot
+        ``k`` leases shard ``(k, slots)``.
 
         :raises ValueError: not ``0 <= slot < slots``.
         """

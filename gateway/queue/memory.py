@@ -447,7 +447,17 @@ class MemoryQueueStore:
         :raises ValueError: not ``0 <= slot < slots``.
         """
         check_slot(slot, slots)
+        if self._shard_leased_elsewhere(destination, slot, slots, now):
+            return False
         return self._claim(self._t.slots, (destination, slot), now, seconds)
+
+    def _shard_leased_elsewhere(self, destination: str, slot: int, slots: int, now: float) -> bool:
+        """Whether another node holds a live lease on an entry of shard ``slot`` (the slot's previous holder's batch)."""
+        return any(
+            row.destination == destination and row.state is EntryState.LEASED and row.lease_owner != self.node
+            and row.leased_until is not None and row.leased_until >= now and row.study_hash % slots == slot
+            for row in self._t.rows.values()
+        )
 
     def _claim(self, table: dict[_K, tuple[str, float]], key: _K, now: float, seconds: float) -> bool:
         """Take or keep a timed claim (a slot, a singleton): free, expired (``until < now``) or already ours."""

@@ -939,6 +939,14 @@ class PostgresQueueStore:
         """
         check_slot(slot, slots)
         with self._write() as conn:
+            # Another node's live lease in the slot's shard (its previous
+            # holder's batch) keeps the slot taken: a study keeps its order.
+            if conn.execute(
+                "SELECT 1 FROM entries WHERE destination = %s AND state = 'leased' AND leased_until >= %s"
+                " AND lease_owner <> %s AND study_hash %% %s = %s LIMIT 1",
+                (destination, now, self.node, slots, slot),
+            ).fetchone() is not None:
+                return False
             row = conn.execute(
                 "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (destination, slot) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until"

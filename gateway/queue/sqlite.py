@@ -150,7 +150,7 @@ import os
 import sqlite3
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -729,18 +729,27 @@ class SqliteQueueStore:
 
     # -- IQueueStore: several nodes ----------------------------------------------
 
-    def _claim(self, table: str, key_columns: tuple[str, ...], key: tuple[Any, ...], now: float, seconds: float) -> bool:
+    def _claim(
+        self,
+        table: str,
+        key_columns: tuple[str, ...],
+        key: tuple[Any, ...],
+        now: float,
+        seconds: float,
+        blocked: Callable[[sqlite3.Connection], bool] = lambda conn: False,
+    ) -> bool:
         """Take or keep a timed claim (a slot, a singleton): free, expired (``until < now``) or already ours.
 
-        A claim another node holds live is answered from a read, without
-        the write lock; otherwise the claim is decided again under it.
+        A claim another node holds live (or one ``blocked`` refuses) is
+        answered from a read, without the write lock; otherwise the claim is
+        decided again under it.
         """
         where = " AND ".join(f"{column} = ?" for column in key_columns)
         select = f"SELECT owner, until FROM {table} WHERE {where}"
 
         def taken(conn: sqlite3.Connection) -> bool:
             row = conn.execute(select, key).fetchone()
-            return row is not None and row[0] != self.node and row[1] >= now
+            return (row is not None and row[0] != self.node and row[1] >= now) or blocked(conn)
 
         with self._read() as conn:
             if taken(conn):
@@ -764,7 +773,17 @@ class SqliteQueueStore:
         :raises ValueError: not ``0 <= slot < slots``.
         """
         check_slot(slot, slots)
-        return self._claim("slots", ("destination", "slot"), (destination, slot), now, seconds)
+
+        def shard_leased_elsewhere(conn: sqlite3.Connection) -> bool:
+            # Another node's live lease in the slot's shard: its previous holder's batch.
+            row = conn.execute(
+                "SELECT 1 FROM entries INDEXED BY entries_leased WHERE destination = ? AND state = 'leased'"
+                " AND leased_until >= ? AND lease_owner != ? AND study_hash % ? = ? LIMIT 1",
+                (destination, now, self.node, slots, slot),
+            ).fetchone()
+            return row is not None
+
+        return self._claim("slots", ("destination", "slot"), (destination, slot), now, seconds, shard_leased_elsewhere)
 
     def release_slot(self, destination: str, slot: int) -> None:
         """Give up this node's claim on a slot; another node's claim is left alone.

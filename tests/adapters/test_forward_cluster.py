@@ -29,7 +29,7 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import DicomDestination
 from gateway.forward import DestinationWorker, JournalRefused
 from gateway import events
-from gateway.queue.interfaces import EntryState, InstanceRecord, NewEntry, StoreUnavailable
+from gateway.queue.interfaces import UNRECORDED_DELIVERIES, EntryState, InstanceRecord, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.sqlite import SqliteQueueStore
 from gateway.queue.sqlite import study_hash
@@ -378,6 +378,58 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
     def instance_study(self, uid: str) -> str:
         """The study of an instance this test journaled."""
         return self.uid_study[uid]
+
+    def test_every_entry_a_dead_node_sent_from_either_slot_is_counted_as_redelivered(self) -> None:
+        """a sends through two slots, renews, dies: b's re-sends of what a delivered (unwritten) from either slot are Redelivered.
+
+        The take-over notes the lowest ``UNRECORDED_DELIVERIES + 1`` entries
+        of each lease, told apart by owner and ``leased_until``; a renewal
+        that gave both slots' leases one ``leased_until`` made them one lease,
+        and the second slot's deliveries were re-sent uncounted.
+        """
+        config = self.config(max_associations=2, batch_size=20)
+        a, b = self.nodes["a"], self.nodes["b"]
+        a.peer.delay = 1.0
+        shards = (study_for_shard(0, 2), study_for_shard(1, 2))
+        for i in range(40):
+            self.add(study=shards[i % 2])  # ids alternate between the two slots' shards
+        self.start("a", config)
+        self.advance(12.5)  # a renewed at t=10; each slot delivered about 12 (none written yet)
+        sent_by_a = set(a.peer.uids())
+        self.assertGreater(len(sent_by_a), UNRECORDED_DELIVERIES + 1)
+        a.paused = True
+        self.start("b", config)
+        self.advance(60)
+        again = sent_by_a & set(b.peer.uids())
+        self.assertTrue(again, "b re-sent nothing a had delivered")
+        redelivered = {uid for _, uid in b.observer.kinds("redelivered")}
+        self.assertEqual(again - redelivered, set(), "re-sent without being counted as a redelivery")
+
+    def test_a_study_keeps_its_order_when_a_dead_nodes_lease_outlasts_its_slot_claim(self) -> None:
+        """a leases a batch after its last claim renewal and dies: b, claiming the slot, sends nothing of the shard before a's lease is back.
+
+        a's claim was renewed at t=20 (until 50), its last batch leased at
+        about t=28 (until 58). Had b leased at t=51, the study's next
+        instances would have reached the destination before a's batch.
+        """
+        config = self.config(max_associations=1, batch_size=2)
+        a, b = self.nodes["a"], self.nodes["b"]
+        for node in self.nodes.values():
+            node.peer.delay = 1.0
+        records = [self.add(study="1.2.3") for _ in range(60)]
+        order = [r.sop_instance_uid for r in records]
+        self.start("a", config)
+        self.advance(1)
+        self.start("b", config)
+        self.advance(19)
+        a.beat_at = float("inf")  # a's node heartbeat (every 10 s in production): last written at t=20
+        self.advance(9.5)
+        a.paused = True  # killed: nothing of a runs any more
+        self.advance(90)
+        sent = b.peer.uids()
+        self.assertTrue(sent, "b never took the slot over")
+        self.assertEqual(sent, sorted(sent, key=order.index), "b sent the study out of order")
+        self.assertEqual(set(self.received()), set(order))
 
     def test_a_draining_node_does_not_count_for_the_shares(self) -> None:
         """Two nodes hold one slot each; a drains: b's share becomes both slots and it claims the one a released."""

@@ -31,7 +31,7 @@ from gateway.dimse.status import Status
 from gateway.intake import Admission, Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
-from gateway.queue.interfaces import AddResult, EntryState, InstanceRecord, NewEntry
+from gateway.queue.interfaces import AddResult, EntryState, InstanceRecord, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from gateway.receive import AssociationInfo
 from gateway.spool import InstanceMeta, SpooledInstance
@@ -57,6 +57,24 @@ class _FailingStore(MemoryQueueStore):
 
     def add_instance(self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float) -> AddResult:
         raise OSError(28, "database or disk is full")
+
+
+class _LostCommitStore(MemoryQueueStore):
+    """A journal whose commit lands but whose answer is lost (PostgreSQL: the connection dies during COMMIT).
+
+    The one ambiguity of :class:`~gateway.queue.interfaces.StoreUnavailable`:
+    the instance *is* journaled, yet the caller is told the store is away.
+    """
+
+    #: Whether the next commit's answer is lost (then the store answers again).
+    lose_answer = True
+
+    def add_instance(self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float) -> AddResult:
+        result = super().add_instance(record, entries, now, duplicate_window)
+        if self.lose_answer:
+            self.lose_answer = False
+            raise StoreUnavailable("PostgreSQL at host=db: server closed the connection unexpectedly")
+        return result
 
 
 class _HeldRunner:
@@ -238,6 +256,28 @@ class AdmitTests(IntakeTestsMixin, SynchronousTestCase):
         os.unlink(spooled.path)
         self.assertEqual(self.admit(spooled, intake).status, Status.OUT_OF_RESOURCES)
         self.flushLoggedErrors(OSError)
+
+    def test_store_unavailable_answers_a700_and_keeps_the_spooled_file(self) -> None:
+        """A StoreUnavailable may hide a commit that landed: 0xA700, and the file the journal may name is kept (issue 14).
+
+        Were it removed, the entry committed with the lost answer would name
+        a missing file, and the modality's re-send, a DUPLICATE of that entry
+        within the window, would be acknowledged and never forwarded.
+        """
+        store = _LostCommitStore()
+        intake = self.make_intake(store)
+        spooled = self.spooled("i1")
+        self.assertEqual(self.admit(spooled, intake).status, Status.OUT_OF_RESOURCES)
+        self.assertTrue(os.path.exists(spooled.path))
+        [entry] = [e for e in store.entries(destination="pacs")]
+        self.assertTrue(os.path.exists(entry.path))
+        # The modality sends it again (it was told 0xA700): a duplicate of the
+        # journaled entry, whose file is still there to be forwarded.
+        resent = self.spooled("i2")
+        admission = self.admit(resent, intake)
+        self.assertEqual((admission.status, admission.duplicates), (Status.SUCCESS, ("pacs", "folder")))
+        self.assertEqual(store.get(entry.entry_id).state, EntryState.QUEUED)
+        self.assertTrue(os.path.exists(entry.path))
 
     def test_no_route_moves_the_file_to_unrouted_and_acknowledges(self) -> None:
         """With no route the file moves to unrouted/, nothing is journaled, the answer is 0x0000 and it is counted."""

@@ -1070,6 +1070,27 @@ class QueueStoreTests:
         self.assertTrue(n2.claim_slot("A", 0, 2, T0 + 18.5, 10))  # expiry frees it
         self.assertFalse(n1.claim_slot("A", 0, 2, T0 + 19, 10))
 
+    def test_claim_slot_waits_for_another_nodes_live_lease_in_its_shard(self) -> None:
+        """n2's claim on slot k ran out but its lease of shard k did not: n1 gets slot k only once that lease expires.
+
+        (A lease taken after the claim's last renewal outlasts the claim: had
+        n1 claimed and leased at once, the study's later entries would have
+        overtaken n2's batch.) The other shard, and n2's own renewal, are free.
+        """
+        n1, n2 = self.cluster("n1", "n2")
+        study = "1.2.840.99.7"
+        k = zlib.crc32(study.encode()) % 2
+        ids = [self.add(n1, f"s{n}", study_instance_uid=study).entry_ids[0] for n in range(4)]
+        self.assertTrue(n2.claim_slot("A", k, 2, T0, 10))
+        self.assertEqual([e.entry_id for e in n2.lease("A", 2, T0 + 5, 30, shard=(k, 2))], ids[:2])  # until T0 + 35
+        self.assertFalse(n1.claim_slot("A", k, 2, T0 + 11, 10))
+        self.assertTrue(n1.claim_slot("A", 1 - k, 2, T0 + 11, 10))
+        self.assertTrue(n2.claim_slot("A", k, 2, T0 + 11, 10))  # its own lease does not block n2
+        n2.release_slot("A", k)
+        self.assertFalse(n1.claim_slot("A", k, 2, T0 + 35, 10))
+        self.assertTrue(n1.claim_slot("A", k, 2, T0 + 35.5, 10))
+        self.assertEqual([e.entry_id for e in n1.lease("A", 10, T0 + 35.5, 30, shard=(k, 2))], ids)
+
     def test_release_slot_frees_only_this_nodes_claim(self) -> None:
         """release_slot lets another node claim at once; releasing a slot another node holds does nothing."""
         n1, n2 = self.cluster("n1", "n2")
@@ -1123,11 +1144,11 @@ class QueueStoreTests:
             self.add(n1, f"i{n}")
         n2.heartbeat(T0, T0 - 100, "10.0.0.2:11112")
         n1.heartbeat(T0, T0 - 50)
+        n2.claim_slot("A", 1, 2, T0, 30)  # (before n1's unsharded lease, which may hold entries of shard 1)
         n1.lease("A", 2, T0, 30)
         n2.lease("A", 1, T0 - 40, 30)  # expired at T0 - 10: not held now
         n1.claim_slot("A", 0, 2, T0, 30)
         n1.claim_slot("B", 0, 1, T0 - 60, 30)  # expired
-        n2.claim_slot("A", 1, 2, T0, 30)
         n2.heartbeat(T0 + 5, T0 - 100, "10.0.0.2:11112 draining")
         self.assertEqual(
             n2.nodes(T0 + 10),
