@@ -133,7 +133,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -440,6 +440,85 @@ class PostgresQueueStore:
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
             raise StoreUnavailable(_scrub(f"PostgreSQL at {self._shown_dsn}: {e}", self._secrets)) from None
 
+    @staticmethod
+    def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
+        """Whether an idle pooled session still looks usable, without a round trip.
+
+        A session the server ended (restart, failover, ``pg_terminate_backend``)
+        leaves its goodbye on the socket: a FATAL message and the end of the
+        stream. An idle session has nothing to read otherwise; if something is
+        there, libpq consumes it (a TLS record, a notice) and the session is
+        kept only when the connection is still good and nothing else is waiting.
+        """
+        import select
+
+        import psycopg
+        from psycopg.pq import ConnStatus
+
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            if not poller.poll(0):
+                return True
+            conn.pgconn.consume_input()
+            return conn.pgconn.status == ConnStatus.OK and not conn.pgconn.is_busy() and not poller.poll(0)
+        except (OSError, ValueError, psycopg.Error):
+            return False
+
+    @contextmanager
+    def _pipelined(self, begin: str = "BEGIN") -> Iterator[psycopg.Connection[Any]]:
+        """One transaction in libpq's pipeline mode: ``begin`` rides with the first statements, COMMIT with the last.
+
+        The hot paths (``add_instances``, ``settle``) use it: ``BEGIN`` is
+        queued instead of waited for, statements whose results are not read
+        yet are queued behind it, and ``COMMIT`` travels with the pipeline's
+        final sync; each read of a result is one round trip for everything
+        queued before it. The durability is the same: the COMMIT's answer
+        (the WAL flushed, ``synchronous_commit``) is waited for before the
+        method returns, and an error anywhere rolls the whole transaction
+        back. A pooled session the server ended while idle is found by
+        :meth:`_looks_alive` (no round trip) and replaced, instead of by a
+        failing ``BEGIN`` as in :meth:`_transaction`. Bodies must read
+        results (``fetchall``), not ``rowcount`` of a statement not yet synced.
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    if not self._looks_alive(conn) and attempt + 1 < attempts:
+                        conn.close()  # the pool discards a closed connection when it comes back
+                        continue
+                    try:
+                        with conn.pipeline():
+                            conn.execute(begin)
+                            yield conn
+                            conn.execute("COMMIT")
+                    except BaseException:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+                        raise
+                    return
+
+    def _statement(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """One writing statement as its own transaction (autocommit): one round trip instead of three.
+
+        Only for statements that are a whole transaction by themselves and
+        harmless to repeat (a lease renewal, a slot claim, a heartbeat): a
+        session found dead is replaced as in :meth:`_pipelined`. The commit is
+        the statement's own, durable (``synchronous_commit``) before its
+        answer arrives.
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    if not self._looks_alive(conn) and attempt + 1 < attempts:
+                        conn.close()
+                        continue
+                    cursor = conn.execute(sql, params)
+                    return cursor.fetchall() if cursor.description is not None else []
+            raise AssertionError("unreachable")  # the last attempt returned or raised
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection: ``begin``, then COMMIT, or ROLLBACK on any error.
@@ -597,7 +676,7 @@ class PostgresQueueStore:
         if not batch:
             return []
         try:
-            with self._write() as conn:
+            with self._pipelined() as conn:
                 # Destinations that already have each exact instance (same UID
                 # and bytes) from an entry forwarded within the window
                 # (HARDENING decision 5), looked up once for the whole batch.
@@ -640,20 +719,22 @@ class PostgresQueueStore:
                             Jsonb([]), hash_, None if new.plan is None else new.plan.plan_hash,
                         ))
                     duplicates.append(tuple(found))
-                cursor = conn.cursor()
+                # One cursor per statement: in pipeline mode a cursor holds the
+                # results of what it queued, and only the entries' are read.
                 if plans:
-                    cursor.executemany(
+                    conn.cursor().executemany(
                         "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
                         [(plan.plan_hash, plan.definition) for plan in plans.values()],
                     )
                 # executemany runs in libpq's pipeline mode: one round trip for the batch.
-                cursor.executemany(
+                conn.cursor().executemany(
                     "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
                     + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
                     [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
                 )
                 ids: list[int] = []
                 if entry_rows:
+                    cursor = conn.cursor()
                     cursor.executemany(
                         "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
                         " next_attempt_at, history, study_hash, plan_hash)"
@@ -688,7 +769,7 @@ class PostgresQueueStore:
         check_shard(shard)
         if limit <= 0:
             return []
-        with self._write() as conn:
+        with self._pipelined() as conn:
             return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
 
     def _reclaim_expired(self, conn: psycopg.Connection[Any], destination: str, now: float) -> None:
@@ -758,12 +839,26 @@ class PostgresQueueStore:
         generations: Mapping[int, int] | None,
     ) -> tuple[int, ...]:
         """Mark leased entries DELIVERED (fenced); return the ids given with a generation that no longer held."""
+        return self._complete_send(conn, delivered, now, generations)()
+
+    @staticmethod
+    def _complete_send(
+        conn: psycopg.Connection[Any],
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        generations: Mapping[int, int] | None,
+    ) -> Callable[[], tuple[int, ...]]:
+        """Send the statement of :meth:`_complete_in`; the returned callable reads its result.
+
+        In pipeline mode (:meth:`_pipelined`) the statement is only queued,
+        so ``settle`` sends it with the lease statements in one round trip.
+        """
         if not delivered:
-            return ()
+            return tuple
         fence = generations or {}
         ids = [entry_id for entry_id, _ in delivered]
         # The deliveries and the destination's last success in one statement.
-        rows = conn.execute(
+        cursor = conn.execute(
             "WITH done AS (UPDATE entries e SET state = 'delivered', delivered_at = %(now)s,"
             " last_error = d.warning, leased_until = NULL"
             " FROM unnest(%(ids)s::bigint[], %(warnings)s::text[], %(generations)s::bigint[]) AS d(id, warning, generation)"
@@ -778,9 +873,13 @@ class PostgresQueueStore:
                 "now": now, "ids": ids, "warnings": [warning for _, warning in delivered],
                 "generations": [fence.get(entry_id) for entry_id in ids],
             },
-        ).fetchall()
-        done = {row[0] for row in rows}
-        return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
+        )
+
+        def lost() -> tuple[int, ...]:
+            done = {row[0] for row in cursor.fetchall()}
+            return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
+
+        return lost
 
     def complete(
         self, entry_ids: Sequence[int], now: float, warning: str = "", generations: Mapping[int, int] | None = None
@@ -789,7 +888,7 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.complete`.
         """
-        with self._write() as conn:
+        with self._pipelined() as conn:
             self._complete_in(conn, [(entry_id, warning) for entry_id in entry_ids], now, generations)
 
     def settle(
@@ -809,9 +908,11 @@ class PostgresQueueStore:
         its transaction no id and its commit flushes nothing.
         """
         check_shard(shard)
-        with self._write() as conn:
-            lost = self._complete_in(conn, delivered, now, generations)
+        with self._pipelined() as conn:
+            # BEGIN, the deliveries, the reclaim and the lease in one round trip.
+            lost_of = self._complete_send(conn, delivered, now, generations)
             leased = self._lease_in(conn, destination, limit, now, lease_seconds, shard) if limit > 0 else []
+            lost = lost_of()
             if leased or limit <= 0:
                 return Settled(tuple(leased), lost=lost)
             return Settled((), self._next_due_in(conn, destination), lost=lost)
@@ -898,13 +999,12 @@ class PostgresQueueStore:
         if not generations:
             return set()
         ids = list(generations)
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE entries e SET leased_until = %s FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, generation)"
-                " WHERE e.entry_id = d.id AND e.state = 'leased' AND e.lease_generation = d.generation"
-                " RETURNING e.entry_id",
-                (now + lease_seconds, ids, [generations[entry_id] for entry_id in ids]),
-            ).fetchall()
+        rows = self._statement(
+            "UPDATE entries e SET leased_until = %s FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, generation)"
+            " WHERE e.entry_id = d.id AND e.state = 'leased' AND e.lease_generation = d.generation"
+            " RETURNING e.entry_id",
+            (now + lease_seconds, ids, [generations[entry_id] for entry_id in ids]),
+        )
         return set(ids) - {row[0] for row in rows}
 
     def expire(self, destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
@@ -938,24 +1038,22 @@ class PostgresQueueStore:
         :raises ValueError: not ``0 <= slot < slots``.
         """
         check_slot(slot, slots)
-        with self._write() as conn:
-            row = conn.execute(
-                "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (destination, slot) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until"
-                " WHERE slots.node = EXCLUDED.node OR slots.until < %s RETURNING node",
-                (destination, slot, self.node, now + seconds, now),
-            ).fetchone()
-        return row is not None
+        rows = self._statement(
+            "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (destination, slot) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until"
+            " WHERE slots.node = EXCLUDED.node OR slots.until < %s RETURNING node",
+            (destination, slot, self.node, now + seconds, now),
+        )
+        return bool(rows)
 
     def release_slot(self, destination: str, slot: int) -> None:
         """Give up this node's claim on a slot; another node's claim is left alone.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.release_slot`.
         """
-        with self._write() as conn:
-            conn.execute(
-                "DELETE FROM slots WHERE destination = %s AND slot = %s AND node = %s", (destination, slot, self.node)
-            )
+        self._statement(
+            "DELETE FROM slots WHERE destination = %s AND slot = %s AND node = %s", (destination, slot, self.node)
+        )
 
     def circuit(self, destination: str) -> tuple[bool, str, float | None]:
         """The destination's circuit as last recorded by any node.
@@ -974,13 +1072,12 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.heartbeat`.
         """
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO nodes (node, started_at, last_seen, detail) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (node) DO UPDATE SET started_at = EXCLUDED.started_at,"
-                " last_seen = EXCLUDED.last_seen, detail = EXCLUDED.detail",
-                (self.node, started_at, now, detail),
-            )
+        self._statement(
+            "INSERT INTO nodes (node, started_at, last_seen, detail) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (node) DO UPDATE SET started_at = EXCLUDED.started_at,"
+            " last_seen = EXCLUDED.last_seen, detail = EXCLUDED.detail",
+            (self.node, started_at, now, detail),
+        )
 
     def nodes(self, now: float) -> list[NodeStatus]:
         """Every node that sent a heartbeat, by name, with the live leases and slots it holds.
