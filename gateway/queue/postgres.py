@@ -726,30 +726,31 @@ class PostgresQueueStore:
                         "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
                         [(plan.plan_hash, plan.definition) for plan in plans.values()],
                     )
-                # executemany runs in libpq's pipeline mode: one round trip for the batch.
+                # Queued in the transaction's pipeline: no round trip of its own.
                 conn.cursor().executemany(
                     "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
                     + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
                     [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
                 )
-                ids: list[int] = []
-                if entry_rows:
-                    cursor = conn.cursor()
-                    cursor.executemany(
+                # One queued statement (and cursor) per entry, read only after
+                # the COMMIT: the inserts travel with it in one round trip
+                # (executemany with RETURNING would wait for its rows first).
+                inserted = [
+                    conn.execute(
                         "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
                         " next_attempt_at, history, study_hash, plan_hash)"
                         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
-                        entry_rows,
-                        returning=True,
+                        entry_row,
                     )
-                    while True:  # one result per row, in the order given
-                        row = cursor.fetchone()
-                        assert row is not None
-                        ids.append(int(row[0]))
-                        if not cursor.nextset():
-                            break
+                    for entry_row in entry_rows
+                ]
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
+        ids: list[int] = []
+        for cursor in inserted:  # committed: each cursor holds its row, in the order given
+            row = cursor.fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
         results: list[AddResult] = []
         position = 0
         for (_, entries), found_duplicates in zip(batch, duplicates):
