@@ -81,16 +81,16 @@ Custody across nodes
   breaks, this node has lost the singleton: the call returns False, and the
   next call opens a new connection and tries again.
 * **Duplicate window** across nodes: before looking for an earlier copy of
-  an instance, ``add_instance`` takes ``pg_advisory_xact_lock`` on a hash
+  an instance, ``add_instances`` takes ``pg_advisory_xact_lock`` on a hash
   of its SOP Instance UID (all of a batch's keys, in order, so two batches
   cannot deadlock). Two nodes receiving the same instance at once are
   serialized there: the second sees the first's entries and records a
-  DUPLICATE. The lock and the lookup are two statements on purpose: in READ
-  COMMITTED each statement reads a snapshot taken when it starts, so a
-  lookup in the statement that waited for the lock would not see the
-  transaction it waited for. A batch (``add_instances``) is one
-  transaction: group commit, its rows sent with ``executemany`` (libpq's
-  pipeline mode: one round trip for many rows).
+  DUPLICATE. The lock and the lookups are separate statements on purpose:
+  in READ COMMITTED each statement reads a snapshot taken when it starts,
+  so a lookup in the statement that waited for the lock would not see the
+  transaction it waited for. Each entry's INSERT decides its own state
+  (``CASE WHEN EXISTS`` the earlier copy), seeing the batch's earlier
+  entries (group commit: a batch is one transaction).
 * Every node's deliveries to one destination update its ``destinations``
   row (``last_success_at``), so the settle transactions of a destination
   are serialized on that row lock until they commit: a commit is one WAL
@@ -98,12 +98,21 @@ Custody across nodes
 
 Round trips
 -----------
-On loopback a statement costs little; a round trip to another machine
-costs more than the work. The hot paths are written to need few: a busy
-``settle`` is BEGIN, one statement for the deliveries and the destination's
-last success, one to take back expired leases, one to lease and read,
-COMMIT; ``add_instances`` is BEGIN, the duplicate lock and lookup (only
-with a window), two pipelined inserts, COMMIT.
+On loopback a statement costs little, but the C-STORE-RSP waits for the
+journal's commit, so its latency is the intake's; a round trip to another
+machine costs more than the work. The hot paths run in libpq's pipeline
+mode (:meth:`PostgresQueueStore._pipelined`): ``BEGIN`` is queued with
+the first statements, statements whose results are not needed yet are
+queued behind it, and ``COMMIT`` travels with the final sync (its answer,
+the WAL flushed, is awaited before the method returns). ``add_instances``
+is one round trip (BEGIN, the duplicate lock, the inserts with their
+duplicate lookups, COMMIT: the entry ids are read after the commit); a
+busy ``settle`` is two (BEGIN, the deliveries and the destination's last
+success, the reclaim of expired leases, the lease; then COMMIT); ``lease``
+and ``complete`` two; ``renew``, ``claim_slot``, ``release_slot`` and
+``heartbeat`` are one statement each in autocommit, one round trip.
+Statements are prepared by psycopg after their fifth run
+(``prepare_threshold``, left at its default).
 
 The database unreachable
 ------------------------
@@ -671,56 +680,25 @@ class PostgresQueueStore:
         :raises ValueError: an instance id is already recorded (nothing is kept).
         """
         import psycopg
-        from psycopg.types.json import Jsonb
 
         if not batch:
             return []
+        since = now - duplicate_window
         try:
             with self._pipelined() as conn:
-                # Destinations that already have each exact instance (same UID
-                # and bytes) from an entry forwarded within the window
-                # (HARDENING decision 5), looked up once for the whole batch.
-                already: dict[tuple[str, str], set[str]] = {}
                 if duplicate_window > 0:
                     # The window across nodes: serialize the lookups of one SOP
-                    # Instance UID (all keys first, in order: no deadlock).
-                    uids = sorted({record.sop_instance_uid for record, _ in batch})
-                    keys = sorted({advisory_key(_DUPLICATE_LOCK, uid) for uid in uids})
+                    # Instance UID (all keys first, in order: no deadlock). Its
+                    # own statement: each entry's lookup below starts after the
+                    # locks are held, so its snapshot (READ COMMITTED: one per
+                    # statement) sees what the transaction it waited for committed.
+                    keys = sorted({advisory_key(_DUPLICATE_LOCK, record.sop_instance_uid) for record, _ in batch})
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k", (ADVISORY_NAMESPACE, keys)
                     )
-                    for uid, sha256, destination in conn.execute(
-                        "SELECT DISTINCT i.sop_instance_uid, i.sha256, e.destination FROM instances i"
-                        " JOIN entries e ON e.instance_id = i.instance_id WHERE i.sop_instance_uid = ANY(%s)"
-                        " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
-                        (uids, now - duplicate_window),
-                    ):
-                        already.setdefault((uid, sha256), set()).add(destination)
-                # Decide every entry's state in order: a later instance of the
-                # batch sees the QUEUED entries of an earlier one.
-                plans: dict[str, PlanRecord] = {}
-                entry_rows: list[tuple[Any, ...]] = []
-                duplicates: list[tuple[str, ...]] = []
-                for record, entries in batch:
-                    key = (record.sop_instance_uid, record.sha256)
-                    seen = set(already.get(key, ())) if duplicate_window > 0 else set()
-                    hash_ = study_hash(record.study_instance_uid)
-                    found: list[str] = []
-                    for new in entries:
-                        state = EntryState.DUPLICATE if new.destination in seen else EntryState.QUEUED
-                        if state is EntryState.DUPLICATE:
-                            found.append(new.destination)
-                        elif duplicate_window > 0:
-                            already.setdefault(key, set()).add(new.destination)
-                        if new.plan is not None:
-                            plans[new.plan.plan_hash] = new.plan
-                        entry_rows.append((
-                            record.instance_id, new.route, new.destination, new.path, state.value, now, now,
-                            Jsonb([]), hash_, None if new.plan is None else new.plan.plan_hash,
-                        ))
-                    duplicates.append(tuple(found))
-                # One cursor per statement: in pipeline mode a cursor holds the
-                # results of what it queued, and only the entries' are read.
+                plans = {
+                    new.plan.plan_hash: new.plan for _, entries in batch for new in entries if new.plan is not None
+                }
                 if plans:
                     conn.cursor().executemany(
                         "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
@@ -732,25 +710,53 @@ class PostgresQueueStore:
                     + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
                     [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
                 )
-                # One queued statement (and cursor) per entry, read only after
-                # the COMMIT: the inserts travel with it in one round trip
-                # (executemany with RETURNING would wait for its rows first).
+                # One statement (and cursor) per entry, in order, each deciding
+                # its state: DUPLICATE when the destination already has this
+                # exact instance (same UID and bytes, another instance row)
+                # from an entry neither dead nor duplicate enqueued within the
+                # window (HARDENING decision 5), the batch's earlier entries
+                # included (a statement sees its transaction's earlier ones).
+                # All are read only after the COMMIT, which travels with them:
+                # BEGIN to COMMIT is one round trip.
                 inserted = [
                     conn.execute(
                         "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
                         " next_attempt_at, history, study_hash, plan_hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
-                        entry_row,
+                        " SELECT %(instance)s, %(route)s, %(destination)s, %(path)s,"
+                        " CASE WHEN %(window)s AND EXISTS (SELECT 1 FROM instances i"
+                        " JOIN entries e ON e.instance_id = i.instance_id"
+                        " WHERE i.sop_instance_uid = %(uid)s AND i.sha256 = %(sha256)s AND i.instance_id <> %(instance)s"
+                        " AND e.destination = %(destination)s AND e.state NOT IN ('dead', 'duplicate')"
+                        " AND e.enqueued_at >= %(since)s) THEN 'duplicate' ELSE 'queued' END,"
+                        " %(now)s, %(now)s, '[]'::jsonb, %(study_hash)s, %(plan)s RETURNING entry_id, state",
+                        {
+                            "instance": record.instance_id, "route": new.route, "destination": new.destination,
+                            "path": new.path, "window": duplicate_window > 0, "uid": record.sop_instance_uid,
+                            "sha256": record.sha256, "since": since, "now": now,
+                            "study_hash": study_hash(record.study_instance_uid),
+                            "plan": None if new.plan is None else new.plan.plan_hash,
+                        },
                     )
-                    for entry_row in entry_rows
+                    for record, entries in batch
+                    for new in entries
                 ]
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
         ids: list[int] = []
+        states: list[str] = []
         for cursor in inserted:  # committed: each cursor holds its row, in the order given
             row = cursor.fetchone()
             assert row is not None
             ids.append(int(row[0]))
+            states.append(str(row[1]))
+        duplicates: list[tuple[str, ...]] = []
+        position = 0
+        for _, entries in batch:
+            duplicates.append(tuple(
+                new.destination for new, state in zip(entries, states[position:position + len(entries)])
+                if state == EntryState.DUPLICATE.value
+            ))
+            position += len(entries)
         results: list[AddResult] = []
         position = 0
         for (_, entries), found_duplicates in zip(batch, duplicates):
