@@ -81,16 +81,16 @@ Custody across nodes
   breaks, this node has lost the singleton: the call returns False, and the
   next call opens a new connection and tries again.
 * **Duplicate window** across nodes: before looking for an earlier copy of
-  an instance, ``add_instance`` takes ``pg_advisory_xact_lock`` on a hash
+  an instance, ``add_instances`` takes ``pg_advisory_xact_lock`` on a hash
   of its SOP Instance UID (all of a batch's keys, in order, so two batches
   cannot deadlock). Two nodes receiving the same instance at once are
   serialized there: the second sees the first's entries and records a
-  DUPLICATE. The lock and the lookup are two statements on purpose: in READ
-  COMMITTED each statement reads a snapshot taken when it starts, so a
-  lookup in the statement that waited for the lock would not see the
-  transaction it waited for. A batch (``add_instances``) is one
-  transaction: group commit, its rows sent with ``executemany`` (libpq's
-  pipeline mode: one round trip for many rows).
+  DUPLICATE. The lock and the lookups are separate statements on purpose:
+  in READ COMMITTED each statement reads a snapshot taken when it starts,
+  so a lookup in the statement that waited for the lock would not see the
+  transaction it waited for. Each entry's INSERT decides its own state
+  (``CASE WHEN EXISTS`` the earlier copy), seeing the batch's earlier
+  entries (group commit: a batch is one transaction).
 * Every node's deliveries to one destination update its ``destinations``
   row (``last_success_at``), so the settle transactions of a destination
   are serialized on that row lock until they commit: a commit is one WAL
@@ -98,12 +98,21 @@ Custody across nodes
 
 Round trips
 -----------
-On loopback a statement costs little; a round trip to another machine
-costs more than the work. The hot paths are written to need few: a busy
-``settle`` is BEGIN, one statement for the deliveries and the destination's
-last success, one to take back expired leases, one to lease and read,
-COMMIT; ``add_instances`` is BEGIN, the duplicate lock and lookup (only
-with a window), two pipelined inserts, COMMIT.
+On loopback a statement costs little, but the C-STORE-RSP waits for the
+journal's commit, so its latency is the intake's; a round trip to another
+machine costs more than the work. The hot paths run in libpq's pipeline
+mode (:meth:`PostgresQueueStore._pipelined`): ``BEGIN`` is queued with
+the first statements, statements whose results are not needed yet are
+queued behind it, and ``COMMIT`` travels with the final sync (its answer,
+the WAL flushed, is awaited before the method returns). ``add_instances``
+is one round trip (BEGIN, the duplicate lock, the inserts with their
+duplicate lookups, COMMIT: the entry ids are read after the commit); a
+busy ``settle`` is two (BEGIN, the deliveries and the destination's last
+success, the reclaim of expired leases, the lease; then COMMIT); ``lease``
+and ``complete`` two; ``renew``, ``claim_slot``, ``release_slot`` and
+``heartbeat`` are one statement each in autocommit, one round trip.
+Statements are prepared by psycopg after their fifth run
+(``prepare_threshold``, left at its default).
 
 The database unreachable
 ------------------------
@@ -133,7 +142,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -440,6 +449,85 @@ class PostgresQueueStore:
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
             raise StoreUnavailable(_scrub(f"PostgreSQL at {self._shown_dsn}: {e}", self._secrets)) from None
 
+    @staticmethod
+    def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
+        """Whether an idle pooled session still looks usable, without a round trip.
+
+        A session the server ended (restart, failover, ``pg_terminate_backend``)
+        leaves its goodbye on the socket: a FATAL message and the end of the
+        stream. An idle session has nothing to read otherwise; if something is
+        there, libpq consumes it (a TLS record, a notice) and the session is
+        kept only when the connection is still good and nothing else is waiting.
+        """
+        import select
+
+        import psycopg
+        from psycopg.pq import ConnStatus
+
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            if not poller.poll(0):
+                return True
+            conn.pgconn.consume_input()
+            return conn.pgconn.status == ConnStatus.OK and not conn.pgconn.is_busy() and not poller.poll(0)
+        except (OSError, ValueError, psycopg.Error):
+            return False
+
+    @contextmanager
+    def _pipelined(self, begin: str = "BEGIN") -> Iterator[psycopg.Connection[Any]]:
+        """One transaction in libpq's pipeline mode: ``begin`` rides with the first statements, COMMIT with the last.
+
+        The hot paths (``add_instances``, ``settle``) use it: ``BEGIN`` is
+        queued instead of waited for, statements whose results are not read
+        yet are queued behind it, and ``COMMIT`` travels with the pipeline's
+        final sync; each read of a result is one round trip for everything
+        queued before it. The durability is the same: the COMMIT's answer
+        (the WAL flushed, ``synchronous_commit``) is waited for before the
+        method returns, and an error anywhere rolls the whole transaction
+        back. A pooled session the server ended while idle is found by
+        :meth:`_looks_alive` (no round trip) and replaced, instead of by a
+        failing ``BEGIN`` as in :meth:`_transaction`. Bodies must read
+        results (``fetchall``), not ``rowcount`` of a statement not yet synced.
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    if not self._looks_alive(conn) and attempt + 1 < attempts:
+                        conn.close()  # the pool discards a closed connection when it comes back
+                        continue
+                    try:
+                        with conn.pipeline():
+                            conn.execute(begin)
+                            yield conn
+                            conn.execute("COMMIT")
+                    except BaseException:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+                        raise
+                    return
+
+    def _statement(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """One writing statement as its own transaction (autocommit): one round trip instead of three.
+
+        Only for statements that are a whole transaction by themselves and
+        harmless to repeat (a lease renewal, a slot claim, a heartbeat): a
+        session found dead is replaced as in :meth:`_pipelined`. The commit is
+        the statement's own, durable (``synchronous_commit``) before its
+        answer arrives.
+        """
+        with self._unavailable_as_store_error():
+            attempts = self._pool.max_size + 1
+            for attempt in range(attempts):
+                with self._pool.connection() as conn:
+                    if not self._looks_alive(conn) and attempt + 1 < attempts:
+                        conn.close()
+                        continue
+                    cursor = conn.execute(sql, params)
+                    return cursor.fetchall() if cursor.description is not None else []
+            raise AssertionError("unreachable")  # the last attempt returned or raised
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection: ``begin``, then COMMIT, or ROLLBACK on any error.
@@ -592,83 +680,83 @@ class PostgresQueueStore:
         :raises ValueError: an instance id is already recorded (nothing is kept).
         """
         import psycopg
-        from psycopg.types.json import Jsonb
 
         if not batch:
             return []
+        since = now - duplicate_window
         try:
-            with self._write() as conn:
-                # Destinations that already have each exact instance (same UID
-                # and bytes) from an entry forwarded within the window
-                # (HARDENING decision 5), looked up once for the whole batch.
-                already: dict[tuple[str, str], set[str]] = {}
+            with self._pipelined() as conn:
                 if duplicate_window > 0:
                     # The window across nodes: serialize the lookups of one SOP
-                    # Instance UID (all keys first, in order: no deadlock).
-                    uids = sorted({record.sop_instance_uid for record, _ in batch})
-                    keys = sorted({advisory_key(_DUPLICATE_LOCK, uid) for uid in uids})
+                    # Instance UID (all keys first, in order: no deadlock). Its
+                    # own statement: each entry's lookup below starts after the
+                    # locks are held, so its snapshot (READ COMMITTED: one per
+                    # statement) sees what the transaction it waited for committed.
+                    keys = sorted({advisory_key(_DUPLICATE_LOCK, record.sop_instance_uid) for record, _ in batch})
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k", (ADVISORY_NAMESPACE, keys)
                     )
-                    for uid, sha256, destination in conn.execute(
-                        "SELECT DISTINCT i.sop_instance_uid, i.sha256, e.destination FROM instances i"
-                        " JOIN entries e ON e.instance_id = i.instance_id WHERE i.sop_instance_uid = ANY(%s)"
-                        " AND e.state NOT IN ('dead', 'duplicate') AND e.enqueued_at >= %s",
-                        (uids, now - duplicate_window),
-                    ):
-                        already.setdefault((uid, sha256), set()).add(destination)
-                # Decide every entry's state in order: a later instance of the
-                # batch sees the QUEUED entries of an earlier one.
-                plans: dict[str, PlanRecord] = {}
-                entry_rows: list[tuple[Any, ...]] = []
-                duplicates: list[tuple[str, ...]] = []
-                for record, entries in batch:
-                    key = (record.sop_instance_uid, record.sha256)
-                    seen = set(already.get(key, ())) if duplicate_window > 0 else set()
-                    hash_ = study_hash(record.study_instance_uid)
-                    found: list[str] = []
-                    for new in entries:
-                        state = EntryState.DUPLICATE if new.destination in seen else EntryState.QUEUED
-                        if state is EntryState.DUPLICATE:
-                            found.append(new.destination)
-                        elif duplicate_window > 0:
-                            already.setdefault(key, set()).add(new.destination)
-                        if new.plan is not None:
-                            plans[new.plan.plan_hash] = new.plan
-                        entry_rows.append((
-                            record.instance_id, new.route, new.destination, new.path, state.value, now, now,
-                            Jsonb([]), hash_, None if new.plan is None else new.plan.plan_hash,
-                        ))
-                    duplicates.append(tuple(found))
-                cursor = conn.cursor()
+                plans = {
+                    new.plan.plan_hash: new.plan for _, entries in batch for new in entries if new.plan is not None
+                }
                 if plans:
-                    cursor.executemany(
+                    conn.cursor().executemany(
                         "INSERT INTO plans (plan_hash, definition) VALUES (%s, %s) ON CONFLICT (plan_hash) DO NOTHING",
                         [(plan.plan_hash, plan.definition) for plan in plans.values()],
                     )
-                # executemany runs in libpq's pipeline mode: one round trip for the batch.
-                cursor.executemany(
+                # Queued in the transaction's pipeline: no round trip of its own.
+                conn.cursor().executemany(
                     "INSERT INTO instances (" + ", ".join(INSTANCE_COLUMNS) + ") VALUES ("
                     + ", ".join(["%s"] * len(INSTANCE_COLUMNS)) + ")",
                     [tuple(getattr(record, column) for column in INSTANCE_COLUMNS) for record, _ in batch],
                 )
-                ids: list[int] = []
-                if entry_rows:
-                    cursor.executemany(
+                # One statement (and cursor) per entry, in order, each deciding
+                # its state: DUPLICATE when the destination already has this
+                # exact instance (same UID and bytes, another instance row)
+                # from an entry neither dead nor duplicate enqueued within the
+                # window (HARDENING decision 5), the batch's earlier entries
+                # included (a statement sees its transaction's earlier ones).
+                # All are read only after the COMMIT, which travels with them:
+                # BEGIN to COMMIT is one round trip.
+                inserted = [
+                    conn.execute(
                         "INSERT INTO entries (instance_id, route, destination, path, state, enqueued_at,"
                         " next_attempt_at, history, study_hash, plan_hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
-                        entry_rows,
-                        returning=True,
+                        " SELECT %(instance)s, %(route)s, %(destination)s, %(path)s,"
+                        " CASE WHEN %(window)s AND EXISTS (SELECT 1 FROM instances i"
+                        " JOIN entries e ON e.instance_id = i.instance_id"
+                        " WHERE i.sop_instance_uid = %(uid)s AND i.sha256 = %(sha256)s AND i.instance_id <> %(instance)s"
+                        " AND e.destination = %(destination)s AND e.state NOT IN ('dead', 'duplicate')"
+                        " AND e.enqueued_at >= %(since)s) THEN 'duplicate' ELSE 'queued' END,"
+                        " %(now)s, %(now)s, '[]'::jsonb, %(study_hash)s, %(plan)s RETURNING entry_id, state",
+                        {
+                            "instance": record.instance_id, "route": new.route, "destination": new.destination,
+                            "path": new.path, "window": duplicate_window > 0, "uid": record.sop_instance_uid,
+                            "sha256": record.sha256, "since": since, "now": now,
+                            "study_hash": study_hash(record.study_instance_uid),
+                            "plan": None if new.plan is None else new.plan.plan_hash,
+                        },
                     )
-                    while True:  # one result per row, in the order given
-                        row = cursor.fetchone()
-                        assert row is not None
-                        ids.append(int(row[0]))
-                        if not cursor.nextset():
-                            break
+                    for record, entries in batch
+                    for new in entries
+                ]
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
+        ids: list[int] = []
+        states: list[str] = []
+        for cursor in inserted:  # committed: each cursor holds its row, in the order given
+            row = cursor.fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+            states.append(str(row[1]))
+        duplicates: list[tuple[str, ...]] = []
+        position = 0
+        for _, entries in batch:
+            duplicates.append(tuple(
+                new.destination for new, state in zip(entries, states[position:position + len(entries)])
+                if state == EntryState.DUPLICATE.value
+            ))
+            position += len(entries)
         results: list[AddResult] = []
         position = 0
         for (_, entries), found_duplicates in zip(batch, duplicates):
@@ -688,7 +776,7 @@ class PostgresQueueStore:
         check_shard(shard)
         if limit <= 0:
             return []
-        with self._write() as conn:
+        with self._pipelined() as conn:
             return self._lease_in(conn, destination, limit, now, lease_seconds, shard)
 
     def _reclaim_expired(self, conn: psycopg.Connection[Any], destination: str, now: float) -> None:
@@ -758,12 +846,26 @@ class PostgresQueueStore:
         generations: Mapping[int, int] | None,
     ) -> tuple[int, ...]:
         """Mark leased entries DELIVERED (fenced); return the ids given with a generation that no longer held."""
+        return self._complete_send(conn, delivered, now, generations)()
+
+    @staticmethod
+    def _complete_send(
+        conn: psycopg.Connection[Any],
+        delivered: Sequence[tuple[int, str]],
+        now: float,
+        generations: Mapping[int, int] | None,
+    ) -> Callable[[], tuple[int, ...]]:
+        """Send the statement of :meth:`_complete_in`; the returned callable reads its result.
+
+        In pipeline mode (:meth:`_pipelined`) the statement is only queued,
+        so ``settle`` sends it with the lease statements in one round trip.
+        """
         if not delivered:
-            return ()
+            return tuple
         fence = generations or {}
         ids = [entry_id for entry_id, _ in delivered]
         # The deliveries and the destination's last success in one statement.
-        rows = conn.execute(
+        cursor = conn.execute(
             "WITH done AS (UPDATE entries e SET state = 'delivered', delivered_at = %(now)s,"
             " last_error = d.warning, leased_until = NULL"
             " FROM unnest(%(ids)s::bigint[], %(warnings)s::text[], %(generations)s::bigint[]) AS d(id, warning, generation)"
@@ -778,9 +880,13 @@ class PostgresQueueStore:
                 "now": now, "ids": ids, "warnings": [warning for _, warning in delivered],
                 "generations": [fence.get(entry_id) for entry_id in ids],
             },
-        ).fetchall()
-        done = {row[0] for row in rows}
-        return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
+        )
+
+        def lost() -> tuple[int, ...]:
+            done = {row[0] for row in cursor.fetchall()}
+            return tuple(entry_id for entry_id in ids if entry_id in fence and entry_id not in done)
+
+        return lost
 
     def complete(
         self, entry_ids: Sequence[int], now: float, warning: str = "", generations: Mapping[int, int] | None = None
@@ -789,7 +895,7 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.complete`.
         """
-        with self._write() as conn:
+        with self._pipelined() as conn:
             self._complete_in(conn, [(entry_id, warning) for entry_id in entry_ids], now, generations)
 
     def settle(
@@ -809,9 +915,11 @@ class PostgresQueueStore:
         its transaction no id and its commit flushes nothing.
         """
         check_shard(shard)
-        with self._write() as conn:
-            lost = self._complete_in(conn, delivered, now, generations)
+        with self._pipelined() as conn:
+            # BEGIN, the deliveries, the reclaim and the lease in one round trip.
+            lost_of = self._complete_send(conn, delivered, now, generations)
             leased = self._lease_in(conn, destination, limit, now, lease_seconds, shard) if limit > 0 else []
+            lost = lost_of()
             if leased or limit <= 0:
                 return Settled(tuple(leased), lost=lost)
             return Settled((), self._next_due_in(conn, destination), lost=lost)
@@ -898,13 +1006,12 @@ class PostgresQueueStore:
         if not generations:
             return set()
         ids = list(generations)
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE entries e SET leased_until = %s FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, generation)"
-                " WHERE e.entry_id = d.id AND e.state = 'leased' AND e.lease_generation = d.generation"
-                " RETURNING e.entry_id",
-                (now + lease_seconds, ids, [generations[entry_id] for entry_id in ids]),
-            ).fetchall()
+        rows = self._statement(
+            "UPDATE entries e SET leased_until = %s FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, generation)"
+            " WHERE e.entry_id = d.id AND e.state = 'leased' AND e.lease_generation = d.generation"
+            " RETURNING e.entry_id",
+            (now + lease_seconds, ids, [generations[entry_id] for entry_id in ids]),
+        )
         return set(ids) - {row[0] for row in rows}
 
     def expire(self, destination: str, enqueued_before: float, reason: str, now: float, limit: int = 1000) -> list[Entry]:
@@ -938,32 +1045,27 @@ class PostgresQueueStore:
         :raises ValueError: not ``0 <= slot < slots``.
         """
         check_slot(slot, slots)
-        with self._write() as conn:
-            # Another node's live lease in the slot's shard (its previous
-            # holder's batch) keeps the slot taken: a study keeps its order.
-            if conn.execute(
-                "SELECT 1 FROM entries WHERE destination = %s AND state = 'leased' AND leased_until >= %s"
-                " AND lease_owner <> %s AND study_hash %% %s = %s LIMIT 1",
-                (destination, now, self.node, slots, slot),
-            ).fetchone() is not None:
-                return False
-            row = conn.execute(
-                "INSERT INTO slots (destination, slot, node, until) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (destination, slot) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until"
-                " WHERE slots.node = EXCLUDED.node OR slots.until < %s RETURNING node",
-                (destination, slot, self.node, now + seconds, now),
-            ).fetchone()
-        return row is not None
+        # One statement (autocommit): another node's live lease in the slot's
+        # shard (its previous holder's batch) keeps the slot taken, so a study
+        # keeps its order; else claim it when free, expired or already ours.
+        rows = self._statement(
+            "INSERT INTO slots (destination, slot, node, until) SELECT %s, %s, %s, %s"
+            " WHERE NOT EXISTS (SELECT 1 FROM entries WHERE destination = %s AND state = 'leased'"
+            " AND leased_until >= %s AND lease_owner <> %s AND study_hash %% %s = %s)"
+            " ON CONFLICT (destination, slot) DO UPDATE SET node = EXCLUDED.node, until = EXCLUDED.until"
+            " WHERE slots.node = EXCLUDED.node OR slots.until < %s RETURNING node",
+            (destination, slot, self.node, now + seconds, destination, now, self.node, slots, slot, now),
+        )
+        return bool(rows)
 
     def release_slot(self, destination: str, slot: int) -> None:
         """Give up this node's claim on a slot; another node's claim is left alone.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.release_slot`.
         """
-        with self._write() as conn:
-            conn.execute(
-                "DELETE FROM slots WHERE destination = %s AND slot = %s AND node = %s", (destination, slot, self.node)
-            )
+        self._statement(
+            "DELETE FROM slots WHERE destination = %s AND slot = %s AND node = %s", (destination, slot, self.node)
+        )
 
     def circuit(self, destination: str) -> tuple[bool, str, float | None]:
         """The destination's circuit as last recorded by any node.
@@ -982,13 +1084,12 @@ class PostgresQueueStore:
 
         See :meth:`gateway.queue.interfaces.IQueueStore.heartbeat`.
         """
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO nodes (node, started_at, last_seen, detail) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (node) DO UPDATE SET started_at = EXCLUDED.started_at,"
-                " last_seen = EXCLUDED.last_seen, detail = EXCLUDED.detail",
-                (self.node, started_at, now, detail),
-            )
+        self._statement(
+            "INSERT INTO nodes (node, started_at, last_seen, detail) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (node) DO UPDATE SET started_at = EXCLUDED.started_at,"
+            " last_seen = EXCLUDED.last_seen, detail = EXCLUDED.detail",
+            (self.node, started_at, now, detail),
+        )
 
     def nodes(self, now: float) -> list[NodeStatus]:
         """Every node that sent a heartbeat, by name, with the live leases and slots it holds.

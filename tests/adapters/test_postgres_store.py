@@ -498,6 +498,35 @@ class UnavailableTests(PostgresTestCase):
             pg.server().terminate(pid)
         self.assertEqual(store.instance_ids(), set())  # one statement, outside a transaction
 
+    def test_the_pipelined_and_single_statement_paths_replace_an_interrupted_session(self) -> None:
+        """The hot paths send no BEGIN of their own to find a dead session: each checks the socket and replaces it."""
+        store = self.open_store(pool_min=2)
+        records = _capture_logs(self)
+
+        def interrupt() -> None:
+            for pid, _ in pg.server().backends(self.database.name):
+                pg.server().terminate(pid)
+
+        store.stats(T0)
+        interrupt()
+        (entry_id,) = store.add_instance(make_record("i1"), [NewEntry("r", "A")], T0, 60.0).entry_ids  # pipelined
+        interrupt()
+        (leased,) = store.settle("A", [], T0, 1, 30.0).leased  # pipelined
+        self.assertEqual((leased.entry_id, leased.lease_owner), (entry_id, "node-a"))
+        interrupt()
+        self.assertEqual(store.renew({entry_id: leased.lease_generation}, T0, 30.0), set())  # one statement
+        interrupt()
+        self.assertTrue(store.claim_slot("A", 0, 1, T0, 30.0))  # one statement
+        interrupt()
+        store.heartbeat(T0, T0)  # one statement
+        interrupt()
+        settled = store.settle("A", [(entry_id, "")], T0, 1, 30.0, generations={entry_id: leased.lease_generation})
+        self.assertEqual((settled.leased, settled.lost), ((), ()))
+        self.assertEqual(store.get(entry_id).state, EntryState.DELIVERED)
+        # The pool notes each session it discards; nothing else may complain (a pipeline left in error).
+        noted = [r.getMessage() for r in records if r.levelno >= logging.WARNING and r.name != "psycopg.pool"]
+        self.assertEqual(noted, [])
+
 
 def _capture_logs(case: SynchronousTestCase) -> list[logging.LogRecord]:
     """Collect every standard-library log record (any logger, any level) until the test ends."""
