@@ -61,6 +61,19 @@ per instance (more processes polling, more heartbeats, more PostgreSQL
 backends) and the cores, shared by 8 senders, 3 nodes, PostgreSQL, HAProxy
 and storescp, are the bound. Scaling stops at two nodes on this machine.
 
+Since then the PostgreSQL store pipelines its transactions (a batch of
+received instances is one round trip plus the durable commit; a forwarding
+turn two). Run of 2026-12-02 08:38 at ac3cd85 (``--only sqlite,1,2 --runs 3
+--no-recovery``, machine otherwise idle)::
+
+    SQLite x1      204/s (176-218)  195/s       6,800; node 4,450
+    PostgreSQL x1  183/s (167-217)  175/s       7,469; node 4,560; PostgreSQL 790
+    PostgreSQL x2  184/s (178-219)  172/s       8,840; nodes 2,820 + 2,800; PostgreSQL 1,060
+
+The PostgreSQL single node is now 0.90x the SQLite node (target 0.8x: met)
+and two nodes 1.00x one (met); the reading above (latency-bound nodes, the
+cores shared by everything) is unchanged.
+
 On 4 or more cores the figures predict: one node's own CPU is about 5-6 ms
 per instance at its latency-bound rate, about 3 ms per instance with two
 nodes sharing the load; two nodes on 4 cores have the cores for
