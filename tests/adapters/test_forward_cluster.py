@@ -299,7 +299,7 @@ class ClusterWorkerTests(ClusterTestsMixin, SynchronousTestCase):
     def test_a_node_added_while_running_picks_up_work(self) -> None:
         """a alone holds both slots of a backlog; b starts and heartbeats: a gives one slot up between batches, b sends through it, never more than 2 associations."""
         config = self.config(max_associations=2, batch_size=2)
-        a, b = self.nodes["a"], self.nodes["b"]
+        b = self.nodes["b"]
         for node in self.nodes.values():
             node.peer.delay = 1.0
         records = [self.add(study=f"1.2.4.{i % 8}") for i in range(60)]
