@@ -542,22 +542,8 @@ class AuditTrail:
         :param detail: OpenSSL's words.
         :returns: the record, or ``None`` when it was counted into a summary.
         """
-        extra = {"listener": listener, "reason": reason}
-        window = _Window("failed TLS handshakes", reason, NODE_AUTHENTICATION, "tls_failure", _address(peer), extra, _now(self._wall))
-        if self._counted(("tls", _address(peer), listener, reason), window):
-            return None
-        return self.emit(
-            SECURITY_ALERT,
-            "E",
-            Outcome.MINOR_FAILURE,
-            event_type=NODE_AUTHENTICATION,
-            description=f"TLS handshake failed: {reason}" + (f" ({detail})" if detail else ""),
-            disposition="tls_failure",
-            participants=(
-                Participant(user_id="", role=SOURCE.meaning, network_access_point=peer, requestor=True),
-                self._us(DESTINATION),
-            ),
-            extra={"listener": listener, "reason": reason},
+        return self._node_authentication_alert(
+            "tls", "failed TLS handshakes", "TLS handshake failed", "tls_failure", peer, listener, reason, detail
         )
 
     def proxy_refused(self, *, peer: str, listener: str, reason: str, detail: str = "") -> AuditRecord | None:
@@ -573,23 +559,38 @@ class AuditTrail:
         :param detail: why, in words.
         :returns: the record, or ``None`` when it was counted into a summary.
         """
+        return self._node_authentication_alert(
+            "proxy", "refused PROXY protocol connections", "PROXY protocol connection refused", "proxy_refused",
+            peer, listener, reason, detail,
+        )
+
+    def _node_authentication_alert(
+        self, kind: str, what: str, words: str, disposition: str, peer: str, listener: str, reason: str, detail: str
+    ) -> AuditRecord | None:
+        """A connection refused before any association (Security Alert, Node Authentication; A.5.3.11).
+
+        Aggregated per ``kind``, address, listener and reason label: the
+        first of a window is a record, the rest are counted into its summary.
+
+        :param what: the summary's words for the refused connections.
+        :param words: the record's description, before the reason.
+        """
         extra = {"listener": listener, "reason": reason}
-        window = _Window("refused PROXY protocol connections", reason, NODE_AUTHENTICATION, "proxy_refused",
-                         _address(peer), extra, _now(self._wall))
-        if self._counted(("proxy", _address(peer), listener, reason), window):
+        window = _Window(what, reason, NODE_AUTHENTICATION, disposition, _address(peer), extra, _now(self._wall))
+        if self._counted((kind, _address(peer), listener, reason), window):
             return None
         return self.emit(
             SECURITY_ALERT,
             "E",
             Outcome.MINOR_FAILURE,
             event_type=NODE_AUTHENTICATION,
-            description=f"PROXY protocol connection refused: {reason}" + (f" ({detail})" if detail else ""),
-            disposition="proxy_refused",
+            description=f"{words}: {reason}" + (f" ({detail})" if detail else ""),
+            disposition=disposition,
             participants=(
                 Participant(user_id="", role=SOURCE.meaning, network_access_point=peer, requestor=True),
                 self._us(DESTINATION),
             ),
-            extra={"listener": listener, "reason": reason},
+            extra=dict(extra),
         )
 
     def tls_destination_failure(
