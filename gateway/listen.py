@@ -674,36 +674,15 @@ class AcceptorFactory(Factory):
             # Issue 14: the node is draining and its grace is over. Rejected-transient,
             # local-limit-exceeded (PS3.8 Table 9-21, source 3 reason 2): the modality
             # retries later, by then through the load balancer to another node.
-            return (
-                _pdu.AAssociateRJ(
-                    result=RejectResult.TRANSIENT,
-                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
-                ),
-                "draining",
-            )
+            return _transient(RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED), "draining"
         if self.space_low():
             # The spool is below its free-space floor: temporary congestion
             # (PS3.8 Table 9-21, source 3 reason 1), so the modality retries later.
-            return (
-                _pdu.AAssociateRJ(
-                    result=RejectResult.TRANSIENT,
-                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
-                ),
-                "space",
-            )
+            return _transient(RejectReasonPresentation.TEMPORARY_CONGESTION), "space"
         if self.store_down():
             # The journal is away (issue 14): nothing could be acknowledged, so
             # the same transient rejection (2,3,1), PS3.8 Table 9-21.
-            return (
-                _pdu.AAssociateRJ(
-                    result=RejectResult.TRANSIENT,
-                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    reason=RejectReasonPresentation.TEMPORARY_CONGESTION,
-                ),
-                "store",
-            )
+            return _transient(RejectReasonPresentation.TEMPORARY_CONGESTION), "store"
         if self.active >= self.limits.max_associations:
             self.log.warn(
                 "rejecting association from {calling}: {active} of {limit} associations in use",
@@ -711,12 +690,15 @@ class AcceptorFactory(Factory):
                 active=self.active,
                 limit=self.limits.max_associations,
             )
-            return (
-                _pdu.AAssociateRJ(
-                    result=RejectResult.TRANSIENT,
-                    source=RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    reason=RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED,
-                ),
-                "limit",
-            )
+            return _transient(RejectReasonPresentation.LOCAL_LIMIT_EXCEEDED), "limit"
         return None
+
+
+def _transient(reason: RejectReasonPresentation) -> _pdu.AAssociateRJ:
+    """A rejected-transient A-ASSOCIATE-RJ from the service provider (presentation), PS3.8 Table 9-21.
+
+    :param reason: temporary congestion (1) or local limit exceeded (2).
+    """
+    return _pdu.AAssociateRJ(
+        result=RejectResult.TRANSIENT, source=RejectSource.SERVICE_PROVIDER_PRESENTATION, reason=reason
+    )
