@@ -138,6 +138,86 @@ class ProxyProtocolConfig:
     timeout: float = 5.0
 
 
+#: ``commitment.policy`` values (issue 15): what "committed" means in a Storage
+#: Commitment report the gateway sends (see :mod:`gateway.commitment`).
+COMMITMENT_POLICIES: tuple[str, ...] = ("received", "delivered", "committed")
+
+#: ``commitment.unrouted`` values: how an instance a rule dropped, or kept as
+#: unrouted, is reported (``fail``: 0x0110, the safe side; ``success``).
+COMMITMENT_UNROUTED: tuple[str, ...] = ("fail", "success")
+
+#: ``commitment.report_association`` values: ``new`` opens a new association
+#: to the requester for the report (every vendor supports it); ``open`` sends it
+#: on the requester's association when that is still open, else a new one.
+COMMITMENT_REPORT_ASSOCIATIONS: tuple[str, ...] = ("new", "open")
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """A remote AE the gateway may call back (key ``modalities.<name>``, issue 15).
+
+    Storage Commitment reports go to it (the requester's address), and the
+    query/retrieve issue uses the same table for move destinations.
+
+    :param name: The table key (``[A-Za-z0-9_.-]``, 1 to 64 characters).
+    :param ae_title: Its AE title (PS3.5 VR AE; unique in the table).
+    :param host: Its host name or address.
+    :param port: Its TCP port, 1 to 65535.
+    :param tls: TLS towards it, as on a DICOM destination; ``None`` for plain TCP.
+    :param connect_timeout: Seconds to wait for the TCP connection.
+    :param acse_timeout: Seconds to wait for the A-ASSOCIATE answer and release.
+    :param dimse_timeout: Seconds to wait for each DIMSE response.
+    :param max_pdu_length: The Maximum Length we advertise (PS3.8 D.1).
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: "DestinationTLSConfig | None" = None
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    max_pdu_length: int = 262144
+
+
+@dataclass(frozen=True)
+class CommitmentConfig:
+    """The Storage Commitment SCP (key ``commitment``, top level or ``listen[i].commitment``; issue 15).
+
+    Without it (``None`` on the configuration and the listener) the Storage
+    Commitment Push Model SOP Class is not accepted.
+
+    :param policy: One of :data:`COMMITMENT_POLICIES`.
+    :param deadline: Seconds from the N-ACTION after which the report is sent
+        with what is known (instances still undecided fail: 0x0110, or 0x0112
+        when never received). The loader's default: 3600 for ``received`` and
+        ``delivered``, 86400 for ``committed``.
+    :param report_deadline: Seconds from the N-ACTION after which a report
+        that could not be delivered becomes a dead letter (kept, replayable).
+    :param lookback: Seconds back from the N-ACTION in which received
+        instances are searched for the requested UIDs.
+    :param allowed_ae_titles: Glob patterns (``fnmatch``) of the calling AE
+        titles allowed to ask; empty allows every AE of the ``modalities``
+        table (an AE not in the table can never be answered, so is refused).
+    :param unrouted: One of :data:`COMMITMENT_UNROUTED`.
+    :param report_association: One of :data:`COMMITMENT_REPORT_ASSOCIATIONS`.
+    :param retry_initial: Seconds before the first retry of a report delivery
+        (doubling up to ``retry_max``).
+    :param retry_max: The longest wait between report delivery attempts.
+    """
+
+    policy: str = "delivered"
+    deadline: float = 3600.0
+    report_deadline: float = 86400.0
+    lookback: float = 7 * 86400.0
+    allowed_ae_titles: tuple[str, ...] = ()
+    unrouted: str = "fail"
+    report_association: str = "new"
+    retry_initial: float = 10.0
+    retry_max: float = 600.0
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One address the gateway accepts associations on.
@@ -161,6 +241,9 @@ class ListenerConfig:
     access: ListenerAccessConfig = field(default_factory=ListenerAccessConfig)
     user_identity: UserIdentityConfig = field(default_factory=UserIdentityConfig)
     proxy_protocol: ProxyProtocolConfig | None = None
+    #: Storage Commitment on this listener (issue 15); ``None`` uses the top-level
+    #: ``commitment`` (``GatewayConfig.commitment``), which may itself be ``None``.
+    commitment: CommitmentConfig | None = None
 
     def __post_init__(self) -> None:
         """Fill in the default name when none was given."""
@@ -396,6 +479,12 @@ class DicomDestination:
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
     tls: DestinationTLSConfig | None = None
+    #: The archive confirms what it stores through Storage Commitment (issue 15):
+    #: under the ``committed`` policy the gateway asks it (N-ACTION) for every
+    #: delivered copy and waits for its N-EVENT-REPORT.
+    storage_commitment: bool = False
+    #: Seconds to wait for the archive's report before asking again (new Transaction UID).
+    commitment_timeout: float = 600.0
 
 
 #: The fields a folder destination's ``pattern`` may use. The UIDs and IDs
@@ -667,6 +756,10 @@ class GatewayConfig:
     plugin_folders: tuple[str, ...] = ()
     audit: AuditConfig = field(default_factory=AuditConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
+    #: Remote AEs the gateway may call back (issue 15), by name, in file order.
+    modalities: tuple[ModalityConfig, ...] = ()
+    #: The top-level Storage Commitment SCP; ``None``: not offered (unless a listener has its own).
+    commitment: CommitmentConfig | None = None
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -691,6 +784,20 @@ class GatewayConfig:
             if destination.name == name:
                 return destination
         raise KeyError(name)
+
+    def modality(self, name: str) -> ModalityConfig:
+        """Find an entry of the ``modalities`` table by name.
+
+        :raises KeyError: If no entry has that name.
+        """
+        for modality in self.modalities:
+            if modality.name == name:
+                return modality
+        raise KeyError(name)
+
+    def commitment_for(self, listener: ListenerConfig) -> CommitmentConfig | None:
+        """The Storage Commitment settings that apply on ``listener`` (its own, else the top level)."""
+        return listener.commitment if listener.commitment is not None else self.commitment
 
     def unused_destinations(self) -> tuple[str, ...]:
         """Name the destinations no route forwards to (worth a log line, not an error).
