@@ -57,6 +57,11 @@ __all__ = [
     "LeaseLost",
     "CircuitAdopted",
     "ConfigReloaded",
+    "CommitmentRequested",
+    "CommitmentReportSent",
+    "CommitmentReportFailed",
+    "ArchiveCommitmentRequested",
+    "ArchiveCommitmentReported",
 ]
 
 
@@ -290,6 +295,91 @@ class CircuitAdopted:
     reason: str
 
 
+# -- Storage Commitment (gateway.commitment, issue 15) ------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitmentRequested:
+    """An N-ACTION-RQ (Storage Commitment request) was answered on ``listener``.
+
+    :ivar outcome: ``accepted`` (journaled, a report is owed), ``repeated``
+        (same Transaction UID and references: idempotent), ``refused`` (the
+        requester may not ask: 0x0124), ``invalid`` (malformed: the failure
+        status), ``conflict`` (the UID is on record with other references),
+        ``unavailable`` (the journal could not be written).
+    :ivar status: the N-ACTION-RSP status sent.
+    :ivar instances: how many instances it asked about.
+    """
+
+    listener: str
+    calling_ae_title: str
+    peer: str
+    transaction_uid: str
+    outcome: str
+    status: int
+    instances: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CommitmentReportSent:
+    """A report was delivered: the requester answered the N-EVENT-REPORT-RQ with success.
+
+    :ivar modality: the requester's name in the ``modalities`` table.
+    :ivar event_type: 1 (all committed) or 2 (failures exist).
+    :ivar latency_seconds: from the N-ACTION to the acknowledged report.
+    :ivar attempts: delivery attempts it took (1 when the first one worked).
+    """
+
+    transaction_uid: str
+    modality: str
+    calling_ae_title: str
+    policy: str
+    event_type: int
+    committed: int
+    failed: int
+    latency_seconds: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CommitmentReportFailed:
+    """A report delivery attempt failed; it will be tried again at ``retry_in`` seconds (or given up: ``dead``)."""
+
+    transaction_uid: str
+    modality: str
+    error: str
+    attempt: int
+    retry_in: float
+    dead: bool = False
+
+
+@dataclass(frozen=True)
+class ArchiveCommitmentRequested:
+    """The gateway asked a ``storage_commitment`` destination (N-ACTION as SCU) about delivered copies."""
+
+    destination: str
+    transaction_uid: str
+    instances: int
+    status: int
+
+
+@dataclass(frozen=True)
+class ArchiveCommitmentReported:
+    """A ``storage_commitment`` destination reported (inbound N-EVENT-REPORT-RQ) on a request of ours.
+
+    :ivar destination: ``""`` when the Transaction UID is unknown (answered with a failure status).
+    :ivar status: the N-EVENT-REPORT-RSP status sent.
+    """
+
+    destination: str
+    calling_ae_title: str
+    transaction_uid: str
+    committed: int
+    failed: int
+    status: int
+
+
 # -- process (gateway.service) -----------------------------------------------------------
 
 
@@ -330,6 +420,11 @@ Event = (
     | LeaseLost
     | CircuitAdopted
     | ConfigReloaded
+    | CommitmentRequested
+    | CommitmentReportSent
+    | CommitmentReportFailed
+    | ArchiveCommitmentRequested
+    | ArchiveCommitmentReported
 )
 
 

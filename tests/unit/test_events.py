@@ -137,6 +137,11 @@ def _samples() -> list[Any]:
         events.ConfigReloaded(True),
         events.ProxyRefused("l1", "10.0.0.9:4000", "untrusted", "10.0.0.9 is not in proxy_protocol.trusted"),
         events.DrainChanged(True),
+        events.CommitmentRequested("l1", "CT1", "10.0.0.1:4000", "1.2.3", "accepted", 0, 3),
+        events.CommitmentReportSent("1.2.3", "ct1", "CT1", "delivered", 2, 2, 1, 4.5, 1),
+        events.CommitmentReportFailed("1.2.3", "ct1", "ConnectionRefusedError: refused", 1, 10.0),
+        events.ArchiveCommitmentRequested("pacs", "1.2.4", 3, 0),
+        events.ArchiveCommitmentReported("pacs", "PACS", "1.2.4", 3, 0, 0),
     ]
 
 
