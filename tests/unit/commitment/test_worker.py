@@ -476,6 +476,23 @@ class LoopTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.state().state, TransactionState.REPORTED)
 
 
+    def test_stop_gives_up_waiting_after_the_grace(self) -> None:
+        """A send that does not end: the stop completes after ``grace``; the transaction stays OPEN and leased (taken again later)."""
+        self.receive(1)
+        self.deliver()
+        self.request("2.25.1", 1)
+        self.sender.script = ["hang"]
+        self.worker.startService()
+        stopped = self.worker.stopService()
+        self.clock.advance(9.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual(self.state().state, TransactionState.OPEN)
+        self.clock.advance(LEASE)
+        self.assertEqual(len(self.store.lease_transactions(self.wall(), 10, LEASE)), 1, "the expired lease is taken again")
+
+
 class TwoNodeTests(WorkerTestsMixin, SynchronousTestCase):
     """Several nodes on one journal: a dead node's transactions are taken over, each reported exactly once."""
 
