@@ -387,6 +387,7 @@ class GatewayService(MultiService):
             config=lambda: self.config,
             wall=wall,
             observer=self.observer,
+            clock=reactor,
         )
         # One pool for every listener's scrypt checks: max(1, cores - 1) at a time (issue 11).
         self.passcodes = PasscodePool.for_reactor(reactor)
