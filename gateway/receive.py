@@ -493,8 +493,12 @@ class StorageService:
             self._protocol_violation("data set fragment with no C-STORE pending")
             return
         incoming.size += len(event.data)
-        if incoming.n_buffer is not None and incoming.size <= self._max_commitment_dataset:
-            incoming.n_buffer.extend(event.data)
+        if incoming.n_buffer is not None:
+            if incoming.size <= self._max_commitment_dataset:
+                incoming.n_buffer.extend(event.data)
+            else:
+                # Over the cap: keep nothing while the rest is swallowed.
+                incoming.n_buffer.clear()
         if incoming.writer is not None and incoming.early_status is None:
             incoming.writer.write(event.data)
         if not event.last:

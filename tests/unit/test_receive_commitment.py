@@ -374,3 +374,14 @@ class OpenAssociationReportTests(ServiceTestsMixin, SynchronousTestCase):
         """An N-EVENT-REPORT-RSP to nothing we sent aborts, as any unexpected response does (HARDENING R2)."""
         self.service.pdata(self.rsp(77))
         self.assertEqual(len(self.peer.aborted), 1)
+
+
+class BufferTests(ServiceTestsMixin, SynchronousTestCase):
+    """The buffer of an oversized data set is released at once, not held while the rest is swallowed."""
+
+    def test_oversized_buffer_is_emptied_as_soon_as_the_cap_is_passed(self) -> None:
+        """Once past the cap the buffered bytes go; fragments after that are only counted."""
+        self.service = self.make_service(max_commitment_dataset=100)
+        self.service.pdata(pdvs(1, n_action(), b"\x00" * 300, size=60)[:-2])
+        incoming = self.service._incoming  # type: ignore[attr-defined]
+        self.assertEqual((incoming.size, len(incoming.n_buffer)), (180, 0))
