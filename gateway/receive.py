@@ -13,6 +13,15 @@ instances finish out of order on the blocking runner's threads (PS3.7 9.1.1:
 with an asynchronous operations window of 1 there is one outstanding request
 at a time; a peer that sends more anyway is still answered in order, which
 is HARDENING P38's "handled one at a time").
+
+Storage Commitment (issue 15): on a context of the Push Model SOP Class an
+N-ACTION-RQ (a modality's request) or an N-EVENT-REPORT-RQ (an archive's
+report on a request of ours) carries a small data set. It is buffered in
+memory up to :data:`MAX_COMMITMENT_DATASET` (over that the rest is swallowed
+and the answer is 0x0213 resource limitation, PS3.7 10.1.4.1.10 and
+10.1.1.1.8), then handed to the :class:`ICommitmentSCP`; its answer takes its
+turn among the C-STORE responses. N-ACTION and N-EVENT-REPORT on any other
+context are answered 0x0211 (unrecognized operation), as before.
 """
 
 from __future__ import annotations
@@ -21,12 +30,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import events
 from gateway.dimse import commands as dimse
+from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler
 from gateway.dimse.status import Status
@@ -39,12 +49,49 @@ _PAUSE_AT = 4
 #: Resume once fewer than this many are outstanding.
 _RESUME_BELOW = 2
 
+#: The largest N-ACTION / N-EVENT-REPORT data set kept in memory (issue 15).
+#: The codec takes at most 100,000 references; one Referenced SOP Sequence
+#: item of the largest kind (undefined lengths, two 64-byte UIDs) is about
+#: 130 bytes, so 16 MiB holds every request it would decode, and bounds what a
+#: hostile peer can make one association hold.
+MAX_COMMITMENT_DATASET = 16 * 1024 * 1024
+
+#: An N-ACTION-RQ or N-EVENT-REPORT-RQ the service takes.
+NRequest = dimse.NActionRQ | dimse.NEventReportRQ
+
+
+class ICommitmentSCP(Protocol):
+    """The Storage Commitment SCP the service hands requests to (:class:`gateway.commitment.scp.CommitmentSCP`)."""
+
+    def action(
+        self, info: "AssociationInfo", rq: dimse.NActionRQ, dataset: bytes, transfer_syntax: str
+    ) -> "Deferred[tuple[int, str]]":
+        """Answer an N-ACTION-RQ: fires with ``(status, error comment)``, never fails."""
+
+    def event_report(
+        self, info: "AssociationInfo", rq: dimse.NEventReportRQ, dataset: bytes, transfer_syntax: str
+    ) -> "Deferred[tuple[int, str]]":
+        """Answer an N-EVENT-REPORT-RQ: fires with ``(status, error comment)``, never fails."""
+
+    def association_opened(self, info: "AssociationInfo", channel: "StorageService") -> None:
+        """An association with the Push Model context accepted began (a report may go on it)."""
+
+    def association_closed(self, channel: "StorageService") -> None:
+        """That association ended."""
+
+
+class ReportNotAnswered(Exception):
+    """An N-EVENT-REPORT-RQ we sent on a requester's association got no response (it ended first)."""
+
 
 class IDIMSEPeer(Protocol):
     """What the service needs from the association it serves (implemented by the adapter)."""
 
     def send_command(self, context_id: int, command: bytes) -> None:
         """Send a command set (no data set) on ``context_id``, fragmented to the peer's maximum."""
+
+    def send_dataset(self, context_id: int, data: bytes) -> None:
+        """Send a (small, in memory) data set on ``context_id``, fragmented to the peer's maximum."""
 
     def release_response(self) -> None:
         """Answer the peer's A-RELEASE-RQ (Evt14)."""
@@ -115,6 +162,12 @@ class _Incoming:
     size: int = 0
     #: For an unimplemented operation: the response slot and the answer to put in it.
     pending_answer: tuple[_Response, bytes] | None = None
+    #: For an N-ACTION / N-EVENT-REPORT: the request, its response slot and its data set so far.
+    n_request: "NRequest | None" = None
+    n_slot: _Response | None = None
+    n_buffer: bytearray | None = None
+    #: A response's data set we neither expect nor need (an Event Reply): discarded.
+    swallow: bool = False
 
 
 #: Seals, routes and journals an instance whose last fragment has arrived;
@@ -136,6 +189,10 @@ class StorageService:
         ``status``, ``comment`` and ``spooled``.
     :param space_low: returns true while the spool is below its free-space
         floor; C-STOREs are then answered 0xA700 (out of resources) at once.
+    :param commitment: the Storage Commitment SCP (issue 15), or ``None``:
+        an N-ACTION is then refused (0x0124) and an N-EVENT-REPORT answered
+        0x0110 (only reachable where unknown SOP classes are accepted).
+    :param max_commitment_dataset: see :data:`MAX_COMMITMENT_DATASET`.
     """
 
     log = Logger(namespace="gateway.receive")
@@ -148,7 +205,11 @@ class StorageService:
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
+        commitment: ICommitmentSCP | None = None,
+        max_commitment_dataset: int = MAX_COMMITMENT_DATASET,
     ) -> None:
+        self._commitment = commitment
+        self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
         self._space_low = space_low
         self._peer = peer
@@ -166,6 +227,13 @@ class StorageService:
         self.on_idle: Callable[[], None] | None = None
         self.instances_ok = 0
         self.instances_failed = 0
+        #: The N-EVENT-REPORT-RQ we sent and await (message ID, its answer), one at a time (PS3.7 D.3.3.3).
+        self._report_pending: tuple[int, Deferred[tuple[int, str]]] | None = None
+        #: Message IDs of reports given up (timed out): their late response is ignored.
+        self._report_abandoned: set[int] = set()
+        self._next_message_id = 1
+        if commitment is not None and self.report_context() is not None:
+            commitment.association_opened(info, self)
 
     # -- input from the adapter ------------------------------------------------------------
 
@@ -200,10 +268,17 @@ class StorageService:
 
     def connection_lost(self) -> None:
         """The association ended (abort, close or release): discard any partial instance."""
-        self._closed = True
+        was_closed, self._closed = self._closed, True
         if self._incoming is not None and self._incoming.writer is not None:
             self._incoming.writer.discard()
         self._incoming = None
+        if was_closed:
+            return
+        if self._commitment is not None and self.report_context() is not None:
+            self._commitment.association_closed(self)
+        pending, self._report_pending = self._report_pending, None
+        if pending is not None:
+            pending[1].errback(ReportNotAnswered("the association ended before the N-EVENT-REPORT-RSP"))
 
     @property
     def busy(self) -> bool:
@@ -227,8 +302,13 @@ class StorageService:
             self._flush()
         elif isinstance(command, dimse.CStoreRQ):
             self._begin_store(event.context_id, command, context)
+        elif isinstance(command, (dimse.NActionRQ, dimse.NEventReportRQ)):
+            self._begin_n_request(event.context_id, command, context)
         elif isinstance(command, dimse.UnknownCommand):
             self._unknown(event.context_id, command)
+        elif isinstance(command, dimse.NEventReportRSP) and self._report_answered(command):
+            if command.has_dataset:
+                self._incoming = _Incoming(event.context_id, None, None, swallow=True)
         else:
             # A response (C-ECHO-RSP, C-STORE-RSP) sent to an SCP that issued no request.
             self._protocol_violation(f"unexpected {type(command).__name__}")
@@ -248,6 +328,154 @@ class StorageService:
             return
         slot.command = dimse.encode_command(answer)
         self._flush()
+
+    # -- reports on this association (``report_association: open``, issue 15) ---------------
+
+    def report_context(self) -> AcceptedContext | None:
+        """The accepted Push Model context a Storage Commitment report could go on, or ``None``.
+
+        On the requester's own association the gateway is the SOP class's SCP
+        already, so it may invoke N-EVENT-REPORT there without role selection
+        (PS3.4 J.3.3: the report may use the N-ACTION's association).
+        """
+        for context in self._info.contexts.values():
+            if context.abstract_syntax == STORAGE_COMMITMENT_PUSH and context.scu_role:
+                return context
+        return None
+
+    @property
+    def reporting(self) -> bool:
+        """Whether a report we sent here still awaits its response (one at a time, PS3.7 D.3.3.3)."""
+        return self._report_pending is not None
+
+    def send_event_report(self, event_type_id: int, dataset: bytes) -> "Deferred[tuple[int, str]]":
+        """Send an N-EVENT-REPORT-RQ (PS3.7 10.3.1.1) on the Push Model context; fires with its response.
+
+        :param event_type_id: 1 or 2 (PS3.4 Table J.3-2).
+        :param dataset: the Event Information, encoded in the context's transfer syntax.
+        :returns: a Deferred firing with ``(status, error comment)`` of the
+            N-EVENT-REPORT-RSP, failing with :class:`ReportNotAnswered` when the
+            association ends first; cancelling it (a timeout) gives the report up.
+        :raises ValueError: no Push Model context, a report already pending, or the association ended.
+        """
+        context = self.report_context()
+        if context is None or self._closed or self._report_pending is not None:
+            raise ValueError("no Storage Commitment report can be sent on this association now")
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+
+        def cancel(d: "Deferred[tuple[int, str]]") -> None:
+            if self._report_pending is not None and self._report_pending[0] == message_id:
+                self._report_pending = None
+                self._report_abandoned.add(message_id)
+
+        d: Deferred[tuple[int, str]] = Deferred(cancel)
+        self._report_pending = (message_id, d)
+        rq = dimse.NEventReportRQ(message_id, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, event_type_id, True)
+        self._peer.send_command(context.context_id, dimse.encode_command(rq))
+        self._peer.send_dataset(context.context_id, dataset)
+        return d
+
+    def _report_answered(self, rsp: dimse.NEventReportRSP) -> bool:
+        """Take the response to our report; ``False`` when it answers nothing we sent (a protocol error)."""
+        message_id = rsp.message_id_being_responded_to
+        if message_id in self._report_abandoned:
+            # Given up already (timed out): a late answer is harmless.
+            self._report_abandoned.discard(message_id)
+            return True
+        pending = self._report_pending
+        if pending is None or pending[0] != message_id:
+            return False
+        self._report_pending = None
+        pending[1].callback((rsp.status, rsp.error_comment or ""))
+        return True
+
+    def _begin_n_request(self, context_id: int, rq: NRequest, context: AcceptedContext) -> None:
+        """An N-ACTION-RQ or N-EVENT-REPORT-RQ: buffer its data set, then ask the commitment SCP (issue 15)."""
+        slot = _Response(context_id)
+        self._responses.append(slot)
+        if context.abstract_syntax != STORAGE_COMMITMENT_PUSH:
+            # Only Storage Commitment uses them here: elsewhere 0x0211 as before (PS3.7 C.5, HARDENING D21).
+            answer = self._n_response(rq, Status.UNRECOGNIZED_OPERATION, "")
+            if rq.has_dataset:
+                self._incoming = _Incoming(context_id, None, None, pending_answer=(slot, answer))
+            else:
+                slot.command = answer
+                self._flush()
+            return
+        self._outstanding += 1
+        if rq.has_dataset:
+            self._incoming = _Incoming(context_id, None, None, n_request=rq, n_slot=slot, n_buffer=bytearray())
+            return
+        # No data set: the SCP answers what is missing (the Action Information is required, PS3.4 J.3.2.1.1).
+        self._dispatch_n_request(slot, rq, b"", context, overflowed=False)
+
+    def _dispatch_n_request(
+        self, slot: _Response, rq: NRequest, data: bytes, context: AcceptedContext, overflowed: bool
+    ) -> None:
+        """Hand a complete N request to the commitment SCP; its answer fills ``slot``."""
+        own: tuple[int, str, str] | None = None
+        if overflowed:
+            # PS3.7 C.5: resource limitation, the data set was larger than we keep in memory.
+            own = (Status.RESOURCE_LIMITATION, f"Resource limitation: data set over {self._max_commitment_dataset} bytes", "invalid")
+        elif self._commitment is None:
+            if isinstance(rq, dimse.NActionRQ):
+                own = (Status.NOT_AUTHORIZED, "Storage Commitment is not offered here", "refused")
+            else:
+                own = (Status.PROCESSING_FAILURE, "No Storage Commitment report is awaited here", "refused")
+        d: Deferred[tuple[int, str]]
+        if own is not None:
+            # Answered here, never seen by the SCP: the audit and metrics still hear of it.
+            status, comment, outcome = own
+            self._observe_n_answer(rq, status, comment, outcome)
+            d = succeed((status, comment))
+        elif isinstance(rq, dimse.NActionRQ):
+            assert self._commitment is not None
+            d = self._commitment.action(self._info, rq, data, context.transfer_syntax)
+        else:
+            assert self._commitment is not None
+            d = self._commitment.event_report(self._info, rq, data, context.transfer_syntax)
+
+        def unexpected(failure: Failure) -> tuple[int, str]:
+            self.log.failure("{assoc_id} Storage Commitment handling failed", failure, assoc_id=self._info.assoc_id)
+            return Status.PROCESSING_FAILURE, "Processing failure"
+
+        def answer(result: tuple[int, str]) -> None:
+            status, comment = result
+            self._outstanding -= 1
+            slot.command = self._n_response(rq, status, comment)
+            self._flush()
+
+        d.addErrback(unexpected)
+        d.addCallback(answer)
+        d.addErrback(lambda f: self.log.failure("answering a Storage Commitment message failed", f))
+
+    def _observe_n_answer(self, rq: NRequest, status: int, comment: str, outcome: str) -> None:
+        """Tell the observer of a commitment message answered by the service itself."""
+        info = self._info
+        if isinstance(rq, dimse.NActionRQ):
+            self._observer.observe(
+                events.CommitmentRequested(
+                    info.listener, info.calling_ae_title, info.peer_address, "", outcome, status, 0, comment
+                )
+            )
+        else:
+            self._observer.observe(events.ArchiveCommitmentReported("", info.calling_ae_title, "", 0, 0, status))
+
+    def _n_response(self, rq: NRequest, status: int, comment: str) -> bytes:
+        """The encoded N-ACTION-RSP or N-EVENT-REPORT-RSP answering ``rq`` (PS3.7 10.3.4.2, 10.3.1.2)."""
+        response: dimse.NActionRSP | dimse.NEventReportRSP
+        if isinstance(rq, dimse.NActionRQ):
+            response = dimse.action_response(rq, status, comment)
+        else:
+            response = dimse.event_report_response(rq, status, comment)
+        try:
+            return dimse.encode_command(response)
+        except ValueError:
+            # A peer's UID we cannot encode again (over 64 bytes): the Affected
+            # SOP Class and Instance UIDs of both responses are U, optional
+            # (PS3.7 Tables 10.3-2 and 10.3-8), so leave them out.
+            return dimse.encode_command(replace(response, affected_sop_class_uid=None, affected_sop_instance_uid=None))
 
     def _begin_store(self, context_id: int, rq: dimse.CStoreRQ, context: AcceptedContext) -> None:
         if not rq.has_dataset:
@@ -285,11 +513,26 @@ class StorageService:
             self._protocol_violation("data set fragment with no C-STORE pending")
             return
         incoming.size += len(event.data)
+        if incoming.n_buffer is not None:
+            if incoming.size <= self._max_commitment_dataset:
+                incoming.n_buffer.extend(event.data)
+            else:
+                # Over the cap: keep nothing while the rest is swallowed.
+                incoming.n_buffer.clear()
         if incoming.writer is not None and incoming.early_status is None:
             incoming.writer.write(event.data)
         if not event.last:
             return
         self._incoming = None
+        if incoming.swallow:
+            return
+        if incoming.n_request is not None and incoming.n_slot is not None and incoming.n_buffer is not None:
+            context = self._info.contexts[incoming.context_id]
+            overflowed = incoming.size > self._max_commitment_dataset
+            self._dispatch_n_request(
+                incoming.n_slot, incoming.n_request, b"" if overflowed else bytes(incoming.n_buffer), context, overflowed
+            )
+            return
         if incoming.pending_answer is not None:  # an unknown operation's data set
             slot, answer = incoming.pending_answer
             slot.command = answer
