@@ -15,30 +15,30 @@ import os
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer_only
 
 from gateway import events
 from gateway.blocking import SynchronousRunner
 from gateway.observe import GatewayMetrics, StateRefresher
-from gateway.queue.commitments import ICommitmentJournal, TransactionStats
+from gateway.queue.commitments import NewTransaction, Reference
+from gateway.queue.interfaces import IQueueStore
 from gateway.queue.memory import MemoryQueueStore
 
 T0 = 1_000_000.0
 
 
-@implementer(ICommitmentJournal)
-class _StatsStore(MemoryQueueStore):
-    """A queue store whose commitment journal answers only :meth:`transaction_stats` (what the refresher reads)."""
+@implementer_only(IQueueStore)
+class _QueueOnly(MemoryQueueStore):
+    """A queue store that keeps no Storage Commitment journal (a store from before issue 15)."""
 
-    def __init__(self, stats: TransactionStats) -> None:
-        super().__init__("gw-a")
-        self.stats_now = stats
-        self.asked: list[float] = []
 
-    def transaction_stats(self, now: float) -> TransactionStats:
-        """The figures given at construction; the time asked is kept."""
-        self.asked.append(now)
-        return self.stats_now
+def _new(uid: str, deadline: float) -> NewTransaction:
+    """A transaction asking about one instance, due at ``deadline``."""
+    return NewTransaction(
+        transaction_uid=uid, calling_ae_title="CT1", called_ae_title="GW", modality="ct1", listener="l1",
+        policy="delivered", references=(Reference("1.2.840.10008.5.1.4.1.1.2", uid + ".1"),),
+        deadline=deadline, report_deadline=deadline + 86400, lookback_from=T0 - 86400,
+    )
 
 
 def _requested(outcome: str, status: int = 0) -> events.CommitmentRequested:
@@ -124,24 +124,30 @@ class CommitmentGaugeTests(SynchronousTestCase):
         return self.registry.get_sample_value(name, {})
 
     def test_gauges_follow_the_journal(self) -> None:
-        """owed = open transactions, overdue and dead as the journal counts them at the refresh's time."""
-        store = _StatsStore(TransactionStats(open=5, decided=2, overdue=1, dead=3, reported=40, oldest_open_at=T0 - 900))
+        """owed = open transactions, overdue = open past their deadline, dead = given up, as the journal counts them at the refresh."""
+        store = MemoryQueueStore("gw-a")
+        store.add_transaction(_new("2.25.1", T0 + 3600), T0 - 10)  # owed, on time
+        store.add_transaction(_new("2.25.2", T0 - 60), T0 - 4000)  # owed, overdue
+        store.add_transaction(_new("2.25.3", T0 - 60), T0 - 4000)  # given up
+        leased = {t.transaction_uid: t for t in store.lease_transactions(T0 - 4000, 10, 60)}["2.25.3"]
+        store.transaction_dead("2.25.3", "report_deadline passed", T0 - 3000, leased.lease_generation)
         self.refresh(store)
-        self.assertEqual(store.asked, [T0])
-        self.assertEqual(self.value("dicom_gateway_commitment_reports_owed"), 5.0)
+        self.assertEqual(self.value("dicom_gateway_commitment_reports_owed"), 2.0)
         self.assertEqual(self.value("dicom_gateway_commitment_reports_overdue"), 1.0)
-        self.assertEqual(self.value("dicom_gateway_commitment_reports_dead"), 3.0)
+        self.assertEqual(self.value("dicom_gateway_commitment_reports_dead"), 1.0)
 
     def test_scrape_does_not_read_the_journal(self) -> None:
-        """A scrape reads the snapshot only: the journal is asked once per refresh, not per scrape."""
-        store = _StatsStore(TransactionStats(open=1))
+        """A scrape reads the snapshot only: a transaction added after the refresh is not seen until the next one."""
+        store = MemoryQueueStore("gw-a")
         self.refresh(store)
+        store.add_transaction(_new("2.25.1", T0 + 3600), T0)
         generate_latest(self.registry)
-        generate_latest(self.registry)
-        self.assertEqual(len(store.asked), 1)
+        self.assertEqual(self.value("dicom_gateway_commitment_reports_owed"), 0.0)
+        self.refresh(store)
+        self.assertEqual(self.value("dicom_gateway_commitment_reports_owed"), 1.0)
 
     def test_no_gauges_without_a_commitment_journal(self) -> None:
         """A store that journals no commitments exports no commitment gauges (absent, not a false 0)."""
-        self.refresh(MemoryQueueStore("gw-a"))
+        self.refresh(_QueueOnly("gw-a"))
         self.assertIsNone(self.value("dicom_gateway_commitment_reports_owed"))
         self.assertIsNotNone(self.value("dicom_gateway_state_snapshot_timestamp_seconds"))
