@@ -410,7 +410,7 @@ def render_commitment_failure_reasons() -> str:
     """
     from gateway.commitment.model import FailureReason
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, when in _FAILURE_REASONS_SENT.items():
         reason = FailureReason[name]
         rows.append((f"0x{int(reason):04X}", name.replace("_", " ").capitalize(), when))
