@@ -273,7 +273,11 @@ class GatewayService(MultiService):
         #: Every event of listeners, intake and workers goes here: metrics, audit, debug log (issue 12).
         self.observer = events.FanOutObserver(
             self.metrics,
-            AuditObserver(self.audit, lambda: {d.name: d for d in self.config.destinations}),
+            AuditObserver(
+                self.audit,
+                lambda: {d.name: d for d in self.config.destinations},
+                lambda: {m.name: m for m in self.config.modalities},
+            ),
             events.LogObserver(),
             observer,
         )
@@ -538,6 +542,8 @@ class GatewayService(MultiService):
             [d.name for d in self.config.destinations],
             [r.name for r in self.config.routes],
             [listener.name for listener in self.config.listen],
+            # Issue 15: archives asked for Storage Commitment get their series at 0.
+            [d.name for d in self.config.destinations if getattr(d, "storage_commitment", False)],
         )
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
@@ -579,6 +585,10 @@ class GatewayService(MultiService):
         )
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
+        from gateway.config.commitment import commitment_warnings
+
+        for warning in commitment_warnings(self.config):  # issue 15: what `check` prints, in the log too
+            self.log.warn("{warning}", warning=warning)
         self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())
         d.addErrback(self._start_failed)

@@ -365,3 +365,49 @@ class ReadmeExampleTests(SynchronousTestCase):
         config = load_config_text(block, "README.md", os.path.join(REPO_ROOT, "etc"))
         self.assertEqual([r.name for r in config.routes],
                          ["no-test-patients", "discard-sr", "ct-to-archive", "per-station", "research"])
+
+
+class CommitmentWarningTests(SynchronousTestCase):
+    """``check`` on a configuration that is valid but says more than is true (issue 15)."""
+
+    def test_committed_without_committing_destination_is_valid_with_a_warning(self) -> None:
+        """Policy ``committed`` with no ``storage_commitment`` destination: exit 0, a warning line, and ``warnings`` in JSON."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "gw.yaml")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(
+                "ae_title: GW\nlisten: [{host: 127.0.0.1, port: 0}]\nspool: spool\n"
+                "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
+                "routes: [{name: all, forward: [pacs]}]\n"
+                "modalities: {ct1: {ae_title: CT1, host: 127.0.0.1, port: 104}}\n"
+                "commitment: {policy: committed}\n"
+            )
+        code, out, err = run_check("-c", path)
+        self.assertEqual(code, 0, err)
+        self.assertIn("configuration is valid", out)
+        self.assertIn("warning: commitment.policy: 'committed' but no destination has storage_commitment: true", out)
+        code, out, _ = run_check("-c", path, "--json")
+        report = json.loads(out)
+        self.assertEqual((code, report["valid"], len(report["warnings"])), (0, True, 1))
+
+
+class ExampleCommitmentTests(SynchronousTestCase):
+    """The commented Storage Commitment example of etc/gateway.yaml (issue 15) loads as its comments say."""
+
+    def test_uncommented_commitment_section_loads_with_the_documented_defaults(self) -> None:
+        """Uncommented, the modalities table and the commitment section load; the values shown are the defaults."""
+        from gateway.config.schema import CommitmentConfig
+
+        with open(EXAMPLE, encoding="utf-8") as stream:
+            text = stream.read()
+        lines = text.split("\n")
+        index = lines.index("# modalities:")
+        # The top-level block is commented "# KEY" (one space): drop "# " to the end of the comment.
+        while index < len(lines) and lines[index].startswith("# "):
+            lines[index] = lines[index][2:]
+            index += 1
+        text = "\n".join(lines)
+        config = load_config_text(text, EXAMPLE, os.path.dirname(EXAMPLE))
+        self.assertEqual([(m.name, m.ae_title, m.port) for m in config.modalities], [("ct1", "CT1", 104)])
+        self.assertEqual(config.commitment, CommitmentConfig(allowed_ae_titles=("*",)))
