@@ -57,7 +57,7 @@ from twisted.logger import Logger
 from gateway import events
 from gateway.blocking import IBlockingRunner
 from gateway.commitment.model import CommitmentReport, Reference
-from gateway.config.schema import DicomDestination, GatewayConfig
+from gateway.config.schema import Destination, DicomDestination
 from gateway.dimse.status import StatusCategory, category
 from gateway.queue.commitments import CopyCommitment, ICommitmentJournal
 from gateway.queue.interfaces import IQueueStore, StoreUnavailable
@@ -406,7 +406,7 @@ class ArchiveReports:
 
     :param run: runs every store call (the store's thread).
     :param journal: the commitment journal.
-    :param config: returns the configuration in force (to name the destination in events).
+    :param destinations: returns the destinations in force (to name the reporting one in events).
     :param observer: receives :class:`~gateway.events.ArchiveCommitmentReported`.
     :param wall: wall-clock time for the journal.
     :param on_answered: called after a report changed copies (the commitment worker's poke).
@@ -418,14 +418,14 @@ class ArchiveReports:
         self,
         run: IBlockingRunner,
         journal: ICommitmentJournal,
-        config: Callable[[], GatewayConfig],
+        destinations: Callable[[], Sequence[Destination]],
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         wall: Callable[[], float] | None = None,
         on_answered: Callable[[], None] = lambda: None,
     ) -> None:
         self._run = run
         self._journal = journal
-        self._config = config
+        self._destinations = destinations
         self._observer = observer
         self._wall = wall or time.time
         self._on_answered = on_answered
@@ -439,7 +439,7 @@ class ArchiveReports:
         another AE title than the one we call it by.
         """
         title = calling_ae_title.strip()
-        for destination in self._config().destinations:
+        for destination in self._destinations():
             if isinstance(destination, DicomDestination) and destination.storage_commitment and destination.ae_title == title:
                 return destination.name
         return ""

@@ -16,15 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.forward import JournalRefused
-from gateway.queue.commitments import ICommitmentJournal
+from gateway.queue.commitments import CopyState, ICommitmentJournal
 from gateway.queue.interfaces import EntryState, Settled
 from gateway.queue.memory import MemoryQueueStore
 from tests.adapters.test_forward import CT, FakePeer, WorkerTestsMixin
 
 
 @implementer(ICommitmentJournal)
-class NotingStore(MemoryQueueStore):  # type: ignore[misc]
-    """A memory store that records ``note_copies`` and ``settle`` in call order; ``refuse`` fails the notes."""
+class NotingStore(MemoryQueueStore):
+    """The memory store, recording ``note_copies`` and ``settle`` in call order; ``refuse`` fails the notes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,6 +39,7 @@ class NotingStore(MemoryQueueStore):  # type: ignore[misc]
         if self.refuse:
             raise OSError(28, "No space left on device")
         self.noted.extend(copies)
+        super().note_copies(copies, now)
 
     def settle(self, destination: str, delivered: Sequence[tuple[int, str]], *args: Any, **kwargs: Any) -> Settled:
         """Record which deliveries the turn writes, then settle."""
@@ -90,6 +91,9 @@ class NoteCopiesTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertNotEqual(original.sop_instance_uid, copy.sop_instance_uid)
         self.assertEqual(peer.uids(), [copy.sop_instance_uid])
         self.assertEqual(self.store.noted, [(entry_id, "archive", CT, copy.sop_instance_uid)])
+        # What the archive committer will ask about: the copy as sent.
+        (pending,) = self.store.pending_copies("archive", self.clock.seconds(), 600.0, 10)
+        self.assertEqual((pending.entry_id, pending.sop_instance_uid, pending.state), (entry_id, copy.sop_instance_uid, CopyState.PENDING))
 
     def test_a_refused_note_keeps_the_deliveries_and_the_turn_is_retried(self) -> None:
         """The note refused (ENOSPC): nothing is written or announced, nothing more is sent; later each copy is noted and delivered once."""
