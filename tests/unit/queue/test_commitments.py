@@ -10,6 +10,7 @@ listed in :mod:`gateway.queue.memory_commitments`; these tests pin them.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,6 +29,7 @@ from gateway.queue.commitments import (
 )
 from gateway.queue.interfaces import Attempt, EntryState, IQueueStore, LeaseLost, NewEntry
 from gateway.queue.memory import MemoryQueueStore
+from gateway.queue.sqlite import SqliteQueueStore
 from tests.unit.queue.test_store import T0, make_record
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -594,6 +596,20 @@ class MemoryCommitmentTests(CommitmentJournalTests, SynchronousTestCase):
         return store.peer(node)
 
 
+class SqliteCommitmentTests(CommitmentJournalTests, SynchronousTestCase):
+    """The mixin against the SQLite store in a temporary directory."""
+
+    def make_store(self) -> SqliteQueueStore:
+        """A fresh SQLite store in a new temporary directory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+
+    def make_peer(self, store: SqliteQueueStore, node: str) -> SqliteQueueStore:
+        """A second store object (its own connection) on the same file, for ``node``."""
+        return SqliteQueueStore(store.path, node)
+
+
 def journal_methods() -> list[str]:
     """The names of ICommitmentJournal's methods."""
     return sorted(name for name in ICommitmentJournal.names() if isinstance(ICommitmentJournal[name], Method))
@@ -602,7 +618,7 @@ def journal_methods() -> list[str]:
 class CommitmentSignatureParityTests(SynchronousTestCase):
     """Every store exposes every ICommitmentJournal method with the interface's parameters."""
 
-    stores: tuple[type, ...] = (MemoryQueueStore,)
+    stores: tuple[type, ...] = (MemoryQueueStore, SqliteQueueStore)
 
     def test_signatures_match_the_interface(self) -> None:
         """Each method's parameter names and defaults are the interface's (after self), and identical across stores."""
