@@ -6,7 +6,17 @@
 (C-ECHO), :meth:`store` (C-STORE of a Part 10 file, streamed from disk in
 fragments sized to the peer's maximum PDU length, PS3.8 D.1; over plain TCP
 on Linux each fragment goes from the file to the socket with ``os.sendfile``,
-see :class:`_FileSender`), :meth:`release` and :meth:`abort`.
+see :class:`_FileSender`), :meth:`n_action` and :meth:`n_event_report`
+(DIMSE-N with a small in-memory data set, for Storage Commitment: the
+gateway asks an archive to commit, and reports to a modality as SCP, PS3.4
+J.3), :meth:`release` and :meth:`abort`.
+
+For the report, the gateway is association requestor *and* Storage
+Commitment SCP, so the request carries an SCP/SCU Role Selection item with
+SCU-role 0 and SCP-role 1 (PS3.4 J.3.3.1.3, PS3.7 D.3.3.4):
+:func:`connect_tcp` and :func:`gateway.send.dicom.connect_dicom` take
+``role_selections``, and :func:`~gateway.ul.negotiate.accepted_from_ac`
+keeps a context only when the acceptor granted a role we proposed.
 
 Outstanding requests are kept in a ``{message_id: (Deferred, timeout)}`` map
 in the style of ``twisted.names.dns.DNSMixin``: each waits for its response
@@ -33,12 +43,13 @@ from zope.interface import implementer
 
 from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
-from gateway.dimse.pdv import CommandComplete, Reassembler, fragment_command, max_fragment_size
+from gateway.dimse.pdv import CommandComplete, Reassembler, fragment, fragment_command, max_fragment_size
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.meta import Part10Header, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
+from gateway.ul.items import SCPSCURoleSelection
 from gateway.tls import describe_tls_failure
 from gateway.ul.association import Association
 from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
@@ -452,6 +463,11 @@ class RequestorProtocol(Protocol):
         for pdv in fragment_command(context_id, command, peer_max):
             self._run(self.association.send_pdata([pdv]))
 
+    def send_dataset(self, context_id: int, data: bytes, peer_max: int) -> None:
+        """Send a small in-memory data set, fragmented to the peer's maximum (PS3.8 E.1)."""
+        for pdv in fragment(context_id, data, max_fragment_size(peer_max, SEND_CAP), command=False):
+            self._run(self.association.send_pdata([pdv]))
+
     def expect_response(self, message_id: int) -> Deferred[Any]:
         """Register a pending request; the DIMSE timeout starts when :meth:`arm_timeout` is called."""
         d: Deferred[Any] = Deferred()
@@ -507,8 +523,95 @@ class ClientAssociation:
                 return context
         return None
 
+    def context_for_class(self, sop_class_uid: str) -> AcceptedContext | None:
+        """The accepted context of a SOP class, whatever its transfer syntax (lowest ID first).
+
+        A DIMSE-N caller encodes its data set in the returned context's
+        ``transfer_syntax`` (e.g. with :mod:`gateway.dimse.commitment`).
+        Contexts where the acceptor granted no role we proposed are already
+        left out (:func:`~gateway.ul.negotiate.accepted_from_ac`).
+
+        :param sop_class_uid: the abstract syntax.
+        :returns: the context, or ``None`` when none was accepted.
+        """
+        matches = [c for c in self.contexts.values() if c.abstract_syntax == sop_class_uid]
+        return min(matches, key=lambda c: c.context_id) if matches else None
+
     def _next_id(self) -> int:
         return next(self._message_ids) & 0xFFFF or next(self._message_ids)
+
+    async def n_action(
+        self, sop_class_uid: str, sop_instance_uid: str, action_type_id: int, dataset: bytes
+    ) -> dimse.NActionRSP:
+        """N-ACTION (PS3.7 10.1.4) with an Action Information data set; returns the response.
+
+        :param sop_class_uid: the Requested SOP Class UID, e.g. Storage Commitment Push Model.
+        :param sop_instance_uid: the Requested SOP Instance UID, e.g. its well-known instance.
+        :param action_type_id: e.g. 1, Request Storage Commitment (PS3.4 Table J.3-1).
+        :param dataset: the Action Information, already encoded in
+            :meth:`context_for_class`'s ``transfer_syntax``; empty for none.
+        :returns: the N-ACTION-RSP (its status is the caller's to judge).
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: when the association ends, or the DIMSE
+            timeout passes, before the response, or the peer answers with
+            another kind of message.
+        """
+        context = self._context_or_raise(sop_class_uid)
+        message_id = self._next_id()
+        rq = dimse.NActionRQ(message_id, sop_class_uid, sop_instance_uid, action_type_id, has_dataset=bool(dataset))
+        response = await self._n_request(context, message_id, dimse.encode_command(rq), dataset)
+        if not isinstance(response, dimse.NActionRSP):
+            self._protocol.abort(f"{type(response).__name__} answering N-ACTION-RQ {message_id}")
+            raise AssociationAborted(f"unexpected {type(response).__name__} to N-ACTION-RQ")
+        return response
+
+    async def n_event_report(
+        self, sop_class_uid: str, sop_instance_uid: str, event_type_id: int, dataset: bytes
+    ) -> dimse.NEventReportRSP:
+        """N-EVENT-REPORT (PS3.7 10.1.1) with an Event Information data set; returns the response.
+
+        :param sop_class_uid: the Affected SOP Class UID.
+        :param sop_instance_uid: the Affected SOP Instance UID.
+        :param event_type_id: e.g. 1 (all committed) or 2 (failures exist), PS3.4 Table J.3-2.
+        :param dataset: the Event Information, already encoded in
+            :meth:`context_for_class`'s ``transfer_syntax``; empty for none.
+        :returns: the N-EVENT-REPORT-RSP.
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: as for :meth:`n_action`.
+        """
+        context = self._context_or_raise(sop_class_uid)
+        message_id = self._next_id()
+        rq = dimse.NEventReportRQ(message_id, sop_class_uid, sop_instance_uid, event_type_id, has_dataset=bool(dataset))
+        response = await self._n_request(context, message_id, dimse.encode_command(rq), dataset)
+        if not isinstance(response, dimse.NEventReportRSP):
+            self._protocol.abort(f"{type(response).__name__} answering N-EVENT-REPORT-RQ {message_id}")
+            raise AssociationAborted(f"unexpected {type(response).__name__} to N-EVENT-REPORT-RQ")
+        return response
+
+    def _context_or_raise(self, sop_class_uid: str) -> AcceptedContext:
+        """The class's accepted context, on an open association.
+
+        :raises NoPresentationContext: none accepted.
+        :raises AssociationAborted: the association is no longer open.
+        """
+        context = self.context_for_class(sop_class_uid)
+        if context is None:
+            raise NoPresentationContext(f"no accepted presentation context for {sop_class_uid}")
+        if not self.is_open:
+            raise AssociationAborted("association is not open")
+        return context
+
+    async def _n_request(self, context: AcceptedContext, message_id: int, command: bytes, dataset: bytes) -> Any:
+        """Send one request (command, then its data set if any) and await its response.
+
+        The DIMSE timeout starts once the last fragment is out, as for C-STORE.
+        """
+        d = self._protocol.expect_response(message_id)
+        self._protocol.send_command(context.context_id, command, self.peer_max_pdu)
+        if dataset:
+            self._protocol.send_dataset(context.context_id, dataset, self.peer_max_pdu)
+        self._protocol.arm_timeout(message_id)
+        return await d
 
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5); returns the status."""
@@ -638,10 +741,14 @@ def connect_tcp(
     proposals: Sequence[tuple[str, Sequence[str]]] | None,
     max_pdu_length: int = 262144,
     timeout: float = 30.0,
+    role_selections: Sequence[SCPSCURoleSelection] = (),
 ) -> Deferred[ClientAssociation]:
     """Connect to ``host:port`` and negotiate an association.
 
     :param proposals: ``[(abstract_syntax, [transfer_syntaxes])]``; Verification is always added.
+    :param role_selections: SCP/SCU Role Selection items to propose (PS3.7
+        D.3.3.4), e.g. SCU-role 0 and SCP-role 1 for Storage Commitment when
+        we send the report (PS3.4 J.3.3.1.3).
     :returns: a Deferred firing with the :class:`ClientAssociation`, or failing with
         :class:`AssociationRejected` / :class:`AssociationAborted` / a connection error.
     """
@@ -655,6 +762,7 @@ def connect_tcp(
         max_pdu_length=max_pdu_length,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        role_selections=role_selections,
     )
     if ":" in host:
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
