@@ -54,6 +54,7 @@ class ArchiveCommitmentServiceTests(ServiceTestCase):
         self.assertIsNone(service.workers["one"].on_noted)
         self.assertIsNone(service.workers["one"].commitments)
         self.assertIsInstance(service.archive_reports, ArchiveReports)
+        self.assertIs(service.commitment_scp.archive_reports, service.archive_reports)
         await service.stopService()
         self.assertFalse(committer.running)
 
