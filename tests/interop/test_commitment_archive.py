@@ -141,10 +141,11 @@ class OrthancCommittingArchiveTests(TestCase):
         (transaction_uid,) = transactions
         self.assertTrue(transaction_uid.startswith("2.25."), transaction_uid)
         log = self.gw.log_text()
-        # The report came on a new association from Orthanc (calling AE title
-        # ARCHIVE, called DICOMGW), not on the gateway's own N-ACTION association.
-        self.assertIn(f"{ARCHIVE_AET} -> {GATEWAY_AET}", log)
-        self.assertIn(transaction_uid, log)
+        # The report came on a new association Orthanc opened (calling AE title
+        # ARCHIVE, called DICOMGW; its one context, Storage Commitment with
+        # Orthanc as SCP, accepted), not on the gateway's N-ACTION association.
+        self.assertRegex(log, rf"association from \S+ {ARCHIVE_AET} -> {GATEWAY_AET}: 1/1 contexts accepted")
+        self.assertIn(f"archive reported on storage commitment request {transaction_uid}: 3 committed, 0 failed", log)
 
     def test_an_instance_orthanc_no_longer_has_is_failed_with_its_reason(self) -> None:
         """Orthanc lost one of two copies before it could report: that one FAILED with 0x0112, the other COMMITTED."""
@@ -158,4 +159,6 @@ class OrthancCommittingArchiveTests(TestCase):
         # Asked again after commitment_timeout, under a new Transaction UID; answered now.
         copies = self.wait_states(uids, {uids[0]: CopyState.COMMITTED, uids[1]: CopyState.FAILED})
         self.assertEqual(copies[uids[1]][0].failure_reason, 0x0112)  # No such object instance (PS3.3 C.14.1.1)
+        # The first N-ACTION, from an AE Orthanc did not know, was refused (A-ABORT): asked again.
         self.assertGreaterEqual(copies[uids[1]][0].requests, 2)
+        self.assertIn("failed: AssociationAborted", self.gw.log_text())
