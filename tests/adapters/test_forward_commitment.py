@@ -15,7 +15,8 @@ from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from gateway.forward import JournalRefused
+from gateway.blocking import SynchronousRunner
+from gateway.forward import DestinationWorker, JournalRefused
 from gateway.queue.commitments import CopyState, ICommitmentJournal
 from gateway.queue.interfaces import EntryState, Settled
 from gateway.queue.memory import MemoryQueueStore
@@ -142,3 +143,17 @@ class NoteCopiesTests(WorkerTestsMixin, SynchronousTestCase):
         worker.poke()
         self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
         self.assertEqual(pokes, [2])
+
+    def test_a_store_without_a_commitment_journal_is_refused_at_construction(self) -> None:
+        """storage_commitment on a store that keeps no commitment journal: a TypeError naming the destination, before any send."""
+
+        class NoJournal:
+            """A queue store object that provides no ICommitmentJournal."""
+
+            node = "node"
+
+        with self.assertRaises(TypeError) as caught:
+            DestinationWorker(
+                self.destination(storage_commitment=True), NoJournal(), SynchronousRunner(), SynchronousRunner(), self.clock  # type: ignore[arg-type]
+            )
+        self.assertIn("destination archive has storage_commitment", str(caught.exception))
