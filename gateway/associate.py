@@ -11,6 +11,15 @@ see :class:`_FileSender`), :meth:`n_action` and :meth:`n_event_report`
 gateway asks an archive to commit, and reports to a modality as SCP, PS3.4
 J.3), :meth:`release` and :meth:`abort`.
 
+One request may come the other way: an archive that commits may send its
+N-EVENT-REPORT-RQ on the association that carried our N-ACTION while it is
+still open (PS3.4 J.3.3, "on the same or a new association"). The caller
+installs a handler with :meth:`ClientAssociation.on_event_report`; the
+requestor gathers the data set (bounded by :data:`MAX_EVENT_REPORT_DATASET`),
+calls it, and answers N-EVENT-REPORT-RSP with the status it returns (0x0110
+without a handler or when it fails, PS3.7 10.1.1.1.8). Any other request
+from the acceptor is still a protocol violation (A-ABORT).
+
 For the report, the gateway is association requestor *and* Storage
 Commitment SCP, so the request carries an SCP/SCU Role Selection item with
 SCU-role 0 and SCP-role 1 (PS3.4 J.3.3.1.3, PS3.7 D.3.3.4):
@@ -31,9 +40,9 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -43,7 +52,8 @@ from zope.interface import implementer
 
 from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
-from gateway.dimse.pdv import CommandComplete, Reassembler, fragment, fragment_command, max_fragment_size
+from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler, fragment, fragment_command, max_fragment_size
+from gateway.dimse.status import Status
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.meta import Part10Header, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
@@ -74,6 +84,15 @@ SEND_CAP = 1024 * 1024
 #: Bytes of data set one pull sends straight from the file (zero-copy) before
 #: handing back to the reactor, so one fast peer cannot starve the others.
 DIRECT_BUDGET = 4 * 1024 * 1024
+
+#: The largest N-EVENT-REPORT-RQ data set accepted on our association
+#: (HARDENING R4): a report naming :data:`gateway.dimse.commitment.MAX_REFERENCES`
+#: instances is about 13 MB.
+MAX_EVENT_REPORT_DATASET = 32 * 1024 * 1024
+
+#: Handles an N-EVENT-REPORT-RQ received on our association: the request, its
+#: context, its data set bytes -> the status to answer (or a Deferred of it).
+EventReportHandler = Callable[[dimse.NEventReportRQ, AcceptedContext, bytes], "int | Deferred[int]"]
 
 #: The headers of a P-DATA-TF PDU holding one PDV (PS3.8 9.3.5, Table 9-22,
 #: and 9.3.5.1, Table 9-23): PDU type 04H, reserved, PDU length; PDV item
@@ -336,6 +355,10 @@ class RequestorProtocol(Protocol):
         self._released: Deferred[None] | None = None
         self.client: ClientAssociation | None = None
         self.closed = False
+        #: Set by :meth:`ClientAssociation.on_event_report`.
+        self.event_report_handler: EventReportHandler | None = None
+        # An N-EVENT-REPORT-RQ whose data set is arriving: request, context, fragments, size.
+        self._incoming: tuple[dimse.NEventReportRQ, AcceptedContext, list[bytes], int] | None = None
 
     def connectionMade(self) -> None:
         """Evt1 then Evt2: send the A-ASSOCIATE-RQ, and wait at most the ACSE timeout."""
@@ -428,7 +451,61 @@ class RequestorProtocol(Protocol):
                 return
             for event in events:
                 if isinstance(event, CommandComplete):
-                    self._response(event.command)
+                    if isinstance(event.command, dimse.NEventReportRQ):
+                        self._event_report_begins(event.context_id, event.command)
+                    else:
+                        self._response(event.command)
+                elif isinstance(event, DatasetFragment) and self._incoming is not None:
+                    self._event_report_fragment(event)
+                # Other data set fragments belong to a response's reply (none
+                # is expected for the services we use) and are dropped.
+
+    def _event_report_begins(self, context_id: int, rq: dimse.NEventReportRQ) -> None:
+        """An N-EVENT-REPORT-RQ from the acceptor (PS3.4 J.3.3): gather its data set, or handle it now."""
+        context = self.client.contexts.get(context_id) if self.client is not None else None
+        if context is None:
+            self.abort(f"N-EVENT-REPORT-RQ on unaccepted presentation context {context_id}")
+            return
+        if rq.has_dataset:
+            self._incoming = (rq, context, [], 0)
+        else:
+            self._event_report_dispatch(rq, context, b"")
+
+    def _event_report_fragment(self, event: DatasetFragment) -> None:
+        """One fragment of the incoming report's data set, bounded (HARDENING R4)."""
+        assert self._incoming is not None
+        rq, context, parts, size = self._incoming
+        size += len(event.data)
+        if size > MAX_EVENT_REPORT_DATASET:
+            self._incoming = None
+            self.abort(f"N-EVENT-REPORT-RQ data set over {MAX_EVENT_REPORT_DATASET} bytes")
+            return
+        parts.append(event.data)
+        self._incoming = (rq, context, parts, size)
+        if event.last:
+            self._incoming = None
+            self._event_report_dispatch(rq, context, b"".join(parts))
+
+    def _event_report_dispatch(self, rq: dimse.NEventReportRQ, context: AcceptedContext, data: bytes) -> None:
+        """Call the handler and answer with its status; 0x0110 without one or when it fails (PS3.7 10.1.1.1.8)."""
+        handler = self.event_report_handler
+        if handler is None:
+            self._event_report_answer(rq, context, int(Status.PROCESSING_FAILURE), "no handler for N-EVENT-REPORT")
+            return
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("N-EVENT-REPORT handler failed", failure)
+            self._event_report_answer(rq, context, int(Status.PROCESSING_FAILURE), "cannot process the report")
+
+        d = maybeDeferred(handler, rq, context, data)
+        d.addCallbacks(lambda status: self._event_report_answer(rq, context, int(status)), failed)
+
+    def _event_report_answer(self, rq: dimse.NEventReportRQ, context: AcceptedContext, status: int, comment: str = "") -> None:
+        """Send the N-EVENT-REPORT-RSP (PS3.7 10.3.1.2), if the association is still up."""
+        if not self.association.is_established or self.client is None:
+            return
+        response = dimse.encode_command(dimse.event_report_response(rq, status, comment))
+        self.send_command(context.context_id, response, self.client.peer_max_pdu)
 
     def _response(self, command: dimse.Command) -> None:
         message_id = getattr(command, "message_id_being_responded_to", None)
@@ -687,6 +764,15 @@ class ClientAssociation:
             size=header.size,
             error_comment=getattr(response, "error_comment", None),
         )
+
+    def on_event_report(self, handler: EventReportHandler | None) -> None:
+        """Handle N-EVENT-REPORT-RQs the acceptor sends on this association (PS3.4 J.3.3).
+
+        :param handler: called with the request, its context and its whole
+            data set (in the context's transfer syntax); it returns the status
+            to answer, or a Deferred of it. ``None`` answers 0x0110.
+        """
+        self._protocol.event_report_handler = handler
 
     def release(self) -> Deferred[None]:
         """A-RELEASE; fires when released."""

@@ -84,8 +84,8 @@ def answer(context_id: int, command: dimse.Command) -> bytes:
     return pdu.encode(pdu.PDataTF((pdu.PDV(context_id, 0x03, dimse.encode_command(command)),)))
 
 
-class DimseNTests(SynchronousTestCase):
-    """n_action and n_event_report over an association with a scripted acceptor."""
+class ScriptedAcceptorMixin:
+    """A requestor on a StringTransport whose acceptor is the test itself."""
 
     def setUp(self) -> None:
         """A requestor proposing Storage Commitment (and CT) with the report role item."""
@@ -124,7 +124,11 @@ class DimseNTests(SynchronousTestCase):
             protocol_version=1,
         )
         self.protocol.dataReceived(pdu.encode(ac))
-        return self.successResultOf(self.protocol.established)
+        return self.successResultOf(self.protocol.established)  # type: ignore[attr-defined, no-any-return]
+
+
+class DimseNTests(ScriptedAcceptorMixin, SynchronousTestCase):
+    """n_action and n_event_report over an association with a scripted acceptor."""
 
     def test_request_carries_the_report_role_item(self) -> None:
         """The A-ASSOCIATE-RQ on the wire proposes SCU-role 0 / SCP-role 1 for Storage Commitment."""
@@ -234,6 +238,108 @@ class DimseNTests(SynchronousTestCase):
         ((command, _, _),) = received_messages(written_pdus(self.transport))
         self.protocol.dataReceived(answer(1, dimse.NActionRSP(command.message_id, 0)))  # type: ignore[union-attr]
         self.failureResultOf(d, AssociationAborted)
+        self.assertIsInstance(written_pdus(self.transport)[0], pdu.AAbort)
+
+
+def request_pdus(context_id: int, command: dimse.Command, dataset: bytes, fragment: int = 512) -> bytes:
+    """P-DATA-TF PDUs carrying a request and its data set cut into ``fragment``-byte PDVs."""
+    out = [pdu.encode(pdu.PDataTF((pdu.PDV(context_id, 0x03, dimse.encode_command(command)),)))]
+    for start in range(0, len(dataset), fragment):
+        last = start + fragment >= len(dataset)
+        out.append(pdu.encode(pdu.PDataTF((pdu.PDV(context_id, 0x02 if last else 0x00, dataset[start:start + fragment]),))))
+    return b"".join(out)
+
+
+class InboundEventReportTests(ScriptedAcceptorMixin, SynchronousTestCase):
+    """An archive's N-EVENT-REPORT-RQ on the association that carried our N-ACTION (PS3.4 J.3.3)."""
+
+    def report_rq(self, message_id: int = 77) -> tuple[dimse.NEventReportRQ, bytes]:
+        """The archive's request and its Implicit VR data set."""
+        rq = dimse.NEventReportRQ(message_id, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 2)
+        return rq, encode_event_report(REPORT, IMPLICIT_VR_LE)
+
+    def test_handler_gets_request_context_and_whole_dataset(self) -> None:
+        """The handler sees the reassembled data set; its status goes back in the N-EVENT-REPORT-RSP."""
+        assoc = self.accept(roles=())
+        seen: list[tuple[dimse.NEventReportRQ, int, bytes]] = []
+        assoc.on_event_report(lambda rq, context, data: seen.append((rq, context.context_id, data)) or 0)
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        self.assertEqual(seen, [(rq, 1, data)])
+        self.assertEqual(decode_event_report(seen[0][2], IMPLICIT_VR_LE), REPORT)
+        ((rsp, _, _),) = received_messages(written_pdus(self.transport))
+        self.assertEqual(rsp, dimse.NEventReportRSP(77, 0, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 2))
+
+    def test_deferred_status_answers_when_it_fires(self) -> None:
+        """A handler returning a Deferred (a journal write) is answered once it fires, with its status."""
+        assoc = self.accept(roles=())
+        pending: Deferred[int] = Deferred()
+        assoc.on_event_report(lambda rq, context, data: pending)
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        self.assertEqual(self.transport.value(), b"")
+        pending.callback(0x0112)
+        ((rsp, _, _),) = received_messages(written_pdus(self.transport))
+        assert isinstance(rsp, dimse.NEventReportRSP)
+        self.assertEqual(rsp.status, 0x0112)
+
+    def test_without_handler_answers_processing_failure(self) -> None:
+        """No handler installed: 0x0110 (PS3.7 10.1.1.1.8), and the association stays up."""
+        assoc = self.accept(roles=())
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        ((rsp, _, _),) = received_messages(written_pdus(self.transport))
+        assert isinstance(rsp, dimse.NEventReportRSP)
+        self.assertEqual(rsp.status, 0x0110)
+        self.assertTrue(assoc.is_open)
+
+    def test_failing_handler_answers_processing_failure(self) -> None:
+        """A handler that raises is answered 0x0110, and the failure is logged."""
+        assoc = self.accept(roles=())
+
+        def broken(rq: dimse.NEventReportRQ, context: object, data: bytes) -> int:
+            raise RuntimeError("journal down")
+
+        assoc.on_event_report(broken)  # type: ignore[arg-type]
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        ((rsp, _, _),) = received_messages(written_pdus(self.transport))
+        assert isinstance(rsp, dimse.NEventReportRSP)
+        self.assertEqual(rsp.status, 0x0110)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_report_while_our_n_action_waits(self) -> None:
+        """A report arriving before the N-ACTION-RSP is handled, and the N-ACTION still gets its response."""
+        assoc = self.accept(roles=())
+        handled: list[int] = []
+        assoc.on_event_report(lambda rq, context, data: handled.append(rq.message_id) or 0)
+        d = Deferred.fromCoroutine(assoc.n_action(STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, b""))
+        ((action, _, _),) = received_messages(written_pdus(self.transport))
+        rq, data = self.report_rq(message_id=1)  # the same number as ours: its own ID space
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        self.assertEqual(handled, [1])
+        self.assertNoResult(d)
+        self.protocol.dataReceived(answer(1, dimse.action_response(action, 0)))  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(d).status, 0)
+
+    def test_oversized_dataset_aborts(self) -> None:
+        """A data set past MAX_EVENT_REPORT_DATASET aborts the association (HARDENING R4)."""
+        from gateway import associate
+
+        self.patch(associate, "MAX_EVENT_REPORT_DATASET", 1000)
+        assoc = self.accept(roles=())
+        called: list[bytes] = []
+        assoc.on_event_report(lambda rq, context, data: called.append(data) or 0)
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(1, rq, data))
+        self.assertEqual(called, [])
+        self.assertIsInstance(written_pdus(self.transport)[0], pdu.AAbort)
+
+    def test_report_on_unaccepted_context_aborts(self) -> None:
+        """An N-EVENT-REPORT-RQ on a context we never had accepted aborts."""
+        self.accept(roles=())
+        rq, data = self.report_rq()
+        self.protocol.dataReceived(request_pdus(5, rq, data))
         self.assertIsInstance(written_pdus(self.transport)[0], pdu.AAbort)
 
 
