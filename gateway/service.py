@@ -516,7 +516,7 @@ class GatewayService(MultiService):
                     self.store_runner,
                     self._reactor,
                     self._wall,
-                    ask_archive(self._reactor),
+                    ask_archive(self._reactor, self.archive_reports),
                     observer=self.observer,
                     singleton_seconds=max(3 * INTERVAL, 3 * self.config.cluster.heartbeat),
                 )
