@@ -48,6 +48,14 @@ and PS3.4 J.3.2.1.3 adds no Storage Commitment specific one):
 
 Every answer is an :class:`~gateway.events.CommitmentRequested` event (audit,
 ``commitment_requests_total{outcome}``).
+
+``report_association: open``: :class:`OpenAssociations` keeps this node's
+associations that carry the Push Model context with the requester as SCU
+(each :class:`~gateway.receive.StorageService` registers itself), so the
+report sender can put a report on the requester's association while it is
+open (PS3.4 J.3.3 allows the N-ACTION's association; no role selection is
+needed there, the gateway is the SOP class's SCP already). Anything short of
+a success falls back to a new association, the default.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -74,12 +83,21 @@ from gateway.commitment.model import (
 from gateway.config.schema import CommitmentConfig, GatewayConfig, ListenerConfig, ModalityConfig
 from gateway.dimse import commands as dimse
 from gateway.dimse import commitment as codec
-from gateway.dimse.status import Status
-from gateway.queue.commitments import ICommitmentJournal, NewTransaction, TransactionConflict
+from gateway.dimse.status import Status, StatusCategory, category
+from gateway.queue.commitments import ICommitmentJournal, NewTransaction, Transaction, TransactionConflict
 from gateway.queue.interfaces import StoreUnavailable
 from gateway.receive import AssociationInfo
+from gateway.ul.negotiate import AcceptedContext
 
-__all__ = ["CommitmentSCP", "IArchiveReports", "modality_for", "ActionStatus"]
+__all__ = [
+    "CommitmentSCP",
+    "OpenAssociations",
+    "ReportRefusedOnOpen",
+    "IArchiveReports",
+    "IReportChannel",
+    "modality_for",
+    "ActionStatus",
+]
 
 #: PS3.5 9.1: a UID is dot-separated components of digits, no leading zero
 #: in a component of more than one digit, at most 64 characters.
@@ -87,6 +105,87 @@ _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 #: ``(status, error comment)``: what the service puts in the response.
 ActionStatus = tuple[int, str]
+
+
+class IReportChannel(Protocol):
+    """A requester's open association a report may go on (:class:`gateway.receive.StorageService`)."""
+
+    @property
+    def reporting(self) -> bool:
+        """Whether a report sent there still awaits its response."""
+
+    def report_context(self) -> AcceptedContext | None:
+        """The accepted Push Model context, or ``None``."""
+
+    def send_event_report(self, event_type_id: int, dataset: bytes) -> "Deferred[ActionStatus]":
+        """Send an N-EVENT-REPORT-RQ there; fires with the response's ``(status, comment)``."""
+
+
+class ReportRefusedOnOpen(Exception):
+    """The requester answered the report on its open association with a failure status."""
+
+
+class OpenAssociations:
+    """This node's open requester associations with the Push Model context (``report_association: open``).
+
+    The report sender (:mod:`gateway.commitment.report`) asks
+    :meth:`open_route` first when a transaction wants its report on the
+    requester's association; ``None`` (none open, or the one open is busy
+    with another report) or a failed attempt means a new association, the
+    default every vendor supports (PS3.4 J.3.3).
+
+    :param clock: times an unanswered report out; ``None``: no timeout.
+    :param timeout: seconds to wait for the N-EVENT-REPORT-RSP.
+    """
+
+    def __init__(self, clock: IReactorTime | None = None, timeout: float = 60.0) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        #: Open associations, oldest first: (calling AE title, channel).
+        self._open: list[tuple[str, IReportChannel]] = []
+
+    def opened(self, info: AssociationInfo, channel: IReportChannel) -> None:
+        """Note an association with the Push Model context."""
+        self._open.append((info.calling_ae_title.strip(), channel))
+
+    def closed(self, channel: IReportChannel) -> None:
+        """Forget an association that ended."""
+        self._open = [(title, c) for title, c in self._open if c is not channel]
+
+    def __len__(self) -> int:
+        """How many are open."""
+        return len(self._open)
+
+    def open_route(self, transaction: Transaction, report: CommitmentReport) -> "Deferred[None] | None":
+        """Send ``report`` on the requester's most recent open association, if it has one free.
+
+        :param transaction: the journaled transaction (its calling AE title names the requester).
+        :param report: the decided report.
+        :returns: ``None`` when no association can take it; else a Deferred
+            firing when the requester answered success or a warning (PS3.7
+            C.1, C.4), failing otherwise (a failure status, the association
+            ended, or no answer within the timeout).
+        """
+        calling = transaction.request.calling_ae_title.strip()
+        for title, channel in reversed(self._open):
+            context = channel.report_context()
+            if title != calling or context is None or channel.reporting:
+                continue
+            try:
+                dataset = codec.encode_event_report(report, context.transfer_syntax)
+                d = channel.send_event_report(report.event_type, dataset)
+            except ValueError:
+                return None
+            if self._clock is not None:
+                d.addTimeout(self._timeout, self._clock)
+
+            def answered(result: ActionStatus) -> None:
+                status, comment = result
+                if category(status) not in (StatusCategory.SUCCESS, StatusCategory.WARNING):
+                    raise ReportRefusedOnOpen(f"status 0x{status:04X}" + (f" ({comment})" if comment else ""))
+
+            return d.addCallback(answered)
+        return None
 
 
 class IArchiveReports(Protocol):
@@ -156,6 +255,7 @@ class CommitmentSCP:
         commitment worker's ``poke``); may be set later.
     :param archive_reports: where archives' reports go; ``None`` when no
         destination commits (a report is then answered 0x0110). May be set later.
+    :param clock: times reports sent on a requester's open association out.
     """
 
     log = Logger(namespace="gateway.commitment.scp")
@@ -170,6 +270,7 @@ class CommitmentSCP:
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         on_journaled: Callable[[], None] = lambda: None,
         archive_reports: IArchiveReports | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._journal = journal
         self._run = run
@@ -178,6 +279,17 @@ class CommitmentSCP:
         self._observer = observer
         self.on_journaled = on_journaled
         self.archive_reports = archive_reports
+        #: The requesters' open associations (``report_association: open``): give
+        #: ``open_associations.open_route`` to the report sender.
+        self.open_associations = OpenAssociations(clock)
+
+    def association_opened(self, info: AssociationInfo, channel: IReportChannel) -> None:
+        """An association with the Push Model context began (:class:`OpenAssociations`)."""
+        self.open_associations.opened(info, channel)
+
+    def association_closed(self, channel: IReportChannel) -> None:
+        """That association ended."""
+        self.open_associations.closed(channel)
 
     # -- N-ACTION: a requester asks (PS3.4 J.3.2) --------------------------------------
 

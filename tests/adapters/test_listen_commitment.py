@@ -20,7 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.access import AccessPolicy
 from gateway.blocking import SynchronousRunner
-from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, ActionRequest, Reference
+from gateway.commitment.model import (
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH,
+    ActionRequest,
+    CommitmentReport,
+    Reference,
+)
 from gateway.commitment.scp import CommitmentSCP
 from gateway.config.schema import (
     AcceptConfig,
@@ -32,9 +38,10 @@ from gateway.config.schema import (
     SpoolConfig,
 )
 from gateway.dimse import commands as dimse
-from gateway.dimse.commitment import encode_action_request
+from gateway.dimse.commitment import decode_event_report, encode_action_request
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.listen import AcceptorFactory, AcceptorLimits
+from gateway.queue.commitments import NewTransaction, Transaction, TransactionState
 from gateway.queue.memory import MemoryQueueStore
 from gateway.service import acceptor_settings
 from gateway.spool import Spool
@@ -111,3 +118,31 @@ class CommitmentThroughTheAcceptorTests(SynchronousTestCase):
             ("1.2.9.7", "ct1", "received", T0 + 60.0, 2),
         )
         self.assertEqual(self.poked, 1)
+
+    def test_report_on_the_open_association(self) -> None:
+        """``report_association: open``: the report goes out on the requester's association in PDVs; its RSP fires."""
+        modality = Modality()
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        proto.dataReceived(modality.associate_rq(((1, STORAGE_COMMITMENT_PUSH, (IMPLICIT_LE,)),)))
+        modality.read(transport)
+        registry = self.factory.commitment.open_associations  # type: ignore[union-attr]
+        self.assertEqual(len(registry), 1)
+        new = NewTransaction(
+            "1.2.9.7", "CT01", "DICOMGW", "ct1", "dicom", "received", (Reference(CT_IMAGE, "1.2.3.1"),),
+            T0 + 60, T0 + 600, T0 - 60, report_association="open",
+        )
+        report = CommitmentReport("1.2.9.7", committed=(Reference(CT_IMAGE, "1.2.3.1"),))
+        d = registry.open_route(Transaction(new, T0, "n1", TransactionState.OPEN), report)
+        assert d is not None
+        items = modality.read(transport)
+        pdvs = [p for item in items if isinstance(item, pdu.PDataTF) for p in item.pdvs]
+        rq = dimse.decode_command(b"".join(p.data for p in pdvs if p.is_command))
+        self.assertIsInstance(rq, dimse.NEventReportRQ)
+        self.assertEqual(decode_event_report(b"".join(p.data for p in pdvs if not p.is_command), IMPLICIT_LE), report)
+        rsp = dimse.NEventReportRSP(rq.message_id, 0, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1)
+        proto.dataReceived(modality.command(1, rsp))
+        self.assertIsNone(self.successResultOf(d))
+        proto.connectionLost(None)
+        self.assertEqual(len(registry), 0)

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import events
@@ -27,7 +28,7 @@ from gateway.commitment.model import (
     FailedReference,
     Reference,
 )
-from gateway.commitment.scp import CommitmentSCP, modality_for
+from gateway.commitment.scp import CommitmentSCP, OpenAssociations, ReportRefusedOnOpen, modality_for
 from gateway.config.schema import (
     AcceptConfig,
     CommitmentConfig,
@@ -38,10 +39,12 @@ from gateway.config.schema import (
     SpoolConfig,
 )
 from gateway.dimse import commands as dimse
+from gateway.dimse.commitment import decode_event_report
 from gateway.queue.commitments import NewTransaction, Transaction, TransactionState
 from gateway.queue.interfaces import StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from gateway.receive import AssociationInfo
+from gateway.ul.negotiate import AcceptedContext
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -494,3 +497,98 @@ class EventReportTests(SCPTestsMixin, SynchronousTestCase):
         self.archive.answer = fail(RuntimeError("boom"))
         self.assertEqual(self.report()[0], 0x0110)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Channel:
+    """A fake requester association (:class:`~gateway.commitment.scp.IReportChannel`)."""
+
+    def __init__(self, transfer_syntax: str = IMPLICIT_LE, push: bool = True) -> None:
+        self.context = AcceptedContext(1, STORAGE_COMMITMENT_PUSH, transfer_syntax, True, False) if push else None
+        self.sent: list[tuple[int, bytes]] = []
+        self.answers: list[Deferred[tuple[int, str]]] = []
+
+    @property
+    def reporting(self) -> bool:
+        return any(not d.called for d in self.answers)
+
+    def report_context(self) -> AcceptedContext | None:
+        return self.context
+
+    def send_event_report(self, event_type_id: int, dataset: bytes) -> Deferred[tuple[int, str]]:
+        self.sent.append((event_type_id, dataset))
+        d: Deferred[tuple[int, str]] = Deferred()
+        self.answers.append(d)
+        return d
+
+
+def transaction(calling: str = "CT01") -> Transaction:
+    """A journaled transaction from ``calling``."""
+    new = NewTransaction(
+        "1.2.9.1", calling, "DICOMGW", "ct1", "dicom", "delivered", (Reference(CT_IMAGE, "1.2.3.1"),),
+        T0 + 60, T0 + 600, T0 - 60, report_association="open",
+    )
+    return Transaction(new, T0, "node1", TransactionState.OPEN)
+
+
+REPORT = CommitmentReport(
+    "1.2.9.1", committed=(Reference(CT_IMAGE, "1.2.3.1"),), failed=(FailedReference(Reference(CT_IMAGE, "1.2.3.2"), 0x0112),)
+)
+
+
+class OpenAssociationsTests(SynchronousTestCase):
+    """``report_association: open``: the report goes on the requester's open association when it has one."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = OpenAssociations(self.clock, timeout=30.0)
+
+    def info(self, calling: str = "CT01") -> AssociationInfo:
+        return AssociationInfo("A1", "10.0.0.7:40000", calling, "DICOMGW", "dicom", {})
+
+    def test_no_open_association_is_none(self) -> None:
+        """Nothing open from the requester: ``None`` (the sender opens a new association)."""
+        self.registry.opened(self.info("MR01"), _Channel())
+        self.assertIsNone(self.registry.open_route(transaction(), REPORT))
+
+    def test_report_goes_on_the_most_recent_association_and_success_fires(self) -> None:
+        """The newest association of the requester gets the report, encoded in its syntax; 0x0000 fires the Deferred."""
+        older, newer = _Channel(), _Channel(EXPLICIT_LE)
+        self.registry.opened(self.info(), older)
+        self.registry.opened(self.info(), newer)
+        d = self.registry.open_route(transaction(), REPORT)
+        assert d is not None
+        self.assertEqual(older.sent, [])
+        [(event_type, dataset)] = newer.sent
+        self.assertEqual(event_type, 2)
+        self.assertEqual(decode_event_report(dataset, EXPLICIT_LE), REPORT)
+        newer.answers[0].callback((0, ""))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_failure_status_fails(self) -> None:
+        """A failure status fails the attempt (the sender then tries a new association)."""
+        channel = _Channel()
+        self.registry.opened(self.info(), channel)
+        d = self.registry.open_route(transaction(), REPORT)
+        assert d is not None
+        channel.answers[0].callback((0x0110, "busy"))
+        self.failureResultOf(d, ReportRefusedOnOpen)
+
+    def test_no_answer_times_out(self) -> None:
+        """No RSP within the timeout: the attempt fails and the channel's report is given up."""
+        channel = _Channel()
+        self.registry.opened(self.info(), channel)
+        d = self.registry.open_route(transaction(), REPORT)
+        assert d is not None
+        self.clock.advance(30.0)
+        self.failureResultOf(d)
+        self.assertFalse(channel.reporting)
+
+    def test_busy_or_closed_associations_are_skipped(self) -> None:
+        """An association already awaiting a report, or one that ended, is not used."""
+        busy, gone = _Channel(), _Channel()
+        self.registry.opened(self.info(), busy)
+        self.registry.opened(self.info(), gone)
+        self.registry.closed(gone)
+        busy.answers.append(Deferred())
+        self.assertIsNone(self.registry.open_route(transaction(), REPORT))
+        self.assertEqual(len(self.registry), 1)
