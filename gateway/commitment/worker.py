@@ -122,6 +122,7 @@ class CommitmentWorker(Service):
         (and the back-off after a store fault).
     :param poll: the longest idle sleep (other nodes' work, the CLI's retries).
     :param batch: transactions leased (and handled concurrently) at once.
+    :param grace: the longest a stop waits for the sends in flight.
     """
 
     log = Logger(namespace="gateway.commitment.worker")
@@ -140,6 +141,7 @@ class CommitmentWorker(Service):
         recheck: float = 10.0,
         poll: float = 5.0,
         batch: int = 8,
+        grace: float = 10.0,
     ) -> None:
         if config is None or sender is None:
             raise TypeError("CommitmentWorker needs a config getter and a sender")
@@ -154,6 +156,7 @@ class CommitmentWorker(Service):
         self.recheck = recheck
         self.poll = poll
         self.batch = batch
+        self.grace = grace
         self._stopping = False
         self.waits = Waits(clock, lambda: self._stopping)
         #: Transactions held now: UID -> the generation leased (renewed while held).
@@ -175,18 +178,33 @@ class CommitmentWorker(Service):
         self._loop.addErrback(lambda f: self.log.failure("the commitment worker stopped", f))
 
     def stopService(self) -> "Deferred[None]":
-        """Wake the loop and wait for the sends in flight (their transactions stay leased until the lease expires)."""
+        """Wake the loop and wait for the sends in flight, at most ``grace`` seconds.
+
+        A send still running then is left to finish or fail on its own; its
+        transaction stays leased until the lease expires, and is taken again
+        (by this node after a restart, or by another): the report is owed
+        until the journal says it was delivered.
+        """
         super().stopService()
         self._stopping = True
         self.waits.wake(all_sleepers=True)
         if self._renewer.running:
             self._renewer.stop()
         loop, self._loop = self._loop, None
+        done: Deferred[None] = Deferred()
         if loop is None:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-        return loop
+            done.callback(None)
+            return done
+
+        def finish(_: object = None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        timer = self.clock.callLater(self.grace, finish)
+        loop.addBoth(finish)
+        return done
 
     def poke(self) -> None:
         """Something changed (an N-ACTION journaled, a copy delivered or dead-lettered): look now."""
@@ -200,6 +218,11 @@ class CommitmentWorker(Service):
                 worked = await self.turn()
             except StoreUnavailable as e:
                 self.log.warn("commitment journal unavailable, trying again in {delay}s: {error}", delay=self.recheck, error=str(e))
+                await self.waits.sleep(self.recheck, pokeable=False)
+                continue
+            except Exception:
+                # A bug, not an outage: logged, and the loop goes on (a report owed is never given up here).
+                self.log.failure("commitment worker turn failed; trying again in {delay}s", delay=self.recheck)
                 await self.waits.sleep(self.recheck, pokeable=False)
                 continue
             if not worked and not self._stopping:
