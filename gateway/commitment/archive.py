@@ -159,7 +159,7 @@ def ask_archive(reactor: Any, reports: "ArchiveReports | None" = None) -> Ask:
 
     async def ask(destination: DicomDestination, transaction_uid: str, references: Sequence[Reference]) -> tuple[int, str]:
         association = await connect_dicom(
-            reactor, destination, [(STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])]
+            reactor, destination, [(STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])], verification=False
         )
         if reports is not None:
             association.on_event_report(reports.on_our_association(destination.ae_title))
