@@ -71,6 +71,7 @@ __all__ = [
     "Ask",
     "ArchiveCommitter",
     "ArchiveReports",
+    "ask_archive",
     "new_transaction_uid",
     "singleton_name",
 ]
@@ -88,9 +89,9 @@ INTERVAL = 5.0
 STATUS_SUCCESS = int(Status.SUCCESS)
 #: Processing failure (PS3.7 C.5): the report could not be recorded (the journal away).
 STATUS_PROCESSING_FAILURE = int(Status.PROCESSING_FAILURE)
-#: Invalid argument value (PS3.7 10.1.1.1.8, C.5): "the event information value
-#: specified was out of range or otherwise inappropriate": a Transaction UID
-#: (0008,1195) the gateway never sent. (0x0112 No such SOP Instance would be
+#: Invalid argument value (PS3.7 10.1.1.1.8, C.5: an event information value
+#: out of range or otherwise inappropriate): a Transaction UID (0008,1195) the
+#: gateway never sent. (0x0112 No such SOP Instance would be
 #: wrong: the affected instance is the well-known one, which exists.)
 STATUS_INVALID_ARGUMENT_VALUE = int(Status.INVALID_ARGUMENT_VALUE)
 
