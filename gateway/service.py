@@ -666,6 +666,10 @@ class GatewayService(MultiService):
         )
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
+        from gateway.config.commitment import commitment_warnings
+
+        for warning in commitment_warnings(self.config):  # issue 15: what `check` prints, in the log too
+            self.log.warn("{warning}", warning=warning)
         self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())
         d.addErrback(self._start_failed)
