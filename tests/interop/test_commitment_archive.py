@@ -21,6 +21,9 @@ with a second Orthanc as the requesting modality: it pushes a study to the
 gateway and asks the gateway (``POST /modalities/{id}/storage-commitment``);
 the gateway's report to it (read back with ``GET /storage-commitment/{id}``)
 says committed only for what the archive itself committed.
+:class:`CommittedPolicyRemappedTests` does it through a route that
+de-identifies (new UIDs): the modality asks about its UIDs, the archive
+committed the copies under theirs.
 """
 
 from __future__ import annotations
@@ -189,17 +192,20 @@ class OrthancCommittingArchiveTests(TestCase):
         self.assertIn("failed: AssociationAborted", self.gw.log_text())
 
 
-class CommittedPolicyTests(TestCase):
-    """Policy ``committed``: Orthanc the modality asks the gateway; Orthanc the archive commits behind it."""
+class CommittedPolicyMixin:
+    """Two Orthancs, the modality and the archive, around a gateway with the ``committed`` policy.
 
-    skip = orthanc.skip_reason()
+    :cvar route: the gateway's one route (to ``archive``).
+    """
+
+    route: dict[str, Any] = {"name": "all", "forward": ["archive"]}
 
     def setUp(self) -> None:
-        root = Path(self.mktemp()).resolve()
+        root = Path(self.mktemp()).resolve()  # type: ignore[attr-defined]
         self.archive = Orthanc(root / "archive", aet=ARCHIVE_AET)
         self.modality = Orthanc(root / "modality", aet="MODALITY")
         for peer in (self.archive, self.modality):
-            self.addCleanup(peer.stop)
+            self.addCleanup(peer.stop)  # type: ignore[attr-defined]
             peer.start()
         self.gw = GatewayProcess(
             root / "gw",
@@ -209,11 +215,11 @@ class CommittedPolicyTests(TestCase):
                     self.archive.dicom_port, ARCHIVE_AET, storage_commitment=True, commitment_timeout=COMMITMENT_TIMEOUT
                 ),
             },
-            routes=[{"name": "all", "forward": ["archive"]}],
+            routes=[self.route],
             modalities={"modality": {"ae_title": "MODALITY", "host": "127.0.0.1", "port": self.modality.dicom_port}},
             commitment={"policy": "committed", "deadline": "5m", "retry": {"initial": "300ms", "max": "1s"}},
         )
-        self.addCleanup(self.gw.stop)
+        self.addCleanup(self.gw.stop)  # type: ignore[attr-defined]
         self.gw.start()
         declare_gateway(self.modality, self.gw)
         self.files = root / "files"
@@ -247,6 +253,13 @@ class CommittedPolicyTests(TestCase):
             reported, WAIT, lambda: f"the report of {transaction_uid}\n{self.gw.log_text()[-3000:]}"
         )
         return result
+
+
+
+class CommittedPolicyTests(CommittedPolicyMixin, TestCase):
+    """Policy ``committed``: Orthanc the modality asks the gateway; Orthanc the archive commits behind it."""
+
+    skip = orthanc.skip_reason()
 
     def test_the_modality_is_told_committed_once_the_archive_committed(self) -> None:
         """Two instances: the modality's report (event type 1) comes after the archive's own report made both copies COMMITTED."""
@@ -293,3 +306,25 @@ class CommittedPolicyTests(TestCase):
             [(*references[1], 0x0110)],  # processing failure: the archive did not commit it (PS3.3 C.14.1.1)
         )
         self.assertEqual(copies_of(self.gw, uids)[uids[1]][0].failure_reason, 0x0112)
+
+
+class CommittedPolicyRemappedTests(CommittedPolicyMixin, TestCase):
+    """Policy ``committed`` through a route that de-identifies: the archive holds copies under new UIDs."""
+
+    skip = orthanc.skip_reason()
+    route = {"name": "deid", "morph": [{"deidentify": "basic"}], "forward": ["archive"]}
+
+    def test_the_modality_asks_about_its_uids_and_the_archive_committed_the_copies(self) -> None:
+        """The modality asks about the UIDs it sent; the archive committed copies under other UIDs; the report says committed."""
+        declare_gateway(self.archive, self.gw)
+        references = self.push(2)
+        uids = [i for _, i in references]
+        result = self.ask(references)
+        self.assertEqual(result["Status"], "Success", result)
+        self.assertEqual(sorted((s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]), sorted(references))
+        copies = copies_of(self.gw, uids)
+        sent = [c[0].sop_instance_uid for c in copies.values()]
+        self.assertEqual({c[0].state for c in copies.values()}, {CopyState.COMMITTED})
+        self.assertFalse(set(sent) & set(uids), "the copies kept the received UIDs")
+        self.assertTrue(all(self.archive.find_instance(u) for u in sent))
+        self.assertFalse(any(self.archive.find_instance(u) for u in uids))
