@@ -9,16 +9,19 @@ node loops:
 1. lease up to ``batch`` OPEN transactions that are due
    (:meth:`~gateway.queue.commitments.ICommitmentJournal.lease_transactions`;
    an expired lease of a dead node is taken over there); none -> sleep until
-   :meth:`CommitmentWorker.poke` (an N-ACTION was journaled, a copy was
-   delivered or dead-lettered) or ``poll`` seconds (another node's
-   transactions, the CLI's retries), whichever comes first;
+   :meth:`CommitmentWorker.poke` (an N-ACTION was journaled) or ``poll``
+   seconds (another node's transactions, the CLI's retries), whichever
+   comes first;
 2. for each, concurrently:
 
    * a report already decided (``Transaction.report``): send it unchanged;
    * else read what the journal knows of the requested UIDs since the
      request's lookback (one :meth:`received` call) and judge it
      (:func:`gateway.commitment.verdict.judge`). Not decided: defer it to
-     ``min(deadline, now + recheck)``. Decided: record the report
+     ``min(deadline, now + recheck)`` (a delivery does not hasten that look:
+     ``lease_transactions`` takes only transactions that are due, so a poke
+     at each delivery would cost a query and find nothing; ``recheck``
+     bounds the delay instead). Decided: record the report
      (:meth:`decide_transaction`: the one on record wins, so a node that
      decided before it died and the one that takes over send the same
      report), then send it;
@@ -207,7 +210,7 @@ class CommitmentWorker(Service):
         return done
 
     def poke(self) -> None:
-        """Something changed (an N-ACTION journaled, a copy delivered or dead-lettered): look now."""
+        """An N-ACTION was journaled (or a retry queued): lease what is due now rather than at the next poll."""
         self.waits.poke()
 
     # -- the loop --------------------------------------------------------------------------
