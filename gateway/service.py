@@ -460,11 +460,11 @@ class GatewayService(MultiService):
         if not ICommitmentJournal.providedBy(self.store):
             self.log.error("Storage Commitment is configured but the queue store keeps no commitment journal")
             return
-        # The listener side (gateway.commitment.scp, its own block above) when present:
-        # its open requester associations carry reports for ``report_association: open``,
-        # and each N-ACTION it journals pokes the worker.
-        scp = getattr(self, "commitment_scp", None)
-        open_route = getattr(getattr(scp, "open_associations", None), "open_route", None)
+        # The listener side (gateway.commitment.scp): its open requester associations
+        # carry reports for ``report_association: open``, and each N-ACTION it
+        # journals pokes the worker.
+        scp = self.commitment_scp
+        open_route = scp.open_associations.open_route
         self.commitment_worker = CommitmentWorker(
             self.store,
             self.store_runner,
@@ -475,12 +475,11 @@ class GatewayService(MultiService):
             observer=self.observer,
             lease_seconds=self.config.cluster.lease,
         )
-        if scp is not None:
-            scp.on_journaled = self.commitment_worker.poke
+        scp.on_journaled = self.commitment_worker.poke
         self.commitment_worker.setServiceParent(self)
 
     def poke_commitments(self) -> None:
-        """An N-ACTION was journaled: the worker looks now (the listener side calls this)."""
+        """An archive's report changed copies: the transactions waiting on them may be decided now."""
         if self.commitment_worker is not None:
             self.commitment_worker.poke()
 
@@ -537,12 +536,10 @@ class GatewayService(MultiService):
                     lambda: self.config.destinations,
                     self.observer,
                     self._wall,
-                    on_answered=self._poke_commitment_worker,
+                    on_answered=self.poke_commitments,
                 )
                 # The listeners' Storage Commitment SCP hands archives' N-EVENT-REPORTs here.
-                scp = getattr(self, "commitment_scp", None)
-                if scp is not None:
-                    scp.archive_reports = self.archive_reports
+                self.commitment_scp.archive_reports = self.archive_reports
         for destination in self.config.destinations:
             if not isinstance(destination, DicomDestination) or not destination.storage_commitment:
                 continue
@@ -580,12 +577,6 @@ class GatewayService(MultiService):
             if destination.name == name and isinstance(destination, DicomDestination):
                 return destination
         return None
-
-    def _poke_commitment_worker(self) -> None:
-        """An archive's report changed copies: the transactions waiting on them may be decided now."""
-        worker = getattr(self, "commitment_worker", None)
-        if worker is not None:
-            worker.poke()
 
     def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
         """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
