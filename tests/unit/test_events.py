@@ -39,6 +39,10 @@ EMITTERS: tuple[str, ...] = (
     "gateway/heartbeat.py",
     "gateway/service.py",
     "gateway/receive.py",
+    "gateway/commitment/scp.py",
+    "gateway/commitment/worker.py",
+    "gateway/commitment/archive.py",
+    "gateway/commitment/report.py",
 )
 
 #: Attribute and variable names of the collaborators the rule is about.
