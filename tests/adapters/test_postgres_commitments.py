@@ -16,7 +16,7 @@ import threading
 
 from gateway.queue import pgschema
 from gateway.queue.commitments import ICommitmentJournal, TransactionState
-from gateway.queue.interfaces import EntryState, NewEntry, StoreUnavailable
+from gateway.queue.interfaces import EntryState, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.postgres import PostgresQueueStore
 from tests.adapters.test_postgres_store import PostgresTestCase
