@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     qretry.add_argument(
         "--force", action="store_true", help="with --to: re-target even when no route sends copies with the entry's plan there"
     )
+    qretry.add_argument(
+        "--commitment",
+        metavar="TRANSACTION_UID",
+        action="append",
+        default=[],
+        help="a dead Storage Commitment report to send again (as `commitment retry`; repeatable)",
+    )
     qpurge = qsub.add_parser("purge", parents=[config_arg], help="delete dead letters for good")
     qpurge.add_argument("entry_ids", type=int, nargs="+")
     for action in ("pause", "resume"):
@@ -225,6 +232,17 @@ def _queue(args: argparse.Namespace) -> int:
     from gateway.audit import Outcome
     from gateway.queue.interfaces import EntryState
 
+    if args.action == "retry" and args.commitment:
+        # Dead Storage Commitment reports are dead letters of their own kind (issue 15):
+        # `queue retry --commitment UID` replays them as `commitment retry UID` does.
+        if args.entry_ids or args.all or args.to:
+            print("--commitment takes no entry ids, --all or --to", file=sys.stderr)
+            return 2
+        worst = 0
+        for uid in args.commitment:
+            one = argparse.Namespace(config=args.config, commitment_action="retry", transaction_uid=uid)
+            worst = max(worst, _commitment(one))
+        return worst
     config = _load_or_exit(args.config)
     store = _open_store(config)
     now = time.time()

@@ -232,6 +232,19 @@ class CommitmentCliTests(SynchronousTestCase):
         (record,) = self.audit_records()
         self.assertEqual(record["outcome"], 4)
 
+    def test_queue_retry_replays_a_dead_report(self) -> None:
+        """``queue retry --commitment UID`` replays a dead report like ``commitment retry`` (issue 15: dead reports are
+        dead letters of their own kind), audited; a report still owed is refused with exit 1."""
+        code, out, err = self.run_cli("queue", "retry", "-c", self.config_path, "--commitment", "2.25.3")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.store.get_transaction("2.25.3").state, TransactionState.OPEN)
+        self.assertEqual([r["extra"]["action"] for r in self.audit_records()], ["commitment_retry"])
+        code, _, err = self.run_cli("queue", "retry", "-c", self.config_path, "--commitment", "2.25.2")
+        self.assertEqual(code, 1)
+        self.assertIn("not dead", err)
+        code, _, err = self.run_cli("queue", "retry", "-c", self.config_path, "--commitment", "2.25.2", "--all")
+        self.assertEqual(code, 2)
+
     def test_queue_list_shows_the_reports_owed(self) -> None:
         """``queue list`` adds the line of reports owed, overdue and dead."""
         code, out, err = self.run_cli("queue", "list", "-c", self.config_path)
