@@ -24,7 +24,9 @@ commented where it is implemented):
    ``success``, else 0x0110 (the modality keeps its copy: the safe side);
 4. ``received``: a journaled record is committed (the C-STORE success's promise);
 5. ``delivered``: every (route, destination) its entries name has a
-   delivered copy; a dead one fails at once (0x0110);
+   delivered copy; a dead one fails at once (0x0110). Only records of the
+   newest record's content count (a UID re-sent with other content: the
+   earlier content's copies do not commit the later one);
 6. ``committed``: as ``delivered``, and a destination that commits has
    confirmed the delivered copy itself (its archive's report).
 
@@ -139,13 +141,28 @@ def _groups(records: Sequence[ReceivedInstance]) -> dict[tuple[str, str], list[E
     return groups
 
 
+def _latest_content(records: Sequence[ReceivedInstance]) -> list[ReceivedInstance]:
+    """The records (oldest first) whose content is that of the newest one.
+
+    A UID re-sent with *other* content (its data set digest differs: a
+    corrected image, another transfer syntax) is the object the modality now
+    holds and asks about; a delivered copy of the earlier content does not
+    commit it (the modality would delete the only copy of the newer one).
+    Records of the same content (an identical re-send past the duplicate
+    window) stay: any one delivered copy of them is enough.
+    """
+    latest = records[-1].entries[0].instance.sha256
+    return [r for r in records if r.entries[0].instance.sha256 == latest]
+
+
 def _routed(
     reference: Reference,
     records: Sequence[ReceivedInstance],
     policy: str,
     committing: Collection[str],
 ) -> InstanceVerdict:
-    """Rules 5 and 6: the copies the routes made (``delivered``, ``committed``)."""
+    """Rules 5 and 6: the copies the routes made (``delivered``, ``committed``), of the newest content only."""
+    records = _latest_content(records)
     groups = _groups(records)
     if not groups:
         # Only DUPLICATE entries: their originals are outside what we were
