@@ -447,8 +447,9 @@ class GatewayService(MultiService):
         """The reports this node owes: leased, decided, sent and retried by one worker (:mod:`gateway.commitment.worker`).
 
         Made when Storage Commitment is configured at start (top level or a
-        listener); enabling it by a reload needs a restart. It starts with
-        the other children, after recovery.
+        listener), or by the first reload that configures it (the SCP then
+        accepts N-ACTIONs at once, so their reports need a worker). It starts
+        with the other children, after recovery.
         """
         self.commitment_worker: Any = None  # a CommitmentWorker when configured
         if self.config.commitment is None and all(listener.commitment is None for listener in self.config.listen):
@@ -864,6 +865,12 @@ class GatewayService(MultiService):
                     if self.running and not worker.running:
                         worker.startService()
             self._add_archive_commitment()  # issue 15: committers and their workers' pokes
+            if self.commitment_worker is None:
+                # Issue 15: commitment added by this reload. The listeners' SCP reads the
+                # configuration per N-ACTION and accepts at once: its reports need a worker.
+                self._add_commitment_worker()
+                if self.commitment_worker is not None and self.running and not self.commitment_worker.running:
+                    self.commitment_worker.startService()
             self.log.info(
                 "configuration reloaded: {n} destination(s), {r} route(s)",
                 n=len(new.destinations),

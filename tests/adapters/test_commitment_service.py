@@ -70,3 +70,22 @@ class CommitmentWorkerWiringTests(ServiceTestCase):
 
         d.addCallback(started)
         return d
+
+
+class CommitmentEnabledByReloadTests(ServiceTestCase):
+    """A reload that adds ``commitment``: the listeners' SCP accepts N-ACTIONs at once, so a worker must send their reports."""
+
+    def test_reload_adding_commitment_makes_and_starts_a_worker(self) -> None:
+        """Started without ``commitment``, reloaded with one: a running worker, poked by each journaled N-ACTION (else the reports owed wait for a restart)."""
+        service = self.start()
+        self.assertIsNone(service.commitment_worker)
+        with_commitment = replace(self.config(ROUTES_ONE), commitment=CommitmentConfig())
+        self.assertIs(self.successResultOf(service.reload(lambda source: with_commitment)), True)
+        worker = service.commitment_worker
+        self.assertIsInstance(worker, CommitmentWorker)
+        self.assertIn(worker, list(service))
+        self.assertTrue(worker.running)
+        self.assertEqual(service.commitment_scp.on_journaled, worker.poke)
+        # A second reload keeps the same worker (one per node).
+        self.assertIs(self.successResultOf(service.reload(lambda source: with_commitment)), True)
+        self.assertIs(service.commitment_worker, worker)
