@@ -265,11 +265,23 @@ def judge(
     late = now >= request.deadline
     verdicts: list[InstanceVerdict] = []
     seen: set[Reference] = set()
+    classes: dict[str, set[str]] = {}
+    for reference in request.references:
+        classes.setdefault(reference.sop_instance_uid, set()).add(reference.sop_class_uid)
     for reference in request.references:
         if reference in seen:
             continue  # each reference once (PS3.4 J.3.3: one sequence each)
         seen.add(reference)
         records = received.get(reference.sop_instance_uid, ())
+        if len(classes[reference.sop_instance_uid]) > 1:
+            # One UID asked about under several SOP classes: the request disagrees
+            # with itself on what the object is (PS3.5 9: a UID names one object).
+            # Each of them fails 0x0119 (PS3.3 C.14.1.1), so the instance is in
+            # the Failed SOP Sequence only, never in both (PS3.4 J.3.3).
+            verdicts.append(
+                _failed(reference, FailureReason.CLASS_INSTANCE_CONFLICT, "requested under several SOP classes")
+            )
+            continue
         verdict = _judge_one(reference, records, request, committing)
         if verdict.state is State.UNDECIDED and late:
             # The deadline: the report goes with what is known (issue 15).

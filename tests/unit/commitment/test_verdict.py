@@ -371,6 +371,14 @@ class VerdictTests(SynchronousTestCase):
         self.assertEqual(sorted(listed, key=lambda r: r.sop_instance_uid), refs)
         self.assertEqual(report.event_type, 2)
 
+    def test_one_uid_requested_under_two_classes_is_in_one_sequence_only(self) -> None:
+        """A request naming one SOP Instance UID under two SOP classes: the report lists that instance in the Failed SOP Sequence only (0x0119), never in both."""
+        as_mr = Reference(MR, UID)
+        received = {UID: [record(entry("a", DELIVERED))]}
+        report = judge(request("delivered", REF, as_mr), received, (), NOW).report("1.2.3.99")
+        self.assertEqual(report.committed, ())
+        self.assertEqual(report.failed, (FailedReference(REF, 0x0119), FailedReference(as_mr, 0x0119)))
+
     def test_all_committed_is_event_type_1(self) -> None:
         """Every reference committed: an empty Failed SOP Sequence, event type 1."""
         verdict = judge(request("received"), {UID: [record(entry("a", QUEUED))]}, (), NOW)
