@@ -721,7 +721,8 @@ class GatewayService(MultiService):
         housekeeping singleton, asked again this round (a node that lost it
         while paused must not clean up behind the new holder). It removes
         delivered files past retention, forgets records past the duplicate
-        window, and removes the unjournaled files of nodes gone for good. With
+        window (or a commitment section's lookback and deadline, when
+        longer), and removes the unjournaled files of nodes gone for good. With
         a spool of its own, each node cleans its own instances' files.
         """
         if not self.heartbeat.available:
@@ -741,9 +742,17 @@ class GatewayService(MultiService):
             now = self._wall()
             bound = now - dead_node_after(self.config)
             gone = [status.node for status in await self.store_runner.run(self.store.nodes, now) if status.last_seen < bound]
+        # Issue 15: a commitment request judges the records of what was received
+        # since its lookback, until its deadline; they (not the files) are kept
+        # that long, or every instance delivered before the duplicate window
+        # ran out would be reported 0x0112 (never received).
+        sections = [self.config.commitment, *(listener.commitment for listener in self.config.listen)]
+        keep_records = max(
+            [self.config.duplicate_window] + [c.lookback + c.deadline for c in sections if c is not None]
+        )
         removed = await self.recovery.clean(
             self.config.keep_delivered,
-            self.config.duplicate_window,
+            keep_records,
             node=self.store.node if self.node_local else "",
             gone=gone,
         )
