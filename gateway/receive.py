@@ -414,6 +414,12 @@ class StorageService:
         self, slot: _Response, rq: NRequest, data: bytes, context: AcceptedContext, overflowed: bool
     ) -> None:
         """Hand a complete N request to the commitment SCP; its answer fills ``slot``."""
+        # Backpressure as for C-STOREs (DESIGN 4): each request waiting for the
+        # journal holds its decoded references, so a peer that pipelines them
+        # is paused like one that pipelines instances.
+        if self._outstanding >= _PAUSE_AT and not self._paused:
+            self._paused = True
+            self._peer.pause_reading()
         own: tuple[int, str, str] | None = None
         if overflowed:
             # PS3.7 C.5: resource limitation, the data set was larger than we keep in memory.
@@ -443,6 +449,12 @@ class StorageService:
         def answer(result: tuple[int, str]) -> None:
             status, comment = result
             self._outstanding -= 1
+            if self._paused and self._outstanding < _RESUME_BELOW:
+                # Whichever answer brings the count down resumes (else a pause
+                # made by a C-STORE behind N requests would never end).
+                self._paused = False
+                if not self._closed:
+                    self._peer.resume_reading()
             slot.command = self._n_response(rq, status, comment)
             self._flush()
 

@@ -447,8 +447,9 @@ class GatewayService(MultiService):
         """The reports this node owes: leased, decided, sent and retried by one worker (:mod:`gateway.commitment.worker`).
 
         Made when Storage Commitment is configured at start (top level or a
-        listener); enabling it by a reload needs a restart. It starts with
-        the other children, after recovery.
+        listener), or by the first reload that configures it (the SCP then
+        accepts N-ACTIONs at once, so their reports need a worker). It starts
+        with the other children, after recovery.
         """
         self.commitment_worker: Any = None  # a CommitmentWorker when configured
         if self.config.commitment is None and all(listener.commitment is None for listener in self.config.listen):
@@ -711,7 +712,8 @@ class GatewayService(MultiService):
         housekeeping singleton, asked again this round (a node that lost it
         while paused must not clean up behind the new holder). It removes
         delivered files past retention, forgets records past the duplicate
-        window, and removes the unjournaled files of nodes gone for good. With
+        window (or a commitment section's lookback and deadline, when
+        longer), and removes the unjournaled files of nodes gone for good. With
         a spool of its own, each node cleans its own instances' files.
         """
         if not self.heartbeat.available:
@@ -731,9 +733,17 @@ class GatewayService(MultiService):
             now = self._wall()
             bound = now - dead_node_after(self.config)
             gone = [status.node for status in await self.store_runner.run(self.store.nodes, now) if status.last_seen < bound]
+        # Issue 15: a commitment request judges the records of what was received
+        # since its lookback, until its deadline; they (not the files) are kept
+        # that long, or every instance delivered before the duplicate window
+        # ran out would be reported 0x0112 (never received).
+        sections = [self.config.commitment, *(listener.commitment for listener in self.config.listen)]
+        keep_records = max(
+            [self.config.duplicate_window] + [c.lookback + c.deadline for c in sections if c is not None]
+        )
         removed = await self.recovery.clean(
             self.config.keep_delivered,
-            self.config.duplicate_window,
+            keep_records,
             node=self.store.node if self.node_local else "",
             gone=gone,
         )
@@ -855,6 +865,12 @@ class GatewayService(MultiService):
                     if self.running and not worker.running:
                         worker.startService()
             self._add_archive_commitment()  # issue 15: committers and their workers' pokes
+            if self.commitment_worker is None:
+                # Issue 15: commitment added by this reload. The listeners' SCP reads the
+                # configuration per N-ACTION and accepts at once: its reports need a worker.
+                self._add_commitment_worker()
+                if self.commitment_worker is not None and self.running and not self.commitment_worker.running:
+                    self.commitment_worker.startService()
             self.log.info(
                 "configuration reloaded: {n} destination(s), {r} route(s)",
                 n=len(new.destinations),

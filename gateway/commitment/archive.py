@@ -523,8 +523,12 @@ class ArchiveReports:
         return Deferred.fromCoroutine(self._record(calling_ae_title, report))
 
     async def _record(self, calling_ae_title: str, report: CommitmentReport) -> tuple[int, str]:
-        committed = [r.sop_instance_uid for r in report.committed]
         failed = [(f.reference.sop_instance_uid, f.reason) for f in report.failed]
+        # PS3.4 J.3.3: an instance is in one of the two sequences. A report that
+        # lists it in both contradicts itself: the failure is the safe reading
+        # (never more than is true), so it is not recorded as committed.
+        contradicted = {uid for uid, _ in failed}
+        committed = [r.sop_instance_uid for r in report.committed if r.sop_instance_uid not in contradicted]
         destination = self._destination_of(calling_ae_title)
         status, comment = STATUS_SUCCESS, ""
         changed = 0

@@ -24,7 +24,9 @@ commented where it is implemented):
    ``success``, else 0x0110 (the modality keeps its copy: the safe side);
 4. ``received``: a journaled record is committed (the C-STORE success's promise);
 5. ``delivered``: every (route, destination) its entries name has a
-   delivered copy; a dead one fails at once (0x0110);
+   delivered copy; a dead one fails at once (0x0110). Only records of the
+   newest record's content count (a UID re-sent with other content: the
+   earlier content's copies do not commit the later one);
 6. ``committed``: as ``delivered``, and a destination that commits has
    confirmed the delivered copy itself (its archive's report).
 
@@ -139,13 +141,28 @@ def _groups(records: Sequence[ReceivedInstance]) -> dict[tuple[str, str], list[E
     return groups
 
 
+def _latest_content(records: Sequence[ReceivedInstance]) -> list[ReceivedInstance]:
+    """The records (oldest first) whose content is that of the newest one.
+
+    A UID re-sent with *other* content (its data set digest differs: a
+    corrected image, another transfer syntax) is the object the modality now
+    holds and asks about; a delivered copy of the earlier content does not
+    commit it (the modality would delete the only copy of the newer one).
+    Records of the same content (an identical re-send past the duplicate
+    window) stay: any one delivered copy of them is enough.
+    """
+    latest = records[-1].entries[0].instance.sha256
+    return [r for r in records if r.entries[0].instance.sha256 == latest]
+
+
 def _routed(
     reference: Reference,
     records: Sequence[ReceivedInstance],
     policy: str,
     committing: Collection[str],
 ) -> InstanceVerdict:
-    """Rules 5 and 6: the copies the routes made (``delivered``, ``committed``)."""
+    """Rules 5 and 6: the copies the routes made (``delivered``, ``committed``), of the newest content only."""
+    records = _latest_content(records)
     groups = _groups(records)
     if not groups:
         # Only DUPLICATE entries: their originals are outside what we were
@@ -248,11 +265,23 @@ def judge(
     late = now >= request.deadline
     verdicts: list[InstanceVerdict] = []
     seen: set[Reference] = set()
+    classes: dict[str, set[str]] = {}
+    for reference in request.references:
+        classes.setdefault(reference.sop_instance_uid, set()).add(reference.sop_class_uid)
     for reference in request.references:
         if reference in seen:
             continue  # each reference once (PS3.4 J.3.3: one sequence each)
         seen.add(reference)
         records = received.get(reference.sop_instance_uid, ())
+        if len(classes[reference.sop_instance_uid]) > 1:
+            # One UID asked about under several SOP classes: the request disagrees
+            # with itself on what the object is (PS3.5 9: a UID names one object).
+            # Each of them fails 0x0119 (PS3.3 C.14.1.1), so the instance is in
+            # the Failed SOP Sequence only, never in both (PS3.4 J.3.3).
+            verdicts.append(
+                _failed(reference, FailureReason.CLASS_INSTANCE_CONFLICT, "requested under several SOP classes")
+            )
+            continue
         verdict = _judge_one(reference, records, request, committing)
         if verdict.state is State.UNDECIDED and late:
             # The deadline: the report goes with what is known (issue 15).

@@ -406,3 +406,52 @@ class BufferTests(ServiceTestsMixin, SynchronousTestCase):
         self.service.pdata(pdvs(1, n_action(), b"\x00" * 300, size=60)[:-2])
         incoming = self.service._incoming  # type: ignore[attr-defined]
         self.assertEqual((incoming.size, len(incoming.n_buffer)), (180, 0))
+
+
+class _CountingPeer(_Peer):
+    """A peer that counts the pauses and resumes of reading asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+        self.resumes = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.resumes += 1
+
+
+class BackpressureTests(ServiceTestsMixin, SynchronousTestCase):
+    """N-ACTIONs waiting for the journal count in the receive backpressure as C-STOREs do (DESIGN 4)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.peer = _CountingPeer()
+        self.service = self.make_service()
+        self.scp.immediate = None  # type: ignore[union-attr]
+
+    def test_pipelined_actions_pause_reading_until_answered(self) -> None:
+        """Four N-ACTIONs waiting for the journal pause reading (each holds its decoded request); their answers resume it."""
+        for message_id in range(1, 5):
+            self.service.pdata(pdvs(1, n_action(message_id), b"\x00\x00"))
+        self.assertEqual(self.peer.pauses, 1)
+        for answer in list(self.scp.answers):  # type: ignore[union-attr]
+            answer.callback((0, ""))
+        self.assertEqual(self.peer.resumes, 1)
+        self.assertEqual([s[1] for s in self.statuses()], [1, 2, 3, 4])
+
+    def test_reading_resumes_when_the_last_answers_are_actions(self) -> None:
+        """Paused by a C-STORE behind three N-ACTIONs, answered C-STORE first: the N-ACTION answers resume reading (no stall)."""
+        for message_id in range(1, 4):
+            self.service.pdata(pdvs(1, n_action(message_id), b"\x00\x00"))
+        self.service.pdata(pdvs(3, dimse.CStoreRQ(4, CT_IMAGE, "1.2.3.4"), b"\x08\x00\x16\x00\x00\x00\x00\x00"))
+        self.assertEqual(self.peer.pauses, 1)
+        from gateway.intake import Admission
+
+        self.admissions[0].callback(Admission(0))
+        for answer in list(self.scp.answers):  # type: ignore[union-attr]
+            answer.callback((0, ""))
+        self.assertEqual(self.peer.resumes, 1)
+        self.assertFalse(self.service.busy)

@@ -416,6 +416,21 @@ class ArchiveReportsTests(ArchiveTestsMixin, SynchronousTestCase):
         self.assertEqual(status, STATUS_PROCESSING_FAILURE)
         self.assertEqual(self.copies("1.2.3.1")["1.2.3.1"][0][0], CopyState.REQUESTED)
 
+    def test_an_instance_in_both_sequences_is_failed_not_committed(self) -> None:
+        """A report that lists one instance as committed and as failed contradicts itself (PS3.4 J.3.3): the copy is FAILED, never COMMITTED."""
+        transaction_uid = self.asked("1.2.3.1", "1.2.3.2")
+        report = CommitmentReport(
+            transaction_uid,
+            committed=(Reference(CT, "1.2.3.1"), Reference(CT, "1.2.3.2")),
+            failed=(FailedReference(Reference(CT, "1.2.3.1"), FailureReason.NO_SUCH_OBJECT_INSTANCE),),
+        )
+        answer = self.successResultOf(self.reports().record("PACS", report))
+        self.assertEqual(answer, (0x0000, ""))
+        self.assertEqual(
+            self.copies("1.2.3.1", "1.2.3.2"),
+            {"1.2.3.1": [(CopyState.FAILED, transaction_uid, 0x0112)], "1.2.3.2": [(CopyState.COMMITTED, transaction_uid, 0)]},
+        )
+
     def test_a_report_from_an_unexpected_ae_title_counts_by_its_transaction_uid(self) -> None:
         """The archive reports under another AE title: recorded (the UID is the match), the event names no destination."""
         transaction_uid = self.asked("1.2.3.1")

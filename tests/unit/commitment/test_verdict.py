@@ -40,9 +40,9 @@ def request(policy: str, *references: Reference, unrouted: str = "fail", deadlin
     )
 
 
-def entry(destination: str, state: EntryState, route: str = "r", dead_reason: str = "") -> Entry:
-    """An entry of the instance (its record is filled in by :func:`record`)."""
-    record = InstanceRecord("i", "/spool/i", CT, UID, "1.2.840.10008.1.2.1", 1, "0" * 64, NOW, "c")
+def entry(destination: str, state: EntryState, route: str = "r", dead_reason: str = "", sha256: str = "0" * 64) -> Entry:
+    """An entry of the instance (its record is filled in by :func:`record`); ``sha256`` is its content's digest."""
+    record = InstanceRecord("i", "/spool/i", CT, UID, "1.2.840.10008.1.2.1", 1, sha256, NOW, "c")
     return Entry(next(_next_id), record, route, destination, "/spool/i", state, 0, NOW, NOW, dead_reason=dead_reason)
 
 
@@ -266,6 +266,58 @@ class RuleTableTests(SynchronousTestCase):
         )
         self.check(rows)
 
+    def test_received_twice_with_other_content_only_the_latest_counts(self) -> None:
+        """A UID re-sent with other content: a delivered (or archive-committed) copy of the earlier content does not commit the later one."""
+        old, new = "1" * 64, "2" * 64
+        committed_old = entry("archive", DELIVERED, sha256=old)
+        delivered_new = entry("archive", DELIVERED, sha256=new)
+        rows = [
+            (
+                "old delivered, new dead",
+                "delivered",
+                [record(entry("a", DELIVERED, sha256=old)), record(entry("a", DEAD, sha256=new))],
+                "fail",
+                (State.FAILED, 0x0110),
+                (State.FAILED, 0x0110),
+            ),
+            (
+                "old delivered, new queued",
+                "delivered",
+                [record(entry("a", DELIVERED, sha256=old)), record(entry("a", QUEUED, sha256=new))],
+                "fail",
+                (State.UNDECIDED, 0),
+                (State.FAILED, 0x0110),
+            ),
+            (
+                "old dead, new delivered",
+                "delivered",
+                [record(entry("a", DEAD, sha256=old)), record(entry("a", DELIVERED, sha256=new))],
+                "fail",
+                (State.COMMITTED, 0),
+                (State.COMMITTED, 0),
+            ),
+            (
+                "same content re-sent past the duplicate window: one delivered copy is enough",
+                "delivered",
+                [record(entry("a", DELIVERED, sha256=old)), record(entry("a", DEAD, sha256=old))],
+                "fail",
+                (State.COMMITTED, 0),
+                (State.COMMITTED, 0),
+            ),
+            (
+                "old committed by the archive, new only delivered",
+                "committed",
+                [
+                    record(committed_old, copies=[copy(committed_old, CopyState.COMMITTED)]),
+                    record(delivered_new, copies=[copy(delivered_new, CopyState.PENDING)]),
+                ],
+                "fail",
+                (State.UNDECIDED, 0),
+                (State.FAILED, 0x0110),
+            ),
+        ]
+        self.check(rows)
+
 
 class VerdictTests(SynchronousTestCase):
     """The transaction as a whole: decided or not, and the report."""
@@ -318,6 +370,14 @@ class VerdictTests(SynchronousTestCase):
         listed = list(report.committed) + [f.reference for f in report.failed]
         self.assertEqual(sorted(listed, key=lambda r: r.sop_instance_uid), refs)
         self.assertEqual(report.event_type, 2)
+
+    def test_one_uid_requested_under_two_classes_is_in_one_sequence_only(self) -> None:
+        """A request naming one SOP Instance UID under two SOP classes: the report lists that instance in the Failed SOP Sequence only (0x0119), never in both."""
+        as_mr = Reference(MR, UID)
+        received = {UID: [record(entry("a", DELIVERED))]}
+        report = judge(request("delivered", REF, as_mr), received, (), NOW).report("1.2.3.99")
+        self.assertEqual(report.committed, ())
+        self.assertEqual(report.failed, (FailedReference(REF, 0x0119), FailedReference(as_mr, 0x0119)))
 
     def test_all_committed_is_event_type_1(self) -> None:
         """Every reference committed: an empty Failed SOP Sequence, event type 1."""
