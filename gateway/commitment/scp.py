@@ -84,7 +84,13 @@ from gateway.config.schema import CommitmentConfig, GatewayConfig, ListenerConfi
 from gateway.dimse import commands as dimse
 from gateway.dimse import commitment as codec
 from gateway.dimse.status import Status, StatusCategory, category
-from gateway.queue.commitments import ICommitmentJournal, NewTransaction, Transaction, TransactionConflict
+from gateway.queue.commitments import (
+    ICommitmentJournal,
+    NewTransaction,
+    Transaction,
+    TransactionConflict,
+    TransactionState,
+)
 from gateway.queue.interfaces import StoreUnavailable
 from gateway.receive import AssociationInfo
 from gateway.ul.negotiate import AcceptedContext
@@ -313,6 +319,20 @@ class CommitmentSCP:
         new = self._new_transaction(info, request, commitment, modality)
         d: Deferred[Any] = self._run.run(self._journal.add_transaction, new, self._wall())
 
+        def revived(result: tuple[Any, bool]) -> Any:
+            # A repeat of a transaction whose report was given up (DEAD after
+            # report_deadline): the requester is reachable again and still asks,
+            # so the same report is owed again, as an operator's retry would do.
+            transaction, created = result
+            if created or transaction.state is not TransactionState.DEAD:
+                return result
+            again = self._run.run(
+                self._journal.requeue_transaction, new.transaction_uid, self._wall(), new.report_deadline
+            )
+            return again.addCallback(lambda revived_one: (revived_one, "revived"))
+
+        d.addCallback(revived)
+
         def journaled(result: tuple[Any, bool]) -> ActionStatus:
             _, created = result
             if created:
@@ -321,7 +341,8 @@ class CommitmentSCP:
                 except Exception:
                     # Journaled already: the worker finds it at its next look.
                     self.log.failure("could not wake the commitment worker")
-            outcome = "accepted" if created else "repeated"
+            # A revived repeat is still a repeat: one report per Transaction UID.
+            outcome = "accepted" if created is True else "repeated"
             return self._answer(info, new.transaction_uid, outcome, Status.SUCCESS, "", len(new.references))
 
         def refused(failure: Failure) -> ActionStatus:

@@ -369,6 +369,23 @@ class ActionJournalTests(SCPTestsMixin, SynchronousTestCase):
         self.assertEqual([e.outcome for e in self.requested()], ["accepted", "repeated"])
         self.assertEqual(self.poked, 1)
 
+    def test_repeat_of_a_dead_transaction_makes_its_report_owed_again(self) -> None:
+        """A repeat of a transaction whose report was given up (DEAD) revives it: OPEN, due now, the same
+        report kept, its report_deadline renewed from the repeat, the worker poked; still one transaction."""
+        self.act(dataset=action_dataset("1.2.9.1", ["1.2.3.1"]))
+        [leased] = self.store.lease_transactions(T0, 1, 60.0)
+        self.store.decide_transaction("1.2.9.1", '{"x":1}', T0, leased.lease_generation)
+        self.store.transaction_dead("1.2.9.1", "report_deadline passed", T0 + 86400.0, leased.lease_generation)
+        self.now = T0 + 90000.0
+        self.assertEqual(self.act(dataset=action_dataset("1.2.9.1", ["1.2.3.1"])), (0, ""))
+        [transaction] = self.store.transactions()
+        self.assertEqual(transaction.state, TransactionState.OPEN)
+        self.assertEqual(transaction.report, '{"x":1}')
+        self.assertEqual(transaction.request.report_deadline, T0 + 90000.0 + 86400.0)
+        self.assertLessEqual(transaction.next_attempt_at, T0 + 90000.0)
+        self.assertEqual([e.outcome for e in self.requested()], ["accepted", "repeated"])
+        self.assertEqual(self.poked, 2)
+
     def test_same_uid_with_other_references_is_refused(self) -> None:
         """The same Transaction UID with other references is refused 0x0115, naming PS3.3 C.14.1.1's 0x0131."""
         self.act(dataset=action_dataset("1.2.9.1", ["1.2.3.1"]))
