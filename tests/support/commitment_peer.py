@@ -43,6 +43,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -162,6 +163,8 @@ class RequestOutcome:
     :param report: the report received on the same association (``--wait-report``).
     :param detail: pynetdicom's explanation when not established (reject reason...).
     :param accepted_contexts: ``(abstract syntax, transfer syntax)`` the SCP accepted.
+    :param sent_at: ``time.time()`` just before the N-ACTION-RQ was sent (0 when not sent).
+    :param answered_at: ``time.time()`` when its response came (0 when none).
     """
 
     established: bool
@@ -169,6 +172,8 @@ class RequestOutcome:
     report: ReceivedReport | None = None
     detail: str = ""
     accepted_contexts: tuple[tuple[str, str], ...] = field(default=())
+    sent_at: float = 0.0
+    answered_at: float = 0.0
 
 
 def _argv(*args: str) -> list[str]:
@@ -218,11 +223,20 @@ def request_commitment(
     :raises AssertionError: if the process failed or printed no outcome.
     """
     refs = json.dumps([[c, i] for c, i in references])
+    if len(refs) > 60000:  # one argument may hold at most 128 KiB (execve(2)): pass a file
+        handle, name = tempfile.mkstemp(suffix=".json", prefix="commitment-refs-")
+        with os.fdopen(handle, "w") as out:
+            out.write(refs)
+        refs = "@" + name
     argv = _argv("request", "--host", host, "--port", str(port), "--called", called_ae,
                  "--calling", calling_ae, "--transaction", transaction_uid, "--refs", refs,
                  "--wait-report", str(wait_report), "--syntaxes", ",".join(transfer_syntaxes))
-    proc = subprocess.run(argv, cwd=_REPO_ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(argv, cwd=_REPO_ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    finally:
+        if refs.startswith("@"):
+            os.unlink(refs[1:])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise AssertionError(f"commitment request failed (exit {proc.returncode}):\n"
@@ -235,6 +249,8 @@ def request_commitment(
         report=ReceivedReport.from_json(report) if report else None,
         detail=str(data.get("detail", "")),
         accepted_contexts=tuple((str(a), str(t)) for a, t in data.get("accepted", [])),
+        sent_at=float(data.get("sent_at", 0.0)),
+        answered_at=float(data.get("answered_at", 0.0)),
     )
 
 
@@ -545,19 +561,23 @@ def _request(args: argparse.Namespace) -> int:
     info = Dataset()
     info.TransactionUID = args.transaction
     items = []
-    for sop_class, sop_instance in json.loads(args.refs):
+    refs = Path(args.refs[1:]).read_text() if args.refs.startswith("@") else args.refs
+    for sop_class, sop_instance in json.loads(refs):
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = sop_instance
         items.append(item)
     info.ReferencedSOPSequence = items
+    sent_at = time.time()
     status_ds, _reply = assoc.send_n_action(info, 1, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+    answered_at = time.time()
     status = int(status_ds.Status) if "Status" in status_ds else None
     if args.wait_report > 0 and status == 0x0000:
         arrived.wait(args.wait_report)
     if assoc.is_established:
         assoc.release()
     print(json.dumps({"established": True, "status": status, "accepted": accepted,
+                      "sent_at": sent_at, "answered_at": answered_at,
                       "report": reports[0] if reports else None}), flush=True)
     return 0
 
@@ -587,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     request.add_argument("--called", default="DICOMGW")
     request.add_argument("--calling", default="MODALITY")
     request.add_argument("--transaction", required=True)
-    request.add_argument("--refs", required=True)
+    request.add_argument("--refs", required=True, help="JSON [[class, instance], ...], or @FILE holding it")
     request.add_argument("--wait-report", type=float, default=0.0)
     request.add_argument("--syntaxes", default=f"{_EXPLICIT},{_IMPLICIT}")
     args = parser.parse_args(argv)
