@@ -22,10 +22,12 @@ would prove nothing.
 
 from __future__ import annotations
 
-import os
+import socket
+import threading
 from pathlib import Path
+from typing import Any
 
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from twisted.trial.unittest import TestCase
 
@@ -34,10 +36,13 @@ from tests.support.commitment_peer import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH,
     CommitmentPeer,
+    ReceivedReport,
+    RequestOutcome,
     request_commitment,
 )
 from tests.support.datasets import ct_dataset
-from tests.support.gateway_process import wait_until
+from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
+from tests.support.interop import ForwardTestMixin, pynetdicom_store
 from tests.support.orthanc import Orthanc
 
 #: CT Image Storage (PS3.4 Annex B): the SOP class of the instances sent.
@@ -141,3 +146,523 @@ class HarnessTests(PeerMixin, TestCase):
         self.assertEqual([(a["transaction_uid"], a["calling_ae"], a["action_type"]) for a in actions],
                          [(transaction, "ORTHANC", 1)])
         self.assertEqual([tuple(r) for r in actions[0]["references"]], [ok, bad])
+
+
+# -- the gateway as Storage Commitment SCP ---------------------------------------------------------
+
+#: The Storage Commitment settings of the tests: short deadlines and retries
+#: (all configurable), so every wait below is bounded by seconds.
+FAST_RETRY = {"initial": "300ms", "max": "1s"}
+
+
+def new_cts(count: int) -> list[Dataset]:
+    """Build small CT data sets with fresh UIDs (one study).
+
+    :param count: how many.
+    :returns: the data sets.
+    """
+    study = generate_uid()
+    return [ct_dataset(32, 32, study_instance_uid=study, seed=i) for i in range(count)]
+
+
+def refs_of(datasets: list[Dataset]) -> list[tuple[str, str]]:
+    """The Referenced SOP Sequence items naming ``datasets``.
+
+    :param datasets: data sets.
+    :returns: ``[(SOP Class UID, SOP Instance UID), ...]``.
+    """
+    return [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
+
+
+class AcceptAndClose:
+    """A TCP listener that accepts and closes at once, counting connections.
+
+    It stands where a requester is down (the port answers, no DICOM), so a
+    test can see the gateway's report attempts and their retries before the
+    real requester comes back on the same port.
+
+    :param port: the port to listen on.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        """Accept and close until stopped."""
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop listening (safe twice)."""
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
+    """A gateway whose ``modalities`` table names the test's requester, with a commitment section."""
+
+    def commitment_gateway(self, requester_port: int, *, policy: str = "delivered",
+                           destinations: dict[str, Any] | None = None, forward: list[str] | None = None,
+                           start: bool = True, modality_aet: str = "MODALITY",
+                           **commitment: Any) -> GatewayProcess:
+        """Configure (and start) a gateway with Storage Commitment.
+
+        :param requester_port: the requester's port (its ``modalities`` entry ``MOD``).
+        :param policy: ``commitment.policy``.
+        :param destinations: the destinations (none: the route keeps nothing).
+        :param forward: the route's destinations (all of ``destinations`` by default).
+        :param start: start it now.
+        :param modality_aet: the requester's AE title in the table.
+        :param commitment: more ``commitment`` keys (``deadline``, ``report_association``...).
+        :returns: the gateway.
+        """
+        destinations = destinations or {}
+        config: dict[str, Any] = {
+            "destinations": destinations,
+            "routes": [{"name": "all", "forward": forward if forward is not None else list(destinations)}],
+            "modalities": {"MOD": {"ae_title": modality_aet, "host": "127.0.0.1", "port": requester_port}},
+            "commitment": {"policy": policy, "deadline": "60s", "report_deadline": "10m",
+                           "retry": FAST_RETRY, **commitment},
+        }
+        gateway = GatewayProcess(self.mktemp(), **config)  # type: ignore[attr-defined]
+        self.addCleanup(self._stop_gateway, gateway)  # type: ignore[attr-defined]
+        return gateway.start() if start else gateway
+
+    def report_for(self, gateway: GatewayProcess, receiver: CommitmentPeer, transaction: str,
+                   timeout: float = 60.0) -> ReceivedReport:
+        """Wait for the first report of ``transaction`` at ``receiver``.
+
+        :param gateway: the gateway (its log explains a timeout).
+        :param receiver: the report receiver.
+        :param transaction: the Transaction UID.
+        :param timeout: seconds.
+        :returns: the report.
+        """
+        reports: list[ReceivedReport] = self.wait_for(
+            gateway, lambda: receiver.reports_for(transaction), timeout,
+            f"the report of {transaction}\n--- receiver log ---\n{receiver.log_text()[-2000:]}")
+        return reports[0]
+
+    def ask(self, gateway: GatewayProcess, transaction: str, refs: list[tuple[str, str]], *,
+            calling_ae: str = "MODALITY", **kwargs: Any) -> RequestOutcome:
+        """Send an N-ACTION-RQ to the gateway from the requester's process; expect it answered.
+
+        :param gateway: the gateway.
+        :param transaction: the Transaction UID.
+        :param refs: what to ask about.
+        :param calling_ae: the requester's AE title.
+        :param kwargs: more :func:`request_commitment` options.
+        :returns: the outcome (the association was established).
+        """
+        outcome = request_commitment(gateway.port, transaction, refs, calling_ae=calling_ae, **kwargs)
+        self.assertTrue(outcome.established, f"{outcome}\n{gateway.log_text()[-3000:]}")  # type: ignore[attr-defined]
+        return outcome
+
+    def fence(self, gateway: GatewayProcess, receiver: CommitmentPeer) -> None:
+        """Ask about one new instance and wait for its report: what the gateway owed before is done by then.
+
+        The worker takes owed reports oldest first after a restart, so once a
+        later transaction was reported, a duplicate of an earlier one would
+        have been sent already.
+
+        :param gateway: the gateway.
+        :param receiver: the report receiver.
+        """
+        [ds] = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, [ds], calling_ae="MODALITY"), [0])  # type: ignore[attr-defined]
+        transaction = generate_uid()
+        self.ask(gateway, transaction, refs_of([ds]))
+        self.report_for(gateway, receiver, transaction)
+
+
+class GatewayReportTests(CommitmentGatewayMixin, TestCase):
+    """The pynetdicom requester against the gateway: what the report says and how it travels."""
+
+    timeout = 180
+
+    def test_delivered_report_on_new_association_event_1_with_role_selection(self) -> None:
+        """Three CT delivered to the archive: N-ACTION 0x0000, then one event-1 report listing all three, on a new association proposing SCU 0 / SCP 1."""
+        receiver = self.peer("MODALITY")
+        archive = self.recorder()
+        gateway = self.commitment_gateway(receiver.port, destinations={
+            "archive": dicom_destination(archive.port, archive.ae_title)})
+        datasets = new_cts(3)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
+        transaction = generate_uid()
+
+        outcome = self.ask(gateway, transaction, refs_of(datasets))
+
+        self.assertEqual(outcome.status, 0x0000)
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.event_type, 1)
+        self.assertEqual(set(report.committed), set(refs_of(datasets)))
+        self.assertEqual(report.failed, ())
+        self.assertEqual((report.calling_ae, report.called_ae, report.channel), ("DICOMGW", "MODALITY", "new"))
+        self.assertEqual((report.affected_sop_class_uid, report.affected_sop_instance_uid),
+                         (STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE))
+        self.assertIn((STORAGE_COMMITMENT_PUSH, False, True), report.roles)
+        # "delivered" means the archive acknowledged each one, before the report.
+        self.assertEqual(set(archive.successes()), {ds.SOPInstanceUID for ds in datasets})
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_report_to_an_implicit_only_requester(self) -> None:
+        """A requester accepting only Implicit VR Little Endian still gets its report (the gateway proposes both)."""
+        receiver = self.peer("MODALITY", implicit_only=True)
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.transfer_syntax, "1.2.840.10008.1.2")
+        self.assertEqual(report.event_type, 1)
+
+    def test_report_on_the_open_association_when_configured(self) -> None:
+        """With report_association: open and the requester waiting on its association, the report comes on it."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received", report_association="open")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        outcome = self.ask(gateway, transaction, refs_of(datasets), wait_report=30)
+
+        self.assertEqual(outcome.status, 0x0000)
+        self.assertIsNotNone(outcome.report, gateway.log_text()[-3000:])
+        assert outcome.report is not None
+        self.assertEqual((outcome.report.transaction_uid, outcome.report.event_type, outcome.report.channel),
+                         (transaction, 1, "open"))
+        self.assertEqual(set(outcome.report.committed), set(refs_of(datasets)))
+        self.fence(gateway, receiver)
+        self.assertEqual(receiver.reports_for(transaction), [])
+
+    def test_instance_never_received_fails_0x0112(self) -> None:
+        """One received and one never sent: event 2, the missing one in the Failed SOP Sequence with 0x0112."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0])
+        missing = (CT, generate_uid())
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, [*refs_of(datasets), missing]).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.event_type, 2)
+        self.assertEqual(report.committed, tuple(refs_of(datasets)))
+        self.assertEqual(report.failed, ((*missing, NO_SUCH_OBJECT_INSTANCE),))
+
+    def test_destination_down_past_the_deadline_fails_0x0110(self) -> None:
+        """delivered, the only destination never answers: at the deadline, event 2 with 0x0110 for each instance."""
+        receiver = self.peer("MODALITY")
+        down = self.recorder()
+        down.stop()  # its port, closed
+        gateway = self.commitment_gateway(receiver.port, deadline="3s", destinations={
+            "archive": dicom_destination(down.port, down.ae_title)})
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.event_type, 2)
+        self.assertEqual(report.committed, ())
+        self.assertEqual(report.failures, {ds.SOPInstanceUID: PROCESSING_FAILURE for ds in datasets})
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_dead_lettered_instance_fails_0x0110_the_other_is_committed(self) -> None:
+        """The archive refuses one instance's SOP class (0x0122, dead letter at once): event 2, that one 0x0110, the other committed."""
+        receiver = self.peer("MODALITY")
+        datasets = new_cts(2)
+        refused = str(datasets[1].SOPInstanceUID)
+        archive = self.recorder(status_for=lambda uid, _n: 0x0122 if uid == refused else 0x0000)
+        gateway = self.commitment_gateway(receiver.port, destinations={
+            "archive": dicom_destination(archive.port, archive.ae_title)})
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.event_type, 2)
+        self.assertEqual(report.committed, tuple(refs_of(datasets[:1])))
+        self.assertEqual(report.failures, {refused: PROCESSING_FAILURE})
+
+
+class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
+    """Who may ask, and the same Transaction UID asked twice."""
+
+    timeout = 180
+
+    def test_ae_not_in_the_modalities_table_is_refused_0x0124(self) -> None:
+        """A requester whose AE title is not in the table: N-ACTION-RSP 0x0124 (Refused: not authorized), and no report to anyone."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="STRANGER"), [0])
+        transaction = generate_uid()
+
+        outcome = self.ask(gateway, transaction, refs_of(datasets), calling_ae="STRANGER")
+
+        self.assertEqual(outcome.status, 0x0124)
+        self.fence(gateway, receiver)
+        self.assertEqual(receiver.reports_for(transaction), [])
+
+    def test_duplicate_transaction_uid_same_references_one_report(self) -> None:
+        """The same N-ACTION twice: both answered 0x0000, one report."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        first = self.ask(gateway, transaction, refs_of(datasets))
+        second = self.ask(gateway, transaction, refs_of(datasets))
+
+        self.assertEqual((first.status, second.status), (0x0000, 0x0000))
+        self.report_for(gateway, receiver, transaction)
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_duplicate_transaction_uid_other_references_fails(self) -> None:
+        """The same Transaction UID with other references: the second N-ACTION fails, the first one's report is unchanged."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        first = self.ask(gateway, transaction, refs_of(datasets[:1]))
+        second = self.ask(gateway, transaction, refs_of(datasets))
+
+        self.assertEqual(first.status, 0x0000)
+        self.assertIsNotNone(second.status)
+        self.assertNotEqual(second.status, 0x0000)
+        self.assertNotEqual((second.status or 0) >> 12, 0xB, "a warning is not a refusal")
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual(report.committed, tuple(refs_of(datasets[:1])))
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+
+class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
+    """The requester down when the report is due, and ``kill -9`` of the gateway at three points."""
+
+    timeout = 240
+
+    def test_requester_down_when_the_report_is_due_is_retried_and_delivered_once(self) -> None:
+        """The requester's port accepts and closes: the gateway tries, retries; once the requester is back the report arrives, once."""
+        receiver = CommitmentPeer(Path(self.mktemp()).resolve() / "modality", "MODALITY")
+        self.addCleanup(receiver.stop)
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        down = AcceptAndClose(receiver.port)
+        self.addCleanup(down.stop)
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        self.wait_for(gateway, lambda: down.connections >= 2, 60, "a report attempt and a retry")
+        down.stop()
+        receiver.start()
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_kill_9_right_after_the_n_action_rsp(self) -> None:
+        """kill -9 as soon as the N-ACTION-RSP came (the requester down, so nothing was sent): after the restart the report arrives once."""
+        receiver = CommitmentPeer(Path(self.mktemp()).resolve() / "modality", "MODALITY")
+        self.addCleanup(receiver.stop)
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(3)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+        gateway.kill()
+        receiver.start()
+        gateway.start()
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_kill_9_while_a_destination_is_pending(self) -> None:
+        """delivered, the archive down: kill -9 after the N-ACTION; restart, archive back: one event-1 report."""
+        receiver = self.peer("MODALITY")
+        archive = self.recorder()
+        archive.stop()
+        gateway = self.commitment_gateway(receiver.port, destinations={
+            "archive": dicom_destination(archive.port, archive.ae_title)})
+        datasets = new_cts(3)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
+        transaction = generate_uid()
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        gateway.kill()
+        self.assertEqual(receiver.reports_for(transaction), [], "reported before the archive had anything")
+        archive.start()
+        gateway.start()
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
+        self.assertEqual(set(archive.successes()), {ds.SOPInstanceUID for ds in datasets})
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+    def test_kill_9_after_the_report_was_sent(self) -> None:
+        """kill -9 once the report was received and acknowledged: after the restart it is not sent again."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+        self.report_for(gateway, receiver, transaction)
+        # The acknowledgement is journaled just after the N-EVENT-REPORT-RSP: wait for it,
+        # as the CLI reads it, so the kill falls after (the window before is at-least-once).
+        self.wait_for(gateway, lambda: reported(gateway, transaction), 30, f"{transaction} journaled as reported")
+
+        gateway.kill()
+        gateway.start()
+
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+
+
+def reported(gateway: GatewayProcess, transaction: str) -> bool:
+    """Tell whether the gateway's journal holds ``transaction`` as reported (``commitment show``).
+
+    :param gateway: the gateway.
+    :param transaction: the Transaction UID.
+    :returns: ``True`` once the requester's success is journaled.
+    """
+    result = gateway.cli("commitment", "show", transaction, "--json")
+    if result.returncode != 0:
+        return False
+    return str(result.json().get("state", "")).lower() == "reported"
+
+
+class OrthancModalityTests(CommitmentGatewayMixin, TestCase):
+    """Orthanc as the requesting modality: C-STORE to the gateway, then its REST storage-commitment call."""
+
+    skip = orthanc.skip_reason()
+    timeout = 180
+
+    def modality(self, archive_port: int, aet: str = "STORESCP", **destination: Any) -> tuple[Orthanc, GatewayProcess]:
+        """Start Orthanc (AE ``ORTHANC``) and a gateway that knows it as a modality and forwards to ``archive_port``.
+
+        :param archive_port: the destination's port.
+        :param aet: the destination's AE title.
+        :param destination: more destination keys.
+        :returns: (Orthanc, the gateway).
+        """
+        modality = self.orthanc("ORTHANC")
+        gateway = self.commitment_gateway(modality.dicom_port, modality_aet="ORTHANC", destinations={
+            "archive": dicom_destination(archive_port, aet, **destination)})
+        modality.declare_modality("GW", "DICOMGW", gateway.port)
+        return modality, gateway
+
+    def send_from_orthanc(self, modality: Orthanc, datasets: list[Dataset]) -> None:
+        """Upload ``datasets`` to Orthanc and have it C-STORE them to the gateway.
+
+        :param modality: Orthanc.
+        :param datasets: the instances.
+        """
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        ids = []
+        for ds in datasets:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            ids.append(modality.upload(path.read_bytes()))
+        job = modality.store("GW", ids)
+        self.assertEqual(job["Content"].get("FailedInstancesCount", 0), 0, job)
+
+    def test_orthanc_asks_the_gateway_and_reads_success(self) -> None:
+        """delivered to a storescp: Orthanc's storage-commitment result is Success with every instance."""
+        storescp = self.storescp("archive")
+        modality, gateway = self.modality(storescp.port, storescp.ae_title)
+        datasets = new_cts(3)
+        self.send_from_orthanc(modality, datasets)
+
+        transaction = modality.request_commitment("GW", refs_of(datasets))
+        result = modality.wait_commitment(transaction, 90)
+
+        self.assertEqual(result["Status"], "Success", f"{result}\n{gateway.log_text()[-3000:]}")
+        self.assertEqual({(s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]},
+                         set(refs_of(datasets)))
+        self.assertEqual(result["Failures"], [])
+        self.assertEqual(result.get("RemoteAET"), "DICOMGW")
+
+    def test_orthanc_reads_failure_for_an_instance_the_destination_dead_lettered(self) -> None:
+        """The archive refuses one instance's SOP class (0x0122): Orthanc's result is Failure, that instance 0x0110, the others Success."""
+        datasets = new_cts(3)
+        refused = str(datasets[0].SOPInstanceUID)
+        archive = self.recorder(status_for=lambda uid, _n: 0x0122 if uid == refused else 0x0000)
+        modality, gateway = self.modality(archive.port, archive.ae_title)
+        self.send_from_orthanc(modality, datasets)
+        self.wait_for(gateway, lambda: any(str(row.get("sop_instance_uid", "")) == refused or refused in str(row)
+                                           for row in gateway.dead_letters()), 60, "the dead letter")
+
+        transaction = modality.request_commitment("GW", refs_of(datasets))
+        result = modality.wait_commitment(transaction, 90)
+
+        self.assertEqual(result["Status"], "Failure", f"{result}\n{gateway.log_text()[-3000:]}")
+        self.assertEqual([(f["SOPInstanceUID"], f["FailureReason"]) for f in result["Failures"]],
+                         [(refused, PROCESSING_FAILURE)])
+        self.assertEqual({s["SOPInstanceUID"] for s in result["Success"]},
+                         {str(ds.SOPInstanceUID) for ds in datasets[1:]})
+
+
+class OrthancArchiveTests(CommitmentGatewayMixin, TestCase):
+    """Orthanc as a committing archive behind the gateway (``committed``): its report decides the modality's."""
+
+    skip = orthanc.skip_reason()
+    timeout = 180
+
+    def test_committed_policy_waits_for_orthancs_commitment(self) -> None:
+        """policy committed, Orthanc flagged storage_commitment: the gateway asks Orthanc, which reports to it; the modality's report is event 1."""
+        receiver = self.peer("MODALITY")
+        archive = self.orthanc("ARCHIVE")
+        gateway = self.commitment_gateway(receiver.port, policy="committed", deadline="90s", destinations={
+            "archive": dicom_destination(archive.dicom_port, "ARCHIVE", storage_commitment=True,
+                                         commitment_timeout="60s")})
+        # Orthanc sends its report to the requester it finds by AE title (on a new association).
+        archive.declare_modality("GW", "DICOMGW", gateway.port)
+        datasets = new_cts(3)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction, timeout=120)
+        self.assertEqual(report.event_type, 1, f"{report}\n{archive.log_text()[-3000:]}")
+        self.assertEqual(set(report.committed), set(refs_of(datasets)))
+        # Orthanc did receive the instances and was asked about them (its job log says so).
+        self.assertEqual({archive.find_instance(str(ds.SOPInstanceUID)) is not None for ds in datasets}, {True})
+        self.assertIn("storage commitment", archive.log_text().lower())
