@@ -1,4 +1,4 @@
-"""DIMSE command sets: the C-ECHO and C-STORE messages, encoded and decoded by hand.
+"""DIMSE command sets: C-ECHO, C-STORE, N-ACTION and N-EVENT-REPORT, encoded and decoded by hand.
 
 A command set is a list of group 0000 elements, always encoded in Implicit VR
 Little Endian whatever transfer syntax the presentation context negotiated
@@ -36,6 +36,13 @@ Deliberate tolerance, to stay interoperable with old modalities:
 * a missing AffectedSOPClassUID on C-ECHO-RQ or C-STORE-RQ decodes as ``""``,
   so that the SCP can still answer with a status (e.g. 0x0122) instead of an
   abort;
+* likewise for the DIMSE-N requests the gateway implements (N-ACTION-RQ,
+  N-EVENT-REPORT-RQ, PS3.7 10.3.4.1 and 10.3.1.1): a missing SOP class or
+  instance UID decodes as ``""`` and a missing Action / Event Type ID as
+  ``0`` (no service class defines type 0, PS3.4), so that the SCP answers
+  0x0118, 0x0112, 0x0123 or 0x0113 (PS3.7 10.1.4.1.10, 10.1.1.1.8) instead
+  of aborting. The other DIMSE-N requests (N-GET, N-SET, N-CREATE,
+  N-DELETE) stay :class:`UnknownCommand` and are answered 0x0211;
 * string values are decoded as Latin-1 (never fails) and stripped of their
   padding; checking that a UID is conformant is the caller's job (HARDENING
   decision 3).
@@ -106,6 +113,8 @@ class Tag(IntEnum):
     ERROR_ID = 0x00000903  # US
     AFFECTED_SOP_INSTANCE_UID = 0x00001000  # UI
     REQUESTED_SOP_INSTANCE_UID = 0x00001001  # UI
+    EVENT_TYPE_ID = 0x00001002  # US
+    ACTION_TYPE_ID = 0x00001008  # US
     MOVE_ORIGINATOR_AE_TITLE = 0x00001030  # AE
     MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031  # US
 
@@ -203,8 +212,92 @@ class CStoreRSP:
 
 
 @dataclass(frozen=True)
+class NActionRQ:
+    """N-ACTION-RQ (PS3.7 10.3.4.1, Table 10.3-7).
+
+    :ivar requested_sop_class_uid: (0000,0003); ``""`` when absent, so that
+        the SCP can answer 0x0118 (no such SOP class).
+    :ivar requested_sop_instance_uid: (0000,1001); ``""`` when absent (the
+        SCP answers 0x0112, no such SOP instance).
+    :ivar action_type_id: (0000,1008); ``0`` when absent (the SCP answers
+        0x0123, no such action: no service class defines type 0).
+    :ivar has_dataset: from CommandDataSetType; the Action Information
+        (e.g. PS3.4 Table J.3-1) follows when True.
+    """
+
+    message_id: int
+    requested_sop_class_uid: str
+    requested_sop_instance_uid: str
+    action_type_id: int
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class NActionRSP:
+    """N-ACTION-RSP (PS3.7 10.3.4.2, Table 10.3-8).
+
+    :ivar affected_sop_class_uid: U in the response, ``None`` when absent.
+    :ivar affected_sop_instance_uid: U in the response, ``None`` when absent.
+    :ivar action_type_id: C(=): the request's Action Type ID, ``None`` when absent.
+    :ivar has_dataset: whether an Action Reply follows (none for Storage
+        Commitment, PS3.4 J.3.2.1.1).
+    :ivar error_comment: (0000,0902), ``None`` when absent.
+    """
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    affected_sop_instance_uid: str | None = None
+    action_type_id: int | None = None
+    has_dataset: bool = False
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class NEventReportRQ:
+    """N-EVENT-REPORT-RQ (PS3.7 10.3.1.1, Table 10.3-1).
+
+    :ivar affected_sop_class_uid: (0000,0002); ``""`` when absent (the SCP
+        answers 0x0118, no such SOP class).
+    :ivar affected_sop_instance_uid: (0000,1000); ``""`` when absent (the SCP
+        answers 0x0112, no such SOP instance).
+    :ivar event_type_id: (0000,1002); ``0`` when absent (the SCP answers
+        0x0113, no such event type).
+    :ivar has_dataset: from CommandDataSetType; the Event Information (e.g.
+        PS3.4 Table J.3-2) follows when True.
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    event_type_id: int
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class NEventReportRSP:
+    """N-EVENT-REPORT-RSP (PS3.7 10.3.1.2, Table 10.3-2).
+
+    :ivar affected_sop_class_uid: U(=) in the response, ``None`` when absent.
+    :ivar affected_sop_instance_uid: U(=) in the response, ``None`` when absent.
+    :ivar event_type_id: C(=): the request's Event Type ID, ``None`` when absent.
+    :ivar has_dataset: whether an Event Reply follows (none for Storage
+        Commitment, PS3.4 J.3.3.1.1).
+    :ivar error_comment: (0000,0902), ``None`` when absent.
+    """
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    affected_sop_instance_uid: str | None = None
+    event_type_id: int | None = None
+    has_dataset: bool = False
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True)
 class UnknownCommand:
-    """Any command other than C-ECHO and C-STORE, kept raw.
+    """Any command other than C-ECHO, C-STORE, N-ACTION and N-EVENT-REPORT, kept raw.
 
     The SCP uses it to answer a well-formed request it does not implement with
     0x0211 (unrecognized operation, HARDENING D21), see
@@ -227,7 +320,17 @@ class UnknownCommand:
 
 
 #: Every decoded command.
-Command = Union[CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, UnknownCommand]
+Command = Union[
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
+    UnknownCommand,
+]
 
 
 # ---------------------------------------------------------------------------
@@ -332,8 +435,10 @@ def decode_command(data: bytes | memoryview) -> Command:
 
     :param data: the Implicit VR Little Endian command set.
     :returns: a :class:`CEchoRQ`, :class:`CEchoRSP`, :class:`CStoreRQ`,
-        :class:`CStoreRSP`, or an :class:`UnknownCommand` for any other
-        Command Field; each carries ``has_dataset`` (PS3.7 E.1).
+        :class:`CStoreRSP`, :class:`NActionRQ`, :class:`NActionRSP`,
+        :class:`NEventReportRQ`, :class:`NEventReportRSP`, or an
+        :class:`UnknownCommand` for any other Command Field; each carries
+        ``has_dataset`` (PS3.7 E.1).
     :raises DIMSEProtocolError: for any of the violations listed in the module
         docstring; the association then ends in A-ABORT(0, 0).
     """
@@ -387,6 +492,48 @@ def decode_command(data: bytes | memoryview) -> Command:
             error_comment=_text(elements, Tag.ERROR_COMMENT),
             offending_element=_at(elements, Tag.OFFENDING_ELEMENT),
             has_dataset=has_dataset,
+        )
+    if command_field == CommandField.N_ACTION_RQ:
+        # PS3.7 10.3.4.1: class, instance and action type are mandatory, but a
+        # response can still be built without them, so they decode as ""/0
+        # and the SCP answers a status (module docstring).
+        return NActionRQ(
+            message_id=message_id,
+            requested_sop_class_uid=_text(elements, Tag.REQUESTED_SOP_CLASS_UID) or "",
+            requested_sop_instance_uid=_text(elements, Tag.REQUESTED_SOP_INSTANCE_UID) or "",
+            action_type_id=_us(elements, Tag.ACTION_TYPE_ID) or 0,
+            has_dataset=has_dataset,
+        )
+    if command_field == CommandField.N_EVENT_REPORT_RQ:
+        # PS3.7 10.3.1.1: as for N-ACTION-RQ.
+        return NEventReportRQ(
+            message_id=message_id,
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID) or "",
+            affected_sop_instance_uid=_text(elements, Tag.AFFECTED_SOP_INSTANCE_UID) or "",
+            event_type_id=_us(elements, Tag.EVENT_TYPE_ID) or 0,
+            has_dataset=has_dataset,
+        )
+    if command_field == CommandField.N_ACTION_RSP:
+        # PS3.7 10.3.4.2: Status is mandatory (as for every response).
+        return NActionRSP(
+            message_id_being_responded_to=message_id,
+            status=_require(_us(elements, Tag.STATUS), "Status", command_field),
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID),
+            affected_sop_instance_uid=_text(elements, Tag.AFFECTED_SOP_INSTANCE_UID),
+            action_type_id=_us(elements, Tag.ACTION_TYPE_ID),
+            has_dataset=has_dataset,
+            error_comment=_text(elements, Tag.ERROR_COMMENT),
+        )
+    if command_field == CommandField.N_EVENT_REPORT_RSP:
+        # PS3.7 10.3.1.2: Status is mandatory.
+        return NEventReportRSP(
+            message_id_being_responded_to=message_id,
+            status=_require(_us(elements, Tag.STATUS), "Status", command_field),
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID),
+            affected_sop_instance_uid=_text(elements, Tag.AFFECTED_SOP_INSTANCE_UID),
+            event_type_id=_us(elements, Tag.EVENT_TYPE_ID),
+            has_dataset=has_dataset,
+            error_comment=_text(elements, Tag.ERROR_COMMENT),
         )
     # Anything else is kept raw; the identifying elements are already fields.
     id_tag = Tag.MESSAGE_ID if is_request(command_field) else Tag.MESSAGE_ID_BEING_RESPONDED_TO
@@ -520,6 +667,38 @@ def encode_command(cmd: Command) -> bytes:
                 el[Tag.ERROR_COMMENT] = _enc_lo(cmd.error_comment)
             if cmd.affected_sop_instance_uid is not None:
                 el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
+        case NActionRQ():
+            # PS3.7 10.3.4.1 (fields in PS3.7 E.1).
+            el[Tag.REQUESTED_SOP_CLASS_UID] = _enc_ui(cmd.requested_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.N_ACTION_RQ)
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+            el[Tag.REQUESTED_SOP_INSTANCE_UID] = _enc_ui(cmd.requested_sop_instance_uid)
+            el[Tag.ACTION_TYPE_ID] = _enc_us(cmd.action_type_id)
+        case NEventReportRQ():
+            # PS3.7 10.3.1.1.
+            el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.N_EVENT_REPORT_RQ)
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+            el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
+            el[Tag.EVENT_TYPE_ID] = _enc_us(cmd.event_type_id)
+        case NActionRSP() | NEventReportRSP():
+            # PS3.7 10.3.4.2 / 10.3.1.2: the same shape, one type ID each.
+            if isinstance(cmd, NActionRSP):
+                el[Tag.COMMAND_FIELD] = _enc_us(CommandField.N_ACTION_RSP)
+                type_tag, type_id = Tag.ACTION_TYPE_ID, cmd.action_type_id
+            else:
+                el[Tag.COMMAND_FIELD] = _enc_us(CommandField.N_EVENT_REPORT_RSP)
+                type_tag, type_id = Tag.EVENT_TYPE_ID, cmd.event_type_id
+            if cmd.affected_sop_class_uid is not None:
+                el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.MESSAGE_ID_BEING_RESPONDED_TO] = _enc_us(cmd.message_id_being_responded_to)
+            el[Tag.STATUS] = _enc_us(cmd.status)
+            if cmd.error_comment is not None:
+                el[Tag.ERROR_COMMENT] = _enc_lo(cmd.error_comment)
+            if cmd.affected_sop_instance_uid is not None:
+                el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
+            if type_id is not None:
+                el[type_tag] = _enc_us(type_id)
         case UnknownCommand():
             # Raw elements as given, then the identifying ones on top.
             el.update(cmd.elements)
@@ -567,6 +746,51 @@ def store_response(
         status=status,
         error_comment=error_comment,
         offending_element=offending_element,
+    )
+
+
+def action_response(rq: NActionRQ, status: int, comment: str = "") -> NActionRSP:
+    """Build the N-ACTION-RSP answering ``rq`` (PS3.7 10.3.4.2).
+
+    The Affected SOP Class and Instance UIDs echo the request's Requested
+    ones (U, PS3.7 10.1.4 and Table 10.3-8), and the Action Type ID is
+    echoed (C(=)). No Action Reply follows:
+    Storage Commitment defines none (PS3.4 J.3.2.1.1).
+
+    :param rq: the request.
+    :param status: the status (see :mod:`gateway.dimse.status`).
+    :param comment: an optional (0000,0902) Error Comment; sent only when
+        non-empty, sanitised on encoding.
+    :returns: the response.
+    """
+    return NActionRSP(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.requested_sop_class_uid or None,
+        affected_sop_instance_uid=rq.requested_sop_instance_uid or None,
+        action_type_id=rq.action_type_id or None,
+        error_comment=comment or None,
+    )
+
+
+def event_report_response(rq: NEventReportRQ, status: int, comment: str = "") -> NEventReportRSP:
+    """Build the N-EVENT-REPORT-RSP answering ``rq`` (PS3.7 10.3.1.2).
+
+    Class, instance and Event Type ID are echoed (U(=), C(=), PS3.7
+    10.1.1.1); no Event Reply follows (PS3.4 J.3.3.1.1 defines none).
+
+    :param rq: the request.
+    :param status: the status, e.g. 0x0000, 0x0110 or 0x0112.
+    :param comment: an optional (0000,0902) Error Comment; sent only when non-empty.
+    :returns: the response.
+    """
+    return NEventReportRSP(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        affected_sop_instance_uid=rq.affected_sop_instance_uid or None,
+        event_type_id=rq.event_type_id or None,
+        error_comment=comment or None,
     )
 
 

@@ -46,6 +46,35 @@ class Status(IntEnum):
     PROCESSING_FAILURE = 0x0110
     # PS3.7 C.5: invalid object instance.
     INVALID_OBJECT_INSTANCE = 0x0117
+    # The DIMSE-N failures below are the general codes of PS3.7 C.5 that
+    # N-ACTION (PS3.7 10.1.4.1.10) and N-EVENT-REPORT (PS3.7 10.1.1.1.8) may
+    # answer, and that the Storage Commitment Failure Reason (0008,1197)
+    # reuses (PS3.3 C.14.1.1).
+    # PS3.7 C.5: no such SOP instance (N-ACTION, N-EVENT-REPORT).
+    NO_SUCH_OBJECT_INSTANCE = 0x0112
+    # PS3.7 C.5: no such event type (N-EVENT-REPORT).
+    NO_SUCH_EVENT_TYPE = 0x0113
+    # PS3.7 C.5: no such argument (N-ACTION, N-EVENT-REPORT).
+    NO_SUCH_ARGUMENT = 0x0114
+    # PS3.7 C.5: invalid argument value (N-ACTION, N-EVENT-REPORT).
+    INVALID_ARGUMENT_VALUE = 0x0115
+    # PS3.7 C.5: no such SOP class (N-ACTION, N-EVENT-REPORT).
+    NO_SUCH_SOP_CLASS = 0x0118
+    # PS3.7 C.5: class-instance conflict (N-ACTION, N-EVENT-REPORT).
+    CLASS_INSTANCE_CONFLICT = 0x0119
+    # PS3.7 C.5: missing attribute (named for N-CREATE in PS3.7 10.1.5.1.6;
+    # not in the N-ACTION list of 10.1.4.1.10, see gateway/dimse/commitment.py).
+    MISSING_ATTRIBUTE = 0x0120
+    # PS3.7 C.5: missing attribute value (N-CREATE/N-SET; same remark).
+    MISSING_ATTRIBUTE_VALUE = 0x0121
+    # PS3.7 C.5: no such action (N-ACTION).
+    NO_SUCH_ACTION = 0x0123
+    # PS3.7 C.5: duplicate invocation (every DIMSE-N service).
+    DUPLICATE_INVOCATION = 0x0210
+    # PS3.7 C.5: mistyped argument (N-ACTION, N-EVENT-REPORT).
+    MISTYPED_ARGUMENT = 0x0212
+    # PS3.7 C.5: resource limitation (every DIMSE-N service).
+    RESOURCE_LIMITATION = 0x0213
     # PS3.7 C.3: the operation was cancelled (C-CANCEL).
     CANCEL = 0xFE00
     # PS3.7 C.2: pending, matches are continuing.

@@ -20,10 +20,16 @@ from gateway.dimse.commands import (
     CommandField,
     CStoreRQ,
     CStoreRSP,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
     Tag,
     UnknownCommand,
+    action_response,
     decode_command,
     echo_response,
+    event_report_response,
     encode_command,
     is_request,
     store_response,
@@ -372,3 +378,152 @@ class ResponseHelperTests(SynchronousTestCase):
         """The C-STORE-RSP echoes message ID, SOP class and instance (PS3.7 9.3.1.2)."""
         rsp = store_response(CStoreRQ(9, CT, INSTANCE), Status.OUT_OF_RESOURCES, error_comment="disk full")
         self.assertEqual(rsp, CStoreRSP(9, CT, INSTANCE, 0xA700, "disk full"))
+
+
+STGCMT = "1.2.840.10008.1.20.1"
+STGCMT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+
+class DimseNTests(SynchronousTestCase):
+    """N-ACTION and N-EVENT-REPORT (PS3.7 10.3.4, 10.3.1) decode as typed commands."""
+
+    def test_action_rq_round_trip(self) -> None:
+        """An N-ACTION-RQ survives encode and decode unchanged."""
+        cmd = NActionRQ(7, STGCMT, STGCMT_INSTANCE, 1)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_action_rsp_round_trip(self) -> None:
+        """An N-ACTION-RSP with comment and type ID survives encode and decode."""
+        cmd = NActionRSP(7, 0x0115, STGCMT, STGCMT_INSTANCE, 1, False, "bad UID")
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_event_report_rq_round_trip(self) -> None:
+        """An N-EVENT-REPORT-RQ survives encode and decode unchanged."""
+        cmd = NEventReportRQ(9, STGCMT, STGCMT_INSTANCE, 2)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_event_report_rsp_round_trip(self) -> None:
+        """A minimal N-EVENT-REPORT-RSP (status only) survives encode and decode."""
+        cmd = NEventReportRSP(9, 0x0000)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_decode_pynetdicom_action_rq(self) -> None:
+        """An N-ACTION-RQ encoded by pydicom decodes with the requested class, instance and type."""
+        ds = Dataset()
+        ds.RequestedSOPClassUID = STGCMT
+        ds.CommandField = 0x0130
+        ds.MessageID = 3
+        ds.CommandDataSetType = 0x0001
+        ds.RequestedSOPInstanceUID = STGCMT_INSTANCE
+        ds.ActionTypeID = 1
+        self.assertEqual(decode_command(pydicom_encode(ds)), NActionRQ(3, STGCMT, STGCMT_INSTANCE, 1, True))
+
+    def test_our_action_rq_matches_pydicom_bytes(self) -> None:
+        """Our N-ACTION-RQ bytes equal pydicom's encoding of the same elements."""
+        ds = Dataset()
+        ds.RequestedSOPClassUID = STGCMT
+        ds.CommandField = 0x0130
+        ds.MessageID = 3
+        ds.CommandDataSetType = 0x0001
+        ds.RequestedSOPInstanceUID = STGCMT_INSTANCE
+        ds.ActionTypeID = 1
+        self.assertEqual(encode_command(NActionRQ(3, STGCMT, STGCMT_INSTANCE, 1)), pydicom_encode(ds))
+
+    def test_our_event_report_rq_matches_pydicom_bytes(self) -> None:
+        """Our N-EVENT-REPORT-RQ bytes equal pydicom's encoding of the same elements."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = STGCMT
+        ds.CommandField = 0x0100
+        ds.MessageID = 4
+        ds.CommandDataSetType = 0x0001
+        ds.AffectedSOPInstanceUID = STGCMT_INSTANCE
+        ds.EventTypeID = 2
+        self.assertEqual(encode_command(NEventReportRQ(4, STGCMT, STGCMT_INSTANCE, 2)), pydicom_encode(ds))
+
+    def test_pynetdicom_decodes_our_event_report_rsp(self) -> None:
+        """pydicom reads our N-EVENT-REPORT-RSP with the values we put in."""
+        rsp = event_report_response(NEventReportRQ(4, STGCMT, STGCMT_INSTANCE, 1), 0x0110, "journal down")
+        ds = pydicom_decode(encode_command(rsp))
+        self.assertEqual(ds.CommandField, 0x8100)
+        self.assertEqual(ds.MessageIDBeingRespondedTo, 4)
+        self.assertEqual(ds.Status, 0x0110)
+        self.assertEqual(ds.AffectedSOPClassUID, STGCMT)
+        self.assertEqual(ds.AffectedSOPInstanceUID, STGCMT_INSTANCE)
+        self.assertEqual(ds.EventTypeID, 1)
+        self.assertEqual(ds.ErrorComment, "journal down")
+        self.assertEqual(ds.CommandDataSetType, DATA_SET_ABSENT)
+
+    def test_action_rq_missing_identifiers_decodes_for_an_answer(self) -> None:
+        """An N-ACTION-RQ without class, instance and type decodes as ""/""/0 so the SCP can answer."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x0130))
+            + element(Tag.MESSAGE_ID, us(5))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0001))
+        )
+        self.assertEqual(decode_command(data), NActionRQ(5, "", "", 0, True))
+
+    def test_event_report_rq_missing_identifiers_decodes_for_an_answer(self) -> None:
+        """An N-EVENT-REPORT-RQ without class, instance and type decodes as ""/""/0."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x0100))
+            + element(Tag.MESSAGE_ID, us(5))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        self.assertEqual(decode_command(data), NEventReportRQ(5, "", "", 0, False))
+
+    def test_action_rq_without_message_id_is_protocol_error(self) -> None:
+        """An N-ACTION-RQ without MessageID cannot be answered at all (HARDENING D20)."""
+        data = element(Tag.COMMAND_FIELD, us(0x0130)) + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0001))
+        self.assertIn("MessageID", str(self.assertRaises(DIMSEProtocolError, decode_command, data)))
+
+    def test_action_rsp_without_status_is_protocol_error(self) -> None:
+        """An N-ACTION-RSP without Status cannot be interpreted."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x8130))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(1))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        self.assertIn("Status", str(self.assertRaises(DIMSEProtocolError, decode_command, data)))
+
+    def test_event_report_rsp_without_status_is_protocol_error(self) -> None:
+        """An N-EVENT-REPORT-RSP without Status cannot be interpreted."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x8100))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(1))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        self.assertIn("Status", str(self.assertRaises(DIMSEProtocolError, decode_command, data)))
+
+    def test_other_dimse_n_requests_stay_unknown_and_get_0211(self) -> None:
+        """N-GET, N-SET, N-CREATE and N-DELETE requests are still answered 0x0211 (HARDENING D21)."""
+        for field_value in (0x0110, 0x0120, 0x0140, 0x0150):
+            data = (
+                element(Tag.AFFECTED_SOP_CLASS_UID, b"1.2.3\x00")
+                + element(Tag.COMMAND_FIELD, us(field_value))
+                + element(Tag.MESSAGE_ID, us(2))
+                + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+            )
+            cmd = decode_command(data)
+            assert isinstance(cmd, UnknownCommand), hex(field_value)
+            rsp = unrecognized_operation_response(cmd)
+            assert rsp is not None
+            self.assertEqual((rsp.command_field, rsp.elements[Tag.STATUS]), (field_value | 0x8000, us(0x0211)))
+
+    def test_action_response_echoes_request(self) -> None:
+        """action_response echoes class, instance and action type, with the comment (PS3.7 10.3.4.2)."""
+        rsp = action_response(NActionRQ(8, STGCMT, STGCMT_INSTANCE, 1), Status.NOT_AUTHORIZED, "not in modalities")
+        self.assertEqual(rsp, NActionRSP(8, 0x0124, STGCMT, STGCMT_INSTANCE, 1, False, "not in modalities"))
+
+    def test_action_response_to_empty_request_omits_identifiers(self) -> None:
+        """Identifiers the request lacked are left out of the response, and no empty comment is sent."""
+        rsp = action_response(NActionRQ(8, "", "", 0), Status.NO_SUCH_SOP_CLASS)
+        self.assertEqual(rsp, NActionRSP(8, 0x0118))
+        ds = pydicom_decode(encode_command(rsp))
+        self.assertNotIn("AffectedSOPClassUID", ds)
+        self.assertNotIn("ErrorComment", ds)
+        self.assertNotIn("ActionTypeID", ds)
+
+    def test_event_report_response_echoes_request(self) -> None:
+        """event_report_response echoes class, instance and event type (PS3.7 10.3.1.2)."""
+        rsp = event_report_response(NEventReportRQ(2, STGCMT, STGCMT_INSTANCE, 2), Status.SUCCESS)
+        self.assertEqual(rsp, NEventReportRSP(2, 0, STGCMT, STGCMT_INSTANCE, 2))

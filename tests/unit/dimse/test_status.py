@@ -58,3 +58,23 @@ class CategoryTests(SynchronousTestCase):
         self.assertEqual(Status.UNRECOGNIZED_OPERATION, 0x0211)
         self.assertEqual(Status.PROCESSING_FAILURE, 0x0110)
         self.assertEqual(Status.INVALID_OBJECT_INSTANCE, 0x0117)
+
+    def test_dimse_n_failure_constants(self) -> None:
+        """The DIMSE-N failure codes have the values of PS3.7 C.5 and are all failures."""
+        expected = {
+            "NO_SUCH_OBJECT_INSTANCE": 0x0112,
+            "NO_SUCH_EVENT_TYPE": 0x0113,
+            "NO_SUCH_ARGUMENT": 0x0114,
+            "INVALID_ARGUMENT_VALUE": 0x0115,
+            "NO_SUCH_SOP_CLASS": 0x0118,
+            "CLASS_INSTANCE_CONFLICT": 0x0119,
+            "MISSING_ATTRIBUTE": 0x0120,
+            "MISSING_ATTRIBUTE_VALUE": 0x0121,
+            "NO_SUCH_ACTION": 0x0123,
+            "DUPLICATE_INVOCATION": 0x0210,
+            "MISTYPED_ARGUMENT": 0x0212,
+            "RESOURCE_LIMITATION": 0x0213,
+        }
+        for name, value in expected.items():
+            self.assertEqual(Status[name], value, name)
+            self.assertEqual(category(value), StatusCategory.FAILURE, name)
