@@ -44,6 +44,8 @@ from gateway.queue.interfaces import (
     Settled,
     UNRECORDED_DELIVERIES,
 )
+from gateway.queue.commitments import ICommitmentJournal
+from gateway.queue.memory_commitments import CommitmentTables, MemoryCommitmentJournal
 from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
@@ -119,10 +121,12 @@ class _Tables:
     nodes: dict[str, _Node] = field(default_factory=dict)
     # name -> (owner node, until): the SQLite ``singletons`` table.
     singletons: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Storage Commitment (issue 15): transactions, notes, copy commitments.
+    commitments: CommitmentTables = field(default_factory=CommitmentTables)
 
 
-@implementer(IQueueStore)
-class MemoryQueueStore:
+@implementer(IQueueStore, ICommitmentJournal)
+class MemoryQueueStore(MemoryCommitmentJournal):
     """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
     :param node: the node this store object speaks for (lease owner, heartbeats).
@@ -558,6 +562,7 @@ class MemoryQueueStore:
         """Delete a DEAD entry for good (see the interface)."""
         self._row_in(entry_id, (EntryState.DEAD,))
         del self._t.rows[entry_id]
+        self._drop_copies((entry_id,))
 
     def set_paused(self, destination: str, paused: bool) -> None:
         """Hold (or release) a destination (see the interface)."""
@@ -726,8 +731,10 @@ class MemoryQueueStore:
 
     def forget_instance(self, instance_id: str) -> None:
         """Delete an instance and its entries; unknown ids are ignored (see the interface)."""
-        for entry_id in [row.entry_id for row in self._t.rows.values() if row.instance_id == instance_id]:
+        doomed = [row.entry_id for row in self._t.rows.values() if row.instance_id == instance_id]
+        for entry_id in doomed:
             del self._t.rows[entry_id]
+        self._drop_copies(doomed)
         self._t.instances.pop(instance_id, None)
 
     def instance_ids(self) -> set[str]:
