@@ -29,6 +29,18 @@ hand-offs per instance (reactor -> spool thread -> reactor -> store thread
 -> reactor). Rejected, dropped and unrouted instances, and a header too
 large for the walk to keep, take the file runner as before: they are rare.
 
+Storage Commitment (issue 15)
+-----------------------------
+When a ``commitment`` section is configured, an instance a rule dropped or
+that went to ``unrouted/`` is acknowledged and sent nowhere; the journal has
+no record of it, so a later Storage Commitment request about it would be
+answered 0x0112 (no such object instance), as if it had never come. The
+intake therefore notes it (:meth:`~gateway.queue.commitments.ICommitmentJournal.note_unforwarded`)
+before the acknowledgement, so the report says 0x0110 (or success, with
+``unrouted: success``). A note that fails is logged and does not fail the
+C-STORE: the instance is then reported as never received, which keeps the
+modality's copy (the safe side).
+
 The rest of custody lives beside this module: the spool's free-space floor in
 :mod:`gateway.space` and start-up recovery and clean-up in :mod:`gateway.recovery`.
 """
@@ -40,7 +52,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Final, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -49,6 +61,7 @@ from gateway.config.schema import RouteConfig
 from gateway.dimse.status import Status
 from gateway.durable import rename_durably, unlink_if_present
 from gateway.private import make_private_dirs
+from gateway.queue.commitments import ICommitmentJournal, Unforwarded
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry, StoreUnavailable
 from gateway.receive import AssociationInfo
 from gateway.headerbytes import parse_header
@@ -179,6 +192,9 @@ class Intake:
     :param on_enqueued: called with the destinations that got new entries (to wake their workers).
     :param destinations: returns the configured destination names (templated forwards are checked against them).
     :param node: this node's name, recorded on every instance (``InstanceRecord.node``, issue 14).
+    :param commitment: returns true while Storage Commitment is configured
+        (issue 15): dropped and unrouted instances are then noted in the
+        commitment journal (the store, through ``store_runner``).
     """
 
     log = Logger(namespace="gateway.intake")
@@ -196,8 +212,10 @@ class Intake:
         on_enqueued: Callable[[Sequence[str]], None] = lambda destinations: None,
         destinations: Callable[[], Collection[str]] = lambda: (),
         node: str = "",
+        commitment: Callable[[], bool] = lambda: False,
     ) -> None:
         self.node = node
+        self._commitment = commitment
         self._destinations = destinations
         self._store = store
         self._store_runner = store_runner
@@ -425,7 +443,9 @@ class Intake:
                 sop_instance_uid=record.sop_instance_uid,
                 routes=", ".join(decision.matched),
             )
-            return self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched, spooled=spooled))
+            d = self._discard(spooled, Admission(Status.SUCCESS, dropped=True, matched=decision.matched, spooled=spooled))
+            d.addCallback(self._note_unforwarded, record, "dropped", "dropped by " + ", ".join(decision.matched))
+            return d
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
         d = self._journal(_Pending(self._entries(decision, routes), Deferred(), record=record))
@@ -642,4 +662,45 @@ class Intake:
 
         d = self._file_runner.run(move)
         d.addCallbacks(moved, failed)
+        d.addCallback(self._note_unforwarded, record, "unrouted", "kept as unrouted")
+        return d
+
+    def _note_unforwarded(self, admission: Admission, record: InstanceRecord, outcome: str, reason: str) -> Deferred[Admission]:
+        """Note an acknowledged instance sent nowhere in the commitment journal, then answer ``admission``.
+
+        Only when Storage Commitment is configured and the answer is a
+        success. A failed note is logged and the answer stays: the instance
+        is then reported 0x0112 (never received), which keeps the modality's
+        copy, the safe side (issue 15).
+        """
+        if admission.status != Status.SUCCESS or not self._commitment():
+            return succeed(admission)
+        note = Unforwarded(
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            outcome=outcome,
+            received_at=record.received_at,
+            calling_ae_title=record.calling_ae_title,
+            reason=reason,
+        )
+        store = self._store
+
+        def write(now: float) -> None:
+            # The store object implements both interfaces (queue and commitments).
+            ICommitmentJournal(store).note_unforwarded([note], now)
+
+        d = self._store_runner.run(write, self._wall())
+
+        def failed(failure: Failure) -> None:
+            self.log.error(
+                "{correlation_id} could not note {sop_instance_uid} ({outcome}) for Storage Commitment: {error}; "
+                "a commitment request will report it as never received",
+                correlation_id=record.correlation_id,
+                sop_instance_uid=record.sop_instance_uid,
+                outcome=outcome,
+                error=failure.getErrorMessage(),
+            )
+
+        d.addErrback(failed)
+        d.addCallback(lambda _: admission)
         return d

@@ -39,7 +39,7 @@ from gateway import events
 from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import fragment_command
 from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
-from gateway.receive import Admit, AssociationInfo, StorageService
+from gateway.receive import Admit, AssociationInfo, ICommitmentSCP, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
 from gateway.tls import transport_peer_identity
@@ -409,6 +409,7 @@ class AcceptorProtocol(Protocol):
             self.factory.observer,
             admit=self.factory.admit,
             space_low=self.factory.space_low,
+            commitment=self.factory.commitment,
         )
         self._run(self.association.accept(negotiation.ac))
         peer_max = request.user_information.max_length if request.user_information else None
@@ -590,6 +591,8 @@ class AcceptorFactory(Factory):
         (:class:`~gateway.identity_check.UserIdentityChecker`), or ``None``.
     :param refusing: true once a drain's grace is over (:meth:`gateway.drain.Drain.refusing`):
         new associations are then rejected (2,3,2) (issue 14).
+    :param commitment: the Storage Commitment SCP each association hands its
+        N-ACTION and N-EVENT-REPORT requests to (issue 15), or ``None``.
     """
 
     log = Logger(namespace="gateway.listen")
@@ -609,7 +612,9 @@ class AcceptorFactory(Factory):
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         user_identity: Any = None,
         refusing: Callable[[], bool] = lambda: False,
+        commitment: ICommitmentSCP | None = None,
     ) -> None:
+        self.commitment = commitment
         self.name = name
         self.refusing = refusing
         self.observer = observer

@@ -13,6 +13,15 @@ instances finish out of order on the blocking runner's threads (PS3.7 9.1.1:
 with an asynchronous operations window of 1 there is one outstanding request
 at a time; a peer that sends more anyway is still answered in order, which
 is HARDENING P38's "handled one at a time").
+
+Storage Commitment (issue 15): on a context of the Push Model SOP Class an
+N-ACTION-RQ (a modality's request) or an N-EVENT-REPORT-RQ (an archive's
+report on a request of ours) carries a small data set. It is buffered in
+memory up to :data:`MAX_COMMITMENT_DATASET` (over that the rest is swallowed
+and the answer is 0x0213 resource limitation, PS3.7 10.1.4.1.10 and
+10.1.1.1.8), then handed to the :class:`ICommitmentSCP`; its answer takes its
+turn among the C-STORE responses. N-ACTION and N-EVENT-REPORT on any other
+context are answered 0x0211 (unrecognized operation), as before.
 """
 
 from __future__ import annotations
@@ -21,12 +30,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import events
 from gateway.dimse import commands as dimse
+from gateway.commitment.model import STORAGE_COMMITMENT_PUSH
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler
 from gateway.dimse.status import Status
@@ -38,6 +48,30 @@ from gateway.ul.pdu import PDV
 _PAUSE_AT = 4
 #: Resume once fewer than this many are outstanding.
 _RESUME_BELOW = 2
+
+#: The largest N-ACTION / N-EVENT-REPORT data set kept in memory (issue 15).
+#: The codec takes at most 100,000 references; one Referenced SOP Sequence
+#: item of the largest kind (undefined lengths, two 64-byte UIDs) is about
+#: 130 bytes, so 16 MiB holds every request it would decode, and bounds what a
+#: hostile peer can make one association hold.
+MAX_COMMITMENT_DATASET = 16 * 1024 * 1024
+
+#: An N-ACTION-RQ or N-EVENT-REPORT-RQ the service takes.
+NRequest = dimse.NActionRQ | dimse.NEventReportRQ
+
+
+class ICommitmentSCP(Protocol):
+    """The Storage Commitment SCP the service hands requests to (:class:`gateway.commitment.scp.CommitmentSCP`)."""
+
+    def action(
+        self, info: "AssociationInfo", rq: dimse.NActionRQ, dataset: bytes, transfer_syntax: str
+    ) -> "Deferred[tuple[int, str]]":
+        """Answer an N-ACTION-RQ: fires with ``(status, error comment)``, never fails."""
+
+    def event_report(
+        self, info: "AssociationInfo", rq: dimse.NEventReportRQ, dataset: bytes, transfer_syntax: str
+    ) -> "Deferred[tuple[int, str]]":
+        """Answer an N-EVENT-REPORT-RQ: fires with ``(status, error comment)``, never fails."""
 
 
 class IDIMSEPeer(Protocol):
@@ -115,6 +149,10 @@ class _Incoming:
     size: int = 0
     #: For an unimplemented operation: the response slot and the answer to put in it.
     pending_answer: tuple[_Response, bytes] | None = None
+    #: For an N-ACTION / N-EVENT-REPORT: the request, its response slot and its data set so far.
+    n_request: "NRequest | None" = None
+    n_slot: _Response | None = None
+    n_buffer: bytearray | None = None
 
 
 #: Seals, routes and journals an instance whose last fragment has arrived;
@@ -136,6 +174,10 @@ class StorageService:
         ``status``, ``comment`` and ``spooled``.
     :param space_low: returns true while the spool is below its free-space
         floor; C-STOREs are then answered 0xA700 (out of resources) at once.
+    :param commitment: the Storage Commitment SCP (issue 15), or ``None``:
+        an N-ACTION is then refused (0x0124) and an N-EVENT-REPORT answered
+        0x0110 (only reachable where unknown SOP classes are accepted).
+    :param max_commitment_dataset: see :data:`MAX_COMMITMENT_DATASET`.
     """
 
     log = Logger(namespace="gateway.receive")
@@ -148,7 +190,11 @@ class StorageService:
         observer: events.IGatewayObserver = events.NULL_OBSERVER,
         admit: Admit | None = None,
         space_low: Callable[[], bool] = lambda: False,
+        commitment: ICommitmentSCP | None = None,
+        max_commitment_dataset: int = MAX_COMMITMENT_DATASET,
     ) -> None:
+        self._commitment = commitment
+        self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
         self._space_low = space_low
         self._peer = peer
@@ -227,6 +273,8 @@ class StorageService:
             self._flush()
         elif isinstance(command, dimse.CStoreRQ):
             self._begin_store(event.context_id, command, context)
+        elif isinstance(command, (dimse.NActionRQ, dimse.NEventReportRQ)):
+            self._begin_n_request(event.context_id, command, context)
         elif isinstance(command, dimse.UnknownCommand):
             self._unknown(event.context_id, command)
         else:
@@ -248,6 +296,73 @@ class StorageService:
             return
         slot.command = dimse.encode_command(answer)
         self._flush()
+
+    def _begin_n_request(self, context_id: int, rq: NRequest, context: AcceptedContext) -> None:
+        """An N-ACTION-RQ or N-EVENT-REPORT-RQ: buffer its data set, then ask the commitment SCP (issue 15)."""
+        slot = _Response(context_id)
+        self._responses.append(slot)
+        if context.abstract_syntax != STORAGE_COMMITMENT_PUSH:
+            # Only Storage Commitment uses them here: elsewhere 0x0211 as before (PS3.7 C.5, HARDENING D21).
+            answer = self._n_response(rq, Status.UNRECOGNIZED_OPERATION, "")
+            if rq.has_dataset:
+                self._incoming = _Incoming(context_id, None, None, pending_answer=(slot, answer))
+            else:
+                slot.command = answer
+                self._flush()
+            return
+        self._outstanding += 1
+        if rq.has_dataset:
+            self._incoming = _Incoming(context_id, None, None, n_request=rq, n_slot=slot, n_buffer=bytearray())
+            return
+        # No data set: the SCP answers what is missing (the Action Information is required, PS3.4 J.3.2.1.1).
+        self._dispatch_n_request(slot, rq, b"", context, overflowed=False)
+
+    def _dispatch_n_request(
+        self, slot: _Response, rq: NRequest, data: bytes, context: AcceptedContext, overflowed: bool
+    ) -> None:
+        """Hand a complete N request to the commitment SCP; its answer fills ``slot``."""
+        d: Deferred[tuple[int, str]]
+        if overflowed:
+            # PS3.7 C.5: resource limitation, the data set was larger than we keep in memory.
+            d = succeed((Status.RESOURCE_LIMITATION, f"Resource limitation: data set over {self._max_commitment_dataset} bytes"))
+        elif self._commitment is None:
+            if isinstance(rq, dimse.NActionRQ):
+                d = succeed((Status.NOT_AUTHORIZED, "Storage Commitment is not offered here"))
+            else:
+                d = succeed((Status.PROCESSING_FAILURE, "No Storage Commitment report is awaited here"))
+        elif isinstance(rq, dimse.NActionRQ):
+            d = self._commitment.action(self._info, rq, data, context.transfer_syntax)
+        else:
+            d = self._commitment.event_report(self._info, rq, data, context.transfer_syntax)
+
+        def unexpected(failure: Failure) -> tuple[int, str]:
+            self.log.failure("{assoc_id} Storage Commitment handling failed", failure, assoc_id=self._info.assoc_id)
+            return Status.PROCESSING_FAILURE, "Processing failure"
+
+        def answer(result: tuple[int, str]) -> None:
+            status, comment = result
+            self._outstanding -= 1
+            slot.command = self._n_response(rq, status, comment)
+            self._flush()
+
+        d.addErrback(unexpected)
+        d.addCallback(answer)
+        d.addErrback(lambda f: self.log.failure("answering a Storage Commitment message failed", f))
+
+    def _n_response(self, rq: NRequest, status: int, comment: str) -> bytes:
+        """The encoded N-ACTION-RSP or N-EVENT-REPORT-RSP answering ``rq`` (PS3.7 10.3.4.2, 10.3.1.2)."""
+        response: dimse.NActionRSP | dimse.NEventReportRSP
+        if isinstance(rq, dimse.NActionRQ):
+            response = dimse.action_response(rq, status, comment)
+        else:
+            response = dimse.event_report_response(rq, status, comment)
+        try:
+            return dimse.encode_command(response)
+        except ValueError:
+            # A peer's UID we cannot encode again (over 64 bytes): the Affected
+            # SOP Class and Instance UIDs of both responses are U, optional
+            # (PS3.7 Tables 10.3-2 and 10.3-8), so leave them out.
+            return dimse.encode_command(replace(response, affected_sop_class_uid=None, affected_sop_instance_uid=None))
 
     def _begin_store(self, context_id: int, rq: dimse.CStoreRQ, context: AcceptedContext) -> None:
         if not rq.has_dataset:
@@ -285,11 +400,20 @@ class StorageService:
             self._protocol_violation("data set fragment with no C-STORE pending")
             return
         incoming.size += len(event.data)
+        if incoming.n_buffer is not None and incoming.size <= self._max_commitment_dataset:
+            incoming.n_buffer.extend(event.data)
         if incoming.writer is not None and incoming.early_status is None:
             incoming.writer.write(event.data)
         if not event.last:
             return
         self._incoming = None
+        if incoming.n_request is not None and incoming.n_slot is not None and incoming.n_buffer is not None:
+            context = self._info.contexts[incoming.context_id]
+            overflowed = incoming.size > self._max_commitment_dataset
+            self._dispatch_n_request(
+                incoming.n_slot, incoming.n_request, b"" if overflowed else bytes(incoming.n_buffer), context, overflowed
+            )
+            return
         if incoming.pending_answer is not None:  # an unknown operation's data set
             slot, answer = incoming.pending_answer
             slot.command = answer

@@ -314,6 +314,9 @@ class GatewayService(MultiService):
             on_enqueued=self._poke,
             destinations=lambda: [d.name for d in self.config.destinations],
             node=config.node,
+            # Issue 15: dropped and unrouted instances are noted for Storage Commitment.
+            commitment=lambda: self.config.commitment is not None
+            or any(listener.commitment is not None for listener in self.config.listen),
         )
         self.recovery = Recovery(
             store=store,

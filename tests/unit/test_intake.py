@@ -24,6 +24,7 @@ from pydicom.data import get_testdata_file
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gateway.blocking import SynchronousRunner
 from gateway.config.schema import RouteConfig
@@ -31,6 +32,7 @@ from gateway.dimse.status import Status
 from gateway.intake import Admission, Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
+from gateway.queue.commitments import ICommitmentJournal, Unforwarded
 from gateway.queue.interfaces import AddResult, EntryState, InstanceRecord, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from gateway.receive import AssociationInfo
@@ -713,3 +715,110 @@ class RecoveryTests(IntakeTestsMixin, SynchronousTestCase):
         self.clean(keep=0, window=3600)
         self.assertEqual(self.store.instance_ids(), set())
         self.assertEqual(self.admit(self.spooled("i2")).duplicates, ())
+
+
+@implementer(ICommitmentJournal)
+class _NotingStore(MemoryQueueStore):
+    """A journal that keeps the Storage Commitment notes it is given (or refuses them)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+        self.notes: list[tuple[Unforwarded, float]] = []
+
+    def note_unforwarded(self, items: Sequence[Unforwarded], now: float) -> None:
+        if self.fail:
+            raise StoreUnavailable("PostgreSQL at host=db: connection refused")
+        self.notes.extend((item, now) for item in items)
+
+
+class CommitmentNoteTests(IntakeTestsMixin, SynchronousTestCase):
+    """Issue 15: dropped and unrouted instances are noted for Storage Commitment before the ack."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.committing = True
+        self.store = _NotingStore()
+        self.intake = self.make_intake(self.store)
+
+    def make_intake(self, store: MemoryQueueStore) -> Intake:
+        return Intake(
+            store=store,
+            store_runner=SynchronousRunner(),
+            file_runner=SynchronousRunner(),
+            routes=lambda: self.routes,
+            wall=lambda: self.now,
+            duplicate_window=3600.0,
+            unrouted_dir=os.path.join(self.tmp, "unrouted"),
+            commitment=lambda: self.committing,
+        )
+
+    def test_dropped_instance_is_noted_as_dropped(self) -> None:
+        """A drop route's instance is acknowledged and noted ``dropped`` with its UIDs, AE title and time."""
+        self.routes = [RouteConfig("discard", (), drop=True)]
+        admission = self.admit(self.spooled("i1", "1.2.3.4.9"))
+        self.assertEqual((admission.status, admission.dropped), (Status.SUCCESS, True))
+        [(note, now)] = self.store.notes
+        self.assertEqual(
+            (note.sop_class_uid, note.sop_instance_uid, note.outcome, note.received_at, note.calling_ae_title),
+            (CT_IMAGE, "1.2.3.4.9", "dropped", T0, "CT01"),
+        )
+        self.assertIn("discard", note.reason)
+        self.assertEqual(now, T0)
+
+    def test_unrouted_instance_is_noted_as_unrouted(self) -> None:
+        """An instance no route takes is kept in unrouted/, acknowledged and noted ``unrouted``."""
+        self.routes = []
+        admission = self.admit(self.spooled("i1", "1.2.3.4.8"))
+        self.assertEqual((admission.status, admission.unrouted), (Status.SUCCESS, True))
+        self.assertEqual([(n.sop_instance_uid, n.outcome) for n, _ in self.store.notes], [("1.2.3.4.8", "unrouted")])
+
+    def test_routed_instance_is_not_noted(self) -> None:
+        """A journaled instance needs no note: the journal has its record and entries."""
+        self.admit(self.spooled("i1"))
+        self.assertEqual(self.store.notes, [])
+
+    def test_nothing_is_noted_without_commitment(self) -> None:
+        """Without a ``commitment`` section nothing changes: no note, no store call."""
+        self.committing = False
+        self.routes = [RouteConfig("discard", (), drop=True)]
+        self.assertEqual(self.admit(self.spooled("i1")).status, Status.SUCCESS)
+        self.routes = []
+        self.assertEqual(self.admit(self.spooled("i2", "1.2.3.4.6")).status, Status.SUCCESS)
+        self.assertEqual(self.store.notes, [])
+
+    def test_a_failed_note_still_acknowledges(self) -> None:
+        """A note the journal refuses is logged; the C-STORE is still answered 0x0000 (then reported as never received)."""
+        self.store.fail = True
+        self.routes = []
+        admission = self.admit(self.spooled("i1"))
+        self.assertEqual((admission.status, admission.unrouted), (Status.SUCCESS, True))
+        self.assertEqual(self.store.notes, [])
+
+    def test_unrouted_move_failure_is_not_noted(self) -> None:
+        """An instance answered 0xA700 (not kept) is not noted: the modality keeps it and sends it again."""
+        self.routes = []
+        with open(os.path.join(self.tmp, "unrouted"), "w"):
+            pass
+        self.assertEqual(self.admit(self.spooled("i1")).status, Status.OUT_OF_RESOURCES)
+        self.assertEqual(self.store.notes, [])
+
+    def test_note_is_written_before_the_answer(self) -> None:
+        """The answer waits for the note's store call, so a commitment request right after the ack finds it."""
+        runner = _HeldRunner()
+        self.routes = [RouteConfig("discard", (), drop=True)]
+        intake = Intake(
+            store=self.store,
+            store_runner=runner,
+            file_runner=SynchronousRunner(),
+            routes=lambda: self.routes,
+            wall=lambda: self.now,
+            duplicate_window=3600.0,
+            unrouted_dir=os.path.join(self.tmp, "unrouted"),
+            commitment=lambda: True,
+        )
+        d = intake.admit(self.spooled("i1"), INFO)
+        self.assertNoResult(d)
+        self.assertEqual(runner.release_one(), "write")
+        self.assertEqual(self.successResultOf(d).status, Status.SUCCESS)
+        self.assertEqual(len(self.store.notes), 1)

@@ -1,0 +1,281 @@
+"""Tests for :mod:`gateway.receive`'s Storage Commitment dispatch (issue 15), driven with PDVs.
+
+A :class:`~gateway.receive.StorageService` is fed the PDVs a requester or an
+archive would send; a fake peer collects the command sets it answers with,
+and a fake commitment SCP records what it was handed and answers when the
+test says so. C-STOREs go to a fake ``admit`` that the test releases, to show
+that responses keep request order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.blocking import SynchronousRunner
+from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
+from gateway.dimse import commands as dimse
+from gateway.dimse.pdv import fragment
+from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.receive import AssociationInfo, StorageService
+from gateway.spool import Spool
+from gateway.ul.negotiate import AcceptedContext
+from gateway.ul.pdu import PDV
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+CONTEXTS = {
+    1: AcceptedContext(1, STORAGE_COMMITMENT_PUSH, EXPLICIT_LE, True, False),
+    3: AcceptedContext(3, CT_IMAGE, EXPLICIT_LE, True, False),
+    5: AcceptedContext(5, STORAGE_COMMITMENT_PUSH, IMPLICIT_LE, False, True),
+}
+INFO = AssociationInfo("A1", "10.0.0.7:40000", "CT01", "DICOMGW", "dicom", CONTEXTS)
+
+
+class _Peer:
+    """The association's adapter: keeps each command set sent, and what else was asked."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, Any]] = []
+        self.released = 0
+        self.aborted: list[str] = []
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        self.sent.append((context_id, dimse.decode_command(command)))
+
+    def release_response(self) -> None:
+        self.released += 1
+
+    def abort_association(self, detail: str) -> None:
+        self.aborted.append(detail)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _SCP:
+    """A fake commitment SCP: records calls; answers with a Deferred the test fires (or at once)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, bytes, str]] = []
+        self.answers: list[Deferred[tuple[int, str]]] = []
+        self.immediate: tuple[int, str] | None = (0, "")
+
+    def _answer(self) -> Deferred[tuple[int, str]]:
+        if self.immediate is not None:
+            return succeed(self.immediate)
+        d: Deferred[tuple[int, str]] = Deferred()
+        self.answers.append(d)
+        return d
+
+    def action(self, info: AssociationInfo, rq: dimse.NActionRQ, dataset: bytes, transfer_syntax: str) -> Deferred[tuple[int, str]]:
+        self.calls.append(("action", rq, dataset, transfer_syntax))
+        return self._answer()
+
+    def event_report(
+        self, info: AssociationInfo, rq: dimse.NEventReportRQ, dataset: bytes, transfer_syntax: str
+    ) -> Deferred[tuple[int, str]]:
+        self.calls.append(("event_report", rq, dataset, transfer_syntax))
+        return self._answer()
+
+
+def n_action(message_id: int = 7, has_dataset: bool = True) -> dimse.NActionRQ:
+    """A Storage Commitment N-ACTION-RQ (action type 1 on the well-known instance)."""
+    return dimse.NActionRQ(message_id, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, has_dataset)
+
+
+def n_event_report(message_id: int = 9, event_type: int = 2) -> dimse.NEventReportRQ:
+    """An archive's N-EVENT-REPORT-RQ."""
+    return dimse.NEventReportRQ(message_id, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, event_type, True)
+
+
+def pdvs(context_id: int, command: Any, dataset: bytes | None = None, size: int = 64) -> tuple[PDV, ...]:
+    """The PDVs of one message: its command set, then its data set in ``size``-byte fragments."""
+    out = list(fragment(context_id, dimse.encode_command(command), 1024, command=True))
+    if dataset is not None:
+        out += fragment(context_id, dataset, size, command=False)
+    return tuple(out)
+
+
+class ServiceTestsMixin:
+    """A StorageService over a temporary spool, a fake peer and a fake commitment SCP."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)  # type: ignore[attr-defined]
+        self.peer = _Peer()
+        self.scp: _SCP | None = _SCP()
+        self.admissions: list[Deferred[Any]] = []
+        self.service = self.make_service()
+
+    def make_service(self, **kwargs: Any) -> StorageService:
+        spool = Spool(
+            self.tmp,
+            SynchronousRunner(),
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            max_instance_size=1 << 20,
+        )
+
+        def admit(writer: Any, info: AssociationInfo) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.admissions.append(d)
+            return d
+
+        return StorageService(self.peer, INFO, spool, admit=admit, commitment=self.scp, **kwargs)
+
+    def statuses(self) -> list[tuple[str, int, int]]:
+        """Each response sent: its type, the message it answers and its status."""
+        return [(type(c).__name__, c.message_id_being_responded_to, c.status) for _, c in self.peer.sent]
+
+
+class ActionDispatchTests(ServiceTestsMixin, SynchronousTestCase):
+    """N-ACTION-RQ on the Storage Commitment context: buffered, handed over, answered."""
+
+    def test_data_set_fragments_are_joined_and_handed_over(self) -> None:
+        """The data set's fragments reach the SCP as one byte string, with the context's transfer syntax."""
+        data = bytes(range(256)) * 3
+        self.service.pdata(pdvs(1, n_action(), data, size=100))
+        [(kind, rq, dataset, syntax)] = self.scp.calls  # type: ignore[union-attr]
+        self.assertEqual((kind, rq.message_id, dataset, syntax), ("action", 7, data, EXPLICIT_LE))
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0)])
+
+    def test_response_echoes_the_request_and_carries_the_comment(self) -> None:
+        """The N-ACTION-RSP echoes class, instance and Action Type ID, with the SCP's status and Error Comment."""
+        self.scp.immediate = (0x0124, "Calling AE title has no entry in modalities")  # type: ignore[union-attr]
+        self.service.pdata(pdvs(1, n_action(), b"\x00\x00"))
+        [(context_id, rsp)] = self.peer.sent
+        self.assertEqual(context_id, 1)
+        self.assertIsInstance(rsp, dimse.NActionRSP)
+        self.assertEqual(
+            (rsp.status, rsp.affected_sop_class_uid, rsp.affected_sop_instance_uid, rsp.action_type_id, rsp.error_comment),
+            (0x0124, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, "Calling AE title has no entry in modalities"),
+        )
+
+    def test_no_data_set_is_handed_over_empty(self) -> None:
+        """An N-ACTION that announces no data set is handed over at once with ``b""`` (the SCP names what is missing)."""
+        self.service.pdata(pdvs(1, n_action(has_dataset=False)))
+        self.assertEqual([(c[0], c[2]) for c in self.scp.calls], [("action", b"")])  # type: ignore[union-attr]
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0)])
+
+    def test_data_set_over_the_cap_is_resource_limitation(self) -> None:
+        """A data set over the cap is swallowed, never handed over, and answered 0x0213 (PS3.7 10.1.4.1.10)."""
+        self.service = self.make_service(max_commitment_dataset=1000)
+        self.service.pdata(pdvs(1, n_action(), b"\x00" * 1002, size=100))
+        self.assertEqual(self.scp.calls, [])  # type: ignore[union-attr]
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0x0213)])
+        self.assertEqual(self.peer.aborted, [])
+
+    def test_data_set_at_the_cap_is_handed_over(self) -> None:
+        """A data set of exactly the cap is still taken."""
+        self.service = self.make_service(max_commitment_dataset=1000)
+        self.service.pdata(pdvs(1, n_action(), b"\x00" * 1000, size=100))
+        self.assertEqual(len(self.scp.calls[0][2]), 1000)  # type: ignore[union-attr]
+
+    def test_without_commitment_the_request_is_refused(self) -> None:
+        """A service without a commitment SCP answers N-ACTION 0x0124 (refused: not authorized)."""
+        self.scp = None
+        self.service = self.make_service()
+        self.service.pdata(pdvs(1, n_action(), b"\x00\x00"))
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0x0124)])
+
+    def test_on_another_context_it_is_an_unrecognized_operation(self) -> None:
+        """N-ACTION on a storage context is answered 0x0211 as before; its data set is swallowed."""
+        self.service.pdata(pdvs(3, dimse.NActionRQ(7, CT_IMAGE, "1.2.3", 1, True), b"\x00" * 10))
+        self.assertEqual(self.scp.calls, [])  # type: ignore[union-attr]
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0x0211)])
+        # The next message is still understood.
+        self.service.pdata(pdvs(1, n_action(8), b"\x00\x00"))
+        self.assertEqual(self.statuses()[-1], ("NActionRSP", 8, 0))
+
+    def test_failing_scp_is_processing_failure(self) -> None:
+        """An SCP whose Deferred fails still gets the request answered, 0x0110."""
+        self.scp.immediate = None  # type: ignore[union-attr]
+        self.service.pdata(pdvs(1, n_action(), b"\x00\x00"))
+        self.scp.answers[0].errback(RuntimeError("boom"))  # type: ignore[union-attr]
+        self.assertEqual(self.statuses(), [("NActionRSP", 7, 0x0110)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class OrderTests(ServiceTestsMixin, SynchronousTestCase):
+    """Responses leave in request order, whatever finishes first; release waits for them."""
+
+    def store(self, message_id: int) -> tuple[PDV, ...]:
+        return pdvs(3, dimse.CStoreRQ(message_id, CT_IMAGE, f"1.2.3.{message_id}"), b"\x08\x00\x16\x00\x00\x00\x00\x00")
+
+    def test_action_answer_waits_for_an_earlier_store(self) -> None:
+        """An N-ACTION answered before the C-STORE sent ahead of it is sent after that C-STORE's response."""
+        self.service.pdata(self.store(1))
+        self.service.pdata(pdvs(1, n_action(2), b"\x00\x00"))
+        self.assertEqual(self.peer.sent, [])
+        from gateway.intake import Admission
+
+        self.admissions[0].callback(Admission(0))
+        self.assertEqual(self.statuses(), [("CStoreRSP", 1, 0), ("NActionRSP", 2, 0)])
+
+    def test_store_answer_waits_for_an_earlier_action(self) -> None:
+        """A C-STORE committed while an earlier N-ACTION waits for its journal is answered after it."""
+        self.scp.immediate = None  # type: ignore[union-attr]
+        self.service.pdata(pdvs(1, n_action(1), b"\x00\x00"))
+        self.service.pdata(self.store(2))
+        from gateway.intake import Admission
+
+        self.admissions[0].callback(Admission(0))
+        self.assertEqual(self.peer.sent, [])
+        self.scp.answers[0].callback((0, ""))  # type: ignore[union-attr]
+        self.assertEqual(self.statuses(), [("NActionRSP", 1, 0), ("CStoreRSP", 2, 0)])
+
+    def test_release_waits_for_the_action_answer(self) -> None:
+        """A-RELEASE-RQ while an N-ACTION is in the journal: the release response follows its answer."""
+        self.scp.immediate = None  # type: ignore[union-attr]
+        self.service.pdata(pdvs(1, n_action(1), b"\x00\x00"))
+        self.assertTrue(self.service.busy)
+        self.service.release_requested()
+        self.assertEqual(self.peer.released, 0)
+        self.scp.answers[0].callback((0, ""))  # type: ignore[union-attr]
+        self.assertEqual((self.statuses(), self.peer.released), ([("NActionRSP", 1, 0)], 1))
+        self.assertFalse(self.service.busy)
+
+    def test_answer_after_the_association_ended_is_dropped(self) -> None:
+        """An answer that comes after the association ended sends nothing (the journal still has the request)."""
+        self.scp.immediate = None  # type: ignore[union-attr]
+        self.service.pdata(pdvs(1, n_action(1), b"\x00\x00"))
+        self.service.connection_lost()
+        self.scp.answers[0].callback((0, ""))  # type: ignore[union-attr]
+        self.assertEqual(self.peer.sent, [])
+
+
+class EventReportDispatchTests(ServiceTestsMixin, SynchronousTestCase):
+    """An archive's N-EVENT-REPORT-RQ: handed to the SCP, always answered."""
+
+    def test_report_is_handed_over_and_answered(self) -> None:
+        """The report's data set goes to ``event_report`` and the N-EVENT-REPORT-RSP echoes the Event Type ID."""
+        self.service.pdata(pdvs(5, n_event_report(), b"\x08\x00\x95\x11"))
+        [(kind, rq, dataset, syntax)] = self.scp.calls  # type: ignore[union-attr]
+        self.assertEqual((kind, rq.event_type_id, dataset, syntax), ("event_report", 2, b"\x08\x00\x95\x11", IMPLICIT_LE))
+        [(context_id, rsp)] = self.peer.sent
+        self.assertIsInstance(rsp, dimse.NEventReportRSP)
+        self.assertEqual((context_id, rsp.message_id_being_responded_to, rsp.status, rsp.event_type_id), (5, 9, 0, 2))
+
+    def test_without_commitment_a_report_is_processing_failure(self) -> None:
+        """A service without a commitment SCP answers a report 0x0110."""
+        self.scp = None
+        self.service = self.make_service()
+        self.service.pdata(pdvs(5, n_event_report(), b"\x00\x00"))
+        self.assertEqual(self.statuses(), [("NEventReportRSP", 9, 0x0110)])
+
+    def test_report_over_the_cap_is_resource_limitation(self) -> None:
+        """A report over the cap is answered 0x0213 (PS3.7 10.1.1.1.8) without being handed over."""
+        self.service = self.make_service(max_commitment_dataset=10)
+        self.service.pdata(pdvs(5, n_event_report(), b"\x00" * 20))
+        self.assertEqual(self.statuses(), [("NEventReportRSP", 9, 0x0213)])
+        self.assertEqual(self.scp.calls, [])  # type: ignore[union-attr]
