@@ -65,6 +65,13 @@ safely can: about one transaction per batch, not four per instance.
   transaction. A lost retry or release costs only a re-send, but a dead
   letter must not be sent again, and all three are rare: batching them
   would gain nothing.
+* **Copies an archive will commit** (issue 15, ``storage_commitment: true``
+  only): before ``settle`` writes a batch's deliveries, one
+  :meth:`~gateway.queue.commitments.ICommitmentJournal.note_copies` notes
+  each delivered copy with the UIDs it was sent under, for
+  :mod:`gateway.commitment.archive` to ask the archive about. It follows the
+  delivery's path: refused, the deliveries stay on the slot and the turn is
+  retried.
 * **Idle turns** write nothing: ``settle`` with nothing to record looks for
   due entries with a read first, and returns the next due time with its
   answer (no separate ``next_due`` call).
@@ -148,6 +155,7 @@ from gateway.forward_types import (
 )
 from gateway.forward_waits import Waits
 from gateway.membership import Membership, SlotStanding, WorkerSide
+from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.interfaces import UNRECORDED_DELIVERIES, Entry, IQueueStore, LeaseLost, Settled
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.queue.policy import AMBIGUOUS_PREFIX, backoff, give_up, had_ambiguous_attempt, retry_text
@@ -317,6 +325,15 @@ class DestinationWorker(Service):
             ),
         )
         self._slots = [_Slot(k, standing) for k, standing in enumerate(self.membership.slots)]
+        #: Where delivered copies are noted for the archive's Storage Commitment
+        #: (issue 15): the store itself, for a destination with
+        #: ``storage_commitment: true`` only (no call, no cost for the others).
+        #: A store without the interface fails here, at start, not at the first delivery.
+        self.commitments: ICommitmentJournal | None = (
+            ICommitmentJournal(store)
+            if isinstance(config, DicomDestination) and config.storage_commitment
+            else None
+        )
 
     # -- service -------------------------------------------------------------------------
 
@@ -632,6 +649,24 @@ class DestinationWorker(Service):
         delivered, slot.delivered = slot.delivered, []
         now = self._schedule_now()
         try:
+            if self.commitments is not None and delivered:
+                # Issue 15: the archive will be asked (N-ACTION) about the copy
+                # it received, so its UIDs are those of the copy as sent (a
+                # route may remap them: the entry here is the prepared copy
+                # the sender yielded, not the received instance). Noted before
+                # the deliveries are written: a delivery on record always has
+                # its copy noted. Refused, nothing of the turn is written
+                # (the deliveries stay on the slot, as below); noted and the
+                # settle refused, the note is redone at the next turn
+                # (note_copies keeps a noted copy's state).
+                await self._journal(
+                    self.commitments.note_copies,
+                    [
+                        (entry.entry_id, self.name, entry.instance.sop_class_uid, entry.instance.sop_instance_uid)
+                        for entry, _, _ in delivered
+                    ],
+                    now,
+                )
             settled: Settled = await self._journal(
                 self.store.settle,
                 self.name,
