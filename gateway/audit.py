@@ -36,7 +36,22 @@ Security Alert (A.5.3.11)       110113    rejected associations, TLS failures,
                                           access-control denials
 User Authentication (A.5.3.14)  110114    accepted associations (login of the
                                           calling AE), user identity checks
+DICOM Instances Accessed        110103    a Storage Commitment request answered
+(A.5.3.4)                                 (the records of the requested
+                                          instances read; issue 15)
+DICOM Instances Transferred     110104    a Storage Commitment report delivered
+(A.5.3.7)                                 or given up (the responsibility for
+                                          the instances passes), an archive's
+                                          report received
 =============================== ========= ===================================
+
+Storage Commitment (PS3.4 Annex J) has no audit message of its own in
+PS3.15 A.5.3. A request is the requester reading what the gateway holds of
+its instances (DICOM Instances Accessed, action R); a report moves the
+responsibility for them, which is how dcm4chee-arc audits IHE RAD-10
+Storage Commitment (DICOM Instances Transferred, action R). A requester that
+may not ask (0x0124) is an access-control denial: a Security Alert, as a
+rejected association is.
 
 Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
 8 serious failure, 12 major failure.
@@ -92,6 +107,7 @@ class Code:
 
 # PS3.16 CID 400 Audit Event ID.
 APPLICATION_ACTIVITY = Code("110100", "Application Activity")
+INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
 DATA_EXPORT = Code("110106", "Export")
 SECURITY_ALERT = Code("110113", "Security Alert")
@@ -717,6 +733,180 @@ class AuditTrail:
             participants=(source, destination),
             objects=tuple(objects),
             extra=extra,
+        )
+
+    # -- Storage Commitment (issue 15) ---------------------------------------------------------
+
+    def commitment_request(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        called_ae_title: str,
+        listener: str,
+        transaction_uid: str,
+        outcome: str,
+        status: int,
+        instances: int,
+        reason: str = "",
+    ) -> AuditRecord:
+        """A Storage Commitment N-ACTION-RQ was answered (PS3.4 J.3.2).
+
+        ``refused`` (the requester may not ask: 0x0124) is a Security Alert
+        (A.5.3.11, Use of Restricted Function); every other outcome a DICOM
+        Instances Accessed record (A.5.3.4, action R): success for
+        ``accepted`` and ``repeated``, minor failure for a malformed or
+        conflicting request, serious failure when the journal could not
+        take it.
+
+        :param outcome: the outcome of :class:`gateway.events.CommitmentRequested`.
+        :param status: the N-ACTION-RSP status sent.
+        :param instances: how many instances it asked about.
+        :param reason: why it failed, in words.
+        :returns: the record.
+        """
+        extra = {
+            "listener": listener,
+            "transaction_uid": transaction_uid,
+            "instances": str(instances),
+            "status": f"0x{status:04X}",
+            "outcome": outcome,
+        }
+        requester = Participant(user_id=calling_ae_title, role=SOURCE.meaning, network_access_point=peer, requestor=True)
+        us = Participant(user_id=called_ae_title or self.ae_title, role=DESTINATION.meaning, network_access_point=self.hostname)
+        words = f"Storage Commitment request {outcome} (0x{status:04X})" + (f": {reason}" if reason else "")
+        if outcome == "refused":
+            return self.emit(
+                SECURITY_ALERT,
+                "E",
+                Outcome.MINOR_FAILURE,
+                event_type=USE_OF_RESTRICTED_FUNCTION,
+                description=words,
+                disposition="commitment_refused",
+                participants=(requester, us),
+                extra=extra,
+            )
+        result = {
+            "accepted": Outcome.SUCCESS,
+            "repeated": Outcome.SUCCESS,
+            "unavailable": Outcome.SERIOUS_FAILURE,
+        }.get(outcome, Outcome.MINOR_FAILURE)
+        return self.emit(
+            INSTANCES_ACCESSED,
+            "R",
+            result,
+            description=words,
+            disposition="commitment_requested",
+            participants=(requester, us),
+            extra=extra,
+        )
+
+    def commitment_report(
+        self,
+        *,
+        transaction_uid: str,
+        modality: str,
+        ae_title: str,
+        address: str,
+        policy: str,
+        committed: int,
+        failed: int,
+        attempts: int,
+        dead: bool = False,
+        error: str = "",
+    ) -> AuditRecord:
+        """A Storage Commitment report was delivered to its requester, or given up (DICOM Instances Transferred, A.5.3.7).
+
+        We are the source (the gateway reports the responsibility it took),
+        the requester the destination. Outcome: success when every instance
+        was committed (event type 1), minor failure when some failed (event
+        type 2, PS3.4 J.3.3), serious failure when the report could not be
+        delivered before ``report_deadline`` (``dead``).
+
+        :param modality: the requester's name in the ``modalities`` table.
+        :param ae_title: its AE title.
+        :param address: its ``host:port``.
+        :param attempts: delivery attempts made.
+        :param error: the last delivery error (dead reports).
+        :returns: the record.
+        """
+        if dead:
+            outcome, disposition = Outcome.SERIOUS_FAILURE, "commitment_dead"
+            words = f"Storage Commitment report not delivered after {attempts} attempt(s): {error}"
+        else:
+            outcome = Outcome.MINOR_FAILURE if failed else Outcome.SUCCESS
+            disposition = "commitment_reported"
+            words = f"Storage Commitment report delivered ({policy}): {committed} committed, {failed} failed"
+        return self.emit(
+            INSTANCES_TRANSFERRED,
+            "R",
+            outcome,
+            description=words,
+            disposition=disposition,
+            participants=(
+                self._us(SOURCE, requestor=True),
+                Participant(
+                    user_id=ae_title, role=DESTINATION.meaning, network_access_point=address, alternative_user_id=modality
+                ),
+            ),
+            extra={
+                "transaction_uid": transaction_uid,
+                "modality": modality,
+                "policy": policy,
+                "committed": str(committed),
+                "failed": str(failed),
+                "attempts": str(attempts),
+            },
+        )
+
+    def archive_commitment_report(
+        self,
+        *,
+        destination: str,
+        calling_ae_title: str,
+        address: str,
+        transaction_uid: str,
+        committed: int,
+        failed: int,
+        status: int,
+    ) -> AuditRecord:
+        """An archive reported on a Storage Commitment request of ours (DICOM Instances Transferred, A.5.3.7).
+
+        The archive is the source (it takes the responsibility), we are the
+        destination. Outcome: success when all were committed, minor failure
+        when some failed or the report could not be used (an unknown
+        Transaction UID: ``destination`` empty, ``status`` not 0).
+
+        :param destination: the destination's configured name, ``""`` when unknown.
+        :param status: the N-EVENT-REPORT-RSP status we answered.
+        :returns: the record.
+        """
+        outcome = Outcome.SUCCESS if status == 0 and not failed else Outcome.MINOR_FAILURE
+        words = (
+            f"Storage Commitment report from archive {destination}: {committed} committed, {failed} failed"
+            if destination
+            else f"Storage Commitment report for an unknown Transaction UID answered 0x{status:04X}"
+        )
+        return self.emit(
+            INSTANCES_TRANSFERRED,
+            "R",
+            outcome,
+            description=words,
+            disposition="archive_commitment",
+            participants=(
+                Participant(
+                    user_id=calling_ae_title, role=SOURCE.meaning, network_access_point=address, requestor=True,
+                    alternative_user_id=destination,
+                ),
+                self._us(DESTINATION),
+            ),
+            extra={
+                "destination": destination,
+                "transaction_uid": transaction_uid,
+                "committed": str(committed),
+                "failed": str(failed),
+                "status": f"0x{status:04X}",
+            },
         )
 
     def us(self, role: str) -> Participant:

@@ -698,12 +698,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{len(config.destinations)} destination(s), {len(config.routes)} route(s); "
                 f"node {config.node}, queue {describe_store(config)}{', shared spool' if config.spool.shared else ''})"
             )
+            from gateway.config.commitment import commitment_warnings
+
+            # Allowed but worth a line (issue 15: 'committed' with no archive that commits).
+            warnings = commitment_warnings(config)
             if args.json:
                 from gateway.admin import to_json
 
-                print(to_json({"config": args.config, "valid": True}))
+                print(to_json({"config": args.config, "valid": True, "warnings": warnings}))
             else:
                 print(message)
+                for warning in warnings:
+                    print(f"warning: {warning}")
             return
         from gateway.check import check_files, format_report
 

@@ -20,7 +20,15 @@ from the configuration; calling AE titles are kept only when they are
 allow-listed (literal entries of ``accept.calling_ae_titles`` or
 ``metrics.calling_ae_titles``), every other title becomes ``other``;
 modality is one of the defined terms of PS3.3 C.7.3.1.1.1, else ``other``;
-store failure statuses are the gateway's own answers.
+store failure statuses are the gateway's own answers; Storage Commitment
+outcomes and policies are fixed sets (:data:`COMMITMENT_OUTCOMES`), and no
+Transaction UID or requester AE title is ever a label.
+
+Storage Commitment (issue 15): counters move at the events of
+:mod:`gateway.events` (requests answered, reports delivered or failed,
+archives asked and reporting); the reports owed, overdue and dead are
+gauges read from :meth:`ICommitmentJournal.transaction_stats` into the
+snapshot, as the queue's figures are.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from gateway import __version__, events
 from gateway.blocking import IBlockingRunner
 from gateway.forward_types import ForwardObserver
 from gateway.heartbeat import said_stopped
+from gateway.queue.commitments import ICommitmentJournal, TransactionStats
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore, StoreUnavailable
 from gateway.queue.outcome import DeadLetterKind
 
@@ -81,6 +90,18 @@ _NOT_FAILURES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: (``dicom-gateway drain`` past its grace, RJ 2,3,2; issue 14), ``store`` (the queue
 #: store does not answer the node's heartbeats, RJ 2,3,1; issue 14), ``other``.
 REJECT_REASONS = ("limit", "space", "acse", "access", "identity", "draining", "store", "other")
+
+#: The ``outcome`` label of ``commitment_requests_total`` (issue 15): how an
+#: N-ACTION-RQ of Storage Commitment was answered (see
+#: :class:`gateway.events.CommitmentRequested`); anything else is ``other``.
+COMMITMENT_OUTCOMES = ("accepted", "repeated", "refused", "invalid", "conflict", "unavailable", "other")
+
+#: The ``policy`` label of ``commitment_latency_seconds`` (``commitment.policy`` values).
+COMMITMENT_POLICY_LABELS = ("received", "delivered", "committed", "other")
+
+#: Buckets of ``commitment_latency_seconds``: N-ACTION to the acknowledged report,
+#: seconds (``received``) to a day (``committed`` with a slow archive).
+COMMITMENT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0, 172800.0)
 
 
 def fold_modality(modality: str | None) -> str:
@@ -173,6 +194,8 @@ class StateSnapshot:
     spool_capacity_bytes: int | None = None
     taken_at: float = 0.0
     nodes: tuple[NodeState, ...] = ()
+    #: Storage Commitment transactions (issue 15), when the store journals them.
+    commitments: TransactionStats | None = None
 
 
 def destination_states(
@@ -295,11 +318,42 @@ class SnapshotCollector(Collector):
             yield GaugeMetricFamily(
                 f"{PREFIX}_spool_capacity_bytes", "Size of the spool's filesystem.", value=snap.spool_capacity_bytes
             )
+        if snap.commitments is not None:
+            yield from commitment_gauges(snap.commitments)
         yield GaugeMetricFamily(
             f"{PREFIX}_state_snapshot_timestamp_seconds",
             "Wall time of the queue/spool snapshot behind the state gauges.",
             value=snap.taken_at,
         )
+
+
+def commitment_gauges(stats: TransactionStats) -> Iterator[GaugeMetricFamily]:
+    """The Storage Commitment gauges of one :class:`TransactionStats` (issue 15).
+
+    ``reports_owed``: OPEN transactions (a report owed to a modality, decided
+    or not); ``reports_overdue``: those past their ``deadline`` (the report
+    should have gone; the requester keeps its images meanwhile);
+    ``reports_dead``: reports given up at ``report_deadline``, kept for an
+    operator (``dicom-gateway commitment retry``).
+
+    :param stats: the journal's figures.
+    :returns: the three gauges.
+    """
+    yield GaugeMetricFamily(
+        f"{PREFIX}_commitment_reports_owed",
+        "Storage Commitment reports owed to modalities (open transactions; issue 15).",
+        value=stats.open,
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_commitment_reports_overdue",
+        "Storage Commitment reports owed past their deadline.",
+        value=stats.overdue,
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_commitment_reports_dead",
+        "Storage Commitment reports given up at report_deadline, kept for an operator.",
+        value=stats.dead,
+    )
 
 
 class GatewayMetrics:
@@ -406,6 +460,47 @@ class GatewayMetrics:
             ["destination"],
             registry=r,
         )
+        # -- Storage Commitment (issue 15) --
+        self.commitment_requests = Counter(
+            f"{p}_commitment_requests",
+            "Storage Commitment N-ACTION requests answered, by outcome (accepted, repeated, refused, invalid, conflict, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.commitment_latency = Histogram(
+            f"{p}_commitment_latency_seconds",
+            "From a Storage Commitment N-ACTION to the requester's acknowledgement of its report, by policy.",
+            ["policy"],
+            buckets=COMMITMENT_BUCKETS,
+            registry=r,
+        )
+        self.commitment_reports = Counter(
+            f"{p}_commitment_reports",
+            "Storage Commitment reports delivered, by result (committed: event type 1; failures: event type 2).",
+            ["result"],
+            registry=r,
+        )
+        self.commitment_report_failures = Counter(
+            f"{p}_commitment_report_failures",
+            "Storage Commitment report deliveries that failed (each attempt; retried until report_deadline).",
+            registry=r,
+        )
+        self.archive_commitment_requests = Counter(
+            f"{p}_archive_commitment_requests",
+            "Storage Commitment N-ACTION requests the gateway sent to archives (storage_commitment destinations).",
+            ["destination"],
+            registry=r,
+        )
+        self.archive_commitment_reports = Counter(
+            f"{p}_archive_commitment_reports",
+            "Storage Commitment N-EVENT-REPORTs received from archives (unknown: an unknown Transaction UID).",
+            ["destination"],
+            registry=r,
+        )
+        for outcome in COMMITMENT_OUTCOMES:
+            self.commitment_requests.labels(outcome)
+        for result in ("committed", "failures"):
+            self.commitment_reports.labels(result)
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
@@ -468,18 +563,41 @@ class GatewayMetrics:
             self.admitted(event.admission)
         elif isinstance(event, events.ConfigReloaded):
             self.config_reloaded(event.applied)
+        elif isinstance(event, events.CommitmentRequested):
+            self.commitment_requests.labels(event.outcome if event.outcome in COMMITMENT_OUTCOMES else OTHER).inc()
+        elif isinstance(event, events.CommitmentReportSent):
+            policy = event.policy if event.policy in COMMITMENT_POLICY_LABELS else OTHER
+            self.commitment_latency.labels(policy).observe(max(0.0, event.latency_seconds))
+            self.commitment_reports.labels("failures" if event.failed else "committed").inc()
+        elif isinstance(event, events.CommitmentReportFailed):
+            self.commitment_report_failures.inc()
+        elif isinstance(event, events.ArchiveCommitmentRequested):
+            self.archive_commitment_requests.labels(event.destination).inc()
+        elif isinstance(event, events.ArchiveCommitmentReported):
+            # An unknown Transaction UID has no destination; its label stays bounded.
+            self.archive_commitment_reports.labels(event.destination or "unknown").inc()
         else:
             self._forward.observe(event)
 
     # -- destinations and routes known in advance (so a series exists at 0) -----------------
 
-    def declare(self, destinations: Iterable[str], routes: Iterable[str], listeners: Iterable[str]) -> None:
+    def declare(
+        self,
+        destinations: Iterable[str],
+        routes: Iterable[str],
+        listeners: Iterable[str],
+        archives: Iterable[str] = (),
+    ) -> None:
         """Create the labelled series of configured names at zero, so rates and alerts see them from the start.
 
         :param destinations: destination names.
         :param routes: route names.
         :param listeners: listener names.
+        :param archives: the destinations with ``storage_commitment: true`` (issue 15).
         """
+        for name in archives:
+            self.archive_commitment_requests.labels(name)
+            self.archive_commitment_reports.labels(name)
         for name in destinations:
             for metric in (self.forwarded, self.retries, self.duplicates, self.redeliveries, self.leases_lost):
                 metric.labels(name)
@@ -793,5 +911,10 @@ class StateRefresher:
         else:
             st = await self.file_runner.run(os.statvfs, self.spool_root)
             free, capacity = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        commitments = None
+        if ICommitmentJournal.providedBy(self.store):
+            # Issue 15: reports owed, overdue and dead, read like the queue's figures (never at scrape time).
+            journal = ICommitmentJournal(self.store)
+            commitments = await self.store_runner.run(journal.transaction_stats, now)
         states = destination_states(stats, list(self.destinations()), now, self.down())
-        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now, tuple(nodes))
+        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now, tuple(nodes), commitments)

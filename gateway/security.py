@@ -198,15 +198,25 @@ class AuditObserver:
     PS3.15 A.5.3.7) or, for folder destinations, Data Export records
     (A.5.3.5); dead-lettered ones the same record with a serious-failure
     outcome and the reason; a destination's TLS fault a Security Alert
-    (HARDENING F20). Other events are not audited.
+    (HARDENING F20). Storage Commitment (issue 15): each request answered,
+    each report delivered or given up (a failed attempt that will be retried
+    is not audited: the metrics count it) and each archive's report
+    (see :meth:`AuditTrail.commitment_request`). Other events are not audited.
 
     :param audit: the audit trail.
     :param destinations: returns the current destination configuration by name.
+    :param modalities: returns the current ``modalities`` table by name (a report's addressee).
     """
 
-    def __init__(self, audit: AuditTrail, destinations: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(
+        self,
+        audit: AuditTrail,
+        destinations: Callable[[], dict[str, Any]] = dict,
+        modalities: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self._audit = audit
         self._destinations = destinations
+        self._modalities = modalities
 
     def observe(self, event: events.Event) -> None:
         """Write the audit record of ``event``, if it has one."""
@@ -254,6 +264,63 @@ class AuditObserver:
             self._record(event.entry, "dead_letter", Outcome.SERIOUS_FAILURE, event.detail)
         elif isinstance(event, events.DestinationFault):
             self._destination_fault(event.destination, event.reason, event.tls_failure)
+        elif isinstance(event, events.CommitmentRequested):
+            audit.commitment_request(
+                peer=event.peer,
+                calling_ae_title=printable(event.calling_ae_title),
+                called_ae_title="",
+                listener=event.listener,
+                transaction_uid=printable(event.transaction_uid),
+                outcome=event.outcome,
+                status=event.status,
+                instances=event.instances,
+                reason=printable(event.reason),
+            )
+        elif isinstance(event, events.CommitmentReportSent):
+            self._commitment_report(event.transaction_uid, event.modality, event.calling_ae_title, event.policy,
+                                    event.committed, event.failed, event.attempts)
+        elif isinstance(event, events.CommitmentReportFailed):
+            if event.dead:
+                self._commitment_report(event.transaction_uid, event.modality, "", "", 0, 0, event.attempt,
+                                        dead=True, error=printable(event.error))
+        elif isinstance(event, events.ArchiveCommitmentReported):
+            destination = self._destinations().get(event.destination)
+            audit.archive_commitment_report(
+                destination=event.destination,
+                calling_ae_title=printable(event.calling_ae_title),
+                address=f"{destination.host}:{destination.port}" if destination is not None and hasattr(destination, "host") else "",
+                transaction_uid=printable(event.transaction_uid),
+                committed=event.committed,
+                failed=event.failed,
+                status=event.status,
+            )
+
+    def _commitment_report(
+        self,
+        transaction_uid: str,
+        modality: str,
+        ae_title: str,
+        policy: str,
+        committed: int,
+        failed: int,
+        attempts: int,
+        dead: bool = False,
+        error: str = "",
+    ) -> None:
+        """Audit a report delivered or given up, addressed as the ``modalities`` table gives its requester."""
+        entry = self._modalities().get(modality)
+        self._audit.commitment_report(
+            transaction_uid=printable(transaction_uid),
+            modality=modality,
+            ae_title=printable(ae_title) or (entry.ae_title if entry is not None else ""),
+            address=f"{entry.host}:{entry.port}" if entry is not None else "",
+            policy=policy,
+            committed=committed,
+            failed=failed,
+            attempts=attempts,
+            dead=dead,
+            error=error,
+        )
 
     def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
         destination = self._destinations().get(entry.destination)

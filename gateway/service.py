@@ -255,7 +255,11 @@ class GatewayService(MultiService):
         #: Every event of listeners, intake and workers goes here: metrics, audit, debug log (issue 12).
         self.observer = events.FanOutObserver(
             self.metrics,
-            AuditObserver(self.audit, lambda: {d.name: d for d in self.config.destinations}),
+            AuditObserver(
+                self.audit,
+                lambda: {d.name: d for d in self.config.destinations},
+                lambda: {m.name: m for m in self.config.modalities},
+            ),
             events.LogObserver(),
             observer,
         )
@@ -465,6 +469,8 @@ class GatewayService(MultiService):
             [d.name for d in self.config.destinations],
             [r.name for r in self.config.routes],
             [listener.name for listener in self.config.listen],
+            # Issue 15: archives asked for Storage Commitment get their series at 0.
+            [d.name for d in self.config.destinations if getattr(d, "storage_commitment", False)],
         )
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:

@@ -29,6 +29,7 @@ from gateway.config.nodes import (
     _Field,
     _Invalid,
     _by_attr,
+    _check_boolean,
     _check_ae_title,
     _check_fields,
     _check_path,
@@ -152,6 +153,11 @@ _DICOM_FIELDS: Final[Mapping[str, _Field]] = {
             },
         )
     ),
+    # Issue 15: the archive confirms what it stores through Storage Commitment
+    # (PS3.4 Annex J); the gateway asks it as SCU under the 'committed' policy.
+    "storage_commitment": _Field(_check_boolean),
+    # How long to wait for the archive's N-EVENT-REPORT before asking again.
+    "commitment_timeout": _Field(_duration(0, _MAX_TIMER_SECONDS)),
 }
 
 

@@ -20,6 +20,7 @@ from gateway.config.schema import (
     USER_IDENTITY_POLICIES,
     UserIdentityConfig,
 )
+from gateway.config.commitment import check_commitment
 from gateway.config.nodes import (
     INVALID,
     _Context,
@@ -239,6 +240,8 @@ _LISTENER_FIELDS: Final[Mapping[str, _Field]] = {
     "access": _Field(_section(ListenerAccessConfig, _ACCESS_FIELDS)),
     "user_identity": _Field(_section(UserIdentityConfig, _USER_IDENTITY_FIELDS)),
     "proxy_protocol": _Field(_section(ProxyProtocolConfig, _PROXY_PROTOCOL_FIELDS)),
+    # Issue 15: this listener's Storage Commitment SCP; replaces the top-level section as a whole.
+    "commitment": _Field(check_commitment),
 }
 
 _check_listener_fields: Final = _section(ListenerConfig, _LISTENER_FIELDS)

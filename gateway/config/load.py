@@ -85,6 +85,8 @@ from gateway.config.nodes import (
     _section,
     _value_node,
 )
+from gateway.config.commitment import check_commitment, check_commitment_requesters
+from gateway.config.modalities import check_modalities
 from gateway.config.listeners import _ACCEPT_FIELDS, _LIMITS_FIELDS, _check_listeners
 from gateway.config.destinations import _check_destinations, _check_folders_outside_spool
 from gateway.config.routes import _check_references, _check_route, _check_routes
@@ -230,6 +232,9 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "plugins": _Field(_check_plugins, attr="plugin_folders"),
     "audit": _Field(_section(AuditConfig, _AUDIT_FIELDS)),
     "drain": _Field(_section(DrainConfig, _DRAIN_FIELDS)),
+    # Issue 15: the AEs the gateway may call back, and its Storage Commitment SCP.
+    "modalities": _Field(check_modalities),
+    "commitment": _Field(check_commitment),
 }
 
 
@@ -347,6 +352,7 @@ def _load(
         assert isinstance(values, dict)
         _check_folders_outside_spool(root, values, ctx)
         _check_shared_spool(root, values, ctx)
+        check_commitment_requesters(root, values, ctx)
     if ctx.errors or values is INVALID:
         # The configuration file first, then route files in the order they
         # were read; by line within a file (the sort is stable).

@@ -365,3 +365,28 @@ class ReadmeExampleTests(SynchronousTestCase):
         config = load_config_text(block, "README.md", os.path.join(REPO_ROOT, "etc"))
         self.assertEqual([r.name for r in config.routes],
                          ["no-test-patients", "discard-sr", "ct-to-archive", "per-station", "research"])
+
+
+class CommitmentWarningTests(SynchronousTestCase):
+    """``check`` on a configuration that is valid but says more than is true (issue 15)."""
+
+    def test_committed_without_committing_destination_is_valid_with_a_warning(self) -> None:
+        """Policy ``committed`` with no ``storage_commitment`` destination: exit 0, a warning line, and ``warnings`` in JSON."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "gw.yaml")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(
+                "ae_title: GW\nlisten: [{host: 127.0.0.1, port: 0}]\nspool: spool\n"
+                "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
+                "routes: [{name: all, forward: [pacs]}]\n"
+                "modalities: {ct1: {ae_title: CT1, host: 127.0.0.1, port: 104}}\n"
+                "commitment: {policy: committed}\n"
+            )
+        code, out, err = run_check("-c", path)
+        self.assertEqual(code, 0, err)
+        self.assertIn("configuration is valid", out)
+        self.assertIn("warning: commitment.policy: 'committed' but no destination has storage_commitment: true", out)
+        code, out, _ = run_check("-c", path, "--json")
+        report = json.loads(out)
+        self.assertEqual((code, report["valid"], len(report["warnings"])), (0, True, 1))
