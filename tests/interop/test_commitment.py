@@ -41,9 +41,11 @@ from tests.support.commitment_peer import (
     request_commitment,
 )
 from tests.support.datasets import ct_dataset
-from tests.support.gateway_process import GatewayProcess, dicom_destination, wait_until
+from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
 from tests.support.interop import ForwardTestMixin, pynetdicom_store
+from tests.support.metrics import metrics_text, sample
 from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port
 
 #: CT Image Storage (PS3.4 Annex B): the SOP class of the instances sent.
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -224,14 +226,16 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
 
         :param requester_port: the requester's port (its ``modalities`` entry ``MOD``).
         :param policy: ``commitment.policy``.
-        :param destinations: the destinations (none: the route keeps nothing).
+        :param destinations: the destinations (by default one folder: every instance
+            routed somewhere, since an unrouted one fails with 0x0110 under any policy).
         :param forward: the route's destinations (all of ``destinations`` by default).
         :param start: start it now.
         :param modality_aet: the requester's AE title in the table.
         :param commitment: more ``commitment`` keys (``deadline``, ``report_association``...).
         :returns: the gateway.
         """
-        destinations = destinations or {}
+        if destinations is None:
+            destinations = {"folder": folder_destination(Path(self.mktemp()).resolve())}  # type: ignore[attr-defined]
         config: dict[str, Any] = {
             "destinations": destinations,
             "routes": [{"name": "all", "forward": forward if forward is not None else list(destinations)}],
@@ -239,7 +243,7 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
             "commitment": {"policy": policy, "deadline": "60s", "report_deadline": "10m",
                            "retry": FAST_RETRY, **commitment},
         }
-        gateway = GatewayProcess(self.mktemp(), **config)  # type: ignore[attr-defined]
+        gateway = GatewayProcess(self.mktemp(), http_port=free_port(), **config)  # type: ignore[attr-defined]
         self.addCleanup(self._stop_gateway, gateway)  # type: ignore[attr-defined]
         return gateway.start() if start else gateway
 
@@ -408,6 +412,30 @@ class GatewayReportTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(report.failures, {refused: PROCESSING_FAILURE})
 
 
+    def test_unrouted_instance_fails_0x0110_and_with_unrouted_success_is_committed(self) -> None:
+        """An instance no route takes: 0x0110 by default (the modality keeps its copy); committed with unrouted: success."""
+        receiver = self.peer("MODALITY")
+        for unrouted, expected in (("fail", 2), ("success", 1)):
+            gateway = self.commitment_gateway(receiver.port, policy="received", unrouted=unrouted)
+            gateway.rewrite_config(routes=[{"name": "other", "match": {"calling_ae_title": "OTHER"},
+                                            "forward": ["folder"]}])
+            gateway.stop()
+            gateway.start()
+            datasets = new_cts(1)
+            self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0])
+            transaction = generate_uid()
+
+            self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+            report = self.report_for(gateway, receiver, transaction)
+            self.assertEqual(report.event_type, expected, unrouted)
+            if unrouted == "fail":
+                self.assertEqual(report.failures, {datasets[0].SOPInstanceUID: PROCESSING_FAILURE})
+            else:
+                self.assertEqual(report.committed, tuple(refs_of(datasets)))
+            gateway.stop()
+
+
 class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
     """Who may ask, and the same Transaction UID asked twice."""
 
@@ -540,10 +568,12 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
         transaction = generate_uid()
         self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
-        self.report_for(gateway, receiver, transaction)
-        # The acknowledgement is journaled just after the N-EVENT-REPORT-RSP: wait for it,
-        # as the CLI reads it, so the kill falls after (the window before is at-least-once).
-        self.wait_for(gateway, lambda: reported(gateway, transaction), 30, f"{transaction} journaled as reported")
+        report = self.report_for(gateway, receiver, transaction)
+        # The acknowledgement is journaled just after the N-EVENT-REPORT-RSP: wait until
+        # the journal shows nothing owed, so the kill falls after it (a kill in the
+        # window before is the at-least-once case: the report may be sent again).
+        self.wait_for(gateway, lambda: nothing_owed_since(gateway, report.received_at), 60,
+                      f"{transaction} journaled as reported")
 
         gateway.kill()
         gateway.start()
@@ -552,117 +582,22 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(len(receiver.reports_for(transaction)), 1)
 
 
-def reported(gateway: GatewayProcess, transaction: str) -> bool:
-    """Tell whether the gateway's journal holds ``transaction`` as reported (``commitment show``).
+def nothing_owed_since(gateway: GatewayProcess, since: float) -> bool:
+    """Tell whether a state snapshot taken after ``since`` shows no report owed.
 
-    :param gateway: the gateway.
-    :param transaction: the Transaction UID.
-    :returns: ``True`` once the requester's success is journaled.
+    ``dicom_gateway_commitment_reports_owed`` counts the journal's open
+    transactions at the snapshot's time
+    (``dicom_gateway_state_snapshot_timestamp_seconds``); a snapshot older
+    than ``since`` may predate the N-ACTION, so it does not count.
+
+    :param gateway: a gateway with a fixed ``http.port``.
+    :param since: a ``time.time()``.
+    :returns: ``True`` once a later snapshot shows 0 owed.
     """
-    result = gateway.cli("commitment", "show", transaction, "--json")
-    if result.returncode != 0:
+    try:
+        text = metrics_text(int(gateway.config["http"]["port"]))
+    except OSError:
         return False
-    return str(result.json().get("state", "")).lower() == "reported"
-
-
-class OrthancModalityTests(CommitmentGatewayMixin, TestCase):
-    """Orthanc as the requesting modality: C-STORE to the gateway, then its REST storage-commitment call."""
-
-    skip = orthanc.skip_reason()
-    timeout = 180
-
-    def modality(self, archive_port: int, aet: str = "STORESCP", **destination: Any) -> tuple[Orthanc, GatewayProcess]:
-        """Start Orthanc (AE ``ORTHANC``) and a gateway that knows it as a modality and forwards to ``archive_port``.
-
-        :param archive_port: the destination's port.
-        :param aet: the destination's AE title.
-        :param destination: more destination keys.
-        :returns: (Orthanc, the gateway).
-        """
-        modality = self.orthanc("ORTHANC")
-        gateway = self.commitment_gateway(modality.dicom_port, modality_aet="ORTHANC", destinations={
-            "archive": dicom_destination(archive_port, aet, **destination)})
-        modality.declare_modality("GW", "DICOMGW", gateway.port)
-        return modality, gateway
-
-    def send_from_orthanc(self, modality: Orthanc, datasets: list[Dataset]) -> None:
-        """Upload ``datasets`` to Orthanc and have it C-STORE them to the gateway.
-
-        :param modality: Orthanc.
-        :param datasets: the instances.
-        """
-        folder = Path(self.mktemp())
-        folder.mkdir()
-        ids = []
-        for ds in datasets:
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            path = folder / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            ids.append(modality.upload(path.read_bytes()))
-        job = modality.store("GW", ids)
-        self.assertEqual(job["Content"].get("FailedInstancesCount", 0), 0, job)
-
-    def test_orthanc_asks_the_gateway_and_reads_success(self) -> None:
-        """delivered to a storescp: Orthanc's storage-commitment result is Success with every instance."""
-        storescp = self.storescp("archive")
-        modality, gateway = self.modality(storescp.port, storescp.ae_title)
-        datasets = new_cts(3)
-        self.send_from_orthanc(modality, datasets)
-
-        transaction = modality.request_commitment("GW", refs_of(datasets))
-        result = modality.wait_commitment(transaction, 90)
-
-        self.assertEqual(result["Status"], "Success", f"{result}\n{gateway.log_text()[-3000:]}")
-        self.assertEqual({(s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]},
-                         set(refs_of(datasets)))
-        self.assertEqual(result["Failures"], [])
-        self.assertEqual(result.get("RemoteAET"), "DICOMGW")
-
-    def test_orthanc_reads_failure_for_an_instance_the_destination_dead_lettered(self) -> None:
-        """The archive refuses one instance's SOP class (0x0122): Orthanc's result is Failure, that instance 0x0110, the others Success."""
-        datasets = new_cts(3)
-        refused = str(datasets[0].SOPInstanceUID)
-        archive = self.recorder(status_for=lambda uid, _n: 0x0122 if uid == refused else 0x0000)
-        modality, gateway = self.modality(archive.port, archive.ae_title)
-        self.send_from_orthanc(modality, datasets)
-        self.wait_for(gateway, lambda: any(str(row.get("sop_instance_uid", "")) == refused or refused in str(row)
-                                           for row in gateway.dead_letters()), 60, "the dead letter")
-
-        transaction = modality.request_commitment("GW", refs_of(datasets))
-        result = modality.wait_commitment(transaction, 90)
-
-        self.assertEqual(result["Status"], "Failure", f"{result}\n{gateway.log_text()[-3000:]}")
-        self.assertEqual([(f["SOPInstanceUID"], f["FailureReason"]) for f in result["Failures"]],
-                         [(refused, PROCESSING_FAILURE)])
-        self.assertEqual({s["SOPInstanceUID"] for s in result["Success"]},
-                         {str(ds.SOPInstanceUID) for ds in datasets[1:]})
-
-
-class OrthancArchiveTests(CommitmentGatewayMixin, TestCase):
-    """Orthanc as a committing archive behind the gateway (``committed``): its report decides the modality's."""
-
-    skip = orthanc.skip_reason()
-    timeout = 180
-
-    def test_committed_policy_waits_for_orthancs_commitment(self) -> None:
-        """policy committed, Orthanc flagged storage_commitment: the gateway asks Orthanc, which reports to it; the modality's report is event 1."""
-        receiver = self.peer("MODALITY")
-        archive = self.orthanc("ARCHIVE")
-        gateway = self.commitment_gateway(receiver.port, policy="committed", deadline="90s", destinations={
-            "archive": dicom_destination(archive.dicom_port, "ARCHIVE", storage_commitment=True,
-                                         commitment_timeout="60s")})
-        # Orthanc sends its report to the requester it finds by AE title (on a new association).
-        archive.declare_modality("GW", "DICOMGW", gateway.port)
-        datasets = new_cts(3)
-        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
-        transaction = generate_uid()
-
-        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
-
-        report = self.report_for(gateway, receiver, transaction, timeout=120)
-        self.assertEqual(report.event_type, 1, f"{report}\n{archive.log_text()[-3000:]}")
-        self.assertEqual(set(report.committed), set(refs_of(datasets)))
-        # Orthanc did receive the instances and was asked about them (its job log says so).
-        self.assertEqual({archive.find_instance(str(ds.SOPInstanceUID)) is not None for ds in datasets}, {True})
-        self.assertIn("storage commitment", archive.log_text().lower())
+    return (sample(text, "dicom_gateway_state_snapshot_timestamp_seconds") > since
+            and "dicom_gateway_commitment_reports_owed" in text
+            and sample(text, "dicom_gateway_commitment_reports_owed") == 0)
