@@ -558,6 +558,12 @@ def _request(args: argparse.Namespace) -> int:
         print(json.dumps({"established": False, "status": None, "detail": detail}), flush=True)
         return 0
     accepted = [[str(c.abstract_syntax), str(c.transfer_syntax[0])] for c in assoc.accepted_contexts]
+    if not any(a == STORAGE_COMMITMENT_PUSH for a, _ in accepted):
+        # The SOP class refused (as by a gateway without a commitment section).
+        assoc.release()
+        print(json.dumps({"established": True, "status": None, "accepted": accepted,
+                          "detail": "Storage Commitment Push Model not accepted"}), flush=True)
+        return 0
     info = Dataset()
     info.TransactionUID = args.transaction
     items = []
