@@ -518,6 +518,24 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.fence(gateway, receiver)
         self.assertEqual(len(receiver.reports_for(transaction)), 1)
 
+    def test_report_answered_with_a_failure_status_is_sent_again_unchanged(self) -> None:
+        """The requester answers the first N-EVENT-REPORT with 0x0110: the gateway sends the same report again, and stops once answered 0x0000."""
+        receiver = self.peer("MODALITY", report_statuses=[PROCESSING_FAILURE])
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(2)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        reports = self.wait_for(gateway, lambda: len(r := receiver.reports_for(transaction)) >= 2 and r, 60,
+                                "the report sent again")
+        self.assertEqual([r.status for r in reports[:2]], [PROCESSING_FAILURE, 0x0000])
+        self.assertEqual(reports[0].committed, reports[1].committed)
+        self.assertEqual(reports[0].failed, reports[1].failed)
+        self.fence(gateway, receiver)
+        self.assertEqual(len(receiver.reports_for(transaction)), 2)
+
     def test_kill_9_right_after_the_n_action_rsp(self) -> None:
         """kill -9 as soon as the N-ACTION-RSP came (the requester down, so nothing was sent): after the restart the report arrives once."""
         receiver = CommitmentPeer(Path(self.mktemp()).resolve() / "modality", "MODALITY")
