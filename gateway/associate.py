@@ -6,7 +6,26 @@
 (C-ECHO), :meth:`store` (C-STORE of a Part 10 file, streamed from disk in
 fragments sized to the peer's maximum PDU length, PS3.8 D.1; over plain TCP
 on Linux each fragment goes from the file to the socket with ``os.sendfile``,
-see :class:`_FileSender`), :meth:`release` and :meth:`abort`.
+see :class:`_FileSender`), :meth:`n_action` and :meth:`n_event_report`
+(DIMSE-N with a small in-memory data set, for Storage Commitment: the
+gateway asks an archive to commit, and reports to a modality as SCP, PS3.4
+J.3), :meth:`release` and :meth:`abort`.
+
+One request may come the other way: an archive that commits may send its
+N-EVENT-REPORT-RQ on the association that carried our N-ACTION while it is
+still open (PS3.4 J.3.3, "on the same or a new association"). The caller
+installs a handler with :meth:`ClientAssociation.on_event_report`; the
+requestor gathers the data set (bounded by :data:`MAX_EVENT_REPORT_DATASET`),
+calls it, and answers N-EVENT-REPORT-RSP with the status it returns (0x0110
+without a handler or when it fails, PS3.7 10.1.1.1.8). Any other request
+from the acceptor is still a protocol violation (A-ABORT).
+
+For the report, the gateway is association requestor *and* Storage
+Commitment SCP, so the request carries an SCP/SCU Role Selection item with
+SCU-role 0 and SCP-role 1 (PS3.4 J.3.3.1.3, PS3.7 D.3.3.4):
+:func:`connect_tcp` and :func:`gateway.send.dicom.connect_dicom` take
+``role_selections``, and :func:`~gateway.ul.negotiate.accepted_from_ac`
+keeps a context only when the acceptor granted a role we proposed.
 
 Outstanding requests are kept in a ``{message_id: (Deferred, timeout)}`` map
 in the style of ``twisted.names.dns.DNSMixin``: each waits for its response
@@ -21,9 +40,9 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -33,12 +52,14 @@ from zope.interface import implementer
 
 from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
-from gateway.dimse.pdv import CommandComplete, Reassembler, fragment_command, max_fragment_size
+from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler, fragment, fragment_command, max_fragment_size
+from gateway.dimse.status import Status
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.meta import Part10Header, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
+from gateway.ul.items import SCPSCURoleSelection
 from gateway.tls import describe_tls_failure
 from gateway.ul.association import Association
 from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
@@ -63,6 +84,15 @@ SEND_CAP = 1024 * 1024
 #: Bytes of data set one pull sends straight from the file (zero-copy) before
 #: handing back to the reactor, so one fast peer cannot starve the others.
 DIRECT_BUDGET = 4 * 1024 * 1024
+
+#: The largest N-EVENT-REPORT-RQ data set accepted on our association
+#: (HARDENING R4): a report naming :data:`gateway.dimse.commitment.MAX_REFERENCES`
+#: instances is about 13 MB.
+MAX_EVENT_REPORT_DATASET = 32 * 1024 * 1024
+
+#: Handles an N-EVENT-REPORT-RQ received on our association: the request, its
+#: context, its data set bytes -> the status to answer (or a Deferred of it).
+EventReportHandler = Callable[[dimse.NEventReportRQ, AcceptedContext, bytes], "int | Deferred[int]"]
 
 #: The headers of a P-DATA-TF PDU holding one PDV (PS3.8 9.3.5, Table 9-22,
 #: and 9.3.5.1, Table 9-23): PDU type 04H, reserved, PDU length; PDV item
@@ -325,6 +355,10 @@ class RequestorProtocol(Protocol):
         self._released: Deferred[None] | None = None
         self.client: ClientAssociation | None = None
         self.closed = False
+        #: Set by :meth:`ClientAssociation.on_event_report`.
+        self.event_report_handler: EventReportHandler | None = None
+        # An N-EVENT-REPORT-RQ whose data set is arriving: request, context, fragments, size.
+        self._incoming: tuple[dimse.NEventReportRQ, AcceptedContext, list[bytes], int] | None = None
 
     def connectionMade(self) -> None:
         """Evt1 then Evt2: send the A-ASSOCIATE-RQ, and wait at most the ACSE timeout."""
@@ -417,7 +451,61 @@ class RequestorProtocol(Protocol):
                 return
             for event in events:
                 if isinstance(event, CommandComplete):
-                    self._response(event.command)
+                    if isinstance(event.command, dimse.NEventReportRQ):
+                        self._event_report_begins(event.context_id, event.command)
+                    else:
+                        self._response(event.command)
+                elif isinstance(event, DatasetFragment) and self._incoming is not None:
+                    self._event_report_fragment(event)
+                # Other data set fragments belong to a response's reply (none
+                # is expected for the services we use) and are dropped.
+
+    def _event_report_begins(self, context_id: int, rq: dimse.NEventReportRQ) -> None:
+        """An N-EVENT-REPORT-RQ from the acceptor (PS3.4 J.3.3): gather its data set, or handle it now."""
+        context = self.client.contexts.get(context_id) if self.client is not None else None
+        if context is None:
+            self.abort(f"N-EVENT-REPORT-RQ on unaccepted presentation context {context_id}")
+            return
+        if rq.has_dataset:
+            self._incoming = (rq, context, [], 0)
+        else:
+            self._event_report_dispatch(rq, context, b"")
+
+    def _event_report_fragment(self, event: DatasetFragment) -> None:
+        """One fragment of the incoming report's data set, bounded (HARDENING R4)."""
+        assert self._incoming is not None
+        rq, context, parts, size = self._incoming
+        size += len(event.data)
+        if size > MAX_EVENT_REPORT_DATASET:
+            self._incoming = None
+            self.abort(f"N-EVENT-REPORT-RQ data set over {MAX_EVENT_REPORT_DATASET} bytes")
+            return
+        parts.append(event.data)
+        self._incoming = (rq, context, parts, size)
+        if event.last:
+            self._incoming = None
+            self._event_report_dispatch(rq, context, b"".join(parts))
+
+    def _event_report_dispatch(self, rq: dimse.NEventReportRQ, context: AcceptedContext, data: bytes) -> None:
+        """Call the handler and answer with its status; 0x0110 without one or when it fails (PS3.7 10.1.1.1.8)."""
+        handler = self.event_report_handler
+        if handler is None:
+            self._event_report_answer(rq, context, int(Status.PROCESSING_FAILURE), "no handler for N-EVENT-REPORT")
+            return
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("N-EVENT-REPORT handler failed", failure)
+            self._event_report_answer(rq, context, int(Status.PROCESSING_FAILURE), "cannot process the report")
+
+        d = maybeDeferred(handler, rq, context, data)
+        d.addCallbacks(lambda status: self._event_report_answer(rq, context, int(status)), failed)
+
+    def _event_report_answer(self, rq: dimse.NEventReportRQ, context: AcceptedContext, status: int, comment: str = "") -> None:
+        """Send the N-EVENT-REPORT-RSP (PS3.7 10.3.1.2), if the association is still up."""
+        if not self.association.is_established or self.client is None:
+            return
+        response = dimse.encode_command(dimse.event_report_response(rq, status, comment))
+        self.send_command(context.context_id, response, self.client.peer_max_pdu)
 
     def _response(self, command: dimse.Command) -> None:
         message_id = getattr(command, "message_id_being_responded_to", None)
@@ -450,6 +538,11 @@ class RequestorProtocol(Protocol):
     def send_command(self, context_id: int, command: bytes, peer_max: int) -> None:
         """Send a command set, fragmented to the peer's maximum."""
         for pdv in fragment_command(context_id, command, peer_max):
+            self._run(self.association.send_pdata([pdv]))
+
+    def send_dataset(self, context_id: int, data: bytes, peer_max: int) -> None:
+        """Send a small in-memory data set, fragmented to the peer's maximum (PS3.8 E.1)."""
+        for pdv in fragment(context_id, data, max_fragment_size(peer_max, SEND_CAP), command=False):
             self._run(self.association.send_pdata([pdv]))
 
     def expect_response(self, message_id: int) -> Deferred[Any]:
@@ -507,8 +600,95 @@ class ClientAssociation:
                 return context
         return None
 
+    def context_for_class(self, sop_class_uid: str) -> AcceptedContext | None:
+        """The accepted context of a SOP class, whatever its transfer syntax (lowest ID first).
+
+        A DIMSE-N caller encodes its data set in the returned context's
+        ``transfer_syntax`` (e.g. with :mod:`gateway.dimse.commitment`).
+        Contexts where the acceptor granted no role we proposed are already
+        left out (:func:`~gateway.ul.negotiate.accepted_from_ac`).
+
+        :param sop_class_uid: the abstract syntax.
+        :returns: the context, or ``None`` when none was accepted.
+        """
+        matches = [c for c in self.contexts.values() if c.abstract_syntax == sop_class_uid]
+        return min(matches, key=lambda c: c.context_id) if matches else None
+
     def _next_id(self) -> int:
         return next(self._message_ids) & 0xFFFF or next(self._message_ids)
+
+    async def n_action(
+        self, sop_class_uid: str, sop_instance_uid: str, action_type_id: int, dataset: bytes
+    ) -> dimse.NActionRSP:
+        """N-ACTION (PS3.7 10.1.4) with an Action Information data set; returns the response.
+
+        :param sop_class_uid: the Requested SOP Class UID, e.g. Storage Commitment Push Model.
+        :param sop_instance_uid: the Requested SOP Instance UID, e.g. its well-known instance.
+        :param action_type_id: e.g. 1, Request Storage Commitment (PS3.4 Table J.3-1).
+        :param dataset: the Action Information, already encoded in
+            :meth:`context_for_class`'s ``transfer_syntax``; empty for none.
+        :returns: the N-ACTION-RSP (its status is the caller's to judge).
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: when the association ends, or the DIMSE
+            timeout passes, before the response, or the peer answers with
+            another kind of message.
+        """
+        context = self._context_or_raise(sop_class_uid)
+        message_id = self._next_id()
+        rq = dimse.NActionRQ(message_id, sop_class_uid, sop_instance_uid, action_type_id, has_dataset=bool(dataset))
+        response = await self._n_request(context, message_id, dimse.encode_command(rq), dataset)
+        if not isinstance(response, dimse.NActionRSP):
+            self._protocol.abort(f"{type(response).__name__} answering N-ACTION-RQ {message_id}")
+            raise AssociationAborted(f"unexpected {type(response).__name__} to N-ACTION-RQ")
+        return response
+
+    async def n_event_report(
+        self, sop_class_uid: str, sop_instance_uid: str, event_type_id: int, dataset: bytes
+    ) -> dimse.NEventReportRSP:
+        """N-EVENT-REPORT (PS3.7 10.1.1) with an Event Information data set; returns the response.
+
+        :param sop_class_uid: the Affected SOP Class UID.
+        :param sop_instance_uid: the Affected SOP Instance UID.
+        :param event_type_id: e.g. 1 (all committed) or 2 (failures exist), PS3.4 Table J.3-2.
+        :param dataset: the Event Information, already encoded in
+            :meth:`context_for_class`'s ``transfer_syntax``; empty for none.
+        :returns: the N-EVENT-REPORT-RSP.
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: as for :meth:`n_action`.
+        """
+        context = self._context_or_raise(sop_class_uid)
+        message_id = self._next_id()
+        rq = dimse.NEventReportRQ(message_id, sop_class_uid, sop_instance_uid, event_type_id, has_dataset=bool(dataset))
+        response = await self._n_request(context, message_id, dimse.encode_command(rq), dataset)
+        if not isinstance(response, dimse.NEventReportRSP):
+            self._protocol.abort(f"{type(response).__name__} answering N-EVENT-REPORT-RQ {message_id}")
+            raise AssociationAborted(f"unexpected {type(response).__name__} to N-EVENT-REPORT-RQ")
+        return response
+
+    def _context_or_raise(self, sop_class_uid: str) -> AcceptedContext:
+        """The class's accepted context, on an open association.
+
+        :raises NoPresentationContext: none accepted.
+        :raises AssociationAborted: the association is no longer open.
+        """
+        context = self.context_for_class(sop_class_uid)
+        if context is None:
+            raise NoPresentationContext(f"no accepted presentation context for {sop_class_uid}")
+        if not self.is_open:
+            raise AssociationAborted("association is not open")
+        return context
+
+    async def _n_request(self, context: AcceptedContext, message_id: int, command: bytes, dataset: bytes) -> Any:
+        """Send one request (command, then its data set if any) and await its response.
+
+        The DIMSE timeout starts once the last fragment is out, as for C-STORE.
+        """
+        d = self._protocol.expect_response(message_id)
+        self._protocol.send_command(context.context_id, command, self.peer_max_pdu)
+        if dataset:
+            self._protocol.send_dataset(context.context_id, dataset, self.peer_max_pdu)
+        self._protocol.arm_timeout(message_id)
+        return await d
 
     async def echo(self) -> int:
         """C-ECHO (PS3.7 9.1.5); returns the status."""
@@ -585,6 +765,15 @@ class ClientAssociation:
             error_comment=getattr(response, "error_comment", None),
         )
 
+    def on_event_report(self, handler: EventReportHandler | None) -> None:
+        """Handle N-EVENT-REPORT-RQs the acceptor sends on this association (PS3.4 J.3.3).
+
+        :param handler: called with the request, its context and its whole
+            data set (in the context's transfer syntax); it returns the status
+            to answer, or a Deferred of it. ``None`` answers 0x0110.
+        """
+        self._protocol.event_report_handler = handler
+
     def release(self) -> Deferred[None]:
         """A-RELEASE; fires when released."""
         return self._protocol.release()
@@ -638,10 +827,14 @@ def connect_tcp(
     proposals: Sequence[tuple[str, Sequence[str]]] | None,
     max_pdu_length: int = 262144,
     timeout: float = 30.0,
+    role_selections: Sequence[SCPSCURoleSelection] = (),
 ) -> Deferred[ClientAssociation]:
     """Connect to ``host:port`` and negotiate an association.
 
     :param proposals: ``[(abstract_syntax, [transfer_syntaxes])]``; Verification is always added.
+    :param role_selections: SCP/SCU Role Selection items to propose (PS3.7
+        D.3.3.4), e.g. SCU-role 0 and SCP-role 1 for Storage Commitment when
+        we send the report (PS3.4 J.3.3.1.3).
     :returns: a Deferred firing with the :class:`ClientAssociation`, or failing with
         :class:`AssociationRejected` / :class:`AssociationAborted` / a connection error.
     """
@@ -655,6 +848,7 @@ def connect_tcp(
         max_pdu_length=max_pdu_length,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        role_selections=role_selections,
     )
     if ":" in host:
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)

@@ -42,6 +42,7 @@ from gateway.send import SendContext
 from gateway.send.classify import classify_error, classify_status, data_went_out
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.transcode import NATIVE_SYNTAXES, TranscodeError, transcode
+from gateway.ul.items import SCPSCURoleSelection
 from gateway.ul.negotiate import build_request
 
 __all__ = ["DicomSender", "Proposals", "connect_dicom", "header_from_record", "proposals_for"]
@@ -96,7 +97,12 @@ def proposals_for(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]
     return [(sop, list(syntaxes)) for sop, syntaxes in seen]
 
 
-def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Proposals) -> "Deferred[ClientAssociation]":
+def connect_dicom(
+    reactor: Any,
+    destination: DicomDestination,
+    proposals: Proposals,
+    role_selections: Sequence[SCPSCURoleSelection] = (),
+) -> "Deferred[ClientAssociation]":
     """Open an association to ``destination`` with its three timeouts kept apart.
 
     ``connect_timeout`` bounds the TCP connection, ``acse_timeout`` the
@@ -106,6 +112,9 @@ def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Propos
     :param reactor: provides ``IReactorTCP`` and ``IReactorTime``.
     :param destination: the DICOM AE.
     :param proposals: presentation contexts; Verification is always added (C-ECHO probes).
+    :param role_selections: SCP/SCU Role Selection items to propose (PS3.7
+        D.3.3.4); none for C-STORE, SCU-role 0 / SCP-role 1 for a Storage
+        Commitment report (PS3.4 J.3.3.1.3).
     :returns: a Deferred firing with the :class:`ClientAssociation`.
     """
     wanted = [(sop, list(ts)) for sop, ts in proposals]
@@ -118,6 +127,7 @@ def connect_dicom(reactor: Any, destination: DicomDestination, proposals: Propos
         max_pdu_length=destination.max_pdu_length,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        role_selections=role_selections,
     )
     endpoint_type = TCP6ClientEndpoint if ":" in destination.host else TCP4ClientEndpoint
     endpoint: Any = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)

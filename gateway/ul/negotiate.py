@@ -26,7 +26,13 @@ Decisions this module implements (HARDENING decision 2 and rows P08-P15):
   (PS3.7 D.3.3.3; HARDENING P38): we perform one operation at a time;
 * SCP/SCU role selection is answered per PS3.7 D.3.3.4 for SOP classes of
   accepted contexts only: we act as SCP, so a proposed requestor SCU role is
-  echoed and a proposed requestor SCP role is declined.
+  echoed and a proposed requestor SCP role is declined;
+* except for the SOP classes of ``AcceptorSettings.scp_role_abstract_syntaxes``,
+  where a proposed requestor SCP role is accepted too (echoed 1), and a
+  context whose requestor is SCP only (SCU-role 0, SCP-role 1) is accepted:
+  that is how an archive that commits reports its Storage Commitment result
+  to us, as association requestor and Storage Commitment SCP, on an
+  association it opens (PS3.4 J.3.3.1.3).
 
 Everything here is sans-IO and deterministic: same request, same answer.
 """
@@ -106,6 +112,12 @@ class AcceptorSettings:
         (e.g. private storage classes) instead of answering result 3.
     :ivar min_peer_max_pdu: the smallest non-zero Maximum Length we accept
         from a peer (HARDENING P15).
+    :ivar scp_role_abstract_syntaxes: SOP classes for which a requestor may
+        take the SCP role (PS3.7 D.3.3.4): a role selection item proposing
+        SCP-role 1 is answered 1, and the context is accepted even with
+        SCU-role 0. Storage Commitment Push Model when archives report to us
+        (PS3.4 J.3.3.1.3); empty by default, which keeps the SCP role
+        declined for every class.
     """
 
     ae_title: str
@@ -116,6 +128,7 @@ class AcceptorSettings:
     transfer_syntaxes: tuple[str, ...]
     accept_unknown_abstract_syntaxes: bool = False
     min_peer_max_pdu: int = 1024
+    scp_role_abstract_syntaxes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -244,7 +257,9 @@ def negotiate_acceptor(
     * no proposed transfer syntax acceptable -> result 4;
     * the requestor proposed, through role selection, only the SCP role for
       that SOP class -> result 1 (user rejection): we only act as SCP, so no
-      role would remain (PS3.7 D.3.3.4, Table D.3-12);
+      role would remain (PS3.7 D.3.3.4, Table D.3-12); unless the class is
+      in ``settings.scp_role_abstract_syntaxes``, where the requestor's SCP
+      role is granted (PS3.4 J.3.3.1.3);
     * otherwise accepted with the first acceptable proposed transfer syntax.
 
     A context ID that appears twice is answered once (the PDU decoder
@@ -289,11 +304,14 @@ def negotiate_acceptor(
         scu_role, scp_role = True, False
         item = role_items.get(abstract)
         if item is not None:
-            # We accept the requestor's SCU role when proposed (echo 1) and
-            # decline its SCP role (0); never answer 1 to a role proposed 0.
-            scu_role, scp_role = item.scu_role, False
-            role_replies[abstract] = SCPSCURoleSelection(abstract, scu_role=item.scu_role, scp_role=False)
-        if not scu_role:
+            # We accept the requestor's SCU role when proposed (echo 1); its
+            # SCP role only for the classes where we may act as SCU (PS3.4
+            # J.3.3.1.3: an archive reporting Storage Commitment results to
+            # us), else we decline it (0). Never answer 1 to a role proposed 0.
+            scu_role = item.scu_role
+            scp_role = item.scp_role and abstract in settings.scp_role_abstract_syntaxes
+            role_replies[abstract] = SCPSCURoleSelection(abstract, scu_role=scu_role, scp_role=scp_role)
+        if not (scu_role or scp_role):
             # No role left for the requestor on this context (Table D.3-12).
             answers.append(PresentationContextAC(context.context_id, ContextResult.USER_REJECTION, None))
             continue

@@ -25,6 +25,7 @@ from gateway.ul.negotiate import (
     DEFAULT_PEER_MAX_PDU,
     AcceptedContext,
     AcceptorSettings,
+    Negotiation,
     accepted_from_ac,
     build_request,
     check_acse,
@@ -306,6 +307,82 @@ class RoleSelectionTests(SynchronousTestCase):
         assert negotiation.ac.user_information is not None
         self.assertEqual(len(negotiation.ac.user_information.role_selections), 1)
         self.assertEqual(sorted(negotiation.contexts), [1, 3])
+
+
+STGCMT = "1.2.840.10008.1.20.1"
+#: A listener that takes Storage Commitment reports from archives (issue 15).
+STGCMT_SETTINGS = replace(
+    SETTINGS,
+    abstract_syntaxes=SETTINGS.abstract_syntaxes | {STGCMT},
+    scp_role_abstract_syntaxes=frozenset({STGCMT}),
+)
+
+
+def replies(negotiation: Negotiation) -> tuple[SCPSCURoleSelection, ...]:
+    """The role selection replies of an AC."""
+    assert negotiation.ac.user_information is not None
+    return negotiation.ac.user_information.role_selections
+
+
+class SCPRoleAcceptanceTests(SynchronousTestCase):
+    """AcceptorSettings.scp_role_abstract_syntaxes: a requestor may be SCP for those classes (PS3.4 J.3.3.1.3)."""
+
+    def negotiate(self, settings: AcceptorSettings, *roles: SCPSCURoleSelection) -> Negotiation:
+        """Negotiate a Storage Commitment and a CT context with the given role items."""
+        rq = make_rq(
+            contexts=(PresentationContextRQ(1, STGCMT, (IMPLICIT_VR_LE,)), PresentationContextRQ(3, CT, (IMPLICIT_VR_LE,))),
+            user_information=UserInformation(max_length=16384, role_selections=roles),
+        )
+        return negotiate_acceptor(rq, settings)
+
+    def test_archive_reporting_as_scp_is_accepted(self) -> None:
+        """An archive proposing SCU-role 0 / SCP-role 1 gets (0,1) back and an SCP-only context."""
+        negotiation = self.negotiate(STGCMT_SETTINGS, SCPSCURoleSelection(STGCMT, False, True))
+        self.assertEqual(negotiation.ac.presentation_contexts[0].result, ContextResult.ACCEPTANCE)
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(STGCMT, False, True),))
+        self.assertEqual(negotiation.contexts[1], AcceptedContext(1, STGCMT, IMPLICIT_VR_LE, False, True))
+
+    def test_both_roles_proposed_are_both_granted(self) -> None:
+        """A (1,1) proposal for the class is answered (1,1): the peer may ask (N-ACTION) and report."""
+        negotiation = self.negotiate(STGCMT_SETTINGS, SCPSCURoleSelection(STGCMT, True, True))
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(STGCMT, True, True),))
+        self.assertEqual((negotiation.contexts[1].scu_role, negotiation.contexts[1].scp_role), (True, True))
+
+    def test_other_classes_keep_the_scp_role_declined(self) -> None:
+        """With the setting, a (0,1) proposal for CT is still answered (0,0) and its context rejected."""
+        negotiation = self.negotiate(STGCMT_SETTINGS, SCPSCURoleSelection(CT, False, True))
+        self.assertEqual(negotiation.ac.presentation_contexts[1].result, ContextResult.USER_REJECTION)
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(CT, False, False),))
+        self.assertIn(1, negotiation.contexts)
+
+    def test_without_the_setting_the_report_context_is_rejected(self) -> None:
+        """Today's answer is kept by default: (0,1) for Storage Commitment is answered (0,0) and rejected."""
+        settings = replace(STGCMT_SETTINGS, scp_role_abstract_syntaxes=frozenset())
+        negotiation = self.negotiate(settings, SCPSCURoleSelection(STGCMT, False, True))
+        self.assertEqual(negotiation.ac.presentation_contexts[0].result, ContextResult.USER_REJECTION)
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(STGCMT, False, False),))
+
+    def test_no_role_item_keeps_defaults_for_the_class(self) -> None:
+        """A modality sending N-ACTION without a role item stays SCU; no reply item is sent."""
+        negotiation = self.negotiate(STGCMT_SETTINGS)
+        self.assertEqual((negotiation.contexts[1].scu_role, negotiation.contexts[1].scp_role), (True, False))
+        self.assertEqual(replies(negotiation), ())
+
+    def test_nothing_proposed_is_rejected_even_for_the_class(self) -> None:
+        """A (0,0) item leaves no role, even for a class in scp_role_abstract_syntaxes (Table D.3-12)."""
+        negotiation = self.negotiate(STGCMT_SETTINGS, SCPSCURoleSelection(STGCMT, False, False))
+        self.assertEqual(negotiation.ac.presentation_contexts[0].result, ContextResult.USER_REJECTION)
+
+    def test_our_requestor_and_acceptor_agree_on_the_report_context(self) -> None:
+        """Our report request (0,1) read back from our acceptor's AC gives an SCP-only usable context."""
+        rq = build_request(
+            "ARCHIVE", "GATEWAY", [(STGCMT, [IMPLICIT_VR_LE, EXPLICIT_VR_LE])],
+            max_pdu_length=16384, implementation_class_uid="1.2.3", implementation_version_name="GW",
+            role_selections=(SCPSCURoleSelection(STGCMT, False, True),),
+        )
+        negotiation = negotiate_acceptor(rq, STGCMT_SETTINGS)
+        contexts = accepted_from_ac(rq, negotiation.ac).contexts
+        self.assertEqual(contexts[1], AcceptedContext(1, STGCMT, IMPLICIT_VR_LE, False, True))
 
 
 class RequestorTests(SynchronousTestCase):
