@@ -14,7 +14,11 @@ columns issue 14 adds for several nodes, in PostgreSQL's types:
 * ``destinations``: pause, last error and success, the circuit (shared by
   every node: one node's probe result is every node's);
 * ``slots``: cluster-wide association slots (``claim_slot``);
-* ``nodes``: each node's heartbeat.
+* ``nodes``: each node's heartbeat;
+* version 2 (issue 15): the Storage Commitment tables
+  (``commitment_transactions``, ``commitment_attempts``, ``unforwarded``,
+  ``copy_commitments``, ``commitment_requests``; see
+  :mod:`gateway.queue.commitment_sql`).
 
 Versions
 --------
@@ -191,8 +195,107 @@ def _migrate_0_to_1(conn: psycopg.Connection[Any]) -> None:
         conn.execute(statement)
 
 
+def _migrate_1_to_2(conn: psycopg.Connection[Any]) -> None:
+    """Version 2: Storage Commitment (issue 15; PS3.4 Annex J), the SQLite journal's version 6.
+
+    The same tables and indexes as :func:`gateway.queue.schema._migrate_5_to_6`
+    (described in :mod:`gateway.queue.commitment_sql`), in PostgreSQL's types.
+    Nothing existing changes; a version-1 database keeps all its data.
+
+    :param conn: a connection inside a transaction.
+    """
+    for statement in COMMITMENT_TABLES:
+        conn.execute(statement)
+
+
+#: The Storage Commitment tables and indexes (PostgreSQL types).
+COMMITMENT_TABLES: tuple[str, ...] = (
+    """
+    CREATE TABLE commitment_transactions (
+        seq BIGSERIAL PRIMARY KEY,
+        transaction_uid TEXT NOT NULL UNIQUE,
+        calling_ae_title TEXT NOT NULL,
+        called_ae_title TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        listener TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        deadline DOUBLE PRECISION NOT NULL,
+        report_deadline DOUBLE PRECISION NOT NULL,
+        lookback_from DOUBLE PRECISION NOT NULL,
+        unrouted TEXT NOT NULL,
+        report_association TEXT NOT NULL,
+        source_address TEXT NOT NULL DEFAULT '',
+        requested_at DOUBLE PRECISION NOT NULL,
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'reported', 'dead')),
+        report TEXT NOT NULL DEFAULT '',
+        decided_at DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        reported_at DOUBLE PRECISION,
+        dead_reason TEXT NOT NULL DEFAULT '',
+        lease_owner TEXT NOT NULL DEFAULT '',
+        lease_generation BIGINT NOT NULL DEFAULT 0,
+        leased_until DOUBLE PRECISION
+    )
+    """,
+    # lease_transactions: the OPEN ones by due time (partial: reported ones pile up).
+    "CREATE INDEX commitment_transactions_due ON commitment_transactions (next_attempt_at, seq) WHERE state = 'open'",
+    "CREATE INDEX commitment_transactions_requested ON commitment_transactions (requested_at, seq)",
+    """
+    CREATE TABLE commitment_attempts (
+        attempt_id BIGSERIAL PRIMARY KEY,
+        transaction_uid TEXT NOT NULL REFERENCES commitment_transactions(transaction_uid),
+        at DOUBLE PRECISION NOT NULL,
+        error TEXT NOT NULL,
+        counted INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX commitment_attempts_transaction ON commitment_attempts (transaction_uid, attempt_id)",
+    """
+    CREATE TABLE unforwarded (
+        note_id BIGSERIAL PRIMARY KEY,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        calling_ae_title TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        noted_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+    "CREATE INDEX unforwarded_sop ON unforwarded (sop_instance_uid, received_at)",
+    """
+    CREATE TABLE copy_commitments (
+        entry_id BIGINT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'requested', 'committed', 'failed')),
+        noted_at DOUBLE PRECISION NOT NULL,
+        transaction_uid TEXT NOT NULL DEFAULT '',
+        requested_at DOUBLE PRECISION,
+        answered_at DOUBLE PRECISION,
+        requests INTEGER NOT NULL DEFAULT 0,
+        failure_reason INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX copy_commitments_pending ON copy_commitments (destination, state, noted_at, entry_id)",
+    "CREATE INDEX copy_commitments_sop ON copy_commitments (destination, sop_instance_uid)",
+    """
+    CREATE TABLE commitment_requests (
+        transaction_uid TEXT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        requested_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1,)
+MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

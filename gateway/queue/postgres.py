@@ -146,6 +146,8 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mappi
 
 from zope.interface import implementer
 
+from gateway.queue.commitment_sql import SqlCommitmentJournal
+from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.interfaces import (
     EXPIRED_LEASE_PREFIX,
     RECOVERED_IN_FLIGHT,
@@ -345,9 +347,14 @@ def _connect_kwargs(
     return kwargs
 
 
-@implementer(IQueueStore)
-class PostgresQueueStore:
+@implementer(IQueueStore, ICommitmentJournal)
+class PostgresQueueStore(SqlCommitmentJournal):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on a PostgreSQL database shared by several nodes.
+
+    It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
+    (issue 15): :class:`~gateway.queue.commitment_sql.SqlCommitmentJournal`
+    with psycopg's ``%s`` marks, ``= ANY(array)`` for IN lists and
+    ``FOR UPDATE SKIP LOCKED`` in ``lease_transactions``.
 
     :param dsn: libpq connection string or URI (``sslmode`` and the other
         libpq parameters pass through).
@@ -585,6 +592,19 @@ class PostgresQueueStore:
     def _read(self) -> ContextManager[psycopg.Connection[Any]]:
         """One read-only transaction with one snapshot across several SELECTs (REPEATABLE READ)."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    # The commitment journal's dialect (gateway.queue.commitment_sql).
+    _cj_mark = "%s"
+    _cj_skip_locked = " FOR UPDATE SKIP LOCKED"
+    _cj_chunk = 10_000
+
+    def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column = ANY(?)`` with ``values`` as one array parameter."""
+        return f"{column} = ANY(?)", [list(values)]
+
+    def _cj_entry(self, row: Sequence[Any]) -> Entry:
+        """An Entry for the commitment journal's ``received`` (history as ``jsonb``)."""
+        return entry_from_row(row)
 
     @staticmethod
     def _touch_destination(conn: psycopg.Connection[Any], name: str, **columns: Any) -> None:
@@ -1285,6 +1305,7 @@ class PostgresQueueStore:
             cursor = conn.execute("DELETE FROM entries WHERE entry_id = %s AND state = 'dead'", (entry_id,))
             if cursor.rowcount != 1:
                 raise KeyError(entry_id)
+            self._drop_copy(conn, entry_id)
 
     def set_paused(self, destination: str, paused: bool) -> None:
         """Hold (or release) a destination, for every node.
@@ -1534,6 +1555,7 @@ class PostgresQueueStore:
         See :meth:`gateway.queue.interfaces.IQueueStore.forget_instance`.
         """
         with self._write() as conn:
+            self._drop_copies_of_instance(conn, instance_id)
             conn.execute("DELETE FROM entries WHERE instance_id = %s", (instance_id,))
             conn.execute("DELETE FROM instances WHERE instance_id = %s", (instance_id,))
 

@@ -184,6 +184,109 @@ def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
+    """Version 6: Storage Commitment (issue 15; PS3.4 Annex J).
+
+    The tables of :class:`~gateway.queue.commitments.ICommitmentJournal`
+    (what each holds, and which query each index serves, is in
+    :mod:`gateway.queue.commitment_sql`): ``commitment_transactions`` (the
+    reports owed), ``commitment_attempts`` (their delivery history),
+    ``unforwarded`` (instances acknowledged and sent nowhere),
+    ``copy_commitments`` (archives' commitments of delivered copies) and
+    ``commitment_requests`` (the N-ACTIONs sent to archives). Nothing
+    existing changes: a version-5 journal keeps all its data, and
+    ``received`` finds its instances through the existing ``instances_sop`` index.
+    """
+    for statement in COMMITMENT_TABLES:
+        conn.execute(statement)
+
+
+#: The Storage Commitment tables and indexes (SQLite types; :mod:`gateway.queue.pgschema` has the PostgreSQL ones).
+COMMITMENT_TABLES: tuple[str, ...] = (
+    """
+    CREATE TABLE commitment_transactions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        transaction_uid TEXT NOT NULL UNIQUE,
+        calling_ae_title TEXT NOT NULL,
+        called_ae_title TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        listener TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        report_deadline REAL NOT NULL,
+        lookback_from REAL NOT NULL,
+        unrouted TEXT NOT NULL,
+        report_association TEXT NOT NULL,
+        source_address TEXT NOT NULL DEFAULT '',
+        requested_at REAL NOT NULL,
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'reported', 'dead')),
+        report TEXT NOT NULL DEFAULT '',
+        decided_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        reported_at REAL,
+        dead_reason TEXT NOT NULL DEFAULT '',
+        lease_owner TEXT NOT NULL DEFAULT '',
+        lease_generation INTEGER NOT NULL DEFAULT 0,
+        leased_until REAL
+    )
+    """,
+    # lease_transactions (OPEN, due) and transaction_stats; transactions() by request time.
+    "CREATE INDEX commitment_transactions_due ON commitment_transactions (state, next_attempt_at, seq)",
+    "CREATE INDEX commitment_transactions_requested ON commitment_transactions (requested_at, seq)",
+    """
+    CREATE TABLE commitment_attempts (
+        attempt_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        transaction_uid TEXT NOT NULL REFERENCES commitment_transactions(transaction_uid),
+        at REAL NOT NULL,
+        error TEXT NOT NULL,
+        counted INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX commitment_attempts_transaction ON commitment_attempts (transaction_uid, attempt_id)",
+    """
+    CREATE TABLE unforwarded (
+        note_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        calling_ae_title TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        noted_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX unforwarded_sop ON unforwarded (sop_instance_uid, received_at)",
+    """
+    CREATE TABLE copy_commitments (
+        entry_id INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'requested', 'committed', 'failed')),
+        noted_at REAL NOT NULL,
+        transaction_uid TEXT NOT NULL DEFAULT '',
+        requested_at REAL,
+        answered_at REAL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        failure_reason INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX copy_commitments_pending ON copy_commitments (destination, state, noted_at, entry_id)",
+    "CREATE INDEX copy_commitments_sop ON copy_commitments (destination, sop_instance_uid)",
+    """
+    CREATE TABLE commitment_requests (
+        transaction_uid TEXT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        requested_at REAL NOT NULL
+    )
+    """,
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
@@ -191,6 +294,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_2_to_3,
     _migrate_3_to_4,
     _migrate_4_to_5,
+    _migrate_5_to_6,
 )
 
 #: The schema version this code writes (``PRAGMA user_version``).

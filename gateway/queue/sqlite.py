@@ -87,6 +87,17 @@ network filesystem (the configuration refuses ``spool.shared`` with it).
   store counts QUEUED entries whose instance's node has been silent for
   ``stranded_after`` seconds (or never sent a heartbeat) as stranded.
 
+Storage Commitment (issue 15, schema version 6)
+-----------------------------------------------
+The store is also the :class:`~gateway.queue.commitments.ICommitmentJournal`:
+the reports the gateway owes as Storage Commitment SCP (PS3.4 Annex J), what
+it noted of instances it sent nowhere, and the archives' commitments of
+delivered copies. The SQL is shared with the PostgreSQL store
+(:mod:`gateway.queue.commitment_sql`, whose docstring lists the tables and
+their indexes); transactions are leased and fenced like entries, under the
+same ``BEGIN IMMEDIATE``. ``forget_instance`` and ``purge`` delete the copy
+commitments of the entries they delete.
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
@@ -155,6 +166,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from zope.interface import implementer
 
 from gateway.private import FILE_MODE, open_private, tighten
+from gateway.queue.commitment_sql import SqlCommitmentJournal
+from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.interfaces import (
     AddResult,
     Attempt,
@@ -252,9 +265,13 @@ def _make_private(path: str) -> None:
         tighten(path + suffix, FILE_MODE)
 
 
-@implementer(IQueueStore)
-class SqliteQueueStore:
+@implementer(IQueueStore, ICommitmentJournal)
+class SqliteQueueStore(SqlCommitmentJournal):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
+
+    It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
+    (Storage Commitment, issue 15): :class:`~gateway.queue.commitment_sql.SqlCommitmentJournal`,
+    with SQLite's ``?`` marks and IN lists chunked under its variable limit.
 
     :param path: the database file (created with the current schema if absent).
     :param node: the node this store object speaks for (lease owner, heartbeats).
@@ -374,6 +391,10 @@ class SqliteQueueStore:
             "INSERT OR IGNORE INTO plans (plan_hash, definition) VALUES (?, ?)", (plan.plan_hash, plan.definition)
         )
         return plan.plan_hash
+
+    def _cj_entry(self, row: Sequence[Any]) -> Entry:
+        """An Entry for the commitment journal's ``received`` (history as JSON text)."""
+        return _entry_from_row(row)
 
     # -- IQueueStore: intake ----------------------------------------------------
 
@@ -923,6 +944,7 @@ class SqliteQueueStore:
             cursor = conn.execute("DELETE FROM entries WHERE entry_id = ? AND state = 'dead'", (entry_id,))
             if cursor.rowcount != 1:
                 raise KeyError(entry_id)
+            self._drop_copy(conn, entry_id)
 
     def set_paused(self, destination: str, paused: bool) -> None:
         """Hold (or release) a destination.
@@ -1159,6 +1181,7 @@ class SqliteQueueStore:
         See :meth:`gateway.queue.interfaces.IQueueStore.forget_instance`.
         """
         with self._write() as conn:
+            self._drop_copies_of_instance(conn, instance_id)
             conn.execute("DELETE FROM entries WHERE instance_id = ?", (instance_id,))
             conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
 

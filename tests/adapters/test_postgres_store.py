@@ -85,7 +85,8 @@ class PostgresQueueStoreTests(QueueStoreTests, PostgresTestCase):
                 old.close()
             opened.clear()
             pg.server().admin(
-                "TRUNCATE entries, instances, plans, destinations, slots, nodes RESTART IDENTITY",
+                "TRUNCATE entries, instances, plans, destinations, slots, nodes, commitment_attempts,"
+                " commitment_transactions, unforwarded, copy_commitments, commitment_requests RESTART IDENTITY",
                 database=self.database.name,
             )
         store = PostgresQueueStore(self.database.dsn, "node", password=self.database.password)
@@ -325,7 +326,7 @@ class MigrationTests(PostgresTestCase):
             conn.execute("SELECT pg_sleep(0.5)")
             first(conn)
 
-        self.patch(pgschema, "MIGRATIONS", (slow_first,))
+        self.patch(pgschema, "MIGRATIONS", (slow_first, *pgschema.MIGRATIONS[1:]))
         stores: list[PostgresQueueStore] = []
         _run_threads(*(lambda node=node: stores.append(self.open_store(node)) for node in ("node-a", "node-b")))
         self.assertEqual(len(stores), 2)

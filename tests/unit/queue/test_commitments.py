@@ -10,8 +10,11 @@ listed in :mod:`gateway.queue.memory_commitments`; these tests pin them.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.interface import Method
 from zope.interface.verify import verifyObject
@@ -28,6 +31,7 @@ from gateway.queue.commitments import (
 )
 from gateway.queue.interfaces import Attempt, EntryState, IQueueStore, LeaseLost, NewEntry
 from gateway.queue.memory import MemoryQueueStore
+from gateway.queue.sqlite import SqliteQueueStore
 from tests.unit.queue.test_store import T0, make_record
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -594,6 +598,20 @@ class MemoryCommitmentTests(CommitmentJournalTests, SynchronousTestCase):
         return store.peer(node)
 
 
+class SqliteCommitmentTests(CommitmentJournalTests, SynchronousTestCase):
+    """The mixin against the SQLite store in a temporary directory."""
+
+    def make_store(self) -> SqliteQueueStore:
+        """A fresh SQLite store in a new temporary directory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+
+    def make_peer(self, store: SqliteQueueStore, node: str) -> SqliteQueueStore:
+        """A second store object (its own connection) on the same file, for ``node``."""
+        return SqliteQueueStore(store.path, node)
+
+
 def journal_methods() -> list[str]:
     """The names of ICommitmentJournal's methods."""
     return sorted(name for name in ICommitmentJournal.names() if isinstance(ICommitmentJournal[name], Method))
@@ -602,7 +620,7 @@ def journal_methods() -> list[str]:
 class CommitmentSignatureParityTests(SynchronousTestCase):
     """Every store exposes every ICommitmentJournal method with the interface's parameters."""
 
-    stores: tuple[type, ...] = (MemoryQueueStore,)
+    stores: tuple[type, ...] = (MemoryQueueStore, SqliteQueueStore)
 
     def test_signatures_match_the_interface(self) -> None:
         """Each method's parameter names and defaults are the interface's (after self), and identical across stores."""
@@ -621,3 +639,122 @@ class CommitmentSignatureParityTests(SynchronousTestCase):
                 self.assertEqual(
                     inspect.signature(getattr(self.stores[0], name)), inspect.signature(getattr(cls, name)), f"{cls.__name__}.{name}"
                 )
+
+
+# -- the verified fake: random operations of two nodes agree in memory and in SQLite -------------
+
+_TIMES = st.integers(min_value=0, max_value=60).map(lambda n: T0 + n)
+_UIDS = st.integers(0, 3)
+_REFS = (refs(0, 1), refs(1, 0, 1), refs(2), refs(0, 1, 2, 3))
+_COMMITMENT_OPERATIONS = st.one_of(
+    st.tuples(st.just("add_transaction"), _UIDS, st.integers(0, len(_REFS) - 1), _TIMES, _TIMES),
+    st.tuples(st.just("lease"), _TIMES, st.integers(0, 3)),
+    st.tuples(st.just("lease"), st.just(T0 + 100), st.integers(1, 3)),
+    st.tuples(st.just("decide"), _UIDS, st.integers(0, 1), _TIMES, st.booleans()),
+    st.tuples(st.just("defer"), _UIDS, st.integers(0, 30), _TIMES, st.booleans(), st.booleans()),
+    st.tuples(st.just("reported"), _UIDS, _TIMES, st.booleans()),
+    st.tuples(st.just("dead"), _UIDS, _TIMES, st.booleans()),
+    st.tuples(st.just("requeue"), _UIDS, _TIMES),
+    st.tuples(st.just("renew"), _TIMES),
+    st.tuples(st.just("receive"), _UIDS, st.lists(st.sampled_from(["A", "B"]), max_size=2, unique=True), _TIMES, st.booleans()),
+    st.tuples(st.just("unforwarded"), _UIDS, st.sampled_from(["dropped", "unrouted"]), _TIMES),
+    st.tuples(st.just("note_copies"), st.lists(st.tuples(st.integers(1, 8), st.sampled_from(["A", "B"]), _UIDS), max_size=3), _TIMES),
+    st.tuples(st.just("copies_requested"), st.sampled_from(["A", "B"]), st.lists(st.integers(1, 8), max_size=4), st.integers(0, 2), _TIMES),
+    st.tuples(
+        st.just("copies_answered"), st.integers(0, 3), st.lists(_UIDS, max_size=2),
+        st.lists(st.tuples(_UIDS, st.sampled_from([0x0110, 0x0112])), max_size=2), _TIMES,
+    ),
+    st.tuples(st.just("forget"), st.integers(0, 6)),
+)
+
+
+def _apply_commitment(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
+    """Apply one generated operation; return its result or the exception type it raised."""
+    name, *args = op
+    try:
+        if name == "add_transaction":
+            uid, variant, now, deadline = args
+            return store.add_transaction(new_transaction(f"2.25.{uid}", _REFS[variant], deadline=deadline), now)
+        if name == "lease":
+            now, limit = args
+            return store.lease_transactions(now, limit, 20.0)
+        if name in ("decide", "defer", "reported", "dead"):
+            uid = f"2.25.{args[0]}"
+            stale = args[-1]
+            try:
+                generation = store.get_transaction(uid).lease_generation - (1 if stale else 0)
+            except KeyError:
+                generation = 1
+            if name == "decide":
+                return store.decide_transaction(uid, f'{{"v":{args[1]}}}', args[2], generation)
+            if name == "defer":
+                _, delay, now, counted, _ = args
+                return store.defer_transaction(uid, now + delay, now, generation, "refused" if counted else "", counted)
+            if name == "reported":
+                return store.transaction_reported(uid, args[1], generation)
+            return store.transaction_dead(uid, "report_deadline", args[1], generation)
+        if name == "requeue":
+            uid, now = args
+            return store.requeue_transaction(f"2.25.{uid}", now, now + 99)
+        if name == "renew":
+            held = {t.transaction_uid: t.lease_generation for t in store.transactions(TransactionState.OPEN) if t.leased_until is not None}
+            return sorted(store.renew_transactions(held, args[0], 20.0))
+        if name == "receive":
+            n, destinations, now, window = args
+            counter[0] += 1
+            record = make_record(f"i{counter[0]}", sop_instance_uid=f"{UID}{n}", sop_class_uid=CT, received_at=now)
+            return store.add_instance(record, [NewEntry("r", d) for d in destinations], now, 30.0 if window else 0.0)
+        if name == "unforwarded":
+            n, outcome, now = args
+            return store.note_unforwarded([Unforwarded(CT, f"{UID}{n}", outcome, now)], now)
+        if name == "note_copies":
+            copies, now = args
+            return store.note_copies([(entry_id, d, CT, f"{UID}{n}") for entry_id, d, n in copies], now)
+        if name == "copies_requested":
+            destination, ids, tuid, now = args
+            return store.copies_requested(destination, ids, f"2.25.9{tuid}", now)
+        if name == "copies_answered":
+            tuid, committed, failed, now = args
+            return store.copies_answered(
+                f"2.25.9{tuid}", [f"{UID}{n}" for n in committed], [(f"{UID}{n}", r) for n, r in failed], now
+            )
+        if name == "forget":
+            return store.forget_instance(f"i{args[0]}")
+    except (KeyError, ValueError) as e:
+        return type(e)
+    raise AssertionError(name)
+
+
+def _observe_commitments(store: Any) -> Any:
+    """Everything a caller can see of a store's commitment journal."""
+    return (
+        store.transactions(),
+        store.transaction_stats(T0 + 30),
+        store.received([f"{UID}{n}" for n in range(4)], T0 + 10),
+        [store.pending_copies(d, T0 + 50, 20.0, 100) for d in ("A", "B")],
+    )
+
+
+class CommitmentVerifiedFakeTests(SynchronousTestCase):
+    """Random operation sequences of two nodes give the same results and state in the fake and in SQLite."""
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 1), _COMMITMENT_OPERATIONS), min_size=10, max_size=40))
+    def test_random_operations_of_two_nodes_agree(self, operations: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """After each operation, through either node, both stores returned the same thing and look the same."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "q.sqlite")
+        memory = MemoryQueueStore("n1")
+        fakes = (memory, memory.peer("n2"))
+        reals = (SqliteQueueStore(path, "n1"), SqliteQueueStore(path, "n2"))
+        try:
+            counters = ([0], [0])
+            for who, op in operations:
+                self.assertEqual(
+                    _apply_commitment(fakes[who], op, counters[0]), _apply_commitment(reals[who], op, counters[1]), (who, op)
+                )
+                self.assertEqual(_observe_commitments(fakes[0]), _observe_commitments(reals[0]), (who, op))
+        finally:
+            for real in reals:
+                real.close()

@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 5)
+        self.assertEqual(SCHEMA_VERSION, 6)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
@@ -269,9 +269,82 @@ class SchemaTests(SqliteStoreTestCase):
         self.assertTrue(store.stats(T0)["A"].paused)
         self.assertEqual((store.nodes(T0), store.circuit("A")), ([], (False, "", None)))
         with sqlite3.connect(path) as conn:
-            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 5)
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
         self.assertLessEqual({"slots", "nodes", "singletons", "entries_leased"}, tables)
+
+    def version_5_journal(self) -> str:
+        """A journal written by schema version 5 (before issue 15): a delivered entry of an instance, a queued one, a node."""
+        path = self.db_path()
+        conn = sqlite3.connect(path)
+        for migration in sqlite_module.MIGRATIONS[:5]:
+            migration(conn)
+        conn.execute("PRAGMA user_version = 5")
+        record = make_record("i1", sop_instance_uid="2.25.5001")
+        conn.execute(
+            "INSERT INTO instances (instance_id, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, size,"
+            " sha256, received_at, correlation_id, study_instance_uid, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'n1')",
+            (record.instance_id, record.path, record.sop_class_uid, record.sop_instance_uid, record.transfer_syntax_uid,
+             record.size, record.sha256, record.received_at, record.correlation_id, record.study_instance_uid),
+        )
+        conn.execute(
+            "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, delivered_at,"
+            " study_hash, lease_owner, lease_generation) VALUES ('i1', 'r', 'A', 'delivered', ?, ?, ?, 0, 'n1', 1)",
+            (T0, T0, T0 + 1),
+        )
+        conn.execute(
+            "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, study_hash)"
+            " VALUES ('i1', 'r', 'B', 'queued', ?, ?, 0)",
+            (T0, T0),
+        )
+        conn.execute("INSERT INTO nodes (node, started_at, last_seen) VALUES ('n1', ?, ?)", (T0, T0))
+        conn.commit()
+        conn.close()
+        return path
+
+    def test_version_5_journal_migrates_to_storage_commitment_keeping_its_data(self) -> None:
+        """A version-5 journal opens at version 6: its entries, instance and node kept, received() finds them, the commitment tables work."""
+        from gateway.queue.commitments import CopyState, NewTransaction, Reference
+
+        store = self.open(self.version_5_journal())
+        delivered, queued = store.entries()
+        self.assertEqual((delivered.state, delivered.lease_owner, delivered.lease_generation), (EntryState.DELIVERED, "n1", 1))
+        self.assertEqual((queued.state, queued.instance.node), (EntryState.QUEUED, "n1"))
+        self.assertEqual([n.node for n in store.nodes(T0)], ["n1"])
+        (found,) = store.received(["2.25.5001"], T0)["2.25.5001"]
+        self.assertEqual([e.entry_id for e in found.entries], [delivered.entry_id, queued.entry_id])
+        store.note_copies([(delivered.entry_id, "A", delivered.instance.sop_class_uid, "2.25.5001")], T0 + 2)
+        self.assertEqual([c.state for c in store.pending_copies("A", T0 + 2, 60, 10)], [CopyState.PENDING])
+        new = NewTransaction("2.25.9", "MOD", "GW", "mod", "main", "delivered", (Reference("1.2", "2.25.5001"),), T0 + 9, T0 + 99, T0 - 9)
+        self.assertTrue(store.add_transaction(new, T0)[1])
+        with sqlite3.connect(store.path) as conn:
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        self.assertLessEqual(
+            {"commitment_transactions", "commitment_attempts", "unforwarded", "copy_commitments", "commitment_requests",
+             "commitment_transactions_due", "unforwarded_sop", "copy_commitments_pending", "copy_commitments_sop"},
+            tables,
+        )
+
+    def test_received_and_lease_transactions_use_indexes(self) -> None:
+        """The queries received() and lease_transactions() make are index searches, never a scan of a whole table."""
+        store = self.open(self.db_path())
+        plans = [
+            " ".join(str(row[-1]) for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+            for sql, params in [
+                ("SELECT i.instance_id FROM instances i LEFT JOIN entries e ON e.instance_id = i.instance_id"
+                 " LEFT JOIN copy_commitments c ON c.entry_id = e.entry_id WHERE i.sop_instance_uid IN (?, ?)"
+                 " AND i.received_at >= ?", ("1", "2", T0)),
+                ("SELECT note_id FROM unforwarded WHERE sop_instance_uid IN (?, ?) AND received_at >= ?", ("1", "2", T0)),
+                ("SELECT transaction_uid FROM commitment_transactions WHERE state = 'open' AND next_attempt_at <= ?"
+                 " AND (leased_until IS NULL OR leased_until < ?) ORDER BY next_attempt_at, seq LIMIT ?", (T0, T0, 10)),
+                ("SELECT entry_id FROM copy_commitments WHERE destination = ? AND state <> 'committed'"
+                 " AND sop_instance_uid IN (?, ?)", ("A", "1", "2")),
+            ]
+        ]
+        for plan in plans:
+            self.assertNotRegex(plan, r"SCAN (i|e|c|unforwarded|commitment_transactions|copy_commitments)\b", plan)
+            self.assertIn("USING", plan)
 
     def test_lease_from_before_several_nodes_is_recovered_by_any_node(self) -> None:
         """A lease journaled without an owner (version 4) is returned by the recover of whichever node starts first."""
