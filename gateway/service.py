@@ -407,6 +407,43 @@ class GatewayService(MultiService):
             own_node=self._own_node,
         )
         self._declare_metrics()
+        self._add_commitment_worker()
+
+    # -- Storage Commitment (issue 15) -----------------------------------------------------
+
+    def _add_commitment_worker(self) -> None:
+        """The reports this node owes: leased, decided, sent and retried by one worker (:mod:`gateway.commitment.worker`).
+
+        Made when Storage Commitment is configured at start (top level or a
+        listener); enabling it by a reload needs a restart. It starts with
+        the other children, after recovery.
+        """
+        self.commitment_worker: Any = None  # a CommitmentWorker when configured
+        if self.config.commitment is None and all(listener.commitment is None for listener in self.config.listen):
+            return
+        from gateway.commitment.report import ReportSender
+        from gateway.commitment.worker import CommitmentWorker
+        from gateway.queue.commitments import ICommitmentJournal
+
+        if not ICommitmentJournal.providedBy(self.store):
+            self.log.error("Storage Commitment is configured but the queue store keeps no commitment journal")
+            return
+        self.commitment_worker = CommitmentWorker(
+            self.store,
+            self.store_runner,
+            self._reactor,
+            self._wall,
+            lambda: self.config,
+            ReportSender(lambda: self.config, self._reactor, reactor=self._reactor),
+            observer=self.observer,
+            lease_seconds=self.config.cluster.lease,
+        )
+        self.commitment_worker.setServiceParent(self)
+
+    def poke_commitments(self) -> None:
+        """An N-ACTION was journaled: the worker looks now (the listener side calls this)."""
+        if self.commitment_worker is not None:
+            self.commitment_worker.poke()
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -202,6 +202,11 @@ class CommitmentWorker(Service):
                 self.log.warn("commitment journal unavailable, trying again in {delay}s: {error}", delay=self.recheck, error=str(e))
                 await self.waits.sleep(self.recheck, pokeable=False)
                 continue
+            except Exception:
+                # A bug, not an outage: logged, and the loop goes on (a report owed is never given up here).
+                self.log.failure("commitment worker turn failed; trying again in {delay}s", delay=self.recheck)
+                await self.waits.sleep(self.recheck, pokeable=False)
+                continue
             if not worked and not self._stopping:
                 await self.waits.sleep(self.poll, pokeable=True)
 

@@ -28,7 +28,7 @@ from gateway.config.schema import (
     ModalityConfig,
     SpoolConfig,
 )
-from gateway.queue.commitments import Reference, Transaction, TransactionState
+from gateway.queue.commitments import Transaction, TransactionState
 from gateway.queue.interfaces import LeaseLost, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
 from tests.unit.queue.test_commitments import CT, UID, new_transaction, refs
