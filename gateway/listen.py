@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from gateway import events
 from gateway.access import AccessPolicy, Peer
-from gateway.dimse.pdv import fragment_command
+from gateway.dimse.pdv import DEFAULT_SEND_CAP, fragment, fragment_command, max_fragment_size
 from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
 from gateway.receive import Admit, AssociationInfo, ICommitmentSCP, StorageService
 from gateway.spool import Spool
@@ -465,6 +465,15 @@ class AcceptorProtocol(Protocol):
             return
         assert self._negotiation is not None
         for pdv in fragment_command(context_id, command, self._negotiation.peer_max_pdu):
+            self._run(self.association.send_pdata([pdv]))
+
+    def send_dataset(self, context_id: int, data: bytes) -> None:
+        """Send a small data set (a Storage Commitment report), fragmented to the peer's maximum PDU length."""
+        if not self.association.is_established:
+            return
+        assert self._negotiation is not None
+        size = max_fragment_size(self._negotiation.peer_max_pdu, DEFAULT_SEND_CAP)
+        for pdv in fragment(context_id, data, size, command=False):
             self._run(self.association.send_pdata([pdv]))
 
     def release_response(self) -> None:

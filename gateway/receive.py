@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from gateway import events
 from gateway.dimse import commands as dimse
-from gateway.commitment.model import STORAGE_COMMITMENT_PUSH
+from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler
 from gateway.dimse.status import Status
@@ -73,12 +73,25 @@ class ICommitmentSCP(Protocol):
     ) -> "Deferred[tuple[int, str]]":
         """Answer an N-EVENT-REPORT-RQ: fires with ``(status, error comment)``, never fails."""
 
+    def association_opened(self, info: "AssociationInfo", channel: "StorageService") -> None:
+        """An association with the Push Model context accepted began (a report may go on it)."""
+
+    def association_closed(self, channel: "StorageService") -> None:
+        """That association ended."""
+
+
+class ReportNotAnswered(Exception):
+    """An N-EVENT-REPORT-RQ we sent on a requester's association got no response (it ended first)."""
+
 
 class IDIMSEPeer(Protocol):
     """What the service needs from the association it serves (implemented by the adapter)."""
 
     def send_command(self, context_id: int, command: bytes) -> None:
         """Send a command set (no data set) on ``context_id``, fragmented to the peer's maximum."""
+
+    def send_dataset(self, context_id: int, data: bytes) -> None:
+        """Send a (small, in memory) data set on ``context_id``, fragmented to the peer's maximum."""
 
     def release_response(self) -> None:
         """Answer the peer's A-RELEASE-RQ (Evt14)."""
@@ -153,6 +166,8 @@ class _Incoming:
     n_request: "NRequest | None" = None
     n_slot: _Response | None = None
     n_buffer: bytearray | None = None
+    #: A response's data set we neither expect nor need (an Event Reply): discarded.
+    swallow: bool = False
 
 
 #: Seals, routes and journals an instance whose last fragment has arrived;
@@ -212,6 +227,13 @@ class StorageService:
         self.on_idle: Callable[[], None] | None = None
         self.instances_ok = 0
         self.instances_failed = 0
+        #: The N-EVENT-REPORT-RQ we sent and await (message ID, its answer), one at a time (PS3.7 D.3.3.3).
+        self._report_pending: tuple[int, Deferred[tuple[int, str]]] | None = None
+        #: Message IDs of reports given up (timed out): their late response is ignored.
+        self._report_abandoned: set[int] = set()
+        self._next_message_id = 1
+        if commitment is not None and self.report_context() is not None:
+            commitment.association_opened(info, self)
 
     # -- input from the adapter ------------------------------------------------------------
 
@@ -246,10 +268,17 @@ class StorageService:
 
     def connection_lost(self) -> None:
         """The association ended (abort, close or release): discard any partial instance."""
-        self._closed = True
+        was_closed, self._closed = self._closed, True
         if self._incoming is not None and self._incoming.writer is not None:
             self._incoming.writer.discard()
         self._incoming = None
+        if was_closed:
+            return
+        if self._commitment is not None and self.report_context() is not None:
+            self._commitment.association_closed(self)
+        pending, self._report_pending = self._report_pending, None
+        if pending is not None:
+            pending[1].errback(ReportNotAnswered("the association ended before the N-EVENT-REPORT-RSP"))
 
     @property
     def busy(self) -> bool:
@@ -277,6 +306,9 @@ class StorageService:
             self._begin_n_request(event.context_id, command, context)
         elif isinstance(command, dimse.UnknownCommand):
             self._unknown(event.context_id, command)
+        elif isinstance(command, dimse.NEventReportRSP) and self._report_answered(command):
+            if command.has_dataset:
+                self._incoming = _Incoming(event.context_id, None, None, swallow=True)
         else:
             # A response (C-ECHO-RSP, C-STORE-RSP) sent to an SCP that issued no request.
             self._protocol_violation(f"unexpected {type(command).__name__}")
@@ -296,6 +328,67 @@ class StorageService:
             return
         slot.command = dimse.encode_command(answer)
         self._flush()
+
+    # -- reports on this association (``report_association: open``, issue 15) ---------------
+
+    def report_context(self) -> AcceptedContext | None:
+        """The accepted Push Model context a Storage Commitment report could go on, or ``None``.
+
+        On the requester's own association the gateway is the SOP class's SCP
+        already, so it may invoke N-EVENT-REPORT there without role selection
+        (PS3.4 J.3.3: the report may use the N-ACTION's association).
+        """
+        for context in self._info.contexts.values():
+            if context.abstract_syntax == STORAGE_COMMITMENT_PUSH and context.scu_role:
+                return context
+        return None
+
+    @property
+    def reporting(self) -> bool:
+        """Whether a report we sent here still awaits its response (one at a time, PS3.7 D.3.3.3)."""
+        return self._report_pending is not None
+
+    def send_event_report(self, event_type_id: int, dataset: bytes) -> "Deferred[tuple[int, str]]":
+        """Send an N-EVENT-REPORT-RQ (PS3.7 10.3.1.1) on the Push Model context; fires with its response.
+
+        :param event_type_id: 1 or 2 (PS3.4 Table J.3-2).
+        :param dataset: the Event Information, encoded in the context's transfer syntax.
+        :returns: a Deferred firing with ``(status, error comment)`` of the
+            N-EVENT-REPORT-RSP, failing with :class:`ReportNotAnswered` when the
+            association ends first; cancelling it (a timeout) gives the report up.
+        :raises ValueError: no Push Model context, a report already pending, or the association ended.
+        """
+        context = self.report_context()
+        if context is None or self._closed or self._report_pending is not None:
+            raise ValueError("no Storage Commitment report can be sent on this association now")
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+
+        def cancel(d: "Deferred[tuple[int, str]]") -> None:
+            if self._report_pending is not None and self._report_pending[0] == message_id:
+                self._report_pending = None
+                self._report_abandoned.add(message_id)
+
+        d: Deferred[tuple[int, str]] = Deferred(cancel)
+        self._report_pending = (message_id, d)
+        rq = dimse.NEventReportRQ(message_id, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, event_type_id, True)
+        self._peer.send_command(context.context_id, dimse.encode_command(rq))
+        self._peer.send_dataset(context.context_id, dataset)
+        return d
+
+    def _report_answered(self, rsp: dimse.NEventReportRSP) -> bool:
+        """Take the response to our report; ``False`` when it answers nothing we sent (a protocol error)."""
+        message_id = rsp.message_id_being_responded_to
+        if message_id in self._report_abandoned:
+            # Given up already (timed out): a late answer is harmless.
+            self._report_abandoned.discard(message_id)
+            return True
+        pending = self._report_pending
+        if pending is None or pending[0] != message_id:
+            return False
+        self._report_pending = None
+        pending[1].callback((rsp.status, rsp.error_comment or ""))
+        return True
 
     def _begin_n_request(self, context_id: int, rq: NRequest, context: AcceptedContext) -> None:
         """An N-ACTION-RQ or N-EVENT-REPORT-RQ: buffer its data set, then ask the commitment SCP (issue 15)."""
@@ -407,6 +500,8 @@ class StorageService:
         if not event.last:
             return
         self._incoming = None
+        if incoming.swallow:
+            return
         if incoming.n_request is not None and incoming.n_slot is not None and incoming.n_buffer is not None:
             context = self._info.contexts[incoming.context_id]
             overflowed = incoming.size > self._max_commitment_dataset

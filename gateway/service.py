@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
@@ -52,17 +52,20 @@ from gateway.security import (
 from gateway.blocking import IBlockingRunner, Lane, SynchronousLane, ThreadLane, ThreadPoolRunner
 from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
-from gateway.config.schema import FolderDestination, GatewayConfig, ListenerConfig
+from gateway.config.schema import DicomDestination, FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
 from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, NodeNameInUse, check_node_name_free, node_detail
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.commitment.model import STORAGE_COMMITMENT_PUSH
+from gateway.commitment.scp import CommitmentSCP
 from gateway.intake import Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
 from gateway.prepare import CopyMaker, legacy_plans
 from gateway.listen import AcceptorFactory, AcceptorLimits, printable
 from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
+from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.interfaces import IQueueStore, StoreUnavailable
 from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from gateway.spool import Spool
@@ -89,18 +92,32 @@ def dead_node_after(config: GatewayConfig) -> float:
     return DEAD_NODE_LEASES * config.cluster.lease
 
 
-def acceptor_settings(config: GatewayConfig) -> AcceptorSettings:
-    """What the listeners accept, from the configuration.
+def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = None) -> AcceptorSettings:
+    """What a listener accepts, from the configuration.
+
+    Storage Commitment (issue 15): the Push Model SOP Class is accepted on
+    ``listener`` when Storage Commitment applies there
+    (:meth:`GatewayConfig.commitment_for`: modalities ask), and on every
+    listener when a DICOM destination has ``storage_commitment: true``
+    (archives report to us; their role selection proposing the SCP role is
+    then accepted, PS3.4 J.3.3.1.3, PS3.7 D.3.3.4). Otherwise it is answered
+    result 3, as before.
 
     :param config: the validated configuration.
-    :returns: the negotiation settings shared by every listener.
+    :param listener: the listener; ``None`` for the top-level settings only.
+    :returns: the negotiation settings of that listener.
     """
+    abstract_syntaxes = frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION_SOP_CLASS}
+    archives_report = any(isinstance(d, DicomDestination) and d.storage_commitment for d in config.destinations)
+    asks = (config.commitment_for(listener) if listener is not None else config.commitment) is not None
+    if asks or archives_report:
+        abstract_syntaxes |= {STORAGE_COMMITMENT_PUSH}
     return AcceptorSettings(
         ae_title=config.ae_title,
         max_pdu_length=config.limits.max_pdu_length,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-        abstract_syntaxes=frozenset(STORAGE_SOP_CLASSES) | {VERIFICATION_SOP_CLASS},
+        abstract_syntaxes=abstract_syntaxes,
         transfer_syntaxes=tuple(ACCEPTED_TRANSFER_SYNTAXES),
         accept_unknown_abstract_syntaxes=config.accept.unknown_sop_classes,
     )
@@ -352,7 +369,6 @@ class GatewayService(MultiService):
         for destination in config.destinations:
             self._add_worker(destination)
         self.listeners: list[ListenerService] = []
-        settings = acceptor_settings(config)
         self.access = AccessPolicy(config.ae_title, config.accept.calling_ae_titles)
         limits = AcceptorLimits(
             max_associations=config.limits.max_associations,
@@ -366,12 +382,23 @@ class GatewayService(MultiService):
             lambda: list(self.workers.values()),
             self.observer,
         )
+        # Issue 15: the Storage Commitment SCP (N-ACTION, archives' N-EVENT-REPORT) every
+        # listener hands its commitment messages to. The worker sets on_journaled
+        # (its poke) and the archive committer sets archive_reports.
+        self.commitment_scp = CommitmentSCP(
+            journal=cast(ICommitmentJournal, store),
+            run=self.store_runner,
+            config=lambda: self.config,
+            wall=wall,
+            observer=self.observer,
+            clock=reactor,
+        )
         # One pool for every listener's scrypt checks: max(1, cores - 1) at a time (issue 11).
         self.passcodes = PasscodePool.for_reactor(reactor)
         for listener in config.listen:
             factory = AcceptorFactory(
                 name=listener.name,
-                acceptor_settings=settings,
+                acceptor_settings=acceptor_settings(config, listener),
                 access=listener_access(config, listener),
                 spool=self.spool,
                 clock=reactor,
@@ -382,6 +409,7 @@ class GatewayService(MultiService):
                 observer=self.observer,
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
                 refusing=self.drain.refusing,
+                commitment=self.commitment_scp,
             )
             service = ListenerService(
                 reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name),

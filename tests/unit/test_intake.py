@@ -822,3 +822,12 @@ class CommitmentNoteTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual(runner.release_one(), "write")
         self.assertEqual(self.successResultOf(d).status, Status.SUCCESS)
         self.assertEqual(len(self.store.notes), 1)
+
+    def test_memory_journal_reports_the_note_as_received(self) -> None:
+        """With the real (memory) journal, ``received`` then finds the dropped instance as ``dropped``, not absent."""
+        store = MemoryQueueStore()
+        self.intake = self.make_intake(store)
+        self.routes = [RouteConfig("discard", (), drop=True)]
+        self.admit(self.spooled("i1", "1.2.3.4.7"))
+        [found] = store.received(["1.2.3.4.7"], since=T0 - 1)["1.2.3.4.7"]
+        self.assertEqual((found.outcome, found.sop_class_uid, found.entries), ("dropped", CT_IMAGE, ()))

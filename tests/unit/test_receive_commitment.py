@@ -43,11 +43,15 @@ class _Peer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, Any]] = []
+        self.datasets: list[tuple[int, bytes]] = []
         self.released = 0
         self.aborted: list[str] = []
 
     def send_command(self, context_id: int, command: bytes) -> None:
         self.sent.append((context_id, dimse.decode_command(command)))
+
+    def send_dataset(self, context_id: int, data: bytes) -> None:
+        self.datasets.append((context_id, data))
 
     def release_response(self) -> None:
         self.released += 1
@@ -69,6 +73,13 @@ class _SCP:
         self.calls: list[tuple[str, Any, bytes, str]] = []
         self.answers: list[Deferred[tuple[int, str]]] = []
         self.immediate: tuple[int, str] | None = (0, "")
+        self.open: list[Any] = []
+
+    def association_opened(self, info: AssociationInfo, channel: Any) -> None:
+        self.open.append(channel)
+
+    def association_closed(self, channel: Any) -> None:
+        self.open.remove(channel)
 
     def _answer(self) -> Deferred[tuple[int, str]]:
         if self.immediate is not None:
@@ -135,7 +146,11 @@ class ServiceTestsMixin:
 
     def statuses(self) -> list[tuple[str, int, int]]:
         """Each response sent: its type, the message it answers and its status."""
-        return [(type(c).__name__, c.message_id_being_responded_to, c.status) for _, c in self.peer.sent]
+        return [
+            (type(c).__name__, c.message_id_being_responded_to, c.status)
+            for _, c in self.peer.sent
+            if hasattr(c, "message_id_being_responded_to")
+        ]
 
 
 class ActionDispatchTests(ServiceTestsMixin, SynchronousTestCase):
@@ -279,3 +294,83 @@ class EventReportDispatchTests(ServiceTestsMixin, SynchronousTestCase):
         self.service.pdata(pdvs(5, n_event_report(), b"\x00" * 20))
         self.assertEqual(self.statuses(), [("NEventReportRSP", 9, 0x0213)])
         self.assertEqual(self.scp.calls, [])  # type: ignore[union-attr]
+
+
+class OpenAssociationReportTests(ServiceTestsMixin, SynchronousTestCase):
+    """``report_association: open``: the service sends a report as the SCP and takes its response."""
+
+    def rsp(self, message_id: int, status: int = 0, has_dataset: bool = False) -> tuple[PDV, ...]:
+        return pdvs(
+            1,
+            dimse.NEventReportRSP(message_id, status, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, has_dataset),
+            b"\x00\x00" if has_dataset else None,
+        )
+
+    def test_association_with_the_push_context_is_registered_until_it_ends(self) -> None:
+        """The service registers with the SCP when it has the Push Model context, and unregisters at its end."""
+        self.assertEqual(self.scp.open, [self.service])  # type: ignore[union-attr]
+        self.service.connection_lost()
+        self.assertEqual(self.scp.open, [])  # type: ignore[union-attr]
+
+    def test_association_without_the_push_context_is_not_registered(self) -> None:
+        """A storage-only association is not a place for reports."""
+        other = StorageService(
+            self.peer, AssociationInfo("A2", "x:1", "CT01", "DICOMGW", "dicom", {3: CONTEXTS[3]}),
+            self.service._spool, commitment=self.scp,  # type: ignore[attr-defined]
+        )
+        self.assertNotIn(other, self.scp.open)  # type: ignore[union-attr]
+        self.assertIsNone(other.report_context())
+
+    def test_report_is_sent_and_its_response_taken(self) -> None:
+        """N-EVENT-REPORT-RQ (event type, well-known instance) and its data set go out; the RSP fires the Deferred."""
+        d = self.service.send_event_report(1, b"\x08\x00\x95\x11")
+        [(context_id, rq)] = self.peer.sent
+        self.assertIsInstance(rq, dimse.NEventReportRQ)
+        self.assertEqual(
+            (context_id, rq.affected_sop_class_uid, rq.affected_sop_instance_uid, rq.event_type_id, rq.has_dataset),
+            (1, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, True),
+        )
+        self.assertEqual(self.peer.datasets, [(1, b"\x08\x00\x95\x11")])
+        self.assertTrue(self.service.reporting)
+        self.assertNoResult(d)
+        self.service.pdata(self.rsp(rq.message_id, 0x0000))
+        self.assertEqual(self.successResultOf(d), (0, ""))
+        self.assertFalse(self.service.reporting)
+        self.assertEqual(self.peer.aborted, [])
+
+    def test_one_report_at_a_time(self) -> None:
+        """A second report while one awaits its response is refused (asynchronous window 1, PS3.7 D.3.3.3)."""
+        self.service.send_event_report(1, b"")
+        self.assertRaises(ValueError, self.service.send_event_report, 2, b"")
+
+    def test_response_with_an_event_reply_is_swallowed(self) -> None:
+        """An RSP that announces a data set is taken; its data set is discarded, the association goes on."""
+        d = self.service.send_event_report(2, b"")
+        rq = self.peer.sent[0][1]
+        self.service.pdata(self.rsp(rq.message_id, 0x0000, has_dataset=True))
+        self.assertEqual(self.successResultOf(d), (0, ""))
+        self.service.pdata(pdvs(1, n_action(30), b"\x00\x00"))
+        self.assertEqual(self.statuses()[-1], ("NActionRSP", 30, 0))
+
+    def test_association_end_fails_the_report(self) -> None:
+        """The association ends before the RSP: the Deferred fails (the sender falls back to a new association)."""
+        from gateway.receive import ReportNotAnswered
+
+        d = self.service.send_event_report(1, b"")
+        self.service.connection_lost()
+        self.failureResultOf(d, ReportNotAnswered)
+
+    def test_late_response_after_a_timeout_is_ignored(self) -> None:
+        """A report given up (cancelled) whose RSP comes late does not abort the association."""
+        d = self.service.send_event_report(1, b"")
+        rq = self.peer.sent[0][1]
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertFalse(self.service.reporting)
+        self.service.pdata(self.rsp(rq.message_id))
+        self.assertEqual(self.peer.aborted, [])
+
+    def test_unsolicited_response_is_a_protocol_violation(self) -> None:
+        """An N-EVENT-REPORT-RSP to nothing we sent aborts, as any unexpected response does (HARDENING R2)."""
+        self.service.pdata(self.rsp(77))
+        self.assertEqual(len(self.peer.aborted), 1)
