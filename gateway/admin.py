@@ -12,6 +12,14 @@ audit trail with who asked (the API token's name, or the local OS user),
 from where, and the entry ids (:func:`audit_operator_action`, issue 11).
 The command line opens the journal itself, so it appends its records to the
 configured audit file itself (:func:`cli_audit_trail`).
+
+Storage Commitment (issue 15): :func:`commitment_rows`,
+:func:`commitment_detail` and :func:`retry_commitment` work on the
+journal's :class:`~gateway.queue.commitments.ICommitmentJournal` the same
+way, for ``dicom-gateway commitment list|show|retry`` and
+``/api/v1/commitments``; ``show`` judges the requested instances as the
+report worker would now (:func:`gateway.commitment.verdict.judge`), beside
+the report already decided, which never changes.
 """
 
 from __future__ import annotations
@@ -32,13 +40,16 @@ from gateway.audit import (
     Outcome,
     Participant,
 )
+from gateway.queue.commitments import ICommitmentJournal, Transaction, TransactionState
 from gateway.queue.interfaces import DestinationStats, Entry, EntryState, InstanceRecord, IQueueStore
 
 # PS3.16 CID 400: a dead letter re-queued (action U) or purged (action D) by an operator.
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 
 #: The operator actions the audit trail knows.
-OPERATOR_ACTIONS = ("retry", "retarget", "replay", "purge", "pause", "resume", "reload", "drain", "undrain")
+OPERATOR_ACTIONS = (
+    "retry", "retarget", "replay", "purge", "pause", "resume", "reload", "drain", "undrain", "commitment_retry"
+)
 
 #: At most this many entry ids are listed in one record (``retry --all`` on a big backlog).
 MAX_AUDITED_IDS = 500
@@ -227,6 +238,323 @@ def format_find(results: Sequence[tuple[InstanceRecord, list[Entry]]]) -> str:
     return "\n".join(lines)
 
 
+# -- Storage Commitment (issue 15) ------------------------------------------------------------
+
+
+def commitment_journal(store: Any) -> ICommitmentJournal | None:
+    """The store's Storage Commitment journal, or ``None`` when it keeps none.
+
+    :param store: the queue store.
+    :returns: the same object, as the journal.
+    """
+    return ICommitmentJournal(store) if ICommitmentJournal.providedBy(store) else None
+
+
+def commitment_summary(journal: ICommitmentJournal, now: float) -> dict[str, Any]:
+    """Reports owed, overdue, dead and delivered (:meth:`ICommitmentJournal.transaction_stats`) as a dict.
+
+    :param journal: the journal.
+    :param now: wall-clock time (``overdue`` is ``deadline < now``).
+    :returns: ``owed``, ``decided``, ``overdue``, ``dead``, ``reported``, ``oldest_owed_age_seconds``.
+    """
+    stats = journal.transaction_stats(now)
+    return {
+        "owed": stats.open,
+        "decided": stats.decided,
+        "overdue": stats.overdue,
+        "dead": stats.dead,
+        "reported": stats.reported,
+        "oldest_owed_age_seconds": None if stats.oldest_open_at is None else max(0.0, now - stats.oldest_open_at),
+    }
+
+
+def format_commitment_summary(summary: dict[str, Any]) -> str:
+    """The line ``queue list`` prints when reports are owed or dead; empty when there are none."""
+    if not summary["owed"] and not summary["dead"]:
+        return ""
+    return (
+        f"Storage Commitment reports: {summary['owed']} owed ({summary['overdue']} overdue), "
+        f"{summary['dead']} dead; see dicom-gateway commitment list"
+    )
+
+
+def _report_counts(transaction: Transaction) -> tuple[int | None, int | None, int | None]:
+    """``(event_type, committed, failed)`` of the decided report, ``None`` each while undecided."""
+    if not transaction.report:
+        return None, None, None
+    from gateway.commitment.model import CommitmentReport
+
+    try:
+        report = CommitmentReport.from_json(transaction.report)
+    except ValueError:
+        return None, None, None
+    return report.event_type, len(report.committed), len(report.failed)
+
+
+def commitment_row(transaction: Transaction, now: float) -> dict[str, Any]:
+    """One transaction as plain JSON-able data (``commitment list``, ``GET /api/v1/commitments``).
+
+    :param transaction: the journaled transaction.
+    :param now: wall-clock time, for ``overdue``.
+    :returns: the row.
+    """
+    request = transaction.request
+    event_type, committed, failed = _report_counts(transaction)
+    return {
+        "transaction_uid": request.transaction_uid,
+        "state": transaction.state.value,
+        "modality": request.modality,
+        "calling_ae_title": request.calling_ae_title,
+        "listener": request.listener,
+        "policy": request.policy,
+        "instances": len(request.references),
+        "requested_at": transaction.requested_at,
+        "deadline": request.deadline,
+        "report_deadline": request.report_deadline,
+        "overdue": transaction.state is TransactionState.OPEN and request.deadline < now,
+        "decided": bool(transaction.report),
+        "event_type": event_type,
+        "committed": committed,
+        "failed": failed,
+        "attempts": transaction.attempts,
+        "next_attempt_at": transaction.next_attempt_at,
+        "last_error": transaction.last_error,
+        "reported_at": transaction.reported_at,
+        "dead_reason": transaction.dead_reason,
+        "node": transaction.node,
+    }
+
+
+def commitment_rows(
+    journal: ICommitmentJournal, now: float, state: TransactionState | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Transactions newest first, optionally of one state, as :func:`commitment_row`.
+
+    :param journal: the journal.
+    :param now: wall-clock time.
+    :param state: only this state.
+    :param limit: at most this many.
+    :returns: the rows.
+    """
+    return [commitment_row(t, now) for t in journal.transactions(state, limit)]
+
+
+def format_commitment_rows(rows: Sequence[dict[str, Any]], now: float) -> str:
+    """A fixed-width table of :func:`commitment_rows` for a terminal (the Transaction UID last, whole)."""
+    if not rows:
+        return "no Storage Commitment transaction on record"
+    lines = [f"{'STATE':<9} {'MODALITY':<16} {'POLICY':<9} {'INST':>5} {'AGE':>6} {'REPORT':<14} {'TRIES':>5}  TRANSACTION UID"]
+    for r in rows:
+        if r["event_type"] is None:
+            report = "undecided"
+        else:
+            report = f"{r['committed']} ok/{r['failed']} fail"
+        state = "overdue" if r["overdue"] else r["state"]
+        lines.append(
+            f"{state:<9} {r['modality'][:16]:<16} {r['policy']:<9} {r['instances']:>5} {_age(now, r['requested_at']):>6} "
+            f"{report:<14} {r['attempts']:>5}  {r['transaction_uid']}"
+        )
+        if r["state"] != "reported" and (r["dead_reason"] or r["last_error"]):
+            lines.append(f"{'':<9} {(r['dead_reason'] or r['last_error'])[:100]}")
+    return "\n".join(lines)
+
+
+def commitment_detail(
+    journal: ICommitmentJournal, transaction_uid: str, committing: Iterable[str], now: float
+) -> dict[str, Any]:
+    """One transaction in full: the request, each instance as the verdict sees it now, the report, the attempts.
+
+    Per instance: what was received under its UID since the request's
+    lookback (journaled records or notes of instances sent nowhere), the
+    state of each copy at each destination (queue entries) and, for
+    ``storage_commitment`` destinations, the archive's answer; the verdict of
+    :func:`gateway.commitment.verdict.judge` now (committed, failed with its
+    Failure Reason, or undecided); and, once the report is decided, where
+    the report put it (which never changes).
+
+    :param journal: the journal.
+    :param transaction_uid: the Transaction UID.
+    :param committing: the names of destinations with ``storage_commitment: true``.
+    :param now: wall-clock time.
+    :returns: the detail.
+    :raises KeyError: no such transaction.
+    """
+    from gateway.commitment.model import CommitmentReport
+    from gateway.commitment.verdict import judge
+
+    transaction = journal.get_transaction(transaction_uid)
+    request = transaction.request
+    received = journal.received([r.sop_instance_uid for r in request.references], request.lookback_from)
+    try:
+        verdicts: dict[tuple[str, str], Any] = {
+            (v.reference.sop_class_uid, v.reference.sop_instance_uid): v
+            for v in judge(request, received, frozenset(committing), now).instances
+        }
+    except ValueError:
+        verdicts = {}  # a policy this version does not know
+    reported: dict[tuple[str, str], str] = {}
+    report: dict[str, Any] | None = None
+    if transaction.report:
+        try:
+            decided = CommitmentReport.from_json(transaction.report)
+        except ValueError:
+            decided = None
+        if decided is not None:
+            report = {"event_type": decided.event_type, "committed": len(decided.committed), "failed": len(decided.failed)}
+            for ref in decided.committed:
+                reported[(ref.sop_class_uid, ref.sop_instance_uid)] = "committed"
+            for failed in decided.failed:
+                reference = failed.reference
+                reported[(reference.sop_class_uid, reference.sop_instance_uid)] = f"failed 0x{failed.reason:04X}"
+    instances = []
+    for reference in request.references:
+        key = (reference.sop_class_uid, reference.sop_instance_uid)
+        verdict = verdicts.get(key)
+        records = received.get(reference.sop_instance_uid, [])
+        instances.append(
+            {
+                "sop_class_uid": reference.sop_class_uid,
+                "sop_instance_uid": reference.sop_instance_uid,
+                "verdict": verdict.state.value if verdict is not None else "unknown",
+                "reason": f"0x{verdict.reason:04X}" if verdict is not None and verdict.reason else "",
+                "detail": verdict.detail if verdict is not None else "",
+                "in_report": reported.get(key, ""),
+                "received": [
+                    {
+                        "received_at": record.received_at,
+                        "outcome": record.outcome,
+                        "instance_id": record.instance_id,
+                        "sop_class_uid": record.sop_class_uid,
+                    }
+                    for record in records
+                ],
+                "destinations": [
+                    {
+                        "entry_id": entry.entry_id,
+                        "route": entry.route,
+                        "destination": entry.destination,
+                        "state": entry.state.value,
+                        "delivered_at": entry.delivered_at,
+                        "dead_reason": entry.dead_reason,
+                        "last_error": entry.last_error,
+                    }
+                    for record in records
+                    for entry in record.entries
+                ],
+                "archive": [
+                    {
+                        "entry_id": copy.entry_id,
+                        "destination": copy.destination,
+                        "state": copy.state.value,
+                        "sop_instance_uid": copy.sop_instance_uid,
+                        "transaction_uid": copy.transaction_uid,
+                        "failure_reason": f"0x{copy.failure_reason:04X}" if copy.failure_reason else "",
+                    }
+                    for record in records
+                    for copy in record.copies
+                ],
+            }
+        )
+    return {
+        **commitment_row(transaction, now),
+        "called_ae_title": request.called_ae_title,
+        "source_address": request.source_address,
+        "unrouted": request.unrouted,
+        "report_association": request.report_association,
+        "lookback_from": request.lookback_from,
+        "decided_at": transaction.decided_at,
+        "report": report,
+        "instances_detail": instances,
+        "history": [asdict(a) for a in transaction.history],
+    }
+
+
+def format_commitment(detail: dict[str, Any]) -> str:
+    """A readable multi-line description of :func:`commitment_detail`."""
+    d = detail
+    report = d["report"]
+    if report is None:
+        decided = "not decided yet"
+    else:
+        decided = (
+            f"event type {report['event_type']}: {report['committed']} committed, {report['failed']} failed "
+            f"(decided {_when(d['decided_at'])})"
+        )
+    state = d["state"] + (" (overdue)" if d["overdue"] else "")
+    lines = [
+        f"transaction {d['transaction_uid']}: {state}",
+        f"  requester    {d['calling_ae_title']} (modality {d['modality']}, from {d['source_address'] or '?'}) "
+        f"on listener {d['listener']}, to {d['called_ae_title']}",
+        f"  requested    {_when(d['requested_at'])} on node {d['node']}; policy {d['policy']}, unrouted {d['unrouted']}, "
+        f"report on a {d['report_association']} association",
+        f"  deadline     {_when(d['deadline'])}; report deadline {_when(d['report_deadline'])}",
+        f"  report       {decided}",
+    ]
+    if d["reported_at"] is not None:
+        lines.append(f"  reported     {_when(d['reported_at'])} (acknowledged by the requester)")
+    if d["dead_reason"]:
+        lines.append(f"  dead         {d['dead_reason']}")
+    elif d["state"] == "open":
+        lines.append(f"  next look    {_when(d['next_attempt_at'])}; attempts {d['attempts']}")
+    if d["last_error"]:
+        lines.append(f"  last error   {d['last_error']}")
+    lines.append(f"  instances    {d['instances']}")
+    for i in d["instances_detail"]:
+        verdict = i["verdict"] + (f" {i['reason']}" if i["reason"] else "")
+        in_report = f"; in the report: {i['in_report']}" if i["in_report"] else ""
+        lines.append(f"    {i['sop_instance_uid']} ({i['sop_class_uid']}): now {verdict}{in_report}")
+        if i["detail"]:
+            lines.append(f"        {i['detail']}")
+        if not i["received"]:
+            lines.append("        nothing received under this UID since the lookback")
+        for received in i["received"]:
+            if received["outcome"] != "journaled":
+                lines.append(f"        received {_when(received['received_at'])}, {received['outcome']} (sent nowhere)")
+        for entry in i["destinations"]:
+            what = entry["state"]
+            if entry["state"] == "delivered":
+                what += f" {_when(entry['delivered_at'])}"
+            elif entry["dead_reason"]:
+                what += f": {entry['dead_reason']}"
+            elif entry["last_error"]:
+                what += f", last error: {entry['last_error']}"
+            lines.append(f"        -> {entry['destination']:<16} [{entry['entry_id']}] route {entry['route']}: {what}")
+        for copy in i["archive"]:
+            reason = f" {copy['failure_reason']}" if copy["failure_reason"] else ""
+            lines.append(
+                f"        archive {copy['destination']} [{copy['entry_id']}]: {copy['state']}{reason}"
+                + (f" (request {copy['transaction_uid']})" if copy["transaction_uid"] else "")
+            )
+    if d["history"]:
+        lines.append("  attempts")
+    for attempt in d["history"]:
+        counted = "" if attempt["counted"] else " (not counted)"
+        lines.append(f"    {_when(attempt['at'])}  {attempt['error']}{counted}")
+    return "\n".join(lines)
+
+
+def retry_commitment(journal: ICommitmentJournal, transaction_uid: str, now: float) -> Transaction:
+    """Send a dead report again: OPEN, due now, with a new report deadline as far off as the first one was.
+
+    The decided report is kept (the same report goes, PS3.4 J.3.3: one per
+    transaction); the history is kept.
+
+    :param journal: the journal.
+    :param transaction_uid: the Transaction UID.
+    :param now: wall-clock time.
+    :returns: the transaction, OPEN again.
+    :raises KeyError: no such transaction, or it is not dead.
+    """
+    try:
+        transaction = journal.get_transaction(transaction_uid)
+    except KeyError:
+        raise KeyError(f"no transaction {transaction_uid}") from None
+    if transaction.state is not TransactionState.DEAD:
+        raise KeyError(f"transaction {transaction_uid} is {transaction.state.value}, not dead")
+    span = max(0.0, transaction.request.report_deadline - transaction.requested_at)
+    return journal.requeue_transaction(transaction_uid, now, now + span)
+
+
 def to_json(data: Any) -> str:
     """JSON for ``--json`` output."""
     return json.dumps(data, indent=2, sort_keys=True, default=str)
@@ -269,12 +597,14 @@ def audit_operator_action(
     entry_ids: Sequence[int] = (),
     destination: str = "",
     to: str = "",
+    transaction_uid: str = "",
     outcome: Outcome = Outcome.SUCCESS,
     description: str = "",
 ) -> AuditRecord:
     """Write one operator action to the audit trail.
 
-    Re-queueing a dead letter (or replaying a kept study) is DICOM Instances Accessed with action U, a
+    Re-queueing a dead letter (or replaying a kept study, or sending a dead
+    Storage Commitment report again) is DICOM Instances Accessed with action U, a
     purge the same with action D (PS3.15 A.5.3.3; CID 400 110103); pause,
     resume, reload, drain and undrain change how the application works: Application
     Activity, event type Software Configuration (A.5.3.1; CID 401 110131).
@@ -287,11 +617,12 @@ def audit_operator_action(
     :param entry_ids: the queue entries acted on.
     :param destination: the destination paused or resumed, when there is one.
     :param to: the new destination of a re-target.
+    :param transaction_uid: the Storage Commitment transaction of ``commitment_retry``.
     :param outcome: a refused or failed action is a minor failure.
     :param description: what happened, or why it failed.
     :returns: the record.
     """
-    if action in ("retry", "retarget", "replay", "purge"):
+    if action in ("retry", "retarget", "replay", "purge", "commitment_retry"):
         event, code, event_type = INSTANCES_ACCESSED, ("D" if action == "purge" else "U"), None
     else:
         event, code, event_type = APPLICATION_ACTIVITY, "E", SOFTWARE_CONFIGURATION
@@ -304,6 +635,8 @@ def audit_operator_action(
         extra["destination"] = destination
     if to:
         extra["to"] = to
+    if transaction_uid:
+        extra["transaction_uid"] = transaction_uid
     return trail.emit(
         event,
         code,

@@ -114,6 +114,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     qnodes.add_argument("--json", action="store_true")
 
+    commitment = sub.add_parser(
+        "commitment", help="Storage Commitment transactions: the reports owed to modalities, sent, or given up"
+    )
+    csub = commitment.add_subparsers(dest="commitment_action", required=True)
+    clist = csub.add_parser("list", parents=[config_arg], help="transactions, newest first: state, policy, report, attempts")
+    clist.add_argument("--state", choices=["open", "reported", "dead"], help="only transactions in this state")
+    clist.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    clist.add_argument("--json", action="store_true")
+    cshow = csub.add_parser(
+        "show", parents=[config_arg], help="one transaction: request, each instance per destination, the report, attempts"
+    )
+    cshow.add_argument("transaction_uid")
+    cshow.add_argument("--json", action="store_true")
+    cretry = csub.add_parser("retry", parents=[config_arg], help="send a dead report again (the same report)")
+    cretry.add_argument("transaction_uid")
+
     db = sub.add_parser("db", help="the queue's database")
     db_sub = db.add_subparsers(dest="db_action", required=True)
     db_sub.add_parser(
@@ -240,6 +256,13 @@ def _queue(args: argparse.Namespace) -> int:
                 print(admin.to_json(rows))
                 return 0
             print(admin.format_queue_rows(rows, now))
+            journal = admin.commitment_journal(store)
+            if journal is not None:
+                # Issue 15: a line only when Storage Commitment reports are owed or dead.
+                line = admin.format_commitment_summary(admin.commitment_summary(journal, now))
+                if line:
+                    print()
+                    print(line)
             nodes = admin.format_node_rows(admin.node_rows(store, now, config.cluster.heartbeat), now)
             if nodes:
                 print()
@@ -335,6 +358,62 @@ def _queue(args: argparse.Namespace) -> int:
             store.set_paused(args.destination, args.action == "pause")
             audit(args.action, destination=args.destination)
             print(f"{args.destination}: {'paused' if args.action == 'pause' else 'resumed'}")
+            return 0
+    finally:
+        store.close()
+    return 2
+
+
+def _commitment(args: argparse.Namespace) -> int:
+    """``dicom-gateway commitment list|show|retry``: read the Storage Commitment journal directly; retry is audited."""
+    import time
+
+    from gateway import admin
+    from gateway.audit import Outcome
+    from gateway.config.schema import DicomDestination
+    from gateway.queue.commitments import TransactionState
+    from gateway.stores import describe_store
+
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    now = time.time()
+    try:
+        journal = admin.commitment_journal(store)
+        if journal is None:
+            print(f"the queue journal ({describe_store(config)}) keeps no Storage Commitment transactions", file=sys.stderr)
+            return 1
+        if args.commitment_action == "list":
+            state = TransactionState(args.state) if args.state else None
+            rows = admin.commitment_rows(journal, now, state, max(1, args.limit))
+            print(admin.to_json(rows) if args.json else admin.format_commitment_rows(rows, now))
+            return 0
+        if args.commitment_action == "show":
+            committing = [d.name for d in config.destinations if isinstance(d, DicomDestination) and d.storage_commitment]
+            try:
+                detail = admin.commitment_detail(journal, args.transaction_uid, committing, now)
+            except KeyError:
+                print(f"no Storage Commitment transaction {args.transaction_uid}", file=sys.stderr)
+                return 1
+            print(admin.to_json(detail) if args.json else admin.format_commitment(detail))
+            return 0
+        if args.commitment_action == "retry":
+            operator = admin.local_operator()
+            trail = admin.cli_audit_trail(config)
+            try:
+                try:
+                    admin.retry_commitment(journal, args.transaction_uid, now)
+                except KeyError as error:
+                    why = str(error.args[0]) if error.args else "no such transaction"
+                    admin.audit_operator_action(
+                        trail, "commitment_retry", operator, transaction_uid=args.transaction_uid,
+                        outcome=Outcome.MINOR_FAILURE, description=f"commitment_retry refused: {why}",
+                    )
+                    print(f"{args.transaction_uid}: not retried: {why}", file=sys.stderr)
+                    return 1
+                admin.audit_operator_action(trail, "commitment_retry", operator, transaction_uid=args.transaction_uid)
+            finally:
+                admin.close_audit_trail(trail)
+            print(f"{args.transaction_uid}: report owed again; the gateway sends it at its next look")
             return 0
     finally:
         store.close()
@@ -668,6 +747,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "queue":
         raise SystemExit(_queue(args))
+    if args.command == "commitment":
+        raise SystemExit(_commitment(args))
     if args.command == "db":
         raise SystemExit(_db(args))
     if args.command == "find":

@@ -334,6 +334,9 @@ class DestinationWorker(Service):
             if isinstance(config, DicomDestination) and config.storage_commitment
             else None
         )
+        #: Called after a turn wrote deliveries whose copies were noted (the
+        #: service sets the destination's archive committer's poke).
+        self.on_noted: Callable[[], None] | None = None
 
     # -- service -------------------------------------------------------------------------
 
@@ -682,6 +685,8 @@ class DestinationWorker(Service):
             raise
         if settled.leased:
             self.membership.leased(slot.standing, now)
+        if self.commitments is not None and delivered and self.on_noted is not None:
+            self.on_noted()
         lost = set(settled.lost)
         for entry, outcome, duration in delivered:
             if entry.entry_id in lost:

@@ -83,6 +83,7 @@ from gateway.httpresources import (
     LOCAL_HOSTS,
     Backend,
     BadRequest,
+    CommitmentsResource,
     DeadLettersResource,
     DestinationsResource,
     HealthResource,
@@ -156,6 +157,8 @@ def build_site(
     v1.putChild(b"reload", ReloadResource(backend))
     v1.putChild(b"drain", DrainResource(backend, True))
     v1.putChild(b"undrain", DrainResource(backend, False))
+    # Issue 15: Storage Commitment transactions, their detail and the retry of a dead report.
+    v1.putChild(b"commitments", CommitmentsResource(backend))
     root.putChild(b"api", api)
     site = GatewaySite(root, reactor=reactor, max_connections=max_connections, request_deadline=request_deadline)
     site.noisy = False

@@ -365,6 +365,79 @@ class ServiceBackend:
         d.addCallback(record)
         return d
 
+    # -- Storage Commitment (issue 15) ------------------------------------------------------
+
+    def _journal(self) -> Any:
+        """The store's Storage Commitment journal. :raises NotFound: the store keeps none."""
+        from gateway.admin import commitment_journal
+
+        journal = commitment_journal(self._service.store)
+        if journal is None:
+            raise NotFound("this gateway's queue store keeps no Storage Commitment journal")
+        return journal
+
+    def commitments(self, state: str | None) -> "Deferred[dict[str, Any]]":
+        """:func:`gateway.admin.commitment_rows` and :func:`~gateway.admin.commitment_summary` on the store's thread."""
+        from gateway.admin import commitment_rows, commitment_summary
+        from gateway.queue.commitments import TransactionState
+
+        try:
+            wanted = TransactionState(state) if state else None
+        except ValueError:
+            return _failed(BadRequest(f"state must be one of open, reported, dead, not {state!r}"))
+        now = self._wall()
+
+        def read() -> dict[str, Any]:
+            journal = self._journal()
+            return {"summary": commitment_summary(journal, now), "commitments": commitment_rows(journal, now, wanted)}
+
+        return self._service.store_runner.run(read)  # type: ignore[no-any-return]
+
+    def commitment(self, transaction_uid: str) -> "Deferred[dict[str, Any]]":
+        """:func:`gateway.admin.commitment_detail` on the store's thread, judged with the configuration in force."""
+        from gateway.admin import commitment_detail
+
+        now = self._wall()
+        committing = [d.name for d in self._service.config.destinations if getattr(d, "storage_commitment", False)]
+
+        def read() -> dict[str, Any]:
+            try:
+                return commitment_detail(self._journal(), transaction_uid, committing, now)
+            except KeyError:
+                raise NotFound(f"no Storage Commitment transaction {transaction_uid}") from None
+
+        return self._service.store_runner.run(read)  # type: ignore[no-any-return]
+
+    def retry_commitment(self, transaction_uid: str, operator: Operator) -> "Deferred[dict[str, Any]]":
+        """:func:`gateway.admin.retry_commitment` on the store's thread; the report worker is poked; audited."""
+        from gateway.admin import commitment_row, retry_commitment
+        from gateway.queue.commitments import TransactionState
+
+        service = self._service
+        now = self._wall()
+
+        def requeue() -> dict[str, Any]:
+            journal = self._journal()
+            try:
+                state = journal.get_transaction(transaction_uid).state
+            except KeyError:
+                raise NotFound(f"no Storage Commitment transaction {transaction_uid}") from None
+            if state is not TransactionState.DEAD:
+                raise Refused(f"transaction {transaction_uid} is {state.value}, not dead: only a dead report is retried")
+            return commitment_row(retry_commitment(journal, transaction_uid, now), now)
+
+        d = service.store_runner.run(requeue)
+
+        def poke(row: dict[str, Any]) -> dict[str, Any]:
+            # The report worker (gateway.commitment.worker), when the service runs one: look now.
+            worker = getattr(service, "commitment_worker", None)
+            if worker is not None:
+                worker.poke()
+            return row
+
+        d.addCallback(poke)
+        return self._audited(d, "commitment_retry", operator, transaction_uid=transaction_uid)
+
 
 def _failed(error: Exception) -> "Deferred[Any]":
     d: Deferred[Any] = Deferred()

@@ -42,6 +42,7 @@ __all__ = [
     "DestinationsResource",
     "ReloadResource",
     "DrainResource",
+    "CommitmentsResource",
 ]
 
 _log = Logger(namespace="gateway.http")
@@ -96,6 +97,21 @@ class Backend(Protocol):
 
     def drain(self, draining: bool, operator: Operator) -> "Deferred[dict[str, Any]]":
         """Start or end a drain (issue 14); fires with its status."""
+
+    def commitments(self, state: str | None) -> "Deferred[dict[str, Any]]":
+        """Storage Commitment transactions (issue 15), newest first, optionally of one state.
+
+        Fires with ``{"summary": ..., "commitments": [...]}`` (see
+        :func:`gateway.admin.commitment_rows`); fails with :class:`BadRequest`
+        for an unknown state, :class:`NotFound` when the store keeps no
+        Storage Commitment journal.
+        """
+
+    def commitment(self, transaction_uid: str) -> "Deferred[dict[str, Any]]":
+        """One transaction in full (:func:`gateway.admin.commitment_detail`); fails with :class:`NotFound`."""
+
+    def retry_commitment(self, transaction_uid: str, operator: Operator) -> "Deferred[dict[str, Any]]":
+        """Send a dead report again; fires with the transaction's row; :class:`NotFound` or :class:`Refused` (not dead)."""
 
 
 
@@ -531,3 +547,63 @@ class DrainResource(_Leaf):
             return _Error(400, error).render(request)
         operator = _operator(request)
         return _render_async(request, lambda: self._backend.drain(self._draining, operator), lambda status: (200, status))
+
+
+class CommitmentsResource(Resource):
+    """``GET /api/v1/commitments[?state=open|reported|dead]``; one transaction and its retry below it (issue 15)."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self._backend = backend
+
+    def render_GET(self, request: Request) -> Any:
+        """The reports owed, overdue and dead (``summary``) and the transactions, newest first."""
+        values = request.args.get(b"state") or []
+        state = values[0].decode("utf-8", "replace") if values else None
+        return _render_async(request, lambda: self._backend.commitments(state), lambda body: (200, body))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """``/{transaction_uid}`` and ``/{transaction_uid}/retry``."""
+        uid = path.decode("ascii", "replace")
+        # A UID is digits and dots, 64 at most (PS3.5 9.1): anything else names no transaction.
+        if not re.fullmatch(r"[0-9.]{1,64}", uid):
+            return _Error(404, "no such transaction")
+        return CommitmentResource(self._backend, uid)
+
+
+class CommitmentResource(Resource):
+    """``GET /api/v1/commitments/{uid}``; ``POST .../{uid}/retry`` is its child."""
+
+    def __init__(self, backend: Backend, transaction_uid: str) -> None:
+        super().__init__()
+        self._backend = backend
+        self._uid = transaction_uid
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """``retry``; anything else is 404."""
+        if path == b"retry":
+            return CommitmentRetryResource(self._backend, self._uid)
+        return _Error(404, "not found")
+
+    def render_GET(self, request: Request) -> Any:
+        """The request, each instance per destination as the verdict sees it now, the report, the attempts."""
+        return _render_async(request, lambda: self._backend.commitment(self._uid), lambda body: (200, body))
+
+
+class CommitmentRetryResource(_Leaf):
+    """``POST /api/v1/commitments/{uid}/retry``: as ``dicom-gateway commitment retry``."""
+
+    def __init__(self, backend: Backend, transaction_uid: str) -> None:
+        super().__init__()
+        self._backend = backend
+        self._uid = transaction_uid
+
+    def render_POST(self, request: Request) -> Any:
+        """200 with the transaction (owed again); 404 unknown; 409 when it is not dead."""
+        _body, error = _json_body(request)
+        if error is not None:
+            return _Error(400, error).render(request)
+        operator = _operator(request)
+        return _render_async(
+            request, lambda: self._backend.retry_commitment(self._uid, operator), lambda row: (200, {"requeued": row})
+        )

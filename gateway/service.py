@@ -52,6 +52,7 @@ from gateway.security import (
 from gateway.blocking import IBlockingRunner, Lane, SynchronousLane, ThreadLane, ThreadPoolRunner
 from gateway.identity_check import PasscodePool
 from gateway.config.errors import ConfigErrors
+from gateway.commitment.archive import INTERVAL
 from gateway.config.schema import DicomDestination, FolderDestination, GatewayConfig, ListenerConfig
 from gateway.drain import Drain
 from gateway.forward import DestinationWorker
@@ -417,6 +418,8 @@ class GatewayService(MultiService):
             )
             service.setServiceParent(self)
             self.listeners.append(service)
+        # Issue 15: committers of archives that commit, and where their reports go.
+        self._add_archive_commitment()
         self._janitor = LoopingCall(self._clean)
         self._janitor.clock = reactor
         self.ready: Deferred[None] = Deferred()
@@ -497,6 +500,84 @@ class GatewayService(MultiService):
             # A worker replaced by a reload during a drain drains too (issue 14).
             worker.set_draining(True)
         return worker
+
+    # -- Storage Commitment towards archives (issue 15) -----------------------------------
+
+    def _add_archive_commitment(self) -> None:
+        """The gateway as Storage Commitment SCU towards destinations with ``storage_commitment: true``.
+
+        One :class:`~gateway.commitment.archive.ArchiveCommitter` per such
+        destination (a child service: started after recovery, stopped with
+        the gateway), poked by its worker once delivered copies are noted;
+        and :attr:`archive_reports`, which the listeners hand the archives'
+        reports to (``None`` when the store keeps no commitment journal).
+        Called again after a reload: a destination that now commits gets
+        its committer; one that no longer does keeps an idle one (it reads
+        the configuration in force at each look).
+        """
+        from gateway.commitment.archive import ArchiveCommitter, ArchiveReports, ask_archive
+        from gateway.queue.commitments import ICommitmentJournal
+
+        journal = ICommitmentJournal(self.store, None)
+        if not hasattr(self, "committers"):
+            self.committers: dict[str, ArchiveCommitter] = {}
+            self.archive_reports: ArchiveReports | None = None
+            if journal is not None:
+                self.archive_reports = ArchiveReports(
+                    self.store_runner,
+                    journal,
+                    lambda: self.config.destinations,
+                    self.observer,
+                    self._wall,
+                    on_answered=self._poke_commitment_worker,
+                )
+                # The listeners' Storage Commitment SCP hands archives' N-EVENT-REPORTs here.
+                scp = getattr(self, "commitment_scp", None)
+                if scp is not None:
+                    scp.archive_reports = self.archive_reports
+        for destination in self.config.destinations:
+            if not isinstance(destination, DicomDestination) or not destination.storage_commitment:
+                continue
+            name = destination.name
+            if name not in self.committers:
+                if journal is None:
+                    self.log.error(
+                        "destination {name} has storage_commitment, but the queue store keeps no commitment journal",
+                        name=name,
+                    )
+                    continue
+                committer = ArchiveCommitter(
+                    name,
+                    lambda name=name: self._dicom_destination(name),  # type: ignore[misc]
+                    journal,
+                    self.store,
+                    self.store_runner,
+                    self._reactor,
+                    self._wall,
+                    ask_archive(self._reactor),
+                    observer=self.observer,
+                    singleton_seconds=max(3 * INTERVAL, 3 * self.config.cluster.heartbeat),
+                )
+                self.committers[name] = committer
+                committer.setServiceParent(self)
+                if self.running and not committer.running:
+                    committer.startService()
+            worker = self.workers.get(name)
+            if worker is not None:
+                worker.on_noted = self.committers[name].poke
+
+    def _dicom_destination(self, name: str) -> DicomDestination | None:
+        """The DICOM destination ``name`` of the configuration in force, ``None`` if there is none."""
+        for destination in self.config.destinations:
+            if destination.name == name and isinstance(destination, DicomDestination):
+                return destination
+        return None
+
+    def _poke_commitment_worker(self) -> None:
+        """An archive's report changed copies: the transactions waiting on them may be decided now."""
+        worker = getattr(self, "commitment_worker", None)
+        if worker is not None:
+            worker.poke()
 
     def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
         """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
@@ -770,6 +851,7 @@ class GatewayService(MultiService):
                     worker = self._add_worker(destination)
                     if self.running and not worker.running:
                         worker.startService()
+            self._add_archive_commitment()  # issue 15: committers and their workers' pokes
             self.log.info(
                 "configuration reloaded: {n} destination(s), {r} route(s)",
                 n=len(new.destinations),

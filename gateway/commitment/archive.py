@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -58,7 +58,7 @@ from gateway import events
 from gateway.blocking import IBlockingRunner
 from gateway.commitment.model import CommitmentReport, Reference
 from gateway.config.schema import Destination, DicomDestination
-from gateway.dimse.status import StatusCategory, category
+from gateway.dimse.status import Status, StatusCategory, category
 from gateway.queue.commitments import CopyCommitment, ICommitmentJournal
 from gateway.queue.interfaces import IQueueStore, StoreUnavailable
 
@@ -85,14 +85,14 @@ INTERVAL = 5.0
 
 #: N-EVENT-REPORT-RSP statuses (PS3.7 10.1.1.1.8, the codes of Annex C).
 #: Success (PS3.7 C.1.1).
-STATUS_SUCCESS = 0x0000
+STATUS_SUCCESS = int(Status.SUCCESS)
 #: Processing failure (PS3.7 C.5): the report could not be recorded (the journal away).
-STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_PROCESSING_FAILURE = int(Status.PROCESSING_FAILURE)
 #: Invalid argument value (PS3.7 10.1.1.1.8, C.5): "the event information value
 #: specified was out of range or otherwise inappropriate": a Transaction UID
 #: (0008,1195) the gateway never sent. (0x0112 No such SOP Instance would be
 #: wrong: the affected instance is the well-known one, which exists.)
-STATUS_INVALID_ARGUMENT_VALUE = 0x0115
+STATUS_INVALID_ARGUMENT_VALUE = int(Status.INVALID_ARGUMENT_VALUE)
 
 #: Sends one N-ACTION: ``ask(destination, transaction_uid, references)``
 #: fires with the N-ACTION-RSP's ``(status, error comment)``, or fails
@@ -204,6 +204,7 @@ class ArchiveCommitter(Service):
     :param limit: copies per N-ACTION.
     :param singleton_seconds: how long a SQLite or memory singleton hold lasts
         (renewed at each look; longer than ``interval``).
+    :param poke_delay: seconds from a poke to its look (pokes meanwhile join it).
     """
 
     log = Logger(namespace="gateway.commitment.archive")
@@ -222,8 +223,10 @@ class ArchiveCommitter(Service):
         interval: float = INTERVAL,
         limit: int = REQUEST_LIMIT,
         singleton_seconds: float | None = None,
+        poke_delay: float = 1.0,
     ) -> None:
         self.destination_name = name
+        self.poke_delay = poke_delay
         self.setName(singleton_name(name))
         self._destination = destination
         self._journal = journal
@@ -240,6 +243,8 @@ class ArchiveCommitter(Service):
         self._loop.clock = clock
         #: The look in progress, if any.
         self._looking: Deferred[None] | None = None
+        #: The look a poke scheduled, if any.
+        self._poked: IDelayedCall | None = None
         #: A look is in progress (set before it starts: a synchronous store runs it at once).
         self._busy = False
         #: A poke came during a look: look again when it ends.
@@ -265,6 +270,8 @@ class ArchiveCommitter(Service):
         self._stopping = True
         if self._loop.running:
             self._loop.stop()
+        if self._poked is not None and self._poked.active():
+            self._poked.cancel()
         looking = self._looking
         if looking is None:
             return succeed(None)
@@ -273,10 +280,19 @@ class ArchiveCommitter(Service):
         return done
 
     def poke(self) -> None:
-        """Copies were delivered (or a report came): look now rather than at the next interval."""
+        """Copies were delivered: look in ``poke_delay`` seconds rather than at the next interval.
+
+        Pokes within the delay (a batch of deliveries after another) make one
+        look, not one store query each; one during a look makes another look
+        right after it.
+        """
         if not self.running or self._stopping:
             return
-        self.look()
+        if self._busy:
+            self._again = True
+            return
+        if self._poked is None or not self._poked.active():
+            self._poked = self._clock.callLater(self.poke_delay, self.look)
 
     # -- one look --------------------------------------------------------------------------
 

@@ -128,3 +128,17 @@ class NoteCopiesTests(WorkerTestsMixin, SynchronousTestCase):
         self.worker(self.destination(), FakePeer())
         self.assertEqual(self.states(), {record.sop_instance_uid: EntryState.DELIVERED})
         self.assertEqual([kind for kind, _ in self.store.calls], ["settle"])
+
+    def test_the_committer_is_poked_once_the_noted_deliveries_are_written(self) -> None:
+        """on_noted is called after the turn that wrote noted deliveries (then the copies are pending), not before, not when idle."""
+        pokes: list[int] = []
+        peer = FakePeer()
+        worker = self.worker(self.destination(storage_commitment=True), peer)
+        worker.on_noted = lambda: pokes.append(len(self.store.pending_copies("archive", self.clock.seconds(), 600.0, 10)))
+        self.clock.advance(3)
+        self.assertEqual(pokes, [], "poked without a delivery")
+        for _ in range(2):
+            self.enqueue(self.instance())
+        worker.poke()
+        self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
+        self.assertEqual(pokes, [2])

@@ -260,11 +260,14 @@ class ArchiveCommitterTests(ArchiveTestsMixin, SynchronousTestCase):
         self.assertEqual([s for s, _, _ in self.copies("1.2.3.1")["1.2.3.1"]], [CopyState.COMMITTED, CopyState.COMMITTED])
 
     def test_a_poke_asks_at_once_and_the_interval_asks_anyway(self) -> None:
-        """Copies noted after start are asked about at the poke, or at the next interval without one."""
+        """Copies noted after start are asked about a poke_delay after pokes (one look for two), or at the next interval without one."""
         committer = self.committer()
         self.assertEqual(self.archive.requests, [])
         self.deliver()
         committer.poke()
+        committer.poke()
+        self.assertEqual(self.archive.requests, [])
+        self.clock.advance(committer.poke_delay)
         self.assertEqual(self.archive.uids(), ["1.2.3.1"])
         self.deliver()
         self.assertEqual(len(self.archive.requests), 1)
