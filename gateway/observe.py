@@ -501,6 +501,9 @@ class GatewayMetrics:
             self.commitment_requests.labels(outcome)
         for result in ("committed", "failures"):
             self.commitment_reports.labels(result)
+        # The dashboard's latency p95 has a series (NaN, not "no data") before the first report.
+        for policy in COMMITMENT_POLICY_LABELS[:-1]:
+            self.commitment_latency.labels(policy)
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)

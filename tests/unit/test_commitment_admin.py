@@ -237,3 +237,49 @@ class CommitmentCliTests(SynchronousTestCase):
         code, out, err = self.run_cli("queue", "list", "-c", self.config_path)
         self.assertEqual(code, 0, err)
         self.assertIn("Storage Commitment reports: 1 owed (1 overdue), 1 dead", out)
+
+
+class SqliteCliTests(SynchronousTestCase):
+    """The real command, as a subprocess, on the SQLite journal a gateway would have left."""
+
+    def setUp(self) -> None:
+        from gateway.config.load import load_config
+        from gateway.queue.sqlite import SqliteQueueStore
+
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.folder, "spool"))
+        self.config_path = os.path.join(self.folder, "gw.yaml")
+        with open(self.config_path, "w", encoding="utf-8") as stream:
+            stream.write(CONFIG)
+        store = SqliteQueueStore(load_config(self.config_path).queue_path)
+        try:
+            fill(store)  # type: ignore[arg-type]
+        finally:
+            store.close()
+
+    def run_cli(self, *argv: str) -> tuple[int, str, str]:
+        """Run ``python -m gateway ARGV`` from this tree; the exit status, stdout and stderr."""
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", *argv], capture_output=True, text=True, cwd=root,
+            env=dict(os.environ, PYTHONPATH=root), timeout=60,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    def test_list_show_retry_on_sqlite(self) -> None:
+        """list shows the three transactions, show the dead one's report, retry makes it owed again (seen by list)."""
+        code, out, err = self.run_cli("commitment", "list", "-c", self.config_path, "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(r["transaction_uid"] for r in json.loads(out)), ["2.25.1", "2.25.2", "2.25.3"])
+        code, out, err = self.run_cli("commitment", "show", "-c", self.config_path, "2.25.3")
+        self.assertEqual(code, 0, err)
+        self.assertIn("event type 2: 0 committed, 1 failed", out)
+        code, out, err = self.run_cli("commitment", "retry", "-c", self.config_path, "2.25.3")
+        self.assertEqual(code, 0, err)
+        code, out, err = self.run_cli("commitment", "list", "-c", self.config_path, "--state", "dead", "--json")
+        self.assertEqual((code, json.loads(out)), (0, []))
+        with open(os.path.join(self.folder, "audit.jsonl"), encoding="utf-8") as stream:
+            self.assertEqual([json.loads(line)["extra"]["action"] for line in stream], ["commitment_retry"])

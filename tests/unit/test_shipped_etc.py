@@ -66,7 +66,7 @@ class PromtoolTests(SynchronousTestCase):
 
         rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
         tests = (PROMETHEUS / "alerts_test.yml").read_text()
-        self.assertEqual(len(rules), 11)
+        self.assertEqual(len(rules), 13)
         for rule in rules:
             self.assertEqual(set(rule["annotations"]), {"summary", "description"}, rule["alert"])
             self.assertIn(f"alertname: {rule['alert']}", tests)
@@ -76,10 +76,10 @@ class DashboardTests(SynchronousTestCase):
     """The dashboard parses, uses its variables, and covers the six rows."""
 
     def test_rows_and_variables(self) -> None:
-        """Rows intake, delivery, backlog, latency, capacity and cluster; datasource, instance and node variables."""
+        """Rows intake, delivery, backlog, latency, capacity, cluster and Storage Commitment; datasource, instance and node variables."""
         data = json.loads(DASHBOARD.read_text())
         rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
-        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster"])
+        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster", "Storage Commitment"])
         variables = {v["name"]: v["type"] for v in data["templating"]["list"]}
         self.assertEqual(variables, {"datasource": "datasource", "instance": "query", "node": "query"})
 
@@ -94,6 +94,29 @@ class DashboardTests(SynchronousTestCase):
             self.assertIn(metric, exprs[title])
             self.assertIn('node=~"$node"', exprs[title])
             self.assertTrue(exprs[title].startswith(("sum by (node)", "max by (node)", "min by (node)")), title)
+
+    def test_storage_commitment_row(self) -> None:
+        """Issue 15: reports owed, overdue and dead; requests by outcome; latency p95 by policy."""
+        exprs = dict(dashboard_expressions())
+        owed = [e for t, e in dashboard_expressions() if t == "Commitment reports owed, overdue and dead"]
+        for metric in ("owed", "overdue", "dead"):
+            self.assertTrue(any(f"dicom_gateway_commitment_reports_{metric}" in e for e in owed), metric)
+        self.assertIn("sum by (outcome) (rate(dicom_gateway_commitment_requests_total", exprs["Commitment requests/s by outcome"])
+        self.assertIn(
+            "histogram_quantile(0.95, sum by (le, policy) (rate(dicom_gateway_commitment_latency_seconds_bucket",
+            exprs["Commitment latency p95 by policy"],
+        )
+
+    def test_panels_do_not_overlap(self) -> None:
+        """No two panels share a grid cell (a panel added below the last row lands where Grafana draws it)."""
+        data = json.loads(DASHBOARD.read_text())
+        cells: dict[tuple[int, int], str] = {}
+        for panel in data["panels"]:
+            grid = panel["gridPos"]
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                for x in range(grid["x"], grid["x"] + grid["w"]):
+                    self.assertNotIn((x, y), cells, (panel["title"], cells.get((x, y))))
+                    cells[(x, y)] = panel["title"]
 
     def test_every_expression_uses_the_instance_variable_and_contract_metrics(self) -> None:
         """Each expression filters on $instance and names only dicom_gateway_* metrics."""

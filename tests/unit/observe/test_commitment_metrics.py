@@ -83,6 +83,11 @@ class CommitmentCounterTests(SynchronousTestCase):
         self.assertEqual(self.value("dicom_gateway_commitment_reports_total", result="committed"), 1.0)
         self.assertEqual(self.value("dicom_gateway_commitment_reports_total", result="failures"), 1.0)
 
+    def test_latency_series_exist_for_each_policy_from_the_start(self) -> None:
+        """Each policy's latency histogram exists at 0 before any report (the dashboard's p95 is never "no data")."""
+        for policy in ("received", "delivered", "committed"):
+            self.assertEqual(self.value("dicom_gateway_commitment_latency_seconds_count", policy=policy), 0.0)
+
     def test_report_failures_count(self) -> None:
         """Each failed delivery attempt counts, the last one (dead) included."""
         self.assertEqual(self.value("dicom_gateway_commitment_report_failures_total"), 0.0)
