@@ -102,6 +102,7 @@ def connect_dicom(
     destination: DicomDestination,
     proposals: Proposals,
     role_selections: Sequence[SCPSCURoleSelection] = (),
+    verification: bool = True,
 ) -> "Deferred[ClientAssociation]":
     """Open an association to ``destination`` with its three timeouts kept apart.
 
@@ -111,14 +112,17 @@ def connect_dicom(
 
     :param reactor: provides ``IReactorTCP`` and ``IReactorTime``.
     :param destination: the DICOM AE.
-    :param proposals: presentation contexts; Verification is always added (C-ECHO probes).
+    :param proposals: presentation contexts; Verification is added (C-ECHO probes) unless ``verification`` is false.
     :param role_selections: SCP/SCU Role Selection items to propose (PS3.7
         D.3.3.4); none for C-STORE, SCU-role 0 / SCP-role 1 for a Storage
         Commitment report (PS3.4 J.3.3.1.3).
+    :param verification: add the Verification context; false for an
+        association that carries only what ``proposals`` name (a Storage
+        Commitment report, :mod:`gateway.commitment.report`).
     :returns: a Deferred firing with the :class:`ClientAssociation`.
     """
     wanted = [(sop, list(ts)) for sop, ts in proposals]
-    if not any(sop == VERIFICATION_SOP_CLASS for sop, _ in wanted):
+    if verification and not any(sop == VERIFICATION_SOP_CLASS for sop, _ in wanted):
         wanted.insert(0, (VERIFICATION_SOP_CLASS, [IMPLICIT_VR_LE, EXPLICIT_VR_LE]))
     request = build_request(
         destination.calling_ae_title,
