@@ -277,6 +277,19 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
         self.assertTrue(outcome.established, f"{outcome}\n{gateway.log_text()[-3000:]}")  # type: ignore[attr-defined]
         return outcome
 
+    def assert_reports(self, gateway: GatewayProcess, receiver: CommitmentPeer, transaction: str,
+                       count: int) -> None:
+        """Assert how many reports of ``transaction`` the receiver got, explaining a mismatch.
+
+        :param gateway: the gateway (its log goes in the message).
+        :param receiver: the report receiver.
+        :param transaction: the Transaction UID.
+        :param count: the reports expected.
+        """
+        reports = receiver.reports_for(transaction)
+        self.assertEqual(len(reports), count,  # type: ignore[attr-defined]
+                         "\n".join(map(str, reports)) + "\n--- gateway log ---\n" + gateway.log_text()[-6000:])
+
     def fence(self, gateway: GatewayProcess, receiver: CommitmentPeer) -> None:
         """Ask about one new instance and wait for its report: what the gateway owed before is done by then.
 
@@ -323,7 +336,7 @@ class GatewayReportTests(CommitmentGatewayMixin, TestCase):
         # "delivered" means the archive acknowledged each one, before the report.
         self.assertEqual(set(archive.successes()), {ds.SOPInstanceUID for ds in datasets})
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_report_to_an_implicit_only_requester(self) -> None:
         """A requester accepting only Implicit VR Little Endian still gets its report (the gateway proposes both)."""
@@ -391,7 +404,7 @@ class GatewayReportTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(report.event_type, 2)
         self.assertEqual(report.committed, ())
         self.assertEqual(report.failures, {ds.SOPInstanceUID: PROCESSING_FAILURE for ds in datasets})
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_dead_lettered_instance_fails_0x0110_the_other_is_committed(self) -> None:
         """The archive refuses one instance's SOP class (0x0122, dead letter at once): event 2, that one 0x0110, the other committed."""
@@ -469,7 +482,7 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual((first.status, second.status), (0x0000, 0x0000))
         self.report_for(gateway, receiver, transaction)
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_duplicate_transaction_uid_other_references_fails(self) -> None:
         """The same Transaction UID with other references: the second N-ACTION fails, the first one's report is unchanged."""
@@ -489,7 +502,7 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         report = self.report_for(gateway, receiver, transaction)
         self.assertEqual(report.committed, tuple(refs_of(datasets[:1])))
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
 
 class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
@@ -516,7 +529,7 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         report = self.report_for(gateway, receiver, transaction)
         self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_report_answered_with_a_failure_status_is_sent_again_unchanged(self) -> None:
         """The requester answers the first N-EVENT-REPORT with 0x0110: the gateway sends the same report again, and stops once answered 0x0000."""
@@ -534,7 +547,7 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(reports[0].committed, reports[1].committed)
         self.assertEqual(reports[0].failed, reports[1].failed)
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 2)
+        self.assert_reports(gateway, receiver, transaction, 2)
 
     def test_kill_9_right_after_the_n_action_rsp(self) -> None:
         """kill -9 as soon as the N-ACTION-RSP came (the requester down, so nothing was sent): after the restart the report arrives once."""
@@ -553,7 +566,7 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         report = self.report_for(gateway, receiver, transaction)
         self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_kill_9_while_a_destination_is_pending(self) -> None:
         """delivered, the archive down: kill -9 after the N-ACTION; restart, archive back: one event-1 report."""
@@ -576,7 +589,7 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual((report.event_type, set(report.committed)), (1, set(refs_of(datasets))))
         self.assertEqual(set(archive.successes()), {ds.SOPInstanceUID for ds in datasets})
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
     def test_kill_9_after_the_report_was_sent(self) -> None:
         """kill -9 once the report was received and acknowledged: after the restart it is not sent again."""
@@ -597,7 +610,7 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         gateway.start()
 
         self.fence(gateway, receiver)
-        self.assertEqual(len(receiver.reports_for(transaction)), 1)
+        self.assert_reports(gateway, receiver, transaction, 1)
 
 
 def nothing_owed_since(gateway: GatewayProcess, since: float) -> bool:

@@ -462,11 +462,14 @@ def _serve(args: argparse.Namespace) -> int:
     :param args: the parsed options.
     :returns: the exit status.
     """
+    import logging
     import signal
 
     from pydicom.uid import UID
     from pynetdicom import AE, evt
 
+    # pynetdicom's own log (associations, DIMSE messages) goes to the peer's log file.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     lock = threading.Lock()
     reports_path, actions_path = Path(args.reports), Path(args.actions)
     statuses = [int(s, 16) for s in args.report_status.split(",") if s]
@@ -479,13 +482,13 @@ def _serve(args: argparse.Namespace) -> int:
     fail = frozenset(args.fail)
     syntaxes = [_IMPLICIT] if args.implicit_only else [_EXPLICIT, _IMPLICIT]
 
-    def on_report(event: Any) -> int:
+    def on_report(event: Any) -> tuple[int, None]:
         with lock:
             received[0] += 1
             n = received[0]
         status = statuses[n - 1] if n <= len(statuses) else 0x0000
         _append_jsonl(reports_path, lock, _report_record(event, status, "new"))
-        return status
+        return status, None  # (Status, Event Reply): pynetdicom's handler contract
 
     def on_action(event: Any) -> tuple[int, None]:
         info = event.action_information
@@ -543,10 +546,10 @@ def _request(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     arrived = threading.Event()
 
-    def on_report(event: Any) -> int:
+    def on_report(event: Any) -> tuple[int, None]:
         reports.append(_report_record(event, 0x0000, "open"))
         arrived.set()
-        return 0x0000
+        return 0x0000, None
 
     ae = AE(ae_title=args.calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
