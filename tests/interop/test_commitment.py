@@ -632,3 +632,104 @@ def nothing_owed_since(gateway: GatewayProcess, since: float) -> bool:
     return (sample(text, "dicom_gateway_state_snapshot_timestamp_seconds") > since
             and "dicom_gateway_commitment_reports_owed" in text
             and sample(text, "dicom_gateway_commitment_reports_owed") == 0)
+
+
+class OrthancModalityTests(CommitmentGatewayMixin, TestCase):
+    """Orthanc as the requesting modality: C-STORE to the gateway, then its REST storage-commitment call."""
+
+    skip = orthanc.skip_reason()
+    timeout = 180
+
+    def modality(self, archive_port: int, aet: str) -> tuple[Orthanc, GatewayProcess]:
+        """Start Orthanc (AE ``ORTHANC``) and a gateway that knows it as a modality and forwards to ``archive_port``.
+
+        :param archive_port: the destination's port.
+        :param aet: the destination's AE title.
+        :returns: (Orthanc, the gateway).
+        """
+        modality = self.orthanc("ORTHANC")
+        gateway = self.commitment_gateway(modality.dicom_port, modality_aet="ORTHANC", destinations={
+            "archive": dicom_destination(archive_port, aet)})
+        modality.declare_modality("GW", "DICOMGW", gateway.port)
+        return modality, gateway
+
+    def send_from_orthanc(self, modality: Orthanc, datasets: list[Dataset]) -> None:
+        """Upload ``datasets`` to Orthanc and have it C-STORE them to the gateway.
+
+        :param modality: Orthanc.
+        :param datasets: the instances.
+        """
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        ids = []
+        for ds in datasets:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            ids.append(modality.upload(path.read_bytes()))
+        job = modality.store("GW", ids)
+        self.assertEqual(job["Content"].get("FailedInstancesCount", 0), 0, job)
+
+    def test_orthanc_asks_the_gateway_and_reads_success(self) -> None:
+        """delivered to a storescp: Orthanc's storage-commitment result is Success with every instance."""
+        storescp = self.storescp("archive")
+        modality, gateway = self.modality(storescp.port, storescp.ae_title)
+        datasets = new_cts(3)
+        self.send_from_orthanc(modality, datasets)
+
+        transaction = modality.request_commitment("GW", refs_of(datasets))
+        result = modality.wait_commitment(transaction, 90)
+
+        self.assertEqual(result["Status"], "Success", f"{result}\n{gateway.log_text()[-3000:]}")
+        self.assertEqual({(s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]},
+                         set(refs_of(datasets)))
+        self.assertEqual(result["Failures"], [])
+        self.assertEqual(result.get("RemoteAET"), "DICOMGW")
+
+    def test_orthanc_reads_failure_for_an_instance_the_destination_dead_lettered(self) -> None:
+        """The archive refuses one instance's SOP class (0x0122): Orthanc's result is Failure, that instance 0x0110, the others Success."""
+        datasets = new_cts(3)
+        refused = str(datasets[0].SOPInstanceUID)
+        archive = self.recorder(status_for=lambda uid, _n: 0x0122 if uid == refused else 0x0000)
+        modality, gateway = self.modality(archive.port, archive.ae_title)
+        self.send_from_orthanc(modality, datasets)
+        self.wait_for(gateway, lambda: len(gateway.dead_letters()) == 1, 60, "the refused instance's dead letter")
+
+        transaction = modality.request_commitment("GW", refs_of(datasets))
+        result = modality.wait_commitment(transaction, 90)
+
+        self.assertEqual(result["Status"], "Failure", f"{result}\n{gateway.log_text()[-3000:]}")
+        self.assertEqual([(f["SOPInstanceUID"], f["FailureReason"]) for f in result["Failures"]],
+                         [(refused, PROCESSING_FAILURE)])
+        self.assertEqual({s["SOPInstanceUID"] for s in result["Success"]},
+                         {str(ds.SOPInstanceUID) for ds in datasets[1:]})
+
+
+class OrthancArchiveTests(CommitmentGatewayMixin, TestCase):
+    """Orthanc as a committing archive behind the gateway (``committed``): its report decides the modality's."""
+
+    skip = orthanc.skip_reason()
+    timeout = 180
+
+    def test_committed_policy_waits_for_orthancs_commitment(self) -> None:
+        """policy committed, Orthanc flagged storage_commitment: the gateway asks Orthanc, which reports to it; the modality's report is event 1."""
+        receiver = self.peer("MODALITY")
+        archive = self.orthanc("ARCHIVE")
+        gateway = self.commitment_gateway(receiver.port, policy="committed", deadline="90s", destinations={
+            "archive": dicom_destination(archive.dicom_port, "ARCHIVE", storage_commitment=True,
+                                         commitment_timeout="60s")})
+        # Orthanc sends its report to the requester it finds by AE title (on a new association).
+        archive.declare_modality("GW", "DICOMGW", gateway.port)
+        datasets = new_cts(3)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0, 0, 0])
+        transaction = generate_uid()
+
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        report = self.report_for(gateway, receiver, transaction, timeout=120)
+        self.assertEqual(report.event_type, 1, f"{report}\n{archive.log_text()[-3000:]}")
+        self.assertEqual(set(report.committed), set(refs_of(datasets)))
+        # Orthanc stored the instances, and was asked about them by the gateway.
+        self.assertEqual({archive.find_instance(str(ds.SOPInstanceUID)) is not None for ds in datasets}, {True})
+        self.assertIn("storage commitment", archive.log_text().lower())
