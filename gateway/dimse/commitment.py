@@ -46,8 +46,8 @@ N-ACTION-RSP may carry (and 10.1.1.1.8 those of an N-EVENT-REPORT-RSP):
 processing failure 0x0110, no such SOP instance 0x0112, invalid argument
 value 0x0115, mistyped argument 0x0212, resource limitation 0x0213, among
 others. "Missing attribute" 0x0120 and "missing attribute value" 0x0121 are
-general codes of PS3.7 C.5 that the standard names for N-CREATE and N-SET
-(10.1.5.1.6, 10.1.3.1.9), not for N-ACTION or N-EVENT-REPORT. So:
+general codes of PS3.7 C.5 that the standard lists for N-CREATE and N-SET
+(PS3.7 10.1.5, 10.1.3), not for N-ACTION or N-EVENT-REPORT. So:
 
 * a data set that cannot be walked (truncation, bad delimiters, nesting,
   order): 0x0110 processing failure;

@@ -62,8 +62,8 @@ class Status(IntEnum):
     NO_SUCH_SOP_CLASS = 0x0118
     # PS3.7 C.5: class-instance conflict (N-ACTION, N-EVENT-REPORT).
     CLASS_INSTANCE_CONFLICT = 0x0119
-    # PS3.7 C.5: missing attribute (named for N-CREATE in PS3.7 10.1.5.1.6;
-    # not in the N-ACTION list of 10.1.4.1.10, see gateway/dimse/commitment.py).
+    # PS3.7 C.5: missing attribute (listed for N-CREATE, PS3.7 10.1.5; not in
+    # the N-ACTION list of 10.1.4.1.10, see gateway/dimse/commitment.py).
     MISSING_ATTRIBUTE = 0x0120
     # PS3.7 C.5: missing attribute value (N-CREATE/N-SET; same remark).
     MISSING_ATTRIBUTE_VALUE = 0x0121
