@@ -74,6 +74,34 @@ class ConcurrentTransactionLeaseTests(PostgresTestCase):
         self.assertEqual(a.transaction_stats(T0).reported, 60)
 
 
+class ConcurrentAddTests(PostgresTestCase):
+    """The same N-ACTION journaled by two nodes at once (a requester retrying through a load balancer)."""
+
+    def test_one_transaction_uid_added_twice_at_once_is_created_once(self) -> None:
+        """Two nodes adding the same Transaction UID from two threads: one creates it, the other gets it back not created."""
+        stores = (self.open_store("node-a"), self.open_store("node-b"))
+        results: list[bool] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def add(store: PostgresQueueStore, n: int) -> None:
+            try:
+                barrier.wait(10)
+                for k in range(20):
+                    results.append(store.add_transaction(new_transaction(f"2.25.{k}"), T0 + n)[1])
+            except BaseException as e:  # reported on the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=add, args=(store, n)) for n, store in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(errors, [])
+        self.assertEqual(sorted(results), [False] * 20 + [True] * 20)
+        self.assertEqual(len(stores[0].transactions()), 20)
+
+
 class CommitmentMigrationTests(PostgresTestCase):
     """Schema version 2 on a database that was at version 1 (issue 14's schema)."""
 
