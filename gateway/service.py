@@ -459,16 +459,23 @@ class GatewayService(MultiService):
         if not ICommitmentJournal.providedBy(self.store):
             self.log.error("Storage Commitment is configured but the queue store keeps no commitment journal")
             return
+        # The listener side (gateway.commitment.scp, its own block above) when present:
+        # its open requester associations carry reports for ``report_association: open``,
+        # and each N-ACTION it journals pokes the worker.
+        scp = getattr(self, "commitment_scp", None)
+        open_route = getattr(getattr(scp, "open_associations", None), "open_route", None)
         self.commitment_worker = CommitmentWorker(
             self.store,
             self.store_runner,
             self._reactor,
             self._wall,
             lambda: self.config,
-            ReportSender(lambda: self.config, self._reactor, reactor=self._reactor),
+            ReportSender(lambda: self.config, self._reactor, reactor=self._reactor, open_route=open_route),
             observer=self.observer,
             lease_seconds=self.config.cluster.lease,
         )
+        if scp is not None:
+            scp.on_journaled = self.commitment_worker.poke
         self.commitment_worker.setServiceParent(self)
 
     def poke_commitments(self) -> None:

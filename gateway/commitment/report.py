@@ -47,6 +47,7 @@ from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMIT
 from gateway.config.schema import DicomDestination, GatewayConfig, ModalityConfig
 from gateway.dimse.commitment import encode_event_report
 from gateway.dimse.status import StatusCategory, category
+from gateway.listen import printable
 from gateway.queue.commitments import Transaction
 from gateway.send.dicom import Proposals, connect_dicom
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -104,7 +105,8 @@ class ReportRefused(ReportError):
         self.status = status
         self.comment = comment
         text = f"N-EVENT-REPORT-RSP status 0x{status:04X}"
-        super().__init__(f"{text}: {comment}" if comment else text)
+        # The comment is the peer's: escaped (and bounded) before it reaches a log or the journal (HARDENING P10).
+        super().__init__(f"{text}: {printable(comment[:256])}" if comment else text)
 
 
 def modality_destination(modality: ModalityConfig, calling_ae_title: str) -> DicomDestination:

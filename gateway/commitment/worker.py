@@ -9,16 +9,19 @@ node loops:
 1. lease up to ``batch`` OPEN transactions that are due
    (:meth:`~gateway.queue.commitments.ICommitmentJournal.lease_transactions`;
    an expired lease of a dead node is taken over there); none -> sleep until
-   :meth:`CommitmentWorker.poke` (an N-ACTION was journaled, a copy was
-   delivered or dead-lettered) or ``poll`` seconds (another node's
-   transactions, the CLI's retries), whichever comes first;
+   :meth:`CommitmentWorker.poke` (an N-ACTION was journaled) or ``poll``
+   seconds (another node's transactions, the CLI's retries), whichever
+   comes first;
 2. for each, concurrently:
 
    * a report already decided (``Transaction.report``): send it unchanged;
    * else read what the journal knows of the requested UIDs since the
      request's lookback (one :meth:`received` call) and judge it
      (:func:`gateway.commitment.verdict.judge`). Not decided: defer it to
-     ``min(deadline, now + recheck)``. Decided: record the report
+     ``min(deadline, now + recheck)`` (a delivery does not hasten that look:
+     ``lease_transactions`` takes only transactions that are due, so a poke
+     at each delivery would cost a query and find nothing; ``recheck``
+     bounds the delay instead). Decided: record the report
      (:meth:`decide_transaction`: the one on record wins, so a node that
      decided before it died and the one that takes over send the same
      report), then send it;
@@ -122,6 +125,7 @@ class CommitmentWorker(Service):
         (and the back-off after a store fault).
     :param poll: the longest idle sleep (other nodes' work, the CLI's retries).
     :param batch: transactions leased (and handled concurrently) at once.
+    :param grace: the longest a stop waits for the sends in flight.
     """
 
     log = Logger(namespace="gateway.commitment.worker")
@@ -140,6 +144,7 @@ class CommitmentWorker(Service):
         recheck: float = 10.0,
         poll: float = 5.0,
         batch: int = 8,
+        grace: float = 10.0,
     ) -> None:
         if config is None or sender is None:
             raise TypeError("CommitmentWorker needs a config getter and a sender")
@@ -154,6 +159,7 @@ class CommitmentWorker(Service):
         self.recheck = recheck
         self.poll = poll
         self.batch = batch
+        self.grace = grace
         self._stopping = False
         self.waits = Waits(clock, lambda: self._stopping)
         #: Transactions held now: UID -> the generation leased (renewed while held).
@@ -175,21 +181,36 @@ class CommitmentWorker(Service):
         self._loop.addErrback(lambda f: self.log.failure("the commitment worker stopped", f))
 
     def stopService(self) -> "Deferred[None]":
-        """Wake the loop and wait for the sends in flight (their transactions stay leased until the lease expires)."""
+        """Wake the loop and wait for the sends in flight, at most ``grace`` seconds.
+
+        A send still running then is left to finish or fail on its own; its
+        transaction stays leased until the lease expires, and is taken again
+        (by this node after a restart, or by another): the report is owed
+        until the journal says it was delivered.
+        """
         super().stopService()
         self._stopping = True
         self.waits.wake(all_sleepers=True)
         if self._renewer.running:
             self._renewer.stop()
         loop, self._loop = self._loop, None
+        done: Deferred[None] = Deferred()
         if loop is None:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-        return loop
+            done.callback(None)
+            return done
+
+        def finish(_: object = None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        timer = self.clock.callLater(self.grace, finish)
+        loop.addBoth(finish)
+        return done
 
     def poke(self) -> None:
-        """Something changed (an N-ACTION journaled, a copy delivered or dead-lettered): look now."""
+        """An N-ACTION was journaled (or a retry queued): lease what is due now rather than at the next poll."""
         self.waits.poke()
 
     # -- the loop --------------------------------------------------------------------------

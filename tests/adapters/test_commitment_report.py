@@ -18,16 +18,21 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from gateway.blocking import SynchronousRunner
 from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, CommitmentReport, FailedReference
 from gateway.commitment.report import ModalityUnknown, ReportNotDelivered, ReportRefused, ReportSender
+from gateway.commitment.worker import CommitmentWorker
 from gateway.config.schema import GatewayConfig, ModalityConfig
 from gateway.queue.commitments import Reference, Transaction, TransactionState
+from gateway.queue.interfaces import NewEntry
+from gateway.queue.memory import MemoryQueueStore
 from tests.support.ports import free_port
 from tests.unit.commitment.test_worker import config
 from tests.unit.queue.test_commitments import new_transaction, refs
-from tests.unit.queue.test_store import T0
+from tests.unit.queue.test_store import T0, make_record
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -268,3 +273,43 @@ class ReportSenderTests(TestCase):
     def test_open_association_hook(self) -> None:
         """``report_association: open`` asks the hook first; ``None`` falls back to a new association; ``new`` never asks."""
         return Deferred.fromCoroutine(self._open_route())
+
+
+class WorkerWithSenderTests(TestCase):
+    """The worker and the real sender together: the journal's report reaches a pynetdicom requester."""
+
+    async def _down_then_up(self) -> None:
+        clock = Clock()
+        store = MemoryQueueStore()
+
+        def wall() -> float:
+            return T0 + clock.seconds()
+
+        port = free_port("127.0.0.1")
+        cfg = replace(config(), modalities=(ModalityConfig("ct1", "MODALITY", "127.0.0.1", port, acse_timeout=10, dimse_timeout=10),))
+        worker = CommitmentWorker(
+            store, SynchronousRunner(), clock, wall, lambda: cfg, ReportSender(lambda: cfg, reactor, reactor=reactor), lease_seconds=60
+        )
+        uid = "1.2.826.0.1.3680043.8.498.77.1"
+        record = make_record("i1", sop_class_uid=CT, sop_instance_uid=uid, received_at=wall())
+        store.add_instance(record, [NewEntry("r", "pacs")], wall(), 0.0)
+        for entry in store.lease("pacs", 10, wall(), 60):
+            store.complete([entry.entry_id], wall())
+        store.add_transaction(new_transaction("2.25.7", (Reference(CT, uid),), deadline=wall() + 3600, report_deadline=wall() + 7200, lookback_from=wall() - 60), wall())
+        self.assertEqual(await worker.turn(), 1)
+        down = store.get_transaction("2.25.7")
+        self.assertEqual((down.state, down.attempts), (TransactionState.OPEN, 1))
+        self.assertIn("cannot open an association", down.last_error)
+        receiver = ReportReceiver(ImplicitVRLittleEndian)
+        receiver.port = port
+        receiver.start()
+        self.addCleanup(receiver.stop)
+        clock.advance(10)  # retry_initial of config()
+        self.assertEqual(await worker.turn(), 1)
+        self.assertEqual(store.get_transaction("2.25.7").state, TransactionState.REPORTED)
+        (received,) = receiver.received
+        self.assertEqual((received.transaction_uid, received.event_type, received.committed), ("2.25.7", 1, ((CT, uid),)))
+
+    def test_requester_down_then_reported(self) -> None:
+        """The requester is down when the report is due: the attempt is counted, and the retry 10 s later delivers it once."""
+        return Deferred.fromCoroutine(self._down_then_up())

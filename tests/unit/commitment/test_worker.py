@@ -7,6 +7,7 @@ sender is a scripted fake recording what it was asked to send.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway.config.schema import (
 from gateway.queue.commitments import Transaction, TransactionState
 from gateway.queue.interfaces import LeaseLost, NewEntry, StoreUnavailable
 from gateway.queue.memory import MemoryQueueStore
+from gateway.queue.sqlite import SqliteQueueStore
 from tests.unit.queue.test_commitments import CT, UID, new_transaction, refs
 from tests.unit.queue.test_store import T0, make_record
 
@@ -102,17 +104,25 @@ class WorkerTestsMixin:
     def setUp(self) -> None:
         """A memory store on node ``a``, a clock at 0 (wall time ``T0``), a fake sender and a worker."""
         self.clock = Clock()
-        self.store = MemoryQueueStore("a")
+        self.store = self.make_store()
         self.config = config()
         self.sender = FakeSender()
         self.observer = Recorder()
         self.worker = self.make_worker(self.store, self.sender, self.observer)
 
+    def make_store(self) -> Any:
+        """The journal of node ``a`` (the memory fake; the SQLite classes below override this)."""
+        return MemoryQueueStore("a")
+
+    def make_peer(self, store: Any, node: str) -> Any:
+        """Another node's store object on the same journal."""
+        return store.peer(node)
+
     def wall(self) -> float:
         """Wall-clock time: ``T0`` plus the fake clock."""
         return T0 + self.clock.seconds()
 
-    def make_worker(self, store: MemoryQueueStore, sender: FakeSender, observer: Recorder) -> CommitmentWorker:
+    def make_worker(self, store: Any, sender: FakeSender, observer: Recorder) -> CommitmentWorker:
         """A worker on ``store`` sharing this test's clock and configuration."""
         return CommitmentWorker(
             store,
@@ -429,7 +439,7 @@ class LoopTests(WorkerTestsMixin, SynchronousTestCase):
         self.worker.startService()
         self.addCleanup(self.worker.stopService)
         other_sender = FakeSender()
-        other = self.make_worker(self.store.peer("b"), other_sender, Recorder())
+        other = self.make_worker(self.make_peer(self.store, "b"), other_sender, Recorder())
         for _ in range(9):
             self.clock.advance(LEASE / 3)
             self.assertEqual(self.turn(other), 0)
@@ -476,6 +486,23 @@ class LoopTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.state().state, TransactionState.REPORTED)
 
 
+    def test_stop_gives_up_waiting_after_the_grace(self) -> None:
+        """A send that does not end: the stop completes after ``grace``; the transaction stays OPEN and leased (taken again later)."""
+        self.receive(1)
+        self.deliver()
+        self.request("2.25.1", 1)
+        self.sender.script = ["hang"]
+        self.worker.startService()
+        stopped = self.worker.stopService()
+        self.clock.advance(9.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual(self.state().state, TransactionState.OPEN)
+        self.clock.advance(LEASE)
+        self.assertEqual(len(self.store.lease_transactions(self.wall(), 10, LEASE)), 1, "the expired lease is taken again")
+
+
 class TwoNodeTests(WorkerTestsMixin, SynchronousTestCase):
     """Several nodes on one journal: a dead node's transactions are taken over, each reported exactly once."""
 
@@ -489,7 +516,7 @@ class TwoNodeTests(WorkerTestsMixin, SynchronousTestCase):
         leased = self.store.lease_transactions(self.wall(), 10, LEASE)  # node a, which dies now
         self.assertEqual(len(leased), 3)
         b_sender = FakeSender()
-        b = self.make_worker(self.store.peer("b"), b_sender, Recorder())
+        b = self.make_worker(self.make_peer(self.store, "b"), b_sender, Recorder())
         self.clock.advance(LEASE - 1)
         self.assertEqual(self.turn(b), 0)
         self.clock.advance(2)
@@ -510,9 +537,42 @@ class TwoNodeTests(WorkerTestsMixin, SynchronousTestCase):
         for n in range(1, 21):
             self.request(f"2.25.{n}", n)
         b_sender = FakeSender()
-        b = self.make_worker(self.store.peer("b"), b_sender, Recorder())
+        b = self.make_worker(self.make_peer(self.store, "b"), b_sender, Recorder())
         while self.turn(self.worker) + self.turn(b):
             pass
         sent = [uid for uid, _ in self.sender.sent + b_sender.sent]
         self.assertEqual(sorted(sent), sorted(f"2.25.{n}" for n in range(1, 21)))
         self.assertTrue(self.sender.sent and b_sender.sent, "both nodes took a share")
+
+
+class SqliteStoreMixin:
+    """The same tests on the SQLite store (each node its own connection to one file)."""
+
+    mktemp: Any
+    addCleanup: Any
+
+    def make_store(self) -> SqliteQueueStore:
+        """A fresh SQLite journal for node ``a``."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = SqliteQueueStore(os.path.join(directory, "queue.sqlite"), "a")
+        self.addCleanup(store.close)
+        return store
+
+    def make_peer(self, store: SqliteQueueStore, node: str) -> SqliteQueueStore:
+        """Another node's connection to the same file."""
+        peer = SqliteQueueStore(store.path, node)
+        self.addCleanup(peer.close)
+        return peer
+
+
+class SqliteDecideTests(SqliteStoreMixin, DecideTests):
+    """:class:`DecideTests` on the SQLite store."""
+
+
+class SqliteRetryTests(SqliteStoreMixin, RetryTests):
+    """:class:`RetryTests` on the SQLite store."""
+
+
+class SqliteTwoNodeTests(SqliteStoreMixin, TwoNodeTests):
+    """:class:`TwoNodeTests` on the SQLite store."""
