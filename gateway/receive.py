@@ -414,18 +414,26 @@ class StorageService:
         self, slot: _Response, rq: NRequest, data: bytes, context: AcceptedContext, overflowed: bool
     ) -> None:
         """Hand a complete N request to the commitment SCP; its answer fills ``slot``."""
-        d: Deferred[tuple[int, str]]
+        own: tuple[int, str, str] | None = None
         if overflowed:
             # PS3.7 C.5: resource limitation, the data set was larger than we keep in memory.
-            d = succeed((Status.RESOURCE_LIMITATION, f"Resource limitation: data set over {self._max_commitment_dataset} bytes"))
+            own = (Status.RESOURCE_LIMITATION, f"Resource limitation: data set over {self._max_commitment_dataset} bytes", "invalid")
         elif self._commitment is None:
             if isinstance(rq, dimse.NActionRQ):
-                d = succeed((Status.NOT_AUTHORIZED, "Storage Commitment is not offered here"))
+                own = (Status.NOT_AUTHORIZED, "Storage Commitment is not offered here", "refused")
             else:
-                d = succeed((Status.PROCESSING_FAILURE, "No Storage Commitment report is awaited here"))
+                own = (Status.PROCESSING_FAILURE, "No Storage Commitment report is awaited here", "refused")
+        d: Deferred[tuple[int, str]]
+        if own is not None:
+            # Answered here, never seen by the SCP: the audit and metrics still hear of it.
+            status, comment, outcome = own
+            self._observe_n_answer(rq, status, comment, outcome)
+            d = succeed((status, comment))
         elif isinstance(rq, dimse.NActionRQ):
+            assert self._commitment is not None
             d = self._commitment.action(self._info, rq, data, context.transfer_syntax)
         else:
+            assert self._commitment is not None
             d = self._commitment.event_report(self._info, rq, data, context.transfer_syntax)
 
         def unexpected(failure: Failure) -> tuple[int, str]:
@@ -441,6 +449,18 @@ class StorageService:
         d.addErrback(unexpected)
         d.addCallback(answer)
         d.addErrback(lambda f: self.log.failure("answering a Storage Commitment message failed", f))
+
+    def _observe_n_answer(self, rq: NRequest, status: int, comment: str, outcome: str) -> None:
+        """Tell the observer of a commitment message answered by the service itself."""
+        info = self._info
+        if isinstance(rq, dimse.NActionRQ):
+            self._observer.observe(
+                events.CommitmentRequested(
+                    info.listener, info.calling_ae_title, info.peer_address, "", outcome, status, 0, comment
+                )
+            )
+        else:
+            self._observer.observe(events.ArchiveCommitmentReported("", info.calling_ae_title, "", 0, 0, status))
 
     def _n_response(self, rq: NRequest, status: int, comment: str) -> bytes:
         """The encoded N-ACTION-RSP or N-EVENT-REPORT-RSP answering ``rq`` (PS3.7 10.3.4.2, 10.3.1.2)."""
@@ -493,8 +513,12 @@ class StorageService:
             self._protocol_violation("data set fragment with no C-STORE pending")
             return
         incoming.size += len(event.data)
-        if incoming.n_buffer is not None and incoming.size <= self._max_commitment_dataset:
-            incoming.n_buffer.extend(event.data)
+        if incoming.n_buffer is not None:
+            if incoming.size <= self._max_commitment_dataset:
+                incoming.n_buffer.extend(event.data)
+            else:
+                # Over the cap: keep nothing while the rest is swallowed.
+                incoming.n_buffer.clear()
         if incoming.writer is not None and incoming.early_status is None:
             incoming.writer.write(event.data)
         if not event.last:

@@ -121,6 +121,7 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
         abstract_syntaxes=abstract_syntaxes,
         transfer_syntaxes=tuple(ACCEPTED_TRANSFER_SYNTAXES),
         accept_unknown_abstract_syntaxes=config.accept.unknown_sop_classes,
+        scp_role_abstract_syntaxes=frozenset({STORAGE_COMMITMENT_PUSH}) if archives_report else frozenset(),
     )
 
 

@@ -48,6 +48,14 @@ and PS3.4 J.3.2.1.3 adds no Storage Commitment specific one):
 
 Every answer is an :class:`~gateway.events.CommitmentRequested` event (audit,
 ``commitment_requests_total{outcome}``).
+
+``report_association: open``: :class:`OpenAssociations` keeps this node's
+associations that carry the Push Model context with the requester as SCU
+(each :class:`~gateway.receive.StorageService` registers itself), so the
+report sender can put a report on the requester's association while it is
+open (PS3.4 J.3.3 allows the N-ACTION's association; no role selection is
+needed there, the gateway is the SOP class's SCP already). Anything short of
+a success falls back to a new association, the default.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import events
 from gateway.blocking import SynchronousRunner
 from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from gateway.dimse import commands as dimse
@@ -64,6 +65,16 @@ class _Peer:
 
     def resume_reading(self) -> None:
         pass
+
+
+class _Observer:
+    """Keeps every event."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def observe(self, event: Any) -> None:
+        self.seen.append(event)
 
 
 class _SCP:
@@ -126,6 +137,7 @@ class ServiceTestsMixin:
         self.peer = _Peer()
         self.scp: _SCP | None = _SCP()
         self.admissions: list[Deferred[Any]] = []
+        self.observer = _Observer()
         self.service = self.make_service()
 
     def make_service(self, **kwargs: Any) -> StorageService:
@@ -142,7 +154,7 @@ class ServiceTestsMixin:
             self.admissions.append(d)
             return d
 
-        return StorageService(self.peer, INFO, spool, admit=admit, commitment=self.scp, **kwargs)
+        return StorageService(self.peer, INFO, spool, self.observer, admit=admit, commitment=self.scp, **kwargs)
 
     def statuses(self) -> list[tuple[str, int, int]]:
         """Each response sent: its type, the message it answers and its status."""
@@ -197,11 +209,20 @@ class ActionDispatchTests(ServiceTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.scp.calls[0][2]), 1000)  # type: ignore[union-attr]
 
     def test_without_commitment_the_request_is_refused(self) -> None:
-        """A service without a commitment SCP answers N-ACTION 0x0124 (refused: not authorized)."""
+        """A service without a commitment SCP answers N-ACTION 0x0124 (refused: not authorized), and says so."""
         self.scp = None
         self.service = self.make_service()
         self.service.pdata(pdvs(1, n_action(), b"\x00\x00"))
         self.assertEqual(self.statuses(), [("NActionRSP", 7, 0x0124)])
+        [event] = [e for e in self.observer.seen if isinstance(e, events.CommitmentRequested)]
+        self.assertEqual((event.outcome, event.status, event.calling_ae_title), ("refused", 0x0124, "CT01"))
+
+    def test_oversized_request_is_observed(self) -> None:
+        """The 0x0213 answered by the service itself is an ``invalid`` CommitmentRequested event."""
+        self.service = self.make_service(max_commitment_dataset=10)
+        self.service.pdata(pdvs(1, n_action(), b"\x00" * 20))
+        [event] = [e for e in self.observer.seen if isinstance(e, events.CommitmentRequested)]
+        self.assertEqual((event.outcome, event.status), ("invalid", 0x0213))
 
     def test_on_another_context_it_is_an_unrecognized_operation(self) -> None:
         """N-ACTION on a storage context is answered 0x0211 as before; its data set is swallowed."""
@@ -374,3 +395,14 @@ class OpenAssociationReportTests(ServiceTestsMixin, SynchronousTestCase):
         """An N-EVENT-REPORT-RSP to nothing we sent aborts, as any unexpected response does (HARDENING R2)."""
         self.service.pdata(self.rsp(77))
         self.assertEqual(len(self.peer.aborted), 1)
+
+
+class BufferTests(ServiceTestsMixin, SynchronousTestCase):
+    """The buffer of an oversized data set is released at once, not held while the rest is swallowed."""
+
+    def test_oversized_buffer_is_emptied_as_soon_as_the_cap_is_passed(self) -> None:
+        """Once past the cap the buffered bytes go; fragments after that are only counted."""
+        self.service = self.make_service(max_commitment_dataset=100)
+        self.service.pdata(pdvs(1, n_action(), b"\x00" * 300, size=60)[:-2])
+        incoming = self.service._incoming  # type: ignore[attr-defined]
+        self.assertEqual((incoming.size, len(incoming.n_buffer)), (180, 0))

@@ -107,3 +107,32 @@ class PushClassNegotiationTests(SynchronousTestCase):
             negotiation = negotiate_acceptor(request(), acceptor_settings(cfg, PLAIN))
             [item] = [c for c in negotiation.ac.presentation_contexts if c.context_id == 1]
             self.assertEqual(item.result, pdu.ContextResult.ACCEPTANCE)
+
+
+#: An archive reporting to us: association requestor and Storage Commitment SCP (PS3.4 J.3.3.1.3).
+ARCHIVE_ROLE = (SCPSCURoleSelection(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True),)
+
+
+class ArchiveRoleNegotiationTests(SynchronousTestCase):
+    """An archive's report association (SCU-role 0, SCP-role 1) is accepted only when a destination commits."""
+
+    def test_committing_archive_gets_the_scp_role(self) -> None:
+        """With ``storage_commitment: true`` somewhere, the context is accepted and the reply grants SCP-role 1."""
+        negotiation = negotiate_acceptor(request(roles=ARCHIVE_ROLE), acceptor_settings(config(committing_archive=True), PLAIN))
+        [item] = [c for c in negotiation.ac.presentation_contexts if c.context_id == 3]
+        self.assertEqual(item.result, pdu.ContextResult.ACCEPTANCE)
+        assert negotiation.ac.user_information is not None
+        [reply] = negotiation.ac.user_information.role_selections
+        self.assertEqual((reply.sop_class_uid, reply.scu_role, reply.scp_role), (STORAGE_COMMITMENT_PUSH, False, True))
+        self.assertEqual((negotiation.contexts[3].scu_role, negotiation.contexts[3].scp_role), (False, True))
+
+    def test_without_committing_archive_the_scp_role_is_declined(self) -> None:
+        """Commitment for modalities only: a requestor asking to be SCP only gets result 1, as before (PS3.7 D.3.3.4)."""
+        item = answer(config(CommitmentConfig()), PLAIN, request(roles=ARCHIVE_ROLE))
+        self.assertEqual(item.result, pdu.ContextResult.USER_REJECTION)
+
+    def test_modality_role_item_keeps_the_scu_role(self) -> None:
+        """A modality proposing SCU-role 1 and SCP-role 1 keeps SCU, and its SCP role is declined without an archive."""
+        roles = (SCPSCURoleSelection(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True),)
+        negotiation = negotiate_acceptor(request(roles=roles), acceptor_settings(config(CommitmentConfig()), PLAIN))
+        self.assertEqual((negotiation.contexts[3].scu_role, negotiation.contexts[3].scp_role), (True, False))
