@@ -395,6 +395,7 @@ def commitment_detail(
     reported: dict[tuple[str, str], str] = {}
     report: dict[str, Any] | None = None
     if transaction.report:
+        decided: CommitmentReport | None
         try:
             decided = CommitmentReport.from_json(transaction.report)
         except ValueError:

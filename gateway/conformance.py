@@ -19,7 +19,11 @@ the code's own lists and defaults:
 * ``configuration-defaults``: the defaults of
   :mod:`gateway.config.schema`;
 * ``tls-profiles``: :data:`gateway.tls.PROFILE_CIPHERS` and
-  :data:`~gateway.tls.TLS13_SUITES` (PS3.15 B.10, B.11).
+  :data:`~gateway.tls.TLS13_SUITES` (PS3.15 B.10, B.11);
+* ``commitment-sop-class``, ``commitment-policies`` and
+  ``commitment-failure-reasons``: the constants of
+  :mod:`gateway.commitment.model` and :data:`gateway.config.schema.COMMITMENT_POLICIES`
+  (PS3.4 Annex J, PS3.3 C.14.1.1; issue 15).
 
 Each generated table sits between ``<!-- BEGIN GENERATED: name -->`` and
 ``<!-- END GENERATED: name -->`` comments, so a reader sees what not to edit
@@ -287,6 +291,20 @@ _CONFIGURATION_ROWS: Final = (
     ("listen[i].proxy_protocol.timeout", "ProxyProtocolConfig", "timeout", "s",
      "PROXY protocol header deadline (behind HAProxy; no header in time: the connection is closed)"),
     ("drain.grace", "DrainConfig", "grace", "s", "after dicom-gateway drain, new associations accepted this long, then A-ASSOCIATE-RJ 2, 3, 2"),
+    # Storage Commitment (issue 15); commitment.deadline's default depends on the policy (4.2.1.4.4).
+    ("commitment.policy", "CommitmentConfig", "policy", "", "what a committed instance in a report means (received, delivered, committed)"),
+    ("commitment.deadline", "CommitmentConfig", "deadline", "s",
+     "from the N-ACTION, when the report goes with what is known (24 h by default for policy committed)"),
+    ("commitment.report_deadline", "CommitmentConfig", "report_deadline", "s", "from the N-ACTION, when an undelivered report becomes a dead letter"),
+    ("commitment.lookback", "CommitmentConfig", "lookback", "s", "how far back received instances are looked up by SOP Instance UID"),
+    ("commitment.unrouted", "CommitmentConfig", "unrouted", "", "a dropped or unrouted instance: fail (0x0110) or success"),
+    ("commitment.report_association", "CommitmentConfig", "report_association", "", "report on a new association (new) or on the requester's open one when it still is (open)"),
+    ("commitment.retry.initial", "CommitmentConfig", "retry_initial", "s", "first retry of a report delivery (doubling)"),
+    ("commitment.retry.max", "CommitmentConfig", "retry_max", "s", "longest wait between report delivery attempts"),
+    ("modalities.NAME.acse_timeout", "ModalityConfig", "acse_timeout", "s", "A-ASSOCIATE-AC/RJ and A-RELEASE-RP deadline when reporting"),
+    ("modalities.NAME.dimse_timeout", "ModalityConfig", "dimse_timeout", "s", "N-EVENT-REPORT-RSP deadline"),
+    ("destinations.NAME.storage_commitment", "DicomDestination", "storage_commitment", "", "the archive is asked to commit delivered copies (policy committed)"),
+    ("destinations.NAME.commitment_timeout", "DicomDestination", "commitment_timeout", "s", "wait for the archive's N-EVENT-REPORT before asking again"),
 )
 
 
@@ -333,6 +351,72 @@ def render_tls_profiles() -> str:
     return _table(("Configuration value", "Profile", "Protocol versions", "TLS 1.2 cipher suites", "TLS 1.3 suites"), rows)
 
 
+def render_commitment_sop_class() -> str:
+    """The Storage Commitment Push Model SOP Class row and its well-known instance (PS3.4 J.3, J.3.2.1.2).
+
+    :returns: a one-row Markdown table.
+    """
+    from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
+
+    return _table(
+        ("SOP Class Name", "SOP Class UID", "Well-known SOP Instance UID", "SCU", "SCP"),
+        [
+            (
+                "Storage Commitment Push Model SOP Class",
+                f"`{STORAGE_COMMITMENT_PUSH}`",
+                f"`{STORAGE_COMMITMENT_INSTANCE}`",
+                "Yes (towards archives with `storage_commitment: true`)",
+                "Yes (with a `commitment` section)",
+            )
+        ],
+    )
+
+
+#: What each ``commitment.policy`` promises of an instance reported committed (issue 15).
+_POLICY_MEANINGS: Final[Mapping[str, str]] = {
+    "received": "the instance is durably in the gateway's custody (spool file fsync'd, journal committed): "
+    "the promise of its C-STORE success",
+    "delivered": "every destination its routes named has acknowledged its copy (C-STORE success, or the folder "
+    "file written); a copy dead-lettered at any destination fails it (0x0110)",
+    "committed": "as delivered, and every DICOM destination with `storage_commitment: true` has itself reported "
+    "its copy committed (Storage Commitment with the gateway as SCU); without such a destination it means delivered",
+}
+
+
+def render_commitment_policies() -> str:
+    """Each ``commitment.policy`` and what it promises (one row per :data:`COMMITMENT_POLICIES` value).
+
+    :returns: a Markdown table.
+    """
+    from gateway.config.schema import COMMITMENT_POLICIES
+
+    return _table(("Policy", "An instance is reported committed when"), [(f"`{p}`", _POLICY_MEANINGS[p]) for p in COMMITMENT_POLICIES])
+
+
+#: The Failure Reasons (0008,1197) the gateway's reports carry, and when (PS3.3 C.14.1.1).
+_FAILURE_REASONS_SENT: Final[Mapping[str, str]] = {
+    "PROCESSING_FAILURE": "a copy was dead-lettered, an archive reported it failed, the instance was dropped by a rule "
+    "or kept as unrouted (unless `unrouted: success`), or the deadline passed before it was known to hold",
+    "NO_SUCH_OBJECT_INSTANCE": "nothing was received under its SOP Instance UID within `lookback` (for `received` at once, "
+    "otherwise at the deadline)",
+    "CLASS_INSTANCE_CONFLICT": "the instance received under that UID has another SOP Class UID than the one asked about",
+}
+
+
+def render_commitment_failure_reasons() -> str:
+    """The Failure Reasons the reports carry (:class:`gateway.commitment.model.FailureReason`).
+
+    :returns: a Markdown table.
+    """
+    from gateway.commitment.model import FailureReason
+
+    rows: list[tuple[str, ...]] = []
+    for name, when in _FAILURE_REASONS_SENT.items():
+        reason = FailureReason[name]
+        rows.append((f"0x{int(reason):04X}", name.replace("_", " ").capitalize(), when))
+    return _table(("Failure Reason", "Meaning", "When"), rows)
+
+
 #: Every generated block by name, in no particular order.
 GENERATORS: Final[Mapping[str, Callable[[], str]]] = {
     "identity": render_identity,
@@ -342,6 +426,9 @@ GENERATORS: Final[Mapping[str, Callable[[], str]]] = {
     "scu-proposals": render_scu_proposals,
     "configuration-defaults": render_configuration_defaults,
     "tls-profiles": render_tls_profiles,
+    "commitment-sop-class": render_commitment_sop_class,
+    "commitment-policies": render_commitment_policies,
+    "commitment-failure-reasons": render_commitment_failure_reasons,
 }
 
 

@@ -329,11 +329,14 @@ class DestinationWorker(Service):
         #: (issue 15): the store itself, for a destination with
         #: ``storage_commitment: true`` only (no call, no cost for the others).
         #: A store without the interface fails here, at start, not at the first delivery.
-        self.commitments: ICommitmentJournal | None = (
-            ICommitmentJournal(store)
-            if isinstance(config, DicomDestination) and config.storage_commitment
-            else None
-        )
+        self.commitments: ICommitmentJournal | None = None
+        if isinstance(config, DicomDestination) and config.storage_commitment:
+            self.commitments = ICommitmentJournal(store, None)
+            if self.commitments is None:
+                raise TypeError(
+                    f"destination {config.name} has storage_commitment: true, "
+                    f"but the queue store ({type(store).__name__}) keeps no commitment journal"
+                )
         #: Called after a turn wrote deliveries whose copies were noted (the
         #: service sets the destination's archive committer's poke).
         self.on_noted: Callable[[], None] | None = None

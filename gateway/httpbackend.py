@@ -391,7 +391,7 @@ class ServiceBackend:
             journal = self._journal()
             return {"summary": commitment_summary(journal, now), "commitments": commitment_rows(journal, now, wanted)}
 
-        return self._service.store_runner.run(read)  # type: ignore[no-any-return]
+        return self._service.store_runner.run(read)
 
     def commitment(self, transaction_uid: str) -> "Deferred[dict[str, Any]]":
         """:func:`gateway.admin.commitment_detail` on the store's thread, judged with the configuration in force."""
@@ -406,7 +406,7 @@ class ServiceBackend:
             except KeyError:
                 raise NotFound(f"no Storage Commitment transaction {transaction_uid}") from None
 
-        return self._service.store_runner.run(read)  # type: ignore[no-any-return]
+        return self._service.store_runner.run(read)
 
     def retry_commitment(self, transaction_uid: str, operator: Operator) -> "Deferred[dict[str, Any]]":
         """:func:`gateway.admin.retry_commitment` on the store's thread; the report worker is poked; audited."""

@@ -562,7 +562,7 @@ class GatewayService(MultiService):
                     self.store_runner,
                     self._reactor,
                     self._wall,
-                    ask_archive(self._reactor),
+                    ask_archive(self._reactor, self.archive_reports),
                     observer=self.observer,
                     singleton_seconds=max(3 * INTERVAL, 3 * self.config.cluster.heartbeat),
                 )
@@ -666,6 +666,10 @@ class GatewayService(MultiService):
         )
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
+        from gateway.config.commitment import commitment_warnings
+
+        for warning in commitment_warnings(self.config):  # issue 15: what `check` prints, in the log too
+            self.log.warn("{warning}", warning=warning)
         self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())
         d.addErrback(self._start_failed)

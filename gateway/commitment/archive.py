@@ -71,6 +71,7 @@ __all__ = [
     "Ask",
     "ArchiveCommitter",
     "ArchiveReports",
+    "ask_archive",
     "new_transaction_uid",
     "singleton_name",
 ]
@@ -88,9 +89,9 @@ INTERVAL = 5.0
 STATUS_SUCCESS = int(Status.SUCCESS)
 #: Processing failure (PS3.7 C.5): the report could not be recorded (the journal away).
 STATUS_PROCESSING_FAILURE = int(Status.PROCESSING_FAILURE)
-#: Invalid argument value (PS3.7 10.1.1.1.8, C.5): "the event information value
-#: specified was out of range or otherwise inappropriate": a Transaction UID
-#: (0008,1195) the gateway never sent. (0x0112 No such SOP Instance would be
+#: Invalid argument value (PS3.7 10.1.1.1.8, C.5: an event information value
+#: out of range or otherwise inappropriate): a Transaction UID (0008,1195) the
+#: gateway never sent. (0x0112 No such SOP Instance would be
 #: wrong: the affected instance is the well-known one, which exists.)
 STATUS_INVALID_ARGUMENT_VALUE = int(Status.INVALID_ARGUMENT_VALUE)
 
@@ -131,16 +132,20 @@ def _references(copies: Sequence[CopyCommitment]) -> list[Reference]:
     return list(seen)
 
 
-def ask_archive(reactor: Any) -> Ask:
+def ask_archive(reactor: Any, reports: "ArchiveReports | None" = None) -> Ask:
     """The production :data:`Ask`: an association to the archive and one N-ACTION-RQ on it.
 
     The association proposes only the Storage Commitment Push Model SOP
     Class, with Explicit and Implicit VR Little Endian (every archive accepts
     Implicit, PS3.5 10.1), with the destination's own timeouts and TLS
     (:func:`gateway.send.dicom.connect_dicom`), and is released after the
-    response (aborted if it fails).
+    response (aborted if it fails). An archive may report on this
+    association while it is open (PS3.4 J.3.3: "the same or a new
+    association"); such a report goes to ``reports`` like one on an
+    association the archive opens (:meth:`ArchiveReports.on_our_association`).
 
     :param reactor: provides ``IReactorTCP`` and ``IReactorTime``.
+    :param reports: where a report on our association goes (``None``: answered 0x0110).
     :returns: the ask function.
     """
     from gateway.commitment.model import (
@@ -155,8 +160,10 @@ def ask_archive(reactor: Any) -> Ask:
 
     async def ask(destination: DicomDestination, transaction_uid: str, references: Sequence[Reference]) -> tuple[int, str]:
         association = await connect_dicom(
-            reactor, destination, [(STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])]
+            reactor, destination, [(STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])], verification=False
         )
+        if reports is not None:
+            association.on_event_report(reports.on_our_association(destination.ae_title))
         try:
             context = association.context_for_class(STORAGE_COMMITMENT_PUSH)
             if context is None:
@@ -459,6 +466,49 @@ class ArchiveReports:
             if isinstance(destination, DicomDestination) and destination.storage_commitment and destination.ae_title == title:
                 return destination.name
         return ""
+
+    def on_our_association(self, ae_title: str) -> "Callable[[Any, Any, bytes], Deferred[int]]":
+        """A handler for reports an archive sends on the association of our N-ACTION.
+
+        The checks are those of a report on an association the archive opens
+        (:meth:`gateway.commitment.scp.CommitmentSCP.event_report`; PS3.7
+        10.1.1.1.8): Affected SOP Class not the Push Model class -> 0x0118
+        No such SOP Class; Affected SOP Instance not the well-known one
+        (PS3.4 J.3.2.1.2) -> 0x0112 No such SOP Instance; Event Type ID not 1
+        or 2 (PS3.4 Table J.3-2) -> 0x0113 No such event type; a data set
+        that cannot be decoded -> 0x0110 Processing failure; then
+        :meth:`record`.
+
+        :param ae_title: the archive's AE title (the association's called AE title).
+        :returns: the handler for :meth:`gateway.associate.ClientAssociation.on_event_report`.
+        """
+        from gateway.commitment.model import (
+            EVENT_ALL_COMMITTED,
+            EVENT_SOME_FAILED,
+            STORAGE_COMMITMENT_INSTANCE,
+            STORAGE_COMMITMENT_PUSH,
+        )
+        from gateway.dimse.commitment import CommitmentDataSetError, decode_event_report
+
+        def handle(rq: Any, context: Any, dataset: bytes) -> "Deferred[int]":
+            refusal: Status | None = None
+            if rq.affected_sop_class_uid != STORAGE_COMMITMENT_PUSH:
+                refusal = Status.NO_SUCH_SOP_CLASS
+            elif rq.affected_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+                refusal = Status.NO_SUCH_OBJECT_INSTANCE
+            elif rq.event_type_id not in (EVENT_ALL_COMMITTED, EVENT_SOME_FAILED):
+                refusal = Status.NO_SUCH_EVENT_TYPE
+            else:
+                try:
+                    report = decode_event_report(dataset, context.transfer_syntax)
+                except CommitmentDataSetError as e:
+                    self.log.warn("undecodable storage commitment report from {ae_title}: {error}", ae_title=ae_title, error=e)
+                    refusal = Status.PROCESSING_FAILURE
+            if refusal is not None:
+                return succeed(int(refusal))
+            return self.record(ae_title, report).addCallback(lambda answer: int(answer[0]))
+
+        return handle
 
     def record(self, calling_ae_title: str, report: CommitmentReport) -> "Deferred[tuple[int, str]]":
         """Record ``report``; fires with the N-EVENT-REPORT-RSP ``(status, error comment)``, never fails.

@@ -63,8 +63,14 @@ DEFAULT_DEADLINES: Final[Mapping[str, float]] = {
     "committed": 86400.0,
 }
 
-#: ``commitment.report_deadline`` when the file gives none: a day.
+#: ``commitment.report_deadline`` when the file gives none: a day, or
+#: :data:`DELIVERY_WINDOW` after the deadline when that is later (policy
+#: ``committed``'s day-long deadline), so a report decided at its deadline
+#: still has time to be delivered before it is given up.
 DEFAULT_REPORT_DEADLINE: Final = 86400.0
+
+#: The least time the default report deadline leaves after the deadline.
+DELIVERY_WINDOW: Final = 3600.0
 
 # The longest values accepted: longer is a typo (ms vs s, d vs h).
 _MAX_DEADLINE: Final = 30 * 86400.0
@@ -100,10 +106,12 @@ def check_commitment(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept a ``commitment`` section (top level or a listener's).
 
     ``deadline`` defaults by policy (:data:`DEFAULT_DEADLINES`),
-    ``report_deadline`` to :data:`DEFAULT_REPORT_DEADLINE`; the report
-    deadline may not come before the deadline (a report would be given up
-    before it is even decided), and the first retry delay may not exceed
-    the largest. A null section (every key commented out) means the defaults.
+    ``report_deadline`` to :data:`DEFAULT_REPORT_DEADLINE` or
+    :data:`DELIVERY_WINDOW` after the deadline, whichever is later; a report
+    deadline given in the file may not come before the deadline (a report
+    would be given up before it is even decided), and the first retry delay
+    may not exceed the largest. A null section (every key commented out)
+    means the defaults.
 
     :param node: The value node.
     :param path: Its key path.
@@ -116,21 +124,16 @@ def check_commitment(node: yaml.Node, path: str, ctx: _Context) -> Any:
     assert isinstance(values, dict)
     policy: str = values.get("policy", CommitmentConfig.policy)
     deadline: float = values.get("deadline", DEFAULT_DEADLINES[policy])
-    report_deadline: float = values.get("report_deadline", DEFAULT_REPORT_DEADLINE)
+    report_deadline: float = values.get("report_deadline", max(DEFAULT_REPORT_DEADLINE, deadline + DELIVERY_WINDOW))
     retry_initial, retry_max = values.get("retry", _retry())
     ok = True
     if report_deadline < deadline:
-        # Point at whichever of the two the file gives (a default fills the other).
-        if "report_deadline" in values:
-            where, key = _value_node(node, "report_deadline"), "report_deadline"
-        else:
-            where, key = _value_node(node, "deadline"), "deadline"
+        # Only a report deadline the file gives can be early (the default follows the deadline).
         ok = False
         ctx.error(
-            where,
-            _child(path, key),
-            f"report_deadline ({report_deadline:g}s"
-            f"{'' if 'report_deadline' in values else ', the default'}) must be at least "
+            _value_node(node, "report_deadline"),
+            _child(path, "report_deadline"),
+            f"report_deadline ({report_deadline:g}s) must be at least "
             f"deadline ({deadline:g}s{'' if 'deadline' in values else f', the default for {policy}'}): "
             "a report is decided at the deadline at the latest and given up at the report deadline",
         )
@@ -188,6 +191,8 @@ def check_commitment_requesters(root: yaml.Node, values: Mapping[str, Any], ctx:
 def commitment_warnings(config: GatewayConfig) -> list[str]:
     """What a valid configuration allows but an operator should hear about (``dicom-gateway check``).
 
+    * ``report_deadline`` equal to ``deadline``: a report decided at the
+      deadline would be given up without a delivery attempt;
     * policy ``committed`` with no ``storage_commitment: true`` destination:
       it then means ``delivered`` (no archive is asked);
     * an ``allowed_ae_titles`` pattern that matches no AE title of the
@@ -209,6 +214,11 @@ def commitment_warnings(config: GatewayConfig) -> list[str]:
     titles = [m.ae_title for m in config.modalities]
     warnings: list[str] = []
     for path, section in sections:
+        if section.report_deadline == section.deadline:
+            warnings.append(
+                f"{path}.report_deadline: equal to the deadline ({section.deadline:g}s): a report decided at "
+                "its deadline is given up at once, without a delivery attempt"
+            )
         if section.policy == "committed" and not committing:
             warnings.append(
                 f"{path}.policy: 'committed' but no destination has storage_commitment: true; "

@@ -9,17 +9,28 @@ order with its ``settle`` calls, and can refuse them like a full disk.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Sequence
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
 
 from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from gateway.forward import JournalRefused
+from gateway.blocking import SynchronousRunner
+from gateway.forward import DestinationWorker, JournalRefused
 from gateway.queue.commitments import CopyState, ICommitmentJournal
-from gateway.queue.interfaces import EntryState, Settled
+from gateway.morph import plan_hash
+from gateway.prepare import CopyMaker
+from gateway.queue.interfaces import EntryState, NewEntry, PlanRecord, Settled
 from gateway.queue.memory import MemoryQueueStore
 from tests.adapters.test_forward import CT, FakePeer, WorkerTestsMixin
+from tests.support.datasets import write_instance
+from tests.unit.morph.helpers import plan_of
+from tests.unit.queue.test_store import make_record
 
 
 @implementer(ICommitmentJournal)
@@ -142,3 +153,38 @@ class NoteCopiesTests(WorkerTestsMixin, SynchronousTestCase):
         worker.poke()
         self.assertEqual(set(self.states().values()), {EntryState.DELIVERED})
         self.assertEqual(pokes, [2])
+
+    def test_a_store_without_a_commitment_journal_is_refused_at_construction(self) -> None:
+        """storage_commitment on a store that keeps no commitment journal: a TypeError naming the destination, before any send."""
+
+        class NoJournal:
+            """A queue store object that provides no ICommitmentJournal."""
+
+            node = "node"
+
+        with self.assertRaises(TypeError) as caught:
+            DestinationWorker(
+                self.destination(storage_commitment=True), NoJournal(), SynchronousRunner(), SynchronousRunner(), self.clock  # type: ignore[arg-type]
+            )
+        self.assertIn("destination archive has storage_commitment", str(caught.exception))
+
+    def test_a_copy_deidentified_by_its_route_is_noted_under_its_new_uid(self) -> None:
+        """The real CopyMaker with a route's 'deidentify: basic' (new UIDs): the archive receives and the note names the copy's UID."""
+        source = write_instance(Path(self.tmp) / "src.dcm", ExplicitVRLittleEndian, 1024, seed=5)
+        received_uid = str(pydicom.dcmread(source).SOPInstanceUID)
+        morph = plan_of("- deidentify: basic\n")
+        plan = PlanRecord(plan_hash(morph.canonical), morph.canonical)
+        record = make_record("src", path=str(source), sop_instance_uid=received_uid,
+                             sop_class_uid=str(pydicom.dcmread(source).SOPClassUID))
+        (entry_id,) = self.store.add_instance(record, [NewEntry("research", "archive", plan=plan)], self.clock.seconds(), 0.0).entry_ids
+        maker = CopyMaker(
+            lambda digest: SynchronousRunner().run(self.store.plan, digest),
+            lambda: {},
+            SynchronousRunner(),
+            os.path.join(self.tmp, "morphed"),
+        )
+        peer = FakePeer()
+        self.worker(self.destination(storage_commitment=True), peer, prepare=maker)
+        (sent_uid,) = peer.uids()
+        self.assertNotEqual(sent_uid, received_uid, "the route did not remap the UID")
+        self.assertEqual(self.store.noted, [(entry_id, "archive", record.sop_class_uid, sent_uid)])

@@ -12,8 +12,18 @@ answer per copy in its journal, read here through the store itself
 
 Orthanc answers Storage Commitment only for a modality it knows
 (``DicomModalities``, ``AllowStorageCommitment``): the report's destination
-is looked up by the requester's AE title. The second test uses that to hold
-the report back while it deletes an instance in Orthanc.
+is looked up by the requester's AE title; an N-ACTION from an AE it does not
+know is refused with an A-ABORT. The tests use that to hold the report back
+while they delete an instance in Orthanc.
+
+:class:`CommittedPolicyTests` closes the loop of the ``committed`` policy
+with a second Orthanc as the requesting modality: it pushes a study to the
+gateway and asks the gateway (``POST /modalities/{id}/storage-commitment``);
+the gateway's report to it (read back with ``GET /storage-commitment/{id}``)
+says committed only for what the archive itself committed.
+:class:`CommittedPolicyRemappedTests` does it through a route that
+de-identifies (new UIDs): the modality asks about its UIDs, the archive
+committed the copies under theirs.
 """
 
 from __future__ import annotations
@@ -41,6 +51,40 @@ GATEWAY_AET = "DICOMGW"
 COMMITMENT_TIMEOUT = "3s"
 #: The longest a test waits for a report (the committer looks every 5 s; Orthanc's job runs at once).
 WAIT = 60.0
+
+
+def declare_gateway(peer: Orthanc, gw: GatewayProcess) -> None:
+    """Declare the gateway in ``peer``'s ``DicomModalities`` as ``GW``, Storage Commitment allowed both ways.
+
+    :param peer: an Orthanc.
+    :param gw: the gateway.
+    """
+    peer.request(
+        "PUT",
+        "/modalities/GW",
+        {
+            "AET": GATEWAY_AET,
+            "Host": "127.0.0.1",
+            "Port": gw.port,
+            "AllowEcho": True,
+            "AllowStore": True,
+            "AllowStorageCommitment": True,
+        },
+    )
+
+
+def copies_of(gw: GatewayProcess, uids: list[str]) -> dict[str, list[Any]]:
+    """What the gateway's journal records of each UID's copies for ``archive``: ``uid -> [CopyCommitment]``.
+
+    :param gw: the gateway (its SQLite journal, read beside the running process).
+    :param uids: SOP Instance UIDs.
+    """
+    store = SqliteQueueStore(os.fspath(gw.spool / "queue.sqlite"))
+    try:
+        found = store.received(uids, 0.0)
+    finally:
+        store.close()
+    return {uid: [c for r in found.get(uid, []) for c in r.copies if c.destination == "archive"] for uid in uids}
 
 
 class OrthancCommittingArchiveTests(TestCase):
@@ -71,19 +115,8 @@ class OrthancCommittingArchiveTests(TestCase):
     # -- helpers -------------------------------------------------------------------------
 
     def declare_gateway(self) -> None:
-        """Tell Orthanc who the gateway is: where its reports go (``AllowStorageCommitment``)."""
-        self.archive.request(
-            "PUT",
-            "/modalities/GW",
-            {
-                "AET": GATEWAY_AET,
-                "Host": "127.0.0.1",
-                "Port": self.gw.port,
-                "AllowEcho": True,
-                "AllowStore": True,
-                "AllowStorageCommitment": True,
-            },
-        )
+        """Tell the archive who the gateway is: where its reports go."""
+        declare_gateway(self.archive, self.gw)
 
     def send(self, count: int) -> list[str]:
         """Send ``count`` new CT instances to the gateway with storescu; their SOP Instance UIDs."""
@@ -98,12 +131,7 @@ class OrthancCommittingArchiveTests(TestCase):
 
     def copies(self, uids: list[str]) -> dict[str, list[Any]]:
         """What the gateway's journal records of each UID's copies for the archive: ``uid -> [CopyCommitment]``."""
-        store = SqliteQueueStore(os.fspath(self.gw.spool / "queue.sqlite"))
-        try:
-            found = store.received(uids, 0.0)
-        finally:
-            store.close()
-        return {uid: [c for r in found.get(uid, []) for c in r.copies if c.destination == "archive"] for uid in uids}
+        return copies_of(self.gw, uids)
 
     def wait_states(self, uids: list[str], wanted: dict[str, CopyState]) -> dict[str, list[Any]]:
         """Wait until each UID's copy is in its wanted state; the copies."""
@@ -162,3 +190,141 @@ class OrthancCommittingArchiveTests(TestCase):
         # The first N-ACTION, from an AE Orthanc did not know, was refused (A-ABORT): asked again.
         self.assertGreaterEqual(copies[uids[1]][0].requests, 2)
         self.assertIn("failed: AssociationAborted", self.gw.log_text())
+
+
+class CommittedPolicyMixin:
+    """Two Orthancs, the modality and the archive, around a gateway with the ``committed`` policy.
+
+    :cvar route: the gateway's one route (to ``archive``).
+    """
+
+    route: dict[str, Any] = {"name": "all", "forward": ["archive"]}
+
+    def setUp(self) -> None:
+        root = Path(self.mktemp()).resolve()  # type: ignore[attr-defined]
+        self.archive = Orthanc(root / "archive", aet=ARCHIVE_AET)
+        self.modality = Orthanc(root / "modality", aet="MODALITY")
+        for peer in (self.archive, self.modality):
+            self.addCleanup(peer.stop)  # type: ignore[attr-defined]
+            peer.start()
+        self.gw = GatewayProcess(
+            root / "gw",
+            http={"enabled": False},
+            destinations={
+                "archive": dicom_destination(
+                    self.archive.dicom_port, ARCHIVE_AET, storage_commitment=True, commitment_timeout=COMMITMENT_TIMEOUT
+                ),
+            },
+            routes=[self.route],
+            modalities={"modality": {"ae_title": "MODALITY", "host": "127.0.0.1", "port": self.modality.dicom_port}},
+            commitment={"policy": "committed", "deadline": "5m", "retry": {"initial": "300ms", "max": "1s"}},
+        )
+        self.addCleanup(self.gw.stop)  # type: ignore[attr-defined]
+        self.gw.start()
+        declare_gateway(self.modality, self.gw)
+        self.files = root / "files"
+        self.files.mkdir()
+
+    def push(self, count: int) -> list[tuple[str, str]]:
+        """Upload ``count`` new CT instances to the modality and have it push them to the gateway; their references."""
+        ids, references = [], []
+        for i in range(count):
+            path = write_instance(self.files / f"ct{i:03d}.dcm", ExplicitVRLittleEndian, 2048, seed=100 + i)
+            ids.append(self.modality.upload(path.read_bytes()))
+            references.append(("1.2.840.10008.5.1.4.1.1.2", sop_instance_uid(path)))
+        self.modality.store("GW", ids)
+        return references
+
+    def ask(self, references: list[tuple[str, str]]) -> dict[str, Any]:
+        """The modality's Storage Commitment request to the gateway, and the report it received."""
+        answer = self.modality.request(
+            "POST",
+            "/modalities/GW/storage-commitment",
+            {"DicomInstances": [{"SOPClassUID": c, "SOPInstanceUID": i} for c, i in references], "Timeout": 20},
+            timeout=50,
+        )
+        transaction_uid = self.transaction_uid = str(answer["ID"])
+
+        def reported() -> dict[str, Any] | None:
+            result: dict[str, Any] = self.modality.get(f"/storage-commitment/{transaction_uid}")
+            return result if result.get("Status") != "Pending" else None
+
+        result: dict[str, Any] = wait_until(
+            reported, WAIT, lambda: f"the report of {transaction_uid}\n{self.gw.log_text()[-3000:]}"
+        )
+        return result
+
+
+
+class CommittedPolicyTests(CommittedPolicyMixin, TestCase):
+    """Policy ``committed``: Orthanc the modality asks the gateway; Orthanc the archive commits behind it."""
+
+    skip = orthanc.skip_reason()
+
+    def test_the_modality_is_told_committed_once_the_archive_committed(self) -> None:
+        """Two instances: the modality's report (event type 1) comes after the archive's own report made both copies COMMITTED."""
+        declare_gateway(self.archive, self.gw)
+        references = self.push(2)
+        result = self.ask(references)
+        self.assertEqual(result["Status"], "Success", result)
+        self.assertEqual(sorted((s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]), sorted(references))
+        copies = copies_of(self.gw, [i for _, i in references])
+        self.assertEqual({c[0].state for c in copies.values()}, {CopyState.COMMITTED})
+        # Never more than is true: the report was decided after the archive's answers came.
+        store = SqliteQueueStore(os.fspath(self.gw.spool / "queue.sqlite"))
+        try:
+            transaction = store.get_transaction(self.transaction_uid)
+        finally:
+            store.close()
+        assert transaction.decided_at is not None
+        self.assertGreaterEqual(transaction.decided_at, max(c[0].answered_at for c in copies.values()))
+
+    def test_an_instance_the_archive_lost_is_reported_failed_to_the_modality(self) -> None:
+        """The archive lost one copy before it could commit it: the modality hears 0x0110 for that one, committed for the other."""
+        references = self.push(2)
+        uids = [i for _, i in references]
+        ids = dict(
+            wait_until(
+                lambda: all(self.archive.find_instance(u) for u in uids) and {u: self.archive.find_instance(u) for u in uids},
+                WAIT,
+                "the instances in the archive",
+            )
+        )
+        # The archive does not know the gateway yet: its N-ACTION is refused, the copies wait REQUESTED.
+        wait_until(
+            lambda: all(c and c[0].state is CopyState.REQUESTED for c in copies_of(self.gw, uids).values()),
+            WAIT,
+            "the refused request",
+        )
+        self.archive.request("DELETE", f"/instances/{ids[uids[1]]}")
+        declare_gateway(self.archive, self.gw)
+        result = self.ask(references)
+        self.assertEqual(result["Status"], "Failure", result)
+        self.assertEqual([(s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]], [references[0]])
+        self.assertEqual(
+            [(f["SOPClassUID"], f["SOPInstanceUID"], f["FailureReason"]) for f in result["Failures"]],
+            [(*references[1], 0x0110)],  # processing failure: the archive did not commit it (PS3.3 C.14.1.1)
+        )
+        self.assertEqual(copies_of(self.gw, uids)[uids[1]][0].failure_reason, 0x0112)
+
+
+class CommittedPolicyRemappedTests(CommittedPolicyMixin, TestCase):
+    """Policy ``committed`` through a route that de-identifies: the archive holds copies under new UIDs."""
+
+    skip = orthanc.skip_reason()
+    route = {"name": "deid", "morph": [{"deidentify": "basic"}], "forward": ["archive"]}
+
+    def test_the_modality_asks_about_its_uids_and_the_archive_committed_the_copies(self) -> None:
+        """The modality asks about the UIDs it sent; the archive committed copies under other UIDs; the report says committed."""
+        declare_gateway(self.archive, self.gw)
+        references = self.push(2)
+        uids = [i for _, i in references]
+        result = self.ask(references)
+        self.assertEqual(result["Status"], "Success", result)
+        self.assertEqual(sorted((s["SOPClassUID"], s["SOPInstanceUID"]) for s in result["Success"]), sorted(references))
+        copies = copies_of(self.gw, uids)
+        sent = [c[0].sop_instance_uid for c in copies.values()]
+        self.assertEqual({c[0].state for c in copies.values()}, {CopyState.COMMITTED})
+        self.assertFalse(set(sent) & set(uids), "the copies kept the received UIDs")
+        self.assertTrue(all(self.archive.find_instance(u) for u in sent))
+        self.assertFalse(any(self.archive.find_instance(u) for u in uids))

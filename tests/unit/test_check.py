@@ -390,3 +390,24 @@ class CommitmentWarningTests(SynchronousTestCase):
         code, out, _ = run_check("-c", path, "--json")
         report = json.loads(out)
         self.assertEqual((code, report["valid"], len(report["warnings"])), (0, True, 1))
+
+
+class ExampleCommitmentTests(SynchronousTestCase):
+    """The commented Storage Commitment example of etc/gateway.yaml (issue 15) loads as its comments say."""
+
+    def test_uncommented_commitment_section_loads_with_the_documented_defaults(self) -> None:
+        """Uncommented, the modalities table and the commitment section load; the values shown are the defaults."""
+        from gateway.config.schema import CommitmentConfig
+
+        with open(EXAMPLE, encoding="utf-8") as stream:
+            text = stream.read()
+        lines = text.split("\n")
+        index = lines.index("# modalities:")
+        # The top-level block is commented "# KEY" (one space): drop "# " to the end of the comment.
+        while index < len(lines) and lines[index].startswith("# "):
+            lines[index] = lines[index][2:]
+            index += 1
+        text = "\n".join(lines)
+        config = load_config_text(text, EXAMPLE, os.path.dirname(EXAMPLE))
+        self.assertEqual([(m.name, m.ae_title, m.port) for m in config.modalities], [("ct1", "CT1", 104)])
+        self.assertEqual(config.commitment, CommitmentConfig(allowed_ae_titles=("*",)))

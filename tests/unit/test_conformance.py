@@ -178,3 +178,33 @@ class GeneratorTests(SynchronousTestCase):
         self.assertIn("| JPEG 2000 Image Compression | 1 | JPEG 2000 Image Compression (`1.2.840.10008.1.2.4.91`) | original bytes |", block)
         self.assertNotIn("| JPEG 2000 Image Compression | 2 |", block)
         self.assertIn("| Implicit VR Little Endian | 2 | Explicit VR Little Endian (`1.2.840.10008.1.2.1`) |", block)
+
+
+class StorageCommitmentTests(SynchronousTestCase):
+    """Issue 15: the Storage Commitment SOP class in both roles, the policies, the statuses and the Failure Reasons."""
+
+    def test_sop_class_and_well_known_instance_in_both_roles(self) -> None:
+        """The generated row names the class UID, the well-known instance and both roles; Table 1-1 lists it."""
+        from gateway.commitment.model import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
+
+        block = _block(_document(), "commitment-sop-class")
+        self.assertIn(f"`{STORAGE_COMMITMENT_PUSH}`", block)
+        self.assertIn(f"`{STORAGE_COMMITMENT_INSTANCE}`", block)
+        self.assertIn("| Storage Commitment Push Model SOP Class | Yes (configured per destination) | Yes (configured) |", _document())
+
+    def test_every_policy_is_described(self) -> None:
+        """Each commitment.policy value the loader accepts has a row."""
+        from gateway.config.schema import COMMITMENT_POLICIES
+
+        block = _block(_document(), "commitment-policies")
+        for policy in COMMITMENT_POLICIES:
+            self.assertIn(f"| `{policy}` |", block)
+
+    def test_failure_reasons_and_action_statuses_are_documented(self) -> None:
+        """The reasons reports carry (0x0110, 0x0112, 0x0119) and the N-ACTION statuses (0x0124 among them) have rows."""
+        text = _document()
+        block = _block(text, "commitment-failure-reasons")
+        for reason in ("0x0110", "0x0112", "0x0119"):
+            self.assertIn(f"| {reason} |", block)
+        for status in ("0x0000", "0x0124", "0x0118", "0x0123", "0x0115", "0x0213"):
+            self.assertIn(f"| {status} |", text)

@@ -27,7 +27,18 @@ from gateway.commitment.archive import (
     ArchiveReports,
     new_transaction_uid,
 )
-from gateway.commitment.model import CommitmentReport, FailedReference, FailureReason, Reference
+from gateway.commitment.model import (
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH,
+    CommitmentReport,
+    FailedReference,
+    FailureReason,
+    Reference,
+)
+from gateway.dimse.commands import NEventReportRQ
+from gateway.dimse.commitment import encode_event_report
+from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from gateway.ul.negotiate import AcceptedContext
 from gateway.config.schema import DicomDestination
 from gateway.queue.commitments import CopyState
 from gateway.queue.interfaces import InstanceRecord, NewEntry, StoreUnavailable
@@ -414,3 +425,35 @@ class ArchiveReportsTests(ArchiveTestsMixin, SynchronousTestCase):
         self.assertEqual(answer, (0, ""))
         self.assertEqual(self.copies("1.2.3.1")["1.2.3.1"][0][0], CopyState.COMMITTED)
         self.assertEqual(self.observer.of(events.ArchiveCommitmentReported)[0].destination, "")
+
+
+class ReportOnOurAssociationTests(ArchiveTestsMixin, SynchronousTestCase):
+    """A report the archive sends on the association of our N-ACTION (PS3.4 J.3.3), checked as on a new one."""
+
+    def handle(self, rq: Any, dataset: bytes, transfer_syntax: str = IMPLICIT_VR_LE) -> int:
+        """The status the handler answers ``rq`` with."""
+        handler = self.reports().on_our_association("PACS")
+        context = AcceptedContext(1, STORAGE_COMMITMENT_PUSH, transfer_syntax, True, False)
+        return int(self.successResultOf(handler(rq, context, dataset)))
+
+    def rq(self, **overrides: Any) -> NEventReportRQ:
+        base = NEventReportRQ(7, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE, 1, True)
+        return dataclasses.replace(base, **overrides)
+
+    def test_a_report_on_our_association_is_recorded(self) -> None:
+        """Event type 1 in Explicit VR LE: 0x0000 and the copy COMMITTED."""
+        self.deliver()
+        self.committer(start=False).look()
+        transaction_uid = self.archive.requests[0][0]
+        report = CommitmentReport(transaction_uid, committed=(Reference(CT, "1.2.3.1"),))
+        self.assertEqual(self.handle(self.rq(), encode_event_report(report, EXPLICIT_VR_LE), EXPLICIT_VR_LE), 0)
+        self.assertEqual(self.copies("1.2.3.1")["1.2.3.1"][0][0], CopyState.COMMITTED)
+
+    def test_wrong_class_instance_event_type_and_data_set_get_their_statuses(self) -> None:
+        """0x0118 no such SOP class, 0x0112 no such SOP instance, 0x0113 no such event type, 0x0110 undecodable (PS3.7 10.1.1.1.8)."""
+        good = encode_event_report(CommitmentReport(new_transaction_uid(), committed=(Reference(CT, "1.2.3.9"),)), IMPLICIT_VR_LE)
+        self.assertEqual(self.handle(self.rq(affected_sop_class_uid=CT), good), 0x0118)
+        self.assertEqual(self.handle(self.rq(affected_sop_instance_uid="1.2.3"), good), 0x0112)
+        self.assertEqual(self.handle(self.rq(event_type_id=3), good), 0x0113)
+        self.assertEqual(self.handle(self.rq(), b"\x08\x00\x95\x11\xff\xff"), 0x0110)
+        self.assertEqual(self.handle(self.rq(), good), STATUS_INVALID_ARGUMENT_VALUE, "an unknown UID")

@@ -131,9 +131,9 @@ class CommitmentSectionTests(LoadTestCase):
         self.assertEqual(self.load(WITH_MODALITY + "commitment: {policy: received}\n").commitment.deadline, 3600.0)
 
     def test_committed_deadline_default(self) -> None:
-        """``committed`` defaults to a 24 h deadline (archives take their time)."""
+        """``committed`` defaults to a 24 h deadline (archives take their time), and its report deadline to an hour later."""
         commitment = self.load(WITH_MODALITY + "commitment: {policy: committed}\n").commitment
-        self.assertEqual((commitment.deadline, commitment.report_deadline), (86400.0, 86400.0))
+        self.assertEqual((commitment.deadline, commitment.report_deadline), (86400.0, 90000.0))
 
     def test_every_key_is_read(self) -> None:
         """Each key reaches :class:`CommitmentConfig`, durations converted."""
@@ -190,13 +190,18 @@ class CommitmentSectionTests(LoadTestCase):
             "report_deadline (3600s) must be at least deadline (7200s)",
         )
 
-    def test_deadline_past_default_report_deadline_refused(self) -> None:
-        """A deadline past the default report deadline (24 h) is refused at ``deadline``, saying the other is the default."""
+    def test_default_report_deadline_follows_a_long_deadline(self) -> None:
+        """Without ``report_deadline``, a deadline past 23 h gets a report deadline an hour after it."""
+        commitment = self.load(WITH_MODALITY + "commitment:\n  policy: committed\n  deadline: 2d\n").commitment
+        self.assertEqual((commitment.deadline, commitment.report_deadline), (172800.0, 176400.0))
+
+    def test_report_deadline_before_default_deadline_refused(self) -> None:
+        """A report deadline before the policy's default deadline is refused, saying the deadline is the default."""
         self.assertOneError(
-            WITH_MODALITY + "commitment:\n  policy: committed\n  deadline: 2d\n",
+            WITH_MODALITY + "commitment:\n  policy: committed\n  report_deadline: 12h\n",
             10,
-            "commitment.deadline",
-            "report_deadline (86400s, the default) must be at least deadline (172800s)",
+            "commitment.report_deadline",
+            "report_deadline (43200s) must be at least deadline (86400s, the default for committed)",
         )
 
     def test_retry_initial_above_max_refused(self) -> None:
@@ -255,7 +260,10 @@ spool: spool
             CommitmentConfig(policy="received", allowed_ae_titles=("CT1",)),
         )
         self.assertEqual(config.commitment_for(ward).lookback, 7 * 86400.0)
-        self.assertEqual(config.commitment_for(other), CommitmentConfig(policy="committed", deadline=86400.0, lookback=86400.0))
+        self.assertEqual(
+            config.commitment_for(other),
+            CommitmentConfig(policy="committed", deadline=86400.0, report_deadline=90000.0, lookback=86400.0),
+        )
 
     def test_listener_section_without_modalities_refused(self) -> None:
         """A listener's section also needs the table, and the error names the listener."""
@@ -337,6 +345,12 @@ class WarningTests(LoadTestCase):
             + "commitment: {policy: committed}\n"
         )
         self.assertEqual(commitment_warnings(config), [])
+
+    def test_report_deadline_equal_to_deadline_warns(self) -> None:
+        """A report deadline equal to the deadline is allowed (>=) but said: such a report would be given up at once."""
+        config = self.load(WITH_MODALITY + "commitment: {deadline: 2h, report_deadline: 2h}\n")
+        (warning,) = commitment_warnings(config)
+        self.assertTrue(warning.startswith("commitment.report_deadline: equal to the deadline (7200s)"), warning)
 
     def test_pattern_matching_no_modality_warns(self) -> None:
         """An ``allowed_ae_titles`` pattern matching no AE of the table allows nobody: said, with the listener's path."""
