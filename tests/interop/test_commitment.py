@@ -18,6 +18,32 @@ arrives on a new association with the SCP/SCU Role Selection item
 answered by the peer as SCP, whose report Orthanc reads back.  Were the peer
 to misread a report (sequences, reason, roles), the gateway tests below
 would prove nothing.
+
+Against the real gateway process (short ``deadline`` and ``retry`` timings,
+all configurable; every wait polls a condition with a bound):
+
+- :class:`GatewayReportTests`: the report on a new association (event 1, both
+  sequences, role selection, the well-known instance), to an Implicit-only
+  requester, on the requester's open association (``report_association:
+  open``), an instance never received (0x0112), a destination down past the
+  deadline and a dead-lettered instance (0x0110), an unrouted instance
+  (0x0110, or committed with ``unrouted: success``);
+- :class:`GatewayRequestTests`: an AE not in ``modalities`` (0x0124), the same
+  Transaction UID twice (same references: one report; other references: a
+  failure status);
+- :class:`GatewayOutageTests`: the requester down when the report is due, a
+  report answered with a failure status, ``kill -9`` right after the
+  N-ACTION-RSP, while a destination is pending, and after the report was
+  acknowledged: each report arrives exactly once per Transaction UID;
+- :class:`OrthancModalityTests`: Orthanc pushes a study to the gateway and asks
+  it; ``GET /storage-commitment/{id}`` shows Success, or Failure naming the
+  instance a destination dead-lettered (0x0110);
+- :class:`OrthancArchiveTests`: the ``committed`` policy with Orthanc behind the
+  gateway as the archive that commits.
+
+"Exactly once" is checked after a *fence*: a later transaction asked and
+reported on the same gateway, so a duplicate of the earlier report would
+have come by then (the worker takes owed reports oldest first).
 """
 
 from __future__ import annotations
