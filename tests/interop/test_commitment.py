@@ -42,8 +42,9 @@ all configurable; every wait polls a condition with a bound):
   gateway as the archive that commits.
 
 "Exactly once" is checked after a *fence*: a later transaction asked and
-reported on the same gateway, so a duplicate of the earlier report would
-have come by then (the worker takes owed reports oldest first).
+reported on the same gateway, then a state snapshot taken after that report
+showing no report owed (``dicom_gateway_commitment_reports_owed`` 0): the
+journal has nothing left to send, so the count is final.
 """
 
 from __future__ import annotations
@@ -317,20 +318,22 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
                          "\n".join(map(str, reports)) + "\n--- gateway log ---\n" + gateway.log_text()[-6000:])
 
     def fence(self, gateway: GatewayProcess, receiver: CommitmentPeer) -> None:
-        """Ask about one new instance and wait for its report: what the gateway owed before is done by then.
+        """Ask about one new instance, wait for its report, then for the journal to owe nothing.
 
-        The worker takes owed reports oldest first after a restart, so once a
-        later transaction was reported, a duplicate of an earlier one would
-        have been sent already.
+        Once a later transaction was reported and a state snapshot taken
+        after that shows no report owed (``commitment_reports_owed`` 0), the
+        gateway has nothing left to send: a report counted now is final.
 
-        :param gateway: the gateway.
+        :param gateway: the gateway (with a fixed ``http.port``).
         :param receiver: the report receiver.
         """
         [ds] = new_cts(1)
         self.assertEqual(pynetdicom_store(gateway.port, [ds], calling_ae="MODALITY"), [0])  # type: ignore[attr-defined]
         transaction = generate_uid()
         self.ask(gateway, transaction, refs_of([ds]))
-        self.report_for(gateway, receiver, transaction)
+        report = self.report_for(gateway, receiver, transaction)
+        self.wait_for(gateway, lambda: nothing_owed_since(gateway, report.received_at), 60,  # type: ignore[attr-defined]
+                      "no report owed after the fence")
 
 
 class GatewayReportTests(CommitmentGatewayMixin, TestCase):
