@@ -497,6 +497,27 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         self.fence(gateway, receiver)
         self.assertEqual(receiver.reports_for(transaction), [])
 
+    def test_malformed_requests_get_their_failure_status_and_no_report(self) -> None:
+        """Action type 2 -> 0x0123, another Requested SOP Instance -> 0x0112, no Transaction UID or no references -> 0x0115 (PS3.7 10.1.4.1.10, C.5); none is reported."""
+        receiver = self.peer("MODALITY")
+        gateway = self.commitment_gateway(receiver.port, policy="received")
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0])
+        cases: list[tuple[str, list[tuple[str, str]], dict[str, Any], int]] = [
+            (generate_uid(), refs_of(datasets), {"action_type": 2}, 0x0123),
+            (generate_uid(), refs_of(datasets), {"requested_instance": "1.2.3"}, 0x0112),
+            (generate_uid(), refs_of(datasets), {"omit_transaction": True}, 0x0115),
+            (generate_uid(), [], {}, 0x0115),
+        ]
+
+        statuses = [self.ask(gateway, transaction, refs, **kwargs).status
+                    for transaction, refs, kwargs, _ in cases]
+
+        self.assertEqual(statuses, [status for *_, status in cases])
+        self.fence(gateway, receiver)
+        for transaction, *_ in cases:
+            self.assert_reports(gateway, receiver, transaction, 0)
+
     def test_duplicate_transaction_uid_same_references_one_report(self) -> None:
         """The same N-ACTION twice: both answered 0x0000, one report."""
         receiver = self.peer("MODALITY")
@@ -525,9 +546,10 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         second = self.ask(gateway, transaction, refs_of(datasets))
 
         self.assertEqual(first.status, 0x0000)
-        self.assertIsNotNone(second.status)
-        self.assertNotEqual(second.status, 0x0000)
-        self.assertNotEqual((second.status or 0) >> 12, 0xB, "a warning is not a refusal")
+        # PS3.3 C.14.1.1: a Transaction UID names one request; its reason 0x0131 belongs in a
+        # report, and that UID's report is the first request's, so this N-ACTION is refused:
+        # 0x0115 Invalid argument value (PS3.7 C.5), as gateway/commitment/scp.py decides.
+        self.assertEqual(second.status, 0x0115)
         report = self.report_for(gateway, receiver, transaction)
         self.assertEqual(report.committed, tuple(refs_of(datasets[:1])))
         self.fence(gateway, receiver)

@@ -207,6 +207,9 @@ def request_commitment(
     wait_report: float = 0.0,
     transfer_syntaxes: Sequence[str] = (_EXPLICIT, _IMPLICIT),
     timeout: float = 120.0,
+    action_type: int = 1,
+    requested_instance: str = STORAGE_COMMITMENT_INSTANCE,
+    omit_transaction: bool = False,
 ) -> RequestOutcome:
     """Send one N-ACTION-RQ (Request Storage Commitment) from a separate process.
 
@@ -219,6 +222,9 @@ def request_commitment(
     :param wait_report: seconds to keep the association open for a report on it.
     :param transfer_syntaxes: those proposed for the Storage Commitment context.
     :param timeout: seconds before the process is killed.
+    :param action_type: the Action Type ID (1 is the only one, PS3.4 Table J.3-1).
+    :param requested_instance: the Requested SOP Instance UID (the well-known one).
+    :param omit_transaction: leave the Transaction UID out of the data set (malformed).
     :returns: the outcome.
     :raises AssertionError: if the process failed or printed no outcome.
     """
@@ -230,7 +236,9 @@ def request_commitment(
         refs = "@" + name
     argv = _argv("request", "--host", host, "--port", str(port), "--called", called_ae,
                  "--calling", calling_ae, "--transaction", transaction_uid, "--refs", refs,
-                 "--wait-report", str(wait_report), "--syntaxes", ",".join(transfer_syntaxes))
+                 "--wait-report", str(wait_report), "--syntaxes", ",".join(transfer_syntaxes),
+                 "--action-type", str(action_type), "--instance", requested_instance,
+                 *(["--omit-transaction"] if omit_transaction else []))
     try:
         proc = subprocess.run(argv, cwd=_REPO_ROOT, env=_env(), capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -568,7 +576,8 @@ def _request(args: argparse.Namespace) -> int:
                           "detail": "Storage Commitment Push Model not accepted"}), flush=True)
         return 0
     info = Dataset()
-    info.TransactionUID = args.transaction
+    if not args.omit_transaction:
+        info.TransactionUID = args.transaction
     items = []
     refs = Path(args.refs[1:]).read_text() if args.refs.startswith("@") else args.refs
     for sop_class, sop_instance in json.loads(refs):
@@ -578,7 +587,7 @@ def _request(args: argparse.Namespace) -> int:
         items.append(item)
     info.ReferencedSOPSequence = items
     sent_at = time.time()
-    status_ds, _reply = assoc.send_n_action(info, 1, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+    status_ds, _reply = assoc.send_n_action(info, args.action_type, STORAGE_COMMITMENT_PUSH, args.instance)
     answered_at = time.time()
     status = int(status_ds.Status) if "Status" in status_ds else None
     if args.wait_report > 0 and status == 0x0000:
@@ -619,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     request.add_argument("--refs", required=True, help="JSON [[class, instance], ...], or @FILE holding it")
     request.add_argument("--wait-report", type=float, default=0.0)
     request.add_argument("--syntaxes", default=f"{_EXPLICIT},{_IMPLICIT}")
+    request.add_argument("--action-type", type=int, default=1)
+    request.add_argument("--instance", default=STORAGE_COMMITMENT_INSTANCE)
+    request.add_argument("--omit-transaction", action="store_true")
     args = parser.parse_args(argv)
     return _serve(args) if args.command == "serve" else _request(args)
 
