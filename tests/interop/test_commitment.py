@@ -66,6 +66,7 @@ from tests.support.commitment_peer import (
     ReceivedReport,
     RequestOutcome,
     request_commitment,
+    send_archive_report,
 )
 from tests.support.datasets import ct_dataset
 from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
@@ -554,6 +555,27 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(report.committed, tuple(refs_of(datasets[:1])))
         self.fence(gateway, receiver)
         self.assert_reports(gateway, receiver, transaction, 1)
+
+
+class ArchiveReportInboundTests(CommitmentGatewayMixin, TestCase):
+    """An archive's N-EVENT-REPORT the gateway cannot match gets the status PS3.7 names for it."""
+
+    timeout = 120
+
+    def test_unknown_transaction_uid_is_answered_0x0115(self) -> None:
+        """An archive reports on a Transaction UID the gateway never used: the association (role selection SCU 0 / SCP 1) is accepted, the N-EVENT-REPORT-RSP is 0x0115."""
+        receiver = self.peer("MODALITY")
+        archive = self.recorder(ae_title="ARCHIVE")
+        gateway = self.commitment_gateway(receiver.port, policy="committed", destinations={
+            "archive": dicom_destination(archive.port, "ARCHIVE", storage_commitment=True)})
+
+        outcome = send_archive_report(gateway.port, generate_uid(), [(CT, generate_uid())], calling_ae="ARCHIVE")
+
+        self.assertTrue(outcome.established, gateway.log_text()[-3000:])
+        self.assertIn(STORAGE_COMMITMENT_PUSH, [a for a, _ in outcome.accepted_contexts])
+        # PS3.7 10.1.1.1.8 and C.5: 0x0115 Invalid argument value (the Transaction UID is not one
+        # of ours; the issue: "0x0115 for an unknown Transaction UID").
+        self.assertEqual(outcome.status, 0x0115, gateway.log_text()[-3000:])
 
 
 class GatewayOutageTests(CommitmentGatewayMixin, TestCase):

@@ -7,7 +7,7 @@ used inside ``gateway/``; running it in its own process keeps its threads out
 of the trial process and lets a test take the "modality" down and bring it
 back on the same port (the requester down when the report is due).
 
-Two commands, ``python -m tests.support.commitment_peer serve|request``:
+Three commands, ``python -m tests.support.commitment_peer serve|request|report``:
 
 - ``serve``: an AE on a loopback port that
 
@@ -32,8 +32,13 @@ Two commands, ``python -m tests.support.commitment_peer serve|request``:
   (established, the N-ACTION-RSP status); with ``--wait-report`` keeps the
   association open that many seconds for a report sent on it.
 
+- ``report``: one N-EVENT-REPORT-RQ on a new association proposing the role
+  selection, as an archive's SCP reporting to the gateway; prints the
+  N-EVENT-REPORT-RSP status.
+
 :class:`CommitmentPeer` runs ``serve`` as a :class:`PeerProcess`;
-:func:`request_commitment` runs ``request`` and parses its outcome.
+:func:`request_commitment` runs ``request`` and :func:`send_archive_report`
+``report``, each parsing the outcome.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "ReceivedReport",
     "RequestOutcome",
     "request_commitment",
+    "send_archive_report",
 ]
 
 #: Storage Commitment Push Model SOP Class (PS3.4 J.3).
@@ -262,6 +268,38 @@ def request_commitment(
     )
 
 
+def send_archive_report(port: int, transaction_uid: str, references: Iterable[tuple[str, str]], *,
+                        called_ae: str = "DICOMGW", calling_ae: str = "ARCHIVE", host: str = "127.0.0.1",
+                        fail: Iterable[str] = (), timeout: float = 120.0) -> RequestOutcome:
+    """Send one N-EVENT-REPORT-RQ as an archive's Storage Commitment SCP, from a separate process.
+
+    A new association proposing the SCP/SCU Role Selection item (SCU-role 0,
+    SCP-role 1; PS3.4 J.3.3.1.3), as an archive reporting to the gateway does.
+
+    :param port: the gateway's port.
+    :param transaction_uid: the Transaction UID reported on.
+    :param references: the instances reported (committed unless in ``fail``).
+    :param called_ae: the gateway's AE title.
+    :param calling_ae: our AE title (the archive's).
+    :param host: the gateway's address.
+    :param fail: SOP Instance UIDs reported failed (0x0112).
+    :param timeout: seconds before the process is killed.
+    :returns: the outcome: ``status`` is the N-EVENT-REPORT-RSP's.
+    :raises AssertionError: if the process failed or printed no outcome.
+    """
+    argv = _argv("report", "--host", host, "--port", str(port), "--called", called_ae, "--calling", calling_ae,
+                 "--transaction", transaction_uid, "--refs", json.dumps([[c, i] for c, i in references]),
+                 *[f"--fail={uid}" for uid in fail])
+    proc = subprocess.run(argv, cwd=_REPO_ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"archive report failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    data = json.loads(lines[-1])
+    return RequestOutcome(established=bool(data["established"]), status=data.get("status"),
+                          accepted_contexts=tuple((str(a), str(t)) for a, t in data.get("accepted", [])))
+
+
 class CommitmentPeer(PeerProcess):
     """The ``serve`` command as a background process on a fixed loopback port.
 
@@ -417,7 +455,7 @@ def _report_record(event: Any, status: int, channel: str) -> dict[str, Any]:
 
 
 def _send_report(ae_title: str, host: str, port: int, called: str, transaction_uid: str,
-                 references: list[tuple[str, str]], fail: frozenset[str]) -> None:
+                 references: list[tuple[str, str]], fail: frozenset[str]) -> dict[str, Any]:
     """Send a Storage Commitment report as SCP on a new association (PS3.4 J.3.3.1.3).
 
     :param ae_title: our AE title (calling).
@@ -427,6 +465,7 @@ def _send_report(ae_title: str, host: str, port: int, called: str, transaction_u
     :param transaction_uid: the request's Transaction UID.
     :param references: what it asked about.
     :param fail: SOP Instance UIDs to report failed with 0x0112.
+    :returns: ``{"established", "status", "accepted"}`` (status ``None`` when no response came).
     """
     from pydicom.dataset import Dataset
     from pynetdicom import AE, build_role
@@ -454,14 +493,19 @@ def _send_report(ae_title: str, host: str, port: int, called: str, transaction_u
     assoc = ae.associate(host, port, ae_title=called, ext_neg=[role])
     if not assoc.is_established:
         print(f"report {transaction_uid}: association to {called}@{host}:{port} refused", flush=True)
-        return
+        return {"established": False, "status": None, "accepted": []}
+    accepted = [[str(c.abstract_syntax), str(c.transfer_syntax[0])] for c in assoc.accepted_contexts]
+    status: int | None = None
     try:
-        status, _reply = assoc.send_n_event_report(info, 2 if bad else 1, STORAGE_COMMITMENT_PUSH,
-                                                   STORAGE_COMMITMENT_INSTANCE)
-        print(f"report {transaction_uid}: status {status.get('Status')}", flush=True)
+        if accepted:
+            rsp, _reply = assoc.send_n_event_report(info, 2 if bad else 1, STORAGE_COMMITMENT_PUSH,
+                                                    STORAGE_COMMITMENT_INSTANCE)
+            status = int(rsp.Status) if "Status" in rsp else None
+        print(f"report {transaction_uid}: status {status}", flush=True)
     finally:
         if assoc.is_established:
             assoc.release()
+    return {"established": True, "status": status, "accepted": accepted}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -600,6 +644,19 @@ def _request(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """The ``report`` command: one N-EVENT-REPORT-RQ as an archive's SCP; print the outcome as one JSON line.
+
+    :param args: the parsed options.
+    :returns: 0 whatever the receiver answered.
+    """
+    refs = [(str(c), str(i)) for c, i in json.loads(args.refs)]
+    outcome = _send_report(args.calling, args.host, args.port, args.called, args.transaction, refs,
+                           frozenset(args.fail))
+    print(json.dumps(outcome), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``serve`` or ``request``.
 
@@ -631,8 +688,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     request.add_argument("--action-type", type=int, default=1)
     request.add_argument("--instance", default=STORAGE_COMMITMENT_INSTANCE)
     request.add_argument("--omit-transaction", action="store_true")
+    report = commands.add_parser("report")
+    report.add_argument("--host", default="127.0.0.1")
+    report.add_argument("--port", type=int, required=True)
+    report.add_argument("--called", default="DICOMGW")
+    report.add_argument("--calling", default="ARCHIVE")
+    report.add_argument("--transaction", required=True)
+    report.add_argument("--refs", required=True)
+    report.add_argument("--fail", action="append", default=[])
     args = parser.parse_args(argv)
-    return _serve(args) if args.command == "serve" else _request(args)
+    return {"serve": _serve, "request": _request, "report": _report}[args.command](args)
 
 
 if __name__ == "__main__":
