@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -604,6 +605,32 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
         self.fence(gateway, receiver)
         self.assert_reports(gateway, receiver, transaction, 1)
 
+    def test_report_past_report_deadline_is_a_dead_letter_replayed_by_commitment_retry(self) -> None:
+        """The requester stays down past report_deadline: the report is kept dead (show says so, the gauge counts it); 'commitment retry' with the requester back delivers it once."""
+        receiver = CommitmentPeer(Path(self.mktemp()).resolve() / "modality", "MODALITY")
+        self.addCleanup(receiver.stop)
+        gateway = self.commitment_gateway(receiver.port, policy="received", deadline="2s", report_deadline="4s")
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="MODALITY"), [0])
+        transaction = generate_uid()
+        asked_at = time.time()
+        self.assertEqual(self.ask(gateway, transaction, refs_of(datasets)).status, 0x0000)
+
+        def dead() -> bool:
+            result = gateway.cli("commitment", "show", transaction, "--json")
+            return result.returncode == 0 and result.json().get("state") == "dead"
+
+        self.wait_for(gateway, dead, 60, f"{transaction} dead after report_deadline")
+        self.wait_for(gateway, lambda: dead_counted_since(gateway, asked_at), 60, "reports_dead 1")
+        receiver.start()
+        result = gateway.cli("commitment", "retry", transaction)
+        self.assertEqual(result.returncode, 0, result.describe())
+
+        report = self.report_for(gateway, receiver, transaction)
+        self.assertEqual((report.event_type, report.committed), (1, tuple(refs_of(datasets))))
+        self.fence(gateway, receiver)
+        self.assert_reports(gateway, receiver, transaction, 1)
+
     def test_report_answered_with_a_failure_status_is_sent_again_unchanged(self) -> None:
         """The requester answers the first N-EVENT-REPORT with 0x0110: the gateway sends the same report again, and stops once answered 0x0000."""
         receiver = self.peer("MODALITY", report_statuses=[PROCESSING_FAILURE])
@@ -684,6 +711,21 @@ class GatewayOutageTests(CommitmentGatewayMixin, TestCase):
 
         self.fence(gateway, receiver)
         self.assert_reports(gateway, receiver, transaction, 1)
+
+
+def dead_counted_since(gateway: GatewayProcess, since: float) -> bool:
+    """Tell whether a state snapshot taken after ``since`` counts one dead report.
+
+    :param gateway: a gateway with a fixed ``http.port``.
+    :param since: a ``time.time()``.
+    :returns: ``True`` once ``dicom_gateway_commitment_reports_dead`` is 1 in a later snapshot.
+    """
+    try:
+        text = metrics_text(int(gateway.config["http"]["port"]))
+    except OSError:
+        return False
+    return (sample(text, "dicom_gateway_state_snapshot_timestamp_seconds") > since
+            and sample(text, "dicom_gateway_commitment_reports_dead") == 1)
 
 
 def nothing_owed_since(gateway: GatewayProcess, since: float) -> bool:
