@@ -535,6 +535,7 @@ def _serve(args: argparse.Namespace) -> int:
     syntaxes = [_IMPLICIT] if args.implicit_only else [_EXPLICIT, _IMPLICIT]
 
     def on_report(event: Any) -> tuple[int, None]:
+        """Record a report on an association the SCP opened; answer the scripted status."""
         with lock:
             received[0] += 1
             n = received[0]
@@ -543,6 +544,7 @@ def _serve(args: argparse.Namespace) -> int:
         return status, None  # (Status, Event Reply): pynetdicom's handler contract
 
     def on_action(event: Any) -> tuple[int, None]:
+        """As SCP: record the N-ACTION, answer it, and report later on a new association."""
         info = event.action_information
         transaction_uid = str(info.get("TransactionUID", ""))
         references = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
@@ -599,6 +601,7 @@ def _request(args: argparse.Namespace) -> int:
     arrived = threading.Event()
 
     def on_report(event: Any) -> tuple[int, None]:
+        """Record a report sent on our own association (``report_association: open``)."""
         reports.append(_report_record(event, 0x0000, "open"))
         arrived.set()
         return 0x0000, None
