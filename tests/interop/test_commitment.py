@@ -250,6 +250,7 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
     def commitment_gateway(self, requester_port: int, *, policy: str = "delivered",
                            destinations: dict[str, Any] | None = None, forward: list[str] | None = None,
                            start: bool = True, modality_aet: str = "MODALITY",
+                           more_modalities: dict[str, Any] | None = None,
                            **commitment: Any) -> GatewayProcess:
         """Configure (and start) a gateway with Storage Commitment.
 
@@ -260,6 +261,7 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
         :param forward: the route's destinations (all of ``destinations`` by default).
         :param start: start it now.
         :param modality_aet: the requester's AE title in the table.
+        :param more_modalities: more ``modalities`` entries.
         :param commitment: more ``commitment`` keys (``deadline``, ``report_association``...).
         :returns: the gateway.
         """
@@ -268,7 +270,8 @@ class CommitmentGatewayMixin(PeerMixin, ForwardTestMixin):
         config: dict[str, Any] = {
             "destinations": destinations,
             "routes": [{"name": "all", "forward": forward if forward is not None else list(destinations)}],
-            "modalities": {"MOD": {"ae_title": modality_aet, "host": "127.0.0.1", "port": requester_port}},
+            "modalities": {"MOD": {"ae_title": modality_aet, "host": "127.0.0.1", "port": requester_port},
+                           **(more_modalities or {})},
             "commitment": {"policy": policy, "deadline": "60s", "report_deadline": "10m",
                            "retry": FAST_RETRY, **commitment},
         }
@@ -498,6 +501,25 @@ class GatewayRequestTests(CommitmentGatewayMixin, TestCase):
         self.assertEqual(outcome.status, 0x0124)
         self.fence(gateway, receiver)
         self.assertEqual(receiver.reports_for(transaction), [])
+
+    def test_ae_in_the_table_but_not_allowed_is_refused_0x0124(self) -> None:
+        """allowed_ae_titles narrows the table: a listed AE that matches no pattern is refused 0x0124, an allowed one is answered."""
+        receiver = self.peer("MODALITY")
+        other = self.peer("CT2")
+        gateway = self.commitment_gateway(receiver.port, policy="received", allowed_ae_titles=["MOD*"],
+                                          more_modalities={"CT2": {"ae_title": "CT2", "host": "127.0.0.1",
+                                                                   "port": other.port}})
+        datasets = new_cts(1)
+        self.assertEqual(pynetdicom_store(gateway.port, datasets, calling_ae="CT2"), [0])
+        refused, allowed = generate_uid(), generate_uid()
+
+        self.assertEqual(self.ask(gateway, refused, refs_of(datasets), calling_ae="CT2").status, 0x0124)
+        self.assertEqual(self.ask(gateway, allowed, refs_of(datasets)).status, 0x0000)
+
+        self.assertEqual(self.report_for(gateway, receiver, allowed).event_type, 1)
+        self.fence(gateway, receiver)
+        self.assertEqual(other.reports(), [])
+        self.assert_reports(gateway, receiver, refused, 0)
 
     def test_malformed_requests_get_their_failure_status_and_no_report(self) -> None:
         """Action type 2 -> 0x0123, another Requested SOP Instance -> 0x0112, no Transaction UID or no references -> 0x0115 (PS3.7 10.1.4.1.10, C.5); none is reported."""
