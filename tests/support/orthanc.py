@@ -22,6 +22,14 @@ Notes on the Debian build (Orthanc 1.10.1), found by trying:
   and ``DicomTlsTrustedCertificates`` is what it trusts in both roles.
 - Orthanc 1.10.1 has no option to bind its DICOM or HTTP server to one address:
   both listen on every interface; only loopback traffic is ever sent.
+- Storage Commitment (PS3.4 Annex J, issue 15): as SCP, Orthanc answers an
+  N-ACTION from a declared modality only (it looks the report's destination
+  up by the caller's AE title) and checks each instance in its own index
+  (0x0112 when missing, 0x0119 on a SOP class mismatch); the report goes on a
+  new association.  As SCU, ``POST /modalities/{id}/storage-commitment``
+  sends the N-ACTION and ``GET /storage-commitment/{transaction}`` shows the
+  report once it came (``Status``: ``Pending``, ``Success`` or ``Failure``);
+  Orthanc keeps those results in memory only (``StorageCommitmentReportsSize``).
 - As an SCU, Orthanc keeps an association open ``DicomAssociationCloseDelay``
   seconds (default 5) after a store; it is set to 0 here so associations to the
   gateway end with the job.
@@ -282,6 +290,10 @@ class Orthanc(PeerProcess):
         self.request("PUT", f"/modalities/{name}", {
             "AET": aet, "Host": host, "Port": port, "UseDicomTls": use_tls,
             "AllowEcho": True, "AllowStore": True,
+            # Storage Commitment in both roles (N-ACTION to it, N-EVENT-REPORT
+            # from it): Orthanc's per-modality flag (1.6.0), on by default but
+            # set here so the tests do not depend on that default.
+            "AllowStorageCommitment": True,
         })
 
     def echo(self, modality: str, timeout: int = 10) -> None:
@@ -293,6 +305,51 @@ class Orthanc(PeerProcess):
         """
         self.request("POST", f"/modalities/{modality}/echo", {"Timeout": timeout},
                      timeout=timeout + 30)
+
+    def request_commitment(self, modality: str, references: list[tuple[str, str]],
+                           timeout: int = 20) -> str:
+        """Have Orthanc ask a declared modality for Storage Commitment (N-ACTION, PS3.4 J.3.2).
+
+        :param modality: the declared name (its ``AllowStorageCommitment`` on).
+        :param references: ``(SOP Class UID, SOP Instance UID)`` asked about
+            (they need not be stored in Orthanc: ``DicomInstances``).
+        :param timeout: Orthanc's association timeout, in seconds.
+        :returns: the Transaction UID Orthanc chose.
+        :raises OrthancError: if the N-ACTION failed.
+        """
+        answer = self.request("POST", f"/modalities/{modality}/storage-commitment", {
+            "DicomInstances": [{"SOPClassUID": c, "SOPInstanceUID": i} for c, i in references],
+            "Timeout": timeout,
+        }, timeout=timeout + 30)
+        return str(answer["ID"])
+
+    def commitment_result(self, transaction_uid: str) -> dict[str, Any]:
+        """Read what Orthanc knows of a Storage Commitment it asked for (``GET /storage-commitment/{id}``).
+
+        :param transaction_uid: the Transaction UID.
+        :returns: ``{"Status": "Pending"|"Success"|"Failure", "Success": [...],
+            "Failures": [{"SOPClassUID", "SOPInstanceUID", "FailureReason"}], "RemoteAET"...}``.
+        """
+        result: dict[str, Any] = self.get(f"/storage-commitment/{transaction_uid}")
+        return result
+
+    def wait_commitment(self, transaction_uid: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll :meth:`commitment_result` until the report came.
+
+        :param transaction_uid: the Transaction UID.
+        :param timeout: seconds to wait.
+        :returns: the result, ``Status`` no longer ``Pending``.
+        :raises OrthancError: if it is still pending after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.commitment_result(transaction_uid)
+            if result.get("Status") != "Pending":
+                return result
+            if time.monotonic() >= deadline:
+                raise OrthancError(f"storage commitment {transaction_uid} still pending after "
+                                   f"{timeout}s: {result}\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
 
     def store(self, modality: str, instance_ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
         """Push instances to a declared modality as a job (``POST /modalities/{name}/store``).
