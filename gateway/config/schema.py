@@ -218,6 +218,62 @@ class CommitmentConfig:
     retry_max: float = 600.0
 
 
+#: ``query.mode`` values (issue 16): ``merge`` asks every source in parallel and
+#: removes duplicates by the level's unique key (the first source listed wins);
+#: ``first`` asks the sources in order and stops at the first with matches.
+QUERY_MODES: tuple[str, ...] = ("merge", "first")
+
+#: ``retrieve.mode`` values (issue 16): ``relay`` has the source move to the
+#: gateway, which takes custody and sends on; ``pass_through`` asks the source
+#: to move straight to the destination (the source must know it).
+RETRIEVE_MODES: tuple[str, ...] = ("relay", "pass_through")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """The Query/Retrieve SCP's C-FIND side (key ``query``, top level or ``listen[i].query``; issue 16).
+
+    :param sources: Names of DICOM destinations asked, in order of precedence.
+    :param mode: One of :data:`QUERY_MODES`.
+    :param timeout: Seconds a source may take to answer a whole query; a slower
+        one is cancelled and left out (or fails the query when ``strict``).
+    :param strict: A failed or slow source fails the whole query (0xA700-class
+        failure) instead of being left out.
+    :param max_results: The most pending responses relayed for one query; then
+        the sources are cancelled and the query ends 0xA700 with an Error Comment.
+    :param query_morph: The compiled morph plan applied to each query
+        identifier before it goes to the sources (``None``: unchanged).
+    :param response_morph: The compiled morph plan applied to each response
+        identifier before it goes to the requester (``None``: unchanged).
+    """
+
+    sources: tuple[str, ...]
+    mode: str = "merge"
+    timeout: float = 30.0
+    strict: bool = False
+    max_results: int = 10000
+    query_morph: Any = None
+    response_morph: Any = None
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    """The Query/Retrieve SCP's C-MOVE and C-GET side (key ``retrieve``, top level or per listener; issue 16).
+
+    :param sources: Names of DICOM destinations retrieved from, in order.
+    :param mode: One of :data:`RETRIEVE_MODES` (C-MOVE only; C-GET always relays).
+    :param allowed_destinations: Glob patterns of ``modalities`` names a
+        requester may name as move destination; empty allows every entry.
+    :param timeout: Seconds a retrieve may take, from the request to its last
+        sub-operation; then it ends with what was done (failures counted).
+    """
+
+    sources: tuple[str, ...]
+    mode: str = "relay"
+    allowed_destinations: tuple[str, ...] = ()
+    timeout: float = 3600.0
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One address the gateway accepts associations on.
@@ -244,6 +300,10 @@ class ListenerConfig:
     #: Storage Commitment on this listener (issue 15); ``None`` uses the top-level
     #: ``commitment`` (``GatewayConfig.commitment``), which may itself be ``None``.
     commitment: CommitmentConfig | None = None
+    #: Query (C-FIND) on this listener (issue 16); ``None`` uses the top-level ``query``.
+    query: QueryConfig | None = None
+    #: Retrieve (C-MOVE, C-GET) on this listener (issue 16); ``None`` uses the top-level ``retrieve``.
+    retrieve: RetrieveConfig | None = None
 
     def __post_init__(self) -> None:
         """Fill in the default name when none was given."""
@@ -760,6 +820,9 @@ class GatewayConfig:
     modalities: tuple[ModalityConfig, ...] = ()
     #: The top-level Storage Commitment SCP; ``None``: not offered (unless a listener has its own).
     commitment: CommitmentConfig | None = None
+    #: The top-level Query/Retrieve SCP (issue 16); ``None``: the Q/R SOP classes are not accepted.
+    query: QueryConfig | None = None
+    retrieve: RetrieveConfig | None = None
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -798,6 +861,14 @@ class GatewayConfig:
     def commitment_for(self, listener: ListenerConfig) -> CommitmentConfig | None:
         """The Storage Commitment settings that apply on ``listener`` (its own, else the top level)."""
         return listener.commitment if listener.commitment is not None else self.commitment
+
+    def query_for(self, listener: ListenerConfig) -> QueryConfig | None:
+        """The C-FIND settings that apply on ``listener`` (its own, else the top level)."""
+        return listener.query if listener.query is not None else self.query
+
+    def retrieve_for(self, listener: ListenerConfig) -> RetrieveConfig | None:
+        """The C-MOVE/C-GET settings that apply on ``listener`` (its own, else the top level)."""
+        return listener.retrieve if listener.retrieve is not None else self.retrieve
 
     def unused_destinations(self) -> tuple[str, ...]:
         """Name the destinations no route forwards to (worth a log line, not an error).
