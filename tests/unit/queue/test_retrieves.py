@@ -339,6 +339,20 @@ class MemoryRetrieveTests(RetrieveJournalTests, SynchronousTestCase):
         return store.peer(node)
 
 
+class SqliteRetrieveTests(RetrieveJournalTests, SynchronousTestCase):
+    """The mixin against the SQLite store in a temporary directory."""
+
+    def make_store(self) -> SqliteQueueStore:
+        """A fresh SQLite store in a new temporary directory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+
+    def make_peer(self, store: SqliteQueueStore, node: str) -> SqliteQueueStore:
+        """A second store object (its own connection) on the same file, for ``node``."""
+        return SqliteQueueStore(store.path, node)
+
+
 def journal_methods() -> list[str]:
     """The names of IRetrieveJournal's methods."""
     return sorted(name for name in IRetrieveJournal.names() if isinstance(IRetrieveJournal[name], Method))
@@ -347,7 +361,7 @@ def journal_methods() -> list[str]:
 class RetrieveSignatureParityTests(SynchronousTestCase):
     """Every store exposes every IRetrieveJournal method with the interface's parameters."""
 
-    stores: tuple[type, ...] = (MemoryQueueStore,)
+    stores: tuple[type, ...] = (MemoryQueueStore, SqliteQueueStore)
 
     def test_every_method_has_the_interfaces_parameters(self) -> None:
         """Each IRetrieveJournal method of each store takes the interface's positional parameters, in order."""
