@@ -449,6 +449,7 @@ def build_request(
     implementation_class_uid: str,
     implementation_version_name: str,
     role_selections: Sequence[SCPSCURoleSelection] = (),
+    extended_negotiations: Sequence[SOPClassExtendedNegotiation] = (),
 ) -> AAssociateRQ:
     """Build an A-ASSOCIATE-RQ proposing one context per (abstract syntax, transfer syntaxes) pair.
 
@@ -462,6 +463,8 @@ def build_request(
     :param implementation_class_uid: sub-item 0x52 (PS3.7 D.3.3.2).
     :param implementation_version_name: sub-item 0x55 (PS3.7 D.3.3.2).
     :param role_selections: SCP/SCU role selection items (PS3.7 D.3.3.4).
+    :param extended_negotiations: SOP Class Extended Negotiation items
+        (PS3.7 D.3.3.5), e.g. relational-queries for a C-FIND class (PS3.4 C.5.1.1).
     :returns: the request.
     :raises ValueError: with no proposal, more than 128, or a proposal
         without transfer syntaxes.
@@ -484,6 +487,7 @@ def build_request(
             implementation_class_uid=implementation_class_uid,
             implementation_version_name=implementation_version_name,
             role_selections=tuple(role_selections),
+            extended_negotiations=tuple(extended_negotiations),
         ),
         application_context=DICOM_APPLICATION_CONTEXT,
         protocol_version=1,
