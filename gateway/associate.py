@@ -866,6 +866,11 @@ class RequestorProtocol(Protocol):
             self.abort(f"C-STORE-RQ on unaccepted presentation context {context_id}")
             return
         stream = next((s for s in self._streams.values() if s.on_store is not None), None)
+        if stream is None:
+            # No C-GET in progress: a request from the acceptor we never
+            # invited, a protocol violation as before issue 16.
+            self.abort(f"unexpected C-STORE-RQ {rq.message_id} with no C-GET in progress")
+            return
         sink: StoreSink | None = None
         if stream is not None:
             # The source works for us meanwhile: no timeout until we answer.
