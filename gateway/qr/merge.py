@@ -9,7 +9,7 @@ responses are relayed as they arrive. Two rules shape what leaves:
   C.6.2.1.2-4: Patient ID with its Issuer of Patient ID at PATIENT level,
   Study / Series / SOP Instance UID below), computed by the caller
   (:func:`gateway.dimse.identifier.unique_key`). Only a 16-byte digest of
-  each key is kept, never the identifiers: the set costs about 100 bytes per
+  each key is kept, never the identifiers: the set costs about 90 bytes per
   distinct result in CPython (a 33-byte ``bytes`` header plus 16 bytes of
   digest, and the set's slot at its load factor), so about 9 MB per
   100,000 results (measured: :class:`tests.unit.qr.test_merge.MemoryTests`).
