@@ -659,8 +659,10 @@ class GatewayService(MultiService):
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
         from gateway.config.commitment import commitment_warnings
+        from gateway.config.qr import qr_warnings
 
-        for warning in commitment_warnings(self.config):  # issue 15: what `check` prints, in the log too
+        # Issues 15 and 16: what `check` prints, in the log too.
+        for warning in commitment_warnings(self.config) + qr_warnings(self.config):
             self.log.warn("{warning}", warning=warning)
         self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())
