@@ -644,6 +644,15 @@ class GatewayService(MultiService):
             [listener.name for listener in self.config.listen],
             # Issue 15: archives asked for Storage Commitment get their series at 0.
             [d.name for d in self.config.destinations if getattr(d, "storage_commitment", False)],
+            # Issue 16: the query sources get their failure and latency series at 0.
+            query_sources=sorted(
+                {
+                    name
+                    for section in [self.config.query, *(listener.query for listener in self.config.listen)]
+                    if section is not None
+                    for name in section.sources
+                }
+            ),
         )
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
