@@ -640,10 +640,13 @@ class StorageService:
         if request.message_id in self._qr_open:
             # PS3.7 C.5.7 (0x0210): a Message ID already in use by an open request.
             responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
-        elif self._qr is None or request.affected_sop_class_uid != context.abstract_syntax or (
+        elif self._qr is None:
+            # No Q/R SCP on this service: unimplemented, as before issue 16 (PS3.7 C.5.4, HARDENING D21).
+            responder.final(Status.UNRECOGNIZED_OPERATION)
+        elif request.affected_sop_class_uid != context.abstract_syntax or (
             context.abstract_syntax not in QR_SOP_CLASSES[verb]
         ):
-            # Not offered, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
+            # Not a Q/R context of this verb, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
             responder.final(Status.SOP_CLASS_NOT_SUPPORTED, error_comment="SOP class not supported")
         elif not request.has_dataset:
             # The Identifier is required (PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1): 0xC000-class failure.

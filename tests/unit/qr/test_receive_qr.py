@@ -231,12 +231,14 @@ class QRDispatchTests(SynchronousTestCase):
         assert self.qr is not None
         self.assertEqual(len(self.qr.calls), 1)
 
-    def test_without_a_qr_scp_requests_are_refused(self) -> None:
-        """With no Q/R SCP configured a C-FIND is refused 0x0122, not 0x0211."""
+    def test_without_a_qr_scp_requests_are_unrecognized(self) -> None:
+        """With no Q/R SCP a C-FIND is answered 0x0211 as before issue 16 (HARDENING D21), its identifier swallowed."""
         self.qr = None
         self.service = self.make_service()
         self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
-        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0122)])
+        self.service.pdata(pdvs(1, c_find(message_id=4), IDENTIFIER))
+        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0211), (0x8020, 4, 0x0211)])
+        self.assertEqual(self.peer.aborted, [])
 
     def test_identifier_over_the_cap_is_out_of_resources(self) -> None:
         """An identifier over ``max_identifier`` is swallowed and answered 0xA700 (PS3.4 C.4.1.1.4)."""
