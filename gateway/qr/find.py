@@ -145,11 +145,12 @@ class DicomSourceQuery:
                 except ident.IdentifierError as error:
                     log.warn("source {source}: a malformed match left out: {error}", source=self._destination.name, error=error.comment)
         finally:
-            release = getattr(association, "release", None)
-            if release is not None:
-                d = release()
-                if isinstance(d, Deferred):
-                    d.addErrback(lambda _: None)
+            # Release before the source's part counts as over (a release
+            # failing changes nothing for the query; the association is gone).
+            try:
+                await association.release()
+            except Exception as error:
+                log.debug("source {source}: release failed: {error}", source=self._destination.name, error=error)
 
     def cancel(self) -> None:
         """C-CANCEL-RQ on the running query, or give up the connection attempt."""
@@ -190,11 +191,18 @@ def _ui_values(ds: Dataset) -> dict[str, tuple[str, ...]]:
 
 
 def find(info: Any, rq: Any, identifier: bytes, responder: Any, ctx: QRContext) -> "Deferred[None]":
-    """The C-FIND handler (see the module's theory of operation); always ends with ``responder.final``."""
+    """The C-FIND handler (see the module's theory of operation); always ends with ``responder.final``.
+
+    :returns: fires once the final response is sent *and* every source's
+        part is over (its association released), which may be later (a
+        cancelled source answers its own Cancel).
+    """
     config = ctx.config()
     settings = settings_for(config, info.listener, "find")
     job = _Find(info, rq, identifier, responder, ctx, config, settings)
-    return job.run()
+    started = job.run()
+    started.addErrback(job.internal_error)
+    return job.settled
 
 
 @dataclass
@@ -230,6 +238,10 @@ class _Find:
         self.query: Dataset | None = None
         self.routing = routing_context(info, ctx.wall())
         self.next_index = 0
+        #: Sources whose query Deferred has not fired yet.
+        self.running = 0
+        #: Fires once the final is sent and no source is running (see :func:`find`).
+        self.settled: Deferred[None] = Deferred()
 
     # -- start ----------------------------------------------------------------------------
 
@@ -248,7 +260,6 @@ class _Find:
         self.responder.cancelled.addCallback(lambda _: self._requester_cancelled())
         d = self._original_uids(ds)
         d.addCallback(self._morph_and_start)
-        d.addErrback(self._internal_error)
         return d
 
     def _original_uids(self, ds: Dataset) -> "Deferred[Dataset]":
@@ -319,9 +330,11 @@ class _Find:
             self._source_failed(source, str(error) if isinstance(error, SourceFailed) else f"{type(error).__name__}: {error}")
             return
         source.timer = self.ctx.reactor.callLater(self.settings.timeout, self._timed_out, source)
+        self.running += 1
         d = source.query.start(lambda ds: self._match(source, ds))
         d.addCallbacks(lambda status: self._source_final(source, status), lambda f: self._source_error(source, f))
-        d.addErrback(self._internal_error)
+        d.addErrback(self.internal_error)
+        d.addBoth(lambda _: self._source_settled())
 
     # -- from the sources -------------------------------------------------------------------
 
@@ -348,8 +361,8 @@ class _Find:
         for out in self.merge.match(source.name, key, data):
             self.responder.pending(PENDING, out)
         if self.merge.over_limit:
-            self._stop_sources()
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
+            self._stop_sources()
 
     def _remember(self, before: dict[str, tuple[str, ...]], after: dict[str, tuple[str, ...]]) -> None:
         """Record (remapped, original) UID pairs a response morph made, so a later query can go backwards."""
@@ -400,8 +413,8 @@ class _Find:
         if self.ended:
             return
         if self.settings.strict:
-            self._stop_sources()
             self._end(SOURCES_FAILED, f"source {source.name} failed: {reason}", "failed")
+            self._stop_sources()
 
     def _source_done(self, source: _Source, ok: bool, reason: str) -> None:
         """``source`` ended: tell the observer, release held matches, maybe end the query."""
@@ -415,8 +428,8 @@ class _Find:
         for out in self.merge.source_done(source.name):
             self.responder.pending(PENDING, out)
         if self.merge.over_limit:
-            self._stop_sources()
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
+            self._stop_sources()
             return
         if not ok and self.settings.strict:
             return
@@ -434,11 +447,15 @@ class _Find:
         """C-CANCEL-RQ from the requester (or its association ended): cancel every source, answer 0xFE00."""
         if self.ended:
             return
-        self._stop_sources()
         self._end(CANCEL, "", "cancelled")
+        self._stop_sources()
 
     def _stop_sources(self) -> None:
-        """Cancel every running source (each sends C-CANCEL-RQ at once)."""
+        """Cancel every running source (each sends C-CANCEL-RQ at once).
+
+        Called after :meth:`_end`, so that a source failing synchronously on
+        its cancel (a connection attempt given up) finds the query ended.
+        """
         for source in self.sources:
             if source.timer is not None and source.timer.active():
                 source.timer.cancel()
@@ -463,8 +480,9 @@ class _Find:
         for source in self.sources:
             if source.timer is not None and source.timer.active():
                 source.timer.cancel()
-        self.responder.final(status, error_comment=comment)
         info = self.info
+        # Observed first (audit, metrics), then the final: whoever waits on
+        # the final finds the event already told.
         self.ctx.observer.observe(
             events.QueryAnswered(
                 info.listener,
@@ -482,12 +500,23 @@ class _Find:
                 comment or "; ".join(f"{name}: {reason}" for name, reason in self.failed),
             )
         )
+        self.responder.final(status, error_comment=comment)
+        self._maybe_settled()
 
-    def _internal_error(self, failure: Failure) -> None:
+    def _source_settled(self) -> None:
+        """One source's query Deferred fired."""
+        self.running -= 1
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if self.ended and self.running == 0 and not self.settled.called:
+            self.settled.callback(None)
+
+    def internal_error(self, failure: Failure) -> None:
         """A bug: answer 0xC000 rather than leave the requester waiting."""
         log.failure("{assoc_id} C-FIND failed", failure, assoc_id=self.info.assoc_id)
-        self._stop_sources()
         self._end(Status.CANNOT_UNDERSTAND, "Unable to process", "failed")
+        self._stop_sources()
 
     def _now(self) -> float:
         return float(self.ctx.reactor.seconds()) if self.ctx.reactor is not None else time.monotonic()
