@@ -20,6 +20,11 @@ Theory of operation
    result set: a match is in memory from its arrival to its relay (or, for a
    lower-precedence source, in the merge's bounded hold).
 
+A source's query is a :class:`SourceQuery`, by default a
+:class:`DicomSourceQuery` (an association proposing only the FIND class,
+Explicit then Implicit VR LE, released before its part counts as over);
+``ctx.extra["open_source"]`` replaces the opener (tests use fakes).
+
 Each source has ``query.timeout`` to answer the whole query; a slower one is
 cancelled (C-CANCEL-RQ) and treated as failed. A failed source fails the
 whole query when ``strict`` (0xC001, "Failed: Unable to process", PS3.4
