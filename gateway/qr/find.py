@@ -117,6 +117,8 @@ class DicomSourceQuery:
         self._connecting: Deferred[Any] | None = None
         self._stream: Any = None
         self._cancelled = False
+        #: Set by the handler: fires when the requester can take more responses.
+        self.writable: Callable[[], Deferred[None]] | None = None
 
     def start(self, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
         """Connect, send the C-FIND-RQ, hand over each match, release; fire with the final status."""
@@ -138,6 +140,9 @@ class DicomSourceQuery:
             data = ident.encode_identifier(self._query, context.transfer_syntax)
             self._stream = association.find(self._sop_class_uid, data)
             while True:
+                if self.writable is not None:
+                    # The requester reads slowly: read no more of the source until it catches up.
+                    await self.writable()
                 response = await self._stream.next()
                 if response is None:
                     raise SourceFailed("the source ended without a final response")
@@ -334,6 +339,9 @@ class _Find:
         except Exception as error:  # a bug in the opener must not leave the request unanswered
             self._source_failed(source, str(error) if isinstance(error, SourceFailed) else f"{type(error).__name__}: {error}")
             return
+        if isinstance(source.query, DicomSourceQuery):
+            # Backpressure from the requester's association (responders that have it).
+            source.query.writable = getattr(self.responder, "writable", None)
         source.timer = self.ctx.reactor.callLater(self.settings.timeout, self._timed_out, source)
         self.running += 1
         d = source.query.start(lambda ds: self._match(source, ds))
