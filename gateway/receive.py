@@ -642,7 +642,7 @@ class StorageService:
         responder = QRResponder(self, _Response(context_id, stream=deque()), verb, request, context)
         self._responses.append(responder.slot)
         if request.message_id in self._qr_open:
-            # PS3.7 C.5.7 (0x0210): a Message ID already in use by an open request.
+            # PS3.7 C.5 (0x0210 duplicate invocation): a Message ID already in use by an open request.
             responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
         elif self._qr is None:
             # No Q/R SCP on this service: unimplemented, as before issue 16 (PS3.7 C.5.4, HARDENING D21).
