@@ -66,7 +66,7 @@ class PromtoolTests(SynchronousTestCase):
 
         rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
         tests = (PROMETHEUS / "alerts_test.yml").read_text()
-        self.assertEqual(len(rules), 13)
+        self.assertEqual(len(rules), 14)
         for rule in rules:
             self.assertEqual(set(rule["annotations"]), {"summary", "description"}, rule["alert"])
             self.assertIn(f"alertname: {rule['alert']}", tests)
