@@ -279,3 +279,28 @@ class WarningTests(LoadTestCase):
         assert isinstance(config, GatewayConfig)
         (warning,) = qr_warnings(config)
         self.assertIn("query.max_results", warning)
+
+
+class ShippedExampleTests(LoadTestCase):
+    """The commented Q/R example of etc/gateway.yaml is valid once uncommented."""
+
+    def test_example_loads_and_shows_the_defaults(self) -> None:
+        """Uncommented (with the pacs destination and a modality), the example loads; its values are the defaults."""
+        import os
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "etc", "gateway.yaml")
+        with open(path, encoding="utf-8") as stream:
+            lines = stream.read().splitlines()
+        start = lines.index("# query:")
+        block = "\n".join(line[2:] for line in lines[start:] if line.startswith("# ")) + "\n"
+        config = self.load(
+            MINIMAL
+            + "destinations:\n  pacs: {ae_title: PACS, host: h, port: 104}\n"
+            + "modalities:\n  ws1: {ae_title: WS1, host: h, port: 104}\n"
+            + block
+        )
+        assert isinstance(config, GatewayConfig)
+        self.assertEqual(config.query, QueryConfig(sources=("pacs",), allowed_ae_titles=("*",)))
+        self.assertEqual(
+            config.retrieve, RetrieveConfig(sources=("pacs",), allowed_destinations=("*",), allowed_ae_titles=("*",))
+        )
