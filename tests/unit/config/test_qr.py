@@ -9,6 +9,8 @@ the 1-based line and the key path an operator will see.
 
 from __future__ import annotations
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from gateway.config.qr import qr_warnings
 from gateway.config.schema import GatewayConfig, QueryConfig, RetrieveConfig
 from gateway.morph import MorphPlan
@@ -279,3 +281,54 @@ class WarningTests(LoadTestCase):
         assert isinstance(config, GatewayConfig)
         (warning,) = qr_warnings(config)
         self.assertIn("query.max_results", warning)
+
+
+class ShippedExampleTests(LoadTestCase):
+    """The commented Q/R example of etc/gateway.yaml is valid once uncommented."""
+
+    def test_example_loads_and_shows_the_defaults(self) -> None:
+        """Uncommented (with the pacs destination and a modality), the example loads; its values are the defaults."""
+        import os
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "etc", "gateway.yaml")
+        with open(path, encoding="utf-8") as stream:
+            lines = stream.read().splitlines()
+        start = lines.index("# query:")
+        block = "\n".join(line[2:] for line in lines[start:] if line.startswith("# ")) + "\n"
+        config = self.load(
+            MINIMAL
+            + "destinations:\n  pacs: {ae_title: PACS, host: h, port: 104}\n"
+            + "modalities:\n  ws1: {ae_title: WS1, host: h, port: 104}\n"
+            + block
+        )
+        assert isinstance(config, GatewayConfig)
+        self.assertEqual(config.query, QueryConfig(sources=("pacs",), allowed_ae_titles=("*",)))
+        self.assertEqual(
+            config.retrieve, RetrieveConfig(sources=("pacs",), allowed_destinations=("*",), allowed_ae_titles=("*",))
+        )
+
+
+class CheckCommandTests(SynchronousTestCase):
+    """``dicom-gateway check`` prints :func:`qr_warnings` after the summary (exit 0: the file is valid)."""
+
+    def test_check_prints_the_qr_warnings(self) -> None:
+        """A retrieve without a modalities table is valid; check says every C-MOVE will be refused, in text and JSON."""
+        import json
+        import os
+        import shutil
+        import tempfile
+
+        from tests.unit.test_check import run_check
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "gw.yaml")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(WITH_ARCHIVES.split("modalities:")[0] + "retrieve: {sources: [archive1]}\n")
+        code, out, _ = run_check("-c", path)
+        self.assertEqual(code, 0)
+        self.assertIn("configuration is valid", out)
+        self.assertIn("retrieve: the modalities table is empty", out)
+        code, out, _ = run_check("-c", path, "--json")
+        (warning,) = json.loads(out)["warnings"]
+        self.assertIn("0xA801", warning)
