@@ -50,13 +50,16 @@ source is counted unavailable.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.python.failure import Failure
 
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
+from gateway.ul.items import SCPSCURoleSelection
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,8 @@ async def retrieve(
     sources: Sequence[str],
     open_source: OpenSource,
     remove: Callable[[str], None],
+    clock: Any = None,
+    timeout: float | None = None,
 ) -> None:
     """Run one C-GET: ask the sources in order, store what the first that has matches sends, answer the requester.
 
@@ -196,9 +201,14 @@ async def retrieve(
     :param sources: the source names (``retrieve.sources``), in order.
     :param open_source: makes a source's adapter.
     :param remove: deletes a scratch file once it was stored (or failed).
+    :param clock: ``IReactorTime`` for ``timeout``.
+    :param timeout: ``retrieve.timeout``: seconds from now after which the
+        source is cancelled and the C-GET ends with what was done, what the
+        source had left counted failed.
     """
     tally = _Tally()
     cancelled = False
+    expired = False
     current: list[ISource] = []
 
     def on_cancel(_: object) -> None:
@@ -207,11 +217,19 @@ async def retrieve(
         for source in current:
             source.cancel()
 
+    def on_deadline() -> None:
+        nonlocal expired
+        expired = True
+        log.warning("C-GET ran past retrieve.timeout (%s s): cancelling the source", timeout)
+        for source in current:
+            source.cancel()
+
     responder.cancelled.addCallback(on_cancel)
+    timer = clock.callLater(timeout, on_deadline) if clock is not None and timeout is not None else None
 
     async def on_instance(instance: ReceivedInstance) -> int:
         try:
-            if cancelled:
+            if cancelled or expired:
                 # PS3.4 C.4.3.3.1: after a cancel no further sub-operation is
                 # started; the source hears "out of resources" and counts it.
                 return int(Status.OUT_OF_RESOURCES)
@@ -243,13 +261,13 @@ async def retrieve(
 
     def on_pending(counts: SubOperations) -> None:
         tally.source = counts
-        if not cancelled:
+        if not (cancelled or expired):
             responder.pending(Status.PENDING, counts=tally.counts(counts.remaining))
 
     unavailable: list[str] = []
     outcome: SourceOutcome | None = None
     for name in sources:
-        if cancelled:
+        if cancelled or expired:
             break
         source = open_source(name, sop_class_uid)
         current[:] = [source]
@@ -276,7 +294,7 @@ async def retrieve(
         tally.source_failed_uids = outcome.failed_uids
         received = tally.completed + tally.failed + tally.warning
         kind = category(outcome.status)
-        if received or outcome.counts.failed or outcome.counts.warning or cancelled:
+        if received or outcome.counts.failed or outcome.counts.warning or cancelled or expired:
             break
         if kind is StatusCategory.FAILURE:
             # A refusal with nothing done (no matches it can send, out of
@@ -284,6 +302,21 @@ async def retrieve(
             unavailable.append(f"{name}: status 0x{outcome.status:04X} {outcome.error_comment}".rstrip())
             continue
         # Success with no sub-operation: no match here, ask the next.
+    if timer is not None and timer.active():
+        timer.cancel()
+    if expired and not cancelled:
+        # PS3.4 C.4.3.1.4 has no "timed out" status: what the source had not
+        # sent is counted failed (Number of Failed Sub-operations), and the
+        # response is the warning, or 0xA702 when nothing could be done.
+        left = outcome.counts.remaining if outcome is not None and outcome.counts.remaining else 0
+        tally.failed += left
+        received = tally.completed + tally.failed + tally.warning
+        comment = f"retrieve.timeout ({timeout:g} s) passed"
+        if received == 0 and not tally.source.failed:
+            responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment)
+        else:
+            responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=comment, failed_uids=tally.all_failed_uids())
+        return
     _answer(responder, tally, outcome, cancelled, unavailable, received_any=tally.completed + tally.failed + tally.warning > 0)
 
 
@@ -317,3 +350,191 @@ def _answer(
         responder.final(SUB_OPERATIONS_WITH_FAILURES, counts, failed_uids=failed_uids)
     else:
         responder.final(Status.SUCCESS, counts)
+
+
+#: Storage classes the gateway also proposes to a source (SCP role), after
+#: the requester's own, so that an instance of a class the requester did not
+#: accept still reaches the gateway and is counted failed *by the gateway*,
+#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.1), whatever
+#: the source does with a class it cannot send.
+COMMON_STORAGE_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose Storage
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set Storage
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data Storage
+)
+
+#: PS3.8 9.3.2.2: presentation context IDs are odd 1-255, so at most 128
+#: contexts; one goes to the GET class and one is kept for Verification.
+MAX_STORAGE_CONTEXTS = 126
+
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def source_proposals(
+    get_sop_class_uid: str, requester_contexts: Mapping[int, Any]
+) -> tuple[list[tuple[str, list[str]]], list[SCPSCURoleSelection]]:
+    """The presentation contexts and role selections of the gateway's association to a source.
+
+    The GET class, then every storage class the requester accepted in the SCP
+    role with the syntaxes it accepted for it (so the source encodes what
+    the requester takes), then :data:`COMMON_STORAGE_CLASSES` in the
+    uncompressed syntaxes; each storage class with a role selection making
+    the gateway its SCP (SCU-role 0, SCP-role 1, PS3.7 D.3.3.4, PS3.4
+    C.4.3.3).
+
+    :param get_sop_class_uid: the request's GET class.
+    :param requester_contexts: the requester's accepted contexts by ID
+        (:attr:`gateway.receive.AssociationInfo.contexts`).
+    :returns: ``(proposals, role_selections)`` for ``QRContext.connect``.
+    """
+    syntaxes: dict[str, list[str]] = {}
+    for context in sorted(requester_contexts.values(), key=lambda c: c.context_id):
+        if context.scp_role and context.abstract_syntax != get_sop_class_uid:
+            wanted = syntaxes.setdefault(context.abstract_syntax, [])
+            if context.transfer_syntax not in wanted:
+                wanted.append(context.transfer_syntax)
+    for sop_class in COMMON_STORAGE_CLASSES:
+        syntaxes.setdefault(sop_class, list(_UNCOMPRESSED))
+    storage = list(syntaxes.items())[:MAX_STORAGE_CONTEXTS]
+    proposals = [(get_sop_class_uid, list(_UNCOMPRESSED))] + [(c, ts) for c, ts in storage]
+    roles = [SCPSCURoleSelection(c, scu_role=False, scp_role=True) for c, _ in storage]
+    return proposals, roles
+
+
+def _remove(path: str) -> None:
+    """Delete a scratch file (already gone is fine)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRContext) -> "Deferred[None]":
+    """The C-GET handler ``scp.py`` calls (:mod:`gateway.qr.context`); ends with exactly one final response.
+
+    :param info: the requester's association (``listener``: its listener's
+        name; ``contexts``: what it accepted).
+    :param rq: the C-GET-RQ (``affected_sop_class_uid``).
+    :param identifier: its identifier, in ``responder.transfer_syntax``.
+    :param responder: the requester's side.
+    :param ctx: the gateway's side. ``ctx.extra["get.open_source"]``, when
+        set, replaces :class:`DicomGetSource` (tests).
+    :returns: fires when the final response was given.
+    """
+    config = ctx.config()
+    listener = next((item for item in config.listen if item.name == info.listener), None)
+    settings = config.retrieve_for(listener) if listener is not None else config.retrieve
+    if settings is None or not settings.sources:
+        responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, SubOperations(0, 0, 0, 0), error_comment="no retrieve sources configured")
+        return succeed(None)
+    open_source: OpenSource | None = ctx.extra.get("get.open_source")
+    if open_source is None:
+        scratch = os.path.join(config.spool.path, "scratch")
+        destinations = {d.name: d for d in config.destinations}
+        proposals, roles = source_proposals(rq.affected_sop_class_uid, info.contexts)
+
+        def open_source(name: str, sop_class_uid: str) -> ISource:
+            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch)
+
+    d = ensureDeferred(
+        retrieve(rq.affected_sop_class_uid, identifier, responder, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+    )
+
+    def unexpected(failure: Failure) -> None:
+        log.error("C-GET failed unexpectedly: %s", failure.getTraceback())
+        responder.final(UNABLE_TO_PROCESS, error_comment="internal error")
+
+    d.addErrback(unexpected)
+    return d
+
+
+class DicomGetSource:
+    """:class:`ISource` over a DICOM destination: ``ClientAssociation.get`` with the storage classes in the SCP role.
+
+    Each sub-operation's data set is written to a scratch file (under the
+    spool's ``scratch`` folder) that :func:`retrieve` stores on the requester
+    and then removes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        destination: Any,
+        ctx: QRContext,
+        proposals: Sequence[tuple[str, list[str]]],
+        roles: Sequence[SCPSCURoleSelection],
+        scratch: str,
+    ) -> None:
+        self.name = name
+        self._destination = destination
+        self._ctx = ctx
+        self._proposals = proposals
+        self._roles = roles
+        self._scratch = scratch
+        self._association: Any = None
+        self._cancel_requested = False
+        self._operation: Any = None
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """Associate, then run the C-GET (see :class:`ISource`)."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        if self._destination is None or not hasattr(self._destination, "ae_title"):
+            raise SourceUnavailable("not a DICOM destination")
+        if self._ctx.connect is None:
+            raise SourceUnavailable("no connector")
+        try:
+            self._association = await self._ctx.connect(self._destination, self._proposals, role_selections=self._roles)
+        except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
+            raise SourceUnavailable(f"association failed: {type(error).__name__}") from error
+        if self._association.context_for_class(sop_class_uid) is None:
+            raise SourceUnavailable("no C-GET context accepted")
+        return await _run_client_get(self, sop_class_uid, identifier, on_instance, on_pending)
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ on the C-GET under way (PS3.7 9.3.3.3)."""
+        self._cancel_requested = True
+        operation = self._operation
+        if operation is not None and hasattr(operation, "cancel"):
+            operation.cancel()
+
+    def close(self) -> "Deferred[None]":
+        """Release the association (abort if the release fails)."""
+        association, self._association = self._association, None
+        if association is None or not association.is_open:
+            return succeed(None)
+        d: Deferred[None] = association.release()
+
+        def aborted(failure: Failure) -> None:
+            association.abort()
+
+        d.addErrback(aborted)
+        return d
+
+
+async def _run_client_get(
+    source: DicomGetSource, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending
+) -> SourceOutcome:
+    """Drive ``ClientAssociation.get`` (the requestor's C-GET, i16-dimse) for :class:`DicomGetSource`."""
+    raise SourceUnavailable("C-GET as a requestor is not available yet")

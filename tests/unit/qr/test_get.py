@@ -266,3 +266,113 @@ class RetrieveTests(SynchronousTestCase):
         self.run_get(responder, FakeSource("a", [(CT, "1.1")]), FakeSource("b", [(CT, "1.2")]))
         self.assertEqual(len(responder.finals), 1)
         self.assertEqual(responder.finals[0]["failed"], ("1.1",))
+
+
+class DeadlineTests(SynchronousTestCase):
+    """``retrieve.timeout`` ends a C-GET that runs too long."""
+
+    def test_deadline_cancels_the_source_and_counts_the_rest_failed(self) -> None:
+        """Past the deadline the source is cancelled; what it had left is failed; final 0xB000 with an Error Comment."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        responder = FakeResponder({CT: 0x0000}, hold=True)
+        source = FakeSource("a", [(CT, "1.1"), (CT, "1.2"), (CT, "1.3")])
+        d = ensureDeferred(get.retrieve(STUDY_GET, b"id", responder, ["a"], lambda n, c: source, lambda p: None, clock, 30.0))
+        clock.advance(29)
+        self.assertEqual(source.cancels, 0)
+        clock.advance(1)
+        self.assertEqual(source.cancels, 1)
+        responder.waiting[0].callback(None)
+        self.successResultOf(d)
+        [final] = responder.finals
+        self.assertEqual(final["status"], 0xB000)
+        self.assertEqual(final["counts"], SubOperations(0, 1, 2, 0))
+        self.assertIn("retrieve.timeout", final["comment"])
+
+    def test_finished_in_time_leaves_no_timer(self) -> None:
+        """A C-GET done before its deadline cancels the timer."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        responder = FakeResponder({CT: 0x0000})
+        d = ensureDeferred(get.retrieve(STUDY_GET, b"id", responder, ["a"], lambda n, c: FakeSource("a", [(CT, "1.1")]), lambda p: None, clock, 30.0))
+        self.successResultOf(d)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ProposalTests(SynchronousTestCase):
+    """:func:`gateway.qr.get.source_proposals`."""
+
+    def test_requester_classes_first_with_their_syntaxes_and_scp_role(self) -> None:
+        """The GET class, then the requester's SCP-role classes in its syntaxes, then the common ones; every storage class SCP role."""
+        from gateway.ul.negotiate import AcceptedContext
+
+        contexts = {
+            1: AcceptedContext(1, STUDY_GET, EXPLICIT_LE, True, False),
+            3: AcceptedContext(3, MR, "1.2.840.10008.1.2.4.50", False, True),
+            5: AcceptedContext(5, MR, EXPLICIT_LE, False, True),
+            7: AcceptedContext(7, SR, EXPLICIT_LE, True, False),  # SCU only: not a sub-operation class
+        }
+        proposals, roles = get.source_proposals(STUDY_GET, contexts)
+        self.assertEqual(proposals[0][0], STUDY_GET)
+        self.assertEqual(proposals[1], (MR, ["1.2.840.10008.1.2.4.50", EXPLICIT_LE]))
+        self.assertIn((CT, [EXPLICIT_LE, "1.2.840.10008.1.2"]), proposals)
+        self.assertEqual(len([p for p in proposals if p[0] == MR]), 1)
+        self.assertEqual({r.sop_class_uid for r in roles}, {c for c, _ in proposals[1:]})
+        self.assertTrue(all(r.scp_role and not r.scu_role for r in roles))
+        self.assertLessEqual(len(proposals), 127)
+
+
+class HandlerTests(SynchronousTestCase):
+    """:func:`gateway.qr.get.get`, the handler ``scp.py`` calls."""
+
+    def make_ctx(self, listener_retrieve: Any, top_retrieve: Any, source: FakeSource) -> Any:
+        """A QRContext with a minimal configuration and a fake source opener."""
+        from types import SimpleNamespace
+
+        from gateway.config.schema import RetrieveConfig  # noqa: F401 - the real dataclass is used by callers
+        from gateway.qr.context import QRContext
+
+        listener = SimpleNamespace(name="qr", retrieve=listener_retrieve)
+        config = SimpleNamespace(
+            listen=(listener,),
+            retrieve=top_retrieve,
+            retrieve_for=lambda item: item.retrieve if item.retrieve is not None else top_retrieve,
+            spool=SimpleNamespace(path="/nonexistent"),
+            destinations=(),
+        )
+        self.opened: list[str] = []
+
+        def open_source(name: str, sop_class: str) -> FakeSource:
+            self.opened.append(name)
+            return source
+
+        from twisted.internet.task import Clock
+
+        return QRContext(config=lambda: config, journal=None, run=None, reactor=Clock(), wall=lambda: 0.0, extra={"get.open_source": open_source})
+
+    def test_listener_sources_override_the_top_level(self) -> None:
+        """The listener's ``retrieve.sources`` are used over the top level's."""
+        from types import SimpleNamespace
+
+        from gateway.config.schema import RetrieveConfig
+
+        source = FakeSource("b", [(CT, "1.1")])
+        ctx = self.make_ctx(RetrieveConfig(sources=("b",)), RetrieveConfig(sources=("a",)), source)
+        responder = FakeResponder({CT: 0})
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
+        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, b"id", responder, ctx))
+        self.assertEqual(self.opened, ["b"])
+        self.assertEqual(responder.finals[0]["status"], 0)
+
+    def test_no_retrieve_configured_is_a702(self) -> None:
+        """Without ``retrieve`` the C-GET is refused 0xA702 with an Error Comment."""
+        from types import SimpleNamespace
+
+        ctx = self.make_ctx(None, None, FakeSource("a"))
+        responder = FakeResponder({})
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
+        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, b"id", responder, ctx))
+        self.assertEqual(responder.finals[0]["status"], 0xA702)
+        self.assertTrue(responder.finals[0]["comment"])
