@@ -51,12 +51,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
+from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
 from gateway.ul.items import SCPSCURoleSelection
@@ -447,6 +449,16 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     if settings is None or not settings.sources:
         responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, SubOperations(0, 0, 0, 0), error_comment="no retrieve sources configured")
         return succeed(None)
+    model = sop_class_model(rq.affected_sop_class_uid)
+    try:
+        if model is None:
+            raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
+        check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+    except IdentifierError as error:
+        # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
+        # 0xC000-class (Unable to process) with an Error Comment.
+        responder.final(error.status, error_comment=error.comment[:64])
+        return succeed(None)
     open_source: OpenSource | None = ctx.extra.get("get.open_source")
     if open_source is None:
         scratch = os.path.join(config.spool.path, "scratch")
@@ -454,7 +466,7 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
         proposals, roles = source_proposals(rq.affected_sop_class_uid, info.contexts)
 
         def open_source(name: str, sop_class_uid: str) -> ISource:
-            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch)
+            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
 
     d = ensureDeferred(
         retrieve(rq.affected_sop_class_uid, identifier, responder, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
@@ -474,6 +486,9 @@ class DicomGetSource:
     Each sub-operation's data set is written to a scratch file (under the
     spool's ``scratch`` folder) that :func:`retrieve` stores on the requester
     and then removes.
+
+    :param requester_syntax: the requester's context's transfer syntax: the
+        identifier is decoded from it and re-encoded in the source's.
     """
 
     def __init__(
@@ -484,6 +499,7 @@ class DicomGetSource:
         proposals: Sequence[tuple[str, list[str]]],
         roles: Sequence[SCPSCURoleSelection],
         scratch: str,
+        requester_syntax: str = "",
     ) -> None:
         self.name = name
         self._destination = destination
@@ -492,6 +508,7 @@ class DicomGetSource:
         self._roles = roles
         self._scratch = scratch
         self._association: Any = None
+        self._requester_syntax = requester_syntax
         self._cancel_requested = False
         self._operation: Any = None
 
@@ -510,7 +527,9 @@ class DicomGetSource:
             raise SourceUnavailable(f"association failed: {type(error).__name__}") from error
         if self._association.context_for_class(sop_class_uid) is None:
             raise SourceUnavailable("no C-GET context accepted")
-        return await _run_client_get(self, sop_class_uid, identifier, on_instance, on_pending)
+        # The identifier is re-encoded in the source's context's syntax by ClientAssociation.
+        dataset = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
+        return await _run_client_get(self, sop_class_uid, dataset, on_instance, on_pending)
 
     def cancel(self) -> None:
         """C-CANCEL-RQ on the C-GET under way (PS3.7 9.3.3.3)."""
@@ -534,7 +553,59 @@ class DicomGetSource:
 
 
 async def _run_client_get(
-    source: DicomGetSource, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending
+    source: DicomGetSource, sop_class_uid: str, identifier: Any, on_instance: OnInstance, on_pending: OnPending
 ) -> SourceOutcome:
-    """Drive ``ClientAssociation.get`` (the requestor's C-GET, i16-dimse) for :class:`DicomGetSource`."""
-    raise SourceUnavailable("C-GET as a requestor is not available yet")
+    """Drive ``ClientAssociation.get`` (PS3.7 9.1.3) for :class:`DicomGetSource`.
+
+    Each sub-operation's data set goes to a Part 10 scratch file
+    (``FileStoreSink``); once complete it is handed to ``on_instance``, whose
+    status (after the requester's C-STORE) answers the source. Pending
+    responses give the source's counts; the final gives its Failed SOP
+    Instance UID List (PS3.4 C.4.3.1.3.1).
+    """
+    from gateway.associate import FileStoreSink  # the requestor's C-GET (i16-dimse)
+
+    os.makedirs(source._scratch, exist_ok=True)
+    association = source._association
+
+    def on_store(rq: Any, context: Any) -> Any:
+        fd, path = tempfile.mkstemp(prefix="get-", suffix=".dcm", dir=source._scratch)
+        os.close(fd)
+
+        def stored(path: str, offset: int) -> "Deferred[int]":
+            return on_instance(
+                ReceivedInstance(path, rq.affected_sop_class_uid, rq.affected_sop_instance_uid, context.transfer_syntax, offset)
+            )
+
+        return FileStoreSink(path, rq, context, stored, source_ae_title=source._destination.ae_title)
+
+    stream = association.get(sop_class_uid, identifier, on_store)
+    source._operation = stream
+    if source._cancel_requested:
+        stream.cancel()
+    final: Any = None
+    async for response in stream:
+        rsp = response.command
+        counts = SubOperations(rsp.remaining, rsp.completed or 0, rsp.failed or 0, rsp.warning or 0)
+        if response.pending:
+            on_pending(counts)
+        else:
+            final = (response, counts)
+    source._operation = None
+    if final is None:
+        raise SourceUnavailable("no final C-GET response")
+    response, counts = final
+    failed_uids: tuple[str, ...] = ()
+    if response.identifier:
+        try:
+            failed_uids = tuple(str(uid) for uid in _as_list(response.dataset().get("FailedSOPInstanceUIDList", [])))
+        except Exception as error:  # noqa: BLE001 - a malformed list only loses the UIDs, not the counts
+            log.info("C-GET source %s: unreadable Failed SOP Instance UID List: %s", source.name, error)
+    return SourceOutcome(response.status, counts, failed_uids, getattr(response.command, "error_comment", None) or "")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A pydicom value as a list (a single UID is a str)."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value] if value else []

@@ -27,6 +27,18 @@ STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
+def study_identifier(study_uid: str = "1.2.3") -> bytes:
+    """A Study Root C-GET identifier at STUDY level, Explicit VR Little Endian."""
+    from pydicom.dataset import Dataset
+
+    from gateway.dimse.identifier import encode_identifier
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uid
+    return encode_identifier(ds, EXPLICIT_LE)
+
+
 class FakeResponder:
     """The requester's side: records responses; answers stores by SOP class.
 
@@ -362,7 +374,7 @@ class HandlerTests(SynchronousTestCase):
         ctx = self.make_ctx(RetrieveConfig(sources=("b",)), RetrieveConfig(sources=("a",)), source)
         responder = FakeResponder({CT: 0})
         rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
-        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, b"id", responder, ctx))
+        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, study_identifier(), responder, ctx))
         self.assertEqual(self.opened, ["b"])
         self.assertEqual(responder.finals[0]["status"], 0)
 
@@ -373,6 +385,26 @@ class HandlerTests(SynchronousTestCase):
         ctx = self.make_ctx(None, None, FakeSource("a"))
         responder = FakeResponder({})
         rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
-        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, b"id", responder, ctx))
+        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, study_identifier(), responder, ctx))
         self.assertEqual(responder.finals[0]["status"], 0xA702)
         self.assertTrue(responder.finals[0]["comment"])
+
+    def test_identifier_without_the_study_uid_is_refused_before_any_source(self) -> None:
+        """A STUDY-level C-GET without a Study Instance UID is refused 0xC000-class with an Error Comment; no source is opened (PS3.4 C.4.3.1.4)."""
+        from types import SimpleNamespace
+
+        from pydicom.dataset import Dataset
+
+        from gateway.config.schema import RetrieveConfig
+        from gateway.dimse.identifier import encode_identifier
+
+        ctx = self.make_ctx(None, RetrieveConfig(sources=("a",)), FakeSource("a", [(CT, "1.1")]))
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        responder = FakeResponder({CT: 0})
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
+        self.successResultOf(get.get(SimpleNamespace(listener="qr", contexts={}), rq, encode_identifier(ds, EXPLICIT_LE), responder, ctx))
+        [final] = responder.finals
+        self.assertEqual(final["status"] & 0xF000, 0xC000)
+        self.assertTrue(final["comment"])
+        self.assertEqual(self.opened, [])

@@ -32,7 +32,7 @@ from gateway.qr.context import QRContext
 from gateway.receive import AssociationInfo, StorageService
 from gateway.spool import Spool
 from gateway.ul.negotiate import AcceptedContext
-from tests.unit.qr.test_get import FakeSource
+from tests.unit.qr.test_get import FakeSource, study_identifier
 from tests.unit.qr.test_receive_qr import _Peer, pdvs, request
 
 STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
@@ -45,7 +45,7 @@ CONTEXTS = {
     3: AcceptedContext(3, CT, EXPLICIT_LE, False, True),
 }
 INFO = AssociationInfo("A1", "10.0.0.7:40000", "WS01", "DICOMGW", "dicom", CONTEXTS)
-IDENTIFIER = b"\x08\x00\x52\x00CS\x06\x00STUDY "
+IDENTIFIER = study_identifier("1.2")
 
 
 class ScratchSource(FakeSource):
