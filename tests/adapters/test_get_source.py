@@ -215,3 +215,114 @@ def _later(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+class RequesterThroughTheGatewayTests(TestCase):
+    """A pynetdicom C-GET requester accepting only CT in the SCP role, the gateway's real listener, a pynetdicom archive.
+
+    The listener is an :class:`~gateway.listen.AcceptorFactory` on a loopback
+    port whose settings offer the Study Root GET class and accept the storage
+    classes in the requester's SCP role (PS3.7 D.3.3.4); its Q/R SCP hands
+    the C-GET to :func:`gateway.qr.get.get`. The sub-operations go back on the
+    requester's association (:mod:`gateway.qr.substore`).
+    """
+
+    def setUp(self) -> None:
+        """The archive and the gateway's listener."""
+        from dataclasses import replace
+
+        from gateway.access import AccessPolicy
+        from gateway.blocking import SynchronousRunner
+        from gateway.config.schema import AcceptConfig, GatewayConfig, LimitsConfig, ListenerConfig, RetrieveConfig, SpoolConfig
+        from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+        from gateway.listen import AcceptorFactory, AcceptorLimits
+        from gateway.service import acceptor_settings
+        from gateway.sopclasses import STORAGE_SOP_CLASSES
+        from gateway.spool import Spool
+
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.archive = GetSource([instance(CT, "1.2.6.1"), instance(MR, "1.2.6.2"), instance(CT, "1.2.6.3")]).start()
+        self.addCleanup(self.archive.stop)
+        destination = DicomDestination("arch", "ARCHIVE", "127.0.0.1", self.archive.port, "GATEWAY", acse_timeout=10, dimse_timeout=10)
+        config = GatewayConfig(
+            source="test.yaml",
+            ae_title="GATEWAY",
+            listen=(ListenerConfig("127.0.0.1", 0, name="dicom"),),
+            accept=AcceptConfig(calling_ae_titles=("*",)),
+            limits=LimitsConfig(),
+            spool=SpoolConfig(self.tmp),
+            destinations=(destination,),
+            retrieve=RetrieveConfig(sources=("arch",)),
+        )
+        ctx = QRContext(
+            config=lambda: config, journal=None, run=None, reactor=reactor, wall=time.time,
+            connect=lambda dest, proposals, role_selections=(): connect_dicom(reactor, dest, proposals, role_selections),
+        )
+
+        class GetOnly:
+            """Hands C-GETs to :func:`gateway.qr.get.get`."""
+
+            def handle(self, verb: str, info: Any, rq: Any, identifier: bytes, responder: Any) -> None:
+                get.get(info, rq, identifier, responder, ctx)
+
+        settings = acceptor_settings(config, config.listen[0])
+        settings = replace(
+            settings,
+            abstract_syntaxes=settings.abstract_syntaxes | {STUDY_GET},
+            scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes | frozenset(STORAGE_SOP_CLASSES),
+        )
+        factory = AcceptorFactory(
+            name="dicom",
+            acceptor_settings=settings,
+            access=AccessPolicy("GATEWAY"),
+            spool=Spool(
+                self.tmp, SynchronousRunner(), implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME, max_instance_size=1 << 20,
+            ),
+            clock=reactor,
+            limits=AcceptorLimits(),
+            qr=GetOnly(),
+        )
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    def c_get(self) -> tuple[list[Any], list[str]]:
+        """The requester's C-GET of the study (a pynetdicom thread): its responses and the UIDs it stored."""
+        from pynetdicom import AE, build_role, evt
+
+        stored: list[str] = []
+
+        def on_store(event: Any) -> int:
+            stored.append(event.request.AffectedSOPInstanceUID)
+            return 0x0000
+
+        ae = AE(ae_title="VIEWER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(STUDY_GET, [ExplicitVRLittleEndian])
+        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
+        assoc = ae.associate(
+            "127.0.0.1", self.port.getHost().port, ae_title="GATEWAY",
+            ext_neg=[build_role(CT, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established, "association refused"
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = STUDY
+        responses = [(status, ds) for status, ds in assoc.send_c_get(identifier, STUDY_GET)]
+        assoc.release()
+        return responses, stored
+
+    async def test_requester_accepting_only_ct(self) -> None:
+        """Both CTs reach the requester; the MR is a failed sub-operation, listed in (0008,0058); the final is 0xB000 with the counts."""
+        from twisted.internet.threads import deferToThread
+
+        responses, stored = await deferToThread(self.c_get)
+        self.assertEqual(sorted(stored), ["1.2.6.1", "1.2.6.3"])
+        status, failed_list = responses[-1]
+        self.assertEqual(status.Status, 0xB000)
+        self.assertEqual(
+            (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations, status.NumberOfWarningSuboperations), (2, 1, 0)
+        )
+        self.assertEqual(failed_list.FailedSOPInstanceUIDList, "1.2.6.2")
+        self.assertTrue(all(s.Status in (0xFF00, 0xFF01) for s, _ in responses[:-1]))
