@@ -24,7 +24,7 @@ Counting (PS3.4 C.4.3.1.3, the (0000,1020)-(0000,1023) elements):
 * *warning*: it answered a warning (0xBxxx, PS3.4 B.2.3);
 * *failed*: it answered a failure, or it accepted no presentation context
   for that SOP class and transfer syntax, so no sub-operation could be
-  issued (PS3.4 C.4.3.3.1: such an instance is a failed sub-operation; never
+  issued (PS3.4 C.4.3.3: such an instance is a failed sub-operation; never
   silently dropped), plus what the source itself reports failed (instances
   it could not send);
 * *remaining*: the source's own Number of Remaining Sub-operations, from its
@@ -33,7 +33,9 @@ Counting (PS3.4 C.4.3.1.3, the (0000,1020)-(0000,1023) elements):
 The final status (PS3.4 C.4.3.1.4, Table C.4-3): 0x0000 when every
 sub-operation completed; 0xB000 (Warning: Sub-operations Complete - One or
 more Failures or Warnings) with the Failed SOP Instance UID List (0008,0058)
-(PS3.4 C.4.3.1.3.1) when any failed or had a warning; 0xFE00 (Cancel:
+(PS3.4 C.4.3.1.3.2) when any failed or had a warning; 0xA702 with that list
+when every one failed (PS3.4 C.4.3.2: the SCU reads a Failure as "all
+sub-operations were unsuccessful"); 0xFE00 (Cancel:
 Sub-operations terminated due to Cancel Indication) after a C-CANCEL-RQ,
 which also reaches the source (PS3.7 9.3.3.3); 0xA702 (Refused: Out of
 Resources - Unable to perform sub-operations) when no source could be
@@ -166,10 +168,25 @@ class _Tally:
         )
 
     def all_failed_uids(self) -> tuple[str, ...]:
-        """Ours, then the source's, each once (PS3.4 C.4.3.1.3.1)."""
+        """Ours, then the source's, each once (PS3.4 C.4.3.1.3.2)."""
         seen: dict[str, None] = dict.fromkeys(self.failed_uids)
         seen.update(dict.fromkeys(self.source_failed_uids))
         return tuple(seen)
+
+
+def final_status(counts: SubOperations) -> int:
+    """The final C-GET-RSP status for these counts (PS3.4 C.4.3.1.4, C.4.3.2).
+
+    Success when nothing failed or had a warning; when *every* sub-operation
+    failed, a failure (the SCU reads "Failure or Refused" as "all
+    sub-operations were unsuccessful", PS3.4 C.4.3.2): 0xA702, Unable to
+    perform sub-operations; 0xB000 in every other case.
+    """
+    if not counts.failed and not counts.warning:
+        return int(Status.SUCCESS)
+    if not counts.completed and not counts.warning:
+        return UNABLE_TO_PERFORM_SUB_OPERATIONS
+    return SUB_OPERATIONS_WITH_FAILURES
 
 
 def _store_outcome(status: int) -> str:
@@ -232,7 +249,7 @@ async def retrieve(
     async def on_instance(instance: ReceivedInstance) -> int:
         try:
             if cancelled or expired:
-                # PS3.4 C.4.3.3.1: after a cancel no further sub-operation is
+                # PS3.4 C.4.3.3: after a cancel no further sub-operation is
                 # started; the source hears "out of resources" and counts it.
                 return int(Status.OUT_OF_RESOURCES)
             try:
@@ -245,7 +262,7 @@ async def retrieve(
                 )
             except Exception as error:  # noqa: BLE001 - every error is a failed sub-operation
                 # NoPresentationContext: the requester accepted no context (SCP
-                # role) for this class and syntax (PS3.4 C.4.3.3.1): a failed
+                # role) for this class and syntax (PS3.4 C.4.3.3): a failed
                 # sub-operation, listed, never silently dropped.
                 log.info("C-GET sub-operation %s not stored on the requester: %s", instance.sop_instance_uid, error)
                 status = -1
@@ -327,15 +344,15 @@ async def retrieve(
         tally.failed += left
         received = tally.completed + tally.failed + tally.warning
         comment = f"retrieve.timeout ({timeout:g} s) passed"
-        if received == 0 and not tally.source.failed:
-            responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment)
-        else:
-            responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=comment, failed_uids=tally.all_failed_uids())
+        counts = tally.counts(0)
+        status = final_status(counts) if counts.failed or counts.warning else UNABLE_TO_PERFORM_SUB_OPERATIONS
+        responder.final(status, counts, error_comment=comment, failed_uids=tally.all_failed_uids())
         return
     if broken and not cancelled:
         assert outcome is not None
         tally.source = outcome.counts
-        responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=broken[:64], failed_uids=tally.all_failed_uids())
+        counts = tally.counts(0)
+        responder.final(final_status(counts), counts, error_comment=broken[:64], failed_uids=tally.all_failed_uids())
         return
     _answer(responder, tally, outcome, cancelled, unavailable, received_any=tally.completed + tally.failed + tally.warning > 0)
 
@@ -366,8 +383,10 @@ def _answer(
         responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment[:64])
         return
     counts = tally.counts(0)
-    if counts.failed or counts.warning:
-        responder.final(SUB_OPERATIONS_WITH_FAILURES, counts, failed_uids=failed_uids)
+    status = final_status(counts)
+    if status != Status.SUCCESS:
+        # PS3.4 C.4.3.1.3.2: the Failed SOP Instance UID List on Warning and Failure.
+        responder.final(status, counts, failed_uids=failed_uids)
     else:
         responder.final(Status.SUCCESS, counts)
 
@@ -375,7 +394,7 @@ def _answer(
 #: Storage classes the gateway also proposes to a source (SCP role), after
 #: the requester's own, so that an instance of a class the requester did not
 #: accept still reaches the gateway and is counted failed *by the gateway*,
-#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.1), whatever
+#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.2), whatever
 #: the source does with a class it cannot send.
 COMMON_STORAGE_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -579,7 +598,7 @@ async def _run_client_get(
     (``FileStoreSink``); once complete it is handed to ``on_instance``, whose
     status (after the requester's C-STORE) answers the source. Pending
     responses give the source's counts; the final gives its Failed SOP
-    Instance UID List (PS3.4 C.4.3.1.3.1).
+    Instance UID List (PS3.4 C.4.3.1.3.2).
     """
     from gateway.associate import FileStoreSink  # the requestor's C-GET (i16-dimse)
 

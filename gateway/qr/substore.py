@@ -13,7 +13,7 @@ context for the instance's SOP class *and* transfer syntax (the gateway
 forwards bytes unchanged and does not transcode here), sends the command and
 the data set, and returns the requester's C-STORE-RSP status. No such
 context: :class:`~gateway.associate.NoPresentationContext`, which
-:mod:`gateway.qr.get` counts as a failed sub-operation (PS3.4 C.4.3.3.1,
+:mod:`gateway.qr.get` counts as a failed sub-operation (PS3.4 C.4.3.3,
 never silently dropped).
 
 The data set is read into memory and sent with the peer's ``send_dataset``

@@ -272,12 +272,13 @@ class RetrieveTests(SynchronousTestCase):
         self.assertEqual(final["status"], 0xFE00)
         self.assertEqual(final["counts"], SubOperations(2, 1, 0, 0))
 
-    def test_exactly_one_final(self) -> None:
-        """Whatever happens, one final response."""
+    def test_every_sub_operation_failed_is_a702_with_the_list(self) -> None:
+        """The requester took none: one final, a Failure (0xA702: the SCU reads it as all unsuccessful, PS3.4 C.4.3.2) listing them; the next source is not asked."""
         responder = FakeResponder({})
-        self.run_get(responder, FakeSource("a", [(CT, "1.1")]), FakeSource("b", [(CT, "1.2")]))
-        self.assertEqual(len(responder.finals), 1)
-        self.assertEqual(responder.finals[0]["failed"], ("1.1",))
+        second = FakeSource("b", [(CT, "1.3")])
+        self.run_get(responder, FakeSource("a", [(CT, "1.1"), (MR, "1.2")]), second)
+        self.assertEqual(responder.finals, [dict(status=0xA702, counts=SubOperations(0, 0, 2, 0), comment="", failed=("1.1", "1.2"))])
+        self.assertEqual(second.asked, [])
 
 
 class DeadlineTests(SynchronousTestCase):

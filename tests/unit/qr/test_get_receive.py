@@ -8,7 +8,7 @@ each instance to a scratch file, as the DICOM adapter does. The test answers
 each C-STORE sub-operation the gateway sends and reads every response: the
 MR instance the requester did not accept is never sent and is counted failed
 and listed in the final response's Failed SOP Instance UID List (PS3.4
-C.4.3.1.3.1, C.4.3.3.1).
+C.4.3.1.3.2, C.4.3.3).
 """
 
 from __future__ import annotations
