@@ -490,7 +490,7 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     try:
         if model is None:
             raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
-        check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+        level = check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
     except IdentifierError as error:
         # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
         # 0xC000-class (Unable to process) with an Error Comment.
@@ -505,9 +505,14 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
         def open_source(name: str, sop_class_uid: str) -> ISource:
             return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
 
-    d = ensureDeferred(
-        retrieve(rq.affected_sop_class_uid, identifier, responder, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
-    )
+    async def run() -> None:
+        journaled = await _open_journal(ctx, info, rq, level, settings)
+        recording = _RecordingResponder(responder)
+        await retrieve(rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+        if journaled is not None:
+            await _finish_journal(ctx, journaled, recording)
+
+    d = ensureDeferred(run())
 
     def unexpected(failure: Failure) -> None:
         log.error("C-GET failed unexpectedly: %s", failure.getTraceback())
@@ -515,6 +520,95 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
 
     d.addErrback(unexpected)
     return d
+
+
+class _RecordingResponder:
+    """An :class:`IResponder` that passes everything on and remembers the final status and comment (for the journal)."""
+
+    def __init__(self, inner: IResponder) -> None:
+        self._inner = inner
+        self.status: int | None = None
+        self.comment = ""
+
+    def pending(self, status: int, identifier: bytes | None = None, counts: SubOperations | None = None) -> None:
+        """As the wrapped responder."""
+        self._inner.pending(status, identifier, counts)
+
+    def final(
+        self,
+        status: int,
+        counts: SubOperations | None = None,
+        error_comment: str = "",
+        failed_uids: Sequence[str] = (),
+        identifier: bytes | None = None,
+    ) -> None:
+        """As the wrapped responder; remembered."""
+        self.status, self.comment = int(status), error_comment
+        self._inner.final(status, counts, error_comment, failed_uids, identifier)
+
+    @property
+    def transfer_syntax(self) -> str:
+        """As the wrapped responder."""
+        return self._inner.transfer_syntax
+
+    @property
+    def cancelled(self) -> "Deferred[None]":
+        """As the wrapped responder."""
+        return self._inner.cancelled
+
+    def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
+        """As the wrapped responder."""
+        return self._inner.store(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
+
+
+async def _open_journal(ctx: QRContext, info: Any, rq: Any, level: str, settings: Any) -> int | None:
+    """Journal the C-GET as a retrieve (``kind="get"``; visible with the other retrieves), when the store is one.
+
+    The C-GET from a source needs no correlation (its sub-operations come on
+    the gateway's own association), so no items are expected; a journal that
+    does not answer only loses the record (logged), never the C-GET.
+
+    :returns: the retrieve ID, or ``None``.
+    """
+    if ctx.journal is None or ctx.run is None or not hasattr(ctx.journal, "open_retrieve"):
+        return None
+    from gateway.queue.retrieves import NewRetrieve
+
+    new = NewRetrieve(
+        kind="get",
+        requester_ae_title=getattr(info, "calling_ae_title", ""),
+        listener=getattr(info, "listener", ""),
+        requester_message_id=int(rq.message_id),
+        destination="",
+        mode="relay",
+        level=level,
+        sources=tuple(settings.sources),
+        expected=(),
+        deadline=ctx.wall() + settings.timeout,
+    )
+    try:
+        opened = await ctx.run.run(ctx.journal.open_retrieve, new, ctx.wall())
+    except Exception as error:  # noqa: BLE001 - the record is lost, the C-GET goes on
+        log.warning("C-GET not journaled: %s", error)
+        return None
+    return int(opened.retrieve_id)
+
+
+async def _finish_journal(ctx: QRContext, retrieve_id: int, recording: _RecordingResponder) -> None:
+    """End the journaled retrieve with the final status: DONE, CANCELLED or FAILED (its message ID is free again)."""
+    from gateway.queue.retrieves import RetrieveState
+
+    status = recording.status if recording.status is not None else UNABLE_TO_PROCESS
+    kind = category(status)
+    state = {
+        StatusCategory.CANCEL: RetrieveState.CANCELLED,
+        StatusCategory.FAILURE: RetrieveState.FAILED,
+    }.get(kind, RetrieveState.DONE)
+    error = recording.comment or ("" if state is RetrieveState.DONE else f"status 0x{status:04X}")
+    try:
+        await ctx.run.run(ctx.journal.finish_retrieve, retrieve_id, state, error, ctx.wall())
+    except Exception as error_:  # noqa: BLE001 - logged; the requester has its answer
+        log.warning("C-GET retrieve %s not finished in the journal: %s", retrieve_id, error_)
 
 
 class DicomGetSource:

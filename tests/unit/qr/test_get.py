@@ -440,3 +440,53 @@ class PartWayTests(SynchronousTestCase):
         self.assertEqual(final["status"], 0xB000)
         self.assertEqual(final["counts"], SubOperations(0, 1, 2, 0))
         self.assertIn("a", final["comment"])
+
+
+class JournalTests(SynchronousTestCase):
+    """A C-GET is journaled as a retrieve (kind ``get``) and finished with its outcome."""
+
+    def run_with_store(self, source: FakeSource, accepted: dict[str, int]) -> tuple[Any, FakeResponder]:
+        """Run a C-GET with a MemoryQueueStore journal; returns the store and the responder."""
+        from types import SimpleNamespace
+
+        from twisted.internet.task import Clock
+
+        from gateway.blocking import SynchronousRunner
+        from gateway.config.schema import RetrieveConfig
+        from gateway.qr.context import QRContext
+        from gateway.queue.memory import MemoryQueueStore
+
+        store = MemoryQueueStore()
+        settings = RetrieveConfig(sources=("a",))
+        config = SimpleNamespace(listen=(), retrieve=settings, spool=SimpleNamespace(path="/nonexistent"), destinations=())
+        ctx = QRContext(
+            config=lambda: config, journal=store, run=SynchronousRunner(), reactor=Clock(), wall=lambda: 1000.0,
+            extra={"get.open_source": lambda n, c: source},
+        )
+        responder = FakeResponder(accepted)
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=9)
+        info = SimpleNamespace(listener="qr", contexts={}, calling_ae_title="VIEWER")
+        self.successResultOf(get.get(info, rq, study_identifier(), responder, ctx))
+        return store, responder
+
+    def test_done_retrieve_on_record(self) -> None:
+        """A completed C-GET is on record DONE, kind get, with the requester, level and sources."""
+        from gateway.queue.retrieves import RetrieveState
+
+        store, responder = self.run_with_store(FakeSource("a", [(CT, "1.1")]), {CT: 0})
+        [record] = store.retrieves()
+        self.assertEqual(record.state, RetrieveState.DONE)
+        self.assertEqual(
+            (record.request.kind, record.request.requester_ae_title, record.request.level, record.request.sources, record.request.requester_message_id),
+            ("get", "VIEWER", "STUDY", ("a",), 9),
+        )
+        self.assertEqual(responder.finals[0]["status"], 0)
+
+    def test_failed_retrieve_on_record_with_its_reason(self) -> None:
+        """A C-GET that could not be done is on record FAILED with the Error Comment."""
+        from gateway.queue.retrieves import RetrieveState
+
+        store, _ = self.run_with_store(FakeSource("a", refuse=get.SourceUnavailable("down")), {CT: 0})
+        [record] = store.retrieves()
+        self.assertEqual(record.state, RetrieveState.FAILED)
+        self.assertIn("down", record.error)
