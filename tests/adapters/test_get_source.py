@@ -222,9 +222,10 @@ class RequesterThroughTheGatewayTests(TestCase):
 
     The listener is an :class:`~gateway.listen.AcceptorFactory` on a loopback
     port whose settings offer the Study Root GET class and accept the storage
-    classes in the requester's SCP role (PS3.7 D.3.3.4); its Q/R SCP hands
+    classes in the requester's SCP role (``get_sub_operations``, PS3.7
+    D.3.3.4); its Q/R SCP hands
     the C-GET to :func:`gateway.qr.get.get`. The sub-operations go back on the
-    requester's association (:mod:`gateway.qr.substore`).
+    requester's association (``StorageService.store_sub_operation``).
     """
 
     def setUp(self) -> None:
@@ -237,7 +238,6 @@ class RequesterThroughTheGatewayTests(TestCase):
         from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         from gateway.listen import AcceptorFactory, AcceptorLimits
         from gateway.service import acceptor_settings
-        from gateway.sopclasses import STORAGE_SOP_CLASSES
         from gateway.spool import Spool
 
         self.tmp = tempfile.mkdtemp()
@@ -270,7 +270,7 @@ class RequesterThroughTheGatewayTests(TestCase):
         settings = replace(
             settings,
             abstract_syntaxes=settings.abstract_syntaxes | {STUDY_GET},
-            scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes | frozenset(STORAGE_SOP_CLASSES),
+            get_sub_operations=True,
         )
         factory = AcceptorFactory(
             name="dicom",
