@@ -7,11 +7,13 @@ PS3.4 C.4.3.3). The gateway asks the sources of ``retrieve.sources`` in
 order, each with its own C-GET (the gateway proposes the storage classes in
 the SCP role on that association, so the source's sub-operations come back
 to it); the first source that has matching instances is the one used, the
-others are not asked (PS3.4 C.4.3.2: a C-GET SCP retrieves what matches from
-its own store; ours is the first archive that holds it).
+others are not asked (PS3.4 C.4.3.3: a C-GET SCP retrieves what matches from
+its own store; ours is the first archive that holds it). A source that
+fails part-way is not replaced by the next (that would send the requester
+duplicates): what it had left is counted failed.
 
-Every instance the source sends is written to a scratch file (the source
-module's adapter does that), then stored on the requester's association with
+Every instance the source sends is written to a scratch file in the spool's
+``scratch`` folder (:class:`DicomGetSource`), then stored on the requester's association with
 :meth:`~gateway.qr.context.IResponder.store`, one at a time (streaming: at
 most one instance in flight, the source's next C-STORE waits for our answer).
 The source is answered Success once the instance is in the gateway's
@@ -43,10 +45,16 @@ retrieved from, with an Error Comment (0000,0902) naming them; a source's
 own failure status (e.g. 0xA900, Identifier does not match SOP Class) is
 relayed as it is.
 
-Not done here (yet): when no source accepts a C-GET context, the C-MOVE to
+``retrieve.timeout`` bounds the whole C-GET: then the source is cancelled
+and what it had left is counted failed. Each C-GET is journaled as a
+retrieve of kind ``get`` (:mod:`gateway.queue.retrieves`; no items, since
+no correlation is needed) and finished DONE, CANCELLED or FAILED.
+
+Not done here (yet): when a source accepts no C-GET context, the C-MOVE to
 the gateway itself (the relay leg through
-:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation); such a
-source is counted unavailable.
+:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation and the
+intake's sub-operation hook); such a source is counted unavailable and the
+next one is asked.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
+from gateway.associate import FileStoreSink
 from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
@@ -694,8 +703,6 @@ async def _run_client_get(
     responses give the source's counts; the final gives its Failed SOP
     Instance UID List (PS3.4 C.4.3.1.3.2).
     """
-    from gateway.associate import FileStoreSink  # the requestor's C-GET (i16-dimse)
-
     os.makedirs(source._scratch, exist_ok=True)
     association = source._association
 
