@@ -326,3 +326,28 @@ class RequesterThroughTheGatewayTests(TestCase):
         )
         self.assertEqual(failed_list.FailedSOPInstanceUIDList, "1.2.6.2")
         self.assertTrue(all(s.Status in (0xFF00, 0xFF01) for s, _ in responses[:-1]))
+
+    def getscu(self, output: str) -> Any:
+        """DCMTK ``getscu -S`` (Study Root) of the study into ``output`` (a thread): the completed process."""
+        import subprocess
+
+        return subprocess.run(
+            [
+                "getscu", "-S", "-aet", "VIEWER", "-aec", "GATEWAY", "-od", output, "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={STUDY}", "-d", "127.0.0.1", str(self.port.getHost().port),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    async def test_dcmtk_getscu(self) -> None:
+        """DCMTK getscu (it accepts CT and MR among its fixed storage classes): all three stored with their content, exit 0."""
+        from twisted.internet.threads import deferToThread
+
+        output = os.path.join(self.tmp, "getscu")
+        os.mkdir(output)
+        done = await deferToThread(self.getscu, output)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        files = sorted(os.listdir(output))
+        self.assertEqual(len(files), 3, files)
+        stored = sorted((ds.SOPInstanceUID, ds.ImageComments) for ds in (dcmread(os.path.join(output, f)) for f in files))
+        self.assertEqual(stored, [(uid, "payload " + uid) for uid in ("1.2.6.1", "1.2.6.2", "1.2.6.3")])
