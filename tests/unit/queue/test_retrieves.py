@@ -215,6 +215,18 @@ class RetrieveJournalTests:
         match = s.match_sub_operation(new.message_id, f"{UID}1")
         self.assertEqual(match.retrieve_id if match else None, new.retrieve_id)
 
+    def test_match_returns_each_retrieves_own_expected_instances_among_many(self) -> None:
+        """With more open retrieves than a store keeps cached, every match carries its own retrieve's expected list, on either node."""
+        s = self.store()
+        other = self.peer(s, "other")
+        opened = [s.open_retrieve(new_retrieve(expected=refs(n, n + 1000)), T0) for n in range(70)]
+        for _ in range(2):
+            for n, r in enumerate(opened):
+                for store in (s, other):
+                    match = store.match_sub_operation(r.message_id, f"{UID}{n + 1000}")
+                    self.assertEqual(match, r)
+                    self.assertEqual(match.request.expected if match else None, refs(n, n + 1000))
+
     # -- items and progress ------------------------------------------------------------
 
     def test_progress_reads_the_linked_entries(self) -> None:
