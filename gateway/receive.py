@@ -331,6 +331,9 @@ class StorageService:
         self._qr_open: dict[int, QRResponder] = {}
         #: C-STORE-RQs we sent as C-GET sub-operations, awaiting their C-STORE-RSP, by Message ID.
         self._stores_waiting: dict[int, Deferred[int]] = {}
+        #: Whether the adapter's write buffer is full, and who waits for it to drain.
+        self._writes_paused = False
+        self._writable_waiters: list[Deferred[None]] = []
         self._commitment = commitment
         self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
@@ -409,6 +412,7 @@ class StorageService:
         stores, self._stores_waiting = self._stores_waiting, {}
         for d in stores.values():
             d.errback(ReportNotAnswered("the association ended before the C-STORE-RSP"))
+        self.writes_resumed()  # nobody waits for a buffer that will never drain
 
     @property
     def busy(self) -> bool:
@@ -697,6 +701,30 @@ class StorageService:
         """Fires with the status of the C-STORE-RSP answering our C-STORE-RQ ``message_id`` (C-GET, PS3.4 C.4.3.3)."""
         d: Deferred[int] = Deferred()
         self._stores_waiting[message_id] = d
+        return d
+
+    def writes_paused(self) -> None:
+        """The adapter's write buffer is full (HARDENING P35): Q/R handlers wait (:meth:`writable`)."""
+        self._writes_paused = True
+
+    def writes_resumed(self) -> None:
+        """The write buffer drained: wake the Q/R handlers waiting to send more."""
+        self._writes_paused = False
+        waiting, self._writable_waiters = self._writable_waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be queued: at once, or when the write buffer has drained (or the association ended).
+
+        A C-FIND handler waits on it before reading more of a source, so a
+        requester that reads slowly slows the sources down instead of
+        growing our buffers (issue 16: streaming, never a whole result set).
+        """
+        if not self._writes_paused or self._closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._writable_waiters.append(d)
         return d
 
     def store_sub_operation(
@@ -1073,6 +1101,10 @@ class QRResponder:
         self.slot.stream.append((self._command(status, data is not None, counts, error_comment), data))
         self.slot.done = True
         self._service._qr_finished(self)
+
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be sent without growing the write buffer (:meth:`StorageService.writable`)."""
+        return self._service.writable()
 
     def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
         """C-GET: a C-STORE sub-operation of this Part 10 file on the requester's association (PS3.4 C.4.3.3).
