@@ -201,6 +201,35 @@ class GetFromPynetdicomTests(TestCase):
         self.assertEqual(final["status"], 0xFE00)
         self.assertLess(final["counts"].completed, 4)
 
+    async def test_archive_without_c_get_is_skipped_for_the_next(self) -> None:
+        """An archive that accepts no GET context (FIND only) is left out; the next source's instances are stored."""
+        from pynetdicom import AE
+
+        ae = AE(ae_title="ARCHIVE")
+        ae.add_supported_context("1.2.840.10008.5.1.4.1.2.2.1", [ExplicitVRLittleEndian])
+        find_only_port = free_port()
+        server = ae.start_server(("127.0.0.1", find_only_port), block=False)
+        self.addCleanup(server.shutdown)
+        source = self.source([instance(CT, "1.2.7.1")])
+        responder = ReadingResponder({CT: 0x0000})
+        destinations = {
+            "findonly": DicomDestination("findonly", "ARCHIVE", "127.0.0.1", find_only_port, "GATEWAY", acse_timeout=10, dimse_timeout=10),
+            "arch": DicomDestination("arch", "ARCHIVE", "127.0.0.1", source.port, "GATEWAY", acse_timeout=10, dimse_timeout=10),
+        }
+        ctx = QRContext(
+            config=lambda: None, journal=None, run=None, reactor=reactor, wall=time.time,
+            connect=lambda dest, proposals, role_selections=(): connect_dicom(reactor, dest, proposals, role_selections),
+        )
+        proposals, roles = get.source_proposals(STUDY_GET, REQUESTER_CONTEXTS)
+
+        def open_source(name: str, sop_class: str) -> get.ISource:
+            return get.DicomGetSource(name, destinations[name], ctx, proposals, roles, self.tmp, ExplicitVRLittleEndian)
+
+        await ensureDeferred(get.retrieve(STUDY_GET, study_identifier(STUDY), responder, ["findonly", "arch"], open_source, os.unlink))
+        [final] = responder.finals
+        self.assertEqual((final["status"], final["counts"]), (0, SubOperations(0, 1, 0, 0)))
+        self.assertEqual(list(responder.datasets), ["1.2.7.1"])
+
     async def test_archive_down_is_a702(self) -> None:
         """Nobody listening: 0xA702 with an Error Comment naming the source."""
         responder = ReadingResponder({CT: 0x0000})
