@@ -340,6 +340,10 @@ class GatewayService(MultiService):
             # Issue 15: dropped and unrouted instances are noted for Storage Commitment.
             commitment=lambda: self.config.commitment is not None
             or any(listener.commitment is not None for listener in self.config.listen),
+            # Issue 16: C-MOVE sub-operations of a relayed retrieve are matched in the journal.
+            retrieve_ae_title=lambda: self.config.ae_title
+            if self.config.retrieve is not None or any(listener.retrieve is not None for listener in self.config.listen)
+            else None,
         )
         self.recovery = Recovery(
             store=store,
@@ -579,9 +583,9 @@ class GatewayService(MultiService):
                 return destination
         return None
 
-    def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
+    def _admit(self, writer: Any, info: Any, sub_operation: tuple[str, int] | None = None) -> Deferred[Any]:
         """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
-        d = self.intake.take(writer, info)
+        d = self.intake.take(writer, info, sub_operation)
         d.addCallback(self._admitted, info)
         return d
 
