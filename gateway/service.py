@@ -377,6 +377,7 @@ class GatewayService(MultiService):
         self.workers: dict[str, DestinationWorker] = {}
         for destination in config.destinations:
             self._add_worker(destination)
+        self._add_move_workers(config)
         self.listeners: list[ListenerService] = []
         self.access = AccessPolicy(config.ae_title, config.accept.calling_ae_titles)
         limits = AcceptorLimits(
@@ -515,6 +516,33 @@ class GatewayService(MultiService):
         """An archive's report changed copies: the transactions waiting on them may be decided now."""
         if self.commitment_worker is not None:
             self.commitment_worker.poke()
+
+    # -- C-MOVE destinations (issue 16) ----------------------------------------------------
+
+    def _add_move_workers(self, config: GatewayConfig) -> None:
+        """A worker per ``modalities`` entry, ``move.<name>``, when retrieve is configured (:func:`gateway.qr.move.move_destinations`).
+
+        A relayed C-MOVE's instances are journaled to them by the intake;
+        they are ordinary queue destinations (retries, dead letters, ``queue
+        list``). Called again after a reload: a changed entry's worker is
+        replaced, a removed one stopped (its entries wait, as a removed
+        destination's do).
+        """
+        from gateway.qr.move import move_destinations
+
+        wanted = {d.name: d for d in move_destinations(config)}
+        current = getattr(self, "move_workers", {})
+        for name, worker in list(current.items()):
+            if wanted.get(name) != worker.config:
+                self.workers.pop(name, None)
+                del current[name]
+                worker.disownServiceParent()
+        for name, destination in wanted.items():
+            if name not in current:
+                current[name] = self._add_worker(destination)
+                if self.running and not current[name].running:
+                    current[name].startService()
+        self.move_workers: dict[str, DestinationWorker] = current
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -897,6 +925,7 @@ class GatewayService(MultiService):
                     if self.running and not worker.running:
                         worker.startService()
             self._add_archive_commitment()  # issue 15: committers and their workers' pokes
+            self._add_move_workers(new)  # issue 16: move.<name> destinations
             if self.commitment_worker is None:
                 # Issue 15: commitment added by this reload. The listeners' SCP reads the
                 # configuration per N-ACTION and accepts at once: its reports need a worker.

@@ -54,7 +54,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config.schema import GatewayConfig, ModalityConfig, RetrieveConfig
+from gateway.config.schema import DicomDestination, GatewayConfig, ModalityConfig, RetrieveConfig
 from gateway.qr.context import IResponder, QRContext, SubOperations
 from gateway.queue.commitments import Reference
 from gateway.queue.retrieves import ItemState, NewRetrieve, RetrieveIdsExhausted, RetrieveState
@@ -84,6 +84,12 @@ RETRIEVE_ROUTE = "retrieve"
 
 #: Seconds between pending C-MOVE responses while sub-operations remain.
 PENDING_INTERVAL = 1.0
+
+#: Seconds between "nothing remains" and the final response: the ``move.NAME``
+#: worker releases its association as soon as it is idle (``idle_release`` 0),
+#: and a requester such as DCMTK ``movescu`` with its own storage SCP waits for
+#: that release before it reads the final C-MOVE-RSP.
+RELEASE_GRACE = 0.5
 
 _IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -132,6 +138,34 @@ def open_source_link(ctx: QRContext, destination: Any, sop_classes: Sequence[str
         (``ClientAssociation.find``/``move``, gateway/associate.py) is wired here.
     """
     raise NotImplementedError("the requestor side of C-FIND/C-MOVE is not wired yet")
+
+
+def move_destinations(config: GatewayConfig) -> tuple[DicomDestination, ...]:
+    """The queue destinations ``move.<name>`` of the ``modalities`` table, when retrieve is configured anywhere.
+
+    Each is a DICOM destination built from its :class:`ModalityConfig`
+    (address, TLS, timeouts), called with the gateway's AE title, one
+    association released as soon as it is idle (see :data:`RELEASE_GRACE`).
+    """
+    if config.retrieve is None and all(listener.retrieve is None for listener in config.listen):
+        return ()
+    return tuple(
+        DicomDestination(
+            name=MOVE_DESTINATION_PREFIX + modality.name,
+            ae_title=modality.ae_title,
+            host=modality.host,
+            port=modality.port,
+            calling_ae_title=config.ae_title,
+            max_associations=1,
+            idle_release=0.0,
+            max_pdu_length=modality.max_pdu_length,
+            connect_timeout=modality.connect_timeout,
+            acse_timeout=modality.acse_timeout,
+            dimse_timeout=modality.dimse_timeout,
+            tls=modality.tls,
+        )
+        for modality in config.modalities
+    )
 
 
 def find_modality(config: GatewayConfig, retrieve: RetrieveConfig, ae_title: str) -> ModalityConfig | None:
@@ -440,6 +474,7 @@ class _Relay:
         self.source_result: SourceMoveResult | None = None
         self.source_failed = ""
         self.ticking: Any = None
+        self.settled = False
         move.responder.cancelled.addCallback(lambda _: self._tick())
         self._schedule()
 
@@ -501,9 +536,15 @@ class _Relay:
             self._end(RetrieveState.CANCELLED, CANCEL, counts, progress.failed_uids, "")
             return
         if progress.remaining == 0:
+            if not self.settled:
+                # Read again after RELEASE_GRACE: the move destination's association is released by then.
+                self.settled = True
+                self.ticking = ctx.reactor.callLater(RELEASE_GRACE, self._tick)
+                return
             status = final_status(progress.completed, progress.failed, progress.warning)
             self._end(RetrieveState.DONE, status, counts, progress.failed_uids, "")
             return
+        self.settled = False
         if ctx.wall() >= self.deadline:
             # retrieve.timeout: what remains counts as failed (its UIDs are not
             # known one by one here: the count, not the list, says so).

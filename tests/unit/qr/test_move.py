@@ -287,6 +287,8 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         items["1.2"] = ItemState.COMPLETED
         items["1.3"] = ItemState.COMPLETED
         self.clock.advance(1)
+        self.assertNoResult(d)  # the grace for the move destination's release
+        self.clock.advance(qrmove.RELEASE_GRACE)
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0x0000, SubOperations(0, 3, 0, 0), "", ())])
         self.assertEqual(self.journal.finished, {1: RetrieveState.DONE})
@@ -298,6 +300,7 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         items = self.journal.items[1]
         items.update({"1.1": ItemState.COMPLETED, "1.2": ItemState.FAILED, "1.3": ItemState.COMPLETED})
         self.clock.advance(1)
+        self.clock.advance(qrmove.RELEASE_GRACE)
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0xB000, SubOperations(0, 2, 1, 0), "", ("1.2",))])
 
@@ -307,6 +310,7 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         items = self.journal.items[1]
         items.update({"1.1": ItemState.COMPLETED, "1.2": ItemState.COMPLETED})
         self.links["archive1"].move_result.callback(qrmove.SourceMoveResult(0xB000, SubOperations(0, 2, 1, 0), ("1.3",)))
+        self.clock.advance(qrmove.RELEASE_GRACE)
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0xB000, SubOperations(0, 2, 1, 0), "", ("1.3",))])
 
@@ -314,6 +318,7 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         """A source that refuses the C-MOVE outright (nothing sent) fails all items: 0xA702, every UID listed."""
         d = self.run_move()
         self.links["archive1"].move_result.callback(qrmove.SourceMoveResult(0xA801, SubOperations(None, 0, 0, 0)))
+        self.clock.advance(qrmove.RELEASE_GRACE)
         self.successResultOf(d)
         [(status, counts, _, failed)] = self.responder.finals
         self.assertEqual((status, counts, failed), (0xA702, SubOperations(0, 0, 3, 0), ("1.1", "1.2", "1.3")))
@@ -379,6 +384,27 @@ class PassThroughTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual(self.responder.pendings, [SubOperations(2, 1, 0, 0)])
         self.assertEqual(self.responder.finals, [(0x0000, SubOperations(0, 3, 0, 0), "", ())])
         self.assertEqual(self.journal.opened, [])
+
+
+class MoveDestinationTests(SynchronousTestCase):
+    """The ``move.<name>`` queue destinations of the ``modalities`` table."""
+
+    def test_one_destination_per_modality_when_retrieve_is_configured(self) -> None:
+        """Each modality becomes move.<name>, called with the gateway's AE title and released as soon as idle."""
+        destinations = qrmove.move_destinations(make_config())
+        self.assertEqual([d.name for d in destinations], ["move.ws1", "move.research"])
+        ws1 = destinations[0]
+        self.assertEqual((ws1.ae_title, ws1.host, ws1.port, ws1.calling_ae_title, ws1.idle_release), ("WS1", "10.0.1.1", 104, "GW", 0.0))
+
+    def test_none_without_retrieve(self) -> None:
+        """Without ``retrieve`` anywhere the modalities table makes no workers."""
+        self.assertEqual(qrmove.move_destinations(replace(make_config(), retrieve=None)), ())
+
+    def test_intake_names_agree(self) -> None:
+        """The intake journals to the names the workers serve."""
+        from gateway import intake
+
+        self.assertEqual((intake.MOVE_DESTINATION_PREFIX, intake.RETRIEVE_ROUTE), (qrmove.MOVE_DESTINATION_PREFIX, qrmove.RETRIEVE_ROUTE))
 
 
 class FinalStatusTests(SynchronousTestCase):
