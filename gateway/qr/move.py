@@ -45,9 +45,9 @@ one source, opened by :func:`open_source_link` or, in tests, by
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config.schema import DicomDestination, GatewayConfig, ModalityConfig, RetrieveConfig
+from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.qr.context import IResponder, QRContext, SubOperations
 from gateway.queue.commitments import Reference
 from gateway.queue.retrieves import ItemState, NewRetrieve, RetrieveIdsExhausted, RetrieveState
@@ -91,8 +92,6 @@ PENDING_INTERVAL = 1.0
 #: that release before it reads the final C-MOVE-RSP.
 RELEASE_GRACE = 0.5
 
-_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-_EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
 @dataclass(frozen=True)
@@ -108,18 +107,18 @@ class SourceMoveResult:
 class ISourceLink(Protocol):
     """An association to one source (an archive), for locating and moving."""
 
-    def find(self, sop_class_uid: str, identifier: bytes, on_match: Callable[[bytes], None]) -> "Deferred[int]":
-        """C-FIND: ``on_match`` gets each pending identifier as it comes; fires with the final status."""
+    def find(self, sop_class_uid: str, identifier: Any, on_match: Callable[[Any], None]) -> "Deferred[int]":
+        """C-FIND of a pydicom Dataset: ``on_match`` gets each pending identifier (a Dataset) as it comes; fires with the final status."""
 
     def move(
         self,
         sop_class_uid: str,
         move_destination: str,
-        identifier: bytes,
+        identifier: Any,
         message_id: int | None,
         on_pending: Callable[[SubOperations], None],
     ) -> "Deferred[SourceMoveResult]":
-        """C-MOVE with our Message ID (``None``: the association's next); fires with the final response."""
+        """C-MOVE of a Dataset with our Message ID (``None``: the association's next); fires with the final response."""
 
     def cancel(self) -> None:
         """C-CANCEL-RQ for the request in progress (PS3.7 9.3.2.3)."""
@@ -131,13 +130,95 @@ class ISourceLink(Protocol):
 OpenSource = Callable[[QRContext, Any, Sequence[str]], "Deferred[ISourceLink]"]
 
 
-def open_source_link(ctx: QRContext, destination: Any, sop_classes: Sequence[str]) -> "Deferred[ISourceLink]":
-    """Open an association to ``destination`` proposing ``sop_classes`` (through ``ctx.connect``).
+#: The transfer syntaxes proposed for the Q/R classes to a source: Explicit, then Implicit VR Little Endian.
+SOURCE_TRANSFER_SYNTAXES: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
-    :raises NotImplementedError: until the requestor's C-FIND/C-MOVE
-        (``ClientAssociation.find``/``move``, gateway/associate.py) is wired here.
-    """
-    raise NotImplementedError("the requestor side of C-FIND/C-MOVE is not wired yet")
+
+def open_source_link(ctx: QRContext, destination: Any, sop_classes: Sequence[str]) -> "Deferred[ISourceLink]":
+    """Open an association to ``destination`` proposing ``sop_classes`` (through ``ctx.connect``)."""
+    if ctx.connect is None:
+        raise RuntimeError("no way to reach the sources (QRContext.connect)")
+    proposals = [(sop_class, list(SOURCE_TRANSFER_SYNTAXES)) for sop_class in sop_classes]
+    d: Deferred[Any] = ctx.connect(destination, proposals)
+    d.addCallback(AssociationLink)
+    return d
+
+
+def counts_of(command: Any) -> SubOperations:
+    """The sub-operation counts of a C-MOVE/C-GET-RSP (absent ones are 0, Remaining stays ``None``)."""
+    return SubOperations(
+        command.remaining, command.completed or 0, command.failed or 0, command.warning or 0
+    )
+
+
+def failed_uid_list(response: Any) -> tuple[str, ...]:
+    """The Failed SOP Instance UID List (0008,0058) of a final C-MOVE-RSP's identifier, when it has one."""
+    if response.identifier is None:
+        return ()
+    try:
+        value = response.dataset().get("FailedSOPInstanceUIDList", None)
+    except Exception:
+        return ()
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v for v in value.split("\\") if v)
+    return tuple(str(v) for v in value)
+
+
+class AssociationLink:
+    """:class:`ISourceLink` over a :class:`~gateway.associate.ClientAssociation` (its ``find``/``move`` streams)."""
+
+    def __init__(self, association: Any) -> None:
+        self.association = association
+        self.stream: Any = None
+
+    @inlineCallbacks
+    def find(self, sop_class_uid: str, identifier: Any, on_match: Callable[[Any], None]) -> Any:
+        """Relay each match as it arrives; return the final status."""
+        self.stream = self.association.find(sop_class_uid, identifier)
+        while True:
+            response = yield self.stream.next()
+            if response is None:
+                raise RuntimeError("C-FIND stream ended without a final response")
+            if not response.pending:
+                return response.status
+            if response.identifier is not None:
+                on_match(response.dataset())
+
+    @inlineCallbacks
+    def move(
+        self,
+        sop_class_uid: str,
+        move_destination: str,
+        identifier: Any,
+        message_id: int | None,
+        on_pending: Callable[[SubOperations], None],
+    ) -> Any:
+        """Relay each pending response's counts; return the final response."""
+        self.stream = self.association.move(sop_class_uid, move_destination, identifier, message_id=message_id)
+        while True:
+            response = yield self.stream.next()
+            if response is None:
+                raise RuntimeError("C-MOVE stream ended without a final response")
+            if response.pending:
+                on_pending(counts_of(response.command))
+                continue
+            return SourceMoveResult(
+                response.status, counts_of(response.command), failed_uid_list(response), response.command.error_comment or ""
+            )
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ for the request in progress."""
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def release(self) -> "Deferred[None]":
+        """A-RELEASE (an association already closed is left alone)."""
+        if not self.association.is_open:
+            return succeed(None)
+        d: Deferred[None] = self.association.release()
+        return d
 
 
 def move_destinations(config: GatewayConfig) -> tuple[DicomDestination, ...]:
@@ -206,48 +287,23 @@ def final_status(completed: int, failed: int, warning: int) -> int:
     return WARNING_SUB_OPERATIONS
 
 
-def _decode(data: bytes, transfer_syntax: str) -> Any:
-    """A request identifier as a pydicom Dataset (bounded: identifiers are buffered small by scp.py)."""
-    from pydicom.filereader import read_dataset
-
-    implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
-    little = transfer_syntax != _EXPLICIT_VR_BIG_ENDIAN
-    return read_dataset(BytesIO(data), implicit, little)
-
-
-def _encode(dataset: Any, transfer_syntax: str) -> bytes:
-    """A Dataset encoded as an identifier in ``transfer_syntax``."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
-    buffer.is_little_endian = transfer_syntax != _EXPLICIT_VR_BIG_ENDIAN
-    write_dataset(buffer, dataset)
-    return buffer.getvalue()
-
-
-def locate_identifier(identifier: bytes, transfer_syntax: str) -> tuple[bytes, str]:
+def locate_identifier(request: Any) -> Any:
     """The IMAGE-level C-FIND identifier locating a C-MOVE's instances, and the request's level.
 
-    The request's keys are kept; Query/Retrieve Level (0008,0052) becomes
-    IMAGE; Study, Series and SOP Instance UID and SOP Class UID are asked for
-    as return keys where the request has no value for them.
-
-    :raises ValueError: the identifier cannot be read.
+    The request's keys are kept (a copy); Query/Retrieve Level (0008,0052)
+    becomes IMAGE; Study, Series and SOP Instance UID and SOP Class UID are
+    asked for as return keys where the request has none.
     """
-    dataset = _decode(identifier, transfer_syntax)
-    level = str(dataset.get("QueryRetrieveLevel", "") or "").strip().upper()
+    dataset = copy.deepcopy(request)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if keyword not in dataset:
             setattr(dataset, keyword, "")
     dataset.QueryRetrieveLevel = "IMAGE"
-    return _encode(dataset, transfer_syntax), level
+    return dataset
 
 
-def located_reference(identifier: bytes, transfer_syntax: str) -> Reference | None:
-    """The instance a locating C-FIND response names, or ``None`` when it names none."""
-    dataset = _decode(identifier, transfer_syntax)
+def located_reference(dataset: Any) -> Reference | None:
+    """The instance a locating C-FIND response (a Dataset) names, or ``None`` when it names none."""
     uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
     if not uid:
         return None
@@ -284,6 +340,7 @@ class _Move:
         self.finished = False
         self.cancelled = False
         self.link: ISourceLink | None = None
+        self.request: Any = None  # the decoded identifier
         responder.cancelled.addCallback(self._cancel)
 
     def final(self, status: int, counts: SubOperations | None = None, comment: str = "", failed_uids: Sequence[str] = ()) -> None:
@@ -325,13 +382,18 @@ class _Move:
         if find_class is None:
             self.final(UNABLE_TO_PROCESS, comment=f"Not a C-MOVE SOP Class: {sop_class}")
             return
-        ts = self.responder.transfer_syntax
+        model = sop_class_model(sop_class)
         try:
-            locate, level = locate_identifier(self.identifier, ts)
+            request = decode_identifier(self.identifier, self.responder.transfer_syntax)
+            level = check_query(request, model[0], retrieve=True) if model is not None else ""
+        except IdentifierError as e:
+            self.final(e.status, comment=e.comment[:64])
+            return
         except Exception as e:
             self.final(UNABLE_TO_PROCESS, comment=f"Identifier cannot be read: {e}"[:64])
             return
-        source, link, found = yield self._locate(retrieve, find_class, sop_class, locate, ts)
+        self.request = request
+        source, link, found = yield self._locate(retrieve, find_class, sop_class, locate_identifier(request))
         if self.cancelled:
             if link is not None:
                 yield self._release(link)
@@ -350,7 +412,7 @@ class _Move:
             yield self._relay(retrieve, modality, link, source, sop_class, level, found)
 
     @inlineCallbacks
-    def _locate(self, retrieve: RetrieveConfig, find_class: str, move_class: str, locate: bytes, ts: str) -> Any:
+    def _locate(self, retrieve: RetrieveConfig, find_class: str, move_class: str, locate: Any) -> Any:
         """Ask the sources in order; the first with matches is kept open (its link and references).
 
         :returns: ``(source name or None, link or None, references)``.
@@ -371,8 +433,8 @@ class _Move:
             found: list[Reference] = []
             seen: set[str] = set()
 
-            def on_match(data: bytes) -> None:
-                reference = located_reference(data, ts)
+            def on_match(dataset: Any) -> None:
+                reference = located_reference(dataset)
                 if reference is not None and reference.sop_instance_uid not in seen:
                     seen.add(reference.sop_instance_uid)
                     found.append(reference)
@@ -408,7 +470,7 @@ class _Move:
                 self.responder.pending(PENDING, counts=counts)
 
         try:
-            result = yield link.move(sop_class, self.rq.move_destination, self.identifier, None, pending)
+            result = yield link.move(sop_class, self.rq.move_destination, self.request, None, pending)
         except Exception as e:
             yield self._release(link)
             self.final(UNABLE_TO_PROCESS, comment=f"Source C-MOVE failed: {e}"[:64])
@@ -456,7 +518,7 @@ class _Move:
         retrieve_id = opened.retrieve_id
         uids = tuple(reference.sop_instance_uid for reference in found)
         relay = _Relay(self, retrieve_id, uids, new.deadline)
-        source_done = link.move(sop_class, self.ctx.ae_title, self.identifier, opened.message_id, lambda counts: None)
+        source_done = link.move(sop_class, self.ctx.ae_title, self.request, opened.message_id, lambda counts: None)
         source_done.addBoth(relay.source_finished)
         yield relay.done
         yield self._release(link)

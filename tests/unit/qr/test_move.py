@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
+from unittest import mock
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred, fail, succeed
@@ -20,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.blocking import SynchronousRunner
 from gateway.config.load import load_config_text
 from gateway.config.schema import ModalityConfig, RetrieveConfig
+from gateway.dimse.identifier import encode_identifier
 from gateway.qr import move as qrmove
 from gateway.qr.context import QRContext, SubOperations
 from gateway.queue.commitments import Reference
@@ -66,12 +68,17 @@ def identifier(level: str = "STUDY", **keys: str) -> bytes:
     ds.QueryRetrieveLevel = level
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
-    return qrmove._encode(ds, IMPLICIT)
+    return encode_identifier(ds, IMPLICIT)
 
 
-def match(uid: str, study: str = "1.2.3") -> bytes:
+def match(uid: str, study: str = "1.2.3") -> Dataset:
     """A locating C-FIND pending identifier naming instance ``uid``."""
-    return identifier("IMAGE", StudyInstanceUID=study, SOPInstanceUID=uid, SOPClassUID=CT)
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = study
+    ds.SOPInstanceUID = uid
+    ds.SOPClassUID = CT
+    return ds
 
 
 @dataclass
@@ -79,23 +86,23 @@ class FakeLink:
     """A scripted source association."""
 
     name: str
-    matches: Sequence[bytes] = ()
+    matches: Sequence[Dataset] = ()
     find_status: int = 0x0000
-    finds: list[bytes] = field(default_factory=list)
+    finds: list[Dataset] = field(default_factory=list)
     moves: list[tuple[str, str, int | None]] = field(default_factory=list)
     move_result: "Deferred[Any]" = field(default_factory=Deferred)
     on_pending: Callable[[SubOperations], None] | None = None
     cancels: int = 0
     released: int = 0
 
-    def find(self, sop_class_uid: str, data: bytes, on_match: Callable[[bytes], None]) -> "Deferred[int]":
+    def find(self, sop_class_uid: str, data: Dataset, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
         """Hand every scripted match over, then the final status."""
         self.finds.append(data)
         for m in self.matches:
             on_match(m)
         return succeed(self.find_status)
 
-    def move(self, sop_class_uid: str, destination: str, data: bytes, message_id: int | None,
+    def move(self, sop_class_uid: str, destination: str, data: Dataset, message_id: int | None,
              on_pending: Callable[[SubOperations], None]) -> "Deferred[Any]":
         """Record the C-MOVE; the test fires :attr:`move_result`."""
         self.moves.append((sop_class_uid, destination, message_id))
@@ -253,6 +260,101 @@ class DestinationTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual(qrmove.find_modality(config, retrieve, "WS1 ").name, "ws1")  # type: ignore[union-attr]
 
 
+class IdentifierTests(MoveTestsMixin, SynchronousTestCase):
+    """The request's identifier is checked before any source is asked (PS3.4 C.4.2.2.1)."""
+
+    def test_study_level_without_study_uid_is_refused(self) -> None:
+        """A STUDY-level C-MOVE without Study Instance UID: a 0xC000-class failure with an Error Comment, no source asked."""
+        config = make_config()
+        ctx = QRContext(config=lambda: config, journal=self.journal, run=SynchronousRunner(), reactor=self.clock,
+                        wall=self.clock.seconds, ae_title="GW", extra={"open_source": self.open_source})
+        self.successResultOf(qrmove.move(FakeInfo(), FakeMoveRQ(), identifier(PatientID="P1"), self.responder, ctx))
+        [(status, _, comment, _)] = self.responder.finals
+        self.assertEqual(status & 0xF000, 0xC000)
+        self.assertTrue(comment)
+        self.assertEqual(self.opened, [])
+
+
+@dataclass
+class FakeResponse:
+    """A QRResponse as :class:`gateway.associate.QRStream` yields it."""
+
+    command: Any
+    identifier: bytes | None = None
+    transfer_syntax: str = IMPLICIT
+
+    @property
+    def status(self) -> int:
+        """The command's status."""
+        return int(self.command.status)
+
+    @property
+    def pending(self) -> bool:
+        """0xFF00/0xFF01."""
+        return self.status in (0xFF00, 0xFF01)
+
+    def dataset(self) -> Dataset:
+        """The identifier decoded."""
+        from gateway.dimse.identifier import decode_identifier
+
+        assert self.identifier is not None
+        return decode_identifier(self.identifier, self.transfer_syntax)
+
+
+class FakeStream:
+    """Scripted responses, handed out by ``next``."""
+
+    def __init__(self, responses: Sequence[FakeResponse]) -> None:
+        self.responses = list(responses)
+        self.cancelled = 0
+
+    def next(self) -> "Deferred[Any]":
+        """The next scripted response."""
+        return succeed(self.responses.pop(0) if self.responses else None)
+
+    def cancel(self) -> None:
+        """Count C-CANCELs."""
+        self.cancelled += 1
+
+
+class AssociationLinkTests(SynchronousTestCase):
+    """:class:`gateway.qr.move.AssociationLink` over a ClientAssociation's Q/R streams."""
+
+    def test_find_relays_matches_and_returns_the_final_status(self) -> None:
+        """Each pending response's identifier reaches on_match as a Dataset; the final's status is the result."""
+        from gateway.dimse.commands import CFindRSP
+
+        stream = FakeStream([
+            FakeResponse(CFindRSP(1, 0xFF00, has_dataset=True), identifier("IMAGE", SOPInstanceUID="1.1")),
+            FakeResponse(CFindRSP(1, 0x0000)),
+        ])
+        association = mock.Mock(find=mock.Mock(return_value=stream), is_open=True)
+        link = qrmove.AssociationLink(association)
+        seen: list[str] = []
+        status = self.successResultOf(link.find(STUDY_FIND, Dataset(), lambda ds: seen.append(ds.SOPInstanceUID)))
+        self.assertEqual((status, seen), (0x0000, ["1.1"]))
+
+    def test_move_uses_our_message_id_and_reads_the_failed_uid_list(self) -> None:
+        """The journal's Message ID goes on the C-MOVE-RQ; pending counts are relayed; the final's Failed SOP Instance UID List is read."""
+        from gateway.dimse.commands import CMoveRSP
+
+        failed = Dataset()
+        failed.FailedSOPInstanceUIDList = ["1.2", "1.3"]
+        stream = FakeStream([
+            FakeResponse(CMoveRSP(101, 0xFF00, remaining=2, completed=1, failed=0, warning=0)),
+            FakeResponse(CMoveRSP(101, 0xB000, completed=1, failed=2, warning=0, has_dataset=True), encode_identifier(failed, IMPLICIT)),
+        ])
+        association = mock.Mock(move=mock.Mock(return_value=stream), is_open=True)
+        link = qrmove.AssociationLink(association)
+        pendings: list[SubOperations] = []
+        result = self.successResultOf(link.move(STUDY_MOVE, "GW", Dataset(), 101, pendings.append))
+        association.move.assert_called_once_with(STUDY_MOVE, "GW", mock.ANY, message_id=101)
+        self.assertEqual(pendings, [SubOperations(2, 1, 0, 0)])
+        self.assertEqual((result.status, result.counts, result.failed_uids), (0xB000, SubOperations(None, 1, 2, 0), ("1.2", "1.3")))
+        link.cancel()
+        self.assertEqual(stream.cancelled, 1)
+
+
 class RelayTests(MoveTestsMixin, SynchronousTestCase):
     """``relay``: the source moves to the gateway; the journal counts."""
 
@@ -271,8 +373,7 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
     def test_locating_identifier_is_image_level(self) -> None:
         """The locating C-FIND keeps the request's keys at IMAGE level and asks for SOP Instance UID."""
         self.run_move()
-        data = self.links["archive1"].finds[0]
-        ds = qrmove._decode(data, IMPLICIT)
+        ds = self.links["archive1"].finds[0]
         self.assertEqual(ds.QueryRetrieveLevel, "IMAGE")
         self.assertEqual(ds.StudyInstanceUID, "1.2.3")
         self.assertIn("SOPInstanceUID", ds)
