@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.dimse.status import Status
+from gateway.qr.access import allowed
 from gateway.qr.context import QRContext
 
 #: "Failed: Unable to process" (PS3.4 C.4.1.1.4; C-MOVE and C-GET use the same 0xC000-class range).
@@ -52,20 +53,6 @@ def settings_for(config: Any, listener_name: str, verb: str) -> Any:
     if verb == "find":
         return config.query_for(listener) if listener is not None else getattr(config, "query", None)
     return config.retrieve_for(listener) if listener is not None else getattr(config, "retrieve", None)
-
-
-def _allowed(config: Any, info: Any, verb: str) -> tuple[bool, str]:
-    """Who may query and retrieve: :func:`gateway.qr.access.allowed` (the ops helper's), else allow.
-
-    Until that module exists the association's own acceptance (the listener's
-    access policy) is the only check.
-    """
-    try:
-        access = importlib.import_module("gateway.qr.access")
-    except ImportError:
-        return True, ""
-    ok, reason = access.allowed(config, info, verb)
-    return bool(ok), str(reason)
 
 
 def _handler(verb: str) -> Handler | None:
@@ -97,7 +84,7 @@ class QueryRetrieveSCP:
         if settings_for(config, info.listener, verb) is None:
             responder.final(SOP_CLASS_NOT_SUPPORTED, error_comment=f"{'Query' if verb == 'find' else 'Retrieve'} is not offered here")
             return
-        ok, reason = _allowed(config, info, verb)
+        ok, reason = allowed(config, info, verb)
         if not ok:
             self.log.info(
                 "{assoc_id} C-{verb} from {calling} refused: {reason}",
