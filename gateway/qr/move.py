@@ -250,6 +250,26 @@ def move_destinations(config: GatewayConfig) -> tuple[DicomDestination, ...]:
     )
 
 
+def close_orphan_retrieves(journal: Any, node: str, now: float) -> int:
+    """At start: end this node's OPEN retrieves FAILED (blocking; on the store's thread).
+
+    The requester's association ended with the process that took the request,
+    so nobody can answer it; ending the retrieve frees its outgoing Message ID.
+    What the source had already sent stays in custody and is delivered to the
+    move destination by its ``move.<name>`` queue (issue 16: a ``kill -9``
+    during a relayed C-MOVE).
+
+    :returns: how many were ended.
+    """
+    ended = 0
+    for retrieve in journal.retrieves(RetrieveState.OPEN, limit=100000):
+        if retrieve.node != node:
+            continue
+        journal.finish_retrieve(retrieve.retrieve_id, RetrieveState.FAILED, "the gateway restarted: the requester's association ended", now)
+        ended += 1
+    return ended
+
+
 def find_modality(config: GatewayConfig, retrieve: RetrieveConfig, ae_title: str) -> ModalityConfig | None:
     """The ``modalities`` entry a requester may name as Move Destination, or ``None`` (0xA801).
 
