@@ -475,11 +475,14 @@ class _Move:
                 yield self._release(link)
             self.final(CANCEL, SubOperations(0, 0, 0, 0))
             return
+        if source is None:
+            # No source answered the locating C-FIND: "Failed: Unable to process" (PS3.4 C.4.2.1.5, Cxxx).
+            self.final(UNABLE_TO_PROCESS, comment="No retrieve source answered")
+            return
         if link is None or not found:
             if link is not None:
                 yield self._release(link)
-            self.final(SUCCESS, SubOperations(0, 0, 0, 0) if source is not None else None,
-                       "" if source is not None else "No source could be asked")
+            self.final(SUCCESS, SubOperations(0, 0, 0, 0))
             return
         self.link = link
         self.sources = (source,) if source is not None else ()
@@ -492,7 +495,9 @@ class _Move:
     def _locate(self, retrieve: RetrieveConfig, find_class: str, move_class: str, locate: Any) -> Any:
         """Ask the sources in order; the first with matches is kept open (its link and references).
 
-        :returns: ``(source name or None, link or None, references)``.
+        :returns: ``(source, link, references)``: the source is the first that
+            answered with matches, else the last that answered (``None``:
+            none answered); the link is open only when there are references.
         """
         asked: str | None = None
         for name in retrieve.sources:
@@ -508,7 +513,6 @@ class _Move:
                 log.warn("retrieve source {name} cannot be reached: {error}", name=name, error=e)
                 self._source_answered(name, False, 0, started, f"{type(e).__name__}: {e}")
                 continue
-            asked = name
             found: list[Reference] = []
             seen: set[str] = set()
 
@@ -526,6 +530,8 @@ class _Move:
                 status = UNABLE_TO_PROCESS
             self.link = None
             ok = status in (SUCCESS, CANCEL)
+            if status == SUCCESS:
+                asked = name
             self._source_answered(name, ok, len(found), started, "" if ok else f"status 0x{status:04X}")
             if found and status == SUCCESS and not self.cancelled:
                 return name, link, tuple(found)

@@ -477,6 +477,22 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual(self.opened, ["archive1", "archive2"])
         self.assertEqual([r.sop_instance_uid for r in self.journal.opened[0].expected], ["2.1"])
 
+    def test_no_source_reachable_is_c000(self) -> None:
+        """Every source down: 0xC000 (unable to process) with an Error Comment, nothing journaled."""
+        self.links.clear()
+        self.successResultOf(self.run_move())
+        [(status, _, comment, _)] = self.responder.finals
+        self.assertEqual((status, bool(comment)), (0xC000, True))
+        self.assertEqual(self.journal.opened, [])
+        self.assertEqual(self.answered().outcome, "failed")
+
+    def test_a_failed_locate_is_not_an_empty_answer(self) -> None:
+        """A source that fails the locating C-FIND (and another down) is not 'no matches': 0xC000."""
+        self.links.pop("archive2")
+        self.links["archive1"].find_status = 0xA700
+        self.successResultOf(self.run_move())
+        self.assertEqual([f[0] for f in self.responder.finals], [0xC000])
+
     def test_no_match_is_success_with_zero_counts(self) -> None:
         """Nothing located anywhere: success with zero sub-operations, no retrieve journaled."""
         for link in self.links.values():
