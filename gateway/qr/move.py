@@ -87,6 +87,14 @@ RETRIEVE_ROUTE = "retrieve"
 #: Seconds between pending C-MOVE responses while sub-operations remain.
 PENDING_INTERVAL = 1.0
 
+#: Seconds without any change of the counts, once the source's C-MOVE has
+#: ended, after which what remains counts as failed: instances the source never
+#: sent (or an association to it that broke), rather than waiting for
+#: ``retrieve.timeout``. Instances in custody move on within it (a ``move.*``
+#: queue retrying longer than this makes the final response early, not wrong:
+#: those still count failed there, and are delivered later).
+STALL_AFTER_SOURCE = 30.0
+
 #: Seconds between "nothing remains" and the final response: the ``move.NAME``
 #: worker releases its association as soon as it is idle (``idle_release`` 0),
 #: and a requester such as DCMTK ``movescu`` with its own storage SCP waits for
@@ -633,6 +641,9 @@ class _Relay:
         self.source_failed = ""
         self.ticking: Any = None
         self.settled = False
+        self.source_ended_at: float | None = None
+        self.last_counts: SubOperations | None = None
+        self.last_change_at = move.ctx.wall()
         move.responder.cancelled.addCallback(lambda _: self._tick())
         self._schedule()
 
@@ -648,10 +659,13 @@ class _Relay:
     def source_finished(self, result: Any) -> None:
         """The source's final C-MOVE-RSP (or its failure): record the items it says it could not give."""
         ctx = self.move.ctx
+        self.source_ended_at = ctx.wall()
         if isinstance(result, Failure):
+            # The association to the source ended (abort, DIMSE timeout): what
+            # it sent is in custody and counted; nothing is marked here (an
+            # item's state is not known one by one): the stall rule ends it.
             self.source_failed = result.getErrorMessage()
-            failed: tuple[str, ...] = self.uids
-            nothing_sent = True
+            failed: tuple[str, ...] = ()
         else:
             self.source_result = result
             failed = result.failed_uids
@@ -703,13 +717,19 @@ class _Relay:
             self._end(RetrieveState.DONE, status, counts, progress.failed_uids, "")
             return
         self.settled = False
-        if ctx.wall() >= self.deadline:
-            # retrieve.timeout: what remains counts as failed (its UIDs are not
-            # known one by one here: the count, not the list, says so).
+        now = ctx.wall()
+        if counts != self.last_counts:
+            self.last_counts, self.last_change_at = counts, now
+        stalled = self.source_ended_at is not None and now - max(self.source_ended_at, self.last_change_at) >= STALL_AFTER_SOURCE
+        if now >= self.deadline or stalled:
+            # retrieve.timeout, or the source is done and nothing moved for
+            # STALL_AFTER_SOURCE: what remains counts as failed (its UIDs are
+            # not known one by one here: the count, not the list, says so).
             failed = progress.failed + progress.remaining
             counts = SubOperations(0, progress.completed, failed, progress.warning)
             status = final_status(progress.completed, failed, progress.warning)
-            self._end(RetrieveState.DONE, status, counts, progress.failed_uids, "Retrieve timeout: remaining sub-operations failed")
+            comment = "Retrieve timeout" if now >= self.deadline else "Source finished; sub-operations missing"
+            self._end(RetrieveState.DONE, status, counts, progress.failed_uids, comment + ": remaining failed")
             return
         self.move.responder.pending(PENDING, counts=counts)
         self._schedule()
