@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -196,6 +196,9 @@ class IDIMSEPeer(Protocol):
     def send_dataset(self, context_id: int, data: bytes) -> None:
         """Send a (small, in memory) data set on ``context_id``, fragmented to the peer's maximum."""
 
+    def send_file(self, context_id: int, path: str, offset: int) -> "Deferred[None]":
+        """Stream a data set from a file (bytes from ``offset``) on ``context_id`` (C-GET sub-operations)."""
+
     def release_response(self) -> None:
         """Answer the peer's A-RELEASE-RQ (Evt14)."""
 
@@ -330,6 +333,9 @@ class StorageService:
         self._qr_open: dict[int, QRResponder] = {}
         #: C-STORE-RQs we sent as C-GET sub-operations, awaiting their C-STORE-RSP, by Message ID.
         self._stores_waiting: dict[int, Deferred[int]] = {}
+        #: Whether the adapter's write buffer is full, and who waits for it to drain.
+        self._writes_paused = False
+        self._writable_waiters: list[Deferred[None]] = []
         self._commitment = commitment
         self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
@@ -408,6 +414,7 @@ class StorageService:
         stores, self._stores_waiting = self._stores_waiting, {}
         for d in stores.values():
             d.errback(ReportNotAnswered("the association ended before the C-STORE-RSP"))
+        self.writes_resumed()  # nobody waits for a buffer that will never drain
 
     @property
     def busy(self) -> bool:
@@ -637,12 +644,15 @@ class StorageService:
         responder = QRResponder(self, _Response(context_id, stream=deque()), verb, request, context)
         self._responses.append(responder.slot)
         if request.message_id in self._qr_open:
-            # PS3.7 C.5.7 (0x0210): a Message ID already in use by an open request.
+            # PS3.7 C.5 (0x0210 duplicate invocation): a Message ID already in use by an open request.
             responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
-        elif self._qr is None or request.affected_sop_class_uid != context.abstract_syntax or (
+        elif self._qr is None:
+            # No Q/R SCP on this service: unimplemented, as before issue 16 (PS3.7 C.5.4, HARDENING D21).
+            responder.final(Status.UNRECOGNIZED_OPERATION)
+        elif request.affected_sop_class_uid != context.abstract_syntax or (
             context.abstract_syntax not in QR_SOP_CLASSES[verb]
         ):
-            # Not offered, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
+            # Not a Q/R context of this verb, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
             responder.final(Status.SOP_CLASS_NOT_SUPPORTED, error_comment="SOP class not supported")
         elif not request.has_dataset:
             # The Identifier is required (PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1): 0xC000-class failure.
@@ -694,6 +704,72 @@ class StorageService:
         d: Deferred[int] = Deferred()
         self._stores_waiting[message_id] = d
         return d
+
+    def writes_paused(self) -> None:
+        """The adapter's write buffer is full (HARDENING P35): Q/R handlers wait (:meth:`writable`)."""
+        self._writes_paused = True
+
+    def writes_resumed(self) -> None:
+        """The write buffer drained: wake the Q/R handlers waiting to send more."""
+        self._writes_paused = False
+        waiting, self._writable_waiters = self._writable_waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be queued: at once, or when the write buffer has drained (or the association ended).
+
+        A C-FIND handler waits on it before reading more of a source, so a
+        requester that reads slowly slows the sources down instead of
+        growing our buffers (issue 16: streaming, never a whole result set).
+        """
+        if not self._writes_paused or self._closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._writable_waiters.append(d)
+        return d
+
+    def store_sub_operation(
+        self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int
+    ) -> "Deferred[int]":
+        """Send a C-STORE-RQ with the file's data set to the requester; fire with its C-STORE-RSP status.
+
+        The context must be one the requester accepted for that SOP class and
+        transfer syntax with itself in the SCP role (SCP/SCU Role Selection,
+        PS3.7 D.3.3.4; PS3.4 C.4.3.3); otherwise this fails with
+        :class:`~gateway.associate.NoPresentationContext` and the caller counts
+        a failed sub-operation. The data set streams from the file (never
+        whole in memory). No Move Originator fields: they belong to C-MOVE
+        sub-operations only (PS3.7 9.1.1.1).
+        """
+        from gateway.associate import NoPresentationContext
+
+        context = next(
+            (
+                c
+                for c in self._info.contexts.values()
+                if c.abstract_syntax == sop_class_uid and c.transfer_syntax == transfer_syntax_uid and c.scp_role
+            ),
+            None,
+        )
+        if context is None:
+            return fail(NoPresentationContext(f"the requester accepted no SCP-role context for {sop_class_uid} in {transfer_syntax_uid}"))
+        if self._closed:
+            return fail(ReportNotAnswered("the association has ended"))
+        message_id = self.allocate_message_id()
+        while message_id in self._stores_waiting:
+            message_id = self.allocate_message_id()
+        answer = self.expect_store_response(message_id)
+        self._peer.send_command(context.context_id, dimse.encode_command(dimse.CStoreRQ(message_id, sop_class_uid, sop_instance_uid)))
+        sent = self._peer.send_file(context.context_id, path, dataset_offset)
+
+        def not_sent(failure: Failure) -> None:
+            waiting = self._stores_waiting.pop(message_id, None)
+            if waiting is not None:
+                waiting.errback(failure)
+
+        sent.addErrback(not_sent)
+        return answer
 
     @property
     def peer(self) -> IDIMSEPeer:
@@ -1036,16 +1112,16 @@ class QRResponder:
         self.slot.done = True
         self._service._qr_finished(self)
 
-    def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
-        """C-GET sub-operation: sent by :func:`gateway.qr.substore.store` when it exists (the get helper's part)."""
-        try:
-            from gateway.qr import substore  # type: ignore[attr-defined]
-        except ImportError:
-            from twisted.internet.defer import fail
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be sent without growing the write buffer (:meth:`StorageService.writable`)."""
+        return self._service.writable()
 
-            return fail(NotImplementedError("C-GET sub-operations are not implemented yet (gateway.qr.substore)"))
-        result: Deferred[int] = substore.store(self._service, self, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
-        return result
+    def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
+        """C-GET: a C-STORE sub-operation of this Part 10 file on the requester's association (PS3.4 C.4.3.3).
+
+        See :meth:`StorageService.store_sub_operation`.
+        """
+        return self._service.store_sub_operation(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
 
     # -- the service's side ----------------------------------------------------------------
 

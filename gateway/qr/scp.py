@@ -6,7 +6,7 @@ calls :meth:`QueryRetrieveSCP.handle` with a responder
 configuration in force: the listener's ``query``/``retrieve`` settings must
 apply (else the verb is refused 0x0122, SOP class not supported: the listener
 should not have accepted its class), the caller must be allowed
-(:func:`gateway.qr.access.allowed`, refused 0x0124, PS3.7 C.5.? "Refused: Not
+(:func:`gateway.qr.access.allowed`, refused 0x0124, PS3.7 C.5, "Refused: Not
 authorized", with an Error Comment), then the verb's handler runs:
 :func:`gateway.qr.find.find`, :func:`gateway.qr.move.move`,
 :func:`gateway.qr.get.get`. A handler ends with ``responder.final``; an
@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import events
 from gateway.dimse.status import Status
 from gateway.qr.access import allowed
 from gateway.qr.context import QRContext
@@ -32,7 +33,7 @@ from gateway.qr.context import QRContext
 UNABLE_TO_PROCESS = 0xC000
 #: "Refused: SOP class not supported" (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-#: "Refused: Not authorized" (PS3.7 C.5.? general status 0x0124).
+#: "Refused: Not authorized" (PS3.7 C.5 general status 0x0124).
 NOT_AUTHORIZED = 0x0124
 
 #: A verb's handler: ``handler(info, rq, identifier, responder, ctx)``.
@@ -82,7 +83,9 @@ class QueryRetrieveSCP:
         """Check and dispatch one request; it is always answered (here or by its handler)."""
         config = self.ctx.config()
         if settings_for(config, info.listener, verb) is None:
-            responder.final(SOP_CLASS_NOT_SUPPORTED, error_comment=f"{'Query' if verb == 'find' else 'Retrieve'} is not offered here")
+            comment = f"{'Query' if verb == 'find' else 'Retrieve'} is not offered here"
+            responder.final(SOP_CLASS_NOT_SUPPORTED, error_comment=comment)
+            self._refused(verb, info, rq, identifier, responder, SOP_CLASS_NOT_SUPPORTED, comment)
             return
         ok, reason = allowed(config, info, verb)
         if not ok:
@@ -91,6 +94,7 @@ class QueryRetrieveSCP:
                 assoc_id=info.assoc_id, verb=verb.upper(), calling=info.calling_ae_title, reason=reason,
             )
             responder.final(NOT_AUTHORIZED, error_comment=reason or "Not authorized")
+            self._refused(verb, info, rq, identifier, responder, NOT_AUTHORIZED, reason or "Not authorized")
             return
         handler = self._handlers.get(verb) if self._handlers is not None else _handler(verb)
         if handler is None:
@@ -105,3 +109,21 @@ class QueryRetrieveSCP:
                 responder.final(status, error_comment="Unable to process")
 
         d.addErrback(unexpected)
+
+    def _refused(self, verb: str, info: Any, rq: Any, identifier: bytes, responder: Any, status: int, reason: str) -> None:
+        """Tell the observer (audit, metrics) of a request refused here, before any handler saw it."""
+        sop_class = str(getattr(rq, "affected_sop_class_uid", "") or "")
+        if verb == "find":
+            self.ctx.observer.observe(
+                events.QueryAnswered(
+                    info.listener, info.calling_ae_title, info.peer_address, sop_class, "", identifier,
+                    responder.transfer_syntax, "refused", status, 0, reason=reason,
+                )
+            )
+        else:
+            self.ctx.observer.observe(
+                events.RetrieveAnswered(
+                    info.listener, info.calling_ae_title, info.peer_address, verb, sop_class, "", "refused", status,
+                    move_destination=str(getattr(rq, "move_destination", "") or ""), reason=reason,
+                )
+            )

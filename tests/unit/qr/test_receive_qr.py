@@ -231,12 +231,14 @@ class QRDispatchTests(SynchronousTestCase):
         assert self.qr is not None
         self.assertEqual(len(self.qr.calls), 1)
 
-    def test_without_a_qr_scp_requests_are_refused(self) -> None:
-        """With no Q/R SCP configured a C-FIND is refused 0x0122, not 0x0211."""
+    def test_without_a_qr_scp_requests_are_unrecognized(self) -> None:
+        """With no Q/R SCP a C-FIND is answered 0x0211 as before issue 16 (HARDENING D21), its identifier swallowed."""
         self.qr = None
         self.service = self.make_service()
         self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
-        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0122)])
+        self.service.pdata(pdvs(1, c_find(message_id=4), IDENTIFIER))
+        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0211), (0x8020, 4, 0x0211)])
+        self.assertEqual(self.peer.aborted, [])
 
     def test_identifier_over_the_cap_is_out_of_resources(self) -> None:
         """An identifier over ``max_identifier`` is swallowed and answered 0xA700 (PS3.4 C.4.1.1.4)."""
@@ -290,3 +292,101 @@ class FailedUidListTests(SynchronousTestCase):
         self.assertLessEqual(length, 0xFFFE)
         self.assertEqual(len(data), 8 + length)
         self.assertTrue(data[8:].rstrip(b"\x00").decode().split("\\") == uids[: len(data[8:].rstrip(b"\x00").decode().split("\\"))])
+
+
+class _FilePeer(_Peer):
+    """A peer that also records files streamed (C-GET sub-operations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[tuple[int, str, int]] = []
+        self.file_sent: Deferred[None] = Deferred()
+
+    def send_file(self, context_id: int, path: str, offset: int) -> Deferred[None]:
+        self.files.append((context_id, path, offset))
+        return self.file_sent
+
+
+class SubOperationTests(SynchronousTestCase):
+    """``responder.store``: C-STORE sub-operations of a C-GET on the requester's association (PS3.4 C.4.3.3)."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.peer = _FilePeer()
+        contexts = {
+            1: AcceptedContext(1, "1.2.840.10008.5.1.4.1.2.2.3", EXPLICIT_LE, True, False),
+            3: AcceptedContext(3, CT_IMAGE, EXPLICIT_LE, False, True),
+            5: AcceptedContext(5, "1.2.840.10008.5.1.4.1.1.4", EXPLICIT_LE, True, False),
+        }
+        spool = Spool(
+            self.tmp, SynchronousRunner(), implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME, max_instance_size=1 << 20,
+        )
+        self.qr = _QR()
+        info = AssociationInfo("A1", "10.0.0.7:40000", "WS01", "DICOMGW", "dicom", contexts)
+        self.service = StorageService(self.peer, info, spool, qr=self.qr)
+        self.service.pdata(pdvs(1, request(dimse.CommandField.C_GET_RQ, 8, "1.2.840.10008.5.1.4.1.2.2.3"), IDENTIFIER))
+        self.responder = self.qr.calls[0][3]
+
+    def test_store_sends_a_c_store_rq_and_streams_the_file(self) -> None:
+        """A C-STORE-RQ goes on the SCP-role context, the file streams from its data set offset, the RSP's status fires."""
+        d = self.responder.store("/spool/x.dcm", CT_IMAGE, "1.2.3.9", EXPLICIT_LE, 132)
+        [(context_id, elements, _)] = self.peer.sent
+        self.assertEqual(context_id, 3)
+        self.assertEqual(struct.unpack("<H", elements[dimse.Tag.COMMAND_FIELD])[0], 0x0001)
+        self.assertEqual(elements[dimse.Tag.AFFECTED_SOP_INSTANCE_UID], _ui("1.2.3.9"))
+        self.assertNotIn(dimse.Tag.MOVE_ORIGINATOR_AE_TITLE, elements)
+        self.assertEqual(self.peer.files, [(3, "/spool/x.dcm", 132)])
+        message_id = struct.unpack("<H", elements[dimse.Tag.MESSAGE_ID])[0]
+        self.assertNoResult(d)
+        self.peer.file_sent.callback(None)
+        self.service.pdata(pdvs(3, dimse.CStoreRSP(message_id, CT_IMAGE, "1.2.3.9", 0x0000)))
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_store_without_an_scp_role_context_fails_no_presentation_context(self) -> None:
+        """A class the requester accepted only as SCU (or a syntax it did not accept) fails at once: a failed sub-operation."""
+        from gateway.associate import NoPresentationContext
+
+        self.failureResultOf(self.responder.store("/x", "1.2.840.10008.5.1.4.1.1.4", "1.2.3", EXPLICIT_LE, 0), NoPresentationContext)
+        self.failureResultOf(self.responder.store("/x", CT_IMAGE, "1.2.3", IMPLICIT_LE, 0), NoPresentationContext)
+        self.assertEqual(self.peer.sent, [])
+
+    def test_association_end_fails_a_waiting_sub_operation(self) -> None:
+        """A sub-operation still awaiting its C-STORE-RSP fails when the association ends (never hangs)."""
+        d = self.responder.store("/x", CT_IMAGE, "1.2.3", EXPLICIT_LE, 0)
+        self.service.connection_lost()
+        self.failureResultOf(d)
+
+
+class WritableTests(SynchronousTestCase):
+    """Backpressure from the requester's association to the Q/R handlers."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        spool = Spool(
+            self.tmp, SynchronousRunner(), implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME, max_instance_size=1 << 20,
+        )
+        self.qr = _QR()
+        self.service = StorageService(_Peer(), INFO, spool, qr=self.qr)
+        self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
+        self.responder = self.qr.calls[0][3]
+
+    def test_writable_waits_while_the_write_buffer_is_full(self) -> None:
+        """``writable`` fires at once normally, waits while writes are paused, and fires when they resume."""
+        self.successResultOf(self.responder.writable())
+        self.service.writes_paused()
+        waiting = self.responder.writable()
+        self.assertNoResult(waiting)
+        self.service.writes_resumed()
+        self.successResultOf(waiting)
+
+    def test_association_end_wakes_the_waiters(self) -> None:
+        """A handler waiting for the buffer to drain is woken when the association ends (it then sees the cancel)."""
+        self.service.writes_paused()
+        waiting = self.responder.writable()
+        self.service.connection_lost()
+        self.successResultOf(waiting)
+        self.assertTrue(self.responder.cancelled.called)
