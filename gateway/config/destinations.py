@@ -71,6 +71,9 @@ _RETRY_FIELDS: Final[Mapping[str, _Field]] = {
 
 _check_retry_fields: Final = _section(RetryConfig, _RETRY_FIELDS)
 
+#: Destination names reserved for the C-MOVE queues (issue 16; ``gateway.qr.move.MOVE_DESTINATION_PREFIX``).
+_RESERVED_PREFIX: Final = "move."
+
 
 def _check_retry(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept a ``retry`` section; the first delay may not exceed the largest.
@@ -319,6 +322,18 @@ def _check_destinations(node: yaml.Node, path: str, ctx: _Context) -> Any:
                 f"invalid destination name {name!r}: use 1 to 64 letters, digits, "
                 "'_', '.' or '-', not starting with '.' or '-' (names label metrics "
                 "and are command arguments)",
+            )
+            destinations.append(INVALID)
+            continue
+        if name.startswith(_RESERVED_PREFIX):
+            # Issue 16: each ``modalities`` entry's C-MOVE queue is the destination
+            # ``move.<name>`` (gateway.qr.move.MOVE_DESTINATION_PREFIX); a configured
+            # destination of that name would share its queue.
+            ctx.error(
+                key_node,
+                dest_path,
+                f"invalid destination name {name!r}: names starting with {_RESERVED_PREFIX!r} "
+                "are the C-MOVE queues of the modalities table",
             )
             destinations.append(INVALID)
             continue

@@ -358,6 +358,15 @@ class DestinationErrorTests(LoadTestCase):
                 "not starting with '.' or '-'",
             )
 
+    def test_destination_name_cannot_take_a_move_queue_name(self) -> None:
+        """'move.ws1' is refused: names starting with 'move.' are the C-MOVE queues of the modalities table (issue 16)."""
+        self.assertOneError(
+            MINIMAL + "destinations:\n  move.ws1: {folder: x}\n",
+            7,
+            "destinations.move.ws1",
+            "C-MOVE queues of the modalities table",
+        )
+
     def test_folder_inside_the_spool(self) -> None:
         """A folder destination in the spool folder is refused at its folder key."""
         self.assertOneError(
