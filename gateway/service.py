@@ -121,7 +121,7 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
     are answered result 3 (abstract syntax not supported) as before. For
     C-GET the requester takes the SCP role of the Storage SOP classes the
     instances come back in (PS3.4 C.4.3.3, PS3.7 D.3.3.4), so where retrieve
-    applies those roles are granted. SOP Class Extended Negotiation (relational
+    applies those roles are granted, on associations that propose a GET class. SOP Class Extended Negotiation (relational
     queries, PS3.4 C.5.1.1) is not answered, which means not supported (PS3.7
     D.3.3.5).
 
@@ -141,8 +141,6 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
         abstract_syntaxes |= QR_FIND_SOP_CLASSES
     if retrieve is not None:
         abstract_syntaxes |= QR_MOVE_SOP_CLASSES | QR_GET_SOP_CLASSES
-        # C-GET sub-operations are C-STOREs to the requester (PS3.4 C.4.3.3).
-        scp_roles |= frozenset(STORAGE_SOP_CLASSES)
     return AcceptorSettings(
         ae_title=config.ae_title,
         max_pdu_length=config.limits.max_pdu_length,
@@ -152,6 +150,10 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
         transfer_syntaxes=tuple(ACCEPTED_TRANSFER_SYNTAXES),
         accept_unknown_abstract_syntaxes=config.accept.unknown_sop_classes,
         scp_role_abstract_syntaxes=scp_roles,
+        # C-GET sub-operations are C-STOREs to the requester (PS3.4 C.4.3.3): the
+        # storage SCP role is granted only on associations that also propose a
+        # GET class we accept (a plain sender proposing it still gets it declined).
+        get_sub_operations=retrieve is not None,
     )
 
 
