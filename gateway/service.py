@@ -946,6 +946,7 @@ class GatewayService(MultiService):
                 current,
                 abstract_syntaxes=settings.abstract_syntaxes,
                 scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes,
+                get_sub_operations=settings.get_sub_operations,
             )
 
     def reload(self, load: Callable[[str], GatewayConfig]) -> Deferred[bool]:

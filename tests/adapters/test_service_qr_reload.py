@@ -38,7 +38,7 @@ class QRReloadNegotiationTests(ServiceTestCase):
         self.assertIs(self.successResultOf(service.reload(lambda source: self.config(WITH_QR))), True)
         settings = listener.factory.acceptor_settings
         self.assertTrue(qr <= settings.abstract_syntaxes)
-        self.assertTrue(frozenset(STORAGE_SOP_CLASSES) <= settings.scp_role_abstract_syntaxes)
+        self.assertTrue(settings.get_sub_operations)  # C-GET requesters get the storage SCP role (with a GET context)
         self.assertEqual((settings.ae_title, settings.transfer_syntaxes), (before.ae_title, before.transfer_syntaxes))
         self.assertIs(self.successResultOf(service.reload(lambda source: self.config(TEXT))), True)
         self.assertEqual(listener.factory.acceptor_settings, before)
