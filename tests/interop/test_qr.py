@@ -1,0 +1,191 @@
+"""Query/Retrieve end to end against real peers (issue 16, PS3.4 Annex C).
+
+:class:`QRHarnessTests` checks the harness itself with no gateway in the
+path: DCMTK ``findscu -S`` / ``-P``, ``movescu`` as its own move destination
+(``--port``, ``+B``) and ``getscu`` against Orthanc as the Q/R SCP (a source
+preloaded with known studies, :func:`tests.support.qr.preload`), and a
+pynetdicom requester against the synthetic Q/R SCP
+(:class:`tests.support.qr.SyntheticQRScp`): lazily generated matches and
+C-CANCEL (PS3.7 9.3.2.3: final status Cancel 0xFE00, and the source records
+it). The gateway tests build on these peers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from twisted.trial.unittest import TestCase
+
+from tests.support import dcmtk, orthanc
+from tests.support.datasets import dataset_bytes
+from tests.support.ports import free_port
+from tests.support.qr import (
+    STUDY_ROOT_FIND,
+    Study,
+    SyntheticQRScp,
+    findscu,
+    getscu,
+    movescu,
+    preload,
+    qr_source,
+    read_responses,
+    write_study,
+)
+
+#: The source archive's AE title.
+SOURCE_AET = "SOURCE1"
+#: movescu's own AE title as the move destination.
+MOVE_AET = "MOVEDEST"
+
+
+def by_sop_instance(paths: list[Path]) -> dict[str, bytes]:
+    """Index Part 10 files by SOP Instance UID, value the data set's bytes (file meta excluded).
+
+    :param paths: the files.
+    :returns: ``uid -> data set bytes``.
+    """
+    from pydicom import dcmread
+
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p) for p in paths}
+
+
+class QRHarnessTests(TestCase):
+    """The Q/R requesters and sources, checked directly (no gateway)."""
+
+    skip = orthanc.skip_reason() or dcmtk.skip_reason("findscu", "movescu", "getscu")
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).resolve()
+        self.source = qr_source(self.root / "orthanc", SOURCE_AET)
+        self.addCleanup(self.source.stop)
+        self.source.start()
+        self.studies: list[Study] = [
+            write_study(self.root / "study-a", 3, study_description="A"),
+            write_study(self.root / "study-b", 4, study_description="B", patient_id="INTEROP-2"),
+        ]
+        preload(self.source, self.studies)
+
+    def test_findscu_study_root_study_level(self) -> None:
+        """``findscu -S`` at STUDY level finds each preloaded study once, with its description."""
+        out = self.root / "find"
+        result = findscu(self.source.dicom_port, SOURCE_AET,
+                         ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "StudyDescription",
+                          "PatientID"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        found = {str(ds.StudyInstanceUID): str(ds.StudyDescription) for ds in read_responses(out)}
+        self.assertEqual(found, {self.studies[0].study_instance_uid: "A",
+                                 self.studies[1].study_instance_uid: "B"}, result.describe())
+
+    def test_findscu_patient_root_image_level(self) -> None:
+        """``findscu -P`` at IMAGE level lists one study's instances (its patient, study and series keys given)."""
+        study = self.studies[1]
+        out = self.root / "find"
+        result = findscu(self.source.dicom_port, SOURCE_AET,
+                         ["QueryRetrieveLevel=IMAGE", "PatientID=INTEROP-2",
+                          f"StudyInstanceUID={study.study_instance_uid}",
+                          f"SeriesInstanceUID={study.series_instance_uid}", "SOPInstanceUID"],
+                         outdir=out, model="patient")
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(sorted(str(ds.SOPInstanceUID) for ds in read_responses(out)),
+                         sorted(by_sop_instance(list(study.files))), result.describe())
+
+    def test_movescu_to_itself_byte_identical(self) -> None:
+        """``movescu --port`` as the move destination receives the study bit-preserved, counts in the log."""
+        listen = free_port()
+        self.source.declare_modality("MOVEDEST", MOVE_AET, listen)
+        study = self.studies[1]
+        out = self.root / "moved"
+        result = movescu(self.source.dicom_port, SOURCE_AET,
+                         ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"],
+                         outdir=out, listen_port=listen, move_aet=MOVE_AET)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(by_sop_instance(sorted(out.iterdir())), by_sop_instance(list(study.files)),
+                         result.describe())
+
+    def test_getscu_series(self) -> None:
+        """``getscu -S`` at SERIES level brings the series back as C-STORE sub-operations on its association."""
+        study = self.studies[0]
+        out = self.root / "got"
+        result = getscu(self.source.dicom_port, SOURCE_AET,
+                        ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.study_instance_uid}",
+                         f"SeriesInstanceUID={study.series_instance_uid}"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(by_sop_instance(sorted(out.iterdir())), by_sop_instance(list(study.files)),
+                         result.describe())
+
+
+def pynetdicom_find(port: int, aet: str, query: Dataset, *, cancel_after: int | None = None,
+                    model: str = STUDY_ROOT_FIND) -> tuple[int, list[Dataset], int]:
+    """C-FIND with pynetdicom (test-only requester), optionally sending C-CANCEL-RQ after some pendings.
+
+    :param port: the SCP's port.
+    :param aet: its AE title.
+    :param query: the identifier.
+    :param cancel_after: send C-CANCEL after this many pending responses.
+    :param model: the FIND SOP class.
+    :returns: (final status, pending identifiers, pendings seen after the cancel).
+    """
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PYFIND")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    if not assoc.is_established:
+        raise AssertionError(f"association to {aet} at {port} not established")
+    pendings: list[Dataset] = []
+    after_cancel = 0
+    final = -1
+    try:
+        msg_id = 7
+        for status, identifier in assoc.send_c_find(query, model, msg_id=msg_id):
+            if status is None or "Status" not in status:
+                raise AssertionError("no C-FIND response (timeout or abort)")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):
+                if cancel_after is not None and len(pendings) >= cancel_after:
+                    after_cancel += 1
+                pendings.append(identifier)
+                if cancel_after is not None and len(pendings) == cancel_after:
+                    assoc.send_c_cancel(msg_id, query_model=model)
+            else:
+                final = code
+    finally:
+        assoc.release()
+    return final, pendings, after_cancel
+
+
+class SyntheticSourceTests(TestCase):
+    """The synthetic pynetdicom Q/R SCP: generated matches and C-CANCEL."""
+
+    def setUp(self) -> None:
+        self.scp = SyntheticQRScp(Path(self.mktemp()), generate=2000)
+        self.addCleanup(self.scp.stop)
+        self.scp.start()
+
+    @staticmethod
+    def study_query() -> Dataset:
+        """A STUDY-level universal query returning the study's UID and Patient ID.
+
+        :returns: the identifier.
+        """
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        query.PatientID = ""
+        return query
+
+    def test_generates_all_matches(self) -> None:
+        """A universal STUDY query gets every generated match, each UID once, then Success."""
+        final, pendings, _ = pynetdicom_find(self.scp.port, self.scp.aet, self.study_query())
+        self.assertEqual(final, 0x0000)
+        self.assertEqual(len({str(ds.StudyInstanceUID) for ds in pendings}), 2000)
+        self.assertEqual([e["event"] for e in self.scp.events()], ["find", "done"])
+
+    def test_cancel_mid_query(self) -> None:
+        """C-CANCEL after 10 pendings ends with Cancel 0xFE00 well before 2000, and the source records the cancel."""
+        final, pendings, _ = pynetdicom_find(self.scp.port, self.scp.aet, self.study_query(),
+                                             cancel_after=10)
+        self.assertEqual(final, 0xFE00)
+        self.assertLess(len(pendings), 2000)
+        self.assertIn("cancel", [e["event"] for e in self.scp.events()])
