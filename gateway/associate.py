@@ -11,6 +11,20 @@ see :class:`_FileSender`), :meth:`n_action` and :meth:`n_event_report`
 gateway asks an archive to commit, and reports to a modality as SCP, PS3.4
 J.3), :meth:`release` and :meth:`abort`.
 
+Query/Retrieve (issue 16): :meth:`ClientAssociation.find`,
+:meth:`~ClientAssociation.move` and :meth:`~ClientAssociation.get` send a
+C-FIND/C-MOVE/C-GET-RQ with its identifier and return a :class:`QRStream`
+at once: an async iterator of the responses as they arrive (PS3.7 9.1.2-9.1.4:
+pending responses, then one final), with :meth:`QRStream.cancel` sending
+C-CANCEL-RQ (PS3.7 9.3.2.3). The DIMSE timeout applies to each response,
+not to the whole operation. A slow consumer pauses the transport (TCP
+backpressure reaches the source) instead of buffering the result set. For
+C-GET the source sends its C-STORE-RQ sub-operations on the same
+association (we proposed the SCP role for the storage classes, PS3.4
+C.4.3.3, PS3.7 D.3.3.4); each is handed to a :class:`StoreSink` the caller
+creates per instance (:class:`FileStoreSink` writes a Part 10 file), and
+answered with the status its ``close`` returns.
+
 One request may come the other way: an archive that commits may send its
 N-EVENT-REPORT-RQ on the association that carried our N-ACTION while it is
 still open (PS3.4 J.3.3, "on the same or a new association"). The caller
@@ -39,10 +53,11 @@ import itertools
 import os
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Protocol as TypingProtocol, Sequence, Union
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -53,9 +68,10 @@ from zope.interface import implementer
 from gateway.dimse import commands as dimse
 from gateway.dimse.errors import DIMSEProtocolError
 from gateway.dimse.pdv import CommandComplete, DatasetFragment, Reassembler, fragment, fragment_command, max_fragment_size
-from gateway.dimse.status import Status
+from gateway.dimse.identifier import decode_identifier, encode_identifier
+from gateway.dimse.status import Status, StatusCategory, category
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.meta import Part10Header, read_part10_header
+from gateway.meta import Part10Header, encode_file_meta, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
@@ -93,6 +109,244 @@ MAX_EVENT_REPORT_DATASET = 32 * 1024 * 1024
 #: Handles an N-EVENT-REPORT-RQ received on our association: the request, its
 #: context, its data set bytes -> the status to answer (or a Deferred of it).
 EventReportHandler = Callable[[dimse.NEventReportRQ, AcceptedContext, bytes], "int | Deferred[int]"]
+
+#: The largest identifier accepted in one C-FIND/C-MOVE/C-GET response (a
+#: match, or a Failed SOP Instance UID List; HARDENING R4).
+MAX_RESPONSE_IDENTIFIER = 4 * 1024 * 1024
+
+#: Responses a :class:`QRStream` holds for a slow consumer before the
+#: transport is paused (TCP backpressure to the source); it resumes below half.
+QR_HIGH_WATER = 32
+
+#: A Query/Retrieve response command.
+QRCommand = Union[dimse.CFindRSP, dimse.CMoveRSP, dimse.CGetRSP]
+
+
+@dataclass(frozen=True)
+class QRResponse:
+    """One C-FIND/C-MOVE/C-GET response as it arrived (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2).
+
+    :ivar command: the response command (status, counts, error comment).
+    :ivar identifier: the data set that followed it (a C-FIND match, or a
+        Failed SOP Instance UID List), or ``None``.
+    :ivar transfer_syntax: the context's transfer syntax, the identifier's encoding.
+    """
+
+    command: QRCommand
+    identifier: bytes | None
+    transfer_syntax: str
+
+    @property
+    def status(self) -> int:
+        """(0000,0900)."""
+        return int(self.command.status)
+
+    @property
+    def pending(self) -> bool:
+        """Whether more responses follow (0xFF00/0xFF01, PS3.7 C.2)."""
+        return category(self.status) is StatusCategory.PENDING
+
+    def dataset(self) -> Any:
+        """The identifier decoded with :func:`gateway.dimse.identifier.decode_identifier` (a pydicom Dataset).
+
+        :raises ValueError: when there is no identifier.
+        :raises gateway.dimse.identifier.IdentifierError: when it is malformed.
+        """
+        if self.identifier is None:
+            raise ValueError("response has no identifier")
+        return decode_identifier(self.identifier, self.transfer_syntax)
+
+
+class StoreSink(TypingProtocol):
+    """Where one C-GET sub-operation's data set goes (created per C-STORE-RQ by the caller)."""
+
+    def write(self, data: bytes) -> None:
+        """One fragment of the data set, in order."""
+
+    def close(self) -> "int | Deferred[int]":
+        """The data set is complete; returns the C-STORE status to answer (PS3.4 B.2.3)."""
+
+    def discard(self) -> None:
+        """The association ended before the data set was complete."""
+
+
+#: Creates the sink of one incoming C-STORE-RQ (a C-GET sub-operation).
+OnStore = Callable[[dimse.CStoreRQ, AcceptedContext], StoreSink]
+
+
+class FileStoreSink:
+    """A :class:`StoreSink` writing a Part 10 file (PS3.10 7.1): meta, then the data set as received.
+
+    :param path: the file to write (created, truncated).
+    :param rq: the C-STORE-RQ (SOP class and instance for the meta).
+    :param context: its presentation context (the data set's transfer syntax).
+    :param stored: called with the path and the data set's offset once the
+        file is complete and closed; returns the C-STORE status (or a
+        Deferred of it).
+    :param source_ae_title: (0002,0016) Source AE Title, the source's AE.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        rq: dimse.CStoreRQ,
+        context: AcceptedContext,
+        stored: Callable[[str, int], "int | Deferred[int]"],
+        source_ae_title: str | None = None,
+    ) -> None:
+        self.path = path
+        meta = encode_file_meta(
+            sop_class_uid=rq.affected_sop_class_uid,
+            sop_instance_uid=rq.affected_sop_instance_uid,
+            transfer_syntax_uid=context.transfer_syntax,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            source_ae_title=source_ae_title,
+        )
+        self.dataset_offset = len(meta)
+        self._stored = stored
+        self._fp: BinaryIO | None = open(path, "wb")
+        self._fp.write(meta)
+
+    def write(self, data: bytes) -> None:
+        """Append a fragment."""
+        if self._fp is not None:
+            self._fp.write(data)
+
+    def close(self) -> "int | Deferred[int]":
+        """Close the file and hand it over."""
+        if self._fp is not None:
+            self._fp.close()
+            self._fp = None
+        return self._stored(self.path, self.dataset_offset)
+
+    def discard(self) -> None:
+        """Close and remove the partial file."""
+        if self._fp is not None:
+            self._fp.close()
+            self._fp = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class QRStream:
+    """The responses to one C-FIND, C-MOVE or C-GET request, as they arrive.
+
+    Iterate with ``async for response in stream`` (or call :meth:`next`,
+    which fires with ``None`` after the final response). The iteration ends
+    after the final response; it raises :class:`AssociationAborted` when the
+    association ends first, or when no response came within the DIMSE
+    timeout (which is counted per response). :attr:`final` fires with the
+    final response, for callers that only want the outcome.
+
+    :ivar message_id: the request's Message ID.
+    :ivar context: the presentation context it went on.
+    :ivar on_store: for C-GET, the factory of the sub-operations' sinks.
+    """
+
+    def __init__(
+        self,
+        protocol: "RequestorProtocol",
+        context: AcceptedContext,
+        message_id: int,
+        expected: type,
+        on_store: OnStore | None = None,
+    ) -> None:
+        self._protocol = protocol
+        self.context = context
+        self.message_id = message_id
+        self.expected = expected
+        self.on_store = on_store
+        self.final: Deferred[QRResponse] = Deferred()
+        self._queue: deque[QRResponse] = deque()
+        self._waiting: Deferred[QRResponse | None] | None = None
+        self._error: Exception | None = None
+        self._ended = False  # final delivered or error
+        self._delivered_final = False
+        self._cancel_sent = False
+        self.paused = False
+        self.timer: IDelayedCall | None = None
+
+    @property
+    def transfer_syntax(self) -> str:
+        """The context's transfer syntax (identifiers are encoded in it)."""
+        return self.context.transfer_syntax
+
+    @property
+    def done(self) -> bool:
+        """Whether the final response arrived or the stream failed."""
+        return self._ended
+
+    def __aiter__(self) -> "QRStream":
+        """The stream is its own async iterator."""
+        return self
+
+    async def __anext__(self) -> QRResponse:
+        """The next response; ``StopAsyncIteration`` after the final one."""
+        response = await self.next()
+        if response is None:
+            raise StopAsyncIteration
+        return response
+
+    def next(self) -> "Deferred[QRResponse | None]":
+        """The next response, ``None`` after the final one.
+
+        :raises AssociationAborted: (through the Deferred) when the stream failed.
+        """
+        if self._waiting is not None:
+            raise RuntimeError("next() called again before the previous response arrived")
+        if self._queue:
+            response = self._queue.popleft()
+            if self.paused and len(self._queue) <= QR_HIGH_WATER // 2:
+                self._protocol.resume_stream(self)
+            return succeed(response)
+        if self._error is not None:
+            return fail(self._error)
+        if self._delivered_final:
+            return succeed(None)
+        self._waiting = Deferred()
+        return self._waiting
+
+    def cancel(self) -> None:
+        """Send C-CANCEL-RQ for this request (PS3.7 9.3.2.3), once, if it is still running.
+
+        The final response (normally 0xFE00, Cancel) still comes through the stream.
+        """
+        if self._ended or self._cancel_sent:
+            return
+        self._cancel_sent = True
+        self._protocol.send_cancel(self)
+
+    # -- fed by the protocol --------------------------------------------------------------
+
+    def deliver(self, response: QRResponse) -> None:
+        """A response arrived (its identifier complete)."""
+        if not response.pending:
+            self._ended = True
+            self._delivered_final = True
+            self.final.callback(response)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(response)
+        else:
+            self._queue.append(response)
+            if len(self._queue) >= QR_HIGH_WATER and not self.paused and not self._ended:
+                self._protocol.pause_stream(self)
+
+    def fail(self, error: Exception) -> None:
+        """The association ended, or the timeout passed, before the final response."""
+        if self._ended:
+            return
+        self._ended = True
+        self._error = error
+        self.final.errback(error)
+        self.final.addErrback(lambda _: None)  # the iterator reports it
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(error)
+
 
 #: The headers of a P-DATA-TF PDU holding one PDV (PS3.8 9.3.5, Table 9-22,
 #: and 9.3.5.1, Table 9-23): PDU type 04H, reserved, PDU length; PDV item
@@ -359,6 +613,13 @@ class RequestorProtocol(Protocol):
         self.event_report_handler: EventReportHandler | None = None
         # An N-EVENT-REPORT-RQ whose data set is arriving: request, context, fragments, size.
         self._incoming: tuple[dimse.NEventReportRQ, AcceptedContext, list[bytes], int] | None = None
+        #: Q/R requests in progress, by Message ID.
+        self._streams: dict[int, QRStream] = {}
+        # A Q/R response whose identifier is arriving: stream, command, fragments, size.
+        self._qr_incoming: tuple[QRStream, QRCommand, list[bytes], int] | None = None
+        # A C-GET sub-operation's C-STORE-RQ whose data set is arriving: the
+        # request, its context, the stream, the sink (None: swallowed).
+        self._store_incoming: tuple[dimse.CStoreRQ, AcceptedContext, QRStream | None, StoreSink | None] | None = None
 
     def connectionMade(self) -> None:
         """Evt1 then Evt2: send the A-ASSOCIATE-RQ, and wait at most the ACSE timeout."""
@@ -451,14 +712,24 @@ class RequestorProtocol(Protocol):
                 return
             for event in events:
                 if isinstance(event, CommandComplete):
-                    if isinstance(event.command, dimse.NEventReportRQ):
-                        self._event_report_begins(event.context_id, event.command)
+                    command = event.command
+                    if isinstance(command, dimse.NEventReportRQ):
+                        self._event_report_begins(event.context_id, command)
+                    elif isinstance(command, dimse.CStoreRQ):
+                        self._store_begins(event.context_id, command)
+                    elif getattr(command, "message_id_being_responded_to", None) in self._streams:
+                        self._stream_response(command)
                     else:
-                        self._response(event.command)
-                elif isinstance(event, DatasetFragment) and self._incoming is not None:
-                    self._event_report_fragment(event)
-                # Other data set fragments belong to a response's reply (none
-                # is expected for the services we use) and are dropped.
+                        self._response(command)
+                elif isinstance(event, DatasetFragment):
+                    if self._incoming is not None:
+                        self._event_report_fragment(event)
+                    elif self._qr_incoming is not None:
+                        self._stream_fragment(event)
+                    elif self._store_incoming is not None:
+                        self._store_fragment(event)
+                    # Other data set fragments belong to a response's reply
+                    # (none is expected for the services we use) and are dropped.
 
     def _event_report_begins(self, context_id: int, rq: dimse.NEventReportRQ) -> None:
         """An N-EVENT-REPORT-RQ from the acceptor (PS3.4 J.3.3): gather its data set, or handle it now."""
@@ -507,6 +778,139 @@ class RequestorProtocol(Protocol):
         response = dimse.encode_command(dimse.event_report_response(rq, status, comment))
         self.send_command(context.context_id, response, self.client.peer_max_pdu)
 
+    # -- Query/Retrieve streams (issue 16) --------------------------------------------------
+
+    def add_stream(self, stream: QRStream) -> None:
+        """Register a Q/R request whose responses go to ``stream``."""
+        self._streams[stream.message_id] = stream
+
+    def arm_stream(self, stream: QRStream) -> None:
+        """(Re)start the DIMSE timeout of ``stream``: it counts per response (PS3.7 9.1.2-9.1.4)."""
+        self._disarm_stream(stream)
+        if not stream.done and not stream.paused:
+            stream.timer = self._clock.callLater(self._timeout, self._dimse_timeout, stream.message_id)
+
+    def _disarm_stream(self, stream: QRStream) -> None:
+        if stream.timer is not None and stream.timer.active():
+            stream.timer.cancel()
+        stream.timer = None
+
+    def pause_stream(self, stream: QRStream) -> None:
+        """The consumer is behind: stop reading (backpressure), and stop its timeout meanwhile."""
+        stream.paused = True
+        self._disarm_stream(stream)
+        self.transport.pauseProducing()
+
+    def resume_stream(self, stream: QRStream) -> None:
+        """The consumer caught up: read again."""
+        stream.paused = False
+        if not any(other.paused for other in self._streams.values()):
+            self.transport.resumeProducing()
+        self.arm_stream(stream)
+
+    def send_cancel(self, stream: QRStream) -> None:
+        """C-CANCEL-RQ for ``stream``'s request, on its context (PS3.7 9.3.2.3)."""
+        if not self.association.is_established or self.client is None:
+            return
+        command = dimse.encode_command(dimse.CCancelRQ(stream.message_id))
+        self.send_command(stream.context.context_id, command, self.client.peer_max_pdu)
+
+    def _stream_response(self, command: dimse.Command) -> None:
+        """A response to a Q/R request: deliver it, or gather its identifier first."""
+        stream = self._streams[command.message_id_being_responded_to]  # type: ignore[union-attr]
+        if not isinstance(command, stream.expected):
+            self.abort(f"{type(command).__name__} answering {stream.expected.__name__[:-3]}-RQ {stream.message_id}")
+            return
+        self._disarm_stream(stream)
+        if command.has_dataset:
+            self._qr_incoming = (stream, command, [], 0)
+        else:
+            self._stream_deliver(stream, command, None)
+
+    def _stream_fragment(self, event: DatasetFragment) -> None:
+        """One fragment of a Q/R response's identifier, bounded (HARDENING R4)."""
+        assert self._qr_incoming is not None
+        stream, command, parts, size = self._qr_incoming
+        size += len(event.data)
+        if size > MAX_RESPONSE_IDENTIFIER:
+            self._qr_incoming = None
+            self.abort(f"response identifier over {MAX_RESPONSE_IDENTIFIER} bytes")
+            return
+        parts.append(bytes(event.data))
+        self._qr_incoming = (stream, command, parts, size)
+        if event.last:
+            self._qr_incoming = None
+            self._stream_deliver(stream, command, b"".join(parts))
+
+    def _stream_deliver(self, stream: QRStream, command: QRCommand, identifier: bytes | None) -> None:
+        response = QRResponse(command, identifier, stream.transfer_syntax)
+        if not response.pending:
+            self._streams.pop(stream.message_id, None)
+        stream.deliver(response)
+        self.arm_stream(stream)
+
+    def _store_begins(self, context_id: int, rq: dimse.CStoreRQ) -> None:
+        """A C-STORE-RQ from the source: a C-GET sub-operation (PS3.4 C.4.3.3) for the C-GET in progress."""
+        context = self.client.contexts.get(context_id) if self.client is not None else None
+        if context is None:
+            self.abort(f"C-STORE-RQ on unaccepted presentation context {context_id}")
+            return
+        stream = next((s for s in self._streams.values() if s.on_store is not None), None)
+        sink: StoreSink | None = None
+        if stream is not None:
+            # The source works for us meanwhile: no timeout until we answer.
+            self._disarm_stream(stream)
+            assert stream.on_store is not None
+            try:
+                sink = stream.on_store(rq, context)
+            except Exception:  # the caller's factory (e.g. no disk): answer a failure
+                self.log.failure("C-GET sub-operation sink failed")
+                sink = None
+        if not rq.has_dataset:
+            if sink is not None:
+                sink.discard()
+            self._store_answer(rq, context, stream, int(Status.CANNOT_UNDERSTAND), "C-STORE-RQ without a data set")
+            return
+        self._store_incoming = (rq, context, stream, sink)
+
+    def _store_fragment(self, event: DatasetFragment) -> None:
+        """One fragment of a sub-operation's data set, streamed to its sink."""
+        assert self._store_incoming is not None
+        rq, context, stream, sink = self._store_incoming
+        if sink is not None:
+            try:
+                sink.write(bytes(event.data))
+            except OSError:
+                self.log.failure("C-GET sub-operation write failed")
+                sink.discard()
+                sink = None
+                self._store_incoming = (rq, context, stream, None)
+        if not event.last:
+            return
+        self._store_incoming = None
+        if sink is None:
+            # PS3.4 B.2.3: refused, out of resources (no handler, or it failed).
+            self._store_answer(rq, context, stream, int(Status.OUT_OF_RESOURCES), "cannot store the sub-operation")
+            return
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("C-GET sub-operation store failed", failure)
+            self._store_answer(rq, context, stream, int(Status.OUT_OF_RESOURCES), "cannot store the sub-operation")
+
+        d = maybeDeferred(sink.close)
+        d.addCallbacks(lambda status: self._store_answer(rq, context, stream, int(status)), failed)
+
+    def _store_answer(
+        self, rq: dimse.CStoreRQ, context: AcceptedContext, stream: QRStream | None, status: int, comment: str = ""
+    ) -> None:
+        """Send the C-STORE-RSP (PS3.7 9.3.1.2) and restart the C-GET's timeout."""
+        if not self.association.is_established or self.client is None:
+            return
+        response = dimse.store_response(rq, status, error_comment=comment or None)
+        self.send_command(context.context_id, dimse.encode_command(response), self.client.peer_max_pdu)
+        if stream is not None:
+            self.arm_stream(stream)
+
     def _response(self, command: dimse.Command) -> None:
         message_id = getattr(command, "message_id_being_responded_to", None)
         entry = self._pending.pop(message_id, None) if message_id is not None else None
@@ -519,6 +923,14 @@ class RequestorProtocol(Protocol):
         d.callback(command)
 
     def _fail_all(self, error: Exception) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            self._disarm_stream(stream)
+            stream.fail(error)
+        self._qr_incoming = None
+        store, self._store_incoming = self._store_incoming, None
+        if store is not None and store[3] is not None:
+            store[3].discard()
         pending, self._pending = self._pending, {}
         for d, timeout in pending.values():
             if timeout is not None and timeout.active():
@@ -544,6 +956,10 @@ class RequestorProtocol(Protocol):
         """Send a small in-memory data set, fragmented to the peer's maximum (PS3.8 E.1)."""
         for pdv in fragment(context_id, data, max_fragment_size(peer_max, SEND_CAP), command=False):
             self._run(self.association.send_pdata([pdv]))
+
+    def in_use(self, message_id: int) -> bool:
+        """Whether ``message_id`` names a request still waiting for its (final) response."""
+        return message_id in self._pending or message_id in self._streams
 
     def expect_response(self, message_id: int) -> Deferred[Any]:
         """Register a pending request; the DIMSE timeout starts when :meth:`arm_timeout` is called."""
@@ -615,7 +1031,128 @@ class ClientAssociation:
         return min(matches, key=lambda c: c.context_id) if matches else None
 
     def _next_id(self) -> int:
-        return next(self._message_ids) & 0xFFFF or next(self._message_ids)
+        """A Message ID not in use on this association (PS3.7 9.1.1.1.1: unique among outstanding requests)."""
+        for _ in range(0x10000):
+            candidate = next(self._message_ids) & 0xFFFF
+            if candidate and not self._protocol.in_use(candidate):
+                return candidate
+        raise AssociationError("no free Message ID")
+
+    # -- Query/Retrieve (issue 16) ------------------------------------------------------------
+
+    def _qr_request(
+        self,
+        sop_class_uid: str,
+        make: Callable[[int], dimse.Command],
+        expected: type,
+        identifier: Any,
+        message_id: int | None,
+        on_store: OnStore | None = None,
+    ) -> QRStream:
+        """Send a C-FIND/C-MOVE/C-GET-RQ and its identifier; return the stream of its responses.
+
+        :param identifier: bytes already in the context's transfer syntax,
+            or a pydicom Dataset, encoded here.
+        """
+        context = self._context_or_raise(sop_class_uid)
+        if message_id is None:
+            message_id = self._next_id()
+        elif not 0 < message_id <= 0xFFFF or self._protocol.in_use(message_id):
+            raise ValueError(f"Message ID {message_id} is invalid or in use on this association")
+        data = identifier if isinstance(identifier, (bytes, bytearray)) else encode_identifier(identifier, context.transfer_syntax)
+        stream = QRStream(self._protocol, context, message_id, expected, on_store)
+        self._protocol.add_stream(stream)
+        self._protocol.send_command(context.context_id, dimse.encode_command(make(message_id)), self.peer_max_pdu)
+        # PS3.7 9.1.2.1.4 (and 9.1.3.1.4, 9.1.4.1.5): the Identifier is mandatory.
+        self._protocol.send_dataset(context.context_id, bytes(data), self.peer_max_pdu)
+        self._protocol.arm_stream(stream)
+        return stream
+
+    def find(self, sop_class_uid: str, identifier: Any, *, priority: int = 0, message_id: int | None = None) -> QRStream:
+        """C-FIND (PS3.7 9.1.2): send the query; the stream yields each match, then the final response.
+
+        :param sop_class_uid: a FIND SOP class, e.g. Study Root 1.2.840.10008.5.1.4.1.2.2.1.
+        :param identifier: the query: bytes in :meth:`context_for_class`'s
+            transfer syntax, or a pydicom Dataset.
+        :param priority: 0 medium, 1 high, 2 low (PS3.7 9.1.1.1.7).
+        :param message_id: a Message ID to use (unique on this association), or ``None``.
+        :returns: the responses' stream; :meth:`QRStream.cancel` sends C-CANCEL-RQ.
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: when the association is no longer open.
+        """
+        return self._qr_request(
+            sop_class_uid, lambda mid: dimse.CFindRQ(mid, sop_class_uid, priority), dimse.CFindRSP, identifier, message_id
+        )
+
+    def move(
+        self,
+        sop_class_uid: str,
+        destination_ae: str,
+        identifier: Any,
+        *,
+        priority: int = 0,
+        message_id: int | None = None,
+    ) -> QRStream:
+        """C-MOVE (PS3.7 9.1.4): ask the peer to send the instances to ``destination_ae``.
+
+        The stream yields the pending responses with the sub-operation counts
+        (``response.command.remaining`` etc.), then the final one (its
+        identifier, if any, is the Failed SOP Instance UID List).
+
+        :param sop_class_uid: a MOVE SOP class.
+        :param destination_ae: (0000,0600) Move Destination, e.g. the gateway's own AE title.
+        :param identifier: bytes or a pydicom Dataset, as for :meth:`find`.
+        :param priority: 0 medium, 1 high, 2 low.
+        :param message_id: a Message ID to use, e.g. one the journal allocated
+            so that the sub-operations' Move Originator Message ID (0000,1031)
+            names this move across the cluster; ``None`` for the next free one.
+        :returns: the responses' stream.
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: when the association is no longer open.
+        :raises ValueError: when ``message_id`` is outside 1..65535 or in use.
+        """
+        return self._qr_request(
+            sop_class_uid,
+            lambda mid: dimse.CMoveRQ(mid, sop_class_uid, destination_ae, priority),
+            dimse.CMoveRSP,
+            identifier,
+            message_id,
+        )
+
+    def get(
+        self,
+        sop_class_uid: str,
+        identifier: Any,
+        on_store: OnStore,
+        *,
+        priority: int = 0,
+        message_id: int | None = None,
+    ) -> QRStream:
+        """C-GET (PS3.7 9.1.3): the peer sends the instances back on this association as C-STORE-RQs.
+
+        Propose the SCP role for the storage classes expected (role
+        selection, SCU-role 0 / SCP-role 1, PS3.4 C.4.3.3, PS3.7 D.3.3.4)
+        when connecting. Each sub-operation's data set goes to the sink
+        ``on_store(rq, context)`` returns, and is answered with the status of
+        the sink's ``close`` (0xA700 when the factory or the sink fails).
+
+        :param sop_class_uid: a GET SOP class.
+        :param identifier: bytes or a pydicom Dataset, as for :meth:`find`.
+        :param on_store: creates the sink of each incoming C-STORE-RQ.
+        :param priority: 0 medium, 1 high, 2 low.
+        :param message_id: a Message ID to use, or ``None``.
+        :returns: the responses' stream (pending counts, then the final).
+        :raises NoPresentationContext: when the SOP class was not accepted.
+        :raises AssociationAborted: when the association is no longer open.
+        """
+        return self._qr_request(
+            sop_class_uid,
+            lambda mid: dimse.CGetRQ(mid, sop_class_uid, priority),
+            dimse.CGetRSP,
+            identifier,
+            message_id,
+            on_store,
+        )
 
     async def n_action(
         self, sop_class_uid: str, sop_instance_uid: str, action_type_id: int, dataset: bytes

@@ -1,4 +1,4 @@
-"""DIMSE command sets: C-ECHO, C-STORE, N-ACTION and N-EVENT-REPORT, encoded and decoded by hand.
+"""DIMSE command sets: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, C-CANCEL, N-ACTION and N-EVENT-REPORT, encoded and decoded by hand.
 
 A command set is a list of group 0000 elements, always encoded in Implicit VR
 Little Endian whatever transfer syntax the presentation context negotiated
@@ -43,6 +43,11 @@ Deliberate tolerance, to stay interoperable with old modalities:
   0x0118, 0x0112, 0x0123 or 0x0113 (PS3.7 10.1.4.1.10, 10.1.1.1.8) instead
   of aborting. The other DIMSE-N requests (N-GET, N-SET, N-CREATE,
   N-DELETE) stay :class:`UnknownCommand` and are answered 0x0211;
+* likewise for the Query/Retrieve requests (C-FIND-RQ, C-MOVE-RQ, C-GET-RQ,
+  PS3.7 9.3.2.1, 9.3.4.1, 9.3.3.1): a missing Affected SOP Class UID or
+  Move Destination decodes as ``""`` and a missing Priority as 0 (medium),
+  so that the SCP answers 0x0122 or 0xA801 (PS3.4 C.4.2.1.5) instead of
+  aborting;
 * string values are decoded as Latin-1 (never fails) and stripped of their
   padding; checking that a UID is conformant is the caller's job (HARDENING
   decision 3).
@@ -115,6 +120,10 @@ class Tag(IntEnum):
     REQUESTED_SOP_INSTANCE_UID = 0x00001001  # UI
     EVENT_TYPE_ID = 0x00001002  # US
     ACTION_TYPE_ID = 0x00001008  # US
+    NUMBER_OF_REMAINING_SUB_OPERATIONS = 0x00001020  # US
+    NUMBER_OF_COMPLETED_SUB_OPERATIONS = 0x00001021  # US
+    NUMBER_OF_FAILED_SUB_OPERATIONS = 0x00001022  # US
+    NUMBER_OF_WARNING_SUB_OPERATIONS = 0x00001023  # US
     MOVE_ORIGINATOR_AE_TITLE = 0x00001030  # AE
     MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031  # US
 
@@ -296,8 +305,138 @@ class NEventReportRSP:
 
 
 @dataclass(frozen=True)
+class CFindRQ:
+    """C-FIND-RQ (PS3.7 9.3.2.1, Table 9.3-2).
+
+    :ivar affected_sop_class_uid: the FIND SOP class; ``""`` when absent so
+        that the SCP can answer 0x0122.
+    :ivar priority: 0 medium, 1 high, 2 low (PS3.7 9.1.1.1.7); kept as sent.
+    :ivar has_dataset: from CommandDataSetType; the Identifier follows when
+        True (PS3.7 9.1.2.1.4: it is mandatory, so a request without one
+        decodes and the SCP answers a failure).
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    priority: int = 0
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class CFindRSP:
+    """C-FIND-RSP (PS3.7 9.3.2.2, Table 9.3-3).
+
+    :ivar affected_sop_class_uid: U(=) in the response, ``None`` when absent.
+    :ivar status: 0xFF00/0xFF01 pending (an Identifier follows), otherwise
+        final (PS3.4 C.4.1.1.4).
+    :ivar error_comment: (0000,0902), ``None`` when absent.
+    :ivar offending_element: (0000,0901) tags as 32-bit ints, ``None`` when absent.
+    :ivar has_dataset: whether an Identifier follows (a match on pending).
+    """
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class CMoveRQ:
+    """C-MOVE-RQ (PS3.7 9.3.4.1, Table 9.3-6).
+
+    :ivar affected_sop_class_uid: the MOVE SOP class; ``""`` when absent (0x0122).
+    :ivar move_destination: (0000,0600), the AE title the instances go to;
+        ``""`` when absent, so that the SCP answers 0xA801 (PS3.4 C.4.2.1.5).
+    :ivar priority: 0 medium, 1 high, 2 low (PS3.7 9.1.1.1.7).
+    :ivar has_dataset: whether the Identifier follows (PS3.7 9.1.4.1.5: mandatory).
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    move_destination: str
+    priority: int = 0
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class CGetRQ:
+    """C-GET-RQ (PS3.7 9.3.3.1, Table 9.3-4).
+
+    :ivar affected_sop_class_uid: the GET SOP class; ``""`` when absent (0x0122).
+    :ivar priority: 0 medium, 1 high, 2 low (PS3.7 9.1.1.1.7).
+    :ivar has_dataset: whether the Identifier follows (PS3.7 9.1.3.1.4: mandatory).
+    """
+
+    message_id: int
+    affected_sop_class_uid: str
+    priority: int = 0
+    has_dataset: bool = True
+
+
+@dataclass(frozen=True)
+class CMoveRSP:
+    """C-MOVE-RSP (PS3.7 9.3.4.2, Table 9.3-7).
+
+    The four counts are (0000,1020)-(0000,1023): Remaining is required on
+    pending responses, the others on pending and allowed on the final one
+    (PS3.7 9.1.4.1.8-9.1.4.1.11); ``None`` means absent.
+
+    :ivar affected_sop_class_uid: U(=) in the response, ``None`` when absent.
+    :ivar has_dataset: whether an Identifier follows (the Failed SOP
+        Instance UID List (0008,0058) on a failure or warning final,
+        PS3.4 C.4.2.1.4).
+    """
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class CGetRSP:
+    """C-GET-RSP (PS3.7 9.3.3.2, Table 9.3-5); the same fields as :class:`CMoveRSP`.
+
+    :ivar has_dataset: whether an Identifier follows (the Failed SOP
+        Instance UID List (0008,0058), PS3.4 C.4.3.1.3.1).
+    """
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class CCancelRQ:
+    """C-CANCEL-RQ (PS3.7 9.3.2.3, Table 9.3-3a; also used for C-MOVE and C-GET, 9.3.3.3, 9.3.4.3).
+
+    :ivar message_id_being_responded_to: the Message ID of the C-FIND,
+        C-MOVE or C-GET request to cancel (PS3.7 9.3.2.3).
+    :ivar has_dataset: from CommandDataSetType; a conformant one has none.
+    """
+
+    message_id_being_responded_to: int
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
 class UnknownCommand:
-    """Any command other than C-ECHO, C-STORE, N-ACTION and N-EVENT-REPORT, kept raw.
+    """Any command this module does not type (e.g. N-GET, N-SET, N-CREATE, N-DELETE), kept raw.
 
     The SCP uses it to answer a well-formed request it does not implement with
     0x0211 (unrecognized operation, HARDENING D21), see
@@ -329,8 +468,20 @@ Command = Union[
     NActionRSP,
     NEventReportRQ,
     NEventReportRSP,
+    CFindRQ,
+    CFindRSP,
+    CMoveRQ,
+    CMoveRSP,
+    CGetRQ,
+    CGetRSP,
+    CCancelRQ,
     UnknownCommand,
 ]
+
+#: The Query/Retrieve requests (PS3.7 9.3.2-9.3.4).
+QRRequest = Union[CFindRQ, CMoveRQ, CGetRQ]
+#: The Query/Retrieve responses.
+QRResponse = Union[CFindRSP, CMoveRSP, CGetRSP]
 
 
 # ---------------------------------------------------------------------------
@@ -436,7 +587,9 @@ def decode_command(data: bytes | memoryview) -> Command:
     :param data: the Implicit VR Little Endian command set.
     :returns: a :class:`CEchoRQ`, :class:`CEchoRSP`, :class:`CStoreRQ`,
         :class:`CStoreRSP`, :class:`NActionRQ`, :class:`NActionRSP`,
-        :class:`NEventReportRQ`, :class:`NEventReportRSP`, or an
+        :class:`NEventReportRQ`, :class:`NEventReportRSP`, :class:`CFindRQ`,
+        :class:`CFindRSP`, :class:`CMoveRQ`, :class:`CMoveRSP`,
+        :class:`CGetRQ`, :class:`CGetRSP`, :class:`CCancelRQ`, or an
         :class:`UnknownCommand` for any other Command Field; each carries
         ``has_dataset`` (PS3.7 E.1).
     :raises DIMSEProtocolError: for any of the violations listed in the module
@@ -535,6 +688,48 @@ def decode_command(data: bytes | memoryview) -> Command:
             has_dataset=has_dataset,
             error_comment=_text(elements, Tag.ERROR_COMMENT),
         )
+    if command_field in (CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
+        # PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1: class, priority (and destination)
+        # are mandatory, but a response can still be built without them, so
+        # they decode as ""/0 and the SCP answers a status (module docstring).
+        sop_class = _text(elements, Tag.AFFECTED_SOP_CLASS_UID) or ""
+        qr_priority = _us(elements, Tag.PRIORITY) or 0
+        if command_field == CommandField.C_FIND_RQ:
+            return CFindRQ(message_id, sop_class, qr_priority, has_dataset)
+        if command_field == CommandField.C_GET_RQ:
+            return CGetRQ(message_id, sop_class, qr_priority, has_dataset)
+        return CMoveRQ(
+            message_id, sop_class, _text(elements, Tag.MOVE_DESTINATION) or "", qr_priority, has_dataset
+        )
+    if command_field == CommandField.C_FIND_RSP:
+        # PS3.7 9.3.2.2: Status is mandatory.
+        return CFindRSP(
+            message_id_being_responded_to=message_id,
+            status=_require(_us(elements, Tag.STATUS), "Status", command_field),
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID),
+            error_comment=_text(elements, Tag.ERROR_COMMENT),
+            offending_element=_at(elements, Tag.OFFENDING_ELEMENT),
+            has_dataset=has_dataset,
+        )
+    if command_field in (CommandField.C_MOVE_RSP, CommandField.C_GET_RSP):
+        # PS3.7 9.3.4.2 / 9.3.3.2: Status is mandatory; the counts are
+        # conditional (PS3.7 9.1.4.1.8-11) and checked by the caller.
+        rsp_type = CMoveRSP if command_field == CommandField.C_MOVE_RSP else CGetRSP
+        return rsp_type(
+            message_id_being_responded_to=message_id,
+            status=_require(_us(elements, Tag.STATUS), "Status", command_field),
+            affected_sop_class_uid=_text(elements, Tag.AFFECTED_SOP_CLASS_UID),
+            remaining=_us(elements, Tag.NUMBER_OF_REMAINING_SUB_OPERATIONS),
+            completed=_us(elements, Tag.NUMBER_OF_COMPLETED_SUB_OPERATIONS),
+            failed=_us(elements, Tag.NUMBER_OF_FAILED_SUB_OPERATIONS),
+            warning=_us(elements, Tag.NUMBER_OF_WARNING_SUB_OPERATIONS),
+            error_comment=_text(elements, Tag.ERROR_COMMENT),
+            offending_element=_at(elements, Tag.OFFENDING_ELEMENT),
+            has_dataset=has_dataset,
+        )
+    if command_field == CommandField.C_CANCEL_RQ:
+        # PS3.7 9.3.2.3: only the Message ID Being Responded To identifies it.
+        return CCancelRQ(message_id, has_dataset)
     # Anything else is kept raw; the identifying elements are already fields.
     id_tag = Tag.MESSAGE_ID if is_request(command_field) else Tag.MESSAGE_ID_BEING_RESPONDED_TO
     rest = {
@@ -699,6 +894,49 @@ def encode_command(cmd: Command) -> bytes:
                 el[Tag.AFFECTED_SOP_INSTANCE_UID] = _enc_ui(cmd.affected_sop_instance_uid)
             if type_id is not None:
                 el[type_tag] = _enc_us(type_id)
+        case CFindRQ() | CGetRQ():
+            # PS3.7 9.3.2.1 / 9.3.3.1.
+            el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(
+                CommandField.C_FIND_RQ if isinstance(cmd, CFindRQ) else CommandField.C_GET_RQ
+            )
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+            el[Tag.PRIORITY] = _enc_us(cmd.priority)
+        case CMoveRQ():
+            # PS3.7 9.3.4.1.
+            el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_MOVE_RQ)
+            el[Tag.MESSAGE_ID] = _enc_us(cmd.message_id)
+            el[Tag.MOVE_DESTINATION] = _enc_ae(cmd.move_destination)
+            el[Tag.PRIORITY] = _enc_us(cmd.priority)
+        case CFindRSP() | CMoveRSP() | CGetRSP():
+            # PS3.7 9.3.2.2 / 9.3.4.2 / 9.3.3.2.
+            if isinstance(cmd, CFindRSP):
+                el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_FIND_RSP)
+            else:
+                el[Tag.COMMAND_FIELD] = _enc_us(
+                    CommandField.C_MOVE_RSP if isinstance(cmd, CMoveRSP) else CommandField.C_GET_RSP
+                )
+                for tag, count in (
+                    (Tag.NUMBER_OF_REMAINING_SUB_OPERATIONS, cmd.remaining),
+                    (Tag.NUMBER_OF_COMPLETED_SUB_OPERATIONS, cmd.completed),
+                    (Tag.NUMBER_OF_FAILED_SUB_OPERATIONS, cmd.failed),
+                    (Tag.NUMBER_OF_WARNING_SUB_OPERATIONS, cmd.warning),
+                ):
+                    if count is not None:
+                        el[tag] = _enc_us(count)
+            if cmd.affected_sop_class_uid is not None:
+                el[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(cmd.affected_sop_class_uid)
+            el[Tag.MESSAGE_ID_BEING_RESPONDED_TO] = _enc_us(cmd.message_id_being_responded_to)
+            el[Tag.STATUS] = _enc_us(cmd.status)
+            if cmd.offending_element:
+                el[Tag.OFFENDING_ELEMENT] = _enc_at(cmd.offending_element)
+            if cmd.error_comment is not None:
+                el[Tag.ERROR_COMMENT] = _enc_lo(cmd.error_comment)
+        case CCancelRQ():
+            # PS3.7 9.3.2.3.
+            el[Tag.COMMAND_FIELD] = _enc_us(CommandField.C_CANCEL_RQ)
+            el[Tag.MESSAGE_ID_BEING_RESPONDED_TO] = _enc_us(cmd.message_id_being_responded_to)
         case UnknownCommand():
             # Raw elements as given, then the identifying ones on top.
             el.update(cmd.elements)
@@ -812,3 +1050,149 @@ def unrecognized_operation_response(rq: UnknownCommand) -> UnknownCommand | None
     if sop_class is not None:
         elements[Tag.AFFECTED_SOP_CLASS_UID] = sop_class
     return UnknownCommand(rq.command_field | 0x8000, rq.message_id, elements, has_dataset=False)
+
+
+def _clip_count(value: int | None) -> int | None:
+    """A sub-operation count as a US: ``None`` stays absent, larger values saturate at 0xFFFF.
+
+    (0000,1020)-(0000,1023) are US (PS3.7 E.1); a study of more than 65535
+    instances cannot be counted exactly, so we saturate rather than fail to
+    encode the response.
+    """
+    if value is None:
+        return None
+    return max(0, min(value, 0xFFFF))
+
+
+def find_response(
+    rq: CFindRQ,
+    status: int,
+    has_identifier: bool = False,
+    *,
+    error_comment: str | None = None,
+    offending_element: tuple[int, ...] | None = None,
+) -> CFindRSP:
+    """Build a C-FIND-RSP answering ``rq`` (PS3.7 9.3.2.2: SOP class echoed, U(=)).
+
+    :param rq: the request.
+    :param status: 0xFF00/0xFF01 for a match, else a final status (PS3.4 C.4.1.1.4).
+    :param has_identifier: whether an Identifier follows (a match on pending).
+    :param error_comment: optional (0000,0902) (PS3.7 9.1.2.1.6); sanitised on encoding.
+    :param offending_element: optional (0000,0901) tags.
+    :returns: the response.
+    """
+    return CFindRSP(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        error_comment=error_comment or None,
+        offending_element=offending_element,
+        has_dataset=has_identifier,
+    )
+
+
+def move_response(
+    rq: CMoveRQ,
+    status: int,
+    remaining: int | None = None,
+    completed: int | None = None,
+    failed: int | None = None,
+    warning: int | None = None,
+    *,
+    has_identifier: bool = False,
+    error_comment: str | None = None,
+    offending_element: tuple[int, ...] | None = None,
+) -> CMoveRSP:
+    """Build a C-MOVE-RSP answering ``rq`` (PS3.7 9.3.4.2).
+
+    On pending, PS3.7 9.1.4.1.8-11 require all four counts; on the final
+    response Remaining is absent except after a cancel, and the others may
+    be sent. Counts larger than a US saturate at 65535.
+
+    :param rq: the request.
+    :param status: see PS3.4 C.4.2.1.5.
+    :param remaining: (0000,1020) or ``None``.
+    :param completed: (0000,1021) or ``None``.
+    :param failed: (0000,1022) or ``None``.
+    :param warning: (0000,1023) or ``None``.
+    :param has_identifier: whether an Identifier (Failed SOP Instance UID
+        List, PS3.4 C.4.2.1.4) follows.
+    :param error_comment: optional (0000,0902); sanitised on encoding.
+    :param offending_element: optional (0000,0901) tags.
+    :returns: the response.
+    """
+    return CMoveRSP(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        remaining=_clip_count(remaining),
+        completed=_clip_count(completed),
+        failed=_clip_count(failed),
+        warning=_clip_count(warning),
+        error_comment=error_comment or None,
+        offending_element=offending_element,
+        has_dataset=has_identifier,
+    )
+
+
+def get_response(
+    rq: CGetRQ,
+    status: int,
+    remaining: int | None = None,
+    completed: int | None = None,
+    failed: int | None = None,
+    warning: int | None = None,
+    *,
+    has_identifier: bool = False,
+    error_comment: str | None = None,
+    offending_element: tuple[int, ...] | None = None,
+) -> CGetRSP:
+    """Build a C-GET-RSP answering ``rq`` (PS3.7 9.3.3.2); as :func:`move_response`.
+
+    :param rq: the request.
+    :param status: see PS3.4 C.4.3.1.4.
+    :param remaining: (0000,1020) or ``None``.
+    :param completed: (0000,1021) or ``None``.
+    :param failed: (0000,1022) or ``None``.
+    :param warning: (0000,1023) or ``None``.
+    :param has_identifier: whether the Failed SOP Instance UID List follows.
+    :param error_comment: optional (0000,0902); sanitised on encoding.
+    :param offending_element: optional (0000,0901) tags.
+    :returns: the response.
+    """
+    return CGetRSP(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        remaining=_clip_count(remaining),
+        completed=_clip_count(completed),
+        failed=_clip_count(failed),
+        warning=_clip_count(warning),
+        error_comment=error_comment or None,
+        offending_element=offending_element,
+        has_dataset=has_identifier,
+    )
+
+
+def qr_unrecognized_response(rq: CFindRQ | CMoveRQ | CGetRQ) -> UnknownCommand:
+    """The 0x0211 answer to a Q/R request on an association that does not serve Q/R.
+
+    Before issue 16 these requests decoded as :class:`UnknownCommand` and
+    were answered 0x0211 (HARDENING D21); this keeps that answer available
+    to an SCP that has no Q/R handler for the request.
+
+    :param rq: the request.
+    :returns: the response (Command Field with bit 15 set, no data set).
+    """
+    command_field = {
+        CFindRQ: CommandField.C_FIND_RQ,
+        CMoveRQ: CommandField.C_MOVE_RQ,
+        CGetRQ: CommandField.C_GET_RQ,
+    }[type(rq)]
+    elements: dict[int, bytes] = {Tag.STATUS: _enc_us(Status.UNRECOGNIZED_OPERATION)}
+    if rq.affected_sop_class_uid:
+        try:
+            elements[Tag.AFFECTED_SOP_CLASS_UID] = _enc_ui(rq.affected_sop_class_uid)
+        except ValueError:
+            pass  # a hostile class UID (not ASCII, too long) is not echoed
+    return UnknownCommand(command_field | 0x8000, rq.message_id, elements, has_dataset=False)

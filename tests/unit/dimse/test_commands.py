@@ -15,8 +15,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.dimse.commands import (
     DATA_SET_ABSENT,
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
+    CFindRQ,
+    CFindRSP,
+    CGetRQ,
+    CGetRSP,
+    CMoveRQ,
+    CMoveRSP,
     CommandField,
     CStoreRQ,
     CStoreRSP,
@@ -31,7 +38,11 @@ from gateway.dimse.commands import (
     echo_response,
     event_report_response,
     encode_command,
+    find_response,
+    get_response,
     is_request,
+    move_response,
+    qr_unrecognized_response,
     store_response,
     unrecognized_operation_response,
 )
@@ -311,53 +322,52 @@ class DecodeErrors(SynchronousTestCase):
 
 
 class UnknownCommandTests(SynchronousTestCase):
-    """Commands other than C-ECHO and C-STORE (HARDENING D21)."""
+    """Commands this module does not type are kept raw and answered 0x0211 (HARDENING D21)."""
 
-    def find_rq(self) -> bytes:
-        """A C-FIND-RQ command set."""
+    def get_rq(self) -> bytes:
+        """An N-GET-RQ command set (not implemented by the gateway)."""
         return (
-            element(Tag.AFFECTED_SOP_CLASS_UID, b"1.2.840.10008.5.1.4.1.2.1.1\x00")
-            + element(Tag.COMMAND_FIELD, us(0x0020))
+            element(Tag.REQUESTED_SOP_CLASS_UID, b"1.2.840.10008.5.1.1.16\x00")
+            + element(Tag.COMMAND_FIELD, us(0x0110))
             + element(Tag.MESSAGE_ID, us(3))
-            + element(Tag.PRIORITY, us(0))
             + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0000))
+            + element(Tag.REQUESTED_SOP_INSTANCE_UID, b"1.2.3\x00")
         )
 
-    def test_find_rq_decodes_as_unknown(self) -> None:
-        """A C-FIND-RQ is kept raw, with its message ID and data set flag."""
-        cmd = decode_command(self.find_rq())
+    def test_n_get_rq_decodes_as_unknown(self) -> None:
+        """An N-GET-RQ is kept raw, with its message ID and data set flag."""
+        cmd = decode_command(self.get_rq())
         assert isinstance(cmd, UnknownCommand)
-        self.assertEqual((cmd.command_field, cmd.message_id, cmd.has_dataset), (0x0020, 3, True))
-        self.assertEqual(set(cmd.elements), {Tag.AFFECTED_SOP_CLASS_UID, Tag.PRIORITY})
+        self.assertEqual((cmd.command_field, cmd.message_id, cmd.has_dataset), (0x0110, 3, True))
+        self.assertEqual(set(cmd.elements), {Tag.REQUESTED_SOP_CLASS_UID, Tag.REQUESTED_SOP_INSTANCE_UID})
 
     def test_unrecognized_operation_response(self) -> None:
         """The answer to an unknown request is 0x0211 with the response Command Field."""
-        cmd = decode_command(self.find_rq())
+        data = (
+            element(Tag.AFFECTED_SOP_CLASS_UID, b"1.2.840.10008.5.1.4.1.2.1.1\x00")
+            + element(Tag.COMMAND_FIELD, us(0x0ABC))
+            + element(Tag.MESSAGE_ID, us(3))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        cmd = decode_command(data)
         assert isinstance(cmd, UnknownCommand)
         rsp = unrecognized_operation_response(cmd)
         assert rsp is not None
         ds = pydicom_decode(encode_command(rsp))
-        self.assertEqual(ds.CommandField, 0x8020)
+        self.assertEqual(ds.CommandField, 0x8ABC)
         self.assertEqual(ds.MessageIDBeingRespondedTo, 3)
         self.assertEqual(ds.Status, Status.UNRECOGNIZED_OPERATION)
         self.assertEqual(ds.CommandDataSetType, 0x0101)
         self.assertEqual(ds.AffectedSOPClassUID, "1.2.840.10008.5.1.4.1.2.1.1")
 
-    def test_cancel_uses_message_id_being_responded_to(self) -> None:
-        """C-CANCEL-RQ is identified by MessageIDBeingRespondedTo and gets no response."""
-        data = (
-            element(Tag.COMMAND_FIELD, us(0x0FFF))
-            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(8))
-            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
-        )
-        cmd = decode_command(data)
-        assert isinstance(cmd, UnknownCommand)
-        self.assertEqual(cmd.message_id, 8)
+    def test_unknown_response_gets_no_answer(self) -> None:
+        """An unknown response (bit 15 set) is never answered."""
+        cmd = UnknownCommand(0x8110, 8, {Tag.STATUS: us(0)})
         self.assertIsNone(unrecognized_operation_response(cmd))
 
     def test_unknown_command_round_trip(self) -> None:
         """An UnknownCommand re-encodes to an equal decoded value."""
-        cmd = decode_command(self.find_rq())
+        cmd = decode_command(self.get_rq())
         self.assertEqual(decode_command(encode_command(cmd)), cmd)
 
     def test_is_request(self) -> None:
@@ -527,3 +537,181 @@ class DimseNTests(SynchronousTestCase):
         """event_report_response echoes class, instance and event type (PS3.7 10.3.1.2)."""
         rsp = event_report_response(NEventReportRQ(2, STGCMT, STGCMT_INSTANCE, 2), Status.SUCCESS)
         self.assertEqual(rsp, NEventReportRSP(2, 0, STGCMT, STGCMT_INSTANCE, 2))
+
+
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+
+class QueryRetrieveCommandTests(SynchronousTestCase):
+    """C-FIND, C-MOVE, C-GET and C-CANCEL (PS3.7 9.3.2-9.3.4), checked against pydicom's encoder."""
+
+    def test_find_rq_round_trip(self) -> None:
+        """A C-FIND-RQ survives encode and decode unchanged."""
+        cmd = CFindRQ(3, STUDY_FIND, priority=1)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_move_rq_round_trip(self) -> None:
+        """A C-MOVE-RQ with an odd-length destination survives encode and decode."""
+        cmd = CMoveRQ(4, STUDY_MOVE, "STORESCP", priority=2)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+        cmd = CMoveRQ(4, STUDY_MOVE, "ODD")
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_get_rq_round_trip(self) -> None:
+        """A C-GET-RQ survives encode and decode unchanged."""
+        cmd = CGetRQ(5, STUDY_GET)
+        self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_responses_round_trip(self) -> None:
+        """C-FIND/C-MOVE/C-GET responses with counts, comment and offending element survive unchanged."""
+        for cmd in (
+            CFindRSP(3, 0xFF00, STUDY_FIND, has_dataset=True),
+            CFindRSP(3, 0xC000, STUDY_FIND, error_comment="bad level", offending_element=(0x00080052,)),
+            CMoveRSP(4, 0xFF00, STUDY_MOVE, remaining=10, completed=2, failed=1, warning=0),
+            CMoveRSP(4, 0xB000, STUDY_MOVE, completed=2, failed=1, warning=0, has_dataset=True),
+            CGetRSP(5, 0xFE00, STUDY_GET, remaining=3, completed=0, failed=0, warning=0),
+            CGetRSP(5, 0xA801),
+        ):
+            self.assertEqual(decode_command(encode_command(cmd)), cmd)
+
+    def test_cancel_round_trip_and_no_answer(self) -> None:
+        """C-CANCEL-RQ is identified by MessageIDBeingRespondedTo (PS3.7 9.3.2.3)."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x0FFF))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(8))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+        )
+        self.assertEqual(decode_command(data), CCancelRQ(8))
+        self.assertEqual(decode_command(encode_command(CCancelRQ(8))), CCancelRQ(8))
+        self.assertEqual(encode_command(CCancelRQ(8)), element(Tag.COMMAND_GROUP_LENGTH, struct.pack("<I", len(data))) + data)
+
+    def test_decode_pynetdicom_find_rq(self) -> None:
+        """A C-FIND-RQ encoded by pydicom decodes with class, message ID, priority and an identifier."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = PATIENT_FIND
+        ds.CommandField = 0x0020
+        ds.MessageID = 3
+        ds.Priority = 0
+        ds.CommandDataSetType = 0x0000
+        self.assertEqual(decode_command(pydicom_encode(ds)), CFindRQ(3, PATIENT_FIND, 0, True))
+
+    def test_our_move_rq_matches_pydicom_bytes(self) -> None:
+        """Our C-MOVE-RQ bytes equal pydicom's encoding of the same elements."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = STUDY_MOVE
+        ds.CommandField = 0x0021
+        ds.MessageID = 7
+        ds.MoveDestination = "STORESCP"
+        ds.Priority = 0
+        ds.CommandDataSetType = 0x0001
+        self.assertEqual(encode_command(CMoveRQ(7, STUDY_MOVE, "STORESCP")), pydicom_encode(ds))
+
+    def test_our_find_and_get_rq_match_pydicom_bytes(self) -> None:
+        """Our C-FIND-RQ and C-GET-RQ bytes equal pydicom's encoding of the same elements."""
+        for field_value, cmd in ((0x0020, CFindRQ(2, STUDY_FIND)), (0x0010, CGetRQ(2, STUDY_GET))):
+            ds = Dataset()
+            ds.AffectedSOPClassUID = cmd.affected_sop_class_uid
+            ds.CommandField = field_value
+            ds.MessageID = 2
+            ds.Priority = 0
+            ds.CommandDataSetType = 0x0001
+            self.assertEqual(encode_command(cmd), pydicom_encode(ds))
+
+    def test_pynetdicom_decodes_our_move_rsp_counts(self) -> None:
+        """pydicom reads the four sub-operation counts (0000,1020)-(0000,1023) of our C-MOVE-RSP."""
+        rsp = move_response(CMoveRQ(4, STUDY_MOVE, "DEST"), 0xFF00, 197, 2, 1, 0)
+        ds = pydicom_decode(encode_command(rsp))
+        self.assertEqual(ds.CommandField, 0x8021)
+        self.assertEqual(ds.MessageIDBeingRespondedTo, 4)
+        self.assertEqual(ds.AffectedSOPClassUID, STUDY_MOVE)
+        self.assertEqual(ds.Status, 0xFF00)
+        self.assertEqual(
+            (
+                ds.NumberOfRemainingSuboperations,
+                ds.NumberOfCompletedSuboperations,
+                ds.NumberOfFailedSuboperations,
+                ds.NumberOfWarningSuboperations,
+            ),
+            (197, 2, 1, 0),
+        )
+        self.assertEqual(ds.CommandDataSetType, DATA_SET_ABSENT)
+
+    def test_decode_pynetdicom_get_rsp(self) -> None:
+        """A C-GET-RSP encoded by pydicom decodes with counts, comment and the identifier flag."""
+        ds = Dataset()
+        ds.AffectedSOPClassUID = STUDY_GET
+        ds.CommandField = 0x8010
+        ds.MessageIDBeingRespondedTo = 5
+        ds.CommandDataSetType = 0x0000
+        ds.Status = 0xB000
+        ds.ErrorComment = "some failed"
+        ds.NumberOfCompletedSuboperations = 3
+        ds.NumberOfFailedSuboperations = 1
+        ds.NumberOfWarningSuboperations = 0
+        self.assertEqual(
+            decode_command(pydicom_encode(ds)),
+            CGetRSP(5, 0xB000, STUDY_GET, None, 3, 1, 0, "some failed", None, True),
+        )
+
+    def test_find_response_builder(self) -> None:
+        """find_response echoes message ID and class; a pending match carries an identifier."""
+        rq = CFindRQ(9, STUDY_FIND)
+        self.assertEqual(find_response(rq, 0xFF00, True), CFindRSP(9, 0xFF00, STUDY_FIND, has_dataset=True))
+        rsp = find_response(rq, 0xA700, error_comment="max_results 10000 reached")
+        ds = pydicom_decode(encode_command(rsp))
+        self.assertEqual((ds.Status, ds.ErrorComment, ds.CommandDataSetType), (0xA700, "max_results 10000 reached", 0x0101))
+
+    def test_get_response_saturates_large_counts(self) -> None:
+        """A count above 65535 saturates instead of making the response unencodable (US, PS3.7 E.1)."""
+        rsp = get_response(CGetRQ(1, STUDY_GET), 0xFF00, remaining=70000, completed=0, failed=0, warning=0)
+        self.assertEqual(rsp.remaining, 0xFFFF)
+        self.assertEqual(decode_command(encode_command(rsp)), rsp)
+
+    def test_missing_class_and_destination_decode_for_an_answer(self) -> None:
+        """A C-MOVE-RQ without class, priority and destination decodes as ""/0/"" so the SCP can answer 0xA801."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x0021))
+            + element(Tag.MESSAGE_ID, us(6))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0001))
+        )
+        self.assertEqual(decode_command(data), CMoveRQ(6, "", "", 0, True))
+
+    def test_qr_response_without_status_is_protocol_error(self) -> None:
+        """C-FIND/C-MOVE/C-GET responses without Status are refused (HARDENING D20)."""
+        for field_value in (0x8020, 0x8021, 0x8010):
+            data = (
+                element(Tag.COMMAND_FIELD, us(field_value))
+                + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(6))
+                + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+            )
+            self.assertRaises(DIMSEProtocolError, decode_command, data)
+
+    def test_qr_request_without_message_id_is_protocol_error(self) -> None:
+        """A C-FIND-RQ without MessageID cannot be answered and is refused (HARDENING D20)."""
+        data = element(Tag.COMMAND_FIELD, us(0x0020)) + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0001))
+        self.assertRaises(DIMSEProtocolError, decode_command, data)
+
+    def test_bad_count_length_is_protocol_error(self) -> None:
+        """A sub-operation count that is not 2 bytes is refused."""
+        data = (
+            element(Tag.COMMAND_FIELD, us(0x8021))
+            + element(Tag.MESSAGE_ID_BEING_RESPONDED_TO, us(6))
+            + element(Tag.COMMAND_DATA_SET_TYPE, us(0x0101))
+            + element(Tag.STATUS, us(0xFF00))
+            + element(Tag.NUMBER_OF_REMAINING_SUB_OPERATIONS, b"\x01\x00\x00\x00")
+        )
+        self.assertRaises(DIMSEProtocolError, decode_command, data)
+
+    def test_qr_unrecognized_response_keeps_the_0211_answer(self) -> None:
+        """Without a Q/R handler, a C-FIND-RQ is still answered 0x0211 with the response Command Field."""
+        for rq, field_value in (
+            (CFindRQ(3, PATIENT_FIND), 0x8020),
+            (CMoveRQ(3, STUDY_MOVE, "X"), 0x8021),
+            (CGetRQ(3, STUDY_GET), 0x8010),
+        ):
+            ds = pydicom_decode(encode_command(qr_unrecognized_response(rq)))
+            self.assertEqual((ds.CommandField, ds.MessageIDBeingRespondedTo, ds.Status), (field_value, 3, 0x0211))
+            self.assertEqual(ds.AffectedSOPClassUID, rq.affected_sop_class_uid)
