@@ -43,7 +43,24 @@ DICOM Instances Transferred     110104    a Storage Commitment report delivered
 (A.5.3.7)                                 or given up (the responsibility for
                                           the instances passes), an archive's
                                           report received
+Query (A.5.3.10)                110112    a C-FIND answered (issue 16), with
+                                          its keys (the identifier, base64)
+DICOM Instances Transferred     110104    a C-MOVE or C-GET answered (issue 16):
+(A.5.3.7)                                 the requester's retrieve, with counts
 =============================== ========= ===================================
+
+Query/Retrieve (issue 16): a query is recorded as PS3.15 A.5.3.10 prescribes:
+the requester (UserIsRequestor) and the gateway that answers it, and one
+participant object, the SOP class queried (ParticipantObjectIDTypeCode
+110181 "SOP Class UID"), whose ParticipantObjectQuery is the query identifier
+base64-encoded and whose detail names its transfer syntax. The query keys are
+PHI (Patient Name, Patient ID): they go to this trail, which is the only
+place PHI goes, and never to a log line or a metric label. A retrieve is a
+DICOM Instances Transferred record (action R): source the gateway, destination
+the move destination (C-MOVE) or the requester (C-GET), the requester marked
+as such, the studies as participant objects. A refused query or retrieve
+(access, a move destination the caller may not name) is a Security Alert (Use
+of Restricted Function), as a refused Storage Commitment request is.
 
 Storage Commitment (PS3.4 Annex J) has no audit message of its own in
 PS3.15 A.5.3. A request is the requester reading what the gateway holds of
@@ -59,6 +76,7 @@ Outcome indicators (A.5.1, RFC 3881): 0 success, 4 minor failure,
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import json
@@ -109,6 +127,7 @@ class Code:
 APPLICATION_ACTIVITY = Code("110100", "Application Activity")
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+QUERY = Code("110112", "Query")
 DATA_EXPORT = Code("110106", "Export")
 SECURITY_ALERT = Code("110113", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "User Authentication")
@@ -152,7 +171,7 @@ class Participant:
 class ParticipantObject:
     """A ParticipantObject (PS3.15 A.5.2.5): a study or a patient.
 
-    :ivar kind: ``study`` or ``patient``.
+    :ivar kind: ``study``, ``patient`` or ``sop_class`` (a query's SOP class, A.5.3.10).
     :ivar id: the Study Instance UID or the Patient ID.
     :ivar sop_class_uid: the instance's SOP class (studies only).
     :ivar sop_instance_uids: the instances (studies only).
@@ -162,6 +181,10 @@ class ParticipantObject:
     id: str
     sop_class_uid: str = ""
     sop_instance_uids: tuple[str, ...] = ()
+    #: ParticipantObjectQuery (A.5.3.10): the query identifier, base64 (``kind`` ``sop_class``).
+    query: str = ""
+    #: ParticipantObjectDetail "TransferSyntax" of ``query`` (A.5.3.10).
+    transfer_syntax: str = ""
 
 
 @dataclass(frozen=True)
@@ -732,6 +755,166 @@ class AuditTrail:
             disposition=disposition,
             participants=(source, destination),
             objects=tuple(objects),
+            extra=extra,
+        )
+
+    # -- Query/Retrieve (issue 16) ------------------------------------------------------------
+
+    def query(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        listener: str,
+        sop_class_uid: str,
+        identifier: bytes,
+        transfer_syntax: str,
+        level: str,
+        outcome: str,
+        status: int,
+        results: int,
+        failed_sources: Sequence[str] = (),
+        reason: str = "",
+    ) -> AuditRecord:
+        """A C-FIND was answered (Query, PS3.15 A.5.3.10; or a Security Alert when ``refused``).
+
+        Outcome: success for ``success``, ``cancelled`` and ``limited`` (the
+        requester got what it asked for, or the limit the operator set);
+        minor failure for ``partial`` (a source left out) and ``invalid``;
+        serious failure for ``failed``.
+
+        :param identifier: the query identifier as received (base64 in the record).
+        :param outcome: one of :data:`gateway.events.QUERY_OUTCOMES`.
+        :param status: the final C-FIND-RSP status sent.
+        :param results: pending responses relayed.
+        :param failed_sources: the sources left out.
+        :returns: the record.
+        """
+        extra = {
+            "listener": listener,
+            "level": level,
+            "outcome": outcome,
+            "status": f"0x{status:04X}",
+            "results": str(results),
+        }
+        if failed_sources:
+            extra["failed_sources"] = ",".join(failed_sources)
+        requester = Participant(user_id=calling_ae_title, role=SOURCE.meaning, network_access_point=peer, requestor=True)
+        words = f"C-FIND {outcome} (0x{status:04X}), {results} result(s)" + (f": {reason}" if reason else "")
+        if outcome == "refused":
+            return self.emit(
+                SECURITY_ALERT,
+                "E",
+                Outcome.MINOR_FAILURE,
+                event_type=USE_OF_RESTRICTED_FUNCTION,
+                description=words,
+                disposition="query_refused",
+                participants=(requester, self._us(DESTINATION)),
+                extra=extra,
+            )
+        result = {
+            "success": Outcome.SUCCESS,
+            "cancelled": Outcome.SUCCESS,
+            "limited": Outcome.SUCCESS,
+            "failed": Outcome.SERIOUS_FAILURE,
+        }.get(outcome, Outcome.MINOR_FAILURE)
+        return self.emit(
+            QUERY,
+            "E",
+            result,
+            description=words,
+            disposition="query",
+            participants=(requester, self._us(DESTINATION)),
+            objects=(
+                ParticipantObject(
+                    kind="sop_class",
+                    id=sop_class_uid,
+                    query=base64.b64encode(identifier).decode("ascii"),
+                    transfer_syntax=transfer_syntax,
+                ),
+            ),
+            extra=extra,
+        )
+
+    def retrieve(
+        self,
+        *,
+        peer: str,
+        calling_ae_title: str,
+        listener: str,
+        verb: str,
+        sop_class_uid: str,
+        outcome: str,
+        status: int,
+        completed: int,
+        failed: int,
+        warning: int,
+        destination: Participant | None = None,
+        study_uids: Sequence[str] = (),
+        failed_uids: Sequence[str] = (),
+        sources: Sequence[str] = (),
+        reason: str = "",
+    ) -> AuditRecord:
+        """A C-MOVE or C-GET was answered (DICOM Instances Transferred, A.5.3.7; a Security Alert when ``refused``).
+
+        We are the source (the gateway sends the instances on), the move
+        destination (C-MOVE) or the requester (C-GET) the destination; the
+        requester is UserIsRequestor. Outcome: success when every sub-operation
+        completed, minor failure for ``warning``, ``cancelled`` and ``invalid``,
+        serious failure for ``failed``.
+
+        :param verb: ``move`` or ``get``.
+        :param outcome: one of :data:`gateway.events.RETRIEVE_OUTCOMES`.
+        :param destination: the move destination (C-MOVE); ``None``: the requester (C-GET).
+        :param study_uids: the studies concerned (participant objects).
+        :param failed_uids: the Failed SOP Instance UID List sent (counted in the record).
+        :returns: the record.
+        """
+        extra = {
+            "listener": listener,
+            "verb": verb,
+            "sop_class_uid": sop_class_uid,
+            "outcome": outcome,
+            "status": f"0x{status:04X}",
+            "completed": str(completed),
+            "failed": str(failed),
+            "warning": str(warning),
+        }
+        if sources:
+            extra["sources"] = ",".join(sources)
+        if failed_uids:
+            extra["failed_uids"] = str(len(failed_uids))
+        requester = Participant(
+            user_id=calling_ae_title,
+            role="" if destination is not None else DESTINATION.meaning,
+            network_access_point=peer,
+            requestor=True,
+        )
+        words = (
+            f"C-{verb.upper()} {outcome} (0x{status:04X}): {completed} completed, {failed} failed, {warning} warning"
+            + (f": {reason}" if reason else "")
+        )
+        if outcome == "refused":
+            return self.emit(
+                SECURITY_ALERT,
+                "E",
+                Outcome.MINOR_FAILURE,
+                event_type=USE_OF_RESTRICTED_FUNCTION,
+                description=words,
+                disposition="retrieve_refused",
+                participants=(requester, self._us()) + ((destination,) if destination is not None else ()),
+                extra=extra,
+            )
+        result = {"success": Outcome.SUCCESS, "failed": Outcome.SERIOUS_FAILURE}.get(outcome, Outcome.MINOR_FAILURE)
+        participants = (self._us(SOURCE), requester) + ((destination,) if destination is not None else ())
+        return self.emit(
+            INSTANCES_TRANSFERRED,
+            "R",
+            result,
+            description=words,
+            disposition="retrieved" if verb == "get" else "moved",
+            participants=participants,
+            objects=tuple(ParticipantObject(kind="study", id=uid) for uid in study_uids),
             extra=extra,
         )
 

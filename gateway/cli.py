@@ -798,9 +798,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"node {config.node}, queue {describe_store(config)}{', shared spool' if config.spool.shared else ''})"
             )
             from gateway.config.commitment import commitment_warnings
+            from gateway.config.qr import qr_warnings
 
-            # Allowed but worth a line (issue 15: 'committed' with no archive that commits).
-            warnings = commitment_warnings(config)
+            # Allowed but worth a line (issue 15: 'committed' with no archive that commits;
+            # issue 16: a retrieve section with no move destination).
+            warnings = commitment_warnings(config) + qr_warnings(config)
             if args.json:
                 from gateway.admin import to_json
 

@@ -23,7 +23,9 @@ the code's own lists and defaults:
 * ``commitment-sop-class``, ``commitment-policies`` and
   ``commitment-failure-reasons``: the constants of
   :mod:`gateway.commitment.model` and :data:`gateway.config.schema.COMMITMENT_POLICIES`
-  (PS3.4 Annex J, PS3.3 C.14.1.1; issue 15).
+  (PS3.4 Annex J, PS3.3 C.14.1.1; issue 15);
+* ``qr-sop-classes``: :data:`gateway.sopclasses.QR_FIND_SOP_CLASSES`,
+  ``QR_MOVE_SOP_CLASSES`` and ``QR_GET_SOP_CLASSES`` (PS3.4 C.6; issue 16).
 
 Each generated table sits between ``<!-- BEGIN GENERATED: name -->`` and
 ``<!-- END GENERATED: name -->`` comments, so a reader sees what not to edit
@@ -305,6 +307,13 @@ _CONFIGURATION_ROWS: Final = (
     ("modalities.NAME.dimse_timeout", "ModalityConfig", "dimse_timeout", "s", "N-EVENT-REPORT-RSP deadline"),
     ("destinations.NAME.storage_commitment", "DicomDestination", "storage_commitment", "", "the archive is asked to commit delivered copies (policy committed)"),
     ("destinations.NAME.commitment_timeout", "DicomDestination", "commitment_timeout", "s", "wait for the archive's N-EVENT-REPORT before asking again"),
+    # Query/Retrieve (issue 16).
+    ("query.mode", "QueryConfig", "mode", "", "merge: every source in parallel, duplicates removed (first source wins); first: in order, the first with matches"),
+    ("query.timeout", "QueryConfig", "timeout", "s", "a source slower than this is cancelled and left out (or fails a strict query)"),
+    ("query.strict", "QueryConfig", "strict", "", "a failed or slow source fails the whole query"),
+    ("query.max_results", "QueryConfig", "max_results", "", "pending responses per query; then the sources are cancelled and the query ends 0xA700"),
+    ("retrieve.mode", "RetrieveConfig", "mode", "", "relay: the sources move to the gateway, which sends on; pass_through: straight to the destination"),
+    ("retrieve.timeout", "RetrieveConfig", "timeout", "s", "a retrieve ends with what was done after this long"),
 )
 
 
@@ -372,6 +381,33 @@ def render_commitment_sop_class() -> str:
     )
 
 
+#: The Q/R SOP class names (PS3.4 C.6.1.1, C.6.2.1), by UID.
+_QR_NAMES: Final[Mapping[str, str]] = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "Patient Root Query/Retrieve Information Model - FIND",
+    "1.2.840.10008.5.1.4.1.2.1.2": "Patient Root Query/Retrieve Information Model - MOVE",
+    "1.2.840.10008.5.1.4.1.2.1.3": "Patient Root Query/Retrieve Information Model - GET",
+    "1.2.840.10008.5.1.4.1.2.2.1": "Study Root Query/Retrieve Information Model - FIND",
+    "1.2.840.10008.5.1.4.1.2.2.2": "Study Root Query/Retrieve Information Model - MOVE",
+    "1.2.840.10008.5.1.4.1.2.2.3": "Study Root Query/Retrieve Information Model - GET",
+}
+
+
+def render_qr_sop_classes() -> str:
+    """The Query/Retrieve SOP classes, in both roles (PS3.4 C.6; issue 16).
+
+    :returns: a Markdown table, one row per class of the acceptor's lists.
+    """
+    rows = []
+    for classes, scp_when, scu_when in (
+        (sopclasses.QR_FIND_SOP_CLASSES, "Yes (with a `query` section)", "Yes (towards `query.sources`)"),
+        (sopclasses.QR_MOVE_SOP_CLASSES, "Yes (with a `retrieve` section)", "Yes (towards `retrieve.sources`)"),
+        (sopclasses.QR_GET_SOP_CLASSES, "Yes (with a `retrieve` section)", "Yes (towards `retrieve.sources` that support it)"),
+    ):
+        for uid in sorted(classes):
+            rows.append((_QR_NAMES[uid], f"`{uid}`", scu_when, scp_when))
+    return _table(("SOP Class Name", "SOP Class UID", "SCU", "SCP"), rows)
+
+
 #: What each ``commitment.policy`` promises of an instance reported committed (issue 15).
 _POLICY_MEANINGS: Final[Mapping[str, str]] = {
     "received": "the instance is durably in the gateway's custody (spool file fsync'd, journal committed): "
@@ -429,6 +465,7 @@ GENERATORS: Final[Mapping[str, Callable[[], str]]] = {
     "commitment-sop-class": render_commitment_sop_class,
     "commitment-policies": render_commitment_policies,
     "commitment-failure-reasons": render_commitment_failure_reasons,
+    "qr-sop-classes": render_qr_sop_classes,
 }
 
 

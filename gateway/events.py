@@ -62,6 +62,9 @@ __all__ = [
     "CommitmentReportFailed",
     "ArchiveCommitmentRequested",
     "ArchiveCommitmentReported",
+    "QueryAnswered",
+    "QuerySourceAnswered",
+    "RetrieveAnswered",
 ]
 
 
@@ -380,6 +383,114 @@ class ArchiveCommitmentReported:
     status: int
 
 
+# -- Query/Retrieve (gateway.qr, issue 16) ------------------------------------------------
+
+#: ``QueryAnswered.outcome`` values: ``success`` (every source answered),
+#: ``partial`` (non-strict: a source failed or was slow and was left out),
+#: ``cancelled`` (C-CANCEL, final 0xFE00), ``limited`` (``max_results``
+#: reached: sources cancelled, final 0xA700), ``refused`` (access: the
+#: requester may not query), ``invalid`` (malformed identifier: 0xC000-class),
+#: ``failed`` (strict and a source failed, or no source answered).
+QUERY_OUTCOMES: tuple[str, ...] = ("success", "partial", "cancelled", "limited", "refused", "invalid", "failed")
+
+#: ``RetrieveAnswered.outcome`` values: ``success`` (every sub-operation
+#: completed), ``warning`` (some failed or warned: final 0xB000), ``failed``
+#: (none completed), ``cancelled``, ``refused`` (access or an unknown or
+#: disallowed move destination: 0xA801), ``invalid`` (malformed identifier).
+RETRIEVE_OUTCOMES: tuple[str, ...] = ("success", "warning", "failed", "cancelled", "refused", "invalid")
+
+
+@dataclass(frozen=True)
+class QueryAnswered:
+    """A C-FIND request was answered: its final response was sent on ``listener`` (PS3.4 C.4.1).
+
+    Audited as a Query (PS3.15 A.5.3.10) with its keys; counted by outcome.
+
+    :ivar sop_class_uid: the FIND SOP class (Patient or Study Root).
+    :ivar level: the Query/Retrieve Level (0008,0052) asked, ``""`` if absent.
+    :ivar identifier: the query identifier as received (its keys; PHI: it
+        goes to the audit trail only, never to a log line or a metric label).
+    :ivar transfer_syntax: the syntax ``identifier`` is encoded in.
+    :ivar outcome: one of :data:`QUERY_OUTCOMES`.
+    :ivar status: the final C-FIND-RSP status sent.
+    :ivar results: pending responses relayed (after duplicate removal).
+    :ivar failed_sources: the sources left out (or that failed a strict query).
+    :ivar duration_seconds: from the request to the final response.
+    :ivar reason: why it was refused or failed, in words (no peer data).
+    """
+
+    listener: str
+    calling_ae_title: str
+    peer: str
+    sop_class_uid: str
+    level: str
+    identifier: bytes
+    transfer_syntax: str
+    outcome: str
+    status: int
+    results: int
+    failed_sources: tuple[str, ...] = ()
+    duration_seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class QuerySourceAnswered:
+    """One source's part of a C-FIND (or a retrieve's locating C-FIND) ended.
+
+    :ivar destination: the source, a DICOM destination name.
+    :ivar ok: it answered (success or cancel on our request); ``False``: it
+        failed, refused, timed out or could not be reached, and was left out.
+    :ivar results: pending responses it returned (before duplicate removal).
+    :ivar latency_seconds: from the association request to its final response (or the failure).
+    :ivar reason: the failure, in words (``timeout``, ``ConnectionRefusedError: ...``, ``status 0xA700``).
+    """
+
+    destination: str
+    ok: bool
+    results: int
+    latency_seconds: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RetrieveAnswered:
+    """A C-MOVE or C-GET request ended: its final response was sent on ``listener`` (PS3.4 C.4.2, C.4.3).
+
+    Audited as DICOM Instances Transferred (PS3.15 A.5.3.7) or, when
+    ``refused``, a Security Alert; counted by outcome and sub-operation result.
+
+    :ivar verb: ``move`` or ``get``.
+    :ivar destination: the move destination's ``modalities`` name (C-MOVE;
+        ``""`` when unknown or for C-GET, whose destination is the requester).
+    :ivar move_destination: the Move Destination AE title asked for (C-MOVE), as received.
+    :ivar mode: ``relay`` or ``pass_through`` (C-GET: ``relay``).
+    :ivar sources: the sources it retrieved from.
+    :ivar study_uids: the studies concerned, as far as known (for the audit's participant objects).
+    :ivar failed_uids: the Failed SOP Instance UID List (0008,0058) sent.
+    """
+
+    listener: str
+    calling_ae_title: str
+    peer: str
+    verb: str
+    sop_class_uid: str
+    level: str
+    outcome: str
+    status: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    destination: str = ""
+    move_destination: str = ""
+    mode: str = "relay"
+    sources: tuple[str, ...] = ()
+    study_uids: tuple[str, ...] = ()
+    failed_uids: tuple[str, ...] = ()
+    duration_seconds: float = 0.0
+    reason: str = ""
+
+
 # -- process (gateway.service) -----------------------------------------------------------
 
 
@@ -425,6 +536,9 @@ Event = (
     | CommitmentReportFailed
     | ArchiveCommitmentRequested
     | ArchiveCommitmentReported
+    | QueryAnswered
+    | QuerySourceAnswered
+    | RetrieveAnswered
 )
 
 

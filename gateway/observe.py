@@ -103,6 +103,21 @@ COMMITMENT_POLICY_LABELS = ("received", "delivered", "committed", "other")
 #: seconds (``received``) to a day (``committed`` with a slow archive).
 COMMITMENT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0, 172800.0)
 
+#: The ``outcome`` label of ``queries_total`` (issue 16; :data:`gateway.events.QUERY_OUTCOMES`).
+QUERY_OUTCOME_LABELS = events.QUERY_OUTCOMES + ("other",)
+
+#: The ``verb`` and ``outcome`` labels of ``retrieves_total`` (issue 16).
+RETRIEVE_VERBS = ("move", "get")
+RETRIEVE_OUTCOME_LABELS = events.RETRIEVE_OUTCOMES + ("other",)
+
+#: The ``result`` label of ``retrieve_suboperations_total``: the C-MOVE/C-GET
+#: sub-operation counts of the final response (PS3.7 9.1.3.1, 9.1.4.1).
+SUBOPERATION_RESULTS = ("completed", "failed", "warning")
+
+#: Buckets of ``query_latency_seconds`` (one source's part of a query): a
+#: PACS answers in tens of milliseconds to seconds; ``query.timeout`` is 30s by default.
+QUERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
 
 def fold_modality(modality: str | None) -> str:
     """The modality label: a defined term of PS3.3 C.7.3.1.1.1, ``unknown`` when absent, else ``other``.
@@ -504,6 +519,51 @@ class GatewayMetrics:
         # The dashboard's latency p95 has a series (NaN, not "no data") before the first report.
         for policy in COMMITMENT_POLICY_LABELS[:-1]:
             self.commitment_latency.labels(policy)
+        # -- Query/Retrieve (issue 16) --
+        self.queries = Counter(
+            f"{p}_queries",
+            "C-FIND requests answered, by outcome (success, partial: a source left out, cancelled, "
+            "limited: max_results, refused, invalid, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.query_results = Counter(
+            f"{p}_query_results",
+            "C-FIND pending responses relayed to requesters (after duplicate removal).",
+            registry=r,
+        )
+        self.query_source_failures = Counter(
+            f"{p}_query_source_failures",
+            "Sources that failed, refused or timed out during a query (left out, or failing a strict query).",
+            ["source"],
+            registry=r,
+        )
+        self.query_latency = Histogram(
+            f"{p}_query_latency_seconds",
+            "One source's part of a query: from the association request to its final C-FIND response.",
+            ["source"],
+            buckets=QUERY_BUCKETS,
+            registry=r,
+        )
+        self.retrieves = Counter(
+            f"{p}_retrieves",
+            "C-MOVE and C-GET requests answered, by verb and outcome.",
+            ["verb", "outcome"],
+            registry=r,
+        )
+        self.retrieve_suboperations = Counter(
+            f"{p}_retrieve_suboperations",
+            "C-MOVE/C-GET sub-operations by result, as reported in the final responses.",
+            ["result"],
+            registry=r,
+        )
+        for outcome in QUERY_OUTCOME_LABELS[:-1]:
+            self.queries.labels(outcome)
+        for verb in RETRIEVE_VERBS:
+            for outcome in RETRIEVE_OUTCOME_LABELS[:-1]:
+                self.retrieves.labels(verb, outcome)
+        for result in SUBOPERATION_RESULTS:
+            self.retrieve_suboperations.labels(result)
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
@@ -579,6 +639,20 @@ class GatewayMetrics:
         elif isinstance(event, events.ArchiveCommitmentReported):
             # An unknown Transaction UID has no destination; its label stays bounded.
             self.archive_commitment_reports.labels(event.destination or "unknown").inc()
+        elif isinstance(event, events.QueryAnswered):
+            self.queries.labels(event.outcome if event.outcome in QUERY_OUTCOME_LABELS else OTHER).inc()
+            self.query_results.inc(max(0, event.results))
+        elif isinstance(event, events.QuerySourceAnswered):
+            # Source names come from the configuration: a bounded label.
+            self.query_latency.labels(event.destination).observe(max(0.0, event.latency_seconds))
+            if not event.ok:
+                self.query_source_failures.labels(event.destination).inc()
+        elif isinstance(event, events.RetrieveAnswered):
+            verb = event.verb if event.verb in RETRIEVE_VERBS else OTHER
+            self.retrieves.labels(verb, event.outcome if event.outcome in RETRIEVE_OUTCOME_LABELS else OTHER).inc()
+            for result, count in zip(SUBOPERATION_RESULTS, (event.completed, event.failed, event.warning)):
+                if count > 0:
+                    self.retrieve_suboperations.labels(result).inc(count)
         else:
             self._forward.observe(event)
 
@@ -590,6 +664,7 @@ class GatewayMetrics:
         routes: Iterable[str],
         listeners: Iterable[str],
         archives: Iterable[str] = (),
+        query_sources: Iterable[str] = (),
     ) -> None:
         """Create the labelled series of configured names at zero, so rates and alerts see them from the start.
 
@@ -597,7 +672,11 @@ class GatewayMetrics:
         :param routes: route names.
         :param listeners: listener names.
         :param archives: the destinations with ``storage_commitment: true`` (issue 15).
+        :param query_sources: the destinations named in ``query.sources`` (issue 16).
         """
+        for name in query_sources:
+            self.query_source_failures.labels(name)
+            self.query_latency.labels(name)
         for name in archives:
             self.archive_commitment_requests.labels(name)
             self.archive_commitment_reports.labels(name)

@@ -201,7 +201,9 @@ class AuditObserver:
     (HARDENING F20). Storage Commitment (issue 15): each request answered,
     each report delivered or given up (a failed attempt that will be retried
     is not audited: the metrics count it) and each archive's report
-    (see :meth:`AuditTrail.commitment_request`). Other events are not audited.
+    (see :meth:`AuditTrail.commitment_request`). Query/Retrieve (issue 16):
+    each C-FIND answered (:meth:`AuditTrail.query`) and each C-MOVE/C-GET
+    answered (:meth:`AuditTrail.retrieve`). Other events are not audited.
 
     :param audit: the audit trail.
     :param destinations: returns the current destination configuration by name.
@@ -283,6 +285,23 @@ class AuditObserver:
             if event.dead:
                 self._commitment_report(event.transaction_uid, event.modality, "", "", 0, 0, event.attempt,
                                         dead=True, error=printable(event.error))
+        elif isinstance(event, events.QueryAnswered):
+            audit.query(
+                peer=event.peer,
+                calling_ae_title=printable(event.calling_ae_title),
+                listener=event.listener,
+                sop_class_uid=printable(event.sop_class_uid),
+                identifier=event.identifier,
+                transfer_syntax=printable(event.transfer_syntax),
+                level=printable(event.level),
+                outcome=event.outcome,
+                status=event.status,
+                results=event.results,
+                failed_sources=event.failed_sources,
+                reason=printable(event.reason),
+            )
+        elif isinstance(event, events.RetrieveAnswered):
+            self._retrieve(event)
         elif isinstance(event, events.ArchiveCommitmentReported):
             destination = self._destinations().get(event.destination)
             audit.archive_commitment_report(
@@ -294,6 +313,35 @@ class AuditObserver:
                 failed=event.failed,
                 status=event.status,
             )
+
+    def _retrieve(self, event: events.RetrieveAnswered) -> None:
+        """Audit a C-MOVE/C-GET answered; a move destination is addressed as the ``modalities`` table gives it."""
+        destination: Participant | None = None
+        if event.verb == "move":
+            entry = self._modalities().get(event.destination) if event.destination else None
+            destination = Participant(
+                user_id=entry.ae_title if entry is not None else printable(event.move_destination),
+                role="Destination Role ID",
+                network_access_point=f"{entry.host}:{entry.port}" if entry is not None else "",
+                alternative_user_id=event.destination,
+            )
+        self._audit.retrieve(
+            peer=event.peer,
+            calling_ae_title=printable(event.calling_ae_title),
+            listener=event.listener,
+            verb=event.verb,
+            sop_class_uid=printable(event.sop_class_uid),
+            outcome=event.outcome,
+            status=event.status,
+            completed=event.completed,
+            failed=event.failed,
+            warning=event.warning,
+            destination=destination,
+            study_uids=tuple(printable(uid) for uid in event.study_uids),
+            failed_uids=event.failed_uids,
+            sources=event.sources,
+            reason=printable(event.reason),
+        )
 
     def _commitment_report(
         self,

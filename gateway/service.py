@@ -68,7 +68,14 @@ from gateway.listen import AcceptorFactory, AcceptorLimits, printable
 from gateway.observe import GatewayMetrics, NodeState, StateRefresher, allowlisted_titles
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.interfaces import IQueueStore, StoreUnavailable
-from gateway.sopclasses import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from gateway.sopclasses import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    QR_FIND_SOP_CLASSES,
+    QR_GET_SOP_CLASSES,
+    QR_MOVE_SOP_CLASSES,
+    STORAGE_SOP_CLASSES,
+    VERIFICATION_SOP_CLASS,
+)
 from gateway.spool import Spool
 from gateway.stores import stranded_after
 from gateway.ul.negotiate import AcceptorSettings
@@ -104,6 +111,17 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
     then accepted, PS3.4 J.3.3.1.3, PS3.7 D.3.3.4). Otherwise it is answered
     result 3, as before.
 
+    Query/Retrieve (issue 16): the Patient Root and Study Root FIND classes
+    (PS3.4 C.6.1.1.1, C.6.2.1.1) are accepted where ``query`` applies
+    (:meth:`GatewayConfig.query_for`), the MOVE and GET classes where
+    ``retrieve`` applies (:meth:`GatewayConfig.retrieve_for`); elsewhere they
+    are answered result 3 (abstract syntax not supported) as before. For
+    C-GET the requester takes the SCP role of the Storage SOP classes the
+    instances come back in (PS3.4 C.4.3.3, PS3.7 D.3.3.4), so where retrieve
+    applies those roles are granted. SOP Class Extended Negotiation (relational
+    queries, PS3.4 C.5.1.1) is not answered, which means not supported (PS3.7
+    D.3.3.5).
+
     :param config: the validated configuration.
     :param listener: the listener; ``None`` for the top-level settings only.
     :returns: the negotiation settings of that listener.
@@ -113,6 +131,15 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
     asks = (config.commitment_for(listener) if listener is not None else config.commitment) is not None
     if asks or archives_report:
         abstract_syntaxes |= {STORAGE_COMMITMENT_PUSH}
+    scp_roles = frozenset({STORAGE_COMMITMENT_PUSH}) if archives_report else frozenset()
+    query = config.query_for(listener) if listener is not None else config.query
+    retrieve = config.retrieve_for(listener) if listener is not None else config.retrieve
+    if query is not None:
+        abstract_syntaxes |= QR_FIND_SOP_CLASSES
+    if retrieve is not None:
+        abstract_syntaxes |= QR_MOVE_SOP_CLASSES | QR_GET_SOP_CLASSES
+        # C-GET sub-operations are C-STOREs to the requester (PS3.4 C.4.3.3).
+        scp_roles |= frozenset(STORAGE_SOP_CLASSES)
     return AcceptorSettings(
         ae_title=config.ae_title,
         max_pdu_length=config.limits.max_pdu_length,
@@ -121,7 +148,7 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
         abstract_syntaxes=abstract_syntaxes,
         transfer_syntaxes=tuple(ACCEPTED_TRANSFER_SYNTAXES),
         accept_unknown_abstract_syntaxes=config.accept.unknown_sop_classes,
-        scp_role_abstract_syntaxes=frozenset({STORAGE_COMMITMENT_PUSH}) if archives_report else frozenset(),
+        scp_role_abstract_syntaxes=scp_roles,
     )
 
 
@@ -617,6 +644,15 @@ class GatewayService(MultiService):
             [listener.name for listener in self.config.listen],
             # Issue 15: archives asked for Storage Commitment get their series at 0.
             [d.name for d in self.config.destinations if getattr(d, "storage_commitment", False)],
+            # Issue 16: the query sources get their failure and latency series at 0.
+            query_sources=sorted(
+                {
+                    name
+                    for section in [self.config.query, *(listener.query for listener in self.config.listen)]
+                    if section is not None
+                    for name in section.sources
+                }
+            ),
         )
 
     def _tls_failure_hook(self, listener: str) -> Callable[[str, str, str], None]:
@@ -659,8 +695,10 @@ class GatewayService(MultiService):
         for name in self.config.unused_destinations():
             self.log.warn("destination {name} is named by no route", name=name)
         from gateway.config.commitment import commitment_warnings
+        from gateway.config.qr import qr_warnings
 
-        for warning in commitment_warnings(self.config):  # issue 15: what `check` prints, in the log too
+        # Issues 15 and 16: what `check` prints, in the log too.
+        for warning in commitment_warnings(self.config) + qr_warnings(self.config):
             self.log.warn("{warning}", warning=warning)
         self.audit.application_activity("start", f"dicom-gateway {__version__}")
         d = Deferred.fromCoroutine(self._start())

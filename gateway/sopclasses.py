@@ -34,6 +34,13 @@ from typing import Final
 #: PS3.4 A.4: the Verification SOP Class (C-ECHO).
 VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
+#: PS3.4 C.6.1.1 and C.6.2.1: the Query/Retrieve SOP classes of the Patient
+#: Root and Study Root Information Models (issue 16), by verb. Accepted on a
+#: listener only where ``query`` (FIND) or ``retrieve`` (MOVE, GET) applies.
+QR_FIND_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+QR_MOVE_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
+QR_GET_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
+
 #: PS3.5 A.1: the default transfer syntax.
 IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 #: PS3.5 A.2.

@@ -21,6 +21,7 @@ from gateway.config.schema import (
     UserIdentityConfig,
 )
 from gateway.config.commitment import check_commitment
+from gateway.config.qr import check_query, check_retrieve
 from gateway.config.nodes import (
     INVALID,
     _Context,
@@ -242,6 +243,9 @@ _LISTENER_FIELDS: Final[Mapping[str, _Field]] = {
     "proxy_protocol": _Field(_section(ProxyProtocolConfig, _PROXY_PROTOCOL_FIELDS)),
     # Issue 15: this listener's Storage Commitment SCP; replaces the top-level section as a whole.
     "commitment": _Field(check_commitment),
+    # Issue 16: this listener's Query/Retrieve SCP; each replaces the top-level section as a whole.
+    "query": _Field(check_query),
+    "retrieve": _Field(check_retrieve),
 }
 
 _check_listener_fields: Final = _section(ListenerConfig, _LISTENER_FIELDS)

@@ -87,6 +87,7 @@ from gateway.config.nodes import (
 )
 from gateway.config.commitment import check_commitment, check_commitment_requesters
 from gateway.config.modalities import check_modalities
+from gateway.config.qr import check_qr_references, check_query, check_retrieve
 from gateway.config.listeners import _ACCEPT_FIELDS, _LIMITS_FIELDS, _check_listeners
 from gateway.config.destinations import _check_destinations, _check_folders_outside_spool
 from gateway.config.routes import _check_references, _check_route, _check_routes
@@ -235,6 +236,9 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     # Issue 15: the AEs the gateway may call back, and its Storage Commitment SCP.
     "modalities": _Field(check_modalities),
     "commitment": _Field(check_commitment),
+    # Issue 16: the Query/Retrieve SCP (sources are DICOM destinations; move destinations are modalities).
+    "query": _Field(check_query),
+    "retrieve": _Field(check_retrieve),
 }
 
 
@@ -353,6 +357,7 @@ def _load(
         _check_folders_outside_spool(root, values, ctx)
         _check_shared_spool(root, values, ctx)
         check_commitment_requesters(root, values, ctx)
+        check_qr_references(root, values, ctx)
     if ctx.errors or values is INVALID:
         # The configuration file first, then route files in the order they
         # were read; by line within a file (the sort is stable).

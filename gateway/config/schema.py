@@ -254,6 +254,9 @@ class QueryConfig:
     max_results: int = 10000
     query_morph: Any = None
     response_morph: Any = None
+    #: Globs over the requester's calling AE title allowed to query, within the
+    #: listener's own access policy; empty allows every AE the listener accepts.
+    allowed_ae_titles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,9 @@ class RetrieveConfig:
     mode: str = "relay"
     allowed_destinations: tuple[str, ...] = ()
     timeout: float = 3600.0
+    #: Globs over the requester's calling AE title allowed to retrieve, within
+    #: the listener's own access policy; empty allows every AE the listener accepts.
+    allowed_ae_titles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

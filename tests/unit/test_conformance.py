@@ -208,3 +208,26 @@ class StorageCommitmentTests(SynchronousTestCase):
             self.assertIn(f"| {reason} |", block)
         for status in ("0x0000", "0x0124", "0x0118", "0x0123", "0x0115", "0x0213"):
             self.assertIn(f"| {status} |", text)
+
+
+class QueryRetrieveTests(SynchronousTestCase):
+    """Issue 16: the Q/R SOP classes in both roles, the documented statuses and defaults."""
+
+    def test_every_qr_class_the_acceptor_offers_is_listed_in_both_roles(self) -> None:
+        """Each UID of the acceptor's FIND/MOVE/GET lists has a row with an SCU and an SCP column; Table 1-1 lists them."""
+        from gateway.sopclasses import QR_FIND_SOP_CLASSES, QR_GET_SOP_CLASSES, QR_MOVE_SOP_CLASSES
+
+        block = _block(_document(), "qr-sop-classes")
+        for uid in QR_FIND_SOP_CLASSES | QR_MOVE_SOP_CLASSES | QR_GET_SOP_CLASSES:
+            row = next(line for line in block.splitlines() if f"`{uid}`" in line)
+            self.assertEqual(row.count("| Yes ("), 2, row)
+        self.assertIn("| *Query/Retrieve* | | |", _document())
+
+    def test_qr_statuses_and_defaults_are_documented(self) -> None:
+        """0xA801, 0xA700 (max_results), 0xFE00 and the Failed SOP Instance UID List are named; query defaults listed."""
+        text = _document()
+        for words in ("0xA801", "0xA700", "0xFE00", "(0008,0058)", "PS3.4 C.4.1.1.4"):
+            self.assertIn(words, text)
+        block = _block(text, "configuration-defaults")
+        self.assertIn("| `query.max_results` | 10000 |", block)
+        self.assertIn("| `retrieve.mode` | relay |", block)

@@ -66,7 +66,7 @@ class PromtoolTests(SynchronousTestCase):
 
         rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
         tests = (PROMETHEUS / "alerts_test.yml").read_text()
-        self.assertEqual(len(rules), 13)
+        self.assertEqual(len(rules), 14)
         for rule in rules:
             self.assertEqual(set(rule["annotations"]), {"summary", "description"}, rule["alert"])
             self.assertIn(f"alertname: {rule['alert']}", tests)
@@ -76,10 +76,12 @@ class DashboardTests(SynchronousTestCase):
     """The dashboard parses, uses its variables, and covers the six rows."""
 
     def test_rows_and_variables(self) -> None:
-        """Rows intake, delivery, backlog, latency, capacity, cluster and Storage Commitment; datasource, instance and node variables."""
+        """Rows intake, delivery, backlog, latency, capacity, cluster, Storage Commitment and Q/R; datasource, instance and node variables."""
         data = json.loads(DASHBOARD.read_text())
         rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
-        self.assertEqual(rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster", "Storage Commitment"])
+        self.assertEqual(
+            rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster", "Storage Commitment", "Query/Retrieve"]
+        )
         variables = {v["name"]: v["type"] for v in data["templating"]["list"]}
         self.assertEqual(variables, {"datasource": "datasource", "instance": "query", "node": "query"})
 
@@ -106,6 +108,20 @@ class DashboardTests(SynchronousTestCase):
             "histogram_quantile(0.95, sum by (le, policy) (rate(dicom_gateway_commitment_latency_seconds_bucket",
             exprs["Commitment latency p95 by policy"],
         )
+
+    def test_query_retrieve_row(self) -> None:
+        """Issue 16: queries by outcome, latency p95 and failures by source, retrieves and sub-operations by result."""
+        exprs: dict[str, str] = {}
+        for title, expr in dashboard_expressions():
+            exprs[title] = exprs.get(title, "") + " " + expr
+        self.assertIn("sum by (outcome) (rate(dicom_gateway_queries_total", exprs["Queries/s by outcome"])
+        self.assertIn(
+            "histogram_quantile(0.95, sum by (le, source) (rate(dicom_gateway_query_latency_seconds_bucket",
+            exprs["Query latency p95 by source"],
+        )
+        self.assertIn("dicom_gateway_query_source_failures_total", exprs["Query source failures/s by source"])
+        self.assertIn("sum by (verb, outcome) (rate(dicom_gateway_retrieves_total", exprs["Retrieves/s by verb and outcome"])
+        self.assertIn("sum by (result) (rate(dicom_gateway_retrieve_suboperations_total", exprs["Retrieve sub-operations/s by result"])
 
     def test_panels_do_not_overlap(self) -> None:
         """No two panels share a grid cell (a panel added below the last row lands where Grafana draws it)."""
