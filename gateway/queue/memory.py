@@ -45,7 +45,9 @@ from gateway.queue.interfaces import (
     UNRECORDED_DELIVERIES,
 )
 from gateway.queue.commitments import ICommitmentJournal
+from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.memory_commitments import CommitmentTables, MemoryCommitmentJournal
+from gateway.queue.memory_retrieves import MemoryRetrieveJournal, RetrieveTables
 from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
@@ -123,10 +125,12 @@ class _Tables:
     singletons: dict[str, tuple[str, float]] = field(default_factory=dict)
     # Storage Commitment (issue 15): transactions, notes, copy commitments.
     commitments: CommitmentTables = field(default_factory=CommitmentTables)
+    # Query/Retrieve (issue 16): retrieves in progress, remapped UIDs.
+    retrieves: RetrieveTables = field(default_factory=RetrieveTables)
 
 
-@implementer(IQueueStore, ICommitmentJournal)
-class MemoryQueueStore(MemoryCommitmentJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
+class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal):
     """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
     :param node: the node this store object speaks for (lease owner, heartbeats).

@@ -18,7 +18,10 @@ columns issue 14 adds for several nodes, in PostgreSQL's types:
 * version 2 (issue 15): the Storage Commitment tables
   (``commitment_transactions``, ``commitment_attempts``, ``unforwarded``,
   ``copy_commitments``, ``commitment_requests``; see
-  :mod:`gateway.queue.commitment_sql`).
+  :mod:`gateway.queue.commitment_sql`);
+* version 3 (issue 16): the Query/Retrieve tables (``retrieves``,
+  ``retrieve_items``, ``retrieve_counters``, ``remapped_uids``; see
+  :mod:`gateway.queue.retrieve_sql`).
 
 Versions
 --------
@@ -294,8 +297,73 @@ COMMITMENT_TABLES: tuple[str, ...] = (
 )
 
 
+def _migrate_2_to_3(conn: psycopg.Connection[Any]) -> None:
+    """Version 3: Query/Retrieve (issue 16), the SQLite journal's version 7.
+
+    The same tables and indexes as :func:`gateway.queue.schema._migrate_6_to_7`
+    (described in :mod:`gateway.queue.retrieve_sql`), in PostgreSQL's types.
+    Nothing existing changes; a version-2 database keeps all its data.
+
+    :param conn: a connection inside a transaction.
+    """
+    for statement in RETRIEVE_TABLES:
+        conn.execute(statement)
+
+
+#: The Query/Retrieve tables and indexes (PostgreSQL types).
+RETRIEVE_TABLES: tuple[str, ...] = (
+    """
+    CREATE TABLE retrieves (
+        retrieve_id BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        requester_ae_title TEXT NOT NULL,
+        listener TEXT NOT NULL,
+        requester_message_id INTEGER NOT NULL,
+        destination TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        level TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        deadline DOUBLE PRECISION NOT NULL,
+        message_id INTEGER NOT NULL CHECK (message_id BETWEEN 1 AND 65535),
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'done', 'cancelled', 'failed')),
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        error TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    # PS3.7 9.1.1.1: the Move Originator Message ID names one open retrieve of the whole cluster.
+    "CREATE UNIQUE INDEX retrieves_open_message_id ON retrieves (message_id) WHERE state = 'open'",
+    "CREATE INDEX retrieves_created ON retrieves (created_at, retrieve_id)",
+    """
+    CREATE TABLE retrieve_items (
+        retrieve_id BIGINT NOT NULL REFERENCES retrieves(retrieve_id),
+        seq INTEGER NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('expected', 'received', 'completed', 'warning', 'failed')),
+        entry_id BIGINT,
+        reason TEXT NOT NULL DEFAULT '',
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (retrieve_id, sop_instance_uid)
+    )
+    """,
+    "CREATE INDEX retrieve_items_seq ON retrieve_items (retrieve_id, seq)",
+    "CREATE TABLE retrieve_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO retrieve_counters (name, value) VALUES ('message_id', 0)",
+    """
+    CREATE TABLE remapped_uids (
+        remapped TEXT PRIMARY KEY,
+        original TEXT NOT NULL,
+        remembered_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -148,6 +148,8 @@ from zope.interface import implementer
 
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
+from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.interfaces import (
     EXPIRED_LEASE_PREFIX,
     RECOVERED_IN_FLIGHT,
@@ -347,14 +349,17 @@ def _connect_kwargs(
     return kwargs
 
 
-@implementer(IQueueStore, ICommitmentJournal)
-class PostgresQueueStore(SqlCommitmentJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
+class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on a PostgreSQL database shared by several nodes.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
     (issue 15): :class:`~gateway.queue.commitment_sql.SqlCommitmentJournal`
     with psycopg's ``%s`` marks, ``= ANY(array)`` for IN lists and
-    ``FOR UPDATE SKIP LOCKED`` in ``lease_transactions``.
+    ``FOR UPDATE SKIP LOCKED`` in ``lease_transactions``; and the
+    :class:`~gateway.queue.retrieves.IRetrieveJournal` (issue 16):
+    :class:`~gateway.queue.retrieve_sql.SqlRetrieveJournal`, its message-ID
+    counter row locked ``FOR UPDATE`` while a node allocates.
 
     :param dsn: libpq connection string or URI (``sslmode`` and the other
         libpq parameters pass through).
@@ -597,6 +602,8 @@ class PostgresQueueStore(SqlCommitmentJournal):
     _cj_mark = "%s"
     _cj_skip_locked = " FOR UPDATE SKIP LOCKED"
     _cj_chunk = 10_000
+    # The retrieve journal's (gateway.queue.retrieve_sql): one allocation of a message ID at a time.
+    _rj_lock = " FOR UPDATE"
 
     def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column = ANY(?)`` with ``values`` as one array parameter."""

@@ -287,6 +287,72 @@ COMMITMENT_TABLES: tuple[str, ...] = (
 )
 
 
+def _migrate_6_to_7(conn: sqlite3.Connection) -> None:
+    """Version 7: Query/Retrieve (issue 16).
+
+    The tables of :class:`~gateway.queue.retrieves.IRetrieveJournal` (what
+    each holds, and which query each index serves, is in
+    :mod:`gateway.queue.retrieve_sql`): ``retrieves`` (C-MOVE and C-GET in
+    progress), ``retrieve_items`` (their instances), ``retrieve_counters``
+    (the last outgoing message ID) and ``remapped_uids``. Nothing existing
+    changes: a version-6 journal keeps all its data.
+    """
+    for statement in RETRIEVE_TABLES:
+        conn.execute(statement)
+
+
+#: The Query/Retrieve tables and indexes (SQLite types; :mod:`gateway.queue.pgschema` has the PostgreSQL ones).
+RETRIEVE_TABLES: tuple[str, ...] = (
+    """
+    CREATE TABLE retrieves (
+        retrieve_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        requester_ae_title TEXT NOT NULL,
+        listener TEXT NOT NULL,
+        requester_message_id INTEGER NOT NULL,
+        destination TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        level TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        message_id INTEGER NOT NULL CHECK (message_id BETWEEN 1 AND 65535),
+        node TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'done', 'cancelled', 'failed')),
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        error TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    # PS3.7 9.1.1.1: the Move Originator Message ID names one open retrieve of the whole cluster.
+    "CREATE UNIQUE INDEX retrieves_open_message_id ON retrieves (message_id) WHERE state = 'open'",
+    "CREATE INDEX retrieves_created ON retrieves (created_at, retrieve_id)",
+    """
+    CREATE TABLE retrieve_items (
+        retrieve_id INTEGER NOT NULL REFERENCES retrieves(retrieve_id),
+        seq INTEGER NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('expected', 'received', 'completed', 'warning', 'failed')),
+        entry_id INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (retrieve_id, sop_instance_uid)
+    )
+    """,
+    "CREATE INDEX retrieve_items_seq ON retrieve_items (retrieve_id, seq)",
+    "CREATE TABLE retrieve_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO retrieve_counters (name, value) VALUES ('message_id', 0)",
+    """
+    CREATE TABLE remapped_uids (
+        remapped TEXT PRIMARY KEY,
+        original TEXT NOT NULL,
+        remembered_at REAL NOT NULL
+    )
+    """,
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
@@ -295,6 +361,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_3_to_4,
     _migrate_4_to_5,
     _migrate_5_to_6,
+    _migrate_6_to_7,
 )
 
 #: The schema version this code writes (``PRAGMA user_version``).

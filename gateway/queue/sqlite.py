@@ -98,6 +98,15 @@ their indexes); transactions are leased and fenced like entries, under the
 same ``BEGIN IMMEDIATE``. ``forget_instance`` and ``purge`` delete the copy
 commitments of the entries they delete.
 
+Query/Retrieve (issue 16, schema version 7)
+-------------------------------------------
+The store is also the :class:`~gateway.queue.retrieves.IRetrieveJournal`:
+C-MOVE and C-GET retrieves in progress (their outgoing message IDs, unique
+among open retrieves, and their instances linked to the entries that send
+them on) and remapped -> original UIDs. The SQL is shared with the
+PostgreSQL store (:mod:`gateway.queue.retrieve_sql`, whose docstring lists
+the tables); a message ID is allocated under ``BEGIN IMMEDIATE``.
+
 Indexes (each serves a hot query with 100k+ entries)
 ----------------------------------------------------
 * ``entries_lease (destination, state, entry_id, next_attempt_at, study_hash)``:
@@ -168,6 +177,8 @@ from zope.interface import implementer
 from gateway.private import FILE_MODE, open_private, tighten
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
+from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.interfaces import (
     AddResult,
     Attempt,
@@ -265,13 +276,15 @@ def _make_private(path: str) -> None:
         tighten(path + suffix, FILE_MODE)
 
 
-@implementer(IQueueStore, ICommitmentJournal)
-class SqliteQueueStore(SqlCommitmentJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
+class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
     (Storage Commitment, issue 15): :class:`~gateway.queue.commitment_sql.SqlCommitmentJournal`,
-    with SQLite's ``?`` marks and IN lists chunked under its variable limit.
+    with SQLite's ``?`` marks and IN lists chunked under its variable limit,
+    and the :class:`~gateway.queue.retrieves.IRetrieveJournal` (issue 16):
+    :class:`~gateway.queue.retrieve_sql.SqlRetrieveJournal`.
 
     :param path: the database file (created with the current schema if absent).
     :param node: the node this store object speaks for (lease owner, heartbeats).

@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 6)
+        self.assertEqual(SCHEMA_VERSION, 7)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
@@ -325,6 +325,86 @@ class SchemaTests(SqliteStoreTestCase):
              "commitment_transactions_due", "unforwarded_sop", "copy_commitments_pending", "copy_commitments_sop"},
             tables,
         )
+
+    def version_6_journal(self) -> str:
+        """A journal written by schema version 6 (before issue 16): a delivered entry, a commitment transaction, a copy noted."""
+        path = self.db_path()
+        conn = sqlite3.connect(path)
+        for migration in sqlite_module.MIGRATIONS[:6]:
+            migration(conn)
+        conn.execute("PRAGMA user_version = 6")
+        old = conn
+        record = make_record("i1", sop_instance_uid="2.25.6001")
+        old.execute(
+            "INSERT INTO instances (instance_id, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, size,"
+            " sha256, received_at, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.instance_id, record.path, record.sop_class_uid, record.sop_instance_uid, record.transfer_syntax_uid,
+             record.size, record.sha256, record.received_at, record.correlation_id),
+        )
+        old.execute(
+            "INSERT INTO entries (instance_id, route, destination, state, enqueued_at, next_attempt_at, delivered_at,"
+            " study_hash) VALUES ('i1', 'r', 'A', 'delivered', ?, ?, ?, 0)",
+            (T0, T0, T0 + 1),
+        )
+        from gateway.queue.commitments import NewTransaction, Reference
+
+        new = NewTransaction("2.25.9", "MOD", "GW", "mod", "main", "delivered", (Reference("1.2", "2.25.6001"),), T0 + 9, T0 + 99, T0 - 9)
+        old.execute(
+            "INSERT INTO commitment_transactions (transaction_uid, calling_ae_title, called_ae_title, modality, listener,"
+            " policy, refs, deadline, report_deadline, lookback_from, unrouted, report_association, requested_at, node,"
+            " state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, '[[\"1.2\",\"2.25.6001\"]]', ?, ?, ?, 'fail', 'new', ?, 'n1', 'open', ?)",
+            (new.transaction_uid, new.calling_ae_title, new.called_ae_title, new.modality, new.listener, new.policy,
+             new.deadline, new.report_deadline, new.lookback_from, T0, T0),
+        )
+        old.commit()
+        old.close()
+        return path
+
+    def test_version_6_journal_migrates_to_query_retrieve_keeping_its_data(self) -> None:
+        """A version-6 journal opens at version 7: its entry and commitment transaction kept, the retrieve tables work from message ID 1."""
+        from gateway.queue.commitments import Reference
+        from gateway.queue.retrieves import NewRetrieve, RetrieveState
+
+        store = self.open(self.version_6_journal())
+        (delivered,) = store.entries()
+        self.assertEqual((delivered.state, delivered.instance.sop_instance_uid), (EntryState.DELIVERED, "2.25.6001"))
+        txn = store.get_transaction("2.25.9")
+        self.assertEqual((txn.node, txn.request.references), ("n1", (Reference("1.2", "2.25.6001"),)))
+        r = store.open_retrieve(
+            NewRetrieve("move", "VIEWER", "main", 3, "viewer", "relay", "STUDY", ("a",), (Reference("1.2", "2.25.6001"),), T0 + 60),
+            T0,
+        )
+        self.assertEqual((r.message_id, r.state), (1, RetrieveState.OPEN))
+        store.link_item(r.retrieve_id, "2.25.6001", delivered.entry_id, T0)
+        self.assertEqual(store.progress(r.retrieve_id).completed, 1)
+        store.remember_uids([("2.25.77", "2.25.6001")], T0)
+        self.assertEqual(dict(store.original_uids(["2.25.77"])), {"2.25.77": "2.25.6001"})
+        with sqlite3.connect(store.path) as conn:
+            self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        self.assertLessEqual(
+            {"retrieves", "retrieve_items", "retrieve_counters", "remapped_uids", "retrieves_open_message_id",
+             "retrieves_created", "retrieve_items_seq"},
+            tables,
+        )
+
+    def test_the_open_message_id_index_refuses_a_second_open_retrieve(self) -> None:
+        """The database itself refuses two OPEN retrieves with one message ID (the partial unique index), but not a finished one."""
+        from gateway.queue.retrieves import RetrieveState
+        from tests.unit.queue.test_retrieves import new_retrieve
+
+        store = self.open(self.db_path())
+        r = store.open_retrieve(new_retrieve(), T0)
+        insert = (
+            "INSERT INTO retrieves (kind, requester_ae_title, listener, requester_message_id, destination, mode, level,"
+            " sources, refs, deadline, message_id, node, state, created_at) VALUES"
+            " ('move', 'X', 'main', 1, 'd', 'relay', 'STUDY', '[]', '[]', 0, ?, 'n', ?, 0)"
+        )
+        with sqlite3.connect(store.path) as conn:
+            with self.assertRaises(sqlite3.IntegrityError):
+                conn.execute(insert, (r.message_id, "open"))
+            conn.execute(insert, (r.message_id, "done"))
+        store.finish_retrieve(r.retrieve_id, RetrieveState.DONE, "", T0)
 
     def test_received_and_lease_transactions_use_indexes(self) -> None:
         """The queries received() and lease_transactions() make are index searches, never a scan of a whole table."""

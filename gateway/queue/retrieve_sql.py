@@ -1,0 +1,306 @@
+"""IRetrieveJournal in SQL, shared by the SQLite and the PostgreSQL store (issue 16).
+
+Both stores mix in :class:`SqlRetrieveJournal`; it uses the dialect hooks of
+:class:`~gateway.queue.commitment_sql.SqlCommitmentJournal` (``_cj_mark``,
+``_cj_chunk``, ``_cj_in``) and adds one: :attr:`_rj_lock` (PostgreSQL:
+``FOR UPDATE``). The behaviour (and the conventions the interface leaves
+open) is the in-memory fake's, listed in :mod:`gateway.queue.memory_retrieves`;
+the ``RetrieveJournalTests`` mixin runs against all three.
+
+Tables (SQLite schema version 7, :mod:`gateway.queue.schema`; PostgreSQL
+schema version 3, :mod:`gateway.queue.pgschema`; the same columns):
+
+* ``retrieves``: one row per C-MOVE/C-GET accepted; the request's fields
+  (``sources`` and the expected instances ``refs`` as JSON arrays, so a
+  :class:`~gateway.queue.retrieves.Retrieve` is built from its row alone),
+  the outgoing ``message_id`` (``CHECK`` 1..65535), the node, the state
+  (``CHECK``) and the end. A partial unique index on ``message_id WHERE
+  state = 'open'`` is the cluster-wide guarantee that two open retrieves
+  never share an id (PS3.7 9.1.1.1: the Move Originator Message ID is all
+  the source's sub-operation carries back); ``(created_at, retrieve_id)``
+  serves ``retrieves``.
+* ``retrieve_items``: one row per expected instance, keyed by
+  ``(retrieve_id, sop_instance_uid)`` (``match_sub_operation``, ``link_item``,
+  ``item_outcome``), ``seq`` its request order (``progress`` lists failed
+  UIDs in it); ``entry_id`` the queue entry that sends it on, without a
+  foreign key (``requeue_dead`` and ``forget_instance`` delete entries:
+  ``progress`` counts a missing one failed).
+* ``retrieve_counters``: one row, ``message_id``, the last id allocated:
+  the round-robin position and, locked ``FOR UPDATE`` on PostgreSQL, what
+  serialises allocations of several nodes (SQLite: ``BEGIN IMMEDIATE``, one
+  writer at a time). Under READ COMMITTED the SELECT of held ids after the
+  lock sees every allocation committed before it.
+* ``remapped_uids``: remapped UID -> original (``uid_remap`` is a one-way
+  HMAC), written with ``ON CONFLICT DO NOTHING`` (the first original stays).
+
+Every method is one transaction (``_write``/``_read`` of the store); long
+lists go in chunks of ``_cj_chunk`` values (SQLite's variable limit).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Sequence
+
+from gateway.queue.commitments import Reference
+from gateway.queue.interfaces import EntryState
+from gateway.queue.memory_retrieves import (
+    ENDS,
+    MAX_MESSAGE_ID,
+    count_item,
+    next_message_id,
+    tally,
+    unique_expected,
+)
+from gateway.queue.retrieves import (
+    ItemState,
+    NewRetrieve,
+    Retrieve,
+    RetrieveProgress,
+    RetrieveState,
+)
+
+__all__ = ["SqlRetrieveJournal", "RETRIEVE_COLUMNS"]
+
+#: The columns of ``retrieves`` a Retrieve is built from, in this order.
+RETRIEVE_COLUMNS: tuple[str, ...] = (
+    "retrieve_id",
+    "kind",
+    "requester_ae_title",
+    "listener",
+    "requester_message_id",
+    "destination",
+    "mode",
+    "level",
+    "sources",
+    "refs",
+    "deadline",
+    "message_id",
+    "node",
+    "state",
+    "created_at",
+    "finished_at",
+    "error",
+)
+
+_RETRIEVE_SELECT = "SELECT " + ", ".join("r." + c for c in RETRIEVE_COLUMNS) + " FROM retrieves r"
+
+
+def _retrieve_from_row(row: Sequence[Any]) -> Retrieve:
+    """A :class:`Retrieve` from a row in :data:`RETRIEVE_COLUMNS` order."""
+    v = dict(zip(RETRIEVE_COLUMNS, row))
+    request = NewRetrieve(
+        kind=v["kind"],
+        requester_ae_title=v["requester_ae_title"],
+        listener=v["listener"],
+        requester_message_id=v["requester_message_id"],
+        destination=v["destination"],
+        mode=v["mode"],
+        level=v["level"],
+        sources=tuple(json.loads(v["sources"])),
+        expected=tuple(Reference(c, i) for c, i in json.loads(v["refs"])),
+        deadline=v["deadline"],
+    )
+    return Retrieve(
+        retrieve_id=v["retrieve_id"],
+        request=request,
+        message_id=v["message_id"],
+        node=v["node"],
+        state=RetrieveState(v["state"]),
+        created_at=v["created_at"],
+        finished_at=v["finished_at"],
+        error=v["error"],
+    )
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``values`` in slices of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class SqlRetrieveJournal:
+    """IRetrieveJournal over the SQL tables above; mixed into both SQL stores (after SqlCommitmentJournal)."""
+
+    node: str
+    _write: Callable[[], ContextManager[Any]]
+    _read: Callable[[], ContextManager[Any]]
+    _cj_mark: str
+    _cj_chunk: int
+
+    #: Appended to the SELECT of the message-id counter (PostgreSQL: ``FOR UPDATE``).
+    _rj_lock = ""
+    #: The largest outgoing message ID (a test lowers it to reach exhaustion quickly).
+    max_message_id: int = MAX_MESSAGE_ID
+
+    def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:  # pragma: no cover - the store's
+        """``column IN (...)`` for ``values`` and its parameters (SqlCommitmentJournal's hook, first in the MRO)."""
+        raise NotImplementedError
+
+    def _rq(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute ``sql`` (written with ``?``) in the dialect; return the cursor."""
+        if self._cj_mark != "?":
+            sql = sql.replace("?", self._cj_mark)
+        return conn.execute(sql, tuple(params))
+
+    def _rq_many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute ``sql`` (written with ``?``) once per row of parameters."""
+        if self._cj_mark != "?":
+            sql = sql.replace("?", self._cj_mark)
+        if rows:
+            conn.cursor().executemany(sql, [tuple(row) for row in rows])
+
+    def _retrieve_in(self, conn: Any, retrieve_id: int) -> Retrieve:
+        """One retrieve inside the caller's transaction. :raises KeyError:"""
+        row = self._rq(conn, _RETRIEVE_SELECT + " WHERE r.retrieve_id = ?", (retrieve_id,)).fetchone()
+        if row is None:
+            raise KeyError(retrieve_id)
+        return _retrieve_from_row(row)
+
+    # -- retrieves ---------------------------------------------------------------------
+
+    def open_retrieve(self, new: NewRetrieve, now: float) -> Retrieve:
+        """Journal a retrieve, OPEN, its items EXPECTED, with a fresh outgoing message ID (see the interface).
+
+        :raises RetrieveIdsExhausted: every message ID is held by an OPEN retrieve.
+        """
+        new = unique_expected(new)
+        with self._write() as conn:
+            (last,) = self._rq(
+                conn, "SELECT value FROM retrieve_counters WHERE name = 'message_id'" + self._rj_lock
+            ).fetchone()
+            held = {row[0] for row in self._rq(conn, "SELECT message_id FROM retrieves WHERE state = 'open'").fetchall()}
+            message_id = next_message_id(held, int(last), self.max_message_id)
+            self._rq(conn, "UPDATE retrieve_counters SET value = ? WHERE name = 'message_id'", (message_id,))
+            (retrieve_id,) = self._rq(
+                conn,
+                "INSERT INTO retrieves (kind, requester_ae_title, listener, requester_message_id, destination, mode,"
+                " level, sources, refs, deadline, message_id, node, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?) RETURNING retrieve_id",
+                (
+                    new.kind, new.requester_ae_title, new.listener, new.requester_message_id, new.destination,
+                    new.mode, new.level, json.dumps(list(new.sources)),
+                    json.dumps([[r.sop_class_uid, r.sop_instance_uid] for r in new.expected], separators=(",", ":")),
+                    new.deadline, message_id, self.node, now,
+                ),
+            ).fetchone()
+            self._rq_many(
+                conn,
+                "INSERT INTO retrieve_items (retrieve_id, seq, sop_class_uid, sop_instance_uid, state, updated_at)"
+                " VALUES (?, ?, ?, ?, 'expected', ?)",
+                [(retrieve_id, n, r.sop_class_uid, r.sop_instance_uid, now) for n, r in enumerate(new.expected)],
+            )
+            return self._retrieve_in(conn, int(retrieve_id))
+
+    def match_sub_operation(self, message_id: int, sop_instance_uid: str) -> Retrieve | None:
+        """The OPEN retrieve holding ``message_id`` that expects ``sop_instance_uid`` (see the interface)."""
+        with self._read() as conn:
+            row = self._rq(
+                conn,
+                _RETRIEVE_SELECT + " JOIN retrieve_items i ON i.retrieve_id = r.retrieve_id"
+                " WHERE r.state = 'open' AND r.message_id = ? AND i.sop_instance_uid = ?",
+                (message_id, sop_instance_uid),
+            ).fetchone()
+            return None if row is None else _retrieve_from_row(row)
+
+    def _set_item(self, retrieve_id: int, sop_instance_uid: str, assignments: str, params: Sequence[Any]) -> None:
+        """``UPDATE retrieve_items SET assignments`` on one item. :raises KeyError: unknown retrieve or UID."""
+        with self._write() as conn:
+            cursor = self._rq(
+                conn,
+                f"UPDATE retrieve_items SET {assignments} WHERE retrieve_id = ? AND sop_instance_uid = ?",
+                (*params, retrieve_id, sop_instance_uid),
+            )
+            if cursor.rowcount != 1:
+                raise KeyError((retrieve_id, sop_instance_uid))
+
+    def link_item(self, retrieve_id: int, sop_instance_uid: str, entry_id: int | None, now: float) -> None:
+        """The item arrived in custody: RECEIVED, linked to ``entry_id`` (see the interface). :raises KeyError:"""
+        self._set_item(
+            retrieve_id, sop_instance_uid, "state = 'received', entry_id = ?, reason = '', updated_at = ?", (entry_id, now)
+        )
+
+    def item_outcome(self, retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float) -> None:
+        """Record an item's end without a queue entry (see the interface). :raises KeyError:"""
+        self._set_item(retrieve_id, sop_instance_uid, "state = ?, reason = ?, updated_at = ?", (state.value, reason, now))
+
+    def progress(self, retrieve_id: int) -> RetrieveProgress:
+        """The counts now, reading the linked entries' states (see the interface). :raises KeyError:"""
+        with self._read() as conn:
+            rows = self._rq(
+                conn,
+                "SELECT i.sop_instance_uid, i.state, i.entry_id, e.state, e.last_error FROM retrieve_items i"
+                " LEFT JOIN entries e ON e.entry_id = i.entry_id WHERE i.retrieve_id = ? ORDER BY i.seq",
+                (retrieve_id,),
+            ).fetchall()
+            if not rows:
+                self._retrieve_in(conn, retrieve_id)  # KeyError, or a retrieve that expects nothing
+        return tally(
+            [
+                (
+                    count_item(
+                        ItemState(state), entry_id, None if entry_state is None else EntryState(entry_state), warning or ""
+                    ),
+                    uid,
+                )
+                for uid, state, entry_id, entry_state, warning in rows
+            ]
+        )
+
+    def finish_retrieve(self, retrieve_id: int, state: RetrieveState, error: str, now: float) -> None:
+        """End an OPEN retrieve: its message ID is free again (see the interface). :raises KeyError:"""
+        if state not in ENDS:
+            raise ValueError(f"{state} does not end a retrieve")
+        with self._write() as conn:
+            cursor = self._rq(
+                conn,
+                "UPDATE retrieves SET state = ?, error = ?, finished_at = ? WHERE retrieve_id = ? AND state = 'open'",
+                (state.value, error, now, retrieve_id),
+            )
+            if cursor.rowcount != 1:
+                self._retrieve_in(conn, retrieve_id)  # KeyError, or already ended: the first end wins
+
+    def get_retrieve(self, retrieve_id: int) -> Retrieve:
+        """One retrieve (see the interface). :raises KeyError:"""
+        with self._read() as conn:
+            return self._retrieve_in(conn, retrieve_id)
+
+    def retrieves(self, state: RetrieveState | None = None, limit: int = 1000) -> list[Retrieve]:
+        """Retrieves, newest first (see the interface)."""
+        if limit <= 0:
+            return []
+        where, params = ("", []) if state is None else (" WHERE r.state = ?", [state.value])
+        with self._read() as conn:
+            rows = self._rq(
+                conn, _RETRIEVE_SELECT + where + " ORDER BY r.created_at DESC, r.retrieve_id DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        return [_retrieve_from_row(row) for row in rows]
+
+    # -- remapped UIDs ----------------------------------------------------------------------
+
+    def remember_uids(self, pairs: Sequence[tuple[str, str]], now: float) -> None:
+        """Keep ``(remapped, original)`` pairs; the first original of a remapped UID stays (see the interface)."""
+        if not pairs:
+            return
+        with self._write() as conn:
+            self._rq_many(
+                conn,
+                "INSERT INTO remapped_uids (remapped, original, remembered_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (remapped) DO NOTHING",
+                [(remapped, original, now) for remapped, original in pairs],
+            )
+
+    def original_uids(self, remapped: Collection[str]) -> Mapping[str, str]:
+        """The originals of those remapped UIDs that are on record (see the interface)."""
+        wanted = sorted(set(remapped))
+        found: dict[str, str] = {}
+        if not wanted:
+            return found
+        with self._read() as conn:
+            for chunk in _chunks(wanted, self._cj_chunk):
+                clause, params = self._cj_in("remapped", chunk)
+                for uid, original in self._rq(
+                    conn, f"SELECT remapped, original FROM remapped_uids WHERE {clause}", params
+                ).fetchall():
+                    found[uid] = original
+        return found
