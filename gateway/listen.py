@@ -39,7 +39,7 @@ from gateway import events
 from gateway.access import AccessPolicy, Peer
 from gateway.dimse.pdv import DEFAULT_SEND_CAP, fragment, fragment_command, max_fragment_size
 from gateway.identity_check import BUSY_REJECTION, IDENTITY_REJECTION, IdentityOutcome, Verdict
-from gateway.receive import Admit, AssociationInfo, ICommitmentSCP, StorageService
+from gateway.receive import Admit, AssociationInfo, ICommitmentSCP, IQueryRetrieveSCP, StorageService
 from gateway.spool import Spool
 from gateway.tcp import quickack, set_no_delay
 from gateway.tls import transport_peer_identity
@@ -410,6 +410,7 @@ class AcceptorProtocol(Protocol):
             admit=self.factory.admit,
             space_low=self.factory.space_low,
             commitment=self.factory.commitment,
+            qr=self.factory.qr,
         )
         self._run(self.association.accept(negotiation.ac))
         peer_max = request.user_information.max_length if request.user_information else None
@@ -602,6 +603,8 @@ class AcceptorFactory(Factory):
         new associations are then rejected (2,3,2) (issue 14).
     :param commitment: the Storage Commitment SCP each association hands its
         N-ACTION and N-EVENT-REPORT requests to (issue 15), or ``None``.
+    :param qr: the Query/Retrieve SCP each association hands its C-FIND,
+        C-MOVE and C-GET requests to (issue 16), or ``None``.
     """
 
     log = Logger(namespace="gateway.listen")
@@ -622,8 +625,10 @@ class AcceptorFactory(Factory):
         user_identity: Any = None,
         refusing: Callable[[], bool] = lambda: False,
         commitment: ICommitmentSCP | None = None,
+        qr: IQueryRetrieveSCP | None = None,
     ) -> None:
         self.commitment = commitment
+        self.qr = qr
         self.name = name
         self.refusing = refusing
         self.observer = observer

@@ -22,10 +22,21 @@ and the answer is 0x0213 resource limitation, PS3.7 10.1.4.1.10 and
 10.1.1.1.8), then handed to the :class:`ICommitmentSCP`; its answer takes its
 turn among the C-STORE responses. N-ACTION and N-EVENT-REPORT on any other
 context are answered 0x0211 (unrecognized operation), as before.
+
+Query/Retrieve (issue 16): a C-FIND-RQ, C-MOVE-RQ or C-GET-RQ on a context of
+its verb's Query/Retrieve SOP class (PS3.4 C.6) carries a small identifier: it
+is buffered up to :data:`MAX_IDENTIFIER`, then handed to the
+:class:`IQueryRetrieveSCP` with a responder (:class:`QRResponder`, the
+:class:`gateway.qr.context.IResponder`) whose pending and final responses
+take the request's turn among the others, and leave as soon as it is at the
+head. A C-CANCEL-RQ whose MessageIDBeingRespondedTo names an open Q/R request
+fires that responder's ``cancelled`` (PS3.7 9.3.2.3); one naming nothing open
+is ignored (it is never answered, PS3.7 9.3.2.3).
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
@@ -58,6 +69,98 @@ MAX_COMMITMENT_DATASET = 16 * 1024 * 1024
 
 #: An N-ACTION-RQ or N-EVENT-REPORT-RQ the service takes.
 NRequest = dimse.NActionRQ | dimse.NEventReportRQ
+
+#: The largest C-FIND/C-MOVE/C-GET identifier kept in memory (issue 16). A
+#: query identifier is a handful of keys; a retrieve at IMAGE level may list
+#: SOP Instance UIDs (at most 65 bytes each): 1 MiB holds some 16,000 of them.
+MAX_IDENTIFIER = 1024 * 1024
+
+#: The Query/Retrieve verbs by request Command Field (PS3.7 9.3.2-9.3.4).
+QR_VERBS: Mapping[int, str] = {
+    dimse.CommandField.C_FIND_RQ: "find",
+    dimse.CommandField.C_MOVE_RQ: "move",
+    dimse.CommandField.C_GET_RQ: "get",
+}
+
+_VERB_FIELDS: Mapping[str, int] = {verb: code for code, verb in QR_VERBS.items()}
+
+#: The SOP classes of each verb (PS3.4 C.6.1.1.1, C.6.2.1.1: Patient Root and Study Root).
+QR_SOP_CLASSES: Mapping[str, frozenset[str]] = {
+    "find": frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"}),
+    "move": frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"}),
+    "get": frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"}),
+}
+
+#: The typed request classes of :mod:`gateway.dimse.commands` by verb (where it has them).
+_QR_TYPE_NAMES: Mapping[str, str] = {"CFindRQ": "find", "CMoveRQ": "move", "CGetRQ": "get"}
+
+#: Sub-operation count elements of C-MOVE-RSP / C-GET-RSP (PS3.7 9.3.3.2, 9.3.4.2, E.1).
+_REMAINING, _COMPLETED, _FAILED, _WARNING = 0x00001020, 0x00001021, 0x00001022, 0x00001023
+
+
+@dataclass(frozen=True)
+class QRRequest:
+    """What the service reads of a C-FIND/C-MOVE/C-GET-RQ (PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1).
+
+    Handed to the handlers when the command decoded as
+    :class:`~gateway.dimse.commands.UnknownCommand`; a typed request of
+    :mod:`gateway.dimse.commands` is handed as it is (same attribute names).
+    """
+
+    command_field: int
+    message_id: int
+    affected_sop_class_uid: str
+    priority: int = 0
+    move_destination: str = ""
+    has_dataset: bool = False
+
+
+def qr_request(command: Any) -> tuple[str, QRRequest] | None:
+    """The verb and fields of a Q/R request, or ``("cancel", ...)`` for C-CANCEL-RQ; ``None`` for anything else."""
+    verb = _QR_TYPE_NAMES.get(type(command).__name__)
+    if verb is not None:
+        return verb, QRRequest(
+            _VERB_FIELDS[verb],
+            int(command.message_id),
+            str(getattr(command, "affected_sop_class_uid", "") or ""),
+            int(getattr(command, "priority", 0) or 0),
+            str(getattr(command, "move_destination", "") or ""),
+            bool(getattr(command, "has_dataset", False)),
+        )
+    if type(command).__name__ == "CCancelRQ":
+        message_id = getattr(command, "message_id_being_responded_to", None)
+        if message_id is None:
+            message_id = getattr(command, "message_id", 0)
+        return "cancel", QRRequest(dimse.CommandField.C_CANCEL_RQ, int(message_id), "")
+    if not isinstance(command, dimse.UnknownCommand):
+        return None
+    if command.command_field == dimse.CommandField.C_CANCEL_RQ:
+        return "cancel", QRRequest(command.command_field, command.message_id, "")
+    verb = QR_VERBS.get(command.command_field)
+    if verb is None:
+        return None
+    elements = command.elements
+
+    def text(tag: int) -> str:
+        raw = elements.get(tag, b"")
+        return raw.decode("ascii", "replace").rstrip("\x00 ").lstrip(" ")
+
+    priority = elements.get(dimse.Tag.PRIORITY, b"")
+    return verb, QRRequest(
+        command.command_field,
+        command.message_id,
+        text(dimse.Tag.AFFECTED_SOP_CLASS_UID),
+        int.from_bytes(priority[:2], "little") if len(priority) >= 2 else 0,
+        text(dimse.Tag.MOVE_DESTINATION),
+        command.has_dataset,
+    )
+
+
+class IQueryRetrieveSCP(Protocol):
+    """The Query/Retrieve SCP the service hands requests to (:class:`gateway.qr.scp.QueryRetrieveSCP`)."""
+
+    def handle(self, verb: str, info: "AssociationInfo", rq: Any, identifier: bytes, responder: "QRResponder") -> None:
+        """Serve one request (``verb``: find, move, get); ends with ``responder.final`` exactly once."""
 
 
 class ICommitmentSCP(Protocol):
@@ -146,6 +249,9 @@ class _Response:
 
     context_id: int
     command: bytes | None = None
+    #: A Q/R request's responses (command set, data set), sent in turn; ``done`` once the final is in.
+    stream: "deque[tuple[bytes, bytes | None]] | None" = None
+    done: bool = False
 
 
 @dataclass
@@ -168,6 +274,8 @@ class _Incoming:
     n_buffer: bytearray | None = None
     #: A response's data set we neither expect nor need (an Event Reply): discarded.
     swallow: bool = False
+    #: For a C-FIND/C-MOVE/C-GET-RQ: its responder and its identifier so far.
+    qr: "QRResponder | None" = None
 
 
 #: Seals, routes and journals an instance whose last fragment has arrived;
@@ -193,6 +301,10 @@ class StorageService:
         an N-ACTION is then refused (0x0124) and an N-EVENT-REPORT answered
         0x0110 (only reachable where unknown SOP classes are accepted).
     :param max_commitment_dataset: see :data:`MAX_COMMITMENT_DATASET`.
+    :param qr: the Query/Retrieve SCP (issue 16), or ``None``: C-FIND,
+        C-MOVE and C-GET requests are then refused 0x0122 (SOP class not
+        supported; only reachable where their classes are accepted anyway).
+    :param max_identifier: see :data:`MAX_IDENTIFIER`.
     """
 
     log = Logger(namespace="gateway.receive")
@@ -207,7 +319,15 @@ class StorageService:
         space_low: Callable[[], bool] = lambda: False,
         commitment: ICommitmentSCP | None = None,
         max_commitment_dataset: int = MAX_COMMITMENT_DATASET,
+        qr: IQueryRetrieveSCP | None = None,
+        max_identifier: int = MAX_IDENTIFIER,
     ) -> None:
+        self._qr = qr
+        self._max_identifier = max_identifier
+        #: Open Q/R requests by Message ID (a C-CANCEL-RQ names one, PS3.7 9.3.2.3).
+        self._qr_open: dict[int, QRResponder] = {}
+        #: C-STORE-RQs we sent as C-GET sub-operations, awaiting their C-STORE-RSP, by Message ID.
+        self._stores_waiting: dict[int, Deferred[int]] = {}
         self._commitment = commitment
         self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
@@ -279,6 +399,13 @@ class StorageService:
         pending, self._report_pending = self._report_pending, None
         if pending is not None:
             pending[1].errback(ReportNotAnswered("the association ended before the N-EVENT-REPORT-RSP"))
+        # Every open Q/R request is cancelled: its handler stops the sources (the final goes nowhere).
+        open_requests, self._qr_open = self._qr_open, {}
+        for responder in open_requests.values():
+            responder.cancel()
+        stores, self._stores_waiting = self._stores_waiting, {}
+        for d in stores.values():
+            d.errback(ReportNotAnswered("the association ended before the C-STORE-RSP"))
 
     @property
     def busy(self) -> bool:
@@ -293,6 +420,14 @@ class StorageService:
         if context is None:  # the UL layer already refuses unaccepted contexts; be safe
             self._protocol_violation(f"command on unaccepted presentation context {event.context_id}")
             return
+        qr = qr_request(command)
+        if qr is not None:
+            verb, request = qr
+            if verb == "cancel":
+                self._cancel(request.message_id)
+            else:
+                self._begin_qr(event.context_id, command, verb, request, context)
+            return
         if isinstance(command, dimse.CEchoRQ):
             response = dimse.encode_command(dimse.echo_response(command))
             if command.has_dataset:
@@ -306,6 +441,9 @@ class StorageService:
             self._begin_n_request(event.context_id, command, context)
         elif isinstance(command, dimse.UnknownCommand):
             self._unknown(event.context_id, command)
+        elif isinstance(command, dimse.CStoreRSP) and command.message_id_being_responded_to in self._stores_waiting:
+            # A C-GET requester's answer to one of our C-STORE sub-operations (PS3.4 C.4.3.3).
+            self._stores_waiting.pop(command.message_id_being_responded_to).callback(command.status)
         elif isinstance(command, dimse.NEventReportRSP) and self._report_answered(command):
             if command.has_dataset:
                 self._incoming = _Incoming(event.context_id, None, None, swallow=True)
@@ -489,6 +627,82 @@ class StorageService:
             # (PS3.7 Tables 10.3-2 and 10.3-8), so leave them out.
             return dimse.encode_command(replace(response, affected_sop_class_uid=None, affected_sop_instance_uid=None))
 
+    # -- Query/Retrieve (issue 16) -------------------------------------------------------
+
+    def _begin_qr(self, context_id: int, command: Any, verb: str, request: QRRequest, context: AcceptedContext) -> None:
+        """A C-FIND/C-MOVE/C-GET-RQ: buffer its identifier, then hand it to the Q/R SCP."""
+        rq = command if type(command).__name__ in _QR_TYPE_NAMES else request
+        responder = QRResponder(self, _Response(context_id, stream=deque()), verb, request, context)
+        self._responses.append(responder.slot)
+        if request.message_id in self._qr_open:
+            # PS3.7 C.5.7 (0x0210): a Message ID already in use by an open request.
+            responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
+        elif self._qr is None or request.affected_sop_class_uid != context.abstract_syntax or (
+            context.abstract_syntax not in QR_SOP_CLASSES[verb]
+        ):
+            # Not offered, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
+            responder.final(Status.SOP_CLASS_NOT_SUPPORTED, error_comment="SOP class not supported")
+        elif not request.has_dataset:
+            # The Identifier is required (PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1): 0xC000-class failure.
+            responder.final(Status.CANNOT_UNDERSTAND, error_comment="request without an Identifier")
+        else:
+            self._qr_open[request.message_id] = responder
+            self._incoming = _Incoming(context_id, None, None, qr=responder, n_buffer=bytearray())
+            responder.rq = rq
+            return
+        if request.has_dataset:
+            self._incoming = _Incoming(context_id, None, None, swallow=True)
+
+    def _dispatch_qr(self, responder: "QRResponder", identifier: bytes, overflowed: bool) -> None:
+        """Hand a complete request to the Q/R SCP (its handler answers through ``responder``)."""
+        if overflowed:
+            # PS3.4 C.4.1.1.4 / C.4.2.1.5 / C.4.3.1.4: refused, out of resources.
+            status = Status.OUT_OF_RESOURCES if responder.verb == "find" else 0xA701
+            responder.final(status, error_comment=f"Identifier over {self._max_identifier} bytes")
+            return
+        assert self._qr is not None
+        try:
+            self._qr.handle(responder.verb, self._info, responder.rq, identifier, responder)
+        except Exception:
+            self.log.failure("{assoc_id} Query/Retrieve handling failed", assoc_id=self._info.assoc_id)
+            responder.final(Status.CANNOT_UNDERSTAND, error_comment="Unable to process")
+
+    def _cancel(self, message_id: int) -> None:
+        """A C-CANCEL-RQ (PS3.7 9.3.2.3): tell the open request it names; never answered itself."""
+        responder = self._qr_open.get(message_id)
+        if responder is None:
+            self.log.debug("{assoc_id} C-CANCEL-RQ for {message_id}, not open: ignored", assoc_id=self._info.assoc_id, message_id=message_id)
+            return
+        responder.cancel()
+
+    def _qr_finished(self, responder: "QRResponder") -> None:
+        """The responder's final response is queued: it is no longer open."""
+        if self._qr_open.get(responder.request.message_id) is responder:
+            del self._qr_open[responder.request.message_id]
+        self._flush()
+
+    def allocate_message_id(self) -> int:
+        """A Message ID for a request we send on this association (C-GET sub-operations, reports)."""
+        message_id = self._next_message_id
+        self._next_message_id = message_id % 0xFFFF + 1
+        return message_id
+
+    def expect_store_response(self, message_id: int) -> "Deferred[int]":
+        """Fires with the status of the C-STORE-RSP answering our C-STORE-RQ ``message_id`` (C-GET, PS3.4 C.4.3.3)."""
+        d: Deferred[int] = Deferred()
+        self._stores_waiting[message_id] = d
+        return d
+
+    @property
+    def peer(self) -> IDIMSEPeer:
+        """The adapter this service sends on (for a C-GET sub-operation's data set)."""
+        return self._peer
+
+    @property
+    def info(self) -> AssociationInfo:
+        """The association served."""
+        return self._info
+
     def _begin_store(self, context_id: int, rq: dimse.CStoreRQ, context: AcceptedContext) -> None:
         if not rq.has_dataset:
             # PS3.7 9.3.1.1: a C-STORE-RQ always carries a data set (HARDENING D19, pinned 0xC000).
@@ -526,7 +740,7 @@ class StorageService:
             return
         incoming.size += len(event.data)
         if incoming.n_buffer is not None:
-            if incoming.size <= self._max_commitment_dataset:
+            if incoming.size <= (self._max_identifier if incoming.qr is not None else self._max_commitment_dataset):
                 incoming.n_buffer.extend(event.data)
             else:
                 # Over the cap: keep nothing while the rest is swallowed.
@@ -537,6 +751,10 @@ class StorageService:
             return
         self._incoming = None
         if incoming.swallow:
+            return
+        if incoming.qr is not None and incoming.n_buffer is not None:
+            overflowed = incoming.size > self._max_identifier
+            self._dispatch_qr(incoming.qr, b"" if overflowed else bytes(incoming.n_buffer), overflowed)
             return
         if incoming.n_request is not None and incoming.n_slot is not None and incoming.n_buffer is not None:
             context = self._info.contexts[incoming.context_id]
@@ -686,9 +904,22 @@ class StorageService:
         """Send every response whose turn has come; answer a pending release when none is left."""
         if self._closed:
             return
-        while self._responses and self._responses[0].command is not None:
-            slot = self._responses.popleft()
-            assert slot.command is not None
+        while self._responses:
+            slot = self._responses[0]
+            if slot.stream is not None:
+                # A Q/R request's responses leave as they come while it is at the head.
+                while slot.stream and not self._closed:
+                    command, data = slot.stream.popleft()
+                    self._peer.send_command(slot.context_id, command)
+                    if data is not None:
+                        self._peer.send_dataset(slot.context_id, data)
+                if not slot.done or self._closed:
+                    break
+                self._responses.popleft()
+                continue
+            if slot.command is None:
+                break
+            self._responses.popleft()
             self._peer.send_command(slot.context_id, slot.command)
         if self._release_requested and not self._responses and self._incoming is None:
             self._release_requested = False
@@ -701,3 +932,138 @@ class StorageService:
         self.log.warn("{assoc_id} DIMSE protocol error: {detail}", assoc_id=self._info.assoc_id, detail=detail)
         self.connection_lost()
         self._peer.abort_association(detail)
+
+
+def encode_failed_uids(uids: "tuple[str, ...] | list[str]", transfer_syntax: str) -> bytes:
+    """A data set holding only (0008,0058) Failed SOP Instance UID List (PS3.4 C.4.2.1.3, C.4.3.1.3).
+
+    Implicit VR Little Endian for ``1.2.840.10008.1.2``, Explicit VR Little
+    Endian otherwise (the little-endian syntaxes the Q/R contexts accept). In
+    Explicit VR a UI value is at most 65534 bytes (a 16-bit length, PS3.5
+    7.1.2): UIDs that do not fit are left out (the failed count still says
+    how many failed).
+    """
+    explicit = transfer_syntax != "1.2.840.10008.1.2"
+    kept: list[str] = []
+    size = 0
+    for uid in uids:
+        extra = len(uid) + (1 if kept else 0)
+        if explicit and size + extra > 0xFFFE:
+            break
+        kept.append(uid)
+        size += extra
+    value = "\\".join(kept).encode("ascii", "replace")
+    if len(value) % 2:
+        value += b"\x00"
+    if explicit:
+        return struct.pack("<HH2sH", 0x0008, 0x0058, b"UI", len(value)) + value
+    return struct.pack("<HHI", 0x0008, 0x0058, len(value)) + value
+
+
+class QRResponder:
+    """The :class:`gateway.qr.context.IResponder` of one C-FIND/C-MOVE/C-GET request on this association.
+
+    Its responses go into the request's slot and leave in request order
+    (:meth:`StorageService._flush`); after :meth:`final` every call is
+    ignored (a handler answers exactly once, :mod:`gateway.qr.context`).
+
+    :ivar rq: the request as handed to the handler (typed, or a :class:`QRRequest`).
+    """
+
+    log = Logger(namespace="gateway.receive")
+
+    def __init__(self, service: StorageService, slot: _Response, verb: str, request: QRRequest, context: AcceptedContext) -> None:
+        self._service = service
+        self.slot = slot
+        self.verb = verb
+        self.request = request
+        self.rq: Any = request
+        self._context = context
+        self._cancelled: Deferred[None] = Deferred()
+        self.finished = False
+        self.pending_count = 0
+
+    # -- IResponder ------------------------------------------------------------------------
+
+    @property
+    def transfer_syntax(self) -> str:
+        """The request's presentation context transfer syntax (identifiers are encoded in it)."""
+        return self._context.transfer_syntax
+
+    @property
+    def cancelled(self) -> "Deferred[None]":
+        """Fires on the requester's C-CANCEL-RQ for this request (PS3.7 9.3.2.3), or when the association ends."""
+        return self._cancelled
+
+    def pending(self, status: int, identifier: bytes | None = None, counts: Any = None) -> None:
+        """Queue a pending response (0xFF00/0xFF01), with a C-FIND match or C-MOVE/C-GET counts."""
+        if self.finished:
+            self.log.warn("pending response after the final one ignored")
+            return
+        self.pending_count += 1
+        assert self.slot.stream is not None
+        self.slot.stream.append((self._command(status, identifier is not None, counts, ""), identifier))
+        self._service._flush()
+
+    def final(
+        self,
+        status: int,
+        counts: Any = None,
+        error_comment: str = "",
+        failed_uids: "tuple[str, ...] | list[str]" = (),
+        identifier: bytes | None = None,
+    ) -> None:
+        """Queue the final response; ``failed_uids`` become (0008,0058) in its data set (C-MOVE/C-GET)."""
+        if self.finished:
+            self.log.warn("a second final response ignored")
+            return
+        self.finished = True
+        data = identifier
+        if data is None and failed_uids and self.verb != "find":
+            data = encode_failed_uids(tuple(failed_uids), self.transfer_syntax)
+        assert self.slot.stream is not None
+        self.slot.stream.append((self._command(status, data is not None, counts, error_comment), data))
+        self.slot.done = True
+        self._service._qr_finished(self)
+
+    def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
+        """C-GET sub-operation: sent by :func:`gateway.qr.substore.store` when it exists (the get helper's part)."""
+        try:
+            from gateway.qr import substore  # type: ignore[attr-defined]
+        except ImportError:
+            from twisted.internet.defer import fail
+
+            return fail(NotImplementedError("C-GET sub-operations are not implemented yet (gateway.qr.substore)"))
+        result: Deferred[int] = substore.store(self._service, self, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
+        return result
+
+    # -- the service's side ----------------------------------------------------------------
+
+    @property
+    def context(self) -> AcceptedContext:
+        """The request's presentation context."""
+        return self._context
+
+    def cancel(self) -> None:
+        """Fire :attr:`cancelled` (once)."""
+        if not self._cancelled.called:
+            self._cancelled.callback(None)
+
+    def _command(self, status: int, has_dataset: bool, counts: Any, error_comment: str) -> bytes:
+        """The encoded C-FIND/C-MOVE/C-GET-RSP (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)."""
+        rq = self.request
+        elements: dict[int, bytes] = {dimse.Tag.STATUS: dimse._enc_us(status)}
+        if rq.affected_sop_class_uid:
+            try:
+                elements[dimse.Tag.AFFECTED_SOP_CLASS_UID] = dimse._enc_ui(rq.affected_sop_class_uid)
+            except ValueError:
+                pass  # U(=) in every Q/R response: left out rather than unencodable
+        if error_comment:
+            elements[dimse.Tag.ERROR_COMMENT] = dimse._enc_lo(error_comment)
+        if counts is not None and self.verb != "find":
+            if counts.remaining is not None:
+                elements[_REMAINING] = dimse._enc_us(min(counts.remaining, 0xFFFF))
+            elements[_COMPLETED] = dimse._enc_us(min(counts.completed, 0xFFFF))
+            elements[_FAILED] = dimse._enc_us(min(counts.failed, 0xFFFF))
+            elements[_WARNING] = dimse._enc_us(min(counts.warning, 0xFFFF))
+        return dimse.encode_command(dimse.UnknownCommand(rq.command_field | 0x8000, rq.message_id, elements, has_dataset))

@@ -60,6 +60,9 @@ from gateway.heartbeat import HOUSEKEEPING, NodeHeartbeat, NodeNameInUse, check_
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.commitment.model import STORAGE_COMMITMENT_PUSH
 from gateway.commitment.scp import CommitmentSCP
+from gateway.qr.context import QRContext
+from gateway.qr.scp import QueryRetrieveSCP
+from gateway.send.dicom import connect_dicom
 from gateway.intake import Intake
 from gateway.recovery import Recovery
 from gateway.space import SpaceGuard
@@ -422,6 +425,10 @@ class GatewayService(MultiService):
             observer=self.observer,
             clock=reactor,
         )
+        # Issue 16: the Query/Retrieve SCP every listener hands C-FIND/C-MOVE/C-GET to
+        # (each request reads the configuration in force: a listener without
+        # query/retrieve refuses them, and does not accept their classes).
+        self.qr_scp = self._qr_scp(reactor, wall)
         # One pool for every listener's scrypt checks: max(1, cores - 1) at a time (issue 11).
         self.passcodes = PasscodePool.for_reactor(reactor)
         for listener in config.listen:
@@ -439,6 +446,7 @@ class GatewayService(MultiService):
                 user_identity=listener_identity(listener, passcodes=self.passcodes),
                 refusing=self.drain.refusing,
                 commitment=self.commitment_scp,
+                qr=self.qr_scp,
             )
             service = ListenerService(
                 reactor, listener, factory, server_tls(listener), self._tls_failure_hook(listener.name),
@@ -467,6 +475,26 @@ class GatewayService(MultiService):
         )
         self._declare_metrics()
         self._add_commitment_worker()
+
+    # -- Query/Retrieve (issue 16) -----------------------------------------------------------
+
+    def _qr_scp(self, reactor: Any, wall: Callable[[], float]) -> QueryRetrieveSCP:
+        """The Q/R SCP with its :class:`~gateway.qr.context.QRContext` (sources opened with ``connect_dicom``)."""
+
+        def connect(destination: Any, proposals: Any, role_selections: Any = ()) -> "Deferred[Any]":
+            return connect_dicom(reactor, destination, proposals, role_selections, verification=False)
+
+        ctx = QRContext(
+            config=lambda: self.config,
+            journal=self.store,
+            run=self.store_runner,
+            reactor=reactor,
+            wall=wall,
+            observer=self.observer,
+            connect=connect,
+            ae_title=self.config.ae_title,
+        )
+        return QueryRetrieveSCP(ctx)
 
     # -- Storage Commitment (issue 15) -----------------------------------------------------
 

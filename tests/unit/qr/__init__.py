@@ -1,0 +1,1 @@
+"""Tests for :mod:`gateway.qr` (issue 16)."""
