@@ -41,6 +41,22 @@ before the acknowledgement, so the report says 0x0110 (or success, with
 C-STORE: the instance is then reported as never received, which keeps the
 modality's copy (the safe side).
 
+C-MOVE sub-operations (issue 16)
+--------------------------------
+When the gateway relays a C-MOVE (:mod:`gateway.qr.move`), the source's
+sub-operation C-STORE-RQs carry the Move Originator AE Title (the gateway's)
+and the Message ID of the gateway's C-MOVE-RQ (PS3.7 9.1.1.1). Such an
+instance is matched in the journal
+(:meth:`~gateway.queue.retrieves.IRetrieveJournal.match_sub_operation`: the
+message ID of an OPEN retrieve that expects this SOP Instance UID). A match is
+journaled with exactly one queue entry, to ``move.<modality name>`` (route
+``retrieve``; no other route, so nothing loops back to the archive), without
+duplicate control (the requester asked for it again), and linked to its
+retrieve item in the same store turn, before the C-STORE-RSP: by the time the
+source's final C-MOVE-RSP arrives, every instance it sent is counted. No match
+(another SCU's move naming the gateway, a retrieve already finished) is an
+ordinary C-STORE, routed as any other.
+
 The rest of custody lives beside this module: the spool's free-space floor in
 :mod:`gateway.space` and start-up recovery and clean-up in :mod:`gateway.recovery`.
 """
@@ -66,7 +82,7 @@ from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, New
 from gateway.receive import AssociationInfo
 from gateway.headerbytes import parse_header
 from gateway.parse import read_header
-from gateway.prepare import route_plan
+from gateway.prepare import NO_MORPH, route_plan
 from gateway.route import RoutingContext, RoutingDecision, evaluate, needs_header
 from gateway.spool import SpooledInstance, SpoolError, SpoolFailure, SpoolWriter
 from gateway.validate import DatasetSummary
@@ -177,6 +193,15 @@ class _Pending:
     received_at: float = 0.0
     correlation_id: str = ""
     spooled: SpooledInstance | None = None
+    #: The retrieve a C-MOVE sub-operation belongs to (issue 16): linked after the journal write.
+    retrieve_id: int | None = None
+
+
+#: The route name of relayed C-MOVE sub-operations' queue entries (issue 16).
+RETRIEVE_ROUTE: Final = "retrieve"
+
+#: The queue destination of a move destination: ``move.`` + its ``modalities`` name.
+MOVE_DESTINATION_PREFIX: Final = "move."
 
 
 class Intake:
@@ -195,6 +220,9 @@ class Intake:
     :param commitment: returns true while Storage Commitment is configured
         (issue 15): dropped and unrouted instances are then noted in the
         commitment journal (the store, through ``store_runner``).
+    :param retrieve_ae_title: returns the gateway's AE title while retrieve
+        is configured (issue 16), else ``None``: C-MOVE sub-operations
+        originated by that AE are then matched to the journal's retrieves.
     """
 
     log = Logger(namespace="gateway.intake")
@@ -213,8 +241,11 @@ class Intake:
         destinations: Callable[[], Collection[str]] = lambda: (),
         node: str = "",
         commitment: Callable[[], bool] = lambda: False,
+        retrieve_ae_title: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.node = node
+        self._retrieve_ae_title = retrieve_ae_title
+        self.relayed_total = 0
         self._commitment = commitment
         self._destinations = destinations
         self._store = store
@@ -277,12 +308,16 @@ class Intake:
         )
         return d
 
-    def take(self, writer: SpoolWriter, info: AssociationInfo) -> "Deferred[Admission]":
+    def take(
+        self, writer: SpoolWriter, info: AssociationInfo, sub_operation: tuple[str, int] | None = None
+    ) -> "Deferred[Admission]":
         """Seal, route and journal an instance whose last fragment has arrived (the one hand-off).
 
         :param writer: the spool's writer of the instance; :meth:`~gateway.spool.SpoolWriter.end`
             is called here.
         :param info: the association it came on.
+        :param sub_operation: the C-STORE-RQ's Move Originator AE Title and
+            Message ID when it has them (a C-MOVE sub-operation, PS3.7 9.1.1.1).
         :returns: a Deferred firing with the :class:`Admission` (``spooled``
             set once the instance is durable); it never fails.
         """
@@ -290,6 +325,76 @@ class Intake:
         if summary is None:
             # Refused by the seal (malformed, too large, a write failed...): learn the status.
             return self._sealed_only(writer)
+        if sub_operation is not None and summary.sop_instance_uid:
+            ours = self._retrieve_ae_title()
+            originator = sub_operation[0].strip()
+            if ours is not None and (not originator or originator == ours.strip()):
+                return self._take_sub_operation(writer, info, summary, sub_operation[1])
+        return self._take_routed(writer, info, summary)
+
+    def _take_sub_operation(
+        self, writer: SpoolWriter, info: AssociationInfo, summary: DatasetSummary, message_id: int
+    ) -> "Deferred[Admission]":
+        """A C-MOVE sub-operation: journal it to its retrieve's move destination, or route it as any C-STORE."""
+        uid = summary.sop_instance_uid or ""
+        store: Any = self._store  # also an IRetrieveJournal (issue 16)
+        d = self._store_runner.run(store.match_sub_operation, message_id, uid)
+
+        def matched(retrieve: Any) -> "Deferred[Admission]":
+            if retrieve is None:
+                return self._take_routed(writer, info, summary)
+            return self._take_relayed(writer, info, retrieve)
+
+        def unmatched(failure: Failure) -> "Deferred[Admission]":
+            self.log.error(
+                "could not match C-MOVE sub-operation {sop_instance_uid} (message ID {message_id}): {error}; routed as any C-STORE",
+                sop_instance_uid=uid,
+                message_id=message_id,
+                error=failure.getErrorMessage(),
+            )
+            return self._take_routed(writer, info, summary)
+
+        d.addCallbacks(matched, unmatched)
+        return d
+
+    def _take_relayed(self, writer: SpoolWriter, info: AssociationInfo, retrieve: Any) -> "Deferred[Admission]":
+        """Journal a matched sub-operation with one entry to ``move.<destination>`` and link its item."""
+        destination = MOVE_DESTINATION_PREFIX + retrieve.request.destination
+        item = _Pending(
+            [NewEntry(route=RETRIEVE_ROUTE, destination=destination, plan=NO_MORPH)], Deferred(),
+            writer=writer, info=info, received_at=self._wall(), correlation_id=new_correlation_id(),
+            retrieve_id=retrieve.retrieve_id,
+        )
+        d = self._journal(item)
+
+        def journaled(outcome: Any) -> Any:
+            if isinstance(outcome, SpoolError):
+                return Admission(outcome.status, outcome.comment)
+            assert item.spooled is not None and item.record is not None
+            if not isinstance(outcome, AddResult):
+                return self._journal_failed(item.spooled, item.record, Failure(outcome))
+            self.relayed_total += 1
+            self.log.debug(
+                "{correlation_id} {sop_instance_uid} received for retrieve {retrieve_id}; queued for {destination}",
+                correlation_id=item.record.correlation_id,
+                sop_instance_uid=item.record.sop_instance_uid,
+                retrieve_id=retrieve.retrieve_id,
+                destination=destination,
+            )
+            try:
+                self._on_enqueued([destination])
+            except Exception:
+                self.log.failure("could not wake the worker of {destination}", destination=destination)
+            return Admission(
+                Status.SUCCESS, entries=len(outcome.entry_ids), matched=(RETRIEVE_ROUTE,),
+                correlation_id=item.record.correlation_id, spooled=item.spooled,
+            )
+
+        d.addCallback(journaled)
+        return d
+
+    def _take_routed(self, writer: SpoolWriter, info: AssociationInfo, summary: DatasetSummary) -> "Deferred[Admission]":
+        """Route and journal a sealed instance (the ordinary C-STORE)."""
         received_at = self._wall()
         context = self._context(info, received_at)
         routes = tuple(self._routes())
@@ -516,6 +621,44 @@ class Intake:
             ready.append(index)
         if not ready:
             return outcomes
+        relayed = [i for i in ready if batch[i].retrieve_id is not None]
+        if relayed:
+            # C-MOVE sub-operations (issue 16): no duplicate control (the
+            # requester asked for them again), and linked to their retrieve
+            # before the C-STORE-RSP.
+            ready = [i for i in ready if batch[i].retrieve_id is None]
+            self._add_group(batch, relayed, outcomes, now, 0.0)
+            self._link_relayed(batch, relayed, outcomes, now)
+        if ready:
+            self._add_group(batch, ready, outcomes, now, window)
+        return outcomes
+
+    def _link_relayed(self, batch: list[_Pending], indexes: list[int], outcomes: list[Any], now: float) -> None:
+        """On the store's thread: link each journaled sub-operation to its retrieve item.
+
+        A link that fails leaves the instance in custody and on its way to the
+        move destination (acknowledged); the retrieve then counts it at its
+        deadline, as failed: logged here.
+        """
+        store: Any = self._store
+        for index in indexes:
+            item, outcome = batch[index], outcomes[index]
+            if not isinstance(outcome, AddResult) or item.record is None:
+                continue
+            entry_id = outcome.entry_ids[0] if outcome.entry_ids else None
+            try:
+                store.link_item(item.retrieve_id, item.record.sop_instance_uid, entry_id, now)
+            except Exception as e:
+                self.log.error(
+                    "{correlation_id} could not link {sop_instance_uid} to retrieve {retrieve_id}: {error}",
+                    correlation_id=item.record.correlation_id,
+                    sop_instance_uid=item.record.sop_instance_uid,
+                    retrieve_id=item.retrieve_id,
+                    error=e,
+                )
+
+    def _add_group(self, batch: list[_Pending], ready: list[int], outcomes: list[Any], now: float, window: float) -> None:
+        """On the store's thread: journal the ``ready`` items of ``batch`` in one transaction (one by one if it fails)."""
         try:
             results = self._store.add_instances(
                 [(batch[i].record, batch[i].entries) for i in ready], now, window
@@ -535,7 +678,6 @@ class Intake:
         else:
             for index, result in zip(ready, results):
                 outcomes[index] = result
-        return outcomes
 
     def _journaled(self, record: InstanceRecord, decision: RoutingDecision, result: AddResult) -> Admission:
         if result.duplicates:

@@ -282,7 +282,9 @@ class _Incoming:
 #: fires with the :class:`~gateway.intake.Admission` to answer (see
 #: :meth:`gateway.intake.Intake.take`). ``None`` acknowledges once the spool
 #: has made the instance durable (no queue: the network-core configuration).
-Admit = Callable[[SpoolWriter, "AssociationInfo"], "Deferred[Any]"]
+#: A C-MOVE sub-operation adds a third argument, its Move Originator AE Title
+#: and Message ID (issue 16); other C-STOREs are admitted with two.
+Admit = Callable[..., "Deferred[Any]"]
 
 
 class StorageService:
@@ -821,7 +823,15 @@ class StorageService:
         else:
             # Custody (issue 13): the intake seals, routes and journals; its
             # answer comes once the file and its journal record are durable.
-            d = self._admit(incoming.writer, self._info)
+            request = incoming.request
+            sub_operation = None
+            if request is not None and request.move_originator_message_id is not None:
+                # A C-MOVE sub-operation (PS3.7 9.1.1.1): the intake may match it to a retrieve (issue 16).
+                sub_operation = (request.move_originator_ae_title or "", request.move_originator_message_id)
+            if sub_operation is None:
+                d = self._admit(incoming.writer, self._info)
+            else:
+                d = self._admit(incoming.writer, self._info, sub_operation)
             d.addCallback(admitted)
         d.addErrback(failed)
         d.addErrback(lambda f: self.log.failure("answering a C-STORE failed", f))

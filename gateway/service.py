@@ -370,6 +370,10 @@ class GatewayService(MultiService):
             # Issue 15: dropped and unrouted instances are noted for Storage Commitment.
             commitment=lambda: self.config.commitment is not None
             or any(listener.commitment is not None for listener in self.config.listen),
+            # Issue 16: C-MOVE sub-operations of a relayed retrieve are matched in the journal.
+            retrieve_ae_title=lambda: self.config.ae_title
+            if self.config.retrieve is not None or any(listener.retrieve is not None for listener in self.config.listen)
+            else None,
         )
         self.recovery = Recovery(
             store=store,
@@ -400,6 +404,7 @@ class GatewayService(MultiService):
         self.workers: dict[str, DestinationWorker] = {}
         for destination in config.destinations:
             self._add_worker(destination)
+        self._add_move_workers(config)
         self.listeners: list[ListenerService] = []
         self.access = AccessPolicy(config.ae_title, config.accept.calling_ae_titles)
         limits = AcceptorLimits(
@@ -539,6 +544,33 @@ class GatewayService(MultiService):
         if self.commitment_worker is not None:
             self.commitment_worker.poke()
 
+    # -- C-MOVE destinations (issue 16) ----------------------------------------------------
+
+    def _add_move_workers(self, config: GatewayConfig) -> None:
+        """A worker per ``modalities`` entry, ``move.<name>``, when retrieve is configured (:func:`gateway.qr.move.move_destinations`).
+
+        A relayed C-MOVE's instances are journaled to them by the intake;
+        they are ordinary queue destinations (retries, dead letters, ``queue
+        list``). Called again after a reload: a changed entry's worker is
+        replaced, a removed one stopped (its entries wait, as a removed
+        destination's do).
+        """
+        from gateway.qr.move import move_destinations
+
+        wanted = {d.name: d for d in move_destinations(config)}
+        current = getattr(self, "move_workers", {})
+        for name, worker in list(current.items()):
+            if wanted.get(name) != worker.config:
+                self.workers.pop(name, None)
+                del current[name]
+                worker.disownServiceParent()
+        for name, destination in wanted.items():
+            if name not in current:
+                current[name] = self._add_worker(destination)
+                if self.running and not current[name].running:
+                    current[name].startService()
+        self.move_workers: dict[str, DestinationWorker] = current
+
     # -- workers ---------------------------------------------------------------------------
 
     def _add_worker(self, destination: Any) -> DestinationWorker:
@@ -634,9 +666,9 @@ class GatewayService(MultiService):
                 return destination
         return None
 
-    def _admit(self, writer: Any, info: Any) -> Deferred[Any]:
+    def _admit(self, writer: Any, info: Any, sub_operation: tuple[str, int] | None = None) -> Deferred[Any]:
         """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
-        d = self.intake.take(writer, info)
+        d = self.intake.take(writer, info, sub_operation)
         d.addCallback(self._admitted, info)
         return d
 
@@ -931,6 +963,7 @@ class GatewayService(MultiService):
                     if self.running and not worker.running:
                         worker.startService()
             self._add_archive_commitment()  # issue 15: committers and their workers' pokes
+            self._add_move_workers(new)  # issue 16: move.<name> destinations
             if self.commitment_worker is None:
                 # Issue 15: commitment added by this reload. The listeners' SCP reads the
                 # configuration per N-ACTION and accepts at once: its reports need a worker.
