@@ -1,0 +1,611 @@
+"""C-GET through the gateway: retrieve from a source, C-STORE sub-operations back on the requester's association (PS3.4 C.4.3).
+
+Theory of operation. The requester sends a C-GET-RQ (Patient Root or Study
+Root, PS3.4 C.6.1.1.1 / C.6.2.1.1) on an association where it also accepted
+storage SOP classes in the SCP role (SCP/SCU Role Selection, PS3.7 D.3.3.4,
+PS3.4 C.4.3.3). The gateway asks the sources of ``retrieve.sources`` in
+order, each with its own C-GET (the gateway proposes the storage classes in
+the SCP role on that association, so the source's sub-operations come back
+to it); the first source that has matching instances is the one used, the
+others are not asked (PS3.4 C.4.3.2: a C-GET SCP retrieves what matches from
+its own store; ours is the first archive that holds it).
+
+Every instance the source sends is written to a scratch file (the source
+module's adapter does that), then stored on the requester's association with
+:meth:`~gateway.qr.context.IResponder.store`, one at a time (streaming: at
+most one instance in flight, the source's next C-STORE waits for our answer).
+The source is answered Success once the instance is in the gateway's
+scratch: the gateway counts the requester's outcome itself, so that a
+sub-operation is never counted twice (once by the source, once here).
+
+Counting (PS3.4 C.4.3.1.3, the (0000,1020)-(0000,1023) elements):
+
+* *completed*: the requester answered Success;
+* *warning*: it answered a warning (0xBxxx, PS3.4 B.2.3);
+* *failed*: it answered a failure, or it accepted no presentation context
+  for that SOP class and transfer syntax, so no sub-operation could be
+  issued (PS3.4 C.4.3.3.1: such an instance is a failed sub-operation; never
+  silently dropped), plus what the source itself reports failed (instances
+  it could not send);
+* *remaining*: the source's own Number of Remaining Sub-operations, from its
+  latest pending response.
+
+The final status (PS3.4 C.4.3.1.4, Table C.4-3): 0x0000 when every
+sub-operation completed; 0xB000 (Warning: Sub-operations Complete - One or
+more Failures or Warnings) with the Failed SOP Instance UID List (0008,0058)
+(PS3.4 C.4.3.1.3.1) when any failed or had a warning; 0xFE00 (Cancel:
+Sub-operations terminated due to Cancel Indication) after a C-CANCEL-RQ,
+which also reaches the source (PS3.7 9.3.3.3); 0xA702 (Refused: Out of
+Resources - Unable to perform sub-operations) when no source could be
+retrieved from, with an Error Comment (0000,0902) naming them; a source's
+own failure status (e.g. 0xA900, Identifier does not match SOP Class) is
+relayed as it is.
+
+Not done here (yet): when no source accepts a C-GET context, the C-MOVE to
+the gateway itself (the relay leg through
+:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation); such a
+source is counted unavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.python.failure import Failure
+
+from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
+from gateway.dimse.status import Status, StatusCategory, category
+from gateway.qr.context import IResponder, QRContext, SubOperations
+from gateway.ul.items import SCPSCURoleSelection
+
+log = logging.getLogger(__name__)
+
+#: PS3.4 C.4.3.1.4, Table C.4-3: Refused: Out of Resources - Unable to perform sub-operations.
+UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
+#: PS3.4 C.4.3.1.4, Table C.4-3: Warning: Sub-operations Complete - One or more Failures or Warnings.
+SUB_OPERATIONS_WITH_FAILURES = 0xB000
+#: PS3.4 C.4.3.1.4, Table C.4-3: Failed: Unable to process.
+UNABLE_TO_PROCESS = 0xC000
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One C-STORE sub-operation the source sent the gateway, held in a scratch file.
+
+    :ivar path: the file; its data set starts at ``dataset_offset``.
+    :ivar sop_class_uid: the Affected SOP Class UID of the source's C-STORE-RQ.
+    :ivar sop_instance_uid: its Affected SOP Instance UID.
+    :ivar transfer_syntax_uid: the transfer syntax the data set is encoded in
+        (the source's presentation context).
+    :ivar dataset_offset: where the data set starts in ``path`` (0: a bare data set).
+    """
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int = 0
+
+
+@dataclass(frozen=True)
+class SourceOutcome:
+    """A source's final C-GET-RSP.
+
+    :ivar status: its (0000,0900).
+    :ivar counts: its sub-operation counts (``failed`` counts only what it could
+        not send: the gateway answers every sub-operation it receives Success).
+    :ivar failed_uids: its Failed SOP Instance UID List (0008,0058).
+    :ivar error_comment: its Error Comment (0000,0902).
+    """
+
+    status: int
+    counts: SubOperations = SubOperations()
+    failed_uids: tuple[str, ...] = ()
+    error_comment: str = ""
+
+
+class SourceUnavailable(Exception):
+    """The source could not be asked: no association, or no C-GET context accepted for the request's SOP class."""
+
+
+OnInstance = Callable[[ReceivedInstance], "Deferred[int]"]
+OnPending = Callable[[SubOperations], None]
+
+
+class ISource(Protocol):
+    """One source's C-GET as :func:`retrieve` drives it (the adapter over ``ClientAssociation.get``)."""
+
+    name: str
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """Send the C-GET-RQ and run it to its final response.
+
+        ``on_instance`` is called for each sub-operation C-STORE the source
+        sends; its result is the status the source is answered with.
+        ``on_pending`` is called with each pending response's counts.
+
+        :raises SourceUnavailable: (as a failed Deferred) before anything was sent.
+        """
+
+    def cancel(self) -> None:
+        """Send C-CANCEL-RQ for the C-GET under way (PS3.7 9.3.3.3); the final response still follows."""
+
+    def close(self) -> "Deferred[None]":
+        """Release the association (abort it when it cannot be released)."""
+
+
+OpenSource = Callable[[str, str], ISource]
+"""``open_source(source_name, get_sop_class_uid)``: a not-yet-associated source."""
+
+
+@dataclass
+class _Tally:
+    """The counts of one C-GET as the requester sees them."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    #: the source's own counts, from its latest (pending or final) response
+    source: SubOperations = SubOperations()
+    #: what the source reported failed (its final Failed SOP Instance UID List)
+    source_failed_uids: tuple[str, ...] = ()
+
+    def counts(self, remaining: int | None) -> SubOperations:
+        """The requester's counts, with the source's failures and warnings added."""
+        return SubOperations(
+            remaining=remaining,
+            completed=self.completed,
+            failed=self.failed + self.source.failed,
+            warning=self.warning + self.source.warning,
+        )
+
+    def all_failed_uids(self) -> tuple[str, ...]:
+        """Ours, then the source's, each once (PS3.4 C.4.3.1.3.1)."""
+        seen: dict[str, None] = dict.fromkeys(self.failed_uids)
+        seen.update(dict.fromkeys(self.source_failed_uids))
+        return tuple(seen)
+
+
+def _store_outcome(status: int) -> str:
+    """``completed``, ``warning`` or ``failed`` for a requester's C-STORE-RSP status (PS3.4 B.2.3)."""
+    kind = category(status)
+    if kind is StatusCategory.SUCCESS:
+        return "completed"
+    if kind is StatusCategory.WARNING:
+        return "warning"
+    return "failed"
+
+
+async def retrieve(
+    sop_class_uid: str,
+    identifier: bytes,
+    responder: IResponder,
+    sources: Sequence[str],
+    open_source: OpenSource,
+    remove: Callable[[str], None],
+    clock: Any = None,
+    timeout: float | None = None,
+) -> None:
+    """Run one C-GET: ask the sources in order, store what the first that has matches sends, answer the requester.
+
+    Ends with exactly one :meth:`IResponder.final`; never raises.
+
+    :param sop_class_uid: the request's Affected SOP Class UID (a GET class).
+    :param identifier: the request's identifier, encoded in the request's
+        transfer syntax (already morphed and checked by the caller).
+    :param responder: the requester's side.
+    :param sources: the source names (``retrieve.sources``), in order.
+    :param open_source: makes a source's adapter.
+    :param remove: deletes a scratch file once it was stored (or failed).
+    :param clock: ``IReactorTime`` for ``timeout``.
+    :param timeout: ``retrieve.timeout``: seconds from now after which the
+        source is cancelled and the C-GET ends with what was done, what the
+        source had left counted failed.
+    """
+    tally = _Tally()
+    cancelled = False
+    expired = False
+    current: list[ISource] = []
+
+    def on_cancel(_: object) -> None:
+        nonlocal cancelled
+        cancelled = True
+        for source in current:
+            source.cancel()
+
+    def on_deadline() -> None:
+        nonlocal expired
+        expired = True
+        log.warning("C-GET ran past retrieve.timeout (%s s): cancelling the source", timeout)
+        for source in current:
+            source.cancel()
+
+    responder.cancelled.addCallback(on_cancel)
+    timer = clock.callLater(timeout, on_deadline) if clock is not None and timeout is not None else None
+
+    async def on_instance(instance: ReceivedInstance) -> int:
+        try:
+            if cancelled or expired:
+                # PS3.4 C.4.3.3.1: after a cancel no further sub-operation is
+                # started; the source hears "out of resources" and counts it.
+                return int(Status.OUT_OF_RESOURCES)
+            try:
+                status = await responder.store(
+                    instance.path,
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    instance.transfer_syntax_uid,
+                    instance.dataset_offset,
+                )
+            except Exception as error:  # noqa: BLE001 - every error is a failed sub-operation
+                # NoPresentationContext: the requester accepted no context (SCP
+                # role) for this class and syntax (PS3.4 C.4.3.3.1): a failed
+                # sub-operation, listed, never silently dropped.
+                log.info("C-GET sub-operation %s not stored on the requester: %s", instance.sop_instance_uid, error)
+                status = -1
+            outcome = _store_outcome(status) if status >= 0 else "failed"
+            if outcome == "completed":
+                tally.completed += 1
+            elif outcome == "warning":
+                tally.warning += 1
+            else:
+                tally.failed += 1
+                tally.failed_uids.append(instance.sop_instance_uid)
+            return int(Status.SUCCESS)
+        finally:
+            remove(instance.path)
+
+    def on_pending(counts: SubOperations) -> None:
+        tally.source = counts
+        if not (cancelled or expired):
+            responder.pending(Status.PENDING, counts=tally.counts(counts.remaining))
+
+    unavailable: list[str] = []
+    outcome: SourceOutcome | None = None
+    for name in sources:
+        if cancelled or expired:
+            break
+        source = open_source(name, sop_class_uid)
+        current[:] = [source]
+        try:
+            outcome = await source.get(
+                sop_class_uid, identifier, lambda i: ensureDeferred(on_instance(i)), on_pending
+            )
+        except Exception as error:  # noqa: BLE001 - a source that fails is left out
+            log.warning("C-GET source %s unavailable: %s", name, error)
+            unavailable.append(f"{name}: {error}" if str(error) else name)
+            outcome = None
+            continue
+        finally:
+            current.clear()
+            close = source.close()
+            close.addErrback(lambda f: None)
+            await close
+        tally.source = SubOperations(
+            remaining=outcome.counts.remaining,
+            completed=outcome.counts.completed,
+            failed=outcome.counts.failed,
+            warning=outcome.counts.warning,
+        )
+        tally.source_failed_uids = outcome.failed_uids
+        received = tally.completed + tally.failed + tally.warning
+        kind = category(outcome.status)
+        if received or outcome.counts.failed or outcome.counts.warning or cancelled or expired:
+            break
+        if kind is StatusCategory.FAILURE:
+            # A refusal with nothing done (no matches it can send, out of
+            # resources): the next source may have them.
+            unavailable.append(f"{name}: status 0x{outcome.status:04X} {outcome.error_comment}".rstrip())
+            continue
+        # Success with no sub-operation: no match here, ask the next.
+    if timer is not None and timer.active():
+        timer.cancel()
+    if expired and not cancelled:
+        # PS3.4 C.4.3.1.4 has no "timed out" status: what the source had not
+        # sent is counted failed (Number of Failed Sub-operations), and the
+        # response is the warning, or 0xA702 when nothing could be done.
+        left = outcome.counts.remaining if outcome is not None and outcome.counts.remaining else 0
+        tally.failed += left
+        received = tally.completed + tally.failed + tally.warning
+        comment = f"retrieve.timeout ({timeout:g} s) passed"
+        if received == 0 and not tally.source.failed:
+            responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment)
+        else:
+            responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=comment, failed_uids=tally.all_failed_uids())
+        return
+    _answer(responder, tally, outcome, cancelled, unavailable, received_any=tally.completed + tally.failed + tally.warning > 0)
+
+
+def _answer(
+    responder: IResponder,
+    tally: _Tally,
+    last: SourceOutcome | None,
+    cancelled: bool,
+    unavailable: Sequence[str],
+    received_any: bool,
+) -> None:
+    """The final C-GET-RSP (PS3.4 C.4.3.1.4)."""
+    failed_uids = tally.all_failed_uids()
+    if cancelled:
+        remaining = last.counts.remaining if last is not None else None
+        responder.final(Status.CANCEL, tally.counts(remaining), failed_uids=failed_uids)
+        return
+    if not received_any and last is not None and category(last.status) is StatusCategory.FAILURE:
+        # The last source asked refused it (every source refused or was down).
+        comment = "; ".join(unavailable)
+        status = last.status if len(unavailable) == 1 else UNABLE_TO_PERFORM_SUB_OPERATIONS
+        responder.final(status, tally.counts(0), error_comment=comment[:64], failed_uids=failed_uids)
+        return
+    if last is None:
+        comment = "no source could be retrieved from: " + "; ".join(unavailable) if unavailable else "no retrieve sources configured"
+        # (0000,0902) Error Comment is LO: at most 64 characters (PS3.7 E.1).
+        responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment[:64])
+        return
+    counts = tally.counts(0)
+    if counts.failed or counts.warning:
+        responder.final(SUB_OPERATIONS_WITH_FAILURES, counts, failed_uids=failed_uids)
+    else:
+        responder.final(Status.SUCCESS, counts)
+
+
+#: Storage classes the gateway also proposes to a source (SCP role), after
+#: the requester's own, so that an instance of a class the requester did not
+#: accept still reaches the gateway and is counted failed *by the gateway*,
+#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.1), whatever
+#: the source does with a class it cannot send.
+COMMON_STORAGE_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image Storage
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose Storage
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set Storage
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data Storage
+)
+
+#: PS3.8 9.3.2.2: presentation context IDs are odd 1-255, so at most 128
+#: contexts; one goes to the GET class and one is kept for Verification.
+MAX_STORAGE_CONTEXTS = 126
+
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def source_proposals(
+    get_sop_class_uid: str, requester_contexts: Mapping[int, Any]
+) -> tuple[list[tuple[str, list[str]]], list[SCPSCURoleSelection]]:
+    """The presentation contexts and role selections of the gateway's association to a source.
+
+    The GET class, then every storage class the requester accepted in the SCP
+    role with the syntaxes it accepted for it (so the source encodes what
+    the requester takes), then :data:`COMMON_STORAGE_CLASSES` in the
+    uncompressed syntaxes; each storage class with a role selection making
+    the gateway its SCP (SCU-role 0, SCP-role 1, PS3.7 D.3.3.4, PS3.4
+    C.4.3.3).
+
+    :param get_sop_class_uid: the request's GET class.
+    :param requester_contexts: the requester's accepted contexts by ID
+        (:attr:`gateway.receive.AssociationInfo.contexts`).
+    :returns: ``(proposals, role_selections)`` for ``QRContext.connect``.
+    """
+    syntaxes: dict[str, list[str]] = {}
+    for context in sorted(requester_contexts.values(), key=lambda c: c.context_id):
+        if context.scp_role and context.abstract_syntax != get_sop_class_uid:
+            wanted = syntaxes.setdefault(context.abstract_syntax, [])
+            if context.transfer_syntax not in wanted:
+                wanted.append(context.transfer_syntax)
+    for sop_class in COMMON_STORAGE_CLASSES:
+        syntaxes.setdefault(sop_class, list(_UNCOMPRESSED))
+    storage = list(syntaxes.items())[:MAX_STORAGE_CONTEXTS]
+    proposals = [(get_sop_class_uid, list(_UNCOMPRESSED))] + [(c, ts) for c, ts in storage]
+    roles = [SCPSCURoleSelection(c, scu_role=False, scp_role=True) for c, _ in storage]
+    return proposals, roles
+
+
+def _remove(path: str) -> None:
+    """Delete a scratch file (already gone is fine)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRContext) -> "Deferred[None]":
+    """The C-GET handler ``scp.py`` calls (:mod:`gateway.qr.context`); ends with exactly one final response.
+
+    :param info: the requester's association (``listener``: its listener's
+        name; ``contexts``: what it accepted).
+    :param rq: the C-GET-RQ (``affected_sop_class_uid``).
+    :param identifier: its identifier, in ``responder.transfer_syntax``.
+    :param responder: the requester's side.
+    :param ctx: the gateway's side. ``ctx.extra["get.open_source"]``, when
+        set, replaces :class:`DicomGetSource` (tests).
+    :returns: fires when the final response was given.
+    """
+    config = ctx.config()
+    listener = next((item for item in config.listen if item.name == info.listener), None)
+    settings = config.retrieve_for(listener) if listener is not None else config.retrieve
+    if settings is None or not settings.sources:
+        responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, SubOperations(0, 0, 0, 0), error_comment="no retrieve sources configured")
+        return succeed(None)
+    model = sop_class_model(rq.affected_sop_class_uid)
+    try:
+        if model is None:
+            raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
+        check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+    except IdentifierError as error:
+        # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
+        # 0xC000-class (Unable to process) with an Error Comment.
+        responder.final(error.status, error_comment=error.comment[:64])
+        return succeed(None)
+    open_source: OpenSource | None = ctx.extra.get("get.open_source")
+    if open_source is None:
+        scratch = os.path.join(config.spool.path, "scratch")
+        destinations = {d.name: d for d in config.destinations}
+        proposals, roles = source_proposals(rq.affected_sop_class_uid, info.contexts)
+
+        def open_source(name: str, sop_class_uid: str) -> ISource:
+            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
+
+    d = ensureDeferred(
+        retrieve(rq.affected_sop_class_uid, identifier, responder, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+    )
+
+    def unexpected(failure: Failure) -> None:
+        log.error("C-GET failed unexpectedly: %s", failure.getTraceback())
+        responder.final(UNABLE_TO_PROCESS, error_comment="internal error")
+
+    d.addErrback(unexpected)
+    return d
+
+
+class DicomGetSource:
+    """:class:`ISource` over a DICOM destination: ``ClientAssociation.get`` with the storage classes in the SCP role.
+
+    Each sub-operation's data set is written to a scratch file (under the
+    spool's ``scratch`` folder) that :func:`retrieve` stores on the requester
+    and then removes.
+
+    :param requester_syntax: the requester's context's transfer syntax: the
+        identifier is decoded from it and re-encoded in the source's.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        destination: Any,
+        ctx: QRContext,
+        proposals: Sequence[tuple[str, list[str]]],
+        roles: Sequence[SCPSCURoleSelection],
+        scratch: str,
+        requester_syntax: str = "",
+    ) -> None:
+        self.name = name
+        self._destination = destination
+        self._ctx = ctx
+        self._proposals = proposals
+        self._roles = roles
+        self._scratch = scratch
+        self._association: Any = None
+        self._requester_syntax = requester_syntax
+        self._cancel_requested = False
+        self._operation: Any = None
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """Associate, then run the C-GET (see :class:`ISource`)."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        if self._destination is None or not hasattr(self._destination, "ae_title"):
+            raise SourceUnavailable("not a DICOM destination")
+        if self._ctx.connect is None:
+            raise SourceUnavailable("no connector")
+        try:
+            self._association = await self._ctx.connect(self._destination, self._proposals, role_selections=self._roles)
+        except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
+            raise SourceUnavailable(f"association failed: {type(error).__name__}") from error
+        if self._association.context_for_class(sop_class_uid) is None:
+            raise SourceUnavailable("no C-GET context accepted")
+        # The identifier is re-encoded in the source's context's syntax by ClientAssociation.
+        dataset = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
+        return await _run_client_get(self, sop_class_uid, dataset, on_instance, on_pending)
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ on the C-GET under way (PS3.7 9.3.3.3)."""
+        self._cancel_requested = True
+        operation = self._operation
+        if operation is not None and hasattr(operation, "cancel"):
+            operation.cancel()
+
+    def close(self) -> "Deferred[None]":
+        """Release the association (abort if the release fails)."""
+        association, self._association = self._association, None
+        if association is None or not association.is_open:
+            return succeed(None)
+        d: Deferred[None] = association.release()
+
+        def aborted(failure: Failure) -> None:
+            association.abort()
+
+        d.addErrback(aborted)
+        return d
+
+
+async def _run_client_get(
+    source: DicomGetSource, sop_class_uid: str, identifier: Any, on_instance: OnInstance, on_pending: OnPending
+) -> SourceOutcome:
+    """Drive ``ClientAssociation.get`` (PS3.7 9.1.3) for :class:`DicomGetSource`.
+
+    Each sub-operation's data set goes to a Part 10 scratch file
+    (``FileStoreSink``); once complete it is handed to ``on_instance``, whose
+    status (after the requester's C-STORE) answers the source. Pending
+    responses give the source's counts; the final gives its Failed SOP
+    Instance UID List (PS3.4 C.4.3.1.3.1).
+    """
+    from gateway.associate import FileStoreSink  # the requestor's C-GET (i16-dimse)
+
+    os.makedirs(source._scratch, exist_ok=True)
+    association = source._association
+
+    def on_store(rq: Any, context: Any) -> Any:
+        fd, path = tempfile.mkstemp(prefix="get-", suffix=".dcm", dir=source._scratch)
+        os.close(fd)
+
+        def stored(path: str, offset: int) -> "Deferred[int]":
+            return on_instance(
+                ReceivedInstance(path, rq.affected_sop_class_uid, rq.affected_sop_instance_uid, context.transfer_syntax, offset)
+            )
+
+        return FileStoreSink(path, rq, context, stored, source_ae_title=source._destination.ae_title)
+
+    stream = association.get(sop_class_uid, identifier, on_store)
+    source._operation = stream
+    if source._cancel_requested:
+        stream.cancel()
+    final: Any = None
+    async for response in stream:
+        rsp = response.command
+        counts = SubOperations(rsp.remaining, rsp.completed or 0, rsp.failed or 0, rsp.warning or 0)
+        if response.pending:
+            on_pending(counts)
+        else:
+            final = (response, counts)
+    source._operation = None
+    if final is None:
+        raise SourceUnavailable("no final C-GET response")
+    response, counts = final
+    failed_uids: tuple[str, ...] = ()
+    if response.identifier:
+        try:
+            failed_uids = tuple(str(uid) for uid in _as_list(response.dataset().get("FailedSOPInstanceUIDList", [])))
+        except Exception as error:  # noqa: BLE001 - a malformed list only loses the UIDs, not the counts
+            log.info("C-GET source %s: unreadable Failed SOP Instance UID List: %s", source.name, error)
+    return SourceOutcome(response.status, counts, failed_uids, getattr(response.command, "error_comment", None) or "")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A pydicom value as a list (a single UID is a str)."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value] if value else []
