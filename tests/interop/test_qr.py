@@ -189,3 +189,84 @@ class SyntheticSourceTests(TestCase):
         self.assertEqual(final, 0xFE00)
         self.assertLess(len(pendings), 2000)
         self.assertIn("cancel", [e["event"] for e in self.scp.events()])
+
+
+#: The gateway's AE title (the default of tests.support.gateway_process).
+GATEWAY_AET = "DICOMGW"
+#: The move destination's AE title (a storescp, in the gateway's ``modalities`` table).
+DEST_AET = "DEST"
+
+
+def move_counts(output: str) -> list[tuple[int, int, int, int]]:
+    """The (remaining, completed, failed, warning) counts ``movescu -d`` printed for each response.
+
+    :param output: movescu's output.
+    :returns: one tuple per response that carried counts, in order.
+    """
+    import re
+
+    counts = []
+    fields = ("Remaining", "Completed", "Failed", "Warning")
+    for block in re.split(r"Received (?:Final )?Move Response", output)[1:]:
+        found = [re.search(rf"{name} Suboperations\s*:\s*(\d+)", block) for name in fields]
+        if all(found):
+            counts.append(tuple(int(m.group(1)) for m in found if m))  # type: ignore[misc]
+    return counts  # type: ignore[return-value]
+
+
+class GatewayRetrieveTests(TestCase):
+    """C-MOVE and C-GET through the real gateway, Orthanc as the source (relay mode)."""
+
+    skip = orthanc.skip_reason() or dcmtk.skip_reason("movescu", "getscu", "storescp")
+
+    def setUp(self) -> None:
+        from tests.support.gateway_process import GatewayProcess, dicom_destination
+
+        self.root = Path(self.mktemp()).resolve()
+        self.source = qr_source(self.root / "orthanc", SOURCE_AET)
+        self.addCleanup(self.source.stop)
+        self.source.start()
+        self.dest = dcmtk.Storescp(self.root / "dest", ae_title=DEST_AET)
+        self.addCleanup(self.dest.stop)
+        self.dest.start()
+        self.gw = GatewayProcess(
+            self.root / "gw",
+            http={"enabled": False},
+            destinations={"archive": dicom_destination(self.source.dicom_port, SOURCE_AET)},
+            routes=[],
+            modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port}},
+            retrieve={"sources": ["archive"], "timeout": "120s"},
+        )
+        self.addCleanup(self.gw.stop)
+        self.gw.start()
+        # relay: the source moves to the gateway, so it must know the gateway's AE title.
+        self.source.declare_modality("GW", GATEWAY_AET, self.gw.port)
+
+    def test_move_unknown_destination(self) -> None:
+        """C-MOVE naming an AE title missing from ``modalities`` ends 0xA801 (PS3.4 C.4.2.1.5), nothing moved."""
+        study = write_study(self.root / "study", 2)
+        preload(self.source, [study])
+        result = movescu(self.gw.port, GATEWAY_AET,
+                         ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"],
+                         outdir=self.root / "moved", listen_port=free_port(), move_aet="NOBODY")
+        self.assertIn("Final Move Response (Refused: MoveDestinationUnknown)", result.output,
+                      result.describe())
+        self.assertEqual(self.dest.files(), [])
+
+    def test_move_200_relayed_byte_identical(self) -> None:
+        """A 200-instance study C-MOVEd through the gateway (relay) reaches ``storescp +B`` byte-identical; counts add up."""
+        study = write_study(self.root / "study", 200, size=2048)
+        preload(self.source, [study])
+        result = movescu(self.gw.port, GATEWAY_AET,
+                         ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"],
+                         outdir=self.root / "moved", listen_port=free_port(), move_aet=DEST_AET,
+                         extra=("-d",))
+        self.assertEqual(result.returncode, 0, result.describe()[-4000:])
+        self.assertRegex(result.output, r"Received Final Move Response.*\n(.*\n){0,40}.*Status\s*: 0x0000",
+                         result.describe()[-4000:])
+        self.assertEqual(by_sop_instance(self.dest.files()), by_sop_instance(list(study.files)))
+        counts = move_counts(result.output)
+        self.assertTrue(counts, result.describe()[-4000:])
+        for remaining, completed, failed, warning in counts[:-1]:
+            self.assertEqual(remaining + completed + failed + warning, 200, counts)
+        self.assertEqual(counts[-1][1:], (200, 0, 0), counts)
