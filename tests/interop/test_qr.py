@@ -13,6 +13,7 @@ it). The gateway tests build on these peers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from twisted.trial.unittest import TestCase
@@ -35,6 +36,10 @@ from tests.support.qr import (
 
 #: The source archive's AE title.
 SOURCE_AET = "SOURCE1"
+#: Study Root Query/Retrieve Information Model - GET (PS3.4 C.6.2.3).
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: MR Image Storage (PS3.4 B.5), the class the partial C-GET requester does not accept.
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 #: movescu's own AE title as the move destination.
 MOVE_AET = "MOVEDEST"
 
@@ -241,6 +246,79 @@ class GatewayRetrieveTests(TestCase):
         self.gw.start()
         # relay: the source moves to the gateway, so it must know the gateway's AE title.
         self.source.declare_modality("GW", GATEWAY_AET, self.gw.port)
+
+    def mixed_series(self, ct: int, mr: int) -> tuple[Study, set[str], set[str]]:
+        """Preload one series of ``ct`` CT and ``mr`` MR Image Storage instances.
+
+        :param ct: CT instances.
+        :param mr: instances re-labelled MR Image Storage (1.2.840.10008.5.1.4.1.1.4).
+        :returns: the study, the CT UIDs and the MR UIDs.
+        """
+        from pydicom import dcmread
+
+        study = write_study(self.root / "mixed", ct + mr)
+        mr_uids: set[str] = set()
+        for path in study.files[ct:]:
+            ds = dcmread(path)
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+            ds.Modality = "MR"
+            ds.save_as(path, enforce_file_format=True)
+            mr_uids.add(str(ds.SOPInstanceUID))
+        preload(self.source, [study])
+        return study, set(by_sop_instance(list(study.files))) - mr_uids, mr_uids
+
+    def test_get_partial_acceptance(self) -> None:
+        """C-GET of a series by a requester accepting CT only: CT stored, the MR sub-operations failed and listed (0008,0058)."""
+        from pynetdicom import AE, build_role, evt
+        from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+        study, ct_uids, mr_uids = self.mixed_series(3, 2)
+        received: dict[str, bytes] = {}
+
+        def on_store(event: Any) -> int:
+            received[str(event.dataset.SOPInstanceUID)] = b""
+            return 0x0000
+
+        ae = AE(ae_title="PYGET")
+        ae.add_requested_context(STUDY_ROOT_GET)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", self.gw.port, ae_title=GATEWAY_AET,
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self.assertTrue(assoc.is_established)
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study.study_instance_uid
+        query.SeriesInstanceUID = study.series_instance_uid
+        finals = []
+        try:
+            for status, identifier in assoc.send_c_get(query, STUDY_ROOT_GET):
+                self.assertIsNotNone(status, "no C-GET response")
+                if int(status.Status) not in (0xFF00, 0xFF01):
+                    finals.append((status, identifier))
+        finally:
+            assoc.release()
+        self.assertEqual(set(received), ct_uids)
+        self.assertEqual(len(finals), 1)
+        status, identifier = finals[0]
+        # PS3.4 C.4.3.1.4: some sub-operations failed -> 0xB000 (Warning) with the counts.
+        self.assertEqual(int(status.Status), 0xB000, status)
+        self.assertEqual(int(status.NumberOfCompletedSuboperations), len(ct_uids), status)
+        self.assertEqual(int(status.NumberOfFailedSuboperations), len(mr_uids), status)
+        failed = identifier.FailedSOPInstanceUIDList if identifier is not None else []
+        self.assertEqual(set([failed] if isinstance(failed, str) else failed), mr_uids, identifier)
+
+    def test_getscu_series(self) -> None:
+        """``getscu -S`` through the gateway gets a CT series back bit-preserved."""
+        study = write_study(self.root / "study", 5)
+        preload(self.source, [study])
+        out = self.root / "got"
+        result = getscu(self.gw.port, GATEWAY_AET,
+                        ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.study_instance_uid}",
+                         f"SeriesInstanceUID={study.series_instance_uid}"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe()[-4000:])
+        self.assertEqual(by_sop_instance(sorted(out.iterdir())), by_sop_instance(list(study.files)),
+                         result.describe()[-4000:])
 
     def test_move_unknown_destination(self) -> None:
         """C-MOVE naming an AE title missing from ``modalities`` ends 0xA801 (PS3.4 C.4.2.1.5), nothing moved."""
