@@ -75,7 +75,7 @@ from gateway.meta import Part10Header, encode_file_meta, read_part10_header
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.ul import pdu as _pdu
 from gateway.ul.actions import Role, ULSettings
-from gateway.ul.items import SCPSCURoleSelection
+from gateway.ul.items import SCPSCURoleSelection, SOPClassExtendedNegotiation
 from gateway.tls import describe_tls_failure
 from gateway.ul.association import Association
 from gateway.ul.negotiate import AcceptedContext, accepted_from_ac, build_request
@@ -701,6 +701,10 @@ class RequestorProtocol(Protocol):
         self._cancel_acse()
         negotiated = accepted_from_ac(self._request, ac)
         self.client = ClientAssociation(self, negotiated.contexts, negotiated.peer_max_pdu)
+        if ac.user_information is not None:
+            # PS3.7 D.3.3.5: the acceptor's SOP Class Extended Negotiation replies, first per class.
+            for item in ac.user_information.extended_negotiations:
+                self.client.extended_replies.setdefault(item.sop_class_uid, item.application_information)
         self.established.callback(self.client)
 
     def _pdata(self, pdvs: Sequence[_pdu.PDV]) -> None:
@@ -1003,6 +1007,9 @@ class ClientAssociation:
         self.peer_max_pdu = peer_max_pdu
         self._message_ids = itertools.count(1)
         self._busy: Deferred[Any] = succeed(None)
+        #: The acceptor's SOP Class Extended Negotiation replies by SOP class
+        #: (PS3.7 D.3.3.5); no entry means not supported.
+        self.extended_replies: dict[str, bytes] = {}
 
     @property
     def is_open(self) -> bool:
@@ -1015,6 +1022,15 @@ class ClientAssociation:
             if context.abstract_syntax == sop_class_uid and context.transfer_syntax == transfer_syntax_uid:
                 return context
         return None
+
+    def relational_queries(self, sop_class_uid: str) -> bool:
+        """Whether the acceptor agreed to relational queries for a C-FIND class (PS3.4 C.5.1.1, byte 1).
+
+        :param sop_class_uid: the FIND SOP class.
+        :returns: True only if its extended negotiation reply has byte 1 set to 1.
+        """
+        reply = self.extended_replies.get(sop_class_uid, b"")
+        return reply[:1] == b"\x01"
 
     def context_for_class(self, sop_class_uid: str) -> AcceptedContext | None:
         """The accepted context of a SOP class, whatever its transfer syntax (lowest ID first).
@@ -1365,6 +1381,7 @@ def connect_tcp(
     max_pdu_length: int = 262144,
     timeout: float = 30.0,
     role_selections: Sequence[SCPSCURoleSelection] = (),
+    extended_negotiations: Sequence[SOPClassExtendedNegotiation] = (),
 ) -> Deferred[ClientAssociation]:
     """Connect to ``host:port`` and negotiate an association.
 
@@ -1372,6 +1389,8 @@ def connect_tcp(
     :param role_selections: SCP/SCU Role Selection items to propose (PS3.7
         D.3.3.4), e.g. SCU-role 0 and SCP-role 1 for Storage Commitment when
         we send the report (PS3.4 J.3.3.1.3).
+    :param extended_negotiations: SOP Class Extended Negotiation items (PS3.7
+        D.3.3.5); the replies are in :attr:`ClientAssociation.extended_replies`.
     :returns: a Deferred firing with the :class:`ClientAssociation`, or failing with
         :class:`AssociationRejected` / :class:`AssociationAborted` / a connection error.
     """
@@ -1386,6 +1405,7 @@ def connect_tcp(
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         role_selections=role_selections,
+        extended_negotiations=extended_negotiations,
     )
     if ":" in host:
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)

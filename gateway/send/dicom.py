@@ -42,7 +42,7 @@ from gateway.send import SendContext
 from gateway.send.classify import classify_error, classify_status, data_went_out
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
 from gateway.transcode import NATIVE_SYNTAXES, TranscodeError, transcode
-from gateway.ul.items import SCPSCURoleSelection
+from gateway.ul.items import SCPSCURoleSelection, SOPClassExtendedNegotiation
 from gateway.ul.negotiate import build_request
 
 __all__ = ["DicomSender", "Proposals", "connect_dicom", "header_from_record", "proposals_for"]
@@ -103,6 +103,7 @@ def connect_dicom(
     proposals: Proposals,
     role_selections: Sequence[SCPSCURoleSelection] = (),
     verification: bool = True,
+    extended_negotiations: Sequence[SOPClassExtendedNegotiation] = (),
 ) -> "Deferred[ClientAssociation]":
     """Open an association to ``destination`` with its three timeouts kept apart.
 
@@ -132,6 +133,7 @@ def connect_dicom(
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         role_selections=role_selections,
+        extended_negotiations=extended_negotiations,
     )
     endpoint_type = TCP6ClientEndpoint if ":" in destination.host else TCP4ClientEndpoint
     endpoint: Any = endpoint_type(reactor, destination.host, destination.port, timeout=destination.connect_timeout)

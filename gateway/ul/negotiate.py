@@ -32,7 +32,19 @@ Decisions this module implements (HARDENING decision 2 and rows P08-P15):
   context whose requestor is SCP only (SCU-role 0, SCP-role 1) is accepted:
   that is how an archive that commits reports its Storage Commitment result
   to us, as association requestor and Storage Commitment SCP, on an
-  association it opens (PS3.4 J.3.3.1.3).
+  association it opens (PS3.4 J.3.3.1.3);
+* C-GET sub-operations (issue 16): with ``AcceptorSettings.get_sub_operations``
+  and a request that proposes a C-GET SOP class we accept, a proposed
+  requestor SCP role is accepted for every other accepted class but
+  Verification, the Q/R classes and Storage Commitment, i.e. the storage
+  classes the C-GET SCU wants its instances in (PS3.4 C.4.3.3, PS3.7
+  D.3.3.4); a storage context proposed with SCU-role 0 / SCP-role 1 is then
+  accepted for the sub-operations;
+* the SOP Class Extended Negotiation sub-item (PS3.7 D.3.3.5) is answered
+  for the C-FIND classes only (PS3.4 C.5.1.1): relational-queries (byte 1)
+  is 1 only when ``AcceptorSettings.relational_queries`` is set and the
+  requestor asked for it, every other byte 0 (not supported); no reply for
+  other classes means "not supported" (PS3.7 D.3.3.5).
 
 Everything here is sans-IO and deterministic: same request, same answer.
 """
@@ -49,7 +61,7 @@ from gateway.ul.errors import (
     RejectResult,
     RejectSource,
 )
-from gateway.ul.items import SCPSCURoleSelection, UserIdentityAC, UserInformation
+from gateway.ul.items import SCPSCURoleSelection, SOPClassExtendedNegotiation, UserIdentityAC, UserInformation
 from gateway.ul.pdu import (
     DICOM_APPLICATION_CONTEXT,
     AAssociateAC,
@@ -68,6 +80,27 @@ DEFAULT_PEER_MAX_PDU: Final = 16384
 #: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255, so at most
 #: 128 contexts fit in one association.
 MAX_PRESENTATION_CONTEXTS: Final = 128
+
+#: PS3.4 C.6: the Query/Retrieve FIND, MOVE and GET SOP classes (Patient Root, Study Root).
+QR_FIND_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+QR_MOVE_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
+QR_GET_SOP_CLASSES: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
+
+#: Classes that are never C-GET sub-operations (PS3.4 C.4.3.3: the sub-operations
+#: are C-STOREs of Storage SOP classes): Verification, the Q/R classes,
+#: Storage Commitment Push Model, Modality Worklist FIND.
+NOT_SUB_OPERATION_CLASSES: Final = (
+    frozenset({"1.2.840.10008.1.1", "1.2.840.10008.1.20.1", "1.2.840.10008.5.1.4.31"})
+    | QR_FIND_SOP_CLASSES
+    | QR_MOVE_SOP_CLASSES
+    | QR_GET_SOP_CLASSES
+)
+
+#: PS3.4 C.5.1.1: the C-FIND Service Class Application Information bytes we
+#: answer: 1 relational-queries, 2 combined date-time matching, 3 fuzzy
+#: semantic matching of person names, 4 timezone query adjustment, 5
+#: enhanced multi-frame image conversion.
+_FIND_EXTENDED_BYTES: Final = 5
 
 #: PS3.7 D.3.3.3: "1" operations invoked and performed means no asynchronous
 #: operations; it is the only window we ever answer.
@@ -118,6 +151,15 @@ class AcceptorSettings:
         SCU-role 0. Storage Commitment Push Model when archives report to us
         (PS3.4 J.3.3.1.3); empty by default, which keeps the SCP role
         declined for every class.
+    :ivar get_sub_operations: the listener serves C-GET: when the request
+        proposes a C-GET class we accept, a proposed requestor SCP role is
+        accepted for every other accepted class except
+        :data:`NOT_SUB_OPERATION_CLASSES` (the C-GET SCU's storage contexts,
+        PS3.4 C.4.3.3, PS3.7 D.3.3.4).
+    :ivar relational_queries: answer relational-queries 1 in the C-FIND SOP
+        Class Extended Negotiation reply when asked (PS3.4 C.5.1.1); the
+        gateway passes queries to its sources, so this is true only when
+        every source supports them.
     """
 
     ae_title: str
@@ -129,6 +171,8 @@ class AcceptorSettings:
     accept_unknown_abstract_syntaxes: bool = False
     min_peer_max_pdu: int = 1024
     scp_role_abstract_syntaxes: frozenset[str] = frozenset()
+    get_sub_operations: bool = False
+    relational_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,6 +325,14 @@ def negotiate_acceptor(
     # only for accepted contexts, and only if the requestor sent an item).
     role_replies: dict[str, SCPSCURoleSelection] = {}
     seen: set[int] = set()
+    # PS3.4 C.4.3.3: a C-GET SCU proposes the SCP role for the storage
+    # classes it wants its instances in; grant it only if C-GET is on offer.
+    get_proposed = settings.get_sub_operations and any(
+        context.abstract_syntax in QR_GET_SOP_CLASSES
+        and context.abstract_syntax in settings.abstract_syntaxes
+        and _choose_transfer_syntax(context, transfer_syntaxes) is not None
+        for context in rq.presentation_contexts
+    )
 
     for context in rq.presentation_contexts:
         if context.context_id in seen:
@@ -309,7 +361,10 @@ def negotiate_acceptor(
             # J.3.3.1.3: an archive reporting Storage Commitment results to
             # us), else we decline it (0). Never answer 1 to a role proposed 0.
             scu_role = item.scu_role
-            scp_role = item.scp_role and abstract in settings.scp_role_abstract_syntaxes
+            scp_role = item.scp_role and (
+                abstract in settings.scp_role_abstract_syntaxes
+                or (get_proposed and abstract not in NOT_SUB_OPERATION_CLASSES)
+            )
             role_replies[abstract] = SCPSCURoleSelection(abstract, scu_role=scu_role, scp_role=scp_role)
         if not (scu_role or scp_role):
             # No role left for the requestor on this context (Table D.3-12).
@@ -330,6 +385,8 @@ def negotiate_acceptor(
         async_ops=_SYNCHRONOUS_WINDOW if proposed_window is not None else None,
         # PS3.7 D.3.3.4: omitted when the requestor sent none.
         role_selections=tuple(role_replies.values()),
+        # PS3.7 D.3.3.5 / PS3.4 C.5.1.1: only in reply to a received item.
+        extended_negotiations=_extended_replies(rq.user_information, accepted, settings),
         # PS3.7 D.3.3.7.2: present only for an accepted identity whose
         # positive response was requested (the caller decides).
         user_identity_ac=user_identity,
@@ -346,6 +403,38 @@ def negotiate_acceptor(
     return Negotiation(ac, accepted, _sending_limit(_peer_max_length(rq.user_information)))
 
 
+def _extended_replies(
+    user_information: UserInformation | None,
+    accepted: Mapping[int, AcceptedContext],
+    settings: AcceptorSettings,
+) -> tuple[SOPClassExtendedNegotiation, ...]:
+    """The SOP Class Extended Negotiation replies: C-FIND classes of accepted contexts only (PS3.4 C.5.1.1).
+
+    The reply has as many bytes as the request's (at most the five PS3.4
+    C.5.1.1 defines): relational-queries 1 only with
+    ``settings.relational_queries`` and when the requestor proposed 1;
+    combined date-time matching, fuzzy semantic matching, timezone query
+    adjustment and enhanced multi-frame conversion 0 (not supported: the
+    gateway does not promise what its sources may not do). One reply per
+    class, the first item winning.
+    """
+    if user_information is None:
+        return ()
+    accepted_classes = {context.abstract_syntax for context in accepted.values()}
+    replies: dict[str, SOPClassExtendedNegotiation] = {}
+    for item in user_information.extended_negotiations:
+        sop = item.sop_class_uid
+        if sop not in QR_FIND_SOP_CLASSES or sop not in accepted_classes or sop in replies:
+            continue
+        proposed = item.application_information[:_FIND_EXTENDED_BYTES]
+        if not proposed:
+            continue
+        reply = bytearray(len(proposed))
+        reply[0] = 1 if settings.relational_queries and proposed[0] == 1 else 0
+        replies[sop] = SOPClassExtendedNegotiation(sop, bytes(reply))
+    return tuple(replies.values())
+
+
 # ---------------------------------------------------------------------------
 # Requestor
 # ---------------------------------------------------------------------------
@@ -360,6 +449,7 @@ def build_request(
     implementation_class_uid: str,
     implementation_version_name: str,
     role_selections: Sequence[SCPSCURoleSelection] = (),
+    extended_negotiations: Sequence[SOPClassExtendedNegotiation] = (),
 ) -> AAssociateRQ:
     """Build an A-ASSOCIATE-RQ proposing one context per (abstract syntax, transfer syntaxes) pair.
 
@@ -373,6 +463,8 @@ def build_request(
     :param implementation_class_uid: sub-item 0x52 (PS3.7 D.3.3.2).
     :param implementation_version_name: sub-item 0x55 (PS3.7 D.3.3.2).
     :param role_selections: SCP/SCU role selection items (PS3.7 D.3.3.4).
+    :param extended_negotiations: SOP Class Extended Negotiation items
+        (PS3.7 D.3.3.5), e.g. relational-queries for a C-FIND class (PS3.4 C.5.1.1).
     :returns: the request.
     :raises ValueError: with no proposal, more than 128, or a proposal
         without transfer syntaxes.
@@ -395,6 +487,7 @@ def build_request(
             implementation_class_uid=implementation_class_uid,
             implementation_version_name=implementation_version_name,
             role_selections=tuple(role_selections),
+            extended_negotiations=tuple(extended_negotiations),
         ),
         application_context=DICOM_APPLICATION_CONTEXT,
         protocol_version=1,

@@ -35,7 +35,7 @@ from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NA
 from gateway.meta import read_part10_header
 from gateway.sopclasses import IMPLICIT_VR_LE
 from gateway.ul import pdu
-from gateway.ul.items import SCPSCURoleSelection, UserInformation
+from gateway.ul.items import SCPSCURoleSelection, SOPClassExtendedNegotiation, UserInformation
 from gateway.ul.negotiate import AcceptedContext, build_request
 from tests.adapters.test_associate_n import answer, received_messages, written_pdus
 
@@ -285,3 +285,45 @@ class GetTests(ScriptedQRAcceptorMixin, SynchronousTestCase):
         self.assertTrue(os.path.exists(path))
         self.protocol.dataReceived(pdu.encode(pdu.AAbort(source=2, reason=0)))
         self.assertFalse(os.path.exists(path))
+
+
+class ExtendedNegotiationTests(SynchronousTestCase):
+    """The requestor proposes SOP Class Extended Negotiation and reads the reply (PS3.7 D.3.3.5, PS3.4 C.5.1.1)."""
+
+    def associate(self, reply: tuple[SOPClassExtendedNegotiation, ...]) -> ClientAssociation:
+        """Propose Study Root FIND with relational-queries asked; accept with ``reply``."""
+        from gateway.ul.framing import PDUBuffer
+
+        request = build_request(
+            "GATEWAY", "ARCHIVE", [(STUDY_FIND, [IMPLICIT_VR_LE])],
+            max_pdu_length=16384, implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            extended_negotiations=(SOPClassExtendedNegotiation(STUDY_FIND, b"\x01"),),
+        )
+        protocol = RequestorProtocol(request, Clock(), 30.0, 16384)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        (rq,) = PDUBuffer(0).feed(transport.value())
+        assert isinstance(rq, pdu.AAssociateRQ) and rq.user_information is not None
+        self.assertEqual(rq.user_information.extended_negotiations, (SOPClassExtendedNegotiation(STUDY_FIND, b"\x01"),))
+        ac = pdu.AAssociateAC(
+            called_ae_title=rq.called_ae_title,
+            calling_ae_title=rq.calling_ae_title,
+            presentation_contexts=(pdu.PresentationContextAC(1, pdu.ContextResult.ACCEPTANCE, IMPLICIT_VR_LE),),
+            user_information=UserInformation(max_length=16384, extended_negotiations=reply),
+            application_context=pdu.DICOM_APPLICATION_CONTEXT,
+            protocol_version=1,
+        )
+        protocol.dataReceived(pdu.encode(ac))
+        return self.successResultOf(protocol.established)
+
+    def test_relational_granted(self) -> None:
+        """A reply with byte 1 = 1 means relational queries may be sent to this source."""
+        assoc = self.associate((SOPClassExtendedNegotiation(STUDY_FIND, b"\x01"),))
+        self.assertTrue(assoc.relational_queries(STUDY_FIND))
+        self.assertEqual(assoc.extended_replies, {STUDY_FIND: b"\x01"})
+
+    def test_no_reply_or_zero_means_not_supported(self) -> None:
+        """No reply item, or byte 1 = 0, means hierarchical queries only."""
+        self.assertFalse(self.associate(()).relational_queries(STUDY_FIND))
+        self.assertFalse(self.associate((SOPClassExtendedNegotiation(STUDY_FIND, b"\x00"),)).relational_queries(STUDY_FIND))

@@ -23,6 +23,9 @@ from gateway.ul.items import (
 )
 from gateway.ul.negotiate import (
     DEFAULT_PEER_MAX_PDU,
+    QR_FIND_SOP_CLASSES,
+    QR_GET_SOP_CLASSES,
+    QR_MOVE_SOP_CLASSES,
     AcceptedContext,
     AcceptorSettings,
     Negotiation,
@@ -383,6 +386,134 @@ class SCPRoleAcceptanceTests(SynchronousTestCase):
         negotiation = negotiate_acceptor(rq, STGCMT_SETTINGS)
         contexts = accepted_from_ac(rq, negotiation.ac).contexts
         self.assertEqual(contexts[1], AcceptedContext(1, STGCMT, IMPLICIT_VR_LE, False, True))
+
+
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: A listener serving Q/R with C-GET (issue 16).
+QR_SETTINGS = replace(
+    SETTINGS,
+    abstract_syntaxes=SETTINGS.abstract_syntaxes | QR_FIND_SOP_CLASSES | QR_MOVE_SOP_CLASSES | QR_GET_SOP_CLASSES,
+    get_sub_operations=True,
+)
+
+
+class GetSubOperationRoleTests(SynchronousTestCase):
+    """AcceptorSettings.get_sub_operations: a C-GET SCU may be SCP for storage classes (PS3.4 C.4.3.3, PS3.7 D.3.3.4)."""
+
+    def negotiate(
+        self, settings: AcceptorSettings, *roles: SCPSCURoleSelection, get: bool = True
+    ) -> Negotiation:
+        """Negotiate (Study Root GET if ``get``) and CT, MR contexts with the given role items (getscu's shape)."""
+        contexts = [PresentationContextRQ(3, CT, (IMPLICIT_VR_LE,)), PresentationContextRQ(5, MR, (IMPLICIT_VR_LE,))]
+        if get:
+            contexts.insert(0, PresentationContextRQ(1, STUDY_GET, (IMPLICIT_VR_LE,)))
+        rq = make_rq(contexts=tuple(contexts), user_information=UserInformation(max_length=16384, role_selections=roles))
+        return negotiate_acceptor(rq, settings)
+
+    def test_get_requester_gets_scp_role_for_storage(self) -> None:
+        """With GET proposed, (0,1) for CT is answered (0,1) and CT accepted as an SCP-only context for sub-operations."""
+        negotiation = self.negotiate(QR_SETTINGS, SCPSCURoleSelection(CT, False, True))
+        self.assertEqual(negotiation.contexts[3], AcceptedContext(3, CT, IMPLICIT_VR_LE, False, True))
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(CT, False, True),))
+        self.assertEqual(negotiation.contexts[1].abstract_syntax, STUDY_GET)
+
+    def test_both_roles_for_storage_with_get(self) -> None:
+        """A (1,1) item for MR with GET proposed is answered (1,1): the peer may store to us and receive."""
+        negotiation = self.negotiate(QR_SETTINGS, SCPSCURoleSelection(MR, True, True))
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(MR, True, True),))
+
+    def test_without_get_proposed_scp_role_stays_declined(self) -> None:
+        """The same (0,1) item without a GET context is answered (0,0) and CT rejected, as before."""
+        negotiation = self.negotiate(QR_SETTINGS, SCPSCURoleSelection(CT, False, True), get=False)
+        self.assertNotIn(3, negotiation.contexts)
+        self.assertEqual(replies(negotiation), (SCPSCURoleSelection(CT, False, False),))
+
+    def test_without_the_setting_scp_role_stays_declined(self) -> None:
+        """A listener not serving C-GET declines the storage SCP role even when GET is proposed."""
+        negotiation = self.negotiate(replace(QR_SETTINGS, get_sub_operations=False), SCPSCURoleSelection(CT, False, True))
+        self.assertNotIn(3, negotiation.contexts)
+
+    def test_get_not_accepted_means_no_scp_role(self) -> None:
+        """GET proposed but not among our abstract syntaxes (result 3) grants nothing."""
+        settings = replace(QR_SETTINGS, abstract_syntaxes=SETTINGS.abstract_syntaxes)
+        negotiation = self.negotiate(settings, SCPSCURoleSelection(CT, False, True))
+        self.assertNotIn(1, negotiation.contexts)
+        self.assertNotIn(3, negotiation.contexts)
+
+    def test_q_r_classes_never_get_the_scp_role(self) -> None:
+        """A (0,1) item for the GET class itself is declined: Q/R classes are not sub-operations."""
+        negotiation = self.negotiate(QR_SETTINGS, SCPSCURoleSelection(STUDY_GET, False, True))
+        self.assertNotIn(1, negotiation.contexts)
+
+
+class FindExtendedNegotiationTests(SynchronousTestCase):
+    """The C-FIND SOP Class Extended Negotiation reply (PS3.7 D.3.3.5, PS3.4 C.5.1.1)."""
+
+    def negotiate(self, settings: AcceptorSettings, *items: SOPClassExtendedNegotiation) -> tuple[SOPClassExtendedNegotiation, ...]:
+        """Negotiate Study Root FIND and CT with the given items; the AC's extended negotiation replies."""
+        rq = make_rq(
+            contexts=(PresentationContextRQ(1, STUDY_FIND, (IMPLICIT_VR_LE,)), PresentationContextRQ(3, CT, (IMPLICIT_VR_LE,))),
+            user_information=UserInformation(max_length=16384, extended_negotiations=items),
+        )
+        ac_info = negotiate_acceptor(rq, settings).ac.user_information
+        assert ac_info is not None
+        return ac_info.extended_negotiations
+
+    def test_relational_asked_answered_0_by_default(self) -> None:
+        """findscu-style (1,1,1,1): every byte answered 0, relational included (the sources may not support it)."""
+        self.assertEqual(
+            self.negotiate(QR_SETTINGS, SOPClassExtendedNegotiation(STUDY_FIND, b"\x01\x01\x01\x01")),
+            (SOPClassExtendedNegotiation(STUDY_FIND, b"\x00\x00\x00\x00"),),
+        )
+
+    def test_relational_answered_1_with_the_setting(self) -> None:
+        """With relational_queries, relational asked is answered 1; the other bytes stay 0."""
+        settings = replace(QR_SETTINGS, relational_queries=True)
+        self.assertEqual(
+            self.negotiate(settings, SOPClassExtendedNegotiation(STUDY_FIND, b"\x01\x01")),
+            (SOPClassExtendedNegotiation(STUDY_FIND, b"\x01\x00"),),
+        )
+        self.assertEqual(
+            self.negotiate(settings, SOPClassExtendedNegotiation(STUDY_FIND, b"\x00")),
+            (SOPClassExtendedNegotiation(STUDY_FIND, b"\x00"),),
+        )
+
+    def test_reply_is_at_most_five_bytes(self) -> None:
+        """A longer item is answered with the five bytes PS3.4 C.5.1.1 defines."""
+        (reply,) = self.negotiate(QR_SETTINGS, SOPClassExtendedNegotiation(STUDY_FIND, b"\x01" * 9))
+        self.assertEqual(reply.application_information, b"\x00" * 5)
+
+    def test_items_for_other_or_unaccepted_classes_not_answered(self) -> None:
+        """CT, an unproposed Patient Root FIND and an empty item get no reply; one reply per class."""
+        self.assertEqual(
+            self.negotiate(
+                QR_SETTINGS,
+                SOPClassExtendedNegotiation(CT, b"\x01"),
+                SOPClassExtendedNegotiation(PATIENT_FIND, b"\x01"),
+                SOPClassExtendedNegotiation(STUDY_FIND, b""),
+            ),
+            (),
+        )
+        self.assertEqual(
+            len(self.negotiate(QR_SETTINGS, SOPClassExtendedNegotiation(STUDY_FIND, b"\x01"), SOPClassExtendedNegotiation(STUDY_FIND, b"\x00"))),
+            1,
+        )
+
+    def test_reply_survives_the_pdu_codec(self) -> None:
+        """The AC with the reply encodes and decodes back to the same item (sub-item 0x56)."""
+        from gateway.ul.framing import PDUBuffer
+        from gateway.ul.pdu import encode
+
+        rq = make_rq(
+            contexts=(PresentationContextRQ(1, STUDY_FIND, (IMPLICIT_VR_LE,)),),
+            user_information=UserInformation(max_length=16384, extended_negotiations=(SOPClassExtendedNegotiation(STUDY_FIND, b"\x01"),)),
+        )
+        ac = negotiate_acceptor(rq, QR_SETTINGS).ac
+        (decoded,) = PDUBuffer(0).feed(encode(ac))
+        assert isinstance(decoded, AAssociateAC) and decoded.user_information is not None
+        self.assertEqual(decoded.user_information.extended_negotiations, (SOPClassExtendedNegotiation(STUDY_FIND, b"\x00"),))
 
 
 class RequestorTests(SynchronousTestCase):
