@@ -915,6 +915,30 @@ class GatewayService(MultiService):
                 )
                 self.audit.application_activity("reload", f"TLS certificate of {now.name} refused: {error}", Outcome.MINOR_FAILURE)
 
+    def _reload_negotiation(self, new: GatewayConfig) -> None:
+        """Give each listener the SOP classes the reloaded configuration offers there (issue 16).
+
+        The Q/R SCP and the Storage Commitment SCP read the configuration per
+        request, so a reload that adds or removes ``query``, ``retrieve`` or
+        ``commitment`` must change what new associations may negotiate too;
+        otherwise a new ``query`` section would be refused at negotiation
+        until a restart, and a removed one still negotiated (then refused
+        0x0122 per request). Running associations keep what they negotiated.
+        A listener is matched by name; its own sections are those of the new
+        file's listener of that name (the address needs a restart, not these).
+        """
+        by_name = {listener.name: listener for listener in new.listen}
+        for service in self.listeners:
+            listener = by_name.get(service.listener.name, service.listener)
+            settings = acceptor_settings(new, listener)
+            # The AE title, PDU size and syntaxes need a restart (reported above): keep them.
+            current = service.factory.acceptor_settings
+            service.factory.acceptor_settings = replace(
+                current,
+                abstract_syntaxes=settings.abstract_syntaxes,
+                scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes,
+            )
+
     def reload(self, load: Callable[[str], GatewayConfig]) -> Deferred[bool]:
         """Re-read the configuration (SIGHUP) and apply what can change while running.
 
@@ -947,6 +971,7 @@ class GatewayService(MultiService):
             self.log.warn("configuration reload: 'http' changed; restart the gateway to apply it (tokens apply now)")
         self.config = new
         self.intake.duplicate_window = new.duplicate_window
+        self._reload_negotiation(new)
         old_destinations = {d.name: d for d in old.destinations}
         new_destinations = {d.name: d for d in new.destinations}
         stopping = []
