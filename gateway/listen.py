@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -129,6 +130,8 @@ class AcceptorProtocol(Protocol):
         self._ending = "closed"
         self._calling = ""
         self._called = ""
+        #: C-GET sub-operation data sets being streamed from files (issue 16).
+        self._file_streams: list[_FileStream] = []
 
     # -- Twisted callbacks -----------------------------------------------------------------
 
@@ -442,6 +445,8 @@ class AcceptorProtocol(Protocol):
             self._ending = f"aborted by peer (source {indication.source}, reason {indication.reason})"
         if self._service is not None:
             self._service.connection_lost()
+        for stream in list(self._file_streams):
+            stream.fail(ConnectionDone("the association ended while sending a C-GET sub-operation"))
 
     def _log_end(self) -> None:
         service = self._service
@@ -476,6 +481,21 @@ class AcceptorProtocol(Protocol):
         size = max_fragment_size(self._negotiation.peer_max_pdu, DEFAULT_SEND_CAP)
         for pdv in fragment(context_id, data, size, command=False):
             self._run(self.association.send_pdata([pdv]))
+
+    def send_file(self, context_id: int, path: str, offset: int) -> "Deferred[None]":
+        """Stream a data set from a Part 10 file (its bytes from ``offset``) as P-DATA fragments (C-GET sub-operations, issue 16).
+
+        A few fragments at a time, and none while our write buffer is full
+        (HARDENING P35): :meth:`resumeProducing` pumps again, so memory does not
+        grow with the instance. Fires once the last fragment is written; fails
+        when the association ends first or the file cannot be read.
+        """
+        assert self._negotiation is not None
+        stream = _FileStream(self, context_id, path, offset, max_fragment_size(self._negotiation.peer_max_pdu, DEFAULT_SEND_CAP))
+        self._file_streams.append(stream)
+        stream.done.addBoth(lambda result: (self._file_streams.remove(stream), result)[1])
+        stream.pump()
+        return stream.done
 
     def release_response(self) -> None:
         """Answer A-RELEASE-RQ now that every response is out (AR-4)."""
@@ -519,6 +539,8 @@ class AcceptorProtocol(Protocol):
         if self._write_stall is not None and self._write_stall.active():
             self._write_stall.cancel()
         self._write_stall = None
+        for stream in list(self._file_streams):
+            stream.pump()
         if not self._paused_for_spool:
             self.transport.resumeProducing()
 
@@ -578,6 +600,65 @@ class AcceptorProtocol(Protocol):
         self._ending = "gateway shutting down"
         self._run(self.association.abort(AbortSource.SERVICE_USER, AbortReason.NOT_SPECIFIED, "shutdown"))
         self._lose_connection()
+
+
+class _FileStream:
+    """One C-GET sub-operation's data set, read from its file a few fragments at a time (PS3.8 9.3.5)."""
+
+    #: Fragments sent per pump (then the reactor turns, or the write buffer pauses us).
+    PER_PUMP = 4
+
+    def __init__(self, protocol: AcceptorProtocol, context_id: int, path: str, offset: int, fragment_size: int) -> None:
+        self._protocol = protocol
+        self._context_id = context_id
+        self._fragment_size = fragment_size
+        self.done: Deferred[None] = Deferred()
+        self._fp: Any = None
+        try:
+            self._fp = open(path, "rb")
+            self._fp.seek(0, 2)
+            self._remaining = self._fp.tell() - offset
+            self._fp.seek(offset)
+        except OSError as error:
+            self._remaining = 0
+            self.fail(error)
+
+    def pump(self) -> None:
+        """Send fragments until done, the write buffer is full, or this pump's share is spent."""
+        if self.done.called or self._fp is None:
+            return
+        association = self._protocol.association
+        sent = 0
+        while not self._protocol._paused_for_writes and sent < self.PER_PUMP:
+            if not association.is_established:
+                self.fail(ConnectionDone("the association ended while sending a C-GET sub-operation"))
+                return
+            chunk = self._fp.read(min(self._fragment_size, self._remaining)) if self._remaining > 0 else b""
+            self._remaining -= len(chunk)
+            last = self._remaining <= 0
+            if not chunk and not last:
+                self.fail(OSError("the file shrank while sending"))
+                return
+            self._protocol._run(association.send_pdata([_pdu.PDV(self._context_id, 0x02 if last else 0x00, chunk)]))
+            sent += 1
+            if last:
+                self._close()
+                self.done.callback(None)
+                return
+        if not self._protocol._paused_for_writes:
+            # Not paused, only this pump's share spent: let the reactor turn, then go on.
+            self._protocol._clock.callLater(0, self.pump)
+
+    def fail(self, error: Exception) -> None:
+        """Stop, close the file and fail :attr:`done` (once)."""
+        self._close()
+        if not self.done.called:
+            self.done.errback(error)
+
+    def _close(self) -> None:
+        if self._fp is not None:
+            self._fp.close()
+            self._fp = None
 
 
 class AcceptorFactory(Factory):

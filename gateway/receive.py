@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -195,6 +195,9 @@ class IDIMSEPeer(Protocol):
 
     def send_dataset(self, context_id: int, data: bytes) -> None:
         """Send a (small, in memory) data set on ``context_id``, fragmented to the peer's maximum."""
+
+    def send_file(self, context_id: int, path: str, offset: int) -> "Deferred[None]":
+        """Stream a data set from a file (bytes from ``offset``) on ``context_id`` (C-GET sub-operations)."""
 
     def release_response(self) -> None:
         """Answer the peer's A-RELEASE-RQ (Evt14)."""
@@ -695,6 +698,48 @@ class StorageService:
         self._stores_waiting[message_id] = d
         return d
 
+    def store_sub_operation(
+        self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int
+    ) -> "Deferred[int]":
+        """Send a C-STORE-RQ with the file's data set to the requester; fire with its C-STORE-RSP status.
+
+        The context must be one the requester accepted for that SOP class and
+        transfer syntax with itself in the SCP role (SCP/SCU Role Selection,
+        PS3.7 D.3.3.4; PS3.4 C.4.3.3); otherwise this fails with
+        :class:`~gateway.associate.NoPresentationContext` and the caller counts
+        a failed sub-operation. The data set streams from the file (never
+        whole in memory). No Move Originator fields: they belong to C-MOVE
+        sub-operations only (PS3.7 9.1.1.1).
+        """
+        from gateway.associate import NoPresentationContext
+
+        context = next(
+            (
+                c
+                for c in self._info.contexts.values()
+                if c.abstract_syntax == sop_class_uid and c.transfer_syntax == transfer_syntax_uid and c.scp_role
+            ),
+            None,
+        )
+        if context is None:
+            return fail(NoPresentationContext(f"the requester accepted no SCP-role context for {sop_class_uid} in {transfer_syntax_uid}"))
+        if self._closed:
+            return fail(ReportNotAnswered("the association has ended"))
+        message_id = self.allocate_message_id()
+        while message_id in self._stores_waiting:
+            message_id = self.allocate_message_id()
+        answer = self.expect_store_response(message_id)
+        self._peer.send_command(context.context_id, dimse.encode_command(dimse.CStoreRQ(message_id, sop_class_uid, sop_instance_uid)))
+        sent = self._peer.send_file(context.context_id, path, dataset_offset)
+
+        def not_sent(failure: Failure) -> None:
+            waiting = self._stores_waiting.pop(message_id, None)
+            if waiting is not None:
+                waiting.errback(failure)
+
+        sent.addErrback(not_sent)
+        return answer
+
     @property
     def peer(self) -> IDIMSEPeer:
         """The adapter this service sends on (for a C-GET sub-operation's data set)."""
@@ -1037,15 +1082,11 @@ class QRResponder:
         self._service._qr_finished(self)
 
     def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
-        """C-GET sub-operation: sent by :func:`gateway.qr.substore.store` when it exists (the get helper's part)."""
-        try:
-            from gateway.qr import substore  # type: ignore[attr-defined]
-        except ImportError:
-            from twisted.internet.defer import fail
+        """C-GET: a C-STORE sub-operation of this Part 10 file on the requester's association (PS3.4 C.4.3.3).
 
-            return fail(NotImplementedError("C-GET sub-operations are not implemented yet (gateway.qr.substore)"))
-        result: Deferred[int] = substore.store(self._service, self, path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
-        return result
+        See :meth:`StorageService.store_sub_operation`.
+        """
+        return self._service.store_sub_operation(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
 
     # -- the service's side ----------------------------------------------------------------
 

@@ -24,7 +24,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import events
 from gateway.dimse.status import Status
+from gateway.qr.access import allowed
 from gateway.qr.context import QRContext
 
 #: "Failed: Unable to process" (PS3.4 C.4.1.1.4; C-MOVE and C-GET use the same 0xC000-class range).
@@ -54,20 +56,6 @@ def settings_for(config: Any, listener_name: str, verb: str) -> Any:
     return config.retrieve_for(listener) if listener is not None else getattr(config, "retrieve", None)
 
 
-def _allowed(config: Any, info: Any, verb: str) -> tuple[bool, str]:
-    """Who may query and retrieve: :func:`gateway.qr.access.allowed` (the ops helper's), else allow.
-
-    Until that module exists the association's own acceptance (the listener's
-    access policy) is the only check.
-    """
-    try:
-        access = importlib.import_module("gateway.qr.access")
-    except ImportError:
-        return True, ""
-    ok, reason = access.allowed(config, info, verb)
-    return bool(ok), str(reason)
-
-
 def _handler(verb: str) -> Handler | None:
     """The verb's handler function, or ``None`` while its module is not there yet."""
     try:
@@ -95,15 +83,18 @@ class QueryRetrieveSCP:
         """Check and dispatch one request; it is always answered (here or by its handler)."""
         config = self.ctx.config()
         if settings_for(config, info.listener, verb) is None:
-            responder.final(SOP_CLASS_NOT_SUPPORTED, error_comment=f"{'Query' if verb == 'find' else 'Retrieve'} is not offered here")
+            comment = f"{'Query' if verb == 'find' else 'Retrieve'} is not offered here"
+            responder.final(SOP_CLASS_NOT_SUPPORTED, error_comment=comment)
+            self._refused(verb, info, rq, identifier, responder, SOP_CLASS_NOT_SUPPORTED, comment)
             return
-        ok, reason = _allowed(config, info, verb)
+        ok, reason = allowed(config, info, verb)
         if not ok:
             self.log.info(
                 "{assoc_id} C-{verb} from {calling} refused: {reason}",
                 assoc_id=info.assoc_id, verb=verb.upper(), calling=info.calling_ae_title, reason=reason,
             )
             responder.final(NOT_AUTHORIZED, error_comment=reason or "Not authorized")
+            self._refused(verb, info, rq, identifier, responder, NOT_AUTHORIZED, reason or "Not authorized")
             return
         handler = self._handlers.get(verb) if self._handlers is not None else _handler(verb)
         if handler is None:
@@ -118,3 +109,21 @@ class QueryRetrieveSCP:
                 responder.final(status, error_comment="Unable to process")
 
         d.addErrback(unexpected)
+
+    def _refused(self, verb: str, info: Any, rq: Any, identifier: bytes, responder: Any, status: int, reason: str) -> None:
+        """Tell the observer (audit, metrics) of a request refused here, before any handler saw it."""
+        sop_class = str(getattr(rq, "affected_sop_class_uid", "") or "")
+        if verb == "find":
+            self.ctx.observer.observe(
+                events.QueryAnswered(
+                    info.listener, info.calling_ae_title, info.peer_address, sop_class, "", identifier,
+                    responder.transfer_syntax, "refused", status, 0, reason=reason,
+                )
+            )
+        else:
+            self.ctx.observer.observe(
+                events.RetrieveAnswered(
+                    info.listener, info.calling_ae_title, info.peer_address, verb, sop_class, "", "refused", status,
+                    move_destination=str(getattr(rq, "move_destination", "") or ""), reason=reason,
+                )
+            )

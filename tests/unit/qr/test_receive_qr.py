@@ -290,3 +290,68 @@ class FailedUidListTests(SynchronousTestCase):
         self.assertLessEqual(length, 0xFFFE)
         self.assertEqual(len(data), 8 + length)
         self.assertTrue(data[8:].rstrip(b"\x00").decode().split("\\") == uids[: len(data[8:].rstrip(b"\x00").decode().split("\\"))])
+
+
+class _FilePeer(_Peer):
+    """A peer that also records files streamed (C-GET sub-operations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[tuple[int, str, int]] = []
+        self.file_sent: Deferred[None] = Deferred()
+
+    def send_file(self, context_id: int, path: str, offset: int) -> Deferred[None]:
+        self.files.append((context_id, path, offset))
+        return self.file_sent
+
+
+class SubOperationTests(SynchronousTestCase):
+    """``responder.store``: C-STORE sub-operations of a C-GET on the requester's association (PS3.4 C.4.3.3)."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.peer = _FilePeer()
+        contexts = {
+            1: AcceptedContext(1, "1.2.840.10008.5.1.4.1.2.2.3", EXPLICIT_LE, True, False),
+            3: AcceptedContext(3, CT_IMAGE, EXPLICIT_LE, False, True),
+            5: AcceptedContext(5, "1.2.840.10008.5.1.4.1.1.4", EXPLICIT_LE, True, False),
+        }
+        spool = Spool(
+            self.tmp, SynchronousRunner(), implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME, max_instance_size=1 << 20,
+        )
+        self.qr = _QR()
+        info = AssociationInfo("A1", "10.0.0.7:40000", "WS01", "DICOMGW", "dicom", contexts)
+        self.service = StorageService(self.peer, info, spool, qr=self.qr)
+        self.service.pdata(pdvs(1, request(dimse.CommandField.C_GET_RQ, 8, "1.2.840.10008.5.1.4.1.2.2.3"), IDENTIFIER))
+        self.responder = self.qr.calls[0][3]
+
+    def test_store_sends_a_c_store_rq_and_streams_the_file(self) -> None:
+        """A C-STORE-RQ goes on the SCP-role context, the file streams from its data set offset, the RSP's status fires."""
+        d = self.responder.store("/spool/x.dcm", CT_IMAGE, "1.2.3.9", EXPLICIT_LE, 132)
+        [(context_id, elements, _)] = self.peer.sent
+        self.assertEqual(context_id, 3)
+        self.assertEqual(struct.unpack("<H", elements[dimse.Tag.COMMAND_FIELD])[0], 0x0001)
+        self.assertEqual(elements[dimse.Tag.AFFECTED_SOP_INSTANCE_UID], _ui("1.2.3.9"))
+        self.assertNotIn(dimse.Tag.MOVE_ORIGINATOR_AE_TITLE, elements)
+        self.assertEqual(self.peer.files, [(3, "/spool/x.dcm", 132)])
+        message_id = struct.unpack("<H", elements[dimse.Tag.MESSAGE_ID])[0]
+        self.assertNoResult(d)
+        self.peer.file_sent.callback(None)
+        self.service.pdata(pdvs(3, dimse.CStoreRSP(message_id, CT_IMAGE, "1.2.3.9", 0x0000)))
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_store_without_an_scp_role_context_fails_no_presentation_context(self) -> None:
+        """A class the requester accepted only as SCU (or a syntax it did not accept) fails at once: a failed sub-operation."""
+        from gateway.associate import NoPresentationContext
+
+        self.failureResultOf(self.responder.store("/x", "1.2.840.10008.5.1.4.1.1.4", "1.2.3", EXPLICIT_LE, 0), NoPresentationContext)
+        self.failureResultOf(self.responder.store("/x", CT_IMAGE, "1.2.3", IMPLICIT_LE, 0), NoPresentationContext)
+        self.assertEqual(self.peer.sent, [])
+
+    def test_association_end_fails_a_waiting_sub_operation(self) -> None:
+        """A sub-operation still awaiting its C-STORE-RSP fails when the association ends (never hangs)."""
+        d = self.responder.store("/x", CT_IMAGE, "1.2.3", EXPLICIT_LE, 0)
+        self.service.connection_lost()
+        self.failureResultOf(d)

@@ -36,12 +36,15 @@ class _Info:
     """An association's identity."""
 
     assoc_id = "A1"
+    peer_address = "10.0.0.7:40000"
     calling_ae_title = "WS01"
     listener = "dicom"
 
 
 class _Responder:
     """Keeps the final response."""
+
+    transfer_syntax = "1.2.840.10008.1.2"
 
     def __init__(self) -> None:
         self.finals: list[tuple[int, str]] = []
@@ -52,9 +55,19 @@ class _Responder:
         self.finished = True
 
 
-def make_scp(config: _Config, handlers: dict[str, Any] | None) -> QueryRetrieveSCP:
+class _Observer:
+    """Keeps the events."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def observe(self, event: Any) -> None:
+        self.seen.append(event)
+
+
+def make_scp(config: _Config, handlers: dict[str, Any] | None, observer: Any = None) -> QueryRetrieveSCP:
     """An SCP over ``config``."""
-    ctx = QRContext(config=lambda: config, journal=None, run=None, reactor=None, wall=lambda: 0.0)
+    ctx = QRContext(config=lambda: config, journal=None, run=None, reactor=None, wall=lambda: 0.0, observer=observer or _Observer())
     return QueryRetrieveSCP(ctx, handlers)
 
 
@@ -77,6 +90,20 @@ class SCPTests(SynchronousTestCase):
         scp.handle("move", _Info(), None, b"", responder)
         self.assertEqual([s for s, _ in responder.finals], [0x0122])
         self.assertEqual(called, [])
+        [event] = scp.ctx.observer.seen  # type: ignore[attr-defined]
+        self.assertEqual((type(event).__name__, event.outcome, event.status), ("RetrieveAnswered", "refused", 0x0122))
+
+    def test_caller_not_allowed_is_refused_and_audited(self) -> None:
+        """A calling AE outside ``query.allowed_ae_titles`` gets 0x0124 with the reason, and a ``refused`` QueryAnswered."""
+        called: list[Any] = []
+        config = _Config(query=QueryConfig(("a",), allowed_ae_titles=("CT*",)), listen=(_Listener("dicom"),))
+        scp = make_scp(config, {"find": lambda *a: called.append(a)})
+        responder = _Responder()
+        scp.handle("find", _Info(), None, b"", responder)
+        self.assertEqual([s for s, _ in responder.finals], [0x0124])
+        self.assertEqual(called, [])
+        [event] = scp.ctx.observer.seen  # type: ignore[attr-defined]
+        self.assertEqual((type(event).__name__, event.outcome), ("QueryAnswered", "refused"))
 
     def test_handler_gets_the_request_and_the_context(self) -> None:
         """The verb's handler is called with info, request, identifier, responder and the context."""
