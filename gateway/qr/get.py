@@ -267,6 +267,7 @@ async def retrieve(
             responder.pending(Status.PENDING, counts=tally.counts(counts.remaining))
 
     unavailable: list[str] = []
+    broken = ""
     outcome: SourceOutcome | None = None
     for name in sources:
         if cancelled or expired:
@@ -278,7 +279,19 @@ async def retrieve(
                 sop_class_uid, identifier, lambda i: ensureDeferred(on_instance(i)), on_pending
             )
         except Exception as error:  # noqa: BLE001 - a source that fails is left out
-            log.warning("C-GET source %s unavailable: %s", name, error)
+            log.warning("C-GET source %s failed: %s", name, error)
+            if tally.completed + tally.failed + tally.warning or tally.source.completed or tally.source.failed:
+                # It failed part-way (association aborted, DIMSE timeout):
+                # asking the next source would send the requester duplicates.
+                # What it had left (its last Remaining) is counted failed.
+                left = tally.source.remaining or 0
+                outcome = SourceOutcome(
+                    SUB_OPERATIONS_WITH_FAILURES,
+                    SubOperations(0, tally.source.completed, tally.source.failed + left, tally.source.warning),
+                    error_comment=f"source {name} failed part-way",
+                )
+                broken = outcome.error_comment
+                break  # (the finally clause releases it)
             unavailable.append(f"{name}: {error}" if str(error) else name)
             outcome = None
             continue
@@ -318,6 +331,11 @@ async def retrieve(
             responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment)
         else:
             responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=comment, failed_uids=tally.all_failed_uids())
+        return
+    if broken and not cancelled:
+        assert outcome is not None
+        tally.source = outcome.counts
+        responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=broken[:64], failed_uids=tally.all_failed_uids())
         return
     _answer(responder, tally, outcome, cancelled, unavailable, received_any=tally.completed + tally.failed + tally.warning > 0)
 

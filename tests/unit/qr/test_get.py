@@ -408,3 +408,34 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(final["status"] & 0xF000, 0xC000)
         self.assertTrue(final["comment"])
         self.assertEqual(self.opened, [])
+
+
+class BrokenSource(FakeSource):
+    """Sends its first instance, reports a pending response, then its association aborts."""
+
+    async def _run(self, on_instance: Any, on_pending: Any) -> get.SourceOutcome:
+        sop_class, uid = self.instances[0]
+        self.answers.append(await on_instance(get.ReceivedInstance(f"/scratch/{uid}", sop_class, uid, EXPLICIT_LE)))
+        on_pending(SubOperations(len(self.instances) - 1, 1, 0, 0))
+        from gateway.associate import AssociationAborted
+
+        raise AssociationAborted("peer aborted")
+
+
+class PartWayTests(SynchronousTestCase):
+    """A source that fails after sending some instances."""
+
+    def test_source_failing_part_way_is_not_replaced_and_counts_the_rest_failed(self) -> None:
+        """No duplicates from the next source: the C-GET ends 0xB000, what the source had left counted failed, with an Error Comment."""
+        responder = FakeResponder({CT: 0x0000})
+        broken = BrokenSource("a", [(CT, "1.1"), (CT, "1.2"), (CT, "1.3")])
+        spare = FakeSource("b", [(CT, "1.1"), (CT, "1.2"), (CT, "1.3")])
+        by_name = {"a": broken, "b": spare}
+        d = ensureDeferred(get.retrieve(STUDY_GET, b"id", responder, ["a", "b"], lambda n, c: by_name[n], lambda p: None))
+        self.successResultOf(d)
+        self.assertEqual(spare.asked, [])
+        self.assertEqual(broken.closed, 1)
+        [final] = responder.finals
+        self.assertEqual(final["status"], 0xB000)
+        self.assertEqual(final["counts"], SubOperations(0, 1, 2, 0))
+        self.assertIn("a", final["comment"])
