@@ -12,6 +12,8 @@ it). The gateway tests build on these peers.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +350,203 @@ class GatewayRetrieveTests(TestCase):
         for remaining, completed, failed, warning in counts[:-1]:
             self.assertEqual(remaining + completed + failed + warning, 200, counts)
         self.assertEqual(counts[-1][1:], (200, 0, 0), counts)
+
+
+def study_query(*return_keys: str, **values: str) -> Dataset:
+    """A Study Root STUDY-level identifier: return keys empty, matching keys set.
+
+    :param return_keys: keywords asked for.
+    :param values: matching keys.
+    :returns: the identifier.
+    """
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    for keyword in return_keys:
+        setattr(query, keyword, "")
+    for keyword, value in values.items():
+        setattr(query, keyword, value)
+    return query
+
+
+class GatewayQueryTests(TestCase):
+    """C-FIND through the real gateway: Orthanc (first) and the synthetic SCP (second), merged."""
+
+    skip = orthanc.skip_reason() or dcmtk.skip_reason("findscu")
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).resolve()
+        self.source = qr_source(self.root / "orthanc", SOURCE_AET)
+        self.addCleanup(self.source.stop)
+        self.source.start()
+        self.study_a = write_study(self.root / "a", 2, study_description="FROM-ORTHANC")
+        self.study_b = write_study(self.root / "b", 3, study_description="ONLY-ORTHANC")
+        preload(self.source, [self.study_a, self.study_b])
+        self.study_c_uid = "1.2.826.0.1.3680043.10.543.16.900"
+
+    def synthetic(self, **kwargs: Any) -> SyntheticQRScp:
+        """Start the second source: study A again (a conflicting description) and study C.
+
+        :param kwargs: :class:`SyntheticQRScp` options (``generate``, ``delay``).
+        :returns: it, started.
+        """
+        identifiers = [
+            {"QueryRetrieveLevel": "STUDY", "PatientID": "INTEROP-1",
+             "StudyInstanceUID": self.study_a.study_instance_uid, "StudyDescription": "FROM-SYNTH"},
+            {"QueryRetrieveLevel": "STUDY", "PatientID": "INTEROP-9",
+             "StudyInstanceUID": self.study_c_uid, "StudyDescription": "ONLY-SYNTH"},
+        ]
+        scp = SyntheticQRScp(self.root / "synth", identifiers=identifiers, **kwargs)
+        self.addCleanup(scp.stop)
+        scp.start()
+        return scp
+
+    def gateway(self, synth_port: int, **query: Any) -> Any:
+        """Start the gateway with ``query.sources: [orthanc, synth]`` (merge unless overridden).
+
+        :param synth_port: the second source's port.
+        :param query: more ``query`` keys.
+        :returns: the gateway.
+        """
+        from tests.support.gateway_process import GatewayProcess, dicom_destination
+
+        gw = GatewayProcess(
+            self.root / "gw",
+            http={"enabled": False},
+            destinations={"orthanc": dicom_destination(self.source.dicom_port, SOURCE_AET),
+                          "synth": dicom_destination(synth_port, "SYNTH")},
+            routes=[],
+            query={"sources": ["orthanc", "synth"], "mode": "merge", "timeout": "20s", **query},
+        )
+        self.addCleanup(gw.stop)
+        gw.start()
+        return gw
+
+    def test_study_query_merged(self) -> None:
+        """``findscu -S`` STUDY query merged from two sources: each study once, the first source's description on conflict."""
+        scp = self.synthetic()
+        gw = self.gateway(scp.port)
+        out = self.root / "find"
+        result = findscu(gw.port, GATEWAY_AET, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                                "StudyDescription", "PatientID"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        uids = [str(ds.StudyInstanceUID) for ds in read_responses(out)]
+        self.assertEqual(sorted(uids), sorted(set(uids)), "a study came twice")
+        found = {str(ds.StudyInstanceUID): str(ds.StudyDescription) for ds in read_responses(out)}
+        self.assertEqual(found, {self.study_a.study_instance_uid: "FROM-ORTHANC",
+                                 self.study_b.study_instance_uid: "ONLY-ORTHANC",
+                                 self.study_c_uid: "ONLY-SYNTH"}, result.describe())
+
+    def test_source_down_not_strict(self) -> None:
+        """Second source down, non-strict: the first's studies and Success (C-FIND has no warning); the gateway logs it."""
+        gw = self.gateway(free_port())
+        out = self.root / "find"
+        result = findscu(gw.port, GATEWAY_AET, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual({str(ds.StudyInstanceUID) for ds in read_responses(out)},
+                         {self.study_a.study_instance_uid, self.study_b.study_instance_uid})
+        self.assertIn("synth", gw.log_text())
+
+    def test_source_down_strict(self) -> None:
+        """Second source down, ``strict: true``: the query fails 0xC001 with an Error Comment naming it."""
+        gw = self.gateway(free_port(), strict=True)
+        final, _pendings, _ = pynetdicom_find_full(gw.port, GATEWAY_AET, study_query("StudyInstanceUID"))
+        self.assertEqual(int(final.Status), 0xC001, final)
+        # PS3.7 9.1.2.1.6: a failure status may carry an Error Comment.
+        self.assertTrue(str(final.get("ErrorComment", "")), final)
+
+    def test_image_level_query(self) -> None:
+        """``findscu -S`` at IMAGE level (study and series keys given) lists the series' instances."""
+        scp = self.synthetic()
+        gw = self.gateway(scp.port)
+        out = self.root / "find"
+        study = self.study_b
+        result = findscu(gw.port, GATEWAY_AET,
+                         ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study.study_instance_uid}",
+                          f"SeriesInstanceUID={study.series_instance_uid}", "SOPInstanceUID"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual(sorted(str(ds.SOPInstanceUID) for ds in read_responses(out)),
+                         sorted(by_sop_instance(list(study.files))), result.describe())
+
+    def test_cancel_mid_query(self) -> None:
+        """C-CANCEL after 10 pendings through the gateway: final 0xFE00, and the generating source saw a C-CANCEL."""
+        scp = SyntheticQRScp(self.root / "gen", generate=100_000, delay=0.001)
+        self.addCleanup(scp.stop)
+        scp.start()
+        gw = self.gateway(scp.port, sources=["synth"])
+        final, pendings, _ = pynetdicom_find_full(gw.port, GATEWAY_AET, study_query("StudyInstanceUID"),
+                                                  cancel_after=10)
+        self.assertEqual(int(final.Status), 0xFE00, final)
+        self.assertLess(len(pendings), 100_000)
+        deadline = time.monotonic() + 30
+        while "cancel" not in [e["event"] for e in scp.events()] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("cancel", [e["event"] for e in scp.events()])
+
+    def test_max_results_bounded_memory(self) -> None:
+        """A 100k-match query against ``max_results: 20000``: 0xA700 with an Error Comment, gateway RSS bounded."""
+        from tests.support.procstat import rss_kib
+
+        scp = SyntheticQRScp(self.root / "gen", generate=100_000)
+        self.addCleanup(scp.stop)
+        scp.start()
+        gw = self.gateway(scp.port, sources=["synth"], max_results=20_000, timeout="600s")
+        before = rss_kib(gw.pid)
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib(gw.pid))
+                stop.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            final, pendings, _ = pynetdicom_find_full(gw.port, GATEWAY_AET, study_query("StudyInstanceUID", "PatientID"))
+        finally:
+            stop.set()
+            sampler.join()
+        self.assertEqual(int(final.Status), 0xA700, final)
+        self.assertIn("20000", str(final.get("ErrorComment", "")), final)
+        self.assertEqual(len(pendings), 20_000)
+        # 20k identifiers held at once would be tens of MiB in the gateway; streaming keeps it flat.
+        self.assertLess(peak[0] - before, 48 * 1024, f"RSS grew from {before} KiB to {peak[0]} KiB")
+
+
+def pynetdicom_find_full(port: int, aet: str, query: Dataset, *, cancel_after: int | None = None,
+                         model: str = STUDY_ROOT_FIND) -> tuple[Dataset, list[Dataset], int]:
+    """Like :func:`pynetdicom_find`, returning the final response's status data set (Error Comment included).
+
+    :param port: the SCP's port.
+    :param aet: its AE title.
+    :param query: the identifier.
+    :param cancel_after: send C-CANCEL after this many pending responses.
+    :param model: the FIND SOP class.
+    :returns: (final status data set, pending identifiers, pendings after the cancel).
+    """
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PYFIND")
+    ae.add_requested_context(model)
+    ae.dimse_timeout = 120
+    assoc = ae.associate("127.0.0.1", port, ae_title=aet)
+    if not assoc.is_established:
+        raise AssertionError(f"association to {aet} at {port} not established")
+    pendings: list[Dataset] = []
+    final: Dataset | None = None
+    msg_id = 7
+    try:
+        for status, identifier in assoc.send_c_find(query, model, msg_id=msg_id):
+            if status is None or "Status" not in status:
+                raise AssertionError("no C-FIND response (timeout or abort)")
+            if int(status.Status) in (0xFF00, 0xFF01):
+                pendings.append(identifier)
+                if cancel_after is not None and len(pendings) == cancel_after:
+                    assoc.send_c_cancel(msg_id, query_model=model)
+            else:
+                final = status
+    finally:
+        assoc.release()
+    if final is None:
+        raise AssertionError("no final C-FIND response")
+    return final, pendings, 0
