@@ -322,6 +322,38 @@ class GatewayRetrieveTests(TestCase):
         self.assertEqual(by_sop_instance(sorted(out.iterdir())), by_sop_instance(list(study.files)),
                          result.describe()[-4000:])
 
+    def test_kill_during_relayed_move(self) -> None:
+        """``kill -9`` of the gateway mid relayed C-MOVE (destination down): after restart what it had received is delivered; the C-MOVE does not claim success."""
+        self.dest.stop()
+        study = write_study(self.root / "study", 200, size=2048)
+        preload(self.source, [study])
+        outcome: list[Any] = []
+        mover = threading.Thread(target=lambda: outcome.append(movescu(
+            self.gw.port, GATEWAY_AET,
+            ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"],
+            outdir=self.root / "moved", listen_port=free_port(), move_aet=DEST_AET, timeout=120)))
+        mover.start()
+        deadline = time.monotonic() + 60
+        while len(self.gw.journaled_ids()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        received = len(self.gw.journaled_ids())
+        self.assertGreaterEqual(received, 20, self.gw.log_text()[-3000:])
+        self.gw.kill()
+        mover.join(150)
+        self.assertEqual(len(outcome), 1)
+        # Honest: the requester saw the association drop (or a failure), never a clean success.
+        self.assertNotRegex(outcome[0].output, r"Final Move Response \(Success\)", outcome[0].describe()[-3000:])
+        self.gw.start()
+        self.dest.start()
+        originals = by_sop_instance(list(study.files))
+        deadline = time.monotonic() + 120
+        while len(self.dest.files()) < received and time.monotonic() < deadline:
+            time.sleep(0.2)
+        delivered = by_sop_instance(self.dest.files())
+        self.assertGreaterEqual(len(delivered), received, self.gw.log_text()[-3000:])
+        for uid, data in delivered.items():
+            self.assertEqual(data, originals[uid], uid)
+
     def test_move_unknown_destination(self) -> None:
         """C-MOVE naming an AE title missing from ``modalities`` ends 0xA801 (PS3.4 C.4.2.1.5), nothing moved."""
         study = write_study(self.root / "study", 2)
