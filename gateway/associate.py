@@ -318,6 +318,10 @@ class QRStream:
             return
         self._cancel_sent = True
         self._protocol.send_cancel(self)
+        if self.paused:
+            # Only the final response is still due: read again, so that it
+            # arrives even if the consumer stops reading the pending ones.
+            self._protocol.resume_stream(self)
 
     # -- fed by the protocol --------------------------------------------------------------
 
@@ -982,7 +986,17 @@ class RequestorProtocol(Protocol):
         self.abort("DIMSE timeout")
 
     def release(self) -> Deferred[None]:
-        """Evt11: A-RELEASE request; fires when the acceptor answers (or the connection closes)."""
+        """Evt11: A-RELEASE request; fires when the acceptor answers (or the connection closes).
+
+        A transport paused for a slow Q/R consumer is resumed first, or the
+        A-RELEASE-RP would never be read.
+        """
+        paused = [stream for stream in self._streams.values() if stream.paused]
+        for stream in paused:
+            stream.paused = False
+            self._disarm_stream(stream)
+        if paused:
+            self.transport.resumeProducing()
         if self._released is None:
             self._released = Deferred()
             if self.association.state.value == "Sta6":

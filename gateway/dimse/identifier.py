@@ -248,10 +248,20 @@ def decode_identifier(
     try:
         ds = read_dataset(DicomBytesIO(data), implicit, little, bytelength=len(data))
         _convert_all(ds)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, RecursionError) as error:
-        # pydicom's failures for a value it cannot convert; the walk has
-        # already ruled out structural ones.
-        raise IdentifierError(f"undecodable identifier: {error}") from error
+    except Exception as error:  # noqa: BLE001 - see below
+        # pydicom signals a value it cannot convert with many exception
+        # types (ValueError, struct.error, its own BytesLengthException, ...;
+        # found by tests/unit/fuzz/test_fuzz_identifier.py); the walk has
+        # already ruled out structural faults, and any of these means the
+        # identifier cannot be processed: 0xC000, never an escape.
+        raise IdentifierError(f"undecodable identifier: {type(error).__name__}") from error
+    # PS3.7 6.3.1 / PS3.10 7.1: command (0000) and file meta (0002) elements
+    # never belong in a data set; group 0004 is DICOMDIR only (PS3.3 F.3).
+    for tag in ds.keys():
+        if tag >> 16 < 0x0008:
+            raise IdentifierError(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) not allowed in an identifier", offending=(int(tag),)
+            )
     return ds
 
 

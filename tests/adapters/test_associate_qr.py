@@ -181,6 +181,24 @@ class FindTests(ScriptedQRAcceptorMixin, SynchronousTestCase):
             self.successResultOf(stream.next())
         self.assertEqual(self.transport.producerState, "producing")
 
+    def test_cancel_or_release_resumes_a_paused_transport(self) -> None:
+        """A consumer that stops reading and cancels, or releases, does not leave the association unread."""
+        for finish in ("cancel", "release"):
+            stream = self.assoc.find(STUDY_FIND, query())
+            ((rq, _, _),) = self.sent()
+            for _ in range(QR_HIGH_WATER):
+                self.protocol.dataReceived(answer(FIND_ID, dimse.CFindRSP(rq.message_id, 0xFF00, STUDY_FIND)))
+            self.assertEqual(self.transport.producerState, "paused")
+            if finish == "cancel":
+                stream.cancel()
+                self.assertEqual(self.transport.producerState, "producing", finish)
+                self.protocol.dataReceived(answer(FIND_ID, dimse.CFindRSP(rq.message_id, 0xFE00, STUDY_FIND)))
+                self.assertEqual(self.successResultOf(stream.final).status, 0xFE00)
+                self.sent()
+            else:
+                self.assoc.release()
+                self.assertEqual(self.transport.producerState, "producing", finish)
+
     def test_abort_fails_the_stream(self) -> None:
         """An A-ABORT from the peer ends the iteration with AssociationAborted."""
         stream = self.assoc.find(STUDY_FIND, query())

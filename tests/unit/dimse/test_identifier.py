@@ -129,6 +129,22 @@ class DecodeTests(SynchronousTestCase):
         self.assertRaises(IdentifierError, decode_identifier, data, IMPLICIT_VR_LE)
 
 
+    def test_command_and_meta_groups_are_refused(self) -> None:
+        """A group 0000 or 0002 element in an identifier is 0xC000 naming it (PS3.7 6.3.1, PS3.10 7.1)."""
+        for tag in (0x00000000, 0x00020010):
+            data = implicit(tag, struct.pack("<I", 4)) + implicit(0x00080052, b"STUDY ")
+            with self.assertRaises(IdentifierError) as caught:
+                decode_identifier(data, IMPLICIT_VR_LE)
+            self.assertEqual(caught.exception.offending, (tag,))
+
+    def test_value_pydicom_cannot_convert_is_identifier_error(self) -> None:
+        """A UL value of 6 bytes (pydicom's BytesLengthException, found by the fuzzer) is 0xC000, not an escape."""
+        data = implicit(0x00080052, b"STUDY ") + implicit(0x00081161, b"\x01\x02\x03\x04\x05\x06")  # Simple Frame List, UL
+        with self.assertRaises(IdentifierError) as caught:
+            decode_identifier(data, IMPLICIT_VR_LE)
+        self.assertEqual(caught.exception.status, Status.CANNOT_UNDERSTAND)
+
+
 class CheckQueryTests(SynchronousTestCase):
     """check_query: levels by model, UID syntax, hierarchical retrieve keys (PS3.4 C.4, C.6)."""
 
