@@ -9,6 +9,8 @@ the 1-based line and the key path an operator will see.
 
 from __future__ import annotations
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from gateway.config.qr import qr_warnings
 from gateway.config.schema import GatewayConfig, QueryConfig, RetrieveConfig
 from gateway.morph import MorphPlan
@@ -304,3 +306,29 @@ class ShippedExampleTests(LoadTestCase):
         self.assertEqual(
             config.retrieve, RetrieveConfig(sources=("pacs",), allowed_destinations=("*",), allowed_ae_titles=("*",))
         )
+
+
+class CheckCommandTests(SynchronousTestCase):
+    """``dicom-gateway check`` prints :func:`qr_warnings` after the summary (exit 0: the file is valid)."""
+
+    def test_check_prints_the_qr_warnings(self) -> None:
+        """A retrieve without a modalities table is valid; check says every C-MOVE will be refused, in text and JSON."""
+        import json
+        import os
+        import shutil
+        import tempfile
+
+        from tests.unit.test_check import run_check
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "gw.yaml")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(WITH_ARCHIVES.split("modalities:")[0] + "retrieve: {sources: [archive1]}\n")
+        code, out, _ = run_check("-c", path)
+        self.assertEqual(code, 0)
+        self.assertIn("configuration is valid", out)
+        self.assertIn("retrieve: the modalities table is empty", out)
+        code, out, _ = run_check("-c", path, "--json")
+        (warning,) = json.loads(out)["warnings"]
+        self.assertIn("0xA801", warning)
