@@ -30,8 +30,8 @@ The conventions the three stores share (the mixin pins each one):
   destination already has that copy); DEAD, or an entry no longer in the
   journal (purged, or replaced by ``requeue_dead``), counts failed; any other
   state remaining. ``failed_uids`` in request order.
-* ``finish_retrieve`` of an unknown retrieve raises :class:`KeyError`, with
-  a state that is not an end :class:`ValueError`; a retrieve already ended
+* ``finish_retrieve`` with a state that is not an end raises
+  :class:`ValueError` (checked first), of an unknown retrieve :class:`KeyError`; a retrieve already ended
   stays as it is (the first end wins: a C-CANCEL racing the deadline).
 * ``retrieves`` lists newest first (``created_at``, then id).
 * ``remember_uids`` keeps the first original recorded for a remapped UID.
@@ -252,9 +252,9 @@ class MemoryRetrieveJournal:
 
     def finish_retrieve(self, retrieve_id: int, state: RetrieveState, error: str, now: float) -> None:
         """End an OPEN retrieve: its message ID is free again (see the interface). :raises KeyError:"""
-        row = self._r.retrieves[retrieve_id]
         if state not in ENDS:
             raise ValueError(f"{state} does not end a retrieve")
+        row = self._r.retrieves[retrieve_id]
         if row.state is not RetrieveState.OPEN:
             return
         row.state = state

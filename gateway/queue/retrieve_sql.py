@@ -40,6 +40,7 @@ lists go in chunks of ``_cj_chunk`` values (SQLite's variable limit).
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Sequence
 
 from gateway.queue.commitments import Reference
@@ -85,9 +86,23 @@ RETRIEVE_COLUMNS: tuple[str, ...] = (
 
 _RETRIEVE_SELECT = "SELECT " + ", ".join("r." + c for c in RETRIEVE_COLUMNS) + " FROM retrieves r"
 
+#: The same without ``refs`` (``''`` in its place): for ``match_sub_operation``, which takes the expected
+#: instances from the store object's cache (they never change once journaled).
+_RETRIEVE_SELECT_LITE = (
+    "SELECT " + ", ".join("''" if c == "refs" else "r." + c for c in RETRIEVE_COLUMNS) + " FROM retrieves r"
+)
 
-def _retrieve_from_row(row: Sequence[Any]) -> Retrieve:
-    """A :class:`Retrieve` from a row in :data:`RETRIEVE_COLUMNS` order."""
+#: How many retrieves' expected instances a store object keeps parsed.
+_EXPECTED_CACHE = 64
+
+
+def _parse_refs(text: str) -> tuple[Reference, ...]:
+    """The ``refs`` column: ``[[class, instance], ...]``."""
+    return tuple(Reference(c, i) for c, i in json.loads(text))
+
+
+def _retrieve_from_row(row: Sequence[Any], expected: tuple[Reference, ...] | None = None) -> Retrieve:
+    """A :class:`Retrieve` from a row in :data:`RETRIEVE_COLUMNS` order (``expected`` given: ``refs`` not read)."""
     v = dict(zip(RETRIEVE_COLUMNS, row))
     request = NewRetrieve(
         kind=v["kind"],
@@ -98,7 +113,7 @@ def _retrieve_from_row(row: Sequence[Any]) -> Retrieve:
         mode=v["mode"],
         level=v["level"],
         sources=tuple(json.loads(v["sources"])),
-        expected=tuple(Reference(c, i) for c, i in json.loads(v["refs"])),
+        expected=_parse_refs(v["refs"]) if expected is None else expected,
         deadline=v["deadline"],
     )
     return Retrieve(
@@ -193,15 +208,36 @@ class SqlRetrieveJournal:
             return self._retrieve_in(conn, int(retrieve_id))
 
     def match_sub_operation(self, message_id: int, sop_instance_uid: str) -> Retrieve | None:
-        """The OPEN retrieve holding ``message_id`` that expects ``sop_instance_uid`` (see the interface)."""
+        """The OPEN retrieve holding ``message_id`` that expects ``sop_instance_uid`` (see the interface).
+
+        Called once per incoming sub-operation C-STORE: the expected
+        instances (immutable once journaled) come from a small cache of
+        parsed lists, so a retrieve of n instances costs O(n) in all, not
+        O(n) per sub-operation.
+        """
         with self._read() as conn:
             row = self._rq(
                 conn,
-                _RETRIEVE_SELECT + " JOIN retrieve_items i ON i.retrieve_id = r.retrieve_id"
+                _RETRIEVE_SELECT_LITE + " JOIN retrieve_items i ON i.retrieve_id = r.retrieve_id"
                 " WHERE r.state = 'open' AND r.message_id = ? AND i.sop_instance_uid = ?",
                 (message_id, sop_instance_uid),
             ).fetchone()
-            return None if row is None else _retrieve_from_row(row)
+            if row is None:
+                return None
+            retrieve_id = int(row[0])
+            # The PostgreSQL store is called from several threads: the cache has its own lock.
+            cache: dict[int, tuple[Reference, ...]] = self.__dict__.setdefault("_rj_expected", {})
+            lock: threading.Lock = self.__dict__.setdefault("_rj_expected_lock", threading.Lock())
+            with lock:
+                expected = cache.get(retrieve_id)
+            if expected is None:
+                (text,) = self._rq(conn, "SELECT refs FROM retrieves WHERE retrieve_id = ?", (retrieve_id,)).fetchone()
+                expected = _parse_refs(text)
+                with lock:
+                    while len(cache) >= _EXPECTED_CACHE:
+                        del cache[next(iter(cache))]  # the oldest entry (dicts keep insertion order)
+                    cache[retrieve_id] = expected
+            return _retrieve_from_row(row, expected)
 
     def _set_item(self, retrieve_id: int, sop_instance_uid: str, assignments: str, params: Sequence[Any]) -> None:
         """``UPDATE retrieve_items SET assignments`` on one item. :raises KeyError: unknown retrieve or UID."""

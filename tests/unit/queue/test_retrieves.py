@@ -13,12 +13,14 @@ import inspect
 import os
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.interface import Method
 from zope.interface.verify import verifyObject
 
 from gateway.queue.commitments import Reference
-from gateway.queue.interfaces import NewEntry
+from gateway.queue.interfaces import EntryState, NewEntry
 from gateway.queue.memory import MemoryQueueStore
 from gateway.queue.memory_retrieves import MAX_MESSAGE_ID
 from gateway.queue.retrieves import (
@@ -213,6 +215,18 @@ class RetrieveJournalTests:
         match = s.match_sub_operation(new.message_id, f"{UID}1")
         self.assertEqual(match.retrieve_id if match else None, new.retrieve_id)
 
+    def test_match_returns_each_retrieves_own_expected_instances_among_many(self) -> None:
+        """With more open retrieves than a store keeps cached, every match carries its own retrieve's expected list, on either node."""
+        s = self.store()
+        other = self.peer(s, "other")
+        opened = [s.open_retrieve(new_retrieve(expected=refs(n, n + 1000)), T0) for n in range(70)]
+        for _ in range(2):
+            for n, r in enumerate(opened):
+                for store in (s, other):
+                    match = store.match_sub_operation(r.message_id, f"{UID}{n + 1000}")
+                    self.assertEqual(match, r)
+                    self.assertEqual(match.request.expected if match else None, refs(n, n + 1000))
+
     # -- items and progress ------------------------------------------------------------
 
     def test_progress_reads_the_linked_entries(self) -> None:
@@ -373,3 +387,107 @@ class RetrieveSignatureParityTests(SynchronousTestCase):
                 spec = IRetrieveJournal[name].getSignatureInfo()
                 params = list(inspect.signature(getattr(cls, name)).parameters)[1:]
                 self.assertEqual(params, list(spec["positional"]), (cls, name))
+
+
+# -- the verified fake: random operations of two nodes agree in memory and in SQLite -------------
+
+_TIMES = st.integers(min_value=0, max_value=60).map(lambda n: T0 + n)
+_RIDS = st.integers(1, 6)
+_NS = st.integers(0, 4)
+_EXPECTED = (refs(0, 1), refs(1, 0, 1), refs(2), refs(0, 1, 2, 3, 4))
+_ITEM_STATES = st.sampled_from(list(ItemState))
+_ENDS = st.sampled_from([RetrieveState.DONE, RetrieveState.CANCELLED, RetrieveState.FAILED, RetrieveState.OPEN])
+_RETRIEVE_OPERATIONS = st.one_of(
+    st.tuples(st.just("open"), st.integers(0, len(_EXPECTED) - 1), _TIMES),
+    st.tuples(st.just("match"), st.integers(0, 5), _NS),
+    st.tuples(st.just("link"), _RIDS, _NS, st.one_of(st.none(), st.integers(1, 8)), _TIMES),
+    st.tuples(st.just("outcome"), _RIDS, _NS, _ITEM_STATES, _TIMES),
+    st.tuples(st.just("finish"), _RIDS, _ENDS, _TIMES),
+    st.tuples(st.just("receive"), _NS, _TIMES),
+    st.tuples(st.just("deliver"), st.integers(1, 8), st.sampled_from(["", "0xB000"]), _TIMES),
+    st.tuples(st.just("dead"), st.integers(1, 8), _TIMES),
+    st.tuples(st.just("forget"), st.integers(1, 8)),
+    st.tuples(st.just("remember"), st.lists(st.tuples(_NS, _NS), max_size=3), _TIMES),
+)
+
+
+def _apply_retrieve(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
+    """Apply one generated operation; return its result or the exception type it raised."""
+    name, *args = op
+    try:
+        if name == "open":
+            variant, now = args
+            return store.open_retrieve(new_retrieve(expected=_EXPECTED[variant]), now)
+        if name == "match":
+            message_id, n = args
+            return store.match_sub_operation(message_id, f"{UID}{n}")
+        if name == "link":
+            retrieve_id, n, entry_id, now = args
+            return store.link_item(retrieve_id, f"{UID}{n}", entry_id, now)
+        if name == "outcome":
+            retrieve_id, n, state, now = args
+            return store.item_outcome(retrieve_id, f"{UID}{n}", state, state.value, now)
+        if name == "finish":
+            retrieve_id, state, now = args
+            return store.finish_retrieve(retrieve_id, state, f"ended {state.value}", now)
+        if name == "receive":
+            n, now = args
+            counter[0] += 1
+            record = make_record(f"i{counter[0]}", sop_instance_uid=f"{UID}{n}", sop_class_uid=CT, received_at=now)
+            return store.add_instance(record, [NewEntry("retrieve", f"move.d{counter[0]}")], now, 0.0).entry_ids
+        if name in ("deliver", "dead"):
+            entry_id, *rest = args
+            entry = store.get(entry_id)
+            if entry.state is not EntryState.QUEUED:
+                return "not queued"
+            (leased,) = store.lease(entry.destination, 1, T0 + 100, 30)
+            if name == "deliver":
+                warning, now = rest
+                return store.complete([entry_id], now, warning, {entry_id: leased.lease_generation})
+            return store.dead_letter(entry_id, "refused", rest[0], leased.lease_generation)
+        if name == "forget":
+            return store.forget_instance(f"i{args[0]}")
+        if name == "remember":
+            pairs, now = args
+            return store.remember_uids([(f"2.25.{a}", f"1.2.{b}") for a, b in pairs], now)
+    except (KeyError, ValueError, RetrieveIdsExhausted) as e:
+        return type(e)
+    raise AssertionError(name)
+
+
+def _observe_retrieves(store: Any) -> Any:
+    """Everything a caller can see of a store's retrieve journal."""
+    listed = store.retrieves()
+    return (
+        listed,
+        [store.progress(r.retrieve_id) for r in listed],
+        [store.match_sub_operation(m, f"{UID}{n}") for m in range(1, 5) for n in range(5)],
+        dict(store.original_uids([f"2.25.{n}" for n in range(5)])),
+    )
+
+
+class RetrieveVerifiedFakeTests(SynchronousTestCase):
+    """Random operation sequences of two nodes give the same results and state in the fake and in SQLite."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 1), _RETRIEVE_OPERATIONS), min_size=10, max_size=40))
+    def test_random_operations_of_two_nodes_agree(self, operations: list[tuple[int, tuple[Any, ...]]]) -> None:
+        """After each operation, through either node, both stores returned the same thing and look the same."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "q.sqlite")
+        memory = MemoryQueueStore("n1")
+        fakes = (memory, memory.peer("n2"))
+        reals = (SqliteQueueStore(path, "n1"), SqliteQueueStore(path, "n2"))
+        for store in (*fakes, *reals):
+            store.max_message_id = 4  # reach exhaustion and wrapping
+        try:
+            counters = ([0], [0])
+            for who, op in operations:
+                self.assertEqual(
+                    _apply_retrieve(fakes[who], op, counters[0]), _apply_retrieve(reals[who], op, counters[1]), (who, op)
+                )
+                self.assertEqual(_observe_retrieves(fakes[0]), _observe_retrieves(reals[0]), (who, op))
+        finally:
+            for real in reals:
+                real.close()

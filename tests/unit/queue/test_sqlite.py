@@ -406,6 +406,25 @@ class SchemaTests(SqliteStoreTestCase):
             conn.execute(insert, (r.message_id, "done"))
         store.finish_retrieve(r.retrieve_id, RetrieveState.DONE, "", T0)
 
+    def test_retrieve_journal_queries_use_indexes(self) -> None:
+        """The queries of open_retrieve, match_sub_operation, progress and original_uids use indexes, never a table scan."""
+        store = self.open(self.db_path())
+        plans = [
+            " ".join(str(row[-1]) for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+            for sql, params in [
+                ("SELECT message_id FROM retrieves WHERE state = 'open'", ()),
+                ("SELECT r.retrieve_id FROM retrieves r JOIN retrieve_items i ON i.retrieve_id = r.retrieve_id"
+                 " WHERE r.state = 'open' AND r.message_id = ? AND i.sop_instance_uid = ?", (1, "2.25.1")),
+                ("SELECT i.sop_instance_uid, e.state FROM retrieve_items i LEFT JOIN entries e ON e.entry_id = i.entry_id"
+                 " WHERE i.retrieve_id = ? ORDER BY i.seq", (1,)),
+                ("SELECT remapped, original FROM remapped_uids WHERE remapped IN (?, ?)", ("2.25.1", "2.25.2")),
+            ]
+        ]
+        for plan in plans:
+            # A walk of the partial index of open retrieves is fine; a scan of a whole table is not.
+            self.assertNotRegex(plan, r"SCAN (r|i|e|retrieves|retrieve_items|remapped_uids)\b(?! USING (COVERING )?INDEX)", plan)
+            self.assertIn("USING", plan)
+
     def test_received_and_lease_transactions_use_indexes(self) -> None:
         """The queries received() and lease_transactions() make are index searches, never a scan of a whole table."""
         store = self.open(self.db_path())
