@@ -526,6 +526,9 @@ class AcceptorProtocol(Protocol):
         if self._paused_for_writes:
             return
         self._paused_for_writes = True
+        if self._service is not None:
+            # Q/R responses wait too: the sources are no longer read (issue 16).
+            self._service.writes_paused()
         self.transport.pauseProducing()
         timeout = self.factory.limits.network_timeout
         if timeout > 0:
@@ -541,6 +544,8 @@ class AcceptorProtocol(Protocol):
         self._write_stall = None
         for stream in list(self._file_streams):
             stream.pump()
+        if self._service is not None:
+            self._service.writes_resumed()
         if not self._paused_for_spool:
             self.transport.resumeProducing()
 

@@ -333,6 +333,9 @@ class StorageService:
         self._qr_open: dict[int, QRResponder] = {}
         #: C-STORE-RQs we sent as C-GET sub-operations, awaiting their C-STORE-RSP, by Message ID.
         self._stores_waiting: dict[int, Deferred[int]] = {}
+        #: Whether the adapter's write buffer is full, and who waits for it to drain.
+        self._writes_paused = False
+        self._writable_waiters: list[Deferred[None]] = []
         self._commitment = commitment
         self._max_commitment_dataset = max_commitment_dataset
         self._admit = admit
@@ -411,6 +414,7 @@ class StorageService:
         stores, self._stores_waiting = self._stores_waiting, {}
         for d in stores.values():
             d.errback(ReportNotAnswered("the association ended before the C-STORE-RSP"))
+        self.writes_resumed()  # nobody waits for a buffer that will never drain
 
     @property
     def busy(self) -> bool:
@@ -640,12 +644,15 @@ class StorageService:
         responder = QRResponder(self, _Response(context_id, stream=deque()), verb, request, context)
         self._responses.append(responder.slot)
         if request.message_id in self._qr_open:
-            # PS3.7 C.5.7 (0x0210): a Message ID already in use by an open request.
+            # PS3.7 C.5 (0x0210 duplicate invocation): a Message ID already in use by an open request.
             responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
-        elif self._qr is None or request.affected_sop_class_uid != context.abstract_syntax or (
+        elif self._qr is None:
+            # No Q/R SCP on this service: unimplemented, as before issue 16 (PS3.7 C.5.4, HARDENING D21).
+            responder.final(Status.UNRECOGNIZED_OPERATION)
+        elif request.affected_sop_class_uid != context.abstract_syntax or (
             context.abstract_syntax not in QR_SOP_CLASSES[verb]
         ):
-            # Not offered, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
+            # Not a Q/R context of this verb, or a SOP class other than the context's (as for C-STORE, HARDENING D07).
             responder.final(Status.SOP_CLASS_NOT_SUPPORTED, error_comment="SOP class not supported")
         elif not request.has_dataset:
             # The Identifier is required (PS3.7 9.3.2.1, 9.3.3.1, 9.3.4.1): 0xC000-class failure.
@@ -696,6 +703,30 @@ class StorageService:
         """Fires with the status of the C-STORE-RSP answering our C-STORE-RQ ``message_id`` (C-GET, PS3.4 C.4.3.3)."""
         d: Deferred[int] = Deferred()
         self._stores_waiting[message_id] = d
+        return d
+
+    def writes_paused(self) -> None:
+        """The adapter's write buffer is full (HARDENING P35): Q/R handlers wait (:meth:`writable`)."""
+        self._writes_paused = True
+
+    def writes_resumed(self) -> None:
+        """The write buffer drained: wake the Q/R handlers waiting to send more."""
+        self._writes_paused = False
+        waiting, self._writable_waiters = self._writable_waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be queued: at once, or when the write buffer has drained (or the association ended).
+
+        A C-FIND handler waits on it before reading more of a source, so a
+        requester that reads slowly slows the sources down instead of
+        growing our buffers (issue 16: streaming, never a whole result set).
+        """
+        if not self._writes_paused or self._closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._writable_waiters.append(d)
         return d
 
     def store_sub_operation(
@@ -1080,6 +1111,10 @@ class QRResponder:
         self.slot.stream.append((self._command(status, data is not None, counts, error_comment), data))
         self.slot.done = True
         self._service._qr_finished(self)
+
+    def writable(self) -> "Deferred[None]":
+        """Fires when more responses may be sent without growing the write buffer (:meth:`StorageService.writable`)."""
+        return self._service.writable()
 
     def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
         """C-GET: a C-STORE sub-operation of this Part 10 file on the requester's association (PS3.4 C.4.3.3).

@@ -20,6 +20,11 @@ Theory of operation
    result set: a match is in memory from its arrival to its relay (or, for a
    lower-precedence source, in the merge's bounded hold).
 
+A source's query is a :class:`SourceQuery`, by default a
+:class:`DicomSourceQuery` (an association proposing only the FIND class,
+Explicit then Implicit VR LE, released before its part counts as over);
+``ctx.extra["open_source"]`` replaces the opener (tests use fakes).
+
 Each source has ``query.timeout`` to answer the whole query; a slower one is
 cancelled (C-CANCEL-RQ) and treated as failed. A failed source fails the
 whole query when ``strict`` (0xC001, "Failed: Unable to process", PS3.4
@@ -112,6 +117,8 @@ class DicomSourceQuery:
         self._connecting: Deferred[Any] | None = None
         self._stream: Any = None
         self._cancelled = False
+        #: Set by the handler: fires when the requester can take more responses.
+        self.writable: Callable[[], Deferred[None]] | None = None
 
     def start(self, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
         """Connect, send the C-FIND-RQ, hand over each match, release; fire with the final status."""
@@ -133,6 +140,9 @@ class DicomSourceQuery:
             data = ident.encode_identifier(self._query, context.transfer_syntax)
             self._stream = association.find(self._sop_class_uid, data)
             while True:
+                if self.writable is not None:
+                    # The requester reads slowly: read no more of the source until it catches up.
+                    await self.writable()
                 response = await self._stream.next()
                 if response is None:
                     raise SourceFailed("the source ended without a final response")
@@ -145,11 +155,12 @@ class DicomSourceQuery:
                 except ident.IdentifierError as error:
                     log.warn("source {source}: a malformed match left out: {error}", source=self._destination.name, error=error.comment)
         finally:
-            release = getattr(association, "release", None)
-            if release is not None:
-                d = release()
-                if isinstance(d, Deferred):
-                    d.addErrback(lambda _: None)
+            # Release before the source's part counts as over (a release
+            # failing changes nothing for the query; the association is gone).
+            try:
+                await association.release()
+            except Exception as error:
+                log.debug("source {source}: release failed: {error}", source=self._destination.name, error=error)
 
     def cancel(self) -> None:
         """C-CANCEL-RQ on the running query, or give up the connection attempt."""
@@ -190,11 +201,18 @@ def _ui_values(ds: Dataset) -> dict[str, tuple[str, ...]]:
 
 
 def find(info: Any, rq: Any, identifier: bytes, responder: Any, ctx: QRContext) -> "Deferred[None]":
-    """The C-FIND handler (see the module's theory of operation); always ends with ``responder.final``."""
+    """The C-FIND handler (see the module's theory of operation); always ends with ``responder.final``.
+
+    :returns: fires once the final response is sent *and* every source's
+        part is over (its association released), which may be later (a
+        cancelled source answers its own Cancel).
+    """
     config = ctx.config()
     settings = settings_for(config, info.listener, "find")
     job = _Find(info, rq, identifier, responder, ctx, config, settings)
-    return job.run()
+    started = job.run()
+    started.addErrback(job.internal_error)
+    return job.settled
 
 
 @dataclass
@@ -230,6 +248,10 @@ class _Find:
         self.query: Dataset | None = None
         self.routing = routing_context(info, ctx.wall())
         self.next_index = 0
+        #: Sources whose query Deferred has not fired yet.
+        self.running = 0
+        #: Fires once the final is sent and no source is running (see :func:`find`).
+        self.settled: Deferred[None] = Deferred()
 
     # -- start ----------------------------------------------------------------------------
 
@@ -248,7 +270,6 @@ class _Find:
         self.responder.cancelled.addCallback(lambda _: self._requester_cancelled())
         d = self._original_uids(ds)
         d.addCallback(self._morph_and_start)
-        d.addErrback(self._internal_error)
         return d
 
     def _original_uids(self, ds: Dataset) -> "Deferred[Dataset]":
@@ -318,10 +339,15 @@ class _Find:
         except Exception as error:  # a bug in the opener must not leave the request unanswered
             self._source_failed(source, str(error) if isinstance(error, SourceFailed) else f"{type(error).__name__}: {error}")
             return
+        if isinstance(source.query, DicomSourceQuery):
+            # Backpressure from the requester's association (responders that have it).
+            source.query.writable = getattr(self.responder, "writable", None)
         source.timer = self.ctx.reactor.callLater(self.settings.timeout, self._timed_out, source)
+        self.running += 1
         d = source.query.start(lambda ds: self._match(source, ds))
         d.addCallbacks(lambda status: self._source_final(source, status), lambda f: self._source_error(source, f))
-        d.addErrback(self._internal_error)
+        d.addErrback(self.internal_error)
+        d.addBoth(lambda _: self._source_settled())
 
     # -- from the sources -------------------------------------------------------------------
 
@@ -348,8 +374,8 @@ class _Find:
         for out in self.merge.match(source.name, key, data):
             self.responder.pending(PENDING, out)
         if self.merge.over_limit:
-            self._stop_sources()
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
+            self._stop_sources()
 
     def _remember(self, before: dict[str, tuple[str, ...]], after: dict[str, tuple[str, ...]]) -> None:
         """Record (remapped, original) UID pairs a response morph made, so a later query can go backwards."""
@@ -400,8 +426,8 @@ class _Find:
         if self.ended:
             return
         if self.settings.strict:
-            self._stop_sources()
             self._end(SOURCES_FAILED, f"source {source.name} failed: {reason}", "failed")
+            self._stop_sources()
 
     def _source_done(self, source: _Source, ok: bool, reason: str) -> None:
         """``source`` ended: tell the observer, release held matches, maybe end the query."""
@@ -415,8 +441,8 @@ class _Find:
         for out in self.merge.source_done(source.name):
             self.responder.pending(PENDING, out)
         if self.merge.over_limit:
-            self._stop_sources()
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
+            self._stop_sources()
             return
         if not ok and self.settings.strict:
             return
@@ -434,11 +460,15 @@ class _Find:
         """C-CANCEL-RQ from the requester (or its association ended): cancel every source, answer 0xFE00."""
         if self.ended:
             return
-        self._stop_sources()
         self._end(CANCEL, "", "cancelled")
+        self._stop_sources()
 
     def _stop_sources(self) -> None:
-        """Cancel every running source (each sends C-CANCEL-RQ at once)."""
+        """Cancel every running source (each sends C-CANCEL-RQ at once).
+
+        Called after :meth:`_end`, so that a source failing synchronously on
+        its cancel (a connection attempt given up) finds the query ended.
+        """
         for source in self.sources:
             if source.timer is not None and source.timer.active():
                 source.timer.cancel()
@@ -463,8 +493,9 @@ class _Find:
         for source in self.sources:
             if source.timer is not None and source.timer.active():
                 source.timer.cancel()
-        self.responder.final(status, error_comment=comment)
         info = self.info
+        # Observed first (audit, metrics), then the final: whoever waits on
+        # the final finds the event already told.
         self.ctx.observer.observe(
             events.QueryAnswered(
                 info.listener,
@@ -482,12 +513,23 @@ class _Find:
                 comment or "; ".join(f"{name}: {reason}" for name, reason in self.failed),
             )
         )
+        self.responder.final(status, error_comment=comment)
+        self._maybe_settled()
 
-    def _internal_error(self, failure: Failure) -> None:
+    def _source_settled(self) -> None:
+        """One source's query Deferred fired."""
+        self.running -= 1
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if self.ended and self.running == 0 and not self.settled.called:
+            self.settled.callback(None)
+
+    def internal_error(self, failure: Failure) -> None:
         """A bug: answer 0xC000 rather than leave the requester waiting."""
         log.failure("{assoc_id} C-FIND failed", failure, assoc_id=self.info.assoc_id)
-        self._stop_sources()
         self._end(Status.CANNOT_UNDERSTAND, "Unable to process", "failed")
+        self._stop_sources()
 
     def _now(self) -> float:
         return float(self.ctx.reactor.seconds()) if self.ctx.reactor is not None else time.monotonic()

@@ -6,7 +6,7 @@ calls :meth:`QueryRetrieveSCP.handle` with a responder
 configuration in force: the listener's ``query``/``retrieve`` settings must
 apply (else the verb is refused 0x0122, SOP class not supported: the listener
 should not have accepted its class), the caller must be allowed
-(:func:`gateway.qr.access.allowed`, refused 0x0124, PS3.7 C.5.? "Refused: Not
+(:func:`gateway.qr.access.allowed`, refused 0x0124, PS3.7 C.5, "Refused: Not
 authorized", with an Error Comment), then the verb's handler runs:
 :func:`gateway.qr.find.find`, :func:`gateway.qr.move.move`,
 :func:`gateway.qr.get.get`. A handler ends with ``responder.final``; an
@@ -33,7 +33,7 @@ from gateway.qr.context import QRContext
 UNABLE_TO_PROCESS = 0xC000
 #: "Refused: SOP class not supported" (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-#: "Refused: Not authorized" (PS3.7 C.5.? general status 0x0124).
+#: "Refused: Not authorized" (PS3.7 C.5 general status 0x0124).
 NOT_AUTHORIZED = 0x0124
 
 #: A verb's handler: ``handler(info, rq, identifier, responder, ctx)``.

@@ -363,8 +363,8 @@ class StoreTests(AcceptorTestsMixin, SynchronousTestCase):
         proto.dataReceived(modality.command(1, find))
         proto.dataReceived(modality.command(1, dimse.CEchoRQ(6, VERIFICATION)))
         first, second = modality.responses(transport)
-        self.assertEqual(first.command_field, 0x8020)
-        self.assertEqual(first.elements[0x00000900], (0x0211).to_bytes(2, "little"))
+        self.assertIsInstance(first, dimse.CFindRSP)
+        self.assertEqual((first.message_id_being_responded_to, first.status), (5, 0x0211))
         self.assertEqual(second.status, 0)
 
 

@@ -364,3 +364,88 @@ class DicomSourceQueryTests(SynchronousTestCase):
         )
         d = find_module.DicomSourceQuery(ctx, _Destination("a"), STUDY_FIND, Dataset()).start(lambda ds: None)
         self.failureResultOf(d, ConnectionRefusedError)
+
+
+class _Stream:
+    """A fake QRStream: hands out the responses it is given, counting reads."""
+
+    def __init__(self, responses: list[Any]) -> None:
+        self.responses = responses
+        self.reads = 0
+
+    def next(self) -> Deferred[Any]:
+        self.reads += 1
+        return _fired(self.responses.pop(0))
+
+    def cancel(self) -> None:
+        pass
+
+
+def _fired(value: Any) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.callback(value)
+    return d
+
+
+class _Response:
+    """A source response."""
+
+    def __init__(self, status: int, ds: Dataset | None = None) -> None:
+        self.status = status
+        self.pending = status in (0xFF00, 0xFF01)
+        self.identifier = b"x" if ds is not None else None
+        self._ds = ds
+
+    def dataset(self) -> Dataset:
+        assert self._ds is not None
+        return self._ds
+
+
+class _Association:
+    """A fake ClientAssociation with one accepted FIND context."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.released = 0
+
+    def context_for_class(self, sop_class: str) -> Any:
+        return type("Ctx", (), {"transfer_syntax": EXPLICIT_LE})()
+
+    def find(self, sop_class: str, data: bytes) -> _Stream:
+        return self.stream
+
+    def release(self) -> Deferred[None]:
+        self.released += 1
+        return _fired(None)
+
+
+class DicomSourceBackpressureTests(SynchronousTestCase):
+    """The source is read no faster than the requester takes responses."""
+
+    def test_source_is_not_read_while_the_requester_is_not_writable(self) -> None:
+        """While ``writable`` has not fired, no further response is read from the source; then it goes on and releases."""
+        match = Dataset()
+        match.StudyInstanceUID = "1.2"
+        stream = _Stream([_Response(0xFF00, match), _Response(0x0000)])
+        association = _Association(stream)
+        ctx = QRContext(
+            config=lambda: None, journal=None, run=None, reactor=Clock(), wall=lambda: 0.0,
+            connect=lambda destination, proposals, role_selections=(): _fired(association),
+        )
+        query = find_module.DicomSourceQuery(ctx, _Destination("a"), STUDY_FIND, Dataset())
+        gate: list[Deferred[None]] = []
+
+        def writable() -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            gate.append(d)
+            return d
+
+        query.writable = writable
+        seen: list[Dataset] = []
+        d = query.start(seen.append)
+        self.assertEqual(stream.reads, 0)
+        gate[0].callback(None)
+        self.assertEqual((stream.reads, len(seen)), (1, 1))
+        gate[1].callback(None)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(association.released, 1)

@@ -231,12 +231,14 @@ class QRDispatchTests(SynchronousTestCase):
         assert self.qr is not None
         self.assertEqual(len(self.qr.calls), 1)
 
-    def test_without_a_qr_scp_requests_are_refused(self) -> None:
-        """With no Q/R SCP configured a C-FIND is refused 0x0122, not 0x0211."""
+    def test_without_a_qr_scp_requests_are_unrecognized(self) -> None:
+        """With no Q/R SCP a C-FIND is answered 0x0211 as before issue 16 (HARDENING D21), its identifier swallowed."""
         self.qr = None
         self.service = self.make_service()
         self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
-        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0122)])
+        self.service.pdata(pdvs(1, c_find(message_id=4), IDENTIFIER))
+        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0x0211), (0x8020, 4, 0x0211)])
+        self.assertEqual(self.peer.aborted, [])
 
     def test_identifier_over_the_cap_is_out_of_resources(self) -> None:
         """An identifier over ``max_identifier`` is swallowed and answered 0xA700 (PS3.4 C.4.1.1.4)."""
@@ -355,3 +357,36 @@ class SubOperationTests(SynchronousTestCase):
         d = self.responder.store("/x", CT_IMAGE, "1.2.3", EXPLICIT_LE, 0)
         self.service.connection_lost()
         self.failureResultOf(d)
+
+
+class WritableTests(SynchronousTestCase):
+    """Backpressure from the requester's association to the Q/R handlers."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        spool = Spool(
+            self.tmp, SynchronousRunner(), implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME, max_instance_size=1 << 20,
+        )
+        self.qr = _QR()
+        self.service = StorageService(_Peer(), INFO, spool, qr=self.qr)
+        self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
+        self.responder = self.qr.calls[0][3]
+
+    def test_writable_waits_while_the_write_buffer_is_full(self) -> None:
+        """``writable`` fires at once normally, waits while writes are paused, and fires when they resume."""
+        self.successResultOf(self.responder.writable())
+        self.service.writes_paused()
+        waiting = self.responder.writable()
+        self.assertNoResult(waiting)
+        self.service.writes_resumed()
+        self.successResultOf(waiting)
+
+    def test_association_end_wakes_the_waiters(self) -> None:
+        """A handler waiting for the buffer to drain is woken when the association ends (it then sees the cancel)."""
+        self.service.writes_paused()
+        waiting = self.responder.writable()
+        self.service.connection_lost()
+        self.successResultOf(waiting)
+        self.assertTrue(self.responder.cancelled.called)
