@@ -44,9 +44,8 @@ modality's copy (the safe side).
 C-MOVE sub-operations (issue 16)
 --------------------------------
 When the gateway relays a C-MOVE (:mod:`gateway.qr.move`), the source's
-sub-operation C-STORE-RQs carry the Move Originator AE Title (the gateway's)
-and the Message ID of the gateway's C-MOVE-RQ (PS3.7 9.1.1.1). Such an
-instance is matched in the journal
+sub-operation C-STORE-RQs carry the Move Originator AE Title and the Message ID
+of the gateway's C-MOVE-RQ (PS3.7 9.1.1.1). Such an instance is matched in the journal
 (:meth:`~gateway.queue.retrieves.IRetrieveJournal.match_sub_operation`: the
 message ID of an OPEN retrieve that expects this SOP Instance UID). A match is
 journaled with exactly one queue entry, to ``move.<modality name>`` (route
@@ -221,8 +220,9 @@ class Intake:
         (issue 15): dropped and unrouted instances are then noted in the
         commitment journal (the store, through ``store_runner``).
     :param retrieve_ae_title: returns the gateway's AE title while retrieve
-        is configured (issue 16), else ``None``: C-MOVE sub-operations
-        originated by that AE are then matched to the journal's retrieves.
+        is configured (issue 16), else ``None``: C-MOVE sub-operations are
+        then matched to the journal's retrieves (by Message ID and SOP
+        Instance UID; the Move Originator AE Title is not compared).
     """
 
     log = Logger(namespace="gateway.intake")
@@ -325,11 +325,12 @@ class Intake:
         if summary is None:
             # Refused by the seal (malformed, too large, a write failed...): learn the status.
             return self._sealed_only(writer)
-        if sub_operation is not None and summary.sop_instance_uid:
-            ours = self._retrieve_ae_title()
-            originator = sub_operation[0].strip()
-            if ours is not None and (not originator or originator == ours.strip()):
-                return self._take_sub_operation(writer, info, summary, sub_operation[1])
+        if sub_operation is not None and summary.sop_instance_uid and self._retrieve_ae_title() is not None:
+            # The Move Originator AE Title is not compared: archives fill it
+            # differently (pynetdicom 3.0 puts its own AE title there, not
+            # the C-MOVE's requester's); the Message ID and an expected SOP
+            # Instance UID of an OPEN retrieve are the match.
+            return self._take_sub_operation(writer, info, summary, sub_operation[1])
         return self._take_routed(writer, info, summary)
 
     def _take_sub_operation(

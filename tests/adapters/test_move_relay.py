@@ -43,7 +43,7 @@ def study() -> list[Dataset]:
     base = dcmread(get_testdata_file("CT_small.dcm", download=False))
     instances = []
     for i in range(COUNT):
-        ds = base.copy()
+        ds = copy.deepcopy(base)
         ds.StudyInstanceUID = STUDY_UID
         ds.SeriesInstanceUID = STUDY_UID + ".1"
         ds.SOPInstanceUID = f"{STUDY_UID}.1.{i + 1}"

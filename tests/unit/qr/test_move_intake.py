@@ -112,8 +112,15 @@ class SubOperationTests(IntakeTestsMixin, SynchronousTestCase):
         self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
         self.assertEqual(sorted(e.destination for e in self.store.entries()), ["folder", "pacs"])
 
-    def test_other_originator_is_routed_as_any_c_store(self) -> None:
-        """Another AE's C-MOVE naming the gateway as destination is an ordinary C-STORE, whatever its Message ID."""
+    def test_originator_ae_title_is_not_compared(self) -> None:
+        """The Message ID and an expected UID match whatever the Move Originator AE Title (pynetdicom puts the source's own there)."""
         retrieve = self.open_retrieve()
-        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("OTHERSCU", retrieve.message_id)))
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("ARCHIVE", retrieve.message_id)))
+        self.assertEqual([e.destination for e in self.store.entries()], ["move.ws1"])
+
+    def test_without_retrieve_a_sub_operation_is_routed(self) -> None:
+        """With no retrieve configured the journal is not asked: a sub-operation is an ordinary C-STORE."""
+        retrieve = self.open_retrieve()
+        self.intake._retrieve_ae_title = lambda: None
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
         self.assertEqual(sorted(e.destination for e in self.store.entries()), ["folder", "pacs"])
