@@ -7,11 +7,13 @@ PS3.4 C.4.3.3). The gateway asks the sources of ``retrieve.sources`` in
 order, each with its own C-GET (the gateway proposes the storage classes in
 the SCP role on that association, so the source's sub-operations come back
 to it); the first source that has matching instances is the one used, the
-others are not asked (PS3.4 C.4.3.2: a C-GET SCP retrieves what matches from
-its own store; ours is the first archive that holds it).
+others are not asked (PS3.4 C.4.3.3: a C-GET SCP retrieves what matches from
+its own store; ours is the first archive that holds it). A source that
+fails part-way is not replaced by the next (that would send the requester
+duplicates): what it had left is counted failed.
 
-Every instance the source sends is written to a scratch file (the source
-module's adapter does that), then stored on the requester's association with
+Every instance the source sends is written to a scratch file in the spool's
+``scratch`` folder (:class:`DicomGetSource`), then stored on the requester's association with
 :meth:`~gateway.qr.context.IResponder.store`, one at a time (streaming: at
 most one instance in flight, the source's next C-STORE waits for our answer).
 The source is answered Success once the instance is in the gateway's
@@ -24,7 +26,7 @@ Counting (PS3.4 C.4.3.1.3, the (0000,1020)-(0000,1023) elements):
 * *warning*: it answered a warning (0xBxxx, PS3.4 B.2.3);
 * *failed*: it answered a failure, or it accepted no presentation context
   for that SOP class and transfer syntax, so no sub-operation could be
-  issued (PS3.4 C.4.3.3.1: such an instance is a failed sub-operation; never
+  issued (PS3.4 C.4.3.3: such an instance is a failed sub-operation; never
   silently dropped), plus what the source itself reports failed (instances
   it could not send);
 * *remaining*: the source's own Number of Remaining Sub-operations, from its
@@ -33,7 +35,9 @@ Counting (PS3.4 C.4.3.1.3, the (0000,1020)-(0000,1023) elements):
 The final status (PS3.4 C.4.3.1.4, Table C.4-3): 0x0000 when every
 sub-operation completed; 0xB000 (Warning: Sub-operations Complete - One or
 more Failures or Warnings) with the Failed SOP Instance UID List (0008,0058)
-(PS3.4 C.4.3.1.3.1) when any failed or had a warning; 0xFE00 (Cancel:
+(PS3.4 C.4.3.1.3.2) when any failed or had a warning; 0xA702 with that list
+when every one failed (PS3.4 C.4.3.2: the SCU reads a Failure as "all
+sub-operations were unsuccessful"); 0xFE00 (Cancel:
 Sub-operations terminated due to Cancel Indication) after a C-CANCEL-RQ,
 which also reaches the source (PS3.7 9.3.3.3); 0xA702 (Refused: Out of
 Resources - Unable to perform sub-operations) when no source could be
@@ -41,10 +45,16 @@ retrieved from, with an Error Comment (0000,0902) naming them; a source's
 own failure status (e.g. 0xA900, Identifier does not match SOP Class) is
 relayed as it is.
 
-Not done here (yet): when no source accepts a C-GET context, the C-MOVE to
+``retrieve.timeout`` bounds the whole C-GET: then the source is cancelled
+and what it had left is counted failed. Each C-GET is journaled as a
+retrieve of kind ``get`` (:mod:`gateway.queue.retrieves`; no items, since
+no correlation is needed) and finished DONE, CANCELLED or FAILED.
+
+Not done here (yet): when a source accepts no C-GET context, the C-MOVE to
 the gateway itself (the relay leg through
-:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation); such a
-source is counted unavailable.
+:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation and the
+intake's sub-operation hook); such a source is counted unavailable and the
+next one is asked.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
+from gateway.associate import FileStoreSink
 from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
@@ -166,10 +177,25 @@ class _Tally:
         )
 
     def all_failed_uids(self) -> tuple[str, ...]:
-        """Ours, then the source's, each once (PS3.4 C.4.3.1.3.1)."""
+        """Ours, then the source's, each once (PS3.4 C.4.3.1.3.2)."""
         seen: dict[str, None] = dict.fromkeys(self.failed_uids)
         seen.update(dict.fromkeys(self.source_failed_uids))
         return tuple(seen)
+
+
+def final_status(counts: SubOperations) -> int:
+    """The final C-GET-RSP status for these counts (PS3.4 C.4.3.1.4, C.4.3.2).
+
+    Success when nothing failed or had a warning; when *every* sub-operation
+    failed, a failure (the SCU reads "Failure or Refused" as "all
+    sub-operations were unsuccessful", PS3.4 C.4.3.2): 0xA702, Unable to
+    perform sub-operations; 0xB000 in every other case.
+    """
+    if not counts.failed and not counts.warning:
+        return int(Status.SUCCESS)
+    if not counts.completed and not counts.warning:
+        return UNABLE_TO_PERFORM_SUB_OPERATIONS
+    return SUB_OPERATIONS_WITH_FAILURES
 
 
 def _store_outcome(status: int) -> str:
@@ -232,7 +258,7 @@ async def retrieve(
     async def on_instance(instance: ReceivedInstance) -> int:
         try:
             if cancelled or expired:
-                # PS3.4 C.4.3.3.1: after a cancel no further sub-operation is
+                # PS3.4 C.4.3.3: after a cancel no further sub-operation is
                 # started; the source hears "out of resources" and counts it.
                 return int(Status.OUT_OF_RESOURCES)
             try:
@@ -245,7 +271,7 @@ async def retrieve(
                 )
             except Exception as error:  # noqa: BLE001 - every error is a failed sub-operation
                 # NoPresentationContext: the requester accepted no context (SCP
-                # role) for this class and syntax (PS3.4 C.4.3.3.1): a failed
+                # role) for this class and syntax (PS3.4 C.4.3.3): a failed
                 # sub-operation, listed, never silently dropped.
                 log.info("C-GET sub-operation %s not stored on the requester: %s", instance.sop_instance_uid, error)
                 status = -1
@@ -327,15 +353,15 @@ async def retrieve(
         tally.failed += left
         received = tally.completed + tally.failed + tally.warning
         comment = f"retrieve.timeout ({timeout:g} s) passed"
-        if received == 0 and not tally.source.failed:
-            responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment)
-        else:
-            responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=comment, failed_uids=tally.all_failed_uids())
+        counts = tally.counts(0)
+        status = final_status(counts) if counts.failed or counts.warning else UNABLE_TO_PERFORM_SUB_OPERATIONS
+        responder.final(status, counts, error_comment=comment, failed_uids=tally.all_failed_uids())
         return
     if broken and not cancelled:
         assert outcome is not None
         tally.source = outcome.counts
-        responder.final(SUB_OPERATIONS_WITH_FAILURES, tally.counts(0), error_comment=broken[:64], failed_uids=tally.all_failed_uids())
+        counts = tally.counts(0)
+        responder.final(final_status(counts), counts, error_comment=broken[:64], failed_uids=tally.all_failed_uids())
         return
     _answer(responder, tally, outcome, cancelled, unavailable, received_any=tally.completed + tally.failed + tally.warning > 0)
 
@@ -366,8 +392,10 @@ def _answer(
         responder.final(UNABLE_TO_PERFORM_SUB_OPERATIONS, tally.counts(0), error_comment=comment[:64])
         return
     counts = tally.counts(0)
-    if counts.failed or counts.warning:
-        responder.final(SUB_OPERATIONS_WITH_FAILURES, counts, failed_uids=failed_uids)
+    status = final_status(counts)
+    if status != Status.SUCCESS:
+        # PS3.4 C.4.3.1.3.2: the Failed SOP Instance UID List on Warning and Failure.
+        responder.final(status, counts, failed_uids=failed_uids)
     else:
         responder.final(Status.SUCCESS, counts)
 
@@ -375,7 +403,7 @@ def _answer(
 #: Storage classes the gateway also proposes to a source (SCP role), after
 #: the requester's own, so that an instance of a class the requester did not
 #: accept still reaches the gateway and is counted failed *by the gateway*,
-#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.1), whatever
+#: listed in the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.2), whatever
 #: the source does with a class it cannot send.
 COMMON_STORAGE_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -471,7 +499,7 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     try:
         if model is None:
             raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
-        check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+        level = check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
     except IdentifierError as error:
         # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
         # 0xC000-class (Unable to process) with an Error Comment.
@@ -486,9 +514,14 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
         def open_source(name: str, sop_class_uid: str) -> ISource:
             return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
 
-    d = ensureDeferred(
-        retrieve(rq.affected_sop_class_uid, identifier, responder, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
-    )
+    async def run() -> None:
+        journaled = await _open_journal(ctx, info, rq, level, settings)
+        recording = _RecordingResponder(responder)
+        await retrieve(rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+        if journaled is not None:
+            await _finish_journal(ctx, journaled, recording)
+
+    d = ensureDeferred(run())
 
     def unexpected(failure: Failure) -> None:
         log.error("C-GET failed unexpectedly: %s", failure.getTraceback())
@@ -496,6 +529,95 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
 
     d.addErrback(unexpected)
     return d
+
+
+class _RecordingResponder:
+    """An :class:`IResponder` that passes everything on and remembers the final status and comment (for the journal)."""
+
+    def __init__(self, inner: IResponder) -> None:
+        self._inner = inner
+        self.status: int | None = None
+        self.comment = ""
+
+    def pending(self, status: int, identifier: bytes | None = None, counts: SubOperations | None = None) -> None:
+        """As the wrapped responder."""
+        self._inner.pending(status, identifier, counts)
+
+    def final(
+        self,
+        status: int,
+        counts: SubOperations | None = None,
+        error_comment: str = "",
+        failed_uids: Sequence[str] = (),
+        identifier: bytes | None = None,
+    ) -> None:
+        """As the wrapped responder; remembered."""
+        self.status, self.comment = int(status), error_comment
+        self._inner.final(status, counts, error_comment, failed_uids, identifier)
+
+    @property
+    def transfer_syntax(self) -> str:
+        """As the wrapped responder."""
+        return self._inner.transfer_syntax
+
+    @property
+    def cancelled(self) -> "Deferred[None]":
+        """As the wrapped responder."""
+        return self._inner.cancelled
+
+    def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
+        """As the wrapped responder."""
+        return self._inner.store(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
+
+
+async def _open_journal(ctx: QRContext, info: Any, rq: Any, level: str, settings: Any) -> int | None:
+    """Journal the C-GET as a retrieve (``kind="get"``; visible with the other retrieves), when the store is one.
+
+    The C-GET from a source needs no correlation (its sub-operations come on
+    the gateway's own association), so no items are expected; a journal that
+    does not answer only loses the record (logged), never the C-GET.
+
+    :returns: the retrieve ID, or ``None``.
+    """
+    if ctx.journal is None or ctx.run is None or not hasattr(ctx.journal, "open_retrieve"):
+        return None
+    from gateway.queue.retrieves import NewRetrieve
+
+    new = NewRetrieve(
+        kind="get",
+        requester_ae_title=getattr(info, "calling_ae_title", ""),
+        listener=getattr(info, "listener", ""),
+        requester_message_id=int(rq.message_id),
+        destination="",
+        mode="relay",
+        level=level,
+        sources=tuple(settings.sources),
+        expected=(),
+        deadline=ctx.wall() + settings.timeout,
+    )
+    try:
+        opened = await ctx.run.run(ctx.journal.open_retrieve, new, ctx.wall())
+    except Exception as error:  # noqa: BLE001 - the record is lost, the C-GET goes on
+        log.warning("C-GET not journaled: %s", error)
+        return None
+    return int(opened.retrieve_id)
+
+
+async def _finish_journal(ctx: QRContext, retrieve_id: int, recording: _RecordingResponder) -> None:
+    """End the journaled retrieve with the final status: DONE, CANCELLED or FAILED (its message ID is free again)."""
+    from gateway.queue.retrieves import RetrieveState
+
+    status = recording.status if recording.status is not None else UNABLE_TO_PROCESS
+    kind = category(status)
+    state = {
+        StatusCategory.CANCEL: RetrieveState.CANCELLED,
+        StatusCategory.FAILURE: RetrieveState.FAILED,
+    }.get(kind, RetrieveState.DONE)
+    error = recording.comment or ("" if state is RetrieveState.DONE else f"status 0x{status:04X}")
+    try:
+        await ctx.run.run(ctx.journal.finish_retrieve, retrieve_id, state, error, ctx.wall())
+    except Exception as error_:  # noqa: BLE001 - logged; the requester has its answer
+        log.warning("C-GET retrieve %s not finished in the journal: %s", retrieve_id, error_)
 
 
 class DicomGetSource:
@@ -579,10 +701,8 @@ async def _run_client_get(
     (``FileStoreSink``); once complete it is handed to ``on_instance``, whose
     status (after the requester's C-STORE) answers the source. Pending
     responses give the source's counts; the final gives its Failed SOP
-    Instance UID List (PS3.4 C.4.3.1.3.1).
+    Instance UID List (PS3.4 C.4.3.1.3.2).
     """
-    from gateway.associate import FileStoreSink  # the requestor's C-GET (i16-dimse)
-
     os.makedirs(source._scratch, exist_ok=True)
     association = source._association
 

@@ -201,6 +201,35 @@ class GetFromPynetdicomTests(TestCase):
         self.assertEqual(final["status"], 0xFE00)
         self.assertLess(final["counts"].completed, 4)
 
+    async def test_archive_without_c_get_is_skipped_for_the_next(self) -> None:
+        """An archive that accepts no GET context (FIND only) is left out; the next source's instances are stored."""
+        from pynetdicom import AE
+
+        ae = AE(ae_title="ARCHIVE")
+        ae.add_supported_context("1.2.840.10008.5.1.4.1.2.2.1", [ExplicitVRLittleEndian])
+        find_only_port = free_port()
+        server = ae.start_server(("127.0.0.1", find_only_port), block=False)
+        self.addCleanup(server.shutdown)
+        source = self.source([instance(CT, "1.2.7.1")])
+        responder = ReadingResponder({CT: 0x0000})
+        destinations = {
+            "findonly": DicomDestination("findonly", "ARCHIVE", "127.0.0.1", find_only_port, "GATEWAY", acse_timeout=10, dimse_timeout=10),
+            "arch": DicomDestination("arch", "ARCHIVE", "127.0.0.1", source.port, "GATEWAY", acse_timeout=10, dimse_timeout=10),
+        }
+        ctx = QRContext(
+            config=lambda: None, journal=None, run=None, reactor=reactor, wall=time.time,
+            connect=lambda dest, proposals, role_selections=(): connect_dicom(reactor, dest, proposals, role_selections),
+        )
+        proposals, roles = get.source_proposals(STUDY_GET, REQUESTER_CONTEXTS)
+
+        def open_source(name: str, sop_class: str) -> get.ISource:
+            return get.DicomGetSource(name, destinations[name], ctx, proposals, roles, self.tmp, ExplicitVRLittleEndian)
+
+        await ensureDeferred(get.retrieve(STUDY_GET, study_identifier(STUDY), responder, ["findonly", "arch"], open_source, os.unlink))
+        [final] = responder.finals
+        self.assertEqual((final["status"], final["counts"]), (0, SubOperations(0, 1, 0, 0)))
+        self.assertEqual(list(responder.datasets), ["1.2.7.1"])
+
     async def test_archive_down_is_a702(self) -> None:
         """Nobody listening: 0xA702 with an Error Comment naming the source."""
         responder = ReadingResponder({CT: 0x0000})
@@ -222,9 +251,10 @@ class RequesterThroughTheGatewayTests(TestCase):
 
     The listener is an :class:`~gateway.listen.AcceptorFactory` on a loopback
     port whose settings offer the Study Root GET class and accept the storage
-    classes in the requester's SCP role (PS3.7 D.3.3.4); its Q/R SCP hands
+    classes in the requester's SCP role (``get_sub_operations``, PS3.7
+    D.3.3.4); its Q/R SCP hands
     the C-GET to :func:`gateway.qr.get.get`. The sub-operations go back on the
-    requester's association (:mod:`gateway.qr.substore`).
+    requester's association (``StorageService.store_sub_operation``).
     """
 
     def setUp(self) -> None:
@@ -237,7 +267,6 @@ class RequesterThroughTheGatewayTests(TestCase):
         from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         from gateway.listen import AcceptorFactory, AcceptorLimits
         from gateway.service import acceptor_settings
-        from gateway.sopclasses import STORAGE_SOP_CLASSES
         from gateway.spool import Spool
 
         self.tmp = tempfile.mkdtemp()
@@ -270,7 +299,7 @@ class RequesterThroughTheGatewayTests(TestCase):
         settings = replace(
             settings,
             abstract_syntaxes=settings.abstract_syntaxes | {STUDY_GET},
-            scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes | frozenset(STORAGE_SOP_CLASSES),
+            get_sub_operations=True,
         )
         factory = AcceptorFactory(
             name="dicom",
@@ -326,3 +355,28 @@ class RequesterThroughTheGatewayTests(TestCase):
         )
         self.assertEqual(failed_list.FailedSOPInstanceUIDList, "1.2.6.2")
         self.assertTrue(all(s.Status in (0xFF00, 0xFF01) for s, _ in responses[:-1]))
+
+    def getscu(self, output: str) -> Any:
+        """DCMTK ``getscu -S`` (Study Root) of the study into ``output`` (a thread): the completed process."""
+        import subprocess
+
+        return subprocess.run(
+            [
+                "getscu", "-S", "-aet", "VIEWER", "-aec", "GATEWAY", "-od", output, "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={STUDY}", "-d", "127.0.0.1", str(self.port.getHost().port),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    async def test_dcmtk_getscu(self) -> None:
+        """DCMTK getscu (it accepts CT and MR among its fixed storage classes): all three stored with their content, exit 0."""
+        from twisted.internet.threads import deferToThread
+
+        output = os.path.join(self.tmp, "getscu")
+        os.mkdir(output)
+        done = await deferToThread(self.getscu, output)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        files = sorted(os.listdir(output))
+        self.assertEqual(len(files), 3, files)
+        stored = sorted((ds.SOPInstanceUID, ds.ImageComments) for ds in (dcmread(os.path.join(output, f)) for f in files))
+        self.assertEqual(stored, [(uid, "payload " + uid) for uid in ("1.2.6.1", "1.2.6.2", "1.2.6.3")])

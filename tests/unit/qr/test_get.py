@@ -272,12 +272,13 @@ class RetrieveTests(SynchronousTestCase):
         self.assertEqual(final["status"], 0xFE00)
         self.assertEqual(final["counts"], SubOperations(2, 1, 0, 0))
 
-    def test_exactly_one_final(self) -> None:
-        """Whatever happens, one final response."""
+    def test_every_sub_operation_failed_is_a702_with_the_list(self) -> None:
+        """The requester took none: one final, a Failure (0xA702: the SCU reads it as all unsuccessful, PS3.4 C.4.3.2) listing them; the next source is not asked."""
         responder = FakeResponder({})
-        self.run_get(responder, FakeSource("a", [(CT, "1.1")]), FakeSource("b", [(CT, "1.2")]))
-        self.assertEqual(len(responder.finals), 1)
-        self.assertEqual(responder.finals[0]["failed"], ("1.1",))
+        second = FakeSource("b", [(CT, "1.3")])
+        self.run_get(responder, FakeSource("a", [(CT, "1.1"), (MR, "1.2")]), second)
+        self.assertEqual(responder.finals, [dict(status=0xA702, counts=SubOperations(0, 0, 2, 0), comment="", failed=("1.1", "1.2"))])
+        self.assertEqual(second.asked, [])
 
 
 class DeadlineTests(SynchronousTestCase):
@@ -439,3 +440,53 @@ class PartWayTests(SynchronousTestCase):
         self.assertEqual(final["status"], 0xB000)
         self.assertEqual(final["counts"], SubOperations(0, 1, 2, 0))
         self.assertIn("a", final["comment"])
+
+
+class JournalTests(SynchronousTestCase):
+    """A C-GET is journaled as a retrieve (kind ``get``) and finished with its outcome."""
+
+    def run_with_store(self, source: FakeSource, accepted: dict[str, int]) -> tuple[Any, FakeResponder]:
+        """Run a C-GET with a MemoryQueueStore journal; returns the store and the responder."""
+        from types import SimpleNamespace
+
+        from twisted.internet.task import Clock
+
+        from gateway.blocking import SynchronousRunner
+        from gateway.config.schema import RetrieveConfig
+        from gateway.qr.context import QRContext
+        from gateway.queue.memory import MemoryQueueStore
+
+        store = MemoryQueueStore()
+        settings = RetrieveConfig(sources=("a",))
+        config = SimpleNamespace(listen=(), retrieve=settings, spool=SimpleNamespace(path="/nonexistent"), destinations=())
+        ctx = QRContext(
+            config=lambda: config, journal=store, run=SynchronousRunner(), reactor=Clock(), wall=lambda: 1000.0,
+            extra={"get.open_source": lambda n, c: source},
+        )
+        responder = FakeResponder(accepted)
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=9)
+        info = SimpleNamespace(listener="qr", contexts={}, calling_ae_title="VIEWER")
+        self.successResultOf(get.get(info, rq, study_identifier(), responder, ctx))
+        return store, responder
+
+    def test_done_retrieve_on_record(self) -> None:
+        """A completed C-GET is on record DONE, kind get, with the requester, level and sources."""
+        from gateway.queue.retrieves import RetrieveState
+
+        store, responder = self.run_with_store(FakeSource("a", [(CT, "1.1")]), {CT: 0})
+        [record] = store.retrieves()
+        self.assertEqual(record.state, RetrieveState.DONE)
+        self.assertEqual(
+            (record.request.kind, record.request.requester_ae_title, record.request.level, record.request.sources, record.request.requester_message_id),
+            ("get", "VIEWER", "STUDY", ("a",), 9),
+        )
+        self.assertEqual(responder.finals[0]["status"], 0)
+
+    def test_failed_retrieve_on_record_with_its_reason(self) -> None:
+        """A C-GET that could not be done is on record FAILED with the Error Comment."""
+        from gateway.queue.retrieves import RetrieveState
+
+        store, _ = self.run_with_store(FakeSource("a", refuse=get.SourceUnavailable("down")), {CT: 0})
+        [record] = store.retrieves()
+        self.assertEqual(record.state, RetrieveState.FAILED)
+        self.assertIn("down", record.error)

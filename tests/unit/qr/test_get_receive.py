@@ -1,4 +1,4 @@
-"""A C-GET through :mod:`gateway.receive`, :mod:`gateway.qr.get` and :mod:`gateway.qr.substore`, in PDVs.
+"""A C-GET through :mod:`gateway.receive` and :mod:`gateway.qr.get`, in PDVs.
 
 The requester's part is played with PDVs (as in
 :mod:`tests.unit.qr.test_receive_qr`): it sends a C-GET-RQ on a Study Root
@@ -8,7 +8,7 @@ each instance to a scratch file, as the DICOM adapter does. The test answers
 each C-STORE sub-operation the gateway sends and reads every response: the
 MR instance the requester did not accept is never sent and is counted failed
 and listed in the final response's Failed SOP Instance UID List (PS3.4
-C.4.3.1.3.1, C.4.3.3.1).
+C.4.3.1.3.2, C.4.3.3).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import struct
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -66,6 +66,17 @@ class ScratchSource(FakeSource):
         return await super()._run(writing, on_pending)
 
 
+class _FilePeer(_Peer):
+    """A peer that also streams files: the data set read from the offset is kept as the message's data set."""
+
+    def send_file(self, context_id: int, path: str, offset: int) -> Deferred[None]:
+        """Read the data set and record it with the last command."""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            self.send_dataset(context_id, f.read())
+        return succeed(None)
+
+
 def _field(elements: dict[int, bytes], tag: int) -> int:
     return int(struct.unpack("<H", elements[tag])[0])
 
@@ -77,7 +88,7 @@ class GetThroughReceiveTests(SynchronousTestCase):
         """A service on an association with the GET context and CT in the SCP role; a source with CT, MR, CT."""
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.peer = _Peer()
+        self.peer = _FilePeer()
         self.source = ScratchSource(self.tmp, "arch", [(CT, "1.2.1"), (MR, "1.2.2"), (CT, "1.2.3")])
         config = type(
             "Config",
