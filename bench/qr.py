@@ -20,6 +20,21 @@ round discarded, then ``--runs`` kept):
 CPU per result / instance is read from ``/proc/PID/stat`` of the gateway and
 of Orthanc around each run (clock ticks of 10 ms; see ``bench/_measure.py``).
 
+A run on this machine (2 vCPUs, shared with other jobs, load average ~5;
+2026-12-02 11:16 UTC, commit 62a5ff7, defaults, medians of 3 kept runs)::
+
+    C-FIND, STUDY level, 201 results        results/s   CPU us/result
+      find direct                              1133       orthanc 100
+      find gateway                              813       gateway 448  orthanc 100   0.72x
+    C-MOVE, 200 instances of 10 KiB         inst/s      CPU us/inst
+      move direct                              11.0       orthanc 950
+      move gateway (relay)                     45.9       gateway 5,200  orthanc 950  4.17x
+
+The direct C-MOVE is slow at ~90 ms per instance, steadily: Orthanc's own
+C-STORE SCU to ``storescp``, not investigated here (a Nagle / delayed-ACK
+interaction is the likely suspect); through the gateway Orthanc stores to the
+gateway instead, which is faster, and the gateway forwards through its queue.
+
 Usage::
 
     .venv/bin/python bench/qr.py                              # 200 studies, 200 instances, 3 runs
