@@ -432,10 +432,11 @@ class GatewayQueryTests(TestCase):
         scp.start()
         return scp
 
-    def gateway(self, synth_port: int, **query: Any) -> Any:
+    def gateway(self, synth_port: int, *, more: dict[str, int] | None = None, **query: Any) -> Any:
         """Start the gateway with ``query.sources: [orthanc, synth]`` (merge unless overridden).
 
         :param synth_port: the second source's port.
+        :param more: more destinations (``name -> port`` of a synthetic SCP, AE title ``SYNTH``).
         :param query: more ``query`` keys.
         :returns: the gateway.
         """
@@ -445,7 +446,8 @@ class GatewayQueryTests(TestCase):
             self.root / "gw",
             http={"enabled": False},
             destinations={"orthanc": dicom_destination(self.source.dicom_port, SOURCE_AET),
-                          "synth": dicom_destination(synth_port, "SYNTH")},
+                          "synth": dicom_destination(synth_port, "SYNTH"),
+                          **{name: dicom_destination(port, "SYNTH") for name, port in (more or {}).items()}},
             routes=[],
             query={"sources": ["orthanc", "synth"], "mode": "merge", "timeout": "20s", **query},
         )
@@ -500,19 +502,23 @@ class GatewayQueryTests(TestCase):
                          sorted(by_sop_instance(list(study.files))), result.describe())
 
     def test_cancel_mid_query(self) -> None:
-        """C-CANCEL after 10 pendings through the gateway: final 0xFE00, and the generating source saw a C-CANCEL."""
-        scp = SyntheticQRScp(self.root / "gen", generate=100_000, delay=0.001)
-        self.addCleanup(scp.stop)
-        scp.start()
-        gw = self.gateway(scp.port, sources=["synth"])
+        """C-CANCEL after 10 pendings through the gateway (two generating sources, merged): final 0xFE00, and each source saw a C-CANCEL."""
+        scps = []
+        for name in ("gen1", "gen2"):
+            scp = SyntheticQRScp(self.root / name, generate=100_000, delay=0.001)
+            self.addCleanup(scp.stop)
+            scp.start()
+            scps.append(scp)
+        gw = self.gateway(scps[0].port, more={"synth2": scps[1].port}, sources=["synth", "synth2"])
         final, pendings, _ = pynetdicom_find_full(gw.port, GATEWAY_AET, study_query("StudyInstanceUID"),
                                                   cancel_after=10)
         self.assertEqual(int(final.Status), 0xFE00, final)
         self.assertLess(len(pendings), 100_000)
-        deadline = time.monotonic() + 30
-        while "cancel" not in [e["event"] for e in scp.events()] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.assertIn("cancel", [e["event"] for e in scp.events()])
+        for scp in scps:
+            deadline = time.monotonic() + 30
+            while "cancel" not in [e["event"] for e in scp.events()] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertIn("cancel", [e["event"] for e in scp.events()], scp.dir)
 
     def test_max_results_bounded_memory(self) -> None:
         """A 100k-match query against ``max_results: 20000``: 0xA700 with an Error Comment, gateway RSS bounded."""
