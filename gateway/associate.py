@@ -146,15 +146,17 @@ class QRResponse:
         """Whether more responses follow (0xFF00/0xFF01, PS3.7 C.2)."""
         return category(self.status) is StatusCategory.PENDING
 
-    def dataset(self) -> Any:
+    def dataset(self, convert: bool = True) -> Any:
         """The identifier decoded with :func:`gateway.dimse.identifier.decode_identifier` (a pydicom Dataset).
 
+        :param convert: passed on: false leaves values to pydicom's lazy
+            conversion (about a quarter of the cost, for reading a few keys).
         :raises ValueError: when there is no identifier.
         :raises gateway.dimse.identifier.IdentifierError: when it is malformed.
         """
         if self.identifier is None:
             raise ValueError("response has no identifier")
-        return decode_identifier(self.identifier, self.transfer_syntax)
+        return decode_identifier(self.identifier, self.transfer_syntax, convert=convert)
 
 
 class StoreSink(TypingProtocol):
@@ -864,6 +866,11 @@ class RequestorProtocol(Protocol):
             self.abort(f"C-STORE-RQ on unaccepted presentation context {context_id}")
             return
         stream = next((s for s in self._streams.values() if s.on_store is not None), None)
+        if stream is None:
+            # No C-GET in progress: a request from the acceptor we never
+            # invited, a protocol violation as before issue 16.
+            self.abort(f"unexpected C-STORE-RQ {rq.message_id} with no C-GET in progress")
+            return
         sink: StoreSink | None = None
         if stream is not None:
             # The source works for us meanwhile: no timeout until we answer.

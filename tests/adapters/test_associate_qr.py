@@ -345,3 +345,16 @@ class ExtendedNegotiationTests(SynchronousTestCase):
         """No reply item, or byte 1 = 0, means hierarchical queries only."""
         self.assertFalse(self.associate(()).relational_queries(STUDY_FIND))
         self.assertFalse(self.associate((SOPClassExtendedNegotiation(STUDY_FIND, b"\x00"),)).relational_queries(STUDY_FIND))
+
+
+class UninvitedStoreTests(ScriptedQRAcceptorMixin, SynchronousTestCase):
+    """A C-STORE-RQ from the acceptor outside a C-GET is still a protocol violation."""
+
+    def test_store_without_get_aborts(self) -> None:
+        """With only a C-FIND running, a C-STORE-RQ from the acceptor aborts the association (and the find)."""
+        stream = self.assoc.find(STUDY_FIND, query())
+        result = self.collect(stream)
+        self.protocol.dataReceived(answer(CT_ID, dimse.CStoreRQ(80, CT, "1.2.3.4.8")))
+        self.failureResultOf(result, AssociationAborted)
+        self.assertTrue(self.transport.disconnecting)
+

@@ -145,6 +145,16 @@ class DecodeTests(SynchronousTestCase):
         self.assertEqual(caught.exception.status, Status.CANNOT_UNDERSTAND)
 
 
+    def test_convert_false_defers_value_errors(self) -> None:
+        """With convert=False the structure is still checked, but a bad value surfaces only when read."""
+        data = implicit(0x00080052, b"STUDY ") + implicit(0x00081161, b"\x01\x02\x03\x04\x05\x06")
+        ds = decode_identifier(data, IMPLICIT_VR_LE, convert=False)
+        self.assertEqual(ds.QueryRetrieveLevel, "STUDY")
+        self.assertRaises(Exception, lambda: ds.SimpleFrameList)
+        truncated = pydicom_bytes(identifier("STUDY", StudyInstanceUID=STUDY))[:-4]
+        self.assertRaises(IdentifierError, decode_identifier, truncated, IMPLICIT_VR_LE, convert=False)
+
+
 class CheckQueryTests(SynchronousTestCase):
     """check_query: levels by model, UID syntax, hierarchical retrieve keys (PS3.4 C.4, C.6)."""
 
