@@ -783,6 +783,13 @@ class GatewayService(MultiService):
                 "{count} entr(y/ies) queued before morph plans were journaled now carry their route's current plan",
                 count=adopted,
             )
+        if hasattr(self.store, "retrieves"):
+            # Issue 16: retrieves this node had open died with its requesters' associations.
+            from gateway.qr.move import close_orphan_retrieves
+
+            ended = await self.store_runner.run(close_orphan_retrieves, self.store, self.config.node, self._wall())
+            if ended:
+                self.log.warn("{count} retrieve(s) open when the gateway stopped were ended (failed)", count=ended)
         if not self.running:
             return
         # The first heartbeat before the listeners: other nodes see this one, and a

@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import events
 from gateway.config.schema import DicomDestination, GatewayConfig, ModalityConfig, RetrieveConfig
 from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.qr.context import IResponder, QRContext, SubOperations
@@ -249,6 +250,26 @@ def move_destinations(config: GatewayConfig) -> tuple[DicomDestination, ...]:
     )
 
 
+def close_orphan_retrieves(journal: Any, node: str, now: float) -> int:
+    """At start: end this node's OPEN retrieves FAILED (blocking; on the store's thread).
+
+    The requester's association ended with the process that took the request,
+    so nobody can answer it; ending the retrieve frees its outgoing Message ID.
+    What the source had already sent stays in custody and is delivered to the
+    move destination by its ``move.<name>`` queue (issue 16: a ``kill -9``
+    during a relayed C-MOVE).
+
+    :returns: how many were ended.
+    """
+    ended = 0
+    for retrieve in journal.retrieves(RetrieveState.OPEN, limit=100000):
+        if retrieve.node != node:
+            continue
+        journal.finish_retrieve(retrieve.retrieve_id, RetrieveState.FAILED, "the gateway restarted: the requester's association ended", now)
+        ended += 1
+    return ended
+
+
 def find_modality(config: GatewayConfig, retrieve: RetrieveConfig, ae_title: str) -> ModalityConfig | None:
     """The ``modalities`` entry a requester may name as Move Destination, or ``None`` (0xA801).
 
@@ -341,14 +362,66 @@ class _Move:
         self.cancelled = False
         self.link: ISourceLink | None = None
         self.request: Any = None  # the decoded identifier
+        self.started = ctx.wall()
+        self.level = ""
+        self.mode = "relay"
+        self.destination = ""
+        self.sources: tuple[str, ...] = ()
         responder.cancelled.addCallback(self._cancel)
 
     def final(self, status: int, counts: SubOperations | None = None, comment: str = "", failed_uids: Sequence[str] = ()) -> None:
-        """Send the final response once (later calls are ignored)."""
+        """Send the final response once (later calls are ignored), and tell the observer (audit, metrics)."""
         if self.finished:
             return
         self.finished = True
         self.responder.final(status, counts, comment, failed_uids)
+        try:
+            self.ctx.observer.observe(self._answered(status, counts or SubOperations(), comment, tuple(failed_uids)))
+        except Exception:
+            log.failure("could not report a C-MOVE's end")
+
+    def _answered(self, status: int, counts: SubOperations, comment: str, failed_uids: tuple[str, ...]) -> events.RetrieveAnswered:
+        """The :class:`~gateway.events.RetrieveAnswered` of this C-MOVE's final response."""
+        if status == SUCCESS:
+            outcome = "success"
+        elif status == WARNING_SUB_OPERATIONS:
+            outcome = "warning"
+        elif status == CANCEL:
+            outcome = "cancelled"
+        elif status == MOVE_DESTINATION_UNKNOWN:
+            outcome = "refused"
+        elif self.request is None and (status & 0xF000 == 0xC000 or status == 0xA900):
+            outcome = "invalid"
+        else:
+            outcome = "failed"
+        studies: tuple[str, ...] = ()
+        if self.request is not None:
+            value = self.request.get("StudyInstanceUID", None)
+            if isinstance(value, str):
+                studies = (value,) if value else ()
+            elif value:
+                studies = tuple(str(v) for v in value)  # a List of UID (PS3.4 C.2.2.2.2)
+        return events.RetrieveAnswered(
+            listener=self.info.listener,
+            calling_ae_title=self.info.calling_ae_title,
+            peer=str(getattr(self.info, "peer_address", "")),
+            verb="move",
+            sop_class_uid=str(self.rq.affected_sop_class_uid),
+            level=self.level,
+            outcome=outcome,
+            status=status,
+            completed=counts.completed,
+            failed=counts.failed,
+            warning=counts.warning,
+            destination=self.destination,
+            move_destination=str(self.rq.move_destination or ""),
+            mode=self.mode,
+            sources=self.sources,
+            study_uids=studies,
+            failed_uids=failed_uids,
+            duration_seconds=max(0.0, self.ctx.wall() - self.started),
+            reason=comment,
+        )
 
     def _cancel(self, _: object) -> None:
         """C-CANCEL-RQ (or the association ended): reach the source; the final answer is the caller's."""
@@ -377,6 +450,8 @@ class _Move:
             )
             self.final(MOVE_DESTINATION_UNKNOWN, comment="Move Destination unknown")
             return
+        self.destination = modality.name
+        self.mode = retrieve.mode
         sop_class = self.rq.affected_sop_class_uid
         find_class = FIND_FOR_MOVE.get(sop_class)
         if find_class is None:
@@ -393,19 +468,24 @@ class _Move:
             self.final(UNABLE_TO_PROCESS, comment=f"Identifier cannot be read: {e}"[:64])
             return
         self.request = request
+        self.level = level
         source, link, found = yield self._locate(retrieve, find_class, sop_class, locate_identifier(request))
         if self.cancelled:
             if link is not None:
                 yield self._release(link)
             self.final(CANCEL, SubOperations(0, 0, 0, 0))
             return
+        if source is None:
+            # No source answered the locating C-FIND: "Failed: Unable to process" (PS3.4 C.4.2.1.5, Cxxx).
+            self.final(UNABLE_TO_PROCESS, comment="No retrieve source answered")
+            return
         if link is None or not found:
             if link is not None:
                 yield self._release(link)
-            self.final(SUCCESS, SubOperations(0, 0, 0, 0) if source is not None else None,
-                       "" if source is not None else "No source could be asked")
+            self.final(SUCCESS, SubOperations(0, 0, 0, 0))
             return
         self.link = link
+        self.sources = (source,) if source is not None else ()
         if retrieve.mode == "pass_through":
             yield self._pass_through(link, sop_class)
         else:
@@ -415,7 +495,9 @@ class _Move:
     def _locate(self, retrieve: RetrieveConfig, find_class: str, move_class: str, locate: Any) -> Any:
         """Ask the sources in order; the first with matches is kept open (its link and references).
 
-        :returns: ``(source name or None, link or None, references)``.
+        :returns: ``(source, link, references)``: the source is the first that
+            answered with matches, else the last that answered (``None``:
+            none answered); the link is open only when there are references.
         """
         asked: str | None = None
         for name in retrieve.sources:
@@ -424,12 +506,13 @@ class _Move:
             except KeyError:
                 log.error("retrieve source {name} is not a destination", name=name)
                 continue
+            started = self.ctx.wall()
             try:
                 link = yield self.open_source(self.ctx, destination, (find_class, move_class))
             except Exception as e:
                 log.warn("retrieve source {name} cannot be reached: {error}", name=name, error=e)
+                self._source_answered(name, False, 0, started, f"{type(e).__name__}: {e}")
                 continue
-            asked = name
             found: list[Reference] = []
             seen: set[str] = set()
 
@@ -446,12 +529,25 @@ class _Move:
                 log.warn("locating at {name} failed: {error}", name=name, error=e)
                 status = UNABLE_TO_PROCESS
             self.link = None
+            ok = status in (SUCCESS, CANCEL)
+            if status == SUCCESS:
+                asked = name
+            self._source_answered(name, ok, len(found), started, "" if ok else f"status 0x{status:04X}")
             if found and status == SUCCESS and not self.cancelled:
                 return name, link, tuple(found)
             yield self._release(link)
             if self.cancelled:
                 return name, None, ()
         return asked, None, ()
+
+    def _source_answered(self, name: str, ok: bool, results: int, started: float, reason: str) -> None:
+        """Tell the observer how a source's locating C-FIND went (metrics by source)."""
+        try:
+            self.ctx.observer.observe(
+                events.QuerySourceAnswered(name, ok, results, max(0.0, self.ctx.wall() - started), reason)
+            )
+        except Exception:
+            log.failure("could not report a source's locating C-FIND")
 
     @inlineCallbacks
     def _release(self, link: ISourceLink) -> Any:

@@ -13,7 +13,6 @@ memory store on the global reactor (as :mod:`tests.adapters.test_service`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import threading
 from typing import Any
@@ -26,7 +25,6 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from gateway.config.schema import GatewayConfig, RetrieveConfig
 from tests.adapters.test_service import ServiceTestCase
 from tests.support.ports import free_port
 from tests.support.scp import RecordingScp
@@ -145,7 +143,7 @@ def request_move(port: int, destination: str) -> list[tuple[int, Any]]:
 
 
 class RelayedMoveTests(ServiceTestCase):
-    """C-MOVE, ``relay``: source -> gateway (custody) -> move destination."""
+    """C-MOVE: ``relay`` (source -> gateway custody -> move destination) and ``pass_through``."""
 
     def setUp(self) -> None:
         """The move destination WS1 and the source; the gateway is started by each test."""
@@ -156,20 +154,15 @@ class RelayedMoveTests(ServiceTestCase):
         self.source = QRSource(self.instances, {})
         self.addCleanup(self.source.stop)
 
-    def config(self, text: str) -> GatewayConfig:  # type: ignore[override]
-        """The loaded configuration with ``retrieve`` from the archive."""
-        config = super().config(text)
-        return dataclasses.replace(config, retrieve=RetrieveConfig(sources=("archive",), timeout=60.0))
-
-    def text(self) -> str:
-        """The gateway's configuration file."""
+    def text(self, mode: str = "relay") -> str:
+        """The gateway's configuration file (``retrieve.mode`` ``mode``)."""
         return (
             "ae_title: GW\n"
             "listen:\n  - {host: 127.0.0.1, port: 0, name: qr}\n"
-            "accept: {unknown_sop_classes: true}\n"
             "spool: {path: spool, min_free: 0, resume_margin: 0}\n"
             f"destinations:\n  archive: {{ae_title: ARCHIVE, host: 127.0.0.1, port: {self.source.port}}}\n"
             f"modalities:\n  ws1: {{ae_title: WS1, host: 127.0.0.1, port: {self.destination.port}}}\n"
+            f"retrieve: {{sources: [archive], mode: {mode}, timeout: 60s}}\n"
         )
 
     async def test_relayed_move_delivers_every_instance_byte_identical(self) -> None:
@@ -202,3 +195,15 @@ class RelayedMoveTests(ServiceTestCase):
         self.assertEqual([status for status, _ in responses], [0xA801])
         self.assertEqual(self.source.moves, [])
         await deferLater(reactor, 0, lambda: None)
+
+    async def test_pass_through_has_the_source_move_straight_to_the_destination(self) -> None:
+        """``pass_through``: the source is asked to move to WS1 itself; the gateway relays its responses and holds nothing."""
+        service = self.start(self.text("pass_through"))
+        port = service.listeners[0].port.getHost().port
+        self.source.known["WS1"] = (self.destination.host, self.destination.port)
+        responses = await deferToThread(request_move, port, "WS1")
+        final_status, final = responses[-1]
+        self.assertEqual(final_status, 0x0000, final)
+        self.assertEqual([moved_to for moved_to, _ in self.source.moves], ["WS1"])
+        self.assertEqual(sorted(r.sop_instance_uid for r in self.destination.receipts), sorted(ds.SOPInstanceUID for ds in self.instances))
+        self.assertEqual([e for e in self.store.entries()], [])

@@ -215,6 +215,13 @@ class MoveTestsMixin:
         }
         self.responder = FakeResponder()
         self.opened: list[str] = []
+        self.events: list[Any] = []
+        self.observer = mock.Mock(observe=self.events.append)
+
+    def answered(self) -> Any:
+        """The one RetrieveAnswered observed."""
+        [answered] = [e for e in self.events if type(e).__name__ == "RetrieveAnswered"]
+        return answered
 
     def open_source(self, ctx: QRContext, destination: Any, classes: Sequence[str]) -> "Deferred[Any]":
         """Hand out the scripted link of ``destination``; one named ``down`` cannot be reached."""
@@ -235,6 +242,7 @@ class MoveTestsMixin:
             wall=self.clock.seconds,
             ae_title="GW",
             extra={"open_source": self.open_source},
+            observer=self.observer,
         )
         return qrmove.move(FakeInfo(), rq, identifier(StudyInstanceUID="1.2.3"), self.responder, ctx)
 
@@ -247,6 +255,7 @@ class DestinationTests(MoveTestsMixin, SynchronousTestCase):
         self.successResultOf(self.run_move(FakeMoveRQ(move_destination="NOBODY")))
         self.assertEqual([f[0] for f in self.responder.finals], [0xA801])
         self.assertEqual(self.opened, [])
+        self.assertEqual((self.answered().outcome, self.answered().move_destination), ("refused", "NOBODY"))
 
     def test_destination_outside_allowed_destinations_is_a801(self) -> None:
         """An entry the ``allowed_destinations`` patterns do not match is refused as unknown."""
@@ -394,6 +403,13 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual(self.responder.finals, [(0x0000, SubOperations(0, 3, 0, 0), "", ())])
         self.assertEqual(self.journal.finished, {1: RetrieveState.DONE})
         self.assertEqual(self.links["archive1"].released, 1)
+        answered = self.answered()
+        self.assertEqual(
+            (answered.outcome, answered.completed, answered.destination, answered.sources, answered.study_uids, answered.level),
+            ("success", 3, "ws1", ("archive1",), ("1.2.3",), "STUDY"),
+        )
+        [located] = [e for e in self.events if type(e).__name__ == "QuerySourceAnswered"]
+        self.assertEqual((located.destination, located.ok, located.results), ("archive1", True, 3))
 
     def test_failures_give_b000_and_the_failed_uid_list(self) -> None:
         """A failed sub-operation makes the final 0xB000 with the Failed SOP Instance UID List."""
@@ -460,6 +476,22 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.run_move()
         self.assertEqual(self.opened, ["archive1", "archive2"])
         self.assertEqual([r.sop_instance_uid for r in self.journal.opened[0].expected], ["2.1"])
+
+    def test_no_source_reachable_is_c000(self) -> None:
+        """Every source down: 0xC000 (unable to process) with an Error Comment, nothing journaled."""
+        self.links.clear()
+        self.successResultOf(self.run_move())
+        [(status, _, comment, _)] = self.responder.finals
+        self.assertEqual((status, bool(comment)), (0xC000, True))
+        self.assertEqual(self.journal.opened, [])
+        self.assertEqual(self.answered().outcome, "failed")
+
+    def test_a_failed_locate_is_not_an_empty_answer(self) -> None:
+        """A source that fails the locating C-FIND (and another down) is not 'no matches': 0xC000."""
+        self.links.pop("archive2")
+        self.links["archive1"].find_status = 0xA700
+        self.successResultOf(self.run_move())
+        self.assertEqual([f[0] for f in self.responder.finals], [0xC000])
 
     def test_no_match_is_success_with_zero_counts(self) -> None:
         """Nothing located anywhere: success with zero sub-operations, no retrieve journaled."""

@@ -124,3 +124,25 @@ class SubOperationTests(IntakeTestsMixin, SynchronousTestCase):
         self.intake._retrieve_ae_title = lambda: None
         self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
         self.assertEqual(sorted(e.destination for e in self.store.entries()), ["folder", "pacs"])
+
+
+class OrphanRetrieveTests(IntakeTestsMixin, SynchronousTestCase):
+    """:func:`gateway.qr.move.close_orphan_retrieves`: a restart ends this node's open retrieves."""
+
+    def test_own_open_retrieves_end_failed_and_others_stay(self) -> None:
+        """This node's OPEN retrieve ends FAILED (its message ID free again); another node's and a finished one are left."""
+        from gateway.queue.memory import MemoryQueueStore
+
+        new = NewRetrieve(
+            kind="move", requester_ae_title="VIEWER", listener="qr", requester_message_id=7, destination="ws1",
+            mode="relay", level="STUDY", sources=("archive1",), expected=(Reference("", "1.1"),), deadline=self.now + 60,
+        )
+        store = MemoryQueueStore(node="n1")
+        mine = store.open_retrieve(new, self.now)
+        done = store.open_retrieve(new, self.now)
+        store.finish_retrieve(done.retrieve_id, RetrieveState.DONE, "", self.now)
+        theirs = store.peer("n2").open_retrieve(new, self.now)
+        self.assertEqual(qrmove.close_orphan_retrieves(store, "n1", self.now), 1)
+        self.assertEqual(store.get_retrieve(mine.retrieve_id).state, RetrieveState.FAILED)
+        self.assertEqual(store.get_retrieve(done.retrieve_id).state, RetrieveState.DONE)
+        self.assertEqual(store.get_retrieve(theirs.retrieve_id).state, RetrieveState.OPEN)
