@@ -250,22 +250,22 @@ class RequesterThroughTheGatewayTests(TestCase):
     """A pynetdicom C-GET requester accepting only CT in the SCP role, the gateway's real listener, a pynetdicom archive.
 
     The listener is an :class:`~gateway.listen.AcceptorFactory` on a loopback
-    port whose settings offer the Study Root GET class and accept the storage
-    classes in the requester's SCP role (``get_sub_operations``, PS3.7
-    D.3.3.4); its Q/R SCP hands
-    the C-GET to :func:`gateway.qr.get.get`. The sub-operations go back on the
+    port with the settings :func:`gateway.service.acceptor_settings` makes
+    where ``retrieve`` applies (the GET classes, and the storage classes in
+    the requester's SCP role, PS3.7 D.3.3.4); its
+    :class:`~gateway.qr.scp.QueryRetrieveSCP` hands the C-GET to
+    :func:`gateway.qr.get.get`. The sub-operations go back on the
     requester's association (``StorageService.store_sub_operation``).
     """
 
     def setUp(self) -> None:
         """The archive and the gateway's listener."""
-        from dataclasses import replace
-
         from gateway.access import AccessPolicy
         from gateway.blocking import SynchronousRunner
         from gateway.config.schema import AcceptConfig, GatewayConfig, LimitsConfig, ListenerConfig, RetrieveConfig, SpoolConfig
         from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         from gateway.listen import AcceptorFactory, AcceptorLimits
+        from gateway.qr.scp import QueryRetrieveSCP
         from gateway.service import acceptor_settings
         from gateway.spool import Spool
 
@@ -289,18 +289,8 @@ class RequesterThroughTheGatewayTests(TestCase):
             connect=lambda dest, proposals, role_selections=(): connect_dicom(reactor, dest, proposals, role_selections),
         )
 
-        class GetOnly:
-            """Hands C-GETs to :func:`gateway.qr.get.get`."""
-
-            def handle(self, verb: str, info: Any, rq: Any, identifier: bytes, responder: Any) -> None:
-                get.get(info, rq, identifier, responder, ctx)
-
+        # The listener's real settings: retrieve applies, so the GET classes and the storage classes' SCP role.
         settings = acceptor_settings(config, config.listen[0])
-        settings = replace(
-            settings,
-            abstract_syntaxes=settings.abstract_syntaxes | {STUDY_GET},
-            get_sub_operations=True,
-        )
         factory = AcceptorFactory(
             name="dicom",
             acceptor_settings=settings,
@@ -311,7 +301,7 @@ class RequesterThroughTheGatewayTests(TestCase):
             ),
             clock=reactor,
             limits=AcceptorLimits(),
-            qr=GetOnly(),
+            qr=QueryRetrieveSCP(ctx),
         )
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
