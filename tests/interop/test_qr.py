@@ -354,6 +354,30 @@ class GatewayRetrieveTests(TestCase):
         for uid, data in delivered.items():
             self.assertEqual(data, originals[uid], uid)
 
+    def test_move_pass_through(self) -> None:
+        """``retrieve.mode: pass_through``: the source moves straight to the destination (byte-identical), nothing enters the gateway's custody."""
+        from tests.support.gateway_process import GatewayProcess, dicom_destination
+
+        gw = GatewayProcess(
+            self.root / "gw-pass",
+            http={"enabled": False},
+            destinations={"archive": dicom_destination(self.source.dicom_port, SOURCE_AET)},
+            routes=[],
+            modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port}},
+            retrieve={"sources": ["archive"], "mode": "pass_through", "timeout": "120s"},
+        )
+        self.addCleanup(gw.stop)
+        gw.start()
+        self.source.declare_modality("DEST", DEST_AET, self.dest.port)
+        study = write_study(self.root / "study", 5)
+        preload(self.source, [study])
+        result = movescu(gw.port, GATEWAY_AET,
+                         ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"],
+                         outdir=self.root / "moved", listen_port=free_port(), move_aet=DEST_AET)
+        self.assertIn("Final Move Response (Success)", result.output, result.describe()[-4000:])
+        self.assertEqual(by_sop_instance(self.dest.files()), by_sop_instance(list(study.files)))
+        self.assertEqual(gw.journaled_ids(), set())
+
     def test_move_unknown_destination(self) -> None:
         """C-MOVE naming an AE title missing from ``modalities`` ends 0xA801 (PS3.4 C.4.2.1.5), nothing moved."""
         study = write_study(self.root / "study", 2)
