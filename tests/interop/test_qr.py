@@ -8,6 +8,17 @@ pynetdicom requester against the synthetic Q/R SCP
 (:class:`tests.support.qr.SyntheticQRScp`): lazily generated matches and
 C-CANCEL (PS3.7 9.3.2.3: final status Cancel 0xFE00, and the source records
 it). The gateway tests build on these peers.
+
+:class:`GatewayQueryTests` runs the real gateway (``query.sources``: Orthanc
+first, the synthetic SCP second): a merged STUDY query (each study once, the
+first source's attributes on conflict), Patient Root, IMAGE level, a source
+down (non-strict: Success, C-FIND having no warning status, PS3.4 C.4.1.1.4;
+strict: 0xC001 with an Error Comment, PS3.7 9.1.2.1.6), C-CANCEL reaching
+every source, and 100k generated matches through ``max_results`` (0xA700,
+gateway RSS read from ``/proc``). :class:`GatewayRetrieveTests`: C-MOVE
+relayed (200 instances, byte-identical, pending counts), pass_through,
+0xA801, ``kill -9`` mid-move, and C-GET (a requester accepting only some SOP
+classes; ``getscu``).
 """
 
 from __future__ import annotations
@@ -524,6 +535,21 @@ class GatewayQueryTests(TestCase):
         self.assertEqual(result.returncode, 0, result.describe())
         self.assertEqual(sorted(str(ds.SOPInstanceUID) for ds in read_responses(out)),
                          sorted(by_sop_instance(list(study.files))), result.describe())
+
+    def test_patient_root_study_query(self) -> None:
+        """``findscu -P`` (Patient Root) at STUDY level for one patient: that patient's studies from both sources, once each."""
+        scp = self.synthetic()
+        gw = self.gateway(scp.port)
+        out = self.root / "find"
+        result = findscu(gw.port, GATEWAY_AET, ["QueryRetrieveLevel=STUDY", "PatientID=INTEROP-1",
+                                                "StudyInstanceUID", "StudyDescription"],
+                         outdir=out, model="patient")
+        self.assertEqual(result.returncode, 0, result.describe())
+        found = {str(ds.StudyInstanceUID): str(ds.StudyDescription) for ds in read_responses(out)}
+        self.assertEqual(len(read_responses(out)), len(found), "a study came twice")
+        # Study C (ONLY-SYNTH) belongs to INTEROP-9: not matched.
+        self.assertEqual(found, {self.study_a.study_instance_uid: "FROM-ORTHANC",
+                                 self.study_b.study_instance_uid: "ONLY-ORTHANC"}, result.describe())
 
     def test_cancel_mid_query(self) -> None:
         """C-CANCEL after 10 pendings through the gateway (two generating sources, merged): final 0xFE00, and each source saw a C-CANCEL."""
