@@ -29,10 +29,29 @@ sources in order; the first source with matches is the one retrieved from
     ``move.<name>`` worker (``gateway/service.py``) sends it through the
     normal queue. Pending C-MOVE responses (0xFF00) carry the journal's counts
     (:meth:`~gateway.queue.retrieves.IRetrieveJournal.progress`) about every
-    second while sub-operations remain; the final one comes when none remains,
-    or at ``retrieve.timeout`` (the remaining ones count as failed), with the
-    Failed SOP Instance UID List (0008,0058) when any failed. C-CANCEL-RQ
-    cancels the source's C-MOVE and ends with 0xFE00 and the counts so far.
+    second while sub-operations remain; the final one comes when none remains
+    (after :data:`RELEASE_GRACE`, so the move destination's association is
+    released first), or at ``retrieve.timeout``, or :data:`STALL_AFTER_SOURCE`
+    after the source's C-MOVE ended with nothing changing (the remaining ones
+    count as failed), with the Failed SOP Instance UID List (0008,0058) of the
+    items known failed. C-CANCEL-RQ cancels the source's C-MOVE and ends with
+    0xFE00 and the counts so far (what is in custody is still delivered).
+    The statuses: success; 0xB000 when some failed; 0xA702 when all failed
+    (PS3.4 C.4.2.1.5, C.4.2.3.1); 0xC000 when no source answered.
+
+Because the correlation is in the journal, the node that receives the
+sub-operations need not be the one that took the request, and a restart
+between them loses nothing already in custody: the instances received are
+delivered by the ``move.<name>`` queue, and the restarted node ends its
+retrieves still open (:func:`close_orphan_retrieves`; the requester's
+association died with the process, its C-MOVE fails on its side).
+
+Limits: one source per retrieve (the first with matches; instances only a
+later source holds are not fetched); locating is an IMAGE-level C-FIND with
+the request's keys, which some strict archives refuse without the Series
+Instance UID (relational retrieve); a retrieve ended by its deadline or the
+stall lists in (0008,0058) only the items known failed (the count says how
+many remained).
 
 Because the correlation is in the journal, the node that receives the
 sub-operations need not be the one that took the request, and a restart
@@ -86,6 +105,14 @@ RETRIEVE_ROUTE = "retrieve"
 
 #: Seconds between pending C-MOVE responses while sub-operations remain.
 PENDING_INTERVAL = 1.0
+
+#: Seconds without any change of the counts, once the source's C-MOVE has
+#: ended, after which what remains counts as failed: instances the source never
+#: sent (or an association to it that broke), rather than waiting for
+#: ``retrieve.timeout``. Instances in custody move on within it (a ``move.*``
+#: queue retrying longer than this makes the final response early, not wrong:
+#: those still count failed there, and are delivered later).
+STALL_AFTER_SOURCE = 30.0
 
 #: Seconds between "nothing remains" and the final response: the ``move.NAME``
 #: worker releases its association as soon as it is idle (``idle_release`` 0),
@@ -633,14 +660,19 @@ class _Relay:
         self.source_failed = ""
         self.ticking: Any = None
         self.settled = False
+        self.source_ended_at: float | None = None
+        self.last_counts: SubOperations | None = None
+        self.last_change_at = move.ctx.wall()
         move.responder.cancelled.addCallback(lambda _: self._tick())
         self._schedule()
 
     def _schedule(self) -> None:
+        """The next look at the counts in :data:`PENDING_INTERVAL`."""
         if not self.move.finished:
             self.ticking = self.move.ctx.reactor.callLater(PENDING_INTERVAL, self._tick)
 
     def _unschedule(self) -> None:
+        """Cancel the next look, if one is scheduled."""
         if self.ticking is not None and self.ticking.active():
             self.ticking.cancel()
         self.ticking = None
@@ -648,10 +680,13 @@ class _Relay:
     def source_finished(self, result: Any) -> None:
         """The source's final C-MOVE-RSP (or its failure): record the items it says it could not give."""
         ctx = self.move.ctx
+        self.source_ended_at = ctx.wall()
         if isinstance(result, Failure):
+            # The association to the source ended (abort, DIMSE timeout): what
+            # it sent is in custody and counted; nothing is marked here (an
+            # item's state is not known one by one): the stall rule ends it.
             self.source_failed = result.getErrorMessage()
-            failed: tuple[str, ...] = self.uids
-            nothing_sent = True
+            failed: tuple[str, ...] = ()
         else:
             self.source_result = result
             failed = result.failed_uids
@@ -682,10 +717,12 @@ class _Relay:
         d.addCallbacks(self._progressed, self._unreadable)
 
     def _unreadable(self, failure: Failure) -> None:
+        """The journal did not answer: try again at the next interval (the deadline still applies)."""
         log.error("could not read a retrieve's progress: {error}", error=failure.getErrorMessage())
         self._schedule()
 
     def _progressed(self, progress: Any) -> None:
+        """Decide from the counts: final (cancel, none remaining, deadline, stall) or pending."""
         if self.move.finished:
             return
         ctx = self.move.ctx
@@ -703,18 +740,25 @@ class _Relay:
             self._end(RetrieveState.DONE, status, counts, progress.failed_uids, "")
             return
         self.settled = False
-        if ctx.wall() >= self.deadline:
-            # retrieve.timeout: what remains counts as failed (its UIDs are not
-            # known one by one here: the count, not the list, says so).
+        now = ctx.wall()
+        if counts != self.last_counts:
+            self.last_counts, self.last_change_at = counts, now
+        stalled = self.source_ended_at is not None and now - max(self.source_ended_at, self.last_change_at) >= STALL_AFTER_SOURCE
+        if now >= self.deadline or stalled:
+            # retrieve.timeout, or the source is done and nothing moved for
+            # STALL_AFTER_SOURCE: what remains counts as failed (its UIDs are
+            # not known one by one here: the count, not the list, says so).
             failed = progress.failed + progress.remaining
             counts = SubOperations(0, progress.completed, failed, progress.warning)
             status = final_status(progress.completed, failed, progress.warning)
-            self._end(RetrieveState.DONE, status, counts, progress.failed_uids, "Retrieve timeout: remaining sub-operations failed")
+            comment = "Retrieve timeout" if now >= self.deadline else "Source finished; sub-operations missing"
+            self._end(RetrieveState.DONE, status, counts, progress.failed_uids, comment + ": remaining failed")
             return
         self.move.responder.pending(PENDING, counts=counts)
         self._schedule()
 
     def _end(self, state: RetrieveState, status: int, counts: SubOperations, failed_uids: Sequence[str], comment: str) -> None:
+        """Send the final response, then finish the retrieve in the journal (its message ID is free again)."""
         ctx = self.move.ctx
         self._unschedule()
         self.move.final(status, counts, comment, failed_uids if status != SUCCESS else ())

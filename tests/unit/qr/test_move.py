@@ -452,6 +452,24 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual((status, counts), (0xB000, SubOperations(0, 1, 2, 0)))
         self.assertIn("timeout", comment)
 
+    def test_source_done_but_instances_missing_ends_after_the_stall(self) -> None:
+        """The source ended (here: its association broke) and nothing moves for STALL_AFTER_SOURCE: the rest count failed, long before the timeout."""
+        d = self.run_move()
+        self.journal.items[1]["1.1"] = ItemState.COMPLETED
+        self.links["archive1"].move_result.errback(ConnectionResetError("gone"))
+        self.clock.advance(1)
+        self.assertEqual(self.journal.items[1]["1.2"], ItemState.EXPECTED)  # nothing marked one by one
+        self.journal.items[1]["1.2"] = ItemState.COMPLETED  # a change restarts the stall
+        for _ in range(int(qrmove.STALL_AFTER_SOURCE) - 1):
+            self.clock.advance(1)
+        self.assertNoResult(d)
+        for _ in range(3):
+            self.clock.advance(1)
+        self.successResultOf(d)
+        [(status, counts, comment, _)] = self.responder.finals
+        self.assertEqual((status, counts), (0xB000, SubOperations(0, 2, 1, 0)))
+        self.assertIn("Source finished", comment)
+
     def test_cancel_reaches_the_source_and_ends_fe00(self) -> None:
         """C-CANCEL cancels the source's C-MOVE and ends 0xFE00 with the counts so far."""
         d = self.run_move()
