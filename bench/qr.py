@@ -58,7 +58,6 @@ from _measure import Run, Side  # noqa: E402
 
 from tests.support import dcmtk  # noqa: E402
 from tests.support.gateway_process import dicom_destination  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
 from tests.support.qr import STUDY_ROOT_FIND, preload, qr_source, write_study  # noqa: E402
 
 #: AE titles of the source, the gateway and the move destination.
