@@ -254,6 +254,7 @@ class GatewayRetrieveTests(TestCase):
             routes=[],
             modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port}},
             retrieve={"sources": ["archive"], "timeout": "120s"},
+            audit={"file": str(self.root / "audit.jsonl")},
         )
         self.addCleanup(self.gw.stop)
         self.gw.start()
@@ -417,6 +418,26 @@ class GatewayRetrieveTests(TestCase):
         for remaining, completed, failed, warning in counts[:-1]:
             self.assertEqual(remaining + completed + failed + warning, 200, counts)
         self.assertEqual(counts[-1][1:], (200, 0, 0), counts)
+        # Audited as DICOM Instances Transferred (PS3.15 A.5.3.7, event ID 110104).
+        self.assertTrue(audited(self.root / "audit.jsonl", "110104"))
+
+
+def audited(path: Path, event_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The audit records of one event ID, once at least one is written.
+
+    :param path: the gateway's audit file.
+    :param event_id: e.g. ``"110112"`` (Query).
+    :param timeout: seconds to wait for the first.
+    :returns: the records (empty when none came in time).
+    """
+    from gateway.audit import read_records
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in read_records(str(path)) if r.get("event_id") == event_id] if path.exists() else []
+        if records or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.1)
 
 
 def study_query(*return_keys: str, **values: str) -> Dataset:
@@ -485,6 +506,7 @@ class GatewayQueryTests(TestCase):
                           **{name: dicom_destination(port, "SYNTH") for name, port in (more or {}).items()}},
             routes=[],
             query={"sources": ["orthanc", "synth"], "mode": "merge", "timeout": "20s", **query},
+            audit={"file": str(self.root / "audit.jsonl")},
         )
         self.addCleanup(gw.stop)
         gw.start()
@@ -504,6 +526,8 @@ class GatewayQueryTests(TestCase):
         self.assertEqual(found, {self.study_a.study_instance_uid: "FROM-ORTHANC",
                                  self.study_b.study_instance_uid: "ONLY-ORTHANC",
                                  self.study_c_uid: "ONLY-SYNTH"}, result.describe())
+        # Audited as a Query (PS3.15 A.5.3.10, event ID 110112).
+        self.assertEqual(len(audited(self.root / "audit.jsonl", "110112")), 1)
 
     def test_source_down_not_strict(self) -> None:
         """Second source down, non-strict: the first's studies and Success (C-FIND has no warning); the gateway logs it."""
