@@ -560,6 +560,27 @@ class GatewayQueryTests(TestCase):
         self.assertEqual(sorted(str(ds.SOPInstanceUID) for ds in read_responses(out)),
                          sorted(by_sop_instance(list(study.files))), result.describe())
 
+    def test_uid_remap_both_ways(self) -> None:
+        """``response_morph: uid_remap``: responses carry remapped Study UIDs only, and a query for a remapped UID finds the original at the source."""
+        gw = self.gateway(free_port(), sources=["orthanc"],
+                          response_morph=[{"uid_remap": {"salt": "interop-qr", "root": "2.25"}}])
+        out = self.root / "find"
+        result = findscu(gw.port, GATEWAY_AET, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                                "StudyDescription"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe())
+        remapped = {str(ds.StudyDescription): str(ds.StudyInstanceUID) for ds in read_responses(out)}
+        self.assertEqual(set(remapped), {"FROM-ORTHANC", "ONLY-ORTHANC"}, result.describe())
+        originals = {self.study_a.study_instance_uid, self.study_b.study_instance_uid}
+        self.assertFalse(set(remapped.values()) & originals, remapped)
+        self.assertTrue(all(uid.startswith("2.25.") for uid in remapped.values()), remapped)
+        again = self.root / "again"
+        result = findscu(gw.port, GATEWAY_AET, ["QueryRetrieveLevel=STUDY",
+                                                f"StudyInstanceUID={remapped['ONLY-ORTHANC']}",
+                                                "StudyDescription"], outdir=again)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertEqual([(str(ds.StudyInstanceUID), str(ds.StudyDescription)) for ds in read_responses(again)],
+                         [(remapped["ONLY-ORTHANC"], "ONLY-ORTHANC")], result.describe())
+
     def test_patient_root_study_query(self) -> None:
         """``findscu -P`` (Patient Root) at STUDY level for one patient: that patient's studies from both sources, once each."""
         scp = self.synthetic()
