@@ -44,13 +44,10 @@ import threading
 from typing import Any, Callable, Collection, ContextManager, Iterator, Mapping, Sequence
 
 from gateway.queue.commitments import Reference
-from gateway.queue.interfaces import EntryState
 from gateway.queue.memory_retrieves import (
     ENDS,
     MAX_MESSAGE_ID,
-    count_item,
     next_message_id,
-    tally,
     unique_expected,
 )
 from gateway.queue.retrieves import (
@@ -94,6 +91,21 @@ _RETRIEVE_SELECT_LITE = (
 
 #: How many retrieves' expected instances a store object keeps parsed.
 _EXPECTED_CACHE = 64
+
+
+#: A retrieve's items with their linked entries (one parameter: the retrieve id).
+_ITEMS_JOINED = "FROM retrieve_items i LEFT JOIN entries e ON e.entry_id = i.entry_id WHERE i.retrieve_id = ?"
+
+#: Which count of RetrieveProgress an item adds to: :func:`gateway.queue.memory_retrieves.count_item` in SQL.
+_COUNT = (
+    "(CASE WHEN i.state = 'expected' THEN 'remaining'"
+    " WHEN i.state <> 'received' THEN i.state"
+    " WHEN i.entry_id IS NULL THEN 'remaining'"
+    " WHEN e.entry_id IS NULL OR e.state = 'dead' THEN 'failed'"
+    " WHEN e.state = 'delivered' AND e.last_error <> '' THEN 'warning'"
+    " WHEN e.state IN ('delivered', 'duplicate') THEN 'completed'"
+    " ELSE 'remaining' END)"
+)
 
 
 def _parse_refs(text: str) -> tuple[Reference, ...]:
@@ -164,6 +176,11 @@ class SqlRetrieveJournal:
             sql = sql.replace("?", self._cj_mark)
         if rows:
             conn.cursor().executemany(sql, [tuple(row) for row in rows])
+
+    def _retrieve_in_lite(self, conn: Any, retrieve_id: int) -> None:
+        """Check that the retrieve is on record. :raises KeyError:"""
+        if self._rq(conn, "SELECT 1 FROM retrieves WHERE retrieve_id = ?", (retrieve_id,)).fetchone() is None:
+            raise KeyError(retrieve_id)
 
     def _retrieve_in(self, conn: Any, retrieve_id: int) -> Retrieve:
         """One retrieve inside the caller's transaction. :raises KeyError:"""
@@ -261,27 +278,24 @@ class SqlRetrieveJournal:
         self._set_item(retrieve_id, sop_instance_uid, "state = ?, reason = ?, updated_at = ?", (state.value, reason, now))
 
     def progress(self, retrieve_id: int) -> RetrieveProgress:
-        """The counts now, reading the linked entries' states (see the interface). :raises KeyError:"""
+        """The counts now, reading the linked entries' states (see the interface). :raises KeyError:
+
+        Counted in SQL (:data:`_COUNT`, the rule of
+        :func:`~gateway.queue.memory_retrieves.count_item`; the verified fake
+        test compares the two), so a pending response costs a grouped count
+        and the failed UIDs, not a row per instance.
+        """
         with self._read() as conn:
-            rows = self._rq(
-                conn,
-                "SELECT i.sop_instance_uid, i.state, i.entry_id, e.state, e.last_error FROM retrieve_items i"
-                " LEFT JOIN entries e ON e.entry_id = i.entry_id WHERE i.retrieve_id = ? ORDER BY i.seq",
-                (retrieve_id,),
+            self._retrieve_in_lite(conn, retrieve_id)
+            totals = {"remaining": 0, "completed": 0, "warning": 0, "failed": 0}
+            for count, n in self._rq(
+                conn, f"SELECT {_COUNT} AS c, count(*) {_ITEMS_JOINED} GROUP BY c", (retrieve_id,)
+            ).fetchall():
+                totals[count] = int(n)
+            failed = self._rq(
+                conn, f"SELECT i.sop_instance_uid {_ITEMS_JOINED} AND {_COUNT} = 'failed' ORDER BY i.seq", (retrieve_id,)
             ).fetchall()
-            if not rows:
-                self._retrieve_in(conn, retrieve_id)  # KeyError, or a retrieve that expects nothing
-        return tally(
-            [
-                (
-                    count_item(
-                        ItemState(state), entry_id, None if entry_state is None else EntryState(entry_state), warning or ""
-                    ),
-                    uid,
-                )
-                for uid, state, entry_id, entry_state, warning in rows
-            ]
-        )
+        return RetrieveProgress(failed_uids=tuple(row[0] for row in failed), **totals)
 
     def finish_retrieve(self, retrieve_id: int, state: RetrieveState, error: str, now: float) -> None:
         """End an OPEN retrieve: its message ID is free again (see the interface). :raises KeyError:"""

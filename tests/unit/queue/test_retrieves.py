@@ -404,9 +404,12 @@ _RETRIEVE_OPERATIONS = st.one_of(
     st.tuples(st.just("outcome"), _RIDS, _NS, _ITEM_STATES, _TIMES),
     st.tuples(st.just("finish"), _RIDS, _ENDS, _TIMES),
     st.tuples(st.just("receive"), _NS, _TIMES),
-    st.tuples(st.just("deliver"), st.integers(1, 8), st.sampled_from(["", "0xB000"]), _TIMES),
-    st.tuples(st.just("dead"), st.integers(1, 8), _TIMES),
-    st.tuples(st.just("forget"), st.integers(1, 8)),
+    st.tuples(st.just("custody"), st.integers(1, 3), _NS, _TIMES),
+    st.tuples(st.just("custody"), st.integers(1, 3), _NS, _TIMES),
+    st.tuples(st.just("deliver"), st.integers(1, 5), st.sampled_from(["", "0xB000"]), _TIMES),
+    st.tuples(st.just("deliver"), st.integers(1, 5), st.sampled_from(["", "0xB000"]), _TIMES),
+    st.tuples(st.just("dead"), st.integers(1, 5), _TIMES),
+    st.tuples(st.just("forget"), st.integers(1, 5)),
     st.tuples(st.just("remember"), st.lists(st.tuples(_NS, _NS), max_size=3), _TIMES),
 )
 
@@ -435,6 +438,12 @@ def _apply_retrieve(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
             counter[0] += 1
             record = make_record(f"i{counter[0]}", sop_instance_uid=f"{UID}{n}", sop_class_uid=CT, received_at=now)
             return store.add_instance(record, [NewEntry("retrieve", f"move.d{counter[0]}")], now, 0.0).entry_ids
+        if name == "custody":  # a sub-operation taken into custody and linked, as the intake does
+            retrieve_id, n, now = args
+            counter[0] += 1
+            record = make_record(f"i{counter[0]}", sop_instance_uid=f"{UID}{n}", sop_class_uid=CT, received_at=now)
+            (entry_id,) = store.add_instance(record, [NewEntry("retrieve", f"move.d{counter[0]}")], now, 0.0).entry_ids
+            return store.link_item(retrieve_id, f"{UID}{n}", entry_id, now)
         if name in ("deliver", "dead"):
             entry_id, *rest = args
             entry = store.get(entry_id)
@@ -469,7 +478,7 @@ def _observe_retrieves(store: Any) -> Any:
 class RetrieveVerifiedFakeTests(SynchronousTestCase):
     """Random operation sequences of two nodes give the same results and state in the fake and in SQLite."""
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(st.tuples(st.integers(0, 1), _RETRIEVE_OPERATIONS), min_size=10, max_size=40))
     def test_random_operations_of_two_nodes_agree(self, operations: list[tuple[int, tuple[Any, ...]]]) -> None:
         """After each operation, through either node, both stores returned the same thing and look the same."""
