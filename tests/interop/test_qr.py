@@ -51,6 +51,8 @@ from tests.support.qr import (
 SOURCE_AET = "SOURCE1"
 #: Study Root Query/Retrieve Information Model - GET (PS3.4 C.6.2.3).
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: Study Root Query/Retrieve Information Model - MOVE (PS3.4 C.6.2.2).
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 #: MR Image Storage (PS3.4 B.5), the class the partial C-GET requester does not accept.
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 #: movescu's own AE title as the move destination.
@@ -389,6 +391,36 @@ class GatewayRetrieveTests(TestCase):
         self.assertIn("Final Move Response (Success)", result.output, result.describe()[-4000:])
         self.assertEqual(by_sop_instance(self.dest.files()), by_sop_instance(list(study.files)))
         self.assertEqual(gw.journaled_ids(), set())
+
+    def test_move_cancel(self) -> None:
+        """C-CANCEL of a relayed C-MOVE after its first pending response (destination down): final Cancel 0xFE00 with counts (PS3.4 C.4.2.1.5)."""
+        from pynetdicom import AE
+
+        self.dest.stop()
+        study = write_study(self.root / "study", 20)
+        preload(self.source, [study])
+        ae = AE(ae_title="PYMOVE")
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        assoc = ae.associate("127.0.0.1", self.gw.port, ae_title=GATEWAY_AET)
+        self.assertTrue(assoc.is_established)
+        query = study_query(StudyInstanceUID=study.study_instance_uid)
+        statuses: list[int] = []
+        final: Dataset | None = None
+        try:
+            for status, _identifier in assoc.send_c_move(query, DEST_AET, STUDY_ROOT_MOVE, msg_id=9):
+                self.assertIsNotNone(status, "no C-MOVE response")
+                statuses.append(int(status.Status))
+                if int(status.Status) == 0xFF00 and statuses.count(0xFF00) == 1:
+                    assoc.send_c_cancel(9, query_model=STUDY_ROOT_MOVE)
+                elif int(status.Status) != 0xFF00:
+                    final = status
+        finally:
+            assoc.release()
+        self.assertIn(0xFF00, statuses)
+        self.assertIsNotNone(final)
+        assert final is not None
+        self.assertEqual(int(final.Status), 0xFE00, final)
+        self.assertIn("NumberOfCompletedSuboperations", final)
 
     def test_move_unknown_destination(self) -> None:
         """C-MOVE naming an AE title missing from ``modalities`` ends 0xA801 (PS3.4 C.4.2.1.5), nothing moved."""
