@@ -359,10 +359,17 @@ class Intake:
         return d
 
     def _take_relayed(self, writer: SpoolWriter, info: AssociationInfo, retrieve: Any) -> "Deferred[Admission]":
-        """Journal a matched sub-operation with one entry to ``move.<destination>`` and link its item."""
+        """Journal a matched sub-operation with one entry to ``move.<destination>`` and link its item.
+
+        A C-GET's instance (``kind`` ``get``, relayed through a C-MOVE to the
+        gateway) is journaled with no entry and linked with none: the C-GET
+        handler sends it back on the requester's association from its record.
+        """
+        is_move = retrieve.request.kind == "move"
         destination = MOVE_DESTINATION_PREFIX + retrieve.request.destination
+        entries = [NewEntry(route=RETRIEVE_ROUTE, destination=destination, plan=NO_MORPH)] if is_move else []
         item = _Pending(
-            [NewEntry(route=RETRIEVE_ROUTE, destination=destination, plan=NO_MORPH)], Deferred(),
+            entries, Deferred(),
             writer=writer, info=info, received_at=self._wall(), correlation_id=new_correlation_id(),
             retrieve_id=retrieve.retrieve_id,
         )
@@ -383,7 +390,8 @@ class Intake:
                 destination=destination,
             )
             try:
-                self._on_enqueued([destination])
+                if is_move:
+                    self._on_enqueued([destination])
             except Exception:
                 self.log.failure("could not wake the worker of {destination}", destination=destination)
             return Admission(

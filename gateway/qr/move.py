@@ -114,6 +114,10 @@ PENDING_INTERVAL = 1.0
 #: those still count failed there, and are delivered later).
 STALL_AFTER_SOURCE = 30.0
 
+#: Seconds the source is given to end its C-MOVE after our C-CANCEL (or our
+#: deadline) before its association is aborted rather than released.
+SOURCE_END_WAIT = 10.0
+
 #: Seconds between "nothing remains" and the final response: the ``move.NAME``
 #: worker releases its association as soon as it is idle (``idle_release`` 0),
 #: and a requester such as DCMTK ``movescu`` with its own storage SCP waits for
@@ -153,6 +157,9 @@ class ISourceLink(Protocol):
 
     def release(self) -> "Deferred[None]":
         """A-RELEASE the association."""
+
+    def abort(self) -> None:
+        """A-ABORT the association (a source that did not end its C-MOVE in time)."""
 
 
 OpenSource = Callable[[QRContext, Any, Sequence[str]], "Deferred[ISourceLink]"]
@@ -240,6 +247,11 @@ class AssociationLink:
         """C-CANCEL-RQ for the request in progress."""
         if self.stream is not None:
             self.stream.cancel()
+
+    def abort(self) -> None:
+        """A-ABORT (an association already closed is left alone)."""
+        if self.association.is_open:
+            self.association.abort()
 
     def release(self) -> "Deferred[None]":
         """A-RELEASE (an association already closed is left alone)."""
@@ -644,6 +656,26 @@ class _Move:
         source_done = link.move(sop_class, self.ctx.ae_title, self.request, opened.message_id, lambda counts: None)
         source_done.addBoth(relay.source_finished)
         yield relay.done
+        if not source_done.called:
+            # Cancelled, or ended by the deadline or the stall: the source's
+            # C-MOVE is still running. Cancel it (PS3.7 9.3.2.3) and give it
+            # SOURCE_END_WAIT to answer before releasing; else abort.
+            if not self.cancelled:
+                link.cancel()
+            ended: Deferred[None] = Deferred()
+            timer = self.ctx.reactor.callLater(SOURCE_END_WAIT, lambda: ended.called or ended.callback(None))
+
+            def source_ended(_: object) -> None:
+                if timer.active():
+                    timer.cancel()
+                if not ended.called:
+                    ended.callback(None)
+
+            source_done.addBoth(source_ended)
+            yield ended
+            if not source_done.called:
+                link.abort()
+                return
         yield self._release(link)
 
 

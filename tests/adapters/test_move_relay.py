@@ -62,6 +62,10 @@ class QRSource:
         self.port = free_port("127.0.0.1")
         self.moves: list[tuple[str, int]] = []
         self.lock = threading.Lock()
+        #: After this many sub-operations the archive holds until C-CANCEL arrives (or ``go`` is set).
+        self.hold_after: int | None = None
+        self.go = threading.Event()
+        self.cancelled = threading.Event()
         ae = AE("ARCHIVE")
         ae.add_supported_context(STUDY_ROOT_FIND)
         ae.add_supported_context(STUDY_ROOT_MOVE)
@@ -105,8 +109,15 @@ class QRSource:
         yield host, port
         matches = self.matching(event.identifier)
         yield len(matches)
-        for ds in matches:
-            if event.is_cancelled:
+        for sent, ds in enumerate(matches):
+            # pynetdicom's is_cancelled consumes the C-CANCEL it reports: read it once per turn.
+            cancelled = event.is_cancelled
+            if self.hold_after is not None and sent >= self.hold_after:
+                # A slow archive: wait for the C-CANCEL (pynetdicom records it from its DIMSE thread).
+                while not cancelled and not self.go.wait(0.05):
+                    cancelled = event.is_cancelled
+            if cancelled:
+                self.cancelled.set()
                 yield 0xFE00, None
                 return
             yield 0xFF00, ds
@@ -119,8 +130,11 @@ def digest(ds: Dataset) -> str:
     return hashlib.sha256(encode(ds, False, True)).hexdigest()
 
 
-def request_move(port: int, destination: str) -> list[tuple[int, Any]]:
-    """The requester: a Study Root C-MOVE of the study to ``destination`` through the gateway (blocking)."""
+def request_move(port: int, destination: str, cancel_after: int | None = None) -> list[tuple[int, Any]]:
+    """The requester: a Study Root C-MOVE of the study to ``destination`` through the gateway (blocking).
+
+    :param cancel_after: send C-CANCEL-RQ after this many pending responses.
+    """
     from pynetdicom import AE
 
     ae = AE("VIEWER")
@@ -134,9 +148,11 @@ def request_move(port: int, destination: str) -> list[tuple[int, Any]]:
     query.StudyInstanceUID = STUDY_UID
     responses = []
     try:
-        for status, identifier in assoc.send_c_move(query, destination, STUDY_ROOT_MOVE):
+        for status, identifier in assoc.send_c_move(query, destination, STUDY_ROOT_MOVE, msg_id=5):
             if status is not None:
                 responses.append((int(status.Status), status))
+                if cancel_after is not None and len(responses) == cancel_after:
+                    assoc.send_c_cancel(5, query_model=STUDY_ROOT_MOVE)
     finally:
         assoc.release()
     return responses
@@ -207,3 +223,26 @@ class RelayedMoveTests(ServiceTestCase):
         self.assertEqual([moved_to for moved_to, _ in self.source.moves], ["WS1"])
         self.assertEqual(sorted(r.sop_instance_uid for r in self.destination.receipts), sorted(ds.SOPInstanceUID for ds in self.instances))
         self.assertEqual([e for e in self.store.entries()], [])
+
+    async def test_cancel_reaches_the_source_and_ends_fe00(self) -> None:
+        """C-CANCEL-RQ from the requester mid-move reaches the (slow) source; the final response is 0xFE00 with the counts so far."""
+        service = self.start(self.text())
+        port = service.listeners[0].port.getHost().port
+        self.source.known["GW"] = ("127.0.0.1", port)
+        self.source.hold_after = 2
+        responses = await deferToThread(request_move, port, "WS1", 1)
+        final_status, final = responses[-1]
+        self.assertEqual(final_status, 0xFE00, final)
+        self.assertLess(int(final.NumberOfCompletedSuboperations), COUNT)
+        # The gateway's C-CANCEL reaches the source, which ends its move (within a second or two of pace).
+        for _ in range(100):
+            if self.source.cancelled.is_set():
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(self.source.cancelled.is_set())
+        # Then the gateway releases its association to the source (nothing left open at the end of the test).
+        for _ in range(100):
+            if not self.source.server.active_associations:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(self.source.server.active_associations, [])

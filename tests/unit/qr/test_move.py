@@ -94,6 +94,7 @@ class FakeLink:
     on_pending: Callable[[SubOperations], None] | None = None
     cancels: int = 0
     released: int = 0
+    aborted: int = 0
 
     def find(self, sop_class_uid: str, data: Dataset, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
         """Hand every scripted match over, then the final status."""
@@ -117,6 +118,10 @@ class FakeLink:
         """Count releases."""
         self.released += 1
         return succeed(None)
+
+    def abort(self) -> None:
+        """Count aborts."""
+        self.aborted += 1
 
 
 class FakeJournal:
@@ -398,6 +403,7 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         items["1.3"] = ItemState.COMPLETED
         self.clock.advance(1)
         self.assertNoResult(d)  # the grace for the move destination's release
+        self.links["archive1"].move_result.callback(qrmove.SourceMoveResult(0x0000, SubOperations(0, 3, 0, 0)))
         self.clock.advance(qrmove.RELEASE_GRACE)
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0x0000, SubOperations(0, 3, 0, 0), "", ())])
@@ -418,6 +424,8 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         items.update({"1.1": ItemState.COMPLETED, "1.2": ItemState.FAILED, "1.3": ItemState.COMPLETED})
         self.clock.advance(1)
         self.clock.advance(qrmove.RELEASE_GRACE)
+        self.assertEqual(len(self.responder.finals), 1)  # answered; the source's association waits for its end
+        self.links["archive1"].move_result.callback(qrmove.SourceMoveResult(0xB000, SubOperations(0, 2, 1, 0)))
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0xB000, SubOperations(0, 2, 1, 0), "", ("1.2",))])
 
@@ -447,10 +455,14 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.clock.advance(3)
         self.assertNoResult(d)
         self.clock.advance(3)
-        self.successResultOf(d)
         [(status, counts, comment, _)] = self.responder.finals
         self.assertEqual((status, counts), (0xB000, SubOperations(0, 1, 2, 0)))
         self.assertIn("timeout", comment)
+        # The source, still moving, is cancelled and given SOURCE_END_WAIT, then aborted.
+        self.assertEqual(self.links["archive1"].cancels, 1)
+        self.clock.advance(qrmove.SOURCE_END_WAIT)
+        self.successResultOf(d)
+        self.assertEqual(self.links["archive1"].aborted, 1)
 
     def test_source_done_but_instances_missing_ends_after_the_stall(self) -> None:
         """The source ended (here: its association broke) and nothing moves for STALL_AFTER_SOURCE: the rest count failed, long before the timeout."""
@@ -475,10 +487,24 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         d = self.run_move()
         self.journal.items[1]["1.1"] = ItemState.COMPLETED
         self.responder.cancelled.callback(None)
-        self.successResultOf(d)
         self.assertEqual(self.links["archive1"].cancels, 1)
         self.assertEqual(self.responder.finals, [(0xFE00, SubOperations(2, 1, 0, 0), "", ())])
         self.assertEqual(self.journal.finished, {1: RetrieveState.CANCELLED})
+        # The source's association is released once its C-MOVE has ended (0xFE00), not before.
+        self.assertEqual(self.links["archive1"].released, 0)
+        self.links["archive1"].move_result.callback(qrmove.SourceMoveResult(0xFE00, SubOperations(2, 1, 0, 0)))
+        self.successResultOf(d)
+        self.assertEqual((self.links["archive1"].released, self.links["archive1"].aborted), (1, 0))
+
+    def test_source_that_ignores_cancel_is_aborted(self) -> None:
+        """A source that does not end its C-MOVE within SOURCE_END_WAIT of the C-CANCEL is aborted, not released."""
+        d = self.run_move()
+        self.responder.cancelled.callback(None)
+        self.assertEqual([f[0] for f in self.responder.finals], [0xFE00])
+        self.assertNoResult(d)
+        self.clock.advance(qrmove.SOURCE_END_WAIT)
+        self.successResultOf(d)
+        self.assertEqual((self.links["archive1"].released, self.links["archive1"].aborted), (0, 1))
 
     def test_message_ids_exhausted_is_a702(self) -> None:
         """No free outgoing message ID: 0xA702 and the source is released, never asked to move."""

@@ -99,6 +99,20 @@ class SubOperationTests(IntakeTestsMixin, SynchronousTestCase):
         entries = [e for e in self.store.entries() if e.destination == "move.ws1"]
         self.assertEqual([e.state for e in entries], [EntryState.QUEUED, EntryState.QUEUED])
 
+    def test_a_get_retrieves_instance_is_journaled_without_entry(self) -> None:
+        """A C-GET relayed through a C-MOVE to the gateway: the instance is in custody, linked with no queue entry, no route applied."""
+        new = NewRetrieve(
+            kind="get", requester_ae_title="VIEWER", listener="qr", requester_message_id=7, destination="",
+            mode="relay", level="STUDY", sources=("archive1",), expected=(Reference("", CT_SMALL_UID),), deadline=self.now + 60,
+        )
+        retrieve = self.store.open_retrieve(new, self.now)
+        admission = self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        self.assertEqual(admission.status, Status.SUCCESS)
+        ((record, entries),) = self.store.find(sop_instance_uid=CT_SMALL_UID)
+        self.assertEqual(list(entries), [])
+        self.assertEqual(self.poked, [])
+        self.assertEqual(self.store.progress(retrieve.retrieve_id).remaining, 1)
+
     def test_unmatched_message_id_is_routed_as_any_c_store(self) -> None:
         """A Move Originator Message ID no open retrieve holds: the routes apply as to any C-STORE."""
         self.open_retrieve()
