@@ -246,3 +246,17 @@ class RelayedMoveTests(ServiceTestCase):
                 break
             await deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(self.source.server.active_associations, [])
+
+
+class SqliteRelayedMoveTests(RelayedMoveTests):
+    """The same C-MOVEs over the SQLite journal (correlation and counts in SQL, not only in the memory store)."""
+
+    def start(self, text: str = "", store: Any = None) -> Any:  # type: ignore[override]
+        """Start the service over a SQLite journal in the temporary folder."""
+        import os
+
+        from gateway.queue.sqlite import SqliteQueueStore
+
+        sqlite = SqliteQueueStore(os.path.join(self.tmp, "queue.sqlite"))
+        self.addCleanup(sqlite.close)
+        return super().start(text, store=sqlite)  # type: ignore[arg-type]
