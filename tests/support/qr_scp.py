@@ -1,0 +1,138 @@
+"""A synthetic Q/R FIND SCP (pynetdicom, test-only), run as ``python -m tests.support.qr_scp``.
+
+It answers Patient Root and Study Root C-FIND (PS3.4 C.4.1) either from a fixed
+list of identifiers or with ``--generate N`` STUDY-level matches produced one at
+a time by a generator (memory stays flat however large N is: the 100k-match
+query of issue 16 against the gateway's ``max_results``). Each response
+carries the query's keys, filled from the record where it has them.
+
+Every query, C-CANCEL (PS3.7 9.3.2.3) and end is appended to ``--events`` as a
+JSON line, flushed at once, so the test process can see that a cancel reached
+this source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from pydicom.dataset import Dataset
+
+#: Root for the generated UIDs (a fixed, test-only prefix).
+UID_ROOT = "1.2.826.0.1.3680043.10.543.16"
+
+
+def generated(count: int) -> Iterator[dict[str, Any]]:
+    """Yield ``count`` STUDY-level records, one at a time.
+
+    :param count: how many.
+    :returns: an iterator of ``{keyword: value}``.
+    """
+    for i in range(count):
+        yield {
+            "QueryRetrieveLevel": "STUDY",
+            "PatientID": f"SYN{i % 1000:04d}",
+            "PatientName": f"SYNTH^{i % 1000:04d}",
+            "StudyInstanceUID": f"{UID_ROOT}.{i + 1}",
+            "StudyDate": "20240101",
+            "StudyID": str(i + 1),
+            "AccessionNumber": f"A{i + 1}",
+            "StudyDescription": "GENERATED",
+        }
+
+
+def matches(record: dict[str, Any], query: Dataset) -> bool:
+    """Single-value matching on the query's non-empty keys (PS3.4 C.2.2.2.1), ``*`` universal.
+
+    :param record: a record.
+    :param query: the identifier.
+    :returns: whether it matches.
+    """
+    if record.get("QueryRetrieveLevel") != query.get("QueryRetrieveLevel"):
+        return False
+    for elem in query:
+        if elem.keyword in ("QueryRetrieveLevel", "SpecificCharacterSet") or not elem.keyword:
+            continue
+        value = str(elem.value or "")
+        if value in ("", "*") or elem.keyword not in record:
+            continue
+        if str(record[elem.keyword]) != value:
+            return False
+    return True
+
+
+def response(record: dict[str, Any], query: Dataset) -> Dataset:
+    """Build the response identifier: the query's keys, filled from the record.
+
+    :param record: the matching record.
+    :param query: the identifier.
+    :returns: the response identifier.
+    """
+    ds = Dataset()
+    for elem in query:
+        if elem.keyword:
+            setattr(ds, elem.keyword, record.get(elem.keyword, elem.value))
+    ds.QueryRetrieveLevel = record["QueryRetrieveLevel"]
+    ds.RetrieveAETitle = record.get("RetrieveAETitle", "SYNTH")
+    return ds
+
+
+def main() -> None:
+    """Parse the arguments and serve until killed."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        PatientRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelFind,
+        Verification,
+    )
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--aet", default="SYNTH")
+    parser.add_argument("--generate", type=int, default=0)
+    parser.add_argument("--identifiers", required=True)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--events", required=True)
+    args = parser.parse_args()
+    with open(args.identifiers) as handle:
+        fixed: list[dict[str, Any]] = json.load(handle)
+    events: TextIO = open(args.events, "a")  # noqa: SIM115 - open for the process's life
+
+    def record(**event: Any) -> None:
+        events.write(json.dumps(event) + "\n")
+        events.flush()
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        query = event.identifier
+        record(event="find", calling_aet=event.assoc.requestor.ae_title,
+               level=str(query.get("QueryRetrieveLevel", "")),
+               keys={e.keyword: str(e.value) for e in query if e.keyword})
+        source = generated(args.generate) if args.generate else iter(fixed)
+        sent = 0
+        for rec in source:
+            if event.is_cancelled:
+                record(event="cancel", sent=sent)
+                yield 0xFE00, None
+                return
+            if not matches(rec, query):
+                continue
+            if args.delay:
+                time.sleep(args.delay)
+            sent += 1
+            yield 0xFF00, response(rec, query)
+        record(event="done", sent=sent)
+        yield 0x0000, None
+
+    ae = AE(ae_title=args.aet)
+    ae.maximum_pdu_size = 0
+    for context in (StudyRootQueryRetrieveInformationModelFind,
+                    PatientRootQueryRetrieveInformationModelFind, Verification):
+        ae.add_supported_context(context)
+    ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+
+
+if __name__ == "__main__":
+    main()
