@@ -37,7 +37,6 @@ response's key at its level, for duplicate removal across sources.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 

@@ -344,7 +344,6 @@ class HandlerTests(SynchronousTestCase):
         """A QRContext with a minimal configuration and a fake source opener."""
         from types import SimpleNamespace
 
-        from gateway.config.schema import RetrieveConfig  # noqa: F401 - the real dataclass is used by callers
         from gateway.qr.context import QRContext
 
         listener = SimpleNamespace(name="qr", retrieve=listener_retrieve)

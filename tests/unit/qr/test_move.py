@@ -20,11 +20,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.blocking import SynchronousRunner
 from gateway.config.load import load_config_text
-from gateway.config.schema import ModalityConfig, RetrieveConfig
+from gateway.config.schema import RetrieveConfig
 from gateway.dimse.identifier import encode_identifier
 from gateway.qr import move as qrmove
 from gateway.qr.context import QRContext, SubOperations
-from gateway.queue.commitments import Reference
 from gateway.queue.retrieves import (
     ItemState,
     NewRetrieve,
