@@ -62,6 +62,9 @@ class PrometheusInteropTests(TestCase):
                 "down": dicom_destination(free_port(), "NOBODY", circuit={"failures": 1}),
             },
             routes=[{"name": "all", "forward": ["archive", "down"]}],
+            # Issue 16: C-FIND through the gateway, asking the closed port: the query
+            # panels (latency and failures by source) get their data from one query.
+            query={"sources": ["down"], "timeout": "5s"},
         )
         self.gateway.start()
         self.addCleanup(self.gateway.stop)
@@ -168,6 +171,14 @@ class PrometheusInteropTests(TestCase):
         self.assertGreater(self.value("dicom_gateway_spool_used_bytes") or 0, 0)
         self.assertEqual(self.value('dicom_gateway_end_to_end_seconds_count{destination="archive"}'), 2)
         self.assertEqual(len(self.query("dicom_gateway_build_info")), 1)
+        # One C-FIND through the gateway: its only source is down, so the query fails (0xC001)
+        # and the source's failure and latency are counted.
+        from tests.support.qr import findscu
+
+        findscu(self.gateway.port, "DICOMGW", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"],
+                        outdir=self.tmp / "find", calling_aet="STORESCU")
+        self.wait_value('dicom_gateway_query_source_failures_total{source="down"}', lambda v: v == 1)
+        self.wait_value('dicom_gateway_query_latency_seconds_count{source="down"}', lambda v: v == 1)
         # A couple of scrapes more, so range functions (rate, deriv) have two samples in their windows.
         self.wait_value("count_over_time(dicom_gateway_spool_free_bytes[1m])", lambda v: v >= 5)
 
