@@ -646,8 +646,10 @@ class StorageService:
         if request.message_id in self._qr_open:
             # PS3.7 C.5 (0x0210 duplicate invocation): a Message ID already in use by an open request.
             responder.final(Status.DUPLICATE_INVOCATION, error_comment="Message ID in use by an open request")
-        elif self._qr is None:
-            # No Q/R SCP on this service: unimplemented, as before issue 16 (PS3.7 C.5.4, HARDENING D21).
+        elif self._qr is None or not any(context.abstract_syntax in classes for classes in QR_SOP_CLASSES.values()):
+            # No Q/R SCP on this service, or the request came on a context that is
+            # no Q/R one (a storage context): an operation that SOP class does not
+            # have, unrecognized as before issue 16 (PS3.7 C.5.4, HARDENING D21).
             responder.final(Status.UNRECOGNIZED_OPERATION)
         elif request.affected_sop_class_uid != context.abstract_syntax or (
             context.abstract_syntax not in QR_SOP_CLASSES[verb]
