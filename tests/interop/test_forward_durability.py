@@ -38,7 +38,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import dcmtk
-from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination
+from tests.support.gateway_process import GatewayProcess, dicom_destination, folder_destination, wait_until
 from tests.support.interop import ForwardTestMixin, make_series, sop_instance_uid
 from tests.interop.test_forward_crash import noted_in_flight_per_kill, resends_per_kill
 from tests.support.invariants import check_forward_invariants
@@ -359,8 +359,15 @@ class DurableOrderTests(ForwardTestMixin, TestCase):
         """60 instances on one association (forwarding paused): fsync+fdatasync calls from the first accept to the last RSP are at most 2 per instance plus one per slot batch."""
         tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
-        gateway = self.traced_gateway(tmp)
+        # The node's heartbeat (and the housekeeping hold) write the journal every
+        # cluster.heartbeat seconds whatever is received: not the receive path. With
+        # the default 5 s one could land in the window on a slow run (121 for 120);
+        # a long period keeps them out (the first happens at start, before the accept).
+        gateway = self.traced_gateway(tmp, cluster={"heartbeat": "120s", "lease": "600s"})
         self.assertEqual(gateway.cli("queue", "pause", "archive").returncode, 0)
+        # The first heartbeat is written (the node is listed) before anything is sent.
+        wait_until(lambda: gateway.cli("queue", "nodes", "--json").stdout.count('"node"') >= 1, 30,
+                   "the node's first heartbeat in the journal")
         count = 60
         source = tmp / "source"
         make_series(source, count, 64 * 1024)
