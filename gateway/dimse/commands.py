@@ -1091,6 +1091,32 @@ def find_response(
     )
 
 
+def _sub_operation_fields(
+    rq: "CMoveRQ | CGetRQ",
+    status: int,
+    remaining: int | None,
+    completed: int | None,
+    failed: int | None,
+    warning: int | None,
+    has_identifier: bool,
+    error_comment: str | None,
+    offending_element: tuple[int, ...] | None,
+) -> dict[str, object]:
+    """The fields a C-MOVE-RSP and a C-GET-RSP share (PS3.7 9.3.4.2, 9.3.3.2): counts saturated at 65535."""
+    return dict(
+        message_id_being_responded_to=rq.message_id,
+        status=status,
+        affected_sop_class_uid=rq.affected_sop_class_uid or None,
+        remaining=_clip_count(remaining),
+        completed=_clip_count(completed),
+        failed=_clip_count(failed),
+        warning=_clip_count(warning),
+        error_comment=error_comment or None,
+        offending_element=offending_element,
+        has_dataset=has_identifier,
+    )
+
+
 def move_response(
     rq: CMoveRQ,
     status: int,
@@ -1122,16 +1148,9 @@ def move_response(
     :returns: the response.
     """
     return CMoveRSP(
-        message_id_being_responded_to=rq.message_id,
-        status=status,
-        affected_sop_class_uid=rq.affected_sop_class_uid or None,
-        remaining=_clip_count(remaining),
-        completed=_clip_count(completed),
-        failed=_clip_count(failed),
-        warning=_clip_count(warning),
-        error_comment=error_comment or None,
-        offending_element=offending_element,
-        has_dataset=has_identifier,
+        **_sub_operation_fields(
+            rq, status, remaining, completed, failed, warning, has_identifier, error_comment, offending_element
+        )
     )
 
 
@@ -1161,16 +1180,9 @@ def get_response(
     :returns: the response.
     """
     return CGetRSP(
-        message_id_being_responded_to=rq.message_id,
-        status=status,
-        affected_sop_class_uid=rq.affected_sop_class_uid or None,
-        remaining=_clip_count(remaining),
-        completed=_clip_count(completed),
-        failed=_clip_count(failed),
-        warning=_clip_count(warning),
-        error_comment=error_comment or None,
-        offending_element=offending_element,
-        has_dataset=has_identifier,
+        **_sub_operation_fields(
+            rq, status, remaining, completed, failed, warning, has_identifier, error_comment, offending_element
+        )
     )
 
 
