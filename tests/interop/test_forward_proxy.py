@@ -294,7 +294,10 @@ class PeerQuirkTests(ProxyForwardTestMixin, TestCase):
         self.assertGreaterEqual(proxy.cuts, 20)
         self.assert_nothing_lost(gateway, "pacs", recorder, sent)
         # The next instance goes out right after a response; if the proxy's close arrives after it
-        # started (rare: the worker lets the reactor poll twice first), that send is ambiguous though
-        # the recorder never saw it: counted as a redelivery, never stored twice (issue 13).
+        # started, that send is ambiguous though the recorder never saw it: counted as a redelivery,
+        # never stored twice (issue 13). How often the close wins that race depends on the machine's
+        # load (3 of 20 on a busy CI run), so the bound is structural, not a guess: every
+        # association carries one success and is then cut, so at most one send per cut but the
+        # last can be caught by it.
         check_forward_invariants(self, gateway, destinations={"pacs": recorder}, accepted=20,
-                                 ambiguous_faults={"pacs": 2}, ambiguous_may_be_lost=True)
+                                 ambiguous_faults={"pacs": proxy.cuts - 1}, ambiguous_may_be_lost=True)
