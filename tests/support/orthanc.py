@@ -57,6 +57,19 @@ ORTHANC: str | None = shutil.which("Orthanc") or (
     "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
 
 
+#: The DICOMweb plugin of Debian's ``orthanc-dicomweb`` package.
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def dicomweb_skip_reason() -> str | None:
+    """Why the Orthanc DICOMweb tests cannot run here (``None`` when they can).
+
+    :returns: a reason, or ``None``.
+    """
+    return skip_reason() or (None if os.path.exists(DICOMWEB_PLUGIN) else
+                             f"the Orthanc DICOMweb plugin ({DICOMWEB_PLUGIN}, Debian orthanc-dicomweb) is not installed")
+
+
 def skip_reason() -> str | None:
     """Explain why Orthanc tests cannot run here, for a class's ``skip``.
 
@@ -95,10 +108,13 @@ class Orthanc(PeerProcess):
         stores into it and the calling AE title of its pushes.
     :param tls: DICOM TLS settings; ``None`` for a plain DICOM port.
     :param extra: more configuration keys, overriding the defaults.
+    :param dicomweb: load the DICOMweb plugin (Debian ``orthanc-dicomweb``), served under
+        :attr:`dicomweb_url` (QIDO-RS, WADO-RS, STOW-RS; PS3.18).
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, aet: str = "ORTHANC",
-                 tls: OrthancTLS | None = None, extra: dict[str, Any] | None = None) -> None:
+                 tls: OrthancTLS | None = None, extra: dict[str, Any] | None = None,
+                 dicomweb: bool = False) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -144,11 +160,16 @@ class Orthanc(PeerProcess):
                 "DicomTlsTrustedCertificates": tls.trusted,
                 "DicomTlsRemoteCertificateRequired": tls.require_client_certificate,
             })
+        if dicomweb:
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": {}}
         config.update(extra or {})
         self.config = config
         self.config_path = self.dir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.base_url = f"http://{self.host}:{self.http_port}"
+        #: The DICOMweb root (``/studies`` etc. under it), when the plugin is loaded.
+        self.dicomweb_url = f"{self.base_url}/dicom-web"
         super().__init__("Orthanc", self.dir / "orthanc.log", stop_timeout=20.0)
 
     # -- process ---------------------------------------------------------------
