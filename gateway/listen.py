@@ -51,7 +51,7 @@ from gateway.ul.errors import AbortReason, AbortSource, RejectResult, RejectSour
 from gateway.ul.errors import RejectReasonPresentation
 from gateway.ul.items import UserIdentityAC
 from gateway.ul.machine import State
-from gateway.ul.negotiate import AcceptorSettings, Negotiation, check_acse, negotiate_acceptor
+from gateway.ul.negotiate import AcceptorSettings, Negotiation, check_acse, negotiate_acceptor, relational_granted
 from gateway.ul.outputs import (
     AbortIndication,
     AssociateIndication,
@@ -404,6 +404,8 @@ class AcceptorProtocol(Protocol):
             contexts=negotiation.contexts,
             listener_port=getattr(self.transport.getHost(), "port", 0),
             tls_subject=subject or "",
+            # PS3.4 C.5.1.1: what the C-FIND handler may accept as relational.
+            relational_queries=relational_granted(negotiation.ac),
         )
         self._service = StorageService(
             self,

@@ -228,6 +228,8 @@ class AssociationInfo:
     contexts: Mapping[int, AcceptedContext]
     listener_port: int = 0
     tls_subject: str = ""
+    #: The FIND SOP classes for which relational-queries was granted (PS3.4 C.5.1.1).
+    relational_queries: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -1100,8 +1102,12 @@ class QRResponder:
         error_comment: str = "",
         failed_uids: "tuple[str, ...] | list[str]" = (),
         identifier: bytes | None = None,
+        offending: "tuple[int, ...] | list[int]" = (),
     ) -> None:
-        """Queue the final response; ``failed_uids`` become (0008,0058) in its data set (C-MOVE/C-GET)."""
+        """Queue the final response; ``failed_uids`` become (0008,0058) in its data set (C-MOVE/C-GET).
+
+        ``offending`` become the Offending Element (0000,0901) (PS3.7 9.1.2.1.6).
+        """
         if self.finished:
             self.log.warn("a second final response ignored")
             return
@@ -1110,7 +1116,7 @@ class QRResponder:
         if data is None and failed_uids and self.verb != "find":
             data = encode_failed_uids(tuple(failed_uids), self.transfer_syntax)
         assert self.slot.stream is not None
-        self.slot.stream.append((self._command(status, data is not None, counts, error_comment), data))
+        self.slot.stream.append((self._command(status, data is not None, counts, error_comment, tuple(offending)), data))
         self.slot.done = True
         self._service._qr_finished(self)
 
@@ -1137,7 +1143,7 @@ class QRResponder:
         if not self._cancelled.called:
             self._cancelled.callback(None)
 
-    def _command(self, status: int, has_dataset: bool, counts: Any, error_comment: str) -> bytes:
+    def _command(self, status: int, has_dataset: bool, counts: Any, error_comment: str, offending: tuple[int, ...] = ()) -> bytes:
         """The encoded C-FIND/C-MOVE/C-GET-RSP (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)."""
         rq = self.request
         elements: dict[int, bytes] = {dimse.Tag.STATUS: dimse._enc_us(status)}
@@ -1146,6 +1152,9 @@ class QRResponder:
                 elements[dimse.Tag.AFFECTED_SOP_CLASS_UID] = dimse._enc_ui(rq.affected_sop_class_uid)
             except ValueError:
                 pass  # U(=) in every Q/R response: left out rather than unencodable
+        if offending:
+            # PS3.7 9.1.2.1.6 (C-FIND), 9.1.3.1 / 9.1.4.1 (C-GET, C-MOVE): AT, 1-n.
+            elements[dimse.Tag.OFFENDING_ELEMENT] = dimse._enc_at(offending)
         if error_comment:
             elements[dimse.Tag.ERROR_COMMENT] = dimse._enc_lo(error_comment)
         if counts is not None and self.verb != "find":

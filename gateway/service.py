@@ -122,8 +122,8 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
     C-GET the requester takes the SCP role of the Storage SOP classes the
     instances come back in (PS3.4 C.4.3.3, PS3.7 D.3.3.4), so where retrieve
     applies those roles are granted, on associations that propose a GET class. SOP Class Extended Negotiation (relational
-    queries, PS3.4 C.5.1.1) is not answered, which means not supported (PS3.7
-    D.3.3.5).
+    queries, PS3.4 C.5.1.1, PS3.7 D.3.3.5) is answered 1 for the FIND classes
+    where that ``query`` has ``relational: true``, 0 (not supported) elsewhere.
 
     :param config: the validated configuration.
     :param listener: the listener; ``None`` for the top-level settings only.
@@ -154,6 +154,7 @@ def acceptor_settings(config: GatewayConfig, listener: ListenerConfig | None = N
         # storage SCP role is granted only on associations that also propose a
         # GET class we accept (a plain sender proposing it still gets it declined).
         get_sub_operations=retrieve is not None,
+        relational_queries=query is not None and query.relational,
     )
 
 
@@ -488,8 +489,10 @@ class GatewayService(MultiService):
     def _qr_scp(self, reactor: Any, wall: Callable[[], float]) -> QueryRetrieveSCP:
         """The Q/R SCP with its :class:`~gateway.qr.context.QRContext` (sources opened with ``connect_dicom``)."""
 
-        def connect(destination: Any, proposals: Any, role_selections: Any = ()) -> "Deferred[Any]":
-            return connect_dicom(reactor, destination, proposals, role_selections, verification=False)
+        def connect(destination: Any, proposals: Any, role_selections: Any = (), extended_negotiations: Any = ()) -> "Deferred[Any]":
+            return connect_dicom(
+                reactor, destination, proposals, role_selections, verification=False, extended_negotiations=extended_negotiations
+            )
 
         ctx = QRContext(
             config=lambda: self.config,
@@ -947,7 +950,24 @@ class GatewayService(MultiService):
                 abstract_syntaxes=settings.abstract_syntaxes,
                 scp_role_abstract_syntaxes=settings.scp_role_abstract_syntaxes,
                 get_sub_operations=settings.get_sub_operations,
+                relational_queries=settings.relational_queries,
             )
+
+    def _reload_ae_title(self, old: GatewayConfig, new: GatewayConfig) -> None:
+        """A new ``ae_title`` applies at once where the gateway names itself to its peers (issue 16).
+
+        Relayed C-MOVEs name it as Move Destination (:attr:`QRContext.ae_title`)
+        and the intake matches their sub-operations by it, so the listeners
+        must accept it as called AE title too (their other access rules stay
+        those they started with). The audit trail's source ID keeps the old
+        title until a restart.
+        """
+        self.qr_scp.ctx.ae_title = new.ae_title
+        if old.ae_title == new.ae_title:
+            return
+        self.log.warn("configuration reload: ae_title is now {title}; the audit source ID changes at the next restart", title=new.ae_title)
+        for service in self.listeners:
+            service.factory.access = listener_access(replace(new, accept=old.accept), service.listener)
 
     def reload(self, load: Callable[[str], GatewayConfig]) -> Deferred[bool]:
         """Re-read the configuration (SIGHUP) and apply what can change while running.
@@ -970,7 +990,7 @@ class GatewayService(MultiService):
             return succeed(False)
         old = self.config
         self._reload_tls(new)
-        for what in ("listen", "spool", "limits", "queue", "node", "cluster", "ae_title", "accept"):
+        for what in ("listen", "spool", "limits", "queue", "node", "cluster", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)
         # The store, its node name and the heartbeat were built from these (issue 14): keep them
@@ -982,6 +1002,7 @@ class GatewayService(MultiService):
         self.config = new
         self.intake.duplicate_window = new.duplicate_window
         self._reload_negotiation(new)
+        self._reload_ae_title(old, new)
         old_destinations = {d.name: d for d in old.destinations}
         new_destinations = {d.name: d for d in new.destinations}
         stopping = []

@@ -3,7 +3,7 @@
 The gateway as a Query/Retrieve SCP (PS3.4 Annex C) proxying to archives:
 
 * ``query: {sources, mode, timeout, strict, max_results, query_morph,
-  response_morph, allowed_ae_titles}``: the C-FIND side. ``sources`` name
+  response_morph, allowed_ae_titles, relational}``: the C-FIND side. ``sources`` name
   DICOM destinations (in order of precedence); ``query_morph`` and
   ``response_morph`` are morph lists compiled exactly as a route's
   ``morph`` (:func:`gateway.config.morph.compile_morph`).
@@ -140,6 +140,8 @@ _QUERY_FIELDS: Final[Mapping[str, _Field]] = {
     "response_morph": _Field(_check_morph),
     # Globs over the requester's calling AE title, as accept.calling_ae_titles.
     "allowed_ae_titles": _Field(_list_of(_check_ae_pattern, non_empty=False)),
+    # PS3.4 C.4.1.2.2 / C.5.1.1: relational queries, negotiated both ways.
+    "relational": _Field(_check_boolean),
 }
 
 _RETRIEVE_FIELDS: Final[Mapping[str, _Field]] = {

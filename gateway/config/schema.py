@@ -257,6 +257,10 @@ class QueryConfig:
     #: Globs over the requester's calling AE title allowed to query, within the
     #: listener's own access policy; empty allows every AE the listener accepts.
     allowed_ae_titles: tuple[str, ...] = ()
+    #: Relational queries (PS3.4 C.4.1.2.2): granted to requesters that ask in
+    #: the SOP Class Extended Negotiation (PS3.4 C.5.1.1) and proposed to every
+    #: source; a relational query goes only to the sources that granted it.
+    relational: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ request on (PS3.4 C.4.1.2, C.4.2.2, C.4.3.2; C.6.1 and C.6.2): the level
 exists in the information model, the unique keys are syntactically valid
 UIDs or UID lists, and, for a retrieve, the unique key of every level above
 the retrieve level is present with a single value (hierarchical retrieve,
-PS3.4 C.4.2.2.1 / C.6.1.2.2 / C.6.2.2.2). :func:`unique_key` gives a
+PS3.4 C.4.2.2.1 / C.6.1.2.2 / C.6.2.2.2); for a C-FIND from a requester
+that did not negotiate relational queries, the same hierarchical rule for
+the levels above (PS3.4 C.4.1.2.1, C.4.1.3.1). :func:`relational_keys`
+says which of those keys a query lacks (what makes it relational, PS3.4
+C.4.1.2.2, C.4.1.3.2). :func:`unique_key` gives a
 response's key at its level, for duplicate removal across sources.
 """
 
@@ -64,6 +68,7 @@ __all__ = [
     "decode_identifier",
     "encode_identifier",
     "check_query",
+    "relational_keys",
     "unique_key",
     "uid_values",
     "is_valid_uid",
@@ -331,15 +336,44 @@ def _level(ds: Dataset, model: Model) -> str:
     return level
 
 
-def check_query(ds: Dataset, model: Model, *, retrieve: bool = False) -> str:
+def _single_value(ds: Dataset, tag: int) -> bool:
+    """Whether ``tag`` holds one value usable for Single Value Matching (PS3.4 C.2.2.2.1): no list, no wildcard."""
+    values = _text_values(ds.get(tag))
+    return bool(values) and len(values) == 1 and bool(values[0]) and not ("*" in values[0] or "?" in values[0])
+
+
+def relational_keys(ds: Dataset, model: Model, level: str) -> tuple[int, ...]:
+    """The unique keys above ``level`` that a C-FIND lacks as a single value: what makes it relational.
+
+    PS3.4 C.4.1.2.1 (baseline, hierarchical): "the SCU shall supply a single
+    value in the Unique Key attribute for each level above the
+    Query/Retrieve level". A query without one of them (absent, empty,
+    a list, or a wildcard) can only be answered by the relational search
+    method (PS3.4 C.4.1.2.2, C.4.1.3.2), which is negotiated with the SOP
+    Class Extended Negotiation sub-item, relational-queries byte (PS3.4 C.5.1.1).
+
+    :param ds: the decoded identifier.
+    :param model: its information model.
+    :param level: its level (as :func:`check_query` returned it).
+    :returns: the tags at fault, top level first; ``()`` for a hierarchical query.
+    """
+    levels = LEVELS[model]
+    return tuple(UNIQUE_KEYS[above] for above in levels[: levels.index(level)] if not _single_value(ds, UNIQUE_KEYS[above]))
+
+
+def check_query(ds: Dataset, model: Model, *, retrieve: bool = False, hierarchical: bool = False) -> str:
     """Check an identifier before it is passed on to the sources; return its level.
 
     C-FIND (``retrieve=False``, PS3.4 C.4.1.2): the level exists in the
     model; each UID unique key present is empty (universal matching) or a
     list of valid UIDs (single value or List of UID Matching, PS3.4
-    C.2.2.2.2; wildcards are not allowed for UIDs, C.2.2.2.4). Keys above
-    the level are not required: relational-style queries are answered by
-    the sources that support them, and archives are lenient here.
+    C.2.2.2.2; wildcards are not allowed for UIDs, C.2.2.2.4). With
+    ``hierarchical`` (the requester did not negotiate relational queries)
+    the unique key of every level above is present with a single value
+    (PS3.4 C.4.1.2.1, C.4.1.3.1; :func:`relational_keys`); the error names
+    the missing keys as Offending Elements. Without it keys above the level
+    are not required: the caller sends such a relational query only to
+    sources that accepted relational queries.
 
     C-MOVE / C-GET (``retrieve=True``, PS3.4 C.4.2.2.1, C.6.1.2.2,
     C.6.2.2.2): additionally, the unique key of every level above the
@@ -351,6 +385,8 @@ def check_query(ds: Dataset, model: Model, *, retrieve: bool = False) -> str:
     :param ds: the decoded identifier.
     :param model: the information model of the request's SOP class.
     :param retrieve: whether the request is a C-MOVE or C-GET.
+    :param hierarchical: C-FIND only: refuse a relational query (the
+        requester was not granted relational-queries, PS3.4 C.5.1.1).
     :returns: the level (``"PATIENT"``, ``"STUDY"``, ``"SERIES"`` or ``"IMAGE"``).
     :raises IdentifierError: naming the first rule broken.
     """
@@ -363,6 +399,17 @@ def check_query(ds: Dataset, model: Model, *, retrieve: bool = False) -> str:
             if not is_valid_uid(value):
                 raise IdentifierError(f"invalid UID {value[:30]!r} in ({tag >> 16:04X},{tag & 0xFFFF:04X})", offending=(tag,))
     if not retrieve:
+        missing = relational_keys(ds, model, level) if hierarchical else ()
+        if missing:
+            # PS3.4 C.4.1.2.1: hierarchical queries name one value for each
+            # unique key above the level; relational ones were not negotiated.
+            # The comment fits the 64 characters of (0000,0902) and names the
+            # first key; (0000,0901) names them all.
+            first = missing[0]
+            more = f" +{len(missing) - 1}" if len(missing) > 1 else ""
+            raise IdentifierError(
+                f"relational query not negotiated; no single ({first >> 16:04X},{first & 0xFFFF:04X}){more}", offending=missing
+            )
         return level
     depth = levels.index(level)
     for above in levels[:depth]:

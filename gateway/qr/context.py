@@ -41,8 +41,13 @@ class IResponder(Protocol):
         error_comment: str = "",
         failed_uids: Sequence[str] = (),
         identifier: bytes | None = None,
+        offending: Sequence[int] = (),
     ) -> None:
-        """The final response; ``failed_uids`` become the Failed SOP Instance UID List (0008,0058)."""
+        """The final response; ``failed_uids`` become the Failed SOP Instance UID List (0008,0058).
+
+        ``offending``: the Offending Element (0000,0901) tags of a failure caused
+        by the identifier (PS3.7 9.1.2.1.6, PS3.4 C.4.1.1.4), beside the Error Comment.
+        """
 
     @property
     def transfer_syntax(self) -> str:

@@ -6,7 +6,11 @@ Theory of operation
 
 1. decodes and checks the identifier (:func:`gateway.dimse.identifier.check_query`;
    a malformed one is answered with the error's 0xC000-class or 0xA900
-   status and an Error Comment, PS3.4 C.4.1.1.4, PS3.7 9.1.2.1.6);
+   status, an Error Comment and the Offending Element (0000,0901) naming
+   the keys at fault, PS3.4 C.4.1.1.4, PS3.7 9.1.2.1.6); a relational query
+   (a unique key above the level missing, PS3.4 C.4.1.2.2) from a requester
+   that was not granted relational-queries for the SOP class is refused the
+   same way (the hierarchical rule of PS3.4 C.4.1.2.1);
 2. turns remapped UIDs in the keys back into the originals the journal
    recorded (``uid_remap`` is a one-way HMAC: :meth:`IRetrieveJournal.original_uids`),
    then applies ``query_morph``;
@@ -16,7 +20,9 @@ Theory of operation
 4. relays each match as it arrives: ``response_morph`` (its remapped UIDs
    recorded with :meth:`IRetrieveJournal.remember_uids`), then
    :class:`gateway.qr.merge.Merge` (duplicates, source precedence,
-   ``max_results``), then a pending response (0xFF00). Nothing holds a whole
+   ``max_results``), then a pending response: 0xFF00, or 0xFF01 when the
+   source sent 0xFF01 (optional keys not supported, PS3.4 C.4.1.1.4: the
+   warning is the source's to give, so it is relayed as such). Nothing holds a whole
    result set: a match is in memory from its arrival to its relay (or, for a
    lower-precedence source, in the merge's bounded hold).
 
@@ -24,6 +30,17 @@ A source's query is a :class:`SourceQuery`, by default a
 :class:`DicomSourceQuery` (an association proposing only the FIND class,
 Explicit then Implicit VR LE, released before its part counts as over);
 ``ctx.extra["open_source"]`` replaces the opener (tests use fakes).
+
+Relational queries (``query.relational: true``; PS3.4 C.4.1.2.2, C.4.1.3.2).
+The listener then answers relational-queries 1 in the SOP Class Extended
+Negotiation of the FIND classes (PS3.4 C.5.1.1, PS3.7 D.3.3.5) to a requester
+that asks, and every source association proposes it too. A relational query
+(:func:`gateway.dimse.identifier.relational_keys` non-empty) from a requester
+granted it goes only to sources that granted it in their own negotiation; a
+source that did not is a failed source for that query (left out with a
+warning, or the query fails 0xC001 when ``strict``), after its association is
+released and without the query being sent. Hierarchical queries go to every
+source as before.
 
 Each source has ``query.timeout`` to answer the whole query; a slower one is
 cancelled (C-CANCEL-RQ) and treated as failed. A failed source fails the
@@ -70,6 +87,10 @@ log = Logger(namespace="gateway.qr.find")
 
 #: "Matches are continuing" (PS3.4 C.4.1.1.4).
 PENDING = 0xFF00
+#: "Matches are continuing - Warning that one or more Optional Keys were not
+#: supported for existence for this Identifier" (PS3.4 C.4.1.1.4): a source's
+#: warning, relayed as such.
+PENDING_WARNING = 0xFF01
 #: "Cancel: matching terminated due to Cancel request" (PS3.4 C.4.1.1.4).
 CANCEL = 0xFE00
 #: "Refused: Out of resources" (PS3.4 C.4.1.1.4): the ``max_results`` guard.
@@ -89,13 +110,31 @@ class SourceFailed(Exception):
     """A source could not answer (refused, unreachable, no FIND context, a failure status)."""
 
 
+#: Called with each match and its pending status: ``on_match(identifier, status=0xFF00)``.
+OnMatch = Callable[..., None]
+
+
+def relational_item(sop_class_uid: str) -> Any:
+    """The SOP Class Extended Negotiation sub-item asking relational queries for a FIND class.
+
+    PS3.7 D.3.3.5 with the C-FIND Service-class-application-information of
+    PS3.4 C.5.1.1 (Table C.5-1): byte 1 relational-queries = 1; the other
+    bytes (date-time matching, fuzzy matching, timezone adjustment) are left
+    out, which means not asked.
+    """
+    from gateway.ul.items import SOPClassExtendedNegotiation
+
+    return SOPClassExtendedNegotiation(sop_class_uid, b"\x01")
+
+
 class SourceQuery(Protocol):
     """One source's part of a query."""
 
-    def start(self, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
-        """Ask; call ``on_match`` with each pending response's identifier; fire with the final status.
+    def start(self, on_match: OnMatch) -> "Deferred[int]":
+        """Ask; call ``on_match(identifier, status)`` with each pending response; fire with the final status.
 
-        Fails (:class:`SourceFailed` or another error) when the source could not answer.
+        ``status`` is the pending status the source sent (0xFF00 or 0xFF01);
+        fails (:class:`SourceFailed` or another error) when the source could not answer.
         """
 
     def cancel(self) -> None:
@@ -119,22 +158,37 @@ class DicomSourceQuery:
         self._cancelled = False
         #: Set by the handler: fires when the requester can take more responses.
         self.writable: Callable[[], Deferred[None]] | None = None
+        #: Set by the handler: propose relational queries (``query.relational``, PS3.4 C.5.1.1).
+        self.propose_relational = False
+        #: Set by the handler: the query is relational; a source that did not
+        #: grant relational-queries fails without being asked (PS3.4 C.4.1.2.2).
+        self.require_relational = False
 
-    def start(self, on_match: Callable[[Dataset], None]) -> "Deferred[int]":
+    def start(self, on_match: OnMatch) -> "Deferred[int]":
         """Connect, send the C-FIND-RQ, hand over each match, release; fire with the final status."""
         return ensureDeferred(self._run(on_match))
 
-    async def _run(self, on_match: Callable[[Dataset], None]) -> int:
+    async def _run(self, on_match: OnMatch) -> int:
         connect = self._ctx.connect
         if connect is None:
             raise SourceFailed("no DICOM connector")
-        self._connecting = connect(self._destination, [(self._sop_class_uid, list(SOURCE_SYNTAXES))])
+        proposals = [(self._sop_class_uid, list(SOURCE_SYNTAXES))]
+        if self.propose_relational or self.require_relational:
+            # PS3.7 D.3.3.5: the SOP Class Extended Negotiation sub-item in the A-ASSOCIATE-RQ.
+            self._connecting = connect(self._destination, proposals, extended_negotiations=[relational_item(self._sop_class_uid)])
+        else:
+            self._connecting = connect(self._destination, proposals)
         association = await self._connecting
         self._connecting = None
         try:
             context = association.context_for_class(self._sop_class_uid)
             if context is None:
                 raise SourceFailed("the source accepted no context for the FIND class")
+            if self.require_relational and not association.relational_queries(self._sop_class_uid):
+                # PS3.4 C.5.1.1: no reply, or byte 1 = 0, means the source
+                # does not support relational queries; it would answer this
+                # one hierarchically (or refuse it), so it is not asked.
+                raise SourceFailed("the source did not accept relational queries")
             if self._cancelled:
                 return CANCEL
             data = ident.encode_identifier(self._query, context.transfer_syntax)
@@ -151,7 +205,7 @@ class DicomSourceQuery:
                 if response.identifier is None:
                     continue
                 try:
-                    on_match(response.dataset())
+                    on_match(response.dataset(), PENDING_WARNING if response.status == PENDING_WARNING else PENDING)
                 except ident.IdentifierError as error:
                     log.warn("source {source}: a malformed match left out: {error}", source=self._destination.name, error=error.comment)
         finally:
@@ -246,6 +300,8 @@ class _Find:
         self.failed: list[tuple[str, str]] = []
         self.ended = False
         self.query: Dataset | None = None
+        #: The query is relational (unique keys above its level missing, PS3.4 C.4.1.2.2).
+        self.relational = False
         self.routing = routing_context(info, ctx.wall())
         self.next_index = 0
         #: Sources whose query Deferred has not fired yet.
@@ -263,9 +319,13 @@ class _Find:
             if model is None:
                 raise ident.IdentifierError("not a FIND SOP class", status=0x0122)
             ds = ident.decode_identifier(self.identifier, self.responder.transfer_syntax)
-            self.level = ident.check_query(ds, model[0])
+            # PS3.4 C.4.1.2.1: without relational-queries negotiated for this
+            # class (PS3.4 C.5.1.1), only hierarchical queries are valid.
+            granted = sop_class in getattr(self.info, "relational_queries", frozenset())
+            self.level = ident.check_query(ds, model[0], hierarchical=not granted)
+            self.relational = bool(ident.relational_keys(ds, model[0], self.level))
         except ident.IdentifierError as error:
-            self._end(error.status, error.comment, "invalid")
+            self._end(error.status, error.comment, "invalid", error.offending)
             return succeed(None)
         self.responder.cancelled.addCallback(lambda _: self._requester_cancelled())
         d = self._original_uids(ds)
@@ -342,17 +402,19 @@ class _Find:
         if isinstance(source.query, DicomSourceQuery):
             # Backpressure from the requester's association (responders that have it).
             source.query.writable = getattr(self.responder, "writable", None)
+            source.query.propose_relational = bool(getattr(self.settings, "relational", False))
+            source.query.require_relational = self.relational
         source.timer = self.ctx.reactor.callLater(self.settings.timeout, self._timed_out, source)
         self.running += 1
-        d = source.query.start(lambda ds: self._match(source, ds))
+        d = source.query.start(lambda ds, status=PENDING: self._match(source, ds, status))
         d.addCallbacks(lambda status: self._source_final(source, status), lambda f: self._source_error(source, f))
         d.addErrback(self.internal_error)
         d.addBoth(lambda _: self._source_settled())
 
     # -- from the sources -------------------------------------------------------------------
 
-    def _match(self, source: _Source, ds: Dataset) -> None:
-        """A pending response from ``source``: morph, merge, relay."""
+    def _match(self, source: _Source, ds: Dataset, status: int = PENDING) -> None:
+        """A pending response from ``source``: morph, merge, relay (0xFF01 stays 0xFF01, PS3.4 C.4.1.1.4)."""
         if self.ended or source.ended:
             return
         source.results += 1
@@ -371,8 +433,8 @@ class _Find:
         except (ValueError, ident.IdentifierError) as error:
             log.warn("{assoc_id} a match from {source} left out: {error}", assoc_id=self.info.assoc_id, source=source.name, error=str(error))
             return
-        for out in self.merge.match(source.name, key, data):
-            self.responder.pending(PENDING, out)
+        for out in self.merge.offer(source.name, key, data, PENDING_WARNING if status == PENDING_WARNING else PENDING):
+            self.responder.pending(out.status, out.identifier)
         if self.merge.over_limit:
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
             self._stop_sources()
@@ -438,8 +500,8 @@ class _Find:
         self.ctx.observer.observe(events.QuerySourceAnswered(source.name, ok, source.results, max(0.0, self._now() - source.started), reason))
         if self.ended:
             return
-        for out in self.merge.source_done(source.name):
-            self.responder.pending(PENDING, out)
+        for out in self.merge.finish(source.name):
+            self.responder.pending(out.status, out.identifier)
         if self.merge.over_limit:
             self._end(OUT_OF_RESOURCES, f"more than max_results {self.settings.max_results} matches", "limited")
             self._stop_sources()
@@ -485,8 +547,12 @@ class _Find:
             return
         self._end(0x0000, "", "partial" if self.failed else "success")
 
-    def _end(self, status: int, comment: str, outcome: str) -> None:
-        """Send the final response once and tell the observer."""
+    def _end(self, status: int, comment: str, outcome: str, offending: tuple[int, ...] = ()) -> None:
+        """Send the final response once and tell the observer.
+
+        :param offending: the Offending Element (0000,0901) tags of a refused
+            identifier (PS3.7 9.1.2.1.6 / C.4.1.1.4), sent beside the Error Comment.
+        """
         if self.ended:
             return
         self.ended = True
@@ -513,7 +579,10 @@ class _Find:
                 comment or "; ".join(f"{name}: {reason}" for name, reason in self.failed),
             )
         )
-        self.responder.final(status, error_comment=comment)
+        if offending:
+            self.responder.final(status, error_comment=comment, offending=offending)
+        else:
+            self.responder.final(status, error_comment=comment)
         self._maybe_settled()
 
     def _source_settled(self) -> None:

@@ -27,6 +27,13 @@ responses are relayed as they arrive. Two rules shape what leaves:
 :attr:`Merge.over_limit`; the caller then cancels the sources and ends with
 0xA700 (PS3.4 C.4.1.1.4: C-FIND has no warning final status).
 
+Each match keeps the pending status it came with (:meth:`Merge.offer`,
+:meth:`Merge.finish` give :class:`Relayed` pairs): a source's 0xFF01
+("Matches are continuing - Warning that one or more Optional Keys were not
+supported for existence for this Identifier", PS3.4 C.4.1.1.4) is relayed
+as 0xFF01, not turned into 0xFF00. :meth:`Merge.match` and
+:meth:`Merge.source_done` are the same without the status.
+
 Nothing here does I/O or keeps time: the caller feeds matches and source
 ends and sends what comes out.
 """
@@ -36,12 +43,15 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 #: Matches of a lower-precedence source kept while a higher one is still running.
 HOLD_LIMIT = 1000
 #: Bytes of held identifiers, at most.
 HOLD_BYTES = 8 * 1024 * 1024
+
+#: "Matches are continuing" (PS3.4 C.4.1.1.4), the status of a match unless told otherwise.
+PENDING = 0xFF00
 
 
 def key_digest(key: Hashable) -> bytes:
@@ -57,6 +67,14 @@ class Held:
     source: int
     digest: bytes | None
     identifier: bytes
+    status: int = PENDING
+
+
+class Relayed(NamedTuple):
+    """A match to relay now, with the pending status its source sent (0xFF00 or 0xFF01)."""
+
+    identifier: bytes
+    status: int = PENDING
 
 
 class Merge:
@@ -104,16 +122,23 @@ class Merge:
         :param key: the level's unique key, ``None`` when the match has none
             (it is then never a duplicate).
         """
+        return [relayed.identifier for relayed in self.offer(source, key, identifier)]
+
+    def offer(self, source: str, key: Hashable | None, identifier: bytes, status: int = PENDING) -> list[Relayed]:
+        """As :meth:`match`, keeping each match's pending status (0xFF00 or 0xFF01, PS3.4 C.4.1.1.4).
+
+        :param status: the pending status the source sent with this match.
+        """
         index = self._index[source]
         digest = key_digest(key) if key is not None and self._dedupe else None
         if digest is not None and digest in self._seen:
             self.duplicates += 1
             return []
         if all(self._done[:index]):
-            return self._relay(digest, identifier)
-        self._held.append(Held(index, digest, identifier))
+            return self._relay(digest, identifier, status)
+        self._held.append(Held(index, digest, identifier, status))
         self._held_size += len(identifier)
-        out: list[bytes] = []
+        out: list[Relayed] = []
         while self._held and (len(self._held) > self._hold_limit or self._held_size > self._hold_bytes):
             # Bounded memory first: the oldest held match goes now.
             self.precedence_lost += 1
@@ -122,8 +147,12 @@ class Merge:
 
     def source_done(self, source: str) -> list[bytes]:
         """``source`` finished (final response, failure, timeout, left out): held matches now due."""
+        return [relayed.identifier for relayed in self.finish(source)]
+
+    def finish(self, source: str) -> list[Relayed]:
+        """As :meth:`source_done`, keeping each match's pending status."""
         self._done[self._index[source]] = True
-        out: list[bytes] = []
+        out: list[Relayed] = []
         while self._held and all(self._done[: self._held[0].source]):
             out += self._release_one()
         # Matches of later sources behind one still waiting keep their place
@@ -133,7 +162,7 @@ class Merge:
             for held in self._held:
                 if all(self._done[: held.source]):
                     self._held_size -= len(held.identifier)
-                    out += self._relay(held.digest, held.identifier)
+                    out += self._relay(held.digest, held.identifier, held.status)
                 else:
                     keep.append(held)
             self._held = keep
@@ -151,12 +180,12 @@ class Merge:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _release_one(self) -> list[bytes]:
+    def _release_one(self) -> list[Relayed]:
         held = self._held.popleft()
         self._held_size -= len(held.identifier)
-        return self._relay(held.digest, held.identifier)
+        return self._relay(held.digest, held.identifier, held.status)
 
-    def _relay(self, digest: bytes | None, identifier: bytes) -> list[bytes]:
+    def _relay(self, digest: bytes | None, identifier: bytes, status: int) -> list[Relayed]:
         """Relay one match unless it is a duplicate (checked again: a held one may have been overtaken) or over the limit."""
         if digest is not None:
             if digest in self._seen:
@@ -168,4 +197,4 @@ class Merge:
         if digest is not None:
             self._seen.add(digest)
         self.relayed += 1
-        return [identifier]
+        return [Relayed(identifier, status)]

@@ -157,9 +157,10 @@ class AcceptorSettings:
         :data:`NOT_SUB_OPERATION_CLASSES` (the C-GET SCU's storage contexts,
         PS3.4 C.4.3.3, PS3.7 D.3.3.4).
     :ivar relational_queries: answer relational-queries 1 in the C-FIND SOP
-        Class Extended Negotiation reply when asked (PS3.4 C.5.1.1); the
-        gateway passes queries to its sources, so this is true only when
-        every source supports them.
+        Class Extended Negotiation reply when asked (PS3.4 C.5.1.1): the
+        listener's ``query.relational``. The gateway passes queries on, so a
+        relational query then goes only to the sources that granted
+        relational-queries in their own negotiation (:mod:`gateway.qr.find`).
     """
 
     ae_title: str
@@ -433,6 +434,23 @@ def _extended_replies(
         reply[0] = 1 if settings.relational_queries and proposed[0] == 1 else 0
         replies[sop] = SOPClassExtendedNegotiation(sop, bytes(reply))
     return tuple(replies.values())
+
+
+def relational_granted(ac: AAssociateAC) -> frozenset[str]:
+    """The FIND SOP classes an A-ASSOCIATE-AC grants relational queries for (PS3.4 C.5.1.1, byte 1 = 1).
+
+    Read on either side: the acceptor's own answer (what the requester may
+    send), or a source's answer to the gateway (what it may be sent).
+
+    :param ac: the A-ASSOCIATE-AC.
+    :returns: the SOP class UIDs whose first extended negotiation reply has byte 1 set to 1.
+    """
+    if ac.user_information is None:
+        return frozenset()
+    granted: dict[str, bool] = {}
+    for item in ac.user_information.extended_negotiations:
+        granted.setdefault(item.sop_class_uid, item.application_information[:1] == b"\x01")
+    return frozenset(sop for sop, yes in granted.items() if yes)
 
 
 # ---------------------------------------------------------------------------
