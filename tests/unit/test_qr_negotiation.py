@@ -24,8 +24,8 @@ from gateway.config.schema import (
 )
 from gateway.service import acceptor_settings
 from gateway.ul import pdu
-from gateway.ul.items import SCPSCURoleSelection, UserInformation
-from gateway.ul.negotiate import negotiate_acceptor
+from gateway.ul.items import SCPSCURoleSelection, SOPClassExtendedNegotiation, UserInformation
+from gateway.ul.negotiate import negotiate_acceptor, relational_granted
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -66,7 +66,9 @@ def config(query: QueryConfig | None = None, retrieve: RetrieveConfig | None = N
     )
 
 
-def request(roles: tuple[SCPSCURoleSelection, ...] = ()) -> pdu.AAssociateRQ:
+def request(
+    roles: tuple[SCPSCURoleSelection, ...] = (), extended: tuple[SOPClassExtendedNegotiation, ...] = ()
+) -> pdu.AAssociateRQ:
     """An A-ASSOCIATE-RQ proposing CT Image Storage and the six Q/R classes."""
     return pdu.AAssociateRQ(
         called_ae_title="DICOMGW",
@@ -74,7 +76,9 @@ def request(roles: tuple[SCPSCURoleSelection, ...] = ()) -> pdu.AAssociateRQ:
         presentation_contexts=tuple(
             pdu.PresentationContextRQ(context_id, abstract, (IMPLICIT_LE,)) for context_id, abstract in PROPOSED.items()
         ),
-        user_information=UserInformation(max_length=16384, implementation_class_uid="1.2.3", role_selections=roles),
+        user_information=UserInformation(
+            max_length=16384, implementation_class_uid="1.2.3", role_selections=roles, extended_negotiations=extended
+        ),
     )
 
 
@@ -120,3 +124,35 @@ class QRNegotiationTests(SynchronousTestCase):
             assert negotiation.ac.user_information is not None
             [reply] = [r for r in negotiation.ac.user_information.role_selections if r.sop_class_uid == CT_IMAGE]
             self.assertEqual(reply.scp_role, granted, listener.name)
+
+
+class RelationalNegotiationTests(SynchronousTestCase):
+    """``query.relational`` answers relational-queries 1 in the FIND classes' extended negotiation (PS3.4 C.5.1.1)."""
+
+    ASK = (
+        SOPClassExtendedNegotiation(STUDY_FIND, b"\x01\x01"),
+        SOPClassExtendedNegotiation(PATIENT_FIND, b"\x00"),
+    )
+
+    def replies(self, cfg: GatewayConfig, listener: ListenerConfig) -> dict[str, bytes]:
+        negotiation = negotiate_acceptor(request(extended=self.ASK), acceptor_settings(cfg, listener))
+        assert negotiation.ac.user_information is not None
+        return {r.sop_class_uid: r.application_information for r in negotiation.ac.user_information.extended_negotiations}
+
+    def test_relational_listener_grants_what_is_asked(self) -> None:
+        """``relational: true``: byte 1 is 1 where the requester asked it, 0 where not; the other bytes 0."""
+        cfg = config(query=QueryConfig(sources=("archive",), relational=True))
+        self.assertEqual(self.replies(cfg, PLAIN), {STUDY_FIND: b"\x01\x00", PATIENT_FIND: b"\x00"})
+        negotiation = negotiate_acceptor(request(extended=self.ASK), acceptor_settings(cfg, PLAIN))
+        self.assertEqual(relational_granted(negotiation.ac), frozenset({STUDY_FIND}))
+
+    def test_default_answers_not_supported(self) -> None:
+        """Without ``relational`` (the default) the reply is 0: not supported, as before."""
+        self.assertEqual(self.replies(config(), QUERYING), {STUDY_FIND: b"\x00\x00", PATIENT_FIND: b"\x00"})
+        negotiation = negotiate_acceptor(request(extended=self.ASK), acceptor_settings(config(), QUERYING))
+        self.assertEqual(relational_granted(negotiation.ac), frozenset())
+
+    def test_listener_section_decides(self) -> None:
+        """A listener's own ``query`` without ``relational`` refuses it even when the top level grants it."""
+        cfg = config(query=QueryConfig(sources=("archive",), relational=True))
+        self.assertEqual(self.replies(cfg, QUERYING)[STUDY_FIND][:1], b"\x00")

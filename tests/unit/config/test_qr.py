@@ -118,6 +118,18 @@ class QuerySectionTests(LoadTestCase):
         self.assertOneError(WITH_ARCHIVES + "query: {sources: [archive1], timeout: 0s}\n", 12, "query.timeout", "more than 0")
         self.assertOneError(WITH_ARCHIVES + "query: {sources: [archive1], timeout: 2h}\n", 12, "query.timeout", "at most 3600")
 
+    def test_relational_is_a_boolean_off_by_default(self) -> None:
+        """``relational`` is false unless set; a non-boolean is refused at its line and key."""
+        config = self.load(WITH_ARCHIVES + "query: {sources: [archive1]}\n")
+        assert isinstance(config, GatewayConfig) and config.query is not None
+        self.assertFalse(config.query.relational)
+        config = self.load(WITH_ARCHIVES + "query:\n  sources: [archive1]\n  relational: true\n")
+        assert isinstance(config, GatewayConfig) and config.query is not None
+        self.assertTrue(config.query.relational)
+        self.assertOneError(
+            WITH_ARCHIVES + "query:\n  sources: [archive1]\n  relational: sometimes\n", 14, "query.relational", ""
+        )
+
     def test_max_results_bounds(self) -> None:
         """``max_results`` is 1 to 1000000."""
         self.assertOneError(WITH_ARCHIVES + "query: {sources: [archive1], max_results: 0}\n", 12, "query.max_results", "")

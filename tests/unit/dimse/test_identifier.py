@@ -22,6 +22,7 @@ from gateway.dimse.identifier import (
     Verb,
     check_query,
     decode_identifier,
+    relational_keys,
     encode_identifier,
     is_valid_uid,
     sop_class_model,
@@ -193,6 +194,35 @@ class CheckQueryTests(SynchronousTestCase):
     def test_query_does_not_require_keys_above(self) -> None:
         """A C-FIND at IMAGE level without study and series UIDs passes (sources decide relational matching)."""
         self.assertEqual(check_query(identifier("IMAGE", SOPInstanceUID=""), Model.STUDY_ROOT), "IMAGE")
+
+    def test_hierarchical_query_requires_single_unique_keys_above(self) -> None:
+        """``hierarchical``: each unique key above the level present, one value, no wildcard (PS3.4 C.4.1.2.1); errors name them."""
+        image = identifier("IMAGE", StudyInstanceUID=STUDY, SeriesInstanceUID=SERIES, SOPInstanceUID="")
+        self.assertEqual(check_query(image, Model.STUDY_ROOT, hierarchical=True), "IMAGE")
+        self.assertEqual(relational_keys(image, Model.STUDY_ROOT, "IMAGE"), ())
+        bare = identifier("IMAGE", SOPInstanceUID="")
+        error = self.assert_refused_hierarchical(bare, Model.STUDY_ROOT)
+        self.assertEqual(error.offending, (0x0020000D, 0x0020000E))
+        self.assertLessEqual(len(error.comment), 64)
+        # A list of Study UIDs above the level, and a Patient ID wildcard, are relational too.
+        listed = identifier("SERIES", StudyInstanceUID=[STUDY, SOP], SeriesInstanceUID="")
+        self.assertEqual(self.assert_refused_hierarchical(listed, Model.STUDY_ROOT).offending, (0x0020000D,))
+        wildcard = identifier("STUDY", PatientID="P*", StudyInstanceUID="")
+        self.assertEqual(self.assert_refused_hierarchical(wildcard, Model.PATIENT_ROOT).offending, (0x00100020,))
+        wildcard.PatientID = "P1"
+        self.assertEqual(check_query(wildcard, Model.PATIENT_ROOT, hierarchical=True), "STUDY")
+        # The top level of each model has nothing above it; without ``hierarchical`` the bare query passes.
+        self.assertEqual(check_query(identifier("STUDY"), Model.STUDY_ROOT, hierarchical=True), "STUDY")
+        self.assertEqual(check_query(identifier("PATIENT"), Model.PATIENT_ROOT, hierarchical=True), "PATIENT")
+        self.assertEqual(check_query(bare, Model.STUDY_ROOT), "IMAGE")
+
+    def assert_refused_hierarchical(self, ds: Dataset, model: Model) -> IdentifierError:
+        """Assert check_query with ``hierarchical`` refuses ``ds`` 0xC000 with a comment."""
+        with self.assertRaises(IdentifierError) as caught:
+            check_query(ds, model, hierarchical=True)
+        self.assertEqual(caught.exception.status, Status.CANNOT_UNDERSTAND)
+        self.assertIn("relational", caught.exception.comment)
+        return caught.exception
 
     def test_retrieve_requires_unique_keys_above(self) -> None:
         """A retrieve names every level above with one unique key and its own level's key(s)."""

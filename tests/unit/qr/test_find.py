@@ -65,6 +65,7 @@ class _Info:
     listener = "dicom"
     listener_port = 11112
     tls_subject = ""
+    relational_queries: frozenset[str] = frozenset()
 
 
 class _RQ:
@@ -81,14 +82,21 @@ class _Responder:
 
     def __init__(self) -> None:
         self.matches: list[Dataset] = []
+        self.statuses: list[int] = []
         self.finals: list[tuple[int, str]] = []
+        self.offending: list[tuple[int, ...]] = []
         self.cancelled: Deferred[None] = Deferred()
 
-    def final(self, status: int, counts: Any = None, error_comment: str = "", failed_uids: Any = (), identifier: Any = None) -> None:
+    def final(
+        self, status: int, counts: Any = None, error_comment: str = "", failed_uids: Any = (), identifier: Any = None,
+        offending: Any = (),
+    ) -> None:
         self.finals.append((status, error_comment))
+        self.offending.append(tuple(offending))
 
     def pending(self, status: int, identifier: bytes | None = None, counts: Any = None) -> None:
-        assert status == 0xFF00 and identifier is not None
+        assert status in (0xFF00, 0xFF01) and identifier is not None
+        self.statuses.append(status)
         self.matches.append(decode_identifier(identifier, EXPLICIT_LE))
 
 
@@ -109,14 +117,17 @@ class _Source:
     def cancel(self) -> None:
         self.cancels += 1
 
-    def study(self, uid: str, name: str = "") -> None:
-        """One STUDY-level match."""
+    def study(self, uid: str, name: str = "", status: int | None = None) -> None:
+        """One STUDY-level match (with its pending status when given)."""
         ds = Dataset()
         ds.QueryRetrieveLevel = "STUDY"
         ds.StudyInstanceUID = uid
         ds.PatientName = name or self.name
         assert self.on_match is not None
-        self.on_match(ds)
+        if status is None:
+            self.on_match(ds)
+        else:
+            self.on_match(ds, status)
 
 
 class _Journal:
@@ -171,7 +182,9 @@ class FindTests(SynchronousTestCase):
         self.observer = _Observer()
         self.responder = _Responder()
 
-    def run_find(self, identifier: bytes | None = None, fail_open: tuple[str, ...] = (), **settings: Any) -> None:
+    def run_find(
+        self, identifier: bytes | None = None, fail_open: tuple[str, ...] = (), info: Any = None, **settings: Any
+    ) -> None:
         settings.setdefault("sources", ("a", "b"))
         config = _Config(QueryConfig(**settings))
 
@@ -191,7 +204,7 @@ class FindTests(SynchronousTestCase):
             observer=self.observer,
             extra={"open_source": open_source},
         )
-        find(_Info(), _RQ(), identifier if identifier is not None else query(), self.responder, ctx)
+        find(info or _Info(), _RQ(), identifier if identifier is not None else query(), self.responder, ctx)
 
     def uids(self) -> list[str]:
         """The Study UIDs relayed, in order."""
@@ -312,10 +325,47 @@ class FindTests(SynchronousTestCase):
         self.assertEqual(self.responder.finals[0][0], 0xA900)
 
     def test_image_level_query_is_passed_on(self) -> None:
-        """An IMAGE-level query reaches the sources with its keys."""
-        self.run_find(identifier=query("IMAGE", SeriesInstanceUID="1.2.3", SOPInstanceUID=""))
+        """A hierarchical IMAGE-level query (study and series UIDs given) reaches the sources with its keys."""
+        self.run_find(identifier=query("IMAGE", StudyInstanceUID="1.2", SeriesInstanceUID="1.2.3", SOPInstanceUID=""))
         self.assertEqual(str(self.sources["a"].query.QueryRetrieveLevel), "IMAGE")
         self.assertEqual(str(self.sources["b"].query.SeriesInstanceUID), "1.2.3")
+
+    def test_relational_query_without_negotiation_is_refused_naming_the_missing_keys(self) -> None:
+        """IMAGE level without study and series UIDs, relational not granted: 0xC000, (0000,0901) names both; no source asked."""
+        self.run_find(identifier=query("IMAGE", SeriesInstanceUID="", SOPInstanceUID=""))
+        [(status, comment)] = self.responder.finals
+        self.assertEqual(status, 0xC000)
+        self.assertIn("relational", comment)
+        self.assertLessEqual(len(comment), 64)
+        self.assertEqual(self.responder.offending, [(0x0020000D, 0x0020000E)])
+        self.assertEqual(self.sources, {})
+        self.assertEqual(self.answered().outcome, "invalid")
+
+    def test_relational_query_granted_is_passed_on(self) -> None:
+        """The same query from a requester granted relational-queries for the class reaches the sources."""
+        info = _Info()
+        info.relational_queries = frozenset({STUDY_FIND})
+        self.run_find(identifier=query("IMAGE", SeriesInstanceUID="", SOPInstanceUID=""), info=info)
+        self.assertEqual(sorted(self.sources), ["a", "b"])
+        self.assertEqual(self.responder.finals, [])
+
+    def test_level_error_carries_the_offending_element(self) -> None:
+        """A level the model lacks: 0xA900 with (0008,0052) as Offending Element."""
+        self.run_find(identifier=query("PATIENT"))
+        self.assertEqual(self.responder.offending, [(0x00080052,)])
+
+    def test_pending_warning_from_a_source_is_relayed_as_ff01(self) -> None:
+        """A source's 0xFF01 match leaves as 0xFF01, also when held behind a source listed before it; 0xFF00 stays 0xFF00."""
+        self.run_find()
+        self.sources["b"].study("2.1", status=0xFF01)  # held: a is still running
+        self.sources["a"].study("1.1", status=0xFF01)
+        self.sources["a"].study("1.2")
+        self.assertEqual(self.responder.statuses, [0xFF01, 0xFF00])
+        self.sources["a"].done.callback(0)
+        self.sources["b"].done.callback(0)
+        self.assertEqual(self.uids(), ["1.1", "1.2", "2.1"])
+        self.assertEqual(self.responder.statuses, [0xFF01, 0xFF00, 0xFF01])
+        self.assertEqual(self.responder.finals, [(0x0000, "")])
 
     def test_remapped_uids_are_recorded_and_turned_back_in_later_queries(self) -> None:
         """Response morph UIDs are remembered; a query for a remapped UID reaches the sources as the original."""
@@ -442,7 +492,7 @@ class DicomSourceBackpressureTests(SynchronousTestCase):
 
         query.writable = writable
         seen: list[Dataset] = []
-        d = query.start(seen.append)
+        d = query.start(lambda ds, status: seen.append(ds))
         self.assertEqual(stream.reads, 0)
         gate[0].callback(None)
         self.assertEqual((stream.reads, len(seen)), (1, 1))

@@ -29,6 +29,14 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(merge.match("b", *study("4", "b")), [b"4@b"])
         self.assertEqual((merge.relayed, merge.duplicates), (4, 2))
 
+    def test_pending_status_is_kept_through_the_hold(self) -> None:
+        """``offer``/``finish`` keep each match's 0xFF00/0xFF01 (PS3.4 C.4.1.1.4), held or not."""
+        merge = Merge(["a", "b"], max_results=0)
+        self.assertEqual(merge.offer("b", ("1",), b"1@b", 0xFF01), [])
+        self.assertEqual(merge.offer("a", ("2",), b"2@a", 0xFF01), [(b"2@a", 0xFF01)])
+        self.assertEqual(merge.offer("a", ("3",), b"3@a"), [(b"3@a", 0xFF00)])
+        self.assertEqual(merge.finish("a"), [(b"1@b", 0xFF01)])
+
     def test_a_failed_first_source_releases_the_second(self) -> None:
         """A source that ends (failed or left out) lets the next one's held matches go."""
         merge = Merge(["a", "b", "c"], max_results=0)

@@ -272,6 +272,20 @@ class QRDispatchTests(SynchronousTestCase):
         self.assertEqual(data, encode_failed_uids(["1.2.3", "1.2.4"], IMPLICIT_LE))
         self.assertEqual(data, b"\x08\x00\x58\x00\x0c\x00\x00\x001.2.3\\1.2.4\x00")
 
+    def test_failure_carries_the_offending_element_and_pending_ff01_is_kept(self) -> None:
+        """A 0xFF01 pending leaves as 0xFF01; a 0xC000 final carries (0000,0901) as AT values beside (0000,0902) (PS3.7 9.1.2.1.6)."""
+        self.service.pdata(pdvs(1, c_find(), IDENTIFIER))
+        assert self.qr is not None
+        responder = self.qr.calls[0][3]
+        responder.pending(0xFF01, b"match")
+        responder.final(0xC000, error_comment="no single (0020,000D)", offending=(0x0020000D, 0x0020000E))
+        self.assertEqual(self.peer.responses(), [(0x8020, 3, 0xFF01), (0x8020, 3, 0xC000)])
+        final = self.peer.sent[1][1]
+        self.assertEqual(final[dimse.Tag.OFFENDING_ELEMENT], b"\x20\x00\x0d\x00\x20\x00\x0e\x00")
+        self.assertNotIn(dimse.Tag.OFFENDING_ELEMENT, self.peer.sent[0][1])
+        self.assertEqual(dimse.decode_command(dimse.encode_command(dimse.find_response(
+            dimse.CFindRQ(3, STUDY_FIND), 0xC000, offending_element=(0x0020000D,)))).offending_element, (0x0020000D,))
+
     def test_store_response_is_routed_to_the_waiting_sub_operation(self) -> None:
         """A C-STORE-RSP answering our C-GET sub-operation fires its Deferred and is not a protocol violation."""
         waiting = self.service.expect_store_response(40)
