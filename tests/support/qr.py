@@ -251,10 +251,13 @@ class SyntheticQRScp(PeerProcess):
     :param identifiers: a fixed list of response identifiers (``{keyword: value}``),
         each returned when its ``QueryRetrieveLevel`` equals the query's.
     :param delay: seconds to sleep before each pending response (a slow source).
+    :param relational: grant relational-queries when asked (PS3.4 C.5.1.1).
+    :param pending_status: the status of each match (0xFF00, or 0xFF01, PS3.4 C.4.1.1.4).
     """
 
     def __init__(self, workdir: Path, *, aet: str = "SYNTH", generate: int = 0,
-                 identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0) -> None:
+                 identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0,
+                 relational: bool = False, pending_status: int = 0xFF00) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -264,7 +267,8 @@ class SyntheticQRScp(PeerProcess):
         ids_path.write_text(json.dumps(list(identifiers)))
         self._argv = [sys.executable, "-m", "tests.support.qr_scp", "--port", str(self.port),
                       "--aet", aet, "--generate", str(generate), "--identifiers", str(ids_path),
-                      "--delay", str(delay), "--events", str(self.events_path)]
+                      "--delay", str(delay), "--events", str(self.events_path),
+                      "--pending-status", hex(pending_status), *(["--relational"] if relational else [])]
         super().__init__("qr_scp", self.dir / "qr_scp.log")
 
     def start(self, timeout: float = 30.0) -> SyntheticQRScp:

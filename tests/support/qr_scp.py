@@ -9,6 +9,13 @@ carries the query's keys, filled from the record where it has them.
 Every query, C-CANCEL (PS3.7 9.3.2.3) and end is appended to ``--events`` as a
 JSON line, flushed at once, so the test process can see that a cancel reached
 this source.
+
+``--relational`` answers relational-queries 1 to a requester asking it in the
+SOP Class Extended Negotiation (PS3.4 C.5.1.1; without it pynetdicom sends no
+reply, which means not supported); every extended negotiation asked is
+recorded (``{"event": "extended", ...}``). ``--pending-status 0xFF01`` sends
+matches with "Matches are continuing - Warning that one or more Optional
+Keys were not supported" (PS3.4 C.4.1.1.4).
 """
 
 from __future__ import annotations
@@ -96,6 +103,8 @@ def main() -> None:
     parser.add_argument("--identifiers", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--events", required=True)
+    parser.add_argument("--relational", action="store_true")
+    parser.add_argument("--pending-status", type=lambda text: int(text, 0), default=0xFF00)
     args = parser.parse_args()
     with open(args.identifiers) as handle:
         fixed: list[dict[str, Any]] = json.load(handle)
@@ -122,7 +131,7 @@ def main() -> None:
             if args.delay:
                 time.sleep(args.delay)
             sent += 1
-            yield 0xFF00, response(rec, query)
+            yield args.pending_status, response(rec, query)
         record(event="done", sent=sent)
         yield 0x0000, None
 
@@ -131,7 +140,15 @@ def main() -> None:
     for context in (StudyRootQueryRetrieveInformationModelFind,
                     PatientRootQueryRetrieveInformationModelFind, Verification):
         ae.add_supported_context(context)
-    ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    def on_extended(event: Any) -> dict[str, bytes]:
+        asked = {str(uid): bytes(info).hex() for uid, info in event.app_info.items()}
+        record(event="extended", asked=asked)
+        if not args.relational:
+            return {}
+        return {uid: b"\x01" for uid, info in event.app_info.items() if bytes(info)[:1] == b"\x01"}
+
+    ae.start_server(("127.0.0.1", args.port), block=True,
+                    evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_SOP_EXTENDED, on_extended)])
 
 
 if __name__ == "__main__":
