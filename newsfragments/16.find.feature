@@ -1,0 +1,1 @@
+Query/Retrieve: relational C-FIND (`query.relational`, negotiated with requesters and sources, relational queries only to sources that granted it); 0xFF01 relayed as such; Offending Element (0000,0901) on refused identifiers; a reloaded `ae_title` applies to relayed C-MOVEs and the listeners.
