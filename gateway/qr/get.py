@@ -503,7 +503,7 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     except IdentifierError as error:
         # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
         # 0xC000-class (Unable to process) with an Error Comment.
-        responder.final(error.status, error_comment=error.comment[:64])
+        responder.final(error.status, error_comment=error.comment[:64], offending=error.offending)
         return succeed(None)
     open_source: OpenSource | None = ctx.extra.get("get.open_source")
     if open_source is None:

@@ -408,12 +408,21 @@ class _Move:
         self.sources: tuple[str, ...] = ()
         responder.cancelled.addCallback(self._cancel)
 
-    def final(self, status: int, counts: SubOperations | None = None, comment: str = "", failed_uids: Sequence[str] = ()) -> None:
-        """Send the final response once (later calls are ignored), and tell the observer (audit, metrics)."""
+    def final(
+        self, status: int, counts: SubOperations | None = None, comment: str = "", failed_uids: Sequence[str] = (),
+        offending: tuple[int, ...] = (),
+    ) -> None:
+        """Send the final response once (later calls are ignored), and tell the observer (audit, metrics).
+
+        ``offending``: the Offending Element (0000,0901) of a refused identifier (PS3.7 9.1.4.1).
+        """
         if self.finished:
             return
         self.finished = True
-        self.responder.final(status, counts, comment, failed_uids)
+        if offending:
+            self.responder.final(status, counts, comment, failed_uids, offending=offending)
+        else:
+            self.responder.final(status, counts, comment, failed_uids)
         try:
             self.ctx.observer.observe(self._answered(status, counts or SubOperations(), comment, tuple(failed_uids)))
         except Exception:
@@ -501,7 +510,7 @@ class _Move:
             request = decode_identifier(self.identifier, self.responder.transfer_syntax)
             level = check_query(request, model[0], retrieve=True) if model is not None else ""
         except IdentifierError as e:
-            self.final(e.status, comment=e.comment[:64])
+            self.final(e.status, comment=e.comment[:64], offending=e.offending)
             return
         except Exception as e:
             self.final(UNABLE_TO_PROCESS, comment=f"Identifier cannot be read: {e}"[:64])

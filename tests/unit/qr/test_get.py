@@ -68,9 +68,11 @@ class FakeResponder:
         error_comment: str = "",
         failed_uids: Sequence[str] = (),
         identifier: bytes | None = None,
+        offending: Sequence[int] = (),
     ) -> None:
         """Record the final response."""
         self.finals.append(dict(status=int(status), counts=counts, comment=error_comment, failed=tuple(failed_uids)))
+        self.offending = tuple(offending)
 
     @property
     def transfer_syntax(self) -> str:
@@ -407,6 +409,7 @@ class HandlerTests(SynchronousTestCase):
         [final] = responder.finals
         self.assertEqual(final["status"] & 0xF000, 0xC000)
         self.assertTrue(final["comment"])
+        self.assertEqual(responder.offending, (0x0020000D,))  # (0000,0901), PS3.7 9.1.3.1
         self.assertEqual(self.opened, [])
 
 

@@ -180,9 +180,10 @@ class FakeResponder:
         self.pendings.append(counts)
 
     def final(self, status: int, counts: SubOperations | None = None, error_comment: str = "",
-              failed_uids: Sequence[str] = (), identifier: bytes | None = None) -> None:
-        """Keep the final response."""
+              failed_uids: Sequence[str] = (), identifier: bytes | None = None, offending: Sequence[int] = ()) -> None:
+        """Keep the final response (and its Offending Element tags)."""
         self.finals.append((status, counts, error_comment, tuple(failed_uids)))
+        self.offending = tuple(offending)
 
     def store(self, *args: Any) -> "Deferred[int]":
         """Not used by C-MOVE."""
@@ -285,6 +286,7 @@ class IdentifierTests(MoveTestsMixin, SynchronousTestCase):
         [(status, _, comment, _)] = self.responder.finals
         self.assertEqual(status & 0xF000, 0xC000)
         self.assertTrue(comment)
+        self.assertEqual(self.responder.offending, (0x0020000D,))  # (0000,0901), PS3.7 9.1.4.1
         self.assertEqual(self.opened, [])
 
 
