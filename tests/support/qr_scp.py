@@ -142,7 +142,8 @@ def main() -> None:
         ae.add_supported_context(context)
     def on_extended(event: Any) -> dict[str, bytes]:
         asked = {str(uid): bytes(info).hex() for uid, info in event.app_info.items()}
-        record(event="extended", asked=asked)
+        if asked:  # pynetdicom calls this handler for every association
+            record(event="extended", asked=asked)
         if not args.relational:
             return {}
         return {uid: b"\x01" for uid, info in event.app_info.items() if bytes(info)[:1] == b"\x01"}
