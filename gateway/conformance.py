@@ -312,6 +312,7 @@ _CONFIGURATION_ROWS: Final = (
     ("query.timeout", "QueryConfig", "timeout", "s", "a source slower than this is cancelled and left out (or fails a strict query)"),
     ("query.strict", "QueryConfig", "strict", "", "a failed or slow source fails the whole query"),
     ("query.max_results", "QueryConfig", "max_results", "", "pending responses per query; then the sources are cancelled and the query ends 0xA700"),
+    ("query.relational", "QueryConfig", "relational", "", "relational queries granted to requesters that ask and proposed to the sources (PS3.4 C.5.1.1)"),
     ("retrieve.mode", "RetrieveConfig", "mode", "", "relay: the sources move to the gateway, which sends on; pass_through: straight to the destination"),
     ("retrieve.timeout", "RetrieveConfig", "timeout", "s", "a retrieve ends with what was done after this long"),
 )
