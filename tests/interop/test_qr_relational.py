@@ -1,4 +1,4 @@
-"""Relational C-FIND, 0xFF01 and the Offending Element through the real gateway (issue 16).
+"""Relational C-FIND, 0xFF01, the Offending Element, and ``ae_title`` on reload through the real gateway (issue 16).
 
 Sources: Orthanc (Debian ``orthanc``, listed first) and the synthetic
 pynetdicom Q/R SCP (:mod:`tests.support.qr_scp`), which grants
@@ -18,6 +18,7 @@ with a warning in the log.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from pydicom.dataset import Dataset
 from twisted.trial.unittest import TestCase
 
 from tests.support import dcmtk, orthanc
-from tests.support.qr import SyntheticQRScp, findscu, preload, qr_source, read_responses, write_study
+from tests.support.ports import free_port
+from tests.support.qr import SyntheticQRScp, findscu, movescu, preload, qr_source, read_responses, write_study
 
 #: The source archive's AE title.
 SOURCE_AET = "SOURCE1"
@@ -189,3 +191,55 @@ class RelationalQueryTests(TestCase):
         self.assertEqual(result.returncode, 0, result.describe())
         # findscu names 0xFF01 "Pending: WarningUnsupportedOptionalKeys".
         self.assertIn("(Pending: WarningUnsupportedOptionalKeys)", result.output, result.describe())
+
+
+class AeTitleReloadTests(TestCase):
+    """``dicom-gateway reload`` (SIGHUP) with a new ``ae_title`` and a relayed C-MOVE."""
+
+    skip = orthanc.skip_reason() or dcmtk.skip_reason("movescu", "storescp")
+
+    def test_relayed_move_after_reload_names_the_new_title(self) -> None:
+        """After the reload the listener answers the new title and Orthanc (knowing only the new one) moves to it: the study arrives."""
+        import yaml
+
+        from tests.support.gateway_process import GatewayProcess, dicom_destination
+
+        root = Path(self.mktemp()).resolve()
+        source = qr_source(root / "orthanc", SOURCE_AET)
+        self.addCleanup(source.stop)
+        source.start()
+        dest = dcmtk.Storescp(root / "dest", ae_title="DEST")
+        self.addCleanup(dest.stop)
+        dest.start()
+        gw = GatewayProcess(
+            root / "gw",
+            http={"enabled": False},
+            destinations={"archive": dicom_destination(source.dicom_port, SOURCE_AET)},
+            routes=[],
+            modalities={"dest": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port}},
+            retrieve={"sources": ["archive"], "timeout": "120s"},
+        )
+        self.addCleanup(gw.stop)
+        gw.start()
+        # Orthanc knows the gateway only by its new title: a move naming the old one is refused by Orthanc.
+        source.declare_modality("GW", "GW_NEW", gw.port)
+        study = write_study(root / "study", 3)
+        preload(source, [study])
+        gw.config["ae_title"] = "GW_NEW"
+        gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+        gw.reload()
+        deadline = time.monotonic() + 30
+        while "configuration reloaded" not in gw.log_text():
+            self.assertLess(time.monotonic(), deadline, gw.log_text()[-3000:])
+            time.sleep(0.1)
+        keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_instance_uid}"]
+        old = movescu(gw.port, GATEWAY_AET, keys, outdir=root / "old", listen_port=free_port(), move_aet="DEST")
+        self.assertIn("Association Rejected", old.output, old.describe()[-3000:])
+        result = movescu(gw.port, "GW_NEW", keys, outdir=root / "moved", listen_port=free_port(), move_aet="DEST")
+        self.assertIn("Final Move Response (Success)", result.output, result.describe()[-4000:])
+        from tests.interop.test_qr import by_sop_instance
+
+        deadline = time.monotonic() + 60
+        while len(dest.files()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(by_sop_instance(dest.files()), by_sop_instance(list(study.files)))
