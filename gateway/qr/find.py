@@ -82,6 +82,7 @@ from gateway.qr.context import QRContext
 from gateway.qr.merge import Merge
 from gateway.qr.scp import settings_for
 from gateway.route import RoutingContext
+from gateway.ul.items import SOPClassExtendedNegotiation
 
 log = Logger(namespace="gateway.qr.find")
 
@@ -114,7 +115,7 @@ class SourceFailed(Exception):
 OnMatch = Callable[..., None]
 
 
-def relational_item(sop_class_uid: str) -> Any:
+def relational_item(sop_class_uid: str) -> SOPClassExtendedNegotiation:
     """The SOP Class Extended Negotiation sub-item asking relational queries for a FIND class.
 
     PS3.7 D.3.3.5 with the C-FIND Service-class-application-information of
@@ -122,8 +123,6 @@ def relational_item(sop_class_uid: str) -> Any:
     bytes (date-time matching, fuzzy matching, timezone adjustment) are left
     out, which means not asked.
     """
-    from gateway.ul.items import SOPClassExtendedNegotiation
-
     return SOPClassExtendedNegotiation(sop_class_uid, b"\x01")
 
 
