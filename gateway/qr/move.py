@@ -75,7 +75,7 @@ from twisted.python.failure import Failure
 
 from gateway import events
 from gateway.config.schema import DicomDestination, GatewayConfig, ModalityConfig, RetrieveConfig
-from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
+from gateway.dimse.identifier import IdentifierError, Model, check_query, decode_identifier, sop_class_model
 from gateway.qr.context import IResponder, QRContext, SubOperations
 from gateway.queue.commitments import Reference
 from gateway.queue.retrieves import ItemState, NewRetrieve, RetrieveIdsExhausted, RetrieveState
@@ -694,7 +694,7 @@ class _Move:
         if not shares:
             self.final(SUCCESS, SubOperations(0, 0, 0, 0))
             return
-        patient_root = model is not None and model[0] == "PATIENT"
+        patient_root = model is not None and model[0] is Model.PATIENT_ROOT
         runs = [
             _SourceRun(share.source, links[share.source], share_requests(request, share, patient_root))
             for share in shares
