@@ -7,19 +7,39 @@ A C-MOVE-RQ names a Move Destination AE title (PS3.7 9.1.4.1). It must be the
 ``retrieve.allowed_destinations`` (fnmatch; empty allows every entry), else
 the final response is 0xA801, "Refused: Move Destination unknown" (PS3.4
 C.4.2.1.5). The instances are then *located*: a C-FIND at IMAGE level, with
-the request's keys and SOP Instance UID / SOP Class UID as return keys, at the
-sources in order; the first source with matches is the one retrieved from
-(the others are not asked to move the same instances again).
+the request's keys and Patient ID, Study, Series and SOP Instance UID and
+SOP Class UID as return keys, at every source of ``retrieve.sources`` in
+parallel, each bounded by ``query.timeout`` (30 s without ``query``; a slower
+source is cancelled and left out, as is one that cannot be reached or fails).
+
+Each instance is then moved from the **first** source in the list that holds
+it (:func:`assign_shares`, de-duplicated by SOP Instance UID): a later source
+is asked only for what earlier ones lack. A source whose share is all it
+located is sent the request's own identifier (one C-MOVE, as with a single
+source); otherwise one IMAGE-level C-MOVE per series, the SOP Instance UIDs as
+a list under the single Study and Series Instance UID (and Patient ID in the
+Patient Root model): the hierarchical keys of PS3.4 C.4.2.2.1, C.6.1.2.1 and
+C.6.2.1.2 (:func:`share_requests`). A source that answers such a list 0xA900
+or 0xCxxx with nothing sent is asked again for the whole series at the SERIES
+level (:func:`series_fallback`). The sources move at the same time, each on
+its own association (a move takes as long as its slowest source, and a
+C-CANCEL reaches them all at once); one source's requests go one after
+another on its association.
 
 ``pass_through``
-    The source is asked to C-MOVE straight to the requester's Move Destination
-    (it must know that AE); its pending and final responses are relayed.
+    Each source is asked to C-MOVE its share straight to the requester's Move
+    Destination (it must know that AE). The requester's pending responses
+    carry the sum of the sources' counts; the final one their sum, with the
+    Failed SOP Instance UID List of every source. A source that breaks or
+    refuses counts what it did not send failed, with those UIDs (when it sent
+    nothing of a request; else by count).
 
 ``relay`` (the default)
-    The retrieve is journaled (:meth:`~gateway.queue.retrieves.IRetrieveJournal.open_retrieve`,
-    its items EXPECTED, with an outgoing Message ID unique among the open
-    retrieves of every node; none free: 0xA702). The source is asked to
-    C-MOVE to the gateway's own AE title with that Message ID, so each of its
+    One retrieve is journaled (:meth:`~gateway.queue.retrieves.IRetrieveJournal.open_retrieve`:
+    its ``sources`` every source used, its items EXPECTED every instance once,
+    with one outgoing Message ID unique among the open retrieves of every node;
+    none free: 0xA702). Every source used is asked to C-MOVE its share to the
+    gateway's own AE title with that Message ID, so each of their
     sub-operation C-STORE-RQs carries it as Move Originator Message ID (PS3.7
     9.1.1.1). The intake (:mod:`gateway.intake`) matches each arriving
     instance to the retrieve through the journal (Message ID *and* a SOP
@@ -31,11 +51,16 @@ sources in order; the first source with matches is the one retrieved from
     (:meth:`~gateway.queue.retrieves.IRetrieveJournal.progress`) about every
     second while sub-operations remain; the final one comes when none remains
     (after :data:`RELEASE_GRACE`, so the move destination's association is
-    released first), or at ``retrieve.timeout``, or :data:`STALL_AFTER_SOURCE`
-    after the source's C-MOVE ended with nothing changing (the remaining ones
-    count as failed), with the Failed SOP Instance UID List (0008,0058) of the
-    items known failed. C-CANCEL-RQ cancels the source's C-MOVE and ends with
-    0xFE00 and the counts so far (what is in custody is still delivered).
+    released first), or at ``retrieve.timeout``, with the Failed SOP Instance
+    UID List (0008,0058) of the items known failed. The *stall rule*: once
+    every source's C-MOVE has ended and nothing changed for
+    :data:`STALL_AFTER_SOURCE`, the items never received end failed (listed);
+    items in custody (received, queued to ``move.<name>``, the destination
+    down) do not: they count remaining until ``retrieve.timeout``, when what
+    remains counts failed although the queue still delivers it later (the
+    requester is told what happened within the move's deadline).
+    C-CANCEL-RQ cancels every source's C-MOVE at once and ends with 0xFE00
+    and the counts so far (what is in custody is still delivered).
     The statuses: success; 0xB000 when some failed; 0xA702 when all failed
     (PS3.4 C.4.2.1.5, C.4.2.3.1); 0xC000 when no source answered.
 
@@ -46,16 +71,15 @@ delivered by the ``move.<name>`` queue, and the restarted node ends its
 retrieves still open (:func:`close_orphan_retrieves`; the requester's
 association died with the process, its C-MOVE fails on its side).
 
-Limits: one source per retrieve (the first with matches; instances only a
-later source holds are not fetched); locating is an IMAGE-level C-FIND with
-the request's keys, which some strict archives refuse without the Series
-Instance UID (relational retrieve); a retrieve ended by its deadline or the
-stall lists in (0008,0058) only the items known failed (the count says how
-many remained).
-
-Because the correlation is in the journal, the node that receives the
-sub-operations need not be the one that took the request, and a restart
-between them loses nothing already in custody.
+Limits: locating is an IMAGE-level C-FIND with the request's keys, which
+some strict archives refuse without the Series Instance UID (relational
+retrieve); a retrieve ended by its deadline lists in (0008,0058) only the
+items known failed (the count says how many remained); the per-series
+fallback moves the whole series, so instances of it that an earlier source
+also sends can reach the move destination twice (the same instance: a
+storage SCP keeps one); a source that fails its locating C-FIND is left out
+(what only it holds is not moved; the QuerySourceAnswered event and the
+source metrics say so).
 
 The source side is reached through :class:`ISourceLink` (an association to
 one source, opened by :func:`open_source_link` or, in tests, by
@@ -106,12 +130,11 @@ RETRIEVE_ROUTE = "retrieve"
 #: Seconds between pending C-MOVE responses while sub-operations remain.
 PENDING_INTERVAL = 1.0
 
-#: Seconds without any change of the counts, once the source's C-MOVE has
-#: ended, after which what remains counts as failed: instances the source never
-#: sent (or an association to it that broke), rather than waiting for
-#: ``retrieve.timeout``. Instances in custody move on within it (a ``move.*``
-#: queue retrying longer than this makes the final response early, not wrong:
-#: those still count failed there, and are delivered later).
+#: Seconds without any change of the counts, once every source's C-MOVE has
+#: ended, after which the items never received count failed (instances a
+#: source never sent, or an association to it that broke), rather than
+#: waiting for ``retrieve.timeout``. Items in custody (queued to ``move.*``,
+#: the destination down) are not failed by it: they wait for the deadline.
 STALL_AFTER_SOURCE = 30.0
 
 #: Seconds the source is given to end its C-MOVE after our C-CANCEL (or our
@@ -740,7 +763,13 @@ class _Move:
             if link is not None:
                 link.cancel()
 
+        def unresponsive() -> None:
+            # Not even the C-CANCEL answered within SOURCE_END_WAIT: abort, which ends the C-FIND.
+            if link is not None:
+                link.abort()
+
         timer = self.ctx.reactor.callLater(timeout, too_slow)
+        last_resort = self.ctx.reactor.callLater(timeout + SOURCE_END_WAIT, unresponsive)
         try:
             try:
                 link = yield self.open_source(self.ctx, destination, (find_class, move_class))
@@ -771,8 +800,9 @@ class _Move:
             finally:
                 self.links.remove(link)
         finally:
-            if timer.active():
-                timer.cancel()
+            for call in (timer, last_resort):
+                if call.active():
+                    call.cancel()
         ok = status in (SUCCESS, CANCEL) and not expired
         reason = "timeout" if expired else ("" if ok else f"status 0x{status:04X}")
         self._source_answered(name, ok, len(found), started, reason)

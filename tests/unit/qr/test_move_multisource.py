@@ -261,6 +261,19 @@ class LocateTests(MultiSourceMixin, SynchronousTestCase):
         [late] = [e for e in self.events if type(e).__name__ == "QuerySourceAnswered" and e.destination == "archive2"]
         self.assertEqual((late.ok, late.reason), (False, "timeout"))
 
+    def test_a_source_ignoring_the_cancel_is_aborted(self) -> None:
+        """A source that answers neither its C-FIND nor the C-CANCEL is aborted SOURCE_END_WAIT after the timeout; the others go on."""
+        slow: Deferred[int] = Deferred()
+        two = self.links["archive2"]
+        two.find = lambda sop_class, data, on_match: slow  # type: ignore[method-assign]
+        two.abort = lambda: slow.errback(ConnectionAbortedError("aborted"))  # type: ignore[method-assign]
+        self.run_move()
+        self.clock.advance(qrmove.locate_timeout(self.config_in_use(), "qr"))
+        self.assertEqual(self.journal.opened, [])
+        self.clock.advance(qrmove.SOURCE_END_WAIT)
+        [new] = self.journal.opened
+        self.assertEqual(new.sources, ("archive1",))
+
     def config_in_use(self) -> Any:
         """The test configuration (no ``query``: the locate timeout is 30 s)."""
         from tests.unit.qr.test_move import make_config
