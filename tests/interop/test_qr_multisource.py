@@ -8,9 +8,11 @@ both and moves each instance from the first source holding it. ``movescu``
 association's release before it reads the final response) receives every
 instance once, byte-identical, with pending counts that add up; a source whose
 C-MOVE fails has its share counted failed, with the UIDs in (0008,0058),
-while the other's share arrives; a move destination down for longer than the
-stall time is not reported failed before ``retrieve.timeout``, and the queue
-still delivers afterwards.
+while the other's share arrives; a source down at the request leaves the
+other's share to arrive; a move destination down for longer than the stall
+time is not reported failed before ``retrieve.timeout``, and the queue still
+delivers afterwards. In ``pass_through`` each Orthanc moves its own share
+straight to the destination and the requester sees the summed counts.
 
 :class:`CancelTests`: two synthetic pynetdicom sources
 (:mod:`tests.support.qr_move_scp`) move slowly; a C-CANCEL-RQ from the
@@ -134,8 +136,8 @@ class TwoOrthancTests(TestCase):
         self.dest.start()
         self.move_port = free_port()
 
-    def gateway(self, timeout: str = "120s") -> GatewayProcess:
-        """The gateway with both Orthancs as retrieve sources (archive1 first); started; both know its AE."""
+    def gateway(self, timeout: str = "120s", mode: str = "relay") -> GatewayProcess:
+        """The gateway with both Orthancs as retrieve sources (archive1 first), started."""
         gw = GatewayProcess(
             self.root / "gw",
             http={"enabled": False},
@@ -148,11 +150,45 @@ class TwoOrthancTests(TestCase):
                 "movescu": {"ae_title": MOVE_AET, "host": "127.0.0.1", "port": self.move_port},
                 "dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port},
             },
-            retrieve={"sources": ["archive1", "archive2"], "timeout": timeout},
+            retrieve={"sources": ["archive1", "archive2"], "timeout": timeout, "mode": mode},
         )
         self.addCleanup(gw.stop)
         gw.start()
         return gw
+
+    def test_pass_through_each_source_moves_its_share_counts_summed(self) -> None:
+        """pass_through: each Orthanc moves its own share straight to the destination; the final sums to 12 completed; nothing in custody."""
+        gw = self.gateway(mode="pass_through")
+        for source in self.sources:
+            source.declare_modality("DEST", DEST_AET, self.dest.port)
+        pendings, final, _, _ = pynetdicom_move(gw.port, self.series_a.study_instance_uid, DEST_AET)
+        assert final is not None
+        self.assertEqual(int(final.Status), 0x0000, final)
+        self.assertEqual((int(final.NumberOfCompletedSuboperations), int(final.NumberOfFailedSuboperations)), (12, 0), final)
+        for status in pendings:
+            total = sum(int(status.get(k, 0) or 0) for k in (
+                "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+                "NumberOfFailedSuboperations", "NumberOfWarningSuboperations"))
+            self.assertEqual(total, 12, status)
+        received = self.dest.files()
+        self.assertEqual(len(received), 12, [p.name for p in received])
+        self.assertEqual(by_sop_instance(received), by_sop_instance(self.all_files))
+        self.assertEqual(gw.journaled_ids(), set())
+
+    def test_a_source_down_leaves_the_others_share_to_arrive(self) -> None:
+        """archive1 is down (stopped): archive2's series B arrives in full, byte-identical; success for what could be located."""
+        gw = self.gateway()
+        self.sources[1].declare_modality("GW", GATEWAY_AET, gw.port)
+        self.sources[0].stop()
+        _, final, _, _ = pynetdicom_move(gw.port, self.series_a.study_instance_uid, DEST_AET)
+        assert final is not None
+        self.assertEqual((int(final.Status), int(final.NumberOfCompletedSuboperations)), (0x0000, 6), final)
+        deadline = time.monotonic() + 30
+        while len(self.dest.files()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(by_sop_instance(self.dest.files()), by_sop_instance(list(self.series_b.files)))
+        [(sources, _)] = journaled_retrieves(gw)
+        self.assertNotIn("archive1", sources)
 
     def test_overlapping_sources_each_instance_once_byte_identical(self) -> None:
         """movescu gets all 12 instances once, byte-identical; pending counts add up to 12; both sources used."""
