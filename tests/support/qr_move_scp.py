@@ -142,12 +142,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         yield len(chosen)
         sent = 0
         for rec in chosen:
-            if event.is_cancelled:
+            # The delay is slept in slices, looking for a C-CANCEL between them, so the
+            # time recorded is when it arrived (give or take a slice), not the next
+            # sub-operation. pynetdicom's is_cancelled consumes the C-CANCEL: read it once.
+            until = time.monotonic() + args.delay
+            cancelled = event.is_cancelled
+            while not cancelled and time.monotonic() < until:
+                time.sleep(min(0.02, max(0.0, until - time.monotonic())))
+                cancelled = event.is_cancelled
+            if cancelled:
                 record(event="cancel", verb="move", message_id=int(event.request.MessageID), sent=sent)
                 yield 0xFE00, None
                 return
-            if args.delay:
-                time.sleep(args.delay)
             sent += 1
             yield 0xFF00, dcmread(rec["path"])
         record(event="done", verb="move", message_id=int(event.request.MessageID), sent=sent)
