@@ -14,10 +14,11 @@ time is not reported failed before ``retrieve.timeout``, and the queue still
 delivers afterwards. In ``pass_through`` each Orthanc moves its own share
 straight to the destination and the requester sees the summed counts.
 
-:class:`CancelTests`: two synthetic pynetdicom sources
-(:mod:`tests.support.qr_move_scp`) move slowly; a C-CANCEL-RQ from the
-requester reaches both within a second (each records when it saw its own
-C-CANCEL), and the second source was asked only for what the first lacks.
+:class:`SyntheticSourceTests`: two synthetic pynetdicom sources
+(:mod:`tests.support.qr_move_scp`). They move slowly and a C-CANCEL-RQ from
+the requester reaches both within a second (each records when it saw its own
+C-CANCEL), the second having been asked only for what the first lacks; and a
+source failing the C-MOVE by UID list (0xC513) is asked for the series.
 """
 
 from __future__ import annotations
@@ -266,8 +267,8 @@ class TwoOrthancTests(TestCase):
         self.assertEqual(by_sop_instance(self.dest.files()), by_sop_instance(self.all_files), gw.log_text()[-3000:])
 
 
-class CancelTests(TestCase):
-    """C-CANCEL of a C-MOVE spread over two sources reaches both within a second."""
+class SyntheticSourceTests(TestCase):
+    """Two synthetic sources: C-CANCEL reaches both within a second; a source refusing UID lists is asked per series."""
 
     skip = dcmtk.skip_reason("storescp")
 
@@ -318,3 +319,43 @@ class CancelTests(TestCase):
         self.assertEqual(set(move2["uids"]), set(uids_of(study.files[30:])))
         [move1] = [e for e in scps[0].events() if e["event"] == "move"]
         self.assertEqual(set(move1["uids"]), set(uids_of(study.files[:30])))
+
+    def test_a_source_refusing_uid_lists_is_asked_for_the_series(self) -> None:
+        """The second source fails the C-MOVE by UID list (0xC513): it is asked for its series instead; every instance arrives once."""
+        root = Path(self.mktemp()).resolve()
+        series_a, series_b = two_series(root / "study", 4, 5)
+        first, second = root / "s1", root / "s2"
+        # The first source holds series A; the second holds 2 of A and all of B: its share is B.
+        for folder, files in ((first, series_a.files), (second, series_a.files[:2] + series_b.files)):
+            folder.mkdir(parents=True)
+            for path in files:
+                (folder / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+        dest = dcmtk.Storescp(root / "dest", ae_title=DEST_AET)
+        self.addCleanup(dest.stop)
+        dest.start()
+        scps = [SyntheticMoveScp(root / "scp1", first, aet="SYNTH1"),
+                SyntheticMoveScp(root / "scp2", second, aet="SYNTH2", refuse_uid_lists=True)]
+        gw = GatewayProcess(
+            root / "gw",
+            http={"enabled": False},
+            destinations={f"archive{i + 1}": dicom_destination(scp.port, scp.aet) for i, scp in enumerate(scps)},
+            routes=[],
+            modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": dest.port}},
+            retrieve={"sources": ["archive1", "archive2"], "timeout": "120s"},
+        )
+        self.addCleanup(gw.stop)
+        for scp in scps:
+            scp.destinations[GATEWAY_AET] = ("127.0.0.1", gw.port)
+            self.addCleanup(scp.stop)
+            scp.start()
+        gw.start()
+        _, final, _, _ = pynetdicom_move(gw.port, series_a.study_instance_uid, DEST_AET)
+        assert final is not None
+        self.assertEqual((int(final.Status), int(final.NumberOfCompletedSuboperations)), (0x0000, 9), final)
+        moves = [e for e in scps[1].events() if e["event"] in ("move", "refused")]
+        self.assertEqual([(e["event"], e.get("level")) for e in moves],
+                         [("move", "IMAGE"), ("refused", None), ("move", "SERIES")], moves)
+        self.assertEqual(set(moves[2]["uids"]), set(uids_of(series_b.files)))
+        self.assertEqual(len(gw.journaled_ids()), 9)
+        self.assertEqual(set(by_sop_instance(dest.files())), set(uids_of(list(series_a.files) + list(series_b.files))))
+

@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--destination", action="append", default=[], help="AET=HOST:PORT")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--events", required=True)
+    parser.add_argument("--refuse-uid-lists", action="store_true",
+                        help="fail a C-MOVE naming several SOP Instance UIDs (0xC513), like archives without List of UID matching")
     args = parser.parse_args(argv)
     records = index_folder(Path(args.folder))
     destinations: dict[str, tuple[str, int]] = {}
@@ -139,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         host, port = destinations[destination]
         yield host, port
+        if args.refuse_uid_lists and len(values(identifier.get("SOPInstanceUID", None))) > 1:
+            record(event="refused", message_id=int(event.request.MessageID))
+            # pynetdicom answers a handler failing here 0xC513 (a 0xCxxx "unable to process").
+            raise ValueError("this source takes no List of UID")
         yield len(chosen)
         sent = 0
         for rec in chosen:
@@ -177,16 +183,19 @@ class SyntheticMoveScp(PeerProcess):
     :param folder: the Part 10 files it holds.
     :param aet: its AE title.
     :param delay: seconds before each C-MOVE sub-operation.
+    :param refuse_uid_lists: fail a C-MOVE naming several SOP Instance UIDs (0xC513).
 
     Set :attr:`destinations` (``{AET: (host, port)}``) before :meth:`start`.
     """
 
-    def __init__(self, workdir: Path, folder: Path, *, aet: str = "SYNTHMOVE", delay: float = 0.0) -> None:
+    def __init__(self, workdir: Path, folder: Path, *, aet: str = "SYNTHMOVE", delay: float = 0.0,
+                 refuse_uid_lists: bool = False) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.folder = Path(folder).resolve()
         self.aet = aet
         self.delay = delay
+        self.refuse_uid_lists = refuse_uid_lists
         self.port = free_port()
         self.events_path = self.dir / "events.jsonl"
         self.destinations: dict[str, tuple[str, int]] = {}
@@ -200,6 +209,8 @@ class SyntheticMoveScp(PeerProcess):
         """
         argv = [sys.executable, "-m", "tests.support.qr_move_scp", "--port", str(self.port), "--aet", self.aet,
                 "--folder", str(self.folder), "--delay", str(self.delay), "--events", str(self.events_path)]
+        if self.refuse_uid_lists:
+            argv.append("--refuse-uid-lists")
         for aet, (host, port) in self.destinations.items():
             argv += ["--destination", f"{aet}={host}:{port}"]
         env = dict(os.environ)
