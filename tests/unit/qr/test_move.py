@@ -497,9 +497,10 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         for _ in range(3):
             self.clock.advance(1)
         self.successResultOf(d)
-        [(status, counts, comment, _)] = self.responder.finals
+        [(status, counts, comment, failed)] = self.responder.finals
         self.assertEqual((status, counts), (0xB000, SubOperations(0, 2, 1, 0)))
         self.assertIn("Source finished", comment)
+        self.assertEqual(failed, ("1.3",))  # never received: ended failed one by one, so listed
 
     def test_cancel_reaches_the_source_and_ends_fe00(self) -> None:
         """C-CANCEL cancels the source's C-MOVE and ends 0xFE00 with the counts so far."""
