@@ -147,6 +147,12 @@ SOURCE_END_WAIT = 10.0
 #: that release before it reads the final C-MOVE-RSP.
 RELEASE_GRACE = 0.5
 
+#: The most instances one source's locating C-FIND may name (HARDENING: a
+#: bounded size). A source naming more is cancelled and the C-MOVE refused
+#: 0xA702 with an Error Comment, rather than holding an unbounded list (and a
+#: journal retrieve of that many items) for one request.
+MAX_LOCATED = 200_000
+
 
 
 @dataclass(frozen=True)
@@ -593,6 +599,8 @@ class _Move:
         self.mode = "relay"
         self.destination = ""
         self.sources: tuple[str, ...] = ()
+        #: The source that named more than MAX_LOCATED instances ("": none).
+        self.too_many = ""
         responder.cancelled.addCallback(self._cancel)
 
     def final(self, status: int, counts: SubOperations | None = None, comment: str = "", failed_uids: Sequence[str] = ()) -> None:
@@ -710,6 +718,12 @@ class _Move:
         if self.cancelled:
             self.final(CANCEL, SubOperations(0, 0, 0, 0))
             return
+        if self.too_many:
+            for name, link, _ in answered:
+                if name in used:
+                    yield self._release(link)
+            self.final(REFUSED_OUT_OF_RESOURCES_SUB_OPERATIONS, comment=f"More than {MAX_LOCATED} instances at {self.too_many}"[:64])
+            return
         if not answered:
             # No source answered the locating C-FIND: "Failed: Unable to process" (PS3.4 C.4.2.1.5, Cxxx).
             self.final(UNABLE_TO_PROCESS, comment="No retrieve source answered")
@@ -784,12 +798,21 @@ class _Move:
                 return name, None, ()
             found: list[Located] = []
             seen: set[str] = set()
+            too_many: list[bool] = []
 
             def on_match(dataset: Any) -> None:
+                if too_many:
+                    return
                 instance = located_instance(dataset)
                 if instance is not None and instance.uid not in seen:
                     seen.add(instance.uid)
                     found.append(instance)
+                    if len(found) > MAX_LOCATED:
+                        too_many.append(True)
+                        self.too_many = name
+                        found.clear()
+                        seen.clear()
+                        link.cancel()
 
             self.links.append(link)
             try:
@@ -806,7 +829,7 @@ class _Move:
         ok = status in (SUCCESS, CANCEL) and not expired
         reason = "timeout" if expired else ("" if ok else f"status 0x{status:04X}")
         self._source_answered(name, ok, len(found), started, reason)
-        if status != SUCCESS or expired or self.cancelled:
+        if status != SUCCESS or expired or self.cancelled or too_many:
             yield self._release(link)
             return name, None, ()
         return name, link, tuple(found)

@@ -274,6 +274,18 @@ class LocateTests(MultiSourceMixin, SynchronousTestCase):
         [new] = self.journal.opened
         self.assertEqual(new.sources, ("archive1",))
 
+    def test_a_source_naming_too_many_instances_is_cancelled_and_the_move_refused(self) -> None:
+        """Past MAX_LOCATED instances a source's C-FIND is cancelled and the C-MOVE ends 0xA702 with an Error Comment; nothing journaled."""
+        self.patch(qrmove, "MAX_LOCATED", 2)
+        self.links["archive2"].matches = [image("2.1", "B")]  # within the bound
+        self.successResultOf(self.run_move())
+        [(status, _, comment, _)] = self.responder.finals
+        self.assertEqual(status, 0xA702)
+        self.assertIn("archive1", comment)
+        self.assertEqual((self.links["archive1"].cancels, self.links["archive2"].cancels), (1, 0))
+        self.assertEqual(self.journal.opened, [])
+        self.assertEqual([link.released for link in self.links.values()], [1, 1])
+
     def config_in_use(self) -> Any:
         """The test configuration (no ``query``: the locate timeout is 30 s)."""
         from tests.unit.qr.test_move import make_config
