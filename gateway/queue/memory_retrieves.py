@@ -235,6 +235,18 @@ class MemoryRetrieveJournal:
         item.reason = reason
         item.updated_at = now
 
+    def fail_expected(self, retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
+        """The items still EXPECTED end FAILED (see the interface). :raises KeyError:"""
+        row = self._r.retrieves[retrieve_id]
+        ended: list[str] = []
+        for uid, item in row.items.items():
+            if item.state is ItemState.EXPECTED:
+                item.state = ItemState.FAILED
+                item.reason = reason
+                item.updated_at = now
+                ended.append(uid)
+        return tuple(ended)
+
     def progress(self, retrieve_id: int) -> RetrieveProgress:
         """The counts now, reading the linked entries' states (see the interface). :raises KeyError:"""
         row = self._r.retrieves[retrieve_id]

@@ -277,6 +277,25 @@ class SqlRetrieveJournal:
         """Record an item's end without a queue entry (see the interface). :raises KeyError:"""
         self._set_item(retrieve_id, sop_instance_uid, "state = ?, reason = ?, updated_at = ?", (state.value, reason, now))
 
+    def fail_expected(self, retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
+        """The items still EXPECTED end FAILED, in one write transaction (see the interface). :raises KeyError:"""
+        with self._write() as conn:
+            self._retrieve_in_lite(conn, retrieve_id)
+            uids = [
+                row[0]
+                for row in self._rq(
+                    conn,
+                    "SELECT sop_instance_uid FROM retrieve_items WHERE retrieve_id = ? AND state = 'expected' ORDER BY seq",
+                    (retrieve_id,),
+                ).fetchall()
+            ]
+            self._rq(
+                conn,
+                "UPDATE retrieve_items SET state = 'failed', reason = ?, updated_at = ? WHERE retrieve_id = ? AND state = 'expected'",
+                (reason, now, retrieve_id),
+            )
+        return tuple(uids)
+
     def progress(self, retrieve_id: int) -> RetrieveProgress:
         """The counts now, reading the linked entries' states (see the interface). :raises KeyError:
 

@@ -147,6 +147,17 @@ class IRetrieveJournal(Interface):
     def item_outcome(retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float) -> None:
         """Record an item's end without a queue entry (C-GET sub-operations, source failures, the deadline)."""
 
+    def fail_expected(retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
+        """End FAILED, in one transaction, the items still EXPECTED (never received), leaving the others alone.
+
+        The stall rule of a relayed C-MOVE (:mod:`gateway.qr.move`): once the
+        sources have ended, an instance never received will not come, while
+        one in custody (RECEIVED) is still on its way to the move destination.
+
+        :returns: the SOP Instance UIDs so ended, in request order.
+        :raises KeyError: unknown retrieve.
+        """
+
     def progress(retrieve_id: int) -> RetrieveProgress:
         """The counts now (reading the linked entries' states). :raises KeyError:"""
 

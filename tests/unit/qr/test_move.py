@@ -90,6 +90,9 @@ class FakeLink:
     finds: list[Dataset] = field(default_factory=list)
     moves: list[tuple[str, str, int | None]] = field(default_factory=list)
     move_result: "Deferred[Any]" = field(default_factory=Deferred)
+    #: The results of the second and later C-MOVEs (a new Deferred each), fired by the test.
+    later_results: list["Deferred[Any]"] = field(default_factory=list)
+    move_identifiers: list[Dataset] = field(default_factory=list)
     on_pending: Callable[[SubOperations], None] | None = None
     cancels: int = 0
     released: int = 0
@@ -106,8 +109,12 @@ class FakeLink:
              on_pending: Callable[[SubOperations], None]) -> "Deferred[Any]":
         """Record the C-MOVE; the test fires :attr:`move_result`."""
         self.moves.append((sop_class_uid, destination, message_id))
+        self.move_identifiers.append(data)
         self.on_pending = on_pending
-        return self.move_result
+        if len(self.moves) == 1:
+            return self.move_result
+        self.later_results.append(Deferred())
+        return self.later_results[-1]
 
     def cancel(self) -> None:
         """Count C-CANCELs."""
@@ -149,6 +156,14 @@ class FakeJournal:
         if self.items[retrieve_id].get(uid) in (ItemState.EXPECTED, ItemState.RECEIVED):
             self.items[retrieve_id][uid] = state
             self.reasons[(retrieve_id, uid)] = reason
+
+    def fail_expected(self, retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
+        """End the EXPECTED items FAILED; their UIDs."""
+        ended = tuple(uid for uid, s in self.items[retrieve_id].items() if s is ItemState.EXPECTED)
+        for uid in ended:
+            self.items[retrieve_id][uid] = ItemState.FAILED
+            self.reasons[(retrieve_id, uid)] = reason
+        return ended
 
     def progress(self, retrieve_id: int) -> RetrieveProgress:
         """The counts from the items' states."""
@@ -216,7 +231,8 @@ class MoveTestsMixin:
         self.journal = FakeJournal()
         self.links = {
             "archive1": FakeLink("archive1", matches=[match("1.1"), match("1.2"), match("1.3")]),
-            "archive2": FakeLink("archive2", matches=[match("2.1")]),
+            # archive2 holds only what archive1 (first in the list) holds: it has no share.
+            "archive2": FakeLink("archive2", matches=[match("1.2")]),
         }
         self.responder = FakeResponder()
         self.opened: list[str] = []
@@ -383,7 +399,9 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.assertEqual(new.requester_message_id, 7)
         self.assertEqual(self.links["archive1"].moves, [(STUDY_MOVE, "GW", 101)])
         self.assertEqual(self.links["archive2"].moves, [])
-        self.assertEqual(self.opened, ["archive1"])
+        # Every source is asked (in parallel); archive2, with nothing archive1 lacks, is released unused.
+        self.assertEqual(self.opened, ["archive1", "archive2"])
+        self.assertEqual(self.links["archive2"].released, 1)
 
     def test_locating_identifier_is_image_level(self) -> None:
         """The locating C-FIND keeps the request's keys at IMAGE level and asks for SOP Instance UID."""
@@ -415,8 +433,10 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
             (answered.outcome, answered.completed, answered.destination, answered.sources, answered.study_uids, answered.level),
             ("success", 3, "ws1", ("archive1",), ("1.2.3",), "STUDY"),
         )
-        [located] = [e for e in self.events if type(e).__name__ == "QuerySourceAnswered"]
-        self.assertEqual((located.destination, located.ok, located.results), ("archive1", True, 3))
+        located = [e for e in self.events if type(e).__name__ == "QuerySourceAnswered"]
+        self.assertEqual(
+            [(e.destination, e.ok, e.results) for e in located], [("archive1", True, 3), ("archive2", True, 1)]
+        )
 
     def test_failures_give_b000_and_the_failed_uid_list(self) -> None:
         """A failed sub-operation makes the final 0xB000 with the Failed SOP Instance UID List."""
@@ -479,9 +499,10 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         for _ in range(3):
             self.clock.advance(1)
         self.successResultOf(d)
-        [(status, counts, comment, _)] = self.responder.finals
+        [(status, counts, comment, failed)] = self.responder.finals
         self.assertEqual((status, counts), (0xB000, SubOperations(0, 2, 1, 0)))
         self.assertIn("Source finished", comment)
+        self.assertEqual(failed, ("1.3",))  # never received: ended failed one by one, so listed
 
     def test_cancel_reaches_the_source_and_ends_fe00(self) -> None:
         """C-CANCEL cancels the source's C-MOVE and ends 0xFE00 with the counts so far."""
@@ -520,7 +541,8 @@ class RelayTests(MoveTestsMixin, SynchronousTestCase):
         self.links.pop("archive1")
         self.run_move()
         self.assertEqual(self.opened, ["archive1", "archive2"])
-        self.assertEqual([r.sop_instance_uid for r in self.journal.opened[0].expected], ["2.1"])
+        self.assertEqual([r.sop_instance_uid for r in self.journal.opened[0].expected], ["1.2"])
+        self.assertEqual(self.journal.opened[0].sources, ("archive2",))
 
     def test_no_source_reachable_is_c000(self) -> None:
         """Every source down: 0xC000 (unable to process) with an Error Comment, nothing journaled."""

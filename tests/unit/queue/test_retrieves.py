@@ -259,6 +259,20 @@ class RetrieveJournalTests:
             RetrieveProgress(remaining=1, completed=1, warning=1, failed=2, failed_uids=(f"{UID}5", f"{UID}1")),
         )
 
+    def test_fail_expected_ends_only_the_never_received(self) -> None:
+        """fail_expected ends the EXPECTED items FAILED (returned in request order); RECEIVED and ended items keep their state."""
+        s = self.store()
+        r = s.open_retrieve(new_retrieve(expected=refs(4, 3, 2, 1)), T0)
+        s.link_item(r.retrieve_id, f"{UID}3", self.entry(s, 3), T0)  # in custody, queued
+        s.item_outcome(r.retrieve_id, f"{UID}2", ItemState.COMPLETED, "", T0)
+        self.assertEqual(s.fail_expected(r.retrieve_id, "never sent", T0), (f"{UID}4", f"{UID}1"))
+        self.assertEqual(
+            s.progress(r.retrieve_id),
+            RetrieveProgress(remaining=1, completed=1, failed=2, failed_uids=(f"{UID}4", f"{UID}1")),
+        )
+        self.assertEqual(s.fail_expected(r.retrieve_id, "again", T0), ())
+        self.assertRaises(KeyError, s.fail_expected, r.retrieve_id + 99, "x", T0)
+
     def test_an_entry_gone_from_the_journal_counts_failed(self) -> None:
         """A linked entry no longer in the journal (its instance forgotten) cannot be confirmed delivered: it counts failed."""
         s = self.store()
@@ -380,7 +394,7 @@ class RetrieveSignatureParityTests(SynchronousTestCase):
     def test_every_method_has_the_interfaces_parameters(self) -> None:
         """Each IRetrieveJournal method of each store takes the interface's positional parameters, in order."""
         names = journal_methods()
-        self.assertEqual(len(names), 10)
+        self.assertEqual(len(names), 11)  # fail_expected (i16-multisrc)
         for cls in self.stores:
             self.assertTrue(IRetrieveJournal.implementedBy(cls), cls)
             for name in names:
