@@ -228,6 +228,8 @@ class AssociationInfo:
     contexts: Mapping[int, AcceptedContext]
     listener_port: int = 0
     tls_subject: str = ""
+    #: How the instance came in (:attr:`gateway.route.RoutingContext.origin`): STOW-RS sets ``dicomweb``.
+    origin: str = "dimse"
 
 
 @dataclass(frozen=True)
