@@ -271,7 +271,7 @@ class _Part:
         """The part is complete: its outcome, once the instance is durable and journaled (or refused)."""
         if self._failed is None and self._writer is None:
             found = read_part10_prefix(bytes(self._head))
-            self._fail(found if isinstance(found, str) else "not a DICOM PS3.10 file (too short)")
+            self._fail(found if isinstance(found, str) else "not a DICOM PS3.10 file (shorter than its preamble and meta)")
         if self._failed is not None:
             return succeed(self._failed)
         writer, self._writer = self._writer, None
@@ -814,6 +814,7 @@ class StowSite(GatewaySite):
     def __init__(self, handler: StowHandler, reactor: Any, max_connections: int, header_timeout: float) -> None:
         super().__init__(Resource(), reactor=reactor, max_connections=max_connections, request_deadline=header_timeout)
         self.handler = handler
+        self.noisy = False
 
 
 class StowService(Service):
