@@ -671,6 +671,10 @@ class StowRequest(Request):
         handler = self._handler
         handler.metrics.requests.labels(code=str(code)).inc()
         handler.metrics.latency.observe(max(0.0, handler.clock.seconds() - self._started))
+        peer = self.channel.transport.getPeer() if self.channel is not None and self.channel.transport is not None else None
+        handler.log.info(
+            "STOW-RS request from {peer} refused {code}: {message}", peer=getattr(peer, "host", "?"), code=code, message=message
+        )
         if self._ingest is not None:
             self._ingest.abort()
             self._ingest = None

@@ -116,7 +116,10 @@ class StowServiceTests(ForwardTestMixin, TestCase):
         self.addCleanup(orthanc.stop)
         orthanc.start()
         ids = [orthanc.upload(f.read_bytes()) for f in files]
-        answer = orthanc.request("POST", "/dicom-web/servers/gateway/stow", {"Resources": ids, "Synchronous": True}, timeout=120)
+        try:
+            answer = orthanc.request("POST", "/dicom-web/servers/gateway/stow", {"Resources": ids, "Synchronous": True}, timeout=120)
+        except Exception as error:
+            raise AssertionError(f"{error}\n--- orthanc ---\n{orthanc.log_text()[-4000:]}\n--- gateway ---\n{gateway.log_text()[-3000:]}") from None
         self.assertIsInstance(answer, dict)
         self.delivered(gateway, scp, files)
 
