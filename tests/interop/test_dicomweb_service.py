@@ -160,7 +160,8 @@ class StowServiceTests(ForwardTestMixin, TestCase):
 
     def test_unauthenticated_unsupported_and_malformed_requests(self) -> None:
         """401 without or with a wrong token; 415 for another media type; 400 without the close delimiter."""
-        gateway, scp = self.start_stow_gateway()
+        audit = Path(self.mktemp()).resolve()
+        gateway, scp = self.start_stow_gateway(audit={"file": str(audit)})
         files, _ = self.series(1)
         body = multipart([files[0].read_bytes()])
         self.assertEqual(self.curl(body, token=None)[0], 401)
@@ -170,9 +171,13 @@ class StowServiceTests(ForwardTestMixin, TestCase):
         self.assertEqual(self.curl(b"no boundary anywhere")[0], 400)
         time.sleep(1)
         self.assertEqual(scp.files(), [])
-        audit = gateway.spool / "audit.jsonl"
-        if audit.exists():
-            self.assertIn("dicomweb_unauthenticated", audit.read_text())
+        self.assertEqual(self.curl(body)[0], 200)
+        # Audited: the two 401s as Security Alerts, the stored request with the client's name.
+        wait_until(lambda: audit.exists() and "dicomweb_stored" in audit.read_text(), 30, lambda: gateway.log_text()[-2000:])
+        records = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+        self.assertEqual(len([r for r in records if r.get("disposition") == "dicomweb_unauthenticated"]), 2)
+        [stored] = [r for r in records if r.get("disposition") == "dicomweb_stored"]
+        self.assertIn("alice", json.dumps(stored["participants"]))
 
     def test_disk_floor_is_503_with_retry_after(self) -> None:
         """Below the spool's free-space floor: 503 with Retry-After, nothing stored."""

@@ -195,6 +195,29 @@ class ServiceTests(SynchronousTestCase):
         truncated = multipart(a)[: -len(f"--{BOUNDARY}--\r\n") - 2]
         self.assertEqual(self.post(truncated)[0], 400)
 
+    def test_requests_are_audited_with_the_client(self) -> None:
+        """A stored request is a DICOM Instances Transferred record naming the client; a 401 a Security Alert."""
+        records: list[tuple[Any, ...]] = []
+
+        class Audit:
+            def emit(self, event: Any, action: str, outcome: Any, **kwargs: Any) -> None:
+                records.append((event.code, action, int(outcome), kwargs))
+
+            def us(self, role: str) -> Any:
+                from gateway.audit import Participant
+
+                return Participant(user_id="GATEWAY", role=role)
+
+        self.handler.audit = Audit()
+        self.post(b"x", token=None)
+        a = instance_bytes(self.tmp, "a.dcm", study_instance_uid=self.study)
+        self.post(multipart(a))
+        self.assertEqual([(code, action) for code, action, _, _ in records], [("110113", "E"), ("110104", "C")])
+        stored = records[1][3]
+        self.assertEqual((stored["participants"][0].user_id, stored["participants"][0].network_access_point), ("alice", "10.0.0.7"))
+        self.assertEqual([o.id for o in stored["objects"]], [self.study])
+        self.assertEqual(stored["extra"]["http_status"], "200")
+
     def test_requests_are_counted_by_code(self) -> None:
         """``dicom_gateway_dicomweb_requests_total{code}`` counts answered requests."""
         self.post(b"x", token=None)
