@@ -179,6 +179,43 @@ class StowServiceTests(ForwardTestMixin, TestCase):
         [stored] = [r for r in records if r.get("disposition") == "dicomweb_stored"]
         self.assertIn("alice", json.dumps(stored["participants"]))
 
+    def test_mutual_tls_client_certificate_names_the_client(self) -> None:
+        """HTTPS with client certificates: a certificate matching ``auth.certificates`` is let in (200) and
+        audited under the rule's name; another certificate of the same CA without a token is 401."""
+        from tests.support.certs import material
+
+        m = material()
+        audit = Path(self.mktemp()).resolve()
+        gateway, scp = self.start_stow_gateway(audit={"file": str(audit)})
+        gateway.stop()
+        web = dict(gateway.config["dicomweb"])
+        web["listen"] = [{"host": "127.0.0.1", "port": self.web_port,
+                          "tls": {"certificate": m.server, "private_key": m.server_key, "ca": m.ca}}]
+        web["auth"] = {**web["auth"], "certificates": {"CN=modality1": "uploader"}}
+        gateway.rewrite_config(dicomweb=web)
+        gateway.start()
+        wait_until(lambda: _port_open(self.web_port), 20, lambda: gateway.log_text()[-3000:])
+        files, _ = self.series(1)
+        body_file = Path(self.mktemp())
+        body_file.write_bytes(multipart([files[0].read_bytes()]))
+
+        def post(cert: str, key: str) -> int:
+            out = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", m.ca, "--cert", cert, "--key", key,
+                 "-X", "POST", "-H", f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+                 "--data-binary", f"@{body_file}", f"https://127.0.0.1:{self.web_port}/studies"],
+                capture_output=True, timeout=60, check=True,
+            )
+            return int(out.stdout.decode())
+
+        self.assertEqual(post(m.client2, m.client2_key), 401)
+        self.assertEqual(post(m.client, m.client_key), 200)
+        self.delivered(gateway, scp, files)
+        wait_until(lambda: audit.exists() and "dicomweb_stored" in audit.read_text(), 30, lambda: gateway.log_text()[-2000:])
+        [stored] = [json.loads(line) for line in audit.read_text().splitlines() if "dicomweb_stored" in line]
+        self.assertIn("uploader", json.dumps(stored["participants"]))
+        self.assertIn("CN=modality1", json.dumps(stored["participants"]))
+
     def test_disk_floor_is_503_with_retry_after(self) -> None:
         """Below the spool's free-space floor: 503 with Retry-After, nothing stored."""
         gateway, scp = self.start_stow_gateway(spool={"path": str(Path(self.mktemp()).resolve() / "spool"), "min_free": "1000TB"})
