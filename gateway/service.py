@@ -982,6 +982,8 @@ class GatewayService(MultiService):
             return succeed(False)
         old = self.config
         self._reload_tls(new)
+        if self.dicomweb is not None:
+            self.dicomweb.reload_tls(new.dicomweb)  # issue 17: the STOW-RS addresses' certificates
         if (old.dicomweb is None) != (new.dicomweb is None) or (
             old.dicomweb is not None and new.dicomweb is not None and old.dicomweb.listen != new.dicomweb.listen
         ):

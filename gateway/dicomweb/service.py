@@ -871,6 +871,24 @@ class StowService(Service):
             "cannot serve STOW-RS on {host}:{port}: {error}", host=address.host, port=address.port, error=failure.getErrorMessage()
         )
 
+    def reload_tls(self, config: DicomWebServiceConfig | None) -> None:
+        """Re-read each HTTPS address's certificate, key and CA (SIGHUP, HARDENING T16), by position.
+
+        New handshakes get the new files; a pair that cannot be used is logged and the old one stays.
+        """
+        if config is None:
+            return
+        from gateway.security import server_tls_settings
+
+        for tls, address in zip(self.tls, config.listen):
+            if tls is None or address.tls is None:
+                continue
+            error = tls.reload(server_tls_settings(address.tls))
+            if error is None:
+                self.log.info("dicomweb {host}:{port}: TLS certificate and key reloaded", host=address.host, port=address.port)
+            else:
+                self.log.error("dicomweb {host}:{port}: TLS reload refused: {error}", host=address.host, port=address.port, error=error)
+
     def stopService(self) -> "Deferred[None]":
         """Stop listening (requests in progress finish on their open connections)."""
         super().stopService()

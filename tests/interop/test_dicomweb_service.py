@@ -216,6 +216,23 @@ class StowServiceTests(ForwardTestMixin, TestCase):
         self.assertIn("uploader", json.dumps(stored["participants"]))
         self.assertIn("CN=modality1", json.dumps(stored["participants"]))
 
+    def test_tokens_file_change_applies_without_a_restart(self) -> None:
+        """A client added to the tokens file (as a hashed line) is let in once the file changed; a SIGHUP
+        reload keeps the service answering."""
+        from gateway.dicomweb.tokens import hash_line
+
+        gateway, scp = self.start_stow_gateway()
+        files, _ = self.series(1)
+        body = multipart([files[0].read_bytes()])
+        bob = "bobs-own-token-0123456789"
+        self.assertEqual(self.curl(body, token=bob)[0], 401)
+        tokens = Path(gateway.config["dicomweb"]["auth"]["tokens_file"])
+        tokens.write_text(tokens.read_text() + hash_line("bob", bob) + "\n")
+        wait_until(lambda: self.curl(body, token=bob)[0] == 200, 30, lambda: gateway.log_text()[-2000:])
+        gateway.reload()
+        self.assertEqual(self.curl(body)[0], 200)
+        self.delivered(gateway, scp, files)
+
     def test_disk_floor_is_503_with_retry_after(self) -> None:
         """Below the spool's free-space floor: 503 with Retry-After, nothing stored."""
         gateway, scp = self.start_stow_gateway(spool={"path": str(Path(self.mktemp()).resolve() / "spool"), "min_free": "1000TB"})
