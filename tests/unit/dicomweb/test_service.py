@@ -12,12 +12,14 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -226,6 +228,95 @@ class ServiceTests(SynchronousTestCase):
         value = self.registry.get_sample_value
         self.assertEqual(value("dicom_gateway_dicomweb_requests_total", {"code": "401"}), 1.0)
         self.assertEqual(value("dicom_gateway_dicomweb_requests_total", {"code": "200"}), 1.0)
+
+
+class _ManualLane:
+    """A spool lane whose work waits until the test runs it (a disk slower than the network)."""
+
+    def __init__(self) -> None:
+        self.work: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def submit(self, f: Any, *args: Any) -> None:
+        self.work.append((f, args))
+
+    def run(self) -> None:
+        while self.work:
+            f, args = self.work.pop(0)
+            f(*args)
+
+
+class _HeldRunner:
+    """A blocking runner whose calls wait until the test releases them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def run(self, f: Any, *args: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def release(self) -> None:
+        while self.calls:
+            f, args, d = self.calls.pop(0)
+            d.callback(f(*args))
+
+
+class BackPressureTests(SynchronousTestCase):
+    """While the spool's lane lags, the client's transport is paused; it resumes once the lane has drained."""
+
+    def test_slow_lane_pauses_the_client_until_drained(self) -> None:
+        """A 6 MiB instance fed faster than the lane writes: paused past 4 MiB of backlog, resumed once written."""
+        from gateway.dicomweb import service as stow
+
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        lane = _ManualLane()
+        spool = Spool(os.path.join(tmp, "spool"), SynchronousRunner(), implementation_class_uid="1.2.3",
+                      implementation_version_name="T", max_instance_size=1 << 30, slot_batch=4, lanes=lambda: lane)
+        spool.recover()
+        spool.prepare_slots()
+        runner = _HeldRunner()
+        tokens, _ = parse_tokens(f"alice:{TOKEN}\n")
+        config = DicomWebServiceConfig(listen=(DicomWebListenConfig(port=0),),
+                                       auth=DicomWebAuthConfig(tokens_file=os.path.join(tmp, "none"), tokens=tokens))
+        handler = StowHandler(
+            config=lambda: config, ae_title=lambda: "GW", spool=lambda: spool,
+            admit=lambda writer, info, refuse: Deferred(), space_low=lambda: False, blocking=runner, clock=Clock(),
+            metrics=StowMetrics(CollectorRegistry()),
+        )
+        site = StowSite(handler, Clock(), max_connections=10, header_timeout=5.0)
+        address = IPv4Address("TCP", "10.0.0.7", 40000)
+        channel = site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        channel.makeConnection(transport)
+        # A CT whose Pixel Data (the last element) is re-announced as 6 MiB, streamed below.
+        small = instance_bytes(tmp, "big.dcm")
+        at = small.rindex(b"\xe0\x7f\x10\x00OW")
+        size = 6 * 1024 * 1024
+        head = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + small[:at]
+                + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, size))
+        channel.dataReceived((f"POST /studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                              f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}\r\n'
+                              "Transfer-Encoding: chunked\r\n\r\n").encode())
+
+        def chunk(data: bytes) -> None:
+            channel.dataReceived(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        chunk(head)
+        self.assertEqual(transport.producerState, "producing")
+        # The pixel bytes, with the lane not writing: paused once more than PAUSE_BACKLOG wait for it.
+        fed = 0
+        while transport.producerState == "producing" and fed < size:
+            chunk(b"\x00" * (256 * 1024))
+            fed += 256 * 1024
+        self.assertEqual(transport.producerState, "paused")
+        self.assertGreater(fed, stow.PAUSE_BACKLOG - 512 * 1024)
+        self.assertLess(fed, stow.PAUSE_BACKLOG + 512 * 1024)
+        self.assertEqual(len(runner.calls), 1)  # one wait for the lane, off the reactor
+        lane.run()  # the disk catches up
+        runner.release()
+        self.assertEqual(transport.producerState, "producing")
 
 
 def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
