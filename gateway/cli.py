@@ -658,6 +658,18 @@ def _check_material_or_exit(path: str, config: Any) -> Any:
             ServerTLS(server_tls_settings(config.http.tls))
         except TLSConfigError as error:
             problems.append(f"http.tls: {error}")
+    if config.dicomweb is not None:
+        # Issue 17: the STOW-RS addresses' TLS files, checked as the admin port's.
+        from gateway.security import server_tls_settings
+        from gateway.tls import ServerTLS, TLSConfigError
+
+        for index, address in enumerate(config.dicomweb.listen):
+            if address.tls is None:
+                continue
+            try:
+                ServerTLS(server_tls_settings(address.tls))
+            except TLSConfigError as error:
+                problems.append(f"dicomweb.listen[{index}].tls: {error}")
     if problems:
         print(f"{path}: unusable TLS or identity files ({len(problems)} problem(s)):", file=sys.stderr)
         print("\n".join(problems), file=sys.stderr)
