@@ -43,9 +43,9 @@ class StowServiceTests(ForwardTestMixin, TestCase):
 
     timeout = 600
 
-    def start_stow_gateway(self, **overrides: Any) -> tuple[GatewayProcess, Any]:
+    def start_stow_gateway(self, *, start_scp: bool = True, **overrides: Any) -> tuple[GatewayProcess, Any]:
         """A gateway serving STOW-RS (token ``alice``) and forwarding everything to a storescp."""
-        scp = self.storescp("dest")
+        scp = self.storescp("dest", start=start_scp)
         tokens = Path(self.mktemp()).resolve()
         tokens.write_text(f"alice:{TOKEN}\n")
         self.web_port = free_port("127.0.0.1")
@@ -249,7 +249,8 @@ class StowServiceTests(ForwardTestMixin, TestCase):
     def test_kill_during_a_post_keeps_answered_instances_and_a_repost_is_accepted(self) -> None:
         """kill -9 mid-POST: instances of an earlier answered request are kept and delivered; the cut request
         is answered by nobody; after the restart a re-post of it is accepted (200)."""
-        gateway, scp = self.start_stow_gateway()
+        # The destination is down until after the restart: the answered instances live only in the spool and journal.
+        gateway, scp = self.start_stow_gateway(start_scp=False)
         first, _ = self.series(3)
         self.assertEqual(self.curl(multipart([f.read_bytes() for f in first]))[0], 200)
         second, _ = self.series(3, size=200_000)
@@ -270,6 +271,7 @@ class StowServiceTests(ForwardTestMixin, TestCase):
         self.assertEqual(answer, b"")  # nobody answered the cut request
         gateway.start()
         wait_until(lambda: _port_open(self.web_port), 20, lambda: gateway.log_text()[-3000:])
+        scp.start()
         self.delivered(gateway, scp, first)
         code, text = self.curl(body)
         self.assertEqual(code, 200, text)
