@@ -9,6 +9,7 @@ a request over a ``StringTransport`` and reads the response and the journal.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -219,6 +220,33 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((stored["participants"][0].user_id, stored["participants"][0].network_access_point), ("alice", "10.0.0.7"))
         self.assertEqual([o.id for o in stored["objects"]], [self.study])
         self.assertEqual(stored["extra"]["http_status"], "200")
+
+    def test_certificate_rules_and_require_all(self) -> None:
+        """A verified certificate matching a rule names the client; ``require: all`` needs the token too."""
+        from cryptography import x509
+
+        from gateway.config.schema import DicomWebClientCertificate
+        from tests.support.certs import material
+
+        m = material()
+        with open(m.client, "rb") as fp:
+            certificate = x509.load_pem_x509_certificate(fp.read())
+
+        class TLSTransport:
+            def getPeerCertificate(self) -> Any:
+                return certificate
+
+        rule = DicomWebClientCertificate("CN=modality1", "uploader")
+        self.config = replace(self.config, auth=replace(self.config.auth, certificates=(rule,)))
+        self.assertEqual(self.handler.authenticate(None, TLSTransport()), ("uploader", m.subject("client")))
+        self.assertEqual(self.handler.authenticate(f"Bearer {TOKEN}".encode(), object())[0], "alice")
+        self.config = replace(self.config, auth=replace(self.config.auth, require="all"))
+        self.assertIsNone(self.handler.authenticate(None, TLSTransport())[0])
+        self.assertIsNone(self.handler.authenticate(f"Bearer {TOKEN}".encode(), object())[0])
+        self.assertEqual(self.handler.authenticate(f"Bearer {TOKEN}".encode(), TLSTransport())[0], "alice")
+        other = DicomWebClientCertificate("CN=someone-else", "x")
+        self.config = replace(self.config, auth=replace(self.config.auth, certificates=(other,), require="any"))
+        self.assertIsNone(self.handler.authenticate(None, TLSTransport())[0])
 
     def test_requests_are_counted_by_code(self) -> None:
         """``dicom_gateway_dicomweb_requests_total{code}`` counts answered requests."""
