@@ -387,7 +387,9 @@ class _Ingest:
             seen["study"] = summary.study_instance_uid or ""
             seen["series"] = summary.series_instance_uid or ""
             if study and (summary.study_instance_uid or "") != study:
-                # PS3.18 Table 10.5.3-1 (409: "Study Instance UID mismatch"); Table I.2-2 A9xx.
+                # PS3.18 Table 10.5.3-1 names "Study Instance UID mismatch" a conflict (409) but
+                # Table I.2-2 has no code of its own for it ("implementation specific ... codes shall
+                # be defined in the conformance statement"): A900, its "Data Set does not match" class.
                 return Admission(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID differs from the request's")
             return None
 
