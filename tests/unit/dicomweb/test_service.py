@@ -8,7 +8,6 @@ a request over a ``StringTransport`` and reads the response and the journal.
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 import json
 import os
