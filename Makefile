@@ -38,15 +38,16 @@ $(PY):
 # The other independent peers of the interop matrix and the fault tests: Orthanc (archive and
 # source, REST API; its DICOMweb plugin for STOW-RS, issue 17), PixelMed (Java SCU/SCP), strace (F12: order of durable operations) and
 # libfaketime (F19: wall-clock jumps under a running gateway), and the openssl command line
-# (TLS probes: s_client, certificates), which a minimal Debian does not always have.
+# (TLS probes: s_client, certificates), which a minimal Debian does not always have, and curl
+# (hand-made STOW-RS requests to the gateway's DICOMweb service, issue 17).
 peers:
 	@{ command -v Orthanc >/dev/null 2>&1 && [ -f /usr/share/java/pixelmed.jar ] && \
 	   [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && \
 	   command -v strace >/dev/null 2>&1 && command -v faketime >/dev/null 2>&1 && \
-	   command -v openssl >/dev/null 2>&1; } || { \
+	   command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; } || { \
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
-	        orthanc orthanc-dicomweb pixelmed-apps default-jre-headless strace faketime libfaketime openssl; }
+	        orthanc orthanc-dicomweb pixelmed-apps default-jre-headless strace faketime libfaketime openssl curl; }
 
 # Several gateways as one (issue 14): the tests run a real HAProxy in front of the gateways and a
 # real PostgreSQL for the shared queue (initdb and postgres under /usr/lib/postgresql/*/bin,

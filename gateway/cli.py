@@ -181,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the hash chain of audit files; report the first broken link")
     verify.add_argument("files", nargs="+", help="audit files (rotated ones too; checked oldest first)")
 
+    # Issue 17: a STOW-RS client's token, and its line for dicomweb.auth.tokens_file.
+    dwt = sub.add_parser(
+        "dicomweb-token", help="print a new random STOW-RS client token and its hashed line for dicomweb.auth.tokens_file"
+    )
+    dwt.add_argument("name", help="the client's name (1-64 of A-Z a-z 0-9 . _ @ -)")
     tls = sub.add_parser("tls", help="TLS material for development and tests")
     tls_sub = tls.add_subparsers(dest="tls_action", required=True)
     tls_init = tls_sub.add_parser("init", help="create a development CA, gateway and client certificate")
@@ -653,6 +658,18 @@ def _check_material_or_exit(path: str, config: Any) -> Any:
             ServerTLS(server_tls_settings(config.http.tls))
         except TLSConfigError as error:
             problems.append(f"http.tls: {error}")
+    if config.dicomweb is not None:
+        # Issue 17: the STOW-RS addresses' TLS files, checked as the admin port's.
+        from gateway.security import server_tls_settings
+        from gateway.tls import ServerTLS, TLSConfigError
+
+        for index, address in enumerate(config.dicomweb.listen):
+            if address.tls is None:
+                continue
+            try:
+                ServerTLS(server_tls_settings(address.tls))
+            except TLSConfigError as error:
+                problems.append(f"dicomweb.listen[{index}].tls: {error}")
     if problems:
         print(f"{path}: unusable TLS or identity files ({len(problems)} problem(s)):", file=sys.stderr)
         print("\n".join(problems), file=sys.stderr)
@@ -755,6 +772,27 @@ async def _store(reactor: Any, args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _dicomweb_token(name: str) -> int:
+    """``dicom-gateway dicomweb-token NAME``: print a new token (for the client) and its hashed line (for the file).
+
+    Only the hash goes into ``dicomweb.auth.tokens_file``; the token itself is
+    shown once, here, and is never stored by the gateway (issue 17).
+
+    :returns: the exit status.
+    """
+    from gateway.dicomweb.tokens import hash_line, new_token
+
+    token = new_token()
+    try:
+        line = hash_line(name, token)
+    except ValueError as error:
+        print(f"dicomweb-token: {error}", file=sys.stderr)
+        return 2
+    print(f"token (give it to the client, as 'Authorization: Bearer <token>'): {token}")
+    print(f"line for dicomweb.auth.tokens_file: {line}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``dicom-gateway`` console script.
 
@@ -783,6 +821,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from gateway.audit import verify_command
 
         raise SystemExit(verify_command(args.files))
+    if args.command == "dicomweb-token":
+        raise SystemExit(_dicomweb_token(args.name))
     if args.command == "tls":
         from gateway.tlsinit import run_tls_init
 

@@ -309,7 +309,11 @@ class Intake:
         return d
 
     def take(
-        self, writer: SpoolWriter, info: AssociationInfo, sub_operation: tuple[str, int] | None = None
+        self,
+        writer: SpoolWriter,
+        info: AssociationInfo,
+        sub_operation: tuple[str, int] | None = None,
+        refuse: Callable[[DatasetSummary], Admission | None] | None = None,
     ) -> "Deferred[Admission]":
         """Seal, route and journal an instance whose last fragment has arrived (the one hand-off).
 
@@ -318,6 +322,10 @@ class Intake:
         :param info: the association it came on.
         :param sub_operation: the C-STORE-RQ's Move Originator AE Title and
             Message ID when it has them (a C-MOVE sub-operation, PS3.7 9.1.1.1).
+        :param refuse: the STOW-RS hook (issue 17): called with the walk's
+            summary before routing; an :class:`Admission` it returns is the
+            answer, and the sealed file is removed (never journaled), e.g. an
+            instance of another study than the request's URL names.
         :returns: a Deferred firing with the :class:`Admission` (``spooled``
             set once the instance is durable); it never fails.
         """
@@ -325,6 +333,11 @@ class Intake:
         if summary is None:
             # Refused by the seal (malformed, too large, a write failed...): learn the status.
             return self._sealed_only(writer)
+        refusal = refuse(summary) if refuse is not None else None
+        if refusal is not None:
+            d = self._file_runner.run(writer.wait_durable)
+            d.addCallbacks(lambda spooled: self._discard(spooled, refusal), self._seal_refused)
+            return d
         if sub_operation is not None and summary.sop_instance_uid and self._retrieve_ae_title() is not None:
             # The Move Originator AE Title is not compared: archives fill it
             # differently (pynetdicom 3.0 puts its own AE title there, not
@@ -481,6 +494,7 @@ class Intake:
             listener_port=info.listener_port,
             tls_subject=info.tls_subject,
             received_at=received_at,
+            origin=info.origin,
         )
 
     def _route(

@@ -44,6 +44,8 @@ A key is one of
   - ``source_ip``: a CIDR or a list of CIDRs, IPv4 or IPv6
     (``10.1.0.0/16``, ``[192.168.1.7, "fd00::/8"]``); an IPv4-mapped IPv6
     peer address (``::ffff:10.1.2.3``) matches IPv4 networks;
+  - ``origin``: how the instance came in, ``dimse`` (C-STORE), ``dicomweb``
+    (STOW-RS, issue 17) or ``retrieve``, or a list of those;
   - ``listener``: the listener's name (a string pattern) or its port (an
     integer), or a list of those: ``listener: [modalities, 11112]``;
   - ``time_of_day: {between: ["07:00", "19:00"]}``: the start is included,
@@ -610,6 +612,8 @@ def _context_texts(key: str, context: RoutingContext) -> list[object]:
         return [context.calling_ae_title.strip(" ")]
     if key == "called_ae_title":
         return [context.called_ae_title.strip(" ")]
+    if key == "origin":
+        return [getattr(context, "origin", "dimse")]
     return [context.tls_subject]
 
 

@@ -230,6 +230,8 @@ class AssociationInfo:
     tls_subject: str = ""
     #: The FIND SOP classes for which relational-queries was granted (PS3.4 C.5.1.1).
     relational_queries: frozenset[str] = frozenset()
+    #: How the instance came in (:attr:`gateway.route.RoutingContext.origin`): STOW-RS sets ``dicomweb``.
+    origin: str = "dimse"
 
 
 @dataclass(frozen=True)

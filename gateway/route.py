@@ -81,6 +81,8 @@ class RoutingContext:
     listener_port: int = 0
     tls_subject: str = ""
     received_at: float = 0.0
+    #: How the instance came in: ``dimse`` (C-STORE), ``dicomweb`` (STOW-RS, issue 17) or ``retrieve``.
+    origin: str = "dimse"
 
 
 @dataclass(frozen=True)

@@ -462,6 +462,13 @@ class GatewayService(MultiService):
             )
             service.setServiceParent(self)
             self.listeners.append(service)
+        # Issue 17: the STOW-RS inbound service, on its own port(s); started with the listeners.
+        self.dicomweb: Any = None
+        if config.dicomweb is not None:
+            from gateway.dicomweb.service import dicomweb_service
+
+            self.dicomweb = dicomweb_service(reactor, self)
+            self.dicomweb.setServiceParent(self)
         # Issue 15: committers of archives that commit, and where their reports go.
         self._add_archive_commitment()
         self._janitor = LoopingCall(self._clean)
@@ -671,9 +678,14 @@ class GatewayService(MultiService):
                 return destination
         return None
 
-    def _admit(self, writer: Any, info: Any, sub_operation: tuple[str, int] | None = None) -> Deferred[Any]:
-        """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped)."""
-        d = self.intake.take(writer, info, sub_operation)
+    def _admit(
+        self, writer: Any, info: Any, sub_operation: tuple[str, int] | None = None, refuse: Any = None
+    ) -> Deferred[Any]:
+        """The intake's ``take``; its outcome goes to the observer (metrics: routes, unrouted, duplicates; audit: received, dropped).
+
+        ``refuse`` is the STOW-RS service's check before routing (issue 17, :meth:`gateway.intake.Intake.take`).
+        """
+        d = self.intake.take(writer, info, sub_operation, refuse)
         d.addCallback(self._admitted, info)
         return d
 
@@ -990,6 +1002,13 @@ class GatewayService(MultiService):
             return succeed(False)
         old = self.config
         self._reload_tls(new)
+        if self.dicomweb is not None:
+            self.dicomweb.reload_tls(new.dicomweb)  # issue 17: the STOW-RS addresses' certificates
+        if (old.dicomweb is None) != (new.dicomweb is None) or (
+            old.dicomweb is not None and new.dicomweb is not None and old.dicomweb.listen != new.dicomweb.listen
+        ):
+            # Issue 17: auth, limits and retrieve_url apply now (read per request); the addresses need a restart.
+            self.log.warn("configuration reload: 'dicomweb' addresses changed; restart the gateway to apply them")
         for what in ("listen", "spool", "limits", "queue", "node", "cluster", "accept"):
             if getattr(old, what) != getattr(new, what):
                 self.log.warn("configuration reload: '{what}' changed; restart the gateway to apply it", what=what)

@@ -693,6 +693,26 @@ class SpoolWriter:
                 SpoolFailure.UID_MISMATCH,
             )
 
+    @property
+    def backlog(self) -> int:
+        """Bytes handed to the lane and not yet written, plus those batched on the reactor (issue 17).
+
+        The STOW-RS service pauses reading its client while this is large,
+        so a disk slower than the network holds the client back (TCP
+        back-pressure) instead of blocking the reactor in :meth:`_hand_over`.
+        """
+        with self._drained:
+            return self._backlog + self._batched
+
+    def wait_drained(self, limit: int) -> None:
+        """Block until at most ``limit`` bytes wait for the lane (never on the reactor thread; issue 17).
+
+        :param limit: the backlog to wait for.
+        """
+        with self._drained:
+            while self._backlog > limit and not self._sealed.is_set():
+                self._drained.wait(1.0)
+
     # -- any thread but the lane's ---------------------------------------------------------
 
     def wait_durable(self) -> "SpooledInstance":

@@ -86,6 +86,7 @@ from gateway.config.nodes import (
     _value_node,
 )
 from gateway.config.commitment import check_commitment, check_commitment_requesters
+from gateway.config.dicomweb import check_dicomweb
 from gateway.config.modalities import check_modalities
 from gateway.config.qr import check_qr_references, check_query, check_retrieve
 from gateway.config.listeners import _ACCEPT_FIELDS, _LIMITS_FIELDS, _check_listeners
@@ -239,6 +240,8 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     # Issue 16: the Query/Retrieve SCP (sources are DICOM destinations; move destinations are modalities).
     "query": _Field(check_query),
     "retrieve": _Field(check_retrieve),
+    # Issue 17: the STOW-RS inbound service.
+    "dicomweb": _Field(check_dicomweb),
 }
 
 

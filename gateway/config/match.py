@@ -100,9 +100,12 @@ _CONTEXT_KEYS = (
     "source_ip",
     "listener",
     "tls_subject",
+    "origin",
     "time_of_day",
     "weekday",
 )
+#: The values of the ``origin`` context key (:attr:`gateway.route.RoutingContext.origin`).
+ORIGINS = ("dimse", "dicomweb", "retrieve")
 _STRING_OPERATORS = ("equals", "glob", "regex")
 _NUMERIC_OPERATORS = ("gt", "ge", "lt", "le")
 _TEMPORAL_OPERATORS = ("after", "before", "within")
@@ -204,6 +207,8 @@ class _Compiler:
         if key == "not":
             inner = self.conditions(node, path)
             return None if inner is None else Not(inner)
+        if key == "origin":
+            return self.origin(node, path)
         if key in ("calling_ae_title", "called_ae_title", "tls_subject"):
             alternatives = self.string_alternatives(node, path, subject=key == "tls_subject")
             return None if alternatives is None else ContextText(key, alternatives)
@@ -306,6 +311,20 @@ class _Compiler:
                 )
                 ok = False
         return SourceIp(tuple(networks)) if ok else None
+
+    def origin(self, node: yaml.Node, path: str) -> Predicate | None:
+        """``origin``: how the instance came in, one of :data:`ORIGINS` or a list of them (issue 17).
+
+        Plain names are checked (a misspelt origin would be a rule that never
+        matches); ``{glob: ...}`` and ``{regex: ...}`` are taken as written.
+        """
+        names = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        for item in names:
+            if isinstance(item, yaml.ScalarNode) and item.tag == _STR and item.value not in ORIGINS:
+                self.error(item, path, f"unknown origin {item.value!r}; expected one of {', '.join(ORIGINS)}{_suggest(item.value, ORIGINS)}")
+                return None
+        alternatives = self.string_alternatives(node, path)
+        return None if alternatives is None else ContextText("origin", alternatives)
 
     def listener(self, node: yaml.Node, path: str) -> Predicate | None:
         """``listener``: names (string patterns) and ports (integers)."""

@@ -676,6 +676,76 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class DicomWebListenConfig:
+    """One address of the STOW-RS service (key ``dicomweb.listen[i]``, issue 17).
+
+    :param host: The interface to bind.
+    :param port: The TCP port; 0 means any free port (tests).
+    :param tls: Serve HTTPS with the same settings as a DICOM listener's ``tls``.
+    """
+
+    port: int
+    host: str = "127.0.0.1"
+    tls: ListenerTLSConfig | None = None
+
+
+@dataclass(frozen=True)
+class DicomWebClientCertificate:
+    """One entry of ``dicomweb.auth.certificates``: a client certificate and the client's name.
+
+    :param subject: The subject pattern (:mod:`gateway.subject`), as in ``access.certificates``.
+    :param name: The client's name (audit trail; routes' ``calling_ae_title``).
+    :param issuer: A pattern the certificate's issuer must match too; empty: any CA the listener trusts.
+    """
+
+    subject: str
+    name: str
+    issuer: str = ""
+
+
+#: ``dicomweb.auth.require``: ``any`` accepts a valid token or a matching certificate; ``all`` needs each configured one.
+DICOMWEB_AUTH_REQUIREMENTS: tuple[str, ...] = ("any", "all")
+
+
+@dataclass(frozen=True)
+class DicomWebAuthConfig:
+    """How STOW-RS clients authenticate (key ``dicomweb.auth``).
+
+    :param tokens_file: A file of ``NAME:TOKEN`` or ``NAME:sha256$<hex>``
+        lines (absolute), re-read when it changes (:mod:`gateway.dicomweb.tokens`).
+    :param certificates: Client certificate subjects and the names they give.
+    :param require: ``any`` or ``all`` (:data:`DICOMWEB_AUTH_REQUIREMENTS`).
+    :param tokens: The tokens of ``tokens_file`` as read at load (digests only).
+    """
+
+    tokens_file: str = ""
+    certificates: tuple[DicomWebClientCertificate, ...] = ()
+    require: str = "any"
+    tokens: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DicomWebServiceConfig:
+    """The STOW-RS inbound service (top-level key ``dicomweb``, issue 17).
+
+    :param listen: Its addresses (its own HTTP port(s), never the admin port).
+    :param auth: Client authentication.
+    :param max_request_size: Request bodies above this are refused with 413.
+    :param max_connections: Connections open at once per address; more are answered 503 and closed.
+    :param header_timeout: Seconds a request's headers may take to arrive.
+    :param retrieve_url: Base URL written as the Retrieve URLs of the response
+        (``<retrieve_url>/studies/<uid>``); empty: none written.
+    """
+
+    listen: tuple[DicomWebListenConfig, ...]
+    auth: DicomWebAuthConfig
+    max_request_size: int = 4 * 1024**3
+    max_connections: int = 64
+    header_timeout: float = 30.0
+    retrieve_url: str = ""
+
+
+@dataclass(frozen=True)
 class RotateConfig:
     """Size-based rotation of a log or audit file.
 
@@ -833,6 +903,8 @@ class GatewayConfig:
     #: The top-level Query/Retrieve SCP (issue 16); ``None``: the Q/R SOP classes are not accepted.
     query: QueryConfig | None = None
     retrieve: RetrieveConfig | None = None
+    #: The STOW-RS inbound service (issue 17); ``None``: not served.
+    dicomweb: DicomWebServiceConfig | None = None
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

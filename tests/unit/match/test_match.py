@@ -686,3 +686,18 @@ class ConfigErrorTests(SynchronousTestCase):
         """A null match and a list at the top are errors."""
         self.assertEqual(len(errors_of("~")), 1)
         self.assertEqual(len(errors_of("[Modality]")), 1)
+
+
+class OriginTests(SynchronousTestCase):
+    """``origin`` (issue 17): how the instance came in."""
+
+    def test_origin_matches_the_context(self) -> None:
+        """``origin: dicomweb`` holds for STOW-RS instances only; C-STORE is ``dimse`` by default."""
+        self.assertTrue(check("origin: dicomweb", Dataset(), context(origin="dicomweb")))
+        self.assertFalse(check("origin: dicomweb", Dataset(), context()))
+        self.assertTrue(check("origin: [dimse, retrieve]", Dataset(), context()))
+
+    def test_unknown_origin_is_an_error(self) -> None:
+        """A misspelt origin is an error (it would be a rule that never matches)."""
+        [(line, path, message)] = errors_of("origin: dicomwb")
+        self.assertIn("unknown origin", message)

@@ -1,0 +1,1 @@
+"""DICOMweb: the STOW-RS inbound service (issue 17)."""

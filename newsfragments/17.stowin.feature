@@ -1,0 +1,1 @@
+A STOW-RS inbound service (dicomweb section): POST /studies streamed into the spool with the custody, routes and duplicate control of a C-STORE, bearer tokens or client certificates, PS3.18 responses; the origin match key; dicom-gateway dicomweb-token.
