@@ -278,6 +278,9 @@ class RetrieveConfig:
     #: Globs over the requester's calling AE title allowed to retrieve, within
     #: the listener's own access policy; empty allows every AE the listener accepts.
     allowed_ae_titles: tuple[str, ...] = ()
+    #: The name of a route (``routes``) whose morph plan is applied to relayed
+    #: instances (to ``move.<name>`` entries and to C-GET sub-operations); ``""``: sent as received.
+    route: str = ""
 
 
 @dataclass(frozen=True)
