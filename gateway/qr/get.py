@@ -101,6 +101,9 @@ class ReceivedInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     dataset_offset: int = 0
+    #: Filled by :func:`retrieve` once the requester answered: ``completed``,
+    #: ``warning`` or ``failed`` (the relay leg journals each item's end from it).
+    outcome: list[str] = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ class SourceOutcome:
 
 class SourceUnavailable(Exception):
     """The source could not be asked: no association, or no C-GET context accepted for the request's SOP class."""
+
+
+class NoGetContext(SourceUnavailable):
+    """The source accepted no C-GET context for the request's model: retrieve by C-MOVE to the gateway instead."""
 
 
 OnInstance = Callable[[ReceivedInstance], "Deferred[int]"]
@@ -152,6 +159,38 @@ class ISource(Protocol):
 
 OpenSource = Callable[[str, str], ISource]
 """``open_source(source_name, get_sop_class_uid)``: a not-yet-associated source."""
+
+Prepare = Callable[[ReceivedInstance], "Deferred[ReceivedInstance]"]
+"""Makes the copy of an instance that is sent back (a route's morph); its path is removed after the sub-operation."""
+
+
+class StoreTimeout(Exception):
+    """The requester did not answer a sub-operation C-STORE-RQ in time."""
+
+
+def _bounded(d: "Deferred[Any]", seconds: float | None, clock: Any) -> "Deferred[Any]":
+    """``d``'s result, or :class:`StoreTimeout` after ``seconds`` (``None``: no bound); a late result is dropped."""
+    if clock is None or seconds is None:
+        return d
+    out: Deferred[Any] = Deferred()
+
+    def expire() -> None:
+        if not out.called:
+            out.errback(StoreTimeout(f"no C-STORE-RSP within {seconds:g} s"))
+
+    timer = clock.callLater(seconds, expire)
+
+    def done(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+    d.addBoth(done)
+    return out
 
 
 @dataclass
@@ -217,6 +256,8 @@ async def retrieve(
     remove: Callable[[str], None],
     clock: Any = None,
     timeout: float | None = None,
+    prepare: Prepare | None = None,
+    store_timeout: float | None = None,
 ) -> None:
     """Run one C-GET: ask the sources in order, store what the first that has matches sends, answer the requester.
 
@@ -233,11 +274,21 @@ async def retrieve(
     :param timeout: ``retrieve.timeout``: seconds from now after which the
         source is cancelled and the C-GET ends with what was done, what the
         source had left counted failed.
+    :param prepare: makes the copy sent back (``retrieve.route``'s morph,
+        :class:`RouteMorph`); a failure is a failed sub-operation, never a
+        copy with less morphing than the route promises.
+    :param store_timeout: seconds the requester has to answer each
+        sub-operation C-STORE (the listener's DIMSE timeout), bounded by what
+        is left of ``timeout``: past it the instance is failed, the
+        requester's association is aborted (a missing response is a
+        protocol failure, PS3.8 7.3 A-ABORT) and the C-GET ends.
     """
     tally = _Tally()
     cancelled = False
     expired = False
+    aborted = ""
     current: list[ISource] = []
+    started = clock.seconds() if clock is not None else 0.0
 
     def on_cancel(_: object) -> None:
         nonlocal cancelled
@@ -255,37 +306,68 @@ async def retrieve(
     responder.cancelled.addCallback(on_cancel)
     timer = clock.callLater(timeout, on_deadline) if clock is not None and timeout is not None else None
 
+    def bound() -> float | None:
+        """Seconds the requester has for this sub-operation's C-STORE-RSP: the DIMSE timeout or what is left of the C-GET's."""
+        if clock is None or store_timeout is None:
+            return None
+        limits = [t for t in (store_timeout, None if timeout is None else started + timeout - clock.seconds()) if t is not None]
+        return max(0.0, min(limits)) if limits else None
+
     async def on_instance(instance: ReceivedInstance) -> int:
+        nonlocal aborted
+        sent = instance
         try:
-            if cancelled or expired:
+            if cancelled or expired or aborted:
                 # PS3.4 C.4.3.3: after a cancel no further sub-operation is
                 # started; the source hears "out of resources" and counts it.
                 return int(Status.OUT_OF_RESOURCES)
             try:
-                status = await responder.store(
-                    instance.path,
-                    instance.sop_class_uid,
-                    instance.sop_instance_uid,
-                    instance.transfer_syntax_uid,
-                    instance.dataset_offset,
+                if prepare is not None:
+                    sent = await prepare(instance)
+                status = await _bounded(
+                    responder.store(
+                        sent.path,
+                        sent.sop_class_uid,
+                        sent.sop_instance_uid,
+                        sent.transfer_syntax_uid,
+                        sent.dataset_offset,
+                    ),
+                    bound(),
+                    clock,
                 )
+            except StoreTimeout as error:
+                # The requester never answered: the instance failed, the
+                # association is aborted (nothing more can be said on it) and
+                # the source is stopped; the C-GET ends.
+                log.warning("C-GET requester did not answer sub-operation %s: %s; aborting its association", sent.sop_instance_uid, error)
+                aborted = str(error)
+                status = -1
+                abort = getattr(responder, "abort", None)
+                if abort is not None:
+                    abort(aborted)
+                for source in current:
+                    source.cancel()
             except Exception as error:  # noqa: BLE001 - every error is a failed sub-operation
                 # NoPresentationContext: the requester accepted no context (SCP
                 # role) for this class and syntax (PS3.4 C.4.3.3): a failed
-                # sub-operation, listed, never silently dropped.
+                # sub-operation, listed, never silently dropped. A morph that
+                # fails (prepare) is one too.
                 log.info("C-GET sub-operation %s not stored on the requester: %s", instance.sop_instance_uid, error)
                 status = -1
             outcome = _store_outcome(status) if status >= 0 else "failed"
+            instance.outcome.append(outcome)
             if outcome == "completed":
                 tally.completed += 1
             elif outcome == "warning":
                 tally.warning += 1
             else:
                 tally.failed += 1
-                tally.failed_uids.append(instance.sop_instance_uid)
+                tally.failed_uids.append(sent.sop_instance_uid)
             return int(Status.SUCCESS)
         finally:
             remove(instance.path)
+            if sent is not instance:
+                remove(sent.path)
 
     def on_pending(counts: SubOperations) -> None:
         tally.source = counts
@@ -296,7 +378,7 @@ async def retrieve(
     broken = ""
     outcome: SourceOutcome | None = None
     for name in sources:
-        if cancelled or expired:
+        if cancelled or expired or aborted:
             break
         source = open_source(name, sop_class_uid)
         current[:] = [source]
@@ -345,6 +427,14 @@ async def retrieve(
         # Success with no sub-operation: no match here, ask the next.
     if timer is not None and timer.active():
         timer.cancel()
+    if aborted:
+        # The requester's association is gone (aborted above): this final
+        # response goes nowhere, but it is what the journal and audit record.
+        left = outcome.counts.remaining if outcome is not None and outcome.counts.remaining else 0
+        tally.failed += left
+        counts = tally.counts(0)
+        responder.final(final_status(counts), counts, error_comment=aborted[:64], failed_uids=tally.all_failed_uids())
+        return
     if expired and not cancelled:
         # PS3.4 C.4.3.1.4 has no "timed out" status: what the source had not
         # sent is counted failed (Number of Failed Sub-operations), and the
@@ -565,6 +655,12 @@ class _RecordingResponder:
         """As the wrapped responder."""
         return self._inner.cancelled
 
+    def abort(self, detail: str) -> None:
+        """As the wrapped responder (when it can abort its association)."""
+        abort = getattr(self._inner, "abort", None)
+        if abort is not None:
+            abort(detail)
+
     def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
         """As the wrapped responder."""
         return self._inner.store(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
@@ -666,7 +762,7 @@ class DicomGetSource:
         except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
             raise SourceUnavailable(f"association failed: {type(error).__name__}") from error
         if self._association.context_for_class(sop_class_uid) is None:
-            raise SourceUnavailable("no C-GET context accepted")
+            raise NoGetContext("no C-GET context accepted")
         # The identifier is re-encoded in the source's context's syntax by ClientAssociation.
         dataset = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
         return await _run_client_get(self, sop_class_uid, dataset, on_instance, on_pending)
