@@ -59,8 +59,11 @@ next one is asked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -69,6 +72,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from gateway.associate import FileStoreSink
+from gateway.durable import unlink_if_present
+from gateway.meta import read_part10_header
+from gateway.private import make_private_dirs
 from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
@@ -595,19 +601,33 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
         # 0xC000-class (Unable to process) with an Error Comment.
         responder.final(error.status, error_comment=error.comment[:64])
         return succeed(None)
+    scratch = os.path.join(config.spool.path, "scratch")
     open_source: OpenSource | None = ctx.extra.get("get.open_source")
     if open_source is None:
-        scratch = os.path.join(config.spool.path, "scratch")
         destinations = {d.name: d for d in config.destinations}
         proposals, roles = source_proposals(rq.affected_sop_class_uid, info.contexts)
 
+        def new_retrieve(expected: tuple[Any, ...], source: str) -> Any:
+            return _relay_retrieve(ctx, info, rq, level, settings, expected, source)
+
         def open_source(name: str, sop_class_uid: str) -> ISource:
-            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
+            destination = destinations.get(name)
+            return GetOrMoveSource(
+                DicomGetSource(name, destination, ctx, proposals, roles, scratch, responder.transfer_syntax),
+                lambda: MoveRelaySource(name, destination, ctx, scratch, responder.transfer_syntax, new_retrieve),
+            )
+
+    prepare = _route_morph(ctx, config, settings, info, scratch)
+    limits = getattr(config, "limits", None)
+    store_timeout = getattr(limits, "dimse_timeout", None)
 
     async def run() -> None:
         journaled = await _open_journal(ctx, info, rq, level, settings)
         recording = _RecordingResponder(responder)
-        await retrieve(rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+        await retrieve(
+            rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove,
+            ctx.reactor, settings.timeout, prepare, store_timeout,
+        )
         if journaled is not None:
             await _finish_journal(ctx, journaled, recording)
 
@@ -619,6 +639,44 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
 
     d.addErrback(unexpected)
     return d
+
+
+def _relay_retrieve(ctx: QRContext, info: Any, rq: Any, level: str, settings: Any, expected: tuple[Any, ...], source: str) -> Any:
+    """The journal record of a C-GET's relay leg (kind ``get``, its items EXPECTED; :class:`MoveRelaySource`)."""
+    from gateway.queue.retrieves import NewRetrieve
+
+    return NewRetrieve(
+        kind="get",
+        requester_ae_title=getattr(info, "calling_ae_title", ""),
+        listener=getattr(info, "listener", ""),
+        requester_message_id=int(rq.message_id),
+        destination="",
+        mode="relay",
+        level=level,
+        sources=(source,),
+        expected=expected,
+        deadline=ctx.wall() + settings.timeout,
+    )
+
+
+def _route_morph(ctx: QRContext, config: Any, settings: Any, info: Any, scratch: str) -> Prepare | None:
+    """``retrieve.route``'s morph for the instances stored back (``None``: sent as received)."""
+    name = getattr(settings, "route", "")
+    if not name:
+        return None
+    route = next((r for r in config.routes if r.name == name), None)
+    if route is None or route.morph is None or not route.morph.actions:
+        return None
+    from gateway.route import RoutingContext
+
+    context = RoutingContext(
+        calling_ae_title=getattr(info, "calling_ae_title", ""),
+        called_ae_title=getattr(info, "called_ae_title", ""),
+        source_address=str(getattr(info, "peer_address", "")).rsplit(":", 1)[0],
+        listener=getattr(info, "listener", ""),
+        received_at=ctx.wall(),
+    )
+    return RouteMorph(route.morph, scratch, lambda f, *a: _run_blocking(ctx, f, *a), context)
 
 
 class _RecordingResponder:
@@ -843,3 +901,489 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return list(value)
     return [value] if value else []
+
+
+# -- C-GET from a source without C-GET: a C-MOVE to the gateway itself (issue 16) ----------------------
+
+#: Hand-over files of a relayed C-GET instance: ``getrelay-<retrieve id>-<name>.dcm`` in the spool's scratch folder.
+HANDOVER_PREFIX = "getrelay-"
+
+#: Prefixes of every scratch file a C-GET makes (:func:`sweep_scratch` removes them at start).
+SCRATCH_PREFIXES: tuple[str, ...] = ("get-", HANDOVER_PREFIX, "getmorph-")
+
+#: Seconds between two looks at the scratch folder for hand-overs this process was not told about.
+POLL_INTERVAL = 1.0
+
+#: Seconds the source is given to end its C-MOVE after our C-CANCEL before its association is aborted.
+SOURCE_END_WAIT = 10.0
+
+#: The C-MOVE class (and C-FIND class locating for it) of each C-GET class (PS3.4 C.6.1.1, C.6.2.1).
+MOVE_FOR_GET: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root
+    "1.2.840.10008.5.1.4.1.2.2.3": "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root
+}
+
+_UID_NAME = re.compile(r"[0-9.]{1,64}")
+
+
+def handover_path(scratch: str, retrieve_id: int, sop_instance_uid: str) -> str:
+    """Where the intake links a relayed C-GET instance for its handler (internal names: a UID, else its hash)."""
+    name = sop_instance_uid if _UID_NAME.fullmatch(sop_instance_uid) else "h" + hashlib.sha256(sop_instance_uid.encode("utf-8", "replace")).hexdigest()[:32]
+    return os.path.join(scratch, f"{HANDOVER_PREFIX}{int(retrieve_id)}-{name}.dcm")
+
+
+def make_handover(spooled: str, handover: str) -> None:
+    """Link the durable spool file at ``handover`` (a copy when a link cannot be made); blocking.
+
+    The spool's clean-up may delete an instance without queue entries at any
+    time once journaled; the link keeps the bytes for the C-GET handler.
+
+    :raises OSError: when neither a link nor a copy can be made.
+    """
+    make_private_dirs(os.path.dirname(handover))
+    unlink_if_present(handover)
+    try:
+        os.link(spooled, handover)
+    except OSError:
+        fd, temporary = tempfile.mkstemp(prefix=HANDOVER_PREFIX + "tmp-", dir=os.path.dirname(handover))
+        os.close(fd)
+        try:
+            shutil.copyfile(spooled, temporary)
+            os.replace(temporary, handover)
+        except OSError:
+            unlink_if_present(temporary)
+            raise
+
+
+def sweep_scratch(scratch: str) -> int:
+    """Remove the C-GET scratch files a crash left behind (at start, before the listeners; blocking).
+
+    Only files named with :data:`SCRATCH_PREFIXES` are removed (the
+    forwarder's transcoded copies in the same folder are not this module's).
+
+    :returns: how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(scratch))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(SCRATCH_PREFIXES) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """A relayed C-GET instance in custody, linked at ``path`` for the handler."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+
+
+class GetRelays:
+    """The C-GET handlers of this process waiting for relayed instances, by retrieve ID.
+
+    The intake (:meth:`gateway.intake.Intake._take_relayed`) calls
+    :meth:`notify` once an instance is journaled; whatever association it
+    came on. A handler on another node never hears it: it polls.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, Callable[[HandedOver], None]] = {}
+
+    def register(self, retrieve_id: int, callback: Callable[[HandedOver], None]) -> None:
+        """``callback`` gets each instance of ``retrieve_id`` journaled from now on (on the reactor)."""
+        self._waiting[int(retrieve_id)] = callback
+
+    def unregister(self, retrieve_id: int) -> None:
+        """Stop waiting (the relay leg ended)."""
+        self._waiting.pop(int(retrieve_id), None)
+
+    def notify(self, retrieve_id: int, path: str, record: Any) -> bool:
+        """An instance of ``retrieve_id`` is journaled and linked at ``path``; ``False``: nobody here waits for it."""
+        callback = self._waiting.get(int(retrieve_id))
+        if callback is None:
+            return False
+        callback(
+            HandedOver(
+                path,
+                record.sop_class_uid,
+                record.sop_instance_uid,
+                record.transfer_syntax_uid,
+                int(record.dataset_offset or 0),
+            )
+        )
+        return True
+
+
+#: This process's registry (the intake and every C-GET handler share it).
+RELAYS = GetRelays()
+
+
+def _read_handover(path: str) -> HandedOver | None:
+    """A hand-over file found by polling, from its Part 10 meta (``None``: gone or unreadable); blocking."""
+    try:
+        header = read_part10_header(path)
+    except (OSError, ValueError) as error:
+        log.info("C-GET hand-over %s unreadable: %s", path, error)
+        return None
+    return HandedOver(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
+
+
+def _list_handovers(scratch: str, retrieve_id: int) -> list[str]:
+    """The hand-over files of one retrieve now in the scratch folder; blocking."""
+    prefix = f"{HANDOVER_PREFIX}{int(retrieve_id)}-"
+    try:
+        return sorted(e.path for e in os.scandir(scratch) if e.name.startswith(prefix) and e.name.endswith(".dcm"))
+    except FileNotFoundError:
+        return []
+
+
+def _run_blocking(ctx: QRContext, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    """Run a file operation off the reactor (``ctx.extra["get.file_runner"]`` in tests)."""
+    runner = ctx.extra.get("get.file_runner")
+    if runner is not None:
+        d: Deferred[Any] = runner.run(f, *args)
+        return d
+    from twisted.internet import threads
+
+    return threads.deferToThreadPool(ctx.reactor, ctx.reactor.getThreadPool(), f, *args)
+
+
+class MoveRelaySource:
+    """:class:`ISource` for a source without C-GET: locate (C-FIND), then C-MOVE to the gateway's own AE title.
+
+    The retrieve is journaled (kind ``get``, items EXPECTED from the locating
+    C-FIND, an outgoing Message ID unique among the open retrieves of every
+    node, :meth:`~gateway.queue.retrieves.IRetrieveJournal.open_retrieve`).
+    The source's sub-operation C-STOREs come on an association of their own,
+    to any node; the intake matches each by Message ID and SOP Instance UID,
+    takes it into custody (spool, journal, no queue entry) and links it to a
+    hand-over file (:func:`make_handover`), then tells this process's
+    :data:`RELAYS`. Each is handed to ``on_instance`` (stored back on the
+    requester's association) and its item ends COMPLETED, WARNING or FAILED
+    in the journal; the hand-over file is removed. Every
+    :data:`POLL_INTERVAL` the scratch folder is also read for hand-overs of
+    this retrieve nobody told us about (received by another node sharing the
+    spool), each confirmed in the journal before it is sent.
+
+    The leg ends when every expected instance was handed over, or once the
+    source's final C-MOVE-RSP came and one last look found nothing more (the
+    intake journals a sub-operation before its C-STORE-RSP, so the source's
+    final response comes after every instance it sent is journaled): what was
+    not received counts failed and is listed. A cancel (the requester's
+    C-CANCEL, or ``retrieve.timeout``) cancels the source's C-MOVE (PS3.7
+    9.3.2.3) and waits :data:`SOURCE_END_WAIT` for its end before aborting.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        destination: Any,
+        ctx: QRContext,
+        scratch: str,
+        requester_syntax: str,
+        new_retrieve: Callable[[tuple[Any, ...], str], Any],
+        open_link: Any = None,
+        relays: GetRelays | None = None,
+    ) -> None:
+        from gateway.qr.move import open_source_link
+
+        self.name = name
+        self._destination = destination
+        self._ctx = ctx
+        self._scratch = scratch
+        self._requester_syntax = requester_syntax
+        self._new_retrieve = new_retrieve
+        self._open_link = open_link if open_link is not None else ctx.extra.get("open_source", open_source_link)
+        self._relays = relays if relays is not None else RELAYS
+        self._link: Any = None
+        self._cancelled = False
+        self._wake: Deferred[None] | None = None
+        self._arrived: list[HandedOver] = []
+        self.retrieve_id: int | None = None
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """Locate, journal, C-MOVE to the gateway, hand each instance over (see :class:`ISource`)."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ on the source's C-MOVE (PS3.7 9.3.2.3); no further instance is handed over."""
+        self._cancelled = True
+        if self._link is not None:
+            try:
+                self._link.cancel()
+            except Exception as error:  # noqa: BLE001 - the end is waited for anyway
+                log.warning("C-GET relay: cancelling %s failed: %s", self.name, error)
+        self._poke()
+
+    def close(self) -> "Deferred[None]":
+        """Release the source's association (abort when the release fails)."""
+        link, self._link = self._link, None
+        if link is None:
+            return succeed(None)
+        d: Deferred[None] = link.release()
+
+        def aborted(_: Failure) -> None:
+            link.abort()
+
+        d.addErrback(aborted)
+        return d
+
+    def _poke(self) -> None:
+        """Wake the hand-over loop."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    def _arrive(self, handed: HandedOver) -> None:
+        """The intake's notice (on the reactor)."""
+        self._arrived.append(handed)
+        self._poke()
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        from gateway.qr.move import FIND_FOR_MOVE, located_reference, locate_identifier
+
+        ctx = self._ctx
+        move_class = MOVE_FOR_GET.get(sop_class_uid)
+        if move_class is None:
+            raise SourceUnavailable("not a C-GET SOP class")
+        find_class = FIND_FOR_MOVE[move_class]
+        if self._destination is None or not hasattr(self._destination, "ae_title"):
+            raise SourceUnavailable("not a DICOM destination")
+        if ctx.journal is None or not hasattr(ctx.journal, "open_retrieve") or not ctx.ae_title:
+            raise SourceUnavailable("no C-GET context accepted, and no journal to relay a C-MOVE through")
+        request = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
+        try:
+            self._link = await self._open_link(ctx, self._destination, (find_class, move_class))
+        except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
+            raise SourceUnavailable(f"association for C-MOVE failed: {type(error).__name__}") from error
+        found: list[Any] = []
+        seen: set[str] = set()
+
+        def on_match(dataset: Any) -> None:
+            reference = located_reference(dataset)
+            if reference is not None and reference.sop_instance_uid not in seen:
+                seen.add(reference.sop_instance_uid)
+                found.append(reference)
+
+        try:
+            status = await self._link.find(find_class, locate_identifier(request), on_match)
+        except Exception as error:  # noqa: BLE001 - a locating failure leaves the source out
+            raise SourceUnavailable(f"locating C-FIND failed: {error}") from error
+        if self._cancelled:
+            return SourceOutcome(int(Status.CANCEL), SubOperations(0, 0, 0, 0))
+        if status != Status.SUCCESS:
+            raise SourceUnavailable(f"locating C-FIND status 0x{status:04X}")
+        if not found:
+            return SourceOutcome(int(Status.SUCCESS), SubOperations(0, 0, 0, 0))
+        from gateway.queue.retrieves import RetrieveIdsExhausted
+
+        try:
+            opened = await ctx.run.run(ctx.journal.open_retrieve, self._new_retrieve(tuple(found), self.name), ctx.wall())
+        except RetrieveIdsExhausted:
+            return SourceOutcome(UNABLE_TO_PERFORM_SUB_OPERATIONS, SubOperations(0, 0, 0, 0), error_comment="No C-MOVE message ID free")
+        self.retrieve_id = int(opened.retrieve_id)
+        self._relays.register(self.retrieve_id, self._arrive)
+        try:
+            return await self._relay(opened, move_class, request, [r.sop_instance_uid for r in found], on_instance, on_pending)
+        finally:
+            self._relays.unregister(self.retrieve_id)
+            for path in await _run_blocking(ctx, _list_handovers, self._scratch, self.retrieve_id):
+                _remove(path)
+
+    async def _relay(
+        self, opened: Any, move_class: str, request: Any, expected: list[str], on_instance: OnInstance, on_pending: OnPending
+    ) -> SourceOutcome:
+        """The C-MOVE to the gateway and the hand-over loop; returns the leg's outcome."""
+        from gateway.queue.retrieves import ItemState, RetrieveState
+
+        ctx = self._ctx
+        retrieve_id = int(opened.retrieve_id)
+        wanted = set(expected)
+        handed: dict[str, str] = {}  # SOP Instance UID -> completed/warning/failed
+        looked: set[str] = set()  # hand-over paths already read by a poll
+        source_end: list[Any] = []
+        moving = self._link.move(move_class, ctx.ae_title, request, opened.message_id, lambda counts: None)
+
+        def ended(result: Any) -> None:
+            source_end.append(result)
+            self._poke()
+
+        moving.addBoth(ended)
+
+        async def poll() -> None:
+            """Hand-overs this process was not told about, each confirmed in the journal (a committed record)."""
+            for path in await _run_blocking(ctx, _list_handovers, self._scratch, retrieve_id):
+                if path in looked:
+                    continue
+                handed_over = await _run_blocking(ctx, _read_handover, path)
+                if handed_over is None or handed_over.sop_instance_uid not in wanted or handed_over.sop_instance_uid in handed:
+                    continue
+                records = await ctx.run.run(ctx.journal.find, None, handed_over.sop_instance_uid)
+                if any(record.received_at >= opened.created_at for record, _ in records):
+                    looked.add(path)
+                    self._arrived.append(handed_over)
+
+        async def record(uid: str, state: Any, reason: str) -> None:
+            try:
+                await ctx.run.run(ctx.journal.item_outcome, retrieve_id, uid, state, reason, ctx.wall())
+            except Exception as error:  # noqa: BLE001 - the count is the requester's; the record is lost, logged
+                log.warning("C-GET relay: item %s of retrieve %s not recorded: %s", uid, retrieve_id, error)
+
+        states = {"completed": ItemState.COMPLETED, "warning": ItemState.WARNING, "failed": ItemState.FAILED}
+        last_poll = ctx.reactor.seconds()
+        final_look = False
+        cancel_deadline: float | None = None
+        while True:
+            while self._arrived:
+                item = self._arrived.pop(0)
+                uid = item.sop_instance_uid
+                if uid not in wanted or uid in handed or self._cancelled:
+                    _remove(item.path)
+                    continue
+                instance = ReceivedInstance(item.path, item.sop_class_uid, uid, item.transfer_syntax_uid, item.dataset_offset)
+                await on_instance(instance)
+                outcome = instance.outcome[0] if instance.outcome else "failed"
+                handed[uid] = outcome
+                await record(uid, states[outcome], "" if outcome == "completed" else "requester: " + outcome)
+                on_pending(SubOperations(len(wanted) - len(handed), 0, 0, 0))
+            if len(handed) == len(wanted) or (self._cancelled and source_end):
+                break
+            if source_end and not self._cancelled:
+                if final_look:
+                    break
+                # The source is done: one last look for what another node journaled.
+                final_look = True
+                await poll()
+                continue
+            if ctx.reactor.seconds() - last_poll >= POLL_INTERVAL:
+                last_poll = ctx.reactor.seconds()
+                await poll()
+                if self._arrived:
+                    continue
+            now = ctx.reactor.seconds()
+            delay = POLL_INTERVAL
+            if self._cancelled and not source_end:
+                # Cancelled (C-CANCEL, retrieve.timeout, the requester gone): the
+                # source has SOURCE_END_WAIT to end its C-MOVE, else it is aborted.
+                if cancel_deadline is None:
+                    cancel_deadline = now + SOURCE_END_WAIT
+                if now >= cancel_deadline:
+                    log.warning("C-GET relay: source %s did not end its C-MOVE after C-CANCEL; aborting", self.name)
+                    link, self._link = self._link, None
+                    if link is not None:
+                        link.abort()
+                    break
+                delay = cancel_deadline - now
+            wake: Deferred[None] = Deferred()
+            self._wake = wake
+            timer = ctx.reactor.callLater(delay, self._poke)
+            await wake
+            if timer.active():
+                timer.cancel()
+        missing = [uid for uid in expected if uid not in handed]
+        result = source_end[0] if source_end else None
+        if isinstance(result, Failure):
+            log.warning("C-GET relay: source %s C-MOVE failed: %s", self.name, result.getErrorMessage())
+        if self._cancelled:
+            await self._finish(retrieve_id, RetrieveState.CANCELLED, "cancelled")
+            return SourceOutcome(int(Status.CANCEL), SubOperations(len(missing), len(handed), 0, 0))
+        if not handed and (isinstance(result, Failure) or (result is not None and category(result.status) is StatusCategory.FAILURE)):
+            # Nothing came: the source refused (e.g. 0xA801, it does not know
+            # the gateway's AE title) or its association broke; the next source may do.
+            reason = result.getErrorMessage() if isinstance(result, Failure) else f"status 0x{result.status:04X}"
+            await self._finish(retrieve_id, RetrieveState.FAILED, f"source C-MOVE to the gateway: {reason}")
+            if isinstance(result, Failure):
+                raise SourceUnavailable(f"C-MOVE to the gateway failed: {reason}")
+            return SourceOutcome(result.status, SubOperations(0, 0, 0, 0), error_comment=f"C-MOVE to the gateway: {reason}")
+        for uid in missing:
+            await record(uid, ItemState.FAILED, "not received from the source")
+        await self._finish(retrieve_id, RetrieveState.DONE, f"{len(missing)} not received" if missing else "")
+        status = int(Status.SUCCESS) if not missing else SUB_OPERATIONS_WITH_FAILURES
+        return SourceOutcome(status, SubOperations(0, len(handed), len(missing), 0), tuple(missing))
+
+    async def _finish(self, retrieve_id: int, state: Any, error: str) -> None:
+        """End the relay leg's retrieve in the journal (its message ID is free again)."""
+        ctx = self._ctx
+        try:
+            await ctx.run.run(ctx.journal.finish_retrieve, retrieve_id, state, error, ctx.wall())
+        except Exception as error_:  # noqa: BLE001 - logged; the requester has its counts
+            log.warning("C-GET relay: retrieve %s not finished in the journal: %s", retrieve_id, error_)
+
+
+class GetOrMoveSource:
+    """:class:`ISource`: the source's own C-GET, or, when it accepts no C-GET context, :class:`MoveRelaySource`."""
+
+    def __init__(self, direct: ISource, relay: Callable[[], ISource]) -> None:
+        self.name = direct.name
+        self._direct = direct
+        self._relay = relay
+        self._current: ISource = direct
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """C-GET; on :class:`NoGetContext`, release that association and relay through a C-MOVE."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        try:
+            return await self._direct.get(sop_class_uid, identifier, on_instance, on_pending)
+        except NoGetContext:
+            log.info("C-GET source %s accepts no C-GET: retrieving by C-MOVE to the gateway", self.name)
+        close = self._direct.close()
+        close.addErrback(lambda f: None)
+        await close
+        self._current = self._relay()
+        return await self._current.get(sop_class_uid, identifier, on_instance, on_pending)
+
+    def cancel(self) -> None:
+        """Cancel whichever is under way."""
+        self._current.cancel()
+
+    def close(self) -> "Deferred[None]":
+        """Release whichever is under way."""
+        return self._current.close()
+
+
+class RouteMorph:
+    """:data:`Prepare` applying a route's morph plan (``retrieve.route``) to a C-GET instance before it is stored back.
+
+    The copy is written by the splice writer (:func:`gateway.splice.morph_copy`,
+    the forwarder's machinery) into the scratch folder; the received file is
+    never modified. A morph that fails fails the sub-operation.
+    """
+
+    def __init__(self, plan: Any, scratch: str, run: Callable[..., "Deferred[Any]"], context: Any) -> None:
+        self._plan = plan
+        self._scratch = scratch
+        self._run = run
+        self._context = context
+
+    def __call__(self, instance: ReceivedInstance) -> "Deferred[ReceivedInstance]":
+        """The morphed copy's instance (its path, SOP Instance UID and data set offset)."""
+        return self._run(self._make, instance)
+
+    def _make(self, instance: ReceivedInstance) -> ReceivedInstance:
+        """Blocking: write the copy and read its meta back."""
+        from gateway.splice import morph_copy
+
+        make_private_dirs(self._scratch)
+        fd, path = tempfile.mkstemp(prefix="getmorph-", suffix=".dcm", dir=self._scratch)
+        os.close(fd)
+        try:
+            source = instance.path
+            morph_copy(source, path, self._plan, self._context)
+            header = read_part10_header(path)
+        except Exception:
+            unlink_if_present(path)
+            raise
+        return ReceivedInstance(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
