@@ -425,7 +425,10 @@ class Intake:
             assert item.spooled is not None and item.record is not None
             if not isinstance(outcome, AddResult):
                 if handover is not None:
-                    unlink_if_present(handover)
+                    try:
+                        unlink_if_present(handover)
+                    except OSError:
+                        pass  # never made (its folder is unusable): nothing to remove
                 return self._journal_failed(item.spooled, item.record, Failure(outcome))
             if handover is not None and not RELAYS.notify(retrieve.retrieve_id, handover, item.record):
                 # No C-GET of this process waits for it: another node's polls

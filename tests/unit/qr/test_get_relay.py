@@ -468,3 +468,100 @@ class HandoverPathTests(SynchronousTestCase):
         hostile = get.handover_path("/s", 3, "../../etc/passwd")
         self.assertEqual(os.path.dirname(hostile), "/s")
         self.assertNotIn("..", os.path.basename(hostile))
+
+
+from tests.unit.qr import test_move_intake  # noqa: E402
+from tests.unit.test_intake import INFO, IntakeTestsMixin  # noqa: E402
+
+
+class IntakeHandoverTests(IntakeTestsMixin, SynchronousTestCase):
+    """The intake's side: a C-GET relay's sub-operation is linked in scratch before its journal write, then announced."""
+
+    setUp = test_move_intake.SubOperationTests.setUp
+    writer_for = test_move_intake.SubOperationTests.writer_for
+    make_intake = test_move_intake.SubOperationTests.make_intake
+
+    def open_get(self) -> Any:
+        """Journal a C-GET relay leg expecting CT_small's instance."""
+        from gateway.queue.commitments import Reference
+        from gateway.queue.retrieves import NewRetrieve
+
+        new = NewRetrieve(
+            kind="get", requester_ae_title="VIEWER", listener="qr", requester_message_id=7, destination="",
+            mode="relay", level="STUDY", sources=("archive1",),
+            expected=(Reference("", test_move_intake.CT_SMALL_UID),), deadline=self.now + 60,
+        )
+        return self.store.open_retrieve(new, self.now)
+
+    def scratch(self) -> str:
+        """The intake's scratch folder (beside ``unrouted``)."""
+        return os.path.join(self.tmp, "scratch")
+
+    def test_linked_journaled_and_announced(self) -> None:
+        """The hand-over is the spool file's bytes; the registry hears of it with the record's class, syntax and offset."""
+        retrieve = self.open_get()
+        heard: list[get.HandedOver] = []
+        get.RELAYS.register(retrieve.retrieve_id, heard.append)
+        self.addCleanup(get.RELAYS.unregister, retrieve.retrieve_id)
+        admission = self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        self.assertEqual(admission.status, 0x0000)
+        ((record, entries),) = self.store.find(sop_instance_uid=test_move_intake.CT_SMALL_UID)
+        self.assertEqual(list(entries), [])
+        [handed] = heard
+        self.assertEqual(handed.path, get.handover_path(self.scratch(), retrieve.retrieve_id, record.sop_instance_uid))
+        self.assertEqual(
+            (handed.sop_class_uid, handed.transfer_syntax_uid, handed.dataset_offset),
+            (record.sop_class_uid, record.transfer_syntax_uid, record.dataset_offset),
+        )
+        with open(handed.path, "rb") as a, open(record.path, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+    def test_hand_over_outlives_the_spool_clean_up(self) -> None:
+        """An instance with no entries is finished for the clean-up; deleting its spool file leaves the hand-over whole."""
+        retrieve = self.open_get()
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        finished = self.store.finished_instances(self.now + 1, 10, True)
+        self.assertEqual([r.sop_instance_uid for r in finished], [test_move_intake.CT_SMALL_UID])
+        os.unlink(finished[0].path)
+        path = get.handover_path(self.scratch(), retrieve.retrieve_id, test_move_intake.CT_SMALL_UID)
+        self.assertEqual(str(pydicom.dcmread(path).SOPInstanceUID), test_move_intake.CT_SMALL_UID)
+
+    def test_nobody_waiting_keeps_the_link_for_a_poller(self) -> None:
+        """No handler in this process: the link stays (another node's handler polls the shared scratch)."""
+        retrieve = self.open_get()
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        self.assertTrue(os.path.exists(get.handover_path(self.scratch(), retrieve.retrieve_id, test_move_intake.CT_SMALL_UID)))
+
+    def test_link_that_cannot_be_made_refuses_the_instance(self) -> None:
+        """A scratch folder that cannot be written: 0xA700 to the source and nothing journaled (never acknowledged unsent)."""
+        retrieve = self.open_get()
+        with open(self.scratch(), "wb") as f:
+            f.write(b"a file where the folder should be")
+        admission = self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        self.assertEqual(admission.status & 0xFF00, 0xA700)
+        self.assertEqual(self.store.find(sop_instance_uid=test_move_intake.CT_SMALL_UID), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)  # logged as a journal failure
+
+    def test_move_entry_carries_the_retrieve_route_plan(self) -> None:
+        """retrieve.route names a morphing route: the move.<name> entry gets its plan, not NO_MORPH."""
+        from gateway.config.schema import RouteConfig
+        from gateway.prepare import NO_MORPH, route_plan
+
+        plan = RouteMorphTests.plan(self)  # type: ignore[arg-type]
+        self.routes = [RouteConfig("everything", ("pacs", "folder")), RouteConfig("research", ("folder",), morph=plan)]
+        self.intake._retrieve_route = lambda listener: "research" if listener == "qr" else ""
+        retrieve = test_move_intake.SubOperationTests.open_retrieve(self)  # type: ignore[arg-type]
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        ((_, (entry,)),) = self.store.find(sop_instance_uid=test_move_intake.CT_SMALL_UID)
+        self.assertEqual(entry.destination, "move.ws1")
+        self.assertEqual(entry.plan_hash, route_plan(self.routes[1]).plan_hash)
+        self.assertNotEqual(entry.plan_hash, NO_MORPH.plan_hash)
+
+    def test_without_retrieve_route_as_received(self) -> None:
+        """No retrieve.route: the move.<name> entry is sent as received (NO_MORPH)."""
+        from gateway.prepare import NO_MORPH
+
+        retrieve = test_move_intake.SubOperationTests.open_retrieve(self)  # type: ignore[arg-type]
+        self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
+        ((_, (entry,)),) = self.store.find(sop_instance_uid=test_move_intake.CT_SMALL_UID)
+        self.assertEqual(entry.plan_hash, NO_MORPH.plan_hash)
