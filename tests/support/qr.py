@@ -251,10 +251,16 @@ class SyntheticQRScp(PeerProcess):
     :param identifiers: a fixed list of response identifiers (``{keyword: value}``),
         each returned when its ``QueryRetrieveLevel`` equals the query's.
     :param delay: seconds to sleep before each pending response (a slow source).
+    :param instances: a folder of Part 10 files: also answer IMAGE-level C-FIND
+        and C-MOVE from them (no C-GET: an archive the gateway must C-MOVE from).
+    :param move_destinations: AE title -> (host, port) of the move destinations it knows.
+    :param move_delay: seconds to sleep before each C-MOVE sub-operation.
     """
 
     def __init__(self, workdir: Path, *, aet: str = "SYNTH", generate: int = 0,
-                 identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0) -> None:
+                 identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0,
+                 instances: Path | None = None, move_destinations: dict[str, tuple[str, int]] | None = None,
+                 move_delay: float = 0.0) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -265,6 +271,11 @@ class SyntheticQRScp(PeerProcess):
         self._argv = [sys.executable, "-m", "tests.support.qr_scp", "--port", str(self.port),
                       "--aet", aet, "--generate", str(generate), "--identifiers", str(ids_path),
                       "--delay", str(delay), "--events", str(self.events_path)]
+        if instances is not None:
+            # An archive without C-GET (issue 16): FIND and MOVE of these files only.
+            self._argv += ["--instances", str(instances), "--move-delay", str(move_delay)]
+            for aet_, (host, port) in (move_destinations or {}).items():
+                self._argv += ["--move-destination", f"{aet_}={host}:{port}"]
         super().__init__("qr_scp", self.dir / "qr_scp.log")
 
     def start(self, timeout: float = 30.0) -> SyntheticQRScp:
