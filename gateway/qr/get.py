@@ -617,7 +617,11 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
                 lambda: MoveRelaySource(name, destination, ctx, scratch, responder.transfer_syntax, new_retrieve),
             )
 
-    prepare = _route_morph(ctx, config, settings, info, scratch)
+    # The route's morph, then the requester's syntax (relayed instances come in the source's).
+    prepare = chain(
+        _route_morph(ctx, config, settings, info, scratch),
+        SyntaxFit(info.contexts, scratch, lambda f, *a: _run_blocking(ctx, f, *a)) if getattr(info, "contexts", None) else None,
+    )
     limits = getattr(config, "limits", None)
     store_timeout = getattr(limits, "dimse_timeout", None)
 
@@ -1387,3 +1391,78 @@ class RouteMorph:
             unlink_if_present(path)
             raise
         return ReceivedInstance(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
+
+
+class SyntaxFit:
+    """:data:`Prepare` re-encoding an instance in a native syntax the requester accepted for its class (SCP role).
+
+    A source's C-GET sub-operations come in a syntax the requester accepted
+    (:func:`source_proposals` offers the source the requester's own), but
+    those of a C-MOVE to the gateway come in whatever the source and the
+    gateway's storage SCP agreed. When the requester accepted the class only
+    in another native syntax (Implicit/Explicit VR Little Endian, PS3.5
+    A.1-A.2), the copy is re-encoded losslessly (:func:`gateway.transcode.transcode`);
+    otherwise the instance goes as it is (and, with no context, is a failed
+    sub-operation, PS3.4 C.4.3.3).
+    """
+
+    def __init__(self, contexts: Mapping[int, Any], scratch: str, run: Callable[..., "Deferred[Any]"]) -> None:
+        self._contexts = contexts
+        self._scratch = scratch
+        self._run = run
+
+    def target(self, sop_class_uid: str, transfer_syntax_uid: str) -> str | None:
+        """The syntax to re-encode into, or ``None`` (already accepted, or nothing native accepted)."""
+        from gateway.transcode import NATIVE_SYNTAXES
+
+        accepted = [c.transfer_syntax for c in self._contexts.values() if c.abstract_syntax == sop_class_uid and c.scp_role]
+        if transfer_syntax_uid in accepted or transfer_syntax_uid not in NATIVE_SYNTAXES:
+            return None
+        return next((ts for ts in accepted if ts in NATIVE_SYNTAXES), None)
+
+    def __call__(self, instance: ReceivedInstance) -> "Deferred[ReceivedInstance]":
+        """The instance itself, or its re-encoded copy in the scratch folder."""
+        target = self.target(instance.sop_class_uid, instance.transfer_syntax_uid)
+        if target is None:
+            return succeed(instance)
+        return self._run(self._make, instance, target)
+
+    def _make(self, instance: ReceivedInstance, target: str) -> ReceivedInstance:
+        """Blocking: write the re-encoded copy."""
+        from gateway.transcode import transcode
+
+        make_private_dirs(self._scratch)
+        fd, path = tempfile.mkstemp(prefix="getmorph-", suffix=".dcm", dir=self._scratch)
+        os.close(fd)
+        try:
+            transcode(instance.path, path, target)
+            header = read_part10_header(path)
+        except Exception:
+            unlink_if_present(path)
+            raise
+        return ReceivedInstance(path, instance.sop_class_uid, instance.sop_instance_uid, target, header.dataset_offset)
+
+
+def chain(*steps: Prepare | None) -> Prepare | None:
+    """One :data:`Prepare` running ``steps`` in order; an intermediate copy is removed once the next is made."""
+    present = [step for step in steps if step is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    async def run(instance: ReceivedInstance) -> ReceivedInstance:
+        current = instance
+        for step in present:
+            try:
+                made = await step(current)
+            except Exception:
+                if current is not instance:
+                    _remove(current.path)
+                raise
+            if current is not instance and made is not current:
+                _remove(current.path)
+            current = made
+        return current
+
+    return lambda instance: ensureDeferred(run(instance))

@@ -565,3 +565,65 @@ class IntakeHandoverTests(IntakeTestsMixin, SynchronousTestCase):
         self.successResultOf(self.intake.take(self.writer_for(), INFO, ("GW", retrieve.message_id)))
         ((_, (entry,)),) = self.store.find(sop_instance_uid=test_move_intake.CT_SMALL_UID)
         self.assertEqual(entry.plan_hash, NO_MORPH.plan_hash)
+
+
+class SyntaxFitTests(SynchronousTestCase):
+    """Relayed instances come in the source's syntax: re-encoded into a native one the requester accepted."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.scratch = os.path.join(self.tmp, "scratch")
+
+    def contexts(self, *syntaxes: str) -> dict[int, Any]:
+        """The requester's accepted contexts: CT Image Storage (SCP role) in each syntax."""
+        from gateway.receive import AcceptedContext
+
+        return {
+            2 * i + 1: AcceptedContext(context_id=2 * i + 1, abstract_syntax=CT, transfer_syntax=ts, scu_role=False, scp_role=True)
+            for i, ts in enumerate(syntaxes)
+        }
+
+    def received(self) -> get.ReceivedInstance:
+        """CT_small (Explicit VR Little Endian) as received."""
+        path = os.path.join(self.tmp, "get-1.dcm")
+        shutil.copyfile(CT_FILE, path)
+        header = get.read_part10_header(path)
+        return get.ReceivedInstance(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
+
+    def test_accepted_syntax_is_sent_as_it_is(self) -> None:
+        """The requester accepted the instance's own syntax: no copy."""
+        instance = self.received()
+        fit = get.SyntaxFit(self.contexts(instance.transfer_syntax_uid), self.scratch, lambda f, *a: succeed(f(*a)))
+        self.assertIs(self.successResultOf(fit(instance)), instance)
+
+    def test_other_native_syntax_gets_a_re_encoded_copy(self) -> None:
+        """Only Implicit VR accepted: the copy is Implicit VR, same SOP Instance, the values unchanged."""
+        instance = self.received()
+        self.assertNotEqual(instance.transfer_syntax_uid, "1.2.840.10008.1.2")
+        fit = get.SyntaxFit(self.contexts("1.2.840.10008.1.2"), self.scratch, lambda f, *a: succeed(f(*a)))
+        copy = self.successResultOf(fit(instance))
+        self.assertEqual((copy.transfer_syntax_uid, copy.sop_instance_uid), ("1.2.840.10008.1.2", instance.sop_instance_uid))
+        self.assertEqual(get.read_part10_header(copy.path).dataset_offset, copy.dataset_offset)
+        self.assertEqual(pydicom.dcmread(copy.path).PixelData, pydicom.dcmread(instance.path).PixelData)
+
+    def test_nothing_native_accepted_is_left_to_fail(self) -> None:
+        """The requester accepted the class in no native syntax: sent as it is (and counted failed by the store)."""
+        instance = self.received()
+        fit = get.SyntaxFit(self.contexts("1.2.840.10008.1.2.4.50"), self.scratch, lambda f, *a: succeed(f(*a)))
+        self.assertIs(self.successResultOf(fit(instance)), instance)
+
+    def test_chain_removes_the_intermediate_copy_when_a_later_step_fails(self) -> None:
+        """Morph then re-encode: a failing second step leaves no first copy behind, and the failure is the result."""
+        instance = self.received()
+        first = os.path.join(self.tmp, "getmorph-a.dcm")
+
+        def morph(i: get.ReceivedInstance) -> Deferred[get.ReceivedInstance]:
+            shutil.copyfile(i.path, first)
+            return succeed(get.ReceivedInstance(first, i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.dataset_offset))
+
+        prepare = get.chain(morph, lambda i: fail(OSError("disk full")))
+        assert prepare is not None
+        self.failureResultOf(prepare(instance), OSError)
+        self.assertFalse(os.path.exists(first))
+        self.assertTrue(os.path.exists(instance.path))
