@@ -400,7 +400,8 @@ class Intake:
         until the C-GET handler has sent them (it then removes the link). Once
         journaled, the C-GET handler of this process is told at once
         (:data:`gateway.qr.get.RELAYS`); a handler on another node finds the
-        link by polling. Nobody waiting here: the link is removed.
+        link by polling (nobody waiting in this process: the link stays for
+        that poller; the leg's end, or the start-up sweep, removes leftovers).
         """
         from gateway.qr.get import RELAYS, handover_path
 

@@ -50,11 +50,47 @@ and what it had left is counted failed. Each C-GET is journaled as a
 retrieve of kind ``get`` (:mod:`gateway.queue.retrieves`; no items, since
 no correlation is needed) and finished DONE, CANCELLED or FAILED.
 
-Not done here (yet): when a source accepts no C-GET context, the C-MOVE to
-the gateway itself (the relay leg through
-:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation and the
-intake's sub-operation hook); such a source is counted unavailable and the
-next one is asked.
+A source that accepts no C-GET context for the request's model
+(:class:`NoGetContext`) is retrieved from by a C-MOVE to the gateway itself
+(:class:`MoveRelaySource`, through :class:`GetOrMoveSource`; PS3.4 C.4.3 does
+not say how the SCP obtains what it sends, and issue 16 asks for "C-GET when
+the source supports it, C-MOVE to itself otherwise"): the instances are
+located by an IMAGE-level C-FIND, the relay leg is journaled (kind ``get``,
+its items EXPECTED, an outgoing Message ID from the journal, as
+:mod:`gateway.qr.move` does), and the sub-operations, which arrive on the
+source's own association (to any node), are taken into custody by the intake
+(:meth:`gateway.intake.Intake._take_relayed`: spool and journal, no queue
+entry) and handed over through a link in the scratch folder, announced to
+this process (:data:`RELAYS`) or found by a poll every :data:`POLL_INTERVAL`
+(another node sharing the spool). Each is then stored back like a C-GET
+sub-operation, re-encoded first into a native syntax the requester accepted
+when it came in another (:class:`SyntaxFit`), and the item ends COMPLETED,
+WARNING or FAILED in the journal. The source's C-MOVE refusing with nothing
+sent (e.g. 0xA801: it does not know the gateway's AE title) makes the next
+source asked, as a C-GET refusal does.
+
+``retrieve.route`` names a route whose morph plan is applied to every
+instance before it is stored back (:class:`RouteMorph`, the splice writer of
+the forwarder); a morph that fails fails the sub-operation (never a copy
+with less morphing than the route promises). Without it, as received.
+
+Each sub-operation C-STORE-RSP is awaited at most the listener's DIMSE
+timeout (``limits.dimse_timeout``) or what is left of ``retrieve.timeout``,
+whichever is sooner: then the instance is failed, the requester's
+association aborted (a missing response is a protocol failure; PS3.8 7.3,
+A-ABORT), the source cancelled and the retrieve ended in the journal.
+
+Scratch files (``get-*`` sub-operations, ``getrelay-*`` hand-overs,
+``getmorph-*`` copies) a crash left behind are removed at start
+(:func:`sweep_scratch`). A relayed instance has no queue entry, so once
+journaled it is "finished" for the spool's clean-up (deleted after
+``retention.keep_delivered``); the hand-over link keeps its bytes until it
+was sent back, and is removed then.
+
+Limits: with node-local spools (``spool.shared: false``) only the node that
+took the C-GET can hand over what it received itself; sub-operations that
+reach another node count failed. A C-GET through a relay leg appears as two
+journaled retrieves (the request, no items; its leg, with items).
 """
 
 from __future__ import annotations
