@@ -1185,6 +1185,15 @@ class MoveRelaySource:
         if wake is not None and not wake.called:
             wake.callback(None)
 
+    async def _sleep(self, delay: float) -> None:
+        """Until :meth:`_poke` (an arrival, the source's end, a cancel) or ``delay`` seconds."""
+        wake: Deferred[None] = Deferred()
+        self._wake = wake
+        timer = self._ctx.reactor.callLater(max(0.0, delay), self._poke)
+        await wake
+        if timer.active():
+            timer.cancel()
+
     def _arrive(self, handed: HandedOver) -> None:
         """The intake's notice (on the reactor)."""
         self._arrived.append(handed)
@@ -1236,6 +1245,14 @@ class MoveRelaySource:
         self._relays.register(self.retrieve_id, self._arrive)
         try:
             return await self._relay(opened, move_class, request, [r.sop_instance_uid for r in found], on_instance, on_pending)
+        except SourceUnavailable:
+            raise
+        except Exception as error:
+            # Unexpected: the leg's record must not stay open (its Message ID held).
+            from gateway.queue.retrieves import RetrieveState
+
+            await self._finish(self.retrieve_id, RetrieveState.FAILED, f"internal error: {type(error).__name__}")
+            raise
         finally:
             self._relays.unregister(self.retrieve_id)
             for path in await _run_blocking(ctx, _list_handovers, self._scratch, self.retrieve_id):
@@ -1325,12 +1342,19 @@ class MoveRelaySource:
                         link.abort()
                     break
                 delay = cancel_deadline - now
-            wake: Deferred[None] = Deferred()
-            self._wake = wake
-            timer = ctx.reactor.callLater(delay, self._poke)
-            await wake
-            if timer.active():
-                timer.cancel()
+            await self._sleep(delay)
+        if not source_end and self._link is not None:
+            # Everything was handed over before the source's final C-MOVE-RSP
+            # (it follows its last C-STORE-RSP): wait for it before releasing
+            # (no A-RELEASE with an operation outstanding); abort a source that never answers.
+            until = ctx.reactor.seconds() + SOURCE_END_WAIT
+            while not source_end and ctx.reactor.seconds() < until:
+                await self._sleep(until - ctx.reactor.seconds())
+            if not source_end:
+                log.warning("C-GET relay: source %s sent everything but no final C-MOVE response; aborting", self.name)
+                link, self._link = self._link, None
+                if link is not None:
+                    link.abort()
         missing = [uid for uid in expected if uid not in handed]
         result = source_end[0] if source_end else None
         if isinstance(result, Failure):
@@ -1369,6 +1393,7 @@ class GetOrMoveSource:
         self._direct = direct
         self._relay = relay
         self._current: ISource = direct
+        self._cancelled = False
 
     def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
         """C-GET; on :class:`NoGetContext`, release that association and relay through a C-MOVE."""
@@ -1383,10 +1408,14 @@ class GetOrMoveSource:
         close.addErrback(lambda f: None)
         await close
         self._current = self._relay()
+        if self._cancelled:
+            # Cancelled while switching (C-CANCEL, deadline): the relay starts cancelled.
+            self._current.cancel()
         return await self._current.get(sop_class_uid, identifier, on_instance, on_pending)
 
     def cancel(self) -> None:
-        """Cancel whichever is under way."""
+        """Cancel whichever is under way (and the relay, should it start later)."""
+        self._cancelled = True
         self._current.cancel()
 
     def close(self) -> "Deferred[None]":

@@ -141,6 +141,8 @@ class NotifiedRelayTests(RelayHarness, SynchronousTestCase):
         self.assertEqual(responder.stored, ["1.1"])
         self.assertFalse(os.path.exists(first))
         self.notify(retrieve.retrieve_id, "1.2")
+        self.assertNoResult(d)  # the source's final C-MOVE-RSP comes before the release
+        link.move_result.callback(get.SourceOutcome(0x0000, SubOperations(0, 2, 0, 0)))
         self.successResultOf(d)
         self.assertEqual(responder.stored, ["1.1", "1.2"])
         self.assertEqual(responder.finals, [dict(status=0x0000, counts=SubOperations(0, 2, 0, 0), comment="", failed=())])
@@ -150,6 +152,19 @@ class NotifiedRelayTests(RelayHarness, SynchronousTestCase):
         self.assertEqual(os.listdir(self.scratch), [])
         self.assertFalse(self.relays.notify(retrieve.retrieve_id, "x", None))  # unregistered
         self.assertEqual(link.released, 1)
+
+    def test_source_without_final_response_is_aborted(self) -> None:
+        """Everything handed over but the source never sends its final C-MOVE-RSP: aborted after SOURCE_END_WAIT, the C-GET succeeds."""
+        link = self.link(["1.1"])
+        responder = FakeResponder({CT: 0x0000})
+        d = self.run_get(responder, self.relay(link))
+        self.notify(self.only_retrieve().retrieve_id, "1.1")
+        self.clock.advance(get.SOURCE_END_WAIT - 1)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual((link.aborted, link.released), (1, 0))
+        self.assertEqual(responder.finals[0]["status"], 0x0000)
 
     def test_instance_missing_when_the_source_ends_is_failed_and_listed(self) -> None:
         """The source ends having sent one of two: final 0xB000, one failed, listed, its item FAILED."""
@@ -171,6 +186,7 @@ class NotifiedRelayTests(RelayHarness, SynchronousTestCase):
         d = self.run_get(responder, self.relay(link))
         retrieve = self.only_retrieve()
         self.notify(retrieve.retrieve_id, "1.1")
+        link.move_result.callback(get.SourceOutcome(0x0000, SubOperations(0, 1, 0, 0)))
         self.successResultOf(d)
         [final] = responder.finals
         self.assertEqual((final["status"], final["failed"]), (0xA702, ("1.1",)))
@@ -235,8 +251,9 @@ class PolledRelayTests(RelayHarness, SynchronousTestCase):
         self.hand_over(retrieve.retrieve_id, "1.1")
         self.assertEqual(responder.stored, [])
         self.clock.advance(get.POLL_INTERVAL)
-        self.successResultOf(d)
         self.assertEqual(responder.stored, ["1.1"])
+        link.move_result.callback(get.SourceOutcome(0x0000, SubOperations(0, 1, 0, 0)))
+        self.successResultOf(d)
         self.assertEqual(self.store.progress(retrieve.retrieve_id).completed, 1)
 
     def test_hand_over_without_a_journal_record_is_not_sent(self) -> None:
@@ -278,6 +295,15 @@ class FallbackTests(SynchronousTestCase):
         self.successResultOf(ensureDeferred(get.retrieve(STUDY_GET, b"id", responder, ["a"], lambda n, c: source, lambda p: None)))
         self.assertEqual((direct.closed, len(relay.asked)), (1, 1))
         self.assertEqual(responder.finals[0]["counts"], SubOperations(0, 1, 0, 0))
+
+    def test_cancel_while_switching_reaches_the_relay(self) -> None:
+        """A C-CANCEL between the failed C-GET and the relay's start still cancels the relay."""
+        direct = FakeSource("a", refuse=get.NoGetContext("no C-GET context accepted"))
+        relay = FakeSource("a", [(CT, "1.1")])
+        source = get.GetOrMoveSource(direct, lambda: relay)
+        source.cancel()
+        self.successResultOf(source.get(STUDY_GET, b"id", lambda i: succeed(0), lambda c: None))
+        self.assertEqual(relay.cancels, 1)
 
     def test_other_unavailability_is_not_relayed(self) -> None:
         """A source that cannot be reached at all is left out, not C-MOVEd from."""
