@@ -66,7 +66,7 @@ class GetRelayTests(TestCase):
         self.addCleanup(self.dest.stop)
         self.dest.start()
 
-    def start(self, *, route: bool = False, move_delay: float = 0.0, **retrieve: Any) -> None:
+    def start(self, *, route: bool = False, move_delay: float = 0.0, dimse_timeout: str = "30s", **retrieve: Any) -> None:
         """The synthetic source (knowing the gateway's AE), then the gateway retrieving from it."""
         from tests.support.gateway_process import GatewayProcess, default_config, dicom_destination
 
@@ -93,7 +93,7 @@ class GetRelayTests(TestCase):
             routes=routes,
             modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port}},
             retrieve=settings,
-            limits={**config["limits"], "dimse_timeout": "30s"},
+            limits={**config["limits"], "dimse_timeout": dimse_timeout},
         )
         self.gw.port = self.gw_port  # the listener above (the source already knows it)
         self.addCleanup(self.gw.stop)
@@ -257,3 +257,40 @@ class GetRelayTests(TestCase):
         self.assertEqual(self.scratch(), [])
         self.assertTrue(self.wait_for(lambda: self.gw.instances() == [], 30), self.gw.instances())
         self.assertTrue(self.retrieves())
+
+    def test_requester_never_answering_a_sub_operation_is_aborted(self) -> None:
+        """A requester that never answers a sub-operation C-STORE: after ``limits.dimse_timeout`` its association is aborted and the retrieves end."""
+        from pynetdicom import AE, build_role, evt
+        from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+        study = self.study(3)
+        self.start(dimse_timeout="2s")
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def on_store(event: Any) -> int:
+            release.wait(20)  # never answers in time
+            return 0x0000
+
+        ae = AE(ae_title="SILENT")
+        ae.add_requested_context(STUDY_ROOT_GET)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", self.gw_port, ae_title=GATEWAY_AET,
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self.assertTrue(assoc.is_established)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study.study_instance_uid
+        statuses = []
+        for status, _identifier in assoc.send_c_get(query, STUDY_ROOT_GET):
+            statuses.append(status)
+            if not status:
+                break
+        release.set()
+        self.assertTrue(self.wait_for(lambda: assoc.is_aborted or not assoc.is_alive(), 30))
+        self.assertTrue(assoc.is_aborted, statuses)
+        self.assertTrue(self.wait_for(lambda: len(self.retrieves()) == 2 and all(state != "open" for _, state, _ in self.retrieves())),
+                        self.retrieves())
+        self.assertIn("no C-STORE-RSP", self.gw.log_text())
+        self.assertTrue(self.wait_for(lambda: self.scratch() == []), self.scratch())
