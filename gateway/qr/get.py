@@ -631,7 +631,8 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     try:
         if model is None:
             raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
-        level = check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+        request = decode_identifier(identifier, responder.transfer_syntax)
+        level = check_query(request, model[0], retrieve=True)
     except IdentifierError as error:
         # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
         # 0xC000-class (Unable to process) with an Error Comment.
@@ -661,6 +662,8 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     limits = getattr(config, "limits", None)
     store_timeout = getattr(limits, "dimse_timeout", None)
 
+    started = ctx.wall()
+
     async def run() -> None:
         journaled = await _open_journal(ctx, info, rq, level, settings)
         recording = _RecordingResponder(responder)
@@ -668,6 +671,7 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
             rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove,
             ctx.reactor, settings.timeout, prepare, store_timeout,
         )
+        _observe_answer(ctx, info, rq, level, request, settings, recording, started)
         if journaled is not None:
             await _finish_journal(ctx, journaled, recording)
 
@@ -679,6 +683,47 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
 
     d.addErrback(unexpected)
     return d
+
+
+def _observe_answer(
+    ctx: QRContext, info: Any, rq: Any, level: str, request: Any, settings: Any, recording: "_RecordingResponder", started: float
+) -> None:
+    """Tell the observer how the C-GET ended (audited as DICOM Instances Transferred, PS3.15 A.5.3.7; counted)."""
+    from gateway import events
+
+    status = recording.status if recording.status is not None else UNABLE_TO_PROCESS
+    kind = category(status)
+    outcome = {
+        StatusCategory.SUCCESS: "success",
+        StatusCategory.WARNING: "warning",
+        StatusCategory.CANCEL: "cancelled",
+    }.get(kind, "failed")
+    value = request.get("StudyInstanceUID", None) if request is not None else None
+    studies = (value,) if isinstance(value, str) and value else tuple(str(v) for v in value) if value and not isinstance(value, str) else ()
+    try:
+        ctx.observer.observe(
+            events.RetrieveAnswered(
+                listener=getattr(info, "listener", ""),
+                calling_ae_title=getattr(info, "calling_ae_title", ""),
+                peer=str(getattr(info, "peer_address", "")),
+                verb="get",
+                sop_class_uid=str(rq.affected_sop_class_uid),
+                level=level,
+                outcome=outcome,
+                status=status,
+                completed=recording.counts.completed,
+                failed=recording.counts.failed,
+                warning=recording.counts.warning,
+                mode="relay",
+                sources=tuple(settings.sources),
+                study_uids=studies,
+                failed_uids=recording.failed_uids,
+                duration_seconds=max(0.0, ctx.wall() - started),
+                reason=recording.comment,
+            )
+        )
+    except Exception as error:  # noqa: BLE001 - the requester has its answer; the record is lost, logged
+        log.error("could not report a C-GET's end: %s", error)
 
 
 def _relay_retrieve(ctx: QRContext, info: Any, rq: Any, level: str, settings: Any, expected: tuple[Any, ...], source: str) -> Any:
@@ -726,6 +771,8 @@ class _RecordingResponder:
         self._inner = inner
         self.status: int | None = None
         self.comment = ""
+        self.counts = SubOperations()
+        self.failed_uids: tuple[str, ...] = ()
 
     def pending(self, status: int, identifier: bytes | None = None, counts: SubOperations | None = None) -> None:
         """As the wrapped responder."""
@@ -741,6 +788,7 @@ class _RecordingResponder:
     ) -> None:
         """As the wrapped responder; remembered."""
         self.status, self.comment = int(status), error_comment
+        self.counts, self.failed_uids = counts or SubOperations(), tuple(failed_uids)
         self._inner.final(status, counts, error_comment, failed_uids, identifier)
 
     @property

@@ -94,6 +94,7 @@ class GetRelayTests(TestCase):
             modalities={"dest": {"ae_title": DEST_AET, "host": "127.0.0.1", "port": self.dest.port}},
             retrieve=settings,
             limits={**config["limits"], "dimse_timeout": dimse_timeout},
+            audit={"file": str(self.root / "audit.jsonl")},
         )
         self.gw.port = self.gw_port  # the listener above (the source already knows it)
         self.addCleanup(self.gw.stop)
@@ -145,6 +146,10 @@ class GetRelayTests(TestCase):
         self.assertTrue(self.wait_for(lambda: [r[:2] for r in self.retrieves()] == [("get", "done"), ("get", "done")]),
                         self.retrieves())
         self.assertEqual(self.scratch(), [])
+        # Audited as DICOM Instances Transferred (PS3.15 A.5.3.7, event ID 110104).
+        from tests.interop.test_qr import audited
+
+        self.assertTrue(audited(self.root / "audit.jsonl", "110104"))
         # Sent back: the relayed instances are finished for the spool's clean-up (keep_delivered 0).
         self.assertTrue(self.wait_for(lambda: self.gw.instances() == []), self.gw.instances())
 

@@ -653,3 +653,30 @@ class SyntaxFitTests(SynchronousTestCase):
         self.failureResultOf(prepare(instance), OSError)
         self.assertFalse(os.path.exists(first))
         self.assertTrue(os.path.exists(instance.path))
+
+
+class AnsweredEventTests(SynchronousTestCase):
+    """The C-GET handler tells the observer how it ended (audit: DICOM Instances Transferred; metrics by outcome)."""
+
+    def test_warning_with_counts_failed_uids_and_study(self) -> None:
+        """One stored, one refused by the requester: RetrieveAnswered(verb get, warning, counts, failed UID, the study)."""
+        from dataclasses import replace
+        from types import SimpleNamespace
+
+        from gateway.config.schema import RetrieveConfig
+        from gateway.events import RetrieveAnswered
+        from tests.unit.qr.test_get import HandlerTests
+
+        seen: list[Any] = []
+        source = FakeSource("a", [(CT, "1.1"), ("1.2.840.10008.5.1.4.1.1.4", "1.2")])
+        ctx = HandlerTests.make_ctx(self, None, RetrieveConfig(sources=("a",)), source)  # type: ignore[arg-type]
+        ctx = replace(ctx, observer=SimpleNamespace(observe=seen.append))
+        responder = FakeResponder({CT: 0})
+        rq = SimpleNamespace(affected_sop_class_uid=STUDY_GET, message_id=3)
+        info = SimpleNamespace(listener="qr", contexts={}, calling_ae_title="VIEWER", peer_address="10.0.0.5:1234")
+        self.successResultOf(get.get(info, rq, study_identifier("1.2.3"), responder, ctx))
+        [event] = [e for e in seen if isinstance(e, RetrieveAnswered)]
+        self.assertEqual(
+            (event.verb, event.outcome, event.status, event.completed, event.failed, event.failed_uids, event.study_uids, event.calling_ae_title),
+            ("get", "warning", 0xB000, 1, 1, ("1.2",), ("1.2.3",), "VIEWER"),
+        )
