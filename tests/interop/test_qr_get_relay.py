@@ -299,3 +299,46 @@ class GetRelayTests(TestCase):
                         self.retrieves())
         self.assertIn("no C-STORE-RSP", self.gw.log_text())
         self.assertTrue(self.wait_for(lambda: self.scratch() == []), self.scratch())
+
+
+class ClusterGetRelayTests(TestCase):
+    """Two nodes sharing a spool and a PostgreSQL queue behind HAProxy: the sub-operations reach the other node."""
+
+    skip = dcmtk.skip_reason("getscu")
+
+    def test_sub_operations_received_by_another_node_are_stored_back(self) -> None:
+        """The C-GET is taken by one node, the source's C-MOVE lands on the other (leastconn): found by the poll, stored back bit-preserved."""
+        from tests.support.cluster import Cluster
+        from tests.support.gateway_process import dicom_destination
+
+        root = Path(self.mktemp()).resolve()
+        archive = root / "archive"
+        archive.mkdir(parents=True)
+        study = write_study(root / "study", 5)
+        for path in study.files:
+            (archive / path.name).write_bytes(path.read_bytes())
+        source_port = free_port()
+        cluster = Cluster(self, count=2, node_config={
+            "destinations": {"archive": dicom_destination(source_port, SOURCE_AET)},
+            "routes": [],
+            "retrieve": {"sources": ["archive"], "timeout": "120s"},
+        })
+        source = SyntheticQRScp(root / "source", aet=SOURCE_AET, instances=archive, port=source_port,
+                                move_destinations={GATEWAY_AET: ("127.0.0.1", cluster.haproxy.dicom_port)})
+        self.addCleanup(source.stop)
+        source.start()
+        cluster.start()
+        out = root / "got"
+        result = getscu(cluster.haproxy.dicom_port, GATEWAY_AET,
+                        ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.study_instance_uid}",
+                         f"SeriesInstanceUID={study.series_instance_uid}"], outdir=out)
+        logs = "\n".join(f"== {n.node}\n{n.log_text()[-2500:]}" for n in cluster.nodes)
+        self.assertEqual(result.returncode, 0, result.describe()[-3000:] + logs)
+        self.assertEqual(dataset_bytes_by_uid(sorted(out.iterdir())), dataset_bytes_by_uid(list(study.files)), logs)
+        requester_node = [n for n in cluster.nodes if "GETSCU -> DICOMGW" in n.log_text()]
+        receiving_node = [n for n in cluster.nodes if f"{SOURCE_AET} -> DICOMGW" in n.log_text()]
+        self.assertEqual(len(requester_node), 1, logs)
+        self.assertEqual(len(receiving_node), 1, logs)
+        self.assertIsNot(requester_node[0], receiving_node[0], logs)
+        scratch = cluster.spool / "scratch"
+        self.assertEqual(sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else [], [])

@@ -255,16 +255,17 @@ class SyntheticQRScp(PeerProcess):
         and C-MOVE from them (no C-GET: an archive the gateway must C-MOVE from).
     :param move_destinations: AE title -> (host, port) of the move destinations it knows.
     :param move_delay: seconds to sleep before each C-MOVE sub-operation.
+    :param port: its port (a free one by default), for a caller that must name it before it starts.
     """
 
     def __init__(self, workdir: Path, *, aet: str = "SYNTH", generate: int = 0,
                  identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0,
                  instances: Path | None = None, move_destinations: dict[str, tuple[str, int]] | None = None,
-                 move_delay: float = 0.0) -> None:
+                 move_delay: float = 0.0, port: int | None = None) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.events_path = self.dir / "events.jsonl"
         ids_path = self.dir / "identifiers.json"
         ids_path.write_text(json.dumps(list(identifiers)))
