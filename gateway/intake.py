@@ -441,7 +441,7 @@ class Intake:
                 correlation_id=item.record.correlation_id,
                 sop_instance_uid=item.record.sop_instance_uid,
                 retrieve_id=retrieve.retrieve_id,
-                destination=destination,
+                destination=destination if is_move else "its C-GET (hand-over)",
             )
             try:
                 if is_move:
