@@ -431,10 +431,17 @@ class Intake:
                     except OSError:
                         pass  # never made (its folder is unusable): nothing to remove
                 return self._journal_failed(item.spooled, item.record, Failure(outcome))
-            if handover is not None and not RELAYS.notify(retrieve.retrieve_id, handover, item.record):
-                # No C-GET of this process waits for it: another node's polls
-                # the scratch folder (shared spool), else the start-up sweep removes it.
-                self.log.debug("no local C-GET waits for retrieve {retrieve_id}", retrieve_id=retrieve.retrieve_id)
+            if handover is not None:
+                try:
+                    told = RELAYS.notify(retrieve.retrieve_id, handover, item.record)
+                except Exception:
+                    # In custody and journaled: the C-GET's poll still finds it; the ack stands.
+                    self.log.failure("could not hand {path} over to its C-GET", path=handover)
+                    told = True
+                if not told:
+                    # No C-GET of this process waits for it: another node's polls
+                    # the scratch folder (shared spool), else the start-up sweep removes it.
+                    self.log.debug("no local C-GET waits for retrieve {retrieve_id}", retrieve_id=retrieve.retrieve_id)
             self.relayed_total += 1
             self.log.debug(
                 "{correlation_id} {sop_instance_uid} received for retrieve {retrieve_id}; queued for {destination}",
