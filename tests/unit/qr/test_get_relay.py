@@ -27,7 +27,7 @@ from gateway.qr import get
 from gateway.qr.context import QRContext, SubOperations
 from gateway.queue.interfaces import InstanceRecord
 from gateway.queue.memory import MemoryQueueStore
-from gateway.queue.retrieves import ItemState, RetrieveState
+from gateway.queue.retrieves import RetrieveState
 from tests.unit.qr.test_get import CT, EXPLICIT_LE, STUDY_GET, FakeResponder, FakeSource, study_identifier
 from tests.unit.qr.test_move import FakeLink, match
 
@@ -450,8 +450,6 @@ class RouteMorphTests(SynchronousTestCase):
             f.write(b"not dicom")
         prepare = get.RouteMorph(self.plan(), os.path.join(self.tmp, "scratch"), lambda f, *a: ensureDeferred(_call(f, *a)),
                                  RoutingContext("V", "GW", "127.0.0.1", "qr"))
-        source = FakeSource("a", [(CT, "9.9")])
-        source.instances = []
 
         class Source(FakeSource):
             async def _run(self, on_instance: Any, on_pending: Any) -> get.SourceOutcome:
