@@ -649,8 +649,9 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
 
         def open_source(name: str, sop_class_uid: str) -> ISource:
             destination = destinations.get(name)
-            return GetOrMoveSource(
-                DicomGetSource(name, destination, ctx, proposals, roles, scratch, responder.transfer_syntax),
+            return source_for(
+                getattr(destination, "retrieve_by", "auto"),
+                lambda: DicomGetSource(name, destination, ctx, proposals, roles, scratch, responder.transfer_syntax),
                 lambda: MoveRelaySource(name, destination, ctx, scratch, responder.transfer_syntax, new_retrieve),
             )
 
@@ -1469,6 +1470,15 @@ class GetOrMoveSource:
     def close(self) -> "Deferred[None]":
         """Release whichever is under way."""
         return self._current.close()
+
+
+def source_for(retrieve_by: str, direct: Callable[[], ISource], relay: Callable[[], ISource]) -> ISource:
+    """The source adapter a destination's ``retrieve_by`` asks for: ``get``, ``move`` or ``auto`` (:class:`GetOrMoveSource`)."""
+    if retrieve_by == "get":
+        return direct()
+    if retrieve_by == "move":
+        return relay()
+    return GetOrMoveSource(direct(), relay)
 
 
 class RouteMorph:

@@ -53,3 +53,42 @@ class RetrieveRouteTests(LoadTestCase):
         errors = self.errors(text)
         self.assertEqual([e.key_path for e in errors], ["listen[0].retrieve.route"])
         self.assertIn("unknown route 'nope'", errors[0].message)
+
+
+class RetrieveByTests(LoadTestCase):
+    """``destinations.X.retrieve_by``: how a C-GET retrieves from that archive."""
+
+    def test_default_is_auto(self) -> None:
+        """Without the key: ``auto`` (the source's C-GET, else a C-MOVE to the gateway)."""
+        config = self.load(WITH_ARCHIVES)
+        assert isinstance(config, GatewayConfig)
+        self.assertEqual(config.destination("archive1").retrieve_by, "auto")
+
+    def test_move_is_read(self) -> None:
+        """``retrieve_by: move`` reaches the destination."""
+        config = self.load(WITH_ARCHIVES.replace("port: 104}\n  archive2", "port: 104, retrieve_by: move}\n  archive2"))
+        assert isinstance(config, GatewayConfig)
+        self.assertEqual(config.destination("archive1").retrieve_by, "move")
+
+    def test_unknown_value_refused_with_line_and_key(self) -> None:
+        """Anything but auto, get or move is refused at its line."""
+        errors = self.errors(WITH_ARCHIVES.replace("port: 104}\n  archive2", "port: 104, retrieve_by: both}\n  archive2"))
+        self.assertEqual([(e.line, e.key_path) for e in errors], [(7, "destinations.archive1.retrieve_by")])
+
+
+class SourceForTests(LoadTestCase):
+    """:func:`gateway.qr.get.source_for` picks the adapter ``retrieve_by`` names."""
+
+    def test_each_setting(self) -> None:
+        """get: the source's C-GET only; move: the relay only; auto: C-GET with the relay as fallback."""
+        from gateway.qr import get
+
+        direct, relay = object(), object()
+        self.assertIs(get.source_for("get", lambda: direct, lambda: relay), direct)  # type: ignore[arg-type,return-value]
+        self.assertIs(get.source_for("move", lambda: direct, lambda: relay), relay)  # type: ignore[arg-type,return-value]
+
+        class Named:
+            name = "a"
+
+        auto = get.source_for("auto", Named, lambda: relay)  # type: ignore[arg-type,return-value]
+        self.assertIsInstance(auto, get.GetOrMoveSource)
