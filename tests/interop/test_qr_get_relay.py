@@ -13,6 +13,7 @@ ends at restart, the scratch folder is swept and the spool cleaned).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from twisted.trial.unittest import TestCase
 
-from tests.support import dcmtk
+from tests.support import dcmtk, orthanc
 from tests.support.ports import free_port
 from tests.support.qr import Study, SyntheticQRScp, getscu, movescu, write_study
 
@@ -342,3 +343,45 @@ class ClusterGetRelayTests(TestCase):
         self.assertIsNot(requester_node[0], receiving_node[0], logs)
         scratch = cluster.spool / "scratch"
         self.assertEqual(sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else [], [])
+
+
+class OrthancRetrieveByMoveTests(TestCase):
+    """``retrieve_by: move`` with Orthanc (which has C-GET): the C-GET is still done by a C-MOVE to the gateway."""
+
+    skip = orthanc.skip_reason() or dcmtk.skip_reason("getscu")
+
+    def test_getscu_through_orthanc_c_move(self) -> None:
+        """``getscu`` gets a series bit-preserved; the journal shows the relay leg beside the C-GET (two retrieves, both done)."""
+        from tests.support.gateway_process import GatewayProcess, dicom_destination
+        from tests.support.qr import preload, qr_source
+
+        root = Path(self.mktemp()).resolve()
+        source = qr_source(root / "orthanc", "ORTHANC1")
+        self.addCleanup(source.stop)
+        source.start()
+        study = write_study(root / "study", 4)
+        preload(source, [study])
+        gw = GatewayProcess(
+            root / "gw",
+            http={"enabled": False},
+            destinations={"archive": dicom_destination(source.dicom_port, "ORTHANC1", retrieve_by="move")},
+            routes=[],
+            retrieve={"sources": ["archive"], "timeout": "120s"},
+        )
+        self.addCleanup(gw.stop)
+        gw.start()
+        source.declare_modality("GW", GATEWAY_AET, gw.port)
+        out = root / "got"
+        result = getscu(gw.port, GATEWAY_AET,
+                        ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study.study_instance_uid}",
+                         f"SeriesInstanceUID={study.series_instance_uid}"], outdir=out)
+        self.assertEqual(result.returncode, 0, result.describe()[-3000:] + gw.log_text()[-3000:])
+        self.assertEqual(dataset_bytes_by_uid(sorted(out.iterdir())), dataset_bytes_by_uid(list(study.files)))
+        conn = sqlite3.connect(f"file:{gw.spool / 'queue.sqlite'}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = [tuple(r) for r in conn.execute("SELECT kind, state, refs FROM retrieves ORDER BY retrieve_id")]
+        finally:
+            conn.close()
+        self.assertEqual([(kind, state) for kind, state, _ in rows], [("get", "done"), ("get", "done")], rows)
+        self.assertEqual(rows[0][2], "[]")  # the request's own record; the leg's lists the located instances
+        self.assertEqual(len(json.loads(rows[1][2])), 4)
