@@ -194,6 +194,9 @@ class _Pending:
     spooled: SpooledInstance | None = None
     #: The retrieve a C-MOVE sub-operation belongs to (issue 16): linked after the journal write.
     retrieve_id: int | None = None
+    #: A C-GET relay's hand-over path (issue 16): the durable file is linked
+    #: there before the journal write (:func:`gateway.qr.get.make_handover`).
+    handover: str | None = None
 
 
 #: The route name of relayed C-MOVE sub-operations' queue entries (issue 16).
@@ -223,6 +226,12 @@ class Intake:
         is configured (issue 16), else ``None``: C-MOVE sub-operations are
         then matched to the journal's retrieves (by Message ID and SOP
         Instance UID; the Move Originator AE Title is not compared).
+    :param retrieve_route: returns the name of the route (``retrieve.route``)
+        in force on a listener (by listener name), ``""`` for none: its morph
+        plan goes with a relayed C-MOVE instance's ``move.<name>`` entry.
+    :param scratch_dir: where a relayed C-GET instance's hand-over link is
+        made (:func:`gateway.qr.get.handover_path`); the spool's ``scratch``
+        folder, beside ``unrouted_dir``, by default.
     """
 
     log = Logger(namespace="gateway.intake")
@@ -242,8 +251,12 @@ class Intake:
         node: str = "",
         commitment: Callable[[], bool] = lambda: False,
         retrieve_ae_title: Callable[[], str | None] = lambda: None,
+        retrieve_route: Callable[[str], str] = lambda listener: "",
+        scratch_dir: str | None = None,
     ) -> None:
         self.node = node
+        self._retrieve_route = retrieve_route
+        self._scratch_dir = scratch_dir if scratch_dir is not None else os.path.join(os.path.dirname(unrouted_dir), "scratch")
         self._retrieve_ae_title = retrieve_ae_title
         self.relayed_total = 0
         self._commitment = commitment
@@ -371,20 +384,52 @@ class Intake:
         d.addCallbacks(matched, unmatched)
         return d
 
+    def _relay_plan(self, listener: str) -> Any:
+        """The morph plan of the route ``retrieve.route`` names on ``listener`` (:data:`NO_MORPH` without one)."""
+        name = self._retrieve_route(listener)
+        if not name:
+            return NO_MORPH
+        route = next((r for r in self._routes() if r.name == name), None)
+        if route is None:
+            # Checked at load; a reload that removed it also changed retrieve.route.
+            self.log.warn("retrieve.route {route!r} is not a route in force; relayed as received", route=name)
+            return NO_MORPH
+        return route_plan(route)
+
     def _take_relayed(self, writer: SpoolWriter, info: AssociationInfo, retrieve: Any) -> "Deferred[Admission]":
         """Journal a matched sub-operation with one entry to ``move.<destination>`` and link its item.
 
+        The entry carries the morph plan of ``retrieve.route`` (issue 16: "an
+        optional route can morph them"), read for the listener that took the
+        C-MOVE; without one the instance goes as received.
+
         A C-GET's instance (``kind`` ``get``, relayed through a C-MOVE to the
         gateway) is journaled with no entry and linked with none: the C-GET
-        handler sends it back on the requester's association from its record.
+        handler sends it back on the requester's association. Before the
+        journal write, on the store's thread, the durable file is linked to a
+        hand-over path in the spool's ``scratch`` folder
+        (:func:`gateway.qr.get.make_handover`): an instance without entries is
+        "finished" for the spool's clean-up, and the link keeps its bytes
+        until the C-GET handler has sent them (it then removes the link). Once
+        journaled, the C-GET handler of this process is told at once
+        (:data:`gateway.qr.get.RELAYS`); a handler on another node finds the
+        link by polling (nobody waiting in this process: the link stays for
+        that poller; the leg's end, or the start-up sweep, removes leftovers).
         """
+        from gateway.qr.get import RELAYS, handover_path
+
         is_move = retrieve.request.kind == "move"
         destination = MOVE_DESTINATION_PREFIX + retrieve.request.destination
-        entries = [NewEntry(route=RETRIEVE_ROUTE, destination=destination, plan=NO_MORPH)] if is_move else []
+        entries = (
+            [NewEntry(route=RETRIEVE_ROUTE, destination=destination, plan=self._relay_plan(retrieve.request.listener))]
+            if is_move
+            else []
+        )
+        handover = None if is_move else handover_path(self._scratch_dir, retrieve.retrieve_id, writer.meta.sop_instance_uid)
         item = _Pending(
             entries, Deferred(),
             writer=writer, info=info, received_at=self._wall(), correlation_id=new_correlation_id(),
-            retrieve_id=retrieve.retrieve_id,
+            retrieve_id=retrieve.retrieve_id, handover=handover,
         )
         d = self._journal(item)
 
@@ -393,14 +438,30 @@ class Intake:
                 return Admission(outcome.status, outcome.comment)
             assert item.spooled is not None and item.record is not None
             if not isinstance(outcome, AddResult):
+                if handover is not None:
+                    try:
+                        unlink_if_present(handover)
+                    except OSError:
+                        pass  # never made (its folder is unusable): nothing to remove
                 return self._journal_failed(item.spooled, item.record, Failure(outcome))
+            if handover is not None:
+                try:
+                    told = RELAYS.notify(retrieve.retrieve_id, handover, item.record)
+                except Exception:
+                    # In custody and journaled: the C-GET's poll still finds it; the ack stands.
+                    self.log.failure("could not hand {path} over to its C-GET", path=handover)
+                    told = True
+                if not told:
+                    # No C-GET of this process waits for it: another node's polls
+                    # the scratch folder (shared spool), else the start-up sweep removes it.
+                    self.log.debug("no local C-GET waits for retrieve {retrieve_id}", retrieve_id=retrieve.retrieve_id)
             self.relayed_total += 1
             self.log.debug(
                 "{correlation_id} {sop_instance_uid} received for retrieve {retrieve_id}; queued for {destination}",
                 correlation_id=item.record.correlation_id,
                 sop_instance_uid=item.record.sop_instance_uid,
                 retrieve_id=retrieve.retrieve_id,
-                destination=destination,
+                destination=destination if is_move else "its C-GET (hand-over)",
             )
             try:
                 if is_move:
@@ -641,6 +702,17 @@ class Intake:
                 assert item.info is not None
                 item.spooled = spooled
                 item.record = instance_record(spooled, item.info, item.received_at, item.correlation_id, self.node)
+            if item.handover is not None and item.record is not None:
+                # A C-GET relay's instance: its hand-over link before the journal
+                # write (see _take_relayed); one that cannot be made fails the
+                # instance (0xA700 to the source, the spool file removed).
+                from gateway.qr.get import make_handover
+
+                try:
+                    make_handover(item.record.path, item.handover)
+                except OSError as e:
+                    outcomes[index] = e
+                    continue
             ready.append(index)
         if not ready:
             return outcomes

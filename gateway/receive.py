@@ -1133,6 +1133,13 @@ class QRResponder:
         """
         return self._service.store_sub_operation(path, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset_offset)
 
+    def abort(self, detail: str) -> None:
+        """A-ABORT the requester's association (issue 16: a C-GET sub-operation's C-STORE-RSP never came, PS3.8 7.3.1 / 9.2.2).
+
+        Every open request on it is cancelled and the waiting C-STOREs fail, as when the peer aborts.
+        """
+        self._service._protocol_violation(detail)
+
     # -- the service's side ----------------------------------------------------------------
 
     @property

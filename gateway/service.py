@@ -377,6 +377,8 @@ class GatewayService(MultiService):
             retrieve_ae_title=lambda: self.config.ae_title
             if self.config.retrieve is not None or any(listener.retrieve is not None for listener in self.config.listen)
             else None,
+            # Issue 16: retrieve.route's morph plan goes with relayed C-MOVE instances.
+            retrieve_route=self._retrieve_route,
         )
         self.recovery = Recovery(
             store=store,
@@ -492,6 +494,13 @@ class GatewayService(MultiService):
         self._add_commitment_worker()
 
     # -- Query/Retrieve (issue 16) -----------------------------------------------------------
+
+    def _retrieve_route(self, listener_name: str) -> str:
+        """``retrieve.route`` in force on the listener named ``listener_name`` (``""``: relayed as received)."""
+        from gateway.qr.move import retrieve_config
+
+        settings = retrieve_config(self.config, listener_name)
+        return settings.route if settings is not None else ""
 
     def _qr_scp(self, reactor: Any, wall: Callable[[], float]) -> QueryRetrieveSCP:
         """The Q/R SCP with its :class:`~gateway.qr.context.QRContext` (sources opened with ``connect_dicom``)."""
@@ -800,6 +809,12 @@ class GatewayService(MultiService):
                 "{count} entr(y/ies) queued before morph plans were journaled now carry their route's current plan",
                 count=adopted,
             )
+        # Issue 16: C-GET scratch files (sub-operations, hand-overs, morphed copies) a crash left behind.
+        from gateway.qr.get import sweep_scratch
+
+        swept = await self.blocking.run(sweep_scratch, os.path.join(self.config.spool.path, "scratch"))
+        if swept:
+            self.log.warn("{count} C-GET scratch file(s) left by an earlier run were removed", count=swept)
         if hasattr(self.store, "retrieves"):
             # Issue 16: retrieves this node had open died with its requesters' associations.
             from gateway.qr.move import close_orphan_retrieves

@@ -47,6 +47,10 @@ from gateway.config.nodes import (
 from gateway.config.listeners import _MAX_TIMER_SECONDS, _check_tls_profile
 from gateway.suggest import did_you_mean
 
+# Issue 16 (retrieve_by), imported apart to keep other branches' import hunks clean.
+from gateway.config.nodes import _one_of
+from gateway.config.schema import RETRIEVE_BY
+
 
 # --------------------------------------------------------------------------
 # Destinations
@@ -137,6 +141,9 @@ _DICOM_FIELDS: Final[Mapping[str, _Field]] = {
     "calling_ae_title": _Field(_check_ae_title),
     "max_associations": _Field(_integer(1, 64)),
     "batch_size": _Field(_integer(1, 10000)),
+    # Issue 16: how a C-GET retrieves from this archive as a Q/R source (auto: its
+    # C-GET when it accepts a GET context, else a C-MOVE to the gateway).
+    "retrieve_by": _Field(_one_of(RETRIEVE_BY)),
     "idle_release": _Field(_duration(0, _MAX_TIMER_SECONDS)),
     # As for the listeners (PS3.8 D.1).
     "max_pdu_length": _Field(_integer(4096, 16777216)),

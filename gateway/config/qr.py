@@ -150,6 +150,8 @@ _RETRIEVE_FIELDS: Final[Mapping[str, _Field]] = {
     "allowed_destinations": _Field(_list_of(_check_destination_pattern, non_empty=False)),
     "timeout": _Field(_duration(0, MAX_RETRIEVE_TIMEOUT)),
     "allowed_ae_titles": _Field(_list_of(_check_ae_pattern, non_empty=False)),
+    # A route's name (checked against ``routes`` in check_qr_references): its morph plan morphs relayed instances.
+    "route": _Field(_check_source_name),
 }
 
 
@@ -227,6 +229,15 @@ def check_qr_references(root: yaml.Node, values: Mapping[str, Any], ctx: _Contex
                     ctx.error(where, item_path, f"unknown destination {name!r}; {hint}")
             if key != "retrieve":
                 continue
+            if section.route:
+                # Every route of the file and of the route files (gateway.config.routes).
+                routes = [r.name for r in ctx.shared.route_names] or [r.name for r in values.get("routes", ())]
+                if section.route not in routes:
+                    hint = did_you_mean(section.route, routes, show=repr) or (
+                        ("routes: " + ", ".join(routes)) if routes else "no routes are configured"
+                    )
+                    route_node = _value_node(node, "route") if node is not None else None
+                    ctx.error(route_node or node, _child(path, "route"), f"unknown route {section.route!r}; {hint}")
             allowed_node = _value_node(node, "allowed_destinations") if node is not None else None
             for index, pattern in enumerate(section.allowed_destinations):
                 if _GLOB_CHARACTERS & set(pattern) or pattern in modalities:

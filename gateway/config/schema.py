@@ -282,6 +282,9 @@ class RetrieveConfig:
     #: Globs over the requester's calling AE title allowed to retrieve, within
     #: the listener's own access policy; empty allows every AE the listener accepts.
     allowed_ae_titles: tuple[str, ...] = ()
+    #: The name of a route (``routes``) whose morph plan is applied to relayed
+    #: instances (to ``move.<name>`` entries and to C-GET sub-operations); ``""``: sent as received.
+    route: str = ""
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,11 @@ class DicomDestination:
     calling_ae_title: str
     max_associations: int = 1
     batch_size: int = 50
+    #: As a Q/R source, how a C-GET retrieves from it (issue 16): ``auto`` (its
+    #: C-GET when it accepts a GET context, else a C-MOVE to the gateway),
+    #: ``get`` (C-GET only) or ``move`` (always a C-MOVE to the gateway: an
+    #: archive that accepts the GET context but refuses C-GETs).
+    retrieve_by: str = "auto"
     idle_release: float = 5.0
     max_pdu_length: int = 262144
     connect_timeout: float = 10.0
@@ -555,6 +563,10 @@ class DicomDestination:
     storage_commitment: bool = False
     #: Seconds to wait for the archive's report before asking again (new Transaction UID).
     commitment_timeout: float = 600.0
+
+
+#: The values of a DICOM destination's ``retrieve_by`` (issue 16).
+RETRIEVE_BY: tuple[str, ...] = ("auto", "get", "move")
 
 
 #: The fields a folder destination's ``pattern`` may use. The UIDs and IDs

@@ -50,17 +50,56 @@ and what it had left is counted failed. Each C-GET is journaled as a
 retrieve of kind ``get`` (:mod:`gateway.queue.retrieves`; no items, since
 no correlation is needed) and finished DONE, CANCELLED or FAILED.
 
-Not done here (yet): when a source accepts no C-GET context, the C-MOVE to
-the gateway itself (the relay leg through
-:class:`~gateway.queue.retrieves.IRetrieveJournal` correlation and the
-intake's sub-operation hook); such a source is counted unavailable and the
-next one is asked.
+A source that accepts no C-GET context for the request's model
+(:class:`NoGetContext`) is retrieved from by a C-MOVE to the gateway itself
+(:class:`MoveRelaySource`, through :class:`GetOrMoveSource`; PS3.4 C.4.3 does
+not say how the SCP obtains what it sends, and issue 16 asks for "C-GET when
+the source supports it, C-MOVE to itself otherwise"): the instances are
+located by an IMAGE-level C-FIND, the relay leg is journaled (kind ``get``,
+its items EXPECTED, an outgoing Message ID from the journal, as
+:mod:`gateway.qr.move` does), and the sub-operations, which arrive on the
+source's own association (to any node), are taken into custody by the intake
+(:meth:`gateway.intake.Intake._take_relayed`: spool and journal, no queue
+entry) and handed over through a link in the scratch folder, announced to
+this process (:data:`RELAYS`) or found by a poll every :data:`POLL_INTERVAL`
+(another node sharing the spool). Each is then stored back like a C-GET
+sub-operation, re-encoded first into a native syntax the requester accepted
+when it came in another (:class:`SyntaxFit`), and the item ends COMPLETED,
+WARNING or FAILED in the journal. The source's C-MOVE refusing with nothing
+sent (e.g. 0xA801: it does not know the gateway's AE title) makes the next
+source asked, as a C-GET refusal does.
+
+``retrieve.route`` names a route whose morph plan is applied to every
+instance before it is stored back (:class:`RouteMorph`, the splice writer of
+the forwarder); a morph that fails fails the sub-operation (never a copy
+with less morphing than the route promises). Without it, as received.
+
+Each sub-operation C-STORE-RSP is awaited at most the listener's DIMSE
+timeout (``limits.dimse_timeout``) or what is left of ``retrieve.timeout``,
+whichever is sooner: then the instance is failed, the requester's
+association aborted (a missing response is a protocol failure; PS3.8 7.3,
+A-ABORT), the source cancelled and the retrieve ended in the journal.
+
+Scratch files (``get-*`` sub-operations, ``getrelay-*`` hand-overs,
+``getmorph-*`` copies) a crash left behind are removed at start
+(:func:`sweep_scratch`). A relayed instance has no queue entry, so once
+journaled it is "finished" for the spool's clean-up (deleted after
+``retention.keep_delivered``); the hand-over link keeps its bytes until it
+was sent back, and is removed then.
+
+Limits: with node-local spools (``spool.shared: false``) only the node that
+took the C-GET can hand over what it received itself; sub-operations that
+reach another node count failed. A C-GET through a relay leg appears as two
+journaled retrieves (the request, no items; its leg, with items).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -69,6 +108,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from gateway.associate import FileStoreSink
+from gateway.durable import unlink_if_present
+from gateway.meta import read_part10_header
+from gateway.private import make_private_dirs
 from gateway.dimse.identifier import IdentifierError, check_query, decode_identifier, sop_class_model
 from gateway.dimse.status import Status, StatusCategory, category
 from gateway.qr.context import IResponder, QRContext, SubOperations
@@ -101,6 +143,9 @@ class ReceivedInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     dataset_offset: int = 0
+    #: Filled by :func:`retrieve` once the requester answered: ``completed``,
+    #: ``warning`` or ``failed`` (the relay leg journals each item's end from it).
+    outcome: list[str] = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True)
@@ -122,6 +167,10 @@ class SourceOutcome:
 
 class SourceUnavailable(Exception):
     """The source could not be asked: no association, or no C-GET context accepted for the request's SOP class."""
+
+
+class NoGetContext(SourceUnavailable):
+    """The source accepted no C-GET context for the request's model: retrieve by C-MOVE to the gateway instead."""
 
 
 OnInstance = Callable[[ReceivedInstance], "Deferred[int]"]
@@ -152,6 +201,38 @@ class ISource(Protocol):
 
 OpenSource = Callable[[str, str], ISource]
 """``open_source(source_name, get_sop_class_uid)``: a not-yet-associated source."""
+
+Prepare = Callable[[ReceivedInstance], "Deferred[ReceivedInstance]"]
+"""Makes the copy of an instance that is sent back (a route's morph); its path is removed after the sub-operation."""
+
+
+class StoreTimeout(Exception):
+    """The requester did not answer a sub-operation C-STORE-RQ in time."""
+
+
+def _bounded(d: "Deferred[Any]", seconds: float | None, clock: Any) -> "Deferred[Any]":
+    """``d``'s result, or :class:`StoreTimeout` after ``seconds`` (``None``: no bound); a late result is dropped."""
+    if clock is None or seconds is None:
+        return d
+    out: Deferred[Any] = Deferred()
+
+    def expire() -> None:
+        if not out.called:
+            out.errback(StoreTimeout(f"no C-STORE-RSP within {seconds:g} s"))
+
+    timer = clock.callLater(seconds, expire)
+
+    def done(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+    d.addBoth(done)
+    return out
 
 
 @dataclass
@@ -217,6 +298,8 @@ async def retrieve(
     remove: Callable[[str], None],
     clock: Any = None,
     timeout: float | None = None,
+    prepare: Prepare | None = None,
+    store_timeout: float | None = None,
 ) -> None:
     """Run one C-GET: ask the sources in order, store what the first that has matches sends, answer the requester.
 
@@ -233,11 +316,21 @@ async def retrieve(
     :param timeout: ``retrieve.timeout``: seconds from now after which the
         source is cancelled and the C-GET ends with what was done, what the
         source had left counted failed.
+    :param prepare: makes the copy sent back (``retrieve.route``'s morph,
+        :class:`RouteMorph`); a failure is a failed sub-operation, never a
+        copy with less morphing than the route promises.
+    :param store_timeout: seconds the requester has to answer each
+        sub-operation C-STORE (the listener's DIMSE timeout), bounded by what
+        is left of ``timeout``: past it the instance is failed, the
+        requester's association is aborted (a missing response is a
+        protocol failure, PS3.8 7.3 A-ABORT) and the C-GET ends.
     """
     tally = _Tally()
     cancelled = False
     expired = False
+    aborted = ""
     current: list[ISource] = []
+    started = clock.seconds() if clock is not None else 0.0
 
     def on_cancel(_: object) -> None:
         nonlocal cancelled
@@ -255,37 +348,68 @@ async def retrieve(
     responder.cancelled.addCallback(on_cancel)
     timer = clock.callLater(timeout, on_deadline) if clock is not None and timeout is not None else None
 
+    def bound() -> float | None:
+        """Seconds the requester has for this sub-operation's C-STORE-RSP: the DIMSE timeout or what is left of the C-GET's."""
+        if clock is None or store_timeout is None:
+            return None
+        limits = [t for t in (store_timeout, None if timeout is None else started + timeout - clock.seconds()) if t is not None]
+        return max(0.0, min(limits)) if limits else None
+
     async def on_instance(instance: ReceivedInstance) -> int:
+        nonlocal aborted
+        sent = instance
         try:
-            if cancelled or expired:
+            if cancelled or expired or aborted:
                 # PS3.4 C.4.3.3: after a cancel no further sub-operation is
                 # started; the source hears "out of resources" and counts it.
                 return int(Status.OUT_OF_RESOURCES)
             try:
-                status = await responder.store(
-                    instance.path,
-                    instance.sop_class_uid,
-                    instance.sop_instance_uid,
-                    instance.transfer_syntax_uid,
-                    instance.dataset_offset,
+                if prepare is not None:
+                    sent = await prepare(instance)
+                status = await _bounded(
+                    responder.store(
+                        sent.path,
+                        sent.sop_class_uid,
+                        sent.sop_instance_uid,
+                        sent.transfer_syntax_uid,
+                        sent.dataset_offset,
+                    ),
+                    bound(),
+                    clock,
                 )
+            except StoreTimeout as error:
+                # The requester never answered: the instance failed, the
+                # association is aborted (nothing more can be said on it) and
+                # the source is stopped; the C-GET ends.
+                log.warning("C-GET requester did not answer sub-operation %s: %s; aborting its association", sent.sop_instance_uid, error)
+                aborted = str(error)
+                status = -1
+                abort = getattr(responder, "abort", None)
+                if abort is not None:
+                    abort(aborted)
+                for source in current:
+                    source.cancel()
             except Exception as error:  # noqa: BLE001 - every error is a failed sub-operation
                 # NoPresentationContext: the requester accepted no context (SCP
                 # role) for this class and syntax (PS3.4 C.4.3.3): a failed
-                # sub-operation, listed, never silently dropped.
+                # sub-operation, listed, never silently dropped. A morph that
+                # fails (prepare) is one too.
                 log.info("C-GET sub-operation %s not stored on the requester: %s", instance.sop_instance_uid, error)
                 status = -1
             outcome = _store_outcome(status) if status >= 0 else "failed"
+            instance.outcome.append(outcome)
             if outcome == "completed":
                 tally.completed += 1
             elif outcome == "warning":
                 tally.warning += 1
             else:
                 tally.failed += 1
-                tally.failed_uids.append(instance.sop_instance_uid)
+                tally.failed_uids.append(sent.sop_instance_uid)
             return int(Status.SUCCESS)
         finally:
             remove(instance.path)
+            if sent is not instance:
+                remove(sent.path)
 
     def on_pending(counts: SubOperations) -> None:
         tally.source = counts
@@ -296,7 +420,7 @@ async def retrieve(
     broken = ""
     outcome: SourceOutcome | None = None
     for name in sources:
-        if cancelled or expired:
+        if cancelled or expired or aborted:
             break
         source = open_source(name, sop_class_uid)
         current[:] = [source]
@@ -345,6 +469,14 @@ async def retrieve(
         # Success with no sub-operation: no match here, ask the next.
     if timer is not None and timer.active():
         timer.cancel()
+    if aborted:
+        # The requester's association is gone (aborted above): this final
+        # response goes nowhere, but it is what the journal and audit record.
+        left = outcome.counts.remaining if outcome is not None and outcome.counts.remaining else 0
+        tally.failed += left
+        counts = tally.counts(0)
+        responder.final(final_status(counts), counts, error_comment=aborted[:64], failed_uids=tally.all_failed_uids())
+        return
     if expired and not cancelled:
         # PS3.4 C.4.3.1.4 has no "timed out" status: what the source had not
         # sent is counted failed (Number of Failed Sub-operations), and the
@@ -499,25 +631,48 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     try:
         if model is None:
             raise IdentifierError("not a C-GET SOP class", Status.SOP_CLASS_NOT_SUPPORTED)
-        level = check_query(decode_identifier(identifier, responder.transfer_syntax), model[0], retrieve=True)
+        request = decode_identifier(identifier, responder.transfer_syntax)
+        level = check_query(request, model[0], retrieve=True)
     except IdentifierError as error:
         # PS3.4 C.4.3.1.4: 0xA900 (Identifier does not match SOP Class) or
         # 0xC000-class (Unable to process) with an Error Comment.
         responder.final(error.status, error_comment=error.comment[:64], offending=error.offending)
         return succeed(None)
+    scratch = os.path.join(config.spool.path, "scratch")
     open_source: OpenSource | None = ctx.extra.get("get.open_source")
     if open_source is None:
-        scratch = os.path.join(config.spool.path, "scratch")
         destinations = {d.name: d for d in config.destinations}
         proposals, roles = source_proposals(rq.affected_sop_class_uid, info.contexts)
 
+        def new_retrieve(expected: tuple[Any, ...], source: str) -> Any:
+            return _relay_retrieve(ctx, info, rq, level, settings, expected, source)
+
         def open_source(name: str, sop_class_uid: str) -> ISource:
-            return DicomGetSource(name, destinations.get(name), ctx, proposals, roles, scratch, responder.transfer_syntax)
+            destination = destinations.get(name)
+            return source_for(
+                getattr(destination, "retrieve_by", "auto"),
+                lambda: DicomGetSource(name, destination, ctx, proposals, roles, scratch, responder.transfer_syntax),
+                lambda: MoveRelaySource(name, destination, ctx, scratch, responder.transfer_syntax, new_retrieve),
+            )
+
+    # The route's morph, then the requester's syntax (relayed instances come in the source's).
+    prepare = chain(
+        _route_morph(ctx, config, settings, info, scratch),
+        SyntaxFit(info.contexts, scratch, lambda f, *a: _run_blocking(ctx, f, *a)) if getattr(info, "contexts", None) else None,
+    )
+    limits = getattr(config, "limits", None)
+    store_timeout = getattr(limits, "dimse_timeout", None)
+
+    started = ctx.wall()
 
     async def run() -> None:
         journaled = await _open_journal(ctx, info, rq, level, settings)
         recording = _RecordingResponder(responder)
-        await retrieve(rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove, ctx.reactor, settings.timeout)
+        await retrieve(
+            rq.affected_sop_class_uid, identifier, recording, settings.sources, open_source, _remove,
+            ctx.reactor, settings.timeout, prepare, store_timeout,
+        )
+        _observe_answer(ctx, info, rq, level, request, settings, recording, started)
         if journaled is not None:
             await _finish_journal(ctx, journaled, recording)
 
@@ -531,6 +686,85 @@ def get(info: Any, rq: Any, identifier: bytes, responder: IResponder, ctx: QRCon
     return d
 
 
+def _observe_answer(
+    ctx: QRContext, info: Any, rq: Any, level: str, request: Any, settings: Any, recording: "_RecordingResponder", started: float
+) -> None:
+    """Tell the observer how the C-GET ended (audited as DICOM Instances Transferred, PS3.15 A.5.3.7; counted)."""
+    from gateway import events
+
+    status = recording.status if recording.status is not None else UNABLE_TO_PROCESS
+    kind = category(status)
+    outcome = {
+        StatusCategory.SUCCESS: "success",
+        StatusCategory.WARNING: "warning",
+        StatusCategory.CANCEL: "cancelled",
+    }.get(kind, "failed")
+    value = request.get("StudyInstanceUID", None) if request is not None else None
+    studies = (value,) if isinstance(value, str) and value else tuple(str(v) for v in value) if value and not isinstance(value, str) else ()
+    try:
+        ctx.observer.observe(
+            events.RetrieveAnswered(
+                listener=getattr(info, "listener", ""),
+                calling_ae_title=getattr(info, "calling_ae_title", ""),
+                peer=str(getattr(info, "peer_address", "")),
+                verb="get",
+                sop_class_uid=str(rq.affected_sop_class_uid),
+                level=level,
+                outcome=outcome,
+                status=status,
+                completed=recording.counts.completed,
+                failed=recording.counts.failed,
+                warning=recording.counts.warning,
+                mode="relay",
+                sources=tuple(settings.sources),
+                study_uids=studies,
+                failed_uids=recording.failed_uids,
+                duration_seconds=max(0.0, ctx.wall() - started),
+                reason=recording.comment,
+            )
+        )
+    except Exception as error:  # noqa: BLE001 - the requester has its answer; the record is lost, logged
+        log.error("could not report a C-GET's end: %s", error)
+
+
+def _relay_retrieve(ctx: QRContext, info: Any, rq: Any, level: str, settings: Any, expected: tuple[Any, ...], source: str) -> Any:
+    """The journal record of a C-GET's relay leg (kind ``get``, its items EXPECTED; :class:`MoveRelaySource`)."""
+    from gateway.queue.retrieves import NewRetrieve
+
+    return NewRetrieve(
+        kind="get",
+        requester_ae_title=getattr(info, "calling_ae_title", ""),
+        listener=getattr(info, "listener", ""),
+        requester_message_id=int(rq.message_id),
+        destination="",
+        mode="relay",
+        level=level,
+        sources=(source,),
+        expected=expected,
+        deadline=ctx.wall() + settings.timeout,
+    )
+
+
+def _route_morph(ctx: QRContext, config: Any, settings: Any, info: Any, scratch: str) -> Prepare | None:
+    """``retrieve.route``'s morph for the instances stored back (``None``: sent as received)."""
+    name = getattr(settings, "route", "")
+    if not name:
+        return None
+    route = next((r for r in config.routes if r.name == name), None)
+    if route is None or route.morph is None or not route.morph.actions:
+        return None
+    from gateway.route import RoutingContext
+
+    context = RoutingContext(
+        calling_ae_title=getattr(info, "calling_ae_title", ""),
+        called_ae_title=getattr(info, "called_ae_title", ""),
+        source_address=str(getattr(info, "peer_address", "")).rsplit(":", 1)[0],
+        listener=getattr(info, "listener", ""),
+        received_at=ctx.wall(),
+    )
+    return RouteMorph(route.morph, scratch, lambda f, *a: _run_blocking(ctx, f, *a), context)
+
+
 class _RecordingResponder:
     """An :class:`IResponder` that passes everything on and remembers the final status and comment (for the journal)."""
 
@@ -538,6 +772,8 @@ class _RecordingResponder:
         self._inner = inner
         self.status: int | None = None
         self.comment = ""
+        self.counts = SubOperations()
+        self.failed_uids: tuple[str, ...] = ()
 
     def pending(self, status: int, identifier: bytes | None = None, counts: SubOperations | None = None) -> None:
         """As the wrapped responder."""
@@ -553,6 +789,7 @@ class _RecordingResponder:
     ) -> None:
         """As the wrapped responder; remembered."""
         self.status, self.comment = int(status), error_comment
+        self.counts, self.failed_uids = counts or SubOperations(), tuple(failed_uids)
         self._inner.final(status, counts, error_comment, failed_uids, identifier)
 
     @property
@@ -564,6 +801,12 @@ class _RecordingResponder:
     def cancelled(self) -> "Deferred[None]":
         """As the wrapped responder."""
         return self._inner.cancelled
+
+    def abort(self, detail: str) -> None:
+        """As the wrapped responder (when it can abort its association)."""
+        abort = getattr(self._inner, "abort", None)
+        if abort is not None:
+            abort(detail)
 
     def store(self, path: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset_offset: int) -> "Deferred[int]":
         """As the wrapped responder."""
@@ -666,7 +909,7 @@ class DicomGetSource:
         except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
             raise SourceUnavailable(f"association failed: {type(error).__name__}") from error
         if self._association.context_for_class(sop_class_uid) is None:
-            raise SourceUnavailable("no C-GET context accepted")
+            raise NoGetContext("no C-GET context accepted")
         # The identifier is re-encoded in the source's context's syntax by ClientAssociation.
         dataset = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
         return await _run_client_get(self, sop_class_uid, dataset, on_instance, on_pending)
@@ -747,3 +990,602 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return list(value)
     return [value] if value else []
+
+
+# -- C-GET from a source without C-GET: a C-MOVE to the gateway itself (issue 16) ----------------------
+
+#: Hand-over files of a relayed C-GET instance: ``getrelay-<retrieve id>-<name>.dcm`` in the spool's scratch folder.
+HANDOVER_PREFIX = "getrelay-"
+
+#: Prefixes of every scratch file a C-GET makes (:func:`sweep_scratch` removes them at start).
+SCRATCH_PREFIXES: tuple[str, ...] = ("get-", HANDOVER_PREFIX, "getmorph-")
+
+#: Seconds between two looks at the scratch folder for hand-overs this process was not told about.
+POLL_INTERVAL = 1.0
+
+#: Seconds the source is given to end its C-MOVE after our C-CANCEL before its association is aborted.
+SOURCE_END_WAIT = 10.0
+
+#: The C-MOVE class (and C-FIND class locating for it) of each C-GET class (PS3.4 C.6.1.1, C.6.2.1).
+MOVE_FOR_GET: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root
+    "1.2.840.10008.5.1.4.1.2.2.3": "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root
+}
+
+_UID_NAME = re.compile(r"[0-9.]{1,64}")
+
+
+def handover_path(scratch: str, retrieve_id: int, sop_instance_uid: str) -> str:
+    """Where the intake links a relayed C-GET instance for its handler (internal names: a UID, else its hash)."""
+    name = sop_instance_uid if _UID_NAME.fullmatch(sop_instance_uid) else "h" + hashlib.sha256(sop_instance_uid.encode("utf-8", "replace")).hexdigest()[:32]
+    return os.path.join(scratch, f"{HANDOVER_PREFIX}{int(retrieve_id)}-{name}.dcm")
+
+
+def make_handover(spooled: str, handover: str) -> None:
+    """Link the durable spool file at ``handover`` (a copy when a link cannot be made); blocking.
+
+    The spool's clean-up may delete an instance without queue entries at any
+    time once journaled; the link keeps the bytes for the C-GET handler.
+
+    :raises OSError: when neither a link nor a copy can be made.
+    """
+    make_private_dirs(os.path.dirname(handover))
+    unlink_if_present(handover)
+    try:
+        os.link(spooled, handover)
+    except OSError:
+        fd, temporary = tempfile.mkstemp(prefix=HANDOVER_PREFIX + "tmp-", dir=os.path.dirname(handover))
+        os.close(fd)
+        try:
+            shutil.copyfile(spooled, temporary)
+            os.replace(temporary, handover)
+        except OSError:
+            unlink_if_present(temporary)
+            raise
+
+
+def sweep_scratch(scratch: str) -> int:
+    """Remove the C-GET scratch files a crash left behind (at start, before the listeners; blocking).
+
+    Only files named with :data:`SCRATCH_PREFIXES` are removed (the
+    forwarder's transcoded copies in the same folder are not this module's).
+
+    :returns: how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(scratch))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(SCRATCH_PREFIXES) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """A relayed C-GET instance in custody, linked at ``path`` for the handler."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+
+
+class GetRelays:
+    """The C-GET handlers of this process waiting for relayed instances, by retrieve ID.
+
+    The intake (:meth:`gateway.intake.Intake._take_relayed`) calls
+    :meth:`notify` once an instance is journaled; whatever association it
+    came on. A handler on another node never hears it: it polls.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, Callable[[HandedOver], None]] = {}
+
+    def register(self, retrieve_id: int, callback: Callable[[HandedOver], None]) -> None:
+        """``callback`` gets each instance of ``retrieve_id`` journaled from now on (on the reactor)."""
+        self._waiting[int(retrieve_id)] = callback
+
+    def unregister(self, retrieve_id: int) -> None:
+        """Stop waiting (the relay leg ended)."""
+        self._waiting.pop(int(retrieve_id), None)
+
+    def notify(self, retrieve_id: int, path: str, record: Any) -> bool:
+        """An instance of ``retrieve_id`` is journaled and linked at ``path``; ``False``: nobody here waits for it."""
+        callback = self._waiting.get(int(retrieve_id))
+        if callback is None:
+            return False
+        callback(
+            HandedOver(
+                path,
+                record.sop_class_uid,
+                record.sop_instance_uid,
+                record.transfer_syntax_uid,
+                int(record.dataset_offset or 0),
+            )
+        )
+        return True
+
+
+#: This process's registry (the intake and every C-GET handler share it).
+RELAYS = GetRelays()
+
+
+def _read_handover(path: str) -> HandedOver | None:
+    """A hand-over file found by polling, from its Part 10 meta (``None``: gone or unreadable); blocking."""
+    try:
+        header = read_part10_header(path)
+    except (OSError, ValueError) as error:
+        log.info("C-GET hand-over %s unreadable: %s", path, error)
+        return None
+    return HandedOver(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
+
+
+def _list_handovers(scratch: str, retrieve_id: int) -> list[str]:
+    """The hand-over files of one retrieve now in the scratch folder; blocking."""
+    prefix = f"{HANDOVER_PREFIX}{int(retrieve_id)}-"
+    try:
+        return sorted(e.path for e in os.scandir(scratch) if e.name.startswith(prefix) and e.name.endswith(".dcm"))
+    except FileNotFoundError:
+        return []
+
+
+def _run_blocking(ctx: QRContext, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    """Run a file operation off the reactor (``ctx.extra["get.file_runner"]`` in tests)."""
+    runner = ctx.extra.get("get.file_runner")
+    if runner is not None:
+        d: Deferred[Any] = runner.run(f, *args)
+        return d
+    from twisted.internet import threads
+
+    return threads.deferToThreadPool(ctx.reactor, ctx.reactor.getThreadPool(), f, *args)
+
+
+class MoveRelaySource:
+    """:class:`ISource` for a source without C-GET: locate (C-FIND), then C-MOVE to the gateway's own AE title.
+
+    The retrieve is journaled (kind ``get``, items EXPECTED from the locating
+    C-FIND, an outgoing Message ID unique among the open retrieves of every
+    node, :meth:`~gateway.queue.retrieves.IRetrieveJournal.open_retrieve`).
+    The source's sub-operation C-STOREs come on an association of their own,
+    to any node; the intake matches each by Message ID and SOP Instance UID,
+    takes it into custody (spool, journal, no queue entry) and links it to a
+    hand-over file (:func:`make_handover`), then tells this process's
+    :data:`RELAYS`. Each is handed to ``on_instance`` (stored back on the
+    requester's association) and its item ends COMPLETED, WARNING or FAILED
+    in the journal; the hand-over file is removed. Every
+    :data:`POLL_INTERVAL` the scratch folder is also read for hand-overs of
+    this retrieve nobody told us about (received by another node sharing the
+    spool), each confirmed in the journal before it is sent.
+
+    The leg ends when every expected instance was handed over, or once the
+    source's final C-MOVE-RSP came and one last look found nothing more (the
+    intake journals a sub-operation before its C-STORE-RSP, so the source's
+    final response comes after every instance it sent is journaled): what was
+    not received counts failed and is listed. A cancel (the requester's
+    C-CANCEL, or ``retrieve.timeout``) cancels the source's C-MOVE (PS3.7
+    9.3.2.3) and waits :data:`SOURCE_END_WAIT` for its end before aborting.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        destination: Any,
+        ctx: QRContext,
+        scratch: str,
+        requester_syntax: str,
+        new_retrieve: Callable[[tuple[Any, ...], str], Any],
+        open_link: Any = None,
+        relays: GetRelays | None = None,
+    ) -> None:
+        from gateway.qr.move import open_source_link
+
+        self.name = name
+        self._destination = destination
+        self._ctx = ctx
+        self._scratch = scratch
+        self._requester_syntax = requester_syntax
+        self._new_retrieve = new_retrieve
+        self._open_link = open_link if open_link is not None else ctx.extra.get("open_source", open_source_link)
+        self._relays = relays if relays is not None else RELAYS
+        self._link: Any = None
+        self._cancelled = False
+        self._wake: Deferred[None] | None = None
+        self._arrived: list[HandedOver] = []
+        self.retrieve_id: int | None = None
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """Locate, journal, C-MOVE to the gateway, hand each instance over (see :class:`ISource`)."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ on the source's C-MOVE (PS3.7 9.3.2.3); no further instance is handed over."""
+        self._cancelled = True
+        if self._link is not None:
+            try:
+                self._link.cancel()
+            except Exception as error:  # noqa: BLE001 - the end is waited for anyway
+                log.warning("C-GET relay: cancelling %s failed: %s", self.name, error)
+        self._poke()
+
+    def close(self) -> "Deferred[None]":
+        """Release the source's association (abort when the release fails)."""
+        link, self._link = self._link, None
+        if link is None:
+            return succeed(None)
+        d: Deferred[None] = link.release()
+
+        def aborted(_: Failure) -> None:
+            link.abort()
+
+        d.addErrback(aborted)
+        return d
+
+    def _poke(self) -> None:
+        """Wake the hand-over loop."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    async def _sleep(self, delay: float) -> None:
+        """Until :meth:`_poke` (an arrival, the source's end, a cancel) or ``delay`` seconds."""
+        wake: Deferred[None] = Deferred()
+        self._wake = wake
+        timer = self._ctx.reactor.callLater(max(0.0, delay), self._poke)
+        await wake
+        if timer.active():
+            timer.cancel()
+
+    def _arrive(self, handed: HandedOver) -> None:
+        """The intake's notice (on the reactor)."""
+        self._arrived.append(handed)
+        self._poke()
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        from gateway.qr.move import FIND_FOR_MOVE, located_reference, locate_identifier
+
+        ctx = self._ctx
+        move_class = MOVE_FOR_GET.get(sop_class_uid)
+        if move_class is None:
+            raise SourceUnavailable("not a C-GET SOP class")
+        find_class = FIND_FOR_MOVE[move_class]
+        if self._destination is None or not hasattr(self._destination, "ae_title"):
+            raise SourceUnavailable("not a DICOM destination")
+        if ctx.journal is None or not hasattr(ctx.journal, "open_retrieve") or not ctx.ae_title:
+            raise SourceUnavailable("no C-GET context accepted, and no journal to relay a C-MOVE through")
+        request = decode_identifier(identifier, self._requester_syntax) if self._requester_syntax else identifier
+        try:
+            self._link = await self._open_link(ctx, self._destination, (find_class, move_class))
+        except Exception as error:  # noqa: BLE001 - any connection failure leaves the source out
+            raise SourceUnavailable(f"association for C-MOVE failed: {type(error).__name__}") from error
+        found: list[Any] = []
+        seen: set[str] = set()
+
+        def on_match(dataset: Any) -> None:
+            reference = located_reference(dataset)
+            if reference is not None and reference.sop_instance_uid not in seen:
+                seen.add(reference.sop_instance_uid)
+                found.append(reference)
+
+        try:
+            status = await self._link.find(find_class, locate_identifier(request), on_match)
+        except Exception as error:  # noqa: BLE001 - a locating failure leaves the source out
+            raise SourceUnavailable(f"locating C-FIND failed: {error}") from error
+        if self._cancelled:
+            return SourceOutcome(int(Status.CANCEL), SubOperations(0, 0, 0, 0))
+        if status != Status.SUCCESS:
+            raise SourceUnavailable(f"locating C-FIND status 0x{status:04X}")
+        if not found:
+            return SourceOutcome(int(Status.SUCCESS), SubOperations(0, 0, 0, 0))
+        from gateway.queue.retrieves import RetrieveIdsExhausted
+
+        try:
+            opened = await ctx.run.run(ctx.journal.open_retrieve, self._new_retrieve(tuple(found), self.name), ctx.wall())
+        except RetrieveIdsExhausted:
+            return SourceOutcome(UNABLE_TO_PERFORM_SUB_OPERATIONS, SubOperations(0, 0, 0, 0), error_comment="No C-MOVE message ID free")
+        self.retrieve_id = int(opened.retrieve_id)
+        self._relays.register(self.retrieve_id, self._arrive)
+        try:
+            return await self._relay(opened, move_class, request, [r.sop_instance_uid for r in found], on_instance, on_pending)
+        except SourceUnavailable:
+            raise
+        except Exception as error:
+            # Unexpected: the leg's record must not stay open (its Message ID held).
+            from gateway.queue.retrieves import RetrieveState
+
+            await self._finish(self.retrieve_id, RetrieveState.FAILED, f"internal error: {type(error).__name__}")
+            raise
+        finally:
+            self._relays.unregister(self.retrieve_id)
+            for path in await _run_blocking(ctx, _list_handovers, self._scratch, self.retrieve_id):
+                _remove(path)
+
+    async def _relay(
+        self, opened: Any, move_class: str, request: Any, expected: list[str], on_instance: OnInstance, on_pending: OnPending
+    ) -> SourceOutcome:
+        """The C-MOVE to the gateway and the hand-over loop; returns the leg's outcome."""
+        from gateway.queue.retrieves import ItemState, RetrieveState
+
+        ctx = self._ctx
+        retrieve_id = int(opened.retrieve_id)
+        wanted = set(expected)
+        handed: dict[str, str] = {}  # SOP Instance UID -> completed/warning/failed
+        looked: set[str] = set()  # hand-over paths already read by a poll
+        source_end: list[Any] = []
+        moving = self._link.move(move_class, ctx.ae_title, request, opened.message_id, lambda counts: None)
+
+        def ended(result: Any) -> None:
+            source_end.append(result)
+            self._poke()
+
+        moving.addBoth(ended)
+
+        async def poll() -> None:
+            """Hand-overs this process was not told about, each confirmed in the journal (a committed record)."""
+            for path in await _run_blocking(ctx, _list_handovers, self._scratch, retrieve_id):
+                if path in looked:
+                    continue
+                handed_over = await _run_blocking(ctx, _read_handover, path)
+                if handed_over is None or handed_over.sop_instance_uid not in wanted or handed_over.sop_instance_uid in handed:
+                    continue
+                records = await ctx.run.run(ctx.journal.find, None, handed_over.sop_instance_uid)
+                if any(record.received_at >= opened.created_at for record, _ in records):
+                    looked.add(path)
+                    self._arrived.append(handed_over)
+
+        async def record(uid: str, state: Any, reason: str) -> None:
+            try:
+                await ctx.run.run(ctx.journal.item_outcome, retrieve_id, uid, state, reason, ctx.wall())
+            except Exception as error:  # noqa: BLE001 - the count is the requester's; the record is lost, logged
+                log.warning("C-GET relay: item %s of retrieve %s not recorded: %s", uid, retrieve_id, error)
+
+        states = {"completed": ItemState.COMPLETED, "warning": ItemState.WARNING, "failed": ItemState.FAILED}
+        last_poll = ctx.reactor.seconds()
+        final_look = False
+        cancel_deadline: float | None = None
+        while True:
+            while self._arrived:
+                item = self._arrived.pop(0)
+                uid = item.sop_instance_uid
+                if uid not in wanted or uid in handed or self._cancelled:
+                    _remove(item.path)
+                    continue
+                instance = ReceivedInstance(item.path, item.sop_class_uid, uid, item.transfer_syntax_uid, item.dataset_offset)
+                await on_instance(instance)
+                outcome = instance.outcome[0] if instance.outcome else "failed"
+                handed[uid] = outcome
+                await record(uid, states[outcome], "" if outcome == "completed" else "requester: " + outcome)
+                on_pending(SubOperations(len(wanted) - len(handed), 0, 0, 0))
+            if len(handed) == len(wanted) or (self._cancelled and source_end):
+                break
+            if source_end and not self._cancelled:
+                if final_look:
+                    break
+                # The source is done: one last look for what another node journaled.
+                final_look = True
+                await poll()
+                continue
+            if ctx.reactor.seconds() - last_poll >= POLL_INTERVAL:
+                last_poll = ctx.reactor.seconds()
+                await poll()
+                if self._arrived:
+                    continue
+            now = ctx.reactor.seconds()
+            delay = POLL_INTERVAL
+            if self._cancelled and not source_end:
+                # Cancelled (C-CANCEL, retrieve.timeout, the requester gone): the
+                # source has SOURCE_END_WAIT to end its C-MOVE, else it is aborted.
+                if cancel_deadline is None:
+                    cancel_deadline = now + SOURCE_END_WAIT
+                if now >= cancel_deadline:
+                    log.warning("C-GET relay: source %s did not end its C-MOVE after C-CANCEL; aborting", self.name)
+                    link, self._link = self._link, None
+                    if link is not None:
+                        link.abort()
+                    break
+                delay = cancel_deadline - now
+            await self._sleep(delay)
+        if not source_end and self._link is not None:
+            # Everything was handed over before the source's final C-MOVE-RSP
+            # (it follows its last C-STORE-RSP): wait for it before releasing
+            # (no A-RELEASE with an operation outstanding); abort a source that never answers.
+            until = ctx.reactor.seconds() + SOURCE_END_WAIT
+            while not source_end and ctx.reactor.seconds() < until:
+                await self._sleep(until - ctx.reactor.seconds())
+            if not source_end:
+                log.warning("C-GET relay: source %s sent everything but no final C-MOVE response; aborting", self.name)
+                link, self._link = self._link, None
+                if link is not None:
+                    link.abort()
+        missing = [uid for uid in expected if uid not in handed]
+        result = source_end[0] if source_end else None
+        if isinstance(result, Failure):
+            log.warning("C-GET relay: source %s C-MOVE failed: %s", self.name, result.getErrorMessage())
+        if self._cancelled:
+            await self._finish(retrieve_id, RetrieveState.CANCELLED, "cancelled")
+            return SourceOutcome(int(Status.CANCEL), SubOperations(len(missing), len(handed), 0, 0))
+        if not handed and (isinstance(result, Failure) or (result is not None and category(result.status) is StatusCategory.FAILURE)):
+            # Nothing came: the source refused (e.g. 0xA801, it does not know
+            # the gateway's AE title) or its association broke; the next source may do.
+            reason = result.getErrorMessage() if isinstance(result, Failure) else f"status 0x{result.status:04X}"
+            await self._finish(retrieve_id, RetrieveState.FAILED, f"source C-MOVE to the gateway: {reason}")
+            if isinstance(result, Failure):
+                raise SourceUnavailable(f"C-MOVE to the gateway failed: {reason}")
+            return SourceOutcome(result.status, SubOperations(0, 0, 0, 0), error_comment=f"C-MOVE to the gateway: {reason}")
+        for uid in missing:
+            await record(uid, ItemState.FAILED, "not received from the source")
+        await self._finish(retrieve_id, RetrieveState.DONE, f"{len(missing)} not received" if missing else "")
+        status = int(Status.SUCCESS) if not missing else SUB_OPERATIONS_WITH_FAILURES
+        return SourceOutcome(status, SubOperations(0, len(handed), len(missing), 0), tuple(missing))
+
+    async def _finish(self, retrieve_id: int, state: Any, error: str) -> None:
+        """End the relay leg's retrieve in the journal (its message ID is free again)."""
+        ctx = self._ctx
+        try:
+            await ctx.run.run(ctx.journal.finish_retrieve, retrieve_id, state, error, ctx.wall())
+        except Exception as error_:  # noqa: BLE001 - logged; the requester has its counts
+            log.warning("C-GET relay: retrieve %s not finished in the journal: %s", retrieve_id, error_)
+
+
+class GetOrMoveSource:
+    """:class:`ISource`: the source's own C-GET, or, when it accepts no C-GET context, :class:`MoveRelaySource`."""
+
+    def __init__(self, direct: ISource, relay: Callable[[], ISource]) -> None:
+        self.name = direct.name
+        self._direct = direct
+        self._relay = relay
+        self._current: ISource = direct
+        self._cancelled = False
+
+    def get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> "Deferred[SourceOutcome]":
+        """C-GET; on :class:`NoGetContext`, release that association and relay through a C-MOVE."""
+        return ensureDeferred(self._get(sop_class_uid, identifier, on_instance, on_pending))
+
+    async def _get(self, sop_class_uid: str, identifier: bytes, on_instance: OnInstance, on_pending: OnPending) -> SourceOutcome:
+        try:
+            return await self._direct.get(sop_class_uid, identifier, on_instance, on_pending)
+        except NoGetContext:
+            log.info("C-GET source %s accepts no C-GET: retrieving by C-MOVE to the gateway", self.name)
+        close = self._direct.close()
+        close.addErrback(lambda f: None)
+        await close
+        self._current = self._relay()
+        if self._cancelled:
+            # Cancelled while switching (C-CANCEL, deadline): the relay starts cancelled.
+            self._current.cancel()
+        return await self._current.get(sop_class_uid, identifier, on_instance, on_pending)
+
+    def cancel(self) -> None:
+        """Cancel whichever is under way (and the relay, should it start later)."""
+        self._cancelled = True
+        self._current.cancel()
+
+    def close(self) -> "Deferred[None]":
+        """Release whichever is under way."""
+        return self._current.close()
+
+
+def source_for(retrieve_by: str, direct: Callable[[], ISource], relay: Callable[[], ISource]) -> ISource:
+    """The source adapter a destination's ``retrieve_by`` asks for: ``get``, ``move`` or ``auto`` (:class:`GetOrMoveSource`)."""
+    if retrieve_by == "get":
+        return direct()
+    if retrieve_by == "move":
+        return relay()
+    return GetOrMoveSource(direct(), relay)
+
+
+class RouteMorph:
+    """:data:`Prepare` applying a route's morph plan (``retrieve.route``) to a C-GET instance before it is stored back.
+
+    The copy is written by the splice writer (:func:`gateway.splice.morph_copy`,
+    the forwarder's machinery) into the scratch folder; the received file is
+    never modified. A morph that fails fails the sub-operation.
+    """
+
+    def __init__(self, plan: Any, scratch: str, run: Callable[..., "Deferred[Any]"], context: Any) -> None:
+        self._plan = plan
+        self._scratch = scratch
+        self._run = run
+        self._context = context
+
+    def __call__(self, instance: ReceivedInstance) -> "Deferred[ReceivedInstance]":
+        """The morphed copy's instance (its path, SOP Instance UID and data set offset)."""
+        return self._run(self._make, instance)
+
+    def _make(self, instance: ReceivedInstance) -> ReceivedInstance:
+        """Blocking: write the copy and read its meta back."""
+        from gateway.splice import morph_copy
+
+        make_private_dirs(self._scratch)
+        fd, path = tempfile.mkstemp(prefix="getmorph-", suffix=".dcm", dir=self._scratch)
+        os.close(fd)
+        try:
+            source = instance.path
+            morph_copy(source, path, self._plan, self._context)
+            header = read_part10_header(path)
+        except Exception:
+            unlink_if_present(path)
+            raise
+        return ReceivedInstance(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, header.dataset_offset)
+
+
+class SyntaxFit:
+    """:data:`Prepare` re-encoding an instance in a native syntax the requester accepted for its class (SCP role).
+
+    A source's C-GET sub-operations come in a syntax the requester accepted
+    (:func:`source_proposals` offers the source the requester's own), but
+    those of a C-MOVE to the gateway come in whatever the source and the
+    gateway's storage SCP agreed. When the requester accepted the class only
+    in another native syntax (Implicit/Explicit VR Little Endian, PS3.5
+    A.1-A.2), the copy is re-encoded losslessly (:func:`gateway.transcode.transcode`);
+    otherwise the instance goes as it is (and, with no context, is a failed
+    sub-operation, PS3.4 C.4.3.3).
+    """
+
+    def __init__(self, contexts: Mapping[int, Any], scratch: str, run: Callable[..., "Deferred[Any]"]) -> None:
+        self._contexts = contexts
+        self._scratch = scratch
+        self._run = run
+
+    def target(self, sop_class_uid: str, transfer_syntax_uid: str) -> str | None:
+        """The syntax to re-encode into, or ``None`` (already accepted, or nothing native accepted)."""
+        from gateway.transcode import NATIVE_SYNTAXES
+
+        accepted = [c.transfer_syntax for c in self._contexts.values() if c.abstract_syntax == sop_class_uid and c.scp_role]
+        if transfer_syntax_uid in accepted or transfer_syntax_uid not in NATIVE_SYNTAXES:
+            return None
+        return next((ts for ts in accepted if ts in NATIVE_SYNTAXES), None)
+
+    def __call__(self, instance: ReceivedInstance) -> "Deferred[ReceivedInstance]":
+        """The instance itself, or its re-encoded copy in the scratch folder."""
+        target = self.target(instance.sop_class_uid, instance.transfer_syntax_uid)
+        if target is None:
+            return succeed(instance)
+        return self._run(self._make, instance, target)
+
+    def _make(self, instance: ReceivedInstance, target: str) -> ReceivedInstance:
+        """Blocking: write the re-encoded copy."""
+        from gateway.transcode import transcode
+
+        make_private_dirs(self._scratch)
+        fd, path = tempfile.mkstemp(prefix="getmorph-", suffix=".dcm", dir=self._scratch)
+        os.close(fd)
+        try:
+            transcode(instance.path, path, target)
+            header = read_part10_header(path)
+        except Exception:
+            unlink_if_present(path)
+            raise
+        return ReceivedInstance(path, instance.sop_class_uid, instance.sop_instance_uid, target, header.dataset_offset)
+
+
+def chain(*steps: Prepare | None) -> Prepare | None:
+    """One :data:`Prepare` running ``steps`` in order; an intermediate copy is removed once the next is made."""
+    present = [step for step in steps if step is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    async def run(instance: ReceivedInstance) -> ReceivedInstance:
+        current = instance
+        for step in present:
+            try:
+                made = await step(current)
+            except Exception:
+                if current is not instance:
+                    _remove(current.path)
+                raise
+            if current is not instance and made is not current:
+                _remove(current.path)
+            current = made
+        return current
+
+    return lambda instance: ensureDeferred(run(instance))

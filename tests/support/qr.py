@@ -253,15 +253,22 @@ class SyntheticQRScp(PeerProcess):
     :param delay: seconds to sleep before each pending response (a slow source).
     :param relational: grant relational-queries when asked (PS3.4 C.5.1.1).
     :param pending_status: the status of each match (0xFF00, or 0xFF01, PS3.4 C.4.1.1.4).
+    :param instances: a folder of Part 10 files: also answer IMAGE-level C-FIND
+        and C-MOVE from them (no C-GET: an archive the gateway must C-MOVE from).
+    :param move_destinations: AE title -> (host, port) of the move destinations it knows.
+    :param move_delay: seconds to sleep before each C-MOVE sub-operation.
+    :param port: its port (a free one by default), for a caller that must name it before it starts.
     """
 
     def __init__(self, workdir: Path, *, aet: str = "SYNTH", generate: int = 0,
                  identifiers: Sequence[dict[str, Any]] = (), delay: float = 0.0,
-                 relational: bool = False, pending_status: int = 0xFF00) -> None:
+                 relational: bool = False, pending_status: int = 0xFF00,
+                 instances: Path | None = None, move_destinations: dict[str, tuple[str, int]] | None = None,
+                 move_delay: float = 0.0, port: int | None = None) -> None:
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.events_path = self.dir / "events.jsonl"
         ids_path = self.dir / "identifiers.json"
         ids_path.write_text(json.dumps(list(identifiers)))
@@ -269,6 +276,11 @@ class SyntheticQRScp(PeerProcess):
                       "--aet", aet, "--generate", str(generate), "--identifiers", str(ids_path),
                       "--delay", str(delay), "--events", str(self.events_path),
                       "--pending-status", hex(pending_status), *(["--relational"] if relational else [])]
+        if instances is not None:
+            # An archive without C-GET (issue 16): FIND and MOVE of these files only.
+            self._argv += ["--instances", str(instances), "--move-delay", str(move_delay)]
+            for aet_, (host, port) in (move_destinations or {}).items():
+                self._argv += ["--move-destination", f"{aet_}={host}:{port}"]
         super().__init__("qr_scp", self.dir / "qr_scp.log")
 
     def start(self, timeout: float = 30.0) -> SyntheticQRScp:

@@ -16,6 +16,12 @@ reply, which means not supported); every extended negotiation asked is
 recorded (``{"event": "extended", ...}``). ``--pending-status 0xFF01`` sends
 matches with "Matches are continuing - Warning that one or more Optional
 Keys were not supported" (PS3.4 C.4.1.1.4).
+With ``--instances DIR`` it is also an archive *without C-GET* (issue 16): it
+answers IMAGE-level C-FIND from the Part 10 files of ``DIR`` and C-MOVE
+(Patient and Study Root) by sending the matching files to the move
+destination named by ``--move-destination AET=HOST:PORT`` (repeatable; an
+unknown one gets 0xA801), and accepts no GET context. ``--move-delay`` sleeps
+before each sub-operation (a kill during the move).
 """
 
 from __future__ import annotations
@@ -87,12 +93,46 @@ def response(record: dict[str, Any], query: Dataset) -> Dataset:
     return ds
 
 
+def image_records(folder: str) -> list[tuple[dict[str, Any], str]]:
+    """IMAGE-level records of the Part 10 files in ``folder``, with their paths (sorted by name)."""
+    import os
+
+    from pydicom import dcmread
+
+    records: list[tuple[dict[str, Any], str]] = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        ds = dcmread(path, stop_before_pixels=True)
+        records.append(({
+            "QueryRetrieveLevel": "IMAGE",
+            "PatientID": str(ds.get("PatientID", "")),
+            "StudyInstanceUID": str(ds.StudyInstanceUID),
+            "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+            "SOPInstanceUID": str(ds.SOPInstanceUID),
+            "SOPClassUID": str(ds.SOPClassUID),
+        }, path))
+    return records
+
+
+def move_matches(record: dict[str, Any], query: Dataset) -> bool:
+    """A C-MOVE identifier names the record: its unique keys (at any level) equal the record's."""
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        value = str(query.get(keyword, "") or "")
+        if value and value != record.get(keyword):
+            return False
+    return True
+
+
 def main() -> None:
     """Parse the arguments and serve until killed."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        MRImageStorage,
         PatientRootQueryRetrieveInformationModelFind,
+        PatientRootQueryRetrieveInformationModelMove,
         StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
         Verification,
     )
 
@@ -105,9 +145,19 @@ def main() -> None:
     parser.add_argument("--events", required=True)
     parser.add_argument("--relational", action="store_true")
     parser.add_argument("--pending-status", type=lambda text: int(text, 0), default=0xFF00)
+    parser.add_argument("--instances", default="")
+    parser.add_argument("--move-destination", action="append", default=[])
+    parser.add_argument("--move-delay", type=float, default=0.0)
     args = parser.parse_args()
     with open(args.identifiers) as handle:
         fixed: list[dict[str, Any]] = json.load(handle)
+    stored = image_records(args.instances) if args.instances else []
+    fixed = fixed + [record for record, _ in stored]
+    destinations: dict[str, tuple[str, int]] = {}
+    for item in args.move_destination:
+        aet, _, address = item.partition("=")
+        host, _, port = address.rpartition(":")
+        destinations[aet] = (host, int(port))
     events: TextIO = open(args.events, "a")  # noqa: SIM115 - open for the process's life
 
     def record(**event: Any) -> None:
@@ -135,11 +185,48 @@ def main() -> None:
         record(event="done", sent=sent)
         yield 0x0000, None
 
+    def on_move(event: Any) -> Iterator[Any]:
+        from pydicom import dcmread
+
+        query = event.identifier
+        destination = event.move_destination
+        if isinstance(destination, bytes):
+            destination = destination.decode("ascii", "replace")
+        destination = destination.strip()
+        record(event="move", calling_aet=event.assoc.requestor.ae_title, destination=destination,
+               message_id=event.request.MessageID)
+        if destination not in destinations:
+            yield None, None  # 0xA801, Move Destination unknown
+            return
+        host, port = destinations[destination]
+        yield host, port
+        paths = [path for rec, path in stored if move_matches(rec, query)]
+        yield len(paths)
+        sent = 0
+        for path in paths:
+            if event.is_cancelled:
+                record(event="cancel", sent=sent)
+                yield 0xFE00, None
+                return
+            if args.move_delay:
+                time.sleep(args.move_delay)
+            sent += 1
+            yield 0xFF00, dcmread(path)
+        record(event="moved", sent=sent)
+
     ae = AE(ae_title=args.aet)
     ae.maximum_pdu_size = 0
-    for context in (StudyRootQueryRetrieveInformationModelFind,
-                    PatientRootQueryRetrieveInformationModelFind, Verification):
+    contexts = [StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind, Verification]
+    handlers = [(evt.EVT_C_FIND, on_find)]
+    if args.instances:
+        # An archive without C-GET: MOVE only; the sub-operations propose these storage classes.
+        contexts += [StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetrieveInformationModelMove]
+        handlers.append((evt.EVT_C_MOVE, on_move))
+        for storage in (CTImageStorage, MRImageStorage):
+            ae.add_requested_context(storage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    for context in contexts:
         ae.add_supported_context(context)
+
     def on_extended(event: Any) -> dict[str, bytes]:
         asked = {str(uid): bytes(info).hex() for uid, info in event.app_info.items()}
         if asked:  # pynetdicom calls this handler for every association
@@ -148,8 +235,8 @@ def main() -> None:
             return {}
         return {uid: b"\x01" for uid, info in event.app_info.items() if bytes(info)[:1] == b"\x01"}
 
-    ae.start_server(("127.0.0.1", args.port), block=True,
-                    evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_SOP_EXTENDED, on_extended)])
+    handlers.append((evt.EVT_SOP_EXTENDED, on_extended))
+    ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
 
 
 if __name__ == "__main__":
