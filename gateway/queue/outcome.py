@@ -98,10 +98,14 @@ class Retry:
         last fragment, DIMSE timeout): if a later attempt succeeds, the
         destination may hold two copies, and a redelivery is counted
         (HARDENING F06, F07).
+    :ivar after: the destination asked to be left alone this many seconds
+        (HTTP ``Retry-After``, RFC 9110 10.2.3): the retry waits at least
+        that long, whatever the backoff says (issue 17).
     """
 
     reason: str
     ambiguous: bool = False
+    after: float = 0.0
 
 
 @dataclass(frozen=True)
