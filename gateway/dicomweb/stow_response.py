@@ -118,7 +118,7 @@ def printable(text: str, limit: int = MAX_TEXT) -> str:
 
 def _uid(value: Any) -> str:
     """A UID as the response gives it, cut and made printable (a UI value is at most 64 characters)."""
-    return printable(str(value), 64) if value is not None else ""
+    return _NOT_PRINTABLE.sub("?", str(value)[:64]) if value is not None else ""
 
 
 def _code(value: Any) -> int | None:
