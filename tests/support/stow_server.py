@@ -325,3 +325,57 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv)
+
+
+class StowServerProcess:
+    """The scripted server as a process of its own (interop tests): ``start``, ``requests``, ``stop`` by pid.
+
+    :param folder: where its configuration, request log and output go.
+    :param script: what it does.
+    """
+
+    def __init__(self, folder: str, script: Script) -> None:
+        import os
+
+        from tests.support.peerprocess import PeerProcess
+        from tests.support.ports import free_port
+
+        os.makedirs(folder, exist_ok=True)
+        self.port = free_port()
+        self.log = os.path.join(folder, "requests.jsonl")
+        self.config = os.path.join(folder, "stow-server.json")
+        with open(self.config, "w", encoding="utf-8") as f:
+            json.dump({"port": self.port, "log": self.log, "script": {
+                "steps": {str(k): v for k, v in script.steps.items()}, "failures": script.failures,
+                "max_instances": script.max_instances, "token": script.token, "bearer": script.bearer}}, f)
+        self.process = PeerProcess("stow_server", os.path.join(folder, "stow-server.log"))
+        self.url = f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> "StowServerProcess":
+        """Start it and wait until its port answers."""
+        import os
+        import socket
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+        def ready() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        self.process.spawn([sys.executable, "-m", "tests.support.stow_server", self.config], ready, 30, cwd=root)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s), by its pid."""
+        self.process.stop()
+
+    def requests(self) -> list[Received]:
+        """The requests so far, in order."""
+        try:
+            with open(self.log, encoding="utf-8") as f:
+                return [Received(**json.loads(line)) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
