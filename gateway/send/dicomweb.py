@@ -417,7 +417,10 @@ class DicomWebSender:
             self._observe(0, len(group), body.written, started)
             return self._no_answer(entries, e, sent_all=body.written == body.length)
         self._observe(answer.code, len(group), body.written, started)
-        self.context.reachable()
+        if answer.code not in (401, 403):
+            # The server answered: the circuit counts a success (a refusal of our
+            # credentials is a fault of the destination as a whole, below).
+            self.context.reachable()
         outcomes = classify_answer(
             answer,
             [item.file.sop_instance_uid for item in group],

@@ -340,6 +340,7 @@ class StowServerProcess:
         from tests.support.peerprocess import PeerProcess
         from tests.support.ports import free_port
 
+        folder = os.path.abspath(folder)
         os.makedirs(folder, exist_ok=True)
         self.port = free_port()
         self.log = os.path.join(folder, "requests.jsonl")
