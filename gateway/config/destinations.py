@@ -289,7 +289,7 @@ def _check_destination(
         return ctx.error(
             key_node,
             path,
-            f"destination {name!r} is neither a folder (folder:), a DICOM AE "
+            f"destination {name!r} is neither a folder (folder:) nor a DICOM AE "
             "(ae_title, host and port) nor a DICOMweb server (dicomweb:); give one of them",
         )
     values = _check_fields(node, path, ctx, _DICOM_FIELDS, foreign=_ONLY_FOLDER)
