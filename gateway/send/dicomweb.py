@@ -415,7 +415,7 @@ class DicomWebSender:
             answer = await self.client.request(b"POST", self.config.url + "/studies", headers, body)
         except Exception as e:
             self._observe(0, len(group), body.written, started)
-            return self._no_answer(entries, e, sent_all=body.written == body.length)
+            return self._no_answer(entries, e, sent_all=body.written == body.length, written=body.written)
         self._observe(answer.code, len(group), body.written, started)
         if answer.code not in (401, 403):
             # The server answered: the circuit counts a success (a refusal of our
@@ -450,10 +450,15 @@ class DicomWebSender:
         assert not isinstance(outcomes, str)
         return list(zip(entries, outcomes))
 
-    def _no_answer(self, entries: Sequence[Entry], exc: BaseException, sent_all: bool) -> list[tuple[Entry, Outcome]]:
+    def _no_answer(
+        self, entries: Sequence[Entry], exc: BaseException, sent_all: bool, written: int
+    ) -> list[tuple[Entry, Outcome]]:
         """The request got no answer: never connected (destination down) or cut (retry, ambiguous once all was sent)."""
         text = f"{type(exc).__name__}: {exc}"
-        if _is_connect_error(exc):
+        if _is_connect_error(exc) or (isinstance(exc, _TimedOut) and not written):
+            # Never connected, or timed out before a byte of the body went out (a
+            # black-holed address, a server that never accepts): the destination's
+            # fault as a whole, so a long outage never spends the instances' attempts.
             from gateway.tlslabels import destination_failure_label
 
             return [(entries[0], DestinationDown(text, tls_failure=destination_failure_label(text)))]

@@ -350,3 +350,28 @@ class ConversionTests(SenderTestBase):
         self.assertEqual(await self.send(self.sender(), entries), [Delivered(0)])
         self.assertEqual(len(server.received), 1)
         self.assertFalse(os.path.exists(copy))
+
+
+class _NeverConnects:
+    """An HTTP client whose requests time out before any of the body is written (a black-holed address)."""
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        raise dicomweb_module._TimedOut("no complete answer within 1s")
+
+    async def close(self) -> None:
+        """Nothing held."""
+
+
+class TimeoutBeforeBodyTests(SenderTestBase):
+    """A timeout with nothing sent is the destination's, so an outage never spends attempts."""
+
+    async def test_timeout_before_any_body_byte_is_the_destination_down(self) -> None:
+        """The request timed out before writing: one DestinationDown, not a retry per instance."""
+        self.url = "http://192.0.2.1/dicom-web"
+        config = DicomWebDestination(name="cloud", url=self.url, timeout=1.0)
+        context = SendContext(SynchronousRunner(), reactor, reactor, scratch_dir=self.folder)
+        sender = DicomWebSender(config, context, client=_NeverConnects())  # type: ignore[arg-type]
+        entries, _ = self.batch(2)
+        outcomes = await self.send(sender, entries)
+        self.assertEqual(len(outcomes), 1)
+        self.assertIsInstance(outcomes[0], DestinationDown)
