@@ -330,12 +330,10 @@ class DicomWebSender:
         #: Generous: the request may be retried once (a 401 with OAuth2) and split (413).
         self.lease_seconds = max(600.0, 4 * config.timeout)
         if client is None:
-            reactor = context.reactor
-            if reactor is None:
-                from twisted.internet import reactor as global_reactor  # the service always passes one
-
-                reactor = global_reactor
-            client = HttpClient(reactor, config)
+            if context.reactor is None:
+                # DESIGN.md 1.2: the reactor is injected (the service always lends it).
+                raise TypeError(f"destination {config.name}: a DICOMweb sender needs the reactor (SendContext.reactor)")
+            client = HttpClient(context.reactor, config)
         self.client = client
         self.auth: Authenticator = authenticator_for(config.auth, self._fetch, self.clock, context.file_runner)
         self.wall = time.time
