@@ -42,6 +42,7 @@ from gateway.queue.policy import RetrySettings
 __all__ = [
     "InstanceResult",
     "MAX_BODY",
+    "NOT_MENTIONED",
     "ResponseError",
     "StoreResponse",
     "classify_failure",
@@ -66,6 +67,9 @@ REFERENCED_SOP_CLASS_UID: Final = "00081150"
 REFERENCED_SOP_INSTANCE_UID: Final = "00081155"
 FAILURE_REASON: Final = "00081197"
 WARNING_REASON: Final = "00081196"
+
+#: The retry reason of an instance the response did not mention; the sender sends such an instance alone next time.
+NOT_MENTIONED: Final = "the STOW-RS response did not mention this instance"
 
 #: PS3.4 Table B.2-1 / PS3.7 C.5 codes with their own meaning here.
 PROCESSING_FAILURE: Final = 0x0110
@@ -363,5 +367,5 @@ def classify_instances(
             warning = referenced[uid].reason
             outcomes.append(Delivered(warning or 0, f"STOW-RS Warning Reason 0x{warning:04X}" if warning else ""))
         else:
-            outcomes.append(Retry("the STOW-RS response did not mention this instance"))
+            outcomes.append(Retry(NOT_MENTIONED))
     return outcomes

@@ -63,7 +63,7 @@ from gateway.codecs.convert import Converted, convert_for
 from gateway.config.schema import DicomWebDestination, DicomWebTLSConfig
 from gateway.dicomweb.body import MultipartBody, Part
 from gateway.dicomweb.client_auth import Answer, AuthError, Authenticator, authenticator_for
-from gateway.dicomweb.stow_response import MAX_BODY, ResponseError, classify_instances, parse, printable
+from gateway.dicomweb.stow_response import MAX_BODY, NOT_MENTIONED, ResponseError, classify_instances, parse, printable
 from gateway.events import DicomWebAnswered
 from gateway.queue.interfaces import Entry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
@@ -379,11 +379,17 @@ class DicomWebSender:
         return _Ready(entry, converted, size)
 
     def _groups(self, ready: Sequence[_Ready]) -> list[list[_Ready]]:
-        """Requests of at most ``batch.max_bytes`` (an instance larger than that alone) and ``max_instances``."""
-        groups: list[list[_Ready]] = []
+        """Requests of at most ``batch.max_bytes`` (an instance larger than that alone) and ``max_instances``.
+
+        An instance the last response did not mention goes alone (issue 17: the
+        server said nothing of it in a batch; alone, its answer is its own).
+        """
+        groups: list[list[_Ready]] = [[item] for item in ready if item.entry.last_error == NOT_MENTIONED]
         current: list[_Ready] = []
         size = 0
         for item in ready:
+            if item.entry.last_error == NOT_MENTIONED:
+                continue
             if current and (size + item.size > self.config.batch.max_bytes or len(current) >= self.batch_size):
                 groups.append(current)
                 current, size = [], 0

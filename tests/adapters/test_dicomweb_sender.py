@@ -8,6 +8,7 @@ record and what the server received (requests, bodies, headers).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any, Sequence
@@ -180,6 +181,14 @@ class ResponseTests(SenderTestBase):
         self.assertIsInstance(outcomes[4], DeadLetter)
         self.assertIn("0x0111", outcomes[4].reason)
         self.assertEqual(outcomes[5], Retry("STOW-RS Failure Reason 0x0110"))
+
+    async def test_an_instance_not_mentioned_is_sent_alone_next_time(self) -> None:
+        """Retried after a response that did not mention it, an instance goes in a request of its own; the others together."""
+        server = self.serve(Script())
+        entries, uids = self.batch(3)
+        entries[1] = dataclasses.replace(entries[1], last_error="the STOW-RS response did not mention this instance")
+        self.assertEqual(await self.send(self.sender(), entries), [Delivered(0)] * 3)
+        self.assertEqual(sorted(r.uids for r in server.received), sorted([[uids[1]], [uids[0], uids[2]]]))
 
     async def test_0110_is_retried_a_bounded_number_of_times(self) -> None:
         """0x0110 at the third attempt (unknown_status_attempts 3) is a dead letter naming the code."""
