@@ -44,7 +44,8 @@ import email.utils
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 from typing import Any, AsyncGenerator, Final, Mapping, Sequence
 
 from twisted.internet import error as neterror
@@ -335,12 +336,19 @@ class DicomWebSender:
                 raise TypeError(f"destination {config.name}: a DICOMweb sender needs the reactor (SendContext.reactor)")
             client = HttpClient(context.reactor, config)
         self.client = client
+        #: The OAuth2 token endpoint's client: the destination's own when on the same
+        #: host, else one with the system's trust and no client certificate (the
+        #: destination's private CA and certificate are not the identity provider's).
+        self.token_client = client
+        token_host = urlsplit(config.auth.token_url).netloc if config.auth.token_url else ""
+        if token_host and token_host != urlsplit(config.url).netloc and context.reactor is not None:
+            self.token_client = HttpClient(context.reactor, replace(config, tls=DicomWebTLSConfig(), connections=1))
         self.auth: Authenticator = authenticator_for(config.auth, self._fetch, self.clock, context.file_runner)
         self.wall = time.time
 
     async def _fetch(self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes) -> Answer:
         """A small request (the OAuth2 token endpoint)."""
-        return await self.client.request(method, url, headers, _BytesBody(body) if body else None, 65536)
+        return await self.token_client.request(method, url, headers, _BytesBody(body) if body else None, 65536)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -498,9 +506,11 @@ class DicomWebSender:
         return None
 
     async def close(self, slot: int) -> None:
-        """The last slot to stop closes the pool's idle connections."""
+        """The last slot to stop closes the pools' idle connections."""
         if slot == self.slots - 1:
             await self.client.close()
+            if self.token_client is not self.client:
+                await self.token_client.close()
 
     def abort(self) -> None:
         """Cancel the requests in flight (their instances are retried, ambiguous once their body was sent)."""
