@@ -235,7 +235,7 @@ class HttpClient:
         #: Idle connections are closed after a minute (servers close theirs sooner or later).
         self.pool.cachedConnectionTimeout = 60
         self.agent = Agent(reactor, contextFactory=_TLSPolicy(config.tls), connectTimeout=config.timeout, pool=self.pool)
-        self._in_flight: set[Deferred[Any]] = set()
+        self._in_flight: list[list[Deferred[Any]]] = []
 
     async def request(
         self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: Any = None, limit: int = MAX_BODY
@@ -251,18 +251,19 @@ class HttpClient:
         """
         timed_out = []
         request = self.agent.request(method, url.encode("utf-8"), Headers({k: [v] for k, v in headers.items()}), body)
+        #: What a timeout or an abort cancels: the request, then the reading of its answer.
+        stage: list[Deferred[Any]] = [request]
 
         def expire() -> None:
             timed_out.append(True)
-            current.cancel()
+            stage[0].cancel()
 
-        current: Deferred[Any] = request
         timer = self.reactor.callLater(self.config.timeout, expire)
-        self._in_flight.add(request)
+        self._in_flight.append(stage)
         try:
             response = await request
             reader = _BoundedBody(limit)
-            current = reader.done
+            stage[0] = reader.done
             response.deliverBody(reader)
             data = await reader.done
         except Exception:
@@ -270,7 +271,7 @@ class HttpClient:
                 raise _TimedOut(f"no complete answer within {self.config.timeout:g}s") from None
             raise
         finally:
-            self._in_flight.discard(request)
+            self._in_flight.remove(stage)
             if timer.active():
                 timer.cancel()
         names = {}
@@ -280,8 +281,8 @@ class HttpClient:
 
     def abort(self) -> None:
         """Cancel every request in flight."""
-        for request in list(self._in_flight):
-            request.cancel()
+        for stage in list(self._in_flight):
+            stage[0].cancel()
 
     def connections(self) -> int:
         """Idle persistent connections held, plus requests in flight."""

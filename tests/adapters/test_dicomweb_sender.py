@@ -325,6 +325,21 @@ class HttpStatusTests(SenderTestBase):
         self.assertIn("no complete answer within 0.5s", outcome.reason)  # type: ignore[union-attr]
 
 
+class AbortTests(SenderTestBase):
+    """The worker's grace period over: the request in flight is cancelled."""
+
+    async def test_abort_cancels_the_request_in_flight_as_an_ambiguous_retry(self) -> None:
+        """abort() while the server delays its answer: the instance is retried, ambiguous (its body had gone out)."""
+        self.serve(Script(steps={0: {"delay": 5}}))
+        entries, _ = self.batch(1)
+        sender = self.sender()
+        reactor.callLater(0.3, sender.abort)  # type: ignore[attr-defined]
+        (outcome,) = await self.send(sender, entries)
+        self.assertIsInstance(outcome, Retry)
+        self.assertTrue(outcome.ambiguous)  # type: ignore[union-attr]
+        self.assertEqual(sender.connections(), 0)
+
+
 class ConversionTests(SenderTestBase):
     """The transfer-syntax policy's conversion, through convert_for's contract."""
 
