@@ -166,10 +166,12 @@ class _BoundedBody(Protocol):
         self.truncated = False
 
     def _stop(self) -> None:
+        """The reading was cancelled (timeout, abort): stop the transport."""
         if self.transport is not None:
             self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        """Keep up to ``limit`` bytes; past it, stop reading (the rest is not wanted)."""
         if self.truncated:
             return
         room = self.limit - self.size
@@ -183,6 +185,7 @@ class _BoundedBody(Protocol):
         self.size += len(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        """The body ended (or was cut short by us): fire with what was kept; another failure fails."""
         if self.done.called:
             return
         if self.truncated or reason.check(ResponseDone, PotentialDataLoss):
@@ -202,6 +205,7 @@ class _TLSPolicy:
         self.tls = tls
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """The connection creator for ``hostname`` (IPolicyForHTTPS)."""
         host = hostname.decode("idna")
         if self.tls.ca:
             from gateway.tls import ClientTLSSettings, client_creator
@@ -478,6 +482,7 @@ class DicomWebSender:
         return [(entry, Retry(f"STOW-RS request failed: {text}", ambiguous=sent_all)) for entry in entries]
 
     def _observe(self, code: int, instances: int, sent: int, started: float) -> None:
+        """Tell the observer a request ended (the ``dicomweb_*`` metrics)."""
         self.context.observe(DicomWebAnswered(self.config.name, code, instances, sent, self.clock.seconds() - started))
 
     # -- the rest of the Sender interface ------------------------------------------------
@@ -539,6 +544,7 @@ class _BytesBody:
         self.length = len(data)
 
     def startProducing(self, consumer: Any) -> "Deferred[None]":
+        """Write the bytes at once."""
         consumer.write(self.data)
         return succeed(None)
 
