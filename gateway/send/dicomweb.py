@@ -476,8 +476,15 @@ class DicomWebSender:
             # Never connected, or timed out before a byte of the body went out (a
             # black-holed address, a server that never accepts): the destination's
             # fault as a whole, so a long outage never spends the instances' attempts.
+            from gateway.tls import describe_tls_failure
             from gateway.tlslabels import destination_failure_label
 
+            # A TLS failure is described as on DICOM destinations (HARDENING F20):
+            # the reason says why, and its label travels as data.
+            causes = [exc, *(r.value for r in getattr(exc, "reasons", None) or ())]
+            described = next((d for d in map(describe_tls_failure, causes) if d), None)
+            if described is not None:
+                text = described
             return [(entries[0], DestinationDown(text, tls_failure=destination_failure_label(text)))]
         return [(entry, Retry(f"STOW-RS request failed: {text}", ambiguous=sent_all)) for entry in entries]
 

@@ -399,3 +399,48 @@ class TimeoutBeforeBodyTests(SenderTestBase):
         outcomes = await self.send(sender, entries)
         self.assertEqual(len(outcomes), 1)
         self.assertIsInstance(outcomes[0], DestinationDown)
+
+
+class TLSTests(SenderTestBase):
+    """https with the destination's CA and our client certificate (mutual TLS), and a server we must not trust."""
+
+    def serve_tls(self, script: Script) -> StowResource:
+        """Serve ``script`` over TLS (the test CA's server certificate; client certificates required)."""
+        from twisted.internet import ssl
+
+        from tests.support.certs import material
+
+        m = material()
+        with open(m.server_key, "rb") as key, open(m.server, "rb") as cert, open(m.ca, "rb") as ca:
+            server = ssl.PrivateCertificate.loadPEM(key.read() + b"\n" + cert.read())
+            options = server.options(ssl.Certificate.loadPEM(ca.read()))
+        resource = StowResource(script, reactor)
+        port = reactor.listenSSL(0, site_for(resource), options, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.url = f"https://127.0.0.1:{port.getHost().port}/dicom-web"
+        self.material = m
+        return resource
+
+    async def test_mutual_tls_with_the_destination_ca_delivers(self) -> None:
+        """CA and client certificate configured: the server (which requires a client certificate) stores the instance."""
+        from gateway.config.schema import DicomWebTLSConfig
+
+        server = self.serve_tls(Script())
+        m = self.material
+        entries, _ = self.batch(1)
+        tls = DicomWebTLSConfig(ca=m.ca, certificate=m.client, private_key=m.client_key)
+        self.assertEqual(await self.send(self.sender(tls=tls), entries), [Delivered(0)])
+        self.assertEqual(len(server.received), 1)
+
+    async def test_a_server_of_another_ca_is_the_destination_down_with_its_tls_label(self) -> None:
+        """Trusting another CA: no request reaches the server; DestinationDown carries a TLS failure label."""
+        from gateway.config.schema import DicomWebTLSConfig
+
+        server = self.serve_tls(Script())
+        m = self.material
+        entries, _ = self.batch(1)
+        tls = DicomWebTLSConfig(ca=m.other_ca, certificate=m.client, private_key=m.client_key)
+        (outcome,) = await self.send(self.sender(tls=tls), entries)
+        self.assertIsInstance(outcome, DestinationDown)
+        self.assertEqual(outcome.tls_failure, "unknown_ca", outcome)  # type: ignore[union-attr]
+        self.assertEqual(server.received, [])
