@@ -18,19 +18,20 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.blocking import SynchronousRunner
 from gateway.codecs import ConversionError, TransferSyntaxPolicy
 from gateway.codecs.convert import Converted
-from gateway.config.schema import DicomWebAuth, DicomWebBatch, DicomWebDestination, RetryConfig
+from gateway.config.schema import CircuitConfig, DicomWebAuth, DicomWebBatch, DicomWebDestination, RetryConfig
 from gateway.events import DicomWebAnswered
 from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
 from gateway.send import dicomweb as dicomweb_module
 from gateway.send.dicomweb import DicomWebSender
-from gateway.send.registry import sender_for
+from gateway.send.registry import SENDERS, register_sender, sender_for
+from tests.adapters.test_forward import WorkerTestsMixin
 from tests.support.ports import free_port
 from tests.support.stow_server import Script, StowResource, parse_multipart, site_for
 
@@ -444,3 +445,64 @@ class TLSTests(SenderTestBase):
         self.assertIsInstance(outcome, DestinationDown)
         self.assertEqual(outcome.tls_failure, "unknown_ca", outcome)  # type: ignore[union-attr]
         self.assertEqual(server.received, [])
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScriptedDestination:
+    """A destination kind of this test only, served by :class:`_RetryAfterSender`."""
+
+    name: str = "archive"
+    retry: RetryConfig = RetryConfig(initial_delay=1.0, max_delay=600.0, jitter=0.0)
+    circuit: Any = None
+
+
+class _RetryAfterSender:
+    """Answers every entry with a retry that asks for 100 s (a STOW-RS 429 with Retry-After: 100)."""
+
+    slots = 1
+    batch_size = 10
+    lease_seconds = 60.0
+
+    def __init__(self, config: Any, context: SendContext) -> None:
+        self.sent = 0
+
+    async def send(self, slot: int, batch: Sequence[Entry]) -> Any:
+        for entry in batch:
+            self.sent += 1
+            yield entry, Retry("STOW-RS HTTP 429, retry after 100s", after=100.0)
+
+    async def probe(self) -> None:
+        return None
+
+    async def idle(self, slot: int, now: float) -> None:
+        return None
+
+    async def close(self, slot: int) -> None:
+        """Nothing held."""
+
+    def abort(self) -> None:
+        """Nothing in flight."""
+
+    def connections(self) -> int:
+        return 0
+
+
+class RetryAfterFloorTests(WorkerTestsMixin, SynchronousTestCase):
+    """The worker waits at least the Retry-After a sender's Retry carries, whatever its backoff says."""
+
+    def setUp(self) -> None:
+        WorkerTestsMixin.setUp(self)
+        register_sender(_ScriptedDestination, _RetryAfterSender)
+        self.addCleanup(SENDERS.pop, _ScriptedDestination)
+
+    def test_retry_after_is_a_floor_of_the_backoff(self) -> None:
+        """Backoff 1 s, Retry-After 100 s: the entry is due again 100 s later, and not sent again 50 s later."""
+        self.enqueue(self.instance())
+        start = self.clock.seconds()
+        worker = self.worker(_ScriptedDestination(circuit=CircuitConfig()))  # type: ignore[arg-type]
+        (entry,) = self.store.entries("archive")
+        self.assertEqual(entry.state, EntryState.QUEUED)
+        self.assertGreaterEqual(entry.next_attempt_at, start + 100.0)
+        self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
+        self.clock.advance(50)
+        self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
