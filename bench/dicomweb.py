@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import secrets
 import sys
 import time

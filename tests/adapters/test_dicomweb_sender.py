@@ -17,14 +17,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.blocking import SynchronousRunner
 from gateway.codecs import ConversionError, TransferSyntaxPolicy
 from gateway.codecs.convert import Converted
 from gateway.config.schema import CircuitConfig, DicomWebAuth, DicomWebBatch, DicomWebDestination, RetryConfig
-from gateway.events import DicomWebAnswered
 from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
