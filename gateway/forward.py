@@ -956,8 +956,9 @@ class DestinationWorker(Service):
         )
         if self.circuit.fault(outcome):
             return
-        # Below the threshold: wait before this slot tries the destination again.
-        await self._waits.sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
+        # Below the threshold: wait before this slot tries the destination again
+        # (not before a Retry-After the destination sent, issue 17).
+        await self._waits.sleep(max(self._backoff(self.circuit.failures - 1), outcome.after), pokeable=False)
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""

@@ -22,7 +22,9 @@ For a slot's batch it:
    200, 202, 409           each instance from its own item (Referenced/Failed SOP Sequence)
    401, 403                the destination is down (credentials); after one 401 an OAuth2
                            token, or a bearer file that changed, is tried once more first
-   408, 429, 502-504       retry every instance, not before ``Retry-After`` (RFC 9110 10.2.3)
+   408, 429                retry every instance, not before ``Retry-After`` (RFC 9110 10.2.3)
+   502, 503, 504           the destination is down (a proxy before a down archive, maintenance:
+                           HARDENING decision 9, no attempt counted), not before ``Retry-After``
    413                     halve the request and send each half; one instance: dead letter
    other 4xx               dead letter with the status and the server's message (cut)
    other 5xx, 1xx, 3xx     retry (bounded by ``retry.max_attempts``)
@@ -76,7 +78,10 @@ __all__ = ["DicomWebSender", "HttpClient", "classify_answer", "retry_after"]
 #: What we ask the server to answer in (PS3.18 8.7.3.5, 10.5.3).
 ACCEPT: Final = b"application/dicom+json, application/dicom+xml;q=0.5"
 #: HTTP statuses after which every instance is retried, honouring Retry-After.
-RETRY_LATER: Final = frozenset({408, 429, 502, 503, 504})
+RETRY_LATER: Final = frozenset({408, 429})
+#: HTTP statuses that say the service as a whole is unavailable (RFC 9110 15.6.3-15.6.5):
+#: the destination is down, honouring Retry-After; a long outage never spends attempts.
+UNAVAILABLE: Final = frozenset({502, 503, 504})
 #: HTTP statuses that carry a Store Instances Response to read per instance (PS3.18 10.5.3).
 PER_INSTANCE: Final = frozenset({200, 202, 409})
 #: Characters of the server's message kept in a dead letter's reason.
@@ -117,7 +122,8 @@ def classify_answer(
     """Each instance's outcome from the answer to a STOW-RS request (see the module docstring's table).
 
     401/403 and 413 are the caller's (they need another request): for them
-    the string ``"auth"`` or ``"split"`` is returned instead of outcomes.
+    the string ``"auth"`` or ``"split"`` is returned instead of outcomes;
+    502/503/504 are one :class:`DestinationDown` (in a list of one).
 
     :param answer: the HTTP answer.
     :param uids: the SOP Instance UIDs sent, in order.
@@ -140,6 +146,9 @@ def classify_answer(
         return "auth"
     if code == 413:
         return "split"
+    if code in UNAVAILABLE:
+        after = retry_after(answer.headers.get("retry-after"), now, config.retry.max_delay)
+        return [DestinationDown(f"STOW-RS HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)]
     if code in RETRY_LATER:
         after = retry_after(answer.headers.get("retry-after"), now, config.retry.max_delay)
         return [Retry(f"STOW-RS HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after) for _ in uids]
@@ -434,7 +443,7 @@ class DicomWebSender:
             self._observe(0, len(group), body.written, started)
             return self._no_answer(entries, e, sent_all=body.written == body.length, written=body.written)
         self._observe(answer.code, len(group), body.written, started)
-        if answer.code not in (401, 403):
+        if answer.code not in (401, 403) and answer.code not in UNAVAILABLE:
             # The server answered: the circuit counts a success (a refusal of our
             # credentials is a fault of the destination as a whole, below).
             self.context.reachable()
@@ -465,6 +474,8 @@ class DicomWebSender:
                 return first
             return first + await self._post(group[half:], auth_retried)
         assert not isinstance(outcomes, str)
+        if len(outcomes) == 1 and isinstance(outcomes[0], DestinationDown):
+            return [(entries[0], outcomes[0])]
         return list(zip(entries, outcomes))
 
     def _no_answer(

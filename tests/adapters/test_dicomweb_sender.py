@@ -235,6 +235,13 @@ class HttpStatusTests(SenderTestBase):
         self.assertEqual([type(o) for o in outcomes], [Retry, Retry])
         self.assertEqual([o.after for o in outcomes], [7.0, 7.0])  # type: ignore[union-attr]
 
+    async def test_503_is_the_destination_down_with_its_retry_after(self) -> None:
+        """503 with Retry-After 30 (an archive in maintenance): one DestinationDown asking 30 s, no attempt spent."""
+        self.serve(Script(steps={0: {"status": 503, "retry_after": "30"}}))
+        entries, _ = self.batch(2)
+        outcomes = await self.send(self.sender(), entries)
+        self.assertEqual(outcomes, [DestinationDown("STOW-RS HTTP 503, retry after 30s", after=30.0)])
+
     async def test_other_4xx_is_a_dead_letter_with_the_servers_message(self) -> None:
         """400 with a message: each instance dead-lettered with the status and the message."""
         self.serve(Script(steps={0: {"status": 400, "message": "bad thing\x00here"}}))
@@ -485,6 +492,20 @@ class _RetryAfterSender:
         return 0
 
 
+class _UnavailableSender(_RetryAfterSender):
+    """Answers with the destination down for 100 s (a STOW-RS 503 with Retry-After: 100)."""
+
+    async def send(self, slot: int, batch: Sequence[Entry]) -> Any:
+        for entry in batch:
+            self.sent += 1
+            yield entry, DestinationDown("STOW-RS HTTP 503, retry after 100s", after=100.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnavailableDestination(_ScriptedDestination):
+    """The kind served by :class:`_UnavailableSender`."""
+
+
 class RetryAfterFloorTests(WorkerTestsMixin, SynchronousTestCase):
     """The worker waits at least the Retry-After a sender's Retry carries, whatever its backoff says."""
 
@@ -492,6 +513,8 @@ class RetryAfterFloorTests(WorkerTestsMixin, SynchronousTestCase):
         WorkerTestsMixin.setUp(self)
         register_sender(_ScriptedDestination, _RetryAfterSender)
         self.addCleanup(SENDERS.pop, _ScriptedDestination)
+        register_sender(_UnavailableDestination, _UnavailableSender)
+        self.addCleanup(SENDERS.pop, _UnavailableDestination)
 
     def test_retry_after_is_a_floor_of_the_backoff(self) -> None:
         """Backoff 1 s, Retry-After 100 s: the entry is due again 100 s later, and not sent again 50 s later."""
@@ -504,3 +527,15 @@ class RetryAfterFloorTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
         self.clock.advance(50)
         self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
+
+    def test_unavailable_waits_the_retry_after_without_spending_an_attempt(self) -> None:
+        """A 503 asking 100 s below the circuit's threshold: not tried again 50 s later, no attempt counted."""
+        self.enqueue(self.instance())
+        worker = self.worker(_UnavailableDestination(circuit=CircuitConfig(failures=3)))  # type: ignore[arg-type]
+        self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
+        self.clock.advance(50)
+        self.assertEqual(worker.sender.sent, 1)  # type: ignore[attr-defined]
+        (entry,) = self.store.entries("archive")
+        self.assertEqual(entry.attempts, 0)
+        self.clock.advance(60)
+        self.assertEqual(worker.sender.sent, 2)  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from gateway.dicomweb.stow_response import (
     parse_json,
     parse_xml,
 )
-from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, Retry
+from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Retry
 from gateway.send.dicomweb import classify_answer, retry_after
 
 RETRY = RetryConfig(unknown_status_attempts=3, max_delay=120.0)
@@ -178,11 +178,14 @@ class HttpStatusTableTests(SynchronousTestCase):
         self.assertEqual([o.ambiguous for o in self.classify(answer(409, b"x", content_type="text/plain"))], [False] * 2)
 
     def test_whole_request_codes(self) -> None:
-        """401/403 -> auth; 413 -> split; 408/429/502/503/504 -> retry; 400/404/415 -> dead letter; 500 -> retry."""
+        """401/403 -> auth; 413 -> split; 408/429/500 -> retry; 502/503/504 -> destination down; 400/404/415 -> dead letter."""
         self.assertEqual(self.classify(answer(401)), "auth")
         self.assertEqual(self.classify(answer(403)), "auth")
         self.assertEqual(self.classify(answer(413)), "split")
-        for code in (408, 429, 502, 503, 504, 500):
+        for code in (502, 503, 504):
+            (down,) = self.classify(answer(code, retry_after="30"))  # type: ignore[misc]
+            self.assertEqual(down, DestinationDown(f"STOW-RS HTTP {code}, retry after 30s", after=30.0))
+        for code in (408, 429, 500):
             self.assertEqual({type(o) for o in self.classify(answer(code))}, {Retry}, code)  # type: ignore[union-attr]
         for code in (400, 404, 415):
             self.assertEqual({type(o) for o in self.classify(answer(code, b"no"))}, {DeadLetter}, code)  # type: ignore[union-attr]
@@ -194,7 +197,7 @@ class HttpStatusTableTests(SynchronousTestCase):
         self.assertEqual(retry_after("Thu, 01 Jan 1970 00:01:00 GMT", 0.0, 120.0), 60.0)
         self.assertEqual(retry_after("soon", 0.0, 120.0), 0.0)
         self.assertEqual(retry_after(None, 0.0, 120.0), 0.0)
-        (first, _) = self.classify(answer(503, retry_after="45"))  # type: ignore[misc]
+        (first, _) = self.classify(answer(429, retry_after="45"))  # type: ignore[misc]
         self.assertEqual(first.after, 45.0)
 
     def test_server_message_is_cut_and_printable(self) -> None:
