@@ -110,6 +110,7 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[dict[str, str]
 
 
 def _sop_instance_uid(data: bytes) -> str:
+    """The SOP Instance UID of a Part 10 file's bytes."""
     from io import BytesIO
 
     from pydicom import dcmread
@@ -118,6 +119,7 @@ def _sop_instance_uid(data: bytes) -> str:
 
 
 def _item(uid: str, reason: int | None, failed: bool) -> dict[str, Any]:
+    """A Referenced or Failed SOP Sequence item (PS3.18 F.2 JSON)."""
     item: dict[str, Any] = {
         "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
         "00081155": {"vr": "UI", "Value": [uid]},
@@ -133,6 +135,7 @@ class _CuttingRequest(Request):
     cut_after = -1
 
     def handleContentChunk(self, data: bytes) -> None:
+        """Count the body's bytes; past the script's ``cut_after``, abort the connection."""
         resource: StowResource = self.channel.site.stow  # type: ignore[attr-defined]
         kind = (self.requestHeaders.getRawHeaders(b"content-type") or [b""])[0]
         cut = resource.cut_for_next() if kind.startswith(b"multipart/") else -1
@@ -170,9 +173,11 @@ class StowResource(Resource):
     # -- cuts ----------------------------------------------------------------------------------
 
     def cut_for_next(self) -> int:
+        """Body bytes after which the next ``/studies`` request's connection is cut (-1: never)."""
         return int(self.script.steps.get(self.studies_requests, {}).get("cut_after", -1))
 
     def record_cut(self, request: Request) -> None:
+        """Record a request cut mid-body (status 0), once."""
         if getattr(request, "_recorded_cut", False):
             return
         request._recorded_cut = True  # type: ignore[attr-defined]
@@ -180,6 +185,7 @@ class StowResource(Resource):
         self.studies_requests += 1
 
     def _record(self, item: Received) -> None:
+        """Keep ``item`` and append it to the log file, if any."""
         self.received.append(item)
         if self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as log:
@@ -188,6 +194,7 @@ class StowResource(Resource):
     # -- answers -------------------------------------------------------------------------------
 
     def render_GET(self, request: Request) -> bytes:
+        """The circuit probe (QIDO-RS): an empty result, or 401 without the wanted credentials."""
         request.setHeader(b"content-type", b"application/dicom+json")
         if not self._authorized(request):
             request.setResponseCode(401)
@@ -195,6 +202,7 @@ class StowResource(Resource):
         return b"[]"
 
     def render_POST(self, request: Request) -> Any:
+        """``/token`` or a Store Instances request, answered as the script says."""
         if request.path.rstrip(b"/").endswith(b"/token"):
             return self._token(request)
         number = self.studies_requests
@@ -259,16 +267,19 @@ class StowResource(Resource):
         return self._finish(request, head, status, payload)
 
     def _late(self, request: Request, head: Received, status: int, payload: bytes) -> None:
+        """Answer a delayed request."""
         request.write(self._finish(request, head, status, payload))
         request.finish()
 
     def _finish(self, request: Request, head: Received, status: int, payload: bytes) -> bytes:
+        """Set the status, record the request, return the body."""
         head.status = status
         request.setResponseCode(status)
         self._record(head)
         return payload
 
     def _authorized(self, request: Request) -> bool:
+        """Whether the request carries the credentials the script wants (none wanted: yes)."""
         given = (request.getHeader(b"authorization") or b"").decode("latin-1")
         if self.script.token:
             return given.startswith("Bearer ") and given[7:] in self.tokens
