@@ -724,7 +724,8 @@ async def _echo(reactor: Any, args: argparse.Namespace) -> None:
         _known_destination(config, args.host)
         destination = config.destination(args.host)
         if not hasattr(destination, "ae_title"):
-            print(f"{args.host} is a folder destination; nothing to echo", file=sys.stderr)
+            kind = "DICOMweb" if hasattr(destination, "url") else "folder"
+            print(f"{args.host} is a {kind} destination; nothing to echo", file=sys.stderr)
             raise SystemExit(2)
         host, port = destination.host, destination.port
         calling, called = destination.calling_ae_title, destination.ae_title

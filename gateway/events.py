@@ -495,6 +495,17 @@ class RetrieveAnswered:
 
 
 @dataclass(frozen=True)
+class DicomWebAnswered:
+    """A STOW-RS request to a DICOMweb destination ended (issue 17): the HTTP status, or 0 without an answer."""
+
+    destination: str
+    code: int
+    instances: int
+    bytes_sent: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class DrainChanged:
     """The node started draining (``draining``) or stopped (``dicom-gateway drain`` / ``undrain``, :mod:`gateway.drain`)."""
 
@@ -539,6 +550,7 @@ Event = (
     | QueryAnswered
     | QuerySourceAnswered
     | RetrieveAnswered
+    | DicomWebAnswered
 )
 
 

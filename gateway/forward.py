@@ -288,7 +288,7 @@ class DestinationWorker(Service):
         self.prepare = prepare
         self.sender = sender_for(
             config,
-            SendContext(file_runner, clock, reactor, connect, scratch_dir, reachable=self._success),
+            SendContext(file_runner, clock, reactor, connect, scratch_dir, reachable=self._success, observe=observer.observe),
         )
         self.batch_size = self.sender.batch_size
         self.lease_seconds = self.sender.lease_seconds if lease_seconds is None else lease_seconds
@@ -878,7 +878,8 @@ class DestinationWorker(Service):
             if gave_up is not None:
                 await self._dead_letter(entry, DeadLetter(f"{reason}; {gave_up}", DeadLetterKind.GAVE_UP), now, fields)
                 return
-            delay = self._backoff(entry.attempts)
+            # A Retry-After the destination sent is a floor, never shortened by the backoff (issue 17).
+            delay = max(self._backoff(entry.attempts), outcome.after)
             await self._journal(self.store.retry, entry.entry_id, now + delay, reason, now, generation=entry.lease_generation)
             self.log.info("retrying {sop_instance_uid} to {destination} in {delay:.1f}s: {reason}", delay=delay, reason=reason, **fields)
             self.observer.observe(events.Retried(entry, reason))
@@ -955,8 +956,9 @@ class DestinationWorker(Service):
         )
         if self.circuit.fault(outcome):
             return
-        # Below the threshold: wait before this slot tries the destination again.
-        await self._waits.sleep(self._backoff(self.circuit.failures - 1), pokeable=False)
+        # Below the threshold: wait before this slot tries the destination again
+        # (not before a Retry-After the destination sent, issue 17).
+        await self._waits.sleep(max(self._backoff(self.circuit.failures - 1), outcome.after), pokeable=False)
 
     def _success(self) -> None:
         """The destination answered (a delivery, an association opened): tell the circuit, note when."""

@@ -116,6 +116,24 @@ SUBOPERATION_RESULTS = ("completed", "failed", "warning")
 
 #: Buckets of ``query_latency_seconds`` (one source's part of a query): a
 #: PACS answers in tens of milliseconds to seconds; ``query.timeout`` is 30s by default.
+#: The HTTP statuses a DICOMweb destination's answers are counted by; others fold into ``4xx``/``5xx``/``other``.
+DICOMWEB_CODES = frozenset({200, 202, 204, 400, 401, 403, 404, 408, 409, 413, 415, 429, 500, 502, 503, 504})
+
+
+def dicomweb_code_label(code: int) -> str:
+    """The ``code`` label of ``dicomweb_responses_total``: the status itself for the known ones, else its class.
+
+    :param code: the HTTP status, 0 when the request got no answer.
+    """
+    if code == 0:
+        return "none"
+    if code in DICOMWEB_CODES:
+        return str(code)
+    if 400 <= code <= 599:
+        return f"{code // 100}xx"
+    return OTHER
+
+
 QUERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -532,6 +550,27 @@ class GatewayMetrics:
             "C-FIND pending responses relayed to requesters (after duplicate removal).",
             registry=r,
         )
+        # -- DICOMweb destinations (issue 17) --
+        self.dicomweb_responses = Counter(
+            f"{p}_dicomweb_responses",
+            "STOW-RS requests to DICOMweb destinations, by destination and HTTP status class "
+            "(200, 202, 409, 401, 403, 413, 429, 503, other 4xx/5xx as 4xx/5xx; none: no answer).",
+            ["destination", "code"],
+            registry=r,
+        )
+        self.dicomweb_sent_bytes = Counter(
+            f"{p}_dicomweb_sent_bytes",
+            "Request body bytes sent to DICOMweb destinations (STOW-RS).",
+            ["destination"],
+            registry=r,
+        )
+        self.dicomweb_latency = Histogram(
+            f"{p}_dicomweb_send_seconds",
+            "A STOW-RS request to a DICOMweb destination: from the request to its whole answer.",
+            ["destination"],
+            buckets=QUERY_BUCKETS,
+            registry=r,
+        )
         self.query_source_failures = Counter(
             f"{p}_query_source_failures",
             "Sources that failed, refused or timed out during a query (left out, or failing a strict query).",
@@ -653,6 +692,11 @@ class GatewayMetrics:
             for result, count in zip(SUBOPERATION_RESULTS, (event.completed, event.failed, event.warning)):
                 if count > 0:
                     self.retrieve_suboperations.labels(result).inc(count)
+        elif isinstance(event, events.DicomWebAnswered):
+            # Destination names come from the configuration; codes are folded to a bounded set.
+            self.dicomweb_responses.labels(event.destination, dicomweb_code_label(event.code)).inc()
+            self.dicomweb_sent_bytes.labels(event.destination).inc(max(0, event.bytes_sent))
+            self.dicomweb_latency.labels(event.destination).observe(max(0.0, event.seconds))
         else:
             self._forward.observe(event)
 

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from gateway.access import AccessPolicy, AccessRule, CalledAETitleRule, CallingAETitleRule, CertificateRule, NetworkRule
 from gateway import events
 from gateway.audit import AuditTrail, IAuditSink, JsonLinesFile, Outcome, Participant
-from gateway.config.schema import DestinationTLSConfig, GatewayConfig, ListenerConfig, ListenerTLSConfig
+from gateway.config.schema import DestinationTLSConfig, DicomWebDestination, GatewayConfig, ListenerConfig, ListenerTLSConfig
 from gateway.identity_check import IdentityPolicy, PasscodePool, UserIdentityChecker, UsersFileError, load_users
 from gateway.listen import printable
 from gateway.tls import ClientTLSSettings, ServerTLS, ServerTLSSettings, TLSProfile, key_mode_problem
@@ -372,9 +372,14 @@ class AuditObserver:
 
     def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
         destination = self._destinations().get(entry.destination)
-        folder = destination is not None and not hasattr(destination, "ae_title")
+        folder = destination is not None and hasattr(destination, "path") and not hasattr(destination, "ae_title")
         if destination is None:
             target = Participant(user_id=entry.destination, role="Destination Role ID")
+        elif isinstance(destination, DicomWebDestination):
+            # Issue 17: the STOW-RS service's URL, its query left out (it may carry a key).
+            target = Participant(
+                user_id=entry.destination, role="Destination Role ID", network_access_point=destination.url.split("?", 1)[0]
+            )
         elif folder:
             target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=destination.path)
         else:
@@ -499,6 +504,41 @@ def audit_admission(audit: AuditTrail, admission: Any, spooled: Any, info: Any) 
     return admission
 
 
+def dicomweb_material(destination: DicomWebDestination) -> list[str]:
+    """The problems of a DICOMweb destination's files: its secret files readable, its TLS material usable (issue 17).
+
+    A secret file is opened, never shown: the problem names the file only.
+
+    :param destination: the destination.
+    :returns: one line per problem.
+    """
+    from urllib.parse import urlsplit
+
+    from gateway.tls import TLSConfigError, client_creator
+
+    problems: list[str] = []
+    auth = destination.auth
+    for key in ("password_file", "token_file", "client_secret_file"):
+        path = getattr(auth, key)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                if not handle.read(65537).strip():
+                    problems.append(f"auth.{key} {path} is empty")
+        except OSError as error:
+            problems.append(f"auth.{key}: cannot read {path}: {error.strerror or type(error).__name__}")
+    tls = destination.tls
+    if tls.ca:
+        try:
+            client_creator(
+                ClientTLSSettings(tls.ca, "", tls.certificate, tls.private_key), urlsplit(destination.url).hostname or ""
+            )
+        except TLSConfigError as error:
+            problems.append(str(error))
+    return problems
+
+
 def check_material(config: GatewayConfig) -> list[str]:
     """Try every certificate, key, CA and users file the configuration names (for ``run`` and ``check``).
 
@@ -522,6 +562,9 @@ def check_material(config: GatewayConfig) -> list[str]:
         except UsersFileError as error:
             problems.append(f"listener {listener.name}: {error}")
     for destination in config.destinations:
+        if isinstance(destination, DicomWebDestination):
+            problems += [f"destination {destination.name}: {p}" for p in dicomweb_material(destination)]
+            continue
         tls = getattr(destination, "tls", None)
         if tls is None:
             continue

@@ -18,6 +18,10 @@ from gateway.config.schema import (
     FOLDER_PATTERN_FIELDS,
     CircuitConfig,
     DicomDestination,
+    DicomWebAuth,
+    DicomWebBatch,
+    DicomWebDestination,
+    DicomWebTLSConfig,
     FolderDestination,
     DestinationTLSConfig,
     RetryConfig,
@@ -41,9 +45,12 @@ from gateway.config.nodes import (
     _is_null,
     _mapping_entries,
     _number,
+    _one_of,
     _section,
+    _size,
     _value_node,
 )
+from gateway.config.tsyntax import TRANSFER_SYNTAX_FIELDS, policy_of
 from gateway.config.listeners import _MAX_TIMER_SECONDS, _check_tls_profile
 from gateway.suggest import did_you_mean
 
@@ -270,6 +277,8 @@ def _check_destination(
         return _expected(ctx, node, path, "a mapping")
     keys = {key.value for key, _value in node.value if isinstance(key, yaml.ScalarNode)}
     dicom_keys = [key for key in _DICOM_KIND_KEYS if key in keys]
+    if _DICOMWEB_KIND_KEY in keys:
+        return _check_dicomweb_destination(name, key_node, node, path, ctx, keys)
     if _FOLDER_KIND_KEY in keys and dicom_keys:
         return ctx.error(
             key_node,
@@ -288,7 +297,7 @@ def _check_destination(
             key_node,
             path,
             f"destination {name!r} is neither a folder (folder:) nor a DICOM AE "
-            "(ae_title, host and port); give one of them",
+            "(ae_title, host and port) nor a DICOMweb server (dicomweb:); give one of them",
         )
     values = _check_fields(node, path, ctx, _DICOM_FIELDS, foreign=_ONLY_FOLDER)
     if values is INVALID:
@@ -297,6 +306,169 @@ def _check_destination(
     timeouts = values.pop("timeouts", {})
     values.setdefault("calling_ae_title", "")
     return DicomDestination(name=name, **_by_attr(values, _DICOM_FIELDS), **timeouts)
+
+
+# --------------------------------------------------------------------------
+# DICOMweb (STOW-RS) destinations (issue 17)
+
+_DICOMWEB_KIND_KEY: Final = "dicomweb"
+
+#: The keys each authentication kind needs (all required) beside ``kind``.
+_AUTH_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "none": (),
+    # RFC 7617.
+    "basic": ("username", "password_file"),
+    # RFC 6750.
+    "bearer": ("token_file",),
+    # RFC 6749 4.4: client credentials grant.
+    "oauth2": ("token_url", "client_id", "client_secret_file"),
+}
+_AUTH_OPTIONAL: Final[Mapping[str, tuple[str, ...]]] = {"oauth2": ("scope",)}
+
+
+def _check_http_url(node: yaml.Node, path: str, ctx: _Context) -> str | _Invalid:
+    """Accept an ``http`` or ``https`` URL with a host and no user information.
+
+    Credentials in a URL would end up in logs and dumps of the configuration;
+    they belong in ``auth`` (whose secrets live in files). A trailing ``/``
+    is dropped so ``{url}/studies`` has one slash.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: The URL, or :data:`INVALID`.
+    """
+    from urllib.parse import urlsplit
+
+    value = _check_string(node, path, ctx)
+    if value is INVALID:
+        return INVALID
+    assert isinstance(value, str)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        return ctx.error(node, path, f"invalid URL: {error}")
+    if parts.scheme not in ("http", "https"):
+        return ctx.error(node, path, f"the URL must start with http:// or https://, not {parts.scheme or 'nothing'}")
+    if not parts.hostname:
+        return ctx.error(node, path, "the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        # Never echo the value: it holds a credential.
+        return ctx.error(node, path, "the URL must not carry user information (user:password@); use auth")
+    if parts.fragment or any(c.isspace() for c in value):
+        return ctx.error(node, path, "the URL must not contain spaces or a #fragment")
+    return value.rstrip("/") if not parts.query else value
+
+
+def _check_auth(node: yaml.Node, path: str, ctx: _Context) -> DicomWebAuth | _Invalid:
+    """Accept a DICOMweb destination's ``auth`` section: ``kind`` and that kind's keys.
+
+    :param node: The value node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :returns: A :class:`DicomWebAuth`, or :data:`INVALID`.
+    """
+    fields: dict[str, _Field] = {
+        "kind": _Field(_one_of(tuple(_AUTH_KEYS)), required=True),
+        "username": _Field(_check_string),
+        "password_file": _Field(_check_path),
+        "token_file": _Field(_check_path),
+        "token_url": _Field(_check_http_url),
+        "client_id": _Field(_check_string),
+        "client_secret_file": _Field(_check_path),
+        "scope": _Field(_check_string),
+    }
+    values = _check_fields(node, path, ctx, fields)
+    if values is INVALID:
+        return INVALID
+    assert isinstance(values, dict)
+    kind = values["kind"]
+    needed = _AUTH_KEYS[kind]
+    allowed = set(needed) | set(_AUTH_OPTIONAL.get(kind, ())) | {"kind"}
+    problems = False
+    for key in needed:
+        if key not in values:
+            ctx.error(node, _child(path, key), f"required for kind {kind}")
+            problems = True
+    for key in values:
+        if key not in allowed:
+            ctx.error(_value_node(node, key) or node, _child(path, key), f"{key!r} does not apply to kind {kind}")
+            problems = True
+    return INVALID if problems else DicomWebAuth(**values)
+
+
+def _check_dicomweb_tls(node: yaml.Node, path: str, ctx: _Context) -> DicomWebTLSConfig | _Invalid:
+    """Accept a DICOMweb destination's ``tls``: a client certificate needs its key and the reverse."""
+    tls = _section(
+        DicomWebTLSConfig,
+        {"ca": _Field(_check_path), "certificate": _Field(_check_path), "private_key": _Field(_check_path)},
+    )(node, path, ctx)
+    if tls is INVALID:
+        return INVALID
+    assert isinstance(tls, DicomWebTLSConfig)
+    if bool(tls.certificate) != bool(tls.private_key):
+        return ctx.error(node, path, "certificate and private_key go together (mutual TLS)")
+    return tls
+
+
+_DICOMWEB_FIELDS: Final[Mapping[str, _Field]] = {
+    "url": _Field(_check_http_url, required=True),
+    "auth": _Field(_check_auth),
+    "batch": _Field(
+        _section(
+            DicomWebBatch,
+            {"max_instances": _Field(_integer(1, 10000)), "max_bytes": _Field(_size(1))},
+        )
+    ),
+    "timeout": _Field(_duration(0, _MAX_TIMER_SECONDS)),
+    "connections": _Field(_integer(1, 64)),
+    "tls": _Field(_check_dicomweb_tls),
+    "probe_url": _Field(_check_http_url),
+    "retry": _Field(_check_retry),
+    "circuit": _Field(_section(CircuitConfig, _CIRCUIT_FIELDS)),
+    **TRANSFER_SYNTAX_FIELDS,
+}
+
+
+def _check_dicomweb_destination(
+    name: str, key_node: yaml.Node, node: yaml.MappingNode, path: str, ctx: _Context, keys: set[str]
+) -> DicomWebDestination | _Invalid:
+    """Accept a destination whose one key is ``dicomweb:`` (a STOW-RS server, PS3.18 10.5).
+
+    :param name: The destination's name.
+    :param key_node: The name's node.
+    :param node: The destination's mapping node.
+    :param path: Its key path.
+    :param ctx: The load context.
+    :param keys: The destination's keys.
+    :returns: A :class:`DicomWebDestination`, or :data:`INVALID`.
+    """
+    others = sorted(keys - {_DICOMWEB_KIND_KEY})
+    if others:
+        return ctx.error(
+            key_node,
+            path,
+            f"destination {name!r} is a DICOMweb destination (dicomweb:); its settings go inside "
+            f"dicomweb:, not beside it ({', '.join(others)})",
+        )
+    section = _value_node(node, _DICOMWEB_KIND_KEY)
+    assert section is not None
+    section_path = _child(path, _DICOMWEB_KIND_KEY)
+    values = _check_fields(section, section_path, ctx, _DICOMWEB_FIELDS)
+    if values is INVALID:
+        return INVALID
+    assert isinstance(values, dict)
+    policy = policy_of(values, section, section_path, ctx)
+    if policy is INVALID:
+        return INVALID
+    values.pop("transfer_syntax", None)
+    values.pop("lossy", None)
+    tls = values.get("tls")
+    if tls is not None and str(values["url"]).startswith("http://") and (tls.ca or tls.certificate):
+        return ctx.error(_value_node(section, "tls"), _child(section_path, "tls"),
+                         "tls applies to an https:// URL, and the url is http://")
+    return DicomWebDestination(name=name, policy=policy, **values)
 
 
 def _check_destinations(node: yaml.Node, path: str, ctx: _Context) -> Any:

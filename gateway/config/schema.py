@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Union
 
+from gateway.codecs import PRESERVE, TransferSyntaxPolicy
+
 
 #: A node's name (key ``node``): it is written into leases, file names and
 #: metric labels, so it is kept to a safe alphabet.
@@ -606,8 +608,94 @@ class FolderDestination:
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
 
 
-#: Either kind of destination; tell them apart with ``isinstance``.
-Destination = Union[DicomDestination, FolderDestination]
+@dataclass(frozen=True)
+class DicomWebAuth:
+    """How the gateway authenticates to a STOW-RS destination (key ``destinations.<name>.dicomweb.auth``).
+
+    Only file paths are kept here, never a secret: the sender reads the
+    files when it needs them (and again when they change), so a dump of the
+    configuration, ``check`` output or the API can show this object as it is.
+
+    :param kind: ``none``, ``basic``, ``bearer`` or ``oauth2``.
+    :param username: HTTP basic user name (RFC 7617).
+    :param password_file: HTTP basic password, in a file, absolute.
+    :param token_file: bearer token (RFC 6750), in a file, absolute; re-read when it changes.
+    :param token_url: OAuth2 token endpoint (RFC 6749 4.4, client credentials).
+    :param client_id: OAuth2 client id.
+    :param client_secret_file: OAuth2 client secret, in a file, absolute.
+    :param scope: OAuth2 scope, empty for none.
+    """
+
+    kind: str = "none"
+    username: str = ""
+    password_file: str = ""
+    token_file: str = ""
+    token_url: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class DicomWebBatch:
+    """How many instances go in one STOW-RS request (key ``dicomweb.batch``).
+
+    :param max_instances: instances per request, 1 to 10000.
+    :param max_bytes: bytes of instances per request (an instance larger
+        than this goes alone).
+    """
+
+    max_instances: int = 50
+    max_bytes: int = 100 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class DicomWebTLSConfig:
+    """TLS to a STOW-RS destination (key ``dicomweb.tls``), for ``https`` URLs.
+
+    :param ca: PEM file of the CAs the server must chain to; empty: the system's trust store.
+    :param certificate: our client certificate (PEM), for mutual TLS.
+    :param private_key: its private key (PEM).
+    """
+
+    ca: str = ""
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass(frozen=True)
+class DicomWebDestination:
+    """A DICOMweb server the gateway forwards to with STOW-RS (PS3.18 10.5; issue 17).
+
+    :param name: The destination's name, as for :class:`DicomDestination`.
+    :param url: The service's base URL (``http`` or ``https``, no user
+        information); requests go to ``{url}/studies``.
+    :param auth: How to authenticate.
+    :param batch: Instances per request.
+    :param timeout: Seconds a request (connect, send, answer) may take.
+    :param connections: Requests in flight at once (the worker's slots).
+    :param tls: TLS settings for an ``https`` URL.
+    :param probe_url: The circuit probe's URL; empty: ``{url}/studies?limit=1`` (QIDO-RS, PS3.18 10.6).
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker.
+    :param policy: The transfer-syntax policy (keys ``transfer_syntax`` and ``lossy``).
+    """
+
+    name: str
+    url: str
+    auth: DicomWebAuth = field(default_factory=DicomWebAuth)
+    batch: DicomWebBatch = field(default_factory=DicomWebBatch)
+    timeout: float = 120.0
+    connections: int = 1
+    tls: DicomWebTLSConfig = field(default_factory=DicomWebTLSConfig)
+    probe_url: str = ""
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    policy: TransferSyntaxPolicy = PRESERVE
+
+
+#: Any kind of destination; tell them apart with ``isinstance``.
+Destination = Union[DicomDestination, FolderDestination, DicomWebDestination]
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,14 @@ class Retry:
         last fragment, DIMSE timeout): if a later attempt succeeds, the
         destination may hold two copies, and a redelivery is counted
         (HARDENING F06, F07).
+    :ivar after: the destination asked to be left alone this many seconds
+        (HTTP ``Retry-After``, RFC 9110 10.2.3): the retry waits at least
+        that long, whatever the backoff says (issue 17).
     """
 
     reason: str
     ambiguous: bool = False
+    after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,11 +129,15 @@ class DestinationDown:
     :ivar tls_failure: the TLS failure's label (``expired``, ``unknown_ca``,
         ``wrong_name``, ...) when the fault is one, decided where the error is
         classified; ``None`` otherwise.
+    :ivar after: the destination asked to be left alone this many seconds
+        (HTTP ``Retry-After`` on a 502/503/504, issue 17): the worker waits at
+        least that long before trying it again.
     """
 
     reason: str
     permanent: bool = False
     tls_failure: str | None = None
+    after: float = 0.0
 
 
 #: What a send attempt comes to.

@@ -7,7 +7,8 @@ destination's configuration type by :func:`gateway.send.registry.sender_for`:
 
 - :class:`gateway.send.dicom.DicomSender`: C-STORE over associations it
   opens, reuses and releases (one per slot);
-- :class:`gateway.send.folder.FolderSender`: a Part 10 file under a folder.
+- :class:`gateway.send.folder.FolderSender`: a Part 10 file under a folder;
+- :class:`gateway.send.dicomweb.DicomWebSender`: STOW-RS requests (PS3.18 10.5, issue 17).
 
 A new kind (a STOW-RS sender, say) is one class with the methods of
 :class:`Sender`, registered with :func:`gateway.send.registry.register_sender`
@@ -48,6 +49,8 @@ class SendContext:
     :ivar scratch_dir: where converted copies are written (the system's temporary folder if ``None``).
     :ivar reachable: called when the destination answered before any entry
         was delivered (an association opened): the circuit counts it as a success.
+    :ivar observe: tells the gateway's observer of a sender's own events
+        (:class:`gateway.events.DicomWebAnswered`).
     """
 
     file_runner: IBlockingRunner
@@ -56,6 +59,7 @@ class SendContext:
     connect: Callable[..., Any] | None = None
     scratch_dir: str | None = None
     reachable: Callable[[], None] = lambda: None
+    observe: Callable[[Any], None] = lambda event: None
 
 
 class Sender(Protocol):

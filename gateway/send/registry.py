@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from gateway.config.schema import DicomDestination, FolderDestination
+from gateway.config.schema import DicomDestination, DicomWebDestination, FolderDestination
 from gateway.send import SendContext, Sender
 from gateway.send.dicom import DicomSender
+from gateway.send.dicomweb import DicomWebSender
 from gateway.send.folder import FolderSender
 
 __all__ = ["SenderFactory", "SENDERS", "register_sender", "sender_for"]
@@ -24,6 +25,8 @@ SenderFactory = Callable[[Any, SendContext], Sender]
 SENDERS: dict[type, SenderFactory] = {
     DicomDestination: DicomSender,
     FolderDestination: FolderSender,
+    # Issue 17: STOW-RS (PS3.18 10.5).
+    DicomWebDestination: DicomWebSender,
 }
 
 

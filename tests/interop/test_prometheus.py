@@ -60,8 +60,12 @@ class PrometheusInteropTests(TestCase):
             destinations={
                 "archive": folder_destination(self.tmp / "archive"),
                 "down": dicom_destination(free_port(), "NOBODY", circuit={"failures": 1}),
+                # Issue 17: a STOW-RS destination on a closed port: its requests get no
+                # answer, counted with code "none" (the DICOMweb panels' data).
+                "web": {"dicomweb": {"url": f"http://127.0.0.1:{free_port()}/dicom-web", "circuit": {"failures": 1},
+                                     "retry": {"initial_delay": "200ms", "max_delay": "1s"}}},
             },
-            routes=[{"name": "all", "forward": ["archive", "down"]}],
+            routes=[{"name": "all", "forward": ["archive", "down", "web"]}],
             # Issue 16: C-FIND through the gateway, asking the closed port: the query
             # panels (latency and failures by source) get their data from one query.
             query={"sources": ["down"], "timeout": "5s"},
@@ -179,6 +183,8 @@ class PrometheusInteropTests(TestCase):
                         outdir=self.tmp / "find", calling_aet="STORESCU")
         self.wait_value('dicom_gateway_query_source_failures_total{source="down"}', lambda v: v == 1)
         self.wait_value('dicom_gateway_query_latency_seconds_count{source="down"}', lambda v: v == 1)
+        self.wait_value('dicom_gateway_dicomweb_responses_total{destination="web",code="none"}', lambda v: v >= 1)
+        self.wait_value('dicom_gateway_dicomweb_send_seconds_count{destination="web"}', lambda v: v >= 1)
         # A couple of scrapes more, so range functions (rate, deriv) have two samples in their windows.
         self.wait_value("count_over_time(dicom_gateway_spool_free_bytes[1m])", lambda v: v >= 5)
 

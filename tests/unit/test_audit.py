@@ -240,6 +240,17 @@ class ForwardAuditTests(SynchronousTestCase):
         self.assertEqual((record.event_id, record.disposition), ("110106", "exported"))
         self.assertEqual(record.participants[1].network_access_point, "/data/out")
 
+    def test_delivery_to_dicomweb_is_instances_transferred_to_the_url_without_its_query(self) -> None:
+        """Issue 17: a STOW-RS delivery is 110104 with the service URL, its query (which may hold a key) left out."""
+        from gateway.config.schema import DicomWebDestination
+
+        web = DicomWebDestination("cloud", "https://dicom.example/dicomWeb?code=s3cret")
+        observer = AuditObserver(trail(self.sink), lambda: {"cloud": web})
+        observer.observe(Delivered(_Entry("cloud"), 0.1, ""))
+        record = self.sink.records[0]
+        self.assertEqual((record.event_id, record.disposition), ("110104", "forwarded"))
+        self.assertEqual(record.participants[1].network_access_point, "https://dicom.example/dicomWeb")
+
     def test_dead_letter_is_a_serious_failure(self) -> None:
         """A dead letter: outcome 8 with the reason."""
         self.observer.observe(DeadLettered(_Entry("pacs"), DeadLetterKind.REFUSED, "0xA900 dataset does not match"))

@@ -76,11 +76,12 @@ class DashboardTests(SynchronousTestCase):
     """The dashboard parses, uses its variables, and covers the six rows."""
 
     def test_rows_and_variables(self) -> None:
-        """Rows intake, delivery, backlog, latency, capacity, cluster, Storage Commitment and Q/R; datasource, instance and node variables."""
+        """Rows intake, delivery, backlog, latency, capacity, cluster, Storage Commitment, Q/R and DICOMweb destinations; datasource, instance and node variables."""
         data = json.loads(DASHBOARD.read_text())
         rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
         self.assertEqual(
-            rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster", "Storage Commitment", "Query/Retrieve"]
+            rows, ["Intake", "Delivery", "Backlog", "Latency", "Capacity", "Cluster", "Storage Commitment", "Query/Retrieve",
+                   "DICOMweb destinations"]
         )
         variables = {v["name"]: v["type"] for v in data["templating"]["list"]}
         self.assertEqual(variables, {"datasource": "datasource", "instance": "query", "node": "query"})
@@ -133,6 +134,14 @@ class DashboardTests(SynchronousTestCase):
                 for x in range(grid["x"], grid["x"] + grid["w"]):
                     self.assertNotIn((x, y), cells, (panel["title"], cells.get((x, y))))
                     cells[(x, y)] = panel["title"]
+
+    def test_dicomweb_destinations_row(self) -> None:
+        """Issue 17: STOW-RS requests by destination and code, and their p95 by destination."""
+        exprs = dict(dashboard_expressions())
+        self.assertIn("sum by (destination, code) (rate(dicom_gateway_dicomweb_responses_total",
+                      exprs["STOW-RS requests/s by destination and code"])
+        self.assertIn("histogram_quantile(0.95, sum by (le, destination) (rate(dicom_gateway_dicomweb_send_seconds_bucket",
+                      exprs["STOW-RS request p95 by destination"])
 
     def test_every_expression_uses_the_instance_variable_and_contract_metrics(self) -> None:
         """Each expression filters on $instance and names only dicom_gateway_* metrics."""

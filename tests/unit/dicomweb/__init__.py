@@ -1,0 +1,1 @@
+"""Tests of :mod:`gateway.dicomweb` (issue 17)."""
