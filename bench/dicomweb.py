@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="kept runs per side, after one discarded (3)")
     parser.add_argument("--tmpdir", default=None, help="scratch folder parent (the system's by default)")
     parser.add_argument("--json", default=None, help="write every run and the medians to this file")
+    parser.add_argument("--ingest-count", type=int, default=500,
+                        help="instances in the one POST of the ingest part (500; 0 skips the ingest part)")
+    parser.add_argument("--large-mb", type=int, default=0,
+                        help="ingest part: also POST one instance of this many MB and report the gateway's RSS (0: skip)")
     args = parser.parse_args(argv)
     missing = orthanc.skip_reason() or orthanc.dicomweb_skip_reason() or dcmtk.skip_reason("storescu")
     if missing:
@@ -231,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         m.write_json(args.json, m.header("dicomweb.py", args), all_runs, medians, [])
     finally:
         m.remove(work)
+    if args.ingest_count:
+        # The inbound half, same run (issue 17): the gateway's STOW-RS ingest against Orthanc
+        # receiving the same POST, interleaved (bench/dicomweb_ingest.py).
+        from dicomweb_ingest import ingest_main
+
+        ingest = ["--count", str(args.ingest_count), "--size", str(args.kib * 1024), "--runs", str(args.runs),
+                  "--large-mb", str(args.large_mb)]
+        if args.tmpdir:
+            ingest += ["--tmpdir", args.tmpdir]
+        ingest_main(ingest)
     return 0 if all(median.ok for median in medians) else 1
 
 
