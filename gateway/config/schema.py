@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Union
 
+from gateway.codecs import PRESERVE, TransferSyntaxPolicy
+
 
 #: A node's name (key ``node``): it is written into leases, file names and
 #: metric labels, so it is kept to a safe alphabet.
@@ -551,6 +553,9 @@ class DicomDestination:
     storage_commitment: bool = False
     #: Seconds to wait for the archive's report before asking again (new Transaction UID).
     commitment_timeout: float = 600.0
+    #: Issue 17: the transfer syntax this destination gets (keys ``transfer_syntax``
+    #: and ``lossy``); ``preserve`` sends as received.
+    policy: TransferSyntaxPolicy = PRESERVE
 
 
 #: The fields a folder destination's ``pattern`` may use. The UIDs and IDs
