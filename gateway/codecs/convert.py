@@ -77,9 +77,12 @@ def convert_for(policy: TransferSyntaxPolicy, path: str, scratch_dir: str, accep
         (empty: unknown, any); ``preserve`` is not converted here. Used for an
         instance without pixel data, which keeps its native syntax when accepted.
     :raises ConversionError: the codecs cannot do it.
+    :raises FileNotFoundError: ``path`` is missing.
     """
     try:
         meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except FileNotFoundError:
+        raise  # the spool file is missing: the sender's retry, not a conversion failure
     except Exception as e:  # pydicom raises many types for unreadable input
         raise ConversionError(f"cannot read the source: {type(e).__name__}: {e}") from e
     syntax = str(meta.file_meta.TransferSyntaxUID)

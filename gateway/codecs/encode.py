@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import uid as uids
+from pydicom.pixels import get_encoder
 
 from gateway.codecs import ConversionError
 
@@ -95,8 +96,6 @@ def encode_frame(frame: Any, fmt: FrameFormat, syntax: str) -> bytes:
     :raises ConversionError: no encoder available for ``syntax`` (a codec
         missing), or the encoder refuses the data (e.g. JPEG-LS above 16 bits).
     """
-    from pydicom.pixels import get_encoder
-
     try:
         encoder = get_encoder(syntax)
     except NotImplementedError as e:

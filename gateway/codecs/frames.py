@@ -23,6 +23,8 @@ from typing import Any, Iterator
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
 from gateway.codecs import ConversionError
@@ -78,6 +80,8 @@ def read_source(path: str) -> Source:
     try:
         ds = dcmread(path, defer_size=_DEFER)
         syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    except FileNotFoundError:
+        raise
     except Exception as e:  # pydicom raises many types for unreadable input
         raise ConversionError(f"cannot read the source: {type(e).__name__}: {e}") from e
     source = Source(ds, syntax)
@@ -109,9 +113,6 @@ def iter_frames(path: str, source: Source) -> Iterator[tuple[Any, dict[str, Any]
     :raises ConversionError: no decoder for the syntax (a codec missing), or
         corrupt pixel data.
     """
-    from pydicom.pixels import get_decoder
-    from pydicom.pixels.utils import as_pixel_options
-
     if source.pixel_tag is None:
         raise ConversionError("the instance has no pixel data")
     try:
@@ -132,10 +133,17 @@ def iter_frames(path: str, source: Source) -> Iterator[tuple[Any, dict[str, Any]
         )
     except Exception as e:
         raise ConversionError(f"incomplete Image Pixel module: {e}") from e
+    # pydicom 3.0's sequential path corrects the sign of signed JPEG-LS/JPEG 2000
+    # samples in a read-only array (ValueError "output array is read-only"); the
+    # indexed path copies each frame first (and seeks through the Basic Offset
+    # Table when there is one). Used only for signed data.
+    indices = None
+    if decoder.is_encapsulated and options.get("pixel_representation") == 1:
+        indices = range(source.frames)
     with open(path, "rb") as f:
         f.seek(source.value_offset)
         try:
-            for frame, properties in decoder.iter_array(f, raw=True, validate=True, **options):
+            for frame, properties in decoder.iter_array(f, indices=indices, raw=True, validate=True, **options):
                 yield frame, properties
         except ConversionError:
             raise
