@@ -13,6 +13,9 @@ Contract for the senders (DICOM and DICOMweb):
 How (see :mod:`gateway.codecs.frames`, :mod:`~gateway.codecs.encode`, :mod:`~gateway.codecs.write`):
 
 - an instance already in the target syntax is sent as it is;
+- a source only GDCM decodes (the JPEG family without the optional
+  pylibjpeg-libjpeg) is converted in a child process, as GDCM ends its
+  process on some corrupt streams (:mod:`gateway.codecs.isolate`);
 - an instance without (0007FE0,0010) Pixel Data (a structured report, a
   presentation state...) or with Float/Double Float Pixel Data, which no
   encapsulated syntax can carry (PS3.5 A.4 encapsulates Pixel Data only),
@@ -40,7 +43,8 @@ from pydicom.uid import UID
 
 from gateway.codecs import LOSSY_TARGETS, ConversionError, TransferSyntaxPolicy
 from gateway.codecs.encode import LOSSY_METHOD, FrameFormat, encode_frame, native_frame
-from gateway.codecs.frames import Source, iter_frames, read_source
+from gateway.codecs.frames import Source, decoding_plugin, iter_frames, read_source
+from gateway.codecs.isolate import run_isolated
 from gateway.codecs.lossy import derived_uid, mark_lossy, mark_lossy_source
 from gateway.codecs.write import write_part10
 from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -92,6 +96,19 @@ def convert_for(policy: TransferSyntaxPolicy, path: str, scratch_dir: str, accep
         return Converted(path, syntax, uid)
     if policy.target in LOSSY_TARGETS and not policy.lossy:
         raise ConversionError(f"{policy.target} is lossy and lossy: true is not set")
+    if decoding_plugin(syntax) == "gdcm":
+        # GDCM may end the process on corrupt data: decoded in a child (gateway.codecs.isolate),
+        # into a file made here, removed here when the child dies half-way.
+        out = _scratch(scratch_dir)
+        try:
+            result: Converted = run_isolated(convert, path, scratch_dir, target, accepted=tuple(accepted), out=out)
+        except BaseException:
+            if os.path.exists(out):
+                os.unlink(out)
+            raise
+        if result.path != out and os.path.exists(out):
+            os.unlink(out)
+        return result
     return convert(path, scratch_dir, target, accepted=accepted)
 
 
@@ -101,7 +118,9 @@ def _scratch(scratch_dir: str) -> str:
     return out
 
 
-def convert(path: str, scratch_dir: str, target: str, *, accepted: Sequence[str] = ()) -> Converted:
+def convert(
+    path: str, scratch_dir: str, target: str, *, accepted: Sequence[str] = (), out: str | None = None
+) -> Converted:
     """Convert ``path`` to ``target`` into a new file of ``scratch_dir`` (blocking; see the module docstring).
 
     :param path: a Part 10 file.
@@ -109,6 +128,7 @@ def convert(path: str, scratch_dir: str, target: str, *, accepted: Sequence[str]
     :param target: the target transfer syntax UID (one of :data:`gateway.codecs.LOSSLESS_TARGETS`
         or :data:`~gateway.codecs.LOSSY_TARGETS` values).
     :param accepted: see :func:`convert_for`.
+    :param out: the file to write the copy to (made by the caller); a new one in ``scratch_dir`` if ``None``.
     :returns: the copy (``temporary``), or ``path`` itself when nothing is to be done.
     :raises ConversionError: unreadable source, no codec, corrupt pixel data, data the encoder refuses.
     """
@@ -122,7 +142,7 @@ def convert(path: str, scratch_dir: str, target: str, *, accepted: Sequence[str]
         if syntax in _NATIVE and (not accepted or syntax in accepted):
             return Converted(path, syntax, uid)
         return _to_explicit_le(path, scratch_dir, source, uid)
-    out = _scratch(scratch_dir)
+    out = out or _scratch(scratch_dir)
     try:
         with open(out, "wb") as stream:
             new_uid = _write_converted(stream, path, scratch_dir, source, target)

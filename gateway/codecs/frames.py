@@ -29,7 +29,7 @@ from pydicom.uid import UID
 
 from gateway.codecs import ConversionError
 
-__all__ = ["PIXEL_TAGS", "Source", "iter_frames", "read_source"]
+__all__ = ["PIXEL_TAGS", "Source", "decoding_plugin", "iter_frames", "read_source"]
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3).
 PIXEL_TAGS: dict[int, str] = {
@@ -41,6 +41,26 @@ PIXEL_TAGS: dict[int, str] = {
 #: Values longer than this are not loaded by :func:`read_source` (the pixel
 #: data; other long values are read when the copy is written).
 _DEFER = 1024
+
+
+#: Decoder plugins in order of preference. GDCM comes last: it calls
+#: ``std::terminate`` on some corrupt JPEG and JPEG 2000 streams (the process
+#: dies), so it is used only where no other plugin decodes the syntax (JPEG
+#: without the optional, GPL pylibjpeg-libjpeg), and then in a child process
+#: (:mod:`gateway.codecs.isolate`).
+PLUGIN_PREFERENCE: tuple[str, ...] = ("pylibjpeg", "pyjpegls", "pydicom", "gdcm")
+
+
+def decoding_plugin(syntax: str) -> str | None:
+    """The decoder plugin used for ``syntax`` (``None``: none available; ``""`` for a native syntax)."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return None
+    if decoder.is_native:
+        return ""
+    available = set(decoder.available_plugins)
+    return next((name for name in PLUGIN_PREFERENCE if name in available), None)
 
 
 @dataclass
@@ -143,7 +163,9 @@ def iter_frames(path: str, source: Source) -> Iterator[tuple[Any, dict[str, Any]
     with open(path, "rb") as f:
         f.seek(source.value_offset)
         try:
-            for frame, properties in decoder.iter_array(f, indices=indices, raw=True, validate=True, **options):
+            plugin = "" if decoder.is_native else (decoding_plugin(source.transfer_syntax_uid) or "")
+            frames = decoder.iter_array(f, indices=indices, raw=True, validate=True, decoding_plugin=plugin, **options)
+            for frame, properties in frames:
                 yield frame, properties
         except ConversionError:
             raise

@@ -416,6 +416,9 @@ class ConversionErrorTests(_Scratch):
 
         class Unavailable:
             is_available = False
+            is_native = False
+            is_encapsulated = True
+            available_plugins: list[str] = []
             missing_dependencies = ["a codec"]
 
         self.patch(frames_module, "get_decoder", lambda uid: Unavailable())
@@ -483,6 +486,26 @@ class ConversionErrorTests(_Scratch):
             self.assertRaises(ConversionError, convert_for, TransferSyntaxPolicy(target), src, self.tmp)
         result = convert_for(TransferSyntaxPolicy("uncompressed"), src, self.tmp)
         np.testing.assert_array_equal(decoded(result.path), decoded(src))
+
+    def test_decoder_that_ends_its_process(self) -> None:
+        """GDCM calls std::terminate on this corrupt JPEG: decoded in a child process, it is a ConversionError
+        and this process lives on; the next conversion gets a new worker."""
+        from gateway.codecs import isolate
+
+        self.addCleanup(isolate.shutdown)
+        src = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False)
+        data = bytearray(open(src, "rb").read())
+        start = data.index(b"\xff\xd8")
+        data[start + 200 : start + 260] = b"\xff" * 60
+        bad = self.path("corrupt-jpeg")
+        with open(bad, "wb") as f:
+            f.write(bytes(data))
+        with self.assertRaises(ConversionError) as raised:
+            convert_for(TransferSyntaxPolicy("rle"), bad, self.tmp)
+        self.assertIn("ended its process", str(raised.exception))
+        self.assertEqual(self.left(), [])
+        good = convert_for(TransferSyntaxPolicy("rle"), src, self.tmp)
+        np.testing.assert_array_equal(decoded(good.path), decoded(src))
 
     def test_jpeg2000_needs_32_pixels(self) -> None:
         """OpenJPEG's fixed 6 resolution levels need 32 rows and columns: a smaller image is a ConversionError."""
