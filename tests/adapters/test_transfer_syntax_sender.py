@@ -27,7 +27,8 @@ from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, Retry
 from gateway.send.dicom import Proposals, proposals_for
 from gateway.sopclasses import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.ul.negotiate import AcceptedContext
-from tests.adapters.test_senders import DicomSenderTests, ScriptedAssociation, drain, entry
+from tests.adapters import test_senders as base
+from tests.adapters.test_senders import ScriptedAssociation, drain, entry, journaled
 
 CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
 JPEG2000_FILE = get_testdata_file("JPEG2000.dcm", download=False)
@@ -55,8 +56,9 @@ class CopyingAssociation(ScriptedAssociation):
 class PolicySenderTests(SynchronousTestCase):
     """The DICOM sender with ``transfer_syntax`` set."""
 
-    setUp = DicomSenderTests.setUp
-    sender = DicomSenderTests.sender
+    # The scripted-peer fixture of the plain sender tests (their class is not imported here, or trial would run it twice).
+    setUp = base.DicomSenderTests.setUp
+    sender = base.DicomSenderTests.sender
 
     def connect(self, destination: DicomDestination, proposals: Proposals) -> "Deferred[ClientAssociation]":
         self.proposals = [(sop, list(ts)) for sop, ts in proposals]
@@ -129,9 +131,6 @@ class PolicySenderTests(SynchronousTestCase):
         """A journaled entry whose file is gone is retried, not dead-lettered as a conversion."""
         gone = os.path.join(self.tmp, "gone.dcm")
         shutil.copy(CT_SMALL, gone)
-        batch = [entry(gone)]
-        from tests.adapters.test_senders import journaled
-
         batch = [journaled(gone)]
         os.unlink(gone)
         (outcome,) = drain(self, self.policy_sender("rle"), batch)
