@@ -113,6 +113,8 @@ def convert_for(policy: TransferSyntaxPolicy, path: str, scratch_dir: str, accep
 
 
 def _scratch(scratch_dir: str) -> str:
+    """A new file for a copy in ``scratch_dir`` (made if missing: the spool's scratch folder is created on first use)."""
+    os.makedirs(scratch_dir, exist_ok=True)
     fd, out = tempfile.mkstemp(prefix="convert-", suffix=".dcm", dir=scratch_dir)
     os.close(fd)
     return out

@@ -120,4 +120,4 @@ def encode_frame(frame: Any, fmt: FrameFormat, syntax: str) -> bytes:
     try:
         return bytes(encoder.encode(frame, **options))
     except Exception as e:  # encoders raise ValueError, RuntimeError... on data they refuse
-        raise ConversionError(f"cannot encode as {uids.UID(syntax).name}: {type(e).__name__}: {e}") from e
+        raise ConversionError(f"cannot encode as {uids.UID(syntax).name}: {type(e).__name__}: {' '.join(str(e).split())}") from e

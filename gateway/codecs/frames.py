@@ -103,7 +103,7 @@ def read_source(path: str) -> Source:
     except FileNotFoundError:
         raise
     except Exception as e:  # pydicom raises many types for unreadable input
-        raise ConversionError(f"cannot read the source: {type(e).__name__}: {e}") from e
+        raise ConversionError(f"cannot read the source: {type(e).__name__}: {' '.join(str(e).split())}") from e
     source = Source(ds, syntax)
     # The element is still raw: its value was deferred (or is small) and never parsed.
     store: Any = ds._dict  # pydicom keeps raw elements here until first access
@@ -170,4 +170,4 @@ def iter_frames(path: str, source: Source) -> Iterator[tuple[Any, dict[str, Any]
         except ConversionError:
             raise
         except (Exception, AssertionError) as e:  # decoders raise many types on corrupt data
-            raise ConversionError(f"cannot decode {source.transfer_syntax_uid.name}: {type(e).__name__}: {e}") from e
+            raise ConversionError(f"cannot decode {source.transfer_syntax_uid.name}: {type(e).__name__}: {' '.join(str(e).split())}") from e

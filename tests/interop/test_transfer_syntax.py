@@ -25,6 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import pixel_array
 from twisted.trial.unittest import TestCase
 
+from gateway.queue.outcome import DeadLetterKind
 from tests.support import dcmtk
 from tests.support.gateway_process import dicom_destination
 from tests.support.interop import ForwardTestMixin
@@ -38,8 +39,9 @@ POLICIES = {
     "rle": "1.2.840.10008.1.2.5",
 }
 
-#: Compressed sources from pydicom's test files: JPEG baseline (YBR_FULL_422, 30 frames), RLE, JPEG 2000 lossless.
-COMPRESSED_SOURCES = ("examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_jp2klossless.dcm")
+#: Compressed sources from pydicom's test files, with the storescu option proposing their syntax:
+#: JPEG baseline (YBR_FULL_422, 30 frames), RLE, JPEG 2000 lossless.
+COMPRESSED_SOURCES = {"examples_ybr_color.dcm": "-xy", "SC_rgb_rle_2frame.dcm": "-xr", "MR_small_jp2klossless.dcm": "-xv"}
 
 
 def decoded_by_dcmtk(path: Path, tool: str, folder: Path) -> np.ndarray:
@@ -58,8 +60,9 @@ class TransferSyntaxPolicyTests(ForwardTestMixin, TestCase):
     timeout = 300
 
     def sources(self) -> tuple[Path, dict[str, np.ndarray]]:
-        """A folder of instances (generated native kinds and compressed test files), and their decoded pixels by UID."""
-        folder = Path(self.mktemp()).resolve()
+        """A folder of generated native instances, the compressed test files, and every one's decoded pixels by UID."""
+        base = Path(self.mktemp()).resolve()
+        folder = base / "native"
         folder.mkdir(parents=True)
         pixels: dict[str, np.ndarray] = {}
         kinds = [
@@ -74,8 +77,8 @@ class TransferSyntaxPolicyTests(ForwardTestMixin, TestCase):
         for name in COMPRESSED_SOURCES:
             src = get_testdata_file(name, download=False)
             assert src is not None
-            shutil.copy(src, folder / name)
-        for path in folder.iterdir():
+            shutil.copy(src, base / name)
+        for path in [*folder.iterdir(), *(base / name for name in COMPRESSED_SOURCES)]:
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             pixels[uid] = pixel_array(str(path), raw=True)
         return folder, pixels
@@ -83,6 +86,7 @@ class TransferSyntaxPolicyTests(ForwardTestMixin, TestCase):
     def test_each_peer_gets_its_syntax_with_the_same_pixels(self) -> None:
         """Every instance reaches every peer in the peer's syntax and decodes (DCMTK where it can) to the source's pixels."""
         folder, expected = self.sources()
+        base = folder.parent
         peers = {policy: self.storescp(policy.replace("-", "_")) for policy in POLICIES}
         gateway = self.start_gateway(
             destinations={
@@ -91,9 +95,12 @@ class TransferSyntaxPolicyTests(ForwardTestMixin, TestCase):
             },
             routes=[{"name": "all", "forward": [p.replace("-", "_") for p in POLICIES]}],
         )
-        # storescu proposes each file's own syntax, so the gateway receives the compressed ones as they are.
         result = dcmtk.storescu(gateway.port, [folder], extra=["+sd"])
         self.assertEqual(result.returncode, 0, result.describe())
+        # Each compressed file with the option proposing its own syntax: the gateway receives it as it is.
+        for name, option in COMPRESSED_SOURCES.items():
+            result = dcmtk.storescu(gateway.port, [base / name], extra=[option])
+            self.assertEqual(result.returncode, 0, result.describe())
         count = len(expected)
         self.wait_for(gateway, lambda: all(len(peer.files()) == count for peer in peers.values()),
                       180, f"{count} files at each of the four peers")
@@ -136,9 +143,9 @@ class TransferSyntaxPolicyTests(ForwardTestMixin, TestCase):
         dead = self.wait_for(gateway, lambda: gateway.dead_letters(), 60, "a dead letter")
         self.wait_for(gateway, lambda: len(peer.files()) == 1, 60, "the CT at the peer")
         (letter,) = dead
-        text = str(letter)
-        self.assertIn("conversion", text)
-        self.assertIn("cannot convert to rle", text)
+        self.assertTrue(letter["dead_reason"].startswith("cannot convert to rle"), letter["dead_reason"])
+        self.assertIs(DeadLetterKind.of_reason(letter["dead_reason"]), DeadLetterKind.CONVERSION)
+        self.assertEqual(letter["instance"]["modality"], "RTDOSE")
         (received,) = peer.files()
         self.assertEqual(str(pydicom.dcmread(received, stop_before_pixels=True).file_meta.TransferSyntaxUID), POLICIES["rle"])
         self.assertIsNone(gateway._proc.poll())  # the gateway lives on
