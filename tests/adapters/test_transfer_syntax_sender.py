@@ -159,6 +159,26 @@ class PolicySenderTests(SynchronousTestCase):
         self.assertIs(outcome.kind, DeadLetterKind.NO_CONTEXT)
         self.assertEqual(self.scratch_left(), [])
 
+    def test_conversion_runs_on_the_file_runner(self) -> None:
+        """The conversion is handed to the context's file runner (a thread in the gateway), never called inline."""
+        from gateway.blocking import SynchronousRunner
+        from gateway.codecs.convert import convert_for
+
+        ran: list[Any] = []
+
+        class RecordingRunner(SynchronousRunner):
+            def run(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+                ran.append(f)
+                return super().run(f, *args, **kwargs)
+
+        import dataclasses
+
+        sender = self.policy_sender("rle")
+        sender.context = dataclasses.replace(sender.context, file_runner=RecordingRunner())
+        (outcome,) = drain(self, sender, [entry(CT_SMALL)])
+        self.assertEqual(outcome, Delivered(0))
+        self.assertIn(convert_for, ran)
+
     def test_preserve_sends_the_spool_file(self) -> None:
         """``preserve`` (the default) proposes and sends the instance's own syntax, no copy made."""
         (outcome,) = drain(self, self.policy_sender("preserve"), [entry(JPEG2000_FILE)])

@@ -517,6 +517,12 @@ class ConversionErrorTests(_Scratch):
         self.assertRaises(ConversionError, convert_for, TransferSyntaxPolicy("jpeg2000-lossless"), src, self.tmp)
         self.assertEqual(self.left(), [])
 
+    def test_deflated_source(self) -> None:
+        """A Deflated Explicit VR LE source (offsets are in the inflated stream) is not converted: ConversionError."""
+        src = get_testdata_file("image_dfl.dcm", download=False)
+        self.assertRaises(ConversionError, convert_for, TransferSyntaxPolicy("rle"), src, self.tmp)
+        self.assertEqual(self.left(), [])
+
     def test_not_dicom(self) -> None:
         """A file that is not DICOM is a ConversionError."""
         bad = self.path("text")
