@@ -52,6 +52,12 @@ from gateway.sopclasses import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 __all__ = ["Converted", "convert", "convert_for"]
 
 _NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE})
+
+#: The largest decoded frame converted (HARDENING: bounded sizes). A header
+#: may claim 65535 x 65535 x 3 samples of 16 bits (24 GiB a frame) over a few
+#: bytes of compressed data; the decoder would allocate it. 1 GiB is far
+#: above any real frame (a 16k x 16k RGB whole-slide tile is 768 MiB).
+MAX_FRAME_BYTES = 1 << 30
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
@@ -193,8 +199,22 @@ def _prepare_header(source: Source) -> None:
         _swap_other_vrs(ds)
 
 
+def _frame_bytes(source: Source) -> int:
+    """The decoded size of one frame the header announces (PS3.3 C.7.6.3)."""
+    ds = source.dataset
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ConversionError(f"incomplete Image Pixel module: {e}") from e
+    return rows * columns * samples * max(1, (bits + 7) // 8)
+
+
 def _write_converted(stream: BinaryIO, path: str, scratch_dir: str, source: Source, target: str) -> str | None:
     """Write the copy of ``path`` in ``target`` to ``stream``; the new SOP Instance UID of a lossy copy."""
+    size = _frame_bytes(source)
+    if size > MAX_FRAME_BYTES:
+        raise ConversionError(f"a frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
     _prepare_header(source)
     ds = source.dataset
     frames = iter_frames(path, source)

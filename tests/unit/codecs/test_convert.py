@@ -517,6 +517,18 @@ class ConversionErrorTests(_Scratch):
         self.assertRaises(ConversionError, convert_for, TransferSyntaxPolicy("jpeg2000-lossless"), src, self.tmp)
         self.assertEqual(self.left(), [])
 
+    def test_frame_over_the_limit(self) -> None:
+        """A header announcing frames over MAX_FRAME_BYTES is refused before anything is decoded."""
+        from gateway.codecs import convert as convert_module
+
+        src = get_testdata_file("MR_small_RLE.dcm", download=False)  # 64 x 64 x 16 bit: 8 KiB a frame
+        self.patch(convert_module, "MAX_FRAME_BYTES", 8 * 1024 - 1)
+        self.patch(frames_module, "get_decoder", lambda uid: self.fail("decoded despite the limit"))
+        with self.assertRaises(ConversionError) as raised:
+            convert_module.convert(src, self.tmp, ExplicitVRLittleEndian)
+        self.assertIn("over the", str(raised.exception))
+        self.assertEqual(self.left(), [])
+
     def test_deflated_source(self) -> None:
         """A Deflated Explicit VR LE source (offsets are in the inflated stream) is not converted: ConversionError."""
         src = get_testdata_file("image_dfl.dcm", download=False)
