@@ -309,6 +309,33 @@ class PydicomTestFileTests(_Scratch):
             self.assertEqual(after[element.tag].value, element.value, str(element.tag))
 
 
+class EncapsulationTests(_Scratch):
+    """The encapsulated pixel data written (PS3.5 A.4): one fragment per frame, a filled Basic Offset Table."""
+
+    def test_offsets_point_at_each_frame_item(self) -> None:
+        """The table has one offset per frame; each, from the first item after it, lands on an item tag; fragments are even."""
+        import struct
+
+        src = self.path()
+        write_native(src, KINDS[5])  # 3 frames
+        result = convert_for(TransferSyntaxPolicy("rle"), src, self.tmp)
+        data = open(result.path, "rb").read()
+        start = data.index(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff") + 12
+        tag, length = struct.unpack_from("<4sL", data, start)
+        self.assertEqual((tag, length), (b"\xfe\xff\x00\xe0", 4 * 3))
+        offsets = struct.unpack_from("<3L", data, start + 8)
+        first = start + 8 + length
+        self.assertEqual(offsets[0], 0)
+        position = first
+        for offset in offsets:
+            self.assertEqual(first + offset, position)
+            tag, size = struct.unpack_from("<4sL", data, position)
+            self.assertEqual(tag, b"\xfe\xff\x00\xe0")
+            self.assertEqual(size % 2, 0)
+            position += 8 + size
+        self.assertEqual(data[position : position + 8], b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+
+
 class NoPixelDataTests(_Scratch):
     """An instance without Pixel Data has nothing to compress."""
 
