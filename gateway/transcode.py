@@ -12,8 +12,11 @@ Only the three native, uncompressed syntaxes are handled (PS3.5 A.1-A.3):
 - Explicit VR Little Endian, 1.2.840.10008.1.2.1 (PS3.5 A.2);
 - Explicit VR Big Endian, 1.2.840.10008.1.2.2 (PS3.5 A.3, retired).
 
-Compressed, encapsulated or deflated data is never decoded here (a router
-does not decode pixels): :class:`TranscodeError` is raised instead.
+Compressed, encapsulated or deflated data is never decoded here:
+:class:`TranscodeError` is raised instead. Decompression and compression
+for a destination's ``transfer_syntax`` (issue 17) are in
+:mod:`gateway.codecs.convert`, which uses this module for native-to-native
+re-encoding of instances without pixel data.
 
 pydicom's writer re-encodes every element it holds as a Python value (the
 numbers of US, SS, UL, FL, FD... and the text of string VRs) in the target

@@ -27,6 +27,7 @@ from gateway.config.schema import (
     RetryConfig,
     SpoolConfig,
 )
+from gateway.config.tsyntax import TRANSFER_SYNTAX_FIELDS, policy_of
 from gateway.config.nodes import (
     INVALID,
     _Context,
@@ -175,6 +176,8 @@ _DICOM_FIELDS: Final[Mapping[str, _Field]] = {
     "storage_commitment": _Field(_check_boolean),
     # How long to wait for the archive's N-EVENT-REPORT before asking again.
     "commitment_timeout": _Field(_duration(0, _MAX_TIMER_SECONDS)),
+    # Issue 17: the transfer syntax the destination gets (``transfer_syntax``, ``lossy``).
+    **TRANSFER_SYNTAX_FIELDS,
 }
 
 
@@ -305,7 +308,12 @@ def _check_destination(
     assert isinstance(values, dict)
     timeouts = values.pop("timeouts", {})
     values.setdefault("calling_ae_title", "")
-    return DicomDestination(name=name, **_by_attr(values, _DICOM_FIELDS), **timeouts)
+    policy = policy_of(values, node, path, ctx)
+    if policy is INVALID:
+        return INVALID
+    for key in TRANSFER_SYNTAX_FIELDS:
+        values.pop(key, None)
+    return DicomDestination(name=name, **_by_attr(values, _DICOM_FIELDS), **timeouts, policy=policy)
 
 
 # --------------------------------------------------------------------------

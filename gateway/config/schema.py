@@ -565,6 +565,9 @@ class DicomDestination:
     storage_commitment: bool = False
     #: Seconds to wait for the archive's report before asking again (new Transaction UID).
     commitment_timeout: float = 600.0
+    #: Issue 17: the transfer syntax this destination gets (keys ``transfer_syntax``
+    #: and ``lossy``); ``preserve`` sends as received.
+    policy: TransferSyntaxPolicy = PRESERVE
 
 
 #: The values of a DICOM destination's ``retrieve_by`` (issue 16).

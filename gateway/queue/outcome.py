@@ -39,7 +39,7 @@ class DeadLetterKind(Enum):
     MORPH = "morph"  # the route's copy could not be made (HARDENING D15)
     UNREADABLE = "unreadable"  # the spooled file is not a readable Part 10 file
     UNSAFE_PATH = "unsafe_path"  # a folder destination refused a value (HARDENING D06)
-    CONVERSION = "conversion"  # the fallback transfer syntax could not be made
+    CONVERSION = "conversion"  # the destination's transfer syntax (policy or fallback) could not be made (issue 17)
     NO_CONTEXT = "no_context"  # no accepted presentation context (PS3.8 9.3.2.2, F03)
     REFUSED = "refused"  # a permanent or unknown C-STORE failure status (PS3.4 Table B.2-1)
     GAVE_UP = "gave_up"  # max_attempts or max_age reached, whatever the last failure

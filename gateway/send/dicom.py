@@ -18,6 +18,14 @@ Each slot of the worker has its own association. For a batch it:
    when only a fallback was accepted) and classifies the result with
    :mod:`gateway.send.classify`.
 
+Under a destination's ``transfer_syntax`` policy other than ``preserve``
+(issue 17) the contexts propose the policy's target for each SOP class
+(with the native syntaxes as a second context, for instances without pixel
+data), and each entry is converted on the file runner
+(:func:`gateway.codecs.convert.convert_for`) before its C-STORE; the copy
+is removed after the attempt. A conversion the codecs cannot do is a dead
+letter of kind ``conversion``.
+
 An association that failed mid-send is never reused (HARDENING F05,
 fo-dicom #1359). The circuit probe is a C-ECHO on an association of its own.
 """
@@ -32,6 +40,8 @@ from typing import Any, AsyncGenerator, Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
+from gateway.codecs import PRESERVE, ConversionError, TransferSyntaxPolicy
+from gateway.codecs.convert import convert_for
 from gateway.associate import AssociationAborted, ClientAssociation, NoPresentationContext, open_association
 from gateway.config.schema import DicomDestination
 from gateway.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -75,7 +85,7 @@ def _native_fallbacks(transfer_syntax: str) -> tuple[str, ...]:
     return tuple(ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts != transfer_syntax)
 
 
-def proposals_for(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+def proposals_for(pairs: Sequence[tuple[str, str]], *, uncompressed_fallback: bool = False) -> list[tuple[str, list[str]]]:
     """Presentation contexts for a batch of (SOP class, transfer syntax) pairs (PS3.8 9.3.2.2).
 
     Each pair gets a context with exactly its syntax, so the original bytes
@@ -84,7 +94,14 @@ def proposals_for(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]
     Implicit VR LE, used (after :func:`gateway.transcode.transcode`) only
     when the first is refused.
 
+    Under a destination's transfer-syntax policy (issue 17) the pairs carry
+    the policy's target, and ``uncompressed_fallback`` adds Explicit then
+    Implicit VR Little Endian for every SOP class whatever the target: an
+    instance without Pixel Data (a report, a presentation state) has nothing
+    to compress and goes in a native syntax (:func:`gateway.codecs.convert.convert_for`).
+
     :param pairs: the batch's (SOP class UID, transfer syntax UID) pairs, in order.
+    :param uncompressed_fallback: offer the native fallbacks for compressed syntaxes too.
     :returns: the proposals, without duplicates, in order.
     """
     seen: dict[tuple[str, tuple[str, ...]], None] = {}
@@ -92,6 +109,8 @@ def proposals_for(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]
         seen[(sop, (ts,))] = None
     for sop, ts in pairs:
         fallbacks = _native_fallbacks(ts)
+        if not fallbacks and uncompressed_fallback:
+            fallbacks = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
         if fallbacks:
             seen[(sop, fallbacks)] = None
     return [(sop, list(syntaxes)) for sop, syntaxes in seen]
@@ -229,6 +248,8 @@ class DicomSender:
         #: Generous: 10 x the DIMSE timeout.
         self.lease_seconds = 10 * config.dimse_timeout
         self._channels = [_Channel() for _ in range(self.slots)]
+        #: Issue 17: the transfer syntax this destination gets.
+        self.policy: TransferSyntaxPolicy = getattr(config, "policy", PRESERVE)
 
     async def _file(self, f: Callable[..., Any], *args: Any) -> Any:
         return await self.context.file_runner.run(f, *args)
@@ -267,7 +288,7 @@ class DicomSender:
                 yield entry, DeadLetter(f"unreadable Part 10 file: {e}", DeadLetterKind.UNREADABLE)
         pending = [e for e in batch if e.entry_id in headers]
         for index, entry in enumerate(pending):
-            rest = [(headers[e.entry_id].sop_class_uid, headers[e.entry_id].transfer_syntax_uid) for e in pending[index:]]
+            rest = [(headers[e.entry_id].sop_class_uid, self._wanted_syntax(headers[e.entry_id])) for e in pending[index:]]
             yield entry, await self._send_one(channel, entry, headers[entry.entry_id], rest)
 
     async def _send_one(self, channel: _Channel, entry: Entry, header: Part10Header, rest: list[tuple[str, str]]) -> Outcome:
@@ -284,26 +305,50 @@ class DicomSender:
         path = entry.path
         # The meta read for this batch is passed along: store() does not read it again.
         known: Part10Header | None = header
-        scratch: str | None = None
-        if association.context_for(header.sop_class_uid, header.transfer_syntax_uid) is None:
-            target = self._fallback_syntax(association, header)
-            if target is None:
-                channel.refused.add((header.sop_class_uid, header.transfer_syntax_uid))
+        syntax = header.transfer_syntax_uid
+        scratches: list[str] = []
+        if self.policy != PRESERVE:
+            # Issue 17: the copy in the destination's syntax, made on the file runner.
+            accepted = sorted(
+                c.transfer_syntax for c in association.contexts.values() if c.abstract_syntax == header.sop_class_uid
+            )
+            if not accepted:
+                channel.refused.add((header.sop_class_uid, self._wanted_syntax(header)))
                 return classify_error(
-                    NoPresentationContext(
-                        f"no accepted presentation context for {header.sop_class_uid} in {header.transfer_syntax_uid}"
-                    ),
+                    NoPresentationContext(f"no accepted presentation context for {header.sop_class_uid}"),
+                    data_sent=False,
+                )
+            try:
+                converted = await self._file(convert_for, self.policy, entry.path, self._scratch_dir(), accepted)
+            except FileNotFoundError as e:
+                return Retry(f"spool file missing: {e}")
+            except ConversionError as e:
+                return DeadLetter(f"cannot convert to {self.policy.target}: {e}", DeadLetterKind.CONVERSION)
+            if converted.temporary:
+                scratches.append(converted.path)
+                path = converted.path
+                known = None  # the copy's meta differs (its syntax, its data set offset)
+            syntax = converted.transfer_syntax_uid
+        if association.context_for(header.sop_class_uid, syntax) is None:
+            target = self._fallback_syntax(association, header.sop_class_uid, syntax)
+            if target is None:
+                self._remove(scratches)
+                channel.refused.add((header.sop_class_uid, syntax))
+                return classify_error(
+                    NoPresentationContext(f"no accepted presentation context for {header.sop_class_uid} in {syntax}"),
                     data_sent=False,
                 )
             fd, scratch = tempfile.mkstemp(prefix="transcode-", suffix=".dcm", dir=self.context.scratch_dir)
             os.close(fd)
+            scratches.append(scratch)
             try:
-                await self._file(transcode, entry.path, scratch, target)
+                await self._file(transcode, path, scratch, target)
             except TranscodeError as e:
-                os.unlink(scratch)
+                self._remove(scratches)
                 return DeadLetter(f"cannot convert to {target}: {e}", DeadLetterKind.CONVERSION)
             path = scratch
             known = None  # the converted copy's meta differs (its syntax, its data set offset)
+        scratch = scratches[-1] if scratches else None
         channel.sent += 1
         channel.last_used = self.clock.seconds()
         try:
@@ -321,8 +366,7 @@ class DicomSender:
             return classify_error(e, data_sent=data_went_out(e))
         finally:
             channel.last_used = self.clock.seconds()
-            if scratch is not None and os.path.exists(scratch):
-                os.unlink(scratch)
+            self._remove(scratches)
         outcome = classify_status(result.status, entry.attempts + 1, self.config.retry)
         if result.error_comment and not isinstance(outcome, Delivered):
             if isinstance(outcome, Retry):
@@ -341,7 +385,7 @@ class DicomSender:
             if association.is_open and channel.sent < self.batch_size and first <= channel.proposed and not first & channel.refused:
                 return None
             await self._close(channel)
-        proposals = proposals_for(pairs)
+        proposals = proposals_for(pairs, uncompressed_fallback=self.policy != PRESERVE)
         if len(proposals) > _MAX_CONTEXTS:
             # PS3.8 9.3.2.2: too many contexts for one association; later entries wait for the next.
             proposals = proposals[:_MAX_CONTEXTS]
@@ -359,17 +403,30 @@ class DicomSender:
         self.context.reachable()
         return None
 
-    def _fallback_syntax(self, association: ClientAssociation, header: Part10Header) -> str | None:
-        """An accepted native syntax the instance can be converted to, preferring Explicit VR LE."""
-        if header.transfer_syntax_uid not in NATIVE_SYNTAXES:
+    def _fallback_syntax(self, association: ClientAssociation, sop_class_uid: str, syntax: str) -> str | None:
+        """An accepted native syntax an instance in ``syntax`` can be re-encoded to, preferring Explicit VR LE."""
+        if syntax not in NATIVE_SYNTAXES:
             return None
-        accepted = {
-            c.transfer_syntax for c in association.contexts.values() if c.abstract_syntax == header.sop_class_uid
-        }
+        accepted = {c.transfer_syntax for c in association.contexts.values() if c.abstract_syntax == sop_class_uid}
         for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
             if ts in accepted:
                 return ts
         return None
+
+    def _wanted_syntax(self, header: Part10Header) -> str:
+        """The syntax proposed for the entry: its own, or the policy's target (issue 17)."""
+        return self.policy.transfer_syntax_uid or header.transfer_syntax_uid
+
+    def _scratch_dir(self) -> str:
+        """Where converted copies go."""
+        return self.context.scratch_dir or tempfile.gettempdir()
+
+    @staticmethod
+    def _remove(paths: list[str]) -> None:
+        """Remove the attempt's converted copies (delivered or not)."""
+        for scratch in paths:
+            if os.path.exists(scratch):
+                os.unlink(scratch)
 
     # -- the rest of the Sender interface ------------------------------------------------
 

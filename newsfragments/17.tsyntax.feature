@@ -1,0 +1,1 @@
+DICOM destinations take `transfer_syntax` (`preserve`, `uncompressed`, `jpeg2000-lossless`, `jpeg-ls-lossless`, `rle`, and lossy targets with `lossy: true`): instances are converted frame by frame, off the reactor, pixel values unchanged for lossless targets; a conversion the codecs cannot do is a `conversion` dead letter.
