@@ -16,8 +16,9 @@ Targets (PS3.5 Annex A, the transfer syntax UIDs of PS3.6 Table A-1):
 - ``jpeg2000-lossless``: JPEG 2000 Image Compression (Lossless Only), 1.2.840.10008.1.2.4.90;
 - ``jpeg-ls-lossless``: JPEG-LS Lossless, 1.2.840.10008.1.2.4.80;
 - ``rle``: RLE Lossless, 1.2.840.10008.1.2.5;
-- lossy targets (only with ``lossy: true``): ``jpeg2000`` (1.2.840.10008.1.2.4.91),
-  ``jpeg-ls-near-lossless`` (1.2.840.10008.1.2.4.81), ``jpeg-baseline`` (1.2.840.10008.1.2.4.50).
+- lossy targets (only with ``lossy: true``): ``jpeg2000`` (1.2.840.10008.1.2.4.91) and
+  ``jpeg-ls-near-lossless`` (1.2.840.10008.1.2.4.81). JPEG baseline is not a target: none of the
+  codecs encodes it, so the loader refuses it rather than dead-letter every image.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ LOSSLESS_TARGETS: Final[Mapping[str, str]] = {
 LOSSY_TARGETS: Final[Mapping[str, str]] = {
     "jpeg2000": "1.2.840.10008.1.2.4.91",
     "jpeg-ls-near-lossless": "1.2.840.10008.1.2.4.81",
-    "jpeg-baseline": "1.2.840.10008.1.2.4.50",
 }
 
 #: Every value ``transfer_syntax`` may take.

@@ -68,8 +68,8 @@ dicomweb:
                             "destinations.cloud.dicomweb.auth.kind", "must be one of")
 
     def test_lossy_target_needs_lossy_true(self) -> None:
-        """transfer_syntax jpeg-baseline without lossy: true is refused (PS3.3 C.7.6.1.1.5)."""
-        self.assertOneError(config("dicomweb: {url: 'http://x', transfer_syntax: jpeg-baseline}"), 8,
+        """transfer_syntax jpeg2000 (lossy) without lossy: true is refused (PS3.3 C.7.6.1.1.5)."""
+        self.assertOneError(config("dicomweb: {url: 'http://x', transfer_syntax: jpeg2000}"), 8,
                             "destinations.cloud.dicomweb.transfer_syntax", "lossy: true")
 
     def test_keys_beside_dicomweb_are_refused(self) -> None:
