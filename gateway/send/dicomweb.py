@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -111,13 +112,36 @@ def retry_after(value: str | None, now: float, cap: float) -> float:
     return max(0.0, min(when.timestamp() - now, cap))
 
 
-def _server_message(answer: Answer) -> str:
-    """The server's own words for a refusal, cut and made printable (no more than it wrote)."""
-    return printable(answer.body.decode("utf-8", "replace").strip(), MESSAGE_CHARS)
+#: A credential of an HTTP authentication scheme (RFC 9110 11.4), as a server may echo it in an error body.
+_CREDENTIAL = re.compile(r"(?i)\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def _server_message(answer: Answer, secrets: Sequence[bytes] = ()) -> str:
+    """The server's own words for a refusal, cut and made printable (no more than it wrote).
+
+    Privacy: a server (or a proxy before it) may echo the request's headers
+    in its error body; the ``Authorization`` value sent (``secrets``: the whole
+    header value and its credential part) and anything that looks like a
+    Basic or Bearer credential are replaced by ``[redacted]`` *before* the cut,
+    so no secret, nor a prefix of one, reaches a dead letter's reason.
+    """
+    text = answer.body.decode("utf-8", "replace")
+    for secret in secrets:
+        value = secret.decode("latin-1")
+        for piece in (value, value.partition(" ")[2].strip()):
+            if len(piece) >= 4:
+                text = text.replace(piece, "[redacted]")
+    text = _CREDENTIAL.sub(lambda m: m.group(1) + m.group(2) + "[redacted]", text)
+    return printable(text.strip(), MESSAGE_CHARS)
 
 
 def classify_answer(
-    answer: Answer, uids: Sequence[str], attempts: Sequence[int], config: DicomWebDestination, now: float
+    answer: Answer,
+    uids: Sequence[str],
+    attempts: Sequence[int],
+    config: DicomWebDestination,
+    now: float,
+    secrets: Sequence[bytes] = (),
 ) -> list[Outcome] | str:
     """Each instance's outcome from the answer to a STOW-RS request (see the module docstring's table).
 
@@ -130,6 +154,7 @@ def classify_answer(
     :param attempts: real attempts made for each, this one included.
     :param config: the destination (retry settings).
     :param now: the wall-clock time (an HTTP-date Retry-After).
+    :param secrets: the ``Authorization`` value sent, redacted from the server's message.
     """
     code = answer.code
     if code in PER_INSTANCE:
@@ -153,7 +178,7 @@ def classify_answer(
         after = retry_after(answer.headers.get("retry-after"), now, config.retry.max_delay)
         return [Retry(f"STOW-RS HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after) for _ in uids]
     if 400 <= code <= 499:
-        message = _server_message(answer)
+        message = _server_message(answer, secrets)
         return [
             DeadLetter(f"STOW-RS HTTP {code}" + (f": {message}" if message else ""), DeadLetterKind.REFUSED) for _ in uids
         ]
@@ -453,6 +478,7 @@ class DicomWebSender:
             [item.entry.attempts + 1 for item in group],
             self.config,
             self.wall(),
+            secrets=(authorization,) if authorization is not None else (),
         )
         if outcomes == "auth":
             # PS3.18 / RFC 9110 15.5.2: the credentials were refused. One more
@@ -464,7 +490,7 @@ class DicomWebSender:
             return [(entries[0], DestinationDown(f"STOW-RS HTTP {answer.code}: credentials refused"))]
         if outcomes == "split":
             if len(group) == 1:
-                message = _server_message(answer)
+                message = _server_message(answer, (authorization,) if authorization is not None else ())
                 reason = "STOW-RS HTTP 413: the instance alone is too large for the server" + (f" ({message})" if message else "")
                 return [(entries[0], DeadLetter(reason, DeadLetterKind.REFUSED))]
             # RFC 9110 15.5.14: the request is too large; halve it until it fits.

@@ -249,6 +249,18 @@ class HttpStatusTests(SenderTestBase):
         outcomes = await self.send(self.sender(), entries)
         self.assertEqual(outcomes, [DeadLetter("STOW-RS HTTP 400: bad thing?here", DeadLetterKind.REFUSED)] * 2)
 
+    async def test_4xx_echoing_our_bearer_token_keeps_it_out_of_the_dead_letter(self) -> None:
+        """A 400 whose message quotes the Authorization header sent: the dead letter's reason never holds the token."""
+        self.serve(Script(steps={0: {"status": 400, "message": "rejected request with Authorization: Bearer tok-SECRET-4711"}}))
+        token = os.path.join(self.folder, "token")
+        with open(token, "w") as f:
+            f.write("tok-SECRET-4711")
+        entries, _ = self.batch(1)
+        outcomes = await self.send(self.sender(auth=DicomWebAuth(kind="bearer", token_file=token)), entries)
+        self.assertIsInstance(outcomes[0], DeadLetter)
+        self.assertNotIn("SECRET", outcomes[0].reason)
+        self.assertIn("[redacted]", outcomes[0].reason)
+
     async def test_401_opens_the_circuit_not_a_dead_letter(self) -> None:
         """A refused static token: one DestinationDown, no dead letter, no retry counted."""
         self.serve(Script(bearer="right"))

@@ -206,3 +206,36 @@ class HttpStatusTableTests(SynchronousTestCase):
         self.assertTrue(first.reason.startswith("STOW-RS HTTP 400: ?[31m"))
         self.assertTrue(first.reason.endswith("m..."))
         self.assertLess(len(first.reason), 240)
+
+
+class ServerMessageSecretTests(SynchronousTestCase):
+    """A refusal's body that echoes our credentials never puts them in a dead letter's reason (privacy)."""
+
+    config = DicomWebDestination("cloud", "http://x", retry=RETRY)
+
+    def test_echoed_authorization_header_is_redacted(self) -> None:
+        """A 400 body quoting the request's Authorization header: the reason keeps neither the value nor the token."""
+        token = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.s1gn4tur3"
+        body = f"bad request; headers were: Authorization: Bearer {token}, Accept: */*".encode()
+        (first, _) = classify_answer(
+            answer(400, body), ["1.0", "1.1"], [1, 1], self.config, 0.0, secrets=(f"Bearer {token}".encode(),)
+        )  # type: ignore[misc]
+        self.assertIsInstance(first, DeadLetter)
+        self.assertNotIn(token, first.reason)
+        self.assertNotIn(token[:20], first.reason)
+        self.assertIn("Authorization: [redacted]", first.reason)
+
+    def test_credentials_of_any_scheme_are_redacted_without_being_named(self) -> None:
+        """A Basic or Bearer credential the body echoes is redacted even when the caller gives no secret (a token renewed since)."""
+        body = b"403 said the proxy to: authorization=Basic dXNlcjpodW50ZXIy; also Bearer abc.def-ghi_jkl~m+n/o="
+        (first,) = classify_answer(answer(404, body), ["1.0"], [1], self.config, 0.0)  # type: ignore[misc]
+        self.assertNotIn("dXNlcjpodW50ZXIy", first.reason)
+        self.assertNotIn("abc.def", first.reason)
+        self.assertIn("Basic [redacted]", first.reason)
+
+    def test_secret_cut_at_the_message_limit_is_still_redacted(self) -> None:
+        """A secret echoed across the message's 200-character cut leaves no prefix of itself in the reason."""
+        secret = "Zm9vOmJhcg-SECRET-VALUE-9f8e7d6c5b4a"
+        body = ("x" * 180 + " token=" + secret).encode()
+        (first,) = classify_answer(answer(400, body), ["1.0"], [1], self.config, 0.0, secrets=(secret.encode(),))  # type: ignore[misc]
+        self.assertNotIn(secret[:10], first.reason)
