@@ -19,7 +19,8 @@ For a slot's batch it:
    ======================  ==============================================================
    HTTP status             outcome
    ======================  ==============================================================
-   200, 202, 409           each instance from its own item (Referenced/Failed SOP Sequence)
+   200, 202, 409           each instance from its own item (Referenced/Failed SOP Sequence);
+                           an unreadable body: retry (ambiguous for 200 and 202)
    401, 403                the destination is down (credentials); after one 401 an OAuth2
                            token, or a bearer file that changed, is tried once more first
    408, 429                retry every instance, not before ``Retry-After`` (RFC 9110 10.2.3)
@@ -70,7 +71,7 @@ from gateway.dicomweb.client_auth import Answer, AuthError, Authenticator, authe
 from gateway.dicomweb.stow_response import MAX_BODY, NOT_MENTIONED, ResponseError, classify_instances, parse, printable
 from gateway.events import DicomWebAnswered
 from gateway.queue.interfaces import Entry
-from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
+from gateway.queue.outcome import DeadLetter, DeadLetterKind, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
 from gateway.send.classify import _is_tls_error
 
@@ -161,11 +162,13 @@ def classify_answer(
         try:
             response = parse(answer.headers.get("content-type", ""), answer.body)
         except ResponseError as e:
-            if code == 200:
-                # PS3.18 10.5.3: 200 is "stored all instances"; the body only adds warnings.
-                return [Delivered(0, f"STOW-RS 200 with an unreadable response ({e})") for _ in uids]
+            # Custody: an instance is delivered only when the response lists it (issue 17: "each
+            # instance is classified from its own entry ... not from the HTTP status"). A 200
+            # without a readable Store Instances Response (PS3.18 10.5.3 says it carries one) may
+            # be a proxy's page (an SSO login form answered 200), not the origin server: retried,
+            # ambiguous (it may be stored), until retry.max_attempts gives up with this reason.
             # 202 (some stored) or 409 (none): which ones is unknown; 202 means some may be there.
-            return [Retry(f"STOW-RS {code} with an unreadable response: {e}", ambiguous=code == 202) for _ in uids]
+            return [Retry(f"STOW-RS {code} with an unreadable response: {e}", ambiguous=code in (200, 202)) for _ in uids]
         return classify_instances(uids, attempts, response, config.retry)
     if code in (401, 403):
         return "auth"

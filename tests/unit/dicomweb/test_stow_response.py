@@ -172,10 +172,18 @@ class HttpStatusTableTests(SynchronousTestCase):
             self.assertEqual([type(o) for o in outcomes], [Delivered, DeadLetter], code)  # type: ignore[union-attr]
 
     def test_unreadable_bodies(self) -> None:
-        """200 unreadable: delivered (HTTP says all stored); 202: ambiguous retries; 409: plain retries."""
-        self.assertEqual([type(o) for o in self.classify(answer(200, b"garbage", content_type="text/plain"))], [Delivered] * 2)
+        """200 unreadable: ambiguous retries (no instance is delivered unlisted); 202: ambiguous retries; 409: plain retries."""
+        self.assertEqual([o.ambiguous for o in self.classify(answer(200, b"garbage", content_type="text/plain"))], [True] * 2)
         self.assertEqual([o.ambiguous for o in self.classify(answer(202, b"x", content_type="text/plain"))], [True] * 2)
         self.assertEqual([o.ambiguous for o in self.classify(answer(409, b"x", content_type="text/plain"))], [False] * 2)
+
+    def test_200_without_a_response_module_delivers_nothing(self) -> None:
+        """A 200 whose body is empty or an HTML page (an SSO proxy's login page) records no instance delivered: each is retried, ambiguous."""
+        for body, content_type in ((b"", ""), (b"<html><body>Please sign in</body></html>", "text/html")):
+            outcomes = self.classify(answer(200, body, content_type=content_type))
+            self.assertEqual([type(o) for o in outcomes], [Retry, Retry], body)  # type: ignore[union-attr]
+            self.assertTrue(all(o.ambiguous for o in outcomes), body)  # type: ignore[union-attr]
+            self.assertTrue(all("200" in o.reason for o in outcomes), body)  # type: ignore[union-attr]
 
     def test_whole_request_codes(self) -> None:
         """401/403 -> auth; 413 -> split; 408/429/500 -> retry; 502/503/504 -> destination down; 400/404/415 -> dead letter."""
