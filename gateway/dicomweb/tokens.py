@@ -12,7 +12,8 @@ a slow hash would protect, and it costs nothing per request (issue 17).
 The file is re-read when its modification time, size or inode changes
 (:class:`TokenStore`, checked at most once a second): a client added or
 revoked takes effect without a reload. A file that became unreadable or
-invalid keeps the tokens last read, and the problem is logged once.
+invalid keeps the tokens last read, and the problem is logged once; a file
+left without any token line revokes every client (fail closed).
 The secrets are never logged nor kept in ``repr``.
 """
 
@@ -34,6 +35,9 @@ __all__ = ["ClientToken", "TokenStore", "hash_line", "new_token", "parse_tokens"
 
 _NAME: Final = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 _HASHED: Final = re.compile(r"sha256\$([0-9a-fA-F]{64})")
+
+#: The problem of a file without any token line (refused at load; at run time, every client revoked).
+NO_TOKEN: Final = "no token in the file (expected NAME:TOKEN lines)"
 
 #: Seconds between two looks at the file's metadata.
 RECHECK_SECONDS: Final = 1.0
@@ -114,7 +118,7 @@ def parse_tokens(text: str) -> tuple[tuple[ClientToken, ...], list[TokenFileErro
         names[name] = digests[digest] = number
         tokens.append(ClientToken(name, digest))
     if not tokens and not errors:
-        errors.append(TokenFileError("no token in the file (expected NAME:TOKEN lines)"))
+        errors.append(TokenFileError(NO_TOKEN))
     return tuple(tokens), errors
 
 
@@ -177,6 +181,12 @@ class TokenStore:
         if stamp is not None and stamp == self._stamp:
             return self._tokens
         tokens, problems = read_tokens(self.path)
+        if [p.message for p in problems] == [NO_TOKEN]:
+            # Every line removed: the operator revoked every client. Fail closed (keeping the
+            # tokens read before would leave a revoked client in); the load refuses such a file.
+            problems = []
+            if self._tokens:
+                self.log.warn("dicomweb tokens file {path} holds no token: every client is refused", path=self.path)
         if problems:
             if not self._warned:
                 self._warned = True

@@ -77,3 +77,13 @@ class StoreTests(SynchronousTestCase):
         os.utime(self.path, ns=(2, 2))
         self.now += RECHECK_SECONDS + 0.1
         self.assertEqual(self.store.authenticate(TOKEN), "alice")
+
+    def test_emptying_the_file_revokes_every_client(self) -> None:
+        """The last client's line removed (the file empty, or comments only): its token no longer authenticates (fail closed)."""
+        self.assertEqual(self.store.authenticate(TOKEN), "alice")
+        with open(self.path, "w") as fp:
+            fp.write("# alice revoked 2026-12-02\n\n")
+        os.utime(self.path, ns=(3, 3))
+        self.now += RECHECK_SECONDS + 0.1
+        self.assertIsNone(self.store.authenticate(TOKEN))
+        self.assertEqual(self.store.tokens(), ())
