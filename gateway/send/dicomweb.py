@@ -8,7 +8,7 @@ For a slot's batch it:
    an unreadable file one of kind ``unreadable``, a missing one a retry;
 2. cuts the rest into requests of at most ``batch.max_bytes`` bytes (an
    instance larger than that goes alone);
-3. POSTs each to ``{url}/studies`` as ``multipart/related;
+3. POSTs each to ``{url}/studies`` (before the URL's query, if it has one) as ``multipart/related;
    type="application/dicom"`` streamed from the files with a
    ``Content-Length`` (:class:`gateway.dicomweb.body.MultipartBody`), on a
    persistent connection of the destination's pool;
@@ -49,7 +49,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from typing import Any, AsyncGenerator, Final, Mapping, Sequence
 
 from twisted.internet import error as neterror
@@ -75,7 +75,7 @@ from gateway.queue.outcome import DeadLetter, DeadLetterKind, DestinationDown, O
 from gateway.send import SendContext
 from gateway.send.classify import _is_tls_error
 
-__all__ = ["DicomWebSender", "HttpClient", "classify_answer", "retry_after"]
+__all__ = ["DicomWebSender", "HttpClient", "classify_answer", "endpoint", "retry_after", "url_secrets"]
 
 #: What we ask the server to answer in (PS3.18 8.7.3.5, 10.5.3).
 ACCEPT: Final = b"application/dicom+json, application/dicom+xml;q=0.5"
@@ -115,6 +115,26 @@ def retry_after(value: str | None, now: float, cap: float) -> float:
 
 #: A credential of an HTTP authentication scheme (RFC 9110 11.4), as a server may echo it in an error body.
 _CREDENTIAL = re.compile(r"(?i)\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def endpoint(base: str, path: str, query: str = "") -> str:
+    """``base`` with ``path`` appended to its path, before its query (a function key, ``?code=...``), and ``query`` added.
+
+    A destination's ``url`` may carry a query (the configuration accepts
+    one): ``url + "/studies"`` would put the path inside the query.
+    """
+    parts = urlsplit(base)
+    joined = "&".join(q for q in (parts.query, query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, joined, ""))
+
+
+def url_secrets(*urls: str) -> tuple[bytes, ...]:
+    """The query values of ``urls`` (a key may travel there), to keep out of reasons like the credentials."""
+    values = []
+    for url in urls:
+        for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=False):
+            values.append(("x " + value).encode("latin-1", "replace"))  # redacted as a credential part too
+    return tuple(values)
 
 
 def _server_message(answer: Answer, secrets: Sequence[bytes] = ()) -> str:
@@ -466,7 +486,7 @@ class DicomWebSender:
             headers[b"Authorization"] = authorization
         started = self.clock.seconds()
         try:
-            answer = await self.client.request(b"POST", self.config.url + "/studies", headers, body)
+            answer = await self.client.request(b"POST", endpoint(self.config.url, "/studies"), headers, body)
         except Exception as e:
             self._observe(0, len(group), body.written, started)
             return self._no_answer(entries, e, sent_all=body.written == body.length, written=body.written)
@@ -481,7 +501,7 @@ class DicomWebSender:
             [item.entry.attempts + 1 for item in group],
             self.config,
             self.wall(),
-            secrets=(authorization,) if authorization is not None else (),
+            secrets=self._secrets(authorization),
         )
         if outcomes == "auth":
             # PS3.18 / RFC 9110 15.5.2: the credentials were refused. One more
@@ -493,7 +513,7 @@ class DicomWebSender:
             return [(entries[0], DestinationDown(f"STOW-RS HTTP {answer.code}: credentials refused"))]
         if outcomes == "split":
             if len(group) == 1:
-                message = _server_message(answer, (authorization,) if authorization is not None else ())
+                message = _server_message(answer, self._secrets(authorization))
                 reason = "STOW-RS HTTP 413: the instance alone is too large for the server" + (f" ({message})" if message else "")
                 return [(entries[0], DeadLetter(reason, DeadLetterKind.REFUSED))]
             # RFC 9110 15.5.14: the request is too large; halve it until it fits.
@@ -506,6 +526,11 @@ class DicomWebSender:
         if len(outcomes) == 1 and isinstance(outcomes[0], DestinationDown):
             return [(entries[0], outcomes[0])]
         return list(zip(entries, outcomes))
+
+    def _secrets(self, authorization: bytes | None) -> tuple[bytes, ...]:
+        """What the server's words must not carry into a reason: the Authorization sent, the URLs' query values."""
+        sent = (authorization,) if authorization is not None else ()
+        return sent + url_secrets(self.config.url, self.config.probe_url)
 
     def _no_answer(
         self, entries: Sequence[Entry], exc: BaseException, sent_all: bool, written: int
@@ -536,7 +561,7 @@ class DicomWebSender:
 
     async def probe(self) -> DestinationDown | None:
         """QIDO-RS ``GET {url}/studies?limit=1`` (PS3.18 10.6) or ``probe_url``: any 2xx is up."""
-        url = self.config.probe_url or self.config.url + "/studies?limit=1"
+        url = self.config.probe_url or endpoint(self.config.url, "/studies", "limit=1")
         try:
             authorization = await self.auth.header()
         except AuthError as e:

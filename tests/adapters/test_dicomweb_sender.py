@@ -551,3 +551,70 @@ class RetryAfterFloorTests(WorkerTestsMixin, SynchronousTestCase):
         self.assertEqual(entry.attempts, 0)
         self.clock.advance(60)
         self.assertEqual(worker.sender.sent, 2)  # type: ignore[attr-defined]
+
+
+class _EchoClient:
+    """An HTTP client that records the URLs asked and answers each with ``code`` and a body echoing the URL."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.urls: list[str] = []
+
+    async def request(self, method: bytes, url: str, headers: Any, body: Any = None, limit: int = 0) -> Any:
+        from gateway.dicomweb.client_auth import Answer
+
+        self.urls.append(url)
+        return Answer(self.code, {"content-type": "text/plain"}, f"Cannot {method.decode()} {url}".encode())
+
+    def abort(self) -> None:
+        """Nothing in flight."""
+
+    def connections(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        """Nothing held."""
+
+
+class UrlWithQueryTests(SynchronousTestCase):
+    """A destination URL with a query (a function key, ``?code=...``): the STOW-RS and QIDO-RS paths go before it, and its values never reach a reason."""
+
+    def setUp(self) -> None:
+        self.folder = self.mktemp()
+        os.makedirs(self.folder)
+
+    def sender(self, code: int) -> tuple[DicomWebSender, _EchoClient]:
+        client = _EchoClient(code)
+        config = DicomWebDestination(name="cloud", url="https://cloud.example/dicomweb?code=K3Y-s3cr3t-value&x=1",
+                                     retry=RetryConfig(unknown_status_attempts=3, max_delay=60.0))
+        context = SendContext(SynchronousRunner(), reactor, None, scratch_dir=self.folder)
+        return DicomWebSender(config, context, client=client), client  # type: ignore[arg-type]
+
+    def run_batch(self, sender: DicomWebSender, entries: Sequence[Entry]) -> list[Outcome]:
+        from twisted.internet.defer import ensureDeferred
+
+        async def collect() -> list[Outcome]:
+            return [outcome async for _entry, outcome in sender.send(0, entries)]
+
+        return self.successResultOf(ensureDeferred(collect()))
+
+    def test_studies_path_goes_before_the_query(self) -> None:
+        """POST goes to {path}/studies?{query}, the probe to {path}/studies?{query}&limit=1, the query kept whole."""
+        sender, client = self.sender(200)
+        (path, uid), = make_files(self.folder, 1)
+        self.run_batch(sender, [entry_for(path, uid, 1)])
+        from twisted.internet.defer import ensureDeferred
+
+        self.successResultOf(ensureDeferred(sender.probe()))
+        self.assertEqual(client.urls, [
+            "https://cloud.example/dicomweb/studies?code=K3Y-s3cr3t-value&x=1",
+            "https://cloud.example/dicomweb/studies?code=K3Y-s3cr3t-value&x=1&limit=1",
+        ])
+
+    def test_a_refusal_echoing_the_url_keeps_its_key_out_of_the_dead_letter(self) -> None:
+        """A 404 whose body repeats the URL asked: the dead letter's reason has no query value."""
+        sender, _ = self.sender(404)
+        (path, uid), = make_files(self.folder, 1)
+        (outcome,) = self.run_batch(sender, [entry_for(path, uid, 1)])
+        self.assertIsInstance(outcome, DeadLetter)
+        self.assertNotIn("K3Y-s3cr3t", outcome.reason)
