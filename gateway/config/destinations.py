@@ -27,6 +27,7 @@ from gateway.config.schema import (
     RetryConfig,
     SpoolConfig,
 )
+from gateway.codecs import LOSSY_TARGETS
 from gateway.config.tsyntax import TRANSFER_SYNTAX_FIELDS, policy_of
 from gateway.config.nodes import (
     INVALID,
@@ -51,7 +52,6 @@ from gateway.config.nodes import (
     _size,
     _value_node,
 )
-from gateway.config.tsyntax import TRANSFER_SYNTAX_FIELDS, policy_of
 from gateway.config.listeners import _MAX_TIMER_SECONDS, _check_tls_profile
 from gateway.suggest import did_you_mean
 
@@ -311,6 +311,12 @@ def _check_destination(
     policy = policy_of(values, node, path, ctx)
     if policy is INVALID:
         return INVALID
+    if policy.lossy and policy.target in LOSSY_TARGETS and values.get("storage_commitment"):
+        # A lossy copy is a new instance with a new SOP Instance UID (PS3.3 C.7.6.1.1.5): the
+        # archive can never commit the instance the modality sent, so the pair is refused.
+        return ctx.error(node, f"{path}.transfer_syntax",
+                         f"{policy.target!r} is lossy (a new SOP Instance UID) and cannot be combined with"
+                         " storage_commitment: true (the archive would be asked to commit the original)")
     for key in TRANSFER_SYNTAX_FIELDS:
         values.pop(key, None)
     return DicomDestination(name=name, **_by_attr(values, _DICOM_FIELDS), **timeouts, policy=policy)

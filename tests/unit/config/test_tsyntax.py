@@ -49,6 +49,24 @@ class DicomDestinationPolicyTests(LoadTestCase):
             "lossy: true",
         )
 
+    def test_lossy_target_with_storage_commitment_refused(self) -> None:
+        """A lossy copy has a new SOP Instance UID: with ``storage_commitment: true`` it is refused at load."""
+        self.assertOneError(
+            MINIMAL + "destinations:\n  web:\n    ae_title: WEB\n    host: h\n    port: 104\n"
+            "    transfer_syntax: jpeg2000\n    lossy: true\n    storage_commitment: true\n",
+            8,
+            "destinations.web.transfer_syntax",
+            "storage_commitment",
+        )
+
+    def test_lossless_target_with_storage_commitment_loads(self) -> None:
+        """A lossless conversion keeps the SOP Instance UID: storage commitment still applies."""
+        config = self.load(MINIMAL + "destinations:\n  pacs: {ae_title: PACS, host: h, port: 104,"
+                           " transfer_syntax: rle, storage_commitment: true}\n")
+        (pacs,) = config.destinations
+        assert isinstance(pacs, DicomDestination)
+        self.assertTrue(pacs.storage_commitment)
+
     def test_unknown_target_refused(self) -> None:
         """A target that is not one of the list is refused at its line."""
         self.assertOneError(
