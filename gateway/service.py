@@ -812,7 +812,14 @@ class GatewayService(MultiService):
         # Issue 16: C-GET scratch files (sub-operations, hand-overs, morphed copies) a crash left behind.
         from gateway.qr.get import sweep_scratch
 
-        swept = await self.blocking.run(sweep_scratch, os.path.join(self.config.spool.path, "scratch"))
+        older_than = None
+        if self.config.spool.shared:
+            # Other nodes' C-GETs may be using their files: only those older than any C-GET can live.
+            sections = [self.config.retrieve, *(listener.retrieve for listener in self.config.listen)]
+            older_than = max((section.timeout for section in sections if section is not None), default=0.0) + 60.0
+        swept = await self.blocking.run(
+            sweep_scratch, os.path.join(self.config.spool.path, "scratch"), older_than, self._wall()
+        )
         if swept:
             self.log.warn("{count} C-GET scratch file(s) left by an earlier run were removed", count=swept)
         if hasattr(self.store, "retrieves"):

@@ -1044,12 +1044,19 @@ def make_handover(spooled: str, handover: str) -> None:
             raise
 
 
-def sweep_scratch(scratch: str) -> int:
+def sweep_scratch(scratch: str, older_than: float | None = None, now: float = 0.0) -> int:
     """Remove the C-GET scratch files a crash left behind (at start, before the listeners; blocking).
 
     Only files named with :data:`SCRATCH_PREFIXES` are removed (the
     forwarder's transcoded copies in the same folder are not this module's).
+    On a shared spool (several nodes, issue 14) another node's C-GET may
+    still be using its files: pass ``older_than`` (seconds; the longest
+    ``retrieve.timeout``, which bounds every C-GET) and only files not
+    modified for that long are removed.
 
+    :param scratch: the spool's ``scratch`` folder.
+    :param older_than: remove only files older than this many seconds (``None``: all).
+    :param now: the wall clock, with ``older_than``.
     :returns: how many were removed.
     """
     removed = 0
@@ -1060,6 +1067,8 @@ def sweep_scratch(scratch: str) -> int:
     for entry in entries:
         if entry.name.startswith(SCRATCH_PREFIXES) and entry.is_file(follow_symlinks=False):
             try:
+                if older_than is not None and now - entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    continue  # maybe a live C-GET of another node sharing this spool
                 os.unlink(entry.path)
                 removed += 1
             except FileNotFoundError:

@@ -482,6 +482,18 @@ class SweepTests(SynchronousTestCase):
         self.assertEqual(os.listdir(tmp), ["transcoded-1.dcm"])
         self.assertEqual(get.sweep_scratch(os.path.join(tmp, "absent")), 0)
 
+    def test_shared_spool_keeps_files_younger_than_any_c_get(self) -> None:
+        """With ``older_than`` (a shared spool) a recent file may be another node's live C-GET: kept; an old one goes."""
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for name, age in (("getrelay-3-1.2.dcm", 10.0), ("get-old.dcm", 7200.0)):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(b"x")
+            os.utime(path, (100000.0 - age, 100000.0 - age))
+        self.assertEqual(get.sweep_scratch(tmp, 3660.0, 100000.0), 1)
+        self.assertEqual(os.listdir(tmp), ["getrelay-3-1.2.dcm"])
+
 
 class HandoverPathTests(SynchronousTestCase):
     """Hand-over names are internal: a UID as it is, anything else hashed."""
