@@ -65,6 +65,7 @@ __all__ = [
     "QueryAnswered",
     "QuerySourceAnswered",
     "RetrieveAnswered",
+    "RetrieveJournalCleaned",
 ]
 
 
@@ -508,6 +509,18 @@ class ConfigReloaded:
     applied: bool
 
 
+@dataclass(frozen=True)
+class RetrieveJournalCleaned:
+    """The housekeeping deleted finished retrieves, their items and unused remapped UIDs past retention (issue 16).
+
+    Emitted once per round that deleted something (:meth:`gateway.recovery.Recovery.clean_retrieves`).
+    """
+
+    retrieves: int
+    items: int
+    remapped_uids: int
+
+
 Event = (
     AssociationAccepted
     | AssociationRejected
@@ -539,6 +552,7 @@ Event = (
     | QueryAnswered
     | QuerySourceAnswered
     | RetrieveAnswered
+    | RetrieveJournalCleaned
 )
 
 
