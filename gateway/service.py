@@ -871,6 +871,11 @@ class GatewayService(MultiService):
         ):
             cleaned = await self.recovery.clean_retrieves(self.config.retrieve_retention, self.config.remap_retention)
             if cleaned.retrieves or cleaned.items or cleaned.remapped_uids:
+                self.log.info(
+                    "journal clean-up: {retrieves} finished retrieve(s) ({items} instance row(s)) past"
+                    " retention.retrieves, {remapped} remapped UID(s) past retention.remapped_uids deleted",
+                    retrieves=cleaned.retrieves, items=cleaned.items, remapped=cleaned.remapped_uids,
+                )
                 self.observer.observe(
                     events.RetrieveJournalCleaned(cleaned.retrieves, cleaned.items, cleaned.remapped_uids)
                 )

@@ -96,6 +96,8 @@ _check_duplicates: Final = _section(
     lambda window=_default_of("duplicate_window"): window,
     {"window": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
 )
+
+
 def _retention(
     keep_delivered: float = _default_of("keep_delivered"),
     retrieves: float = _default_of("retrieve_retention"),
