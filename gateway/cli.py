@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
     cretry = csub.add_parser("retry", parents=[config_arg], help="send a dead report again (the same report)")
     cretry.add_argument("transaction_uid")
 
+    # Issue 16: C-MOVE / C-GET retrieves in the journal (finished ones kept retention.retrieves).
+    retrieve = sub.add_parser("retrieve", help="C-MOVE and C-GET retrieves: open, and finished within retention.retrieves")
+    rsub = retrieve.add_subparsers(dest="retrieve_action", required=True)
+    rlist = rsub.add_parser("list", parents=[config_arg], help="retrieves, newest first: kind, state, requester, counts")
+    rlist.add_argument("--state", choices=["open", "done", "cancelled", "failed"], help="only retrieves in this state")
+    rlist.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    rlist.add_argument("--json", action="store_true")
+    rshow = rsub.add_parser("show", parents=[config_arg], help="one retrieve: request, counts, each instance")
+    rshow.add_argument("retrieve_id", type=int)
+    rshow.add_argument("--json", action="store_true")
+
     db = sub.add_parser("db", help="the queue's database")
     db_sub = db.add_subparsers(dest="db_action", required=True)
     db_sub.add_parser(
@@ -437,6 +448,39 @@ def _commitment(args: argparse.Namespace) -> int:
             finally:
                 admin.close_audit_trail(trail)
             print(f"{args.transaction_uid}: report owed again; the gateway sends it at its next look")
+            return 0
+    finally:
+        store.close()
+    return 2
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    """``dicom-gateway retrieve list|show``: read the retrieve journal directly (issue 16)."""
+    import time
+
+    from gateway import admin
+    from gateway import admin_retrieves as ar
+    from gateway.stores import describe_store
+
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    now = time.time()
+    try:
+        journal = ar.retrieve_journal(store)
+        if journal is None:
+            print(f"the queue journal ({describe_store(config)}) keeps no retrieves", file=sys.stderr)
+            return 1
+        if args.retrieve_action == "list":
+            rows = ar.retrieve_rows(journal, now, ar.parse_state(args.state), max(1, args.limit))
+            print(admin.to_json(rows) if args.json else ar.format_retrieve_rows(rows, now))
+            return 0
+        if args.retrieve_action == "show":
+            try:
+                detail = ar.retrieve_detail(journal, args.retrieve_id, now)
+            except KeyError:
+                print(ar.not_on_record(args.retrieve_id, config.retrieve_retention), file=sys.stderr)
+                return 1
+            print(admin.to_json(detail) if args.json else ar.format_retrieve(detail))
             return 0
     finally:
         store.close()
@@ -806,6 +850,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_queue(args))
     if args.command == "commitment":
         raise SystemExit(_commitment(args))
+    if args.command == "retrieve":
+        raise SystemExit(_retrieve(args))
     if args.command == "db":
         raise SystemExit(_db(args))
     if args.command == "find":

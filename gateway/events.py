@@ -65,6 +65,7 @@ __all__ = [
     "QueryAnswered",
     "QuerySourceAnswered",
     "RetrieveAnswered",
+    "RetrieveJournalCleaned",
 ]
 
 
@@ -519,6 +520,18 @@ class ConfigReloaded:
     applied: bool
 
 
+@dataclass(frozen=True)
+class RetrieveJournalCleaned:
+    """The housekeeping deleted finished retrieves, their items and unused remapped UIDs past retention (issue 16).
+
+    Emitted once per round that deleted something (:meth:`gateway.recovery.Recovery.clean_retrieves`).
+    """
+
+    retrieves: int
+    items: int
+    remapped_uids: int
+
+
 Event = (
     AssociationAccepted
     | AssociationRejected
@@ -551,6 +564,7 @@ Event = (
     | QuerySourceAnswered
     | RetrieveAnswered
     | DicomWebAnswered
+    | RetrieveJournalCleaned
 )
 
 

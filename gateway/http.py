@@ -84,6 +84,7 @@ from gateway.httpresources import (
     Backend,
     BadRequest,
     CommitmentsResource,
+    RetrievesResource,
     DeadLettersResource,
     DestinationsResource,
     HealthResource,
@@ -159,6 +160,8 @@ def build_site(
     v1.putChild(b"undrain", DrainResource(backend, False))
     # Issue 15: Storage Commitment transactions, their detail and the retry of a dead report.
     v1.putChild(b"commitments", CommitmentsResource(backend))
+    # Issue 16: C-MOVE / C-GET retrieves in the journal.
+    v1.putChild(b"retrieves", RetrievesResource(backend))
     root.putChild(b"api", api)
     site = GatewaySite(root, reactor=reactor, max_connections=max_connections, request_deadline=request_deadline)
     site.noisy = False

@@ -439,6 +439,45 @@ class ServiceBackend:
         return self._audited(d, "commitment_retry", operator, transaction_uid=transaction_uid)
 
 
+    # -- retrieves (issue 16) ------------------------------------------------------------
+
+    def retrieves(self, state: str | None, limit: int, cursor: str | None) -> "Deferred[dict[str, Any]]":
+        """:func:`gateway.admin_retrieves.retrieve_page` on the store's thread."""
+        from gateway import admin_retrieves as ar
+
+        try:
+            wanted = ar.parse_state(state)
+            before = ar.decode_cursor(cursor) if cursor else None
+        except ValueError as e:
+            return _failed(BadRequest(str(e)))
+        now = self._wall()
+
+        def read() -> dict[str, Any]:
+            journal = ar.retrieve_journal(self._service.store)
+            if journal is None:
+                raise NotFound("this gateway's queue store keeps no retrieves")
+            return ar.retrieve_page(journal, now, wanted, limit, before)
+
+        return self._service.store_runner.run(read)
+
+    def retrieve(self, retrieve_id: int) -> "Deferred[dict[str, Any]]":
+        """:func:`gateway.admin_retrieves.retrieve_detail` on the store's thread; 404 says finished ones go after retention."""
+        from gateway import admin_retrieves as ar
+
+        now = self._wall()
+        retention = self._service.config.retrieve_retention
+
+        def read() -> dict[str, Any]:
+            journal = ar.retrieve_journal(self._service.store)
+            if journal is None:
+                raise NotFound("this gateway's queue store keeps no retrieves")
+            try:
+                return ar.retrieve_detail(journal, retrieve_id, now)
+            except KeyError:
+                raise NotFound(ar.not_on_record(retrieve_id, retention)) from None
+
+        return self._service.store_runner.run(read)
+
 def _failed(error: Exception) -> "Deferred[Any]":
     d: Deferred[Any] = Deferred()
     d.errback(Failure(error))

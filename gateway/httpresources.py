@@ -43,6 +43,7 @@ __all__ = [
     "ReloadResource",
     "DrainResource",
     "CommitmentsResource",
+    "RetrievesResource",
 ]
 
 _log = Logger(namespace="gateway.http")
@@ -112,6 +113,18 @@ class Backend(Protocol):
 
     def retry_commitment(self, transaction_uid: str, operator: Operator) -> "Deferred[dict[str, Any]]":
         """Send a dead report again; fires with the transaction's row; :class:`NotFound` or :class:`Refused` (not dead)."""
+
+    def retrieves(self, state: str | None, limit: int, cursor: str | None) -> "Deferred[dict[str, Any]]":
+        """C-MOVE/C-GET retrieves (issue 16), newest first, one keyset page.
+
+        Fires with ``{"retrieves": [...], "next": cursor or None, "open": {...}}``
+        (:func:`gateway.admin_retrieves.retrieve_page`); fails with
+        :class:`BadRequest` for an unknown state or a bad cursor,
+        :class:`NotFound` when the store keeps no retrieve journal.
+        """
+
+    def retrieve(self, retrieve_id: int) -> "Deferred[dict[str, Any]]":
+        """One retrieve in full (:func:`gateway.admin_retrieves.retrieve_detail`); :class:`NotFound` when not on record."""
 
 
 
@@ -607,3 +620,57 @@ class CommitmentRetryResource(_Leaf):
         return _render_async(
             request, lambda: self._backend.retry_commitment(self._uid, operator), lambda row: (200, {"requeued": row})
         )
+
+
+class RetrievesResource(Resource):
+    """``GET /api/v1/retrieves[?state=open|done|cancelled|failed&limit=N&cursor=C]``; one retrieve below it (issue 16).
+
+    Keyset pages: ``next`` in the answer is the ``cursor`` of the following
+    page (``null`` on the last one); ``limit`` is 1 to
+    :data:`gateway.admin_retrieves.MAX_PAGE` (default 100).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self._backend = backend
+
+    def render_GET(self, request: Request) -> Any:
+        """One page of retrieves, newest first, with the open counts by kind."""
+        from gateway.admin_retrieves import MAX_PAGE
+
+        def arg(name: bytes) -> str | None:
+            values = request.args.get(name) or []
+            return values[0].decode("utf-8", "replace") if values else None
+
+        limit_text = arg(b"limit")
+        if limit_text is None:
+            limit = 100
+        elif re.fullmatch(r"[0-9]{1,7}", limit_text) and 1 <= int(limit_text) <= MAX_PAGE:
+            limit = int(limit_text)
+        else:
+            return _Error(400, f"limit must be a whole number from 1 to {MAX_PAGE}").render(request)
+        state, cursor = arg(b"state"), arg(b"cursor")
+        return _render_async(request, lambda: self._backend.retrieves(state, limit, cursor), lambda body: (200, body))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """``/{retrieve_id}``: digits only, anything else names no retrieve."""
+        if not re.fullmatch(rb"[0-9]{1,18}", path):
+            return _Error(404, "no such retrieve")
+        return RetrieveResource(self._backend, int(path))
+
+
+class RetrieveResource(Resource):
+    """``GET /api/v1/retrieves/{id}``: as ``dicom-gateway retrieve show``."""
+
+    def __init__(self, backend: Backend, retrieve_id: int) -> None:
+        super().__init__()
+        self._backend = backend
+        self._id = retrieve_id
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """Nothing below a retrieve."""
+        return _Error(404, "not found")
+
+    def render_GET(self, request: Request) -> Any:
+        """The request, the counts, the Failed SOP Instance UID List now and each item; 404 when not on record."""
+        return _render_async(request, lambda: self._backend.retrieve(self._id), lambda body: (200, body))

@@ -52,6 +52,7 @@ from gateway.heartbeat import said_stopped
 from gateway.queue.commitments import ICommitmentJournal, TransactionStats
 from gateway.queue.interfaces import DestinationStats, Entry, IQueueStore, StoreUnavailable
 from gateway.queue.outcome import DeadLetterKind
+from gateway.queue.retrieves import IRetrieveJournal
 
 #: Every metric name starts with this.
 PREFIX = "dicom_gateway"
@@ -105,6 +106,9 @@ COMMITMENT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0
 
 #: The ``outcome`` label of ``queries_total`` (issue 16; :data:`gateway.events.QUERY_OUTCOMES`).
 QUERY_OUTCOME_LABELS = events.QUERY_OUTCOMES + ("other",)
+
+#: The ``table`` label of ``retrieve_journal_purged_total`` (issue 16's clean-up).
+RETRIEVE_JOURNAL_TABLES: tuple[str, ...] = ("retrieves", "retrieve_items", "remapped_uids")
 
 #: The ``verb`` and ``outcome`` labels of ``retrieves_total`` (issue 16).
 RETRIEVE_VERBS = ("move", "get")
@@ -229,6 +233,8 @@ class StateSnapshot:
     nodes: tuple[NodeState, ...] = ()
     #: Storage Commitment transactions (issue 15), when the store journals them.
     commitments: TransactionStats | None = None
+    #: OPEN retrieves by kind (issue 16), when the store journals them.
+    retrieves_open: Mapping[str, int] | None = None
 
 
 def destination_states(
@@ -353,6 +359,14 @@ class SnapshotCollector(Collector):
             )
         if snap.commitments is not None:
             yield from commitment_gauges(snap.commitments)
+        if snap.retrieves_open is not None:
+            open_retrieves = GaugeMetricFamily(
+                f"{PREFIX}_retrieves_open", "C-MOVE and C-GET retrieves open in the journal (every node's), by kind.",
+                labels=["kind"],
+            )
+            for kind in ("move", "get"):
+                open_retrieves.add_metric([kind], snap.retrieves_open.get(kind, 0))
+            yield open_retrieves
         yield GaugeMetricFamily(
             f"{PREFIX}_state_snapshot_timestamp_seconds",
             "Wall time of the queue/spool snapshot behind the state gauges.",
@@ -603,6 +617,15 @@ class GatewayMetrics:
                 self.retrieves.labels(verb, outcome)
         for result in SUBOPERATION_RESULTS:
             self.retrieve_suboperations.labels(result)
+        self.retrieve_journal_purged = Counter(
+            f"{p}_retrieve_journal_purged",
+            "Rows the housekeeping deleted from the Query/Retrieve journal past retention, by table "
+            "(retrieves, retrieve_items, remapped_uids).",
+            ["table"],
+            registry=r,
+        )
+        for table in RETRIEVE_JOURNAL_TABLES:
+            self.retrieve_journal_purged.labels(table)
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
@@ -697,6 +720,10 @@ class GatewayMetrics:
             self.dicomweb_responses.labels(event.destination, dicomweb_code_label(event.code)).inc()
             self.dicomweb_sent_bytes.labels(event.destination).inc(max(0, event.bytes_sent))
             self.dicomweb_latency.labels(event.destination).observe(max(0.0, event.seconds))
+        elif isinstance(event, events.RetrieveJournalCleaned):
+            for table, count in zip(RETRIEVE_JOURNAL_TABLES, (event.retrieves, event.items, event.remapped_uids)):
+                if count > 0:
+                    self.retrieve_journal_purged.labels(table).inc(count)
         else:
             self._forward.observe(event)
 
@@ -1042,5 +1069,11 @@ class StateRefresher:
             # Issue 15: reports owed, overdue and dead, read like the queue's figures (never at scrape time).
             journal = ICommitmentJournal(self.store)
             commitments = await self.store_runner.run(journal.transaction_stats, now)
+        retrieves_open = None
+        if IRetrieveJournal.providedBy(self.store):
+            # Issue 16: open retrieves by kind, read here (never at scrape time).
+            retrieves_open = dict(await self.store_runner.run(IRetrieveJournal(self.store).open_retrieve_counts))
         states = destination_states(stats, list(self.destinations()), now, self.down())
-        self.metrics.snapshot = StateSnapshot(states, free, self._used, capacity, now, tuple(nodes), commitments)
+        self.metrics.snapshot = StateSnapshot(
+            states, free, self._used, capacity, now, tuple(nodes), commitments, retrieves_open
+        )

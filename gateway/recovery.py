@@ -11,7 +11,10 @@ journal and the spool:
   exactly as a ``.part`` file was before;
 * :meth:`Recovery.clean` deletes the files of delivered instances after the
   retention time and forgets their records once the duplicate window has
-  passed (HARDENING decision 5).
+  passed (HARDENING decision 5);
+* :meth:`Recovery.clean_retrieves` deletes the Query/Retrieve journal's
+  finished retrieves and unused remapped UIDs after their retention (issue
+  16), in bounded batches, on the housekeeping node only.
 
 On a spool shared by several nodes (``spool.shared``, issue 14) every file
 name starts with its owner node (:func:`gateway.slots.owner_of`). Start-up
@@ -27,6 +30,7 @@ be committing a transaction that names the file).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Collection
 
 from twisted.logger import Logger
@@ -35,7 +39,24 @@ from gateway.blocking import IBlockingRunner
 from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
 from gateway.queue.interfaces import InstanceRecord, IQueueStore, NodeStatus
+from gateway.queue.retrieves import IRetrieveJournal, RetrievePurge
 from gateway.slots import DCM_SUFFIX, owner_of
+
+
+#: Rows one clean-up transaction of the retrieve journal deletes at most (issue 16).
+RETRIEVE_BATCH = 500
+#: Batches of each kind one housekeeping round runs at most: the rest waits for the next round,
+#: so a backlog (a first run after an upgrade) never holds the store's thread for long.
+RETRIEVE_BATCHES_PER_ROUND = 40
+
+
+@dataclass(frozen=True)
+class RetrieveCleanup:
+    """What one round of :meth:`Recovery.clean_retrieves` deleted."""
+
+    retrieves: int = 0
+    items: int = 0
+    remapped_uids: int = 0
 
 
 class Recovery:
@@ -245,3 +266,41 @@ class Recovery:
         """Delete the routes' morphed copies of these finished instances (one folder scan)."""
         if self._morphed_dir and instance_ids:
             await self._file_runner.run(remove_copies, self._morphed_dir, instance_ids)
+
+    async def clean_retrieves(
+        self, retrieve_retention: float, remap_retention: float, batch: int = RETRIEVE_BATCH
+    ) -> RetrieveCleanup:
+        """Delete finished retrieves and unused remapped UIDs past their retention (issue 16; housekeeping node only).
+
+        Each kind goes in transactions of at most ``batch`` rows, repeated
+        until one deletes nothing (or :data:`RETRIEVE_BATCHES_PER_ROUND`:
+        the rest waits for the next round), each on the store's thread, so
+        that no transaction is one giant DELETE and the intake's writes
+        interleave. A retention of 0 keeps that kind forever.
+
+        :param retrieve_retention: seconds a finished retrieve is kept (``retention.retrieves``).
+        :param remap_retention: seconds a remapped UID is kept after its last use (``retention.remapped_uids``).
+        :param batch: the most rows per transaction.
+        :returns: what was deleted.
+        """
+        if not IRetrieveJournal.providedBy(self._store):
+            return RetrieveCleanup()
+        journal = IRetrieveJournal(self._store)
+        now = self._wall()
+        retrieves = items = remapped = 0
+        if retrieve_retention > 0:
+            for _ in range(RETRIEVE_BATCHES_PER_ROUND):
+                purge: RetrievePurge = await self._store_runner.run(
+                    journal.purge_retrieves, now - retrieve_retention, batch
+                )
+                retrieves += purge.retrieves
+                items += purge.items
+                if not purge.retrieves and not purge.items:
+                    break
+        if remap_retention > 0:
+            for _ in range(RETRIEVE_BATCHES_PER_ROUND):
+                deleted = await self._store_runner.run(journal.purge_remapped_uids, now - remap_retention, batch)
+                remapped += deleted
+                if not deleted:
+                    break
+        return RetrieveCleanup(retrieves=retrieves, items=items, remapped_uids=remapped)

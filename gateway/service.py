@@ -858,7 +858,9 @@ class GatewayService(MultiService):
         delivered files past retention, forgets records past the duplicate
         window (or a commitment section's lookback and deadline, when
         longer), and removes the unjournaled files of nodes gone for good. With
-        a spool of its own, each node cleans its own instances' files.
+        a spool of its own, each node cleans its own instances' files. The
+        Query/Retrieve journal (issue 16) is cleaned by the singleton's holder
+        in every case.
         """
         if not self.heartbeat.available:
             return  # the journal is away: nothing can be marked removed
@@ -899,6 +901,21 @@ class GatewayService(MultiService):
             swept = await self.recovery.sweep_dead_nodes(nodes, now - dead_node_after(self.config))
             if swept:
                 self.log.warn("{count} unjournaled spool file(s) of nodes gone for good were removed", count=swept)
+        # Issue 16: the Query/Retrieve journal's finished retrieves and unused remapped UIDs,
+        # once per cluster: the housekeeping singleton's holder (asked above when shared).
+        if shared or await self.store_runner.run(
+            self.store.hold_singleton, HOUSEKEEPING, self._wall(), self.heartbeat.singleton_seconds
+        ):
+            cleaned = await self.recovery.clean_retrieves(self.config.retrieve_retention, self.config.remap_retention)
+            if cleaned.retrieves or cleaned.items or cleaned.remapped_uids:
+                self.log.info(
+                    "journal clean-up: {retrieves} finished retrieve(s) ({items} instance row(s)) past"
+                    " retention.retrieves, {remapped} remapped UID(s) past retention.remapped_uids deleted",
+                    retrieves=cleaned.retrieves, items=cleaned.items, remapped=cleaned.remapped_uids,
+                )
+                self.observer.observe(
+                    events.RetrieveJournalCleaned(cleaned.retrieves, cleaned.items, cleaned.remapped_uids)
+                )
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())

@@ -223,7 +223,8 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "queue": _Field(_check_queue),
     "cluster": _Field(_check_cluster),
     "duplicates": _Field(_check_duplicates, attr="duplicate_window"),
-    "retention": _Field(_check_retention, attr="keep_delivered"),
+    # Spread by _assemble into keep_delivered, retrieve_retention and remap_retention.
+    "retention": _Field(_check_retention),
     "destinations": _Field(_check_destinations),
     "routes": _Field(_check_routes),
     # Read after "routes", so the configuration file's routes come first.
@@ -433,6 +434,7 @@ def _assemble(source: str, values: Mapping[str, Any]) -> GatewayConfig:
         title defaulted to the gateway's own.
     """
     arguments = _by_attr(values, _TOP_LEVEL)
+    arguments.update(arguments.pop("retention", {}))
     file_routes = arguments.pop("route_files", ())
     arguments["routes"] = tuple(arguments.get("routes", ())) + tuple(file_routes)
     ae_title = arguments["ae_title"]

@@ -958,6 +958,13 @@ class GatewayConfig:
     :param keep_delivered: Seconds delivered spool files are kept for
         replays (key ``retention: {keep_delivered: ...}``); 0 deletes them
         once every destination has them.
+    :param retrieve_retention: Seconds a finished retrieve (C-MOVE/C-GET,
+        issue 16) and its items stay in the journal for operators (key
+        ``retention: {retrieves: ...}``, default 7 days); 0 keeps them forever.
+    :param remap_retention: Seconds a remapped UID (``uid_remap``'s table
+        remapped -> original) is kept after its last use, a write or a lookup
+        (key ``retention: {remapped_uids: ...}``, default 365 days); 0 keeps
+        them forever.
     :param queue_path: The SQLite queue journal's absolute path (key
         ``queue: {path: ...}``); when empty it defaults to
         ``<spool path>/queue.sqlite``. Always equal to ``queue.path``.
@@ -989,6 +996,8 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...] = ()
     duplicate_window: float = 3600.0
     keep_delivered: float = 0.0
+    retrieve_retention: float = 7 * 86400.0
+    remap_retention: float = 365 * 86400.0
     queue_path: str = ""
     node: str = ""
     queue: QueueConfig = field(default_factory=QueueConfig)

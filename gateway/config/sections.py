@@ -96,9 +96,26 @@ _check_duplicates: Final = _section(
     lambda window=_default_of("duplicate_window"): window,
     {"window": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
 )
+
+
+def _retention(
+    keep_delivered: float = _default_of("keep_delivered"),
+    retrieves: float = _default_of("retrieve_retention"),
+    remapped_uids: float = _default_of("remap_retention"),
+) -> dict[str, float]:
+    """The ``retention`` section's values by :class:`GatewayConfig` field (``load._assemble`` spreads them)."""
+    return {"keep_delivered": keep_delivered, "retrieve_retention": retrieves, "remap_retention": remapped_uids}
+
+
+# ``retention``: delivered spool files, and (issue 16) the journal's finished
+# retrieves and its remapped UIDs unused that long (0: kept forever).
 _check_retention: Final = _section(
-    lambda keep_delivered=_default_of("keep_delivered"): keep_delivered,
-    {"keep_delivered": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True))},
+    _retention,
+    {
+        "keep_delivered": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
+        "retrieves": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
+        "remapped_uids": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
+    },
 )
 def _check_node_name(node: yaml.Node, path: str, ctx: _Context) -> Any:
     """Accept ``node``: 1 to 64 of ``A-Z a-z 0-9 . _ -`` (it goes into file names, leases and labels).

@@ -340,7 +340,8 @@ class _Find:
                 wanted.update(v for v in values if v)
         if not wanted or self.ctx.journal is None or not hasattr(self.ctx.journal, "original_uids"):
             return succeed(ds)
-        d: Deferred[Any] = self.ctx.run.run(self.ctx.journal.original_uids, sorted(wanted))
+        # With the time, the lookup is a use: a pair looked up is kept past retention.remapped_uids.
+        d: Deferred[Any] = self.ctx.run.run(self.ctx.journal.original_uids, sorted(wanted), self.ctx.wall())
 
         def replace(originals: Any) -> Dataset:
             for tag in UID_KEYS:

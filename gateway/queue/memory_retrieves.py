@@ -35,6 +35,19 @@ The conventions the three stores share (the mixin pins each one):
   stays as it is (the first end wins: a C-CANCEL racing the deadline).
 * ``retrieves`` lists newest first (``created_at``, then id).
 * ``remember_uids`` keeps the first original recorded for a remapped UID.
+* A remapped UID's last use (``remember_uids``, ``original_uids`` with
+  ``now``) moves only forward, and only when the recorded one is more than
+  :data:`~gateway.queue.retrieves.REMAP_TOUCH_INTERVAL` older;
+  ``purge_remapped_uids`` deletes, oldest use first (then UID), those used
+  strictly before the bound.
+* ``purge_retrieves`` walks the ended retrieves with ``finished_at`` strictly
+  before the bound, oldest end first (then id); each deleted item and each
+  deleted retrieve costs one of ``limit``; a retrieve's items go in request
+  order, and the retrieve row only when its last item has gone and one more
+  row fits in the batch.
+* ``retrieves(before=(t, id))`` lists the retrieves after ``(t, id)`` in
+  the newest-first order: ``created_at < t``, or ``created_at == t`` and a
+  smaller id.
 """
 
 from __future__ import annotations
@@ -45,11 +58,14 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 from gateway.queue.commitments import Reference
 from gateway.queue.interfaces import EntryState
 from gateway.queue.retrieves import (
+    REMAP_TOUCH_INTERVAL,
     ItemState,
     NewRetrieve,
     Retrieve,
     RetrieveIdsExhausted,
+    RetrieveItem,
     RetrieveProgress,
+    RetrievePurge,
     RetrieveState,
 )
 
@@ -138,6 +154,8 @@ class RetrieveTables:
     last_message_id: int = 0
     # remapped -> original.
     uids: dict[str, str] = field(default_factory=dict)
+    # remapped -> last use (written or looked up).
+    uid_used: dict[str, float] = field(default_factory=dict)
 
 
 def count_item(
@@ -247,20 +265,73 @@ class MemoryRetrieveJournal:
                 ended.append(uid)
         return tuple(ended)
 
+    def _counted(self, item: _Item) -> tuple[str, str]:
+        """Which count ``item`` adds to now, and its linked entry's dead reason (``""``: none)."""
+        entry = None if item.entry_id is None else self._t.rows.get(item.entry_id)
+        count = count_item(
+            item.state,
+            item.entry_id,
+            None if entry is None else entry.state,
+            "" if entry is None else entry.last_error,
+        )
+        return count, "" if entry is None else entry.dead_reason
+
     def progress(self, retrieve_id: int) -> RetrieveProgress:
         """The counts now, reading the linked entries' states (see the interface). :raises KeyError:"""
         row = self._r.retrieves[retrieve_id]
-        counted: list[tuple[str, str]] = []
-        for uid, item in row.items.items():
-            entry = None if item.entry_id is None else self._t.rows.get(item.entry_id)
-            count = count_item(
-                item.state,
-                item.entry_id,
-                None if entry is None else entry.state,
-                "" if entry is None else entry.last_error,
+        return tally([(self._counted(item)[0], uid) for uid, item in row.items.items()])
+
+    def retrieve_items(self, retrieve_id: int, limit: int = 100000) -> list[RetrieveItem]:
+        """A retrieve's items in request order, each with what it counts now (see the interface). :raises KeyError:"""
+        row = self._r.retrieves[retrieve_id]
+        items: list[RetrieveItem] = []
+        for item in list(row.items.values())[: max(limit, 0)]:
+            counted, dead_reason = self._counted(item)
+            items.append(
+                RetrieveItem(
+                    sop_class_uid=item.reference.sop_class_uid,
+                    sop_instance_uid=item.reference.sop_instance_uid,
+                    state=item.state,
+                    entry_id=item.entry_id,
+                    reason=item.reason or dead_reason,
+                    updated_at=item.updated_at,
+                    counted=counted,
+                )
             )
-            counted.append((count, uid))
-        return tally(counted)
+        return items
+
+    def open_retrieve_counts(self) -> Mapping[str, int]:
+        """OPEN retrieves by kind (see the interface)."""
+        counts: dict[str, int] = {}
+        for row in self._r.retrieves.values():
+            if row.state is RetrieveState.OPEN:
+                counts[row.request.kind] = counts.get(row.request.kind, 0) + 1
+        return counts
+
+    def purge_retrieves(self, finished_before: float, limit: int) -> RetrievePurge:
+        """Delete ended retrieves and their items, at most ``limit`` rows (see the interface)."""
+        ended = sorted(
+            (
+                row
+                for row in self._r.retrieves.values()
+                if row.state is not RetrieveState.OPEN and row.finished_at is not None and row.finished_at < finished_before
+            ),
+            key=lambda row: (row.finished_at, row.retrieve_id),
+        )
+        budget, retrieves, items = limit, 0, 0
+        for row in ended:
+            if budget <= 0:
+                break
+            for uid in list(row.items)[:budget]:
+                del row.items[uid]
+                items += 1
+                budget -= 1
+            if row.items or budget <= 0:
+                break
+            del self._r.retrieves[row.retrieve_id]
+            retrieves += 1
+            budget -= 1
+        return RetrievePurge(retrieves=retrieves, items=items)
 
     def finish_retrieve(self, retrieve_id: int, state: RetrieveState, error: str, now: float) -> None:
         """End an OPEN retrieve: its message ID is free again (see the interface). :raises KeyError:"""
@@ -278,10 +349,17 @@ class MemoryRetrieveJournal:
         """One retrieve (see the interface). :raises KeyError:"""
         return self._r.retrieves[retrieve_id].frozen()
 
-    def retrieves(self, state: RetrieveState | None = None, limit: int = 1000) -> list[Retrieve]:
-        """Retrieves, newest first (see the interface)."""
+    def retrieves(
+        self, state: RetrieveState | None = None, limit: int = 1000, before: tuple[float, int] | None = None
+    ) -> list[Retrieve]:
+        """Retrieves, newest first, after the keyset cursor ``before`` (see the interface)."""
         rows = sorted(
-            (row for row in self._r.retrieves.values() if state is None or row.state is state),
+            (
+                row
+                for row in self._r.retrieves.values()
+                if (state is None or row.state is state)
+                and (before is None or (row.created_at, row.retrieve_id) < (before[0], before[1]))
+            ),
             key=lambda row: (row.created_at, row.retrieve_id),
             reverse=True,
         )
@@ -291,7 +369,27 @@ class MemoryRetrieveJournal:
         """Keep ``(remapped, original)`` pairs; the first original of a remapped UID stays (see the interface)."""
         for remapped, original in pairs:
             self._r.uids.setdefault(remapped, original)
+            self._touch(remapped, now)
 
-    def original_uids(self, remapped: Collection[str]) -> Mapping[str, str]:
-        """The originals of those remapped UIDs that are on record (see the interface)."""
-        return {uid: self._r.uids[uid] for uid in set(remapped) if uid in self._r.uids}
+    def _touch(self, remapped: str, now: float) -> None:
+        """Record a use of ``remapped`` when the recorded one is older than REMAP_TOUCH_INTERVAL."""
+        if self._r.uid_used.get(remapped, float("-inf")) < now - REMAP_TOUCH_INTERVAL:
+            self._r.uid_used[remapped] = now
+
+    def original_uids(self, remapped: Collection[str], now: float | None = None) -> Mapping[str, str]:
+        """The originals of those remapped UIDs that are on record; a use with ``now`` (see the interface)."""
+        found = {uid: self._r.uids[uid] for uid in set(remapped) if uid in self._r.uids}
+        if now is not None:
+            for uid in found:
+                self._touch(uid, now)
+        return found
+
+    def purge_remapped_uids(self, unused_before: float, limit: int) -> int:
+        """Delete at most ``limit`` remapped UIDs last used before ``unused_before`` (see the interface)."""
+        stale = sorted(
+            (used, uid) for uid, used in self._r.uid_used.items() if used < unused_before
+        )[: max(limit, 0)]
+        for _used, uid in stale:
+            del self._r.uids[uid]
+            del self._r.uid_used[uid]
+        return len(stale)

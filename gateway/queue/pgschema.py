@@ -21,7 +21,9 @@ columns issue 14 adds for several nodes, in PostgreSQL's types:
   :mod:`gateway.queue.commitment_sql`);
 * version 3 (issue 16): the Query/Retrieve tables (``retrieves``,
   ``retrieve_items``, ``retrieve_counters``, ``remapped_uids``; see
-  :mod:`gateway.queue.retrieve_sql`).
+  :mod:`gateway.queue.retrieve_sql`);
+* version 4 (issue 16): their clean-up (``remapped_uids.last_used_at``, the
+  indexes of the housekeeping's batched deletes).
 
 Versions
 --------
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from gateway.queue import rows
 from gateway.queue.interfaces import Attempt, Entry
 from gateway.queue.rows import ENTRY_COLUMNS, ENTRY_SELECT, INSTANCE_COLUMNS, record_from_row
-from gateway.queue.schema import SchemaError
+from gateway.queue.schema import RETRIEVE_CLEANUP, SchemaError
 
 if TYPE_CHECKING:
     import psycopg
@@ -362,8 +364,26 @@ RETRIEVE_TABLES: tuple[str, ...] = (
 )
 
 
+def _migrate_3_to_4(conn: psycopg.Connection[Any]) -> None:
+    """Version 4: the clean-up of the Query/Retrieve tables (issue 16; SQLite's version 8).
+
+    ``remapped_uids.last_used_at`` (existing pairs start at the time they were
+    remembered) and the indexes of the housekeeping's batched deletes
+    (:data:`gateway.queue.schema.RETRIEVE_CLEANUP`). Nothing existing changes.
+    """
+    conn.execute("ALTER TABLE remapped_uids ADD COLUMN last_used_at DOUBLE PRECISION NOT NULL DEFAULT 0")
+    conn.execute("UPDATE remapped_uids SET last_used_at = remembered_at")
+    for statement in RETRIEVE_CLEANUP:
+        conn.execute(statement)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
+MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+    _migrate_3_to_4,
+)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

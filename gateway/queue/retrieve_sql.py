@@ -7,7 +7,7 @@ Both stores mix in :class:`SqlRetrieveJournal`; it uses the dialect hooks of
 open) is the in-memory fake's, listed in :mod:`gateway.queue.memory_retrieves`;
 the ``RetrieveJournalTests`` mixin runs against all three.
 
-Tables (SQLite schema version 7, :mod:`gateway.queue.schema`; PostgreSQL
+Tables (SQLite schema version 7 and 8, :mod:`gateway.queue.schema`; PostgreSQL
 schema version 3, :mod:`gateway.queue.pgschema`; the same columns):
 
 * ``retrieves``: one row per C-MOVE/C-GET accepted; the request's fields
@@ -31,7 +31,15 @@ schema version 3, :mod:`gateway.queue.pgschema`; the same columns):
   writer at a time). Under READ COMMITTED the SELECT of held ids after the
   lock sees every allocation committed before it.
 * ``remapped_uids``: remapped UID -> original (``uid_remap`` is a one-way
-  HMAC), written with ``ON CONFLICT DO NOTHING`` (the first original stays).
+  HMAC), written with ``ON CONFLICT`` keeping the first original;
+  ``last_used_at`` (SQLite schema 8, PostgreSQL schema 4) is the last write or
+  lookup, updated only when a day older (:data:`~gateway.queue.retrieves.REMAP_TOUCH_INTERVAL`),
+  indexed for ``purge_remapped_uids``.
+
+Clean-up (schema 8 / 4): the partial index ``retrieves_finished`` on
+``(finished_at, retrieve_id) WHERE state <> 'open'`` serves
+``purge_retrieves``, which deletes a bounded batch per transaction (items by
+the primary key's ``retrieve_id`` prefix, then the retrieve row).
 
 Every method is one transaction (``_write``/``_read`` of the store); long
 lists go in chunks of ``_cj_chunk`` values (SQLite's variable limit).
@@ -51,10 +59,13 @@ from gateway.queue.memory_retrieves import (
     unique_expected,
 )
 from gateway.queue.retrieves import (
+    REMAP_TOUCH_INTERVAL,
     ItemState,
     NewRetrieve,
     Retrieve,
+    RetrieveItem,
     RetrieveProgress,
+    RetrievePurge,
     RetrieveState,
 )
 
@@ -334,16 +345,90 @@ class SqlRetrieveJournal:
         with self._read() as conn:
             return self._retrieve_in(conn, retrieve_id)
 
-    def retrieves(self, state: RetrieveState | None = None, limit: int = 1000) -> list[Retrieve]:
-        """Retrieves, newest first (see the interface)."""
+    def retrieves(
+        self, state: RetrieveState | None = None, limit: int = 1000, before: tuple[float, int] | None = None
+    ) -> list[Retrieve]:
+        """Retrieves, newest first, after the keyset cursor ``before`` (see the interface)."""
         if limit <= 0:
             return []
-        where, params = ("", []) if state is None else (" WHERE r.state = ?", [state.value])
+        conditions: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            conditions.append("r.state = ?")
+            params.append(state.value)
+        if before is not None:
+            # Keyset pagination on the (created_at, retrieve_id) index: no OFFSET scan.
+            conditions.append("(r.created_at < ? OR (r.created_at = ? AND r.retrieve_id < ?))")
+            params.extend([float(before[0]), float(before[0]), int(before[1])])
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
         with self._read() as conn:
             rows = self._rq(
                 conn, _RETRIEVE_SELECT + where + " ORDER BY r.created_at DESC, r.retrieve_id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_retrieve_from_row(row) for row in rows]
+
+    def retrieve_items(self, retrieve_id: int, limit: int = 100000) -> list[RetrieveItem]:
+        """A retrieve's items in request order, each with what it counts now (see the interface). :raises KeyError:"""
+        with self._read() as conn:
+            self._retrieve_in_lite(conn, retrieve_id)
+            rows = self._rq(
+                conn,
+                "SELECT i.sop_class_uid, i.sop_instance_uid, i.state, i.entry_id, i.reason, i.updated_at,"
+                f" {_COUNT}, COALESCE(e.dead_reason, '') {_ITEMS_JOINED} ORDER BY i.seq LIMIT ?",
+                (retrieve_id, max(limit, 0)),
+            ).fetchall()
+        return [
+            RetrieveItem(
+                sop_class_uid=cls,
+                sop_instance_uid=uid,
+                state=ItemState(state),
+                entry_id=None if entry_id is None else int(entry_id),
+                reason=reason or dead_reason,
+                updated_at=float(updated_at),
+                counted=counted,
+            )
+            for cls, uid, state, entry_id, reason, updated_at, counted, dead_reason in rows
+        ]
+
+    def open_retrieve_counts(self) -> Mapping[str, int]:
+        """OPEN retrieves by kind (see the interface)."""
+        with self._read() as conn:
+            rows = self._rq(conn, "SELECT kind, count(*) FROM retrieves WHERE state = 'open' GROUP BY kind").fetchall()
+        return {kind: int(n) for kind, n in rows}
+
+    def purge_retrieves(self, finished_before: float, limit: int) -> RetrievePurge:
+        """Delete ended retrieves and their items, at most ``limit`` rows in one transaction (see the interface)."""
+        if limit <= 0:
+            return RetrievePurge()
+        budget, retrieves, items = limit, 0, 0
+        with self._write() as conn:
+            ended = self._rq(
+                conn,
+                "SELECT retrieve_id FROM retrieves WHERE state <> 'open' AND finished_at < ?"
+                " ORDER BY finished_at, retrieve_id LIMIT ?",
+                (finished_before, limit),
+            ).fetchall()
+            for (retrieve_id,) in ended:
+                if budget <= 0:
+                    break
+                cursor = self._rq(
+                    conn,
+                    "DELETE FROM retrieve_items WHERE retrieve_id = ? AND sop_instance_uid IN"
+                    " (SELECT sop_instance_uid FROM retrieve_items WHERE retrieve_id = ? ORDER BY seq LIMIT ?)",
+                    (retrieve_id, retrieve_id, budget),
+                )
+                deleted = max(cursor.rowcount, 0)
+                items += deleted
+                budget -= deleted
+                if budget <= 0:
+                    break  # perhaps more items: the next batch goes on
+                left = self._rq(conn, "SELECT 1 FROM retrieve_items WHERE retrieve_id = ? LIMIT 1", (retrieve_id,)).fetchone()
+                if left is not None:  # pragma: no cover - the DELETE above had room for every item
+                    break
+                self._rq(conn, "DELETE FROM retrieves WHERE retrieve_id = ?", (retrieve_id,))
+                retrieves += 1
+                budget -= 1
+        return RetrievePurge(retrieves=retrieves, items=items)
 
     # -- remapped UIDs ----------------------------------------------------------------------
 
@@ -352,24 +437,56 @@ class SqlRetrieveJournal:
         if not pairs:
             return
         with self._write() as conn:
+            # The first original stays; writing the pair again is a use, recorded at most once a day.
             self._rq_many(
                 conn,
-                "INSERT INTO remapped_uids (remapped, original, remembered_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (remapped) DO NOTHING",
-                [(remapped, original, now) for remapped, original in pairs],
+                "INSERT INTO remapped_uids (remapped, original, remembered_at, last_used_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (remapped) DO UPDATE SET last_used_at = excluded.last_used_at"
+                " WHERE remapped_uids.last_used_at < excluded.last_used_at - ?",
+                [(remapped, original, now, now, REMAP_TOUCH_INTERVAL) for remapped, original in pairs],
             )
 
-    def original_uids(self, remapped: Collection[str]) -> Mapping[str, str]:
-        """The originals of those remapped UIDs that are on record (see the interface)."""
+    def original_uids(self, remapped: Collection[str], now: float | None = None) -> Mapping[str, str]:
+        """The originals of those remapped UIDs that are on record; a use with ``now`` (see the interface).
+
+        The lookup is a read; only when ``now`` is given and an entry found
+        was last used more than :data:`REMAP_TOUCH_INTERVAL` ago does a write
+        follow (so a busy research gateway writes each entry once a day).
+        """
         wanted = sorted(set(remapped))
         found: dict[str, str] = {}
+        stale: list[str] = []
         if not wanted:
             return found
         with self._read() as conn:
             for chunk in _chunks(wanted, self._cj_chunk):
                 clause, params = self._cj_in("remapped", chunk)
-                for uid, original in self._rq(
-                    conn, f"SELECT remapped, original FROM remapped_uids WHERE {clause}", params
+                for uid, original, used in self._rq(
+                    conn, f"SELECT remapped, original, last_used_at FROM remapped_uids WHERE {clause}", params
                 ).fetchall():
                     found[uid] = original
+                    if now is not None and used < now - REMAP_TOUCH_INTERVAL:
+                        stale.append(uid)
+        if stale and now is not None:
+            with self._write() as conn:
+                for chunk in _chunks(stale, self._cj_chunk):
+                    clause, params = self._cj_in("remapped", chunk)
+                    self._rq(
+                        conn,
+                        f"UPDATE remapped_uids SET last_used_at = ? WHERE {clause} AND last_used_at < ?",
+                        (now, *params, now - REMAP_TOUCH_INTERVAL),
+                    )
         return found
+
+    def purge_remapped_uids(self, unused_before: float, limit: int) -> int:
+        """Delete at most ``limit`` remapped UIDs last used before ``unused_before`` (see the interface)."""
+        if limit <= 0:
+            return 0
+        with self._write() as conn:
+            cursor = self._rq(
+                conn,
+                "DELETE FROM remapped_uids WHERE remapped IN (SELECT remapped FROM remapped_uids"
+                " WHERE last_used_at < ? ORDER BY last_used_at, remapped LIMIT ?)",
+                (unused_before, limit),
+            )
+            return max(cursor.rowcount, 0)

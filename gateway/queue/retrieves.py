@@ -20,6 +20,13 @@ The journal also keeps remapped -> original UIDs (:meth:`IRetrieveJournal.rememb
 ``uid_remap`` is a one-way HMAC, and a query for a remapped Study Instance
 UID must reach the source as the original.
 
+Nothing stays forever (the housekeeping node's clean-up, :mod:`gateway.service`):
+finished retrieves and their items go after ``retention.retrieves``
+(:meth:`IRetrieveJournal.purge_retrieves`), remapped UIDs nobody looked up or
+wrote for ``retention.remapped_uids`` (:meth:`IRetrieveJournal.purge_remapped_uids`),
+both in bounded batches, one transaction each. A pair's last use is recorded
+at most once per :data:`REMAP_TOUCH_INTERVAL` (a cheap write, not one per query).
+
 Times are wall-clock seconds since the epoch, passed in by the caller.
 """
 
@@ -51,6 +58,10 @@ class ItemState(Enum):
     COMPLETED = "completed"  # delivered to the move destination / stored on the requester's association
     WARNING = "warning"  # delivered with a warning status
     FAILED = "failed"  # the source could not give it, or the destination / requester refused it
+
+
+#: A remapped UID's last use is written again only when the one on record is older than this (seconds).
+REMAP_TOUCH_INTERVAL = 86400.0
 
 
 class RetrieveIdsExhausted(Exception):
@@ -123,6 +134,34 @@ class RetrieveProgress:
     failed_uids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RetrieveItem:
+    """One item of a retrieve as an operator sees it (:meth:`IRetrieveJournal.retrieve_items`).
+
+    :ivar state: the item's own state.
+    :ivar entry_id: the queue entry that sends it on (``None``: none, e.g. C-GET).
+    :ivar reason: why it failed (the item's reason, else the linked entry's dead reason).
+    :ivar counted: which count of :class:`RetrieveProgress` it adds to now
+        (``remaining``, ``completed``, ``warning``, ``failed``), read from its entry.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    state: ItemState
+    entry_id: int | None
+    reason: str
+    updated_at: float
+    counted: str
+
+
+@dataclass(frozen=True)
+class RetrievePurge:
+    """What one :meth:`IRetrieveJournal.purge_retrieves` batch deleted."""
+
+    retrieves: int = 0
+    items: int = 0
+
+
 class IRetrieveJournal(Interface):
     """Retrieves in progress and remapped UIDs (one transaction per call)."""
 
@@ -167,11 +206,40 @@ class IRetrieveJournal(Interface):
     def get_retrieve(retrieve_id: int) -> Retrieve:
         """One retrieve. :raises KeyError:"""
 
-    def retrieves(state: RetrieveState | None = None, limit: int = 1000) -> list[Retrieve]:
-        """Retrieves, newest first."""
+    def retrieves(
+        state: RetrieveState | None = None, limit: int = 1000, before: tuple[float, int] | None = None
+    ) -> list[Retrieve]:
+        """Retrieves, newest first (``created_at``, then id).
+
+        :param before: a keyset cursor ``(created_at, retrieve_id)``: only
+            retrieves listed after that one (the last of the previous page).
+        """
+
+    def retrieve_items(retrieve_id: int, limit: int = 100000) -> list[RetrieveItem]:
+        """A retrieve's items in request order, each with what it counts now. :raises KeyError:"""
+
+    def open_retrieve_counts() -> Mapping[str, int]:
+        """OPEN retrieves by kind (``move``, ``get``), for the ``retrieves_open`` gauge."""
+
+    def purge_retrieves(finished_before: float, limit: int) -> RetrievePurge:
+        """Delete finished retrieves (DONE, CANCELLED, FAILED) ended before ``finished_before``, with their items.
+
+        One transaction deleting at most ``limit`` rows (items and retrieves
+        together), oldest end first; a retrieve goes once its last item has
+        gone, so a large one takes several batches. The caller repeats until
+        a batch deletes nothing. OPEN retrieves are never touched.
+        """
 
     def remember_uids(pairs: Sequence[tuple[str, str]], now: float) -> None:
-        """Keep ``(remapped, original)`` UID pairs (idempotent)."""
+        """Keep ``(remapped, original)`` UID pairs (idempotent); writing a pair again is a use (as ``original_uids``)."""
 
-    def original_uids(remapped: Collection[str]) -> Mapping[str, str]:
-        """The originals of those remapped UIDs that are on record."""
+    def original_uids(remapped: Collection[str], now: float | None = None) -> Mapping[str, str]:
+        """The originals of those remapped UIDs that are on record.
+
+        With ``now``, the lookup counts as a use: the entries found whose last
+        use is older than :data:`REMAP_TOUCH_INTERVAL` get ``now`` (one write,
+        only then).
+        """
+
+    def purge_remapped_uids(unused_before: float, limit: int) -> int:
+        """Delete at most ``limit`` remapped UIDs last used (looked up or written) before ``unused_before``; how many went."""

@@ -353,6 +353,30 @@ RETRIEVE_TABLES: tuple[str, ...] = (
 )
 
 
+def _migrate_7_to_8(conn: sqlite3.Connection) -> None:
+    """Version 8: the clean-up of the Query/Retrieve tables (issue 16).
+
+    ``remapped_uids.last_used_at`` (a pair's last write or lookup; an existing
+    pair starts at the time it was remembered) and the indexes the
+    housekeeping's batched deletes read (:data:`RETRIEVE_CLEANUP`; see
+    :mod:`gateway.queue.retrieve_sql`). Nothing existing changes: a
+    version-7 journal keeps all its data.
+    """
+    conn.execute("ALTER TABLE remapped_uids ADD COLUMN last_used_at REAL NOT NULL DEFAULT 0")
+    conn.execute("UPDATE remapped_uids SET last_used_at = remembered_at")
+    for statement in RETRIEVE_CLEANUP:
+        conn.execute(statement)
+
+
+#: The indexes of the retrieve clean-up (the same text on PostgreSQL, :mod:`gateway.queue.pgschema`).
+RETRIEVE_CLEANUP: tuple[str, ...] = (
+    # purge_retrieves: the ended retrieves, oldest end first.
+    "CREATE INDEX retrieves_finished ON retrieves (finished_at, retrieve_id) WHERE state <> 'open'",
+    # purge_remapped_uids: the pairs unused the longest.
+    "CREATE INDEX remapped_uids_last_used ON remapped_uids (last_used_at)",
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
@@ -362,6 +386,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_4_to_5,
     _migrate_5_to_6,
     _migrate_6_to_7,
+    _migrate_7_to_8,
 )
 
 #: The schema version this code writes (``PRAGMA user_version``).

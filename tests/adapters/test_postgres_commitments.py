@@ -131,7 +131,7 @@ class CommitmentMigrationTests(PostgresTestCase):
         store = self.open_store("new")
         with psycopg.connect(self.database.dsn, password=self.database.password, autocommit=True) as conn:
             self.assertEqual(pgschema.schema_version(conn), pgschema.SCHEMA_VERSION)
-        self.assertEqual(pgschema.SCHEMA_VERSION, 3)
+        self.assertGreaterEqual(pgschema.SCHEMA_VERSION, 3)  # later versions (4: retrieve clean-up) keep this data too
         (entry,) = store.entries()
         self.assertEqual((entry.state, entry.instance.instance_id), (EntryState.QUEUED, "i1"))
         (found,) = store.received(["2.25.42"], T0)["2.25.42"]

@@ -142,7 +142,7 @@ class RetrieveMigrationTests(PostgresTestCase):
         store = self.open_store("new")
         with psycopg.connect(self.database.dsn, password=self.database.password, autocommit=True) as conn:
             self.assertEqual(pgschema.schema_version(conn), pgschema.SCHEMA_VERSION)
-        self.assertEqual(pgschema.SCHEMA_VERSION, 3)
+        self.assertGreaterEqual(pgschema.SCHEMA_VERSION, 3)
         (entry,) = store.entries()
         self.assertEqual((entry.state, entry.instance.instance_id), (EntryState.QUEUED, "i1"))
         kept = store.get_transaction("2.25.7")

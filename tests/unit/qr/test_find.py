@@ -139,7 +139,8 @@ class _Journal:
     def remember_uids(self, pairs: Any, now: float) -> None:
         self.table.update(dict(pairs))
 
-    def original_uids(self, remapped: Any) -> dict[str, str]:
+    def original_uids(self, remapped: Any, now: float | None = None) -> dict[str, str]:
+        self.looked_up_at = now
         return {u: self.table[u] for u in remapped if u in self.table}
 
 
@@ -378,6 +379,7 @@ class FindTests(SynchronousTestCase):
         self.responder = _Responder()
         self.run_find(identifier=query(StudyInstanceUID="9.7.1"), sources=("a",))
         self.assertEqual(str(self.sources["a"].query.StudyInstanceUID), "7.1")
+        self.assertEqual(self.journal.looked_up_at, 1000.0)  # the lookup is a use (retention.remapped_uids)
 
     def test_query_morph_changes_what_the_sources_see(self) -> None:
         """``query_morph`` applies to the identifier before it leaves."""

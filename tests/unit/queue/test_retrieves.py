@@ -394,7 +394,7 @@ class RetrieveSignatureParityTests(SynchronousTestCase):
     def test_every_method_has_the_interfaces_parameters(self) -> None:
         """Each IRetrieveJournal method of each store takes the interface's positional parameters, in order."""
         names = journal_methods()
-        self.assertEqual(len(names), 11)  # fail_expected (i16-multisrc)
+        self.assertEqual(len(names), 15)  # + fail_expected (i16-multisrc)
         for cls in self.stores:
             self.assertTrue(IRetrieveJournal.implementedBy(cls), cls)
             for name in names:
@@ -425,6 +425,10 @@ _RETRIEVE_OPERATIONS = st.one_of(
     st.tuples(st.just("dead"), st.integers(1, 5), _TIMES),
     st.tuples(st.just("forget"), st.integers(1, 5)),
     st.tuples(st.just("remember"), st.lists(st.tuples(_NS, _NS), max_size=3), _TIMES),
+    # The clean-up (the housekeeping's batches) and a lookup that counts as a use.
+    st.tuples(st.just("purge"), _TIMES, st.integers(0, 7)),
+    st.tuples(st.just("purge_uids"), st.integers(0, 60).map(lambda n: T0 - 86400 + n * 2000), st.integers(0, 3)),
+    st.tuples(st.just("lookup"), st.lists(_NS, max_size=3), st.integers(0, 3).map(lambda n: T0 + n * 50000)),
 )
 
 
@@ -473,6 +477,13 @@ def _apply_retrieve(store: Any, op: tuple[Any, ...], counter: list[int]) -> Any:
         if name == "remember":
             pairs, now = args
             return store.remember_uids([(f"2.25.{a}", f"1.2.{b}") for a, b in pairs], now)
+        if name == "purge":
+            return store.purge_retrieves(*args)
+        if name == "purge_uids":
+            return store.purge_remapped_uids(*args)
+        if name == "lookup":
+            ns, now = args
+            return dict(store.original_uids([f"2.25.{n}" for n in ns], now))
     except (KeyError, ValueError, RetrieveIdsExhausted) as e:
         return type(e)
     raise AssertionError(name)
@@ -486,6 +497,8 @@ def _observe_retrieves(store: Any) -> Any:
         [store.progress(r.retrieve_id) for r in listed],
         [store.match_sub_operation(m, f"{UID}{n}") for m in range(1, 5) for n in range(5)],
         dict(store.original_uids([f"2.25.{n}" for n in range(5)])),
+        [store.retrieve_items(r.retrieve_id) for r in listed],
+        dict(store.open_retrieve_counts()),
     )
 
 
