@@ -1169,7 +1169,9 @@ class _Relay:
         def record() -> None:
             for uid in failed:
                 try:
-                    ctx.journal.item_outcome(self.retrieve_id, uid, ItemState.FAILED, reason, now)
+                    # Only a never-received item: one the source counts failed after the
+                    # gateway acknowledged it is in custody and still delivered.
+                    ctx.journal.item_outcome(self.retrieve_id, uid, ItemState.FAILED, reason, now, expected_only=True)
                 except KeyError:
                     pass  # a UID the source lists that this retrieve never expected
 

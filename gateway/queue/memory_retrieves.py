@@ -246,9 +246,13 @@ class MemoryRetrieveJournal:
         item.reason = ""
         item.updated_at = now
 
-    def item_outcome(self, retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float) -> None:
+    def item_outcome(
+        self, retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float, expected_only: bool = False
+    ) -> None:
         """Record an item's end without a queue entry (see the interface). :raises KeyError:"""
         item = self._item(retrieve_id, sop_instance_uid)
+        if expected_only and item.state is not ItemState.EXPECTED:
+            return
         item.state = state
         item.reason = reason
         item.updated_at = now

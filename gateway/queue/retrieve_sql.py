@@ -284,9 +284,26 @@ class SqlRetrieveJournal:
             retrieve_id, sop_instance_uid, "state = 'received', entry_id = ?, reason = '', updated_at = ?", (entry_id, now)
         )
 
-    def item_outcome(self, retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float) -> None:
+    def item_outcome(
+        self, retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float, expected_only: bool = False
+    ) -> None:
         """Record an item's end without a queue entry (see the interface). :raises KeyError:"""
-        self._set_item(retrieve_id, sop_instance_uid, "state = ?, reason = ?, updated_at = ?", (state.value, reason, now))
+        if not expected_only:
+            self._set_item(retrieve_id, sop_instance_uid, "state = ?, reason = ?, updated_at = ?", (state.value, reason, now))
+            return
+        with self._write() as conn:
+            cursor = self._rq(
+                conn,
+                "UPDATE retrieve_items SET state = ?, reason = ?, updated_at = ?"
+                " WHERE retrieve_id = ? AND sop_instance_uid = ? AND state = 'expected'",
+                (state.value, reason, now, retrieve_id, sop_instance_uid),
+            )
+            if cursor.rowcount != 1 and self._rq(
+                conn,
+                "SELECT 1 FROM retrieve_items WHERE retrieve_id = ? AND sop_instance_uid = ?",
+                (retrieve_id, sop_instance_uid),
+            ).fetchone() is None:
+                raise KeyError((retrieve_id, sop_instance_uid))
 
     def fail_expected(self, retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
         """The items still EXPECTED end FAILED, in one write transaction (see the interface). :raises KeyError:"""

@@ -183,8 +183,17 @@ class IRetrieveJournal(Interface):
     def link_item(retrieve_id: int, sop_instance_uid: str, entry_id: int | None, now: float) -> None:
         """The item arrived in custody: RECEIVED, with the queue entry that sends it on (``None`` for C-GET)."""
 
-    def item_outcome(retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float) -> None:
-        """Record an item's end without a queue entry (C-GET sub-operations, source failures, the deadline)."""
+    def item_outcome(
+        retrieve_id: int, sop_instance_uid: str, state: ItemState, reason: str, now: float, expected_only: bool = False
+    ) -> None:
+        """Record an item's end without a queue entry (C-GET sub-operations, source failures, the deadline).
+
+        With ``expected_only`` only an item still EXPECTED changes: a source
+        that lists as failed an instance the gateway already holds (RECEIVED,
+        on its way to the move destination) does not make it failed.
+
+        :raises KeyError: unknown retrieve or UID.
+        """
 
     def fail_expected(retrieve_id: int, reason: str, now: float) -> tuple[str, ...]:
         """End FAILED, in one transaction, the items still EXPECTED (never received), leaving the others alone.

@@ -151,9 +151,12 @@ class FakeJournal:
         self.items[retrieve_id] = {r.sop_instance_uid: ItemState.EXPECTED for r in new.expected}
         return Retrieve(retrieve_id, new, 100 + retrieve_id, self.node, RetrieveState.OPEN, now)
 
-    def item_outcome(self, retrieve_id: int, uid: str, state: ItemState, reason: str, now: float) -> None:
-        """Record an item's end (only for an item not ended yet)."""
-        if self.items[retrieve_id].get(uid) in (ItemState.EXPECTED, ItemState.RECEIVED):
+    def item_outcome(
+        self, retrieve_id: int, uid: str, state: ItemState, reason: str, now: float, expected_only: bool = False
+    ) -> None:
+        """Record an item's end (only for an item not ended yet; with ``expected_only``, never received)."""
+        allowed = (ItemState.EXPECTED,) if expected_only else (ItemState.EXPECTED, ItemState.RECEIVED)
+        if self.items[retrieve_id].get(uid) in allowed:
             self.items[retrieve_id][uid] = state
             self.reasons[(retrieve_id, uid)] = reason
 

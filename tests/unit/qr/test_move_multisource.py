@@ -170,6 +170,15 @@ class RelayMultiSourceTests(MultiSourceMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.responder.finals, [(0xB000, SubOperations(0, 3, 2, 0), "", ("2.1", "2.2"))])
 
+    def test_a_source_listing_an_instance_in_custody_as_failed_does_not_fail_it(self) -> None:
+        """archive2 says 2.1, 2.2 failed after the gateway already holds 2.2 (RECEIVED): only 2.1 ends failed."""
+        self.run_move()
+        self.journal.items[1]["2.2"] = ItemState.RECEIVED  # acknowledged to the source, queued
+        self.links["archive2"].move_result.callback(
+            qrmove.SourceMoveResult(0xB000, SubOperations(0, 1, 1, 0), failed_uids=("2.1", "2.2")))
+        self.assertEqual(self.journal.items[1]["2.1"], ItemState.FAILED)
+        self.assertEqual(self.journal.items[1]["2.2"], ItemState.RECEIVED)
+
     def test_a_source_that_breaks_has_its_unsent_share_failed_at_the_stall(self) -> None:
         """archive2's association breaks: once both are done and nothing moves, its never-received items end failed, listed."""
         d = self.run_move()

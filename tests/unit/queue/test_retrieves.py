@@ -259,6 +259,20 @@ class RetrieveJournalTests:
             RetrieveProgress(remaining=1, completed=1, warning=1, failed=2, failed_uids=(f"{UID}5", f"{UID}1")),
         )
 
+    def test_item_outcome_expected_only_leaves_an_instance_in_custody(self) -> None:
+        """A source's failure list (expected_only) ends a never-received item, never one RECEIVED and queued."""
+        s = self.store()
+        r = s.open_retrieve(new_retrieve(expected=refs(2, 1)), T0)
+        s.link_item(r.retrieve_id, f"{UID}2", self.entry(s, 2), T0)  # in custody, queued to the move destination
+        s.item_outcome(r.retrieve_id, f"{UID}2", ItemState.FAILED, "source 0xB000", T0, expected_only=True)
+        s.item_outcome(r.retrieve_id, f"{UID}1", ItemState.FAILED, "source 0xB000", T0, expected_only=True)
+        self.assertEqual(
+            s.progress(r.retrieve_id),
+            RetrieveProgress(remaining=1, completed=0, warning=0, failed=1, failed_uids=(f"{UID}1",)),
+        )
+        with self.assertRaises(KeyError):
+            s.item_outcome(r.retrieve_id, f"{UID}9", ItemState.FAILED, "", T0, expected_only=True)
+
     def test_fail_expected_ends_only_the_never_received(self) -> None:
         """fail_expected ends the EXPECTED items FAILED (returned in request order); RECEIVED and ended items keep their state."""
         s = self.store()
