@@ -161,6 +161,7 @@ def main() -> None:
     events: TextIO = open(args.events, "a")  # noqa: SIM115 - open for the process's life
 
     def record(**event: Any) -> None:
+        event["t"] = time.time()  # wall clock: the test compares it with when it sent its C-CANCEL
         events.write(json.dumps(event) + "\n")
         events.flush()
 
