@@ -23,7 +23,9 @@ The certificates come from :mod:`gateway.tlsinit`, the code behind
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import shutil
 import tempfile
 from typing import Any
 from dataclasses import dataclass
@@ -79,6 +81,7 @@ def material() -> Material:
     if _cached is not None:
         return _cached
     folder = Path(tempfile.mkdtemp(prefix="gw-tls-"))
+    atexit.register(shutil.rmtree, folder, True)  # made once per process: removed when it ends
     ca = make_ca("dicom-gateway test CA", ORG)
     other = make_ca("some other CA", "elsewhere")
     _write(folder, "ca", ca)
@@ -181,6 +184,7 @@ def hardening_material() -> Material:
 
     base = material()
     folder = Path(tempfile.mkdtemp(prefix="gw-tls-hard-"))
+    atexit.register(shutil.rmtree, folder, True)  # made once per process: removed when it ends
 
     def load(stem: str, where: Path = base.dir) -> Issued:
         return Issued(
@@ -319,6 +323,7 @@ def subject_material() -> Material:
 
     base = material()
     folder = Path(tempfile.mkdtemp(prefix="gw-tls-subject-"))
+    atexit.register(shutil.rmtree, folder, True)  # made once per process: removed when it ends
 
     def load(stem: str) -> Issued:
         return Issued(
