@@ -18,12 +18,12 @@ CONFIG ?= etc/gateway.yaml
 # Root runs apt-get directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test dcmtk prometheus peers cluster install install-test clean
+.PHONY: run test dcmtk prometheus peers cluster browser install install-test clean
 
 run: install
 	$(VENV)/bin/dicom-gateway run -c $(CONFIG)
 
-test: dcmtk prometheus peers cluster install-test
+test: dcmtk prometheus peers cluster browser install-test
 	$(PY) -m tests.runner
 
 # DCMTK (echoscu, storescu, storescp) is the independent peer of the interop tests.
@@ -56,6 +56,12 @@ cluster:
 	@{ command -v haproxy >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || { \
 	    $(SUDO) apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends haproxy postgresql; }
+
+# The operator console (issue 18) is tested in headless Chromium driven by Debian's chromedriver.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	    $(SUDO) apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver fonts-dejavu-core; }
 
 # Prometheus and promtool check the shipped rules and scrape the gateway in the interop tests.
 prometheus:

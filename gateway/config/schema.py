@@ -697,8 +697,210 @@ class DicomWebDestination:
     policy: TransferSyntaxPolicy = PRESERVE
 
 
+@dataclass(frozen=True)
+class WebhookSink:
+    """A notification sink that receives an HTTP POST of a JSON document per completed study (issue 18).
+
+    Key ``destinations.<name>.webhook``. The POST carries the study's
+    notification (:class:`gateway.notify.document.StudyNotification`, shaped
+    for the web by :mod:`gateway.notify.webhook`), signed with HMAC-SHA256 of
+    the body in ``X-Gateway-Signature: sha256=<hex>`` and carrying
+    ``Idempotency-Key``. 2xx: delivered; 408, 429 and 5xx: retried; any
+    other 4xx: dead letter.
+
+    :param name: The sink's name (a destination name).
+    :param url: ``http`` or ``https`` URL, no user information.
+    :param secret_file: The HMAC key, in a file, absolute (re-read when it changes).
+    :param phi: Whether the document may carry Patient ID and Patient's Name.
+    :param timeout: Seconds a request may take.
+    :param tls: TLS settings for an ``https`` URL.
+    :param auth: Optional authentication (bearer or OAuth2, as STOW-RS destinations).
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker.
+    """
+
+    name: str
+    url: str
+    secret_file: str
+    phi: bool = False
+    timeout: float = 30.0
+    tls: DicomWebTLSConfig = field(default_factory=DicomWebTLSConfig)
+    auth: DicomWebAuth = field(default_factory=DicomWebAuth)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+@dataclass(frozen=True)
+class Hl7Sink:
+    """A notification sink that receives an HL7 v2 message over MLLP per completed study (issue 18).
+
+    Key ``destinations.<name>.hl7``.
+
+    :param name: The sink's name.
+    :param host: The receiver's host.
+    :param port: Its TCP port.
+    :param tls: TLS to the receiver (``None``: plain TCP); the DICOM destinations' TLS settings.
+    :param template: Absolute path of a message template (``{field}`` references
+        to the notification's fields, :mod:`gateway.notify.hl7`), or empty for the built-in ORU^R01.
+    :param sending_application: MSH-3.
+    :param sending_facility: MSH-4.
+    :param receiving_application: MSH-5.
+    :param receiving_facility: MSH-6.
+    :param version: MSH-12, ``2.5.1`` by default.
+    :param phi: Whether PID carries Patient ID and name (else the study's pseudonymous key).
+    :param on_error: What an ``AE`` acknowledgement does: ``dead`` (default) or ``retry``.
+    :param on_reject: What an ``AR`` acknowledgement does: ``retry`` (default) or ``dead``.
+    :param reject_retries: How many ``AR`` answers are retried before the message is a dead letter.
+    :param timeout: Seconds to wait for the connection and for the ACK.
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker.
+    """
+
+    name: str
+    host: str
+    port: int
+    tls: DestinationTLSConfig | None = None
+    template: str = ""
+    sending_application: str = "DICOM-GATEWAY"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    version: str = "2.5.1"
+    phi: bool = True
+    on_error: str = "dead"
+    on_reject: str = "retry"
+    reject_retries: int = 5
+    timeout: float = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+@dataclass(frozen=True)
+class FhirSink:
+    """A notification sink that keeps an ImagingStudy R4 resource per study (issue 18).
+
+    Key ``destinations.<name>.fhir``. Each notification is a conditional
+    update ``PUT {url}/ImagingStudy?identifier=urn:dicom:uid|urn:oid:<StudyInstanceUID>``
+    (FHIR R4 3.1.0.5.1 conditional update).
+
+    :param name: The sink's name.
+    :param url: The FHIR base URL.
+    :param auth: none, bearer or oauth2 (as STOW-RS destinations).
+    :param tls: TLS settings for an ``https`` URL.
+    :param subject: How ``ImagingStudy.subject`` (1..1) names the patient:
+        ``search`` (a ``GET Patient?identifier=`` finds the Patient; none found:
+        retried, then a dead letter) or ``identifier`` (a logical reference
+        ``{"identifier": {...}}``, no lookup).
+    :param patient_system: The identifier system of Patient IDs (e.g. ``urn:oid:1.2.3``).
+    :param phi: Whether the resource may carry the Patient ID; without it the
+        subject is a logical reference to the study's pseudonymous key and the
+        resource names no patient data.
+    :param endpoint: The reference put in ``ImagingStudy.endpoint`` (e.g. ``Endpoint/pacs``), or empty.
+    :param timeout: Seconds a request may take.
+    :param retry: The retry policy.
+    :param circuit: The circuit breaker.
+    """
+
+    name: str
+    url: str
+    auth: DicomWebAuth = field(default_factory=DicomWebAuth)
+    tls: DicomWebTLSConfig = field(default_factory=DicomWebTLSConfig)
+    subject: str = "identifier"
+    patient_system: str = ""
+    phi: bool = False
+    endpoint: str = ""
+    timeout: float = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+#: The notification sinks (issue 18): destinations a route's ``notify.sinks`` names,
+#: never its ``destinations`` (they get study notifications, not instances).
+NotificationSink = Union[WebhookSink, Hl7Sink, FhirSink]
+NOTIFICATION_SINKS: tuple[type, ...] = (WebhookSink, Hl7Sink, FhirSink)
+
 #: Any kind of destination; tell them apart with ``isinstance``.
-Destination = Union[DicomDestination, FolderDestination, DicomWebDestination]
+Destination = Union[DicomDestination, FolderDestination, DicomWebDestination, WebhookSink, Hl7Sink, FhirSink]
+
+
+@dataclass(frozen=True)
+class ExpectSeries:
+    """One series a study must hold before it is complete (key ``notify.expect_series`` items).
+
+    :param series_number: The Series Number (0020,0011) that must have arrived, or ``None``.
+    :param modality: The Modality (0008,0060) that must have arrived, or empty.
+    :param instances: How many instances of that series must have arrived (0: at least one).
+    """
+
+    series_number: int | None = None
+    modality: str = ""
+    instances: int = 0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """When a route tells its sinks that a study reached its destinations (key ``routes.<name>.notify``, issue 18).
+
+    A study is complete at the route's destinations when every instance the
+    route queued for it was delivered (or dead-lettered: ``complete with
+    failures``), nothing new arrived for ``quiet_period`` seconds, and what it
+    expects arrived (``expect_series``; ``expect_count``: the Number of Study
+    Related Instances (0020,1208) the instances carry); ``max_wait`` seconds
+    after its first instance it is complete whatever is missing (flag ``forced``).
+
+    :param sinks: The sink destinations notified, in order.
+    :param quiet_period: Seconds without a new instance of the study.
+    :param max_wait: Seconds after the study's first instance (of this opening) when completion is forced.
+    :param expect_series: Series that must have arrived.
+    :param expect_count: Wait for (0020,1208) Number of Study Related Instances when the instances carry it.
+    """
+
+    sinks: tuple[str, ...]
+    quiet_period: float = 60.0
+    max_wait: float = 6 * 3600.0
+    expect_series: tuple[ExpectSeries, ...] = ()
+    expect_count: bool = False
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    """One console user, from the users file (issue 18).
+
+    :param name: The user name.
+    :param role: ``viewer``, ``operator`` or ``admin``.
+    :param password_hash: ``scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>`` (never logged).
+    :param show_phi: Whether list pages show Patient names and IDs unmasked.
+    """
+
+    name: str
+    role: str
+    password_hash: str = field(repr=False)
+    show_phi: bool = False
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The operator console under ``/console`` of the HTTP service (key ``console``, issue 18).
+
+    :param enabled: Whether ``/console`` is served.
+    :param users_file: The users file (``name:role:scrypt$...[:phi]`` lines, made
+        by ``dicom-gateway console-user``), absolute; re-read when it changes.
+    :param session_key_file: The key sessions and CSRF tokens are signed with
+        (shared by every node behind one load balancer), absolute; empty: a
+        key generated at first start in ``<spool>/console-key`` (one node).
+    :param session_timeout: Seconds a session lasts without a request.
+    :param session_lifetime: Seconds a session lasts at most.
+    :param upload_limit: Bytes the rule tester accepts in one upload.
+    :param refresh: Seconds between the overview's refreshes.
+    """
+
+    enabled: bool = True
+    users_file: str = ""
+    session_key_file: str = ""
+    session_timeout: float = 8 * 3600.0
+    session_lifetime: float = 24 * 3600.0
+    upload_limit: int = 64 * 1024 * 1024
+    refresh: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -729,6 +931,8 @@ class RouteConfig:
     final: bool = False
     drop: bool = False
     reject: int | None = None
+    #: Issue 18: notify sinks when a study has reached this route's destinations; ``None``: no notification.
+    notify: NotifyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -1017,6 +1221,8 @@ class GatewayConfig:
     retrieve: RetrieveConfig | None = None
     #: The STOW-RS inbound service (issue 17); ``None``: not served.
     dicomweb: DicomWebServiceConfig | None = None
+    #: The operator console (issue 18).
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     morph_plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from gateway.queue import rows
 from gateway.queue.interfaces import Attempt, Entry
 from gateway.queue.rows import ENTRY_COLUMNS, ENTRY_SELECT, INSTANCE_COLUMNS, record_from_row
-from gateway.queue.schema import RETRIEVE_CLEANUP, SchemaError
+from gateway.queue.schema import CONSOLE_INDEXES, RETRIEVE_CLEANUP, STUDIES_TABLE, SchemaError
 
 if TYPE_CHECKING:
     import psycopg
@@ -377,12 +377,26 @@ def _migrate_3_to_4(conn: psycopg.Connection[Any]) -> None:
         conn.execute(statement)
 
 
+def _migrate_4_to_5(conn: psycopg.Connection[Any]) -> None:
+    """Version 5: study completeness and the operator console (issue 18; SQLite's version 9).
+
+    The ``studies`` table (:data:`gateway.queue.schema.STUDIES_TABLE`, with
+    PostgreSQL's types) and :data:`gateway.queue.schema.CONSOLE_INDEXES`.
+    Nothing existing changes.
+    """
+    for statement in STUDIES_TABLE:
+        conn.execute(statement.replace(" REAL", " DOUBLE PRECISION"))
+    for statement in CONSOLE_INDEXES:
+        conn.execute(statement)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
     _migrate_3_to_4,
+    _migrate_4_to_5,
 )
 
 #: The schema version this code writes.

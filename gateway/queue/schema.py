@@ -377,6 +377,51 @@ RETRIEVE_CLEANUP: tuple[str, ...] = (
 )
 
 
+def _migrate_8_to_9(conn: sqlite3.Connection) -> None:
+    """Version 9: study completeness and the operator console (issue 18).
+
+    ``studies`` holds one row per (route, study) of the routes that notify
+    (:mod:`gateway.queue.studies`): written in the intake's transaction,
+    completed (with its notification entries queued) in one transaction of
+    the tracker. The console's indexes (:data:`CONSOLE_INDEXES`) serve its
+    keyset pages over dead letters and the delivery chart. Nothing existing
+    changes: a version-8 journal keeps all its data.
+    """
+    for statement in STUDIES_TABLE + CONSOLE_INDEXES:
+        conn.execute(statement)
+
+
+#: The study completeness table (the same text on PostgreSQL but for the types, :mod:`gateway.queue.pgschema`).
+STUDIES_TABLE: tuple[str, ...] = (
+    """
+    CREATE TABLE studies (
+        route TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'complete')),
+        opened_at REAL NOT NULL,
+        last_instance_at REAL NOT NULL,
+        instances INTEGER NOT NULL DEFAULT 0,
+        expected_instances INTEGER,
+        series_seen TEXT NOT NULL DEFAULT '{}',
+        completions INTEGER NOT NULL DEFAULT 0,
+        completed_at REAL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (route, study_instance_uid)
+    )
+    """,
+    # due_studies: the open studies, quietest first.
+    "CREATE INDEX studies_due ON studies (state, last_instance_at)",
+)
+
+#: The console's indexes (issue 18; the same text on PostgreSQL).
+CONSOLE_INDEXES: tuple[str, ...] = (
+    # Dead letters across all destinations, newest first, by keyset on entry_id.
+    "CREATE INDEX entries_dead ON entries (entry_id) WHERE state = 'dead'",
+    # The overview's delivery chart: deliveries of the last hour.
+    "CREATE INDEX entries_delivered_at ON entries (delivered_at) WHERE state = 'delivered'",
+)
+
+
 #: ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
@@ -387,6 +432,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_5_to_6,
     _migrate_6_to_7,
     _migrate_7_to_8,
+    _migrate_8_to_9,
 )
 
 #: The schema version this code writes (``PRAGMA user_version``).

@@ -62,7 +62,7 @@ class CleanupMigrationTests(PostgresTestCase):
             self.assertEqual(pgschema.schema_version(conn), pgschema.SCHEMA_VERSION)
             self.assertEqual(conn.execute("SELECT last_used_at FROM remapped_uids").fetchall(), [(T0,)])
             indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
-        self.assertEqual(pgschema.SCHEMA_VERSION, 4)
+        self.assertEqual(pgschema.SCHEMA_VERSION, 5)
         self.assertLessEqual({"retrieves_finished", "remapped_uids_last_used"}, indexes)
         kept = store.get_retrieve(rid)
         self.assertEqual((kept.state, kept.finished_at, kept.node), (RetrieveState.DONE, T0 + 5, "old"))

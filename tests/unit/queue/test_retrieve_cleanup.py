@@ -284,7 +284,7 @@ class SqliteCleanupSchemaTests(SynchronousTestCase):
             self.assertEqual(check.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
             self.assertEqual(check.execute("SELECT last_used_at FROM remapped_uids").fetchall(), [(T0,)])
             names = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        self.assertEqual(SCHEMA_VERSION, 8)
+        self.assertEqual(SCHEMA_VERSION, 9)
         self.assertLessEqual({"retrieves_finished", "remapped_uids_last_used"}, names)
         kept = store.get_retrieve(1)
         self.assertEqual((kept.state, kept.finished_at, kept.node), (RetrieveState.DONE, T0 + 5, "n1"))

@@ -179,7 +179,7 @@ class SchemaTests(SqliteStoreTestCase):
         self.open(path)
         with sqlite3.connect(path) as conn:
             self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
-        self.assertEqual(SCHEMA_VERSION, 8)
+        self.assertEqual(SCHEMA_VERSION, 9)
 
     def test_version_1_file_gains_the_circuit_columns(self) -> None:
         """A journal written at schema version 1 opens, keeps its data and gains the circuit columns."""
