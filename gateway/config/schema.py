@@ -1202,6 +1202,10 @@ class GatewayConfig:
     keep_delivered: float = 0.0
     retrieve_retention: float = 7 * 86400.0
     remap_retention: float = 365 * 86400.0
+    #: Seconds a completed study's row (issue 18, ``studies``) is kept after its
+    #: completion (key ``retention: {studies: ...}``, default 30 days); an instance
+    #: arriving later starts a new study row (notified ``complete``, not ``amended``).
+    study_retention: float = 30 * 86400.0
     queue_path: str = ""
     node: str = ""
     queue: QueueConfig = field(default_factory=QueueConfig)
