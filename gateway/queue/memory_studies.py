@@ -36,7 +36,8 @@ The conventions the three stores share (the mixin pins each one):
   descending, then route descending, then study UID descending; ``after``
   is the last row's ``(last_instance_at, route, study_instance_uid)``.
 * ``purge_studies`` deletes complete rows with ``completed_at`` strictly
-  before the bound, oldest completion first, at most ``limit``.
+  before the bound, oldest completion first (rows completed at the same
+  instant in any order), at most ``limit``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ Table ``studies`` (SQLite schema 9, PostgreSQL schema 5,
 ``series_seen`` the JSON text ``{series_uid: [series_number, modality,
 count]}``. Indexes: the primary key (``study``, the notes' upsert);
 ``studies_due (state, last_instance_at)`` for ``open_studies`` and
-``studies``; the partial ``studies_completed (completed_at) WHERE state =
-'complete'`` for ``purge_studies``.
+``studies``; ``studies_completed (state, completed_at)`` for
+``purge_studies`` (a range read in completion order).
 
 Notes (the intake's half, inside ``add_instance``'s transaction):
 
@@ -373,12 +373,11 @@ class SqlStudyJournal:
         """
         if limit <= 0:
             return 0
-        c = self._sj_collate
         with self._write() as conn:
             keys = self._q(
                 conn,
                 "SELECT route, study_instance_uid FROM studies WHERE state = 'complete' AND completed_at < ?"
-                f" ORDER BY completed_at, route{c}, study_instance_uid{c} LIMIT ?",
+                " ORDER BY completed_at LIMIT ?",
                 (completed_before, limit),
             ).fetchall()
             for route, uid in keys:

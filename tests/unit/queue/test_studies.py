@@ -580,3 +580,53 @@ class StudyMigrationTests(SynchronousTestCase):
         self.assertEqual(store.study("ct", STUDY).instances, 1)
         # The old instance counts in progress (entries of the route), though noted before the migration.
         self.assertEqual(store.study_progress("ct", STUDY).instances, 2)
+
+
+class SqliteStudyPlanTests(SynchronousTestCase):
+    """The study journal's queries on SQLite go through indexes (a study of thousands of instances stays cheap)."""
+
+    def plan(self, store: SqliteQueueStore, sql: str, params: tuple[Any, ...]) -> str:
+        """SQLite's query plan of ``sql``, one line per step."""
+        return "\n".join(str(row[3]) for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    def test_progress_and_outstanding_search_by_study_then_instance(self) -> None:
+        """Progress and complete_study's outstanding check search instances_study then entries_instance, never scan."""
+        from gateway.queue import study_sql
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+        self.addCleanup(store.close)
+        params = (STUDY, NOTIFICATION_SOP_CLASS, "ct")
+        for sql in (
+            study_sql._OUTSTANDING,
+            "SELECT count(*), min(i.received_at), max(i.received_at)" + study_sql._ROUTE_INSTANCES,
+            "SELECT e.destination, e.state, count(*) FROM instances i JOIN entries e ON e.instance_id = i.instance_id"
+            " WHERE i.study_instance_uid = ? AND i.sop_class_uid <> ? AND e.route = ? GROUP BY e.destination, e.state",
+        ):
+            plan = self.plan(store, sql, params)
+            self.assertIn("USING INDEX instances_study", plan)
+            self.assertIn("USING INDEX entries_instance", plan)
+            self.assertNotIn("SCAN", plan.replace("SCAN CONSTANT ROW", ""))
+
+    def test_purge_and_due_search_their_indexes(self) -> None:
+        """purge_studies reads studies_completed, open_studies studies_due."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = SqliteQueueStore(os.path.join(directory, "queue.sqlite"))
+        self.addCleanup(store.close)
+        purge = self.plan(
+            store,
+            "SELECT route, study_instance_uid FROM studies WHERE state = 'complete' AND completed_at < ?"
+            " ORDER BY completed_at LIMIT ?",
+            (T0, 10),
+        )
+        self.assertIn("studies_completed", purge)
+        self.assertNotIn("TEMP B-TREE", purge)
+        due = self.plan(
+            store,
+            "SELECT route FROM studies WHERE state = 'open' AND (last_instance_at <= ? OR opened_at <= ?)"
+            " ORDER BY last_instance_at, route, study_instance_uid LIMIT ?",
+            (T0, T0, 10),
+        )
+        self.assertIn("studies_due", due)
