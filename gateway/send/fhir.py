@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from typing import Any, AsyncGenerator, Final, Mapping, Sequence
+from typing import AsyncGenerator, Final, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gateway import __version__

@@ -142,6 +142,8 @@ class FhirResource(Resource):
         self.token_requests = 0
         self.requests = 0
         self._next_id = 1
+        #: Delayed answers not yet given (cancelled by :meth:`stop`).
+        self._pending: list[Any] = []
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -196,7 +198,7 @@ class FhirResource(Resource):
                 head.body = body_bytes
         step = self.script.steps.get(number, {})
         if "delay" in step and self.clock is not None:
-            self.clock.callLater(float(step["delay"]), self._answer_later, request, head, step, last)
+            self._pending.append(self.clock.callLater(float(step["delay"]), self._answer_later, request, head, step, last))
             return NOT_DONE_YET
         return self._answer(request, head, step, last)
 
@@ -307,6 +309,12 @@ class FhirResource(Resource):
         self.received.append(head)
         request.setResponseCode(code)
         return body
+
+    def stop(self) -> None:
+        """Cancel the delayed answers not given yet (a test's cleanup)."""
+        for call in self._pending:
+            if call.active():
+                call.cancel()
 
     # -- for assertions ------------------------------------------------------------------------
 
