@@ -34,6 +34,13 @@ Each entry of a FHIR sink is a study notification (its file is
    retried (ambiguous: the server may have applied it; a conditional update
    applied twice leaves the same resource).
 
+Order: the update replaces the whole resource, so the last PUT wins. A
+notification retried after a later one of the same study was delivered (a
+``complete`` that met a 500, then its ``amended``) would put the older
+counts back; the sender remembers the highest ``sequence`` it delivered per
+study (the last :data:`REMEMBERED` studies, in memory) and reports such a
+superseded notification delivered, with a warning, without sending it.
+
 The circuit probe is ``GET {url}/metadata`` (FHIR R4 3.1.0.14 capabilities):
 any 2xx is up. One slot, so the receiver sees the notifications in order.
 Nothing here logs; reasons carry no patient data.
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import AsyncGenerator, Final, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -76,6 +84,8 @@ RETRY_LATER: Final = frozenset({408, 429})
 BATCH_SIZE: Final = 10
 #: Bytes of an answer kept (an OperationOutcome, a Patient Bundle).
 ANSWER_LIMIT: Final = 256 * 1024
+#: Studies whose last delivered ``sequence`` the sender remembers (see the module docstring).
+REMEMBERED: Final = 4096
 
 
 def _client_config(sink: FhirSink) -> DicomWebDestination:
@@ -151,6 +161,8 @@ class FhirSender:
             self.token_client = HttpClient(context.reactor, replace(http, tls=DicomWebTLSConfig()))
         self.auth: Authenticator = authenticator_for(config.auth, self._fetch, self.clock, context.file_runner)
         self.wall = time.time
+        #: Study Instance UID -> the highest sequence delivered, oldest first (bounded by REMEMBERED).
+        self.delivered: OrderedDict[str, int] = OrderedDict()
 
     async def _fetch(self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes) -> Answer:
         """A small request (the OAuth2 token endpoint)."""
@@ -171,6 +183,10 @@ class FhirSender:
         notification = await self._read(entry)
         if not isinstance(notification, StudyNotification):
             return notification
+        study = notification.study_instance_uid
+        newest = self.delivered.get(study, 0)
+        if notification.sequence < newest:
+            return Delivered(0, f"superseded: notification {newest} of the study was delivered already")
         if not self.config.phi:
             notification = notification.without_phi()
         secrets = tuple(
@@ -193,7 +209,16 @@ class FhirSender:
         answer, authorization = answer
         outcome = classify(answer, "FHIR PUT ImagingStudy", self.config, self.wall(), self._secrets(authorization) + secrets)
         assert not isinstance(outcome, str)
+        if isinstance(outcome, Delivered):
+            self._remember(study, notification.sequence)
         return outcome
+
+    def _remember(self, study: str, sequence: int) -> None:
+        """``sequence`` of ``study`` was delivered (the newest studies kept)."""
+        self.delivered[study] = max(sequence, self.delivered.get(study, 0))
+        self.delivered.move_to_end(study)
+        while len(self.delivered) > REMEMBERED:
+            self.delivered.popitem(last=False)
 
     async def _read(self, entry: Entry) -> StudyNotification | Outcome:
         """The notification in the entry's file, or the outcome that replaces sending it."""

@@ -428,3 +428,32 @@ class ProbeTests(SenderTestBase):
         down = await self.sender().probe()
         self.assertIsInstance(down, DestinationDown)
         self.assertIn("503", down.reason)
+
+
+class OrderTests(SenderTestBase):
+    """A retried older notification never overwrites a newer one of the same study."""
+
+    async def test_complete_retried_after_amended_is_not_sent(self) -> None:
+        """complete meets a 500, amended is delivered, the complete's retry is delivered with a warning and not PUT."""
+        server = self.serve(Script(steps={0: {"status": 500}}))
+        sender = self.sender()
+        study = "1.2.3.120"
+        first, second = self.entry(notification(study)), self.entry(notification(study, sequence=2))
+        outcomes = await self.send(sender, [first, second])
+        self.assertIsInstance(outcomes[0], Retry)
+        self.assertEqual(outcomes[1], Delivered(0))
+        (retried,) = await self.send(sender, [self.entry(notification(study))])
+        self.assertIsInstance(retried, Delivered)
+        self.assertIn("superseded", retried.warning)
+        self.assertEqual([r.status for r in server.received], [500, 201])
+        (stored,) = server.study(UID_SYSTEM, "urn:oid:" + study)
+        self.assertEqual(stored.resource["numberOfInstances"], 4)
+
+    async def test_same_sequence_again_is_sent(self) -> None:
+        """A redelivery of the same notification (after a crash) is PUT again: the update is idempotent."""
+        server = self.serve()
+        sender = self.sender()
+        for _ in range(2):
+            self.assertEqual(await self.send(sender, [self.entry(notification("1.2.3.121"))]), [Delivered(0)])
+        self.assertEqual([r.status for r in server.received], [201, 200])
+        self.assertEqual(len(server.studies), 1)
