@@ -18,7 +18,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from gateway.blocking import SynchronousRunner
-from gateway.config.schema import DicomWebAuth, FhirSink, RetryConfig
+from gateway.config.schema import DicomWebAuth, DicomWebTLSConfig, FhirSink, RetryConfig
 from gateway.notify.document import (
     NOTIFICATION_SOP_CLASS,
     DestinationOutcome,
@@ -457,3 +457,43 @@ class OrderTests(SenderTestBase):
             self.assertEqual(await self.send(sender, [self.entry(notification("1.2.3.121"))]), [Delivered(0)])
         self.assertEqual([r.status for r in server.received], [201, 200])
         self.assertEqual(len(server.studies), 1)
+
+
+class TLSTests(SenderTestBase):
+    """https with the sink's CA and our client certificate (mutual TLS), and a server we must not trust."""
+
+    def serve_tls(self) -> FhirResource:
+        """Serve the stand-in over TLS (the test CA's server certificate; client certificates required)."""
+        from twisted.internet import ssl
+
+        from tests.support.certs import material
+
+        m = material()
+        with open(m.server_key, "rb") as key, open(m.server, "rb") as cert, open(m.ca, "rb") as ca:
+            certificate = ssl.PrivateCertificate.loadPEM(key.read() + b"\n" + cert.read())
+            options = certificate.options(ssl.Certificate.loadPEM(ca.read()))
+        server = FhirResource(Script(), reactor)
+        port = reactor.listenSSL(0, site_for(server), options, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.url = f"https://127.0.0.1:{port.getHost().port}/fhir/r4"
+        self.material = m
+        return server
+
+    async def test_mutual_tls_with_the_sink_ca_delivers(self) -> None:
+        """CA and client certificate configured: the server (which requires a client certificate) creates the resource."""
+        server = self.serve_tls()
+        m = self.material
+        tls = DicomWebTLSConfig(ca=m.ca, certificate=m.client, private_key=m.client_key)
+        self.assertEqual(await self.send(self.sender(tls=tls), [self.entry(notification("1.2.3.130"))]), [Delivered(0)])
+        self.assertEqual([r.status for r in server.received], [201])
+        self.assertAllValid(server, 1)
+
+    async def test_a_server_of_another_ca_is_the_destination_down_with_its_tls_label(self) -> None:
+        """Trusting another CA: nothing reaches the server; DestinationDown carries the TLS failure label."""
+        server = self.serve_tls()
+        m = self.material
+        tls = DicomWebTLSConfig(ca=m.other_ca, certificate=m.client, private_key=m.client_key)
+        (outcome,) = await self.send(self.sender(tls=tls), [self.entry(notification("1.2.3.131"))])
+        self.assertIsInstance(outcome, DestinationDown)
+        self.assertEqual(outcome.tls_failure, "unknown_ca", outcome)
+        self.assertEqual(server.received, [])
