@@ -24,7 +24,10 @@ Each entry of a FHIR sink is a study notification (its file is
    412                     dead letter: several ImagingStudy resources carry the identifier
    401, 403                the destination is down (credentials); after one 401 an OAuth2
                            token, or a bearer file that changed, is tried once more first
-   408, 429, 5xx           retry, not before ``Retry-After`` (RFC 9110 10.2.3)
+   502, 503, 504           the destination is down, not before ``Retry-After`` (a proxy before
+                           a down server, maintenance: HARDENING decision 9, so a weekend
+                           outage spends no attempts and dead-letters nothing)
+   408, 429, other 5xx     retry, not before ``Retry-After`` (RFC 9110 10.2.3)
    other 4xx               dead letter with the OperationOutcome's text (secrets and the
                            patient's identifiers redacted)
    anything else           retry (bounded by ``retry.max_attempts``)
@@ -78,8 +81,11 @@ __all__ = ["FhirSender", "classify", "FHIR_JSON"]
 
 #: The FHIR JSON media type (FHIR R4 3.1.0.1.10 "Content Types and encodings").
 FHIR_JSON: Final = b"application/fhir+json"
-#: HTTP statuses retried, honouring Retry-After (with every 5xx).
+#: HTTP statuses retried, honouring Retry-After (with every 5xx but UNAVAILABLE).
 RETRY_LATER: Final = frozenset({408, 429})
+#: HTTP statuses that say the service as a whole is unavailable (RFC 9110 15.6.3-15.6.5): the
+#: destination is down (as for STOW-RS, issue 17), so a long outage spends no attempts.
+UNAVAILABLE: Final = frozenset({502, 503, 504})
 #: Entries leased at once (sent one after the other, in order).
 BATCH_SIZE: Final = 10
 #: Bytes of an answer kept (an OperationOutcome, a Patient Bundle).
@@ -111,6 +117,9 @@ def classify(answer: Answer, what: str, sink: FhirSink, now: float, secrets: Seq
     if code == 412:
         # FHIR R4 3.1.0.5.1: "Multiple matches: The server returns a 412 Precondition Failed error".
         return DeadLetter(f"{what}: HTTP 412, several resources match the study's identifier", DeadLetterKind.REFUSED)
+    if code in UNAVAILABLE:
+        after = retry_after(answer.headers.get("retry-after"), now, sink.retry.max_delay)
+        return DestinationDown(f"{what}: HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)
     if code in RETRY_LATER or 500 <= code <= 599:
         after = retry_after(answer.headers.get("retry-after"), now, sink.retry.max_delay)
         return Retry(f"{what}: HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)
@@ -245,7 +254,9 @@ class FhirSender:
         answer, authorization = answer
         if answer.code != 200:
             outcome = classify(answer, "FHIR GET Patient", self.config, self.wall(), self._secrets(authorization) + tuple(secrets))
-            assert not isinstance(outcome, str) and not isinstance(outcome, Delivered)
+            assert not isinstance(outcome, str)
+            if isinstance(outcome, Delivered):  # a 201 to a search: not an answer to read
+                return Retry(f"FHIR GET Patient: HTTP {answer.code}")
             return outcome
         found, problem = patient_reference(answer.body)
         if problem:
@@ -285,7 +296,7 @@ class FhirSender:
             if answer.code == 401 and not auth_retried and self.auth.invalidate():
                 return await self._request(method, url, headers, body, auth_retried=True, probe=probe)
             return DestinationDown(f"FHIR {method.decode()} HTTP {answer.code}: credentials refused")
-        if not probe and answer.code not in (502, 503, 504):
+        if not probe and answer.code not in UNAVAILABLE:
             # The server answered (not a proxy before a down server): the circuit counts a success.
             self.context.reachable()
         return answer, authorization

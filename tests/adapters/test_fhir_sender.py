@@ -238,10 +238,25 @@ class FaultTests(SenderTestBase):
 
     async def test_retry_after_is_capped_by_max_delay(self) -> None:
         """A Retry-After of a day waits no longer than retry.max_delay."""
-        self.serve(Script(steps={0: {"status": 503, "retry_after": "86400"}}))
+        self.serve(Script(steps={0: {"status": 429, "retry_after": "86400"}}))
         (outcome,) = await self.send(self.sender(), [self.entry(notification("1.2.3.81"))])
         self.assertIsInstance(outcome, Retry)
         self.assertEqual(outcome.after, 60.0)
+
+    async def test_503_is_the_destination_down_with_retry_after_and_stops_the_batch(self) -> None:
+        """503 with Retry-After 30 (maintenance): DestinationDown waiting 30 s, no attempt spent, the next entry not tried."""
+        server = self.serve(Script(steps={0: {"status": 503, "retry_after": "30"}}))
+        outcomes = await self.send(self.sender(), [self.entry(notification("1.2.3.92")), self.entry(notification("1.2.3.93"))])
+        self.assertEqual(outcomes, [DestinationDown("FHIR PUT ImagingStudy: HTTP 503, retry after 30s", after=30.0)])
+        self.assertEqual(len(server.received), 1)
+
+    async def test_502_and_504_are_the_destination_down(self) -> None:
+        """A proxy's 502 or 504 before a down server: the destination is down, not the notification's fault."""
+        self.serve(Script(steps={0: {"status": 502}, 1: {"status": 504}}))
+        sender = self.sender()
+        for study in ("1.2.3.94", "1.2.3.95"):
+            (outcome,) = await self.send(sender, [self.entry(notification(study))])
+            self.assertIsInstance(outcome, DestinationDown)
 
     async def test_500_is_retried_then_delivered(self) -> None:
         """500: a retry (no dead letter), and the following attempt creates the resource."""
