@@ -136,8 +136,8 @@ def subject(notification: StudyNotification, sink: FhirSink, patient: str | None
     """
     if patient:
         return {"reference": patient}
-    if sink.phi and notification.patient_id:
-        identifier = {"value": notification.patient_id}
+    if sink.phi and notification.patient_id.strip():
+        identifier = {"value": notification.patient_id.strip()}
         if sink.patient_system:
             identifier = {"system": sink.patient_system, **identifier}
         return {"identifier": identifier}
@@ -151,7 +151,7 @@ def fhir_datetime(seconds: float) -> str:
 
 def _modality(code: str) -> dict[str, str]:
     """A DICOM modality as a Coding (R4 ImagingStudy.modality / series.modality, DICOM CID 29)."""
-    return {"system": DCM_SYSTEM, "code": code or UNKNOWN_MODALITY}
+    return {"system": DCM_SYSTEM, "code": code.strip() or UNKNOWN_MODALITY}
 
 
 def _notes(notification: StudyNotification) -> list[dict[str, str]]:
@@ -180,19 +180,18 @@ def imaging_study(notification: StudyNotification, sink: FhirSink, patient: str 
     :param patient: ``Patient/<id>`` when the sink's ``subject`` is ``search`` and the Patient was found.
     """
     identifiers: list[dict[str, Any]] = [study_identifier(notification.study_instance_uid)]
-    if notification.accession_number:
+    accession = notification.accession_number.strip()
+    if accession:
         # R4 ImagingStudy 11.4.3.3: the Accession Number is an identifier of type ACSN.
-        identifiers.append(
-            {"type": {"coding": [{"system": ACSN_SYSTEM, "code": "ACSN"}]}, "value": notification.accession_number}
-        )
+        identifiers.append({"type": {"coding": [{"system": ACSN_SYSTEM, "code": "ACSN"}]}, "value": accession})
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "identifier": identifiers,
         "status": "available",
     }
-    modalities = list(dict.fromkeys(m for m in notification.modalities if m))
+    modalities = list(dict.fromkeys(m.strip() for m in notification.modalities if m.strip()))
     if not modalities:
-        modalities = list(dict.fromkeys(s.modality for s in notification.series if s.modality))
+        modalities = list(dict.fromkeys(s.modality.strip() for s in notification.series if s.modality.strip()))
     if modalities:
         resource["modality"] = [_modality(m) for m in modalities]
     resource["subject"] = subject(notification, sink, patient)
@@ -202,8 +201,9 @@ def imaging_study(notification: StudyNotification, sink: FhirSink, patient: str 
         resource["endpoint"] = [{"reference": sink.endpoint}]
     resource["numberOfSeries"] = len(notification.series)
     resource["numberOfInstances"] = notification.instances
-    if notification.study_description:
-        resource["description"] = notification.study_description
+    if notification.study_description.strip():
+        # FHIR R4 2.24.0.1 string: no leading or trailing whitespace is meant (DICOM pads values).
+        resource["description"] = notification.study_description.strip()
     notes = _notes(notification)
     if notes:
         resource["note"] = notes

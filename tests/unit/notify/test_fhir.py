@@ -149,6 +149,16 @@ class ResourceTests(SynchronousTestCase):
         resource = imaging_study(notification(event="amended", sequence=2), sink())
         self.assertIn("Amended (notification 2)", resource["note"][0]["text"])
 
+    def test_padded_values_are_trimmed(self) -> None:
+        """DICOM's padding never reaches the resource: accession, description and modality trimmed; blank ones omitted."""
+        resource = imaging_study(notification(accession_number="A1 ", study_description=" ", modalities=("MR ",),
+                                              series=(SeriesSummary("1.2.3.1", 1, "MR ", 1),)), sink())
+        self.assertEqual(resource["identifier"][1]["value"], "A1")
+        self.assertNotIn("description", resource)
+        self.assertEqual(resource["modality"], [{"system": DCM_SYSTEM, "code": "MR"}])
+        self.assertEqual(resource["series"][0]["modality"]["code"], "MR")
+        self.assertEqual(len(imaging_study(notification(accession_number="  "), sink())["identifier"]), 1)
+
     def test_fhir_datetime_is_utc_with_zone(self) -> None:
         """dateTime with a time carries a zone (FHIR R4 2.24.0.1)."""
         self.assertEqual(fhir_datetime(0), "1970-01-01T00:00:00Z")
