@@ -512,3 +512,22 @@ class TLSTests(SenderTestBase):
         self.assertIsInstance(outcome, DestinationDown)
         self.assertEqual(outcome.tls_failure, "unknown_ca", outcome)
         self.assertEqual(server.received, [])
+
+
+class ServerProcessTests(SenderTestBase):
+    """The stand-in as a process of its own (for interop tests): its request log and stored-studies snapshot."""
+
+    async def test_process_records_requests_and_studies(self) -> None:
+        """Search then create against the process; requests() and studies() show them, the resource valid."""
+        from tests.support.fhir_server import FhirServerProcess
+
+        server = FhirServerProcess(os.path.join(self.folder, "fhir"), Script(bearer="b"),
+                                   patients=((PATIENT_SYSTEM, PATIENT_ID),)).start()
+        self.addCleanup(server.stop)
+        self.url = server.url
+        sender = self.sender(subject="search", phi=True, auth=DicomWebAuth(kind="bearer", token_file=self.token_file("b")))
+        self.assertEqual(await self.send(sender, [self.entry(notification("1.2.3.140"))]), [Delivered(0)])
+        self.assertEqual([(r.method, r.status) for r in server.requests()], [("GET", 200), ("PUT", 201)])
+        (stored,) = server.studies()
+        self.assertEqual(stored.resource["subject"], {"reference": "Patient/pat1"})
+        self.assertEqual(validate_imaging_study(stored.resource), "")

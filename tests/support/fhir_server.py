@@ -25,14 +25,22 @@ The script (:class:`Script`) makes faults on demand: per request number
 "retry_after": "2"}``, ``{"status": 401}``, ``{"delay": 5}`` (answer late),
 each answered with an OperationOutcome. Every request is recorded
 (:class:`Received`).
+
+It runs in the test's reactor (adapter tests) or as a process of its own
+(:class:`FhirServerProcess`, ``python -m tests.support.fhir_server
+CONFIG.json``, interop tests), which appends each request to a JSON-lines
+file and rewrites a snapshot of the stored ImagingStudy resources after each
+change.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -40,7 +48,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-__all__ = ["FhirResource", "Received", "Script", "operation_outcome", "site_for", "validate_imaging_study"]
+__all__ = [
+    "FhirResource",
+    "FhirServerProcess",
+    "Received",
+    "Script",
+    "operation_outcome",
+    "site_for",
+    "validate_imaging_study",
+]
 
 
 def validate_imaging_study(body: dict[str, Any]) -> str:
@@ -73,6 +89,15 @@ class Script:
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
     token: dict[str, Any] = field(default_factory=dict)
     bearer: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The script as a JSON object (step keys become strings)."""
+        return {"steps": {str(k): v for k, v in self.steps.items()}, "token": self.token, "bearer": self.bearer}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Script":
+        """The script of :meth:`to_json`'s object."""
+        return cls({int(k): v for k, v in data.get("steps", {}).items()}, data.get("token", {}), data.get("bearer", ""))
 
 
 @dataclass
@@ -121,14 +146,20 @@ class FhirResource(Resource):
 
     :param script: the faults and the credentials wanted.
     :param clock: for delays.
+    :param log_path: a JSON-lines file each request is appended to, or empty.
+    :param state_path: a JSON file rewritten with the stored ImagingStudy resources after each change, or empty.
     """
 
     isLeaf = True
 
-    def __init__(self, script: Script | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, script: Script | None = None, clock: IReactorTime | None = None, log_path: str = "", state_path: str = ""
+    ) -> None:
         super().__init__()
         self.script = script or Script()
         self.clock = clock
+        self.log_path = log_path
+        self.state_path = state_path
         self.received: list[Received] = []
         #: ImagingStudy resources by id.
         self.studies: dict[str, Stored] = {}
@@ -198,16 +229,22 @@ class FhirResource(Resource):
                 head.body = body_bytes
         step = self.script.steps.get(number, {})
         if "delay" in step and self.clock is not None:
-            self._pending.append(self.clock.callLater(float(step["delay"]), self._answer_later, request, head, step, last))
+            call = self.clock.callLater(float(step["delay"]), self._answer_later, request, head, step, last)
+            self._pending.append(call)
+
+            def gone(_: Any) -> None:
+                # The client gave up first: record it (status -1), answer nobody.
+                if call.active():
+                    call.cancel()
+                    head.status = -1
+                    self._record(head)
+
+            request.notifyFinish().addErrback(gone)
             return NOT_DONE_YET
         return self._answer(request, head, step, last)
 
     def _answer_later(self, request: Request, head: Received, step: dict[str, Any], last: str) -> None:
-        """A delayed answer (``delay``); the client may have gone."""
-        if request._disconnected:  # type: ignore[attr-defined]
-            head.status = -1
-            self.received.append(head)
-            return
+        """A delayed answer (``delay``)."""
         data = self._answer(request, head, step, last)
         request.write(data)
         request.finish()
@@ -272,6 +309,7 @@ class FhirResource(Resource):
             stored.resource = dict(body, id=stored.id, meta={"versionId": "1"})
             self.studies[stored.id] = stored
             code = 201
+        self._save_state()
         base = request.prePathURL().decode("utf-8").rstrip("/")
         request.setHeader(b"location", f"{base}/{stored.id}/_history/{stored.version}".encode("utf-8"))
         request.setHeader(b"etag", f'W/"{stored.version}"'.encode("ascii"))
@@ -306,9 +344,25 @@ class FhirResource(Resource):
     def _finish(self, request: Request, head: Received, code: int, body: bytes) -> bytes:
         """Record and answer."""
         head.status = code
-        self.received.append(head)
+        self._record(head)
         request.setResponseCode(code)
         return body
+
+    def _record(self, head: Received) -> None:
+        """Keep ``head`` and append it to the log file, if any."""
+        self.received.append(head)
+        if self.log_path:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(asdict(head), default=repr) + "\n")
+
+    def _save_state(self) -> None:
+        """Rewrite the snapshot of the stored studies (atomically), if asked."""
+        if not self.state_path:
+            return
+        temporary = self.state_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump([asdict(s) for s in self.studies.values()], f)
+        os.replace(temporary, self.state_path)
 
     def stop(self) -> None:
         """Cancel the delayed answers not given yet (a test's cleanup)."""
@@ -329,3 +383,81 @@ def site_for(resource: FhirResource) -> Site:
     site = Site(root)
     site.displayTracebacks = False
     return site
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.support.fhir_server CONFIG.json``: ``{"port", "log", "state", "script", "patients"}``; serves until SIGTERM."""
+    from twisted.internet import reactor
+
+    with open(argv[1], encoding="utf-8") as f:
+        config = json.load(f)
+    resource = FhirResource(Script.from_json(config.get("script", {})), reactor, config["log"], config["state"])
+    for system, value in config.get("patients", ()):
+        resource.add_patient(system, value)
+    reactor.listenTCP(config["port"], site_for(resource), interface="127.0.0.1")  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+class FhirServerProcess:
+    """The stand-in as a process of its own (interop tests): ``start``, ``requests``, ``studies``, ``stop`` by pid.
+
+    :param folder: where its configuration, request log, state and output go.
+    :param script: its faults and credentials.
+    :param patients: ``(system, value)`` identifiers of the Patients it knows (``subject: search``).
+    """
+
+    def __init__(self, folder: str, script: Script | None = None, patients: tuple[tuple[str, str], ...] = ()) -> None:
+        from tests.support.peerprocess import PeerProcess
+        from tests.support.ports import free_port
+
+        folder = os.path.abspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        self.port = free_port()
+        self.log = os.path.join(folder, "fhir-requests.jsonl")
+        self.state = os.path.join(folder, "fhir-studies.json")
+        self.config = os.path.join(folder, "fhir-server.json")
+        with open(self.config, "w", encoding="utf-8") as f:
+            json.dump({"port": self.port, "log": self.log, "state": self.state,
+                       "script": (script or Script()).to_json(), "patients": [list(p) for p in patients]}, f)
+        self.process = PeerProcess("fhir_server", os.path.join(folder, "fhir-server.log"))
+        self.url = f"http://127.0.0.1:{self.port}/fhir/r4"
+
+    def start(self) -> "FhirServerProcess":
+        """Start it and wait until its port answers."""
+        import socket
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+        def ready() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        self.process.spawn([sys.executable, "-m", "tests.support.fhir_server", self.config], ready, 30, cwd=root)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s), by its pid."""
+        self.process.stop()
+
+    def requests(self) -> list[Received]:
+        """The requests so far, in order."""
+        try:
+            with open(self.log, encoding="utf-8") as f:
+                return [Received(**json.loads(line)) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def studies(self) -> list[Stored]:
+        """The stored ImagingStudy resources now."""
+        try:
+            with open(self.state, encoding="utf-8") as f:
+                return [Stored(**item) for item in json.load(f)]
+        except FileNotFoundError:
+            return []
+
+
+if __name__ == "__main__":
+    main(sys.argv)
