@@ -40,9 +40,10 @@ Each entry of a FHIR sink is a study notification (its file is
 Order: the update replaces the whole resource, so the last PUT wins. A
 notification retried after a later one of the same study was delivered (a
 ``complete`` that met a 500, then its ``amended``) would put the older
-counts back; the sender remembers the highest ``sequence`` it delivered per
-study (the last :data:`REMEMBERED` studies, in memory) and reports such a
-superseded notification delivered, with a warning, without sending it.
+counts back; the sender remembers the latest notification it delivered per
+study (the last :data:`REMEMBERED` studies, in memory) and reports one older
+by both ``sequence`` and ``completed_at`` delivered, with a warning, without
+sending it.
 
 The circuit probe is ``GET {url}/metadata`` (FHIR R4 3.1.0.14 capabilities):
 any 2xx is up. One slot, so the receiver sees the notifications in order.
@@ -170,8 +171,9 @@ class FhirSender:
             self.token_client = HttpClient(context.reactor, replace(http, tls=DicomWebTLSConfig()))
         self.auth: Authenticator = authenticator_for(config.auth, self._fetch, self.clock, context.file_runner)
         self.wall = time.time
-        #: Study Instance UID -> the highest sequence delivered, oldest first (bounded by REMEMBERED).
-        self.delivered: OrderedDict[str, int] = OrderedDict()
+        #: Study Instance UID -> (sequence, completed_at) of the latest notification delivered,
+        #: least recently delivered first (bounded by REMEMBERED).
+        self.delivered: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     async def _fetch(self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes) -> Answer:
         """A small request (the OAuth2 token endpoint)."""
@@ -193,9 +195,11 @@ class FhirSender:
         if not isinstance(notification, StudyNotification):
             return notification
         study = notification.study_instance_uid
-        newest = self.delivered.get(study, 0)
-        if notification.sequence < newest:
-            return Delivered(0, f"superseded: notification {newest} of the study was delivered already")
+        newest = self.delivered.get(study)
+        if newest is not None and notification.sequence < newest[0] and notification.completed_at <= newest[1]:
+            # Older by sequence and by completion time (a study purged by retention and
+            # received again starts at sequence 1, later: that one is sent).
+            return Delivered(0, f"superseded: notification {newest[0]} of the study was delivered already")
         if not self.config.phi:
             notification = notification.without_phi()
         secrets = tuple(
@@ -219,12 +223,14 @@ class FhirSender:
         outcome = classify(answer, "FHIR PUT ImagingStudy", self.config, self.wall(), self._secrets(authorization) + secrets)
         assert not isinstance(outcome, str)
         if isinstance(outcome, Delivered):
-            self._remember(study, notification.sequence)
+            self._remember(study, notification.sequence, notification.completed_at)
         return outcome
 
-    def _remember(self, study: str, sequence: int) -> None:
-        """``sequence`` of ``study`` was delivered (the newest studies kept)."""
-        self.delivered[study] = max(sequence, self.delivered.get(study, 0))
+    def _remember(self, study: str, sequence: int, completed_at: float) -> None:
+        """Notification ``sequence`` of ``study``, completed at ``completed_at``, was delivered (the newest studies kept)."""
+        known = self.delivered.get(study)
+        if known is None or completed_at >= known[1]:
+            self.delivered[study] = (sequence, completed_at)
         self.delivered.move_to_end(study)
         while len(self.delivered) > REMEMBERED:
             self.delivered.popitem(last=False)

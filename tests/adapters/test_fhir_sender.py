@@ -464,6 +464,18 @@ class OrderTests(SenderTestBase):
         (stored,) = server.study(UID_SYSTEM, "urn:oid:" + study)
         self.assertEqual(stored.resource["numberOfInstances"], 4)
 
+    async def test_a_study_received_again_after_retention_is_sent(self) -> None:
+        """Sequence 1 again but completed later (the study was purged and received anew): sent, not superseded."""
+        server = self.serve()
+        sender = self.sender()
+        study = "1.2.3.122"
+        self.assertEqual(await self.send(sender, [self.entry(notification(study, sequence=2))]), [Delivered(0)])
+        later = notification(study, completed_at=1800000000.0, instances=9)
+        self.assertEqual(await self.send(sender, [self.entry(later)]), [Delivered(0)])
+        self.assertEqual([r.status for r in server.received], [201, 200])
+        (stored,) = server.study(UID_SYSTEM, "urn:oid:" + study)
+        self.assertEqual(stored.resource["numberOfInstances"], 9)
+
     async def test_same_sequence_again_is_sent(self) -> None:
         """A redelivery of the same notification (after a crash) is PUT again: the update is idempotent."""
         server = self.serve()
