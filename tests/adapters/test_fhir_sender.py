@@ -78,6 +78,8 @@ class SenderTestBase(TestCase):
         self.folder = self.mktemp()
         os.makedirs(self.folder)
         self.next_id = 1
+        #: Whether the test sends an invalid resource on purpose (else every PUT body must validate).
+        self.expect_invalid = False
 
     def serve(self, script: Script | None = None) -> FhirResource:
         """Serve the stand-in; its base URL is ``self.url``."""
@@ -85,8 +87,14 @@ class SenderTestBase(TestCase):
         port = reactor.listenTCP(0, site_for(server), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         self.addCleanup(server.stop)
+        self.addCleanup(self.check_every_resource_valid, server)
         self.url = f"http://127.0.0.1:{port.getHost().port}/fhir/r4"
         return server
+
+    def check_every_resource_valid(self, server: FhirResource) -> None:
+        """At the end of every test: each ImagingStudy the sender PUT (faults included) was valid."""
+        if not self.expect_invalid:
+            self.assertEqual(server.invalid, [])
 
     def sender(self, **overrides: Any) -> FhirSender:
         """The sender of a sink at ``self.url`` (its pool closed at the end)."""
@@ -290,6 +298,7 @@ class FaultTests(SenderTestBase):
     async def test_a_resource_the_server_finds_invalid_is_a_dead_letter(self) -> None:
         """The server's 400 (validation) is a dead letter carrying the OperationOutcome's words."""
         server = self.serve()
+        self.expect_invalid = True
         # A series without a UID cannot be a valid ImagingStudy (series.uid is 1..1).
         bad = notification("1.2.3.85", series=(SeriesSummary("", 1, "CT", 3),))
         (outcome,) = await self.send(self.sender(), [self.entry(bad)])
@@ -502,6 +511,7 @@ class TLSTests(SenderTestBase):
         server = FhirResource(Script(), reactor)
         port = reactor.listenSSL(0, site_for(server), options, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
+        self.addCleanup(self.check_every_resource_valid, server)
         self.url = f"https://127.0.0.1:{port.getHost().port}/fhir/r4"
         self.material = m
         return server

@@ -113,6 +113,8 @@ class Received:
     authorization: str = ""
     if_match: str = ""
     body: Any = None
+    #: For a PUT of an ImagingStudy: what validation found ("" when valid), whatever the answer.
+    problems: str = ""
 
 
 @dataclass
@@ -165,9 +167,9 @@ class FhirResource(Resource):
         self.studies: dict[str, Stored] = {}
         #: Patients by id.
         self.patients: dict[str, dict[str, Any]] = {}
-        #: Every ImagingStudy body that failed validation, with the problems.
+        #: Every ImagingStudy body PUT that failed validation, with the problems (whatever the answer).
         self.invalid: list[tuple[Any, str]] = []
-        #: Every ImagingStudy body that passed validation.
+        #: Every ImagingStudy body PUT that passed validation (whatever the answer).
         self.valid: list[dict[str, Any]] = []
         self.tokens: set[str] = set()
         self.token_requests = 0
@@ -227,6 +229,14 @@ class FhirResource(Resource):
                 head.body = json.loads(body_bytes)
             except ValueError:
                 head.body = body_bytes
+        if head.method == "PUT" and last == "ImagingStudy":
+            # Every body is validated, also those answered by a scripted fault.
+            body = head.body
+            head.problems = validate_imaging_study(body) if isinstance(body, dict) else "the body is not a JSON object"
+            if head.problems:
+                self.invalid.append((body, head.problems))
+            else:
+                self.valid.append(body)
         step = self.script.steps.get(number, {})
         if "delay" in step and self.clock is not None:
             call = self.clock.callLater(float(step["delay"]), self._answer_later, request, head, step, last)
@@ -289,11 +299,8 @@ class FhirResource(Resource):
         if not head.content_type.startswith("application/fhir+json"):
             return self._finish(request, head, 415, operation_outcome("not-supported", f"content type {head.content_type!r}"))
         body = head.body
-        problems = validate_imaging_study(body) if isinstance(body, dict) else "the body is not a JSON object"
-        if problems:
-            self.invalid.append((body, problems))
-            return self._finish(request, head, 400, operation_outcome("invalid", problems))
-        self.valid.append(body)
+        if head.problems:
+            return self._finish(request, head, 400, operation_outcome("invalid", head.problems))
         matches = [s for s in self.studies.values() if _identifier_matches(s.resource, *token)]
         if len(matches) > 1:
             return self._finish(
