@@ -5,20 +5,25 @@ reactor; the sender is the real one with its Agent and connection pool.
 Each test sends notification entries and checks both sides: the outcomes
 the worker would record and what the server received and stored. Every
 ImagingStudy the sender PUT is validated by the server with ``fhir.resources``
-(R4B models; ImagingStudy is the same in R4): :meth:`SenderTestBase.assertAllValid`.
+(R4B models; ImagingStudy is the same in R4) and each test ends checking that
+none was invalid (:meth:`SenderTestBase.check_every_resource_valid`).
+:class:`FhirWorkerTests` runs the sender under the real destination worker
+(memory store, clock, a scripted client): refused credentials open the circuit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Sequence
 
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.blocking import SynchronousRunner
-from gateway.config.schema import DicomWebAuth, DicomWebTLSConfig, FhirSink, RetryConfig
+from gateway.config.schema import CircuitConfig, DicomWebAuth, DicomWebTLSConfig, FhirSink, RetryConfig
+from gateway.dicomweb.client_auth import Answer
 from gateway.notify.document import (
     NOTIFICATION_SOP_CLASS,
     DestinationOutcome,
@@ -28,10 +33,12 @@ from gateway.notify.document import (
     to_json,
 )
 from gateway.notify.fhir import PSEUDONYM_SYSTEM
-from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
+from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
 from gateway.send.fhir import FhirSender
+from gateway.send.registry import SENDERS, register_sender
+from tests.adapters.test_forward import WorkerTestsMixin
 from tests.support.fhir_server import FhirResource, Script, site_for, validate_imaging_study
 from tests.support.ports import free_port
 
@@ -553,3 +560,85 @@ class ServerProcessTests(SenderTestBase):
         (stored,) = server.studies()
         self.assertEqual(stored.resource["subject"], {"reference": "Patient/pat1"})
         self.assertEqual(validate_imaging_study(stored.resource), "")
+
+
+# -- under the real destination worker ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScriptedFhirSink(FhirSink):
+    """A FHIR sink of this test only: its sender gets the test's scripted client (the real FhirSink's registration is untouched)."""
+
+
+class _ScriptedClient:
+    """Answers every request with ``self.code`` (``/metadata`` with ``self.probe_code``) and records ``(method, url)``."""
+
+    def __init__(self) -> None:
+        self.code = 401
+        self.probe_code = 401
+        self.asked: list[tuple[str, str]] = []
+
+    async def request(self, method: bytes, url: str, headers: Any, body: Any = None, limit: int = 0) -> Answer:
+        self.asked.append((method.decode(), url))
+        code = self.probe_code if url.endswith("/metadata") else self.code
+        return Answer(code, {"content-type": "application/fhir+json"}, b"{}")
+
+    def abort(self) -> None:
+        """Nothing in flight."""
+
+    def connections(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        """Nothing held."""
+
+
+class FhirWorkerTests(WorkerTestsMixin, SynchronousTestCase):
+    """A FHIR sink refusing the gateway's credentials, then accepting them."""
+
+    def setUp(self) -> None:
+        WorkerTestsMixin.setUp(self)
+        self.client = _ScriptedClient()
+
+        def factory(config: FhirSink, context: SendContext) -> FhirSender:
+            return FhirSender(config, context, client=self.client)  # type: ignore[arg-type]
+
+        register_sender(_ScriptedFhirSink, factory)
+        self.addCleanup(SENDERS.pop, _ScriptedFhirSink)
+
+    def notification_entry(self, study: str) -> None:
+        """Journal a notification record for the sink ``archive`` (its file holds the document)."""
+        self.count += 1
+        document = notification(study)
+        path = os.path.join(self.tmp, f"n{self.count}.json")
+        with open(path, "wb") as f:
+            f.write(to_json(document))
+        record = InstanceRecord(
+            instance_id=f"n{self.count}", path=path, sop_class_uid=NOTIFICATION_SOP_CLASS,
+            sop_instance_uid=document.idempotency_key, transfer_syntax_uid="", size=os.path.getsize(path),
+            sha256=f"{self.count:064x}", received_at=self.clock.seconds(), correlation_id=f"c{self.count}",
+            study_instance_uid=study,
+        )
+        self.store.add_instance(record, [NewEntry("everything", "archive")], self.clock.seconds(), 0.0)
+
+    def test_401_opens_the_circuit_keeps_the_queue_and_probes_metadata(self) -> None:
+        """Refused credentials: no attempt spent, nothing dead, the circuit open and probing /metadata; once accepted, all delivered in order."""
+        for study in ("1.2.3.1", "1.2.3.2", "1.2.3.3"):
+            self.notification_entry(study)
+        sink = _ScriptedFhirSink(name="archive", url="http://fhir.example/r4",
+                                 retry=RetryConfig(initial_delay=1.0, max_delay=10.0, jitter=0.0),
+                                 circuit=CircuitConfig(failures=1))
+        worker = self.worker(sink)  # type: ignore[arg-type]
+        self.clock.advance(5)
+        entries = self.store.entries("archive")
+        self.assertEqual({e.state for e in entries}, {EntryState.QUEUED})
+        self.assertEqual({e.attempts for e in entries}, {0})
+        self.assertEqual(worker.status().circuit, "open")
+        self.assertIn(("GET", "http://fhir.example/r4/metadata"), self.client.asked)
+        self.client.code, self.client.probe_code = 201, 200
+        for _ in range(30):
+            self.clock.advance(5)
+        self.assertEqual({e.state for e in self.store.entries("archive")}, {EntryState.DELIVERED})
+        puts = [url for method, url in self.client.asked if method == "PUT"]
+        delivered = [u.rpartition(":")[2] for u in puts[-3:]]
+        self.assertEqual(delivered, ["1.2.3.1", "1.2.3.2", "1.2.3.3"])
