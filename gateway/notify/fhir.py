@@ -11,9 +11,9 @@ Patient search's Bundle and :func:`outcome_text` an OperationOutcome.
 The resource (FHIR R4 ImagingStudy, https://hl7.org/fhir/R4/imagingstudy.html):
 
 - ``identifier``: the Study Instance UID as ``urn:dicom:uid`` /
-  ``urn:oid:<uid>`` (R4 ImagingStudy 11.4.3.2, "Study Instance UID"), and
+  ``urn:oid:<uid>`` (FHIR R4 ImagingStudy, Implementation Notes, imagingstudy.html#notes), and
   the Accession Number with type ``ACSN`` (v2-0203) when there is one (R4
-  ImagingStudy 11.4.3.3, "Accession Number");
+  ImagingStudy.identifier: "Accession Number should use ACSN Identifier type");
 - ``status``: ``available``;
 - ``subject`` (1..1): as the sink's ``subject`` says (:func:`subject`);
 - ``started``, ``numberOfSeries``, ``numberOfInstances``, ``modality``,
@@ -55,7 +55,7 @@ __all__ = [
     "subject",
 ]
 
-#: R4 ImagingStudy 11.4.3.2: a DICOM UID as an identifier is ``urn:dicom:uid`` with an ``urn:oid:`` value.
+#: FHIR R4 ImagingStudy, Implementation Notes (imagingstudy.html#notes): a DICOM UID as an identifier is ``urn:dicom:uid`` with an ``urn:oid:`` value.
 STUDY_UID_SYSTEM: Final = "urn:dicom:uid"
 #: The code system of identifier types (HL7 v2 table 0203), for the Accession Number's type ``ACSN``.
 ACSN_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -75,7 +75,7 @@ class FhirBuildError(ValueError):
 
 
 def study_identifier(study_instance_uid: str) -> dict[str, str]:
-    """The Study Instance UID as an Identifier (R4 ImagingStudy 11.4.3.2: system ``urn:dicom:uid``, value ``urn:oid:<uid>``)."""
+    """The Study Instance UID as an Identifier (FHIR R4 imagingstudy.html#notes: system ``urn:dicom:uid``, value ``urn:oid:<uid>``)."""
     return {"system": STUDY_UID_SYSTEM, "value": "urn:oid:" + study_instance_uid}
 
 
@@ -87,13 +87,13 @@ def _with_path(base: str, path: str, query: str) -> str:
 
 
 def _token_param(system: str, value: str) -> str:
-    """A token search parameter ``system|value`` (FHIR R4 3.1.1.5.5 token), percent-encoded for a query."""
+    """A token search parameter ``system|value`` (FHIR R4 Search, token parameters, search.html#token), percent-encoded for a query."""
     text = f"{system}|{value}" if system else value
     return quote(text, safe=":/.")
 
 
 def conditional_url(base: str, study_instance_uid: str) -> str:
-    """``PUT`` target of the study's conditional update (FHIR R4 3.1.0.5.1 "Conditional update").
+    """``PUT`` target of the study's conditional update (FHIR R4 RESTful API, "Conditional update", http.html#cond-update).
 
     ``{base}/ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``: no match
     creates the resource, one match updates it, several are 412.
@@ -103,13 +103,14 @@ def conditional_url(base: str, study_instance_uid: str) -> str:
 
 
 def patient_search_url(base: str, sink: FhirSink, notification: StudyNotification) -> str:
-    """``GET {base}/Patient?identifier=<patient_system>|<PatientID>`` (FHIR R4 3.1.1.5.5 token search).
+    """``GET {base}/Patient?identifier=<patient_system>|<PatientID>`` (FHIR R4 search.html#token).
 
     :raises FhirBuildError: the notification has no Patient ID (nothing to search for).
     """
-    if not notification.patient_id:
+    patient_id = notification.patient_id.strip()
+    if not patient_id:
         raise FhirBuildError("the study has no Patient ID to search a Patient by")
-    return _with_path(base, "/Patient", "identifier=" + _token_param(sink.patient_system, notification.patient_id))
+    return _with_path(base, "/Patient", "identifier=" + _token_param(sink.patient_system, patient_id))
 
 
 def pseudonymous_key(study_instance_uid: str) -> str:
@@ -122,11 +123,11 @@ def pseudonymous_key(study_instance_uid: str) -> str:
 
 
 def subject(notification: StudyNotification, sink: FhirSink, patient: str | None = None) -> dict[str, Any]:
-    """``ImagingStudy.subject`` (1..1, R4 ImagingStudy 11.4.3: Reference(Patient | Device | Group)).
+    """``ImagingStudy.subject`` (1..1 in FHIR R4 ImagingStudy: Reference(Patient | Device | Group)).
 
     - ``patient`` given (the sender found it with a search): ``{"reference": "Patient/<id>"}``;
     - ``phi`` and a Patient ID: a logical reference by identifier (FHIR R4
-      2.3.0.2 "Logical references"): ``{"identifier": {"system": patient_system, "value": PatientID}}``;
+      references.html#logical, "Logical references"): ``{"identifier": {"system": patient_system, "value": PatientID}}``;
     - otherwise a logical reference to the pseudonymous key of the study
       (system :data:`PSEUDONYM_SYSTEM`), no display.
 
@@ -145,7 +146,7 @@ def subject(notification: StudyNotification, sink: FhirSink, patient: str | None
 
 
 def fhir_datetime(seconds: float) -> str:
-    """An epoch time as a FHIR ``dateTime`` in UTC to the second (FHIR R4 2.24.0.1: a time zone is required with a time)."""
+    """An epoch time as a FHIR ``dateTime`` in UTC to the second (FHIR R4 datatypes.html#dateTime: a time zone is required with a time)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
@@ -182,7 +183,7 @@ def imaging_study(notification: StudyNotification, sink: FhirSink, patient: str 
     identifiers: list[dict[str, Any]] = [study_identifier(notification.study_instance_uid)]
     accession = notification.accession_number.strip()
     if accession:
-        # R4 ImagingStudy 11.4.3.3: the Accession Number is an identifier of type ACSN.
+        # FHIR R4 ImagingStudy.identifier: the Accession Number is an identifier of type ACSN.
         identifiers.append({"type": {"coding": [{"system": ACSN_SYSTEM, "code": "ACSN"}]}, "value": accession})
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
@@ -202,7 +203,7 @@ def imaging_study(notification: StudyNotification, sink: FhirSink, patient: str 
     resource["numberOfSeries"] = len(notification.series)
     resource["numberOfInstances"] = notification.instances
     if notification.study_description.strip():
-        # FHIR R4 2.24.0.1 string: no leading or trailing whitespace is meant (DICOM pads values).
+        # FHIR R4 datatypes.html#string: no leading or trailing whitespace is meant (DICOM pads values).
         resource["description"] = notification.study_description.strip()
     notes = _notes(notification)
     if notes:
@@ -221,7 +222,7 @@ def imaging_study(notification: StudyNotification, sink: FhirSink, patient: str 
 
 
 def patient_reference(body: bytes) -> tuple[list[str], str]:
-    """The Patients a search's Bundle matched (FHIR R4 3.1.1.4: ``searchset``; ``search.mode`` ``match``).
+    """The Patients a search's Bundle matched (FHIR R4 search.html: a ``searchset`` Bundle; ``entry.search.mode`` ``match``).
 
     :returns: ``(["Patient/<id>", ...], "")``, or ``([], problem)`` when the body is not a searchset Bundle.
     """

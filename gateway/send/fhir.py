@@ -8,11 +8,11 @@ Each entry of a FHIR sink is a study notification (its file is
    fields are dropped (:meth:`~gateway.notify.document.StudyNotification.without_phi`);
 2. with ``subject: search`` the Patient is looked up,
    ``GET {url}/Patient?identifier=<patient_system>|<PatientID>`` (FHIR R4
-   3.1.1.5.5): one match is the reference, none a retry (it may be
+   search.html#token): one match is the reference, none a retry (it may be
    registered later; ``retry.max_attempts`` bounds it), several a dead letter;
 3. the resource (:func:`gateway.notify.fhir.imaging_study`) is PUT to
    ``{url}/ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>`` as
-   ``application/fhir+json`` (FHIR R4 3.1.0.5.1 conditional update: no match
+   ``application/fhir+json`` (FHIR R4 http.html#cond-update, "Conditional update": no match
    creates, one match updates, several answer 412; no ``If-Match``, the
    latest notification wins);
 4. the answer is classified (:func:`classify`):
@@ -45,7 +45,7 @@ study (the last :data:`REMEMBERED` studies, in memory) and reports one older
 by both ``sequence`` and ``completed_at`` delivered, with a warning, without
 sending it.
 
-The circuit probe is ``GET {url}/metadata`` (FHIR R4 3.1.0.14 capabilities):
+The circuit probe is ``GET {url}/metadata`` (FHIR R4 http.html#capabilities):
 any 2xx is up. One slot, so the receiver sees the notifications in order.
 Nothing here logs; reasons carry no patient data.
 """
@@ -80,7 +80,7 @@ from gateway.send.dicomweb import (
 
 __all__ = ["FhirSender", "classify", "FHIR_JSON"]
 
-#: The FHIR JSON media type (FHIR R4 3.1.0.1.10 "Content Types and encodings").
+#: The FHIR JSON media type (FHIR R4 http.html#mime-type, "Content Types and encodings").
 FHIR_JSON: Final = b"application/fhir+json"
 #: HTTP statuses retried, honouring Retry-After (with every 5xx but UNAVAILABLE).
 RETRY_LATER: Final = frozenset({408, 429})
@@ -116,7 +116,7 @@ def classify(answer: Answer, what: str, sink: FhirSink, now: float, secrets: Seq
     if code in (401, 403):
         return "auth"
     if code == 412:
-        # FHIR R4 3.1.0.5.1: "Multiple matches: The server returns a 412 Precondition Failed error".
+        # FHIR R4 http.html#cond-update: "Multiple matches: The server returns a 412 Precondition Failed error".
         return DeadLetter(f"{what}: HTTP 412, several resources match the study's identifier", DeadLetterKind.REFUSED)
     if code in UNAVAILABLE:
         after = retry_after(answer.headers.get("retry-after"), now, sink.retry.max_delay)
@@ -249,7 +249,7 @@ class FhirSender:
             return DeadLetter(f"unreadable notification document: {type(e).__name__}: {e}"[:300], DeadLetterKind.UNREADABLE)
 
     async def _search(self, notification: StudyNotification, secrets: Sequence[bytes]) -> str | Outcome:
-        """``Patient/<id>`` of the study's patient (FHIR R4 3.1.1.5.5 token search), or the outcome instead."""
+        """``Patient/<id>`` of the study's patient (FHIR R4 search.html#token), or the outcome instead."""
         try:
             url = patient_search_url(self.config.url, self.config, notification)
         except FhirBuildError as e:
@@ -331,7 +331,7 @@ class FhirSender:
     # -- the rest of the Sender interface ------------------------------------------------
 
     async def probe(self) -> DestinationDown | None:
-        """``GET {url}/metadata`` (FHIR R4 3.1.0.14, the CapabilityStatement): any 2xx is up."""
+        """``GET {url}/metadata`` (FHIR R4 http.html#capabilities, the CapabilityStatement): any 2xx is up."""
         result = await self._request(b"GET", endpoint(self.config.url, "/metadata"), {}, None, probe=True)
         if isinstance(result, DestinationDown):
             return replace(result, reason="probe: " + result.reason)

@@ -3,7 +3,7 @@
 :class:`FhirResource` serves, under any base path (``http://host:port/fhir``):
 
 - ``PUT /ImagingStudy?identifier=system|value``: the conditional update of
-  FHIR R4 3.1.0.5.1: no stored ImagingStudy has that identifier: create it
+  FHIR R4 http.html#cond-update: no stored ImagingStudy has that identifier: create it
   (``201`` with ``Location: .../ImagingStudy/<id>/_history/1``); one has:
   replace it (``200``, ``meta.versionId`` one more); several: ``412``;
 - ``GET /Patient?identifier=system|value``: a ``searchset`` Bundle of the
@@ -127,7 +127,7 @@ class Stored:
 
 
 def _identifier_matches(resource: dict[str, Any], system: str, value: str) -> bool:
-    """Whether one of the resource's identifiers is ``system|value`` (FHIR R4 3.1.1.5.5 token; no system: any)."""
+    """Whether one of the resource's identifiers is ``system|value`` (FHIR R4 search.html#token; no system: any)."""
     for identifier in resource.get("identifier") or ():
         if identifier.get("value") == value and (not system or identifier.get("system") == system):
             return True
@@ -278,7 +278,7 @@ class FhirResource(Resource):
         return self._finish(request, head, 404, operation_outcome("not-supported", f"{head.method} {head.path}"))
 
     def _patient_search(self, request: Request, head: Received) -> bytes:
-        """``GET Patient?identifier=``: a searchset Bundle (FHIR R4 3.1.1.4)."""
+        """``GET Patient?identifier=``: a searchset Bundle (FHIR R4 search.html)."""
         token = _token(head.query)
         if token is None:
             return self._finish(request, head, 400, operation_outcome("required", "identifier is required"))
@@ -292,7 +292,7 @@ class FhirResource(Resource):
         return self._finish(request, head, 200, json.dumps(bundle).encode("utf-8"))
 
     def _conditional_update(self, request: Request, head: Received) -> bytes:
-        """FHIR R4 3.1.0.5.1 conditional update of an ImagingStudy."""
+        """FHIR R4 http.html#cond-update conditional update of an ImagingStudy."""
         token = _token(head.query)
         if token is None:
             return self._finish(request, head, 400, operation_outcome("required", "a conditional update needs a search"))

@@ -160,7 +160,7 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(len(imaging_study(notification(accession_number="  "), sink())["identifier"]), 1)
 
     def test_fhir_datetime_is_utc_with_zone(self) -> None:
-        """dateTime with a time carries a zone (FHIR R4 2.24.0.1)."""
+        """dateTime with a time carries a zone (FHIR R4 datatypes.html#dateTime)."""
         self.assertEqual(fhir_datetime(0), "1970-01-01T00:00:00Z")
 
 

@@ -29,7 +29,7 @@ class ClassifyTests(SynchronousTestCase):
             self.assertEqual(classify(answer(code), "PUT", SINK, NOW), Delivered(0))
 
     def test_other_2xx_is_not_delivered(self) -> None:
-        """A 204 or 202 is not the conditional update's answer (R4 3.1.0.5.1): retried, not taken as stored."""
+        """A 204 or 202 is not the conditional update's answer (R4 http.html#cond-update): retried, not taken as stored."""
         for code in (202, 204):
             self.assertIsInstance(classify(answer(code), "PUT", SINK, NOW), Retry)
 
