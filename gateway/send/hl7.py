@@ -87,6 +87,8 @@ class MllpClientProtocol(Protocol):
         #: The acknowledgement awaited, if any.
         self._waiting: Deferred[bytes] | None = None
         self.closed = False
+        #: Fire (with None) when the connection has ended.
+        self._lost: list[Deferred[None]] = []
 
     # -- Twisted's side ---------------------------------------------------------------------
 
@@ -116,6 +118,10 @@ class MllpClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionClosed())) -> None:
         """The connection ended: fail what waits on it with the reason."""
         self.closed = True
+        for lost in self._lost:
+            if not lost.called:  # a close given up on (cancelled) has fired already
+                lost.callback(None)
+        self._lost = []
         if not self.ready.called:
             self.ready.errback(reason)
         waiting, self._waiting = self._waiting, None
@@ -151,10 +157,18 @@ class MllpClientProtocol(Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abortConnection()
 
-    def close(self) -> None:
-        """Close the connection politely."""
-        if self.transport is not None and not self.closed:
-            self.transport.loseConnection()
+    def close(self) -> "Deferred[None]":
+        """Close the connection politely (TLS: after its close_notify).
+
+        :returns: a Deferred firing once the connection has ended.
+        """
+        lost: Deferred[None] = Deferred()
+        if self.transport is None or self.closed:
+            lost.callback(None)
+            return lost
+        self._lost.append(lost)
+        self.transport.loseConnection()
+        return lost
 
     def _fail(self, error: Exception) -> None:
         """The receiver misbehaved: fail the waiter with ``error`` and drop the connection."""
@@ -357,7 +371,7 @@ class Hl7Sender:
             protocol = await self._open()
         except Exception as e:
             return self._down(e)
-        protocol.close()
+        await self._close(protocol)
         return None
 
     async def idle(self, slot: int, now: float) -> float | None:
@@ -368,7 +382,14 @@ class Hl7Sender:
         """Close the connection."""
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
-            protocol.close()
+            await self._close(protocol)
+
+    async def _close(self, protocol: MllpClientProtocol) -> None:
+        """Close ``protocol`` and wait until it has ended; a receiver that does not let go within ``timeout`` is cut."""
+        try:
+            await self._bounded(protocol.close(), "close")
+        except _TimedOut:
+            protocol.abort()
 
     def abort(self) -> None:
         """Cancel a connection being opened and drop the open one (a message in flight is retried, ambiguous)."""
