@@ -1,0 +1,1 @@
+"""Tests for :mod:`gateway.notify` (issue 18)."""
