@@ -363,6 +363,10 @@ def _template_values(doc: StudyNotification, config: Hl7Sink, now: float) -> dic
     return values
 
 
+#: A segment line: a segment ID (three characters, HL7 v2.5.1 2.5) then the field separator or the end.
+_SEGMENT: Final = re.compile(r"[A-Z][A-Z0-9]{2}(\||$)")
+
+
 @dataclass(frozen=True)
 class Template:
     """A message template (``Hl7Sink.template``), checked when loaded.
@@ -382,6 +386,10 @@ class Template:
         lines = [line for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
         if not lines or not lines[0].startswith("MSH"):
             raise MessageError("an HL7 template must start with an MSH segment")
+        for number, line in enumerate(lines, start=1):
+            # HL7 v2.5.1 2.5: a segment starts with its three-character segment ID.
+            if not _SEGMENT.match(line):
+                raise MessageError(f"template line {number} is not a segment (it must start with a segment ID such as PID|)")
         joined = "\r".join(lines)
         try:
             parsed = list(string.Formatter().parse(joined))
@@ -426,7 +434,9 @@ class Template:
             raise MessageError(f"the template's message does not parse as HL7: {type(e).__name__}: {e}") from e
         if not ident:
             raise MessageError("the template's message has no MSH-10 (use {control_id})")
-        return message.to_er7(), unescape(ident)
+        # The rendered text is sent as written: hl7apy only checks it (its ER7 output
+        # leaves out segments it cannot place in the structure, a site's Z-segments).
+        return text, unescape(ident)
 
 
 def build_message(doc: StudyNotification, config: Hl7Sink, now: float, template: Template | None = None) -> tuple[bytes, str]:
