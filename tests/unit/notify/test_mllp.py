@@ -191,3 +191,14 @@ class ProtocolTests(SynchronousTestCase):
         answer = protocol.exchange(MESSAGE)
         protocol.dataReceived(data)
         return answer
+
+
+class SansIOTests(SynchronousTestCase):
+    """The framing module is sans-IO like gateway/ul and gateway/dimse (DESIGN.md principle 1)."""
+
+    def test_mllp_module_imports_no_io(self) -> None:
+        """gateway/notify/mllp.py imports nothing of twisted, socket, time or logging and opens no file."""
+        from tests.unit.test_rules import ROOT, sans_io_violations
+
+        path = ROOT / "gateway" / "notify" / "mllp.py"
+        self.assertEqual(sans_io_violations(path.read_text(), str(path)), [])
