@@ -23,7 +23,7 @@ from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, Destina
 from gateway.send import SendContext
 from gateway.send.hl7 import Hl7Sender
 from tests.support import certs
-from tests.support.mllp_receiver import Receiver
+from tests.support.mllp_receiver import Receiver, ReceiverProcess
 from tests.support.ports import free_port
 
 
@@ -281,3 +281,24 @@ class ConnectionTests(SenderTestBase):
         self.assertEqual(message.message_type, "ADT^A08")
         self.assertEqual(message.field("PID", 5), "O\\F\\Brien^Pat")
         self.assertEqual(message.problem, "")
+
+
+class ProcessTests(SenderTestBase):
+    """The receiver as a standalone process (what the notify helper's interop test runs)."""
+
+    async def test_standalone_receiver_answers_by_script_and_records(self) -> None:
+        """python -m tests.support.mllp_receiver --script AR,AA: the first send is retried, the second delivered; both recorded."""
+        process = ReceiverProcess(self.folder, ["AR"]).start()
+        self.addCleanup(process.stop)
+        self.port = process.port
+        sender = self.sender()
+        doc = notification(5)
+        first = await self.send(sender, self.entries([doc]))
+        second = await self.send(sender, self.entries([doc], attempts=1))
+        self.assertIsInstance(first[0], Retry)
+        self.assertEqual(second, [Delivered(0)])
+        recorded = process.messages()
+        self.assertEqual([m["answer"] for m in recorded], ["AR", "AA"])
+        self.assertEqual({m["control_id"] for m in recorded}, {control_id(doc.idempotency_key)})
+        self.assertEqual([m["problem"] for m in recorded], ["", ""])
+        self.assertEqual([m["connection"] for m in recorded], [1, 1])

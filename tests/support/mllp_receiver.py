@@ -31,19 +31,23 @@ test's reactor. Standalone (for interop tests)::
 
 prints ``listening on <port>`` once ready and appends one JSON line per
 message to ``--record`` (``{"control_id", "type", "message", "problem",
-"connection", "answer"}``).
+"connection", "answer"}``). :class:`ReceiverProcess` runs it that way for a
+test (a free port, the record file in the test's folder, stopped by pid).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+
+from tests.support.peerprocess import PeerProcess
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
@@ -215,6 +219,48 @@ class Receiver(Factory):
     def problems(self) -> list[str]:
         """Every parse/validation problem and framing error seen."""
         return [r.problem for r in self.received if r.problem] + self.framing_errors
+
+
+class ReceiverProcess(PeerProcess):
+    """The receiver as a process (``python -m tests.support.mllp_receiver``), for interop tests.
+
+    :param folder: where its log and record file go.
+    :param script: its script steps.
+    :param tls_certificate: serve TLS with this certificate (its key in ``tls_key``).
+    :param tls_key: the certificate's key.
+    """
+
+    def __init__(self, folder: str, script: Sequence[str] = (), tls_certificate: str = "", tls_key: str = "") -> None:
+        folder = os.path.abspath(folder)
+        super().__init__("mllp_receiver", os.path.join(folder, "mllp_receiver.log"))
+        self.folder = folder
+        self.script = list(script)
+        self.tls_certificate = tls_certificate
+        self.tls_key = tls_key
+        self.record_path = os.path.join(folder, "mllp_messages.jsonl")
+        self.port = 0
+
+    def start(self) -> "ReceiverProcess":
+        """Start it on a free loopback port and wait until it listens (at most 30 s)."""
+        from tests.support.ports import free_port
+
+        self.port = free_port()
+        argv = [sys.executable, "-m", "tests.support.mllp_receiver", "--port", str(self.port),
+                "--script", ",".join(self.script), "--record", self.record_path]
+        if self.tls_certificate:
+            argv += ["--tls-certificate", self.tls_certificate, "--tls-key", self.tls_key]
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH", "")])))
+        self.spawn(argv, lambda: f"listening on {self.port}" in self.log_text(), 30.0, env=env, cwd=root)
+        return self
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The messages received so far, in order (one dict per JSON line)."""
+        try:
+            with open(self.record_path, encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle if line.strip()]
+        except FileNotFoundError:
+            return []
 
 
 def main(argv: Sequence[str] | None = None) -> None:
