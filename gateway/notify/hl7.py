@@ -227,80 +227,113 @@ def _result_status(doc: StudyNotification) -> str:
     return "C" if doc.event == "amended" else "F"
 
 
+def _describe(error: Exception) -> str:
+    """hl7apy's complaint without the values it may quote (a patient's name must not reach a reason).
+
+    Structural errors (a missing segment or field, an unknown version) name
+    elements only and are kept; a data type or length error quotes the value,
+    so only its kind is kept.
+    """
+    from hl7apy.exceptions import ChildNotFound, UnsupportedVersion, ValidationError
+
+    if isinstance(error, (ValidationError, UnsupportedVersion, ChildNotFound)):
+        return f"{type(error).__name__}: {error}"
+    return type(error).__name__
+
+
 def build_oru(doc: StudyNotification, config: Hl7Sink, now: float) -> tuple[str, str]:
-    """The built-in ORU^R01 of a notification (see the module docstring), validated by hl7apy (strict).
+    """The built-in ORU^R01 of a notification (see the module docstring), validated by hl7apy.
+
+    Validation level **strict** (data types and HL7 maximum lengths checked,
+    then the structure). A value longer than HL7 v2.5.1 allows (a DICOM LO
+    Patient ID of 64 characters in a 20-character component) is never cut,
+    as a cut identifier may name another patient: the message is then made
+    at level **tolerant** and its structure still validated
+    (:meth:`hl7apy.core.Message.validate` checks required segments and
+    fields at either level).
 
     :param doc: the notification, already without PHI when the sink allows none.
     :param config: the sink (applications, facilities, version, ``phi``).
     :param now: the wall-clock time (MSH-7).
     :returns: (the message in ER7, segments separated by CR; its control id).
-    :raises MessageError: when hl7apy refuses the message (an unsupported version).
+    :raises MessageError: when hl7apy refuses the message (an unsupported version);
+        the reason quotes no value.
     """
     from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.exceptions import MaxLengthReached
+
+    try:
+        try:
+            return _build_oru(doc, config, now, VALIDATION_LEVEL.STRICT)
+        except MaxLengthReached:
+            return _build_oru(doc, config, now, VALIDATION_LEVEL.TOLERANT)
+    except Exception as e:  # hl7apy's ValidationError, UnsupportedVersion, ValueError on a data type
+        raise MessageError(f"hl7apy refused the ORU^R01: {_describe(e)}") from e
+
+
+def _build_oru(doc: StudyNotification, config: Hl7Sink, now: float, level: Any) -> tuple[str, str]:
+    """:func:`build_oru` at one hl7apy validation level (hl7apy's exceptions pass through)."""
     from hl7apy.core import Message
 
     ident = control_id(doc.idempotency_key)
     status = _result_status(doc)
-    try:
-        message = Message("ORU_R01", version=config.version, validation_level=VALIDATION_LEVEL.STRICT)
-        msh = message.msh
-        # HL7 v2.5.1 2.15.9 (MSH).
-        msh.msh_3 = escape(config.sending_application)
-        if config.sending_facility:
-            msh.msh_4 = escape(config.sending_facility)
-        if config.receiving_application:
-            msh.msh_5 = escape(config.receiving_application)
-        if config.receiving_facility:
-            msh.msh_6 = escape(config.receiving_facility)
-        msh.msh_7 = hl7_time(now)
-        msh.msh_9 = "ORU^R01^ORU_R01"
-        msh.msh_10 = ident
-        msh.msh_11 = "P"  # table 0103: production
-        msh.msh_12 = config.version
-        msh.msh_18 = "UNICODE UTF-8"  # table 0211
-        result = message.add_group("ORU_R01_PATIENT_RESULT")
-        pid = result.add_group("ORU_R01_PATIENT").pid
-        pid.pid_1 = "1"
-        if config.phi and doc.patient_id:
-            issuer = f"^^^{escape(doc.issuer_of_patient_id)}" if doc.issuer_of_patient_id else ""
-            pid.pid_3 = escape(doc.patient_id) + issuer
-            name = _name(doc.patient_name)
-            pid.pid_5 = name or "^^^^^^U"  # table 0200 U: unspecified (PID-5 is required)
-            if _dicom_date(doc.patient_birth_date):
-                pid.pid_7 = _dicom_date(doc.patient_birth_date)
-            if _sex(doc.patient_sex):
-                pid.pid_8 = _sex(doc.patient_sex)
-        else:
-            key = pseudonym(doc.study_instance_uid)
-            # Table 0203 ANON: anonymous identifier; table 0200 S: coded pseudo-name to assure anonymity.
-            pid.pid_3 = f"{key}^^^{escape(config.sending_application)}^ANON"
-            pid.pid_5 = f"{key}^^^^^^S"
-        order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-        obr = order.obr
-        obr.obr_1 = "1"
-        if doc.accession_number:
-            obr.obr_2 = escape(doc.accession_number)
-            obr.obr_3 = escape(doc.accession_number)
-        obr.obr_4 = "^" + escape(doc.study_description or "Imaging study")
-        observed = _dicom_datetime(doc.study_date, doc.study_time)
-        if observed:
-            obr.obr_7 = observed
-        if doc.completed_at:
-            obr.obr_22 = hl7_time(doc.completed_at)
-        obr.obr_25 = status
-        for number, (sub, kind, code, text, value) in enumerate(_observations(doc, status), start=1):
-            obx = order.add_group("ORU_R01_OBSERVATION").obx
-            obx.obx_1 = str(number)
-            obx.obx_2 = kind
-            obx.obx_3 = f"{code}^{text}^{CODING_SYSTEM}"
-            if sub:
-                obx.obx_4 = sub
-            obx.obx_5 = value
-            obx.obx_11 = status
-        message.validate()
-        return message.to_er7(), ident
-    except Exception as e:  # hl7apy's ValidationError, UnsupportedVersion, ValueError on a data type
-        raise MessageError(f"hl7apy refused the ORU^R01: {type(e).__name__}: {e}") from e
+    message = Message("ORU_R01", version=config.version, validation_level=level)
+    msh = message.msh
+    # HL7 v2.5.1 2.15.9 (MSH).
+    msh.msh_3 = escape(config.sending_application)
+    if config.sending_facility:
+        msh.msh_4 = escape(config.sending_facility)
+    if config.receiving_application:
+        msh.msh_5 = escape(config.receiving_application)
+    if config.receiving_facility:
+        msh.msh_6 = escape(config.receiving_facility)
+    msh.msh_7 = hl7_time(now)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = ident
+    msh.msh_11 = "P"  # table 0103: production
+    msh.msh_12 = config.version
+    msh.msh_18 = "UNICODE UTF-8"  # table 0211
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = result.add_group("ORU_R01_PATIENT").pid
+    pid.pid_1 = "1"
+    if config.phi and doc.patient_id:
+        issuer = f"^^^{escape(doc.issuer_of_patient_id)}" if doc.issuer_of_patient_id else ""
+        pid.pid_3 = escape(doc.patient_id) + issuer
+        name = _name(doc.patient_name)
+        pid.pid_5 = name or "^^^^^^U"  # table 0200 U: unspecified (PID-5 is required)
+        if _dicom_date(doc.patient_birth_date):
+            pid.pid_7 = _dicom_date(doc.patient_birth_date)
+        if _sex(doc.patient_sex):
+            pid.pid_8 = _sex(doc.patient_sex)
+    else:
+        key = pseudonym(doc.study_instance_uid)
+        # Table 0203 ANON: anonymous identifier; table 0200 S: coded pseudo-name to assure anonymity.
+        pid.pid_3 = f"{key}^^^{escape(config.sending_application)}^ANON"
+        pid.pid_5 = f"{key}^^^^^^S"
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    obr = order.obr
+    obr.obr_1 = "1"
+    if doc.accession_number:
+        obr.obr_2 = escape(doc.accession_number)
+        obr.obr_3 = escape(doc.accession_number)
+    obr.obr_4 = "^" + escape(doc.study_description or "Imaging study")
+    observed = _dicom_datetime(doc.study_date, doc.study_time)
+    if observed:
+        obr.obr_7 = observed
+    if doc.completed_at:
+        obr.obr_22 = hl7_time(doc.completed_at)
+    obr.obr_25 = status
+    for number, (sub, kind, code, text, value) in enumerate(_observations(doc, status), start=1):
+        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(number)
+        obx.obx_2 = kind
+        obx.obx_3 = f"{code}^{text}^{CODING_SYSTEM}"
+        if sub:
+            obx.obx_4 = sub
+        obx.obx_5 = value
+        obx.obx_11 = status
+    message.validate()
+    return message.to_er7(), ident
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -402,7 +435,15 @@ class Template:
                 raise MessageError(f"template: unknown field {{{name}}}; fields: {', '.join(sorted(TEMPLATE_FIELDS))}")
             if conversion or (spec and "{" in spec):
                 raise MessageError(f"template: field {{{name}}} may not have a conversion or a nested field")
-        return cls(joined)
+        template = cls(joined)
+        # A format spec no value can take ({instances:d}: every value is text) fails here, at load.
+        sample = StudyNotification(idempotency_key="0" * 64, event="complete", sequence=1, route="", sink="",
+                                   study_instance_uid="1.2.3")
+        try:
+            joined.format_map(_template_values(sample, Hl7Sink(name="check", host="", port=0), 0.0))
+        except (ValueError, KeyError, IndexError) as e:
+            raise MessageError(f"template: {type(e).__name__}: {e}") from e
+        return template
 
     @classmethod
     def load(cls, path: str) -> "Template":
@@ -426,12 +467,15 @@ class Template:
         from hl7apy.consts import VALIDATION_LEVEL
         from hl7apy.parser import parse_message
 
-        text = self.text.format_map(_template_values(doc, config, now))
+        try:
+            text = self.text.format_map(_template_values(doc, config, now))
+        except (ValueError, KeyError, IndexError) as e:  # a format spec a text value cannot take ({instances:d})
+            raise MessageError(f"template: {type(e).__name__}: {e}") from e
         try:
             message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT)
             ident = message.msh.msh_10.value
         except Exception as e:
-            raise MessageError(f"the template's message does not parse as HL7: {type(e).__name__}: {e}") from e
+            raise MessageError(f"the template's message does not parse as HL7: {_describe(e)}") from e
         if not ident:
             raise MessageError("the template's message has no MSH-10 (use {control_id})")
         # The rendered text is sent as written: hl7apy only checks it (its ER7 output

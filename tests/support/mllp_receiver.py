@@ -5,8 +5,9 @@ few lines over a byte buffer), so a framing bug in the gateway cannot hide
 behind the same bug in its test peer.
 
 Every message received is parsed by hl7apy (validation level strict when it
-is an ORU^R01 of a version hl7apy knows, tolerant otherwise, as a template's
-message may be anything) and recorded in order (:class:`Received`), with the
+is an ORU^R01, then its structure validated; tolerant otherwise, as a
+template's message may be anything; values over HL7's maximum lengths are
+accepted, as the gateway sends them uncut) and recorded in order (:class:`Received`), with the
 connection it came on. What the receiver answers to the n-th message is the
 n-th step of its *script* (then ``AA`` for ever):
 
@@ -94,10 +95,17 @@ def parse(text: str) -> tuple[Any, str]:
     from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.parser import parse_message
 
+    from hl7apy.exceptions import MaxLengthReached
+
     try:
         strict = "|ORU^R01" in text.split("\r", 1)[0]
         level = VALIDATION_LEVEL.STRICT if strict else VALIDATION_LEVEL.TOLERANT
-        message = parse_message(text, validation_level=level)
+        try:
+            message = parse_message(text, validation_level=level)
+        except MaxLengthReached:
+            # Values longer than HL7's maximum lengths (DICOM allows 64 characters) are
+            # accepted, as by the gateway; the structure is still validated below.
+            message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT)
         if strict:
             message.validate()
         return message, ""

@@ -325,3 +325,30 @@ class TemplateStructureTests(SynchronousTestCase):
         """hl7apy refuses a message of a version it does not know: a MessageError."""
         template = Template.parse("MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|9.9\nPID|1\n")
         self.assertRaises(MessageError, build_message, doc(), SINK, NOW, template)
+
+
+class LongValueTests(SynchronousTestCase):
+    """Values longer than HL7's maximum lengths, and what reasons may quote."""
+
+    def test_long_identifiers_are_sent_whole_and_the_structure_validated(self) -> None:
+        """A 64-character Patient ID and a long name are never cut (strict refuses their length; tolerant + structure check)."""
+        long_id = "P" * 64
+        data, _ = build_message(doc(patient_id=long_id, patient_name="Ö" * 64 + "^Ann"), SINK, NOW)
+        (pid,) = segments(data, "PID")
+        self.assertEqual(pid[3].split("^")[0], long_id)
+        self.assertEqual(pid[5], "Ö" * 64 + "^Ann")
+        message = parse_message(data.decode("utf-8"), validation_level=VALIDATION_LEVEL.TOLERANT)
+        self.assertTrue(message.validate())
+
+    def test_reasons_never_quote_a_value(self) -> None:
+        """hl7apy's data type errors quote the value: only the error's kind is kept; structural errors are kept whole."""
+        from hl7apy.exceptions import ValidationError
+
+        from gateway.notify.hl7 import _describe
+
+        self.assertEqual(_describe(ValueError("Doe^Jane is not an HL7 valid date value")), "ValueError")
+        self.assertIn("PID.PID_5", _describe(ValidationError("Missing required child PID.PID_5")))
+
+    def test_format_spec_for_a_number_is_refused_at_load(self) -> None:
+        """Every value is text: {instances:d} cannot render, refused at load rather than at every send."""
+        self.assertRaises(MessageError, Template.parse, "MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|2.5.1\nZX|{instances:d}\n")
