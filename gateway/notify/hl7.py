@@ -493,7 +493,11 @@ def build_message(doc: StudyNotification, config: Hl7Sink, now: float, template:
     :raises MessageError: when no message can be made.
     """
     text, ident = template.render(doc, config, now) if template is not None else build_oru(doc, config, now)
-    return text.encode("utf-8"), ident
+    data = text.encode("utf-8")
+    if b"\x0b" in data or b"\x1c" in data:
+        # HL7 v2.5.1 C.4.3: MLLP cannot carry <VT> or <FS> inside a message (a template's literal text).
+        raise MessageError("the message holds <VT> or <FS>, which MLLP cannot carry")
+    return data, ident
 
 
 # -- the acknowledgement ----------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, AsyncGenerator, Callable, Final, Sequence
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -115,7 +115,7 @@ class MllpClientProtocol(Protocol):
                 return
             waiting.callback(event.content)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionClosed())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The connection ended: fail what waits on it with the reason."""
         self.closed = True
         for lost in self._lost:
@@ -136,14 +136,17 @@ class MllpClientProtocol(Protocol):
 
         :param message: the message (unframed).
         :raises RuntimeError: when a message is already in flight (one at a time).
+        :raises ConnectionClosed: when the connection has ended.
+        :raises gateway.notify.mllp.LocalFramingError: when the message holds <VT> or <FS>.
         """
         if self._waiting is not None:
             raise RuntimeError("an MLLP message is already in flight")
         if self.closed or self.transport is None:
             raise ConnectionClosed("connection closed before sending")
+        framed = encode(message)  # LocalFramingError before anything is in flight
         waiting: Deferred[bytes] = Deferred(self._cancel_wait)
         self._waiting = waiting
-        self.transport.write(encode(message))
+        self.transport.write(framed)
         return waiting
 
     def _cancel_wait(self, waiting: "Deferred[bytes]") -> None:

@@ -352,3 +352,18 @@ class LongValueTests(SynchronousTestCase):
     def test_format_spec_for_a_number_is_refused_at_load(self) -> None:
         """Every value is text: {instances:d} cannot render, refused at load rather than at every send."""
         self.assertRaises(MessageError, Template.parse, "MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|2.5.1\nZX|{instances:d}\n")
+
+
+class FramingSafetyTests(SynchronousTestCase):
+    """What MLLP cannot carry never reaches the wire."""
+
+    def test_template_with_a_block_character_is_a_message_error(self) -> None:
+        """A template whose literal text holds <FS> gives a MessageError (a dead letter), not a crash in the sender."""
+        template = Template.parse("MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|2.5.1\nZX|a\x1cb\n")
+        self.assertRaises(MessageError, build_message, doc(), SINK, NOW, template)
+
+    def test_values_with_block_characters_are_neutralised(self) -> None:
+        """A patient name holding <VT> and <FS> is sent (as spaces), never breaking the frame."""
+        data, _ = build_message(doc(patient_name="A\x0bB\x1cC"), SINK, NOW)
+        self.assertNotIn(b"\x0b", data)
+        self.assertNotIn(b"\x1c", data)
