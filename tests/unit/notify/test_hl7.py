@@ -359,7 +359,7 @@ class FramingSafetyTests(SynchronousTestCase):
 
     def test_template_with_a_block_character_is_a_message_error(self) -> None:
         """A template whose literal text holds <FS> gives a MessageError (a dead letter), not a crash in the sender."""
-        template = Template.parse("MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|2.5.1\nZX|a\x1cb\n")
+        template = Template.parse("MSH|^~\\&|A||||x||ORM^O01|{control_id}|P|2.5.1\nZXX|a\x1cb\n")
         self.assertRaises(MessageError, build_message, doc(), SINK, NOW, template)
 
     def test_values_with_block_characters_are_neutralised(self) -> None:
