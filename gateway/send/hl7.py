@@ -287,7 +287,8 @@ class Hl7Sender:
         """
         for _ in range(2):
             turn: Deferred[None] = Deferred()
-            self.clock.callLater(0, turn.callback, None)
+            # The reactor's own turns (the sockets it polls), not the timeout clock.
+            self.context.reactor.callLater(0, turn.callback, None)
             await turn
 
     async def _connection(self) -> MllpClientProtocol | DestinationDown:

@@ -12,6 +12,8 @@ import os
 from typing import Any, Sequence
 
 from twisted.internet import reactor, ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gateway.blocking import SynchronousRunner
@@ -65,8 +67,8 @@ class SenderTestBase(TestCase):
         self.port = port.getHost().port
         return receiver
 
-    def sender(self, **overrides: Any) -> Hl7Sender:
-        """The sender of a sink at ``self.port`` (its connection closed at the end)."""
+    def sender(self, clock: Any = reactor, **overrides: Any) -> Hl7Sender:
+        """The sender of a sink at ``self.port`` (its connection closed at the end); ``clock`` times its timeouts."""
         values: dict[str, Any] = dict(name="ris", host="127.0.0.1", port=self.port, timeout=5.0,
                                       sending_application="GW", receiving_application="RIS")
         values.update(overrides)
@@ -74,7 +76,7 @@ class SenderTestBase(TestCase):
         def reached() -> None:
             self.reached += 1
 
-        context = SendContext(SynchronousRunner(), reactor, reactor, scratch_dir=self.folder, reachable=reached)
+        context = SendContext(SynchronousRunner(), clock, reactor, scratch_dir=self.folder, reachable=reached)
         sender = Hl7Sender(Hl7Sink(**values), context)
         self.addCleanup(sender.close, 0)
         return sender
@@ -185,14 +187,24 @@ class AcknowledgementTests(SenderTestBase):
         self.assertEqual(len({r.control_id for r in receiver.received}), 1, "every re-send carries the same MSH-10")
 
     async def test_no_ack_within_timeout_is_an_ambiguous_retry_and_the_connection_is_dropped(self) -> None:
-        """A held ACK: after timeout the entry is retried as ambiguous and the next message goes on a new connection."""
+        """A held ACK: once the timeout passes the entry is retried as ambiguous and the next message goes on a new connection.
+
+        The timeouts run on a fake clock, advanced once the receiver holds the
+        message, so the outcome does not depend on how fast the machine is.
+        """
         receiver = self.serve(["hold"])
-        sender = self.sender(timeout=0.5)
-        outcomes = await self.send(sender, self.entries([notification(1), notification(2)]))
+        held: Deferred[None] = Deferred()
+        receiver.on_message = lambda record: None if held.called else held.callback(None)
+        clock = Clock()
+        sender = self.sender(clock=clock, timeout=5.0)
+        sending = Deferred.fromCoroutine(self.send(sender, self.entries([notification(1), notification(2)])))
+        await held
+        clock.advance(5.0)
+        outcomes = await sending
         self.assertIsInstance(outcomes[0], Retry)
         assert isinstance(outcomes[0], Retry)
         self.assertTrue(outcomes[0].ambiguous)
-        self.assertIn("acknowledgement", outcomes[0].reason)
+        self.assertIn("no acknowledgement within 5s", outcomes[0].reason)
         self.assertEqual(outcomes[1], Delivered(0))
         self.assertEqual([r.connection for r in receiver.received], [1, 2])
         self.assertEqual(receiver.release(), 0, "the held connection was dropped")
