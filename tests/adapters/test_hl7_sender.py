@@ -69,7 +69,7 @@ class SenderTestBase(TestCase):
 
     def sender(self, clock: Any = reactor, **overrides: Any) -> Hl7Sender:
         """The sender of a sink at ``self.port`` (its connection closed at the end); ``clock`` times its timeouts."""
-        values: dict[str, Any] = dict(name="ris", host="127.0.0.1", port=self.port, timeout=5.0,
+        values: dict[str, Any] = dict(name="ris", host="127.0.0.1", port=self.port, timeout=10.0,
                                       sending_application="GW", receiving_application="RIS")
         values.update(overrides)
 

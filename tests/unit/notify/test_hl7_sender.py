@@ -10,20 +10,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.blocking import SynchronousRunner
-from gateway.config.schema import DestinationTLSConfig, Hl7Sink
+from gateway.config.schema import CircuitConfig, DestinationTLSConfig, Hl7Sink
 from gateway.notify.document import StudyNotification, to_json
 from gateway.notify.hl7 import MessageError, control_id
 from gateway.notify.mllp import encode
-from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
+from gateway.queue.interfaces import Entry, EntryState, InstanceRecord, NewEntry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
 from gateway.send.hl7 import Hl7Sender, MllpClientProtocol
+from gateway.send.registry import SENDERS, register_sender
+from tests.adapters.test_forward import RETRY, WorkerTestsMixin
 
 KEY = "ab" * 32
 
@@ -172,3 +174,69 @@ class PreparationTests(Harness):
         """Without a reactor to connect with, the sender refuses to be made (DESIGN.md 1.2)."""
         context = SendContext(SynchronousRunner(), self.clock)
         self.assertRaises(TypeError, Hl7Sender, Hl7Sink(name="ris", host="h", port=1), context)
+
+
+class WorkerTests(WorkerTestsMixin, SynchronousTestCase):
+    """The sender under the real DestinationWorker and memory store: outcomes recorded as the contract says."""
+
+    def setUp(self) -> None:
+        WorkerTestsMixin.setUp(self)
+        self.protocols: list[MllpClientProtocol] = []
+        self.keys: list[str] = []
+
+        def connect(protocol: MllpClientProtocol) -> "Deferred[Any]":
+            self.protocols.append(protocol)
+            protocol.makeConnection(StringTransport())
+            return succeed(protocol)
+
+        register_sender(Hl7Sink, lambda config, context: Hl7Sender(config, context, connect=connect))
+        self.addCleanup(SENDERS.pop, Hl7Sink)
+
+    def notify(self, number: int) -> None:
+        """Journal one notification record (its file the document) with an entry for the sink ``ris``."""
+        key = f"{number:064x}"
+        self.keys.append(key)
+        path = os.path.join(self.tmp, f"n{number}.json")
+        with open(path, "wb") as handle:
+            handle.write(to_json(StudyNotification(idempotency_key=key, event="complete", sequence=1, route="ct",
+                                                   sink="ris", study_instance_uid=f"1.2.3.{number}")))
+        record = InstanceRecord(f"n{number}", path, "notification", key, "", os.path.getsize(path), f"{number:064x}",
+                                self.clock.seconds(), f"c{number}", study_instance_uid=f"1.2.3.{number}")
+        self.store.add_instance(record, [NewEntry("ct", "ris")], self.clock.seconds(), 0.0)
+
+    def answer(self, code: str, number: int) -> None:
+        """The receiver acknowledges notification ``number`` with ``code`` on the latest connection."""
+        ack = f"MSH|^~\\&|R||||20260101||ACK|a|P|2.5.1\rMSA|{code}|{control_id(self.keys[number - 1])}\r".encode()
+        self.protocols[-1].dataReceived(encode(ack))
+
+    def sink(self, **overrides: Any) -> Hl7Sink:
+        """The sink ``ris`` with the worker tests' retry settings."""
+        values: dict[str, Any] = dict(name="ris", host="127.0.0.1", port=2575, timeout=5.0, retry=RETRY,
+                                      circuit=CircuitConfig(failures=3))
+        values.update(overrides)
+        return Hl7Sink(**values)
+
+    def test_aa_then_ae_are_recorded_delivered_and_dead_in_order(self) -> None:
+        """Two notifications: AA delivers the first, then the second goes; AE dead-letters it."""
+        self.notify(1)
+        self.notify(2)
+        self.worker(self.sink())  # type: ignore[arg-type]
+        self.answer("AA", 1)
+        self.answer("AE", 2)
+        states = {e.instance.sop_instance_uid: e.state for e in self.store.entries("ris")}
+        self.assertEqual(states, {self.keys[0]: EntryState.DELIVERED, self.keys[1]: EntryState.DEAD})
+        self.assertEqual(len(self.protocols), 1, "both on one connection")
+
+    def test_ar_is_retried_then_dead_after_reject_retries(self) -> None:
+        """reject_retries 1: the first AR requeues the entry, the second (after the backoff) dead-letters it."""
+        self.notify(1)
+        self.worker(self.sink(reject_retries=1))  # type: ignore[arg-type]
+        self.answer("AR", 1)
+        (entry,) = self.store.entries("ris")
+        self.assertEqual(entry.state, EntryState.QUEUED)
+        self.assertEqual(entry.attempts, 1)
+        self.clock.advance(5.0)
+        self.answer("AR", 1)
+        (entry,) = self.store.entries("ris")
+        self.assertEqual(entry.state, EntryState.DEAD)
+        self.assertIn("AR", entry.dead_reason)
