@@ -314,3 +314,13 @@ class ProcessTests(SenderTestBase):
         self.assertEqual({m["control_id"] for m in recorded}, {control_id(doc.idempotency_key)})
         self.assertEqual([m["problem"] for m in recorded], ["", ""])
         self.assertEqual([m["connection"] for m in recorded], [1, 1])
+
+    async def test_standalone_receiver_over_tls(self) -> None:
+        """The receiver process serving TLS (--tls-certificate/--tls-key) gets the message from a TLS sink."""
+        m = certs.material()
+        process = ReceiverProcess(self.folder, tls_certificate=m.server, tls_key=m.server_key).start()
+        self.addCleanup(process.stop)
+        self.port = process.port
+        sender = self.sender(tls=DestinationTLSConfig(ca=m.ca, server_name="localhost"))
+        self.assertEqual(await self.send(sender, self.entries([notification(6)])), [Delivered(0)])
+        self.assertEqual([m["problem"] for m in process.messages()], [""])
