@@ -11,7 +11,9 @@ Two ways to make the message:
 
 - **built-in** (:func:`build_oru`): an ORU^R01 (HL7 v2.5.1 chapter 7),
   made with hl7apy at validation level **strict** (every required field and
-  segment present, data types checked) and validated before it is sent::
+  segment present, data types and maximum lengths checked; a value over a
+  maximum length is sent whole at level tolerant, the structure still
+  validated: :func:`build_oru`) and validated before it is sent::
 
       MSH  sending/receiving application and facility from the sink's configuration,
            MSH-7 now, MSH-9 ORU^R01^ORU_R01, MSH-10 the control id (:func:`control_id`),
@@ -30,9 +32,10 @@ Two ways to make the message:
   ``{field}`` references to :data:`TEMPLATE_FIELDS` (str.format syntax, no
   attribute or index access, no conversions). Every substituted value is
   escaped (:func:`escape`), so a patient name holding ``|`` or ``^`` cannot
-  add fields or components; the result is parsed by hl7apy (validation
-  level **tolerant**: a site's message may use Z-segments or another
-  structure) and must be a message with an MSH-10.
+  add fields or components; every line must be a segment, and the result
+  is parsed by hl7apy (validation level **tolerant**: a site's message may
+  use Z-segments or another structure) and must have an MSH-10; the text is
+  sent as rendered.
 
 The acknowledgement (:func:`parse_ack`, HL7 v2.5.1 2.9 original and enhanced
 acknowledgement, MSA segment) gives MSA-1 (table 0008: AA/AE/AR, CA/CE/CR),
@@ -47,7 +50,7 @@ import re
 import string
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from gateway.config.schema import Hl7Sink
 from gateway.notify.document import StudyNotification
@@ -603,7 +606,3 @@ def classify_ack(ack: Ack | None, expected: str, config: Hl7Sink, attempts: int,
         return DeadLetter(said + suffix, DeadLetterKind.REFUSED)
     return Retry(f"HL7: unknown acknowledgement code {ack.code!r}")
 
-
-def template_mapping_names() -> Mapping[str, str]:
-    """The template fields, for documentation: name -> where the value comes from."""
-    return {name: ("derived" if name in _DERIVED_FIELDS else "notification") for name in sorted(TEMPLATE_FIELDS)}
