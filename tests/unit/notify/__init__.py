@@ -1,1 +1,0 @@
-"""Tests for :mod:`gateway.notify` (issue 18)."""
