@@ -155,3 +155,194 @@ class FakeConsoleData:
 
     def routes(self) -> tuple[Any, ...]:
         return (RouteConfig("ct", ("pacs",), origin="gateway.yaml:12"), RouteConfig("all", ("archive",)))
+
+
+# -- a small HTML reader and an in-memory client for the page tests -------------------------
+
+from html.parser import HTMLParser  # noqa: E402
+from urllib.parse import urlencode  # noqa: E402
+
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+_VOID = {"input", "br", "meta", "link", "img", "hr", "col", "area", "base", "source", "wbr"}
+
+
+class Node:
+    """An element of a parsed page."""
+
+    def __init__(self, tag: str, attrs: dict[str, str], parent: "Node | None") -> None:
+        self.tag = tag
+        self.attrs = attrs
+        self.parent = parent
+        self.children: list[Any] = []
+
+    def text(self) -> str:
+        """The element's text, whitespace collapsed."""
+        parts: list[str] = []
+
+        def walk(node: Node) -> None:
+            for child in node.children:
+                if isinstance(child, Node):
+                    walk(child)
+                else:
+                    parts.append(child)
+
+        walk(self)
+        return " ".join("".join(parts).split())
+
+    def all(self, tag: str | None = None, **attrs: str) -> list["Node"]:
+        """Descendants with this tag and these attributes (``class_`` matches one class)."""
+        found: list[Node] = []
+
+        def walk(node: Node) -> None:
+            for child in node.children:
+                if isinstance(child, Node):
+                    if _matches(child, tag, attrs):
+                        found.append(child)
+                    walk(child)
+
+        walk(self)
+        return found
+
+    def one(self, tag: str | None = None, **attrs: str) -> "Node":
+        """The only descendant matching (AssertionError otherwise)."""
+        found = self.all(tag, **attrs)
+        assert len(found) == 1, f"{len(found)} elements match {tag} {attrs}"
+        return found[0]
+
+    def by_id(self, ident: str) -> "Node | None":
+        """The element with this id, or ``None``."""
+        found = self.all(id=ident)
+        return found[0] if found else None
+
+
+def _matches(node: Node, tag: str | None, attrs: dict[str, str]) -> bool:
+    if tag is not None and node.tag != tag:
+        return False
+    for key, value in attrs.items():
+        if key == "class_":
+            if value not in node.attrs.get("class", "").split():
+                return False
+        elif node.attrs.get(key.replace("_", "-")) != value:
+            return False
+    return True
+
+
+class _Builder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {}, None)
+        self.current = self.root
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: (v if v is not None else "") for k, v in attrs}, self.current)
+        self.current.children.append(node)
+        if tag not in _VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.current.children.append(Node(tag, {k: (v if v is not None else "") for k, v in attrs}, self.current))
+
+    def handle_endtag(self, tag: str) -> None:
+        node: Node | None = self.current
+        while node is not None and node.tag != tag:
+            node = node.parent
+        if node is not None and node.parent is not None:
+            self.current = node.parent
+
+    def handle_data(self, data: str) -> None:
+        self.current.children.append(data)
+
+
+def parse_html(body: bytes) -> Node:
+    """The document of a page."""
+    builder = _Builder()
+    builder.feed(body.decode("utf-8"))
+    builder.close()
+    return builder.root
+
+
+class Response:
+    """One answer: status, headers (lower-case names, lists), body."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def page(self) -> Node:
+        return parse_html(self.body)
+
+
+class Client:
+    """Sends HTTP/1.0 requests as bytes through a real site's channel (one connection each) and keeps cookies."""
+
+    def __init__(self, site: Any, host: str = "127.0.0.1", peer: str = "127.0.0.1") -> None:
+        self.site = site
+        self.host = host
+        self.peer = peer
+        self.cookies: dict[str, str] = {}
+
+    def raw(self, data: bytes) -> Response:
+        channel = self.site.buildProtocol(IPv4Address("TCP", self.peer, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", self.peer, 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        response = Response(transport.value())
+        channel.connectionLost(None)
+        for value in response.headers.get("set-cookie", []):
+            pair = value.split(";", 1)[0]
+            name, _, cookie = pair.partition("=")
+            if "max-age=0" in value.lower() or cookie == "deleted":
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = cookie
+        return response
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+        lines = [f"{method} {path} HTTP/1.0", f"Host: {self.host}"]
+        if self.cookies:
+            lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        if method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        return self.raw(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def get(self, path: str, **headers: str) -> Response:
+        return self.request("GET", path, headers=headers)
+
+    def post(self, path: str, fields: Any, headers: dict[str, str] | None = None) -> Response:
+        body = urlencode(fields, doseq=True).encode("ascii")
+        return self.request("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
+
+    def csrf(self, path: str = "/console/") -> str:
+        """The CSRF token of a page's forms."""
+        page = self.get(path).page
+        return page.all("input", name="csrf")[0].attrs["value"]
+
+    def sign_in(self, user: str, password: str) -> Response:
+        token = self.get("/console/login").page.one("form", id="login").one("input", name="csrf").attrs["value"]
+        return self.post("/console/login", {"user": user, "password": password, "csrf": token})
+
+
+def multipart(fields: dict[str, str], file_data: bytes | None, boundary: str = "----gwtestboundary") -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type."""
+    out = b""
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode("utf-8")
+    if file_data is not None:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.dcm"\r\n'
+                "Content-Type: application/dicom\r\n\r\n").encode("ascii") + file_data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode("ascii")
+    return out, f"multipart/form-data; boundary={boundary}"
