@@ -1,0 +1,48 @@
+"""Roles and the sign-in throttle (issue 18)."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.console.auth import SignInThrottle, role_at_least
+
+
+class RoleTests(SynchronousTestCase):
+    def test_order(self) -> None:
+        self.assertTrue(role_at_least("admin", "operator"))
+        self.assertTrue(role_at_least("operator", "operator"))
+        self.assertFalse(role_at_least("viewer", "operator"))
+        self.assertFalse(role_at_least("operator", "admin"))
+        self.assertFalse(role_at_least("root", "viewer"))
+
+
+class ThrottleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.now = 0.0
+        self.throttle = SignInThrottle(lambda: self.now)
+
+    def test_five_failures_within_five_minutes_lock_for_a_minute(self) -> None:
+        for _ in range(4):
+            self.throttle.failed("ada", "10.0.0.1")
+            self.now += 60
+        self.assertFalse(self.throttle.locked("ada", "10.0.0.2"))
+        self.throttle.failed("ada", "10.0.0.1")
+        self.assertTrue(self.throttle.locked("ada", "10.0.0.2"))  # the user, from anywhere
+        self.assertTrue(self.throttle.locked("bob", "10.0.0.1"))  # the address, for any user
+        self.assertFalse(self.throttle.locked("bob", "10.0.0.2"))
+        self.now += 60.5
+        self.assertFalse(self.throttle.locked("ada", "10.0.0.1"))
+
+    def test_old_failures_forgotten(self) -> None:
+        for _ in range(4):
+            self.throttle.failed("ada", "10.0.0.1")
+        self.now += 301
+        self.throttle.failed("ada", "10.0.0.1")
+        self.assertFalse(self.throttle.locked("ada", "10.0.0.1"))
+
+    def test_success_forgets_the_users_failures(self) -> None:
+        for _ in range(4):
+            self.throttle.failed("ada", f"10.0.0.{_}")
+        self.throttle.succeeded("ada")
+        self.throttle.failed("ada", "10.0.0.9")
+        self.assertFalse(self.throttle.locked("ada", "10.0.0.9"))
