@@ -179,6 +179,7 @@ def build_site(
         site.upload_path = b"/console/rules"
         site.upload_limit = getattr(console, "upload_limit", 0)
         site.upload_folder = upload_folder
+        site.upload_gate = getattr(console, "may_upload", None)
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -42,6 +42,7 @@ __all__ = [
     "REQUEST_DEADLINE",
     "IDLE_TIMEOUT",
     "MAX_JSON_DEPTH",
+    "UPLOAD_DEADLINE",
 ]
 
 #: Request bodies above this are refused with 413 (the API's bodies are a few bytes).
@@ -55,6 +56,9 @@ REQUEST_DEADLINE = 10.0
 
 #: Seconds an open connection may sit idle between requests' bytes (twisted.web's default is 12 h).
 IDLE_TIMEOUT = 60.0
+
+#: Seconds the console's rule-tester upload may take to arrive (issue 18).
+UPLOAD_DEADLINE = 300.0
 
 #: JSON bodies nested deeper than this are refused before parsing (the parser recurses).
 MAX_JSON_DEPTH = 32
@@ -224,6 +228,18 @@ class GuardedChannel(HTTPChannel):
         if self.length is not None and self.length > limit:
             self.refuse(413, "Content Too Large", f"request body larger than {limit} bytes")
             return
+        if upload is not None:
+            gate = self.site.upload_gate
+            request = self.requests[-1]
+            request.parseCookies()  # (twisted.web parses them next too; it only sets a dict's keys)
+            if gate is not None and not gate(request):
+                # No signed-in console session: refused before one byte of the body is written to the spool.
+                self.refuse(403, "Forbidden", "sign in to the console first")
+                return
+            # A file of up to the limit may take longer to arrive than a few-byte API request.
+            if self.site.request_deadline > 0:
+                self._cancel_deadline()
+                self._deadline = self.callLater(max(self.site.request_deadline, UPLOAD_DEADLINE), self._deadline_passed)
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
@@ -281,6 +297,8 @@ class GatewaySite(Site):
         self.upload_limit = 0
         #: Where that body is written (under the spool).
         self.upload_folder = ""
+        #: Whether the headers of an upload may send its body (a signed-in session); ``None``: any.
+        self.upload_gate: Any = None
         #: Connections closed at once because :attr:`max_connections` were open.
         self.refused_connections = 0
 

@@ -276,6 +276,23 @@ class ConsoleResource(Resource):
             return b""
         return self._get(request, me, parts)
 
+    def may_upload(self, request: Request) -> bool:
+        """Whether an upload's headers may send its body: a served Host and a signed-in session.
+
+        Called by the channel when the headers of ``POST /console/rules`` are in
+        (:attr:`gateway.httpguard.GatewaySite.upload_gate`), so nobody can fill
+        the spool without signing in; the CSRF token is checked after the body.
+        """
+        from gateway.httpresources import _host_name
+
+        if _host_name(request.getHeader(b"host")) not in self.hosts:
+            return False
+        session = self.signer.decode(request.getCookie(COOKIE), self.clock())
+        if session is None:
+            return False
+        user = self.users.get(session.user)
+        return user is not None and fingerprint(user) == session.fingerprint
+
     def _static(self, request: Request, name: str) -> bytes:
         with open(os.path.join(_HERE, "static", name), "rb") as handle:
             body = handle.read()

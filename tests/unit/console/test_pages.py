@@ -457,6 +457,17 @@ class RulesTests(PagesTestCase):
         self.assertEqual(self.h.data.checked, [])
         self.assertEqual(os.listdir(self.h.upload_folder), [])
 
+    def test_upload_without_session_refused_at_the_headers(self) -> None:
+        client = self.h.client()
+        body, content_type = multipart({"csrf": "x"}, b"x" * 5000)
+        response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.h.data.checked, [])
+        self.assertFalse(os.path.exists(self.h.upload_folder) and os.listdir(self.h.upload_folder))
+        # Another user's forged cookie is no better.
+        client.cookies["gw_console"] = "e30.00"
+        self.assertEqual(client.request("POST", "/console/rules", body, {"Content-Type": content_type}).status, 403)
+
     def test_spool_pick(self) -> None:
         client = self.h.signed_in("vera")
         body, content_type = multipart({"csrf": client.csrf("/console/rules"), "instance": "i7"}, None)
