@@ -284,18 +284,35 @@ class Response:
         return parse_html(self.body)
 
 
+from twisted.internet.interfaces import ISSLTransport  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+
+@implementer(ISSLTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport the channel takes for TLS (``request.isSecure()`` is true)."""
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """(ISSLTransport is an ITCPTransport; nothing to set in memory.)"""
+
+
 class Client:
     """Sends HTTP/1.0 requests as bytes through a real site's channel (one connection each) and keeps cookies."""
 
-    def __init__(self, site: Any, host: str = "127.0.0.1", peer: str = "127.0.0.1") -> None:
+    def __init__(self, site: Any, host: str = "127.0.0.1", peer: str = "127.0.0.1", secure: bool = False) -> None:
         self.site = site
         self.host = host
         self.peer = peer
+        self.secure = secure
         self.cookies: dict[str, str] = {}
 
     def raw(self, data: bytes) -> Response:
         channel = self.site.buildProtocol(IPv4Address("TCP", self.peer, 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", self.peer, 40000))
+        kind = TLSStringTransport if self.secure else StringTransport
+        transport = kind(peerAddress=IPv4Address("TCP", self.peer, 40000))
         channel.makeConnection(transport)
         channel.dataReceived(data)
         response = Response(transport.value())

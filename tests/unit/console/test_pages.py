@@ -64,6 +64,16 @@ class SignInTests(PagesTestCase):
         self.assertEqual(accepted[0].outcome, 0)
         self.assertEqual(accepted[0].participants[0].alternative_user_id, "otto")
 
+    def test_cookie_secure_over_tls(self) -> None:
+        """Served over TLS, the session cookie is Secure (and still HttpOnly, SameSite=Strict)."""
+        client = self.h.client(secure=True)
+        response = client.sign_in("otto", "operator-pass-2")
+        self.assertEqual(response.status, 303)
+        cookie = [c for c in response.headers["set-cookie"] if c.startswith("gw_console=")][0].lower()
+        self.assertIn("secure", cookie)
+        self.assertIn("httponly", cookie)
+        self.assertIn("samesite=strict", cookie)
+
     def test_sign_in_bad_password(self) -> None:
         client = self.h.client()
         response = client.sign_in("otto", "wrong")
