@@ -529,3 +529,18 @@ class AuditPageTests(PagesTestCase):
         records = page.by_id("audit").all("tr", class_="record")
         self.assertEqual(len(records), 1)
         self.assertIn("node-a", page.one("h1").text())
+
+
+class ViewerFormsTests(PagesTestCase):
+    def test_viewer_sees_the_dead_letter_forms_and_is_refused(self) -> None:
+        """A viewer's dead-letter page has the action form; posting it is 403 #forbidden and changes nothing."""
+        client = self.h.signed_in("vera")
+        page = client.get("/console/dead-letters").page
+        actions = page.by_id("dead-actions")
+        hidden = {i.attrs["name"]: i.attrs["value"] for i in actions.all("input") if i.attrs.get("type") == "hidden"}
+        response = client.post("/console/dead-letters/action", {**hidden, "action": "retry", "scope": "selected", "ids": "5"})
+        self.assertEqual(response.status, 403)
+        self.assertIsNotNone(response.page.by_id("forbidden"))
+        detail = client.get("/console/dead-letters/5").page
+        self.assertIsNotNone(detail.by_id("purge-one"))
+        self.assertEqual([c for c in self.h.data.calls if c[0] in ("retry", "purge")], [])
