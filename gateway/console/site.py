@@ -252,12 +252,14 @@ class ConsoleResource(Resource):
             parts.pop()
         if parts[:1] == ["static"] and len(parts) == 2 and parts[1] in _STATIC and method in (b"GET", b"HEAD"):
             return self._static(request, parts[1])
-        if not self.users.path:
+        if not self.users.path or not self.users.users():
+            # Never an open console: without a usable user, every page says how to make one.
+            why = "No users are configured" if not self.users.path else "The users file has no usable user"
             return self._message(
                 request, 503, "no-users", "No console users",
-                "No users are configured, so the console is closed. Make one with "
+                f"{why}, so the console is closed. Make one with "
                 "'dicom-gateway console-user NAME --role admin --file /etc/dicom-gateway/console-users' "
-                "and set console.users_file to that file.",
+                "and set console.users_file to that file (it is re-read when it changes).",
             )
         if parts[:1] == ["login"]:
             return self._login(request)

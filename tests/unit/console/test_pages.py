@@ -217,6 +217,17 @@ class RefusalTests(PagesTestCase):
             self.assertIsNotNone(page.by_id("no-users"))
             self.assertIn("dicom-gateway console-user", page.by_id("no-users").text())
 
+    def test_missing_users_file_closes_the_console_until_it_appears(self) -> None:
+        """A users_file that does not exist (yet) closes the console; once written, sign-in works without a reload."""
+        from tests.unit.console.support import _LINES
+
+        os.unlink(self.h.users_path)
+        response = self.h.client().get("/console/login")
+        self.assertEqual(response.status, 503)
+        self.assertIsNotNone(response.page.by_id("no-users"))
+        self.h.write_users(_LINES.values())
+        self.assertEqual(self.h.client().sign_in("ada", "admin-pass-3").status, 303)
+
 
 class OverviewTests(PagesTestCase):
     def test_overview(self) -> None:
