@@ -517,10 +517,15 @@ class ConsoleResource(Resource):
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         body = request.content
         if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-            # A plain form (the spool pick without a file): the fields are in args.
-            if not self.signer.csrf_ok(me.sid, _arg(request, "csrf") or None):
+            # A plain form (the spool pick without a file). The channel streamed the body to a file
+            # and left it unparsed (gateway.httpguard): read its first 64 KiB as a urlencoded form.
+            from urllib.parse import parse_qs
+
+            body.seek(0)
+            fields = {k: v[0] for k, v in parse_qs(body.read(65536).decode("utf-8", "replace")).items()}
+            if not self.signer.csrf_ok(me.sid, fields.get("csrf") or None):
                 return self._refuse(request, me, "csrf-refused", "missing or invalid CSRF token")
-            return self._rules_check(request, me, {"instance": _arg(request, "instance")}, None)
+            return self._rules_check(request, me, {"instance": fields.get("instance", "")}, None)
         folder = self.upload_folder
 
         def parse() -> Any:

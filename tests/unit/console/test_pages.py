@@ -498,6 +498,14 @@ class RulesTests(PagesTestCase):
         body, content_type = multipart({"csrf": client.csrf("/console/rules"), "instance": "nope"}, None)
         self.assertEqual(client.request("POST", "/console/rules", body, {"Content-Type": content_type}).status, 404)
 
+    def test_spool_pick_as_a_urlencoded_form(self) -> None:
+        """The spool pick also works as a plain form (the channel streamed its body to a file)."""
+        client = self.h.signed_in("vera")
+        response = client.post("/console/rules", {"csrf": client.csrf("/console/rules"), "instance": "i7"})
+        self.assertEqual(response.status, 200)
+        self.assertEqual(self.h.data.checked[0][0], "/nonexistent/i7.dcm")
+        self.assertEqual(client.post("/console/rules", {"instance": "i7"}).status, 403)
+
     def test_upload_over_the_limit_from_content_length(self) -> None:
         h = ConsoleHarness(self.mktemp_dir(), upload_limit=1000)
         client = h.signed_in("vera")
