@@ -119,6 +119,9 @@ class SignInTests(PagesTestCase):
         self.assertEqual(response.status, 303)
         self.assertEqual(response.header("location"), "/console/login")
         self.assertEqual(client.get("/console/").status, 303)
+        self.assertEqual(
+            [r.description for r in self.h.records("User Authentication")], ["console sign-in accepted", "console sign-out"]
+        )
 
 
 class SessionTests(PagesTestCase):
