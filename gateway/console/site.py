@@ -223,7 +223,7 @@ class ConsoleResource(Resource):
                                      csrf=self.signer.csrf(me.sid) if me is not None else "")
             else:
                 _log.failure("console page failed", failure)
-                body = self._message(request, 500, "error", "Error", f"The page could not be made: {failure.getErrorMessage()[:300]}", me=me,
+                body = self._message(request, 500, "error", "Error", "The page could not be made; the gateway's log says why.", me=me,
                                      csrf=self.signer.csrf(me.sid) if me is not None else "")
             if not request.finished and not getattr(request, "_disconnected", False):
                 request.write(body)

@@ -566,3 +566,17 @@ class ViewerFormsTests(PagesTestCase):
         detail = client.get("/console/dead-letters/5").page
         self.assertIsNotNone(detail.by_id("purge-one"))
         self.assertEqual([c for c in self.h.data.calls if c[0] in ("retry", "purge")], [])
+
+
+class FailureTests(PagesTestCase):
+    def test_data_failure_is_a_500_page_without_details(self) -> None:
+        """A failing ConsoleData call answers an error page (logged), naming no path or value."""
+        from twisted.internet.defer import fail
+
+        self.h.data.overview = lambda: fail(RuntimeError("/secret/path PAT12345"))  # type: ignore[method-assign]
+        response = self.h.signed_in("vera").get("/console/")
+        self.assertEqual(response.status, 500)
+        self.assertIsNotNone(response.page.by_id("error"))
+        self.assertNotIn(b"PAT12345", response.body)
+        self.assertNotIn(b"/secret/path", response.body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
