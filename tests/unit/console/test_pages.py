@@ -472,6 +472,16 @@ class RulesTests(PagesTestCase):
         self.assertEqual(row.one("td", class_="before").text(), "DOE^JOHN")
         self.assertEqual(row.one("td", class_="after").text(), "ANON")
 
+    def test_unreadable_upload_says_why(self) -> None:
+        """A file the checker cannot read shows its error (escaped), and no route table."""
+        self.h.data.report = {"file": "x", "error": "cannot read the file: <not DICOM>"}
+        client = self.h.signed_in("vera")
+        body, content_type = multipart({"csrf": client.csrf("/console/rules")}, b"garbage")
+        response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
+        self.assertEqual(response.status, 200)
+        self.assertIn("cannot read the file: <not DICOM>", response.page.by_id("report").text())
+        self.assertIsNone(response.page.by_id("matches"))
+
     def test_upload_without_csrf_refused_and_deleted(self) -> None:
         client = self.h.signed_in("vera")
         body, content_type = multipart({}, b"x" * 100)
