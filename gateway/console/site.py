@@ -433,13 +433,15 @@ class ConsoleResource(Resource):
         cursor = _arg(request, "before").strip()
         before = int(cursor) if cursor.isdigit() else None
 
+        from gateway.queue.outcome import DeadLetterKind
+
         def page(result: Any) -> bytes:
             next_url = ""
             if result.next_before is not None:
                 next_url = "/console/dead-letters?" + urlencode({**given, "before": result.next_before})
             return self._page(request, "dead.html", me, page=result, filter=given, problem=problem, next_url=next_url,
                               destinations=self.data.destinations(), routes=[r.name for r in self.data.routes()],
-                              now=self.clock(), flash=_flash(request))
+                              reasons=[kind.value for kind in DeadLetterKind], now=self.clock(), flash=_flash(request))
 
         return self._async(request, self.data.dead_letters(where, before), page, me)
 

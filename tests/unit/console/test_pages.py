@@ -361,6 +361,9 @@ class DeadLetterTests(PagesTestCase):
         client.get("/console/dead-letters?older_than=3h")
         where = [c for c in self.h.data.calls if c[0] == "dead_letters"][-1][1]
         self.assertEqual(where.enqueued_before, self.h.now - 3 * 3600)
+        reasons = [o.text() for o in client.get("/console/dead-letters?reason=gave_up").page.by_id("dead-filter").one("select", name="reason").all("option")]
+        self.assertIn("refused", reasons)
+        self.assertIn("gave_up", reasons)
         page = client.get("/console/dead-letters?older_than=3h").page
         self.assertEqual([r for r in page.by_id("dead-letters").all("tr") if "data-entry" in r.attrs], [])
 
