@@ -51,6 +51,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _STATIC = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 _FIND_BY = ("study", "accession", "patient", "sop")
 _log = Logger(namespace="gateway.console")

@@ -269,6 +269,7 @@ class OverviewTests(PagesTestCase):
         self.assertIn(b"overview.part", response.body)
         self.assertIn(b"fetch(", response.body)
         self.assertEqual(self.h.client().get("/console/static/console.css").status, 200)
+        self.assertEqual(self.h.client().get("/console/static/favicon.svg").header("content-type"), "image/svg+xml")
         self.assertEqual(self.h.client().get("/console/static/../users.py").status, 303)
 
     def test_operator_pauses_and_resumes(self) -> None:
