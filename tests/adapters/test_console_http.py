@@ -85,6 +85,7 @@ class ConsoleOverTcpTests(TestCase):
         self.assertEqual(headers["Location"], [b"/console/"])
 
     def test_sign_in_act_and_upload(self) -> None:
+        """Over TCP: sign in, pause, a form without CSRF refused, a streamed upload checked, 413 above the limit."""
         async def run() -> None:
             code, headers, _ = await self.browser.request("GET", "/console/")
             self.assertEqual((code, headers["Location"]), (303, [b"/console/login"]))
@@ -144,6 +145,7 @@ class ConsoleResourceWiringTests(TestCase):
         return types.SimpleNamespace(config=config, audit=None)
 
     def test_generated_key_users_file_and_upload_folder(self) -> None:
+        """console_resource generates the key, reads the users file, sets the upload folder and limit."""
         users = os.path.join(self.spool, "users")
         service = self.service(ConsoleConfig(users_file=users, upload_limit=2048, refresh=7.0))
         backend = object()
@@ -164,5 +166,6 @@ class ConsoleResourceWiringTests(TestCase):
         self.assertEqual(again.signer.decode(resource.signer.encode(session), 1.0), session)
 
     def test_disabled(self) -> None:
+        """console.enabled false serves no /console."""
         self.assertIsNone(console_resource(self.service(ConsoleConfig(enabled=False)), object(), frozenset()))  # type: ignore[arg-type]
         self.assertIsNone(build_site(CollectorRegistry(), object(), ()).resource.children.get(b"console"))

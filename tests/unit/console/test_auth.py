@@ -9,6 +9,7 @@ from gateway.console.auth import SignInThrottle, role_at_least
 
 class RoleTests(SynchronousTestCase):
     def test_order(self) -> None:
+        """Roles are ordered viewer < operator < admin; an unknown role may do nothing."""
         self.assertTrue(role_at_least("admin", "operator"))
         self.assertTrue(role_at_least("operator", "operator"))
         self.assertFalse(role_at_least("viewer", "operator"))
@@ -22,6 +23,7 @@ class ThrottleTests(SynchronousTestCase):
         self.throttle = SignInThrottle(lambda: self.now)
 
     def test_five_failures_within_five_minutes_lock_for_a_minute(self) -> None:
+        """Five failures within five minutes lock the user (from anywhere) and the address (for any user) for a minute."""
         for _ in range(4):
             self.throttle.failed("ada", "10.0.0.1")
             self.now += 60
@@ -34,6 +36,7 @@ class ThrottleTests(SynchronousTestCase):
         self.assertFalse(self.throttle.locked("ada", "10.0.0.1"))
 
     def test_old_failures_forgotten(self) -> None:
+        """Failures older than the window do not count."""
         for _ in range(4):
             self.throttle.failed("ada", "10.0.0.1")
         self.now += 301
@@ -41,6 +44,7 @@ class ThrottleTests(SynchronousTestCase):
         self.assertFalse(self.throttle.locked("ada", "10.0.0.1"))
 
     def test_success_forgets_the_users_failures(self) -> None:
+        """A successful sign-in forgets the user's earlier failures."""
         for _ in range(4):
             self.throttle.failed("ada", f"10.0.0.{_}")
         self.throttle.succeeded("ada")

@@ -30,12 +30,14 @@ class PagesTestCase(SynchronousTestCase):
 
 class SignInTests(PagesTestCase):
     def test_no_session_redirects_to_login(self) -> None:
+        """Every page without a session is a 303 to the sign-in page."""
         for path in ("/console/", "/console/find", "/console/dead-letters", "/console/rules", "/console/audit", "/console/overview.part"):
             response = self.h.client().get(path)
             self.assertEqual(response.status, 303, path)
             self.assertEqual(response.header("location"), "/console/login")
 
     def test_login_form(self) -> None:
+        """The sign-in page has form#login with user, password and a CSRF token."""
         page = self.h.client().get("/console/login").page
         form = page.one("form", id="login")
         self.assertEqual(form.attrs["method"], "post")
@@ -44,6 +46,7 @@ class SignInTests(PagesTestCase):
         self.assertTrue(form.one("input", name="csrf").attrs["value"])
 
     def test_sign_in_ok_sets_a_strict_http_only_cookie(self) -> None:
+        """A good password sets an HttpOnly SameSite=Strict cookie, shows the user and node, and is audited."""
         client = self.h.client()
         response = client.sign_in("otto", "operator-pass-2")
         self.assertEqual(response.status, 303)
@@ -75,6 +78,7 @@ class SignInTests(PagesTestCase):
         self.assertIn("samesite=strict", cookie)
 
     def test_sign_in_bad_password(self) -> None:
+        """A wrong password re-renders the form with #login-error, sets no session, and is audited as a failure."""
         client = self.h.client()
         response = client.sign_in("otto", "wrong")
         self.assertEqual(response.status, 200)
@@ -85,10 +89,12 @@ class SignInTests(PagesTestCase):
         self.assertEqual([r.outcome for r in refused], [4])
 
     def test_sign_in_unknown_user_same_answer(self) -> None:
+        """An unknown user gets the same answer as a wrong password."""
         response = self.h.client().sign_in("nobody", "x")
         self.assertEqual(response.page.by_id("login-error").text(), "Unknown user or wrong password.")
 
     def test_login_post_without_csrf_refused(self) -> None:
+        """A sign-in post without its CSRF token is refused with #csrf-refused."""
         client = self.h.client()
         client.get("/console/login")
         response = client.post("/console/login", {"user": "otto", "password": "operator-pass-2"})
@@ -97,6 +103,7 @@ class SignInTests(PagesTestCase):
         self.assertNotIn("gw_console", client.cookies)
 
     def test_brute_force_locks_out_for_a_minute(self) -> None:
+        """After five failures even the right password is 429 for a minute."""
         client = self.h.client()
         for _ in range(5):
             self.assertEqual(client.sign_in("otto", "bad").status, 200)
@@ -106,6 +113,7 @@ class SignInTests(PagesTestCase):
         self.assertEqual(client.sign_in("otto", "operator-pass-2").status, 303)
 
     def test_brute_force_per_address(self) -> None:
+        """Five failures from one address lock that address, not others."""
         client = self.h.client()
         for n in range(5):
             client.sign_in(f"guess{n}", "bad")
@@ -114,6 +122,7 @@ class SignInTests(PagesTestCase):
         self.assertEqual(other.sign_in("ada", "admin-pass-3").status, 303)
 
     def test_sign_out(self) -> None:
+        """Signing out ends the session and is audited."""
         client = self.h.signed_in("vera")
         response = client.post("/console/logout", {"csrf": client.csrf()})
         self.assertEqual(response.status, 303)
@@ -126,6 +135,7 @@ class SignInTests(PagesTestCase):
 
 class SessionTests(PagesTestCase):
     def test_idle_timeout(self) -> None:
+        """A session ends after session_timeout without a request; each request renews it."""
         client = self.h.signed_in("vera")
         self.h.now += 599
         self.assertEqual(client.get("/console/").status, 200)  # renews the idle time
@@ -135,6 +145,7 @@ class SessionTests(PagesTestCase):
         self.assertEqual(client.get("/console/").status, 303)
 
     def test_absolute_lifetime(self) -> None:
+        """A session ends after session_lifetime however active."""
         client = self.h.signed_in("vera")
         for _ in range(7):
             self.h.now += 500
@@ -143,12 +154,14 @@ class SessionTests(PagesTestCase):
         self.assertEqual(client.get("/console/").status, 303)
 
     def test_forged_cookie(self) -> None:
+        """A cookie with a wrong signature is no session."""
         client = self.h.signed_in("vera")
         value = client.cookies["gw_console"]
         client.cookies["gw_console"] = value[:-2] + ("00" if not value.endswith("00") else "11")
         self.assertEqual(client.get("/console/").status, 303)
 
     def test_password_change_ends_sessions(self) -> None:
+        """Changing a user's password in the file ends the user's sessions; the new password works without reload."""
         from gateway.console.users import format_user, hash_password
         from tests.unit.console.support import _LINES
 
@@ -164,6 +177,7 @@ class SessionTests(PagesTestCase):
 
 class RefusalTests(PagesTestCase):
     def test_post_without_csrf(self) -> None:
+        """A POST without a CSRF token is 403 #csrf-refused, changes nothing and is audited."""
         client = self.h.signed_in("otto")
         response = client.post("/console/destinations/pacs/pause", {})
         self.assertEqual(response.status, 403)
@@ -174,6 +188,7 @@ class RefusalTests(PagesTestCase):
         self.assertEqual(alerts[0].participants[0].user_id, "otto")
 
     def test_post_with_invalid_csrf(self) -> None:
+        """Another session's CSRF token is refused."""
         client = self.h.signed_in("otto")
         other = self.h.signed_in("ada")
         response = client.post("/console/destinations/pacs/pause", {"csrf": other.csrf()})
@@ -181,6 +196,7 @@ class RefusalTests(PagesTestCase):
         self.assertIsNotNone(response.page.by_id("csrf-refused"))
 
     def test_viewer_post_forbidden(self) -> None:
+        """Every action posted by a viewer is 403 #forbidden, changes nothing and is audited."""
         client = self.h.signed_in("vera")
         csrf = client.csrf()
         for path, fields in (
@@ -196,22 +212,26 @@ class RefusalTests(PagesTestCase):
         self.assertEqual(len(self.h.records("Security Alert")), 4)
 
     def test_operator_may_not_reload(self) -> None:
+        """Reload needs the admin role."""
         client = self.h.signed_in("otto")
         response = client.post("/console/reload", {"csrf": client.csrf()})
         self.assertEqual(response.status, 403)
         self.assertIsNotNone(response.page.by_id("forbidden"))
 
     def test_foreign_origin_refused(self) -> None:
+        """A POST with another site's Origin is refused."""
         client = self.h.signed_in("ada")
         response = client.post("/console/reload", {"csrf": client.csrf()}, headers={"Origin": "https://evil.example"})
         self.assertEqual(response.status, 403)
         self.assertEqual([c for c in self.h.data.calls if c[0] == "reload"], [])
 
     def test_foreign_host_refused(self) -> None:
+        """A Host the gateway does not serve is refused."""
         response = self.h.client(host="evil.example").get("/console/login")
         self.assertEqual(response.status, 403)
 
     def test_no_users_file_closes_the_console(self) -> None:
+        """Without users_file every page is the no-users page with how to make one."""
         h = ConsoleHarness(self.mktemp_dir(), users=False)
         for path in ("/console/", "/console/login", "/console/dead-letters"):
             response = h.client().get(path)
@@ -234,6 +254,7 @@ class RefusalTests(PagesTestCase):
 
 class OverviewTests(PagesTestCase):
     def test_overview(self) -> None:
+        """The overview shows every destination, listener, the spool and the nodes by the contract's ids."""
         page = self.h.signed_in("vera").get("/console/").page
         overview = page.by_id("overview")
         self.assertEqual(overview.attrs["data-refresh"], "3.0")
@@ -255,6 +276,7 @@ class OverviewTests(PagesTestCase):
         self.assertEqual([s.attrs["src"] for s in scripts], ["/console/static/console.js"])
 
     def test_overview_part_is_the_fragment(self) -> None:
+        """overview.part is the content of div#overview, not a whole page."""
         client = self.h.signed_in("vera")
         response = client.get("/console/overview.part")
         self.assertEqual(response.status, 200)
@@ -264,6 +286,7 @@ class OverviewTests(PagesTestCase):
         self.assertNotIn(b"<html", response.body)
 
     def test_static_script_and_style(self) -> None:
+        """The script and the style are served without a session; other paths are not files."""
         response = self.h.client().get("/console/static/console.js")
         self.assertEqual(response.status, 200)
         self.assertIn(b"overview.part", response.body)
@@ -273,6 +296,7 @@ class OverviewTests(PagesTestCase):
         self.assertEqual(self.h.client().get("/console/static/../users.py").status, 303)
 
     def test_operator_pauses_and_resumes(self) -> None:
+        """An operator pauses a destination with its form; the action carries the user and a flash follows."""
         client = self.h.signed_in("otto")
         page = client.get("/console/").page
         form = page.one("tr", data_destination="pacs").one("form", class_="pause")
@@ -290,6 +314,7 @@ class OverviewTests(PagesTestCase):
         self.assertEqual(len(row.all("form", class_="resume")), 1)
 
     def test_admin_reloads(self) -> None:
+        """An admin reloads the configuration from the overview's form."""
         client = self.h.signed_in("ada")
         page = client.get("/console/").page
         form = page.one("form", id="reload")
@@ -300,6 +325,7 @@ class OverviewTests(PagesTestCase):
         self.assertEqual(client.get(response.header("location")).page.by_id("flash").text(), "Configuration reloaded.")
 
     def test_last_error_is_escaped(self) -> None:
+        """A destination's last error holding markup is shown escaped, under a CSP without inline script."""
         self.h.data.last_error = '<script>alert("x")</script>'
         response = self.h.signed_in("vera").get("/console/")
         self.assertNotIn(b"<script>alert", response.body)
@@ -311,6 +337,7 @@ class OverviewTests(PagesTestCase):
 
 class FindTests(PagesTestCase):
     def test_find_masks_phi(self) -> None:
+        """Find results mask the Patient ID for a user without :phi."""
         page = self.h.signed_in("vera").get("/console/find?by=patient&q=PAT12345").page
         self.assertEqual(self.h.data.calls[-1], ("find", "patient", "PAT12345"))
         found = page.by_id("found")
@@ -324,10 +351,12 @@ class FindTests(PagesTestCase):
         self.assertNotIn(b"PAT12345", body)
 
     def test_find_shows_phi_to_a_phi_user(self) -> None:
+        """A user with :phi sees the Patient ID."""
         page = self.h.signed_in("phil").get("/console/find?by=sop&q=1.2.3.1").page
         self.assertEqual(page.by_id("found").one("tr", data_sop="1.2.3.1").one("td", class_="patient").text(), "PAT12345")
 
     def test_find_form_without_query(self) -> None:
+        """Without a query, find shows the form only."""
         page = self.h.signed_in("vera").get("/console/find").page
         self.assertIsNotNone(page.by_id("find"))
         self.assertIsNone(page.by_id("found"))
@@ -335,6 +364,7 @@ class FindTests(PagesTestCase):
 
 class DeadLetterTests(PagesTestCase):
     def test_list_with_keyset_paging(self) -> None:
+        """Dead letters are listed 50 a page with a keyset cursor in a#next-page, PHI masked."""
         client = self.h.signed_in("otto")
         page = client.get("/console/dead-letters?destination=pacs").page
         table = page.by_id("dead-letters")
@@ -358,6 +388,7 @@ class DeadLetterTests(PagesTestCase):
         self.assertNotIn(b"PAT12345", client.get(nxt).body)
 
     def test_filter_older_than(self) -> None:
+        """The age filter becomes enqueued_before; the reason select offers the dead-letter kinds."""
         client = self.h.signed_in("otto")
         client.get("/console/dead-letters?older_than=3h")
         where = [c for c in self.h.data.calls if c[0] == "dead_letters"][-1][1]
@@ -369,6 +400,7 @@ class DeadLetterTests(PagesTestCase):
         self.assertEqual([r for r in page.by_id("dead-letters").all("tr") if "data-entry" in r.attrs], [])
 
     def test_detail_with_attempts(self) -> None:
+        """A dead letter's page lists its attempts and its retry/purge forms; an unknown id is 404."""
         page = self.h.signed_in("otto").get("/console/dead-letters/5").page
         attempts = page.by_id("attempts").all("tr")[1:]
         self.assertEqual([a.one("td", class_="error").text() for a in attempts], ["timeout", "refused: 0xA700"])
@@ -378,6 +410,7 @@ class DeadLetterTests(PagesTestCase):
         self.assertEqual(self.h.signed_in("otto").get("/console/dead-letters/999").status, 404)
 
     def test_operator_retries_one(self) -> None:
+        """An operator retries one dead letter from its page; the action carries the user."""
         client = self.h.signed_in("otto")
         form = client.get("/console/dead-letters/5").page.by_id("retry-one")
         fields = {i.attrs["name"]: i.attrs.get("value", "") for i in form.all("input")}
@@ -391,6 +424,7 @@ class DeadLetterTests(PagesTestCase):
         self.assertEqual(page.by_id("flash").text(), "Retried 1 dead letter(s).")
 
     def test_retarget_one(self) -> None:
+        """Retrying with a destination re-targets."""
         client = self.h.signed_in("otto")
         response = client.post("/console/dead-letters/action", {"csrf": client.csrf(), "action": "retry", "scope": "selected", "ids": "5", "to": "archive"})
         self.assertEqual(response.status, 303)
@@ -399,12 +433,14 @@ class DeadLetterTests(PagesTestCase):
         self.assertIn("done=retarget", response.header("location"))
 
     def test_retarget_to_unknown_destination_refused(self) -> None:
+        """Re-targeting to an unknown destination is a 400, nothing done."""
         client = self.h.signed_in("otto")
         response = client.post("/console/dead-letters/action", {"csrf": client.csrf(), "action": "retry", "scope": "selected", "ids": "5", "to": "nowhere"})
         self.assertEqual(response.status, 400)
         self.assertEqual([c for c in self.h.data.calls if c[0] == "retry"], [])
 
     def test_selected_several_asks_for_confirmation(self) -> None:
+        """Several selected dead letters need a confirmation showing the count before anything changes."""
         client = self.h.signed_in("otto")
         csrf = client.csrf()
         response = client.post("/console/dead-letters/action", {"csrf": csrf, "action": "purge", "scope": "selected", "ids": ["5", "6", "7"]})
@@ -426,6 +462,7 @@ class DeadLetterTests(PagesTestCase):
         self.assertEqual(client.get(done.header("location")).page.by_id("flash").text(), "Purged 3 dead letter(s).")
 
     def test_all_matching_filter_counts_then_acts(self) -> None:
+        """All matching the filter: the count first, then the action with the filter, then back to the filtered list."""
         self.h.data.dead[0:5] = [e.__class__(**{**e.__dict__, "destination": "archive"}) for e in self.h.data.dead[0:5]]
         client = self.h.signed_in("otto")
         page = client.get("/console/dead-letters?destination=archive").page
@@ -450,6 +487,7 @@ class DeadLetterTests(PagesTestCase):
 
 class RulesTests(PagesTestCase):
     def test_routes_as_loaded(self) -> None:
+        """The rules page lists the routes and has the upload form."""
         page = self.h.signed_in("vera").get("/console/rules").page
         routes = page.by_id("routes")
         self.assertEqual([li.attrs["data-route"] for li in routes.all("li")], ["ct", "all"])
@@ -458,6 +496,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(len(form.all("input", type="file", name="file")), 1)
 
     def test_upload_is_checked_then_deleted(self) -> None:
+        """An uploaded file is checked as sent and deleted; matches, targets and the tag diff are shown."""
         client = self.h.signed_in("vera")
         body, content_type = multipart({"csrf": client.csrf("/console/rules")}, b"DICM-bytes" * 1000)
         response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
@@ -487,6 +526,7 @@ class RulesTests(PagesTestCase):
         self.assertIsNone(response.page.by_id("matches"))
 
     def test_upload_without_csrf_refused_and_deleted(self) -> None:
+        """An upload without a CSRF token is refused and its file deleted."""
         client = self.h.signed_in("vera")
         body, content_type = multipart({}, b"x" * 100)
         response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
@@ -496,6 +536,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(os.listdir(self.h.upload_folder), [])
 
     def test_upload_without_session_refused_at_the_headers(self) -> None:
+        """An upload without a session is refused at its headers; nothing is written."""
         client = self.h.client()
         body, content_type = multipart({"csrf": "x"}, b"x" * 5000)
         response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
@@ -507,6 +548,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(client.request("POST", "/console/rules", body, {"Content-Type": content_type}).status, 403)
 
     def test_spool_pick(self) -> None:
+        """A spooled instance id is checked from the spool; an unknown id is 404."""
         client = self.h.signed_in("vera")
         body, content_type = multipart({"csrf": client.csrf("/console/rules"), "instance": "i7"}, None)
         response = client.request("POST", "/console/rules", body, {"Content-Type": content_type})
@@ -524,6 +566,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(client.post("/console/rules", {"instance": "i7"}).status, 403)
 
     def test_upload_over_the_limit_from_content_length(self) -> None:
+        """An upload announced above the limit is 413."""
         h = ConsoleHarness(self.mktemp_dir(), upload_limit=1000)
         client = h.signed_in("vera")
         body, content_type = multipart({"csrf": client.csrf("/console/rules")}, b"x" * 2000)
@@ -532,6 +575,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(h.data.checked, [])
 
     def test_upload_over_the_limit_as_it_grows(self) -> None:
+        """A chunked upload growing past the limit is 413."""
         h = ConsoleHarness(self.mktemp_dir(), upload_limit=1000)
         client = h.signed_in("vera")
         body, content_type = multipart({"csrf": client.csrf("/console/rules")}, b"x" * 2000)
@@ -544,6 +588,7 @@ class RulesTests(PagesTestCase):
 
     def test_large_upload_under_the_limit_is_accepted(self) -> None:
         # Above the API's in-memory limit (64 KiB): the upload has its own.
+        """An upload above the API's in-memory limit but below the console's is accepted whole."""
         client = self.h.signed_in("vera")
         payload = os.urandom(300 * 1024)
         body, content_type = multipart({"csrf": client.csrf("/console/rules")}, payload)
@@ -552,6 +597,7 @@ class RulesTests(PagesTestCase):
         self.assertEqual(self.h.data.checked[0][1], payload)
 
     def test_api_body_limit_unchanged(self) -> None:
+        """Other console posts keep the API's in-memory body limit."""
         client = self.h.signed_in("otto")
         response = client.post("/console/reload", {"csrf": "x" * (70 * 1024)})
         self.assertEqual(response.status, 413)
@@ -559,6 +605,7 @@ class RulesTests(PagesTestCase):
 
 class AuditPageTests(PagesTestCase):
     def test_audit_filtered(self) -> None:
+        """The audit page passes its filters on and names the node."""
         page = self.h.signed_in("vera").get("/console/audit?event=Login&ae=MODALITY").page
         self.assertEqual(self.h.data.calls[-1], ("audit", "Login", "MODALITY", None))
         self.assertIsNotNone(page.by_id("audit-filter"))

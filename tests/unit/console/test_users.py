@@ -30,15 +30,18 @@ BASE_DIR = os.path.abspath(os.sep + os.path.join("srv", "gw", "etc"))
 
 class HashTests(SynchronousTestCase):
     def test_scrypt_parameters_and_verify(self) -> None:
+        """Hashes are scrypt n=2**14 r=8 p=1 and verify only the right password."""
         self.assertTrue(GOOD.startswith("scrypt$16384$8$1$"))
         self.assertTrue(verify_password("correct horse", GOOD))
         self.assertFalse(verify_password("correct horsf", GOOD))
         self.assertFalse(verify_password("correct horse", "plain"))
 
     def test_salted(self) -> None:
+        """Two hashes of one password differ (salted)."""
         self.assertNotEqual(hash_password("same"), hash_password("same"))
 
     def test_fingerprint_changes_with_password_and_role(self) -> None:
+        """The session fingerprint changes with the password and with the role."""
         users, _ = parse_users(f"a:viewer:{GOOD}\nb:admin:{GOOD}\nc:viewer:{hash_password('x' * 8)}\n", "f")
         self.assertNotEqual(fingerprint(users["a"]), fingerprint(users["b"]))
         self.assertNotEqual(fingerprint(users["a"]), fingerprint(users["c"]))
@@ -46,6 +49,7 @@ class HashTests(SynchronousTestCase):
 
 class ParseTests(SynchronousTestCase):
     def test_lines(self) -> None:
+        """Users, roles and the phi flag are read; the hash is not in repr."""
         text = f"# comment\n\nada:admin:{GOOD}\nphil:viewer:{GOOD}:phi\n"
         users, problems = parse_users(text, "/etc/gw/users")
         self.assertEqual(problems, [])
@@ -54,6 +58,7 @@ class ParseTests(SynchronousTestCase):
         self.assertNotIn(GOOD, repr(users["ada"]))
 
     def test_bad_lines_are_skipped_with_file_and_line(self) -> None:
+        """Bad lines are skipped with file:line and why; the others are kept."""
         text = "\n".join([
             f"ok:viewer:{GOOD}",
             "nocolons",
@@ -83,6 +88,7 @@ class UsersFileTests(SynchronousTestCase):
         os.utime(self.path, ns=(mtime_ns, mtime_ns))
 
     def test_reread_when_changed(self) -> None:
+        """The file is re-read when its modification time or size changes."""
         self.write(f"ada:admin:{GOOD}\n", 10**18)
         users = UsersFile(self.path)
         self.assertEqual(users.get("ada").role, "admin")
@@ -91,6 +97,7 @@ class UsersFileTests(SynchronousTestCase):
         self.assertEqual(users.get("bob").role, "viewer")
 
     def test_not_reread_when_unchanged(self) -> None:
+        """The file is not re-read while its modification time and size stay."""
         self.write(f"ada:admin:{GOOD}\n", 10**18)
         reads = []
         real_stat = os.stat
@@ -102,12 +109,14 @@ class UsersFileTests(SynchronousTestCase):
         self.assertEqual(len(reads), 2)
 
     def test_bad_line_logged_others_kept(self) -> None:
+        """A bad line is reported with its line; the other users sign in."""
         self.write(f"ada:admin:{GOOD}\nbob:viewer\n", 10**18)
         users = UsersFile(self.path)
         self.assertEqual(list(users.users()), ["ada"])
         self.assertEqual([(p.path, p.line) for p in users.problems], [(self.path, 2)])
 
     def test_missing_file_means_no_users(self) -> None:
+        """A missing file is no users, until it appears."""
         users = UsersFile(self.path)
         self.assertEqual(users.users(), {})
         self.assertIn("cannot read", users.error)
@@ -120,6 +129,7 @@ class CommandTests(SynchronousTestCase):
         return SimpleNamespace(**{"name": "ada", "role": "admin", "show_phi": False, "file": "", **kw})
 
     def test_prints_the_line(self) -> None:
+        """console-user prints a valid line with the phi flag."""
         out = io.StringIO()
         self.assertEqual(_console_user(self.args(show_phi=True), stdin=io.StringIO("long-password\n"), stdout=out), 0)
         users, problems = parse_users(out.getvalue(), "-")
@@ -128,6 +138,7 @@ class CommandTests(SynchronousTestCase):
         self.assertTrue(verify_password("long-password", users["ada"].password_hash))
 
     def test_file_replaces_the_users_line_mode_0600(self) -> None:
+        """console-user --file replaces the user's line, keeps the others, mode 0600."""
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as handle:
             handle.write(f"bob:viewer:{GOOD}\nada:viewer:{GOOD}\n")
@@ -140,10 +151,12 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
 
     def test_short_password_and_bad_name_refused(self) -> None:
+        """Short passwords and bad names are refused."""
         self.assertEqual(_console_user(self.args(), stdin=io.StringIO("short\n"), stdout=io.StringIO()), 1)
         self.assertEqual(_console_user(self.args(name="a:b"), stdin=io.StringIO("long-password\n"), stdout=io.StringIO()), 2)
 
     def test_write_user_creates_the_file(self) -> None:
+        """Writing a user creates a missing file."""
         path = os.path.abspath(self.mktemp())
         write_user(path, format_user("x", "viewer", GOOD), "x")
         self.assertEqual(list(parse_users(open(path).read(), path)[0]), ["x"])
@@ -154,9 +167,11 @@ class ConfigTests(SynchronousTestCase):
         return load_config_text(MINIMAL + section, "gw.yaml", BASE_DIR)
 
     def test_defaults(self) -> None:
+        """Without a console section the defaults apply."""
         self.assertEqual(load_config_text(MINIMAL, "gw.yaml", BASE_DIR).console, ConsoleConfig())
 
     def test_keys(self) -> None:
+        """Every key of the section is read (durations, size, absolute path)."""
         config = self.load(
             "console:\n  users_file: users\n  session_timeout: 30m\n  session_lifetime: 12h\n"
             "  upload_limit: 10MiB\n  refresh: 2s\n  enabled: false\n"
@@ -167,16 +182,19 @@ class ConfigTests(SynchronousTestCase):
         )
 
     def test_errors_name_file_line_and_key(self) -> None:
+        """Errors name the file, line and key; unknown keys are errors."""
         raised = self.assertRaises(ConfigErrors, self.load, "console:\n  refresh: soon\n  colour: blue\n")
         found = {(e.file, e.line, e.key_path) for e in raised.errors}
         self.assertIn(("gw.yaml", 7, "console.refresh"), found)
         self.assertIn("console.colour", {e.key_path for e in raised.errors})
 
     def test_lifetime_shorter_than_timeout(self) -> None:
+        """A lifetime shorter than the timeout is an error."""
         raised = self.assertRaises(ConfigErrors, self.load, "console:\n  session_timeout: 2h\n  session_lifetime: 1h\n")
         self.assertEqual([(e.line, e.key_path) for e in raised.errors], [(8, "console.session_lifetime")])
 
     def test_session_key_file_must_exist_and_be_long_enough(self) -> None:
+        """The session key file must exist and hold 16 bytes or more."""
         short = os.path.abspath(self.mktemp())
         with open(short, "w") as handle:
             handle.write("abc")
