@@ -62,6 +62,7 @@ class _Browser:
 
 
 class ConsoleOverTcpTests(TestCase):
+    """The console on a real loopback port."""
     def setUp(self) -> None:
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)

@@ -8,6 +8,7 @@ from gateway.console.auth import SignInThrottle, role_at_least
 
 
 class RoleTests(SynchronousTestCase):
+    """Role ordering."""
     def test_order(self) -> None:
         """Roles are ordered viewer < operator < admin; an unknown role may do nothing."""
         self.assertTrue(role_at_least("admin", "operator"))
@@ -18,6 +19,7 @@ class RoleTests(SynchronousTestCase):
 
 
 class ThrottleTests(SynchronousTestCase):
+    """The sign-in throttle."""
     def setUp(self) -> None:
         self.now = 0.0
         self.throttle = SignInThrottle(lambda: self.now)

@@ -19,6 +19,7 @@ from tests.unit.console.support import ConsoleHarness
 
 
 class PagesTestCase(SynchronousTestCase):
+    """A console site over a fake ConsoleData in a temporary folder."""
     def setUp(self) -> None:
         self.h = ConsoleHarness(self.mktemp_dir())
 
@@ -29,6 +30,7 @@ class PagesTestCase(SynchronousTestCase):
 
 
 class SignInTests(PagesTestCase):
+    """Sign-in, sign-out and the sign-in throttle."""
     def test_no_session_redirects_to_login(self) -> None:
         """Every page without a session is a 303 to the sign-in page."""
         for path in ("/console/", "/console/find", "/console/dead-letters", "/console/rules", "/console/audit", "/console/overview.part"):
@@ -134,6 +136,7 @@ class SignInTests(PagesTestCase):
 
 
 class SessionTests(PagesTestCase):
+    """Session expiry and invalidation."""
     def test_idle_timeout(self) -> None:
         """A session ends after session_timeout without a request; each request renews it."""
         client = self.h.signed_in("vera")
@@ -176,6 +179,7 @@ class SessionTests(PagesTestCase):
 
 
 class RefusalTests(PagesTestCase):
+    """Requests the console refuses (CSRF, role, Origin, Host, no users)."""
     def test_post_without_csrf(self) -> None:
         """A POST without a CSRF token is 403 #csrf-refused, changes nothing and is audited."""
         client = self.h.signed_in("otto")
@@ -253,6 +257,7 @@ class RefusalTests(PagesTestCase):
 
 
 class OverviewTests(PagesTestCase):
+    """The overview, its fragment, its script and its actions."""
     def test_overview(self) -> None:
         """The overview shows every destination, listener, the spool and the nodes by the contract's ids."""
         page = self.h.signed_in("vera").get("/console/").page
@@ -336,6 +341,7 @@ class OverviewTests(PagesTestCase):
 
 
 class FindTests(PagesTestCase):
+    """The find page and PHI masking."""
     def test_find_masks_phi(self) -> None:
         """Find results mask the Patient ID for a user without :phi."""
         page = self.h.signed_in("vera").get("/console/find?by=patient&q=PAT12345").page
@@ -363,6 +369,7 @@ class FindTests(PagesTestCase):
 
 
 class DeadLetterTests(PagesTestCase):
+    """The dead-letter list, detail and actions."""
     def test_list_with_keyset_paging(self) -> None:
         """Dead letters are listed 50 a page with a keyset cursor in a#next-page, PHI masked."""
         client = self.h.signed_in("otto")
@@ -486,6 +493,7 @@ class DeadLetterTests(PagesTestCase):
 
 
 class RulesTests(PagesTestCase):
+    """The rule tester and its streamed upload."""
     def test_routes_as_loaded(self) -> None:
         """The rules page lists the routes and has the upload form."""
         page = self.h.signed_in("vera").get("/console/rules").page
@@ -604,6 +612,7 @@ class RulesTests(PagesTestCase):
 
 
 class AuditPageTests(PagesTestCase):
+    """The audit page."""
     def test_audit_filtered(self) -> None:
         """The audit page passes its filters on and names the node."""
         page = self.h.signed_in("vera").get("/console/audit?event=Login&ae=MODALITY").page
@@ -615,6 +624,7 @@ class AuditPageTests(PagesTestCase):
 
 
 class ViewerFormsTests(PagesTestCase):
+    """What a viewer sees and may not do."""
     def test_viewer_sees_the_dead_letter_forms_and_is_refused(self) -> None:
         """A viewer's dead-letter page has the action form; posting it is 403 #forbidden and changes nothing."""
         client = self.h.signed_in("vera")
@@ -630,6 +640,7 @@ class ViewerFormsTests(PagesTestCase):
 
 
 class FailureTests(PagesTestCase):
+    """Failures of the data behind the pages."""
     def test_data_failure_is_a_500_page_without_details(self) -> None:
         """A failing ConsoleData call answers an error page (logged), naming no path or value."""
         from twisted.internet.defer import fail

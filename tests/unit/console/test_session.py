@@ -11,6 +11,7 @@ from gateway.console.session import SessionSigner, load_or_create_key
 
 
 class SignerTests(SynchronousTestCase):
+    """Session cookies and CSRF tokens."""
     def setUp(self) -> None:
         self.signer = SessionSigner(b"k" * 32, timeout=100.0, lifetime=1000.0)
 
@@ -62,6 +63,7 @@ class SignerTests(SynchronousTestCase):
 
 
 class KeyFileTests(SynchronousTestCase):
+    """The session key file."""
     def test_created_private_then_reused(self) -> None:
         """The generated key file is mode 0600 and reused at the next start."""
         path = os.path.abspath(self.mktemp())

@@ -29,6 +29,7 @@ BASE_DIR = os.path.abspath(os.sep + os.path.join("srv", "gw", "etc"))
 
 
 class HashTests(SynchronousTestCase):
+    """Password hashes."""
     def test_scrypt_parameters_and_verify(self) -> None:
         """Hashes are scrypt n=2**14 r=8 p=1 and verify only the right password."""
         self.assertTrue(GOOD.startswith("scrypt$16384$8$1$"))
@@ -48,6 +49,7 @@ class HashTests(SynchronousTestCase):
 
 
 class ParseTests(SynchronousTestCase):
+    """Users file lines."""
     def test_lines(self) -> None:
         """Users, roles and the phi flag are read; the hash is not in repr."""
         text = f"# comment\n\nada:admin:{GOOD}\nphil:viewer:{GOOD}:phi\n"
@@ -79,6 +81,7 @@ class ParseTests(SynchronousTestCase):
 
 
 class UsersFileTests(SynchronousTestCase):
+    """Re-reading the users file."""
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
 
@@ -125,6 +128,7 @@ class UsersFileTests(SynchronousTestCase):
 
 
 class CommandTests(SynchronousTestCase):
+    """dicom-gateway console-user."""
     def args(self, **kw: object) -> SimpleNamespace:
         return SimpleNamespace(**{"name": "ada", "role": "admin", "show_phi": False, "file": "", **kw})
 
@@ -163,6 +167,7 @@ class CommandTests(SynchronousTestCase):
 
 
 class ConfigTests(SynchronousTestCase):
+    """The console configuration section."""
     def load(self, section: str):
         return load_config_text(MINIMAL + section, "gw.yaml", BASE_DIR)
 
