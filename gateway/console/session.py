@@ -51,11 +51,20 @@ def load_or_create_key(path: str) -> bytes:
             key = handle.read().strip()
     except FileNotFoundError:
         key = secrets.token_hex(_KEY_BYTES).encode("ascii")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under a temporary name, then linked in place: nodes of a shared spool starting
+        # together all end up with the first key written (os.link fails for the others, which read it).
+        temporary = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return load_or_create_key(path)
+        finally:
+            os.unlink(temporary)
         return key
     if len(key) < 16:
         raise ValueError(f"{path}: the console session key must be at least 16 bytes")

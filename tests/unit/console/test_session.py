@@ -72,6 +72,22 @@ class KeyFileTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual(load_or_create_key(path), key)
 
+    def test_a_key_written_meanwhile_wins(self) -> None:
+        """When another node wrote the key between our read and our write, its key is used (shared spool)."""
+        import gateway.console.session as session_module
+
+        path = os.path.abspath(self.mktemp())
+        real_link = os.link
+
+        def racing_link(source: str, target: str) -> None:
+            with open(target, "wb") as handle:
+                handle.write(b"0123456789abcdef-other-node\n")
+            real_link(source, target)
+
+        self.patch(session_module.os, "link", racing_link)
+        self.assertEqual(load_or_create_key(path), b"0123456789abcdef-other-node")
+        self.assertEqual(os.listdir(os.path.dirname(path)), [os.path.basename(path)])
+
     def test_short_key_refused(self) -> None:
         """A key shorter than 16 bytes is refused."""
         path = os.path.abspath(self.mktemp())
