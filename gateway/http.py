@@ -332,6 +332,7 @@ def console_resource(service: Any, backend: ServiceBackend, hosts: frozenset[str
         refresh=config.refresh,
         upload_folder=os.path.join(spool, "console-uploads"),
         upload_limit=config.upload_limit,
+        settings=lambda: service.config.console,
     )
     if not config.users_file:
         _log.warn("console.users_file is not set: /console answers that no users are configured (make one with dicom-gateway console-user)")

@@ -137,6 +137,9 @@ class ConsoleResource(Resource):
     :param upload_folder: where the rule tester's uploads go (under the spool).
     :param upload_limit: the most bytes of one upload (the channel refuses more with 413).
     :param run_blocking: runs a blocking call off the reactor thread and returns a Deferred.
+    :param settings: returns the current :class:`~gateway.config.schema.ConsoleConfig` (read per
+        request, so a reload applies its users file, session durations and refresh; the key, the
+        upload limit and ``enabled`` need a restart).
     """
 
     isLeaf = True
@@ -153,6 +156,7 @@ class ConsoleResource(Resource):
         upload_folder: str = "",
         upload_limit: int = 64 * 1024 * 1024,
         run_blocking: Callable[[Callable[[], Any]], "Deferred[Any]"] | None = None,
+        settings: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -170,7 +174,19 @@ class ConsoleResource(Resource):
 
             run_blocking = deferToThread
         self.run_blocking = run_blocking
+        self.settings = settings
         self.env = _environment()
+
+    def _apply_settings(self) -> None:
+        """Follow a reloaded ``console`` section (users file, session durations, refresh)."""
+        if self.settings is None:
+            return
+        config = self.settings()
+        if config.users_file != self.users.path:
+            self.users = UsersFile(config.users_file)
+        self.signer.timeout = config.session_timeout
+        self.signer.lifetime = config.session_lifetime
+        self.refresh = config.refresh
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -243,6 +259,7 @@ class ConsoleResource(Resource):
         """Check the request (host, origin, users, session, CSRF, role) and answer its page."""
         from gateway.httpresources import _host_name, _origin_host
 
+        self._apply_settings()
         if _host_name(request.getHeader(b"host")) not in self.hosts:
             return self._message(request, 403, "host-refused", "Refused", "This Host is not served (add it to http.allowed_hosts).")
         method = request.method

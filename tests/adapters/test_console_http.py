@@ -166,6 +166,27 @@ class ConsoleResourceWiringTests(TestCase):
         session = resource.signer.new("ada", "fp", 0.0)
         self.assertEqual(again.signer.decode(resource.signer.encode(session), 1.0), session)
 
+    def test_reload_applies_users_file_and_durations(self) -> None:
+        """After a reload, the console reads the new users file and session durations (read per request)."""
+        service = self.service(ConsoleConfig(users_file=os.path.join(self.spool, "old-users")))
+        resource = console_resource(service, object(), frozenset({"127.0.0.1"}))  # type: ignore[arg-type]
+        assert resource is not None
+        from tests.unit.console.fakes import Client
+        from tests.unit.console.support import _LINES
+
+        from twisted.internet.defer import maybeDeferred
+
+        resource.run_blocking = maybeDeferred  # the password check in line, so the in-memory client gets its answer
+        site = build_site(CollectorRegistry(), object(), (), console=resource)
+        self.assertEqual(Client(site).get("/console/login").status, 503)  # no such file: closed
+        new_users = os.path.join(self.spool, "new-users")
+        with open(new_users, "w") as handle:
+            handle.write("\n".join(_LINES.values()) + "\n")
+        service.config.console = ConsoleConfig(users_file=new_users, session_timeout=60.0, session_lifetime=120.0, refresh=9.0)
+        response = Client(site).sign_in("ada", PASSWORDS["ada"])
+        self.assertEqual(response.status, 303)
+        self.assertEqual((resource.signer.timeout, resource.signer.lifetime, resource.refresh), (60.0, 120.0, 9.0))
+
     def test_disabled(self) -> None:
         """console.enabled false serves no /console."""
         self.assertIsNone(console_resource(self.service(ConsoleConfig(enabled=False)), object(), frozenset()))  # type: ignore[arg-type]
