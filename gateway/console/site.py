@@ -283,7 +283,9 @@ class ConsoleResource(Resource):
             )
         if parts[:1] == ["login"]:
             return self._login(request)
-        me = self._session(request)
+        # The overview's automatic refresh is no activity of the user: it does not renew the idle timeout
+        # (an overview left open on a screen still signs out after console.session_timeout).
+        me = self._session(request, renew=parts != ["overview.part"])
         if me is None:
             return self._redirect(request, "/console/login")
         if method == b"POST":
@@ -323,7 +325,7 @@ class ConsoleResource(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         return body
 
-    def _session(self, request: Request) -> "_Me | None":
+    def _session(self, request: Request, renew: bool = True) -> "_Me | None":
         now = self.clock()
         session = self.signer.decode(request.getCookie(COOKIE), now)
         if session is None:
@@ -331,7 +333,7 @@ class ConsoleResource(Resource):
         user = self.users.get(session.user)
         if user is None or fingerprint(user) != session.fingerprint:
             return None  # the user was removed, or the password or role changed
-        if now - session.last_used > 5:
+        if renew and now - session.last_used > 5:
             # Renew the idle timeout (re-issue the cookie with the time of this request).
             self._set_cookie(request, Session(session.sid, session.user, session.fingerprint, session.started, now))
         return _Me(user.name, user.role, user.show_phi, session.sid, _address(request))

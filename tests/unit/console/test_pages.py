@@ -147,6 +147,15 @@ class SessionTests(PagesTestCase):
         self.h.now += 601
         self.assertEqual(client.get("/console/").status, 303)
 
+    def test_automatic_refresh_does_not_renew(self) -> None:
+        """overview.part (the script's refresh) does not count as activity: the session still idles out."""
+        client = self.h.signed_in("vera")
+        for _ in range(5):
+            self.h.now += 100
+            self.assertEqual(client.get("/console/overview.part").status, 200)
+        self.h.now += 101
+        self.assertEqual(client.get("/console/overview.part").status, 303)
+
     def test_absolute_lifetime(self) -> None:
         """A session ends after session_lifetime however active."""
         client = self.h.signed_in("vera")
