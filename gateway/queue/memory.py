@@ -48,6 +48,7 @@ from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.memory_commitments import CommitmentTables, MemoryCommitmentJournal
 from gateway.queue.memory_retrieves import MemoryRetrieveJournal, RetrieveTables
+from gateway.queue.memory_console import MemoryConsoleQueries  # issue 18: the console's reads
 from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
@@ -130,7 +131,7 @@ class _Tables:
 
 
 @implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
-class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal):
+class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal, MemoryConsoleQueries):
     """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
     :param node: the node this store object speaks for (lease owner, heartbeats).

@@ -149,6 +149,7 @@ from zope.interface import implementer
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.console_sql import SqlConsoleQueries  # issue 18: the console's keyset reads
 from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.interfaces import (
     EXPIRED_LEASE_PREFIX,
@@ -350,7 +351,7 @@ def _connect_kwargs(
 
 
 @implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
-class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
+class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlConsoleQueries):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on a PostgreSQL database shared by several nodes.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
@@ -604,6 +605,9 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     _cj_chunk = 10_000
     # The retrieve journal's (gateway.queue.retrieve_sql): one allocation of a message ID at a time.
     _rj_lock = " FOR UPDATE"
+    # The console's (gateway.queue.console_sql, issue 18): strpos; a CAST to integer rounds, so floor first.
+    _cq_contains = "strpos"
+    _cq_bucket = "CAST(FLOOR({}) AS INTEGER)"
 
     def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column = ANY(?)`` with ``values`` as one array parameter."""
