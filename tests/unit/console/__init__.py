@@ -1,0 +1,1 @@
+"""Tests for :mod:`gateway.console` (issue 18)."""
