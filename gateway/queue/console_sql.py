@@ -184,6 +184,17 @@ class SqlConsoleQueries:
                 result.setdefault(destination, [0] * count)[index] += int(n)
         return result
 
+    def instance_record(self, instance_id: str) -> InstanceRecord:
+        """The instance on record under ``instance_id`` (the rule tester's "pick one from the spool").
+
+        :raises KeyError: there is none.
+        """
+        with self._read() as conn:
+            row = self._q(conn, _INSTANCE_SELECT_I + " WHERE i.instance_id = ?", [instance_id]).fetchone()
+        if row is None:
+            raise KeyError(instance_id)
+        return record_from_row(row)
+
     def find_page(self, by: str, value: str, limit: int) -> list[tuple[InstanceRecord, list[Entry]]]:
         """Instances whose ``by`` (``study``, ``accession``, ``patient``, ``sop``) is ``value``, oldest received
         first, at most ``limit``, each with its entries (oldest first).

@@ -99,6 +99,10 @@ class MemoryConsoleQueries:
                     result.setdefault(row.destination, [0] * count)[index] += 1
         return result
 
+    def instance_record(self, instance_id: str) -> InstanceRecord:
+        """The instance on record under ``instance_id``. :raises KeyError: there is none."""
+        return self._t.instances[instance_id]  # type: ignore[no-any-return]
+
     def find_page(self, by: str, value: str, limit: int) -> list[tuple[InstanceRecord, list[Entry]]]:
         """Instances whose ``by`` is ``value``, oldest received first, at most ``limit``, with their entries."""
         column = FIND_COLUMNS.get(by)

@@ -192,6 +192,14 @@ class ConsoleQueryTests:
         self.assertEqual(s.find_page("sop", "nothing", 10), [])
         self.assertRaises(ValueError, s.find_page, "name", "x", 10)
 
+    def test_instance_record_by_id(self) -> None:
+        """instance_record answers the instance on record, KeyError for none."""
+        s = self.store()
+        self.add(s, 3, patient_id="P3")
+        record = s.instance_record("i3")
+        self.assertEqual((record.instance_id, record.patient_id, record.sop_instance_uid), ("i3", "P3", "1.2.3.3"))
+        self.assertRaises(KeyError, s.instance_record, "i4")
+
 
 class MemoryConsoleQueryTests(ConsoleQueryTests, SynchronousTestCase):
     """The mixin against the in-memory store."""
