@@ -194,6 +194,7 @@ def read_audit(
     wanted = _parse_cursor(before) if before else None
     records: list[AuditRecordView] = []
     budget: list[Any] = [scan_limit, False]
+    needles = _needles(event, ae)
     for name in files:
         try:
             fd = os.open(name, os.O_RDONLY)
@@ -214,7 +215,7 @@ def read_audit(
             last = end
             for start, line in walk:
                 last = start
-                if not line or len(line) > MAX_LINE:
+                if not line or len(line) > MAX_LINE or not all(n in (line.lower() if low else line) for n, low in needles):
                     continue
                 try:
                     record = json.loads(line)
@@ -231,6 +232,26 @@ def read_audit(
         finally:
             os.close(fd)
     return AuditPage(node=node, records=tuple(records))
+
+
+def _needles(event: str | None, ae: str | None) -> list[tuple[bytes, bool]]:
+    """Byte strings a matching line must contain (and whether to look in its lower-cased bytes).
+
+    A cheap test before the JSON parse, so a rare filter scans a large trail
+    quickly: the AE title as the trail writes it (a JSON string, ASCII-escaped),
+    an event id as a JSON string, an event name lower-cased (names match in any
+    case). Only lines that pass are parsed and judged by :func:`matches`.
+    """
+    needles: list[tuple[bytes, bool]] = []
+    if ae and ae.strip():
+        needles.append((json.dumps(ae.strip(), ensure_ascii=True).encode(), False))
+    if event and event.strip():
+        wanted = event.strip()
+        if wanted.isdigit():
+            needles.append((json.dumps(wanted).encode(), False))
+        else:
+            needles.append((json.dumps(wanted.lower(), ensure_ascii=True).encode(), True))
+    return needles
 
 
 def _last_newline(fd: int, end: int, chunk: int) -> int:
