@@ -16,14 +16,18 @@ share (the mixin pins each one):
   delivered_at < now`` in ``ceil((now - since) / bucket_seconds)`` buckets,
   oldest first; destinations without a delivery in the window are absent.
 * ``find_page`` is ``find`` by one key with a limit on the instances.
+* ``console_stats`` is ``stats`` for the named destinations (and any other
+  with a destinations row) with ``delivered``, ``duplicates`` and
+  ``stranded`` left 0; ``oldest_queued_at`` the oldest QUEUED or LEASED.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any, Iterator, Sequence
 
 from gateway.queue.console_sql import FIND_COLUMNS, histogram_buckets
-from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
+from gateway.queue.interfaces import DestinationStats, Entry, EntryState, InstanceRecord
 from gateway.queue.outcome import DeadLetterKind
 
 __all__ = ["MemoryConsoleQueries"]
@@ -51,6 +55,15 @@ class MemoryConsoleQueries:
                 if kind is not None and DeadLetterKind.of_reason(row.dead_reason) is not kind:
                     continue
             yield row
+
+    def console_stats(self, names: Sequence[str]) -> dict[str, DestinationStats]:
+        """The overview's figures: :meth:`stats` without delivered, duplicates and stranded (left 0)."""
+        full = self.stats(0.0)  # type: ignore[attr-defined]
+        result: dict[str, DestinationStats] = {}
+        for name in list(dict.fromkeys(list(names) + sorted(full))):
+            s = full.get(name, DestinationStats(destination=name))
+            result[name] = replace(s, delivered=0, duplicates=0, stranded=0)
+        return result
 
     def dead_page(self, where: Any, before: int | None, limit: int) -> list[Entry]:
         """Dead letters matching ``where`` below ``before``, newest first (see :mod:`gateway.queue.console_sql`)."""

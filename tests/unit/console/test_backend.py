@@ -208,14 +208,14 @@ class ConsoleDataTests:
 
     def test_overview_is_cached_for_a_second_and_shared(self) -> None:
         """Two overviews within a second read the store once; after it, again; a pause forgets the cache."""
-        calls: list[float] = []
-        real = self.store.stats
+        calls: list[Any] = []
+        real = self.store.console_stats
 
-        def counting(now: float, *args: Any) -> Any:
-            calls.append(now)
-            return real(now, *args)
+        def counting(names: Any) -> Any:
+            calls.append(names)
+            return real(names)
 
-        self.patch(self.store, "stats", counting)
+        self.patch(self.store, "console_stats", counting)
         first = self.successResultOf(self.data.overview())
         self.now[0] += 0.5
         self.assertIs(self.successResultOf(self.data.overview()), first)

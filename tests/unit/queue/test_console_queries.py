@@ -154,6 +154,33 @@ class ConsoleQueryTests:
         self.assertEqual(s.dead_ids(DeadFilter(), 3), [ids[4], ids[3], ids[2]])
         self.assertEqual(s.dead_ids(DeadFilter(route="other"), 3), [])
 
+    # -- console_stats ------------------------------------------------------------------
+
+    def test_console_stats_agree_with_stats(self) -> None:
+        """Queued, in flight, dead, oldest, paused and circuit as stats() says; named destinations without entries too."""
+        s = self.store()
+        self.add(s, 1, destination="pacs", at=T0 + 5)
+        self.add(s, 2, destination="pacs", at=T0 + 7)
+        self.add(s, 3, destination="pacs", at=T0 + 9)
+        s.lease("pacs", 1, T0 + 20, 30)
+        self.dead(s, 4, destination="archive")
+        self.add(s, 5, destination="archive", at=T0 + 30)
+        self.deliver(s, "archive", T0 + 40)
+        s.set_paused("research", True)
+        s.set_circuit("archive", True, "refused", T0 + 50)
+        full = s.stats(T0 + 60)
+        mine = s.console_stats(["pacs", "archive", "idle"])
+        self.assertEqual(list(mine), ["pacs", "archive", "idle", "research"])
+        for name in ("pacs", "archive", "research"):
+            a, b = full[name], mine[name]
+            self.assertEqual(
+                (name, b.queued, b.in_flight, b.dead, b.oldest_queued_at, b.paused, b.circuit_open, b.circuit_reason, b.last_error),
+                (name, a.queued, a.in_flight, a.dead, a.oldest_queued_at, a.paused, a.circuit_open, a.circuit_reason, a.last_error),
+            )
+        self.assertEqual((mine["pacs"].queued, mine["pacs"].in_flight, mine["pacs"].oldest_queued_at), (2, 1, T0 + 5))
+        self.assertEqual((mine["archive"].dead, mine["archive"].queued, mine["archive"].oldest_queued_at), (1, 0, None))
+        self.assertEqual((mine["idle"].queued, mine["idle"].paused), (0, False))
+
     # -- delivery_histogram -----------------------------------------------------------
 
     def test_delivery_histogram_buckets_per_destination(self) -> None:
