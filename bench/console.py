@@ -52,6 +52,7 @@ from gateway.blocking import SynchronousRunner  # noqa: E402
 from gateway.config.load import load_config_text  # noqa: E402
 from gateway.console.backend import ServiceConsoleData  # noqa: E402
 from gateway.console.data import DeadFilter  # noqa: E402
+from gateway.queue.rows import INSTANCE_COLUMNS  # noqa: E402
 from gateway.queue.sqlite import SqliteQueueStore, study_hash  # noqa: E402
 
 #: Dead-letter reasons, one of each kind (and a few of "other").
@@ -86,29 +87,18 @@ routes:
 """
 
 
-def fill(store: SqliteQueueStore, entries: int, now: float, days: float, seed: int = 18) -> dict[str, Any]:
-    """Write ``entries`` entries (two per instance) by bulk INSERT; return values to look up later."""
+ENTRY_INSERT_COLUMNS = ("instance_id", "route", "destination", "state", "attempts", "enqueued_at", "next_attempt_at",
+                        "last_error", "delivered_at", "dead_reason", "history", "study_hash")
+
+
+def rows(entries: int, now: float, days: float, picked: dict[str, Any], seed: int = 18) -> Any:
+    """Batches of (instance rows, entry rows): ``entries`` entries, two per instance, in realistic states."""
     rng = random.Random(seed)
-    conn = store._conn
-    conn.execute("PRAGMA synchronous = OFF")  # set-up only
     instances = entries // 2
     span = days * 86400.0
     others = ("archive", "research", "ris-hook")
-    picked: dict[str, Any] = {}
-    conn.execute("BEGIN IMMEDIATE")
     batch_i: list[tuple[Any, ...]] = []
     batch_e: list[tuple[Any, ...]] = []
-
-    def flush() -> None:
-        conn.executemany("INSERT INTO instances VALUES (" + ", ".join("?" * 19) + ")", batch_i)
-        conn.executemany(
-            "INSERT INTO entries (instance_id, route, destination, path, state, attempts, enqueued_at, next_attempt_at,"
-            " last_error, delivered_at, dead_reason, history, study_hash) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            batch_e,
-        )
-        batch_i.clear()
-        batch_e.clear()
-
     for n in range(instances):
         received = now - span + span * n / instances
         study = f"1.2.826.0.1.3680043.8.498.{n // 50}"
@@ -132,11 +122,47 @@ def fill(store: SqliteQueueStore, entries: int, now: float, days: float, seed: i
             else:
                 batch_e.append((iid, route, destination, "delivered", 1, received, received, "", received + 2, "", "[]", h))
         if len(batch_i) >= 10000:
-            flush()
-    flush()
+            yield batch_i, batch_e
+            batch_i, batch_e = [], []
+    if batch_i:
+        yield batch_i, batch_e
+
+
+def fill(store: SqliteQueueStore, entries: int, now: float, days: float) -> dict[str, Any]:
+    """Write the journal into a SQLite store by ``executemany`` in one transaction (fsync off: set-up only)."""
+    conn = store._conn
+    picked: dict[str, Any] = {}
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN IMMEDIATE")
+    for batch_i, batch_e in rows(entries, now, days, picked):
+        conn.executemany(f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))})", batch_i)
+        conn.executemany(
+            f"INSERT INTO entries ({', '.join(ENTRY_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(ENTRY_INSERT_COLUMNS))})",
+            batch_e,
+        )
     conn.execute("COMMIT")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("ANALYZE")
+    return picked
+
+
+def fill_postgres(dsn: str, password: str, entries: int, now: float, days: float) -> dict[str, Any]:
+    """Write the journal into a migrated PostgreSQL database by COPY (set-up only), then ANALYZE."""
+    import psycopg
+
+    picked: dict[str, Any] = {}
+    with psycopg.connect(dsn, password=password) as conn:
+        with conn.cursor() as cur:
+            for batch_i, batch_e in rows(entries, now, days, picked):
+                with cur.copy(f"COPY instances ({', '.join(INSTANCE_COLUMNS)}) FROM STDIN") as copy:
+                    for row in batch_i:
+                        copy.write_row(row)
+                with cur.copy(f"COPY entries ({', '.join(ENTRY_INSERT_COLUMNS)}) FROM STDIN") as copy:
+                    for row in batch_e:
+                        copy.write_row(row)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE")
     return picked
 
 
@@ -198,22 +224,41 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=3.0, help="the journal's span")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--postgres", action="store_true", help="the journal on PostgreSQL (tests/support/postgres.py starts a server)")
+    parser.add_argument("--db", default=None, help="keep the journal here and reuse it when it exists (set-up once)")
     args = parser.parse_args()
     now = time.time()
 
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as root:
-        path = os.path.join(root, "queue.sqlite")
-        store = SqliteQueueStore(path, node="bench-1")
-        t = time.perf_counter()
-        picked = fill(store, args.entries, now, args.days)
-        print(f"journal: {args.entries} entries written in {time.perf_counter() - t:.1f} s, "
-              f"{os.path.getsize(path) / 1e6:.0f} MB")
+        if args.postgres:
+            from gateway.queue.postgres import PostgresQueueStore
+            from tests.support import postgres as pg
+
+            database = pg.server().new_database(migrated=True)
+            t = time.perf_counter()
+            picked = fill_postgres(database.dsn, database.password, args.entries, now, args.days)
+            print(f"journal: {args.entries} entries written to PostgreSQL (COPY) in {time.perf_counter() - t:.1f} s")
+            store: Any = PostgresQueueStore(database.dsn, "bench-1", password=database.password)
+        else:
+            path = args.db or os.path.join(root, "queue.sqlite")
+            meta = path + ".json"
+            if args.db and os.path.exists(path) and os.path.exists(meta):
+                with open(meta) as f:
+                    now, picked = json.load(f)
+                store = SqliteQueueStore(path, node="bench-1")
+                print(f"journal: reusing {path} ({os.path.getsize(path) / 1e6:.0f} MB), made {time.time() - now:.0f} s ago")
+            else:
+                store = SqliteQueueStore(path, node="bench-1")
+                t = time.perf_counter()
+                picked = fill(store, args.entries, now, args.days)
+                print(f"journal: {args.entries} entries written in {time.perf_counter() - t:.1f} s, "
+                      f"{os.path.getsize(path) / 1e6:.0f} MB")
+                with open(meta, "w") as f:
+                    json.dump([now, picked], f)
         t = time.perf_counter()
         write_audit(os.path.join(root, "audit.jsonl"), args.audit)
         print(f"audit: {args.audit} records written in {time.perf_counter() - t:.1f} s, "
               f"{os.path.getsize(os.path.join(root, 'audit.jsonl')) * 2 / 1e6:.0f} MB")
-        counts = dict(store._conn.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
-        print(f"states: {counts}")
 
         service = _Service(root, store)
         clock = [now]
