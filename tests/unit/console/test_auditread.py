@@ -100,6 +100,22 @@ class AuditReadTests(SynchronousTestCase):
         self.assertEqual(numbers(read_audit(self.path, "n", ae="NOBODY")), [])
         self.assertEqual(read_audit(self.path, "n", event="110114").records[0].outcome, "success")
 
+    def test_the_quick_byte_test_never_decides_alone(self) -> None:
+        """An AE or event named only in a description passes the byte test but not the filter; a name in other case still matches."""
+        # The decoy's line holds "MR1", "110114" and "user authentication" as JSON strings, outside the fields judged.
+        decoy = dict(record(0, ae="CT1"), extra={"peer": "MR1", "note": "110114", "what": "User Authentication"})
+        self.assertIn(b'"MR1"', json.dumps(decoy).encode())
+        self.write(self.path, [decoy, record(1, ae="MR1"), record(2, event="User Authentication", event_id="110114")])
+        self.assertEqual(numbers(read_audit(self.path, "n", ae="MR1")), [1])
+        self.assertEqual(numbers(read_audit(self.path, "n", event="110114")), [2])
+        self.assertEqual(numbers(read_audit(self.path, "n", event="USER authentication")), [2])
+
+    def test_a_cursor_whose_file_is_gone_ends_the_list(self) -> None:
+        """A cursor naming a file rotated away answers an empty last page."""
+        self.write(self.path, [record(0)])
+        page = read_audit(self.path, "n", before="999999999:10")
+        self.assertEqual((page.records, page.next_before), ((), None))
+
     def test_a_truncated_last_line_and_bad_lines_are_passed_over(self) -> None:
         """A last line without its newline is not read; a line that is not JSON, or not an object, is skipped."""
         with open(self.path, "wb") as f:
