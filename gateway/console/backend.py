@@ -28,6 +28,7 @@ costs one set of store reads per second at most.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -112,6 +113,11 @@ class ServiceConsoleData:
         config = self._service.config
         name = str(getattr(config, "node", "") or "") if config is not None else ""
         return name or str(getattr(self._service.store, "node", "") or "")
+
+    @staticmethod
+    def _console(operator: Operator) -> Operator:
+        """``operator`` as the audit trail records a console action: ``via="console"`` whatever the page passed."""
+        return operator if operator.via == "console" else dataclasses.replace(operator, via="console")
 
     def _store(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """``f(*args)`` on the store's runner."""
@@ -357,21 +363,23 @@ class ServiceConsoleData:
         operator ticked it; a forced one is audited as forced.
         """
         target = to or None
+        operator = self._console(operator)
         return self._each(self._targets(ids, where), lambda i: self._backend.retry(i, target, operator, force=force))
 
     def purge(self, ids: Sequence[int] | None, where: DeadFilter | None, operator: Operator) -> "Deferred[ActionResult]":
         """Delete dead letters (the ids, or those matching ``where``), each :meth:`ServiceBackend.purge` (audited)."""
+        operator = self._console(operator)
         return self._each(self._targets(ids, where), lambda i: self._backend.purge(i, operator))
 
     def pause(self, destination: str, paused: bool, operator: Operator) -> "Deferred[None]":
         """:meth:`ServiceBackend.pause` (audited); the next overview is read afresh."""
         self._overview = None
-        return self._backend.pause(destination, paused, operator)  # type: ignore[no-any-return]
+        return self._backend.pause(destination, paused, self._console(operator))  # type: ignore[no-any-return]
 
     def reload(self, operator: Operator) -> "Deferred[bool]":
         """:meth:`ServiceBackend.reload` (audited)."""
         self._overview = None
-        return self._backend.reload(operator)  # type: ignore[no-any-return]
+        return self._backend.reload(self._console(operator))  # type: ignore[no-any-return]
 
     # -- audit, rules, spool -------------------------------------------------------------
 

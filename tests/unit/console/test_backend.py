@@ -379,11 +379,11 @@ class ConsoleDataTests:
         """pause/resume and reload go through the audited backend with the console's operator."""
         self.successResultOf(self.data.pause("pacs", True, CONSOLE))
         self.assertTrue(self.store.stats(self.now[0])["pacs"].paused)
-        self.successResultOf(self.data.pause("pacs", False, CONSOLE))
+        self.successResultOf(self.data.pause("pacs", False, Operator(who="alice", address="192.0.2.9:5000", via="api")))
         self.assertTrue(self.successResultOf(self.data.reload(CONSOLE)))
         self.assertEqual(self.service.reloads, 1)
         self.assertEqual(len(self.operator_records("pause")), 1)
-        self.assertEqual(len(self.operator_records("resume")), 1)
+        self.assertEqual(self.operator_records("resume")[0].extra["via"], "console")  # whatever the page passed
         self.assertEqual(self.operator_records("reload")[0].extra["via"], "console")
 
     # -- audit, rules, spool -------------------------------------------------------------
