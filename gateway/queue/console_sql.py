@@ -1,10 +1,11 @@
 """The console's reads in SQL, shared by the SQLite and the PostgreSQL store (issue 18).
 
 Both stores mix in :class:`SqlConsoleQueries`; it uses the dialect hooks of
-:class:`~gateway.queue.commitment_sql.SqlCommitmentJournal` (``_q``,
-``_cj_in``, ``_cj_chunk``, ``_cj_entry``) and adds two: :attr:`_cq_contains`
-(SQLite ``instr``, PostgreSQL ``strpos``) and :attr:`_cq_bucket` (an integer
-bucket number from a non-negative float). The behaviour is the in-memory
+:class:`~gateway.queue.commitment_sql.SqlCommitmentJournal` (``_cj_mark``,
+``_cj_in``, ``_cj_chunk``, ``_cj_entry``) and adds three: :attr:`_cq_contains`
+(SQLite ``instr``, PostgreSQL ``strpos``), :attr:`_cq_bucket` (an integer
+bucket number from a non-negative float) and :attr:`_cq_prepare` (PostgreSQL:
+never a prepared statement's generic plan for the console's queries). The behaviour is the in-memory
 store's (:mod:`gateway.queue.memory_console`); the ``ConsoleQueryTests``
 mixin runs against all three.
 
@@ -87,12 +88,12 @@ def reason_clause(kind: DeadLetterKind | str, column: str, contains: str) -> tup
 class SqlConsoleQueries:
     """The console's keyset reads over the journal's tables; mixed into both SQL stores.
 
-    The store provides ``_read()``, ``_q()``, ``_cj_in()``, ``_cj_chunk`` and
+    The store provides ``_read()``, ``_cj_mark``, ``_cj_in()``, ``_cj_chunk`` and
     ``_cj_entry()`` (:class:`~gateway.queue.commitment_sql.SqlCommitmentJournal`).
     """
 
     _read: Callable[[], ContextManager[Any]]
-    _q: Callable[..., Any]
+    _cj_mark: str
     _cj_in: Callable[[str, Sequence[Any]], tuple[str, list[Any]]]
     _cj_chunk: int
     _cj_entry: Callable[[Sequence[Any]], Entry]
@@ -101,6 +102,19 @@ class SqlConsoleQueries:
     _cq_contains = "instr"
     #: The integer part of a non-negative float expression (SQLite's CAST truncates; PostgreSQL's rounds).
     _cq_bucket = "CAST(({}) AS INTEGER)"
+    #: ``prepare`` for the driver's execute: ``None`` (SQLite: the driver's own cache), PostgreSQL ``False``.
+    #: The console's filters make selective and unselective queries of one text (a destination with 5
+    #: dead letters or 50,000; a LIMIT of 51 or 10,001); a prepared statement's generic plan, made after
+    #: its fifth run, fits one and not the other (a seq scan: 0.4 s became 1.4 s).
+    _cq_prepare: bool | None = None
+
+    def _cq(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute ``sql`` (written with ``?``) in the dialect, planned for its parameters; return the cursor."""
+        if self._cj_mark != "?":
+            sql = sql.replace("?", self._cj_mark)
+        if self._cq_prepare is None:
+            return conn.execute(sql, tuple(params))
+        return conn.execute(sql, tuple(params), prepare=self._cq_prepare)
 
     def _dead_where(self, where: Any, before: int | None = None) -> tuple[str, list[Any]]:
         """The WHERE clause (written with ``?``) of the dead letters matching ``where`` below ``before``."""
@@ -141,7 +155,7 @@ class SqlConsoleQueries:
         with self._read() as conn:
             rows = {
                 row[0]: row[1:]
-                for row in self._q(
+                for row in self._cq(
                     conn,
                     "SELECT name, paused, last_error, last_error_at, last_success_at,"
                     " circuit_open, circuit_reason, circuit_since FROM destinations",
@@ -156,11 +170,11 @@ class SqlConsoleQueries:
                     # any parameters; with the state a parameter that generic plan scanned the whole
                     # table (4 s per overview at a million entries). With it literal, each state's plan
                     # uses its index (entries_queued, entries_leased, entries_state).
-                    counts[state] = int(self._q(
+                    counts[state] = int(self._cq(
                         conn, f"SELECT COUNT(*) FROM entries WHERE destination = ? AND state = '{state}'", [name]
                     ).fetchone()[0])
                     if state != "dead" and counts[state]:
-                        first = self._q(
+                        first = self._cq(
                             conn,
                             f"SELECT enqueued_at FROM entries WHERE destination = ? AND state = '{state}' ORDER BY entry_id LIMIT 1",
                             [name],
@@ -196,7 +210,7 @@ class SqlConsoleQueries:
             return []
         clause, params = self._dead_where(where, before)
         with self._read() as conn:
-            rows = self._q(conn, ENTRY_SELECT + clause + " ORDER BY e.entry_id DESC LIMIT ?", params + [int(limit)]).fetchall()
+            rows = self._cq(conn, ENTRY_SELECT + clause + " ORDER BY e.entry_id DESC LIMIT ?", params + [int(limit)]).fetchall()
         return [self._cj_entry(row) for row in rows]
 
     def dead_count(self, where: Any, cap: int) -> int:
@@ -205,7 +219,7 @@ class SqlConsoleQueries:
             return 0
         clause, params = self._dead_where(where)
         with self._read() as conn:
-            row = self._q(
+            row = self._cq(
                 conn, "SELECT COUNT(*) FROM (SELECT 1 FROM entries e" + clause + " LIMIT ?) AS matched", params + [int(cap)]
             ).fetchone()
         return int(row[0])
@@ -216,7 +230,7 @@ class SqlConsoleQueries:
             return []
         clause, params = self._dead_where(where)
         with self._read() as conn:
-            rows = self._q(
+            rows = self._cq(
                 conn, "SELECT e.entry_id FROM entries e" + clause + " ORDER BY e.entry_id DESC LIMIT ?", params + [int(limit)]
             ).fetchall()
         return [int(row[0]) for row in rows]
@@ -238,7 +252,7 @@ class SqlConsoleQueries:
         )
         result: dict[str, list[int]] = {}
         with self._read() as conn:
-            rows = self._q(conn, sql, [float(since), float(bucket_seconds), float(since), float(now)]).fetchall()
+            rows = self._cq(conn, sql, [float(since), float(bucket_seconds), float(since), float(now)]).fetchall()
         for destination, b, n in rows:
             index = int(b)
             if 0 <= index < count:
@@ -251,7 +265,7 @@ class SqlConsoleQueries:
         :raises KeyError: there is none.
         """
         with self._read() as conn:
-            row = self._q(conn, _INSTANCE_SELECT_I + " WHERE i.instance_id = ?", [instance_id]).fetchone()
+            row = self._cq(conn, _INSTANCE_SELECT_I + " WHERE i.instance_id = ?", [instance_id]).fetchone()
         if row is None:
             raise KeyError(instance_id)
         return record_from_row(row)
@@ -270,7 +284,7 @@ class SqlConsoleQueries:
         with self._read() as conn:
             records = [
                 record_from_row(row)
-                for row in self._q(
+                for row in self._cq(
                     conn,
                     _INSTANCE_SELECT_I + f" WHERE i.{column} = ? ORDER BY i.received_at, i.instance_id LIMIT ?",
                     [value, int(limit)],
@@ -280,7 +294,7 @@ class SqlConsoleQueries:
             ids = list(by_instance)
             for start in range(0, len(ids), self._cj_chunk):
                 clause, params = self._cj_in("e.instance_id", ids[start : start + self._cj_chunk])
-                for row in self._q(conn, ENTRY_SELECT + f" WHERE {clause} ORDER BY e.entry_id", params).fetchall():
+                for row in self._cq(conn, ENTRY_SELECT + f" WHERE {clause} ORDER BY e.entry_id", params).fetchall():
                     entry = self._cj_entry(row)
                     by_instance[entry.instance.instance_id].append(entry)
         return [(record, by_instance[record.instance_id]) for record in records]

@@ -608,6 +608,7 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlConsoleQue
     # The console's (gateway.queue.console_sql, issue 18): strpos; a CAST to integer rounds, so floor first.
     _cq_contains = "strpos"
     _cq_bucket = "CAST(FLOOR({}) AS INTEGER)"
+    _cq_prepare = False
 
     def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column = ANY(?)`` with ``values`` as one array parameter."""
