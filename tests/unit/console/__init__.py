@@ -1,1 +1,0 @@
-"""Tests for :mod:`gateway.console` (issue 18)."""
