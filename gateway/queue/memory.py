@@ -50,6 +50,7 @@ from gateway.queue.memory_commitments import CommitmentTables, MemoryCommitmentJ
 from gateway.queue.memory_retrieves import MemoryRetrieveJournal, RetrieveTables
 from gateway.queue.memory_studies import MemoryStudyJournal, StudyTables, check_notes
 from gateway.queue.studies import IStudyJournal, StudyNote
+from gateway.queue.memory_console import MemoryConsoleQueries  # issue 18: the console's reads
 from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
@@ -134,7 +135,7 @@ class _Tables:
 
 
 @implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
-class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal, MemoryStudyJournal):
+class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal, MemoryStudyJournal, MemoryConsoleQueries):
     """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
     :param node: the node this store object speaks for (lease owner, heartbeats).

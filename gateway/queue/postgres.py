@@ -149,6 +149,7 @@ from zope.interface import implementer
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.console_sql import SqlConsoleQueries  # issue 18: the console's keyset reads
 from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.memory_studies import check_notes
 from gateway.queue.study_sql import PG_NOTE, SqlStudyJournal, pg_note_params
@@ -353,7 +354,7 @@ def _connect_kwargs(
 
 
 @implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
-class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal):
+class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal, SqlConsoleQueries):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on a PostgreSQL database shared by several nodes.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
@@ -610,6 +611,10 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJourn
     # The study journal's (gateway.queue.study_sql): complete_study locks its row; keyset orders by code point.
     _sj_lock = " FOR UPDATE"
     _sj_collate = ' COLLATE "C"'
+    # The console's (gateway.queue.console_sql, issue 18): strpos; a CAST to integer rounds, so floor first.
+    _cq_contains = "strpos"
+    _cq_bucket = "CAST(FLOOR({}) AS INTEGER)"
+    _cq_prepare = False
 
     def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column = ANY(?)`` with ``values`` as one array parameter."""

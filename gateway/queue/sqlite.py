@@ -178,6 +178,7 @@ from gateway.private import FILE_MODE, open_private, tighten
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.console_sql import SqlConsoleQueries  # issue 18: the console's keyset reads
 from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.memory_studies import check_notes, note_applies
 from gateway.queue.study_sql import SqlStudyJournal
@@ -280,7 +281,7 @@ def _make_private(path: str) -> None:
 
 
 @implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
-class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal):
+class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal, SqlConsoleQueries):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
