@@ -237,7 +237,11 @@ class ConsoleResource(Resource):
                 request.finish()
 
         def failed(failure: Failure) -> None:
-            if failure.check(KeyError):
+            if failure.check(ValueError):
+                # A value the data layer cannot use (a reason that is no kind, a malformed cursor): the request's fault.
+                body = self._message(request, 400, "bad-request", "Bad request", str(failure.value), me=me,
+                                     csrf=self.signer.csrf(me.sid) if me is not None else "")
+            elif failure.check(KeyError):
                 body = self._message(request, 404, "not-found", "Not found", "There is no such record (it may have been acted on already).", me=me,
                                      csrf=self.signer.csrf(me.sid) if me is not None else "")
             else:
@@ -507,6 +511,11 @@ class ConsoleResource(Resource):
             return self._message(request, 400, "bad-request", "Bad request", "Entry ids are numbers.", me=me, csrf=self.signer.csrf(me.sid))
         if problem:
             return self._message(request, 400, "bad-request", "Bad request", problem, me=me, csrf=self.signer.csrf(me.sid))
+        # A re-target no route would make is refused per entry (the privacy promise: a copy goes only
+        # where the rules say) unless forced, which only an admin may do (the API's force, audited as forced).
+        force = _arg(request, "force") == "yes" and to is not None
+        if force and not role_at_least(me.role, "admin"):
+            return self._refuse(request, me, "forbidden", "a forced re-target needs the admin role")
         by_filter = scope == "filter"
         if not by_filter and not ids:
             return self._redirect(request, "/console/dead-letters?" + urlencode({**given, "done": "none", "n": 0}))
@@ -518,11 +527,11 @@ class ConsoleResource(Resource):
                 from gateway.console.data import BULK_LIMIT
 
                 return self._page(request, "confirm.html", me, action=action, to=to or "", scope=scope, ids=ids,
-                                  filter=given, count=count, limit=BULK_LIMIT)
+                                  filter=given, count=count, limit=BULK_LIMIT, force=force)
 
             return self._async(request, counted, confirm, me)
         if action == "retry":
-            d = self.data.retry(None if by_filter else ids, where if by_filter else None, to, operator)
+            d = self.data.retry(None if by_filter else ids, where if by_filter else None, to, operator, force=force)
         else:
             d = self.data.purge(None if by_filter else ids, where if by_filter else None, operator)
 

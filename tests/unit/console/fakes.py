@@ -112,8 +112,10 @@ class FakeConsoleData:
                 return succeed(entry)
         return fail(KeyError(entry_id))
 
-    def retry(self, ids: Sequence[int] | None, where: DeadFilter | None, to: str | None, operator: Operator) -> Deferred[ActionResult]:
-        self.calls.append(("retry", None if ids is None else tuple(ids), where, to, operator))
+    def retry(
+        self, ids: Sequence[int] | None, where: DeadFilter | None, to: str | None, operator: Operator, force: bool = False
+    ) -> Deferred[ActionResult]:
+        self.calls.append(("retry", None if ids is None else tuple(ids), where, to, operator, force))
         chosen = self._match(where) if ids is None else [e for e in self.dead if e.entry_id in ids]
         return succeed(ActionResult(changed=tuple(e.entry_id for e in chosen)))
 

@@ -448,6 +448,37 @@ class DeadLetterTests(PagesTestCase):
         self.assertEqual(call[3], "archive")
         self.assertIn("done=retarget", response.header("location"))
 
+    def test_forced_retarget_needs_admin(self) -> None:
+        """A forced re-target (where no route sends) is refused to an operator and passed on for an admin."""
+        client = self.h.signed_in("otto")
+        fields = {"csrf": client.csrf(), "action": "retry", "scope": "selected", "ids": "5", "to": "archive", "force": "yes"}
+        refused = client.post("/console/dead-letters/action", fields)
+        self.assertEqual(refused.status, 403)
+        self.assertIsNotNone(refused.page.by_id("forbidden"))
+        self.assertEqual([c for c in self.h.data.calls if c[0] == "retry"], [])
+        admin = self.h.signed_in("ada")
+        done = admin.post("/console/dead-letters/action", {**fields, "csrf": admin.csrf()})
+        self.assertEqual(done.status, 303)
+        call = [c for c in self.h.data.calls if c[0] == "retry"][0]
+        self.assertEqual((call[3], call[5]), ("archive", True))
+
+    def test_unforced_retarget_is_not_forced(self) -> None:
+        """Without the admin's tick a re-target goes to the data layer unforced (no route, no copy)."""
+        admin = self.h.signed_in("ada")
+        admin.post("/console/dead-letters/action", {"csrf": admin.csrf(), "action": "retry", "scope": "selected", "ids": "5", "to": "archive"})
+        call = [c for c in self.h.data.calls if c[0] == "retry"][0]
+        self.assertFalse(call[5])
+
+    def test_bad_value_from_the_data_layer_is_a_400(self) -> None:
+        """A ValueError from the data layer (a reason that is no kind) is the request's fault: 400, not 500."""
+        from twisted.internet.defer import fail
+
+        self.h.data.dead_letters = lambda where, before, limit=50: fail(ValueError("no dead-letter kind 'bogus'"))
+        client = self.h.signed_in("otto")
+        response = client.get("/console/dead-letters?reason=bogus")
+        self.assertEqual(response.status, 400)
+        self.assertIsNotNone(response.page.by_id("bad-request"))
+
     def test_retarget_to_unknown_destination_refused(self) -> None:
         """Re-targeting to an unknown destination is a 400, nothing done."""
         client = self.h.signed_in("otto")
