@@ -48,7 +48,7 @@ class SinkDestinationTests(LoadTestCase):
 
     def test_missing_secret_file(self) -> None:
         """A webhook without secret_file: an error with its path and line."""
-        self.assertOneError(config("webhook: {url: 'http://x/'}"), 9, "destinations.hook.webhook", "secret_file")
+        self.assertOneError(config("webhook: {url: 'http://x/'}"), 9, "destinations.hook.webhook.secret_file", "required")
 
     def test_keys_beside_the_kind_are_refused(self) -> None:
         """A setting beside webhook: (not retry/circuit) is refused at the name's line."""
