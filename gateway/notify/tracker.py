@@ -52,6 +52,7 @@ from gateway.config.schema import NotifyConfig, RouteConfig
 from gateway.durable import CREATE_FLAGS, fsync_dir, unlink_if_present, write_all
 from gateway.notify.build import build_notifications, expectations_met, study_fields
 from gateway.notify.document import NOTIFICATION_SOP_CLASS, StudyNotification, to_json
+from gateway.prepare import NO_MORPH
 from gateway.queue.interfaces import InstanceRecord, NewEntry
 from gateway.queue.studies import StudyRow
 from gateway.slots import DCM_SUFFIX, owner_prefix
@@ -207,6 +208,8 @@ class StudyTracker:
                               route=row.route, error=type(e).__name__)
         notifications = build_notifications(row, progress, notify, fields, now=now, forced=forced, node=self.node)
         records = await self._write(notifications, row, now)
+        # The entries carry the empty plan: the workers' CopyMaker dead-letters an entry
+        # journaled without one (gateway.prepare), and a notification is never morphed.
         committed = False
         try:
             committed = await self.store_runner.run(
@@ -217,7 +220,7 @@ class StudyTracker:
                 row.completions,
                 now,
                 forced,
-                [(record, [NewEntry(route=row.route, destination=n.sink)]) for record, n in zip(records, notifications)],
+                [(record, [NewEntry(route=row.route, destination=n.sink, plan=NO_MORPH)]) for record, n in zip(records, notifications)],
             )
         finally:
             if not committed:

@@ -19,6 +19,7 @@ from gateway.blocking import SynchronousRunner
 from gateway.config.schema import ExpectSeries, NotifyConfig, RouteConfig
 from gateway.notify.document import NOTIFICATION_SOP_CLASS, from_json, idempotency_key
 from gateway.notify.tracker import StudyTracker, tracker_interval
+from gateway.prepare import NO_MORPH
 from gateway.queue.interfaces import InstanceRecord
 from gateway.queue.studies import DestinationProgress, SeriesSeen, StudyProgress, StudyRow
 from tests.support.datasets import write_instance
@@ -95,6 +96,8 @@ class TrackerTests(SynchronousTestCase):
             self.assertEqual(record.sop_instance_uid, idempotency_key(document.sink, "ct", UID, 1))
             self.assertEqual(record.sop_instance_uid, document.idempotency_key)
             self.assertEqual(entries[0].route, "ct")
+            # Without a journaled plan the workers would dead-letter the entry (gateway.prepare).
+            self.assertEqual(entries[0].plan, NO_MORPH)
             self.assertEqual(os.path.dirname(record.path), self.folder)
             self.assertTrue(record.path.endswith(".dcm"))
             self.assertEqual((document.event, document.sequence, document.instances), ("complete", 1, 3))
