@@ -565,6 +565,21 @@ def check_material(config: GatewayConfig) -> list[str]:
         if isinstance(destination, DicomWebDestination):
             problems += [f"destination {destination.name}: {p}" for p in dicomweb_material(destination)]
             continue
+        # Issue 18 (notify): webhook and FHIR sinks have a DICOMweb destination's url, auth and tls.
+        from gateway.config.schema import FhirSink, WebhookSink
+
+        if isinstance(destination, (WebhookSink, FhirSink)):
+            problems += [f"destination {destination.name}: {p}" for p in dicomweb_material(destination)]  # type: ignore[arg-type]
+            secret = getattr(destination, "secret_file", "")
+            if secret:
+                try:
+                    with open(secret, "rb") as handle:
+                        if not handle.read(65537).strip():
+                            problems.append(f"destination {destination.name}: webhook.secret_file {secret} is empty")
+                except OSError as error:
+                    problems.append(f"destination {destination.name}: webhook.secret_file: cannot read {secret}: "
+                                    f"{error.strerror or type(error).__name__}")
+            continue
         tls = getattr(destination, "tls", None)
         if tls is None:
             continue
