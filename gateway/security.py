@@ -371,6 +371,8 @@ class AuditObserver:
         )
 
     def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
+        from gateway.config.schema import NOTIFICATION_SINKS  # issue 18 (notify)
+
         destination = self._destinations().get(entry.destination)
         folder = destination is not None and hasattr(destination, "path") and not hasattr(destination, "ae_title")
         if destination is None:
@@ -382,6 +384,14 @@ class AuditObserver:
             )
         elif folder:
             target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=destination.path)
+        elif isinstance(destination, NOTIFICATION_SINKS):
+            # Issue 18 (notify): a study notification leaves the DICOM world for a RIS, a pipeline...
+            # (with the patient's identity when the sink allows PHI): audited as Data Export
+            # (PS3.15 A.5.3.5), not DICOM Instances Transferred (no instance is transferred).
+            # The URL's query is left out (it may carry a key).
+            folder = True
+            point = getattr(destination, "url", "").split("?", 1)[0] or f"{getattr(destination, 'host', '')}:{getattr(destination, 'port', '')}"
+            target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=point)
         else:
             target = Participant(
                 user_id=destination.ae_title,

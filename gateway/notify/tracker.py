@@ -257,6 +257,9 @@ class StudyTracker:
                         correlation_id=notification.idempotency_key[:16],
                         study_instance_uid=row.study_instance_uid,
                         accession_number=notification.accession_number,
+                        # As the study's instances' records have it: the audit of the
+                        # notification's export (PS3.15 A.5.3.5) names the patient.
+                        patient_id=notification.patient_id,
                         node=self.node,
                     )
                 )

@@ -42,13 +42,14 @@ class NotifyWebhookTests(ForwardTestMixin, TestCase):
         return receiver.start()
 
     def gateway(self, pacs_port: int, receiver: WebhookReceiverProcess, *, max_wait: str = "60s",
-                phi: bool = False) -> GatewayProcess:
+                phi: bool = False, **overrides: Any) -> GatewayProcess:
         """A gateway forwarding everything to pacs and notifying hook after 1 s of quiet."""
         return self.start_gateway(
             destinations={"pacs": dicom_destination(pacs_port, "STORESCP" if pacs_port else "X"),
                           "hook": webhook_sink(receiver, phi)},
             routes=[{"name": "all", "forward": ["pacs"],
                      "notify": {"sinks": ["hook"], "quiet_period": "1s", "max_wait": max_wait}}],
+            **overrides,
         )
 
     def send(self, gateway: GatewayProcess, count: int, study: str | None = None) -> str:
@@ -133,3 +134,23 @@ class NotifyWebhookTests(ForwardTestMixin, TestCase):
         self.assertTrue(body["with_failures"])
         self.assertEqual((body["destinations"][0]["failed"], body["destinations"][0]["outcome"]), (1, "partial"))
         self.assertEqual(body["patient"]["patient_id"], "INTEROP-1")
+
+    def test_killed_before_delivery_delivers_after_restart(self) -> None:
+        """The gateway killed -9 while the receiver holds the notification: after restart it comes again, same key."""
+        receiver = self.receiver({0: {"hold": True}})
+        pacs = self.storescp("pacs")
+        # Short leases and heartbeats: the restarted node takes its notification back at once.
+        gateway = self.gateway(pacs.port, receiver, cluster={"lease": "5s", "heartbeat": "1s"})
+        study = self.send(gateway, 2)
+        self.wait_for(gateway, lambda: receiver.received(), 60, "the notification sent (and held)")
+        gateway.kill()
+        gateway.start()
+        self.wait_for(gateway, lambda: self.delivered(receiver, 1), 60, "the notification delivered after restart")
+        requests = receiver.received()
+        # At least once: the held request and its re-send carry the same idempotency key.
+        self.assertEqual(len({r.key for r in requests}), 1)
+        self.assertEqual([r.body["sequence"] for r in requests], [1] * len(requests))
+        self.assertTrue(all(r.signature_ok for r in requests))
+        self.wait_for(gateway, lambda: self.idle(gateway), 30, "queues idle")
+        self.assertEqual([e["state"] for e in self.hook_entries(gateway, study)], ["delivered"])
+
