@@ -104,6 +104,11 @@ class NotifyWebhookTests(ForwardTestMixin, TestCase):
         # The journal holds exactly one hook entry per completion, both delivered.
         self.wait_for(gateway, lambda: self.idle(gateway), 30, "queues idle")
         self.assertEqual(sorted(e["state"] for e in self.hook_entries(gateway, study)), ["delivered", "delivered"])
+        # `dicom-gateway studies` lists the study complete, twice.
+        listed = gateway.cli("studies", "--state", "complete", "--json")
+        self.assertEqual(listed.returncode, 0, listed.describe())
+        (row,) = [r for r in listed.json() if r["study_instance_uid"] == study]
+        self.assertEqual((row["route"], row["completions"], row["instances"]), ("all", 2, 4))
 
     def test_destination_down_forced(self) -> None:
         """pacs never answers and max_wait is 3 s: a forced notification naming pacs's outstanding entries."""

@@ -39,6 +39,12 @@ class FakeStudyJournal:
         """One row."""
         return self.rows[(route, study_instance_uid)]
 
+    def studies(self, state: str | None = None, limit: int = 100, after: Any = None) -> list[StudyRow]:
+        """Rows newest first (by last_instance_at, route, study UID)."""
+        rows = [r for r in self.rows.values() if state is None or r.state == state]
+        rows.sort(key=lambda r: (r.last_instance_at, r.route, r.study_instance_uid), reverse=True)
+        return rows[:limit]
+
     def study_progress(self, route: str, study_instance_uid: str) -> StudyProgress:
         """The progress the test set (none: no destination)."""
         return self.progress.get((route, study_instance_uid), StudyProgress(route, study_instance_uid, 0, ()))
