@@ -140,3 +140,17 @@ class StudyRetentionTests(LoadTestCase):
     def test_negative(self) -> None:
         """A negative duration is refused with its path."""
         self.assertOneError(MINIMAL + "retention: {studies: -1d}\n", 6, "retention.studies", "")
+
+
+class SinkMaterialTests(LoadTestCase):
+    """``check_material`` (run and check) reads a webhook sink's secret file, not a DICOM TLS block."""
+
+    def test_missing_secret_file_is_a_problem(self) -> None:
+        """A secret file that does not exist is named; no crash on the sink's HTTP TLS settings."""
+        from gateway.security import check_material
+
+        loaded = self.load(config(
+            "webhook: {url: 'https://ris/hook', secret_file: /nonexistent/hook.key, tls: {ca: /nonexistent/ca.pem}}"
+        ))
+        problems = [p for p in check_material(loaded) if p.startswith("destination hook")]  # type: ignore[arg-type]
+        self.assertTrue(any("secret_file" in p and "/nonexistent/hook.key" in p for p in problems), problems)
