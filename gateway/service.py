@@ -796,8 +796,14 @@ class GatewayService(MultiService):
             n=len(self.config.destinations),
             r=len(self.config.routes),
         )
+        from gateway.config.schema import NOTIFICATION_SINKS
+
         for name in self.config.unused_destinations():
-            self.log.warn("destination {name} is named by no route", name=name)
+            if isinstance(self.config.destination(name), NOTIFICATION_SINKS):
+                # Issue 18 (notify): a sink is used by a route's notify.sinks, not its forward list.
+                self.log.warn("sink {name} is in no route's notify.sinks: it is never notified", name=name)
+            else:
+                self.log.warn("destination {name} is named by no route", name=name)
         from gateway.config.commitment import commitment_warnings
         from gateway.config.qr import qr_warnings
 
