@@ -234,3 +234,33 @@ class IntervalTests(SynchronousTestCase):
         self.assertEqual(tracker_interval(routes(1.0)), 0.5)
         self.assertEqual(tracker_interval(routes(3600.0)), 10.0)
         self.assertEqual(tracker_interval(()), 10.0)
+
+
+class CustodyTests(SynchronousTestCase):
+    """Files written before a completion that never committed are removed by start-up recovery."""
+
+    def test_unjournaled_notification_files_are_removed_at_start(self) -> None:
+        """A crash between the durable files and complete_study: Recovery.recover deletes exactly those files."""
+        from gateway.queue.memory import MemoryQueueStore
+        from gateway.recovery import Recovery
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        for owner in ("", "n1"):
+            tracker = StudyTracker(
+                store=None, store_runner=SynchronousRunner(), file_runner=SynchronousRunner(), routes=dict,
+                instances_dir=folder, owner=owner, node="n1", wall=lambda: 0.0, holds=lambda: succeed(True),
+            )
+            from gateway.notify.build import build_notifications
+
+            documents = build_notifications(row(), progress(), NOTIFY, {}, now=20.0, forced=False, node="n1")
+            # The tracker's own write, as it happens before complete_study (which never ran: the crash).
+            records = self.successResultOf(ensureDeferred(tracker._write(documents, row(), 20.0)))
+            self.assertEqual(len(records), 2)
+            for record in records:
+                self.assertTrue(os.path.basename(record.path).startswith(f"{owner}~" if owner else ""))
+            recovery = Recovery(store=MemoryQueueStore(), store_runner=SynchronousRunner(),
+                                file_runner=SynchronousRunner(), instances_dir=folder, wall=lambda: 0.0, owner=owner)
+            _, removed = self.successResultOf(ensureDeferred(recovery.recover()))
+            self.assertEqual(removed, 2)
+            self.assertEqual(os.listdir(folder), [])
