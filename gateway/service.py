@@ -941,6 +941,10 @@ class GatewayService(MultiService):
                 self.observer.observe(
                     events.RetrieveJournalCleaned(cleaned.retrieves, cleaned.items, cleaned.remapped_uids)
                 )
+            # Issue 18 (studies): study rows completed before retention.studies.
+            studies = await self.recovery.clean_studies(self.config.study_retention)
+            if studies:
+                self.log.info("journal clean-up: {count} study row(s) past retention.studies deleted", count=studies)
 
     # -- study notifications (issue 18) -----------------------------------------------------
 
