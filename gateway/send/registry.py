@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from gateway.config.schema import DicomDestination, DicomWebDestination, FolderDestination, WebhookSink
+from gateway.config.schema import DicomDestination, DicomWebDestination, FhirSink, FolderDestination, WebhookSink
 from gateway.send import SendContext, Sender
 from gateway.send.dicom import DicomSender
 from gateway.send.dicomweb import DicomWebSender
+from gateway.send.fhir import FhirSender
 from gateway.send.folder import FolderSender
 from gateway.send.webhook import WebhookSender
 
@@ -28,8 +29,9 @@ SENDERS: dict[type, SenderFactory] = {
     FolderDestination: FolderSender,
     # Issue 17: STOW-RS (PS3.18 10.5).
     DicomWebDestination: DicomWebSender,
-    # Issue 18: study notifications to a webhook (the hl7/fhir senders are registered at their merge).
+    # Issue 18: study notifications to a webhook and (ImagingStudy) to a FHIR server.
     WebhookSink: WebhookSender,
+    FhirSink: FhirSender,
 }
 
 

@@ -159,3 +159,37 @@ class NotifyWebhookTests(ForwardTestMixin, TestCase):
         self.wait_for(gateway, lambda: self.idle(gateway), 30, "queues idle")
         self.assertEqual([e["state"] for e in self.hook_entries(gateway, study)], ["delivered"])
 
+
+class NotifyFhirTests(ForwardTestMixin, TestCase):
+    """The FHIR sink through the real gateway: a complete study becomes one ImagingStudy (conditional update)."""
+
+    def test_imaging_study_after_completion(self) -> None:
+        """2 instances delivered to pacs: one valid ImagingStudy for the study, with its instance count."""
+        from tests.support.fhir_server import FhirServerProcess
+
+        server = FhirServerProcess(self.mktemp())
+        self.addCleanup(server.stop)
+        server.start()
+        pacs = self.storescp("pacs")
+        gateway = self.start_gateway(
+            destinations={
+                "pacs": dicom_destination(pacs.port),
+                "fhir": {"fhir": {"url": server.url, "subject": "identifier", "patient_system": "urn:oid:1.2.3",
+                                  "timeout": "10s"},
+                         "retry": {"initial_delay": "200ms", "max_delay": "2s"}},
+            },
+            routes=[{"name": "all", "forward": ["pacs"],
+                     "notify": {"sinks": ["fhir"], "quiet_period": "1s", "max_wait": "60s"}}],
+        )
+        source = Path(self.mktemp()).resolve()
+        study, _ = make_series(source, 2, 4096)
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.wait_for(gateway, lambda: server.studies(), 60, "the ImagingStudy stored")
+        puts = [r for r in server.requests() if r.method == "PUT"]
+        self.assertTrue(puts)
+        self.assertEqual(puts[-1].problems, "")
+        (stored,) = server.studies()
+        self.assertIn(study, json.dumps(stored.resource["identifier"]))
+        self.assertEqual(stored.resource["numberOfInstances"], 2)
+
