@@ -193,3 +193,36 @@ class NotifyFhirTests(ForwardTestMixin, TestCase):
         self.assertIn(study, json.dumps(stored.resource["identifier"]))
         self.assertEqual(stored.resource["numberOfInstances"], 2)
 
+
+class NotifyHl7Tests(ForwardTestMixin, TestCase):
+    """The HL7 sink through the real gateway: a complete study becomes one valid ORU^R01, acknowledged."""
+
+    def test_oru_after_completion_rejected_once(self) -> None:
+        """The receiver answers AR then AA: the message is sent again and acknowledged; hl7apy finds no problem."""
+        from tests.support.mllp_receiver import ReceiverProcess
+
+        receiver = ReceiverProcess(self.mktemp(), ["AR", "AA"])
+        self.addCleanup(receiver.stop)
+        receiver.start()
+        pacs = self.storescp("pacs")
+        gateway = self.start_gateway(
+            destinations={
+                "pacs": dicom_destination(pacs.port),
+                "ris": {"hl7": {"host": "127.0.0.1", "port": receiver.port, "receiving_application": "RIS",
+                                "timeout": "10s"},
+                        "retry": {"initial_delay": "200ms", "max_delay": "2s"}},
+            },
+            routes=[{"name": "all", "forward": ["pacs"],
+                     "notify": {"sinks": ["ris"], "quiet_period": "1s", "max_wait": "60s"}}],
+        )
+        source = Path(self.mktemp()).resolve()
+        study, _ = make_series(source, 2, 4096)
+        result = dcmtk.storescu(gateway.port, [source], extra=["+sd"])
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.wait_for(gateway, lambda: len(receiver.messages()) >= 2, 60, "the ORU sent again after AR")
+        messages = receiver.messages()
+        self.assertEqual([m["answer"] for m in messages[:2]], ["AR", "AA"])
+        self.assertEqual([m["problem"] for m in messages[:2]], ["", ""])
+        self.assertIn(study, messages[1]["message"])
+        self.wait_for(gateway, lambda: self.idle(gateway), 30, "queues idle")
+
