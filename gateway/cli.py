@@ -148,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     rshow.add_argument("retrieve_id", type=int)
     rshow.add_argument("--json", action="store_true")
 
+    # Issue 18 (notify): the studies journal (completeness for notifications).
+    studies = sub.add_parser("studies", parents=[config_arg], help="studies of notifying routes: open and complete")
+    studies.add_argument("--state", choices=["open", "complete"], help="only studies in this state")
+    studies.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    studies.add_argument("--json", action="store_true")
+
     db = sub.add_parser("db", help="the queue's database")
     db_sub = db.add_subparsers(dest="db_action", required=True)
     db_sub.add_parser(
@@ -494,6 +500,25 @@ def _retrieve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 2
+
+
+def _studies(args: argparse.Namespace) -> int:
+    """``dicom-gateway studies``: the studies journal's rows, newest first (issue 18)."""
+    from gateway import admin
+    from gateway.notify.cli import format_study_rows, study_rows
+    from gateway.stores import describe_store
+
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    try:
+        if not hasattr(store, "studies"):
+            print(f"the queue journal ({describe_store(config)}) keeps no studies", file=sys.stderr)
+            return 1
+        rows = study_rows(store, args.state, max(1, args.limit))
+        print(admin.to_json(rows) if args.json else format_study_rows(rows))
+        return 0
+    finally:
+        store.close()
 
 
 def _api_call(config: Any, method: str, path: str, body: bytes | None, token_name: str = "", ca: str = "") -> tuple[int, bytes]:
@@ -902,6 +927,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_commitment(args))
     if args.command == "retrieve":
         raise SystemExit(_retrieve(args))
+    if args.command == "studies":
+        raise SystemExit(_studies(args))
     if args.command == "db":
         raise SystemExit(_db(args))
     if args.command == "find":
