@@ -193,6 +193,20 @@ def check_sink_destination(
     ):
         return ctx.error(_value_node(section, "tls"), _child(section_path, "tls"),
                          "tls applies to an https:// URL, and the url is http://")
+    if kind == "fhir" and values.get("subject") == "search" and not values.get("phi"):
+        # A search sends the Patient ID to the FHIR server (GET Patient?identifier=): PHI,
+        # which a sink goes without unless it allows it.
+        return ctx.error(_value_node(section, "subject"), _child(section_path, "subject"),
+                         "subject: search looks the patient up by Patient ID, which needs phi: true; "
+                         "use subject: identifier for a sink without PHI")
+    if kind == "hl7" and values.get("template"):
+        from gateway.notify.hl7 import MessageError, Template
+
+        try:
+            Template.load(values["template"])
+        except (MessageError, OSError, ValueError) as e:
+            return ctx.error(_value_node(section, "template"), _child(section_path, "template"),
+                             f"the template cannot be used: {e}")
     return SINK_KIND_KEYS[kind](name=name, **values)
 
 

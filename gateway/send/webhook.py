@@ -20,7 +20,8 @@ receiver sees a study's ``complete`` before its ``amended``), the sender:
    HTTP status          outcome
    ===================  ==============================================================
    2xx                  delivered
-   408, 429, 5xx        retry; 429 and 503 not before ``Retry-After`` (RFC 9110 10.2.3)
+   408, 429, 500, 5xx   retry; 429 not before ``Retry-After`` (RFC 9110 10.2.3)
+   502, 503, 504        the sink is down (circuit, no attempt spent), not before ``Retry-After``
    other 4xx            dead letter (kind ``refused``) with the status and the body's start
    1xx, 3xx             retry (bounded by ``retry.max_attempts``)
    ===================  ==============================================================
@@ -58,6 +59,11 @@ __all__ = ["WebhookSender", "classify_webhook"]
 RETRY_STATUSES: Final = frozenset({408, 429})
 #: Statuses whose Retry-After is honoured (RFC 9110 10.2.3: 429 and 503 carry it).
 RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+#: The receiver as a whole is unavailable (RFC 9110 15.6.3-15.6.5: a gateway or proxy before it
+#: answers): the sink is down, as for STOW-RS and FHIR, so an outage behind a proxy spends no
+#: attempts and never dead-letters a backlog of notifications (HARDENING decision 9). The issue
+#: says "the rest retry": the notification is still retried, by the circuit's probe instead.
+UNAVAILABLE: Final = frozenset({502, 503, 504})
 #: Answer bytes kept (a dead letter keeps the start of it).
 ANSWER_LIMIT: Final = 65536
 
@@ -73,6 +79,9 @@ def classify_webhook(answer: Answer, sink: WebhookSink, now: float, secrets: Seq
     code = answer.code
     if 200 <= code <= 299:
         return Delivered(code)
+    if code in UNAVAILABLE:
+        after = retry_after(answer.headers.get("retry-after"), now, sink.retry.max_delay)
+        return DestinationDown(f"webhook HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)
     if code in RETRY_STATUSES or 500 <= code <= 599:
         after = 0.0
         if code in RETRY_AFTER_STATUSES:
@@ -174,7 +183,9 @@ class WebhookSender:
             return Retry(f"webhook request failed: {text}", ambiguous=True)
         if answer.code in (401, 403):
             self.auth.invalidate()
-        self.context.reachable()
+        if answer.code not in UNAVAILABLE:
+            # The receiver answered (not a proxy before a down receiver): the circuit counts a success.
+            self.context.reachable()
         sent = (authorization,) if authorization is not None else ()
         return classify_webhook(answer, self.config, self.wall(), sent)
 

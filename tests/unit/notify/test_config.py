@@ -42,9 +42,27 @@ class SinkDestinationTests(LoadTestCase):
         loaded = self.load(config("hl7: {host: ris, port: 2575, receiving_application: RIS, on_error: retry}"))
         self.assertEqual(loaded.destination("hook"),  # type: ignore[attr-defined]
                          Hl7Sink(name="hook", host="ris", port=2575, receiving_application="RIS", on_error="retry"))
-        loaded = self.load(config("fhir: {url: 'https://fhir/r4', subject: search, patient_system: 'urn:oid:1.2'}"))
+        loaded = self.load(config("fhir: {url: 'https://fhir/r4', subject: search, patient_system: 'urn:oid:1.2', phi: true}"))
         self.assertEqual(loaded.destination("hook"),  # type: ignore[attr-defined]
-                         FhirSink(name="hook", url="https://fhir/r4", subject="search", patient_system="urn:oid:1.2"))
+                         FhirSink(name="hook", url="https://fhir/r4", subject="search", patient_system="urn:oid:1.2", phi=True))
+
+    def test_fhir_search_needs_phi(self) -> None:
+        """subject: search sends the Patient ID to the server: refused at load without phi: true."""
+        self.assertOneError(config("fhir: {url: 'https://fhir/r4', subject: search, patient_system: 'urn:oid:1.2'}"), 9,
+                            "destinations.hook.fhir.subject", "needs phi: true")
+
+    def test_hl7_template_checked_at_load(self) -> None:
+        """An HL7 template that is no message is refused at load with its key, not when the sender starts."""
+        import os
+        import tempfile
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(folder, ignore_errors=True))
+        bad = os.path.join(folder, "bad.hl7")
+        with open(bad, "w") as f:
+            f.write("MSH|^~\\&|{patient_id.__class__}\r")
+        self.assertOneError(config("hl7: {host: x, port: 1, template: '%s'}" % bad), 9,
+                            "destinations.hook.hl7.template", "cannot be used")
 
     def test_missing_secret_file(self) -> None:
         """A webhook without secret_file: an error with its path and line."""

@@ -96,12 +96,18 @@ class ClassifyTests(SynchronousTestCase):
             self.assertIsInstance(self.classify(code), Delivered)
 
     def test_retried(self) -> None:
-        """408, 429, 500, 503 are retried; 429/503 honour Retry-After (capped by max_delay)."""
-        for code in (408, 429, 500, 502, 503):
+        """408, 429, 500, 501, 505 are retried; 429 honours Retry-After (capped by max_delay)."""
+        for code in (408, 429, 500, 501, 505):
             self.assertIsInstance(self.classify(code), Retry)
         self.assertEqual(self.classify(429, {"retry-after": "7"}).after, 7.0)
-        self.assertEqual(self.classify(503, {"retry-after": "7000"}).after, 60.0)
+        self.assertEqual(self.classify(429, {"retry-after": "7000"}).after, 60.0)
         self.assertEqual(self.classify(500, {"retry-after": "7"}).after, 0.0)
+
+    def test_unavailable_is_the_sink_down(self) -> None:
+        """502, 503, 504 (a proxy before a down receiver) open the circuit: no attempt spent; Retry-After kept."""
+        for code in (502, 503, 504):
+            self.assertIsInstance(self.classify(code), DestinationDown)
+        self.assertEqual(self.classify(503, {"retry-after": "7"}).after, 7.0)
 
     def test_other_4xx_dead(self) -> None:
         """400/404/422 are dead letters of kind refused with the status and the body's start."""
