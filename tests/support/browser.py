@@ -63,9 +63,9 @@ def skip_reason() -> str | None:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         return f"{', '.join(missing)} not installed (run `make browser`: apt-get install chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e .[test])"
     return None
 
@@ -269,7 +269,8 @@ class Browser:
             return waiter.until(condition)
         except TimeoutException:
             text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout}s waiting for {text} (page {self.url()})") from None
+            raise AssertionError(f"timed out after {timeout}s waiting for {text} (page {self.url()}):\n"
+                                 f"{self.page_text()}") from None
 
     def wait_text(self, selector: str, expected: str, timeout: float = 20.0) -> str:
         """Wait until the element ``selector`` finds shows exactly ``expected`` (stripped).
@@ -309,16 +310,26 @@ class Browser:
             raise AssertionError(f"the browser saved no screenshot {path}")
         return path
 
+    def set_viewport(self, width: int, height: int) -> None:
+        """Size the window so the page's viewport (what a screenshot shows) is ``width`` x ``height``.
+
+        :param width: the viewport's width in CSS pixels.
+        :param height: its height.
+        """
+        self.driver.set_window_size(width, height)
+        inner_width, inner_height = self.driver.execute_script("return [window.innerWidth, window.innerHeight];")
+        self.driver.set_window_size(2 * width - int(inner_width), 2 * height - int(inner_height))
+
     def screenshot_as(self, name: str, destination: str | os.PathLike[str], width: int, height: int) -> Path:
         """Save a screenshot at another window size, and copy it to ``destination`` (the README's pictures).
 
         :param name: the label of the copy kept under ``screenshots/``.
         :param destination: the file to write.
-        :param width: the window's width for this picture.
+        :param width: the viewport's width for this picture.
         :param height: its height.
         :returns: ``destination``.
         """
-        self.driver.set_window_size(width, height)
+        self.set_viewport(width, height)
         try:
             path = self.screenshot(name)
         finally:
@@ -327,6 +338,17 @@ class Browser:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         return target
+
+    def page_text(self, limit: int = 2000) -> str:
+        """The visible text of the page, cut, for a failure message.
+
+        :param limit: characters kept.
+        :returns: the text (or why it could not be read).
+        """
+        try:
+            return str(self.driver.execute_script("return document.body ? document.body.innerText : '';"))[:limit]
+        except Exception as error:  # noqa: BLE001 - only a diagnostic
+            return f"(page text unavailable: {error})"
 
     def log_text(self) -> str:
         """What chromedriver (and Chromium, through it) logged, for a failure message.

@@ -1,0 +1,636 @@
+"""The operator console in a real browser, against a real gateway process (issue 18).
+
+Headless Chromium (Debian's ``chromium`` under its ``chromium-driver``,
+:mod:`tests.support.browser`) drives the console of a gateway started as an
+operating-system process (:class:`~tests.support.gateway_process.GatewayProcess`)
+with a users file made by the real ``dicom-gateway console-user`` command,
+two DCMTK ``storescp`` destinations and ``storescu`` sending instances:
+
+- ``pacs`` (route ``all``, every instance) is up at the start; the operator
+  test stops it and watches the overview, which refreshes itself, show it
+  ``down`` and its queued count grow, without the test reloading the page
+  (a mark left in the page's ``window`` survives);
+- ``archive`` (route ``research``: ``StudyDescription`` ``RESEARCH*``, with a
+  morph that sets ``InstitutionName``) is down from the start with
+  ``retry.max_age`` 2 s, so the circuit's probe loop dead-letters what it
+  gets within seconds (README "Delivery": ``max_age`` holds for a
+  destination down as a whole); once its ``storescp`` runs, a dead letter
+  retried from the dead-letters page is delivered, which the find page and
+  the received file show;
+- ``scratch`` (a folder, route ``scratch`` that nothing matches) carries the
+  pause form the CSRF test tampers with, so a failure there cannot disturb
+  the other destinations.
+
+One gateway and one browser serve the whole class (trial has no
+``setUpClass``: they are started lazily by the first test and stopped at
+exit); each test signs in afresh, so the tests do not depend on their order.
+Every page visited is saved as a screenshot under the fixture's temporary
+folder (its path is in the gateway's folder name printed on failure). With
+``GATEWAY_DOCS_SCREENSHOTS=1`` the overview and dead-letter pictures are also
+written to ``docs/console-overview.png`` and ``docs/console-dead-letters.png``
+(the README's pictures; a normal run leaves the checkout alone).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support import browser as browser_support
+from tests.support import dcmtk
+from tests.support.browser import Browser
+from tests.support.datasets import write_instance
+from tests.support.gateway_process import (
+    REPO_ROOT,
+    GatewayProcess,
+    dicom_destination,
+    folder_destination,
+    wait_until,
+)
+from tests.support.interop import index_by_sop_instance, shared_dir
+from tests.support.ports import free_port, wait_for_port
+
+#: (user, role, password) of the console users the fixture creates.
+OPERATOR = ("olivia", "operator", "olivia-secret-1")
+VIEWER = ("victor", "viewer", "victor-secret-2")
+
+#: The node name the pages must say they show.
+NODE = "console-node"
+
+#: What the ``research`` route's morph writes into InstitutionName, and what the instances carry before.
+INSTITUTION = "CONSOLE TEST"
+ORIGINAL_INSTITUTION = "ORIGINAL HOSPITAL"
+
+#: The Patient ID and Name every test instance carries (never shown unmasked to a user without ``:phi``).
+PATIENT_ID = "INTEROP-1"
+PATIENT_NAME = "TEST^INTEROP"
+
+#: Dead letters the fixture makes on ``archive`` before the first test.
+DEAD_LETTERS = 3
+
+#: Environment variable: when ``1``, the README's two pictures are written under ``docs/``.
+DOCS_ENV = "GATEWAY_DOCS_SCREENSHOTS"
+
+#: The viewport of the README's pictures (small PNGs).
+DOCS_SIZE = (1100, 700)
+
+
+def make_instance(path: Path, *, research: bool, seed: int) -> str:
+    """Write a small CT instance; a research one matches the ``research`` route.
+
+    :param path: the file to write.
+    :param research: set StudyDescription ``RESEARCH CT`` (else ``ROUTINE CT``).
+    :param seed: seed of the pixel bytes.
+    :returns: its SOP Instance UID.
+    """
+    write_instance(path, size=4096, seed=seed)
+    dataset = pydicom.dcmread(path)
+    dataset.StudyDescription = "RESEARCH CT" if research else "ROUTINE CT"
+    dataset.InstitutionName = ORIGINAL_INSTITUTION
+    dataset.PatientID = PATIENT_ID
+    dataset.PatientName = PATIENT_NAME
+    dataset.save_as(path, enforce_file_format=True)
+    return str(dataset.SOPInstanceUID)
+
+
+class ConsoleFixture:
+    """The gateway, its two ``storescp`` destinations and the browser that every test of the class shares.
+
+    :param root: a folder for all of it (created).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pacs = dcmtk.Storescp(root / "pacs", ae_title="PACS")
+        self.archive = dcmtk.Storescp(root / "archive", ae_title="ARCHIVE")
+        self.http_port = free_port()
+        self.users_file = root / "console-users"
+        self.gateway = GatewayProcess(
+            root / "gw",
+            node=NODE,
+            http_port=self.http_port,
+            destinations={
+                "pacs": dicom_destination(self.pacs.port, "PACS"),
+                # Down from the start: the probe loop dead-letters what is older than max_age.
+                "archive": dicom_destination(self.archive.port, "ARCHIVE", retry={"max_age": "2s"}),
+                "scratch": folder_destination(root / "scratch-out"),
+            },
+            routes=[
+                {"name": "research", "match": {"StudyDescription": "RESEARCH*"},
+                 "morph": [{"set": {"InstitutionName": INSTITUTION}}], "forward": ["archive"]},
+                {"name": "all", "forward": ["pacs"]},
+                {"name": "scratch", "match": {"calling_ae_title": "SCRATCH"}, "forward": ["scratch"]},
+            ],
+            audit={"file": str(root / "audit.jsonl")},
+            console={"enabled": True, "users_file": str(self.users_file), "refresh": "1s"},
+        )
+        self.browser = Browser(root / "browser")
+        self.dead_sops: dict[int, str] = {}
+        self._files = 0
+
+    @property
+    def audit_path(self) -> Path:
+        """The gateway's audit file.
+
+        :returns: its path.
+        """
+        return self.root / "audit.jsonl"
+
+    def url(self, path: str) -> str:
+        """The console's address of ``path``.
+
+        :param path: e.g. ``/console/``.
+        :returns: the URL.
+        """
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def add_user(self, user: tuple[str, str, str]) -> None:
+        """Add a console user with the real ``dicom-gateway console-user`` command (password on stdin).
+
+        :param user: (name, role, password).
+        :raises AssertionError: if the command fails.
+        """
+        name, role, password = user
+        argv = [sys.executable, "-m", "gateway", "console-user", name, "--role", role, "--file", str(self.users_file)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        proc = subprocess.run(argv, input=password + "\n", cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"$ {' '.join(argv)}\n(exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}")
+
+    def instances(self, count: int, *, research: bool) -> tuple[list[Path], list[str]]:
+        """Write ``count`` new instances in the fixture's folder.
+
+        :param count: how many.
+        :param research: whether they match the ``research`` route.
+        :returns: (paths, SOP Instance UIDs).
+        """
+        folder = self.root / "sent"
+        folder.mkdir(exist_ok=True)
+        paths, uids = [], []
+        for _ in range(count):
+            self._files += 1
+            path = folder / f"i{self._files:04d}.dcm"
+            uids.append(make_instance(path, research=research, seed=self._files))
+            paths.append(path)
+        return paths, uids
+
+    def send(self, paths: list[Path], calling_ae: str = "CT1") -> None:
+        """Send files to the gateway with ``storescu`` in one association.
+
+        :param paths: the files.
+        :param calling_ae: the calling AE title.
+        :raises AssertionError: if ``storescu`` fails.
+        """
+        result = dcmtk.storescu(self.gateway.port, paths, calling_ae=calling_ae, timeout=60)
+        if result.returncode != 0:
+            raise AssertionError(result.describe())
+
+    def start(self) -> None:
+        """Start ``pacs``, the gateway and the browser; make the ``archive`` dead letters.
+
+        :raises AssertionError: when a step does not happen in time.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        for user in (OPERATOR, VIEWER):
+            self.add_user(user)
+        self.pacs.start()
+        self.gateway.start()
+        wait_for_port("127.0.0.1", self.http_port)
+        paths, uids = self.instances(DEAD_LETTERS, research=True)
+        self.send(paths)
+
+        def dead() -> dict[int, str]:
+            rows = self.gateway.dead_letters()
+            found = {row["entry_id"]: row["instance"]["sop_instance_uid"] for row in rows
+                     if row["destination"] == "archive"}
+            return found if len(found) == DEAD_LETTERS else {}
+
+        self.dead_sops = wait_until(dead, 30, lambda: f"{DEAD_LETTERS} dead letters on archive:\n"
+                                    f"{self.gateway.log_text()[-3000:]}")
+        if sorted(self.dead_sops.values()) != sorted(uids):
+            raise AssertionError(f"dead letters {self.dead_sops} are not the instances sent {uids}")
+        wait_until(lambda: len(self.pacs.files()) >= DEAD_LETTERS, 30, "pacs to receive the research instances")
+        self.browser.start()
+
+    def stop(self) -> None:
+        """Stop the browser, the gateway and both ``storescp`` (each safe when never started)."""
+        self.browser.stop()
+        self.gateway.stop(15)
+        self.pacs.stop()
+        self.archive.stop()
+
+
+_shared: dict[str, ConsoleFixture] = {}
+
+
+def shared_console() -> ConsoleFixture:
+    """Start (once per process) the fixture every test of the class shares; stopped at exit.
+
+    :returns: the running fixture.
+    :raises AssertionError: when it could not start (every later test fails with the same error).
+    """
+    fixture = _shared.get("console")
+    if fixture is not None:
+        return fixture
+    failed = _shared.get("failed")
+    if failed is not None:
+        raise AssertionError(f"the shared console fixture failed to start (see the first test): {failed.root}")
+    fixture = ConsoleFixture(shared_dir("console-browser"))
+    atexit.register(fixture.stop)
+    try:
+        fixture.start()
+    except BaseException:
+        _shared["failed"] = fixture
+        fixture.stop()
+        raise
+    _shared["console"] = fixture
+    return fixture
+
+
+class ConsoleBrowserTests(TestCase):
+    """Sign in, watch a destination go down, retry a dead letter, refusals and the rule tester, in Chromium."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        """Skip without the browser or DCMTK (a skip fails CI); start or reuse the shared fixture."""
+        reason = browser_support.skip_reason() or dcmtk.skip_reason("storescu", "storescp")
+        if reason is not None:
+            raise SkipTest(reason)
+        self.console = shared_console()
+        self.browser = self.console.browser
+
+    # -- helpers ---------------------------------------------------------------
+
+    def sign_in(self, user: tuple[str, str, str]) -> None:
+        """Drop any session, sign in as ``user`` through form#login, and land on the overview.
+
+        :param user: (name, role, password).
+        """
+        name, role, password = user
+        browser = self.browser
+        browser.get(self.console.url("/console/login"))
+        browser.driver.delete_all_cookies()
+        browser.get(self.console.url("/console/login"))
+        self.fill_login(name, password)
+        browser.wait_text("#whoami", f"{name} ({role})")
+
+    def fill_login(self, name: str, password: str) -> None:
+        """Type a user and password into form#login and submit it.
+
+        :param name: the user name.
+        :param password: the password.
+        """
+        browser = self.browser
+        browser.wait_for("form#login")
+        user_input = browser.css("form#login input[name=user]")
+        user_input.clear()
+        user_input.send_keys(name)
+        password_input = browser.css("form#login input[name=password]")
+        password_input.clear()
+        password_input.send_keys(password)
+        self.submit("form#login")
+
+    def submit(self, form: str, button: str = "") -> None:
+        """Submit a form the way a user does: click its submit button (``button`` narrows which).
+
+        :param form: the form's selector.
+        :param button: an extra selector for the button inside it (e.g. ``[value=retry]``).
+        """
+        browser = self.browser
+
+        def click(driver: object) -> bool:
+            # A live page may replace the form between the look-up and the click: the wait asks again.
+            candidates = browser.css_all(f"{form} button{button}, {form} input[type=submit]{button}")
+            if not candidates:
+                form_id = browser.css(form).get_attribute("id")
+                if form_id:
+                    candidates = browser.css_all(f"button[form={form_id}]{button}, "
+                                                 f"input[type=submit][form={form_id}]{button}")
+            if not candidates:
+                return False
+            candidates[0].click()
+            return True
+
+        browser.wait(click, 10, f"a submit button{button} in {form}")
+
+    def click(self, selector: str) -> None:
+        """Click an element, looking it up again if a live page replaced it meanwhile.
+
+        :param selector: the element's selector.
+        """
+        self.browser.wait(lambda driver: self.browser.css(selector).click() or True, 10, f"{selector} to click")
+
+    def destination_cell(self, destination: str, cell: str) -> str:
+        """The text of one cell of a destination's row on the overview.
+
+        :param destination: the destination's name.
+        :param cell: the cell's class (``state``, ``queued``...).
+        :returns: its stripped text.
+        """
+        return self.browser.text(f"table#destinations tr[data-destination={destination}] td.{cell}")
+
+    def wait_cell(self, destination: str, cell: str, expected: str, timeout: float = 20.0) -> None:
+        """Wait until a destination's cell shows ``expected`` on the (self-refreshing) overview.
+
+        :param destination: the destination's name.
+        :param cell: the cell's class.
+        :param expected: the text.
+        :param timeout: seconds.
+        """
+        self.browser.wait_text(f"table#destinations tr[data-destination={destination}] td.{cell}", expected, timeout)
+
+    def dead_letter_ids(self) -> list[int]:
+        """The entry ids of the dead-letters page's rows.
+
+        :returns: the ids, as the page lists them.
+        """
+        return [int(row.get_attribute("data-entry")) for row in self.browser.css_all("table#dead-letters tr[data-entry]")]
+
+    def docs_picture(self, name: str) -> Path:
+        """Save the README picture ``console-<name>.png`` (small viewport) in the fixture's folder, and under docs/ on demand.
+
+        :param name: ``overview`` or ``dead-letters``.
+        :returns: the picture saved in the fixture's folder.
+        """
+        width, height = DOCS_SIZE
+        target = self.console.root / "docs" / f"console-{name}.png"
+        self.browser.screenshot_as(f"docs-{name}", target, width, height)
+        if os.environ.get(DOCS_ENV) == "1":
+            (REPO_ROOT / "docs").mkdir(exist_ok=True)
+            (REPO_ROOT / "docs" / target.name).write_bytes(target.read_bytes())
+        return target
+
+    def entry_states(self, sop_instance_uid: str) -> list[tuple[str, str]]:
+        """Load the find page for one SOP Instance UID and read its entries.
+
+        :param sop_instance_uid: the UID searched.
+        :returns: (destination, state) per tr[data-entry] of table#found.
+        """
+        self.browser.get(self.console.url(f"/console/find?by=sop&q={sop_instance_uid}"))
+        self.browser.wait_for("form#find")
+        rows = self.browser.css_all("table#found tr[data-entry]")
+        return [(row.find_element("css selector", "td.destination").text.strip(),
+                 row.find_element("css selector", "td.state").text.strip()) for row in rows]
+
+    # -- tests -------------------------------------------------------------------
+
+    def test_sign_in_refuses_a_wrong_password_and_pages_need_a_session(self) -> None:
+        """Without a session the overview sends to the login page; a wrong password shows #login-error; the right one signs in."""
+        browser = self.browser
+        browser.get(self.console.url("/console/login"))
+        browser.driver.delete_all_cookies()
+        browser.get(self.console.url("/console/"))
+        browser.wait_for("form#login")
+        self.assertTrue(browser.url().endswith("/console/login"), browser.url())
+        self.assertTrue(browser.css("form#login input[name=csrf]").get_attribute("value"), "no csrf in form#login")
+        browser.screenshot("login")
+        self.fill_login(OPERATOR[0], "not-the-password")
+        browser.wait_for("#login-error")
+        self.assertEqual(browser.css_all("#whoami"), [], "signed in with a wrong password")
+        browser.screenshot("login-refused")
+        self.fill_login(OPERATOR[0], OPERATOR[2])
+        browser.wait_text("#whoami", "olivia (operator)")
+        self.assertEqual(browser.text("#node"), NODE)
+        for link in ("overview", "find", "dead", "rules", "audit"):
+            self.assertTrue(browser.css_all(f"a#nav-{link}"), f"no a#nav-{link}")
+        cookies = {cookie["name"]: cookie for cookie in browser.driver.get_cookies()}
+        self.assertIn("gw_console", cookies)
+        self.assertTrue(cookies["gw_console"]["httpOnly"])
+        self.assertEqual(cookies["gw_console"].get("sameSite"), "Strict")
+        self.assertEqual(cookies["gw_console"]["path"], "/console")
+        self.assertEqual(browser.driver.execute_script("return document.cookie;"), "",
+                         "the session cookie is readable from scripts")
+        browser.screenshot("overview")
+
+    def test_operator_sees_a_destination_go_down_then_retries_a_dead_letter_and_watches_it_delivered(self) -> None:
+        """pacs stopped: the overview (no reload) shows it down and its queue grow; an archive dead letter retried is delivered."""
+        console, browser = self.console, self.browser
+        if not console.pacs.running:
+            console.pacs.start()
+        self.sign_in(OPERATOR)
+        browser.wait_for("div#overview table#destinations tr[data-destination=pacs]")
+        self.wait_cell("pacs", "state", "up")
+        browser.wait(lambda driver: self.destination_cell("pacs", "queued").isdigit(), 10, "pacs's queued count")
+        queued = int(self.destination_cell("pacs", "queued"))
+        browser.driver.execute_script("window.consoleTestMark = 'same page';")
+
+        console.pacs.stop()
+        paths, _ = console.instances(2, research=False)
+        console.send(paths)
+        self.wait_cell("pacs", "state", "down")
+        self.wait_cell("pacs", "queued", str(queued + 2))
+        browser.screenshot("overview-pacs-down")
+        paths, _ = console.instances(3, research=False)
+        console.send(paths)
+        self.wait_cell("pacs", "queued", str(queued + 5))
+        self.assertEqual(browser.driver.execute_script("return window.consoleTestMark;"), "same page",
+                         "the page was reloaded: the overview must refresh itself")
+        self.assertNotEqual(self.destination_cell("pacs", "last-error"), "", "a down destination without its last error")
+        self.assertTrue(browser.css_all("div#overview svg.rate"), "no rate chart")
+        self.wait_cell("archive", "dead", str(len(self.dead_letters_now())))
+        self.docs_picture("overview")
+
+        # The archive comes back; a dead letter retried from the dead-letters page is delivered.
+        console.archive.start()
+        self.click("a#nav-dead")
+        browser.wait_for("form#dead-filter")
+        browser.get(console.url("/console/dead-letters?destination=archive"))
+        browser.wait_for("table#dead-letters tr[data-entry]")
+        ids = self.dead_letter_ids()
+        dead = self.dead_letters_now()
+        self.assertEqual(sorted(ids), sorted(dead), "the page's dead letters are not the journal's")
+        entry_id = min(ids)
+        sop = dead[entry_id]
+        row = f"table#dead-letters tr[data-entry='{entry_id}']"
+        self.assertEqual(browser.text(f"{row} td.destination"), "archive")
+        self.assertEqual(browser.text(f"{row} td.route"), "research")
+        self.assertNotEqual(browser.text(f"{row} td.reason"), "")
+        self.docs_picture("dead-letters")
+
+        browser.css(f"{row} a").click()
+        browser.wait_for("table#attempts tr td.error")
+        self.assertTrue(browser.url().endswith(f"/console/dead-letters/{entry_id}"), browser.url())
+        browser.screenshot("dead-letter-detail")
+        browser.driver.back()
+        browser.wait_for(f"{row} input[name=ids][value='{entry_id}']").click()
+        scope = browser.css_all("form#dead-actions input[name=scope][value=selected]")
+        if scope and scope[0].get_attribute("type") == "radio" and not scope[0].is_selected():
+            scope[0].click()
+        self.submit("form#dead-actions", "[name=action][value=retry]")
+        browser.wait(lambda driver: browser.css_all("#flash") or browser.css_all("div#confirm"), 20,
+                     "the retry's flash message or its confirmation")
+        if browser.css_all("div#confirm"):
+            self.assertEqual(browser.text("#affected"), "1")
+            browser.screenshot("dead-letters-confirm")
+            self.submit("form#confirm-form")
+        browser.wait_for("#flash")
+        browser.screenshot("dead-letters-retried")
+
+        def delivered() -> bool:
+            return ("archive", "delivered") in self.entry_states(sop)
+
+        wait_until(delivered, 30, lambda: f"the find page to show {sop} delivered to archive: {self.entry_states(sop)}")
+        browser.screenshot("find-delivered")
+        received = wait_until(lambda: index_by_sop_instance(console.archive.files()).get(sop), 10,
+                              f"archive's storescp to hold {sop}")
+        self.assertEqual(pydicom.dcmread(received, stop_before_pixels=True).InstitutionName, INSTITUTION)
+        self.assertNotIn(entry_id, self.dead_letters_now())
+
+        # The retry is in the audit trail with the user's name, and the audit page shows it.
+        wait_until(lambda: "olivia" in console.audit_path.read_text(errors="replace"), 10, "olivia in the audit file")
+        self.click("a#nav-audit")
+        browser.wait_for("table#audit tr.record")
+        self.assertIn("olivia", browser.css("table#audit").get_attribute("innerHTML"))
+        browser.screenshot("audit")
+
+        # pacs comes back: the overview (still no reload) shows it up and its queue drained.
+        self.click("a#nav-overview")
+        browser.wait_for("table#destinations tr[data-destination=pacs]")
+        browser.driver.execute_script("window.consoleTestMark = 'same page';")
+        console.pacs.start()
+        self.wait_cell("pacs", "state", "up", 30)
+        self.wait_cell("pacs", "queued", "0", 30)
+        self.assertEqual(browser.driver.execute_script("return window.consoleTestMark;"), "same page")
+        browser.screenshot("overview-pacs-up")
+
+    def dead_letters_now(self) -> dict[int, str]:
+        """The archive's dead letters now, from ``queue list --dead``.
+
+        :returns: entry id -> SOP Instance UID.
+        """
+        return {row["entry_id"]: row["instance"]["sop_instance_uid"] for row in self.console.gateway.dead_letters()
+                if row["destination"] == "archive"}
+
+    def test_viewer_is_refused_a_retry_and_sees_no_patient_data(self) -> None:
+        """A viewer lists the dead letters without Patient ID or Name, and a retry it posts answers #forbidden and changes nothing."""
+        console, browser = self.console, self.browser
+        self.sign_in(VIEWER)
+        browser.get(console.url("/console/dead-letters?destination=archive"))
+        browser.wait_for("table#dead-letters tr[data-entry]")
+        source = browser.driver.page_source
+        self.assertNotIn(PATIENT_ID, source)
+        self.assertNotIn(PATIENT_NAME, source)
+        self.assertNotIn(PATIENT_NAME.replace("^", " "), source)
+        entry_id = max(self.dead_letter_ids())
+        browser.screenshot("dead-letters-viewer")
+        if browser.css_all("form#dead-actions [name=action][value=retry]"):
+            browser.css(f"table#dead-letters tr[data-entry='{entry_id}'] input[name=ids]").click()
+            self.submit("form#dead-actions", "[name=action][value=retry]")
+        else:
+            # The page offers a viewer no retry: post the contract's form with the viewer's own valid token.
+            token = browser.css("form#logout input[name=csrf]").get_attribute("value")
+            browser.driver.execute_script(
+                """
+                const form = document.createElement('form');
+                form.method = 'POST';
+                form.action = '/console/dead-letters/action';
+                for (const [name, value] of [['csrf', arguments[0]], ['ids', arguments[1]],
+                                             ['action', 'retry'], ['scope', 'selected'], ['to', '']]) {
+                  const input = document.createElement('input');
+                  input.type = 'hidden'; input.name = name; input.value = value;
+                  form.appendChild(input);
+                }
+                document.body.appendChild(form);
+                form.submit();
+                """,
+                token, str(entry_id),
+            )
+        browser.wait_for("#forbidden")
+        browser.screenshot("forbidden")
+        self.assertIn(entry_id, self.dead_letters_now(), "the viewer's retry changed the dead letter")
+        wait_until(lambda: "victor" in console.audit_path.read_text(errors="replace"), 10,
+                   "the refusal in the audit file with the user's name")
+
+    def test_form_without_its_csrf_token_is_refused_and_with_it_acts(self) -> None:
+        """The scratch pause form without its csrf input answers #csrf-refused and pauses nothing; with it, it pauses."""
+        console, browser = self.console, self.browser
+        self.sign_in(OPERATOR)
+        form = "table#destinations tr[data-destination=scratch] form.pause"
+        browser.wait_for(form)
+        removed = browser.driver.execute_script(
+            """
+            const form = document.querySelector(arguments[0]);
+            const inputs = form.querySelectorAll('input[name=csrf]');
+            inputs.forEach((input) => input.remove());
+            form.submit();
+            return inputs.length;
+            """,
+            form,
+        )
+        self.assertEqual(removed, 1, "the pause form has no single csrf input")
+        browser.wait_for("#csrf-refused")
+        browser.screenshot("csrf-refused")
+        self.assertFalse(console.gateway.queue_rows()["scratch"]["paused"], "paused without a CSRF token")
+
+        browser.get(console.url("/console/"))
+        browser.wait_for(form)
+        self.submit(form)
+        self.wait_cell("scratch", "state", "paused")
+        self.assertTrue(console.gateway.queue_rows()["scratch"]["paused"])
+        browser.screenshot("overview-scratch-paused")
+        resume = "table#destinations tr[data-destination=scratch] form.resume"
+        browser.wait_for(resume)
+        self.submit(resume)
+        self.wait_cell("scratch", "state", "up")
+        self.assertFalse(console.gateway.queue_rows()["scratch"]["paused"])
+
+    def test_rules_page_shows_the_tag_diff_of_a_morphing_route_and_sends_nothing(self) -> None:
+        """An uploaded research instance matches research and all, targets archive and pacs, and shows InstitutionName's diff."""
+        console, browser = self.console, self.browser
+        self.sign_in(OPERATOR)
+        self.click("a#nav-rules")
+        browser.wait_for("ul#routes li[data-route=research]")
+        self.assertEqual({li.get_attribute("data-route") for li in browser.css_all("ul#routes li[data-route]")},
+                         {"research", "all", "scratch"})
+        browser.screenshot("rules")
+        upload = Path(self.mktemp())
+        upload.mkdir()
+        path = upload / "upload.dcm"
+        make_instance(path, research=True, seed=9999)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        journaled = console.gateway.journaled_ids()
+        browser.css("form#rule-test input[type=file][name=file]").send_keys(str(path))
+        self.submit("form#rule-test")
+        browser.wait_for("table.diff[data-route=research]")
+        browser.screenshot("rules-result")
+        self.assertEqual({li.get_attribute("data-route") for li in browser.css_all("ul#matches li[data-route]")},
+                         {"research", "all"})
+        self.assertEqual({li.get_attribute("data-destination") for li in browser.css_all("ul#targets li[data-destination]")},
+                         {"archive", "pacs"})
+        rows = [
+            tuple(row.find_element("css selector", f"td.{cell}").text.strip() for cell in ("tag", "before", "after"))
+            for row in browser.css_all("table.diff[data-route=research] tr")
+            if row.find_elements("css selector", "td.tag")
+        ]
+        institution = [row for row in rows if "InstitutionName" in row[0] or "0008,0080" in row[0]]
+        self.assertEqual(len(institution), 1, rows)
+        self.assertIn(ORIGINAL_INSTITUTION, institution[0][1])
+        self.assertIn(INSTITUTION, institution[0][2])
+        self.assertEqual(browser.css_all("table.diff[data-route=all] td.tag"), [], "a route without a morph shows a diff")
+        self.assertEqual(console.gateway.journaled_ids(), journaled, "the rule tester journaled an instance")
+
+        def upload_copies() -> list[Path]:
+            copies = []
+            for folder, _, names in os.walk(console.gateway.spool):
+                for name in names:
+                    candidate = Path(folder) / name
+                    try:
+                        if candidate.stat().st_size == path.stat().st_size and \
+                                hashlib.sha256(candidate.read_bytes()).hexdigest() == digest:
+                            copies.append(candidate)
+                    except OSError:
+                        continue
+            return copies
+
+        wait_until(lambda: not upload_copies(), 10, lambda: f"the upload's temporary file to go: {upload_copies()}")
+
