@@ -7,7 +7,7 @@ with a users file made by the real ``dicom-gateway console-user`` command,
 two DCMTK ``storescp`` destinations and ``storescu`` sending instances:
 
 - ``pacs`` (route ``all``, every instance) is up at the start; the operator
-  test stops it and watches the overview, which refreshes itself, show it
+  scenario stops it and watches the overview, which refreshes itself, show it
   ``down`` and its queued count grow, without the test reloading the page
   (a mark left in the page's ``window`` survives);
 - ``archive`` (route ``research``: ``StudyDescription`` ``RESEARCH*``, with a
@@ -18,27 +18,32 @@ two DCMTK ``storescp`` destinations and ``storescu`` sending instances:
   retried from the dead-letters page is delivered, which the find page and
   the received file show;
 - ``scratch`` (a folder, route ``scratch`` that nothing matches) carries the
-  pause form the CSRF test tampers with, so a failure there cannot disturb
+  pause form the CSRF scenario tampers with, so a failure there cannot disturb
   the other destinations.
 
-One gateway and one browser serve the whole class (trial has no
-``setUpClass``: they are started lazily by the first test and stopped at
-exit); each test signs in afresh, so the tests do not depend on their order.
-Every page visited is saved as a screenshot under the fixture's temporary
-folder (its path is in the gateway's folder name printed on failure). With
-``GATEWAY_DOCS_SCREENSHOTS=1`` the overview and dead-letter pictures are also
-written to ``docs/console-overview.png`` and ``docs/console-dead-letters.png``
+One gateway and one browser serve the whole class: the scenarios are steps
+of one test method (trial's ``--jobs`` workers would otherwise each start
+their own), each signs in afresh and runs even when an earlier one failed,
+and the failures are reported together. Every page visited is saved as a
+screenshot under the test's temporary folder
+(``_trial_temp/tests.interop.test_console_browser.../browser/screenshots/``,
+kept after the run). With ``GATEWAY_DOCS_SCREENSHOTS=1`` the overview and
+dead-letter pictures are also written to ``docs/console-overview.png`` and
+``docs/console-dead-letters.png``
 (the README's pictures; a normal run leaves the checkout alone).
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import traceback
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from twisted.trial.unittest import SkipTest, TestCase
@@ -54,7 +59,7 @@ from tests.support.gateway_process import (
     folder_destination,
     wait_until,
 )
-from tests.support.interop import index_by_sop_instance, shared_dir
+from tests.support.interop import index_by_sop_instance
 from tests.support.ports import free_port, wait_for_port
 
 #: (user, role, password) of the console users the fixture creates.
@@ -151,20 +156,70 @@ class ConsoleFixture:
         """
         return f"http://127.0.0.1:{self.http_port}{path}"
 
-    def add_user(self, user: tuple[str, str, str]) -> None:
-        """Add a console user with the real ``dicom-gateway console-user`` command (password on stdin).
+    def add_users(self, *users: tuple[str, str, str]) -> None:
+        """Make the users file with the real ``dicom-gateway console-user`` command (password on stdin).
 
-        :param user: (name, role, password).
-        :raises AssertionError: if the command fails.
+        The first user is written with ``--file`` (which creates the file,
+        mode 0600); the others at the same time without it (the command then
+        prints the line), appended afterwards: one file is never written by
+        two commands at once.
+
+        :param users: (name, role, password) each.
+        :raises AssertionError: if a command fails.
         """
-        name, role, password = user
-        argv = [sys.executable, "-m", "gateway", "console-user", name, "--role", role, "--file", str(self.users_file)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        proc = subprocess.run(argv, input=password + "\n", cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            raise AssertionError(f"$ {' '.join(argv)}\n(exit {proc.returncode})\n{proc.stdout}\n{proc.stderr}")
+        running = []
+        for index, (name, role, password) in enumerate(users):
+            argv = [sys.executable, "-m", "gateway", "console-user", name, "--role", role]
+            if index == 0:
+                argv += ["--file", str(self.users_file)]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=REPO_ROOT, env=env, text=True)
+            assert proc.stdin is not None
+            proc.stdin.write(password + "\n")
+            proc.stdin.close()
+            running.append((argv, proc))
+        lines = []
+        for index, (argv, proc) in enumerate(running):
+            assert proc.stdout is not None and proc.stderr is not None
+            out, err = proc.stdout.read(), proc.stderr.read()
+            if proc.wait(60) != 0:
+                raise AssertionError(f"$ {' '.join(argv)}\n(exit {proc.returncode})\n{out}\n{err}")
+            if index:
+                lines.append(out.strip().splitlines()[-1])
+        with open(self.users_file, "a") as stream:
+            stream.writelines(line + "\n" for line in lines)
+
+    def api(self, path: str) -> Any:
+        """GET one ``/api/v1`` resource with the token the gateway generated in its spool.
+
+        :param path: e.g. ``/api/v1/queues``.
+        :returns: the parsed JSON answer.
+        """
+        token = (self.gateway.spool / "http-token").read_text().splitlines()[-1].partition(":")[2]
+        request = urllib.request.Request(self.url(path), headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def dead_letters(self, destination: str = "archive") -> dict[int, str]:
+        """The dead letters of a destination now, from the admin API.
+
+        :param destination: the destination.
+        :returns: entry id -> SOP Instance UID.
+        """
+        rows = self.api(f"/api/v1/dead-letters?destination={destination}")["dead_letters"]
+        return {row["entry_id"]: row["instance"]["sop_instance_uid"] for row in rows
+                if row["destination"] == destination}
+
+    def paused(self, destination: str) -> bool:
+        """Whether a destination is paused, from the admin API.
+
+        :param destination: the destination.
+        :returns: its ``paused`` flag.
+        """
+        rows = {row["destination"]: row for row in self.api("/api/v1/queues")["queues"]}
+        return bool(rows[destination]["paused"])
 
     def instances(self, count: int, *, research: bool) -> tuple[list[Path], list[str]]:
         """Write ``count`` new instances in the fixture's folder.
@@ -200,8 +255,7 @@ class ConsoleFixture:
         :raises AssertionError: when a step does not happen in time.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        for user in (OPERATOR, VIEWER):
-            self.add_user(user)
+        self.add_users(OPERATOR, VIEWER)
         self.pacs.start()
         self.gateway.start()
         wait_for_port("127.0.0.1", self.http_port)
@@ -209,9 +263,7 @@ class ConsoleFixture:
         self.send(paths)
 
         def dead() -> dict[int, str]:
-            rows = self.gateway.dead_letters()
-            found = {row["entry_id"]: row["instance"]["sop_instance_uid"] for row in rows
-                     if row["destination"] == "archive"}
+            found = self.dead_letters()
             return found if len(found) == DEAD_LETTERS else {}
 
         self.dead_sops = wait_until(dead, 30, lambda: f"{DEAD_LETTERS} dead letters on archive:\n"
@@ -229,45 +281,52 @@ class ConsoleFixture:
         self.archive.stop()
 
 
-_shared: dict[str, ConsoleFixture] = {}
-
-
-def shared_console() -> ConsoleFixture:
-    """Start (once per process) the fixture every test of the class shares; stopped at exit.
-
-    :returns: the running fixture.
-    :raises AssertionError: when it could not start (every later test fails with the same error).
-    """
-    fixture = _shared.get("console")
-    if fixture is not None:
-        return fixture
-    failed = _shared.get("failed")
-    if failed is not None:
-        raise AssertionError(f"the shared console fixture failed to start (see the first test): {failed.root}")
-    fixture = ConsoleFixture(shared_dir("console-browser"))
-    atexit.register(fixture.stop)
-    try:
-        fixture.start()
-    except BaseException:
-        _shared["failed"] = fixture
-        fixture.stop()
-        raise
-    _shared["console"] = fixture
-    return fixture
+#: The scenarios of :meth:`ConsoleBrowserTests.test_console_in_chromium`, in the order they run.
+STEPS: tuple[str, ...] = (
+    "sign_in_refuses_a_wrong_password_and_pages_need_a_session",
+    "operator_sees_a_destination_go_down_then_retries_a_dead_letter_and_watches_it_delivered",
+    "viewer_is_refused_a_retry_and_sees_no_patient_data",
+    "form_without_its_csrf_token_is_refused_and_with_it_acts",
+    "rules_page_shows_the_tag_diff_of_a_morphing_route_and_sends_nothing",
+)
 
 
 class ConsoleBrowserTests(TestCase):
     """Sign in, watch a destination go down, retry a dead letter, refusals and the rule tester, in Chromium."""
 
-    timeout = 120
+    timeout = 150
 
     def setUp(self) -> None:
-        """Skip without the browser or DCMTK (a skip fails CI); start or reuse the shared fixture."""
+        """Skip without the browser or DCMTK (a skip fails CI)."""
         reason = browser_support.skip_reason() or dcmtk.skip_reason("storescu", "storescp")
         if reason is not None:
             raise SkipTest(reason)
-        self.console = shared_console()
+
+    def test_console_in_chromium(self) -> None:
+        """Every scenario of :data:`STEPS` against one gateway and one browser; each runs even when an earlier one failed.
+
+        One test method, so that trial's workers (``--jobs``) never start a
+        second gateway and browser for this class: the scenarios are
+        independent (each signs in afresh) and a failing one is reported
+        with its name, its traceback and a screenshot, after the others ran.
+        """
+        self.console = ConsoleFixture(Path(self.mktemp()).resolve())
+        self.addCleanup(self.console.stop)
+        self.console.start()
         self.browser = self.console.browser
+        failures = []
+        for name in STEPS:
+            try:
+                getattr(self, f"step_{name}")()
+            except Exception:  # noqa: BLE001 - reported below with the others
+                failures.append(f"--- {name}:\n{traceback.format_exc()}")
+                try:
+                    self.browser.screenshot(f"failed-{STEPS.index(name) + 1}")
+                except Exception:  # noqa: BLE001 - the failure matters, not its picture
+                    pass
+        if failures:
+            self.fail(f"{len(failures)} of {len(STEPS)} console scenarios failed "
+                      f"(screenshots in {self.browser.screenshots}):\n" + "\n".join(failures))
 
     # -- helpers ---------------------------------------------------------------
 
@@ -382,9 +441,9 @@ class ConsoleBrowserTests(TestCase):
         return [(row.find_element("css selector", "td.destination").text.strip(),
                  row.find_element("css selector", "td.state").text.strip()) for row in rows]
 
-    # -- tests -------------------------------------------------------------------
+    # -- the scenarios -------------------------------------------------------------
 
-    def test_sign_in_refuses_a_wrong_password_and_pages_need_a_session(self) -> None:
+    def step_sign_in_refuses_a_wrong_password_and_pages_need_a_session(self) -> None:
         """Without a session the overview sends to the login page; a wrong password shows #login-error; the right one signs in."""
         browser = self.browser
         browser.get(self.console.url("/console/login"))
@@ -412,7 +471,7 @@ class ConsoleBrowserTests(TestCase):
                          "the session cookie is readable from scripts")
         browser.screenshot("overview")
 
-    def test_operator_sees_a_destination_go_down_then_retries_a_dead_letter_and_watches_it_delivered(self) -> None:
+    def step_operator_sees_a_destination_go_down_then_retries_a_dead_letter_and_watches_it_delivered(self) -> None:
         """pacs stopped: the overview (no reload) shows it down and its queue grow; an archive dead letter retried is delivered."""
         console, browser = self.console, self.browser
         if not console.pacs.running:
@@ -437,7 +496,7 @@ class ConsoleBrowserTests(TestCase):
                          "the page was reloaded: the overview must refresh itself")
         self.assertNotEqual(self.destination_cell("pacs", "last-error"), "", "a down destination without its last error")
         self.assertTrue(browser.css_all("div#overview svg.rate"), "no rate chart")
-        self.wait_cell("archive", "dead", str(len(self.dead_letters_now())))
+        self.wait_cell("archive", "dead", str(len(console.dead_letters())))
         self.docs_picture("overview")
 
         # The archive comes back; a dead letter retried from the dead-letters page is delivered.
@@ -447,7 +506,7 @@ class ConsoleBrowserTests(TestCase):
         browser.get(console.url("/console/dead-letters?destination=archive"))
         browser.wait_for("table#dead-letters tr[data-entry]")
         ids = self.dead_letter_ids()
-        dead = self.dead_letters_now()
+        dead = console.dead_letters()
         self.assertEqual(sorted(ids), sorted(dead), "the page's dead letters are not the journal's")
         entry_id = min(ids)
         sop = dead[entry_id]
@@ -484,7 +543,7 @@ class ConsoleBrowserTests(TestCase):
         received = wait_until(lambda: index_by_sop_instance(console.archive.files()).get(sop), 10,
                               f"archive's storescp to hold {sop}")
         self.assertEqual(pydicom.dcmread(received, stop_before_pixels=True).InstitutionName, INSTITUTION)
-        self.assertNotIn(entry_id, self.dead_letters_now())
+        self.assertNotIn(entry_id, console.dead_letters())
 
         # The retry is in the audit trail with the user's name, and the audit page shows it.
         wait_until(lambda: "olivia" in console.audit_path.read_text(errors="replace"), 10, "olivia in the audit file")
@@ -503,15 +562,7 @@ class ConsoleBrowserTests(TestCase):
         self.assertEqual(browser.driver.execute_script("return window.consoleTestMark;"), "same page")
         browser.screenshot("overview-pacs-up")
 
-    def dead_letters_now(self) -> dict[int, str]:
-        """The archive's dead letters now, from ``queue list --dead``.
-
-        :returns: entry id -> SOP Instance UID.
-        """
-        return {row["entry_id"]: row["instance"]["sop_instance_uid"] for row in self.console.gateway.dead_letters()
-                if row["destination"] == "archive"}
-
-    def test_viewer_is_refused_a_retry_and_sees_no_patient_data(self) -> None:
+    def step_viewer_is_refused_a_retry_and_sees_no_patient_data(self) -> None:
         """A viewer lists the dead letters without Patient ID or Name, and a retry it posts answers #forbidden and changes nothing."""
         console, browser = self.console, self.browser
         self.sign_in(VIEWER)
@@ -547,11 +598,11 @@ class ConsoleBrowserTests(TestCase):
             )
         browser.wait_for("#forbidden")
         browser.screenshot("forbidden")
-        self.assertIn(entry_id, self.dead_letters_now(), "the viewer's retry changed the dead letter")
+        self.assertIn(entry_id, console.dead_letters(), "the viewer's retry changed the dead letter")
         wait_until(lambda: "victor" in console.audit_path.read_text(errors="replace"), 10,
                    "the refusal in the audit file with the user's name")
 
-    def test_form_without_its_csrf_token_is_refused_and_with_it_acts(self) -> None:
+    def step_form_without_its_csrf_token_is_refused_and_with_it_acts(self) -> None:
         """The scratch pause form without its csrf input answers #csrf-refused and pauses nothing; with it, it pauses."""
         console, browser = self.console, self.browser
         self.sign_in(OPERATOR)
@@ -570,21 +621,21 @@ class ConsoleBrowserTests(TestCase):
         self.assertEqual(removed, 1, "the pause form has no single csrf input")
         browser.wait_for("#csrf-refused")
         browser.screenshot("csrf-refused")
-        self.assertFalse(console.gateway.queue_rows()["scratch"]["paused"], "paused without a CSRF token")
+        self.assertFalse(console.paused("scratch"), "paused without a CSRF token")
 
         browser.get(console.url("/console/"))
         browser.wait_for(form)
         self.submit(form)
         self.wait_cell("scratch", "state", "paused")
-        self.assertTrue(console.gateway.queue_rows()["scratch"]["paused"])
+        self.assertTrue(console.paused("scratch"))
         browser.screenshot("overview-scratch-paused")
         resume = "table#destinations tr[data-destination=scratch] form.resume"
         browser.wait_for(resume)
         self.submit(resume)
         self.wait_cell("scratch", "state", "up")
-        self.assertFalse(console.gateway.queue_rows()["scratch"]["paused"])
+        self.assertFalse(console.paused("scratch"))
 
-    def test_rules_page_shows_the_tag_diff_of_a_morphing_route_and_sends_nothing(self) -> None:
+    def step_rules_page_shows_the_tag_diff_of_a_morphing_route_and_sends_nothing(self) -> None:
         """An uploaded research instance matches research and all, targets archive and pacs, and shows InstitutionName's diff."""
         console, browser = self.console, self.browser
         self.sign_in(OPERATOR)
@@ -593,7 +644,7 @@ class ConsoleBrowserTests(TestCase):
         self.assertEqual({li.get_attribute("data-route") for li in browser.css_all("ul#routes li[data-route]")},
                          {"research", "all", "scratch"})
         browser.screenshot("rules")
-        upload = Path(self.mktemp())
+        upload = Path(self.mktemp()).resolve()
         upload.mkdir()
         path = upload / "upload.dcm"
         make_instance(path, research=True, seed=9999)

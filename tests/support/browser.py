@@ -24,9 +24,10 @@ nothing else:
   (containers have a small ``/dev/shm``), a ``--user-data-dir`` in the
   test's folder and a fixed window (1200x800 by default), so screenshots
   have a known size;
-- :meth:`Browser.screenshot` saves the visible page as a PNG under the
+- :meth:`Browser.screenshot` saves the whole page as a PNG under the
   test's folder (``screenshots/NN-name.png``, numbered in order), for a
-  human to look at after a run.
+  human to look at after a run; :meth:`Browser.screenshot_as` takes one of
+  a fixed viewport size (the README's pictures).
 """
 
 from __future__ import annotations
@@ -298,15 +299,28 @@ class Browser:
         """
         return self.wait(lambda driver: self.css(selector), timeout, f"an element {selector}")
 
-    def screenshot(self, name: str) -> Path:
-        """Save what the window shows as ``screenshots/NN-name.png``.
+    def screenshot(self, name: str, *, full_page: bool = True) -> Path:
+        """Save the page as ``screenshots/NN-name.png``.
 
         :param name: a short label (file-name characters only).
+        :param full_page: the whole page, below the fold too (at most 4000
+            pixels high; Chromium's ``Page.captureScreenshot`` with
+            ``captureBeyondViewport``), else what the window shows.
         :returns: the file written.
         """
+        import base64
+
         self._shots += 1
         path = self.screenshots / f"{self._shots:02d}-{name}.png"
-        if not self.driver.save_screenshot(str(path)):
+        if full_page:
+            metrics = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+            size = metrics.get("cssContentSize") or metrics["contentSize"]
+            clip = {"x": 0, "y": 0, "width": max(1, int(size["width"])),
+                    "height": max(1, min(4000, int(size["height"]))), "scale": 1}
+            shot = self.driver.execute_cdp_cmd("Page.captureScreenshot",
+                                               {"format": "png", "captureBeyondViewport": True, "clip": clip})
+            path.write_bytes(base64.b64decode(shot["data"]))
+        elif not self.driver.save_screenshot(str(path)):
             raise AssertionError(f"the browser saved no screenshot {path}")
         return path
 
@@ -331,7 +345,7 @@ class Browser:
         """
         self.set_viewport(width, height)
         try:
-            path = self.screenshot(name)
+            path = self.screenshot(name, full_page=False)
         finally:
             self.driver.set_window_size(self.width, self.height)
         target = Path(destination)
