@@ -154,12 +154,13 @@ class Browser:
         try:
             self._driver = webdriver.Chrome(service=self._service, options=options)
         except BaseException:
-            self._kill_group()
-            raise
-        finally:
             process = getattr(self._service, "process", None)
             if process is not None:
-                self._group = process.pid  # start_new_session: the driver leads its own group
+                self._group = process.pid
+                self._kill_group()  # the driver that started, and a Chromium it launched
+            raise
+        # start_new_session: the driver leads its own process group, Chromium's processes included.
+        self._group = self._service.process.pid
         self._driver.set_window_size(self.width, self.height)
         self._driver.set_page_load_timeout(30)
         return self
@@ -175,13 +176,13 @@ class Browser:
         self._kill_group()
 
     def _kill_group(self) -> None:
-        """Send SIGTERM, then SIGKILL after 5 s, to the driver's process group (Chromium included)."""
+        """Send SIGTERM, then SIGKILL after 5 s, to the driver's process group (Chromium included) until it is empty.
+
+        :raises RuntimeError: when a process of the group outlives SIGKILL by 10 s.
+        """
         group, self._group = self._group, None
         if group is None:
-            process = getattr(self._service, "process", None)
-            group = None if process is None else process.pid
-        if group is None:
-            return
+            return  # never started, or already ended: a pid of ours may be someone else's by now
         deadline = time.monotonic() + 5.0
         sent = signal.SIGTERM
         while True:
@@ -191,6 +192,8 @@ class Browser:
                 break  # the group is empty: every process of it has ended
             except PermissionError:
                 break
+            if time.monotonic() >= deadline + 10.0:
+                raise RuntimeError(f"chromedriver's process group {group} survived SIGKILL for 10 s")
             if time.monotonic() >= deadline:
                 sent = signal.SIGKILL
             time.sleep(0.05)
