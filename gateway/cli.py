@@ -148,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     rshow.add_argument("retrieve_id", type=int)
     rshow.add_argument("--json", action="store_true")
 
+    # Issue 18 (notify): the studies journal (completeness for notifications).
+    studies = sub.add_parser("studies", parents=[config_arg], help="studies of notifying routes: open and complete")
+    studies.add_argument("--state", choices=["open", "complete"], help="only studies in this state")
+    studies.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    studies.add_argument("--json", action="store_true")
+
     db = sub.add_parser("db", help="the queue's database")
     db_sub = db.add_subparsers(dest="db_action", required=True)
     db_sub.add_parser(
@@ -197,6 +203,15 @@ def _parser() -> argparse.ArgumentParser:
         "dicomweb-token", help="print a new random STOW-RS client token and its hashed line for dicomweb.auth.tokens_file"
     )
     dwt.add_argument("name", help="the client's name (1-64 of A-Z a-z 0-9 . _ @ -)")
+    # Issue 18: a console user's line for console.users_file.
+    cu = sub.add_parser(
+        "console-user",
+        help="make a console user's line (password from stdin) for console.users_file, or put it in --file",
+    )
+    cu.add_argument("name", help="the user's name (1-64 of A-Z a-z 0-9 . _ @ -)")
+    cu.add_argument("--role", required=True, choices=("viewer", "operator", "admin"), help="viewer reads; operator also retries, purges, pauses; admin also reloads")
+    cu.add_argument("--show-phi", action="store_true", help="show Patient names and IDs unmasked on list pages")
+    cu.add_argument("--file", default="", help="replace or add the user's line in this file (mode 0600) instead of printing it")
     tls = sub.add_parser("tls", help="TLS material for development and tests")
     tls_sub = tls.add_subparsers(dest="tls_action", required=True)
     tls_init = tls_sub.add_parser("init", help="create a development CA, gateway and client certificate")
@@ -485,6 +500,25 @@ def _retrieve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 2
+
+
+def _studies(args: argparse.Namespace) -> int:
+    """``dicom-gateway studies``: the studies journal's rows, newest first (issue 18)."""
+    from gateway import admin
+    from gateway.notify.cli import format_study_rows, study_rows
+    from gateway.stores import describe_store
+
+    config = _load_or_exit(args.config)
+    store = _open_store(config)
+    try:
+        if not hasattr(store, "studies"):
+            print(f"the queue journal ({describe_store(config)}) keeps no studies", file=sys.stderr)
+            return 1
+        rows = study_rows(store, args.state, max(1, args.limit))
+        print(admin.to_json(rows) if args.json else format_study_rows(rows))
+        return 0
+    finally:
+        store.close()
 
 
 def _api_call(config: Any, method: str, path: str, body: bytes | None, token_name: str = "", ca: str = "") -> tuple[int, bytes]:
@@ -838,6 +872,47 @@ def _dicomweb_token(name: str) -> int:
     return 0
 
 
+def _console_user(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -> int:
+    """``dicom-gateway console-user NAME --role ROLE [--show-phi] [--file PATH]`` (issue 18).
+
+    The password is read from stdin: twice, with prompts that are not echoed,
+    on a terminal; else one line (for scripts: ``printf '%s\\n' "$PW" | ...``).
+    The line is printed, or with ``--file`` replaces the user's line there (or
+    is added), the file kept at mode 0600. The running gateway re-reads the
+    file when it changes.
+    """
+    import getpass
+
+    from gateway.console.users import _NAME, format_user, hash_password, write_user
+
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    if not _NAME.match(args.name):
+        print("console-user: the name must be 1-64 of A-Z a-z 0-9 . _ @ -", file=sys.stderr)
+        return 2
+    if stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("console-user: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("console-user: the password must be at least 8 characters", file=sys.stderr)
+        return 1
+    line = format_user(args.name, args.role, hash_password(password), show_phi=args.show_phi)
+    if not args.file:
+        print(line, file=stdout)
+        return 0
+    try:
+        write_user(args.file, line, args.name)
+    except OSError as error:
+        print(f"console-user: {args.file}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"console-user: {args.name} ({args.role}) written to {args.file}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``dicom-gateway`` console script.
 
@@ -852,6 +927,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_commitment(args))
     if args.command == "retrieve":
         raise SystemExit(_retrieve(args))
+    if args.command == "studies":
+        raise SystemExit(_studies(args))
     if args.command == "db":
         raise SystemExit(_db(args))
     if args.command == "find":
@@ -870,6 +947,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(verify_command(args.files))
     if args.command == "dicomweb-token":
         raise SystemExit(_dicomweb_token(args.name))
+    if args.command == "console-user":
+        raise SystemExit(_console_user(args))
     if args.command == "tls":
         from gateway.tlsinit import run_tls_init
 

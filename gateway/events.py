@@ -66,6 +66,8 @@ __all__ = [
     "QuerySourceAnswered",
     "RetrieveAnswered",
     "RetrieveJournalCleaned",
+    # issue 18 (notify)
+    "StudyCompleted",
 ]
 
 
@@ -532,6 +534,26 @@ class RetrieveJournalCleaned:
     remapped_uids: int
 
 
+# issue 18 (notify)
+@dataclass(frozen=True)
+class StudyCompleted:
+    """The tracker recorded a study complete at a route's destinations and queued its notifications (issue 18).
+
+    No UID or patient data: the route and sinks are configuration names.
+
+    :ivar event: ``complete``, ``amended``, or ``closed`` (a route that no longer notifies closed its row).
+    :ivar sinks: the sinks a notification was queued for.
+    :ivar seconds: from the study's first instance (of this opening) to the completion.
+    """
+
+    route: str
+    event: str
+    forced: bool
+    with_failures: bool
+    sinks: tuple[str, ...]
+    seconds: float
+
+
 Event = (
     AssociationAccepted
     | AssociationRejected
@@ -565,6 +587,7 @@ Event = (
     | RetrieveAnswered
     | DicomWebAnswered
     | RetrieveJournalCleaned
+    | StudyCompleted  # issue 18 (notify)
 )
 
 

@@ -22,6 +22,11 @@ Our own :mod:`twisted.web` resources (no WSGI thread pool):
   ``POST /api/v1/reload``,
   ``POST /api/v1/drain`` and ``POST /api/v1/undrain`` (issue 14, :mod:`gateway.drain`;
   the answer is the drain's status).
+* ``/console``: the operator console (issue 18, :mod:`gateway.console.site`),
+  server-rendered pages signed in with the console users file; outside
+  ``/api``, so its forms are not JSON but carry CSRF tokens, and the rule
+  tester's upload is streamed to a file under the spool
+  (:attr:`GatewaySite.upload_path`).
 
 ``/api`` is never open (issue 11): every request needs
 ``Authorization: Bearer <token>`` (compared in constant time with every
@@ -131,6 +136,7 @@ def build_site(
     reactor: Any = None,
     max_connections: int = MAX_CONNECTIONS,
     request_deadline: float = REQUEST_DEADLINE,
+    console: Resource | None = None,
 ) -> GatewaySite:
     """The whole HTTP tree.
 
@@ -142,6 +148,7 @@ def build_site(
     :param reactor: time for the channel's deadlines; the global reactor by default.
     :param max_connections: connections open at once.
     :param request_deadline: seconds a request may take to arrive.
+    :param console: the ``/console`` resource (:class:`gateway.console.site.ConsoleResource`), or ``None``.
     :returns: the site.
     """
     current: Callable[[], Sequence[ApiToken]] = tokens if callable(tokens) else (lambda fixed=tuple(tokens): fixed)
@@ -163,7 +170,16 @@ def build_site(
     # Issue 16: C-MOVE / C-GET retrieves in the journal.
     v1.putChild(b"retrieves", RetrievesResource(backend))
     root.putChild(b"api", api)
+    if console is not None:
+        root.putChild(b"console", console)
     site = GatewaySite(root, reactor=reactor, max_connections=max_connections, request_deadline=request_deadline)
+    upload_folder = getattr(console, "upload_folder", "")
+    if console is not None and upload_folder:
+        # Issue 18: the rule tester's upload is streamed to a file under the spool, with its own limit.
+        site.upload_path = b"/console/rules"
+        site.upload_limit = getattr(console, "upload_limit", 0)
+        site.upload_folder = upload_folder
+        site.upload_gate = getattr(console, "may_upload", None)
     site.noisy = False
     site.displayTracebacks = False
     return site
@@ -286,6 +302,43 @@ def api_tokens(service: Any) -> Callable[[], Sequence[ApiToken]]:
     return current
 
 
+def console_resource(service: Any, backend: ServiceBackend, hosts: frozenset[str]) -> Resource | None:
+    """The ``/console`` resource over the running gateway (issue 18), or ``None`` when ``console.enabled`` is off.
+
+    Sessions are signed with ``console.session_key_file`` (shared by the
+    nodes behind one load balancer), else with ``<spool>/console-key``
+    (generated at first start, mode 0600).
+
+    :raises ValueError: the session key file is unusable.
+    """
+    import os
+
+    from gateway.console.backend import ServiceConsoleData
+    from gateway.console.session import SessionSigner, load_or_create_key
+    from gateway.console.site import ConsoleResource
+    from gateway.console.users import UsersFile
+
+    config = service.config.console
+    if not config.enabled:
+        return None
+    spool = service.config.spool.path
+    key = load_or_create_key(config.session_key_file or os.path.join(spool, "console-key"))
+    resource = ConsoleResource(
+        ServiceConsoleData(service, backend),
+        UsersFile(config.users_file),
+        SessionSigner(key, config.session_timeout, config.session_lifetime),
+        hosts,
+        trail=lambda: getattr(service, "audit", None),
+        refresh=config.refresh,
+        upload_folder=os.path.join(spool, "console-uploads"),
+        upload_limit=config.upload_limit,
+        settings=lambda: service.config.console,
+    )
+    if not config.users_file:
+        _log.warn("console.users_file is not set: /console answers that no users are configured (make one with dicom-gateway console-user)")
+    return resource
+
+
 def http_service(reactor: Any, service: Any, metrics: Any, load: Callable[[str], Any]) -> HttpService:
     """The HTTP service for a :class:`~gateway.service.GatewayService`, from ``config.http``.
 
@@ -298,12 +351,14 @@ def http_service(reactor: Any, service: Any, metrics: Any, load: Callable[[str],
     """
     config = service.config.http
     backend = ServiceBackend(service, load, clock=reactor)
+    hosts = served_hosts(config.host, config.allowed_hosts)
     site = build_site(
         metrics.registry,
         backend,
         api_tokens(service),
-        served_hosts(config.host, config.allowed_hosts),
+        hosts,
         reactor=reactor,
+        console=console_resource(service, backend, hosts),
     )
     tls = None
     timeout = 10.0

@@ -8,12 +8,23 @@ never in a temporary file; :class:`GatewaySite` keeps at most
 arrived whole within :data:`REQUEST_DEADLINE` seconds is closed. Nothing
 here knows the gateway: :mod:`gateway.http` builds the site over the
 resources of :mod:`gateway.httpresources`.
+
+One request is the exception to "bodies in memory" (issue 18): the
+console's rule tester (``POST /console/rules``, :attr:`GatewaySite.upload_path`)
+takes a DICOM file of up to :attr:`GatewaySite.upload_limit` bytes (64 MiB by
+default), so its body is streamed to an unnamed temporary file under
+:attr:`GatewaySite.upload_folder` (in the spool; the file disappears when
+closed) and refused with 413 above that limit, from its ``Content-Length`` or
+as it grows; twisted.web's own form parsing (which would read it whole into
+memory) is turned off for it, :mod:`gateway.console.upload` reads it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import tempfile
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -31,6 +42,7 @@ __all__ = [
     "REQUEST_DEADLINE",
     "IDLE_TIMEOUT",
     "MAX_JSON_DEPTH",
+    "UPLOAD_DEADLINE",
 ]
 
 #: Request bodies above this are refused with 413 (the API's bodies are a few bytes).
@@ -44,6 +56,9 @@ REQUEST_DEADLINE = 10.0
 
 #: Seconds an open connection may sit idle between requests' bytes (twisted.web's default is 12 h).
 IDLE_TIMEOUT = 60.0
+
+#: Seconds the console's rule-tester upload may take to arrive (issue 18).
+UPLOAD_DEADLINE = 300.0
 
 #: JSON bodies nested deeper than this are refused before parsing (the parser recurses).
 MAX_JSON_DEPTH = 32
@@ -67,11 +82,25 @@ class GuardedRequest(Request):
     memory, and the channel has refused it before it could grow past the limit.
     """
 
+    _upload = False
+
     def gotLength(self, length: int | None) -> None:
         """Keep the body in memory, whatever its announced length (the channel refused a large one).
 
+        The console's upload (:meth:`GuardedChannel.upload_limit`) goes to a
+        temporary file under the spool instead.
+
         :param length: the ``Content-Length``, or ``None`` (chunked).
         """
+        channel = self.channel
+        if isinstance(channel, GuardedChannel) and channel.upload_limit() is not None:
+            folder = channel.site.upload_folder
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            self.content = tempfile.TemporaryFile(dir=folder, prefix="console-body-")
+            self._upload = True
+            # twisted.web would read a multipart form whole into memory: gateway.console.upload streams it.
+            self._parsePOSTFormSubmission = False
+            return
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -81,12 +110,29 @@ class GuardedRequest(Request):
         """
         if self.content is None:
             return  # refused at the headers: nothing is stored
-        if self.content.tell() + len(data) > MAX_BODY_BYTES:
-            channel = self.channel
+        channel = self.channel
+        limit = MAX_BODY_BYTES
+        if self._upload and isinstance(channel, GuardedChannel):
+            limit = channel.site.upload_limit
+        if self.content.tell() + len(data) > limit:
             if isinstance(channel, GuardedChannel):
-                channel.refuse(413, "Content Too Large", f"request body larger than {MAX_BODY_BYTES} bytes")
+                channel.refuse(413, "Content Too Large", f"request body larger than {limit} bytes")
+            self.content.close()
+            self.content = None
             return
         self.content.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        """Close (and so delete) an upload's temporary file when the client goes away."""
+        if self._upload and self.content is not None and not self.finished:
+            self.content.close()
+        super().connectionLost(reason)
+
+    def finish(self) -> None:
+        """Answered: an upload's temporary file is closed (an unnamed file: closing deletes it)."""
+        super().finish()
+        if self._upload and self.content is not None:
+            self.content.close()
 
 
 class GuardedChannel(HTTPChannel):
@@ -161,11 +207,39 @@ class GuardedChannel(HTTPChannel):
             return
         super().dataReceived(data)
 
+    def upload_limit(self) -> int | None:
+        """The body limit of the request being read when it is the console's upload, else ``None``.
+
+        Read while its headers arrive (the request line is known, the body not yet).
+        """
+        site = self.site
+        command = getattr(self, "_command", None)
+        path = getattr(self, "_path", None)
+        if not site.upload_path or command != b"POST" or path is None:
+            return None
+        if path.split(b"?", 1)[0].rstrip(b"/") != site.upload_path:
+            return None
+        return site.upload_limit
+
     def allHeadersReceived(self) -> None:
         """Refuse a body announced larger than the limit before reading any of it (413)."""
-        if self.length is not None and self.length > MAX_BODY_BYTES:
-            self.refuse(413, "Content Too Large", f"request body larger than {MAX_BODY_BYTES} bytes")
+        upload = self.upload_limit()
+        limit = upload if upload is not None else MAX_BODY_BYTES
+        if self.length is not None and self.length > limit:
+            self.refuse(413, "Content Too Large", f"request body larger than {limit} bytes")
             return
+        if upload is not None:
+            gate = self.site.upload_gate
+            request = self.requests[-1]
+            request.parseCookies()  # (twisted.web parses them next too; it only sets a dict's keys)
+            if gate is not None and not gate(request):
+                # No signed-in console session: refused before one byte of the body is written to the spool.
+                self.refuse(403, "Forbidden", "sign in to the console first")
+                return
+            # A file of up to the limit may take longer to arrive than a few-byte API request.
+            if self.site.request_deadline > 0:
+                self._cancel_deadline()
+                self._deadline = self.callLater(max(self.site.request_deadline, UPLOAD_DEADLINE), self._deadline_passed)
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
@@ -217,6 +291,14 @@ class GatewaySite(Site):
         self.max_connections = max_connections
         self.request_deadline = request_deadline
         self.channels: set[GuardedChannel] = set()
+        #: The path whose POST body is streamed to a file (the console's rule tester; ``b""``: none).
+        self.upload_path = b""
+        #: The most bytes of that body.
+        self.upload_limit = 0
+        #: Where that body is written (under the spool).
+        self.upload_folder = ""
+        #: Whether the headers of an upload may send its body (a signed-in session); ``None``: any.
+        self.upload_gate: Any = None
         #: Connections closed at once because :attr:`max_connections` were open.
         self.refused_connections = 0
 

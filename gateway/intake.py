@@ -78,6 +78,7 @@ from gateway.durable import rename_durably, unlink_if_present
 from gateway.private import make_private_dirs
 from gateway.queue.commitments import ICommitmentJournal, Unforwarded
 from gateway.queue.interfaces import AddResult, InstanceRecord, IQueueStore, NewEntry, StoreUnavailable
+from gateway.queue.studies import StudyNote
 from gateway.receive import AssociationInfo
 from gateway.headerbytes import parse_header
 from gateway.parse import read_header
@@ -158,6 +159,60 @@ def walked_header(summary: DatasetSummary) -> Any:
     return parse_header(summary)
 
 
+def _int_value(dataset: Any, keyword: str) -> int | None:
+    """An IS element's value as an int, or ``None`` when absent, empty or not a number."""
+    try:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        return int(value)
+    except Exception:
+        return None
+
+
+def study_notes(
+    decision: RoutingDecision, routes: Sequence[RouteConfig], summary: DatasetSummary, dataset: Any
+) -> list[StudyNote]:
+    """The study notes of an instance (issue 18): one per route with ``notify`` that gave it entries.
+
+    Series Number (0020,0011) and Number of Study Related Instances
+    (0020,1208) come from the header routing parsed (``dataset``) or, when
+    routing needed none, from the header bytes the structure walk kept
+    (parsed here, only for a notifying route; the file is not read again).
+    Without either they are unknown. An instance without a Study Instance
+    UID gets no note (there is no study to complete).
+
+    :param decision: the routing decision.
+    :param routes: the routes it was made with.
+    :param summary: what the structure walk learned.
+    :param dataset: the header routing parsed, or ``None``.
+    """
+    if not summary.study_instance_uid:
+        return []
+    routed = {route for route, _ in decision.entries}
+    notifying = [route.name for route in routes if route.name in routed and getattr(route, "notify", None) is not None]
+    if not notifying:
+        return []
+    if dataset is None:
+        try:
+            dataset = walked_header(summary)
+        except Exception:
+            dataset = None
+    series_number = _int_value(dataset, "SeriesNumber") if dataset is not None else None
+    expected = _int_value(dataset, "NumberOfStudyRelatedInstances") if dataset is not None else None
+    return [
+        StudyNote(
+            route=name,
+            study_instance_uid=summary.study_instance_uid,
+            series_instance_uid=summary.series_instance_uid or "",
+            series_number=series_number,
+            modality=summary.modality or "",
+            expected_instances=expected,
+        )
+        for name in notifying
+    ]
+
+
 def _durable_header(writer: SpoolWriter) -> tuple[SpooledInstance, Any]:
     """Wait for the instance to be durable, then read its header from the file (blocking).
 
@@ -197,6 +252,8 @@ class _Pending:
     #: A C-GET relay's hand-over path (issue 16): the durable file is linked
     #: there before the journal write (:func:`gateway.qr.get.make_handover`).
     handover: str | None = None
+    #: Study notes for the routes that notify (issue 18), written with the instance.
+    notes: Sequence[StudyNote] = ()
 
 
 #: The route name of relayed C-MOVE sub-operations' queue entries (issue 16).
@@ -512,6 +569,7 @@ class Intake:
         item = _Pending(
             self._entries(decision, routes), Deferred(), writer=writer, info=info,
             received_at=received_at, correlation_id=correlation_id,
+            notes=study_notes(decision, routes, summary, dataset),
         )
         d = self._journal(item)
 
@@ -569,7 +627,7 @@ class Intake:
     ) -> Deferred[Admission]:
         """Route an instance already durable and apply the decision."""
         decision = self._decide(spooled.summary, record.correlation_id, context, routes, dataset)
-        return self._apply(spooled, record, decision, routes, keep_file_on_failure)
+        return self._apply(spooled, record, decision, routes, keep_file_on_failure, dataset)
 
     def _decide(
         self,
@@ -612,8 +670,12 @@ class Intake:
         decision: RoutingDecision,
         routes: Sequence[RouteConfig],
         keep_file_on_failure: bool,
+        dataset: Any = None,
     ) -> Deferred[Admission]:
-        """Apply a routing decision to a durable instance: reject, drop, keep as unrouted, or journal its entries."""
+        """Apply a routing decision to a durable instance: reject, drop, keep as unrouted, or journal its entries.
+
+        ``dataset`` is the header routing parsed, if any (the study notes' series number and expected count).
+        """
         if decision.reject is not None:
             self.rejected_total += 1
             self.log.info(
@@ -637,7 +699,10 @@ class Intake:
             return d
         if decision.unrouted:
             return self._keep_unrouted(spooled, record)
-        d = self._journal(_Pending(self._entries(decision, routes), Deferred(), record=record))
+        d = self._journal(_Pending(
+            self._entries(decision, routes), Deferred(), record=record,
+            notes=study_notes(decision, routes, spooled.summary, dataset),
+        ))
         d.addCallback(
             lambda result: replace(self._journaled(record, decision, result), spooled=spooled)
             if isinstance(result, AddResult)
@@ -754,9 +819,13 @@ class Intake:
 
     def _add_group(self, batch: list[_Pending], ready: list[int], outcomes: list[Any], now: float, window: float) -> None:
         """On the store's thread: journal the ``ready`` items of ``batch`` in one transaction (one by one if it fails)."""
+        # Study notes (issue 18) only when some instance has one: a store is
+        # called as before by the routes that do not notify.
+        notes = [batch[i].notes for i in ready]
+        extra: dict[str, Any] = {"notes": notes} if any(notes) else {}
         try:
             results = self._store.add_instances(
-                [(batch[i].record, batch[i].entries) for i in ready], now, window
+                [(batch[i].record, batch[i].entries) for i in ready], now, window, **extra
             )
         except StoreUnavailable as e:
             # The journal is away (issue 14): one by one would wait out the
@@ -767,7 +836,9 @@ class Intake:
             for index in ready:
                 item = batch[index]
                 try:
-                    outcomes[index] = self._store.add_instance(item.record, item.entries, now, window)
+                    outcomes[index] = self._store.add_instance(
+                        item.record, item.entries, now, window, **({"notes": item.notes} if item.notes else {})
+                    )
                 except Exception as e:
                     outcomes[index] = e
         else:

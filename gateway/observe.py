@@ -626,6 +626,27 @@ class GatewayMetrics:
         )
         for table in RETRIEVE_JOURNAL_TABLES:
             self.retrieve_journal_purged.labels(table)
+        # -- study notifications: issue 18 (notify) --
+        self.study_notifications = Counter(
+            f"{p}_study_notifications",
+            "Study notifications queued, by sink and event (complete, amended).",
+            ["sink", "event"],
+            registry=r,
+        )
+        self.studies_completed = Counter(
+            f"{p}_studies_completed",
+            "Studies recorded complete at a notifying route's destinations, by route and how "
+            "(complete, amended, forced, closed: the route no longer notifies).",
+            ["route", "how"],
+            registry=r,
+        )
+        self.study_completion = Histogram(
+            f"{p}_study_completion_seconds",
+            "From a study's first instance (of its opening) to its completion, by route.",
+            ["route"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
+            registry=r,
+        )
         # -- process --
         self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads by result.", ["result"], registry=r)
         self.build_info = Info(f"{p}_build", "The gateway's version.", registry=r)
@@ -724,6 +745,14 @@ class GatewayMetrics:
             for table, count in zip(RETRIEVE_JOURNAL_TABLES, (event.retrieves, event.items, event.remapped_uids)):
                 if count > 0:
                     self.retrieve_journal_purged.labels(table).inc(count)
+        elif isinstance(event, events.StudyCompleted):
+            # issue 18 (notify): route and sink names come from the configuration (bounded labels).
+            how = "forced" if event.forced and event.event != "closed" else event.event
+            self.studies_completed.labels(event.route, how if how in ("complete", "amended", "forced", "closed") else OTHER).inc()
+            if event.event != "closed":
+                self.study_completion.labels(event.route).observe(max(0.0, event.seconds))
+            for sink in event.sinks:
+                self.study_notifications.labels(sink, event.event).inc()
         else:
             self._forward.observe(event)
 

@@ -14,7 +14,9 @@ journal and the spool:
   passed (HARDENING decision 5);
 * :meth:`Recovery.clean_retrieves` deletes the Query/Retrieve journal's
   finished retrieves and unused remapped UIDs after their retention (issue
-  16), in bounded batches, on the housekeeping node only.
+  16), in bounded batches, on the housekeeping node only;
+* :meth:`Recovery.clean_studies` deletes the study journal's rows completed
+  longer ago than ``retention.studies`` (issue 18), the same way.
 
 On a spool shared by several nodes (``spool.shared``, issue 14) every file
 name starts with its owner node (:func:`gateway.slots.owner_of`). Start-up
@@ -40,6 +42,7 @@ from gateway.durable import unlink_if_present
 from gateway.prepare import remove_copies
 from gateway.queue.interfaces import InstanceRecord, IQueueStore, NodeStatus
 from gateway.queue.retrieves import IRetrieveJournal, RetrievePurge
+from gateway.queue.studies import IStudyJournal
 from gateway.slots import DCM_SUFFIX, owner_of
 
 
@@ -304,3 +307,29 @@ class Recovery:
                 if not deleted:
                     break
         return RetrieveCleanup(retrieves=retrieves, items=items, remapped_uids=remapped)
+
+    async def clean_studies(self, study_retention: float, batch: int = RETRIEVE_BATCH) -> int:
+        """Delete study rows completed longer ago than ``study_retention`` (issue 18; housekeeping node only).
+
+        As :meth:`clean_retrieves`: transactions of at most ``batch`` rows
+        until one deletes nothing, at most :data:`RETRIEVE_BATCHES_PER_ROUND`
+        per round. Open rows are never deleted (their study is still being
+        tracked); a row deleted and then noted again starts afresh (its next
+        notification says ``complete``, not ``amended``). A retention of 0
+        keeps them forever.
+
+        :param study_retention: seconds a complete row is kept after its completion (``retention.studies``).
+        :param batch: the most rows per transaction.
+        :returns: how many rows were deleted.
+        """
+        if study_retention <= 0 or not IStudyJournal.providedBy(self._store):
+            return 0
+        journal = IStudyJournal(self._store)
+        bound = self._wall() - study_retention
+        deleted = 0
+        for _ in range(RETRIEVE_BATCHES_PER_ROUND):
+            purged: int = await self._store_runner.run(journal.purge_studies, bound, batch)
+            deleted += purged
+            if not purged:
+                break
+        return deleted

@@ -371,6 +371,8 @@ class AuditObserver:
         )
 
     def _record(self, entry: Any, disposition: str, outcome: Outcome, description: str) -> None:
+        from gateway.config.schema import NOTIFICATION_SINKS  # issue 18 (notify)
+
         destination = self._destinations().get(entry.destination)
         folder = destination is not None and hasattr(destination, "path") and not hasattr(destination, "ae_title")
         if destination is None:
@@ -382,6 +384,14 @@ class AuditObserver:
             )
         elif folder:
             target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=destination.path)
+        elif isinstance(destination, NOTIFICATION_SINKS):
+            # Issue 18 (notify): a study notification leaves the DICOM world for a RIS, a pipeline...
+            # (with the patient's identity when the sink allows PHI): audited as Data Export
+            # (PS3.15 A.5.3.5), not DICOM Instances Transferred (no instance is transferred).
+            # The URL's query is left out (it may carry a key).
+            folder = True
+            point = getattr(destination, "url", "").split("?", 1)[0] or f"{getattr(destination, 'host', '')}:{getattr(destination, 'port', '')}"
+            target = Participant(user_id=entry.destination, role="Destination Role ID", network_access_point=point)
         else:
             target = Participant(
                 user_id=destination.ae_title,
@@ -564,6 +574,21 @@ def check_material(config: GatewayConfig) -> list[str]:
     for destination in config.destinations:
         if isinstance(destination, DicomWebDestination):
             problems += [f"destination {destination.name}: {p}" for p in dicomweb_material(destination)]
+            continue
+        # Issue 18 (notify): webhook and FHIR sinks have a DICOMweb destination's url, auth and tls.
+        from gateway.config.schema import FhirSink, WebhookSink
+
+        if isinstance(destination, (WebhookSink, FhirSink)):
+            problems += [f"destination {destination.name}: {p}" for p in dicomweb_material(destination)]  # type: ignore[arg-type]
+            secret = getattr(destination, "secret_file", "")
+            if secret:
+                try:
+                    with open(secret, "rb") as handle:
+                        if not handle.read(65537).strip():
+                            problems.append(f"destination {destination.name}: webhook.secret_file {secret} is empty")
+                except OSError as error:
+                    problems.append(f"destination {destination.name}: webhook.secret_file: cannot read {secret}: "
+                                    f"{error.strerror or type(error).__name__}")
             continue
         tls = getattr(destination, "tls", None)
         if tls is None:

@@ -475,6 +475,24 @@ class GatewayService(MultiService):
         self._add_archive_commitment()
         self._janitor = LoopingCall(self._clean)
         self._janitor.clock = reactor
+        # Issue 18 (notify): the study tracker, run on the housekeeping node (started after recovery).
+        self.tracker: Any = None
+        self._tracker_call: Any = None
+        if hasattr(store, "open_studies"):
+            from gateway.notify.tracker import StudyTracker
+
+            self.tracker = StudyTracker(
+                store=store,
+                store_runner=self.store_runner,
+                file_runner=self.blocking,
+                routes=lambda: {route.name: route for route in self.config.routes},
+                instances_dir=self.spool.instances_dir,
+                owner=self.owner,
+                node=self.config.node,
+                wall=wall,
+                holds=self._holds_housekeeping,
+                completed=self._study_completed,
+            )
         self.ready: Deferred[None] = Deferred()
         # Scrape-time gauges read a snapshot renewed on the store's thread (never at scrape time).
         self.refresher = StateRefresher(
@@ -778,8 +796,14 @@ class GatewayService(MultiService):
             n=len(self.config.destinations),
             r=len(self.config.routes),
         )
+        from gateway.config.schema import NOTIFICATION_SINKS
+
         for name in self.config.unused_destinations():
-            self.log.warn("destination {name} is named by no route", name=name)
+            if isinstance(self.config.destination(name), NOTIFICATION_SINKS):
+                # Issue 18 (notify): a sink is used by a route's notify.sinks, not its forward list.
+                self.log.warn("sink {name} is in no route's notify.sinks: it is never notified", name=name)
+            else:
+                self.log.warn("destination {name} is named by no route", name=name)
         from gateway.config.commitment import commitment_warnings
         from gateway.config.qr import qr_warnings
 
@@ -838,6 +862,7 @@ class GatewayService(MultiService):
             if not service.running:
                 service.startService()
         self._janitor.start(self.config.spool.clean_interval, now=False)
+        self._schedule_tracker()
         self.refresher.start()
         self.ready.callback(None)
 
@@ -916,6 +941,50 @@ class GatewayService(MultiService):
                 self.observer.observe(
                     events.RetrieveJournalCleaned(cleaned.retrieves, cleaned.items, cleaned.remapped_uids)
                 )
+            # Issue 18 (studies): study rows completed before retention.studies.
+            studies = await self.recovery.clean_studies(self.config.study_retention)
+            if studies:
+                self.log.info("journal clean-up: {count} study row(s) past retention.studies deleted", count=studies)
+
+    # -- study notifications (issue 18) -----------------------------------------------------
+
+    def _holds_housekeeping(self) -> Deferred[bool]:
+        """Whether this node runs the housekeeping now (the singleton, asked every round; never while the journal is away)."""
+        if not self.heartbeat.available:
+            return succeed(False)
+        return self.store_runner.run(self.store.hold_singleton, HOUSEKEEPING, self._wall(), self.heartbeat.singleton_seconds)
+
+    def _schedule_tracker(self) -> None:
+        """The next tracker round, a quarter of the shortest quiet period from now (the routes in force)."""
+        from gateway.notify.tracker import tracker_interval
+
+        if self.tracker is None or not self.running:
+            return
+        self._tracker_call = self._reactor.callLater(tracker_interval(self.config.routes), self._track)
+
+    def _track(self) -> None:
+        """One tracker round, then the next is scheduled (a failure is logged, not fatal)."""
+        self._tracker_call = None
+        d = Deferred.fromCoroutine(self.tracker.run_once())
+
+        def failed(failure: Any) -> None:
+            if failure.check(StoreUnavailable):
+                self.log.warn("study tracking skipped: {error}", error=failure.getErrorMessage())
+            else:
+                self.log.failure("study tracking failed", failure)
+
+        d.addErrback(failed)
+        d.addBoth(lambda _: self._schedule_tracker())
+
+    def _study_completed(self, completion: Any) -> None:
+        """A completion was recorded: metrics and events, and the sinks' workers look at their queues now."""
+        self.observer.observe(
+            events.StudyCompleted(
+                completion.route, completion.event, completion.forced, completion.with_failures,
+                completion.sinks, completion.seconds,
+            )
+        )
+        self._poke(completion.sinks)
 
     def _clean(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._clean_once())
@@ -940,6 +1009,9 @@ class GatewayService(MultiService):
                 close()  # syslog; the audit file stays open for the last records
         if self._janitor.running:
             self._janitor.stop()
+        if self._tracker_call is not None and self._tracker_call.active():
+            self._tracker_call.cancel()
+            self._tracker_call = None
         self.heartbeat.stop()
         self.drain.stop()
         self.refresher.stop()

@@ -282,6 +282,12 @@ def _check_destination(
     dicom_keys = [key for key in _DICOM_KIND_KEYS if key in keys]
     if _DICOMWEB_KIND_KEY in keys:
         return _check_dicomweb_destination(name, key_node, node, path, ctx, keys)
+    # Issue 18 (notify): notification sinks, settings inside webhook:/hl7:/fhir:.
+    from gateway.config.notify import SINK_KIND_KEYS, check_sink_destination
+
+    for sink_kind in SINK_KIND_KEYS:
+        if sink_kind in keys:
+            return check_sink_destination(name, sink_kind, key_node, node, path, ctx, keys)
     if _FOLDER_KIND_KEY in keys and dicom_keys:
         return ctx.error(
             key_node,
@@ -300,7 +306,8 @@ def _check_destination(
             key_node,
             path,
             f"destination {name!r} is neither a folder (folder:) nor a DICOM AE "
-            "(ae_title, host and port) nor a DICOMweb server (dicomweb:); give one of them",
+            "(ae_title, host and port) nor a DICOMweb server (dicomweb:) nor a notification sink "
+            "(webhook:, hl7:, fhir:); give one of them",
         )
     values = _check_fields(node, path, ctx, _DICOM_FIELDS, foreign=_ONLY_FOLDER)
     if values is INVALID:

@@ -88,6 +88,7 @@ from gateway.config.nodes import (
 from gateway.config.commitment import check_commitment, check_commitment_requesters
 from gateway.config.dicomweb import check_dicomweb
 from gateway.config.modalities import check_modalities
+from gateway.config.console import check_console
 from gateway.config.qr import check_qr_references, check_query, check_retrieve
 from gateway.config.listeners import _ACCEPT_FIELDS, _LIMITS_FIELDS, _check_listeners
 from gateway.config.destinations import _check_destinations, _check_folders_outside_spool
@@ -243,6 +244,8 @@ _TOP_LEVEL: Final[Mapping[str, _Field]] = {
     "retrieve": _Field(check_retrieve),
     # Issue 17: the STOW-RS inbound service.
     "dicomweb": _Field(check_dicomweb),
+    # Issue 18: the operator console under /console of the HTTP service.
+    "console": _Field(check_console),
 }
 
 

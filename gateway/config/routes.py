@@ -138,6 +138,13 @@ def _check_reject(node: yaml.Node, path: str, ctx: _Context) -> Any:
         return ctx.error(node, path, f"0x{value:04X} is not a failure status; reject needs one (e.g. 0xA700, 0xA900, 0xC000)")
     return value
 
+def _check_notify(node: yaml.Node, path: str, ctx: _Context) -> Any:
+    """Accept a route's ``notify`` section (:func:`gateway.config.notify.check_notify`)."""
+    from gateway.config.notify import check_notify
+
+    return check_notify(node, path, ctx)
+
+
 _ROUTE_FIELDS: Final[Mapping[str, _Field]] = {
     "name": _Field(_check_string, required=True),
     "forward": _Field(_check_forward),
@@ -146,6 +153,8 @@ _ROUTE_FIELDS: Final[Mapping[str, _Field]] = {
     "final": _Field(_check_boolean),
     "drop": _Field(_check_boolean),
     "reject": _Field(_check_reject),
+    # Issue 18 (notify): tell sinks when a study reached the route's destinations.
+    "notify": _Field(_check_notify),
 }
 
 
@@ -181,6 +190,9 @@ def _check_route(node: yaml.Node, path: str, ctx: _Context) -> Any:
         return ctx.error(_value_node(node, "morph"), _child(path, "morph"), "a route that forwards nothing has nothing to morph")
     if not values.get("forward") and not values.get("drop") and values.get("reject") is None:
         return ctx.error(node, path, "a route that neither drops nor rejects needs a non-empty 'forward'")
+    if values.get("notify") is not None and not values.get("forward"):
+        return ctx.error(_value_node(node, "notify"), _child(path, "notify"),
+                         "a route that forwards nothing has no study to notify")
     values.setdefault("forward", ())
     origin = f"{ctx.source_name}:{node.start_mark.line + 1}"
     return RouteConfig(origin=origin, **values)
@@ -234,6 +246,10 @@ def _check_references(ctx: _Context) -> None:
         if not hint:
             hint = ("configured destinations: " + ", ".join(sorted(names))) if names else "no destinations are configured"
         ref.ctx.error(ref.node, ref.key_path, f"unknown destination {ref.name!r}; {hint}")
+    # Issue 18 (notify): notify.sinks names sinks only, forward names none.
+    from gateway.config.notify import check_sink_references
+
+    check_sink_references(ctx)
 
 
 def _check_forward_template(ref: _NameRef, names: frozenset[str]) -> None:

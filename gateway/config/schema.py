@@ -1280,4 +1280,6 @@ class GatewayConfig:
         :returns: Their names, in file order.
         """
         used = {name for route in self.routes for name in route.forward}
+        # Issue 18 (notify): a sink is used when a route's notify names it.
+        used |= {name for route in self.routes if route.notify is not None for name in route.notify.sinks}
         return tuple(d.name for d in self.destinations if d.name not in used)

@@ -102,9 +102,11 @@ def _retention(
     keep_delivered: float = _default_of("keep_delivered"),
     retrieves: float = _default_of("retrieve_retention"),
     remapped_uids: float = _default_of("remap_retention"),
+    studies: float = _default_of("study_retention"),
 ) -> dict[str, float]:
     """The ``retention`` section's values by :class:`GatewayConfig` field (``load._assemble`` spreads them)."""
-    return {"keep_delivered": keep_delivered, "retrieve_retention": retrieves, "remap_retention": remapped_uids}
+    return {"keep_delivered": keep_delivered, "retrieve_retention": retrieves, "remap_retention": remapped_uids,
+            "study_retention": studies}
 
 
 # ``retention``: delivered spool files, and (issue 16) the journal's finished
@@ -115,6 +117,8 @@ _check_retention: Final = _section(
         "keep_delivered": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
         "retrieves": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
         "remapped_uids": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
+        # Issue 18 (notify): completed studies' rows (0: kept forever).
+        "studies": _Field(_duration(0, _MAX_AGE_SECONDS, zero_allowed=True)),
     },
 )
 def _check_node_name(node: yaml.Node, path: str, ctx: _Context) -> Any:

@@ -184,9 +184,12 @@ class ConsoleData(Protocol):
     def dead_letter(self, entry_id: int) -> "Deferred[Entry]":
         """One entry with its history. Fails with KeyError when there is none."""
 
-    def retry(self, ids: Sequence[int] | None, where: DeadFilter | None, to: str | None, operator: Operator) -> "Deferred[ActionResult]":
+    def retry(
+        self, ids: Sequence[int] | None, where: DeadFilter | None, to: str | None, operator: Operator, force: bool = False
+    ) -> "Deferred[ActionResult]":
         """Requeue the given dead letters (or, with ``ids=None``, every one matching ``where``, up to
-        :data:`BULK_LIMIT`), re-targeted to ``to`` when given; audited with ``operator``."""
+        :data:`BULK_LIMIT`), re-targeted to ``to`` when given; audited with ``operator``. A re-target
+        no route would make fails for that entry unless ``force`` (the API's rule)."""
 
     def purge(self, ids: Sequence[int] | None, where: DeadFilter | None, operator: Operator) -> "Deferred[ActionResult]":
         """Delete the given dead letters (or every one matching ``where``); audited."""

@@ -57,9 +57,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from gateway.queue.studies import StudyNote
 
 
 class EntryState(Enum):
@@ -295,7 +298,11 @@ class IQueueStore(Interface):
     node = Attribute("The name of the node this store object speaks for (leases, heartbeats, singletons).")
 
     def add_instance(
-        record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
+        record: InstanceRecord,
+        entries: Sequence[NewEntry],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[StudyNote] = (),
     ) -> AddResult:
         """Record a received instance and its entries in one transaction.
 
@@ -304,17 +311,29 @@ class IQueueStore(Interface):
         ``duplicate_window`` seconds before ``now``, for an instance with the
         same SOP Instance UID **and** the same ``sha256`` (HARDENING decision 5).
         A window of 0 disables the check.
+
+        ``notes`` (issue 18, :class:`gateway.queue.studies.StudyNote`, one per
+        notifying route that matched): each creates or updates its route's
+        ``studies`` row in the same transaction, after the entries; a note
+        whose route's new entries are all DUPLICATE changes nothing, a note
+        on a ``complete`` row reopens it (``open``, ``opened_at = now``,
+        ``completions`` kept). The conventions are listed in
+        :mod:`gateway.queue.memory_studies`.
         """
 
     def add_instances(
-        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[Sequence[StudyNote]] | None = None,
     ) -> list[AddResult]:
         """Several :meth:`add_instance` calls in one transaction (group commit): all or nothing.
 
         Instances of the batch are added in order, so a later one sees the
         entries of an earlier one (an identical re-send within the same batch
         is a duplicate). If any one fails, nothing of the batch is recorded
-        and the error is raised.
+        and the error is raised. ``notes``, when given, holds one sequence of
+        study notes per batch item (:class:`ValueError` otherwise).
         """
 
     def lease(destination: str, limit: int, now: float, lease_seconds: float, shard: tuple[int, int] | None = None) -> list[Entry]:

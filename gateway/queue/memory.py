@@ -48,6 +48,9 @@ from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieves import IRetrieveJournal
 from gateway.queue.memory_commitments import CommitmentTables, MemoryCommitmentJournal
 from gateway.queue.memory_retrieves import MemoryRetrieveJournal, RetrieveTables
+from gateway.queue.memory_studies import MemoryStudyJournal, StudyTables, check_notes
+from gateway.queue.studies import IStudyJournal, StudyNote
+from gateway.queue.memory_console import MemoryConsoleQueries  # issue 18: the console's reads
 from gateway.queue.sqlite import check_shard, check_slot, study_hash
 
 __all__ = ["MemoryQueueStore"]
@@ -127,10 +130,12 @@ class _Tables:
     commitments: CommitmentTables = field(default_factory=CommitmentTables)
     # Query/Retrieve (issue 16): retrieves in progress, remapped UIDs.
     retrieves: RetrieveTables = field(default_factory=RetrieveTables)
+    # Study completeness (issue 18): one row per (route, study) of the routes that notify.
+    studies: StudyTables = field(default_factory=StudyTables)
 
 
-@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
-class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
+class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal, MemoryStudyJournal, MemoryConsoleQueries):
     """The queue in dicts: same behaviour as the SQLite store, nothing durable.
 
     :param node: the node this store object speaks for (lease owner, heartbeats).
@@ -239,8 +244,15 @@ class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal):
 
     # -- intake ---------------------------------------------------------------
 
-    def add_instance(self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float) -> AddResult:
-        """Record a received instance and its entries (see the interface).
+    def add_instance(
+        self,
+        record: InstanceRecord,
+        entries: Sequence[NewEntry],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[StudyNote] = (),
+    ) -> AddResult:
+        """Record a received instance and its entries, and its study notes (see the interface).
 
         :raises ValueError: an instance with this id is already recorded.
         """
@@ -262,29 +274,41 @@ class MemoryQueueStore(MemoryCommitmentJournal, MemoryRetrieveJournal):
         hash_ = study_hash(record.study_instance_uid)
         ids: list[int] = []
         duplicates: list[str] = []
+        states: list[EntryState] = []
         for new in entries:
             state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
             if state is EntryState.DUPLICATE:
                 duplicates.append(new.destination)
+            states.append(state)
             ids.append(
                 self._insert(
                     record.instance_id, new.route, new.destination, new.path, state, now, hash_,
                     plan_hash=self._keep_plan(new.plan),
                 )
             )
+        self._apply_notes(notes, entries, states, now)
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
     def add_instances(
-        self, batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+        self,
+        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[Sequence[StudyNote]] | None = None,
     ) -> list[AddResult]:
         """Several instances, all or nothing (see the interface).
 
-        :raises ValueError: an instance id is already recorded, or repeated in the batch.
+        :raises ValueError: an instance id is already recorded, or repeated in the batch,
+            or ``notes`` is not one sequence per batch item.
         """
         ids = [record.instance_id for record, _ in batch]
         if len(set(ids)) != len(ids) or any(i in self._t.instances for i in ids):
             raise ValueError("an instance of the batch is already recorded")
-        return [self.add_instance(record, entries, now, duplicate_window) for record, entries in batch]
+        per_item = check_notes(batch, notes)
+        return [
+            self.add_instance(record, entries, now, duplicate_window, item_notes)
+            for (record, entries), item_notes in zip(batch, per_item)
+        ]
 
     # -- the worker's cycle ---------------------------------------------------------
 

@@ -149,7 +149,11 @@ from zope.interface import implementer
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.console_sql import SqlConsoleQueries  # issue 18: the console's keyset reads
 from gateway.queue.retrieves import IRetrieveJournal
+from gateway.queue.memory_studies import check_notes
+from gateway.queue.study_sql import PG_NOTE, SqlStudyJournal, pg_note_params
+from gateway.queue.studies import IStudyJournal, StudyNote
 from gateway.queue.interfaces import (
     EXPIRED_LEASE_PREFIX,
     RECOVERED_IN_FLIGHT,
@@ -349,8 +353,8 @@ def _connect_kwargs(
     return kwargs
 
 
-@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
-class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
+class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal, SqlConsoleQueries):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on a PostgreSQL database shared by several nodes.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
@@ -604,6 +608,13 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     _cj_chunk = 10_000
     # The retrieve journal's (gateway.queue.retrieve_sql): one allocation of a message ID at a time.
     _rj_lock = " FOR UPDATE"
+    # The study journal's (gateway.queue.study_sql): complete_study locks its row; keyset orders by code point.
+    _sj_lock = " FOR UPDATE"
+    _sj_collate = ' COLLATE "C"'
+    # The console's (gateway.queue.console_sql, issue 18): strpos; a CAST to integer rounds, so floor first.
+    _cq_contains = "strpos"
+    _cq_bucket = "CAST(FLOOR({}) AS INTEGER)"
+    _cq_prepare = False
 
     def _cj_in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column = ANY(?)`` with ``values`` as one array parameter."""
@@ -687,29 +698,40 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     # -- IQueueStore: intake ----------------------------------------------------
 
     def add_instance(
-        self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
+        self,
+        record: InstanceRecord,
+        entries: Sequence[NewEntry],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[StudyNote] = (),
     ) -> AddResult:
-        """Record a received instance and its entries in one transaction.
+        """Record a received instance, its entries and its study notes in one transaction.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.add_instance`.
 
         :raises ValueError: an instance with this id is already recorded.
         """
-        return self.add_instances([(record, entries)], now, duplicate_window)[0]
+        return self.add_instances([(record, entries)], now, duplicate_window, [notes])[0]
 
     def add_instances(
-        self, batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+        self,
+        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[Sequence[StudyNote]] | None = None,
     ) -> list[AddResult]:
         """Several instances in one transaction: one commit (one WAL flush) for all (group commit).
 
         See :meth:`gateway.queue.interfaces.IQueueStore.add_instances`.
 
-        :raises ValueError: an instance id is already recorded (nothing is kept).
+        :raises ValueError: an instance id is already recorded (nothing is kept), or
+            ``notes`` is not one sequence per batch item.
         """
         import psycopg
 
         if not batch:
             return []
+        per_item = check_notes(batch, notes)
         since = now - duplicate_window
         try:
             with self._pipelined() as conn:
@@ -767,6 +789,11 @@ class PostgresQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
                     for record, entries in batch
                     for new in entries
                 ]
+                # Study completeness (issue 18): each note after its instance's entries,
+                # queued in the same pipeline (gateway.queue.study_sql.PG_NOTE decides and merges in SQL).
+                for (record, _), item_notes in zip(batch, per_item):
+                    for note in item_notes:
+                        conn.execute(PG_NOTE, pg_note_params(note, record.instance_id, now))
         except psycopg.errors.UniqueViolation as e:
             raise ValueError(_scrub(f"an instance of the batch is already recorded: {e.diag.message_detail}", self._secrets)) from None
         ids: list[int] = []

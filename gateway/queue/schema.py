@@ -411,6 +411,8 @@ STUDIES_TABLE: tuple[str, ...] = (
     """,
     # due_studies: the open studies, quietest first.
     "CREATE INDEX studies_due ON studies (state, last_instance_at)",
+    # purge_studies: the complete rows, oldest completion first (retention.studies).
+    "CREATE INDEX studies_completed ON studies (state, completed_at)",
 )
 
 #: The console's indexes (issue 18; the same text on PostgreSQL).

@@ -178,7 +178,11 @@ from gateway.private import FILE_MODE, open_private, tighten
 from gateway.queue.commitment_sql import SqlCommitmentJournal
 from gateway.queue.commitments import ICommitmentJournal
 from gateway.queue.retrieve_sql import SqlRetrieveJournal
+from gateway.queue.console_sql import SqlConsoleQueries  # issue 18: the console's keyset reads
 from gateway.queue.retrieves import IRetrieveJournal
+from gateway.queue.memory_studies import check_notes, note_applies
+from gateway.queue.study_sql import SqlStudyJournal
+from gateway.queue.studies import IStudyJournal, StudyNote
 from gateway.queue.interfaces import (
     AddResult,
     Attempt,
@@ -276,8 +280,8 @@ def _make_private(path: str) -> None:
         tighten(path + suffix, FILE_MODE)
 
 
-@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal)
-class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
+@implementer(IQueueStore, ICommitmentJournal, IRetrieveJournal, IStudyJournal)
+class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal, SqlStudyJournal, SqlConsoleQueries):
     """The durable :class:`~gateway.queue.interfaces.IQueueStore` on one SQLite file.
 
     It is also the :class:`~gateway.queue.commitments.ICommitmentJournal`
@@ -412,28 +416,42 @@ class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
     # -- IQueueStore: intake ----------------------------------------------------
 
     def add_instance(
-        self, record: InstanceRecord, entries: Sequence[NewEntry], now: float, duplicate_window: float
+        self,
+        record: InstanceRecord,
+        entries: Sequence[NewEntry],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[StudyNote] = (),
     ) -> AddResult:
-        """Record a received instance and its entries in one transaction.
+        """Record a received instance, its entries and its study notes in one transaction.
 
         See :meth:`gateway.queue.interfaces.IQueueStore.add_instance`.
 
         :raises ValueError: an instance with this id is already recorded.
         """
         with self._write() as conn:
-            return self._add_one(conn, record, entries, now, duplicate_window)
+            return self._add_one(conn, record, entries, now, duplicate_window, notes)
 
     def add_instances(
-        self, batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]], now: float, duplicate_window: float
+        self,
+        batch: Sequence[tuple[InstanceRecord, Sequence[NewEntry]]],
+        now: float,
+        duplicate_window: float,
+        notes: Sequence[Sequence[StudyNote]] | None = None,
     ) -> list[AddResult]:
         """Several instances in one transaction: one fsync for all (group commit).
 
         See :meth:`gateway.queue.interfaces.IQueueStore.add_instances`.
 
-        :raises ValueError: an instance id is already recorded (nothing is kept).
+        :raises ValueError: an instance id is already recorded (nothing is kept), or
+            ``notes`` is not one sequence per batch item.
         """
+        per_item = check_notes(batch, notes)
         with self._write() as conn:
-            return [self._add_one(conn, record, entries, now, duplicate_window) for record, entries in batch]
+            return [
+                self._add_one(conn, record, entries, now, duplicate_window, item_notes)
+                for (record, entries), item_notes in zip(batch, per_item)
+            ]
 
     def _add_one(
         self,
@@ -442,8 +460,9 @@ class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
         entries: Sequence[NewEntry],
         now: float,
         duplicate_window: float,
+        notes: Sequence[StudyNote] = (),
     ) -> AddResult:
-        """Insert one instance and its entries inside the caller's transaction."""
+        """Insert one instance, its entries and its study notes inside the caller's transaction."""
         hash_ = study_hash(record.study_instance_uid)
         ids: list[int] = []
         duplicates: list[str] = []
@@ -468,16 +487,22 @@ class SqliteQueueStore(SqlCommitmentJournal, SqlRetrieveJournal):
             )
         except sqlite3.IntegrityError as e:
             raise ValueError(f"instance {record.instance_id!r} is already recorded") from e
+        states: list[EntryState] = []
         for new in entries:
             state = EntryState.DUPLICATE if new.destination in already else EntryState.QUEUED
             if state is EntryState.DUPLICATE:
                 duplicates.append(new.destination)
+            states.append(state)
             ids.append(
                 self._insert_entry(
                     record.instance_id, new.route, new.destination, new.path, state, now, hash_,
                     plan_hash=self._keep_plan(new.plan),
                 )
             )
+        # Study completeness (issue 18): the rows of the notifying routes, same transaction.
+        for note in notes:
+            if note_applies(note.route, entries, states):
+                self._sj_apply_note(conn, note, now)
         return AddResult(entry_ids=tuple(ids), duplicates=tuple(duplicates))
 
     # -- IQueueStore: the worker's cycle -------------------------------------

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from gateway.config.schema import DicomDestination, DicomWebDestination, FolderDestination
+from gateway.config.schema import DicomDestination, DicomWebDestination, FhirSink, FolderDestination, Hl7Sink, WebhookSink
 from gateway.send import SendContext, Sender
 from gateway.send.dicom import DicomSender
 from gateway.send.dicomweb import DicomWebSender
+from gateway.send.fhir import FhirSender
 from gateway.send.folder import FolderSender
+from gateway.send.hl7 import Hl7Sender
+from gateway.send.webhook import WebhookSender
 
 __all__ = ["SenderFactory", "SENDERS", "register_sender", "sender_for"]
 
@@ -27,6 +30,10 @@ SENDERS: dict[type, SenderFactory] = {
     FolderDestination: FolderSender,
     # Issue 17: STOW-RS (PS3.18 10.5).
     DicomWebDestination: DicomWebSender,
+    # Issue 18: study notifications to a webhook, (ImagingStudy) to a FHIR server, (ORU^R01) over MLLP.
+    WebhookSink: WebhookSender,
+    FhirSink: FhirSender,
+    Hl7Sink: Hl7Sender,
 }
 
 

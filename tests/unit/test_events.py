@@ -151,6 +151,7 @@ def _samples() -> list[Any]:
         events.RetrieveAnswered("l1", "WS1", "10.0.0.1:4000", "move", "1.2.840.10008.5.1.4.1.2.2.2", "STUDY", "success", 0, 3),
         events.DicomWebAnswered("cloud", 202, 3, 4096, 0.25),
         events.RetrieveJournalCleaned(2, 40, 5),
+        events.StudyCompleted("ct", "complete", False, False, ("hook",), 12.0),  # issue 18 (notify)
     ]
 
 

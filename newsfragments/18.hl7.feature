@@ -1,0 +1,1 @@
+HL7 v2 notification sinks (`destinations.NAME.hl7`): a study's completion is sent as an ORU^R01 (or a message from a template, every value HL7-escaped) over MLLP on one reused TCP or TLS connection, built and validated with hl7apy, with PID left pseudonymous unless the sink allows PHI, and the ACK checked (AA delivered, AE and AR configurable, no ACK retried as ambiguous).
