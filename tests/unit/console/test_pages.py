@@ -289,6 +289,30 @@ class OverviewTests(PagesTestCase):
         scripts = page.all("script")
         self.assertEqual([s.attrs["src"] for s in scripts], ["/console/static/console.js"])
 
+    def test_circuit_reason_shown_once(self) -> None:
+        """The circuit's reason is shown beside the last error only when it says something else."""
+        import dataclasses
+
+        from twisted.internet.defer import succeed
+
+        base = self.h.data.overview
+
+        def overview(reason: str) -> None:
+            def patched() -> object:
+                view = base().result
+                first = dataclasses.replace(view.destinations[0], circuit_reason=reason)
+                return succeed(dataclasses.replace(view, destinations=(first,) + view.destinations[1:]))
+
+            self.h.data.overview = patched
+
+        client = self.h.signed_in("vera")
+        overview("association refused")
+        cell = client.get("/console/overview.part").page.one("tr", data_destination="pacs").one("td", class_="last-error")
+        self.assertEqual(cell.text(), "association refused")
+        overview("probe failed: TLS unknown_ca")
+        cell = client.get("/console/overview.part").page.one("tr", data_destination="pacs").one("td", class_="last-error")
+        self.assertIn("(probe failed: TLS unknown_ca)", cell.text())
+
     def test_overview_part_is_the_fragment(self) -> None:
         """overview.part is the content of div#overview, not a whole page."""
         client = self.h.signed_in("vera")
