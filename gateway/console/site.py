@@ -260,10 +260,39 @@ class ConsoleResource(Resource):
     # -- dispatch ----------------------------------------------------------------------------
 
     def render(self, request: Request) -> Any:
+        """Re-read the users file off the reactor thread, then :meth:`_render` the request.
+
+        The users file is stat'ed on every request and read and parsed when it
+        changed (up to 4 MiB): blocking file work, done by ``run_blocking``
+        (the reactor also serves DICOM); the checks then use what was read.
+        """
+        self._apply_settings()
+        d = self.run_blocking(self.users.refresh)
+        fired: list[Any] = []
+        d.addBoth(fired.append)
+        if fired:  # a runner that ran in line (tests): answer now
+            if isinstance(fired[0], Failure):
+                _log.failure("console users file refresh failed", fired[0])
+            return self._render(request)
+
+        def go(result: Any) -> None:
+            if isinstance(result, Failure):
+                _log.failure("console users file refresh failed", result)
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = self._render(request)
+            if body is not NOT_DONE_YET and not request.finished and not getattr(request, "_disconnected", False):
+                request.write(body)
+                request.finish()
+
+        d.addCallback(lambda _: go(fired[0]))
+        d.addErrback(lambda f: _log.failure("console answer failed", f))
+        return NOT_DONE_YET
+
+    def _render(self, request: Request) -> Any:
         """Check the request (host, origin, users, session, CSRF, role) and answer its page."""
         from gateway.httpresources import _host_name, _origin_host
 
-        self._apply_settings()
         if _host_name(request.getHeader(b"host")) not in self.hosts:
             return self._message(request, 403, "host-refused", "Refused", "This Host is not served (add it to http.allowed_hosts).")
         method = request.method
@@ -276,7 +305,7 @@ class ConsoleResource(Resource):
             parts.pop()
         if parts[:1] == ["static"] and len(parts) == 2 and parts[1] in _STATIC and method in (b"GET", b"HEAD"):
             return self._static(request, parts[1])
-        if not self.users.path or not self.users.users():
+        if not self.users.path or not self.users.known():
             # Never an open console: without a usable user, every page says how to make one.
             why = "No users are configured" if not self.users.path else "The users file has no usable user"
             return self._message(
@@ -318,7 +347,7 @@ class ConsoleResource(Resource):
         session = self.signer.decode(request.getCookie(COOKIE), self.clock())
         if session is None:
             return False
-        user = self.users.get(session.user)
+        user = self.users.known_user(session.user)
         return user is not None and fingerprint(user) == session.fingerprint
 
     def _static(self, request: Request, name: str) -> bytes:
@@ -334,7 +363,7 @@ class ConsoleResource(Resource):
         session = self.signer.decode(request.getCookie(COOKIE), now)
         if session is None:
             return None
-        user = self.users.get(session.user)
+        user = self.users.known_user(session.user)
         if user is None or fingerprint(user) != session.fingerprint:
             return None  # the user was removed, or the password or role changed
         if renew and now - session.last_used > 5:
@@ -373,7 +402,7 @@ class ConsoleResource(Resource):
             audit_sign_in(self.trail(), peer, name, False, "too many failed sign-ins: locked for a minute")
             return self._html(request, "login.html", 429, csrf=csrf, user=name,
                               error="Too many failed sign-ins: wait a minute and try again.")
-        user = self.users.get(name)
+        user = self.users.known_user(name)
         password = _arg(request, "password")
         # scrypt costs tens of milliseconds by design: off the reactor thread, which also serves DICOM.
         # An unknown name is checked against a dummy hash, so timing does not tell which names exist.
