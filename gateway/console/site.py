@@ -44,7 +44,7 @@ from gateway.console.data import DeadFilter
 from gateway.console.session import COOKIE, Session, SessionSigner
 from gateway.console.users import UsersFile, fingerprint, verify_password
 
-__all__ = ["ConsoleResource", "mask", "PRE_COOKIE"]
+__all__ = ["ConsoleResource", "mask", "PRE_COOKIE", "MAX_UPLOADS"]
 
 PRE_COOKIE = b"gw_console_pre"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +54,8 @@ _STATIC = {
     "favicon.svg": "image/svg+xml",
 }
 _FIND_BY = ("study", "accession", "patient", "sop")
+#: Rule-test uploads under way at once (each takes up to twice ``console.upload_limit`` in the spool).
+MAX_UPLOADS = 2
 _log = Logger(namespace="gateway.console")
 
 
@@ -168,6 +170,8 @@ class ConsoleResource(Resource):
         self.refresh = refresh
         self.upload_folder = upload_folder
         self.upload_limit = upload_limit
+        #: Uploads accepted by :meth:`may_upload` and not yet answered (or cut).
+        self.uploads = 0
         self.throttle = SignInThrottle(clock)
         if run_blocking is None:
             from twisted.internet.threads import deferToThread
@@ -333,12 +337,16 @@ class ConsoleResource(Resource):
             return b""
         return self._get(request, me, parts)
 
-    def may_upload(self, request: Request) -> bool:
-        """Whether an upload's headers may send its body: a served Host and a signed-in session.
+    def may_upload(self, request: Request) -> "bool | str":
+        """Whether an upload's headers may send its body: a served Host, a signed-in session, a free place.
 
         Called by the channel when the headers of ``POST /console/rules`` are in
         (:attr:`gateway.httpguard.GatewaySite.upload_gate`), so nobody can fill
         the spool without signing in; the CSRF token is checked after the body.
+        At most :data:`MAX_UPLOADS` uploads are under way at once (each takes
+        up to twice ``upload_limit`` in the spool: the body, then the file part),
+        so signed-in clients cannot fill the spool with parallel uploads: a
+        further one gets a 503 (these words).
         """
         from gateway.httpresources import _host_name
 
@@ -348,7 +356,17 @@ class ConsoleResource(Resource):
         if session is None:
             return False
         user = self.users.known_user(session.user)
-        return user is not None and fingerprint(user) == session.fingerprint
+        if user is None or fingerprint(user) != session.fingerprint:
+            return False
+        if self.uploads >= MAX_UPLOADS:
+            return f"{MAX_UPLOADS} rule-test uploads are under way already: try again in a moment"
+        self.uploads += 1
+
+        def ended(_: Any) -> None:
+            self.uploads -= 1
+
+        request.notifyFinish().addBoth(ended)
+        return True
 
     def _static(self, request: Request, name: str) -> bytes:
         with open(os.path.join(_HERE, "static", name), "rb") as handle:

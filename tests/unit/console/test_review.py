@@ -71,3 +71,49 @@ class UsersFileOffTheReactorTests(SynchronousTestCase):
         held[0].callback(None)
         self.assertIn(b"200", transport.value().split(b"\r\n", 1)[0])
         self.assertIn(b'id="login"', transport.value())
+
+
+class UploadPlacesTests(SynchronousTestCase):
+    """Parallel rule-test uploads cannot fill the spool: at most MAX_UPLOADS are under way."""
+
+    def setUp(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.h = ConsoleHarness(self.folder, upload_limit=100000)
+        self.client = self.h.signed_in("vera")
+
+    def start(self) -> Any:
+        """An upload whose headers and the first half of its body are sent; (channel, transport)."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from tests.unit.console.fakes import multipart
+
+        body, content_type = multipart({"csrf": self.client.csrf("/console/rules")}, b"x" * 50000)
+        head = (f"POST /console/rules HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: gw_console={self.client.cookies['gw_console']}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode("ascii")
+        channel = self.h.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(head + body[: len(body) // 2])
+        return channel, transport
+
+    def test_a_third_upload_at_once_is_503_until_one_ends(self) -> None:
+        """Two uploads arriving: a third is refused (503) before its body is stored; one cut, a new one is taken."""
+        from gateway.console.site import MAX_UPLOADS
+
+        self.assertEqual(MAX_UPLOADS, 2)
+        first = self.start()
+        second = self.start()
+        self.assertEqual((first[1].value(), second[1].value()), (b"", b""))
+        third = self.start()
+        self.assertIn(b" 503 ", third[1].value().split(b"\r\n", 1)[0])
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        first[0].connectionLost(Failure(ConnectionDone()))
+        fourth = self.start()
+        self.assertEqual(fourth[1].value(), b"")
+        for channel, _ in (second, third, fourth):
+            channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.h.console.uploads, 0)
