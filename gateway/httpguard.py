@@ -232,7 +232,13 @@ class GuardedChannel(HTTPChannel):
             gate = self.site.upload_gate
             request = self.requests[-1]
             request.parseCookies()  # (twisted.web parses them next too; it only sets a dict's keys)
-            if gate is not None and not gate(request):
+            verdict = gate(request) if gate is not None else True
+            if isinstance(verdict, str):
+                # Issue 18 (review): as many uploads as the console allows are arriving already (each may
+                # take up to twice the limit in the spool): refused before one byte is written.
+                self.refuse(503, "Service Unavailable", verdict)
+                return
+            if not verdict:
                 # No signed-in console session: refused before one byte of the body is written to the spool.
                 self.refuse(403, "Forbidden", "sign in to the console first")
                 return
@@ -298,6 +304,7 @@ class GatewaySite(Site):
         #: Where that body is written (under the spool).
         self.upload_folder = ""
         #: Whether the headers of an upload may send its body (a signed-in session); ``None``: any.
+        #: It answers True, False (403) or the words of a 503 (too many uploads at once).
         self.upload_gate: Any = None
         #: Connections closed at once because :attr:`max_connections` were open.
         self.refused_connections = 0

@@ -159,15 +159,26 @@ def walked_header(summary: DatasetSummary) -> Any:
     return parse_header(summary)
 
 
-def _int_value(dataset: Any, keyword: str) -> int | None:
-    """An IS element's value as an int, or ``None`` when absent, empty or not a number."""
+#: The largest number a study note keeps (PostgreSQL's ``integer``: ``studies.expected_instances`` and the
+#: ``::int`` cast of :data:`gateway.queue.study_sql.PG_NOTE`). An IS value may have 12 characters
+#: (PS3.5 6.2, "-99999999999" to "999999999999"), more than that column holds: a larger one is unknown
+#: rather than an "integer out of range" that would fail the instance's own transaction (its C-STORE).
+_NOTE_INT_MAX = 2**31 - 1
+
+
+def _int_value(dataset: Any, keyword: str, least: int = -_NOTE_INT_MAX) -> int | None:
+    """An IS element's value as an int, or ``None`` when absent, empty, not a number or out of range.
+
+    :param least: the smallest value that means something (a count below 1 is no count).
+    """
     try:
         value = dataset.get(keyword)
         if value is None or value == "":
             return None
-        return int(value)
+        number = int(value)
     except Exception:
         return None
+    return number if least <= number <= _NOTE_INT_MAX else None
 
 
 def study_notes(
@@ -199,7 +210,7 @@ def study_notes(
         except Exception:
             dataset = None
     series_number = _int_value(dataset, "SeriesNumber") if dataset is not None else None
-    expected = _int_value(dataset, "NumberOfStudyRelatedInstances") if dataset is not None else None
+    expected = _int_value(dataset, "NumberOfStudyRelatedInstances", least=1) if dataset is not None else None
     return [
         StudyNote(
             route=name,

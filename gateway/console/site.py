@@ -44,7 +44,7 @@ from gateway.console.data import DeadFilter
 from gateway.console.session import COOKIE, Session, SessionSigner
 from gateway.console.users import UsersFile, fingerprint, verify_password
 
-__all__ = ["ConsoleResource", "mask", "PRE_COOKIE"]
+__all__ = ["ConsoleResource", "mask", "PRE_COOKIE", "MAX_UPLOADS"]
 
 PRE_COOKIE = b"gw_console_pre"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +54,8 @@ _STATIC = {
     "favicon.svg": "image/svg+xml",
 }
 _FIND_BY = ("study", "accession", "patient", "sop")
+#: Rule-test uploads under way at once (each takes up to twice ``console.upload_limit`` in the spool).
+MAX_UPLOADS = 2
 _log = Logger(namespace="gateway.console")
 
 
@@ -168,6 +170,8 @@ class ConsoleResource(Resource):
         self.refresh = refresh
         self.upload_folder = upload_folder
         self.upload_limit = upload_limit
+        #: Uploads accepted by :meth:`may_upload` and not yet answered (or cut).
+        self.uploads = 0
         self.throttle = SignInThrottle(clock)
         if run_blocking is None:
             from twisted.internet.threads import deferToThread
@@ -260,10 +264,39 @@ class ConsoleResource(Resource):
     # -- dispatch ----------------------------------------------------------------------------
 
     def render(self, request: Request) -> Any:
+        """Re-read the users file off the reactor thread, then :meth:`_render` the request.
+
+        The users file is stat'ed on every request and read and parsed when it
+        changed (up to 4 MiB): blocking file work, done by ``run_blocking``
+        (the reactor also serves DICOM); the checks then use what was read.
+        """
+        self._apply_settings()
+        d = self.run_blocking(self.users.refresh)
+        fired: list[Any] = []
+        d.addBoth(fired.append)
+        if fired:  # a runner that ran in line (tests): answer now
+            if isinstance(fired[0], Failure):
+                _log.failure("console users file refresh failed", fired[0])
+            return self._render(request)
+
+        def go(result: Any) -> None:
+            if isinstance(result, Failure):
+                _log.failure("console users file refresh failed", result)
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            body = self._render(request)
+            if body is not NOT_DONE_YET and not request.finished and not getattr(request, "_disconnected", False):
+                request.write(body)
+                request.finish()
+
+        d.addCallback(lambda _: go(fired[0]))
+        d.addErrback(lambda f: _log.failure("console answer failed", f))
+        return NOT_DONE_YET
+
+    def _render(self, request: Request) -> Any:
         """Check the request (host, origin, users, session, CSRF, role) and answer its page."""
         from gateway.httpresources import _host_name, _origin_host
 
-        self._apply_settings()
         if _host_name(request.getHeader(b"host")) not in self.hosts:
             return self._message(request, 403, "host-refused", "Refused", "This Host is not served (add it to http.allowed_hosts).")
         method = request.method
@@ -276,7 +309,7 @@ class ConsoleResource(Resource):
             parts.pop()
         if parts[:1] == ["static"] and len(parts) == 2 and parts[1] in _STATIC and method in (b"GET", b"HEAD"):
             return self._static(request, parts[1])
-        if not self.users.path or not self.users.users():
+        if not self.users.path or not self.users.known():
             # Never an open console: without a usable user, every page says how to make one.
             why = "No users are configured" if not self.users.path else "The users file has no usable user"
             return self._message(
@@ -304,12 +337,16 @@ class ConsoleResource(Resource):
             return b""
         return self._get(request, me, parts)
 
-    def may_upload(self, request: Request) -> bool:
-        """Whether an upload's headers may send its body: a served Host and a signed-in session.
+    def may_upload(self, request: Request) -> "bool | str":
+        """Whether an upload's headers may send its body: a served Host, a signed-in session, a free place.
 
         Called by the channel when the headers of ``POST /console/rules`` are in
         (:attr:`gateway.httpguard.GatewaySite.upload_gate`), so nobody can fill
         the spool without signing in; the CSRF token is checked after the body.
+        At most :data:`MAX_UPLOADS` uploads are under way at once (each takes
+        up to twice ``upload_limit`` in the spool: the body, then the file part),
+        so signed-in clients cannot fill the spool with parallel uploads: a
+        further one gets a 503 (these words).
         """
         from gateway.httpresources import _host_name
 
@@ -318,8 +355,18 @@ class ConsoleResource(Resource):
         session = self.signer.decode(request.getCookie(COOKIE), self.clock())
         if session is None:
             return False
-        user = self.users.get(session.user)
-        return user is not None and fingerprint(user) == session.fingerprint
+        user = self.users.known_user(session.user)
+        if user is None or fingerprint(user) != session.fingerprint:
+            return False
+        if self.uploads >= MAX_UPLOADS:
+            return f"{MAX_UPLOADS} rule-test uploads are under way already: try again in a moment"
+        self.uploads += 1
+
+        def ended(_: Any) -> None:
+            self.uploads -= 1
+
+        request.notifyFinish().addBoth(ended)
+        return True
 
     def _static(self, request: Request, name: str) -> bytes:
         with open(os.path.join(_HERE, "static", name), "rb") as handle:
@@ -334,7 +381,7 @@ class ConsoleResource(Resource):
         session = self.signer.decode(request.getCookie(COOKIE), now)
         if session is None:
             return None
-        user = self.users.get(session.user)
+        user = self.users.known_user(session.user)
         if user is None or fingerprint(user) != session.fingerprint:
             return None  # the user was removed, or the password or role changed
         if renew and now - session.last_used > 5:
@@ -373,7 +420,7 @@ class ConsoleResource(Resource):
             audit_sign_in(self.trail(), peer, name, False, "too many failed sign-ins: locked for a minute")
             return self._html(request, "login.html", 429, csrf=csrf, user=name,
                               error="Too many failed sign-ins: wait a minute and try again.")
-        user = self.users.get(name)
+        user = self.users.known_user(name)
         password = _arg(request, "password")
         # scrypt costs tens of milliseconds by design: off the reactor thread, which also serves DICOM.
         # An unknown name is checked against a dummy hash, so timing does not tell which names exist.

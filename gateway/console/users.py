@@ -189,6 +189,18 @@ class UsersFile:
         self._refresh()
         return self._users.get(name)
 
+    def refresh(self) -> None:
+        """Re-read the file if it changed (blocking: ``stat``, and the read and parse of a changed file)."""
+        self._refresh()
+
+    def known(self) -> dict[str, ConsoleUser]:
+        """The users as last read by :meth:`refresh` (no file access: for the reactor thread)."""
+        return dict(self._users)
+
+    def known_user(self, name: str) -> ConsoleUser | None:
+        """One user as last read by :meth:`refresh`, or ``None`` (no file access)."""
+        return self._users.get(name)
+
 
 def write_user(path: str, line: str, name: str) -> None:
     """Replace ``name``'s line in ``path`` (or add it), keeping the file private (mode 0600)."""

@@ -29,7 +29,9 @@ recovery (:meth:`gateway.recovery.Recovery.recover`) deletes exactly those
 and the row is still open, so the next round completes it again with the same
 ``sequence`` and so the same idempotency key. After the commit the
 notifications are entries like any other: at least once, the key lets the
-receiver drop a repeat.
+receiver drop a repeat. An error from ``complete_study`` is no answer (the
+commit may have happened): only files whose records the journal says it
+lacks are deleted then; the others wait for start-up recovery.
 
 A route removed by a reload, or whose ``notify`` was removed, has no sinks to
 tell: its open rows are closed as ``forced`` with no notification, so they
@@ -210,7 +212,6 @@ class StudyTracker:
         records = await self._write(notifications, row, now)
         # The entries carry the empty plan: the workers' CopyMaker dead-letters an entry
         # journaled without one (gateway.prepare), and a notification is never morphed.
-        committed = False
         try:
             committed = await self.store_runner.run(
                 self.store.complete_study,
@@ -222,18 +223,39 @@ class StudyTracker:
                 forced,
                 [(record, [NewEntry(route=row.route, destination=n.sink, plan=NO_MORPH)]) for record, n in zip(records, notifications)],
             )
-        finally:
-            if not committed:
-                # Changed meanwhile (a new instance, another node): the files were never journaled.
-                for record in records:
-                    await self.file_runner.run(unlink_if_present, record.path)
+        except BaseException:
+            # An error is no answer: the commit may have happened (PostgreSQL's connection lost in the
+            # COMMIT). A file is deleted only when the journal says its record is not there; the others
+            # stay (start-up recovery deletes the ones no record names), never a queued notification's file.
+            await self._forget_unjournaled(records)
+            raise
         if not committed:
+            # Changed meanwhile (a new instance, another node): the files were never journaled.
+            for record in records:
+                await self.file_runner.run(unlink_if_present, record.path)
             return None
         first = notifications[0]
         return Completion(
             row.route, row.study_instance_uid, first.event, first.sequence, forced, first.with_failures,
             tuple(n.sink for n in notifications), now - row.opened_at,
         )
+
+    async def _forget_unjournaled(self, records: list[InstanceRecord]) -> None:
+        """After a failed ``complete_study``: delete the files whose records the journal does not have.
+
+        When the journal cannot say (it is down, or has no ``instance_record``), the files are kept.
+        """
+        lookup = getattr(self.store, "instance_record", None)
+        for record in records:
+            if lookup is None:
+                return
+            try:
+                await self.store_runner.run(lookup, record.instance_id)
+            except KeyError:
+                await self.file_runner.run(unlink_if_present, record.path)
+            except Exception:
+                self.log.warn("the journal could not say whether a notification was recorded: its file is kept")
+                return
 
     async def _write(self, notifications: list[StudyNotification], row: StudyRow, now: float) -> list[InstanceRecord]:
         """Write each document as a durable spool file; their journal records (not yet journaled)."""

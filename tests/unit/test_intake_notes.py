@@ -188,3 +188,23 @@ class StudyNotesFunctionTests(SynchronousTestCase):
         decision = RoutingDecision(entries=(("ris", "pacs"),), unrouted=False, matched=("ris",))
         (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
         self.assertEqual(got, StudyNote("ris", "1.2.3", "1.2.3.1", None, "MR", None))
+
+    def test_numbers_beyond_the_journals_integer_are_unknown(self) -> None:
+        """An IS of 12 digits (valid, PS3.5 6.2) is more than PostgreSQL's integer: unknown, never the instance's failure.
+
+        Kept, it would make the note's INSERT fail ("integer out of range") inside the
+        instance's own transaction, and so refuse the C-STORE for a reason unrelated to custody.
+        """
+        from gateway.validate import DatasetSummary
+
+        summary = DatasetSummary("1.2", "1.2.3.4", "1.2.3", "1.2.3.1", "MR", 3, None)
+        ds = pydicom.Dataset()
+        ds.SeriesNumber = "999999999999"
+        ds.NumberOfStudyRelatedInstances = "-99999999999"
+        decision = RoutingDecision(entries=(("ris", "pacs"),), unrouted=False, matched=("ris",))
+        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
+        self.assertEqual((got.series_number, got.expected_instances), (None, None))
+        ds.SeriesNumber = "2147483647"
+        ds.NumberOfStudyRelatedInstances = "0"
+        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
+        self.assertEqual((got.series_number, got.expected_instances), (2147483647, None))

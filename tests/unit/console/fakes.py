@@ -166,6 +166,8 @@ from urllib.parse import urlencode  # noqa: E402
 
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 _VOID = {"input", "br", "meta", "link", "img", "hr", "col", "area", "base", "source", "wbr"}
 
@@ -318,7 +320,8 @@ class Client:
         channel.makeConnection(transport)
         channel.dataReceived(data)
         response = Response(transport.value())
-        channel.connectionLost(None)
+        # As a reactor does: a Failure (a request still waiting has notifyFinish Deferreds to errback).
+        channel.connectionLost(Failure(ConnectionDone()))
         for value in response.headers.get("set-cookie", []):
             pair = value.split(";", 1)[0]
             name, _, cookie = pair.partition("=")

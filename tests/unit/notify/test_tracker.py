@@ -153,6 +153,54 @@ class TrackerTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.folder), [])
         self.assertEqual(self.journal.completed, [])
 
+    def test_commit_then_error_keeps_the_files(self) -> None:
+        """complete_study commits, then its caller sees an error (a connection lost in the COMMIT).
+
+        The notifications are queued: their files must stay for the workers (deleting
+        them would lose the notification while its entry says queued).
+        """
+        journaled: dict[str, InstanceRecord] = {}
+        original = self.journal.complete_study
+
+        def commit_then_fail(*args: Any) -> bool:
+            self.assertTrue(original(*args))
+            for record, _ in args[-1]:
+                journaled[record.instance_id] = record
+            raise ConnectionError("server closed the connection unexpectedly")
+
+        def instance_record(instance_id: str) -> InstanceRecord:
+            return journaled[instance_id]
+
+        self.journal.complete_study = commit_then_fail  # type: ignore[method-assign]
+        self.journal.instance_record = instance_record  # type: ignore[attr-defined]
+        self.failureResultOf(ensureDeferred(self.tracker.run_once()), ConnectionError)
+        (_, _, _, notifications) = self.journal.completed[-1]
+        self.assertEqual(len(notifications), 2)
+        for record, _ in notifications:
+            self.assertTrue(os.path.isfile(record.path))
+
+    def test_error_when_the_journal_cannot_say_keeps_the_files(self) -> None:
+        """complete_study fails and the journal cannot be asked: the files stay (start-up recovery sorts them)."""
+        def fail(*args: Any) -> bool:
+            raise ConnectionError("down")
+
+        self.journal.complete_study = fail  # type: ignore[method-assign]
+        self.failureResultOf(ensureDeferred(self.tracker.run_once()), ConnectionError)
+        self.assertEqual(len(os.listdir(self.folder)), 2)
+
+    def test_error_before_commit_deletes_unjournaled_files(self) -> None:
+        """complete_study fails without recording and the journal says so: the files go (no leak while running)."""
+        def fail(*args: Any) -> bool:
+            raise ConnectionError("refused")
+
+        def instance_record(instance_id: str) -> InstanceRecord:
+            raise KeyError(instance_id)
+
+        self.journal.complete_study = fail  # type: ignore[method-assign]
+        self.journal.instance_record = instance_record  # type: ignore[attr-defined]
+        self.failureResultOf(ensureDeferred(self.tracker.run_once()), ConnectionError)
+        self.assertEqual(os.listdir(self.folder), [])
+
     def test_files_durable_before_commit(self) -> None:
         """When complete_study runs, every notification file already exists with its document."""
         seen: list[int] = []
