@@ -39,7 +39,9 @@ header) and times each GET (and the confirmation page of a bulk retry by
 filter, a POST not confirmed) over one keep-alive connection: the median and
 p95 wall time as the client sees it, and the server process's CPU per
 request (``utime + stime`` from ``/proc/<pid>/stat`` around the runs,
-divided by their number: the clock ticks are 10 ms, too coarse per call).
+divided by their number: the clock ticks are 10 ms, too coarse per call),
+and on PostgreSQL also the CPU of the database's server processes serving
+the gateway's connections (``pg_stat_activity`` of the bench database).
 The overview's one-second cache is defeated (the server's wall clock steps
 two seconds per read), as in the reads above.
 
@@ -354,11 +356,23 @@ def measure_http(spec: dict[str, Any], picked: dict[str, Any], runs: int) -> Non
             path, pages = _field(text, r'id="next-page" href="([^"]+)"'), pages + 1
         ticks = os.sysconf("SC_CLK_TCK")
 
+        def backends() -> list[int]:
+            """PostgreSQL's server processes of the gateway's connections (same machine: their CPU is readable)."""
+            if spec["kind"] != "postgresql":
+                return []
+            import psycopg
+
+            with psycopg.connect(spec["dsn"], password=spec["password"]) as conn:
+                return [pid for (pid,) in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+
         def timed(label: str, method: str, path: str, form: dict[str, Any] | None = None, expect: str = "") -> None:
             status, text = client.request(method, path, form)  # warm-up
             if status != 200 or (expect and expect not in text):
                 raise RuntimeError(f"{label}: {method} {path} answered {status}")
             walls = []
+            database = backends()
+            d0 = sum(_cpu_ticks(pid) for pid in database)
             c0 = _cpu_ticks(server.pid)
             for _ in range(runs):
                 w0 = time.perf_counter()
@@ -367,11 +381,14 @@ def measure_http(spec: dict[str, Any], picked: dict[str, Any], runs: int) -> Non
                 if status != 200:
                     raise RuntimeError(f"{label}: {method} {path} answered {status}")
             cpu = (_cpu_ticks(server.pid) - c0) * 1000 / ticks / runs
+            db_cpu = (sum(_cpu_ticks(pid) for pid in database) - d0) * 1000 / ticks / runs
             walls.sort()
             p95 = walls[min(len(walls) - 1, int(round(0.95 * (len(walls) - 1))))]
-            print(f"{label:<58} {statistics.median(walls):>9.2f} {p95:>9.2f} {cpu:>9.2f}  ({len(text) // 1024} KiB)")
+            extra = f" {db_cpu:>9.2f}" if database else ""
+            print(f"{label:<58} {statistics.median(walls):>9.2f} {p95:>9.2f} {cpu:>9.2f}{extra}  ({len(text) // 1024} KiB)")
 
-        print(f"{'page over HTTP (ms per request)':<58} {'median':>9} {'p95':>9} {'srv cpu':>9}")
+        print(f"{'page over HTTP (ms per request)':<58} {'median':>9} {'p95':>9} {'srv cpu':>9}"
+              + (f" {'pg cpu':>9}" if spec["kind"] == "postgresql" else ""))
         timed("GET /console/ (overview, cache defeated)", "GET", "/console/", expect="overview")
         timed("GET /console/overview.part", "GET", "/console/overview.part")
         for by, key in (("study", "study"), ("patient", "patient"), ("accession", "accession"), ("sop", "sop")):
