@@ -27,8 +27,26 @@ Usage::
     .venv/bin/python bench/console.py                 # 1,000,000 entries
     .venv/bin/python bench/console.py --entries 100000 --runs 5
 
-The full HTTP render of the pages through a running gateway needs the
-console's pages (``gateway.console.site``, console-ui); it is not measured here.
+With ``--http`` it then renders every console page over real HTTP: a
+server process (this script with ``--serve``) opens the same journal and
+serves the gateway's HTTP site as :func:`gateway.http.http_service` wires it
+(:func:`~gateway.http.build_site` with :func:`~gateway.http.console_resource`
+over a :class:`~gateway.httpbackend.ServiceBackend`, the store called on a
+dedicated thread pool as :class:`~gateway.service.GatewayService` does),
+with a console users file made by :func:`~gateway.console.users.format_user`.
+This process signs in once (the login form's CSRF token, an ``Origin``
+header) and times each GET (and the confirmation page of a bulk retry by
+filter, a POST not confirmed) over one keep-alive connection: the median and
+p95 wall time as the client sees it, and the server process's CPU per
+request (``utime + stime`` from ``/proc/<pid>/stat`` around the runs,
+divided by their number: the clock ticks are 10 ms, too coarse per call),
+and on PostgreSQL also the CPU of the database's server processes serving
+the gateway's connections (``pg_stat_activity`` of the bench database).
+The overview's one-second cache is defeated (the server's wall clock steps
+two seconds per read), as in the reads above.
+
+    .venv/bin/python bench/console.py --http --db /tmp/console.sqlite
+    .venv/bin/python bench/console.py --http --postgres
 """
 
 from __future__ import annotations
@@ -183,8 +201,9 @@ def write_audit(path: str, records: int) -> None:
 class _Service:
     """What ServiceConsoleData reads of a GatewayService (no listeners or workers: reads only)."""
 
-    def __init__(self, root: str, store: SqliteQueueStore) -> None:
-        self.config = load_config_text(CONFIG.format(root=root), "bench.yaml", root)
+    def __init__(self, root: str, store: Any, console: str = "") -> None:
+        text = CONFIG.format(root=root) + (f"console: {{users_file: {console}}}\n" if console else "")
+        self.config = load_config_text(text, "bench.yaml", root)
         self.store = store
         self.store_runner = SynchronousRunner()
         self.blocking = SynchronousRunner()
@@ -218,6 +237,184 @@ def value(d: Any) -> Any:
     return box[0]
 
 
+USERS_PASSWORD = "bench-password"
+
+
+def serve(spec_json: str) -> None:
+    """The server process of ``--http``: the gateway's HTTP site over the generated journal; prints its port."""
+    from twisted.internet import reactor
+
+    from gateway.blocking import ThreadPoolRunner
+    from gateway.http import build_site, console_resource
+    from gateway.httpbackend import ServiceBackend
+    from gateway.httpresources import LOCAL_HOSTS
+    from prometheus_client import CollectorRegistry
+
+    spec = json.loads(spec_json)
+    root = spec["root"]
+    if spec["kind"] == "postgresql":
+        from gateway.queue.postgres import PostgresQueueStore
+
+        store: Any = PostgresQueueStore(spec["dsn"], "bench-1", password=spec["password"])
+    else:
+        store = SqliteQueueStore(spec["path"], node="bench-1")
+    os.makedirs(os.path.join(root, "spool"), exist_ok=True)
+    service = _Service(root, store, console=spec["users"])
+    # As GatewayService: the store on a dedicated pool (one thread for SQLite), files on another.
+    service.store_runner = ThreadPoolRunner.dedicated(reactor, name="queue", maxthreads=1 if spec["kind"] == "sqlite" else 4)
+    service.blocking = ThreadPoolRunner.dedicated(reactor, name="spool", minthreads=1, maxthreads=4)
+    backend = ServiceBackend(service, lambda path: service.config, clock=reactor)
+    console = console_resource(service, backend, LOCAL_HOSTS)
+    clock = [time.time()]
+
+    def wall() -> float:
+        clock[0] = max(clock[0] + 2.0, time.time())  # past the overview's 1 s cache: every request reads
+        return clock[0]
+
+    console.data._wall = wall  # type: ignore[union-attr]
+    site = build_site(CollectorRegistry(), backend, [], LOCAL_HOSTS, reactor=reactor, console=console)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    print(f"PORT {port.getHost().port}", flush=True)
+    reactor.run()
+
+
+class Client:
+    """One keep-alive HTTP connection to the console, with its cookies."""
+
+    def __init__(self, port: int) -> None:
+        import http.client
+
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, form: dict[str, Any] | None = None) -> tuple[int, str]:
+        """Send one request; keep the cookies it sets; answer the status and the body."""
+        from urllib.parse import urlencode
+
+        headers = {"Host": f"127.0.0.1:{self.port}"}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if method == "POST":
+            headers["Origin"] = f"http://127.0.0.1:{self.port}"
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urlencode(form or {}, doseq=True)
+        self.conn.request(method, path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                k, _, v = value.split(";")[0].partition("=")
+                self.cookies[k.strip()] = v.strip()
+        return response.status, text
+
+
+def _field(text: str, pattern: str) -> str:
+    import html
+    import re
+
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"not in the page: {pattern}")
+    return html.unescape(match.group(1))
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def measure_http(spec: dict[str, Any], picked: dict[str, Any], runs: int) -> None:
+    """Start the server process, sign in, time every page (see the module's docstring)."""
+    import subprocess
+
+    from gateway.console.users import format_user, hash_password
+
+    users = os.path.join(spec["root"], "console-users")
+    with open(users, "w") as f:
+        f.write(format_user("bench", "admin", hash_password(USERS_PASSWORD), show_phi=True) + "\n")
+    os.chmod(users, 0o600)
+    spec = dict(spec, users=users)
+    server = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline() if server.stdout is not None else ""
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the server process did not start: {line!r}")
+        client = Client(int(line.split()[1]))
+        status, login = client.request("GET", "/console/login")
+        csrf = _field(login, r'name="csrf" value="([^"]+)"')
+        status, _ = client.request("POST", "/console/login", {"csrf": csrf, "user": "bench", "password": USERS_PASSWORD})
+        if status != 303:
+            raise RuntimeError(f"sign-in answered {status}")
+        status, page = client.request("GET", "/console/dead-letters")
+        csrf = _field(page, r'name="csrf" value="([^"]+)"')
+        first_id = _field(page, r'name="ids" value="(\d+)"')
+        path, pages = "/console/dead-letters", 1
+        while pages < 100 and 'id="next-page"' in (text := client.request("GET", path)[1]):
+            path, pages = _field(text, r'id="next-page" href="([^"]+)"'), pages + 1
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def backends() -> list[int]:
+            """PostgreSQL's server processes of the gateway's connections (same machine: their CPU is readable)."""
+            if spec["kind"] != "postgresql":
+                return []
+            import psycopg
+
+            with psycopg.connect(spec["dsn"], password=spec["password"]) as conn:
+                return [pid for (pid,) in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+
+        def timed(label: str, method: str, path: str, form: dict[str, Any] | None = None, expect: str = "") -> None:
+            status, text = client.request(method, path, form)  # warm-up
+            if status != 200 or (expect and expect not in text):
+                raise RuntimeError(f"{label}: {method} {path} answered {status}")
+            walls = []
+            database = backends()
+            d0 = sum(_cpu_ticks(pid) for pid in database)
+            c0 = _cpu_ticks(server.pid)
+            for _ in range(runs):
+                w0 = time.perf_counter()
+                status, text = client.request(method, path, form)
+                walls.append((time.perf_counter() - w0) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"{label}: {method} {path} answered {status}")
+            cpu = (_cpu_ticks(server.pid) - c0) * 1000 / ticks / runs
+            db_cpu = (sum(_cpu_ticks(pid) for pid in database) - d0) * 1000 / ticks / runs
+            walls.sort()
+            p95 = walls[min(len(walls) - 1, int(round(0.95 * (len(walls) - 1))))]
+            extra = f" {db_cpu:>9.2f}" if database else ""
+            print(f"{label:<58} {statistics.median(walls):>9.2f} {p95:>9.2f} {cpu:>9.2f}{extra}  ({len(text) // 1024} KiB)")
+
+        print(f"{'page over HTTP (ms per request)':<58} {'median':>9} {'p95':>9} {'srv cpu':>9}"
+              + (f" {'pg cpu':>9}" if spec["kind"] == "postgresql" else ""))
+        timed("GET /console/ (overview, cache defeated)", "GET", "/console/", expect="overview")
+        timed("GET /console/overview.part", "GET", "/console/overview.part")
+        for by, key in (("study", "study"), ("patient", "patient"), ("accession", "accession"), ("sop", "sop")):
+            timed(f"GET /console/find?by={by}", "GET", f"/console/find?by={by}&q={picked[key]}", expect=picked[key])
+        timed("GET /console/dead-letters (no filter)", "GET", "/console/dead-letters")
+        timed("  ... destination=archive", "GET", "/console/dead-letters?destination=archive")
+        timed("  ... reason=refused", "GET", "/console/dead-letters?reason=refused")
+        timed("  ... reason=other", "GET", "/console/dead-letters?reason=other")
+        timed("  ... route=research", "GET", "/console/dead-letters?route=research")
+        timed("  ... older_than=1d", "GET", "/console/dead-letters?older_than=1d")
+        timed("  ... destination=pacs, reason=gave_up, older_than=1d", "GET",
+              "/console/dead-letters?destination=pacs&reason=gave_up&older_than=1d")
+        timed(f"GET dead letters page {pages} (keyset cursor)", "GET", path)
+        timed("GET /console/dead-letters/ID", "GET", f"/console/dead-letters/{first_id}")
+        timed("GET /console/rules", "GET", "/console/rules")
+        timed("GET /console/audit", "GET", "/console/audit")
+        timed("GET /console/audit?ae=RARE", "GET", "/console/audit?ae=RARE")
+        for label, where in (("no filter", {}), ("reason=refused", {"reason": "refused"}),
+                             ("destination=research", {"destination": "research"})):
+            timed(f"POST bulk retry by filter, confirm page ({label})", "POST", "/console/dead-letters/action",
+                  {"csrf": csrf, "action": "retry", "scope": "filter", **where}, expect="confirm")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     """Parse arguments, build the journal and the trail, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -228,7 +425,13 @@ def main() -> None:
     parser.add_argument("--tmpdir", default=None)
     parser.add_argument("--postgres", action="store_true", help="the journal on PostgreSQL (tests/support/postgres.py starts a server)")
     parser.add_argument("--db", default=None, help="keep the journal here and reuse it when it exists (set-up once)")
+    parser.add_argument("--http", action="store_true", help="also render every console page over real HTTP")
+    parser.add_argument("--no-reads", action="store_true", help="skip the data-layer reads (with --http)")
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
     now = time.time()
 
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as root:
@@ -241,8 +444,10 @@ def main() -> None:
             picked = fill_postgres(database.dsn, database.password, args.entries, now, args.days)
             print(f"journal: {args.entries} entries written to PostgreSQL (COPY) in {time.perf_counter() - t:.1f} s")
             store: Any = PostgresQueueStore(database.dsn, "bench-1", password=database.password)
+            spec: dict[str, Any] = {"root": root, "kind": "postgresql", "dsn": database.dsn, "password": database.password}
         else:
             path = args.db or os.path.join(root, "queue.sqlite")
+            spec = {"root": root, "kind": "sqlite", "path": path}
             meta = path + ".json"
             if args.db and os.path.exists(path) and os.path.exists(meta):
                 with open(meta) as f:
@@ -262,42 +467,45 @@ def main() -> None:
         print(f"audit: {args.audit} records written in {time.perf_counter() - t:.1f} s, "
               f"{os.path.getsize(os.path.join(root, 'audit.jsonl')) * 2 / 1e6:.0f} MB")
 
-        service = _Service(root, store)
-        clock = [now]
+        if not args.no_reads:
+            service = _Service(root, store)
+            clock = [now]
 
-        def wall() -> float:
-            clock[0] += 2.0  # past the overview's 1 s cache: every call reads
-            return clock[0]
+            def wall() -> float:
+                clock[0] += 2.0  # past the overview's 1 s cache: every call reads
+                return clock[0]
 
-        data = ServiceConsoleData(service, backend=None, wall=wall)
-        print(f"{'read (ms per call)':<58} {'median':>9} {'p95':>9} {'cpu':>9}")
-        runs = args.runs
-        measure("overview (cache defeated)", runs, lambda: value(data.overview()))
-        first = measure("dead letters, first page (50), no filter", runs, lambda: value(data.dead_letters(DeadFilter(), None)))
-        measure("  ... destination=archive", runs, lambda: value(data.dead_letters(DeadFilter(destination="archive"), None)))
-        measure("  ... reason=refused", runs, lambda: value(data.dead_letters(DeadFilter(reason="refused"), None)))
-        measure("  ... reason=other", runs, lambda: value(data.dead_letters(DeadFilter(reason="other"), None)))
-        measure("  ... route=research", runs, lambda: value(data.dead_letters(DeadFilter(route="research"), None)))
-        measure("  ... older than 1 day", runs, lambda: value(data.dead_letters(DeadFilter(enqueued_before=now - 86400), None)))
-        measure("  ... destination=pacs, reason=gave_up, older than 1 day", runs,
-                lambda: value(data.dead_letters(DeadFilter(destination="pacs", reason="gave_up", enqueued_before=now - 86400), None)))
-        cursor = first.next_before
-        for _ in range(98):
-            cursor = value(data.dead_letters(DeadFilter(), cursor)).next_before
-        measure("dead letters, page 100 by keyset", runs, lambda: value(data.dead_letters(DeadFilter(), cursor)))
-        measure("count for a bulk action, reason=refused (cap 10001)", runs, lambda: value(data.count_dead(DeadFilter(reason="refused"))))
-        measure("count for a bulk action, destination=research", runs, lambda: value(data.count_dead(DeadFilter(destination="research"))))
-        measure("count for a bulk action, no filter", runs, lambda: value(data.count_dead(DeadFilter())))
-        measure("find by study (50 instances, 100 entries)", runs, lambda: value(data.find("study", picked["study"])))
-        measure("find by patient (500 instances)", runs, lambda: value(data.find("patient", picked["patient"])))
-        measure("find by accession", runs, lambda: value(data.find("accession", picked["accession"])))
-        measure("find by sop", runs, lambda: value(data.find("sop", picked["sop"])))
-        measure("dead letter detail", runs, lambda: value(data.dead_letter(first.entries[0].entry_id)))
-        measure("audit, first page (100)", runs, lambda: value(data.audit(None, None, None)))
-        measure("audit, event=110104", runs, lambda: value(data.audit("110104", None, None)))
-        rare = measure("audit, ae=RARE (one match at the far end: one 8 MiB scan)", runs, lambda: value(data.audit(None, "RARE", None)))
-        print(f"  (the rare-AE page found {len(rare.records)} and {'has' if rare.next_before else 'has no'} cursor)")
+            data = ServiceConsoleData(service, backend=None, wall=wall)
+            print(f"{'read (ms per call)':<58} {'median':>9} {'p95':>9} {'cpu':>9}")
+            runs = args.runs
+            measure("overview (cache defeated)", runs, lambda: value(data.overview()))
+            first = measure("dead letters, first page (50), no filter", runs, lambda: value(data.dead_letters(DeadFilter(), None)))
+            measure("  ... destination=archive", runs, lambda: value(data.dead_letters(DeadFilter(destination="archive"), None)))
+            measure("  ... reason=refused", runs, lambda: value(data.dead_letters(DeadFilter(reason="refused"), None)))
+            measure("  ... reason=other", runs, lambda: value(data.dead_letters(DeadFilter(reason="other"), None)))
+            measure("  ... route=research", runs, lambda: value(data.dead_letters(DeadFilter(route="research"), None)))
+            measure("  ... older than 1 day", runs, lambda: value(data.dead_letters(DeadFilter(enqueued_before=now - 86400), None)))
+            measure("  ... destination=pacs, reason=gave_up, older than 1 day", runs,
+                    lambda: value(data.dead_letters(DeadFilter(destination="pacs", reason="gave_up", enqueued_before=now - 86400), None)))
+            cursor = first.next_before
+            for _ in range(98):
+                cursor = value(data.dead_letters(DeadFilter(), cursor)).next_before
+            measure("dead letters, page 100 by keyset", runs, lambda: value(data.dead_letters(DeadFilter(), cursor)))
+            measure("count for a bulk action, reason=refused (cap 10001)", runs, lambda: value(data.count_dead(DeadFilter(reason="refused"))))
+            measure("count for a bulk action, destination=research", runs, lambda: value(data.count_dead(DeadFilter(destination="research"))))
+            measure("count for a bulk action, no filter", runs, lambda: value(data.count_dead(DeadFilter())))
+            measure("find by study (50 instances, 100 entries)", runs, lambda: value(data.find("study", picked["study"])))
+            measure("find by patient (500 instances)", runs, lambda: value(data.find("patient", picked["patient"])))
+            measure("find by accession", runs, lambda: value(data.find("accession", picked["accession"])))
+            measure("find by sop", runs, lambda: value(data.find("sop", picked["sop"])))
+            measure("dead letter detail", runs, lambda: value(data.dead_letter(first.entries[0].entry_id)))
+            measure("audit, first page (100)", runs, lambda: value(data.audit(None, None, None)))
+            measure("audit, event=110104", runs, lambda: value(data.audit("110104", None, None)))
+            rare = measure("audit, ae=RARE (one match at the far end: one 8 MiB scan)", runs, lambda: value(data.audit(None, "RARE", None)))
+            print(f"  (the rare-AE page found {len(rare.records)} and {'has' if rare.next_before else 'has no'} cursor)")
         store.close()
+        if args.http:
+            measure_http(spec, picked, runs=args.runs)
 
 
 if __name__ == "__main__":
