@@ -350,12 +350,18 @@ def _queue(args: argparse.Namespace) -> int:
             forced: list[int] = []
             for entry_id in ids:
                 if args.to:
-                    from gateway.prepare import retarget_refusal
+                    from gateway.prepare import kind_refusal, retarget_refusal
 
                     try:
-                        refusal = retarget_refusal(config.routes, store.get(entry_id).plan_hash, args.to)
+                        entry = store.get(entry_id)
                     except KeyError:
-                        refusal = None  # reported as "not a dead letter" below
+                        entry = None  # reported as "not a dead letter" below
+                    wrong_kind = kind_refusal(config.destinations, entry.instance.sop_class_uid, args.to) if entry else None
+                    if wrong_kind:
+                        print(f"entry {entry_id}: not re-targeted to {args.to}: {wrong_kind}", file=sys.stderr)
+                        refused.append(entry_id)
+                        continue
+                    refusal = retarget_refusal(config.routes, entry.plan_hash, args.to) if entry else None
                     if refusal and not args.force:
                         print(f"entry {entry_id}: not re-targeted to {args.to}: {refusal}", file=sys.stderr)
                         refused.append(entry_id)
@@ -656,12 +662,16 @@ def _replay(args: argparse.Namespace) -> int:
 
     from gateway import admin
     from gateway.audit import Outcome
-    from gateway.prepare import NO_MORPH, retarget_refusal
+    from gateway.prepare import NO_MORPH, kind_refusal, retarget_refusal
 
     config = _load_or_exit(args.config)
     _known_destination(config, args.to)
     # A replay sends the instances as received: only where a route sends them so.
     refusal = retarget_refusal(config.routes, NO_MORPH.plan_hash, args.to)
+    wrong_kind = kind_refusal(config.destinations, "", args.to)
+    if wrong_kind:
+        print(f"not replayed to {args.to}: {wrong_kind}", file=sys.stderr)
+        return 1
     if refusal and not args.force:
         print(f"not replayed to {args.to}: the replay sends the instances as received, but {refusal}", file=sys.stderr)
         trail = admin.cli_audit_trail(config)

@@ -255,7 +255,7 @@ class ServiceBackend:
         copies made with the entry's plan to ``to``, unless ``force``; a forced
         one is audited as such (issue 11).
         """
-        from gateway.prepare import retarget_refusal
+        from gateway.prepare import kind_refusal, retarget_refusal
 
         action = "retarget" if to else "retry"
         if to is not None and to not in {d.name for d in self._service.config.destinations}:
@@ -269,7 +269,11 @@ class ServiceBackend:
         def requeue() -> int:
             try:
                 if to is not None:
-                    refusal = retarget_refusal(routes, store.get(entry_id).plan_hash, to)
+                    entry = store.get(entry_id)
+                    wrong_kind = kind_refusal(self._service.config.destinations, entry.instance.sop_class_uid, to)
+                    if wrong_kind:
+                        raise Refused(f"entry {entry_id} not re-targeted to {to}: {wrong_kind}")
+                    refusal = retarget_refusal(routes, entry.plan_hash, to)
                     if refusal and not force:
                         raise Refused(f"entry {entry_id} not re-targeted to {to}: {refusal}")
                     if refusal:

@@ -108,6 +108,35 @@ def retarget_refusal(routes: Sequence[RouteConfig], entry_plan: str | None, dest
     )
 
 
+def kind_refusal(destinations: Sequence[Any], sop_class_uid: str, destination: str) -> str | None:
+    """Why an entry may never go to ``destination`` because of what it is, or None (issue 18).
+
+    A study notification (its record's SOP class is
+    :data:`gateway.notify.document.NOTIFICATION_SOP_CLASS`) goes only to
+    notification sinks, and an instance never goes to a sink: a re-target or
+    replay across the two would hand a JSON document holding the patient's
+    fields to a DICOM, folder or STOW-RS sender, or an instance to a sink.
+    Unlike :func:`retarget_refusal` this cannot be forced.
+
+    :param destinations: the configured destinations.
+    :param sop_class_uid: the entry's instance record's SOP class.
+    :param destination: the target.
+    """
+    from gateway.config.schema import NOTIFICATION_SINKS
+    from gateway.notify.document import NOTIFICATION_SOP_CLASS
+
+    target = next((d for d in destinations if d.name == destination), None)
+    if target is None:
+        return None
+    is_sink = isinstance(target, NOTIFICATION_SINKS)
+    is_notification = sop_class_uid == NOTIFICATION_SOP_CLASS
+    if is_notification and not is_sink:
+        return f"it is a study notification and {destination} is no notification sink (not even with force)"
+    if is_sink and not is_notification:
+        return f"{destination} is a notification sink and takes study notifications only, not instances (not even with force)"
+    return None
+
+
 def copy_path(morphed_dir: str, instance_id: str, digest: str) -> str:
     """Where the copy of ``instance_id`` under the plan with hash ``digest`` lives (internal names only)."""
     return os.path.join(morphed_dir, f"{instance_id}.{digest}.dcm")

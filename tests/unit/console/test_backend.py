@@ -343,6 +343,28 @@ class ConsoleDataTests:
         self.assertEqual(most[0], 2)
         self.assertEqual(len(in_flight), 5)
 
+    def test_retarget_across_notifications_and_instances_is_refused_even_forced(self) -> None:
+        """A notification never goes to a DICOM or folder destination, nor an instance to a sink, whatever force says."""
+        from gateway.notify.document import NOTIFICATION_SOP_CLASS
+
+        secret = os.path.join(self.service.root, "hook.key")
+        with open(secret, "w") as f:
+            f.write("k")
+        text = CONFIG.format(spool=os.path.join(self.service.root, "spool"), audit=self.service.audit_file,
+                             folder=os.path.join(self.service.root, "out"))
+        text = text.replace("destinations:\n", "destinations:\n  hook: {webhook: {url: 'http://127.0.0.1:9/h', secret_file: %s}}\n" % secret)
+        self.service.config = load_config_text(text, "gateway.yaml", self.service.root)
+        notification = self.dead(destination="hook", sop_class_uid=NOTIFICATION_SOP_CLASS)
+        instance = self.dead()
+        for entry_id, target in ((notification, "archive"), (notification, "pacs"), (instance, "hook")):
+            result = self.successResultOf(self.data.retry([entry_id], None, target, CONSOLE, force=True))
+            self.assertEqual(result.changed, ())
+            self.assertIn("not even with force", result.failed[entry_id])
+            self.assertEqual(self.store.get(entry_id).state, EntryState.DEAD)
+        # Within its kind a notification may be retried (to the same sink).
+        again = self.successResultOf(self.data.retry([notification], None, None, CONSOLE))
+        self.assertEqual(len(again.changed), 1)
+
     def test_retarget_no_route_makes_is_refused_unless_forced(self) -> None:
         """A re-target to research of a clinical (unmorphed) copy fails for the entry (audited as refused); force makes it, audited as forced."""
         entry_id = self.dead()
