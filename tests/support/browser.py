@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from tests.support.ports import free_port
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "Browser", "skip_reason"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "Browser", "missing"]
 
 #: Debian's chromedriver (package ``chromium-driver``), by explicit path: never one from ``PATH`` or a download.
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -53,11 +53,8 @@ CHROMIUM = "/usr/bin/chromium"
 _T = TypeVar("_T")
 
 
-def skip_reason() -> str | None:
-    """Explain why the browser tests cannot run here, for a test's ``SkipTest``.
-
-    Under CI a skip fails the run (``tests.runner``), so a missing package is
-    never silently green.
+def missing() -> str | None:
+    """What the browser tests lack here, if anything; they fail with it (``make test`` installs it all).
 
     :returns: the reason, or ``None`` when Chromium, its driver and Selenium are installed.
     """
@@ -111,7 +108,7 @@ class Browser:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
-        reason = skip_reason()
+        reason = missing()
         if reason is not None:
             raise RuntimeError(reason)
         # Belt and braces: Selenium Manager is never needed (the driver's path is given), and
