@@ -43,24 +43,12 @@ QIDO-RS ``GET {url}/studies?limit=1`` (PS3.18 10.6), or ``probe_url``: any
 
 from __future__ import annotations
 
-import email.utils
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
-from typing import Any, AsyncGenerator, Final, Mapping, Sequence
-
-from twisted.internet import error as neterror
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
-from zope.interface import implementer
+from urllib.parse import urlsplit
+from typing import AsyncGenerator, Final, Mapping, Sequence
 
 from gateway import __version__
 from gateway.codecs import ConversionError
@@ -68,12 +56,12 @@ from gateway.codecs.convert import Converted, convert_for
 from gateway.config.schema import DicomWebDestination, DicomWebTLSConfig
 from gateway.dicomweb.body import MultipartBody, Part
 from gateway.dicomweb.client_auth import Answer, AuthError, Authenticator, authenticator_for
-from gateway.dicomweb.stow_response import MAX_BODY, NOT_MENTIONED, ResponseError, classify_instances, parse, printable
+from gateway.dicomweb.stow_response import NOT_MENTIONED, ResponseError, classify_instances, parse
 from gateway.events import DicomWebAnswered
 from gateway.queue.interfaces import Entry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
-from gateway.send.classify import _is_tls_error
+from gateway.send.http import BytesBody, HttpClient, TimedOut, endpoint, is_connect_error, retry_after, server_message, url_secrets
 
 __all__ = ["DicomWebSender", "HttpClient", "classify_answer", "endpoint", "retry_after", "url_secrets"]
 
@@ -86,74 +74,6 @@ RETRY_LATER: Final = frozenset({408, 429})
 UNAVAILABLE: Final = frozenset({502, 503, 504})
 #: HTTP statuses that carry a Store Instances Response to read per instance (PS3.18 10.5.3).
 PER_INSTANCE: Final = frozenset({200, 202, 409})
-#: Characters of the server's message kept in a dead letter's reason.
-MESSAGE_CHARS: Final = 200
-
-
-def retry_after(value: str | None, now: float, cap: float) -> float:
-    """Seconds to wait from a ``Retry-After`` header (RFC 9110 10.2.3: delay-seconds or an HTTP-date).
-
-    :param value: the header, ``None`` when absent.
-    :param now: the wall-clock time (for an HTTP-date).
-    :param cap: the most we wait (the destination's ``retry.max_delay``), a
-        hostile or mistaken value never parks the queue for days.
-    :returns: 0 when absent or unreadable.
-    """
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-    if when is None:
-        return 0.0
-    return max(0.0, min(when.timestamp() - now, cap))
-
-
-#: A credential of an HTTP authentication scheme (RFC 9110 11.4), as a server may echo it in an error body.
-_CREDENTIAL = re.compile(r"(?i)\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]+")
-
-
-def endpoint(base: str, path: str, query: str = "") -> str:
-    """``base`` with ``path`` appended to its path, before its query (a function key, ``?code=...``), and ``query`` added.
-
-    A destination's ``url`` may carry a query (the configuration accepts
-    one): ``url + "/studies"`` would put the path inside the query.
-    """
-    parts = urlsplit(base)
-    joined = "&".join(q for q in (parts.query, query) if q)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, joined, ""))
-
-
-def url_secrets(*urls: str) -> tuple[bytes, ...]:
-    """The query values of ``urls`` (a key may travel there), to keep out of reasons like the credentials."""
-    values = []
-    for url in urls:
-        for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=False):
-            values.append(("x " + value).encode("latin-1", "replace"))  # redacted as a credential part too
-    return tuple(values)
-
-
-def _server_message(answer: Answer, secrets: Sequence[bytes] = ()) -> str:
-    """The server's own words for a refusal, cut and made printable (no more than it wrote).
-
-    Privacy: a server (or a proxy before it) may echo the request's headers
-    in its error body; the ``Authorization`` value sent (``secrets``: the whole
-    header value and its credential part) and anything that looks like a
-    Basic or Bearer credential are replaced by ``[redacted]`` *before* the cut,
-    so no secret, nor a prefix of one, reaches a dead letter's reason.
-    """
-    text = answer.body.decode("utf-8", "replace")
-    for secret in secrets:
-        value = secret.decode("latin-1")
-        for piece in (value, value.partition(" ")[2].strip()):
-            if len(piece) >= 4:
-                text = text.replace(piece, "[redacted]")
-    text = _CREDENTIAL.sub(lambda m: m.group(1) + m.group(2) + "[redacted]", text)
-    return printable(text.strip(), MESSAGE_CHARS)
 
 
 def classify_answer(
@@ -201,157 +121,11 @@ def classify_answer(
         after = retry_after(answer.headers.get("retry-after"), now, config.retry.max_delay)
         return [Retry(f"STOW-RS HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after) for _ in uids]
     if 400 <= code <= 499:
-        message = _server_message(answer, secrets)
+        message = server_message(answer, secrets)
         return [
             DeadLetter(f"STOW-RS HTTP {code}" + (f": {message}" if message else ""), DeadLetterKind.REFUSED) for _ in uids
         ]
     return [Retry(f"STOW-RS HTTP {code}") for _ in uids]
-
-
-# -- the HTTP client -------------------------------------------------------------------------
-
-
-class _BoundedBody(Protocol):
-    """Collects a response body up to ``limit`` bytes (then stops reading: the rest is not wanted)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        #: Fires with the body; cancelling it stops the reading.
-        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.truncated = False
-
-    def _stop(self) -> None:
-        """The reading was cancelled (timeout, abort): stop the transport."""
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        """Keep up to ``limit`` bytes; past it, stop reading (the rest is not wanted)."""
-        if self.truncated:
-            return
-        room = self.limit - self.size
-        if len(data) > room:
-            self.chunks.append(data[:room])
-            self.size = self.limit
-            self.truncated = True
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        """The body ended (or was cut short by us): fire with what was kept; another failure fails."""
-        if self.done.called:
-            return
-        if self.truncated or reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-
-@implementer(IPolicyForHTTPS)
-class _TLSPolicy:
-    """TLS towards the destination: its CA file (or the system's trust), our client certificate if any.
-
-    The server's name is checked (RFC 6125) either way; there is no plain fallback.
-    """
-
-    def __init__(self, tls: DicomWebTLSConfig) -> None:
-        self.tls = tls
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        """The connection creator for ``hostname`` (IPolicyForHTTPS)."""
-        host = hostname.decode("idna")
-        if self.tls.ca:
-            from gateway.tls import ClientTLSSettings, client_creator
-
-            return client_creator(ClientTLSSettings(self.tls.ca, "", self.tls.certificate, self.tls.private_key), host)
-        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
-
-        client = None
-        if self.tls.certificate:
-            with open(self.tls.certificate, "rb") as cert, open(self.tls.private_key, "rb") as key:
-                client = PrivateCertificate.loadPEM(key.read() + b"\n" + cert.read())
-        return optionsForClientTLS(host, clientCertificate=client)
-
-
-class _TimedOut(Exception):
-    """The request took longer than the destination's ``timeout``."""
-
-
-class HttpClient:
-    """One destination's HTTP client: a persistent connection pool, a timeout per request, bounded answers.
-
-    :param reactor: the reactor (TCP, time).
-    :param config: the destination.
-    """
-
-    def __init__(self, reactor: Any, config: DicomWebDestination) -> None:
-        self.reactor = reactor
-        self.config = config
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = config.connections
-        #: Idle connections are closed after a minute (servers close theirs sooner or later).
-        self.pool.cachedConnectionTimeout = 60
-        self.agent = Agent(reactor, contextFactory=_TLSPolicy(config.tls), connectTimeout=config.timeout, pool=self.pool)
-        self._in_flight: list[list[Deferred[Any]]] = []
-
-    async def request(
-        self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: Any = None, limit: int = MAX_BODY
-    ) -> Answer:
-        """One request; the whole exchange (connect, body, answer) bounded by the destination's timeout.
-
-        :param method: the method.
-        :param url: the URL.
-        :param headers: request headers.
-        :param body: an ``IBodyProducer`` or ``None``.
-        :param limit: the most answer body bytes kept.
-        :raises _TimedOut: the timeout passed.
-        """
-        timed_out = []
-        request = self.agent.request(method, url.encode("utf-8"), Headers({k: [v] for k, v in headers.items()}), body)
-        #: What a timeout or an abort cancels: the request, then the reading of its answer.
-        stage: list[Deferred[Any]] = [request]
-
-        def expire() -> None:
-            timed_out.append(True)
-            stage[0].cancel()
-
-        timer = self.reactor.callLater(self.config.timeout, expire)
-        self._in_flight.append(stage)
-        try:
-            response = await request
-            reader = _BoundedBody(limit)
-            stage[0] = reader.done
-            response.deliverBody(reader)
-            data = await reader.done
-        except Exception:
-            if timed_out:
-                raise _TimedOut(f"no complete answer within {self.config.timeout:g}s") from None
-            raise
-        finally:
-            self._in_flight.remove(stage)
-            if timer.active():
-                timer.cancel()
-        names = {}
-        for name, values in response.headers.getAllRawHeaders():
-            names[name.decode("latin-1").lower()] = values[-1].decode("latin-1")
-        return Answer(response.code, names, data)
-
-    def abort(self) -> None:
-        """Cancel every request in flight."""
-        for stage in list(self._in_flight):
-            stage[0].cancel()
-
-    def connections(self) -> int:
-        """Idle persistent connections held, plus requests in flight."""
-        return sum(len(c) for c in self.pool._connections.values()) + len(self._in_flight)
-
-    async def close(self) -> None:
-        """Close the idle connections."""
-        await self.pool.closeCachedConnections()
 
 
 # -- the sender --------------------------------------------------------------------------------
@@ -364,16 +138,6 @@ class _Ready:
     entry: Entry
     file: Converted
     size: int
-
-
-def _is_connect_error(exc: BaseException) -> bool:
-    """Whether the request failed before any connection was made (the destination's fault, not the data's)."""
-    if isinstance(exc, (neterror.ConnectError, neterror.DNSLookupError, ConnectionRefusedError)):
-        return True
-    if _is_tls_error(exc):
-        return True
-    reasons = getattr(exc, "reasons", None)  # ResponseNeverReceived, RequestTransmissionFailed
-    return bool(reasons) and all(r.check(neterror.ConnectError) is not None or _is_tls_error(r.value) for r in reasons)
 
 
 class DicomWebSender:
@@ -410,7 +174,7 @@ class DicomWebSender:
 
     async def _fetch(self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes) -> Answer:
         """A small request (the OAuth2 token endpoint)."""
-        return await self.token_client.request(method, url, headers, _BytesBody(body) if body else None, 65536)
+        return await self.token_client.request(method, url, headers, BytesBody(body) if body else None, 65536)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -513,7 +277,7 @@ class DicomWebSender:
             return [(entries[0], DestinationDown(f"STOW-RS HTTP {answer.code}: credentials refused"))]
         if outcomes == "split":
             if len(group) == 1:
-                message = _server_message(answer, self._secrets(authorization))
+                message = server_message(answer, self._secrets(authorization))
                 reason = "STOW-RS HTTP 413: the instance alone is too large for the server" + (f" ({message})" if message else "")
                 return [(entries[0], DeadLetter(reason, DeadLetterKind.REFUSED))]
             # RFC 9110 15.5.14: the request is too large; halve it until it fits.
@@ -537,7 +301,7 @@ class DicomWebSender:
     ) -> list[tuple[Entry, Outcome]]:
         """The request got no answer: never connected (destination down) or cut (retry, ambiguous once all was sent)."""
         text = f"{type(exc).__name__}: {exc}"
-        if _is_connect_error(exc) or (isinstance(exc, _TimedOut) and not written):
+        if is_connect_error(exc) or (isinstance(exc, TimedOut) and not written):
             # Never connected, or timed out before a byte of the body went out (a
             # black-holed address, a server that never accepts): the destination's
             # fault as a whole, so a long outage never spends the instances' attempts.
@@ -606,25 +370,3 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    """A small request body held in memory (an OAuth2 token request's form)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
-        """Write the bytes at once."""
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Written at once: nothing to pause."""
-
-    def resumeProducing(self) -> None:
-        """Written at once: nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Written at once: nothing to stop."""

@@ -67,12 +67,12 @@ from gateway.notify.fhir import FhirBuildError, conditional_url, imaging_study, 
 from gateway.queue.interfaces import Entry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
-from gateway.send.dicomweb import (
+from gateway.send.http import (
     HttpClient,
-    _BytesBody,
-    _is_connect_error,
-    _server_message,
-    _TimedOut,
+    BytesBody,
+    is_connect_error,
+    server_message,
+    TimedOut,
     endpoint,
     retry_after,
     url_secrets,
@@ -126,7 +126,7 @@ def classify(answer: Answer, what: str, sink: FhirSink, now: float, secrets: Seq
         return Retry(f"{what}: HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)
     if 400 <= code <= 499:
         text = outcome_text(answer.body)
-        message = _server_message(Answer(code, answer.headers, text.encode("utf-8")), secrets)
+        message = server_message(Answer(code, answer.headers, text.encode("utf-8")), secrets)
         return DeadLetter(f"{what}: HTTP {code}" + (f": {message}" if message else ""), DeadLetterKind.REFUSED)
     return Retry(f"{what}: HTTP {code}")
 
@@ -177,7 +177,7 @@ class FhirSender:
 
     async def _fetch(self, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes) -> Answer:
         """A small request (the OAuth2 token endpoint)."""
-        return await self.token_client.request(method, url, headers, _BytesBody(body) if body else None, 65536)
+        return await self.token_client.request(method, url, headers, BytesBody(body) if body else None, 65536)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class FhirSender:
         if not self.config.phi:
             notification = notification.without_phi()
         secrets = tuple(
-            ("x " + value).encode("utf-8")  # redacted as a credential part (see _server_message)
+            ("x " + value).encode("utf-8")  # redacted as a credential part (see server_message)
             for value in (notification.patient_id, notification.patient_name)
             if value
         )
@@ -295,7 +295,7 @@ class FhirSender:
         if authorization is not None:
             sent[b"Authorization"] = authorization
         try:
-            answer = await self.client.request(method, url, sent, _BytesBody(body) if body is not None else None, ANSWER_LIMIT)
+            answer = await self.client.request(method, url, sent, BytesBody(body) if body is not None else None, ANSWER_LIMIT)
         except Exception as e:
             return self._no_answer(method, e)
         if answer.code in (401, 403):
@@ -310,7 +310,7 @@ class FhirSender:
     def _no_answer(self, method: bytes, exc: BaseException) -> Outcome:
         """No answer: never connected (destination down) or cut / timed out (retry, ambiguous)."""
         text = f"{type(exc).__name__}: {exc}"
-        if _is_connect_error(exc):
+        if is_connect_error(exc):
             from gateway.tls import describe_tls_failure
             from gateway.tlslabels import destination_failure_label
 
@@ -319,7 +319,7 @@ class FhirSender:
             if described is not None:
                 text = described
             return DestinationDown(text, tls_failure=destination_failure_label(text))
-        if isinstance(exc, _TimedOut):
+        if isinstance(exc, TimedOut):
             return Retry(f"FHIR {method.decode()}: {exc}", ambiguous=method == b"PUT")
         return Retry(f"FHIR {method.decode()} failed: {text}", ambiguous=method == b"PUT")
 

@@ -51,7 +51,7 @@ from gateway.notify.webhook import headers as webhook_headers
 from gateway.queue.interfaces import Entry
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
-from gateway.send.dicomweb import HttpClient, _BytesBody, _is_connect_error, _server_message, retry_after
+from gateway.send.http import HttpClient, BytesBody, is_connect_error, server_message, retry_after
 
 __all__ = ["WebhookSender", "classify_webhook"]
 
@@ -88,14 +88,14 @@ def classify_webhook(answer: Answer, sink: WebhookSink, now: float, secrets: Seq
             after = retry_after(answer.headers.get("retry-after"), now, sink.retry.max_delay)
         return Retry(f"webhook HTTP {code}" + (f", retry after {after:g}s" if after else ""), after=after)
     if 400 <= code <= 499:
-        message = _server_message(answer, secrets)
+        message = server_message(answer, secrets)
         return DeadLetter(f"webhook HTTP {code}" + (f": {message}" if message else ""), DeadLetterKind.REFUSED)
     return Retry(f"webhook HTTP {code}")
 
 
 @dataclass(frozen=True)
 class _ClientSettings:
-    """What :class:`~gateway.send.dicomweb.HttpClient` reads of its configuration: one connection, the sink's timeout."""
+    """What :class:`~gateway.send.http.HttpClient` reads of its configuration: one connection, the sink's timeout."""
 
     timeout: float
     tls: DicomWebTLSConfig = field(default_factory=DicomWebTLSConfig)
@@ -134,7 +134,7 @@ class WebhookSender:
 
     async def _fetch(self, method: bytes, url: str, headers: Any, data: bytes) -> Answer:
         """A small request (an OAuth2 token endpoint)."""
-        return cast(Answer, await self.client.request(method, url, headers, _BytesBody(data) if data else None, 65536))
+        return cast(Answer, await self.client.request(method, url, headers, BytesBody(data) if data else None, 65536))
 
     async def send(self, slot: int, batch: Sequence[Entry]) -> AsyncGenerator[tuple[Entry, Outcome], None]:
         """POST each entry's notification in order; stop at the first sign the sink is down."""
@@ -172,12 +172,12 @@ class WebhookSender:
             return DestinationDown(f"credentials: {e}")
         if authorization is not None:
             headers[b"Authorization"] = authorization
-        request_body = _BytesBody(payload)
+        request_body = BytesBody(payload)
         try:
             answer = await self.client.request(b"POST", self.config.url, headers, request_body, ANSWER_LIMIT)
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
-            if _is_connect_error(e):
+            if is_connect_error(e):
                 return DestinationDown(f"webhook: {text}")
             # Cut or timed out after the request went out: the receiver may have it.
             return Retry(f"webhook request failed: {text}", ambiguous=True)

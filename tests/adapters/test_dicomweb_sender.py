@@ -27,6 +27,7 @@ from gateway.queue.interfaces import Entry, EntryState, InstanceRecord
 from gateway.queue.outcome import DeadLetter, DeadLetterKind, Delivered, DestinationDown, Outcome, Retry
 from gateway.send import SendContext
 from gateway.send import dicomweb as dicomweb_module
+from gateway.send import http as http_module
 from gateway.send.dicomweb import DicomWebSender
 from gateway.send.registry import SENDERS, register_sender, sender_for
 from tests.adapters.test_forward import WorkerTestsMixin
@@ -398,7 +399,7 @@ class _NeverConnects:
     """An HTTP client whose requests time out before any of the body is written (a black-holed address)."""
 
     async def request(self, *args: Any, **kwargs: Any) -> Any:
-        raise dicomweb_module._TimedOut("no complete answer within 1s")
+        raise http_module.TimedOut("no complete answer within 1s")
 
     async def close(self) -> None:
         """Nothing held."""
