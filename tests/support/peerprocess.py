@@ -90,6 +90,26 @@ class PeerProcess:
         self.stop()
         raise RuntimeError(f"{self.name} did not {what} within {timeout:.0f} s:\n{self.log_text()}")
 
+    def spawn_module(self, module: str, config: str, port: int, timeout: float = 30.0) -> None:
+        """Run ``python -m module config`` from the checkout and wait until ``port`` on loopback accepts.
+
+        The life cycle of the test servers that are modules of ``tests.support``
+        (the STOW-RS, webhook and FHIR stand-ins): one JSON configuration file, one port.
+        """
+        import socket
+        import sys
+
+        root = Path(__file__).resolve().parents[2]
+
+        def ready() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        self.spawn([sys.executable, "-m", module, config], ready, timeout, cwd=root)
+
     def start(self) -> Any:
         """Start the peer and wait until it is ready (subclasses)."""
         raise NotImplementedError

@@ -365,19 +365,7 @@ class StowServerProcess:
 
     def start(self) -> "StowServerProcess":
         """Start it and wait until its port answers."""
-        import os
-        import socket
-
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-        def ready() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                return False
-            return True
-
-        self.process.spawn([sys.executable, "-m", "tests.support.stow_server", self.config], ready, 30, cwd=root)
+        self.process.spawn_module("tests.support.stow_server", self.config, self.port)
         return self
 
     def stop(self) -> None:

@@ -127,18 +127,7 @@ class WebhookReceiverProcess:
 
     def start(self) -> "WebhookReceiverProcess":
         """Start it and wait until its port answers."""
-        import socket
-
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-        def ready() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                return False
-            return True
-
-        self.process.spawn([sys.executable, "-m", "tests.support.webhook_receiver", self.config], ready, 30, cwd=root)
+        self.process.spawn_module("tests.support.webhook_receiver", self.config, self.port)
         return self
 
     def stop(self) -> None:
