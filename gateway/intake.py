@@ -166,37 +166,32 @@ def walked_header(summary: DatasetSummary) -> Any:
 _NOTE_INT_MAX = 2**31 - 1
 
 
-def _int_value(dataset: Any, keyword: str, least: int = -_NOTE_INT_MAX) -> int | None:
-    """An IS element's value as an int, or ``None`` when absent, empty, not a number or out of range.
+def _int_value(text: str | None, least: int = -_NOTE_INT_MAX) -> int | None:
+    """An IS value (text, as the walk read it) as an int, or ``None`` when absent, empty, not a number or out of range.
 
     :param least: the smallest value that means something (a count below 1 is no count).
     """
     try:
-        value = dataset.get(keyword)
-        if value is None or value == "":
-            return None
-        number = int(value)
-    except Exception:
+        number = int(text) if text else None
+    except ValueError:
+        return None
+    if number is None:
         return None
     return number if least <= number <= _NOTE_INT_MAX else None
 
 
-def study_notes(
-    decision: RoutingDecision, routes: Sequence[RouteConfig], summary: DatasetSummary, dataset: Any
-) -> list[StudyNote]:
+def study_notes(decision: RoutingDecision, routes: Sequence[RouteConfig], summary: DatasetSummary) -> list[StudyNote]:
     """The study notes of an instance (issue 18): one per route with ``notify`` that gave it entries.
 
-    Series Number (0020,0011) and Number of Study Related Instances
-    (0020,1208) come from the header routing parsed (``dataset``) or, when
-    routing needed none, from the header bytes the structure walk kept
-    (parsed here, only for a notifying route; the file is not read again).
-    Without either they are unknown. An instance without a Study Instance
-    UID gets no note (there is no study to complete).
+    Every value comes from what the structure walk read (Series Number
+    (0020,0011) and Number of Study Related Instances (0020,1208) among its
+    top-level values): nothing is parsed or read again per instance. An
+    instance without a Study Instance UID gets no note (there is no study to
+    complete).
 
     :param decision: the routing decision.
     :param routes: the routes it was made with.
     :param summary: what the structure walk learned.
-    :param dataset: the header routing parsed, or ``None``.
     """
     if not summary.study_instance_uid:
         return []
@@ -204,13 +199,8 @@ def study_notes(
     notifying = [route.name for route in routes if route.name in routed and getattr(route, "notify", None) is not None]
     if not notifying:
         return []
-    if dataset is None:
-        try:
-            dataset = walked_header(summary)
-        except Exception:
-            dataset = None
-    series_number = _int_value(dataset, "SeriesNumber") if dataset is not None else None
-    expected = _int_value(dataset, "NumberOfStudyRelatedInstances", least=1) if dataset is not None else None
+    series_number = _int_value(summary.series_number)
+    expected = _int_value(summary.study_related_instances, least=1)
     return [
         StudyNote(
             route=name,
@@ -580,7 +570,7 @@ class Intake:
         item = _Pending(
             self._entries(decision, routes), Deferred(), writer=writer, info=info,
             received_at=received_at, correlation_id=correlation_id,
-            notes=study_notes(decision, routes, summary, dataset),
+            notes=study_notes(decision, routes, summary),
         )
         d = self._journal(item)
 
@@ -712,7 +702,7 @@ class Intake:
             return self._keep_unrouted(spooled, record)
         d = self._journal(_Pending(
             self._entries(decision, routes), Deferred(), record=record,
-            notes=study_notes(decision, routes, spooled.summary, dataset),
+            notes=study_notes(decision, routes, spooled.summary),
         ))
         d.addCallback(
             lambda result: replace(self._journaled(record, decision, result), spooled=spooled)

@@ -164,6 +164,9 @@ _SERIES_INSTANCE_UID: Final = 0x0020000E
 _ACCESSION_NUMBER: Final = 0x00080050
 _PATIENT_ID: Final = 0x00100020
 _STUDY_DATE: Final = 0x00080020
+# Issue 18: what a notifying route's study note needs (IS values, read as text).
+_SERIES_NUMBER: Final = 0x00200011
+_STUDY_RELATED_INSTANCES: Final = 0x00201208
 _READ_TAGS: Final = frozenset(
     {
         _SOP_CLASS_UID,
@@ -174,6 +177,8 @@ _READ_TAGS: Final = frozenset(
         _ACCESSION_NUMBER,
         _PATIENT_ID,
         _STUDY_DATE,
+        _SERIES_NUMBER,
+        _STUDY_RELATED_INSTANCES,
     }
 )
 #: The largest of those values we read; UIDs are at most 64 bytes (PS3.5
@@ -223,6 +228,8 @@ class DatasetSummary:
     :ivar accession_number: top-level (0008,0050), or ``None`` (for ``find``).
     :ivar patient_id: top-level (0010,0020), or ``None`` (for ``find``).
     :ivar study_date: top-level (0008,0020), or ``None``.
+    :ivar series_number: top-level (0020,0011) Series Number as text (IS), or ``None`` (study notes, issue 18).
+    :ivar study_related_instances: top-level (0020,1208) Number of Study Related Instances as text (IS), or ``None``.
     :ivar element_count: element, item and delimiter headers walked.
     :ivar pixel_data_offset: offset in the file of the top-level (7FE0,0010)
         tag, or ``None`` if absent or if the data set is deflated (the offset
@@ -247,6 +254,8 @@ class DatasetSummary:
     study_date: str | None = None
     header: bytes | None = None
     header_transfer_syntax: str | None = None
+    series_number: str | None = None
+    study_related_instances: str | None = None
 
 
 class MalformedDataset(Exception):
@@ -560,6 +569,8 @@ class DatasetWalker:
             accession_number=values.get(_ACCESSION_NUMBER),
             patient_id=values.get(_PATIENT_ID),
             study_date=values.get(_STUDY_DATE),
+            series_number=values.get(_SERIES_NUMBER),
+            study_related_instances=values.get(_STUDY_RELATED_INSTANCES),
             element_count=self._count,
             pixel_data_offset=self._pixel_data_offset,
             header=self._header,

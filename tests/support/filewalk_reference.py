@@ -116,6 +116,8 @@ _SERIES_INSTANCE_UID: Final = 0x0020000E
 _ACCESSION_NUMBER: Final = 0x00080050
 _PATIENT_ID: Final = 0x00100020
 _STUDY_DATE: Final = 0x00080020
+_SERIES_NUMBER: Final = 0x00200011
+_STUDY_RELATED_INSTANCES: Final = 0x00201208
 _READ_TAGS: Final = frozenset(
     {
         _SOP_CLASS_UID,
@@ -126,6 +128,8 @@ _READ_TAGS: Final = frozenset(
         _ACCESSION_NUMBER,
         _PATIENT_ID,
         _STUDY_DATE,
+        _SERIES_NUMBER,
+        _STUDY_RELATED_INSTANCES,
     }
 )
 #: The largest of those values we read; UIDs are at most 64 bytes (PS3.5
@@ -178,6 +182,8 @@ class DatasetSummary:
     accession_number: str | None = None
     patient_id: str | None = None
     study_date: str | None = None
+    series_number: str | None = None
+    study_related_instances: str | None = None
 
 
 class MalformedDataset(Exception):
@@ -667,6 +673,8 @@ def _walk(
         accession_number=values.get(_ACCESSION_NUMBER),
         patient_id=values.get(_PATIENT_ID),
         study_date=values.get(_STUDY_DATE),
+        series_number=values.get(_SERIES_NUMBER),
+        study_related_instances=values.get(_STUDY_RELATED_INSTANCES),
         element_count=count,
         pixel_data_offset=pixel_data_offset,
     )

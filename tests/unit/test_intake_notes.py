@@ -4,14 +4,14 @@ The intake passes one :class:`~gateway.queue.studies.StudyNote` per route
 with ``notify`` that gave an instance entries, with the instance's journal
 write (``add_instance``/``add_instances``, the group commit): the in-memory
 store's ``studies`` rows show what reached the journal. Series Number and
-Number of Study Related Instances come from the header the intake already
-has (the walked header for :meth:`~gateway.intake.Intake.take`), never from
-reading the file again.
+Number of Study Related Instances come from the values the structure walk
+read, never from parsing a header or reading the file again.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import pydicom
@@ -150,7 +150,7 @@ class TakeNoteTests(IntakeTestsMixin, SynchronousTestCase):
         return writer, ds
 
     def test_series_number_and_expected_count_from_the_walked_header(self) -> None:
-        """(0020,0011) and (0020,1208) reach the row from the header the walk kept; the file runner is not used."""
+        """(0020,0011) and (0020,1208) reach the row from the values the walk read; the file runner is not used."""
         self.routes = [RouteConfig("ris", ("pacs",), notify=NOTIFY)]
         writer, ds = self.writer_for(SeriesNumber=7, NumberOfStudyRelatedInstances=12)
         admission = self.successResultOf(self.intake.take(writer, INFO))
@@ -161,7 +161,7 @@ class TakeNoteTests(IntakeTestsMixin, SynchronousTestCase):
         self.assertEqual(row.series, {ds.SeriesInstanceUID: SeriesSeen(ds.SeriesInstanceUID, 7, "CT", 1)})
 
     def test_conditions_header_is_used_for_the_note(self) -> None:
-        """With a condition the routing header gives the note its values (no expected count when absent)."""
+        """With a condition (routing parses a header) the note still has the walk's values (no expected count when absent)."""
         from tests.unit.match.test_match import compile_text
 
         self.routes = [RouteConfig("ris", ("pacs",), match=compile_text("Modality: CT"), notify=NOTIFY)]
@@ -178,15 +178,9 @@ class StudyNotesFunctionTests(SynchronousTestCase):
         """A Series Number or count that is not a number is left unknown rather than failing the instance."""
         from gateway.validate import DatasetSummary
 
-        summary = DatasetSummary("1.2", "1.2.3.4", "1.2.3", "1.2.3.1", "MR", 3, None)
-        from pydicom.dataelem import RawDataElement
-        from pydicom.tag import Tag
-
-        ds = pydicom.Dataset()
-        # As read from a file: the value is decoded (and found not a number) only when used.
-        ds[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 1, b"x", 0, False, True)  # type: ignore[assignment]
+        summary = DatasetSummary("1.2", "1.2.3.4", "1.2.3", "1.2.3.1", "MR", 3, None, series_number="x")
         decision = RoutingDecision(entries=(("ris", "pacs"),), unrouted=False, matched=("ris",))
-        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
+        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary)
         self.assertEqual(got, StudyNote("ris", "1.2.3", "1.2.3.1", None, "MR", None))
 
     def test_numbers_beyond_the_journals_integer_are_unknown(self) -> None:
@@ -197,14 +191,11 @@ class StudyNotesFunctionTests(SynchronousTestCase):
         """
         from gateway.validate import DatasetSummary
 
-        summary = DatasetSummary("1.2", "1.2.3.4", "1.2.3", "1.2.3.1", "MR", 3, None)
-        ds = pydicom.Dataset()
-        ds.SeriesNumber = "999999999999"
-        ds.NumberOfStudyRelatedInstances = "-99999999999"
+        summary = DatasetSummary("1.2", "1.2.3.4", "1.2.3", "1.2.3.1", "MR", 3, None,
+                                 series_number="999999999999", study_related_instances="-99999999999")
         decision = RoutingDecision(entries=(("ris", "pacs"),), unrouted=False, matched=("ris",))
-        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
+        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary)
         self.assertEqual((got.series_number, got.expected_instances), (None, None))
-        ds.SeriesNumber = "2147483647"
-        ds.NumberOfStudyRelatedInstances = "0"
-        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary, ds)
+        summary = replace(summary, series_number="2147483647", study_related_instances="0")
+        (got,) = study_notes(decision, [RouteConfig("ris", ("pacs",), notify=NOTIFY)], summary)
         self.assertEqual((got.series_number, got.expected_instances), (2147483647, None))
